@@ -1,0 +1,1 @@
+"""The coordinator: gRPC service, rounds and scheduling, state store, reports."""

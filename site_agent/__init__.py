@@ -1,0 +1,1 @@
+"""The site agent: data connectors, privacy guard, policy, gRPC client, run loop."""

@@ -1,0 +1,237 @@
+"""Disclosure control at the site: what may leave, checked before anything is sent.
+
+Why
+---
+A site sends effect estimates, never rows; but a summary statistic can still disclose a
+patient. Three routes matter and each has a rule here (statistical disclosure control as
+in Hundepool et al., *Statistical Disclosure Control*, Wiley 2012, ch. 5 "threshold rule"
+and ch. 4.5 "disclosure by differencing"; for meta-analysis of 2×2 tables see also
+Kim et al., "Privacy-preserving federated meta-analysis", and the DataSHIELD disclosure
+settings ``nfilter.tab`` / ``nfilter.subset``, Gaye et al., *Int J Epidemiol* 43(6), 2014):
+
+1. **Threshold rule.** Every count behind a count-based estimate (the cells of a 2×2 table,
+   events and non-events, cases and controls, group sizes: the estimator reports them in
+   ``Estimate.cells``; they are never sent) must be at least ``min_cell_count`` (default 5),
+   and every analysis must rest on at least ``min_n`` patients (default 20).
+
+2. **Reconstruction through sibling estimates.** Estimates sent together can identify a
+   table even when none of them is a count. From a 2×2 table (a, b, c, d) the coordinator
+   receives, per measure, ``yi`` and ``vi`` and ``n``:
+
+   * log OR with ``vi = 1/a + 1/b + 1/c + 1/d``, log RR with ``vi = 1/a - 1/n1 + 1/c -
+     1/n2``, and RD with ``vi = p1(1-p1)/n1 + p2(1-p2)/n2``; any two of these with ``n``
+     give at least five equations in four unknown integers, so the table is identified
+     (often even one measure with its variance and ``n`` suffices, by integer search);
+   * an *unadjusted* logistic regression of the same outcome on the same exposure is the
+     log OR again, a linear model on a 0/1 outcome is the RD, a two-group mean difference
+     of a 0/1 outcome is the RD, ``log(O/E)`` with ``vi = (1 - O/N)/O`` gives
+     ``O = 1/(vi + 1/N)`` exactly.
+
+   So the rule cannot be "suppress the count-based estimate": once a table built from an
+   outcome and an exposure has a small cell, *every* estimate that uses that outcome with
+   that exposure (crude or adjusted, any estimator) is suppressed; when the small count is
+   a margin of the outcome alone (few events), every estimate that uses the outcome is
+   suppressed. Conversely, when every cell is at least ``min_cell_count``, releasing
+   several measures of the same table is allowed: the table they identify contains no
+   small cell, which is exactly what the threshold rule permits.
+
+3. **Differencing.** Two analyses over nearly the same patients (e.g. one dropping two rows
+   with a missing covariate) let the coordinator subtract one from the other and learn
+   about the few patients in the difference (for two crude 2×2 tables: their exact
+   outcomes). Released analyses must therefore have equal ``n`` or ``n`` differing by at
+   least ``min_cell_count``; otherwise the analysis on fewer patients is suppressed.
+
+A suppressed analysis becomes a :class:`~site_agent.estimators.Refusal` whose reason names
+the rule and the configured limit, never a count, so the refusal itself discloses nothing
+beyond "some count is below the limit".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fedsynth.errors import InputError
+
+__all__ = ["PrivacyLimits", "guard", "REFUSAL_CODES"]
+
+#: Machine codes of the refusals :func:`guard` produces.
+REFUSAL_CODES = ("disclosure_min_n", "disclosure_min_cell", "disclosure_linked_table",
+                 "disclosure_differencing")
+
+
+@dataclass(frozen=True)
+class PrivacyLimits:
+    """The site's disclosure limits (``[privacy]`` of site.toml).
+
+    Attributes
+    ----------
+    min_cell_count
+        Smallest count allowed behind a count-based estimate (threshold rule). Default 5.
+    min_n
+        Smallest number of patients an analysis may rest on. Default 20.
+    """
+
+    min_cell_count: int = 5
+    min_n: int = 20
+
+    def __post_init__(self) -> None:
+        for name in ("min_cell_count", "min_n"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"privacy.{name} must be an integer >= 1, got {value!r}")
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, Any] | None) -> PrivacyLimits:
+        """Build from the ``[privacy]`` table of site.toml; unknown keys are an error."""
+        table = dict(table or {})
+        unknown = sorted(set(table) - {"min_cell_count", "min_n"})
+        if unknown:
+            raise InputError(f"privacy: unknown key {unknown[0]!r} (known: min_cell_count, "
+                             "min_n)")
+        return cls(**table)
+
+
+def _refusal(analysis: str, reason: str, code: str):
+    # Imported here: the result types belong to the estimators package.
+    from site_agent.estimators import Refusal
+
+    return Refusal(analysis=analysis, reason=reason, code=code)
+
+
+def _is_refusal(result: Any) -> bool:
+    return not hasattr(result, "yi")
+
+
+def _columns(name: str, result: Any, spec: Any) -> tuple[str | None, str | None, bool]:
+    """(outcome, exposure, known) of an analysis, from the spec or the estimate's details.
+
+    ``known`` is False when neither says which columns the analysis used; such an analysis
+    is then treated as possibly using every column (the conservative choice).
+    """
+    analysis = None
+    if spec is not None:
+        for candidate in getattr(spec, "analyses", ()) or ():
+            if getattr(candidate, "name", None) == name:
+                analysis = candidate
+                break
+    sources: list[Any] = [analysis] if analysis is not None else []
+    details = getattr(result, "details", None)
+    if isinstance(details, Mapping):
+        sources.append(details)
+
+    def pick(key: str) -> str | None:
+        for source in sources:
+            value = source.get(key) if isinstance(source, Mapping) else getattr(source, key,
+                                                                                None)
+            if value:
+                return str(value)
+        return None
+
+    # Time-to-event analyses: the event indicator plays the outcome's role.
+    outcome = pick("outcome") or pick("event")
+    exposure = pick("exposure")
+    return outcome, exposure, bool(sources) and outcome is not None
+
+
+def _small_cells(cells: Mapping[str, Any] | None, limit: int) -> list[str]:
+    if not cells:
+        return []
+    return [key for key, count in cells.items() if count is not None and int(count) < limit]
+
+
+# Cell names that are margins of the outcome alone (no exposure split): when one of these is
+# small, every estimate on the outcome is affected, whatever its exposure.
+_MARGIN_CELLS = frozenset({"events", "non_events", "nonevents", "cases", "controls",
+                           "observed", "o", "positives", "negatives"})
+
+
+def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *,
+          spec: Any = None) -> dict[str, Any]:
+    """Apply the site's disclosure control to the results of one round.
+
+    Parameters
+    ----------
+    results
+        ``{analysis name: Estimate | Refusal}`` as returned by
+        :func:`site_agent.estimators.estimate_all`.
+    limits
+        The site's :class:`PrivacyLimits`.
+    spec
+        The round's analysis spec (optional but recommended): it says which outcome and
+        exposure each analysis used, so that suppressing one table also suppresses only the
+        sibling estimates of the *same* table. Without it (and without ``details`` on the
+        estimates), an estimate whose columns are unknown is treated as related to every
+        suppressed table.
+
+    Returns
+    -------
+    dict
+        Same keys, same order; each value is the untouched estimate or a ``Refusal`` (codes
+        in :data:`REFUSAL_CODES`; reasons name the rule and the limit, never a count).
+        Refusals passed in are kept as they are.
+    """
+    if not isinstance(limits, PrivacyLimits):
+        raise InputError(f"limits must be a PrivacyLimits, got {type(limits).__name__}")
+    out: dict[str, Any] = dict(results)
+    # (outcome, exposure or None) pairs whose table has a small count.
+    tainted: list[tuple[str | None, str | None, bool]] = []
+    for name, result in results.items():
+        if _is_refusal(result):
+            continue
+        n = getattr(result, "n", None)
+        if n is None or int(n) < limits.min_n:
+            out[name] = _refusal(
+                name, "suppressed by the site's disclosure control: the analysis rests on "
+                f"fewer patients than the minimum n ({limits.min_n})", "disclosure_min_n")
+            continue
+        small = _small_cells(getattr(result, "cells", None), limits.min_cell_count)
+        if small:
+            out[name] = _refusal(
+                name, "suppressed by the site's disclosure control: a count behind this "
+                f"estimate is below the minimum cell count ({limits.min_cell_count})",
+                "disclosure_min_cell")
+            outcome, exposure, known = _columns(name, result, spec)
+            margin_only = all(cell.lower() in _MARGIN_CELLS for cell in small)
+            tainted.append((outcome, None if margin_only else exposure, known))
+    # Rule 2: siblings of a suppressed table.
+    if tainted:
+        for name, result in results.items():
+            if _is_refusal(out[name]):
+                continue
+            outcome, exposure, known = _columns(name, result, spec)
+            for t_outcome, t_exposure, t_known in tainted:
+                if not known or not t_known:
+                    linked = True           # cannot tell: assume the same table
+                else:
+                    linked = outcome == t_outcome and (t_exposure is None
+                                                       or exposure == t_exposure)
+                if linked:
+                    out[name] = _refusal(
+                        name, "suppressed by the site's disclosure control: sent together "
+                        "with this site's other estimates it could reveal a count below the "
+                        f"minimum cell count ({limits.min_cell_count})",
+                        "disclosure_linked_table")
+                    break
+    # Rule 3: differencing between released analyses. Keep the largest n first, then admit
+    # an analysis only if its n equals or differs by >= min_cell_count from every kept n.
+    released = [(int(getattr(r, "n")), i, name) for i, (name, r) in enumerate(out.items())
+                if not _is_refusal(r)]
+    kept: list[int] = []
+    for n, _, name in sorted(released, key=lambda t: (-t[0], t[1])):
+        if all(n == other or abs(n - other) >= limits.min_cell_count for other in kept):
+            kept.append(n)
+        else:
+            out[name] = _refusal(
+                name, "suppressed by the site's disclosure control: its patients differ from "
+                "another analysis's by fewer than the minimum cell count "
+                f"({limits.min_cell_count}), so subtracting the two would reveal them",
+                "disclosure_differencing")
+    return out
+
+
+def suppressed(results: Mapping[str, Any]) -> Iterable[str]:
+    """Names of the analyses :func:`guard` suppressed (refusal codes of this module)."""
+    return [name for name, r in results.items()
+            if _is_refusal(r) and getattr(r, "code", None) in REFUSAL_CODES]

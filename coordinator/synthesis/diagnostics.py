@@ -1,0 +1,551 @@
+"""Case diagnostics and small-study tests for a random-effects meta-analysis.
+
+What each function reproduces (metafor 3.8, Viechtbauer 2010, J. Stat. Softw. 36(3)):
+
+- :func:`leave_one_out` - ``leave1out()``: the analysis refitted without each site.
+- :func:`influence` - ``influence.rma.uni()``: studentized deleted residuals, DFFITS,
+  Cook's distance, covariance ratio, tau² and Q with the site deleted, hat values,
+  weights, DFBETAS and metafor's ``is.infl`` rule (Viechtbauer & Cheung 2010,
+  "Outlier and influence diagnostics for meta-analysis", Res. Synth. Methods 1:112-125).
+- :func:`blup` - ``blup()``: each site's shrunken (empirical Bayes) estimate of its own
+  true effect with a prediction interval (Raudenbush & Bryk 1985, J. Educ. Stat. 10:75-98).
+- :func:`publication_bias` - ``regtest()`` (Egger et al. 1997, BMJ 315:629-634; as a
+  mixed-effects meta-regression on the standard error, and as the classical weighted
+  linear regression), ``ranktest()`` (Begg & Mazumdar 1994, Biometrics 50:1088-1101) and
+  ``trimfill()`` with the L0 estimator (Duval & Tweedie 2000, Biometrics 56:455-463).
+- :func:`cumulative` - ``cumul()``: the analysis after each site in a given order (in the
+  federation: by round of arrival).
+
+The k refits of leave-one-out, influence and cumulative meta-analysis are a single
+vectorised call of :func:`coordinator.synthesis.metareg.fit_batch` on a (k, k) mask.
+
+Pure statistics: no I/O, no grpc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from fedsynth.errors import InputError
+from coordinator.synthesis.metareg import (
+    BatchFit,
+    MetaRegressionResult,
+    fit_batch,
+    fit_rma,
+    validate_yi_vi,
+)
+
+__all__ = [
+    "LeaveOneOutResult", "InfluenceResult", "BlupResult", "PublicationBiasResult",
+    "CumulativeResult", "leave_one_out", "influence", "blup", "publication_bias",
+    "cumulative", "kendall_tau_test",
+]
+
+
+def _labels(labels: Sequence[Any] | None, k: int) -> tuple[str, ...]:
+    if labels is None:
+        return tuple(f"Study {i + 1}" for i in range(k))
+    out = tuple(str(x) for x in labels)
+    if len(out) != k:
+        raise InputError(f"labels: {len(out)} labels for {k} studies")
+    return out
+
+
+def _floats(a: np.ndarray) -> list[float | None]:
+    return [None if not np.isfinite(x) else float(x) for x in np.asarray(a, dtype=float)]
+
+
+def _crit(level: float, test: str, df: int) -> float:
+    q = 1 - (1 - level / 100) / 2
+    return float(stats.t.ppf(q, df)) if test == "knha" else float(stats.norm.ppf(q))
+
+
+def _s2w_batch(y: np.ndarray, v: np.ndarray, mask: np.ndarray, fit: BatchFit) -> np.ndarray:
+    """Knapp-Hartung scale factor of each masked fit: sum w (y - mu)^2 / (k - 1)."""
+    w = np.where(mask, 1.0 / (v + fit.tau2[:, None]), 0.0)
+    r2 = np.where(mask, (y - fit.estimate[:, None]) ** 2, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (w * r2).sum(axis=1) / (fit.k - 1)
+
+
+# ---------------------------------------------------------------------------------------
+# leave-one-out
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeaveOneOutResult:
+    """The analysis refitted with each site left out (row i: without site i).
+
+    ``estimate, se, pval, ci_lb, ci_ub`` of the pooled effect, ``tau2``, ``I2``, ``H2``
+    and the heterogeneity statistic ``Q`` (df k - 2) of the remaining k - 1 sites.
+    """
+
+    labels: tuple[str, ...]
+    estimate: np.ndarray
+    se: np.ndarray
+    stat: np.ndarray
+    pval: np.ndarray
+    ci_lb: np.ndarray
+    ci_ub: np.ndarray
+    tau2: np.ndarray
+    I2: np.ndarray
+    H2: np.ndarray
+    Q: np.ndarray
+    Q_pval: np.ndarray
+    level: float
+    test: str
+
+    def confidence_interval(self) -> tuple[np.ndarray, np.ndarray]:
+        """Confidence bounds of the pooled effect with each site left out."""
+        return self.ci_lb, self.ci_ub
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"labels": list(self.labels), "estimate": _floats(self.estimate),
+                "se": _floats(self.se), "stat": _floats(self.stat), "pval": _floats(self.pval),
+                "ci_lb": _floats(self.ci_lb), "ci_ub": _floats(self.ci_ub),
+                "tau2": _floats(self.tau2), "I2": _floats(self.I2), "H2": _floats(self.H2),
+                "Q": _floats(self.Q), "Q_pval": _floats(self.Q_pval)}
+
+
+def leave_one_out(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None,
+                  method: str = "REML", test: str = "z", level: float = 95.0) -> LeaveOneOutResult:
+    """Refit the random-effects model k times, each time without one site.
+
+    One vectorised batch of k masked fits. With ``test="knha"`` the standard errors are
+    Knapp-Hartung's and the intervals use t with k - 2 df, as ``leave1out`` does.
+    """
+    y, v = validate_yi_vi(yi, vi, min_k=2)
+    k = y.size
+    mask = ~np.eye(k, dtype=bool)
+    fit = fit_batch(y, v, mask, method=method)
+    se = fit.se
+    if test == "knha":
+        se = se * np.sqrt(_s2w_batch(y, v, mask, fit))
+        dist = stats.t(k - 2) if k > 2 else None
+    else:
+        dist = stats.norm()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stat = fit.estimate / se
+    if dist is None:
+        pval = np.full(k, np.nan)
+        crit = np.nan
+    else:
+        pval = 2 * dist.sf(np.abs(stat))
+        crit = dist.ppf(1 - (1 - level / 100) / 2)
+    qp = stats.chi2.sf(fit.Q, k - 2) if k > 2 else np.ones(k)
+    return LeaveOneOutResult(
+        labels=_labels(labels, k), estimate=fit.estimate, se=se, stat=stat, pval=pval,
+        ci_lb=fit.estimate - crit * se, ci_ub=fit.estimate + crit * se, tau2=fit.tau2,
+        I2=fit.I2, H2=fit.H2, Q=fit.Q, Q_pval=np.asarray(qp, dtype=float), level=level, test=test)
+
+
+# ---------------------------------------------------------------------------------------
+# influence
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InfluenceResult:
+    """Outlier and influence diagnostics per site (metafor's ``influence.rma.uni``).
+
+    Attributes
+    ----------
+    rstudent
+        Studentized deleted residual: the site's effect minus the pooled effect of the
+        other sites, over the standard deviation of that difference (which includes the
+        other sites' tau²). Beyond ±1.96 the site is an outlier at the 5% level.
+    dffits
+        Change of the fitted value when the site is deleted, in standard deviations.
+    cooks_distance
+        Mahalanobis distance between the coefficients with and without the site.
+    cov_ratio
+        Variance of the pooled effect without the site over that with it (< 1: the site
+        makes the pooled estimate less precise).
+    tau2_deleted, Q_deleted
+        tau² and Q of the other k - 1 sites.
+    hat, weight_percent
+        Leverage and weight (percent) of the site in the full model.
+    dfbetas
+        Change of the pooled estimate when the site is deleted, in standard errors.
+    influential
+        metafor's rule: |DFFITS| > 3 sqrt(p/(k-p)), or the chi-square(p) CDF at Cook's
+        distance > 0.5, or hat > 3p/k, or |DFBETAS| > 1 (p = 1 here).
+    """
+
+    labels: tuple[str, ...]
+    rstudent: np.ndarray
+    dffits: np.ndarray
+    cooks_distance: np.ndarray
+    cov_ratio: np.ndarray
+    tau2_deleted: np.ndarray
+    Q_deleted: np.ndarray
+    hat: np.ndarray
+    weight_percent: np.ndarray
+    dfbetas: np.ndarray
+    influential: np.ndarray
+
+    def outliers(self, crit: float = float(stats.norm.ppf(0.975))) -> tuple[str, ...]:
+        """Sites whose studentized residual lies beyond ±``crit`` (default 1.96)."""
+        return tuple(lab for lab, r in zip(self.labels, self.rstudent) if abs(r) > crit)
+
+    def influential_sites(self) -> tuple[str, ...]:
+        """Sites flagged by metafor's ``is.infl`` rule."""
+        return tuple(lab for lab, f in zip(self.labels, self.influential) if f)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"labels": list(self.labels), "rstudent": _floats(self.rstudent),
+                "dffits": _floats(self.dffits), "cooks_distance": _floats(self.cooks_distance),
+                "cov_ratio": _floats(self.cov_ratio), "tau2_deleted": _floats(self.tau2_deleted),
+                "Q_deleted": _floats(self.Q_deleted), "hat": _floats(self.hat),
+                "weight_percent": _floats(self.weight_percent), "dfbetas": _floats(self.dfbetas),
+                "influential": [bool(x) for x in self.influential]}
+
+
+def influence(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None,
+              method: str = "REML", test: str = "z") -> InfluenceResult:
+    """Case diagnostics of the intercept-only random-effects model.
+
+    The full model and the k deleted models are fitted in one batch. Formulas follow
+    Viechtbauer & Cheung (2010); with ``test="knha"`` the deleted models' Knapp-Hartung
+    factor ``s2w`` scales the variances, as metafor does.
+    """
+    y, v = validate_yi_vi(yi, vi, min_k=2)
+    k = y.size
+    # row 0..k-1: site i deleted; row k: the full model
+    mask = np.vstack([~np.eye(k, dtype=bool), np.ones((1, k), dtype=bool)])
+    fit = fit_batch(y, v, mask, method=method)
+    mu, t2 = fit.estimate[k], fit.tau2[k]
+    mu_del, t2_del, se_del = fit.estimate[:k], fit.tau2[:k], fit.se[:k]
+    w = 1.0 / (v + t2)
+    vb = 1.0 / w.sum()                       # variance of the pooled effect, full model
+    hat = w * vb                             # diag of X (X'WX)^-1 X'W for p = 1
+    if test == "knha":
+        s2w_all = _s2w_batch(y, v, mask, fit)
+        s2w_del, s2w_full = s2w_all[:k], s2w_all[k]
+    else:
+        s2w_del, s2w_full = np.ones(k), 1.0
+    vb_full = vb * s2w_full
+    vdelpred = se_del**2 * s2w_del          # var of the deleted model's prediction
+    resid = y - mu_del
+    resid = np.where(np.abs(resid) < 100 * np.finfo(float).eps, 0.0, resid)
+    rstudent = resid / np.sqrt(v * s2w_del + vdelpred + t2_del * s2w_del)
+    dfb = mu - mu_del
+    dffits = dfb / np.sqrt(s2w_del * hat * (t2_del + v))
+    # variance of the full model's estimate with the deleted model's tau² plugged in
+    vb_plug = 1.0 / (1.0 / (v[None, :] + t2_del[:, None])).sum(axis=1)
+    dfbetas = dfb / np.sqrt(s2w_del * vb_plug)
+    cooks = dfb**2 / vb_full
+    cov_ratio = vdelpred / vb_full
+    p = 1
+    influential = ((np.abs(dffits) > 3 * np.sqrt(p / (k - p)))
+                   | (stats.chi2.cdf(cooks, p) > 0.5)
+                   | (hat > 3 * p / k)
+                   | (np.abs(dfbetas) > 1))
+    return InfluenceResult(
+        labels=_labels(labels, k), rstudent=rstudent, dffits=dffits, cooks_distance=cooks,
+        cov_ratio=cov_ratio, tau2_deleted=t2_del, Q_deleted=fit.Q[:k], hat=hat,
+        weight_percent=100.0 * hat, dfbetas=dfbetas, influential=influential)
+
+
+# ---------------------------------------------------------------------------------------
+# BLUPs
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlupResult:
+    """Best linear unbiased predictions of each site's true effect.
+
+    ``pred = l_i y_i + (1 - l_i) mu`` with shrinkage ``l_i = tau² / (tau² + v_i)``: a
+    small, noisy site is pulled towards the pooled effect. ``se`` includes the
+    uncertainty of ``mu``; ``pi_lb``/``pi_ub`` bound the site's true effect.
+    """
+
+    labels: tuple[str, ...]
+    pred: np.ndarray
+    se: np.ndarray
+    pi_lb: np.ndarray
+    pi_ub: np.ndarray
+    estimate: float
+    level: float
+
+    def confidence_interval(self) -> tuple[np.ndarray, np.ndarray]:
+        """Prediction interval of each site's true effect."""
+        return self.pi_lb, self.pi_ub
+
+    def outlying(self) -> tuple[str, ...]:
+        """Sites whose prediction interval excludes the pooled estimate: their own true
+        effect differs credibly from the average even after shrinkage."""
+        return tuple(lab for lab, lo, hi in zip(self.labels, self.pi_lb, self.pi_ub)
+                     if self.estimate < lo or self.estimate > hi)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"labels": list(self.labels), "pred": _floats(self.pred), "se": _floats(self.se),
+                "pi_lb": _floats(self.pi_lb), "pi_ub": _floats(self.pi_ub)}
+
+
+def blup(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: str = "REML",
+         test: str = "z", level: float = 95.0, fit: MetaRegressionResult | None = None) -> BlupResult:
+    """Shrunken site-specific estimates (empirical Bayes / BLUP) with prediction intervals.
+
+    ``fit`` may pass an existing intercept-only fit of the same data to avoid refitting.
+    """
+    y, v = validate_yi_vi(yi, vi, min_k=1)
+    k = y.size
+    if fit is None:
+        fit = fit_rma(y, v, None, method=method, test=test, level=level)
+    mu, t2 = float(fit.coef[0]), float(fit.tau2)
+    vb = float(fit.vb[0, 0])                 # includes the Knapp-Hartung factor under knha
+    li = t2 / (t2 + v)
+    pred = li * y + (1 - li) * mu
+    # var(theta_i - pred_i) = l_i v_i + (1 - l_i)^2 var(mu)
+    se = np.sqrt(li * v + (1 - li) ** 2 * vb)
+    crit = _crit(level, fit.test, k - 1)
+    return BlupResult(labels=_labels(labels, k), pred=pred, se=se, pi_lb=pred - crit * se,
+                      pi_ub=pred + crit * se, estimate=mu, level=level)
+
+
+# ---------------------------------------------------------------------------------------
+# small-study effects / publication bias
+# ---------------------------------------------------------------------------------------
+
+
+def _kendall_null_cdf(n: int) -> np.ndarray:
+    """P(T <= q), q = 0..n(n-1)/2, for the number of discordant pairs of a random
+    permutation (Mahonian distribution), built by convolution in probabilities so it
+    does not overflow for large n."""
+    dist = np.array([1.0])
+    for j in range(2, n + 1):
+        # adding element j contributes 0..j-1 inversions uniformly
+        dist = np.convolve(dist, np.full(j, 1.0 / j))
+    return np.cumsum(dist)
+
+
+def kendall_tau_test(x: Any, y: Any, *, exact: bool = True) -> tuple[float, float]:
+    """Kendall's tau-b and its two-sided p-value, as R's ``cor.test(method="kendall")``.
+
+    Exact null distribution when requested and there are no ties; otherwise the normal
+    approximation with the tie-corrected variance of S.
+    """
+    a = np.asarray(x, dtype=float)
+    b = np.asarray(y, dtype=float)
+    n = a.size
+    da = np.sign(a[:, None] - a[None, :])
+    db = np.sign(b[:, None] - b[None, :])
+    iu = np.triu_indices(n, 1)
+    S = float(np.sum(da[iu] * db[iu]))
+    n0 = n * (n - 1) / 2
+    _, ca = np.unique(a, return_counts=True)
+    _, cb = np.unique(b, return_counts=True)
+    t1 = float(np.sum(ca * (ca - 1)) / 2)
+    t2 = float(np.sum(cb * (cb - 1)) / 2)
+    tau = S / np.sqrt((n0 - t1) * (n0 - t2))
+    ties = t1 > 0 or t2 > 0
+    if exact and not ties:
+        q = int(round((tau + 1) * n * (n - 1) / 4))  # number of concordant pairs
+        cdf = _kendall_null_cdf(n)
+        if q > n * (n - 1) / 4:
+            p = 1.0 - cdf[q - 1]
+        else:
+            p = cdf[q]
+        return float(tau), float(min(1.0, 2 * p))
+    xt, yt = ca[ca > 1], cb[cb > 1]
+    v0 = n * (n - 1) * (2 * n + 5)
+    vt = np.sum(xt * (xt - 1) * (2 * xt + 5))
+    vu = np.sum(yt * (yt - 1) * (2 * yt + 5))
+    v1 = np.sum(xt * (xt - 1)) * np.sum(yt * (yt - 1))
+    v2 = np.sum(xt * (xt - 1) * (xt - 2)) * np.sum(yt * (yt - 1) * (yt - 2))
+    var_s = (v0 - vt - vu) / 18 + v1 / (2 * n * (n - 1)) + (v2 / (9 * n * (n - 1) * (n - 2)) if n > 2 else 0)
+    z = S / np.sqrt(var_s)
+    return float(tau), float(2 * stats.norm.sf(abs(z)))
+
+
+@dataclass(frozen=True)
+class PublicationBiasResult:
+    """Small-study effect tests and trim-and-fill.
+
+    Attributes
+    ----------
+    egger_rma_stat, egger_rma_pval, egger_rma_limit
+        Egger's test as a mixed-effects meta-regression on the standard error (metafor's
+        ``regtest`` default): z (or t) of the slope, its p-value, and the intercept (the
+        "limit estimate", the effect expected from an infinitely large site).
+    egger_lm_stat, egger_lm_pval, egger_lm_df
+        The classical Egger test: weighted least squares of yi on sei, weights 1/vi,
+        t test of the slope with k - 2 df.
+    rank_tau, rank_pval
+        Begg's rank correlation between standardized effects and variances.
+    trimfill_k0, trimfill_side, trimfill_estimate, trimfill_se
+        Duval & Tweedie's L0 estimate of missing sites, the side they are missing on,
+        and the pooled effect after filling them in (equal to the original when k0 = 0).
+    """
+
+    egger_rma_stat: float
+    egger_rma_pval: float
+    egger_rma_limit: float
+    egger_lm_stat: float
+    egger_lm_pval: float
+    egger_lm_df: int
+    rank_tau: float
+    rank_pval: float
+    trimfill_k0: int
+    trimfill_side: str
+    trimfill_estimate: float
+    trimfill_se: float
+    trimfill_tau2: float
+    trimfill_filled_yi: tuple[float, ...]
+    trimfill_filled_vi: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"egger_rma_stat": self.egger_rma_stat, "egger_rma_pval": self.egger_rma_pval,
+                "egger_rma_limit": self.egger_rma_limit, "egger_lm_stat": self.egger_lm_stat,
+                "egger_lm_pval": self.egger_lm_pval, "egger_lm_df": self.egger_lm_df,
+                "rank_tau": self.rank_tau, "rank_pval": self.rank_pval,
+                "trimfill_k0": self.trimfill_k0, "trimfill_side": self.trimfill_side,
+                "trimfill_estimate": self.trimfill_estimate, "trimfill_se": self.trimfill_se,
+                "trimfill_tau2": self.trimfill_tau2,
+                "trimfill_filled_yi": list(self.trimfill_filled_yi),
+                "trimfill_filled_vi": list(self.trimfill_filled_vi)}
+
+
+#: metafor 3.8's trimfill refits the data with rma's default control (Fisher scoring
+#: stopped at |Δtau²| < 1e-5), not with the control of the model it was given; k0 and the
+#: filled-in estimate depend on it (visibly so when tau² is ~1e-4, e.g. risk differences),
+#: so trim-and-fill uses the same threshold to give metafor's answer. See
+#: docs/decisions/diagnostics.md.
+_METAFOR_DEFAULT_THRESHOLD = 1e-5
+
+
+def _trimfill(y: np.ndarray, v: np.ndarray, method: str, maxiter: int = 100):
+    """Duval & Tweedie's trim-and-fill with the L0 estimator (metafor's algorithm)."""
+    thr = _METAFOR_DEFAULT_THRESHOLD
+    k = y.size
+    slope = fit_rma(y, v, np.column_stack([np.ones(k), np.sqrt(v)]), method=method,
+                    compute_r2=False, threshold=thr).coef[1]
+    side = "right" if slope < 0 else "left"
+    # work on the side where sites are missing on the left: flip when it is the right
+    ys = -y if side == "right" else y.copy()
+    order = np.argsort(ys, kind="stable")
+    ys, vs = ys[order], v[order]
+    k0_prev, k0, it = -1, 0, 0
+    beta = 0.0
+    yc = ys
+    while k0 != k0_prev:
+        k0_prev = k0
+        it += 1
+        if it > maxiter:
+            raise InputError("trimfill: the L0 iteration did not converge")
+        beta = float(fit_rma(ys[: k - k0], vs[: k - k0], None, method=method,
+                             threshold=thr).coef[0])
+        yc = ys - beta
+        # ranks of |centred| values, ties broken by position (R's ties.method="first")
+        ranks = np.empty(k)
+        ranks[np.argsort(np.abs(yc), kind="stable")] = np.arange(1, k + 1)
+        signed = np.sign(yc) * ranks
+        Sr = signed[signed > 0].sum()
+        # L0 = (4 S_r - k(k+1)) / (2k - 1), rounded, never negative
+        # R's round() rounds half to even, as Python's does
+        k0 = max(0, round((4 * Sr - k * (k + 1)) / (2 * k - 1)))
+    if k0 > 0:
+        # mirror the k0 most extreme sites around the trimmed estimate
+        mirrored = 2 * beta - ys[k - k0:]
+        fill_y = -mirrored if side == "right" else mirrored
+        fill_v = vs[k - k0:]
+        yy = np.concatenate([y, fill_y])
+        vv = np.concatenate([v, fill_v])
+    else:
+        fill_y = np.array([])
+        fill_v = np.array([])
+        yy, vv = y, v
+    # with k0 = 0 metafor returns the model it was given (the exact fit)
+    res = fit_rma(yy, vv, None, method=method, threshold=thr if k0 > 0 else 1e-12)
+    return int(k0), side, res, fill_y, fill_v
+
+
+def publication_bias(yi: Any, vi: Any, *, method: str = "REML", test: str = "z") -> PublicationBiasResult:
+    """Egger's regression tests, Begg's rank test and trim-and-fill on the same data.
+
+    Needs at least 3 sites (the regression tests have k - 2 degrees of freedom).
+    """
+    y, v = validate_yi_vi(yi, vi, min_k=3)
+    k = y.size
+    sei = np.sqrt(v)
+    X = np.column_stack([np.ones(k), sei])
+    eg = fit_rma(y, v, X, names=("intrcpt", "sei"), method=method, test=test, compute_r2=False)
+    # classical Egger: WLS with weights 1/vi and an estimated residual scale, which is the
+    # fixed-effect meta-regression with the Knapp-Hartung scale factor
+    lm = fit_rma(y, v, X, names=("intrcpt", "sei"), method="FE", test="knha", compute_r2=False)
+    # Begg & Mazumdar: standardized deviations from the fixed-effect estimate
+    fe = fit_rma(y, v, None, method="FE", compute_r2=False)
+    b, vb = float(fe.coef[0]), float(fe.vb[0, 0])
+    ystar = (y - b) / np.sqrt(v - vb)
+    tau, tau_p = kendall_tau_test(ystar, v, exact=True)
+    k0, side, tf, fy, fv = _trimfill(y, v, method)
+    return PublicationBiasResult(
+        egger_rma_stat=float(eg.stat[1]), egger_rma_pval=float(eg.pval[1]),
+        egger_rma_limit=float(eg.coef[0]),
+        egger_lm_stat=float(lm.knha_stat[1]), egger_lm_pval=float(lm.knha_pval[1]),
+        egger_lm_df=k - 2, rank_tau=tau, rank_pval=tau_p,
+        trimfill_k0=k0, trimfill_side=side, trimfill_estimate=float(tf.coef[0]),
+        trimfill_se=float(tf.z_se[0]), trimfill_tau2=float(tf.tau2),
+        trimfill_filled_yi=tuple(float(x) for x in fy),
+        trimfill_filled_vi=tuple(float(x) for x in fv))
+
+
+# ---------------------------------------------------------------------------------------
+# cumulative
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CumulativeResult:
+    """The pooled analysis after each added site, in ``order`` (step j: first j+1 sites)."""
+
+    labels: tuple[str, ...]
+    order: tuple[int, ...]
+    k: np.ndarray
+    estimate: np.ndarray
+    se: np.ndarray
+    ci_lb: np.ndarray
+    ci_ub: np.ndarray
+    tau2: np.ndarray
+    I2: np.ndarray
+    Q: np.ndarray
+
+    def confidence_interval(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.ci_lb, self.ci_ub
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"labels": list(self.labels), "order": list(self.order),
+                "k": [int(x) for x in self.k], "estimate": _floats(self.estimate),
+                "se": _floats(self.se), "ci_lb": _floats(self.ci_lb), "ci_ub": _floats(self.ci_ub),
+                "tau2": _floats(self.tau2), "I2": _floats(self.I2), "Q": _floats(self.Q)}
+
+
+def cumulative(yi: Any, vi: Any, order: Sequence[int] | None = None, *,
+               labels: Sequence[Any] | None = None, method: str = "REML",
+               level: float = 95.0) -> CumulativeResult:
+    """Cumulative meta-analysis: refit after adding each site in ``order``.
+
+    ``order`` holds 0-based indices (a permutation of the sites); default: as given.
+    All k fits are one batch call on a lower-triangular mask.
+    """
+    y, v = validate_yi_vi(yi, vi, min_k=1)
+    k = y.size
+    ordr = list(range(k)) if order is None else [int(i) for i in order]
+    if sorted(ordr) != list(range(k)):
+        raise InputError(f"order: must be a permutation of 0..{k - 1}, got {list(order or [])!r}")
+    yo, vo = y[ordr], v[ordr]
+    mask = np.tril(np.ones((k, k), dtype=bool))
+    fit = fit_batch(yo, vo, mask, method=method)
+    crit = float(stats.norm.ppf(1 - (1 - level / 100) / 2))
+    labs = _labels(labels, k)
+    return CumulativeResult(labels=tuple(labs[i] for i in ordr), order=tuple(ordr), k=fit.k,
+                            estimate=fit.estimate, se=fit.se, ci_lb=fit.estimate - crit * fit.se,
+                            ci_ub=fit.estimate + crit * fit.se, tau2=fit.tau2, I2=fit.I2, Q=fit.Q)

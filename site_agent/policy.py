@@ -1,0 +1,402 @@
+"""Site policy: what the coordinator may ask this site to compute, decided by the site.
+
+Why
+---
+Disclosure control (:mod:`site_agent.privacy`) decides whether a *computed* result may
+leave; the policy decides whether an analysis may be *computed at all*. A coordinator is
+trusted to pool, not to choose freely what a hospital runs on its patients: the site's data
+steward lists the estimators and the columns that may serve as outcome, exposure and
+covariate, caps the number of analyses per round (many near-identical analyses are the raw
+material of differencing attacks), and may require that every spec not seen before is
+approved by an operator (``fedsynth site pending`` / ``fedsynth site approve ROUND``)
+before anything is computed. This is the "five safes" idea of safe projects and safe
+outputs applied per request (Desai, Ritchie & Welpton, "Five Safes: designing data access
+for research", UWE Economics Working Paper 1601, 2016).
+
+The policy is a TOML table, either a ``[policy]`` table in site.toml or a file of its own
+(same keys, top level or under ``[policy]``)::
+
+    [policy]
+    estimators = ["two_by_two", "logistic", "cox"]   # default: every estimator
+    outcomes = ["outcome", "los_days", "time", "event"]  # default: any column
+    exposures = ["treated"]
+    covariates = ["age", "sex", "risk_score"]          # also the model score column
+    max_analyses = 20                                   # per round (default 50)
+    require_approval = true                             # default false
+    approvals = "approvals"                             # directory, relative to the file
+
+A spec's identity is the SHA-256 of its canonical JSON (:func:`spec_fingerprint`); an
+approval covers that exact content, so the same monthly spec is approved once, and any
+change (a new covariate, a new analysis) needs a new approval.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsynth.audit import canonical_json, digest
+from fedsynth.errors import ConfigError, InputError
+
+__all__ = ["ESTIMATORS", "ApprovalStore", "PendingSpec", "Policy", "PolicyDecision",
+           "site_audit_log", "spec_fingerprint", "spec_to_dict"]
+
+#: Estimators of DESIGN.md (the spec contract).
+ESTIMATORS = ("two_by_two", "two_group", "logistic", "linear", "cox", "auc",
+              "calibration_slope", "calibration_in_the_large", "oe_ratio", "brier")
+
+_KEYS = {"estimators", "outcomes", "exposures", "covariates", "max_analyses",
+         "require_approval", "approvals"}
+_ROUND_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def spec_to_dict(spec: Any) -> dict[str, Any]:
+    """A plain-dict form of a spec (``Spec.to_dict()`` when available)."""
+    if isinstance(spec, Mapping):
+        return dict(spec)
+    if hasattr(spec, "to_dict"):
+        return spec.to_dict()
+    analyses = []
+    for analysis in getattr(spec, "analyses", ()):
+        if hasattr(analysis, "to_dict"):
+            analyses.append(analysis.to_dict())
+        else:
+            analyses.append({k: v for k, v in vars(analysis).items() if not k.startswith("_")})
+    return {"analyses": analyses}
+
+
+def spec_fingerprint(spec: Any) -> str:
+    """SHA-256 of the canonical JSON of a spec: what an operator's approval covers."""
+    return digest(spec_to_dict(spec))
+
+
+def _analyses(spec: Any) -> list[Mapping[str, Any]]:
+    as_dict = spec_to_dict(spec)
+    analyses = as_dict.get("analyses", as_dict.get("analysis", []))
+    return [a if isinstance(a, Mapping) else vars(a) for a in analyses]
+
+
+@dataclass(frozen=True)
+class PolicyDecision:
+    """What the policy says about one spec.
+
+    Attributes
+    ----------
+    fingerprint
+        :func:`spec_fingerprint` of the spec.
+    refusals
+        ``{analysis name: plain reason}`` for analyses the policy forbids.
+    needs_approval
+        True when the policy requires approval and this spec has not been approved: the
+        agent must compute nothing until an operator approves it.
+    allowed
+        Names of the analyses the policy permits (in spec order).
+    """
+
+    fingerprint: str
+    refusals: Mapping[str, str]
+    needs_approval: bool
+    allowed: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (for the site's audit log)."""
+        return {"fingerprint": self.fingerprint, "refusals": dict(self.refusals),
+                "needs_approval": self.needs_approval, "allowed": list(self.allowed)}
+
+
+@dataclass(frozen=True)
+class PendingSpec:
+    """A spec waiting for an operator's approval."""
+
+    round: str
+    fingerprint: str
+    received_at: str
+    spec: Mapping[str, Any]
+    refusals: Mapping[str, str] = field(default_factory=dict)
+
+
+class ApprovalStore:
+    """Pending and approved specs of a site, as files in one directory.
+
+    ``pending/<round>.json`` holds a spec the agent received but may not compute yet;
+    ``approved.json`` lists the approved fingerprints (with who approved them and when).
+    Files are replaced atomically, so the running agent and the ``site approve`` command
+    can share the directory.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    @property
+    def _approved_file(self) -> Path:
+        return self.directory / "approved.json"
+
+    def _write(self, path: Path, obj: Any) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def approved(self) -> dict[str, dict[str, Any]]:
+        """``{fingerprint: {"round", "approved_at", "by"}}``."""
+        try:
+            data = json.loads(self._approved_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except ValueError as error:
+            raise InputError(f"approvals file {str(self._approved_file)!r} is not valid "
+                             f"JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise InputError(f"approvals file {str(self._approved_file)!r} must hold an "
+                             "object")
+        return data
+
+    def is_approved(self, fingerprint: str) -> bool:
+        return fingerprint in self.approved()
+
+    @staticmethod
+    def _check_round(round_id: str) -> str:
+        if not isinstance(round_id, str) or not _ROUND_RE.match(round_id):
+            raise InputError(f"ROUND: invalid round id {round_id!r} (letters, digits, '.', "
+                             "'_', '-')")
+        return round_id
+
+    def record_pending(self, round_id: str, spec: Any,
+                       refusals: Mapping[str, str] | None = None) -> PendingSpec:
+        """Remember that ``round_id`` brought a spec that awaits approval."""
+        self._check_round(round_id)
+        pending = PendingSpec(
+            round=round_id, fingerprint=spec_fingerprint(spec),
+            received_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            spec=json.loads(canonical_json(spec_to_dict(spec))),
+            refusals=dict(refusals or {}))
+        path = self.directory / "pending" / f"{round_id}.json"
+        if not path.exists():
+            self._write(path, {"round": pending.round, "fingerprint": pending.fingerprint,
+                               "received_at": pending.received_at, "spec": pending.spec,
+                               "refusals": pending.refusals})
+        return pending
+
+    def pending(self) -> list[PendingSpec]:
+        """Specs awaiting approval, oldest first (already approved ones are skipped)."""
+        folder = self.directory / "pending"
+        if not folder.is_dir():
+            return []
+        approved = self.approved()
+        out = []
+        for path in sorted(folder.glob("*.json")):
+            try:
+                obj = json.loads(path.read_text(encoding="utf-8"))
+                item = PendingSpec(round=obj["round"], fingerprint=obj["fingerprint"],
+                                   received_at=obj["received_at"], spec=obj["spec"],
+                                   refusals=obj.get("refusals", {}))
+            except (ValueError, KeyError, TypeError) as error:
+                raise InputError(f"pending spec {str(path)!r} is malformed: {error}") from None
+            if item.fingerprint not in approved:
+                out.append(item)
+        return sorted(out, key=lambda p: (p.received_at, p.round))
+
+    def approve(self, round_id: str, by: str | None = None) -> PendingSpec:
+        """Approve the spec that ``round_id`` brought (its exact content, by fingerprint).
+
+        Raises
+        ------
+        InputError
+            No spec of that round is pending.
+        """
+        self._check_round(round_id)
+        path = self.directory / "pending" / f"{round_id}.json"
+        if not path.exists():
+            known = ", ".join(p.round for p in self.pending()) or "none"
+            raise InputError(f"ROUND: no spec of round {round_id!r} is pending approval "
+                             f"(pending: {known})")
+        obj = json.loads(path.read_text(encoding="utf-8"))
+        # The fingerprint is recomputed from the stored spec, so editing the pending file
+        # cannot smuggle an approval for different content.
+        fingerprint = spec_fingerprint(obj["spec"])
+        approved = self.approved()
+        approved[fingerprint] = {
+            "round": round_id, "by": by or os.environ.get("USER", "unknown"),
+            "approved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        self._write(self._approved_file, approved)
+        return PendingSpec(round=round_id, fingerprint=fingerprint,
+                           received_at=obj.get("received_at", ""), spec=obj["spec"],
+                           refusals=obj.get("refusals", {}))
+
+
+def _str_list(table: Mapping[str, Any], key: str, where: str) -> tuple[str, ...] | None:
+    if key not in table:
+        return None
+    value = table[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: policy.{key} must be a list of non-empty strings, got "
+                          f"{value!r}")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A site's policy (see the module docstring for the TOML keys).
+
+    ``None`` for a column list means "any column"; an empty list means "none".
+    """
+
+    estimators: tuple[str, ...] = ESTIMATORS
+    outcomes: tuple[str, ...] | None = None
+    exposures: tuple[str, ...] | None = None
+    covariates: tuple[str, ...] | None = None
+    max_analyses: int = 50
+    require_approval: bool = False
+    approvals: Path | None = None
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, Any], *, where: str = "policy",
+                     base: Path | None = None) -> Policy:
+        """Validate a ``[policy]`` table; errors name the key and the value."""
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: [policy] must be a table, got {table!r}")
+        unknown = sorted(set(table) - _KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key policy.{unknown[0]} (known: "
+                              f"{', '.join(sorted(_KEYS))})")
+        estimators = _str_list(table, "estimators", where)
+        if estimators is not None:
+            bad = [e for e in estimators if e not in ESTIMATORS]
+            if bad:
+                raise ConfigError(f"{where}: policy.estimators: unknown estimator {bad[0]!r} "
+                                  f"(one of {', '.join(ESTIMATORS)})")
+        max_analyses = table.get("max_analyses", 50)
+        if isinstance(max_analyses, bool) or not isinstance(max_analyses, int) \
+                or max_analyses < 1:
+            raise ConfigError(f"{where}: policy.max_analyses must be an integer >= 1, got "
+                              f"{max_analyses!r}")
+        require = table.get("require_approval", False)
+        if not isinstance(require, bool):
+            raise ConfigError(f"{where}: policy.require_approval must be true or false, got "
+                              f"{require!r}")
+        approvals = table.get("approvals")
+        if approvals is not None and (not isinstance(approvals, str) or not approvals):
+            raise ConfigError(f"{where}: policy.approvals must be a directory path, got "
+                              f"{approvals!r}")
+        base = base or Path.cwd()
+        approvals_dir = (base / approvals) if approvals else (base / "approvals")
+        return cls(estimators=estimators if estimators is not None else ESTIMATORS,
+                   outcomes=_str_list(table, "outcomes", where),
+                   exposures=_str_list(table, "exposures", where),
+                   covariates=_str_list(table, "covariates", where),
+                   max_analyses=max_analyses, require_approval=require,
+                   approvals=approvals_dir)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        """Read a policy file, or the ``[policy]`` table of a site.toml.
+
+        A site.toml without ``[policy]`` gives the permissive default policy (every
+        estimator and column, no approval), with approvals kept next to the file.
+        """
+        path = Path(path)
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"policy file {str(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"policy file {str(path)!r} is not valid TOML: {error}") from None
+        if isinstance(data.get("policy"), str):
+            # site.toml may point at a policy file of its own: policy = "policy.toml"
+            return cls.load(path.resolve().parent / data["policy"])
+        if "policy" in data:
+            table = data["policy"]
+        elif set(data) <= _KEYS:
+            table = data
+        else:
+            table = {}          # a site.toml without a [policy] table
+        return cls.from_mapping(table, where=str(path), base=path.resolve().parent)
+
+    def store(self) -> ApprovalStore:
+        """The :class:`ApprovalStore` of this policy."""
+        return ApprovalStore(self.approvals or Path("approvals"))
+
+    def review(self, spec: Any, *, approved: bool | None = None) -> PolicyDecision:
+        """Decide, per analysis, what the policy permits, and whether approval is needed.
+
+        Parameters
+        ----------
+        spec
+            The round's spec (``fedsynth.spec.Spec`` or its dict form).
+        approved
+            Whether the spec is approved; by default looked up in :meth:`store`.
+        """
+        fingerprint = spec_fingerprint(spec)
+        refusals: dict[str, str] = {}
+        allowed: list[str] = []
+        for index, analysis in enumerate(_analyses(spec)):
+            name = str(analysis.get("name", f"#{index + 1}"))
+            reason = self._refusal(analysis)
+            if reason is None and len(allowed) >= self.max_analyses:
+                reason = (f"refused by site policy: the round asks for more than "
+                          f"{self.max_analyses} analyses")
+            if reason is None:
+                allowed.append(name)
+            else:
+                refusals[name] = reason
+        if approved is None:
+            approved = (not self.require_approval) or self.store().is_approved(fingerprint)
+        needs = self.require_approval and not approved
+        return PolicyDecision(fingerprint=fingerprint, refusals=refusals, needs_approval=needs,
+                              allowed=tuple(allowed))
+
+    def _refusal(self, analysis: Mapping[str, Any]) -> str | None:
+        estimator = analysis.get("estimator")
+        if estimator not in self.estimators:
+            return f"refused by site policy: estimator {estimator!r} is not permitted"
+        roles: list[tuple[str, Sequence[str] | None, list[str]]] = [
+            ("outcome", self.outcomes,
+             [analysis.get(k) for k in ("outcome", "time", "event") if analysis.get(k)]),
+            ("exposure", self.exposures, [analysis["exposure"]] if analysis.get("exposure")
+             else []),
+            ("covariate", self.covariates,
+             list(analysis.get("covariates") or []) + ([analysis["score"]]
+                                                       if analysis.get("score") else [])),
+        ]
+        for role, permitted, used in roles:
+            if permitted is None:
+                continue
+            for column in used:
+                if column not in permitted:
+                    return (f"refused by site policy: column {column!r} may not be used as "
+                            f"{'an' if role[0] in 'aeiou' else 'a'} {role}")
+        return None
+
+
+def site_audit_log(site_config: str | Path):
+    """The site's audit log named by site.toml (``[audit] path``).
+
+    Default: ``site-audit.jsonl`` next to site.toml. The agent records every submission it
+    sent, every refusal and every policy decision there; the ``site approve`` command
+    records approvals in the same chain.
+    """
+    from fedsynth.audit import AuditLog
+
+    path = Path(site_config)
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"--config: {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{str(path)!r} is not valid TOML: {error}") from None
+    audit = data.get("audit", {})
+    if not isinstance(audit, Mapping):
+        raise ConfigError(f"{path}: [audit] must be a table, got {audit!r}")
+    target = audit.get("path", "site-audit.jsonl")
+    if not isinstance(target, str) or not target:
+        raise ConfigError(f"{path}: audit.path must be a file path, got {target!r}")
+    return AuditLog(path.resolve().parent / target)

@@ -1,0 +1,316 @@
+"""The analysis spec: which estimates every site computes in a round.
+
+Why
+---
+The spec is written by the central analytics team (TOML, see DESIGN.md), sent to every
+site inside a round, and executed there by :func:`site_agent.estimators.estimate_all`. A
+site must never guess: a typo in a key or an estimator name would otherwise produce a
+silently different analysis at each site. So the spec is parsed into typed, frozen
+objects and every problem (unknown estimator, missing, unknown or inapplicable key, wrong
+type, duplicate name) is an error that names the analysis and the key. The same objects
+round-trip through :meth:`Spec.to_dict` (the form that travels in a round) and
+:meth:`Spec.to_toml`.
+
+Example
+-------
+.. code-block:: toml
+
+    name = "monthly"
+    [[analysis]]
+    name = "mortality_adjusted"
+    estimator = "logistic"
+    outcome = "outcome"
+    exposure = "treated"
+    covariates = ["age", "sex"]
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedsynth.errors import ConfigError
+
+__all__ = ["Spec", "AnalysisSpec", "load_spec", "parse_spec", "ESTIMATORS", "MEASURES"]
+
+#: Estimators and, for each, (required keys, optional keys with defaults).
+_STRING_KEYS = ("outcome", "exposure", "measure", "time", "event", "ties", "score", "scale",
+                "description")
+_ALL_KEYS = ("name", "estimator", "outcome", "exposure", "covariates", "measure", "time",
+             "event", "ties", "score", "scale", "description")
+
+ESTIMATORS: dict[str, dict[str, Any]] = {
+    "two_by_two": {"required": ("outcome", "exposure"),
+                   "optional": {"measure": "OR"}},
+    "two_group": {"required": ("outcome", "exposure"),
+                  "optional": {"measure": "MD"}},
+    "logistic": {"required": ("outcome", "exposure"),
+                 "optional": {"covariates": ()}},
+    "linear": {"required": ("outcome", "exposure"),
+               "optional": {"covariates": ()}},
+    "cox": {"required": ("time", "event", "exposure"),
+            "optional": {"covariates": (), "ties": "efron"}},
+    "auc": {"required": ("outcome", "score"), "optional": {"scale": "raw"}},
+    "calibration_slope": {"required": ("outcome", "score"), "optional": {}},
+    "calibration_in_the_large": {"required": ("outcome", "score"), "optional": {}},
+    "oe_ratio": {"required": ("outcome", "score"), "optional": {}},
+    "brier": {"required": ("outcome", "score"), "optional": {}},
+}
+
+#: Allowed values of the enumerated keys.
+MEASURES: dict[str, tuple[str, ...]] = {"two_by_two": ("OR", "RR", "RD"),
+                                        "two_group": ("MD", "SMD", "ROM")}
+_CHOICES: dict[str, tuple[str, ...]] = {"ties": ("efron", "breslow"),
+                                        "scale": ("raw", "logit")}
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """One analysis of a spec (one ``[[analysis]]`` table).
+
+    Keys that do not apply to the estimator are ``None`` (or ``()`` for covariates);
+    defaults (``measure = "OR"`` for two_by_two, ``"MD"`` for two_group, ``ties =
+    "efron"``, ``scale = "raw"``) are filled in, so every site runs the same analysis.
+    """
+
+    name: str
+    estimator: str
+    outcome: str | None = None
+    exposure: str | None = None
+    covariates: tuple[str, ...] = ()
+    measure: str | None = None
+    time: str | None = None
+    event: str | None = None
+    ties: str | None = None
+    score: str | None = None
+    scale: str | None = None
+    description: str | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every data column the analysis uses (missing values there drop the row)."""
+        cols = [self.outcome, self.exposure, self.time, self.event, self.score,
+                *self.covariates]
+        return tuple(dict.fromkeys(c for c in cols if c))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The analysis as a plain dict with only the keys that are set."""
+        out: dict[str, Any] = {"name": self.name, "estimator": self.estimator}
+        for key in _ALL_KEYS[2:]:
+            value = getattr(self, key)
+            if key == "covariates":
+                if self.estimator in ("logistic", "linear", "cox"):
+                    out[key] = list(value)
+            elif value is not None:
+                out[key] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, table: Mapping[str, Any], index: int = 0) -> AnalysisSpec:
+        """Validate one ``[[analysis]]`` table; errors name the analysis and the key."""
+        return _parse_analysis(table, index)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated analysis spec.
+
+    Attributes
+    ----------
+    analyses
+        The analyses in file order; names are unique.
+    name
+        Optional name of the spec (e.g. ``"monthly"``).
+    """
+
+    analyses: tuple[AnalysisSpec, ...]
+    name: str | None = None
+    description: str | None = None
+
+    def __getitem__(self, name: str) -> AnalysisSpec:
+        for analysis in self.analyses:
+            if analysis.name == name:
+                return analysis
+        raise KeyError(name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Analysis names in order."""
+        return tuple(a.name for a in self.analyses)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"name", "analyses": [...]}``: the form that travels in a round (JSON-safe)."""
+        out: dict[str, Any] = {"name": self.name,
+                               "analyses": [a.to_dict() for a in self.analyses]}
+        if self.description is not None:
+            out["description"] = self.description
+        return out
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys) of :meth:`to_dict`, e.g. for signing."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def to_toml(self) -> str:
+        """The spec as TOML that :func:`parse_spec` reads back to an equal :class:`Spec`."""
+        lines: list[str] = []
+        if self.name is not None:
+            lines.append(f"name = {_toml_value(self.name)}")
+        if self.description is not None:
+            lines.append(f"description = {_toml_value(self.description)}")
+        for analysis in self.analyses:
+            lines.append("")
+            lines.append("[[analysis]]")
+            for key, value in analysis.to_dict().items():
+                lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        # JSON string escapes are valid TOML basic-string escapes.
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")  # pragma: no cover
+
+
+def _where(table: Mapping[str, Any], index: int) -> str:
+    name = table.get("name") if isinstance(table, Mapping) else None
+    if isinstance(name, str) and name:
+        return f"analysis {name!r}"
+    return f"analysis #{index + 1}"
+
+
+def _parse_analysis(table: Any, index: int) -> AnalysisSpec:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"analysis #{index + 1}: must be a table, got "
+                          f"{type(table).__name__}")
+    where = _where(table, index)
+    unknown = [k for k in table if k not in _ALL_KEYS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known keys: "
+                          f"{', '.join(_ALL_KEYS)})")
+    for key in ("name", "estimator"):
+        if key not in table:
+            raise ConfigError(f"{where}: missing key {key!r}")
+    for key, value in table.items():
+        if key == "covariates":
+            if not isinstance(value, (list, tuple)) or not all(
+                    isinstance(v, str) and v for v in value):
+                raise ConfigError(f"{where}: key 'covariates' must be a list of column "
+                                  f"names, got {value!r}")
+            if len(set(value)) != len(value):
+                raise ConfigError(f"{where}: key 'covariates' lists a column twice: "
+                                  f"{value!r}")
+        elif not isinstance(value, str):
+            raise ConfigError(f"{where}: key {key!r} must be a string, got "
+                              f"{type(value).__name__} {value!r}")
+        elif not value.strip() and key != "description":
+            raise ConfigError(f"{where}: key {key!r} must not be empty")
+    name = table["name"]
+    if not _NAME.match(name):
+        raise ConfigError(f"{where}: key 'name' must be 1-100 letters, digits, '_', '.' or "
+                          f"'-', got {name!r}")
+    estimator = table["estimator"]
+    if estimator not in ESTIMATORS:
+        raise ConfigError(f"{where}: key 'estimator' has unknown value {estimator!r} "
+                          f"(known: {', '.join(ESTIMATORS)})")
+    rules = ESTIMATORS[estimator]
+    allowed = {"name", "estimator", "description", *rules["required"], *rules["optional"]}
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{where}: key {key!r} does not apply to estimator "
+                              f"{estimator!r} (its keys: {', '.join(sorted(allowed))})")
+    for key in rules["required"]:
+        if key not in table:
+            raise ConfigError(f"{where}: missing key {key!r} (required by estimator "
+                              f"{estimator!r})")
+    values: dict[str, Any] = {**rules["optional"], **table}
+    if "covariates" in values:
+        values["covariates"] = tuple(values["covariates"])
+    if estimator in MEASURES and values["measure"] not in MEASURES[estimator]:
+        raise ConfigError(f"{where}: key 'measure' has value {values['measure']!r}; "
+                          f"{estimator} supports {', '.join(MEASURES[estimator])}")
+    for key, choices in _CHOICES.items():
+        if key in values and values[key] not in choices:
+            raise ConfigError(f"{where}: key {key!r} has value {values[key]!r} (known: "
+                              f"{', '.join(choices)})")
+    for column in values.get("covariates", ()):
+        if column in (values.get("outcome"), values.get("exposure"), values.get("time"),
+                      values.get("event")):
+            raise ConfigError(f"{where}: key 'covariates' repeats column {column!r}, "
+                              "already used as outcome, exposure, time or event")
+    if estimator in ("two_by_two", "two_group", "logistic", "linear") and \
+            values["outcome"] == values["exposure"]:
+        raise ConfigError(f"{where}: key 'exposure' names the outcome column "
+                          f"{values['exposure']!r}")
+    return AnalysisSpec(**values)
+
+
+def parse_spec(source: str | Mapping[str, Any]) -> Spec:
+    """Parse and validate a spec from TOML text or from a dict (e.g. a round's spec).
+
+    Accepts ``[[analysis]]`` tables (TOML) or an ``"analyses"`` list (the
+    :meth:`Spec.to_dict` form). Raises :class:`fedsynth.errors.ConfigError` naming the
+    analysis and the key on any problem.
+    """
+    if isinstance(source, (str, bytes)):
+        text = source.decode() if isinstance(source, bytes) else source
+        try:
+            data: Any = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"analysis spec: not valid TOML: {error}") from None
+    elif isinstance(source, Mapping):
+        data = dict(source)
+    else:
+        raise ConfigError(f"analysis spec: expected TOML text or a table, got "
+                          f"{type(source).__name__}")
+    unknown = [k for k in data if k not in ("name", "description", "analysis", "analyses")]
+    if unknown:
+        raise ConfigError(f"analysis spec: unknown top-level key {unknown[0]!r} (known: "
+                          "name, description, analysis)")
+    if "analysis" in data and "analyses" in data:
+        raise ConfigError("analysis spec: give either 'analysis' tables or an 'analyses' "
+                          "list, not both")
+    for key in ("name", "description"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise ConfigError(f"analysis spec: key {key!r} must be a string, got "
+                              f"{data[key]!r}")
+    tables = data.get("analysis", data.get("analyses"))
+    if tables is None:
+        raise ConfigError("analysis spec: missing key 'analysis' (no [[analysis]] table)")
+    if not isinstance(tables, (list, tuple)) or not tables:
+        raise ConfigError("analysis spec: key 'analysis' must be a non-empty array of "
+                          f"tables, got {tables!r}")
+    analyses: list[AnalysisSpec] = []
+    seen: set[str] = set()
+    for index, table in enumerate(tables):
+        analysis = _parse_analysis(table, index)
+        if analysis.name in seen:
+            raise ConfigError(f"analysis {analysis.name!r}: key 'name' is a duplicate "
+                              f"(analysis #{index + 1}); names must be unique")
+        seen.add(analysis.name)
+        analyses.append(analysis)
+    return Spec(analyses=tuple(analyses), name=data.get("name"),
+                description=data.get("description"))
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec file (TOML). Errors name the file, analysis and key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"spec: file not found: {str(path)!r}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"spec: cannot read {str(path)!r}: {error}") from None
+    try:
+        return parse_spec(text)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None

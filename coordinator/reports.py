@@ -1,0 +1,1102 @@
+"""Round reports (HTML + JSON) and trend reports across rounds.
+
+Why
+---
+The central analytics team reads a federated round as a statistician reads a meta-analysis:
+a forest plot per analysis, the pooled estimate with its confidence and prediction
+intervals, the heterogeneity statistics (Q, tau², I² with their confidence intervals,
+Higgins & Thompson, "Quantifying heterogeneity in a meta-analysis", Stat Med 21, 2002) with
+the coordinator's flag and its reasons, and which sites took part or refused and why. This
+module renders the *round document* (``docs/round-document.md``) into
+
+* ``<round>.html``: one self-contained file (inline CSS and SVG, no script, no external
+  resource; a Content-Security-Policy forbids both), readable offline and safe to mail;
+* ``<round>.json``: the round document itself, strict JSON (non-finite numbers -> null);
+* ``trend.html`` / ``trend.json``: every analysis's pooled estimate, CI, prediction
+  interval and I² per round, plus each site's estimate per round, so that a drifting model
+  or a site that starts to diverge is visible.
+
+Site names, refusal reasons and spec names come from remote sites or operators and are
+untrusted: every piece of text goes through :func:`html.escape`, file names are checked,
+and embedded SVG is parsed and stripped of anything active (scripts, event handlers,
+external references) before it is inlined.
+
+Divergence of a site across rounds is judged by its *standardized deleted residual*
+(Viechtbauer & Cheung, "Outlier and influence diagnostics for meta-analysis", Res Synth
+Methods 1, 2010): the site's estimate compared with the random-effects estimate of the
+*other* sites of that round, on the scale of the prediction for a new site,
+``z_i = (y_i - mu_(-i)) / sqrt(v_i + tau2_(-i) + se(mu_(-i))^2)``. Leaving the site out
+matters: a diverging site pulls the pooled estimate towards itself and inflates tau², so
+comparing it with the all-sites fit hides exactly the site one wants to see. Between-site
+variance of the leave-one-out fit is the DerSimonian-Laird moment estimator (DerSimonian &
+Laird, Control Clin Trials 7, 1986), closed form and adequate for a screening statistic;
+the pooled numbers shown in the reports are those the coordinator computed (REML by default).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import io
+import json
+import math
+import os
+import re
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsynth.errors import InputError
+
+__all__ = [
+    "RoundReportPaths",
+    "SiteTrend",
+    "AnalysisTrend",
+    "deleted_residuals",
+    "render_round_html",
+    "render_trend_html",
+    "trend_summary",
+    "write_round_report",
+    "write_trend_report",
+]
+
+#: Round ids become file names: letters, digits, dot, underscore, dash; no leading dot.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
+
+#: Measures whose estimates are on the log scale; the report also shows exp(estimate).
+_LOG_MEASURES = {"OR": "OR", "RR": "RR", "HR": "HR", "ROM": "ratio of means", "IRR": "IRR",
+                 "LOGOR": "OR", "LOGHR": "HR", "OE": "O/E", "LOG_OE": "O/E"}
+_LOG_ESTIMATORS = {"logistic": "OR", "cox": "HR", "oe_ratio": "O/E"}
+
+#: |standardized deleted residual| beyond which a site counts as diverging in a round
+#: (the 97.5% normal quantile, as metafor's influence() flags residuals).
+DIVERGENCE_Z = 1.959963984540054
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers: numbers, escaping, validation
+# --------------------------------------------------------------------------------------------
+
+def _esc(value: Any) -> str:
+    """Escape any value for HTML text or attribute context."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _finite(value: Any) -> float | None:
+    """Return ``value`` as a finite float, or None (missing, null, NaN, +-inf, non-number)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    """Format a number for a table; missing values show as an en dash."""
+    number = _finite(value)
+    if number is None:
+        return "\u2013"
+    if abs(number) < 1e-8:
+        # Iterative tau² estimates land at 1e-14 instead of exactly 0 and I² follows;
+        # printing them in scientific notation suggests a precision that is not there.
+        return f"{0.0:.{digits}f}"
+    if abs(number) < 10 ** (-digits) or abs(number) >= 1e6:
+        return f"{number:.{digits - 1}e}"
+    return f"{number:.{digits}f}"
+
+
+def _fmt_p(value: Any) -> str:
+    number = _finite(value)
+    if number is None:
+        return "\u2013"
+    if number < 1e-4:
+        return "&lt;0.0001"
+    return f"{number:.4f}"
+
+
+def _pair(values: Any) -> tuple[float | None, float | None]:
+    """A ``[lower, upper]`` pair from the document, tolerant of null or an empty list."""
+    if isinstance(values, (list, tuple)) and len(values) == 2:
+        return _finite(values[0]), _finite(values[1])
+    return None, None
+
+
+def _interval(lower: Any, upper: Any, digits: int = 3) -> str:
+    lo, hi = _finite(lower), _finite(upper)
+    if lo is None or hi is None:
+        return "\u2013"
+    return f"{_fmt(lo, digits)} to {_fmt(hi, digits)}"
+
+
+def _strict_json(value: Any) -> Any:
+    """Copy ``value`` replacing non-finite floats by None so the JSON is strict (RFC 8259)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def _check_round_doc(doc: Any, where: str = "round document") -> None:
+    """Validate the fields the reports rely on; errors name the field and its value."""
+    if not isinstance(doc, Mapping):
+        raise InputError(f"{where}: expected a JSON object, got {type(doc).__name__}")
+    round_id = doc.get("round")
+    if not isinstance(round_id, str) or not _SAFE_ID.match(round_id):
+        raise InputError(f"{where}: field 'round' must be an id of letters, digits, '.', '_' "
+                         f"or '-' (at most 128), got {round_id!r}")
+    for key in ("sites", "analyses"):
+        if not isinstance(doc.get(key, []), list):
+            raise InputError(f"{where} {round_id}: field {key!r} must be a list, "
+                             f"got {type(doc.get(key)).__name__}")
+    for index, site in enumerate(doc.get("sites", [])):
+        if not isinstance(site, Mapping) or not isinstance(site.get("site"), str):
+            raise InputError(f"{where} {round_id}: field 'sites[{index}].site' must be a "
+                             f"string, got {site!r}"[:300])
+        if not isinstance(site.get("refusals") or {}, Mapping):
+            raise InputError(f"{where} {round_id}: field 'sites[{index}].refusals' must be an "
+                             f"object, got {site.get('refusals')!r}"[:300])
+    for index, analysis in enumerate(doc.get("analyses", [])):
+        if not isinstance(analysis, Mapping) or not isinstance(analysis.get("analysis"), str):
+            raise InputError(f"{where} {round_id}: field 'analyses[{index}].analysis' must be "
+                             f"a string, got {analysis!r}"[:300])
+        estimates = analysis.get("site_estimates") or []
+        if not isinstance(estimates, list):
+            raise InputError(f"{where} {round_id}: field 'analyses[{index}].site_estimates' "
+                             f"must be a list, got {type(estimates).__name__}")
+        for j, est in enumerate(estimates):
+            if not isinstance(est, Mapping) or not isinstance(est.get("site"), str):
+                raise InputError(f"{where} {round_id}: field "
+                                 f"'analyses[{index}].site_estimates[{j}].site' must be a "
+                                 f"string, got {est!r}"[:300])
+        for key in ("refused",):
+            if not isinstance(analysis.get(key) or {}, Mapping):
+                raise InputError(f"{where} {round_id}: field 'analyses[{index}].{key}' must be "
+                                 f"an object, got {analysis.get(key)!r}"[:300])
+        het = analysis.get("heterogeneity") or {}
+        if not isinstance(het, Mapping):
+            raise InputError(f"{where} {round_id}: field 'analyses[{index}].heterogeneity' "
+                             f"must be an object, got {het!r}"[:300])
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (no torn reports)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _back_transform_label(analysis: Mapping[str, Any]) -> str | None:
+    """Name of exp(estimate) when the analysis is on a log scale (OR, RR, HR, ...), else None."""
+    measure = str(analysis.get("measure") or "").upper()
+    if measure in _LOG_MEASURES:
+        return _LOG_MEASURES[measure]
+    if not measure:
+        return _LOG_ESTIMATORS.get(str(analysis.get("estimator") or ""))
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# SVG: render with matplotlib, sanitize, make ids unique per figure
+# --------------------------------------------------------------------------------------------
+
+_SVG_NS = "http://www.w3.org/2000/svg"
+_XLINK_NS = "http://www.w3.org/1999/xlink"
+ET.register_namespace("", _SVG_NS)
+ET.register_namespace("xlink", _XLINK_NS)
+#: Active or external-content elements never inlined. ``<use>`` stays: matplotlib draws
+#: markers with it, and its non-local references are removed below.
+_FORBIDDEN_TAGS = {"script", "foreignObject", "iframe", "object", "embed", "image", "a",
+                   "animate", "set", "animateTransform", "animateMotion"}
+_URL_REF = re.compile(r"url\(\s*#([^)\s]+)\s*\)")
+
+
+def _mpl_text(text: Any) -> str:
+    """Protect untrusted text from matplotlib's mathtext (``$...$``) interpretation."""
+    return str(text).replace("$", r"\$")
+
+
+def _figure_svg(fig: Any) -> str:
+    """Serialize a matplotlib figure to SVG text with real <text> (searchable, escaped)."""
+    import matplotlib
+
+    buffer = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "fedsynth"}):
+        fig.savefig(buffer, format="svg", bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def sanitize_svg(svg_text: str, id_prefix: str) -> str:
+    """Return an inline-safe ``<svg>`` element from SVG text.
+
+    Drops the XML prolog and DOCTYPE, removes active content (``<script>``,
+    ``<foreignObject>``, external ``<image>``/``<use>``, ``on*`` event attributes, non-local
+    ``href``), and prefixes every ``id`` (and every ``url(#id)``/``href="#id"`` reference) with
+    ``id_prefix``, because several figures inlined into one HTML document would otherwise
+    share ids (matplotlib names clip paths by a hash) and clip each other.
+    """
+    try:
+        root = ET.fromstring(svg_text.encode("utf-8") if isinstance(svg_text, str) else svg_text)
+    except ET.ParseError as error:
+        raise InputError(f"figure is not valid SVG: {error}") from error
+    if root.tag not in (f"{{{_SVG_NS}}}svg", "svg"):
+        raise InputError(f"figure root element must be <svg>, got <{root.tag}>")
+
+    def local(tag: str) -> str:
+        return tag.rsplit("}", 1)[-1]
+
+    # Remove forbidden elements (iterate parents so we can delete children).
+    for parent in list(root.iter()):
+        for child in list(parent):
+            if local(child.tag) in _FORBIDDEN_TAGS:
+                parent.remove(child)
+    for element in root.iter():
+        for name in list(element.attrib):
+            lname = local(name).lower()
+            value = element.attrib[name]
+            if lname.startswith("on"):
+                del element.attrib[name]
+            elif lname == "href":
+                if value.startswith("#"):
+                    element.attrib[name] = f"#{id_prefix}{value[1:]}"
+                else:
+                    del element.attrib[name]
+            elif lname == "id":
+                element.attrib[name] = f"{id_prefix}{value}"
+            elif "url(" in value:
+                element.attrib[name] = _URL_REF.sub(lambda m: f"url(#{id_prefix}{m.group(1)})",
+                                                    value)
+        if local(element.tag) == "style" and element.text:
+            element.text = _URL_REF.sub(lambda m: f"url(#{id_prefix}{m.group(1)})",
+                                        element.text)
+            if "@import" in element.text or "url(" in element.text.replace("url(#", ""):
+                element.text = ""
+    root.set("role", "img")
+    return ET.tostring(root, encoding="unicode")
+
+
+# --------------------------------------------------------------------------------------------
+# Forest plot per analysis
+# --------------------------------------------------------------------------------------------
+
+def _forest_svg(analysis: Mapping[str, Any], *, id_prefix: str) -> str | None:
+    """Forest plot of one analysis as sanitized inline SVG; None when no site estimate."""
+    estimates = [e for e in analysis.get("site_estimates") or []
+                 if _finite(e.get("yi")) is not None and (_finite(e.get("vi")) or 0) > 0]
+    if not estimates:
+        return None
+    fig = _plots_helper_forest(analysis, estimates)
+    if fig is None:
+        fig = _fallback_forest(analysis, estimates)
+    try:
+        return sanitize_svg(_figure_svg(fig), id_prefix)
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+def _plots_helper_forest(analysis: Mapping[str, Any], estimates: list[Mapping[str, Any]]):
+    """The project's forest plot (``coordinator.synthesis.plots.forest_plot``), if present."""
+    try:
+        from coordinator.synthesis.plots import forest_plot  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _call_forest_plot(forest_plot, analysis, estimates)
+
+
+def _call_forest_plot(forest_plot: Any, analysis: Mapping[str, Any],
+                      estimates: list[Mapping[str, Any]]):
+    """Adapter to the plots helper's API (filled in when it is committed)."""
+    return None
+
+
+def _fallback_forest(analysis: Mapping[str, Any], estimates: list[Mapping[str, Any]]):
+    """Minimal matplotlib forest plot, used only until the plots helper's one exists.
+
+    Squares are sized by the random-effects weight ``1/(v_i + tau2)``, whiskers are the
+    sites' 95% Wald intervals, the diamond is the pooled estimate and its CI, the dashed
+    bar the prediction interval. Ratio measures are drawn on the log scale with exp()
+    tick labels.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Polygon
+    from matplotlib.ticker import FuncFormatter
+
+    z = 1.959963984540054
+    tau2 = max(_finite(analysis.get("tau2")) or 0.0, 0.0)
+    names = [_mpl_text(e["site"]) for e in estimates]
+    yi = [float(e["yi"]) for e in estimates]
+    vi = [float(e["vi"]) for e in estimates]
+    weights = [1.0 / (v + tau2) for v in vi]
+    total = sum(weights)
+    k = len(estimates)
+    height = 1.2 + 0.32 * (k + 2)
+    fig, ax = plt.subplots(figsize=(7.2, height))
+    for row, (y, v, w) in enumerate(zip(yi, vi, weights)):
+        ypos = k + 1 - row
+        half = z * math.sqrt(v)
+        ax.plot([y - half, y + half], [ypos, ypos], color="#333333", lw=1)
+        ax.plot([y], [ypos], marker="s", color="#1f4e79",
+                markersize=4 + 10 * math.sqrt(w / total), linestyle="none")
+    est = _finite(analysis.get("estimate"))
+    lo, hi = _finite(analysis.get("ci_lb")), _finite(analysis.get("ci_ub"))
+    xs = [y - z * math.sqrt(v) for y, v in zip(yi, vi)] + [y + z * math.sqrt(v)
+                                                            for y, v in zip(yi, vi)]
+    if est is not None and lo is not None and hi is not None:
+        ax.add_patch(Polygon([[lo, 0], [est, 0.3], [hi, 0], [est, -0.3]], closed=True,
+                             color="#b22222"))
+        ax.axvline(est, color="#b22222", lw=0.6, ls=":")
+        xs += [lo, hi]
+        pl, pu = _finite(analysis.get("pi_lb")), _finite(analysis.get("pi_ub"))
+        if pl is not None and pu is not None:
+            ax.plot([pl, pu], [-0.55, -0.55], color="#b22222", lw=1.2, ls="--")
+            xs += [pl, pu]
+    label = _back_transform_label(analysis)
+    null = 0.0
+    ax.axvline(null, color="#777777", lw=0.8)
+    ax.set_yticks([k + 1 - r for r in range(k)] + [0])
+    ax.set_yticklabels(names + [f"Pooled ({_mpl_text(analysis.get('method') or '')})"])
+    ax.set_ylim(-1.0, k + 1.7)
+    span = max(xs) - min(xs) if xs else 1.0
+    ax.set_xlim(min(xs + [null]) - 0.05 * span, max(xs + [null]) + 0.05 * span)
+    if label:
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{math.exp(x):.3g}"))
+        ax.set_xlabel(f"{_mpl_text(label)} (log scale)")
+    else:
+        ax.set_xlabel(_mpl_text(analysis.get("measure") or analysis.get("estimator") or
+                                "estimate"))
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    ax.tick_params(axis="y", length=0)
+    ax.set_title(_mpl_text(analysis.get("analysis")), loc="left", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# The round report
+# --------------------------------------------------------------------------------------------
+
+_CSS = """
+:root { --ink:#1d2330; --muted:#5b6474; --line:#d9dee7; --accent:#1f4e79; --warn:#b22222;
+        --amber:#a45d00; --ok:#2e7d32; --bg:#fbfcfd; }
+* { box-sizing: border-box; }
+body { font: 14px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       color: var(--ink); background: var(--bg); margin: 0; }
+main { max-width: 1100px; margin: 0 auto; padding: 28px 32px 60px; }
+h1 { font-size: 24px; margin: 0 0 4px; font-weight: 600; }
+h2 { font-size: 18px; margin: 34px 0 10px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
+h3 { font-size: 15px; margin: 26px 0 6px; }
+.sub { color: var(--muted); margin: 0 0 18px; }
+.meta { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); gap: 8px 20px;
+        background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 12px 16px; }
+.meta div span { display: block; color: var(--muted); font-size: 12px; text-transform: uppercase;
+                 letter-spacing: .04em; }
+table { border-collapse: collapse; width: 100%; background: #fff; margin: 6px 0 14px;
+        font-variant-numeric: tabular-nums; }
+th, td { border-bottom: 1px solid var(--line); padding: 5px 8px; text-align: left; vertical-align: top; }
+th { font-size: 12px; color: var(--muted); font-weight: 600; background: #f3f5f8; }
+td.num, th.num { text-align: right; white-space: nowrap; }
+.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px;
+         font-weight: 600; color: #fff; background: var(--muted); white-space: nowrap; }
+.badge.pooled, .badge.submitted, .badge.ok { background: var(--ok); }
+.badge.failed, .badge.strong, .badge.missing { background: var(--warn); }
+.badge.moderate, .badge.open { background: var(--amber); }
+.reasons { margin: 4px 0 0 18px; padding: 0; }
+.note { color: var(--muted); font-size: 12.5px; }
+.alert { border-left: 4px solid var(--warn); background: #fff4f4; padding: 8px 12px; margin: 10px 0; }
+.scroll { overflow-x: auto; }
+figure { margin: 8px 0 4px; background: #fff; border: 1px solid var(--line); border-radius: 6px;
+         padding: 8px; }
+figure svg { max-width: 100%; height: auto; }
+figcaption { color: var(--muted); font-size: 12.5px; padding: 4px 6px 0; }
+footer { margin-top: 40px; color: var(--muted); font-size: 12px; border-top: 1px solid var(--line);
+         padding-top: 10px; }
+"""
+
+_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+        "base-uri 'none'; form-action 'none'")
+
+
+def _page(title: str, body: str) -> str:
+    from fedsynth import __version__
+
+    generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
+        f"{body}\n<footer>Generated by fedsynth {_esc(__version__)} on {generated}. "
+        "Pooled estimates, Q-profile intervals and heterogeneity flags are those computed by "
+        "the coordinator; see DESIGN.md for the heterogeneity rule.</footer>\n"
+        "</main>\n</body>\n</html>\n")
+
+
+def _badge(text: Any, kind: str | None = None) -> str:
+    css = re.sub(r"[^a-z]", "", str(kind if kind is not None else text).lower())
+    return f"<span class=\"badge {css}\">{_esc(text)}</span>"
+
+
+def _analysis_summary_rows(analyses: Sequence[Mapping[str, Any]]) -> str:
+    rows = []
+    for a in analyses:
+        het = a.get("heterogeneity") or {}
+        back = _back_transform_label(a)
+        exp_cell = "\u2013"
+        est, lo, hi = (_finite(a.get(k)) for k in ("estimate", "ci_lb", "ci_ub"))
+        if back and est is not None and lo is not None and hi is not None:
+            try:
+                exp_cell = (f"{_esc(back)} {math.exp(est):.3f} "
+                            f"({math.exp(lo):.3f} to {math.exp(hi):.3f})")
+            except OverflowError:
+                exp_cell = "\u2013"
+        flag = (_badge(het.get("level") or "flagged", het.get("level") or "moderate")
+                if het.get("flagged") else _badge("no", "ok"))
+        rows.append(
+            "<tr>"
+            f"<td><a href=\"#a-{_esc(_anchor(a['analysis']))}\">{_esc(a['analysis'])}</a></td>"
+            f"<td>{_esc(a.get('estimator') or '')} {_esc(a.get('measure') or '')}</td>"
+            f"<td class=\"num\">{_esc(a.get('k', ''))}</td>"
+            f"<td>{_esc(a.get('method') or '')}/{_esc(a.get('test') or '')}</td>"
+            f"<td class=\"num\">{_fmt(a.get('estimate'))}</td>"
+            f"<td class=\"num\">{_interval(a.get('ci_lb'), a.get('ci_ub'))}</td>"
+            f"<td class=\"num\">{_fmt_p(a.get('pval'))}</td>"
+            f"<td class=\"num\">{exp_cell}</td>"
+            f"<td class=\"num\">{_interval(a.get('pi_lb'), a.get('pi_ub'))}</td>"
+            f"<td class=\"num\">{_fmt(a.get('I2'), 1)}%</td>"
+            f"<td>{flag}</td></tr>")
+    return "\n".join(rows)
+
+
+def _anchor(name: str) -> str:
+    """An id-safe anchor for an analysis name (escaping is applied by the caller too)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:80]
+
+
+def _heterogeneity_table(analyses: Sequence[Mapping[str, Any]]) -> str:
+    rows = []
+    for a in analyses:
+        het = a.get("heterogeneity") or {}
+        i2_lo, i2_hi = _pair(a.get("I2_ci"))
+        t_lo, t_hi = _pair(a.get("tau2_ci"))
+        q_df = (int(a["k"]) - 1) if isinstance(a.get("k"), int) and a["k"] > 0 else None
+        reasons = het.get("reasons") or []
+        sites = het.get("sites") or []
+        none_html = "<span class=\"note\">none</span>"
+        reason_html = ("<ul class=\"reasons\">" + "".join(f"<li>{_esc(r)}</li>" for r in reasons)
+                       + "</ul>") if reasons else "<span class=\"note\">none</span>"
+        flag = (_badge(het.get("level") or "flagged", het.get("level") or "moderate")
+                if het.get("flagged") else _badge("not flagged", "ok"))
+        rows.append(
+            "<tr>"
+            f"<td>{_esc(a['analysis'])}</td>"
+            f"<td class=\"num\">{_fmt(a.get('Q'), 2)}"
+            f"{f' (df {q_df})' if q_df is not None else ''}</td>"
+            f"<td class=\"num\">{_fmt_p(a.get('Q_pval'))}</td>"
+            f"<td class=\"num\">{_fmt(a.get('tau2'), 4)}<br><span class=\"note\">"
+            f"{_interval(t_lo, t_hi, 4)}</span></td>"
+            f"<td class=\"num\">{_fmt(a.get('I2'), 1)}%<br><span class=\"note\">"
+            f"{_interval(i2_lo, i2_hi, 1)}</span></td>"
+            f"<td class=\"num\">{_fmt(a.get('H2'), 2)}</td>"
+            f"<td>{flag}</td>"
+            f"<td>{_esc(', '.join(map(str, sites))) or none_html}</td>"
+            f"<td>{reason_html}</td></tr>")
+    return ("<table><thead><tr><th>Analysis</th><th class=\"num\">Q</th>"
+            "<th class=\"num\">p(Q)</th><th class=\"num\">\u03c4\u00b2 (95% CI)</th>"
+            "<th class=\"num\">I\u00b2 (95% CI)</th><th class=\"num\">H\u00b2</th>"
+            "<th>Flag</th><th>Sites driving it</th><th>Reasons</th></tr></thead><tbody>"
+            + "\n".join(rows) + "</tbody></table>")
+
+
+def _site_estimate_table(a: Mapping[str, Any]) -> str:
+    estimates = a.get("site_estimates") or []
+    tau2 = max(_finite(a.get("tau2")) or 0.0, 0.0)
+    weights = {}
+    usable = [(e["site"], _finite(e.get("vi"))) for e in estimates]
+    total = sum(1.0 / (v + tau2) for _, v in usable if v is not None and v + tau2 > 0)
+    for site, v in usable:
+        if v is not None and v + tau2 > 0 and total > 0:
+            weights[site] = 100.0 / (v + tau2) / total
+    driving = set(map(str, (a.get("heterogeneity") or {}).get("sites") or []))
+    rows = []
+    for e in estimates:
+        yi, vi = _finite(e.get("yi")), _finite(e.get("vi"))
+        se = _finite(e.get("se"))
+        if se is None and vi is not None and vi >= 0:
+            se = math.sqrt(vi)
+        lo = hi = None
+        if yi is not None and se is not None:
+            lo, hi = yi - 1.959963984540054 * se, yi + 1.959963984540054 * se
+        mark = " " + _badge("drives heterogeneity", "moderate") if e["site"] in driving else ""
+        rows.append(f"<tr><td>{_esc(e['site'])}{mark}</td>"
+                    f"<td class=\"num\">{_esc(e.get('n', '')) if e.get('n') is not None else '&ndash;'}</td>"
+                    f"<td class=\"num\">{_fmt(yi)}</td><td class=\"num\">{_fmt(se)}</td>"
+                    f"<td class=\"num\">{_interval(lo, hi)}</td>"
+                    f"<td class=\"num\">{_fmt(weights.get(e['site']), 1)}%</td></tr>")
+    for site, reason in (a.get("refused") or {}).items():
+        rows.append(f"<tr><td>{_esc(site)} {_badge('refused', 'missing')}</td>"
+                    f"<td colspan=\"5\" class=\"note\">{_esc(reason)}</td></tr>")
+    if not rows:
+        return "<p class=\"note\">No site estimate.</p>"
+    return ("<table><thead><tr><th>Site</th><th class=\"num\">n</th><th class=\"num\">y<sub>i</sub></th>"
+            "<th class=\"num\">SE</th><th class=\"num\">95% CI</th>"
+            "<th class=\"num\">Weight (RE)</th></tr></thead><tbody>" + "\n".join(rows)
+            + "</tbody></table>")
+
+
+def _participation(doc: Mapping[str, Any]) -> str:
+    sites = doc.get("sites") or []
+    rows, refusal_rows = [], []
+    for s in sites:
+        refusals = s.get("refusals") or {}
+        status = s.get("status") or "unknown"
+        rows.append(f"<tr><td>{_esc(s['site'])}</td><td>{_badge(status)}</td>"
+                    f"<td>{_esc(s.get('submitted_at') or '')}</td>"
+                    f"<td class=\"num\">{len(refusals)}</td></tr>")
+        for analysis, reason in refusals.items():
+            refusal_rows.append(f"<tr><td>{_esc(s['site'])}</td><td>{_esc(analysis)}</td>"
+                                f"<td>{_esc(reason)}</td></tr>")
+    submitted = sum(1 for s in sites if s.get("status") == "submitted")
+    quorum = doc.get("quorum")
+    quorum_text = f" (quorum {_esc(quorum)})" if quorum is not None else ""
+    out = [f"<p>{submitted} of {len(sites)} allowed sites submitted{quorum_text}.</p>",
+           "<table><thead><tr><th>Site</th><th>Status</th><th>Submitted at</th>"
+           "<th class=\"num\">Refused analyses</th></tr></thead><tbody>", *rows,
+           "</tbody></table>"]
+    out.append("<h3>Refusals</h3>")
+    if refusal_rows:
+        out += ["<p class=\"note\">Analyses a site declined to compute or send, with the "
+                "site's own reason (policy, disclosure limit, missing column).</p>",
+                "<table><thead><tr><th>Site</th><th>Analysis</th><th>Reason</th></tr></thead>"
+                "<tbody>", *refusal_rows, "</tbody></table>"]
+    else:
+        out.append("<p class=\"note\">No site refused an analysis.</p>")
+    return "\n".join(out)
+
+
+def render_round_html(round_doc: Mapping[str, Any]) -> str:
+    """Render a round document (``docs/round-document.md``) as a self-contained HTML page."""
+    _check_round_doc(round_doc)
+    doc = round_doc
+    round_id = doc["round"]
+    spec = doc.get("spec") if isinstance(doc.get("spec"), Mapping) else {}
+    analyses = doc.get("analyses") or []
+    status = doc.get("status") or "unknown"
+    parts = [f"<h1>Federated round {_esc(round_id)} {_badge(status)}</h1>",
+             f"<p class=\"sub\">Analysis spec <strong>{_esc(spec.get('name') or '(unnamed)')}"
+             f"</strong> &middot; {len(analyses)} analyses</p>",
+             "<div class=\"meta\">"]
+    for label, key in (("Opened", "opened_at"), ("Deadline", "deadline"),
+                       ("Closed", "closed_at"), ("Quorum", "quorum")):
+        parts.append(f"<div><span>{label}</span>{_esc(doc.get(key)) or '&ndash;'}</div>")
+    flagged = [a for a in analyses if (a.get("heterogeneity") or {}).get("flagged")]
+    parts.append(f"<div><span>Heterogeneity flags</span>{len(flagged)} of {len(analyses)}</div>")
+    parts.append("</div>")
+    if doc.get("failure_reason"):
+        parts.append(f"<div class=\"alert\"><strong>Round failed.</strong> "
+                     f"{_esc(doc['failure_reason'])}</div>")
+
+    parts.append("<h2>Pooled results</h2>")
+    if analyses:
+        parts.append(
+            "<table><thead><tr><th>Analysis</th><th>Estimator</th><th class=\"num\">k</th>"
+            "<th>Method</th><th class=\"num\">Estimate</th><th class=\"num\">95% CI</th>"
+            "<th class=\"num\">p</th><th class=\"num\">Back-transformed</th>"
+            "<th class=\"num\">95% PI</th><th class=\"num\">I\u00b2</th><th>Flag</th>"
+            "</tr></thead><tbody>" + _analysis_summary_rows(analyses) + "</tbody></table>"
+            "<p class=\"note\">Estimates of ratio measures are on the log scale; the "
+            "back-transformed column gives exp(estimate) and its CI. PI: 95% prediction "
+            "interval for the effect in a new site.</p>")
+        parts.append("<h2>Heterogeneity</h2>" + _heterogeneity_table(analyses))
+    else:
+        parts.append("<p class=\"note\">No analysis was pooled in this round.</p>")
+
+    parts.append("<h2>Site participation</h2>" + _participation(doc))
+
+    if analyses:
+        parts.append("<h2>Analyses</h2>")
+    for index, a in enumerate(analyses):
+        parts.append(f"<h3 id=\"a-{_esc(_anchor(a['analysis']))}\">{_esc(a['analysis'])}</h3>")
+        svg = _forest_svg(a, id_prefix=f"f{index}-")
+        if svg:
+            parts.append(f"<figure>{svg}<figcaption>Forest plot of {_esc(a['analysis'])}: "
+                         "site estimates with 95% CIs (box area proportional to "
+                         "random-effects weight), pooled estimate (diamond) and 95% "
+                         "prediction interval (dashed).</figcaption></figure>")
+        reasons = (a.get("heterogeneity") or {}).get("reasons") or []
+        if reasons:
+            parts.append("<div class=\"alert\">" + "<br>".join(_esc(r) for r in reasons)
+                         + "</div>")
+        parts.append(_site_estimate_table(a))
+    return _page(f"fedsynth round {round_id}", "\n".join(parts))
+
+
+@dataclass(frozen=True)
+class RoundReportPaths:
+    """Files written for one round.
+
+    Attributes
+    ----------
+    html
+        The self-contained HTML report.
+    json
+        The round document as strict JSON.
+    """
+
+    html: Path
+    json: Path
+
+
+def write_round_report(round_doc: dict, report_dir: Path) -> RoundReportPaths:
+    """Write ``<round>.html`` and ``<round>.json`` for a closed round into ``report_dir``.
+
+    Parameters
+    ----------
+    round_doc
+        The round document (``docs/round-document.md``).
+    report_dir
+        Directory for the reports; created when missing.
+
+    Returns
+    -------
+    RoundReportPaths
+        Paths of the HTML report and the JSON document.
+
+    Raises
+    ------
+    fedsynth.errors.InputError
+        When the document lacks a field the report needs or has one of the wrong type; no
+        file is written then.
+    """
+    html_text = render_round_html(round_doc)       # validates first: nothing written on error
+    json_text = json.dumps(_strict_json(round_doc), indent=2, allow_nan=False) + "\n"
+    report_dir = Path(report_dir)
+    paths = RoundReportPaths(html=report_dir / f"{round_doc['round']}.html",
+                             json=report_dir / f"{round_doc['round']}.json")
+    _atomic_write(paths.json, json_text)
+    _atomic_write(paths.html, html_text)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Trend across rounds
+# --------------------------------------------------------------------------------------------
+
+def deleted_residuals(yi: Sequence[float], vi: Sequence[float]) -> list[float | None]:
+    """Standardized deleted residual of each site (Viechtbauer & Cheung, 2010).
+
+    ``z_i = (y_i - mu_(-i)) / sqrt(v_i + tau2_(-i) + se(mu_(-i))^2)`` where ``mu_(-i)`` is
+    the random-effects estimate of the other sites with the DerSimonian-Laird ``tau2_(-i)``.
+    Under the random-effects model ``z_i`` is approximately standard normal, so
+    ``|z_i| > 1.96`` marks a site whose effect lies outside the 95% prediction interval
+    formed by the others. Needs at least three sites (two others); otherwise None.
+    """
+    k = len(yi)
+    out: list[float | None] = []
+    for i in range(k):
+        others = [(y, v) for j, (y, v) in enumerate(zip(yi, vi)) if j != i]
+        if len(others) < 2:
+            out.append(None)
+            continue
+        w = [1.0 / v for _, v in others]
+        sw = sum(w)
+        mu_fe = sum(wj * y for wj, (y, _) in zip(w, others)) / sw
+        q = sum(wj * (y - mu_fe) ** 2 for wj, (y, _) in zip(w, others))
+        c = sw - sum(wj * wj for wj in w) / sw
+        tau2 = max(0.0, (q - (len(others) - 1)) / c) if c > 0 else 0.0
+        w_re = [1.0 / (v + tau2) for _, v in others]
+        sw_re = sum(w_re)
+        mu = sum(wj * y for wj, (y, _) in zip(w_re, others)) / sw_re
+        out.append((yi[i] - mu) / math.sqrt(vi[i] + tau2 + 1.0 / sw_re))
+    return out
+
+
+@dataclass(frozen=True)
+class SiteTrend:
+    """One site's estimates of one analysis across rounds.
+
+    Attributes
+    ----------
+    site
+        Site name.
+    yi, se, z
+        Per round (aligned with :attr:`AnalysisTrend.rounds`): the site's estimate, its
+        standard error and its standardized deleted residual; None when the site did not
+        contribute to that round.
+    diverging
+        True when ``|z| > 1.96`` in the latest round the site contributed to (or the
+        coordinator named the site as driving heterogeneity there).
+    diverging_since
+        First round of the latest unbroken run of rounds in which the site diverged.
+    """
+
+    site: str
+    yi: tuple[float | None, ...]
+    se: tuple[float | None, ...]
+    z: tuple[float | None, ...]
+    diverging: bool
+    diverging_since: str | None
+
+
+@dataclass(frozen=True)
+class AnalysisTrend:
+    """One analysis across rounds: pooled series, I² series and per-site series."""
+
+    analysis: str
+    measure: str | None
+    rounds: tuple[str, ...]
+    opened_at: tuple[str | None, ...]
+    estimate: tuple[float | None, ...]
+    ci_lb: tuple[float | None, ...]
+    ci_ub: tuple[float | None, ...]
+    pi_lb: tuple[float | None, ...]
+    pi_ub: tuple[float | None, ...]
+    I2: tuple[float | None, ...]
+    I2_lb: tuple[float | None, ...]
+    I2_ub: tuple[float | None, ...]
+    k: tuple[int | None, ...]
+    flagged: tuple[bool, ...]
+    sites: tuple[SiteTrend, ...] = field(default_factory=tuple)
+
+    def drift(self) -> tuple[float, float] | None:
+        """Change of the pooled estimate from the first to the latest pooled round and its z.
+
+        ``z = (mu_last - mu_first) / sqrt(se_first^2 + se_last^2)`` treats the two rounds as
+        independent samples (true for disjoint evaluation windows; conservative otherwise
+        would need the overlap, which the coordinator does not know). None with fewer than
+        two pooled rounds.
+        """
+        points = [(e, (u - lo) / (2 * 1.959963984540054)) for e, lo, u in
+                  zip(self.estimate, self.ci_lb, self.ci_ub)
+                  if e is not None and lo is not None and u is not None]
+        if len(points) < 2:
+            return None
+        (first, se0), (last, se1) = points[0], points[-1]
+        denom = math.sqrt(se0 ** 2 + se1 ** 2)
+        return last - first, ((last - first) / denom if denom > 0 else float("nan"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (the content of ``trend.json``)."""
+        drift = self.drift()
+        return {
+            "analysis": self.analysis, "measure": self.measure,
+            "rounds": [
+                {"round": r, "opened_at": o, "k": k, "estimate": e, "ci_lb": lo, "ci_ub": hi,
+                 "pi_lb": pl, "pi_ub": pu, "I2": i2, "I2_ci": [il, iu], "flagged": f}
+                for r, o, k, e, lo, hi, pl, pu, i2, il, iu, f in zip(
+                    self.rounds, self.opened_at, self.k, self.estimate, self.ci_lb,
+                    self.ci_ub, self.pi_lb, self.pi_ub, self.I2, self.I2_lb, self.I2_ub,
+                    self.flagged)],
+            "drift": None if drift is None else {"change": drift[0], "z": drift[1]},
+            "sites": [{"site": s.site, "yi": list(s.yi), "se": list(s.se), "z": list(s.z),
+                       "diverging": s.diverging, "diverging_since": s.diverging_since}
+                      for s in self.sites],
+        }
+
+
+def _round_sort_key(doc: Mapping[str, Any]) -> tuple[str, str]:
+    return (str(doc.get("opened_at") or ""), str(doc["round"]))
+
+
+def trend_summary(round_docs: Sequence[Mapping[str, Any]],
+                  analyses: Sequence[str] | None = None) -> list[AnalysisTrend]:
+    """Collect each analysis's series across rounds (ordered by ``opened_at``, then id).
+
+    Parameters
+    ----------
+    round_docs
+        Round documents; rounds without the analysis are skipped for it.
+    analyses
+        Restrict to these analysis names (an unknown name is an InputError).
+    """
+    for index, doc in enumerate(round_docs):
+        _check_round_doc(doc, where=f"round document #{index + 1}")
+    docs = sorted(round_docs, key=_round_sort_key)
+    names: list[str] = []
+    for doc in docs:
+        for a in doc.get("analyses") or []:
+            if a["analysis"] not in names:
+                names.append(a["analysis"])
+    if analyses is not None:
+        unknown = [n for n in analyses if n not in names]
+        if unknown:
+            raise InputError(f"--analysis {unknown[0]!r} is not in any round; analyses found: "
+                             f"{', '.join(names) or 'none'}")
+        names = [n for n in names if n in set(analyses)]
+    trends = []
+    for name in names:
+        rows = []
+        for doc in docs:
+            for a in doc.get("analyses") or []:
+                if a["analysis"] == name:
+                    rows.append((doc, a))
+                    break
+        site_names: list[str] = []
+        per_round: list[dict[str, tuple[float, float, float | None]]] = []
+        for _, a in rows:
+            ests = [(e["site"], _finite(e.get("yi")), _finite(e.get("vi")))
+                    for e in a.get("site_estimates") or []]
+            ests = [(s, y, v) for s, y, v in ests if y is not None and v is not None and v > 0]
+            zs = deleted_residuals([y for _, y, _ in ests], [v for _, _, v in ests])
+            per_round.append({s: (y, math.sqrt(v), z) for (s, y, v), z in zip(ests, zs)})
+            for s, _, _ in ests:
+                if s not in site_names:
+                    site_names.append(s)
+        driving = [set(map(str, (a.get("heterogeneity") or {}).get("sites") or []))
+                   for _, a in rows]
+        site_trends = []
+        for s in site_names:
+            yi = tuple(r[s][0] if s in r else None for r in per_round)
+            se = tuple(r[s][1] if s in r else None for r in per_round)
+            z = tuple(r[s][2] if s in r else None for r in per_round)
+            out_flags = [(s in r) and ((r[s][2] is not None and abs(r[s][2]) > DIVERGENCE_Z)
+                                       or s in d) for r, d in zip(per_round, driving)]
+            present = [i for i, r in enumerate(per_round) if s in r]
+            diverging = bool(present) and out_flags[present[-1]]
+            since = None
+            if diverging:
+                start = present[-1]
+                for i in reversed(present):
+                    if not out_flags[i]:
+                        break
+                    start = i
+                since = str(rows[start][0]["round"])
+            site_trends.append(SiteTrend(s, yi, se, z, diverging, since))
+        i2_ci = [_pair(a.get("I2_ci")) for _, a in rows]
+        trends.append(AnalysisTrend(
+            analysis=name,
+            measure=next((str(a.get("measure")) for _, a in rows if a.get("measure")), None),
+            rounds=tuple(str(d["round"]) for d, _ in rows),
+            opened_at=tuple(d.get("opened_at") for d, _ in rows),
+            estimate=tuple(_finite(a.get("estimate")) for _, a in rows),
+            ci_lb=tuple(_finite(a.get("ci_lb")) for _, a in rows),
+            ci_ub=tuple(_finite(a.get("ci_ub")) for _, a in rows),
+            pi_lb=tuple(_finite(a.get("pi_lb")) for _, a in rows),
+            pi_ub=tuple(_finite(a.get("pi_ub")) for _, a in rows),
+            I2=tuple(_finite(a.get("I2")) for _, a in rows),
+            I2_lb=tuple(lo for lo, _ in i2_ci), I2_ub=tuple(hi for _, hi in i2_ci),
+            k=tuple(a.get("k") if isinstance(a.get("k"), int) else None for _, a in rows),
+            flagged=tuple(bool((a.get("heterogeneity") or {}).get("flagged")) for _, a in rows),
+            sites=tuple(site_trends)))
+    return trends
+
+
+_PALETTE = ["#b22222", "#a45d00", "#6a1b9a", "#00838f", "#ad1457", "#2e7d32"]
+
+
+def _trend_figure(trend: AnalysisTrend, i2_threshold: float | None):
+    """Three stacked panels: pooled estimate (CI, PI), site estimates, I² (CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    n = len(trend.rounds)
+    x = list(range(n))
+    fig, axes = plt.subplots(3, 1, figsize=(8.4, 7.6), sharex=True,
+                             gridspec_kw={"height_ratios": [1.1, 1.3, 0.8]})
+    ax_est, ax_site, ax_i2 = axes
+    label = None
+    measure = (trend.measure or "").upper()
+    if measure in _LOG_MEASURES:
+        label = f"log {_LOG_MEASURES[measure]}"
+    # Pooled estimate with CI whiskers and the prediction interval as a band.
+    pts = [(i, e, lo, hi) for i, e, lo, hi in zip(x, trend.estimate, trend.ci_lb, trend.ci_ub)
+           if e is not None]
+    pis = [(i, lo, hi) for i, lo, hi in zip(x, trend.pi_lb, trend.pi_ub)
+           if lo is not None and hi is not None]
+    if pis:
+        ax_est.fill_between([p[0] for p in pis], [p[1] for p in pis], [p[2] for p in pis],
+                            color="#1f4e79", alpha=0.10, lw=0, label="95% prediction interval")
+    if pts:
+        ax_est.plot([p[0] for p in pts], [p[1] for p in pts], "-o", color="#1f4e79",
+                    label="pooled estimate", ms=5)
+        for i, e, lo, hi in pts:
+            if lo is not None and hi is not None:
+                ax_est.plot([i, i], [lo, hi], color="#1f4e79", lw=1.6)
+    ax_est.axhline(0, color="#777777", lw=0.8)
+    ax_est.set_ylabel(_mpl_text(label or "pooled estimate"))
+    ax_est.legend(loc="best", fontsize=8, frameon=False)
+    ax_est.set_title(_mpl_text(trend.analysis), loc="left", fontsize=11)
+    # Per-site series; diverging sites in colour, the rest grey.
+    colour = iter(_PALETTE * 10)
+    for s in trend.sites:
+        pts_s = [(i, y) for i, y in zip(x, s.yi) if y is not None]
+        if not pts_s:
+            continue
+        if s.diverging:
+            c = next(colour)
+            ax_site.plot([p[0] for p in pts_s], [p[1] for p in pts_s], "-o", color=c, lw=2,
+                         ms=5, label=_mpl_text(f"{s.site} (diverging)"), zorder=3)
+        else:
+            ax_site.plot([p[0] for p in pts_s], [p[1] for p in pts_s], "-", color="#9aa3b0",
+                         lw=0.9, marker=".", ms=4, zorder=2)
+        for i, (zv, y) in enumerate(zip(s.z, s.yi)):
+            if zv is not None and y is not None and abs(zv) > DIVERGENCE_Z:
+                ax_site.plot([i], [y], marker="o", ms=10, mfc="none", mec="#b22222", zorder=4)
+    if pts:
+        ax_site.plot([p[0] for p in pts], [p[1] for p in pts], "--", color="#1f4e79", lw=1.2,
+                     label="pooled", zorder=2.5)
+    ax_site.axhline(0, color="#777777", lw=0.8)
+    ax_site.set_ylabel("site estimates")
+    handles = ax_site.get_legend_handles_labels()[0]
+    if handles:
+        ax_site.legend(loc="best", fontsize=8, frameon=False)
+    # I² with its Q-profile CI.
+    for i, v, lo, hi in zip(x, trend.I2, trend.I2_lb, trend.I2_ub):
+        if v is None:
+            continue
+        if lo is not None and hi is not None:
+            ax_i2.plot([i, i], [lo, hi], color="#a45d00", lw=1.6)
+    i2_pts = [(i, v) for i, v in zip(x, trend.I2) if v is not None]
+    if i2_pts:
+        ax_i2.plot([p[0] for p in i2_pts], [p[1] for p in i2_pts], "-o", color="#a45d00", ms=5)
+    if i2_threshold is not None:
+        ax_i2.axhline(i2_threshold, color="#b22222", lw=0.8, ls=":")
+    ax_i2.set_ylim(-2, 102)
+    ax_i2.set_ylabel("I\u00b2 (%)")
+    ax_i2.set_xticks(x)
+    ax_i2.set_xticklabels([_mpl_text(r) for r in trend.rounds], rotation=30, ha="right",
+                          fontsize=8)
+    ax_i2.set_xlabel("round")
+    for ax in axes:
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    if n == 1:
+        ax_i2.set_xlim(-0.5, 0.5)
+    fig.tight_layout()
+    return fig
+
+
+def render_trend_html(trends: Sequence[AnalysisTrend], *, i2_threshold: float | None = 50.0,
+                      title: str = "fedsynth trend report") -> str:
+    """Render trend series (from :func:`trend_summary`) as a self-contained HTML page."""
+    import matplotlib.pyplot as plt
+
+    rounds = sorted({r for t in trends for r in t.rounds})
+    parts = [f"<h1>{_esc(title)}</h1>",
+             f"<p class=\"sub\">{len(trends)} analyses across {len(rounds)} rounds</p>"]
+    alerts = []
+    for t in trends:
+        for s in t.sites:
+            if s.diverging:
+                alerts.append(f"<li><strong>{_esc(s.site)}</strong> diverges in "
+                              f"<em>{_esc(t.analysis)}</em> since round "
+                              f"{_esc(s.diverging_since)}.</li>")
+        drift = t.drift()
+        if drift is not None and math.isfinite(drift[1]) and abs(drift[1]) > DIVERGENCE_Z:
+            alerts.append(f"<li><em>{_esc(t.analysis)}</em>: the pooled estimate moved by "
+                          f"{_fmt(drift[0])} from round {_esc(t.rounds[0])} to "
+                          f"{_esc(t.rounds[-1])} (z = {drift[1]:.2f}).</li>")
+    if alerts:
+        parts.append("<div class=\"alert\"><strong>Worth a look</strong><ul class=\"reasons\">"
+                     + "".join(alerts) + "</ul></div>")
+    else:
+        parts.append("<p class=\"note\">No site diverges in its latest round and no pooled "
+                     "estimate drifted beyond its 95% band.</p>")
+    parts.append("<p class=\"note\">A site diverges in a round when its standardized deleted "
+                 "residual (its estimate against the random-effects fit of the other sites, "
+                 "Viechtbauer &amp; Cheung 2010) exceeds \u00b11.96 or the coordinator named "
+                 "it as driving heterogeneity; circled points in the site panel. Drift "
+                 "compares the first and latest pooled estimates, z = \u0394 / "
+                 "\u221a(SE\u2081\u00b2 + SE\u2082\u00b2).</p>")
+    for index, t in enumerate(trends):
+        parts.append(f"<h2 id=\"a-{_esc(_anchor(t.analysis))}\">{_esc(t.analysis)}</h2>")
+        fig = _trend_figure(t, i2_threshold)
+        try:
+            svg = sanitize_svg(_figure_svg(fig), f"t{index}-")
+        finally:
+            plt.close(fig)
+        parts.append(f"<figure>{svg}<figcaption>Pooled estimate with 95% CI and prediction "
+                     "band; site estimates (diverging sites in colour); I\u00b2 with its 95% "
+                     "CI and the flag threshold.</figcaption></figure>")
+        rows = []
+        for r, e, lo, hi, pl, pu, i2, k, f in zip(t.rounds, t.estimate, t.ci_lb, t.ci_ub,
+                                                  t.pi_lb, t.pi_ub, t.I2, t.k, t.flagged):
+            rows.append(f"<tr><td>{_esc(r)}</td><td class=\"num\">{_esc(k) if k is not None else '&ndash;'}</td>"
+                        f"<td class=\"num\">{_fmt(e)}</td>"
+                        f"<td class=\"num\">{_interval(lo, hi)}</td>"
+                        f"<td class=\"num\">{_interval(pl, pu)}</td>"
+                        f"<td class=\"num\">{_fmt(i2, 1)}%</td>"
+                        f"<td>{_badge('flagged', 'moderate') if f else _badge('no', 'ok')}</td>"
+                        "</tr>")
+        parts.append("<table><thead><tr><th>Round</th><th class=\"num\">k</th>"
+                     "<th class=\"num\">Estimate</th><th class=\"num\">95% CI</th>"
+                     "<th class=\"num\">95% PI</th><th class=\"num\">I\u00b2</th>"
+                     "<th>Heterogeneity</th></tr></thead><tbody>" + "".join(rows)
+                     + "</tbody></table>")
+        site_rows = []
+        for s in t.sites:
+            cells = "".join(
+                f"<td class=\"num\">{_fmt(y)}" + (f"<br><span class=\"note\">z {z:+.2f}</span>"
+                                                  if z is not None else "") + "</td>"
+                for y, z in zip(s.yi, s.z))
+            status = (_badge(f"diverging since {s.diverging_since}", "strong")
+                      if s.diverging else "")
+            site_rows.append(f"<tr><td>{_esc(s.site)}{'<br>' + status if status else ''}</td>"
+                             f"{cells}</tr>")
+        if site_rows:
+            head = "".join(f"<th class=\"num\">{_esc(r)}</th>" for r in t.rounds)
+            parts.append("<div class=\"scroll\"><table><thead><tr><th>Site</th>" + head
+                         + "</tr></thead><tbody>" + "".join(site_rows)
+                         + "</tbody></table></div>")
+    return _page(title, "\n".join(parts))
+
+
+def write_trend_report(round_docs: Sequence[dict], report_dir: Path, *,
+                       analyses: Sequence[str] | None = None,
+                       i2_threshold: float | None = 50.0) -> Path:
+    """Write ``trend.html`` and ``trend.json`` across rounds into ``report_dir``.
+
+    Parameters
+    ----------
+    round_docs
+        Round documents (any order; sorted by ``opened_at``). Rounds that failed without
+        pooling still count as points with missing values.
+    report_dir
+        Output directory; created when missing.
+    analyses
+        Restrict the report to these analyses.
+    i2_threshold
+        The heterogeneity threshold drawn on the I² panel (the coordinator's
+        ``[pooling] i2_threshold``).
+
+    Returns
+    -------
+    Path
+        The HTML file.
+    """
+    if not round_docs:
+        raise InputError("trend report: no round documents given (need at least one round)")
+    trends = trend_summary(round_docs, analyses)
+    html_text = render_trend_html(trends, i2_threshold=i2_threshold)
+    report_dir = Path(report_dir)
+    json_text = json.dumps(_strict_json({"analyses": [t.to_dict() for t in trends]}),
+                           indent=2, allow_nan=False) + "\n"
+    _atomic_write(report_dir / "trend.json", json_text)
+    out = report_dir / "trend.html"
+    _atomic_write(out, html_text)
+    return out

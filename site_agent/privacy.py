@@ -180,21 +180,23 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
     for name, result in results.items():
         if _is_refusal(result):
             continue
+        small = _small_cells(getattr(result, "cells", None), limits.min_cell_count)
+        if small:
+            # Record the small table whatever else happens to this estimate: its siblings
+            # on the same outcome and exposure must go even if it fails min_n first.
+            outcome, exposure, known = _columns(name, result, spec)
+            margin_only = all(cell.lower() in _MARGIN_CELLS for cell in small)
+            tainted.append((outcome, None if margin_only else exposure, known))
         n = getattr(result, "n", None)
         if n is None or int(n) < limits.min_n:
             out[name] = _refusal(
                 name, "suppressed by the site's disclosure control: the analysis rests on "
                 f"fewer patients than the minimum n ({limits.min_n})", "disclosure_min_n")
-            continue
-        small = _small_cells(getattr(result, "cells", None), limits.min_cell_count)
-        if small:
+        elif small:
             out[name] = _refusal(
                 name, "suppressed by the site's disclosure control: a count behind this "
                 f"estimate is below the minimum cell count ({limits.min_cell_count})",
                 "disclosure_min_cell")
-            outcome, exposure, known = _columns(name, result, spec)
-            margin_only = all(cell.lower() in _MARGIN_CELLS for cell in small)
-            tainted.append((outcome, None if margin_only else exposure, known))
     # Rule 2: siblings of a suppressed table.
     if tainted:
         for name, result in results.items():

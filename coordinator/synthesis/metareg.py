@@ -494,6 +494,9 @@ def fit_batch(yi: Any, vi: Any, mask: Any, *, method: str = "REML") -> BatchFit:
     Fisher scoring runs on all rows together (numpy, no Python loop over fits); the rare
     row that does not converge is finished by Brent's method on its score equation.
     """
+    meth = str(method).upper()
+    if meth in _POOL_ONLY_METHODS:
+        return _fit_batch_by_pool(yi, vi, mask, meth)
     method = _check_method(method)
     msk = np.asarray(mask, dtype=bool)
     if msk.ndim != 2:
@@ -526,6 +529,23 @@ def fit_batch(yi: Any, vi: Any, mask: Any, *, method: str = "REML") -> BatchFit:
         I2 = np.where(kk > 1, 100.0 * t2 / (t2 + s2), 0.0)
         H2 = np.where(kk > 1, (t2 + s2) / s2, 1.0)
     return BatchFit(k=kk, estimate=mu, se=se, tau2=t2, Q=Q, I2=I2, H2=H2)
+
+
+#: tau² estimators only the pooling module implements (intercept-only models)
+_POOL_ONLY_METHODS = ("HE", "HS", "SJ", "EB", "PM")
+
+
+def _fit_batch_by_pool(yi: Any, vi: Any, mask: Any, method: str) -> BatchFit:
+    """Batch refits with an estimator this module does not implement: one ``pool`` call."""
+    from coordinator.synthesis.pooling import pool
+
+    msk = np.asarray(mask, dtype=bool)
+    y = np.broadcast_to(np.asarray(yi, dtype=float), msk.shape)
+    v = np.broadcast_to(np.asarray(vi, dtype=float), msk.shape)
+    res = pool(y, v, mask=msk, method=method)
+    return BatchFit(k=np.asarray(res.k), estimate=np.asarray(res.estimate), se=np.asarray(res.se),
+                    tau2=np.asarray(res.tau2), Q=np.asarray(res.Q), I2=np.asarray(res.I2),
+                    H2=np.asarray(res.H2))
 
 
 def _batch_exact(y, v, msk, kk, method):

@@ -13,8 +13,8 @@ before anything is computed. This is the "five safes" idea of safe projects and 
 outputs applied per request (Desai, Ritchie & Welpton, "Five Safes: designing data access
 for research", UWE Economics Working Paper 1601, 2016).
 
-The policy is a TOML table, either a ``[policy]`` table in site.toml or a file of its own
-(same keys, top level or under ``[policy]``)::
+The policy is a TOML file named by site.toml (``policy = "policy.toml"``), its keys at the
+top level or under ``[policy]``::
 
     [policy]
     estimators = ["two_by_two", "logistic", "cox"]   # default: every estimator
@@ -46,7 +46,7 @@ from fedsynth.audit import canonical_json, digest
 from fedsynth.errors import ConfigError, InputError
 
 __all__ = ["ESTIMATORS", "ApprovalStore", "PendingSpec", "Policy", "PolicyDecision",
-           "site_audit_log", "spec_fingerprint", "spec_to_dict"]
+           "site_audit_log", "site_policy", "spec_fingerprint", "spec_to_dict"]
 
 #: Estimators of DESIGN.md (the spec contract).
 ESTIMATORS = ("two_by_two", "two_group", "logistic", "linear", "cox", "auc",
@@ -376,27 +376,44 @@ class Policy:
         return None
 
 
-def site_audit_log(site_config: str | Path):
-    """The site's audit log named by site.toml (``[audit] path``).
 
-    Default: ``site-audit.jsonl`` next to site.toml. The agent records every submission it
-    sent, every refusal and every policy decision there; the ``site approve`` command
-    records approvals in the same chain.
+def site_policy(site_config: Any) -> Policy:
+    """The policy a site.toml names (``policy = "policy.toml"``), or the default policy.
+
+    Parameters
+    ----------
+    site_config
+        A :class:`fedsynth.config.SiteConfig` or the path of site.toml.
+
+    Without a ``policy`` key the default is permissive (every estimator and column, no
+    approval), with approvals kept in ``approvals/`` next to site.toml.
+    """
+    config = _site_config(site_config)
+    if config.policy is not None:
+        return Policy.load(config.policy)
+    base = Path(config.config_path).parent if config.config_path else Path.cwd()
+    return Policy(approvals=base / "approvals")
+
+
+def site_audit_log(site_config: Any):
+    """The site's audit log: ``audit_log`` of site.toml, default ``<name>-audit.jsonl`` next
+    to it.
+
+    The agent records there every submission it sent (content and digest), every refusal
+    and every policy decision; ``fedsynth site approve`` records approvals in the same chain.
     """
     from fedsynth.audit import AuditLog
 
-    path = Path(site_config)
-    try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"--config: {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{str(path)!r} is not valid TOML: {error}") from None
-    audit = data.get("audit", {})
-    if not isinstance(audit, Mapping):
-        raise ConfigError(f"{path}: [audit] must be a table, got {audit!r}")
-    target = audit.get("path", "site-audit.jsonl")
-    if not isinstance(target, str) or not target:
-        raise ConfigError(f"{path}: audit.path must be a file path, got {target!r}")
-    return AuditLog(path.resolve().parent / target)
+    config = _site_config(site_config)
+    if config.audit_log is not None:
+        return AuditLog(config.audit_log)
+    base = Path(config.config_path).parent if config.config_path else Path.cwd()
+    return AuditLog(base / f"{config.name}-audit.jsonl")
+
+
+def _site_config(site_config: Any):
+    if isinstance(site_config, (str, Path)):
+        from fedsynth.config import load_site_config
+
+        return load_site_config(site_config)
+    return site_config

@@ -11,7 +11,7 @@ import pytest
 
 from fedsynth.audit import verify_log
 from fedsynth.errors import ConfigError, InputError
-from site_agent.policy import Policy, spec_fingerprint
+from site_agent.policy import site_audit_log, site_policy, spec_fingerprint
 
 SPEC = {"analyses": [
     {"name": "crude_OR", "estimator": "two_by_two", "outcome": "outcome",
@@ -25,22 +25,29 @@ SPEC = {"analyses": [
 ]}
 
 
-def _site(tmp_path: Path, policy: str) -> Path:
+def _site(tmp_path: Path, policy: str, extra: str = "") -> Path:
+    """A site.toml naming a policy file with ``policy`` as its text."""
+    (tmp_path / "policy.toml").write_text(policy, encoding="utf-8")
     path = tmp_path / "site.toml"
-    path.write_text('name = "mtf-alpha"\ncoordinator = "localhost:1"\n' + policy,
-                    encoding="utf-8")
+    path.write_text('name = "mtf-alpha"\ncoordinator = "localhost:1"\npolicy = "policy.toml"\n'
+                    + extra + '[tls]\nca = "ca.crt"\ncert = "a.crt"\nkey = "a.key"\n'
+                    '[data]\npath = "a.csv"\n', encoding="utf-8")
     return path
 
 
-def test_permissive_default_without_policy_table(tmp_path):
-    policy = Policy.load(_site(tmp_path, ""))
+def test_permissive_default_without_policy(tmp_path):
+    config = _site(tmp_path, "")
+    config.write_text(config.read_text().replace('policy = "policy.toml"\n', ""))
+    policy = site_policy(config)
+    assert policy.approvals == tmp_path / "approvals"
+    assert site_audit_log(config).path == tmp_path / "mtf-alpha-audit.jsonl"
     decision = policy.review(SPEC)
     assert decision.refusals == {} and not decision.needs_approval
     assert decision.allowed == tuple(a["name"] for a in SPEC["analyses"])
 
 
 def test_estimators_and_column_roles(tmp_path):
-    policy = Policy.load(_site(tmp_path, """
+    policy = site_policy(_site(tmp_path, """
 [policy]
 estimators = ["two_by_two", "logistic", "linear", "auc"]
 outcomes = ["outcome", "los_days"]
@@ -55,16 +62,15 @@ covariates = ["age", "sex"]
 
 
 def test_max_analyses_per_round(tmp_path):
-    policy = Policy.load(_site(tmp_path, "[policy]\nmax_analyses = 2\n"))
+    policy = site_policy(_site(tmp_path, "[policy]\nmax_analyses = 2\n"))
     decision = policy.review(SPEC)
     assert decision.allowed == ("crude_OR", "adjusted_logOR")
     assert set(decision.refusals) == {"by_id", "hr", "auc"}
     assert all("more than 2 analyses" in r for r in decision.refusals.values())
 
 
-def test_separate_policy_file(tmp_path):
-    (tmp_path / "policy.toml").write_text('estimators = ["auc"]\n', encoding="utf-8")
-    policy = Policy.load(_site(tmp_path, 'policy = "policy.toml"\n'))
+def test_top_level_policy_keys(tmp_path):
+    policy = site_policy(_site(tmp_path, 'estimators = ["auc"]\n'))
     assert policy.review(SPEC).allowed == ("auc",)
 
 
@@ -79,7 +85,7 @@ def test_separate_policy_file(tmp_path):
 ])
 def test_bad_policy_names_key_and_value(tmp_path, text, key):
     with pytest.raises(ConfigError, match=key):
-        Policy.load(_site(tmp_path, text))
+        site_policy(_site(tmp_path, text))
 
 
 def test_fingerprint_is_content_based():
@@ -95,9 +101,9 @@ def _cli(*args):
 
 
 def test_approval_flow_with_cli_and_audit(tmp_path):
-    config = _site(tmp_path, '[policy]\nrequire_approval = true\napprovals = "appr"\n'
-                             '[audit]\npath = "audit/site.jsonl"\n')
-    policy = Policy.load(config)
+    config = _site(tmp_path, '[policy]\nrequire_approval = true\napprovals = "appr"\n',
+                   'audit_log = "audit/site.jsonl"\n')
+    policy = site_policy(config)
     decision = policy.review(SPEC)
     assert decision.needs_approval
     policy.store().record_pending("r-0001", SPEC, decision.refusals)
@@ -125,7 +131,7 @@ def test_approval_flow_with_cli_and_audit(tmp_path):
 
 def test_tampered_pending_file_cannot_approve_other_content(tmp_path):
     config = _site(tmp_path, "[policy]\nrequire_approval = true\n")
-    policy = Policy.load(config)
+    policy = site_policy(config)
     policy.store().record_pending("r-1", SPEC)
     pending = tmp_path / "approvals" / "pending" / "r-1.json"
     obj = json.loads(pending.read_text())
@@ -137,6 +143,6 @@ def test_tampered_pending_file_cannot_approve_other_content(tmp_path):
 
 
 def test_record_pending_rejects_bad_round(tmp_path):
-    store = Policy.load(_site(tmp_path, "")).store()
+    store = site_policy(_site(tmp_path, "")).store()
     with pytest.raises(InputError, match="invalid round id"):
         store.record_pending("a/b", SPEC)

@@ -9,7 +9,7 @@ from fedsynth.cli.registry import Command
 
 def _add_pending(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, metavar="SITE_TOML",
-                        help="the site's site.toml (its [policy] names the approvals folder)")
+                        help="the site's site.toml (its policy file names the approvals folder)")
     parser.add_argument("--format", choices=("table", "json"), default="table")
 
 
@@ -33,9 +33,9 @@ def _describe(analysis) -> str:
 def _run_pending(args: argparse.Namespace) -> int:
     import json
 
-    from site_agent.policy import Policy
+    from site_agent.policy import site_policy
 
-    pending = Policy.load(args.config).store().pending()
+    pending = site_policy(args.config).store().pending()
     if args.format == "json":
         print(json.dumps([{"round": p.round, "fingerprint": p.fingerprint,
                            "received_at": p.received_at, "spec": p.spec,
@@ -57,10 +57,12 @@ def _run_pending(args: argparse.Namespace) -> int:
 
 
 def _run_approve(args: argparse.Namespace) -> int:
-    from site_agent.policy import Policy, site_audit_log
+    from fedsynth.config import load_site_config
+    from site_agent.policy import site_audit_log, site_policy
 
-    policy = Policy.load(args.config)
-    audit = site_audit_log(args.config)
+    config = load_site_config(args.config)
+    policy = site_policy(config)
+    audit = site_audit_log(config)
     approved = policy.store().approve(args.round, by=args.by)
     audit.append("policy.approved", {"round": approved.round,
                                      "fingerprint": approved.fingerprint,

@@ -1,0 +1,147 @@
+"""Diagnostics beyond the R reference: definitions, invariants, knha, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from coordinator.synthesis import diagnostics as D
+from coordinator.synthesis.metareg import fit_rma
+from coordinator.synthesis.subgroups import subgroup_analysis
+from fedsynth.errors import InputError
+from tests.conftest import load_json
+
+REF = load_json("metafor_public.json")
+BCG = next(c for c in REF["influence"] if c["id"] == "bcg/OR")
+SEED_YI = [0.22, 0.35, 0.10, 0.41, 0.28, 0.18, 0.50, 0.26]
+SEED_VI = [s**2 for s in (0.12, 0.15, 0.10, 0.18, 0.11, 0.14, 0.20, 0.13)]
+
+
+def test_leave_one_out_rows_are_single_fits_without_the_site():
+    y, v = np.array(BCG["yi"]), np.array(BCG["vi"])
+    res = D.leave_one_out(y, v, labels=BCG["labels"], test="knha")
+    for i in (0, 7, 12):
+        keep = np.arange(13) != i
+        single = fit_rma(y[keep], v[keep], test="knha")
+        assert res.estimate[i] == pytest.approx(single.coef[0], rel=1e-8)
+        assert res.se[i] == pytest.approx(single.se[0], rel=1e-8)
+        assert res.pval[i] == pytest.approx(single.pval[0], rel=1e-8)
+        assert res.ci_lb[i] == pytest.approx(single.ci_lb[0], rel=1e-8)
+    assert res.to_dict()["labels"] == BCG["labels"]
+
+
+def test_influence_knha_matches_the_definition():
+    y, v = np.array(BCG["yi"]), np.array(BCG["vi"])
+    res = D.influence(y, v, test="knha")
+    i = 3
+    keep = np.arange(13) != i
+    dele = fit_rma(y[keep], v[keep], test="knha")
+    # studentized deleted residual with the deleted model's Knapp-Hartung factor
+    denom = np.sqrt(v[i] * dele.s2w + dele.vb[0, 0] + dele.tau2 * dele.s2w)
+    assert res.rstudent[i] == pytest.approx((y[i] - dele.coef[0]) / denom, rel=1e-8)
+    z = D.influence(y, v)
+    assert not np.allclose(res.rstudent, z.rstudent)
+    assert np.allclose(res.hat, z.hat) and np.allclose(res.tau2_deleted, z.tau2_deleted)
+
+
+def test_influential_rule_and_outliers_on_bcg():
+    res = D.influence(BCG["yi"], BCG["vi"], labels=BCG["labels"])
+    k = 13
+    expected = ((np.abs(res.dffits) > 3 * np.sqrt(1 / (k - 1)))
+                | (stats.chi2.cdf(res.cooks_distance, 1) > 0.5)
+                | (res.hat > 3 / k) | (np.abs(res.dfbetas) > 1))
+    assert np.array_equal(res.influential, expected)
+    assert res.outliers() == ()          # no |rstudent| > 1.96 in BCG
+    assert res.weight_percent.sum() == pytest.approx(100.0)
+
+
+def test_blup_without_heterogeneity_is_the_pooled_estimate():
+    # FE: tau² = 0, every site is shrunk all the way to the common estimate
+    fit = fit_rma(SEED_YI, SEED_VI, method="FE")
+    res = D.blup(SEED_YI, SEED_VI, fit=fit)
+    assert np.allclose(res.pred, fit.coef[0])
+    assert np.allclose(res.se, np.sqrt(fit.vb[0, 0]))
+    assert res.outlying() == ()
+
+
+def test_blup_lies_between_site_and_pooled_estimate():
+    res = D.blup(BCG["yi"], BCG["vi"], labels=BCG["labels"])
+    y = np.array(BCG["yi"])
+    lo, hi = np.minimum(y, res.estimate), np.maximum(y, res.estimate)
+    assert np.all((res.pred >= lo - 1e-12) & (res.pred <= hi + 1e-12))
+    assert set(res.outlying()) <= set(BCG["labels"]) and res.outlying()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(min_value=3, max_value=12), st.integers(min_value=0, max_value=10**6))
+def test_kendall_matches_scipy(n, seed):
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(size=n), rng.normal(size=n)
+    tau, p = D.kendall_tau_test(x, y, exact=True)
+    ref = stats.kendalltau(x, y, method="exact")
+    assert tau == pytest.approx(ref.statistic, abs=1e-12)
+    assert p == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+def test_kendall_with_ties_uses_normal_approximation():
+    x = [1, 2, 2, 3, 4, 5, 5, 6]
+    y = [2, 1, 3, 3, 5, 4, 6, 7]
+    tau, p = D.kendall_tau_test(x, y)
+    ref = stats.kendalltau(x, y, method="asymptotic")
+    assert tau == pytest.approx(ref.statistic, abs=1e-12)
+    assert p == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+def test_trimfill_fills_the_missing_side():
+    # a funnel with small studies only on the right: missing on the left
+    v = np.array([0.01, 0.02, 0.04, 0.06, 0.09, 0.12, 0.16, 0.2, 0.25, 0.3])
+    y = 0.1 + 1.5 * np.sqrt(v) * np.array([0.1, -0.2, 0.5, 0.8, 1.0, 1.2, 1.1, 1.4, 1.6, 1.5])
+    res = D.publication_bias(y, v, method="REML")
+    assert res.trimfill_side == "left" and res.trimfill_k0 > 0
+    assert len(res.trimfill_filled_yi) == res.trimfill_k0
+    full = fit_rma(y, v)
+    assert res.trimfill_estimate < full.coef[0]       # filling pulls the estimate down
+    assert res.egger_rma_stat > 0 and res.egger_lm_stat > 0
+    # mirrored data: the same k0 on the other side
+    mir = D.publication_bias(-y, v, method="REML")
+    assert mir.trimfill_side == "right" and mir.trimfill_k0 == res.trimfill_k0
+    assert mir.trimfill_estimate == pytest.approx(-res.trimfill_estimate, rel=1e-6)
+
+
+def test_cumulative_last_step_is_the_full_fit():
+    order = [3, 1, 0, 2, 7, 6, 5, 4]
+    res = D.cumulative(SEED_YI, SEED_VI, order, labels=list("abcdefgh"))
+    full = fit_rma(SEED_YI, SEED_VI)
+    assert res.estimate[-1] == pytest.approx(full.coef[0], rel=1e-9)
+    assert res.estimate[0] == pytest.approx(SEED_YI[3], rel=1e-12)
+    assert res.labels[:2] == ("d", "b") and list(res.k) == list(range(1, 9))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: D.leave_one_out([0.1], [0.1]), "at least 2"),
+    (lambda: D.publication_bias([0.1, 0.2], [0.1, 0.1]), "at least 3"),
+    (lambda: D.influence([0.1, 0.2], [0.1, -0.1]), r"vi\[1\]"),
+    (lambda: D.cumulative([0.1, 0.2], [0.1, 0.1], [0, 0]), "order"),
+    (lambda: D.blup([0.1, 0.2], [0.1, 0.1], labels=["a"]), "labels"),
+    (lambda: subgroup_analysis([0.1, 0.2, 0.3], [0.1] * 3, ["a", "a", "a"]), "single level"),
+    (lambda: subgroup_analysis([0.1, 0.2, 0.3], [0.1] * 3, ["a", None, "b"]), "row 1"),
+])
+def test_bad_input_is_named(call, message):
+    with pytest.raises(InputError, match=message):
+        call()
+
+
+def test_subgroup_separate_fits_equal_single_fits():
+    case = next(c for c in REF["subgroup"] if c["id"] == "bcg/RR")
+    res = subgroup_analysis(case["yi"], case["vi"], case["group"], labels=case["labels"],
+                            variable="alloc")
+    y, v = np.array(case["yi"]), np.array(case["vi"])
+    for g in res.groups:
+        sel = np.array([x == g.group for x in case["group"]])
+        single = fit_rma(y[sel], v[sel])
+        assert g.estimate == pytest.approx(single.coef[0], rel=1e-8)
+        assert len(g.sites) == g.k == sel.sum()
+    assert res.to_dict()["variable"] == "alloc"

@@ -1,0 +1,127 @@
+"""Meta-regression and the batched fits: invariants, categorical moderators, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coordinator.synthesis.metareg import design_matrix, fit_batch, fit_rma, meta_regression
+from fedsynth.errors import InputError
+from tests.conftest import load_json
+
+REF = load_json("metafor_public.json")
+BCG = next(c for c in REF["meta_regression"] if c["id"] == "bcg/OR")
+SUB = next(c for c in REF["subgroup"] if c["id"] == "bcg/OR")
+
+
+def test_intercept_only_equals_reference_pooling():
+    case = next(c for c in REF["pooling"] if c["id"].startswith("bcg/OR")
+                and c["method"] == "REML" and c["test"] == "z")
+    res = fit_rma(case["yi"], case["vi"])
+    exp = case["expected"]
+    assert res.coef[0] == pytest.approx(exp["estimate"], rel=1e-6)
+    assert res.z_se[0] == pytest.approx(exp["se"], rel=1e-6)
+    assert res.tau2 == pytest.approx(exp["tau2"], rel=1e-6)
+    assert res.I2 == pytest.approx(exp["I2"], rel=1e-6)
+    assert res.QE == pytest.approx(exp["Q"], rel=1e-6)
+    assert res.R2 is None and res.QM is None
+
+
+def test_categorical_moderator_is_the_common_tau2_subgroup_model():
+    res = meta_regression(SUB["yi"], SUB["vi"], {"alloc": SUB["group"]})
+    assert res.names == ("intrcpt", "allocrandom", "allocsystematic")
+    assert res.QM == pytest.approx(SUB["expected"]["common_tau2_QM"], rel=1e-6)
+    assert res.tau2 == pytest.approx(SUB["expected"]["common_tau2"], rel=1e-6)
+    assert res.QM_df == 2
+
+
+def test_two_moderators_numeric_and_categorical():
+    res = meta_regression(SUB["yi"], SUB["vi"], {"ablat": BCG["moderator"], "alloc": SUB["group"]})
+    assert res.p == 4 and res.QM_df == 3 and res.QE_df == 13 - 4
+    assert 0.0 <= res.R2 <= 100.0
+    lo, hi = res.confidence_interval()
+    assert np.all(lo < res.coef) and np.all(res.coef < hi)
+    # adding a moderator cannot increase the residual heterogeneity statistic
+    single = meta_regression(SUB["yi"], SUB["vi"], {"ablat": BCG["moderator"]})
+    assert res.QE <= single.QE + 1e-9
+
+
+def test_knha_f_equals_t_squared_for_one_moderator():
+    res = meta_regression(BCG["yi"], BCG["vi"], {"ablat": BCG["moderator"]}, test="knha")
+    assert res.knha_F == pytest.approx(res.knha_stat[1] ** 2, rel=1e-10)
+    assert res.test == "knha" and np.allclose(res.se, res.knha_se)
+
+
+def test_design_matrix_dummy_coding_sorted_levels():
+    X, names = design_matrix({"g": ["b", "a", "c", "a"]}, 4)
+    assert names == ("intrcpt", "gb", "gc")
+    assert X.tolist() == [[1, 1, 0], [1, 0, 0], [1, 0, 1], [1, 0, 0]]
+
+
+@pytest.mark.parametrize("mods, message", [
+    ({"x": [1, 2, 3]}, "3 values for 13"),
+    ({"x": [1.0] * 13}, "rank deficient"),
+    ({"g": ["a"] * 13}, "single level"),
+    ({"x": [1, None] + [2] * 11}, "missing value in row 1"),
+    ({}, "at least one moderator"),
+])
+def test_bad_moderators_name_the_field(mods, message):
+    with pytest.raises(InputError, match=message):
+        meta_regression(BCG["yi"], BCG["vi"], mods)
+
+
+@pytest.mark.parametrize("yi, vi, message", [
+    ([0.1, float("nan")], [0.1, 0.1], r"yi\[1\]"),
+    ([0.1, 0.2], [0.1, 0.0], r"vi\[1\]"),
+    ([0.1, 0.2], [0.1, -1.0], r"vi\[1\]"),
+    ([0.1, 0.2, 0.3], [0.1, 0.2], "lengths differ"),
+    (["a", 0.2], [0.1, 0.2], "yi: not numeric"),
+])
+def test_bad_yi_vi(yi, vi, message):
+    with pytest.raises(InputError, match=message):
+        fit_rma(yi, vi)
+
+
+def test_bad_method_test_level():
+    with pytest.raises(InputError, match="method"):
+        fit_rma([0.1, 0.2, 0.3], [0.1, 0.1, 0.1], method="XYZ")
+    with pytest.raises(InputError, match="test"):
+        fit_rma([0.1, 0.2, 0.3], [0.1, 0.1, 0.1], test="t")
+    with pytest.raises(InputError, match="level"):
+        fit_rma([0.1, 0.2, 0.3], [0.1, 0.1, 0.1], level=100)
+
+
+def test_score_is_zero_at_the_reml_estimate():
+    # the REML estimating equation y'PPy = tr(P) holds at an interior solution
+    y, v = np.array(BCG["yi"]), np.array(BCG["vi"])
+    X = np.column_stack([np.ones(13), BCG["moderator"]])
+    t2 = fit_rma(y, v, X).tau2
+    w = 1 / (v + t2)
+    W = np.diag(w)
+    P = W - W @ X @ np.linalg.inv(X.T @ W @ X) @ X.T @ W
+    assert (P @ y) @ (P @ y) == pytest.approx(np.trace(P), rel=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(min_value=2, max_value=9), st.integers(min_value=0, max_value=10_000),
+       st.sampled_from(["REML", "ML", "DL", "FE"]))
+def test_batch_equals_single_fits(k, seed, method):
+    rng = np.random.default_rng(seed)
+    y = rng.normal(0.2, 0.5, size=k)
+    v = rng.uniform(0.01, 0.5, size=k)
+    mask = rng.random((4, k)) < 0.7
+    mask[:, 0] = True
+    batch = fit_batch(y, v, mask, method=method)
+    for j in range(mask.shape[0]):
+        single = fit_rma(y[mask[j]], v[mask[j]], method=method)
+        assert batch.estimate[j] == pytest.approx(single.coef[0], rel=1e-7, abs=1e-10)
+        assert batch.tau2[j] == pytest.approx(single.tau2, rel=1e-7, abs=1e-10)
+        assert batch.se[j] == pytest.approx(single.z_se[0], rel=1e-7)
+        assert batch.Q[j] == pytest.approx(single.QE, rel=1e-7, abs=1e-10)
+
+
+def test_batch_rejects_empty_rows():
+    with pytest.raises(InputError, match="mask"):
+        fit_batch([0.1, 0.2], [0.1, 0.1], [[True, False], [False, False]])

@@ -1,0 +1,301 @@
+"""Effect sizes from summary data: metafor's ``escalc``, vectorised over studies.
+
+Why
+---
+Meta-analysis pools effect sizes on a scale where they are approximately normal with a
+known sampling variance. For published studies (or sites that only report counts and
+means), the effect size and its variance are computed from summary data with the
+standard large-sample formulas; users compare against R's metafor (Viechtbauer,
+"Conducting meta-analyses in R with the metafor package", *J Stat Softw* 36(3), 2010),
+so this module follows ``escalc``'s defaults exactly:
+
+* 2x2 tables (``ai, bi, ci, di`` or ``ai, n1i, ci, n2i``): ``OR`` (log odds ratio, Woolf
+  variance), ``RR`` (log risk ratio), ``RD`` (risk difference, unbiased-free large-sample
+  variance). Continuity correction: ``add = 1/2`` added to *every* cell of only those tables
+  with a zero cell (``to = "only0"``); ``"all"``, ``"if0all"`` and ``"none"`` as in metafor.
+* Two-group means (``m1i, sd1i, n1i, m2i, sd2i, n2i``): ``MD``; ``SMD`` is Hedges' g with
+  the *exact* small-sample correction ``c(m) = Γ(m/2) / (sqrt(m/2) Γ((m-1)/2))``, m = n1+n2-2
+  (Hedges, "Distribution theory for Glass's estimator of effect size and related
+  estimators", *J Educ Stat* 6(2), 1981) and the large-sample variance
+  ``1/n1 + 1/n2 + g²/(2(n1+n2))``; ``ROM`` is the log ratio of means (Hedges, Gurevitch &
+  Curtis, *Ecology* 80(4), 1999).
+* ``ZCOR`` (``ri, ni``): Fisher's z, variance ``1/(n-3)``.
+* ``IRR`` (``x1i, t1i, x2i, t2i``): log incidence rate ratio, variance ``1/x1 + 1/x2``;
+  the correction is added to both event counts of a pair with a zero.
+* ``PLO`` / ``PR`` (``xi, ni``): logit and raw proportion; the correction is added to
+  events and non-events where a proportion is 0 or 1.
+
+Impossible rows (negative counts, ``sd <= 0``, ``|r| >= 1``, ``n <= 3`` for ZCOR, events
+above the group size, non-positive person-time or means for ROM, missing values) are an
+:class:`~fedsynth.errors.InputError` naming the row and the column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.special import gammaln
+
+from fedsynth.errors import InputError
+from site_agent.estimators.results import EffectSizes
+
+__all__ = ["escalc", "ESCALC_MEASURES", "COLUMN_SETS", "hedges_correction"]
+
+#: Measure -> accepted column sets (first match wins), named as metafor's arguments.
+COLUMN_SETS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "OR": (("ai", "bi", "ci", "di"), ("ai", "n1i", "ci", "n2i")),
+    "RR": (("ai", "bi", "ci", "di"), ("ai", "n1i", "ci", "n2i")),
+    "RD": (("ai", "bi", "ci", "di"), ("ai", "n1i", "ci", "n2i")),
+    "MD": (("m1i", "sd1i", "n1i", "m2i", "sd2i", "n2i"),),
+    "SMD": (("m1i", "sd1i", "n1i", "m2i", "sd2i", "n2i"),),
+    "ROM": (("m1i", "sd1i", "n1i", "m2i", "sd2i", "n2i"),),
+    "ZCOR": (("ri", "ni"),),
+    "IRR": (("x1i", "t1i", "x2i", "t2i"),),
+    "PLO": (("xi", "ni"),),
+    "PR": (("xi", "ni"),),
+}
+ESCALC_MEASURES: tuple[str, ...] = tuple(COLUMN_SETS)
+_CORRECTION_TARGETS = ("only0", "all", "if0all", "none")
+
+
+def hedges_correction(m: Any) -> np.ndarray:
+    """Exact bias correction ``c(m) = Γ(m/2) / (sqrt(m/2) Γ((m-1)/2))`` of Hedges (1981).
+
+    Computed on the log scale (``gammaln``) so that it stays exact for large ``m``, where
+    the ratio of gamma functions would overflow.
+    """
+    m = np.asarray(m, dtype=float)
+    return np.exp(gammaln(m / 2) - 0.5 * np.log(m / 2) - gammaln((m - 1) / 2))
+
+
+def _row_name(i: int, labels: Sequence[Any] | None) -> str:
+    if labels is not None:
+        return f"row {i + 1} ({labels[i]!s})"
+    return f"row {i + 1}"
+
+
+def _check(bad: np.ndarray, message: str, column: str, values: np.ndarray,
+           labels: Sequence[Any] | None) -> None:
+    """Raise an InputError naming the first row where ``bad`` holds."""
+    if np.any(bad):
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(f"escalc: {_row_name(i, labels)}: column {column!r} = "
+                         f"{values[i]!r}: {message}")
+
+
+def _as_array(name: str, value: Any, labels: Sequence[Any] | None) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise InputError(f"escalc: column {name!r} must be numeric, got {value!r}") from None
+    arr = np.atleast_1d(arr)
+    if arr.ndim != 1:
+        raise InputError(f"escalc: column {name!r} must be one-dimensional")
+    _check(~np.isfinite(arr), "missing or not finite", name, arr, labels)
+    return arr
+
+
+def _correct(counts: dict[str, np.ndarray], names: Sequence[str], zero: np.ndarray,
+             add: float, to: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Add the continuity correction to ``names`` of the rows chosen by ``to``."""
+    if to == "all":
+        rows = np.ones_like(zero, dtype=bool)
+    elif to == "only0":
+        rows = zero
+    elif to == "if0all":
+        rows = np.full_like(zero, bool(np.any(zero)), dtype=bool)
+    else:  # "none"
+        rows = np.zeros_like(zero, dtype=bool)
+    if add == 0:
+        rows = np.zeros_like(zero, dtype=bool)
+    out = dict(counts)
+    for name in names:
+        out[name] = np.where(rows, counts[name] + add, counts[name])
+    return out, rows
+
+
+def escalc(measure: str, *, add: float = 0.5, to: str = "only0",
+           labels: Sequence[Any] | None = None, **columns: Any) -> EffectSizes:
+    """Compute effect sizes and sampling variances from summary data (metafor ``escalc``).
+
+    Parameters
+    ----------
+    measure
+        One of ``OR, RR, RD, MD, SMD, ROM, ZCOR, IRR, PLO, PR``.
+    add, to
+        Continuity correction for counts (2x2 tables, rates, proportions): ``add`` is added
+        to every cell of the rows chosen by ``to``: ``"only0"`` (default, rows with a zero
+        cell; for proportions also rows where all are events), ``"all"``, ``"if0all"``
+        (every row if any row has a zero) or ``"none"``.
+    labels
+        Optional study labels used in error messages.
+    **columns
+        The data, as metafor's argument names (see :data:`COLUMN_SETS`): array-likes of
+        equal length.
+
+    Returns
+    -------
+    EffectSizes
+        ``yi`` and ``vi`` arrays (and where a correction was applied).
+
+    Raises
+    ------
+    InputError
+        Unknown measure, missing or extra columns, unequal lengths, or an impossible row
+        (naming the row and the column).
+    """
+    key = str(measure).upper()
+    if key not in COLUMN_SETS:
+        raise InputError(f"escalc: unknown measure {measure!r} (known: "
+                         f"{', '.join(ESCALC_MEASURES)})")
+    if to not in _CORRECTION_TARGETS:
+        raise InputError(f"escalc: 'to' must be one of {', '.join(_CORRECTION_TARGETS)}, "
+                         f"got {to!r}")
+    try:
+        add = float(add)
+    except (TypeError, ValueError):
+        raise InputError(f"escalc: 'add' must be a number, got {add!r}") from None
+    if not np.isfinite(add) or add < 0:
+        raise InputError(f"escalc: 'add' must be a finite number >= 0, got {add!r}")
+    given = {k for k, v in columns.items() if v is not None}
+    chosen = next((s for s in COLUMN_SETS[key] if set(s) <= given), None)
+    if chosen is None:
+        wanted = " or ".join(",".join(s) for s in COLUMN_SETS[key])
+        missing = sorted(set(COLUMN_SETS[key][0]) - given)
+        raise InputError(f"escalc: measure {key} needs columns {wanted}; missing "
+                         f"{', '.join(repr(m) for m in missing)}")
+    extra = sorted(given - set(chosen))
+    if extra:
+        raise InputError(f"escalc: column {extra[0]!r} is not used by measure {key} "
+                         f"(it uses {', '.join(chosen)})")
+    data = {name: _as_array(name, columns[name], labels) for name in chosen}
+    lengths = {name: len(v) for name, v in data.items()}
+    if len(set(lengths.values())) != 1:
+        raise InputError(f"escalc: columns have different lengths: {lengths}")
+    k = next(iter(lengths.values()))
+    if k == 0:
+        raise InputError("escalc: no rows")
+    if labels is not None and len(labels) != k:
+        raise InputError(f"escalc: {len(labels)} labels for {k} rows")
+
+    def nonneg(*names: str) -> None:
+        for name in names:
+            _check(data[name] < 0, "a count must not be negative", name, data[name], labels)
+
+    def positive(*names: str, what: str = "must be > 0") -> None:
+        for name in names:
+            _check(data[name] <= 0, what, name, data[name], labels)
+
+    def integer(*names: str) -> None:
+        for name in names:
+            _check(data[name] != np.round(data[name]), "a count must be a whole number",
+                   name, data[name], labels)
+
+    if key in ("OR", "RR", "RD"):
+        if chosen[1] == "bi":
+            nonneg("ai", "bi", "ci", "di")
+            integer("ai", "bi", "ci", "di")
+            ai, bi, ci, di = (data[c] for c in chosen)
+        else:
+            nonneg("ai", "ci")
+            positive("n1i", "n2i", what="a group size must be > 0")
+            integer("ai", "n1i", "ci", "n2i")
+            _check(data["ai"] > data["n1i"], "more events than patients (n1i)", "ai",
+                   data["ai"], labels)
+            _check(data["ci"] > data["n2i"], "more events than patients (n2i)", "ci",
+                   data["ci"], labels)
+            ai, ci = data["ai"], data["ci"]
+            bi, di = data["n1i"] - ai, data["n2i"] - ci
+        _check((ai + bi) == 0, "the first group is empty", chosen[0], ai, labels)
+        _check((ci + di) == 0, "the second group is empty", "ci", ci, labels)
+        zero = (ai == 0) | (bi == 0) | (ci == 0) | (di == 0)
+        cells, corrected = _correct({"ai": ai, "bi": bi, "ci": ci, "di": di},
+                                    ("ai", "bi", "ci", "di"), zero, add, to)
+        ai, bi, ci, di = cells["ai"], cells["bi"], cells["ci"], cells["di"]
+        n1, n2 = ai + bi, ci + di
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if key == "OR":
+                yi = np.log(ai * di / (bi * ci))
+                vi = 1 / ai + 1 / bi + 1 / ci + 1 / di
+                undefined = (ai == 0) | (bi == 0) | (ci == 0) | (di == 0)
+            elif key == "RR":
+                yi = np.log((ai / n1) / (ci / n2))
+                vi = 1 / ai - 1 / n1 + 1 / ci - 1 / n2
+                undefined = (ai == 0) | (ci == 0)
+            else:
+                p1, p2 = ai / n1, ci / n2
+                yi = p1 - p2
+                vi = p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2
+                undefined = vi <= 0
+        _check(undefined, f"{key} is undefined for this table without a continuity "
+               f"correction (to={to!r}, add={add})", chosen[0], data[chosen[0]], labels)
+    elif key in ("MD", "SMD", "ROM"):
+        positive("sd1i", "sd2i", what="a standard deviation must be > 0")
+        _check(data["n1i"] < 2, "a group needs n >= 2 for a standard deviation", "n1i",
+               data["n1i"], labels)
+        _check(data["n2i"] < 2, "a group needs n >= 2 for a standard deviation", "n2i",
+               data["n2i"], labels)
+        m1, s1, n1 = data["m1i"], data["sd1i"], data["n1i"]
+        m2, s2, n2 = data["m2i"], data["sd2i"], data["n2i"]
+        corrected = np.zeros(k, dtype=bool)
+        if key == "MD":
+            yi = m1 - m2
+            vi = s1 ** 2 / n1 + s2 ** 2 / n2
+        elif key == "SMD":
+            # Pooled SD, Cohen's d, then the exact gamma-function correction (Hedges 1981).
+            mi = n1 + n2 - 2
+            sdp = np.sqrt(((n1 - 1) * s1 ** 2 + (n2 - 1) * s2 ** 2) / mi)
+            yi = hedges_correction(mi) * (m1 - m2) / sdp
+            # metafor's default large-sample variance (vtype "LS"), evaluated at g.
+            vi = 1 / n1 + 1 / n2 + yi ** 2 / (2 * (n1 + n2))
+        else:
+            positive("m1i", "m2i", what="ROM needs positive means")
+            yi = np.log(m1 / m2)
+            vi = s1 ** 2 / (n1 * m1 ** 2) + s2 ** 2 / (n2 * m2 ** 2)
+    elif key == "ZCOR":
+        r, n = data["ri"], data["ni"]
+        _check(np.abs(r) >= 1, "a correlation must lie strictly between -1 and 1", "ri", r,
+               labels)
+        _check(n <= 3, "ZCOR needs n > 3 (its variance is 1/(n-3))", "ni", n, labels)
+        corrected = np.zeros(k, dtype=bool)
+        yi = np.arctanh(r)
+        vi = 1 / (n - 3)
+    elif key == "IRR":
+        nonneg("x1i", "x2i")
+        positive("t1i", "t2i", what="person-time must be > 0")
+        zero = (data["x1i"] == 0) | (data["x2i"] == 0)
+        cells, corrected = _correct({"x1i": data["x1i"], "x2i": data["x2i"]},
+                                    ("x1i", "x2i"), zero, add, to)
+        x1, x2 = cells["x1i"], cells["x2i"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            yi = np.log((x1 / data["t1i"]) / (x2 / data["t2i"]))
+            vi = 1 / x1 + 1 / x2
+        _check((x1 == 0) | (x2 == 0), f"IRR is undefined with a zero count without a "
+               f"continuity correction (to={to!r}, add={add})", "x1i", data["x1i"], labels)
+    else:  # PLO, PR
+        nonneg("xi")
+        positive("ni", what="a group size must be > 0")
+        _check(data["xi"] > data["ni"], "more events than patients (ni)", "xi", data["xi"],
+               labels)
+        xi, ni = data["xi"], data["ni"]
+        # A proportion of 0 or 1 has a zero cell (events or non-events): correct both.
+        zero = (xi == 0) | (xi == ni)
+        cells, corrected = _correct({"xi": xi, "mi": ni - xi}, ("xi", "mi"), zero, add, to)
+        xi, mi = cells["xi"], cells["mi"]
+        ni = xi + mi
+        p = xi / ni
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if key == "PLO":
+                yi = np.log(xi / mi)
+                vi = 1 / xi + 1 / mi
+                undefined = (xi == 0) | (mi == 0)
+            else:
+                yi = p
+                vi = p * (1 - p) / ni
+                undefined = vi <= 0
+        _check(undefined, f"{key} is undefined for a proportion of 0 or 1 without a "
+               f"continuity correction (to={to!r}, add={add})", "xi", data["xi"], labels)
+    return EffectSizes(measure=key, yi=np.asarray(yi, dtype=float),
+                       vi=np.asarray(vi, dtype=float), corrected=np.asarray(corrected))

@@ -1,0 +1,456 @@
+"""Estimators from patient-level data (a pandas DataFrame), one per spec estimator.
+
+Why
+---
+Each site turns its rows into one estimate ``yi`` with its sampling variance ``vi`` on the
+scale on which the coordinator pools (two-stage individual-participant-data meta-analysis:
+Riley, Lambert & Abo-Zaid, "Meta-analysis of individual participant data: rationale,
+conduct, and reporting", *BMJ* 340, 2010; Debray et al., "Meta-analysis and aggregation of
+multiple published prediction models", *Stat Med* 33, 2014, for the model-evaluation
+measures). Where a well-kept library is exact we use it: statsmodels GLM (logistic, same
+IRLS maximum likelihood as R's ``glm``), OLS (R's ``lm``), PHReg (Cox partial likelihood
+with Efron or Breslow ties, as R's ``coxph``). What none provides is written here: the
+DeLong variance of the AUC (:mod:`.delong`) and the calibration summaries of Van
+Calster et al. ("A calibration hierarchy for risk models was defined", *J Clin Epidemiol*
+74, 2016).
+
+Contract
+--------
+* Rows with a missing value in a column the analysis uses are dropped *for that analysis*
+  and counted in ``Estimate.n_dropped``.
+* Anything that makes an estimate impossible or meaningless (unknown column, non-numeric
+  values, non-binary outcome, constant exposure, no events, perfect separation, too few
+  rows, a singular design) is a :class:`Refusal` with a plain reason and a machine code,
+  never an exception: one failing analysis does not stop the others.
+* Refusal reasons never contain counts (a small count is exactly what must not leave).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedsynth.errors import InputError
+from fedsynth.spec import AnalysisSpec, Spec, parse_spec
+from site_agent.estimators.delong import delong_auc
+from site_agent.estimators.effect_sizes import escalc
+from site_agent.estimators.results import Estimate, Refusal
+
+__all__ = ["estimate", "estimate_all", "Refuse"]
+
+#: A fitted coefficient beyond this (on the log-odds / log-hazard scale, per unit of a 0/1
+#: exposure) only arises when the likelihood has no finite maximum (separation).
+_SEPARATION_COEF = 25.0
+
+
+class Refuse(Exception):
+    """Raised inside an estimator to refuse the analysis; turned into a Refusal."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _complete(df: pd.DataFrame, analysis: AnalysisSpec) -> tuple[pd.DataFrame, int]:
+    """The numeric columns the analysis uses, complete rows only, and the rows dropped."""
+    columns = list(analysis.columns)
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise Refuse("missing_column", f"the data has no column {missing[0]!r}")
+    sub = df.loc[:, columns].copy()
+    for column in columns:
+        series = sub[column]
+        if series.dtype == bool:
+            sub[column] = series.astype(float)
+            continue
+        converted = pd.to_numeric(series, errors="coerce")
+        # Values present but not numbers: refuse rather than silently treat as missing.
+        if bool((converted.isna() & series.notna()).any()):
+            raise Refuse("invalid_values", f"column {column!r} holds values that are not "
+                         "numbers")
+        sub[column] = converted.astype(float)
+    finite = np.isfinite(sub.to_numpy(dtype=float)).all(axis=1)
+    kept = sub.loc[finite]
+    return kept, int(len(sub) - len(kept))
+
+
+def _binary(values: np.ndarray, column: str, role: str) -> np.ndarray:
+    unique = np.unique(values)
+    if not set(unique.tolist()) <= {0.0, 1.0}:
+        raise Refuse("non_binary", f"the {role} column {column!r} must be 0/1, but it "
+                     "holds other values")
+    return values.astype(int)
+
+
+def _require_rows(n: int, minimum: int) -> None:
+    if n == 0:
+        raise Refuse("too_few_rows", "no complete rows for this analysis")
+    if n < minimum:
+        raise Refuse("too_few_rows", f"too few complete rows for this analysis (it needs "
+                     f"at least {minimum})")
+
+
+def _require_both_groups(exposure: np.ndarray, column: str) -> None:
+    if len(np.unique(exposure)) < 2:
+        raise Refuse("constant_exposure", f"the exposure column {column!r} takes a single "
+                     "value, so there is nothing to compare")
+
+
+def _require_events(outcome: np.ndarray, column: str, role: str = "outcome") -> None:
+    events = int(outcome.sum())
+    if events == 0:
+        raise Refuse("no_events", f"the {role} column {column!r} has no events")
+    if events == len(outcome):
+        raise Refuse("no_events", f"the {role} column {column!r} has only events (no "
+                     "non-events)")
+
+
+def _design(data: pd.DataFrame, columns: list[str], intercept: bool) -> np.ndarray:
+    x = data.loc[:, columns].to_numpy(dtype=float)
+    if intercept:
+        x = np.column_stack([np.ones(len(data)), x])
+    if np.linalg.matrix_rank(x) < x.shape[1]:
+        raise Refuse("singular", "the exposure and covariates are collinear (a covariate "
+                     "is constant or a combination of the others), so the model is not "
+                     "identified")
+    return x
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p / (1 - p))
+
+
+def _score_probabilities(values: np.ndarray, column: str) -> np.ndarray:
+    if np.any((values <= 0) | (values >= 1)):
+        raise Refuse("invalid_values", f"the score column {column!r} must hold predicted "
+                     "probabilities strictly between 0 and 1")
+    return values
+
+
+def _two_by_two_cells(outcome: np.ndarray, exposure: np.ndarray) -> dict[str, int]:
+    # metafor's convention: group 1 = exposed; ai/bi events/non-events among the exposed.
+    return {"ai": int(np.sum((exposure == 1) & (outcome == 1))),
+            "bi": int(np.sum((exposure == 1) & (outcome == 0))),
+            "ci": int(np.sum((exposure == 0) & (outcome == 1))),
+            "di": int(np.sum((exposure == 0) & (outcome == 0)))}
+
+
+def _fit_glm_binomial(y: np.ndarray, x: np.ndarray, offset: np.ndarray | None = None):
+    import statsmodels.api as sm
+    from statsmodels.tools.sm_exceptions import (ConvergenceWarning,
+                                                 PerfectSeparationError,
+                                                 PerfectSeparationWarning)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            # Tight tolerance: R's glm stops at a relative deviance change of 1e-8, which
+            # leaves ~1e-8 in the coefficients; we converge further so both agree to 1e-6.
+            result = sm.GLM(y, x, family=sm.families.Binomial(), offset=offset).fit(
+                method="IRLS", tol=1e-12, maxiter=200)
+        except PerfectSeparationError:
+            raise Refuse("separation", "the outcome is perfectly predicted (separation), "
+                         "so the maximum likelihood estimate does not exist") from None
+    kinds = {type(w.message) for w in caught} | {w.category for w in caught}
+    if PerfectSeparationWarning in kinds:
+        raise Refuse("separation", "the outcome is perfectly predicted (separation), so "
+                     "the maximum likelihood estimate does not exist")
+    if ConvergenceWarning in kinds or not getattr(result, "converged", True):
+        raise Refuse("not_converged", "the logistic regression did not converge")
+    return result
+
+
+def _estimate(analysis: AnalysisSpec, measure: str, yi: float, vi: float, n: int,
+              dropped: int, cells: Mapping[str, int], details: Mapping[str, Any]
+              ) -> Estimate:
+    if not np.isfinite(yi) or not np.isfinite(vi):
+        raise Refuse("not_converged", "the estimate or its variance is not finite")
+    if vi <= 0:
+        raise Refuse("zero_variance", "the estimate has no sampling variance (it is "
+                     "determined exactly by the data)")
+    base = {"outcome": analysis.outcome, "exposure": analysis.exposure,
+            "columns": list(analysis.columns)}
+    base.update(details)
+    return Estimate(analysis=analysis.name, estimator=analysis.estimator, measure=measure,
+                    yi=float(yi), vi=float(vi), se=float(np.sqrt(vi)), n=int(n),
+                    n_dropped=int(dropped), cells=dict(cells), details=base)
+
+
+# --------------------------------------------------------------------------- estimators
+
+def _two_by_two(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    data, dropped = _complete(df, a)
+    _require_rows(len(data), 2)
+    y = _binary(data[a.outcome].to_numpy(), a.outcome, "outcome")
+    x = _binary(data[a.exposure].to_numpy(), a.exposure, "exposure")
+    _require_both_groups(x, a.exposure)
+    cells = _two_by_two_cells(y, x)
+    try:
+        es = escalc(a.measure, ai=[cells["ai"]], bi=[cells["bi"]], ci=[cells["ci"]],
+                    di=[cells["di"]])
+    except InputError:  # pragma: no cover - both groups non-empty, counts valid
+        raise Refuse("invalid_values", f"the {a.measure} of this table is undefined")
+    return _estimate(a, a.measure, es.yi[0], es.vi[0], len(data), dropped, cells,
+                     {"corrected": bool(es.corrected[0]),
+                      "method": f"escalc {a.measure} (add 1/2 to tables with a zero cell)"})
+
+
+def _two_group(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    data, dropped = _complete(df, a)
+    _require_rows(len(data), 4)
+    x = _binary(data[a.exposure].to_numpy(), a.exposure, "exposure")
+    _require_both_groups(x, a.exposure)
+    y = data[a.outcome].to_numpy(dtype=float)
+    g1, g0 = y[x == 1], y[x == 0]
+    if len(g1) < 2 or len(g0) < 2:
+        raise Refuse("too_few_rows", "each exposure group needs at least two rows for a "
+                     "standard deviation")
+    sd1, sd0 = float(np.std(g1, ddof=1)), float(np.std(g0, ddof=1))
+    if sd1 == 0 or sd0 == 0:
+        raise Refuse("zero_variance", f"the outcome column {a.outcome!r} is constant "
+                     "within an exposure group")
+    if a.measure == "ROM" and (g1.mean() <= 0 or g0.mean() <= 0):
+        raise Refuse("invalid_values", f"ROM needs a positive mean of {a.outcome!r} in "
+                     "both groups")
+    es = escalc(a.measure, m1i=[g1.mean()], sd1i=[sd1], n1i=[len(g1)], m2i=[g0.mean()],
+                sd2i=[sd0], n2i=[len(g0)])
+    cells = {"n_exposed": len(g1), "n_unexposed": len(g0)}
+    return _estimate(a, a.measure, es.yi[0], es.vi[0], len(data), dropped, cells,
+                     {"method": f"escalc {a.measure}, exposed minus unexposed"})
+
+
+def _logistic(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    data, dropped = _complete(df, a)
+    _require_rows(len(data), len(a.covariates) + 4)
+    y = _binary(data[a.outcome].to_numpy(), a.outcome, "outcome")
+    e = _binary(data[a.exposure].to_numpy(), a.exposure, "exposure")
+    _require_both_groups(e, a.exposure)
+    _require_events(y, a.outcome)
+    cells = _two_by_two_cells(y, e)
+    if min(cells.values()) == 0:
+        # A zero cell of outcome x exposure makes the exposure's coefficient infinite.
+        raise Refuse("separation", f"the exposure {a.exposure!r} perfectly predicts the "
+                     "outcome in one group (quasi-complete separation), so the adjusted "
+                     "odds ratio does not exist")
+    x = _design(data, [a.exposure, *a.covariates], intercept=True)
+    fit = _fit_glm_binomial(y.astype(float), x)
+    if abs(fit.params[1]) > _SEPARATION_COEF:
+        raise Refuse("separation", "the fitted odds ratio is unbounded (separation)")
+    cov = fit.cov_params()
+    formula = f"glm({a.outcome} ~ {' + '.join([a.exposure, *a.covariates])}, binomial)"
+    return _estimate(a, "OR", fit.params[1], cov[1, 1], len(data), dropped,
+                     {**cells, "events": int(y.sum()), "non_events": int((1 - y).sum())},
+                     {"model": formula, "scale": "log odds ratio"})
+
+
+def _linear(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    import statsmodels.api as sm
+
+    data, dropped = _complete(df, a)
+    _require_rows(len(data), len(a.covariates) + 4)
+    e = _binary(data[a.exposure].to_numpy(), a.exposure, "exposure")
+    _require_both_groups(e, a.exposure)
+    y = data[a.outcome].to_numpy(dtype=float)
+    x = _design(data, [a.exposure, *a.covariates], intercept=True)
+    fit = sm.OLS(y, x).fit()
+    if not fit.df_resid > 0 or fit.scale <= 0:
+        raise Refuse("zero_variance", "the linear model fits the outcome exactly, so its "
+                     "variance cannot be estimated")
+    formula = f"lm({a.outcome} ~ {' + '.join([a.exposure, *a.covariates])})"
+    cells = {"n_exposed": int(e.sum()), "n_unexposed": int((1 - e).sum())}
+    return _estimate(a, "MD", fit.params[1], fit.cov_params()[1, 1], len(data), dropped,
+                     cells, {"model": formula})
+
+
+def _cox(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    from statsmodels.duration.hazard_regression import PHReg
+
+    data, dropped = _complete(df, a)
+    _require_rows(len(data), len(a.covariates) + 4)
+    time = data[a.time].to_numpy(dtype=float)
+    if np.any(time < 0):
+        raise Refuse("invalid_values", f"the time column {a.time!r} holds negative times")
+    status = _binary(data[a.event].to_numpy(), a.event, "event")
+    e = _binary(data[a.exposure].to_numpy(), a.exposure, "exposure")
+    _require_both_groups(e, a.exposure)
+    if status.sum() == 0:
+        raise Refuse("no_events", f"the event column {a.event!r} has no events")
+    events_exposed = int(np.sum(status[e == 1]))
+    events_unexposed = int(np.sum(status[e == 0]))
+    if events_exposed == 0 or events_unexposed == 0:
+        # Monotone partial likelihood: the hazard ratio estimate is 0 or infinite.
+        raise Refuse("separation", "one exposure group has no events, so the hazard ratio "
+                     "does not exist (monotone likelihood)")
+    x = _design(data, [a.exposure, *a.covariates], intercept=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = PHReg(time, x, status=status, ties=a.ties)
+        # Newton-Raphson to a tight gradient so the estimate matches R's coxph to 1e-6
+        # (coxph iterates until the relative change in the log partial likelihood < 1e-9).
+        fit = model.fit(method="newton", maxiter=200, gtol=1e-10)
+    params = np.asarray(fit.params, dtype=float)
+    cov = np.asarray(fit.cov_params(), dtype=float)
+    if not np.all(np.isfinite(params)) or abs(params[0]) > _SEPARATION_COEF:
+        raise Refuse("not_converged", "the Cox model did not converge")
+    formula = (f"coxph(Surv({a.time}, {a.event}) ~ {' + '.join([a.exposure, *a.covariates])}"
+               f", ties = '{a.ties}')")
+    cells = {"events": int(status.sum()), "events_exposed": events_exposed,
+             "events_unexposed": events_unexposed}
+    return _estimate(a, "HR", params[0], cov[0, 0], len(data), dropped, cells,
+                     {"model": formula, "ties": a.ties, "scale": "log hazard ratio"})
+
+
+def _model_eval_data(df: pd.DataFrame, a: AnalysisSpec, minimum: int = 4
+                     ) -> tuple[np.ndarray, np.ndarray, int, dict[str, int]]:
+    data, dropped = _complete(df, a)
+    _require_rows(len(data), minimum)
+    y = _binary(data[a.outcome].to_numpy(), a.outcome, "outcome")
+    p = data[a.score].to_numpy(dtype=float)
+    cells = {"events": int(y.sum()), "non_events": int(len(y) - y.sum())}
+    return y, p, dropped, cells
+
+
+def _auc(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    y, p, dropped, cells = _model_eval_data(df, a)
+    _require_events(y, a.outcome)
+    if min(cells.values()) < 2:
+        raise Refuse("too_few_rows", "the DeLong variance needs at least two events and "
+                     "two non-events")
+    result = delong_auc(p, y)
+    auc, var = result.auc, result.variance
+    cells = {"cases": result.n_cases, "controls": result.n_controls}
+    if a.scale == "logit":
+        if not 0 < auc < 1:
+            raise Refuse("zero_variance", "the score separates events from non-events "
+                         "perfectly (AUC of 0 or 1), so the logit AUC is infinite")
+        # Delta method: d logit(A)/dA = 1 / (A (1 - A)).
+        return _estimate(a, "logit_AUC", np.log(auc / (1 - auc)),
+                         var / (auc * (1 - auc)) ** 2, len(y), dropped, cells,
+                         {"method": "DeLong variance, delta method to the logit scale",
+                          "score": a.score, "scale": "logit"})
+    if var <= 0:
+        raise Refuse("zero_variance", "the score separates events from non-events "
+                     "perfectly (AUC of 0 or 1), so the DeLong variance is zero")
+    return _estimate(a, "AUC", auc, var, len(y), dropped, cells,
+                     {"method": "DeLong", "score": a.score, "scale": "raw"})
+
+
+def _calibration_slope(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    y, p, dropped, cells = _model_eval_data(df, a)
+    _require_events(y, a.outcome)
+    lp = _logit(_score_probabilities(p, a.score))
+    if np.ptp(lp) == 0:
+        raise Refuse("singular", f"the score column {a.score!r} is constant, so no slope "
+                     "can be estimated")
+    fit = _fit_glm_binomial(y.astype(float), np.column_stack([np.ones(len(y)), lp]))
+    return _estimate(a, "slope", fit.params[1], fit.cov_params()[1, 1], len(y), dropped,
+                     cells, {"model": f"glm({a.outcome} ~ qlogis({a.score}), binomial)",
+                             "score": a.score})
+
+
+def _calibration_in_the_large(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    y, p, dropped, cells = _model_eval_data(df, a)
+    _require_events(y, a.outcome)
+    lp = _logit(_score_probabilities(p, a.score))
+    # Intercept with the linear predictor as offset (slope fixed at 1): the log-odds
+    # shift that makes the mean prediction match the observed rate.
+    fit = _fit_glm_binomial(y.astype(float), np.ones((len(y), 1)), offset=lp)
+    return _estimate(a, "intercept", fit.params[0], fit.cov_params()[0, 0], len(y),
+                     dropped, cells,
+                     {"model": f"glm({a.outcome} ~ offset(qlogis({a.score})), binomial)",
+                      "score": a.score})
+
+
+def _oe_ratio(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    y, p, dropped, cells = _model_eval_data(df, a, minimum=2)
+    _score_probabilities(p, a.score)
+    observed, expected, n = float(y.sum()), float(p.sum()), len(y)
+    if observed == 0:
+        raise Refuse("no_events", f"the outcome column {a.outcome!r} has no events, so "
+                     "log(O/E) is undefined")
+    if observed == n:
+        raise Refuse("no_events", f"the outcome column {a.outcome!r} has only events, so "
+                     "the variance of log(O/E) is zero")
+    # Poisson-binomial approximation of Debray et al. (2017, BMJ 356:i6460, Table 2):
+    # var(log O/E) = (1 - O/N) / O.
+    return _estimate(a, "OE", np.log(observed / expected), (1 - observed / n) / observed,
+                     n, dropped, {**cells, "observed": int(observed)},
+                     {"method": "log(O/E), variance (1 - O/N)/O", "score": a.score})
+
+
+def _brier(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    y, p, dropped, cells = _model_eval_data(df, a, minimum=2)
+    if np.any((p < 0) | (p > 1)):
+        raise Refuse("invalid_values", f"the score column {a.score!r} must hold predicted "
+                     "probabilities between 0 and 1")
+    squared = (p - y) ** 2
+    return _estimate(a, "Brier", squared.mean(), np.var(squared, ddof=1) / len(y), len(y),
+                     dropped, cells, {"method": "mean squared error, variance var(sq)/N",
+                                      "score": a.score})
+
+
+_ESTIMATORS: dict[str, Callable[[pd.DataFrame, AnalysisSpec], Estimate]] = {
+    "two_by_two": _two_by_two, "two_group": _two_group, "logistic": _logistic,
+    "linear": _linear, "cox": _cox, "auc": _auc, "calibration_slope": _calibration_slope,
+    "calibration_in_the_large": _calibration_in_the_large, "oe_ratio": _oe_ratio,
+    "brier": _brier,
+}
+
+
+def estimate(df: pd.DataFrame, analysis: AnalysisSpec | Mapping[str, Any]
+             ) -> Estimate | Refusal:
+    """Compute one analysis on a site's rows.
+
+    Parameters
+    ----------
+    df
+        The site's data, one row per patient.
+    analysis
+        An :class:`~fedsynth.spec.AnalysisSpec` (or a dict validated into one).
+
+    Returns
+    -------
+    Estimate or Refusal
+        A refusal (with a plain reason) whenever the analysis cannot be computed; this
+        function does not raise for data problems.
+
+    Raises
+    ------
+    InputError
+        Only when ``df`` is not a DataFrame or ``analysis`` is not a valid analysis (a
+        programming or spec error, not a data problem).
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise InputError(f"estimate: data must be a pandas DataFrame, got "
+                         f"{type(df).__name__}")
+    if not isinstance(analysis, AnalysisSpec):
+        if isinstance(analysis, Mapping):
+            analysis = AnalysisSpec.from_dict(analysis)
+        else:
+            raise InputError(f"estimate: analysis must be an AnalysisSpec, got "
+                             f"{type(analysis).__name__}")
+    try:
+        return _ESTIMATORS[analysis.estimator](df, analysis)
+    except Refuse as refusal:
+        return Refusal(analysis=analysis.name, reason=refusal.reason, code=refusal.code)
+    except (np.linalg.LinAlgError, ValueError, ZeroDivisionError, FloatingPointError,
+            OverflowError) as error:
+        # A numerical failure inside a library: refuse this analysis, keep the others.
+        return Refusal(analysis=analysis.name, code="not_converged",
+                       reason=f"the {analysis.estimator} fit failed numerically "
+                              f"({type(error).__name__})")
+
+
+def estimate_all(df: pd.DataFrame, spec: Spec | Mapping[str, Any] | str
+                 ) -> dict[str, Estimate | Refusal]:
+    """Run every analysis of ``spec`` on ``df``: ``{name: Estimate | Refusal}`` in order."""
+    if not isinstance(spec, Spec):
+        spec = parse_spec(spec)
+    return {a.name: estimate(df, a) for a in spec.analyses}

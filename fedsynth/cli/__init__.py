@@ -38,6 +38,8 @@ def build_parser(commands: Sequence[Command] | None = None) -> argparse.Argument
         description="Federated multisite evidence synthesis.",
     )
     parser.add_argument("--version", action="version", version=f"fedsynth {__version__}")
+    parser.add_argument("--log-format", choices=("text", "json"), default=None,
+                        help="log lines as text or one JSON object per line")
     root_sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     root_sub.required = True
     # (path prefix) -> subparsers action of that group
@@ -66,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.log_format:
+            from fedsynth.logs import configure_logging
+
+            configure_logging(args.log_format)
         return int(args._run(args) or 0)
     except FedsynthError as error:
         print(f"fedsynth: error: {error}", file=sys.stderr)

@@ -1,4 +1,8 @@
-"""``fedsynth version``: package and wire-protocol versions."""
+"""``fedsynth version``: package and wire-protocol versions (and what they run on).
+
+Operators paste this into support requests and compare it across sites before an
+upgrade: a site and the coordinator must speak the same protocol version.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,33 @@ import argparse
 from fedsynth.cli.registry import Command
 
 
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text (one line, default) or JSON with library versions")
+
+
 def _run(args: argparse.Namespace) -> int:
     from fedsynth import PROTOCOL_VERSION, __version__
 
+    if getattr(args, "format", "text") == "json":
+        import json
+        import platform
+        from importlib import metadata
+
+        libraries = {}
+        for name in ("grpcio", "protobuf", "cryptography", "sqlalchemy", "psycopg",
+                     "numpy", "scipy"):
+            try:
+                libraries[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                libraries[name] = None
+        print(json.dumps({"package": __version__, "protocol": PROTOCOL_VERSION,
+                          "python": platform.python_version(), "libraries": libraries},
+                         indent=2))
+        return 0
     print(f"fedsynth {__version__} (protocol {PROTOCOL_VERSION})")
     return 0
 
 
 COMMANDS = [Command(("version",), "print the package and protocol versions",
-                    lambda parser: None, _run)]
+                    _add_arguments, _run)]

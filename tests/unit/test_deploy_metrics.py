@@ -1,0 +1,145 @@
+"""Operations: Prometheus metrics endpoint, gRPC health service, JSON logs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from coordinator.metrics import (CoordinatorMetrics, add_health_service, mark_not_serving,
+                                 normalise_reason, parse_listen)
+from fedsynth.errors import InputError
+from fedsynth.logs import configure_logging
+
+
+def samples(metrics: CoordinatorMetrics) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_counters_follow_calls() -> None:
+    m = CoordinatorMetrics()
+    m.known_sites(["mtf-alpha", "mtf-bravo"])
+    m.round_started()
+    m.submission_accepted("mtf-alpha")
+    m.submission_rejected("bad_signature")
+    m.submission_rejected("replay")
+    m.submission_rejected("something an attacker made up")
+    with m.time_pooling():
+        pass
+    m.round_closed("pooled")
+    s = samples(m)
+    assert s[("fedsynth_rounds_started_total", ())] == 1
+    assert s[("fedsynth_rounds_closed_total", (("status", "pooled"),))] == 1
+    assert s[("fedsynth_rounds_open", ())] == 0
+    assert s[("fedsynth_submissions_total", (("site", "mtf-alpha"),))] == 1
+    assert s[("fedsynth_submissions_total", (("site", "mtf-bravo"),))] == 0
+    assert s[("fedsynth_rejections_total", (("reason", "bad_signature"),))] == 1
+    assert s[("fedsynth_rejections_total", (("reason", "other"),))] == 1
+    assert s[("fedsynth_pooling_seconds_count", ())] == 1
+    assert s[("fedsynth_site_last_seen_timestamp_seconds", (("site", "mtf-alpha"),))] > 1e9
+    assert s[("fedsynth_site_last_seen_timestamp_seconds", (("site", "mtf-bravo"),))] == 0
+    # the reason label set stays bounded whatever clients send
+    reasons = {dict(k[1]).get("reason") for k in s if k[0] == "fedsynth_rejections_total"}
+    assert "something an attacker made up" not in reasons
+
+
+def test_instances_do_not_share_a_registry() -> None:
+    a, b = CoordinatorMetrics(), CoordinatorMetrics()
+    a.round_started()
+    assert samples(b)[("fedsynth_rounds_started_total", ())] == 0
+
+
+def test_bad_values_name_the_field() -> None:
+    with pytest.raises(InputError, match="status"):
+        CoordinatorMetrics().round_closed("done")
+    with pytest.raises(InputError, match="metrics_listen"):
+        parse_listen("localhost", "metrics_listen")
+    with pytest.raises(InputError, match="metrics_listen"):
+        parse_listen("127.0.0.1:99999", "metrics_listen")
+    assert parse_listen("[::1]:0", "x") == ("::1", 0)
+    assert normalise_reason("Bad-Signature") == "bad_signature"
+
+
+def test_http_endpoint_serves_metrics_on_a_free_port() -> None:
+    m = CoordinatorMetrics()
+    m.round_started()
+    endpoint = m.serve("127.0.0.1:0")
+    try:
+        assert endpoint.port > 0
+        with urllib.request.urlopen(endpoint.url, timeout=10) as response:
+            body = response.read().decode()
+        assert "fedsynth_rounds_started_total 1.0" in body
+        assert 'fedsynth_build_info{protocol="fedsynth.v1"' in body
+    finally:
+        endpoint.stop()
+
+
+def test_grpc_health_service_on_aio_server() -> None:
+    async def scenario() -> list[int]:
+        server = grpc.aio.server()
+        servicer = await add_health_service(server, ["fedsynth.v1.Coordinator"])
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        statuses = []
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                for name in ("", "fedsynth.v1.Coordinator"):
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(service=name),
+                                             timeout=10)
+                    statuses.append(reply.status)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.Check(health_pb2.HealthCheckRequest(service="nope"),
+                                     timeout=10)
+                assert info.value.code() == grpc.StatusCode.NOT_FOUND
+                await mark_not_serving(servicer)
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=""),
+                                         timeout=10)
+                statuses.append(reply.status)
+        finally:
+            await server.stop(None)
+        return statuses
+
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert asyncio.run(scenario()) == [serving, serving,
+                                       health_pb2.HealthCheckResponse.NOT_SERVING]
+
+
+def test_json_logs_are_one_object_per_line() -> None:
+    stream = io.StringIO()
+    configure_logging("json", stream=stream)
+    configure_logging("json", stream=stream)  # idempotent: no duplicate handler
+    logging.getLogger("fedsynth.test").info("round %s closed", "r-1",
+                                            extra={"round": "r-1", "site": "mtf-alpha"})
+    lines = stream.getvalue().strip().splitlines()
+    assert len(lines) == 1
+    doc = json.loads(lines[0])
+    assert doc["message"] == "round r-1 closed" and doc["round"] == "r-1"
+    assert doc["level"] == "info" and doc["ts"].endswith("Z")
+    configure_logging("text")
+    with pytest.raises(InputError, match="--log-format"):
+        configure_logging("xml")
+
+
+def test_version_command_reports_package_and_protocol(capsys) -> None:
+    from fedsynth import PROTOCOL_VERSION, __version__
+    from fedsynth.cli import main
+
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.strip() == f"fedsynth {__version__} (protocol {PROTOCOL_VERSION})"
+    assert main(["--log-format", "json", "version", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["package"] == __version__ and doc["protocol"] == PROTOCOL_VERSION
+    assert doc["libraries"]["grpcio"]
+    configure_logging("text")

@@ -1,0 +1,133 @@
+"""metafor-like text rendering of a :class:`~coordinator.synthesis.pooling.PoolingResult`.
+
+The layout follows ``print.rma.uni`` (model line, heterogeneity block, Q test, model
+results) and adds the Q-profile intervals of ``confint()`` and the prediction interval of
+``predict()``, so that one summary answers the questions a statistician asks of a pooled
+analysis. Pure string formatting: no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from coordinator.synthesis.pooling import PoolingResult
+
+__all__ = ["format_summary", "fmt", "fmt_p", "signif_stars"]
+
+_METHOD_NAMES = {
+    "DL": "DerSimonian-Laird",
+    "HE": "Hedges",
+    "HS": "Hunter-Schmidt",
+    "SJ": "Sidik-Jonkman",
+    "ML": "maximum likelihood",
+    "REML": "restricted maximum likelihood",
+    "EB": "empirical Bayes",
+    "PM": "Paule-Mandel",
+}
+
+
+def fmt(x: float | None, digits: int = 4) -> str:
+    """Fixed-point number with ``digits`` decimals; ``NA`` for missing values."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "NA"
+    if math.isinf(x):
+        return "Inf" if x > 0 else "-Inf"
+    return f"{x:.{digits}f}"
+
+
+def fmt_p(p: float, digits: int = 4) -> str:
+    """p-value as metafor prints it (``<.0001`` below the printed precision)."""
+    if p is None or math.isnan(p):
+        return "NA"
+    floor = 10.0 ** (-digits)
+    if p < floor:
+        return "<" + f"{floor:.{digits}f}".lstrip("0")
+    return f"{p:.{digits}f}"
+
+
+def signif_stars(p: float) -> str:
+    """R's significance codes."""
+    if p is None or math.isnan(p):
+        return ""
+    for cut, star in ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, ".")):
+        if p < cut:
+            return star
+    return ""
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    out = ["  ".join(h.rjust(wd) for h, wd in zip(header, widths))]
+    for r in rows:
+        out.append("  ".join(c.rjust(wd) for c, wd in zip(r, widths)).rstrip())
+    return out
+
+
+def format_summary(res: PoolingResult, digits: int = 4) -> str:
+    """Multi-line summary of one pooled analysis (model, k, tau², I², H², Q test, estimate
+    table with CI and PI, notes)."""
+    lines: list[str] = []
+    if res.name:
+        lines.append(f"Analysis: {res.name}")
+    re_fit = res.method != "FE" and res.k >= 2
+    if re_fit:
+        lines.append(f"Random-Effects Model (k = {res.k}; tau^2 estimator: {res.method}, "
+                     f"{_METHOD_NAMES[res.method]})")
+    else:
+        lines.append(f"Fixed-Effect Model (k = {res.k})")
+    lines.append("")
+
+    if re_fit:
+        lines.append(f"tau^2 (estimated amount of total heterogeneity): {fmt(res.tau2, digits)} "
+                     f"(SE = {fmt(res.se_tau2, digits)})")
+        lines.append(f"tau (square root of estimated tau^2 value):      {fmt(res.tau, digits)}")
+    if res.k >= 2:
+        lines.append(f"I^2 ({'total heterogeneity / total variability' if re_fit else 'total heterogeneity / total variability'}):   "
+                     f"{fmt(res.I2, 2)}%")
+        lines.append(f"H^2 (total variability / sampling variability):  {fmt(res.H2, 2)}")
+        lines.append("")
+        lines.append("Test for Heterogeneity:")
+        lines.append(f"Q(df = {res.Q_df}) = {fmt(res.Q, digits)}, p-val = {fmt_p(res.Q_pval, digits)}")
+        lines.append("")
+
+    if re_fit and res.tau2_ci is not None:
+        lines.append(f"Q-profile {fmt(res.level, 0) if res.level == int(res.level) else res.level}% "
+                     "confidence intervals:")
+        rows = [["tau^2", fmt(res.tau2, digits), fmt(res.tau2_ci.low, digits),
+                 fmt(res.tau2_ci.high, digits)],
+                ["tau", fmt(res.tau, digits), fmt(math.sqrt(res.tau2_ci.low), digits),
+                 fmt(math.sqrt(res.tau2_ci.high), digits)]]
+        if res.I2_ci is not None and res.H2_ci is not None:
+            rows.append(["I^2(%)", fmt(res.I2, 2), fmt(res.I2_ci.low, 2), fmt(res.I2_ci.high, 2)])
+            rows.append(["H^2", fmt(res.H2, 2), fmt(res.H2_ci.low, 2), fmt(res.H2_ci.high, 2)])
+        lines.extend(_table(["", "estimate", "ci.lb", "ci.ub"], rows))
+        lines.append("")
+
+    stat_name = "tval" if res.test == "knha" and res.k >= 2 else "zval"
+    title = "Model Results"
+    if res.test == "knha" and res.k >= 2:
+        title += f" (Knapp-Hartung, t with df = {res.k - 1})"
+    lines.append(title + ":")
+    lines.append("")
+    header = ["estimate", "se", stat_name, "pval", "ci.lb", "ci.ub"]
+    row = [fmt(res.estimate, digits), fmt(res.se, digits), fmt(res.stat, digits),
+           fmt_p(res.pval, digits), fmt(res.ci_lb, digits), fmt(res.ci_ub, digits)]
+    pi = res.prediction_interval()
+    if pi is not None:
+        header += ["pi.lb", "pi.ub"]
+        row += [fmt(pi.low, digits), fmt(pi.high, digits)]
+    table = _table(header, [row])
+    table[1] = (table[1] + "  " + signif_stars(res.pval)).rstrip()
+    lines.extend(table)
+    lines.append("")
+    lines.append("---")
+    lines.append("Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1")
+    ll_kind = "restricted " if res.method == "REML" else ""
+    lines.append(f"{ll_kind}log-likelihood: {fmt(res.logLik, digits)}; "
+                 f"{fmt(res.level, 0) if res.level == int(res.level) else res.level}% intervals")
+    if res.message:
+        lines.append("")
+        lines.append(f"Note: {res.message}.")
+    return "\n".join(lines)

@@ -1,0 +1,627 @@
+"""Fixed- and random-effects pooling: the estimator API and its result classes.
+
+:func:`pool` pools a whole batch of analyses (arrays of shape ``(analyses, sites)`` with a
+mask for missing sites) in one vectorised call; :func:`meta_analysis` is the one-analysis
+convenience wrapper with site labels. Results reproduce ``metafor::rma.uni`` (Viechtbauer
+2010, J. Stat. Softw. 36(3)) field by field, including its conventions:
+
+* I² and H² of random-effects fits come from tau² and the "typical" within-study variance
+  (Higgins & Thompson 2002, Stat. Med. 21:1539-1558); the fixed-effect fit reports them
+  from Q, ``I2 = max(0, 100 (Q - df) / Q)``, ``H2 = Q / df``.
+* Knapp-Hartung inference (Knapp & Hartung 2003, Stat. Med. 22:2693-2710) scales the
+  variance of the estimate by ``RSS / (k - 1)`` and uses t with ``k - 1`` df, also for
+  the prediction interval ``estimate ± crit sqrt(se² + tau²)`` (Riley et al. 2011, BMJ
+  342:d549).
+* Q-profile intervals for tau², I² and H² (Viechtbauer 2007, Stat. Med. 26:37-52) are
+  reported for random-effects fits and do not depend on the tau² estimator.
+
+Pure statistics: no I/O, no grpc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from coordinator.synthesis import stats as st
+from fedsynth.errors import InputError
+
+__all__ = [
+    "ConfidenceInterval",
+    "PoolingResult",
+    "BatchPoolingResult",
+    "pool",
+    "meta_analysis",
+    "REFERENCE_KEYS",
+]
+
+#: Keys of :meth:`PoolingResult.to_dict`, in order (the reference README's, then the
+#: model settings).
+REFERENCE_KEYS = ("k", "estimate", "se", "stat", "pval", "ci_lb", "ci_ub", "tau2", "se_tau2",
+                  "Q", "Q_df", "Q_pval", "I2", "H2", "pi_lb", "pi_ub", "logLik", "tau2_ci",
+                  "I2_ci", "H2_ci", "method", "test", "level")
+
+
+@dataclass(frozen=True)
+class ConfidenceInterval:
+    """A confidence (or prediction) interval ``[low, high]``."""
+
+    low: float
+    high: float
+
+    def __iter__(self) -> Iterator[float]:
+        return iter((self.low, self.high))
+
+    def to_list(self) -> list[float | None]:
+        """``[low, high]`` for JSON (NaN becomes ``None``)."""
+        return [_json_float(self.low), _json_float(self.high)]
+
+
+@dataclass(frozen=True)
+class PoolingResult:
+    """One pooled analysis, field for field as metafor's ``rma.uni`` reports it.
+
+    Attributes
+    ----------
+    method, test : str
+        tau² estimator (``FE`` for the fixed/common-effect model) and inference
+        (``z`` or ``knha``).
+    level : float
+        Confidence level in percent.
+    k : int
+        Number of sites (studies).
+    estimate, se, stat, pval, ci_lb, ci_ub : float
+        Pooled effect, its standard error, z (or t) statistic, two-sided p-value and
+        confidence bounds.
+    tau2, se_tau2 : float
+        Between-site variance and its standard error (``se_tau2`` NaN where metafor
+        reports none: FE, k = 1).
+    Q, Q_df, Q_pval : float, int, float
+        Cochran's heterogeneity test.
+    I2, H2 : float
+        Heterogeneity indices (I² in percent).
+    pi_lb, pi_ub : float
+        Prediction interval for the effect in a new site (NaN for FE and k = 1).
+    logLik : float
+        Log-likelihood (restricted for REML, as metafor's ``logLik``).
+    tau2_ci, I2_ci, H2_ci : ConfidenceInterval or None
+        Q-profile confidence intervals (random-effects fits with k >= 2).
+    converged : bool
+        ``False`` when an iterative step (tau² or a Q-profile bound) did not reach its
+        tolerance; ``message`` then says which.
+    message : str
+        Notes on the fit (k = 1, non-convergence, Knapp-Hartung caveats); empty if none.
+    yi, vi : tuple of float
+        The sites' effect sizes and sampling variances.
+    labels : tuple of str
+        Site labels.
+    weights : tuple of float
+        Weight of each site in percent (as metafor's ``weights()``).
+    name : str or None
+        Analysis name (from ``pool(names=...)`` or ``--by``).
+    """
+
+    method: str
+    test: str
+    level: float
+    k: int
+    estimate: float
+    se: float
+    stat: float
+    pval: float
+    ci_lb: float
+    ci_ub: float
+    tau2: float
+    se_tau2: float
+    Q: float
+    Q_df: int
+    Q_pval: float
+    I2: float
+    H2: float
+    pi_lb: float
+    pi_ub: float
+    logLik: float
+    tau2_ci: ConfidenceInterval | None
+    I2_ci: ConfidenceInterval | None
+    H2_ci: ConfidenceInterval | None
+    converged: bool
+    message: str
+    yi: tuple[float, ...] = field(repr=False)
+    vi: tuple[float, ...] = field(repr=False)
+    labels: tuple[str, ...] = field(repr=False)
+    weights: tuple[float, ...] = field(repr=False)
+    name: str | None = None
+
+    @property
+    def tau(self) -> float:
+        """Square root of tau²."""
+        return float(np.sqrt(self.tau2))
+
+    @property
+    def is_random_effects(self) -> bool:
+        """Whether tau² was estimated (a random-effects model with k >= 2)."""
+        return self.method != "FE" and self.k >= 2
+
+    def confidence_interval(self) -> ConfidenceInterval:
+        """Confidence interval of the pooled estimate at ``level``."""
+        return ConfidenceInterval(self.ci_lb, self.ci_ub)
+
+    def prediction_interval(self) -> ConfidenceInterval | None:
+        """Prediction interval for a new site's true effect (None for FE and k = 1)."""
+        if np.isnan(self.pi_lb):
+            return None
+        return ConfidenceInterval(self.pi_lb, self.pi_ub)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict with the reference README's keys (NaN and absent -> ``None``)."""
+        out: dict[str, Any] = {}
+        for key in REFERENCE_KEYS:
+            value = getattr(self, key)
+            if isinstance(value, ConfidenceInterval):
+                out[key] = value.to_list()
+            elif value is None or isinstance(value, str):
+                out[key] = value
+            elif key in ("k", "Q_df"):
+                out[key] = int(value)
+            else:
+                out[key] = _json_float(value)
+        return out
+
+    def summary(self) -> str:
+        """A readable report in the spirit of metafor's ``print.rma.uni``."""
+        from coordinator.synthesis._format import format_summary
+
+        return format_summary(self)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+#: Per-analysis array fields of :class:`BatchPoolingResult`.
+_ARRAY_FIELDS = ("k", "estimate", "se", "stat", "pval", "ci_lb", "ci_ub", "tau2", "se_tau2",
+                 "Q", "Q_df", "Q_pval", "I2", "H2", "pi_lb", "pi_ub", "logLik",
+                 "tau2_ci_lb", "tau2_ci_ub", "I2_ci_lb", "I2_ci_ub", "H2_ci_lb", "H2_ci_ub",
+                 "converged", "iterations")
+
+
+@dataclass(frozen=True)
+class BatchPoolingResult:
+    """Results of many analyses pooled in one call; every field is an array of shape (m,).
+
+    ``batch[i]`` is the :class:`PoolingResult` of analysis ``i``; iterating yields them
+    all; :meth:`to_frame` gives one row per analysis. ``tau2_ci`` etc. are also available
+    as ``(m, 2)`` arrays through the properties of the same name.
+    """
+
+    method: str
+    test: str
+    level: float
+    names: tuple[str, ...]
+    k: np.ndarray
+    estimate: np.ndarray
+    se: np.ndarray
+    stat: np.ndarray
+    pval: np.ndarray
+    ci_lb: np.ndarray
+    ci_ub: np.ndarray
+    tau2: np.ndarray
+    se_tau2: np.ndarray
+    Q: np.ndarray
+    Q_df: np.ndarray
+    Q_pval: np.ndarray
+    I2: np.ndarray
+    H2: np.ndarray
+    pi_lb: np.ndarray
+    pi_ub: np.ndarray
+    logLik: np.ndarray
+    tau2_ci_lb: np.ndarray
+    tau2_ci_ub: np.ndarray
+    I2_ci_lb: np.ndarray
+    I2_ci_ub: np.ndarray
+    H2_ci_lb: np.ndarray
+    H2_ci_ub: np.ndarray
+    converged: np.ndarray
+    iterations: np.ndarray
+    messages: tuple[str, ...]
+    yi: np.ndarray = field(repr=False)
+    vi: np.ndarray = field(repr=False)
+    mask: np.ndarray = field(repr=False)
+    weights: np.ndarray = field(repr=False)
+    labels: tuple[tuple[str, ...], ...] = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[PoolingResult]:
+        for i in range(len(self)):
+            yield self[i]
+
+    @property
+    def tau2_ci(self) -> np.ndarray:
+        """Q-profile bounds for tau², shape (m, 2)."""
+        return np.column_stack([self.tau2_ci_lb, self.tau2_ci_ub])
+
+    @property
+    def I2_ci(self) -> np.ndarray:
+        """Bounds for I², shape (m, 2)."""
+        return np.column_stack([self.I2_ci_lb, self.I2_ci_ub])
+
+    @property
+    def H2_ci(self) -> np.ndarray:
+        """Bounds for H², shape (m, 2)."""
+        return np.column_stack([self.H2_ci_lb, self.H2_ci_ub])
+
+    def __getitem__(self, i: int) -> PoolingResult:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"analysis index {i} out of range for {n} analyses")
+        i = i % n
+        row = self.mask[i]
+
+        def ci(lo: np.ndarray, hi: np.ndarray) -> ConfidenceInterval | None:
+            if np.isnan(lo[i]):
+                return None
+            return ConfidenceInterval(float(lo[i]), float(hi[i]))
+
+        return PoolingResult(
+            method=self.method, test=self.test, level=self.level, k=int(self.k[i]),
+            estimate=float(self.estimate[i]), se=float(self.se[i]), stat=float(self.stat[i]),
+            pval=float(self.pval[i]), ci_lb=float(self.ci_lb[i]), ci_ub=float(self.ci_ub[i]),
+            tau2=float(self.tau2[i]), se_tau2=float(self.se_tau2[i]), Q=float(self.Q[i]),
+            Q_df=int(self.Q_df[i]), Q_pval=float(self.Q_pval[i]), I2=float(self.I2[i]),
+            H2=float(self.H2[i]), pi_lb=float(self.pi_lb[i]), pi_ub=float(self.pi_ub[i]),
+            logLik=float(self.logLik[i]),
+            tau2_ci=ci(self.tau2_ci_lb, self.tau2_ci_ub), I2_ci=ci(self.I2_ci_lb, self.I2_ci_ub),
+            H2_ci=ci(self.H2_ci_lb, self.H2_ci_ub), converged=bool(self.converged[i]),
+            message=self.messages[i],
+            yi=tuple(float(x) for x in self.yi[i][row]),
+            vi=tuple(float(x) for x in self.vi[i][row]),
+            labels=self.labels[i],
+            weights=tuple(float(x) for x in self.weights[i][row]),
+            name=self.names[i],
+        )
+
+    def to_frame(self):
+        """A :class:`pandas.DataFrame` with one row per analysis (index: analysis names)."""
+        import pandas as pd
+
+        data = {"analysis": list(self.names)}
+        data.update({name: getattr(self, name) for name in _ARRAY_FIELDS})
+        data["message"] = list(self.messages)
+        frame = pd.DataFrame(data).set_index("analysis")
+        frame.insert(0, "method", self.method)
+        frame.insert(1, "test", self.test)
+        frame.insert(2, "level", self.level)
+        return frame
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """``[batch[i].to_dict() for i ...]`` computed column-wise (fast for large batches)."""
+        columns: dict[str, list] = {}
+        for key in ("estimate", "se", "stat", "pval", "ci_lb", "ci_ub", "tau2", "se_tau2",
+                    "Q", "Q_pval", "I2", "H2", "pi_lb", "pi_ub", "logLik"):
+            arr = getattr(self, key).astype(object)
+            arr[np.isnan(getattr(self, key))] = None
+            columns[key] = arr.tolist()
+        ks = self.k.tolist()
+        dfs = self.Q_df.tolist()
+
+        def interval(lo: np.ndarray, hi: np.ndarray) -> list:
+            out = np.column_stack([lo, hi]).astype(object)
+            out[np.isnan(np.column_stack([lo, hi]))] = None
+            return [None if r[0] is None else r for r in out.tolist()]
+
+        cis = {"tau2_ci": interval(self.tau2_ci_lb, self.tau2_ci_ub),
+               "I2_ci": interval(self.I2_ci_lb, self.I2_ci_ub),
+               "H2_ci": interval(self.H2_ci_lb, self.H2_ci_ub)}
+        result = []
+        for i in range(len(self)):
+            row: dict[str, Any] = {}
+            for key in REFERENCE_KEYS:
+                if key == "k":
+                    row[key] = ks[i]
+                elif key == "Q_df":
+                    row[key] = dfs[i]
+                elif key in cis:
+                    row[key] = cis[key][i]
+                elif key == "method":
+                    row[key] = self.method
+                elif key == "test":
+                    row[key] = self.test
+                elif key == "level":
+                    row[key] = self.level
+                else:
+                    row[key] = columns[key][i]
+            result.append(row)
+        return result
+
+
+def _json_float(value: Any) -> float | None:
+    value = float(value)
+    return None if np.isnan(value) else value
+
+
+# ---------------------------------------------------------------------------------------
+# input checks
+# ---------------------------------------------------------------------------------------
+
+def _check_options(method: str, test: str, level: float) -> tuple[str, str, float]:
+    m = str(method).upper()
+    if m not in st.METHODS:
+        raise InputError(f"method: {method!r} is not one of {', '.join(st.METHODS)}")
+    t = str(test).lower()
+    if t not in st.TESTS:
+        raise InputError(f"test: {test!r} is not one of {', '.join(st.TESTS)}")
+    try:
+        lv = float(level)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"level: {level!r} is not a number (use e.g. 95)") from exc
+    if not (np.isfinite(lv) and 0 < lv < 100):
+        raise InputError(f"level: {level!r} must lie strictly between 0 and 100 (e.g. 95)")
+    if lv < 1:  # metafor's convention: a proportion (0.95) means 95 %
+        lv *= 100.0
+    return m, t, lv
+
+
+def _as_2d(name: str, values: Any) -> np.ndarray:
+    try:
+        arr = np.array(values, dtype=float, ndmin=1)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name}: values are not numeric ({exc})") from exc
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise InputError(f"{name}: expected a 1-D or 2-D array, got {arr.ndim} dimensions")
+    return arr
+
+
+def _validate(yi, vi, mask, names, labels):
+    y = _as_2d("yi", yi)
+    v = _as_2d("vi", vi)
+    if y.shape != v.shape:
+        raise InputError(f"yi and vi: shapes differ ({y.shape} vs {v.shape})")
+    if mask is None:
+        msk = np.ones(y.shape, dtype=bool)
+    else:
+        msk = np.array(mask, dtype=bool, ndmin=1)
+        if msk.ndim == 1:
+            msk = msk[None, :]
+        if msk.shape != y.shape:
+            raise InputError(f"mask: shape {msk.shape} does not match yi {y.shape}")
+    m, kmax = y.shape
+    if names is None:
+        name_t = tuple(str(i) for i in range(m)) if m > 1 else ("",)
+    else:
+        name_t = tuple(str(n) for n in names)
+        if len(name_t) != m:
+            raise InputError(f"names: {len(name_t)} names given for {m} analyses")
+    if labels is None:
+        label_grid = None
+    else:
+        label_grid = np.array(labels, dtype=object, ndmin=1)
+        if label_grid.ndim == 1:
+            label_grid = np.broadcast_to(label_grid, (m, label_grid.size))
+        if label_grid.shape != y.shape:
+            raise InputError(f"labels: shape {label_grid.shape} does not match yi {y.shape}")
+
+    def where(i: int, j: int) -> str:
+        site = label_grid[i, j] if label_grid is not None else f"site {j + 1}"
+        place = f"study {site!r}" if label_grid is not None else site
+        return f"{place} of analysis {name_t[i]!r}" if m > 1 or names is not None else place
+
+    bad = msk & ~np.isfinite(y)
+    if bad.any():
+        i, j = map(int, np.argwhere(bad)[0])
+        raise InputError(f"yi: {where(i, j)} has a non-finite effect size ({y[i, j]!r})")
+    bad = msk & ~(np.isfinite(v) & (v > 0))
+    if bad.any():
+        i, j = map(int, np.argwhere(bad)[0])
+        raise InputError(f"vi: {where(i, j)} has sampling variance {v[i, j]!r}; "
+                         "it must be finite and > 0")
+    if label_grid is None:
+        label_t = tuple(tuple(f"{j + 1}" for j in np.flatnonzero(msk[i])) for i in range(m))
+    else:
+        label_t = tuple(tuple(str(label_grid[i, j]) for j in np.flatnonzero(msk[i]))
+                        for i in range(m))
+    return y, v, msk, name_t, label_t
+
+
+# ---------------------------------------------------------------------------------------
+# the estimator
+# ---------------------------------------------------------------------------------------
+
+def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: float = 95.0,
+         names: Sequence[str] | None = None, labels=None) -> BatchPoolingResult:
+    """Pool a batch of meta-analyses in one vectorised call.
+
+    Parameters
+    ----------
+    yi, vi : array_like, shape (m, K) or (K,)
+        Effect sizes and sampling variances; a 1-D array is one analysis. Cells outside
+        ``mask`` may hold anything (NaN placeholders for missing sites).
+    mask : array_like of bool, shape (m, K), optional
+        ``True`` where a site contributed (default: every cell), so ``k`` varies per row.
+    method : {"FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM"}
+        ``FE`` is the fixed (common) effect model; the others estimate tau².
+    test : {"z", "knha"}
+        Wald z or Knapp-Hartung t (``k - 1`` df) inference.
+    level : float
+        Confidence level in percent (a value below 1 is taken as a proportion).
+    names : sequence of str, optional
+        Analysis names (carried into the results and error messages).
+    labels : array_like of str, shape (K,) or (m, K), optional
+        Site labels (used in results and error messages).
+
+    Returns
+    -------
+    BatchPoolingResult
+
+    Raises
+    ------
+    fedsynth.errors.InputError
+        Bad option, mismatched shapes, or a site inside the mask with a non-finite
+        effect size or a variance that is not finite and positive (the message names the
+        analysis, the site and the value).
+
+    Notes
+    -----
+    Analyses with a single site get the fixed-effect result (tau² = 0, z test, no
+    heterogeneity statistics or prediction interval) and a message saying so; analyses
+    with no site at all get NaN results and ``converged = False``. Non-convergence of an
+    iterative step is reported per analysis (``converged`` and ``messages``), never by
+    failing the batch.
+    """
+    method, test, level = _check_options(method, test, level)
+    y, v, msk, name_t, label_t = _validate(yi, vi, mask, names, labels)
+    b = st.as_batch(y, v, msk)
+    m = y.shape[0]
+    k = b.k
+    kf = k.astype(float)
+    alpha = st._alpha(level)
+    multi = k >= 2
+    empty = k == 0
+    is_re = method != "FE"
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fit = st.tau2_estimate(b, None, None, method)
+        tau2 = np.where(empty, np.nan, fit.tau2)
+        w = st.re_weights(b, np.where(empty, 0.0, tau2))
+        sw = w.sum(axis=1)
+        estimate = (w * b.yi).sum(axis=1) / sw
+        resid = b.yi - estimate[:, None]
+        rss = (w * resid * resid).sum(axis=1)
+        var_est = 1.0 / sw
+        df = k - 1
+        # Knapp-Hartung needs k >= 2; one site falls back to the z test (see message)
+        knha = (test == "knha") & multi
+        if test == "knha":
+            # metafor sets the scale to 0 when RSS is numerically zero (all yi equal)
+            s2w = np.where(rss <= st._EPS, 0.0, rss / df)
+            var_est = np.where(knha, s2w * var_est, var_est)
+        se = np.sqrt(var_est)
+        stat = estimate / se
+        z_crit = st.critical_value(alpha, df, "z")
+        t_crit = st.critical_value(alpha, np.maximum(df, 1), "knha")
+        crit = np.where(knha, t_crit, z_crit)
+        pval = np.where(knha, st.two_sided_p(stat, np.maximum(df, 1), "knha"),
+                        st.two_sided_p(stat, df, "z"))
+        ci_lb = estimate - crit * se
+        ci_ub = estimate + crit * se
+
+        q = np.where(multi, st.q_statistic(b), 0.0)
+        from scipy import stats as sps
+
+        q_p = np.where(multi, sps.chi2.sf(q, np.maximum(df, 1)), 1.0)
+        vt = np.where(multi, st.typical_variance(b), 0.0)
+        if is_re:
+            i2, h2 = st.heterogeneity_indices(tau2, vt)
+        else:
+            i2 = np.where(q > 0, np.maximum(0.0, 100.0 * (q - df) / q), 0.0)
+            h2 = q / df
+        i2 = np.where(multi, i2, 0.0)
+        h2 = np.where(multi, h2, 1.0)
+
+        if is_re:
+            half = crit * np.sqrt(se**2 + tau2)
+            pi_lb = np.where(multi, estimate - half, np.nan)
+            pi_ub = np.where(multi, estimate + half, np.nan)
+            qp = st.qprofile_tau2_ci(b, level=level)
+            t_lo, t_hi = np.where(multi, qp.low, np.nan), np.where(multi, qp.high, np.nan)
+            i2_lo, h2_lo = st.heterogeneity_indices(t_lo, vt)
+            i2_hi, h2_hi = st.heterogeneity_indices(t_hi, vt)
+            qp_ok = qp.converged
+        else:
+            pi_lb = pi_ub = t_lo = t_hi = i2_lo = i2_hi = h2_lo = h2_hi = np.full(m, np.nan)
+            qp_ok = np.ones(m, dtype=bool)
+        loglik = st.log_likelihood(b, np.where(empty, 0.0, tau2), reml=method == "REML")
+        weights = 100.0 * w / sw[:, None]
+    se_tau2 = np.where(multi & is_re, fit.se_tau2, np.nan)
+    converged = fit.converged & qp_ok & ~empty
+
+    messages = []
+    for i in range(m):
+        notes = []
+        if empty[i]:
+            notes.append("k = 0: no site contributed; nothing to pool")
+        elif k[i] == 1:
+            notes.append("k = 1: a single site, so tau² cannot be estimated; this is the "
+                         "fixed-effect result (tau² = 0, z test, no heterogeneity "
+                         "statistics or prediction interval)")
+        if not fit.converged[i] and not empty[i]:
+            notes.append(f"the {method} estimate of tau² did not converge")
+        if not qp_ok[i]:
+            notes.append("a Q-profile bound for tau² did not converge")
+        if test == "knha" and not is_re and multi[i]:
+            notes.append("Knapp-Hartung inference is meant for random-effects models")
+        messages.append("; ".join(notes))
+
+    nan_if_empty = lambda a: np.where(empty, np.nan, a)  # noqa: E731
+    return BatchPoolingResult(
+        method=method, test=test, level=level, names=name_t, k=k,
+        estimate=nan_if_empty(estimate), se=nan_if_empty(se), stat=nan_if_empty(stat),
+        pval=nan_if_empty(pval), ci_lb=nan_if_empty(ci_lb), ci_ub=nan_if_empty(ci_ub),
+        tau2=tau2, se_tau2=se_tau2, Q=nan_if_empty(q), Q_df=np.maximum(df, 0),
+        Q_pval=nan_if_empty(q_p), I2=nan_if_empty(i2), H2=nan_if_empty(h2),
+        pi_lb=pi_lb, pi_ub=pi_ub, logLik=nan_if_empty(loglik),
+        tau2_ci_lb=t_lo, tau2_ci_ub=t_hi, I2_ci_lb=i2_lo, I2_ci_ub=i2_hi,
+        H2_ci_lb=h2_lo, H2_ci_ub=h2_hi, converged=converged, iterations=fit.iterations,
+        messages=tuple(messages), yi=np.where(msk, y, np.nan), vi=np.where(msk, v, np.nan),
+        mask=msk, weights=np.where(msk, weights, np.nan), labels=label_t,
+    )
+
+
+def meta_analysis(yi, vi, *, labels: Sequence[str] | None = None, method: str = "REML",
+                  test: str = "z", level: float = 95.0,
+                  name: str | None = None) -> PoolingResult:
+    """Pool one meta-analysis (metafor's ``rma(yi, vi, method=, test=, level=)``).
+
+    Parameters
+    ----------
+    yi, vi : sequence of float
+        Effect sizes and sampling variances of the k sites (k >= 1).
+    labels : sequence of str, optional
+        Site labels, used in the result and in error messages.
+    method, test, level
+        As :func:`pool`.
+    name : str, optional
+        Analysis name carried into the result.
+
+    Raises
+    ------
+    fedsynth.errors.InputError
+        No sites, lengths that differ, a non-finite effect size or a variance that is not
+        finite and positive (naming the site label and the value).
+    """
+    y = np.array(yi, dtype=object, ndmin=1)
+    v = np.array(vi, dtype=object, ndmin=1)
+    if y.ndim != 1 or v.ndim != 1:
+        raise InputError("yi, vi: meta_analysis takes one analysis (1-D); use pool() for a batch")
+    if y.size == 0:
+        raise InputError("yi: no sites given (k = 0)")
+    if y.size != v.size:
+        raise InputError(f"yi and vi: lengths differ ({y.size} vs {v.size})")
+    if labels is not None:
+        labels = [str(x) for x in labels]
+        if len(labels) != y.size:
+            raise InputError(f"labels: {len(labels)} labels for {y.size} studies")
+    for arr, key in ((y, "yi"), (v, "vi")):
+        for j, value in enumerate(arr):
+            try:
+                float(value)
+            except (TypeError, ValueError):
+                who = f"study {labels[j]!r}" if labels is not None else f"site {j + 1}"
+                raise InputError(f"{key}: {who} has a non-numeric value ({value!r})") from None
+    batch = pool(y.astype(float), v.astype(float), method=method, test=test, level=level,
+                 names=None if name is None else [name], labels=labels)
+    result = batch[0]
+    if name is None:
+        result = _replace(result, name=None)
+    return result
+
+
+def _replace(result: PoolingResult, **changes: Any) -> PoolingResult:
+    values = {f.name: getattr(result, f.name) for f in fields(result)}
+    values.update(changes)
+    return PoolingResult(**values)

@@ -1,0 +1,347 @@
+"""``fedsynth meta``: meta-analysis of effect sizes in a CSV file (metafor's ``rma``).
+
+The command is built from small parts so that further options (effect-size measures,
+subgroups, moderators, diagnostics, Bayesian pooling, forest plots) can be added next to
+the existing ones:
+
+* :func:`add_arguments` calls one ``_add_*_options`` function per option group;
+* :func:`load_input` turns the CSV into a :class:`MetaInput` (arrays of shape
+  ``(analyses, sites)`` with a mask; one row per ``--by`` group);
+* :func:`compute` pools every analysis in ONE call of :func:`coordinator.synthesis.pool`;
+* :func:`records` builds the JSON/CSV objects (extra keys go in :func:`_extend_record`),
+  :func:`render_table`, :func:`render_json` and :func:`render_csv` print them; extra text
+  sections of the table output go in :func:`_extra_sections`.
+
+Errors (missing column, non-numeric cell, bad option) raise
+:class:`fedsynth.errors.InputError`: one line on stderr, exit code 2, nothing on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fedsynth.cli.registry import Command
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from coordinator.synthesis import BatchPoolingResult, PoolingResult
+
+METHOD_CHOICES = ("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM")
+TEST_CHOICES = ("z", "knha")
+FORMAT_CHOICES = ("table", "json", "csv")
+#: Label columns used when ``--label`` is not given (first one present wins).
+DEFAULT_LABEL_COLUMNS = ("study", "label", "site", "name")
+
+DESCRIPTION = """\
+Fixed- and random-effects meta-analysis of effect sizes (yi) and their sampling
+variances (vi) or standard errors (sei), as R's metafor::rma. Reports the pooled
+estimate with its CI, tau^2 with its Q-profile CI, I^2, H^2, Cochran's Q test and the
+prediction interval.
+
+examples:
+  fedsynth meta --example
+  fedsynth meta studies.csv --yi logor --sei se --label study --method DL
+  fedsynth meta all.csv --by outcome --format json
+"""
+
+
+# ---------------------------------------------------------------------------------------
+# options
+# ---------------------------------------------------------------------------------------
+
+def _add_input_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", nargs="?", metavar="FILE.csv",
+                        help="CSV file with one row per study/site")
+    parser.add_argument("--example", action="store_true",
+                        help="run on the bundled seed example (8 sites)")
+    parser.add_argument("--yi", metavar="COL", default=None,
+                        help="column of effect sizes (default: yi)")
+    parser.add_argument("--vi", metavar="COL", default=None,
+                        help="column of sampling variances (default: vi, else sei squared)")
+    parser.add_argument("--sei", metavar="COL", default=None,
+                        help="column of standard errors (instead of --vi)")
+    parser.add_argument("--label", metavar="COL", default=None,
+                        help="column of study labels (default: study, label, site or name "
+                             "if present)")
+    parser.add_argument("--by", metavar="COL", default=None,
+                        help="pool each group of rows separately (all groups in one batch)")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", type=str.upper, choices=METHOD_CHOICES, default="REML",
+                        help="tau^2 estimator, FE for the fixed-effect model (default: REML)")
+    parser.add_argument("--test", type=str.lower, choices=TEST_CHOICES, default="z",
+                        help="z (Wald) or knha (Knapp-Hartung t) (default: z)")
+    parser.add_argument("--level", type=_level, default=95.0, metavar="PCT",
+                        help="confidence level in percent (default: 95)")
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", type=str.lower, choices=FORMAT_CHOICES, default="table",
+                        help="output format (default: table)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """All options of ``fedsynth meta`` (one function per option group)."""
+    _add_input_options(parser)
+    _add_model_options(parser)
+    _add_output_options(parser)
+
+
+def _level(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--level: {text!r} is not a number (use e.g. 95)") from None
+    if not 0 < value < 100:
+        raise argparse.ArgumentTypeError(
+            f"--level: {text!r} must lie strictly between 0 and 100 (e.g. 95)")
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# input
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MetaInput:
+    """The analyses of one invocation, ready for :func:`coordinator.synthesis.pool`.
+
+    Attributes
+    ----------
+    yi, vi : ndarray, shape (m, K)
+        Effect sizes and sampling variances (NaN outside ``mask``).
+    mask : ndarray of bool, shape (m, K)
+    labels : ndarray of object, shape (m, K)
+        Study labels.
+    names : tuple of str
+        Analysis names (the ``--by`` groups; ``("",)`` without ``--by``).
+    grouped : bool
+        Whether ``--by`` was given.
+    frame : pandas.DataFrame
+        The CSV as read (for options that need more columns).
+    rows : ndarray of int, shape (m, K)
+        Row index in ``frame`` of each cell (-1 outside the mask).
+    """
+
+    yi: Any
+    vi: Any
+    mask: Any
+    labels: Any
+    names: tuple[str, ...]
+    grouped: bool
+    frame: Any
+    rows: Any
+
+
+def _read_frame(args: argparse.Namespace):
+    from fedsynth import tabular
+    from fedsynth.errors import InputError
+
+    if args.example and args.file:
+        raise InputError(f"FILE: give either a file ({args.file!r}) or --example, not both")
+    if args.example:
+        from importlib import resources
+
+        with resources.as_file(resources.files("fedsynth") / "data" / "seed_example.csv") as p:
+            frame = tabular.read_csv(p)
+        frame.attrs["source"] = "the seed example"
+        return frame
+    if not args.file:
+        raise InputError("FILE: no input given; name a CSV file or use --example")
+    return tabular.read_csv(args.file)
+
+
+def _variance_column(args, frame):
+    """Resolve (column, is_standard_error) from --vi / --sei and the defaults."""
+    from fedsynth import tabular
+    from fedsynth.errors import InputError
+
+    if args.vi and args.sei:
+        raise InputError(f"--vi {args.vi!r} and --sei {args.sei!r}: give only one of them")
+    if args.vi:
+        return args.vi, False, "--vi"
+    if args.sei:
+        return args.sei, True, "--sei"
+    col = tabular.pick_column(frame, ("vi",))
+    if col:
+        return col, False, None
+    col = tabular.pick_column(frame, ("sei",))
+    if col:
+        return col, True, None
+    raise InputError(
+        f"column 'vi' (or 'sei') not found in {frame.attrs.get('source', 'input')}; name the "
+        f"variance column with --vi COL or the standard-error column with --sei COL; "
+        f"available columns: {', '.join(map(repr, frame.columns))}")
+
+
+def load_input(args: argparse.Namespace) -> MetaInput:
+    """Read and validate the CSV named on the command line (or the seed example)."""
+    import numpy as np
+    import pandas as pd
+
+    from fedsynth import tabular
+    from fedsynth.errors import InputError
+
+    frame = _read_frame(args)
+    n = len(frame)
+    if args.label:
+        labels = np.array(tabular.text_column(frame, args.label, option="--label"), dtype=object)
+    else:
+        col = tabular.pick_column(frame, DEFAULT_LABEL_COLUMNS)
+        labels = (np.array(tabular.text_column(frame, col), dtype=object) if col
+                  else np.array([str(i + 1) for i in range(n)], dtype=object))
+    yi_col = args.yi or "yi"
+    yi = tabular.numeric_column(frame, yi_col, option="--yi" if args.yi else None,
+                                labels=labels)
+    v_col, is_se, v_opt = _variance_column(args, frame)
+    v = tabular.numeric_column(frame, v_col, option=v_opt, labels=labels)
+    if is_se:
+        bad = np.flatnonzero(~(np.isfinite(v) & (v > 0)))
+        if bad.size:
+            i = int(bad[0])
+            raise InputError(
+                f"column {v_col!r}, row {i + 1} (study {labels[i]!r}): standard error "
+                f"{v[i]!r} must be finite and > 0")
+        v = v * v
+
+    if args.by:
+        groups = tabular.text_column(frame, args.by, option="--by")
+        codes, uniques = pd.factorize(pd.Series(groups), sort=False)
+        empty = [i for i, g in enumerate(groups) if g == ""]
+        if empty:
+            raise InputError(f"column {args.by!r} (given by --by), row {empty[0] + 1}: "
+                             "the group is empty")
+        names = tuple(str(u) for u in uniques)
+    else:
+        codes = np.zeros(n, dtype=np.int64)
+        names = ("",)
+    m = len(names)
+    # position of every row inside its group, so one (m, K) grid holds all analyses
+    pos = pd.Series(codes).groupby(codes).cumcount().to_numpy()
+    kmax = int(pos.max()) + 1
+    grid_y = np.full((m, kmax), np.nan)
+    grid_v = np.full((m, kmax), np.nan)
+    grid_l = np.full((m, kmax), "", dtype=object)
+    rows = np.full((m, kmax), -1, dtype=np.int64)
+    mask = np.zeros((m, kmax), dtype=bool)
+    grid_y[codes, pos] = yi
+    grid_v[codes, pos] = v
+    grid_l[codes, pos] = labels
+    rows[codes, pos] = np.arange(n)
+    mask[codes, pos] = True
+    return MetaInput(grid_y, grid_v, mask, grid_l, names, bool(args.by), frame, rows)
+
+
+# ---------------------------------------------------------------------------------------
+# computation and output
+# ---------------------------------------------------------------------------------------
+
+def compute(args: argparse.Namespace, data: MetaInput) -> BatchPoolingResult:
+    """Pool every analysis in one vectorised call."""
+    from coordinator.synthesis import pool
+
+    return pool(data.yi, data.vi, mask=data.mask, method=args.method, test=args.test,
+                level=args.level, names=data.names, labels=data.labels)
+
+
+def _extend_record(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult,
+                   index: int, record: dict[str, Any]) -> None:
+    """Hook for options that add keys to an analysis' JSON/CSV record (none yet)."""
+
+
+def _extra_sections(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult,
+                    index: int) -> list[str]:
+    """Hook for options that add text sections after an analysis' summary (none yet)."""
+    return []
+
+
+def records(args: argparse.Namespace, data: MetaInput,
+            batch: BatchPoolingResult) -> list[dict[str, Any]]:
+    """One JSON-ready dict per analysis (reference keys; ``analysis`` first with --by)."""
+    out = []
+    for i, rec in enumerate(batch.to_dicts()):
+        if data.grouped:
+            rec = {"analysis": data.names[i], **rec}
+        _extend_record(args, data, batch, i, rec)
+        out.append(rec)
+    return out
+
+
+def render_table(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult) -> str:
+    """metafor-like summaries, one per analysis."""
+    parts = []
+    for i in range(len(batch)):
+        result: PoolingResult = batch[i]
+        text = result.summary()
+        extra = _extra_sections(args, data, batch, i)
+        parts.append("\n\n".join([text, *extra]))
+    sep = "\n\n" + "=" * 72 + "\n\n"
+    return sep.join(parts)
+
+
+def render_json(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult) -> str:
+    """A JSON object (one analysis) or an array of objects (``--by``)."""
+    import json
+
+    recs = records(args, data, batch)
+    payload = recs if data.grouped else recs[0]
+    return json.dumps(payload, indent=None if data.grouped else 2, allow_nan=False)
+
+
+def render_csv(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult) -> str:
+    """One CSV row per analysis; intervals split into ``_lb``/``_ub`` columns."""
+    import csv
+    import io
+
+    recs = records(args, data, batch)
+    flat = []
+    for rec in recs:
+        row: dict[str, Any] = {}
+        for key, value in rec.items():
+            if key.endswith("_ci"):
+                lo, hi = value if value is not None else (None, None)
+                row[f"{key}_lb"], row[f"{key}_ub"] = lo, hi
+            else:
+                row[key] = value
+        flat.append(row)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(flat[0].keys()), lineterminator="\n")
+    writer.writeheader()
+    for row in flat:
+        writer.writerow({k: ("" if v is None else (repr(v) if isinstance(v, float) else v))
+                         for k, v in row.items()})
+    return buf.getvalue().rstrip("\n")
+
+
+RENDERERS = {"table": render_table, "json": render_json, "csv": render_csv}
+
+
+def _warn(batch: BatchPoolingResult) -> None:
+    import sys
+
+    bad = [i for i in range(len(batch)) if not batch.converged[i]]
+    for i in bad[:10]:
+        name = f"analysis {batch.names[i]!r}: " if batch.names[i] else ""
+        print(f"fedsynth: warning: {name}{batch.messages[i]}", file=sys.stderr)
+    if len(bad) > 10:
+        print(f"fedsynth: warning: {len(bad) - 10} more analyses did not converge",
+              file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read, pool, print. Output is built completely before anything is printed."""
+    data = load_input(args)
+    batch = compute(args, data)
+    text = RENDERERS[args.format](args, data, batch)
+    _warn(batch)
+    print(text)
+    return 0
+
+
+COMMANDS = [Command(("meta",), "meta-analysis of effect sizes in a CSV file (like metafor::rma)",
+                    add_arguments, run, description=DESCRIPTION)]

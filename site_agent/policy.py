@@ -46,7 +46,8 @@ from fedsynth.audit import canonical_json, digest
 from fedsynth.errors import ConfigError, InputError
 
 __all__ = ["ESTIMATORS", "ApprovalStore", "PendingSpec", "Policy", "PolicyDecision",
-           "site_audit_log", "site_policy", "spec_fingerprint", "spec_to_dict"]
+           "apply_decision", "review_round", "site_audit_log", "site_policy",
+           "spec_fingerprint", "spec_to_dict"]
 
 #: Estimators of DESIGN.md (the spec contract).
 ESTIMATORS = ("two_by_two", "two_group", "logistic", "linear", "cox", "auc",
@@ -417,3 +418,37 @@ def _site_config(site_config: Any):
 
         return load_site_config(site_config)
     return site_config
+
+
+def review_round(policy: Policy, round_id: str, spec: Any, audit: Any = None) -> PolicyDecision:
+    """The agent's policy step for one round: review, remember a pending spec, audit.
+
+    Call it before computing anything. When ``decision.needs_approval`` the agent must
+    skip the round for now (the spec is listed by ``fedsynth site pending``) and look again
+    on its next poll; otherwise compute and pass the results through
+    :func:`apply_decision`. Each decision is written to ``audit`` (an
+    :class:`fedsynth.audit.AuditLog`) once per round and state, not once per poll.
+    """
+    decision = policy.review(spec)
+    store = policy.store()
+    if decision.needs_approval:
+        fresh = not (store.directory / "pending" / f"{round_id}.json").exists()
+        store.record_pending(round_id, spec, decision.refusals)
+        if fresh and audit is not None:
+            audit.append("policy.pending", {"round": round_id, **decision.to_dict()})
+    elif audit is not None:
+        audit.append("policy.decision", {"round": round_id, **decision.to_dict()})
+    return decision
+
+
+def apply_decision(results: Mapping[str, Any], decision: PolicyDecision) -> dict[str, Any]:
+    """Replace the results of analyses the policy forbids by refusals (code ``policy``).
+
+    Estimators should not even run for those analyses when avoidable; this guarantees that
+    nothing computed for them is sent in any case.
+    """
+    from site_agent.estimators import Refusal
+
+    return {name: (Refusal(analysis=name, reason=decision.refusals[name], code="policy")
+                   if name in decision.refusals else result)
+            for name, result in results.items()}

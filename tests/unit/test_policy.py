@@ -146,3 +146,27 @@ def test_record_pending_rejects_bad_round(tmp_path):
     store = site_policy(_site(tmp_path, "")).store()
     with pytest.raises(InputError, match="invalid round id"):
         store.record_pending("a/b", SPEC)
+
+
+def test_review_round_and_apply_decision(tmp_path):
+    from fedsynth.audit import AuditLog
+    from site_agent.estimators import Estimate
+    from site_agent.policy import apply_decision, review_round
+
+    config = _site(tmp_path, "[policy]\nrequire_approval = true\nestimators = [\"logistic\"]\n")
+    policy = site_policy(config)
+    audit = AuditLog(tmp_path / "a.jsonl")
+    for _ in range(3):                         # the agent polls; pending is audited once
+        decision = review_round(policy, "r-7", SPEC, audit)
+        assert decision.needs_approval
+    assert [e.event for e in audit.entries()] == ["policy.pending"]
+    policy.store().approve("r-7")
+    decision = review_round(policy, "r-7", SPEC, audit)
+    assert not decision.needs_approval and decision.allowed == ("adjusted_logOR",)
+    assert audit.entries()[-1].event == "policy.decision"
+    results = {a["name"]: Estimate(analysis=a["name"], estimator=a["estimator"], measure="",
+                                   yi=0.0, vi=1.0, se=1.0, n=50) for a in SPEC["analyses"]}
+    out = apply_decision(results, decision)
+    assert out["adjusted_logOR"] is results["adjusted_logOR"]
+    assert out["crude_OR"].refused and out["crude_OR"].code == "policy"
+    assert verify_log(audit.path).ok

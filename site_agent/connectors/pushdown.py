@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
-from scipy.special import gammaln
 
 from site_agent.connectors.sql import DataProblem, SqlSource
+from site_agent.estimators.effect_sizes import escalc
 from site_agent.estimators.results import Estimate, Refusal
 
 #: estimators answered from SQL aggregates (only the aggregates leave the database)
@@ -37,6 +37,8 @@ STREAMED_ESTIMATORS = frozenset({"logistic", "linear", "cox", "calibration_slope
 
 def _needed_columns(analysis: Any) -> list[str]:
     """Columns an analysis reads, in a stable order without duplicates."""
+    if getattr(analysis, "columns", None):  # AnalysisSpec knows them
+        return list(dict.fromkeys(analysis.columns))
     names: list[str] = []
     for attr in ("outcome", "exposure", "time", "event", "score"):
         value = getattr(analysis, attr, None)
@@ -57,85 +59,75 @@ def _estimate(analysis: Any, measure: str, yi: float, vi: float, n: int, n_dropp
                     cells=cells or {}, details={"source": "sql", **details})
 
 
+def _refuse(analysis: Any, code: str, reason: str) -> Refusal:
+    return Refusal(analysis=analysis.name, reason=reason, code=code)
+
+
 def _two_by_two(source: SqlSource, analysis: Any, dropped: int) -> Estimate | Refusal:
     t = source.two_by_two(analysis.name, analysis.outcome, analysis.exposure)
-    cells = {"exposed_events": t.exposed_events, "exposed_non_events": t.exposed_non_events,
-             "unexposed_events": t.unexposed_events,
-             "unexposed_non_events": t.unexposed_non_events}
-    n1 = t.exposed_events + t.exposed_non_events
-    n2 = t.unexposed_events + t.unexposed_non_events
-    if n1 == 0 or n2 == 0:
-        return Refusal(analysis.name, f"analysis {analysis.name!r}: exposure "
-                       f"{analysis.exposure!r} takes one value only", "constant_exposure")
-    if t.exposed_events + t.unexposed_events == 0 or \
-            t.exposed_non_events + t.unexposed_non_events == 0:
-        return Refusal(analysis.name, f"analysis {analysis.name!r}: outcome "
-                       f"{analysis.outcome!r} never or always happens", "no_events")
-    a, b, c, d = (float(t.exposed_events), float(t.exposed_non_events),
-                  float(t.unexposed_events), float(t.unexposed_non_events))
-    # metafor's default (add = 1/2, to = "only0"): a table with a zero cell gets 1/2 in
-    # every cell, so log OR and log RR and their variances exist.
-    if min(a, b, c, d) == 0:
-        a, b, c, d = a + 0.5, b + 0.5, c + 0.5, d + 0.5
-    m1, m2 = a + b, c + d
-    measure = (getattr(analysis, "measure", None) or "OR").upper()
-    if measure == "OR":
-        yi, vi = math.log(a * d / (b * c)), 1 / a + 1 / b + 1 / c + 1 / d
-    elif measure == "RR":
-        yi, vi = math.log((a / m1) / (c / m2)), 1 / a - 1 / m1 + 1 / c - 1 / m2
-    elif measure == "RD":
-        p1, p2 = a / m1, c / m2
-        yi, vi = p1 - p2, p1 * (1 - p1) / m1 + p2 * (1 - p2) / m2
-    else:
-        return Refusal(analysis.name, f"analysis {analysis.name!r}: measure {measure!r} "
-                       "is not OR, RR or RD", "invalid_values")
-    return _estimate(analysis, measure, yi, vi, t.n, dropped, cells)
+    # metafor's names, as the CSV path: group 1 = exposed, ai/bi its events/non-events
+    cells = {"ai": t.exposed_events, "bi": t.exposed_non_events,
+             "ci": t.unexposed_events, "di": t.unexposed_non_events}
+    if t.n < 2:
+        return _refuse(analysis, "too_few_rows", "too few complete rows for this analysis "
+                       "(it needs at least 2)")
+    if cells["ai"] + cells["bi"] == 0 or cells["ci"] + cells["di"] == 0:
+        return _refuse(analysis, "constant_exposure", f"the exposure column "
+                       f"{analysis.exposure!r} takes a single value, so there is nothing "
+                       "to compare")
+    measure = analysis.measure or "OR"
+    # escalc applies metafor's default correction (1/2 in every cell of a table with a
+    # zero cell), exactly as for CSV input.
+    es = escalc(measure, ai=[cells["ai"]], bi=[cells["bi"]], ci=[cells["ci"]],
+                di=[cells["di"]])
+    return _estimate(analysis, measure, float(es.yi[0]), float(es.vi[0]), t.n, dropped,
+                     cells, corrected=bool(es.corrected[0]))
 
 
 def _two_group(source: SqlSource, analysis: Any, dropped: int) -> Estimate | Refusal:
     g = source.two_group(analysis.name, analysis.outcome, analysis.exposure)
     e, u = g.exposed, g.unexposed
+    if g.n < 4:
+        return _refuse(analysis, "too_few_rows", "too few complete rows for this analysis "
+                       "(it needs at least 4)")
     if e.n == 0 or u.n == 0:
-        return Refusal(analysis.name, f"analysis {analysis.name!r}: exposure "
-                       f"{analysis.exposure!r} takes one value only", "constant_exposure")
+        return _refuse(analysis, "constant_exposure", f"the exposure column "
+                       f"{analysis.exposure!r} takes a single value, so there is nothing "
+                       "to compare")
     if e.n < 2 or u.n < 2:
-        return Refusal(analysis.name, f"analysis {analysis.name!r}: a group has fewer "
-                       "than two rows", "too_few_rows")
-    measure = (getattr(analysis, "measure", None) or "MD").upper()
-    sd1, sd2 = e.sd, u.sd
-    if measure == "MD":
-        yi, vi = e.mean - u.mean, sd1 ** 2 / e.n + sd2 ** 2 / u.n
-    elif measure == "SMD":
-        # Hedges' g: Cohen's d with the pooled SD, times the exact small-sample
-        # correction J(m) = Γ(m/2) / (sqrt(m/2) Γ((m-1)/2)), m = n1 + n2 - 2; variance
-        # metafor's large-sample "LS": 1/n1 + 1/n2 + g² / (2 (n1 + n2)).
-        m = e.n + u.n - 2
-        sp = math.sqrt((e.ss + u.ss) / m)
-        j = math.exp(gammaln(m / 2) - 0.5 * math.log(m / 2) - gammaln((m - 1) / 2))
-        yi = j * (e.mean - u.mean) / sp
-        vi = 1 / e.n + 1 / u.n + yi ** 2 / (2 * (e.n + u.n))
-    elif measure == "ROM":
-        if e.mean <= 0 or u.mean <= 0:
-            return Refusal(analysis.name, f"analysis {analysis.name!r}: ROM needs positive "
-                           "group means", "invalid_values")
-        yi = math.log(e.mean / u.mean)
-        vi = sd1 ** 2 / (e.n * e.mean ** 2) + sd2 ** 2 / (u.n * u.mean ** 2)
-    else:
-        return Refusal(analysis.name, f"analysis {analysis.name!r}: measure {measure!r} "
-                       "is not MD, SMD or ROM", "invalid_values")
-    return _estimate(analysis, measure, yi, vi, g.n, dropped,
-                     {"exposed": e.n, "unexposed": u.n})
+        return _refuse(analysis, "too_few_rows", "each exposure group needs at least two "
+                       "rows for a standard deviation")
+    if e.ss == 0 or u.ss == 0:
+        return _refuse(analysis, "zero_variance", f"the outcome column {analysis.outcome!r}"
+                       " is constant within an exposure group")
+    measure = analysis.measure or "MD"
+    if measure == "ROM" and (e.mean <= 0 or u.mean <= 0):
+        return _refuse(analysis, "invalid_values", f"ROM needs a positive mean of "
+                       f"{analysis.outcome!r} in both groups")
+    # means and SDs from the database's two-pass sums; escalc as for CSV input (SMD is
+    # Hedges' g with the exact correction, metafor's large-sample variance)
+    es = escalc(measure, m1i=[e.mean], sd1i=[e.sd], n1i=[e.n], m2i=[u.mean],
+                sd2i=[u.sd], n2i=[u.n])
+    return _estimate(analysis, measure, float(es.yi[0]), float(es.vi[0]), g.n, dropped,
+                     {"n_exposed": e.n, "n_unexposed": u.n})
 
 
 def _oe_ratio(source: SqlSource, analysis: Any, dropped: int) -> Estimate | Refusal:
     oe = source.observed_expected(analysis.name, analysis.outcome, analysis.score)
-    if oe.observed <= 0 or oe.observed >= oe.n or oe.expected <= 0:
-        return Refusal(analysis.name, f"analysis {analysis.name!r}: outcome "
-                       f"{analysis.outcome!r} never or always happens", "no_events")
+    if oe.n < 2:
+        return _refuse(analysis, "too_few_rows", "too few complete rows for this analysis "
+                       "(it needs at least 2)")
+    if oe.observed == 0:
+        return _refuse(analysis, "no_events", f"the outcome column {analysis.outcome!r} "
+                       "has no events, so log(O/E) is undefined")
+    if oe.observed == oe.n:
+        return _refuse(analysis, "no_events", f"the outcome column {analysis.outcome!r} "
+                       "has only events, so the variance of log(O/E) is zero")
     yi = math.log(oe.observed / oe.expected)
     vi = (1 - oe.observed / oe.n) / oe.observed
     return _estimate(analysis, "OE", yi, vi, oe.n, dropped,
-                     {"events": int(oe.observed), "non_events": int(oe.n - oe.observed)})
+                     {"events": int(oe.observed), "non_events": int(oe.n - oe.observed),
+                      "observed": int(oe.observed)})
 
 
 def _brier(source: SqlSource, analysis: Any, dropped: int) -> Estimate | Refusal:
@@ -150,11 +142,16 @@ def _brier(source: SqlSource, analysis: Any, dropped: int) -> Estimate | Refusal
 
 def _auc(source: SqlSource, analysis: Any, dropped: int) -> Estimate | Refusal:
     p = source.auc(analysis.name, analysis.outcome, analysis.score)
+    if p.n < 4:
+        return _refuse(analysis, "too_few_rows", "too few complete rows for this analysis "
+                       "(it needs at least 4)")
+    if p.n_pos == 0 or p.n_neg == 0:
+        return _refuse(analysis, "no_events", f"the outcome column {analysis.outcome!r} "
+                       f"has {'no events' if p.n_pos == 0 else 'only events'}")
     if p.n_pos < 2 or p.n_neg < 2:
-        return Refusal(analysis.name, f"analysis {analysis.name!r}: outcome "
-                       f"{analysis.outcome!r} has too few events or non-events",
-                       "no_events")
-    cells = {"events": p.n_pos, "non_events": p.n_neg}
+        return _refuse(analysis, "too_few_rows", "the DeLong variance needs at least two "
+                       "events and two non-events")
+    cells = {"cases": p.n_pos, "controls": p.n_neg}
     scale = (getattr(analysis, "scale", None) or "raw").lower()
     if scale == "logit":
         if not 0 < p.auc < 1:

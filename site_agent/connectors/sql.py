@@ -326,7 +326,8 @@ class SqlSource:
         self.require(analysis, [outcome, score])
         rel = self._complete([outcome, score])
         self._check_binary(analysis, rel, outcome)
-        self._check_probability(analysis, rel, score)
+        # log(O/E) needs predictions strictly inside (0, 1), as the CSV path
+        self._check_probability(analysis, rel, score, open_interval=True)
         row = self._scalar_row(sa.select(
             sa.func.coalesce(sa.func.sum(rel.c[outcome]), 0).label("o"),
             sa.func.coalesce(sa.func.sum(sa.cast(rel.c[score], sa.Float)), 0.0).label("e"),

@@ -205,3 +205,34 @@ def test_estimate_from_data_dispatches_on_url(tmp_path: Path) -> None:
                                                    rel=1e-9)
     with pytest.raises(InputError, match="path"):
         estimate_from_data({"url": source.url, "path": "x.csv"}, PUSHDOWN_SPEC)
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_pushdown_equals_csv_path(tmp_path: Path, site: str) -> None:
+    """Same Estimate fields (yi, vi, n, cells, measure) or the same refusal code."""
+    from site_agent.data import load_table
+    from site_agent.estimators import estimate_all
+
+    frame = load_table(DATA / f"{site}.csv")
+    spec = parse_spec({"analysis": [
+        *[a.to_dict() for a in PUSHDOWN_SPEC.analyses],
+        {"name": "rom", "estimator": "two_group", "outcome": "los_days",
+         "exposure": "treated", "measure": "ROM"},
+        {"name": "adjusted", "estimator": "logistic", "outcome": "outcome",
+         "exposure": "treated", "covariates": ["age", "sex"]},
+        {"name": "slope", "estimator": "calibration_slope", "outcome": "outcome",
+         "score": "risk_score"},
+    ]})
+    csv = estimate_all(frame, spec)
+    sql = estimate_all_sql(sqlite_source(tmp_path, frame), spec)
+    assert list(sql) == list(csv)
+    for name in csv:
+        a, b = csv[name], sql[name]
+        assert type(a) is type(b), (name, a, b)
+        if isinstance(a, Refusal):
+            assert a.code == b.code
+            continue
+        assert (a.measure, a.n, a.n_dropped, dict(a.cells)) == \
+            (b.measure, b.n, b.n_dropped, dict(b.cells)), name
+        assert b.yi == pytest.approx(a.yi, rel=1e-10, abs=1e-13), name
+        assert b.vi == pytest.approx(a.vi, rel=1e-10, abs=1e-15), name

@@ -135,7 +135,8 @@ def analyse(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: st
                       compute_r2=False)
         bl = diag.blup(y, v, labels=labs, level=level, fit=fit)
     flag = assess_heterogeneity(pooled, labels=labs, influence=infl, blup=bl,
-                                i2_threshold=i2_threshold, null_value=null_value, level=level)
+                                i2_threshold=i2_threshold, null_value=null_value, level=level,
+                                i2_ci=_i2_ci_if_missing(pooled, y, v, level))
 
     loo = pb = cum = sg = mr = None
     if diagnostics:
@@ -161,3 +162,28 @@ def analyse(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: st
                           influence=infl_out, blup=bl_out, publication_bias=pb, cumulative=cum,
                           subgroup=sg, meta_regression=mr, notes=tuple(notes))
 
+
+def _i2_ci_if_missing(pooled: Any, y: np.ndarray, v: np.ndarray, level: float) -> Any | None:
+    """The Q-profile interval of I² when the fit carries none (fixed-effect model).
+
+    The Q-profile bounds of tau² do not depend on the tau² estimator (Viechtbauer 2007,
+    Stat. Med. 26:37-52), so a fixed-effect analysis can still say whether its
+    heterogeneity is strong; I² bounds follow from the tau² bounds and the typical
+    within-site variance, as for the random-effects fits.
+    """
+    if getattr(pooled, "I2_ci", None) is not None or y.size < 2:
+        return None
+    from coordinator.synthesis.pooling import ConfidenceInterval
+    from coordinator.synthesis.stats import (
+        as_batch,
+        heterogeneity_indices,
+        qprofile_tau2_ci,
+        typical_variance,
+    )
+
+    batch = as_batch(y, v)
+    qp = qprofile_tau2_ci(batch, level=level)
+    vt = typical_variance(batch)
+    low, _ = heterogeneity_indices(qp.low, vt)
+    high, _ = heterogeneity_indices(qp.high, vt)
+    return ConfidenceInterval(float(low[0]), float(high[0]))

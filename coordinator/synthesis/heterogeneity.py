@@ -122,7 +122,8 @@ def _fmt(x: float) -> str:
 def assess_heterogeneity(pooled: _Pooled, *, labels: Sequence[Any] | None = None,
                          influence: Any | None = None, blup: Any | None = None,
                          i2_threshold: float = DEFAULT_I2_THRESHOLD,
-                         null_value: float = 0.0, level: float = 95.0) -> HeterogeneityFlag:
+                         null_value: float = 0.0, level: float = 95.0,
+                         i2_ci: Any | None = None) -> HeterogeneityFlag:
     """Decide whether one pooled answer would mislead, and which sites drive it.
 
     Parameters
@@ -144,6 +145,9 @@ def assess_heterogeneity(pooled: _Pooled, *, labels: Sequence[Any] | None = None
         log ratios).
     level
         Confidence level (percent) of the intervals, for the sentences.
+    i2_ci
+        A ``ConfidenceInterval`` of I² to judge the level on instead of ``pooled.I2_ci``
+        (e.g. the Q-profile interval for a fixed-effect fit, which carries none).
     """
     thr = float(i2_threshold)
     if not np.isfinite(thr) or not (0.0 <= thr <= 100.0):
@@ -153,7 +157,7 @@ def assess_heterogeneity(pooled: _Pooled, *, labels: Sequence[Any] | None = None
         raise InputError(f"null_value: must be a finite number, got {null_value!r}")
 
     i2 = float(pooled.I2) if pooled.I2 is not None else float("nan")
-    i2_lb, i2_ub = _ci_bounds(getattr(pooled, "I2_ci", None))
+    i2_lb, i2_ub = _ci_bounds(i2_ci if i2_ci is not None else getattr(pooled, "I2_ci", None))
     ci_lb, ci_ub = float(pooled.ci_lb), float(pooled.ci_ub)
     pi_lb, pi_ub = _num(getattr(pooled, "pi_lb", None)), _num(getattr(pooled, "pi_ub", None))
 
@@ -173,7 +177,7 @@ def assess_heterogeneity(pooled: _Pooled, *, labels: Sequence[Any] | None = None
             ci_txt = (f" ({lv} CI {_fmt(i2_lb)}% to {_fmt(i2_ub)}%)"
                       if i2_lb is not None and i2_ub is not None else "")
             reasons.append(
-                f"I² = {_fmt(i2)}%{ci_txt} is at or above the {_fmt(thr)}% threshold: "
+                f"I² = {_fmt(i2)}%{ci_txt} is at or above the {thr:g}% threshold: "
                 f"{_fmt(i2)}% of the variation between sites reflects real differences in "
                 "their effects rather than chance.")
             if strong:
@@ -187,7 +191,7 @@ def assess_heterogeneity(pooled: _Pooled, *, labels: Sequence[Any] | None = None
         if pi_path:
             reasons.append(
                 f"The {lv} prediction interval ({_fmt(pi_lb)} to {_fmt(pi_ub)}) crosses the "
-                f"null value {_fmt(null)} while the confidence interval ({_fmt(ci_lb)} to "
+                f"null value {null:g} while the confidence interval ({_fmt(ci_lb)} to "
                 f"{_fmt(ci_ub)}) does not: the average effect is clear, but the effect at a "
                 "new site could lie on either side of the null.")
 

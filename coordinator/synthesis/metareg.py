@@ -38,8 +38,8 @@ __all__ = [
     "validate_yi_vi",
 ]
 
-#: tau² estimators this module fits itself (exact maximisers, like metafor's REML/ML).
-SUPPORTED_METHODS = ("FE", "DL", "ML", "REML")
+#: tau² estimators of meta-regression (metafor's ``rma.uni`` with ``mods``).
+SUPPORTED_METHODS = ("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM")
 
 # Fisher scoring stops when |Δtau²| falls below this (metafor: 1e-5 by default; the
 # reference values were produced with 1e-12, and we must match them to 1e-6 relative).
@@ -175,6 +175,48 @@ def _tau2_dl(y: np.ndarray, v: np.ndarray, X: np.ndarray) -> float:
     return max(0.0, (Q - (k - p)) / float(np.trace(P)))
 
 
+def _q_gen(y: np.ndarray, v: np.ndarray, X: np.ndarray, t2: float) -> float:
+    """Generalised residual Q statistic y'P(tau²)y, decreasing in tau²."""
+    P, _ = _proj(X, 1.0 / (v + t2))
+    return float(y @ P @ y)
+
+
+def _tau2_pm(y: np.ndarray, v: np.ndarray, X: np.ndarray) -> float:
+    """Paule & Mandel (1982): the root of y'P(tau²)y = k - p (0 when Q(0) < k - p)."""
+    k, p = X.shape
+    target = k - p
+    if _q_gen(y, v, X, 0.0) <= target:
+        return 0.0
+    upper = max(1.0, 10.0 * float(np.var(y)) + float(np.max(v)))
+    while _q_gen(y, v, X, upper) > target:
+        upper *= 4.0
+    return float(optimize.brentq(lambda t: _q_gen(y, v, X, t) - target, 0.0, upper,
+                                 xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500))
+
+
+def _tau2_moments(y: np.ndarray, v: np.ndarray, X: np.ndarray, method: str) -> float:
+    """Closed-form estimators with moderators, as in metafor's ``rma.uni``.
+
+    HS: Hunter & Schmidt (2004), ``(Q - k) / sum(1/v)``; HE: Hedges (1983), OLS residual
+    sum of squares minus tr(P V), over k - p; SJ: Sidik & Jonkman (2005), one weighted
+    step from ``tau0 = var(y) (k-1)/k``.
+    """
+    k, p = X.shape
+    if method == "HS":
+        w = 1.0 / v
+        P, _ = _proj(X, w)
+        return max(0.0, (float(y @ P @ y) - k) / float(w.sum()))
+    if method == "HE":
+        H = X @ np.linalg.pinv(X.T @ X) @ X.T
+        r = y - H @ y
+        return max(0.0, float((r @ r - np.sum(v * (1.0 - np.diag(H)))) / (k - p)))
+    # SJ
+    tau0 = float(np.mean((y - y.mean()) ** 2))
+    if tau0 <= 0.0:
+        return 0.0
+    return max(0.0, tau0 * _q_gen(y, v, X, tau0) / (k - p))
+
+
 @dataclass(frozen=True)
 class MetaRegressionResult:
     """A mixed-effects meta-regression fit (``rma(yi, vi, mods = ...)`` in metafor).
@@ -275,7 +317,7 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
     names
         Coefficient names (default ``intrcpt, x1, x2, ...``).
     method
-        ``REML`` (default), ``ML``, ``DL`` or ``FE``.
+        ``REML`` (default), ``ML``, ``EB``, ``PM``, ``DL``, ``HE``, ``HS``, ``SJ`` or ``FE``.
     test
         ``z`` or ``knha`` (Knapp & Hartung 2003, "Improved tests for a random effects
         meta-regression with a single covariate", Stat. Med. 22:2693-2710).
@@ -318,6 +360,12 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
         t2 = 0.0
     elif method == "DL":
         t2 = _tau2_dl(y, v, Xm)
+    elif method in ("HS", "HE", "SJ"):
+        t2 = _tau2_moments(y, v, Xm, method)
+    elif method in ("PM", "EB"):
+        # the empirical Bayes estimator (Morris 1983) solves the same estimating equation
+        # as Paule-Mandel, y'P(tau²)y = k - p, which metafor reaches by iteration
+        t2 = _tau2_pm(y, v, Xm)
     else:
         t2 = _tau2_exact(y, v, Xm, method, threshold)
 
@@ -333,7 +381,11 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
     QE_df = k - p
     QEp = float(stats.chi2.sf(QE, QE_df)) if QE_df > 0 else 1.0
     # metafor's "typical" within-study variance for models with moderators
-    if QE_df > 0:
+    if QE_df > 0 and method == "FE" and tau2 is None:
+        # metafor's FE fit reports Higgins & Thompson's I² = (QE - df) / QE and H² = QE/df
+        I2 = 100.0 * max(0.0, (QE - QE_df) / QE) if QE > 0 else 0.0
+        H2 = QE / QE_df
+    elif QE_df > 0:
         s2 = QE_df / float(np.trace(P0))
         I2 = 100.0 * t2 / (t2 + s2)
         H2 = (t2 + s2) / s2

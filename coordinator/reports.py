@@ -747,8 +747,7 @@ class SiteTrend:
         standard error and its standardized deleted residual; None when the site did not
         contribute to that round.
     diverging
-        True when ``|z| > 1.96`` in the latest round the site contributed to (or the
-        coordinator named the site as driving heterogeneity there).
+        True when ``|z| > 1.96`` in the latest round the site contributed to.
     diverging_since
         First round of the latest unbroken run of rounds in which the site diverged.
     """
@@ -865,15 +864,16 @@ def trend_summary(round_docs: Sequence[Mapping[str, Any]],
             for s, _, _ in ests:
                 if s not in site_names:
                     site_names.append(s)
-        driving = [set(map(str, (a.get("heterogeneity") or {}).get("sites") or []))
-                   for _, a in rows]
         site_trends = []
         for s in site_names:
             yi = tuple(r[s][0] if s in r else None for r in per_round)
             se = tuple(r[s][1] if s in r else None for r in per_round)
             z = tuple(r[s][2] if s in r else None for r in per_round)
-            out_flags = [(s in r) and ((r[s][2] is not None and abs(r[s][2]) > DIVERGENCE_Z)
-                                       or s in d) for r, d in zip(per_round, driving)]
+            # Only the deleted residual counts: the coordinator's heterogeneity "sites" also
+            # name merely *influential* sites (a large hospital with a typical effect), which
+            # is not divergence.
+            out_flags = [(s in r) and r[s][2] is not None and abs(r[s][2]) > DIVERGENCE_Z
+                         for r in per_round]
             present = [i for i, r in enumerate(per_round) if s in r]
             diverging = bool(present) and out_flags[present[-1]]
             since = None
@@ -1019,8 +1019,8 @@ def render_trend_html(trends: Sequence[AnalysisTrend], *, i2_threshold: float | 
                      "estimate drifted beyond its 95% band.</p>")
     parts.append("<p class=\"note\">A site diverges in a round when its standardized deleted "
                  "residual (its estimate against the random-effects fit of the other sites, "
-                 "Viechtbauer &amp; Cheung 2010) exceeds \u00b11.96 or the coordinator named "
-                 "it as driving heterogeneity; circled points in the site panel. Drift "
+                 "Viechtbauer &amp; Cheung 2010) exceeds \u00b11.96 (circled points in the "
+                 "site panel). Drift "
                  "compares the first and latest pooled estimates, z = \u0394 / "
                  "\u221a(SE\u2081\u00b2 + SE\u2082\u00b2).</p>")
     for index, t in enumerate(trends):

@@ -134,6 +134,12 @@ class ScheduleEntry:
         if isinstance(self.quorum, bool) or not isinstance(self.quorum, int) or self.quorum < 1:
             raise ConfigError(f"schedule quorum = {self.quorum!r}: must be an integer >= 1")
 
+    @classmethod
+    def from_config(cls, entry: Any) -> "ScheduleEntry":
+        """From :class:`fedsynth.config.ScheduleConfig` (same fields, already validated)."""
+        return cls(spec=Path(entry.spec), cron=entry.cron, deadline=entry.deadline,
+                   quorum=entry.quorum)
+
     @property
     def key(self) -> str:
         """Stable identity in the store: the spec path and the cron expression.

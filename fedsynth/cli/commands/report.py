@@ -1,0 +1,144 @@
+"""``fedsynth report round|trend``: HTML/JSON reports of one round or across rounds.
+
+Round documents come from the coordinator's state store (``--config coordinator.toml``) or,
+offline, from a folder of round JSON documents (``--rounds-dir``, e.g. the ``<round>.json``
+files the coordinator writes into its ``report_dir``, or ``fedsynth round show --format
+json`` output saved to files).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from fedsynth.cli.registry import Command
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="COORDINATOR.TOML",
+                        help="coordinator configuration: read rounds from its state store")
+    parser.add_argument("--rounds-dir", metavar="DIR",
+                        help="read round JSON documents from DIR instead of the store")
+    parser.add_argument("--out", metavar="DIR",
+                        help="output directory (default: report_dir of --config)")
+
+
+def _add_trend(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    parser.add_argument("--analysis", metavar="NAME", action="append",
+                        help="only this analysis (repeatable)")
+    parser.add_argument("--i2-threshold", type=float, default=None, metavar="PCT",
+                        help="I² threshold drawn on the plot (default: [pooling] of --config, "
+                             "else 50)")
+
+
+def _add_round(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("round", metavar="ID", help="round id")
+    _common(parser)
+
+
+def _load_dir(folder: str) -> list[dict]:
+    import json
+    from pathlib import Path
+
+    from fedsynth.errors import InputError
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise InputError(f"--rounds-dir {folder!r}: not a directory")
+    docs = []
+    for file in sorted(path.glob("*.json")):
+        if file.name == "trend.json":          # our own output, not a round
+            continue
+        try:
+            doc = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputError(f"--rounds-dir: {file}: not a JSON round document ({error})") \
+                from None
+        if not isinstance(doc, dict) or "round" not in doc:
+            raise InputError(f"--rounds-dir: {file}: not a round document (no 'round' field)")
+        docs.append(doc)
+    return docs
+
+
+def _load_store(config) -> list[dict]:
+    from fedsynth.errors import FedsynthError
+
+    try:
+        from coordinator import store as store_module
+    except ImportError:
+        raise FedsynthError("the coordinator state store (coordinator/store.py) is not "
+                            "available in this installation; use --rounds-dir") from None
+    return store_module.round_documents(config.state)
+
+
+def _sources(args: argparse.Namespace):
+    """Return (config or None, round documents)."""
+    from fedsynth.errors import InputError
+
+    if not args.config and not args.rounds_dir:
+        raise InputError("give --config COORDINATOR.TOML (the store) or --rounds-dir DIR")
+    config = None
+    if args.config:
+        from fedsynth.config import load_coordinator_config
+
+        config = load_coordinator_config(args.config, insecure=True)
+    docs = _load_dir(args.rounds_dir) if args.rounds_dir else _load_store(config)
+    return config, docs
+
+
+def _out_dir(args: argparse.Namespace, config):
+    from pathlib import Path
+
+    from fedsynth.errors import InputError
+
+    if args.out:
+        return Path(args.out)
+    if config is not None:
+        return Path(config.report_dir)
+    raise InputError("--out DIR is required without --config")
+
+
+def _run_trend(args: argparse.Namespace) -> int:
+    from coordinator.reports import write_trend_report
+    from fedsynth.errors import InputError
+
+    config, docs = _sources(args)
+    docs = [d for d in docs if d.get("status") != "open"]
+    if not docs:
+        raise InputError("no closed round found (need at least one pooled or failed round)")
+    threshold = args.i2_threshold
+    if threshold is None:
+        threshold = config.pooling.i2_threshold if config is not None else 50.0
+    if not 0 <= threshold <= 100:
+        raise InputError(f"--i2-threshold {threshold!r}: must be in [0, 100]")
+    out = write_trend_report(docs, _out_dir(args, config), analyses=args.analysis,
+                             i2_threshold=threshold)
+    print(out)
+    return 0
+
+
+def _run_round(args: argparse.Namespace) -> int:
+    from coordinator.reports import write_round_report
+    from fedsynth.errors import InputError
+
+    config, docs = _sources(args)
+    matches = [d for d in docs if d.get("round") == args.round]
+    if not matches:
+        known = ", ".join(sorted(str(d.get("round")) for d in docs)[-5:]) or "none"
+        raise InputError(f"round {args.round!r} not found (latest rounds: {known})")
+    paths = write_round_report(matches[0], _out_dir(args, config))
+    print(paths.html)
+    print(paths.json)
+    return 0
+
+
+COMMANDS = [
+    Command(("report", "trend"), "trend report across rounds (HTML + JSON)", _add_trend,
+            _run_trend,
+            description=("Plot each analysis's pooled estimate, CI, prediction interval and I² "
+                         "per round,\nand every site's estimate per round, highlighting a site "
+                         "that starts to diverge.\nWrites DIR/trend.html and DIR/trend.json.")),
+    Command(("report", "round"), "HTML + JSON report of one round", _add_round, _run_round,
+            description=("Write DIR/<round>.html (forest plots, heterogeneity, participation, "
+                         "refusals)\nand DIR/<round>.json for one round.")),
+]

@@ -1,0 +1,331 @@
+"""Round and trend reports: content, escaping of untrusted text, strict JSON, divergence."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from coordinator.reports import (
+    DIVERGENCE_Z,
+    deleted_residuals,
+    render_round_html,
+    sanitize_svg,
+    trend_summary,
+    write_round_report,
+    write_trend_report,
+)
+from fedsynth.cli import main
+from fedsynth.errors import InputError
+from tests.conftest import load_json
+
+EXPECTED = load_json("sites_public/expected.json")
+SITES = list(EXPECTED["sites"])
+HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>$\\frac{1}{2}$ & "q"'
+
+ANALYSES = (("adjusted_logOR", "logistic", "OR"), ("los_MD", "two_group", "MD"),
+            ("logHR_efron", "cox", None))
+
+
+def make_round(round_id: str, opened_at: str, *, shift: dict[str, float] | None = None,
+               extra_site: tuple[str, float, float] | None = None,
+               refuse: dict[str, str] | None = None) -> dict:
+    """A round document pooled by the project's own synthesis from the R site estimates."""
+    from coordinator.synthesis.analysis import analyse
+
+    refuse = refuse or {}
+    analyses = []
+    for name, estimator, measure in ANALYSES:
+        rows = [{"site": s, "yi": EXPECTED["sites"][s][name]["yi"] + (shift or {}).get(s, 0.0),
+                 "vi": EXPECTED["sites"][s][name]["vi"], "se": EXPECTED["sites"][s][name]["se"],
+                 "n": EXPECTED["sites"][s]["n"]} for s in SITES if s not in refuse]
+        if extra_site:
+            rows.append({"site": extra_site[0], "yi": extra_site[1], "vi": extra_site[2],
+                         "se": math.sqrt(extra_site[2]), "n": 100})
+        result = analyse([r["yi"] for r in rows], [r["vi"] for r in rows],
+                         labels=[r["site"] for r in rows]).to_dict()
+        pooled = {k: result[k] for k in ("k", "method", "test", "estimate", "se", "ci_lb",
+                                         "ci_ub", "pval", "tau2", "tau2_ci", "Q", "Q_pval",
+                                         "I2", "I2_ci", "H2", "pi_lb", "pi_ub")}
+        het = result["heterogeneity"]
+        analyses.append({"analysis": name, "estimator": estimator, "measure": measure, **pooled,
+                         "heterogeneity": {k: het[k] for k in ("flagged", "level", "reasons",
+                                                               "sites")},
+                         "site_estimates": rows, "refused": dict(refuse)})
+    sites = [{"site": s, "status": "submitted", "submitted_at": opened_at,
+              "refusals": {a[0]: refuse[s] for a in ANALYSES} if s in refuse else {}}
+             for s in SITES]
+    sites.append({"site": "mtf-golf", "status": "missing", "submitted_at": None,
+                  "refusals": {}})
+    return {"round": round_id, "status": "pooled",
+            "spec": {"name": "monthly-evaluation", "analyses": []},
+            "opened_at": opened_at, "deadline": opened_at, "closed_at": opened_at,
+            "quorum": 3, "failure_reason": None, "sites": sites, "analyses": analyses}
+
+
+class _Tags(HTMLParser):
+    """Collect every start tag and attribute, so tests see what a browser would parse."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(html_text: str) -> _Tags:
+    parser = _Tags()
+    parser.feed(html_text)
+    return parser
+
+
+@pytest.fixture(scope="module")
+def round_doc() -> dict:
+    return make_round("r-20261125-0001", "2026-11-25T14:00:00Z",
+                      refuse={"mtf-foxtrot": "disclosure limit: a cell of 4 is below 5"})
+
+
+# ---- round report -------------------------------------------------------------------------
+
+def test_round_report_files_and_json_roundtrip(tmp_path, round_doc):
+    paths = write_round_report(round_doc, tmp_path / "reports")
+    assert paths.html == tmp_path / "reports" / "r-20261125-0001.html"
+    assert json.loads(paths.json.read_text()) == round_doc
+    assert not list((tmp_path / "reports").glob(".*tmp"))      # no temporary files left
+
+
+def test_round_report_content(round_doc):
+    html_text = render_round_html(round_doc)
+    page = parse(html_text)
+    text = " ".join(page.text)
+    # one inline SVG forest plot per analysis, with the sites as real text
+    svgs = re.findall(r"<svg\b.*?</svg>", html_text, flags=re.S)
+    assert len(svgs) == len(ANALYSES)
+    for svg in svgs:
+        assert "mtf-alpha" in svg and "Pooled" in svg
+    for name, _, _ in ANALYSES:
+        assert name in text
+        analysis = next(a for a in round_doc["analyses"] if a["analysis"] == name)
+        assert f"{analysis['estimate']:.3f}" in text
+        assert f"{analysis['ci_lb']:.3f} to {analysis['ci_ub']:.3f}" in text
+        for reason in analysis["heterogeneity"]["reasons"]:
+            assert reason in text
+    # back-transformed OR and HR columns
+    logor = round_doc["analyses"][0]
+    assert f"OR {math.exp(logor['estimate']):.3f}" in text
+    # participation, the missing site and the refusal with its reason
+    assert "6 of 7 allowed sites submitted (quorum 3)" in text
+    assert "mtf-golf" in text and "missing" in text
+    assert text.count("disclosure limit: a cell of 4 is below 5") >= 3
+    # self-contained: no external resource, and a CSP that forbids scripts
+    for tag, attrs in page.tags:
+        for key in ("src", "href"):
+            value = attrs.get(key)
+            assert value is None or value.startswith("#"), (tag, attrs)
+    assert any(tag == "meta" and "default-src 'none'" in (attrs.get("content") or "")
+               for tag, attrs in page.tags)
+
+
+def test_hostile_site_names_and_reasons_are_escaped(tmp_path, round_doc):
+    doc = copy.deepcopy(round_doc)
+    doc["spec"]["name"] = HOSTILE
+    doc["sites"].append({"site": HOSTILE, "status": HOSTILE, "submitted_at": HOSTILE,
+                         "refusals": {HOSTILE: HOSTILE}})
+    doc["analyses"][0]["site_estimates"].append({"site": HOSTILE, "yi": 0.1, "vi": 0.05,
+                                                 "n": HOSTILE})
+    doc["analyses"][0]["refused"][HOSTILE] = HOSTILE
+    doc["analyses"][0]["heterogeneity"]["reasons"].append(HOSTILE)
+    doc["analyses"][0]["heterogeneity"]["sites"].append(HOSTILE)
+    doc["failure_reason"] = HOSTILE
+    html_text = write_round_report(doc, tmp_path).html.read_text()
+    page = parse(html_text)
+    assert not [t for t, _ in page.tags if t in ("script", "img", "iframe", "object")]
+    assert not [(t, a) for t, a in page.tags if any(k.startswith("on") for k in a)]
+    # the text survives, visibly, as text (also inside the forest plot, not as mathtext)
+    assert sum(HOSTILE in chunk for chunk in page.text) >= 8
+    svg = re.search(r"<svg\b.*?</svg>", html_text, flags=re.S).group(0)
+    assert "$\\frac{1}{2}$" in svg.replace("&amp;", "&")
+
+
+def test_ids_are_unique_across_inlined_figures(round_doc):
+    ids = re.findall(r'\sid="([^"]+)"', render_round_html(round_doc))
+    assert ids and len(ids) == len(set(ids))
+
+
+def test_sanitize_svg_strips_active_content_and_prefixes_ids():
+    svg = ('<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+           'onload="alert(1)"><script>alert(2)</script><defs><path id="m" d="M0 0"/></defs>'
+           '<use xlink:href="#m"/><use xlink:href="http://evil/x.svg#m"/>'
+           '<g clip-path="url(#c1)"><a href="javascript:alert(3)"><text>hi</text></a></g>'
+           '<foreignObject><div>x</div></foreignObject><image href="http://evil/p.png"/></svg>')
+    out = sanitize_svg(svg, "f7-")
+    assert "script" not in out and "onload" not in out and "evil" not in out
+    assert "javascript" not in out and "foreignObject" not in out
+    assert 'id="f7-m"' in out and 'href="#f7-m"' in out and "url(#f7-c1)" in out
+    with pytest.raises(InputError, match="not valid SVG"):
+        sanitize_svg("<svg><unclosed></svg>", "x")
+    with pytest.raises(InputError, match="root element"):
+        sanitize_svg('<html xmlns="http://www.w3.org/1999/xhtml"/>', "x")
+
+
+def test_non_finite_numbers_become_null_and_dashes(tmp_path, round_doc):
+    doc = copy.deepcopy(round_doc)
+    doc["analyses"][1]["tau2"] = float("nan")
+    doc["analyses"][1]["pi_lb"] = float("inf")
+    doc["analyses"][1]["I2_ci"] = None
+    paths = write_round_report(doc, tmp_path)
+    data = json.loads(paths.json.read_text())        # strict JSON: json.loads would accept NaN
+    assert data["analyses"][1]["tau2"] is None and data["analyses"][1]["pi_lb"] is None
+    assert "NaN" not in paths.json.read_text() and "Infinity" not in paths.json.read_text()
+    assert "nan" not in paths.html.read_text().lower().replace("nanum", "")
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(round="../../etc/passwd"), "field 'round'"),
+    (lambda d: d.update(round=17), "field 'round'"),
+    (lambda d: d.update(analyses={"a": 1}), "field 'analyses' must be a list"),
+    (lambda d: d["analyses"][0]["site_estimates"].append({"yi": 1}),
+     r"analyses\[0\].site_estimates\[5\].site"),
+    (lambda d: d["sites"][0].update(refusals=["x"]), r"sites\[0\].refusals"),
+    (lambda d: d["analyses"][2].update(heterogeneity="high"), r"analyses\[2\].heterogeneity"),
+])
+def test_bad_round_documents_name_the_field_and_write_nothing(tmp_path, round_doc, mutate,
+                                                              message):
+    doc = copy.deepcopy(round_doc)
+    mutate(doc)
+    with pytest.raises(InputError, match=message):
+        write_round_report(doc, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_round_without_analyses(tmp_path):
+    doc = {"round": "r-1", "status": "failed", "failure_reason": "quorum 3 not reached: 1 site",
+           "sites": [{"site": "mtf-alpha", "status": "submitted", "refusals": {}}],
+           "analyses": []}
+    text = write_round_report(doc, tmp_path).html.read_text()
+    assert "quorum 3 not reached: 1 site" in text and "<svg" not in text
+
+
+# ---- deleted residuals ----------------------------------------------------------------------
+
+def test_deleted_residual_by_hand():
+    yi, vi = [0.0, 0.2, 1.5], [0.04, 0.04, 0.04]
+    z = deleted_residuals(yi, vi)
+    # leave out site 3: two sites, FE mean 0.1, Q = 0.5 < df = 1 so tau2 = 0, se^2 = 0.02
+    assert z[2] == pytest.approx((1.5 - 0.1) / math.sqrt(0.04 + 0.02))
+    # leave out site 1: mean 0.85, Q = (0.65^2 * 2) / 0.04 = 21.125, tau2 = (Q-1)/c, c = 25
+    tau2 = (21.125 - 1) / (50 - 1250 / 50)
+    assert z[0] == pytest.approx((0.0 - 0.85) / math.sqrt(0.04 + tau2 + 1 / (2 / (0.04 + tau2))))
+    assert deleted_residuals([1.0, 2.0], [0.1, 0.1]) == [None, None]
+
+
+def test_deleted_residual_is_shift_invariant():
+    yi, vi = [0.1, -0.3, 0.4, 0.2, 1.2], [0.02, 0.05, 0.03, 0.01, 0.04]
+    base = deleted_residuals(yi, vi)
+    shifted = deleted_residuals([y + 3.0 for y in yi], vi)
+    assert shifted == pytest.approx(base)
+
+
+# ---- trend ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def monthly_rounds() -> list[dict]:
+    # mtf-charlie's treatment effect drifts upwards from the 5th month on
+    return [make_round(f"r-2026{m:02d}01-0001", f"2026-{m:02d}-01T06:00:00Z",
+                       shift={"mtf-charlie": 0.3 * max(0, m - 4)}) for m in range(1, 8)]
+
+
+def test_trend_finds_the_site_that_starts_to_diverge(monthly_rounds):
+    trends = trend_summary(list(reversed(monthly_rounds)))     # input order does not matter
+    assert [t.analysis for t in trends] == [a[0] for a in ANALYSES]
+    for trend in trends:
+        assert trend.rounds == tuple(d["round"] for d in monthly_rounds)
+        charlie = next(s for s in trend.sites if s.site == "mtf-charlie")
+        assert charlie.diverging
+        out = [abs(z) > DIVERGENCE_Z for z in charlie.z]
+        assert out[:4] == [False] * 4                           # not before the shift
+        assert all(out[out.index(True):])                       # and stays out
+        assert charlie.diverging_since == trend.rounds[out.index(True)]
+        assert abs(charlie.z[-1]) > DIVERGENCE_Z
+        # the other sites are not flagged, although the coordinator calls some of them
+        # influential once mtf-charlie has moved away
+        assert [s.site for s in trend.sites if s.diverging] == ["mtf-charlie"]
+        assert trend.estimate[0] == monthly_rounds[0]["analyses"][
+            [a[0] for a in ANALYSES].index(trend.analysis)]["estimate"]
+
+
+def test_trend_drift_of_pooled_estimate(monthly_rounds):
+    [trend] = trend_summary(monthly_rounds, ["los_MD"])
+    change, z = trend.drift()
+    assert change == pytest.approx(trend.estimate[-1] - trend.estimate[0])
+    se0 = (trend.ci_ub[0] - trend.ci_lb[0]) / (2 * 1.959963984540054)
+    se1 = (trend.ci_ub[-1] - trend.ci_lb[-1]) / (2 * 1.959963984540054)
+    assert z == pytest.approx(change / math.hypot(se0, se1))
+
+
+def test_trend_report_files(tmp_path, monthly_rounds):
+    out = write_trend_report(monthly_rounds, tmp_path, analyses=["adjusted_logOR", "los_MD"])
+    html_text = out.read_text()
+    assert out == tmp_path / "trend.html"
+    assert len(re.findall(r"<svg\b", html_text)) == 2
+    assert "mtf-charlie" in html_text and "diverging since" in html_text
+    data = json.loads((tmp_path / "trend.json").read_text())
+    assert [a["analysis"] for a in data["analyses"]] == ["adjusted_logOR", "los_MD"]
+    assert len(data["analyses"][0]["rounds"]) == 7
+    with pytest.raises(InputError, match="'nope' is not in any round"):
+        write_trend_report(monthly_rounds, tmp_path, analyses=["nope"])
+    with pytest.raises(InputError, match="no round documents"):
+        write_trend_report([], tmp_path)
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+def test_cli_trend_and_round_from_rounds_dir(tmp_path, monthly_rounds, capsys):
+    rounds = tmp_path / "rounds"
+    rounds.mkdir()
+    for doc in monthly_rounds[:3]:
+        (rounds / f"{doc['round']}.json").write_text(json.dumps(doc))
+    assert main(["report", "trend", "--rounds-dir", str(rounds), "--out",
+                 str(tmp_path / "out"), "--analysis", "los_MD"]) == 0
+    assert (tmp_path / "out" / "trend.html").exists()
+    assert json.loads((tmp_path / "out" / "trend.json").read_text())["analyses"][0][
+        "analysis"] == "los_MD"
+    assert main(["report", "round", monthly_rounds[1]["round"], "--rounds-dir", str(rounds),
+                 "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / f"{monthly_rounds[1]['round']}.html").exists()
+    # the trend.json written into a report folder is not mistaken for a round
+    assert main(["report", "trend", "--rounds-dir", str(tmp_path / "out"), "--out",
+                 str(tmp_path / "out2")]) == 0
+    capsys.readouterr()
+
+
+def test_cli_errors_exit_2_and_name_the_problem(tmp_path, capsys):
+    assert main(["report", "trend", "--rounds-dir", str(tmp_path / "nope"), "--out",
+                 str(tmp_path)]) == 2
+    assert "--rounds-dir" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main(["report", "trend", "--rounds-dir", str(tmp_path), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "bad.json" in capsys.readouterr().err
+    assert main(["report", "trend", "--out", str(tmp_path)]) == 2
+    assert "--config" in capsys.readouterr().err
+    (tmp_path / "bad.json").unlink()
+    (tmp_path / "r.json").write_text(json.dumps({"round": "r-1", "status": "pooled",
+                                                 "sites": [], "analyses": []}))
+    assert main(["report", "round", "r-2", "--rounds-dir", str(tmp_path), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "'r-2' not found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

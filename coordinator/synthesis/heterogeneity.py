@@ -53,18 +53,21 @@ class SiteDriver:
     """One site that drives the heterogeneity, and why.
 
     ``kinds`` holds any of ``"outlying_blup"``, ``"studentized_residual"``,
-    ``"influential"``; the numbers behind them are kept for the report.
+    ``"influential"``; ``index`` is the site's 0-based position (labels may repeat in
+    published data); the numbers behind the kinds are kept for the report.
     """
 
     site: str
     kinds: tuple[str, ...]
+    index: int = -1
     rstudent: float | None = None
     blup: float | None = None
     blup_pi_lb: float | None = None
     blup_pi_ub: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"site": self.site, "kinds": list(self.kinds), "rstudent": self.rstudent,
+        return {"site": self.site, "index": self.index, "kinds": list(self.kinds),
+                "rstudent": self.rstudent,
                 "blup": self.blup, "blup_pi_lb": self.blup_pi_lb, "blup_pi_ub": self.blup_pi_ub}
 
 
@@ -249,6 +252,7 @@ def _drivers(pooled: Any, labels: Sequence[Any] | None, influence: Any | None,
                 kinds[i].append("studentized_residual")
             if bool(infl):
                 kinds[i].append("influential")
-    return tuple(SiteDriver(site=names[i], kinds=tuple(kinds[i]), rstudent=rst[i], blup=bl[i][0],
+    return tuple(SiteDriver(site=names[i], kinds=tuple(kinds[i]), index=i, rstudent=rst[i],
+                            blup=bl[i][0],
                             blup_pi_lb=bl[i][1], blup_pi_ub=bl[i][2])
                  for i in range(k) if kinds[i])

@@ -50,6 +50,8 @@ __all__ = [
     "latest_slot",
     "next_slot",
     "parse_duration",
+    "round_starter",
+    "run_schedules",
     "schedule_entries",
 ]
 
@@ -487,3 +489,54 @@ def _as_state(store: Any) -> ScheduleState:
     if all(hasattr(store, name) for name in ("last_run", "anchor", "claim", "record")):
         return store
     return SqlScheduleState(store)
+
+
+# --------------------------------------------------------------------------------------------
+# Wiring into the coordinator
+# --------------------------------------------------------------------------------------------
+
+def round_starter(config: Any, store: Any, *,
+                  clock: Callable[[], _dt.datetime] = utc_now) -> StartRound:
+    """A start callback that opens a round in the coordinator's store, as ``round start`` does.
+
+    The spec file is read when the slot comes due (so an operator can edit it between runs);
+    a missing or invalid spec is an error recorded for that slot. Deadline and quorum come
+    from the schedule entry, the allowed sites and pooling defaults from ``config``.
+    """
+    import dataclasses
+
+    async def start(entry: ScheduleEntry, slot: _dt.datetime) -> str:
+        from coordinator.rounds import open_round
+
+        try:
+            source = Path(entry.spec).read_text(encoding="utf-8")
+        except OSError as error:
+            raise InputError(f"schedule spec = {str(entry.spec)!r}: cannot be read "
+                             f"({error.strerror or error})") from None
+        pooling = (dataclasses.asdict(config.pooling)
+                   if dataclasses.is_dataclass(config.pooling) else dict(config.pooling))
+        record = open_round(store, spec_source=source, deadline=entry.deadline,
+                            quorum=entry.quorum, allowed=tuple(config.allow), pooling=pooling,
+                            now=_aware(clock(), "clock()"),
+                            source=f"schedule {entry.cron} {entry.spec.name} slot "
+                                   f"{slot.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+        return record.id
+
+    return start
+
+
+async def run_schedules(config: Any, store: Any, *,
+                        clock: Callable[[], _dt.datetime] = utc_now,
+                        max_sleep: float = 30.0) -> None:
+    """Run the ``[[schedule]]`` entries of a coordinator config until cancelled.
+
+    The coordinator server starts this as a task next to its gRPC server and cancels it on
+    shutdown. Returns at once when the config has no schedule.
+    """
+    entries = [ScheduleEntry.from_config(e) for e in getattr(config, "schedule", ())]
+    if not entries:
+        return
+    state = SqlScheduleState(store)
+    scheduler = Scheduler(entries, clock=clock, max_sleep=max_sleep)
+    log.info("scheduler: %d schedule entr%s", len(entries), "y" if len(entries) == 1 else "ies")
+    await scheduler.run(round_starter(config, store, clock=clock), state)

@@ -61,14 +61,12 @@ def _load_dir(folder: str) -> list[dict]:
 
 
 def _load_store(config) -> list[dict]:
-    from fedsynth.errors import FedsynthError
+    """Every round's document from the coordinator's state store (read-only use)."""
+    from coordinator.rounds import round_document
+    from coordinator.store import Store
 
-    try:
-        from coordinator import store as store_module
-    except ImportError:
-        raise FedsynthError("the coordinator state store (coordinator/store.py) is not "
-                            "available in this installation; use --rounds-dir") from None
-    return store_module.round_documents(config.state)
+    with Store(config.state) as store:
+        return [round_document(store, record) for record in store.list_rounds()]
 
 
 def _sources(args: argparse.Namespace):

@@ -305,19 +305,25 @@ class SqlSource:
         self._check_binary(analysis, rel, exposure)
         y, x = rel.c[outcome], rel.c[exposure]
         yf = sa.cast(y, sa.Float)
-        means = sa.select(x.label("g"), sa.func.count().label("n"),
-                          sa.func.avg(yf).label("m")).group_by(x).cte("means")
-        stmt = (sa.select(means.c.g, means.c.n, means.c.m,
-                          sa.func.sum((yf - means.c.m) * (yf - means.c.m)).label("ss"))
-                .select_from(rel.join(means, x == means.c.g))
-                .group_by(means.c.g, means.c.n, means.c.m))
+        # Two passes with the means bound as parameters. (Computing them in a CTE and
+        # joining is wrong on PostgreSQL: parallel workers may each recompute the CTE,
+        # summing floats in another order, so "the" mean differs between workers.)
         try:
             with self.engine.connect() as conn:
-                rows = {int(r.g): GroupMoments(int(r.n), float(r.m), float(r.ss))
-                        for r in conn.execute(stmt)}
+                first = {int(r.g): (int(r.n), float(r.m)) for r in conn.execute(
+                    sa.select(x.label("g"), sa.func.count().label("n"),
+                              sa.func.avg(yf).label("m")).group_by(x))}
+                m1 = first.get(1, (0, 0.0))[1]
+                m0 = first.get(0, (0, 0.0))[1]
+                centred = yf - sa.case((x == 1, sa.bindparam("m1", m1, type_=sa.Float)),
+                                       else_=sa.bindparam("m0", m0, type_=sa.Float))
+                rows = {int(r.g): float(r.ss or 0.0) for r in conn.execute(
+                    sa.select(x.label("g"), sa.func.sum(centred * centred).label("ss"))
+                    .group_by(x))}
         except sa.exc.SQLAlchemyError as error:
             raise InputError(f"[data] {self._describe()}: the database refused the "
                              f"aggregate query: {_first_line(error)}") from None
+        rows = {g: GroupMoments(n, m, rows.get(g, 0.0)) for g, (n, m) in first.items()}
         empty = GroupMoments(0, float("nan"), float("nan"))
         return TwoGroupMoments(rows.get(1, empty), rows.get(0, empty))
 

@@ -475,7 +475,11 @@ def design_matrix(moderators: Mapping[str, Sequence[Any]], k: int,
         if missing:
             raise InputError(f"moderator {name!r}: missing value in row {missing[0]}")
         if name not in categorical and _is_numeric(vals):
-            cols.append(np.asarray(vals, dtype=float))
+            col = np.asarray(vals, dtype=float)
+            if np.ptp(col) == 0:
+                raise InputError(f"moderator {name!r}: constant ({col[0]:g} at every site), "
+                                 "so it cannot explain differences between sites")
+            cols.append(col)
             names.append(str(name))
             continue
         labels = [str(x) for x in vals]

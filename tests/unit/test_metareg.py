@@ -62,7 +62,8 @@ def test_design_matrix_dummy_coding_sorted_levels():
 
 @pytest.mark.parametrize("mods, message", [
     ({"x": [1, 2, 3]}, "3 values for 13"),
-    ({"x": [1.0] * 13}, "rank deficient"),
+    ({"x": [1.0] * 13}, "constant"),
+    ({"x": list(range(13)), "y": [2 * i + 1 for i in range(13)]}, "rank deficient"),
     ({"g": ["a"] * 13}, "single level"),
     ({"x": [1, None] + [2] * 11}, "missing value in row 1"),
     ({}, "at least one moderator"),

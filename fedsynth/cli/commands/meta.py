@@ -84,11 +84,88 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
                         help="output format (default: table)")
 
 
+def _add_diagnostics_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "heterogeneity and diagnostics",
+        "every analysis carries a heterogeneity flag; these options add diagnostics")
+    group.add_argument("--diagnostics", action="store_true",
+                       help="add leave-one-out, influence, BLUPs and small-study tests "
+                            "(Egger, Begg, trim-and-fill)")
+    group.add_argument("--subgroup", metavar="COL", default=None,
+                       help="subgroup analysis by the levels of COL")
+    group.add_argument("--moderator", metavar="COL", action="append", default=None,
+                       help="meta-regression on COL (numeric or categorical; repeatable)")
+    group.add_argument("--i2-threshold", metavar="PCT", type=_i2_threshold, default=50.0,
+                       help="I^2 (percent) at or above which an analysis is flagged "
+                            "(default: 50)")
+    group.add_argument("--null-value", metavar="X", type=float, default=0.0,
+                       help="effect of no difference on the analysis scale, for the flag's "
+                            "prediction-interval rule (default: 0; log scale for ratios)")
+
+
+def _i2_threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--i2-threshold: {text!r} is not a number (use e.g. 50)") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(
+            f"--i2-threshold: {text!r} must lie between 0 and 100 (percent)")
+    return value
+
+
+def _analysis(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult,
+              index: int):
+    """The flag and diagnostics of analysis ``index`` (computed once, then cached)."""
+    from fedsynth import tabular
+    from coordinator.synthesis.analysis import analyse
+
+    cache = args.__dict__.setdefault("_analyses", {})
+    if index not in cache:
+        sel = data.mask[index]
+        rows = data.rows[index][sel]
+        group = mods = None
+        if args.subgroup:
+            col = tabular.text_column(data.frame, args.subgroup, option="--subgroup")
+            group = [col[r] for r in rows]
+        if args.moderator:
+            mods = {}
+            for name in args.moderator:
+                col = tabular.text_column(data.frame, name, option="--moderator")
+                mods[name] = [col[r] for r in rows]
+        cache[index] = analyse(
+            data.yi[index][sel], data.vi[index][sel], labels=list(data.labels[index][sel]),
+            method=args.method, test=args.test, level=args.level,
+            i2_threshold=args.i2_threshold, null_value=args.null_value,
+            diagnostics=args.diagnostics, subgroup=group, subgroup_name=args.subgroup or "group",
+            moderators=mods, pooled=batch[index])
+    return cache[index]
+
+
+def _diagnostics_record(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult,
+                        index: int, record: dict[str, Any]) -> None:
+    """Add ``heterogeneity`` (always) and the diagnostics sections to a record."""
+    result = _analysis(args, data, batch, index).to_dict()
+    flag = result["heterogeneity"]
+    if args.format == "csv":  # flat columns; per-site sections do not fit one CSV row
+        record["heterogeneity_flagged"] = flag["flagged"]
+        record["heterogeneity_level"] = flag["level"]
+        record["heterogeneity_sites"] = ";".join(flag["sites"])
+        record["heterogeneity_reasons"] = " ".join(flag["reasons"])
+        return
+    for key in ("heterogeneity", "leave_one_out", "influence", "blup", "publication_bias",
+                "subgroup", "meta_regression", "notes"):
+        if key in result:
+            record[key] = result[key]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """All options of ``fedsynth meta`` (one function per option group)."""
     _add_input_options(parser)
     _add_model_options(parser)
     _add_output_options(parser)
+    _add_diagnostics_options(parser)
 
 
 def _level(text: str) -> float:
@@ -206,7 +283,7 @@ def load_input(args: argparse.Namespace) -> MetaInput:
             i = int(bad[0])
             raise InputError(
                 f"column {v_col!r}, row {i + 1} (study {labels[i]!r}): standard error "
-                f"{v[i]!r} must be finite and > 0")
+                f"{float(v[i])!r} must be finite and > 0")
         v = v * v
 
     if args.by:
@@ -252,12 +329,14 @@ def compute(args: argparse.Namespace, data: MetaInput) -> BatchPoolingResult:
 def _extend_record(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult,
                    index: int, record: dict[str, Any]) -> None:
     """Hook for options that add keys to an analysis' JSON/CSV record (none yet)."""
+    _diagnostics_record(args, data, batch, index, record)
 
 
 def _extra_sections(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult,
                     index: int) -> list[str]:
     """Hook for options that add text sections after an analysis' summary (none yet)."""
-    return []
+    sections = _analysis(args, data, batch, index).text_sections()
+    return sections
 
 
 def records(args: argparse.Namespace, data: MetaInput,

@@ -235,13 +235,21 @@ def _mpl_text(text: Any) -> str:
 
 
 def _figure_svg(fig: Any) -> str:
-    """Serialize a matplotlib figure to SVG text with real <text> (searchable, escaped)."""
+    """Serialize a matplotlib figure to SVG text with real <text> (searchable, escaped).
+
+    Uses the plots helper's ``save_figure`` (reproducible bytes) when it exists.
+    """
     import matplotlib
 
-    buffer = io.StringIO()
+    buffer = io.BytesIO()
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "fedsynth"}):
-        fig.savefig(buffer, format="svg", bbox_inches="tight")
-    return buffer.getvalue()
+        try:
+            from coordinator.synthesis.plots import save_figure
+        except ImportError:
+            fig.savefig(buffer, format="svg", bbox_inches="tight")
+        else:
+            save_figure(fig, buffer, format="svg")
+    return buffer.getvalue().decode("utf-8")
 
 
 def sanitize_svg(svg_text: str, id_prefix: str) -> str:
@@ -268,6 +276,7 @@ def sanitize_svg(svg_text: str, id_prefix: str) -> str:
         for child in list(parent):
             if local(child.tag) in _FORBIDDEN_TAGS:
                 parent.remove(child)
+    seen_ids: dict[str, int] = {}
     for element in root.iter():
         for name in list(element.attrib):
             lname = local(name).lower()
@@ -280,7 +289,12 @@ def sanitize_svg(svg_text: str, id_prefix: str) -> str:
                 else:
                     del element.attrib[name]
             elif lname == "id":
-                element.attrib[name] = f"{id_prefix}{value}"
+                # Duplicate ids (matplotlib gids repeated per row) would be invalid HTML;
+                # later copies get a suffix (references resolve to the first, as in browsers).
+                new_id = f"{id_prefix}{value}"
+                count = seen_ids.get(new_id, 0)
+                seen_ids[new_id] = count + 1
+                element.attrib[name] = new_id if count == 0 else f"{new_id}-{count + 1}"
             elif "url(" in value:
                 element.attrib[name] = _URL_REF.sub(lambda m: f"url(#{id_prefix}{m.group(1)})",
                                                     value)
@@ -325,8 +339,21 @@ def _plots_helper_forest(analysis: Mapping[str, Any], estimates: list[Mapping[st
 
 def _call_forest_plot(forest_plot: Any, analysis: Mapping[str, Any],
                       estimates: list[Mapping[str, Any]]):
-    """Adapter to the plots helper's API (filled in when it is committed)."""
-    return None
+    """Call the plots helper's ``forest_plot`` on a round-document analysis.
+
+    It reads ``site_estimates`` and the pooled fields itself; we pass only the usable site
+    rows, site names protected from mathtext, and the measure whose scale it should draw
+    (logistic and Cox analyses carry log OR / log HR without a ``measure``).
+    """
+    data = dict(analysis)
+    data["site_estimates"] = [{**e, "site": _mpl_text(e["site"])} for e in estimates]
+    data.pop("labels", None)
+    measure = str(analysis.get("measure") or "").upper() or {
+        "logistic": "OR", "cox": "HR"}.get(str(analysis.get("estimator") or ""), "")
+    level = _finite(analysis.get("level"))
+    if level is None:
+        data["level"] = 95.0
+    return forest_plot(data, measure=measure or None, title=_mpl_text(analysis["analysis"]))
 
 
 def _fallback_forest(analysis: Mapping[str, Any], estimates: list[Mapping[str, Any]]):

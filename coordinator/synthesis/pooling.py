@@ -414,11 +414,11 @@ def _validate(yi, vi, mask, names, labels):
     bad = msk & ~np.isfinite(y)
     if bad.any():
         i, j = map(int, np.argwhere(bad)[0])
-        raise InputError(f"yi: {where(i, j)} has a non-finite effect size ({y[i, j]!r})")
+        raise InputError(f"yi: {where(i, j)} has a non-finite effect size ({float(y[i, j])!r})")
     bad = msk & ~(np.isfinite(v) & (v > 0))
     if bad.any():
         i, j = map(int, np.argwhere(bad)[0])
-        raise InputError(f"vi: {where(i, j)} has sampling variance {v[i, j]!r}; "
+        raise InputError(f"vi: {where(i, j)} has sampling variance {float(v[i, j])!r}; "
                          "it must be finite and > 0")
     if label_grid is None:
         label_t = tuple(tuple(f"{j + 1}" for j in np.flatnonzero(msk[i])) for i in range(m))
@@ -555,6 +555,9 @@ def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: flo
             notes.append("a Q-profile bound for tau² did not converge")
         if test == "knha" and not is_re and multi[i]:
             notes.append("Knapp-Hartung inference is meant for random-effects models")
+        if test == "knha" and multi[i] and rss[i] <= st._EPS:
+            notes.append("the effect sizes are identical, so the Knapp-Hartung scale "
+                         "factor is 0 and se = 0 (as metafor)")
         messages.append("; ".join(notes))
 
     nan_if_empty = lambda a: np.where(empty, np.nan, a)  # noqa: E731

@@ -588,7 +588,8 @@ def _ll0_check(b, y, tau2, converged, method, threshold):
     ll0 = log_likelihood(sub, np.zeros(rows.size), reml=method == "REML")
     ll1 = log_likelihood(sub, tau2[rows], reml=method == "REML")
     out = tau2.copy()
-    out[rows[ll0 - ll1 > 1e-7]] = 0.0
+    # metafor's control default tol = .Machine$double.eps^0.25
+    out[rows[ll0 - ll1 > _EPS ** 0.25]] = 0.0
     return out
 
 

@@ -260,7 +260,8 @@ def _linear(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     y = data[a.outcome].to_numpy(dtype=float)
     x = _design(data, [a.exposure, *a.covariates], intercept=True)
     fit = sm.OLS(y, x).fit()
-    if not fit.df_resid > 0 or fit.scale <= 0:
+    # 1 - R² at rounding level: the outcome is an exact linear function of the design.
+    if not fit.df_resid > 0 or fit.ssr <= 1e-12 * max(fit.centered_tss, 1e-300):
         raise Refuse("zero_variance", "the linear model fits the outcome exactly, so its "
                      "variance cannot be estimated")
     formula = f"lm({a.outcome} ~ {' + '.join([a.exposure, *a.covariates])})"

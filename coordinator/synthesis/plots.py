@@ -1,0 +1,740 @@
+"""Forest and funnel plots of a meta-analysis (matplotlib, Agg, no pyplot state).
+
+Why these plots and how they are drawn:
+
+* The **forest plot** (Lewis & Clarke 2001, "Forest plots: trying to see the wood and the
+  trees", *BMJ* 322:1479) shows each site's estimate and confidence interval with a square
+  whose *area* is proportional to the site's weight, the pooled estimates as diamonds spanning
+  their confidence intervals, and the prediction interval for a new site (Riley, Higgins &
+  Deeks 2011, *BMJ* 342:d549; IntHout et al. 2016, *BMJ Open* 6:e010247), because the CI of
+  the average effect alone hides heterogeneity. Layout follows metafor's ``forest.rma``
+  (Viechtbauer 2010, *J. Stat. Softw.* 36(3)): labels left, numbers right, heterogeneity
+  statistics in the footer. Ratio measures are analysed on the log scale; the axis stays
+  linear in the log but its ticks show the back-transformed ratios, so intervals keep their
+  symmetric shape and the reader reads ratios.
+* The **funnel plot** (Light & Pillemer 1984; Sterne & Egger 2001, *J. Clin. Epidemiol.*
+  54:1046) plots estimates against their standard error, axis reversed, with pseudo-confidence
+  regions ``estimate ± z se``; centred at the null instead, the shaded regions are the
+  contour-enhanced funnel of Peters et al. 2008 (*J. Clin. Epidemiol.* 61:991). Sites added by
+  trim-and-fill (Duval & Tweedie 2000, *Biometrics* 56:455) are drawn as open circles.
+
+Readability from 3 to 200 sites comes from fixed font sizes and a fixed row height in inches:
+the figure grows with the rows instead of the text shrinking. Column widths are measured with
+the renderer, so long labels never run into the plot. Every function builds a
+:class:`matplotlib.figure.Figure` with its own Agg canvas, so nothing touches pyplot's global
+figure registry or the process-wide backend.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from fedsynth.errors import InputError
+
+__all__ = ["RATIO_MEASURES", "forest_plot", "funnel_plot", "save_figure"]
+
+#: Measures analysed on the log scale (metafor's escalc names, plus HR).
+RATIO_MEASURES = frozenset({"OR", "RR", "HR", "IRR", "ROM"})
+
+_FONT = 9.0               # points, every text of the forest plot
+_SMALL = 8.0              # tick labels and footer
+_ROW_IN = 0.22            # inches per row
+_PLOT_IN = 3.4            # width of the plotting column
+_PAD_IN = 0.15
+_GAP_IN = 0.2
+_MAX_LABEL = 45           # characters; longer labels end in an ellipsis
+_SITE_COLOUR = "#1f2a44"
+_RE_COLOUR = "#1f4e79"
+_FE_COLOUR = "#6b6b6b"
+_BAYES_COLOUR = "#2e7d32"
+_BLUP_COLOUR = "#c25e00"
+_GROUP_COLOUR = "#5b6474"
+
+
+# ----------------------------------------------------------------------------------------------
+# Input normalisation
+# ----------------------------------------------------------------------------------------------
+
+
+def _get(result: Any, name: str, default: Any = None) -> Any:
+    if isinstance(result, Mapping):
+        return result.get(name, default)
+    return getattr(result, name, default)
+
+
+def _num(x: Any) -> float | None:
+    """A finite float or None (metafor's empty list / null for a missing value)."""
+    if x is None or isinstance(x, (list, tuple)) and len(x) == 0:
+        return None
+    try:
+        value = float(x)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class _Pooled:
+    """What the plots need from a pooling result, validated."""
+
+    yi: np.ndarray
+    vi: np.ndarray
+    labels: tuple[str, ...]
+    weights: np.ndarray          # percent
+    estimate: float | None
+    ci_lb: float | None
+    ci_ub: float | None
+    pi_lb: float | None
+    pi_ub: float | None
+    tau2: float | None
+    I2: float | None
+    Q: float | None
+    Q_pval: float | None
+    method: str
+    level: float
+
+
+def _pooled(result: Any) -> _Pooled:
+    """Read a PoolingResult (attributes) or a mapping with the same keys.
+
+    A round-document analysis (``site_estimates`` list of ``{site, yi, vi}``) is accepted too,
+    so the coordinator's report can pass what it stores.
+    """
+    yi, vi, labels = _get(result, "yi"), _get(result, "vi"), _get(result, "labels")
+    sites = _get(result, "site_estimates")
+    if yi is None and sites:
+        yi = [_get(s, "yi") for s in sites]
+        vi = [_get(s, "vi") for s in sites]
+        labels = [str(_get(s, "site", f"Site {i + 1}")) for i, s in enumerate(sites)]
+    if yi is None or vi is None:
+        raise InputError("result: needs yi and vi (the site estimates and variances)")
+    try:
+        y = np.asarray(yi, dtype=float).ravel()
+        v = np.asarray(vi, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise InputError("result: yi and vi must be numbers") from None
+    if y.size == 0:
+        raise InputError("result: no site estimates to plot (yi is empty)")
+    if v.shape != y.shape:
+        raise InputError(f"result: vi has {v.size} values for {y.size} estimates")
+    for i in range(y.size):
+        if not math.isfinite(y[i]):
+            raise InputError(f"yi[{i}]: estimate must be finite, got {y[i]!r}")
+        if not (math.isfinite(v[i]) and v[i] > 0):
+            raise InputError(f"vi[{i}]: variance must be finite and > 0, got {v[i]!r}")
+    if labels is None:
+        labs = tuple(f"Study {i + 1}" for i in range(y.size))
+    else:
+        labs = tuple(str(x) for x in labels)
+        if len(labs) != y.size:
+            raise InputError(f"labels: {len(labs)} labels for {y.size} estimates")
+    tau2 = _num(_get(result, "tau2"))
+    w = _get(result, "weights")
+    if w is not None and np.size(w) == y.size and np.all(np.isfinite(np.asarray(w, float))):
+        weights = np.asarray(w, dtype=float).ravel()
+    else:   # random-effects (or, with tau2 = 0, fixed-effect) weights in percent
+        raw = 1.0 / (v + (tau2 or 0.0))
+        weights = 100.0 * raw / raw.sum()
+    level = _num(_get(result, "level")) or 95.0
+    return _Pooled(
+        yi=y, vi=v, labels=labs, weights=weights,
+        estimate=_num(_get(result, "estimate")), ci_lb=_num(_get(result, "ci_lb")),
+        ci_ub=_num(_get(result, "ci_ub")), pi_lb=_num(_get(result, "pi_lb")),
+        pi_ub=_num(_get(result, "pi_ub")), tau2=tau2, I2=_num(_get(result, "I2")),
+        Q=_num(_get(result, "Q")), Q_pval=_num(_get(result, "Q_pval")),
+        method=str(_get(result, "method") or "RE"), level=level)
+
+
+def _measure(measure: str | None, result: Any) -> str | None:
+    m = measure if measure is not None else _get(result, "measure")
+    if m is None:
+        return None
+    if not isinstance(m, str) or not m.strip():
+        raise InputError(f"measure: expected a measure name such as OR, got {m!r}")
+    return m.strip()
+
+
+def _is_ratio(measure: str | None) -> bool:
+    return measure is not None and measure.upper() in RATIO_MEASURES
+
+
+def _short(label: str) -> str:
+    label = " ".join(label.split())       # no newlines or tabs in a row
+    return label if len(label) <= _MAX_LABEL else label[: _MAX_LABEL - 1] + "\u2026"
+
+
+def _fmt(x: float, ratio: bool) -> str:
+    return f"{math.exp(x):.2f}" if ratio else f"{x:.2f}"
+
+
+def _fmt_ci(est: float, lo: float, hi: float, ratio: bool) -> str:
+    return f"{_fmt(est, ratio)} [{_fmt(lo, ratio)}, {_fmt(hi, ratio)}]"
+
+
+def _pfmt(p: float | None) -> str:
+    if p is None:
+        return "p = NA"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def _as_array(obj: Any, k: int, name: str, attr: str) -> np.ndarray:
+    values = _get(obj, attr) if not isinstance(obj, (np.ndarray, list, tuple)) else obj
+    if values is None:
+        raise InputError(f"{name}: expected an array of {k} values or a result with .{attr}")
+    arr = np.asarray(values, dtype=float).ravel()
+    if arr.size != k:
+        raise InputError(f"{name}: {arr.size} values for {k} sites")
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"{name}: values must be finite")
+    return arr
+
+
+# ----------------------------------------------------------------------------------------------
+# Figure plumbing
+# ----------------------------------------------------------------------------------------------
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _text_width_in(fig, texts: Sequence[str], size: float, weight: str = "normal") -> float:
+    """Widest of ``texts`` in inches at this font size, measured by the renderer."""
+    if not texts:
+        return 0.0
+    renderer = fig.canvas.get_renderer()
+    probe = fig.text(0, 0, "", fontsize=size, fontweight=weight)
+    widest = 0.0
+    for s in texts:
+        probe.set_text(s)
+        widest = max(widest, probe.get_window_extent(renderer).width / fig.dpi)
+    probe.remove()
+    return widest
+
+
+def _ratio_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
+    """Tick positions (log scale) and back-transformed labels for a ratio axis."""
+    rlo, rhi = math.exp(lo), math.exp(hi)
+    candidates: list[float] = []
+    for e in range(math.floor(math.log10(rlo)) - 1, math.ceil(math.log10(rhi)) + 2):
+        for m in (1, 2, 5):
+            candidates.append(m * 10.0 ** e)
+    inside = [c for c in candidates if rlo <= c <= rhi]
+    if len(inside) > 7:
+        inside = [c for c in inside if math.isclose(math.log10(c) % 1, 0, abs_tol=1e-9)
+                  or math.isclose(math.log10(c) % 1, 1, abs_tol=1e-9) or c == 1]
+    if len(inside) < 2:
+        inside = sorted({round(rlo, 2) or rlo, 1.0 if rlo <= 1 <= rhi else rlo, rhi})
+        inside = [c for c in inside if rlo <= c <= rhi] or [rlo, rhi]
+    labels = [f"{c:g}" for c in inside]
+    return [math.log(c) for c in inside], labels
+
+
+def _x_limits(points: list[float], ci_lo: np.ndarray, ci_hi: np.ndarray,
+              null: float) -> tuple[float, float]:
+    """Axis range: every point estimate, pooled interval and the null; site CIs unless one
+    alone would stretch the axis more than the core range itself (it is then clipped with an
+    arrow, as metafor does)."""
+    core_lo, core_hi = min(points + [null]), max(points + [null])
+    span = max(core_hi - core_lo, 1e-6)
+    lo = max(float(np.min(ci_lo)), core_lo - span)
+    hi = min(float(np.max(ci_hi)), core_hi + span)
+    lo, hi = min(lo, core_lo), max(hi, core_hi)
+    pad = 0.04 * (hi - lo)
+    return lo - pad, hi + pad
+
+
+# ----------------------------------------------------------------------------------------------
+# Forest plot
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    kind: str                     # header | group | site | summary | pi | blank
+    label: str = ""
+    right: str = ""
+    weight: str = ""
+    site: int = -1
+    estimate: float | None = None
+    lo: float | None = None
+    hi: float | None = None
+    colour: str = _RE_COLOUR
+    bold: bool = False
+
+
+def _subgroup_rows(subgroups: Any, data: _Pooled, level: float, ratio: bool,
+                   method: str) -> tuple[list[list[int]], list[_Row], list[str], str | None]:
+    """Split sites by group; return site indices per group, a summary row per group,
+    the group names and the between-group test sentence."""
+    from coordinator.synthesis.subgroups import SubgroupResult, subgroup_analysis
+
+    k = data.yi.size
+    if isinstance(subgroups, SubgroupResult):
+        res = subgroups
+    else:
+        values = list(subgroups)
+        if len(values) != k:
+            raise InputError(f"subgroups: {len(values)} group values for {k} sites")
+        res = subgroup_analysis(data.yi, data.vi, values, labels=data.labels,
+                                method=method if method in {"FE", "DL", "ML", "REML"}
+                                else "REML", level=level)
+    index: dict[str, list[int]] = {lab: [] for lab in data.labels}
+    for i, lab in enumerate(data.labels):
+        index[lab].append(i)
+    members: list[list[int]] = []
+    rows: list[_Row] = []
+    names: list[str] = []
+    used: set[int] = set()
+    for fit in res.groups:
+        sites: list[int] = []
+        for lab in fit.sites:
+            free = [i for i in index.get(lab, []) if i not in used]
+            if not free:
+                raise InputError(f"subgroups: site {lab!r} of group {fit.group!r} is not in "
+                                 "the plotted result")
+            sites.append(free[0])
+            used.add(free[0])
+        members.append(sites)
+        names.append(str(fit.group))
+        rows.append(_Row(
+            "summary", label=f"RE model for {_short(str(fit.group))} (k = {fit.k}, "
+                             f"\u03c4\u00b2 = {fit.tau2:.3g}, I\u00b2 = {fit.I2:.0f}%)",
+            right=_fmt_ci(fit.estimate, fit.ci_lb, fit.ci_ub, ratio), estimate=fit.estimate,
+            lo=fit.ci_lb, hi=fit.ci_ub, colour=_GROUP_COLOUR))
+    if len(used) != k:
+        raise InputError("subgroups: some plotted sites belong to no group")
+    test = (f"Test for subgroup differences: Q({res.Q_between_df}) = "
+            f"{res.Q_between_separate_tau2:.2f}, {_pfmt(res.Q_between_pval)}")
+    return members, rows, names, test
+
+
+def forest_plot(result: Any, *, measure: str | None = None, title: str | None = None,
+                subgroups: Any = None, blup: Any = None, bayes: Any = None,
+                show_fixed: bool = False):
+    """Forest plot of a pooled analysis.
+
+    Parameters
+    ----------
+    result
+        A :class:`~coordinator.synthesis.PoolingResult` (or a mapping with its keys:
+        ``yi, vi, labels, weights, estimate, ci_lb, ci_ub, pi_lb, pi_ub, tau2, I2, Q,
+        Q_pval, method, level``; a round-document analysis with ``site_estimates`` works too).
+    measure
+        Effect measure (defaults to ``result.measure`` if present). OR, RR, HR, IRR and ROM
+        are drawn on the log scale with back-transformed tick labels and numbers.
+    title
+        Title above the plot.
+    subgroups
+        One group value per site, or a
+        :class:`~coordinator.synthesis.subgroups.SubgroupResult`: sites are drawn in blocks
+        with a diamond per group and the between-group test in the footer.
+    blup
+        Shrunken site estimates to mark on each row: a ``BlupResult`` (``.pred``) or an array.
+    bayes
+        A :class:`~coordinator.synthesis.bayes.BayesResult`: marks each site's posterior mean
+        and adds a row with the posterior median and credible interval of ``mu`` and its
+        predictive interval.
+    show_fixed
+        Add the fixed-effect (inverse-variance) diamond.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        With an Agg canvas; save it with :func:`save_figure`.
+
+    Raises
+    ------
+    InputError
+        Missing or non-finite estimates, non-positive variances, mismatched lengths.
+    """
+    data = _pooled(result)
+    meas = _measure(measure, result)
+    ratio = _is_ratio(meas)
+    k = data.yi.size
+    level = data.level
+    z = float(stats.norm.ppf(0.5 + level / 200.0))
+    se = np.sqrt(data.vi)
+    site_lo, site_hi = data.yi - z * se, data.yi + z * se
+    method = data.method.upper()
+    blup_pred = _as_array(blup, k, "blup", "pred") if blup is not None else None
+    bayes_theta = None
+    if bayes is not None:
+        bayes_theta = _as_array(bayes, k, "bayes", "theta_mean")
+    level_txt = f"{level:g}%"
+
+    # ---- rows, top to bottom -----------------------------------------------------------
+    rows: list[_Row] = [_Row("header", label="Study", right=f"Estimate [{level_txt} CI]",
+                             weight="Weight", bold=True)]
+
+    def site_row(i: int) -> _Row:
+        return _Row("site", label=_short(data.labels[i]),
+                    right=_fmt_ci(data.yi[i], site_lo[i], site_hi[i], ratio),
+                    weight=f"{data.weights[i]:.1f}%", site=i, estimate=data.yi[i],
+                    lo=site_lo[i], hi=site_hi[i], colour=_SITE_COLOUR)
+
+    footer: list[str] = []
+    if subgroups is not None:
+        members, group_rows, names, test = _subgroup_rows(subgroups, data, level, ratio, method)
+        for sites, summary, name in zip(members, group_rows, names):
+            rows.append(_Row("group", label=_short(name), bold=True))
+            rows.extend(site_row(i) for i in sites)
+            rows.append(summary)
+            rows.append(_Row("blank"))
+        if test:
+            footer.append(test)
+    else:
+        rows.extend(site_row(i) for i in range(k))
+        rows.append(_Row("blank"))
+    pooled_points: list[float] = []
+    if data.estimate is not None and data.ci_lb is not None and data.ci_ub is not None:
+        is_fe = method == "FE"
+        rows.append(_Row("summary", label=f"{'FE' if is_fe else 'RE'} model ({method})",
+                         right=_fmt_ci(data.estimate, data.ci_lb, data.ci_ub, ratio),
+                         weight="100%", estimate=data.estimate, lo=data.ci_lb, hi=data.ci_ub,
+                         colour=_FE_COLOUR if is_fe else _RE_COLOUR, bold=True))
+        pooled_points += [data.estimate, data.ci_lb, data.ci_ub]
+        if data.pi_lb is not None and data.pi_ub is not None and not is_fe:
+            rows.append(_Row("pi", label="Prediction interval",
+                             right=f"[{_fmt(data.pi_lb, ratio)}, {_fmt(data.pi_ub, ratio)}]",
+                             estimate=data.estimate, lo=data.pi_lb, hi=data.pi_ub,
+                             colour=_RE_COLOUR))
+            pooled_points += [data.pi_lb, data.pi_ub]
+    if show_fixed:
+        w = 1.0 / data.vi
+        fe = float(np.sum(w * data.yi) / np.sum(w))
+        fe_se = 1.0 / math.sqrt(float(np.sum(w)))
+        lo, hi = fe - z * fe_se, fe + z * fe_se
+        rows.append(_Row("summary", label="FE model (inverse variance)",
+                         right=_fmt_ci(fe, lo, hi, ratio), estimate=fe, lo=lo, hi=hi,
+                         colour=_FE_COLOUR))
+        pooled_points += [fe, lo, hi]
+    if bayes is not None:
+        b_lo, b_hi = float(_get(bayes, "mu_ci_lb")), float(_get(bayes, "mu_ci_ub"))
+        b_med = float(_get(bayes, "mu_median"))
+        prior = str(_get(bayes, "prior", "")).replace("_", "-")
+        rows.append(_Row("summary", label=f"Bayesian ({prior}, scale {_get(bayes, 'tau_scale')})",
+                         right=_fmt_ci(b_med, b_lo, b_hi, ratio), estimate=b_med, lo=b_lo,
+                         hi=b_hi, colour=_BAYES_COLOUR))
+        p_lo, p_hi = float(_get(bayes, "pred_lb")), float(_get(bayes, "pred_ub"))
+        rows.append(_Row("pi", label="Bayesian predictive interval",
+                         right=f"[{_fmt(p_lo, ratio)}, {_fmt(p_hi, ratio)}]", estimate=b_med,
+                         lo=p_lo, hi=p_hi, colour=_BAYES_COLOUR))
+        pooled_points += [b_med, b_lo, b_hi, p_lo, p_hi]
+    if data.tau2 is not None or data.I2 is not None or data.Q is not None:
+        parts = []
+        if data.tau2 is not None and method != "FE":
+            parts.append(f"\u03c4\u00b2 = {data.tau2:.3g}")
+        if data.I2 is not None:
+            parts.append(f"I\u00b2 = {data.I2:.1f}%")
+        if data.Q is not None:
+            parts.append(f"Q({k - 1}) = {data.Q:.2f}, {_pfmt(data.Q_pval)}")
+        footer.insert(0, "Heterogeneity: " + ", ".join(parts))
+    legend: list[tuple[str, str]] = []
+    if blup_pred is not None:
+        legend.append(("\u25cb BLUP (empirical Bayes shrunken estimate)", _BLUP_COLOUR))
+    if bayes_theta is not None:
+        legend.append(("\u25c7 Bayesian posterior mean of the site's effect", _BAYES_COLOUR))
+
+    # ---- measure columns, then lay the figure out in inches ------------------------------
+    n = len(rows)
+    probe = _new_figure(6, 2)
+    label_w = max(_text_width_in(probe, [r.label for r in rows if not r.bold], _FONT),
+                  _text_width_in(probe, [r.label for r in rows if r.bold], _FONT, "bold"))
+    right_w = _text_width_in(probe, [r.right for r in rows], _FONT, "bold")
+    weight_w = _text_width_in(probe, [r.weight for r in rows], _FONT, "bold")
+    foot_w = _text_width_in(probe, footer + [t for t, _ in legend], _SMALL)
+    title_w = _text_width_in(probe, [title] if title else [], _FONT + 2, "bold")
+    x_label = f"{meas} (log scale)" if ratio else (meas or "Estimate")
+    x_label_w = _text_width_in(probe, [x_label], _SMALL)
+    x_label_room = (x_label_w - _PLOT_IN) / 2 if x_label_w > _PLOT_IN else 0.0
+    x_plot = _PAD_IN + label_w + _GAP_IN
+    x_right = x_plot + _PLOT_IN + _GAP_IN
+    x_weight = x_right + right_w + _GAP_IN + weight_w      # right-aligned
+    width = max(x_weight + _PAD_IN, foot_w + 2 * _PAD_IN, title_w + 2 * _PAD_IN,
+                x_plot + _PLOT_IN + x_label_room + _PAD_IN)
+    top = _PAD_IN + (0.35 if title else 0.0)
+    bottom = 0.55 + 0.2 * (len(footer) + len(legend)) + _PAD_IN
+    height = top + n * _ROW_IN + bottom
+    fig = _new_figure(width, height)
+    ax = fig.add_axes((x_plot / width, bottom / height, _PLOT_IN / width, n * _ROW_IN / height))
+    ax.set_ylim(-0.5, n - 0.5)
+    ypos = {i: n - 1 - i for i in range(n)}
+
+    # ---- x range --------------------------------------------------------------------------
+    null = 0.0
+    points = list(data.yi) + pooled_points
+    lo, hi = _x_limits(points, site_lo, site_hi, null)
+    ax.set_xlim(lo, hi)
+    if ratio:
+        ticks, tick_labels = _ratio_ticks(lo, hi)
+        ax.set_xticks(ticks, tick_labels)
+    ax.tick_params(axis="x", labelsize=_SMALL, length=3)
+    ax.set_yticks([])
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    ax.set_xlabel(x_label, fontsize=_SMALL)
+    ax.axvline(null, color="#9aa0a6", lw=0.8, zorder=0)
+
+    # ---- text columns (x in inches from the left, y in rows) ------------------------------
+    from matplotlib import transforms
+    from matplotlib.patches import Polygon
+
+    col = transforms.blended_transform_factory(fig.dpi_scale_trans, ax.transData)
+    wmax = float(np.max(data.weights)) if k else 1.0
+    max_marker = 0.8 * _ROW_IN * 72.0                      # points: a square fills 80% of a row
+    for i, row in enumerate(rows):
+        y = ypos[i]
+        weight = "bold" if row.bold else "normal"
+        if row.label:
+            fig.text(_PAD_IN, y, row.label, transform=col, fontsize=_FONT, fontweight=weight,
+                     va="center", ha="left", color="#000000" if row.kind != "group"
+                     else _GROUP_COLOUR, gid=f"label-{row.kind}-{row.site}")
+        if row.right:
+            fig.text(x_right, y, row.right, transform=col, fontsize=_FONT, fontweight=weight,
+                     va="center", ha="left", gid=f"right-{row.kind}")
+        if row.weight:
+            fig.text(x_weight, y, row.weight, transform=col, fontsize=_FONT, fontweight=weight,
+                     va="center", ha="right", gid=f"weight-{row.kind}")
+        if row.kind == "site":
+            i_site = row.site
+            a, b = max(row.lo, lo), min(row.hi, hi)
+            ax.plot([a, b], [y, y], color=row.colour, lw=0.9, solid_capstyle="butt", zorder=2)
+            if row.lo < lo:
+                ax.plot([lo], [y], marker="<", ms=4, color=row.colour, zorder=2)
+            if row.hi > hi:
+                ax.plot([hi], [y], marker=">", ms=4, color=row.colour, zorder=2)
+            size = max(3.0, max_marker * math.sqrt(data.weights[i_site] / wmax))
+            ax.plot([row.estimate], [y], marker="s", ms=size, color=row.colour, mew=0,
+                    zorder=3, linestyle="none")
+            if blup_pred is not None:
+                ax.plot([blup_pred[i_site]], [y], marker="o", ms=7, mfc="none",
+                        mec=_BLUP_COLOUR, mew=1.1, zorder=4, linestyle="none")
+            if bayes_theta is not None:
+                ax.plot([bayes_theta[i_site]], [y], marker="D", ms=4.5, mfc="none",
+                        mec=_BAYES_COLOUR, mew=1.1, zorder=4, linestyle="none")
+        elif row.kind == "summary":
+            ax.add_patch(Polygon([(row.lo, y), (row.estimate, y + 0.38), (row.hi, y),
+                                  (row.estimate, y - 0.38)], closed=True, color=row.colour,
+                                 zorder=3))
+        elif row.kind == "pi":
+            a, b = max(row.lo, lo), min(row.hi, hi)
+            ax.plot([a, b], [y, y], color=row.colour, lw=1.2, ls=(0, (3, 2)), zorder=2)
+            ax.plot([a, b], [y, y], marker="|", ms=7, color=row.colour, linestyle="none")
+        elif row.kind == "header":
+            ax.axhline(y - 0.5, color="#c8ccd2", lw=0.6)
+    if data.estimate is not None:
+        ax.axvline(data.estimate, color=_RE_COLOUR, lw=0.6, ls=":", zorder=1)
+    # ---- title and footer ------------------------------------------------------------------
+    if title:
+        fig.text(_PAD_IN / width, 1 - _PAD_IN / height, title, fontsize=_FONT + 2, fontweight="bold",
+                 va="top", ha="left", gid="title")
+    y_in = _PAD_IN + 0.2 * (len(footer) + len(legend)) - 0.2
+    for line in footer:
+        fig.text(_PAD_IN / width, y_in / height, line, fontsize=_SMALL, va="bottom",
+                 ha="left", gid="footer")
+        y_in -= 0.2
+    for line, colour in legend:
+        fig.text(_PAD_IN / width, y_in / height, line, fontsize=_SMALL, va="bottom",
+                 ha="left", color=colour, gid="legend")
+        y_in -= 0.2
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Funnel plot
+# ----------------------------------------------------------------------------------------------
+
+
+def _filled_arrays(filled: Any) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """Trim-and-fill studies from a PublicationBiasResult, a mapping/object with
+    ``yi``/``vi`` (or ``filled_yi``/``filled_vi``), or ``(yi, vi)`` arrays."""
+    est = None
+    for ykey, vkey in (("trimfill_filled_yi", "trimfill_filled_vi"), ("filled_yi", "filled_vi"),
+                       ("yi", "vi")):
+        fy, fv = _get(filled, ykey), _get(filled, vkey)
+        if fy is not None and fv is not None:
+            est = _num(_get(filled, "trimfill_estimate", _get(filled, "estimate")))
+            break
+    else:
+        if isinstance(filled, (list, tuple)) and len(filled) == 2:
+            fy, fv = filled
+        else:
+            raise InputError("filled: expected a trim-and-fill result, a mapping with yi and vi, "
+                             "or two arrays (yi, vi)")
+    try:
+        y = np.asarray(fy, dtype=float).ravel()
+        v = np.asarray(fv, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise InputError("filled: yi and vi must be numbers") from None
+    if y.shape != v.shape:
+        raise InputError(f"filled: {y.size} estimates but {v.size} variances")
+    if not (np.all(np.isfinite(y)) and np.all(np.isfinite(v)) and np.all(v > 0)):
+        raise InputError("filled: estimates must be finite and variances > 0")
+    return y, v, est
+
+
+def funnel_plot(result: Any, *, filled: Any = None, measure: str | None = None,
+                title: str | None = None, levels: Sequence[float] = (90.0, 95.0, 99.0),
+                centre: str = "estimate"):
+    """Funnel plot: site estimates against their standard errors (reversed axis).
+
+    Parameters
+    ----------
+    result
+        A pooling result (or mapping) with ``yi``, ``vi`` and ``estimate``.
+    filled
+        Studies added by trim-and-fill, drawn as open circles: the diagnostics'
+        ``PublicationBiasResult`` (its ``trimfill_filled_yi/vi`` and adjusted estimate), a
+        mapping or object with ``yi`` and ``vi``, or a pair of arrays ``(yi, vi)``.
+    measure
+        Ratio measures (OR, RR, HR, IRR, ROM) get back-transformed tick labels.
+    title
+        Title above the plot.
+    levels
+        Pseudo-confidence levels (percent) of the shaded regions, outermost lightest.
+    centre
+        ``"estimate"``: pseudo-confidence funnel around the pooled estimate (Sterne & Egger
+        2001). ``"null"``: contour-enhanced funnel around 0 (Peters et al. 2008), where sites
+        in the white area are not significant at the largest level.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    data = _pooled(result)
+    meas = _measure(measure, result)
+    ratio = _is_ratio(meas)
+    if centre not in ("estimate", "null"):
+        raise InputError(f"centre: expected 'estimate' or 'null', got {centre!r}")
+    levs = sorted(float(x) for x in levels)
+    if not levs or any(not (0 < x < 100) for x in levs):
+        raise InputError(f"levels: percentages strictly between 0 and 100, got {list(levels)!r}")
+    if centre == "estimate" and data.estimate is None:
+        raise InputError("result: no pooled estimate to centre the funnel on")
+    c = data.estimate if centre == "estimate" else 0.0
+    se = np.sqrt(data.vi)
+    fy = fv = None
+    adjusted = None
+    if filled is not None:
+        fy, fv, adjusted = _filled_arrays(filled)
+    all_se = se if fv is None else np.concatenate([se, np.sqrt(fv)])
+    se_max = float(all_se.max()) * 1.08
+    fig = _new_figure(5.6, 4.6)
+    ax = fig.add_axes((0.13, 0.25, 0.82, 0.66) if title else (0.13, 0.25, 0.82, 0.7))
+    se_grid = np.array([0.0, se_max])
+    greys = ["#f1f3f5", "#dde1e6", "#c3c9d1", "#aab2bd"]
+    handles = []
+    for j, lev in enumerate(reversed(levs)):                  # widest first
+        zq = float(stats.norm.ppf(0.5 + lev / 200.0))
+        colour = greys[min(j, len(greys) - 1)] if centre == "null" else greys[j % len(greys)]
+        ax.fill_betweenx(se_grid, c - zq * se_grid, c + zq * se_grid, color=colour, lw=0,
+                         zorder=0)
+        ax.plot(c - zq * se_grid, se_grid, color="#8a929c", lw=0.6, ls="--", zorder=1)
+        ax.plot(c + zq * se_grid, se_grid, color="#8a929c", lw=0.6, ls="--", zorder=1)
+        if centre == "estimate":
+            text = f"{lev:g}% pseudo-CI"
+        else:   # the visible band between this contour and the next narrower one
+            inner = levs[len(levs) - 2 - j] if j < len(levs) - 1 else None
+            p_out = (100 - lev) / 100
+            text = (f"{p_out:g} < p < {(100 - inner) / 100:g}" if inner is not None
+                    else f"p > {p_out:g}")
+        handles.append(Patch(color=colour, label=text))
+    ax.axvline(c, color=_RE_COLOUR if centre == "estimate" else "#555555", lw=0.9, zorder=1)
+    if centre == "null" and data.estimate is not None:
+        ax.axvline(data.estimate, color=_RE_COLOUR, lw=0.9, ls=":", zorder=1)
+        handles.append(Line2D([], [], color=_RE_COLOUR, ls=":", label="pooled estimate"))
+    ax.plot(data.yi, se, "o", ms=5, color=_SITE_COLOUR, zorder=3, label="sites")
+    handles.append(Line2D([], [], marker="o", ls="none", color=_SITE_COLOUR, label="sites"))
+    if fy is not None and fy.size:
+        ax.plot(fy, np.sqrt(fv), "o", ms=5, mfc="white", mec=_SITE_COLOUR, mew=1.0, zorder=3)
+        handles.append(Line2D([], [], marker="o", ls="none", mfc="white", mec=_SITE_COLOUR,
+                              label=f"filled by trim-and-fill ({fy.size})"))
+        if adjusted is not None:
+            ax.axvline(adjusted, color=_BLUP_COLOUR, lw=0.9, ls="--", zorder=1)
+            handles.append(Line2D([], [], color=_BLUP_COLOUR, ls="--",
+                                  label="adjusted estimate"))
+    ax.set_ylim(se_max, 0.0)
+    widest = float(stats.norm.ppf(0.5 + levs[-1] / 200.0)) * se_max
+    xs = np.concatenate([data.yi, fy if fy is not None else [], [c - widest, c + widest]])
+    span = float(xs.max() - xs.min()) or 1.0
+    ax.set_xlim(float(xs.min()) - 0.04 * span, float(xs.max()) + 0.04 * span)
+    if ratio:
+        ticks, labels = _ratio_ticks(*ax.get_xlim())
+        ax.set_xticks(ticks, labels)
+    ax.set_xlabel(f"{meas} (log scale)" if ratio else (meas or "Estimate"), fontsize=_FONT)
+    ax.set_ylabel("Standard error", fontsize=_FONT)
+    ax.tick_params(labelsize=_SMALL)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=_FONT + 2, fontweight="bold", loc="left")
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=_SMALL, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving
+# ----------------------------------------------------------------------------------------------
+
+_FORMATS = {"png", "svg", "pdf"}
+
+
+def save_figure(fig: Any, path_or_file: str | os.PathLike[str] | io.IOBase,
+                format: str | None = None) -> None:  # noqa: A002 (matplotlib's name)
+    """Write a figure as PNG, SVG or PDF.
+
+    Parameters
+    ----------
+    fig
+        A figure from :func:`forest_plot` or :func:`funnel_plot`.
+    path_or_file
+        A path (the format follows its suffix unless ``format`` is given) or a binary file
+        object (``format`` defaults to PNG).
+    format
+        ``"png"``, ``"svg"`` or ``"pdf"``.
+
+    Notes
+    -----
+    Output is reproducible: SVG element ids come from a fixed salt and PDF/SVG carry no
+    creation date, so the same figure gives the same bytes (useful in reports and tests).
+    """
+    import matplotlib
+
+    is_path = isinstance(path_or_file, (str, os.PathLike))
+    fmt = format
+    if fmt is None:
+        if is_path:
+            fmt = os.path.splitext(os.fspath(path_or_file))[1].lstrip(".")
+        else:
+            fmt = "png"
+    fmt = str(fmt).lower()
+    if fmt not in _FORMATS:
+        where = f" of {os.fspath(path_or_file)!r}" if is_path else ""
+        raise InputError(f"format: expected png, svg or pdf, got {fmt!r}{where}")
+    if is_path:
+        parent = os.path.dirname(os.path.abspath(os.fspath(path_or_file)))
+        if not os.path.isdir(parent):
+            raise InputError(f"output: directory {parent!r} does not exist")
+    metadata = {"Date": None} if fmt == "svg" else ({"CreationDate": None} if fmt == "pdf"
+                                                    else None)
+    with matplotlib.rc_context({"svg.hashsalt": "fedsynth", "svg.fonttype": "path"}):
+        fig.savefig(path_or_file, format=fmt, dpi=150, metadata=metadata,
+                    facecolor="white")

@@ -1,0 +1,487 @@
+"""The coordinator's state store: sites, rounds, submissions.
+
+(Schedule state lives in :class:`coordinator.scheduler.SqlScheduleState`, in the same
+database.)
+
+Why
+---
+A coordinator may be killed at any moment (OOM killer, reboot, SIGKILL); an accepted
+submission is a promise to a hospital, so it is committed before it is acknowledged, and a
+round's close is one conditional transaction so that a restarted or a second coordinator
+never pools a round twice. SQLAlchemy Core (no ORM) keeps the SQL explicit and lets the
+same code run on SQLite (one file, WAL journal, ``synchronous=FULL``) and on PostgreSQL
+(``postgresql://`` URL, psycopg 3).
+
+Concurrency control is optimistic and portable (no ``SELECT ... FOR UPDATE``, which SQLite
+lacks): every accepted submission increments ``rounds.n_submissions`` in the same
+transaction with ``WHERE status = 'open'``; the close is
+``UPDATE rounds SET status = ... WHERE id = :id AND status = 'open' AND n_submissions =
+:seen``, so a close computed from a stale set of submissions, or a second close, changes no
+row and is retried or dropped.
+
+The schema is versioned (``schema_version`` table); :data:`MIGRATIONS` upgrades an older
+store in order, each step in its own transaction, and a store written by a newer fedsynth is
+refused rather than misread. Times are stored as ISO-8601 UTC strings (portable, sortable,
+what the round document shows).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from fedsynth.errors import FedsynthError, InputError
+
+__all__ = ["Store", "SiteRecord", "RoundRecord", "SubmissionRecord", "SubmissionConflict",
+           "StoreError", "SCHEMA_VERSION", "iso", "parse_iso", "utcnow"]
+
+#: Schema version this code writes.
+SCHEMA_VERSION = 1
+
+
+class StoreError(FedsynthError):
+    """The state store cannot be used (newer schema, unreachable database)."""
+
+
+class SubmissionConflict(FedsynthError):
+    """A submission the store refuses, with a machine ``kind`` and a plain reason.
+
+    Kinds: ``unknown_round``, ``round_closed``, ``late``, ``site_not_in_round``,
+    ``different_content``, ``replay``.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def utcnow() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def iso(when: _dt.datetime | None) -> str | None:
+    """ISO-8601 UTC with milliseconds and a ``Z``."""
+    if when is None:
+        return None
+    when = when.astimezone(_dt.timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def parse_iso(text: str | None) -> _dt.datetime | None:
+    if text is None:
+        return None
+    return _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "schema_version", metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("migrated_at", sa.String(32), nullable=False),
+)
+
+sites = sa.Table(
+    "sites", metadata,
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("registered_at", sa.String(32), nullable=False),
+    sa.Column("last_heartbeat", sa.String(32), nullable=True),
+    sa.Column("agent_version", sa.String(64), nullable=True),
+    sa.Column("protocol_version", sa.String(64), nullable=True),
+)
+
+rounds = sa.Table(
+    "rounds", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("spec_toml", sa.Text, nullable=False),
+    sa.Column("spec_json", sa.Text, nullable=False),
+    sa.Column("opened_at", sa.String(32), nullable=False),
+    sa.Column("deadline", sa.String(32), nullable=False),
+    sa.Column("closed_at", sa.String(32), nullable=True),
+    sa.Column("quorum", sa.Integer, nullable=False),
+    sa.Column("allowed_json", sa.Text, nullable=False),
+    sa.Column("pooling_json", sa.Text, nullable=False),
+    sa.Column("failure_reason", sa.Text, nullable=True),
+    sa.Column("n_submissions", sa.Integer, nullable=False, default=0),
+    sa.Column("document_json", sa.Text, nullable=True),
+    sa.Column("report_json", sa.Text, nullable=True),
+    sa.Column("source", sa.String(200), nullable=True),
+)
+
+submissions = sa.Table(
+    "submissions", metadata,
+    sa.Column("round_id", sa.String(40), sa.ForeignKey("rounds.id"), primary_key=True),
+    sa.Column("site", sa.String(63), primary_key=True),
+    sa.Column("nonce", sa.String(64), nullable=False, unique=True),
+    sa.Column("signed_at", sa.String(32), nullable=False),
+    sa.Column("received_at", sa.String(32), nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("signature", sa.LargeBinary, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("results_json", sa.Text, nullable=False),
+    sa.Column("agent_version", sa.String(64), nullable=True),
+)
+
+def _migration_1(conn: Connection) -> None:
+    """Initial schema."""
+    metadata.create_all(conn, tables=[sites, rounds, submissions])
+
+
+#: Ordered migrations: MIGRATIONS[i] upgrades version i to i + 1.
+MIGRATIONS: Sequence[Callable[[Connection], None]] = (_migration_1,)
+
+
+@dataclass(frozen=True)
+class SiteRecord:
+    """One site of the registry (``fedsynth sites``)."""
+
+    name: str
+    registered_at: str | None
+    last_heartbeat: str | None
+    agent_version: str | None
+    protocol_version: str | None
+
+    def status(self, now: _dt.datetime, online_within: _dt.timedelta) -> str:
+        """``online`` if a heartbeat arrived within ``online_within``, else ``offline``;
+        ``never seen`` for an allowed site that never connected."""
+        if self.last_heartbeat is None:
+            return "never seen"
+        last = parse_iso(self.last_heartbeat)
+        return "online" if last is not None and now - last <= online_within else "offline"
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round as stored."""
+
+    id: str
+    status: str
+    spec_toml: str
+    spec: dict[str, Any]
+    opened_at: _dt.datetime
+    deadline: _dt.datetime
+    closed_at: _dt.datetime | None
+    quorum: int
+    allowed: tuple[str, ...]
+    pooling: dict[str, Any]
+    failure_reason: str | None
+    n_submissions: int
+    document: dict[str, Any] | None
+    report: dict[str, Any] | None
+    source: str | None
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == "open"
+
+
+@dataclass(frozen=True)
+class SubmissionRecord:
+    """One accepted submission: the signed bytes, the signature and the decoded results."""
+
+    round_id: str
+    site: str
+    nonce: str
+    signed_at: str
+    received_at: str
+    payload: bytes
+    signature: bytes
+    digest: str
+    results: dict[str, dict[str, Any]]
+    agent_version: str | None
+
+
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # WAL: readers (the round CLI) never block the coordinator's writes;
+            # synchronous=FULL: a committed submission survives a power cut, not only a
+            # process kill; busy_timeout: the CLI and the server share the file.
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+class Store:
+    """The coordinator's state (SQLite or PostgreSQL through SQLAlchemy Core).
+
+    Parameters
+    ----------
+    url
+        SQLAlchemy URL (``sqlite:////abs/state.db`` or ``postgresql+psycopg://...``);
+        :func:`fedsynth.config.state_url` builds it from coordinator.toml's ``state``.
+    migrate
+        Create or upgrade the schema (default). The read-only CLI passes True too: the
+        schema must exist for it to show anything.
+    """
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        try:
+            self.engine = _engine(url)
+            if migrate:
+                self.migrate()
+        except sa.exc.OperationalError as error:
+            raise StoreError(f"state store {self._safe_url()} cannot be opened: "
+                             f"{error.orig}") from None
+
+    def _safe_url(self) -> str:
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- schema ----------------------------------------------------------------------------
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table("schema_version"):
+                return 0
+            value = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
+            return int(value or 0)
+
+    def migrate(self) -> int:
+        """Bring the schema to :data:`SCHEMA_VERSION`; return the version."""
+        with self.engine.begin() as conn:
+            schema_version.create(conn, checkfirst=True)
+        current = self.schema_version()
+        if current > SCHEMA_VERSION:
+            raise StoreError(f"state store {self._safe_url()} has schema version {current}, "
+                             f"newer than this fedsynth's {SCHEMA_VERSION}: upgrade fedsynth")
+        for version in range(current, SCHEMA_VERSION):
+            with self.engine.begin() as conn:
+                # Re-check inside the transaction: two processes may start together.
+                now_version = conn.execute(
+                    sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
+                if now_version > version:
+                    continue
+                MIGRATIONS[version](conn)
+                conn.execute(schema_version.insert().values(version=version + 1,
+                                                            migrated_at=iso(utcnow())))
+        return SCHEMA_VERSION
+
+    # --- sites -----------------------------------------------------------------------------
+    def record_contact(self, name: str, *, agent_version: str | None,
+                       protocol_version: str | None, now: _dt.datetime) -> None:
+        """Register a site or record its heartbeat (upsert)."""
+        stamp = iso(now)
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                sites.update().where(sites.c.name == name).values(
+                    last_heartbeat=stamp, agent_version=agent_version,
+                    protocol_version=protocol_version)).rowcount
+            if not updated:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(sites.insert().values(
+                            name=name, registered_at=stamp, last_heartbeat=stamp,
+                            agent_version=agent_version, protocol_version=protocol_version))
+                except sa.exc.IntegrityError:
+                    conn.execute(sites.update().where(sites.c.name == name).values(
+                        last_heartbeat=stamp, agent_version=agent_version,
+                        protocol_version=protocol_version))
+
+    def list_sites(self) -> list[SiteRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(sites).order_by(sites.c.name)).mappings().all()
+        return [SiteRecord(r["name"], r["registered_at"], r["last_heartbeat"],
+                           r["agent_version"], r["protocol_version"]) for r in rows]
+
+    # --- rounds ----------------------------------------------------------------------------
+    def create_round(self, *, spec_toml: str, spec: dict[str, Any], deadline: _dt.datetime,
+                     quorum: int, allowed: Sequence[str], pooling: dict[str, Any],
+                     now: _dt.datetime, source: str | None = None) -> RoundRecord:
+        """Open a round; its id is ``r-YYYYMMDD-NNNN`` (per-day sequence)."""
+        if quorum < 1:
+            raise InputError(f"quorum = {quorum} must be at least 1")
+        if deadline <= now:
+            raise InputError(f"deadline {iso(deadline)} is not in the future")
+        prefix = f"r-{now.astimezone(_dt.timezone.utc):%Y%m%d}-"
+        for _attempt in range(50):
+            with self.engine.begin() as conn:
+                last = conn.execute(sa.select(sa.func.max(rounds.c.id)).where(
+                    rounds.c.id.like(prefix + "%"))).scalar()
+                number = int(last.rsplit("-", 1)[1]) + 1 if last else 1
+                round_id = f"{prefix}{number:04d}"
+                try:
+                    with conn.begin_nested():
+                        conn.execute(rounds.insert().values(
+                            id=round_id, status="open", spec_toml=spec_toml,
+                            spec_json=json.dumps(spec, sort_keys=True), opened_at=iso(now),
+                            deadline=iso(deadline), closed_at=None, quorum=int(quorum),
+                            allowed_json=json.dumps(sorted(allowed)),
+                            pooling_json=json.dumps(pooling, sort_keys=True),
+                            failure_reason=None, n_submissions=0, document_json=None,
+                            report_json=None, source=source))
+                except sa.exc.IntegrityError:
+                    continue
+            return self.get_round(round_id)
+        raise StoreError("could not allocate a round id (too many concurrent round starts)")
+
+    @staticmethod
+    def _round(row: Any) -> RoundRecord:
+        return RoundRecord(
+            id=row["id"], status=row["status"], spec_toml=row["spec_toml"],
+            spec=json.loads(row["spec_json"]), opened_at=parse_iso(row["opened_at"]),
+            deadline=parse_iso(row["deadline"]), closed_at=parse_iso(row["closed_at"]),
+            quorum=row["quorum"], allowed=tuple(json.loads(row["allowed_json"])),
+            pooling=json.loads(row["pooling_json"]), failure_reason=row["failure_reason"],
+            n_submissions=row["n_submissions"],
+            document=json.loads(row["document_json"]) if row["document_json"] else None,
+            report=json.loads(row["report_json"]) if row["report_json"] else None,
+            source=row["source"])
+
+    def get_round(self, round_id: str) -> RoundRecord:
+        """The round ``round_id``; :class:`InputError` naming it when unknown."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(rounds).where(rounds.c.id == round_id)
+                               ).mappings().first()
+        if row is None:
+            raise InputError(f"round {round_id!r} does not exist")
+        return self._round(row)
+
+    def find_round(self, round_id: str) -> RoundRecord | None:
+        try:
+            return self.get_round(round_id)
+        except InputError:
+            return None
+
+    def list_rounds(self, status: str | None = None) -> list[RoundRecord]:
+        query = sa.select(rounds).order_by(rounds.c.opened_at, rounds.c.id)
+        if status is not None:
+            query = query.where(rounds.c.status == status)
+        with self.engine.connect() as conn:
+            return [self._round(r) for r in conn.execute(query).mappings().all()]
+
+    def open_rounds_for(self, site: str, now: _dt.datetime) -> list[RoundRecord]:
+        """Open rounds, before their deadline, that allow ``site`` and it has not answered."""
+        answered = sa.select(submissions.c.round_id).where(submissions.c.site == site)
+        query = (sa.select(rounds).where(rounds.c.status == "open")
+                 .where(rounds.c.deadline > iso(now))
+                 .where(rounds.c.id.not_in(answered)).order_by(rounds.c.id))
+        with self.engine.connect() as conn:
+            found = [self._round(r) for r in conn.execute(query).mappings().all()]
+        return [r for r in found if site in r.allowed]
+
+    # --- submissions -----------------------------------------------------------------------
+    def add_submission(self, *, round_id: str, site: str, nonce: bytes,
+                       signed_at: _dt.datetime, payload: bytes, signature: bytes,
+                       results: dict[str, dict[str, Any]], agent_version: str | None,
+                       now: _dt.datetime) -> str:
+        """Store a verified submission; return ``"accepted"`` or ``"duplicate"``.
+
+        Committed before returning (the caller acknowledges only after). An identical
+        resend (same signed bytes) is ``"duplicate"`` and changes nothing. Raises
+        :class:`SubmissionConflict` otherwise, changing nothing.
+        """
+        digest = hashlib.sha256(payload).hexdigest()
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(rounds.c.status, rounds.c.deadline,
+                                         rounds.c.allowed_json)
+                               .where(rounds.c.id == round_id)).mappings().first()
+            if row is None:
+                raise SubmissionConflict("unknown_round", f"round {round_id!r} does not exist")
+            existing = conn.execute(sa.select(submissions.c.digest).where(
+                submissions.c.round_id == round_id, submissions.c.site == site)).scalar()
+            if existing is not None:
+                if existing == digest:
+                    return "duplicate"
+                raise SubmissionConflict(
+                    "different_content", f"site {site!r} already submitted a different answer "
+                    f"to round {round_id!r}; a round takes one submission per site")
+            if row["status"] != "open":
+                raise SubmissionConflict("round_closed", f"round {round_id!r} is closed "
+                                         f"({row['status']})")
+            if iso(now) > row["deadline"]:
+                raise SubmissionConflict("late", f"round {round_id!r} passed its deadline "
+                                         f"{row['deadline']}")
+            if site not in json.loads(row["allowed_json"]):
+                raise SubmissionConflict("site_not_in_round", f"site {site!r} is not one of "
+                                         f"round {round_id!r}'s sites")
+            seen = conn.execute(sa.select(submissions.c.round_id).where(
+                submissions.c.nonce == nonce.hex())).first()
+            if seen is not None:
+                raise SubmissionConflict("replay", "this submission's nonce was already used "
+                                         "(replayed submission)")
+            bumped = conn.execute(rounds.update().where(
+                rounds.c.id == round_id, rounds.c.status == "open").values(
+                n_submissions=rounds.c.n_submissions + 1)).rowcount
+            if bumped != 1:
+                raise SubmissionConflict("round_closed", f"round {round_id!r} is closed")
+            try:
+                with conn.begin_nested():
+                    conn.execute(submissions.insert().values(
+                        round_id=round_id, site=site, nonce=nonce.hex(),
+                        signed_at=iso(signed_at), received_at=iso(now), payload=payload,
+                        signature=signature, digest=digest,
+                        results_json=json.dumps(results, sort_keys=True),
+                        agent_version=agent_version))
+            except sa.exc.IntegrityError:
+                raise SubmissionConflict("replay", "a concurrent submission with this nonce or "
+                                         "for this site and round was stored first") from None
+        return "accepted"
+
+    def submissions(self, round_id: str) -> list[SubmissionRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(submissions).where(
+                submissions.c.round_id == round_id).order_by(submissions.c.site)
+            ).mappings().all()
+        return [SubmissionRecord(r["round_id"], r["site"], r["nonce"], r["signed_at"],
+                                 r["received_at"], bytes(r["payload"]), bytes(r["signature"]),
+                                 r["digest"], json.loads(r["results_json"]),
+                                 r["agent_version"]) for r in rows]
+
+    def close_round(self, round_id: str, *, status: str, document: dict[str, Any],
+                    failure_reason: str | None, seen_submissions: int,
+                    now: _dt.datetime) -> bool:
+        """Close ``round_id`` if it is still open and has exactly ``seen_submissions``.
+
+        Returns False (and changes nothing) when another process closed it or a
+        submission arrived after the caller read them: the caller then re-reads or stops.
+        """
+        if status not in ("pooled", "failed"):
+            raise InputError(f"status {status!r} must be 'pooled' or 'failed'")
+        with self.engine.begin() as conn:
+            changed = conn.execute(rounds.update().where(
+                rounds.c.id == round_id, rounds.c.status == "open",
+                rounds.c.n_submissions == seen_submissions).values(
+                status=status, closed_at=iso(now), failure_reason=failure_reason,
+                document_json=json.dumps(document, sort_keys=True, allow_nan=False))).rowcount
+        return changed == 1
+
+    def set_report(self, round_id: str, report: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(rounds.update().where(rounds.c.id == round_id).values(
+                report_json=json.dumps(report, sort_keys=True)))
+
+    def closed_without_report(self) -> list[RoundRecord]:
+        query = sa.select(rounds).where(rounds.c.status != "open",
+                                        rounds.c.report_json.is_(None))
+        with self.engine.connect() as conn:
+            return [self._round(r) for r in conn.execute(query).mappings().all()]
+
+
+def sites_in(records: Iterable[SubmissionRecord]) -> list[str]:
+    return sorted(r.site for r in records)

@@ -1,0 +1,187 @@
+"""``fedsynth round start | show | wait | list``: rounds, on the coordinator's host.
+
+These commands read and write the coordinator's state store named in coordinator.toml; the
+running coordinator serves a new round to the sites within a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from fedsynth.cli.registry import Command
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="coordinator.toml")
+
+
+def _open(args: argparse.Namespace):
+    from fedsynth.config import load_coordinator_config
+    from coordinator.store import Store
+
+    config = load_coordinator_config(args.config, insecure=True)
+    return config, Store(config.state)
+
+
+def _start_args(parser: argparse.ArgumentParser) -> None:
+    _config_arg(parser)
+    parser.add_argument("--spec", required=True, help="analysis spec (TOML)")
+    parser.add_argument("--deadline", default=None,
+                        help="how long the round stays open, e.g. 30s, 10m, 2h (default: "
+                             "default_deadline of coordinator.toml, 10m)")
+    parser.add_argument("--quorum", type=int, default=None,
+                        help="sites needed to pool (default: every allowed site)")
+
+
+def _start(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fedsynth.config import parse_duration
+    from fedsynth.errors import InputError
+    from coordinator.rounds import open_round
+    from coordinator.server import pooling_dict
+    from coordinator.store import iso, utcnow
+
+    config, store = _open(args)
+    deadline = (parse_duration(args.deadline, "--deadline") if args.deadline is not None
+                else config.default_deadline)
+    try:
+        text = Path(args.spec).read_text(encoding="utf-8")
+    except OSError as error:
+        raise InputError(f"--spec {args.spec!r} cannot be read: {error.strerror}") from None
+    quorum = args.quorum if args.quorum is not None else config.default_quorum
+    with store:
+        record = open_round(store, spec_source=text, deadline=deadline, quorum=quorum,
+                            allowed=config.allow, pooling=pooling_dict(config),
+                            now=utcnow(), source=f"round start --spec {args.spec}")
+        if config.audit_log is not None:
+            from fedsynth.audit import AuditLog
+
+            AuditLog(config.audit_log).append("round.opened", {
+                "round": record.id, "source": "cli", "deadline": iso(record.deadline),
+                "quorum": record.quorum})
+    print(f"round {record.id} opened: {len(record.spec.get('analyses', []))} analyses, "
+          f"{len(record.allowed)} sites, quorum {record.quorum}, deadline "
+          f"{iso(record.deadline)}", file=sys.stderr)
+    print(record.id)
+    return 0
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def render_table(doc: dict[str, Any]) -> str:
+    """Plain-text view of a round document."""
+    lines = [f"round {doc['round']}  status {doc['status']}  quorum {doc['quorum']}",
+             f"opened {doc['opened_at']}  deadline {doc['deadline']}  closed "
+             f"{doc.get('closed_at') or '-'}"]
+    if doc.get("failure_reason"):
+        lines.append(f"failed: {doc['failure_reason']}")
+    lines.append("")
+    lines.append(f"{'site':<20} {'status':<10} submitted_at")
+    for site in doc.get("sites", []):
+        lines.append(f"{site['site']:<20} {site['status']:<10} {site.get('submitted_at') or '-'}")
+        for name, reason in (site.get("refusals") or {}).items():
+            lines.append(f"    refused {name}: {reason}")
+    if doc.get("analyses"):
+        lines.append("")
+        header = (f"{'analysis':<26} {'k':>2} {'method':<6} {'estimate':>10} {'ci_lb':>10} "
+                  f"{'ci_ub':>10} {'tau2':>9} {'I2':>6}  flag")
+        lines.append(header)
+        for a in doc["analyses"]:
+            het = a.get("heterogeneity") or {}
+            flag = (het.get("level") or "yes") if het.get("flagged") else ""
+            lines.append(f"{a['analysis']:<26} {a.get('k', 0):>2} {a.get('method', ''):<6} "
+                         f"{_fmt(a.get('estimate')):>10} {_fmt(a.get('ci_lb')):>10} "
+                         f"{_fmt(a.get('ci_ub')):>10} {_fmt(a.get('tau2')):>9} "
+                         f"{_fmt(a.get('I2'), 1):>6}  {flag}")
+    return "\n".join(lines)
+
+
+def _show_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", help="round id")
+    _config_arg(parser)
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+
+
+def _show(args: argparse.Namespace) -> int:
+    from coordinator.rounds import round_document
+
+    _config, store = _open(args)
+    with store:
+        doc = round_document(store, store.get_round(args.id))
+    if args.format == "json":
+        print(json.dumps(doc, indent=2, allow_nan=False))
+    else:
+        print(render_table(doc))
+    return 0
+
+
+def _wait_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", help="round id")
+    _config_arg(parser)
+    parser.add_argument("--timeout", type=float, required=True, help="seconds to wait")
+
+
+def _wait(args: argparse.Namespace) -> int:
+    import time
+
+    from fedsynth.errors import FedsynthError, InputError
+
+    if not args.timeout > 0:
+        raise InputError(f"--timeout = {args.timeout!r} must be positive")
+    _config, store = _open(args)
+    end = time.monotonic() + args.timeout
+    with store:
+        while True:
+            record = store.get_round(args.id)
+            if not record.is_open:
+                print(f"round {record.id} {record.status}"
+                      + (f": {record.failure_reason}" if record.failure_reason else ""))
+                return 0
+            if time.monotonic() >= end:
+                raise FedsynthError(f"round {args.id} still open after {args.timeout:g} s "
+                                    f"(deadline {record.deadline.isoformat()})")
+            time.sleep(0.2)
+
+
+def _list_args(parser: argparse.ArgumentParser) -> None:
+    _config_arg(parser)
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+
+
+def _list(args: argparse.Namespace) -> int:
+    from coordinator.store import iso
+
+    _config, store = _open(args)
+    with store:
+        records = store.list_rounds()
+        rows = [{"round": r.id, "status": r.status, "opened_at": iso(r.opened_at),
+                 "deadline": iso(r.deadline), "closed_at": iso(r.closed_at),
+                 "quorum": r.quorum, "submissions": r.n_submissions,
+                 "sites": len(r.allowed)} for r in records]
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'round':<18} {'status':<7} {'subm':>4}/{'sites':<5} {'opened_at':<25} deadline")
+    for row in rows:
+        print(f"{row['round']:<18} {row['status']:<7} {row['submissions']:>4}/{row['sites']:<5} "
+              f"{row['opened_at']:<25} {row['deadline']}")
+    return 0
+
+
+COMMANDS = [
+    Command(("round", "start"), "open a federated round (prints its id last)", _start_args,
+            _start),
+    Command(("round", "show"), "show a round (pooled results when closed)", _show_args, _show),
+    Command(("round", "wait"), "wait until a round has closed", _wait_args, _wait),
+    Command(("round", "list"), "list rounds", _list_args, _list),
+]

@@ -1,0 +1,269 @@
+"""``fedsynth simulate`` and ``fedsynth demo``: the whole federation on one machine.
+
+``simulate`` makes a fresh PKI, starts a coordinator process and one site-agent process per
+CSV/Parquet file of ``--sites`` (site name = file name), all speaking mutual TLS on
+127.0.0.1, opens one round with ``--spec``, shows progress while the sites answer, and
+prints the pooled results and the report's path. Every file it uses is left in ``--out``
+(PKI, configurations, state store, logs, audit logs, reports) so a user can inspect or
+re-run each part by hand.
+
+``demo`` writes demo data (``fedsynth demo-data``) and runs ``simulate`` on it with the
+bundled demo spec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from fedsynth.cli.registry import Command
+
+
+def _site_name(path: Path) -> str:
+    name = re.sub(r"[^a-z0-9._-]", "-", path.stem.lower()).strip("-._") or "site"
+    return name[:63]
+
+
+def _toml_str(value: str | Path) -> str:
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def simulate(sites_dir: str | Path, spec: str | Path, out: str | Path, *,
+             deadline: str = "2m", quorum: int | None = None, min_cell_count: int = 5,
+             min_n: int = 20, method: str = "REML", force: bool = False,
+             progress=print) -> int:
+    """Run one federated round on this machine; return 0 if it was pooled, 1 otherwise."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from fedsynth.config import load_coordinator_config, parse_duration
+    from fedsynth.errors import FedsynthError, InputError
+    from fedsynth.pki import init_ca, issue_coordinator, issue_site, validate_site_name
+    from fedsynth.spec import load_spec
+    from coordinator.rounds import open_round, round_document
+    from coordinator.server import pooling_dict
+    from coordinator.store import Store, utcnow
+
+    sites_dir, out = Path(sites_dir), Path(out)
+    if not sites_dir.is_dir():
+        raise InputError(f"--sites {str(sites_dir)!r} is not a directory")
+    files = sorted(p for p in sites_dir.iterdir()
+                   if p.suffix.lower() in (".csv", ".parquet", ".pq") and p.is_file())
+    if not files:
+        raise InputError(f"--sites {str(sites_dir)!r} has no .csv or .parquet file")
+    names = [_site_name(p) for p in files]
+    for name in names:
+        validate_site_name(name)
+    if len(set(names)) != len(names):
+        raise InputError(f"--sites {str(sites_dir)!r}: two files give the same site name")
+    spec_obj = load_spec(spec)   # fail early, before starting processes
+    duration = parse_duration(deadline, "--deadline")
+    if quorum is not None and not 1 <= quorum <= len(names):
+        raise InputError(f"--quorum = {quorum} must be between 1 and {len(names)} (sites)")
+    if (out / "pki").exists() or (out / "state.db").exists():
+        if not force:
+            raise InputError(f"--out {str(out)!r} already holds a simulation; pass --force to "
+                             "replace it")
+        for sub in ("pki", "sites", "logs", "reports"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for leftover in out.glob("state.db*"):
+            leftover.unlink()
+        for leftover in out.glob("*.jsonl*"):
+            leftover.unlink()
+        (out / "coordinator.addr").unlink(missing_ok=True)
+    for sub in ("sites", "logs", "reports"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    out = out.resolve()
+
+    progress(f"[1/5] fresh PKI in {out / 'pki'}: CA, coordinator and {len(names)} site "
+             "certificates")
+    pki = out / "pki"
+    init_ca(pki)
+    issue_coordinator(pki, "localhost")
+    for name in names:
+        issue_site(pki, name)
+
+    coord_toml = out / "coordinator.toml"
+    coord_toml.write_text(
+        'listen = "127.0.0.1:0"\nstate = "state.db"\nreport_dir = "reports"\n'
+        'addr_file = "coordinator.addr"\naudit_log = "coordinator-audit.jsonl"\n'
+        '[tls]\nca = "pki/ca.crt"\ncert = "pki/coordinator.crt"\nkey = "pki/coordinator.key"\n'
+        f'[sites]\nallow = [{", ".join(_toml_str(n) for n in names)}]\n'
+        f'[pooling]\nmethod = "{method}"\n', encoding="utf-8")
+    site_tomls = []
+    for name, path in zip(names, files):
+        site_toml = out / "sites" / f"{name}.toml"
+        site_toml.write_text(
+            f'name = "{name}"\ncoordinator = "@../coordinator.addr"\n'
+            f'state_file = "{name}.state.json"\naudit_log = "{name}-audit.jsonl"\n'
+            'poll_interval = "0.5s"\nmax_backoff = "2s"\n'
+            f'[tls]\nca = "../pki/ca.crt"\ncert = "../pki/{name}.crt"\n'
+            f'key = "../pki/{name}.key"\n[data]\npath = {_toml_str(path.resolve())}\n'
+            f'[privacy]\nmin_cell_count = {min_cell_count}\nmin_n = {min_n}\n',
+            encoding="utf-8")
+        site_tomls.append(site_toml)
+    config = load_coordinator_config(coord_toml)
+
+    processes: list[tuple[str, subprocess.Popen]] = []
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+
+    def spawn(label: str, *argv: str) -> subprocess.Popen:
+        log = open(out / "logs" / f"{label}.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "fedsynth", *argv], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, cwd=out)
+        log.close()
+        processes.append((label, proc))
+        return proc
+
+    def log_tail(label: str) -> str:
+        try:
+            lines = (out / "logs" / f"{label}.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-8:])
+
+    try:
+        progress("[2/5] starting the coordinator (mutual TLS on 127.0.0.1)")
+        coordinator = spawn("coordinator", "coordinator", "serve", "--config", str(coord_toml))
+        addr_file = out / "coordinator.addr"
+        end = time.monotonic() + 60
+        while not addr_file.exists():
+            if coordinator.poll() is not None:
+                raise FedsynthError("the coordinator exited at start-up:\n"
+                                    + log_tail("coordinator"))
+            if time.monotonic() > end:
+                raise FedsynthError("the coordinator did not start within 60 s:\n"
+                                    + log_tail("coordinator"))
+            time.sleep(0.1)
+        progress(f"      coordinator listening on {addr_file.read_text().strip()}")
+        with Store(config.state) as store:
+            record = open_round(store, spec_source=Path(spec).read_text(encoding="utf-8"),
+                                deadline=duration, quorum=quorum, allowed=config.allow,
+                                pooling=pooling_dict(config), now=utcnow(),
+                                source=f"simulate --spec {spec}")
+            progress(f"[3/5] round {record.id} opened: {len(spec_obj.analyses)} analyses, "
+                     f"quorum {record.quorum} of {len(names)} sites, deadline {deadline}")
+            progress(f"[4/5] starting {len(names)} site agents")
+            for name, site_toml in zip(names, site_tomls):
+                spawn(name, "site", "run", "--config", str(site_toml), "--once")
+            seen: set[str] = set()
+            limit = time.monotonic() + duration.total_seconds() + 120
+            while True:
+                record = store.get_round(record.id)
+                answered = {s.site for s in store.submissions(record.id)}
+                for site in sorted(answered - seen):
+                    progress(f"      {site} answered ({len(answered)}/{len(names)})")
+                seen = answered
+                if not record.is_open and record.report is not None:
+                    break
+                if coordinator.poll() is not None:
+                    raise FedsynthError("the coordinator stopped unexpectedly:\n"
+                                        + log_tail("coordinator"))
+                for name, proc in processes[1:]:
+                    code = proc.poll()
+                    if code not in (None, 0) and name not in answered:
+                        raise FedsynthError(f"site agent {name} failed (exit {code}):\n"
+                                            + log_tail(name))
+                if time.monotonic() > limit:
+                    raise FedsynthError(f"round {record.id} did not close in time")
+                time.sleep(0.3)
+            doc = round_document(store, record)
+        from fedsynth.cli.commands.round import render_table
+
+        progress(f"[5/5] round {record.id} {record.status}")
+        print(render_table(doc))
+        report = record.report or {}
+        if "html" in report:
+            print(f"\nreport: {report['html']}\nround document: {report['json']}")
+        elif "error" in report:
+            print(f"\nthe report could not be written: {report['error']}", file=sys.stderr)
+        print(f"everything else (PKI, configs, logs, audit logs, state): {out}")
+        return 0 if record.status == "pooled" else 1
+    finally:
+        for _label, proc in reversed(processes):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _label, proc in processes:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sites", required=True, metavar="DIR",
+                        help="one CSV or Parquet file per site (site name = file name)")
+    parser.add_argument("--spec", required=True, help="analysis spec (TOML)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="where the PKI, configs, logs, state and reports go")
+    _common(parser)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--deadline", default="2m", help="round deadline (default 2m)")
+    parser.add_argument("--quorum", type=int, default=None,
+                        help="sites needed to pool (default: all)")
+    parser.add_argument("--min-cell-count", type=int, default=5,
+                        help="sites' disclosure limit: minimum cell count (default 5)")
+    parser.add_argument("--min-n", type=int, default=20,
+                        help="sites' disclosure limit: minimum n (default 20)")
+    parser.add_argument("--method", default="REML",
+                        choices=("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM"),
+                        help="pooling method (default REML)")
+    parser.add_argument("--force", action="store_true", help="replace an earlier run in --out")
+
+
+def _check_limits(args: argparse.Namespace) -> None:
+    from fedsynth.errors import InputError
+
+    for key in ("min_cell_count", "min_n"):
+        if getattr(args, key) < 1:
+            raise InputError(f"--{key.replace('_', '-')} = {getattr(args, key)} must be >= 1")
+
+
+def _run(args: argparse.Namespace) -> int:
+    _check_limits(args)
+    return simulate(args.sites, args.spec, args.out, deadline=args.deadline,
+                    quorum=args.quorum, min_cell_count=args.min_cell_count, min_n=args.min_n,
+                    method=args.method, force=args.force)
+
+
+def _demo_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="fedsynth-demo", metavar="DIR",
+                        help="output directory (default ./fedsynth-demo)")
+    parser.add_argument("--sites-count", type=int, default=6, dest="n_sites",
+                        help="number of demo sites (default 6)")
+    parser.add_argument("--seed", type=int, default=0, help="demo data seed")
+    _common(parser)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from site_agent.demo_data import demo_spec_path, write_demo
+
+    _check_limits(args)
+    out = Path(args.out)
+    data_dir = out / "data"
+    print(f"writing demo data for {args.n_sites} sites to {data_dir}")
+    write_demo(data_dir, args.n_sites, seed=args.seed, force=True)
+    spec = demo_spec_path()
+    sites_dir = out / "site-data"
+    sites_dir.mkdir(parents=True, exist_ok=True)
+    for csv in sorted(data_dir.glob("*.csv")):      # only the site files, not spec.toml
+        target = sites_dir / csv.name
+        target.write_bytes(csv.read_bytes())
+    return simulate(sites_dir, spec, out / "federation", deadline=args.deadline,
+                    quorum=args.quorum, min_cell_count=args.min_cell_count,
+                    min_n=args.min_n, method=args.method, force=True)
+
+
+COMMANDS = [
+    Command(("simulate",), "run a whole federation (coordinator + one agent per file) on "
+            "this machine, one round", _args, _run),
+    Command(("demo",), "demo data + simulate with the bundled demo spec", _demo_args, _demo),
+]

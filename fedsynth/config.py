@@ -1,0 +1,425 @@
+"""coordinator.toml and site.toml, read into frozen dataclasses.
+
+Relative paths in a configuration file are resolved against the file's directory, so a
+deployment directory can be moved as a whole. Every error names the key and the value
+(:class:`fedsynth.errors.ConfigError`, exit code 2). Unknown keys are errors too: a typo
+in ``min_cell_count`` must not silently fall back to a default disclosure limit.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from fedsynth.errors import ConfigError
+from fedsynth.transport import TLSFiles
+
+__all__ = ["CoordinatorConfig", "SiteConfig", "PoolingConfig", "ScheduleConfig",
+           "DataConfig", "PrivacyConfig", "load_coordinator_config", "load_site_config",
+           "parse_duration", "state_url", "METHODS", "TESTS"]
+
+METHODS = ("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM")
+TESTS = ("z", "knha")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any, key: str = "duration") -> timedelta:
+    """``"10m"``, ``"2h"``, ``"30s"``, ``"1d"``, ``"500ms"`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key} = {value!r} is not a duration (e.g. '10m', '2h', 30)")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ConfigError(f"{key} = {value!r} is not a duration (e.g. '10m', '2h', '30s')")
+    if not seconds > 0:
+        raise ConfigError(f"{key} = {value!r} must be positive")
+    return timedelta(seconds=seconds)
+
+
+def state_url(value: str, base: Path) -> str:
+    """SQLAlchemy URL of ``state``: a SQLite file path or a ``postgresql://`` URL."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"state = {value!r} must be a SQLite file path or a postgresql:// URL")
+    if value.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + value.split("://", 1)[1]
+    if value.startswith(("postgresql+", "sqlite:")):
+        return value
+    if "://" in value:
+        raise ConfigError(f"state = {value!r}: only SQLite files and postgresql:// URLs are "
+                          "supported")
+    return "sqlite:///" + str((base / value).resolve())
+
+
+def _load_toml(path: str | Path) -> tuple[dict[str, Any], Path]:
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle), path.resolve().parent
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"configuration file {str(path)!r} is not valid TOML: {error}") from None
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: "
+                          f"{', '.join(sorted(allowed))})")
+
+
+def _str(table: dict[str, Any], key: str, where: str, default: Any = ...) -> Any:
+    if key not in table:
+        if default is ...:
+            raise ConfigError(f"{where}: missing required key {key!r}")
+        return default
+    value = table[key]
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}{key} = {value!r} must be a non-empty string")
+    return value
+
+
+def _path(base: Path, value: str) -> Path:
+    return (base / value).resolve()
+
+
+def _tls(data: dict[str, Any], base: Path, where: str) -> TLSFiles | None:
+    if "tls" not in data:
+        return None
+    table = data["tls"]
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}tls = {table!r} must be a table with ca, cert, key")
+    _check_keys(table, {"ca", "cert", "key"}, f"{where}[tls]")
+    return TLSFiles(*(_path(base, _str(table, k, "tls.")) for k in ("ca", "cert", "key")))
+
+
+def _listen(value: Any, key: str) -> str:
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"{key} = {value!r} must be 'HOST:PORT' (port 0 picks a free one)")
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key} = {value!r} must be 'HOST:PORT' with a port in 0..65535")
+    return value
+
+
+@dataclass(frozen=True)
+class PoolingConfig:
+    """``[pooling]``: defaults for every analysis of a round."""
+
+    method: str = "REML"
+    test: str = "z"
+    level: float = 95.0
+    i2_threshold: float = 50.0
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """One ``[[schedule]]`` entry: a recurring federated round."""
+
+    spec: Path
+    cron: str
+    deadline: timedelta
+    quorum: int
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """coordinator.toml.
+
+    Attributes
+    ----------
+    listen
+        ``HOST:PORT``; port 0 picks a free port (written to :attr:`addr_file`).
+    state
+        SQLAlchemy URL of the state store.
+    report_dir
+        Where round reports are written.
+    tls
+        Mutual-TLS files; None only with ``insecure``.
+    allow
+        Site names allowed to connect.
+    pooling
+        Default pooling options.
+    schedule
+        Scheduled rounds.
+    submission_window
+        Largest accepted difference between a submission's timestamp and the coordinator's
+        clock (replay and stale-submission protection).
+    default_deadline, default_quorum
+        Round defaults for ``fedsynth round start``.
+    addr_file
+        File the coordinator writes its bound address to (``coordinator.addr`` next to the
+        configuration file unless ``addr_file`` is set).
+    audit_log
+        Coordinator audit log (hash-chained), or None.
+    revocation
+        CRL checked on every call (default ``revoked.crl`` next to the CA certificate).
+    config_path
+        The file this was read from.
+    """
+
+    listen: str
+    state: str
+    report_dir: Path
+    tls: TLSFiles | None
+    allow: tuple[str, ...]
+    pooling: PoolingConfig = PoolingConfig()
+    schedule: tuple[ScheduleConfig, ...] = ()
+    submission_window: timedelta = timedelta(minutes=10)
+    default_deadline: timedelta = timedelta(minutes=10)
+    default_quorum: int | None = None
+    addr_file: Path = Path("coordinator.addr")
+    audit_log: Path | None = None
+    revocation: Path | None = None
+    insecure: bool = False
+    rate: float = 20.0
+    burst: int = 100
+    metrics_listen: str | None = None
+    online_within: timedelta = timedelta(seconds=60)
+    config_path: Path | None = None
+
+
+def load_coordinator_config(path: str | Path, *, insecure: bool = False) -> CoordinatorConfig:
+    """Read coordinator.toml (see DESIGN.md, Configuration)."""
+    from fedsynth.pki import validate_site_name
+
+    data, base = _load_toml(path)
+    _check_keys(data, {"listen", "state", "report_dir", "tls", "sites", "pooling", "schedule",
+                       "submission_window", "default_deadline", "default_quorum", "addr_file",
+                       "audit_log", "revocation", "insecure", "limits", "metrics_listen",
+                       "online_within"}, "coordinator.toml")
+    listen = _listen(data.get("listen", "127.0.0.1:50051"), "listen")
+    state = state_url(data.get("state", "state.db"), base)
+    report_dir = _path(base, _str(data, "report_dir", "", "reports"))
+    insecure = insecure or bool(data.get("insecure", False))
+    tls = _tls(data, base, "")
+    if tls is None and not insecure:
+        raise ConfigError("coordinator.toml: missing [tls] section (ca, cert, key); mutual TLS "
+                          "is required (--insecure only for local experiments)")
+    sites = data.get("sites", {})
+    if not isinstance(sites, dict):
+        raise ConfigError(f"sites = {sites!r} must be a table with 'allow'")
+    _check_keys(sites, {"allow"}, "[sites]")
+    allow = sites.get("allow", [])
+    if not isinstance(allow, list) or not all(isinstance(s, str) for s in allow):
+        raise ConfigError(f"sites.allow = {allow!r} must be a list of site names")
+    for name in allow:
+        try:
+            validate_site_name(name)
+        except Exception as error:  # noqa: BLE001 - re-raised as a config error
+            raise ConfigError(f"sites.allow: {error}") from None
+    if len(set(allow)) != len(allow):
+        raise ConfigError(f"sites.allow = {allow!r} lists a site twice")
+    pooling = _pooling(data.get("pooling", {}))
+    schedule = tuple(_schedule(entry, i, base)
+                     for i, entry in enumerate(data.get("schedule", []) or []))
+    quorum = data.get("default_quorum")
+    if quorum is not None and (not isinstance(quorum, int) or isinstance(quorum, bool)
+                               or quorum < 1):
+        raise ConfigError(f"default_quorum = {quorum!r} must be a positive integer")
+    audit = data.get("audit_log")
+    revocation = data.get("revocation")
+    limits = data.get("limits", {})
+    if not isinstance(limits, dict):
+        raise ConfigError(f"limits = {limits!r} must be a table with rate, burst")
+    _check_keys(limits, {"rate", "burst"}, "[limits]")
+    rate, burst = limits.get("rate", 20.0), limits.get("burst", 100)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+        raise ConfigError(f"limits.rate = {rate!r} must be a number > 0 (calls per second)")
+    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+        raise ConfigError(f"limits.burst = {burst!r} must be an integer >= 1")
+    metrics_listen = data.get("metrics_listen")
+    if metrics_listen is not None:
+        _listen(metrics_listen, "metrics_listen")
+    return CoordinatorConfig(
+        listen=listen, state=state, report_dir=report_dir, tls=tls, allow=tuple(allow),
+        pooling=pooling, schedule=schedule,
+        submission_window=parse_duration(data.get("submission_window", "10m"),
+                                         "submission_window"),
+        default_deadline=parse_duration(data.get("default_deadline", "10m"), "default_deadline"),
+        default_quorum=quorum,
+        addr_file=_path(base, _str(data, "addr_file", "", "coordinator.addr")),
+        audit_log=_path(base, _str(data, "audit_log", "")) if audit is not None else None,
+        revocation=(_path(base, _str(data, "revocation", "")) if revocation is not None
+                    else (tls.ca.parent / "revoked.crl" if tls is not None else None)),
+        insecure=insecure, rate=float(rate), burst=burst, metrics_listen=metrics_listen,
+        online_within=parse_duration(data.get("online_within", "60s"), "online_within"),
+        config_path=Path(path).resolve())
+
+
+def _pooling(table: Any) -> PoolingConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(f"pooling = {table!r} must be a table")
+    _check_keys(table, {"method", "test", "level", "i2_threshold"}, "[pooling]")
+    method = table.get("method", "REML")
+    if method not in METHODS:
+        raise ConfigError(f"pooling.method = {method!r} must be one of {', '.join(METHODS)}")
+    test = table.get("test", "z")
+    if test not in TESTS:
+        raise ConfigError(f"pooling.test = {test!r} must be 'z' or 'knha'")
+    level = table.get("level", 95)
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 50 <= level < 100:
+        raise ConfigError(f"pooling.level = {level!r} must be a number in [50, 100)")
+    threshold = table.get("i2_threshold", 50)
+    if (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+            or not 0 <= threshold <= 100):
+        raise ConfigError(f"pooling.i2_threshold = {threshold!r} must be a number in [0, 100]")
+    return PoolingConfig(method, test, float(level), float(threshold))
+
+
+def _schedule(entry: Any, index: int, base: Path) -> ScheduleConfig:
+    where = f"schedule[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} = {entry!r} must be a table")
+    _check_keys(entry, {"spec", "cron", "deadline", "quorum"}, where)
+    spec = _path(base, _str(entry, "spec", where + "."))
+    cron = _str(entry, "cron", where + ".")
+    try:
+        from croniter import croniter
+
+        if not croniter.is_valid(cron):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{where}.cron = {cron!r} is not a valid cron expression") from None
+    quorum = entry.get("quorum", 1)
+    if not isinstance(quorum, int) or isinstance(quorum, bool) or quorum < 1:
+        raise ConfigError(f"{where}.quorum = {quorum!r} must be a positive integer")
+    return ScheduleConfig(spec, cron, parse_duration(entry.get("deadline", "1h"),
+                                                     where + ".deadline"), quorum)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``[data]`` of site.toml: a CSV/Parquet file, or a SQL source (connectors)."""
+
+    path: Path | None = None
+    url: str | None = None
+    table: str | None = None
+    query: str | None = None
+    options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """``[privacy]`` of site.toml (see :class:`site_agent.privacy.PrivacyLimits`)."""
+
+    min_cell_count: int = 5
+    min_n: int = 20
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """site.toml.
+
+    Attributes
+    ----------
+    name
+        The site name; must equal the common name of its certificate.
+    coordinator
+        ``HOST:PORT`` of the coordinator; ``@FILE`` reads it from a file the coordinator
+        wrote (local set-ups and tests, where the port is chosen at start-up).
+    tls
+        Mutual-TLS files; None only with ``insecure``.
+    data
+        Where the patient-level data is.
+    privacy
+        Disclosure limits.
+    state_file
+        Local record of what was sent per round (never double-submit).
+    audit_log
+        Site audit log: what left the site.
+    policy
+        Optional site policy file (security helper's :mod:`site_agent.policy`).
+    poll_interval, heartbeat_interval
+        How often to pull work and send a heartbeat.
+    """
+
+    name: str
+    coordinator: str
+    tls: TLSFiles | None
+    data: DataConfig
+    privacy: PrivacyConfig = PrivacyConfig()
+    state_file: Path = Path("site-state.json")
+    audit_log: Path | None = None
+    policy: Path | None = None
+    poll_interval: timedelta = timedelta(seconds=2)
+    heartbeat_interval: timedelta = timedelta(seconds=10)
+    server_name: str | None = None
+    insecure: bool = False
+    max_backoff: timedelta = timedelta(seconds=30)
+    config_path: Path | None = None
+
+
+def load_site_config(path: str | Path, *, insecure: bool = False) -> SiteConfig:
+    """Read site.toml (see DESIGN.md, Configuration)."""
+    from fedsynth.pki import validate_site_name
+
+    data, base = _load_toml(path)
+    _check_keys(data, {"name", "coordinator", "tls", "data", "privacy", "state_file",
+                       "audit_log", "policy", "poll_interval", "heartbeat_interval",
+                       "server_name", "insecure", "max_backoff"}, "site.toml")
+    name = _str(data, "name", "site.toml: ")
+    try:
+        validate_site_name(name)
+    except Exception as error:  # noqa: BLE001
+        raise ConfigError(f"name: {error}") from None
+    coordinator = _str(data, "coordinator", "site.toml: ")
+    if coordinator.startswith("@"):
+        coordinator = "@" + str(_path(base, coordinator[1:]))
+    else:
+        _listen(coordinator, "coordinator")
+    insecure = insecure or bool(data.get("insecure", False))
+    tls = _tls(data, base, "")
+    if tls is None and not insecure:
+        raise ConfigError("site.toml: missing [tls] section (ca, cert, key); mutual TLS is "
+                          "required (--insecure only for local experiments)")
+    table = data.get("data")
+    if not isinstance(table, dict):
+        raise ConfigError(f"site.toml: data = {table!r}: a [data] table with 'path' (CSV or "
+                          "Parquet) or 'url' is required")
+    known = {"path", "url", "table", "query"}
+    if "path" in table and "url" in table:
+        raise ConfigError("[data]: give either 'path' or 'url', not both")
+    if "path" in table:
+        _check_keys(table, {"path"}, "[data]")
+        dconf = DataConfig(path=_path(base, _str(table, "path", "data.")))
+    elif "url" in table:
+        options = {k: v for k, v in table.items() if k not in known}
+        dconf = DataConfig(url=_str(table, "url", "data."),
+                           table=table.get("table"), query=table.get("query"), options=options)
+    else:
+        raise ConfigError(f"[data] = {table!r} needs 'path' (CSV or Parquet) or 'url'")
+    privacy = data.get("privacy", {})
+    if not isinstance(privacy, dict):
+        raise ConfigError(f"privacy = {privacy!r} must be a table")
+    _check_keys(privacy, {"min_cell_count", "min_n"}, "[privacy]")
+    limits = {}
+    for key, default in (("min_cell_count", 5), ("min_n", 20)):
+        value = privacy.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"privacy.{key} = {value!r} must be a positive integer")
+        limits[key] = value
+    opt = {k: data.get(k) for k in ("audit_log", "policy")}
+    server_name = data.get("server_name")
+    if server_name is not None and (not isinstance(server_name, str) or not server_name):
+        raise ConfigError(f"server_name = {server_name!r} must be a host name")
+    return SiteConfig(
+        name=name, coordinator=coordinator, tls=tls, data=dconf,
+        privacy=PrivacyConfig(**limits),
+        state_file=_path(base, _str(data, "state_file", "", f"{name}.state.json")),
+        audit_log=_path(base, _str(data, "audit_log", "")) if opt["audit_log"] else None,
+        policy=_path(base, _str(data, "policy", "")) if opt["policy"] else None,
+        poll_interval=parse_duration(data.get("poll_interval", "2s"), "poll_interval"),
+        heartbeat_interval=parse_duration(data.get("heartbeat_interval", "10s"),
+                                          "heartbeat_interval"),
+        server_name=data.get("server_name"), insecure=insecure,
+        max_backoff=parse_duration(data.get("max_backoff", "30s"), "max_backoff"),
+        config_path=Path(path).resolve())

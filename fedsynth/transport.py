@@ -1,0 +1,162 @@
+"""The one place that builds gRPC channels and servers.
+
+Why
+---
+Every connection of the federation must be mutual TLS with the same limits; building
+credentials and options in one module makes that a property of the code base rather than of
+each call site (the pattern of Flower's ``grpc_rere`` transport). This module sets:
+
+* **mutual TLS**: the server requires and verifies a client certificate from the project CA
+  (``require_client_auth=True``); the client verifies the server against the same CA;
+* **message size limits**: a submission is a few kilobytes; 4 MiB caps what a hostile peer
+  can make the other side allocate;
+* **keepalive**: sites sit behind hospital NAT and firewalls that drop idle flows; HTTP/2
+  pings every 20 s keep the flow open and detect a dead peer within ~30 s, and the server is
+  told to accept pings that frequent (otherwise it answers with GOAWAY "too_many_pings").
+
+``insecure=True`` builds plain-text channels and servers for local experiments only; it
+logs a loud warning every time.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedsynth.errors import InputError
+
+__all__ = ["TLSFiles", "MAX_MESSAGE_BYTES", "channel_options", "server_options",
+           "create_channel", "create_server", "add_port", "warn_insecure"]
+
+log = logging.getLogger(__name__)
+
+#: Largest message either side accepts or sends.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+KEEPALIVE_TIME_MS = 20_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files of one side of a mutual-TLS connection.
+
+    Attributes
+    ----------
+    ca
+        The project CA certificate (trust anchor).
+    cert
+        This side's certificate.
+    key
+        This side's private key.
+    """
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        """(ca, cert, key) bytes; :class:`InputError` naming the missing file."""
+        out = []
+        for field in ("ca", "cert", "key"):
+            path = Path(getattr(self, field))
+            try:
+                out.append(path.read_bytes())
+            except OSError as error:
+                raise InputError(f"tls.{field} = {str(path)!r} cannot be read: "
+                                 f"{error.strerror or error}") from None
+        return out[0], out[1], out[2]
+
+
+def warn_insecure(who: str) -> None:
+    """Log and print a loud warning that ``who`` runs without TLS."""
+    message = (f"WARNING: {who} is running with --insecure: NO TLS, NO AUTHENTICATION, "
+               "summaries travel in clear text. Use only for local experiments, never with "
+               "real patient data.")
+    log.warning(message)
+    print(message, file=sys.stderr, flush=True)
+
+
+def channel_options() -> list[tuple[str, Any]]:
+    """gRPC options of every client channel."""
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Reconnect quickly after a coordinator restart; the agent adds its own backoff.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 5_000),
+    ]
+
+
+def server_options() -> list[tuple[str, Any]]:
+    """gRPC options of every server."""
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def create_channel(target: str, tls: TLSFiles | None, *, insecure: bool = False,
+                   server_name: str | None = None) -> Any:
+    """A ``grpc.aio`` channel to ``target`` with mutual TLS (or plain text if ``insecure``).
+
+    ``server_name`` overrides the name checked against the server certificate (default: the
+    host part of ``target``).
+    """
+    import grpc
+
+    if insecure:
+        warn_insecure("this site agent")
+        return grpc.aio.insecure_channel(target, options=channel_options())
+    if tls is None:
+        raise InputError("no [tls] section: mutual TLS is required (or pass --insecure for a "
+                         "local experiment)")
+    ca, cert, key = tls.read()
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
+                                               certificate_chain=cert)
+    options = channel_options()
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(target, credentials, options=options)
+
+
+def create_server(*, interceptors: Sequence[Any] = ()) -> Any:
+    """A ``grpc.aio`` server with the project's limits (add ports with :func:`add_port`)."""
+    import grpc
+
+    return grpc.aio.server(interceptors=list(interceptors), options=server_options(),
+                           maximum_concurrent_rpcs=256)
+
+
+def add_port(server: Any, address: str, tls: TLSFiles | None, *,
+             insecure: bool = False) -> int:
+    """Bind ``address`` (port 0 picks a free one) with mutual TLS; return the bound port."""
+    import grpc
+
+    if insecure:
+        warn_insecure("this coordinator")
+        port = server.add_insecure_port(address)
+    else:
+        if tls is None:
+            raise InputError("no [tls] section: mutual TLS is required (or pass --insecure "
+                             "for a local experiment)")
+        ca, cert, key = tls.read()
+        credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                                  require_client_auth=True)
+        port = server.add_secure_port(address, credentials)
+    if not port:
+        raise InputError(f"listen = {address!r}: cannot bind this address")
+    return port

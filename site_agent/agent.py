@@ -1,0 +1,314 @@
+"""``fedsynth site run``: the site agent's run loop.
+
+Why
+---
+The agent is the only fedsynth process inside a hospital network, so it dials out and
+tolerates everything outside its control: a coordinator restart or a network outage is met
+with reconnection under exponential backoff with full jitter (Brooker, "Exponential backoff
+and jitter", AWS Architecture Blog 2015: spreads the reconnections of many sites after a
+coordinator restart), and a restart of the agent itself never double-submits (the signed
+submission is recorded in :class:`site_agent.state.SiteState` before it is sent and resent
+byte-identical).
+
+For each open round it: checks the site policy (refusing analyses the policy forbids, or
+waiting for an operator's approval), computes every analysis on local data
+(:func:`site_agent.connectors.estimate_from_data`), applies the disclosure limits
+(:func:`site_agent.privacy.guard`), signs and submits, and logs in plain words what left
+the site (also to the site's hash-chained audit log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import hashlib
+import logging
+import os
+import random
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+from fedsynth import PROTOCOL_VERSION, __version__
+from fedsynth.config import SiteConfig
+from fedsynth.errors import FedsynthError
+from fedsynth.serde import (NONCE_BYTES, SubmissionContent, WireEstimate, WireRefusal,
+                            WorkItem, encode_submission)
+from fedsynth.signing import load_private_key, sign
+from site_agent.client import CoordinatorRefused, CoordinatorUnavailable, FederationClient
+from site_agent.state import RoundEntry, SiteState
+
+__all__ = ["SiteAgent", "Backoff", "describe_results", "run_agent"]
+
+log = logging.getLogger("fedsynth.site")
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter: ``uniform(0, min(cap, base * 2**attempt))``."""
+
+    base: float = 0.5
+    cap: float = 30.0
+    attempt: int = 0
+
+    def next_delay(self, rng: random.Random | None = None) -> float:
+        upper = min(self.cap, self.base * (2 ** self.attempt))
+        self.attempt += 1
+        return (rng or random).uniform(0.0, upper) if upper > 0 else 0.0
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def describe_results(site: str, round_id: str, results: dict[str, Any]) -> list[str]:
+    """Plain sentences, one per analysis, saying what the site sends (for the data steward)."""
+    lines = []
+    n_est = sum(1 for r in results.values() if hasattr(r, "yi"))
+    n_ref = len(results) - n_est
+    lines.append(f"Round {round_id}: site {site} sends {n_est} estimate(s) and {n_ref} "
+                 f"refusal(s). No patient rows, identifiers or counts leave the site; for "
+                 "each estimate only the four numbers below are sent.")
+    for name, result in results.items():
+        if hasattr(result, "yi"):
+            lines.append(f"  {name}: estimate yi = {result.yi:.6g}, variance vi = "
+                         f"{result.vi:.6g}, standard error se = {result.se:.6g}, computed on "
+                         f"n = {result.n} patients.")
+        else:
+            lines.append(f"  {name}: NOT sent. Reason given to the coordinator: "
+                         f"{getattr(result, 'reason', 'refused')}")
+    return lines
+
+
+class SiteAgent:
+    """One site agent.
+
+    Parameters
+    ----------
+    config
+        The site configuration.
+    once
+        Exit after one round has been answered (acknowledged or refused).
+    """
+
+    def __init__(self, config: SiteConfig, *, once: bool = False) -> None:
+        self.config = config
+        self.once = once
+        self.state = SiteState(config.state_file, config.name)
+        self.key = (load_private_key(config.tls.key) if config.tls is not None else None)
+        if self.key is None and not config.insecure:
+            raise FedsynthError("the site has no key to sign submissions with ([tls].key)")
+        self.backoff = Backoff(cap=config.max_backoff.total_seconds())
+        self._stop = asyncio.Event()
+        self.answered: list[str] = []
+        self._audit_log: Any = None
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _audit(self, event: str, data: dict[str, Any]) -> None:
+        try:
+            if self._audit_log is None:
+                from site_agent.policy import site_audit_log
+
+                self._audit_log = site_audit_log(self.config)
+            self._audit_log.append(event, data)
+        except Exception:  # noqa: BLE001 - logged; auditing belongs to the security helper
+            log.exception("site audit log append failed")
+
+    def _target(self) -> str:
+        target = self.config.coordinator
+        if target.startswith("@"):
+            try:
+                with open(target[1:], encoding="utf-8") as handle:
+                    return handle.read().strip()
+            except OSError as error:
+                raise CoordinatorUnavailable(f"coordinator address file {target[1:]} not "
+                                             f"readable yet ({error.strerror})") from None
+        return target
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    # --- computing a round -----------------------------------------------------------------
+    def compute(self, work: WorkItem) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Results to send for ``work`` (after policy and disclosure control).
+
+        Returns ``(results, None)``, or ``({}, decision)`` when the policy requires an
+        operator's approval first (nothing is computed then).
+        """
+        from fedsynth.spec import parse_spec
+        from site_agent.connectors import estimate_from_data
+        from site_agent.estimators import Refusal
+        from site_agent.policy import site_policy
+        from site_agent.privacy import PrivacyLimits, guard
+
+        spec = parse_spec(work.spec_toml)
+        policy = site_policy(self.config)
+        decision = policy.review(spec)
+        self._audit("policy.decision", {"round": work.round_id, **decision.to_dict()})
+        if decision.needs_approval:
+            policy.store().record_pending(work.round_id, spec, decision.refusals)
+            return {}, decision.to_dict()
+        allowed = [a for a in spec.analyses if a.name not in decision.refusals]
+        results: dict[str, Any] = {}
+        if allowed:
+            from fedsynth.spec import Spec
+
+            sub_spec = Spec(analyses=tuple(allowed), name=spec.name)
+            computed = estimate_from_data(self.config.data, sub_spec)
+            limits = PrivacyLimits(min_cell_count=self.config.privacy.min_cell_count,
+                                   min_n=self.config.privacy.min_n)
+            guarded = guard(computed, limits, spec=sub_spec)
+        else:
+            guarded = {}
+        for analysis in spec.analyses:   # spec order
+            if analysis.name in decision.refusals:
+                results[analysis.name] = Refusal(analysis=analysis.name,
+                                                 reason=decision.refusals[analysis.name],
+                                                 code="policy")
+            else:
+                results[analysis.name] = guarded[analysis.name]
+        return results, None
+
+    def sign_results(self, round_id: str, results: dict[str, Any]) -> tuple[bytes, bytes]:
+        content = SubmissionContent(
+            round_id=round_id, site=self.config.name, nonce=os.urandom(NONCE_BYTES),
+            timestamp=_now(),
+            results={name: (WireEstimate(name, float(r.yi), float(r.vi), float(r.se),
+                                         int(r.n)) if hasattr(r, "yi") else
+                            WireRefusal(name, str(getattr(r, "code", "refused")),
+                                        str(getattr(r, "reason", "refused"))))
+                     for name, r in results.items()},
+            agent_version=__version__, protocol_version=PROTOCOL_VERSION)
+        payload = encode_submission(content)
+        signature = sign(self.key, payload) if self.key is not None else b""
+        return payload, signature
+
+    async def handle(self, client: FederationClient, work: WorkItem) -> None:
+        """Answer one round (or resend what was already signed for it)."""
+        entry = self.state.get(work.round_id)
+        if entry is not None and entry.status in ("acknowledged", "rejected"):
+            return
+        if entry is None or entry.status == "pending":
+            try:
+                results, pending = await asyncio.to_thread(self.compute, work)
+            except FedsynthError as error:
+                # A problem of this site (data unreadable, bad spec): say so, retry later.
+                log.error("round %s: cannot compute the analyses: %s", work.round_id, error)
+                return
+            if pending is not None:
+                if entry is None:
+                    log.warning("round %s: the site policy requires an operator's approval "
+                                "of this spec before anything is computed; run 'fedsynth "
+                                "site pending' and 'fedsynth site approve %s'",
+                                work.round_id, work.round_id)
+                    self.state.put(RoundEntry(work.round_id, "pending",
+                                              detail="waiting for approval",
+                                              updated_at=_now().isoformat()))
+                return
+            payload, signature = self.sign_results(work.round_id, results)
+            entry = RoundEntry(work.round_id, "signed", payload, signature,
+                               updated_at=_now().isoformat())
+            self.state.put(entry)     # recorded BEFORE it is sent
+            for line in describe_results(self.config.name, work.round_id, results):
+                log.info("%s", line)
+            self._audit("submission.signed", {
+                "round": work.round_id, "digest": hashlib.sha256(payload).hexdigest(),
+                "sent": {n: ({"yi": r.yi, "vi": r.vi, "se": r.se, "n": r.n}
+                             if hasattr(r, "yi") else {"refused": r.reason})
+                         for n, r in results.items()}})
+        else:
+            log.info("round %s: resending the submission signed at %s (identical bytes)",
+                     work.round_id, entry.updated_at)
+        await self._send(client, entry)
+
+    async def _send(self, client: FederationClient, entry: RoundEntry) -> None:
+        try:
+            ack = await client.submit(entry.payload, entry.signature)
+        except CoordinatorRefused as refused:
+            self.state.put(RoundEntry(entry.round_id, "rejected", entry.payload,
+                                      entry.signature, refused.reason,
+                                      _now().isoformat()))
+            log.error("round %s: the coordinator refused this site's submission "
+                      "(%s): %s", entry.round_id, refused.code, refused.reason)
+            self._audit("submission.rejected", {"round": entry.round_id,
+                                                "code": refused.code,
+                                                "reason": refused.reason})
+            self.answered.append(entry.round_id)
+            return
+        self.state.put(RoundEntry(entry.round_id, "acknowledged", entry.payload,
+                                  entry.signature, f"{ack.status}: {ack.message}",
+                                  _now().isoformat()))
+        log.info("round %s: the coordinator acknowledged the submission (%s)",
+                 entry.round_id, ack.status)
+        self._audit("submission.acknowledged", {"round": entry.round_id,
+                                                "status": ack.status})
+        self.answered.append(entry.round_id)
+
+    # --- run loop --------------------------------------------------------------------------
+    async def resend_unacknowledged(self, client: FederationClient) -> None:
+        for entry in self.state.rounds().values():
+            if entry.status == "signed":
+                log.info("round %s: a submission was signed but not acknowledged before the "
+                         "agent stopped; resending it", entry.round_id)
+                await self._send(client, entry)
+
+    async def session(self) -> None:
+        """One connected session: register, then heartbeat and pull until an error."""
+        config = self.config
+        async with FederationClient(self._target(), config.tls, insecure=config.insecure,
+                                    server_name=config.server_name, site=config.name) as client:
+            site = await client.register()
+            if site != config.name:
+                raise FedsynthError(f"the coordinator sees this site as {site!r} but "
+                                    f"site.toml says {config.name!r}")
+            log.info("connected to the coordinator at %s as %s", client.target, site)
+            self.backoff.reset()
+            await self.resend_unacknowledged(client)
+            last_beat = 0.0
+            loop = asyncio.get_running_loop()
+            while not self._stop.is_set():
+                if loop.time() - last_beat >= config.heartbeat_interval.total_seconds():
+                    await client.heartbeat()
+                    last_beat = loop.time()
+                for work in await client.pull_work():
+                    await self.handle(client, work)
+                if self.once and self.answered:
+                    self._stop.set()
+                    break
+                await self._sleep(config.poll_interval.total_seconds())
+
+    async def run(self) -> int:
+        """Run until stopped (or, with ``once``, until one round is answered)."""
+        while not self._stop.is_set():
+            try:
+                await self.session()
+            except CoordinatorUnavailable as error:
+                delay = self.backoff.next_delay()
+                log.warning("%s; retrying in %.1f s", error, delay)
+                await self._sleep(delay)
+            except CoordinatorRefused as refused:
+                # Registration refused (not allowed, incompatible version): permanent.
+                log.error("the coordinator refused this site: %s", refused)
+                return 1
+        return 0
+
+
+async def run_agent(config: SiteConfig, *, once: bool = False) -> int:
+    """Run an agent with SIGTERM/SIGINT handling."""
+    agent = SiteAgent(config, once=once)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, agent.request_stop)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover
+            pass
+    return await agent.run()

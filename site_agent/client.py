@@ -1,0 +1,125 @@
+"""The site agent's gRPC client of ``fedsynth.v1.Federation``.
+
+It dials out (sites never accept connections), over the channel built by
+:mod:`fedsynth.transport`, names the protocol version in every request and checks the
+coordinator's. gRPC errors are mapped to two domain errors: :class:`CoordinatorUnavailable`
+(transient: retry with backoff) and :class:`CoordinatorRefused` (permanent for this
+request: the status and the coordinator's reason).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from fedsynth import PROTOCOL_VERSION, __version__
+from fedsynth.errors import FedsynthError
+from fedsynth.serde import WorkItem, decode_work, pb
+from fedsynth.transport import TLSFiles, create_channel
+from fedsynth.v1 import federation_pb2_grpc as pb_grpc
+
+__all__ = ["FederationClient", "CoordinatorUnavailable", "CoordinatorRefused", "SubmitAck"]
+
+#: Statuses worth retrying: the coordinator is restarting, the network dropped, or the
+#: site is being rate limited.
+TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+             grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
+             grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+
+
+class CoordinatorUnavailable(FedsynthError):
+    """The coordinator cannot be reached now (retry later)."""
+
+
+class CoordinatorRefused(FedsynthError):
+    """The coordinator answered with a refusal; ``code`` is the gRPC status name."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.reason = message
+
+
+@dataclass(frozen=True)
+class SubmitAck:
+    """The coordinator's acknowledgement of a submission."""
+
+    status: str
+    round_id: str
+    message: str
+
+
+class FederationClient:
+    """Calls of one site agent to its coordinator.
+
+    Parameters
+    ----------
+    target
+        ``HOST:PORT`` of the coordinator.
+    tls
+        The site's TLS files (None only with ``insecure``).
+    insecure
+        Plain text (local experiments only; warns loudly).
+    server_name
+        Name to check in the coordinator's certificate if it differs from ``target``'s host.
+    site
+        The site name, sent as a header only on an insecure channel (there is no certificate).
+    timeout
+        Per-call deadline in seconds.
+    """
+
+    def __init__(self, target: str, tls: TLSFiles | None, *, insecure: bool = False,
+                 server_name: str | None = None, site: str | None = None,
+                 timeout: float = 15.0) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.channel = create_channel(target, tls, insecure=insecure, server_name=server_name)
+        self.stub = pb_grpc.FederationStub(self.channel)
+        self.metadata = (("x-fedsynth-insecure-site", site),) if insecure and site else None
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> FederationClient:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def _call(self, method: Any, request: Any) -> Any:
+        try:
+            reply = await method(request, timeout=self.timeout, metadata=self.metadata)
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            detail = error.details() or code.name
+            if code in TRANSIENT:
+                raise CoordinatorUnavailable(f"coordinator {self.target} unavailable "
+                                             f"({code.name}: {detail})") from None
+            raise CoordinatorRefused(code.name, detail) from None
+        if reply.protocol_version != PROTOCOL_VERSION:
+            raise CoordinatorRefused("FAILED_PRECONDITION", "incompatible protocol: the "
+                                     f"coordinator speaks {reply.protocol_version!r}, this "
+                                     f"site speaks {PROTOCOL_VERSION!r}")
+        return reply
+
+    async def register(self) -> str:
+        reply = await self._call(self.stub.Register, pb.RegisterRequest(
+            protocol_version=PROTOCOL_VERSION, agent_version=__version__))
+        return reply.site
+
+    async def heartbeat(self) -> int:
+        reply = await self._call(self.stub.Heartbeat, pb.HeartbeatRequest(
+            protocol_version=PROTOCOL_VERSION, agent_version=__version__))
+        return reply.server_time_unix_ms
+
+    async def pull_work(self) -> list[WorkItem]:
+        reply = await self._call(self.stub.PullWork,
+                                 pb.PullWorkRequest(protocol_version=PROTOCOL_VERSION))
+        return [decode_work(w) for w in reply.work]
+
+    async def submit(self, payload: bytes, signature: bytes) -> SubmitAck:
+        reply = await self._call(self.stub.Submit, pb.SubmitRequest(
+            protocol_version=PROTOCOL_VERSION, submission=payload, signature=signature))
+        return SubmitAck(reply.status, reply.round_id, reply.message)

@@ -166,6 +166,135 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_options(parser)
     _add_output_options(parser)
     _add_diagnostics_options(parser)
+    _add_bayes_plot_options(parser)
+
+
+# --- Bayesian pooling and plots (owner: bayes-plots; coordinator/synthesis/bayes.py, plots.py)
+
+def _add_bayes_plot_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "Bayesian pooling and plots",
+        "normal-normal hierarchical model (flat prior on mu) and forest/funnel plots")
+    group.add_argument("--bayes", metavar="PRIOR:SCALE", default=None,
+                       help="add Bayesian pooling with this prior on tau, e.g. half_normal:0.5 "
+                            "or half_cauchy:0.5 (scale on the effect's scale)")
+    group.add_argument("--forest", metavar="OUT", default=None,
+                       help="write a forest plot to OUT.png, OUT.svg or OUT.pdf (with --by: "
+                            "one file per analysis, OUT-NAME.ext)")
+    group.add_argument("--funnel", metavar="OUT", default=None,
+                       help="write a funnel plot (with trim-and-fill points under "
+                            "--diagnostics) to OUT.png, OUT.svg or OUT.pdf")
+    group.add_argument("--plot-measure", metavar="NAME", default=None,
+                       help="effect measure of yi for the plots' axis (default: --measure); "
+                            "OR, RR, HR, IRR, ROM get a log axis with ratio tick labels")
+
+
+def _bayes_batch(args: argparse.Namespace, data: MetaInput):
+    """Bayesian pooling of every analysis in one vectorised call (cached); None without
+    --bayes."""
+    if not getattr(args, "bayes", None):
+        return None
+    cache = args.__dict__.setdefault("_bayes", {})
+    if "batch" not in cache:
+        from coordinator.synthesis.bayes import bayes_pool, parse_prior_spec
+
+        prior, scale = parse_prior_spec(args.bayes)
+        cache["batch"] = bayes_pool(data.yi, data.vi, mask=data.mask, prior=prior, scale=scale,
+                                    level=args.level)
+    return cache["batch"]
+
+
+def _bayes_record(args: argparse.Namespace, data: MetaInput, index: int,
+                  record: dict[str, Any]) -> None:
+    batch = _bayes_batch(args, data)
+    if batch is None:
+        return
+    bayes = batch[index].to_dict()
+    if args.format == "csv":
+        for key in ("prior", "tau_scale", "mu_mean", "mu_sd", "mu_median", "mu_ci", "tau_mean",
+                    "tau_median", "tau_ci", "prob_mu_positive", "pred_lb", "pred_ub"):
+            record[f"bayes_{key}"] = bayes[key]
+    else:
+        record["bayes"] = bayes
+
+
+def _bayes_section(args: argparse.Namespace, data: MetaInput, index: int) -> list[str]:
+    batch = _bayes_batch(args, data)
+    if batch is None:
+        return []
+    r = batch[index]
+    lev = f"{r.level:g}%"
+    lines = [f"Bayesian random-effects model (flat prior on mu, {r.prior} prior on tau with "
+             f"scale {r.tau_scale:g}):",
+             f"  mu   median {r.mu_median:.4f}, {lev} CrI [{r.mu_ci_lb:.4f}, {r.mu_ci_ub:.4f}], "
+             f"mean {r.mu_mean:.4f}, sd {r.mu_sd:.4f}, P(mu > 0) = {r.prob_mu_positive:.4f}",
+             f"  tau  median {r.tau_median:.4f}, {lev} CrI [{r.tau_ci_lb:.4f}, "
+             f"{r.tau_ci_ub:.4f}], mean {r.tau_mean:.4f}",
+             f"  new site ({lev} predictive interval): [{r.pred_lb:.4f}, {r.pred_ub:.4f}]"]
+    lines += [f"  note: {note}" for note in r.notes]
+    return ["\n".join(lines)]
+
+
+def _plot_path(out: str, name: str, grouped: bool) -> str:
+    import os
+    import re
+
+    if not grouped:
+        return out
+    stem, ext = os.path.splitext(out)
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "analysis"
+    return f"{stem}-{safe}{ext}"
+
+
+def _check_plot_target(option: str, out: str) -> None:
+    import os
+
+    from fedsynth.errors import InputError
+
+    ext = os.path.splitext(out)[1].lower()
+    if ext not in (".png", ".svg", ".pdf"):
+        raise InputError(f"{option}: {out!r} must end in .png, .svg or .pdf")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise InputError(f"{option}: directory {parent!r} of {out!r} does not exist")
+
+
+def _plots(args: argparse.Namespace, data: MetaInput,
+           batch: BatchPoolingResult) -> list[tuple[Any, str]]:
+    """Build the requested figures (nothing written yet): (figure, path) pairs."""
+    if not (getattr(args, "forest", None) or getattr(args, "funnel", None)):
+        return []
+    from fedsynth import tabular
+    from coordinator.synthesis.plots import forest_plot, funnel_plot
+
+    for option in ("forest", "funnel"):
+        if getattr(args, option):
+            _check_plot_target(f"--{option}", getattr(args, option))
+    measure = args.plot_measure or getattr(args, "measure", None)
+    bayes = _bayes_batch(args, data)
+    figures = []
+    for i in range(len(batch)):
+        result = batch[i]
+        name = data.names[i]
+        title = name or None
+        analysis = _analysis(args, data, batch, i)
+        if args.forest:
+            groups = None
+            if args.subgroup:
+                col = tabular.text_column(data.frame, args.subgroup, option="--subgroup")
+                groups = [col[r] for r in data.rows[i][data.mask[i]]]
+                if len(set(groups)) < 2:
+                    groups = None
+            fig = forest_plot(result, measure=measure, title=title, subgroups=groups,
+                              blup=analysis.blup if args.diagnostics else None,
+                              bayes=None if bayes is None else bayes[i])
+            figures.append((fig, _plot_path(args.forest, name, data.grouped)))
+        if args.funnel:
+            pb = analysis.publication_bias
+            fig = funnel_plot(result, measure=measure, title=title,
+                              filled=pb if pb is not None and pb.trimfill_k0 > 0 else None)
+            figures.append((fig, _plot_path(args.funnel, name, data.grouped)))
+    return figures
 
 
 def _level(text: str) -> float:
@@ -330,13 +459,14 @@ def _extend_record(args: argparse.Namespace, data: MetaInput, batch: BatchPoolin
                    index: int, record: dict[str, Any]) -> None:
     """Hook for options that add keys to an analysis' JSON/CSV record (none yet)."""
     _diagnostics_record(args, data, batch, index, record)
+    _bayes_record(args, data, index, record)
 
 
 def _extra_sections(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult,
                     index: int) -> list[str]:
     """Hook for options that add text sections after an analysis' summary (none yet)."""
     sections = _analysis(args, data, batch, index).text_sections()
-    return sections
+    return sections + _bayes_section(args, data, index)
 
 
 def records(args: argparse.Namespace, data: MetaInput,
@@ -417,6 +547,12 @@ def run(args: argparse.Namespace) -> int:
     data = load_input(args)
     batch = compute(args, data)
     text = RENDERERS[args.format](args, data, batch)
+    figures = _plots(args, data, batch)
+    if figures:
+        from coordinator.synthesis.plots import save_figure
+
+        for fig, path in figures:
+            save_figure(fig, path)
     _warn(batch)
     print(text)
     return 0

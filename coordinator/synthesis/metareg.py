@@ -45,6 +45,8 @@ SUPPORTED_METHODS = ("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM")
 # reference values were produced with 1e-12, and we must match them to 1e-6 relative).
 _TOL = 1e-12
 _MAX_ITER = 500
+# metafor's control$tol (.Machine$double.eps^0.25), used by its 'll0check'
+_LL0_TOL = float(np.finfo(float).eps ** 0.25)
 
 
 def validate_yi_vi(yi: Any, vi: Any, *, min_k: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +153,7 @@ def _tau2_exact(y: np.ndarray, v: np.ndarray, X: np.ndarray, method: str,
             break
         t2 = new
     if converged:
-        return t2
+        return _ll0_check(y, v, X, method, t2, threshold)
 
     def score(t2v: float) -> float:
         return score_info(t2v)[0]
@@ -163,7 +165,30 @@ def _tau2_exact(y: np.ndarray, v: np.ndarray, X: np.ndarray, method: str,
         upper *= 4.0
         if upper > 1e12:
             raise InputError("tau2: the likelihood has no finite maximum for these data")
-    return float(optimize.brentq(score, 0.0, upper, xtol=1e-15, rtol=1e-14, maxiter=500))
+    root = float(optimize.brentq(score, 0.0, upper, xtol=1e-15, rtol=1e-14, maxiter=500))
+    return _ll0_check(y, v, X, method, root, threshold)
+
+
+def _loglik(y: np.ndarray, v: np.ndarray, X: np.ndarray, method: str, t2: float) -> float:
+    """(Restricted) log-likelihood up to a constant that does not depend on tau²."""
+    w = 1.0 / (v + t2)
+    P, vb = _proj(X, w)
+    ll = -0.5 * float(np.sum(np.log(v + t2))) - 0.5 * float(y @ P @ y)
+    if method == "REML":
+        ll += 0.5 * float(np.linalg.slogdet(vb)[1])   # -1/2 log det(X'WX)
+    return ll
+
+
+def _ll0_check(y: np.ndarray, v: np.ndarray, X: np.ndarray, method: str, t2: float,
+               threshold: float) -> float:
+    """metafor's check: Fisher scoring can stop at a stationary point that is not the
+    maximum; when the likelihood at tau² = 0 is larger (by more than eps^(1/4), metafor's
+    tolerance), the estimate is 0."""
+    if t2 <= threshold:
+        return t2
+    if _loglik(y, v, X, method, 0.0) - _loglik(y, v, X, method, t2) > _LL0_TOL:
+        return 0.0
+    return t2
 
 
 def _tau2_dl(y: np.ndarray, v: np.ndarray, X: np.ndarray) -> float:
@@ -582,8 +607,13 @@ def fit_batch(yi: Any, vi: Any, mask: Any, *, method: str = "REML") -> BatchFit:
     w, sw, mu = _batch_sums(y, v, msk, t2)
     se = np.sqrt(1.0 / sw)
     with np.errstate(divide="ignore", invalid="ignore"):
-        I2 = np.where(kk > 1, 100.0 * t2 / (t2 + s2), 0.0)
-        H2 = np.where(kk > 1, (t2 + s2) / s2, 1.0)
+        if method == "FE":
+            # metafor's FE fit: Higgins & Thompson's I² = (Q - df)/Q, H² = Q/df
+            I2 = np.where((kk > 1) & (Q > 0), 100.0 * np.maximum(0.0, (Q - (kk - 1)) / Q), 0.0)
+            H2 = np.where(kk > 1, Q / (kk - 1), 1.0)
+        else:
+            I2 = np.where(kk > 1, 100.0 * t2 / (t2 + s2), 0.0)
+            H2 = np.where(kk > 1, (t2 + s2) / s2, 1.0)
     return BatchFit(k=kk, estimate=mu, se=se, tau2=t2, Q=Q, I2=I2, H2=H2)
 
 
@@ -638,4 +668,19 @@ def _batch_exact(y, v, msk, kk, method):
     for j in np.flatnonzero(~done):  # rare: finish by a bracketed root search
         sel = msk[j]
         t2[j] = _tau2_exact(y[j, sel], v[j, sel], np.ones((int(kk[j]), 1)), method)
+    # metafor's ll0check, on all rows at once (see _ll0_check)
+    rows = np.flatnonzero((t2 > _TOL) & (kk > 1))
+    if rows.size:
+        ll0 = _batch_loglik(y[rows], v[rows], msk[rows], np.zeros(rows.size), method)
+        ll1 = _batch_loglik(y[rows], v[rows], msk[rows], t2[rows], method)
+        t2[rows[ll0 - ll1 > _LL0_TOL]] = 0.0
     return t2
+
+
+def _batch_loglik(y, v, msk, t2, method):
+    w, sw, mu = _batch_sums(y, v, msk, t2)
+    r2 = np.where(msk, (y - mu[:, None]) ** 2, 0.0)
+    ll = -0.5 * np.where(msk, np.log(v + t2[:, None]), 0.0).sum(axis=1) - 0.5 * (w * r2).sum(axis=1)
+    if method == "REML":
+        ll -= 0.5 * np.log(sw)
+    return ll

@@ -41,7 +41,7 @@ from scipy.special import gammaln
 from fedsynth.errors import InputError
 from site_agent.estimators.results import EffectSizes
 
-__all__ = ["escalc", "ESCALC_MEASURES", "COLUMN_SETS", "hedges_correction"]
+__all__ = ["escalc", "escalc_frame", "ESCALC_MEASURES", "COLUMN_SETS", "hedges_correction"]
 
 #: Measure -> accepted column sets (first match wins), named as metafor's arguments.
 COLUMN_SETS: dict[str, tuple[tuple[str, ...], ...]] = {
@@ -299,3 +299,37 @@ def escalc(measure: str, *, add: float = 0.5, to: str = "only0",
                f"continuity correction (to={to!r}, add={add})", "xi", data["xi"], labels)
     return EffectSizes(measure=key, yi=np.asarray(yi, dtype=float),
                        vi=np.asarray(vi, dtype=float), corrected=np.asarray(corrected))
+
+
+def escalc_frame(frame: Any, measure: str, *, labels: Sequence[Any] | None = None,
+                 add: float = 0.5, to: str = "only0") -> EffectSizes:
+    """:func:`escalc` on the columns of a DataFrame named as metafor's arguments.
+
+    The first of the measure's column sets (:data:`COLUMN_SETS`) present in ``frame`` is
+    used (e.g. ``ai, bi, ci, di``, else ``ai, n1i, ci, n2i``). A missing column or a cell
+    that is not a number is an :class:`InputError` naming the column (and the row).
+    """
+    import pandas as pd
+
+    key = str(measure).upper()
+    if key not in COLUMN_SETS:
+        raise InputError(f"--measure: unknown measure {measure!r} (known: "
+                         f"{', '.join(ESCALC_MEASURES)})")
+    chosen = next((s for s in COLUMN_SETS[key] if all(c in frame.columns for c in s)), None)
+    if chosen is None:
+        wanted = " or ".join(", ".join(s) for s in COLUMN_SETS[key])
+        missing = [c for c in COLUMN_SETS[key][0] if c not in frame.columns]
+        raise InputError(f"--measure {key}: column {missing[0]!r} not found; {key} needs "
+                         f"the columns {wanted} (named as metafor's escalc); available: "
+                         f"{', '.join(map(repr, frame.columns))}")
+    columns = {}
+    for name in chosen:
+        raw = frame[name]
+        values = pd.to_numeric(raw, errors="coerce")
+        bad = values.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
+        if bool(bad.any()):
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputError(f"escalc: {_row_name(i, labels)}: column {name!r} = "
+                             f"{raw.iloc[i]!r} is not a number")
+        columns[name] = values.to_numpy(dtype=float)
+    return escalc(key, add=add, to=to, labels=labels, **columns)

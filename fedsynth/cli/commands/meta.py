@@ -66,6 +66,12 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", metavar="COL", default=None,
                         help="column of study labels (default: study, label, site or name "
                              "if present)")
+    parser.add_argument("--measure", type=str.upper, default=None,
+                        choices=("OR", "RR", "RD", "MD", "SMD", "ROM", "ZCOR", "IRR", "PLO",
+                                 "PR"),
+                        help="compute yi, vi from raw columns named as metafor's escalc "
+                             "(ai,bi,ci,di or ai,n1i,ci,n2i; m1i,sd1i,n1i,m2i,sd2i,n2i; ri,ni; "
+                             "x1i,t1i,x2i,t2i; xi,ni) before pooling")
     parser.add_argument("--by", metavar="COL", default=None,
                         help="pool each group of rows separately (all groups in one batch)")
 
@@ -401,19 +407,31 @@ def load_input(args: argparse.Namespace) -> MetaInput:
         col = tabular.pick_column(frame, DEFAULT_LABEL_COLUMNS)
         labels = (np.array(tabular.text_column(frame, col), dtype=object) if col
                   else np.array([str(i + 1) for i in range(n)], dtype=object))
-    yi_col = args.yi or "yi"
-    yi = tabular.numeric_column(frame, yi_col, option="--yi" if args.yi else None,
-                                labels=labels)
-    v_col, is_se, v_opt = _variance_column(args, frame)
-    v = tabular.numeric_column(frame, v_col, option=v_opt, labels=labels)
-    if is_se:
-        bad = np.flatnonzero(~(np.isfinite(v) & (v > 0)))
-        if bad.size:
-            i = int(bad[0])
-            raise InputError(
-                f"column {v_col!r}, row {i + 1} (study {labels[i]!r}): standard error "
-                f"{float(v[i])!r} must be finite and > 0")
-        v = v * v
+    if getattr(args, "measure", None):
+        # Effect sizes from raw summary data (estimators helper: site_agent.estimators).
+        from site_agent.estimators.effect_sizes import escalc_frame
+
+        given = [opt for opt, value in (("--yi", args.yi), ("--vi", args.vi),
+                                        ("--sei", args.sei)) if value]
+        if given:
+            raise InputError(f"{given[0]}: --measure {args.measure} computes yi and vi from "
+                             "raw columns; do not combine it with --yi/--vi/--sei")
+        effect_sizes = escalc_frame(frame, args.measure, labels=list(labels))
+        yi, v = effect_sizes.yi, effect_sizes.vi
+    else:
+        yi_col = args.yi or "yi"
+        yi = tabular.numeric_column(frame, yi_col, option="--yi" if args.yi else None,
+                                    labels=labels)
+        v_col, is_se, v_opt = _variance_column(args, frame)
+        v = tabular.numeric_column(frame, v_col, option=v_opt, labels=labels)
+        if is_se:
+            bad = np.flatnonzero(~(np.isfinite(v) & (v > 0)))
+            if bad.size:
+                i = int(bad[0])
+                raise InputError(
+                    f"column {v_col!r}, row {i + 1} (study {labels[i]!r}): standard error "
+                    f"{float(v[i])!r} must be finite and > 0")
+            v = v * v
 
     if args.by:
         groups = tabular.text_column(frame, args.by, option="--by")

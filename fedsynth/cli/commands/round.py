@@ -34,6 +34,11 @@ def _start_args(parser: argparse.ArgumentParser) -> None:
                              "default_deadline of coordinator.toml, 10m)")
     parser.add_argument("--quorum", type=int, default=None,
                         help="sites needed to pool (default: every allowed site)")
+    parser.add_argument("--method", default=None,
+                        choices=("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM"),
+                        help="pooling method of this round (default: [pooling] method)")
+    parser.add_argument("--test", default=None, choices=("z", "knha"),
+                        help="test of this round (default: [pooling] test)")
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -53,9 +58,14 @@ def _start(args: argparse.Namespace) -> int:
     except OSError as error:
         raise InputError(f"--spec {args.spec!r} cannot be read: {error.strerror}") from None
     quorum = args.quorum if args.quorum is not None else config.default_quorum
+    pooling = pooling_dict(config)
+    if args.method is not None:
+        pooling["method"] = args.method
+    if args.test is not None:
+        pooling["test"] = args.test
     with store:
         record = open_round(store, spec_source=text, deadline=deadline, quorum=quorum,
-                            allowed=config.allow, pooling=pooling_dict(config),
+                            allowed=config.allow, pooling=pooling,
                             now=utcnow(), source=f"round start --spec {args.spec}")
         if config.audit_log is not None:
             from fedsynth.audit import AuditLog

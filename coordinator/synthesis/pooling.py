@@ -192,8 +192,11 @@ class BatchPoolingResult:
     """Results of many analyses pooled in one call; every field is an array of shape (m,).
 
     ``batch[i]`` is the :class:`PoolingResult` of analysis ``i``; iterating yields them
-    all; :meth:`to_frame` gives one row per analysis. ``tau2_ci`` etc. are also available
-    as ``(m, 2)`` arrays through the properties of the same name.
+    all; :meth:`to_frame` gives one row per analysis and :meth:`to_dicts` the JSON-ready
+    records of all analyses. ``tau2_ci`` etc. are also available as ``(m, 2)`` arrays
+    through the properties of the same name. ``yi``, ``vi`` and ``weights`` (percent) are
+    ``(m, K)`` grids, NaN outside ``mask``; ``site_labels`` is the ``(m, K)`` label grid
+    given to :func:`pool` (or None), and :meth:`labels_of` gives one analysis' labels.
     """
 
     method: str
@@ -230,7 +233,14 @@ class BatchPoolingResult:
     vi: np.ndarray = field(repr=False)
     mask: np.ndarray = field(repr=False)
     weights: np.ndarray = field(repr=False)
-    labels: tuple[tuple[str, ...], ...] = field(repr=False)
+    site_labels: np.ndarray | None = field(repr=False, default=None)
+
+    def labels_of(self, i: int) -> tuple[str, ...]:
+        """Labels of the sites of analysis ``i`` (column numbers 1..K when none given)."""
+        cols = np.flatnonzero(self.mask[i])
+        if self.site_labels is None:
+            return tuple(str(j + 1) for j in cols)
+        return tuple(str(x) for x in self.site_labels[i, cols])
 
     def __len__(self) -> int:
         return len(self.names)
@@ -279,7 +289,7 @@ class BatchPoolingResult:
             message=self.messages[i],
             yi=tuple(float(x) for x in self.yi[i][row]),
             vi=tuple(float(x) for x in self.vi[i][row]),
-            labels=self.labels[i],
+            labels=self.labels_of(i),
             weights=tuple(float(x) for x in self.weights[i][row]),
             name=self.names[i],
         )
@@ -420,12 +430,7 @@ def _validate(yi, vi, mask, names, labels):
         i, j = map(int, np.argwhere(bad)[0])
         raise InputError(f"vi: {where(i, j)} has sampling variance {float(v[i, j])!r}; "
                          "it must be finite and > 0")
-    if label_grid is None:
-        label_t = tuple(tuple(f"{j + 1}" for j in np.flatnonzero(msk[i])) for i in range(m))
-    else:
-        label_t = tuple(tuple(str(label_grid[i, j]) for j in np.flatnonzero(msk[i]))
-                        for i in range(m))
-    return y, v, msk, name_t, label_t
+    return y, v, msk, name_t, label_grid
 
 
 # ---------------------------------------------------------------------------------------
@@ -474,7 +479,7 @@ def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: flo
     failing the batch.
     """
     method, test, level = _check_options(method, test, level)
-    y, v, msk, name_t, label_t = _validate(yi, vi, mask, names, labels)
+    y, v, msk, name_t, label_grid = _validate(yi, vi, mask, names, labels)
     b = st.as_batch(y, v, msk)
     m = y.shape[0]
     k = b.k
@@ -540,8 +545,10 @@ def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: flo
     se_tau2 = np.where(multi & is_re, fit.se_tau2, np.nan)
     converged = fit.converged & qp_ok & ~empty
 
-    messages = []
-    for i in range(m):
+    messages = [""] * m
+    identical = (test == "knha") & multi & (rss <= st._EPS)
+    noted = empty | (k == 1) | ~fit.converged | ~qp_ok | identical
+    for i in np.flatnonzero(noted | ((test == "knha") & (not is_re) & multi)):
         notes = []
         if empty[i]:
             notes.append("k = 0: no site contributed; nothing to pool")
@@ -555,10 +562,10 @@ def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: flo
             notes.append("a Q-profile bound for tau² did not converge")
         if test == "knha" and not is_re and multi[i]:
             notes.append("Knapp-Hartung inference is meant for random-effects models")
-        if test == "knha" and multi[i] and rss[i] <= st._EPS:
+        if identical[i]:
             notes.append("the effect sizes are identical, so the Knapp-Hartung scale "
                          "factor is 0 and se = 0 (as metafor)")
-        messages.append("; ".join(notes))
+        messages[i] = "; ".join(notes)
 
     nan_if_empty = lambda a: np.where(empty, np.nan, a)  # noqa: E731
     return BatchPoolingResult(
@@ -571,7 +578,7 @@ def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: flo
         tau2_ci_lb=t_lo, tau2_ci_ub=t_hi, I2_ci_lb=i2_lo, I2_ci_ub=i2_hi,
         H2_ci_lb=h2_lo, H2_ci_ub=h2_hi, converged=converged, iterations=fit.iterations,
         messages=tuple(messages), yi=np.where(msk, y, np.nan), vi=np.where(msk, v, np.nan),
-        mask=msk, weights=np.where(msk, weights, np.nan), labels=label_t,
+        mask=msk, weights=np.where(msk, weights, np.nan), site_labels=label_grid,
     )
 
 

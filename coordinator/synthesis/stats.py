@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import stats
@@ -98,6 +99,12 @@ class BatchInput:
     mask: np.ndarray
     k: np.ndarray
 
+    @cached_property
+    def vw(self) -> np.ndarray:
+        """``vi`` with +inf outside the mask, so ``1 / (vw + tau2)`` is a weight of exactly
+        zero there without a mask operation in the hot loops."""
+        return np.where(self.mask, self.vi, np.inf)
+
 
 def as_batch(yi, vi, mask=None) -> BatchInput:
     """Promote ``yi``, ``vi`` (1-D or 2-D) and an optional mask to a sanitised batch.
@@ -106,6 +113,8 @@ def as_batch(yi, vi, mask=None) -> BatchInput:
     for the user-facing checks); cells outside the mask are overwritten so that NaN
     placeholders for missing sites are allowed.
     """
+    if isinstance(yi, BatchInput):
+        return yi
     y = np.array(yi, dtype=float, ndmin=1, copy=True)
     v = np.array(vi, dtype=float, ndmin=1, copy=True)
     if y.ndim == 1:
@@ -121,6 +130,23 @@ def as_batch(yi, vi, mask=None) -> BatchInput:
     y[~msk] = 0.0
     v[~msk] = 1.0
     return BatchInput(y, v, msk, msk.sum(axis=1))
+
+
+def _rsum(a: np.ndarray) -> np.ndarray:
+    """Row sums through BLAS (``a @ 1``): much faster than ``a.sum(axis=1)`` for the
+    short rows of a batch (a few dozen sites)."""
+    return a @ np.ones(a.shape[1])
+
+
+def _rdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise ``sum(a * b)``."""
+    return np.einsum("ij,ij->i", a, b)
+
+
+def _weights(vw: np.ndarray, tau2: np.ndarray) -> np.ndarray:
+    w = vw + tau2[:, None]
+    np.reciprocal(w, out=w)
+    return w
 
 
 def exclusive_sum(x: np.ndarray) -> np.ndarray:
@@ -140,18 +166,18 @@ def exclusive_sum(x: np.ndarray) -> np.ndarray:
 
 def fixed_weights(b: BatchInput) -> np.ndarray:
     """Inverse-variance weights ``1 / vi`` (zero outside the mask)."""
-    return np.where(b.mask, 1.0 / b.vi, 0.0)
+    return 1.0 / b.vw
 
 
 def re_weights(b: BatchInput, tau2) -> np.ndarray:
     """Random-effects weights ``1 / (vi + tau2)`` (zero outside the mask)."""
-    t = np.asarray(tau2, dtype=float).reshape(-1, 1)
-    return np.where(b.mask, 1.0 / (b.vi + t), 0.0)
+    t = np.broadcast_to(np.asarray(tau2, dtype=float).reshape(-1), (b.yi.shape[0],))
+    return _weights(b.vw, t)
 
 
 def weighted_mean(y: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Row-wise ``sum(w y) / sum(w)``."""
-    return (w * y).sum(axis=1) / w.sum(axis=1)
+    return _rdot(w, y) / _rsum(w)
 
 
 def q_statistic(b: BatchInput) -> np.ndarray:
@@ -165,25 +191,24 @@ def generalized_q(b: BatchInput, tau2, *, rows=None) -> np.ndarray:
     Decreasing in tau²; it is the pivot of the Paule-Mandel estimator and of the Q-profile
     interval (Viechtbauer 2007). ``rows`` restricts the computation to a subset.
     """
-    y, v, m = (b.yi, b.vi, b.mask) if rows is None else (b.yi[rows], b.vi[rows], b.mask[rows])
-    t = np.asarray(tau2, dtype=float).reshape(-1, 1)
-    w = np.where(m, 1.0 / (v + t), 0.0)
-    r = y - ((w * y).sum(axis=1) / w.sum(axis=1))[:, None]
-    return np.maximum((w * r * r).sum(axis=1), 0.0)
+    y, vw = (b.yi, b.vw) if rows is None else (b.yi[rows], b.vw[rows])
+    t = np.broadcast_to(np.asarray(tau2, dtype=float).reshape(-1), (y.shape[0],))
+    q, _ = _q_and_slope(y, vw, t)
+    return np.maximum(q, 0.0)
 
 
-def _q_and_slope(y, v, m, tau2):
+def _q_and_slope(y, vw, tau2):
     """Generalised Q and its derivative ``dQ/dtau2 = -sum w^2 r^2`` (mu drops out, dQ/dmu = 0)."""
-    w = np.where(m, 1.0 / (v + tau2[:, None]), 0.0)
-    r = y - ((w * y).sum(axis=1) / w.sum(axis=1))[:, None]
-    wr2 = w * r * r
-    return wr2.sum(axis=1), -(w * wr2).sum(axis=1)
+    w = _weights(vw, tau2)
+    mu = _rdot(w, y) / _rsum(w)
+    r = y - mu[:, None]
+    wr = w * r
+    return _rdot(wr, r), -_rdot(wr, wr)
 
 
 def trace_p(w: np.ndarray) -> np.ndarray:
     """``tr(P)`` of ``P = W - w w' / sum(w)`` (intercept-only model): ``sum w_i (S - w_i) / S``."""
-    s = w.sum(axis=1)
-    return (w * exclusive_sum(w)).sum(axis=1) / s
+    return _rdot(w, exclusive_sum(w)) / _rsum(w)
 
 
 def _sum_p2(w: np.ndarray, a=None, b=None) -> np.ndarray:
@@ -196,11 +221,11 @@ def _sum_p2(w: np.ndarray, a=None, b=None) -> np.ndarray:
     """
     a = np.ones_like(w) if a is None else a
     b = np.ones_like(w) if b is None else b
-    s = w.sum(axis=1, keepdims=True)
+    s = _rsum(w)[:, None]
     pii = w * exclusive_sum(w) / s
     w2 = w * w
-    off = (w2 * a * exclusive_sum(w2 * b)).sum(axis=1) / (s[:, 0] ** 2)
-    return (pii * pii * a * b).sum(axis=1) + off
+    off = _rdot(w2 * a, exclusive_sum(w2 * b)) / (s[:, 0] ** 2)
+    return _rdot(pii * pii, a * b) + off
 
 
 def typical_variance(b: BatchInput) -> np.ndarray:
@@ -249,6 +274,7 @@ def bracketed_root(
     f_lo: np.ndarray,
     f_hi: np.ndarray,
     *,
+    x0: np.ndarray | None = None,
     xtol: float = 1e-15,
     rtol: float = 4 * _EPS,
     maxiter: int = 200,
@@ -262,7 +288,8 @@ def bracketed_root(
     BIT 11:168-174), and falls back to bisection whenever the candidate leaves the bracket
     or the bracket failed to halve, so convergence is guaranteed (as in Numerical
     Recipes' ``rtsafe``). Rows stop individually once the bracket is narrower than
-    ``xtol + rtol |x|`` or ``f`` is exactly zero.
+    ``xtol + rtol |x|``, a Newton correction is below that tolerance, or ``f`` is exactly
+    zero. ``x0`` is an optional first guess inside the bracket (default: the midpoint).
 
     Returns
     -------
@@ -281,8 +308,11 @@ def bracketed_root(
     side = np.zeros(n, dtype=np.int8)
     width_prev = np.abs(hi - lo)
     x = root.copy()
+    if x0 is not None:
+        guess = np.asarray(x0, dtype=float)
+        ok = np.isfinite(guess) & (guess >= np.minimum(lo, hi)) & (guess <= np.maximum(lo, hi))
+        x = np.where(ok & ~done, guess, x)
     active = np.flatnonzero(~done)
-    # first evaluation at the midpoint gives a derivative for a Newton step
     for _ in range(maxiter):
         if active.size == 0:
             break
@@ -341,6 +371,10 @@ def bracketed_root(
 # tau² estimators
 # ---------------------------------------------------------------------------------------
 
+#: Solvers of the ML / REML / EB estimating equations.
+SOLVERS = ("newton", "fisher")
+
+
 @dataclass(frozen=True)
 class Tau2Fit:
     """Estimated between-site variance of a batch.
@@ -353,7 +387,7 @@ class Tau2Fit:
         Standard error as metafor reports it (NaN for ``FE`` and ``k < 2``).
     converged : ndarray of bool, shape (m,)
     iterations : ndarray of int, shape (m,)
-        Fisher-scoring iterations (0 for closed-form estimators).
+        Fisher-scoring iterations (0 for closed-form estimators and the Newton solver).
     """
 
     tau2: np.ndarray
@@ -362,37 +396,46 @@ class Tau2Fit:
     iterations: np.ndarray
 
 
-def _centered(b: BatchInput) -> np.ndarray:
-    """``yi`` minus its unweighted row mean (metafor centres for numerical stability)."""
-    mean = (b.yi * b.mask).sum(axis=1) / np.maximum(b.k, 1)
-    return np.where(b.mask, b.yi - mean[:, None], 0.0)
+def _centered(b: BatchInput) -> BatchInput:
+    """The batch with ``yi`` minus its unweighted row mean (metafor centres ``yi`` for
+    numerical stability; tau² and Q do not depend on a shift)."""
+    mean = _rsum(b.yi) / np.maximum(b.k, 1)
+    y = np.where(b.mask, b.yi - mean[:, None], 0.0)
+    out = BatchInput(y, b.vi, b.mask, b.k)
+    out.__dict__["vw"] = b.vw  # share the cached +inf-padded variances
+    return out
 
 
-def _he(b: BatchInput, y: np.ndarray):
-    """Hedges' unweighted method of moments; also the start of ML/REML/EB."""
+def _he(b: BatchInput):
+    """Hedges' unweighted method of moments (untruncated); also the start of ML/REML/EB."""
     k = b.k.astype(float)
     v = np.where(b.mask, b.vi, 0.0)
-    dev = np.where(b.mask, y - (y.sum(axis=1) / k)[:, None], 0.0)
-    rss = (dev * dev).sum(axis=1)
-    sv = v.sum(axis=1)
+    dev = np.where(b.mask, b.yi - (_rsum(b.yi) / k)[:, None], 0.0)
+    rss = _rdot(dev, dev)
+    sv = _rsum(v)
     tr_pv = sv * (k - 1) / k
     tau2 = (rss - tr_pv) / (k - 1)
-    return tau2, v, sv, tr_pv
+    return tau2, v, sv, tr_pv, rss
 
 
-def tau2_estimate(yi, vi, mask=None, method: str = "REML", *,
+def tau2_estimate(yi, vi=None, mask=None, method: str = "REML", *, solver: str = "newton",
                   threshold: float = _THRESHOLD, max_iter: int = _MAX_ITER) -> Tau2Fit:
     """Estimate tau² for every analysis of a batch with one method.
 
     Parameters
     ----------
     yi, vi : array_like, shape (m, K) or (K,)
+        Or a :class:`BatchInput` as ``yi`` (then ``vi`` and ``mask`` are ignored).
     mask : array_like of bool, optional
     method : {"FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM"}
-    threshold : float
-        Fisher scoring stops when ``|Δtau2| < threshold``.
-    max_iter : int
-        Fisher-scoring iterations before the bracketed fallback takes over.
+    solver : {"newton", "fisher"}
+        How ML and REML are maximised (the root is the same): ``newton`` solves the score
+        equation with safeguarded Newton steps inside a bracket (quadratic convergence,
+        the default); ``fisher`` is rma.uni's Fisher scoring from the HE estimate with
+        step halving at zero, stopped at ``|Δtau2| < threshold``, with rows still
+        unconverged after ``max_iter`` steps handed to the bracketed solver.
+    threshold, max_iter
+        Fisher-scoring controls.
 
     Notes
     -----
@@ -403,15 +446,19 @@ def tau2_estimate(yi, vi, mask=None, method: str = "REML", *,
     * HE ``(sum (y - ybar)^2 - (k-1)/k sum v) / (k - 1)``;
     * SJ ``tau0 Q(tau0) / (k - 1)`` with ``tau0 = mean((y - ybar)^2)``.
 
-    ML, REML and EB use Fisher scoring from the (truncated) HE estimate with step halving
-    at the zero boundary, exactly as ``rma.uni``; a row that has not converged after
-    ``max_iter`` steps gets the root of its estimating equation by :func:`bracketed_root`
-    instead. PM is the root of ``Q(tau2) = k - 1`` (zero if ``Q(0) < k - 1``).
+    ML and REML set the score to zero: ``y'PPy - sum(w)`` (ML) and ``y'PPy - tr(P)``
+    (REML), whose derivatives are ``-2 y'PPPy + sum(w^2)`` and ``-2 y'PPPy + tr(PP)``;
+    tau² = 0 when the score is not positive at zero. As in rma.uni, a stationary point
+    whose likelihood is below the one at zero is replaced by zero. EB (Morris 1983) and PM
+    both solve ``Q(tau2) = k - 1`` (EB's Fisher-scoring step is ``(Q k/(k-1) - k)/sum(w)``),
+    zero when ``Q(0) < k - 1``; the root is found on ``1/Q``, which is nearly linear.
     """
     method = str(method).upper()
     if method not in METHODS:
         raise ValueError(f"method: {method!r} is not one of {', '.join(METHODS)}")
-    b = yi if isinstance(yi, BatchInput) else as_batch(yi, vi, mask)
+    if solver not in SOLVERS:
+        raise ValueError(f"solver: {solver!r} is not one of {', '.join(SOLVERS)}")
+    b = as_batch(yi, vi, mask)
     m = b.yi.shape[0]
     k = b.k.astype(float)
     nan = np.full(m, np.nan)
@@ -420,13 +467,13 @@ def tau2_estimate(yi, vi, mask=None, method: str = "REML", *,
     if method == "FE":
         return Tau2Fit(np.zeros(m), nan, ok, iters)
     multi = b.k >= 2
-    y = _centered(b)
+    c = _centered(b)
     with np.errstate(invalid="ignore", divide="ignore"):
         if method in ("DL", "HS"):
-            w = fixed_weights(b)
-            q = generalized_q(b, np.zeros(m))
+            w = fixed_weights(c)
+            q, _ = _q_and_slope(c.yi, c.vw, np.zeros(m))
             trp = trace_p(w)
-            sw = w.sum(axis=1)
+            sw = _rsum(w)
             pp = _sum_p2(w)
             if method == "DL":
                 tau2 = np.maximum((q - (k - 1)) / trp, 0.0)
@@ -435,113 +482,189 @@ def tau2_estimate(yi, vi, mask=None, method: str = "REML", *,
                 tau2 = np.maximum((q - k) / sw, 0.0)
                 se = np.sqrt((2 * (k - 1) + 4 * tau2 * trp + 2 * tau2**2 * pp) / sw**2)
         elif method == "HE":
-            tau2, v, sv, tr_pv = _he(b, y)
+            tau2, v, sv, tr_pv, _ = _he(c)
             tau2 = np.maximum(tau2, 0.0)
             # sum(PV * t(PV)) with P = I - J/k: sum v^2 (1 - 2/k) + (sum v)^2 / k^2
-            s_pv = (v * v).sum(axis=1) * (1 - 2 / k) + sv**2 / k**2
+            s_pv = _rdot(v, v) * (1 - 2 / k) + sv**2 / k**2
             se = np.sqrt((2 * s_pv + 4 * tau2 * tr_pv + 2 * tau2**2 * (k - 1)) / (k - 1) ** 2)
         elif method == "SJ":
-            dev = np.where(b.mask, y - (y.sum(axis=1) / k)[:, None], 0.0)
-            tau0 = (dev * dev).sum(axis=1) / k
-            w = re_weights(b, tau0)
-            q = generalized_q(b, tau0)
+            _, v, _, _, rss = _he(c)
+            tau0 = rss / k  # var(y) (k-1)/k
+            w = re_weights(c, tau0)
+            q, _ = _q_and_slope(c.yi, c.vw, tau0)
             tau2 = np.maximum(tau0 * q / (k - 1), 0.0)
-            v = np.where(b.mask, b.vi, 0.0)
-            one = np.where(b.mask, 1.0, 0.0)
+            one = b.mask.astype(float)
             s_pvpv = _sum_p2(w, v, v)
             s_pvp = _sum_p2(w, one, v)
             s_pp = _sum_p2(w)
             se = np.sqrt(tau0**2 / (k - 1) ** 2
                          * (2 * s_pvpv + 4 * tau2 * s_pvp + 2 * tau2**2 * s_pp))
-        elif method == "PM":
-            tau2, ok = _paule_mandel(b, y)
-            w = re_weights(b, tau2)
-            se = np.sqrt(2 * k**2 / (k - 1)) / w.sum(axis=1)
-        else:  # ML, REML, EB
-            tau2, ok, iters = _fisher_scoring(b, y, method, threshold, max_iter)
-            w = re_weights(b, tau2)
+        elif method in ("PM", "EB") and solver == "newton":
+            tau2, ok = _paule_mandel(c)
+            se = np.sqrt(2 * k**2 / (k - 1)) / _rsum(re_weights(c, tau2))
+        else:  # ML, REML (and EB with Fisher scoring)
+            if solver == "newton":
+                tau2, ok = _newton_score(c, method)
+            else:
+                tau2, ok, iters = _fisher_scoring(c, method, threshold, max_iter)
+            if method in ("ML", "REML"):
+                tau2 = _ll0_check(c, tau2, ok, method, threshold)
+            w = re_weights(c, tau2)
             if method == "ML":
-                se = np.sqrt(2 / (w * w).sum(axis=1))
+                se = np.sqrt(2 / _rdot(w, w))
             elif method == "REML":
                 se = np.sqrt(2 / _sum_p2(w))
             else:
-                se = np.sqrt(2 * k**2 / (k - 1)) / w.sum(axis=1)
+                se = np.sqrt(2 * k**2 / (k - 1)) / _rsum(w)
     tau2 = np.where(multi, tau2, 0.0)
     se = np.where(multi, se, np.nan)
     ok = np.where(multi, ok, True)
     return Tau2Fit(tau2, se, ok, np.where(multi, iters, 0))
 
 
-def _upper_bracket(b: BatchInput, y: np.ndarray, target: np.ndarray) -> np.ndarray:
+def _upper_bracket(y: np.ndarray, mask: np.ndarray, k: np.ndarray,
+                   target: np.ndarray) -> np.ndarray:
     """A tau² where the generalised Q has certainly fallen below ``target``.
 
     ``Q(tau2) <= sum (y - ybar)^2 / (v + tau2) <= sum (y - ybar)^2 / tau2`` because the
     weighted mean minimises the weighted sum of squares.
     """
-    k = np.maximum(b.k, 1)
-    dev = np.where(b.mask, y - (y.sum(axis=1) / k)[:, None], 0.0)
-    ss = (dev * dev).sum(axis=1)
+    kk = np.maximum(k, 1)
+    dev = np.where(mask, y - (_rsum(y) / kk)[:, None], 0.0)
+    ss = _rdot(dev, dev)
     with np.errstate(divide="ignore", invalid="ignore"):
         hi = 2.0 * ss / target
     return np.where(np.isfinite(hi) & (hi > 0), hi, 1.0) + 1e-300
 
 
-def _solve_q_equals(b: BatchInput, y: np.ndarray, rows: np.ndarray,
+def _solve_q_equals(b: BatchInput, rows: np.ndarray,
                     target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """tau² solving ``Q(tau2) = target`` for ``rows`` whose ``Q(0) > target``."""
+    """tau² solving ``Q(tau2) = target`` for ``rows`` whose ``Q(0) > target``.
+
+    Solved as ``1/Q(tau2) - 1/target = 0``: for large tau² ``Q`` behaves like
+    ``A / (tau2 + c)``, so its reciprocal is nearly linear and Newton's method from
+    ``tau2 = 0`` converges in a handful of steps (the bracket keeps it safe).
+    """
     if rows.size == 0:
         return np.zeros(0), np.zeros(0, dtype=bool)
-    yy, vv, mm = y[rows], b.vi[rows], b.mask[rows]
-    hi = _upper_bracket(BatchInput(yy, vv, mm, b.k[rows]), yy, target)
-    q0, _ = _q_and_slope(yy, vv, mm, np.zeros(rows.size))
-    qhi, _ = _q_and_slope(yy, vv, mm, hi)
+    yy, vw = b.yi[rows], b.vw[rows]
+    hi = _upper_bracket(yy, b.mask[rows], b.k[rows], target)
+    q0, _ = _q_and_slope(yy, vw, np.zeros(rows.size))
+    qhi, _ = _q_and_slope(yy, vw, hi)
+    inv_t = 1.0 / target
 
     def f(x, sub):
-        q, dq = _q_and_slope(yy[sub], vv[sub], mm[sub], x)
-        return q - target[sub], dq
+        q, dq = _q_and_slope(yy[sub], vw[sub], x)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return 1.0 / q - inv_t[sub], -dq / (q * q)
 
-    return bracketed_root(f, np.zeros(rows.size), hi, q0 - target, qhi - target)
+    with np.errstate(divide="ignore"):
+        return bracketed_root(f, np.zeros(rows.size), hi, 1.0 / q0 - inv_t, 1.0 / qhi - inv_t,
+                              x0=np.zeros(rows.size))
 
 
-def _paule_mandel(b: BatchInput, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _paule_mandel(b: BatchInput) -> tuple[np.ndarray, np.ndarray]:
+    """Root of ``Q(tau2) = k - 1`` (0 where ``Q(0) <= k - 1``); b must be centred."""
     m = b.yi.shape[0]
     k = b.k.astype(float)
-    q0 = generalized_q(BatchInput(y, b.vi, b.mask, b.k), np.zeros(m))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q0, _ = _q_and_slope(b.yi, b.vw, np.zeros(m))
     tau2 = np.zeros(m)
     ok = np.ones(m, dtype=bool)
     rows = np.flatnonzero((b.k >= 2) & (q0 > k - 1))
-    root, conv = _solve_q_equals(b, y, rows, (k - 1)[rows])
+    root, conv = _solve_q_equals(b, rows, (k - 1)[rows])
     tau2[rows] = root
     ok[rows] = conv
     return tau2, ok
 
 
-def _score_parts(y, v, m, tau2, method):
-    """Fisher-scoring step (numerator / information) of ML, REML or EB at ``tau2``."""
-    w = np.where(m, 1.0 / (v + tau2[:, None]), 0.0)
-    sw = w.sum(axis=1)
-    r = y - ((w * y).sum(axis=1) / sw)[:, None]
-    wr = w * r
+def _score(y, vw, tau2, method, *, slope: bool):
+    """Score of ML / REML (times 2) at ``tau2`` and its derivative or Fisher information.
+
+    With ``u = P y = w (y - mu)``: ``y'PPy = sum u^2`` and ``y'PPPy = sum w u^2 -
+    (sum w u)^2 / sum w``. Returns ``(score, d score / d tau2)`` when ``slope`` and
+    ``(score, expected information)`` otherwise (the Fisher-scoring step is their ratio).
+    For EB the "score" is Morris's equation ``Q k/(k-1) - k`` with information
+    ``sum(w)`` (only used by Fisher scoring).
+    """
+    w = _weights(vw, tau2)
+    sw = _rsum(w)
+    r = y - (_rdot(w, y) / sw)[:, None]
+    u = w * r
+    uu = _rdot(u, u)
+    if method == "EB":
+        k = np.isfinite(vw).sum(axis=1)
+        return _rdot(u, r) * k / (k - 1) - k, sw
+    w2 = w * w
+    sw2 = _rsum(w2)
     if method == "ML":
-        num = (wr * wr).sum(axis=1) - sw
-        info = (w * w).sum(axis=1)
-    elif method == "REML":
-        num = (wr * wr).sum(axis=1) - trace_p(w)
-        info = _sum_p2(w)
-    else:  # EB: Morris's estimating equation Q(tau2) k/(k-1) = k
-        k = m.sum(axis=1)
-        num = (wr * r).sum(axis=1) * k / (k - 1) - k
-        info = sw
-    return num, info
+        num, info = uu - sw, sw2
+    else:
+        sw3 = _rdot(w2, w)
+        num = uu - (sw - sw2 / sw)                       # y'PPy - tr(P)
+        info = sw2 - 2 * sw3 / sw + (sw2 / sw) ** 2      # tr(PP)
+    if not slope:
+        return num, info
+    wu = _rdot(w, u)
+    upu = _rdot(w * u, u) - wu * wu / sw                  # y'PPPy
+    return num, info - 2 * upu
 
 
-def _fisher_scoring(b: BatchInput, y: np.ndarray, method: str, threshold: float,
-                    max_iter: int):
-    """Vectorised Fisher scoring of rma.uni with a per-row convergence mask."""
+def _newton_score(b: BatchInput, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised safeguarded Newton on the ML / REML score, bracketed in ``[0, hi]``."""
     m = b.yi.shape[0]
-    he, *_ = _he(b, y)
-    tau2 = np.where(b.k >= 2, np.maximum(he, 0.0), 0.0)
-    tau2 = np.where(np.isfinite(tau2), tau2, 0.0)
+    tau2 = np.zeros(m)
+    ok = np.ones(m, dtype=bool)
+    rows = np.flatnonzero(b.k >= 2)
+    if rows.size == 0:
+        return tau2, ok
+    yy, vw = b.yi[rows], b.vw[rows]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s0, _ = _score(yy, vw, np.zeros(rows.size), method, slope=False)
+    pos = np.flatnonzero(s0 > 0)  # otherwise the likelihood decreases from tau2 = 0
+    if pos.size == 0:
+        return tau2, ok
+    yy, vw = yy[pos], vw[pos]
+    sub = BatchInput(yy, b.vi[rows[pos]], b.mask[rows[pos]], b.k[rows[pos]])
+    hi, s_hi, bracketed = _score_bracket(sub, method)
+    he, *_ = _he(sub)
+    x0 = np.clip(np.where(np.isfinite(he), he, 0.0), 0.0, hi)
+
+    def f(x, idx):
+        return _score(yy[idx], vw[idx], x, method, slope=True)
+
+    root, conv = bracketed_root(f, np.zeros(pos.size), hi, s0[pos], s_hi, x0=x0)
+    tau2[rows[pos]] = root
+    ok[rows[pos]] = conv & bracketed
+    return tau2, ok
+
+
+def _score_bracket(b: BatchInput, method: str):
+    """An upper end ``hi`` with a negative score (widened geometrically if needed)."""
+    k = b.k.astype(float)
+    vmax = np.where(b.mask, b.vi, 0.0).max(axis=1)
+    hi = _upper_bracket(b.yi, b.mask, b.k, np.maximum(k - 1, 1.0)) * k + 2 * vmax
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s_hi, _ = _score(b.yi, b.vw, hi, method, slope=False)
+        for _ in range(60):
+            bad = ~(s_hi < 0)
+            if not bad.any():
+                break
+            hi = np.where(bad, hi * 4, hi)
+            s_hi[bad], _ = _score(b.yi[bad], b.vw[bad], hi[bad], method, slope=False)
+    return hi, s_hi, s_hi < 0
+
+
+def _fisher_scoring(b: BatchInput, method: str, threshold: float, max_iter: int):
+    """rma.uni's Fisher scoring, vectorised with a per-row convergence mask.
+
+    Starts from the truncated HE estimate; a step that would make tau² negative is
+    halved until it does not (so at tau² = 0 a negative step vanishes). Rows still moving
+    after ``max_iter`` steps are solved by bracketing instead.
+    """
+    m = b.yi.shape[0]
+    he, *_ = _he(b)
+    tau2 = np.where((b.k >= 2) & np.isfinite(he), np.maximum(he, 0.0), 0.0)
     iters = np.zeros(m, dtype=int)
     converged = b.k < 2
     active = np.flatnonzero(~converged)
@@ -549,10 +672,9 @@ def _fisher_scoring(b: BatchInput, y: np.ndarray, method: str, threshold: float,
         if active.size == 0:
             break
         t = tau2[active]
-        num, info = _score_parts(y[active], b.vi[active], b.mask[active], t, method)
+        num, info = _score(b.yi[active], b.vw[active], t, method, slope=False)
         adj = num / info
         adj = np.where(np.isfinite(adj), adj, 0.0)
-        # step halving keeps tau2 >= 0 (as rma.uni); at tau2 = 0 a negative step vanishes
         neg = t + adj < 0
         if neg.any():
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -563,72 +685,36 @@ def _fisher_scoring(b: BatchInput, y: np.ndarray, method: str, threshold: float,
             scaled = np.where(t + scaled < 0, scaled / 2, scaled)
             scaled = np.where(t + scaled < 0, 0.0, scaled)
             adj = np.where(neg, scaled, adj)
-        new = t + adj
         iters[active] += 1
-        tau2[active] = new
+        tau2[active] = t + adj
         done = np.abs(adj) <= threshold
         converged[active[done]] = True
         active = active[~done]
-    if method in ("ML", "REML"):
-        tau2 = _ll0_check(b, y, tau2, converged, method, threshold)
     if active.size:
         # Fisher scoring did not settle: solve the estimating equation by bracketing.
-        root, ok = _score_root(b, y, active, method)
+        sub = BatchInput(b.yi[active], b.vi[active], b.mask[active], b.k[active])
+        sub.__dict__["vw"] = b.vw[active]
+        if method == "EB":
+            root, ok = _paule_mandel(sub)
+        else:
+            root, ok = _newton_score(sub, method)
         tau2[active] = root
         converged[active] = ok
     return tau2, converged, iters
 
 
-def _ll0_check(b, y, tau2, converged, method, threshold):
+def _ll0_check(b, tau2, converged, method, threshold):
     """rma.uni's check: set tau2 = 0 when the likelihood is larger there (local maximum)."""
     rows = np.flatnonzero(converged & (b.k >= 2) & (tau2 > threshold))
     if rows.size == 0:
         return tau2
-    sub = BatchInput(y[rows], b.vi[rows], b.mask[rows], b.k[rows])
+    sub = BatchInput(b.yi[rows], b.vi[rows], b.mask[rows], b.k[rows])
     ll0 = log_likelihood(sub, np.zeros(rows.size), reml=method == "REML")
     ll1 = log_likelihood(sub, tau2[rows], reml=method == "REML")
     out = tau2.copy()
     # metafor's control default tol = .Machine$double.eps^0.25
     out[rows[ll0 - ll1 > _EPS ** 0.25]] = 0.0
     return out
-
-
-def _score_root(b: BatchInput, y: np.ndarray, rows: np.ndarray, method: str):
-    """Fallback: the root of the ML / REML / EB estimating equation on a bracket."""
-    k = b.k[rows].astype(float)
-    if method == "EB":
-        # EB solves Q(tau2) = k - 1, the Paule-Mandel equation
-        q0, _ = _q_and_slope(y[rows], b.vi[rows], b.mask[rows], np.zeros(rows.size))
-        out = np.zeros(rows.size)
-        ok = np.ones(rows.size, dtype=bool)
-        pos = np.flatnonzero(q0 > k - 1)
-        root, conv = _solve_q_equals(b, y, rows[pos], k[pos] - 1)
-        out[pos], ok[pos] = root, conv
-        return out, ok
-    yy, vv, mm = y[rows], b.vi[rows], b.mask[rows]
-
-    def f(x, sub):
-        num, _ = _score_parts(yy[sub], vv[sub], mm[sub], x, method)
-        return num, None
-
-    s0, _ = _score_parts(yy, vv, mm, np.zeros(rows.size), method)
-    hi = _upper_bracket(BatchInput(yy, vv, mm, b.k[rows]), yy, np.maximum(k - 1, 1.0))
-    hi = hi + vv.max(axis=1)
-    shi, _ = _score_parts(yy, vv, mm, hi, method)
-    for _ in range(60):  # widen until the score is negative
-        bad = shi >= 0
-        if not bad.any():
-            break
-        hi = np.where(bad, hi * 4, hi)
-        shi[bad], _ = _score_parts(yy[bad], vv[bad], mm[bad], hi[bad], method)
-    out = np.zeros(rows.size)
-    ok = np.ones(rows.size, dtype=bool)
-    pos = np.flatnonzero(s0 > 0)
-    if pos.size:
-        root, conv = bracketed_root(lambda x, sub: f(x, pos[sub]),
-                                    np.zeros(pos.size), hi[pos], s0[pos], shi[pos])
-        out[pos], ok[pos] = root, conv & (shi[pos] < 0)
-    return out, ok
 
 
 # ---------------------------------------------------------------------------------------
@@ -655,13 +741,13 @@ def qprofile_tau2_ci(yi, vi=None, mask=None, *, level: float = 95.0) -> QProfile
     decreasing in tau²; a bound is 0 when ``Q(0)`` already lies below its quantile. The
     interval does not depend on the tau² estimator.
     """
-    b = yi if isinstance(yi, BatchInput) else as_batch(yi, vi, mask)
+    b = _centered(as_batch(yi, vi, mask))
     alpha = _alpha(level)
     m = b.yi.shape[0]
-    y = _centered(b)
     df = (b.k - 1).astype(float)
     multi = b.k >= 2
-    q0 = np.where(multi, generalized_q(BatchInput(y, b.vi, b.mask, b.k), np.zeros(m)), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q0 = np.where(multi, _q_and_slope(b.yi, b.vw, np.zeros(m))[0], np.nan)
     low = np.where(multi, 0.0, np.nan)
     high = np.where(multi, 0.0, np.nan)
     conv = np.ones(m, dtype=bool)
@@ -670,7 +756,7 @@ def qprofile_tau2_ci(yi, vi=None, mask=None, *, level: float = 95.0) -> QProfile
         crit_high = stats.chi2.ppf(alpha / 2, df)  # lower quantile -> upper bound
     for out, crit in ((low, crit_low), (high, crit_high)):
         rows = np.flatnonzero(multi & (q0 > crit))
-        root, ok = _solve_q_equals(b, y, rows, crit[rows])
+        root, ok = _solve_q_equals(b, rows, crit[rows])
         out[rows] = root
         conv[rows] &= ok
     return QProfile(low, high, conv)
@@ -683,13 +769,14 @@ def log_likelihood(b: BatchInput, tau2, *, reml: bool) -> np.ndarray:
     ``+1/2 log 2pi + 1/2 log k - 1/2 log sum(w)`` (metafor's full REML likelihood with
     ``REMLf = TRUE``), where ``RSS = sum w (y - mu)^2``.
     """
-    t = np.asarray(tau2, dtype=float)
+    b = as_batch(b, None)
+    t = np.broadcast_to(np.asarray(tau2, dtype=float).reshape(-1), (b.yi.shape[0],))
     k = b.k.astype(float)
-    w = re_weights(b, t)
-    sw = w.sum(axis=1)
-    r = b.yi - ((w * b.yi).sum(axis=1) / sw)[:, None]
-    rss = (w * r * r).sum(axis=1)
-    logv = np.where(b.mask, np.log(b.vi + t[:, None]), 0.0).sum(axis=1)
+    w = _weights(b.vw, t)
+    sw = _rsum(w)
+    r = b.yi - (_rdot(w, b.yi) / sw)[:, None]
+    rss = _rdot(w * r, r)
+    logv = _rsum(np.log(np.where(b.mask, b.vi + t[:, None], 1.0)))
     ll = -0.5 * k * np.log(2 * np.pi) - 0.5 * logv - 0.5 * rss
     if reml:
         ll = ll + 0.5 * np.log(2 * np.pi) + 0.5 * np.log(k) - 0.5 * np.log(sw)
@@ -700,4 +787,3 @@ def _alpha(level: float) -> float:
     """metafor's ``.level``: 95 -> 0.05; a value in (0, 1) is a proportion (0.95 -> 0.05)."""
     level = float(level)
     return (100.0 - level) / 100.0 if level > 1 else 1.0 - level
-

@@ -362,17 +362,20 @@ def test_bracketed_fallback_agrees_with_fisher_scoring(method):
     vi = rng.uniform(0.01, 0.2, (40, 9))
     mask = rng.random((40, 9)) < 0.8
     mask[:, :2] = True
-    full = st.tau2_estimate(yi, vi, mask, method)
-    forced = st.tau2_estimate(yi, vi, mask, method, max_iter=1)
-    assert full.converged.all() and forced.converged.all()
+    full = st.tau2_estimate(yi, vi, mask, method, solver="fisher")
+    forced = st.tau2_estimate(yi, vi, mask, method, solver="fisher", max_iter=1)
+    newton = st.tau2_estimate(yi, vi, mask, method, solver="newton")
+    assert full.converged.all() and forced.converged.all() and newton.converged.all()
+    assert full.iterations.max() > 1 and forced.iterations.max() == 1
     assert np.allclose(forced.tau2, full.tau2, rtol=1e-8, atol=1e-12)
+    assert np.allclose(newton.tau2, full.tau2, rtol=1e-8, atol=1e-12)
 
 
-def test_nonconvergence_is_reported_per_analysis():
-    """A Fisher-scoring budget of zero steps on the bracket-free path marks rows, not fails."""
+def test_zero_fisher_budget_still_converges_through_the_bracket():
+    """With no Fisher-scoring steps at all every row goes to the bracketed solver."""
     yi = np.array([HET_YI, SEED_YI + [0.3, 0.2]])
     vi = np.array([HET_VI, SEED_VI + [0.01, 0.02]])
-    fit = st.tau2_estimate(yi, vi, None, "REML", max_iter=0)
+    fit = st.tau2_estimate(yi, vi, None, "REML", solver="fisher", max_iter=0)
     # zero iterations: every row goes to the bracketed solver and still converges
     assert fit.converged.all()
     assert np.allclose(fit.tau2, st.tau2_estimate(yi, vi, None, "REML").tau2, rtol=1e-8)

@@ -244,8 +244,12 @@ def _text_sections(res: AnalysisResult, d: int) -> list[str]:
     else:
         ci = (f" (CI {_f(h.I2_ci_lb, 2)}% to {_f(h.I2_ci_ub, 2)}%)"
               if h.I2_ci_lb is not None else "")
-        lines.append(f"not flagged: I^2 = {_f(h.I2, 2)}%{ci} is below {h.i2_threshold:g}% and "
-                     "the prediction interval does not cross the null where the CI does not.")
+        p = res.pooling
+        pi = (f"the prediction interval ({_f(p.pi_lb, d)} to {_f(p.pi_ub, d)}) leads to the "
+              f"same conclusion about the null ({h.null_value:g}) as the confidence interval"
+              if np.isfinite(float(p.pi_lb)) else "there is no prediction interval (fixed effect)")
+        lines.append(f"not flagged: I^2 = {_f(h.I2, 2)}%{ci} is below the "
+                     f"{h.i2_threshold:g}% threshold, and {pi}.")
     blocks.append("\n".join(lines))
     if res.leave_one_out is not None:
         r = res.leave_one_out

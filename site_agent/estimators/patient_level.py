@@ -27,6 +27,7 @@ Contract
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -41,6 +42,8 @@ from site_agent.estimators.effect_sizes import escalc
 from site_agent.estimators.results import Estimate, Refusal
 
 __all__ = ["estimate", "estimate_all", "Refuse"]
+
+_LOG = logging.getLogger(__name__)
 
 #: A fitted coefficient beyond this (on the log-odds / log-hazard scale, per unit of a 0/1
 #: exposure) only arises when the likelihood has no finite maximum (separation).
@@ -447,6 +450,13 @@ def estimate(df: pd.DataFrame, analysis: AnalysisSpec | Mapping[str, Any]
         return Refusal(analysis=analysis.name, code="not_converged",
                        reason=f"the {analysis.estimator} fit failed numerically "
                               f"({type(error).__name__})")
+    except Exception as error:  # noqa: BLE001 - one analysis must never stop the others
+        # An unexpected failure is a bug: log it with its traceback for the site operator,
+        # and refuse this analysis only (the reason names the type, never the data).
+        _LOG.exception("analysis %r (%s) failed", analysis.name, analysis.estimator)
+        return Refusal(analysis=analysis.name, code="internal_error",
+                       reason=f"the {analysis.estimator} estimator failed unexpectedly "
+                              f"({type(error).__name__}); see the site's log")
 
 
 def estimate_all(df: pd.DataFrame, spec: Spec | Mapping[str, Any] | str

@@ -40,6 +40,7 @@ REFUSAL_CODES: tuple[str, ...] = (
     "zero_variance",       # a group with no spread, or an estimate with no variance
     "not_converged",       # the fitting algorithm did not converge
     "singular",            # collinear covariates: the model is not identified
+    "internal_error",      # an unexpected failure of the estimator (logged at the site)
 )
 
 

@@ -80,8 +80,13 @@ def test_pooling_of_site_estimates_matches_r(results, key: str) -> None:
     yi = [results[s][measure].yi for s in SITES]
     vi = [results[s][measure].vi for s in SITES]
     fit = synthesis.meta_analysis(yi, vi, labels=SITES, method=method, test="z")
-    for field in ("estimate", "se", "ci_lb", "ci_ub", "tau2", "Q", "Q_pval", "I2", "H2"):
+    for field in ("estimate", "se", "ci_lb", "ci_ub", "tau2", "Q", "Q_pval"):
         assert getattr(fit, field) == pytest.approx(ref[field], rel=1e-6, abs=1e-9), field
+    # I2 (percent) and H2 are tau2 / s2 scaled: where R's REML stops at a noise-level tau2
+    # (los_SMD: 1.2e-13, i.e. I2 = 3e-9 %) an exact 0 is equally right, so the absolute
+    # tolerance near zero is that of tau2 carried through the scaling.
+    for field in ("I2", "H2"):
+        assert getattr(fit, field) == pytest.approx(ref[field], rel=1e-6, abs=1e-7), field
     if method == "FE":
         assert ref["pi_lb"] == [] and np.isnan(fit.pi_lb)
     else:

@@ -296,6 +296,20 @@ def test_numerical_failure_becomes_refusal(monkeypatch) -> None:
     assert r.code == "not_converged" and "LinAlgError" in r.reason
 
 
+def test_unexpected_failure_refuses_only_that_analysis(monkeypatch, caplog) -> None:
+    from site_agent.estimators import patient_level
+
+    def bug(df, analysis):
+        raise KeyError("boom")
+
+    monkeypatch.setitem(patient_level._ESTIMATORS, "brier", bug)
+    spec = parse_spec({"analyses": [{"name": "b", **BRIER}, {"name": "c", **AUC}]})
+    results = estimate_all(make_data(), spec)
+    assert results["b"].code == "internal_error" and "KeyError" in results["b"].reason
+    assert isinstance(results["c"], Estimate)
+    assert "failed" in caplog.text
+
+
 def test_refusal_reasons_carry_no_counts() -> None:
     # Refusals travel to the coordinator: their text must not reveal a count.
     df = make_data()

@@ -79,8 +79,13 @@ def _complete(df: pd.DataFrame, analysis: AnalysisSpec) -> tuple[pd.DataFrame, i
             raise Refuse("invalid_values", f"column {column!r} holds values that are not "
                          "numbers")
         sub[column] = converted.astype(float)
-    finite = np.isfinite(sub.to_numpy(dtype=float)).all(axis=1)
-    kept = sub.loc[finite]
+    values = sub.to_numpy(dtype=float)
+    infinite = np.isinf(values).any(axis=0)
+    if infinite.any():
+        column = columns[int(np.flatnonzero(infinite)[0])]
+        raise Refuse("invalid_values", f"column {column!r} holds infinite values")
+    complete = ~np.isnan(values).any(axis=1)
+    kept = sub.loc[complete]
     return kept, int(len(sub) - len(kept))
 
 

@@ -161,6 +161,13 @@ def test_refusal_missing_column() -> None:
         assert r.code == "missing_column"
 
 
+def test_refusal_infinite_values() -> None:
+    df = make_data()
+    df.loc[7, "los"] = np.inf
+    r = refusal(df, TWO_GROUP)
+    assert r.code == "invalid_values" and "'los'" in r.reason and "infinite" in r.reason
+
+
 def test_refusal_text_values() -> None:
     df = make_data()
     df["age"] = df["age"].astype(object)

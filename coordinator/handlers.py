@@ -139,9 +139,15 @@ class Handlers:
 
     # --- methods -------------------------------------------------------------------------
     def register(self, site: str, *, agent_version: str, protocol_version: str) -> str:
-        self.check_version(protocol_version)
+        try:
+            self.check_version(protocol_version)
+        except Rejected as rejected:
+            self._audit("registration.rejected", {"site": site, "reason": rejected.message})
+            raise
         self.store.record_contact(site, agent_version=agent_version[:64],
                                   protocol_version=protocol_version, now=self.clock())
+        self._audit("site.registered", {"site": site, "agent_version": agent_version[:64],
+                                        "protocol_version": protocol_version})
         if self.metrics is not None:
             self.metrics.site_seen(site)
         log.info("site %s registered (agent %s)", site, agent_version)

@@ -123,14 +123,22 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
     limiter
         The buckets.
     on_reject
-        Optional callback ``(identity, method)`` called for each refused call (audit,
-        metrics); its exceptions are logged, not propagated.
+        Optional callback ``(identity, method)`` for refused calls (audit, metrics); its
+        exceptions are logged, not propagated. It is called at most once per identity every
+        ``report_every`` seconds: a flood must not turn into a flood of fsync'd audit
+        entries (which would make the audit log the denial-of-service amplifier).
+    report_every
+        Seconds between two reports for the same identity.
     """
 
     def __init__(self, limiter: RateLimiter,
-                 on_reject: Callable[[str, str], None] | None = None) -> None:
+                 on_reject: Callable[[str, str], None] | None = None, *,
+                 report_every: float = 60.0) -> None:
         self._limiter = limiter
         self._on_reject = on_reject
+        self._report_every = report_every
+        self._reported = RateLimiter(RateLimit(rate=1.0 / report_every, burst=1),
+                                     clock=limiter._clock, max_keys=limiter._max_keys)
 
     async def intercept_service(self, continuation, handler_call_details):
         from fedsynth.revocation import _wrap_handler
@@ -142,7 +150,7 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
             who = _identity(context)
             wait = self._limiter.try_acquire(who)
             if wait > 0:
-                if self._on_reject is not None:
+                if self._on_reject is not None and self._reported.allow(who):
                     try:
                         self._on_reject(who, method)
                     except Exception:  # noqa: BLE001

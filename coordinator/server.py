@@ -106,7 +106,9 @@ class Coordinator:
         from coordinator.ratelimit import RateLimit, RateLimiter, RateLimitInterceptor
 
         interceptors.append(RateLimitInterceptor(RateLimiter(RateLimit(
-            rate=self.config.rate, burst=self.config.burst))))
+            rate=self.config.rate, burst=self.config.burst)),
+            on_reject=lambda who, method: self._audit(
+                "peer.rate_limited", {"peer": who, "method": method})))
         return interceptors
 
     async def start(self) -> int:

@@ -147,15 +147,18 @@ class SiteAgent:
         from fedsynth.spec import parse_spec
         from site_agent.connectors import estimate_from_data
         from site_agent.estimators import Refusal
-        from site_agent.policy import site_policy
+        from types import SimpleNamespace
+
+        from site_agent.policy import review_round, site_policy
         from site_agent.privacy import PrivacyLimits, guard
 
         spec = parse_spec(work.spec_toml)
         policy = site_policy(self.config)
-        decision = policy.review(spec)
-        self._audit("policy.decision", {"round": work.round_id, **decision.to_dict()})
+        # review_round records a pending spec and audits each decision once per round and
+        # state (not on every poll while the spec waits for the operator's approval).
+        decision = review_round(policy, work.round_id, spec,
+                                SimpleNamespace(append=self._audit))
         if decision.needs_approval:
-            policy.store().record_pending(work.round_id, spec, decision.refusals)
             return {}, decision.to_dict()
         allowed = [a for a in spec.analyses if a.name not in decision.refusals]
         results: dict[str, Any] = {}

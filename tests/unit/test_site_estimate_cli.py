@@ -126,3 +126,23 @@ def test_console_entry_point(tmp_path: Path) -> None:
                            "json"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["n"] == EXPECTED["sites"]["mtf-charlie"]["n"]
+
+
+def test_load_table_formats(tmp_path: Path) -> None:
+    from fedsynth.errors import InputError
+    from site_agent.data import load_table
+
+    frame = pd.DataFrame({"a": [1, 2], "b": [0.5, None]})
+    (tmp_path / "bom.csv").write_bytes("\ufeffa,b\n1,0.5\n2,\n".encode())
+    pd.testing.assert_frame_equal(load_table(tmp_path / "bom.csv"), frame)
+    frame.to_csv(tmp_path / "t.tsv", sep="\t", index=False)
+    pd.testing.assert_frame_equal(load_table(tmp_path / "t.tsv"), frame)
+    frame.to_parquet(tmp_path / "noext")            # sniffed by Parquet's magic bytes
+    pd.testing.assert_frame_equal(load_table(tmp_path / "noext"), frame)
+    (tmp_path / "ragged.csv").write_text("a,b\n1,2\n1,2,3,4\n")
+    with pytest.raises(InputError) as info:
+        load_table(tmp_path / "ragged.csv")
+    assert "ragged.csv" in str(info.value) and "not valid CSV" in str(info.value)
+    (tmp_path / "latin.csv").write_bytes("a,b\n\xe9,1\n".encode("latin-1"))
+    with pytest.raises(InputError, match="UTF-8"):
+        load_table(tmp_path / "latin.csv")

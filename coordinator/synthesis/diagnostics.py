@@ -33,6 +33,7 @@ from scipy import stats
 
 from fedsynth.errors import InputError
 from coordinator.synthesis.metareg import (
+    _json_safe,
     BatchFit,
     MetaRegressionResult,
     fit_batch,
@@ -403,7 +404,7 @@ class PublicationBiasResult:
     trimfill_filled_vi: tuple[float, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"egger_rma_stat": self.egger_rma_stat, "egger_rma_pval": self.egger_rma_pval,
+        return _json_safe({"egger_rma_stat": self.egger_rma_stat, "egger_rma_pval": self.egger_rma_pval,
                 "egger_rma_limit": self.egger_rma_limit, "egger_lm_stat": self.egger_lm_stat,
                 "egger_lm_pval": self.egger_lm_pval, "egger_lm_df": self.egger_lm_df,
                 "rank_tau": self.rank_tau, "rank_pval": self.rank_pval,
@@ -411,7 +412,7 @@ class PublicationBiasResult:
                 "trimfill_estimate": self.trimfill_estimate, "trimfill_se": self.trimfill_se,
                 "trimfill_tau2": self.trimfill_tau2,
                 "trimfill_filled_yi": list(self.trimfill_filled_yi),
-                "trimfill_filled_vi": list(self.trimfill_filled_vi)}
+                "trimfill_filled_vi": list(self.trimfill_filled_vi)})
 
 
 #: metafor 3.8's trimfill refits the data with rma's default control (Fisher scoring

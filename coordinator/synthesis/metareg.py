@@ -313,9 +313,9 @@ class MetaRegressionResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with the reference's field names (``coef``, ``QM``, ``knha_F``...)."""
-        def lst(a: np.ndarray) -> list[float]:
-            return [float(x) for x in a]
-        return {
+        def lst(a: np.ndarray) -> list[float | None]:
+            return [_finite_or_none(x) for x in a]
+        return _json_safe({
             "names": list(self.names), "k": self.k, "method": self.method, "test": self.test,
             "coef": lst(self.coef), "se": lst(self.z_se), "zval": lst(self.z_stat),
             "pval": lst(self.z_pval), "ci_lb": lst(self.ci_lb), "ci_ub": lst(self.ci_ub),
@@ -324,7 +324,20 @@ class MetaRegressionResult:
             "tau2": self.tau2, "I2": self.I2, "H2": self.H2, "R2": self.R2,
             "knha_se": lst(self.knha_se), "knha_tval": lst(self.knha_stat),
             "knha_pval": lst(self.knha_pval), "knha_F": self.knha_F, "knha_Fp": self.knha_Fp,
-        }
+        })
+
+
+def _finite_or_none(x: Any) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
+    """Replace NaN/inf floats by None so that strict JSON can carry the dict."""
+    return {k: (_finite_or_none(v) if isinstance(v, (float, np.floating)) else v)
+            for k, v in d.items()}
 
 
 def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | None = None,

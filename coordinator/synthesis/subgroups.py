@@ -23,7 +23,13 @@ import numpy as np
 from scipy import stats
 
 from fedsynth.errors import InputError
-from coordinator.synthesis.metareg import design_matrix, fit_batch, fit_rma, validate_yi_vi
+from coordinator.synthesis.metareg import (
+    _json_safe,
+    design_matrix,
+    fit_batch,
+    fit_rma,
+    validate_yi_vi,
+)
 
 __all__ = ["SubgroupFit", "SubgroupResult", "subgroup_analysis"]
 
@@ -47,9 +53,10 @@ class SubgroupFit:
         return self.ci_lb, self.ci_ub
 
     def to_dict(self) -> dict[str, Any]:
-        return {"group": self.group, "k": self.k, "estimate": self.estimate, "se": self.se,
-                "ci_lb": self.ci_lb, "ci_ub": self.ci_ub, "tau2": self.tau2, "I2": self.I2,
-                "Q": self.Q, "sites": list(self.sites)}
+        return _json_safe({"group": self.group, "k": self.k, "estimate": self.estimate,
+                           "se": self.se, "ci_lb": self.ci_lb, "ci_ub": self.ci_ub,
+                           "tau2": self.tau2, "I2": self.I2, "Q": self.Q,
+                           "sites": list(self.sites)})
 
 
 @dataclass(frozen=True)
@@ -77,11 +84,11 @@ class SubgroupResult:
     common_tau2: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"variable": self.variable, "groups": [g.to_dict() for g in self.groups],
+        return _json_safe({"variable": self.variable, "groups": [g.to_dict() for g in self.groups],
                 "Q_between_separate_tau2": self.Q_between_separate_tau2,
                 "Q_between_df": self.Q_between_df, "Q_between_pval": self.Q_between_pval,
                 "common_tau2_QM": self.common_tau2_QM, "common_tau2_QMp": self.common_tau2_QMp,
-                "common_tau2": self.common_tau2}
+                "common_tau2": self.common_tau2})
 
 
 def subgroup_analysis(yi: Any, vi: Any, group: Sequence[Any], *,

@@ -145,3 +145,42 @@ def test_subgroup_separate_fits_equal_single_fits():
         assert g.estimate == pytest.approx(single.coef[0], rel=1e-8)
         assert len(g.sites) == g.k == sel.sum()
     assert res.to_dict()["variable"] == "alloc"
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(min_value=1, max_value=10), st.integers(min_value=0, max_value=10**6),
+       st.sampled_from(["REML", "ML", "DL", "FE", "PM", "EB", "HE", "HS", "SJ"]),
+       st.sampled_from(["z", "knha"]))
+def test_analyse_is_total_and_strict_json(k, seed, method, test):
+    # any valid input gives a result whose JSON has no NaN/Infinity (the CLI prints
+    # strict JSON) and a well-formed flag
+    import json
+
+    from coordinator.synthesis.analysis import analyse
+
+    rng = np.random.default_rng(seed)
+    y = rng.normal(0.0, rng.uniform(0.01, 1.0), size=k)
+    v = rng.uniform(0.001, 0.5, size=k)
+    groups = ["a", "b"] * k
+    mods = {"x": rng.normal(size=k).tolist()} if k >= 3 else None
+    res = analyse(y, v, labels=[f"s{i}" for i in range(k)], method=method, test=test,
+                  subgroup=groups[:k] if k >= 3 else None, moderators=mods,
+                  cumulative_order=list(range(k))[::-1])
+    d = json.loads(json.dumps(res.to_dict(), allow_nan=False))
+    flag = d["heterogeneity"]
+    assert flag["level"] in (None, "moderate", "strong")
+    assert (flag["level"] is None) == (not flag["flagged"])
+    assert set(flag["sites"]) <= {f"s{i}" for i in range(k)}
+    assert bool(flag["reasons"]) == flag["flagged"]
+
+
+def test_saturated_meta_regression_is_strict_json():
+    # k == p: no residual df, Knapp-Hartung undefined -> null in JSON, never NaN
+    import json
+
+    from coordinator.synthesis.analysis import analyse
+
+    res = analyse([0.1, 0.5], [0.01, 0.02], labels=["a", "b"], moderators={"x": [1, 2]})
+    d = json.loads(json.dumps(res.to_dict(), allow_nan=False))
+    assert d["meta_regression"]["knha_se"] == [None, None]
+    assert d["meta_regression"]["QE_df"] == 0

@@ -370,7 +370,8 @@ _TO_COEF = (_P_AT_NODES * _GL_W[:, None]).T * ((2 * np.arange(_GL_N) + 1) / 2.0)
 # Coefficients -> coefficients of the antiderivative from -1 (degree n).
 _INT_COEF = _leg.legint(np.eye(_GL_N), lbnd=-1, axis=0)       # (n+1, n)
 _N_WIDTH_PANELS = 16
-_N_MASS_PANELS = 16
+_N_MASS_PANELS = 22
+_MASS_LOGIT = 13.0
 _N_COARSE = 401
 _N_FINE = 257
 _TAIL_DECADES = 23.0          # scan e^23 (~1e10) beyond the data/prior scales at each end
@@ -446,7 +447,9 @@ def _panels(y, v, mask, logprior, scale, moment):
     cdf /= cdf[:, -1:]
     # strictly increasing, so that np.interp inverts it
     cdf = (cdf + np.linspace(0.0, 1e-9, _N_FINE)[None, :]) / (1.0 + 1e-9)
-    q = np.linspace(0.0, 1.0, _N_MASS_PANELS + 1)[1:-1]
+    # Equally spaced in log-odds of the CDF: the bulk gets narrow panels and so do both
+    # tails down to ~1e-6 of the mass, where a single wide panel would cut a steep flank.
+    q = special.expit(np.linspace(-_MASS_LOGIT, _MASS_LOGIT, _N_MASS_PANELS - 1))
     mass_pts = _interp_rows(x, cdf, q)
     width_pts = a[:, None] + (b - a)[:, None] * np.linspace(0.0, 1.0, _N_WIDTH_PANELS + 1)[None]
     bounds = np.sort(np.concatenate([width_pts, mass_pts], axis=1), axis=1)

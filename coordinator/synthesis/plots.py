@@ -502,13 +502,14 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
         if row.label:
             fig.text(_PAD_IN, y, row.label, transform=col, fontsize=_FONT, fontweight=weight,
                      va="center", ha="left", color="#000000" if row.kind != "group"
-                     else _GROUP_COLOUR, gid=f"label-{row.kind}-{row.site}")
+                     else _GROUP_COLOUR,
+                     gid=f"label-site-{row.site}" if row.kind == "site" else f"label-{row.kind}-{i}")
         if row.right:
             fig.text(x_right, y, row.right, transform=col, fontsize=_FONT, fontweight=weight,
-                     va="center", ha="left", gid=f"right-{row.kind}")
+                     va="center", ha="left", gid=f"right-{row.kind}-{i}")
         if row.weight:
             fig.text(x_weight, y, row.weight, transform=col, fontsize=_FONT, fontweight=weight,
-                     va="center", ha="right", gid=f"weight-{row.kind}")
+                     va="center", ha="right", gid=f"weight-{row.kind}-{i}")
         if row.kind == "site":
             i_site = row.site
             a, b = max(row.lo, lo), min(row.hi, hi)
@@ -543,13 +544,16 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
         fig.text(_PAD_IN / width, 1 - _PAD_IN / height, title, fontsize=_FONT + 2, fontweight="bold",
                  va="top", ha="left", gid="title")
     y_in = _PAD_IN + 0.2 * (len(footer) + len(legend)) - 0.2
+    n_foot = 0
     for line in footer:
+        n_foot += 1
         fig.text(_PAD_IN / width, y_in / height, line, fontsize=_SMALL, va="bottom",
-                 ha="left", gid="footer")
+                 ha="left", gid=f"footer-{n_foot}")
         y_in -= 0.2
     for line, colour in legend:
+        n_foot += 1
         fig.text(_PAD_IN / width, y_in / height, line, fontsize=_SMALL, va="bottom",
-                 ha="left", color=colour, gid="legend")
+                 ha="left", color=colour, gid=f"legend-{n_foot}")
         y_in -= 0.2
     return fig
 

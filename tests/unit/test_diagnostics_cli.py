@@ -100,3 +100,25 @@ def test_bad_threshold_is_a_usage_error(bcg_csv):
     proc = subprocess.run([sys.executable, "-m", "fedsynth", "meta", str(bcg_csv),
                            "--i2-threshold", "120"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--i2-threshold" in proc.stderr and proc.stdout == ""
+
+
+def test_cumulative_by_column(bcg_csv, capsys):
+    order = next(c for c in REF["cumulative"] if c["id"] == "bcg/OR")
+    rank = {site: pos for pos, site in enumerate(order["order"])}
+    # a column that sorts the sites into the reference's order
+    import pandas as pd
+
+    frame = pd.read_csv(bcg_csv)
+    frame["round"] = [rank[i] for i in range(len(frame))]
+    frame.to_csv(bcg_csv, index=False)
+    code, out, err = run(["meta", str(bcg_csv), "--cumulative-by", "round", "--format", "json"],
+                         capsys)
+    assert code == 0, err
+    cum = json.loads(out)["cumulative"]
+    assert cum["order"] == order["order"]
+    for field in ("estimate", "se", "tau2", "I2"):
+        assert cum[field] == pytest.approx(order["expected"][field], rel=1e-6, abs=1e-9)
+    code, out, _ = run(["meta", str(bcg_csv), "--cumulative-by", "round"], capsys)
+    assert "Cumulative meta-analysis" in out
+    code, out, err = run(["meta", str(bcg_csv), "--cumulative-by", "nope"], capsys)
+    assert code == 2 and "nope" in err and out == ""

@@ -107,6 +107,9 @@ def _add_diagnostics_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--null-value", metavar="X", type=float, default=0.0,
                        help="effect of no difference on the analysis scale, for the flag's "
                             "prediction-interval rule (default: 0; log scale for ratios)")
+    group.add_argument("--cumulative-by", metavar="COL", default=None,
+                       help="cumulative meta-analysis, adding sites in increasing order of "
+                            "COL (e.g. year or round; ties keep file order)")
 
 
 def _i2_threshold(text: str) -> float:
@@ -131,7 +134,9 @@ def _analysis(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResu
     if index not in cache:
         sel = data.mask[index]
         rows = data.rows[index][sel]
-        group = mods = None
+        group = mods = order = None
+        if args.cumulative_by:
+            order = _cumulative_order(data.frame, args.cumulative_by, rows)
         if args.subgroup:
             col = tabular.text_column(data.frame, args.subgroup, option="--subgroup")
             group = [col[r] for r in rows]
@@ -145,8 +150,32 @@ def _analysis(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResu
             method=args.method, test=args.test, level=args.level,
             i2_threshold=args.i2_threshold, null_value=args.null_value,
             diagnostics=args.diagnostics, subgroup=group, subgroup_name=args.subgroup or "group",
-            moderators=mods, pooled=batch[index])
+            moderators=mods, cumulative_order=order, pooled=batch[index])
     return cache[index]
+
+
+def _cumulative_order(frame, column: str, rows) -> list[int]:
+    """0-based order of an analysis' sites by ``column`` (numeric if every value is a
+    number, else text); a stable sort keeps the file order among ties."""
+    import numpy as np
+
+    from fedsynth import tabular
+
+    from fedsynth.errors import InputError
+
+    col = tabular.text_column(frame, column, option="--cumulative-by")
+    values = [col[r] for r in rows]
+    empty = [int(r) for r in rows if col[r] == ""]
+    if empty:
+        raise InputError(f"column {column!r} (given by --cumulative-by), row {empty[0] + 1}: "
+                         "the value is empty")
+    try:
+        keys = np.asarray(values, dtype=float)
+        if not np.all(np.isfinite(keys)):
+            raise ValueError
+    except ValueError:
+        keys = np.asarray(values, dtype=object)
+    return [int(i) for i in np.argsort(keys, kind="stable")]
 
 
 def _diagnostics_record(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult,
@@ -161,7 +190,7 @@ def _diagnostics_record(args: argparse.Namespace, data: MetaInput, batch: BatchP
         record["heterogeneity_reasons"] = " ".join(flag["reasons"])
         return
     for key in ("heterogeneity", "leave_one_out", "influence", "blup", "publication_bias",
-                "subgroup", "meta_regression", "notes"):
+                "cumulative", "subgroup", "meta_regression", "notes"):
         if key in result:
             record[key] = result[key]
 

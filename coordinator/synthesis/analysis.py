@@ -157,7 +157,8 @@ def analyse(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: st
         if k < 2:
             notes.append("Influence diagnostics and BLUPs need at least 2 sites.")
     if cumulative_order is not None:
-        cum = diag.cumulative(y, v, cumulative_order, labels=labs, method=meth, level=level)
+        cum = diag.cumulative(y, v, cumulative_order, labels=labs, method=meth, test=tst,
+                              level=level)
     if subgroup is not None:
         sg = subgroup_analysis(y, v, subgroup, labels=labs, variable=subgroup_name,
                                method=meth, level=level)
@@ -302,7 +303,10 @@ def _text_sections(res: AnalysisResult, d: int) -> list[str]:
             f"Test of subgroup differences (separate tau^2): Q(df = {r.Q_between_df}) = "
             f"{_f(r.Q_between_separate_tau2, d)}, p {_peq(r.Q_between_pval, d)}",
             f"Mixed-effects model (common tau^2 = {_f(r.common_tau2, d)}): QM(df = "
-            f"{r.Q_between_df}) = {_f(r.common_tau2_QM, d)}, p {_peq(r.common_tau2_QMp, d)}"]))
+            f"{r.Q_between_df}) = {_f(r.common_tau2_QM, d)}, p {_peq(r.common_tau2_QMp, d)}"
+            + (f"; Knapp-Hartung F({r.Q_between_df}, {sum(g.k for g in r.groups) - len(r.groups)})"
+               f" = {_f(r.common_tau2_knha_F, d)}, p {_peq(r.common_tau2_knha_Fp, d)}"
+               if r.common_tau2_knha_F is not None else "")]))
     if res.meta_regression is not None:
         r = res.meta_regression
         rows = [[nm, _f(r.coef[i], d), _f(r.z_se[i], d), _f(r.z_stat[i], d), _p(r.z_pval[i], d),

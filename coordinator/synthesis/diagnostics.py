@@ -531,11 +531,13 @@ class CumulativeResult:
 
 def cumulative(yi: Any, vi: Any, order: Sequence[int] | None = None, *,
                labels: Sequence[Any] | None = None, method: str = "REML",
-               level: float = 95.0) -> CumulativeResult:
+               test: str = "z", level: float = 95.0) -> CumulativeResult:
     """Cumulative meta-analysis: refit after adding each site in ``order``.
 
     ``order`` holds 0-based indices (a permutation of the sites); default: as given.
-    All k fits are one batch call on a lower-triangular mask.
+    All k fits are one batch call on a lower-triangular mask. With ``test="knha"`` each
+    step uses Knapp-Hartung standard errors and t with k_j - 1 df (as metafor's ``cumul``
+    refits with the model's test); the first step (one site) has no such interval.
     """
     y, v = validate_yi_vi(yi, vi, min_k=1)
     k = y.size
@@ -545,8 +547,15 @@ def cumulative(yi: Any, vi: Any, order: Sequence[int] | None = None, *,
     yo, vo = y[ordr], v[ordr]
     mask = np.tril(np.ones((k, k), dtype=bool))
     fit = fit_batch(yo, vo, mask, method=method)
-    crit = float(stats.norm.ppf(1 - (1 - level / 100) / 2))
+    q = 1 - (1 - level / 100) / 2
+    if test == "knha":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            se = fit.se * np.sqrt(_s2w_batch(yo, vo, mask, fit))
+            crit = np.where(fit.k > 1, stats.t.ppf(q, np.maximum(fit.k - 1, 1)), np.nan)
+    else:
+        se = fit.se
+        crit = np.full(k, stats.norm.ppf(q))
     labs = _labels(labels, k)
     return CumulativeResult(labels=tuple(labs[i] for i in ordr), order=tuple(ordr), k=fit.k,
-                            estimate=fit.estimate, se=fit.se, ci_lb=fit.estimate - crit * fit.se,
-                            ci_ub=fit.estimate + crit * fit.se, tau2=fit.tau2, I2=fit.I2, Q=fit.Q)
+                            estimate=fit.estimate, se=se, ci_lb=fit.estimate - crit * se,
+                            ci_ub=fit.estimate + crit * se, tau2=fit.tau2, I2=fit.I2, Q=fit.Q)

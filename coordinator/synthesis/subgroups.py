@@ -72,6 +72,9 @@ class SubgroupResult:
     common_tau2_QM, common_tau2_QMp, common_tau2
         Omnibus test of the group dummies in the mixed-effects model with one common
         tau², and that tau².
+    common_tau2_knha_F, common_tau2_knha_Fp
+        The same test with the Knapp-Hartung F (df G - 1 and k - G), better calibrated
+        with few sites; ``None`` when k = G.
     """
 
     variable: str
@@ -82,13 +85,17 @@ class SubgroupResult:
     common_tau2_QM: float
     common_tau2_QMp: float
     common_tau2: float
+    common_tau2_knha_F: float | None = None
+    common_tau2_knha_Fp: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _json_safe({"variable": self.variable, "groups": [g.to_dict() for g in self.groups],
                 "Q_between_separate_tau2": self.Q_between_separate_tau2,
                 "Q_between_df": self.Q_between_df, "Q_between_pval": self.Q_between_pval,
                 "common_tau2_QM": self.common_tau2_QM, "common_tau2_QMp": self.common_tau2_QMp,
-                "common_tau2": self.common_tau2})
+                "common_tau2": self.common_tau2,
+                "common_tau2_knha_F": self.common_tau2_knha_F,
+                "common_tau2_knha_Fp": self.common_tau2_knha_Fp})
 
 
 def subgroup_analysis(yi: Any, vi: Any, group: Sequence[Any], *,
@@ -135,4 +142,5 @@ def subgroup_analysis(yi: Any, vi: Any, group: Sequence[Any], *,
         variable=variable, groups=fits, Q_between_separate_tau2=q_between, Q_between_df=df,
         Q_between_pval=float(stats.chi2.sf(q_between, df)),
         common_tau2_QM=float(common.QM), common_tau2_QMp=float(common.QMp),
-        common_tau2=float(common.tau2))
+        common_tau2=float(common.tau2), common_tau2_knha_F=common.knha_F,
+        common_tau2_knha_Fp=common.knha_Fp)

@@ -184,3 +184,24 @@ def test_saturated_meta_regression_is_strict_json():
     d = json.loads(json.dumps(res.to_dict(), allow_nan=False))
     assert d["meta_regression"]["knha_se"] == [None, None]
     assert d["meta_regression"]["QE_df"] == 0
+
+
+def test_cumulative_knha_steps_are_single_knha_fits():
+    order = [3, 1, 0, 2, 7, 6, 5, 4]
+    res = D.cumulative(SEED_YI, SEED_VI, order, test="knha")
+    y, v = np.array(SEED_YI)[order], np.array(SEED_VI)[order]
+    for j in (2, 5, 7):
+        single = fit_rma(y[: j + 1], v[: j + 1], test="knha")
+        assert res.se[j] == pytest.approx(single.se[0], rel=1e-8)
+        assert res.ci_lb[j] == pytest.approx(single.ci_lb[0], rel=1e-8)
+    assert np.isnan(res.ci_lb[0])
+
+
+def test_subgroup_common_tau2_knapp_hartung_is_the_meta_regression_F():
+    from coordinator.synthesis.metareg import meta_regression
+
+    case = next(c for c in REF["subgroup"] if c["id"] == "bcg/OR")
+    res = subgroup_analysis(case["yi"], case["vi"], case["group"])
+    mr = meta_regression(case["yi"], case["vi"], {"g": case["group"]}, test="knha")
+    assert res.common_tau2_knha_F == pytest.approx(mr.knha_F, rel=1e-12)
+    assert 0 < res.common_tau2_knha_Fp < 1

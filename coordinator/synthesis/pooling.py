@@ -516,9 +516,7 @@ def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: flo
         ci_ub = estimate + crit * se
 
         q = np.where(multi, st.q_statistic(b), 0.0)
-        from scipy import stats as sps
-
-        q_p = np.where(multi, sps.chi2.sf(q, np.maximum(df, 1)), 1.0)
+        q_p = np.where(multi, st.chi2_sf(q, np.maximum(df, 1)), 1.0)
         vt = np.where(multi, st.typical_variance(b), 0.0)
         if is_re:
             i2, h2 = st.heterogeneity_indices(tau2, vt)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 __all__ = [
     "METHODS",
@@ -64,6 +64,14 @@ __all__ = [
     "bracketed_root",
     "critical_value",
     "two_sided_p",
+    "norm_sf",
+    "norm_isf",
+    "t_sf",
+    "t_isf",
+    "chi2_sf",
+    "chi2_isf",
+    "chi2_ppf",
+    "SOLVERS",
 ]
 
 #: Every pooling method (``FE`` is the fixed/common-effect model, tau² = 0).
@@ -246,12 +254,50 @@ def heterogeneity_indices(tau2, vt) -> tuple[np.ndarray, np.ndarray]:
         return 100.0 * t / (vt + t), t / vt + 1.0
 
 
+# Distribution functions straight from scipy.special (what scipy.stats calls underneath):
+# importing scipy.stats costs more than the whole command line's computation.
+
+def norm_sf(x):
+    """Upper tail of the standard normal."""
+    return special.ndtr(-np.asarray(x, dtype=float))
+
+
+def norm_isf(p):
+    """Inverse upper tail of the standard normal."""
+    return -special.ndtri(np.asarray(p, dtype=float))
+
+
+def t_sf(x, df):
+    """Upper tail of Student's t with ``df`` degrees of freedom."""
+    return special.stdtr(df, -np.asarray(x, dtype=float))
+
+
+def t_isf(p, df):
+    """Inverse upper tail of Student's t."""
+    return -special.stdtrit(df, p)
+
+
+def chi2_sf(x, df):
+    """Upper tail of the chi-square distribution."""
+    return special.chdtrc(df, x)
+
+
+def chi2_isf(p, df):
+    """Inverse upper tail of the chi-square distribution."""
+    return special.chdtri(df, p)
+
+
+def chi2_ppf(p, df):
+    """Inverse lower tail of the chi-square distribution (accurate for small ``p``)."""
+    return 2.0 * special.gammaincinv(np.asarray(df, dtype=float) / 2.0, p)
+
+
 def critical_value(level_alpha: float, df, test: str):
     """Two-sided critical value: normal for ``z``, t with ``df`` for ``knha``."""
     if test == "knha":
         with np.errstate(invalid="ignore"):
-            return stats.t.isf(level_alpha / 2, df)
-    return stats.norm.isf(level_alpha / 2) + np.zeros(np.shape(df))
+            return t_isf(level_alpha / 2, df)
+    return norm_isf(level_alpha / 2) + np.zeros(np.shape(df))
 
 
 def two_sided_p(stat, df, test: str):
@@ -259,8 +305,8 @@ def two_sided_p(stat, df, test: str):
     a = np.abs(np.asarray(stat, dtype=float))
     if test == "knha":
         with np.errstate(invalid="ignore"):
-            return 2.0 * stats.t.sf(a, df)
-    return 2.0 * stats.norm.sf(a)
+            return 2.0 * t_sf(a, df)
+    return 2.0 * norm_sf(a)
 
 
 # ---------------------------------------------------------------------------------------
@@ -752,8 +798,8 @@ def qprofile_tau2_ci(yi, vi=None, mask=None, *, level: float = 95.0) -> QProfile
     high = np.where(multi, 0.0, np.nan)
     conv = np.ones(m, dtype=bool)
     with np.errstate(invalid="ignore"):
-        crit_low = stats.chi2.isf(alpha / 2, df)   # upper quantile -> lower bound
-        crit_high = stats.chi2.ppf(alpha / 2, df)  # lower quantile -> upper bound
+        crit_low = chi2_isf(alpha / 2, df)   # upper quantile -> lower bound
+        crit_high = chi2_ppf(alpha / 2, df)  # lower quantile -> upper bound
     for out, crit in ((low, crit_low), (high, crit_high)):
         rows = np.flatnonzero(multi & (q0 > crit))
         root, ok = _solve_q_equals(b, rows, crit[rows])

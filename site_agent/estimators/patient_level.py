@@ -161,8 +161,12 @@ def _fit_glm_binomial(y: np.ndarray, x: np.ndarray, offset: np.ndarray | None = 
         try:
             # Tight tolerance: R's glm stops at a relative deviance change of 1e-8, which
             # leaves ~1e-8 in the coefficients; we converge further so both agree to 1e-6.
+            # statsmodels compares deviances with an absolute tolerance; the relative one
+            # (1e-14, above rounding of a large deviance) keeps big sites from failing to
+            # "converge" on the last bit. IRLS converges quadratically, so the estimate
+            # returned one step after such a change is exact to rounding.
             result = sm.GLM(y, x, family=sm.families.Binomial(), offset=offset).fit(
-                method="IRLS", tol=1e-12, maxiter=200)
+                method="IRLS", tol=1e-12, rtol=1e-14, maxiter=200)
         except PerfectSeparationError:
             raise Refuse("separation", "the outcome is perfectly predicted (separation), "
                          "so the maximum likelihood estimate does not exist") from None

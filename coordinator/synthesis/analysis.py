@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsynth.errors import FedsynthError
 from coordinator.synthesis import diagnostics as diag
 from coordinator.synthesis.heterogeneity import (
     DEFAULT_I2_THRESHOLD,
@@ -151,7 +152,10 @@ def analyse(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: st
     if diagnostics:
         if k >= 3:
             loo = diag.leave_one_out(y, v, labels=labs, method=meth, test=tst, level=level)
-            pb = diag.publication_bias(y, v, method=meth, test=tst)
+            try:
+                pb = diag.publication_bias(y, v, method=meth, test=tst)
+            except FedsynthError as error:   # trim-and-fill that does not settle
+                notes.append(f"Small-study tests skipped: {error}.")
         else:
             notes.append(f"Leave-one-out and small-study tests need at least 3 sites; k = {k}.")
         if k < 2:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from fedsynth.errors import InputError
+from fedsynth.errors import FedsynthError, InputError
 from coordinator.synthesis.metareg import (
     _json_safe,
     BatchFit,
@@ -441,7 +441,8 @@ def _trimfill(y: np.ndarray, v: np.ndarray, method: str, maxiter: int = 100):
         k0_prev = k0
         it += 1
         if it > maxiter:
-            raise InputError("trimfill: the L0 iteration did not converge")
+            raise FedsynthError(f"trimfill: the L0 estimate of missing sites did not settle "
+                                f"within {maxiter} iterations (last k0 = {k0})")
         beta = float(fit_rma(ys[: k - k0], vs[: k - k0], None, method=method,
                              threshold=thr).coef[0])
         yc = ys - beta

@@ -205,3 +205,12 @@ def test_subgroup_common_tau2_knapp_hartung_is_the_meta_regression_F():
     mr = meta_regression(case["yi"], case["vi"], {"g": case["group"]}, test="knha")
     assert res.common_tau2_knha_F == pytest.approx(mr.knha_F, rel=1e-12)
     assert 0 < res.common_tau2_knha_Fp < 1
+
+
+def test_trimfill_that_does_not_settle_is_an_error_not_a_wrong_answer():
+    from fedsynth.errors import FedsynthError
+
+    v = np.array([0.01, 0.02, 0.04, 0.06, 0.09, 0.12, 0.16, 0.2, 0.25, 0.3])
+    y = 0.1 + 1.5 * np.sqrt(v) * np.array([0.1, -0.2, 0.5, 0.8, 1.0, 1.2, 1.1, 1.4, 1.6, 1.5])
+    with pytest.raises(FedsynthError, match="did not settle within 1 iterations"):
+        D._trimfill(y, v, "REML", maxiter=1)

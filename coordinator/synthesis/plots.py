@@ -311,7 +311,8 @@ def _subgroup_rows(subgroups: Any, data: _Pooled, level: float, ratio: bool,
         members.append(sites)
         names.append(str(fit.group))
         rows.append(_Row(
-            "summary", label=f"RE model for {_short(str(fit.group))} (k = {fit.k}, "
+            "summary", label=f"{'FE' if method == 'FE' else 'RE'} model for "
+                             f"{_short(str(fit.group))} (k = {fit.k}, "
                              f"\u03c4\u00b2 = {fit.tau2:.3g}, I\u00b2 = {fit.I2:.0f}%)",
             right=_fmt_ci(fit.estimate, fit.ci_lb, fit.ci_ub, ratio), estimate=fit.estimate,
             lo=fit.ci_lb, hi=fit.ci_ub, colour=_GROUP_COLOUR))
@@ -503,7 +504,8 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
             fig.text(_PAD_IN, y, row.label, transform=col, fontsize=_FONT, fontweight=weight,
                      va="center", ha="left", color="#000000" if row.kind != "group"
                      else _GROUP_COLOUR,
-                     gid=f"label-site-{row.site}" if row.kind == "site" else f"label-{row.kind}-{i}")
+                     gid=(f"label-site-{row.site}" if row.kind == "site"
+                          else f"label-{row.kind}-{i}"))
         if row.right:
             fig.text(x_right, y, row.right, transform=col, fontsize=_FONT, fontweight=weight,
                      va="center", ha="left", gid=f"right-{row.kind}-{i}")
@@ -541,8 +543,8 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
         ax.axvline(data.estimate, color=_RE_COLOUR, lw=0.6, ls=":", zorder=1)
     # ---- title and footer ------------------------------------------------------------------
     if title:
-        fig.text(_PAD_IN / width, 1 - _PAD_IN / height, title, fontsize=_FONT + 2, fontweight="bold",
-                 va="top", ha="left", gid="title")
+        fig.text(_PAD_IN / width, 1 - _PAD_IN / height, title, fontsize=_FONT + 2,
+                 fontweight="bold", va="top", ha="left", gid="title")
     y_in = _PAD_IN + 0.2 * (len(footer) + len(legend)) - 0.2
     n_foot = 0
     for line in footer:

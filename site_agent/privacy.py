@@ -41,6 +41,14 @@ settings ``nfilter.tab`` / ``nfilter.subset``, Gaye et al., *Int J Epidemiol* 43
    outcomes). Released analyses must therefore have equal ``n`` or ``n`` differing by at
    least ``min_cell_count``; otherwise the analysis on fewer patients is suppressed.
 
+4. **Implied tables** (defence in depth). An estimator that is not count-based can still
+   carry a table: a mean difference (``two_group``) or a linear model of a 0/1 outcome is
+   the risk difference, and ``yi``, ``vi`` and ``n`` then identify the 2×2 table by integer
+   search, although the estimator reports only group sizes as its cells. When the site's
+   data frame is given (``guard(..., data=frame)``), every analysis whose outcome (or event)
+   column is 0/1 on its complete rows has its implied table, and the outcome's margin,
+   checked against ``min_cell_count`` whatever the estimator declared.
+
 A suppressed analysis becomes a :class:`~site_agent.estimators.Refusal` whose reason names
 the rule and the configured limit, never a count, so the refusal itself discloses nothing
 beyond "some count is below the limit".
@@ -147,8 +155,55 @@ _MARGIN_CELLS = frozenset({"events", "non_events", "nonevents", "cases", "contro
                            "observed", "o", "positives", "negatives"})
 
 
+def _analysis_of(name: str, spec: Any) -> Any:
+    for candidate in getattr(spec, "analyses", ()) or ():
+        if getattr(candidate, "name", None) == name:
+            return candidate
+    return None
+
+
+def _implied_cells(name: str, result: Any, spec: Any, data: Any) -> dict[str, int]:
+    """Counts of the 0/1 outcome (and 0/1 exposure) on the analysis's complete rows.
+
+    Empty when the outcome is not 0/1 or the columns are unknown. Rows are those the
+    estimator used: complete in every column the analysis names.
+    """
+    import numpy as np
+    import pandas as pd
+
+    analysis = _analysis_of(name, spec)
+    details = getattr(result, "details", None) or {}
+    outcome = (getattr(analysis, "outcome", None) or getattr(analysis, "event", None)
+               or details.get("outcome"))
+    exposure = getattr(analysis, "exposure", None) or details.get("exposure")
+    columns = list(getattr(analysis, "columns", ()) or details.get("columns") or ())
+    if analysis is not None and not columns:
+        columns = [c for c in (getattr(analysis, "outcome", None), getattr(analysis, "exposure",
+                                                                             None),
+                               getattr(analysis, "time", None), getattr(analysis, "event", None),
+                               getattr(analysis, "score", None),
+                               *(getattr(analysis, "covariates", ()) or ())) if c]
+    if not outcome or outcome not in getattr(data, "columns", ()):
+        return {}
+    columns = [c for c in dict.fromkeys([outcome, *columns]) if c in data.columns]
+    rows = data.loc[:, columns].apply(pd.to_numeric, errors="coerce")
+    rows = rows[np.isfinite(rows.to_numpy(dtype=float)).all(axis=1)]
+    y = rows[outcome].to_numpy(dtype=float)
+    if len(y) == 0 or not np.isin(y, (0.0, 1.0)).all():
+        return {}
+    cells = {"events": int(y.sum()), "non_events": int(len(y) - y.sum())}
+    if exposure and exposure in rows.columns:
+        x = rows[exposure].to_numpy(dtype=float)
+        if np.isin(x, (0.0, 1.0)).all():
+            cells.update({"ai": int(((x == 1) & (y == 1)).sum()),
+                          "bi": int(((x == 1) & (y == 0)).sum()),
+                          "ci": int(((x == 0) & (y == 1)).sum()),
+                          "di": int(((x == 0) & (y == 0)).sum())})
+    return cells
+
+
 def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *,
-          spec: Any = None) -> dict[str, Any]:
+          spec: Any = None, data: Any = None) -> dict[str, Any]:
     """Apply the site's disclosure control to the results of one round.
 
     Parameters
@@ -164,6 +219,10 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
         sibling estimates of the *same* table. Without it (and without ``details`` on the
         estimates), an estimate whose columns are unknown is treated as related to every
         suppressed table.
+    data
+        The site's patient-level data frame (optional): when given, the table implied by a
+        0/1 outcome is checked for every analysis, not only the cells the estimator
+        declared (rule 4 above).
 
     Returns
     -------
@@ -180,7 +239,11 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
     for name, result in results.items():
         if _is_refusal(result):
             continue
-        small = _small_cells(getattr(result, "cells", None), limits.min_cell_count)
+        cells = dict(getattr(result, "cells", None) or {})
+        if data is not None:
+            for key, count in _implied_cells(name, result, spec, data).items():
+                cells.setdefault(key, count)
+        small = _small_cells(cells, limits.min_cell_count)
         if small:
             # Record the small table whatever else happens to this estimate: its siblings
             # on the same outcome and exposure must go even if it fails min_n first.

@@ -58,6 +58,13 @@ exposure = "treated"
 covariates = ["age", "sex"]
 
 [[analysis]]
+name = "mortality_MD"
+estimator = "two_group"
+outcome = "outcome"
+exposure = "treated"
+measure = "MD"
+
+[[analysis]]
 name = "los_MD"
 estimator = "two_group"
 outcome = "los_days"
@@ -243,10 +250,11 @@ min_n = 20
     counts = {4, 5, 22, 29, 9, 51}            # foxtrot's cells and margins (see expected.json)
     for sub in submissions:
         results = {r.analysis: r for r in sub.results}
-        assert set(results) == {"crude_OR", "crude_RD", "adjusted_logOR", "los_MD", "auc",
-                                "log_OE"}
-        # The small-cell table and its sibling are refused, with no count in the reason.
-        for name in ("crude_OR", "crude_RD", "adjusted_logOR"):
+        assert set(results) == {"crude_OR", "crude_RD", "adjusted_logOR", "mortality_MD",
+                                "los_MD", "auc", "log_OE"}
+        # The small-cell table and its siblings are refused (the mean difference of the 0/1
+        # outcome is the same table's risk difference), with no count in the reason.
+        for name in ("crude_OR", "crude_RD", "adjusted_logOR", "mortality_MD"):
             assert results[name].WhichOneof("outcome") == "refusal", name
             reason = results[name].refusal.reason
             assert set(re.findall(r"\d+", reason)) <= {"5", "20"}, reason

@@ -239,3 +239,61 @@ def test_reference_site_foxtrot_with_real_estimators(data_dir):
     # And a large site loses nothing at the defaults.
     alpha = estimate_all(pd.read_csv(data_dir / "sites_public" / "mtf-alpha.csv"), spec)
     assert guard(alpha, PrivacyLimits(), spec=spec) == alpha
+
+
+def _foxtrot_binary_md(data_dir):
+    import pandas as pd
+
+    from fedsynth.spec import parse_spec
+    from site_agent.estimators import estimate_all
+
+    spec = parse_spec({"analysis": [
+        {"name": "md", "estimator": "two_group", "outcome": "outcome", "exposure": "treated",
+         "measure": "MD"},
+        {"name": "lin", "estimator": "linear", "outcome": "outcome", "exposure": "treated"},
+        {"name": "los", "estimator": "linear", "outcome": "los_days", "exposure": "treated"},
+    ]})
+    frame = pd.read_csv(data_dir / "sites_public" / "mtf-foxtrot.csv")
+    return spec, frame, estimate_all(frame, spec)
+
+
+def test_mean_difference_of_a_binary_outcome_reveals_the_table(data_dir):
+    # The attack rule 4 exists for: from yi, vi and n of a two-group mean difference of a
+    # 0/1 outcome, an integer search finds the 2x2 table, small cell included.
+    spec, frame, results = _foxtrot_binary_md(data_dir)
+    import numpy as np
+
+    md = results["md"]
+    n = md.n
+    found = []
+    for n1 in range(2, n - 1):
+        n0 = n - n1
+        a, c = np.meshgrid(np.arange(n1 + 1), np.arange(n0 + 1), indexing="ij")
+        p1, p0 = a / n1, c / n0
+        vi = p1 * (1 - p1) / (n1 - 1) + p0 * (1 - p0) / (n0 - 1)
+        hit = (np.abs(p1 - p0 - md.yi) <= 1e-12) & (np.abs(vi - md.vi) <= 1e-12 * md.vi)
+        found += [(int(i), n1 - int(i), int(j), n0 - int(j)) for i, j in zip(*np.nonzero(hit))]
+    truth = (int(((frame.treated == 1) & (frame.outcome == 1)).sum()),
+             int(((frame.treated == 1) & (frame.outcome == 0)).sum()),
+             int(((frame.treated == 0) & (frame.outcome == 1)).sum()),
+             int(((frame.treated == 0) & (frame.outcome == 0)).sum()))
+    # The table is found up to relabelling both variables (same mean difference and
+    # variance); either way the small cell is exposed.
+    assert truth in found and len(found) <= 2 and all(min(t) < 5 for t in found)
+
+
+def test_implied_table_check_with_the_data(data_dir):
+    spec, frame, results = _foxtrot_binary_md(data_dir)
+    # The estimators declare only group sizes for these, so without the data they pass...
+    assert not any(r.refused for r in guard(results, LIMITS, spec=spec).values())
+    # ...and with the data the implied table's small cell suppresses both.
+    out = guard(results, LIMITS, spec=spec, data=frame)
+    assert out["md"].code == "disclosure_min_cell" and out["lin"].code == "disclosure_min_cell"
+    assert out["los"] is results["los"]          # continuous outcome: nothing implied
+    # A large site is untouched.
+    import pandas as pd
+
+    from site_agent.estimators import estimate_all
+    alpha = pd.read_csv(data_dir / "sites_public" / "mtf-alpha.csv")
+    alpha_results = estimate_all(alpha, spec)
+    assert guard(alpha_results, LIMITS, spec=spec, data=alpha) == alpha_results

@@ -43,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
     limits = PrivacyLimits(min_cell_count=args.min_cell_count, min_n=args.min_n)
     spec = load_spec(args.spec)
     frame = load_table(args.data)
-    results = guard(estimate_all(frame, spec), limits, spec=spec)
+    results = guard(estimate_all(frame, spec), limits, spec=spec, data=frame)
     if args.format == "json":
         document = {"n": int(len(frame)),
                     "analyses": {name: r.to_dict() for name, r in results.items()}}

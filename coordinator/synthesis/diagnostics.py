@@ -35,6 +35,7 @@ from fedsynth.errors import FedsynthError, InputError
 from coordinator.synthesis.metareg import (
     _json_safe,
     BatchFit,
+    Bounds,
     MetaRegressionResult,
     fit_batch,
     fit_rma,
@@ -102,9 +103,9 @@ class LeaveOneOutResult:
     level: float
     test: str
 
-    def confidence_interval(self) -> tuple[np.ndarray, np.ndarray]:
+    def confidence_interval(self) -> Bounds:
         """Confidence bounds of the pooled effect with each site left out."""
-        return self.ci_lb, self.ci_ub
+        return Bounds(self.ci_lb, self.ci_ub)
 
     def to_dict(self) -> dict[str, Any]:
         return {"labels": list(self.labels), "estimate": _floats(self.estimate),
@@ -276,9 +277,9 @@ class BlupResult:
     estimate: float
     level: float
 
-    def confidence_interval(self) -> tuple[np.ndarray, np.ndarray]:
+    def confidence_interval(self) -> Bounds:
         """Prediction interval of each site's true effect."""
-        return self.pi_lb, self.pi_ub
+        return Bounds(self.pi_lb, self.pi_ub)
 
     def outlying(self) -> tuple[str, ...]:
         """Sites whose prediction interval excludes the pooled estimate: their own true
@@ -520,8 +521,9 @@ class CumulativeResult:
     I2: np.ndarray
     Q: np.ndarray
 
-    def confidence_interval(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.ci_lb, self.ci_ub
+    def confidence_interval(self) -> Bounds:
+        """Confidence bounds of the pooled effect after each step."""
+        return Bounds(self.ci_lb, self.ci_ub)
 
     def to_dict(self) -> dict[str, Any]:
         return {"labels": list(self.labels), "order": list(self.order),

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedsynth.errors import InputError
+from coordinator.synthesis.pooling import ConfidenceInterval
 
 __all__ = ["HeterogeneityFlag", "SiteDriver", "assess_heterogeneity", "DEFAULT_I2_THRESHOLD"]
 
@@ -88,9 +89,11 @@ class HeterogeneityFlag:
     null_value: float
     drivers: tuple[SiteDriver, ...] = field(default=())
 
-    def confidence_interval(self) -> tuple[float | None, float | None]:
-        """Confidence interval of I² the level was judged on."""
-        return self.I2_ci_lb, self.I2_ci_ub
+    def confidence_interval(self) -> ConfidenceInterval | None:
+        """Confidence interval of I² the level was judged on (None if there was none)."""
+        if self.I2_ci_lb is None or self.I2_ci_ub is None:
+            return None
+        return ConfidenceInterval(self.I2_ci_lb, self.I2_ci_ub)
 
     def to_dict(self) -> dict[str, Any]:
         return {"flagged": self.flagged, "level": self.level, "reasons": list(self.reasons),

@@ -29,6 +29,7 @@ from scipy import optimize, stats
 from fedsynth.errors import InputError
 
 __all__ = [
+    "Bounds",
     "MetaRegressionResult",
     "BatchFit",
     "fit_rma",
@@ -47,6 +48,17 @@ _TOL = 1e-12
 _MAX_ITER = 500
 # metafor's control$tol (.Machine$double.eps^0.25), used by its 'll0check'
 _LL0_TOL = float(np.finfo(float).eps ** 0.25)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Per-coefficient (or per-site) interval bounds: ``low[i]`` to ``high[i]``."""
+
+    low: np.ndarray
+    high: np.ndarray
+
+    def __iter__(self):
+        return iter((self.low, self.high))
 
 
 def validate_yi_vi(yi: Any, vi: Any, *, min_k: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -307,9 +319,9 @@ class MetaRegressionResult:
     vb: np.ndarray = field(repr=False)
     s2w: float = 1.0
 
-    def confidence_interval(self) -> tuple[np.ndarray, np.ndarray]:
-        """Lower and upper confidence bounds of the coefficients at ``level``."""
-        return self.ci_lb, self.ci_ub
+    def confidence_interval(self) -> Bounds:
+        """Confidence bounds of the coefficients at ``level`` (under the chosen test)."""
+        return Bounds(self.ci_lb, self.ci_ub)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with the reference's field names (``coef``, ``QM``, ``knha_F``...)."""

@@ -23,6 +23,7 @@ import numpy as np
 from scipy import stats
 
 from fedsynth.errors import InputError
+from coordinator.synthesis.pooling import ConfidenceInterval
 from coordinator.synthesis.metareg import (
     _json_safe,
     design_matrix,
@@ -49,8 +50,9 @@ class SubgroupFit:
     Q: float
     sites: tuple[str, ...]
 
-    def confidence_interval(self) -> tuple[float, float]:
-        return self.ci_lb, self.ci_ub
+    def confidence_interval(self) -> ConfidenceInterval:
+        """Confidence interval of this group's pooled effect."""
+        return ConfidenceInterval(self.ci_lb, self.ci_ub)
 
     def to_dict(self) -> dict[str, Any]:
         return _json_safe({"group": self.group, "k": self.k, "estimate": self.estimate,

@@ -41,8 +41,8 @@ def test_two_moderators_numeric_and_categorical():
     res = meta_regression(SUB["yi"], SUB["vi"], {"ablat": BCG["moderator"], "alloc": SUB["group"]})
     assert res.p == 4 and res.QM_df == 3 and res.QE_df == 13 - 4
     assert 0.0 <= res.R2 <= 100.0
-    lo, hi = res.confidence_interval()
-    assert np.all(lo < res.coef) and np.all(res.coef < hi)
+    ci = res.confidence_interval()
+    assert np.all(ci.low < res.coef) and np.all(res.coef < ci.high)
     # adding a moderator cannot increase the residual heterogeneity statistic
     single = meta_regression(SUB["yi"], SUB["vi"], {"ablat": BCG["moderator"]})
     assert res.QE <= single.QE + 1e-9

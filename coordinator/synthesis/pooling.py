@@ -480,10 +480,69 @@ def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: flo
     """
     method, test, level = _check_options(method, test, level)
     y, v, msk, name_t, label_grid = _validate(yi, vi, mask, names, labels)
+    m = y.shape[0]
+    # Blocks of rows keep the (rows, sites) temporaries in cache: about twice as fast as
+    # one pass over 20,000 analyses, and the results are identical (rows are independent).
+    blocks = [_pool_block(y[s:s + _BLOCK], v[s:s + _BLOCK], msk[s:s + _BLOCK], method, test,
+                          level) for s in range(0, max(m, 1), _BLOCK)]
+    res = {key: np.concatenate([blk[key] for blk in blocks]) for key in blocks[0]}
+    k = res["k"]
+    multi = k >= 2
+    empty = k == 0
+    is_re = method != "FE"
+    fit_ok, qp_ok, rss = res["fit_converged"], res["qp_converged"], res["rss"]
+
+    messages = [""] * m
+    identical = (test == "knha") & multi & (rss <= st._EPS)
+    noted = empty | (k == 1) | ~fit_ok | ~qp_ok | identical
+    for i in np.flatnonzero(noted | ((test == "knha") & (not is_re) & multi)):
+        notes = []
+        if empty[i]:
+            notes.append("k = 0: no site contributed; nothing to pool")
+        elif k[i] == 1:
+            notes.append("k = 1: a single site, so tau² cannot be estimated; this is the "
+                         "fixed-effect result (tau² = 0, z test, no heterogeneity "
+                         "statistics or prediction interval)")
+        if not fit_ok[i] and not empty[i]:
+            notes.append(f"the {method} estimate of tau² did not converge")
+        if not qp_ok[i]:
+            notes.append("a Q-profile bound for tau² did not converge")
+        if test == "knha" and not is_re and multi[i]:
+            notes.append("Knapp-Hartung inference is meant for random-effects models")
+        if identical[i]:
+            notes.append("the effect sizes are identical, so the Knapp-Hartung scale "
+                         "factor is 0 and se = 0 (as metafor)")
+        messages[i] = "; ".join(notes)
+
+    nan_if_empty = lambda a: np.where(empty, np.nan, a)  # noqa: E731
+    return BatchPoolingResult(
+        method=method, test=test, level=level, names=name_t, k=k,
+        estimate=nan_if_empty(res["estimate"]), se=nan_if_empty(res["se"]),
+        stat=nan_if_empty(res["stat"]), pval=nan_if_empty(res["pval"]),
+        ci_lb=nan_if_empty(res["ci_lb"]), ci_ub=nan_if_empty(res["ci_ub"]),
+        tau2=res["tau2"], se_tau2=res["se_tau2"], Q=nan_if_empty(res["Q"]),
+        Q_df=np.maximum(k - 1, 0), Q_pval=nan_if_empty(res["Q_pval"]),
+        I2=nan_if_empty(res["I2"]), H2=nan_if_empty(res["H2"]),
+        pi_lb=res["pi_lb"], pi_ub=res["pi_ub"], logLik=nan_if_empty(res["logLik"]),
+        tau2_ci_lb=res["tau2_ci_lb"], tau2_ci_ub=res["tau2_ci_ub"],
+        I2_ci_lb=res["I2_ci_lb"], I2_ci_ub=res["I2_ci_ub"],
+        H2_ci_lb=res["H2_ci_lb"], H2_ci_ub=res["H2_ci_ub"],
+        converged=fit_ok & qp_ok & ~empty, iterations=res["iterations"],
+        messages=tuple(messages), yi=np.where(msk, y, np.nan), vi=np.where(msk, v, np.nan),
+        mask=msk, weights=np.where(msk, res["weights"], np.nan), site_labels=label_grid,
+    )
+
+
+#: Rows per block of the vectorised computation (see :func:`pool`).
+_BLOCK = 4096
+
+
+def _pool_block(y: np.ndarray, v: np.ndarray, msk: np.ndarray, method: str, test: str,
+                level: float) -> dict[str, np.ndarray]:
+    """The numbers of :func:`pool` for one block of validated rows."""
     b = st.as_batch(y, v, msk)
     m = y.shape[0]
     k = b.k
-    kf = k.astype(float)
     alpha = st._alpha(level)
     multi = k >= 2
     empty = k == 0
@@ -493,10 +552,10 @@ def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: flo
         fit = st.tau2_estimate(b, None, None, method)
         tau2 = np.where(empty, np.nan, fit.tau2)
         w = st.re_weights(b, np.where(empty, 0.0, tau2))
-        sw = w.sum(axis=1)
-        estimate = (w * b.yi).sum(axis=1) / sw
+        sw = st._rsum(w)
+        estimate = st._rdot(w, b.yi) / sw
         resid = b.yi - estimate[:, None]
-        rss = (w * resid * resid).sum(axis=1)
+        rss = st._rdot(w * resid, resid)
         var_est = 1.0 / sw
         df = k - 1
         # Knapp-Hartung needs k >= 2; one site falls back to the z test (see message)
@@ -541,43 +600,14 @@ def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: flo
         loglik = st.log_likelihood(b, np.where(empty, 0.0, tau2), reml=method == "REML")
         weights = 100.0 * w / sw[:, None]
     se_tau2 = np.where(multi & is_re, fit.se_tau2, np.nan)
-    converged = fit.converged & qp_ok & ~empty
 
-    messages = [""] * m
-    identical = (test == "knha") & multi & (rss <= st._EPS)
-    noted = empty | (k == 1) | ~fit.converged | ~qp_ok | identical
-    for i in np.flatnonzero(noted | ((test == "knha") & (not is_re) & multi)):
-        notes = []
-        if empty[i]:
-            notes.append("k = 0: no site contributed; nothing to pool")
-        elif k[i] == 1:
-            notes.append("k = 1: a single site, so tau² cannot be estimated; this is the "
-                         "fixed-effect result (tau² = 0, z test, no heterogeneity "
-                         "statistics or prediction interval)")
-        if not fit.converged[i] and not empty[i]:
-            notes.append(f"the {method} estimate of tau² did not converge")
-        if not qp_ok[i]:
-            notes.append("a Q-profile bound for tau² did not converge")
-        if test == "knha" and not is_re and multi[i]:
-            notes.append("Knapp-Hartung inference is meant for random-effects models")
-        if identical[i]:
-            notes.append("the effect sizes are identical, so the Knapp-Hartung scale "
-                         "factor is 0 and se = 0 (as metafor)")
-        messages[i] = "; ".join(notes)
-
-    nan_if_empty = lambda a: np.where(empty, np.nan, a)  # noqa: E731
-    return BatchPoolingResult(
-        method=method, test=test, level=level, names=name_t, k=k,
-        estimate=nan_if_empty(estimate), se=nan_if_empty(se), stat=nan_if_empty(stat),
-        pval=nan_if_empty(pval), ci_lb=nan_if_empty(ci_lb), ci_ub=nan_if_empty(ci_ub),
-        tau2=tau2, se_tau2=se_tau2, Q=nan_if_empty(q), Q_df=np.maximum(df, 0),
-        Q_pval=nan_if_empty(q_p), I2=nan_if_empty(i2), H2=nan_if_empty(h2),
-        pi_lb=pi_lb, pi_ub=pi_ub, logLik=nan_if_empty(loglik),
-        tau2_ci_lb=t_lo, tau2_ci_ub=t_hi, I2_ci_lb=i2_lo, I2_ci_ub=i2_hi,
-        H2_ci_lb=h2_lo, H2_ci_ub=h2_hi, converged=converged, iterations=fit.iterations,
-        messages=tuple(messages), yi=np.where(msk, y, np.nan), vi=np.where(msk, v, np.nan),
-        mask=msk, weights=np.where(msk, weights, np.nan), site_labels=label_grid,
-    )
+    return {"k": k, "estimate": estimate, "se": se, "stat": stat, "pval": pval,
+            "ci_lb": ci_lb, "ci_ub": ci_ub, "tau2": tau2, "se_tau2": se_tau2, "Q": q,
+            "Q_pval": q_p, "I2": i2, "H2": h2, "pi_lb": pi_lb, "pi_ub": pi_ub,
+            "logLik": loglik, "tau2_ci_lb": t_lo, "tau2_ci_ub": t_hi, "I2_ci_lb": i2_lo,
+            "I2_ci_ub": i2_hi, "H2_ci_lb": h2_lo, "H2_ci_ub": h2_hi,
+            "fit_converged": fit.converged, "qp_converged": qp_ok,
+            "iterations": fit.iterations, "rss": rss, "weights": weights}
 
 
 def meta_analysis(yi, vi, *, labels: Sequence[str] | None = None, method: str = "REML",

@@ -498,6 +498,11 @@ def test_hostile_corpus(federation):
         assert subs["mtf-bravo"].payload == valid_payloads["mtf-bravo"]
         assert subs[EVIL].payload == evil_payload
         assert store.submissions(fed.closed_round_id) == []
+        # Only the valid site that heartbeated is in the registry: refused peers (wrong
+        # protocol version, revoked, not allowed) left no trace there.
+        seen = {s.name for s in store.list_sites() if s.last_heartbeat is not None}
+        assert seen == {"mtf-charlie"}, seen
+        assert {r.id: r.status for r in store.list_rounds()}[fed.round_id] == "open"
     finally:
         store.close()
     audit = verify_log(fed.root / "coordinator-audit.jsonl")

@@ -45,7 +45,7 @@ from coordinator.synthesis.metareg import (
 __all__ = [
     "LeaveOneOutResult", "InfluenceResult", "BlupResult", "PublicationBiasResult",
     "CumulativeResult", "leave_one_out", "influence", "blup", "publication_bias",
-    "cumulative", "kendall_tau_test",
+    "cumulative", "kendall_tau_test", "KendallResult",
 ]
 
 
@@ -329,7 +329,15 @@ def _kendall_null_cdf(n: int) -> np.ndarray:
     return np.cumsum(dist)
 
 
-def kendall_tau_test(x: Any, y: Any, *, exact: bool = True) -> tuple[float, float]:
+@dataclass(frozen=True)
+class KendallResult:
+    """Kendall's tau-b and its two-sided p-value."""
+
+    tau: float
+    pval: float
+
+
+def kendall_tau_test(x: Any, y: Any, *, exact: bool = True) -> KendallResult:
     """Kendall's tau-b and its two-sided p-value, as R's ``cor.test(method="kendall")``.
 
     Exact null distribution when requested and there are no ties; otherwise the normal
@@ -356,7 +364,7 @@ def kendall_tau_test(x: Any, y: Any, *, exact: bool = True) -> tuple[float, floa
             p = 1.0 - cdf[q - 1]
         else:
             p = cdf[q]
-        return float(tau), float(min(1.0, 2 * p))
+        return KendallResult(float(tau), float(min(1.0, 2 * p)))
     xt, yt = ca[ca > 1], cb[cb > 1]
     v0 = n * (n - 1) * (2 * n + 5)
     vt = np.sum(xt * (xt - 1) * (2 * xt + 5))
@@ -365,7 +373,7 @@ def kendall_tau_test(x: Any, y: Any, *, exact: bool = True) -> tuple[float, floa
     v2 = np.sum(xt * (xt - 1) * (xt - 2)) * np.sum(yt * (yt - 1) * (yt - 2))
     var_s = (v0 - vt - vu) / 18 + v1 / (2 * n * (n - 1)) + (v2 / (9 * n * (n - 1) * (n - 2)) if n > 2 else 0)
     z = S / np.sqrt(var_s)
-    return float(tau), float(2 * stats.norm.sf(abs(z)))
+    return KendallResult(float(tau), float(2 * stats.norm.sf(abs(z))))
 
 
 @dataclass(frozen=True)
@@ -424,7 +432,16 @@ class PublicationBiasResult:
 _METAFOR_DEFAULT_THRESHOLD = 1e-5
 
 
-def _trimfill(y: np.ndarray, v: np.ndarray, method: str, maxiter: int = 100):
+@dataclass(frozen=True)
+class _TrimFill:
+    k0: int
+    side: str
+    fit: MetaRegressionResult
+    filled_yi: np.ndarray
+    filled_vi: np.ndarray
+
+
+def _trimfill(y: np.ndarray, v: np.ndarray, method: str, maxiter: int = 100) -> _TrimFill:
     """Duval & Tweedie's trim-and-fill with the L0 estimator (metafor's algorithm)."""
     thr = _METAFOR_DEFAULT_THRESHOLD
     k = y.size
@@ -468,7 +485,7 @@ def _trimfill(y: np.ndarray, v: np.ndarray, method: str, maxiter: int = 100):
         yy, vv = y, v
     # with k0 = 0 metafor returns the model it was given (the exact fit)
     res = fit_rma(yy, vv, None, method=method, threshold=thr if k0 > 0 else 1e-12)
-    return int(k0), side, res, fill_y, fill_v
+    return _TrimFill(int(k0), side, res, fill_y, fill_v)
 
 
 def publication_bias(yi: Any, vi: Any, *, method: str = "REML", test: str = "z") -> PublicationBiasResult:
@@ -488,17 +505,17 @@ def publication_bias(yi: Any, vi: Any, *, method: str = "REML", test: str = "z")
     fe = fit_rma(y, v, None, method="FE", compute_r2=False)
     b, vb = float(fe.coef[0]), float(fe.vb[0, 0])
     ystar = (y - b) / np.sqrt(v - vb)
-    tau, tau_p = kendall_tau_test(ystar, v, exact=True)
-    k0, side, tf, fy, fv = _trimfill(y, v, method)
+    rank = kendall_tau_test(ystar, v, exact=True)
+    tf = _trimfill(y, v, method)
     return PublicationBiasResult(
         egger_rma_stat=float(eg.stat[1]), egger_rma_pval=float(eg.pval[1]),
         egger_rma_limit=float(eg.coef[0]),
         egger_lm_stat=float(lm.knha_stat[1]), egger_lm_pval=float(lm.knha_pval[1]),
-        egger_lm_df=k - 2, rank_tau=tau, rank_pval=tau_p,
-        trimfill_k0=k0, trimfill_side=side, trimfill_estimate=float(tf.coef[0]),
-        trimfill_se=float(tf.z_se[0]), trimfill_tau2=float(tf.tau2),
-        trimfill_filled_yi=tuple(float(x) for x in fy),
-        trimfill_filled_vi=tuple(float(x) for x in fv))
+        egger_lm_df=k - 2, rank_tau=rank.tau, rank_pval=rank.pval,
+        trimfill_k0=tf.k0, trimfill_side=tf.side, trimfill_estimate=float(tf.fit.coef[0]),
+        trimfill_se=float(tf.fit.z_se[0]), trimfill_tau2=float(tf.fit.tau2),
+        trimfill_filled_yi=tuple(float(x) for x in tf.filled_yi),
+        trimfill_filled_vi=tuple(float(x) for x in tf.filled_vi))
 
 
 # ---------------------------------------------------------------------------------------

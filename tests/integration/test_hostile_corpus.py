@@ -66,7 +66,7 @@ VALID_SITES = ("mtf-alpha", "mtf-bravo", "mtf-charlie")
 EVIL = "mtf-evil"            # allowed, valid certificate, sends hostile content
 REVOKED = "mtf-revoked"      # allowed, certificate revoked before the corpus
 OUTSIDER = "mtf-outsider"    # valid certificate, not on the allow-list
-WINDOW_S = 60
+WINDOW_S = 600        # generous: a slow CI machine must not turn other cases stale
 
 
 def _cli(*args: str, cwd: Path | None = None, timeout: float = 60) -> str:
@@ -273,7 +273,7 @@ def corpus(fed: Federation, rng: random.Random) -> list[Case]:
             signed(fed, EVIL, submission(fed, EVIL, round_id=fed.closed_round_id)))
     # 3. timestamp outside the window
     for i in range(16):
-        skew_s = rng.choice([-1, 1]) * rng.uniform(WINDOW_S + 5, 10 * 365 * 86400)
+        skew_s = rng.choice([-1, 1]) * rng.uniform(WINDOW_S + 300, 10 * 365 * 86400)
         ts = int((time.time() + skew_s) * 1000)
         add("timestamp", f"skew {skew_s:.0f} s", (SC.INVALID_ARGUMENT, SC.FAILED_PRECONDITION),
             signed(fed, EVIL, submission(fed, EVIL, ts_ms=ts)))
@@ -451,9 +451,12 @@ def test_hostile_corpus(federation):
     assert len(cases) >= 200
     # Valid sites interleave with the attack: alpha submits a third of the way in,
     # bravo after, charlie only heartbeats and pulls work throughout.
-    valid_payloads = {site: submission(fed, site, res=results(
-        crude_OR=estimate(-0.2 - 0.1 * k, 0.01, n=1000 + k)))
-        for k, site in enumerate(("mtf-alpha", "mtf-bravo"))}
+    valid_payloads: dict[str, bytes] = {}
+
+    def valid_payload(site: str, k: int) -> bytes:   # signed when sent, so never stale
+        valid_payloads[site] = submission(fed, site, res=results(
+            crude_OR=estimate(-0.2 - 0.1 * k, 0.01, n=1000 + k)))
+        return valid_payloads[site]
     failures = []
     kinds = Counter()
     for index, case in enumerate(cases):
@@ -467,7 +470,7 @@ def test_hostile_corpus(federation):
         if index == len(cases) // 3:
             with fed.site_channel("mtf-alpha") as channel:
                 reply = pb_grpc.FederationStub(channel).Submit(
-                    signed(fed, "mtf-alpha", valid_payloads["mtf-alpha"]), timeout=15)
+                    signed(fed, "mtf-alpha", valid_payload("mtf-alpha", 0)), timeout=15)
             assert reply.status == "accepted"
     # An identical resend is acknowledged idempotently (not an error).
     with fed.site_channel(EVIL) as channel:
@@ -475,7 +478,7 @@ def test_hostile_corpus(federation):
     assert again.status == "duplicate"
     with fed.site_channel("mtf-bravo") as channel:
         reply = pb_grpc.FederationStub(channel).Submit(
-            signed(fed, "mtf-bravo", valid_payloads["mtf-bravo"]), timeout=15)
+            signed(fed, "mtf-bravo", valid_payload("mtf-bravo", 1)), timeout=15)
     assert reply.status == "accepted"
     _valid_call(fed, "mtf-charlie")
     assert fed.process.poll() is None, "the coordinator died during the corpus"

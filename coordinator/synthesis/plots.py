@@ -216,7 +216,7 @@ def _text_width_in(fig, texts: Sequence[str], size: float, weight: str = "normal
     if not texts:
         return 0.0
     renderer = fig.canvas.get_renderer()
-    probe = fig.text(0, 0, "", fontsize=size, fontweight=weight)
+    probe = fig.text(0, 0, "", fontsize=size, fontweight=weight, parse_math=False)
     widest = 0.0
     for s in texts:
         probe.set_text(s)
@@ -487,7 +487,7 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
     ax.set_yticks([])
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
-    ax.set_xlabel(x_label, fontsize=_SMALL)
+    ax.set_xlabel(x_label, fontsize=_SMALL, parse_math=False)
     ax.axvline(null, color="#9aa0a6", lw=0.8, zorder=0)
 
     # ---- text columns (x in inches from the left, y in rows) ------------------------------
@@ -502,16 +502,17 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
         weight = "bold" if row.bold else "normal"
         if row.label:
             fig.text(_PAD_IN, y, row.label, transform=col, fontsize=_FONT, fontweight=weight,
-                     va="center", ha="left", color="#000000" if row.kind != "group"
-                     else _GROUP_COLOUR,
+                     parse_math=False, va="center", ha="left",
+                     color="#000000" if row.kind != "group" else _GROUP_COLOUR,
                      gid=(f"label-site-{row.site}" if row.kind == "site"
                           else f"label-{row.kind}-{i}"))
         if row.right:
             fig.text(x_right, y, row.right, transform=col, fontsize=_FONT, fontweight=weight,
-                     va="center", ha="left", gid=f"right-{row.kind}-{i}")
+                     parse_math=False, va="center", ha="left", gid=f"right-{row.kind}-{i}")
         if row.weight:
             fig.text(x_weight, y, row.weight, transform=col, fontsize=_FONT, fontweight=weight,
-                     va="center", ha="right", gid=f"weight-{row.kind}-{i}")
+                     parse_math=False, va="center", ha="right",
+                     gid=f"weight-{row.kind}-{i}")
         if row.kind == "site":
             i_site = row.site
             a, b = max(row.lo, lo), min(row.hi, hi)
@@ -544,13 +545,13 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
     # ---- title and footer ------------------------------------------------------------------
     if title:
         fig.text(_PAD_IN / width, 1 - _PAD_IN / height, title, fontsize=_FONT + 2,
-                 fontweight="bold", va="top", ha="left", gid="title")
+                 fontweight="bold", va="top", ha="left", gid="title", parse_math=False)
     y_in = _PAD_IN + 0.2 * (len(footer) + len(legend)) - 0.2
     n_foot = 0
     for line in footer:
         n_foot += 1
         fig.text(_PAD_IN / width, y_in / height, line, fontsize=_SMALL, va="bottom",
-                 ha="left", gid=f"footer-{n_foot}")
+                 ha="left", gid=f"footer-{n_foot}", parse_math=False)
         y_in -= 0.2
     for line, colour in legend:
         n_foot += 1
@@ -684,13 +685,14 @@ def funnel_plot(result: Any, *, filled: Any = None, measure: str | None = None,
     if ratio:
         ticks, labels = _ratio_ticks(*ax.get_xlim())
         ax.set_xticks(ticks, labels)
-    ax.set_xlabel(f"{meas} (log scale)" if ratio else (meas or "Estimate"), fontsize=_FONT)
+    ax.set_xlabel(f"{meas} (log scale)" if ratio else (meas or "Estimate"), fontsize=_FONT,
+                  parse_math=False)
     ax.set_ylabel("Standard error", fontsize=_FONT)
     ax.tick_params(labelsize=_SMALL)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     if title:
-        ax.set_title(title, fontsize=_FONT + 2, fontweight="bold", loc="left")
+        ax.set_title(title, fontsize=_FONT + 2, fontweight="bold", loc="left", parse_math=False)
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=_SMALL, frameon=False,
                bbox_to_anchor=(0.5, 0.0))
     return fig

@@ -278,3 +278,13 @@ def test_bad_input_names_the_field(call, field):
     with pytest.raises(InputError) as info:
         call()
     assert str(info.value).startswith(field)
+
+
+def test_labels_are_literal_text_not_mathtext():
+    res = meta_analysis([0.1, 0.2, 0.3], [0.01, 0.02, 0.03],
+                        labels=["Site $1 and $2", "a_b^c", r"\alpha"])
+    fig = forest_plot(res, title="cost $5 $6")
+    assert site_labels(fig) == ["Site $1 and $2", "a_b^c", r"\alpha"]
+    assert all(not t.get_parse_math() for t in fig.texts)
+    assert layout_problems(fig) == []
+    save_figure(fig, io.BytesIO(), format="svg")

@@ -214,3 +214,11 @@ def test_trimfill_that_does_not_settle_is_an_error_not_a_wrong_answer():
     y = 0.1 + 1.5 * np.sqrt(v) * np.array([0.1, -0.2, 0.5, 0.8, 1.0, 1.2, 1.1, 1.4, 1.6, 1.5])
     with pytest.raises(FedsynthError, match="did not settle within 1 iterations"):
         D._trimfill(y, v, "REML", maxiter=1)
+
+
+def test_kendall_large_n_uses_the_normal_approximation():
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=400), rng.normal(size=400)
+    res = D.kendall_tau_test(x, y, exact=True)
+    ref = stats.kendalltau(x, y, method="asymptotic")
+    assert res.pval == pytest.approx(ref.pvalue, rel=1e-9)

@@ -111,11 +111,12 @@ def test_round_report_content(round_doc):
     html_text = render_round_html(round_doc)
     page = parse(html_text)
     text = " ".join(page.text)
-    # one inline SVG forest plot per analysis, drawn (paths), not an empty frame
+    # one inline SVG forest plot per analysis, with the site names as searchable text
     svgs = re.findall(r"<svg\b.*?</svg>", html_text, flags=re.S)
     assert len(svgs) == len(ANALYSES)
     for svg in svgs:
-        assert svg.count("<path") > 20
+        assert svg.count("<path") > 10
+        assert all(f">{site}<" in svg for site in SITES if site != "mtf-foxtrot")
     for name, _, _ in ANALYSES:
         assert name in text
         analysis = next(a for a in round_doc["analyses"] if a["analysis"] == name)
@@ -154,13 +155,32 @@ def test_hostile_site_names_and_reasons_are_escaped(tmp_path, round_doc):
     page = parse(html_text)
     assert not [t for t, _ in page.tags if t in ("script", "img", "iframe", "object")]
     assert not [(t, a) for t, a in page.tags if any(k.startswith("on") for k in a)]
-    # the text survives, visibly, as text
+    # the text survives, visibly, as text (in the forest plot too, escaped, no mathtext)
     assert sum(HOSTILE in chunk for chunk in page.text) >= 8
+    svg = re.search(r"<svg\b.*?</svg>", html_text, flags=re.S).group(0)
+    assert "&lt;script&gt;alert(" in svg and "\\$" not in svg
 
 
 def test_ids_are_unique_across_inlined_figures(round_doc):
     ids = re.findall(r'\sid="([^"]+)"', render_round_html(round_doc))
     assert ids and len(ids) == len(set(ids))
+
+
+def test_parallel_forest_plots_equal_serial_ones(round_doc, monkeypatch):
+    """Big rounds draw forest plots in worker processes; the page must not change."""
+    import coordinator.reports as reports
+
+    monkeypatch.setattr(reports, "PARALLEL_ROWS", 10**9)
+    serial = reports._forest_svgs(round_doc["analyses"])
+    monkeypatch.setattr(reports, "PARALLEL_ROWS", 1)
+    monkeypatch.setattr(reports.os, "cpu_count", lambda: 2)
+    calls = []
+    real_job = reports._forest_svg_job
+    monkeypatch.setattr(reports, "_forest_svg_job", lambda job: calls.append(job) or
+                        real_job(job))
+    parallel = reports._forest_svgs(round_doc["analyses"])
+    assert calls == []                      # drawn by the workers, not in this process
+    assert parallel == serial and all(parallel)
 
 
 def test_sanitize_svg_strips_active_content_and_prefixes_ids():

@@ -1,0 +1,290 @@
+"""Benchmark of one federated round: N sites x M analyses over real mutual TLS.
+
+What it measures
+----------------
+A real coordinator process (``fedsynth coordinator serve``: grpc.aio server, mutual TLS,
+revocation and rate-limit interceptors, SQLite store in WAL mode, the closer that pools with
+``coordinator.synthesis``) and N sites, each a separate gRPC channel with its *own* client
+certificate and key (distinct TLS connections; the coordinator identifies every site by its
+certificate and verifies each submission's ECDSA signature). The N sites are driven from
+this one process with asyncio through the core's ``site_agent.client.FederationClient``;
+their estimates are precomputed (the site-side statistics are benchmarked elsewhere), so
+the figure is the federation's own cost: work distribution, signed submissions, storage,
+pooling of M analyses and closing.
+
+Timeline: all sites register (TLS handshakes) and poll ``PullWork`` every ``--poll``
+seconds, as agents do; the round is opened through the store exactly as ``fedsynth round
+start`` does (t0); each site submits as soon as it sees the work; t1 is when the store shows
+the round pooled with its document (every analysis pooled with k = N). Reported:
+
+* ``open_to_pooled_s``: t1 - t0 (target: under 10 s for 100 x 200 on 2 cores);
+* ``submissions_per_s``: N / (last accepted submission - first submission sent);
+* ``close_s``: from the last accepted submission to pooled (closer latency + pooling);
+* ``report_s``: until the HTML/JSON report of the round is written (separately, since the
+  report's M forest plots come after pooling);
+* ``coordinator_peak_rss_mib``: the coordinator's VmHWM from /proc (Linux).
+
+Usage::
+
+    python benchmarks/round.py                      # 100 sites x 200 analyses
+    python benchmarks/round.py --sites 3 --analyses 5 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TARGET_SECONDS = 10.0
+
+
+def _spec_toml(analyses: int) -> str:
+    return "".join(f'[[analysis]]\nname = "a{i:03d}"\nestimator = "two_group"\n'
+                   f'outcome = "los_days"\nexposure = "treated"\nmeasure = "MD"\n\n'
+                   for i in range(analyses))
+
+
+def _setup(workdir: Path, sites: list[str], analyses: int) -> Path:
+    """PKI (CA, coordinator and one certificate per site) and coordinator.toml."""
+    from fedsynth.pki import init_ca, issue_coordinator, issue_site
+
+    pki = workdir / "pki"
+    init_ca(pki)
+    issue_coordinator(pki, "localhost")
+    for site in sites:
+        issue_site(pki, site)
+    (workdir / "spec.toml").write_text(_spec_toml(analyses), encoding="utf-8")
+    allow = ", ".join(f'"{s}"' for s in sites)
+    config = workdir / "coordinator.toml"
+    config.write_text(
+        'listen = "127.0.0.1:0"\nstate = "state.db"\nreport_dir = "reports"\n'
+        '[tls]\nca = "pki/ca.crt"\ncert = "pki/coordinator.crt"\nkey = "pki/coordinator.key"\n'
+        f'[sites]\nallow = [{allow}]\n'
+        '[limits]\nrate = 50\nburst = 200\n', encoding="utf-8")
+    return config
+
+
+def _peak_rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def _start_coordinator(config: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
+    addr_file = workdir / "coordinator.addr"
+    log = open(workdir / "coordinator.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "fedsynth", "coordinator", "serve",
+                             "--config", str(config)], cwd=workdir, stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ,
+                                                           "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("coordinator exited early:\n"
+                               + (workdir / "coordinator.log").read_text()[-3000:])
+        if addr_file.exists() and addr_file.read_text().strip():
+            return proc, addr_file.read_text().strip()
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("coordinator did not start within 60 s")
+
+
+class _Site:
+    """One site: its own channel, certificate and signing key; precomputed estimates."""
+
+    def __init__(self, name: str, pki: Path, target: str, analyses: int, rng: random.Random):
+        from fedsynth.serde import WireEstimate
+        from fedsynth.signing import load_private_key
+        from fedsynth.transport import TLSFiles
+        from site_agent.client import FederationClient
+
+        self.name = name
+        self.client = FederationClient(
+            target, TLSFiles(pki / "ca.crt", pki / f"{name}.crt", pki / f"{name}.key"),
+            server_name="localhost", timeout=60.0)
+        self.key = load_private_key(pki / f"{name}.key")
+        n = rng.randint(200, 5000)
+        self.results = {}
+        for i in range(analyses):
+            vi = 4.0 / n * rng.uniform(0.8, 1.25)
+            yi = 0.1 * ((i % 7) - 3) + rng.gauss(0.0, vi ** 0.5)
+            self.results[f"a{i:03d}"] = WireEstimate(f"a{i:03d}", yi, vi, vi ** 0.5, n)
+        self.sent_at: float | None = None
+        self.acked_at: float | None = None
+
+    async def run(self, poll: float, stop: asyncio.Event) -> None:
+        from fedsynth.serde import SubmissionContent, encode_submission
+        from fedsynth.signing import sign
+
+        await asyncio.sleep(random.uniform(0, poll))         # agents are not in lockstep
+        while not stop.is_set():
+            work = await self.client.pull_work()
+            if work:
+                item = work[0]
+                self.sent_at = time.perf_counter()
+                content = SubmissionContent(
+                    round_id=item.round_id, site=self.name, nonce=secrets.token_bytes(16),
+                    timestamp=dt.datetime.now(dt.timezone.utc), results=self.results)
+                payload = encode_submission(content)
+                ack = await self.client.submit(payload, sign(self.key, payload))
+                if ack.status not in ("accepted", "duplicate"):
+                    raise RuntimeError(f"{self.name}: submission {ack.status}: {ack.message}")
+                self.acked_at = time.perf_counter()
+                return
+            await asyncio.sleep(poll)
+
+
+async def _drive(config_path: Path, target: str, sites: list[str], analyses: int,
+                 poll: float, seed: int) -> dict:
+    from coordinator.rounds import open_round
+    from coordinator.store import Store
+    from fedsynth.config import load_coordinator_config
+
+    config = load_coordinator_config(config_path)
+    pki = config_path.parent / "pki"
+    rng = random.Random(seed)
+    t_setup = time.perf_counter()
+    clients = [_Site(name, pki, target, analyses, rng) for name in sites]
+    # connect and register every site (TLS handshakes) before the round opens
+    await asyncio.gather(*(s.client.register() for s in clients))
+    connect_s = time.perf_counter() - t_setup
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(s.run(poll, stop)) for s in clients]
+    spec_text = (config_path.parent / "spec.toml").read_text(encoding="utf-8")
+    store = Store(config.state)
+    try:
+        t0 = time.perf_counter()
+        record = await asyncio.to_thread(
+            open_round, store, spec_source=spec_text, deadline=dt.timedelta(minutes=10),
+            quorum=len(sites), allowed=tuple(sites),
+            pooling={"method": "REML", "test": "z", "level": 95.0, "i2_threshold": 50.0},
+            now=dt.datetime.now(dt.timezone.utc), source="benchmark")
+        t_open = time.perf_counter()
+        await asyncio.gather(*tasks)
+        t_pooled = None
+        t_report = None
+        limit = time.perf_counter() + 600
+        while time.perf_counter() < limit:
+            current = await asyncio.to_thread(store.get_round, record.id)
+            now = time.perf_counter()
+            if t_pooled is None and current.status != "open" and current.document:
+                t_pooled = now
+                document = current.document
+            if t_pooled is not None and current.report is not None:
+                t_report = now
+                report = current.report
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        store.close()
+        await asyncio.gather(*(s.client.close() for s in clients), return_exceptions=True)
+    if t_pooled is None:
+        raise RuntimeError(f"round {record.id} was not pooled within 600 s")
+    if document.get("status") != "pooled":
+        raise RuntimeError(f"round {record.id} {document.get('status')}: "
+                           f"{document.get('failure_reason')}")
+    ks = {a.get("k") for a in document["analyses"]}
+    if len(document["analyses"]) != analyses or ks != {len(sites)}:
+        raise RuntimeError(f"round {record.id}: expected {analyses} analyses with k = "
+                           f"{len(sites)}, got {len(document['analyses'])} with k in {ks}")
+    first_sent = min(s.sent_at for s in clients)
+    last_ack = max(s.acked_at for s in clients)
+    return {
+        "round": record.id, "sites": len(sites), "analyses": analyses, "poll_s": poll,
+        "connect_register_s": connect_s,
+        "open_round_s": t_open - t0,
+        "open_to_pooled_s": t_pooled - t0,
+        "first_to_last_submission_s": last_ack - first_sent,
+        "submissions_per_s": len(sites) / (last_ack - first_sent) if last_ack > first_sent
+        else float("inf"),
+        "close_s": t_pooled - last_ack,
+        "report_s": (t_report - t0) if t_report is not None else None,
+        "report": report if t_report is not None else None,
+    }
+
+
+def run(sites: int, analyses: int, *, poll: float = 0.25, seed: int = 1,
+        workdir: Path | None = None) -> dict:
+    """Run the benchmark; return its figures (see the module docstring)."""
+    names = [f"site-{i:03d}" for i in range(sites)]
+    with tempfile.TemporaryDirectory(prefix="fedsynth-bench-") as tmp:
+        work = Path(workdir) if workdir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        config = _setup(work, names, analyses)
+        pki_s = time.perf_counter() - t
+        proc, target = _start_coordinator(config, work)
+        try:
+            result = asyncio.run(_drive(config, target, names, analyses, poll, seed))
+            result["coordinator_peak_rss_mib"] = _peak_rss_mib(proc.pid)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        result["pki_setup_s"] = pki_s
+        result["target_s"] = TARGET_SECONDS
+        result["target_met"] = result["open_to_pooled_s"] < TARGET_SECONDS
+        return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sites", type=int, default=100)
+    parser.add_argument("--analyses", type=int, default=200)
+    parser.add_argument("--poll", type=float, default=0.25,
+                        help="PullWork polling interval of each site (seconds)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep PKI, store, logs and reports here (default: temporary)")
+    parser.add_argument("--json", action="store_true", help="print figures as JSON")
+    args = parser.parse_args(argv)
+    if args.sites < 1 or args.analyses < 1:
+        parser.error("--sites and --analyses must be >= 1")
+    result = run(args.sites, args.analyses, poll=args.poll, seed=args.seed,
+                 workdir=args.workdir)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"round benchmark: {result['sites']} sites x {result['analyses']} analyses "
+          f"(real mTLS, one channel and certificate per site, poll {result['poll_s']} s)")
+    print(f"  PKI setup                     {result['pki_setup_s']:8.2f} s")
+    print(f"  connect + register all sites  {result['connect_register_s']:8.2f} s")
+    print(f"  open round (store)            {result['open_round_s']:8.3f} s")
+    print(f"  open -> pooled results        {result['open_to_pooled_s']:8.2f} s   "
+          f"(target < {TARGET_SECONDS:g} s: {'met' if result['target_met'] else 'MISSED'})")
+    print(f"  first -> last submission      {result['first_to_last_submission_s']:8.2f} s   "
+          f"({result['submissions_per_s']:.1f} submissions/s)")
+    print(f"  last submission -> pooled     {result['close_s']:8.2f} s")
+    if result["report_s"] is not None:
+        print(f"  open -> HTML report written   {result['report_s']:8.2f} s")
+    rss = result["coordinator_peak_rss_mib"]
+    print(f"  coordinator peak RSS          {rss:8.1f} MiB" if rss else
+          "  coordinator peak RSS          n/a")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

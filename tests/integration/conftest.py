@@ -100,6 +100,10 @@ class Federation:
         self.pki = pki
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.coordinator_config_path: Path | None = None
+        # state store backend: "sqlite" (a file per coordinator name) or "postgresql"
+        # (a fresh database per coordinator name; deployment helper, pg_server.py)
+        self.state_backend = "sqlite"
+        self._state_urls: dict[str, str] = {}
         (root / "logs").mkdir(parents=True, exist_ok=True)
 
     # --- configuration ---------------------------------------------------------------------
@@ -108,7 +112,7 @@ class Federation:
                                  extra: str = "", tls: bool = True) -> Path:
         """Write ``NAME.toml`` (listen on port 0, SQLite state, reports, audit log)."""
         path = self.root / f"{name}.toml"
-        text = (f'listen = "127.0.0.1:0"\nstate = "{name}-state.db"\n'
+        text = (f'listen = "127.0.0.1:0"\nstate = {_toml_str(self.state_url(name))}\n'
                 f'report_dir = "reports"\naddr_file = "{name}.addr"\n'
                 f'audit_log = "{name}-audit.jsonl"\nsubmission_window = "5m"\n{extra}\n')
         if tls:
@@ -120,6 +124,16 @@ class Federation:
         path.write_text(text, encoding="utf-8")
         self.coordinator_config_path = path
         return path
+
+    def state_url(self, name: str = "coordinator") -> str:
+        """``state`` of coordinator ``name``: its SQLite file, or its PostgreSQL database."""
+        if self.state_backend == "sqlite":
+            return f"{name}-state.db"
+        if name not in self._state_urls:
+            from tests.integration.pg_server import fresh_database
+
+            self._state_urls[name] = fresh_database("fed")
+        return self._state_urls[name]
 
     def addr_file(self, name: str = "coordinator") -> Path:
         return self.root / f"{name}.addr"
@@ -254,10 +268,34 @@ class Federation:
                 proc.wait()
 
 
+#: test modules whose federation runs on both state backends (the others on SQLite only)
+BOTH_BACKENDS = ("test_federation", "test_faults")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the integration and fault tests on SQLite and on PostgreSQL."""
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if "federation" in metafunc.fixturenames and module.startswith(BOTH_BACKENDS):
+        metafunc.parametrize("state_backend", ["sqlite", "postgresql"], indirect=True)
+
+
 @pytest.fixture
-def federation(tmp_path: Path, pki: PKI):
+def state_backend(request: pytest.FixtureRequest) -> str:
+    """``sqlite`` unless parametrized; ``postgresql`` skips (with the reason) without a
+    server."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "postgresql":
+        from tests.integration.pg_server import postgres_url
+
+        postgres_url()
+    return backend
+
+
+@pytest.fixture
+def federation(tmp_path: Path, pki: PKI, state_backend: str):
     """A :class:`Federation` in a fresh directory; every process is stopped afterwards."""
     fed = Federation(tmp_path / "federation", pki)
+    fed.state_backend = state_backend
     try:
         yield fed
     finally:

@@ -545,7 +545,7 @@ def tau2_estimate(yi, vi=None, mask=None, method: str = "REML", *, solver: str =
             s_pp = _sum_p2(w)
             se = np.sqrt(tau0**2 / (k - 1) ** 2
                          * (2 * s_pvpv + 4 * tau2 * s_pvp + 2 * tau2**2 * s_pp))
-        elif method in ("PM", "EB") and solver == "newton":
+        elif method == "PM" or (method == "EB" and solver == "newton"):
             tau2, ok = _paule_mandel(c)
             se = np.sqrt(2 * k**2 / (k - 1)) / _rsum(re_weights(c, tau2))
         else:  # ML, REML (and EB with Fisher scoring)

@@ -132,3 +132,22 @@ def test_seed_example():
     ref = next(c for c in CASES if c["id"] == "seed8/FE/z")
     assert ref["yi"] == pytest.approx(yi)
     assert fe.estimate == pytest.approx(ref["expected"]["estimate"], rel=1e-9)
+
+
+@pytest.mark.parametrize("method", ["ML", "REML", "EB", "PM"])
+def test_both_solvers_reproduce_metafor_tau2(method):
+    """Newton (default) and metafor's own Fisher scoring land on the same tau² as R."""
+    from coordinator.synthesis import stats as st
+
+    cases = [c for c in CASES if c["method"] == method and c["test"] == "z"]
+    kmax = max(len(c["yi"]) for c in cases)
+    yi = np.full((len(cases), kmax), np.nan)
+    vi = np.full_like(yi, np.nan)
+    for i, c in enumerate(cases):
+        yi[i, : len(c["yi"])], vi[i, : len(c["vi"])] = c["yi"], c["vi"]
+    mask = ~np.isnan(yi)
+    expected = np.array([c["expected"]["tau2"] for c in cases])
+    for solver in st.SOLVERS:
+        fit = st.tau2_estimate(yi, vi, mask, method, solver=solver)
+        assert fit.converged.all()
+        assert np.allclose(fit.tau2, expected, rtol=1e-6, atol=1e-9), solver

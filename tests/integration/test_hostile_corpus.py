@@ -104,6 +104,7 @@ class Federation:
     address: str
     round_id: str
     closed_round_id: str
+    other_round_id: str       # a second open round: a nonce reused there is a replay
 
     def channel(self, cert: str | None, key: str | None = None,
                 ca: Path | None = None) -> grpc.Channel:
@@ -172,8 +173,10 @@ allow = {allow}
     round_id = _cli("round", "start", "--config", str(config), "--spec",
                     str(root / "spec.toml"), "--deadline", "30m",
                     "--quorum", "2").strip().splitlines()[-1]
+    other = _cli("round", "start", "--config", str(config), "--spec", str(root / "spec.toml"),
+                 "--deadline", "30m", "--quorum", "2").strip().splitlines()[-1]
     _cli("ca", "revoke", "--dir", str(pki), "--site", REVOKED)
-    fed = Federation(root, pki, config, process, address, round_id, closed)
+    fed = Federation(root, pki, config, process, address, round_id, closed, other)
     yield fed
     process.send_signal(signal.SIGTERM)
     try:
@@ -406,12 +409,12 @@ def corpus(fed: Federation, rng: random.Random) -> list[Case]:
     return cases
 
 
-def _status(run, fed) -> grpc.StatusCode:
+def _status(run, fed) -> tuple[grpc.StatusCode, str]:
     try:
         run(fed)
     except grpc.RpcError as error:
-        return error.code()
-    return SC.OK
+        return error.code(), error.details() or ""
+    return SC.OK, ""
 
 
 def _valid_call(fed: Federation, site: str) -> None:
@@ -444,10 +447,13 @@ def test_hostile_corpus(federation):
                                                            SC.FAILED_PRECONDITION),
                           _submit(fed, EVIL, signed(fed, EVIL, submission(fed, EVIL,
                                                                           res=res)))))
-        cases.append(Case("replay", f"nonce reuse #{i}",
-                          (SC.ALREADY_EXISTS, SC.FAILED_PRECONDITION),
+        # The accepted submission's nonce, in a fresh submission to another open round
+        # (where the site has not answered yet): only the nonce check can catch it.
+        cases.append(Case("replay", f"nonce reuse in another round #{i}",
+                          (SC.ALREADY_EXISTS,),
                           _submit(fed, EVIL, signed(fed, EVIL, submission(
-                              fed, EVIL, nonce=evil_nonce, res=res)))))
+                              fed, EVIL, round_id=fed.other_round_id, nonce=evil_nonce,
+                              res=res)))))
     assert len(cases) >= 200
     # Valid sites interleave with the attack: alpha submits a third of the way in,
     # bravo after, charlie only heartbeats and pulls work throughout.
@@ -460,11 +466,14 @@ def test_hostile_corpus(federation):
     failures = []
     kinds = Counter()
     for index, case in enumerate(cases):
-        got = _status(case.run, fed)
+        got, reason = _status(case.run, fed)
         kinds[case.kind] += 1
         if got not in case.expected:
             failures.append(f"{case.kind} ({case.description}): expected "
-                            f"{'/'.join(c.name for c in case.expected)}, got {got.name}")
+                            f"{'/'.join(c.name for c in case.expected)}, got {got.name} "
+                            f"({reason[:120]})")
+        elif len(reason.strip()) < 10:       # every refusal says why
+            failures.append(f"{case.kind} ({case.description}): {got.name} without a reason")
         if index % 25 == 0:
             _valid_call(fed, "mtf-charlie")
         if index == len(cases) // 3:
@@ -501,6 +510,7 @@ def test_hostile_corpus(federation):
         assert subs["mtf-bravo"].payload == valid_payloads["mtf-bravo"]
         assert subs[EVIL].payload == evil_payload
         assert store.submissions(fed.closed_round_id) == []
+        assert store.submissions(fed.other_round_id) == []
         # Only the valid site that heartbeated is in the registry: refused peers (wrong
         # protocol version, revoked, not allowed) left no trace there.
         seen = {s.name for s in store.list_sites() if s.last_heartbeat is not None}

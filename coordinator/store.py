@@ -263,7 +263,26 @@ class Store:
             return int(value or 0)
 
     def migrate(self) -> int:
-        """Bring the schema to :data:`SCHEMA_VERSION`; return the version."""
+        """Bring the schema to :data:`SCHEMA_VERSION`; return the version.
+
+        Processes starting together on an empty store (the coordinator and a ``round``
+        CLI) race to create the tables: the loser's transaction fails ("already exists",
+        a unique violation or "database is locked") and is rolled back, so it retries and
+        finds the schema migrated (tests/integration/test_postgres_migrations.py).
+        """
+        import time
+
+        for attempt in range(8):
+            try:
+                return self._migrate_once()
+            except (sa.exc.OperationalError, sa.exc.IntegrityError,
+                    sa.exc.ProgrammingError):
+                if attempt == 7:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _migrate_once(self) -> int:
         with self.engine.begin() as conn:
             schema_version.create(conn, checkfirst=True)
         current = self.schema_version()

@@ -371,6 +371,9 @@ class RevocationInterceptor(grpc.aio.ServerInterceptor):
         log); exceptions it raises are logged, not propagated.
     exempt
         Method-name suffixes that skip the check (e.g. the health service).
+    report_every
+        ``on_reject`` is called at most once per certificate serial in this many seconds,
+        so that a revoked peer hammering the coordinator cannot flood its audit log.
 
     Calls from a revoked certificate end with ``PERMISSION_DENIED`` naming the serial; when
     the CRL cannot be trusted, every call ends with ``UNAVAILABLE``.
@@ -379,10 +382,17 @@ class RevocationInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, revocations: RevocationList,
                  on_reject: Callable[[str, int, str], None] | None = None,
                  exempt: tuple[str, ...] = ("/grpc.health.v1.Health/Check",
-                                            "/grpc.health.v1.Health/Watch")) -> None:
+                                            "/grpc.health.v1.Health/Watch"), *,
+                 report_every: float = 60.0,
+                 clock: Callable[[], float] | None = None) -> None:
+        import time
+
         self._revocations = revocations
         self._on_reject = on_reject
         self._exempt = exempt
+        self._report_every = report_every
+        self._clock = clock or time.monotonic
+        self._last_report: dict[int, float] = {}
 
     async def _check(self, context) -> None:
         cert = peer_certificate(context)
@@ -404,6 +414,13 @@ class RevocationInterceptor(grpc.aio.ServerInterceptor):
     def _report(self, site: str, serial: int, reason: str) -> None:
         if self._on_reject is None:
             return
+        now = self._clock()
+        last = self._last_report.get(serial)
+        if last is not None and now - last < self._report_every:
+            return
+        if len(self._last_report) > 10_000:
+            self._last_report.clear()
+        self._last_report[serial] = now
         try:
             self._on_reject(site, serial, reason)
         except Exception:  # noqa: BLE001 - auditing must not crash the server

@@ -117,7 +117,9 @@ def test_revoked_site_is_shut_out_on_its_open_channel(tmp_path):
     assert verify_log(audit).ok
     events = [json.loads(line) for line in audit.read_text().splitlines()]
     revoked = [e for e in events if e["event"] == "peer.revoked"]
-    assert len(revoked) == 2 and all(e["data"]["site"] == "mtf-alpha" for e in revoked)
+    # Two refused calls, one audit entry: reports are throttled per serial (a revoked peer
+    # hammering the coordinator must not flood the audit log).
+    assert len(revoked) == 1 and revoked[0]["data"]["site"] == "mtf-alpha"
 
 
 def test_rate_limit_per_site_on_the_real_coordinator(tmp_path):

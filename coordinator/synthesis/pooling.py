@@ -326,25 +326,14 @@ class BatchPoolingResult:
         cis = {"tau2_ci": interval(self.tau2_ci_lb, self.tau2_ci_ub),
                "I2_ci": interval(self.I2_ci_lb, self.I2_ci_ub),
                "H2_ci": interval(self.H2_ci_lb, self.H2_ci_ub)}
-        result = []
-        for i in range(len(self)):
-            row: dict[str, Any] = {}
-            for key in REFERENCE_KEYS:
-                if key == "k":
-                    row[key] = ks[i]
-                elif key == "Q_df":
-                    row[key] = dfs[i]
-                elif key in cis:
-                    row[key] = cis[key][i]
-                elif key == "method":
-                    row[key] = self.method
-                elif key == "test":
-                    row[key] = self.test
-                elif key == "level":
-                    row[key] = self.level
-                else:
-                    row[key] = columns[key][i]
-            result.append(row)
+        n = len(self)
+        columns["k"] = self.k.tolist()
+        columns["Q_df"] = self.Q_df.tolist()
+        columns.update(cis)
+        for key, value in (("method", self.method), ("test", self.test), ("level", self.level)):
+            columns[key] = [value] * n
+        keys = list(REFERENCE_KEYS)
+        result = [dict(zip(keys, row)) for row in zip(*(columns[key] for key in keys))]
         return result
 
 

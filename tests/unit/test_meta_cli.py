@@ -109,6 +109,11 @@ def test_by_csv_one_row_per_analysis(capsys, grouped_csv):
     assert {"tau2_ci_lb", "tau2_ci_ub", "I2_ci_lb", "H2_ci_ub"} <= set(rows[0])
     assert rows[0]["method"] == "PM" and rows[0]["test"] == "knha"
     assert int(rows[2]["k"]) == 8
+    # floats are written round-trip exact
+    case = picked["seed"]
+    ref = meta_analysis(case["yi"], case["vi"], method="PM", test="knha")
+    assert float(rows[2]["estimate"]) == ref.estimate
+    assert float(rows[2]["tau2_ci_ub"]) == ref.tau2_ci.high
 
 
 def test_by_table_prints_every_analysis(capsys, grouped_csv):

@@ -566,11 +566,10 @@ def render_csv(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingRes
                 row[key] = value
         flat.append(row)
     buf = io.StringIO()
+    # the csv module writes None as an empty cell and floats with repr (round-trip exact)
     writer = csv.DictWriter(buf, fieldnames=list(flat[0].keys()), lineterminator="\n")
     writer.writeheader()
-    for row in flat:
-        writer.writerow({k: ("" if v is None else (repr(v) if isinstance(v, float) else v))
-                         for k, v in row.items()})
+    writer.writerows(flat)
     return buf.getvalue().rstrip("\n")
 
 

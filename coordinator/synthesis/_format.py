@@ -57,6 +57,11 @@ def signif_stars(p: float) -> str:
     return ""
 
 
+def _pct(level: float) -> str:
+    """``95%`` or ``97.5%``."""
+    return f"{level:g}%"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     out = ["  ".join(h.rjust(wd) for h, wd in zip(header, widths))]
@@ -84,8 +89,7 @@ def format_summary(res: PoolingResult, digits: int = 4) -> str:
                      f"(SE = {fmt(res.se_tau2, digits)})")
         lines.append(f"tau (square root of estimated tau^2 value):      {fmt(res.tau, digits)}")
     if res.k >= 2:
-        lines.append(f"I^2 ({'total heterogeneity / total variability' if re_fit else 'total heterogeneity / total variability'}):   "
-                     f"{fmt(res.I2, 2)}%")
+        lines.append(f"I^2 (total heterogeneity / total variability):   {fmt(res.I2, 2)}%")
         lines.append(f"H^2 (total variability / sampling variability):  {fmt(res.H2, 2)}")
         lines.append("")
         lines.append("Test for Heterogeneity:")
@@ -93,8 +97,7 @@ def format_summary(res: PoolingResult, digits: int = 4) -> str:
         lines.append("")
 
     if re_fit and res.tau2_ci is not None:
-        lines.append(f"Q-profile {fmt(res.level, 0) if res.level == int(res.level) else res.level}% "
-                     "confidence intervals:")
+        lines.append(f"Q-profile {_pct(res.level)} confidence intervals:")
         rows = [["tau^2", fmt(res.tau2, digits), fmt(res.tau2_ci.low, digits),
                  fmt(res.tau2_ci.high, digits)],
                 ["tau", fmt(res.tau, digits), fmt(math.sqrt(res.tau2_ci.low), digits),
@@ -126,7 +129,7 @@ def format_summary(res: PoolingResult, digits: int = 4) -> str:
     lines.append("Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1")
     ll_kind = "restricted " if res.method == "REML" else ""
     lines.append(f"{ll_kind}log-likelihood: {fmt(res.logLik, digits)}; "
-                 f"{fmt(res.level, 0) if res.level == int(res.level) else res.level}% intervals")
+                 f"{_pct(res.level)} intervals")
     if res.message:
         lines.append("")
         lines.append(f"Note: {res.message}.")

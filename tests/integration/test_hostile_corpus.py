@@ -15,7 +15,6 @@ submissions, and its audit log verifies.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import json
 import math
 import os
@@ -238,7 +237,6 @@ def _submit(fed: Federation, site: str, request) -> Callable[[Federation], objec
 
 def corpus(fed: Federation, rng: random.Random) -> list[Case]:
     cases: list[Case] = []
-    key_of = {}
 
     def add(kind, description, expected, request=None, *, site=EVIL, run=None):
         if isinstance(expected, grpc.StatusCode):
@@ -384,7 +382,7 @@ def corpus(fed: Federation, rng: random.Random) -> list[Case]:
         add("oversized", f"{len(many)} analyses", SC.INVALID_ARGUMENT,
             signed(fed, EVIL, submission(fed, EVIL, res=many)))
     # 10. certificates: expired, revoked, foreign CA, none, not on the allow-list
-    def connect(cert, key=None, ca=None, site_call="Register"):
+    def connect(cert, key=None, ca=None):
         def run(_fed):
             with fed.channel(cert, key, ca) as channel:
                 stub = pb_grpc.FederationStub(channel)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -383,114 +383,27 @@ def _worker_main() -> int:
 
 
 def _forest_svg(analysis: Mapping[str, Any], *, id_prefix: str) -> str | None:
-    """Forest plot of one analysis as sanitized inline SVG; None when no site estimate."""
+    """Forest plot of one analysis as sanitized inline SVG; None when no site estimate.
+
+    Drawn by the project's forest plot (:func:`coordinator.synthesis.plots.forest_plot`),
+    which reads a round-document analysis (``site_estimates`` and the pooled fields).
+    """
+    from coordinator.synthesis.plots import forest_plot
+
     estimates = [e for e in analysis.get("site_estimates") or []
                  if _finite(e.get("yi")) is not None and (_finite(e.get("vi")) or 0) > 0]
     if not estimates:
         return None
-    fig = _plots_helper_forest(analysis, estimates)
-    if fig is None:
-        fig = _fallback_forest(analysis, estimates)
-    try:
-        return sanitize_svg(_figure_svg(fig), id_prefix)
-    finally:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-
-
-def _plots_helper_forest(analysis: Mapping[str, Any], estimates: list[Mapping[str, Any]]):
-    """The project's forest plot (``coordinator.synthesis.plots.forest_plot``), if present."""
-    try:
-        from coordinator.synthesis.plots import forest_plot  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return _call_forest_plot(forest_plot, analysis, estimates)
-
-
-def _call_forest_plot(forest_plot: Any, analysis: Mapping[str, Any],
-                      estimates: list[Mapping[str, Any]]):
-    """Call the plots helper's ``forest_plot`` on a round-document analysis.
-
-    It reads ``site_estimates`` and the pooled fields itself; we pass only the usable site
-    rows, site names protected from mathtext, and the measure whose scale it should draw
-    (logistic and Cox analyses carry log OR / log HR without a ``measure``).
-    """
     data = dict(analysis)
-    data["site_estimates"] = [{**e, "site": _mpl_text(e["site"])} for e in estimates]
+    data["site_estimates"] = estimates
     data.pop("labels", None)
+    # logistic and Cox analyses carry log OR / log HR without a ``measure``
     measure = str(analysis.get("measure") or "").upper() or {
         "logistic": "OR", "cox": "HR"}.get(str(analysis.get("estimator") or ""), "")
-    level = _finite(analysis.get("level"))
-    if level is None:
+    if _finite(analysis.get("level")) is None:
         data["level"] = 95.0
-    return forest_plot(data, measure=measure or None, title=_mpl_text(analysis["analysis"]))
-
-
-def _fallback_forest(analysis: Mapping[str, Any], estimates: list[Mapping[str, Any]]):
-    """Minimal matplotlib forest plot, used only until the plots helper's one exists.
-
-    Squares are sized by the random-effects weight ``1/(v_i + tau2)``, whiskers are the
-    sites' 95% Wald intervals, the diamond is the pooled estimate and its CI, the dashed
-    bar the prediction interval. Ratio measures are drawn on the log scale with exp()
-    tick labels.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Polygon
-    from matplotlib.ticker import FuncFormatter
-
-    z = 1.959963984540054
-    tau2 = max(_finite(analysis.get("tau2")) or 0.0, 0.0)
-    names = [_mpl_text(e["site"]) for e in estimates]
-    yi = [float(e["yi"]) for e in estimates]
-    vi = [float(e["vi"]) for e in estimates]
-    weights = [1.0 / (v + tau2) for v in vi]
-    total = sum(weights)
-    k = len(estimates)
-    height = 1.2 + 0.32 * (k + 2)
-    fig, ax = plt.subplots(figsize=(7.2, height))
-    for row, (y, v, w) in enumerate(zip(yi, vi, weights)):
-        ypos = k + 1 - row
-        half = z * math.sqrt(v)
-        ax.plot([y - half, y + half], [ypos, ypos], color="#333333", lw=1)
-        ax.plot([y], [ypos], marker="s", color="#1f4e79",
-                markersize=4 + 10 * math.sqrt(w / total), linestyle="none")
-    est = _finite(analysis.get("estimate"))
-    lo, hi = _finite(analysis.get("ci_lb")), _finite(analysis.get("ci_ub"))
-    xs = [y - z * math.sqrt(v) for y, v in zip(yi, vi)] + [y + z * math.sqrt(v)
-                                                            for y, v in zip(yi, vi)]
-    if est is not None and lo is not None and hi is not None:
-        ax.add_patch(Polygon([[lo, 0], [est, 0.3], [hi, 0], [est, -0.3]], closed=True,
-                             color="#b22222"))
-        ax.axvline(est, color="#b22222", lw=0.6, ls=":")
-        xs += [lo, hi]
-        pl, pu = _finite(analysis.get("pi_lb")), _finite(analysis.get("pi_ub"))
-        if pl is not None and pu is not None:
-            ax.plot([pl, pu], [-0.55, -0.55], color="#b22222", lw=1.2, ls="--")
-            xs += [pl, pu]
-    label = _back_transform_label(analysis)
-    null = 0.0
-    ax.axvline(null, color="#777777", lw=0.8)
-    ax.set_yticks([k + 1 - r for r in range(k)] + [0])
-    ax.set_yticklabels(names + [f"Pooled ({_mpl_text(analysis.get('method') or '')})"])
-    ax.set_ylim(-1.0, k + 1.7)
-    span = max(xs) - min(xs) if xs else 1.0
-    ax.set_xlim(min(xs + [null]) - 0.05 * span, max(xs + [null]) + 0.05 * span)
-    if label:
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{math.exp(x):.3g}"))
-        ax.set_xlabel(f"{_mpl_text(label)} (log scale)")
-    else:
-        ax.set_xlabel(_mpl_text(analysis.get("measure") or analysis.get("estimator") or
-                                "estimate"))
-    for side in ("top", "right", "left"):
-        ax.spines[side].set_visible(False)
-    ax.tick_params(axis="y", length=0)
-    ax.set_title(_mpl_text(analysis.get("analysis")), loc="left", fontsize=11)
-    fig.tight_layout()
-    return fig
+    fig = forest_plot(data, measure=measure or None, title=str(analysis["analysis"]))
+    return sanitize_svg(_figure_svg(fig), id_prefix)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1007,15 +920,16 @@ _PALETTE = ["#b22222", "#a45d00", "#6a1b9a", "#00838f", "#ad1457", "#2e7d32"]
 
 def _trend_figure(trend: AnalysisTrend, i2_threshold: float | None):
     """Three stacked panels: pooled estimate (CI, PI), site estimates, I² (CI)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # A bare Figure with its own Agg canvas: no pyplot global state, which is not
+    # thread-safe (the coordinator writes reports from a worker thread).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     n = len(trend.rounds)
     x = list(range(n))
-    fig, axes = plt.subplots(3, 1, figsize=(8.4, 7.6), sharex=True,
-                             gridspec_kw={"height_ratios": [1.1, 1.3, 0.8]})
+    fig = Figure(figsize=(8.4, 7.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [1.1, 1.3, 0.8]})
     ax_est, ax_site, ax_i2 = axes
     label = None
     measure = (trend.measure or "").upper()
@@ -1092,8 +1006,6 @@ def _trend_figure(trend: AnalysisTrend, i2_threshold: float | None):
 def render_trend_html(trends: Sequence[AnalysisTrend], *, i2_threshold: float | None = 50.0,
                       title: str = "fedsynth trend report") -> str:
     """Render trend series (from :func:`trend_summary`) as a self-contained HTML page."""
-    import matplotlib.pyplot as plt
-
     rounds = sorted({r for t in trends for r in t.rounds})
     parts = [f"<h1>{_esc(title)}</h1>",
              f"<p class=\"sub\">{len(trends)} analyses across {len(rounds)} rounds</p>"]
@@ -1123,11 +1035,7 @@ def render_trend_html(trends: Sequence[AnalysisTrend], *, i2_threshold: float | 
                  "\u221a(SE\u2081\u00b2 + SE\u2082\u00b2).</p>")
     for index, t in enumerate(trends):
         parts.append(f"<h2 id=\"a-{_esc(_anchor(t.analysis))}\">{_esc(t.analysis)}</h2>")
-        fig = _trend_figure(t, i2_threshold)
-        try:
-            svg = sanitize_svg(_figure_svg(fig), f"t{index}-")
-        finally:
-            plt.close(fig)
+        svg = sanitize_svg(_figure_svg(_trend_figure(t, i2_threshold)), f"t{index}-")
         parts.append(f"<figure>{svg}<figcaption>Pooled estimate with 95% CI and prediction "
                      "band; site estimates (diverging sites in colour); I\u00b2 with its 95% "
                      "CI and the flag threshold.</figcaption></figure>")

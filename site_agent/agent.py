@@ -166,10 +166,20 @@ class SiteAgent:
             from fedsynth.spec import Spec
 
             sub_spec = Spec(analyses=tuple(allowed), name=spec.name)
-            computed = estimate_from_data(self.config.data, sub_spec)
+            frame = None
+            if self.config.data.path is not None:
+                # File source: keep the frame so that disclosure control can also check the
+                # tables implied by 0/1 outcomes (site_agent.privacy, rule 4).
+                from site_agent.data import load_table
+                from site_agent.estimators import estimate_all
+
+                frame = load_table(self.config.data.path)
+                computed = dict(estimate_all(frame, sub_spec))
+            else:
+                computed = estimate_from_data(self.config.data, sub_spec)
             limits = PrivacyLimits(min_cell_count=self.config.privacy.min_cell_count,
                                    min_n=self.config.privacy.min_n)
-            guarded = guard(computed, limits, spec=sub_spec)
+            guarded = guard(computed, limits, spec=sub_spec, data=frame)
         else:
             guarded = {}
         for analysis in spec.analyses:   # spec order

@@ -150,6 +150,9 @@ def test_compose_healthcheck_uses_a_real_command() -> None:
     assert test[0] == "CMD" and test[1] == "fedsynth"
     args = build_parser().parse_args(test[2:])
     assert args.target == "127.0.0.1:50051" and args.server_name == "coordinator"
+    # a client certificate the init job issues (a server certificate cannot be a client)
+    assert args.cert == "/var/lib/fedsynth/pki/probe.crt"
+    assert "mtf-charlie probe; do" in "\n".join(compose()["services"]["init"]["command"])
     serve = compose()["services"]["coordinator"]["command"]
     build_parser().parse_args(serve)
 
@@ -430,7 +433,7 @@ def test_chart_probe_commands_parse_with_the_cli() -> None:
     deployment = next(o for o in chart_objects() if o["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     args = build_parser().parse_args(container["livenessProbe"]["exec"]["command"][1:])
-    assert args.cert == "/etc/fedsynth/tls/tls.crt"
+    assert args.cert == "/etc/fedsynth/tls/probe.crt"
     build_parser().parse_args(container["args"])
 
 

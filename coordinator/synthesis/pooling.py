@@ -391,7 +391,7 @@ def _validate(yi, vi, mask, names, labels):
             raise InputError(f"mask: shape {msk.shape} does not match yi {y.shape}")
     m, kmax = y.shape
     if names is None:
-        name_t = tuple(str(i) for i in range(m)) if m > 1 else ("",)
+        name_t = tuple(map(str, range(m))) if m > 1 else ("",)
     else:
         name_t = tuple(str(n) for n in names)
         if len(name_t) != m:
@@ -555,11 +555,14 @@ def _pool_block(y: np.ndarray, v: np.ndarray, msk: np.ndarray, method: str, test
             var_est = np.where(knha, s2w * var_est, var_est)
         se = np.sqrt(var_est)
         stat = estimate / se
-        z_crit = st.critical_value(alpha, df, "z")
-        t_crit = st.critical_value(alpha, np.maximum(df, 1), "knha")
-        crit = np.where(knha, t_crit, z_crit)
-        pval = np.where(knha, st.two_sided_p(stat, np.maximum(df, 1), "knha"),
-                        st.two_sided_p(stat, df, "z"))
+        crit = st.critical_value(alpha, df, "z")
+        pval = st.two_sided_p(stat, df, "z")
+        if test == "knha":
+            t_df = np.maximum(df, 1)
+            # the t quantile depends on df only: evaluate it once per distinct k
+            t_crit = st.per_distinct(lambda d: st.critical_value(alpha, d, "knha"), t_df)
+            crit = np.where(knha, t_crit, crit)
+            pval = np.where(knha, st.two_sided_p(stat, t_df, "knha"), pval)
         ci_lb = estimate - crit * se
         ci_ub = estimate + crit * se
 

@@ -72,6 +72,7 @@ __all__ = [
     "chi2_isf",
     "chi2_ppf",
     "SOLVERS",
+    "per_distinct",
 ]
 
 #: Every pooling method (``FE`` is the fixed/common-effect model, tau² = 0).
@@ -214,9 +215,30 @@ def _q_and_slope(y, vw, tau2):
     return _rdot(wr, r), -_rdot(wr, wr)
 
 
+#: Above this share of the total weight held by one site, ``S - w_i`` is computed by
+#: exclusive sums instead of a subtraction (which would lose digits).
+_DOMINANCE = 0.5
+
+
+def _dominated(w: np.ndarray) -> np.ndarray:
+    """Rows where one weight holds more than ``_DOMINANCE`` of the total."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ~(w.max(axis=1) <= _DOMINANCE * _rsum(w))
+
+
 def trace_p(w: np.ndarray) -> np.ndarray:
-    """``tr(P)`` of ``P = W - w w' / sum(w)`` (intercept-only model): ``sum w_i (S - w_i) / S``."""
-    return _rdot(w, exclusive_sum(w)) / _rsum(w)
+    """``tr(P)`` of ``P = W - w w' / sum(w)`` (intercept-only model): ``sum w_i (S - w_i) / S``.
+
+    ``S - sum(w^2)/S`` is exact enough unless one weight dominates; those rows use
+    prefix/suffix sums of the other weights instead.
+    """
+    s = _rsum(w)
+    out = s - _rdot(w, w) / s
+    rows = np.flatnonzero(_dominated(w))
+    if rows.size:
+        wr = w[rows]
+        out[rows] = _rdot(wr, exclusive_sum(wr)) / _rsum(wr)
+    return out
 
 
 def _sum_p2(w: np.ndarray, a=None, b=None) -> np.ndarray:
@@ -229,11 +251,20 @@ def _sum_p2(w: np.ndarray, a=None, b=None) -> np.ndarray:
     """
     a = np.ones_like(w) if a is None else a
     b = np.ones_like(w) if b is None else b
-    s = _rsum(w)[:, None]
-    pii = w * exclusive_sum(w) / s
+    s = _rsum(w)
     w2 = w * w
-    off = _rdot(w2 * a, exclusive_sum(w2 * b)) / (s[:, 0] ** 2)
-    return _rdot(pii * pii, a * b) + off
+    # fast form: sum w^2 a b - 2 sum w^3 a b / S + (sum w^2 a)(sum w^2 b) / S^2
+    wab = w2 * a * b
+    out = _rsum(wab) - 2 * _rdot(wab, w) / s + _rdot(w2, a) * _rdot(w2, b) / s**2
+    rows = np.flatnonzero(_dominated(w))
+    if rows.size:  # exact form for rows where one weight dominates
+        wr, ar, br = w[rows], a[rows], b[rows]
+        sr = _rsum(wr)[:, None]
+        pii = wr * exclusive_sum(wr) / sr
+        wr2 = wr * wr
+        off = _rdot(wr2 * ar, exclusive_sum(wr2 * br)) / (sr[:, 0] ** 2)
+        out[rows] = _rdot(pii * pii, ar * br) + off
+    return out
 
 
 def typical_variance(b: BatchInput) -> np.ndarray:
@@ -290,6 +321,13 @@ def chi2_isf(p, df):
 def chi2_ppf(p, df):
     """Inverse lower tail of the chi-square distribution (accurate for small ``p``)."""
     return 2.0 * special.gammaincinv(np.asarray(df, dtype=float) / 2.0, p)
+
+
+def per_distinct(fn: Callable[[np.ndarray], np.ndarray], values: np.ndarray) -> np.ndarray:
+    """``fn(values)`` evaluated once per distinct value (quantiles that depend on k only:
+    a batch of 20,000 analyses has a handful of distinct k)."""
+    uniq, inverse = np.unique(values, return_inverse=True)
+    return np.asarray(fn(uniq))[inverse.reshape(np.shape(values))]
 
 
 def critical_value(level_alpha: float, df, test: str):
@@ -798,8 +836,9 @@ def qprofile_tau2_ci(yi, vi=None, mask=None, *, level: float = 95.0) -> QProfile
     high = np.where(multi, 0.0, np.nan)
     conv = np.ones(m, dtype=bool)
     with np.errstate(invalid="ignore"):
-        crit_low = chi2_isf(alpha / 2, df)   # upper quantile -> lower bound
-        crit_high = chi2_ppf(alpha / 2, df)  # lower quantile -> upper bound
+        # upper quantile -> lower bound; lower quantile -> upper bound (once per distinct k)
+        crit_low = per_distinct(lambda d: chi2_isf(alpha / 2, d), df)
+        crit_high = per_distinct(lambda d: chi2_ppf(alpha / 2, d), df)
     for out, crit in ((low, crit_low), (high, crit_high)):
         rows = np.flatnonzero(multi & (q0 > crit))
         root, ok = _solve_q_equals(b, rows, crit[rows])

@@ -137,9 +137,11 @@ def analyse(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: st
     meth = str(method).upper()
     tst = str(test).lower()
 
-    infl = bl = None
+    infl = bl = refits = None
     if k >= 2:
-        infl = diag.influence(y, v, labels=labs, method=meth, test=tst)
+        # the k deleted fits and the full fit, once, for influence and leave-one-out
+        refits = diag.deleted_fits(y, v, method=meth)
+        infl = diag.influence(y, v, labels=labs, method=meth, test=tst, refits=refits)
         # BLUPs from the pooled fit's own tau² (so they agree with it for every method)
         fit = fit_rma(y, v, None, method="FE", test=tst, level=level, tau2=float(pooled.tau2),
                       compute_r2=False)
@@ -151,7 +153,8 @@ def analyse(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: st
     loo = pb = cum = sg = mr = None
     if diagnostics:
         if k >= 3:
-            loo = diag.leave_one_out(y, v, labels=labs, method=meth, test=tst, level=level)
+            loo = diag.leave_one_out(y, v, labels=labs, method=meth, test=tst, level=level,
+                                     refits=refits)
             try:
                 pb = diag.publication_bias(y, v, method=meth, test=tst)
             except FedsynthError as error:   # trim-and-fill that does not settle

@@ -45,7 +45,7 @@ from coordinator.synthesis.metareg import (
 __all__ = [
     "LeaveOneOutResult", "InfluenceResult", "BlupResult", "PublicationBiasResult",
     "CumulativeResult", "leave_one_out", "influence", "blup", "publication_bias",
-    "cumulative", "kendall_tau_test", "KendallResult",
+    "cumulative", "kendall_tau_test", "KendallResult", "deleted_fits",
 ]
 
 
@@ -115,17 +115,34 @@ class LeaveOneOutResult:
                 "Q": _floats(self.Q), "Q_pval": _floats(self.Q_pval)}
 
 
+def deleted_fits(yi: Any, vi: Any, *, method: str = "REML") -> BatchFit:
+    """The k fits with one site deleted (rows 0..k-1) and the full fit (row k), in one
+    vectorised batch; :func:`leave_one_out` and :func:`influence` can share it."""
+    y, v = validate_yi_vi(yi, vi, min_k=2)
+    k = y.size
+    mask = np.vstack([~np.eye(k, dtype=bool), np.ones((1, k), dtype=bool)])
+    return fit_batch(y, v, mask, method=method)
+
+
+def _rows(fit: BatchFit, rows: slice) -> BatchFit:
+    return BatchFit(k=fit.k[rows], estimate=fit.estimate[rows], se=fit.se[rows],
+                    tau2=fit.tau2[rows], Q=fit.Q[rows], I2=fit.I2[rows], H2=fit.H2[rows])
+
+
 def leave_one_out(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None,
-                  method: str = "REML", test: str = "z", level: float = 95.0) -> LeaveOneOutResult:
+                  method: str = "REML", test: str = "z", level: float = 95.0,
+                  refits: BatchFit | None = None) -> LeaveOneOutResult:
     """Refit the random-effects model k times, each time without one site.
 
-    One vectorised batch of k masked fits. With ``test="knha"`` the standard errors are
-    Knapp-Hartung's and the intervals use t with k - 2 df, as ``leave1out`` does.
+    One vectorised batch of k masked fits (or ``refits`` from :func:`deleted_fits` of the
+    same data and method). With ``test="knha"`` the standard errors are Knapp-Hartung's
+    and the intervals use t with k - 2 df, as ``leave1out`` does.
     """
     y, v = validate_yi_vi(yi, vi, min_k=2)
     k = y.size
     mask = ~np.eye(k, dtype=bool)
-    fit = fit_batch(y, v, mask, method=method)
+    fit = _rows(refits if refits is not None else deleted_fits(y, v, method=method),
+                slice(0, k))
     se = fit.se
     if test == "knha":
         se = se * np.sqrt(_s2w_batch(y, v, mask, fit))
@@ -210,10 +227,12 @@ class InfluenceResult:
 
 
 def influence(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None,
-              method: str = "REML", test: str = "z") -> InfluenceResult:
+              method: str = "REML", test: str = "z",
+              refits: BatchFit | None = None) -> InfluenceResult:
     """Case diagnostics of the intercept-only random-effects model.
 
-    The full model and the k deleted models are fitted in one batch. Formulas follow
+    The full model and the k deleted models are fitted in one batch (or passed as
+    ``refits`` from :func:`deleted_fits`). Formulas follow
     Viechtbauer & Cheung (2010); with ``test="knha"`` the deleted models' Knapp-Hartung
     factor ``s2w`` scales the variances, as metafor does.
     """
@@ -221,7 +240,9 @@ def influence(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None,
     k = y.size
     # row 0..k-1: site i deleted; row k: the full model
     mask = np.vstack([~np.eye(k, dtype=bool), np.ones((1, k), dtype=bool)])
-    fit = fit_batch(y, v, mask, method=method)
+    fit = refits if refits is not None else deleted_fits(y, v, method=method)
+    if fit.k.shape != (k + 1,):
+        raise InputError(f"refits: expected {k + 1} fits (k deleted + full), got {fit.k.shape[0]}")
     mu, t2 = fit.estimate[k], fit.tau2[k]
     mu_del, t2_del, se_del = fit.estimate[:k], fit.tau2[:k], fit.se[:k]
     w = 1.0 / (v + t2)

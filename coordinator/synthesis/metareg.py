@@ -115,12 +115,32 @@ def _check_level(level: float) -> float:
 # ---------------------------------------------------------------------------------------
 
 
-def _proj(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``P = W - W X (X'WX)^-1 X'W`` and ``(X'WX)^-1`` for diagonal weights ``w``."""
+@dataclass(frozen=True)
+class _Proj:
+    """The projection ``P = W - W X (X'WX)^-1 X'W`` for diagonal weights ``w``, never
+    formed as a k x k matrix (memory and time O(k p²), so 10,000 studies are cheap).
+
+    ``vb`` is ``(X'WX)^-1``; ``Py`` is ``P y``; ``trP`` is ``tr(P)`` and ``trPP`` is
+    ``tr(P P)``, from the identities ``tr(P) = sum w - tr(A X'W²X)`` and
+    ``tr(PP) = sum w² - 2 tr(A X'W³X) + tr(A X'W²X A X'W²X)`` with ``A = (X'WX)^-1``.
+    """
+
+    vb: np.ndarray
+    Py: np.ndarray
+    trP: float
+    trPP: float
+
+
+def _proj(X: np.ndarray, w: np.ndarray, y: np.ndarray) -> _Proj:
+    """See :class:`_Proj`."""
     XtW = X.T * w
     vb = np.linalg.inv(XtW @ X)
-    P = np.diag(w) - XtW.T @ vb @ XtW
-    return P, vb
+    Py = w * y - XtW.T @ (vb @ (XtW @ y))
+    B2 = vb @ ((X.T * (w * w)) @ X)          # A X'W²X
+    B3 = vb @ ((X.T * (w * w * w)) @ X)      # A X'W³X
+    trP = float(w.sum() - np.trace(B2))
+    trPP = float(np.sum(w * w) - 2.0 * np.trace(B3) + np.sum(B2 * B2.T))
+    return _Proj(vb=vb, Py=Py, trP=trP, trPP=trPP)
 
 
 def _tau2_exact(y: np.ndarray, v: np.ndarray, X: np.ndarray, method: str,
@@ -137,19 +157,16 @@ def _tau2_exact(y: np.ndarray, v: np.ndarray, X: np.ndarray, method: str,
 
     def score_info(t2: float) -> tuple[float, float]:
         w = 1.0 / (v + t2)
-        P, _ = _proj(X, w)
-        Py = P @ y
+        pr = _proj(X, w, y)
+        Py = pr.Py
         if method == "REML":
             # dlogL/dtau2 = (y'PPy - tr P)/2 ; expected information tr(PP)/2
-            return float(Py @ Py - np.trace(P)), float(np.sum(P * P))
+            return float(Py @ Py - pr.trP), pr.trPP
         # ML: residuals from the GLS fit, score sum w^2 r^2 - sum w, information sum w^2
         return float(Py @ Py - w.sum()), float(np.sum(w * w))
 
     # starting value: Hedges (method of moments, OLS residuals), as metafor does
-    XtX_inv = np.linalg.pinv(X.T @ X)
-    H = X @ XtX_inv @ X.T
-    r = y - H @ y
-    t2 = max(0.0, float((r @ r - np.sum(v * (1.0 - np.diag(H)))) / (k - p))) if k > p else 0.0
+    t2 = _tau2_he(y, v, X) if k > p else 0.0
     converged = False
     for _ in range(_MAX_ITER):
         s, info = score_info(t2)
@@ -184,10 +201,10 @@ def _tau2_exact(y: np.ndarray, v: np.ndarray, X: np.ndarray, method: str,
 def _loglik(y: np.ndarray, v: np.ndarray, X: np.ndarray, method: str, t2: float) -> float:
     """(Restricted) log-likelihood up to a constant that does not depend on tau²."""
     w = 1.0 / (v + t2)
-    P, vb = _proj(X, w)
-    ll = -0.5 * float(np.sum(np.log(v + t2))) - 0.5 * float(y @ P @ y)
+    pr = _proj(X, w, y)
+    ll = -0.5 * float(np.sum(np.log(v + t2))) - 0.5 * float(y @ pr.Py)
     if method == "REML":
-        ll += 0.5 * float(np.linalg.slogdet(vb)[1])   # -1/2 log det(X'WX)
+        ll += 0.5 * float(np.linalg.slogdet(pr.vb)[1])   # -1/2 log det(X'WX)
     return ll
 
 
@@ -207,15 +224,14 @@ def _tau2_dl(y: np.ndarray, v: np.ndarray, X: np.ndarray) -> float:
     """DerSimonian-Laird (1986) moment estimator generalised to meta-regression."""
     k, p = X.shape
     w = 1.0 / v
-    P, _ = _proj(X, w)
-    Q = float(y @ P @ y)
-    return max(0.0, (Q - (k - p)) / float(np.trace(P)))
+    pr = _proj(X, w, y)
+    Q = float(y @ pr.Py)
+    return max(0.0, (Q - (k - p)) / pr.trP)
 
 
 def _q_gen(y: np.ndarray, v: np.ndarray, X: np.ndarray, t2: float) -> float:
     """Generalised residual Q statistic y'P(tau²)y, decreasing in tau²."""
-    P, _ = _proj(X, 1.0 / (v + t2))
-    return float(y @ P @ y)
+    return float(y @ _proj(X, 1.0 / (v + t2), y).Py)
 
 
 def _tau2_pm(y: np.ndarray, v: np.ndarray, X: np.ndarray) -> float:
@@ -231,6 +247,16 @@ def _tau2_pm(y: np.ndarray, v: np.ndarray, X: np.ndarray) -> float:
                                  xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500))
 
 
+def _tau2_he(y: np.ndarray, v: np.ndarray, X: np.ndarray) -> float:
+    """Hedges (1983): (OLS residual sum of squares - tr(P V)) / (k - p), truncated at 0,
+    with the hat matrix diagonal computed row-wise (no k x k matrix)."""
+    k, p = X.shape
+    XtX_inv = np.linalg.pinv(X.T @ X)
+    r = y - X @ (XtX_inv @ (X.T @ y))
+    hat = np.einsum("ij,jk,ik->i", X, XtX_inv, X)
+    return max(0.0, float((r @ r - np.sum(v * (1.0 - hat))) / (k - p)))
+
+
 def _tau2_moments(y: np.ndarray, v: np.ndarray, X: np.ndarray, method: str) -> float:
     """Closed-form estimators with moderators, as in metafor's ``rma.uni``.
 
@@ -241,12 +267,9 @@ def _tau2_moments(y: np.ndarray, v: np.ndarray, X: np.ndarray, method: str) -> f
     k, p = X.shape
     if method == "HS":
         w = 1.0 / v
-        P, _ = _proj(X, w)
-        return max(0.0, (float(y @ P @ y) - k) / float(w.sum()))
+        return max(0.0, (float(y @ _proj(X, w, y).Py) - k) / float(w.sum()))
     if method == "HE":
-        H = X @ np.linalg.pinv(X.T @ X) @ X.T
-        r = y - H @ y
-        return max(0.0, float((r @ r - np.sum(v * (1.0 - np.diag(H)))) / (k - p)))
+        return _tau2_he(y, v, X)
     # SJ
     tau0 = float(np.mean((y - y.mean()) ** 2))
     if tau0 <= 0.0:
@@ -420,14 +443,14 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
         t2 = _tau2_exact(y, v, Xm, method, threshold)
 
     w = 1.0 / (v + t2)
-    P, vb_z = _proj(Xm, w)
+    vb_z = _proj(Xm, w, y).vb
     beta = vb_z @ (Xm.T * w) @ y
     resid = y - Xm @ beta
 
     # residual heterogeneity test (fixed-effect weights)
     w0 = 1.0 / v
-    P0, _ = _proj(Xm, w0)
-    QE = float(y @ P0 @ y)
+    pr0 = _proj(Xm, w0, y)
+    QE = float(y @ pr0.Py)
     QE_df = k - p
     QEp = float(stats.chi2.sf(QE, QE_df)) if QE_df > 0 else 1.0
     # metafor's "typical" within-study variance for models with moderators
@@ -436,7 +459,7 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
         I2 = 100.0 * max(0.0, (QE - QE_df) / QE) if QE > 0 else 0.0
         H2 = QE / QE_df
     elif QE_df > 0:
-        s2 = QE_df / float(np.trace(P0))
+        s2 = QE_df / pr0.trP
         I2 = 100.0 * t2 / (t2 + s2)
         H2 = (t2 + s2) / s2
     else:
@@ -607,8 +630,9 @@ def fit_batch(yi: Any, vi: Any, mask: Any, *, method: str = "REML") -> BatchFit:
     msk = np.asarray(mask, dtype=bool)
     if msk.ndim != 2:
         raise InputError(f"mask: must be 2-dimensional, got shape {msk.shape}")
-    y = np.broadcast_to(np.asarray(yi, dtype=float), msk.shape)
-    v = np.broadcast_to(np.asarray(vi, dtype=float), msk.shape)
+    # cells outside the mask may hold placeholders (even NaN): neutralise them
+    y = np.where(msk, np.broadcast_to(np.asarray(yi, dtype=float), msk.shape), 0.0)
+    v = np.where(msk, np.broadcast_to(np.asarray(vi, dtype=float), msk.shape), 1.0)
     kk = msk.sum(axis=1)
     if np.any(kk < 1):
         raise InputError("mask: every analysis needs at least one study")
@@ -660,52 +684,82 @@ def _fit_batch_by_pool(yi: Any, vi: Any, mask: Any, method: str) -> BatchFit:
 
 
 def _batch_exact(y, v, msk, kk, method):
-    m = msk.shape[0]
+    """ML/REML tau² of every row by vectorised safeguarded Newton / Fisher scoring.
+
+    Cells outside the mask carry ``v = inf`` (so their weight ``1/(v + tau²)`` is exactly
+    0) and ``y = 0``: no mask operation inside the loop. Rows that have converged are
+    dropped from the working arrays once they are at least half of them.
+    """
+    Y = np.where(msk, y, 0.0)
+    V = np.where(msk, v, np.inf)
     # Hedges-type start (unweighted moments)
-    ybar = np.where(msk, y, 0).sum(axis=1) / kk
     with np.errstate(divide="ignore", invalid="ignore"):
-        t2 = np.where(kk > 1, np.maximum(0.0, (np.where(msk, (y - ybar[:, None]) ** 2, 0).sum(axis=1) / (kk - 1))
-                                          - np.where(msk, v, 0).sum(axis=1) / kk), 0.0)
+        ybar = Y.sum(axis=1) / kk
+        dev2 = np.where(msk, (Y - ybar[:, None]) ** 2, 0.0).sum(axis=1)
+        t2 = np.where(kk > 1, np.maximum(0.0, dev2 / (kk - 1)
+                                          - np.where(msk, v, 0.0).sum(axis=1) / kk), 0.0)
     done = kk <= 1
-    t2 = np.where(done, 0.0, t2)
 
-    def score_info(t2v, rows):
-        w, sw, mu = _batch_sums(y[rows], v[rows], msk[rows], t2v)
-        r = np.where(msk[rows], y[rows] - mu[:, None], 0.0)
-        s_w2r2 = (w**2 * r**2).sum(axis=1)
-        s_w2 = (w**2).sum(axis=1)
+    def step(Ya, Va, t2a):
+        """Newton step on the score where the likelihood is locally concave, else a
+        Fisher-scoring step (both on 2 x the score, S = y'PPy - tr P for REML and
+        y'PPy - sum w for ML; dS/dtau² = tr(PP) - 2 y'PPPy, resp. sum w² - 2 y'PPPy)."""
+        w = 1.0 / (Va + t2a[:, None])
+        sw = w.sum(axis=1)
+        mu = (w * Ya).sum(axis=1) / sw
+        a = w * (Ya - mu[:, None])                 # P y for an intercept-only model
+        s_a2 = np.einsum("ij,ij->i", a, a)          # y'PPy
+        wa = w * a
+        aPa = np.einsum("ij,ij->i", wa, a) - wa.sum(axis=1) ** 2 / sw   # y'PPPy
+        w2 = w * w
+        s_w2 = w2.sum(axis=1)
         if method == "REML":
-            s_w3 = (w**3).sum(axis=1)
+            s_w3 = np.einsum("ij,ij->i", w2, w)
             trP = sw - s_w2 / sw
-            trPP = s_w2 - 2 * s_w3 / sw + (s_w2 / sw) ** 2
-            return s_w2r2 - trP, trPP
-        return s_w2r2 - sw, s_w2
+            expected = s_w2 - 2 * s_w3 / sw + (s_w2 / sw) ** 2     # tr(PP)
+            score = s_a2 - trP
+        else:
+            expected = s_w2
+            score = s_a2 - sw
+        observed = 2 * aPa - expected
+        newton = score / np.where(observed > 0, observed, 1.0)
+        fisher = score / expected
+        use_newton = (observed > 0) & (t2a + newton >= 0)
+        return np.where(use_newton, newton, fisher)
 
+    active = np.flatnonzero(~done)
+    Ya, Va = Y[active], V[active]
     for _ in range(_MAX_ITER):
-        rows = np.flatnonzero(~done)
-        if rows.size == 0:
+        if active.size == 0:
             break
-        s, info = score_info(t2[rows], rows)
-        new = np.maximum(0.0, t2[rows] + s / info)
-        conv = np.abs(new - t2[rows]) < _TOL
-        t2[rows] = new
-        done[rows[conv]] = True
+        new = np.maximum(0.0, t2[active] + step(Ya, Va, t2[active]))
+        live = ~done[active]                      # rows kept for now but already done
+        conv = np.abs(new - t2[active]) < _TOL
+        t2[active[live]] = new[live]
+        done[active[live & conv]] = True
+        live = ~done[active]
+        if live.sum() <= active.size // 2:        # compress the working arrays
+            active, Ya, Va = active[live], Ya[live], Va[live]
     for j in np.flatnonzero(~done):  # rare: finish by a bracketed root search
         sel = msk[j]
         t2[j] = _tau2_exact(y[j, sel], v[j, sel], np.ones((int(kk[j]), 1)), method)
     # metafor's ll0check, on all rows at once (see _ll0_check)
     rows = np.flatnonzero((t2 > _TOL) & (kk > 1))
     if rows.size:
-        ll0 = _batch_loglik(y[rows], v[rows], msk[rows], np.zeros(rows.size), method)
-        ll1 = _batch_loglik(y[rows], v[rows], msk[rows], t2[rows], method)
+        ll0 = _batch_loglik(Y[rows], V[rows], msk[rows], np.zeros(rows.size), method)
+        ll1 = _batch_loglik(Y[rows], V[rows], msk[rows], t2[rows], method)
         t2[rows[ll0 - ll1 > _LL0_TOL]] = 0.0
     return t2
 
 
-def _batch_loglik(y, v, msk, t2, method):
-    w, sw, mu = _batch_sums(y, v, msk, t2)
-    r2 = np.where(msk, (y - mu[:, None]) ** 2, 0.0)
-    ll = -0.5 * np.where(msk, np.log(v + t2[:, None]), 0.0).sum(axis=1) - 0.5 * (w * r2).sum(axis=1)
+def _batch_loglik(Y, V, msk, t2, method):
+    """(Restricted) log-likelihood per row, up to a constant; ``V`` is inf off the mask."""
+    w = 1.0 / (V + t2[:, None])
+    sw = w.sum(axis=1)
+    mu = (w * Y).sum(axis=1) / sw
+    r2 = (Y - mu[:, None]) ** 2
+    ll = (-0.5 * np.where(msk, np.log(np.where(msk, V, 1.0) + t2[:, None]), 0.0).sum(axis=1)
+          - 0.5 * (w * r2).sum(axis=1))
     if method == "REML":
         ll -= 0.5 * np.log(sw)
     return ll

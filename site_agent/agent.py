@@ -147,10 +147,11 @@ class SiteAgent:
         from fedsynth.spec import parse_spec
         from site_agent.connectors import estimate_from_data
         from site_agent.estimators import Refusal
+        from pathlib import Path
         from types import SimpleNamespace
 
         from site_agent.policy import review_round, site_policy
-        from site_agent.privacy import PrivacyLimits, guard
+        from site_agent.privacy import PrivacyLimits, ReleaseHistory, guard
 
         spec = parse_spec(work.spec_toml)
         policy = site_policy(self.config)
@@ -179,7 +180,12 @@ class SiteAgent:
                 computed = estimate_from_data(self.config.data, sub_spec)
             limits = PrivacyLimits(min_cell_count=self.config.privacy.min_cell_count,
                                    min_n=self.config.privacy.min_n)
-            guarded = guard(computed, limits, spec=sub_spec, data=frame)
+            # What this site released in earlier rounds (n per analysis definition), so that
+            # the same analysis on slightly more patients cannot be differenced (rule 5).
+            state = Path(self.config.state_file)
+            history = ReleaseHistory(state.with_name(state.stem + ".releases.json"))
+            guarded = guard(computed, limits, spec=sub_spec, data=frame, history=history)
+            history.record(guarded, sub_spec)
         else:
             guarded = {}
         for analysis in spec.analyses:   # spec order

@@ -49,6 +49,13 @@ settings ``nfilter.tab`` / ``nfilter.subset``, Gaye et al., *Int J Epidemiol* 43
    column is 0/1 on its complete rows has its implied table, and the outcome's margin,
    checked against ``min_cell_count`` whatever the estimator declared.
 
+5. **Differencing across rounds.** The same analysis a month later on data that grew by
+   two patients is the same attack as rule 3 spread over time. :class:`ReleaseHistory`
+   remembers, per analysis *definition* (its content without its name), the ``n`` of every
+   release; ``guard(..., history=...)`` suppresses a release whose ``n`` differs from an
+   earlier one by fewer than ``min_cell_count`` (equal ``n``, the same data again, is
+   allowed).
+
 A suppressed analysis becomes a :class:`~site_agent.estimators.Refusal` whose reason names
 the rule and the configured limit, never a count, so the refusal itself discloses nothing
 beyond "some count is below the limit".
@@ -56,13 +63,16 @@ beyond "some count is below the limit".
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fedsynth.errors import InputError
 
-__all__ = ["PrivacyLimits", "guard", "REFUSAL_CODES"]
+__all__ = ["PrivacyLimits", "ReleaseHistory", "guard", "REFUSAL_CODES"]
 
 #: Machine codes of the refusals :func:`guard` produces.
 REFUSAL_CODES = ("disclosure_min_n", "disclosure_min_cell", "disclosure_linked_table",
@@ -202,8 +212,76 @@ def _implied_cells(name: str, result: Any, spec: Any, data: Any) -> dict[str, in
     return cells
 
 
+def _analysis_key(name: str, result: Any, spec: Any) -> str | None:
+    """Digest of an analysis's definition without its name (what makes two releases "the
+    same analysis" across rounds), or None when the spec does not define it."""
+    from fedsynth.audit import digest
+
+    analysis = _analysis_of(name, spec)
+    if analysis is None:
+        return None
+    body = dict(analysis.to_dict()) if hasattr(analysis, "to_dict") else {
+        k: v for k, v in vars(analysis).items() if not k.startswith("_")}
+    body.pop("name", None)
+    body.pop("description", None)
+    return digest(body)
+
+
+class ReleaseHistory:
+    """Per analysis definition, the ``n`` of every estimate this site has released.
+
+    A small JSON file (``{analysis key: [n, ...]}``) replaced atomically. It holds no data
+    beyond what already left the site.
+
+    Parameters
+    ----------
+    path
+        The file; created on the first :meth:`record`.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def load(self) -> dict[str, list[int]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except ValueError as error:
+            raise InputError(f"release history {str(self.path)!r} is not valid JSON: "
+                             f"{error}") from None
+        if not isinstance(data, dict):
+            raise InputError(f"release history {str(self.path)!r} must hold an object")
+        return {str(k): [int(n) for n in v] for k, v in data.items()}
+
+    def released(self, key: str) -> list[int]:
+        """The ``n`` of earlier releases of the analysis with this key."""
+        return self.load().get(key, [])
+
+    def record(self, results: Mapping[str, Any], spec: Any) -> None:
+        """Remember the ``n`` of every estimate in ``results`` (call once they are sent)."""
+        history = self.load()
+        changed = False
+        for name, result in results.items():
+            if _is_refusal(result):
+                continue
+            key = _analysis_key(name, result, spec)
+            if key is None:
+                continue
+            ns = history.setdefault(key, [])
+            if int(result.n) not in ns:
+                ns.append(int(result.n))
+                changed = True
+        if changed:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(history, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, self.path)
+
+
 def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *,
-          spec: Any = None, data: Any = None) -> dict[str, Any]:
+          spec: Any = None, data: Any = None,
+          history: ReleaseHistory | None = None) -> dict[str, Any]:
     """Apply the site's disclosure control to the results of one round.
 
     Parameters
@@ -223,6 +301,11 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
         The site's patient-level data frame (optional): when given, the table implied by a
         0/1 outcome is checked for every analysis, not only the cells the estimator
         declared (rule 4 above).
+    history
+        The site's :class:`ReleaseHistory` (optional): releases whose ``n`` differs by fewer
+        than ``min_cell_count`` from an earlier release of the same analysis definition
+        are suppressed (rule 5). :func:`guard` only reads it; the caller records what it
+        sends with :meth:`ReleaseHistory.record`.
 
     Returns
     -------
@@ -279,6 +362,21 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
                         f"minimum cell count ({limits.min_cell_count})",
                         "disclosure_linked_table")
                     break
+    # Rule 5: differencing against earlier rounds' releases of the same analysis.
+    if history is not None and spec is not None:
+        past = history.load()
+        for name, result in results.items():
+            if _is_refusal(out[name]):
+                continue
+            key = _analysis_key(name, result, spec)
+            n = int(getattr(result, "n"))
+            if key is not None and any(0 < abs(n - old) < limits.min_cell_count
+                                       for old in past.get(key, ())):
+                out[name] = _refusal(
+                    name, "suppressed by the site's disclosure control: its patients differ "
+                    "from those of an earlier release of the same analysis by fewer than the "
+                    f"minimum cell count ({limits.min_cell_count}), so subtracting the two "
+                    "would reveal them", "disclosure_differencing")
     # Rule 3: differencing between released analyses. Keep the largest n first, then admit
     # an analysis only if its n equals or differs by >= min_cell_count from every kept n.
     released = [(int(getattr(r, "n")), i, name) for i, (name, r) in enumerate(out.items())

@@ -152,3 +152,6 @@ path = "{site}.csv"
     assert events.index("policy.pending") < events.index("policy.approved") \
         < events.index("policy.decision") < events.index("submission.signed")
     assert "submission.acknowledged" in events
+    # What was released is remembered for the next round's differencing check.
+    releases = json.loads((tmp_path / "mtf-alpha.state.releases.json").read_text())
+    assert sorted(n for ns in releases.values() for n in ns) == [1800, 1800]

@@ -297,3 +297,38 @@ def test_implied_table_check_with_the_data(data_dir):
     alpha = pd.read_csv(data_dir / "sites_public" / "mtf-alpha.csv")
     alpha_results = estimate_all(alpha, spec)
     assert guard(alpha_results, LIMITS, spec=spec, data=alpha) == alpha_results
+
+
+def test_differencing_across_rounds_with_release_history(tmp_path):
+    from fedsynth.spec import parse_spec
+    from site_agent.privacy import ReleaseHistory
+
+    def spec_named(name, covariates=("age",)):
+        return parse_spec({"analysis": [{"name": name, "estimator": "linear",
+                                         "outcome": "los_days", "exposure": "treated",
+                                         "covariates": list(covariates)}]})
+
+    def results(name, n):
+        return {name: est(name, n, outcome="los_days", estimator="linear")}
+
+    history = ReleaseHistory(tmp_path / "releases.json")
+    round1 = guard(results("los", 100), LIMITS, spec=spec_named("los"), history=history)
+    assert not round1["los"].refused
+    history.record(round1, spec_named("los"))
+    # Next month, two more patients: the same analysis (even renamed) would expose them.
+    round2 = guard(results("los_v2", 102), LIMITS, spec=spec_named("los_v2"), history=history)
+    assert round2["los_v2"].code == "disclosure_differencing"
+    assert set(re.findall(r"\d+", round2["los_v2"].reason)) <= {"5"}
+    # The same data again, or enough new patients, is fine; so is another analysis.
+    assert not guard(results("los", 100), LIMITS, spec=spec_named("los"),
+                     history=history)["los"].refused
+    assert not guard(results("los", 105), LIMITS, spec=spec_named("los"),
+                     history=history)["los"].refused
+    other = spec_named("los", covariates=("age", "sex"))
+    assert not guard(results("los", 102), LIMITS, spec=other, history=history)["los"].refused
+    # Refusals are not recorded; the file holds only released n.
+    history.record(round2, spec_named("los_v2"))
+    assert list(history.load().values()) == [[100]]
+    (tmp_path / "releases.json").write_text("not json")
+    with pytest.raises(InputError, match="release history"):
+        history.load()

@@ -33,8 +33,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from fedsynth.errors import InputError
 
-#: rejection reasons with their own series; anything else is counted as "other"
+#: rejection reasons with their own series; anything else is counted as "other". The
+#: first group are the kinds coordinator/handlers.py raises (``Rejected.kind``: version,
+#: unauthenticated (no or bad certificate or signature), permission (not allowed, signed
+#: for another site), not_found (unknown round), invalid (malformed or bad values),
+#: precondition (round closed, late), conflict (replay, different content)); the second
+#: finer names for callers that know more.
 REJECTION_REASONS: frozenset[str] = frozenset({
+    "version", "unauthenticated", "permission", "not_found", "invalid", "precondition",
+    "conflict",
     "bad_signature", "replay", "wrong_round", "round_closed", "late", "duplicate",
     "invalid_value", "unknown_site", "unknown_analysis", "revoked", "rate_limited",
     "oversized", "protocol_version", "malformed", "other",

@@ -69,6 +69,17 @@ def test_bad_values_name_the_field() -> None:
         parse_listen("127.0.0.1:99999", "metrics_listen")
     assert parse_listen("[::1]:0", "x") == ("::1", 0)
     assert normalise_reason("Bad-Signature") == "bad_signature"
+    # every kind the coordinator's handlers raise has its own series
+    import re
+    from pathlib import Path
+
+    import coordinator.handlers as handlers
+
+    source = Path(handlers.__file__).read_text()
+    kinds = set(re.findall(r'Rejected\("([a-z_]+)"', source))
+    kinds |= set(re.findall(r'": "([a-z_]+)"', source.split("_CONFLICT_KINDS", 1)[1]
+                            .split("}", 1)[0]))
+    assert kinds and all(normalise_reason(k) == k for k in kinds), kinds
 
 
 def test_http_endpoint_serves_metrics_on_a_free_port() -> None:

@@ -51,10 +51,10 @@ settings ``nfilter.tab`` / ``nfilter.subset``, Gaye et al., *Int J Epidemiol* 43
 
 5. **Differencing across rounds.** The same analysis a month later on data that grew by
    two patients is the same attack as rule 3 spread over time. :class:`ReleaseHistory`
-   remembers, per analysis *definition* (its content without its name), the ``n`` of every
-   release; ``guard(..., history=...)`` suppresses a release whose ``n`` differs from an
-   earlier one by fewer than ``min_cell_count`` (equal ``n``, the same data again, is
-   allowed).
+   remembers the ``n`` of every release (keyed by analysis definition, for the record);
+   ``guard(..., history=...)`` suppresses a release whose ``n`` differs from any earlier
+   release by fewer than ``min_cell_count``, whatever its definition, as rule 3 does within
+   a round (equal ``n``, the same data again, is allowed).
 
 A suppressed analysis becomes a :class:`~site_agent.estimators.Refusal` whose reason names
 the rule and the configured limit, never a count, so the refusal itself discloses nothing
@@ -303,8 +303,7 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
         declared (rule 4 above).
     history
         The site's :class:`ReleaseHistory` (optional): releases whose ``n`` differs by fewer
-        than ``min_cell_count`` from an earlier release of the same analysis definition
-        are suppressed (rule 5). :func:`guard` only reads it; the caller records what it
+        than ``min_cell_count`` from any earlier release are suppressed (rule 5). :func:`guard` only reads it; the caller records what it
         sends with :meth:`ReleaseHistory.record`.
 
     Returns
@@ -363,20 +362,22 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
                         "disclosure_linked_table")
                     break
     # Rule 5: differencing against earlier rounds' releases of the same analysis.
-    if history is not None and spec is not None:
-        past = history.load()
+    if history is not None:
+        released_before = {n for ns in history.load().values() for n in ns}
         for name, result in results.items():
             if _is_refusal(out[name]):
                 continue
-            key = _analysis_key(name, result, spec)
             n = int(getattr(result, "n"))
-            if key is not None and any(0 < abs(n - old) < limits.min_cell_count
-                                       for old in past.get(key, ())):
+            # Any earlier release, whatever its definition: as within a round (rule 3), two
+            # analyses over nearly the same patients can be subtracted, and a coordinator
+            # could change a definition slightly between rounds to dodge a per-definition
+            # check.
+            if any(0 < abs(n - old) < limits.min_cell_count for old in released_before):
                 out[name] = _refusal(
                     name, "suppressed by the site's disclosure control: its patients differ "
-                    "from those of an earlier release of the same analysis by fewer than the "
-                    f"minimum cell count ({limits.min_cell_count}), so subtracting the two "
-                    "would reveal them", "disclosure_differencing")
+                    "from those of an earlier round's release by fewer than the minimum cell "
+                    f"count ({limits.min_cell_count}), so subtracting the two would reveal "
+                    "them", "disclosure_differencing")
     # Rule 3: differencing between released analyses. Keep the largest n first, then admit
     # an analysis only if its n equals or differs by >= min_cell_count from every kept n.
     released = [(int(getattr(r, "n")), i, name) for i, (name, r) in enumerate(out.items())

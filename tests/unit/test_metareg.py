@@ -128,7 +128,9 @@ def test_batch_rejects_empty_rows():
         fit_batch([0.1, 0.2], [0.1, 0.1], [[True, False], [False, False]])
 
 
-@settings(max_examples=15, deadline=None)
+# derandomized: the pooling engine's default ML solver has a known miss (see the xfail
+# test below) that a random draw hits about once in 2,000 examples
+@settings(max_examples=15, deadline=None, derandomize=True)
 @given(st.integers(min_value=2, max_value=12), st.integers(min_value=0, max_value=10_000),
        st.sampled_from(["REML", "ML", "DL", "FE", "PM", "EB", "HE", "HS", "SJ"]))
 def test_batch_equals_the_pooling_engine(k, seed, method):
@@ -158,3 +160,31 @@ def test_stationary_point_that_is_not_the_maximum_gives_zero():
     v = [0.32759501, 0.22013074, 0.00833819]
     assert fit_rma(y, v, method="ML").tau2 == 0.0
     assert fit_batch(y, v, [[True] * 3], method="ML").tau2[0] == 0.0
+
+
+ML_CASE_Y = [0.020647, 1.4869, 0.064707, -0.50741, -0.236199, -0.225964, 0.45957, -0.220887,
+             0.308894]
+ML_CASE_V = [0.312708, 0.166841, 0.00998, 0.239567, 0.058247, 0.31217, 0.282394, 0.181576,
+             0.287386]
+
+
+def test_ml_interior_maximum_when_the_score_at_zero_is_negative():
+    # the ML likelihood dips below its value at 0 before rising to the maximum at 0.1233:
+    # a negative score at tau² = 0 does not mean the estimate is 0
+    y, v = np.array(ML_CASE_Y), np.array(ML_CASE_V)
+    t2 = fit_rma(y, v, method="ML").tau2
+    grid = np.linspace(0, 2, 20_001)
+    ll = [-0.5 * np.sum(np.log(v + t)) - 0.5 * np.sum((y - np.sum(y / (v + t)) / np.sum(1 / (v + t))) ** 2
+                                                      / (v + t)) for t in grid]
+    assert t2 == pytest.approx(grid[int(np.argmax(ll))], abs=1e-4) and t2 > 0.12
+    assert fit_batch(y, v, [[True] * 9], method="ML").tau2[0] == pytest.approx(t2, rel=1e-9)
+
+
+@pytest.mark.xfail(reason="pooling engine (coordinator/synthesis/stats.py, solver='newton') "
+                          "returns tau2 = 0 here; solver='fisher' gives the maximum 0.1233. "
+                          "Reported to the pooling owner.", strict=False)
+def test_pooling_engine_ml_interior_maximum():
+    from coordinator.synthesis import meta_analysis
+
+    assert meta_analysis(ML_CASE_Y, ML_CASE_V, method="ML").tau2 == pytest.approx(
+        fit_rma(ML_CASE_Y, ML_CASE_V, method="ML").tau2, rel=1e-6)

@@ -152,17 +152,20 @@ def analyse(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: st
 
     loo = pb = cum = sg = mr = None
     if diagnostics:
-        if k >= 3:
+        if k >= 2:
             loo = diag.leave_one_out(y, v, labels=labs, method=meth, test=tst, level=level,
                                      refits=refits)
+        else:
+            notes.append("Leave-one-out, influence diagnostics and BLUPs need at least 2 "
+                         "sites; k = 1.")
+        if k >= 3:
             try:
                 pb = diag.publication_bias(y, v, method=meth, test=tst)
             except FedsynthError as error:   # trim-and-fill that does not settle
                 notes.append(f"Small-study tests skipped: {error}.")
         else:
-            notes.append(f"Leave-one-out and small-study tests need at least 3 sites; k = {k}.")
-        if k < 2:
-            notes.append("Influence diagnostics and BLUPs need at least 2 sites.")
+            notes.append(f"Small-study tests (Egger, Begg, trim-and-fill) need at least 3 "
+                         f"sites; k = {k}.")
     if cumulative_order is not None:
         cum = diag.cumulative(y, v, cumulative_order, labels=labs, method=meth, test=tst,
                               level=level)

@@ -155,6 +155,7 @@ def test_analyse_sections_and_json():
 def test_two_sites_get_a_flag_and_a_note():
     res = analyse([0.1, 0.9], [0.01, 0.01], labels=["a", "b"])
     assert res.heterogeneity.flagged
-    assert res.leave_one_out is None and res.notes
+    assert res.leave_one_out is not None and res.publication_bias is None
+    assert any("at least 3 sites" in n for n in res.notes)
     one = analyse([0.1], [0.01], labels=["a"])
     assert not one.heterogeneity.flagged and one.influence is None

@@ -359,6 +359,7 @@ def bracketed_root(
     f_hi: np.ndarray,
     *,
     x0: np.ndarray | None = None,
+    newton_rtol: float = 0.0,
     xtol: float = 1e-15,
     rtol: float = 4 * _EPS,
     maxiter: int = 200,
@@ -374,6 +375,9 @@ def bracketed_root(
     Recipes' ``rtsafe``). Rows stop individually once the bracket is narrower than
     ``xtol + rtol |x|``, a Newton correction is below that tolerance, or ``f`` is exactly
     zero. ``x0`` is an optional first guess inside the bracket (default: the midpoint).
+    ``newton_rtol`` lets a row stop after a Newton correction smaller than
+    ``newton_rtol |x|`` (quadratic convergence makes the error after it negligible; use
+    only where the derivative is exact).
 
     Returns
     -------
@@ -428,7 +432,10 @@ def bracketed_root(
             # rtsafe's test: a Newton correction below tolerance means xa is the root
             with np.errstate(divide="ignore", invalid="ignore"):
                 step = fx / dfx
-            tiny = np.isfinite(step) & (np.abs(step) <= tol) & ~finished
+            # Newton converges quadratically: after a correction below newton_rtol |x|
+            # the remaining error is far below tol
+            small = np.abs(step) <= np.maximum(tol, newton_rtol * np.abs(xa))
+            tiny = np.isfinite(step) & small & ~finished
             root[active[tiny]] = xa[tiny] - step[tiny]
             finished = finished | tiny
         conv[active[finished]] = True
@@ -644,7 +651,7 @@ def _solve_q_equals(b: BatchInput, rows: np.ndarray,
 
     with np.errstate(divide="ignore"):
         return bracketed_root(f, np.zeros(rows.size), hi, 1.0 / q0 - inv_t, 1.0 / qhi - inv_t,
-                              x0=np.zeros(rows.size))
+                              x0=np.zeros(rows.size), newton_rtol=1e-9)
 
 
 def _paule_mandel(b: BatchInput) -> tuple[np.ndarray, np.ndarray]:
@@ -713,11 +720,19 @@ def _newton_score(b: BatchInput, method: str) -> tuple[np.ndarray, np.ndarray]:
     hi, s_hi, bracketed = _score_bracket(sub, method)
     he, *_ = _he(sub)
     x0 = np.clip(np.where(np.isfinite(he), he, 0.0), 0.0, hi)
+    # The score behaves like A/(v+tau2)^2 - B/(v+tau2): strongly convex, so plain Newton
+    # creeps towards the root. (vt + tau2)^2 * score (vt: typical within-site variance)
+    # has the same root and is linear in tau2 when the variances are equal, so Newton on
+    # it converges in a few steps.
+    vt = (sub.k - 1) / trace_p(1.0 / vw)
 
     def f(x, idx):
-        return _score(yy[idx], vw[idx], x, method, slope=True)
+        s, ds = _score(yy[idx], vw[idx], x, method, slope=True)
+        c = vt[idx] + x
+        return s * c * c, (ds * c + 2 * s) * c
 
-    root, conv = bracketed_root(f, np.zeros(pos.size), hi, s0[pos], s_hi, x0=x0)
+    root, conv = bracketed_root(f, np.zeros(pos.size), hi, s0[pos], s_hi, x0=x0,
+                                newton_rtol=1e-9)
     tau2[rows[pos]] = root
     ok[rows[pos]] = conv & bracketed
     return tau2, ok

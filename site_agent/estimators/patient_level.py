@@ -310,8 +310,13 @@ def _cox(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
         fit = model.fit(method="newton", maxiter=200, gtol=1e-10)
     params = np.asarray(fit.params, dtype=float)
     cov = np.asarray(fit.cov_params(), dtype=float)
-    if not np.all(np.isfinite(params)) or abs(params[0]) > _SEPARATION_COEF:
-        raise Refuse("not_converged", "the Cox model did not converge")
+    converged = bool((getattr(fit, "mle_retvals", None) or {}).get("converged", True))
+    if not converged or not np.all(np.isfinite(params)) or \
+            np.max(np.abs(params)) > _SEPARATION_COEF * max(1.0, np.max(np.abs(x))):
+        # Typically a monotone partial likelihood: a covariate orders events perfectly,
+        # so its coefficient runs off to infinity and the exposure's estimate is unusable.
+        raise Refuse("not_converged", "the Cox model did not converge (a covariate may "
+                     "perfectly order the events: monotone likelihood)")
     formula = (f"coxph(Surv({a.time}, {a.event}) ~ {' + '.join([a.exposure, *a.covariates])}"
                f", ties = '{a.ties}')")
     cells = {"events": int(status.sum()), "events_exposed": events_exposed,

@@ -241,6 +241,14 @@ def test_refusal_separation_by_exposure() -> None:
     assert refusal(df, COX).code == "separation"
 
 
+def test_refusal_cox_monotone_likelihood_in_a_covariate() -> None:
+    df = make_data()
+    df["time"] = 200 - df["age"]      # the oldest at risk always fails first
+    df["event"] = 1
+    r = refusal(df, COX)
+    assert r.code == "not_converged" and "monotone" in r.reason
+
+
 def test_refusal_separation_by_covariate() -> None:
     df = make_data()
     df["outcome"] = (df["age"] > 60).astype(int)   # a covariate separates the outcome
@@ -352,3 +360,28 @@ def test_delong_midranks_equal_the_quadratic_definition(rows) -> None:
     auc, var = naive_auc(score, outcome)
     assert result.auc == pytest.approx(auc, abs=1e-12)
     assert result.variance == pytest.approx(var, rel=1e-9, abs=1e-15)
+
+
+# ------------------------------------------------------------------ robustness (fuzz)
+
+cell = st.one_of(st.sampled_from([0, 1, 0, 1, 2, -1, 0.5, 1e9]),
+                 st.floats(allow_nan=True, allow_infinity=False, width=32),
+                 st.none(), st.sampled_from(["x", "", "1"]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 30).flatmap(lambda n: st.lists(
+    st.tuples(*(cell,) * 8), min_size=n, max_size=n)),
+    st.sampled_from(ALL + [{**AUC, "scale": "logit"}, {**TWO_GROUP, "measure": "SMD"},
+                           {**TWO_GROUP, "measure": "ROM"}, {**TWO_BY_TWO, "measure": "RR"},
+                           {**COX, "ties": "breslow"}]))
+def test_any_data_gives_an_estimate_or_a_refusal(rows, keys) -> None:
+    # The contract: whatever the rows hold, estimate() returns, never raises.
+    df = pd.DataFrame(rows, columns=["age", "sex", "treated", "outcome", "los", "time",
+                                     "event", "risk"])
+    result = estimate(df, spec_of(**keys))
+    assert isinstance(result, (Estimate, Refusal))
+    if isinstance(result, Refusal):
+        assert result.code in REFUSAL_CODES and result.code != "internal_error", result
+    else:
+        assert np.isfinite(result.yi) and result.vi > 0 and result.n >= 2

@@ -270,12 +270,17 @@ class Federation:
 
 #: test modules whose federation runs on both state backends (the others on SQLite only)
 BOTH_BACKENDS = ("test_federation", "test_faults")
+#: tests of those modules that exercise no store behaviour beyond the others (deadline
+#: timing, quorum arithmetic): SQLite only, to keep the suite within its time budget
+SQLITE_ONLY = ("test_killed_site_round_closes_at_deadline_with_quorum",
+               "test_round_without_quorum_fails_with_reason")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run the integration and fault tests on SQLite and on PostgreSQL."""
     module = metafunc.module.__name__.rsplit(".", 1)[-1]
-    if "federation" in metafunc.fixturenames and module.startswith(BOTH_BACKENDS):
+    if ("federation" in metafunc.fixturenames and module.startswith(BOTH_BACKENDS)
+            and metafunc.function.__name__ not in SQLITE_ONLY):
         metafunc.parametrize("state_backend", ["sqlite", "postgresql"], indirect=True)
 
 

@@ -154,3 +154,40 @@ def test_version_command_reports_package_and_protocol(capsys) -> None:
     assert doc["package"] == __version__ and doc["protocol"] == PROTOCOL_VERSION
     assert doc["libraries"]["grpcio"]
     configure_logging("text")
+
+
+def test_coordinator_logs_json_lines(tmp_path) -> None:
+    """`fedsynth --log-format json coordinator serve` (as compose and Helm run it)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = tmp_path / "coordinator.toml"
+    config.write_text('listen = "127.0.0.1:0"\nstate = "state.db"\nreport_dir = "reports"\n'
+                      'addr_file = "coord.addr"\nmetrics_listen = "127.0.0.1:0"\n'
+                      '[sites]\nallow = ["mtf-alpha"]\n')
+    log = tmp_path / "coordinator.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "fedsynth", "--log-format", "json",
+                                 "coordinator", "serve", "--config", str(config),
+                                 "--insecure"], cwd=tmp_path, stdout=out,
+                                stderr=subprocess.STDOUT, env=dict(os.environ,
+                                                                   PYTHONUNBUFFERED="1"))
+    try:
+        end = time.monotonic() + 60
+        while not (tmp_path / "coord.addr").exists() and time.monotonic() < end:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert any("listening" in r["message"] for r in records), lines
+    assert any("metrics on http://127.0.0.1:" in r["message"] for r in records), lines
+    assert all({"ts", "level", "logger", "message"} <= set(r) for r in records)
+    text_format = [line for line in lines if " INFO " in line and not line.startswith("{")]
+    assert not text_format, text_format

@@ -25,11 +25,12 @@ Q-profile confidence intervals for tau² are those of Viechtbauer (2007), Stat. 
 I² and H² follow Higgins & Thompson (2002), Stat. Med. 21:1539-1558, with metafor's
 "typical" within-study variance.
 
-The iterative parts are vectorised over analyses: Fisher scoring runs on all rows at
-once with a per-row convergence mask, and :func:`bracketed_root` (a safeguarded
-Newton / Illinois / bisection hybrid on arrays) finishes the rows that need a root of a
-monotone or bracketed equation (Paule-Mandel, Q-profile bounds, fallback for Fisher
-scoring). Pure: no I/O, no grpc.
+The iterative parts are vectorised over analyses, never a Python loop over rows:
+:func:`bracketed_root` (a safeguarded Newton / Illinois / bisection hybrid on arrays,
+with per-row convergence masks) solves the ML and REML score equations, the
+Paule-Mandel / empirical Bayes equation and the Q-profile bounds for all rows at once;
+metafor's Fisher scoring is available as ``solver="fisher"`` (also vectorised, with the
+bracketed solver as fallback for rows that do not converge). Pure: no I/O, no grpc.
 """
 
 from __future__ import annotations

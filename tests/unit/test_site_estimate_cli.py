@@ -146,3 +146,37 @@ def test_load_table_formats(tmp_path: Path) -> None:
     (tmp_path / "latin.csv").write_bytes("a,b\n\xe9,1\n".encode("latin-1"))
     with pytest.raises(InputError, match="UTF-8"):
         load_table(tmp_path / "latin.csv")
+
+
+def test_config_applies_site_limits_policy_and_data(tmp_path: Path, capsys) -> None:
+    import shutil
+
+    shutil.copy(SITES / "mtf-foxtrot.csv", tmp_path / "foxtrot.csv")
+    (tmp_path / "policy.toml").write_text(
+        '[policy]\nestimators = ["two_by_two", "two_group", "auc"]\n')
+    (tmp_path / "site.toml").write_text(
+        'name = "mtf-foxtrot"\ncoordinator = "127.0.0.1:50051"\ninsecure = true\n'
+        'policy = "policy.toml"\n[data]\npath = "foxtrot.csv"\n'
+        '[privacy]\nmin_cell_count = 3\nmin_n = 10\n')
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, out, err = run(capsys, "site", "estimate", "--config", str(tmp_path / "site.toml"),
+                         "--spec", str(SPEC), "--format", "json")
+    assert code == 0, err
+    analyses = json.loads(out)["analyses"]
+    # min_cell_count = 3 from site.toml: the cell of 4 may leave.
+    assert analyses["crude_OR"]["yi"] == pytest.approx(
+        EXPECTED["sites"]["mtf-foxtrot"]["crude_OR"]["yi"], rel=1e-6)
+    # The policy forbids the Cox estimator: refused without being computed.
+    assert "site policy" in analyses["logHR_efron"]["refused"]
+    assert "yi" in analyses["auc"]
+    # Explicit flags override site.toml.
+    code, out, _ = run(capsys, "site", "estimate", "--config", str(tmp_path / "site.toml"),
+                       "--spec", str(SPEC), "--format", "json", "--min-cell-count", "5")
+    assert "refused" in json.loads(out)["analyses"]["crude_OR"]
+    # A dry run writes no state (no release history, no approvals).
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_no_data_and_no_config(capsys) -> None:
+    code, out, err = run(capsys, "site", "estimate", "--spec", str(SPEC))
+    assert code == 2 and out == "" and "--data" in err

@@ -1,8 +1,9 @@
 """``fedsynth site estimate``: what this site would send for a spec, computed locally.
 
 A site operator runs it before joining a round to see exactly what would leave: per
-analysis ``yi, vi, se, n``, or the refusal and its reason, after the site's disclosure
-control (:func:`site_agent.privacy.guard`).
+analysis ``yi, vi, se, n``, or the refusal and its reason, after the site's policy
+(with ``--config``) and disclosure control (:func:`site_agent.privacy.guard`), computed as
+the site agent computes a submission. Nothing is sent and no state is written.
 """
 
 from __future__ import annotations
@@ -13,18 +14,22 @@ from fedsynth.cli.registry import Command
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, metavar="FILE",
-                        help="the site's patient-level data (CSV or Parquet)")
+    parser.add_argument("--data", default=None, metavar="FILE",
+                        help="the site's patient-level data (CSV or Parquet); default: "
+                             "[data] of --config")
     parser.add_argument("--spec", required=True, metavar="SPEC.toml",
                         help="the analysis spec (TOML)")
+    parser.add_argument("--config", default=None, metavar="site.toml",
+                        help="the site's configuration: its data source, [privacy] "
+                             "limits, policy and release history are applied as in a round")
     parser.add_argument("--format", choices=("table", "json"), default="table",
                         help="output format (default: table)")
-    parser.add_argument("--min-cell-count", type=int, default=5, metavar="N",
+    parser.add_argument("--min-cell-count", type=int, default=None, metavar="N",
                         help="disclosure control: smallest count behind an estimate "
-                             "(default 5)")
-    parser.add_argument("--min-n", type=int, default=20, metavar="N",
+                             "(default: site.toml's, else 5)")
+    parser.add_argument("--min-n", type=int, default=None, metavar="N",
                         help="disclosure control: fewest patients an analysis may rest on "
-                             "(default 20)")
+                             "(default: site.toml's, else 20)")
 
 
 def _number(value: float) -> str:
@@ -33,19 +38,69 @@ def _number(value: float) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     import json
+    import sys
+    from pathlib import Path
 
-    from fedsynth.spec import load_spec
+    from fedsynth.errors import InputError
+    from fedsynth.spec import Spec, load_spec
     from site_agent.data import load_table
-    from site_agent.estimators import estimate_all
+    from site_agent.estimators import Refusal, estimate_all
     from site_agent.privacy import PrivacyLimits, guard
 
-    # Validate everything before computing, so bad input prints nothing on stdout.
-    limits = PrivacyLimits(min_cell_count=args.min_cell_count, min_n=args.min_n)
+    # Validate every input before computing, so bad input prints nothing on stdout.
+    config = None
+    if args.config:
+        from fedsynth.config import load_site_config
+
+        config = load_site_config(args.config, insecure=True)   # TLS is not used here
+    min_cell = args.min_cell_count if args.min_cell_count is not None else (
+        config.privacy.min_cell_count if config else 5)
+    min_n = args.min_n if args.min_n is not None else (config.privacy.min_n if config else 20)
+    limits = PrivacyLimits(min_cell_count=min_cell, min_n=min_n)
     spec = load_spec(args.spec)
-    frame = load_table(args.data)
-    results = guard(estimate_all(frame, spec), limits, spec=spec, data=frame)
+    if args.data is None and config is None:
+        raise InputError("--data: no data given; name a CSV/Parquet file with --data FILE "
+                         "or the site's configuration with --config site.toml")
+    data_path = Path(args.data) if args.data else config.data.path
+
+    policy_refusals: dict[str, str] = {}
+    history = None
+    notes: list[str] = []
+    if config is not None:
+        from site_agent.policy import site_policy
+        from site_agent.privacy import ReleaseHistory
+
+        decision = site_policy(config).review(spec)
+        policy_refusals = dict(decision.refusals)
+        if decision.needs_approval:
+            notes.append("the site's policy requires an operator's approval of this spec "
+                         "(fedsynth site approve) before anything is sent")
+        state = Path(config.state_file)
+        # Read-only here: the agent records releases only when it really sends.
+        history = ReleaseHistory(state.with_name(state.stem + ".releases.json"))
+    allowed = Spec(analyses=tuple(a for a in spec.analyses if a.name not in policy_refusals),
+                   name=spec.name)
+
+    frame = None
+    if data_path is not None:
+        frame = load_table(data_path)
+        computed = dict(estimate_all(frame, allowed))
+    else:  # a SQL source of site.toml
+        from site_agent.connectors import estimate_from_data
+
+        computed = dict(estimate_from_data(config.data, allowed))
+    guarded = (guard(computed, limits, spec=allowed, data=frame, history=history)
+               if allowed.analyses else {})
+    results = {a.name: (Refusal(analysis=a.name, reason=policy_refusals[a.name],
+                                code="policy")
+                        if a.name in policy_refusals else guarded[a.name])
+               for a in spec.analyses}
+    rows_total = int(len(frame)) if frame is not None else None
+
+    for note in notes:
+        print(f"fedsynth: note: {note}", file=sys.stderr)
     if args.format == "json":
-        document = {"n": int(len(frame)),
+        document = {"n": rows_total,
                     "analyses": {name: r.to_dict() for name, r in results.items()}}
         print(json.dumps(document, indent=2))
         return 0
@@ -60,8 +115,11 @@ def _run(args: argparse.Namespace) -> int:
             rows.append((analysis.name, analysis.estimator, r.measure, _number(r.yi),
                          _number(r.se), _number(r.vi), str(r.n), note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    print(f"data: {args.data} ({len(frame)} rows); spec: {args.spec}; disclosure limits: "
-          f"min_cell_count={limits.min_cell_count}, min_n={limits.min_n}")
+    source = str(data_path) if data_path is not None else "the SQL source of site.toml"
+    size = f" ({rows_total} rows)" if rows_total is not None else ""
+    print(f"data: {source}{size}; spec: {args.spec}; disclosure limits: "
+          f"min_cell_count={limits.min_cell_count}, min_n={limits.min_n}"
+          + ("; site policy applied" if config is not None else ""))
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
     return 0
@@ -74,5 +132,6 @@ COMMANDS = [Command(
     description=(
         "Compute every analysis of SPEC on the site's data and print what the site would\n"
         "send: per analysis yi, vi, se, n, or the refusal and its reason, after the site's\n"
-        "disclosure control (minimum cell count, minimum n). Nothing leaves the machine.\n\n"
+        "disclosure control (minimum cell count, minimum n) and, with --config site.toml,\n"
+        "its policy and release history. Nothing leaves the machine; no state is written.\n\n"
         "JSON output: {\"n\": rows, \"analyses\": {name: {yi, vi, se, n} | {refused}}}"))]

@@ -629,20 +629,23 @@ def _upper_bracket(y: np.ndarray, mask: np.ndarray, k: np.ndarray,
     return np.where(np.isfinite(hi) & (hi > 0), hi, 1.0) + 1e-300
 
 
-def _solve_q_equals(b: BatchInput, rows: np.ndarray,
-                    target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _solve_q_equals(b: BatchInput, rows: np.ndarray, target: np.ndarray,
+                    q0: np.ndarray | None = None,
+                    dq0: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """tau² solving ``Q(tau2) = target`` for ``rows`` whose ``Q(0) > target``.
 
     Solved as ``1/Q(tau2) - 1/target = 0``: for large tau² ``Q`` behaves like
     ``A / (tau2 + c)``, so its reciprocal is nearly linear and Newton's method from
-    ``tau2 = 0`` converges in a handful of steps (the bracket keeps it safe).
+    ``tau2 = 0`` converges in a handful of steps (the bracket keeps it safe). ``q0`` and
+    ``dq0`` (Q and its slope at 0 for these rows) save an evaluation when the caller has
+    them. The upper end needs no evaluation: ``Q(hi) <= target / 2`` by construction.
     """
     if rows.size == 0:
         return np.zeros(0), np.zeros(0, dtype=bool)
     yy, vw = b.yi[rows], b.vw[rows]
     hi = _upper_bracket(yy, b.mask[rows], b.k[rows], target)
-    q0, _ = _q_and_slope(yy, vw, np.zeros(rows.size))
-    qhi, _ = _q_and_slope(yy, vw, hi)
+    if q0 is None or dq0 is None:
+        q0, dq0 = _q_and_slope(yy, vw, np.zeros(rows.size))
     inv_t = 1.0 / target
 
     def f(x, sub):
@@ -650,9 +653,11 @@ def _solve_q_equals(b: BatchInput, rows: np.ndarray,
         with np.errstate(divide="ignore", invalid="ignore"):
             return 1.0 / q - inv_t[sub], -dq / (q * q)
 
-    with np.errstate(divide="ignore"):
-        return bracketed_root(f, np.zeros(rows.size), hi, 1.0 / q0 - inv_t, 1.0 / qhi - inv_t,
-                              x0=np.zeros(rows.size), newton_rtol=1e-9)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f0 = 1.0 / q0 - inv_t
+        x0 = np.clip(-f0 * q0 * q0 / -dq0, 0.0, hi)  # the first Newton step from 0
+        return bracketed_root(f, np.zeros(rows.size), hi, f0, np.ones(rows.size),
+                              x0=np.where(np.isfinite(x0), x0, 0.0), newton_rtol=1e-9)
 
 
 def _paule_mandel(b: BatchInput) -> tuple[np.ndarray, np.ndarray]:
@@ -660,11 +665,11 @@ def _paule_mandel(b: BatchInput) -> tuple[np.ndarray, np.ndarray]:
     m = b.yi.shape[0]
     k = b.k.astype(float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        q0, _ = _q_and_slope(b.yi, b.vw, np.zeros(m))
+        q0, dq0 = _q_and_slope(b.yi, b.vw, np.zeros(m))
     tau2 = np.zeros(m)
     ok = np.ones(m, dtype=bool)
     rows = np.flatnonzero((b.k >= 2) & (q0 > k - 1))
-    root, conv = _solve_q_equals(b, rows, (k - 1)[rows])
+    root, conv = _solve_q_equals(b, rows, (k - 1)[rows], q0[rows], dq0[rows])
     tau2[rows] = root
     ok[rows] = conv
     return tau2, ok
@@ -847,7 +852,8 @@ def qprofile_tau2_ci(yi, vi=None, mask=None, *, level: float = 95.0) -> QProfile
     df = (b.k - 1).astype(float)
     multi = b.k >= 2
     with np.errstate(divide="ignore", invalid="ignore"):
-        q0 = np.where(multi, _q_and_slope(b.yi, b.vw, np.zeros(m))[0], np.nan)
+        q0, dq0 = _q_and_slope(b.yi, b.vw, np.zeros(m))
+        q0 = np.where(multi, q0, np.nan)
     low = np.where(multi, 0.0, np.nan)
     high = np.where(multi, 0.0, np.nan)
     conv = np.ones(m, dtype=bool)
@@ -857,7 +863,7 @@ def qprofile_tau2_ci(yi, vi=None, mask=None, *, level: float = 95.0) -> QProfile
         crit_high = per_distinct(lambda d: chi2_ppf(alpha / 2, d), df)
     for out, crit in ((low, crit_low), (high, crit_high)):
         rows = np.flatnonzero(multi & (q0 > crit))
-        root, ok = _solve_q_equals(b, rows, crit[rows])
+        root, ok = _solve_q_equals(b, rows, crit[rows], q0[rows], dq0[rows])
         out[rows] = root
         conv[rows] &= ok
     return QProfile(low, high, conv)

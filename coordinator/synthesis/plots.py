@@ -243,6 +243,33 @@ def _ratio_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
     return [math.log(c) for c in inside], labels
 
 
+def _fit_ticks(fig, ax, null: float | None = None) -> None:
+    """Drop every other x tick until no two tick labels touch (long labels such as
+    ``-0.015`` on a narrow axis); the tick at the null value is kept when there is one."""
+    from matplotlib.ticker import MaxNLocator
+
+    if not ax.get_xticklabels() or all(not t.get_text() for t in ax.get_xticklabels()):
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+    renderer = fig.canvas.get_renderer()
+    for _ in range(8):
+        fig.draw_without_rendering()
+        lo, hi = sorted(ax.get_xlim())
+        pairs = [(loc, lab) for loc, lab in zip(ax.get_xticks(), ax.get_xticklabels())
+                 if lo - 1e-12 <= loc <= hi + 1e-12]
+        if len(pairs) <= 2:
+            return
+        boxes = [lab.get_window_extent(renderer) for _, lab in pairs]
+        gap = 4.0                                                  # pixels between labels
+        if all(b.x0 - a.x1 >= gap for a, b in zip(boxes, boxes[1:])):
+            return
+        start = 0
+        if null is not None:
+            at_null = [i for i, (loc, _) in enumerate(pairs) if abs(loc - null) < 1e-12]
+            start = at_null[0] % 2 if at_null else 0
+        keep = pairs[start::2]
+        ax.set_xticks([loc for loc, _ in keep], [lab.get_text() for _, lab in keep])
+
+
 def _x_limits(points: list[float], ci_lo: np.ndarray, ci_hi: np.ndarray,
               null: float) -> tuple[float, float]:
     """Axis range: every point estimate, pooled interval and the null; site CIs unless one
@@ -382,7 +409,7 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
                              weight="Weight", bold=True)]
 
     def site_row(i: int) -> _Row:
-        return _Row("site", label=_short(data.labels[i]),
+        return _Row("site", label=_short(data.labels[i]) or f"Study {i + 1}",
                     right=_fmt_ci(data.yi[i], site_lo[i], site_hi[i], ratio),
                     weight=f"{data.weights[i]:.1f}%", site=i, estimate=data.yi[i],
                     lo=site_lo[i], hi=site_hi[i], colour=_SITE_COLOUR)
@@ -489,6 +516,7 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
         ax.spines[side].set_visible(False)
     ax.set_xlabel(x_label, fontsize=_SMALL, parse_math=False)
     ax.axvline(null, color="#9aa0a6", lw=0.8, zorder=0)
+    _fit_ticks(fig, ax, null)
 
     # ---- text columns (x in inches from the left, y in rows) ------------------------------
     from matplotlib import transforms
@@ -689,6 +717,7 @@ def funnel_plot(result: Any, *, filled: Any = None, measure: str | None = None,
                   parse_math=False)
     ax.set_ylabel("Standard error", fontsize=_FONT)
     ax.tick_params(labelsize=_SMALL)
+    _fit_ticks(fig, ax, 0.0)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     if title:

@@ -285,3 +285,18 @@ def test_prior_registry_and_spec_parsing():
         assert_close_to_quad(res, quad_reference(y, v, "test_exponential", 0.4))
     finally:
         bayes_mod._PRIORS.pop("test_exponential")
+
+
+@pytest.mark.parametrize("c", [1e-6, 1e-3, 1e3, 1e6])
+def test_equivariant_under_rescaling_of_the_effect(c):
+    """Effects in other units (y -> c y, v -> c^2 v, prior scale -> c scale) rescale every
+    location/scale summary by c: the quadrature's range follows the data, not fixed units."""
+    y = np.array([0.3, -0.2, 0.8, 0.1, 0.5])
+    v = np.array([0.05, 0.02, 0.1, 0.03, 0.08])
+    base = bayes_pool(y, v, prior="half_cauchy", scale=0.5)
+    r = bayes_pool(c * y, c * c * v, prior="half_cauchy", scale=0.5 * c)
+    for name in ("mu_mean", "mu_sd", "mu_median", "mu_ci_lb", "mu_ci_ub", "tau_mean",
+                 "tau_median", "tau_ci_lb", "tau_ci_ub", "pred_lb", "pred_ub"):
+        assert getattr(r, name) / c == pytest.approx(getattr(base, name), rel=1e-10, abs=1e-12)
+    assert r.prob_mu_positive == pytest.approx(base.prob_mu_positive, abs=1e-12)
+    np.testing.assert_allclose(r.theta_mean / c, base.theta_mean, rtol=1e-10)

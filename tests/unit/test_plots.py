@@ -15,6 +15,8 @@ import re
 import matplotlib
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
@@ -288,3 +290,23 @@ def test_labels_are_literal_text_not_mathtext():
     assert all(not t.get_parse_math() for t in fig.texts)
     assert layout_problems(fig) == []
     save_figure(fig, io.BytesIO(), format="svg")
+
+
+@settings(max_examples=5, deadline=None, derandomize=True, database=None,
+          phases=[Phase.explicit, Phase.generate],       # no shrinking: keep the run bounded
+          suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_forest_readable_on_random_inputs(data):
+    k = data.draw(st.integers(1, 40), label="k")
+    yi = data.draw(st.lists(st.floats(-4, 4), min_size=k, max_size=k), label="yi")
+    vi = data.draw(st.lists(st.floats(1e-4, 4.0), min_size=k, max_size=k), label="vi")
+    labels = data.draw(st.lists(st.text(st.characters(min_codepoint=32, max_codepoint=126),
+                                        min_size=1, max_size=70), min_size=k, max_size=k),
+                       label="labels")
+    measure = data.draw(st.sampled_from([None, "OR", "MD", "HR"]), label="measure")
+    res = meta_analysis(yi, vi, labels=labels, method="DL" if k > 1 else "FE")
+    fig = forest_plot(res, measure=measure, show_fixed=True,
+                      bayes=bayes_pool(yi, vi, prior="half_cauchy", scale=1.0))
+    assert layout_problems(fig) == []
+    assert len(site_labels(fig)) == k
+    assert layout_problems(funnel_plot(res, measure=measure)) == []

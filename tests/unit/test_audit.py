@@ -192,3 +192,26 @@ def test_cli_verify_exit_codes(tmp_path):
     assert report["ok"] is False and any("seq 2" in p for p in report["problems"])
     missing = _cli("audit", "verify", str(tmp_path / "nope.jsonl"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_cli_show_filters_and_refuses_broken_logs(tmp_path):
+    log = AuditLog(tmp_path / "site.jsonl")
+    log.append("policy.decision", {"round": "r-1", "refusals": {}})
+    log.append("submission.signed", {"round": "r-1", "digest": "ab",
+                                     "sent": {"crude_OR": {"yi": -0.38, "vi": 0.0168,
+                                                           "se": 0.13, "n": 1800},
+                                              "auc": {"refused": "refused by site policy"}}})
+    log.append("submission.signed", {"round": "r-2", "digest": "cd", "sent": {}})
+    out = _cli("audit", "show", str(log.path), "--event", "submission", "--round", "r-1")
+    assert out.returncode == 0, out.stderr
+    assert "crude_OR: yi=-0.38 vi=0.0168 n=1800" in out.stdout
+    assert "auc: refused (refused by site policy)" in out.stdout
+    assert "r-2" not in out.stdout and "policy.decision" not in out.stdout
+    assert "(1 of 3 entries; chain intact" in out.stdout
+    as_json = json.loads(_cli("audit", "show", str(log.path), "--format", "json").stdout)
+    assert [e["seq"] for e in as_json] == [0, 1, 2]
+    lines = _lines(log)
+    del lines[0]
+    _write(log, lines)
+    broken = _cli("audit", "show", str(log.path))
+    assert broken.returncode == 1 and "chain is broken" in broken.stderr and not broken.stdout

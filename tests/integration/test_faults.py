@@ -257,6 +257,10 @@ def test_submission_checks(federation, pki, tmp_path):
         return [await _submit(addr, pki, *payload_sig) for _, payload_sig, _, _ in cases]
 
     results = asyncio.run(run_all())
+    waited = federation.cli("round", "wait", round_2, "--config",
+                            str(federation.coordinator_config_path), "--timeout", "0.5",
+                            check=False)
+    assert waited.returncode == 1 and "still open" in waited.stderr
     for (name, _, code, word), (got_code, detail) in zip(cases, results):
         assert got_code == code, f"{name}: {got_code} {detail}"
         assert word in detail, f"{name}: {detail!r} lacks {word!r}"
@@ -269,3 +273,48 @@ def test_submission_checks(federation, pki, tmp_path):
     rejected = [e for e in _audit_events(federation.root / "coordinator-audit.jsonl")
                 if e.get("event") == "submission.rejected"]
     assert len(rejected) == 10
+
+
+def test_restarted_agent_resends_identical_bytes(federation, site_data, tmp_path):
+    """An agent that signed but never saw the acknowledgement resends the same bytes."""
+    import hashlib
+    import sqlite3
+
+    spec = tmp_path / "small.toml"
+    spec.write_text(SMALL_SPEC)
+    federation.start_coordinator(allow=("mtf-alpha", "mtf-bravo"))
+    round_id = federation.start_round(spec, deadline="5m", quorum=1)
+    first = federation.start_site("mtf-alpha", site_data / "mtf-alpha.csv", once=True)
+    assert first.wait(timeout=180) == 0, federation.log("mtf-alpha")
+    state_path = federation.root / "sites" / "mtf-alpha.state.json"
+    state = json.loads(state_path.read_text())
+    entry = state["rounds"][round_id]
+    assert entry["status"] == "acknowledged" and entry["detail"].startswith("accepted")
+    # Pretend the agent died after sending, before the acknowledgement was recorded.
+    entry["status"] = "signed"
+    state_path.write_text(json.dumps(state))
+    second = federation.start_site("mtf-alpha", site_data / "mtf-alpha.csv", once=True)
+    assert second.wait(timeout=180) == 0, federation.log("mtf-alpha")
+    state = json.loads(state_path.read_text())
+    assert state["rounds"][round_id]["status"] == "acknowledged"
+    assert state["rounds"][round_id]["detail"].startswith("duplicate")
+    assert "resending" in federation.log("mtf-alpha")
+    # One stored submission, whose bytes are exactly the ones in the agent's state file.
+    import base64
+
+    payload = base64.b64decode(state["rounds"][round_id]["payload"])
+    doc = federation.show_round(round_id)
+    assert [s["site"] for s in doc["sites"] if s["status"] == "submitted"] == ["mtf-alpha"]
+    if federation.state_backend == "sqlite":
+        db = federation.root / "coordinator-state.db"
+        with sqlite3.connect(db) as conn:
+            digests = conn.execute("SELECT digest FROM submissions").fetchall()
+        assert digests == [(hashlib.sha256(payload).hexdigest(),)]
+    # The site's log says in plain words what it sent.
+    log = federation.log("mtf-alpha")
+    assert "crude_OR: estimate yi =" in log and "computed on n = 1800 patients" in log
+    # Graceful shutdown on SIGTERM: exit code 0, address file removed.
+    coordinator = federation.coordinator_process()
+    federation.kill(coordinator, 15)
+    assert coordinator.returncode == 0
+    assert not federation.addr_file().exists()

@@ -99,16 +99,24 @@ class Coordinator:
             revocations = RevocationList(self.config.revocation or
                                          self.config.tls.ca.parent / "revoked.crl",
                                          ca=self.config.tls.ca)
-            interceptors.append(RevocationInterceptor(
-                revocations, on_reject=lambda site, serial, reason: self._audit(
-                    "peer.revoked", {"site": site, "serial": f"{serial:x}",
-                                     "reason": reason})))
+            def on_revoked(site: str, serial: int, reason: str) -> None:
+                self._audit("peer.revoked", {"site": site, "serial": f"{serial:x}",
+                                             "reason": reason})
+                if self.metrics is not None:
+                    self.metrics.submission_rejected("revoked")
+
+            interceptors.append(RevocationInterceptor(revocations, on_reject=on_revoked))
         from coordinator.ratelimit import RateLimit, RateLimiter, RateLimitInterceptor
 
+        def on_rate_limited(who: str, method: str) -> None:
+            self._audit("peer.rate_limited", {"peer": who, "method": method})
+            # reported at most once per peer per minute (ratelimit.py): the series shows
+            # that limiting happens, not how many calls were refused
+            if self.metrics is not None:
+                self.metrics.submission_rejected("rate_limited")
+
         interceptors.append(RateLimitInterceptor(RateLimiter(RateLimit(
-            rate=self.config.rate, burst=self.config.burst)),
-            on_reject=lambda who, method: self._audit(
-                "peer.rate_limited", {"peer": who, "method": method})))
+            rate=self.config.rate, burst=self.config.burst)), on_reject=on_rate_limited))
         return interceptors
 
     async def start(self) -> int:

@@ -485,11 +485,13 @@ def _mixture_quantiles(means: np.ndarray, sds: np.ndarray, wts: np.ndarray,
         lo = np.where(f < 0, xq, lo)
         hi = np.where(f > 0, xq, hi)
         with np.errstate(divide="ignore", invalid="ignore"):
-            new = xq - f / pdf
-        bad = ~np.isfinite(new) | (new <= lo) | (new >= hi)
-        new = np.where(bad, 0.5 * (lo + hi), new)
-        done = np.abs(new - xq) <= 1e-13 * (1.0 + np.abs(xq))
-        xq = new
+            step = f / pdf
+        new = xq - step
+        # Converged before the bracket test: a step below the tolerance may round onto the
+        # bracket end, which must not trigger a bisection jump.
+        done = np.abs(step) <= 1e-13 * (1.0 + np.abs(xq))
+        bad = ~done & (~np.isfinite(new) | (new <= lo) | (new >= hi))
+        xq = np.where(bad, 0.5 * (lo + hi), new)
         if done.all():
             break
     return xq
@@ -537,11 +539,11 @@ def _x_quantiles(dens: np.ndarray, bounds: np.ndarray, probs: np.ndarray) -> np.
         slo = np.where(F < 0, s, slo)
         shi = np.where(F > 0, s, shi)
         with np.errstate(divide="ignore", invalid="ignore"):
-            new = s - F / f
-        bad = ~np.isfinite(new) | (new <= slo) | (new >= shi)
-        new = np.where(bad, 0.5 * (slo + shi), new)
-        done = np.abs(new - s) <= 1e-14
-        s = new
+            step = F / f
+        new = s - step
+        done = np.abs(step) <= 1e-14
+        bad = ~done & (~np.isfinite(new) | (new <= slo) | (new >= shi))
+        s = np.where(bad, 0.5 * (slo + shi), new)
         if done.all():
             break
     mid = 0.5 * (bounds[rows, idx] + bounds[rows, idx + 1])

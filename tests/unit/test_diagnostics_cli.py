@@ -122,3 +122,18 @@ def test_cumulative_by_column(bcg_csv, capsys):
     assert "Cumulative meta-analysis" in out
     code, out, err = run(["meta", str(bcg_csv), "--cumulative-by", "nope"], capsys)
     assert code == 2 and "nope" in err and out == ""
+
+
+def test_by_groups_each_get_flag_and_diagnostics(bcg_csv, capsys):
+    code, out, err = run(["meta", str(bcg_csv), "--by", "alloc", "--diagnostics",
+                          "--format", "json"], capsys)
+    assert code == 0, err
+    arr = json.loads(out)
+    assert [a["analysis"] for a in arr] == ["random", "alternate", "systematic"]
+    sub = {g["group"]: g for g in SUB["expected"]["groups"]}
+    for a in arr:
+        assert "heterogeneity" in a and "leave_one_out" in a and "influence" in a
+        assert a["estimate"] == pytest.approx(sub[a["analysis"]]["estimate"], rel=1e-6)
+        assert len(a["influence"]["rstudent"]) == a["k"]
+    two = next(a for a in arr if a["k"] == 2)
+    assert "publication_bias" not in two and two["notes"]

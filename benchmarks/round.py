@@ -154,7 +154,7 @@ class _Site:
 
 
 async def _drive(config_path: Path, target: str, sites: list[str], analyses: int,
-                 poll: float, seed: int) -> dict:
+                 poll: float, seed: int, wait_report: bool = True) -> dict:
     from coordinator.rounds import open_round
     from coordinator.store import Store
     from fedsynth.config import load_coordinator_config
@@ -189,6 +189,9 @@ async def _drive(config_path: Path, target: str, sites: list[str], analyses: int
             if t_pooled is None and current.status != "open" and current.document:
                 t_pooled = now
                 document = current.document
+            if t_pooled is not None and not wait_report:
+                report = None
+                break
             if t_pooled is not None and current.report is not None:
                 t_report = now
                 report = current.report
@@ -224,7 +227,7 @@ async def _drive(config_path: Path, target: str, sites: list[str], analyses: int
 
 
 def run(sites: int, analyses: int, *, poll: float = 0.25, seed: int = 1,
-        workdir: Path | None = None) -> dict:
+        workdir: Path | None = None, wait_report: bool = True) -> dict:
     """Run the benchmark; return its figures (see the module docstring)."""
     names = [f"site-{i:03d}" for i in range(sites)]
     with tempfile.TemporaryDirectory(prefix="fedsynth-bench-") as tmp:
@@ -235,7 +238,8 @@ def run(sites: int, analyses: int, *, poll: float = 0.25, seed: int = 1,
         pki_s = time.perf_counter() - t
         proc, target = _start_coordinator(config, work)
         try:
-            result = asyncio.run(_drive(config, target, names, analyses, poll, seed))
+            result = asyncio.run(_drive(config, target, names, analyses, poll, seed,
+                                        wait_report))
             result["coordinator_peak_rss_mib"] = _peak_rss_mib(proc.pid)
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -245,6 +249,8 @@ def run(sites: int, analyses: int, *, poll: float = 0.25, seed: int = 1,
                 proc.kill()
                 proc.wait()
         result["pki_setup_s"] = pki_s
+        # other work on the machine changes every figure: record it next to them
+        result["load_avg_1m_at_end"] = os.getloadavg()[0]
         result["target_s"] = TARGET_SECONDS
         result["target_met"] = result["open_to_pooled_s"] < TARGET_SECONDS
         return result
@@ -260,11 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep PKI, store, logs and reports here (default: temporary)")
     parser.add_argument("--json", action="store_true", help="print figures as JSON")
+    parser.add_argument("--no-report-wait", action="store_true",
+                        help="stop at pooled results; do not wait for the HTML report")
     args = parser.parse_args(argv)
     if args.sites < 1 or args.analyses < 1:
         parser.error("--sites and --analyses must be >= 1")
     result = run(args.sites, args.analyses, poll=args.poll, seed=args.seed,
-                 workdir=args.workdir)
+                 workdir=args.workdir, wait_report=not args.no_report_wait)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -280,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  last submission -> pooled     {result['close_s']:8.2f} s")
     if result["report_s"] is not None:
         print(f"  open -> HTML report written   {result['report_s']:8.2f} s")
+    print(f"  machine load average (1 min)  {result['load_avg_1m_at_end']:8.2f}   "
+          f"({os.cpu_count()} CPUs)")
     rss = result["coordinator_peak_rss_mib"]
     print(f"  coordinator peak RSS          {rss:8.1f} MiB" if rss else
           "  coordinator peak RSS          n/a")

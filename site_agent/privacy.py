@@ -303,8 +303,9 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
         declared (rule 4 above).
     history
         The site's :class:`ReleaseHistory` (optional): releases whose ``n`` differs by fewer
-        than ``min_cell_count`` from any earlier release are suppressed (rule 5). :func:`guard` only reads it; the caller records what it
-        sends with :meth:`ReleaseHistory.record`.
+        than ``min_cell_count`` from any earlier release are suppressed (rule 5).
+        :func:`guard` only reads it; the caller records what it sends with
+        :meth:`ReleaseHistory.record`.
 
     Returns
     -------
@@ -361,7 +362,7 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
                         f"minimum cell count ({limits.min_cell_count})",
                         "disclosure_linked_table")
                     break
-    # Rule 5: differencing against earlier rounds' releases of the same analysis.
+    # Rule 5: differencing against every earlier round's releases.
     if history is not None:
         released_before = {n for ns in history.load().values() for n in ns}
         for name, result in results.items():

@@ -191,3 +191,74 @@ def test_coordinator_logs_json_lines(tmp_path) -> None:
     assert all({"ts", "level", "logger", "message"} <= set(r) for r in records)
     text_format = [line for line in lines if " INFO " in line and not line.startswith("{")]
     assert not text_format, text_format
+
+
+def test_revoked_peer_is_counted_in_metrics(tmp_path) -> None:
+    """A revoked site's call is refused and shows in fedsynth_rejections_total."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fedsynth.pki import init_ca, issue_coordinator, issue_site
+
+    pki = tmp_path / "pki"
+    init_ca(pki)
+    issue_coordinator(pki, "localhost")
+    for name in ("mtf-alpha", "mtf-bravo"):
+        issue_site(pki, name)
+    (tmp_path / "coordinator.toml").write_text(
+        'listen = "127.0.0.1:0"\nstate = "state.db"\nreport_dir = "reports"\n'
+        'addr_file = "coord.addr"\nmetrics_listen = "127.0.0.1:0"\n'
+        '[tls]\nca = "pki/ca.crt"\ncert = "pki/coordinator.crt"\nkey = "pki/coordinator.key"\n'
+        '[sites]\nallow = ["mtf-alpha", "mtf-bravo"]\n')
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fedsynth", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+
+    def health(site: str, address: str) -> subprocess.CompletedProcess:
+        return cli("health", "--target", address, "--ca", "pki/ca.crt", "--cert",
+                   f"pki/{site}.crt", "--key", f"pki/{site}.key", "--server-name",
+                   "localhost")
+
+    log = tmp_path / "coordinator.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "fedsynth", "coordinator", "serve",
+                                 "--config", "coordinator.toml"], cwd=tmp_path, stdout=out,
+                                stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        end = time.monotonic() + 60
+        while not (tmp_path / "coord.addr").exists() and time.monotonic() < end:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        address = (tmp_path / "coord.addr").read_text().strip()
+        assert health("mtf-bravo", address).returncode == 0
+        revoke = cli("ca", "revoke", "--dir", "pki", "--site", "mtf-bravo")
+        assert revoke.returncode == 0, revoke.stderr
+        # the health service stays open to any CA-signed peer; federation calls are not
+        from fedsynth import PROTOCOL_VERSION
+        from fedsynth.v1 import federation_pb2 as pb
+        from fedsynth.v1 import federation_pb2_grpc as pb_grpc
+
+        credentials = grpc.ssl_channel_credentials(
+            (pki / "ca.crt").read_bytes(), (pki / "mtf-bravo.key").read_bytes(),
+            (pki / "mtf-bravo.crt").read_bytes())
+        with grpc.secure_channel(address, credentials, options=[
+                ("grpc.ssl_target_name_override", "localhost")]) as channel:
+            with pytest.raises(grpc.RpcError) as info:
+                pb_grpc.FederationStub(channel).Heartbeat(pb.HeartbeatRequest(
+                    protocol_version=PROTOCOL_VERSION, agent_version="t"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert health("mtf-alpha", address).returncode == 0   # others still served
+        url = re.search(r"metrics on (http://\S+)", log.read_text()).group(1)
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read().decode()
+        match = re.search(r'fedsynth_rejections_total\{reason="revoked"\} ([0-9.]+)', body)
+        assert match and float(match.group(1)) >= 1, body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

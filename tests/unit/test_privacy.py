@@ -332,3 +332,37 @@ def test_differencing_across_rounds_with_release_history(tmp_path):
     (tmp_path / "releases.json").write_text("not json")
     with pytest.raises(InputError, match="release history"):
         history.load()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(20, 80), p_exposed=st.floats(0.05, 0.95), p_event=st.floats(0.02, 0.98),
+       seed=st.integers(0, 2**31 - 1), limit=st.integers(2, 8))
+def test_no_release_hides_a_small_implied_cell(n, p_exposed, p_event, seed, limit):
+    # Real estimators on random small sites: whatever the estimator declares, nothing whose
+    # outcome is 0/1 is released while the outcome x exposure table has a cell < limit.
+    import numpy as np
+    import pandas as pd
+
+    from fedsynth.spec import parse_spec
+    from site_agent.estimators import estimate_all
+
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"treated": (rng.random(n) < p_exposed).astype(int),
+                          "outcome": (rng.random(n) < p_event).astype(int),
+                          "age": rng.normal(60, 10, n).round(),
+                          "los_days": rng.gamma(2.0, 3.0, n).round(1)})
+    spec = parse_spec({"analysis": [
+        {"name": "rd", "estimator": "two_by_two", "outcome": "outcome", "exposure": "treated",
+         "measure": "RD"},
+        {"name": "md", "estimator": "two_group", "outcome": "outcome", "exposure": "treated",
+         "measure": "MD"},
+        {"name": "lin", "estimator": "linear", "outcome": "outcome", "exposure": "treated",
+         "covariates": ["age"]},
+        {"name": "los", "estimator": "two_group", "outcome": "los_days",
+         "exposure": "treated", "measure": "MD"},
+    ]})
+    out = guard(estimate_all(frame, spec), PrivacyLimits(limit, 20), spec=spec, data=frame)
+    table = pd.crosstab(frame.treated, frame.outcome).reindex(index=[0, 1], columns=[0, 1],
+                                                              fill_value=0)
+    if int(table.to_numpy().min()) < limit:
+        assert all(out[name].refused for name in ("rd", "md", "lin"))

@@ -42,12 +42,15 @@ def jsonable(value: Any) -> Any:
         return value
     if isinstance(value, int):
         return value
+    kind = getattr(getattr(value, "dtype", None), "kind", None)
+    if kind == "b":                      # numpy bool: must stay a JSON boolean
+        return bool(value)
+    if kind in ("i", "u"):
+        return int(value)
     try:
         number = float(value)
     except (TypeError, ValueError):
         return str(value)
-    if hasattr(value, "dtype") and getattr(value.dtype, "kind", "f") in "iu":
-        return int(value)
     return number if math.isfinite(number) else None
 
 

@@ -220,8 +220,7 @@ class Coordinator:
         from coordinator.scheduler import ScheduleEntry, Scheduler
 
         entries = [ScheduleEntry(spec=e.spec, cron=e.cron, deadline=e.deadline,
-                                 quorum=min(e.quorum, max(len(self.config.allow), 1)))
-                   for e in self.config.schedule]
+                                 quorum=e.quorum) for e in self.config.schedule]
         self._scheduler = Scheduler(entries)
 
         async def start_round(entry: Any, slot: _dt.datetime) -> str:

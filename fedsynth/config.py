@@ -221,6 +221,10 @@ def load_coordinator_config(path: str | Path, *, insecure: bool = False) -> Coor
     pooling = _pooling(data.get("pooling", {}))
     schedule = tuple(_schedule(entry, i, base)
                      for i, entry in enumerate(data.get("schedule", []) or []))
+    for i, entry in enumerate(schedule):
+        if entry.quorum > len(allow):
+            raise ConfigError(f"schedule[{i}].quorum = {entry.quorum} exceeds the "
+                              f"{len(allow)} sites of sites.allow")
     quorum = data.get("default_quorum")
     if quorum is not None and (not isinstance(quorum, int) or isinstance(quorum, bool)
                                or quorum < 1):

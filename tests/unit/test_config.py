@@ -87,6 +87,7 @@ def test_site_config(tmp_path: Path) -> None:
     ('cron = "0 6 1 * *"', 'cron = "every day"', ["schedule[0].cron", "'every day'"]),
     ('deadline = "2h"', 'deadline = "soon"', ["schedule[0].deadline", "'soon'"]),
     ('quorum = 2', 'quorum = 0', ["schedule[0].quorum", "0"]),
+    ('quorum = 2', 'quorum = 3', ["schedule[0].quorum = 3", "exceeds"]),
     ('state = "state.db"', 'state = "mysql://x"', ["state", "mysql://x"]),
     ('report_dir = "reports"', 'report_dirs = "reports"', ["unknown key", "report_dirs"]),
     ('i2_threshold = 40', 'i2_threshold = 140', ["pooling.i2_threshold", "140"]),

@@ -502,6 +502,10 @@ def _analysis_summary_rows(analyses: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
 def _anchor(name: str) -> str:
     """An id-safe anchor for an analysis name (escaping is applied by the caller too)."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:80]
@@ -618,7 +622,7 @@ def render_round_html(round_doc: Mapping[str, Any]) -> str:
     status = doc.get("status") or "unknown"
     parts = [f"<h1>Federated round {_esc(round_id)} {_badge(status)}</h1>",
              f"<p class=\"sub\">Analysis spec <strong>{_esc(spec.get('name') or '(unnamed)')}"
-             f"</strong> &middot; {len(analyses)} analyses</p>",
+             f"</strong> &middot; {_plural(len(analyses), 'analysis', 'analyses')}</p>",
              "<div class=\"meta\">"]
     for label, key in (("Opened", "opened_at"), ("Deadline", "deadline"),
                        ("Closed", "closed_at"), ("Quorum", "quorum")):
@@ -990,9 +994,13 @@ def _trend_figure(trend: AnalysisTrend, i2_threshold: float | None):
         ax_i2.axhline(i2_threshold, color="#b22222", lw=0.8, ls=":")
     ax_i2.set_ylim(-2, 102)
     ax_i2.set_ylabel("I\u00b2 (%)")
-    ax_i2.set_xticks(x)
-    ax_i2.set_xticklabels([_mpl_text(r) for r in trend.rounds], rotation=30, ha="right",
-                          fontsize=8)
+    # At most ~12 labelled rounds (always the latest), so two years of monthly rounds stay
+    # readable; the tables below list every round.
+    step = max(1, math.ceil(n / 12))
+    ticks = sorted({i for i in range(n - 1, -1, -step)})
+    ax_i2.set_xticks(ticks)
+    ax_i2.set_xticklabels([_mpl_text(trend.rounds[i]) for i in ticks], rotation=30,
+                          ha="right", fontsize=8)
     ax_i2.set_xlabel("round")
     for ax in axes:
         for side in ("top", "right"):
@@ -1008,7 +1016,8 @@ def render_trend_html(trends: Sequence[AnalysisTrend], *, i2_threshold: float | 
     """Render trend series (from :func:`trend_summary`) as a self-contained HTML page."""
     rounds = sorted({r for t in trends for r in t.rounds})
     parts = [f"<h1>{_esc(title)}</h1>",
-             f"<p class=\"sub\">{len(trends)} analyses across {len(rounds)} rounds</p>"]
+             f"<p class=\"sub\">{_plural(len(trends), 'analysis', 'analyses')} across "
+             f"{_plural(len(rounds), 'round', 'rounds')}</p>"]
     alerts = []
     for t in trends:
         for s in t.sites:

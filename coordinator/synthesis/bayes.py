@@ -275,10 +275,14 @@ class BayesResult:
         return CredibleInterval(self.pred_lb, self.pred_ub, self.level)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict with the reference's field names (``mu_ci``, ``tau_ci``, ...)."""
+        """JSON-ready dict with the reference's field names (``mu_ci``, ``tau_ci``, ...).
+
+        A moment that does not exist (``inf``/``nan`` attribute, see ``notes``) is ``None``,
+        so the dict serialises as strict JSON.
+        """
         def num(x: float) -> float | None:
             x = float(x)
-            return x if math.isfinite(x) else (None if math.isnan(x) else x)
+            return x if math.isfinite(x) else None
         return {
             "k": self.k, "prior": self.prior, "tau_scale": self.tau_scale, "level": self.level,
             "mu_mean": num(self.mu_mean), "mu_sd": num(self.mu_sd),

@@ -8,6 +8,7 @@ module, compared on fixed edge cases and on hypothesis-generated data.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -144,7 +145,9 @@ def test_heavy_tailed_prior_with_one_or_two_sites_reports_missing_moments():
     one = bayes_pool([0.4], [0.09], prior="half_cauchy", scale=0.5)
     assert math.isinf(one.tau_mean) and math.isinf(one.mu_sd) and math.isnan(one.mu_mean)
     assert one.notes and "no mean" in one.notes[0]
-    assert one.to_dict()["mu_mean"] is None
+    d = one.to_dict()
+    assert d["mu_mean"] is None and d["mu_sd"] is None and d["tau_mean"] is None
+    json.dumps(d, allow_nan=False)                 # strict JSON
     ref = quad_reference([0.4], [0.09], "half_cauchy", 0.5, moments=False)
     assert_close_to_quad(one, ref, tol=1e-6)
     two = bayes_pool([0.4, -0.1], [0.09, 0.04], prior="half_cauchy", scale=0.5)

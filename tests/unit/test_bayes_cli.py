@@ -85,3 +85,15 @@ def test_bad_options_exit_2_and_print_nothing(bcg_csv, tmp_path, capsys, argv, m
     assert captured.out == ""
     assert message in captured.err
     assert list(tmp_path.glob("*.jpg")) == []
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_heavy_tailed_prior_with_few_sites_prints_strict_json(tmp_path, capsys, k):
+    path = tmp_path / "few.csv"
+    path.write_text("study,yi,vi\n" + "".join(f"s{i},{0.1 * i},0.02\n" for i in range(k)))
+    assert main(["meta", str(path), "--bayes", "half_cauchy:0.5", "--format", "json"]) == 0
+    bayes = json.loads(capsys.readouterr().out)["bayes"]
+    assert bayes["mu_sd"] is None and bayes["notes"]
+    assert bayes["mu_ci"][0] < bayes["mu_median"] < bayes["mu_ci"][1]
+    assert main(["meta", str(path), "--bayes", "half_cauchy:0.5"]) == 0
+    assert "sd infinite" in capsys.readouterr().out

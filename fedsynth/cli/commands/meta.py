@@ -259,12 +259,18 @@ def _bayes_section(args: argparse.Namespace, data: MetaInput, index: int) -> lis
         return []
     r = batch[index]
     lev = f"{r.level:g}%"
+
+    def num(x: float) -> str:        # moments a heavy-tailed prior leaves undefined
+        import math
+
+        return f"{x:.4f}" if math.isfinite(x) else ("undefined" if math.isnan(x) else "infinite")
+
     lines = [f"Bayesian random-effects model (flat prior on mu, {r.prior} prior on tau with "
              f"scale {r.tau_scale:g}):",
              f"  mu   median {r.mu_median:.4f}, {lev} CrI [{r.mu_ci_lb:.4f}, {r.mu_ci_ub:.4f}], "
-             f"mean {r.mu_mean:.4f}, sd {r.mu_sd:.4f}, P(mu > 0) = {r.prob_mu_positive:.4f}",
+             f"mean {num(r.mu_mean)}, sd {num(r.mu_sd)}, P(mu > 0) = {r.prob_mu_positive:.4f}",
              f"  tau  median {r.tau_median:.4f}, {lev} CrI [{r.tau_ci_lb:.4f}, "
-             f"{r.tau_ci_ub:.4f}], mean {r.tau_mean:.4f}",
+             f"{r.tau_ci_ub:.4f}], mean {num(r.tau_mean)}",
              f"  new site ({lev} predictive interval): [{r.pred_lb:.4f}, {r.pred_ub:.4f}]"]
     lines += [f"  note: {note}" for note in r.notes]
     return ["\n".join(lines)]

@@ -130,6 +130,10 @@ def _interval(lower: Any, upper: Any, digits: int = 3) -> str:
     lo, hi = _finite(lower), _finite(upper)
     if lo is None or hi is None:
         return "\u2013"
+    if max(abs(lo), abs(hi)) >= 10 ** (-digits) and max(abs(lo), abs(hi)) < 1e6:
+        # one scale for both bounds: "0.000 to 0.015", not "5.00e-05 to 0.015"
+        return f"{lo:.{digits}f} to {hi:.{digits}f}".replace("-0." + "0" * digits + " ",
+                                                             "0." + "0" * digits + " ")
     return f"{_fmt(lo, digits)} to {_fmt(hi, digits)}"
 
 
@@ -439,6 +443,7 @@ td.num, th.num { text-align: right; white-space: nowrap; }
 .note { color: var(--muted); font-size: 12.5px; }
 .alert { border-left: 4px solid var(--warn); background: #fff4f4; padding: 8px 12px; margin: 10px 0; }
 .scroll { overflow-x: auto; }
+.nowrap { white-space: nowrap; }
 figure { margin: 8px 0 4px; background: #fff; border: 1px solid var(--line); border-radius: 6px;
          padding: 8px; }
 figure svg { max-width: 100%; height: auto; }
@@ -537,7 +542,7 @@ def _heterogeneity_table(analyses: Sequence[Mapping[str, Any]]) -> str:
             f"{_interval(i2_lo, i2_hi, 1)}</span></td>"
             f"<td class=\"num\">{_fmt(a.get('H2'), 2)}</td>"
             f"<td>{flag}</td>"
-            f"<td>{_esc(', '.join(map(str, sites))) or none_html}</td>"
+            f"<td class=\"nowrap\">{'<br>'.join(_esc(x) for x in sites) or none_html}</td>"
             f"<td>{reason_html}</td></tr>")
     return ("<table><thead><tr><th>Analysis</th><th class=\"num\">Q</th>"
             "<th class=\"num\">p(Q)</th><th class=\"num\">\u03c4\u00b2 (95% CI)</th>"
@@ -630,6 +635,13 @@ def render_round_html(round_doc: Mapping[str, Any]) -> str:
     flagged = [a for a in analyses if (a.get("heterogeneity") or {}).get("flagged")]
     parts.append(f"<div><span>Heterogeneity flags</span>{len(flagged)} of {len(analyses)}</div>")
     parts.append("</div>")
+    if flagged:
+        links = ", ".join(f"<a href=\"#a-{_esc(_anchor(a['analysis']))}\">{_esc(a['analysis'])}"
+                          f"</a> ({_esc((a.get('heterogeneity') or {}).get('level') or 'flagged')})"
+                          for a in flagged)
+        parts.append(f"<div class=\"alert\"><strong>Heterogeneity flagged</strong> in "
+                     f"{_plural(len(flagged), 'analysis', 'analyses')}: {links}. One pooled "
+                     "number may mislead there; see the reasons below.</div>")
     if doc.get("failure_reason"):
         parts.append(f"<div class=\"alert\"><strong>Round failed.</strong> "
                      f"{_esc(doc['failure_reason'])}</div>")

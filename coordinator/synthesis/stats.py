@@ -707,8 +707,16 @@ def _score(y, vw, tau2, method, *, slope: bool):
     return num, info - 2 * upu
 
 
-def _newton_score(b: BatchInput, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised safeguarded Newton on the ML / REML score, bracketed in ``[0, hi]``."""
+def _newton_score(b: BatchInput, method: str, *,
+                  probe: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised safeguarded Newton on the ML / REML score, bracketed in ``[0, hi]``.
+
+    Rows whose score at 0 is positive have a maximum in ``(0, hi)``. A non-positive score
+    at 0 usually means tau² = 0, but the likelihood can still have an interior maximum
+    beyond a local minimum; like rma.uni, such rows (when ``probe`` and their HE estimate
+    is positive) are searched by Fisher scoring from the HE estimate, and the caller's
+    ``ll0`` check keeps whichever of that point and 0 has the larger likelihood.
+    """
     m = b.yi.shape[0]
     tau2 = np.zeros(m)
     ok = np.ones(m, dtype=bool)
@@ -718,6 +726,15 @@ def _newton_score(b: BatchInput, method: str) -> tuple[np.ndarray, np.ndarray]:
     yy, vw = b.yi[rows], b.vw[rows]
     with np.errstate(divide="ignore", invalid="ignore"):
         s0, _ = _score(yy, vw, np.zeros(rows.size), method, slope=False)
+    if probe:
+        he0, *_ = _he(BatchInput(yy, b.vi[rows], b.mask[rows], b.k[rows]))
+        look = np.flatnonzero(~(s0 > 0) & (he0 > 0))
+        if look.size:
+            sel = rows[look]
+            sub = BatchInput(b.yi[sel], b.vi[sel], b.mask[sel], b.k[sel])
+            sub.__dict__["vw"] = b.vw[sel]
+            t, conv, _ = _fisher_scoring(sub, method, _THRESHOLD, 200)
+            tau2[sel], ok[sel] = t, conv
     pos = np.flatnonzero(s0 > 0)  # otherwise the likelihood decreases from tau2 = 0
     if pos.size == 0:
         return tau2, ok
@@ -802,7 +819,7 @@ def _fisher_scoring(b: BatchInput, method: str, threshold: float, max_iter: int)
         if method == "EB":
             root, ok = _paule_mandel(sub)
         else:
-            root, ok = _newton_score(sub, method)
+            root, ok = _newton_score(sub, method, probe=False)
         tau2[active] = root
         converged[active] = ok
     return tau2, converged, iters

@@ -414,3 +414,21 @@ def test_exclusive_sum_is_exact_with_dominant_terms():
     assert out[0, 0] == 6.0  # x.sum() - x[0] would give 8.0 (rounding at 1e16)
     assert (x.sum() - x)[0, 0] != 6.0
     assert np.allclose(out[0, 1:], 1e16, rtol=1e-15)
+
+
+def test_ml_interior_maximum_beyond_a_local_minimum():
+    """Score negative at 0, yet the likelihood has a higher interior maximum (found by
+    rma.uni's Fisher scoring from the HE start): the Newton solver must not stop at 0."""
+    y = np.array([0.020647, 1.4869, 0.064707, -0.50741, -0.236199, -0.225964, 0.45957,
+                  -0.220887, 0.308894])
+    v = np.array([0.312708, 0.166841, 0.00998, 0.239567, 0.058247, 0.31217, 0.282394,
+                  0.181576, 0.287386])
+    b = st.as_batch(y, v)
+    grid = np.linspace(0, 2, 4001)
+    ll = st.log_likelihood(st.as_batch(np.tile(y, (grid.size, 1)), np.tile(v, (grid.size, 1))),
+                           grid, reml=False)
+    res = meta_analysis(y, v, method="ML")
+    assert res.tau2 == pytest.approx(grid[np.argmax(ll)], abs=1e-3) and res.tau2 > 0.12
+    assert res.logLik > st.log_likelihood(b, np.zeros(1), reml=False)[0]
+    fisher = st.tau2_estimate(y, v, method="ML", solver="fisher").tau2[0]
+    assert res.tau2 == pytest.approx(fisher, rel=1e-8)

@@ -90,7 +90,9 @@ def test_location_and_scale_equivariance(data, shift, scale, sign):
         assert _approx(scaled.estimate, a * base.estimate, 1e-6, 1e-9 * scale)
         assert _approx(scaled.se, scale * base.se, 1e-6)
         assert _approx(scaled.tau2, a * a * base.tau2, 1e-6, 1e-9 * scale**2), method
-        assert _approx(scaled.I2, base.I2, 1e-6, 1e-7)
+        # I2 = 100 tau2 / (vt + tau2): its tolerance follows from tau2's (abs 1e-9 on the
+        # base scale, vi >= 1e-3), e.g. when tau2 is a numerically tiny positive maximum
+        assert _approx(scaled.I2, base.I2, 1e-6, 1e-4)
 
 
 @settings(max_examples=15, deadline=None, derandomize=True)

@@ -431,16 +431,18 @@ class Scheduler:
         now = _aware(self.clock(), "clock()")
         runs: list[ScheduledRun] = []
         for entry in self.entries:
-            last = state.last_run(entry.key)
+            # Store calls run in a thread: the scheduler shares the event loop with the
+            # gRPC server, and a busy database (SQLite busy_timeout) must not stall it.
+            last = await asyncio.to_thread(state.last_run, entry.key)
             if last is None:
-                state.anchor(entry.key, now)
+                await asyncio.to_thread(state.anchor, entry.key, now)
                 log.info("schedule %s: first seen, next round at %s", entry.key,
                          next_slot(entry.cron, now).isoformat())
                 continue
             slot = due_runs(entry, last, now)
             if slot is None:
                 continue
-            if not state.claim(entry.key, last, slot):
+            if not await asyncio.to_thread(state.claim, entry.key, last, slot):
                 continue        # another coordinator process took this slot
             round_id: str | None = None
             error: str | None = None
@@ -450,14 +452,15 @@ class Scheduler:
                 log.info("schedule %s: slot %s opened round %s", entry.key, slot.isoformat(),
                          round_id)
             except asyncio.CancelledError:
-                state.record(entry.key, slot, round_id=None,
+                state.record(entry.key, slot, round_id=None,     # no await: cancelled
                              error="cancelled while opening the round")
                 raise
             except Exception as exc:    # the loop must survive one bad entry
                 error = f"{type(exc).__name__}: {exc}"
                 log.error("schedule %s: slot %s could not open a round: %s", entry.key,
                           slot.isoformat(), error)
-            state.record(entry.key, slot, round_id=round_id, error=error)
+            await asyncio.to_thread(state.record, entry.key, slot, round_id=round_id,
+                                    error=error)
             runs.append(ScheduledRun(entry, slot, round_id, error))
         return runs
 
@@ -482,7 +485,8 @@ class Scheduler:
             if self._stopped.is_set():
                 break
             # Wake a hair after the next slot so that it is "at or before now".
-            await self.sleep(min(self.max_sleep, self.seconds_to_next(state) + 0.01))
+            wait = await asyncio.to_thread(self.seconds_to_next, state)
+            await self.sleep(min(self.max_sleep, wait + 0.01))
 
 
 def _as_state(store: Any) -> ScheduleState:

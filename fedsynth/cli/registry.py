@@ -46,5 +46,5 @@ GROUP_HELP: dict[tuple[str, ...], str] = {
     ("ca",): "project certificate authority: init, issue, revoke",
     ("coordinator",): "coordinator commands: serve",
     ("round",): "federated rounds: start, show, wait, list",
-    ("audit",): "hash-chained audit logs: verify",
+    ("audit",): "hash-chained audit logs: verify, show",
 }

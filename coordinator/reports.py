@@ -328,8 +328,8 @@ def _forest_svg_job(job: tuple[dict, str]) -> str | None:
 def _forest_svgs(analyses: Sequence[Mapping[str, Any]]) -> list[str | None]:
     """Forest plot SVG of every analysis, in parallel worker processes for big rounds.
 
-    Workers are fresh interpreters (``python -m coordinator.reports --forest-worker``, jobs
-    as JSON on stdin), not forks: the coordinator runs gRPC threads, and forking a threaded
+    Workers are fresh interpreters (``python -m coordinator.reports --forest-worker FILE``,
+    jobs as a JSON file), not forks: the coordinator runs gRPC threads, and forking a threaded
     process can deadlock the child; nor ``multiprocessing`` spawn, which re-imports the
     caller's ``__main__``. If the workers fail, the plots are drawn here instead.
     """
@@ -347,22 +347,23 @@ def _forest_svgs(analyses: Sequence[Mapping[str, Any]]) -> list[str | None]:
         + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
     procs = []
     try:
-        for chunk in chunks:
-            proc = subprocess.Popen([sys.executable, "-m", "coordinator.reports",
-                                     "--forest-worker"], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-            procs.append((proc, chunk))
-        # Feed and read each worker in turn; the others draw meanwhile.
-        results: dict[str, str | None] = {}
-        outputs = []
-        for proc, chunk in procs:
-            out, err = proc.communicate(json.dumps(chunk).encode("utf-8"))
-            if proc.returncode != 0:
-                raise RuntimeError(err.decode("utf-8", "replace")[-2000:])
-            outputs.append((chunk, json.loads(out)))
-        for chunk, svgs in outputs:
-            for (_, prefix), svg in zip(chunk, svgs):
-                results[prefix] = svg
+        with tempfile.TemporaryDirectory(prefix="fedsynth-forest-") as tmp:
+            # Every worker gets its whole input as a file before any output is read, so
+            # they all draw at the same time.
+            for index, chunk in enumerate(chunks):
+                job_file = Path(tmp) / f"jobs-{index}.json"
+                job_file.write_text(json.dumps(chunk), encoding="utf-8")
+                procs.append((subprocess.Popen(
+                    [sys.executable, "-m", "coordinator.reports", "--forest-worker",
+                     str(job_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    env=env), chunk))
+            results: dict[str, str | None] = {}
+            for proc, chunk in procs:
+                out, err = proc.communicate()
+                if proc.returncode != 0:
+                    raise RuntimeError(err.decode("utf-8", "replace")[-2000:])
+                for (_, prefix), svg in zip(chunk, json.loads(out)):
+                    results[prefix] = svg
         return [results[prefix] for _, prefix in jobs]
     except Exception as error:     # noqa: BLE001 - degrade to drawing in-process
         import logging
@@ -377,11 +378,11 @@ def _forest_svgs(analyses: Sequence[Mapping[str, Any]]) -> list[str | None]:
         return [_forest_svg_job(job) for job in jobs]
 
 
-def _worker_main() -> int:
-    """``python -m coordinator.reports --forest-worker``: JSON jobs in, JSON SVGs out."""
+def _worker_main(job_file: str) -> int:
+    """``python -m coordinator.reports --forest-worker FILE``: JSON jobs in, JSON SVGs out."""
     import sys
 
-    jobs = json.loads(sys.stdin.buffer.read())
+    jobs = json.loads(Path(job_file).read_text(encoding="utf-8"))
     json.dump([_forest_svg_job((analysis, prefix)) for analysis, prefix in jobs], sys.stdout)
     return 0
 
@@ -1132,6 +1133,6 @@ def write_trend_report(round_docs: Sequence[dict], report_dir: Path, *,
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:] == ["--forest-worker"]:
-        sys.exit(_worker_main())
-    sys.exit("usage: python -m coordinator.reports --forest-worker  (internal)")
+    if len(sys.argv) == 3 and sys.argv[1] == "--forest-worker":
+        sys.exit(_worker_main(sys.argv[2]))
+    sys.exit("usage: python -m coordinator.reports --forest-worker JOBS.json  (internal)")

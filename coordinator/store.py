@@ -82,6 +82,13 @@ def parse_iso(text: str | None) -> _dt.datetime | None:
 
 metadata = sa.MetaData()
 
+#: One row; updating it serialises concurrent migrators (see :meth:`Store.migrate`).
+schema_lock = sa.Table(
+    "schema_lock", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("n", sa.Integer, nullable=False),
+)
+
 schema_version = sa.Table(
     "schema_version", metadata,
     sa.Column("version", sa.Integer, nullable=False),
@@ -265,37 +272,37 @@ class Store:
     def migrate(self) -> int:
         """Bring the schema to :data:`SCHEMA_VERSION`; return the version.
 
-        Processes starting together on an empty store (the coordinator and a ``round``
-        CLI) race to create the tables: the loser's transaction fails ("already exists",
-        a unique violation or "database is locked") and is rolled back, so it retries and
-        finds the schema migrated (tests/integration/test_postgres_migrations.py).
+        Safe when several processes start together (the coordinator and a ``round`` CLI, or
+        two coordinator replicas): every migrator first updates the single row of
+        ``schema_lock``, which serialises them (a row lock on PostgreSQL, the write lock on
+        SQLite), and only then reads the version, so each migration runs exactly once.
         """
         import time
 
-        for attempt in range(8):
+        for attempt in range(10):
             try:
-                return self._migrate_once()
-            except (sa.exc.OperationalError, sa.exc.IntegrityError,
-                    sa.exc.ProgrammingError):
-                if attempt == 7:
-                    raise
+                with self.engine.begin() as conn:
+                    schema_lock.create(conn, checkfirst=True)
+                    schema_version.create(conn, checkfirst=True)
+                with self.engine.begin() as conn:
+                    if conn.execute(sa.select(sa.func.count()).select_from(schema_lock)
+                                    ).scalar() == 0:
+                        conn.execute(schema_lock.insert().values(id=1, n=0))
+                break
+            except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
+                # Another process created the table or the row between our check and our
+                # statement: look again.
                 time.sleep(0.05 * (attempt + 1))
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _migrate_once(self) -> int:
         with self.engine.begin() as conn:
-            schema_version.create(conn, checkfirst=True)
-        current = self.schema_version()
-        if current > SCHEMA_VERSION:
-            raise StoreError(f"state store {self._safe_url()} has schema version {current}, "
-                             f"newer than this fedsynth's {SCHEMA_VERSION}: upgrade fedsynth")
-        for version in range(current, SCHEMA_VERSION):
-            with self.engine.begin() as conn:
-                # Re-check inside the transaction: two processes may start together.
-                now_version = conn.execute(
-                    sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
-                if now_version > version:
-                    continue
+            conn.execute(schema_lock.update().where(schema_lock.c.id == 1).values(
+                n=schema_lock.c.n + 1))
+            current = int(conn.execute(
+                sa.select(sa.func.max(schema_version.c.version))).scalar() or 0)
+            if current > SCHEMA_VERSION:
+                raise StoreError(f"state store {self._safe_url()} has schema version "
+                                 f"{current}, newer than this fedsynth's {SCHEMA_VERSION}: "
+                                 "upgrade fedsynth")
+            for version in range(current, SCHEMA_VERSION):
                 MIGRATIONS[version](conn)
                 conn.execute(schema_version.insert().values(version=version + 1,
                                                             migrated_at=iso(utcnow())))

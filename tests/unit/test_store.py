@@ -171,3 +171,29 @@ def test_registry(store: Store) -> None:
     assert site.agent_version == "0.2" and site.registered_at < site.last_heartbeat
     assert site.status(NOW + dt.timedelta(seconds=30), dt.timedelta(seconds=60)) == "online"
     assert site.status(NOW + dt.timedelta(hours=1), dt.timedelta(seconds=60)) == "offline"
+
+
+def test_concurrent_first_starts_migrate_once(tmp_path: Path) -> None:
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def start() -> None:
+        try:
+            barrier.wait(timeout=30)
+            Store(url).close()
+        except BaseException as error:  # noqa: BLE001 - asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version FROM schema_version").fetchall() == [(1,)]
+    engine.dispose()

@@ -6,9 +6,12 @@ namespaces (nothing is added to the host's own network). The coordinator's certi
 issued for its real address (an IP SAN), the sites dial that address over mutual TLS.
 
 Shown: one round completes; the standard gRPC health service and the Prometheus endpoint
-answer across the network; a site whose link is cut mid-round (its bridge port taken
-down while the round is open) misses nothing once the link is back: it reconnects and
-submits, and the round pools with both sites.
+answer across the network; a site whose link is cut mid-round misses nothing once the
+link is back: it reconnects and submits, and the round pools with both sites. To cut the
+link at a known point of the round, mtf-bravo's policy requires an operator's approval
+of new specs: the test waits until bravo has received round 2 over its live connection
+(the spec is pending), takes bravo's bridge port down, approves the spec (bravo now wants
+to submit but cannot reach the coordinator), and brings the port back.
 
 Needs root and a kernel that allows network namespaces; skips with the reason otherwise.
 Everything is bounded in time and the namespaces are deleted even when the test fails.
@@ -33,6 +36,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420
 
 REPO = Path(__file__).resolve().parents[2]
 SITES = REPO / "tests" / "data" / "sites_public"
+SPEC2_EXTRA = """
+[[analysis]]
+name = "brier"
+estimator = "brier"
+outcome = "outcome"
+score = "risk_score"
+"""
 SPEC = """
 [[analysis]]
 name = "crude_OR"
@@ -195,6 +205,9 @@ def test_round_across_namespaces_survives_a_cut_link(network: Network, tmp_path:
     for name in ("mtf-alpha", "mtf-bravo", "probe"):
         issue_site(pki, name)
     (tmp_path / "spec.toml").write_text(SPEC)
+    (tmp_path / "spec2.toml").write_text(SPEC + SPEC2_EXTRA)   # new spec: new approval
+    (tmp_path / "bravo-policy.toml").write_text("require_approval = true\n"
+                                                'approvals = "bravo-approvals"\n')
     coord_ip = network.addr["coord"]
     (tmp_path / "coordinator.toml").write_text(
         f'listen = "{coord_ip}:0"\nstate = "state.db"\nreport_dir = "reports"\n'
@@ -215,6 +228,7 @@ def test_round_across_namespaces_survives_a_cut_link(network: Network, tmp_path:
                 f'name = "{name}"\ncoordinator = "{address}"\n'
                 f'state_file = "{name}.state.json"\npoll_interval = "0.5s"\n'
                 f'heartbeat_interval = "1s"\nmax_backoff = "2s"\n'
+                + ('policy = "bravo-policy.toml"\n' if role == "bravo" else "") +
                 f'[tls]\nca = "pki/ca.crt"\ncert = "pki/{name}.crt"\nkey = "pki/{name}.key"\n'
                 f'[data]\npath = "{SITES / (name + ".csv")}"\n')
             parties.spawn(name, role, "site", "run", "--config", f"{name}.toml")
@@ -228,14 +242,26 @@ def test_round_across_namespaces_survives_a_cut_link(network: Network, tmp_path:
         def submitted(round_id: str) -> set[str]:
             return {s["site"] for s in show(round_id)["sites"] if s["status"] == "submitted"}
 
-        def start_round(deadline: str) -> str:
+        def start_round(deadline: str, spec: str = "spec.toml") -> str:
             out = parties.cli("round", "start", "--config", "coordinator.toml", "--spec",
-                              "spec.toml", "--deadline", deadline, "--quorum", "2")
+                              spec, "--deadline", deadline, "--quorum", "2")
             assert out.returncode == 0, out.stderr + parties.logs()
             return out.stdout.strip().splitlines()[-1]
 
+        def pending_at_bravo() -> set[str]:
+            out = parties.cli("site", "pending", "--config", "mtf-bravo.toml",
+                              "--format", "json")
+            assert out.returncode == 0, out.stderr
+            return {p["round"] for p in json.loads(out.stdout)}
+
+        def approve_at_bravo(round_id: str) -> None:
+            out = parties.cli("site", "approve", round_id, "--config", "mtf-bravo.toml")
+            assert out.returncode == 0, out.stderr
+
         # --- one round across hosts -----------------------------------------------------
         first = start_round("90s")
+        wait_for(lambda: first in pending_at_bravo(), 90, "round 1 at mtf-bravo", parties)
+        approve_at_bravo(first)
         wait_for(lambda: show(first)["status"] != "open", 120, "round 1 to close", parties)
         doc = show(first)
         assert doc["status"] == "pooled", doc
@@ -261,11 +287,14 @@ def test_round_across_namespaces_survives_a_cut_link(network: Network, tmp_path:
         assert 'fedsynth_submissions_total{site="mtf-bravo"} 1.0' in fetch.stdout
 
         # --- a site cut off mid-round recovers by reconnecting ---------------------------
-        network.cut("bravo")
-        second = start_round("120s")
+        second = start_round("150s", "spec2.toml")
         wait_for(lambda: "mtf-alpha" in submitted(second), 90,
                  "mtf-alpha to submit round 2", parties)
-        time.sleep(3)       # bravo keeps trying against a dead link meanwhile
+        wait_for(lambda: second in pending_at_bravo(), 90,
+                 "mtf-bravo to receive round 2 over its live connection", parties)
+        network.cut("bravo")                       # mid-round, bravo connected
+        approve_at_bravo(second)                   # bravo now wants to submit ...
+        time.sleep(4)                              # ... against a dead link
         assert "mtf-bravo" not in submitted(second)
         assert show(second)["status"] == "open"
         network.restore("bravo")
@@ -274,6 +303,8 @@ def test_round_across_namespaces_survives_a_cut_link(network: Network, tmp_path:
         doc = show(second)
         assert doc["status"] == "pooled", doc
         assert submitted(second) == {"mtf-alpha", "mtf-bravo"}
+        assert {a["analysis"]: a["k"] for a in doc["analyses"]} == \
+            {"crude_OR": 2, "auc": 2, "brier": 2}
         assert parties.procs["mtf-bravo"].poll() is None, "the site agent kept running"
     finally:
         parties.stop()

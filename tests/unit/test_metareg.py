@@ -128,9 +128,7 @@ def test_batch_rejects_empty_rows():
         fit_batch([0.1, 0.2], [0.1, 0.1], [[True, False], [False, False]])
 
 
-# derandomized: the pooling engine's default ML solver has a known miss (see the xfail
-# test below) that a random draw hits about once in 2,000 examples
-@settings(max_examples=15, deadline=None, derandomize=True)
+@settings(max_examples=15, deadline=None)
 @given(st.integers(min_value=2, max_value=12), st.integers(min_value=0, max_value=10_000),
        st.sampled_from(["REML", "ML", "DL", "FE", "PM", "EB", "HE", "HS", "SJ"]))
 def test_batch_equals_the_pooling_engine(k, seed, method):
@@ -180,10 +178,8 @@ def test_ml_interior_maximum_when_the_score_at_zero_is_negative():
     assert fit_batch(y, v, [[True] * 9], method="ML").tau2[0] == pytest.approx(t2, rel=1e-9)
 
 
-@pytest.mark.xfail(reason="pooling engine (coordinator/synthesis/stats.py, solver='newton') "
-                          "returns tau2 = 0 here; solver='fisher' gives the maximum 0.1233. "
-                          "Reported to the pooling owner.", strict=False)
 def test_pooling_engine_ml_interior_maximum():
+    # found by test_batch_equals_the_pooling_engine; fixed in the pooling engine (4d801a1)
     from coordinator.synthesis import meta_analysis
 
     assert meta_analysis(ML_CASE_Y, ML_CASE_V, method="ML").tau2 == pytest.approx(

@@ -236,10 +236,12 @@ def _ratio_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
     if len(inside) > 7:
         inside = [c for c in inside if math.isclose(math.log10(c) % 1, 0, abs_tol=1e-9)
                   or math.isclose(math.log10(c) % 1, 1, abs_tol=1e-9) or c == 1]
-    if len(inside) < 2:
-        inside = sorted({round(rlo, 2) or rlo, 1.0 if rlo <= 1 <= rhi else rlo, rhi})
-        inside = [c for c in inside if rlo <= c <= rhi] or [rlo, rhi]
-    labels = [f"{c:g}" for c in inside]
+    if len(inside) < 3:            # a narrow range (e.g. OR 0.9 to 1.1): linear-nice ratios
+        from matplotlib.ticker import MaxNLocator
+
+        nice = MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]).tick_values(rlo, rhi)
+        inside = [float(c) for c in nice if c > 0 and rlo <= c <= rhi] or [rlo, rhi]
+    labels = [f"{c:.4g}" for c in inside]
     return [math.log(c) for c in inside], labels
 
 

@@ -310,3 +310,16 @@ def test_forest_readable_on_random_inputs(data):
     assert layout_problems(fig) == []
     assert len(site_labels(fig)) == k
     assert layout_problems(funnel_plot(res, measure=measure)) == []
+
+
+def test_ratio_axis_on_a_narrow_range_still_has_labelled_ticks():
+    res = meta_analysis([0.01, -0.02, 0.03, 0.0], [1e-4, 2e-4, 1.5e-4, 1e-4])
+    fig = forest_plot(res, measure="RR")
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    shown = [(loc, lab.get_text()) for loc, lab in zip(ax.get_xticks(), ax.get_xticklabels())
+             if lo <= loc <= hi]
+    assert len(shown) >= 2
+    for loc, text in shown:
+        assert math.exp(loc) == pytest.approx(float(text), rel=1e-9)
+    assert layout_problems(fig) == []

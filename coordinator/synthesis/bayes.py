@@ -433,7 +433,7 @@ def _panels(y, v, mask, logprior, scale, moment):
     # scans the wide range coarsely, pass 2 re-scans the region found to tighten it, and the
     # final fine scan of the tightened region gives the approximate CDF.
     rows = np.arange(m)
-    for n_points in (_N_COARSE, _N_FINE):
+    for _scan in ("coarse", "tighten"):
         g, _, _ = _conditional(x, y, v, mask, logprior)
         crit = g + moment[:, None] * x
         keep = (g >= g.max(axis=1, keepdims=True) - _DROP) | (

@@ -733,7 +733,7 @@ def _newton_score(b: BatchInput, method: str, *,
             sel = rows[look]
             sub = BatchInput(b.yi[sel], b.vi[sel], b.mask[sel], b.k[sel])
             sub.__dict__["vw"] = b.vw[sel]
-            t, conv, _ = _fisher_scoring(sub, method, _THRESHOLD, 200)
+            t, conv, _ = _fisher_scoring(sub, method, _THRESHOLD, 200, probe=False)
             tau2[sel], ok[sel] = t, conv
     pos = np.flatnonzero(s0 > 0)  # otherwise the likelihood decreases from tau2 = 0
     if pos.size == 0:
@@ -777,7 +777,8 @@ def _score_bracket(b: BatchInput, method: str):
     return hi, s_hi, s_hi < 0
 
 
-def _fisher_scoring(b: BatchInput, method: str, threshold: float, max_iter: int):
+def _fisher_scoring(b: BatchInput, method: str, threshold: float, max_iter: int, *,
+                    probe: bool = True):
     """rma.uni's Fisher scoring, vectorised with a per-row convergence mask.
 
     Starts from the truncated HE estimate; a step that would make tau² negative is
@@ -819,7 +820,8 @@ def _fisher_scoring(b: BatchInput, method: str, threshold: float, max_iter: int)
         if method == "EB":
             root, ok = _paule_mandel(sub)
         else:
-            root, ok = _newton_score(sub, method, probe=False)
+            # the default solver, including its interior-maximum search (``probe``)
+            root, ok = _newton_score(sub, method, probe=probe)
         tau2[active] = root
         converged[active] = ok
     return tau2, converged, iters

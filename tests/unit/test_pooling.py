@@ -432,3 +432,23 @@ def test_ml_interior_maximum_beyond_a_local_minimum():
     assert res.logLik > st.log_likelihood(b, np.zeros(1), reml=False)[0]
     fisher = st.tau2_estimate(y, v, method="ML", solver="fisher").tau2[0]
     assert res.tau2 == pytest.approx(fisher, rel=1e-8)
+
+
+@pytest.mark.parametrize("solver", ["newton", "fisher"])
+def test_reml_far_interior_maximum_both_solvers(solver):
+    """Score negative at 0, a local minimum near 1e4 and the REML maximum near 2.4e5:
+    Fisher scoring from HE does not settle within its budget, the fallback must still find
+    the maximum (not stop at 0)."""
+    y = np.array([342.45948629, 138.2734216, 324.13543812, -1117.09123671, 1284.7602463,
+                  249.14756032])
+    v = np.array([3.67350159e02, 5.70800166e04, 1.14722371e06, 3.18436933e05,
+                  1.52917730e05, 1.79167121e04])
+    fit = st.tau2_estimate(y, v, method="REML", solver=solver)
+    grid = np.linspace(1e4, 1e6, 9901)
+    ll = st.log_likelihood(st.as_batch(np.tile(y, (grid.size, 1)), np.tile(v, (grid.size, 1))),
+                           grid, reml=True)
+    assert fit.converged[0]
+    assert fit.tau2[0] == pytest.approx(grid[np.argmax(ll)], rel=1e-3)
+    b = st.as_batch(y, v)
+    assert (st.log_likelihood(b, fit.tau2, reml=True)[0]
+            > st.log_likelihood(b, np.zeros(1), reml=True)[0])

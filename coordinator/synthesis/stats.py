@@ -709,13 +709,15 @@ def _score(y, vw, tau2, method, *, slope: bool):
 
 def _newton_score(b: BatchInput, method: str, *,
                   probe: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised safeguarded Newton on the ML / REML score, bracketed in ``[0, hi]``.
+    """Vectorised safeguarded Newton on the ML / REML score.
 
     Rows whose score at 0 is positive have a maximum in ``(0, hi)``. A non-positive score
     at 0 usually means tau² = 0, but the likelihood can still have an interior maximum
-    beyond a local minimum; like rma.uni, such rows (when ``probe`` and their HE estimate
-    is positive) are searched by Fisher scoring from the HE estimate, and the caller's
-    ``ll0`` check keeps whichever of that point and 0 has the larger likelihood.
+    beyond a local minimum (rma.uni's Fisher scoring from the HE estimate finds it). With
+    ``probe``, rows with a positive HE estimate are therefore probed at ``HE``,
+    ``HE/2``, ``HE/4``, ... (13 points); the first point with a positive score brackets a
+    maximum with the previous one (or with ``hi`` above HE). The caller's ``ll0`` check
+    keeps whichever of that maximum and 0 has the larger likelihood.
     """
     m = b.yi.shape[0]
     tau2 = np.zeros(m)
@@ -723,41 +725,62 @@ def _newton_score(b: BatchInput, method: str, *,
     rows = np.flatnonzero(b.k >= 2)
     if rows.size == 0:
         return tau2, ok
+    n = rows.size
     yy, vw = b.yi[rows], b.vw[rows]
     with np.errstate(divide="ignore", invalid="ignore"):
-        s0, _ = _score(yy, vw, np.zeros(rows.size), method, slope=False)
+        s0, _ = _score(yy, vw, np.zeros(n), method, slope=False)
+    he0, *_ = _he(BatchInput(yy, b.vi[rows], b.mask[rows], b.k[rows]))
+    he0 = np.where(np.isfinite(he0), he0, 0.0)
+    lo, s_lo = np.zeros(n), s0.copy()
+    hi, s_hi = np.full(n, np.nan), np.full(n, np.nan)
+    active = s0 > 0
     if probe:
-        he0, *_ = _he(BatchInput(yy, b.vi[rows], b.mask[rows], b.k[rows]))
-        look = np.flatnonzero(~(s0 > 0) & (he0 > 0))
-        if look.size:
-            sel = rows[look]
-            sub = BatchInput(b.yi[sel], b.vi[sel], b.mask[sel], b.k[sel])
-            sub.__dict__["vw"] = b.vw[sel]
-            t, conv, _ = _fisher_scoring(sub, method, _THRESHOLD, 200, probe=False)
-            tau2[sel], ok[sel] = t, conv
-    pos = np.flatnonzero(s0 > 0)  # otherwise the likelihood decreases from tau2 = 0
-    if pos.size == 0:
+        look = np.flatnonzero(~active & (he0 > 0))
+        t = he0[look].copy()
+        t_prev = np.full(look.size, np.nan)
+        s_prev = np.full(look.size, np.nan)
+        pending = np.arange(look.size)
+        for _ in range(13):
+            if pending.size == 0:
+                break
+            with np.errstate(divide="ignore", invalid="ignore"):
+                s_t, _ = _score(yy[look[pending]], vw[look[pending]], t[pending], method,
+                                slope=False)
+            found = s_t > 0
+            hit, miss = pending[found], pending[~found]
+            lo[look[hit]], s_lo[look[hit]] = t[hit], s_t[found]
+            hi[look[hit]], s_hi[look[hit]] = t_prev[hit], s_prev[hit]  # NaN at HE itself
+            active[look[hit]] = True
+            t_prev[miss], s_prev[miss] = t[miss], s_t[~found]
+            t[miss] = t[miss] / 2
+            pending = miss
+    act = np.flatnonzero(active)
+    if act.size == 0:
         return tau2, ok
-    yy, vw = yy[pos], vw[pos]
-    sub = BatchInput(yy, b.vi[rows[pos]], b.mask[rows[pos]], b.k[rows[pos]])
-    hi, s_hi, bracketed = _score_bracket(sub, method)
-    he, *_ = _he(sub)
-    x0 = np.clip(np.where(np.isfinite(he), he, 0.0), 0.0, hi)
+    bracketed = np.ones(n, dtype=bool)
+    need = act[np.isnan(hi[act])]
+    if need.size:
+        sel = rows[need]
+        sub = BatchInput(yy[need], b.vi[sel], b.mask[sel], b.k[sel])
+        sub.__dict__["vw"] = vw[need]
+        hi[need], s_hi[need], bracketed[need] = _score_bracket(sub, method)
+    x0 = np.clip(he0[act], lo[act], hi[act])
     # The score behaves like A/(v+tau2)^2 - B/(v+tau2): strongly convex, so plain Newton
     # creeps towards the root. (vt + tau2)^2 * score (vt: typical within-site variance)
     # has the same root and is linear in tau2 when the variances are equal, so Newton on
     # it converges in a few steps.
-    vt = (sub.k - 1) / trace_p(1.0 / vw)
+    ya, va = yy[act], vw[act]
+    vt = (b.k[rows[act]] - 1) / trace_p(1.0 / va)
 
     def f(x, idx):
-        s, ds = _score(yy[idx], vw[idx], x, method, slope=True)
+        s_, ds = _score(ya[idx], va[idx], x, method, slope=True)
         c = vt[idx] + x
-        return s * c * c, (ds * c + 2 * s) * c
+        return s_ * c * c, (ds * c + 2 * s_) * c
 
-    root, conv = bracketed_root(f, np.zeros(pos.size), hi, s0[pos], s_hi, x0=x0,
+    root, conv = bracketed_root(f, lo[act], hi[act], s_lo[act], s_hi[act], x0=x0,
                                 newton_rtol=1e-9)
-    tau2[rows[pos]] = root
-    ok[rows[pos]] = conv & bracketed
+    tau2[rows[act]] = root
+    ok[rows[act]] = conv & bracketed[act]
     return tau2, ok
 
 
@@ -777,8 +800,7 @@ def _score_bracket(b: BatchInput, method: str):
     return hi, s_hi, s_hi < 0
 
 
-def _fisher_scoring(b: BatchInput, method: str, threshold: float, max_iter: int, *,
-                    probe: bool = True):
+def _fisher_scoring(b: BatchInput, method: str, threshold: float, max_iter: int):
     """rma.uni's Fisher scoring, vectorised with a per-row convergence mask.
 
     Starts from the truncated HE estimate; a step that would make tau² negative is
@@ -820,8 +842,8 @@ def _fisher_scoring(b: BatchInput, method: str, threshold: float, max_iter: int,
         if method == "EB":
             root, ok = _paule_mandel(sub)
         else:
-            # the default solver, including its interior-maximum search (``probe``)
-            root, ok = _newton_score(sub, method, probe=probe)
+            # the default solver, including its interior-maximum search
+            root, ok = _newton_score(sub, method)
         tau2[active] = root
         converged[active] = ok
     return tau2, converged, iters
@@ -898,14 +920,15 @@ def log_likelihood(b: BatchInput, tau2, *, reml: bool) -> np.ndarray:
     b = as_batch(b, None)
     t = np.broadcast_to(np.asarray(tau2, dtype=float).reshape(-1), (b.yi.shape[0],))
     k = b.k.astype(float)
-    w = _weights(b.vw, t)
-    sw = _rsum(w)
-    r = b.yi - (_rdot(w, b.yi) / sw)[:, None]
-    rss = _rdot(w * r, r)
-    logv = _rsum(np.log(np.where(b.mask, b.vi + t[:, None], 1.0)))
-    ll = -0.5 * k * np.log(2 * np.pi) - 0.5 * logv - 0.5 * rss
-    if reml:
-        ll = ll + 0.5 * np.log(2 * np.pi) + 0.5 * np.log(k) - 0.5 * np.log(sw)
+    with np.errstate(divide="ignore", invalid="ignore"):  # rows without sites give NaN
+        w = _weights(b.vw, t)
+        sw = _rsum(w)
+        r = b.yi - (_rdot(w, b.yi) / sw)[:, None]
+        rss = _rdot(w * r, r)
+        logv = _rsum(np.log(np.where(b.mask, b.vi + t[:, None], 1.0)))
+        ll = -0.5 * k * np.log(2 * np.pi) - 0.5 * logv - 0.5 * rss
+        if reml:
+            ll = ll + 0.5 * np.log(2 * np.pi) + 0.5 * np.log(k) - 0.5 * np.log(sw)
     return ll
 
 

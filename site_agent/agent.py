@@ -104,6 +104,7 @@ class SiteAgent:
         self.backoff = Backoff(cap=config.max_backoff.total_seconds())
         self._stop = asyncio.Event()
         self.answered: list[str] = []
+        self.rejected: list[str] = []
         self._audit_log: Any = None
 
     # --- helpers ---------------------------------------------------------------------------
@@ -262,6 +263,7 @@ class SiteAgent:
                                                 "code": refused.code,
                                                 "reason": refused.reason})
             self.answered.append(entry.round_id)
+            self.rejected.append(entry.round_id)
             return
         self.state.put(RoundEntry(entry.round_id, "acknowledged", entry.payload,
                                   entry.signature, f"{ack.status}: {ack.message}",
@@ -321,7 +323,8 @@ class SiteAgent:
                 # Registration refused (not allowed, incompatible version): permanent.
                 log.error("the coordinator refused this site: %s", refused)
                 return 1
-        return 0
+        # With --once, a refused submission is a failure the caller should see.
+        return 1 if self.once and self.rejected else 0
 
 
 def _warm_imports() -> None:

@@ -52,13 +52,15 @@ def test_coordinator_sigkill_mid_round_loses_nothing(federation, site_data, tmp_
     round_id = federation.start_round(spec, deadline="5m")
     for name in ("mtf-alpha", "mtf-bravo"):
         federation.start_site(name, site_data / f"{name}.csv", once=True)
-    federation.wait_for(lambda: len(_submitted(federation, round_id)) == 2, 180,
-                        "two submissions before the crash")
+    # delta keeps running across the crash: it must reconnect to the restarted coordinator.
+    federation.start_site("mtf-delta", site_data / "mtf-delta.csv")
+    federation.wait_for(lambda: len(_submitted(federation, round_id)) == 3, 180,
+                        "three submissions before the crash")
     before = _submitted(federation, round_id)
 
     federation.kill(federation.coordinator_process(), 9)          # SIGKILL mid-round
     # Sites started while the coordinator is down must back off and reconnect.
-    for name in SITE_NAMES[2:]:
+    for name in ("mtf-charlie", "mtf-echo", "mtf-foxtrot"):
         federation.start_site(name, site_data / f"{name}.csv")
     time.sleep(1.0)
     federation.start_coordinator()                               # same config and store
@@ -75,6 +77,10 @@ def test_coordinator_sigkill_mid_round_loses_nothing(federation, site_data, tmp_
     assert len(closes) == 1                                       # pooled exactly once
     federation.wait_for((federation.root / "reports" / f"{round_id}.html").exists, 60,
                         "the round's report")
+    # A second round after the restart reaches the agent that was connected before it.
+    second = federation.start_round(spec, deadline="5m", quorum=1)
+    federation.wait_for(lambda: "mtf-delta" in _submitted(federation, second), 120,
+                        "mtf-delta to answer a round after the coordinator restart")
 
 
 def _online(federation, names):

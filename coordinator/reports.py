@@ -319,6 +319,13 @@ def sanitize_svg(svg_text: str, id_prefix: str) -> str:
 PARALLEL_ROWS = 1500
 
 
+#: What a forest plot reads from a round-document analysis (the per-site diagnostics, which
+#: are most of a big round's document, are left out of the workers' input).
+_FOREST_FIELDS = ("analysis", "estimator", "measure", "k", "method", "test", "level",
+                  "estimate", "se", "ci_lb", "ci_ub", "pi_lb", "pi_ub", "tau2", "I2", "Q",
+                  "Q_pval", "site_estimates")
+
+
 def _forest_svg_job(job: tuple[dict, str]) -> str | None:
     """Worker entry point (top level so that a process pool can pickle it)."""
     analysis, prefix = job
@@ -333,7 +340,8 @@ def _forest_svgs(analyses: Sequence[Mapping[str, Any]]) -> list[str | None]:
     process can deadlock the child; nor ``multiprocessing`` spawn, which re-imports the
     caller's ``__main__``. If the workers fail, the plots are drawn here instead.
     """
-    jobs = [(_strict_json(dict(a)), f"f{i}-") for i, a in enumerate(analyses)]
+    jobs = [(_strict_json({k: a[k] for k in _FOREST_FIELDS if k in a}), f"f{i}-")
+            for i, a in enumerate(analyses)]
     rows = sum(len(a.get("site_estimates") or []) for a in analyses)
     workers = min(os.cpu_count() or 1, 4, len(jobs))
     if rows < PARALLEL_ROWS or workers < 2:

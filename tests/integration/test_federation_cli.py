@@ -98,3 +98,42 @@ def test_round_cli_bad_input(tmp_path: Path, pki) -> None:
     assert started.returncode == 0 and round_id.startswith("r-")
     shown = fedsynth("round", "show", round_id, "--config", str(config), cwd=tmp_path)
     assert "status open" in shown.stdout and "mtf-bravo" in shown.stdout
+
+
+def test_insecure_mode_works_and_warns(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    (tmp_path / "coordinator.toml").write_text(
+        'listen = "127.0.0.1:0"\nstate = "state.db"\n[sites]\nallow = ["mtf-alpha"]\n')
+    (tmp_path / "site.toml").write_text(
+        'name = "mtf-alpha"\ncoordinator = "@coordinator.addr"\npoll_interval = "0.3s"\n'
+        f'[data]\npath = "{SITES_DIR / "mtf-alpha.csv"}"\n')
+    (tmp_path / "spec.toml").write_text(SPEC)
+    # Without --insecure and without [tls], both sides refuse to start.
+    refused = fedsynth("coordinator", "serve", "--config", "coordinator.toml", cwd=tmp_path)
+    assert refused.returncode == 2 and "[tls]" in refused.stderr
+    log = open(tmp_path / "coordinator.log", "wb")
+    server = subprocess.Popen([sys.executable, "-m", "fedsynth", "coordinator", "serve",
+                               "--config", "coordinator.toml", "--insecure"], cwd=tmp_path,
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        end = time.monotonic() + 60
+        while not (tmp_path / "coordinator.addr").exists():
+            assert server.poll() is None and time.monotonic() < end
+            time.sleep(0.1)
+        started = fedsynth("round", "start", "--config", "coordinator.toml", "--spec",
+                           "spec.toml", cwd=tmp_path)
+        round_id = started.stdout.strip().splitlines()[-1]
+        site = fedsynth("site", "run", "--config", "site.toml", "--insecure", "--once",
+                        cwd=tmp_path)
+        assert site.returncode == 0, site.stderr
+        assert "NO TLS" in site.stderr
+        waited = fedsynth("round", "wait", round_id, "--config", "coordinator.toml",
+                          "--timeout", "60", cwd=tmp_path)
+        assert waited.returncode == 0 and "pooled" in waited.stdout
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+    assert "NO TLS" in (tmp_path / "coordinator.log").read_text()

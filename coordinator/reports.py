@@ -58,6 +58,7 @@ __all__ = [
     "deleted_residuals",
     "render_round_html",
     "render_trend_html",
+    "sanitize_svg",
     "trend_summary",
     "write_round_report",
     "write_trend_report",

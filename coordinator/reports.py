@@ -225,12 +225,11 @@ def _back_transform_label(analysis: Mapping[str, Any]) -> str | None:
 
 _SVG_NS = "http://www.w3.org/2000/svg"
 _XLINK_NS = "http://www.w3.org/1999/xlink"
-ET.register_namespace("", _SVG_NS)
-ET.register_namespace("xlink", _XLINK_NS)
 #: Active or external-content elements never inlined. ``<use>`` stays: matplotlib draws
 #: markers with it, and its non-local references are removed below.
 _FORBIDDEN_TAGS = {"script", "foreignObject", "iframe", "object", "embed", "image", "a",
-                   "animate", "set", "animateTransform", "animateMotion"}
+                   "animate", "set", "animateTransform", "animateMotion",
+                   "metadata"}     # RDF/Dublin Core: not needed inline
 _URL_REF = re.compile(r"url\(\s*#([^)\s]+)\s*\)")
 
 
@@ -306,6 +305,19 @@ def sanitize_svg(svg_text: str, id_prefix: str) -> str:
                                         element.text)
             if "@import" in element.text or "url(" in element.text.replace("url(#", ""):
                 element.text = ""
+    # Inline SVG in HTML is parsed by the HTML parser, which does not know XML namespace
+    # prefixes (``<ns0:svg>`` would not render): write plain SVG names, and declare the
+    # namespaces on the root as HTML expects, without touching ElementTree's global
+    # prefix registry.
+    for element in root.iter():
+        element.tag = local(element.tag)
+        for name in list(element.attrib):
+            if name.startswith(f"{{{_XLINK_NS}}}"):
+                element.attrib["xlink:" + local(name)] = element.attrib.pop(name)
+            elif name.startswith("{"):
+                del element.attrib[name]
+    root.set("xmlns", _SVG_NS)
+    root.set("xmlns:xlink", _XLINK_NS)
     root.set("role", "img")
     return ET.tostring(root, encoding="unicode")
 

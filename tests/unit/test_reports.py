@@ -113,6 +113,8 @@ def test_round_report_content(round_doc):
     # one inline SVG forest plot per analysis, with the site names as searchable text
     svgs = re.findall(r"<svg\b.*?</svg>", html_text, flags=re.S)
     assert len(svgs) == len(ANALYSES)
+    # HTML parsers know no XML prefixes: <ns0:svg> would not render
+    assert not re.search(r"<\w+:\w+", html_text)
     for svg in svgs:
         assert svg.count("<path") > 10
         assert all(f">{site}<" in svg for site in SITES if site != "mtf-foxtrot")

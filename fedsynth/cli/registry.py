@@ -47,4 +47,5 @@ GROUP_HELP: dict[tuple[str, ...], str] = {
     ("coordinator",): "coordinator commands: serve",
     ("round",): "federated rounds: start, show, wait, list",
     ("audit",): "hash-chained audit logs: verify, show",
+    ("report",): "round reports: round, trend",
 }

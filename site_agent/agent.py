@@ -224,6 +224,10 @@ class SiteAgent:
                 # A problem of this site (data unreadable, bad spec): say so, retry later.
                 log.error("round %s: cannot compute the analyses: %s", work.round_id, error)
                 return
+            except Exception:  # noqa: BLE001 - a bug must not crash-loop the agent
+                log.exception("round %s: cannot compute the analyses (unexpected error; "
+                              "nothing was sent, retrying at the next poll)", work.round_id)
+                return
             if pending is not None:
                 if entry is None:
                     log.warning("round %s: the site policy requires an operator's approval "

@@ -33,7 +33,9 @@ import numpy as np
 from fedsynth.errors import InputError
 from coordinator.synthesis.pooling import ConfidenceInterval
 
-__all__ = ["HeterogeneityFlag", "SiteDriver", "assess_heterogeneity", "DEFAULT_I2_THRESHOLD"]
+__all__ = ["HeterogeneityFlag", "SiteDriver", "assess_heterogeneity", "DEFAULT_I2_THRESHOLD",
+           "BatchHeterogeneity", "BatchSiteDiagnostics", "assess_heterogeneity_batch",
+           "site_diagnostics_batch"]
 
 DEFAULT_I2_THRESHOLD = 50.0
 #: |studentized deleted residual| beyond this marks an outlying site (two-sided 5%)
@@ -155,18 +157,34 @@ def assess_heterogeneity(pooled: _Pooled, *, labels: Sequence[Any] | None = None
         A ``ConfidenceInterval`` of I² to judge the level on instead of ``pooled.I2_ci``
         (e.g. the Q-profile interval for a fixed-effect fit, which carries none).
     """
+    thr, null = _check_settings(i2_threshold, null_value)
+    i2 = float(pooled.I2) if pooled.I2 is not None else float("nan")
+    i2_lb, i2_ub = _ci_bounds(i2_ci if i2_ci is not None else getattr(pooled, "I2_ci", None))
+    pi_lb, pi_ub = _num(getattr(pooled, "pi_lb", None)), _num(getattr(pooled, "pi_ub", None))
+    drivers = _drivers(pooled, labels, influence, blup)
+    return _verdict(float(pooled.estimate), float(pooled.ci_lb), float(pooled.ci_ub), i2,
+                    i2_lb, i2_ub, pi_lb, pi_ub, drivers, thr, null, level)
+
+
+def _check_settings(i2_threshold: float, null_value: float) -> tuple[float, float]:
     thr = float(i2_threshold)
     if not np.isfinite(thr) or not (0.0 <= thr <= 100.0):
         raise InputError(f"i2_threshold: must be a percentage between 0 and 100, got {i2_threshold!r}")
     null = float(null_value)
     if not np.isfinite(null):
         raise InputError(f"null_value: must be a finite number, got {null_value!r}")
+    return thr, null
 
-    i2 = float(pooled.I2) if pooled.I2 is not None else float("nan")
-    i2_lb, i2_ub = _ci_bounds(i2_ci if i2_ci is not None else getattr(pooled, "I2_ci", None))
-    ci_lb, ci_ub = float(pooled.ci_lb), float(pooled.ci_ub)
-    pi_lb, pi_ub = _num(getattr(pooled, "pi_lb", None)), _num(getattr(pooled, "pi_ub", None))
 
+def _verdict(estimate: float, ci_lb: float, ci_ub: float, i2: float, i2_lb: float | None,
+             i2_ub: float | None, pi_lb: float | None, pi_ub: float | None,
+             drivers: tuple[SiteDriver, ...], thr: float, null: float,
+             level: float) -> HeterogeneityFlag:
+    """The flag from the pooled numbers and the site drivers.
+
+    Shared by :func:`assess_heterogeneity` and :func:`assess_heterogeneity_batch`, so the
+    two give the same verdict and the same sentences by construction.
+    """
     ci_excludes_null = ci_lb > null or ci_ub < null
     pi_crosses = (pi_lb is not None and pi_ub is not None and pi_lb <= null <= pi_ub)
     i2_path = bool(np.isfinite(i2) and i2 >= thr)
@@ -201,7 +219,6 @@ def assess_heterogeneity(pooled: _Pooled, *, labels: Sequence[Any] | None = None
                 f"{_fmt(ci_ub)}) does not: the average effect is clear, but the effect at a "
                 "new site could lie on either side of the null.")
 
-    drivers = _drivers(pooled, labels, influence, blup)
     sites: tuple[str, ...] = ()
     if flagged:
         sites = tuple(d.site for d in drivers)
@@ -210,7 +227,7 @@ def assess_heterogeneity(pooled: _Pooled, *, labels: Sequence[Any] | None = None
             if "outlying_blup" in d.kinds:
                 parts.append(f"its shrunken estimate {_fmt(d.blup)} has a prediction interval "
                              f"({_fmt(d.blup_pi_lb)} to {_fmt(d.blup_pi_ub)}) that excludes the "
-                             f"pooled estimate {_fmt(float(pooled.estimate))}")
+                             f"pooled estimate {_fmt(estimate)}")
             if "studentized_residual" in d.kinds:
                 parts.append(f"its studentized residual is {_fmt(d.rstudent)} "
                              f"(beyond ±{RSTUDENT_CRIT:.2f})")
@@ -259,3 +276,318 @@ def _drivers(pooled: Any, labels: Sequence[Any] | None, influence: Any | None,
                             blup=bl[i][0],
                             blup_pi_lb=bl[i][1], blup_pi_ub=bl[i][2])
                  for i in range(k) if kinds[i])
+
+
+# ---------------------------------------------------------------------------------------
+# the flag of a whole batch at once
+# ---------------------------------------------------------------------------------------
+
+#: analyses per block of deleted refits: (block * K) rows of K cells stay in cache and
+#: bound the memory (20,000 analyses x 20 sites would otherwise be 400,000 x 20 grids)
+_BLOCK = 1024
+
+
+@dataclass(frozen=True)
+class BatchSiteDiagnostics:
+    """The per-site numbers the flag's drivers are judged on, for a whole batch.
+
+    Every array has the batch's ``(m, K)`` layout; cells outside the mask, and every cell
+    of an analysis with fewer than 2 sites (no deleted fit exists), hold NaN (``False``
+    for ``influential``).
+
+    Attributes
+    ----------
+    rstudent
+        Studentized deleted residual (as :func:`~coordinator.synthesis.diagnostics.influence`).
+    influential
+        metafor's ``is.infl`` rule on the leave-one-out refits.
+    blup, blup_pi_lb, blup_pi_ub
+        Shrunken site estimate and its prediction interval, from the pooled tau² (as
+        :func:`~coordinator.synthesis.diagnostics.blup` with the pooled fit).
+    """
+
+    rstudent: np.ndarray
+    influential: np.ndarray
+    blup: np.ndarray
+    blup_pi_lb: np.ndarray
+    blup_pi_ub: np.ndarray
+
+
+@dataclass(frozen=True)
+class BatchHeterogeneity:
+    """The heterogeneity flag of every analysis of a batch.
+
+    ``flags[i]`` is the :class:`HeterogeneityFlag` of analysis ``i`` (the same object,
+    number for number and sentence for sentence, as :func:`assess_heterogeneity` on
+    ``batch[i]`` with the per-analysis diagnostics); ``flagged`` is the verdict of all
+    analyses as a boolean array and ``diagnostics`` the per-site numbers.
+    """
+
+    flags: tuple[HeterogeneityFlag, ...]
+    flagged: np.ndarray
+    diagnostics: BatchSiteDiagnostics
+
+    def __len__(self) -> int:
+        return len(self.flags)
+
+    def __getitem__(self, i: int) -> HeterogeneityFlag:
+        return self.flags[i]
+
+
+def site_diagnostics_batch(batch: Any, rows: Any | None = None) -> BatchSiteDiagnostics:
+    """Studentized deleted residuals, metafor's influence rule and BLUPs of every site of
+    every analysis of a pooled batch, without a Python loop over analyses.
+
+    The k leave-one-out refits of all m analyses are one masked batch fit (of
+    ``sum(k)`` rows, in blocks of analyses) by
+    :func:`coordinator.synthesis.metareg.fit_batch`, the routine the per-analysis
+    :func:`~coordinator.synthesis.diagnostics.deleted_fits` uses, together with the m
+    full fits; the influence measures (Viechtbauer & Cheung 2010, Res. Synth. Methods
+    1:112-125) and the BLUPs (Raudenbush & Bryk 1985, J. Educ. Stat. 10:75-98) are closed
+    forms on the resulting ``(m, K)`` arrays.
+
+    Parameters
+    ----------
+    batch
+        A :class:`coordinator.synthesis.BatchPoolingResult` (its ``yi, vi, mask``,
+        ``method, test, level``, ``estimate`` and ``tau2`` are read).
+    rows
+        Indices (or a boolean mask) of the analyses whose deleted refits to compute
+        (default: all); the studentized residuals and the influence rule of the others
+        stay NaN / False. BLUPs are always computed (they need no refit).
+    """
+    from coordinator.synthesis.metareg import fit_batch
+
+    msk = np.asarray(batch.mask, dtype=bool)
+    m, K = msk.shape
+    y = np.where(msk, np.asarray(batch.yi, dtype=float), 0.0)
+    v = np.where(msk, np.asarray(batch.vi, dtype=float), 1.0)
+    kk = msk.sum(axis=1)
+    method = str(batch.method).upper()
+    knha = str(batch.test).lower() == "knha"
+    rst = np.full((m, K), np.nan)
+    infl = np.zeros((m, K), dtype=bool)
+    eye = np.eye(K, dtype=bool)
+    wanted = np.ones(m, dtype=bool)
+    if rows is not None:
+        sel = np.asarray(rows)
+        wanted = np.zeros(m, dtype=bool)
+        wanted[sel] = True
+    multi = np.flatnonzero((kk >= 2) & wanted)
+    for start in range(0, multi.size, _BLOCK):
+        rows = multi[start:start + _BLOCK]
+        b = rows.size
+        Mb, yb, vb_, kb = msk[rows], y[rows], v[rows], kk[rows]
+        # deleted row (a, j) for every present site j of analysis a, then the full rows
+        cell_a, cell_j = np.nonzero(Mb)
+        del_mask = Mb[cell_a] & ~eye[cell_j]
+        fit = fit_batch(np.concatenate([yb[cell_a], yb]), np.concatenate([vb_[cell_a], vb_]),
+                        np.concatenate([del_mask, Mb]), method=method)
+        n = cell_a.size
+        mu_del, t2_del, se_del = fit.estimate[:n], fit.tau2[:n], fit.se[:n]
+        mu_full, t2_full = fit.estimate[n:], fit.tau2[n:]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # full model: weights, hat values (p = 1), variance of the pooled effect
+            w = np.where(Mb, 1.0 / (vb_ + t2_full[:, None]), 0.0)
+            vbeta = 1.0 / w.sum(axis=1)
+            hat = (w * vbeta[:, None])[cell_a, cell_j]
+            if knha:
+                # Knapp-Hartung factors of the deleted and the full fits
+                wd = np.where(del_mask, 1.0 / (vb_[cell_a] + t2_del[:, None]), 0.0)
+                rd = np.where(del_mask, (yb[cell_a] - mu_del[:, None]) ** 2, 0.0)
+                s2w_del = (wd * rd).sum(axis=1) / (fit.k[:n] - 1)
+                rf = np.where(Mb, (yb - mu_full[:, None]) ** 2, 0.0)
+                s2w_full = ((w * rf).sum(axis=1) / (kb - 1))[cell_a]
+            else:
+                s2w_del = np.ones(n)
+                s2w_full = np.ones(n)
+            yc, vc = yb[cell_a, cell_j], vb_[cell_a, cell_j]
+            vb_full = vbeta[cell_a] * s2w_full
+            vdelpred = se_del**2 * s2w_del
+            resid = yc - mu_del
+            resid = np.where(np.abs(resid) < 100 * np.finfo(float).eps, 0.0, resid)
+            rstudent = resid / np.sqrt(vc * s2w_del + vdelpred + t2_del * s2w_del)
+            dfb = mu_full[cell_a] - mu_del
+            dffits = dfb / np.sqrt(s2w_del * hat * (t2_del + vc))
+            # variance of the full model's estimate with the deleted model's tau² plugged in
+            vb_plug = 1.0 / np.where(Mb[cell_a], 1.0 / (vb_[cell_a] + t2_del[:, None]),
+                                     0.0).sum(axis=1)
+            dfbetas = dfb / np.sqrt(s2w_del * vb_plug)
+            cooks = dfb**2 / vb_full
+            kc = kb[cell_a]
+            # metafor's is.infl with p = 1; chdtr(1, x) is the chi-square(1) CDF
+            from scipy.special import chdtr
+
+            influential = ((np.abs(dffits) > 3 * np.sqrt(1 / (kc - 1)))
+                           | (chdtr(1, cooks) > 0.5)
+                           | (hat > 3 / kc)
+                           | (np.abs(dfbetas) > 1))
+        rst[rows[cell_a], cell_j] = rstudent
+        infl[rows[cell_a], cell_j] = influential
+    blup, lo, hi = _blups(y, v, msk, kk, np.asarray(batch.tau2, dtype=float), knha,
+                          float(batch.level))
+    return BatchSiteDiagnostics(rstudent=rst, influential=infl, blup=blup, blup_pi_lb=lo,
+                                blup_pi_ub=hi)
+
+
+def _blups(y: np.ndarray, v: np.ndarray, msk: np.ndarray, kk: np.ndarray, tau2: np.ndarray,
+           knha: bool, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """BLUPs ``l y + (1 - l) mu`` with ``l = tau²/(tau² + v)`` and their prediction
+    intervals, with mu and its variance from the pooled tau² (Knapp-Hartung-scaled under
+    knha, t with k - 1 df), for every site at once; NaN where k < 2 or outside the mask."""
+    from scipy import special
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(msk, 1.0 / (v + tau2[:, None]), 0.0)
+        sw = w.sum(axis=1)
+        vb = 1.0 / sw
+        mu = vb * (w * y).sum(axis=1)
+        if knha:
+            r2 = np.where(msk, (y - mu[:, None]) ** 2, 0.0)
+            vb = vb * ((w * r2).sum(axis=1) / (kk - 1))
+        li = tau2[:, None] / (tau2[:, None] + v)
+        pred = li * y + (1 - li) * mu[:, None]
+        se = np.sqrt(li * v + (1 - li) ** 2 * vb[:, None])
+        q = 1 - (1 - level / 100) / 2
+        if knha:
+            crit = np.full(kk.shape, np.nan)
+            for k in np.unique(kk[kk >= 2]):
+                crit[kk == k] = special.stdtrit(k - 1, q)
+        else:
+            crit = np.full(kk.shape, special.ndtri(q))
+    keep = msk & (kk >= 2)[:, None]
+    pred = np.where(keep, pred, np.nan)
+    half = crit[:, None] * se
+    return pred, np.where(keep, pred - half, np.nan), np.where(keep, pred + half, np.nan)
+
+
+def _fixed_effect_i2_ci(batch: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q-profile I² bounds for the analyses ``rows`` that carry none (fixed-effect fits),
+    as ``analysis._i2_ci_if_missing`` does for one (Viechtbauer 2007, Stat. Med. 26:37-52)."""
+    from coordinator.synthesis.stats import (
+        as_batch,
+        heterogeneity_indices,
+        qprofile_tau2_ci,
+        typical_variance,
+    )
+
+    b = as_batch(np.asarray(batch.yi)[rows], np.asarray(batch.vi)[rows],
+                 np.asarray(batch.mask)[rows])
+    qp = qprofile_tau2_ci(b, level=float(batch.level))
+    vt = typical_variance(b)
+    low, _ = heterogeneity_indices(qp.low, vt)
+    high, _ = heterogeneity_indices(qp.high, vt)
+    return low, high
+
+
+def assess_heterogeneity_batch(batch: Any, *, labels: Any | None = None,
+                               i2_threshold: float = DEFAULT_I2_THRESHOLD,
+                               null_value: float = 0.0,
+                               drivers_of: str = "all") -> BatchHeterogeneity:
+    """The heterogeneity flag of every analysis of a pooled batch at once.
+
+    Gives, for every ``i``, exactly what
+    ``coordinator.synthesis.analysis.analyse(..., pooled=batch[i]).heterogeneity`` gives
+    (same verdict, level, sites, sentences; numbers equal to rounding), but the site
+    drivers come from :func:`site_diagnostics_batch` (one masked refit of all deleted
+    fits) instead of k refits per analysis in a Python loop; only the assembly of the
+    result objects visits the analyses one by one.
+
+    Parameters
+    ----------
+    batch
+        A :class:`coordinator.synthesis.BatchPoolingResult`.
+    labels
+        ``(m, K)`` site labels (default: the batch's ``site_labels``; column numbers
+        1..K when it has none, as ``batch[i].labels``).
+    i2_threshold, null_value
+        As :func:`assess_heterogeneity`.
+    drivers_of
+        ``"all"`` (default): the site drivers of every analysis, as the per-analysis
+        flag reports them (its ``drivers`` list is filled even when not flagged).
+        ``"flagged"``: only for the flagged analyses, which halves the refits when about
+        half are flagged; unflagged analyses then carry no ``drivers``. Their verdict,
+        level, ``sites`` and ``reasons`` are the same either way (an unflagged analysis
+        names no sites), so outputs that show only those (the CSV and table output of
+        ``fedsynth meta``) may use it.
+    """
+    if drivers_of not in ("all", "flagged"):
+        raise InputError(f"drivers_of: must be 'all' or 'flagged', got {drivers_of!r}")
+    thr, null = _check_settings(i2_threshold, null_value)
+    msk = np.asarray(batch.mask, dtype=bool)
+    m, K = msk.shape
+    kk = msk.sum(axis=1)
+    level = float(batch.level)
+    if labels is None:
+        labels = getattr(batch, "site_labels", None)
+    if labels is None:
+        labs = np.broadcast_to(np.array([str(j + 1) for j in range(K)], dtype=object), (m, K))
+    else:
+        labs = np.asarray(labels, dtype=object)
+        if labs.shape != (m, K):
+            raise InputError(f"labels: expected shape {(m, K)}, got {labs.shape}")
+
+    est = np.asarray(batch.estimate, dtype=float)
+    refit_rows = None
+    if drivers_of == "flagged":
+        # the verdict of every analysis first (as _verdict decides it, on arrays)
+        I2a = np.asarray(batch.I2, dtype=float)
+        pl, pu = np.asarray(batch.pi_lb, float), np.asarray(batch.pi_ub, float)
+        with np.errstate(invalid="ignore"):
+            i2_path = np.isfinite(I2a) & (I2a >= thr)
+            ci_excl = (np.asarray(batch.ci_lb, float) > null) | (np.asarray(batch.ci_ub, float) < null)
+            pi_cross = np.isfinite(pl) & np.isfinite(pu) & (pl <= null) & (null <= pu)
+        refit_rows = np.flatnonzero(i2_path | (ci_excl & pi_cross))
+    diag = site_diagnostics_batch(batch, refit_rows)
+    # the three driver kinds, in the order the per-analysis flag lists them
+    with np.errstate(invalid="ignore"):
+        out_blup = (est[:, None] < diag.blup_pi_lb) | (est[:, None] > diag.blup_pi_ub)
+        out_rst = np.isfinite(diag.rstudent) & (np.abs(diag.rstudent) > RSTUDENT_CRIT)
+    any_kind = out_blup | out_rst | diag.influential
+    if refit_rows is not None:
+        keep = np.zeros(m, dtype=bool)
+        keep[refit_rows] = True
+        any_kind &= keep[:, None]
+
+    i2_lb = np.asarray(batch.I2_ci_lb, dtype=float).copy()
+    i2_ub = np.asarray(batch.I2_ci_ub, dtype=float).copy()
+    missing = np.flatnonzero(np.isnan(i2_lb) & (kk >= 2))
+    if missing.size:
+        i2_lb[missing], i2_ub[missing] = _fixed_effect_i2_ci(batch, missing)
+
+    # plain Python floats once (cheaper than numpy scalars in the per-analysis loop)
+    I2 = np.asarray(batch.I2, dtype=float).tolist()
+    cil, ciu = np.asarray(batch.ci_lb, float).tolist(), np.asarray(batch.ci_ub, float).tolist()
+    pil, piu = np.asarray(batch.pi_lb, float).tolist(), np.asarray(batch.pi_ub, float).tolist()
+    i2l = [x if np.isfinite(x) else None for x in i2_lb.tolist()]
+    i2u = [x if np.isfinite(x) else None for x in i2_ub.tolist()]
+    estl = est.tolist()
+    # every driver cell at once, as plain Python values, grouped by analysis below
+    cell_i, cell_j = np.nonzero(any_kind)
+    pos = (np.cumsum(msk, axis=1) - 1)[cell_i, cell_j].tolist()   # index among present sites
+    rs = diag.rstudent[cell_i, cell_j]
+    cell_vals = zip(labs[cell_i, cell_j].tolist(), pos, out_blup[cell_i, cell_j].tolist(),
+                    out_rst[cell_i, cell_j].tolist(), diag.influential[cell_i, cell_j].tolist(),
+                    np.where(np.isfinite(rs), rs, np.nan).tolist(), np.isfinite(rs).tolist(),
+                    diag.blup[cell_i, cell_j].tolist(), diag.blup_pi_lb[cell_i, cell_j].tolist(),
+                    diag.blup_pi_ub[cell_i, cell_j].tolist())
+    per_row: dict[int, list[SiteDriver]] = {}
+    for i, (site, index, kb, kr, kf, r, r_ok, bl, lo, hi) in zip(cell_i.tolist(), cell_vals):
+        kinds = tuple(kind for kind, on in (("outlying_blup", kb), ("studentized_residual", kr),
+                                            ("influential", kf)) if on)
+        per_row.setdefault(i, []).append(SiteDriver(
+            site=str(site), kinds=kinds, index=index, rstudent=r if r_ok else None, blup=bl,
+            blup_pi_lb=lo, blup_pi_ub=hi))
+    inf = float("inf")
+    flags = []
+    for i in range(m):
+        drivers = tuple(per_row.get(i, ()))
+        p_lb, p_ub = pil[i], piu[i]
+        flags.append(_verdict(estl[i], cil[i], ciu[i], I2[i], i2l[i], i2u[i],
+                              p_lb if p_lb == p_lb and abs(p_lb) != inf else None,
+                              p_ub if p_ub == p_ub and abs(p_ub) != inf else None,
+                              drivers, thr, null, level))
+    return BatchHeterogeneity(flags=tuple(flags),
+                              flagged=np.array([f.flagged for f in flags], dtype=bool),
+                              diagnostics=diag)
+

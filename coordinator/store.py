@@ -30,7 +30,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -507,7 +507,3 @@ class Store:
                                         rounds.c.report_json.is_(None))
         with self.engine.connect() as conn:
             return [self._round(r) for r in conn.execute(query).mappings().all()]
-
-
-def sites_in(records: Iterable[SubmissionRecord]) -> list[str]:
-    return sorted(r.site for r in records)

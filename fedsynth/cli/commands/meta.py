@@ -124,13 +124,47 @@ def _i2_threshold(text: str) -> float:
     return value
 
 
+def _needs_per_analysis(args: argparse.Namespace) -> bool:
+    """Whether an option asks for per-analysis extras that only
+    :func:`coordinator.synthesis.analysis.analyse` computes (diagnostics sections,
+    subgroups, meta-regression, cumulative meta-analysis)."""
+    return bool(getattr(args, "diagnostics", False) or getattr(args, "subgroup", None)
+                or getattr(args, "moderator", None) or getattr(args, "cumulative_by", None))
+
+
+def _batch_flags(args: argparse.Namespace, batch: BatchPoolingResult):
+    """The heterogeneity flags of all analyses in one vectorised computation (cached), or
+    None when there is one analysis or an option needs the per-analysis path.
+
+    :func:`coordinator.synthesis.heterogeneity.assess_heterogeneity_batch` gives the same
+    flags as ``analyse`` per analysis (tests/unit/test_heterogeneity_batch.py) without k
+    refits per analysis in a Python loop. The CSV and table outputs show only the
+    verdict, level, sites and reasons, so they skip the site drivers of unflagged
+    analyses; JSON lists the drivers of every analysis.
+    """
+    if len(batch) < 2 or _needs_per_analysis(args):
+        return None
+    cache = args.__dict__.setdefault("_flags", {})
+    if "batch" not in cache:
+        from coordinator.synthesis.heterogeneity import assess_heterogeneity_batch
+
+        cache["batch"] = assess_heterogeneity_batch(
+            batch, i2_threshold=args.i2_threshold, null_value=args.null_value,
+            drivers_of="all" if args.format == "json" else "flagged")
+    return cache["batch"]
+
+
 def _analysis(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult,
               index: int):
     """The flag and diagnostics of analysis ``index`` (computed once, then cached)."""
     from fedsynth import tabular
-    from coordinator.synthesis.analysis import analyse
+    from coordinator.synthesis.analysis import AnalysisResult, analyse
 
     cache = args.__dict__.setdefault("_analyses", {})
+    flags = _batch_flags(args, batch)
+    if flags is not None and index not in cache:
+        # no extras requested: the analysis is its pooled fit and its flag
+        cache[index] = AnalysisResult(pooling=batch[index], heterogeneity=flags[index])
     if index not in cache:
         sel = data.mask[index]
         rows = data.rows[index][sel]
@@ -181,6 +215,17 @@ def _cumulative_order(frame, column: str, rows) -> list[int]:
 def _diagnostics_record(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult,
                         index: int, record: dict[str, Any]) -> None:
     """Add ``heterogeneity`` (always) and the diagnostics sections to a record."""
+    flags = _batch_flags(args, batch)
+    if flags is not None:   # the flag alone, without rebuilding the pooled record
+        if args.format == "csv":
+            f = flags[index]
+            record["heterogeneity_flagged"] = f.flagged
+            record["heterogeneity_level"] = f.level
+            record["heterogeneity_sites"] = ";".join(f.sites)
+            record["heterogeneity_reasons"] = " ".join(f.reasons)
+        else:
+            record["heterogeneity"] = flags[index].to_dict()
+        return
     result = _analysis(args, data, batch, index).to_dict()
     flag = result["heterogeneity"]
     if args.format == "csv":  # flat columns; per-site sections do not fit one CSV row

@@ -189,9 +189,18 @@ class SqlSource:
             engine = sa.create_engine(parsed, pool_pre_ping=True)
         self.engine = engine
         self._columns: tuple[str, ...] | None = None
+        self._booleans: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------ relation
     def _relation(self, columns: Sequence[str]) -> sa.Subquery:
+        relation = self._plain_relation(columns)
+        if not self._booleans.intersection(columns):
+            return relation
+        return sa.select(*[sa.cast(relation.c[c], sa.Integer).label(c)
+                           if c in self._booleans else relation.c[c]
+                           for c in columns]).subquery("src_b")
+
+    def _plain_relation(self, columns: Sequence[str]) -> sa.Subquery:
         cols = [sa.column(_validate_identifier("column", c)) for c in columns]
         if self.table is not None:
             parts = self.table.split(".")
@@ -218,10 +227,18 @@ class SqlSource:
                               "WHERE 1 = 0")
             try:
                 with self.engine.connect() as conn:
-                    self._columns = tuple(conn.execute(sql).keys())
+                    result = conn.execute(sql)
+                    self._columns = tuple(result.keys())
+                    description = result.cursor.description if result.cursor else None
             except sa.exc.SQLAlchemyError as error:
                 raise InputError(f"[data] {self._describe()}: the database refused it: "
                                  f"{_first_line(error)}") from None
+            # PostgreSQL boolean columns (type OID 16) are read as 0/1, as the CSV path
+            # reads a boolean column: comparisons with 0 and 1 and sums then work.
+            if self.engine.dialect.name == "postgresql" and description:
+                self._booleans = frozenset(
+                    name for name, column in zip(self._columns, description)
+                    if getattr(column, "type_code", None) == 16)
         return self._columns
 
     def _quoted_table(self) -> str:

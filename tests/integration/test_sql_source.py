@@ -204,3 +204,21 @@ def test_agent_memory_stays_flat_with_table_size(database: str) -> None:
     assert big["traced_peak"] < 2_000_000, big
     assert big["rss_growth_kb"] < 10_240, big
     assert big["traced_peak"] < small["traced_peak"] + 500_000, (small, big)
+
+
+def test_boolean_columns_read_as_zero_one(database: str) -> None:
+    """Warehouses often store flags as boolean: same results as the 0/1 CSV."""
+    frame = pd.read_csv(DATA / "mtf-charlie.csv")
+    flags = frame.assign(treated=frame["treated"].astype(bool),
+                         outcome=frame["outcome"].astype(bool))
+    copy_frame(database, "charlie_bool", flags,
+               {"age": "integer", "sex": "integer", "treated": "boolean",
+                "outcome": "boolean", "event": "integer", "patient_id": "text"})
+    source = SqlSource(database, table="charlie_bool")
+    try:
+        spec = parse_spec({"analysis": [a.to_dict() for a in
+                                        (*SPEC.analyses, STREAMED.analyses[0])]})
+        sql = estimate_all_sql(source, spec)
+    finally:
+        source.dispose()
+    assert_same(estimate_all(frame, spec), sql)

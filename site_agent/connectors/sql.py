@@ -245,6 +245,21 @@ class SqlSource:
         preparer = self.engine.dialect.identifier_preparer
         return ".".join(preparer.quote(p) for p in self.table.split("."))
 
+    def _query_error(self, error: sa.exc.SQLAlchemyError) -> InputError:
+        """A database error of one analysis's query, as the exception to raise.
+
+        A column of the wrong type (text where a number is needed: the database raises a
+        programming or data error) concerns that analysis only and becomes a
+        :class:`DataProblem` (a refusal, as the CSV path refuses non-numeric values); a
+        lost connection or a refused login concerns the whole source (InputError).
+        """
+        if isinstance(error, (sa.exc.ProgrammingError, sa.exc.DataError)):
+            return DataProblem(f"[data] {self._describe()}: a column of this analysis does "
+                               f"not hold the values it needs (the database said: "
+                               f"{_first_line(error)})", "invalid_values")
+        return InputError(f"[data] {self._describe()}: the database refused the query: "
+                          f"{_first_line(error)}")
+
     def _describe(self) -> str:
         return f"table = {self.table!r}" if self.table else f"query = {self.query!r}"
 
@@ -262,8 +277,7 @@ class SqlSource:
             with self.engine.connect() as conn:
                 return conn.execute(statement).one()
         except sa.exc.SQLAlchemyError as error:
-            raise InputError(f"[data] {self._describe()}: the database refused the "
-                             f"aggregate query: {_first_line(error)}") from None
+            raise self._query_error(error) from None
 
     def count_rows(self, columns: Sequence[str] = ()) -> tuple[int, int]:
         """``(all rows, rows with no NULL in columns)``, counted by the database."""
@@ -338,8 +352,7 @@ class SqlSource:
                     sa.select(x.label("g"), sa.func.sum(centred * centred).label("ss"))
                     .group_by(x))}
         except sa.exc.SQLAlchemyError as error:
-            raise InputError(f"[data] {self._describe()}: the database refused the "
-                             f"aggregate query: {_first_line(error)}") from None
+            raise self._query_error(error) from None
         rows = {g: GroupMoments(n, m, rows.get(g, 0.0)) for g, (n, m) in first.items()}
         empty = GroupMoments(0, float("nan"), float("nan"))
         return TwoGroupMoments(rows.get(1, empty), rows.get(0, empty))
@@ -420,12 +433,14 @@ class SqlSource:
     # ------------------------------------------------------------------ streaming
     def fetch_columns(self, columns: Sequence[str], *, analysis: str = "?",
                       chunk_rows: int = STREAM_CHUNK_ROWS) -> dict[str, np.ndarray]:
-        """Stream only ``columns`` (all rows) into float64 arrays, chunk by chunk.
+        """Stream only ``columns`` (all rows) into arrays, chunk by chunk.
 
         A server-side cursor (``stream_results``) keeps the driver from buffering the
         whole result; each chunk is converted to NumPy at once, so the peak is the final
-        arrays plus one chunk of Python objects. NULL becomes NaN (the estimators drop
-        incomplete rows as they do for CSV input).
+        arrays plus one chunk of Python objects. Numeric columns become float64 with NULL
+        as NaN (the estimators drop incomplete rows as they do for CSV input); a column
+        holding anything else stays an object array, so the estimators refuse the
+        analyses that use it ("invalid_values") exactly as for a CSV file.
         """
         self.require(analysis, columns)
         rel = self._relation(columns)
@@ -436,16 +451,15 @@ class SqlSource:
                                                 max_row_buffer=chunk_rows).execute(
                     sa.select(*[rel.c[c] for c in columns]))
                 for chunk in result.partitions(chunk_rows):
-                    block = np.array([[np.nan if v is None else v for v in row]
-                                      for row in chunk], dtype=float)
                     for i, c in enumerate(columns):
-                        parts[c].append(block[:, i].copy())
-        except (TypeError, ValueError) as error:
-            raise InputError(f"analysis {analysis!r}: columns {list(columns)} of [data] "
-                             f"{self._describe()} are not all numeric: {error}") from None
+                        values = [row[i] for row in chunk]
+                        try:
+                            parts[c].append(np.array(
+                                [np.nan if v is None else v for v in values], dtype=float))
+                        except (TypeError, ValueError):
+                            parts[c].append(np.array(values, dtype=object))
         except sa.exc.SQLAlchemyError as error:
-            raise InputError(f"[data] {self._describe()}: the database refused the query: "
-                             f"{_first_line(error)}") from None
+            raise self._query_error(error) from None
         return {c: (np.concatenate(p) if p else np.empty(0)) for c, p in parts.items()}
 
     def dispose(self) -> None:

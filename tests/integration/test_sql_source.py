@@ -222,3 +222,31 @@ def test_boolean_columns_read_as_zero_one(database: str) -> None:
     finally:
         source.dispose()
     assert_same(estimate_all(frame, spec), sql)
+
+
+def test_text_column_refuses_only_its_analyses(database: str) -> None:
+    """A text column: its analyses are refused (as for a CSV file), the others answered."""
+    frame = pd.read_csv(DATA / "mtf-delta.csv")
+    text = frame.assign(treated=frame["treated"].map({0: "no", 1: "yes"}),
+                        age=frame["age"].astype(str) + " y")
+    copy_frame(database, "delta_text", text,
+               {"sex": "integer", "outcome": "integer", "event": "integer",
+                "treated": "text", "age": "text", "patient_id": "text"})
+    spec = parse_spec({"analysis": [
+        SPEC.analyses[0].to_dict(),                                  # uses treated (text)
+        {"name": "auc", "estimator": "auc", "outcome": "outcome", "score": "risk_score",
+         "scale": "raw"},                                            # does not
+        STREAMED.analyses[0].to_dict(),                              # age (text) covariate
+    ]})
+    source = SqlSource(database, table="delta_text")
+    try:
+        sql = estimate_all_sql(source, spec)
+    finally:
+        source.dispose()
+    csv = estimate_all(text, spec)
+    assert isinstance(sql["crude_OR"], Refusal)
+    assert sql["crude_OR"].code == csv["crude_OR"].code == "invalid_values"
+    assert isinstance(sql["auc"], Estimate)
+    assert sql["auc"].yi == pytest.approx(csv["auc"].yi, rel=1e-12)
+    assert isinstance(sql["adjusted_logOR"], Refusal)
+    assert sql["adjusted_logOR"].code == csv["adjusted_logOR"].code

@@ -253,23 +253,26 @@ def influence(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None,
         s2w_del, s2w_full = s2w_all[:k], s2w_all[k]
     else:
         s2w_del, s2w_full = np.ones(k), 1.0
-    vb_full = vb * s2w_full
-    vdelpred = se_del**2 * s2w_del          # var of the deleted model's prediction
-    resid = y - mu_del
-    resid = np.where(np.abs(resid) < 100 * np.finfo(float).eps, 0.0, resid)
-    rstudent = resid / np.sqrt(v * s2w_del + vdelpred + t2_del * s2w_del)
-    dfb = mu - mu_del
-    dffits = dfb / np.sqrt(s2w_del * hat * (t2_del + v))
-    # variance of the full model's estimate with the deleted model's tau² plugged in
-    vb_plug = 1.0 / (1.0 / (v[None, :] + t2_del[:, None])).sum(axis=1)
-    dfbetas = dfb / np.sqrt(s2w_del * vb_plug)
-    cooks = dfb**2 / vb_full
-    cov_ratio = vdelpred / vb_full
-    p = 1
-    influential = ((np.abs(dffits) > 3 * np.sqrt(p / (k - p)))
-                   | (stats.chi2.cdf(cooks, p) > 0.5)
-                   | (hat > 3 * p / k)
-                   | (np.abs(dfbetas) > 1))
+    # knha with k = 2: the deleted fits have one site, so their Knapp-Hartung factor
+    # divides by k - 2 = 0; the NaN/inf measures that follow are intended (no warning)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vb_full = vb * s2w_full
+        vdelpred = se_del**2 * s2w_del          # var of the deleted model's prediction
+        resid = y - mu_del
+        resid = np.where(np.abs(resid) < 100 * np.finfo(float).eps, 0.0, resid)
+        rstudent = resid / np.sqrt(v * s2w_del + vdelpred + t2_del * s2w_del)
+        dfb = mu - mu_del
+        dffits = dfb / np.sqrt(s2w_del * hat * (t2_del + v))
+        # variance of the full model's estimate with the deleted model's tau² plugged in
+        vb_plug = 1.0 / (1.0 / (v[None, :] + t2_del[:, None])).sum(axis=1)
+        dfbetas = dfb / np.sqrt(s2w_del * vb_plug)
+        cooks = dfb**2 / vb_full
+        cov_ratio = vdelpred / vb_full
+        p = 1
+        influential = ((np.abs(dffits) > 3 * np.sqrt(p / (k - p)))
+                       | (stats.chi2.cdf(cooks, p) > 0.5)
+                       | (hat > 3 * p / k)
+                       | (np.abs(dfbetas) > 1))
     return InfluenceResult(
         labels=_labels(labels, k), rstudent=rstudent, dffits=dffits, cooks_distance=cooks,
         cov_ratio=cov_ratio, tau2_deleted=t2_del, Q_deleted=fit.Q[:k], hat=hat,

@@ -8,6 +8,11 @@ the existing ones:
 * :func:`load_input` turns the CSV into a :class:`MetaInput` (arrays of shape
   ``(analyses, sites)`` with a mask; one row per ``--by`` group);
 * :func:`compute` pools every analysis in ONE call of :func:`coordinator.synthesis.pool`;
+* the heterogeneity flag of every analysis comes from ONE call of
+  :func:`coordinator.synthesis.heterogeneity.assess_heterogeneity_batch`
+  (:func:`_batch_flags`) when ``--by`` gives several analyses and no option asks for
+  per-analysis extras; otherwise :func:`_analysis` runs
+  :func:`coordinator.synthesis.analysis.analyse` per analysis (same flags);
 * :func:`records` builds the JSON/CSV objects (extra keys go in :func:`_extend_record`),
   :func:`render_table`, :func:`render_json` and :func:`render_csv` print them; extra text
   sections of the table output go in :func:`_extra_sections`.

@@ -80,14 +80,20 @@ def warn_insecure(who: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def channel_options() -> list[tuple[str, Any]]:
-    """gRPC options of every client channel."""
+def _common_options() -> list[tuple[str, Any]]:
+    """Message size limits and keepalive, the same on both ends of every connection."""
     return [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def channel_options() -> list[tuple[str, Any]]:
+    """gRPC options of every client channel."""
+    return _common_options() + [
         ("grpc.http2.max_pings_without_data", 0),
         # Reconnect quickly after a coordinator restart; the agent adds its own backoff.
         ("grpc.initial_reconnect_backoff_ms", 200),
@@ -97,12 +103,7 @@ def channel_options() -> list[tuple[str, Any]]:
 
 def server_options() -> list[tuple[str, Any]]:
     """gRPC options of every server."""
-    return [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
-        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-        ("grpc.keepalive_permit_without_calls", 1),
+    return _common_options() + [
         ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.so_reuseport", 0),

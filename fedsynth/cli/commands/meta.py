@@ -476,6 +476,17 @@ def _variance_column(args, frame):
         f"available columns: {', '.join(map(repr, frame.columns))}")
 
 
+def _text_values(frame, column: str, *, option: str | None = None):
+    """Column ``column`` as a pandas Series of stripped strings (empty cells ``""``):
+    :func:`fedsynth.tabular.text_column` without the conversion to a Python list, so
+    labels and ``--by`` groups of 400,000 rows stay vectorised."""
+    from fedsynth import tabular
+
+    tabular.require_columns(frame, [column], option=option)
+    series = frame[column]
+    return series.where(series.notna(), "").astype(str).str.strip()
+
+
 def load_input(args: argparse.Namespace) -> MetaInput:
     """Read and validate the CSV named on the command line (or the seed example)."""
     import numpy as np
@@ -487,11 +498,11 @@ def load_input(args: argparse.Namespace) -> MetaInput:
     frame = _read_frame(args)
     n = len(frame)
     if args.label:
-        labels = np.array(tabular.text_column(frame, args.label, option="--label"), dtype=object)
+        labels = _text_values(frame, args.label, option="--label").to_numpy(dtype=object)
     else:
         col = tabular.pick_column(frame, DEFAULT_LABEL_COLUMNS)
-        labels = (np.array(tabular.text_column(frame, col), dtype=object) if col
-                  else np.array([str(i + 1) for i in range(n)], dtype=object))
+        labels = (_text_values(frame, col).to_numpy(dtype=object) if col
+                  else np.arange(1, n + 1).astype(str).astype(object))
     if getattr(args, "measure", None):
         # Effect sizes from raw summary data (estimators helper: site_agent.estimators).
         from site_agent.estimators.effect_sizes import escalc_frame
@@ -519,13 +530,13 @@ def load_input(args: argparse.Namespace) -> MetaInput:
             v = v * v
 
     if args.by:
-        groups = tabular.text_column(frame, args.by, option="--by")
-        codes, uniques = pd.factorize(pd.Series(groups), sort=False)
-        empty = [i for i, g in enumerate(groups) if g == ""]
-        if empty:
-            raise InputError(f"column {args.by!r} (given by --by), row {empty[0] + 1}: "
+        groups = _text_values(frame, args.by, option="--by")
+        empty = np.flatnonzero((groups == "").to_numpy(dtype=bool))
+        if empty.size:
+            raise InputError(f"column {args.by!r} (given by --by), row {int(empty[0]) + 1}: "
                              "the group is empty")
-        names = tuple(str(u) for u in uniques)
+        codes, uniques = pd.factorize(groups, sort=False)
+        names = tuple(str(u) for u in uniques.tolist())
     else:
         codes = np.zeros(n, dtype=np.int64)
         names = ("",)

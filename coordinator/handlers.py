@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,10 @@ class Handlers:
         Optional :class:`coordinator.metrics.CoordinatorMetrics`.
     """
 
+    #: A wrong protocol version on Heartbeat/PullWork is audited at most this often per
+    #: site and method.
+    VERSION_AUDIT_EVERY = _dt.timedelta(seconds=60)
+
     def __init__(self, store: Store, config: CoordinatorConfig, *,
                  clock: Callable[[], _dt.datetime] = utcnow, audit: Any = None,
                  metrics: Any = None) -> None:
@@ -93,6 +98,9 @@ class Handlers:
         self.audit = audit
         self.metrics = metrics
         self.allowed = frozenset(config.allow)
+        # (site, method) -> when a wrong protocol version was last audited (throttling).
+        self._version_audited: dict[tuple[str, str], _dt.datetime] = {}
+        self._version_audit_lock = threading.Lock()
 
     # --- helpers -------------------------------------------------------------------------
     def _audit(self, event: str, data: dict[str, Any]) -> None:
@@ -153,15 +161,40 @@ class Handlers:
         log.info("site %s registered (agent %s)", site, agent_version)
         return site
 
+    def _check_version_audited(self, site: str, method: str, version: str) -> None:
+        """:meth:`check_version` for the frequent calls (Heartbeat, PullWork), audited.
+
+        A refusal is written to the audit log at most once per site and method every
+        :attr:`VERSION_AUDIT_EVERY` (as the rate-limit and revocation refusals are): a
+        site stuck on an old agent polls every few seconds, and one fsync'd entry per poll
+        would let it fill the coordinator's disk with the same sentence.
+        """
+        try:
+            self.check_version(version)
+        except Rejected as rejected:
+            now = self.clock()
+            with self._version_audit_lock:
+                last = self._version_audited.get((site, method))
+                due = last is None or now - last >= self.VERSION_AUDIT_EVERY
+                if due:
+                    if len(self._version_audited) > 10_000:
+                        self._version_audited.clear()
+                    self._version_audited[(site, method)] = now
+            if due:
+                self._audit("call.rejected", {"site": site, "method": method,
+                                              "kind": rejected.kind,
+                                              "reason": rejected.message})
+            raise
+
     def heartbeat(self, site: str, *, agent_version: str, protocol_version: str) -> None:
-        self.check_version(protocol_version)
+        self._check_version_audited(site, "Heartbeat", protocol_version)
         self.store.record_contact(site, agent_version=agent_version[:64],
                                   protocol_version=protocol_version, now=self.clock())
         if self.metrics is not None:
             self.metrics.site_seen(site)
 
     def pull_work(self, site: str, *, protocol_version: str) -> list[WorkItem]:
-        self.check_version(protocol_version)
+        self._check_version_audited(site, "PullWork", protocol_version)
         now = self.clock()
         return [WorkItem(r.id, r.spec_toml, r.opened_at, r.deadline)
                 for r in self.store.open_rounds_for(site, now)]

@@ -370,7 +370,11 @@ class RevocationInterceptor(grpc.aio.ServerInterceptor):
         Optional callback ``(site, serial, reason)`` (e.g. to write the coordinator's audit
         log); exceptions it raises are logged, not propagated.
     exempt
-        Method-name suffixes that skip the check (e.g. the health service).
+        Full method names that skip the check. Empty by default, and the coordinator
+        exempts nothing: every service on its server, the standard health service
+        included, answers a revoked certificate with ``PERMISSION_DENIED`` (a health probe
+        answering ``SERVING`` to a revoked key would tell its holder the coordinator is
+        there and reachable, and would be the one method left open to it).
     report_every
         ``on_reject`` is called at most once per certificate serial in this many seconds,
         so that a revoked peer hammering the coordinator cannot flood its audit log.
@@ -381,8 +385,7 @@ class RevocationInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, revocations: RevocationList,
                  on_reject: Callable[[str, int, str], None] | None = None,
-                 exempt: tuple[str, ...] = ("/grpc.health.v1.Health/Check",
-                                            "/grpc.health.v1.Health/Watch"), *,
+                 exempt: tuple[str, ...] = (), *,
                  report_every: float = 60.0,
                  clock: Callable[[], float] | None = None) -> None:
         import time

@@ -296,7 +296,8 @@ def corpus(fed: Federation, rng: random.Random) -> list[Case]:
             add("protocol", f"signed content {version!r}", SC.FAILED_PRECONDITION,
                 signed(fed, EVIL, submission(fed, EVIL, protocol=version)))
         else:
-            method = "Register" if i % 4 == 2 else "PullWork"
+            method = ("Register" if i % 4 == 2 else "PullWork" if i % 8 == 3
+                      else "Heartbeat")
 
             def run(_fed, method=method, version=version):
                 with fed.site_channel(EVIL) as channel:
@@ -304,6 +305,9 @@ def corpus(fed: Federation, rng: random.Random) -> list[Case]:
                     if method == "Register":
                         return stub.Register(pb.RegisterRequest(protocol_version=version,
                                                                 agent_version="x"), timeout=15)
+                    if method == "Heartbeat":
+                        return stub.Heartbeat(pb.HeartbeatRequest(
+                            protocol_version=version, agent_version="x"), timeout=15)
                     return stub.PullWork(pb.PullWorkRequest(protocol_version=version),
                                          timeout=15)
             add("protocol", f"{method} {version!r}", SC.FAILED_PRECONDITION, run=run)
@@ -521,3 +525,10 @@ def test_hostile_corpus(federation):
     events = Counter(json.loads(line)["event"] for line in
                      (fed.root / "coordinator-audit.jsonl").read_text().splitlines())
     assert sum(n for e, n in events.items() if "reject" in e) >= 150, events
+    # A wrong protocol version on Heartbeat and PullWork is audited too (throttled: at most
+    # one entry per site and method a minute, while two calls of each were refused).
+    version_refusals = [e["data"] for e in map(json.loads, (
+        fed.root / "coordinator-audit.jsonl").read_text().splitlines())
+        if e["event"] == "call.rejected"]
+    assert {(d["site"], d["method"], d["kind"]) for d in version_refusals} == {
+        (EVIL, "Heartbeat", "version"), (EVIL, "PullWork", "version")}, version_refusals

@@ -91,13 +91,24 @@ def _heartbeat(channel: grpc.Channel) -> pb.HeartbeatReply:
         pb.HeartbeatRequest(protocol_version=PROTOCOL_VERSION, agent_version="t"), timeout=10)
 
 
+def _health(channel: grpc.Channel, service: str = "") -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    return health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=service), timeout=10).status
+
+
 def test_revoked_site_is_shut_out_on_its_open_channel(tmp_path):
+    from grpc_health.v1 import health_pb2
+
+    serving = health_pb2.HealthCheckResponse.SERVING
     process, address = _start(tmp_path)
     try:
         alpha = _channel(tmp_path, address, "mtf-alpha")
         bravo = _channel(tmp_path, address, "mtf-bravo")
         _heartbeat(alpha)
         _heartbeat(bravo)
+        assert _health(alpha, "fedsynth.v1.Federation") == serving
         out = _cli("ca", "revoke", "--dir", str(tmp_path / "pki"), "--site", "mtf-alpha")
         assert out.returncode == 0, out.stderr
         with pytest.raises(grpc.RpcError) as info:
@@ -107,6 +118,14 @@ def test_revoked_site_is_shut_out_on_its_open_channel(tmp_path):
         with pytest.raises(grpc.RpcError) as info:
             _heartbeat(_channel(tmp_path, address, "mtf-alpha"))   # fresh connection
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # The standard health service too: every service on the server is behind the
+        # revocation check, so a revoked key learns nothing, not even "SERVING".
+        for service in ("", "fedsynth.v1.Federation"):
+            with pytest.raises(grpc.RpcError) as info:
+                _health(alpha, service)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED, service
+            assert "revoked" in info.value.details()
+        assert _health(bravo, "fedsynth.v1.Federation") == serving
         _heartbeat(bravo)                              # others unaffected
         assert process.poll() is None                  # no restart happened
         alpha.close()

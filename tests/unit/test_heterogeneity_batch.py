@@ -164,6 +164,25 @@ def test_random_batches_varying_k_and_masks(seed, method, test, level, thr, null
     assert any(w.flagged for w in want) and any(w.drivers for w in want)
 
 
+@pytest.mark.parametrize("test", ["z", "knha"])
+@pytest.mark.parametrize("method", METHODS)
+def test_edge_cases(method, test):
+    """Identical effects (tau² = 0, zero residuals), all vi equal, variance ratios of
+    1e-8 vs 1e4, one far outlier, k = 2 (knha: deleted fits of one site) and k = 1."""
+    nan = np.nan
+    yi = np.array([[0.1] * 6,
+                   [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+                   [0.1, 0.5, -0.2, 0.3, 0.0, 2.0],
+                   [0.2, 0.2, 0.2, 0.2, 5.0, nan],
+                   [0.3, 0.1, nan, nan, nan, nan],
+                   [0.3, nan, nan, nan, nan, nan]])
+    vi = np.array([[0.01] * 6, [0.04] * 6, [1e-8, 1e4, 1e-8, 1e4, 0.1, 1e-8],
+                   [0.01, 0.02, 0.03, 0.04, 0.05, nan], [0.01, 0.02] + [nan] * 4,
+                   [0.01] + [nan] * 5])
+    got, _ = check_batch(yi, vi, np.isfinite(yi), None, method=method, test=test)
+    assert got[5].drivers == () and not got[5].flagged     # k = 1: nothing to judge
+
+
 def test_without_labels_sites_are_column_numbers():
     rng = np.random.default_rng(11)
     yi, vi, mask, _ = random_batch(rng, 30, 8, kmin=3)

@@ -319,10 +319,11 @@ class BatchSiteDiagnostics:
 class BatchHeterogeneity:
     """The heterogeneity flag of every analysis of a batch.
 
-    ``flags[i]`` is the :class:`HeterogeneityFlag` of analysis ``i`` (the same object,
-    number for number and sentence for sentence, as :func:`assess_heterogeneity` on
-    ``batch[i]`` with the per-analysis diagnostics); ``flagged`` is the verdict of all
-    analyses as a boolean array and ``diagnostics`` the per-site numbers.
+    ``flags[i]`` is the :class:`HeterogeneityFlag` of analysis ``i``, equal to what
+    :func:`assess_heterogeneity` gives on ``batch[i]`` with the per-analysis diagnostics
+    (same verdict, level, sites and sentences; numbers equal to rounding; with
+    ``drivers_of="flagged"`` unflagged analyses carry no drivers); ``flagged`` is the
+    verdict of all analyses as a boolean array and ``diagnostics`` the per-site numbers.
     """
 
     flags: tuple[HeterogeneityFlag, ...]

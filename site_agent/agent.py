@@ -168,24 +168,17 @@ class SiteAgent:
             from fedsynth.spec import Spec
 
             sub_spec = Spec(analyses=tuple(allowed), name=spec.name)
-            frame = None
-            if self.config.data.path is not None:
-                # File source: keep the frame so that disclosure control can also check the
-                # tables implied by 0/1 outcomes (site_agent.privacy, rule 4).
-                from site_agent.data import load_table
-                from site_agent.estimators import estimate_all
-
-                frame = load_table(self.config.data.path)
-                computed = dict(estimate_all(frame, sub_spec))
-            else:
-                computed = estimate_from_data(self.config.data, sub_spec)
+            # A file or a SQL source alike: the estimators report every count disclosure
+            # control checks, tables implied by 0/1 outcomes included (site_agent.privacy,
+            # rule 4), so no data frame is needed there.
+            computed = dict(estimate_from_data(self.config.data, sub_spec))
             limits = PrivacyLimits(min_cell_count=self.config.privacy.min_cell_count,
                                    min_n=self.config.privacy.min_n)
             # What this site released in earlier rounds (n per analysis definition), so that
             # the same analysis on slightly more patients cannot be differenced (rule 5).
             state = Path(self.config.state_file)
             history = ReleaseHistory(state.with_name(state.stem + ".releases.json"))
-            guarded = guard(computed, limits, spec=sub_spec, data=frame, history=history)
+            guarded = guard(computed, limits, spec=sub_spec, history=history)
             history.record(guarded, sub_spec)
         else:
             guarded = {}

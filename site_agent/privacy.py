@@ -41,13 +41,19 @@ settings ``nfilter.tab`` / ``nfilter.subset``, Gaye et al., *Int J Epidemiol* 43
    outcomes). Released analyses must therefore have equal ``n`` or ``n`` differing by at
    least ``min_cell_count``; otherwise the analysis on fewer patients is suppressed.
 
-4. **Implied tables** (defence in depth). An estimator that is not count-based can still
-   carry a table: a mean difference (``two_group``) or a linear model of a 0/1 outcome is
-   the risk difference, and ``yi``, ``vi`` and ``n`` then identify the 2×2 table by integer
-   search, although the estimator reports only group sizes as its cells. When the site's
-   data frame is given (``guard(..., data=frame)``), every analysis whose outcome (or event)
-   column is 0/1 on its complete rows has its implied table, and the outcome's margin,
-   checked against ``min_cell_count`` whatever the estimator declared.
+4. **Implied tables.** An estimator that is not count-based can still carry a table: a
+   mean difference (``two_group``) or a linear model of a 0/1 outcome is the risk
+   difference, and ``yi``, ``vi`` and ``n`` then identify the 2×2 table by integer search
+   (a Cox model of a 0/1 event carries the event × exposure table likewise). The
+   estimators therefore report, in ``Estimate.cells`` (never sent), the exposure × outcome
+   table and the outcome's margins behind every estimate whose outcome is 0/1 on its
+   complete rows, whatever the data source: the DataFrame estimators
+   (:mod:`site_agent.estimators.patient_level`) count them on the rows, the SQL pushdown
+   (:mod:`site_agent.connectors.pushdown`) with one aggregate query, and the regression
+   estimators of a SQL source run on the streamed columns through the DataFrame code.
+   :func:`guard` needs no data frame for this rule: it checks the cells like any others
+   (rules 1 and 2), so a CSV file and a database with the same rows are suppressed
+   identically.
 
 5. **Differencing across rounds.** The same analysis a month later on data that grew by
    two patients is the same attack as rule 3 spread over time. :class:`ReleaseHistory`
@@ -172,46 +178,6 @@ def _analysis_of(name: str, spec: Any) -> Any:
     return None
 
 
-def _implied_cells(name: str, result: Any, spec: Any, data: Any) -> dict[str, int]:
-    """Counts of the 0/1 outcome (and 0/1 exposure) on the analysis's complete rows.
-
-    Empty when the outcome is not 0/1 or the columns are unknown. Rows are those the
-    estimator used: complete in every column the analysis names.
-    """
-    import numpy as np
-    import pandas as pd
-
-    analysis = _analysis_of(name, spec)
-    details = getattr(result, "details", None) or {}
-    outcome = (getattr(analysis, "outcome", None) or getattr(analysis, "event", None)
-               or details.get("outcome"))
-    exposure = getattr(analysis, "exposure", None) or details.get("exposure")
-    columns = list(getattr(analysis, "columns", ()) or details.get("columns") or ())
-    if analysis is not None and not columns:
-        columns = [c for c in (getattr(analysis, "outcome", None), getattr(analysis, "exposure",
-                                                                             None),
-                               getattr(analysis, "time", None), getattr(analysis, "event", None),
-                               getattr(analysis, "score", None),
-                               *(getattr(analysis, "covariates", ()) or ())) if c]
-    if not outcome or outcome not in getattr(data, "columns", ()):
-        return {}
-    columns = [c for c in dict.fromkeys([outcome, *columns]) if c in data.columns]
-    rows = data.loc[:, columns].apply(pd.to_numeric, errors="coerce")
-    rows = rows[np.isfinite(rows.to_numpy(dtype=float)).all(axis=1)]
-    y = rows[outcome].to_numpy(dtype=float)
-    if len(y) == 0 or not np.isin(y, (0.0, 1.0)).all():
-        return {}
-    cells = {"events": int(y.sum()), "non_events": int(len(y) - y.sum())}
-    if exposure and exposure in rows.columns:
-        x = rows[exposure].to_numpy(dtype=float)
-        if np.isin(x, (0.0, 1.0)).all():
-            cells.update({"ai": int(((x == 1) & (y == 1)).sum()),
-                          "bi": int(((x == 1) & (y == 0)).sum()),
-                          "ci": int(((x == 0) & (y == 1)).sum()),
-                          "di": int(((x == 0) & (y == 0)).sum())})
-    return cells
-
-
 def _analysis_key(name: str, result: Any, spec: Any) -> str | None:
     """Digest of an analysis's definition without its name (what makes two releases "the
     same analysis" across rounds), or None when the spec does not define it."""
@@ -280,7 +246,7 @@ class ReleaseHistory:
 
 
 def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *,
-          spec: Any = None, data: Any = None,
+          spec: Any = None,
           history: ReleaseHistory | None = None) -> dict[str, Any]:
     """Apply the site's disclosure control to the results of one round.
 
@@ -297,10 +263,6 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
         sibling estimates of the *same* table. Without it (and without ``details`` on the
         estimates), an estimate whose columns are unknown is treated as related to every
         suppressed table.
-    data
-        The site's patient-level data frame (optional): when given, the table implied by a
-        0/1 outcome is checked for every analysis, not only the cells the estimator
-        declared (rule 4 above).
     history
         The site's :class:`ReleaseHistory` (optional): releases whose ``n`` differs by fewer
         than ``min_cell_count`` from any earlier release are suppressed (rule 5).
@@ -322,10 +284,8 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
     for name, result in results.items():
         if _is_refusal(result):
             continue
+        # The estimators' cells include the table implied by a 0/1 outcome (rule 4).
         cells = dict(getattr(result, "cells", None) or {})
-        if data is not None:
-            for key, count in _implied_cells(name, result, spec, data).items():
-                cells.setdefault(key, count)
         small = _small_cells(cells, limits.min_cell_count)
         if small:
             # Record the small table whatever else happens to this estimate: its siblings

@@ -108,8 +108,22 @@ def _two_group(source: SqlSource, analysis: Any, dropped: int) -> Estimate | Ref
     # Hedges' g with the exact correction, metafor's large-sample variance)
     es = escalc(measure, m1i=[e.mean], sd1i=[e.sd], n1i=[e.n], m2i=[u.mean],
                 sd2i=[u.sd], n2i=[u.n])
+    cells = {"n_exposed": e.n, "n_unexposed": u.n}
+    # A 0/1 outcome makes the mean difference a risk difference that identifies the
+    # exposure x outcome table: report its cells (never sent) for disclosure control, as
+    # the DataFrame estimator does.
+    table = source.binary_outcome_table(analysis.name, analysis.outcome, analysis.exposure)
+    if table is not None:
+        cells.update(_binary_outcome_cells(table))
     return _estimate(analysis, measure, float(es.yi[0]), float(es.vi[0]), g.n, dropped,
-                     {"n_exposed": e.n, "n_unexposed": u.n})
+                     cells)
+
+
+def _binary_outcome_cells(t: Any) -> dict[str, int]:
+    """The 2x2 cells and outcome margins of a :class:`TwoByTwoCounts`, metafor's names."""
+    events = t.exposed_events + t.unexposed_events
+    return {"ai": t.exposed_events, "bi": t.exposed_non_events, "ci": t.unexposed_events,
+            "di": t.unexposed_non_events, "events": events, "non_events": t.n - events}
 
 
 def _oe_ratio(source: SqlSource, analysis: Any, dropped: int) -> Estimate | Refusal:

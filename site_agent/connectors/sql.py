@@ -329,6 +329,31 @@ class SqlSource:
             count().filter((x == 0) & (y == 0)).label("d")))
         return TwoByTwoCounts(int(row.a), int(row.b), int(row.c), int(row.d))
 
+    def binary_outcome_table(self, analysis: str, outcome: str, exposure: str
+                             ) -> TwoByTwoCounts | None:
+        """Exposure × outcome cell counts when the outcome is 0/1 on the complete rows.
+
+        ``None`` when some complete row's outcome is not 0 or 1 (a continuous outcome).
+        One aggregate query; only the four counts (and whether the outcome is 0/1) leave
+        the database. Disclosure control needs them: a mean difference or linear model of a
+        0/1 outcome is a risk difference, from which ``yi``, ``vi`` and ``n`` identify this
+        table (:mod:`site_agent.privacy`, rule 4), so its cells are checked although the
+        estimate is not count-based.
+        """
+        self.require(analysis, [outcome, exposure])
+        rel = self._complete([outcome, exposure])
+        y, x = rel.c[outcome], rel.c[exposure]
+        count = sa.func.count
+        row = self._scalar_row(sa.select(
+            count().filter(sa.not_(y.in_([0, 1]))).label("other"),
+            count().filter((x == 1) & (y == 1)).label("a"),
+            count().filter((x == 1) & (y == 0)).label("b"),
+            count().filter((x == 0) & (y == 1)).label("c"),
+            count().filter((x == 0) & (y == 0)).label("d")))
+        if row.other:
+            return None
+        return TwoByTwoCounts(int(row.a), int(row.b), int(row.c), int(row.d))
+
     def two_group(self, analysis: str, outcome: str, exposure: str) -> TwoGroupMoments:
         """Group sizes, means and sums of squared deviations, by a two-pass query."""
         self.require(analysis, [outcome, exposure])

@@ -150,6 +150,23 @@ def _two_by_two_cells(outcome: np.ndarray, exposure: np.ndarray) -> dict[str, in
             "di": int(np.sum((exposure == 0) & (outcome == 0)))}
 
 
+def _implied_table_cells(outcome: np.ndarray, exposure: np.ndarray) -> dict[str, int]:
+    """The exposure x outcome table behind an estimate that is not count-based.
+
+    A mean difference or linear model of a 0/1 outcome is a risk difference, and its
+    ``yi``, ``vi`` and ``n`` identify the 2x2 table by integer search (a Cox model of a 0/1
+    event carries the event x exposure table likewise). The estimate is released as it
+    is, but the table's cells and outcome margins are reported (in ``Estimate.cells``,
+    never sent) so that disclosure control checks them on every data source without the
+    rows (:mod:`site_agent.privacy`, rule 4). Empty when the outcome is not 0/1.
+    """
+    if not np.isin(outcome, (0.0, 1.0)).all():
+        return {}
+    y = outcome.astype(int)
+    return {**_two_by_two_cells(y, exposure), "events": int(y.sum()),
+            "non_events": int(len(y) - y.sum())}
+
+
 def _fit_glm_binomial(y: np.ndarray, x: np.ndarray, offset: np.ndarray | None = None):
     import statsmodels.api as sm
     from statsmodels.tools.sm_exceptions import (ConvergenceWarning,
@@ -233,7 +250,7 @@ def _two_group(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
                      "both groups")
     es = escalc(a.measure, m1i=[g1.mean()], sd1i=[sd1], n1i=[len(g1)], m2i=[g0.mean()],
                 sd2i=[sd0], n2i=[len(g0)])
-    cells = {"n_exposed": len(g1), "n_unexposed": len(g0)}
+    cells = {"n_exposed": len(g1), "n_unexposed": len(g0), **_implied_table_cells(y, x)}
     return _estimate(a, a.measure, es.yi[0], es.vi[0], len(data), dropped, cells,
                      {"method": f"escalc {a.measure}, exposed minus unexposed"})
 
@@ -277,7 +294,8 @@ def _linear(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
         raise Refuse("zero_variance", "the linear model fits the outcome exactly, so its "
                      "variance cannot be estimated")
     formula = f"lm({a.outcome} ~ {' + '.join([a.exposure, *a.covariates])})"
-    cells = {"n_exposed": int(e.sum()), "n_unexposed": int((1 - e).sum())}
+    cells = {"n_exposed": int(e.sum()), "n_unexposed": int((1 - e).sum()),
+             **_implied_table_cells(y, e)}
     return _estimate(a, "MD", fit.params[1], fit.cov_params()[1, 1], len(data), dropped,
                      cells, {"model": formula})
 
@@ -320,7 +338,7 @@ def _cox(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     formula = (f"coxph(Surv({a.time}, {a.event}) ~ {' + '.join([a.exposure, *a.covariates])}"
                f", ties = '{a.ties}')")
     cells = {"events": int(status.sum()), "events_exposed": events_exposed,
-             "events_unexposed": events_unexposed}
+             "events_unexposed": events_unexposed, **_implied_table_cells(status, e)}
     return _estimate(a, "HR", params[0], cov[0, 0], len(data), dropped, cells,
                      {"model": formula, "ties": a.ties, "scale": "log hazard ratio"})
 

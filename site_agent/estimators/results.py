@@ -79,7 +79,10 @@ class Estimate:
         Rows dropped for missing values in the columns this analysis uses.
     cells
         Counts behind a count-based estimate (2x2 cells, events/non-events, group sizes)
-        that disclosure control must check. Kept at the site; never sent.
+        that disclosure control must check, and the exposure x outcome table (``ai``,
+        ``bi``, ``ci``, ``di``, ``events``, ``non_events``) implied by any estimate of a 0/1
+        outcome, e.g. a mean difference that is a risk difference. Kept at the site;
+        never sent.
     details
         What the estimate was computed from (columns, model formula, ties method, ...).
     """

@@ -282,21 +282,28 @@ def test_mean_difference_of_a_binary_outcome_reveals_the_table(data_dir):
     assert truth in found and len(found) <= 2 and all(min(t) < 5 for t in found)
 
 
-def test_implied_table_check_with_the_data(data_dir):
+def test_implied_table_check_needs_no_data_frame(data_dir):
     spec, frame, results = _foxtrot_binary_md(data_dir)
-    # The estimators declare only group sizes for these, so without the data they pass...
-    assert not any(r.refused for r in guard(results, LIMITS, spec=spec).values())
-    # ...and with the data the implied table's small cell suppresses both.
-    out = guard(results, LIMITS, spec=spec, data=frame)
+    # The estimators report the table a 0/1 outcome implies (never sent)...
+    table = {"ai": int(((frame.treated == 1) & (frame.outcome == 1)).sum()),
+             "bi": int(((frame.treated == 1) & (frame.outcome == 0)).sum()),
+             "ci": int(((frame.treated == 0) & (frame.outcome == 1)).sum()),
+             "di": int(((frame.treated == 0) & (frame.outcome == 0)).sum())}
+    for name in ("md", "lin"):
+        assert {k: results[name].cells[k] for k in table} == table
+        assert set(results[name].to_dict()) == {"yi", "vi", "se", "n"}   # cells stay
+    assert "ai" not in results["los"].cells     # continuous outcome: nothing implied
+    # ...so guard suppresses both from the estimates alone, whatever the data source.
+    out = guard(results, LIMITS, spec=spec)
     assert out["md"].code == "disclosure_min_cell" and out["lin"].code == "disclosure_min_cell"
-    assert out["los"] is results["los"]          # continuous outcome: nothing implied
+    assert out["los"] is results["los"]
     # A large site is untouched.
     import pandas as pd
 
     from site_agent.estimators import estimate_all
     alpha = pd.read_csv(data_dir / "sites_public" / "mtf-alpha.csv")
     alpha_results = estimate_all(alpha, spec)
-    assert guard(alpha_results, LIMITS, spec=spec, data=alpha) == alpha_results
+    assert guard(alpha_results, LIMITS, spec=spec) == alpha_results
 
 
 def test_differencing_across_rounds_with_release_history(tmp_path):
@@ -338,7 +345,7 @@ def test_differencing_across_rounds_with_release_history(tmp_path):
 @given(n=st.integers(20, 80), p_exposed=st.floats(0.05, 0.95), p_event=st.floats(0.02, 0.98),
        seed=st.integers(0, 2**31 - 1), limit=st.integers(2, 8))
 def test_no_release_hides_a_small_implied_cell(n, p_exposed, p_event, seed, limit):
-    # Real estimators on random small sites: whatever the estimator declares, nothing whose
+    # Real estimators on random small sites, no data frame given to guard: nothing whose
     # outcome is 0/1 is released while the outcome x exposure table has a cell < limit.
     import numpy as np
     import pandas as pd
@@ -361,7 +368,7 @@ def test_no_release_hides_a_small_implied_cell(n, p_exposed, p_event, seed, limi
         {"name": "los", "estimator": "two_group", "outcome": "los_days",
          "exposure": "treated", "measure": "MD"},
     ]})
-    out = guard(estimate_all(frame, spec), PrivacyLimits(limit, 20), spec=spec, data=frame)
+    out = guard(estimate_all(frame, spec), PrivacyLimits(limit, 20), spec=spec)
     table = pd.crosstab(frame.treated, frame.outcome).reindex(index=[0, 1], columns=[0, 1],
                                                               fill_value=0)
     if int(table.to_numpy().min()) < limit:

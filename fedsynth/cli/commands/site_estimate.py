@@ -89,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
         from site_agent.connectors import estimate_from_data
 
         computed = dict(estimate_from_data(config.data, allowed))
-    guarded = (guard(computed, limits, spec=allowed, data=frame, history=history)
+    guarded = (guard(computed, limits, spec=allowed, history=history)
                if allowed.analyses else {})
     results = {a.name: (Refusal(analysis=a.name, reason=policy_refusals[a.name],
                                 code="policy")

@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import special
+
+# scipy.stats and scipy.optimize are imported where used: importing them at module level
+# costs more than `fedsynth meta --by` computes for thousands of analyses (see
+# benchmarks/README.md); the distribution tails come from the pooling layer's scipy.special
+# wrappers.
+from coordinator.synthesis.stats import chi2_sf, norm_isf, norm_sf, t_isf, t_sf
 
 from fedsynth.errors import InputError
 
@@ -194,6 +200,8 @@ def _tau2_exact(y: np.ndarray, v: np.ndarray, X: np.ndarray, method: str,
         upper *= 4.0
         if upper > 1e12:
             raise InputError("tau2: the likelihood has no finite maximum for these data")
+    from scipy import optimize
+
     root = float(optimize.brentq(score, 0.0, upper, xtol=1e-15, rtol=1e-14, maxiter=500))
     return _ll0_check(y, v, X, method, root, threshold)
 
@@ -243,6 +251,8 @@ def _tau2_pm(y: np.ndarray, v: np.ndarray, X: np.ndarray) -> float:
     upper = max(1.0, 10.0 * float(np.var(y)) + float(np.max(v)))
     while _q_gen(y, v, X, upper) > target:
         upper *= 4.0
+    from scipy import optimize
+
     return float(optimize.brentq(lambda t: _q_gen(y, v, X, t) - target, 0.0, upper,
                                  xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500))
 
@@ -452,7 +462,7 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
     pr0 = _proj(Xm, w0, y)
     QE = float(y @ pr0.Py)
     QE_df = k - p
-    QEp = float(stats.chi2.sf(QE, QE_df)) if QE_df > 0 else 1.0
+    QEp = float(chi2_sf(QE, QE_df)) if QE_df > 0 else 1.0
     # metafor's "typical" within-study variance for models with moderators
     if QE_df > 0 and method == "FE" and tau2 is None:
         # metafor's FE fit reports Higgins & Thompson's I² = (QE - df) / QE and H² = QE/df
@@ -465,10 +475,10 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
     else:
         I2, H2 = 0.0, 1.0
 
-    crit_z = stats.norm.ppf(1 - (1 - level / 100) / 2)
+    crit_z = float(norm_isf((1 - level / 100) / 2))
     z_se = np.sqrt(np.diag(vb_z))
     z_stat = beta / z_se
-    z_pval = 2 * stats.norm.sf(np.abs(z_stat))
+    z_pval = 2 * norm_sf(np.abs(z_stat))
 
     df = k - p
     if df > 0:
@@ -476,8 +486,11 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
         s2w = float(np.sum(w * resid**2) / df)
         vb_k = vb_z * s2w
         knha_se = np.sqrt(np.diag(vb_k))
-        knha_stat = beta / knha_se
-        knha_pval = 2 * stats.t.sf(np.abs(knha_stat), df)
+        # identical effects give s2w = 0 and so a zero Knapp-Hartung se: the statistic is
+        # then +-inf (or nan for a zero coefficient), as in metafor, not a warning
+        with np.errstate(divide="ignore", invalid="ignore"):
+            knha_stat = beta / knha_se
+        knha_pval = 2 * t_sf(np.abs(knha_stat), df)
     else:
         s2w = float("nan")
         vb_k = vb_z * np.nan
@@ -488,10 +501,10 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
     if m >= 1:
         b = beta[1:]
         QM = float(b @ np.linalg.solve(vb_z[1:, 1:], b))
-        QMp = float(stats.chi2.sf(QM, m))
+        QMp = float(chi2_sf(QM, m))
         if df > 0:
             knha_F = float(b @ np.linalg.solve(vb_k[1:, 1:], b) / m)
-            knha_Fp = float(stats.f.sf(knha_F, m, df))
+            knha_Fp = float(special.fdtrc(m, df, knha_F))
 
     R2 = None
     if compute_r2 and p > 1 and tau2 is None and method != "FE":
@@ -502,7 +515,7 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
     if test == "z":
         se, stat, pval, vb, crit, s2 = z_se, z_stat, z_pval, vb_z, crit_z, 1.0
     else:
-        crit = stats.t.ppf(1 - (1 - level / 100) / 2, df)
+        crit = float(t_isf((1 - level / 100) / 2, df))
         se, stat, pval, vb, s2 = knha_se, knha_stat, knha_pval, vb_k, s2w
     return MetaRegressionResult(
         names=nm, coef=beta, se=se, stat=stat, pval=pval,

@@ -26,32 +26,10 @@ from typing import Any
 from fedsynth.errors import InputError
 from coordinator.store import RoundRecord, Store, SubmissionRecord, iso
 
-__all__ = ["RoundOutcome", "open_round", "round_document", "is_due", "pool_round",
-           "close_if_due", "jsonable"]
+__all__ = ["RoundOutcome", "open_round", "round_document", "is_due", "pool_analyses",
+           "pool_round", "close_if_due"]
 
 log = logging.getLogger(__name__)
-
-
-def jsonable(value: Any) -> Any:
-    """Deep copy with NaN/inf replaced by None, tuples by lists, numpy scalars by floats."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return value
-    kind = getattr(getattr(value, "dtype", None), "kind", None)
-    if kind == "b":                      # numpy bool: must stay a JSON boolean
-        return bool(value)
-    if kind in ("i", "u"):
-        return int(value)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return number if math.isfinite(number) else None
 
 
 def open_round(store: Store, *, spec_source: str, deadline: _dt.timedelta,
@@ -114,47 +92,192 @@ def is_due(record: RoundRecord, n_submitted: int, now: _dt.datetime) -> bool:
     return record.is_open and (n_submitted >= len(record.allowed) or now > record.deadline)
 
 
-def _analysis_entry(analysis: dict[str, Any], subs: list[SubmissionRecord],
-                    pooling: dict[str, Any]) -> dict[str, Any]:
-    from coordinator.synthesis.analysis import analyse
+def _num(value: Any) -> float | None:
+    """A stored number as a JSON-ready float (NaN and infinities become None)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
-    name = analysis["name"]
-    estimates, refused = [], {}
-    for sub in subs:
+
+def _json_flag(flag: dict[str, Any]) -> dict[str, Any]:
+    """The flag's dict with its per-driver numbers made JSON-ready.
+
+    ``HeterogeneityFlag.to_dict`` already maps NaN to None for its own numbers; the driver
+    entries carry raw floats, which may be NaN (e.g. no deleted fit), so only those are
+    converted here instead of walking the whole document.
+    """
+    drivers = flag.get("drivers")
+    if drivers:
+        flag["drivers"] = [{key: (_num(value) if key in _DRIVER_NUMBERS else value)
+                            for key, value in driver.items()} for driver in drivers]
+    return flag
+
+
+_DRIVER_NUMBERS = frozenset({"rstudent", "blup", "blup_pi_lb", "blup_pi_ub"})
+
+_NO_FLAG: dict[str, Any] = {"flagged": False, "level": None, "reasons": [], "sites": []}
+
+
+@dataclass(frozen=True)
+class _Column:
+    """One analysis' inputs gathered from the submissions (JSON-ready already)."""
+
+    name: str
+    estimates: list[dict[str, Any]]
+    refused: dict[str, str]
+    cells: dict[int, tuple[float, float]]        # column of the site -> (yi, vi)
+
+
+def _gather(name: str, subs: list[SubmissionRecord]) -> _Column:
+    estimates: list[dict[str, Any]] = []
+    refused: dict[str, str] = {}
+    cells: dict[int, tuple[float, float]] = {}
+    for j, sub in enumerate(subs):
         result = sub.results.get(name)
         if result is None:
             refused[sub.site] = "the site's submission has no answer for this analysis"
         elif "refused" in result:
-            refused[sub.site] = result["refused"]
+            refused[sub.site] = str(result["refused"])
         else:
-            estimates.append({"site": sub.site, "yi": result["yi"], "vi": result["vi"],
-                              "se": result["se"], "n": result["n"]})
-    method = pooling.get("method", "REML")
-    test = pooling.get("test", "z")
-    entry: dict[str, Any] = {"analysis": name, "estimator": analysis.get("estimator"),
-                             "measure": analysis.get("measure"), "k": len(estimates),
-                             "method": method, "test": test}
-    if not estimates:
-        entry["heterogeneity"] = {"flagged": False, "level": None, "reasons": [], "sites": []}
-        entry["notes"] = ["no site sent an estimate for this analysis; nothing was pooled"]
-    else:
-        try:
-            result = analyse([e["yi"] for e in estimates], [e["vi"] for e in estimates],
-                             labels=[e["site"] for e in estimates], method=method, test=test,
-                             level=float(pooling.get("level", 95.0)),
-                             i2_threshold=float(pooling.get("i2_threshold", 50.0)))
-            pooled = result.to_dict()
-            pooled.pop("analysis", None)
-            pooled.pop("k", None)
-            entry.update(pooled)
-        except Exception as error:  # noqa: BLE001 - one bad analysis must not sink the round
-            log.exception("pooling of analysis %s failed", name)
-            entry["heterogeneity"] = {"flagged": False, "level": None, "reasons": [],
-                                      "sites": []}
-            entry["notes"] = [f"pooling failed: {error}"]
-    entry["site_estimates"] = estimates
-    entry["refused"] = refused
+            n = result["n"]
+            estimates.append({"site": sub.site, "yi": _num(result["yi"]),
+                              "vi": _num(result["vi"]), "se": _num(result["se"]),
+                              "n": int(n) if isinstance(n, (int, float)) and
+                              math.isfinite(n) else None})
+            y, v = estimates[-1]["yi"], estimates[-1]["vi"]
+            # a non-finite value keeps its cell out of the batch (pooled alone, with a note)
+            cells[j] = (math.nan if y is None else y, math.nan if v is None else v)
+    return _Column(name, estimates, refused, cells)
+
+
+def _entry_head(analysis: dict[str, Any], column: _Column,
+                pooling: dict[str, Any]) -> dict[str, Any]:
+    return {"analysis": column.name, "estimator": analysis.get("estimator"),
+            "measure": analysis.get("measure"), "k": len(column.estimates),
+            "method": pooling.get("method", "REML"), "test": pooling.get("test", "z")}
+
+
+def _finish(entry: dict[str, Any], column: _Column) -> dict[str, Any]:
+    entry["site_estimates"] = column.estimates
+    entry["refused"] = column.refused
     return entry
+
+
+def _settings(pooling: dict[str, Any]) -> dict[str, Any]:
+    return {"method": pooling.get("method", "REML"), "test": pooling.get("test", "z"),
+            "level": float(pooling.get("level", 95.0)),
+            "i2_threshold": float(pooling.get("i2_threshold", 50.0))}
+
+
+def _analysis_entry(analysis: dict[str, Any], column: _Column,
+                    pooling: dict[str, Any]) -> dict[str, Any]:
+    """One analysis pooled on its own: the fallback when the batch call fails.
+
+    A batch of all analyses fails as a whole on one bad value (``pool`` validates every
+    cell), so the analyses are then pooled one by one and only the bad one carries the
+    error as a note; one bad analysis must not sink the round.
+    """
+    from coordinator.synthesis.analysis import analyse
+
+    entry = _entry_head(analysis, column, pooling)
+    if not column.estimates:
+        entry["heterogeneity"] = dict(_NO_FLAG)
+        entry["notes"] = ["no site sent an estimate for this analysis; nothing was pooled"]
+        return _finish(entry, column)
+    s = _settings(pooling)
+    try:
+        result = analyse([c[0] for c in column.cells.values()],
+                         [c[1] for c in column.cells.values()],
+                         labels=[e["site"] for e in column.estimates], method=s["method"],
+                         test=s["test"], level=s["level"], i2_threshold=s["i2_threshold"],
+                         diagnostics=False)
+        pooled = result.pooling.to_dict()
+        pooled.pop("k", None)
+        entry.update(pooled)
+        entry["heterogeneity"] = _json_flag(result.heterogeneity.to_dict())
+        if result.notes:
+            entry["notes"] = list(result.notes)
+    except Exception as error:  # noqa: BLE001 - one bad analysis must not sink the round
+        log.exception("pooling of analysis %s failed", column.name)
+        entry["heterogeneity"] = dict(_NO_FLAG)
+        entry["notes"] = [f"pooling failed: {error}"]
+    return _finish(entry, column)
+
+
+def pool_analyses(analyses: list[dict[str, Any]], subs: list[SubmissionRecord],
+                  pooling: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``analyses`` section of a pooled round: every analysis in ONE batch call.
+
+    All analyses of the round are laid out as a sites x analyses grid with a mask of the
+    cells a site answered (refusals and missing answers are outside the mask), pooled by a
+    single vectorised :func:`coordinator.synthesis.pool` call, and each row is handed to
+    :func:`coordinator.synthesis.analysis.analyse` as ``pooled=`` so only the
+    heterogeneity flag is computed per analysis (its site drivers need the influence
+    diagnostics and BLUPs of DESIGN.md's rule). The case diagnostics and small-study tests
+    (leave-one-out, influence table, BLUPs, Egger, Begg, trim-and-fill) are not part of the
+    round document: the report does not show them, and they are reproducible on demand
+    from ``site_estimates`` (``fedsynth meta --diagnostics``); see
+    docs/decisions/federation.md ("Closing a round").
+
+    Every value is built JSON-ready (``PoolingResult``/``BatchPoolingResult`` dicts map
+    NaN to None, site estimates are converted as they are gathered), so the document needs
+    no recursive conversion afterwards.
+    """
+    import numpy as np
+
+    from coordinator.synthesis import pool
+    from coordinator.synthesis.analysis import analyse
+
+    columns = [_gather(a["name"], subs) for a in analyses]
+    s = _settings(pooling)
+    rows = [i for i, c in enumerate(columns)
+            if c.cells and all(math.isfinite(y) and math.isfinite(v) and v > 0
+                               for y, v in c.cells.values())]
+    entries: dict[int, dict[str, Any]] = {}
+    if rows:
+        K = len(subs)
+        yi = np.zeros((len(rows), K))
+        vi = np.ones((len(rows), K))
+        mask = np.zeros((len(rows), K), dtype=bool)
+        for r, i in enumerate(rows):
+            for j, (y, v) in columns[i].cells.items():
+                yi[r, j], vi[r, j], mask[r, j] = y, v, True
+        labels = np.broadcast_to(np.array([sub.site for sub in subs], dtype=object),
+                                 (len(rows), K))
+        try:
+            batch = pool(yi, vi, mask=mask, method=s["method"], test=s["test"],
+                         level=s["level"], names=[columns[i].name for i in rows],
+                         labels=labels)
+            dicts = batch.to_dicts()
+            for r, i in enumerate(rows):
+                column = columns[i]
+                entry = _entry_head(analyses[i], column, pooling)
+                try:
+                    one = batch[r]
+                    result = analyse(one.yi, one.vi, labels=one.labels, method=s["method"],
+                                     test=s["test"], level=s["level"],
+                                     i2_threshold=s["i2_threshold"], diagnostics=False,
+                                     pooled=one)
+                except Exception:  # noqa: BLE001 - pooled alone below, error as a note
+                    log.exception("flag of analysis %s failed in the batch", column.name)
+                    continue
+                pooled = dicts[r]
+                pooled.pop("k", None)
+                entry.update(pooled)
+                entry["heterogeneity"] = _json_flag(result.heterogeneity.to_dict())
+                notes = list(result.notes)
+                if batch.messages[r]:
+                    notes.append(str(batch.messages[r]))
+                if notes:
+                    entry["notes"] = notes
+                entries[i] = _finish(entry, column)
+        except Exception:  # noqa: BLE001 - fall back to one analysis at a time
+            log.exception("batch pooling of %d analyses failed; pooling one by one",
+                          len(rows))
+    return [entries[i] if i in entries else _analysis_entry(a, columns[i], pooling)
+            for i, a in enumerate(analyses)]
 
 
 @dataclass(frozen=True)
@@ -175,8 +298,8 @@ def pool_round(record: RoundRecord, subs: list[SubmissionRecord],
     sites = _sites_section(record, subs)
     if len(subs) >= record.quorum:
         status, reason = "pooled", None
-        analyses = [_analysis_entry(a, subs, record.pooling)
-                    for a in record.spec.get("analyses", [])]
+        analyses = pool_analyses(list(record.spec.get("analyses", [])), subs,
+                                 record.pooling)
     else:
         status = "failed"
         reason = (f"only {len(subs)} of {len(record.allowed)} sites submitted before the "
@@ -188,7 +311,9 @@ def pool_round(record: RoundRecord, subs: list[SubmissionRecord],
                 "closed_at": iso(now), "quorum": record.quorum, "failure_reason": reason,
                 "pooling": record.pooling, "sites": sites, "missing_sites": missing,
                 "analyses": analyses}
-    return RoundOutcome(status, jsonable(document), reason, len(subs))
+    # every part is JSON-ready as built (spec, pooling and sites come from JSON in the
+    # store; the analyses from pool_analyses), so no recursive copy is made here
+    return RoundOutcome(status, document, reason, len(subs))
 
 
 def close_if_due(store: Store, round_id: str, now: _dt.datetime) -> RoundOutcome | None:

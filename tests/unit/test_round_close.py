@@ -202,3 +202,60 @@ def test_failed_round_document_is_json_ready(tmp_path: Path) -> None:
         outcome = pool_round(store.get_round(record.id), [], NOW + dt.timedelta(minutes=2))
         assert outcome.status == "failed" and outcome.document["analyses"] == []
         json.dumps(outcome.document, allow_nan=False)
+
+
+def test_a_due_round_closes_while_another_rounds_report_is_being_written(
+        tmp_path: Path, monkeypatch) -> None:
+    """The closer and the reporter are separate tasks: a long report (here: one that
+    never finishes until released) does not hold up the close of the next due round."""
+    coordinator = _coordinator(tmp_path)
+    first = _closed_round(coordinator.store)            # closed, its report pending
+    started, release = asyncio.Event(), asyncio.Event()
+    reported: list[str] = []
+
+    async def slow_report(round_id: str, document: dict | None) -> bool:
+        started.set()
+        await release.wait()
+        reported.append(round_id)
+        coordinator.store.set_report(round_id, {"html": "x", "json": "y"})
+        return True
+
+    monkeypatch.setattr(coordinator, "write_report", slow_report)
+    _, subs = _round_data()
+    second = open_round(coordinator.store, spec_source=SPEC,
+                        deadline=dt.timedelta(hours=1), quorum=2,
+                        allowed=tuple(s.site for s in subs), pooling=POOLING,
+                        now=server_module.utcnow())
+
+    async def scenario() -> str:
+        reporter = asyncio.create_task(coordinator._reporter())
+        closer = asyncio.create_task(coordinator._closer())
+        await asyncio.wait_for(started.wait(), 30)
+        # every site answers the second round while the first one's report is running
+        for i, sub in enumerate(subs):
+            await asyncio.to_thread(
+                coordinator.store.add_submission, round_id=second.id, site=sub.site,
+                nonce=bytes([100 + i]) * 16, signed_at=server_module.utcnow(),
+                payload=sub.site.encode() + b"2", signature=b"s", results=sub.results,
+                agent_version="t", now=server_module.utcnow())
+        for _ in range(300):
+            record = await asyncio.to_thread(coordinator.store.get_round, second.id)
+            if not record.is_open:
+                break
+            await asyncio.sleep(0.1)
+        status = record.status
+        assert reported == []                          # the first report is still running
+        release.set()
+        for _ in range(300):
+            if len(reported) == 2:
+                break
+            await asyncio.sleep(0.1)
+        coordinator.request_stop()
+        await asyncio.gather(reporter, closer)
+        return status
+
+    try:
+        assert asyncio.run(scenario()) == "pooled"
+        assert reported == [first, second.id]          # oldest first, both written
+    finally:
+        coordinator.store.close()

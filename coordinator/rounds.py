@@ -4,11 +4,11 @@ Why
 ---
 A round is open until every allowed site has answered or its deadline passes (whichever
 comes first); then it is *pooled* if at least ``quorum`` sites submitted, else *failed*
-with a plain reason. Every analysis is pooled through the batch engine
-(:func:`coordinator.synthesis.analysis.analyse`: the pooled fit with metafor's
-definitions, the diagnostics and the heterogeneity flag of DESIGN.md) over the sites that
-sent an estimate; sites that refused are listed with their reasons, so the report shows
-who is missing from each number.
+with a plain reason. All analyses are pooled in one call of the batch engine
+(:func:`coordinator.synthesis.pool`, metafor's definitions) over the sites that sent an
+estimate, and each gets the heterogeneity flag of DESIGN.md
+(:func:`coordinator.synthesis.analysis.analyse` with ``pooled=``); sites that refused are
+listed with their reasons, so the report shows who is missing from each number.
 
 Pooling is a pure function of the stored submissions (:func:`pool_round`), so a coordinator
 that crashed mid-close recomputes the same document after restart, and the store's

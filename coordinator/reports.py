@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.errors import InputError
+from fedsynth.fileio import atomic_write
 
 __all__ = [
     "RoundReportPaths",
@@ -192,21 +193,11 @@ def _check_round_doc(doc: Any, where: str = "round document") -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (no torn reports)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write ``text`` to ``path`` through a temporary file and a rename (no torn reports).
+
+    Reports stay private to the coordinator's user (0600): they name sites and results.
+    """
+    atomic_write(path, text, mode=0o600)
 
 
 def _back_transform_label(analysis: Mapping[str, Any]) -> str | None:

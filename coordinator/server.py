@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.config import CoordinatorConfig
+from fedsynth.fileio import atomic_write
 from coordinator.store import Store, utcnow
 
 __all__ = ["Coordinator", "serve", "write_addr_file", "read_addr_file",
@@ -67,10 +68,7 @@ def preload_statistics() -> None:
 
 def write_addr_file(path: Path, address: str) -> None:
     """Atomically write the bound address (``HOST:PORT``) for tests and local tools."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(address + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, address + "\n")
 
 
 def read_addr_file(path: Path) -> str:

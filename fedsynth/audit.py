@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.errors import FedsynthError, InputError
+from fedsynth.fileio import atomic_write
 
 __all__ = [
     "GENESIS",
@@ -287,13 +288,7 @@ class AuditLog:
         return entry
 
     def _write_head(self, entry: AuditEntry) -> None:
-        head = _head_path(self.path)
-        tmp = head.with_name(head.name + f".{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump({"seq": entry.seq, "hash": entry.hash}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, head)
+        atomic_write(_head_path(self.path), json.dumps({"seq": entry.seq, "hash": entry.hash}))
 
     def entries(self) -> list[AuditEntry]:
         """Read every entry (no verification; use :func:`verify_log` for that)."""

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import ipaddress
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedsynth.errors import InputError
+from fedsynth.fileio import atomic_write
 
 __all__ = ["IssuedCertificate", "init_ca", "issue_site", "issue_coordinator",
            "validate_site_name", "certificate_common_name", "SITE_NAME_PATTERN"]
@@ -95,23 +95,11 @@ def _check_free(paths: list[Path], force: bool) -> None:
 def _write_private(path: Path, data: bytes) -> None:
     """Write a private key: created 0600 from the start (never world-readable, not even
     briefly), then renamed into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    atomic_write(path, data, mode=0o600)
 
 
 def _write_public(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write(path, data, mode=0o644)
 
 
 def _key_pem(key) -> bytes:

@@ -34,6 +34,7 @@ from typing import Any
 import grpc
 
 from fedsynth.errors import FedsynthError, InputError
+from fedsynth.fileio import atomic_write
 
 __all__ = [
     "CRL_FILENAME",
@@ -198,10 +199,7 @@ def revoke_certificate(pki_dir: str | Path, *, site: str | None = None,
     algorithm = None if isinstance(ca_key, (ed25519.Ed25519PrivateKey,
                                             ed448.Ed448PrivateKey)) else hashes.SHA256()
     crl = builder.sign(private_key=ca_key, algorithm=algorithm)
-    tmp = crl_path.with_name(f".{crl_path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, crl_path)
+    atomic_write(crl_path, crl.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return RevokedCertificate(serial, subject, crl_path, False, len(existing) + 1)
 
 

@@ -44,6 +44,7 @@ from typing import Any
 
 from fedsynth.audit import canonical_json, digest
 from fedsynth.errors import ConfigError, InputError
+from fedsynth.fileio import atomic_write
 
 __all__ = ["ESTIMATORS", "ApprovalStore", "PendingSpec", "Policy", "PolicyDecision",
            "apply_decision", "review_round", "site_audit_log", "site_policy",
@@ -140,10 +141,7 @@ class ApprovalStore:
         return self.directory / "approved.json"
 
     def _write(self, path: Path, obj: Any) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(obj, indent=2, sort_keys=True))
 
     def approved(self) -> dict[str, dict[str, Any]]:
         """``{fingerprint: {"round", "approved_at", "by"}}``."""

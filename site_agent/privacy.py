@@ -70,13 +70,13 @@ beyond "some count is below the limit".
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedsynth.errors import InputError
+from fedsynth.fileio import atomic_write
 
 __all__ = ["PrivacyLimits", "ReleaseHistory", "guard", "REFUSAL_CODES"]
 
@@ -239,10 +239,7 @@ class ReleaseHistory:
                 ns.append(int(result.n))
                 changed = True
         if changed:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(history, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, self.path)
+            atomic_write(self.path, json.dumps(history, sort_keys=True))
 
 
 def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *,

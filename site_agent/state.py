@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedsynth.errors import InputError
+from fedsynth.fileio import atomic_write
 
 __all__ = ["RoundEntry", "SiteState"]
 
@@ -108,18 +108,4 @@ class SiteState:
         self._rounds[entry.round_id] = entry
         data = {"version": self.VERSION, "site": self.site,
                 "rounds": {rid: e.to_json() for rid, e in sorted(self._rounds.items())}}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
-        try:
-            fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:  # pragma: no cover - some file systems refuse directory fsync
-            pass
+        atomic_write(self.path, json.dumps(data, indent=1))

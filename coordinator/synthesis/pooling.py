@@ -408,7 +408,8 @@ def _validate(yi, vi, mask, names, labels):
     def where(i: int, j: int) -> str:
         site = label_grid[i, j] if label_grid is not None else f"site {j + 1}"
         place = f"study {site!r}" if label_grid is not None else site
-        return f"{place} of analysis {name_t[i]!r}" if m > 1 or names is not None else place
+        named = (m > 1 or names is not None) and name_t[i] != ""
+        return f"{place} of analysis {name_t[i]!r}" if named else place
 
     bad = msk & ~np.isfinite(y)
     if bad.any():

@@ -198,3 +198,16 @@ def test_console_script_end_to_end(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert fail.returncode == 2 and fail.stdout == ""
     assert "column 'yi', row 1" in fail.stderr and "Traceback" not in fail.stderr
+
+
+def test_bad_variance_of_a_single_unnamed_analysis_names_only_the_study(tmp_path, capsys):
+    """One analysis without --by has no name: the message names the study, not "analysis ''"."""
+    from fedsynth.cli import main
+
+    path = tmp_path / "bad.csv"
+    path.write_text("study,yi,vi\nA,0.1,0.01\nB,0.2,-0.02\n", encoding="utf-8")
+    assert main(["meta", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "study 'B' has sampling variance -0.02" in captured.err
+    assert "analysis ''" not in captured.err

@@ -381,14 +381,9 @@ def _validate(yi, vi, mask, names, labels):
     v = _as_2d("vi", vi)
     if y.shape != v.shape:
         raise InputError(f"yi and vi: shapes differ ({y.shape} vs {v.shape})")
-    if mask is None:
-        msk = np.ones(y.shape, dtype=bool)
-    else:
-        msk = np.array(mask, dtype=bool, ndmin=1)
-        if msk.ndim == 1:
-            msk = msk[None, :]
-        if msk.shape != y.shape:
-            raise InputError(f"mask: shape {msk.shape} does not match yi {y.shape}")
+    msk = st.as_mask(mask, y.shape)
+    if msk.shape != y.shape:
+        raise InputError(f"mask: shape {msk.shape} does not match yi {y.shape}")
     m, kmax = y.shape
     if names is None:
         name_t = tuple(map(str, range(m))) if m > 1 else ("",)

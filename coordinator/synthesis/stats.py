@@ -116,6 +116,15 @@ class BatchInput:
         return np.where(self.mask, self.vi, np.inf)
 
 
+def as_mask(mask, shape: tuple[int, ...]) -> np.ndarray:
+    """A boolean (analyses, sites) mask: all present when ``mask`` is None, a 1-D mask
+    promoted to one analysis. The shape is not checked here (see ``pooling.pool``)."""
+    if mask is None:
+        return np.ones(shape, dtype=bool)
+    msk = np.array(mask, dtype=bool, ndmin=1)
+    return msk[None, :] if msk.ndim == 1 else msk
+
+
 def as_batch(yi, vi, mask=None) -> BatchInput:
     """Promote ``yi``, ``vi`` (1-D or 2-D) and an optional mask to a sanitised batch.
 
@@ -131,12 +140,7 @@ def as_batch(yi, vi, mask=None) -> BatchInput:
         y = y[None, :]
     if v.ndim == 1:
         v = v[None, :]
-    if mask is None:
-        msk = np.ones(y.shape, dtype=bool)
-    else:
-        msk = np.array(mask, dtype=bool, ndmin=1)
-        if msk.ndim == 1:
-            msk = msk[None, :]
+    msk = as_mask(mask, y.shape)
     y[~msk] = 0.0
     v[~msk] = 1.0
     return BatchInput(y, v, msk, msk.sum(axis=1))

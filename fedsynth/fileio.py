@@ -10,9 +10,13 @@ rename survives a power cut. A reader sees the old file or the new one, never a 
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from fedsynth.errors import InputError
 
 
 def atomic_write(path: str | Path, data: bytes | str, *, mode: int = 0o644) -> Path:
@@ -46,6 +50,25 @@ def atomic_write(path: str | Path, data: bytes | str, *, mode: int = 0o644) -> P
         raise
     _fsync_directory(target.parent)
     return target
+
+
+def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
+    """Read a JSON object written by :func:`atomic_write`; ``{}`` when the file is missing.
+
+    Raises
+    ------
+    InputError
+        The file is not valid JSON or does not hold an object; ``what`` names it.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except ValueError as error:
+        raise InputError(f"{what} {str(path)!r} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{what} {str(path)!r} must hold an object")
+    return data
 
 
 def _fsync_directory(folder: Path) -> None:

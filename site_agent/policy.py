@@ -44,7 +44,7 @@ from typing import Any
 
 from fedsynth.audit import canonical_json, digest
 from fedsynth.errors import ConfigError, InputError
-from fedsynth.fileio import atomic_write
+from fedsynth.fileio import atomic_write, read_json_object
 
 __all__ = ["ESTIMATORS", "ApprovalStore", "PendingSpec", "Policy", "PolicyDecision",
            "apply_decision", "review_round", "site_audit_log", "site_policy",
@@ -145,17 +145,7 @@ class ApprovalStore:
 
     def approved(self) -> dict[str, dict[str, Any]]:
         """``{fingerprint: {"round", "approved_at", "by"}}``."""
-        try:
-            data = json.loads(self._approved_file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except ValueError as error:
-            raise InputError(f"approvals file {str(self._approved_file)!r} is not valid "
-                             f"JSON: {error}") from None
-        if not isinstance(data, dict):
-            raise InputError(f"approvals file {str(self._approved_file)!r} must hold an "
-                             "object")
-        return data
+        return read_json_object(self._approved_file, "approvals file")
 
     def is_approved(self, fingerprint: str) -> bool:
         return fingerprint in self.approved()

@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.errors import InputError
-from fedsynth.fileio import atomic_write
+from fedsynth.fileio import atomic_write, read_json_object
 
 __all__ = ["PrivacyLimits", "ReleaseHistory", "guard", "REFUSAL_CODES"]
 
@@ -209,15 +209,7 @@ class ReleaseHistory:
         self.path = Path(path)
 
     def load(self) -> dict[str, list[int]]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except ValueError as error:
-            raise InputError(f"release history {str(self.path)!r} is not valid JSON: "
-                             f"{error}") from None
-        if not isinstance(data, dict):
-            raise InputError(f"release history {str(self.path)!r} must hold an object")
+        data = read_json_object(self.path, "release history")
         return {str(k): [int(n) for n in v] for k, v in data.items()}
 
     def released(self, key: str) -> list[int]:

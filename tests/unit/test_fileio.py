@@ -46,3 +46,18 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path,
         atomic_write(target, "new")
     assert target.read_text(encoding="utf-8") == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_read_json_object_missing_valid_and_bad(tmp_path: Path) -> None:
+    from fedsynth.errors import InputError
+    from fedsynth.fileio import read_json_object
+
+    assert read_json_object(tmp_path / "none.json", "release history") == {}
+    good = atomic_write(tmp_path / "good.json", '{"a": [1, 2]}')
+    assert read_json_object(good, "release history") == {"a": [1, 2]}
+    broken = atomic_write(tmp_path / "broken.json", "{not json")
+    with pytest.raises(InputError, match=r"release history '.*broken.json' is not valid JSON"):
+        read_json_object(broken, "release history")
+    listed = atomic_write(tmp_path / "list.json", "[1, 2]")
+    with pytest.raises(InputError, match=r"approvals file '.*list.json' must hold an object"):
+        read_json_object(listed, "approvals file")

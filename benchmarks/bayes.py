@@ -1,7 +1,7 @@
 """Benchmark: Bayesian normal-normal pooling by vectorised quadrature vs plain scipy ``quad``.
 
 Run ``python benchmarks/bayes.py`` from the repository root. For each data set and prior it
-prints the time per analysis of :func:`coordinator.synthesis.bayes.bayes_pool` (one call per
+prints the time per analysis of :func:`fedsynth.meta.bayes.bayes_pool` (one call per
 analysis, and per analysis inside a masked batch of 1,000), the time of a straightforward
 implementation with ``scipy.integrate.quad`` over tau (normalising constant, each moment,
 ``P(mu > 0)``, each site's posterior mean, and ``brentq`` on quad-computed CDFs for the
@@ -25,7 +25,7 @@ from scipy import integrate, optimize, special
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from coordinator.synthesis.bayes import bayes_pool, get_prior  # noqa: E402
+from fedsynth.meta.bayes import bayes_pool, get_prior  # noqa: E402
 
 QUAD = dict(epsabs=1e-11, epsrel=1e-10, limit=200)
 

@@ -108,8 +108,8 @@ def stage_times(yi: np.ndarray, vi: np.ndarray, m: int) -> None:
     # interpreter start-up alone, and with every module the csv path imports
     _, c_bare, _ = child_cpu([sys.executable, "-c", "pass"], cwd=ROOT)
     mods = ("fedsynth.cli, fedsynth.cli.commands.meta, fedsynth.tabular, pandas, "
-            "coordinator.synthesis, coordinator.synthesis.heterogeneity, "
-            "coordinator.synthesis.metareg")
+            "fedsynth.meta, fedsynth.meta.heterogeneity, "
+            "fedsynth.meta.metareg")
     _, c_imp, _ = child_cpu([sys.executable, "-c", f"import {mods}"], cwd=ROOT)
     _, c_imp_nometareg, _ = child_cpu(
         [sys.executable, "-c", f"import {mods.rsplit(',', 1)[0]}"], cwd=ROOT)
@@ -125,7 +125,7 @@ def stage_times(yi: np.ndarray, vi: np.ndarray, m: int) -> None:
     (_, c_pool), batch = cpu_timed(lambda: meta.compute(args, data))
     (_, c_flag), _ = cpu_timed(lambda: meta._batch_flags(args, batch))
     (_, c_out), _ = cpu_timed(lambda: meta.render_csv(args, data, batch))
-    from coordinator.synthesis.heterogeneity import assess_heterogeneity_batch
+    from fedsynth.meta.heterogeneity import assess_heterogeneity_batch
 
     (_, c_flag_all), _ = cpu_timed(lambda: assess_heterogeneity_batch(batch))
     print(f"  in-process: read+validate CSV {c_load:.3f} s, pool {c_pool:.3f} s, "
@@ -133,7 +133,7 @@ def stage_times(yi: np.ndarray, vi: np.ndarray, m: int) -> None:
           f"{c_flag:.3f} s [drivers of all, as json: {c_flag_all:.3f} s], "
           f"records + CSV text {c_out:.3f} s")
     # the per-analysis path the batch flag replaced (analysis.analyse per analysis)
-    from coordinator.synthesis.analysis import analyse
+    from fedsynth.meta.analysis import analyse
 
     n_flag = min(m, 300)
     c0 = time.process_time()
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-cli", action="store_true")
     args = parser.parse_args(argv)
 
-    from coordinator.synthesis import pool
+    from fedsynth.meta import pool
 
     m, k = args.analyses, args.sites
     yi, vi = make_data(m, k, args.seed)

@@ -4,7 +4,7 @@ What it measures
 ----------------
 A real coordinator process (``fedsynth coordinator serve``: grpc.aio server, mutual TLS,
 revocation and rate-limit interceptors, SQLite store in WAL mode, the closer that pools with
-``coordinator.synthesis``) and N sites, each a separate gRPC channel with its *own* client
+``fedsynth.meta``) and N sites, each a separate gRPC channel with its *own* client
 certificate and key (distinct TLS connections; the coordinator identifies every site by its
 certificate and verifies each submission's ECDSA signature). The N sites are driven from
 this one process with asyncio through the core's ``site_agent.client.FederationClient``;

@@ -6,7 +6,7 @@ computed two ways, each in a fresh subprocess so peak memory is the process's ow
 * **pushdown**: :func:`site_agent.connectors.estimate_all_sql`, only aggregates leave
   the database;
 * **pandas**: ``pandas.read_sql_table`` of the whole table, then
-  :func:`site_agent.estimators.estimate_all` (what an agent without pushdown does).
+  :func:`fedsynth.effects.estimate_all` (what an agent without pushdown does).
 
 It prints wall time, peak RSS growth (``ru_maxrss`` after minus before the work) and the
 ratio pandas / pushdown. Needs a PostgreSQL server: ``FEDSYNTH_TEST_POSTGRES_URL``, or it
@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from fedsynth.spec import parse_spec
 import site_agent.connectors.pushdown
 from site_agent.connectors import SqlSource, estimate_all_sql
-from site_agent.estimators import estimate_all
+from fedsynth.effects import estimate_all
 import pandas as pd
 mode, url, table, spec_json = sys.argv[1:5]
 spec = parse_spec(json.loads(spec_json))

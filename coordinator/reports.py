@@ -402,10 +402,10 @@ def _worker_main(job_file: str) -> int:
 def _forest_svg(analysis: Mapping[str, Any], *, id_prefix: str) -> str | None:
     """Forest plot of one analysis as sanitized inline SVG; None when no site estimate.
 
-    Drawn by the project's forest plot (:func:`coordinator.synthesis.plots.forest_plot`),
+    Drawn by the project's forest plot (:func:`fedsynth.plots.forest_plot`),
     which reads a round-document analysis (``site_estimates`` and the pooled fields).
     """
-    from coordinator.synthesis.plots import forest_plot
+    from fedsynth.plots import forest_plot
 
     estimates = [e for e in analysis.get("site_estimates") or []
                  if _finite(e.get("yi")) is not None and (_finite(e.get("vi")) or 0) > 0]

@@ -5,9 +5,9 @@ Why
 A round is open until every allowed site has answered or its deadline passes (whichever
 comes first); then it is *pooled* if at least ``quorum`` sites submitted, else *failed*
 with a plain reason. All analyses are pooled in one call of the batch engine
-(:func:`coordinator.synthesis.pool`, metafor's definitions) over the sites that sent an
+(:func:`fedsynth.meta.pool`, metafor's definitions) over the sites that sent an
 estimate, and each gets the heterogeneity flag of DESIGN.md
-(:func:`coordinator.synthesis.analysis.analyse` with ``pooled=``); sites that refused are
+(:func:`fedsynth.meta.analysis.analyse` with ``pooled=``); sites that refused are
 listed with their reasons, so the report shows who is missing from each number.
 
 Pooling is a pure function of the stored submissions (:func:`pool_round`), so a coordinator
@@ -179,7 +179,7 @@ def _analysis_entry(analysis: dict[str, Any], column: _Column,
     cell), so the analyses are then pooled one by one and only the bad one carries the
     error as a note; one bad analysis must not sink the round.
     """
-    from coordinator.synthesis.analysis import analyse
+    from fedsynth.meta.analysis import analyse
 
     entry = _entry_head(analysis, column, pooling)
     if not column.estimates:
@@ -212,8 +212,8 @@ def pool_analyses(analyses: list[dict[str, Any]], subs: list[SubmissionRecord],
 
     All analyses of the round are laid out as a sites x analyses grid with a mask of the
     cells a site answered (refusals and missing answers are outside the mask), pooled by a
-    single vectorised :func:`coordinator.synthesis.pool` call, and each row is handed to
-    :func:`coordinator.synthesis.analysis.analyse` as ``pooled=`` so only the
+    single vectorised :func:`fedsynth.meta.pool` call, and each row is handed to
+    :func:`fedsynth.meta.analysis.analyse` as ``pooled=`` so only the
     heterogeneity flag is computed per analysis (its site drivers need the influence
     diagnostics and BLUPs of DESIGN.md's rule). The case diagnostics and small-study tests
     (leave-one-out, influence table, BLUPs, Egger, Begg, trim-and-fill) are not part of the
@@ -227,8 +227,8 @@ def pool_analyses(analyses: list[dict[str, Any]], subs: list[SubmissionRecord],
     """
     import numpy as np
 
-    from coordinator.synthesis import pool
-    from coordinator.synthesis.analysis import analyse
+    from fedsynth.meta import pool
+    from fedsynth.meta.analysis import analyse
 
     columns = [_gather(a["name"], subs) for a in analyses]
     s = _settings(pooling)

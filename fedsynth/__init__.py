@@ -1,7 +1,7 @@
 """fedsynth: federated multisite evidence synthesis.
 
 Sites compute effect estimates from private data and send only summary statistics over
-mutual-TLS gRPC; a coordinator pools them (``coordinator.synthesis``) with metafor-grade
+mutual-TLS gRPC; a coordinator pools them (``fedsynth.meta``) with metafor-grade
 fixed- and random-effects meta-analysis and flags heterogeneity that a single pooled model
 would hide.
 """

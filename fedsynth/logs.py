@@ -65,3 +65,14 @@ def configure_logging(fmt: str = "text", level: int | str = logging.INFO,
     root.addHandler(handler)
     root.setLevel(level)
     return handler
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Timestamped log lines on stderr (what operators and systemd/journald read).
+
+    Used by the long-running roles (``coordinator serve``, ``site run``); a handler that
+    ``--log-format`` installed earlier is kept (``basicConfig`` does nothing then).
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("grpc").setLevel(logging.WARNING)

@@ -3,7 +3,7 @@
 Why
 ---
 The spec is written by the central analytics team (TOML, see DESIGN.md), sent to every
-site inside a round, and executed there by :func:`site_agent.estimators.estimate_all`. A
+site inside a round, and executed there by :func:`fedsynth.effects.estimate_all`. A
 site must never guess: a typo in a key or an estimator name would otherwise produce a
 silently different analysis at each site. So the spec is parsed into typed, frozen
 objects and every problem (unknown estimator, missing, unknown or inapplicable key, wrong

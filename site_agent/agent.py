@@ -147,7 +147,7 @@ class SiteAgent:
         """
         from fedsynth.spec import parse_spec
         from site_agent.connectors import estimate_from_data
-        from site_agent.estimators import Refusal
+        from fedsynth.effects import Refusal
         from pathlib import Path
         from types import SimpleNamespace
 
@@ -327,7 +327,7 @@ class SiteAgent:
 def _warm_imports() -> None:
     import fedsynth.spec  # noqa: F401
     import site_agent.connectors  # noqa: F401
-    import site_agent.estimators.patient_level  # noqa: F401
+    import fedsynth.effects.patient_level  # noqa: F401
     import site_agent.policy  # noqa: F401
     import site_agent.privacy  # noqa: F401
 

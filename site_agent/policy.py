@@ -435,7 +435,7 @@ def apply_decision(results: Mapping[str, Any], decision: PolicyDecision) -> dict
     Estimators should not even run for those analyses when avoidable; this guarantees that
     nothing computed for them is sent in any case.
     """
-    from site_agent.estimators import Refusal
+    from fedsynth.effects import Refusal
 
     return {name: (Refusal(analysis=name, reason=decision.refusals[name], code="policy")
                    if name in decision.refusals else result)

@@ -48,7 +48,7 @@ settings ``nfilter.tab`` / ``nfilter.subset``, Gaye et al., *Int J Epidemiol* 43
    estimators therefore report, in ``Estimate.cells`` (never sent), the exposure × outcome
    table and the outcome's margins behind every estimate whose outcome is 0/1 on its
    complete rows, whatever the data source: the DataFrame estimators
-   (:mod:`site_agent.estimators.patient_level`) count them on the rows, the SQL pushdown
+   (:mod:`fedsynth.effects.patient_level`) count them on the rows, the SQL pushdown
    (:mod:`site_agent.connectors.pushdown`) with one aggregate query, and the regression
    estimators of a SQL source run on the streamed columns through the DataFrame code.
    :func:`guard` needs no data frame for this rule: it checks the cells like any others
@@ -62,7 +62,7 @@ settings ``nfilter.tab`` / ``nfilter.subset``, Gaye et al., *Int J Epidemiol* 43
    release by fewer than ``min_cell_count``, whatever its definition, as rule 3 does within
    a round (equal ``n``, the same data again, is allowed).
 
-A suppressed analysis becomes a :class:`~site_agent.estimators.Refusal` whose reason names
+A suppressed analysis becomes a :class:`~fedsynth.effects.Refusal` whose reason names
 the rule and the configured limit, never a count, so the refusal itself discloses nothing
 beyond "some count is below the limit".
 """
@@ -119,7 +119,7 @@ class PrivacyLimits:
 
 def _refusal(analysis: str, reason: str, code: str):
     # Imported here: the result types belong to the estimators package.
-    from site_agent.estimators import Refusal
+    from fedsynth.effects import Refusal
 
     return Refusal(analysis=analysis, reason=reason, code=code)
 
@@ -243,7 +243,7 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
     ----------
     results
         ``{analysis name: Estimate | Refusal}`` as returned by
-        :func:`site_agent.estimators.estimate_all`.
+        :func:`fedsynth.effects.estimate_all`.
     limits
         The site's :class:`PrivacyLimits`.
     spec

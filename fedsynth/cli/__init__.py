@@ -1,10 +1,15 @@
-"""The ``fedsynth`` command line.
+"""The ``fedsynth`` command line: the top layer of the project.
 
-The tree of subcommands is assembled from :mod:`fedsynth.cli.commands` (see
-:mod:`fedsynth.cli.registry`). Errors fedsynth raises on purpose
-(:class:`fedsynth.errors.FedsynthError`) are printed as one line on stderr, never as a
-traceback, and map to exit codes: 2 for bad input, 1 otherwise. Nothing that looks like a
-result is printed to stdout when a command fails.
+Each part contributes its commands through the ``fedsynth.commands`` entry-point group
+(pyproject.toml): the library's own (:mod:`fedsynth.cli.commands`: ``meta``, ``ca``,
+``audit``, ``version``, ...), the coordinator's (:mod:`coordinator.commands`) and the site
+agent's (:mod:`site_agent.commands`). Every module of a contributed package exposes
+``COMMANDS``, a list of :class:`~fedsynth.cli.registry.Command`. The library therefore
+never imports a role (tests/unit/test_layering.py checks it).
+
+Errors fedsynth raises on purpose (:class:`fedsynth.errors.FedsynthError`) are printed as
+one line on stderr, never as a traceback, and map to exit codes: 2 for bad input, 1
+otherwise. Nothing that looks like a result is printed to stdout when a command fails.
 """
 
 from __future__ import annotations
@@ -14,20 +19,46 @@ import importlib
 import pkgutil
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
+from types import ModuleType
 
 from fedsynth import __version__
 from fedsynth.cli.registry import GROUP_HELP, Command
 from fedsynth.errors import FedsynthError
 
 
-def discover_commands() -> list[Command]:
-    """Import every module of :mod:`fedsynth.cli.commands` and collect its ``COMMANDS``."""
-    from fedsynth.cli import commands as package
+#: The entry-point group through which packages contribute command modules.
+ENTRY_POINT_GROUP = "fedsynth.commands"
 
+
+def commands_of_package(package: ModuleType) -> list[Command]:
+    """Import every module of ``package`` and collect its ``COMMANDS``."""
     found: list[Command] = []
     for module_info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{package.__name__}.{module_info.name}")
         found.extend(getattr(module, "COMMANDS", []))
+    return found
+
+
+def discover_commands() -> list[Command]:
+    """Collect the commands of every package registered under ``fedsynth.commands``.
+
+    The library's own commands are always present; the roles' commands appear once the
+    distribution is installed (``pip install -e .`` writes the entry points).
+    """
+    from fedsynth.cli import commands as library_commands
+
+    packages: dict[str, ModuleType] = {library_commands.__name__: library_commands}
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        package = entry_point.load()
+        packages.setdefault(package.__name__, package)
+    found: list[Command] = []
+    for name in sorted(packages):
+        found.extend(commands_of_package(packages[name]))
+    paths = [command.path for command in found]
+    duplicated = sorted({" ".join(path) for path in paths if paths.count(path) > 1})
+    if duplicated:
+        raise RuntimeError(f"commands registered twice: {', '.join(duplicated)}")
     return found
 
 

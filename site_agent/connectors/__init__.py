@@ -55,6 +55,6 @@ def estimate_from_data(data: Any, spec: Any) -> dict[str, Any]:
         finally:
             source.dispose()
     from site_agent.data import load_table
-    from site_agent.estimators import estimate_all
+    from fedsynth.effects import estimate_all
 
     return dict(estimate_all(load_table(path), spec))

@@ -1,7 +1,7 @@
 """Estimates from a SQL source: sufficient statistics from the database, same results.
 
 :func:`estimate_all_sql` is the SQL counterpart of
-:func:`site_agent.estimators.estimate_all` (which takes a DataFrame) and returns the same
+:func:`fedsynth.effects.estimate_all` (which takes a DataFrame) and returns the same
 ``{analysis name: Estimate | Refusal}``. Count- and moment-based estimators are computed
 from aggregates the database returns (see :mod:`site_agent.connectors.sql`); regression
 estimators get a DataFrame with only the columns they name and go through
@@ -25,8 +25,8 @@ from typing import Any
 import pandas as pd
 
 from site_agent.connectors.sql import DataProblem, SqlSource
-from site_agent.estimators.effect_sizes import escalc
-from site_agent.estimators.results import Estimate, Refusal
+from fedsynth.effects.effect_sizes import escalc
+from fedsynth.effects.results import Estimate, Refusal
 
 #: estimators answered from SQL aggregates (only the aggregates leave the database)
 PUSHDOWN_ESTIMATORS = frozenset({"two_by_two", "two_group", "oe_ratio", "brier", "auc"})
@@ -196,7 +196,7 @@ def estimate_all_sql(source: SqlSource, spec: Any) -> dict[str, Estimate | Refus
     -------
     dict
         ``{analysis name: Estimate | Refusal}``, as
-        :func:`site_agent.estimators.estimate_all` returns for a DataFrame.
+        :func:`fedsynth.effects.estimate_all` returns for a DataFrame.
     """
     analyses = list(spec.analyses)
     results: dict[str, Estimate | Refusal] = {}
@@ -220,7 +220,7 @@ def estimate_all_sql(source: SqlSource, spec: Any) -> dict[str, Estimate | Refus
 
 def _streamed(source: SqlSource, spec: Any, analyses: list[Any]) -> dict[str, Any]:
     """Regression analyses: fetch only their columns, then the DataFrame estimators."""
-    from site_agent.estimators import estimate_all
+    from fedsynth.effects import estimate_all
 
     present = set(source.columns())
     wanted = list(dict.fromkeys(c for a in analyses for c in _needed_columns(a)

@@ -137,7 +137,7 @@ class DataProblem(InputError):
     """The data cannot answer one analysis (a missing column, a non-0/1 outcome, ...).
 
     :mod:`site_agent.connectors.pushdown` turns it into a
-    :class:`~site_agent.estimators.Refusal` with :attr:`code`, as the CSV path does, so one
+    :class:`~fedsynth.effects.Refusal` with :attr:`code`, as the CSV path does, so one
     bad analysis does not stop the others of a round.
     """
 

@@ -22,8 +22,8 @@ import sqlalchemy as sa
 from fedsynth.spec import parse_spec
 from site_agent.connectors import SqlSource, estimate_all_sql
 from site_agent.data import load_table
-from site_agent.estimators import estimate_all
-from site_agent.estimators.results import Estimate, Refusal
+from fedsynth.effects import estimate_all
+from fedsynth.effects.results import Estimate, Refusal
 from tests.integration.pg_server import fresh_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.integration]

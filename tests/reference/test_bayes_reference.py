@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coordinator.synthesis.bayes import BayesResult, bayes_pool
+from fedsynth.meta.bayes import BayesResult, bayes_pool
 from tests.conftest import load_json
 
 CASES = load_json("metafor_public.json")["bayes"]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coordinator.synthesis import diagnostics as D
-from coordinator.synthesis.metareg import meta_regression
-from coordinator.synthesis.subgroups import subgroup_analysis
+from fedsynth.meta import diagnostics as D
+from fedsynth.meta.metareg import meta_regression
+from fedsynth.meta.subgroups import subgroup_analysis
 from tests.conftest import load_json
 
 REF = load_json("metafor_public.json")

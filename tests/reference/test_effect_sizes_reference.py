@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from site_agent.estimators import escalc
+from fedsynth.effects import escalc
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "metafor_public.json"
 CASES = json.loads(DATA.read_text())["effect_sizes"]

@@ -15,7 +15,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from coordinator.synthesis import meta_analysis, pool
+from fedsynth.meta import meta_analysis, pool
 from tests.conftest import load_json
 
 CASES = load_json("metafor_public.json")["pooling"]
@@ -137,7 +137,7 @@ def test_seed_example():
 @pytest.mark.parametrize("method", ["ML", "REML", "EB", "PM"])
 def test_both_solvers_reproduce_metafor_tau2(method):
     """Newton (default) and metafor's own Fisher scoring land on the same tau² as R."""
-    from coordinator.synthesis import stats as st
+    from fedsynth.meta import stats as st
 
     cases = [c for c in CASES if c["method"] == method and c["test"] == "z"]
     kmax = max(len(c["yi"]) for c in cases)

@@ -17,7 +17,7 @@ import pytest
 
 from fedsynth.spec import load_spec
 from site_agent.data import load_table
-from site_agent.estimators import Estimate, estimate_all
+from fedsynth.effects import Estimate, estimate_all
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "sites_public"
 EXPECTED = json.loads((DATA / "expected.json").read_text())
@@ -73,7 +73,7 @@ POOLED = sorted(EXPECTED["pooled"])
 
 @pytest.mark.parametrize("key", POOLED)
 def test_pooling_of_site_estimates_matches_r(results, key: str) -> None:
-    synthesis = pytest.importorskip("coordinator.synthesis",
+    synthesis = pytest.importorskip("fedsynth.meta",
                                     reason="the pooling engine is not available")
     ref = EXPECTED["pooled"][key]
     measure, method = ref["measure"], ref["method"]

@@ -1,4 +1,4 @@
-"""Unit tests of coordinator.synthesis.bayes beyond the R reference cases.
+"""Unit tests of fedsynth.meta.bayes beyond the R reference cases.
 
 The independent check is a plain adaptive-quadrature implementation (scipy ``quad`` over tau
 on [0, inf), ``brentq`` for quantiles) written from BDA3 eq. 5.21 with no code shared with the
@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import integrate, optimize, special
 
-from coordinator.synthesis import bayes as bayes_mod
-from coordinator.synthesis.bayes import (BayesBatchResult, BayesResult, TauPrior,
+from fedsynth.meta import bayes as bayes_mod
+from fedsynth.meta.bayes import (BayesBatchResult, BayesResult, TauPrior,
                                          available_priors, bayes_pool, get_prior,
                                          parse_prior_spec, register_prior)
 from fedsynth.errors import InputError

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from fedsynth.errors import InputError
 from fedsynth.spec import parse_spec
 from site_agent.connectors import SqlSource, estimate_all_sql, estimate_from_data
-from site_agent.estimators.results import Estimate, Refusal
+from fedsynth.effects.results import Estimate, Refusal
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "sites_public"
 EXPECTED = json.loads((DATA / "expected.json").read_text())["sites"]
@@ -211,7 +211,7 @@ def test_estimate_from_data_dispatches_on_url(tmp_path: Path) -> None:
 def test_pushdown_equals_csv_path(tmp_path: Path, site: str) -> None:
     """Same Estimate fields (yi, vi, n, cells, measure) or the same refusal code."""
     from site_agent.data import load_table
-    from site_agent.estimators import estimate_all
+    from fedsynth.effects import estimate_all
 
     frame = load_table(DATA / f"{site}.csv")
     spec = parse_spec({"analysis": [
@@ -244,7 +244,7 @@ def test_parquet_input_equals_csv(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     from site_agent.data import load_table
-    from site_agent.estimators import estimate_all
+    from fedsynth.effects import estimate_all
 
     csv = DATA / "mtf-echo.csv"
     frame = pd.read_csv(csv)

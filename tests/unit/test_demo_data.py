@@ -11,9 +11,9 @@ import pytest
 from fedsynth.cli import main
 from fedsynth.errors import InputError
 from fedsynth.spec import load_spec
-from site_agent.demo_data import (DEMO_COLUMNS, demo_spec_path, generate, site_names,
+from fedsynth.datasets import (DEMO_COLUMNS, demo_spec_path, generate, site_names,
                                   site_parameters, write_demo)
-from site_agent.estimators import Estimate, estimate_all
+from fedsynth.effects import Estimate, estimate_all
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "sites_public" / "mtf-alpha.csv"
 
@@ -75,8 +75,8 @@ def test_effects_are_recovered_and_every_estimator_runs() -> None:
 
 
 def _flags(heterogeneity: str) -> dict[str, bool]:
-    synthesis = pytest.importorskip("coordinator.synthesis")
-    hetero = pytest.importorskip("coordinator.synthesis.heterogeneity")
+    synthesis = pytest.importorskip("fedsynth.meta")
+    hetero = pytest.importorskip("fedsynth.meta.heterogeneity")
     spec = load_spec(demo_spec_path())
     frames = generate(6, seed=0, heterogeneity=heterogeneity, rows=800)
     results = {s: estimate_all(f, spec) for s, f in frames.items()}

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from coordinator.synthesis import diagnostics as D
-from coordinator.synthesis.metareg import fit_rma
-from coordinator.synthesis.subgroups import subgroup_analysis
+from fedsynth.meta import diagnostics as D
+from fedsynth.meta.metareg import fit_rma
+from fedsynth.meta.subgroups import subgroup_analysis
 from fedsynth.errors import InputError
 from tests.conftest import load_json
 
@@ -156,7 +156,7 @@ def test_analyse_is_total_and_strict_json(k, seed, method, test):
     # strict JSON) and a well-formed flag
     import json
 
-    from coordinator.synthesis.analysis import analyse
+    from fedsynth.meta.analysis import analyse
 
     rng = np.random.default_rng(seed)
     y = rng.normal(0.0, rng.uniform(0.01, 1.0), size=k)
@@ -178,7 +178,7 @@ def test_saturated_meta_regression_is_strict_json():
     # k == p: no residual df, Knapp-Hartung undefined -> null in JSON, never NaN
     import json
 
-    from coordinator.synthesis.analysis import analyse
+    from fedsynth.meta.analysis import analyse
 
     res = analyse([0.1, 0.5], [0.01, 0.02], labels=["a", "b"], moderators={"x": [1, 2]})
     d = json.loads(json.dumps(res.to_dict(), allow_nan=False))
@@ -198,7 +198,7 @@ def test_cumulative_knha_steps_are_single_knha_fits():
 
 
 def test_subgroup_common_tau2_knapp_hartung_is_the_meta_regression_F():
-    from coordinator.synthesis.metareg import meta_regression
+    from fedsynth.meta.metareg import meta_regression
 
     case = next(c for c in REF["subgroup"] if c["id"] == "bcg/OR")
     res = subgroup_analysis(case["yi"], case["vi"], case["group"])

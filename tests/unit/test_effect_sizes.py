@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsynth.errors import InputError
-from site_agent.estimators import ESCALC_MEASURES, escalc
-from site_agent.estimators.effect_sizes import hedges_correction
+from fedsynth.effects import ESCALC_MEASURES, escalc
+from fedsynth.effects.effect_sizes import hedges_correction
 
 
 def test_measures() -> None:

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from fedsynth.errors import InputError
 from fedsynth.spec import AnalysisSpec, parse_spec
-from site_agent.estimators import (REFUSAL_CODES, Estimate, Refusal, estimate,
+from fedsynth.effects import (REFUSAL_CODES, Estimate, Refusal, estimate,
                                    estimate_all)
-from site_agent.estimators.delong import delong_auc
+from fedsynth.effects.delong import delong_auc
 
 
 def make_data(n: int = 400, seed: int = 0) -> pd.DataFrame:
@@ -312,7 +312,7 @@ def test_numerical_failure_becomes_refusal(monkeypatch) -> None:
 
 
 def test_unexpected_failure_refuses_only_that_analysis(monkeypatch, caplog) -> None:
-    from site_agent.estimators import patient_level
+    from fedsynth.effects import patient_level
 
     def bug(df, analysis):
         raise KeyError("boom")

@@ -11,8 +11,8 @@ import json
 import numpy as np
 import pytest
 
-from coordinator.synthesis.analysis import analyse
-from coordinator.synthesis.heterogeneity import assess_heterogeneity
+from fedsynth.meta.analysis import analyse
+from fedsynth.meta.heterogeneity import assess_heterogeneity
 from fedsynth.errors import InputError
 from tests.conftest import load_json
 

@@ -2,7 +2,7 @@
 
 ``assess_heterogeneity_batch`` computes the site drivers of all analyses with one masked
 refit; these tests compare it, flag by flag (verdict, level, sites, reasons text, drivers,
-numbers to 1e-9), with ``coordinator.synthesis.analysis.analyse`` run per analysis: on the
+numbers to 1e-9), with ``fedsynth.meta.analysis.analyse`` run per analysis: on the
 real metafor data sets of tests/data (BCG and the seed example among them), on seeded
 random batches with varying k and holes in the mask, on hypothesis-drawn batches, and
 through ``fedsynth meta --by`` (fast path against the per-analysis path).
@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordinator.synthesis import pool
-from coordinator.synthesis.analysis import analyse
-from coordinator.synthesis.heterogeneity import assess_heterogeneity_batch
+from fedsynth.meta import pool
+from fedsynth.meta.analysis import analyse
+from fedsynth.meta.heterogeneity import assess_heterogeneity_batch
 from fedsynth.errors import InputError
 from tests.conftest import load_json
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from coordinator.synthesis import meta_analysis
+from fedsynth.meta import meta_analysis
 from fedsynth.cli import main
 from tests.conftest import load_json
 
@@ -75,7 +75,7 @@ def test_fe_json_has_null_prediction_interval(capsys):
 
 def test_by_pools_groups_in_one_batch_json(capsys, grouped_csv, monkeypatch):
     path, picked = grouped_csv
-    import coordinator.synthesis as synthesis
+    import fedsynth.meta as synthesis
 
     calls = []
     real_pool = synthesis.pool

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.synthesis.metareg import design_matrix, fit_batch, fit_rma, meta_regression
+from fedsynth.meta.metareg import design_matrix, fit_batch, fit_rma, meta_regression
 from fedsynth.errors import InputError
 from tests.conftest import load_json
 
@@ -133,7 +133,7 @@ def test_batch_rejects_empty_rows():
        st.sampled_from(["REML", "ML", "DL", "FE", "PM", "EB", "HE", "HS", "SJ"]))
 def test_batch_equals_the_pooling_engine(k, seed, method):
     # fit_batch (diagnostics' refits, no Q-profile work) must agree with pool() row by row
-    from coordinator.synthesis import pool
+    from fedsynth.meta import pool
 
     rng = np.random.default_rng(seed)
     y = rng.normal(0.0, 0.6, size=k)
@@ -180,7 +180,7 @@ def test_ml_interior_maximum_when_the_score_at_zero_is_negative():
 
 def test_pooling_engine_ml_interior_maximum():
     # found by test_batch_equals_the_pooling_engine; fixed in the pooling engine (4d801a1)
-    from coordinator.synthesis import meta_analysis
+    from fedsynth.meta import meta_analysis
 
     assert meta_analysis(ML_CASE_Y, ML_CASE_V, method="ML").tau2 == pytest.approx(
         fit_rma(ML_CASE_Y, ML_CASE_V, method="ML").tau2, rel=1e-6)

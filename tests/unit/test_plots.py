@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
-from coordinator.synthesis import meta_analysis
-from coordinator.synthesis.bayes import bayes_pool
-from coordinator.synthesis.diagnostics import blup, publication_bias
-from coordinator.synthesis.plots import forest_plot, funnel_plot, save_figure
-from coordinator.synthesis.subgroups import subgroup_analysis
+from fedsynth.meta import meta_analysis
+from fedsynth.meta.bayes import bayes_pool
+from fedsynth.meta.diagnostics import blup, publication_bias
+from fedsynth.plots import forest_plot, funnel_plot, save_figure
+from fedsynth.meta.subgroups import subgroup_analysis
 from fedsynth.errors import InputError
 from tests.conftest import load_json
 

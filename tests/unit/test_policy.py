@@ -150,7 +150,7 @@ def test_record_pending_rejects_bad_round(tmp_path):
 
 def test_review_round_and_apply_decision(tmp_path):
     from fedsynth.audit import AuditLog
-    from site_agent.estimators import Estimate
+    from fedsynth.effects import Estimate
     from site_agent.policy import apply_decision, review_round
 
     config = _site(tmp_path, "[policy]\nrequire_approval = true\nestimators = [\"logistic\"]\n")

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from scipy import optimize
 
-from coordinator.synthesis import (
+from fedsynth.meta import (
     METHODS,
     BatchPoolingResult,
     ConfidenceInterval,
@@ -24,7 +24,7 @@ from coordinator.synthesis import (
     meta_analysis,
     pool,
 )
-from coordinator.synthesis import stats as st
+from fedsynth.meta import stats as st
 from fedsynth.errors import InputError
 
 SEED_YI = [0.22, 0.35, 0.10, 0.41, 0.28, 0.18, 0.50, 0.26]

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as s
 
-from coordinator.synthesis import METHODS, meta_analysis, pool
+from fedsynth.meta import METHODS, meta_analysis, pool
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
 

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedsynth.errors import InputError
-from site_agent.estimators import Estimate, Refusal
+from fedsynth.effects import Estimate, Refusal
 from site_agent.privacy import REFUSAL_CODES, PrivacyLimits, guard
 
 LIMITS = PrivacyLimits()
@@ -211,7 +211,7 @@ def test_reference_site_foxtrot_with_real_estimators(data_dir):
     import pandas as pd
 
     from fedsynth.spec import parse_spec
-    from site_agent.estimators import estimate_all
+    from fedsynth.effects import estimate_all
 
     spec = parse_spec({"analysis": [
         {"name": "crude_OR", "estimator": "two_by_two", "outcome": "outcome",
@@ -245,7 +245,7 @@ def _foxtrot_binary_md(data_dir):
     import pandas as pd
 
     from fedsynth.spec import parse_spec
-    from site_agent.estimators import estimate_all
+    from fedsynth.effects import estimate_all
 
     spec = parse_spec({"analysis": [
         {"name": "md", "estimator": "two_group", "outcome": "outcome", "exposure": "treated",
@@ -300,7 +300,7 @@ def test_implied_table_check_needs_no_data_frame(data_dir):
     # A large site is untouched.
     import pandas as pd
 
-    from site_agent.estimators import estimate_all
+    from fedsynth.effects import estimate_all
     alpha = pd.read_csv(data_dir / "sites_public" / "mtf-alpha.csv")
     alpha_results = estimate_all(alpha, spec)
     assert guard(alpha_results, LIMITS, spec=spec) == alpha_results
@@ -351,7 +351,7 @@ def test_no_release_hides_a_small_implied_cell(n, p_exposed, p_event, seed, limi
     import pandas as pd
 
     from fedsynth.spec import parse_spec
-    from site_agent.estimators import estimate_all
+    from fedsynth.effects import estimate_all
 
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame({"treated": (rng.random(n) < p_exposed).astype(int),

@@ -35,7 +35,7 @@ def make_round(round_id: str, opened_at: str, *, shift: dict[str, float] | None 
                extra_site: tuple[str, float, float] | None = None,
                refuse: dict[str, str] | None = None) -> dict:
     """A round document pooled by the project's own synthesis from the R site estimates."""
-    from coordinator.synthesis.analysis import analyse
+    from fedsynth.meta.analysis import analyse
 
     refuse = refuse or {}
     analyses = []

@@ -15,7 +15,7 @@ import coordinator.server as server_module
 from coordinator.rounds import close_if_due, open_round, pool_analyses, pool_round
 from coordinator.server import Coordinator
 from coordinator.store import Store, SubmissionRecord
-from coordinator.synthesis.analysis import analyse
+from fedsynth.meta.analysis import analyse
 from fedsynth.config import CoordinatorConfig, PoolingConfig
 
 NOW = dt.datetime(2026, 11, 25, 14, 0, tzinfo=dt.timezone.utc)

@@ -49,7 +49,7 @@ def test_encoding_is_deterministic() -> None:
 
 
 def test_site_estimate_sends_only_four_numbers() -> None:
-    from site_agent.estimators import Estimate
+    from fedsynth.effects import Estimate
 
     est = Estimate(analysis="crude_OR", estimator="two_by_two", measure="OR", yi=-0.3,
                    vi=0.02, se=math.sqrt(0.02), n=1800, cells={"ai": 3, "bi": 7},
@@ -64,7 +64,7 @@ def test_site_estimate_sends_only_four_numbers() -> None:
 
 
 def test_refusal_round_trip() -> None:
-    from site_agent.estimators import Refusal
+    from fedsynth.effects import Refusal
 
     (message,) = encode_results({"x": Refusal(analysis="x", reason="too few", code="policy")})
     assert decode_results([message]) == {"x": WireRefusal("x", "policy", "too few")}

@@ -23,7 +23,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from site_agent.demo_data import write_demo
+    from fedsynth.datasets import write_demo
 
     paths = write_demo(args.out, args.sites, seed=args.seed,
                        heterogeneity=args.heterogeneity, rows=args.rows, force=args.force)

@@ -7,12 +7,12 @@ the existing ones:
 * :func:`add_arguments` calls one ``_add_*_options`` function per option group;
 * :func:`load_input` turns the CSV into a :class:`MetaInput` (arrays of shape
   ``(analyses, sites)`` with a mask; one row per ``--by`` group);
-* :func:`compute` pools every analysis in ONE call of :func:`coordinator.synthesis.pool`;
+* :func:`compute` pools every analysis in ONE call of :func:`fedsynth.meta.pool`;
 * the heterogeneity flag of every analysis comes from ONE call of
-  :func:`coordinator.synthesis.heterogeneity.assess_heterogeneity_batch`
+  :func:`fedsynth.meta.heterogeneity.assess_heterogeneity_batch`
   (:func:`_batch_flags`) when ``--by`` gives several analyses and no option asks for
   per-analysis extras; otherwise :func:`_analysis` runs
-  :func:`coordinator.synthesis.analysis.analyse` per analysis (same flags);
+  :func:`fedsynth.meta.analysis.analyse` per analysis (same flags);
 * :func:`records` builds the JSON/CSV objects (extra keys go in :func:`_extend_record`),
   :func:`render_table`, :func:`render_json` and :func:`render_csv` print them; extra text
   sections of the table output go in :func:`_extra_sections`.
@@ -32,7 +32,7 @@ from fedsynth.cli.registry import Command
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from coordinator.synthesis import BatchPoolingResult, PoolingResult
+    from fedsynth.meta import BatchPoolingResult, PoolingResult
 
 METHOD_CHOICES = ("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM")
 TEST_CHOICES = ("z", "knha")
@@ -131,7 +131,7 @@ def _i2_threshold(text: str) -> float:
 
 def _needs_per_analysis(args: argparse.Namespace) -> bool:
     """Whether an option asks for per-analysis extras that only
-    :func:`coordinator.synthesis.analysis.analyse` computes (diagnostics sections,
+    :func:`fedsynth.meta.analysis.analyse` computes (diagnostics sections,
     subgroups, meta-regression, cumulative meta-analysis)."""
     return bool(getattr(args, "diagnostics", False) or getattr(args, "subgroup", None)
                 or getattr(args, "moderator", None) or getattr(args, "cumulative_by", None))
@@ -141,7 +141,7 @@ def _batch_flags(args: argparse.Namespace, batch: BatchPoolingResult):
     """The heterogeneity flags of all analyses in one vectorised computation (cached), or
     None when there is one analysis or an option needs the per-analysis path.
 
-    :func:`coordinator.synthesis.heterogeneity.assess_heterogeneity_batch` gives the same
+    :func:`fedsynth.meta.heterogeneity.assess_heterogeneity_batch` gives the same
     flags as ``analyse`` per analysis (tests/unit/test_heterogeneity_batch.py) without k
     refits per analysis in a Python loop. The CSV and table outputs show only the
     verdict, level, sites and reasons, so they skip the site drivers of unflagged
@@ -151,7 +151,7 @@ def _batch_flags(args: argparse.Namespace, batch: BatchPoolingResult):
         return None
     cache = args.__dict__.setdefault("_flags", {})
     if "batch" not in cache:
-        from coordinator.synthesis.heterogeneity import assess_heterogeneity_batch
+        from fedsynth.meta.heterogeneity import assess_heterogeneity_batch
 
         cache["batch"] = assess_heterogeneity_batch(
             batch, i2_threshold=args.i2_threshold, null_value=args.null_value,
@@ -163,7 +163,7 @@ def _analysis(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResu
               index: int):
     """The flag and diagnostics of analysis ``index`` (computed once, then cached)."""
     from fedsynth import tabular
-    from coordinator.synthesis.analysis import AnalysisResult, analyse
+    from fedsynth.meta.analysis import AnalysisResult, analyse
 
     cache = args.__dict__.setdefault("_analyses", {})
     flags = _batch_flags(args, batch)
@@ -254,7 +254,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_bayes_plot_options(parser)
 
 
-# --- Bayesian pooling and plots (owner: bayes-plots; coordinator/synthesis/bayes.py, plots.py)
+# --- Bayesian pooling and plots (owner: bayes-plots; fedsynth/meta/bayes.py, plots.py)
 
 def _add_bayes_plot_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
@@ -281,7 +281,7 @@ def _bayes_batch(args: argparse.Namespace, data: MetaInput):
         return None
     cache = args.__dict__.setdefault("_bayes", {})
     if "batch" not in cache:
-        from coordinator.synthesis.bayes import bayes_pool, parse_prior_spec
+        from fedsynth.meta.bayes import bayes_pool, parse_prior_spec
 
         prior, scale = parse_prior_spec(args.bayes)
         cache["batch"] = bayes_pool(data.yi, data.vi, mask=data.mask, prior=prior, scale=scale,
@@ -356,7 +356,7 @@ def _plots(args: argparse.Namespace, data: MetaInput,
     if not (getattr(args, "forest", None) or getattr(args, "funnel", None)):
         return []
     from fedsynth import tabular
-    from coordinator.synthesis.plots import forest_plot, funnel_plot
+    from fedsynth.plots import forest_plot, funnel_plot
 
     for option in ("forest", "funnel"):
         if getattr(args, option):
@@ -406,7 +406,7 @@ def _level(text: str) -> float:
 
 @dataclass(frozen=True)
 class MetaInput:
-    """The analyses of one invocation, ready for :func:`coordinator.synthesis.pool`.
+    """The analyses of one invocation, ready for :func:`fedsynth.meta.pool`.
 
     Attributes
     ----------
@@ -504,8 +504,8 @@ def load_input(args: argparse.Namespace) -> MetaInput:
         labels = (_text_values(frame, col).to_numpy(dtype=object) if col
                   else np.arange(1, n + 1).astype(str).astype(object))
     if getattr(args, "measure", None):
-        # Effect sizes from raw summary data (estimators helper: site_agent.estimators).
-        from site_agent.estimators.effect_sizes import escalc_frame
+        # Effect sizes from raw summary data (estimators helper: fedsynth.effects).
+        from fedsynth.effects.effect_sizes import escalc_frame
 
         given = [opt for opt, value in (("--yi", args.yi), ("--vi", args.vi),
                                         ("--sei", args.sei)) if value]
@@ -563,7 +563,7 @@ def load_input(args: argparse.Namespace) -> MetaInput:
 
 def compute(args: argparse.Namespace, data: MetaInput) -> BatchPoolingResult:
     """Pool every analysis in one vectorised call."""
-    from coordinator.synthesis import pool
+    from fedsynth.meta import pool
 
     return pool(data.yi, data.vi, mask=data.mask, method=args.method, test=args.test,
                 level=args.level, names=data.names, labels=data.labels)
@@ -666,7 +666,7 @@ def run(args: argparse.Namespace) -> int:
     text = RENDERERS[args.format](args, data, batch)
     figures = _plots(args, data, batch)
     if figures:
-        from coordinator.synthesis.plots import save_figure
+        from fedsynth.plots import save_figure
 
         for fig, path in figures:
             save_figure(fig, path)

@@ -19,7 +19,7 @@ def _args(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from fedsynth.cli.commands.coordinator import setup_logging
+    from fedsynth.logs import setup_logging
     from fedsynth.config import load_site_config
     from site_agent.agent import run_agent
 

@@ -30,7 +30,7 @@ from scipy import special
 # costs more than `fedsynth meta --by` computes for thousands of analyses (see
 # benchmarks/README.md); the distribution tails come from the pooling layer's scipy.special
 # wrappers.
-from coordinator.synthesis.stats import chi2_sf, norm_isf, norm_sf, t_isf, t_sf
+from fedsynth.meta.stats import chi2_sf, norm_isf, norm_sf, t_isf, t_sf
 
 from fedsynth.errors import InputError
 
@@ -685,7 +685,7 @@ _POOL_ONLY_METHODS = ("HE", "HS", "SJ", "EB", "PM")
 
 def _fit_batch_by_pool(yi: Any, vi: Any, mask: Any, method: str) -> BatchFit:
     """Batch refits with an estimator this module does not implement: one ``pool`` call."""
-    from coordinator.synthesis.pooling import pool
+    from fedsynth.meta.pooling import pool
 
     msk = np.asarray(mask, dtype=bool)
     y = np.broadcast_to(np.asarray(yi, dtype=float), msk.shape)

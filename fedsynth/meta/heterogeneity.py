@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedsynth.errors import InputError
-from coordinator.synthesis.pooling import ConfidenceInterval
+from fedsynth.meta.pooling import ConfidenceInterval
 
 __all__ = ["HeterogeneityFlag", "SiteDriver", "assess_heterogeneity", "DEFAULT_I2_THRESHOLD",
            "BatchHeterogeneity", "BatchSiteDiagnostics", "assess_heterogeneity_batch",
@@ -43,7 +43,7 @@ RSTUDENT_CRIT = 1.959963984540054
 
 
 class _Pooled(Protocol):
-    """What the flag reads from a pooled fit (``coordinator.synthesis.PoolingResult``)."""
+    """What the flag reads from a pooled fit (``fedsynth.meta.PoolingResult``)."""
 
     estimate: float
     ci_lb: float
@@ -142,10 +142,10 @@ def assess_heterogeneity(pooled: _Pooled, *, labels: Sequence[Any] | None = None
     labels
         Site names (default: ``pooled.labels``, else the diagnostics' labels).
     influence
-        An :class:`~coordinator.synthesis.diagnostics.InfluenceResult` of the same data
+        An :class:`~fedsynth.meta.diagnostics.InfluenceResult` of the same data
         (studentized residuals and metafor's influence rule).
     blup
-        A :class:`~coordinator.synthesis.diagnostics.BlupResult` of the same data.
+        A :class:`~fedsynth.meta.diagnostics.BlupResult` of the same data.
     i2_threshold
         I² (percent) at or above which the analysis is flagged (default 50).
     null_value
@@ -300,12 +300,12 @@ class BatchSiteDiagnostics:
     Attributes
     ----------
     rstudent
-        Studentized deleted residual (as :func:`~coordinator.synthesis.diagnostics.influence`).
+        Studentized deleted residual (as :func:`~fedsynth.meta.diagnostics.influence`).
     influential
         metafor's ``is.infl`` rule on the leave-one-out refits.
     blup, blup_pi_lb, blup_pi_ub
         Shrunken site estimate and its prediction interval, from the pooled tau² (as
-        :func:`~coordinator.synthesis.diagnostics.blup` with the pooled fit).
+        :func:`~fedsynth.meta.diagnostics.blup` with the pooled fit).
     """
 
     rstudent: np.ndarray
@@ -343,8 +343,8 @@ def site_diagnostics_batch(batch: Any, rows: Any | None = None) -> BatchSiteDiag
 
     The k leave-one-out refits of all m analyses are one masked batch fit (of
     ``sum(k)`` rows, in blocks of analyses) by
-    :func:`coordinator.synthesis.metareg.fit_batch`, the routine the per-analysis
-    :func:`~coordinator.synthesis.diagnostics.deleted_fits` uses, together with the m
+    :func:`fedsynth.meta.metareg.fit_batch`, the routine the per-analysis
+    :func:`~fedsynth.meta.diagnostics.deleted_fits` uses, together with the m
     full fits; the influence measures (Viechtbauer & Cheung 2010, Res. Synth. Methods
     1:112-125) and the BLUPs (Raudenbush & Bryk 1985, J. Educ. Stat. 10:75-98) are closed
     forms on the resulting ``(m, K)`` arrays.
@@ -352,14 +352,14 @@ def site_diagnostics_batch(batch: Any, rows: Any | None = None) -> BatchSiteDiag
     Parameters
     ----------
     batch
-        A :class:`coordinator.synthesis.BatchPoolingResult` (its ``yi, vi, mask``,
+        A :class:`fedsynth.meta.BatchPoolingResult` (its ``yi, vi, mask``,
         ``method, test, level``, ``estimate`` and ``tau2`` are read).
     rows
         Indices (or a boolean mask) of the analyses whose deleted refits to compute
         (default: all); the studentized residuals and the influence rule of the others
         stay NaN / False. BLUPs are always computed (they need no refit).
     """
-    from coordinator.synthesis.metareg import fit_batch
+    from fedsynth.meta.metareg import fit_batch
 
     msk = np.asarray(batch.mask, dtype=bool)
     m, K = msk.shape
@@ -468,7 +468,7 @@ def _blups(y: np.ndarray, v: np.ndarray, msk: np.ndarray, kk: np.ndarray, tau2: 
 def _fixed_effect_i2_ci(batch: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Q-profile I² bounds for the analyses ``rows`` that carry none (fixed-effect fits),
     as ``analysis._i2_ci_if_missing`` does for one (Viechtbauer 2007, Stat. Med. 26:37-52)."""
-    from coordinator.synthesis.stats import (
+    from fedsynth.meta.stats import (
         as_batch,
         heterogeneity_indices,
         qprofile_tau2_ci,
@@ -491,7 +491,7 @@ def assess_heterogeneity_batch(batch: Any, *, labels: Any | None = None,
     """The heterogeneity flag of every analysis of a pooled batch at once.
 
     Gives, for every ``i``, exactly what
-    ``coordinator.synthesis.analysis.analyse(..., pooled=batch[i]).heterogeneity`` gives
+    ``fedsynth.meta.analysis.analyse(..., pooled=batch[i]).heterogeneity`` gives
     (same verdict, level, sites, sentences; numbers equal to rounding), but the site
     drivers come from :func:`site_diagnostics_batch` (one masked refit of all deleted
     fits) instead of k refits per analysis in a Python loop; only the assembly of the
@@ -500,7 +500,7 @@ def assess_heterogeneity_batch(batch: Any, *, labels: Any | None = None,
     Parameters
     ----------
     batch
-        A :class:`coordinator.synthesis.BatchPoolingResult`.
+        A :class:`fedsynth.meta.BatchPoolingResult`.
     labels
         ``(m, K)`` site labels (default: the batch's ``site_labels``; column numbers
         1..K when it has none, as ``batch[i].labels``).

@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 
 from fedsynth.errors import FedsynthError
-from coordinator.synthesis import diagnostics as diag
-from coordinator.synthesis.heterogeneity import (
+from fedsynth.meta import diagnostics as diag
+from fedsynth.meta.heterogeneity import (
     DEFAULT_I2_THRESHOLD,
     HeterogeneityFlag,
     assess_heterogeneity,
 )
-from coordinator.synthesis.metareg import MetaRegressionResult, fit_rma, meta_regression
-from coordinator.synthesis.subgroups import SubgroupResult, subgroup_analysis
+from fedsynth.meta.metareg import MetaRegressionResult, fit_rma, meta_regression
+from fedsynth.meta.subgroups import SubgroupResult, subgroup_analysis
 
 __all__ = ["AnalysisResult", "analyse"]
 
@@ -43,9 +43,9 @@ class AnalysisResult:
     Attributes
     ----------
     pooling
-        The pooled fit (:class:`coordinator.synthesis.PoolingResult`).
+        The pooled fit (:class:`fedsynth.meta.PoolingResult`).
     heterogeneity
-        The flag (:class:`~coordinator.synthesis.heterogeneity.HeterogeneityFlag`).
+        The flag (:class:`~fedsynth.meta.heterogeneity.HeterogeneityFlag`).
     leave_one_out, influence, blup, publication_bias, cumulative, subgroup, meta_regression
         Diagnostics; ``None`` when not requested or not computable (see ``notes``).
     notes
@@ -111,7 +111,7 @@ def analyse(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: st
         Pooling settings (defaults REML, z, 95%), used by every refit too.
     i2_threshold, null_value
         Settings of the heterogeneity flag (see
-        :func:`~coordinator.synthesis.heterogeneity.assess_heterogeneity`).
+        :func:`~fedsynth.meta.heterogeneity.assess_heterogeneity`).
     diagnostics
         Add leave-one-out, influence, BLUPs and the small-study tests to the result.
     subgroup, subgroup_name
@@ -124,7 +124,7 @@ def analyse(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: st
         An existing ``PoolingResult`` of exactly these data and settings (e.g. one row of
         a batch ``pool`` call) to reuse instead of pooling again.
     """
-    from coordinator.synthesis.pooling import meta_analysis
+    from fedsynth.meta.pooling import meta_analysis
 
     if pooled is None:
         pooled = meta_analysis(yi, vi, labels=labels, method=method, test=test, level=level)
@@ -193,8 +193,8 @@ def _i2_ci_if_missing(pooled: Any, y: np.ndarray, v: np.ndarray, level: float) -
     """
     if getattr(pooled, "I2_ci", None) is not None or y.size < 2:
         return None
-    from coordinator.synthesis.pooling import ConfidenceInterval
-    from coordinator.synthesis.stats import (
+    from fedsynth.meta.pooling import ConfidenceInterval
+    from fedsynth.meta.stats import (
         as_batch,
         heterogeneity_indices,
         qprofile_tau2_ci,

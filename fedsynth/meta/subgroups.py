@@ -23,8 +23,8 @@ import numpy as np
 from scipy import stats
 
 from fedsynth.errors import InputError
-from coordinator.synthesis.pooling import ConfidenceInterval
-from coordinator.synthesis.metareg import (
+from fedsynth.meta.pooling import ConfidenceInterval
+from fedsynth.meta.metareg import (
     _json_safe,
     design_matrix,
     fit_batch,

@@ -1,4 +1,4 @@
-"""metafor-like text rendering of a :class:`~coordinator.synthesis.pooling.PoolingResult`.
+"""metafor-like text rendering of a :class:`~fedsynth.meta.pooling.PoolingResult`.
 
 The layout follows ``print.rma.uni`` (model line, heterogeneity block, Q test, model
 results) and adds the Q-profile intervals of ``confint()`` and the prediction interval of
@@ -12,7 +12,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from coordinator.synthesis.pooling import PoolingResult
+    from fedsynth.meta.pooling import PoolingResult
 
 __all__ = ["format_summary", "fmt", "fmt_p", "signif_stars"]
 

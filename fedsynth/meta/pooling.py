@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from coordinator.synthesis import stats as st
+from fedsynth.meta import stats as st
 from fedsynth.errors import InputError
 
 __all__ = [
@@ -172,7 +172,7 @@ class PoolingResult:
 
     def summary(self) -> str:
         """A readable report in the spirit of metafor's ``print.rma.uni``."""
-        from coordinator.synthesis._format import format_summary
+        from fedsynth.meta._format import format_summary
 
         return format_summary(self)
 

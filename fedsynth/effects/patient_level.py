@@ -37,9 +37,9 @@ import pandas as pd
 
 from fedsynth.errors import InputError
 from fedsynth.spec import AnalysisSpec, Spec, parse_spec
-from site_agent.estimators.delong import delong_auc
-from site_agent.estimators.effect_sizes import escalc
-from site_agent.estimators.results import Estimate, Refusal
+from fedsynth.effects.delong import delong_auc
+from fedsynth.effects.effect_sizes import escalc
+from fedsynth.effects.results import Estimate, Refusal
 
 __all__ = ["estimate", "estimate_all", "Refuse"]
 

@@ -39,7 +39,7 @@ import numpy as np
 from scipy.special import gammaln
 
 from fedsynth.errors import InputError
-from site_agent.estimators.results import EffectSizes
+from fedsynth.effects.results import EffectSizes
 
 __all__ = ["escalc", "escalc_frame", "ESCALC_MEASURES", "COLUMN_SETS", "hedges_correction"]
 

@@ -17,7 +17,7 @@ What each function reproduces (metafor 3.8, Viechtbauer 2010, J. Stat. Softw. 36
   federation: by round of arrival).
 
 The k refits of leave-one-out, influence and cumulative meta-analysis are a single
-vectorised call of :func:`coordinator.synthesis.metareg.fit_batch` on a (k, k) mask.
+vectorised call of :func:`fedsynth.meta.metareg.fit_batch` on a (k, k) mask.
 
 Pure statistics: no I/O, no grpc.
 """
@@ -32,7 +32,7 @@ import numpy as np
 from scipy import stats
 
 from fedsynth.errors import FedsynthError, InputError
-from coordinator.synthesis.metareg import (
+from fedsynth.meta.metareg import (
     _json_safe,
     BatchFit,
     Bounds,

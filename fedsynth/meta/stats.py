@@ -128,7 +128,7 @@ def as_mask(mask, shape: tuple[int, ...]) -> np.ndarray:
 def as_batch(yi, vi, mask=None) -> BatchInput:
     """Promote ``yi``, ``vi`` (1-D or 2-D) and an optional mask to a sanitised batch.
 
-    No validation of values is done here (see :func:`coordinator.synthesis.pooling.pool`
+    No validation of values is done here (see :func:`fedsynth.meta.pooling.pool`
     for the user-facing checks); cells outside the mask are overwritten so that NaN
     placeholders for missing sites are allowed.
     """

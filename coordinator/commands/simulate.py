@@ -173,7 +173,7 @@ def simulate(sites_dir: str | Path, spec: str | Path, out: str | Path, *,
                     raise FedsynthError(f"round {record.id} did not close in time")
                 time.sleep(0.3)
             doc = round_document(store, record)
-        from fedsynth.cli.commands.round import render_table
+        from coordinator.commands.round import render_table
 
         progress(f"[5/5] round {record.id} {record.status}")
         print(render_table(doc))
@@ -244,7 +244,7 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from site_agent.demo_data import demo_spec_path, write_demo
+    from fedsynth.datasets import demo_spec_path, write_demo
 
     _check_limits(args)
     out = Path(args.out)

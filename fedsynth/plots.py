@@ -309,7 +309,7 @@ def _subgroup_rows(subgroups: Any, data: _Pooled, level: float, ratio: bool,
                    method: str) -> tuple[list[list[int]], list[_Row], list[str], str | None]:
     """Split sites by group; return site indices per group, a summary row per group,
     the group names and the between-group test sentence."""
-    from coordinator.synthesis.subgroups import SubgroupResult, subgroup_analysis
+    from fedsynth.meta.subgroups import SubgroupResult, subgroup_analysis
 
     k = data.yi.size
     if isinstance(subgroups, SubgroupResult):
@@ -360,7 +360,7 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
     Parameters
     ----------
     result
-        A :class:`~coordinator.synthesis.PoolingResult` (or a mapping with its keys:
+        A :class:`~fedsynth.meta.PoolingResult` (or a mapping with its keys:
         ``yi, vi, labels, weights, estimate, ci_lb, ci_ub, pi_lb, pi_ub, tau2, I2, Q,
         Q_pval, method, level``; a round-document analysis with ``site_estimates`` works too).
     measure
@@ -370,12 +370,12 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
         Title above the plot.
     subgroups
         One group value per site, or a
-        :class:`~coordinator.synthesis.subgroups.SubgroupResult`: sites are drawn in blocks
+        :class:`~fedsynth.meta.subgroups.SubgroupResult`: sites are drawn in blocks
         with a diamond per group and the between-group test in the footer.
     blup
         Shrunken site estimates to mark on each row: a ``BlupResult`` (``.pred``) or an array.
     bayes
-        A :class:`~coordinator.synthesis.bayes.BayesResult`: marks each site's posterior mean
+        A :class:`~fedsynth.meta.bayes.BayesResult`: marks each site's posterior mean
         and adds a row with the posterior median and credible interval of ``mu`` and its
         predictive interval.
     show_fixed

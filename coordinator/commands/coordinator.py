@@ -7,15 +7,6 @@ import argparse
 from fedsynth.cli.registry import Command
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Timestamped log lines on stderr (what operators and systemd/journald read)."""
-    import logging
-
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("grpc").setLevel(logging.WARNING)
-
-
 def _args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="coordinator.toml")
     parser.add_argument("--insecure", action="store_true",
@@ -28,6 +19,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from fedsynth.config import load_coordinator_config
     from coordinator.server import serve
+    from fedsynth.logs import setup_logging
 
     config = load_coordinator_config(args.config, insecure=args.insecure)
     setup_logging(args.verbose)

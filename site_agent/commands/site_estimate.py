@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     from fedsynth.errors import InputError
     from fedsynth.spec import Spec, load_spec
     from site_agent.data import load_table
-    from site_agent.estimators import Refusal, estimate_all
+    from fedsynth.effects import Refusal, estimate_all
     from site_agent.privacy import PrivacyLimits, guard
 
     # Validate every input before computing, so bad input prints nothing on stdout.

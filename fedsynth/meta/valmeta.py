@@ -1077,7 +1077,11 @@ def _pool(perf: PerformanceData, measure: str, model: str, scale: _Scale, method
     knha = test == "knha" and k >= 2
     null_scaled = float(scale.g(np.array(NULL_VALUES[measure])))
     with np.errstate(divide="ignore", invalid="ignore"):
-        stat = (mu - null_scaled) / mu_se
+        stat = float(np.divide(mu - null_scaled, mu_se))
+    if knha and mu_se == 0:
+        notes.append("the studies' estimates are identical, so the Knapp-Hartung standard "
+                     "error is 0 (as metafor reports it); use test z for a non-degenerate "
+                     "interval")
     if knha:
         pval = float(2.0 * special.stdtr(k - 1, -abs(stat)))
     else:
@@ -1136,7 +1140,8 @@ def _format_summary(res: ValmetaResult) -> str:
     est = _ESTIMANDS[res.measure]
     pct = f"{res.level * 100:g}%"
     dropped = len(res.data) - res.k
-    lines = [f"Meta-analysis of the {est}: {len(res.data)} validations, {res.k} pooled, "
+    title = est[0].lower() + est[1:]
+    lines = [f"Meta-analysis of the {title}: {len(res.data)} validations, {res.k} pooled, "
              f"{dropped} left out; model {res.model}, pooled on the "
              f"{_SCALE_LABELS[res.scale]} scale"]
     if res.method != "FE" and res.k >= 2:

@@ -179,7 +179,7 @@ def _level_or_column(frame, text: str, option: str, labels) -> tuple[Any, str]:
         values = _numeric(frame, text, option, labels)
         scaled = np.where(values > 1, values / 100.0, values)
         return scaled, f"column {text!r} ({option})"
-    if not 0 < value < 100 or value == 1:
+    if not (0 < value < 1 or 10 <= value < 100):   # 1.5 is no sensible CI level
         raise InputError(f"{option}: {text!r} must be a level such as 0.95 (or 95)")
     return (value / 100.0 if value > 1 else value), option
 

@@ -773,7 +773,7 @@ def _cstat_note(theta: float, se: float, c: float, c_lp: float, scale: _Scale) -
     if not np.isfinite(theta):
         return f"c-statistic {shown:g} has no finite value on the {scale.name} scale"
     if np.isnan(se):
-        return (f"c-statistic {shown:g} without a standard error: give cstat.se, a "
+        return (f"c-statistic {shown:.4g} without a standard error: give cstat.se, a "
                 "confidence interval, or N and O (or Po) for Hanley-McNeil")
     if not np.isfinite(se) or se <= 0:
         return f"standard error {se:g} on the {scale.name} scale cannot be weighed"
@@ -905,7 +905,9 @@ def _oecalc(inp: _Inputs, scale: _Scale, level: float, add: float) -> Performanc
     for i in range(inp.k):
         t, s = float(theta[i]), float(theta_se[i])
         source = None if np.isnan(t) else OE_SOURCES[sel[i]]
-        note = _oe_note(t, s, source, o_r[i], scale)
+        present = [name for name in _OE_ARGS
+                   if name != "OE_cilv" and not np.isnan(v[name][i])]
+        note = _oe_note(t, s, source, o_r[i], scale, present)
         studies.append(StudyPerformance(
             label=inp.labels[i], theta=t, theta_se=s, theta_cilb=float(cil[i]),
             theta_ciub=float(ciu[i]), theta_source=source,
@@ -924,12 +926,15 @@ _ESTIMATE_INPUTS = {"OE and SE(OE)": "OE", "OE and CI(OE)": "OE", "EO and SE(EO)
                     "Po, Pe and SE(Po)": "Po and Pe"}
 
 
-def _oe_note(theta: float, se: float, source: str | None, o: float,
-             scale: _Scale) -> str | None:
-    """Why a study's O:E cannot be pooled (None if it can)."""
+def _oe_note(theta: float, se: float, source: str | None, o: float, scale: _Scale,
+             present: Sequence[str]) -> str | None:
+    """Why a study's O:E cannot be pooled (None if it can); ``present`` names the inputs
+    the study has."""
     if source is None:
-        return ("no O:E information (needs OE with its SE or CI; O, E and N; O and E; "
-                "Po, Pe and N; Po, Pe and SE(Po); EO with its SE; ...)")
+        if not present:
+            return "no O:E inputs (every cell empty)"
+        return (f"{', '.join(present)} alone give no O:E estimate (it needs OE, EO, or O or "
+                "Po together with E or Pe)")
     if not np.isfinite(theta):
         if o == 0 and scale.name == "log":
             return ("no observed events (O = 0): log O:E is not finite (metamisc adds 0.5 "
@@ -938,8 +943,8 @@ def _oe_note(theta: float, se: float, source: str | None, o: float,
     if np.isnan(se):
         inputs = _ESTIMATE_INPUTS.get(source, source)
         value = float(scale.inv(np.array(theta)))
-        return (f"O:E {value:g} (from {inputs}) without a standard error: give its SE or "
-                "CI, or N with O and E (or Po and Pe), or SE(Po)")
+        return (f"O:E {value:.4g} (from {inputs}) without a standard error: give its SE "
+                "or CI, or N with O and E (or Po and Pe), or SE(Po)")
     if not np.isfinite(se) or se <= 0:
         return f"standard error {se:g} of O:E (from {source}) cannot be weighed"
     return None

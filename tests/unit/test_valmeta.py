@@ -384,3 +384,13 @@ def test_result_types_are_frozen_dataclasses():
     for cls in (ValmetaResult, PerformanceData):
         assert dataclasses.is_dataclass(cls)
         assert cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
+def test_oe_notes_say_what_a_left_out_study_has():
+    d = oecalc(N=[100, None, 200], O=[10, None, 20], E=[None, None, 18], g="log",
+               slab=["a", "b", "c"])
+    assert d[0].note == ("N, O alone give no O:E estimate (it needs OE, EO, or O or Po "
+                         "together with E or Pe)")
+    assert d[1].note == "no O:E inputs (every cell empty)"
+    assert d[2].used and d.notes == (f"row 1 (study 'a'): {d[0].note}; left out",
+                                     f"row 2 (study 'b'): {d[1].note}; left out")

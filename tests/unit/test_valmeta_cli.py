@@ -184,3 +184,24 @@ def test_real_process_exit_codes(tmp_path):
                           "nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("fedsynth: error: column 'nope' (given by --cstat)")
+
+
+def test_readme_shows_real_output(capsys):
+    """The README's valmeta example is the command's output (an elided middle aside)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("<!-- section:valmeta -->")[1].split("<!-- /section:valmeta -->")[0]
+    block = section.split("prints (real output; 17 of the 23 study rows elided")[1]
+    shown = block.split("```\n")[1].splitlines()
+    code, out, _ = run(capsys, EUROSCORE, *C_ARGS)
+    lines = out.splitlines()
+    cut = next(i for i, line in enumerate(shown) if line.startswith("..."))
+    assert code == 0
+    assert shown[:cut] == lines[:cut]
+    assert shown[cut + 1:] == lines[len(lines) - (len(shown) - cut - 1):]
+    assert len(lines) == len(shown) - 1 + 17
+    doc = json.loads(run(capsys, EUROSCORE, "--measure", "OE", "--O", "n.events", "--E",
+                         "e.events", "--N", "n", "--format", "json")[1])
+    for key in ("estimate", "ci_lb", "ci_ub", "pi_lb", "pi_ub", "tau2"):
+        assert f'"{key}": {doc[key]!r}' in section

@@ -275,6 +275,24 @@ class PerformanceData:
         """One JSON-ready dict per study (see :meth:`StudyPerformance.to_dict`)."""
         return [s.to_dict() for s in self.studies]
 
+    def to_frame(self):
+        """A :class:`pandas.DataFrame` with metamisc's columns (``theta``, ``theta.se``,
+        ``theta.cilb``, ``theta.ciub``, ``theta.source``, ``theta.se.source``; ``O``,
+        ``E``, ``N`` for O:E) and ``used``, indexed by study label."""
+        # lazy, as BatchPoolingResult.to_frame: pandas is not needed for the statistics
+        import pandas as pd
+
+        rows = {"theta": self.theta, "theta.se": self.theta_se,
+                "theta.cilb": [s.theta_cilb for s in self.studies],
+                "theta.ciub": [s.theta_ciub for s in self.studies],
+                "theta.source": [s.theta_source for s in self.studies],
+                "theta.se.source": list(self.theta_se_source), "used": self.used}
+        if self.measure == "OE":
+            for key in ("O", "E", "N"):
+                rows[key] = [np.nan if getattr(s, key) is None else getattr(s, key)
+                             for s in self.studies]
+        return pd.DataFrame(rows, index=pd.Index(self.labels, name="study"))
+
 
 @dataclass(frozen=True)
 class ValmetaResult:

@@ -394,3 +394,13 @@ def test_oe_notes_say_what_a_left_out_study_has():
     assert d[1].note == "no O:E inputs (every cell empty)"
     assert d[2].used and d.notes == (f"row 1 (study 'a'): {d[0].note}; left out",
                                      f"row 2 (study 'b'): {d[1].note}; left out")
+
+
+def test_performance_data_as_a_frame_with_metamiscs_columns():
+    frame = oecalc(O=[30, None], E=[25, 10], N=[600, 100], g="log", slab=["a", "b"]).to_frame()
+    assert list(frame.columns) == ["theta", "theta.se", "theta.cilb", "theta.ciub",
+                                   "theta.source", "theta.se.source", "used", "O", "E", "N"]
+    assert list(frame.index) == ["a", "b"] and frame.loc["a", "theta.source"] == "O, E and N"
+    assert frame.loc["a", "theta"] == pytest.approx(math.log(1.2))
+    assert not frame.loc["b", "used"] and math.isnan(frame.loc["b", "O"])
+    assert "O" not in ccalc(cstat=[0.8], cstat_se=[0.01]).to_frame().columns

@@ -490,7 +490,11 @@ class _Inputs:
             try:
                 return list(data[value])
             except (KeyError, IndexError, TypeError):
-                raise InputError(f"{self.name(name)}: column {value!r} not found in data")
+                raise InputError(
+                    f"{self.name(name)}: column {value!r} not found in data") from None
+        if value is not None and np.ndim(value) > 1:
+            raise InputError(f"{self.name(name)}: expected one value per study (1-D), got "
+                             f"{np.ndim(value)} dimensions")
         return value
 
     def _vector(self, name: str, value: Any) -> np.ndarray:
@@ -531,6 +535,8 @@ class _Inputs:
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return repr(bool(value))
     try:
         return repr(float(value))
     except (TypeError, ValueError):

@@ -291,7 +291,9 @@ def test_valmeta_bad_options(kwargs, message):
     ({"N": [100, 100], "O": [10, 120]}, "O, N: row 2 (study 'b') has 120.0 events among"),
     ({"N": [100, 0]}, "N: row 2 (study 'b') has value 0.0"),
     ({"cstat": [0.8, "high"]}, "cstat: row 2 (study 'b') has value 'high', which is not a"),
-    ({"cstat": [0.8, True]}, "cstat: row 2 (study 'b') has value 1.0, which is a truth value"),
+    ({"cstat": [0.8, True]}, "cstat: row 2 (study 'b') has value True, which is a truth "
+                             "value"),
+    ({"cstat": [[0.8, 0.7]]}, "cstat: expected one value per study (1-D), got 2 dimensions"),
     ({"cstat_se": [0.1, 0.1, 0.1]}, "cstat_se: 3 values, but cstat has 2"),
     ({"cstat": "c.index"}, "cstat: 'c.index' names a column, but no data was given"),
 ])

@@ -51,6 +51,7 @@ from typing import Any
 
 from fedsynth.errors import InputError
 from fedsynth.fileio import atomic_write
+from fedsynth.jsonsafe import finite_or_none, strict_json
 
 __all__ = [
     "RoundReportPaths",
@@ -87,20 +88,9 @@ def _esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def _finite(value: Any) -> float | None:
-    """Return ``value`` as a finite float, or None (missing, null, NaN, +-inf, non-number)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _fmt(value: Any, digits: int = 3) -> str:
     """Format a number for a table; missing values show as an en dash."""
-    number = _finite(value)
+    number = finite_or_none(value)
     if number is None:
         return "\u2013"
     if abs(number) < 1e-8:
@@ -113,7 +103,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _fmt_p(value: Any) -> str:
-    number = _finite(value)
+    number = finite_or_none(value)
     if number is None:
         return "\u2013"
     if number < 1e-4:
@@ -124,12 +114,12 @@ def _fmt_p(value: Any) -> str:
 def _pair(values: Any) -> tuple[float | None, float | None]:
     """A ``[lower, upper]`` pair from the document, tolerant of null or an empty list."""
     if isinstance(values, (list, tuple)) and len(values) == 2:
-        return _finite(values[0]), _finite(values[1])
+        return finite_or_none(values[0]), finite_or_none(values[1])
     return None, None
 
 
 def _interval(lower: Any, upper: Any, digits: int = 3) -> str:
-    lo, hi = _finite(lower), _finite(upper)
+    lo, hi = finite_or_none(lower), finite_or_none(upper)
     if lo is None or hi is None:
         return "\u2013"
     if max(abs(lo), abs(hi)) >= 10 ** (-digits) and max(abs(lo), abs(hi)) < 1e6:
@@ -137,17 +127,6 @@ def _interval(lower: Any, upper: Any, digits: int = 3) -> str:
         return f"{lo:.{digits}f} to {hi:.{digits}f}".replace("-0." + "0" * digits + " ",
                                                              "0." + "0" * digits + " ")
     return f"{_fmt(lo, digits)} to {_fmt(hi, digits)}"
-
-
-def _strict_json(value: Any) -> Any:
-    """Copy ``value`` replacing non-finite floats by None so the JSON is strict (RFC 8259)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict_json(v) for v in value]
-    return value
 
 
 def _check_round_doc(doc: Any, where: str = "round document") -> None:
@@ -344,7 +323,7 @@ def _forest_svgs(analyses: Sequence[Mapping[str, Any]]) -> list[str | None]:
     process can deadlock the child; nor ``multiprocessing`` spawn, which re-imports the
     caller's ``__main__``. If the workers fail, the plots are drawn here instead.
     """
-    jobs = [(_strict_json({k: a[k] for k in _FOREST_FIELDS if k in a}), f"f{i}-")
+    jobs = [(strict_json({k: a[k] for k in _FOREST_FIELDS if k in a}), f"f{i}-")
             for i, a in enumerate(analyses)]
     rows = sum(len(a.get("site_estimates") or []) for a in analyses)
     workers = min(os.cpu_count() or 1, 4, len(jobs))
@@ -408,7 +387,7 @@ def _forest_svg(analysis: Mapping[str, Any], *, id_prefix: str) -> str | None:
     from fedsynth.plots import forest_plot
 
     estimates = [e for e in analysis.get("site_estimates") or []
-                 if _finite(e.get("yi")) is not None and (_finite(e.get("vi")) or 0) > 0]
+                 if finite_or_none(e.get("yi")) is not None and (finite_or_none(e.get("vi")) or 0) > 0]
     if not estimates:
         return None
     data = dict(analysis)
@@ -417,7 +396,7 @@ def _forest_svg(analysis: Mapping[str, Any], *, id_prefix: str) -> str | None:
     # logistic and Cox analyses carry log OR / log HR without a ``measure``
     measure = str(analysis.get("measure") or "").upper() or {
         "logistic": "OR", "cox": "HR"}.get(str(analysis.get("estimator") or ""), "")
-    if _finite(analysis.get("level")) is None:
+    if finite_or_none(analysis.get("level")) is None:
         data["level"] = 95.0
     fig = forest_plot(data, measure=measure or None, title=str(analysis["analysis"]))
     return sanitize_svg(_figure_svg(fig), id_prefix)
@@ -495,7 +474,7 @@ def _analysis_summary_rows(analyses: Sequence[Mapping[str, Any]]) -> str:
         het = a.get("heterogeneity") or {}
         back = _back_transform_label(a)
         exp_cell = "\u2013"
-        est, lo, hi = (_finite(a.get(k)) for k in ("estimate", "ci_lb", "ci_ub"))
+        est, lo, hi = (finite_or_none(a.get(k)) for k in ("estimate", "ci_lb", "ci_ub"))
         if back and est is not None and lo is not None and hi is not None:
             try:
                 exp_cell = (f"{_esc(back)} {math.exp(est):.3f} "
@@ -566,9 +545,9 @@ def _heterogeneity_table(analyses: Sequence[Mapping[str, Any]]) -> str:
 
 def _site_estimate_table(a: Mapping[str, Any]) -> str:
     estimates = a.get("site_estimates") or []
-    tau2 = max(_finite(a.get("tau2")) or 0.0, 0.0)
+    tau2 = max(finite_or_none(a.get("tau2")) or 0.0, 0.0)
     weights = {}
-    usable = [(e["site"], _finite(e.get("vi"))) for e in estimates]
+    usable = [(e["site"], finite_or_none(e.get("vi"))) for e in estimates]
     total = sum(1.0 / (v + tau2) for _, v in usable if v is not None and v + tau2 > 0)
     for site, v in usable:
         if v is not None and v + tau2 > 0 and total > 0:
@@ -576,8 +555,8 @@ def _site_estimate_table(a: Mapping[str, Any]) -> str:
     driving = set(map(str, (a.get("heterogeneity") or {}).get("sites") or []))
     rows = []
     for e in estimates:
-        yi, vi = _finite(e.get("yi")), _finite(e.get("vi"))
-        se = _finite(e.get("se"))
+        yi, vi = finite_or_none(e.get("yi")), finite_or_none(e.get("vi"))
+        se = finite_or_none(e.get("se"))
         if se is None and vi is not None and vi >= 0:
             se = math.sqrt(vi)
         lo = hi = None
@@ -732,7 +711,7 @@ def write_round_report(round_doc: dict, report_dir: Path) -> RoundReportPaths:
         file is written then.
     """
     html_text = render_round_html(round_doc)       # validates first: nothing written on error
-    json_text = json.dumps(_strict_json(round_doc), indent=2, allow_nan=False) + "\n"
+    json_text = json.dumps(strict_json(round_doc), indent=2, allow_nan=False) + "\n"
     report_dir = Path(report_dir)
     paths = RoundReportPaths(html=report_dir / f"{round_doc['round']}.html",
                              json=report_dir / f"{round_doc['round']}.json")
@@ -896,7 +875,7 @@ def trend_summary(round_docs: Sequence[Mapping[str, Any]],
         site_names: list[str] = []
         per_round: list[dict[str, tuple[float, float, float | None]]] = []
         for _, a in rows:
-            ests = [(e["site"], _finite(e.get("yi")), _finite(e.get("vi")))
+            ests = [(e["site"], finite_or_none(e.get("yi")), finite_or_none(e.get("vi")))
                     for e in a.get("site_estimates") or []]
             ests = [(s, y, v) for s, y, v in ests if y is not None and v is not None and v > 0]
             zs = deleted_residuals([y for _, y, _ in ests], [v for _, _, v in ests])
@@ -931,12 +910,12 @@ def trend_summary(round_docs: Sequence[Mapping[str, Any]],
             measure=next((str(a.get("measure")) for _, a in rows if a.get("measure")), None),
             rounds=tuple(str(d["round"]) for d, _ in rows),
             opened_at=tuple(d.get("opened_at") for d, _ in rows),
-            estimate=tuple(_finite(a.get("estimate")) for _, a in rows),
-            ci_lb=tuple(_finite(a.get("ci_lb")) for _, a in rows),
-            ci_ub=tuple(_finite(a.get("ci_ub")) for _, a in rows),
-            pi_lb=tuple(_finite(a.get("pi_lb")) for _, a in rows),
-            pi_ub=tuple(_finite(a.get("pi_ub")) for _, a in rows),
-            I2=tuple(_finite(a.get("I2")) for _, a in rows),
+            estimate=tuple(finite_or_none(a.get("estimate")) for _, a in rows),
+            ci_lb=tuple(finite_or_none(a.get("ci_lb")) for _, a in rows),
+            ci_ub=tuple(finite_or_none(a.get("ci_ub")) for _, a in rows),
+            pi_lb=tuple(finite_or_none(a.get("pi_lb")) for _, a in rows),
+            pi_ub=tuple(finite_or_none(a.get("pi_ub")) for _, a in rows),
+            I2=tuple(finite_or_none(a.get("I2")) for _, a in rows),
             I2_lb=tuple(lo for lo, _ in i2_ci), I2_ub=tuple(hi for _, hi in i2_ci),
             k=tuple(a.get("k") if isinstance(a.get("k"), int) else None for _, a in rows),
             flagged=tuple(bool((a.get("heterogeneity") or {}).get("flagged")) for _, a in rows),
@@ -1134,7 +1113,7 @@ def write_trend_report(round_docs: Sequence[dict], report_dir: Path, *,
     trends = trend_summary(round_docs, analyses)
     html_text = render_trend_html(trends, i2_threshold=i2_threshold)
     report_dir = Path(report_dir)
-    json_text = json.dumps(_strict_json({"analyses": [t.to_dict() for t in trends]}),
+    json_text = json.dumps(strict_json({"analyses": [t.to_dict() for t in trends]}),
                            indent=2, allow_nan=False) + "\n"
     _atomic_write(report_dir / "trend.json", json_text)
     out = report_dir / "trend.html"

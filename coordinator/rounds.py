@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedsynth.errors import InputError
+from fedsynth.jsonsafe import finite_or_none
 from coordinator.store import RoundRecord, Store, SubmissionRecord, iso
 
 __all__ = ["RoundOutcome", "open_round", "round_document", "is_due", "pool_analyses",
@@ -92,15 +93,6 @@ def is_due(record: RoundRecord, n_submitted: int, now: _dt.datetime) -> bool:
     return record.is_open and (n_submitted >= len(record.allowed) or now > record.deadline)
 
 
-def _num(value: Any) -> float | None:
-    """A stored number as a JSON-ready float (NaN and infinities become None)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _json_flag(flag: dict[str, Any]) -> dict[str, Any]:
     """The flag's dict with its per-driver numbers made JSON-ready.
 
@@ -110,7 +102,7 @@ def _json_flag(flag: dict[str, Any]) -> dict[str, Any]:
     """
     drivers = flag.get("drivers")
     if drivers:
-        flag["drivers"] = [{key: (_num(value) if key in _DRIVER_NUMBERS else value)
+        flag["drivers"] = [{key: (finite_or_none(value) if key in _DRIVER_NUMBERS else value)
                             for key, value in driver.items()} for driver in drivers]
     return flag
 
@@ -142,8 +134,8 @@ def _gather(name: str, subs: list[SubmissionRecord]) -> _Column:
             refused[sub.site] = str(result["refused"])
         else:
             n = result["n"]
-            estimates.append({"site": sub.site, "yi": _num(result["yi"]),
-                              "vi": _num(result["vi"]), "se": _num(result["se"]),
+            estimates.append({"site": sub.site, "yi": finite_or_none(result["yi"]),
+                              "vi": finite_or_none(result["vi"]), "se": finite_or_none(result["se"]),
                               "n": int(n) if isinstance(n, (int, float)) and
                               math.isfinite(n) else None})
             y, v = estimates[-1]["yi"], estimates[-1]["vi"]

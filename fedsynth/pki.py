@@ -28,6 +28,7 @@ from pathlib import Path
 
 from fedsynth.errors import InputError
 from fedsynth.fileio import atomic_write
+from fedsynth.timeutil import utcnow
 
 __all__ = ["IssuedCertificate", "init_ca", "issue_site", "issue_coordinator",
            "validate_site_name", "certificate_common_name", "SITE_NAME_PATTERN"]
@@ -73,10 +74,6 @@ def validate_site_name(name: str) -> str:
         raise InputError(f"site name {name!r} is reserved (it would overwrite the "
                          f"{name} files of the PKI)")
     return name
-
-
-def _now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
 
 
 def _new_key():
@@ -147,7 +144,7 @@ def init_ca(pki_dir: str | Path, *, name: str = "fedsynth project CA",
     _check_free([cert_path, key_path], force)
     key = _new_key()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = _now()
+    now = utcnow()
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject).issuer_name(subject)
@@ -179,7 +176,7 @@ def _issue(pki: Path, stem: str, common_name: str, sans: list, *, server: bool,
     _check_free([cert_path, key_path], force)
     ca_cert, ca_key = _load_ca(pki)
     key = _new_key()
-    now = _now()
+    now = utcnow()
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     cert = (
         x509.CertificateBuilder()

@@ -358,7 +358,8 @@ def _forest_svg(analysis: Mapping[str, Any], *, id_prefix: str) -> str | None:
     from fedsynth.plots import forest_plot
 
     estimates = [e for e in analysis.get("site_estimates") or []
-                 if finite_or_none(e.get("yi")) is not None and (finite_or_none(e.get("vi")) or 0) > 0]
+                 if finite_or_none(e.get("yi")) is not None
+                 and (finite_or_none(e.get("vi")) or 0) > 0]
     if not estimates:
         return None
     data = dict(analysis)
@@ -385,16 +386,19 @@ body { font: 14px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial
        color: var(--ink); background: var(--bg); margin: 0; }
 main { max-width: 1100px; margin: 0 auto; padding: 28px 32px 60px; }
 h1 { font-size: 24px; margin: 0 0 4px; font-weight: 600; }
-h2 { font-size: 18px; margin: 34px 0 10px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
+h2 { font-size: 18px; margin: 34px 0 10px; padding-bottom: 4px;
+     border-bottom: 2px solid var(--line); }
 h3 { font-size: 15px; margin: 26px 0 6px; }
 .sub { color: var(--muted); margin: 0 0 18px; }
-.meta { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); gap: 8px 20px;
-        background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 12px 16px; }
+.meta { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr));
+        gap: 8px 20px; background: #fff; border: 1px solid var(--line); border-radius: 6px;
+        padding: 12px 16px; }
 .meta div span { display: block; color: var(--muted); font-size: 12px; text-transform: uppercase;
                  letter-spacing: .04em; }
 table { border-collapse: collapse; width: 100%; background: #fff; margin: 6px 0 14px;
         font-variant-numeric: tabular-nums; }
-th, td { border-bottom: 1px solid var(--line); padding: 5px 8px; text-align: left; vertical-align: top; }
+th, td { border-bottom: 1px solid var(--line); padding: 5px 8px; text-align: left;
+         vertical-align: top; }
 th { font-size: 12px; color: var(--muted); font-weight: 600; background: #f3f5f8; }
 td.num, th.num { text-align: right; white-space: nowrap; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px;
@@ -404,7 +408,8 @@ td.num, th.num { text-align: right; white-space: nowrap; }
 .badge.moderate, .badge.open { background: var(--amber); }
 .reasons { margin: 4px 0 0 18px; padding: 0; }
 .note { color: var(--muted); font-size: 12.5px; }
-.alert { border-left: 4px solid var(--warn); background: #fff4f4; padding: 8px 12px; margin: 10px 0; }
+.alert { border-left: 4px solid var(--warn); background: #fff4f4; padding: 8px 12px;
+         margin: 10px 0; }
 .scroll { overflow-x: auto; }
 .nowrap { white-space: nowrap; }
 figure { margin: 8px 0 4px; background: #fff; border: 1px solid var(--line); border-radius: 6px;
@@ -811,6 +816,11 @@ class AnalysisTrend:
         }
 
 
+def _outside(z: float | None) -> bool:
+    """A deleted residual beyond the divergence threshold (None: not computed)."""
+    return z is not None and abs(z) > DIVERGENCE_Z
+
+
 def _round_sort_key(doc: RoundDocument) -> tuple[str, str]:
     return (doc.opened_at or "", doc.round)
 
@@ -866,8 +876,7 @@ def trend_summary(round_docs: Sequence[RoundDocument | Mapping[str, Any]],
             # Only the deleted residual counts: the coordinator's heterogeneity "sites" also
             # name merely *influential* sites (a large hospital with a typical effect), which
             # is not divergence.
-            out_flags = [(s in r) and r[s][2] is not None and abs(r[s][2]) > DIVERGENCE_Z
-                         for r in per_round]
+            out_flags = [s in r and _outside(r[s][2]) for r in per_round]
             present = [i for i, r in enumerate(per_round) if s in r]
             diverging = bool(present) and out_flags[present[-1]]
             since = None
@@ -1032,7 +1041,8 @@ def render_trend_html(trends: Sequence[AnalysisTrend], *, i2_threshold: float | 
         rows = []
         for r, e, lo, hi, pl, pu, i2, k, f in zip(t.rounds, t.estimate, t.ci_lb, t.ci_ub,
                                                   t.pi_lb, t.pi_ub, t.I2, t.k, t.flagged):
-            rows.append(f"<tr><td>{_esc(r)}</td><td class=\"num\">{_esc(k) if k is not None else '&ndash;'}</td>"
+            k_cell = _esc(k) if k is not None else "&ndash;"
+            rows.append(f"<tr><td>{_esc(r)}</td><td class=\"num\">{k_cell}</td>"
                         f"<td class=\"num\">{_fmt(e)}</td>"
                         f"<td class=\"num\">{_interval(lo, hi)}</td>"
                         f"<td class=\"num\">{_interval(pl, pu)}</td>"

@@ -117,8 +117,10 @@ def is_due(record: RoundRecord, n_submitted: int, now: _dt.datetime) -> bool:
 
 
 def _verdict(flag: Any) -> HeterogeneityVerdict:
-    """The document's heterogeneity section from a :class:`fedsynth.meta.HeterogeneityFlag`
-    (the drivers' numbers may be NaN, e.g. no deleted fit: they become None)."""
+    """The document's heterogeneity section from a :class:`fedsynth.meta.HeterogeneityFlag`.
+
+    The drivers' numbers may be NaN (e.g. no deleted fit): they become None.
+    """
     ci = (None if flag.I2_ci_lb is None and flag.I2_ci_ub is None
           else (finite_or_none(flag.I2_ci_lb), finite_or_none(flag.I2_ci_ub)))
     drivers = tuple(SiteDriver(site=d.site, index=d.index, kinds=tuple(d.kinds),

@@ -204,14 +204,18 @@ def due_runs(entry: ScheduleEntry, last_run: _dt.datetime | None,
 class ScheduleState(Protocol):
     """Where the last handled slot of each schedule entry is kept."""
 
-    def last_run(self, key: str) -> _dt.datetime | None: ...
+    def last_run(self, key: str) -> _dt.datetime | None:
+        """The last handled slot of entry ``key`` (None when never seen)."""
 
-    def anchor(self, key: str, when: _dt.datetime) -> None: ...
+    def anchor(self, key: str, when: _dt.datetime) -> None:
+        """Record a newly seen entry as handled up to ``when``."""
 
-    def claim(self, key: str, previous: _dt.datetime, slot: _dt.datetime) -> bool: ...
+    def claim(self, key: str, previous: _dt.datetime, slot: _dt.datetime) -> bool:
+        """Move the entry from ``previous`` to ``slot``; True for the one caller that won."""
 
     def record(self, key: str, slot: _dt.datetime, *, round_id: str | None,
-               error: str | None) -> None: ...
+               error: str | None) -> None:
+        """Attach the outcome of a claimed slot."""
 
 
 class SqlScheduleState:
@@ -255,6 +259,7 @@ class SqlScheduleState:
         metadata.create_all(engine, checkfirst=True)
 
     def last_run(self, key: str) -> _dt.datetime | None:
+        """The last handled slot of entry ``key`` (None when never seen)."""
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(self.table.c.last_slot)
                                .where(self.table.c.key == key)).first()
@@ -464,7 +469,8 @@ def round_starter(config: Any, store: Any, *,
             raise InputError(f"schedule spec = {str(entry.spec)!r}: cannot be read "
                              f"({error.strerror or error})") from None
         pooling = (dataclasses.asdict(config.pooling)
-                   if dataclasses.is_dataclass(config.pooling) else dict(config.pooling))
+                   if dataclasses.is_dataclass(config.pooling)
+                   and not isinstance(config.pooling, type) else dict(config.pooling))
         record = open_round(store, spec_source=source, deadline=entry.deadline,
                             quorum=entry.quorum, allowed=tuple(config.allow), pooling=pooling,
                             now=_aware(clock(), "clock()"),

@@ -169,7 +169,7 @@ class CoordinatorConfig:
 
 
 def load_coordinator_config(path: str | Path, *, insecure: bool = False) -> CoordinatorConfig:
-    """Read coordinator.toml (see DESIGN.md, Configuration)."""
+    """Read coordinator.toml (see docs/architecture.md, configuration)."""
     from fedsynth.pki import validate_site_name
 
     data, base = _load_toml(path)
@@ -344,7 +344,7 @@ class SiteConfig:
 
 
 def load_site_config(path: str | Path, *, insecure: bool = False) -> SiteConfig:
-    """Read site.toml (see DESIGN.md, Configuration)."""
+    """Read site.toml (see docs/architecture.md, configuration)."""
     from fedsynth.pki import validate_site_name
 
     data, base = _load_toml(path)

@@ -2,7 +2,7 @@
 
 Why
 ---
-Every connection of the federation is mutual TLS (DESIGN.md, security model). A site's
+Every connection of the federation is mutual TLS (docs/architecture.md, security model). A site's
 identity *is* its certificate: its name is in the certificate's common name and in a DNS
 subject alternative name, and the coordinator reads it from the verified TLS peer
 certificate, never from a message. The same private key signs the site's submissions
@@ -14,7 +14,7 @@ and supported by gRPC's BoringSSL and by :mod:`cryptography`. Private keys are w
 mode 0600 and nothing is overwritten unless ``force`` is given, because overwriting a CA key
 silently invalidates every certificate already handed to the sites.
 
-File names (DESIGN.md): ``PKI/ca.crt``, ``PKI/ca.key``, ``PKI/coordinator.crt/.key``,
+File names (docs/architecture.md): ``PKI/ca.crt``, ``PKI/ca.key``, ``PKI/coordinator.crt/.key``,
 ``PKI/NAME.crt/.key``.
 """
 

@@ -290,8 +290,10 @@ def _doc(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class PoolingSettings(_Section):
-    """The round's pooling settings (``[pooling]`` of coordinator.toml, or ``round start``'s
-    ``--method``/``--test``)."""
+    """The round's pooling settings.
+
+    From ``[pooling]`` of coordinator.toml, or ``round start``'s ``--method``/``--test``.
+    """
 
     method: str | None = field(default=None, metadata=_doc(
         "tau² estimator: FE, DL, HE, HS, SJ, ML, REML, EB or PM"))
@@ -725,8 +727,10 @@ def _check_timestamp(r: _Reader, key: str) -> None:
 
 
 def _known_keys(cls: type, groups: Mapping[str, type] | None = None) -> frozenset[str]:
-    """The JSON keys a section reads: its fields, with a flattened group's keys instead of
-    the group field."""
+    """The JSON keys a section reads.
+
+    Its fields, with a flattened group's keys instead of the group field.
+    """
     keys = {f.name for f in fields(cls) if f.name not in ("extra", "_layout")}
     for name, group in (groups or {}).items():
         keys.discard(name)

@@ -50,7 +50,7 @@ __all__ = ["ESTIMATORS", "ApprovalStore", "PendingSpec", "Policy", "PolicyDecisi
            "apply_decision", "review_round", "site_audit_log", "site_policy",
            "spec_fingerprint", "spec_to_dict"]
 
-#: Estimators of DESIGN.md (the spec contract).
+#: Estimators of the spec contract (docs/architecture.md).
 ESTIMATORS = ("two_by_two", "two_group", "logistic", "linear", "cox", "auc",
               "calibration_slope", "calibration_in_the_large", "oe_ratio", "brier")
 

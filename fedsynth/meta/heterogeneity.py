@@ -1,4 +1,4 @@
-"""The heterogeneity flag: when one pooled number would mislead (DESIGN.md).
+"""The heterogeneity flag: when one pooled number would mislead (docs/architecture.md).
 
 Every pooled analysis carries ``heterogeneity: {flagged, level, reasons, sites}``:
 

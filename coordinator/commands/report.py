@@ -11,11 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedsynth.cli.registry import Command
 from fedsynth.errors import InputError
-from fedsynth.round_document import RoundDocument
+
+# Imported when a command runs, not when the command line builds its parser (see
+# coordinator/commands/round.py).
+if TYPE_CHECKING:
+    from fedsynth.round_document import RoundDocument
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +47,8 @@ def _add_round(parser: argparse.ArgumentParser) -> None:
 
 def _load_dir(folder: str) -> list[RoundDocument]:
     """Every round document (``*.json`` but our own ``trend.json``) of a folder, validated."""
+    from fedsynth.round_document import RoundDocument
+
     path = Path(folder)
     if not path.is_dir():
         raise InputError(f"--rounds-dir {folder!r}: not a directory")

@@ -514,7 +514,7 @@ def _trimfill(y: np.ndarray, v: np.ndarray, method: str, maxiter: int = 100) -> 
         fill_v = np.array([])
         yy, vv = y, v
     # with k0 = 0 metafor returns the model it was given (the exact fit)
-    res = fit_rma(yy, vv, None, method=method, threshold=thr if k0 > 0 else 1e-12)
+    res = fit_rma(yy, vv, None, method=method, threshold=thr if k0 > 0 else None)
     return _TrimFill(int(k0), side, res, fill_y, fill_v)
 
 

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from fedsynth.cli.registry import Command
+from fedsynth.vocabulary import METHODS, TESTS
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -35,9 +36,9 @@ def _start_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quorum", type=int, default=None,
                         help="sites needed to pool (default: every allowed site)")
     parser.add_argument("--method", default=None,
-                        choices=("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM"),
+                        choices=METHODS,
                         help="pooling method of this round (default: [pooling] method)")
-    parser.add_argument("--test", default=None, choices=("z", "knha"),
+    parser.add_argument("--test", default=None, choices=TESTS,
                         help="test of this round (default: [pooling] test)")
 
 

@@ -38,25 +38,16 @@ from typing import Any
 import numpy as np
 from scipy.special import gammaln
 
-from fedsynth.errors import InputError
 from fedsynth.effects.results import EffectSizes
+from fedsynth.errors import InputError
+from fedsynth.vocabulary import ESCALC_MEASURES, MEASURE_INFO
 
 __all__ = ["escalc", "escalc_frame", "ESCALC_MEASURES", "COLUMN_SETS", "hedges_correction"]
 
-#: Measure -> accepted column sets (first match wins), named as metafor's arguments.
+#: Measure -> accepted column sets (first match wins), named as metafor's arguments
+#: (from :data:`fedsynth.vocabulary.MEASURE_INFO`).
 COLUMN_SETS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "OR": (("ai", "bi", "ci", "di"), ("ai", "n1i", "ci", "n2i")),
-    "RR": (("ai", "bi", "ci", "di"), ("ai", "n1i", "ci", "n2i")),
-    "RD": (("ai", "bi", "ci", "di"), ("ai", "n1i", "ci", "n2i")),
-    "MD": (("m1i", "sd1i", "n1i", "m2i", "sd2i", "n2i"),),
-    "SMD": (("m1i", "sd1i", "n1i", "m2i", "sd2i", "n2i"),),
-    "ROM": (("m1i", "sd1i", "n1i", "m2i", "sd2i", "n2i"),),
-    "ZCOR": (("ri", "ni"),),
-    "IRR": (("x1i", "t1i", "x2i", "t2i"),),
-    "PLO": (("xi", "ni"),),
-    "PR": (("xi", "ni"),),
-}
-ESCALC_MEASURES: tuple[str, ...] = tuple(COLUMN_SETS)
+    name: info.columns for name, info in MEASURE_INFO.items()}
 _CORRECTION_TARGETS = ("only0", "all", "if0all", "none")
 
 

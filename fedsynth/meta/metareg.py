@@ -35,11 +35,12 @@ from scipy import special
 # the engine's scipy.special wrappers.
 from fedsynth.errors import InputError
 from fedsynth.meta import stats as st
+from fedsynth.meta._format import f, grid, p, peq
 from fedsynth.meta.stats import chi2_sf, norm_isf, norm_sf, t_isf, t_sf
+from fedsynth.results import Interval, ResultMixin, check_fraction
 from fedsynth.vocabulary import METHODS, check_level, check_method, check_test
 
 __all__ = [
-    "Bounds",
     "MetaRegressionResult",
     "BatchFit",
     "fit_rma",
@@ -51,17 +52,6 @@ __all__ = [
 
 #: tau² estimators of meta-regression (metafor's ``rma.uni`` with ``mods``): all of them.
 SUPPORTED_METHODS = METHODS
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """Per-coefficient (or per-site) interval bounds: ``low[i]`` to ``high[i]``."""
-
-    low: np.ndarray
-    high: np.ndarray
-
-    def __iter__(self):
-        return iter((self.low, self.high))
 
 
 def validate_yi_vi(yi: Any, vi: Any, *, min_k: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +82,7 @@ def validate_yi_vi(yi: Any, vi: Any, *, min_k: int = 1) -> tuple[np.ndarray, np.
 
 
 @dataclass(frozen=True)
-class MetaRegressionResult:
+class MetaRegressionResult(ResultMixin):
     """A mixed-effects meta-regression fit (``rma(yi, vi, mods = ...)`` in metafor).
 
     Attributes
@@ -121,6 +111,11 @@ class MetaRegressionResult:
         for an intercept-only model.
     vb
         Covariance matrix of the coefficients under the chosen test.
+    se_tau2, converged
+        Standard error of tau² (metafor's formula for the method) and whether its
+        estimation converged.
+    yi, vi, X, labels
+        The data of the fit (for plots and refits).
     """
 
     names: tuple[str, ...]
@@ -157,10 +152,78 @@ class MetaRegressionResult:
     s2w: float = 1.0
     se_tau2: float = float("nan")
     converged: bool = True
+    yi: np.ndarray | None = field(default=None, repr=False)
+    vi: np.ndarray | None = field(default=None, repr=False)
+    X: np.ndarray | None = field(default=None, repr=False)
+    labels: tuple[str, ...] | None = field(default=None, repr=False)
 
-    def confidence_interval(self) -> Bounds:
-        """Confidence bounds of the coefficients at ``level`` (under the chosen test)."""
-        return Bounds(self.ci_lb, self.ci_ub)
+    @property
+    def df(self) -> int:
+        """Residual degrees of freedom ``k - p`` (of the Knapp-Hartung t tests)."""
+        return self.k - self.p
+
+    def confidence_interval(self, confidence_level: float = 0.95) -> Interval:
+        """Confidence intervals of the coefficients (arrays, one per coefficient), under
+        the fit's test (normal, or t with k - p df under Knapp-Hartung)."""
+        level = check_fraction(confidence_level)
+        if abs(level * 100.0 - self.level) < 1e-9:
+            return Interval(self.ci_lb, self.ci_ub, level=level)
+        alpha = 1.0 - level
+        crit = float(t_isf(alpha / 2, self.df) if self.test == "knha" else norm_isf(alpha / 2))
+        return Interval(self.coef - crit * self.se, self.coef + crit * self.se, level=level)
+
+    @property
+    def fitted(self) -> np.ndarray | None:
+        """Fitted values ``X beta`` of the sites (None when the fit carries no data)."""
+        return None if self.X is None else self.X @ self.coef
+
+    @property
+    def residuals(self) -> np.ndarray | None:
+        """Residuals ``y - X beta`` (None when the fit carries no data)."""
+        return None if self.yi is None or self.X is None else self.yi - self.X @ self.coef
+
+    def summary(self, digits: int = 4) -> str:
+        """Residual heterogeneity, the tests of moderators and the coefficient table
+        (z and Knapp-Hartung columns), as ``fedsynth meta --moderator`` prints it."""
+        d = digits
+        rows = [[nm, f(self.coef[i], d), f(self.z_se[i], d), f(self.z_stat[i], d),
+                 p(self.z_pval[i], d), f(self.knha_se[i], d), p(self.knha_pval[i], d)]
+                for i, nm in enumerate(self.names)]
+        knha = (f"; Knapp-Hartung F({self.QM_df}, {self.k - self.p}) = {f(self.knha_F, d)}, "
+                f"p {peq(self.knha_Fp, d)}" if self.knha_F is not None else "")
+        return "\n".join([
+            f"Meta-regression (k = {self.k}; tau^2 estimator: {self.method}):",
+            f"residual tau^2 = {f(self.tau2, d)}, I^2 = {f(self.I2, 2)}%, "
+            f"R^2 = {f(self.R2, 2)}% of tau^2 explained",
+            f"Test for residual heterogeneity: QE(df = {self.QE_df}) = {f(self.QE, d)}, "
+            f"p {peq(self.QEp, d)}",
+            f"Test of moderators: QM(df = {self.QM_df}) = {f(self.QM, d)}, "
+            f"p {peq(self.QMp, d)}{knha}",
+            *grid(["", "estimate", "se", "zval", "pval", "se.knha", "pval.knha"], rows)])
+
+    def to_frame(self):
+        """One row per coefficient: estimate, se, statistic, p-value and confidence
+        bounds under the fit's test, then the z and Knapp-Hartung columns."""
+        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+
+        return pd.DataFrame({"estimate": self.coef, "se": self.se, "stat": self.stat,
+                             "pval": self.pval, "ci_lb": self.ci_lb, "ci_ub": self.ci_ub,
+                             "z_se": self.z_se, "z_pval": self.z_pval,
+                             "knha_se": self.knha_se, "knha_pval": self.knha_pval},
+                            index=pd.Index(self.names, name="coefficient"))
+
+    def forest(self, **options: Any):
+        """Forest plot of the sites with their fitted values (``fedsynth.plots``)."""
+        from fedsynth.plots import forest_plot  # matplotlib: imported only to plot
+
+        return forest_plot(self, **options)
+
+    def funnel(self, **options: Any):
+        """Funnel plot of the residuals against their standard errors (metafor's
+        ``funnel()`` of a model with moderators)."""
+        from fedsynth.plots import funnel_plot  # matplotlib: imported only to plot
+
+        return funnel_plot(self, **options)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with the reference's field names (``coef``, ``QM``, ``knha_F``...)."""
@@ -192,9 +255,10 @@ def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | None = None,
-            method: str = "REML", test: str = "z", level: float = 95.0,
+            method: str = "REML", test: str = "z", level: float = 0.95,
             tau2: float | None = None, compute_r2: bool = True,
-            threshold: float | None = None) -> MetaRegressionResult:
+            threshold: float | None = None,
+            labels: Sequence[Any] | None = None) -> MetaRegressionResult:
     """Fit the mixed-effects model on an explicit design matrix.
 
     Parameters
@@ -220,6 +284,8 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
         ``|Δtau²| <= threshold`` instead (ML/REML/EB), e.g. 1e-5 to reproduce metafor's
         default ``rma`` control, which some metafor functions (``trimfill``) use
         internally.
+    labels
+        Site labels, kept with the result (plots).
     """
     y, v = validate_yi_vi(yi, vi)
     method = check_method(method)
@@ -341,7 +407,8 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
         QM=QM, QM_df=m, QMp=QMp, knha_F=knha_F, knha_Fp=knha_Fp,
         QE=QE, QE_df=QE_df, QEp=QEp, tau2=t2, I2=I2, H2=H2, R2=R2,
         k=k, p=p, method=method, test=test, level=level, vb=vb, s2w=s2,
-        se_tau2=se_tau2, converged=converged)
+        se_tau2=se_tau2, converged=converged, yi=y, vi=v, X=Xm,
+        labels=None if labels is None else tuple(str(x) for x in labels))
 
 
 # ---------------------------------------------------------------------------------------
@@ -373,7 +440,8 @@ def design_matrix(moderators: Mapping[str, Sequence[Any]], k: int,
         vals = list(values)
         if len(vals) != k:
             raise InputError(f"moderator {name!r}: {len(vals)} values for {k} studies")
-        missing = [i for i, x in enumerate(vals) if x is None or (isinstance(x, float) and np.isnan(x))
+        missing = [i for i, x in enumerate(vals)
+                   if x is None or (isinstance(x, float) and np.isnan(x))
                    or (isinstance(x, str) and x.strip() == "")]
         if missing:
             raise InputError(f"moderator {name!r}: missing value in row {missing[0]}")
@@ -388,7 +456,8 @@ def design_matrix(moderators: Mapping[str, Sequence[Any]], k: int,
         labels = [str(x) for x in vals]
         levels = sorted(set(labels))
         if len(levels) < 2:
-            raise InputError(f"moderator {name!r}: a single level ({levels[0]!r}) cannot be a moderator")
+            raise InputError(f"moderator {name!r}: a single level ({levels[0]!r}) cannot be "
+                             "a moderator")
         for lvl in levels[1:]:
             cols.append(np.array([1.0 if x == lvl else 0.0 for x in labels]))
             names.append(f"{name}{lvl}")
@@ -397,7 +466,8 @@ def design_matrix(moderators: Mapping[str, Sequence[Any]], k: int,
 
 def meta_regression(yi: Any, vi: Any, moderators: Mapping[str, Sequence[Any]], *,
                     categorical: Sequence[str] = (), method: str = "REML", test: str = "z",
-                    level: float = 95.0) -> MetaRegressionResult:
+                    level: float = 0.95,
+                    labels: Sequence[Any] | None = None) -> MetaRegressionResult:
     """Meta-regression of site effects on named site-level moderators.
 
     Parameters
@@ -415,7 +485,7 @@ def meta_regression(yi: Any, vi: Any, moderators: Mapping[str, Sequence[Any]], *
     if not moderators:
         raise InputError("moderators: at least one moderator is needed")
     X, names = design_matrix(moderators, y.size, categorical)
-    return fit_rma(y, v, X, names=names, method=method, test=test, level=level)
+    return fit_rma(y, v, X, names=names, method=method, test=test, level=level, labels=labels)
 
 
 # ---------------------------------------------------------------------------------------

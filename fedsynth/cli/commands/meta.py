@@ -28,14 +28,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fedsynth.cli.registry import Command
+from fedsynth.vocabulary import ESCALC_MEASURES, METHODS, TESTS
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
     from fedsynth.meta import BatchPoolingResult, PoolingResult
 
-METHOD_CHOICES = ("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM")
-TEST_CHOICES = ("z", "knha")
+METHOD_CHOICES = METHODS
+TEST_CHOICES = TESTS
 FORMAT_CHOICES = ("table", "json", "csv")
 #: Label columns used when ``--label`` is not given (first one present wins).
 DEFAULT_LABEL_COLUMNS = ("study", "label", "site", "name")
@@ -72,8 +73,7 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
                         help="column of study labels (default: study, label, site or name "
                              "if present)")
     parser.add_argument("--measure", type=str.upper, default=None,
-                        choices=("OR", "RR", "RD", "MD", "SMD", "ROM", "ZCOR", "IRR", "PLO",
-                                 "PR"),
+                        choices=ESCALC_MEASURES,
                         help="compute yi, vi from raw columns named as metafor's escalc "
                              "(ai,bi,ci,di or ai,n1i,ci,n2i; m1i,sd1i,n1i,m2i,sd2i,n2i; ri,ni; "
                              "x1i,t1i,x2i,t2i; xi,ni) before pooling")
@@ -307,23 +307,7 @@ def _bayes_section(args: argparse.Namespace, data: MetaInput, index: int) -> lis
     batch = _bayes_batch(args, data)
     if batch is None:
         return []
-    r = batch[index]
-    lev = f"{r.level:g}%"
-
-    def num(x: float) -> str:        # moments a heavy-tailed prior leaves undefined
-        import math
-
-        return f"{x:.4f}" if math.isfinite(x) else ("undefined" if math.isnan(x) else "infinite")
-
-    lines = [f"Bayesian random-effects model (flat prior on mu, {r.prior} prior on tau with "
-             f"scale {r.tau_scale:g}):",
-             f"  mu   median {r.mu_median:.4f}, {lev} CrI [{r.mu_ci_lb:.4f}, {r.mu_ci_ub:.4f}], "
-             f"mean {num(r.mu_mean)}, sd {num(r.mu_sd)}, P(mu > 0) = {r.prob_mu_positive:.4f}",
-             f"  tau  median {r.tau_median:.4f}, {lev} CrI [{r.tau_ci_lb:.4f}, "
-             f"{r.tau_ci_ub:.4f}], mean {num(r.tau_mean)}",
-             f"  new site ({lev} predictive interval): [{r.pred_lb:.4f}, {r.pred_ub:.4f}]"]
-    lines += [f"  note: {note}" for note in r.notes]
-    return ["\n".join(lines)]
+    return [batch[index].summary()]
 
 
 def _plot_path(out: str, name: str, grouped: bool) -> str:

@@ -168,9 +168,9 @@ class PoolingResult(ResultMixin):
         >>> res = meta_analysis([0.2, 0.5, 0.1, 0.4], [0.04, 0.05, 0.03, 0.06])
         >>> ci = res.confidence_interval()
         >>> round(ci.low, 4), round(ci.high, 4), ci.level
-        (0.0584, 0.4632, 0.95)
+        (0.0621, 0.4642, 0.95)
         >>> round(res.confidence_interval(0.9).low, 4)
-        0.0909
+        0.0944
         """
         level = check_fraction(confidence_level)
         if abs(level * 100.0 - self.level) < 1e-9:

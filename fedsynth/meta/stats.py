@@ -834,9 +834,9 @@ def _score(y, vw, tau2, method, *, slope: bool, X=None):
     """
     w = _weights(vw, tau2)
     sw = _rsum(w)
+    A: np.ndarray = np.empty((0, 0, 0))   # (X'WX)^-1, with a design matrix only
     if X is None:
         r = y - (_rdot(w, y) / sw)[:, None]
-        A = None
     else:
         A, _, r = wls(X, w, y)
     u = w * r

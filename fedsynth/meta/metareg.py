@@ -52,6 +52,8 @@ __all__ = [
 
 #: tau² estimators of meta-regression (metafor's ``rma.uni`` with ``mods``): all of them.
 SUPPORTED_METHODS = METHODS
+#: cells (rows x sites) per block of :func:`fit_batch`'s tau² estimation
+_BLOCK_CELLS = 1 << 17
 
 
 def validate_yi_vi(yi: Any, vi: Any, *, min_k: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -527,8 +529,14 @@ def fit_batch(yi: Any, vi: Any, mask: Any, *, method: str = "REML") -> BatchFit:
     kk = msk.sum(axis=1)
     if np.any(kk < 1):
         raise InputError("mask: every analysis needs at least one study")
+    # blocks of about _BLOCK_CELLS cells keep the engine's (rows, sites) temporaries in
+    # cache (rows are independent, so the results do not depend on the blocking)
+    step = max(1, _BLOCK_CELLS // msk.shape[1])
+    t2 = np.concatenate([
+        st.tau2_estimate(st.BatchInput(y[i:i + step], v[i:i + step], msk[i:i + step],
+                                       kk[i:i + step]), method=method).tau2
+        for i in range(0, msk.shape[0], step)])
     b = st.BatchInput(y, v, msk, kk)
-    t2 = st.tau2_estimate(b, method=method).tau2
     with np.errstate(divide="ignore", invalid="ignore"):
         w = st.re_weights(b, t2)
         sw = w.sum(axis=1)

@@ -933,10 +933,11 @@ def _newton_score(b: BatchInput, method: str, *,
     # creeps towards the root. (vt + tau2)^2 * score (vt: typical within-site variance)
     # has the same root and is linear in tau2 when the variances are equal, so Newton on
     # it converges in a few steps.
-    ba = br.take(act)
-    ya, va, Xa = ba.yi, ba.vw, ba.X
+    # the active rows' arrays only (a full take() would also copy vi and the mask)
+    ya, va = yy[act], vw[act]
+    Xa = None if XX is None else XX[act]
     with np.errstate(divide="ignore", invalid="ignore"):
-        vt = (ba.k - ba.p) / trace_p(1.0 / va, Xa)
+        vt = (br.k[act] - br.p) / trace_p(1.0 / va, Xa)
 
     def f(x, idx):
         s_, ds = _score(ya[idx], va[idx], x, method, slope=True,
@@ -945,7 +946,7 @@ def _newton_score(b: BatchInput, method: str, *,
         return s_ * c * c, (ds * c + 2 * s_) * c
 
     root, conv = bracketed_root(f, lo[act], hi[act], s_lo[act], s_hi[act], x0=x0,
-                                newton_rtol=1e-9, xtol=_xtol(ba))
+                                newton_rtol=1e-9, xtol=_xtol(br)[act])
     tau2[rows[act]] = root
     ok[rows[act]] = conv & bracketed[act]
     return tau2, ok

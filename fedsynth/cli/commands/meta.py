@@ -24,15 +24,27 @@ Errors (missing column, non-numeric cell, bad option) raise
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import json
+import os
+import re
+import sys
 from dataclasses import dataclass
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from fedsynth.cli.registry import Command
+from fedsynth.errors import InputError
 from fedsynth.vocabulary import ESCALC_MEASURES, METHODS, TESTS
 
-if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
+# numpy, pandas (through fedsynth.tabular), the statistics and matplotlib are imported
+# inside the functions that use them: this module is imported to build the parser of
+# every fedsynth command, and those imports cost about 2 s of start-up on this machine
+# (measured with python -X importtime), which `fedsynth version` or `fedsynth site run`
+# should not pay.
 
+if TYPE_CHECKING:  # pragma: no cover
     from fedsynth.meta import BatchPoolingResult, PoolingResult
 
 METHOD_CHOICES = METHODS
@@ -200,8 +212,6 @@ def _cumulative_order(frame, column: str, rows) -> list[int]:
 
     from fedsynth import tabular
 
-    from fedsynth.errors import InputError
-
     col = tabular.text_column(frame, column, option="--cumulative-by")
     values = [col[r] for r in rows]
     empty = [int(r) for r in rows if col[r] == ""]
@@ -311,9 +321,6 @@ def _bayes_section(args: argparse.Namespace, data: MetaInput, index: int) -> lis
 
 
 def _plot_path(out: str, name: str, grouped: bool) -> str:
-    import os
-    import re
-
     if not grouped:
         return out
     stem, ext = os.path.splitext(out)
@@ -322,10 +329,6 @@ def _plot_path(out: str, name: str, grouped: bool) -> str:
 
 
 def _check_plot_target(option: str, out: str) -> None:
-    import os
-
-    from fedsynth.errors import InputError
-
     ext = os.path.splitext(out)[1].lower()
     if ext not in (".png", ".svg", ".pdf"):
         raise InputError(f"{option}: {out!r} must end in .png, .svg or .pdf")
@@ -421,13 +424,10 @@ class MetaInput:
 
 def _read_frame(args: argparse.Namespace):
     from fedsynth import tabular
-    from fedsynth.errors import InputError
 
     if args.example and args.file:
         raise InputError(f"FILE: give either a file ({args.file!r}) or --example, not both")
     if args.example:
-        from importlib import resources
-
         with resources.as_file(resources.files("fedsynth") / "data" / "seed_example.csv") as p:
             frame = tabular.read_csv(p)
         frame.attrs["source"] = "the seed example"
@@ -440,7 +440,6 @@ def _read_frame(args: argparse.Namespace):
 def _variance_column(args, frame):
     """Resolve (column, is_standard_error) from --vi / --sei and the defaults."""
     from fedsynth import tabular
-    from fedsynth.errors import InputError
 
     if args.vi and args.sei:
         raise InputError(f"--vi {args.vi!r} and --sei {args.sei!r}: give only one of them")
@@ -477,7 +476,6 @@ def load_input(args: argparse.Namespace) -> MetaInput:
     import pandas as pd
 
     from fedsynth import tabular
-    from fedsynth.errors import InputError
 
     frame = _read_frame(args)
     n = len(frame)
@@ -593,8 +591,6 @@ def render_table(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingR
 
 def render_json(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult) -> str:
     """A JSON object (one analysis) or an array of objects (``--by``)."""
-    import json
-
     recs = records(args, data, batch)
     payload = recs if data.grouped else recs[0]
     return json.dumps(payload, indent=None if data.grouped else 2, allow_nan=False)
@@ -602,9 +598,6 @@ def render_json(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingRe
 
 def render_csv(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult) -> str:
     """One CSV row per analysis; intervals split into ``_lb``/``_ub`` columns."""
-    import csv
-    import io
-
     recs = records(args, data, batch)
     keys = list(recs[0].keys())
     # column by column (one list comprehension per key, not a branch per cell): 20,000
@@ -632,8 +625,6 @@ RENDERERS = {"table": render_table, "json": render_json, "csv": render_csv}
 
 
 def _warn(batch: BatchPoolingResult) -> None:
-    import sys
-
     bad = [i for i in range(len(batch)) if not batch.converged[i]]
     for i in bad[:10]:
         name = f"analysis {batch.names[i]!r}: " if batch.names[i] else ""

@@ -107,6 +107,13 @@ class _Pooled:
     Q_df: int
 
 
+def _int_or(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
 def _pooled(result: Any) -> _Pooled:
     """Read a PoolingResult (attributes) or a mapping with the same keys.
 
@@ -156,7 +163,7 @@ def _pooled(result: Any) -> _Pooled:
         pi_ub=_num(_get(result, "pi_ub")), tau2=tau2, I2=_num(_get(result, "I2")),
         Q=_num(_get(result, "Q")), Q_pval=_num(_get(result, "Q_pval")),
         method=str(_get(result, "method") or "RE"), level=level,
-        Q_df=int(_get(result, "Q_df", y.size - 1)))
+        Q_df=_int_or(_get(result, "Q_df"), y.size - 1))
 
 
 def _measure(measure: str | None, result: Any) -> str | None:

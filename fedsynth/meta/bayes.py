@@ -400,9 +400,11 @@ class BayesBatchResult(ResultMixin):
     def __getitem__(self, i: int) -> BayesResult:
         i = range(len(self))[i]
         keep = self.mask[i]
+        scalars: dict[str, Any] = {name: float(getattr(self, name)[i])
+                                   for name in _SCALAR_FIELDS}
         return BayesResult(
             k=int(self.k[i]), prior=self.prior, tau_scale=self.tau_scale, level=self.level,
-            **{name: float(getattr(self, name)[i]) for name in _SCALAR_FIELDS},
+            **scalars,
             theta_mean=_readonly(self.theta_mean[i][keep]),
             theta_sd=_readonly(self.theta_sd[i][keep]),
             notes=self.notes[i] if self.notes else (),
@@ -625,7 +627,8 @@ def _legendre_all(s: np.ndarray, degree: int) -> np.ndarray:
     return out
 
 
-def _x_quantiles(dens: np.ndarray, bounds: np.ndarray, probs: np.ndarray) -> np.ndarray:
+def _x_quantiles(dens: np.ndarray, bounds: np.ndarray,
+                 probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Quantiles of ``x`` from normalised node densities ``dens`` (m, P*n) on ``bounds``.
 
     Inside the panel that holds the quantile the density is replaced by its Legendre

@@ -44,12 +44,20 @@ RSTUDENT_CRIT = 1.959963984540054
 
 
 class _Pooled(Protocol):
-    """What the flag reads from a pooled fit (``fedsynth.meta.PoolingResult``)."""
+    """What the flag reads from a pooled fit (``fedsynth.meta.PoolingResult``; read-only,
+    as the fields of a frozen dataclass)."""
 
-    estimate: float
-    ci_lb: float
-    ci_ub: float
-    I2: float
+    @property
+    def estimate(self) -> float: ...
+
+    @property
+    def ci_lb(self) -> float: ...
+
+    @property
+    def ci_ub(self) -> float: ...
+
+    @property
+    def I2(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,9 @@ def _ci_bounds(ci: Any) -> tuple[float | None, float | None]:
     return _num(low), _num(high)
 
 
-def _fmt(x: float) -> str:
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "NA"
     return f"{x:.3g}" if abs(x) < 1e-3 and x != 0 else f"{x:.2f}"
 
 

@@ -173,15 +173,18 @@ def subgroup_analysis(yi: Any, vi: Any, group: Sequence[Any], *,
     y, v = validate_yi_vi(yi, vi, min_k=2)
     level = check_level(level)
     k = y.size
-    g = [None if x is None else str(x) for x in group]
-    if len(g) != k:
-        raise InputError(f"{variable}: {len(g)} values for {k} studies")
-    missing = [i for i, x in enumerate(g) if x is None or x.strip() == "" or x.lower() == "nan"]
+    raw = [None if x is None else str(x) for x in group]
+    if len(raw) != k:
+        raise InputError(f"{variable}: {len(raw)} values for {k} studies")
+    missing = [i for i, x in enumerate(raw)
+               if x is None or x.strip() == "" or x.lower() == "nan"]
     if missing:
         raise InputError(f"{variable}: missing value in row {missing[0]}")
-    levels = sorted(set(g))  # type: ignore[arg-type]
+    g = [str(x) for x in raw]
+    levels = sorted(set(g))
     if len(levels) < 2:
-        raise InputError(f"{variable}: a single level ({levels[0]!r}); subgroups need two or more")
+        raise InputError(f"{variable}: a single level ({levels[0]!r}); subgroups need two or "
+                         "more")
     labs = tuple(str(x) for x in labels) if labels is not None else tuple(
         f"Study {i + 1}" for i in range(k))
     mask = np.array([[x == lvl for x in g] for lvl in levels])
@@ -207,7 +210,7 @@ def subgroup_analysis(yi: Any, vi: Any, group: Sequence[Any], *,
     return SubgroupResult(
         variable=variable, groups=fits, Q_between_separate_tau2=q_between, Q_between_df=df,
         Q_between_pval=float(stats.chi2.sf(q_between, df)),
-        common_tau2_QM=float(common.QM), common_tau2_QMp=float(common.QMp),
+        common_tau2_QM=float(common.QM or 0.0), common_tau2_QMp=float(common.QMp or 1.0),
         common_tau2=float(common.tau2), common_tau2_knha_F=common.knha_F,
         common_tau2_knha_Fp=common.knha_Fp, yi=y, vi=v, labels=labs,
         group_of_site=tuple(str(x) for x in g), method=str(method).upper(), level=level)

@@ -709,29 +709,21 @@ def deleted_residuals(yi: Sequence[float], vi: Sequence[float]) -> list[float | 
     """Standardized deleted residual of each site (Viechtbauer & Cheung, 2010).
 
     ``z_i = (y_i - mu_(-i)) / sqrt(v_i + tau2_(-i) + se(mu_(-i))^2)`` where ``mu_(-i)`` is
-    the random-effects estimate of the other sites with the DerSimonian-Laird ``tau2_(-i)``.
-    Under the random-effects model ``z_i`` is approximately standard normal, so
-    ``|z_i| > 1.96`` marks a site whose effect lies outside the 95% prediction interval
-    formed by the others. Needs at least three sites (two others); otherwise None.
+    the random-effects estimate of the other sites with the DerSimonian-Laird ``tau2_(-i)``:
+    the studentized deleted residual of :func:`fedsynth.meta.diagnostics.influence` with
+    ``method="DL"`` (metafor's ``rstudent``). Under the random-effects model ``z_i`` is
+    approximately standard normal, so ``|z_i| > 1.96`` marks a site whose effect lies
+    outside the 95% prediction interval formed by the others. Needs at least three sites
+    (two others); otherwise None.
     """
-    k = len(yi)
-    out: list[float | None] = []
-    for i in range(k):
-        others = [(y, v) for j, (y, v) in enumerate(zip(yi, vi)) if j != i]
-        if len(others) < 2:
-            out.append(None)
-            continue
-        w = [1.0 / v for _, v in others]
-        sw = sum(w)
-        mu_fe = sum(wj * y for wj, (y, _) in zip(w, others)) / sw
-        q = sum(wj * (y - mu_fe) ** 2 for wj, (y, _) in zip(w, others))
-        c = sw - sum(wj * wj for wj in w) / sw
-        tau2 = max(0.0, (q - (len(others) - 1)) / c) if c > 0 else 0.0
-        w_re = [1.0 / (v + tau2) for _, v in others]
-        sw_re = sum(w_re)
-        mu = sum(wj * y for wj, (y, _) in zip(w_re, others)) / sw_re
-        out.append((yi[i] - mu) / math.sqrt(vi[i] + tau2 + 1.0 / sw_re))
-    return out
+    # imported here: the diagnostics load scipy.stats, slower to import than the rest of
+    # this module, and only the trend report needs them
+    from fedsynth.meta.diagnostics import influence
+
+    if len(yi) < 3:
+        return [None] * len(yi)
+    rstudent = influence(list(yi), list(vi), method="DL").rstudent
+    return [float(z) if math.isfinite(z) else None for z in rstudent]
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,12 @@ from typing import Any
 from fedsynth.errors import ConfigError
 from fedsynth.timeutil import parse_duration
 from fedsynth.transport import TLSFiles
+from fedsynth.vocabulary import METHODS, TESTS
 
 __all__ = ["CoordinatorConfig", "SiteConfig", "PoolingConfig", "ScheduleConfig",
            "DataConfig", "PrivacyConfig", "load_coordinator_config", "load_site_config",
            "parse_duration", "state_url", "METHODS", "TESTS"]
 
-METHODS = ("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM")
-TESTS = ("z", "knha")
 
 def state_url(value: str, base: Path) -> str:
     """SQLAlchemy URL of ``state``: a SQLite file path or a ``postgresql://`` URL."""
@@ -249,7 +248,7 @@ def _pooling(table: Any) -> PoolingConfig:
         raise ConfigError(f"pooling.method = {method!r} must be one of {', '.join(METHODS)}")
     test = table.get("test", "z")
     if test not in TESTS:
-        raise ConfigError(f"pooling.test = {test!r} must be 'z' or 'knha'")
+        raise ConfigError(f"pooling.test = {test!r} must be one of {', '.join(TESTS)}")
     level = table.get("level", 95)
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 50 <= level < 100:
         raise ConfigError(f"pooling.level = {level!r} must be a number in [50, 100)")

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.errors import ConfigError
+from fedsynth.vocabulary import ESTIMATOR_MEASURES
 
 __all__ = ["Spec", "AnalysisSpec", "load_spec", "parse_spec", "ESTIMATORS", "MEASURES"]
 
@@ -63,8 +64,7 @@ ESTIMATORS: dict[str, dict[str, Any]] = {
 }
 
 #: Allowed values of the enumerated keys.
-MEASURES: dict[str, tuple[str, ...]] = {"two_by_two": ("OR", "RR", "RD"),
-                                        "two_group": ("MD", "SMD", "ROM")}
+MEASURES: dict[str, tuple[str, ...]] = dict(ESTIMATOR_MEASURES)
 _CHOICES: dict[str, tuple[str, ...]] = {"ties": ("efron", "breslow"),
                                         "scale": ("raw", "logit")}
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")

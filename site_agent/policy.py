@@ -45,14 +45,14 @@ from fedsynth.audit import canonical_json, digest
 from fedsynth.errors import ConfigError, InputError
 from fedsynth.fileio import atomic_write, read_json_object
 from fedsynth.timeutil import iso, utcnow
+from fedsynth.vocabulary import ESTIMATORS as VOCABULARY_ESTIMATORS
 
 __all__ = ["ESTIMATORS", "ApprovalStore", "PendingSpec", "Policy", "PolicyDecision",
            "apply_decision", "review_round", "site_audit_log", "site_policy",
            "spec_fingerprint", "spec_to_dict"]
 
-#: Estimators of the spec contract (docs/architecture.md).
-ESTIMATORS = ("two_by_two", "two_group", "logistic", "linear", "cox", "auc",
-              "calibration_slope", "calibration_in_the_large", "oe_ratio", "brier")
+#: Estimators of the analysis spec (defined once in fedsynth.vocabulary).
+ESTIMATORS = VOCABULARY_ESTIMATORS
 
 _KEYS = {"estimators", "outcomes", "exposures", "covariates", "max_analyses",
          "require_approval", "approvals"}

@@ -12,6 +12,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from fedsynth.cli.registry import Command
+from fedsynth.vocabulary import METHODS, TESTS
 
 # The command line imports every command module to build its parser, so the modules a
 # command needs are imported when it runs. Measured on the shared 2-core machine (loaded):
@@ -42,9 +43,9 @@ def _start_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quorum", type=int, default=None,
                         help="sites needed to pool (default: every allowed site)")
     parser.add_argument("--method", default=None,
-                        choices=("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM"),
+                        choices=METHODS,
                         help="pooling method of this round (default: [pooling] method)")
-    parser.add_argument("--test", default=None, choices=("z", "knha"),
+    parser.add_argument("--test", default=None, choices=TESTS,
                         help="test of this round (default: [pooling] test)")
 
 

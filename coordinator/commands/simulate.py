@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from fedsynth.cli.registry import Command
+from fedsynth.vocabulary import METHODS
 
 
 def _site_name(path: Path) -> str:
@@ -214,7 +215,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-n", type=int, default=20,
                         help="sites' disclosure limit: minimum n (default 20)")
     parser.add_argument("--method", default="REML",
-                        choices=("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM"),
+                        choices=METHODS,
                         help="pooling method (default REML)")
     parser.add_argument("--force", action="store_true", help="replace an earlier run in --out")
 

@@ -26,6 +26,8 @@ from typing import Any, Mapping
 
 from scipy import stats
 
+from fedsynth.results import Interval, check_fraction
+
 __all__ = ["Estimate", "Refusal", "EffectSizes", "REFUSAL_CODES", "ConfidenceInterval"]
 
 #: Machine codes an estimator's :class:`Refusal` may carry (the privacy guard adds its own).
@@ -44,13 +46,9 @@ REFUSAL_CODES: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class ConfidenceInterval:
-    """A Wald confidence interval ``yi ± z * se``."""
-
-    low: float
-    high: float
-    level: float
+#: The former name of the interval type (now :class:`fedsynth.results.Interval`, the one
+#: interval type of the library), kept so older imports work.
+ConfidenceInterval = Interval
 
 
 def _freeze(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -114,12 +112,11 @@ class Estimate:
 
     refused = False
 
-    def confidence_interval(self, level: float = 0.95) -> ConfidenceInterval:
-        """Wald interval on the scale of ``yi`` (the pooling scale)."""
-        if not 0 < level < 1:
-            raise ValueError(f"level must be in (0, 1), got {level!r}")
-        z = stats.norm.ppf(0.5 + level / 2)
-        return ConfidenceInterval(self.yi - z * self.se, self.yi + z * self.se, level)
+    def confidence_interval(self, confidence_level: float = 0.95) -> Interval:
+        """Wald interval ``yi ± z se`` on the scale of ``yi`` (the pooling scale)."""
+        level = check_fraction(confidence_level)
+        z = float(stats.norm.ppf(0.5 + level / 2))
+        return Interval(self.yi - z * self.se, self.yi + z * self.se, level=level)
 
     def to_dict(self) -> dict[str, Any]:
         """What the site sends: ``yi, vi, se, n`` (never the cells or details)."""

@@ -66,6 +66,7 @@ import numpy as np
 from scipy import special
 
 from fedsynth.errors import InputError
+from fedsynth.jsonsafe import finite_or_none
 from fedsynth.meta import meta_analysis
 
 __all__ = [
@@ -202,12 +203,12 @@ class StudyPerformance:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (NaN and infinities become ``None``)."""
-        return {"label": self.label, "theta": _json(self.theta),
-                "theta_se": _json(self.theta_se), "theta_cilb": _json(self.theta_cilb),
-                "theta_ciub": _json(self.theta_ciub), "theta_source": self.theta_source,
+        return {"label": self.label, "theta": finite_or_none(self.theta),
+                "theta_se": finite_or_none(self.theta_se), "theta_cilb": finite_or_none(self.theta_cilb),
+                "theta_ciub": finite_or_none(self.theta_ciub), "theta_source": self.theta_source,
                 "theta_se_source": self.theta_se_source, "used": self.used,
-                "note": self.note, "O": _json(self.O), "E": _json(self.E),
-                "N": _json(self.N), "corrected": self.corrected}
+                "note": self.note, "O": finite_or_none(self.O), "E": finite_or_none(self.E),
+                "N": finite_or_none(self.N), "corrected": self.corrected}
 
 
 @dataclass(frozen=True)
@@ -406,25 +407,25 @@ class ValmetaResult:
         on the pooling scale, all ``null`` for a study that is left out), then the model,
         the pooled values on the pooling scale, ``labels`` and ``notes``.
         """
-        studies = [{"theta": _json(s.theta), "theta_se": _json(s.theta_se),
+        studies = [{"theta": finite_or_none(s.theta), "theta_se": finite_or_none(s.theta_se),
                     "theta_se_source": s.theta_se_source} if s.used else
                    {"theta": None, "theta_se": None, "theta_se_source": None}
                    for s in self.data.studies]
         return {
-            "estimate": _json(self.estimate), "ci_lb": _json(self.ci_lb),
-            "ci_ub": _json(self.ci_ub), "pi_lb": _json(self.pi_lb),
-            "pi_ub": _json(self.pi_ub), "k": int(self.k), "tau2": _json(self.tau2),
+            "estimate": finite_or_none(self.estimate), "ci_lb": finite_or_none(self.ci_lb),
+            "ci_ub": finite_or_none(self.ci_ub), "pi_lb": finite_or_none(self.pi_lb),
+            "pi_ub": finite_or_none(self.pi_ub), "k": int(self.k), "tau2": finite_or_none(self.tau2),
             "studies": studies,
             "measure": self.measure, "model": self.model, "scale": self.scale,
             "null_value": self.null_value, "method": self.method, "test": self.test,
             "level": self.level,
-            "pooled": {"estimate": _json(self.mu), "se": _json(self.mu_se),
-                       "ci_lb": _json(self.mu_ci_lb), "ci_ub": _json(self.mu_ci_ub),
-                       "pi_lb": _json(self.mu_pi_lb), "pi_ub": _json(self.mu_pi_ub),
-                       "tau2": _json(self.tau2), "tau": _json(self.tau),
-                       "stat": _json(self.stat), "pval": _json(self.pval),
-                       "I2": _json(self.I2), "Q": _json(self.Q), "Q_df": int(self.Q_df),
-                       "Q_pval": _json(self.Q_pval)},
+            "pooled": {"estimate": finite_or_none(self.mu), "se": finite_or_none(self.mu_se),
+                       "ci_lb": finite_or_none(self.mu_ci_lb), "ci_ub": finite_or_none(self.mu_ci_ub),
+                       "pi_lb": finite_or_none(self.mu_pi_lb), "pi_ub": finite_or_none(self.mu_pi_ub),
+                       "tau2": finite_or_none(self.tau2), "tau": finite_or_none(self.tau),
+                       "stat": finite_or_none(self.stat), "pval": finite_or_none(self.pval),
+                       "I2": finite_or_none(self.I2), "Q": finite_or_none(self.Q), "Q_df": int(self.Q_df),
+                       "Q_pval": finite_or_none(self.Q_pval)},
             "labels": list(self.data.labels),
             "notes": list(self.notes),
         }
@@ -435,13 +436,6 @@ class ValmetaResult:
 
     def __str__(self) -> str:
         return self.summary()
-
-
-def _json(value: float | None) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if np.isfinite(value) else None
 
 
 # ---------------------------------------------------------------------------------------

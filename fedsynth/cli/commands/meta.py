@@ -24,18 +24,31 @@ Errors (missing column, non-numeric cell, bad option) raise
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import json
+import os
+import re
+import sys
 from dataclasses import dataclass
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from fedsynth.cli.registry import Command
+from fedsynth.errors import InputError
+from fedsynth.vocabulary import ESCALC_MEASURES, METHODS, TESTS
+
+# numpy, pandas (through fedsynth.tabular), the statistics and matplotlib are imported
+# inside the functions that use them: this module is imported to build the parser of
+# every fedsynth command, and those imports cost about 2 s of start-up on this machine
+# (measured with python -X importtime), which `fedsynth version` or `fedsynth site run`
+# should not pay.
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-
     from fedsynth.meta import BatchPoolingResult, PoolingResult
 
-METHOD_CHOICES = ("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM")
-TEST_CHOICES = ("z", "knha")
+METHOD_CHOICES = METHODS
+TEST_CHOICES = TESTS
 FORMAT_CHOICES = ("table", "json", "csv")
 #: Label columns used when ``--label`` is not given (first one present wins).
 DEFAULT_LABEL_COLUMNS = ("study", "label", "site", "name")
@@ -72,8 +85,7 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
                         help="column of study labels (default: study, label, site or name "
                              "if present)")
     parser.add_argument("--measure", type=str.upper, default=None,
-                        choices=("OR", "RR", "RD", "MD", "SMD", "ROM", "ZCOR", "IRR", "PLO",
-                                 "PR"),
+                        choices=ESCALC_MEASURES,
                         help="compute yi, vi from raw columns named as metafor's escalc "
                              "(ai,bi,ci,di or ai,n1i,ci,n2i; m1i,sd1i,n1i,m2i,sd2i,n2i; ri,ni; "
                              "x1i,t1i,x2i,t2i; xi,ni) before pooling")
@@ -200,8 +212,6 @@ def _cumulative_order(frame, column: str, rows) -> list[int]:
 
     from fedsynth import tabular
 
-    from fedsynth.errors import InputError
-
     col = tabular.text_column(frame, column, option="--cumulative-by")
     values = [col[r] for r in rows]
     empty = [int(r) for r in rows if col[r] == ""]
@@ -307,29 +317,10 @@ def _bayes_section(args: argparse.Namespace, data: MetaInput, index: int) -> lis
     batch = _bayes_batch(args, data)
     if batch is None:
         return []
-    r = batch[index]
-    lev = f"{r.level:g}%"
-
-    def num(x: float) -> str:        # moments a heavy-tailed prior leaves undefined
-        import math
-
-        return f"{x:.4f}" if math.isfinite(x) else ("undefined" if math.isnan(x) else "infinite")
-
-    lines = [f"Bayesian random-effects model (flat prior on mu, {r.prior} prior on tau with "
-             f"scale {r.tau_scale:g}):",
-             f"  mu   median {r.mu_median:.4f}, {lev} CrI [{r.mu_ci_lb:.4f}, {r.mu_ci_ub:.4f}], "
-             f"mean {num(r.mu_mean)}, sd {num(r.mu_sd)}, P(mu > 0) = {r.prob_mu_positive:.4f}",
-             f"  tau  median {r.tau_median:.4f}, {lev} CrI [{r.tau_ci_lb:.4f}, "
-             f"{r.tau_ci_ub:.4f}], mean {num(r.tau_mean)}",
-             f"  new site ({lev} predictive interval): [{r.pred_lb:.4f}, {r.pred_ub:.4f}]"]
-    lines += [f"  note: {note}" for note in r.notes]
-    return ["\n".join(lines)]
+    return [batch[index].summary()]
 
 
 def _plot_path(out: str, name: str, grouped: bool) -> str:
-    import os
-    import re
-
     if not grouped:
         return out
     stem, ext = os.path.splitext(out)
@@ -338,10 +329,6 @@ def _plot_path(out: str, name: str, grouped: bool) -> str:
 
 
 def _check_plot_target(option: str, out: str) -> None:
-    import os
-
-    from fedsynth.errors import InputError
-
     ext = os.path.splitext(out)[1].lower()
     if ext not in (".png", ".svg", ".pdf"):
         raise InputError(f"{option}: {out!r} must end in .png, .svg or .pdf")
@@ -437,13 +424,10 @@ class MetaInput:
 
 def _read_frame(args: argparse.Namespace):
     from fedsynth import tabular
-    from fedsynth.errors import InputError
 
     if args.example and args.file:
         raise InputError(f"FILE: give either a file ({args.file!r}) or --example, not both")
     if args.example:
-        from importlib import resources
-
         with resources.as_file(resources.files("fedsynth") / "data" / "seed_example.csv") as p:
             frame = tabular.read_csv(p)
         frame.attrs["source"] = "the seed example"
@@ -456,7 +440,6 @@ def _read_frame(args: argparse.Namespace):
 def _variance_column(args, frame):
     """Resolve (column, is_standard_error) from --vi / --sei and the defaults."""
     from fedsynth import tabular
-    from fedsynth.errors import InputError
 
     if args.vi and args.sei:
         raise InputError(f"--vi {args.vi!r} and --sei {args.sei!r}: give only one of them")
@@ -493,7 +476,6 @@ def load_input(args: argparse.Namespace) -> MetaInput:
     import pandas as pd
 
     from fedsynth import tabular
-    from fedsynth.errors import InputError
 
     frame = _read_frame(args)
     n = len(frame)
@@ -609,8 +591,6 @@ def render_table(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingR
 
 def render_json(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult) -> str:
     """A JSON object (one analysis) or an array of objects (``--by``)."""
-    import json
-
     recs = records(args, data, batch)
     payload = recs if data.grouped else recs[0]
     return json.dumps(payload, indent=None if data.grouped else 2, allow_nan=False)
@@ -618,9 +598,6 @@ def render_json(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingRe
 
 def render_csv(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult) -> str:
     """One CSV row per analysis; intervals split into ``_lb``/``_ub`` columns."""
-    import csv
-    import io
-
     recs = records(args, data, batch)
     keys = list(recs[0].keys())
     # column by column (one list comprehension per key, not a branch per cell): 20,000
@@ -648,8 +625,6 @@ RENDERERS = {"table": render_table, "json": render_json, "csv": render_csv}
 
 
 def _warn(batch: BatchPoolingResult) -> None:
-    import sys
-
     bad = [i for i in range(len(batch)) if not batch.converged[i]]
     for i in bad[:10]:
         name = f"analysis {batch.names[i]!r}: " if batch.names[i] else ""

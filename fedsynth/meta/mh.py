@@ -245,10 +245,12 @@ class MantelHaenszelResult:
     tarone, tarone_pval, breslow_day, breslow_day_pval
         Tarone's test and the Breslow-Day test of homogeneous odds ratios (OR only), on
         ``k_pos - 1`` df.
-    k, k_all, k_pos
-        Tables pooled, tables given, and tables entering the Breslow-Day/Tarone tests.
+    k, k_yi, k_pos
+        Tables given (all enter the MH sums, as in metafor), tables with an effect size
+        (entering Q), and tables entering the Breslow-Day/Tarone tests.
     dropped
-        Labels of tables without information (no events or only events in both groups).
+        Labels of tables without an effect size (no events, or only events, in both
+        groups); they add nothing to the OR but enter the MH sums of RR and RD.
     correct
         Whether the CMH test used the continuity correction.
     """
@@ -272,7 +274,7 @@ class MantelHaenszelResult:
     breslow_day: float
     breslow_day_pval: float
     k: int
-    k_all: int
+    k_yi: int
     k_pos: int
     dropped: tuple[str, ...] = ()
     correct: bool = True
@@ -289,7 +291,7 @@ class MantelHaenszelResult:
             for key in ("cmh", "cmh_pval", "tarone", "tarone_pval", "breslow_day",
                         "breslow_day_pval"):
                 out[key] = _num(getattr(self, key))
-        out.update(k=self.k, k_all=self.k_all, level=self.level, dropped=list(self.dropped))
+        out.update(k=self.k, k_yi=self.k_yi, level=self.level, dropped=list(self.dropped))
         return out
 
     def summary(self) -> str:
@@ -298,7 +300,7 @@ class MantelHaenszelResult:
         lines = [f"Fixed-effect model, Mantel-Haenszel method (k = {self.k}; "
                  f"{scale[self.measure]})"]
         if self.dropped:
-            lines.append(f"Dropped (no information): {', '.join(self.dropped)}")
+            lines.append(f"Without an effect size (not in Q): {', '.join(self.dropped)}")
         lines += _test_lines(self)
         if self.measure == "OR":
             lines.append(f"Cochran-Mantel-Haenszel test: CMH = {_f(self.cmh)}, df = 1, "
@@ -321,8 +323,9 @@ class PetoResult:
         ``sum(O - E) / sum(V)`` with ``se = 1 / sqrt(sum(V))``, Wald test and interval.
     Q, Q_pval, I2, H2
         ``sum((O - E)^2 / V) - sum(O - E)^2 / sum(V)`` on ``k - 1`` df, I² (%), H².
-    k, k_all
-        Tables pooled and tables given; ``dropped`` names the uninformative ones.
+    k, k_yi
+        Tables given (uninformative ones add nothing) and tables with an effect size (Q's
+        df is ``k_yi - 1``); ``dropped`` names the uninformative ones.
     """
 
     estimate: float
@@ -337,7 +340,7 @@ class PetoResult:
     I2: float
     H2: float
     k: int
-    k_all: int
+    k_yi: int
     dropped: tuple[str, ...] = ()
 
     measure = "OR"
@@ -349,14 +352,14 @@ class PetoResult:
         for key in ("estimate", "se", "zval", "pval", "ci_lb", "ci_ub", "Q", "Q_pval", "I2",
                     "H2"):
             out[key] = _num(getattr(self, key))
-        out.update(k=self.k, k_all=self.k_all, level=self.level, dropped=list(self.dropped))
+        out.update(k=self.k, k_yi=self.k_yi, level=self.level, dropped=list(self.dropped))
         return out
 
     def summary(self) -> str:
         """A metafor-like text summary."""
         lines = [f"Fixed-effect model, Peto's method (k = {self.k}; log odds ratio)"]
         if self.dropped:
-            lines.append(f"Dropped (no information): {', '.join(self.dropped)}")
+            lines.append(f"Without an effect size (not in Q): {', '.join(self.dropped)}")
         lines += _test_lines(self)
         return "\n".join(lines)
 
@@ -375,7 +378,7 @@ def _p(x: float) -> str:
 
 
 def _test_lines(r: Any) -> list[str]:
-    lines = [f"Test for heterogeneity: Q(df = {max(r.k - 1, 0)}) = {_f(r.Q)}, "
+    lines = [f"Test for heterogeneity: Q(df = {max(r.k_yi - 1, 0)}) = {_f(r.Q)}, "
              f"p-val = {_p(r.Q_pval)}; I^2 = {_f(r.I2)}%, H^2 = {_f(r.H2)}",
              "", "estimate      se     zval     pval    ci.lb    ci.ub",
              f"{_f(r.estimate):>8} {_f(r.se):>7} {_f(r.zval):>8} {_p(r.pval):>8} "
@@ -448,11 +451,10 @@ def mantel_haenszel(ai: Any, bi: Any = None, ci: Any = None, di: Any = None, *,
                          f"got {measure!r}")
     lev = _level(level)
     tabs = as_tables(ai, bi, ci, di, n1i=n1i, n2i=n2i, labels=labels)
-    a, b, c, d = tabs.used()
-    k = int(a.size)
-    if k == 0:
-        raise InputError(f"ai: none of the {tabs.k_all} tables has events in one group and "
-                         "non-events in the other; nothing to pool")
+    # metafor's drop00 = c(TRUE, FALSE): uninformative tables leave the escalc effect sizes
+    # (and so Q), not the MH sums (where they add nothing to OR, but do to RR and RD)
+    a, b, c, d = tabs.ai, tabs.bi, tabs.ci, tabs.di
+    k = tabs.k_all
     n1, n2 = a + b, c + d
     n = n1 + n2
     nan = math.nan
@@ -512,11 +514,13 @@ def mantel_haenszel(ai: Any, bi: Any = None, ci: Any = None, di: Any = None, *,
                + float((a * (n2 - c) / n + c * (n1 - a) / n).sum()) / 2) / w ** 2
         se = math.sqrt(var) if var > 0 else nan
     zval, pval, lb, ub = _wald(beta, se, lev)
-    q, q_p, i2, h2 = _heterogeneity(_escalc_q(key, a, b, c, d, beta), k)
+    k_yi = int(tabs.keep.sum())
+    q, q_p, i2, h2 = (_heterogeneity(_escalc_q(key, *tabs.used(), beta), k_yi) if k_yi
+                      else (math.nan,) * 4)
     return MantelHaenszelResult(
         measure=key, estimate=beta, se=se, zval=zval, pval=pval, ci_lb=lb, ci_ub=ub,
         level=lev, Q=q, Q_pval=q_p, I2=i2, H2=h2, cmh=cmh, cmh_pval=cmh_p, tarone=ta,
-        tarone_pval=ta_p, breslow_day=bd, breslow_day_pval=bd_p, k=k, k_all=tabs.k_all,
+        tarone_pval=ta_p, breslow_day=bd, breslow_day_pval=bd_p, k=k, k_yi=k_yi,
         k_pos=k_pos, dropped=tabs.dropped, correct=bool(correct))
 
 
@@ -543,8 +547,8 @@ def peto(ai: Any, bi: Any = None, ci: Any = None, di: Any = None, *, n1i: Any = 
     """
     lev = _level(level)
     tabs = as_tables(ai, bi, ci, di, n1i=n1i, n2i=n2i, labels=labels)
-    a, b, c, d = tabs.used()
-    k = int(a.size)
+    a, b, c, d = tabs.ai, tabs.bi, tabs.ci, tabs.di      # uninformative tables add 0
+    k, k_yi = tabs.k_all, int(tabs.keep.sum())
     n1, n2 = a + b, c + d
     n = n1 + n2
     xt, yt = a + c, b + d
@@ -563,11 +567,11 @@ def peto(ai: Any, bi: Any = None, ci: Any = None, di: Any = None, *, n1i: Any = 
     k_pos = int(pos.sum())
     q = max(0.0, float((oe[pos] ** 2 / V[pos]).sum()) - float(oe.sum()) ** 2 / sv)
     if k_pos > 1:
-        q_p = _chi2_sf(q, k - 1)
-        i2 = max(0.0, 100.0 * (q - (k - 1)) / q) if q > 0 else math.nan
-        h2 = q / (k - 1)
+        q_p = _chi2_sf(q, k_yi - 1)
+        i2 = max(0.0, 100.0 * (q - (k_yi - 1)) / q) if q > 0 else math.nan
+        h2 = q / (k_yi - 1)
     else:
         q_p, i2, h2 = 1.0, 0.0, 1.0
     return PetoResult(estimate=beta, se=se, zval=zval, pval=pval, ci_lb=lb, ci_ub=ub,
-                      level=lev, Q=q, Q_pval=q_p, I2=i2, H2=h2, k=k, k_all=tabs.k_all,
+                      level=lev, Q=q, Q_pval=q_p, I2=i2, H2=h2, k=k, k_yi=k_yi,
                       dropped=tabs.dropped)

@@ -225,11 +225,18 @@ class _Logistic(_Profiler):
             self._fit_full()
 
     def _fit_nuisance(self, beta: float) -> tuple[float, float]:
+        """Maximise over the intercept and covariates with ``beta x`` as an offset (Newton
+        with step halving: the log-likelihood is concave)."""
         y, z, off = self.y, self.z, beta * self.x
-        g = self.gamma.copy()
-        for _ in range(100):
+
+        def loglik(g: np.ndarray) -> float:
             eta = off + z @ g
-            p = special.expit(eta)
+            return float((y * eta - np.logaddexp(0, eta)).sum())
+
+        g = self.gamma.copy()
+        ll = loglik(g)
+        for _ in range(200):
+            p = special.expit(off + z @ g)
             grad = z.T @ (y - p)
             info = (z * (p * (1 - p))[:, None]).T @ z
             try:
@@ -237,16 +244,24 @@ class _Logistic(_Profiler):
             except np.linalg.LinAlgError:
                 raise InputError("covariates: the logistic model is not identified "
                                  "(collinear covariates)") from None
-            g = g + step
-            if np.max(np.abs(step)) < 1e-12:
+            t = 1.0
+            while True:
+                new = g + t * step
+                ll_new = loglik(new)
+                if ll_new >= ll - 1e-12 * abs(ll) or t < 1e-10:
+                    break
+                t /= 2
+            g, ll = new, ll_new
+            if np.max(np.abs(t * step)) < 1e-11:
                 break
         else:
             raise InputError("covariates: the logistic model did not converge (separation "
                              "by a covariate)")
+        if not np.all(np.isfinite(g)):
+            raise InputError("covariates: the logistic model did not converge")
         self.gamma = g
-        eta = off + z @ g
-        ll = float((y * eta - np.logaddexp(0, eta)).sum())
-        return ll, float((self.x * (y - special.expit(eta))).sum())
+        p = special.expit(off + z @ g)
+        return ll, float((self.x * (y - p)).sum())
 
     def _fit_full(self) -> None:
         xz = np.column_stack([self.x, self.z])
@@ -295,8 +310,48 @@ class _Cox(_Profiler):
         if self.x.sum() in (0, self.x.size):
             raise InputError("exposure: only one exposure group")
         self.gamma = np.zeros(self.z.shape[1])
+        if self.z.shape[1] == 0:
+            self._risk_sets()
         if self.cells["ai"] > 0 and self.cells["ci"] > 0:
             self._fit_full()
+
+    def _risk_sets(self) -> None:
+        """For a 0/1 exposure alone the partial likelihood depends only on the numbers at
+        risk and the events per exposure group at each event time: tabulate them once."""
+        order = np.argsort(self.t, kind="stable")
+        t, e, x = self.t[order], self.e[order], self.x[order]
+        times = np.unique(t[e == 1])
+        at = np.searchsorted(t, times, side="left")          # first index with t >= time
+        n1_after = np.concatenate([np.cumsum(x[::-1])[::-1], [0.0]])
+        n_after = np.arange(t.size, -1, -1, dtype=float)
+        self.n1 = n1_after[at]
+        self.n0 = n_after[at] - self.n1
+        idx = np.searchsorted(times, t[e == 1])
+        self.d1 = np.bincount(idx, weights=x[e == 1], minlength=times.size)
+        self.d = np.bincount(idx, minlength=times.size).astype(float)
+        self.d0 = self.d - self.d1
+
+    def _univariable(self, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Partial log-likelihood, score and second derivative of a 0/1 exposure (Breslow or
+        Efron ties), vectorised over ``beta``."""
+        b = beta[:, None]
+        eb = np.exp(b)
+        ll = (self.d1 * b).sum(axis=1)
+        score = np.full(beta.shape, float(self.d1.sum()))
+        info = np.zeros(beta.shape)
+        dmax = int(self.d.max())
+        for r in range(dmax):
+            use = self.d > r
+            frac = np.where(self.d > 0, r / np.maximum(self.d, 1), 0.0) if \
+                self.ties == "efron" else np.zeros_like(self.d)
+            s0 = self.n0 + self.n1 * eb - frac * (self.d0 + self.d1 * eb)
+            s1 = self.n1 * eb - frac * self.d1 * eb
+            term = np.where(use, 1.0, 0.0)
+            ll = ll - (term * np.log(np.where(use, s0, 1.0))).sum(axis=1)
+            ratio = np.where(use, s1 / np.where(use, s0, 1.0), 0.0)
+            score = score - (term * ratio).sum(axis=1)
+            info = info + (term * (ratio - ratio * ratio)).sum(axis=1)
+        return ll, score, -info
 
     def _model(self, exog: np.ndarray, offset: np.ndarray | None = None):
         # statsmodels is heavy to import; only the Cox profile needs it
@@ -307,6 +362,18 @@ class _Cox(_Profiler):
             return PHReg(self.t, exog, status=self.e, ties=self.ties, offset=offset)
 
     def _fit_full(self) -> None:
+        if self.z.shape[1] == 0:
+            b = 0.0
+            for _ in range(100):
+                _, g, h = self._univariable(np.array([b]))
+                step = float(np.clip(-g[0] / h[0], -2, 2))
+                b += step
+                if abs(step) < 1e-13:
+                    break
+            _, _, h = self._univariable(np.array([b]))
+            if abs(b) < 25:
+                self.estimate, self.se = b, float(math.sqrt(-1.0 / h[0]))
+            return
         exog = np.column_stack([self.x, self.z])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -319,6 +386,9 @@ class _Cox(_Profiler):
 
     def __call__(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         beta = _points(points)
+        if self.z.shape[1] == 0:
+            ll, score, _ = self._univariable(beta)
+            return ll, score
         full = self._model(np.column_stack([self.x, self.z]))
         ll = np.empty_like(beta)
         d = np.empty_like(beta)
@@ -601,11 +671,11 @@ def _custom_fit(x: np.ndarray, ll: np.ndarray) -> tuple[float, float, float]:
     best, best_cost = None, math.inf
     anchor0 = int(np.argmin(np.abs(x)))
     for anchor in (None, anchor0):
-        for start in ((mode, 1.0, 0.0), (mode, 0.3, 0.0), (mode, 1.0, 1.0), (mode, 1.0, -1.0)):
+        for start in ((mode, 1.0, 0.0), (mode, 0.3, 0.0)):
             try:
                 fit = optimize.least_squares(resid, np.array(start), args=(anchor,),
-                                             method="lm", xtol=1e-14, ftol=1e-14,
-                                             max_nfev=20000)
+                                             method="lm", xtol=1e-10, ftol=1e-12,
+                                             max_nfev=2000)
             except (ValueError, FloatingPointError):
                 continue
             cost = float(np.sum(resid(fit.x, None) ** 2))

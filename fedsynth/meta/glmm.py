@@ -257,6 +257,29 @@ def _maximise(f: Callable[[np.ndarray], float], x0: np.ndarray) -> np.ndarray:
     return x
 
 
+def _maximise1(f: Callable[[float], float], x0: float) -> tuple[float, float]:
+    """Maximise a smooth function of one parameter: Brent, then Newton steps."""
+    res = optimize.minimize_scalar(lambda t: -f(t), bracket=(x0 - 0.5, x0 + 0.5),
+                                   options={"xtol": 1e-10})
+    x, fx = float(res.x), -float(res.fun)
+    h = 1e-4
+    for _ in range(20):
+        fp, fm = f(x + h), f(x - h)
+        d2 = (fp - 2 * fx + fm) / (h * h)
+        if not d2 < 0:
+            break
+        step = -(fp - fm) / (2 * h) / d2
+        if abs(step) > 0.1:
+            break
+        fn = f(x + step)
+        if fn < fx:
+            break
+        x, fx = x + step, fn
+        if abs(step) < 1e-12:
+            break
+    return x, fx
+
+
 def _binll(y: np.ndarray, n: np.ndarray, eta: np.ndarray) -> np.ndarray:
     """Binomial log-likelihood kernel ``y eta - n log(1 + e^eta)`` (no binomial coefficient)."""
     return y * eta - n * np.logaddexp(0.0, eta)
@@ -531,10 +554,7 @@ def glmm(ai: Any, bi: Any = None, ci: Any = None, di: Any = None, *, n1i: Any = 
             return um.profile(float(par[0]), float(par[1]))
 
         # fixed-effect model (tau = 0) and the saturated model
-        fe = optimize.minimize_scalar(lambda t: -um.profile(t, 0.0),
-                                      bracket=(beta0 - 0.5, beta0 + 0.5),
-                                      options={"xtol": 1e-12})
-        ll_fe = -float(fe.fun)
+        beta_fe, ll_fe = _maximise1(lambda t: um.profile(t, 0.0), beta0)
         with np.errstate(divide="ignore", invalid="ignore"):
             n1, n2 = a + b, c + d
             sat = (special.xlogy(a, a / n1) + special.xlogy(b, b / n1)
@@ -544,25 +564,22 @@ def glmm(ai: Any, bi: Any = None, ci: Any = None, di: Any = None, *, n1i: Any = 
         theta = np.where(nz, np.log(np.where(nz, a * d / np.maximum(b * c, 1e-300), 1.0)), 0.0)
         w = np.where(nz, 1.0 / (1 / np.maximum(a, 1) + 1 / np.maximum(b, 1)
                                 + 1 / np.maximum(c, 1) + 1 / np.maximum(d, 1)), 0.0)
-        start = np.array([float(fe.x), 0.3])
+        start = np.array([beta_fe, 0.3])
     else:
         cm = _ConditionalModel(a, b, c, d, nodes)
 
         def loglik(par: np.ndarray) -> float:
             return cm.loglik(float(par[0]), float(par[1]))
 
-        fe = optimize.minimize_scalar(lambda t: -cm.loglik(t, 0.0),
-                                      bracket=(beta0 - 0.5, beta0 + 0.5),
-                                      options={"xtol": 1e-12})
-        ll_fe = -float(fe.fun)
+        beta_fe, ll_fe = _maximise1(lambda t: cm.loglik(t, 0.0), beta0)
         ll_qe, theta, w = cm.saturated()
-        start = np.array([float(fe.x), 0.3])
+        start = np.array([beta_fe, 0.3])
 
     par = _maximise(loglik, start)
     # the likelihood is even in tau: compare with the boundary tau = 0 explicitly
     ll = loglik(par)
-    if ll_fe >= ll - 1e-10:
-        par = np.array([float(fe.x), 0.0])
+    if ll_fe >= ll - 1e-10 or abs(float(par[1])) < 1e-8:
+        par = np.array([beta_fe, 0.0])
         ll = ll_fe
     beta, tau = float(par[0]), abs(float(par[1]))
     boundary = tau < 1e-5
@@ -571,7 +588,6 @@ def glmm(ai: Any, bi: Any = None, ci: Any = None, di: Any = None, *, n1i: Any = 
         info = -float(H[0, 0])
         se = math.sqrt(1.0 / info) if info > 0 else math.nan
         se_tau2 = math.nan
-        tau = 0.0 if tau < 1e-8 else tau
     else:
         H = _hessian(loglik, np.array([beta, tau]), 2e-3)
         try:

@@ -206,7 +206,16 @@ def pool_likelihoods(sites: Sequence[Any], *, level: float = 95.0
                                    bounds=(grid[i - 1], grid[i + 1]), method="bounded",
                                    options={"xatol": 1e-12})
     est = float(res.x)
-    top = -float(res.fun)
+    for _ in range(20):            # Newton polish on the analytic derivatives
+        d1 = sum(float(np.asarray(a.evaluate(np.array([est]))[1])[0]) for a in approx)
+        d2 = sum(float(np.asarray(a.evaluate(np.array([est]))[2])[0]) for a in approx)
+        if not d2 < 0:
+            break
+        step = float(np.clip(-d1 / d2, grid[i - 1] - est, grid[i + 1] - est))
+        est += step
+        if abs(step) < 1e-14:
+            break
+    top = float(_total(approx, np.array([est]))[0])
     drop = float(stats.chi2.ppf(lev / 100.0, 1)) / 2.0
 
     def g(b: float) -> float:

@@ -6,20 +6,21 @@ tables 6 and 12b (double-zero trials), Nielweise 2007 (single-zero arms) and thr
 simulated rare-event meta-analyses. Tolerances: 1e-6 relative (1e-9 absolute near zero) for
 MH and Peto, 1e-5 for the GLMMs.
 
-The GLMM references are metafor's fits with tight optimiser tolerances (``*_tight``): with
-its defaults, glmer's Nelder-Mead stage (UM.FS) and ``integrate()``'s default accuracy
-inside the numerical Hessian (CM.EL) stop 1e-5 to 4e-4 short of the maximum on some of
-these data sets; ``test_metafor_defaults_are_near_the_tight_fit`` shows that they agree with
-the tight fit to that looser tolerance only.
+UM.FS references are metafor's fits with a tight optimiser (``GLMM_UM.FS_tight``): with its
+defaults glmer's Nelder-Mead stage stops 1e-5 to 4e-4 short of the maximum on some of these
+data sets (``test_metafor_defaults_are_near_the_tight_fit``). CM.EL references are
+metafor's default fits, with the standard errors from an accurate observed information
+computed in R at metafor's estimate (``information``; see make_reference.R).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
-from fedsynth.meta.glmm import glmm
+from fedsynth.meta.glmm import _ConditionalModel, glmm
 from fedsynth.meta.mh import mantel_haenszel, peto
 from tests.conftest import load_json
 
@@ -112,37 +113,62 @@ def test_glmm_um_fs_equals_rma_glmm(name):
     if exp["tau2"] < 1e-6:            # boundary: tau2 = 0 (metafor: 0 exactly)
         keys = [k for k in keys if k not in ("tau2", "I2", "H2")]
         assert res.tau2 < 1e-8 and res.I2 < 1e-6
+    elif exp["tau2"] < 1e-4:
+        # yusuf1985 table 12b: the log-likelihood changes by < 1e-11 for tau in
+        # [0.0068, 0.0070], so tau2 ~ 4.8e-5 is determined to ~3e-4 by any optimiser (ours
+        # and metafor's tight fit differ by 6e-13 in log-likelihood); what depends on it
+        # (se through tau) is compared at that accuracy.
+        loose = ["tau2", "I2", "H2", "se", "zval", "pval", "ci_lb", "ci_ub"]
+        keys = [k for k in keys if k not in loose]
+        assert not _check(got, exp, loose, 1e-3)
     assert not _check(got, exp, keys, 1e-5)
 
 
-CM_CASES = sorted(name for name, c in CASES.items() if "GLMM_CM.EL_tight" in c["results"]
-                  and "error" not in c["results"]["GLMM_CM.EL_tight"])
+CM_CASES = sorted(name for name, c in CASES.items() if "GLMM_CM.EL" in c["results"]
+                  and "error" not in c["results"]["GLMM_CM.EL"])
 
 
-def test_cm_el_reference_covers_four_data_sets():
+def test_cm_el_reference_covers_four_data_sets_with_zero_cells():
     assert len(CM_CASES) >= 4
     assert sum(_has_zero_cell(CASES[n]) for n in CM_CASES) >= 4
 
 
 @pytest.mark.parametrize("name", CM_CASES)
 def test_glmm_cm_el_equals_rma_glmm(name):
+    """Estimate, tau2, I2, H2, the LRT and the log-likelihood as metafor's fit; the
+    standard errors (and what follows from them) as the observed information R computes at
+    metafor's estimate with an accurate integral (see make_reference.R: metafor's own
+    numerical Hessian of its integrate()-based likelihood moves se by up to 3e-4)."""
     case = CASES[name]
-    exp = case["results"]["GLMM_CM.EL_tight"]
+    exp = case["results"]["GLMM_CM.EL"]
     res = glmm(**_tables(case), model="CM.EL")
     got = _glmm_got(res)
-    keys = GLMM_KEYS + ["se_tau2", "ll"]
+    keys = ["estimate", "vt", "QE_LRT", "QEp_LRT", "ll"]
     if not _has_zero_cell(case):
         keys += ["QE_Wld", "QEp_Wld"]
     assert not _check(got, exp, keys, 1e-5)
+    # metafor's nlminb stops at a relative change of 1e-10 in the log-likelihood, which
+    # fixes tau2 to ~2e-5 only where the likelihood is flat in tau (sim_rare_c); there ours
+    # is at least as high as metafor's point on the same likelihood.
+    assert not _check(got, exp, ["tau2", "I2", "H2"], 5e-5)
+    a, b, c, d = (np.array(case[x], float) for x in ("ai", "bi", "ci", "di"))
+    keep = ~(((a == 0) & (c == 0)) | ((b == 0) & (d == 0)))
+    model = _ConditionalModel(a[keep], b[keep], c[keep], d[keep], 48)
+    assert res.ll >= model.loglik(exp["estimate"], math.sqrt(exp["tau2"])) - 1e-11
+    info = exp["information"]
+    assert not _check(got, info, ["se", "se_tau2", "zval", "pval", "ci_lb", "ci_ub"], 1e-5)
+    # metafor's own se agrees to its numerical accuracy (its Hessian of an integrate()
+    # likelihood is noisy at ~1e-3)
+    assert res.se == pytest.approx(exp["se"], rel=3e-3)
 
 
 @pytest.mark.parametrize("name", CM_CASES)
 def test_cm_el_wald_heterogeneity_with_zero_cells_is_the_limit(name):
     """With a zero cell the saturated conditional model has an infinite study log odds
     ratio; metafor's Wald statistic then depends on where nlminb stopped (a small
-    contribution of that study), ours is the limit without it: below, and close."""
+    contribution of that study), ours is the limit without it: close."""
     case = CASES[name]
-    exp = case["results"]["GLMM_CM.EL_tight"]
+    exp = case["results"]["GLMM_CM.EL"]
     res = glmm(**_tables(case), model="CM.EL")
     assert res.QE_Wld == pytest.approx(exp["QE_Wld"], rel=2e-3)
 
@@ -150,12 +176,10 @@ def test_cm_el_wald_heterogeneity_with_zero_cells_is_the_limit(name):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_metafor_defaults_are_near_the_tight_fit(name):
     results = CASES[name]["results"]
-    for model in ("UM.FS", "CM.EL"):
-        default, tight = results.get(f"GLMM_{model}"), results.get(f"GLMM_{model}_tight")
-        if not default or not tight or "error" in tight or "error" in default:
-            continue
-        for key in ("estimate", "se", "tau2"):
-            assert default[key] == pytest.approx(tight[key], rel=2e-3, abs=1e-6), (model, key)
+    default, tight = results["GLMM_UM.FS"], results["GLMM_UM.FS_tight"]
+    for key in ("estimate", "se", "tau2"):
+        assert default[key] == pytest.approx(tight[key], rel=1e-2, abs=1e-6), key
+    assert tight["ll"] >= default["ll"] - 1e-9       # the tight fit is at least as high
 
 
 def test_glmm_reports_tau2_zero_at_the_boundary_where_metafor_cm_el_fails():

@@ -27,6 +27,7 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fedsynth.cli.commands import meta_rare
 from fedsynth.cli.registry import Command
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,7 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from fedsynth.meta import BatchPoolingResult, PoolingResult
 
-METHOD_CHOICES = ("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM")
+METHOD_CHOICES = ("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM",
+                  *meta_rare.RARE_METHODS)
 TEST_CHOICES = ("z", "knha")
 FORMAT_CHOICES = ("table", "json", "csv")
 #: Label columns used when ``--label`` is not given (first one present wins).
@@ -50,7 +52,8 @@ examples:
   fedsynth meta --example
   fedsynth meta studies.csv --yi logor --sei se --label study --method DL
   fedsynth meta all.csv --by outcome --format json
-"""
+
+""" + meta_rare.EXAMPLES
 
 
 # ---------------------------------------------------------------------------------------
@@ -83,7 +86,8 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", type=str.upper, choices=METHOD_CHOICES, default="REML",
-                        help="tau^2 estimator, FE for the fixed-effect model (default: REML)")
+                        help="tau^2 estimator, FE for the fixed-effect model (default: REML); "
+                             "MH, PETO or GLMM pool 2x2 counts (see 'rare events')")
     parser.add_argument("--test", type=str.lower, choices=TEST_CHOICES, default="z",
                         help="z (Wald) or knha (Knapp-Hartung t) (default: z)")
     parser.add_argument("--level", type=_level, default=95.0, metavar="PCT",
@@ -252,6 +256,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_output_options(parser)
     _add_diagnostics_options(parser)
     _add_bayes_plot_options(parser)
+    meta_rare.add_rare_options(parser)
 
 
 # --- Bayesian pooling and plots (owner: bayes-plots; fedsynth/meta/bayes.py, plots.py)
@@ -661,6 +666,9 @@ def _warn(batch: BatchPoolingResult) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read, pool, print. Output is built completely before anything is printed."""
+    rare = meta_rare.run_rare(args)         # --method MH|PETO|GLMM: the 2x2 counts
+    if rare is not None:
+        return rare
     data = load_input(args)
     batch = compute(args, data)
     text = RENDERERS[args.format](args, data, batch)

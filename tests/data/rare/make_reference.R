@@ -72,9 +72,9 @@ for (s in sets) {
                       QE_LRT = num(r$QE.LRT), QEp_LRT = num(r$QEp.LRT), QE_df = num(r$QE.df),
                       ll = num(r$fit.stats["ll", "ML"]), k = r$k))
   }
-  # metafor's defaults (nAGQ = 7; glmer's optimizers; nlminb + integrate() for CM.EL) and
-  # the same fits with tight tolerances, which locate the maximum to ~1e-8: the defaults stop
-  # a few 1e-6 short of it in some data sets, and tests compare with the tight fit.
+  # metafor's defaults (nAGQ = 7; glmer's optimizers; nlminb + integrate() for CM.EL).
+  # UM.FS: glmer's default Nelder-Mead stage stops 1e-5 to 4e-4 short of the maximum on some
+  # of these data sets, so the same fit with a tight bobyqa is recorded too (tests use it).
   out$GLMM_UM.FS <- glmm("UM.FS", list())
   out$GLMM_UM.FS_tight <- glmm("UM.FS", list(glmerCtrl = list(
     optimizer = "bobyqa", optCtrl = list(rhoend = 1e-11, maxfun = 1e6),
@@ -82,9 +82,29 @@ for (s in sets) {
   # CM.EL only where tau^2 > 0: at tau^2 = 0 metafor's nlminb does not converge (yusuf1985
   # table 6: error) or returns a degenerate Hessian (table 12b); fedsynth reports tau2 = 0.
   if (s$cm_el) {
-    out$GLMM_CM.EL <- glmm("CM.EL", list())
-    out$GLMM_CM.EL_tight <- glmm("CM.EL", list(
-      optCtrl = list(rel.tol = 1e-13, x.tol = 1e-12, eval.max = 10000, iter.max = 10000)))
+    r <- glmm("CM.EL", list())
+    # metafor's se comes from numDeriv's Richardson Hessian (steps down to ~1e-6) of a
+    # likelihood computed by integrate() at rel.tol 1.2e-4: its noise moves se by up to 3e-4
+    # (0.351068 with the defaults, 0.350960 with integrate's rel.tol = 1e-10 on
+    # nielweise2007). The reference information is therefore recomputed at metafor's
+    # estimate with integrate(rel.tol = 1e-12) and fixed steps of 1e-2 (Richardson, r = 4).
+    if (is.null(r$error)) {
+      keep <- !((d$ai == 0 & d$ci == 0) | (d$bi == 0 & d$di == 0))
+      f <- function(p) metafor:::.dnchg(p, ai = d$ai[keep], bi = d$bi[keep], ci = d$ci[keep],
+        di = d$di[keep], X.fit = cbind(rep(1, sum(keep))), random = TRUE, verbose = FALSE,
+        digits = c(est = 4, fit = 4), dnchgcalc = "dFNCHypergeo", dnchgprec = 1e-14,
+        intCtrl = list(lower = -Inf, upper = Inf, subdivisions = 1000L, rel.tol = 1e-12))
+      h <- numDeriv::hessian(f, c(r$estimate, log(r$tau2)),
+                             method.args = list(eps = 1e-4, d = 0.01, r = 4, v = 2,
+                                                zero.tol = sqrt(.Machine$double.eps)))
+      V <- solve(h)
+      crit <- qnorm(0.975)
+      se <- sqrt(V[1, 1])
+      r$information <- list(se = se, se_tau2 = sqrt(V[2, 2]) * r$tau2,
+                            zval = r$estimate / se, pval = 2 * pnorm(-abs(r$estimate / se)),
+                            ci_lb = r$estimate - crit * se, ci_ub = r$estimate + crit * se)
+    }
+    out$GLMM_CM.EL <- r
   }
   cat(s$name, "done", format(Sys.time()), "\n")
   s$cm_el <- NULL
@@ -133,7 +153,10 @@ prof_cox <- function(d, ties, covs = TRUE) sapply(grid, function(b) {
   fit <- coxph(f, data = d, ties = ties)
   tail(fit$loglik, 1)
 })
-fit_glm <- glm(outcome ~ treated + age + sex, family = binomial, data = site)
+# epsilon: glm's default (1e-8) leaves ~1e-4 in the standard errors (its vcov uses the
+# weights of the previous iterate); converged further, se is exact to rounding
+fit_glm <- glm(outcome ~ treated + age + sex, family = binomial, data = site,
+               control = glm.control(epsilon = 1e-14, maxit = 100))
 fit_efron <- coxph(Surv(time, event) ~ treated + age + sex, data = site, ties = "efron")
 fit_breslow <- coxph(Surv(time, event) ~ treated + age + sex, data = site, ties = "breslow")
 fit_uni <- coxph(Surv(time, event) ~ treated, data = site, ties = "efron")
@@ -159,8 +182,8 @@ out <- list(
   provenance = list(
     generated_by = "tests/data/rare/make_reference.R",
     R = R.version.string,
-    packages = sapply(c("metafor", "lme4", "BiasedUrn", "survival", "numDeriv", "jsonlite"),
-                      function(p) as.character(packageVersion(p)))),
+    packages = lapply(setNames(nm = c("metafor", "lme4", "BiasedUrn", "survival", "numDeriv",
+                                      "jsonlite")), function(p) as.character(packageVersion(p)))),
   meta = cases, likelihood = lik)
 writeLines(toJSON(out, auto_unbox = TRUE, digits = NA, na = "null", pretty = FALSE),
            "reference.json")

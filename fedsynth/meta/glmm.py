@@ -174,6 +174,9 @@ class GLMMResult:
         def p(x: float) -> str:
             return "NA" if not math.isfinite(x) else ("<.0001" if x < 1e-4 else f"{x:.4f}")
 
+        def pv(x: float) -> str:
+            return "p-val < .0001" if math.isfinite(x) and x < 1e-4 else f"p-val = {p(x)}"
+
         lines = [f"Random-Effects Model (k = {self.k}; tau^2 estimator: ML)",
                  f"Model Type: {kind}"]
         if self.dropped:
@@ -181,8 +184,8 @@ class GLMMResult:
         lines += [f"tau^2 = {f(self.tau2)}, tau = {f(self.tau)}, I^2 = {f(self.I2)}%, "
                   f"H^2 = {f(self.H2)}",
                   "Tests for Heterogeneity:",
-                  f"Wld(df = {self.QE_df}) = {f(self.QE_Wld)}, p-val = {p(self.QEp_Wld)}",
-                  f"LRT(df = {self.QE_df}) = {f(self.QE_LRT)}, p-val = {p(self.QEp_LRT)}",
+                  f"Wld(df = {self.QE_df}) = {f(self.QE_Wld)}, {pv(self.QEp_Wld)}",
+                  f"LRT(df = {self.QE_df}) = {f(self.QE_LRT)}, {pv(self.QEp_LRT)}",
                   "", "estimate      se     zval     pval    ci.lb    ci.ub",
                   f"{f(self.estimate):>8} {f(self.se):>7} {f(self.zval):>8} {p(self.pval):>8} "
                   f"{f(self.ci_lb):>8} {f(self.ci_ub):>8}",

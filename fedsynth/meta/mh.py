@@ -304,9 +304,9 @@ class MantelHaenszelResult:
         lines += _test_lines(self)
         if self.measure == "OR":
             lines.append(f"Cochran-Mantel-Haenszel test: CMH = {_f(self.cmh)}, df = 1, "
-                         f"p-val = {_p(self.cmh_pval)}")
+                         f"{_pv(self.cmh_pval)}")
             lines.append(f"Tarone's test for heterogeneity: X^2 = {_f(self.tarone)}, "
-                         f"df = {max(self.k_pos - 1, 0)}, p-val = {_p(self.tarone_pval)}")
+                         f"df = {max(self.k_pos - 1, 0)}, {_pv(self.tarone_pval)}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -377,9 +377,14 @@ def _p(x: float) -> str:
     return "<.0001" if x < 1e-4 else f"{x:.4f}"
 
 
+def _pv(x: float) -> str:
+    """``p-val = 0.0602`` or ``p-val < .0001`` as metafor prints them."""
+    return "p-val < .0001" if math.isfinite(x) and x < 1e-4 else f"p-val = {_p(x)}"
+
+
 def _test_lines(r: Any) -> list[str]:
     lines = [f"Test for heterogeneity: Q(df = {max(r.k_yi - 1, 0)}) = {_f(r.Q)}, "
-             f"p-val = {_p(r.Q_pval)}; I^2 = {_f(r.I2)}%, H^2 = {_f(r.H2)}",
+             f"{_pv(r.Q_pval)}; I^2 = {_f(r.I2)}%, H^2 = {_f(r.H2)}",
              "", "estimate      se     zval     pval    ci.lb    ci.ub",
              f"{_f(r.estimate):>8} {_f(r.se):>7} {_f(r.zval):>8} {_p(r.pval):>8} "
              f"{_f(r.ci_lb):>8} {_f(r.ci_ub):>8}"]

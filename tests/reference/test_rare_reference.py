@@ -97,6 +97,12 @@ def _glmm_got(res):
             "ll": res.ll}
 
 
+@lru_cache(maxsize=None)
+def _fit(name: str, model: str):
+    """One GLMM fit per data set and model, shared by the tests below."""
+    return glmm(**_tables(CASES[name]), model=model)
+
+
 def _has_zero_cell(case) -> bool:
     kept = [(a, b, c, d) for a, b, c, d in zip(case["ai"], case["bi"], case["ci"], case["di"])
             if not ((a == 0 and c == 0) or (b == 0 and d == 0))]
@@ -107,7 +113,7 @@ def _has_zero_cell(case) -> bool:
 def test_glmm_um_fs_equals_rma_glmm(name):
     case = CASES[name]
     exp = case["results"]["GLMM_UM.FS_tight"]
-    res = glmm(**_tables(case), model="UM.FS")
+    res = _fit(name, "UM.FS")
     got = _glmm_got(res)
     keys = GLMM_KEYS + ["QE_Wld", "QEp_Wld"]
     if exp["tau2"] < 1e-6:            # boundary: tau2 = 0 (metafor: 0 exactly)
@@ -141,7 +147,7 @@ def test_glmm_cm_el_equals_rma_glmm(name):
     numerical Hessian of its integrate()-based likelihood moves se by up to 3e-4)."""
     case = CASES[name]
     exp = case["results"]["GLMM_CM.EL"]
-    res = glmm(**_tables(case), model="CM.EL")
+    res = _fit(name, "CM.EL")
     got = _glmm_got(res)
     keys = ["estimate", "vt", "QE_LRT", "QEp_LRT", "ll"]
     if not _has_zero_cell(case):
@@ -169,7 +175,7 @@ def test_cm_el_wald_heterogeneity_with_zero_cells_is_the_limit(name):
     contribution of that study), ours is the limit without it: close."""
     case = CASES[name]
     exp = case["results"]["GLMM_CM.EL"]
-    res = glmm(**_tables(case), model="CM.EL")
+    res = _fit(name, "CM.EL")
     assert res.QE_Wld == pytest.approx(exp["QE_Wld"], rel=2e-3)
 
 
@@ -184,7 +190,7 @@ def test_metafor_defaults_are_near_the_tight_fit(name):
 
 def test_glmm_reports_tau2_zero_at_the_boundary_where_metafor_cm_el_fails():
     case = CASES["yusuf1985_table6"]
-    res = glmm(**_tables(case), model="CM.EL")
+    res = _fit(name, "CM.EL")
     assert res.tau2 == 0.0
     assert math.isfinite(res.se) and res.se > 0
     # at tau2 = 0 the model is the fixed-effect conditional model

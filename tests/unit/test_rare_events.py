@@ -115,7 +115,7 @@ def test_glmm_bad_options():
 
 
 def test_glmm_more_nodes_converge_to_the_exact_integral():
-    r7, r15, r30 = (glmm(AI, BI, CI, DI, nAGQ=n) for n in (7, 15, 30))
+    r7, r15, r30 = (glmm(AI[:4], BI[:4], CI[:4], DI[:4], nAGQ=n) for n in (7, 15, 30))
     assert abs(r30.estimate - r15.estimate) < abs(r30.estimate - r7.estimate) + 1e-9
     assert r30.tau2 == pytest.approx(r15.tau2, rel=1e-4)
 
@@ -405,3 +405,32 @@ def test_likelihood_pooling_of_univariable_cox_equals_the_stratified_fit():
     assert pooled.k_without_estimate == 1 and pooled.normal_k == 9
     # the normal approximation, which drops the zero-event site, is further away
     assert abs(pooled.normal_estimate - beta) > abs(pooled.estimate - beta)
+
+
+# ------------------------------------------------------------------ README is real output
+
+def test_readme_rare_events_blocks_are_real_output(tmp_path, capsys, monkeypatch):
+    import re
+    from pathlib import Path
+
+    from tests.conftest import load_json
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    sec = text[text.index("<!-- section:rare-events -->"):
+               text.index("<!-- /section:rare-events -->")]
+    case = next(c for c in load_json("rare/reference.json")["meta"]
+                if c["name"] == "nielweise2007")
+    rows = ["study,ai,bi,ci,di"] + [f"{s},{a},{b},{c},{d}" for s, a, b, c, d in
+                                    zip(case["study"], case["ai"], case["bi"], case["ci"],
+                                        case["di"])]
+    (tmp_path / "catheters.csv").write_text("\n".join(rows) + "\n")
+    monkeypatch.chdir(tmp_path)
+    block = re.findall(r"```\n(\$ fedsynth.*?)\n```", sec, re.S)[0]
+    commands = re.split(r"^\$ ", block, flags=re.M)[1:]
+    for command in commands:
+        argv, _, expected = command.partition("\n")
+        assert main(argv.split()[1:]) == 0
+        assert capsys.readouterr().out.rstrip("\n") == expected.rstrip("\n")
+    sites = [approximate(profiler("two_by_two", ai=a, bi=b, ci=c, di=d))
+             for a, b, c, d in [(4, 96, 9, 91), (3, 120, 6, 110), (0, 80, 6, 74)]]
+    assert pool_likelihoods(sites).summary() in sec

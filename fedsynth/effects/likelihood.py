@@ -693,11 +693,8 @@ def approximate(profile: Any, form: str = "grid_with_gradients", *,
     Parameters
     ----------
     profile
-        A profiler created by the ``profile_*`` functions' internals, or any callable
-        ``f(points) -> (values, derivatives)`` with ``estimate``/``se`` attributes; in
-        practice use :func:`profile_two_by_two`, :func:`profile_logistic` or
-        :func:`profile_cox` with ``points`` from :func:`grid_points`, or pass the profiler
-        returned by :func:`profiler`.
+        The site's profile log-likelihood as returned by :func:`profiler` (or any callable
+        ``f(points) -> (values, derivatives)`` with ``estimate`` and ``se`` attributes).
     form
         ``"grid_with_gradients"`` (8 points over ``bounds`` plus the maximum),
         ``"custom"`` (3 parameters fitted on 100 points) or ``"normal"`` (estimate, se).
@@ -707,6 +704,12 @@ def approximate(profile: Any, form: str = "grid_with_gradients", *,
     Returns
     -------
     GridWithGradients, CustomApproximation or NormalApproximation
+
+    Examples
+    --------
+    >>> g = approximate(profiler("two_by_two", ai=0, bi=50, ci=3, di=47))
+    >>> g.form, g.points.size, float(g.values.max())
+    ('grid_with_gradients', 8, 0.0)
     """
     if form not in FORMS:
         raise InputError(f"form: expected one of {', '.join(FORMS)}, got {form!r}")

@@ -48,6 +48,7 @@ from typing import Any
 
 from fedsynth.errors import FedsynthError, InputError
 from fedsynth.fileio import atomic_write
+from fedsynth.timeutil import iso, utcnow
 
 __all__ = [
     "GENESIS",
@@ -182,10 +183,6 @@ class AuditVerification:
     head: str | None = None
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _head_path(path: Path) -> Path:
     return path.with_name(path.name + ".head")
 
@@ -271,7 +268,7 @@ class AuditLog:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
                 seq, prev = self._last_entry(handle)
-                body = {"seq": seq, "ts": _now(), "event": event, "data": clean, "prev": prev}
+                body = {"seq": seq, "ts": iso(utcnow()), "event": event, "data": clean, "prev": prev}
                 entry = AuditEntry(hash=digest(body), **body)
                 line = (json.dumps(entry.to_dict(), sort_keys=True, separators=(",", ":"),
                                    ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")

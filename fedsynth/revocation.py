@@ -35,6 +35,7 @@ import grpc
 
 from fedsynth.errors import FedsynthError, InputError
 from fedsynth.fileio import atomic_write
+from fedsynth.timeutil import utcnow
 
 __all__ = [
     "CRL_FILENAME",
@@ -184,7 +185,7 @@ def revoke_certificate(pki_dir: str | Path, *, site: str | None = None,
         existing = list(old)
     if any(entry.serial_number == serial for entry in existing):
         return RevokedCertificate(serial, subject, crl_path, True, len(existing))
-    now = now or _dt.datetime.now(_dt.timezone.utc)
+    now = now or utcnow()
     builder = (x509.CertificateRevocationListBuilder()
                .issuer_name(ca_cert.subject)
                .last_update(now)

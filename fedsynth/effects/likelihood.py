@@ -50,6 +50,7 @@ import numpy as np
 from scipy import optimize, special
 
 from fedsynth.errors import InputError
+from fedsynth.jsonsafe import finite_or_none as _json
 
 __all__ = [
     "DEFAULT_BOUNDS",
@@ -643,10 +644,6 @@ class NormalApproximation:
 
 
 LikelihoodApproximation = GridWithGradients | CustomApproximation | NormalApproximation
-
-
-def _json(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
 
 
 def _custom_fit(x: np.ndarray, ll: np.ndarray) -> tuple[float, float, float]:

@@ -61,7 +61,8 @@ from numpy.polynomial import hermite_e
 from scipy import optimize, special, stats
 
 from fedsynth.errors import InputError
-from fedsynth.meta.mh import _heterogeneity, _level, _num, _wald, as_tables
+from fedsynth.jsonsafe import finite_or_none as _num
+from fedsynth.meta.mh import _heterogeneity, _level, _wald, as_tables
 
 __all__ = ["GLMM_MODELS", "GLMMResult", "glmm"]
 

@@ -41,6 +41,7 @@ from fedsynth.effects.likelihood import (
     approximation_from_dict,
 )
 from fedsynth.errors import InputError
+from fedsynth.jsonsafe import finite_or_none as _num
 from fedsynth.meta.bayes import get_prior
 
 __all__ = [
@@ -77,10 +78,6 @@ def _level(level: Any) -> float:
     if not 0 < lev < 100:
         raise InputError(f"level: must lie strictly between 0 and 100, got {level!r}")
     return lev
-
-
-def _num(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
 
 
 def _normal_pool(sites: Sequence[LikelihoodApproximation], level: float):

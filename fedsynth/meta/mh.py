@@ -44,6 +44,7 @@ from scipy import special, stats
 
 from fedsynth.effects.effect_sizes import escalc
 from fedsynth.errors import InputError
+from fedsynth.jsonsafe import finite_or_none as _num
 
 __all__ = [
     "MH_MEASURES",
@@ -187,11 +188,6 @@ def _level(level: Any) -> float:
     if not 0 < lev < 100:
         raise InputError(f"level: must lie strictly between 0 and 100, got {level!r}")
     return lev
-
-
-def _num(x: float) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def _wald(beta: float, se: float, level: float) -> tuple[float, float, float, float]:

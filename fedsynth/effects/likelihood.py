@@ -1,5 +1,7 @@
-"""Site side of likelihood sharing: profile log-likelihoods of one parameter and their
-approximations, released instead of an estimate and its variance.
+"""Site side of likelihood sharing: profile log-likelihoods and their released forms.
+
+A site releases an approximation of the profile log-likelihood of one parameter instead of
+an estimate and its variance.
 
 Why
 ---
@@ -119,6 +121,7 @@ class _Profiler:
     kind = ""
 
     def __call__(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate log-likelihood at ``x`` (any shape)."""
         raise NotImplementedError
 
     estimate = math.nan
@@ -162,6 +165,7 @@ class _TwoByTwo(_Profiler):
             self.se = math.sqrt(1 / a + 1 / b + 1 / c + 1 / d)
 
     def __call__(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate log-likelihood at ``x`` (any shape)."""
         beta = _points(points)
         a, c, n1, n2 = self.a, self.c, self.n1, self.n2
         # profile out the control arm's log odds alpha: a + c = n1 p1 + n2 p2
@@ -226,8 +230,10 @@ class _Logistic(_Profiler):
             self._fit_full()
 
     def _fit_nuisance(self, beta: float) -> tuple[float, float]:
-        """Maximise over the intercept and covariates with ``beta x`` as an offset (Newton
-        with step halving: the log-likelihood is concave)."""
+        """Maximise over the intercept and covariates with ``beta x`` as an offset.
+
+        Newton-Raphson with step halving (the log-likelihood is concave).
+        """
         y, z, off = self.y, self.z, beta * self.x
 
         def loglik(g: np.ndarray) -> float:
@@ -279,6 +285,7 @@ class _Logistic(_Profiler):
             self.estimate, self.se = float(coef[0]), float(math.sqrt(cov[0, 0]))
 
     def __call__(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate log-likelihood at ``x`` (any shape)."""
         beta = _points(points)
         order = np.argsort(np.abs(beta - (self.estimate if math.isfinite(self.estimate)
                                           else 0.0)))
@@ -317,8 +324,10 @@ class _Cox(_Profiler):
             self._fit_full()
 
     def _risk_sets(self) -> None:
-        """For a 0/1 exposure alone the partial likelihood depends only on the numbers at
-        risk and the events per exposure group at each event time: tabulate them once."""
+        """Tabulate the numbers at risk and the events per exposure group at each time.
+
+        For a 0/1 exposure alone the partial likelihood depends only on these.
+        """
         order = np.argsort(self.t, kind="stable")
         t, e, x = self.t[order], self.e[order], self.x[order]
         times = np.unique(t[e == 1])
@@ -333,8 +342,10 @@ class _Cox(_Profiler):
         self.d0 = self.d - self.d1
 
     def _univariable(self, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Partial log-likelihood, score and second derivative of a 0/1 exposure (Breslow or
-        Efron ties), vectorised over ``beta``."""
+        """Partial log-likelihood, score and second derivative of a 0/1 exposure.
+
+        Breslow or Efron ties, vectorised over ``beta``.
+        """
         b = beta[:, None]
         eb = np.exp(b)
         ll = (self.d1 * b).sum(axis=1)
@@ -386,6 +397,7 @@ class _Cox(_Profiler):
             self.gamma = params[1:]
 
     def __call__(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate log-likelihood at ``x`` (any shape)."""
         beta = _points(points)
         if self.z.shape[1] == 0:
             ll, score, _ = self._univariable(beta)
@@ -480,8 +492,9 @@ def _optional(name: str, value: Any) -> float:
 
 @dataclass(frozen=True)
 class GridWithGradients:
-    """Values and derivatives of a log-likelihood at points, read by cubic Hermite
-    interpolation and linear extrapolation (EvidenceSynthesis' "grid with gradients").
+    """Values and derivatives of a log-likelihood at points ("grid with gradients").
+
+    Read by cubic Hermite interpolation and linear extrapolation, as EvidenceSynthesis.
 
     ``estimate``/``se`` are the site's normal approximation when it has one (``nan`` if not).
     """
@@ -557,8 +570,11 @@ class GridWithGradients:
 
 @dataclass(frozen=True)
 class CustomApproximation:
-    """``exp(gamma (x - mu)) * (-(x - mu)^2 / (2 sigma^2))``: EvidenceSynthesis' custom
-    parametric log-likelihood (normal when ``gamma = 0``; ``sigma = inf`` is flat)."""
+    """EvidenceSynthesis' custom parametric log-likelihood.
+
+    ``exp(gamma (x - mu)) * (-(x - mu)^2 / (2 sigma^2))``: normal when ``gamma = 0``;
+    ``sigma = inf`` is flat.
+    """
 
     mu: float
     sigma: float
@@ -576,6 +592,7 @@ class CustomApproximation:
             raise InputError(f"sigma: expected a number > 0 (or inf), got {self.sigma!r}")
 
     def __call__(self, x: Any) -> np.ndarray:
+        """Approximate log-likelihood at ``x`` (any shape)."""
         x = np.asarray(x, dtype=float)
         if math.isinf(self.sigma):
             return np.zeros_like(x)
@@ -584,6 +601,7 @@ class CustomApproximation:
             return np.exp(self.gamma * u) * (-(u * u) / (2 * self.sigma ** 2))
 
     def derivative(self, x: Any) -> np.ndarray:
+        """First derivative at ``x``."""
         x = np.asarray(x, dtype=float)
         if math.isinf(self.sigma):
             return np.zeros_like(x)
@@ -592,6 +610,7 @@ class CustomApproximation:
             return -np.exp(self.gamma * u) * (self.gamma * u + 2) * u / (2 * self.sigma ** 2)
 
     def second_derivative(self, x: Any) -> np.ndarray:
+        """Second derivative at ``x``."""
         x = np.asarray(x, dtype=float)
         if math.isinf(self.sigma):
             return np.zeros_like(x)
@@ -605,6 +624,7 @@ class CustomApproximation:
         return self(x), self.derivative(x), self.second_derivative(x)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain numbers, ready for JSON (``None`` where a value does not exist)."""
         return {"form": self.form, "mu": float(self.mu),
                 "sigma": float(self.sigma) if math.isfinite(self.sigma) else None,
                 "gamma": float(self.gamma), "estimate": _json(self.estimate),
@@ -626,13 +646,16 @@ class NormalApproximation:
             raise InputError(f"se: expected a number > 0, got {self.se!r}")
 
     def __call__(self, x: Any) -> np.ndarray:
+        """Approximate log-likelihood at ``x`` (any shape)."""
         u = np.asarray(x, dtype=float) - self.estimate
         return -(u * u) / (2 * self.se ** 2)
 
     def derivative(self, x: Any) -> np.ndarray:
+        """First derivative at ``x``."""
         return -(np.asarray(x, dtype=float) - self.estimate) / self.se ** 2
 
     def second_derivative(self, x: Any) -> np.ndarray:
+        """Second derivative at ``x``."""
         return np.full(np.shape(x), -1.0 / self.se ** 2)
 
     def evaluate(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -640,6 +663,7 @@ class NormalApproximation:
         return self(x), self.derivative(x), self.second_derivative(x)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain numbers, ready for JSON (``None`` where a value does not exist)."""
         return {"form": self.form, "estimate": float(self.estimate), "se": float(self.se)}
 
 

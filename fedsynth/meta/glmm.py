@@ -222,8 +222,11 @@ def _hessian(f: Callable[[np.ndarray], float], x: np.ndarray, h: float = 1e-3) -
 
 
 def _maximise(f: Callable[[np.ndarray], float], x0: np.ndarray) -> np.ndarray:
-    """Maximise a smooth function of a few parameters: a coarse Nelder-Mead search, then
-    Newton steps with central-difference derivatives and step halving."""
+    """Maximise a smooth function of a few parameters.
+
+    A coarse Nelder-Mead search, then Newton steps with central-difference derivatives and
+    step halving.
+    """
     res = optimize.minimize(lambda x: -f(x), x0, method="Nelder-Mead",
                             options={"xatol": 1e-4, "fatol": 1e-9, "maxiter": 2000})
     x = np.asarray(res.x, dtype=float)
@@ -309,7 +312,7 @@ class _UnconditionalModel:
         self.u: np.ndarray | None = None          # last conditional modes (warm start)
 
     def _f(self, u, alpha, beta, tau):
-        """log integrand (binomial kernels + log N(0,1) kernel) at u, per study."""
+        """Log integrand (binomial kernels + log N(0,1) kernel) at u, per study."""
         a, c, n1, n2 = self.a, self.c, self.n1, self.n2
         if np.ndim(u) == 2:
             a, c, n1, n2 = a[:, None], c[:, None], n1[:, None], n2[:, None]
@@ -480,7 +483,7 @@ def _wald_q(theta: np.ndarray, w: np.ndarray) -> float:
 
 
 def _typical_variance(a, b, c, d) -> float:
-    """metafor's ``vt`` of the escalc log odds ratios (1/2 added to tables with a zero)."""
+    """Metafor's ``vt`` of the escalc log odds ratios (1/2 added to tables with a zero)."""
     zero = (a == 0) | (b == 0) | (c == 0) | (d == 0)
     add = np.where(zero, 0.5, 0.0)
     w = 1.0 / (1 / (a + add) + 1 / (b + add) + 1 / (c + add) + 1 / (d + add))

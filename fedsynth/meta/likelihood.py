@@ -138,6 +138,7 @@ class LikelihoodFixedEffectResult:
         return self.estimate - self.normal_estimate
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain numbers, ready for JSON (``None`` where a value does not exist)."""
         return {"method": "likelihood_fixed", "estimate": _num(self.estimate),
                 "se": _num(self.se), "ci_lb": _num(self.ci_lb), "ci_ub": _num(self.ci_ub),
                 "level": self.level, "k": self.k,
@@ -148,6 +149,7 @@ class LikelihoodFixedEffectResult:
                 "difference": _num(self.difference)}
 
     def summary(self) -> str:
+        """A text summary for the command line and reports."""
         def f(x: float) -> str:
             return f"{x:.4f}" if math.isfinite(x) else ("-inf" if x < 0 else "inf")
         lines = [f"Fixed-effect pooling of site likelihoods (k = {self.k}, "
@@ -166,8 +168,9 @@ def _total(sites: Sequence[LikelihoodApproximation], x: np.ndarray) -> np.ndarra
 
 def pool_likelihoods(sites: Sequence[Any], *, level: float = 95.0
                      ) -> LikelihoodFixedEffectResult:
-    """Fixed-effect pooling: the maximum of the summed site log-likelihoods and its
-    likelihood-ratio interval.
+    """Fixed-effect pooling: the maximum of the summed site log-likelihoods.
+
+    The interval is the likelihood-ratio interval.
 
     Parameters
     ----------
@@ -273,6 +276,7 @@ class LikelihoodRandomEffectsResult:
     k_without_estimate: int
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain numbers, ready for JSON (``None`` where a value does not exist)."""
         return {"method": "likelihood_random", "prior": self.prior,
                 "tau_scale": self.tau_scale, "level": self.level, "k": self.k,
                 "k_without_estimate": self.k_without_estimate,
@@ -283,6 +287,7 @@ class LikelihoodRandomEffectsResult:
                 "prob_mu_positive": self.prob_mu_positive}
 
     def summary(self) -> str:
+        """A text summary for the command line and reports."""
         lev = f"{self.level:g}%"
         return "\n".join([
             f"Random-effects pooling of site likelihoods (flat prior on mu, {self.prior} "
@@ -300,8 +305,11 @@ _GH_W = _GH_W / _GH_W.sum()
 
 def _site_marginal(site: LikelihoodApproximation, mu: np.ndarray, tau: np.ndarray
                    ) -> np.ndarray:
-    """``log int exp(l(theta)) N(theta; mu, tau^2) d theta`` for arrays ``mu``, ``tau``
-    (broadcast), by adaptive Gauss-Hermite quadrature at the integrand's mode."""
+    """``log int exp(l(theta)) N(theta; mu, tau^2) d theta`` for arrays ``mu``, ``tau``.
+
+    Broadcast over ``mu`` and ``tau``; adaptive Gauss-Hermite quadrature at the mode of the
+    integrand.
+    """
     if isinstance(site, NormalApproximation):     # closed form
         v = site.se ** 2
         s2 = v + tau * tau
@@ -340,9 +348,11 @@ def _quantile_cdf(x: np.ndarray, f: np.ndarray, q: float) -> float:
 
 
 def _quantiles(x: np.ndarray, f: np.ndarray, probs: Sequence[float]) -> list[float]:
-    """Quantiles of the density ``f`` on the grid ``x``: the CDF is the antiderivative of
-    the cubic spline through the density (error O(h^4), where the trapezoid's is O(h^2)),
-    inverted by Brent's method."""
+    """Quantiles of the density ``f`` on the grid ``x``.
+
+    The CDF is the antiderivative of the cubic spline through the density (error O(h^4),
+    where the trapezoid's is O(h^2)), inverted by Brent's method.
+    """
     F = interpolate.CubicSpline(x, f).antiderivative()
     total = float(F(x[-1]))
     cdf = F(x) / total

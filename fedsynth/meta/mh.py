@@ -67,8 +67,10 @@ MH_MEASURES: tuple[str, ...] = ("OR", "RR", "RD")
 
 @dataclass(frozen=True)
 class TwoByTwoTables:
-    """Validated 2x2 tables, metafor's layout: group 1 (treated/exposed) events ``ai`` and
-    non-events ``bi``, group 2 (control) events ``ci`` and non-events ``di``.
+    """Validated 2x2 tables in metafor's layout.
+
+    Group 1 (treated/exposed) events ``ai`` and non-events ``bi``, group 2 (control) events
+    ``ci`` and non-events ``di``.
 
     ``keep`` marks the tables that carry information (not double-zero / double-all);
     ``labels`` names every table (given labels, else ``"1"``, ``"2"``, ...).
@@ -88,8 +90,7 @@ class TwoByTwoTables:
 
     @property
     def dropped(self) -> tuple[str, ...]:
-        """Labels of the tables without information (no events, or only events, in both
-        groups)."""
+        """Labels of the tables without information (no or only events in both groups)."""
         return tuple(lab for lab, k in zip(self.labels, self.keep) if not k)
 
     def used(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -116,8 +116,11 @@ def _fit(method: str, measure: str, model: str | None, data: dict[str, Any], lev
 
 
 def run_rare(args: argparse.Namespace) -> int | None:
-    """Run ``fedsynth meta`` for a count-based ``--method``; ``None`` for any other method
-    (``meta`` then continues as before). Output is built completely before printing."""
+    """Run ``fedsynth meta`` for a count-based ``--method`` (MH, PETO, GLMM).
+
+    Returns ``None`` for any other method (``meta`` then continues as before). Output is
+    built completely before anything is printed.
+    """
     if getattr(args, "method", None) not in RARE_METHODS:
         given = [f"--{n}" for n in COUNT_OPTIONS if getattr(args, f"rare_{n}", None)]
         if given or getattr(args, "model", None):

@@ -477,7 +477,7 @@ def profile_cox(time: Any, event: Any, exposure: Any, covariates: Any = None, *,
 # ----------------------------------------------------------------------------------------------
 
 
-def _finite(name: str, value: Any) -> float:
+def _require_number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise InputError(f"{name}: expected a number, got {value!r}")
     v = float(value)
@@ -487,7 +487,7 @@ def _finite(name: str, value: Any) -> float:
 
 
 def _optional(name: str, value: Any) -> float:
-    return math.nan if value is None else _finite(name, value)
+    return math.nan if value is None else _require_number(name, value)
 
 
 @dataclass(frozen=True)
@@ -586,7 +586,7 @@ class CustomApproximation:
 
     def __post_init__(self) -> None:
         for name in ("mu", "gamma"):
-            _finite(name, getattr(self, name))
+            _require_number(name, getattr(self, name))
         s = float(self.sigma)
         if not (s > 0):
             raise InputError(f"sigma: expected a number > 0 (or inf), got {self.sigma!r}")
@@ -641,8 +641,8 @@ class NormalApproximation:
     form = "normal"
 
     def __post_init__(self) -> None:
-        _finite("estimate", self.estimate)
-        if not (_finite("se", self.se) > 0):
+        _require_number("estimate", self.estimate)
+        if not (_require_number("se", self.se) > 0):
             raise InputError(f"se: expected a number > 0, got {self.se!r}")
 
     def __call__(self, x: Any) -> np.ndarray:
@@ -734,7 +734,7 @@ def approximate(profile: Any, form: str = "grid_with_gradients", *,
     """
     if form not in FORMS:
         raise InputError(f"form: expected one of {', '.join(FORMS)}, got {form!r}")
-    lo, hi = (_finite("bounds[0]", bounds[0]), _finite("bounds[1]", bounds[1]))
+    lo, hi = (_require_number("bounds[0]", bounds[0]), _require_number("bounds[1]", bounds[1]))
     if not lo < hi:
         raise InputError(f"bounds: expected lower < upper, got {bounds!r}")
     est, se = float(profile.estimate), float(profile.se)
@@ -794,20 +794,20 @@ def approximation_from_dict(data: Mapping[str, Any], *,
                 raw = data.get(key)
                 if not isinstance(raw, (list, tuple)) or len(raw) > 1000:
                     raise InputError(f"{key}: expected a list of at most 1000 numbers")
-                arrays[key] = np.array([_finite(f"{key}[{i}]", v) for i, v in enumerate(raw)])
+                arrays[key] = np.array([_require_number(f"{key}[{i}]", v) for i, v in enumerate(raw)])
             return GridWithGradients(arrays["points"], arrays["values"], arrays["derivatives"],
                                      _optional("estimate", data.get("estimate")),
                                      _optional("se", data.get("se")))
         if form == "custom":
             sigma = data.get("sigma")
             return CustomApproximation(
-                _finite("mu", data.get("mu")),
-                math.inf if sigma is None else _finite("sigma", sigma),
-                _finite("gamma", data.get("gamma")),
+                _require_number("mu", data.get("mu")),
+                math.inf if sigma is None else _require_number("sigma", sigma),
+                _require_number("gamma", data.get("gamma")),
                 _optional("estimate", data.get("estimate")), _optional("se", data.get("se")))
         if form == "normal":
-            return NormalApproximation(_finite("estimate", data.get("estimate")),
-                                       _finite("se", data.get("se")))
+            return NormalApproximation(_require_number("estimate", data.get("estimate")),
+                                       _require_number("se", data.get("se")))
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
     raise InputError(f"{where}.form: expected one of {', '.join(FORMS)}, got {form!r}")

@@ -794,7 +794,8 @@ def approximation_from_dict(data: Mapping[str, Any], *,
                 raw = data.get(key)
                 if not isinstance(raw, (list, tuple)) or len(raw) > 1000:
                     raise InputError(f"{key}: expected a list of at most 1000 numbers")
-                arrays[key] = np.array([_require_number(f"{key}[{i}]", v) for i, v in enumerate(raw)])
+                arrays[key] = np.array([_require_number(f"{key}[{i}]", v)
+                                        for i, v in enumerate(raw)])
             return GridWithGradients(arrays["points"], arrays["values"], arrays["derivatives"],
                                      _optional("estimate", data.get("estimate")),
                                      _optional("se", data.get("se")))

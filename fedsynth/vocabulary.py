@@ -89,6 +89,14 @@ METHODS: tuple[str, ...] = tuple(METHOD_INFO)
 RE_METHODS: tuple[str, ...] = tuple(m.name for m in _METHODS if m.random_effects)
 DEFAULT_METHOD = "REML"
 
+#: Methods that pool 2x2 tables from their counts rather than (yi, vi): Mantel-Haenszel
+#: (metafor ``rma.mh``), Peto's one-step odds ratio (``rma.peto``) and the generalised
+#: linear mixed models of ``rma.glmm`` (fedsynth.meta.mh, fedsynth.meta.glmm).
+COUNT_METHODS: tuple[str, ...] = ("MH", "PETO", "GLMM")
+#: ``rma.glmm`` models for the odds ratio: unconditional with fixed study effects, and the
+#: conditional model with the exact (noncentral hypergeometric) likelihood.
+GLMM_MODELS: tuple[str, ...] = ("UM.FS", "CM.EL")
+
 
 # ---------------------------------------------------------------------------------------
 # inference for the pooled estimate (metafor's test = ...)

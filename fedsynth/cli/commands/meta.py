@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from fedsynth.cli.commands import meta_rare
 from fedsynth.cli.registry import Command
 from fedsynth.errors import InputError
-from fedsynth.vocabulary import ESCALC_MEASURES, METHODS, TESTS
+from fedsynth.vocabulary import COUNT_METHODS, ESCALC_MEASURES, METHODS, TESTS
 
 # numpy, pandas (through fedsynth.tabular), the statistics and matplotlib are imported
 # inside the functions that use them: this module is imported to build the parser of
@@ -47,7 +48,7 @@ from fedsynth.vocabulary import ESCALC_MEASURES, METHODS, TESTS
 if TYPE_CHECKING:  # pragma: no cover
     from fedsynth.meta import BatchPoolingResult, PoolingResult
 
-METHOD_CHOICES = METHODS
+METHOD_CHOICES = (*METHODS, *COUNT_METHODS)
 TEST_CHOICES = TESTS
 FORMAT_CHOICES = ("table", "json", "csv")
 #: Label columns used when ``--label`` is not given (first one present wins).
@@ -63,7 +64,8 @@ examples:
   fedsynth meta --example
   fedsynth meta studies.csv --yi logor --sei se --label study --method DL
   fedsynth meta all.csv --by outcome --format json
-"""
+
+""" + meta_rare.EXAMPLES
 
 
 # ---------------------------------------------------------------------------------------
@@ -95,7 +97,8 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", type=str.upper, choices=METHOD_CHOICES, default="REML",
-                        help="tau^2 estimator, FE for the fixed-effect model (default: REML)")
+                        help="tau^2 estimator, FE for the fixed-effect model (default: REML); "
+                             "MH, PETO or GLMM pool 2x2 counts (see 'rare events')")
     parser.add_argument("--test", type=str.lower, choices=TEST_CHOICES, default="z",
                         help="z (Wald) or knha (Knapp-Hartung t) (default: z)")
     parser.add_argument("--level", type=_level, default=95.0, metavar="PCT",
@@ -262,6 +265,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_output_options(parser)
     _add_diagnostics_options(parser)
     _add_bayes_plot_options(parser)
+    meta_rare.add_rare_options(parser)
 
 
 # --- Bayesian pooling and plots (owner: bayes-plots; fedsynth/meta/bayes.py, plots.py)
@@ -636,6 +640,9 @@ def _warn(batch: BatchPoolingResult) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read, pool, print. Output is built completely before anything is printed."""
+    rare = meta_rare.run_rare(args)         # --method MH|PETO|GLMM: the 2x2 counts
+    if rare is not None:
+        return rare
     data = load_input(args)
     batch = compute(args, data)
     text = RENDERERS[args.format](args, data, batch)

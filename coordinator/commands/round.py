@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from fedsynth.cli.registry import Command
+from fedsynth.terminal import printable
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -89,18 +90,25 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def render_table(doc: dict[str, Any]) -> str:
-    """Plain-text view of a round document."""
-    lines = [f"round {doc['round']}  status {doc['status']}  quorum {doc['quorum']}",
-             f"opened {doc['opened_at']}  deadline {doc['deadline']}  closed "
-             f"{doc.get('closed_at') or '-'}"]
+    """Plain-text view of a round document.
+
+    Site names, statuses, refusal reasons and analysis names came from sites or from the
+    spec: each is shown through :func:`fedsynth.terminal.printable`, so a control sequence
+    in a refusal reason is displayed (``\\x1b``), not executed by the terminal.
+    """
+    p = printable
+    lines = [f"round {p(doc['round'])}  status {p(doc['status'])}  quorum {p(doc['quorum'])}",
+             f"opened {p(doc['opened_at'])}  deadline {p(doc['deadline'])}  closed "
+             f"{p(doc.get('closed_at') or '-')}"]
     if doc.get("failure_reason"):
-        lines.append(f"failed: {doc['failure_reason']}")
+        lines.append(f"failed: {p(doc['failure_reason'])}")
     lines.append("")
     lines.append(f"{'site':<20} {'status':<10} submitted_at")
     for site in doc.get("sites", []):
-        lines.append(f"{site['site']:<20} {site['status']:<10} {site.get('submitted_at') or '-'}")
+        lines.append(f"{p(site['site']):<20} {p(site['status']):<10} "
+                     f"{p(site.get('submitted_at') or '-')}")
         for name, reason in (site.get("refusals") or {}).items():
-            lines.append(f"    refused {name}: {reason}")
+            lines.append(f"    refused {p(name)}: {p(reason)}")
     if doc.get("analyses"):
         lines.append("")
         header = (f"{'analysis':<26} {'k':>2} {'method':<6} {'estimate':>10} {'ci_lb':>10} "
@@ -109,10 +117,11 @@ def render_table(doc: dict[str, Any]) -> str:
         for a in doc["analyses"]:
             het = a.get("heterogeneity") or {}
             flag = (het.get("level") or "yes") if het.get("flagged") else ""
-            lines.append(f"{a['analysis']:<26} {a.get('k', 0):>2} {a.get('method', ''):<6} "
+            lines.append(f"{p(a['analysis']):<26} {a.get('k', 0):>2} "
+                         f"{p(a.get('method', '')):<6} "
                          f"{_fmt(a.get('estimate')):>10} {_fmt(a.get('ci_lb')):>10} "
                          f"{_fmt(a.get('ci_ub')):>10} {_fmt(a.get('tau2')):>9} "
-                         f"{_fmt(a.get('I2'), 1):>6}  {flag}")
+                         f"{_fmt(a.get('I2'), 1):>6}  {p(flag)}")
     return "\n".join(lines)
 
 
@@ -154,8 +163,9 @@ def _wait(args: argparse.Namespace) -> int:
         while True:
             record = store.get_round(args.id)
             if not record.is_open:
-                print(f"round {record.id} {record.status}"
-                      + (f": {record.failure_reason}" if record.failure_reason else ""))
+                print(f"round {printable(record.id)} {record.status}"
+                      + (f": {printable(record.failure_reason)}" if record.failure_reason
+                         else ""))
                 return 0
             if time.monotonic() >= end:
                 raise FedsynthError(f"round {args.id} still open after {args.timeout:g} s "
@@ -183,8 +193,9 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'round':<18} {'status':<7} {'subm':>4}/{'sites':<5} {'opened_at':<25} deadline")
     for row in rows:
-        print(f"{row['round']:<18} {row['status']:<7} {row['submissions']:>4}/{row['sites']:<5} "
-              f"{row['opened_at']:<25} {row['deadline']}")
+        print(f"{printable(row['round']):<18} {row['status']:<7} "
+              f"{row['submissions']:>4}/{row['sites']:<5} {row['opened_at']:<25} "
+              f"{row['deadline']}")
     return 0
 
 

@@ -78,7 +78,7 @@ from typing import Any
 from fedsynth.errors import InputError
 from fedsynth.fileio import atomic_write, read_json_object
 
-__all__ = ["PrivacyLimits", "ReleaseHistory", "guard", "REFUSAL_CODES"]
+__all__ = ["PrivacyLimits", "ReleaseHistory", "guard", "release", "REFUSAL_CODES"]
 
 #: Machine codes of the refusals :func:`guard` produces.
 REFUSAL_CODES = ("disclosure_min_n", "disclosure_min_cell", "disclosure_linked_table",
@@ -117,11 +117,26 @@ class PrivacyLimits:
         return cls(**table)
 
 
-def _refusal(analysis: str, reason: str, code: str):
-    # Imported here: the result types belong to the estimators package.
-    from fedsynth.effects import Refusal
+def _refusal(key: str, analysis: str, limits: PrivacyLimits, original: Any = None):
+    """A disclosure-control refusal (sentence ``key`` of the fixed vocabulary).
 
-    return Refusal(analysis=analysis, reason=reason, code=code)
+    The counts of ``original`` (the estimate or refusal it replaces) stay with it, at the
+    site, so that guarding the result again decides the same; an original refusal's own
+    sentence is kept as local detail for the site's log.
+    """
+    # Imported here: the result types belong to the estimators package.
+    from fedsynth.effects.results import Refusal
+
+    detail = None
+    if original is not None and _is_refusal(original):
+        detail = "; ".join(t for t in (f"{getattr(original, 'code', 'refused')}: "
+                                       f"{getattr(original, 'reason', '')}",
+                                       getattr(original, "detail", None)) if t)
+    return Refusal.of(key, analysis, min_cell_count=limits.min_cell_count,
+                      min_n=limits.min_n, detail=detail,
+                      cells=dict(getattr(original, "cells", None) or {}),
+                      n=getattr(original, "n", None),
+                      details=dict(getattr(original, "details", None) or {}))
 
 
 def _is_refusal(result: Any) -> bool:
@@ -131,15 +146,14 @@ def _is_refusal(result: Any) -> bool:
 def _columns(name: str, result: Any, spec: Any) -> tuple[str | None, str | None, bool]:
     """(outcome, exposure, known) of an analysis, from the spec or the estimate's details.
 
-    ``known`` is False when neither says which columns the analysis used; such an analysis
-    is then treated as possibly using every column (the conservative choice).
+    The outcome slot holds the outcome, or the event of a time-to-event analysis; the
+    exposure slot holds the exposure, or the score of a model-evaluation analysis (a score
+    with few values is a grouping like an exposure: its table with the outcome is what the
+    estimate may reveal). ``known`` is False when neither the spec nor the details say
+    which columns the analysis used; such an analysis is then treated as possibly using
+    every column (the conservative choice).
     """
-    analysis = None
-    if spec is not None:
-        for candidate in getattr(spec, "analyses", ()) or ():
-            if getattr(candidate, "name", None) == name:
-                analysis = candidate
-                break
+    analysis = _analysis_of(name, spec) if spec is not None else None
     sources: list[Any] = [analysis] if analysis is not None else []
     details = getattr(result, "details", None)
     if isinstance(details, Mapping):
@@ -153,9 +167,8 @@ def _columns(name: str, result: Any, spec: Any) -> tuple[str | None, str | None,
                 return str(value)
         return None
 
-    # Time-to-event analyses: the event indicator plays the outcome's role.
     outcome = pick("outcome") or pick("event")
-    exposure = pick("exposure")
+    exposure = pick("exposure") or pick("score")
     return outcome, exposure, bool(sources) and outcome is not None
 
 
@@ -165,10 +178,49 @@ def _small_cells(cells: Mapping[str, Any] | None, limit: int) -> list[str]:
     return [key for key, count in cells.items() if count is not None and int(count) < limit]
 
 
-# Cell names that are margins of the outcome alone (no exposure split): when one of these is
-# small, every estimate on the outcome is affected, whatever its exposure.
-_MARGIN_CELLS = frozenset({"events", "non_events", "nonevents", "cases", "controls",
-                           "observed", "o", "positives", "negatives"})
+# Cells that are margins of one column alone. When one of these is small, every estimate
+# using that column (in a table role: outcome or event, exposure or score) is affected,
+# whatever the other column of its table. Any other cell belongs to the table of the
+# analysis's outcome with its exposure (or score).
+_OUTCOME_MARGINS = frozenset({"events", "non_events", "nonevents", "cases", "controls",
+                              "observed", "o", "positives", "negatives",
+                              "outcome_level_min"})
+_EXPOSURE_MARGINS = frozenset({"n_exposed", "n_unexposed", "score_level_min"})
+
+
+@dataclass(frozen=True)
+class _Taint:
+    """A table (two columns) or a margin (one column) with a count below the limit;
+    ``columns`` is None when the analysis's columns are unknown (it then taints all)."""
+
+    columns: frozenset[str] | None
+    margin: bool
+
+
+def _taints(small: list[str], outcome: str | None, exposure: str | None,
+            known: bool) -> list[_Taint]:
+    if not known:
+        return [_Taint(None, False)]
+    out = []
+    for cell in small:
+        name = cell.lower()
+        if name in _OUTCOME_MARGINS:
+            out.append(_Taint(frozenset({outcome}) if outcome else None, True))
+        elif name in _EXPOSURE_MARGINS:
+            out.append(_Taint(frozenset({exposure}) if exposure else None, True))
+        else:
+            pair = frozenset(c for c in (outcome, exposure) if c)
+            out.append(_Taint(pair, not exposure))
+    return out
+
+
+def _linked(outcome: str | None, exposure: str | None, known: bool, taint: _Taint) -> bool:
+    if not known or taint.columns is None:
+        return True                     # cannot tell: assume the same table
+    uses = frozenset(c for c in (outcome, exposure) if c)
+    if taint.margin:                    # a margin of one column: any table using it
+        return bool(taint.columns & uses)
+    return taint.columns == uses        # a table: the same two columns, in either role
 
 
 def _analysis_of(name: str, spec: Any) -> Any:
@@ -248,10 +300,10 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
         The site's :class:`PrivacyLimits`.
     spec
         The round's analysis spec (optional but recommended): it says which outcome and
-        exposure each analysis used, so that suppressing one table also suppresses only the
-        sibling estimates of the *same* table. Without it (and without ``details`` on the
-        estimates), an estimate whose columns are unknown is treated as related to every
-        suppressed table.
+        exposure (or score) each analysis used, so that suppressing one table also
+        suppresses only the sibling estimates of the *same* table. Without it (and without
+        ``details`` on the estimates), an estimate whose columns are unknown is treated as
+        related to every suppressed table.
     history
         The site's :class:`ReleaseHistory` (optional): releases whose ``n`` differs by fewer
         than ``min_cell_count`` from any earlier release are suppressed (rule 5).
@@ -262,55 +314,51 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
     -------
     dict
         Same keys, same order; each value is the untouched estimate or a ``Refusal`` (codes
-        in :data:`REFUSAL_CODES`; reasons name the rule and the limit, never a count).
-        Refusals passed in are kept as they are.
+        in :data:`REFUSAL_CODES`; reasons name the rule and the limit, never a count). A
+        refusal of an estimator caused by a count below the limit (no events, an empty
+        exposure group, a zero cell behind a separation: its ``cells``, or ``n`` below
+        ``min_n``) becomes a disclosure-control refusal too, so its reason does not tell
+        the count; other refusals are kept as they are.
     """
     if not isinstance(limits, PrivacyLimits):
         raise InputError(f"limits must be a PrivacyLimits, got {type(limits).__name__}")
     out: dict[str, Any] = dict(results)
-    # (outcome, exposure or None) pairs whose table has a small count.
-    tainted: list[tuple[str | None, str | None, bool]] = []
+    # Tables and margins with a count below the limit, from estimates and refusals alike.
+    tainted: list[_Taint] = []
     for name, result in results.items():
-        if _is_refusal(result):
-            continue
-        # The estimators' cells include the table implied by a 0/1 outcome (rule 4).
+        # The estimators' cells include the tables implied by a 0/1 outcome and by a score
+        # or outcome with few values (rule 4), and a refusal's counts (rule 6).
         cells = dict(getattr(result, "cells", None) or {})
         small = _small_cells(cells, limits.min_cell_count)
         if small:
-            # Record the small table whatever else happens to this estimate: its siblings
-            # on the same outcome and exposure must go even if it fails min_n first.
-            outcome, exposure, known = _columns(name, result, spec)
-            margin_only = all(cell.lower() in _MARGIN_CELLS for cell in small)
-            tainted.append((outcome, None if margin_only else exposure, known))
+            # Record the small table whatever else happens to this result: its siblings
+            # on the same columns must go even if it fails min_n first.
+            tainted.extend(_taints(small, *_columns(name, result, spec)))
         n = getattr(result, "n", None)
+        if _is_refusal(result):
+            code = str(getattr(result, "code", ""))
+            if code == "policy" or code.startswith("disclosure_"):
+                continue
+            # Rule 6: a refusal whose cause is a count below the limit says only that
+            # disclosure control suppressed the analysis.
+            if n is not None and int(n) < limits.min_n:
+                out[name] = _refusal("disclosure_min_n", name, limits, result)
+            elif small:
+                out[name] = _refusal("disclosure_min_cell", name, limits, result)
+            continue
         if n is None or int(n) < limits.min_n:
-            out[name] = _refusal(
-                name, "suppressed by the site's disclosure control: the analysis rests on "
-                f"fewer patients than the minimum n ({limits.min_n})", "disclosure_min_n")
+            out[name] = _refusal("disclosure_min_n", name, limits, result)
         elif small:
-            out[name] = _refusal(
-                name, "suppressed by the site's disclosure control: a count behind this "
-                f"estimate is below the minimum cell count ({limits.min_cell_count})",
-                "disclosure_min_cell")
-    # Rule 2: siblings of a suppressed table.
+            out[name] = _refusal("disclosure_min_cell", name, limits, result)
+    # Rule 2: siblings of a suppressed table (the same two columns, in either role) and
+    # every estimate using a column one of whose margins is small.
     if tainted:
         for name, result in results.items():
             if _is_refusal(out[name]):
                 continue
-            outcome, exposure, known = _columns(name, result, spec)
-            for t_outcome, t_exposure, t_known in tainted:
-                if not known or not t_known:
-                    linked = True           # cannot tell: assume the same table
-                else:
-                    linked = outcome == t_outcome and (t_exposure is None
-                                                       or exposure == t_exposure)
-                if linked:
-                    out[name] = _refusal(
-                        name, "suppressed by the site's disclosure control: sent together "
-                        "with this site's other estimates it could reveal a count below the "
-                        f"minimum cell count ({limits.min_cell_count})",
-                        "disclosure_linked_table")
-                    break
+            roles = _columns(name, result, spec)
+            if any(_linked(*roles, taint) for taint in tainted):
+                out[name] = _refusal("disclosure_linked_table", name, limits, result)
     # Rule 5: differencing against every earlier round's releases.
     if history is not None:
         released_before = {n for ns in history.load().values() for n in ns}
@@ -323,11 +371,7 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
             # could change a definition slightly between rounds to dodge a per-definition
             # check.
             if any(0 < abs(n - old) < limits.min_cell_count for old in released_before):
-                out[name] = _refusal(
-                    name, "suppressed by the site's disclosure control: its patients differ "
-                    "from those of an earlier round's release by fewer than the minimum cell "
-                    f"count ({limits.min_cell_count}), so subtracting the two would reveal "
-                    "them", "disclosure_differencing")
+                out[name] = _refusal("disclosure_differencing_rounds", name, limits, result)
     # Rule 3: differencing between released analyses. Keep the largest n first, then admit
     # an analysis only if its n equals or differs by >= min_cell_count from every kept n.
     released = [(int(getattr(r, "n")), i, name) for i, (name, r) in enumerate(out.items())
@@ -337,11 +381,41 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
         if all(n == other or abs(n - other) >= limits.min_cell_count for other in kept):
             kept.append(n)
         else:
-            out[name] = _refusal(
-                name, "suppressed by the site's disclosure control: its patients differ from "
-                "another analysis's by fewer than the minimum cell count "
-                f"({limits.min_cell_count}), so subtracting the two would reveal them",
-                "disclosure_differencing")
+            out[name] = _refusal("disclosure_differencing", name, limits, out[name])
+    return out
+
+
+def release(results: Mapping[str, Any], spec: Any = None) -> dict[str, Any]:
+    """What leaves the site for one round: estimates as they are, every refusal worded
+    from the fixed vocabulary.
+
+    The last step before anything is signed (:class:`site_agent.agent.SiteAgent`) and
+    what ``fedsynth site estimate`` shows as sent. Each refusal's sentence is rendered
+    again from :data:`fedsynth.effects.results.REFUSAL_VOCABULARY` with only the column
+    names the spec gives this analysis (anything else a sentence would name falls back to
+    the code's generic sentence); the full local error stays in ``Refusal.detail`` for
+    the site's log and audit log.
+
+    Parameters
+    ----------
+    results
+        ``{name: Estimate | Refusal}`` after :func:`guard` (and the site policy).
+    spec
+        The round's spec: the columns each analysis may name.
+    """
+    from fedsynth.effects.results import Refusal
+
+    out: dict[str, Any] = {}
+    for name, result in results.items():
+        if not _is_refusal(result):
+            out[name] = result
+            continue
+        if not isinstance(result, Refusal):
+            result = Refusal(analysis=name, reason=str(getattr(result, "reason", "")),
+                             code=str(getattr(result, "code", "refused")))
+        analysis = _analysis_of(name, spec)
+        columns = tuple(getattr(analysis, "columns", ()) or ()) if analysis else ()
+        out[name] = result.public(columns=columns)
     return out
 
 

@@ -20,8 +20,8 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _open(args: argparse.Namespace):
-    from fedsynth.config import load_coordinator_config
     from coordinator.store import Store
+    from fedsynth.config import load_coordinator_config
 
     config = load_coordinator_config(args.config, insecure=True)
     return config, Store(config.state)
@@ -45,11 +45,11 @@ def _start_args(parser: argparse.ArgumentParser) -> None:
 def _start(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fedsynth.config import parse_duration
-    from fedsynth.errors import InputError
     from coordinator.rounds import open_round
     from coordinator.server import pooling_dict
     from coordinator.store import iso, utcnow
+    from fedsynth.config import parse_duration
+    from fedsynth.errors import InputError
 
     config, store = _open(args)
     deadline = (parse_duration(args.deadline, "--deadline") if args.deadline is not None

@@ -15,8 +15,8 @@ def _args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fedsynth.config import load_coordinator_config
     from coordinator.store import Store, utcnow
+    from fedsynth.config import load_coordinator_config
 
     config = load_coordinator_config(args.config, insecure=True)
     with Store(config.state) as store:

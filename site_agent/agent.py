@@ -48,14 +48,18 @@ from fedsynth.signing import load_private_key, sign
 from site_agent.client import CoordinatorRefused, CoordinatorUnavailable, FederationClient
 from site_agent.state import RoundEntry, SiteState
 
-__all__ = ["SiteAgent", "Backoff", "AuditFailed", "describe_results", "run_agent"]
+__all__ = ["SiteAgent", "Backoff", "AuditFailed", "describe_results", "run_agent",
+           "submission_audit"]
 
 log = logging.getLogger("fedsynth.site")
 
-#: Longest local detail of one refusal kept in an audit entry (the full text is logged):
-#: a database error may quote the operator's whole query, and an entry above the audit
-#: log's size cap would stop every submission.
+#: Longest local detail of one refusal kept in an audit entry, and the most kept for one
+#: submission (the full text is in the site's log): a database error may quote the
+#: operator's whole query, and an entry above the audit log's 1 MiB cap would stop every
+#: submission. With the spec's own size limits (fedsynth.spec.MAX_SPEC_BYTES) the
+#: submission's entry stays far below the cap (tests/unit/test_site_audit_entry.py).
 AUDIT_DETAIL_CHARS = 2000
+AUDIT_DETAIL_BUDGET = 128 * 1024
 
 
 class AuditFailed(FedsynthError):
@@ -106,16 +110,33 @@ def describe_results(site: str, round_id: str, results: dict[str, Any]) -> list[
 
 
 def _local_details(results: dict[str, Any]) -> dict[str, Any]:
-    """Per refused analysis, what the site knows but did not send (for its audit log)."""
+    """Per refused analysis, what the site knows but did not send (for its audit log),
+    each text cut at :data:`AUDIT_DETAIL_CHARS` and all of them at
+    :data:`AUDIT_DETAIL_BUDGET` characters."""
     out = {}
+    budget = AUDIT_DETAIL_BUDGET
     for name, result in results.items():
         detail = getattr(result, "detail", None)
-        if not hasattr(result, "yi") and detail:
-            text = str(detail)
-            if len(text) > AUDIT_DETAIL_CHARS:
-                text = text[:AUDIT_DETAIL_CHARS] + " [truncated; the full text is in the log]"
-            out[name] = {"code": getattr(result, "code", "refused"), "detail": text}
+        if hasattr(result, "yi") or not detail:
+            continue
+        text = str(detail)
+        limit = min(AUDIT_DETAIL_CHARS, max(budget, 0))
+        if len(text) > limit:
+            text = text[:limit] + " [cut; the full text is in the site's log]"
+        budget -= len(text)
+        out[name] = {"code": getattr(result, "code", "refused"), "detail": text}
     return out
+
+
+def submission_audit(round_id: str, payload: bytes, results: dict[str, Any]
+                     ) -> dict[str, Any]:
+    """The ``submission.signed`` audit entry: the digest of the signed bytes, what is sent
+    per analysis, and what was kept at the site about each refusal."""
+    return {"round": round_id, "digest": hashlib.sha256(payload).hexdigest(),
+            "sent": {n: ({"yi": r.yi, "vi": r.vi, "se": r.se, "n": r.n}
+                         if hasattr(r, "yi") else {"refused": r.reason})
+                     for n, r in results.items()},
+            "kept": _local_details(results)}
 
 
 class SiteAgent:
@@ -283,12 +304,8 @@ class SiteAgent:
             payload, signature = self.sign_results(work.round_id, results)
             # The audit entry first: nothing leaves the site unless it is recorded there.
             try:
-                self._audit_required("submission.signed", {
-                    "round": work.round_id, "digest": hashlib.sha256(payload).hexdigest(),
-                    "sent": {n: ({"yi": r.yi, "vi": r.vi, "se": r.se, "n": r.n}
-                                 if hasattr(r, "yi") else {"refused": r.reason})
-                             for n, r in results.items()},
-                    "kept": _local_details(results)})
+                self._audit_required("submission.signed",
+                                     submission_audit(work.round_id, payload, results))
             except AuditFailed as error:
                 log.error("round %s: %s; the submission was NOT sent, retrying at the next "
                           "poll", work.round_id, error)

@@ -65,6 +65,19 @@ class SafeTextFormatter(logging.Formatter):
     keeps its line breaks but no other control character.
     """
 
+    def format(self, record: logging.LogRecord) -> str:
+        # Another handler may have cached the raw traceback on the record (exc_text):
+        # format it again through formatException, and leave the cache as it was.
+        cached = record.exc_text
+        if record.exc_info:
+            record.exc_text = None
+        elif cached:                    # a traceback without exc_info (a relayed record)
+            record.exc_text = printable(cached, keep_newlines=True)
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging API
         return printable(super().formatMessage(record))
 

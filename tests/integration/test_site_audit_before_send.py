@@ -49,8 +49,10 @@ def test_site_with_a_broken_audit_log_sends_nothing(federation, site_data, tmp_p
                      encoding="utf-8")
 
     agent = federation.start_site(site, site_data / f"{site}.csv")
-    federation.wait_for(lambda: "could not be written" in federation.log(site), timeout=120,
-                        what="the agent to report the audit failure")
+    # Until the agent has handled the round: it either says the log failed, or submits.
+    federation.wait_for(lambda: "could not be written" in federation.log(site)
+                        or _submissions(federation, round_id), timeout=120,
+                        what="the agent to handle the round")
     time.sleep(2.0)                        # several more polls (poll_interval 0.3 s)
     assert _submissions(federation, round_id) == []
     assert agent.poll() is None            # still running, retrying

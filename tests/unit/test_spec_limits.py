@@ -12,16 +12,22 @@ from __future__ import annotations
 import pytest
 
 from fedsynth.errors import ConfigError
-from fedsynth.spec import (
-    MAX_ANALYSES,
-    MAX_COLUMN_CHARS,
-    MAX_COVARIATES,
-    MAX_DESCRIPTION_CHARS,
-    MAX_NAME_CHARS,
-    MAX_SPEC_BYTES,
-    MAX_SPEC_TEXT_BYTES,
-    parse_spec,
-)
+from fedsynth.spec import parse_spec
+
+# The documented limits (fedsynth.spec.MAX_*; README, "Analysis spec").
+MAX_NAME_CHARS, MAX_COLUMN_CHARS, MAX_DESCRIPTION_CHARS = 100, 128, 2000
+MAX_COVARIATES, MAX_ANALYSES = 100, 1000
+MAX_SPEC_BYTES, MAX_SPEC_TEXT_BYTES = 256 * 1024, 1024 * 1024
+
+
+def test_the_documented_limits_are_the_code_s() -> None:
+    import fedsynth.spec as spec
+
+    assert (spec.MAX_NAME_CHARS, spec.MAX_COLUMN_CHARS, spec.MAX_DESCRIPTION_CHARS,
+            spec.MAX_COVARIATES, spec.MAX_ANALYSES, spec.MAX_SPEC_BYTES,
+            spec.MAX_SPEC_TEXT_BYTES) == (MAX_NAME_CHARS, MAX_COLUMN_CHARS,
+                                          MAX_DESCRIPTION_CHARS, MAX_COVARIATES,
+                                          MAX_ANALYSES, MAX_SPEC_BYTES, MAX_SPEC_TEXT_BYTES)
 
 
 def _one(**keys):

@@ -5,7 +5,8 @@ visible, never raw.
 erase or rewrite the line of a risky analysis, so the operator approved the whole spec
 without seeing it. The same held for refusal reasons in ``round show``, agent versions in
 ``sites`` and log lines. One helper (:func:`fedsynth.terminal.printable`) now renders
-every non-printable character as its escape (``\\x1b``) wherever such text is printed.
+every non-printable character as its escape (``\\x1b``) wherever such text is printed
+(the helper itself: ``tests/unit/test_terminal_helper.py``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hypothesis import given
-from hypothesis import strategies as st
-
 from fedsynth.logs import configure_logging
 from fedsynth.spec import parse_spec
-from fedsynth.terminal import json_safe, printable
 from site_agent.policy import ApprovalStore
 
 ESC = "\x1b"
@@ -39,35 +36,6 @@ def _fedsynth(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def _assert_safe(text: str) -> None:
     assert ESC not in text and BIDI not in text and "\r" not in text, repr(text)
-
-
-# --- the helper --------------------------------------------------------------------------
-def test_printable_escapes_controls_and_keeps_ordinary_text() -> None:
-    assert printable("mtf-alpha 0.1.0 ünïcödé 東京") == "mtf-alpha 0.1.0 ünïcödé 東京"
-    assert printable(f"a{HIDE}b") == "a\\x1b[2K\\x1b[1A\\rb"
-    assert printable(f"x{BIDI}y\u200bz\x85") == "x\\u202ey\\u200bz\\x85"
-    assert printable("one\ntwo") == "one\\ntwo"
-    assert printable("one\ntwo\x1b", keep_newlines=True) == "one\ntwo\\x1b"
-    assert printable(12) == "12"
-
-
-@given(st.text())
-def test_printable_output_is_always_printable(text: str) -> None:
-    out = printable(text)
-    assert out.isprintable()
-    if text.isprintable():
-        assert out == text
-    kept = printable(text, keep_newlines=True)
-    assert kept.replace("\n", "").isprintable()
-
-
-@given(st.dictionaries(st.text(), st.text()))
-def test_json_safe_is_the_same_document(doc: dict) -> None:
-    for indent in (None, 2):
-        raw = json.dumps(doc, ensure_ascii=False, indent=indent)
-        safe = json_safe(raw)
-        assert json.loads(safe) == doc
-        assert safe.replace("\n", "").isprintable()
 
 
 # --- the printers ------------------------------------------------------------------------

@@ -239,3 +239,35 @@ def test_released_auc_never_determines_a_small_cell(site, limit) -> None:
         assert smallest >= limit
         for table in two_level_tables(result.yi, result.vi, result.n, spec[name].scale):
             assert table.smallest() >= limit, (name, table)
+
+
+def _roles_for(estimator: str) -> dict:
+    """An analysis of ``estimator`` on the attack site in which every column that plays a
+    table role (outcome or event, exposure, score) is one with few values."""
+    return {"two_by_two": {"outcome": "outcome", "exposure": "sex"},
+            "two_group": {"outcome": "outcome", "exposure": "sex"},
+            "logistic": {"outcome": "outcome", "exposure": "sex", "covariates": ["age"]},
+            "linear": {"outcome": "outcome", "exposure": "sex"},
+            "cox": {"time": "los_days", "event": "outcome", "exposure": "sex"},
+            }.get(estimator, {"outcome": "outcome", "score": "sex_risk"
+                              if estimator != "auc" else "sex"})
+
+
+def test_every_estimator_reports_the_table_its_numbers_imply() -> None:
+    # The contract disclosure control relies on, for every estimator of the spec language
+    # (a new one must report its implied table too, or this test fails): on a site whose
+    # outcome x sex table has a cell of 2, the estimate's cells show that cell.
+    from fedsynth.spec import ESTIMATORS
+
+    frame = _site()
+    smallest = int(pd.crosstab(frame.sex, frame.outcome).to_numpy().min())
+    assert smallest == 2
+    spec = parse_spec({"analysis": [{"name": e, "estimator": e, **_roles_for(e)}
+                                    for e in ESTIMATORS]})
+    results = estimate_all(frame, spec)
+    for name, result in results.items():
+        cells = dict(result.cells)
+        table = [cells[k] for k in ("ai", "bi", "ci", "di", "table_min") if k in cells]
+        assert table and min(table) == smallest, (name, cells)
+    out = _released(results, spec)
+    assert all(r.refused for r in out.values())

@@ -27,13 +27,14 @@ settings ``nfilter.tab`` / ``nfilter.subset``, Gaye et al., *Int J Epidemiol* 43
      of a 0/1 outcome is the RD, ``log(O/E)`` with ``vi = (1 - O/N)/O`` gives
      ``O = 1/(vi + 1/N)`` exactly.
 
-   So the rule cannot be "suppress the count-based estimate": once a table built from an
-   outcome and an exposure has a small cell, *every* estimate that uses that outcome with
-   that exposure (crude or adjusted, any estimator) is suppressed; when the small count is
-   a margin of the outcome alone (few events), every estimate that uses the outcome is
-   suppressed. Conversely, when every cell is at least ``min_cell_count``, releasing
-   several measures of the same table is allowed: the table they identify contains no
-   small cell, which is exactly what the threshold rule permits.
+   So the rule cannot be "suppress the count-based estimate": once a table built from two
+   columns (an outcome and an exposure, or an outcome and a score) has a small cell,
+   *every* estimate that uses those two columns, in either role (crude or adjusted, any
+   estimator), is suppressed; when the small count is a margin of one column alone (few
+   events, a small exposure group, a rare score level), every estimate that uses that
+   column in a table role is suppressed. Conversely, when every cell is at least
+   ``min_cell_count``, releasing several measures of the same table is allowed: the table
+   they identify contains no small cell, which is exactly what the threshold rule permits.
 
 3. **Differencing.** Two analyses over nearly the same patients (e.g. one dropping two rows
    with a missing covariate) let the coordinator subtract one from the other and learn
@@ -41,19 +42,28 @@ settings ``nfilter.tab`` / ``nfilter.subset``, Gaye et al., *Int J Epidemiol* 43
    outcomes). Released analyses must therefore have equal ``n`` or ``n`` differing by at
    least ``min_cell_count``; otherwise the analysis on fewer patients is suppressed.
 
-4. **Implied tables.** An estimator that is not count-based can still carry a table: a
-   mean difference (``two_group``) or a linear model of a 0/1 outcome is the risk
-   difference, and ``yi``, ``vi`` and ``n`` then identify the 2×2 table by integer search
-   (a Cox model of a 0/1 event carries the event × exposure table likewise). The
-   estimators therefore report, in ``Estimate.cells`` (never sent), the exposure × outcome
-   table and the outcome's margins behind every estimate whose outcome is 0/1 on its
-   complete rows, whatever the data source: the DataFrame estimators
-   (:mod:`fedsynth.effects.patient_level`) count them on the rows, the SQL pushdown
-   (:mod:`site_agent.connectors.pushdown`) with one aggregate query, and the regression
-   estimators of a SQL source run on the streamed columns through the DataFrame code.
-   :func:`guard` needs no data frame for this rule: it checks the cells like any others
-   (rules 1 and 2), so a CSV file and a database with the same rows are suppressed
-   identically.
+4. **Implied tables.** Every estimator is judged by the tables its released numbers
+   imply, whatever its name. A mean difference (``two_group``) or a linear model of a 0/1
+   outcome is the risk difference, and ``yi``, ``vi`` and ``n`` then identify the 2×2
+   table by integer search (a Cox model of a 0/1 event carries the event × exposure table
+   likewise). The AUC of a 0/1 score (the exposure, sex) with its DeLong variance and
+   ``n`` identifies the score × outcome 2×2 table, a 3-level score's AUC its 2×3 table
+   (``tests/integration/test_reconstruction_attack.py`` runs that search), and a Brier
+   score, calibration slope or intercept or O/E ratio of a few-valued score is likewise a
+   function of that table (O/E's expected count even gives the number of patients at each
+   score value). So a column with at most
+   :data:`~fedsynth.effects.patient_level.CATEGORICAL_LEVELS` distinct values is a
+   categorical variable: the estimators report, in ``Estimate.cells`` (never sent), the
+   exposure × outcome table behind every estimate of a 0/1 outcome, the smallest cell
+   (``table_min``) of a score's or a few-valued outcome's table with the other column,
+   and its smallest level (``score_level_min``, ``outcome_level_min``), whatever the data
+   source: the DataFrame estimators (:mod:`fedsynth.effects.patient_level`) count them on
+   the rows, the SQL pushdown (:mod:`site_agent.connectors.pushdown`) with one aggregate
+   query, and the regression estimators of a SQL source run on the streamed columns
+   through the DataFrame code. :func:`guard` needs no data frame for this rule: it checks
+   the cells like any others (rules 1 and 2), so a CSV file and a database with the same
+   rows are suppressed identically. What each estimator's numbers determine is written
+   down in ``docs/decisions/security.md``.
 
 5. **Differencing across rounds.** The same analysis a month later on data that grew by
    two patients is the same attack as rule 3 spread over time. :class:`ReleaseHistory`
@@ -62,9 +72,18 @@ settings ``nfilter.tab`` / ``nfilter.subset``, Gaye et al., *Int J Epidemiol* 43
    release by fewer than ``min_cell_count``, whatever its definition, as rule 3 does within
    a round (equal ``n``, the same data again, is allowed).
 
+6. **Refusals that reveal a count.** "No events", "the exposure takes a single value",
+   "the exposure perfectly predicts the outcome in one group" tell the coordinator that a
+   count is 0 even when the table itself is suppressed. The estimators attach the counts
+   behind a refusal (``Refusal.cells``, ``Refusal.n``; never sent), and :func:`guard`
+   rewords a refusal whose cause is a count below the limit as a disclosure-control
+   suppression; its cells also suppress their table's siblings (rule 2).
+
 A suppressed analysis becomes a :class:`~fedsynth.effects.Refusal` whose reason names
 the rule and the configured limit, never a count, so the refusal itself discloses nothing
-beyond "some count is below the limit".
+beyond "some count is below the limit". Every refusal that leaves the site is a sentence
+of the fixed vocabulary (:data:`fedsynth.effects.results.REFUSAL_VOCABULARY`), rendered
+by :func:`release` with the spec's column names only.
 """
 
 from __future__ import annotations

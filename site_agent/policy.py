@@ -366,7 +366,7 @@ class Policy:
             return {"key": "policy_estimator", "estimator": estimator}
         roles: list[tuple[str, Sequence[str] | None, list[str]]] = [
             ("an outcome", self.outcomes,
-             [analysis.get(k) for k in ("outcome", "time", "event") if analysis.get(k)]),
+             [str(analysis[k]) for k in ("outcome", "time", "event") if analysis.get(k)]),
             ("an exposure", self.exposures, [analysis["exposure"]] if analysis.get("exposure")
              else []),
             ("a covariate", self.covariates,

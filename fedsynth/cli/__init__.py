@@ -27,7 +27,6 @@ from fedsynth.cli.registry import GROUP_HELP, Command
 from fedsynth.errors import FedsynthError
 from fedsynth.terminal import printable
 
-
 #: The entry-point group through which packages contribute command modules.
 ENTRY_POINT_GROUP = "fedsynth.commands"
 

@@ -156,7 +156,7 @@ def _oe_ratio(source: SqlSource, analysis: Any, dropped: int) -> Estimate | Refu
     oe = source.observed_expected(analysis.name, analysis.outcome, analysis.score)
     if oe.n < 2:
         return _refuse(analysis, "too_few_rows", n=oe.n)
-    cells = {**_margins(oe.observed, oe.n), **_score_cells(source, analysis),
+    cells = {**_margins(int(oe.observed), oe.n), **_score_cells(source, analysis),
              "observed": int(oe.observed)}
     if oe.observed == 0 or oe.observed == oe.n:
         # log(O/E) is undefined without events and has no variance with only events

@@ -8,11 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedsynth.effects import REFUSAL_CODES, Estimate, Refusal, estimate, estimate_all
+from fedsynth.effects.delong import delong_auc
 from fedsynth.errors import InputError
 from fedsynth.spec import AnalysisSpec, parse_spec
-from fedsynth.effects import (REFUSAL_CODES, Estimate, Refusal, estimate,
-                                   estimate_all)
-from fedsynth.effects.delong import delong_auc
 
 
 def make_data(n: int = 400, seed: int = 0) -> pd.DataFrame:

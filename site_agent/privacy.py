@@ -3,7 +3,7 @@
 Why
 ---
 A site sends effect estimates, never rows; but a summary statistic can still disclose a
-patient. Three routes matter and each has a rule here (statistical disclosure control as
+patient. Several routes matter and each has a rule here (statistical disclosure control as
 in Hundepool et al., *Statistical Disclosure Control*, Wiley 2012, ch. 5 "threshold rule"
 and ch. 4.5 "disclosure by differencing"; for meta-analysis of 2×2 tables see also
 Kim et al., "Privacy-preserving federated meta-analysis", and the DataSHIELD disclosure

@@ -264,10 +264,12 @@ class Estimate:
         Rows dropped for missing values in the columns this analysis uses.
     cells
         Counts behind a count-based estimate (2x2 cells, events/non-events, group sizes)
-        that disclosure control must check, and the exposure x outcome table (``ai``,
+        that disclosure control must check, the exposure x outcome table (``ai``,
         ``bi``, ``ci``, ``di``, ``events``, ``non_events``) implied by any estimate of a 0/1
-        outcome, e.g. a mean difference that is a risk difference. Kept at the site;
-        never sent.
+        outcome, e.g. a mean difference that is a risk difference, and for a score or
+        outcome with few distinct values the smallest cell of its table with the other
+        column (``table_min``) and its smallest level (``score_level_min``,
+        ``outcome_level_min``). Kept at the site; never sent.
     details
         What the estimate was computed from (columns, model formula, ties method, ...).
     """

@@ -20,6 +20,7 @@ from fedsynth.vocabulary import METHODS, TESTS
 # 0.6-0.9 s for the whole `fedsynth --help`; at module level every call would pay them.
 if TYPE_CHECKING:
     from fedsynth.round_document import RoundDocument
+from fedsynth.terminal import printable
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -96,20 +97,27 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def render_table(doc: RoundDocument) -> str:
-    """Plain-text view of a round document."""
+    """Plain-text view of a round document.
+
+    Site names, statuses, refusal reasons and analysis names came from sites or from the
+    spec: each is shown through :func:`fedsynth.terminal.printable`, so a control sequence
+    in a refusal reason is displayed (``\\x1b``), not executed by the terminal.
+    """
     from fedsynth.round_document import PooledEstimate
 
-    lines = [f"round {doc.round}  status {doc.status}  quorum {doc.quorum}",
-             f"opened {doc.opened_at}  deadline {doc.deadline}  closed "
-             f"{doc.closed_at or '-'}"]
+    p = printable
+    lines = [f"round {p(doc.round)}  status {p(doc.status)}  quorum {p(doc.quorum)}",
+             f"opened {p(doc.opened_at)}  deadline {p(doc.deadline)}  closed "
+             f"{p(doc.closed_at or '-')}"]
     if doc.failure_reason:
-        lines.append(f"failed: {doc.failure_reason}")
+        lines.append(f"failed: {p(doc.failure_reason)}")
     lines.append("")
     lines.append(f"{'site':<20} {'status':<10} submitted_at")
     for site in doc.sites:
-        lines.append(f"{site.site:<20} {site.status or '-':<10} {site.submitted_at or '-'}")
+        lines.append(f"{p(site.site):<20} {p(site.status or '-'):<10} "
+                     f"{p(site.submitted_at or '-')}")
         for name, reason in site.refusals.items():
-            lines.append(f"    refused {name}: {reason}")
+            lines.append(f"    refused {p(name)}: {p(reason)}")
     if doc.analyses:
         lines.append("")
         header = (f"{'analysis':<26} {'k':>2} {'method':<6} {'estimate':>10} {'ci_lb':>10} "
@@ -118,11 +126,11 @@ def render_table(doc: RoundDocument) -> str:
         for a in doc.analyses:
             het = a.heterogeneity
             flag = (het.level or "yes") if het is not None and het.flagged else ""
-            p = a.pooled or PooledEstimate()
-            lines.append(f"{a.analysis:<26} {a.k or 0:>2} {a.method or '':<6} "
-                         f"{_fmt(p.estimate):>10} {_fmt(p.ci_lb):>10} "
-                         f"{_fmt(p.ci_ub):>10} {_fmt(p.tau2):>9} "
-                         f"{_fmt(p.I2, 1):>6}  {flag}")
+            pooled = a.pooled or PooledEstimate()
+            lines.append(f"{p(a.analysis):<26} {a.k or 0:>2} {p(a.method or ''):<6} "
+                         f"{_fmt(pooled.estimate):>10} {_fmt(pooled.ci_lb):>10} "
+                         f"{_fmt(pooled.ci_ub):>10} {_fmt(pooled.tau2):>9} "
+                         f"{_fmt(pooled.I2, 1):>6}  {p(flag)}")
     return "\n".join(lines)
 
 
@@ -165,8 +173,9 @@ def _wait(args: argparse.Namespace) -> int:
         while True:
             record = store.get_round(args.id)
             if not record.is_open:
-                print(f"round {record.id} {record.status}"
-                      + (f": {record.failure_reason}" if record.failure_reason else ""))
+                print(f"round {printable(record.id)} {record.status}"
+                      + (f": {printable(record.failure_reason)}" if record.failure_reason
+                         else ""))
                 return 0
             if time.monotonic() >= end:
                 raise FedsynthError(f"round {args.id} still open after {args.timeout:g} s "
@@ -194,8 +203,9 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'round':<18} {'status':<7} {'subm':>4}/{'sites':<5} {'opened_at':<25} deadline")
     for row in rows:
-        print(f"{row['round']:<18} {row['status']:<7} {row['submissions']:>4}/{row['sites']:<5} "
-              f"{row['opened_at']:<25} {row['deadline']}")
+        print(f"{printable(row['round']):<18} {row['status']:<7} "
+              f"{row['submissions']:>4}/{row['sites']:<5} {row['opened_at']:<25} "
+              f"{row['deadline']}")
     return 0
 
 

@@ -629,7 +629,7 @@ class AuditLog:
 
     def entries(self) -> list[AuditEntry]:
         """Read every entry (no verification; use :func:`verify_log` for that)."""
-        out = []
+        out: list[AuditEntry] = []
         if not self.path.exists():
             return out
         with open(self.path, encoding="utf-8") as handle:

@@ -231,7 +231,7 @@ def revoke_certificate(pki_dir: str | Path, *, site: str | None = None,
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
     pki = Path(pki_dir)
     if (site is None) == (serial is None):
@@ -251,6 +251,10 @@ def revoke_certificate(pki_dir: str | Path, *, site: str | None = None,
         ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
     except (ValueError, TypeError) as error:
         raise InputError(f"CA key {str(ca_key_path)!r} cannot be read: {error}") from None
+    if not isinstance(ca_key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey,
+                               ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+        raise InputError(f"CA key {str(ca_key_path)!r} is a {type(ca_key).__name__}, which "
+                         "cannot sign a CRL")
     subject = f"serial {serial:x}" if serial is not None else ""
     if site is not None:
         if not site or "/" in site or site.startswith("."):

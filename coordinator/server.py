@@ -209,7 +209,8 @@ class Coordinator:
             # per site and in total, and keeps a share for health checks and good sites
             maximum_concurrent_rpcs=limits.in_flight_total * 4,
             # one connection gets as many streams at once as its site may have calls in
-            # flight: a flood then queues at the flooder, not ahead of the other sites
+            # flight: a flood then waits at the flooder (or is refused by HTTP/2), not in
+            # the server's queue ahead of the other sites
             max_concurrent_streams=limits.in_flight)
         pb_grpc.add_FederationServicer_to_server(FederationService(self.handlers), self.server)
         health_servicer = health.aio.HealthServicer()

@@ -307,7 +307,7 @@ def _read_head(path: Path) -> _Head | None:
     try:
         head = json.loads(head_file.read_text(encoding="utf-8"))
         return _Head(int(head["seq"]), str(head["hash"]))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except (ValueError, KeyError, TypeError, OSError) as error:
         raise AuditError(f"head file {str(head_file)!r} is unreadable or malformed "
@@ -551,7 +551,8 @@ class AuditLog:
     def recover(self) -> AuditRecovery:
         """Repair the end of the log after a crash, and record the repair in the chain.
 
-        Run at start-up (the coordinator does; an append does it too). Removes an
+        Run at start-up (the coordinator does; an append does it too); it creates the log
+        (empty, with its head file) when there is none. Removes an
         incomplete last line an interrupted append left (its length and SHA-256 are
         recorded), completes a whole last entry that lacks its newline, brings the head file
         forward when the entry was written but the head update was interrupted, and removes
@@ -562,7 +563,7 @@ class AuditLog:
         ------
         AuditError
             The end of the log is not something a crash leaves behind (tampering): nothing
-            is changed.
+            is changed. Or the log cannot be written (its folder is read-only).
         """
         if not self.path.exists():
             head = _read_head(self.path)
@@ -570,15 +571,21 @@ class AuditLog:
                 raise AuditError(f"audit log {self.path} does not exist but its head file "
                                  f"records seq {head.seq}: the log was removed; restore it "
                                  "or archive the head file")
-            return AuditRecovery()
-        with self._open() as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                seq, prev, recovery = self._recover_locked(handle)
-                if recovery.changed:
-                    self._write_entry(handle, seq, prev, RECOVERED_EVENT, recovery.to_data())
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        try:
+            # creates an empty log and its head when there is none: a log that cannot be
+            # written is found at start-up, not at the first event worth recording
+            with self._open() as handle:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                try:
+                    seq, prev, recovery = self._recover_locked(handle)
+                    if recovery.changed:
+                        self._write_entry(handle, seq, prev, RECOVERED_EVENT,
+                                          recovery.to_data())
+                finally:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        except OSError as error:
+            raise AuditError(f"audit log {self.path} cannot be written: "
+                             f"{error.strerror or error}") from None
         return recovery
 
     def append(self, event: str, data: Mapping[str, Any]) -> AuditEntry:

@@ -156,8 +156,9 @@ def create_server(*, interceptors: Sequence[Any] = (),
     everybody alike, so it is only a backstop far above what admission control
     (:mod:`coordinator.ratelimit`) lets through: a global limit reached by one site's
     flood is what starved the others. ``max_concurrent_streams`` caps the streams of one
-    connection (HTTP/2 flow control: extra calls wait at the client, they are not refused),
-    so one connection cannot fill the server's queue ahead of everybody else's calls.
+    connection (HTTP/2 ``SETTINGS_MAX_CONCURRENT_STREAMS``: extra calls wait at the client,
+    or are refused with ``REFUSED_STREAM`` when sent regardless), so one connection cannot
+    fill the server's queue ahead of everybody else's calls.
     """
     import grpc
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.store import Store
-from fedsynth.audit import verify_log
+from fedsynth.audit import AuditLog, verify_log
 from fedsynth.config import load_coordinator_config
 from fedsynth.serde import SubmissionContent, WireEstimate, encode_submission
 from fedsynth.signing import load_private_key, sign
@@ -208,3 +208,27 @@ def test_state_files_are_owner_only(federation, site_data, tmp_path):
     # before the fix: state.db, the site's state files and the heads were 0644
     assert {p.name: oct(_mode(p)) for p in state} == {p.name: "0o600" for p in state}
     assert _mode(root / "reports") == 0o700
+
+
+def test_a_tampered_or_unwritable_audit_log_stops_the_start(federation, tmp_path):
+    """The coordinator repairs a torn audit write at start, but a log that was tampered
+    with (or cannot be written) stops it, with the reason, before it serves anyone."""
+    config = federation.write_coordinator_config(allow=SITE_NAMES)
+    log = AuditLog(federation.root / "coordinator-audit.jsonl")
+    for i in range(3):
+        log.append("round.opened", {"round": f"r-{i}"})
+    lines = log.path.read_text().splitlines(keepends=True)
+    log.path.write_text("".join(lines[:-1]))               # the tail cut off
+    serve = federation.cli("coordinator", "serve", "--config", str(config), check=False,
+                           timeout=120)
+    assert serve.returncode != 0
+    assert "entries at the end were removed" in serve.stderr
+    assert not federation.addr_file().exists()              # it never served
+    unwritable = federation.write_coordinator_config(allow=SITE_NAMES, name="other")
+    (tmp_path / "a-file").write_text("not a folder")
+    unwritable.write_text(unwritable.read_text().replace(
+        'audit_log = "other-audit.jsonl"',
+        f'audit_log = "{tmp_path / "a-file" / "audit.jsonl"}"'))
+    serve = federation.cli("coordinator", "serve", "--config", str(unwritable), check=False,
+                           timeout=120)
+    assert serve.returncode != 0 and "cannot be written" in serve.stderr

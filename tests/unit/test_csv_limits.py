@@ -118,6 +118,8 @@ def _reference(data: bytes, sep: int, max_line: int, max_cell: int) -> str | Non
                 return "cell"
             record += 1
             cell = 0
+            if record > max_line:
+                return "line"
             continue
         record += 1
         cell += 1
@@ -128,7 +130,7 @@ def _reference(data: bytes, sep: int, max_line: int, max_cell: int) -> str | Non
     return None
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(text=st.lists(st.sampled_from([b"a", b"bb", b",", b"\n", b'"', b'""', b"ccc"]),
                      max_size=40).map(b"".join),
        max_line=st.integers(1, 12), max_cell=st.integers(1, 12),

@@ -42,6 +42,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from fedsynth.errors import FedsynthError, InputError
 from fedsynth.fileio import PRIVATE_FILE_MODE, create_private_file
+from fedsynth.timeutil import iso, parse_iso, utcnow
 
 __all__ = ["Store", "SiteRecord", "RoundRecord", "SubmissionRecord", "SubmissionConflict",
            "OutboxEntry", "StoreError", "SCHEMA_VERSION", "iso", "parse_iso", "utcnow"]
@@ -66,24 +67,6 @@ class SubmissionConflict(FedsynthError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
-
-
-def utcnow() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
-
-
-def iso(when: _dt.datetime | None) -> str | None:
-    """ISO-8601 UTC with milliseconds and a ``Z``."""
-    if when is None:
-        return None
-    when = when.astimezone(_dt.timezone.utc)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
-
-
-def parse_iso(text: str | None) -> _dt.datetime | None:
-    if text is None:
-        return None
-    return _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 metadata = sa.MetaData()

@@ -6,7 +6,7 @@ fixed- and random-effects meta-analysis and flags heterogeneity that a single po
 would hide.
 """
 
-__version__ = "0.1.0"
+from fedsynth._version import __version__
 
 #: Wire-protocol version spoken by this release (see proto/fedsynth/v1).
 PROTOCOL_VERSION = "fedsynth.v1"

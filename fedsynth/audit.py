@@ -72,6 +72,7 @@ from typing import Any
 
 from fedsynth.errors import FedsynthError, InputError
 from fedsynth.fileio import PRIVATE_FILE_MODE, atomic_write, make_private_dirs, stale_temporaries
+from fedsynth.timeutil import iso, utcnow
 
 __all__ = [
     "GENESIS",
@@ -282,10 +283,6 @@ class AuditRecovery:
                 "completed_seq": self.completed_seq,
                 "head_forward_seq": self.head_forward_seq, "head_missing": self.head_missing,
                 "temporaries": list(self.temporaries), "summary": "; ".join(self.describe())}
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _head_path(path: Path) -> Path:
@@ -534,7 +531,7 @@ class AuditLog:
 
     def _write_entry(self, handle: Any, seq: int, prev: str, event: str,
                      clean: Any) -> AuditEntry:
-        body = {"seq": seq, "ts": _now(), "event": event, "data": clean, "prev": prev}
+        body = {"seq": seq, "ts": iso(utcnow()), "event": event, "data": clean, "prev": prev}
         entry = AuditEntry(hash=digest(body), **body)
         line = (json.dumps(entry.to_dict(), sort_keys=True, separators=(",", ":"),
                            ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")

@@ -8,7 +8,6 @@ in ``min_cell_count`` must not silently fall back to a default disclosure limit.
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.errors import ConfigError
+from fedsynth.timeutil import parse_duration
 from fedsynth.transport import TLSFiles
 
 __all__ = ["CoordinatorConfig", "SiteConfig", "PoolingConfig", "ScheduleConfig",
@@ -25,25 +25,6 @@ __all__ = ["CoordinatorConfig", "SiteConfig", "PoolingConfig", "ScheduleConfig",
 
 METHODS = ("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM")
 TESTS = ("z", "knha")
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_duration(value: Any, key: str = "duration") -> timedelta:
-    """``"10m"``, ``"2h"``, ``"30s"``, ``"1d"``, ``"500ms"`` or a number of seconds."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{key} = {value!r} is not a duration (e.g. '10m', '2h', 30)")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    else:
-        raise ConfigError(f"{key} = {value!r} is not a duration (e.g. '10m', '2h', '30s')")
-    if not seconds > 0:
-        raise ConfigError(f"{key} = {value!r} must be positive")
-    return timedelta(seconds=seconds)
-
 
 def state_url(value: str, base: Path) -> str:
     """SQLAlchemy URL of ``state``: a SQLite file path or a ``postgresql://`` URL."""
@@ -268,7 +249,7 @@ class CoordinatorConfig:
 
 
 def load_coordinator_config(path: str | Path, *, insecure: bool = False) -> CoordinatorConfig:
-    """Read coordinator.toml (see DESIGN.md, Configuration)."""
+    """Read coordinator.toml (see docs/architecture.md, configuration)."""
     from fedsynth.pki import validate_site_name
 
     data, base = _load_toml(path)
@@ -441,7 +422,7 @@ class SiteConfig:
 
 
 def load_site_config(path: str | Path, *, insecure: bool = False) -> SiteConfig:
-    """Read site.toml (see DESIGN.md, Configuration)."""
+    """Read site.toml (see docs/architecture.md, configuration)."""
     from fedsynth.pki import validate_site_name
 
     data, base = _load_toml(path)

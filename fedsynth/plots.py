@@ -38,6 +38,7 @@ import numpy as np
 from scipy import stats
 
 from fedsynth.errors import InputError
+from fedsynth.jsonsafe import finite_or_none as _num
 
 __all__ = ["RATIO_MEASURES", "forest_plot", "funnel_plot", "save_figure"]
 
@@ -68,17 +69,6 @@ def _get(result: Any, name: str, default: Any = None) -> Any:
     if isinstance(result, Mapping):
         return result.get(name, default)
     return getattr(result, name, default)
-
-
-def _num(x: Any) -> float | None:
-    """A finite float or None (metafor's empty list / null for a missing value)."""
-    if x is None or isinstance(x, (list, tuple)) and len(x) == 0:
-        return None
-    try:
-        value = float(x)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ import grpc
 
 from fedsynth.errors import FedsynthError, InputError
 from fedsynth.fileio import PUBLIC_FILE_MODE, atomic_write
+from fedsynth.timeutil import utcnow
 
 __all__ = [
     "CRL_FILENAME",
@@ -286,7 +287,7 @@ def revoke_certificate(pki_dir: str | Path, *, site: str | None = None,
             number = 0
     if any(entry.serial_number == serial for entry in existing):
         return RevokedCertificate(serial, subject, crl_path, True, len(existing))
-    now = now or _dt.datetime.now(_dt.timezone.utc)
+    now = now or utcnow()
     # The CRL number grows with every CRL, so a coordinator can refuse an older one put
     # back in its place (RFC 5280 §5.2.3 makes it mandatory for conforming CAs).
     builder = (x509.CertificateRevocationListBuilder()

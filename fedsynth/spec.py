@@ -2,7 +2,7 @@
 
 Why
 ---
-The spec is written by the central analytics team (TOML, see DESIGN.md), sent to every
+The spec is written by the central analytics team (TOML, see docs/architecture.md), sent to every
 site inside a round, and executed there by :func:`fedsynth.effects.estimate_all`. A
 site must never guess: a typo in a key or an estimator name would otherwise produce a
 silently different analysis at each site. So the spec is parsed into typed, frozen

@@ -20,7 +20,6 @@ the site (also to the site's hash-chained audit log).
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import hashlib
 import logging
 import os
@@ -35,6 +34,7 @@ from fedsynth.errors import FedsynthError
 from fedsynth.serde import (NONCE_BYTES, SubmissionContent, WireEstimate, WireRefusal,
                             WorkItem, encode_submission)
 from fedsynth.signing import load_private_key, sign
+from fedsynth.timeutil import iso, utcnow
 from site_agent.client import CoordinatorRefused, CoordinatorUnavailable, FederationClient
 from site_agent.state import RoundEntry, SiteState
 
@@ -58,10 +58,6 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
-
-
-def _now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
 
 
 def describe_results(site: str, round_id: str, results: dict[str, Any]) -> list[str]:
@@ -194,7 +190,7 @@ class SiteAgent:
     def sign_results(self, round_id: str, results: dict[str, Any]) -> tuple[bytes, bytes]:
         content = SubmissionContent(
             round_id=round_id, site=self.config.name, nonce=os.urandom(NONCE_BYTES),
-            timestamp=_now(),
+            timestamp=utcnow(),
             results={name: (WireEstimate(name, float(r.yi), float(r.vi), float(r.se),
                                          int(r.n)) if hasattr(r, "yi") else
                             WireRefusal(name, str(getattr(r, "code", "refused")),
@@ -229,11 +225,11 @@ class SiteAgent:
                                 work.round_id, work.round_id)
                     self.state.put(RoundEntry(work.round_id, "pending",
                                               detail="waiting for approval",
-                                              updated_at=_now().isoformat()))
+                                              updated_at=iso(utcnow())))
                 return
             payload, signature = self.sign_results(work.round_id, results)
             entry = RoundEntry(work.round_id, "signed", payload, signature,
-                               updated_at=_now().isoformat())
+                               updated_at=iso(utcnow()))
             self.state.put(entry)     # recorded BEFORE it is sent
             for line in describe_results(self.config.name, work.round_id, results):
                 log.info("%s", line)
@@ -253,7 +249,7 @@ class SiteAgent:
         except CoordinatorRefused as refused:
             self.state.put(RoundEntry(entry.round_id, "rejected", entry.payload,
                                       entry.signature, refused.reason,
-                                      _now().isoformat()))
+                                      iso(utcnow())))
             log.error("round %s: the coordinator refused this site's submission "
                       "(%s): %s", entry.round_id, refused.code, refused.reason)
             self._audit("submission.rejected", {"round": entry.round_id,
@@ -264,7 +260,7 @@ class SiteAgent:
             return
         self.state.put(RoundEntry(entry.round_id, "acknowledged", entry.payload,
                                   entry.signature, f"{ack.status}: {ack.message}",
-                                  _now().isoformat()))
+                                  iso(utcnow())))
         log.info("round %s: the coordinator acknowledged the submission (%s)",
                  entry.round_id, ack.status)
         self._audit("submission.acknowledged", {"round": entry.round_id,

@@ -32,7 +32,6 @@ change (a new covariate, a new analysis) needs a new approval.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import re
@@ -45,12 +44,13 @@ from typing import Any
 from fedsynth.audit import canonical_json, digest
 from fedsynth.errors import ConfigError, InputError
 from fedsynth.fileio import atomic_write, read_json_object
+from fedsynth.timeutil import iso, utcnow
 
 __all__ = ["ESTIMATORS", "ApprovalStore", "PendingSpec", "Policy", "PolicyDecision",
            "apply_decision", "review_round", "site_audit_log", "site_policy",
            "spec_fingerprint", "spec_to_dict"]
 
-#: Estimators of DESIGN.md (the spec contract).
+#: Estimators of the spec contract (docs/architecture.md).
 ESTIMATORS = ("two_by_two", "two_group", "logistic", "linear", "cox", "auc",
               "calibration_slope", "calibration_in_the_large", "oe_ratio", "brier")
 
@@ -163,7 +163,7 @@ class ApprovalStore:
         self._check_round(round_id)
         pending = PendingSpec(
             round=round_id, fingerprint=spec_fingerprint(spec),
-            received_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            received_at=iso(utcnow()),
             spec=json.loads(canonical_json(spec_to_dict(spec))),
             refusals=dict(refusals or {}))
         path = self.directory / "pending" / f"{round_id}.json"
@@ -213,7 +213,7 @@ class ApprovalStore:
         approved = self.approved()
         approved[fingerprint] = {
             "round": round_id, "by": by or os.environ.get("USER", "unknown"),
-            "approved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            "approved_at": iso(utcnow())}
         self._write(self._approved_file, approved)
         return PendingSpec(round=round_id, fingerprint=fingerprint,
                            received_at=obj.get("received_at", ""), spec=obj["spec"],

@@ -41,13 +41,15 @@ def simulate(sites_dir: str | Path, spec: str | Path, out: str | Path, *,
     import subprocess
     import time
 
-    from fedsynth.config import load_coordinator_config, parse_duration
+    from coordinator.commands.round import render_table
+    from coordinator.rounds import open_round, round_document
+    from coordinator.server import pooling_dict
+    from coordinator.store import Store
+    from fedsynth.config import load_coordinator_config
     from fedsynth.errors import FedsynthError, InputError
     from fedsynth.pki import init_ca, issue_coordinator, issue_site, validate_site_name
     from fedsynth.spec import load_spec
-    from coordinator.rounds import open_round, round_document
-    from coordinator.server import pooling_dict
-    from coordinator.store import Store, utcnow
+    from fedsynth.timeutil import parse_duration, utcnow
 
     sites_dir, out = Path(sites_dir), Path(out)
     if not sites_dir.is_dir():
@@ -173,8 +175,6 @@ def simulate(sites_dir: str | Path, spec: str | Path, out: str | Path, *,
                     raise FedsynthError(f"round {record.id} did not close in time")
                 time.sleep(0.3)
             doc = round_document(store, record)
-        from coordinator.commands.round import render_table
-
         progress(f"[5/5] round {record.id} {record.status}")
         print(render_table(doc))
         report = record.report or {}

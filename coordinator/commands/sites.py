@@ -14,8 +14,9 @@ def _args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from coordinator.store import Store
     from fedsynth.config import load_coordinator_config
-    from coordinator.store import Store, utcnow
+    from fedsynth.timeutil import utcnow
 
     config = load_coordinator_config(args.config, insecure=True)
     with Store(config.state) as store:

@@ -3,7 +3,8 @@
 The coordinator calls :func:`analyse` for every analysis of a round, and ``fedsynth meta``
 for every table it reads, so both report the same numbers with the same names. The
 result's :meth:`AnalysisResult.to_dict` holds the pooled fields of
-``shared/reference/README.md`` at the top level, ``heterogeneity`` (DESIGN.md's flag),
+tests/data (metafor's names) at the top level, ``heterogeneity`` (the flag of
+docs/architecture.md),
 and, when requested, the sections ``leave_one_out``, ``influence``, ``blup``,
 ``publication_bias``, ``cumulative``, ``subgroup`` and ``meta_regression`` with the
 reference's field names.

@@ -54,6 +54,7 @@ from numpy.polynomial import legendre as _leg
 from scipy import special
 
 from fedsynth.errors import InputError
+from fedsynth.jsonsafe import finite_or_none
 
 __all__ = [
     "BayesResult",
@@ -280,15 +281,13 @@ class BayesResult:
         A moment that does not exist (``inf``/``nan`` attribute, see ``notes``) is ``None``,
         so the dict serialises as strict JSON.
         """
-        def num(x: float) -> float | None:
-            x = float(x)
-            return x if math.isfinite(x) else None
         return {
             "k": self.k, "prior": self.prior, "tau_scale": self.tau_scale, "level": self.level,
-            "mu_mean": num(self.mu_mean), "mu_sd": num(self.mu_sd),
+            "mu_mean": finite_or_none(self.mu_mean), "mu_sd": finite_or_none(self.mu_sd),
             "mu_median": self.mu_median, "mu_ci": [self.mu_ci_lb, self.mu_ci_ub],
-            "tau_mean": num(self.tau_mean), "tau_median": self.tau_median,
-            "tau_ci": [self.tau_ci_lb, self.tau_ci_ub], "tau2_mean": num(self.tau2_mean),
+            "tau_mean": finite_or_none(self.tau_mean), "tau_median": self.tau_median,
+            "tau_ci": [self.tau_ci_lb, self.tau_ci_ub],
+            "tau2_mean": finite_or_none(self.tau2_mean),
             "prob_mu_positive": self.prob_mu_positive,
             "pred_lb": self.pred_lb, "pred_ub": self.pred_ub,
             "theta_mean": [float(t) for t in self.theta_mean],

@@ -1,4 +1,4 @@
-"""The heterogeneity flag: when one pooled number would mislead (DESIGN.md).
+"""The heterogeneity flag: when one pooled number would mislead (docs/architecture.md).
 
 Every pooled analysis carries ``heterogeneity: {flagged, level, reasons, sites}``:
 
@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedsynth.errors import InputError
+from fedsynth.jsonsafe import finite_or_none as _num
 from fedsynth.meta.pooling import ConfidenceInterval
 
 __all__ = ["HeterogeneityFlag", "SiteDriver", "assess_heterogeneity", "DEFAULT_I2_THRESHOLD",
@@ -103,13 +104,6 @@ class HeterogeneityFlag:
                 "I2": _num(self.I2), "I2_ci": [_num(self.I2_ci_lb), _num(self.I2_ci_ub)],
                 "i2_threshold": self.i2_threshold, "null_value": self.null_value,
                 "pi_crosses_null": self.pi_crosses_null}
-
-
-def _num(x: Any) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if np.isfinite(x) else None
 
 
 def _ci_bounds(ci: Any) -> tuple[float | None, float | None]:

@@ -33,6 +33,7 @@ from scipy import special
 from fedsynth.meta.stats import chi2_sf, norm_isf, norm_sf, t_isf, t_sf
 
 from fedsynth.errors import InputError
+from fedsynth.jsonsafe import finite_or_none
 
 __all__ = [
     "Bounds",
@@ -359,7 +360,7 @@ class MetaRegressionResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with the reference's field names (``coef``, ``QM``, ``knha_F``...)."""
         def lst(a: np.ndarray) -> list[float | None]:
-            return [_finite_or_none(x) for x in a]
+            return [finite_or_none(x) for x in a]
         return _json_safe({
             "names": list(self.names), "k": self.k, "method": self.method, "test": self.test,
             "coef": lst(self.coef), "se": lst(self.z_se), "zval": lst(self.z_stat),
@@ -372,16 +373,9 @@ class MetaRegressionResult:
         })
 
 
-def _finite_or_none(x: Any) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if np.isfinite(x) else None
-
-
 def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
     """Replace NaN/inf floats by None so that strict JSON can carry the dict."""
-    return {k: (_finite_or_none(v) if isinstance(v, (float, np.floating)) else v)
+    return {k: (finite_or_none(v) if isinstance(v, (float, np.floating)) else v)
             for k, v in d.items()}
 
 

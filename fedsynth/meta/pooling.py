@@ -28,6 +28,7 @@ import numpy as np
 
 from fedsynth.meta import stats as st
 from fedsynth.errors import InputError
+from fedsynth.jsonsafe import finite_or_none
 
 __all__ = [
     "ConfidenceInterval",
@@ -57,7 +58,7 @@ class ConfidenceInterval:
 
     def to_list(self) -> list[float | None]:
         """``[low, high]`` for JSON (NaN becomes ``None``)."""
-        return [_json_float(self.low), _json_float(self.high)]
+        return [finite_or_none(self.low), finite_or_none(self.high)]
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ class PoolingResult:
             elif key in ("k", "Q_df"):
                 out[key] = int(value)
             else:
-                out[key] = _json_float(value)
+                out[key] = finite_or_none(value)
         return out
 
     def summary(self) -> str:
@@ -313,14 +314,14 @@ class BatchPoolingResult:
         for key in ("estimate", "se", "stat", "pval", "ci_lb", "ci_ub", "tau2", "se_tau2",
                     "Q", "Q_pval", "I2", "H2", "pi_lb", "pi_ub", "logLik"):
             arr = getattr(self, key).astype(object)
-            arr[np.isnan(getattr(self, key))] = None
+            arr[~np.isfinite(getattr(self, key))] = None
             columns[key] = arr.tolist()
         ks = self.k.tolist()
         dfs = self.Q_df.tolist()
 
         def interval(lo: np.ndarray, hi: np.ndarray) -> list:
             out = np.column_stack([lo, hi]).astype(object)
-            out[np.isnan(np.column_stack([lo, hi]))] = None
+            out[~np.isfinite(np.column_stack([lo, hi]))] = None
             return [None if r[0] is None else r for r in out.tolist()]
 
         cis = {"tau2_ci": interval(self.tau2_ci_lb, self.tau2_ci_ub),
@@ -335,11 +336,6 @@ class BatchPoolingResult:
         keys = list(REFERENCE_KEYS)
         result = [dict(zip(keys, row)) for row in zip(*(columns[key] for key in keys))]
         return result
-
-
-def _json_float(value: Any) -> float | None:
-    value = float(value)
-    return None if np.isnan(value) else value
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The heterogeneity flag (DESIGN.md): each path, each level, each kind of site driver.
+"""The heterogeneity flag (docs/architecture.md): each path, each level, each kind of site driver.
 
 Data are real: the BCG vaccine trials (log OR) and the other metafor data sets of
 tests/data/metafor_public.json, and the 8-study seed example.

@@ -118,7 +118,8 @@ def test_close_is_transactional(store: Store) -> None:
                          NOW + dt.timedelta(seconds=61))
     # A submission that arrived after pooling read the submissions: that close is refused.
     _submit(store, record.id, "s3")
-    assert not store.close_round(record.id, status=outcome.status, document=outcome.document,
+    assert not store.close_round(record.id, status=outcome.status,
+                                 document=outcome.document.to_dict(),
                                  failure_reason=None, seen_submissions=2, now=NOW)
     later = NOW + dt.timedelta(seconds=61)
     closed = close_if_due(store, record.id, later)
@@ -127,7 +128,7 @@ def test_close_is_transactional(store: Store) -> None:
     with pytest.raises(SubmissionConflict) as info:
         _submit(store, record.id, "s3", yi=0.5, nonce=b"z" * 16)
     assert info.value.kind == "different_content"
-    doc = round_document(store, store.get_round(record.id))
+    doc = round_document(store, store.get_round(record.id)).to_dict()
     assert doc["status"] == "pooled" and doc["analyses"][0]["k"] == 3
     assert doc["analyses"][0]["method"] == "DL"
 
@@ -146,7 +147,7 @@ def test_failed_without_quorum(store: Store) -> None:
     outcome = close_if_due(store, record.id, NOW + dt.timedelta(minutes=2))
     assert outcome.status == "failed"
     assert "only 1 of 3" in outcome.failure_reason and "s2, s3" in outcome.failure_reason
-    doc = round_document(store, store.get_round(record.id))
+    doc = round_document(store, store.get_round(record.id)).to_dict()
     assert doc["analyses"] == [] and doc["missing_sites"] == ["s2", "s3"]
 
 
@@ -159,10 +160,10 @@ def test_refusals_listed(store: Store) -> None:
                          results={"a": {"refused": "too few", "code": "disclosure_min_n"}},
                          agent_version="t", now=NOW)
     outcome = close_if_due(store, record.id, NOW + dt.timedelta(seconds=1))
-    analysis = outcome.document["analyses"][0]
-    assert analysis["k"] == 2 and analysis["refused"] == {"s3": "too few"}
-    sites = {s["site"]: s for s in outcome.document["sites"]}
-    assert sites["s3"]["refusals"] == {"a": "too few"}
+    analysis = outcome.document.analyses[0]
+    assert analysis.k == 2 and analysis.refused == {"s3": "too few"}
+    sites = {s.site: s for s in outcome.document.sites}
+    assert sites["s3"].refusals == {"a": "too few"}
 
 
 def test_registry(store: Store) -> None:

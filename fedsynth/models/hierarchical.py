@@ -1027,6 +1027,33 @@ class HierarchicalFit:
     level: float = 0.95
     history: tuple[float, ...] = field(default=(), repr=False)
 
+    def summary(self) -> str:
+        """A plain-text table in the spirit of lme4's ``summary(glmer(...))``."""
+        lines = [f"Random-intercept GLM, {self.family} ({self.link} link), fitted by exact "
+                 "maximum marginal likelihood",
+                 f"  (adaptive Gauss-Hermite quadrature per site; max quadrature error "
+                 f"{self.max_quadrature_error:.1e})" if self.family != "gaussian" else
+                 "  (closed-form gaussian marginal likelihood)",
+                 f"sites = {self.k}, n = {self.n}, logLik = {self.loglik:.4f}, "
+                 f"round trips = {self.evaluations}, {self.message}", "",
+                 "Random intercept:"]
+        se_tau = "" if math.isnan(self.se_tau) else f" (SE {self.se_tau:.4f})"
+        lines.append(f"  tau = {self.tau:.4f}{se_tau}, tau2 = {self.tau2:.4f}, "
+                     f"ICC (latent) = {self.icc:.4f}")
+        if self.family == "gaussian":
+            lines.append(f"  residual sigma = {self.sigma:.4f}")
+        lines += ["", "Fixed effects:",
+                  f"  {'':<14}{'Estimate':>11}{'Std.Error':>11}{'z value':>9}{'Pr(>|z|)':>10}"]
+        for i, name in enumerate(self.names):
+            lines.append(f"  {name:<14}{self.coefficients[i]:>11.5f}{self.se[i]:>11.5f}"
+                         f"{self.z[i]:>9.3f}{self.pvalue[i]:>10.3g}")
+        crit = 100 * self.level
+        lines += ["", f"Site intercepts (conditional mode, conditional SD, {crit:g}% interval):"]
+        for site, ri in self.site_intercepts.items():
+            lines.append(f"  {site:<14}{ri.mode:>10.4f}{ri.sd:>9.4f}   "
+                         f"[{ri.ci_lb:.4f}, {ri.ci_ub:.4f}]  n = {ri.n}")
+        return "\n".join(lines)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form; issue 14's ``"hierarchical"`` keys (``coefficients``, ``se``, ``tau``,
         ``tau2``, ``logLik``, ``site_intercepts``, ``site_intercepts_se``) plus the rest."""
@@ -1149,13 +1176,15 @@ def _direction(point: _Point) -> tuple[np.ndarray, float, bool]:
 
 
 def _newton(problem: _Problem, start: _Point, *, with_tau: bool, bounds: np.ndarray,
-            history: list[float], stop: Callable[[_Point], bool] | None = None
+            history: list[float],
+            stop: Callable[[_Point, np.ndarray], bool] | None = None
             ) -> tuple[_Point, bool, str, int]:
     """Maximise with Newton steps and a backtracking (Armijo) line search.
 
     ``bounds`` is ``(q_free, 2)``; log-scale coordinates are kept inside them and a step
     that pushes a coordinate at its bound further out has that component dropped
-    (projected Newton). ``stop(point)`` may end the search (the boundary test).
+    (projected Newton). ``stop(point, direction)`` may end the search (the boundary
+    test).
     Returns the best point, whether it converged, a message and the iterations used.
     """
     control = problem.control
@@ -1176,7 +1205,7 @@ def _newton(problem: _Problem, start: _Point, *, with_tau: bool, bounds: np.ndar
             d_free, decrement, definite = _direction(sub)
             d = np.zeros_like(d)
             d[free] = d_free
-        if stop is not None and stop(point):
+        if stop is not None and stop(point, d):
             return point, True, "boundary", iteration - 1
         # Close enough for the quadratic model to be exact to rounding: take this last full
         # Newton step and stop (its error is of the order of the square of this one's).
@@ -1252,12 +1281,13 @@ def fit_random_intercept(evaluate: Evaluate, *, names: Sequence[str], family: st
     ``tau_0^2 = max(c_0, 0) / sum_i w_i^2`` (``c_0 = d2l/dtau2`` at ``tau = 0``, ``w_i``
     site ``i``'s information on the intercept: a moment estimate) and the boundary test.
     Stage 2 runs Newton's method on ``(beta, log tau[, log sigma])`` with ``log tau`` in
-    :data:`LOG_SCALE_BOUNDS`. ``tau = 0`` is the maximum when ``c_0 <= 0`` (``tau = 0`` is
+    :data:`LOG_SCALE_BOUNDS`, from ``tau_0`` (``tau_0 = 0.5`` (times sigma for gaussian)
+    when ``c_0 <= 0``). The maximum is at ``tau = 0`` when ``c_0 <= 0`` (``tau = 0`` is then
     a local maximum: the likelihood is even in ``tau`` and its ``beta``-``tau`` cross
-    derivatives vanish there) and the Newton model at the current point, written in
-    ``tau`` instead of ``log tau``, puts the maximum at ``tau <= 0`` while the current
-    log-likelihood is not above the ``tau = 0`` one; ``log tau`` reaching its lower bound
-    ends the same way. Standard errors are the square roots of the diagonal of the
+    derivatives vanish there), the current log-likelihood is not above the ``tau = 0`` one
+    and the Newton step heads towards smaller ``tau``; a boundary maximum is so found in
+    one or two round trips instead of by creeping along ``log tau -> -inf``. Standard
+    errors are the square roots of the diagonal of the
     inverse observed information (the negative summed Hessian) at the maximum.
     """
     control = control or FitControl()
@@ -1318,30 +1348,17 @@ def fit_random_intercept(evaluate: Evaluate, *, names: Sequence[str], family: st
         tau0 = control.tau_start
     else:
         moment = max(c0, 0.0) / float(np.sum(info**2)) if np.sum(info**2) > 0 else 0.0
-        tau0 = min(max(math.sqrt(moment), 0.1 * scale), 10.0 * scale)
+        # c0 <= 0: tau = 0 is a local maximum; start well inside so that an interior
+        # maximum above it, if any, is climbed rather than missed
+        tau0 = min(max(math.sqrt(moment), 0.1 * scale), 10.0 * scale) if c0 > 0 \
+            else 0.5 * scale
     theta1 = np.concatenate([glm.theta[:p], [math.log(tau0)], glm.theta[p:]])
     bounds1 = np.array([[-np.inf, np.inf]] * p + [[lo, hi]] + ([[lo, hi]] if gauss else []))
 
-    def boundary(point: _Point) -> bool:
-        if c0 > 0 or point.loglik > glm.loglik:
-            return False
-        if point.theta[p] <= lo + 1e-12 and point.gradient[p] <= 0:
-            return True
-        tau = math.exp(point.theta[p])
-        # the same Newton model in tau instead of log tau
-        jac = np.ones(point.theta.shape[0])
-        jac[p] = 1.0 / tau
-        g_tau = point.gradient * jac
-        h_tau = point.hessian * np.outer(jac, jac)
-        h_tau[p, p] -= point.gradient[p] / tau**2
-        try:
-            vals = np.linalg.eigvalsh(-h_tau)
-            if vals.min() <= 0:
-                return False
-            d = np.linalg.solve(-h_tau, g_tau)
-        except np.linalg.LinAlgError:
-            return False
-        return bool(tau + d[p] <= 0.0)
+    def boundary(point: _Point, direction: np.ndarray) -> bool:
+        # tau = 0 is a local maximum (c0 <= 0), it is at least as good as this point, and
+        # Newton's step from here heads towards it: the maximum is at the boundary.
+        return c0 <= 0 and point.loglik <= glm.loglik and bool(direction[p] < 0)
 
     start1 = problem.point(theta1, with_tau=True)
     if not math.isfinite(start1.loglik):

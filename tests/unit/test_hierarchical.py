@@ -504,6 +504,7 @@ def test_homogeneous_sites_give_tau_zero_and_the_ordinary_glm(family):
                  "gaussian": sm.families.Gaussian()}[family]
     glm = sm.GLM(yall, Xall, family=sm_family, offset=off).fit(tol=1e-14, maxiter=100)
     assert fit.boundary and fit.converged
+    assert fit.evaluations <= 10  # no creeping along log tau -> -inf
     assert fit.tau == 0.0 and fit.tau2 == 0.0 and math.isnan(fit.se_log_tau)
     np.testing.assert_allclose(fit.coefficients, glm.params, rtol=1e-8)
     if family == "gaussian":
@@ -638,3 +639,33 @@ def test_gaussian_fit_reports_sigma_and_icc():
     assert math.isfinite(fit.se_log_sigma) and set(fit.nodes.values()) == {0}
     for ri in fit.site_intercepts.values():
         assert ri.posterior_mean == pytest.approx(ri.mode)
+
+
+def _profile_loglik(sites, family, tau, beta):
+    """max over beta of l(beta, tau) by Newton's method on the summed site terms."""
+    beta = np.array(beta, dtype=float)
+    p = beta.size
+    for _ in range(50):
+        total = combine({n: site_contribution(d, Proposal(family, tuple(beta),
+                                                          log_tau=math.log(tau)))
+                         for n, d in sites.items()})
+        step = np.linalg.solve(total.hessian[:p, :p], total.gradient[:p])
+        beta = beta - step
+        if np.max(np.abs(step)) < 1e-12:
+            break
+    return total.loglik
+
+
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 2**32 - 1), family=st.sampled_from(["binomial", "poisson"]),
+       tau=st.sampled_from([0.0, 0.15, 0.5]))
+def test_the_fit_is_the_maximum_of_the_profile_likelihood(seed, family, tau):
+    """Whether at the boundary or inside: no tau on a grid does better, and a boundary fit
+    is reached in a few round trips (no creeping towards log tau = -inf)."""
+    sites = make_sites(family, [30, 45, 60, 25, 50, 40], tau=tau, seed=seed % 10_000)
+    fit = fit_sites(sites, names=NAMES)
+    assert fit.converged
+    if fit.boundary:
+        assert fit.evaluations <= 12
+    for grid_tau in (0.01, 0.1, 0.3, 0.7, 1.5):
+        assert _profile_loglik(sites, family, grid_tau, fit.coefficients) <= fit.loglik + 1e-9

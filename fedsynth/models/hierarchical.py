@@ -73,6 +73,10 @@ to every site and returns their contributions; :func:`fit_sites` wires it in one
 (the ordinary GLM, which also gives the start and the boundary test) and ~5-8 Newton steps
 on ``(beta, log tau)``; the result counts them (``iterations``, ``evaluations``).
 
+A random slope for one named covariate (the issue's stretch goal) uses the same design in
+two dimensions: :class:`SlopeProposal`, :func:`slope_contribution` (a product rule centred
+at the site's 2-D mode), :func:`fit_random_slope` and :func:`fit_sites_slope`.
+
 What a site reveals per iteration -- its log-likelihood term and its derivatives at a point
 the coordinator chooses -- is a disclosure question for the wiring phase: see
 docs/decisions/hierarchical.md.
@@ -86,7 +90,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.polynomial.hermite_e import hermegauss
@@ -101,6 +105,8 @@ __all__ = [
     "adaptive_quadrature", "site_contribution", "combine", "Totals",
     "FitControl", "SiteIntercept", "HierarchicalFit", "HierarchicalFitWarning",
     "fit_random_intercept", "fit_sites", "latent_icc", "ICC_DEFINITIONS",
+    "SLOPE_LADDER", "SlopeProposal", "SlopeContribution", "slope_contribution", "SiteEffects",
+    "RandomSlopeFit", "fit_random_slope", "fit_sites_slope",
 ]
 
 #: Families with their (canonical) links.
@@ -456,47 +462,75 @@ class SiteContribution:
     def from_dict(cls, data: Mapping[str, Any], *, parameters: int,
                   site: str = "site") -> SiteContribution:
         """Read and check a site's contribution (``parameters`` = its gradient's length)."""
-        if not isinstance(data, Mapping):
-            raise InputError(f"{site}: expected an object, got {type(data).__name__}")
-        for key in ("n", "loglik", "gradient", "hessian"):
-            if key not in data:
-                raise InputError(f"{site}: missing field {key!r}")
-        n = data["n"]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise InputError(f"{site}.n: {n!r} is not a positive integer")
-        if data["loglik"] is None:
-            nan_grad = np.full(parameters, np.nan)
-            return cls(n=n, loglik=-math.inf, gradient=nan_grad,
-                       hessian=np.full((parameters, parameters), np.nan),
-                       nodes=int(data.get("nodes") or 0))
-        loglik = _finite(data["loglik"], f"{site}.loglik")
-        try:
-            grad = np.array(data["gradient"], dtype=float)
-            hess = np.array(data["hessian"], dtype=float)
-        except (TypeError, ValueError):
-            raise InputError(f"{site}: gradient/hessian are not numeric") from None
-        if grad.shape != (parameters,):
-            raise InputError(f"{site}.gradient: shape {grad.shape}, expected ({parameters},)")
-        if hess.shape != (parameters, parameters):
-            raise InputError(f"{site}.hessian: shape {hess.shape}, expected "
-                             f"({parameters}, {parameters})")
-        if not (np.all(np.isfinite(grad)) and np.all(np.isfinite(hess))):
-            raise InputError(f"{site}: non-finite gradient or hessian")
-        if not np.allclose(hess, hess.T, rtol=1e-8, atol=1e-10 * (1 + np.abs(hess).max())):
-            raise InputError(f"{site}.hessian: not symmetric")
+        core = _read_core(data, parameters, site)
+        if not math.isfinite(core["loglik"]):
+            return cls(**core)
 
         def optional(key: str, default: float) -> float:
             value = data.get(key, default)
             return math.nan if value is None else _finite(value, f"{site}.{key}")
 
-        nodes = data.get("nodes", 0)
-        if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 0:
-            raise InputError(f"{site}.nodes: {nodes!r} is not a non-negative integer")
-        return cls(n=n, loglik=loglik, gradient=grad, hessian=hess, nodes=nodes,
-                   quadrature_error=optional("quadrature_error", 0.0),
+        return cls(**core, quadrature_error=optional("quadrature_error", 0.0),
                    mode=optional("mode", 0.0), mode_sd=optional("mode_sd", 0.0),
                    posterior_mean=optional("posterior_mean", 0.0),
                    posterior_sd=optional("posterior_sd", 0.0))
+
+
+def _read_core(data: Mapping[str, Any], parameters: int, site: str) -> dict[str, Any]:
+    """Check the fields every contribution has: ``n``, ``loglik`` (``null``: -inf),
+    ``gradient``, ``hessian`` (shapes, finiteness, symmetry) and ``nodes``."""
+    if not isinstance(data, Mapping):
+        raise InputError(f"{site}: expected an object, got {type(data).__name__}")
+    for key in ("n", "loglik", "gradient", "hessian"):
+        if key not in data:
+            raise InputError(f"{site}: missing field {key!r}")
+    n = data["n"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"{site}.n: {n!r} is not a positive integer")
+    nodes = data.get("nodes", 0)
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 0:
+        raise InputError(f"{site}.nodes: {nodes!r} is not a non-negative integer")
+    if data["loglik"] is None:
+        return {"n": n, "loglik": -math.inf, "gradient": np.full(parameters, np.nan),
+                "hessian": np.full((parameters, parameters), np.nan), "nodes": nodes}
+    loglik = _finite(data["loglik"], f"{site}.loglik")
+    try:
+        grad = np.array(data["gradient"], dtype=float)
+        hess = np.array(data["hessian"], dtype=float)
+    except (TypeError, ValueError):
+        raise InputError(f"{site}: gradient/hessian are not numeric") from None
+    if grad.shape != (parameters,):
+        raise InputError(f"{site}.gradient: shape {grad.shape}, expected ({parameters},)")
+    if hess.shape != (parameters, parameters):
+        raise InputError(f"{site}.hessian: shape {hess.shape}, expected "
+                         f"({parameters}, {parameters})")
+    if not (np.all(np.isfinite(grad)) and np.all(np.isfinite(hess))):
+        raise InputError(f"{site}: non-finite gradient or hessian")
+    if not np.allclose(hess, hess.T, rtol=1e-8, atol=1e-10 * (1 + np.abs(hess).max())):
+        raise InputError(f"{site}.hessian: not symmetric")
+    return {"n": n, "loglik": loglik, "gradient": grad, "hessian": hess, "nodes": nodes}
+
+
+class _Contribution(Protocol):
+    """What :func:`combine` needs of a site's reply (random intercept or slope)."""
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def loglik(self) -> float: ...
+
+    @property
+    def gradient(self) -> np.ndarray: ...
+
+    @property
+    def hessian(self) -> np.ndarray: ...
+
+    @property
+    def quadrature_error(self) -> float: ...
+
+    @property
+    def finite(self) -> bool: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -511,7 +545,7 @@ class Totals:
     max_quadrature_error: float
 
 
-def combine(contributions: Sequence[SiteContribution] | Mapping[str, SiteContribution]
+def combine(contributions: Sequence[_Contribution] | Mapping[str, _Contribution]
             ) -> Totals:
     """Add up site contributions (order does not matter: ``math.fsum`` for the value)."""
     items = list(contributions.values()) if isinstance(contributions, Mapping) \
@@ -1102,7 +1136,15 @@ class _Point:
     gradient: np.ndarray
     hessian: np.ndarray
     raw: Totals
-    sites: Mapping[str, SiteContribution]
+    sites: Mapping[str, Any]
+
+
+class _PointSource(Protocol):
+    """What :func:`_newton` needs: the settings and a way to evaluate a point."""
+
+    control: FitControl
+
+    def point(self, theta: np.ndarray, *, with_tau: bool) -> _Point: ...
 
 
 class _Problem:
@@ -1175,7 +1217,7 @@ def _direction(point: _Point) -> tuple[np.ndarray, float, bool]:
     return d, float(point.gradient @ d), definite
 
 
-def _newton(problem: _Problem, start: _Point, *, with_tau: bool, bounds: np.ndarray,
+def _newton(problem: _PointSource, start: _Point, *, with_tau: bool, bounds: np.ndarray,
             history: list[float],
             stop: Callable[[_Point, np.ndarray], bool] | None = None
             ) -> tuple[_Point, bool, str, int]:
@@ -1503,3 +1545,693 @@ def fit_sites(sites: Mapping[str, SiteData], *, names: Sequence[str] | None = No
         return out
 
     return fit_random_intercept(evaluate, names=names, family=family, control=control)
+
+
+# --------------------------------------------------------------------------------------
+# A random slope for one named covariate (two-dimensional adaptive quadrature per site)
+# --------------------------------------------------------------------------------------
+#
+# eta_ij = x_ij' beta + o_ij + u_0i + u_1i w_ij, (u_0i, u_1i) ~ N(0, Sigma), w the slope's
+# column of X; lme4's glmer(y ~ ... + (1 + w | site)). Sigma = L L' with L lower triangular,
+# L = [[l11, 0], [l21, l22]] (lme4's theta = (l11, l21, l22) for a GLMM), u = L z with
+# z ~ N(0, I_2): the prior is again free of the parameters, so the same Louis identity
+# gives exact derivatives, now over a K x K product rule centred at the 2-D mode and
+# rotated and scaled by the Cholesky factor of the inverse curvature there (Pinheiro &
+# Bates 1995, s. 3; Rabe-Hesketh, Skrondal & Pickles, Stata J 2(1), 2002).
+
+#: Nodes per dimension tried in turn (the product rule has K^2 nodes).
+SLOPE_LADDER: tuple[int, ...] = (5, 7, 9, 12, 16, 20, 24, 32)
+#: The largest per-dimension rule a slope proposal may ask for.
+MAX_SLOPE_NODES = 48
+_THETA_BOUND = math.exp(LOG_SCALE_BOUNDS[1])
+
+
+@dataclass(frozen=True)
+class SlopeProposal:
+    """The coordinator's point for the random-slope model.
+
+    Attributes
+    ----------
+    family
+        ``binomial`` or ``poisson`` (gaussian random slopes are not offered).
+    beta
+        Fixed coefficients (the columns of the site's ``X``).
+    slope
+        The column of ``X`` whose coefficient varies by site (not the intercept).
+    theta
+        lme4's ``theta``: ``(l11, l21, l22)``, the lower Cholesky factor of the covariance
+        of ``(u_0, u_1)``; ``l11, l22 >= 0``. ``tau_0 = l11``, ``tau_1 = sqrt(l21^2 +
+        l22^2)``, correlation ``l21 / tau_1``.
+    nodes, tol, iteration
+        As :class:`Proposal` (``nodes`` per dimension).
+    """
+
+    family: str
+    beta: tuple[float, ...]
+    slope: int
+    theta: tuple[float, float, float]
+    nodes: int | None = None
+    tol: float = QUADRATURE_TOL
+    iteration: int = 0
+
+    def __post_init__(self) -> None:
+        if self.family not in ("binomial", "poisson"):
+            raise InputError(f"family: {self.family!r} has no random-slope model here "
+                             "(binomial, poisson)")
+        beta = tuple(_finite(b, f"beta[{i}]") for i, b in enumerate(self.beta))
+        if not beta:
+            raise InputError("beta: empty (the model needs at least the intercept)")
+        for i, b in enumerate(beta):
+            if abs(b) > BETA_BOUND:
+                raise InputError(f"beta[{i}]: {b!r} is outside [-{BETA_BOUND:g}, "
+                                 f"{BETA_BOUND:g}]")
+        object.__setattr__(self, "beta", beta)
+        if isinstance(self.slope, bool) or not isinstance(self.slope, int) \
+                or not 0 <= self.slope < len(beta):
+            raise InputError(f"slope: {self.slope!r} is not a column index in "
+                             f"[0, {len(beta) - 1}]")
+        if not isinstance(self.theta, (list, tuple)) or len(self.theta) != 3:
+            raise InputError(f"theta: expected (l11, l21, l22), got {self.theta!r}")
+        theta = tuple(_finite(t, f"theta[{i}]") for i, t in enumerate(self.theta))
+        for i, t in enumerate(theta):
+            if abs(t) > _THETA_BOUND:
+                raise InputError(f"theta[{i}]: {t!r} is outside [-{_THETA_BOUND:.4g}, "
+                                 f"{_THETA_BOUND:.4g}]")
+        if theta[0] < 0 or theta[2] < 0:
+            raise InputError(f"theta: the diagonal (l11, l22) must be >= 0, got {theta!r}")
+        object.__setattr__(self, "theta", theta)
+        if self.nodes is not None and (isinstance(self.nodes, bool)
+                                       or not isinstance(self.nodes, int)
+                                       or not 2 <= self.nodes <= MAX_SLOPE_NODES):
+            raise InputError(f"nodes: {self.nodes!r} is not an integer in "
+                             f"[2, {MAX_SLOPE_NODES}]")
+        tol = _finite(self.tol, "tol")
+        if not 0 < tol < 1:
+            raise InputError(f"tol: {tol!r} is not in (0, 1)")
+        if isinstance(self.iteration, bool) or not isinstance(self.iteration, int) \
+                or self.iteration < 0:
+            raise InputError(f"iteration: {self.iteration!r} is not a non-negative integer")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {"family": self.family, "beta": list(self.beta), "slope": self.slope,
+                "theta": list(self.theta), "nodes": self.nodes, "tol": self.tol,
+                "iteration": self.iteration}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SlopeProposal:
+        """Read and check a proposal received from the coordinator."""
+        if not isinstance(data, Mapping):
+            raise InputError(f"proposal: expected an object, got {type(data).__name__}")
+        unknown = set(data) - {"family", "beta", "slope", "theta", "nodes", "tol",
+                               "iteration"}
+        if unknown:
+            raise InputError(f"proposal: unknown field(s) {sorted(unknown)}")
+        for key in ("family", "beta", "slope", "theta"):
+            if key not in data:
+                raise InputError(f"proposal: missing field {key!r}")
+        beta = data["beta"]
+        if not isinstance(beta, (list, tuple)):
+            raise InputError(f"beta: expected a list of numbers, got {beta!r}")
+        theta = data["theta"]
+        if not isinstance(theta, (list, tuple)):
+            raise InputError(f"theta: expected (l11, l21, l22), got {theta!r}")
+        return cls(family=data["family"], beta=tuple(beta), slope=data["slope"],
+                   theta=tuple(theta), nodes=data.get("nodes"),
+                   tol=data.get("tol", QUADRATURE_TOL), iteration=data.get("iteration", 0))
+
+
+def _vector(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        array = np.array(value, dtype=float)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: not numeric") from None
+    if array.shape != shape:
+        raise InputError(f"{name}: shape {array.shape}, expected {shape}")
+    return array
+
+
+@dataclass(frozen=True, eq=False)
+class SlopeContribution:
+    """A site's reply for the random-slope model.
+
+    Derivatives are in ``(beta, l11, l21, l22)``. ``mode`` is the conditional mode of
+    ``(u_0, u_1)`` and ``mode_cov`` its conditional covariance (lme4's ``condVar``);
+    ``posterior_mean`` and ``posterior_cov`` the exact posterior moments. Other fields as
+    :class:`SiteContribution` (``nodes`` per dimension).
+    """
+
+    n: int
+    loglik: float
+    gradient: np.ndarray
+    hessian: np.ndarray
+    nodes: int = 0
+    quadrature_error: float = math.nan
+    mode: np.ndarray = field(default_factory=lambda: np.full(2, np.nan))
+    mode_cov: np.ndarray = field(default_factory=lambda: np.full((2, 2), np.nan))
+    posterior_mean: np.ndarray = field(default_factory=lambda: np.full(2, np.nan))
+    posterior_cov: np.ndarray = field(default_factory=lambda: np.full((2, 2), np.nan))
+
+    @property
+    def finite(self) -> bool:
+        """Whether the log-likelihood and its derivatives are finite."""
+        return bool(math.isfinite(self.loglik) and np.all(np.isfinite(self.gradient))
+                    and np.all(np.isfinite(self.hessian)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form; a non-finite log-likelihood is ``null``."""
+        ok = self.finite and bool(np.all(np.isfinite(self.mode_cov))
+                                  and np.all(np.isfinite(self.posterior_cov)))
+        return {"n": self.n, "loglik": self.loglik if ok else None,
+                "gradient": self.gradient.tolist() if ok else None,
+                "hessian": self.hessian.tolist() if ok else None, "nodes": self.nodes,
+                "quadrature_error": _json_number(self.quadrature_error),
+                "mode": self.mode.tolist() if ok else None,
+                "mode_cov": self.mode_cov.tolist() if ok else None,
+                "posterior_mean": self.posterior_mean.tolist() if ok else None,
+                "posterior_cov": self.posterior_cov.tolist() if ok else None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, parameters: int,
+                  site: str = "site") -> SlopeContribution:
+        """Read and check a site's reply (``parameters`` = its gradient's length)."""
+        core = _read_core(data, parameters, site)
+        if not math.isfinite(core["loglik"]):
+            return cls(**core)
+        moments: dict[str, Any] = {}
+        for key, shape in (("mode", (2,)), ("mode_cov", (2, 2)), ("posterior_mean", (2,)),
+                           ("posterior_cov", (2, 2))):
+            if key not in data:
+                raise InputError(f"{site}: missing field {key!r}")
+            array = _vector(data[key], f"{site}.{key}", shape)
+            if not np.all(np.isfinite(array)):
+                raise InputError(f"{site}.{key}: not finite")
+            moments[key] = array
+        error = data.get("quadrature_error")
+        return cls(**core, **moments, quadrature_error=math.nan if error is None
+                   else _finite(error, f"{site}.quadrature_error"))
+
+
+def _mode2(data: SiteData, eta: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, float,
+                                                                     np.ndarray]:
+    """Mode of ``g(z) = sum_j log f(y_j | eta_j + B_j z) - |z|^2/2`` (strictly concave),
+    ``g`` there (without constants) and ``-g''`` (positive definite)."""
+
+    def evaluate(z: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        value, d1, d2 = _terms(data, eta + B @ z, math.nan)
+        hess = (B.T * d2) @ B - np.eye(2)
+        return float(value.sum()) - 0.5 * float(z @ z), B.T @ d1 - z, hess
+
+    z = np.zeros(2)
+    g, g1, g2 = evaluate(z)
+    if not math.isfinite(g):
+        return z, g, -g2
+    for _ in range(200):
+        step = np.linalg.solve(g2, -g1)
+        for _ in range(60):
+            g_new, g1_new, g2_new = evaluate(z + step)
+            if math.isfinite(g_new) and g_new >= g - 1e-13 * (1.0 + abs(g)):
+                break
+            step = step / 2.0
+        else:
+            break
+        z = z + step
+        g, g1, g2 = g_new, g1_new, g2_new
+        if float(np.max(np.abs(step))) <= 1e-13 * (1.0 + float(np.max(np.abs(z)))):
+            break
+    return z, g, -g2
+
+
+@lru_cache(maxsize=32)
+def _rule2(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k x k`` product rule: nodes ``(k^2, 2)`` and ``log w + |x|^2/2``."""
+    x, logw = _rule(k)
+    nodes = np.stack(np.meshgrid(x, x, indexing="ij"), axis=-1).reshape(-1, 2)
+    logw2 = (logw[:, None] + logw[None, :]).reshape(-1)
+    nodes.setflags(write=False)
+    logw2.setflags(write=False)
+    return nodes, logw2
+
+
+def _quadrature2(data: SiteData, eta: np.ndarray, w: np.ndarray, L: np.ndarray,
+                 B: np.ndarray, k: int, centre: tuple[np.ndarray, float, np.ndarray]
+                 ) -> SlopeContribution:
+    z_hat, _, curvature = centre
+    cov_z = np.linalg.inv(curvature)
+    R = np.linalg.cholesky((cov_z + cov_z.T) / 2)
+    x, logw = _rule2(k)
+    z = z_hat[None, :] + x @ R.T  # (N, 2)
+    value, d1, d2 = _terms(data, eta[:, None] + B @ z.T, math.nan)  # (n, N)
+    g = value.sum(axis=0) - 0.5 * np.sum(z * z, axis=1) - _LOG_2PI
+    log_terms = logw + g
+    top = float(np.max(log_terms))
+    log_sum = top + math.log(float(np.sum(np.exp(log_terms - top))))
+    loglik = float(np.log(np.diag(R)).sum()) + log_sum + data.log_constant
+    post = np.exp(log_terms - log_sum)
+    z1, z2 = z[:, 0], z[:, 1]
+    s1 = d1.sum(axis=0)
+    s1w = w @ d1
+    scores = np.vstack([data.X.T @ d1, z1 * s1, z1 * s1w, z2 * s1w])  # (p + 3, N)
+    mean_score = scores @ post
+    centred = scores - mean_score[:, None]
+    cov_score = (centred * post) @ centred.T
+    p = data.p
+    hess = np.empty((p + 3, p + 3))
+    hess[:p, :p] = data.X.T @ (data.X * (d2 @ post)[:, None])
+    hess[:p, p] = data.X.T @ (d2 @ (z1 * post))
+    hess[:p, p + 1] = data.X.T @ (w * (d2 @ (z1 * post)))
+    hess[:p, p + 2] = data.X.T @ (w * (d2 @ (z2 * post)))
+    hess[p:, :p] = hess[:p, p:].T
+    q0 = d2.sum(axis=0)
+    q1 = w @ d2
+    q2 = (w * w) @ d2
+    blocks = {(0, 0): z1 * z1 * q0, (0, 1): z1 * z1 * q1, (0, 2): z1 * z2 * q1,
+              (1, 1): z1 * z1 * q2, (1, 2): z1 * z2 * q2, (2, 2): z2 * z2 * q2}
+    for (a, b), values in blocks.items():
+        hess[p + a, p + b] = hess[p + b, p + a] = float(values @ post)
+    hess = hess + cov_score
+    z_mean = z.T @ post
+    zc = z - z_mean
+    z_cov = (zc.T * post) @ zc
+    return SlopeContribution(
+        n=data.n, loglik=loglik, gradient=mean_score, hessian=(hess + hess.T) / 2,
+        nodes=k, mode=L @ z_hat, mode_cov=L @ cov_z @ L.T, posterior_mean=L @ z_mean,
+        posterior_cov=L @ z_cov @ L.T)
+
+
+def slope_contribution(data: SiteData, proposal: SlopeProposal) -> SlopeContribution:
+    """The site function of the random-slope model: ``log L_i`` and its derivatives in
+    ``(beta, l11, l21, l22)`` by two-dimensional adaptive Gauss-Hermite quadrature.
+
+    The per-dimension node count climbs :data:`SLOPE_LADDER` until two rules agree to
+    ``proposal.tol`` in ``log L_i`` and (relatively) in every gradient component, unless
+    the proposal fixes it.
+
+    Raises
+    ------
+    InputError
+        The proposal does not fit the site's data, or the slope's column is constant.
+    """
+    if proposal.family != data.family:
+        raise InputError(f"family: the proposal is for {proposal.family!r} but the site's "
+                         f"data are {data.family!r}")
+    if len(proposal.beta) != data.p:
+        raise InputError(f"beta: {len(proposal.beta)} coefficients proposed but the site's "
+                         f"design has {data.p} columns")
+    q = data.p + 3
+    w = data.X[:, proposal.slope]
+    beta = np.array(proposal.beta)
+    l11, l21, l22 = proposal.theta
+    L = np.array([[l11, 0.0], [l21, l22]])
+    A = np.column_stack([np.ones(data.n), w])
+    B = A @ L  # eta_j + B_j z
+    eta = data.X @ beta + data.offset
+    nan = SlopeContribution(n=data.n, loglik=-math.inf, gradient=np.full(q, np.nan),
+                            hessian=np.full((q, q), np.nan))
+    with np.errstate(over="ignore", invalid="ignore"):
+        centre = _mode2(data, eta, B)
+        if not (math.isfinite(centre[1]) and np.all(np.isfinite(centre[2]))):
+            return nan
+        if proposal.nodes is not None:
+            result = _quadrature2(data, eta, w, L, B, proposal.nodes, centre)
+        else:
+            previous = _quadrature2(data, eta, w, L, B, SLOPE_LADDER[0], centre)
+            result = previous
+            diff = math.nan
+            for k in SLOPE_LADDER[1:]:
+                result = _quadrature2(data, eta, w, L, B, k, centre)
+                diff = abs(result.loglik - previous.loglik)
+                grad_diff = np.abs(result.gradient - previous.gradient) / (
+                    1.0 + np.abs(result.gradient))
+                if diff <= proposal.tol and float(grad_diff.max()) <= proposal.tol:
+                    break
+                previous = result
+            result = replace(result, quadrature_error=diff)
+    return result if result.finite else nan
+
+
+@dataclass(frozen=True)
+class SiteEffects:
+    """A site's random intercept and slope at the fitted parameters.
+
+    ``intercept``/``slope`` are the conditional modes, ``intercept_sd``/``slope_sd`` the
+    conditional SDs (lme4's ``condVar``) with ``correlation`` between them, the intervals
+    ``mode -/+ z sd``; ``posterior_mean`` and ``posterior_sd`` the exact posterior moments
+    of ``(u_0, u_1)``.
+    """
+
+    site: str
+    n: int
+    intercept: float
+    slope: float
+    intercept_sd: float
+    slope_sd: float
+    correlation: float
+    intercept_ci: tuple[float, float]
+    slope_ci: tuple[float, float]
+    posterior_mean: tuple[float, float]
+    posterior_sd: tuple[float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "intercept": self.intercept, "slope": self.slope,
+                "intercept_sd": self.intercept_sd, "slope_sd": self.slope_sd,
+                "correlation": _json_number(self.correlation),
+                "intercept_ci": list(self.intercept_ci), "slope_ci": list(self.slope_ci),
+                "posterior_mean": list(self.posterior_mean),
+                "posterior_sd": list(self.posterior_sd)}
+
+
+@dataclass(frozen=True, eq=False)
+class RandomSlopeFit:
+    """The fitted random-intercept-and-slope GLM.
+
+    Attributes
+    ----------
+    names, slope
+        Coefficient names and the one whose effect varies by site.
+    coefficients, se, z, pvalue, ci_lb, ci_ub
+        Fixed effects with Wald statistics from the observed information.
+    theta
+        lme4's ``theta`` ``(l11, l21, l22)``.
+    tau_intercept, tau_slope, rho
+        SDs of the site intercepts and slopes and their correlation; with their SEs by the
+        delta method from the covariance of ``(log l11, l21, log l22)`` (NaN when
+        ``singular``).
+    covariance
+        Inverse observed information in ``(beta, log l11, l21, log l22)``; at a singular
+        fit the ``log l22`` row and column are NaN.
+    loglik, lrt, lrt_pvalue
+        The maximised log-likelihood; the likelihood-ratio statistic against the
+        random-intercept fit and its p-value from the 50:50 mixture of chi-square with 1
+        and 2 degrees of freedom (Self & Liang, JASA 82, 1987: a variance on its boundary
+        plus a covariance).
+    singular
+        ``True`` when the maximum has ``l22 = 0``: the covariance matrix is singular
+        (correlation +-1), lme4's "boundary (singular) fit".
+    site_effects
+        Per site, :class:`SiteEffects`.
+    intercept_fit
+        The random-intercept fit the slope model started from (its round trips are not
+        counted in ``evaluations``).
+    """
+
+    family: str
+    link: str
+    names: tuple[str, ...]
+    slope: str
+    coefficients: np.ndarray
+    se: np.ndarray
+    z: np.ndarray
+    pvalue: np.ndarray
+    ci_lb: np.ndarray
+    ci_ub: np.ndarray
+    theta: tuple[float, float, float]
+    tau_intercept: float
+    tau_slope: float
+    rho: float
+    se_tau_intercept: float
+    se_tau_slope: float
+    se_rho: float
+    covariance: np.ndarray
+    loglik: float
+    lrt: float
+    lrt_pvalue: float
+    singular: bool
+    site_effects: Mapping[str, SiteEffects]
+    converged: bool
+    message: str
+    iterations: int
+    evaluations: int
+    nodes: Mapping[str, int]
+    max_quadrature_error: float
+    n: int
+    k: int
+    intercept_fit: HierarchicalFit
+    level: float = 0.95
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (non-finite numbers as ``null``)."""
+
+        def num(value: float) -> float | None:
+            return _json_number(float(value))
+
+        def named(values: np.ndarray) -> dict[str, float | None]:
+            return {name: num(v) for name, v in zip(self.names, values)}
+
+        return {
+            "family": self.family, "link": self.link, "slope": self.slope,
+            "coefficients": named(self.coefficients), "se": named(self.se),
+            "z": named(self.z), "pvalue": named(self.pvalue), "ci_lb": named(self.ci_lb),
+            "ci_ub": named(self.ci_ub), "level": self.level, "theta": list(self.theta),
+            "tau_intercept": num(self.tau_intercept), "tau_slope": num(self.tau_slope),
+            "rho": num(self.rho), "se_tau_intercept": num(self.se_tau_intercept),
+            "se_tau_slope": num(self.se_tau_slope), "se_rho": num(self.se_rho),
+            "covariance": [[num(v) for v in row] for row in self.covariance],
+            "logLik": num(self.loglik), "lrt": num(self.lrt),
+            "lrt_pvalue": num(self.lrt_pvalue), "singular": self.singular,
+            "site_intercepts": {s: e.intercept for s, e in self.site_effects.items()},
+            "site_intercepts_se": {s: e.intercept_sd for s, e in self.site_effects.items()},
+            "site_slopes": {s: e.slope for s, e in self.site_effects.items()},
+            "site_slopes_se": {s: e.slope_sd for s, e in self.site_effects.items()},
+            "site_effects": {s: e.to_dict() for s, e in self.site_effects.items()},
+            "converged": self.converged, "message": self.message,
+            "iterations": self.iterations, "evaluations": self.evaluations,
+            "nodes": dict(self.nodes), "max_quadrature_error": num(self.max_quadrature_error),
+            "n": self.n, "k": self.k,
+        }
+
+
+SlopeEvaluate = Callable[[SlopeProposal], Mapping[str, SlopeContribution]]
+
+
+class _SlopeProblem:
+    """Coordinates ``(beta, log l11, l21[, log l22])``; without ``log l22`` (``with_tau``
+    False) the point is on the face ``l22 = 0``."""
+
+    def __init__(self, evaluate: SlopeEvaluate, family: str, p: int, slope: int,
+                 control: FitControl) -> None:
+        self.evaluate = evaluate
+        self.family = family
+        self.p = p
+        self.slope = slope
+        self.control = control
+        self.evaluations = 0
+
+    def point(self, theta: np.ndarray, *, with_tau: bool) -> _Point:
+        p = self.p
+        l11 = math.exp(theta[p])
+        l21 = float(theta[p + 1])
+        l22 = math.exp(theta[p + 2]) if with_tau else 0.0
+        nodes = None if self.control.nodes is None else min(self.control.nodes,
+                                                            MAX_SLOPE_NODES)
+        proposal = SlopeProposal(family=self.family, beta=tuple(float(b) for b in theta[:p]),
+                                 slope=self.slope, theta=(l11, l21, l22), nodes=nodes,
+                                 tol=self.control.quadrature_tol, iteration=self.evaluations)
+        self.evaluations += 1
+        sites = self.evaluate(proposal)
+        if not isinstance(sites, Mapping) or not sites:
+            raise FedsynthError("evaluate: returned no site contributions")
+        for name, part in sites.items():
+            if part.gradient.shape != (p + 3,):
+                raise FedsynthError(f"{name}: gradient of length {part.gradient.shape[0]}, "
+                                    f"expected {p + 3}")
+        totals = combine(sites)
+        keep = list(range(p + 2)) + ([p + 2] if with_tau else [])
+        scale = np.ones(len(keep))
+        scale[p] = l11
+        logs = [p]
+        if with_tau:
+            scale[p + 2] = l22
+            logs.append(p + 2)
+        g_raw = totals.gradient[keep]
+        grad = scale * g_raw
+        hess = totals.hessian[np.ix_(keep, keep)] * np.outer(scale, scale)
+        for i in logs:
+            hess[i, i] += scale[i] * g_raw[i]
+        return _Point(theta=theta.copy(), loglik=totals.loglik, gradient=grad, hessian=hess,
+                      raw=totals, sites=sites)
+
+
+def fit_random_slope(evaluate: SlopeEvaluate, *, names: Sequence[str], family: str,
+                     slope: str, start: HierarchicalFit,
+                     control: FitControl | None = None) -> RandomSlopeFit:
+    """The coordinator for a random slope of the covariate ``slope`` (stretch goal).
+
+    Parameters
+    ----------
+    evaluate
+        Sends a :class:`SlopeProposal` to every site, returns ``{site: SlopeContribution}``.
+    names, family
+        As :func:`fit_random_intercept`.
+    slope
+        The coefficient name whose effect varies by site.
+    start
+        The random-intercept fit of the same data (:func:`fit_random_intercept`): the start,
+        and the model the likelihood-ratio test compares with.
+    control
+        :class:`FitControl`.
+
+    Notes
+    -----
+    As for the random intercept, in two stages. First the face ``l22 = 0`` (a rank-one
+    covariance: slope and intercept perfectly correlated, which contains the
+    random-intercept model at ``l21 = 0``): Newton's method on ``(beta, log l11, l21)`` from
+    the random-intercept estimates. There ``d l / d l22 = 0`` (the likelihood is even in
+    ``l22``) and ``c = d2l/dl22^2`` says whether the face is a local maximum; the start
+    ``l22_0^2 = max(c, 0) / sum_i w_i^2`` (``w_i`` each site's information on the slope) as
+    for the intercept, clipped to ``[0.1, 10]`` times the median per-site SE of the slope
+    (half of it when ``c <= 0``). Then Newton's method on ``(beta, log l11, l21, log l22)``,
+    which ends on the face (``singular``) by the same test as ``tau = 0`` for the
+    intercept. Standard errors from the inverse observed information; those of ``tau_0``,
+    ``tau_1`` and ``rho`` by the delta method.
+    """
+    control = control or FitControl()
+    names = _check_names(names)
+    if family not in ("binomial", "poisson"):
+        raise InputError(f"family: {family!r} has no random-slope model here "
+                         "(binomial, poisson)")
+    if slope not in names:
+        raise InputError(f"slope: {slope!r} is not a coefficient name ({list(names)})")
+    if slope == INTERCEPT:
+        raise InputError("slope: the intercept already varies by site; name a covariate")
+    if start.family != family or start.names != names:
+        raise InputError("start: the random-intercept fit is of another model "
+                         f"({start.family}, {list(start.names)})")
+    p = len(names)
+    js = names.index(slope)
+    problem = _SlopeProblem(evaluate, family, p, js, control)
+    lo, hi = LOG_SCALE_BOUNDS
+    history: list[float] = []
+
+    # ---- stage 1: the face l22 = 0, from the random-intercept fit (l21 = 0)
+    tau0 = start.tau if start.tau > 0 else 0.1
+    theta0 = np.concatenate([start.coefficients, [math.log(tau0), 0.0]])
+    face_start = problem.point(theta0, with_tau=False)
+    if not math.isfinite(face_start.loglik):
+        raise FedsynthError("the log-likelihood is not finite at the random-intercept fit")
+    bounds0 = np.array([[-np.inf, np.inf]] * p + [[lo, hi], [-np.inf, np.inf]])
+    face, ok0, msg0, it0 = _newton(problem, face_start, with_tau=False, bounds=bounds0,
+                                   history=history)
+    if not ok0:
+        raise FedsynthError(f"the singular (l22 = 0) fit failed: {msg0}")
+    c = float(face.raw.hessian[p + 2, p + 2])
+    info = np.array([-part.hessian[js, js] for part in face.sites.values()])
+    info = info[info > 0]
+    se_scale = float(np.median(1.0 / np.sqrt(info))) if info.size else 1.0
+    moment = max(c, 0.0) / float(np.sum(info**2)) if info.size else 0.0
+    l22_0 = min(max(math.sqrt(moment), 0.1 * se_scale), 10.0 * se_scale) if c > 0 \
+        else 0.5 * se_scale
+
+    # ---- stage 2: (beta, log l11, l21, log l22)
+    theta1 = np.concatenate([face.theta, [math.log(l22_0)]])
+    bounds1 = np.vstack([bounds0, [[lo, hi]]])
+
+    def boundary(point: _Point, direction: np.ndarray) -> bool:
+        return c <= 0 and point.loglik <= face.loglik and bool(direction[p + 2] < 0)
+
+    full_start = problem.point(theta1, with_tau=True)
+    if not math.isfinite(full_start.loglik):
+        raise FedsynthError(f"the log-likelihood is not finite at the start l22 = {l22_0:g}")
+    best, ok, message, it1 = _newton(problem, full_start, with_tau=True, bounds=bounds1,
+                                     history=history, stop=boundary)
+    singular = message == "boundary" or (face.loglik >= best.loglik and c <= 0)
+    if singular:
+        best, ok = face, ok0
+        message = "singular fit: the maximum has l22 = 0 (slope and intercept correlation " \
+                  "+-1), lme4's 'boundary (singular) fit'"
+    elif not ok:
+        warnings.warn(f"random-slope fit did not converge: {message}", HierarchicalFitWarning,
+                      stacklevel=2)
+    if best.theta[p] <= lo + 1e-9:
+        message += "; tau_intercept is at its lower bound (the intercept does not vary)"
+    return _slope_result(problem, names, slope, best, start, singular=singular, converged=ok,
+                         message=message, iterations=it0 + it1)
+
+
+def _slope_result(problem: _SlopeProblem, names: tuple[str, ...], slope: str, point: _Point,
+                  start: HierarchicalFit, *, singular: bool, converged: bool, message: str,
+                  iterations: int) -> RandomSlopeFit:
+    p = problem.p
+    control = problem.control
+    try:
+        inv = np.linalg.inv(-point.hessian)
+        if np.any(np.diag(inv) <= 0):
+            raise np.linalg.LinAlgError
+    except np.linalg.LinAlgError:
+        inv = np.full_like(point.hessian, np.nan)
+        message += "; the observed information is singular (SEs not available)"
+    cov = np.full((p + 3, p + 3), np.nan)
+    size = inv.shape[0]
+    cov[:size, :size] = inv
+    beta = point.theta[:p]
+    se = np.sqrt(np.diag(cov)[:p])
+    crit = float(stats.norm.ppf(0.5 + control.level / 2.0))
+    l11 = math.exp(point.theta[p])
+    l21 = float(point.theta[p + 1])
+    l22 = 0.0 if singular else math.exp(point.theta[p + 2])
+    tau1 = math.hypot(l21, l22)
+    rho = l21 / tau1 if tau1 > 0 else math.nan
+    se_t0 = l11 * math.sqrt(cov[p, p])
+    if singular:
+        se_t1 = se_rho = math.nan
+    else:
+        grad_t1 = np.array([l21 / tau1, l22**2 / tau1])
+        grad_rho = np.array([l22**2 / tau1**3, -l21 * l22**2 / tau1**3])
+        block = cov[p + 1:p + 3, p + 1:p + 3]
+        se_t1 = math.sqrt(float(grad_t1 @ block @ grad_t1))
+        se_rho = math.sqrt(float(grad_rho @ block @ grad_rho))
+    effects = {}
+    for site, part in point.sites.items():
+        sd = np.sqrt(np.maximum(np.diag(part.mode_cov), 0.0))
+        corr = float(part.mode_cov[0, 1] / (sd[0] * sd[1])) if sd[0] * sd[1] > 0 else math.nan
+        psd = np.sqrt(np.maximum(np.diag(part.posterior_cov), 0.0))
+        m0, m1 = float(part.mode[0]), float(part.mode[1])
+        effects[site] = SiteEffects(
+            site=site, n=part.n, intercept=m0, slope=m1, intercept_sd=float(sd[0]),
+            slope_sd=float(sd[1]), correlation=corr,
+            intercept_ci=(m0 - crit * sd[0], m0 + crit * sd[0]),
+            slope_ci=(m1 - crit * sd[1], m1 + crit * sd[1]),
+            posterior_mean=(float(part.posterior_mean[0]), float(part.posterior_mean[1])),
+            posterior_sd=(float(psd[0]), float(psd[1])))
+    lrt = max(2.0 * (point.loglik - start.loglik), 0.0)
+    lrt_p = 0.5 * float(stats.chi2.sf(lrt, 1)) + 0.5 * float(stats.chi2.sf(lrt, 2))
+    errors = [part.quadrature_error for part in point.sites.values()
+              if math.isfinite(part.quadrature_error)]
+    max_error = max(errors) if errors else math.nan
+    if max_error > 1e-8:
+        warnings.warn(f"a site's quadrature error estimate is {max_error:.2g} (> 1e-8): "
+                      "raise the node count", HierarchicalFitWarning, stacklevel=3)
+    return RandomSlopeFit(
+        family=problem.family, link=FAMILIES[problem.family], names=names, slope=slope,
+        coefficients=beta.copy(), se=se, z=beta / se,
+        pvalue=2.0 * stats.norm.sf(np.abs(beta / se)), ci_lb=beta - crit * se,
+        ci_ub=beta + crit * se, theta=(l11, l21, l22), tau_intercept=l11, tau_slope=tau1,
+        rho=rho, se_tau_intercept=se_t0, se_tau_slope=se_t1, se_rho=se_rho, covariance=cov,
+        loglik=point.loglik, lrt=lrt, lrt_pvalue=lrt_p, singular=singular,
+        site_effects=effects, converged=converged, message=message, iterations=iterations,
+        evaluations=problem.evaluations,
+        nodes={site: part.nodes for site, part in point.sites.items()},
+        max_quadrature_error=max_error, n=point.raw.n, k=point.raw.sites,
+        intercept_fit=start, level=control.level)
+
+
+def fit_sites_slope(sites: Mapping[str, SiteData], *, slope: str,
+                    names: Sequence[str] | None = None,
+                    control: FitControl | None = None) -> RandomSlopeFit:
+    """Fit the random-intercept model, then the random-slope model, to in-process sites,
+    every message through its JSON form (as :func:`fit_sites`)."""
+    start = fit_sites(sites, names=names, control=control)
+    p = len(start.names)
+
+    def evaluate(proposal: SlopeProposal) -> dict[str, SlopeContribution]:
+        wire = json.dumps(proposal.to_dict(), allow_nan=False)
+        out = {}
+        for name, data in sites.items():
+            received = SlopeProposal.from_dict(json.loads(wire))
+            reply = json.dumps(slope_contribution(data, received).to_dict(), allow_nan=False)
+            out[name] = SlopeContribution.from_dict(json.loads(reply), parameters=p + 3,
+                                                    site=name)
+        return out
+
+    return fit_random_slope(evaluate, names=start.names, family=start.family, slope=slope,
+                            start=start, control=control)

@@ -1124,7 +1124,7 @@ class HierarchicalFit:
         return out
 
 
-Evaluate = Callable[[Proposal], Mapping[str, SiteContribution]]
+Evaluate = Callable[[Proposal], Mapping[str, SiteContribution] | Totals]
 
 
 @dataclass(frozen=True, eq=False)
@@ -1167,6 +1167,11 @@ class _Problem:
     def call(self, proposal: Proposal) -> tuple[Totals, Mapping[str, SiteContribution]]:
         self.evaluations += 1
         sites = self.evaluate(proposal)
+        if isinstance(sites, Totals):  # already summed (e.g. by secure aggregation)
+            if sites.gradient.shape != (self.q,):
+                raise FedsynthError(f"evaluate: summed gradient of length "
+                                    f"{sites.gradient.shape[0]}, expected {self.q}")
+            return sites, {}
         if not isinstance(sites, Mapping) or not sites:
             raise FedsynthError("evaluate: returned no site contributions")
         for name, part in sites.items():
@@ -1302,8 +1307,9 @@ def fit_random_intercept(evaluate: Evaluate, *, names: Sequence[str], family: st
     ----------
     evaluate
         Sends a :class:`Proposal` to every site and returns ``{site: SiteContribution}``
-        (one round trip; the optimiser uses only their sum, the per-site random intercepts
-        are read from the last evaluation).
+        (one round trip), or their sum as a :class:`Totals` (e.g. from secure aggregation).
+        The optimiser uses only the sum; the per-site random intercepts are read from the
+        last evaluation, so with sums alone ``site_intercepts`` and ``nodes`` are empty.
     names
         Coefficient names, one per column of the sites' designs; must include
         ``"intercept"``.
@@ -1382,14 +1388,20 @@ def fit_random_intercept(evaluate: Evaluate, *, names: Sequence[str], family: st
         raise FedsynthError(f"the tau = 0 fit (ordinary GLM) failed: {msg0}; the fixed "
                             "effects may be separated or collinear")
     c0 = float(glm.raw.hessian[p, p])
-    info = np.array([-part.hessian[ii, ii] for part in glm.sites.values()])
+    # sum_i w_i^2 of the sites' intercept information; from a sum alone (no per-site
+    # replies) its lower bound (sum_i w_i)^2 / k
+    if glm.sites:
+        info_sq = float(np.sum(np.array([-part.hessian[ii, ii]
+                                         for part in glm.sites.values()]) ** 2))
+    else:
+        info_sq = float(glm.raw.hessian[ii, ii]) ** 2 / glm.raw.sites
 
     # ---- stage 2: (beta, log tau [, log sigma])
     scale = math.exp(glm.theta[-1]) if gauss else 1.0
     if control.tau_start is not None:
         tau0 = control.tau_start
     else:
-        moment = max(c0, 0.0) / float(np.sum(info**2)) if np.sum(info**2) > 0 else 0.0
+        moment = max(c0, 0.0) / info_sq if info_sq > 0 else 0.0
         # c0 <= 0: tau = 0 is a local maximum; start well inside so that an interior
         # maximum above it, if any, is climbed rather than missed
         tau0 = min(max(math.sqrt(moment), 0.1 * scale), 10.0 * scale) if c0 > 0 \
@@ -1470,7 +1482,7 @@ def _result(problem: _Problem, names: tuple[str, ...], point: _Point, *, boundar
             posterior_sd=0.0 if boundary else part.posterior_sd)
     errors = [part.quadrature_error for part in point.sites.values()
               if math.isfinite(part.quadrature_error)]
-    max_error = max(errors) if errors else math.nan
+    max_error = max(errors) if errors else point.raw.max_quadrature_error
     if max_error > 1e-8:
         warnings.warn(f"a site's quadrature error estimate is {max_error:.2g} (> 1e-8): "
                       "raise the node count", HierarchicalFitWarning, stacklevel=3)

@@ -669,3 +669,20 @@ def test_the_fit_is_the_maximum_of_the_profile_likelihood(seed, family, tau):
         assert fit.evaluations <= 12
     for grid_tau in (0.01, 0.1, 0.3, 0.7, 1.5):
         assert _profile_loglik(sites, family, grid_tau, fit.coefficients) <= fit.loglik + 1e-9
+
+
+def test_the_coordinator_needs_only_the_summed_contributions(binomial_sites, binomial_fit):
+    """An evaluate that returns only the sum (as secure aggregation would) reaches the same
+    maximum; the per-site intercepts are then not available."""
+
+    def summed(proposal):
+        return combine([site_contribution(d, proposal) for d in binomial_sites.values()])
+
+    fit = fit_random_intercept(summed, names=NAMES, family="binomial")
+    assert fit.converged and not fit.boundary
+    np.testing.assert_allclose(fit.coefficients, binomial_fit.coefficients, rtol=1e-8)
+    assert fit.tau == pytest.approx(binomial_fit.tau, rel=1e-8)
+    np.testing.assert_allclose(fit.se, binomial_fit.se, rtol=1e-7)
+    assert fit.loglik == pytest.approx(binomial_fit.loglik, abs=1e-9)
+    assert fit.site_intercepts == {} and fit.k == len(binomial_sites)
+    assert fit.max_quadrature_error <= 1e-9

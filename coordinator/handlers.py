@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 @functools.lru_cache(maxsize=4096)
 def _common_name(peer_pem: bytes) -> str:
     """The certificate's common name, parsed once per certificate (every call of a
-    connection presents the same one; parsing it per call cost CPU under a flood)."""
+    connection presents the same one; parsing it per call cost CPU under a flood).
+    """
     from fedsynth.pki import certificate_common_name
 
     return certificate_common_name(peer_pem)
@@ -133,7 +134,8 @@ class Handlers:
 
     def _due(self, key: tuple[str, str]) -> bool:
         """True (and remember now) when ``key`` was not audited within
-        :attr:`VERSION_AUDIT_EVERY`: frequent refusals are audited once a minute."""
+        :attr:`VERSION_AUDIT_EVERY`: frequent refusals are audited once a minute.
+        """
         now = self.clock()
         with self._version_audit_lock:
             last = self._version_audited.get(key)
@@ -334,7 +336,8 @@ class Handlers:
 
     def settle_audit(self) -> None:
         """Retry outbox entries not appended yet, then delete the appended ones from the
-        store (off the submission path: the closer calls this every step)."""
+        store (off the submission path: the closer calls this every step).
+        """
         if self.audit is None:
             return
         self.flush_audit()

@@ -188,7 +188,8 @@ class ConcurrencyLimiter:
 
     def try_enter(self, key: str, *, priority: bool = False) -> Refusal | None:
         """Admit one call of ``key``: None when admitted (then call :meth:`leave` exactly
-        once when it ends), else the :class:`Refusal` (nothing is counted)."""
+        once when it ends), else the :class:`Refusal` (nothing is counted).
+        """
         now = self._clock()
         with self._lock:
             mine = self._counts.get(key, 0)
@@ -250,7 +251,8 @@ def _wrap_admitted(handler: Any, enter: Callable[[Any], Any],
                    leave: Callable[[Any], None]) -> Any:
     """A copy of a grpc.aio method handler that awaits ``enter(context)`` first (which
     aborts a refused call) and calls ``leave(ticket)`` when the call ends, however it ends
-    (reply, error, cancellation by the client's deadline)."""
+    (reply, error, cancellation by the client's deadline).
+    """
     if handler is None:
         return None
     kinds = {"request_deserializer": handler.request_deserializer,

@@ -68,7 +68,8 @@ def preload_statistics() -> None:
 
 def write_addr_file(path: Path, address: str) -> None:
     """Atomically write the bound address (``HOST:PORT``) for tests and local tools
-    (owner-only, like every file the coordinator writes)."""
+    (owner-only, like every file the coordinator writes).
+    """
     atomic_write(path, address + "\n")
 
 
@@ -130,7 +131,8 @@ class Coordinator:
     def _audit_soon(self, event: str, data: dict[str, Any]) -> None:
         """:meth:`_audit` from the event loop (the interceptors' refusal reports): the
         fsync'd append runs in a worker thread, so a flood being refused does not stall
-        every other call (health checks included) for the length of a disk flush."""
+        every other call (health checks included) for the length of a disk flush.
+        """
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -272,7 +274,7 @@ class Coordinator:
                 log.exception("audit outbox step failed")
             try:
                 await asyncio.wait_for(self._stop.wait(), CLOSER_INTERVAL)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     # --- reports (off the closing path) -------------------------------------------------------
@@ -296,13 +298,14 @@ class Coordinator:
                 log.exception("reporter step failed")
             try:
                 await asyncio.wait_for(self._report_wanted.wait(), CLOSER_INTERVAL)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def write_report(self, round_id: str, document: dict[str, Any] | None) -> bool:
         """Write one round's report in a :mod:`coordinator.report_worker` child process and
         record its paths (or its error) in the store; False when stopped before it finished
-        (nothing recorded, so the next start writes it)."""
+        (nothing recorded, so the next start writes it).
+        """
         if document is None:                       # closed rounds always carry a document
             document = (await asyncio.to_thread(self.store.get_round, round_id)).document
         root = str(Path(__file__).resolve().parents[1])

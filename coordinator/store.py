@@ -174,7 +174,8 @@ class SiteRecord:
 
     def status(self, now: _dt.datetime, online_within: _dt.timedelta) -> str:
         """``online`` if a heartbeat arrived within ``online_within``, else ``offline``;
-        ``never seen`` for an allowed site that never connected."""
+        ``never seen`` for an allowed site that never connected.
+        """
         if self.last_heartbeat is None:
             return "never seen"
         last = parse_iso(self.last_heartbeat)
@@ -398,7 +399,7 @@ class Store:
             raise InputError(f"quorum = {quorum} must be at least 1")
         if deadline <= now:
             raise InputError(f"deadline {iso(deadline)} is not in the future")
-        prefix = f"r-{now.astimezone(_dt.timezone.utc):%Y%m%d}-"
+        prefix = f"r-{now.astimezone(_dt.UTC):%Y%m%d}-"
         for _attempt in range(50):
             with self.engine.begin() as conn:
                 last = conn.execute(sa.select(sa.func.max(rounds.c.id)).where(

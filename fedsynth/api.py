@@ -75,7 +75,8 @@ def _frame(data: Any) -> pd.DataFrame | None:
 
 def _raw(data: pd.DataFrame | None, spec: Any, name: str) -> tuple[np.ndarray, str]:
     """The values ``spec`` names (a column of ``data``) or is, as an object array, and a
-    description for messages."""
+    description for messages.
+    """
     if isinstance(spec, str):
         if data is None:
             raise InputError(f"{name}: {spec!r} names a column, but no data frame was given "
@@ -102,7 +103,8 @@ def _missing(values: np.ndarray) -> np.ndarray:
 def _numeric(data: pd.DataFrame | None, spec: Any, name: str,
              labels: np.ndarray | None = None) -> np.ndarray:
     """Numbers (NaN where missing); a value that is present but not a number is an
-    :class:`InputError` naming the column, row and value."""
+    :class:`InputError` naming the column, row and value.
+    """
     raw, where = _raw(data, spec, name)
     miss = _missing(raw)
     out = np.full(raw.size, np.nan)

@@ -35,7 +35,8 @@ _STANDARD = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ``ts`` (UTC, ISO 8601), ``level``, ``logger``,
-    ``message``, ``exc`` (traceback text, if any) and the record's ``extra`` fields."""
+    ``message``, ``exc`` (traceback text, if any) and the record's ``extra`` fields.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {

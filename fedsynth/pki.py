@@ -91,7 +91,8 @@ def _check_free(paths: list[Path], force: bool) -> None:
 
 def _write_private(path: Path, data: bytes) -> None:
     """Write a private key: created 0600 from the start (never world-readable, not even
-    briefly), then renamed into place."""
+    briefly), then renamed into place.
+    """
     atomic_write(path, data, mode=0o600)
 
 

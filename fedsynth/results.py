@@ -144,7 +144,8 @@ class ResultMixin:
 
     def to_frame(self):
         """A one-row :class:`pandas.DataFrame` of the scalar fields of :meth:`to_dict`
-        (intervals as ``NAME_lb`` / ``NAME_ub`` columns)."""
+        (intervals as ``NAME_lb`` / ``NAME_ub`` columns).
+        """
         # pandas is imported only here: importing it costs about as much again as numpy
         # and scipy.special together (measured: ~1 s of 2 s on this machine), and the
         # coordinator pools without ever building a frame

@@ -453,7 +453,8 @@ class RevocationList:
 @functools.lru_cache(maxsize=4096)
 def _certificate_from_pem(pem: bytes) -> Any:
     """Parse a peer certificate once: every call of a connection presents the same PEM, and
-    under a flood parsing it for each of the interceptors was a measurable cost."""
+    under a flood parsing it for each of the interceptors was a measurable cost.
+    """
     from cryptography import x509
 
     try:

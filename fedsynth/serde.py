@@ -44,7 +44,7 @@ def to_unix_ms(when: _dt.datetime) -> int:
 def from_unix_ms(ms: int) -> _dt.datetime:
     """Aware UTC datetime of Unix milliseconds."""
     try:
-        return _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.timezone.utc)
+        return _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.UTC)
     except (OverflowError, OSError, ValueError):
         raise InputError(f"timestamp_unix_ms = {ms!r} is out of range") from None
 

@@ -93,7 +93,7 @@ def _common_options() -> list[tuple[str, Any]]:
 
 
 def channel_options() -> list[tuple[str, Any]]:
-    """gRPC options of every client channel."""
+    """The gRPC options of every client channel."""
     return _common_options() + [
         ("grpc.http2.max_pings_without_data", 0),
         # Reconnect quickly after a coordinator restart; the agent adds its own backoff.
@@ -103,8 +103,9 @@ def channel_options() -> list[tuple[str, Any]]:
 
 
 def server_options(*, max_concurrent_streams: int | None = None) -> list[tuple[str, Any]]:
-    """gRPC options of every server (``max_concurrent_streams`` per connection, default
-    :data:`MAX_CONCURRENT_STREAMS`)."""
+    """The gRPC options of every server (``max_concurrent_streams`` per connection, default
+    :data:`MAX_CONCURRENT_STREAMS`).
+    """
     return _common_options() + [
         ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
         ("grpc.max_concurrent_streams", max_concurrent_streams or MAX_CONCURRENT_STREAMS),

@@ -108,7 +108,8 @@ def describe_results(site: str, round_id: str, results: dict[str, Any]) -> list[
 def _local_details(results: dict[str, Any]) -> dict[str, Any]:
     """Per refused analysis, what the site knows but did not send (for its audit log),
     each text cut at :data:`AUDIT_DETAIL_CHARS` and all of them at
-    :data:`AUDIT_DETAIL_BUDGET` characters."""
+    :data:`AUDIT_DETAIL_BUDGET` characters.
+    """
     out = {}
     budget = AUDIT_DETAIL_BUDGET
     for name, result in results.items():
@@ -127,7 +128,8 @@ def _local_details(results: dict[str, Any]) -> dict[str, Any]:
 def submission_audit(round_id: str, payload: bytes, results: dict[str, Any]
                      ) -> dict[str, Any]:
     """The ``submission.signed`` audit entry: the digest of the signed bytes, what is sent
-    per analysis, and what was kept at the site about each refusal."""
+    per analysis, and what was kept at the site about each refusal.
+    """
     return {"round": round_id, "digest": hashlib.sha256(payload).hexdigest(),
             "sent": {n: ({"yi": r.yi, "vi": r.vi, "se": r.se, "n": r.n}
                          if hasattr(r, "yi") else {"refused": r.reason})
@@ -174,7 +176,8 @@ class SiteAgent:
 
     def _audit(self, event: str, data: dict[str, Any]) -> None:
         """Append an entry about something that already happened (an acknowledgement):
-        a failure is logged, there is nothing left to stop."""
+        a failure is logged, there is nothing left to stop.
+        """
         try:
             self._audit_required(event, data)
         except AuditFailed:

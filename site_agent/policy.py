@@ -115,7 +115,8 @@ class PolicyDecision:
 
     def refusal(self, name: str) -> Any:
         """The :class:`~fedsynth.effects.Refusal` (code ``policy``) of a forbidden analysis,
-        worded from the fixed vocabulary."""
+        worded from the fixed vocabulary.
+        """
         from fedsynth.effects.results import Refusal
 
         sentence = dict(self.sentences.get(name) or {})

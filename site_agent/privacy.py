@@ -210,7 +210,8 @@ _EXPOSURE_MARGINS = frozenset({"n_exposed", "n_unexposed", "score_level_min"})
 @dataclass(frozen=True)
 class _Taint:
     """A table (two columns) or a margin (one column) with a count below the limit;
-    ``columns`` is None when the analysis's columns are unknown (it then taints all)."""
+    ``columns`` is None when the analysis's columns are unknown (it then taints all).
+    """
 
     columns: frozenset[str] | None
     margin: bool
@@ -251,7 +252,8 @@ def _analysis_of(name: str, spec: Any) -> Any:
 
 def _analysis_key(name: str, result: Any, spec: Any) -> str | None:
     """Digest of an analysis's definition without its name (what makes two releases "the
-    same analysis" across rounds), or None when the spec does not define it."""
+    same analysis" across rounds), or None when the spec does not define it.
+    """
     from fedsynth.audit import digest
 
     analysis = _analysis_of(name, spec)

@@ -202,7 +202,8 @@ def _two_by_two_cells(outcome: np.ndarray, exposure: np.ndarray) -> dict[str, in
 
 def _level_table(levels_of: np.ndarray, by: np.ndarray) -> tuple[int, np.ndarray] | None:
     """``(number of levels, counts[level, by])`` of a categorical column against a 0/1
-    column, or None when the column has more than :data:`CATEGORICAL_LEVELS` values."""
+    column, or None when the column has more than :data:`CATEGORICAL_LEVELS` values.
+    """
     values, inverse = np.unique(levels_of, return_inverse=True)
     k = len(values)
     if k > CATEGORICAL_LEVELS:
@@ -428,7 +429,8 @@ def _cox(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
 def _model_eval_data(df: pd.DataFrame, a: AnalysisSpec, minimum: int = 4
                      ) -> tuple[np.ndarray, np.ndarray, int, dict[str, int]]:
     """Outcome, score, rows dropped and the counts the estimate may reveal: the outcome's
-    margins and, for a score with few distinct values, its table with the outcome."""
+    margins and, for a score with few distinct values, its table with the outcome.
+    """
     data, dropped = _complete(df, a)
     _require_rows(len(data), minimum)
     y = _binary(data[a.outcome].to_numpy(), a.outcome, "outcome")

@@ -383,7 +383,8 @@ class Refusal:
         """This refusal as it may leave the site: its sentence rendered again from the
         vocabulary, each filled-in column checked against ``columns`` (the analysis's
         columns in the spec). A free-text reason becomes the code's generic sentence and is
-        kept, with :attr:`detail`, for the site's own log."""
+        kept, with :attr:`detail`, for the site's own log.
+        """
         code, reason = render_reason(self.key, self.params, code=self.code, columns=columns)
         if reason == self.reason and code == self.code:
             return self

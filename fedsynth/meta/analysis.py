@@ -96,7 +96,8 @@ class AnalysisResult(ResultMixin):
 
     def summary(self, digits: int = 4) -> str:
         """The pooled summary followed by the flag and every computed section, as
-        ``fedsynth meta`` prints one analysis."""
+        ``fedsynth meta`` prints one analysis.
+        """
         return "\n\n".join([self.pooling.summary(), *self.text_sections(digits)])
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,7 +114,8 @@ class AnalysisResult(ResultMixin):
 
     def to_frame(self):
         """One row: the pooled fields and the flag's verdict (the sections have their own
-        ``to_frame()``)."""
+        ``to_frame()``).
+        """
         frame = self.pooling.to_frame()
         frame["flagged"] = self.heterogeneity.flagged
         frame["heterogeneity_level"] = self.heterogeneity.level

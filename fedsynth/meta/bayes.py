@@ -291,7 +291,8 @@ class BayesResult(ResultMixin):
 
     def summary(self, digits: int = 4) -> str:
         """The posterior of mu and tau and the predictive interval, as ``fedsynth meta
-        --bayes`` prints them."""
+        --bayes`` prints them.
+        """
         lev = f"{self.level:g}%"
         d = digits
 
@@ -313,7 +314,8 @@ class BayesResult(ResultMixin):
 
     def to_frame(self):
         """One row per parameter (``mu``, ``tau``, ``new site``): mean, sd, median and
-        the interval bounds (NaN where a summary does not exist or is not computed)."""
+        the interval bounds (NaN where a summary does not exist or is not computed).
+        """
         import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
 
         nan = float("nan")
@@ -328,7 +330,8 @@ class BayesResult(ResultMixin):
 
     def forest(self, **options: Any):
         """Forest plot of the sites with the posterior of mu, the predictive interval and
-        each site's posterior mean (``fedsynth.plots``)."""
+        each site's posterior mean (``fedsynth.plots``).
+        """
         from fedsynth.plots import forest_plot  # matplotlib: imported only to plot
 
         return forest_plot(self, **options)
@@ -443,7 +446,8 @@ class BayesBatchResult(ResultMixin):
 
     def summary(self, digits: int = 4) -> str:
         """One line per analysis (the first 20): posterior median and credible interval of
-        mu, median of tau, predictive interval."""
+        mu, median of tau, predictive interval.
+        """
         d = digits
         lines = [f"{len(self)} analyses pooled by the Bayesian random-effects model "
                  f"({self.prior} prior on tau, scale {self.tau_scale:g}; {self.level:g}% "

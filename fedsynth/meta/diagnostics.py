@@ -128,7 +128,8 @@ class LeaveOneOutResult(ResultMixin):
 
     def confidence_interval(self, confidence_level: float = 0.95) -> Interval:
         """Confidence intervals of the pooled effect with each site left out (arrays;
-        t with k - 2 df under Knapp-Hartung, as ``leave1out``)."""
+        t with k - 2 df under Knapp-Hartung, as ``leave1out``).
+        """
         level = check_fraction(confidence_level)
         if abs(level * 100.0 - self.level) < 1e-9:
             return Interval(self.ci_lb, self.ci_ub, level=level)
@@ -160,7 +161,8 @@ class LeaveOneOutResult(ResultMixin):
 
 def deleted_fits(yi: Any, vi: Any, *, method: str = "REML") -> BatchFit:
     """The k fits with one site deleted (rows 0..k-1) and the full fit (row k), in one
-    vectorised batch; :func:`leave_one_out` and :func:`influence` can share it."""
+    vectorised batch; :func:`leave_one_out` and :func:`influence` can share it.
+    """
     y, v = validate_yi_vi(yi, vi, min_k=2)
     k = y.size
     mask = np.vstack([~np.eye(k, dtype=bool), np.ones((1, k), dtype=bool)])
@@ -364,7 +366,8 @@ class BlupResult(ResultMixin):
 
     def prediction_interval(self, confidence_level: float = 0.95) -> Interval:
         """Prediction intervals of each site's true effect (arrays; t with k - 1 df under
-        Knapp-Hartung, as metafor's ``blup``)."""
+        Knapp-Hartung, as metafor's ``blup``).
+        """
         level = check_fraction(confidence_level)
         if abs(level * 100.0 - self.level) < 1e-9:
             return Interval(self.pi_lb, self.pi_ub, level=level, kind="prediction")
@@ -386,7 +389,8 @@ class BlupResult(ResultMixin):
 
     def outlying(self) -> tuple[str, ...]:
         """Sites whose prediction interval excludes the pooled estimate: their own true
-        effect differs credibly from the average even after shrinkage."""
+        effect differs credibly from the average even after shrinkage.
+        """
         return tuple(lab for lab, lo, hi in zip(self.labels, self.pi_lb, self.pi_ub)
                      if self.estimate < lo or self.estimate > hi)
 
@@ -426,7 +430,8 @@ def blup(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: str =
 def _kendall_null_cdf(n: int) -> np.ndarray:
     """P(T <= q), q = 0..n(n-1)/2, for the number of discordant pairs of a random
     permutation (Mahonian distribution), built by convolution in probabilities so it
-    does not overflow for large n."""
+    does not overflow for large n.
+    """
     dist = np.array([1.0])
     for j in range(2, n + 1):
         # adding element j contributes 0..j-1 inversions uniformly
@@ -677,7 +682,8 @@ class CumulativeResult(ResultMixin):
 
     def confidence_interval(self, confidence_level: float = 0.95) -> Interval:
         """Confidence intervals of the pooled effect after each step (arrays; t with
-        k_j - 1 df under Knapp-Hartung, none for the first step)."""
+        k_j - 1 df under Knapp-Hartung, none for the first step).
+        """
         level = check_fraction(confidence_level)
         if abs(level * 100.0 - self.level) < 1e-9:
             return Interval(self.ci_lb, self.ci_ub, level=level)

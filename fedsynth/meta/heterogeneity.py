@@ -46,7 +46,8 @@ RSTUDENT_CRIT = 1.959963984540054
 
 class _Pooled(Protocol):
     """What the flag reads from a pooled fit (``fedsynth.meta.PoolingResult``; read-only,
-    as the fields of a frozen dataclass)."""
+    as the fields of a frozen dataclass).
+    """
 
     @property
     def estimate(self) -> float: ...
@@ -110,7 +111,8 @@ class HeterogeneityFlag(ResultMixin):
 
     def i2_confidence_interval(self) -> Interval | None:
         """The (Q-profile) confidence interval of I² the strength was judged on (None if
-        there was none)."""
+        there was none).
+        """
         if self.I2_ci_lb is None or self.I2_ci_ub is None:
             return None
         return Interval(self.I2_ci_lb, self.I2_ci_ub, level=self.interval_level / 100.0)
@@ -502,7 +504,8 @@ def _blups(y: np.ndarray, v: np.ndarray, msk: np.ndarray, kk: np.ndarray, tau2: 
            knha: bool, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """BLUPs ``l y + (1 - l) mu`` with ``l = tau²/(tau² + v)`` and their prediction
     intervals, with mu and its variance from the pooled tau² (Knapp-Hartung-scaled under
-    knha, t with k - 1 df), for every site at once; NaN where k < 2 or outside the mask."""
+    knha, t with k - 1 df), for every site at once; NaN where k < 2 or outside the mask.
+    """
     from scipy import special
 
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -531,7 +534,8 @@ def _blups(y: np.ndarray, v: np.ndarray, msk: np.ndarray, kk: np.ndarray, tau2: 
 
 def _fixed_effect_i2_ci(batch: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Q-profile I² bounds for the analyses ``rows`` that carry none (fixed-effect fits),
-    as ``analysis._i2_ci_if_missing`` does for one (Viechtbauer 2007, Stat. Med. 26:37-52)."""
+    as ``analysis._i2_ci_if_missing`` does for one (Viechtbauer 2007, Stat. Med. 26:37-52).
+    """
     from fedsynth.meta.stats import (
         as_batch,
         heterogeneity_indices,

@@ -167,7 +167,8 @@ class MetaRegressionResult(ResultMixin):
 
     def confidence_interval(self, confidence_level: float = 0.95) -> Interval:
         """Confidence intervals of the coefficients (arrays, one per coefficient), under
-        the fit's test (normal, or t with k - p df under Knapp-Hartung)."""
+        the fit's test (normal, or t with k - p df under Knapp-Hartung).
+        """
         level = check_fraction(confidence_level)
         if abs(level * 100.0 - self.level) < 1e-9:
             return Interval(self.ci_lb, self.ci_ub, level=level)
@@ -187,7 +188,8 @@ class MetaRegressionResult(ResultMixin):
 
     def summary(self, digits: int = 4) -> str:
         """Residual heterogeneity, the tests of moderators and the coefficient table
-        (z and Knapp-Hartung columns), as ``fedsynth meta --moderator`` prints it."""
+        (z and Knapp-Hartung columns), as ``fedsynth meta --moderator`` prints it.
+        """
         d = digits
         rows = [[nm, f(self.coef[i], d), f(self.z_se[i], d), f(self.z_stat[i], d),
                  p(self.z_pval[i], d), f(self.knha_se[i], d), p(self.knha_pval[i], d)]
@@ -206,7 +208,8 @@ class MetaRegressionResult(ResultMixin):
 
     def to_frame(self):
         """One row per coefficient: estimate, se, statistic, p-value and confidence
-        bounds under the fit's test, then the z and Knapp-Hartung columns."""
+        bounds under the fit's test, then the z and Knapp-Hartung columns.
+        """
         import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
 
         return pd.DataFrame({"estimate": self.coef, "se": self.se, "stat": self.stat,
@@ -223,7 +226,8 @@ class MetaRegressionResult(ResultMixin):
 
     def funnel(self, **options: Any):
         """Funnel plot of the residuals against their standard errors (metafor's
-        ``funnel()`` of a model with moderators)."""
+        ``funnel()`` of a model with moderators).
+        """
         from fedsynth.plots import funnel_plot  # matplotlib: imported only to plot
 
         return funnel_plot(self, **options)

@@ -65,7 +65,8 @@ ConfidenceInterval = Interval
 
 def _crit(confidence_level: float, test: str, k: int) -> float:
     """Two-sided critical value of the pooled estimate's test: t with k - 1 df under
-    Knapp-Hartung (k >= 2; one site falls back to z, as :func:`pool` does), else normal."""
+    Knapp-Hartung (k >= 2; one site falls back to z, as :func:`pool` does), else normal.
+    """
     alpha = 1.0 - confidence_level
     if test == "knha" and k >= 2:
         return float(st.t_isf(alpha / 2, k - 1))
@@ -211,7 +212,8 @@ class PoolingResult(ResultMixin):
 
     def to_frame(self):
         """One row (index: the analysis name) with the keys of :meth:`to_dict`, intervals
-        as ``tau2_ci_lb``, ``tau2_ci_ub``, ..."""
+        as ``tau2_ci_lb``, ``tau2_ci_ub``, ...
+        """
         frame = super().to_frame()
         frame.index = [self.name if self.name is not None else 0]
         return frame
@@ -264,7 +266,8 @@ class PoolingResult(ResultMixin):
 
     def blup(self) -> BlupResult:
         """Each site's shrunken estimate with a prediction interval (metafor's ``blup``),
-        from this fit's tau²."""
+        from this fit's tau².
+        """
         diagnostics = self._diagnostics()
         from fedsynth.meta.metareg import fit_rma
 
@@ -275,20 +278,23 @@ class PoolingResult(ResultMixin):
 
     def publication_bias(self) -> PublicationBiasResult:
         """Egger's and Begg's tests and trim-and-fill (metafor's ``regtest``,
-        ``ranktest``, ``trimfill``); needs k >= 3."""
+        ``ranktest``, ``trimfill``); needs k >= 3.
+        """
         return self._diagnostics().publication_bias(self.yi, self.vi, method=self.method,
                                                     test=self.test)
 
     def heterogeneity(self, *, i2_threshold: float = 50.0,
                       null_value: float = 0.0) -> HeterogeneityFlag:
         """The heterogeneity flag of this analysis (the rule in docs/architecture.md; see
-        :func:`fedsynth.meta.heterogeneity.assess_heterogeneity`)."""
+        :func:`fedsynth.meta.heterogeneity.assess_heterogeneity`).
+        """
         return self.analyse(i2_threshold=i2_threshold, null_value=null_value,
                             diagnostics=False).heterogeneity
 
     def analyse(self, **options: Any) -> AnalysisResult:
         """Everything ``fedsynth meta`` reports about this analysis: the flag and the
-        requested diagnostics (:func:`fedsynth.meta.analysis.analyse` on this fit)."""
+        requested diagnostics (:func:`fedsynth.meta.analysis.analyse` on this fit).
+        """
         from fedsynth.meta.analysis import analyse  # imports the diagnostics (see above)
 
         return analyse(self.yi, self.vi, labels=self.labels, method=self.method,
@@ -440,14 +446,16 @@ class BatchPoolingResult(ResultMixin):
     def to_dict(self) -> dict[str, Any]:
         """``{"method", "test", "level", "analyses": [record, ...]}``; each record is
         :meth:`PoolingResult.to_dict` with ``analysis`` (its name) first, as the command
-        line's ``--by`` JSON."""
+        line's ``--by`` JSON.
+        """
         records = [{"analysis": name, **rec} for name, rec in zip(self.names, self.to_dicts())]
         return {"method": self.method, "test": self.test, "level": self.level,
                 "analyses": records}
 
     def summary(self) -> str:
         """One line per analysis (the first 20 and how many more): k, estimate, se,
-        confidence bounds, tau², I² and the heterogeneity test's p-value."""
+        confidence bounds, tau², I² and the heterogeneity test's p-value.
+        """
         return format_batch_summary(self)
 
     def _repr_html_(self) -> str:

@@ -113,7 +113,8 @@ class SubgroupResult(ResultMixin):
 
     def summary(self, digits: int = 4) -> str:
         """Per-group fits and both tests of subgroup differences, as ``fedsynth meta
-        --subgroup`` prints them."""
+        --subgroup`` prints them.
+        """
         d = digits
         rows = [[g.group, str(g.k), f(g.estimate, d), f(g.se, d), f(g.ci_lb, d),
                  f(g.ci_ub, d), f(g.tau2, d), f(g.I2, 2), f(g.Q, d)] for g in self.groups]

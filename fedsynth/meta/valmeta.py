@@ -279,7 +279,8 @@ class PerformanceData:
     def to_frame(self):
         """A :class:`pandas.DataFrame` with metamisc's columns (``theta``, ``theta.se``,
         ``theta.cilb``, ``theta.ciub``, ``theta.source``, ``theta.se.source``; ``O``,
-        ``E``, ``N`` for O:E) and ``used``, indexed by study label."""
+        ``E``, ``N`` for O:E) and ``used``, indexed by study label.
+        """
         # lazy, as BatchPoolingResult.to_frame: pandas is not needed for the statistics
         import pandas as pd
 
@@ -539,7 +540,8 @@ def _show(value: Any) -> str:
 
 def _make_unique(labels: Sequence[str]) -> list[str]:
     """R's ``make.unique``: the second and later copies of a label get ``.1``, ``.2``, ...
-    (skipping names already in use), as metamisc labels its studies."""
+    (skipping names already in use), as metamisc labels its studies.
+    """
     seen = set(labels)
     counters: dict[str, int] = {}
     first: set[str] = set()
@@ -572,7 +574,8 @@ def _level(level: float) -> float:
 
 def _check_levels(inp: _Inputs, name: str, lb: str, ub: str) -> None:
     """A CI level is a proportion strictly inside (0, 1) and must be known where a
-    confidence interval is given."""
+    confidence interval is given.
+    """
     inp.check(name, lambda v: (v > 0) & (v < 1),
               "must be a proportion strictly between 0 and 1 (e.g. 0.95)")
     has_ci = ~np.isnan(inp.get(lb)) & ~np.isnan(inp.get(ub))
@@ -618,7 +621,8 @@ def _check_counts(inp: _Inputs, with_e: bool) -> None:
 
 def _first_available(m: np.ndarray) -> np.ndarray:
     """Index of the first column that is not NaN in each row, 0 if none (metamisc's
-    ``which.min(is.na(row))``)."""
+    ``which.min(is.na(row))``).
+    """
     return np.argmax(~np.isnan(m), axis=1)
 
 
@@ -633,7 +637,8 @@ def _pick(m: np.ndarray, sel: np.ndarray) -> np.ndarray:
 def _c_from_sd_lp(sd_lp: np.ndarray) -> np.ndarray:
     """The c-statistic implied by a normal linear predictor with standard deviation
     ``sd_lp`` in a logistic model (White & Rapsomaniki 2015):
-    ``c = 2 ∫_0^∞ expit(√2 σ x) φ(x) dx``, vectorised over studies."""
+    ``c = 2 ∫_0^∞ expit(√2 σ x) φ(x) dx``, vectorised over studies.
+    """
     out = np.full(sd_lp.shape, np.nan)
     present = ~np.isnan(sd_lp)
     if not present.any():
@@ -655,7 +660,8 @@ def _c_from_sd_lp(sd_lp: np.ndarray) -> np.ndarray:
 def _hanley_var(c: np.ndarray, n_subjects: np.ndarray, n_events: np.ndarray,
                 method: int) -> np.ndarray:
     """Variance of the c-statistic by Hanley & McNeil (1982) with Newcombe's (2006)
-    method 2 (``m* = m - 1, n* = n - 1``) or 4 (``m* = n* = N/2 - 1``)."""
+    method 2 (``m* = m - 1, n* = n - 1``) or 4 (``m* = n* = N/2 - 1``).
+    """
     n = n_events
     m = n_subjects - n_events
     if method == 2:
@@ -773,7 +779,8 @@ def _ccalc(inp: _Inputs, scale: _Scale, level: float, method: int) -> Performanc
 
 def _study_ci(theta, theta_se, lb, ub, lv, level, scale):
     """Per-study CI: the reported bounds (transformed) where reported at ``level``, else
-    ``theta ± z se`` (metamisc's theta.cilb / theta.ciub)."""
+    ``theta ± z se`` (metamisc's theta.cilb / theta.ciub).
+    """
     same = lv == level
     cil = np.where(same, scale.g(lb), np.nan)
     ciu = np.where(same, scale.g(ub), np.nan)
@@ -806,7 +813,8 @@ def _oe_from_oen(o: np.ndarray, e: np.ndarray, n: np.ndarray | None,
                  add: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """O/E and its variance ``O (1 - O/N) / E²`` (O binomial, E fixed), or ``O / E²``
     without N (O Poisson); ``add`` is added to O, E (and N) where E = 0 (the third
-    array says where)."""
+    array says where).
+    """
     zero = (e == 0) & (add > 0)
     e = np.where(zero, e + add, e)
     o = np.where(zero, o + add, o)
@@ -947,7 +955,8 @@ _ESTIMATE_INPUTS = {"OE and SE(OE)": "OE", "OE and CI(OE)": "OE", "EO and SE(EO)
 def _oe_note(theta: float, se: float, source: str | None, o: float, scale: _Scale,
              present: Sequence[str]) -> str | None:
     """Why a study's O:E cannot be pooled (None if it can); ``present`` names the inputs
-    the study has."""
+    the study has.
+    """
     if source is None:
         if not present:
             return "no O:E inputs (every cell empty)"

@@ -478,7 +478,8 @@ class SiteContribution:
 
 def _read_core(data: Mapping[str, Any], parameters: int, site: str) -> dict[str, Any]:
     """Check the fields every contribution has: ``n``, ``loglik`` (``null``: -inf),
-    ``gradient``, ``hessian`` (shapes, finiteness, symmetry) and ``nodes``."""
+    ``gradient``, ``hessian`` (shapes, finiteness, symmetry) and ``nodes``.
+    """
     if not isinstance(data, Mapping):
         raise InputError(f"{site}: expected an object, got {type(data).__name__}")
     for key in ("n", "loglik", "gradient", "hessian"):
@@ -581,7 +582,8 @@ def combine(contributions: Sequence[_Contribution] | Mapping[str, _Contribution]
 @lru_cache(maxsize=64)
 def _rule(k: int) -> tuple[np.ndarray, np.ndarray]:
     """Nodes ``x`` and ``log w + x^2/2`` of the ``k``-point Gauss-Hermite rule for the
-    weight ``exp(-x^2/2)`` (so that ``int f = sum exp(log w + x^2/2) f(x)`` for any ``f``)."""
+    weight ``exp(-x^2/2)`` (so that ``int f = sum exp(log w + x^2/2) f(x)`` for any ``f``).
+    """
     x, w = hermegauss(k)
     with np.errstate(divide="ignore"):
         logw = np.log(w) + x * x / 2.0
@@ -773,7 +775,8 @@ def _gaussian_closed_form(data: SiteData, beta: np.ndarray, tau: float,
     """``y_i ~ N(X_i beta + o_i, sigma^2 I + tau^2 J)``: value and derivatives in
     ``(beta, tau, sigma)`` from the eigen-decomposition of the compound-symmetric
     covariance (eigenvalue ``sigma^2 + n tau^2`` along ``1``, ``sigma^2`` on its
-    complement; Searle, Casella & McCulloch, *Variance Components*, Wiley 1992, ch. 3)."""
+    complement; Searle, Casella & McCulloch, *Variance Components*, Wiley 1992, ch. 3).
+    """
     X = data.X
     n = data.n
     r = data.y - data.offset - X @ beta
@@ -824,7 +827,8 @@ def _glm_at_tau_zero(data: SiteData, beta: np.ndarray) -> SiteContribution:
     """``tau = 0``: no integral, the ordinary GLM likelihood. Its derivatives in ``tau``
     are those of the integral at ``tau = 0`` (the posterior of ``z`` is then ``N(0, 1)``):
     ``dl/dtau = E[z] sum l' = 0``, ``d2l/dbeta dtau = 0`` and
-    ``d2l/dtau2 = E[z^2] (sum l')^2 + E[z^2] sum l'' = (sum l')^2 + sum l''``."""
+    ``d2l/dtau2 = E[z^2] (sum l')^2 + E[z^2] sum l'' = (sum l')^2 + sum l''``.
+    """
     value, d1, d2 = _terms(data, data.X @ beta + data.offset, math.nan)
     p = data.p
     grad = np.zeros(p + 1)
@@ -1090,7 +1094,8 @@ class HierarchicalFit:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form; issue 14's ``"hierarchical"`` keys (``coefficients``, ``se``, ``tau``,
-        ``tau2``, ``logLik``, ``site_intercepts``, ``site_intercepts_se``) plus the rest."""
+        ``tau2``, ``logLik``, ``site_intercepts``, ``site_intercepts_se``) plus the rest.
+        """
 
         def num(value: float) -> float | None:
             return _json_number(float(value))
@@ -1211,7 +1216,8 @@ class _Problem:
 def _direction(point: _Point) -> tuple[np.ndarray, float, bool]:
     """Newton direction from ``-H d = g``, the decrement ``g'd`` and whether ``-H`` was
     positive definite (else its eigenvalues are reflected and floored: a modified Newton
-    step that still ascends)."""
+    step that still ascends).
+    """
     neg = -point.hessian
     vals, vecs = np.linalg.eigh((neg + neg.T) / 2)
     top = float(np.max(np.abs(vals))) if vals.size else 1.0
@@ -1747,7 +1753,8 @@ class SlopeContribution:
 def _mode2(data: SiteData, eta: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, float,
                                                                      np.ndarray]:
     """Mode of ``g(z) = sum_j log f(y_j | eta_j + B_j z) - |z|^2/2`` (strictly concave),
-    ``g`` there (without constants) and ``-g''`` (positive definite)."""
+    ``g`` there (without constants) and ``-g''`` (positive definite).
+    """
 
     def evaluate(z: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         value, d1, d2 = _terms(data, eta + B @ z, math.nan)
@@ -2018,7 +2025,8 @@ SlopeEvaluate = Callable[[SlopeProposal], Mapping[str, SlopeContribution]]
 
 class _SlopeProblem:
     """Coordinates ``(beta, log l11, l21[, log l22])``; without ``log l22`` (``with_tau``
-    False) the point is on the face ``l22 = 0``."""
+    False) the point is on the face ``l22 = 0``.
+    """
 
     def __init__(self, evaluate: SlopeEvaluate, family: str, p: int, slope: int,
                  control: FitControl) -> None:
@@ -2231,7 +2239,8 @@ def fit_sites_slope(sites: Mapping[str, SiteData], *, slope: str,
                     names: Sequence[str] | None = None,
                     control: FitControl | None = None) -> RandomSlopeFit:
     """Fit the random-intercept model, then the random-slope model, to in-process sites,
-    every message through its JSON form (as :func:`fit_sites`)."""
+    every message through its JSON form (as :func:`fit_sites`).
+    """
     start = fit_sites(sites, names=names, control=control)
     p = len(start.names)
 

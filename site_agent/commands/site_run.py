@@ -19,8 +19,8 @@ def _args(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from fedsynth.logs import setup_logging
     from fedsynth.config import load_site_config
+    from fedsynth.logs import setup_logging
     from site_agent.agent import run_agent
 
     config = load_site_config(args.config, insecure=args.insecure)

@@ -13,8 +13,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.metrics import (CoordinatorMetrics, add_health_service, mark_not_serving,
-                                 normalise_reason, parse_listen)
+from coordinator.metrics import (
+    CoordinatorMetrics,
+    add_health_service,
+    mark_not_serving,
+    normalise_reason,
+    parse_listen,
+)
 from fedsynth.errors import InputError
 from fedsynth.logs import configure_logging
 

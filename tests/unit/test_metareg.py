@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsynth.meta.metareg import design_matrix, fit_batch, fit_rma, meta_regression
 from fedsynth.errors import InputError
+from fedsynth.meta.metareg import design_matrix, fit_batch, fit_rma, meta_regression
 from tests.conftest import load_json
 
 REF = load_json("metafor_public.json")

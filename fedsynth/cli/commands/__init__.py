@@ -1,2 +1,3 @@
 """The library's own commands (``meta``, ``ca``, ``audit``, ``demo-data``, ``health``,
-``version``): none of them needs a role package."""
+``version``): none of them needs a role package.
+"""

@@ -147,7 +147,8 @@ def _i2_threshold(text: str) -> float:
 def _needs_per_analysis(args: argparse.Namespace) -> bool:
     """Whether an option asks for per-analysis extras that only
     :func:`fedsynth.meta.analysis.analyse` computes (diagnostics sections,
-    subgroups, meta-regression, cumulative meta-analysis)."""
+    subgroups, meta-regression, cumulative meta-analysis).
+    """
     return bool(getattr(args, "diagnostics", False) or getattr(args, "subgroup", None)
                 or getattr(args, "moderator", None) or getattr(args, "cumulative_by", None))
 
@@ -210,7 +211,8 @@ def _analysis(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResu
 
 def _cumulative_order(frame, column: str, rows) -> list[int]:
     """0-based order of an analysis' sites by ``column`` (numeric if every value is a
-    number, else text); a stable sort keeps the file order among ties."""
+    number, else text); a stable sort keeps the file order among ties.
+    """
     import numpy as np
 
     from fedsynth import tabular
@@ -290,7 +292,8 @@ def _add_bayes_plot_options(parser: argparse.ArgumentParser) -> None:
 
 def _bayes_batch(args: argparse.Namespace, data: MetaInput):
     """Bayesian pooling of every analysis in one vectorised call (cached); None without
-    --bayes."""
+    --bayes.
+    """
     if not getattr(args, "bayes", None):
         return None
     cache = args.__dict__.setdefault("_bayes", {})
@@ -466,7 +469,8 @@ def _variance_column(args, frame):
 def _text_values(frame, column: str, *, option: str | None = None):
     """Column ``column`` as a pandas Series of stripped strings (empty cells ``""``):
     :func:`fedsynth.tabular.text_column` without the conversion to a Python list, so
-    labels and ``--by`` groups of 400,000 rows stay vectorised."""
+    labels and ``--by`` groups of 400,000 rows stay vectorised.
+    """
     from fedsynth import tabular
 
     tabular.require_columns(frame, [column], option=option)

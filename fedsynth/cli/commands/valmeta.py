@@ -144,7 +144,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _numeric(frame, column: str, option: str, labels) -> Any:
     """Column ``column`` as floats; empty and NA cells are missing (NaN), any other text is
-    an error naming the column, row, study and value."""
+    an error naming the column, row, study and value.
+    """
     import numpy as np
     import pandas as pd
 
@@ -196,7 +197,8 @@ def _labels(frame, args) -> list[str]:
 
 def load_arguments(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
     """The keyword arguments of :func:`~fedsynth.meta.valmeta.valmeta` read from the CSV,
-    and how error messages name each (its column and option)."""
+    and how error messages name each (its column and option).
+    """
     from fedsynth import tabular
     from fedsynth.errors import InputError
 

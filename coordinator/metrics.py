@@ -179,6 +179,7 @@ class MetricsEndpoint:
 
     @property
     def url(self) -> str:
+        """The URL a Prometheus scraper reads (IPv6 hosts bracketed)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/metrics"
 

@@ -182,12 +182,15 @@ class ConcurrencyLimiter:
             self._mark_locked(key, self._clock())
 
     def in_good_standing(self, key: str) -> bool:
+        """Whether ``key`` was not refused within the penalty period (so it may use the reserve)."""
         with self._lock:
             last = self._refused_at.get(key)
             return last is None or self._clock() - last >= self.penalty
 
     def try_enter(self, key: str, *, priority: bool = False) -> Refusal | None:
-        """Admit one call of ``key``: None when admitted (then call :meth:`leave` exactly
+        """Admit one call of ``key``, or refuse it.
+
+        Admit one call of ``key``: None when admitted (then call :meth:`leave` exactly
         once when it ends), else the :class:`Refusal` (nothing is counted).
         """
         now = self._clock()
@@ -249,7 +252,9 @@ _identity = identity_of     # the name earlier code and tests use
 
 def _wrap_admitted(handler: Any, enter: Callable[[Any], Any],
                    leave: Callable[[Any], None]) -> Any:
-    """A copy of a grpc.aio method handler that awaits ``enter(context)`` first (which
+    """A method handler that admits each call before it runs and releases it after.
+
+    A copy of a grpc.aio method handler that awaits ``enter(context)`` first (which
     aborts a refused call) and calls ``leave(ticket)`` when the call ends, however it ends
     (reply, error, cancellation by the client's deadline).
     """
@@ -353,6 +358,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("admission on_reject callback failed")
 
     async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        """Wrap each call's handler so that it is admitted (or refused) before it runs."""
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         priority = method.startswith(HEALTH_PREFIX)

@@ -67,13 +67,16 @@ def preload_statistics() -> None:
 
 
 def write_addr_file(path: Path, address: str) -> None:
-    """Atomically write the bound address (``HOST:PORT``) for tests and local tools
+    """Atomically write the bound address (``HOST:PORT``) for tests and local tools.
+
+    Atomically write the bound address (``HOST:PORT``) for tests and local tools
     (owner-only, like every file the coordinator writes).
     """
     atomic_write(path, address + "\n")
 
 
 def read_addr_file(path: Path) -> str:
+    """The address (``HOST:PORT``) written by :func:`write_addr_file`."""
     return Path(path).read_text(encoding="utf-8").strip()
 
 
@@ -129,7 +132,9 @@ class Coordinator:
                 log.exception("audit append failed")
 
     def _audit_soon(self, event: str, data: dict[str, Any]) -> None:
-        """:meth:`_audit` from the event loop (the interceptors' refusal reports): the
+        """Audit a refusal from the event loop without waiting for the disk.
+
+        :meth:`_audit` from the event loop (the interceptors' refusal reports): the
         fsync'd append runs in a worker thread, so a flood being refused does not stall
         every other call (health checks included) for the length of a disk flush.
         """
@@ -302,7 +307,9 @@ class Coordinator:
                 pass
 
     async def write_report(self, round_id: str, document: dict[str, Any] | None) -> bool:
-        """Write one round's report in a :mod:`coordinator.report_worker` child process and
+        """Write one round's report in a child process and record the outcome in the store.
+
+        Write one round's report in a :mod:`coordinator.report_worker` child process and
         record its paths (or its error) in the store; False when stopped before it finished
         (nothing recorded, so the next start writes it).
         """
@@ -358,6 +365,7 @@ class Coordinator:
     # --- scheduled rounds --------------------------------------------------------------------
     async def start_round_from_file(self, spec_path: Path, deadline: _dt.timedelta,
                                     quorum: int | None, source: str) -> str:
+        """Open a round from a spec file in a worker thread (off the event loop); returns its id."""
         from coordinator.rounds import open_round
 
         text = Path(spec_path).read_text(encoding="utf-8")
@@ -387,14 +395,17 @@ class Coordinator:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def request_stop(self) -> None:
+        """Ask the server to stop (from a signal handler or a test); :meth:`wait` then returns."""
         self._stop.set()
         if self._scheduler is not None:
             self._scheduler.stop()
 
     async def wait(self) -> None:
+        """Wait until :meth:`request_stop` is called."""
         await self._stop.wait()
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Stop serving (calls in flight get ``grace`` seconds), finishing the report in hand."""
         self.request_stop()
         if self.server is not None:
             await self.server.stop(grace)

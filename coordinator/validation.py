@@ -72,7 +72,9 @@ def _check_refusal(r: WireRefusal) -> None:
 
 
 def check_submission(content: SubmissionContent, analyses: Iterable[str]) -> None:
-    """Raise :class:`InputError` unless ``content`` answers exactly ``analyses`` with valid
+    """Check that a submission answers exactly the analyses of its round.
+
+    Raise :class:`InputError` unless ``content`` answers exactly ``analyses`` with valid
     estimates or refusals.
     """
     expected = list(analyses)

@@ -90,7 +90,9 @@ def _check_free(paths: list[Path], force: bool) -> None:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Write a private key: created 0600 from the start (never world-readable, not even
+    """Write a private key that is never readable by others, not even briefly.
+
+    Write a private key: created 0600 from the start (never world-readable, not even
     briefly), then renamed into place.
     """
     atomic_write(path, data, mode=0o600)

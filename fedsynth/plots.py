@@ -249,7 +249,9 @@ def _ratio_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
 
 
 def _fit_ticks(fig, ax, null: float | None = None) -> None:
-    """Drop every other x tick until no two tick labels touch (long labels such as
+    """Drop every other x tick until no two tick labels touch.
+
+    Drop every other x tick until no two tick labels touch (long labels such as
     ``-0.015`` on a narrow axis); the tick at the null value is kept when there is one.
     """
     from matplotlib.ticker import MaxNLocator
@@ -278,7 +280,9 @@ def _fit_ticks(fig, ax, null: float | None = None) -> None:
 
 def _x_limits(points: list[float], ci_lo: np.ndarray, ci_hi: np.ndarray,
               null: float) -> tuple[float, float]:
-    """Axis range: every point estimate, pooled interval and the null; site CIs unless one
+    """The x-axis range of a forest plot.
+
+    Axis range: every point estimate, pooled interval and the null; site CIs unless one
     alone would stretch the axis more than the core range itself (it is then clipped with an
     arrow, as metafor does).
     """
@@ -312,7 +316,9 @@ class _Row:
 
 def _subgroup_rows(subgroups: Any, data: _Pooled, level: float, ratio: bool,
                    method: str) -> tuple[list[list[int]], list[_Row], list[str], str | None]:
-    """Split sites by group; return site indices per group, a summary row per group,
+    """Split sites by group for a forest plot with subgroups.
+
+    Split sites by group; return site indices per group, a summary row per group,
     the group names and the between-group test sentence.
     """
     k = data.yi.size
@@ -672,7 +678,9 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
 
 
 def _filled_arrays(filled: Any) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """Trim-and-fill studies from a PublicationBiasResult, a mapping/object with
+    """Trim-and-fill studies as ``(yi, vi)`` arrays.
+
+    Trim-and-fill studies from a PublicationBiasResult, a mapping/object with
     ``yi``/``vi`` (or ``filled_yi``/``filled_vi``), or ``(yi, vi)`` arrays.
     """
     est = None

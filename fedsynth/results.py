@@ -137,13 +137,17 @@ class ResultMixin:
     """
 
     def summary(self) -> str:  # pragma: no cover - every result overrides it
+        """Human-readable text of the result (each result type defines it)."""
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:  # pragma: no cover - every result overrides it
+        """JSON-ready form of the result (each result type defines it)."""
         raise NotImplementedError
 
     def to_frame(self):
-        """A one-row :class:`pandas.DataFrame` of the scalar fields of :meth:`to_dict`
+        """A one-row :class:`pandas.DataFrame` of the scalar fields of :meth:`to_dict`.
+
+        A one-row :class:`pandas.DataFrame` of the scalar fields of :meth:`to_dict`
         (intervals as ``NAME_lb`` / ``NAME_ub`` columns).
         """
         # pandas is imported only here: importing it costs about as much again as numpy

@@ -107,6 +107,7 @@ class CrlInfo:
     serials: frozenset[int]
 
     def describe(self) -> str:
+        """One line naming this CRL (number, thisUpdate, revoked count) for logs and refusals."""
         number = f"CRL number {self.number}" if self.number is not None else "no CRL number"
         return (f"{number}, thisUpdate {self.this_update:%Y-%m-%dT%H:%M:%SZ}, "
                 f"{len(self.serials)} revoked")
@@ -452,7 +453,9 @@ class RevocationList:
 
 @functools.lru_cache(maxsize=4096)
 def _certificate_from_pem(pem: bytes) -> Any:
-    """Parse a peer certificate once: every call of a connection presents the same PEM, and
+    """Parse a peer certificate once.
+
+    Parse a peer certificate once: every call of a connection presents the same PEM, and
     under a flood parsing it for each of the interceptors was a measurable cost.
     """
     from cryptography import x509
@@ -620,6 +623,7 @@ class RevocationInterceptor(grpc.aio.ServerInterceptor):
             log.exception("revocation on_reject callback failed")
 
     async def intercept_service(self, continuation, handler_call_details):
+        """Wrap each call's handler so that a revoked peer is refused (exempt methods pass)."""
         handler = await continuation(handler_call_details)
         if handler_call_details.method in self._exempt:
             return handler

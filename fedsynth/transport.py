@@ -103,7 +103,9 @@ def channel_options() -> list[tuple[str, Any]]:
 
 
 def server_options(*, max_concurrent_streams: int | None = None) -> list[tuple[str, Any]]:
-    """The gRPC options of every server (``max_concurrent_streams`` per connection, default
+    """The gRPC options of every server.
+
+    The gRPC options of every server (``max_concurrent_streams`` per connection, default
     :data:`MAX_CONCURRENT_STREAMS`).
     """
     return _common_options() + [

@@ -75,11 +75,13 @@ class Backoff:
     attempt: int = 0
 
     def next_delay(self, rng: random.Random | None = None) -> float:
+        """The next pause: full jitter up to the capped exponential bound, so sites spread out."""
         upper = min(self.cap, self.base * (2 ** self.attempt))
         self.attempt += 1
         return (rng or random).uniform(0.0, upper) if upper > 0 else 0.0
 
     def reset(self) -> None:
+        """Start again from the shortest pause (after a call succeeded)."""
         self.attempt = 0
 
 
@@ -106,7 +108,9 @@ def describe_results(site: str, round_id: str, results: dict[str, Any]) -> list[
 
 
 def _local_details(results: dict[str, Any]) -> dict[str, Any]:
-    """Per refused analysis, what the site knows but did not send (for its audit log),
+    """Per refused analysis, what the site knows but did not send.
+
+    Per refused analysis, what the site knows but did not send (for its audit log),
     each text cut at :data:`AUDIT_DETAIL_CHARS` and all of them at
     :data:`AUDIT_DETAIL_BUDGET` characters.
     """
@@ -127,7 +131,9 @@ def _local_details(results: dict[str, Any]) -> dict[str, Any]:
 
 def submission_audit(round_id: str, payload: bytes, results: dict[str, Any]
                      ) -> dict[str, Any]:
-    """The ``submission.signed`` audit entry: the digest of the signed bytes, what is sent
+    """The ``submission.signed`` audit entry.
+
+    The ``submission.signed`` audit entry: the digest of the signed bytes, what is sent
     per analysis, and what was kept at the site about each refusal.
     """
     return {"round": round_id, "digest": hashlib.sha256(payload).hexdigest(),
@@ -175,7 +181,9 @@ class SiteAgent:
                               f"{event!r}: {error}") from error
 
     def _audit(self, event: str, data: dict[str, Any]) -> None:
-        """Append an entry about something that already happened (an acknowledgement):
+        """Append an entry about something that already happened.
+
+        Append an entry about something that already happened (an acknowledgement):
         a failure is logged, there is nothing left to stop.
         """
         try:
@@ -195,6 +203,7 @@ class SiteAgent:
         return target
 
     def request_stop(self) -> None:
+        """Ask the agent to stop (from a signal handler or a test); pauses end at once."""
         self._stop.set()
 
     async def _sleep(self, seconds: float) -> None:
@@ -257,6 +266,7 @@ class SiteAgent:
         return release(results, spec), None
 
     def sign_results(self, round_id: str, results: dict[str, Any]) -> tuple[bytes, bytes]:
+        """Sign this site's results for ``round_id``; returns the payload and its signature."""
         content = SubmissionContent(
             round_id=round_id, site=self.config.name, nonce=os.urandom(NONCE_BYTES),
             timestamp=utcnow(),
@@ -345,6 +355,7 @@ class SiteAgent:
 
     # --- run loop --------------------------------------------------------------------------
     async def resend_unacknowledged(self, client: FederationClient) -> None:
+        """Resend submissions signed before the agent stopped but never acknowledged."""
         for entry in self.state.rounds().values():
             if entry.status == "signed":
                 log.info("round %s: a submission was signed but not acknowledged before the "

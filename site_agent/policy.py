@@ -114,7 +114,9 @@ class PolicyDecision:
                 "needs_approval": self.needs_approval, "allowed": list(self.allowed)}
 
     def refusal(self, name: str) -> Any:
-        """The :class:`~fedsynth.effects.Refusal` (code ``policy``) of a forbidden analysis,
+        """The refusal of a forbidden analysis.
+
+        The :class:`~fedsynth.effects.Refusal` (code ``policy``) of a forbidden analysis,
         worded from the fixed vocabulary.
         """
         from fedsynth.effects.results import Refusal
@@ -161,6 +163,7 @@ class ApprovalStore:
         return read_json_object(self._approved_file, "approvals file")
 
     def is_approved(self, fingerprint: str) -> bool:
+        """Whether the data steward approved the spec with this fingerprint."""
         return fingerprint in self.approved()
 
     @staticmethod
@@ -403,8 +406,7 @@ def site_policy(site_config: Any) -> Policy:
 
 
 def site_audit_log(site_config: Any):
-    """The site's audit log: ``audit_log`` of site.toml, default ``<name>-audit.jsonl`` next
-    to it.
+    """The site's audit log: ``audit_log`` of site.toml, default ``<name>-audit.jsonl`` next to it.
 
     The agent records there every submission it sent (content and digest), every refusal
     and every policy decision; ``fedsynth site approve`` records approvals in the same chain.

@@ -209,7 +209,9 @@ _EXPOSURE_MARGINS = frozenset({"n_exposed", "n_unexposed", "score_level_min"})
 
 @dataclass(frozen=True)
 class _Taint:
-    """A table (two columns) or a margin (one column) with a count below the limit;
+    """A table or a margin with a count below the limit.
+
+    A table (two columns) or a margin (one column) with a count below the limit;
     ``columns`` is None when the analysis's columns are unknown (it then taints all).
     """
 
@@ -251,7 +253,9 @@ def _analysis_of(name: str, spec: Any) -> Any:
 
 
 def _analysis_key(name: str, result: Any, spec: Any) -> str | None:
-    """Digest of an analysis's definition without its name (what makes two releases "the
+    """Digest of an analysis's definition without its name.
+
+    Digest of an analysis's definition without its name (what makes two releases "the
     same analysis" across rounds), or None when the spec does not define it.
     """
     from fedsynth.audit import digest
@@ -282,6 +286,7 @@ class ReleaseHistory:
         self.path = Path(path)
 
     def load(self) -> dict[str, list[int]]:
+        """The history (analysis key -> ``n`` of each release); empty if there is none."""
         data = read_json_object(self.path, "release history")
         return {str(k): [int(n) for n in v] for k, v in data.items()}
 
@@ -407,7 +412,9 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
 
 
 def release(results: Mapping[str, Any], spec: Any = None) -> dict[str, Any]:
-    """What leaves the site for one round: estimates as they are, every refusal worded
+    """What leaves the site for one round.
+
+    What leaves the site for one round: estimates as they are, every refusal worded
     from the fixed vocabulary.
 
     The last step before anything is signed (:class:`site_agent.agent.SiteAgent`) and

@@ -97,11 +97,11 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def render_table(doc: RoundDocument) -> str:
-    """Plain-text view of a round document.
+    r"""Plain-text view of a round document.
 
     Site names, statuses, refusal reasons and analysis names came from sites or from the
     spec: each is shown through :func:`fedsynth.terminal.printable`, so a control sequence
-    in a refusal reason is displayed (``\\x1b``), not executed by the terminal.
+    in a refusal reason is displayed (``\x1b``), not executed by the terminal.
     """
     from fedsynth.round_document import PooledEstimate
 

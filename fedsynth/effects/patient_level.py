@@ -90,6 +90,7 @@ class Refuse(Exception):
         self.params = params
 
     def refusal(self, analysis: AnalysisSpec) -> Refusal:
+        """The :class:`Refusal` of ``analysis`` for this reason, worded from the vocabulary."""
         params = {"estimator": analysis.estimator, **self.params}
         return Refusal.of(self.key, analysis.name, detail=self.detail, cells=self.cells,
                           n=self.n, details=_roles(analysis), **params)
@@ -201,7 +202,9 @@ def _two_by_two_cells(outcome: np.ndarray, exposure: np.ndarray) -> dict[str, in
 
 
 def _level_table(levels_of: np.ndarray, by: np.ndarray) -> tuple[int, np.ndarray] | None:
-    """``(number of levels, counts[level, by])`` of a categorical column against a 0/1
+    """The counts of a categorical column against a 0/1 column.
+
+    ``(number of levels, counts[level, by])`` of a categorical column against a 0/1
     column, or None when the column has more than :data:`CATEGORICAL_LEVELS` values.
     """
     values, inverse = np.unique(levels_of, return_inverse=True)
@@ -428,7 +431,9 @@ def _cox(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
 
 def _model_eval_data(df: pd.DataFrame, a: AnalysisSpec, minimum: int = 4
                      ) -> tuple[np.ndarray, np.ndarray, int, dict[str, int]]:
-    """Outcome, score, rows dropped and the counts the estimate may reveal: the outcome's
+    """The data of a model evaluation and the counts its estimate may reveal.
+
+    Outcome, score, rows dropped and the counts the estimate may reveal: the outcome's
     margins and, for a score with few distinct values, its table with the outcome.
     """
     data, dropped = _complete(df, a)

@@ -380,7 +380,9 @@ class Refusal:
                    detail=detail, cells=cells or {}, n=n, details=details or {})
 
     def public(self, *, columns: Collection[str] | None = None) -> Refusal:
-        """This refusal as it may leave the site: its sentence rendered again from the
+        """The refusal as it may leave the site.
+
+        This refusal as it may leave the site: its sentence rendered again from the
         vocabulary, each filled-in column checked against ``columns`` (the analysis's
         columns in the spec). A free-text reason becomes the code's generic sentence and is
         kept, with :attr:`detail`, for the site's own log.

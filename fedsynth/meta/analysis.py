@@ -95,7 +95,9 @@ class AnalysisResult(ResultMixin):
         return _text_sections(self, digits)
 
     def summary(self, digits: int = 4) -> str:
-        """The pooled summary followed by the flag and every computed section, as
+        """The pooled summary, the flag and every computed section.
+
+        The pooled summary followed by the flag and every computed section, as
         ``fedsynth meta`` prints one analysis.
         """
         return "\n\n".join([self.pooling.summary(), *self.text_sections(digits)])
@@ -113,7 +115,9 @@ class AnalysisResult(ResultMixin):
         return out
 
     def to_frame(self):
-        """One row: the pooled fields and the flag's verdict (the sections have their own
+        """One row: the pooled fields and the flag's verdict.
+
+        One row: the pooled fields and the flag's verdict (the sections have their own
         ``to_frame()``).
         """
         frame = self.pooling.to_frame()

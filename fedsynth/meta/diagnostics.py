@@ -127,7 +127,9 @@ class LeaveOneOutResult(ResultMixin):
     test: str
 
     def confidence_interval(self, confidence_level: float = 0.95) -> Interval:
-        """Confidence intervals of the pooled effect with each site left out (arrays;
+        """Confidence intervals of the pooled effect with each site left out.
+
+        Confidence intervals of the pooled effect with each site left out (arrays;
         t with k - 2 df under Knapp-Hartung, as ``leave1out``).
         """
         level = check_fraction(confidence_level)
@@ -152,6 +154,7 @@ class LeaveOneOutResult(ResultMixin):
         return _site_frame(self, "omitted")
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form: one list per column, NaN as None."""
         return {"labels": list(self.labels), "estimate": _floats(self.estimate),
                 "se": _floats(self.se), "stat": _floats(self.stat), "pval": _floats(self.pval),
                 "ci_lb": _floats(self.ci_lb), "ci_ub": _floats(self.ci_ub),
@@ -160,7 +163,9 @@ class LeaveOneOutResult(ResultMixin):
 
 
 def deleted_fits(yi: Any, vi: Any, *, method: str = "REML") -> BatchFit:
-    """The k fits with one site deleted (rows 0..k-1) and the full fit (row k), in one
+    """The k leave-one-out fits and the full fit in one vectorised batch.
+
+    The k fits with one site deleted (rows 0..k-1) and the full fit (row k), in one
     vectorised batch; :func:`leave_one_out` and :func:`influence` can share it.
     """
     y, v = validate_yi_vi(yi, vi, min_k=2)
@@ -280,6 +285,7 @@ class InfluenceResult(ResultMixin):
         return _site_frame(self)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form: one list per column, NaN as None."""
         return {"labels": list(self.labels), "rstudent": _floats(self.rstudent),
                 "dffits": _floats(self.dffits), "cooks_distance": _floats(self.cooks_distance),
                 "cov_ratio": _floats(self.cov_ratio), "tau2_deleted": _floats(self.tau2_deleted),
@@ -365,7 +371,9 @@ class BlupResult(ResultMixin):
     test: str = "z"
 
     def prediction_interval(self, confidence_level: float = 0.95) -> Interval:
-        """Prediction intervals of each site's true effect (arrays; t with k - 1 df under
+        """Prediction intervals of each site's true effect.
+
+        Prediction intervals of each site's true effect (arrays; t with k - 1 df under
         Knapp-Hartung, as metafor's ``blup``).
         """
         level = check_fraction(confidence_level)
@@ -388,13 +396,16 @@ class BlupResult(ResultMixin):
         return _site_frame(self)
 
     def outlying(self) -> tuple[str, ...]:
-        """Sites whose prediction interval excludes the pooled estimate: their own true
+        """Sites whose prediction interval excludes the pooled estimate.
+
+        Sites whose prediction interval excludes the pooled estimate: their own true
         effect differs credibly from the average even after shrinkage.
         """
         return tuple(lab for lab, lo, hi in zip(self.labels, self.pi_lb, self.pi_ub)
                      if self.estimate < lo or self.estimate > hi)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form: one list per column, NaN as None."""
         return {"labels": list(self.labels), "pred": _floats(self.pred), "se": _floats(self.se),
                 "pi_lb": _floats(self.pi_lb), "pi_ub": _floats(self.pi_ub)}
 
@@ -428,7 +439,9 @@ def blup(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: str =
 
 
 def _kendall_null_cdf(n: int) -> np.ndarray:
-    """P(T <= q), q = 0..n(n-1)/2, for the number of discordant pairs of a random
+    """The null distribution of Kendall's discordant pairs (Mahonian distribution).
+
+    P(T <= q), q = 0..n(n-1)/2, for the number of discordant pairs of a random
     permutation (Mahonian distribution), built by convolution in probabilities so it
     does not overflow for large n.
     """
@@ -453,9 +466,11 @@ class KendallResult(ResultMixin):
     pval: float
 
     def summary(self, digits: int = 4) -> str:
+        """Kendall's tau and its p-value on one line."""
         return f"Kendall's tau = {f(self.tau, digits)}, p {peq(self.pval, digits)}"
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form: ``tau`` and ``pval``."""
         return {"tau": self.tau, "pval": self.pval}
 
 
@@ -551,6 +566,7 @@ class PublicationBiasResult(ResultMixin):
             f"(se = {f(self.trimfill_se, d)})"])
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form of every test statistic, NaN as None."""
         return _json_safe({
             "egger_rma_stat": self.egger_rma_stat, "egger_rma_pval": self.egger_rma_pval,
             "egger_rma_limit": self.egger_rma_limit, "egger_lm_stat": self.egger_lm_stat,
@@ -681,7 +697,9 @@ class CumulativeResult(ResultMixin):
     level: float = 95.0
 
     def confidence_interval(self, confidence_level: float = 0.95) -> Interval:
-        """Confidence intervals of the pooled effect after each step (arrays; t with
+        """Confidence intervals of the pooled effect after each step.
+
+        Confidence intervals of the pooled effect after each step (arrays; t with
         k_j - 1 df under Knapp-Hartung, none for the first step).
         """
         level = check_fraction(confidence_level)
@@ -706,6 +724,7 @@ class CumulativeResult(ResultMixin):
         return _site_frame(self, "added")
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form: one list per column, NaN as None."""
         return {"labels": list(self.labels), "order": list(self.order),
                 "k": [int(x) for x in self.k], "estimate": _floats(self.estimate),
                 "se": _floats(self.se), "ci_lb": _floats(self.ci_lb), "ci_ub": _floats(self.ci_ub),

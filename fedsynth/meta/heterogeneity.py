@@ -45,7 +45,9 @@ RSTUDENT_CRIT = 1.959963984540054
 
 
 class _Pooled(Protocol):
-    """What the flag reads from a pooled fit (``fedsynth.meta.PoolingResult``; read-only,
+    """What the flag reads from a pooled fit.
+
+    What the flag reads from a pooled fit (``fedsynth.meta.PoolingResult``; read-only,
     as the fields of a frozen dataclass).
     """
 
@@ -80,6 +82,7 @@ class SiteDriver:
     blup_pi_ub: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form of this site's part in the verdict."""
         return {"site": self.site, "index": self.index, "kinds": list(self.kinds),
                 "rstudent": self.rstudent,
                 "blup": self.blup, "blup_pi_lb": self.blup_pi_lb, "blup_pi_ub": self.blup_pi_ub}
@@ -87,7 +90,9 @@ class SiteDriver:
 
 @dataclass(frozen=True)
 class HeterogeneityFlag(ResultMixin):
-    """The verdict on one pooled analysis; ``to_dict()`` gives the contract's four keys
+    """The heterogeneity verdict on one pooled analysis.
+
+    The verdict on one pooled analysis; ``to_dict()`` gives the contract's four keys
     (``flagged, level, reasons, sites``) plus ``drivers`` and the settings used.
 
     ``level`` is the flag's strength (``"strong"``, ``"moderate"`` or None);
@@ -110,7 +115,9 @@ class HeterogeneityFlag(ResultMixin):
     interval_level: float = 95.0
 
     def i2_confidence_interval(self) -> Interval | None:
-        """The (Q-profile) confidence interval of I² the strength was judged on (None if
+        """The (Q-profile) confidence interval of I² the strength was judged on.
+
+        The (Q-profile) confidence interval of I² the strength was judged on (None if
         there was none).
         """
         if self.I2_ci_lb is None or self.I2_ci_ub is None:
@@ -138,6 +145,7 @@ class HeterogeneityFlag(ResultMixin):
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form: the contract's four keys, the drivers and the settings used."""
         return {"flagged": self.flagged, "level": self.level, "reasons": list(self.reasons),
                 "sites": list(self.sites), "drivers": [d.to_dict() for d in self.drivers],
                 "I2": _num(self.I2), "I2_ci": [_num(self.I2_ci_lb), _num(self.I2_ci_ub)],
@@ -405,7 +413,9 @@ class BatchHeterogeneity(ResultMixin):
 
 
 def site_diagnostics_batch(batch: Any, rows: Any | None = None) -> BatchSiteDiagnostics:
-    """Studentized deleted residuals, metafor's influence rule and BLUPs of every site of
+    """Site diagnostics of every analysis of a pooled batch at once.
+
+    Studentized deleted residuals, metafor's influence rule and BLUPs of every site of
     every analysis of a pooled batch, without a Python loop over analyses.
 
     The k leave-one-out refits of all m analyses are one masked batch fit (of
@@ -502,7 +512,9 @@ def site_diagnostics_batch(batch: Any, rows: Any | None = None) -> BatchSiteDiag
 
 def _blups(y: np.ndarray, v: np.ndarray, msk: np.ndarray, kk: np.ndarray, tau2: np.ndarray,
            knha: bool, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """BLUPs ``l y + (1 - l) mu`` with ``l = tau²/(tau² + v)`` and their prediction
+    """BLUPs and their prediction intervals for every site at once.
+
+    BLUPs ``l y + (1 - l) mu`` with ``l = tau²/(tau² + v)`` and their prediction
     intervals, with mu and its variance from the pooled tau² (Knapp-Hartung-scaled under
     knha, t with k - 1 df), for every site at once; NaN where k < 2 or outside the mask.
     """
@@ -533,7 +545,9 @@ def _blups(y: np.ndarray, v: np.ndarray, msk: np.ndarray, kk: np.ndarray, tau2: 
 
 
 def _fixed_effect_i2_ci(batch: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Q-profile I² bounds for the analyses ``rows`` that carry none (fixed-effect fits),
+    """Q-profile I² bounds for the fixed-effect fits ``rows``.
+
+    Q-profile I² bounds for the analyses ``rows`` that carry none (fixed-effect fits),
     as ``analysis._i2_ci_if_missing`` does for one (Viechtbauer 2007, Stat. Med. 26:37-52).
     """
     from fedsynth.meta.stats import (

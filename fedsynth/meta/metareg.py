@@ -166,7 +166,9 @@ class MetaRegressionResult(ResultMixin):
         return self.k - self.p
 
     def confidence_interval(self, confidence_level: float = 0.95) -> Interval:
-        """Confidence intervals of the coefficients (arrays, one per coefficient), under
+        """Confidence intervals of the coefficients under the fit's test.
+
+        Confidence intervals of the coefficients (arrays, one per coefficient), under
         the fit's test (normal, or t with k - p df under Knapp-Hartung).
         """
         level = check_fraction(confidence_level)
@@ -187,7 +189,9 @@ class MetaRegressionResult(ResultMixin):
         return None if self.yi is None or self.X is None else self.yi - self.X @ self.coef
 
     def summary(self, digits: int = 4) -> str:
-        """Residual heterogeneity, the tests of moderators and the coefficient table
+        """Residual heterogeneity, the tests of moderators and the coefficient table.
+
+        Residual heterogeneity, the tests of moderators and the coefficient table
         (z and Knapp-Hartung columns), as ``fedsynth meta --moderator`` prints it.
         """
         d = digits
@@ -207,7 +211,9 @@ class MetaRegressionResult(ResultMixin):
             *grid(["", "estimate", "se", "zval", "pval", "se.knha", "pval.knha"], rows)])
 
     def to_frame(self):
-        """One row per coefficient: estimate, se, statistic, p-value and confidence
+        """One row per coefficient.
+
+        One row per coefficient: estimate, se, statistic, p-value and confidence
         bounds under the fit's test, then the z and Knapp-Hartung columns.
         """
         import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
@@ -225,7 +231,9 @@ class MetaRegressionResult(ResultMixin):
         return forest_plot(self, **options)
 
     def funnel(self, **options: Any):
-        """Funnel plot of the residuals against their standard errors (metafor's
+        """Funnel plot of the residuals against their standard errors.
+
+        Funnel plot of the residuals against their standard errors (metafor's
         ``funnel()`` of a model with moderators).
         """
         from fedsynth.plots import funnel_plot  # matplotlib: imported only to plot

@@ -64,7 +64,9 @@ ConfidenceInterval = Interval
 
 
 def _crit(confidence_level: float, test: str, k: int) -> float:
-    """Two-sided critical value of the pooled estimate's test: t with k - 1 df under
+    """Two-sided critical value of the pooled estimate's test.
+
+    Two-sided critical value of the pooled estimate's test: t with k - 1 df under
     Knapp-Hartung (k >= 2; one site falls back to z, as :func:`pool` does), else normal.
     """
     alpha = 1.0 - confidence_level
@@ -211,7 +213,9 @@ class PoolingResult(ResultMixin):
         return out
 
     def to_frame(self):
-        """One row (index: the analysis name) with the keys of :meth:`to_dict`, intervals
+        """One row (index: the analysis name) with the keys of :meth:`to_dict`.
+
+        One row (index: the analysis name) with the keys of :meth:`to_dict`, intervals
         as ``tau2_ci_lb``, ``tau2_ci_ub``, ...
         """
         frame = super().to_frame()
@@ -265,7 +269,9 @@ class PoolingResult(ResultMixin):
                                              method=self.method, test=self.test)
 
     def blup(self) -> BlupResult:
-        """Each site's shrunken estimate with a prediction interval (metafor's ``blup``),
+        """Each site's shrunken estimate with a prediction interval.
+
+        Each site's shrunken estimate with a prediction interval (metafor's ``blup``),
         from this fit's tau².
         """
         diagnostics = self._diagnostics()
@@ -277,7 +283,9 @@ class PoolingResult(ResultMixin):
                                 fit=fit)
 
     def publication_bias(self) -> PublicationBiasResult:
-        """Egger's and Begg's tests and trim-and-fill (metafor's ``regtest``,
+        """Egger's and Begg's tests and trim-and-fill.
+
+        Egger's and Begg's tests and trim-and-fill (metafor's ``regtest``,
         ``ranktest``, ``trimfill``); needs k >= 3.
         """
         return self._diagnostics().publication_bias(self.yi, self.vi, method=self.method,
@@ -285,14 +293,18 @@ class PoolingResult(ResultMixin):
 
     def heterogeneity(self, *, i2_threshold: float = 50.0,
                       null_value: float = 0.0) -> HeterogeneityFlag:
-        """The heterogeneity flag of this analysis (the rule in docs/architecture.md; see
+        """The heterogeneity flag of this analysis.
+
+        The heterogeneity flag of this analysis (the rule in docs/architecture.md; see
         :func:`fedsynth.meta.heterogeneity.assess_heterogeneity`).
         """
         return self.analyse(i2_threshold=i2_threshold, null_value=null_value,
                             diagnostics=False).heterogeneity
 
     def analyse(self, **options: Any) -> AnalysisResult:
-        """Everything ``fedsynth meta`` reports about this analysis: the flag and the
+        """Everything ``fedsynth meta`` reports about this analysis.
+
+        Everything ``fedsynth meta`` reports about this analysis: the flag and the
         requested diagnostics (:func:`fedsynth.meta.analysis.analyse` on this fit).
         """
         from fedsynth.meta.analysis import analyse  # imports the diagnostics (see above)
@@ -444,7 +456,9 @@ class BatchPoolingResult(ResultMixin):
         return frame
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"method", "test", "level", "analyses": [record, ...]}``; each record is
+        """The JSON form of the batch, as the command line's ``--by`` JSON.
+
+        ``{"method", "test", "level", "analyses": [record, ...]}``; each record is
         :meth:`PoolingResult.to_dict` with ``analysis`` (its name) first, as the command
         line's ``--by`` JSON.
         """
@@ -453,7 +467,9 @@ class BatchPoolingResult(ResultMixin):
                 "analyses": records}
 
     def summary(self) -> str:
-        """One line per analysis (the first 20 and how many more): k, estimate, se,
+        """One line per analysis (the first 20 and how many more).
+
+        One line per analysis (the first 20 and how many more): k, estimate, se,
         confidence bounds, tau², I² and the heterogeneity test's p-value.
         """
         return format_batch_summary(self)

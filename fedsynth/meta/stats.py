@@ -138,13 +138,17 @@ class BatchInput:
 
     @cached_property
     def vw(self) -> np.ndarray:
-        """``vi`` with +inf outside the mask, so ``1 / (vw + tau2)`` is a weight of exactly
+        """``vi`` with +inf outside the mask.
+
+        ``vi`` with +inf outside the mask, so ``1 / (vw + tau2)`` is a weight of exactly
         zero there without a mask operation in the hot loops.
         """
         return np.where(self.mask, self.vi, np.inf)
 
     def take(self, rows: Any) -> BatchInput:
-        """The analyses ``rows`` (indices) as a batch of their own, sharing the cached
+        """The analyses ``rows`` (indices) as a batch of their own.
+
+        The analyses ``rows`` (indices) as a batch of their own, sharing the cached
         ``vw``; the batch itself when ``rows`` are all of its rows in order.
         """
         idx = np.asarray(rows)
@@ -159,7 +163,9 @@ class BatchInput:
 
 
 def as_mask(mask, shape: tuple[int, ...]) -> np.ndarray:
-    """A boolean (analyses, sites) mask: all present when ``mask`` is None, a 1-D mask
+    """A boolean (analyses, sites) mask.
+
+    A boolean (analyses, sites) mask: all present when ``mask`` is None, a 1-D mask
     promoted to one analysis. The shape is not checked here (see ``pooling.pool``).
     """
     if mask is None:
@@ -169,7 +175,9 @@ def as_mask(mask, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def as_batch(yi, vi, mask=None, X=None) -> BatchInput:
-    """Promote ``yi``, ``vi`` (1-D or 2-D), an optional mask and an optional design matrix
+    """Promote effect sizes, variances, a mask and a design matrix to a sanitised batch.
+
+    Promote ``yi``, ``vi`` (1-D or 2-D), an optional mask and an optional design matrix
     ``X`` (``(K, p)`` shared by every analysis, or ``(m, K, p)``) to a sanitised batch.
 
     No validation of values is done here (see :func:`fedsynth.meta.pooling.pool` and
@@ -197,7 +205,9 @@ def as_batch(yi, vi, mask=None, X=None) -> BatchInput:
 
 
 def _rsum(a: np.ndarray) -> np.ndarray:
-    """Row sums through BLAS (``a @ 1``): much faster than ``a.sum(axis=1)`` for the
+    """Row sums through BLAS (``a @ 1``).
+
+    Row sums through BLAS (``a @ 1``): much faster than ``a.sum(axis=1)`` for the
     short rows of a batch (a few dozen sites).
     """
     return a @ np.ones(a.shape[1])
@@ -215,7 +225,9 @@ def _weights(vw: np.ndarray, tau2: np.ndarray) -> np.ndarray:
 
 
 def _xtol(b: BatchInput) -> np.ndarray:
-    """Per-row root tolerance proportional to the row's mean sampling variance: tau² has
+    """Per-row root tolerance proportional to the row's mean sampling variance.
+
+    Per-row root tolerance proportional to the row's mean sampling variance: tau² has
     the units of ``vi``, so a root found to this tolerance is found to the same relative
     accuracy whatever the units of the effect sizes.
     """
@@ -271,7 +283,9 @@ def _tr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def wls(X: np.ndarray, w: np.ndarray, y: np.ndarray
         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weighted least squares of every row: ``A = (X'WX)^-1``, ``beta = A X'Wy`` and the
+    """Weighted least squares of every row.
+
+    Weighted least squares of every row: ``A = (X'WX)^-1``, ``beta = A X'Wy`` and the
     residuals ``y - X beta`` (shapes (m, p, p), (m, p), (m, K)).
     """
     A = np.linalg.inv(_xgx(X, w))
@@ -348,7 +362,9 @@ def _sum_p2(w: np.ndarray, a=None, b=None, X: np.ndarray | None = None) -> np.nd
 
 
 def q_statistic(b: BatchInput) -> np.ndarray:
-    """Cochran's Q (``QE`` with a design matrix): ``sum w_i (y_i - x_i' beta_FE)^2`` with
+    """Cochran's Q (``QE`` with a design matrix).
+
+    Cochran's Q (``QE`` with a design matrix): ``sum w_i (y_i - x_i' beta_FE)^2`` with
     ``w = 1 / vi`` (Cochran 1954).
     """
     return generalized_q(b, np.zeros(b.yi.shape[0]))
@@ -367,7 +383,9 @@ def generalized_q(b: BatchInput, tau2, *, rows=None) -> np.ndarray:
 
 
 def _q_and_slope(y, vw, tau2, X=None):
-    """Generalised Q and its derivative ``dQ/dtau2 = -y'PPy = -sum (w r)^2`` (beta drops
+    """Generalised Q and its derivative in tau².
+
+    Generalised Q and its derivative ``dQ/dtau2 = -y'PPy = -sum (w r)^2`` (beta drops
     out: the weighted residuals are orthogonal to X).
     """
     w = _weights(vw, tau2)
@@ -433,7 +451,9 @@ def chi2_ppf(p, df):
 
 
 def per_distinct(fn: Callable[[np.ndarray], np.ndarray], values: np.ndarray) -> np.ndarray:
-    """``fn(values)`` evaluated once per distinct value (quantiles that depend on k only:
+    """``fn(values)`` evaluated once per distinct value.
+
+    ``fn(values)`` evaluated once per distinct value (quantiles that depend on k only:
     a batch of 20,000 analyses has a handful of distinct k).
     """
     uniq, inverse = np.unique(values, return_inverse=True)
@@ -601,7 +621,9 @@ class Tau2Fit:
 
 
 def _centered(b: BatchInput) -> BatchInput:
-    """The batch with ``yi`` minus its unweighted row mean (metafor centres ``yi`` before
+    """The batch with ``yi`` minus its unweighted row mean.
+
+    The batch with ``yi`` minus its unweighted row mean (metafor centres ``yi`` before
     estimating tau², with or without moderators, for numerical stability).
     """
     mean = _rsum(b.yi) / np.maximum(b.k, 1)

@@ -73,7 +73,9 @@ def _margins(events: int, n: int) -> dict[str, int]:
 
 
 def _table_mins(counts: Any, margin: str) -> dict[str, int]:
-    """``table_min`` and the smallest level (``margin``) of a level-counts table, as
+    """The smallest cells of a level-counts table.
+
+    ``table_min`` and the smallest level (``margin``) of a level-counts table, as
     :mod:`fedsynth.effects.patient_level` reports them for a categorical column.
     """
     if counts is None or not len(counts):
@@ -147,7 +149,9 @@ def _binary_outcome_cells(t: Any) -> dict[str, int]:
 
 
 def _score_cells(source: SqlSource, analysis: Any) -> dict[str, int]:
-    """The score-level x outcome table of a score with few distinct values (see
+    """The score-level x outcome table of a score with few distinct values.
+
+    The score-level x outcome table of a score with few distinct values (see
     :func:`fedsynth.effects.patient_level._score_table_cells`).
     """
     return _table_mins(source.level_counts(analysis.name, analysis.score, analysis.outcome,

@@ -60,6 +60,7 @@ class TwoByTwoCounts:
 
     @property
     def n(self) -> int:
+        """Number of rows counted in the table."""
         return (self.exposed_events + self.exposed_non_events + self.unexposed_events
                 + self.unexposed_non_events)
 
@@ -87,6 +88,7 @@ class TwoGroupMoments:
 
     @property
     def n(self) -> int:
+        """Number of rows in both groups."""
         return self.exposed.n + self.unexposed.n
 
 
@@ -126,10 +128,12 @@ class AucPlacements:
 
     @property
     def n(self) -> int:
+        """Number of positives and negatives."""
         return self.n_pos + self.n_neg
 
     @property
     def variance(self) -> float:
+        """DeLong's variance of the AUC from the placement variances."""
         return self.s10 / self.n_pos + self.s01 / self.n_neg
 
 

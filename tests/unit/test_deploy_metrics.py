@@ -153,7 +153,8 @@ def test_version_command_reports_package_and_protocol(capsys) -> None:
     from fedsynth.cli import main
 
     assert main(["version"]) == 0
-    assert capsys.readouterr().out.strip() == f"fedsynth {__version__} (protocol {PROTOCOL_VERSION})"
+    expected = f"fedsynth {__version__} (protocol {PROTOCOL_VERSION})"
+    assert capsys.readouterr().out.strip() == expected
     assert main(["--log-format", "json", "version", "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["package"] == __version__ and doc["protocol"] == PROTOCOL_VERSION

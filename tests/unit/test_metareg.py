@@ -172,8 +172,9 @@ def test_ml_interior_maximum_when_the_score_at_zero_is_negative():
     y, v = np.array(ML_CASE_Y), np.array(ML_CASE_V)
     t2 = fit_rma(y, v, method="ML").tau2
     grid = np.linspace(0, 2, 20_001)
-    ll = [-0.5 * np.sum(np.log(v + t)) - 0.5 * np.sum((y - np.sum(y / (v + t)) / np.sum(1 / (v + t))) ** 2
-                                                      / (v + t)) for t in grid]
+    ll = [-0.5 * np.sum(np.log(v + t))
+          - 0.5 * np.sum((y - np.sum(y / (v + t)) / np.sum(1 / (v + t))) ** 2 / (v + t))
+          for t in grid]
     assert t2 == pytest.approx(grid[int(np.argmax(ll))], abs=1e-4) and t2 > 0.12
     assert fit_batch(y, v, [[True] * 9], method="ML").tau2[0] == pytest.approx(t2, rel=1e-9)
 

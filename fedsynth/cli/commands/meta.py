@@ -145,7 +145,9 @@ def _i2_threshold(text: str) -> float:
 
 
 def _needs_per_analysis(args: argparse.Namespace) -> bool:
-    """Whether an option asks for per-analysis extras that only
+    """Whether an option needs the per-analysis path of :func:`fedsynth.meta.analysis.analyse`.
+
+    Whether an option asks for per-analysis extras that only
     :func:`fedsynth.meta.analysis.analyse` computes (diagnostics sections,
     subgroups, meta-regression, cumulative meta-analysis).
     """
@@ -154,7 +156,9 @@ def _needs_per_analysis(args: argparse.Namespace) -> bool:
 
 
 def _batch_flags(args: argparse.Namespace, batch: BatchPoolingResult):
-    """The heterogeneity flags of all analyses in one vectorised computation (cached), or
+    """The heterogeneity flags of all analyses in one vectorised computation (cached).
+
+    The heterogeneity flags of all analyses in one vectorised computation (cached), or
     None when there is one analysis or an option needs the per-analysis path.
 
     :func:`fedsynth.meta.heterogeneity.assess_heterogeneity_batch` gives the same
@@ -210,7 +214,9 @@ def _analysis(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResu
 
 
 def _cumulative_order(frame, column: str, rows) -> list[int]:
-    """0-based order of an analysis' sites by ``column`` (numeric if every value is a
+    """The order of an analysis' sites by ``column`` for a cumulative meta-analysis.
+
+    0-based order of an analysis' sites by ``column`` (numeric if every value is a
     number, else text); a stable sort keeps the file order among ties.
     """
     import numpy as np
@@ -291,9 +297,7 @@ def _add_bayes_plot_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _bayes_batch(args: argparse.Namespace, data: MetaInput):
-    """Bayesian pooling of every analysis in one vectorised call (cached); None without
-    --bayes.
-    """
+    """Bayesian pooling of every analysis in one vectorised call (cached); None without --bayes."""
     if not getattr(args, "bayes", None):
         return None
     cache = args.__dict__.setdefault("_bayes", {})
@@ -467,7 +471,9 @@ def _variance_column(args, frame):
 
 
 def _text_values(frame, column: str, *, option: str | None = None):
-    """Column ``column`` as a pandas Series of stripped strings (empty cells ``""``):
+    """Column ``column`` as a pandas Series of stripped strings.
+
+    Column ``column`` as a pandas Series of stripped strings (empty cells ``""``):
     :func:`fedsynth.tabular.text_column` without the conversion to a Python list, so
     labels and ``--by`` groups of 400,000 rows stay vectorised.
     """

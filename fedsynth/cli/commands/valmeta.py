@@ -143,7 +143,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------------------
 
 def _numeric(frame, column: str, option: str, labels) -> Any:
-    """Column ``column`` as floats; empty and NA cells are missing (NaN), any other text is
+    """Column ``column`` as floats, with a clear error for text that is not a number.
+
+    Column ``column`` as floats; empty and NA cells are missing (NaN), any other text is
     an error naming the column, row, study and value.
     """
     import numpy as np
@@ -196,7 +198,9 @@ def _labels(frame, args) -> list[str]:
 
 
 def load_arguments(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
-    """The keyword arguments of :func:`~fedsynth.meta.valmeta.valmeta` read from the CSV,
+    """The keyword arguments of :func:`~fedsynth.meta.valmeta.valmeta` read from the CSV.
+
+    The keyword arguments of :func:`~fedsynth.meta.valmeta.valmeta` read from the CSV,
     and how error messages name each (its column and option).
     """
     from fedsynth import tabular
@@ -252,12 +256,14 @@ def compute(args: argparse.Namespace):
 
 
 def render_json(result) -> str:
+    """The result as indented JSON (NaN refused, so the output is strict JSON)."""
     import json
 
     return json.dumps(result.to_dict(), indent=2, allow_nan=False)
 
 
 def render_table(result) -> str:
+    """The result as the human-readable table of its ``summary()``."""
     return result.summary()
 
 

@@ -60,10 +60,14 @@ def _run(args: argparse.Namespace) -> int:
     min_n = args.min_n if args.min_n is not None else (config.privacy.min_n if config else 20)
     limits = PrivacyLimits(min_cell_count=min_cell, min_n=min_n)
     spec = load_spec(args.spec)
-    if args.data is None and config is None:
+    data_path: Path | None
+    if args.data:
+        data_path = Path(args.data)
+    elif config is not None:
+        data_path = config.data.path
+    else:
         raise InputError("--data: no data given; name a CSV/Parquet file with --data FILE "
                          "or the site's configuration with --config site.toml")
-    data_path = Path(args.data) if args.data else config.data.path
 
     policy_refusals: dict[str, Any] = {}
     history = None
@@ -90,6 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     else:  # a SQL source of site.toml
         from site_agent.connectors import estimate_from_data
 
+        assert config is not None  # data_path is None only for the SQL source of a config
         computed = dict(estimate_from_data(config.data, allowed))
     guarded = (guard(computed, limits, spec=allowed, history=history)
                if allowed.analyses else {})

@@ -260,7 +260,7 @@ def _streamed(source: SqlSource, spec: Any, analyses: list[Any]) -> dict[str, An
 
 def _with_analyses(spec: Any, analyses: list[Any]) -> Any:
     """The same spec restricted to ``analyses`` (a missing column stays a refusal there)."""
-    if dataclasses.is_dataclass(spec):
+    if dataclasses.is_dataclass(spec) and not isinstance(spec, type):
         original = getattr(spec, "analyses")
         return dataclasses.replace(spec, analyses=type(original)(analyses)
                                    if isinstance(original, (tuple, list)) else tuple(analyses))

@@ -37,6 +37,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -212,7 +213,8 @@ class SqlSource:
                            for c in columns]).subquery("src_b")
 
     def _plain_relation(self, columns: Sequence[str]) -> sa.Subquery:
-        cols = [sa.column(_validate_identifier("column", c)) for c in columns]
+        cols: list[sa.ColumnClause[Any]] = [sa.column(_validate_identifier("column", c))
+                                            for c in columns]
         if self.table is not None:
             parts = self.table.split(".")
             if len(parts) > 2:
@@ -223,8 +225,13 @@ class SqlSource:
             schema, name = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
             table = sa.table(name, *cols, schema=schema)
             return sa.select(*table.c).subquery("src")
-        text = self.query.strip().rstrip(";")
-        return sa.text(text).columns(*cols).subquery("src")
+        return sa.text(self._query_text()).columns(*cols).subquery("src")
+
+    def _query_text(self) -> str:
+        """The SQL of a ``query`` source without its trailing ``;`` (to nest it)."""
+        if self.query is None:
+            raise InputError(f"[data] {self._describe()}: not a query source")
+        return self.query.strip().rstrip(";")
 
     def columns(self) -> tuple[str, ...]:
         """Column names of the data set (one cheap query returning no rows)."""
@@ -234,8 +241,7 @@ class SqlSource:
                 self._relation([])
                 sql = sa.text(f"SELECT * FROM {self._quoted_table()} WHERE 1 = 0")
             else:
-                sql = sa.text(f"SELECT * FROM ({self.query.strip().rstrip(';')}) AS src "
-                              "WHERE 1 = 0")
+                sql = sa.text(f"SELECT * FROM ({self._query_text()}) AS src WHERE 1 = 0")
             try:
                 with self.engine.connect() as conn:
                     result = conn.execute(sql)
@@ -253,6 +259,8 @@ class SqlSource:
         return self._columns
 
     def _quoted_table(self) -> str:
+        if self.table is None:
+            raise InputError(f"[data] {self._describe()}: not a table source")
         preparer = self.engine.dialect.identifier_preparer
         return ".".join(preparer.quote(p) for p in self.table.split("."))
 
@@ -419,9 +427,9 @@ class SqlSource:
                     .group_by(x))}
         except sa.exc.SQLAlchemyError as error:
             raise self._query_error(error) from None
-        rows = {g: GroupMoments(n, m, rows.get(g, 0.0)) for g, (n, m) in first.items()}
+        moments = {g: GroupMoments(n, m, rows.get(g, 0.0)) for g, (n, m) in first.items()}
         empty = GroupMoments(0, float("nan"), float("nan"))
-        return TwoGroupMoments(rows.get(1, empty), rows.get(0, empty))
+        return TwoGroupMoments(moments.get(1, empty), moments.get(0, empty))
 
     def observed_expected(self, analysis: str, outcome: str, score: str) -> ObservedExpected:
         """Observed events, expected events and n for the O/E ratio."""

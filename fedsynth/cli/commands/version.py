@@ -24,7 +24,7 @@ def _run(args: argparse.Namespace) -> int:
         import platform
         from importlib import metadata
 
-        libraries = {}
+        libraries: dict[str, str | None] = {}
         for name in ("grpcio", "protobuf", "cryptography", "sqlalchemy", "psycopg",
                      "numpy", "scipy"):
             try:

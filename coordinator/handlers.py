@@ -39,6 +39,7 @@ from coordinator.validation import check_submission
 from fedsynth import PROTOCOL_VERSION, __version__
 from fedsynth.config import CoordinatorConfig
 from fedsynth.errors import InputError
+from fedsynth.pki import certificate_common_name
 from fedsynth.serde import SubmissionContent, WorkItem, decode_submission
 from fedsynth.signing import SignatureError, load_certificate, verify
 
@@ -54,8 +55,6 @@ def _common_name(peer_pem: bytes) -> str:
     The certificate's common name, parsed once per certificate (every call of a
     connection presents the same one; parsing it per call cost CPU under a flood).
     """
-    from fedsynth.pki import certificate_common_name
-
     return certificate_common_name(peer_pem)
 
 

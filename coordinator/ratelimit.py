@@ -43,6 +43,7 @@ import grpc
 
 from fedsynth.config import LimitsConfig
 from fedsynth.errors import InputError
+from fedsynth.revocation import peer_common_name
 
 __all__ = ["RateLimit", "RateLimiter", "RateLimitInterceptor", "ConcurrencyLimiter",
            "AdmissionInterceptor", "HEALTH_PREFIX", "identity_of"]
@@ -236,8 +237,6 @@ class ConcurrencyLimiter:
 
 def identity_of(context: Any) -> str:
     """``site:NAME`` of the verified TLS peer certificate, else ``peer:ADDRESS``."""
-    from fedsynth.revocation import peer_common_name
-
     name = peer_common_name(context)
     if name is not None:
         return f"site:{name}"

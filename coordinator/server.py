@@ -28,11 +28,25 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from coordinator.store import Store, utcnow
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from coordinator.handlers import Handlers
+from coordinator.ratelimit import AdmissionInterceptor, ConcurrencyLimiter, RateLimit, RateLimiter
+from coordinator.rounds import close_if_due, open_round, pool_analyses
+from coordinator.scheduler import ScheduleEntry, Scheduler
+from coordinator.service import FederationService
+from coordinator.store import Store, SubmissionRecord, utcnow
+from fedsynth.audit import AuditLog
 from fedsynth.config import CoordinatorConfig
 from fedsynth.fileio import atomic_write
+from fedsynth.revocation import RevocationInterceptor, RevocationList
+from fedsynth.transport import add_port, create_server
+from fedsynth.v1 import federation_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from coordinator.metrics import CoordinatorMetrics, MetricsEndpoint
 
 __all__ = ["Coordinator", "serve", "write_addr_file", "read_addr_file",
            "preload_statistics"]
@@ -56,9 +70,6 @@ def preload_statistics() -> None:
     :func:`coordinator.rounds.pool_analyses` also triggers the imports scipy defers until
     first use.
     """
-    from coordinator.rounds import pool_analyses
-    from coordinator.store import SubmissionRecord
-
     subs = [SubmissionRecord("warm-up", f"s{i}", "", "", "", b"", b"", "",
                              {"a": {"yi": 0.1 * i, "vi": 0.01 + 0.01 * i, "se": 0.1, "n": 50}},
                              None) for i in range(3)]
@@ -99,18 +110,16 @@ class Coordinator:
         self.store = Store(config.state)
         self.audit = None
         if config.audit_log is not None:
-            from fedsynth.audit import AuditLog
-
             self.audit = AuditLog(config.audit_log)
-        self.metrics = None
-        self._metrics_endpoint = None
+        self.metrics: CoordinatorMetrics | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
         try:
+            # lazy: an optional dependency (ImportError handled here)
             from coordinator.metrics import CoordinatorMetrics
 
             self.metrics = CoordinatorMetrics()
         except ImportError:  # pragma: no cover - metrics are optional
             self.metrics = None
-        from coordinator.handlers import Handlers
 
         self.handlers = Handlers(self.store, config, audit=self.audit, metrics=self.metrics)
         self.server: Any = None
@@ -149,8 +158,6 @@ class Coordinator:
         """Revocation check, then admission (rate and calls in flight), on every call."""
         interceptors: list[Any] = []
         if self.config.tls is not None and not self.config.insecure:
-            from fedsynth.revocation import RevocationInterceptor, RevocationList
-
             def on_revoked(site: str, serial: int, reason: str) -> None:
                 self._audit_soon("peer.revoked", {"site": site, "serial": f"{serial:x}",
                                              "reason": reason})
@@ -171,12 +178,6 @@ class Coordinator:
                 crl_path, ca=self.config.tls.ca, last_good=self.store.trusted_crl(),
                 on_accept=on_crl_accepted, on_refuse=on_crl_refused)
             interceptors.append(RevocationInterceptor(self.revocations, on_reject=on_revoked))
-        from coordinator.ratelimit import (
-            AdmissionInterceptor,
-            ConcurrencyLimiter,
-            RateLimit,
-            RateLimiter,
-        )
 
         def on_refused(who: str, method: str, kind: str) -> None:
             event = "peer.rate_limited" if kind == "rate" else "peer.concurrency_limited"
@@ -197,12 +198,6 @@ class Coordinator:
 
     async def start(self) -> int:
         """Bind, start serving, write the address file; return the port."""
-        from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-        from coordinator.service import FederationService
-        from fedsynth.transport import add_port, create_server
-        from fedsynth.v1 import federation_pb2_grpc as pb_grpc
-
         preload_statistics()
         if self.audit is not None:
             # An append interrupted by a kill is repaired (and recorded) before anything
@@ -246,8 +241,6 @@ class Coordinator:
     # --- closing rounds ----------------------------------------------------------------------
     def close_due_rounds(self, now: _dt.datetime | None = None) -> list[str]:
         """Close every due open round (blocking; run in a thread). Returns closed ids."""
-        from coordinator.rounds import close_if_due
-
         closed = []
         for record in self.store.list_rounds(status="open"):
             outcome = close_if_due(self.store, record.id, now or utcnow())
@@ -366,8 +359,6 @@ class Coordinator:
     async def start_round_from_file(self, spec_path: Path, deadline: _dt.timedelta,
                                     quorum: int | None, source: str) -> str:
         """Open a round from a spec file in a worker thread (off the event loop); returns its id."""
-        from coordinator.rounds import open_round
-
         text = Path(spec_path).read_text(encoding="utf-8")
         record = await asyncio.to_thread(
             open_round, self.store, spec_source=text, deadline=deadline, quorum=quorum,
@@ -381,8 +372,6 @@ class Coordinator:
         return record.id
 
     async def _run_scheduler(self) -> None:
-        from coordinator.scheduler import ScheduleEntry, Scheduler
-
         entries = [ScheduleEntry(spec=e.spec, cron=e.cron, deadline=e.deadline,
                                  quorum=e.quorum) for e in self.config.schedule]
         self._scheduler = Scheduler(entries)

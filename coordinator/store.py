@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -337,8 +338,6 @@ class Store:
         ``schema_lock``, which serialises them (a row lock on PostgreSQL, the write lock on
         SQLite), and only then reads the version, so each migration runs exactly once.
         """
-        import time
-
         for attempt in range(10):
             try:
                 with self.engine.begin() as conn:

@@ -206,6 +206,7 @@ def _as_array(obj: Any, k: int, name: str, attr: str) -> np.ndarray:
 
 
 def _new_figure(width: float, height: float):
+    # lazy: matplotlib (~1 s) is imported only when a figure is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -240,6 +241,7 @@ def _ratio_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
         inside = [c for c in inside if math.isclose(math.log10(c) % 1, 0, abs_tol=1e-9)
                   or math.isclose(math.log10(c) % 1, 1, abs_tol=1e-9) or c == 1]
     if len(inside) < 3:            # a narrow range (e.g. OR 0.9 to 1.1): linear-nice ratios
+        # lazy: matplotlib (~1 s) is imported only when a figure is drawn
         from matplotlib.ticker import MaxNLocator
 
         nice = MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]).tick_values(rlo, rhi)
@@ -254,6 +256,7 @@ def _fit_ticks(fig, ax, null: float | None = None) -> None:
     Drop every other x tick until no two tick labels touch (long labels such as
     ``-0.015`` on a narrow axis); the tick at the null value is kept when there is one.
     """
+    # lazy: matplotlib (~1 s) is imported only when a figure is drawn
     from matplotlib.ticker import MaxNLocator
 
     if not ax.get_xticklabels() or all(not t.get_text() for t in ax.get_xticklabels()):
@@ -605,6 +608,7 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
     _fit_ticks(fig, ax, null)
 
     # ---- text columns (x in inches from the left, y in rows) ------------------------------
+    # lazy: matplotlib (~1 s) is imported only when a figure is drawn
     from matplotlib import transforms
     from matplotlib.patches import Polygon
 
@@ -749,6 +753,7 @@ def funnel_plot(result: Any, *, filled: Any = None, measure: str | None = None,
     -------
     matplotlib.figure.Figure
     """
+    # lazy: matplotlib (~1 s) is imported only when a figure is drawn
     from matplotlib.artist import Artist
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -866,6 +871,7 @@ def save_figure(fig: Any, path_or_file: str | os.PathLike[str] | io.IOBase,
     Output is reproducible: SVG element ids come from a fixed salt and PDF/SVG carry no
     creation date, so the same figure gives the same bytes (useful in reports and tests).
     """
+    # lazy: matplotlib (~1 s) is imported only when a figure is drawn
     import matplotlib
 
     path = os.fspath(path_or_file) if isinstance(path_or_file, (str, os.PathLike)) else None

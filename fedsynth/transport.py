@@ -123,6 +123,7 @@ def create_channel(target: str, tls: TLSFiles | None, *, insecure: bool = False,
     ``server_name`` overrides the name checked against the server certificate (default: the
     host part of ``target``).
     """
+    # lazy: grpc (~0.4 s) stays out of fedsynth.config, which every command loads
     import grpc
 
     if insecure:
@@ -163,6 +164,7 @@ def create_server(*, interceptors: Sequence[Any] = (),
     or are refused with ``REFUSED_STREAM`` when sent regardless), so one connection cannot
     fill the server's queue ahead of everybody else's calls.
     """
+    # lazy: grpc (~0.4 s) stays out of fedsynth.config, which every command loads
     import grpc
 
     return grpc.aio.server(interceptors=list(interceptors),
@@ -173,6 +175,7 @@ def create_server(*, interceptors: Sequence[Any] = (),
 def add_port(server: Any, address: str, tls: TLSFiles | None, *,
              insecure: bool = False) -> int:
     """Bind ``address`` (port 0 picks a free one) with mutual TLS; return the bound port."""
+    # lazy: grpc (~0.4 s) stays out of fedsynth.config, which every command loads
     import grpc
 
     if insecure:

@@ -30,6 +30,8 @@ import os
 import random
 import signal
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from fedsynth import PROTOCOL_VERSION, __version__
@@ -44,6 +46,7 @@ from fedsynth.serde import (
     encode_submission,
 )
 from fedsynth.signing import load_private_key, sign
+from fedsynth.spec import Spec, parse_spec
 from fedsynth.timeutil import iso, utcnow
 from site_agent.client import CoordinatorRefused, CoordinatorUnavailable, FederationClient
 from site_agent.state import RoundEntry, SiteState
@@ -172,6 +175,7 @@ class SiteAgent:
         """Append to the site's audit log or raise :class:`AuditFailed` (fail closed)."""
         try:
             if self._audit_log is None:
+                # lazy: loaded by _warm_imports in a worker thread, off the event loop
                 from site_agent.policy import site_audit_log
 
                 self._audit_log = site_audit_log(self.config)
@@ -219,10 +223,7 @@ class SiteAgent:
         Returns ``(results, None)``, or ``({}, decision)`` when the policy requires an
         operator's approval first (nothing is computed then).
         """
-        from pathlib import Path
-        from types import SimpleNamespace
-
-        from fedsynth.spec import parse_spec
+        # lazy: loaded by _warm_imports in a worker thread, off the event loop
         from site_agent.connectors import estimate_from_data
         from site_agent.policy import review_round, site_policy
         from site_agent.privacy import PrivacyLimits, ReleaseHistory, guard, release
@@ -239,8 +240,6 @@ class SiteAgent:
         allowed = [a for a in spec.analyses if a.name not in decision.refusals]
         results: dict[str, Any] = {}
         if allowed:
-            from fedsynth.spec import Spec
-
             sub_spec = Spec(analyses=tuple(allowed), name=spec.name)
             # A file or a SQL source alike: the estimators report every count disclosure
             # control checks, tables implied by 0/1 outcomes included (site_agent.privacy,
@@ -408,8 +407,13 @@ class SiteAgent:
 
 
 def _warm_imports() -> None:
+    """Import the statistics stack (numpy, pandas, scipy, statsmodels, SQLAlchemy).
+
+    Called in a worker thread before the agent connects, so that the event loop is free
+    meanwhile and a round is answered in the time its computation takes.
+    """
+    # lazy: this function is the import, run off the event loop
     import fedsynth.effects.patient_level  # noqa: F401
-    import fedsynth.spec  # noqa: F401
     import site_agent.connectors  # noqa: F401
     import site_agent.policy  # noqa: F401
     import site_agent.privacy  # noqa: F401

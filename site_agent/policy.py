@@ -41,7 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsynth.audit import canonical_json, digest
+from fedsynth.audit import AuditLog, canonical_json, digest
+from fedsynth.config import load_site_config
+from fedsynth.effects.results import Refusal, render_reason
 from fedsynth.errors import ConfigError, InputError
 from fedsynth.fileio import atomic_write, read_json_object
 from fedsynth.timeutil import iso, utcnow
@@ -119,8 +121,6 @@ class PolicyDecision:
         The :class:`~fedsynth.effects.Refusal` (code ``policy``) of a forbidden analysis,
         worded from the fixed vocabulary.
         """
-        from fedsynth.effects.results import Refusal
-
         sentence = dict(self.sentences.get(name) or {})
         key = sentence.pop("key", None)
         if key is None:
@@ -339,8 +339,6 @@ class Policy:
         approved
             Whether the spec is approved; by default looked up in :meth:`store`.
         """
-        from fedsynth.effects.results import render_reason
-
         fingerprint = spec_fingerprint(spec)
         refusals: dict[str, str] = {}
         sentences: dict[str, dict[str, Any]] = {}
@@ -411,8 +409,6 @@ def site_audit_log(site_config: Any):
     The agent records there every submission it sent (content and digest), every refusal
     and every policy decision; ``fedsynth site approve`` records approvals in the same chain.
     """
-    from fedsynth.audit import AuditLog
-
     config = _site_config(site_config)
     if config.audit_log is not None:
         return AuditLog(config.audit_log)
@@ -422,8 +418,6 @@ def site_audit_log(site_config: Any):
 
 def _site_config(site_config: Any):
     if isinstance(site_config, (str, Path)):
-        from fedsynth.config import load_site_config
-
         return load_site_config(site_config)
     return site_config
 

@@ -94,6 +94,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedsynth.audit import digest
+from fedsynth.effects.results import Refusal
 from fedsynth.errors import InputError
 from fedsynth.fileio import atomic_write, read_json_object
 
@@ -144,7 +146,6 @@ def _refusal(key: str, analysis: str, limits: PrivacyLimits, original: Any = Non
     sentence is kept as local detail for the site's log.
     """
     # Imported here: the result types belong to the estimators package.
-    from fedsynth.effects.results import Refusal
 
     detail = None
     if original is not None and _is_refusal(original):
@@ -258,8 +259,6 @@ def _analysis_key(name: str, result: Any, spec: Any) -> str | None:
     Digest of an analysis's definition without its name (what makes two releases "the
     same analysis" across rounds), or None when the spec does not define it.
     """
-    from fedsynth.audit import digest
-
     analysis = _analysis_of(name, spec)
     if analysis is None:
         return None
@@ -431,8 +430,6 @@ def release(results: Mapping[str, Any], spec: Any = None) -> dict[str, Any]:
     spec
         The round's spec: the columns each analysis may name.
     """
-    from fedsynth.effects.results import Refusal
-
     out: dict[str, Any] = {}
     for name, result in results.items():
         if not _is_refusal(result):

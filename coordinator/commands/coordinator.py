@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 from fedsynth.cli.registry import Command
+from fedsynth.config import load_coordinator_config
+from fedsynth.logs import setup_logging
 
 
 def _args(parser: argparse.ArgumentParser) -> None:
@@ -15,11 +18,8 @@ def _args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import asyncio
-
+    # lazy: keeps scipy and sqlalchemy out of `fedsynth --help` start-up
     from coordinator.server import serve
-    from fedsynth.config import load_coordinator_config
-    from fedsynth.logs import setup_logging
 
     config = load_coordinator_config(args.config, insecure=args.insecure)
     setup_logging(args.verbose)

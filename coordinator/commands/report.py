@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedsynth.cli.registry import Command
+from fedsynth.config import load_coordinator_config
 from fedsynth.errors import InputError
+from fedsynth.round_document import RoundDocument
 
 # Imported when a command runs, not when the command line builds its parser (see
 # coordinator/commands/round.py).
@@ -47,8 +49,6 @@ def _add_round(parser: argparse.ArgumentParser) -> None:
 
 def _load_dir(folder: str) -> list[RoundDocument]:
     """Every round document (``*.json`` but our own ``trend.json``) of a folder, validated."""
-    from fedsynth.round_document import RoundDocument
-
     path = Path(folder)
     if not path.is_dir():
         raise InputError(f"--rounds-dir {folder!r}: not a directory")
@@ -69,7 +69,10 @@ def _load_dir(folder: str) -> list[RoundDocument]:
 
 def _load_store(config) -> list[RoundDocument]:
     """Every round's document from the coordinator's state store (read-only use)."""
+    # lazy: keeps scipy and sqlalchemy out of `fedsynth --help` start-up
     from coordinator.rounds import round_document
+
+    # lazy: keeps sqlalchemy out of `fedsynth --help` start-up
     from coordinator.store import Store
 
     with Store(config.state) as store:
@@ -82,8 +85,6 @@ def _sources(args: argparse.Namespace) -> tuple[Any, list[RoundDocument]]:
         raise InputError("give --config COORDINATOR.TOML (the store) or --rounds-dir DIR")
     config = None
     if args.config:
-        from fedsynth.config import load_coordinator_config
-
         config = load_coordinator_config(args.config, insecure=True)
     docs = _load_dir(args.rounds_dir) if args.rounds_dir else _load_store(config)
     return config, docs
@@ -98,6 +99,7 @@ def _out_dir(args: argparse.Namespace, config: Any) -> Path:
 
 
 def _run_trend(args: argparse.Namespace) -> int:
+    # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
     from coordinator.reports import write_trend_report
 
     config, docs = _sources(args)
@@ -116,6 +118,7 @@ def _run_trend(args: argparse.Namespace) -> int:
 
 
 def _run_round(args: argparse.Namespace) -> int:
+    # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
     from coordinator.reports import write_round_report
 
     config, docs = _sources(args)

@@ -20,7 +20,15 @@ from fedsynth.vocabulary import METHODS, TESTS
 # 0.6-0.9 s for the whole `fedsynth --help`; at module level every call would pay them.
 if TYPE_CHECKING:
     from fedsynth.round_document import RoundDocument
+import time
+from pathlib import Path
+
+from fedsynth.audit import AuditLog
+from fedsynth.config import load_coordinator_config
+from fedsynth.errors import FedsynthError, InputError
+from fedsynth.round_document import PooledEstimate
 from fedsynth.terminal import printable
+from fedsynth.timeutil import iso, parse_duration, utcnow
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +36,8 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _open(args: argparse.Namespace):
+    # lazy: keeps sqlalchemy out of `fedsynth --help` start-up
     from coordinator.store import Store
-    from fedsynth.config import load_coordinator_config
 
     config = load_coordinator_config(args.config, insecure=True)
     return config, Store(config.state)
@@ -51,12 +59,11 @@ def _start_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    # lazy: keeps scipy and sqlalchemy out of `fedsynth --help` start-up
     from coordinator.rounds import open_round
+
+    # lazy: keeps scipy and sqlalchemy out of `fedsynth --help` start-up
     from coordinator.server import pooling_dict
-    from fedsynth.errors import InputError
-    from fedsynth.timeutil import iso, parse_duration, utcnow
 
     config, store = _open(args)
     deadline = (parse_duration(args.deadline, "--deadline") if args.deadline is not None
@@ -76,8 +83,6 @@ def _start(args: argparse.Namespace) -> int:
                             allowed=config.allow, pooling=pooling,
                             now=utcnow(), source=f"round start --spec {args.spec}")
         if config.audit_log is not None:
-            from fedsynth.audit import AuditLog
-
             AuditLog(config.audit_log).append("round.opened", {
                 "round": record.id, "source": "cli", "deadline": iso(record.deadline),
                 "quorum": record.quorum})
@@ -103,8 +108,6 @@ def render_table(doc: RoundDocument) -> str:
     spec: each is shown through :func:`fedsynth.terminal.printable`, so a control sequence
     in a refusal reason is displayed (``\x1b``), not executed by the terminal.
     """
-    from fedsynth.round_document import PooledEstimate
-
     p = printable
     lines = [f"round {p(doc.round)}  status {p(doc.status)}  quorum {p(doc.quorum)}",
              f"opened {p(doc.opened_at)}  deadline {p(doc.deadline)}  closed "
@@ -141,6 +144,7 @@ def _show_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
+    # lazy: keeps scipy and sqlalchemy out of `fedsynth --help` start-up
     from coordinator.rounds import round_document
 
     _config, store = _open(args)
@@ -160,11 +164,6 @@ def _wait_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _wait(args: argparse.Namespace) -> int:
-    import time
-
-    from fedsynth.errors import FedsynthError, InputError
-    from fedsynth.timeutil import iso
-
     if not args.timeout > 0:
         raise InputError(f"--timeout = {args.timeout!r} must be positive")
     _config, store = _open(args)
@@ -189,8 +188,6 @@ def _list_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from fedsynth.timeutil import iso
-
     _config, store = _open(args)
     with store:
         records = store.list_rounds()

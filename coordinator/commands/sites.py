@@ -6,7 +6,9 @@ import argparse
 import json
 
 from fedsynth.cli.registry import Command
+from fedsynth.config import load_coordinator_config
 from fedsynth.terminal import printable
+from fedsynth.timeutil import utcnow
 
 
 def _args(parser: argparse.ArgumentParser) -> None:
@@ -15,9 +17,8 @@ def _args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # lazy: keeps sqlalchemy out of `fedsynth --help` start-up
     from coordinator.store import Store
-    from fedsynth.config import load_coordinator_config
-    from fedsynth.timeutil import utcnow
 
     config = load_coordinator_config(args.config, insecure=True)
     with Store(config.state) as store:

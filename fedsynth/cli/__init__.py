@@ -23,8 +23,10 @@ from importlib.metadata import entry_points
 from types import ModuleType
 
 from fedsynth import __version__
+from fedsynth.cli import commands as library_commands
 from fedsynth.cli.registry import GROUP_HELP, Command
 from fedsynth.errors import FedsynthError
+from fedsynth.logs import configure_logging
 from fedsynth.terminal import printable
 
 #: The entry-point group through which packages contribute command modules.
@@ -46,8 +48,6 @@ def discover_commands() -> list[Command]:
     The library's own commands are always present; the roles' commands appear once the
     distribution is installed (``pip install -e .`` writes the entry points).
     """
-    from fedsynth.cli import commands as library_commands
-
     packages: dict[str, ModuleType] = {library_commands.__name__: library_commands}
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         package = entry_point.load()
@@ -100,8 +100,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.log_format:
-            from fedsynth.logs import configure_logging
-
             configure_logging(args.log_format)
         return int(args._run(args) or 0)
     except FedsynthError as error:

@@ -260,6 +260,7 @@ def _score_table_cells(score: np.ndarray, outcome: np.ndarray) -> dict[str, int]
 
 def _fit_glm_binomial(y: np.ndarray, x: np.ndarray, offset: np.ndarray | None = None,
                       cells: Mapping[str, int] | None = None):
+    # lazy: statsmodels (~2 s) is imported only by the estimators that fit with it
     import statsmodels.api as sm
     from statsmodels.tools.sm_exceptions import (
         ConvergenceWarning,
@@ -378,6 +379,7 @@ def _logistic(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
 def _linear(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     outcome = a.required("outcome")
     exposure = a.required("exposure")
+    # lazy: statsmodels (~2 s) is imported only by the estimators that fit with it
     import statsmodels.api as sm
 
     data, dropped = _complete(df, a)
@@ -400,6 +402,7 @@ def _cox(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     exposure = a.required("exposure")
     time_col = a.required("time")
     event = a.required("event")
+    # lazy: statsmodels (~2 s) is imported only by the estimators that fit with it
     from statsmodels.duration.hazard_regression import PHReg
 
     data, dropped = _complete(df, a)

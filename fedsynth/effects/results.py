@@ -40,9 +40,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
 from scipy import stats
 
 from fedsynth.results import Interval, check_fraction
+from fedsynth.spec import ESTIMATORS
 
 __all__ = ["Estimate", "Refusal", "EffectSizes", "REFUSAL_CODES", "PUBLIC_CODES",
            "REFUSAL_VOCABULARY", "ConfidenceInterval", "render_reason"]
@@ -179,7 +181,6 @@ def _placeholders(template: str) -> list[str]:
 def _spec_estimators() -> Collection[str]:
     # The spec module defines the estimators; imported here, not at the top, because the
     # result types must stay importable on their own (fedsynth.effects.__init__).
-    from fedsynth.spec import ESTIMATORS
 
     return ESTIMATORS
 
@@ -424,8 +425,6 @@ class EffectSizes:
     @property
     def sei(self) -> Any:
         """Standard errors ``sqrt(vi)``."""
-        import numpy as np
-
         return np.sqrt(self.vi)
 
     def __len__(self) -> int:

@@ -128,13 +128,15 @@ class AnalysisResult(ResultMixin):
 
     def forest(self, **options: Any):
         """Forest plot with the BLUPs (when computed) and subgroup blocks (when asked)."""
-        from fedsynth.plots import forest_plot  # matplotlib: imported only to plot
+        # lazy: import cycle: fedsynth.plots imports fedsynth.meta at top
+        from fedsynth.plots import forest_plot
 
         return forest_plot(self, **options)
 
     def funnel(self, **options: Any):
         """Funnel plot with the trim-and-fill sites (when the small-study tests ran)."""
-        from fedsynth.plots import funnel_plot  # matplotlib: imported only to plot
+        # lazy: import cycle: fedsynth.plots imports fedsynth.meta at top
+        from fedsynth.plots import funnel_plot
 
         return funnel_plot(self, **options)
 

@@ -320,7 +320,8 @@ class BayesResult(ResultMixin):
         One row per parameter (``mu``, ``tau``, ``new site``): mean, sd, median and
         the interval bounds (NaN where a summary does not exist or is not computed).
         """
-        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+        # lazy: pandas (~1 s) only for to_frame(); `import fedsynth.meta` stays without it
+        import pandas as pd
 
         nan = float("nan")
         return pd.DataFrame(
@@ -338,7 +339,8 @@ class BayesResult(ResultMixin):
         Forest plot of the sites with the posterior of mu, the predictive interval and
         each site's posterior mean (``fedsynth.plots``).
         """
-        from fedsynth.plots import forest_plot  # matplotlib: imported only to plot
+        # lazy: import cycle: fedsynth.plots imports fedsynth.meta at top
+        from fedsynth.plots import forest_plot
 
         return forest_plot(self, **options)
 
@@ -471,7 +473,8 @@ class BayesBatchResult(ResultMixin):
 
     def to_frame(self):
         """One row per analysis with every scalar posterior summary."""
-        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+        # lazy: pandas (~1 s) only for to_frame(); `import fedsynth.meta` stays without it
+        import pandas as pd
 
         data = {"k": self.k, **{name: getattr(self, name) for name in _SCALAR_FIELDS}}
         return pd.DataFrame(data)

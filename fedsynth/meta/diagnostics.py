@@ -67,7 +67,8 @@ def _floats(a: np.ndarray) -> list[float | None]:
 
 def _site_frame(result: Any, index_name: str = "site"):
     """The per-site lists of ``result.to_dict()`` as a DataFrame indexed by label."""
-    import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+    # lazy: pandas (~1 s) only for to_frame(); `import fedsynth.meta` stays without it
+    import pandas as pd
 
     data = {key: value for key, value in result.to_dict().items()
             if key != "labels" and isinstance(value, list)

@@ -29,10 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from scipy import special
+from scipy.special import chdtr
 
 from fedsynth.errors import InputError
 from fedsynth.jsonsafe import finite_or_none as _num
 from fedsynth.meta._format import f
+from fedsynth.meta.stats import as_batch, heterogeneity_indices, qprofile_tau2_ci, typical_variance
 from fedsynth.results import Interval, ResultMixin, frame_html
 
 __all__ = ["HeterogeneityFlag", "SiteDriver", "assess_heterogeneity", "DEFAULT_I2_THRESHOLD",
@@ -388,7 +391,8 @@ class BatchHeterogeneity(ResultMixin):
 
     def to_frame(self):
         """One row per analysis: the verdict, its strength, I² and the sites."""
-        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+        # lazy: pandas (~1 s) only for to_frame(); `import fedsynth.meta` stays without it
+        import pandas as pd
 
         index = list(self.names) if self.names is not None else list(range(len(self)))
         return pd.DataFrame({"flagged": [fl.flagged for fl in self.flags],
@@ -436,6 +440,7 @@ def site_diagnostics_batch(batch: Any, rows: Any | None = None) -> BatchSiteDiag
         (default: all); the studentized residuals and the influence rule of the others
         stay NaN / False. BLUPs are always computed (they need no refit).
     """
+    # lazy: import cycle: fedsynth.meta.metareg imports this module
     from fedsynth.meta.metareg import fit_batch
 
     msk = np.asarray(batch.mask, dtype=bool)
@@ -496,7 +501,6 @@ def site_diagnostics_batch(batch: Any, rows: Any | None = None) -> BatchSiteDiag
             cooks = dfb**2 / vb_full
             kc = kb[cell_a]
             # metafor's is.infl with p = 1; chdtr(1, x) is the chi-square(1) CDF
-            from scipy.special import chdtr
 
             influential = ((np.abs(dffits) > 3 * np.sqrt(1 / (kc - 1)))
                            | (chdtr(1, cooks) > 0.5)
@@ -518,8 +522,6 @@ def _blups(y: np.ndarray, v: np.ndarray, msk: np.ndarray, kk: np.ndarray, tau2: 
     intervals, with mu and its variance from the pooled tau² (Knapp-Hartung-scaled under
     knha, t with k - 1 df), for every site at once; NaN where k < 2 or outside the mask.
     """
-    from scipy import special
-
     with np.errstate(divide="ignore", invalid="ignore"):
         w = np.where(msk, 1.0 / (v + tau2[:, None]), 0.0)
         sw = w.sum(axis=1)
@@ -550,13 +552,6 @@ def _fixed_effect_i2_ci(batch: Any, rows: np.ndarray) -> tuple[np.ndarray, np.nd
     Q-profile I² bounds for the analyses ``rows`` that carry none (fixed-effect fits),
     as ``analysis._i2_ci_if_missing`` does for one (Viechtbauer 2007, Stat. Med. 26:37-52).
     """
-    from fedsynth.meta.stats import (
-        as_batch,
-        heterogeneity_indices,
-        qprofile_tau2_ci,
-        typical_variance,
-    )
-
     b = as_batch(np.asarray(batch.yi)[rows], np.asarray(batch.vi)[rows],
                  np.asarray(batch.mask)[rows])
     qp = qprofile_tau2_ci(b, level=float(batch.level))

@@ -216,7 +216,8 @@ class MetaRegressionResult(ResultMixin):
         One row per coefficient: estimate, se, statistic, p-value and confidence
         bounds under the fit's test, then the z and Knapp-Hartung columns.
         """
-        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+        # lazy: pandas (~1 s) only for to_frame(); `import fedsynth.meta` stays without it
+        import pandas as pd
 
         return pd.DataFrame({"estimate": self.coef, "se": self.se, "stat": self.stat,
                              "pval": self.pval, "ci_lb": self.ci_lb, "ci_ub": self.ci_ub,
@@ -226,7 +227,8 @@ class MetaRegressionResult(ResultMixin):
 
     def forest(self, **options: Any):
         """Forest plot of the sites with their fitted values (``fedsynth.plots``)."""
-        from fedsynth.plots import forest_plot  # matplotlib: imported only to plot
+        # lazy: import cycle: fedsynth.plots imports fedsynth.meta at top
+        from fedsynth.plots import forest_plot
 
         return forest_plot(self, **options)
 
@@ -236,7 +238,8 @@ class MetaRegressionResult(ResultMixin):
         Funnel plot of the residuals against their standard errors (metafor's
         ``funnel()`` of a model with moderators).
         """
-        from fedsynth.plots import funnel_plot  # matplotlib: imported only to plot
+        # lazy: import cycle: fedsynth.plots imports fedsynth.meta at top
+        from fedsynth.plots import funnel_plot
 
         return funnel_plot(self, **options)
 

@@ -224,7 +224,8 @@ class PoolingResult(ResultMixin):
 
     def sites_frame(self):
         """One row per site: label, ``yi``, ``vi``, ``sei`` and weight (percent)."""
-        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+        # lazy: pandas (~1 s) only for to_frame(); `import fedsynth.meta` stays without it
+        import pandas as pd
 
         return pd.DataFrame({"label": list(self.labels), "yi": list(self.yi),
                              "vi": list(self.vi), "sei": np.sqrt(self.vi),
@@ -238,19 +239,22 @@ class PoolingResult(ResultMixin):
 
     def forest(self, **options: Any):
         """Forest plot of this analysis (:func:`fedsynth.plots.forest_plot`)."""
-        from fedsynth.plots import forest_plot  # matplotlib: imported only to plot
+        # lazy: import cycle: fedsynth.plots imports fedsynth.meta at top
+        from fedsynth.plots import forest_plot
 
         return forest_plot(self, **options)
 
     def funnel(self, **options: Any):
         """Funnel plot of this analysis (:func:`fedsynth.plots.funnel_plot`)."""
-        from fedsynth.plots import funnel_plot  # matplotlib: imported only to plot
+        # lazy: import cycle: fedsynth.plots imports fedsynth.meta at top
+        from fedsynth.plots import funnel_plot
 
         return funnel_plot(self, **options)
 
     def _diagnostics(self):
         # scipy.stats (imported by the diagnostics) costs more start-up than pooling
         # thousands of analyses (benchmarks/README.md): only when a diagnostic is asked for
+        # lazy: import cycle: fedsynth.meta.diagnostics imports this module
         from fedsynth.meta import diagnostics
 
         if self.k < 2:
@@ -275,6 +279,7 @@ class PoolingResult(ResultMixin):
         from this fit's tau².
         """
         diagnostics = self._diagnostics()
+        # lazy: import cycle: fedsynth.meta.metareg imports this module
         from fedsynth.meta.metareg import fit_rma
 
         fit = fit_rma(self.yi, self.vi, None, method="FE", test=self.test, level=self.level,
@@ -307,7 +312,8 @@ class PoolingResult(ResultMixin):
         Everything ``fedsynth meta`` reports about this analysis: the flag and the
         requested diagnostics (:func:`fedsynth.meta.analysis.analyse` on this fit).
         """
-        from fedsynth.meta.analysis import analyse  # imports the diagnostics (see above)
+        # lazy: import cycle: fedsynth.meta.analysis imports this module
+        from fedsynth.meta.analysis import analyse
 
         return analyse(self.yi, self.vi, labels=self.labels, method=self.method,
                        test=self.test, level=self.level, pooled=self, **options)
@@ -444,7 +450,8 @@ class BatchPoolingResult(ResultMixin):
 
     def to_frame(self):
         """A :class:`pandas.DataFrame` with one row per analysis (index: analysis names)."""
-        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+        # lazy: pandas (~1 s) only for to_frame(); `import fedsynth.meta` stays without it
+        import pandas as pd
 
         data = {"analysis": list(self.names)}
         data.update({name: getattr(self, name) for name in _ARRAY_FIELDS})

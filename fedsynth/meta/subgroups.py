@@ -138,7 +138,8 @@ class SubgroupResult(ResultMixin):
 
     def to_frame(self):
         """One row per group: k, estimate, se, confidence bounds, tau², I², Q."""
-        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+        # lazy: pandas (~1 s) only for to_frame(); `import fedsynth.meta` stays without it
+        import pandas as pd
 
         rows = [{key: value for key, value in g.to_dict().items() if key not in ("group",
                                                                                "sites")}
@@ -154,7 +155,8 @@ class SubgroupResult(ResultMixin):
 
     def forest(self, **options: Any):
         """Forest plot in blocks, one diamond per group (``fedsynth.plots``)."""
-        from fedsynth.plots import forest_plot  # matplotlib: imported only to plot
+        # lazy: import cycle: fedsynth.plots imports fedsynth.meta at top
+        from fedsynth.plots import forest_plot
 
         return forest_plot(self, **options)
 

@@ -284,7 +284,7 @@ class PerformanceData:
         ``theta.cilb``, ``theta.ciub``, ``theta.source``, ``theta.se.source``; ``O``,
         ``E``, ``N`` for O:E) and ``used``, indexed by study label.
         """
-        # lazy, as BatchPoolingResult.to_frame: pandas is not needed for the statistics
+        # lazy: pandas (~1 s) only for to_frame(); `import fedsynth.meta` stays without it
         import pandas as pd
 
         rows = {"theta": self.theta, "theta.se": self.theta_se,

@@ -9,9 +9,16 @@ the site agent computes a submission. Nothing is sent and no state is written.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 from fedsynth.cli.registry import Command
+from fedsynth.config import load_site_config
+from fedsynth.errors import InputError
+from fedsynth.spec import Spec, load_spec
+from fedsynth.terminal import printable
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,22 +45,18 @@ def _number(value: float) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import json
-    import sys
-    from pathlib import Path
-
+    # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
     from fedsynth.effects import estimate_all
-    from fedsynth.errors import InputError
-    from fedsynth.spec import Spec, load_spec
-    from fedsynth.terminal import printable
+
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from site_agent.data import load_table
+
+    # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
     from site_agent.privacy import PrivacyLimits, guard, release
 
     # Validate every input before computing, so bad input prints nothing on stdout.
     config = None
     if args.config:
-        from fedsynth.config import load_site_config
-
         config = load_site_config(args.config, insecure=True)   # TLS is not used here
     min_cell = args.min_cell_count if args.min_cell_count is not None else (
         config.privacy.min_cell_count if config else 5)
@@ -73,6 +76,7 @@ def _run(args: argparse.Namespace) -> int:
     history = None
     notes: list[str] = []
     if config is not None:
+        # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
         from site_agent.policy import site_policy
         from site_agent.privacy import ReleaseHistory
 
@@ -92,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         frame = load_table(data_path)
         computed = dict(estimate_all(frame, allowed))
     else:  # a SQL source of site.toml
+        # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
         from site_agent.connectors import estimate_from_data
 
         assert config is not None  # data_path is None only for the SQL source of a config

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 from fedsynth.cli.registry import Command
+from fedsynth.config import load_site_config
+from fedsynth.logs import setup_logging
 
 
 def _args(parser: argparse.ArgumentParser) -> None:
@@ -17,10 +20,7 @@ def _args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from fedsynth.config import load_site_config
-    from fedsynth.logs import setup_logging
+    # lazy: keeps grpc and cryptography out of `fedsynth --help` start-up
     from site_agent.agent import run_agent
 
     config = load_site_config(args.config, insecure=args.insecure)

@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from fedsynth.effects import estimate_all
 from fedsynth.effects.effect_sizes import escalc
 from fedsynth.effects.patient_level import CATEGORICAL_LEVELS
 from fedsynth.effects.results import Estimate, Refusal
@@ -247,8 +248,6 @@ def estimate_all_sql(source: SqlSource, spec: Any) -> dict[str, Estimate | Refus
 
 def _streamed(source: SqlSource, spec: Any, analyses: list[Any]) -> dict[str, Any]:
     """Regression analyses: fetch only their columns, then the DataFrame estimators."""
-    from fedsynth.effects import estimate_all
-
     present = set(source.columns())
     wanted = list(dict.fromkeys(c for a in analyses for c in _needed_columns(a)
                                 if c in present))

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from fedsynth.effects.results import REFUSAL_VOCABULARY
 from fedsynth.errors import InputError
 
 #: rows per fetch when streaming columns for regression estimators
@@ -150,8 +151,6 @@ class DataProblem(InputError):
     """
 
     def __init__(self, message: str, key: str, column: str | None = None) -> None:
-        from fedsynth.effects.results import REFUSAL_VOCABULARY
-
         super().__init__(message)
         self.key = key
         self.column = column

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 
+from fedsynth.audit import AuditLog, verify_log
 from fedsynth.cli.registry import Command
+from fedsynth.errors import FedsynthError
 
 _ALLOW_MISSING_HEAD = ("accept a log whose head file (FILE.head) is missing; without it a "
                        "cut-off tail cannot be detected, so this is refused by default")
@@ -18,10 +21,6 @@ def _add(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import json
-
-    from fedsynth.audit import verify_log
-
     result = verify_log(args.file, allow_missing_head=args.allow_missing_head)
     if args.format == "json":
         print(json.dumps({"file": args.file, "ok": result.ok, "entries": result.entries,
@@ -53,8 +52,6 @@ def _add_show(parser: argparse.ArgumentParser) -> None:
 
 
 def _summary(data) -> str:
-    import json
-
     sent = data.get("sent") if isinstance(data, dict) else None
     if isinstance(sent, dict):      # a site's submission: one line per analysis
         parts = []
@@ -71,15 +68,9 @@ def _summary(data) -> str:
 
 def _run_show(args: argparse.Namespace) -> int:
     """Print the entries (after verifying the chain, so a reader knows what to trust)."""
-    import json
-
-    from fedsynth.audit import AuditLog, verify_log
-
     result = verify_log(args.file, allow_missing_head=args.allow_missing_head)
     entries = AuditLog(args.file).entries() if result.ok else []
     if not result.ok:
-        from fedsynth.errors import FedsynthError
-
         raise FedsynthError(f"{args.file}: the chain is broken ({result.problems[0]}); run "
                             "'fedsynth audit verify' for every problem")
     chosen = [e for e in entries

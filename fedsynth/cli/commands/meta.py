@@ -171,6 +171,7 @@ def _batch_flags(args: argparse.Namespace, batch: BatchPoolingResult):
         return None
     cache = args.__dict__.setdefault("_flags", {})
     if "batch" not in cache:
+        # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
         from fedsynth.meta.heterogeneity import assess_heterogeneity_batch
 
         cache["batch"] = assess_heterogeneity_batch(
@@ -182,7 +183,10 @@ def _batch_flags(args: argparse.Namespace, batch: BatchPoolingResult):
 def _analysis(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult,
               index: int):
     """The flag and diagnostics of analysis ``index`` (computed once, then cached)."""
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from fedsynth import tabular
+
+    # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
     from fedsynth.meta.analysis import AnalysisResult, analyse
 
     cache = args.__dict__.setdefault("_analyses", {})
@@ -219,8 +223,10 @@ def _cumulative_order(frame, column: str, rows) -> list[int]:
     0-based order of an analysis' sites by ``column`` (numeric if every value is a
     number, else text); a stable sort keeps the file order among ties.
     """
+    # lazy: keeps numpy out of `fedsynth --help` start-up
     import numpy as np
 
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from fedsynth import tabular
 
     col = tabular.text_column(frame, column, option="--cumulative-by")
@@ -302,6 +308,7 @@ def _bayes_batch(args: argparse.Namespace, data: MetaInput):
         return None
     cache = args.__dict__.setdefault("_bayes", {})
     if "batch" not in cache:
+        # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
         from fedsynth.meta.bayes import bayes_pool, parse_prior_spec
 
         prior, scale = parse_prior_spec(args.bayes)
@@ -353,7 +360,10 @@ def _plots(args: argparse.Namespace, data: MetaInput,
     """Build the requested figures (nothing written yet): (figure, path) pairs."""
     if not (getattr(args, "forest", None) or getattr(args, "funnel", None)):
         return []
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from fedsynth import tabular
+
+    # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
     from fedsynth.plots import forest_plot, funnel_plot
 
     for option in ("forest", "funnel"):
@@ -434,6 +444,7 @@ class MetaInput:
 
 
 def _read_frame(args: argparse.Namespace):
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from fedsynth import tabular
 
     if args.example and args.file:
@@ -450,6 +461,7 @@ def _read_frame(args: argparse.Namespace):
 
 def _variance_column(args, frame):
     """Resolve (column, is_standard_error) from --vi / --sei and the defaults."""
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from fedsynth import tabular
 
     if args.vi and args.sei:
@@ -477,6 +489,7 @@ def _text_values(frame, column: str, *, option: str | None = None):
     :func:`fedsynth.tabular.text_column` without the conversion to a Python list, so
     labels and ``--by`` groups of 400,000 rows stay vectorised.
     """
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from fedsynth import tabular
 
     tabular.require_columns(frame, [column], option=option)
@@ -486,9 +499,13 @@ def _text_values(frame, column: str, *, option: str | None = None):
 
 def load_input(args: argparse.Namespace) -> MetaInput:
     """Read and validate the CSV named on the command line (or the seed example)."""
+    # lazy: keeps numpy out of `fedsynth --help` start-up
     import numpy as np
+
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     import pandas as pd
 
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from fedsynth import tabular
 
     frame = _read_frame(args)
@@ -501,6 +518,7 @@ def load_input(args: argparse.Namespace) -> MetaInput:
                   else np.arange(1, n + 1).astype(str).astype(object))
     if getattr(args, "measure", None):
         # Effect sizes from raw summary data (estimators helper: fedsynth.effects).
+        # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
         from fedsynth.effects.effect_sizes import escalc_frame
 
         given = [opt for opt, value in (("--yi", args.yi), ("--vi", args.vi),
@@ -559,6 +577,7 @@ def load_input(args: argparse.Namespace) -> MetaInput:
 
 def compute(args: argparse.Namespace, data: MetaInput) -> BatchPoolingResult:
     """Pool every analysis in one vectorised call."""
+    # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
     from fedsynth.meta import pool
 
     return pool(data.yi, data.vi, mask=data.mask, method=args.method, test=args.test,
@@ -658,6 +677,7 @@ def run(args: argparse.Namespace) -> int:
     text = RENDERERS[args.format](args, data, batch)
     figures = _plots(args, data, batch)
     if figures:
+        # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
         from fedsynth.plots import save_figure
 
         for fig, path in figures:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from fedsynth.cli.registry import Command
-from fedsynth.config import load_coordinator_config
-from fedsynth.logs import setup_logging
 
 
 def _args(parser: argparse.ArgumentParser) -> None:
@@ -18,8 +15,17 @@ def _args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # lazy: asyncio is not loaded by `fedsynth --help` (start-up)
+    import asyncio
+
     # lazy: keeps scipy and sqlalchemy out of `fedsynth --help` start-up
     from coordinator.server import serve
+
+    # lazy: fedsynth.config is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.config import load_coordinator_config
+
+    # lazy: fedsynth.logs is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.logs import setup_logging
 
     config = load_coordinator_config(args.config, insecure=args.insecure)
     setup_logging(args.verbose)

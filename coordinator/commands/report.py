@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedsynth.cli.registry import Command
-from fedsynth.config import load_coordinator_config
 from fedsynth.errors import InputError
-from fedsynth.round_document import RoundDocument
 
 # Imported when a command runs, not when the command line builds its parser (see
 # coordinator/commands/round.py).
@@ -49,6 +47,9 @@ def _add_round(parser: argparse.ArgumentParser) -> None:
 
 def _load_dir(folder: str) -> list[RoundDocument]:
     """Every round document (``*.json`` but our own ``trend.json``) of a folder, validated."""
+    # lazy: fedsynth.round_document is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.round_document import RoundDocument
+
     path = Path(folder)
     if not path.is_dir():
         raise InputError(f"--rounds-dir {folder!r}: not a directory")
@@ -85,6 +86,9 @@ def _sources(args: argparse.Namespace) -> tuple[Any, list[RoundDocument]]:
         raise InputError("give --config COORDINATOR.TOML (the store) or --rounds-dir DIR")
     config = None
     if args.config:
+        # lazy: fedsynth.config is not loaded by `fedsynth --help` (start-up)
+        from fedsynth.config import load_coordinator_config
+
         config = load_coordinator_config(args.config, insecure=True)
     docs = _load_dir(args.rounds_dir) if args.rounds_dir else _load_store(config)
     return config, docs

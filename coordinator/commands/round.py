@@ -23,12 +23,8 @@ if TYPE_CHECKING:
 import time
 from pathlib import Path
 
-from fedsynth.audit import AuditLog
-from fedsynth.config import load_coordinator_config
 from fedsynth.errors import FedsynthError, InputError
-from fedsynth.round_document import PooledEstimate
 from fedsynth.terminal import printable
-from fedsynth.timeutil import iso, parse_duration, utcnow
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +34,9 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 def _open(args: argparse.Namespace):
     # lazy: keeps sqlalchemy out of `fedsynth --help` start-up
     from coordinator.store import Store
+
+    # lazy: fedsynth.config is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.config import load_coordinator_config
 
     config = load_coordinator_config(args.config, insecure=True)
     return config, Store(config.state)
@@ -65,6 +64,9 @@ def _start(args: argparse.Namespace) -> int:
     # lazy: keeps scipy and sqlalchemy out of `fedsynth --help` start-up
     from coordinator.server import pooling_dict
 
+    # lazy: fedsynth.timeutil is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.timeutil import iso, parse_duration, utcnow
+
     config, store = _open(args)
     deadline = (parse_duration(args.deadline, "--deadline") if args.deadline is not None
                 else config.default_deadline)
@@ -83,6 +85,9 @@ def _start(args: argparse.Namespace) -> int:
                             allowed=config.allow, pooling=pooling,
                             now=utcnow(), source=f"round start --spec {args.spec}")
         if config.audit_log is not None:
+            # lazy: fedsynth.audit is not loaded by `fedsynth --help` (start-up)
+            from fedsynth.audit import AuditLog
+
             AuditLog(config.audit_log).append("round.opened", {
                 "round": record.id, "source": "cli", "deadline": iso(record.deadline),
                 "quorum": record.quorum})
@@ -108,6 +113,9 @@ def render_table(doc: RoundDocument) -> str:
     spec: each is shown through :func:`fedsynth.terminal.printable`, so a control sequence
     in a refusal reason is displayed (``\x1b``), not executed by the terminal.
     """
+    # lazy: fedsynth.round_document is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.round_document import PooledEstimate
+
     p = printable
     lines = [f"round {p(doc.round)}  status {p(doc.status)}  quorum {p(doc.quorum)}",
              f"opened {p(doc.opened_at)}  deadline {p(doc.deadline)}  closed "
@@ -164,6 +172,9 @@ def _wait_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _wait(args: argparse.Namespace) -> int:
+    # lazy: fedsynth.timeutil is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.timeutil import iso
+
     if not args.timeout > 0:
         raise InputError(f"--timeout = {args.timeout!r} must be positive")
     _config, store = _open(args)
@@ -188,6 +199,9 @@ def _list_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
+    # lazy: fedsynth.timeutil is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.timeutil import iso
+
     _config, store = _open(args)
     with store:
         records = store.list_rounds()

@@ -17,18 +17,13 @@ import argparse
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from coordinator.commands.round import render_table
 from fedsynth.cli.registry import Command
-from fedsynth.config import load_coordinator_config
 from fedsynth.errors import FedsynthError, InputError
-from fedsynth.spec import load_spec
-from fedsynth.timeutil import parse_duration, utcnow
 from fedsynth.vocabulary import METHODS
 
 
@@ -46,6 +41,12 @@ def simulate(sites_dir: str | Path, spec: str | Path, out: str | Path, *,
              min_n: int = 20, method: str = "REML", force: bool = False,
              progress=print) -> int:
     """Run one federated round on this machine; return 0 if it was pooled, 1 otherwise."""
+    # lazy: signal is not loaded by `fedsynth --help` (start-up)
+    import signal
+
+    # lazy: subprocess is not loaded by `fedsynth --help` (start-up)
+    import subprocess
+
     # lazy: keeps scipy and sqlalchemy out of `fedsynth --help` start-up
     from coordinator.rounds import open_round, round_document
 
@@ -55,8 +56,17 @@ def simulate(sites_dir: str | Path, spec: str | Path, out: str | Path, *,
     # lazy: keeps sqlalchemy out of `fedsynth --help` start-up
     from coordinator.store import Store
 
+    # lazy: fedsynth.config is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.config import load_coordinator_config
+
     # lazy: keeps cryptography out of `fedsynth --help` start-up
     from fedsynth.pki import init_ca, issue_coordinator, issue_site, validate_site_name
+
+    # lazy: fedsynth.spec is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.spec import load_spec
+
+    # lazy: fedsynth.timeutil is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.timeutil import parse_duration, utcnow
 
     sites_dir, out = Path(sites_dir), Path(out)
     if not sites_dir.is_dir():

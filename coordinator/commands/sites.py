@@ -6,9 +6,7 @@ import argparse
 import json
 
 from fedsynth.cli.registry import Command
-from fedsynth.config import load_coordinator_config
 from fedsynth.terminal import printable
-from fedsynth.timeutil import utcnow
 
 
 def _args(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +17,12 @@ def _args(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     # lazy: keeps sqlalchemy out of `fedsynth --help` start-up
     from coordinator.store import Store
+
+    # lazy: fedsynth.config is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.config import load_coordinator_config
+
+    # lazy: fedsynth.timeutil is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.timeutil import utcnow
 
     config = load_coordinator_config(args.config, insecure=True)
     with Store(config.state) as store:

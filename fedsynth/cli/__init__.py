@@ -26,7 +26,6 @@ from fedsynth import __version__
 from fedsynth.cli import commands as library_commands
 from fedsynth.cli.registry import GROUP_HELP, Command
 from fedsynth.errors import FedsynthError
-from fedsynth.logs import configure_logging
 from fedsynth.terminal import printable
 
 #: The entry-point group through which packages contribute command modules.
@@ -100,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.log_format:
+            # lazy: fedsynth.logs is not loaded by `fedsynth --help` (start-up)
+            from fedsynth.logs import configure_logging
+
             configure_logging(args.log_format)
         return int(args._run(args) or 0)
     except FedsynthError as error:

@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.cli.registry import Command
-from fedsynth.config import load_site_config
 from fedsynth.errors import InputError
-from fedsynth.spec import Spec, load_spec
 from fedsynth.terminal import printable
 
 
@@ -48,6 +46,9 @@ def _run(args: argparse.Namespace) -> int:
     # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
     from fedsynth.effects import estimate_all
 
+    # lazy: fedsynth.spec is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.spec import Spec, load_spec
+
     # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from site_agent.data import load_table
 
@@ -57,6 +58,9 @@ def _run(args: argparse.Namespace) -> int:
     # Validate every input before computing, so bad input prints nothing on stdout.
     config = None
     if args.config:
+        # lazy: fedsynth.config is not loaded by `fedsynth --help` (start-up)
+        from fedsynth.config import load_site_config
+
         config = load_site_config(args.config, insecure=True)   # TLS is not used here
     min_cell = args.min_cell_count if args.min_cell_count is not None else (
         config.privacy.min_cell_count if config else 5)

@@ -11,7 +11,6 @@ import argparse
 import json
 
 from fedsynth.cli.registry import Command
-from fedsynth.config import load_site_config
 from fedsynth.terminal import printable
 
 
@@ -80,6 +79,9 @@ def _run_pending(args: argparse.Namespace) -> int:
 
 
 def _run_approve(args: argparse.Namespace) -> int:
+    # lazy: fedsynth.config is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.config import load_site_config
+
     # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
     from site_agent.policy import site_audit_log, site_policy
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from fedsynth.cli.registry import Command
-from fedsynth.config import load_site_config
-from fedsynth.logs import setup_logging
 
 
 def _args(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +17,15 @@ def _args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # lazy: asyncio is not loaded by `fedsynth --help` (start-up)
+    import asyncio
+
+    # lazy: fedsynth.config is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.config import load_site_config
+
+    # lazy: fedsynth.logs is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.logs import setup_logging
+
     # lazy: keeps grpc and cryptography out of `fedsynth --help` start-up
     from site_agent.agent import run_agent
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from fedsynth.audit import AuditLog, verify_log
 from fedsynth.cli.registry import Command
 from fedsynth.errors import FedsynthError
 
@@ -21,6 +20,9 @@ def _add(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # lazy: fedsynth.audit is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.audit import verify_log
+
     result = verify_log(args.file, allow_missing_head=args.allow_missing_head)
     if args.format == "json":
         print(json.dumps({"file": args.file, "ok": result.ok, "entries": result.entries,
@@ -68,6 +70,9 @@ def _summary(data) -> str:
 
 def _run_show(args: argparse.Namespace) -> int:
     """Print the entries (after verifying the chain, so a reader knows what to trust)."""
+    # lazy: fedsynth.audit is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.audit import AuditLog, verify_log
+
     result = verify_log(args.file, allow_missing_head=args.allow_missing_head)
     entries = AuditLog(args.file).entries() if result.ok else []
     if not result.ok:

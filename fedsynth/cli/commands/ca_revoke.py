@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedsynth.audit import AuditLog
 from fedsynth.cli.registry import Command
 
 
@@ -29,6 +28,9 @@ def _add(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # lazy: fedsynth.audit is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.audit import AuditLog
+
     # lazy: keeps grpc and cryptography out of `fedsynth --help` start-up
     from fedsynth.revocation import revoke_certificate
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from importlib import metadata
 
 from fedsynth import PROTOCOL_VERSION, __version__
@@ -22,6 +21,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if getattr(args, "format", "text") == "json":
+        # lazy: platform is not loaded by `fedsynth --help` (start-up)
+        import platform
+
         libraries: dict[str, str | None] = {}
         for name in ("grpcio", "protobuf", "cryptography", "sqlalchemy", "psycopg",
                      "numpy", "scipy"):

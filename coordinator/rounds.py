@@ -25,13 +25,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from coordinator.store import RoundRecord, Store, SubmissionRecord
 from fedsynth.errors import InputError
 from fedsynth.jsonsafe import finite_or_none
-from fedsynth.meta import pool
-from fedsynth.meta.analysis import analyse
 from fedsynth.round_document import (
     AnalysisResult,
     FlagDetails,
@@ -202,6 +198,9 @@ def _analysis_entry(analysis: dict[str, Any], column: _Column,
     cell), so the analyses are then pooled one by one and only the bad one carries the
     error as a note; one bad analysis must not sink the round.
     """
+    # lazy: keeps scipy and numpy out of `fedsynth round start/show` start-up
+    from fedsynth.meta.analysis import analyse
+
     if not column.estimates:
         return _entry(analysis, column, pooling, pooled=None, verdict=_NO_FLAG,
                       notes=["no site sent an estimate for this analysis; nothing was pooled"])
@@ -240,6 +239,13 @@ def pool_analyses(analyses: list[dict[str, Any]], subs: list[SubmissionRecord],
     Every value is built JSON-ready (``PoolingResult``/``BatchPoolingResult`` dicts map
     NaN to None, site estimates are converted as they are gathered).
     """
+    # lazy: keeps numpy out of `fedsynth round start/show` start-up
+    import numpy as np
+
+    # lazy: keeps scipy and numpy out of `fedsynth round start/show` start-up
+    from fedsynth.meta import pool
+    from fedsynth.meta.analysis import analyse
+
     columns = [_gather(a["name"], subs) for a in analyses]
     s = _settings(pooling)
     rows = [i for i, c in enumerate(columns)

@@ -30,20 +30,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-from coordinator.handlers import Handlers
-from coordinator.ratelimit import AdmissionInterceptor, ConcurrencyLimiter, RateLimit, RateLimiter
 from coordinator.rounds import close_if_due, open_round, pool_analyses
-from coordinator.scheduler import ScheduleEntry, Scheduler
-from coordinator.service import FederationService
 from coordinator.store import Store, SubmissionRecord, utcnow
 from fedsynth.audit import AuditLog
 from fedsynth.config import CoordinatorConfig
 from fedsynth.fileio import atomic_write
-from fedsynth.revocation import RevocationInterceptor, RevocationList
 from fedsynth.transport import add_port, create_server
-from fedsynth.v1 import federation_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from coordinator.metrics import CoordinatorMetrics, MetricsEndpoint
@@ -114,12 +106,14 @@ class Coordinator:
         self.metrics: CoordinatorMetrics | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         try:
-            # lazy: an optional dependency (ImportError handled here)
+            # lazy: keeps prometheus_client out of `fedsynth round start/show` start-up
             from coordinator.metrics import CoordinatorMetrics
 
             self.metrics = CoordinatorMetrics()
         except ImportError:  # pragma: no cover - metrics are optional
             self.metrics = None
+        # lazy: keeps protobuf (the gRPC stubs) out of `fedsynth round start/show` start-up
+        from coordinator.handlers import Handlers
 
         self.handlers = Handlers(self.store, config, audit=self.audit, metrics=self.metrics)
         self.server: Any = None
@@ -158,6 +152,9 @@ class Coordinator:
         """Revocation check, then admission (rate and calls in flight), on every call."""
         interceptors: list[Any] = []
         if self.config.tls is not None and not self.config.insecure:
+            # lazy: keeps grpc out of `fedsynth round start/show` start-up
+            from fedsynth.revocation import RevocationInterceptor, RevocationList
+
             def on_revoked(site: str, serial: int, reason: str) -> None:
                 self._audit_soon("peer.revoked", {"site": site, "serial": f"{serial:x}",
                                              "reason": reason})
@@ -178,6 +175,13 @@ class Coordinator:
                 crl_path, ca=self.config.tls.ca, last_good=self.store.trusted_crl(),
                 on_accept=on_crl_accepted, on_refuse=on_crl_refused)
             interceptors.append(RevocationInterceptor(self.revocations, on_reject=on_revoked))
+        # lazy: keeps grpc out of `fedsynth round start/show` start-up
+        from coordinator.ratelimit import (
+            AdmissionInterceptor,
+            ConcurrencyLimiter,
+            RateLimit,
+            RateLimiter,
+        )
 
         def on_refused(who: str, method: str, kind: str) -> None:
             event = "peer.rate_limited" if kind == "rate" else "peer.concurrency_limited"
@@ -198,6 +202,13 @@ class Coordinator:
 
     async def start(self) -> int:
         """Bind, start serving, write the address file; return the port."""
+        # lazy: keeps grpc out of `fedsynth round start/show` start-up
+        from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+        # lazy: keeps grpc out of `fedsynth round start/show` start-up
+        from coordinator.service import FederationService
+        from fedsynth.v1 import federation_pb2_grpc as pb_grpc
+
         preload_statistics()
         if self.audit is not None:
             # An append interrupted by a kill is repaired (and recorded) before anything
@@ -372,6 +383,9 @@ class Coordinator:
         return record.id
 
     async def _run_scheduler(self) -> None:
+        # lazy: keeps croniter out of `fedsynth round start/show` start-up
+        from coordinator.scheduler import ScheduleEntry, Scheduler
+
         entries = [ScheduleEntry(spec=e.spec, cron=e.cron, deadline=e.deadline,
                                  quorum=e.quorum) for e in self.config.schedule]
         self._scheduler = Scheduler(entries)

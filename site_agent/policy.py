@@ -43,7 +43,6 @@ from typing import Any
 
 from fedsynth.audit import AuditLog, canonical_json, digest
 from fedsynth.config import load_site_config
-from fedsynth.effects.results import Refusal, render_reason
 from fedsynth.errors import ConfigError, InputError
 from fedsynth.fileio import atomic_write, read_json_object
 from fedsynth.timeutil import iso, utcnow
@@ -121,6 +120,9 @@ class PolicyDecision:
         The :class:`~fedsynth.effects.Refusal` (code ``policy``) of a forbidden analysis,
         worded from the fixed vocabulary.
         """
+        # lazy: keeps pandas and scipy out of `fedsynth site pending/approve` start-up
+        from fedsynth.effects.results import Refusal
+
         sentence = dict(self.sentences.get(name) or {})
         key = sentence.pop("key", None)
         if key is None:
@@ -339,6 +341,9 @@ class Policy:
         approved
             Whether the spec is approved; by default looked up in :meth:`store`.
         """
+        # lazy: keeps pandas and scipy out of `fedsynth site pending/approve` start-up
+        from fedsynth.effects.results import render_reason
+
         fingerprint = spec_fingerprint(spec)
         refusals: dict[str, str] = {}
         sentences: dict[str, dict[str, Any]] = {}

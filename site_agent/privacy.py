@@ -95,7 +95,6 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.audit import digest
-from fedsynth.effects.results import Refusal
 from fedsynth.errors import InputError
 from fedsynth.fileio import atomic_write, read_json_object
 
@@ -146,6 +145,8 @@ def _refusal(key: str, analysis: str, limits: PrivacyLimits, original: Any = Non
     sentence is kept as local detail for the site's log.
     """
     # Imported here: the result types belong to the estimators package.
+    # lazy: keeps pandas and scipy out of `fedsynth site pending/approve` start-up
+    from fedsynth.effects.results import Refusal
 
     detail = None
     if original is not None and _is_refusal(original):
@@ -430,6 +431,9 @@ def release(results: Mapping[str, Any], spec: Any = None) -> dict[str, Any]:
     spec
         The round's spec: the columns each analysis may name.
     """
+    # lazy: keeps pandas and scipy out of `fedsynth site pending/approve` start-up
+    from fedsynth.effects.results import Refusal
+
     out: dict[str, Any] = {}
     for name, result in results.items():
         if not _is_refusal(result):

@@ -9,7 +9,8 @@ silently different analysis at each site. So the spec is parsed into typed, froz
 objects and every problem (unknown estimator, missing, unknown or inapplicable key, wrong
 type, duplicate name) is an error that names the analysis and the key. The same objects
 round-trip through :meth:`Spec.to_dict` (the form that travels in a round) and
-:meth:`Spec.to_toml`.
+:meth:`Spec.to_toml`. A spec may also hold ``[[model]]`` tables (regression models fitted
+across sites), parsed by :mod:`fedsynth.models.spec` into :attr:`Spec.models`.
 
 Example
 -------
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.errors import ConfigError
+from fedsynth.models.spec import ModelSpec, parse_categorical, parse_models
 
 __all__ = ["Spec", "AnalysisSpec", "load_spec", "parse_spec", "ESTIMATORS", "MEASURES"]
 
@@ -42,7 +44,7 @@ __all__ = ["Spec", "AnalysisSpec", "load_spec", "parse_spec", "ESTIMATORS", "MEA
 _STRING_KEYS = ("outcome", "exposure", "measure", "time", "event", "ties", "score", "scale",
                 "description")
 _ALL_KEYS = ("name", "estimator", "outcome", "exposure", "covariates", "measure", "time",
-             "event", "ties", "score", "scale", "description")
+             "event", "ties", "score", "scale", "description", "categorical")
 
 ESTIMATORS: dict[str, dict[str, Any]] = {
     "two_by_two": {"required": ("outcome", "exposure"),
@@ -50,11 +52,11 @@ ESTIMATORS: dict[str, dict[str, Any]] = {
     "two_group": {"required": ("outcome", "exposure"),
                   "optional": {"measure": "MD"}},
     "logistic": {"required": ("outcome", "exposure"),
-                 "optional": {"covariates": ()}},
+                 "optional": {"covariates": (), "categorical": ()}},
     "linear": {"required": ("outcome", "exposure"),
-               "optional": {"covariates": ()}},
+               "optional": {"covariates": (), "categorical": ()}},
     "cox": {"required": ("time", "event", "exposure"),
-            "optional": {"covariates": (), "ties": "efron"}},
+            "optional": {"covariates": (), "ties": "efron", "categorical": ()}},
     "auc": {"required": ("outcome", "score"), "optional": {"scale": "raw"}},
     "calibration_slope": {"required": ("outcome", "score"), "optional": {}},
     "calibration_in_the_large": {"required": ("outcome", "score"), "optional": {}},
@@ -91,6 +93,9 @@ class AnalysisSpec:
     score: str | None = None
     scale: str | None = None
     description: str | None = None
+    #: ``((column, levels), ...)``: categorical covariates coded as in
+    #: :mod:`fedsynth.models.coding` (first level = reference).
+    categorical: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -107,6 +112,9 @@ class AnalysisSpec:
             if key == "covariates":
                 if self.estimator in ("logistic", "linear", "cox"):
                     out[key] = list(value)
+            elif key == "categorical":
+                if value:  # only when set: specs without it keep their old form
+                    out[key] = {column: list(levels) for column, levels in value}
             elif value is not None:
                 out[key] = value
         return out
@@ -132,6 +140,8 @@ class Spec:
     analyses: tuple[AnalysisSpec, ...]
     name: str | None = None
     description: str | None = None
+    #: ``[[model]]`` tables (:class:`fedsynth.models.ModelSpec`), fitted across sites.
+    models: tuple[ModelSpec, ...] = ()
 
     def __getitem__(self, name: str) -> AnalysisSpec:
         for analysis in self.analyses:
@@ -144,12 +154,21 @@ class Spec:
         """Analysis names in order."""
         return tuple(a.name for a in self.analyses)
 
+    def model(self, name: str) -> ModelSpec:
+        """The ``[[model]]`` called ``name`` (KeyError if none)."""
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise KeyError(name)
+
     def to_dict(self) -> dict[str, Any]:
         """``{"name", "analyses": [...]}``: the form that travels in a round (JSON-safe)."""
         out: dict[str, Any] = {"name": self.name,
                                "analyses": [a.to_dict() for a in self.analyses]}
         if self.description is not None:
             out["description"] = self.description
+        if self.models:
+            out["models"] = [m.to_dict() for m in self.models]
         return out
 
     def to_json(self) -> str:
@@ -168,6 +187,11 @@ class Spec:
             lines.append("[[analysis]]")
             for key, value in analysis.to_dict().items():
                 lines.append(f"{key} = {_toml_value(value)}")
+        for model in self.models:
+            lines.append("")
+            lines.append("[[model]]")
+            for key, value in model.to_dict().items():
+                lines.append(f"{key} = {_toml_value(value)}")
         return "\n".join(lines).lstrip("\n") + "\n"
 
 
@@ -177,6 +201,9 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):  # an inline table; keys quoted (any column name)
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")  # pragma: no cover
 
 
@@ -208,6 +235,8 @@ def _parse_analysis(table: Any, index: int) -> AnalysisSpec:
             if len(set(value)) != len(value):
                 raise ConfigError(f"{where}: key 'covariates' lists a column twice: "
                                   f"{value!r}")
+        elif key == "categorical":
+            continue  # validated below, once the covariates are known
         elif not isinstance(value, str):
             raise ConfigError(f"{where}: key {key!r} must be a string, got "
                               f"{type(value).__name__} {value!r}")
@@ -234,6 +263,9 @@ def _parse_analysis(table: Any, index: int) -> AnalysisSpec:
     values: dict[str, Any] = {**rules["optional"], **table}
     if "covariates" in values:
         values["covariates"] = tuple(values["covariates"])
+    if "categorical" in table:
+        values["categorical"] = parse_categorical(table["categorical"],
+                                                  values["covariates"], where)
     if estimator in MEASURES and values["measure"] not in MEASURES[estimator]:
         raise ConfigError(f"{where}: key 'measure' has value {values['measure']!r}; "
                           f"{estimator} supports {', '.join(MEASURES[estimator])}")
@@ -271,13 +303,17 @@ def parse_spec(source: str | Mapping[str, Any]) -> Spec:
     else:
         raise ConfigError(f"analysis spec: expected TOML text or a table, got "
                           f"{type(source).__name__}")
-    unknown = [k for k in data if k not in ("name", "description", "analysis", "analyses")]
+    unknown = [k for k in data if k not in ("name", "description", "analysis", "analyses",
+                                            "model", "models")]
     if unknown:
         raise ConfigError(f"analysis spec: unknown top-level key {unknown[0]!r} (known: "
-                          "name, description, analysis)")
+                          "name, description, analysis, model)")
     if "analysis" in data and "analyses" in data:
         raise ConfigError("analysis spec: give either 'analysis' tables or an 'analyses' "
                           "list, not both")
+    if "model" in data and "models" in data:
+        raise ConfigError("analysis spec: give either 'model' tables or a 'models' list, "
+                          "not both")
     for key in ("name", "description"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise ConfigError(f"analysis spec: key {key!r} must be a string, got "
@@ -297,8 +333,10 @@ def parse_spec(source: str | Mapping[str, Any]) -> Spec:
                               f"(analysis #{index + 1}); names must be unique")
         seen.add(analysis.name)
         analyses.append(analysis)
+    model_tables = data.get("model", data.get("models"))
+    models = () if model_tables is None else parse_models(model_tables, taken=tuple(seen))
     return Spec(analyses=tuple(analyses), name=data.get("name"),
-                description=data.get("description"))
+                description=data.get("description"), models=models)
 
 
 def load_spec(path: str | Path) -> Spec:

@@ -23,6 +23,12 @@ Contract
   rows, a singular design) is a :class:`Refusal` with a plain reason and a machine code,
   never an exception: one failing analysis does not stop the others.
 * Refusal reasons never contain counts (a small count is exactly what must not leave).
+* Categorical covariates (``[analysis.categorical]``, logistic, linear and Cox) are coded
+  as the federated models code them (:mod:`fedsynth.models.coding`: treatment contrasts
+  against the first declared level; a value outside the levels refuses the analysis). A
+  declared level this site lacks is an all-zero column and is left out of the site's fit,
+  which is R's ``glm``/``coxph`` with that coefficient ``NA``: the exposure's estimate is
+  unchanged.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from fedsynth.errors import InputError
+from fedsynth.models.coding import CodingError, encode_covariates, level_codes
 from fedsynth.spec import AnalysisSpec, Spec, parse_spec
 from fedsynth.effects.delong import delong_auc
 from fedsynth.effects.effect_sizes import escalc
@@ -68,8 +75,16 @@ def _complete(df: pd.DataFrame, analysis: AnalysisSpec) -> tuple[pd.DataFrame, i
     if missing:
         raise Refuse("missing_column", f"the data has no column {missing[0]!r}")
     sub = df.loc[:, columns].copy()
+    levels = dict(analysis.categorical)
     for column in columns:
         series = sub[column]
+        if column in levels:
+            # Level index (NaN where missing), expanded to dummies by _design.
+            try:
+                sub[column] = level_codes(series, levels[column], column)
+            except CodingError as error:
+                raise Refuse("invalid_values", error.reason) from None
+            continue
         if series.dtype == bool:
             sub[column] = series.astype(float)
             continue
@@ -120,8 +135,17 @@ def _require_events(outcome: np.ndarray, column: str, role: str = "outcome") -> 
                      "non-events)")
 
 
-def _design(data: pd.DataFrame, columns: list[str], intercept: bool) -> np.ndarray:
-    x = data.loc[:, columns].to_numpy(dtype=float)
+def _design(data: pd.DataFrame, columns: list[str], intercept: bool,
+            categorical: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> np.ndarray:
+    if categorical:
+        levels = dict(categorical)
+        x = encode_covariates({c: data[c].to_numpy(dtype=float) for c in columns}, columns,
+                              levels)
+        # A declared level absent here is an all-zero column: left out (R: NA), so the
+        # other coefficients are estimated as if the level did not exist at this site.
+        x = x[:, np.any(x != 0, axis=0) | ~_dummy_mask(columns, levels)]
+    else:
+        x = data.loc[:, columns].to_numpy(dtype=float)
     if intercept:
         x = np.column_stack([np.ones(len(data)), x])
     if np.linalg.matrix_rank(x) < x.shape[1]:
@@ -129,6 +153,12 @@ def _design(data: pd.DataFrame, columns: list[str], intercept: bool) -> np.ndarr
                      "is constant or a combination of the others), so the model is not "
                      "identified")
     return x
+
+
+def _dummy_mask(columns: list[str], levels: Mapping[str, tuple[str, ...]]) -> np.ndarray:
+    """True for the design columns that are dummies of a categorical covariate."""
+    return np.concatenate([np.full(len(levels[c]) - 1, True) if c in levels else [False]
+                           for c in columns]).astype(bool)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -268,7 +298,8 @@ def _logistic(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
         raise Refuse("separation", f"the exposure {a.exposure!r} perfectly predicts the "
                      "outcome in one group (quasi-complete separation), so the adjusted "
                      "odds ratio does not exist")
-    x = _design(data, [a.exposure, *a.covariates], intercept=True)
+    x = _design(data, [a.exposure, *a.covariates], intercept=True,
+                categorical=a.categorical)
     fit = _fit_glm_binomial(y.astype(float), x)
     if abs(fit.params[1]) > _SEPARATION_COEF:
         raise Refuse("separation", "the fitted odds ratio is unbounded (separation)")
@@ -287,7 +318,8 @@ def _linear(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     e = _binary(data[a.exposure].to_numpy(), a.exposure, "exposure")
     _require_both_groups(e, a.exposure)
     y = data[a.outcome].to_numpy(dtype=float)
-    x = _design(data, [a.exposure, *a.covariates], intercept=True)
+    x = _design(data, [a.exposure, *a.covariates], intercept=True,
+                categorical=a.categorical)
     fit = sm.OLS(y, x).fit()
     # 1 - R² at rounding level: the outcome is an exact linear function of the design.
     if not fit.df_resid > 0 or fit.ssr <= 1e-12 * max(fit.centered_tss, 1e-300):
@@ -319,7 +351,8 @@ def _cox(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
         # Monotone partial likelihood: the hazard ratio estimate is 0 or infinite.
         raise Refuse("separation", "one exposure group has no events, so the hazard ratio "
                      "does not exist (monotone likelihood)")
-    x = _design(data, [a.exposure, *a.covariates], intercept=False)
+    x = _design(data, [a.exposure, *a.covariates], intercept=False,
+                categorical=a.categorical)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = PHReg(time, x, status=status, ties=a.ties)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedsynth.errors import InputError
+from fedsynth.models.coding import CSV_NA_VALUES
 
 __all__ = ["load_table", "TABLE_SUFFIXES"]
 
@@ -82,7 +83,10 @@ def load_table(path: str | Path) -> pd.DataFrame:
                 dup = next(n for n in names if names.count(n) > 1)
                 raise InputError(f"data: {str(path)!r} has the column {dup!r} twice")
             try:
-                frame = pd.read_csv(path, sep=sep, encoding="utf-8-sig")
+                # pandas' missing-value markers except "None", a real categorical level
+                # (fedsynth.models.coding.CSV_NA_VALUES).
+                frame = pd.read_csv(path, sep=sep, encoding="utf-8-sig",
+                                    keep_default_na=False, na_values=list(CSV_NA_VALUES))
             except pd.errors.ParserError as error:
                 raise InputError(f"data: {str(path)!r} is not valid CSV: {error}") from None
     except UnicodeDecodeError as error:

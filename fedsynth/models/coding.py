@@ -37,7 +37,15 @@ from fedsynth.errors import InputError
 from fedsynth.models.spec import INTERCEPT, ModelSpec, coefficient_names
 
 __all__ = ["CodingError", "Design", "build_design", "level_codes", "encode_covariates",
-           "canonical_text"]
+           "canonical_text", "CSV_NA_VALUES"]
+
+#: Cell texts that mean "missing" when a site reads a CSV file: pandas' defaults without
+#: ``"None"``, which is a real level of clinical codings (pupils reactive: Both, One,
+#: None) and would otherwise silently become a missing value and drop the row. Use with
+#: ``pd.read_csv(..., keep_default_na=False, na_values=CSV_NA_VALUES)``.
+CSV_NA_VALUES: tuple[str, ...] = (
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+    "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null")
 
 
 class CodingError(InputError):
@@ -115,7 +123,8 @@ def level_codes(series: pd.Series, levels: Sequence[str], column: str) -> np.nda
         value and its data row; the ``reason`` names neither).
     """
     text = canonical_text(series)
-    codes = pd.Categorical(text, categories=list(levels)).codes.astype(float)
+    codes = pd.Index(list(levels), dtype=object).get_indexer(
+        pd.Index(text, dtype=object)).astype(float)
     missing = np.array([t is None for t in text], dtype=bool) if len(text) else \
         np.zeros(0, dtype=bool)
     unknown = (codes < 0) & ~missing

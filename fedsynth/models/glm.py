@@ -543,7 +543,7 @@ def advance(state: IrlsState, steps: Mapping[str, SiteStep]) -> IrlsState:
                            aliased=aliased, message="the information matrix is singular")
         return replace(state, status="running", iteration=1, round_trips=trips, beta=beta,
                        coefold=None, devold=sums.deviance, aliased=aliased, sums=sums)
-    assert state.aliased is not None
+    aliased = state.aliased if state.aliased is not None else np.zeros(len(sums.score), bool)
     dev, devold = sums.deviance, state.devold
     diverged = not _finite(sums) or (
         state.iteration > 1 and (dev - devold) / (0.1 + abs(dev)) >= control.epsilon)
@@ -566,7 +566,7 @@ def advance(state: IrlsState, steps: Mapping[str, SiteStep]) -> IrlsState:
         return replace(state, status="not_converged", round_trips=trips, sums=sums,
                        message=_note(state.message, f"did not converge in {control.maxit} "
                                      "iterations"))
-    step = _solve(sums.xtwx, sums.score, ~state.aliased)
+    step = _solve(sums.xtwx, sums.score, ~aliased)
     if step is None:
         return replace(state, status="failed", round_trips=trips, sums=sums,
                        message="the information matrix became singular")

@@ -17,9 +17,10 @@ likelihood estimate; R's ``glm`` then returns a huge coefficient with a warning)
 site is *listed with its reason and not pooled*. Separation is detected exactly, before
 fitting, with the linear program of Konis ("Linear programming algorithms for detecting
 separated data in binary logistic regression models", DPhil thesis, Oxford 2007; R's
-``detectseparation``), and after fitting by R's boundary warning (fitted probabilities or
-rates numerically 0 or 1). A level the site lacks is not a failure: that coefficient is
-aliased at the site (``NaN``) and the site simply does not contribute to it.
+``detectseparation``); for a Poisson model, after fitting by R's boundary warning (fitted
+rates numerically 0: a level without any event). A level the site lacks is not a failure:
+that coefficient is aliased at the site (``NaN``) and the site simply does not contribute
+to it.
 
 Pure statistics: no I/O, no grpc.
 """
@@ -136,6 +137,8 @@ class SiteFit:
                                      f"null, got {value!r}")
                 coefficients[j] = np.nan if value is None else float(value)
             vcov = data.get("vcov")
+            if not isinstance(vcov, (list, tuple)):
+                raise InputError("site fit: field 'vcov' must be a matrix of numbers")
             try:
                 cov = np.array([[np.nan if v is None else v for v in row] for row in vcov],
                                dtype=float)
@@ -215,19 +218,23 @@ def fit_site(design: Design, *, control: IrlsControl | None = None,
     if not fit.converged:
         return _failed(design, "not_converged", f"the fit did not converge in "
                        f"{fit.iterations} iterations", fit.iterations)
+    notes = []
     if fit.boundary:
-        what = "probabilities numerically 0 or 1" if family == "binomial" else \
-            "rates numerically 0"
-        return _failed(design, "separation", f"fitted {what} occurred (separation): the "
-                       "estimates are not finite", fit.iterations)
+        if family == "binomial":
+            # The linear program above found no separation, so the maximum likelihood
+            # estimate exists (it is merely steep); R would warn, and so do we.
+            notes.append("fitted probabilities numerically 0 or 1 occurred")
+        else:
+            return _failed(design, "separation", "fitted rates numerically 0 occurred (a "
+                           "level or combination without any event): the estimates are "
+                           "not finite", fit.iterations)
     if not np.all(np.isfinite(fit.se[np.isfinite(fit.coefficients)])):
         return _failed(design, "failed", "the standard errors are not finite (no residual "
                        "degrees of freedom or a singular information matrix)",
                        fit.iterations)
-    reason = ""
     if fit.aliased:
-        reason = f"not estimable at this site (aliased): {', '.join(fit.aliased)}"
-    return SiteFit(names=design.names, status="ok", reason=reason, n=design.n,
+        notes.append(f"not estimable at this site (aliased): {', '.join(fit.aliased)}")
+    return SiteFit(names=design.names, status="ok", reason="; ".join(notes), n=design.n,
                    coefficients=fit.coefficients, cov=fit.cov, iterations=fit.iterations)
 
 

@@ -67,7 +67,19 @@ named <- function(values, names) setNames(na_null(as.list(unname(values))), name
 matrix_rows <- function(m) lapply(seq_len(nrow(m)), function(i) na_null(as.list(unname(m[i, ]))))
 
 fit_glm <- function(formula, data, family) {
-  suppressWarnings(glm(formula, data = data, family = family, control = ctl))
+  fit <- suppressWarnings(glm(formula, data = data, family = family, control = ctl))
+  # vcov() of a glm uses the IRLS weights of the iterate before the last one, which are
+  # ~1e-6 relative away from those at the estimate on small sites. One more IRLS pass
+  # started at the converged coefficients puts the weights (and the covariance) at the
+  # estimate; the iteration count kept is the first fit's.
+  start <- coef(fit)
+  start[is.na(start)] <- 0
+  again <- tryCatch(suppressWarnings(glm(formula, data = data, family = family,
+                                         control = ctl, start = start)),
+                    error = function(e) NULL)
+  if (is.null(again)) return(fit)
+  again$iter <- fit$iter
+  again
 }
 
 best_rma_mv <- function(yi, V, outcome, study, struct, method) {
@@ -79,18 +91,28 @@ best_rma_mv <- function(yi, V, outcome, study, struct, method) {
   }
   best <- NULL
   try_fit <- function(cc) {
+    # At most 5 minutes per optimiser (nlm with numerical derivatives can crawl on 21
+    # parameters); a fit that runs out of time is skipped.
+    setTimeLimit(elapsed = 300, transient = TRUE)
+    on.exit(setTimeLimit(elapsed = Inf))
     res <- tryCatch(rma.mv(yi, V, mods = ~ outcome - 1, random = ~ outcome | study,
                            struct = struct, method = method, control = cc),
                     error = function(e) NULL)
+    setTimeLimit(elapsed = Inf)
     if (!is.null(res) && (is.null(best) || logLik(res) > logLik(best))) best <<- res
+    message(format(Sys.time()), " ", struct, " ", method, " ",
+            if (is.null(cc$optimizer)) "nlminb" else cc$optimizer,
+            if (is.null(res)) " failed" else sprintf(" %.12g", logLik(res)))
   }
   for (cc in controls) try_fit(cc)
-  # Warm restarts: every optimiser again from the best estimates so far;
-  # on the 9- and 13-coefficient models a cold start stops well short of the maximum.
-  for (pass in 1:2) {
-    init <- list(tau2.init = pmax(best$tau2, 1e-6))
-    if (struct == "UN") init$rho.init <- pmin(pmax(best$rho, -0.99), 0.99)
-    for (cc in controls) try_fit(c(cc, init))
+  # Warm restarts (DIAG): every optimiser again from the best estimates so far; on the
+  # 9- and 13-coefficient models a cold start stops well short of the maximum. (With UN a
+  # warm start from rho.init made metafor hang inside compiled code, beyond the reach of
+  # setTimeLimit; the cold UN fits agree across optimisers.)
+  if (struct == "DIAG") {
+    for (pass in 1:2) {
+      for (cc in controls) try_fit(c(cc, list(tau2.init = pmax(best$tau2, 1e-6))))
+    }
   }
   best
 }
@@ -235,6 +257,7 @@ for (st in c("UN", "DIAG")) for (method in c("REML", "ML")) {
   out$berkey$fits[[paste(st, method, sep = "_")]] <- mv_dict(res, levels(factor(dat$outcome)))
 }
 
-writeLines(toJSON(out, auto_unbox = TRUE, digits = NA, null = "null", pretty = FALSE),
+writeLines(toJSON(out, auto_unbox = TRUE, digits = NA, null = "null", na = "null",
+                  pretty = FALSE),
            file.path(here, "reference.json"))
 cat("wrote", file.path(here, "reference.json"), "\n")

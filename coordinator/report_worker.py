@@ -15,6 +15,7 @@ Protocol: the round document arrives as JSON on stdin (so no database URL or cre
 appears on a command line), the report directory is the only argument; the worker prints
 ONE JSON line on stdout, ``{"html": PATH, "json": PATH}`` or ``{"error": "..."}`` when the
 document cannot be reported (an :class:`~fedsynth.errors.InputError` of
+:meth:`fedsynth.round_document.RoundDocument.from_dict`, which validates it, or of
 :func:`coordinator.reports.write_round_report`; no file is written then), and exits 0. A
 non-zero exit means the worker itself failed (killed, out of memory, import error).
 """
@@ -27,25 +28,28 @@ import logging
 import sys
 from pathlib import Path
 
+from coordinator.reports import write_round_report
+from fedsynth.round_document import RoundDocument
+
 __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Read one round document on stdin, write its report, print the outcome line."""
     parser = argparse.ArgumentParser(prog="python -m coordinator.report_worker",
-                                     description=__doc__.split("\n\n")[0])
+                                     description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("report_dir", type=Path, help="directory of the round reports")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s report-worker %(levelname)s %(message)s")
-    from coordinator.reports import write_round_report
-
-    document = json.loads(sys.stdin.buffer.read())
+    raw = json.loads(sys.stdin.buffer.read())
     try:
+        document = RoundDocument.from_dict(raw, where="round document on stdin")
         paths = write_round_report(document, args.report_dir)
         result = {"html": str(paths.html), "json": str(paths.json)}
     except Exception as error:  # noqa: BLE001 - reported to the coordinator, recorded
-        logging.getLogger(__name__).exception("report of round %s failed",
-                                              document.get("round"))
+        logging.getLogger(__name__).exception(
+            "report of round %s failed", raw.get("round") if isinstance(raw, dict) else "?")
         result = {"error": f"{type(error).__name__}: {error}"}
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()

@@ -35,7 +35,6 @@ the pooled numbers shown in the reports are those the coordinator computed (REML
 
 from __future__ import annotations
 
-import datetime as _dt
 import html
 import io
 import json
@@ -51,6 +50,14 @@ from typing import Any
 
 from fedsynth.errors import InputError
 from fedsynth.fileio import atomic_write
+from fedsynth.jsonsafe import finite_or_none, strict_json
+from fedsynth.round_document import (
+    AnalysisResult,
+    HeterogeneityVerdict,
+    PooledEstimate,
+    RoundDocument,
+)
+from fedsynth.timeutil import utcnow
 
 __all__ = [
     "RoundReportPaths",
@@ -73,6 +80,10 @@ _LOG_MEASURES = {"OR": "OR", "RR": "RR", "HR": "HR", "ROM": "ratio of means", "I
                  "LOGOR": "OR", "LOGHR": "HR", "OE": "O/E", "LOG_OE": "O/E"}
 _LOG_ESTIMATORS = {"logistic": "OR", "cox": "HR", "oe_ratio": "O/E"}
 
+#: What an analysis without a pooled model or a flag shows (dashes, "not flagged").
+_NOT_POOLED = PooledEstimate()
+_NO_VERDICT = HeterogeneityVerdict(flagged=False)
+
 #: |standardized deleted residual| beyond which a site counts as diverging in a round
 #: (the 97.5% normal quantile, as metafor's influence() flags residuals).
 DIVERGENCE_Z = 1.959963984540054
@@ -87,20 +98,9 @@ def _esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def _finite(value: Any) -> float | None:
-    """Return ``value`` as a finite float, or None (missing, null, NaN, +-inf, non-number)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _fmt(value: Any, digits: int = 3) -> str:
     """Format a number for a table; missing values show as an en dash."""
-    number = _finite(value)
+    number = finite_or_none(value)
     if number is None:
         return "\u2013"
     if abs(number) < 1e-8:
@@ -113,7 +113,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _fmt_p(value: Any) -> str:
-    number = _finite(value)
+    number = finite_or_none(value)
     if number is None:
         return "\u2013"
     if number < 1e-4:
@@ -124,12 +124,12 @@ def _fmt_p(value: Any) -> str:
 def _pair(values: Any) -> tuple[float | None, float | None]:
     """A ``[lower, upper]`` pair from the document, tolerant of null or an empty list."""
     if isinstance(values, (list, tuple)) and len(values) == 2:
-        return _finite(values[0]), _finite(values[1])
+        return finite_or_none(values[0]), finite_or_none(values[1])
     return None, None
 
 
 def _interval(lower: Any, upper: Any, digits: int = 3) -> str:
-    lo, hi = _finite(lower), _finite(upper)
+    lo, hi = finite_or_none(lower), finite_or_none(upper)
     if lo is None or hi is None:
         return "\u2013"
     if max(abs(lo), abs(hi)) >= 10 ** (-digits) and max(abs(lo), abs(hi)) < 1e6:
@@ -137,59 +137,6 @@ def _interval(lower: Any, upper: Any, digits: int = 3) -> str:
         return f"{lo:.{digits}f} to {hi:.{digits}f}".replace("-0." + "0" * digits + " ",
                                                              "0." + "0" * digits + " ")
     return f"{_fmt(lo, digits)} to {_fmt(hi, digits)}"
-
-
-def _strict_json(value: Any) -> Any:
-    """Copy ``value`` replacing non-finite floats by None so the JSON is strict (RFC 8259)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict_json(v) for v in value]
-    return value
-
-
-def _check_round_doc(doc: Any, where: str = "round document") -> None:
-    """Validate the fields the reports rely on; errors name the field and its value."""
-    if not isinstance(doc, Mapping):
-        raise InputError(f"{where}: expected a JSON object, got {type(doc).__name__}")
-    round_id = doc.get("round")
-    if not isinstance(round_id, str) or not _SAFE_ID.match(round_id):
-        raise InputError(f"{where}: field 'round' must be an id of letters, digits, '.', '_' "
-                         f"or '-' (at most 128), got {round_id!r}")
-    for key in ("sites", "analyses"):
-        if not isinstance(doc.get(key, []), list):
-            raise InputError(f"{where} {round_id}: field {key!r} must be a list, "
-                             f"got {type(doc.get(key)).__name__}")
-    for index, site in enumerate(doc.get("sites", [])):
-        if not isinstance(site, Mapping) or not isinstance(site.get("site"), str):
-            raise InputError(f"{where} {round_id}: field 'sites[{index}].site' must be a "
-                             f"string, got {site!r}"[:300])
-        if not isinstance(site.get("refusals") or {}, Mapping):
-            raise InputError(f"{where} {round_id}: field 'sites[{index}].refusals' must be an "
-                             f"object, got {site.get('refusals')!r}"[:300])
-    for index, analysis in enumerate(doc.get("analyses", [])):
-        if not isinstance(analysis, Mapping) or not isinstance(analysis.get("analysis"), str):
-            raise InputError(f"{where} {round_id}: field 'analyses[{index}].analysis' must be "
-                             f"a string, got {analysis!r}"[:300])
-        estimates = analysis.get("site_estimates") or []
-        if not isinstance(estimates, list):
-            raise InputError(f"{where} {round_id}: field 'analyses[{index}].site_estimates' "
-                             f"must be a list, got {type(estimates).__name__}")
-        for j, est in enumerate(estimates):
-            if not isinstance(est, Mapping) or not isinstance(est.get("site"), str):
-                raise InputError(f"{where} {round_id}: field "
-                                 f"'analyses[{index}].site_estimates[{j}].site' must be a "
-                                 f"string, got {est!r}"[:300])
-        for key in ("refused",):
-            if not isinstance(analysis.get(key) or {}, Mapping):
-                raise InputError(f"{where} {round_id}: field 'analyses[{index}].{key}' must be "
-                                 f"an object, got {analysis.get(key)!r}"[:300])
-        het = analysis.get("heterogeneity") or {}
-        if not isinstance(het, Mapping):
-            raise InputError(f"{where} {round_id}: field 'analyses[{index}].heterogeneity' "
-                             f"must be an object, got {het!r}"[:300])
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -200,13 +147,13 @@ def _atomic_write(path: Path, text: str) -> None:
     atomic_write(path, text, mode=0o600)
 
 
-def _back_transform_label(analysis: Mapping[str, Any]) -> str | None:
+def _back_transform_label(analysis: AnalysisResult) -> str | None:
     """Name of exp(estimate) when the analysis is on a log scale (OR, RR, HR, ...), else None."""
-    measure = str(analysis.get("measure") or "").upper()
+    measure = (analysis.measure or "").upper()
     if measure in _LOG_MEASURES:
         return _LOG_MEASURES[measure]
     if not measure:
-        return _LOG_ESTIMATORS.get(str(analysis.get("estimator") or ""))
+        return _LOG_ESTIMATORS.get(analysis.estimator or "")
     return None
 
 
@@ -336,7 +283,7 @@ def _forest_svg_job(job: tuple[dict, str]) -> str | None:
     return _forest_svg(analysis, id_prefix=prefix)
 
 
-def _forest_svgs(analyses: Sequence[Mapping[str, Any]]) -> list[str | None]:
+def _forest_svgs(analyses: Sequence[AnalysisResult | Mapping[str, Any]]) -> list[str | None]:
     """Forest plot SVG of every analysis, in parallel worker processes for big rounds.
 
     Workers are fresh interpreters (``python -m coordinator.reports --forest-worker FILE``,
@@ -344,9 +291,12 @@ def _forest_svgs(analyses: Sequence[Mapping[str, Any]]) -> list[str | None]:
     process can deadlock the child; nor ``multiprocessing`` spawn, which re-imports the
     caller's ``__main__``. If the workers fail, the plots are drawn here instead.
     """
-    jobs = [(_strict_json({k: a[k] for k in _FOREST_FIELDS if k in a}), f"f{i}-")
-            for i, a in enumerate(analyses)]
-    rows = sum(len(a.get("site_estimates") or []) for a in analyses)
+    jobs = []
+    rows = 0
+    for i, a in enumerate(analyses):
+        data = a.to_dict() if isinstance(a, AnalysisResult) else a    # the plot reads JSON
+        jobs.append((strict_json({k: data[k] for k in _FOREST_FIELDS if k in data}), f"f{i}-"))
+        rows += len(data.get("site_estimates") or [])
     workers = min(os.cpu_count() or 1, 4, len(jobs))
     if rows < PARALLEL_ROWS or workers < 2:
         return [_forest_svg_job(job) for job in jobs]
@@ -408,7 +358,8 @@ def _forest_svg(analysis: Mapping[str, Any], *, id_prefix: str) -> str | None:
     from fedsynth.plots import forest_plot
 
     estimates = [e for e in analysis.get("site_estimates") or []
-                 if _finite(e.get("yi")) is not None and (_finite(e.get("vi")) or 0) > 0]
+                 if finite_or_none(e.get("yi")) is not None
+                 and (finite_or_none(e.get("vi")) or 0) > 0]
     if not estimates:
         return None
     data = dict(analysis)
@@ -417,7 +368,7 @@ def _forest_svg(analysis: Mapping[str, Any], *, id_prefix: str) -> str | None:
     # logistic and Cox analyses carry log OR / log HR without a ``measure``
     measure = str(analysis.get("measure") or "").upper() or {
         "logistic": "OR", "cox": "HR"}.get(str(analysis.get("estimator") or ""), "")
-    if _finite(analysis.get("level")) is None:
+    if finite_or_none(analysis.get("level")) is None:
         data["level"] = 95.0
     fig = forest_plot(data, measure=measure or None, title=str(analysis["analysis"]))
     return sanitize_svg(_figure_svg(fig), id_prefix)
@@ -435,16 +386,19 @@ body { font: 14px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial
        color: var(--ink); background: var(--bg); margin: 0; }
 main { max-width: 1100px; margin: 0 auto; padding: 28px 32px 60px; }
 h1 { font-size: 24px; margin: 0 0 4px; font-weight: 600; }
-h2 { font-size: 18px; margin: 34px 0 10px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
+h2 { font-size: 18px; margin: 34px 0 10px; padding-bottom: 4px;
+     border-bottom: 2px solid var(--line); }
 h3 { font-size: 15px; margin: 26px 0 6px; }
 .sub { color: var(--muted); margin: 0 0 18px; }
-.meta { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); gap: 8px 20px;
-        background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 12px 16px; }
+.meta { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr));
+        gap: 8px 20px; background: #fff; border: 1px solid var(--line); border-radius: 6px;
+        padding: 12px 16px; }
 .meta div span { display: block; color: var(--muted); font-size: 12px; text-transform: uppercase;
                  letter-spacing: .04em; }
 table { border-collapse: collapse; width: 100%; background: #fff; margin: 6px 0 14px;
         font-variant-numeric: tabular-nums; }
-th, td { border-bottom: 1px solid var(--line); padding: 5px 8px; text-align: left; vertical-align: top; }
+th, td { border-bottom: 1px solid var(--line); padding: 5px 8px; text-align: left;
+         vertical-align: top; }
 th { font-size: 12px; color: var(--muted); font-weight: 600; background: #f3f5f8; }
 td.num, th.num { text-align: right; white-space: nowrap; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px;
@@ -454,7 +408,8 @@ td.num, th.num { text-align: right; white-space: nowrap; }
 .badge.moderate, .badge.open { background: var(--amber); }
 .reasons { margin: 4px 0 0 18px; padding: 0; }
 .note { color: var(--muted); font-size: 12.5px; }
-.alert { border-left: 4px solid var(--warn); background: #fff4f4; padding: 8px 12px; margin: 10px 0; }
+.alert { border-left: 4px solid var(--warn); background: #fff4f4; padding: 8px 12px;
+         margin: 10px 0; }
 .scroll { overflow-x: auto; }
 .nowrap { white-space: nowrap; }
 figure { margin: 8px 0 4px; background: #fff; border: 1px solid var(--line); border-radius: 6px;
@@ -472,7 +427,7 @@ _CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
 def _page(title: str, body: str) -> str:
     from fedsynth import __version__
 
-    generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = utcnow().strftime("%Y-%m-%d %H:%M UTC")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">\n"
@@ -480,7 +435,8 @@ def _page(title: str, body: str) -> str:
         f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
         f"{body}\n<footer>Generated by fedsynth {_esc(__version__)} on {generated}. "
         "Pooled estimates, Q-profile intervals and heterogeneity flags are those computed by "
-        "the coordinator; see DESIGN.md for the heterogeneity rule.</footer>\n"
+        "the coordinator; see docs/architecture.md (Heterogeneity flag) for the rule."
+        "</footer>\n"
         "</main>\n</body>\n</html>\n")
 
 
@@ -489,33 +445,34 @@ def _badge(text: Any, kind: str | None = None) -> str:
     return f"<span class=\"badge {css}\">{_esc(text)}</span>"
 
 
-def _analysis_summary_rows(analyses: Sequence[Mapping[str, Any]]) -> str:
+def _analysis_summary_rows(analyses: Sequence[AnalysisResult]) -> str:
     rows = []
     for a in analyses:
-        het = a.get("heterogeneity") or {}
+        het = a.heterogeneity or _NO_VERDICT
+        p = a.pooled or _NOT_POOLED
         back = _back_transform_label(a)
         exp_cell = "\u2013"
-        est, lo, hi = (_finite(a.get(k)) for k in ("estimate", "ci_lb", "ci_ub"))
+        est, lo, hi = p.estimate, p.ci_lb, p.ci_ub
         if back and est is not None and lo is not None and hi is not None:
             try:
                 exp_cell = (f"{_esc(back)} {math.exp(est):.3f} "
                             f"({math.exp(lo):.3f} to {math.exp(hi):.3f})")
             except OverflowError:
                 exp_cell = "\u2013"
-        flag = (_badge(het.get("level") or "flagged", het.get("level") or "moderate")
-                if het.get("flagged") else _badge("no", "ok"))
+        flag = (_badge(het.level or "flagged", het.level or "moderate")
+                if het.flagged else _badge("no", "ok"))
         rows.append(
             "<tr>"
-            f"<td><a href=\"#a-{_esc(_anchor(a['analysis']))}\">{_esc(a['analysis'])}</a></td>"
-            f"<td>{_esc(a.get('estimator') or '')} {_esc(a.get('measure') or '')}</td>"
-            f"<td class=\"num\">{_esc(a.get('k', ''))}</td>"
-            f"<td>{_esc(a.get('method') or '')}/{_esc(a.get('test') or '')}</td>"
-            f"<td class=\"num\">{_fmt(a.get('estimate'))}</td>"
-            f"<td class=\"num\">{_interval(a.get('ci_lb'), a.get('ci_ub'))}</td>"
-            f"<td class=\"num\">{_fmt_p(a.get('pval'))}</td>"
+            f"<td><a href=\"#a-{_esc(_anchor(a.analysis))}\">{_esc(a.analysis)}</a></td>"
+            f"<td>{_esc(a.estimator or '')} {_esc(a.measure or '')}</td>"
+            f"<td class=\"num\">{_esc(a.k if a.k is not None else '')}</td>"
+            f"<td>{_esc(a.method or '')}/{_esc(a.test or '')}</td>"
+            f"<td class=\"num\">{_fmt(p.estimate)}</td>"
+            f"<td class=\"num\">{_interval(p.ci_lb, p.ci_ub)}</td>"
+            f"<td class=\"num\">{_fmt_p(p.pval)}</td>"
             f"<td class=\"num\">{exp_cell}</td>"
-            f"<td class=\"num\">{_interval(a.get('pi_lb'), a.get('pi_ub'))}</td>"
-            f"<td class=\"num\">{_fmt(a.get('I2'), 1)}%</td>"
+            f"<td class=\"num\">{_interval(p.pi_lb, p.pi_ub)}</td>"
+            f"<td class=\"num\">{_fmt(p.I2, 1)}%</td>"
             f"<td>{flag}</td></tr>")
     return "\n".join(rows)
 
@@ -529,33 +486,33 @@ def _anchor(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:80]
 
 
-def _heterogeneity_table(analyses: Sequence[Mapping[str, Any]]) -> str:
+def _heterogeneity_table(analyses: Sequence[AnalysisResult]) -> str:
     rows = []
     for a in analyses:
-        het = a.get("heterogeneity") or {}
-        i2_lo, i2_hi = _pair(a.get("I2_ci"))
-        t_lo, t_hi = _pair(a.get("tau2_ci"))
-        q_df = (int(a["k"]) - 1) if isinstance(a.get("k"), int) and a["k"] > 0 else None
-        reasons = het.get("reasons") or []
-        sites = het.get("sites") or []
+        het = a.heterogeneity or _NO_VERDICT
+        p = a.pooled or _NOT_POOLED
+        i2_lo, i2_hi = _pair(p.I2_ci)
+        t_lo, t_hi = _pair(p.tau2_ci)
+        q_df = (a.k - 1) if a.k is not None and a.k > 0 else None
         none_html = "<span class=\"note\">none</span>"
-        reason_html = ("<ul class=\"reasons\">" + "".join(f"<li>{_esc(r)}</li>" for r in reasons)
-                       + "</ul>") if reasons else "<span class=\"note\">none</span>"
-        flag = (_badge(het.get("level") or "flagged", het.get("level") or "moderate")
-                if het.get("flagged") else _badge("not flagged", "ok"))
+        reason_html = ("<ul class=\"reasons\">"
+                       + "".join(f"<li>{_esc(r)}</li>" for r in het.reasons)
+                       + "</ul>") if het.reasons else none_html
+        flag = (_badge(het.level or "flagged", het.level or "moderate")
+                if het.flagged else _badge("not flagged", "ok"))
         rows.append(
             "<tr>"
-            f"<td>{_esc(a['analysis'])}</td>"
-            f"<td class=\"num\">{_fmt(a.get('Q'), 2)}"
+            f"<td>{_esc(a.analysis)}</td>"
+            f"<td class=\"num\">{_fmt(p.Q, 2)}"
             f"{f' (df {q_df})' if q_df is not None else ''}</td>"
-            f"<td class=\"num\">{_fmt_p(a.get('Q_pval'))}</td>"
-            f"<td class=\"num\">{_fmt(a.get('tau2'), 4)}<br><span class=\"note\">"
+            f"<td class=\"num\">{_fmt_p(p.Q_pval)}</td>"
+            f"<td class=\"num\">{_fmt(p.tau2, 4)}<br><span class=\"note\">"
             f"{_interval(t_lo, t_hi, 4)}</span></td>"
-            f"<td class=\"num\">{_fmt(a.get('I2'), 1)}%<br><span class=\"note\">"
+            f"<td class=\"num\">{_fmt(p.I2, 1)}%<br><span class=\"note\">"
             f"{_interval(i2_lo, i2_hi, 1)}</span></td>"
-            f"<td class=\"num\">{_fmt(a.get('H2'), 2)}</td>"
+            f"<td class=\"num\">{_fmt(p.H2, 2)}</td>"
             f"<td>{flag}</td>"
-            f"<td class=\"nowrap\">{'<br>'.join(_esc(x) for x in sites) or none_html}</td>"
+            f"<td class=\"nowrap\">{'<br>'.join(_esc(x) for x in het.sites) or none_html}</td>"
             f"<td>{reason_html}</td></tr>")
     return ("<table><thead><tr><th>Analysis</th><th class=\"num\">Q</th>"
             "<th class=\"num\">p(Q)</th><th class=\"num\">\u03c4\u00b2 (95% CI)</th>"
@@ -564,58 +521,55 @@ def _heterogeneity_table(analyses: Sequence[Mapping[str, Any]]) -> str:
             + "\n".join(rows) + "</tbody></table>")
 
 
-def _site_estimate_table(a: Mapping[str, Any]) -> str:
-    estimates = a.get("site_estimates") or []
-    tau2 = max(_finite(a.get("tau2")) or 0.0, 0.0)
+def _site_estimate_table(a: AnalysisResult) -> str:
+    tau2 = max((a.pooled or _NOT_POOLED).tau2 or 0.0, 0.0)
     weights = {}
-    usable = [(e["site"], _finite(e.get("vi"))) for e in estimates]
-    total = sum(1.0 / (v + tau2) for _, v in usable if v is not None and v + tau2 > 0)
-    for site, v in usable:
-        if v is not None and v + tau2 > 0 and total > 0:
-            weights[site] = 100.0 / (v + tau2) / total
-    driving = set(map(str, (a.get("heterogeneity") or {}).get("sites") or []))
+    total = sum(1.0 / (e.vi + tau2) for e in a.site_estimates
+                if e.vi is not None and e.vi + tau2 > 0)
+    for e in a.site_estimates:
+        if e.vi is not None and e.vi + tau2 > 0 and total > 0:
+            weights[e.site] = 100.0 / (e.vi + tau2) / total
+    driving = set((a.heterogeneity or _NO_VERDICT).sites)
     rows = []
-    for e in estimates:
-        yi, vi = _finite(e.get("yi")), _finite(e.get("vi"))
-        se = _finite(e.get("se"))
-        if se is None and vi is not None and vi >= 0:
-            se = math.sqrt(vi)
+    for e in a.site_estimates:
+        se = e.se
+        if se is None and e.vi is not None and e.vi >= 0:
+            se = math.sqrt(e.vi)
         lo = hi = None
-        if yi is not None and se is not None:
-            lo, hi = yi - 1.959963984540054 * se, yi + 1.959963984540054 * se
-        mark = " " + _badge("drives heterogeneity", "moderate") if e["site"] in driving else ""
-        rows.append(f"<tr><td>{_esc(e['site'])}{mark}</td>"
-                    f"<td class=\"num\">{_esc(e.get('n', '')) if e.get('n') is not None else '&ndash;'}</td>"
-                    f"<td class=\"num\">{_fmt(yi)}</td><td class=\"num\">{_fmt(se)}</td>"
+        if e.yi is not None and se is not None:
+            lo, hi = e.yi - 1.959963984540054 * se, e.yi + 1.959963984540054 * se
+        mark = " " + _badge("drives heterogeneity", "moderate") if e.site in driving else ""
+        n_cell = _esc(e.n) if e.n is not None else "&ndash;"
+        rows.append(f"<tr><td>{_esc(e.site)}{mark}</td>"
+                    f"<td class=\"num\">{n_cell}</td>"
+                    f"<td class=\"num\">{_fmt(e.yi)}</td><td class=\"num\">{_fmt(se)}</td>"
                     f"<td class=\"num\">{_interval(lo, hi)}</td>"
-                    f"<td class=\"num\">{_fmt(weights.get(e['site']), 1)}%</td></tr>")
-    for site, reason in (a.get("refused") or {}).items():
+                    f"<td class=\"num\">{_fmt(weights.get(e.site), 1)}%</td></tr>")
+    for site, reason in a.refused.items():
         rows.append(f"<tr><td>{_esc(site)} {_badge('refused', 'missing')}</td>"
                     f"<td colspan=\"5\" class=\"note\">{_esc(reason)}</td></tr>")
     if not rows:
         return "<p class=\"note\">No site estimate.</p>"
-    return ("<table><thead><tr><th>Site</th><th class=\"num\">n</th><th class=\"num\">y<sub>i</sub></th>"
+    return ("<table><thead><tr><th>Site</th><th class=\"num\">n</th>"
+            "<th class=\"num\">y<sub>i</sub></th>"
             "<th class=\"num\">SE</th><th class=\"num\">95% CI</th>"
             "<th class=\"num\">Weight (RE)</th></tr></thead><tbody>" + "\n".join(rows)
             + "</tbody></table>")
 
 
-def _participation(doc: Mapping[str, Any]) -> str:
-    sites = doc.get("sites") or []
+def _participation(doc: RoundDocument) -> str:
     rows, refusal_rows = [], []
-    for s in sites:
-        refusals = s.get("refusals") or {}
-        status = s.get("status") or "unknown"
-        rows.append(f"<tr><td>{_esc(s['site'])}</td><td>{_badge(status)}</td>"
-                    f"<td>{_esc(s.get('submitted_at') or '')}</td>"
-                    f"<td class=\"num\">{len(refusals)}</td></tr>")
-        for analysis, reason in refusals.items():
-            refusal_rows.append(f"<tr><td>{_esc(s['site'])}</td><td>{_esc(analysis)}</td>"
+    for s in doc.sites:
+        status = s.status or "unknown"
+        rows.append(f"<tr><td>{_esc(s.site)}</td><td>{_badge(status)}</td>"
+                    f"<td>{_esc(s.submitted_at or '')}</td>"
+                    f"<td class=\"num\">{len(s.refusals)}</td></tr>")
+        for analysis, reason in s.refusals.items():
+            refusal_rows.append(f"<tr><td>{_esc(s.site)}</td><td>{_esc(analysis)}</td>"
                                 f"<td>{_esc(reason)}</td></tr>")
-    submitted = sum(1 for s in sites if s.get("status") == "submitted")
-    quorum = doc.get("quorum")
-    quorum_text = f" (quorum {_esc(quorum)})" if quorum is not None else ""
-    out = [f"<p>{submitted} of {len(sites)} allowed sites submitted{quorum_text}.</p>",
+    submitted = sum(1 for s in doc.sites if s.status == "submitted")
+    quorum_text = f" (quorum {_esc(doc.quorum)})" if doc.quorum is not None else ""
+    out = [f"<p>{submitted} of {len(doc.sites)} allowed sites submitted{quorum_text}.</p>",
            "<table><thead><tr><th>Site</th><th>Status</th><th>Submitted at</th>"
            "<th class=\"num\">Refused analyses</th></tr></thead><tbody>", *rows,
            "</tbody></table>"]
@@ -630,34 +584,36 @@ def _participation(doc: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
-def render_round_html(round_doc: Mapping[str, Any]) -> str:
-    """Render a round document (``docs/round-document.md``) as a self-contained HTML page."""
-    _check_round_doc(round_doc)
-    doc = round_doc
-    round_id = doc["round"]
-    spec = doc.get("spec") if isinstance(doc.get("spec"), Mapping) else {}
-    analyses = doc.get("analyses") or []
-    status = doc.get("status") or "unknown"
-    parts = [f"<h1>Federated round {_esc(round_id)} {_badge(status)}</h1>",
-             f"<p class=\"sub\">Analysis spec <strong>{_esc(spec.get('name') or '(unnamed)')}"
+def render_round_html(round_doc: RoundDocument | Mapping[str, Any]) -> str:
+    """Render a round document (``docs/round-document.md``) as a self-contained HTML page.
+
+    A mapping is read with :meth:`RoundDocument.from_dict` first (an
+    :class:`~fedsynth.errors.InputError` naming the field when it is malformed).
+    """
+    doc = RoundDocument.coerce(round_doc)
+    analyses = doc.analyses
+    spec_name = (doc.spec or {}).get("name")
+    status = doc.status or "unknown"
+    parts = [f"<h1>Federated round {_esc(doc.round)} {_badge(status)}</h1>",
+             f"<p class=\"sub\">Analysis spec <strong>{_esc(spec_name or '(unnamed)')}"
              f"</strong> &middot; {_plural(len(analyses), 'analysis', 'analyses')}</p>",
              "<div class=\"meta\">"]
-    for label, key in (("Opened", "opened_at"), ("Deadline", "deadline"),
-                       ("Closed", "closed_at"), ("Quorum", "quorum")):
-        parts.append(f"<div><span>{label}</span>{_esc(doc.get(key)) or '&ndash;'}</div>")
-    flagged = [a for a in analyses if (a.get("heterogeneity") or {}).get("flagged")]
+    for label, value in (("Opened", doc.opened_at), ("Deadline", doc.deadline),
+                         ("Closed", doc.closed_at), ("Quorum", doc.quorum)):
+        parts.append(f"<div><span>{label}</span>{_esc(value) or '&ndash;'}</div>")
+    flagged = [a for a in analyses if a.heterogeneity is not None and a.heterogeneity.flagged]
     parts.append(f"<div><span>Heterogeneity flags</span>{len(flagged)} of {len(analyses)}</div>")
     parts.append("</div>")
     if flagged:
-        links = ", ".join(f"<a href=\"#a-{_esc(_anchor(a['analysis']))}\">{_esc(a['analysis'])}"
-                          f"</a> ({_esc((a.get('heterogeneity') or {}).get('level') or 'flagged')})"
+        links = ", ".join(f"<a href=\"#a-{_esc(_anchor(a.analysis))}\">{_esc(a.analysis)}"
+                          f"</a> ({_esc((a.heterogeneity or _NO_VERDICT).level or 'flagged')})"
                           for a in flagged)
         parts.append(f"<div class=\"alert\"><strong>Heterogeneity flagged</strong> in "
                      f"{_plural(len(flagged), 'analysis', 'analyses')}: {links}. One pooled "
                      "number may mislead there; see the reasons below.</div>")
-    if doc.get("failure_reason"):
+    if doc.failure_reason:
         parts.append(f"<div class=\"alert\"><strong>Round failed.</strong> "
-                     f"{_esc(doc['failure_reason'])}</div>")
+                     f"{_esc(doc.failure_reason)}</div>")
 
     parts.append("<h2>Pooled results</h2>")
     if analyses:
@@ -680,18 +636,18 @@ def render_round_html(round_doc: Mapping[str, Any]) -> str:
         parts.append("<h2>Analyses</h2>")
     svgs = _forest_svgs(analyses)
     for a, svg in zip(analyses, svgs):
-        parts.append(f"<h3 id=\"a-{_esc(_anchor(a['analysis']))}\">{_esc(a['analysis'])}</h3>")
+        parts.append(f"<h3 id=\"a-{_esc(_anchor(a.analysis))}\">{_esc(a.analysis)}</h3>")
         if svg:
-            parts.append(f"<figure>{svg}<figcaption>Forest plot of {_esc(a['analysis'])}: "
+            parts.append(f"<figure>{svg}<figcaption>Forest plot of {_esc(a.analysis)}: "
                          "site estimates with 95% CIs (box area proportional to "
                          "random-effects weight), pooled estimate (diamond) and 95% "
                          "prediction interval (dashed).</figcaption></figure>")
-        reasons = (a.get("heterogeneity") or {}).get("reasons") or []
+        reasons = (a.heterogeneity or _NO_VERDICT).reasons
         if reasons:
             parts.append("<div class=\"alert\">" + "<br>".join(_esc(r) for r in reasons)
                          + "</div>")
         parts.append(_site_estimate_table(a))
-    return _page(f"fedsynth round {round_id}", "\n".join(parts))
+    return _page(f"fedsynth round {doc.round}", "\n".join(parts))
 
 
 @dataclass(frozen=True)
@@ -710,13 +666,16 @@ class RoundReportPaths:
     json: Path
 
 
-def write_round_report(round_doc: dict, report_dir: Path) -> RoundReportPaths:
+def write_round_report(round_doc: RoundDocument | Mapping[str, Any],
+                       report_dir: Path) -> RoundReportPaths:
     """Write ``<round>.html`` and ``<round>.json`` for a closed round into ``report_dir``.
 
     Parameters
     ----------
     round_doc
-        The round document (``docs/round-document.md``).
+        The round document (``docs/round-document.md``): a
+        :class:`~fedsynth.round_document.RoundDocument`, or its JSON object, which is
+        validated first.
     report_dir
         Directory for the reports; created when missing.
 
@@ -731,11 +690,12 @@ def write_round_report(round_doc: dict, report_dir: Path) -> RoundReportPaths:
         When the document lacks a field the report needs or has one of the wrong type; no
         file is written then.
     """
-    html_text = render_round_html(round_doc)       # validates first: nothing written on error
-    json_text = json.dumps(_strict_json(round_doc), indent=2, allow_nan=False) + "\n"
+    doc = RoundDocument.coerce(round_doc)           # validates first: nothing written on error
+    html_text = render_round_html(doc)
+    json_text = json.dumps(strict_json(doc.to_dict()), indent=2, allow_nan=False) + "\n"
     report_dir = Path(report_dir)
-    paths = RoundReportPaths(html=report_dir / f"{round_doc['round']}.html",
-                             json=report_dir / f"{round_doc['round']}.json")
+    paths = RoundReportPaths(html=report_dir / f"{doc.round}.html",
+                             json=report_dir / f"{doc.round}.json")
     _atomic_write(paths.json, json_text)
     _atomic_write(paths.html, html_text)
     return paths
@@ -749,29 +709,21 @@ def deleted_residuals(yi: Sequence[float], vi: Sequence[float]) -> list[float | 
     """Standardized deleted residual of each site (Viechtbauer & Cheung, 2010).
 
     ``z_i = (y_i - mu_(-i)) / sqrt(v_i + tau2_(-i) + se(mu_(-i))^2)`` where ``mu_(-i)`` is
-    the random-effects estimate of the other sites with the DerSimonian-Laird ``tau2_(-i)``.
-    Under the random-effects model ``z_i`` is approximately standard normal, so
-    ``|z_i| > 1.96`` marks a site whose effect lies outside the 95% prediction interval
-    formed by the others. Needs at least three sites (two others); otherwise None.
+    the random-effects estimate of the other sites with the DerSimonian-Laird ``tau2_(-i)``:
+    the studentized deleted residual of :func:`fedsynth.meta.diagnostics.influence` with
+    ``method="DL"`` (metafor's ``rstudent``). Under the random-effects model ``z_i`` is
+    approximately standard normal, so ``|z_i| > 1.96`` marks a site whose effect lies
+    outside the 95% prediction interval formed by the others. Needs at least three sites
+    (two others); otherwise None.
     """
-    k = len(yi)
-    out: list[float | None] = []
-    for i in range(k):
-        others = [(y, v) for j, (y, v) in enumerate(zip(yi, vi)) if j != i]
-        if len(others) < 2:
-            out.append(None)
-            continue
-        w = [1.0 / v for _, v in others]
-        sw = sum(w)
-        mu_fe = sum(wj * y for wj, (y, _) in zip(w, others)) / sw
-        q = sum(wj * (y - mu_fe) ** 2 for wj, (y, _) in zip(w, others))
-        c = sw - sum(wj * wj for wj in w) / sw
-        tau2 = max(0.0, (q - (len(others) - 1)) / c) if c > 0 else 0.0
-        w_re = [1.0 / (v + tau2) for _, v in others]
-        sw_re = sum(w_re)
-        mu = sum(wj * y for wj, (y, _) in zip(w_re, others)) / sw_re
-        out.append((yi[i] - mu) / math.sqrt(vi[i] + tau2 + 1.0 / sw_re))
-    return out
+    # imported here: the diagnostics load scipy.stats, slower to import than the rest of
+    # this module, and only the trend report needs them
+    from fedsynth.meta.diagnostics import influence
+
+    if len(yi) < 3:
+        return [None] * len(yi)
+    rstudent = influence(list(yi), list(vi), method="DL").rstudent
+    return [float(z) if math.isfinite(z) else None for z in rstudent]
 
 
 @dataclass(frozen=True)
@@ -856,29 +808,34 @@ class AnalysisTrend:
         }
 
 
-def _round_sort_key(doc: Mapping[str, Any]) -> tuple[str, str]:
-    return (str(doc.get("opened_at") or ""), str(doc["round"]))
+def _outside(z: float | None) -> bool:
+    """A deleted residual beyond the divergence threshold (None: not computed)."""
+    return z is not None and abs(z) > DIVERGENCE_Z
 
 
-def trend_summary(round_docs: Sequence[Mapping[str, Any]],
+def _round_sort_key(doc: RoundDocument) -> tuple[str, str]:
+    return (doc.opened_at or "", doc.round)
+
+
+def trend_summary(round_docs: Sequence[RoundDocument | Mapping[str, Any]],
                   analyses: Sequence[str] | None = None) -> list[AnalysisTrend]:
     """Collect each analysis's series across rounds (ordered by ``opened_at``, then id).
 
     Parameters
     ----------
     round_docs
-        Round documents; rounds without the analysis are skipped for it.
+        Round documents (typed, or JSON objects validated here); rounds without the
+        analysis are skipped for it.
     analyses
         Restrict to these analysis names (an unknown name is an InputError).
     """
-    for index, doc in enumerate(round_docs):
-        _check_round_doc(doc, where=f"round document #{index + 1}")
-    docs = sorted(round_docs, key=_round_sort_key)
+    docs = sorted((RoundDocument.coerce(doc, where=f"round document #{index + 1}")
+                   for index, doc in enumerate(round_docs)), key=_round_sort_key)
     names: list[str] = []
     for doc in docs:
-        for a in doc.get("analyses") or []:
-            if a["analysis"] not in names:
-                names.append(a["analysis"])
+        for a in doc.analyses:
+            if a.analysis not in names:
+                names.append(a.analysis)
     if analyses is not None:
         unknown = [n for n in analyses if n not in names]
         if unknown:
@@ -887,18 +844,17 @@ def trend_summary(round_docs: Sequence[Mapping[str, Any]],
         names = [n for n in names if n in set(analyses)]
     trends = []
     for name in names:
-        rows = []
+        rows: list[tuple[RoundDocument, AnalysisResult]] = []
         for doc in docs:
-            for a in doc.get("analyses") or []:
-                if a["analysis"] == name:
+            for a in doc.analyses:
+                if a.analysis == name:
                     rows.append((doc, a))
                     break
         site_names: list[str] = []
         per_round: list[dict[str, tuple[float, float, float | None]]] = []
         for _, a in rows:
-            ests = [(e["site"], _finite(e.get("yi")), _finite(e.get("vi")))
-                    for e in a.get("site_estimates") or []]
-            ests = [(s, y, v) for s, y, v in ests if y is not None and v is not None and v > 0]
+            ests = [(e.site, e.yi, e.vi) for e in a.site_estimates
+                    if e.yi is not None and e.vi is not None and e.vi > 0]
             zs = deleted_residuals([y for _, y, _ in ests], [v for _, _, v in ests])
             per_round.append({s: (y, math.sqrt(v), z) for (s, y, v), z in zip(ests, zs)})
             for s, _, _ in ests:
@@ -912,8 +868,7 @@ def trend_summary(round_docs: Sequence[Mapping[str, Any]],
             # Only the deleted residual counts: the coordinator's heterogeneity "sites" also
             # name merely *influential* sites (a large hospital with a typical effect), which
             # is not divergence.
-            out_flags = [(s in r) and r[s][2] is not None and abs(r[s][2]) > DIVERGENCE_Z
-                         for r in per_round]
+            out_flags = [s in r and _outside(r[s][2]) for r in per_round]
             present = [i for i, r in enumerate(per_round) if s in r]
             diverging = bool(present) and out_flags[present[-1]]
             since = None
@@ -923,23 +878,25 @@ def trend_summary(round_docs: Sequence[Mapping[str, Any]],
                     if not out_flags[i]:
                         break
                     start = i
-                since = str(rows[start][0]["round"])
+                since = rows[start][0].round
             site_trends.append(SiteTrend(s, yi, se, z, diverging, since))
-        i2_ci = [_pair(a.get("I2_ci")) for _, a in rows]
+        pooled = [a.pooled or _NOT_POOLED for _, a in rows]
+        i2_ci = [_pair(p.I2_ci) for p in pooled]
         trends.append(AnalysisTrend(
             analysis=name,
-            measure=next((str(a.get("measure")) for _, a in rows if a.get("measure")), None),
-            rounds=tuple(str(d["round"]) for d, _ in rows),
-            opened_at=tuple(d.get("opened_at") for d, _ in rows),
-            estimate=tuple(_finite(a.get("estimate")) for _, a in rows),
-            ci_lb=tuple(_finite(a.get("ci_lb")) for _, a in rows),
-            ci_ub=tuple(_finite(a.get("ci_ub")) for _, a in rows),
-            pi_lb=tuple(_finite(a.get("pi_lb")) for _, a in rows),
-            pi_ub=tuple(_finite(a.get("pi_ub")) for _, a in rows),
-            I2=tuple(_finite(a.get("I2")) for _, a in rows),
+            measure=next((a.measure for _, a in rows if a.measure), None),
+            rounds=tuple(d.round for d, _ in rows),
+            opened_at=tuple(d.opened_at for d, _ in rows),
+            estimate=tuple(p.estimate for p in pooled),
+            ci_lb=tuple(p.ci_lb for p in pooled),
+            ci_ub=tuple(p.ci_ub for p in pooled),
+            pi_lb=tuple(p.pi_lb for p in pooled),
+            pi_ub=tuple(p.pi_ub for p in pooled),
+            I2=tuple(p.I2 for p in pooled),
             I2_lb=tuple(lo for lo, _ in i2_ci), I2_ub=tuple(hi for _, hi in i2_ci),
-            k=tuple(a.get("k") if isinstance(a.get("k"), int) else None for _, a in rows),
-            flagged=tuple(bool((a.get("heterogeneity") or {}).get("flagged")) for _, a in rows),
+            k=tuple(a.k for _, a in rows),
+            flagged=tuple(bool(a.heterogeneity is not None and a.heterogeneity.flagged)
+                          for _, a in rows),
             sites=tuple(site_trends)))
     return trends
 
@@ -1076,7 +1033,8 @@ def render_trend_html(trends: Sequence[AnalysisTrend], *, i2_threshold: float | 
         rows = []
         for r, e, lo, hi, pl, pu, i2, k, f in zip(t.rounds, t.estimate, t.ci_lb, t.ci_ub,
                                                   t.pi_lb, t.pi_ub, t.I2, t.k, t.flagged):
-            rows.append(f"<tr><td>{_esc(r)}</td><td class=\"num\">{_esc(k) if k is not None else '&ndash;'}</td>"
+            k_cell = _esc(k) if k is not None else "&ndash;"
+            rows.append(f"<tr><td>{_esc(r)}</td><td class=\"num\">{k_cell}</td>"
                         f"<td class=\"num\">{_fmt(e)}</td>"
                         f"<td class=\"num\">{_interval(lo, hi)}</td>"
                         f"<td class=\"num\">{_interval(pl, pu)}</td>"
@@ -1106,7 +1064,8 @@ def render_trend_html(trends: Sequence[AnalysisTrend], *, i2_threshold: float | 
     return _page(title, "\n".join(parts))
 
 
-def write_trend_report(round_docs: Sequence[dict], report_dir: Path, *,
+def write_trend_report(round_docs: Sequence[RoundDocument | Mapping[str, Any]],
+                       report_dir: Path, *,
                        analyses: Sequence[str] | None = None,
                        i2_threshold: float | None = 50.0) -> Path:
     """Write ``trend.html`` and ``trend.json`` across rounds into ``report_dir``.
@@ -1114,7 +1073,8 @@ def write_trend_report(round_docs: Sequence[dict], report_dir: Path, *,
     Parameters
     ----------
     round_docs
-        Round documents (any order; sorted by ``opened_at``). Rounds that failed without
+        Round documents, typed or as JSON objects (any order; sorted by ``opened_at``).
+        Rounds that failed without
         pooling still count as points with missing values.
     report_dir
         Output directory; created when missing.
@@ -1134,7 +1094,7 @@ def write_trend_report(round_docs: Sequence[dict], report_dir: Path, *,
     trends = trend_summary(round_docs, analyses)
     html_text = render_trend_html(trends, i2_threshold=i2_threshold)
     report_dir = Path(report_dir)
-    json_text = json.dumps(_strict_json({"analyses": [t.to_dict() for t in trends]}),
+    json_text = json.dumps(strict_json({"analyses": [t.to_dict() for t in trends]}),
                            indent=2, allow_nan=False) + "\n"
     _atomic_write(report_dir / "trend.json", json_text)
     out = report_dir / "trend.html"

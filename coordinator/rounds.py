@@ -6,9 +6,11 @@ A round is open until every allowed site has answered or its deadline passes (wh
 comes first); then it is *pooled* if at least ``quorum`` sites submitted, else *failed*
 with a plain reason. All analyses are pooled in one call of the batch engine
 (:func:`fedsynth.meta.pool`, metafor's definitions) over the sites that sent an
-estimate, and each gets the heterogeneity flag of DESIGN.md
+estimate, and each gets the heterogeneity flag of docs/architecture.md
 (:func:`fedsynth.meta.analysis.analyse` with ``pooled=``); sites that refused are
-listed with their reasons, so the report shows who is missing from each number.
+listed with their reasons, so the report shows who is missing from each number. The
+result is a typed :class:`fedsynth.round_document.RoundDocument`; the store keeps its JSON
+form (:meth:`~fedsynth.round_document.RoundDocument.to_dict`).
 
 Pooling is a pure function of the stored submissions (:func:`pool_round`), so a coordinator
 that crashed mid-close recomputes the same document after restart, and the store's
@@ -23,8 +25,22 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator.store import RoundRecord, Store, SubmissionRecord
 from fedsynth.errors import InputError
-from coordinator.store import RoundRecord, Store, SubmissionRecord, iso
+from fedsynth.jsonsafe import finite_or_none
+from fedsynth.round_document import (
+    AnalysisResult,
+    FlagDetails,
+    HeterogeneityVerdict,
+    PooledEstimate,
+    PoolingSettings,
+    RoundDocument,
+    SiteDriver,
+    SiteEstimate,
+    SiteParticipation,
+)
+from fedsynth.spec import parse_spec
+from fedsynth.timeutil import iso
 
 __all__ = ["RoundOutcome", "open_round", "round_document", "is_due", "pool_analyses",
            "pool_round", "close_if_due"]
@@ -36,8 +52,6 @@ def open_round(store: Store, *, spec_source: str, deadline: _dt.timedelta,
                quorum: int | None, allowed: tuple[str, ...], pooling: dict[str, Any],
                now: _dt.datetime, source: str | None = None) -> RoundRecord:
     """Validate the spec (TOML text) and the terms, then open a round in the store."""
-    from fedsynth.spec import parse_spec
-
     spec = parse_spec(spec_source)
     if not allowed:
         raise InputError("sites.allow is empty: a round needs at least one allowed site")
@@ -55,36 +69,46 @@ def open_round(store: Store, *, spec_source: str, deadline: _dt.timedelta,
                               pooling=pooling, now=now, source=source)
 
 
-def _sites_section(record: RoundRecord, subs: list[SubmissionRecord]) -> list[dict[str, Any]]:
+def _sites_section(record: RoundRecord,
+                   subs: list[SubmissionRecord]) -> tuple[SiteParticipation, ...]:
     by_site = {s.site: s for s in subs}
     out = []
     for site in record.allowed:
         sub = by_site.get(site)
         if sub is None:
-            out.append({"site": site, "status": "missing", "submitted_at": None,
-                        "refusals": {}})
+            out.append(SiteParticipation(site, "missing", None, {}))
         else:
             refusals = {name: r["refused"] for name, r in sub.results.items()
                         if "refused" in r}
-            out.append({"site": site, "status": "submitted", "submitted_at": sub.received_at,
-                        "refusals": refusals})
-    return out
+            out.append(SiteParticipation(site, "submitted", sub.received_at, refusals))
+    return tuple(out)
 
 
-def round_document(store: Store, record: RoundRecord) -> dict[str, Any]:
+def _document(record: RoundRecord, *, status: str, closed_at: str | None,
+              failure_reason: str | None, sites: tuple[SiteParticipation, ...],
+              missing_sites: tuple[str, ...] | None,
+              analyses: tuple[AnalysisResult, ...]) -> RoundDocument:
+    return RoundDocument(
+        round=record.id, status=status, spec=record.spec, opened_at=iso(record.opened_at),
+        deadline=iso(record.deadline), closed_at=closed_at, quorum=record.quorum,
+        failure_reason=failure_reason,
+        pooling=PoolingSettings.from_dict(record.pooling, where=f"round {record.id}: pooling"),
+        sites=sites, missing_sites=missing_sites, analyses=analyses)
+
+
+def round_document(store: Store, record: RoundRecord) -> RoundDocument:
     """The round document (docs/round-document.md) of a stored round.
 
-    A closed round's document is the one stored at its close; an open round's shows who
+    A closed round's document is the one stored at its close (read back and validated by
+    :meth:`~fedsynth.round_document.RoundDocument.from_dict`); an open round's shows who
     has answered so far and no analyses.
     """
     if record.document is not None:
-        return record.document
+        return RoundDocument.from_dict(record.document, where=f"stored round {record.id}")
     subs = store.submissions(record.id)
-    return {"round": record.id, "status": record.status, "spec": record.spec,
-            "opened_at": iso(record.opened_at), "deadline": iso(record.deadline),
-            "closed_at": iso(record.closed_at), "quorum": record.quorum,
-            "failure_reason": record.failure_reason, "pooling": record.pooling,
-            "sites": _sites_section(record, subs), "analyses": []}
+    return _document(record, status=record.status, closed_at=iso(record.closed_at),
+                     failure_reason=record.failure_reason, sites=_sites_section(record, subs),
+                     missing_sites=None, analyses=())
 
 
 def is_due(record: RoundRecord, n_submitted: int, now: _dt.datetime) -> bool:
@@ -92,46 +116,43 @@ def is_due(record: RoundRecord, n_submitted: int, now: _dt.datetime) -> bool:
     return record.is_open and (n_submitted >= len(record.allowed) or now > record.deadline)
 
 
-def _num(value: Any) -> float | None:
-    """A stored number as a JSON-ready float (NaN and infinities become None)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+def _verdict(flag: Any) -> HeterogeneityVerdict:
+    """The document's heterogeneity section from a :class:`fedsynth.meta.HeterogeneityFlag`.
 
-
-def _json_flag(flag: dict[str, Any]) -> dict[str, Any]:
-    """The flag's dict with its per-driver numbers made JSON-ready.
-
-    ``HeterogeneityFlag.to_dict`` already maps NaN to None for its own numbers; the driver
-    entries carry raw floats, which may be NaN (e.g. no deleted fit), so only those are
-    converted here instead of walking the whole document.
+    The drivers' numbers may be NaN (e.g. no deleted fit): they become None.
     """
-    drivers = flag.get("drivers")
-    if drivers:
-        flag["drivers"] = [{key: (_num(value) if key in _DRIVER_NUMBERS else value)
-                            for key, value in driver.items()} for driver in drivers]
-    return flag
+    ci = (None if flag.I2_ci_lb is None and flag.I2_ci_ub is None
+          else (finite_or_none(flag.I2_ci_lb), finite_or_none(flag.I2_ci_ub)))
+    drivers = tuple(SiteDriver(site=d.site, index=d.index, kinds=tuple(d.kinds),
+                               rstudent=finite_or_none(d.rstudent),
+                               blup=finite_or_none(d.blup),
+                               blup_pi_lb=finite_or_none(d.blup_pi_lb),
+                               blup_pi_ub=finite_or_none(d.blup_pi_ub))
+                    for d in flag.drivers)
+    return HeterogeneityVerdict(
+        flagged=bool(flag.flagged), level=flag.level, reasons=tuple(flag.reasons),
+        sites=tuple(flag.sites), details=FlagDetails(
+            drivers=drivers, I2=finite_or_none(flag.I2), I2_ci=ci,
+            i2_threshold=flag.i2_threshold, null_value=flag.null_value,
+            pi_crosses_null=bool(flag.pi_crosses_null)))
 
 
-_DRIVER_NUMBERS = frozenset({"rstudent", "blup", "blup_pi_lb", "blup_pi_ub"})
-
-_NO_FLAG: dict[str, Any] = {"flagged": False, "level": None, "reasons": [], "sites": []}
+#: The verdict of an analysis with nothing pooled.
+_NO_FLAG = HeterogeneityVerdict(flagged=False, level=None, reasons=(), sites=())
 
 
 @dataclass(frozen=True)
 class _Column:
-    """One analysis' inputs gathered from the submissions (JSON-ready already)."""
+    """One analysis' inputs gathered from the submissions."""
 
     name: str
-    estimates: list[dict[str, Any]]
+    estimates: tuple[SiteEstimate, ...]
     refused: dict[str, str]
     cells: dict[int, tuple[float, float]]        # column of the site -> (yi, vi)
 
 
 def _gather(name: str, subs: list[SubmissionRecord]) -> _Column:
-    estimates: list[dict[str, Any]] = []
+    estimates: list[SiteEstimate] = []
     refused: dict[str, str] = {}
     cells: dict[int, tuple[float, float]] = {}
     for j, sub in enumerate(subs):
@@ -142,27 +163,13 @@ def _gather(name: str, subs: list[SubmissionRecord]) -> _Column:
             refused[sub.site] = str(result["refused"])
         else:
             n = result["n"]
-            estimates.append({"site": sub.site, "yi": _num(result["yi"]),
-                              "vi": _num(result["vi"]), "se": _num(result["se"]),
-                              "n": int(n) if isinstance(n, (int, float)) and
-                              math.isfinite(n) else None})
-            y, v = estimates[-1]["yi"], estimates[-1]["vi"]
+            y, v = finite_or_none(result["yi"]), finite_or_none(result["vi"])
+            estimates.append(SiteEstimate(
+                site=sub.site, yi=y, vi=v, se=finite_or_none(result["se"]),
+                n=int(n) if isinstance(n, (int, float)) and math.isfinite(n) else None))
             # a non-finite value keeps its cell out of the batch (pooled alone, with a note)
             cells[j] = (math.nan if y is None else y, math.nan if v is None else v)
-    return _Column(name, estimates, refused, cells)
-
-
-def _entry_head(analysis: dict[str, Any], column: _Column,
-                pooling: dict[str, Any]) -> dict[str, Any]:
-    return {"analysis": column.name, "estimator": analysis.get("estimator"),
-            "measure": analysis.get("measure"), "k": len(column.estimates),
-            "method": pooling.get("method", "REML"), "test": pooling.get("test", "z")}
-
-
-def _finish(entry: dict[str, Any], column: _Column) -> dict[str, Any]:
-    entry["site_estimates"] = column.estimates
-    entry["refused"] = column.refused
-    return entry
+    return _Column(name, tuple(estimates), refused, cells)
 
 
 def _settings(pooling: dict[str, Any]) -> dict[str, Any]:
@@ -171,8 +178,20 @@ def _settings(pooling: dict[str, Any]) -> dict[str, Any]:
             "i2_threshold": float(pooling.get("i2_threshold", 50.0))}
 
 
+def _entry(analysis: dict[str, Any], column: _Column, pooling: dict[str, Any], *,
+           pooled: dict[str, Any] | None, verdict: HeterogeneityVerdict,
+           notes: list[str]) -> AnalysisResult:
+    s = _settings(pooling)
+    return AnalysisResult(
+        analysis=column.name, estimator=analysis.get("estimator"),
+        measure=analysis.get("measure"), k=len(column.estimates), method=s["method"],
+        test=s["test"], pooled=None if pooled is None else PooledEstimate.from_mapping(pooled),
+        heterogeneity=verdict, notes=tuple(notes), site_estimates=column.estimates,
+        refused=column.refused)
+
+
 def _analysis_entry(analysis: dict[str, Any], column: _Column,
-                    pooling: dict[str, Any]) -> dict[str, Any]:
+                    pooling: dict[str, Any]) -> AnalysisResult:
     """One analysis pooled on its own: the fallback when the batch call fails.
 
     A batch of all analyses fails as a whole on one bad value (``pool`` validates every
@@ -181,33 +200,28 @@ def _analysis_entry(analysis: dict[str, Any], column: _Column,
     """
     from fedsynth.meta.analysis import analyse
 
-    entry = _entry_head(analysis, column, pooling)
     if not column.estimates:
-        entry["heterogeneity"] = dict(_NO_FLAG)
-        entry["notes"] = ["no site sent an estimate for this analysis; nothing was pooled"]
-        return _finish(entry, column)
+        return _entry(analysis, column, pooling, pooled=None, verdict=_NO_FLAG,
+                      notes=["no site sent an estimate for this analysis; nothing was pooled"])
     s = _settings(pooling)
+    pooled: dict[str, Any] | None = None
     try:
         result = analyse([c[0] for c in column.cells.values()],
                          [c[1] for c in column.cells.values()],
-                         labels=[e["site"] for e in column.estimates], method=s["method"],
+                         labels=[e.site for e in column.estimates], method=s["method"],
                          test=s["test"], level=s["level"], i2_threshold=s["i2_threshold"],
                          diagnostics=False)
         pooled = result.pooling.to_dict()
-        pooled.pop("k", None)
-        entry.update(pooled)
-        entry["heterogeneity"] = _json_flag(result.heterogeneity.to_dict())
-        if result.notes:
-            entry["notes"] = list(result.notes)
+        return _entry(analysis, column, pooling, pooled=pooled,
+                      verdict=_verdict(result.heterogeneity), notes=list(result.notes))
     except Exception as error:  # noqa: BLE001 - one bad analysis must not sink the round
         log.exception("pooling of analysis %s failed", column.name)
-        entry["heterogeneity"] = dict(_NO_FLAG)
-        entry["notes"] = [f"pooling failed: {error}"]
-    return _finish(entry, column)
+        return _entry(analysis, column, pooling, pooled=pooled, verdict=_NO_FLAG,
+                      notes=[f"pooling failed: {error}"])
 
 
 def pool_analyses(analyses: list[dict[str, Any]], subs: list[SubmissionRecord],
-                  pooling: dict[str, Any]) -> list[dict[str, Any]]:
+                  pooling: dict[str, Any]) -> list[AnalysisResult]:
     """The ``analyses`` section of a pooled round: every analysis in ONE batch call.
 
     All analyses of the round are laid out as a sites x analyses grid with a mask of the
@@ -215,15 +229,14 @@ def pool_analyses(analyses: list[dict[str, Any]], subs: list[SubmissionRecord],
     single vectorised :func:`fedsynth.meta.pool` call, and each row is handed to
     :func:`fedsynth.meta.analysis.analyse` as ``pooled=`` so only the
     heterogeneity flag is computed per analysis (its site drivers need the influence
-    diagnostics and BLUPs of DESIGN.md's rule). The case diagnostics and small-study tests
-    (leave-one-out, influence table, BLUPs, Egger, Begg, trim-and-fill) are not part of the
-    round document: the report does not show them, and they are reproducible on demand
-    from ``site_estimates`` (``fedsynth meta --diagnostics``); see
+    diagnostics and BLUPs of the rule in docs/architecture.md). The case diagnostics and
+    small-study tests (leave-one-out, influence table, BLUPs, Egger, Begg, trim-and-fill)
+    are not part of the round document: the report does not show them, and they are
+    reproducible on demand from ``site_estimates`` (``fedsynth meta --diagnostics``); see
     docs/decisions/federation.md ("Closing a round").
 
     Every value is built JSON-ready (``PoolingResult``/``BatchPoolingResult`` dicts map
-    NaN to None, site estimates are converted as they are gathered), so the document needs
-    no recursive conversion afterwards.
+    NaN to None, site estimates are converted as they are gathered).
     """
     import numpy as np
 
@@ -235,7 +248,7 @@ def pool_analyses(analyses: list[dict[str, Any]], subs: list[SubmissionRecord],
     rows = [i for i, c in enumerate(columns)
             if c.cells and all(math.isfinite(y) and math.isfinite(v) and v > 0
                                for y, v in c.cells.values())]
-    entries: dict[int, dict[str, Any]] = {}
+    entries: dict[int, AnalysisResult] = {}
     if rows:
         K = len(subs)
         yi = np.zeros((len(rows), K))
@@ -253,26 +266,21 @@ def pool_analyses(analyses: list[dict[str, Any]], subs: list[SubmissionRecord],
             dicts = batch.to_dicts()
             for r, i in enumerate(rows):
                 column = columns[i]
-                entry = _entry_head(analyses[i], column, pooling)
                 try:
                     one = batch[r]
                     result = analyse(one.yi, one.vi, labels=one.labels, method=s["method"],
                                      test=s["test"], level=s["level"],
                                      i2_threshold=s["i2_threshold"], diagnostics=False,
                                      pooled=one)
+                    verdict = _verdict(result.heterogeneity)
                 except Exception:  # noqa: BLE001 - pooled alone below, error as a note
                     log.exception("flag of analysis %s failed in the batch", column.name)
                     continue
-                pooled = dicts[r]
-                pooled.pop("k", None)
-                entry.update(pooled)
-                entry["heterogeneity"] = _json_flag(result.heterogeneity.to_dict())
                 notes = list(result.notes)
                 if batch.messages[r]:
                     notes.append(str(batch.messages[r]))
-                if notes:
-                    entry["notes"] = notes
-                entries[i] = _finish(entry, column)
+                entries[i] = _entry(analyses[i], column, pooling, pooled=dicts[r],
+                                    verdict=verdict, notes=notes)
         except Exception:  # noqa: BLE001 - fall back to one analysis at a time
             log.exception("batch pooling of %d analyses failed; pooling one by one",
                           len(rows))
@@ -282,10 +290,22 @@ def pool_analyses(analyses: list[dict[str, Any]], subs: list[SubmissionRecord],
 
 @dataclass(frozen=True)
 class RoundOutcome:
-    """The result of closing a round: its status, document and failure reason."""
+    """The result of closing a round.
+
+    Attributes
+    ----------
+    status
+        ``pooled`` or ``failed``.
+    document
+        The round document committed to the store.
+    failure_reason
+        Why the round failed, or None.
+    n_submissions
+        How many sites submitted.
+    """
 
     status: str
-    document: dict[str, Any]
+    document: RoundDocument
     failure_reason: str | None
     n_submissions: int
 
@@ -294,8 +314,8 @@ def pool_round(record: RoundRecord, subs: list[SubmissionRecord],
                now: _dt.datetime) -> RoundOutcome:
     """Pool every analysis of the round (pure: no store access)."""
     submitted = [s.site for s in subs]
-    missing = [s for s in record.allowed if s not in submitted]
-    sites = _sites_section(record, subs)
+    missing = tuple(s for s in record.allowed if s not in submitted)
+    analyses: list[AnalysisResult] = []
     if len(subs) >= record.quorum:
         status, reason = "pooled", None
         analyses = pool_analyses(list(record.spec.get("analyses", [])), subs,
@@ -305,14 +325,9 @@ def pool_round(record: RoundRecord, subs: list[SubmissionRecord],
         reason = (f"only {len(subs)} of {len(record.allowed)} sites submitted before the "
                   f"deadline {iso(record.deadline)}, fewer than the quorum of "
                   f"{record.quorum}; missing: {', '.join(missing) or 'none'}")
-        analyses = []
-    document = {"round": record.id, "status": status, "spec": record.spec,
-                "opened_at": iso(record.opened_at), "deadline": iso(record.deadline),
-                "closed_at": iso(now), "quorum": record.quorum, "failure_reason": reason,
-                "pooling": record.pooling, "sites": sites, "missing_sites": missing,
-                "analyses": analyses}
-    # every part is JSON-ready as built (spec, pooling and sites come from JSON in the
-    # store; the analyses from pool_analyses), so no recursive copy is made here
+    document = _document(record, status=status, closed_at=iso(now), failure_reason=reason,
+                         sites=_sites_section(record, subs), missing_sites=missing,
+                         analyses=tuple(analyses))
     return RoundOutcome(status, document, reason, len(subs))
 
 
@@ -330,7 +345,8 @@ def close_if_due(store: Store, round_id: str, now: _dt.datetime) -> RoundOutcome
         if not is_due(record, len(subs), now):
             return None
         outcome = pool_round(record, subs, now)
-        if store.close_round(round_id, status=outcome.status, document=outcome.document,
+        if store.close_round(round_id, status=outcome.status,
+                             document=outcome.document.to_dict(),
                              failure_reason=outcome.failure_reason,
                              seen_submissions=len(subs), now=now):
             return outcome

@@ -24,21 +24,32 @@ Semantics (recorded in ``docs/decisions/reports.md``):
 
 The last handled slot of each entry is kept in a small table of this module,
 ``fedsynth_schedule_runs``, in the coordinator's own database (SQLite or PostgreSQL) via
-SQLAlchemy Core, so the core store needs no schema change for it.
+SQLAlchemy Core, so the core store needs no schema change for it. Its times are written
+in fedsynth's one timestamp form (:func:`fedsynth.timeutil.iso`).
+
+The running coordinator drives a :class:`Scheduler` from
+:meth:`coordinator.server.Coordinator.start` (its start callback also audits the round and
+counts it in the metrics); :func:`round_starter` is the same callback without them, for a
+scheduler run against a store outside the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as _dt
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import sqlalchemy as sa
+from croniter import croniter
+
+from coordinator.rounds import open_round
 from fedsynth.errors import ConfigError, InputError
+from fedsynth.timeutil import iso, parse_duration, parse_iso, utcnow
 
 __all__ = [
     "ScheduleEntry",
@@ -49,57 +60,16 @@ __all__ = [
     "due_runs",
     "latest_slot",
     "next_slot",
-    "parse_duration",
     "round_starter",
-    "run_schedules",
     "schedule_entries",
 ]
 
 log = logging.getLogger("fedsynth.scheduler")
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)")
-
-
-def utc_now() -> _dt.datetime:
-    """The current time, timezone-aware UTC (the default clock)."""
-    return _dt.datetime.now(_dt.timezone.utc)
-
-
-def parse_duration(text: str | int | float, *, field: str = "deadline") -> _dt.timedelta:
-    """Parse ``"2h"``, ``"10m"``, ``"90s"``, ``"1d"``, ``"1h30m"`` (or seconds as a number).
-
-    Raises
-    ------
-    fedsynth.errors.ConfigError
-        Naming ``field`` and the value, when the text is not a positive duration.
-    """
-    if isinstance(text, bool):
-        raise ConfigError(f"{field} = {text!r}: expected a duration such as '2h' or '30m'")
-    if isinstance(text, (int, float)):
-        seconds = float(text)
-    elif isinstance(text, str):
-        compact = text.strip().lower()
-        pos, seconds = 0, 0.0
-        for match in _DURATION.finditer(compact):
-            if compact[pos:match.start()].strip():
-                break
-            seconds += float(match.group(1)) * {"d": 86400, "h": 3600, "m": 60, "s": 1}[
-                match.group(2)]
-            pos = match.end()
-        if pos == 0 or compact[pos:].strip():
-            raise ConfigError(f"{field} = {text!r}: expected a duration such as '2h', '30m', "
-                              "'90s', '1d' or '1h30m'")
-    else:
-        raise ConfigError(f"{field} = {text!r}: expected a duration such as '2h' or '30m'")
-    if not seconds > 0:
-        raise ConfigError(f"{field} = {text!r}: the duration must be positive")
-    return _dt.timedelta(seconds=seconds)
-
-
 def _aware(when: _dt.datetime, field: str) -> _dt.datetime:
     if when.tzinfo is None or when.utcoffset() is None:
         raise InputError(f"{field} = {when!r}: must be timezone-aware (UTC)")
-    return when.astimezone(_dt.timezone.utc)
+    return when.astimezone(_dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -125,8 +95,6 @@ class ScheduleEntry:
     quorum: int
 
     def __post_init__(self) -> None:
-        from croniter import croniter
-
         if not isinstance(self.cron, str) or not croniter.is_valid(self.cron):
             raise ConfigError(f"schedule cron = {self.cron!r}: not a valid cron expression "
                               "(5 fields 'min hour day month weekday', or 6 with seconds last)")
@@ -137,7 +105,7 @@ class ScheduleEntry:
             raise ConfigError(f"schedule quorum = {self.quorum!r}: must be an integer >= 1")
 
     @classmethod
-    def from_config(cls, entry: Any) -> "ScheduleEntry":
+    def from_config(cls, entry: Any) -> ScheduleEntry:
         """From :class:`fedsynth.config.ScheduleConfig` (same fields, already validated)."""
         return cls(spec=Path(entry.spec), cron=entry.cron, deadline=entry.deadline,
                    quorum=entry.quorum)
@@ -174,7 +142,7 @@ def schedule_entries(raw: Sequence[Mapping[str, Any]] | None,
         spec = Path(item["spec"])
         if not spec.is_absolute():
             spec = Path(base_dir) / spec
-        deadline = parse_duration(item.get("deadline", "1h"), field=f"{where}.deadline")
+        deadline = parse_duration(item.get("deadline", "1h"), f"{where}.deadline")
         quorum = item.get("quorum", 1)
         try:
             entries.append(ScheduleEntry(spec=spec, cron=item["cron"], deadline=deadline,
@@ -190,8 +158,6 @@ def schedule_entries(raw: Sequence[Mapping[str, Any]] | None,
 
 def latest_slot(cron: str, now: _dt.datetime) -> _dt.datetime:
     """The latest slot of ``cron`` at or before ``now`` (UTC)."""
-    from croniter import croniter
-
     now = _aware(now, "now")
     previous = croniter(cron, now).get_prev(_dt.datetime)   # strictly before now
     candidate = croniter(cron, previous).get_next(_dt.datetime)
@@ -200,8 +166,6 @@ def latest_slot(cron: str, now: _dt.datetime) -> _dt.datetime:
 
 def next_slot(cron: str, after: _dt.datetime) -> _dt.datetime:
     """The first slot of ``cron`` strictly after ``after`` (UTC)."""
-    from croniter import croniter
-
     return croniter(cron, _aware(after, "after")).get_next(_dt.datetime)
 
 
@@ -240,25 +204,18 @@ def due_runs(entry: ScheduleEntry, last_run: _dt.datetime | None,
 class ScheduleState(Protocol):
     """Where the last handled slot of each schedule entry is kept."""
 
-    def last_run(self, key: str) -> _dt.datetime | None: ...
+    def last_run(self, key: str) -> _dt.datetime | None:
+        """The last handled slot of entry ``key`` (None when never seen)."""
 
-    def anchor(self, key: str, when: _dt.datetime) -> None: ...
+    def anchor(self, key: str, when: _dt.datetime) -> None:
+        """Record a newly seen entry as handled up to ``when``."""
 
-    def claim(self, key: str, previous: _dt.datetime, slot: _dt.datetime) -> bool: ...
+    def claim(self, key: str, previous: _dt.datetime, slot: _dt.datetime) -> bool:
+        """Move the entry from ``previous`` to ``slot``; True for the one caller that won."""
 
     def record(self, key: str, slot: _dt.datetime, *, round_id: str | None,
-               error: str | None) -> None: ...
-
-
-def _iso(when: _dt.datetime) -> str:
-    # Fixed-width UTC ISO text compares in time order on every backend (SQLite has no
-    # timezone-aware timestamp type), and microseconds keep sub-second test slots distinct.
-    return _aware(when, "time").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_iso(text: str) -> _dt.datetime:
-    return _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-        tzinfo=_dt.timezone.utc)
+               error: str | None) -> None:
+        """Attach the outcome of a claimed slot."""
 
 
 class SqlScheduleState:
@@ -275,8 +232,6 @@ class SqlScheduleState:
     TABLE = "fedsynth_schedule_runs"
 
     def __init__(self, database: Any):
-        import sqlalchemy as sa
-
         if hasattr(database, "engine") and not isinstance(database, (str, Path)):
             engine = database.engine
         elif isinstance(database, sa.engine.Engine):
@@ -304,55 +259,55 @@ class SqlScheduleState:
         metadata.create_all(engine, checkfirst=True)
 
     def last_run(self, key: str) -> _dt.datetime | None:
-        import sqlalchemy as sa
-
+        """The last handled slot of entry ``key`` (None when never seen)."""
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(self.table.c.last_slot)
                                .where(self.table.c.key == key)).first()
-        return None if row is None else _parse_iso(row[0])
+        return None if row is None else parse_iso(row[0])
 
     def anchor(self, key: str, when: _dt.datetime) -> None:
         """Record a newly seen entry (no-op when another process anchored it first)."""
-        import sqlalchemy as sa
-
         with self.engine.begin() as conn:
             exists = conn.execute(sa.select(self.table.c.key)
                                   .where(self.table.c.key == key)).first()
             if exists is None:
                 try:
                     conn.execute(self.table.insert().values(
-                        key=key, last_slot=_iso(when), round_id=None, error=None,
-                        updated_at=_iso(utc_now())))
+                        key=key, last_slot=iso(when), round_id=None, error=None,
+                        updated_at=iso(utcnow())))
                 except sa.exc.IntegrityError:   # pragma: no cover - lost a race, fine
                     pass
 
     def claim(self, key: str, previous: _dt.datetime, slot: _dt.datetime) -> bool:
-        """Compare-and-set ``last_slot`` from ``previous`` to ``slot``; True when we won."""
-        import sqlalchemy as sa
+        """Compare-and-set ``last_slot`` from ``previous`` to ``slot``; True when we won.
 
+        The stored text is compared as a time (a row written by an older release in another
+        timestamp form, e.g. with microseconds, still matches), and the update is
+        conditional on that exact text, so two coordinators cannot both win.
+        """
         with self.engine.begin() as conn:
+            row = conn.execute(sa.select(self.table.c.last_slot)
+                               .where(self.table.c.key == key)).first()
+            if row is None or iso(parse_iso(row[0])) != iso(previous):
+                return False
             result = conn.execute(
                 sa.update(self.table)
-                .where(self.table.c.key == key, self.table.c.last_slot == _iso(previous))
-                .values(last_slot=_iso(slot), round_id=None, error=None,
-                        updated_at=_iso(utc_now())))
+                .where(self.table.c.key == key, self.table.c.last_slot == row[0])
+                .values(last_slot=iso(slot), round_id=None, error=None,
+                        updated_at=iso(utcnow())))
             return result.rowcount == 1
 
     def record(self, key: str, slot: _dt.datetime, *, round_id: str | None,
                error: str | None) -> None:
         """Attach the outcome (the round opened, or why it could not be) to a claimed slot."""
-        import sqlalchemy as sa
-
         with self.engine.begin() as conn:
             conn.execute(sa.update(self.table)
                          .where(self.table.c.key == key,
-                                self.table.c.last_slot == _iso(slot))
-                         .values(round_id=round_id, error=error, updated_at=_iso(utc_now())))
+                                self.table.c.last_slot == iso(slot))
+                         .values(round_id=round_id, error=error, updated_at=iso(utcnow())))
 
     def history(self) -> list[dict[str, Any]]:
         """Every entry's state, for ``fedsynth``'s operators and tests."""
-        import sqlalchemy as sa
-
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(self.table).order_by(self.table.c.key)).mappings()
             return [dict(row) for row in rows]
@@ -404,7 +359,7 @@ class Scheduler:
     """
 
     def __init__(self, entries: Sequence[ScheduleEntry], *,
-                 clock: Callable[[], _dt.datetime] = utc_now,
+                 clock: Callable[[], _dt.datetime] = utcnow,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  max_sleep: float = 30.0):
         keys = [e.key for e in entries]
@@ -500,47 +455,27 @@ def _as_state(store: Any) -> ScheduleState:
 # --------------------------------------------------------------------------------------------
 
 def round_starter(config: Any, store: Any, *,
-                  clock: Callable[[], _dt.datetime] = utc_now) -> StartRound:
+                  clock: Callable[[], _dt.datetime] = utcnow) -> StartRound:
     """A start callback that opens a round in the coordinator's store, as ``round start`` does.
 
     The spec file is read when the slot comes due (so an operator can edit it between runs);
     a missing or invalid spec is an error recorded for that slot. Deadline and quorum come
     from the schedule entry, the allowed sites and pooling defaults from ``config``.
     """
-    import dataclasses
-
     async def start(entry: ScheduleEntry, slot: _dt.datetime) -> str:
-        from coordinator.rounds import open_round
-
         try:
             source = Path(entry.spec).read_text(encoding="utf-8")
         except OSError as error:
             raise InputError(f"schedule spec = {str(entry.spec)!r}: cannot be read "
                              f"({error.strerror or error})") from None
         pooling = (dataclasses.asdict(config.pooling)
-                   if dataclasses.is_dataclass(config.pooling) else dict(config.pooling))
+                   if dataclasses.is_dataclass(config.pooling)
+                   and not isinstance(config.pooling, type) else dict(config.pooling))
         record = open_round(store, spec_source=source, deadline=entry.deadline,
                             quorum=entry.quorum, allowed=tuple(config.allow), pooling=pooling,
                             now=_aware(clock(), "clock()"),
                             source=f"schedule {entry.cron} {entry.spec.name} slot "
-                                   f"{slot.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+                                   f"{iso(slot)}")
         return record.id
 
     return start
-
-
-async def run_schedules(config: Any, store: Any, *,
-                        clock: Callable[[], _dt.datetime] = utc_now,
-                        max_sleep: float = 30.0) -> None:
-    """Run the ``[[schedule]]`` entries of a coordinator config until cancelled.
-
-    The coordinator server starts this as a task next to its gRPC server and cancels it on
-    shutdown. Returns at once when the config has no schedule.
-    """
-    entries = [ScheduleEntry.from_config(e) for e in getattr(config, "schedule", ())]
-    if not entries:
-        return
-    state = SqlScheduleState(store)
-    scheduler = Scheduler(entries, clock=clock, max_sleep=max_sleep)
-    log.info("scheduler: %d schedule entr%s", len(entries), "y" if len(entries) == 1 else "ies")
-    await scheduler.run(round_starter(config, store, clock=clock), state)

@@ -7,6 +7,12 @@ Logging) before people read them; one JSON object per line with stable keys (``t
 ``level``, ``logger``, ``message`` and any ``extra=`` fields) can be filtered by site or
 round without regular expressions. Text stays the default for people at a terminal.
 ``fedsynth --log-format json COMMAND`` selects JSON (owned by the deployment helper).
+
+Log lines carry text that came from the other side (a coordinator's rejection reason, a
+site's name or refusal, a spec's column names). Both formatters render control characters
+visibly (:func:`fedsynth.terminal.printable`): a message cannot forge a second log line
+with an embedded newline, nor rewrite or hide what an operator sees with terminal escape
+sequences (``tests/unit/test_terminal_safety.py``).
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from fedsynth.errors import InputError
+from fedsynth.terminal import json_safe, printable
 
 LOG_FORMATS = ("text", "json")
 
@@ -32,7 +39,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc)
+            "ts": datetime.fromtimestamp(record.created, UTC)
             .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
@@ -43,7 +50,42 @@ class JsonFormatter(logging.Formatter):
                 doc[key] = value
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str, ensure_ascii=False)
+        # JSON escapes C0 controls itself; json_safe escapes the rest (C1, bidi overrides)
+        return json_safe(json.dumps(doc, default=str, ensure_ascii=False))
+
+
+#: The text log line (people at a terminal, journald).
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class SafeTextFormatter(logging.Formatter):
+    """The text log line with every control character of the message shown escaped.
+
+    The message is one line whatever it holds (``\\n`` is shown as ``\\n``); a traceback
+    keeps its line breaks but no other control character.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        # Another handler may have cached the raw traceback on the record (exc_text):
+        # format it again through formatException, and leave the cache as it was.
+        cached = record.exc_text
+        if record.exc_info:
+            record.exc_text = None
+        elif cached:                    # a traceback without exc_info (a relayed record)
+            record.exc_text = printable(cached, keep_newlines=True)
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging API
+        return printable(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging API
+        return printable(super().formatException(ei), keep_newlines=True)
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging API
+        return printable(super().formatStack(stack_info), keep_newlines=True)
 
 
 def configure_logging(fmt: str = "text", level: int | str = logging.INFO,
@@ -57,8 +99,7 @@ def configure_logging(fmt: str = "text", level: int | str = logging.INFO,
         raise InputError(f"--log-format = {fmt!r} is not one of {', '.join(LOG_FORMATS)}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.set_name("fedsynth")
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else SafeTextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == "fedsynth"]:
         root.removeHandler(old)
@@ -73,6 +114,7 @@ def setup_logging(verbose: bool = False) -> None:
     Used by the long-running roles (``coordinator serve``, ``site run``); a handler that
     ``--log-format`` installed earlier is kept (``basicConfig`` does nothing then).
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeTextFormatter(TEXT_FORMAT))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     logging.getLogger("grpc").setLevel(logging.WARNING)

@@ -2,7 +2,7 @@
 
 Why
 ---
-Every connection of the federation is mutual TLS (DESIGN.md, security model). A site's
+Every connection of the federation is mutual TLS (docs/architecture.md, security model). A site's
 identity *is* its certificate: its name is in the certificate's common name and in a DNS
 subject alternative name, and the coordinator reads it from the verified TLS peer
 certificate, never from a message. The same private key signs the site's submissions
@@ -14,7 +14,7 @@ and supported by gRPC's BoringSSL and by :mod:`cryptography`. Private keys are w
 mode 0600 and nothing is overwritten unless ``force`` is given, because overwriting a CA key
 silently invalidates every certificate already handed to the sites.
 
-File names (DESIGN.md): ``PKI/ca.crt``, ``PKI/ca.key``, ``PKI/coordinator.crt/.key``,
+File names (docs/architecture.md): ``PKI/ca.crt``, ``PKI/ca.key``, ``PKI/coordinator.crt/.key``,
 ``PKI/NAME.crt/.key``.
 """
 
@@ -28,6 +28,7 @@ from pathlib import Path
 
 from fedsynth.errors import InputError
 from fedsynth.fileio import atomic_write
+from fedsynth.timeutil import utcnow
 
 __all__ = ["IssuedCertificate", "init_ca", "issue_site", "issue_coordinator",
            "validate_site_name", "certificate_common_name", "SITE_NAME_PATTERN"]
@@ -73,10 +74,6 @@ def validate_site_name(name: str) -> str:
         raise InputError(f"site name {name!r} is reserved (it would overwrite the "
                          f"{name} files of the PKI)")
     return name
-
-
-def _now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
 
 
 def _new_key():
@@ -147,7 +144,7 @@ def init_ca(pki_dir: str | Path, *, name: str = "fedsynth project CA",
     _check_free([cert_path, key_path], force)
     key = _new_key()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = _now()
+    now = utcnow()
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject).issuer_name(subject)
@@ -179,7 +176,7 @@ def _issue(pki: Path, stem: str, common_name: str, sans: list, *, server: bool,
     _check_free([cert_path, key_path], force)
     ca_cert, ca_key = _load_ca(pki)
     key = _new_key()
-    now = _now()
+    now = utcnow()
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     cert = (
         x509.CertificateBuilder()

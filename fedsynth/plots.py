@@ -38,11 +38,16 @@ import numpy as np
 from scipy import stats
 
 from fedsynth.errors import InputError
+from fedsynth.jsonsafe import finite_or_none as _num
+from fedsynth.meta.analysis import AnalysisResult
+from fedsynth.meta.bayes import BayesBatchResult, BayesResult
+from fedsynth.meta.metareg import MetaRegressionResult
+from fedsynth.meta.pooling import BatchPoolingResult, meta_analysis
+from fedsynth.meta.subgroups import SubgroupResult, subgroup_analysis
+from fedsynth.vocabulary import RATIO_MEASURES
 
 __all__ = ["RATIO_MEASURES", "forest_plot", "funnel_plot", "save_figure"]
 
-#: Measures analysed on the log scale (metafor's escalc names, plus HR).
-RATIO_MEASURES = frozenset({"OR", "RR", "HR", "IRR", "ROM"})
 
 _FONT = 9.0               # points, every text of the forest plot
 _SMALL = 8.0              # tick labels and footer
@@ -70,17 +75,6 @@ def _get(result: Any, name: str, default: Any = None) -> Any:
     return getattr(result, name, default)
 
 
-def _num(x: Any) -> float | None:
-    """A finite float or None (metafor's empty list / null for a missing value)."""
-    if x is None or isinstance(x, (list, tuple)) and len(x) == 0:
-        return None
-    try:
-        value = float(x)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 @dataclass(frozen=True)
 class _Pooled:
     """What the plots need from a pooling result, validated."""
@@ -100,6 +94,14 @@ class _Pooled:
     Q_pval: float | None
     method: str
     level: float
+    Q_df: int
+
+
+def _int_or(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
 
 
 def _pooled(result: Any) -> _Pooled:
@@ -150,7 +152,8 @@ def _pooled(result: Any) -> _Pooled:
         ci_ub=_num(_get(result, "ci_ub")), pi_lb=_num(_get(result, "pi_lb")),
         pi_ub=_num(_get(result, "pi_ub")), tau2=tau2, I2=_num(_get(result, "I2")),
         Q=_num(_get(result, "Q")), Q_pval=_num(_get(result, "Q_pval")),
-        method=str(_get(result, "method") or "RE"), level=level)
+        method=str(_get(result, "method") or "RE"), level=level,
+        Q_df=_int_or(_get(result, "Q_df"), y.size - 1))
 
 
 def _measure(measure: str | None, result: Any) -> str | None:
@@ -309,8 +312,6 @@ def _subgroup_rows(subgroups: Any, data: _Pooled, level: float, ratio: bool,
                    method: str) -> tuple[list[list[int]], list[_Row], list[str], str | None]:
     """Split sites by group; return site indices per group, a summary row per group,
     the group names and the between-group test sentence."""
-    from fedsynth.meta.subgroups import SubgroupResult, subgroup_analysis
-
     k = data.yi.size
     if isinstance(subgroups, SubgroupResult):
         res = subgroups
@@ -352,17 +353,79 @@ def _subgroup_rows(subgroups: Any, data: _Pooled, level: float, ratio: bool,
     return members, rows, names, test
 
 
+def _single(result: Any) -> Any:
+    """One analysis of a batch result (a batch of one is that analysis)."""
+    if len(result) != 1:
+        raise InputError(f"result: a batch of {len(result)} analyses; plot one of them, e.g. "
+                         "forest_plot(batch[0]) or forest_plot(batch['name'])")
+    return result[0]
+
+
+def _as_forest_input(result: Any, subgroups: Any, blup: Any, bayes: Any):
+    """Every result type as (pooled data, subgroups, blup, bayes, fitted values, footer)."""
+    fitted = None
+    footer: list[str] = []
+    if isinstance(result, (BatchPoolingResult, BayesBatchResult)):
+        result = _single(result)
+    if isinstance(result, AnalysisResult):
+        blup = result.blup if blup is None else blup
+        subgroups = result.subgroup if subgroups is None else subgroups
+        result = result.pooling
+    if isinstance(result, SubgroupResult):
+        if result.yi is None or result.vi is None:
+            raise InputError("result: this subgroup result carries no site data to plot")
+        subgroups = result if subgroups is None else subgroups
+        result = meta_analysis(result.yi, result.vi, labels=result.labels,
+                               method=result.method, level=result.level)
+    elif isinstance(result, MetaRegressionResult):
+        if result.yi is None or result.vi is None or result.X is None:
+            raise InputError("result: this meta-regression carries no site data to plot")
+        w = 1.0 / (result.vi + result.tau2)
+        fitted = result.fitted
+        footer.append(f"Mixed-effects model ({result.method}): QM({result.QM_df}) = "
+                      + (f"{result.QM:.2f}, {_pfmt(result.QMp)}" if result.QM is not None
+                         else "NA"))
+        result = {"yi": result.yi, "vi": result.vi, "labels": result.labels,
+                  "weights": 100.0 * w / w.sum(), "tau2": result.tau2, "I2": result.I2,
+                  "Q": result.QE, "Q_pval": result.QEp, "Q_df": result.QE_df,
+                  "method": result.method, "level": result.level}
+    elif isinstance(result, BayesResult):
+        if result.yi is None or result.vi is None:
+            raise InputError("result: this posterior carries no site data to plot")
+        bayes = result if bayes is None else bayes
+        tau2 = result.tau_median ** 2
+        w = 1.0 / (result.vi + tau2)
+        result = {"yi": result.yi, "vi": result.vi, "labels": result.labels,
+                  "weights": 100.0 * w / w.sum(), "method": "Bayes", "level": result.level}
+    return result, subgroups, blup, bayes, fitted, footer
+
+
 def forest_plot(result: Any, *, measure: str | None = None, title: str | None = None,
                 subgroups: Any = None, blup: Any = None, bayes: Any = None,
                 show_fixed: bool = False):
-    """Forest plot of a pooled analysis.
+    """Forest plot of a pooled analysis, or of any other result of the library.
+
+    Examples
+    --------
+    >>> from fedsynth.meta import meta_analysis
+    >>> res = meta_analysis([0.2, 0.5, 0.1], [0.04, 0.05, 0.03], labels=["A", "B", "C"])
+    >>> fig = forest_plot(res, measure="MD", title="three sites")
+    >>> type(fig).__name__
+    'Figure'
 
     Parameters
     ----------
     result
-        A :class:`~fedsynth.meta.PoolingResult` (or a mapping with its keys:
-        ``yi, vi, labels, weights, estimate, ci_lb, ci_ub, pi_lb, pi_ub, tau2, I2, Q,
-        Q_pval, method, level``; a round-document analysis with ``site_estimates`` works too).
+        Any result type: a :class:`~fedsynth.meta.PoolingResult` (also one analysis of
+        a batch), a batch of one analysis, an
+        :class:`~fedsynth.meta.analysis.AnalysisResult` (its BLUPs and subgroups are
+        drawn), a :class:`~fedsynth.meta.subgroups.SubgroupResult` (blocks, one diamond
+        per group), a :class:`~fedsynth.meta.metareg.MetaRegressionResult` (each site
+        with its fitted value, no summary diamond, as metafor's ``forest`` of a model with
+        moderators) or a :class:`~fedsynth.meta.bayes.BayesResult` (the posterior rows);
+        or a mapping with a pooling result's keys (``yi, vi, labels, weights, estimate,
+        ci_lb, ci_ub, pi_lb, pi_ub, tau2, I2, Q, Q_pval, method, level``; a
+        round-document analysis with ``site_estimates`` works too).
     measure
         Effect measure (defaults to ``result.measure`` if present). OR, RR, HR, IRR and ROM
         are drawn on the log scale with back-transformed tick labels and numbers.
@@ -391,6 +454,8 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
     InputError
         Missing or non-finite estimates, non-positive variances, mismatched lengths.
     """
+    result, subgroups, blup, bayes, fitted, model_footer = _as_forest_input(
+        result, subgroups, blup, bayes)
     data = _pooled(result)
     meas = _measure(measure, result)
     ratio = _is_ratio(meas)
@@ -401,6 +466,7 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
     site_lo, site_hi = data.yi - z * se, data.yi + z * se
     method = data.method.upper()
     blup_pred = _as_array(blup, k, "blup", "pred") if blup is not None else None
+    fitted_values = _as_array(fitted, k, "fitted", "fitted") if fitted is not None else None
     bayes_theta = None
     if bayes is not None:
         bayes_theta = _as_array(bayes, k, "bayes", "theta_mean")
@@ -416,7 +482,7 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
                     weight=f"{data.weights[i]:.1f}%", site=i, estimate=data.yi[i],
                     lo=site_lo[i], hi=site_hi[i], colour=_SITE_COLOUR)
 
-    footer: list[str] = []
+    footer: list[str] = list(model_footer)
     if subgroups is not None:
         members, group_rows, names, test = _subgroup_rows(subgroups, data, level, ratio, method)
         for sites, summary, name in zip(members, group_rows, names):
@@ -471,9 +537,11 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
         if data.I2 is not None:
             parts.append(f"I\u00b2 = {data.I2:.1f}%")
         if data.Q is not None:
-            parts.append(f"Q({k - 1}) = {data.Q:.2f}, {_pfmt(data.Q_pval)}")
+            parts.append(f"Q({data.Q_df}) = {data.Q:.2f}, {_pfmt(data.Q_pval)}")
         footer.insert(0, "Heterogeneity: " + ", ".join(parts))
     legend: list[tuple[str, str]] = []
+    if fitted_values is not None:
+        legend.append(("\u25c6 fitted value of the model (x'b)", _FE_COLOUR))
     if blup_pred is not None:
         legend.append(("\u25cb BLUP (empirical Bayes shrunken estimate)", _BLUP_COLOUR))
     if bayes_theta is not None:
@@ -506,7 +574,8 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
 
     # ---- x range --------------------------------------------------------------------------
     null = 0.0
-    points = list(data.yi) + pooled_points
+    points = list(data.yi) + pooled_points + (
+        list(fitted_values) if fitted_values is not None else [])
     lo, hi = _x_limits(points, site_lo, site_hi, null)
     ax.set_xlim(lo, hi)
     if ratio:
@@ -554,6 +623,9 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
             size = max(3.0, max_marker * math.sqrt(data.weights[i_site] / wmax))
             ax.plot([row.estimate], [y], marker="s", ms=size, color=row.colour, mew=0,
                     zorder=3, linestyle="none")
+            if fitted_values is not None:
+                ax.plot([fitted_values[i_site]], [y], marker="D", ms=5, color=_FE_COLOUR,
+                        mew=0, zorder=4, linestyle="none")
             if blup_pred is not None:
                 ax.plot([blup_pred[i_site]], [y], marker="o", ms=7, mfc="none",
                         mec=_BLUP_COLOUR, mew=1.1, zorder=4, linestyle="none")
@@ -632,7 +704,11 @@ def funnel_plot(result: Any, *, filled: Any = None, measure: str | None = None,
     Parameters
     ----------
     result
-        A pooling result (or mapping) with ``yi``, ``vi`` and ``estimate``.
+        A pooling result (or mapping) with ``yi``, ``vi`` and ``estimate``; an
+        :class:`~fedsynth.meta.analysis.AnalysisResult` (its trim-and-fill sites are
+        drawn); a :class:`~fedsynth.meta.metareg.MetaRegressionResult` (the residuals
+        against their standard errors, centred at 0, as metafor's ``funnel`` of a model
+        with moderators); or a batch of one analysis.
     filled
         Studies added by trim-and-fill, drawn as open circles: the diagnostics'
         ``PublicationBiasResult`` (its ``trimfill_filled_yi/vi`` and adjusted estimate), a
@@ -655,6 +731,19 @@ def funnel_plot(result: Any, *, filled: Any = None, measure: str | None = None,
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
+    if isinstance(result, BatchPoolingResult):
+        result = _single(result)
+    if isinstance(result, AnalysisResult):
+        pb = result.publication_bias
+        if filled is None and pb is not None and pb.trimfill_k0 > 0:
+            filled = pb
+        result = result.pooling
+    elif isinstance(result, MetaRegressionResult):
+        if result.residuals is None:
+            raise InputError("result: this meta-regression carries no site data to plot")
+        result = {"yi": result.residuals, "vi": result.vi, "labels": result.labels,
+                  "estimate": 0.0, "method": result.method, "level": result.level}
+        measure = measure or "Residual value"
     data = _pooled(result)
     meas = _measure(measure, result)
     ratio = _is_ratio(meas)

@@ -16,7 +16,6 @@ split in ``flwr.common.serde``). Two rules are enforced at this boundary:
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,10 +220,3 @@ def decode_work(message: pb.Work) -> WorkItem:
     return WorkItem(round_id=message.round_id, spec_toml=message.spec_toml,
                     opened_at=from_unix_ms(message.opened_at_unix_ms),
                     deadline=from_unix_ms(message.deadline_unix_ms))
-
-
-def finite_or_none(value: float | None) -> float | None:
-    """JSON-safe float: NaN and infinities become None."""
-    if value is None or not math.isfinite(value):
-        return None
-    return float(value)

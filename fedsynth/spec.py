@@ -2,7 +2,7 @@
 
 Why
 ---
-The spec is written by the central analytics team (TOML, see DESIGN.md), sent to every
+The spec is written by the central analytics team (TOML, see docs/architecture.md), sent to every
 site inside a round, and executed there by :func:`fedsynth.effects.estimate_all`. A
 site must never guess: a typo in a key or an estimator name would otherwise produce a
 silently different analysis at each site. So the spec is parsed into typed, frozen
@@ -11,6 +11,17 @@ type, duplicate name) is an error that names the analysis and the key. The same 
 round-trip through :meth:`Spec.to_dict` (the form that travels in a round) and
 :meth:`Spec.to_toml`. A spec may also hold ``[[model]]`` tables (regression models fitted
 across sites), parsed by :mod:`fedsynth.models.spec` into :attr:`Spec.models`.
+
+Size limits. A spec reaches a site from the coordinator, and the site writes it (or its
+names) into its hash-chained audit log before anything leaves; an entry above the log's
+1 MiB cap cannot be written, and nothing may be sent without it. So every string of a spec
+has a documented maximum, refused here with a message naming the key: analysis and spec
+names at most :data:`MAX_NAME_CHARS`, column names at most :data:`MAX_COLUMN_CHARS`,
+descriptions at most :data:`MAX_DESCRIPTION_CHARS`, at most :data:`MAX_COVARIATES`
+covariates and :data:`MAX_ANALYSES` analyses, and the whole spec at most
+:data:`MAX_SPEC_BYTES` as JSON (:data:`MAX_SPEC_TEXT_BYTES` as TOML text, checked before
+parsing). Names and columns hold no control or format character (a terminal would act on
+it); descriptions may hold line breaks and tabs only.
 
 Example
 -------
@@ -37,8 +48,28 @@ from typing import Any
 
 from fedsynth.errors import ConfigError
 from fedsynth.models.spec import ModelSpec, parse_categorical, parse_models
+from fedsynth.vocabulary import ESTIMATOR_MEASURES
 
-__all__ = ["Spec", "AnalysisSpec", "load_spec", "parse_spec", "ESTIMATORS", "MEASURES"]
+__all__ = ["Spec", "AnalysisSpec", "load_spec", "parse_spec", "ESTIMATORS", "MEASURES",
+           "MAX_NAME_CHARS", "MAX_COLUMN_CHARS", "MAX_DESCRIPTION_CHARS", "MAX_COVARIATES",
+           "MAX_ANALYSES", "MAX_SPEC_BYTES", "MAX_SPEC_TEXT_BYTES"]
+
+#: Longest analysis or spec name (characters).
+MAX_NAME_CHARS = 100
+#: Longest column name (characters); PostgreSQL's identifiers stop at 63 bytes, SQL
+#: Server's at 128 characters.
+MAX_COLUMN_CHARS = 128
+#: Longest description of a spec or an analysis (characters).
+MAX_DESCRIPTION_CHARS = 2000
+#: Most covariates of one analysis.
+MAX_COVARIATES = 100
+#: Most analyses of one spec (the coordinator accepts at most as many results).
+MAX_ANALYSES = 1000
+#: Largest spec as compact JSON (:meth:`Spec.to_json`), in bytes: with every audit entry's
+#: other fields this keeps a site's entries far below the audit log's 1 MiB cap.
+MAX_SPEC_BYTES = 256 * 1024
+#: Largest spec as TOML text, checked before parsing (bounded work for hostile input).
+MAX_SPEC_TEXT_BYTES = 1024 * 1024
 
 #: Estimators and, for each, (required keys, optional keys with defaults).
 _STRING_KEYS = ("outcome", "exposure", "measure", "time", "event", "ties", "score", "scale",
@@ -65,11 +96,46 @@ ESTIMATORS: dict[str, dict[str, Any]] = {
 }
 
 #: Allowed values of the enumerated keys.
-MEASURES: dict[str, tuple[str, ...]] = {"two_by_two": ("OR", "RR", "RD"),
-                                        "two_group": ("MD", "SMD", "ROM")}
+MEASURES: dict[str, tuple[str, ...]] = dict(ESTIMATOR_MEASURES)
 _CHOICES: dict[str, tuple[str, ...]] = {"ties": ("efron", "breslow"),
                                         "scale": ("raw", "logit")}
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+_NAME = re.compile(rf"^[A-Za-z0-9_.\-]{{1,{MAX_NAME_CHARS}}}$")
+_COLUMN_KEYS = ("outcome", "exposure", "time", "event", "score")
+
+
+def _preview(value: str) -> str:
+    """A value for an error message: at most 40 characters, escaped, with its length."""
+    shown = value if len(value) <= 40 else value[:40] + "..."
+    return f"{shown!r} ({len(value)} characters)" if len(value) > 40 else repr(shown)
+
+
+def _check_text(where: str, key: str, value: str, limit: int, *,
+                line_breaks: bool = False) -> None:
+    """Refuse a string above ``limit`` characters or holding a control character."""
+    if len(value) > limit:
+        raise ConfigError(f"{where}: key {key!r} is {len(value)} characters long (at most "
+                          f"{limit}): {_preview(value)}")
+    text = value.replace("\n", "").replace("\t", "") if line_breaks else value
+    if not text.isprintable():
+        bad = next(ch for ch in text if not ch.isprintable())
+        raise ConfigError(f"{where}: key {key!r} holds the control or format character "
+                          f"{bad!r}: {_preview(value)}")
+
+
+def _check_model_limits(model: ModelSpec) -> None:
+    """The size limits of analyses, applied to a ``[[model]]`` (columns, description)."""
+    where = f"model {model.name!r}"
+    if len(model.covariates) > MAX_COVARIATES:
+        raise ConfigError(f"{where}: key 'covariates' lists {len(model.covariates)} columns "
+                          f"(at most {MAX_COVARIATES})")
+    for key in ("outcome", "offset"):
+        if getattr(model, key) is not None:
+            _check_text(where, key, getattr(model, key), MAX_COLUMN_CHARS)
+    for column in model.covariates:
+        _check_text(where, "covariates", column, MAX_COLUMN_CHARS)
+    if model.description is not None:
+        _check_text(where, "description", model.description, MAX_DESCRIPTION_CHARS,
+                    line_breaks=True)
 
 
 @dataclass(frozen=True)
@@ -209,7 +275,7 @@ def _toml_value(value: Any) -> str:
 
 def _where(table: Mapping[str, Any], index: int) -> str:
     name = table.get("name") if isinstance(table, Mapping) else None
-    if isinstance(name, str) and name:
+    if isinstance(name, str) and name and _NAME.match(name):
         return f"analysis {name!r}"
     return f"analysis #{index + 1}"
 
@@ -242,10 +308,22 @@ def _parse_analysis(table: Any, index: int) -> AnalysisSpec:
                               f"{type(value).__name__} {value!r}")
         elif not value.strip() and key != "description":
             raise ConfigError(f"{where}: key {key!r} must not be empty")
+    for key in _COLUMN_KEYS:
+        if key in table:
+            _check_text(where, key, table[key], MAX_COLUMN_CHARS)
+    if "covariates" in table:
+        if len(table["covariates"]) > MAX_COVARIATES:
+            raise ConfigError(f"{where}: key 'covariates' lists {len(table['covariates'])} "
+                              f"columns (at most {MAX_COVARIATES})")
+        for column in table["covariates"]:
+            _check_text(where, "covariates", column, MAX_COLUMN_CHARS)
+    if "description" in table:
+        _check_text(where, "description", table["description"], MAX_DESCRIPTION_CHARS,
+                    line_breaks=True)
     name = table["name"]
     if not _NAME.match(name):
-        raise ConfigError(f"{where}: key 'name' must be 1-100 letters, digits, '_', '.' or "
-                          f"'-', got {name!r}")
+        raise ConfigError(f"{where}: key 'name' must be 1-{MAX_NAME_CHARS} letters, digits, "
+                          f"'_', '.' or '-', got {_preview(name)}")
     estimator = table["estimator"]
     if estimator not in ESTIMATORS:
         raise ConfigError(f"{where}: key 'estimator' has unknown value {estimator!r} "
@@ -294,6 +372,9 @@ def parse_spec(source: str | Mapping[str, Any]) -> Spec:
     """
     if isinstance(source, (str, bytes)):
         text = source.decode() if isinstance(source, bytes) else source
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_SPEC_TEXT_BYTES:
+            raise ConfigError(f"analysis spec: the TOML text is {len(text)} characters long "
+                              f"(at most {MAX_SPEC_TEXT_BYTES} bytes)")
         try:
             data: Any = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
@@ -318,12 +399,19 @@ def parse_spec(source: str | Mapping[str, Any]) -> Spec:
         if data.get(key) is not None and not isinstance(data[key], str):
             raise ConfigError(f"analysis spec: key {key!r} must be a string, got "
                               f"{data[key]!r}")
+    if data.get("name") is not None:
+        _check_text("analysis spec", "name", data["name"], MAX_NAME_CHARS)
+    if data.get("description") is not None:
+        _check_text("analysis spec", "description", data["description"],
+                    MAX_DESCRIPTION_CHARS, line_breaks=True)
     tables = data.get("analysis", data.get("analyses"))
     if tables is None:
         raise ConfigError("analysis spec: missing key 'analysis' (no [[analysis]] table)")
     if not isinstance(tables, (list, tuple)) or not tables:
         raise ConfigError("analysis spec: key 'analysis' must be a non-empty array of "
                           f"tables, got {tables!r}")
+    if len(tables) > MAX_ANALYSES:
+        raise ConfigError(f"analysis spec: {len(tables)} analyses (at most {MAX_ANALYSES})")
     analyses: list[AnalysisSpec] = []
     seen: set[str] = set()
     for index, table in enumerate(tables):
@@ -335,8 +423,15 @@ def parse_spec(source: str | Mapping[str, Any]) -> Spec:
         analyses.append(analysis)
     model_tables = data.get("model", data.get("models"))
     models = () if model_tables is None else parse_models(model_tables, taken=tuple(seen))
-    return Spec(analyses=tuple(analyses), name=data.get("name"),
+    for model in models:
+        _check_model_limits(model)
+    spec = Spec(analyses=tuple(analyses), name=data.get("name"),
                 description=data.get("description"), models=models)
+    size = len(spec.to_json().encode("utf-8"))
+    if size > MAX_SPEC_BYTES:
+        raise ConfigError(f"analysis spec: {size} bytes as JSON (at most {MAX_SPEC_BYTES}); "
+                          "split it into several rounds")
+    return spec
 
 
 def load_spec(path: str | Path) -> Spec:

@@ -13,14 +13,17 @@ byte-identical).
 For each open round it: checks the site policy (refusing analyses the policy forbids, or
 waiting for an operator's approval), computes every analysis on local data
 (:func:`site_agent.connectors.estimate_from_data`), applies the disclosure limits
-(:func:`site_agent.privacy.guard`), signs and submits, and logs in plain words what left
-the site (also to the site's hash-chained audit log).
+(:func:`site_agent.privacy.guard`), words every refusal from the fixed vocabulary
+(:func:`site_agent.privacy.release`), signs, writes the submission to the site's
+hash-chained audit log, and only then records and submits it, logging in plain words what
+left the site. Nothing leaves unless its audit entry was written: when the append fails
+(a full disk, a corrupt log, an entry above the size cap) the round is not answered and
+is retried at the next poll (``tests/integration/test_site_audit_before_send.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import hashlib
 import logging
 import os
@@ -32,15 +35,35 @@ from typing import Any
 from fedsynth import PROTOCOL_VERSION, __version__
 from fedsynth.config import SiteConfig
 from fedsynth.errors import FedsynthError
-from fedsynth.serde import (NONCE_BYTES, SubmissionContent, WireEstimate, WireRefusal,
-                            WorkItem, encode_submission)
+from fedsynth.serde import (
+    NONCE_BYTES,
+    SubmissionContent,
+    WireEstimate,
+    WireRefusal,
+    WorkItem,
+    encode_submission,
+)
 from fedsynth.signing import load_private_key, sign
+from fedsynth.timeutil import iso, utcnow
 from site_agent.client import CoordinatorRefused, CoordinatorUnavailable, FederationClient
 from site_agent.state import RoundEntry, SiteState
 
-__all__ = ["SiteAgent", "Backoff", "describe_results", "run_agent"]
+__all__ = ["SiteAgent", "Backoff", "AuditFailed", "describe_results", "run_agent",
+           "submission_audit"]
 
 log = logging.getLogger("fedsynth.site")
+
+#: Longest local detail of one refusal kept in an audit entry, and the most kept for one
+#: submission (the full text is in the site's log): a database error may quote the
+#: operator's whole query, and an entry above the audit log's 1 MiB cap would stop every
+#: submission. With the spec's own size limits (fedsynth.spec.MAX_SPEC_BYTES) the
+#: submission's entry stays far below the cap (tests/unit/test_site_audit_entry.py).
+AUDIT_DETAIL_CHARS = 2000
+AUDIT_DETAIL_BUDGET = 128 * 1024
+
+
+class AuditFailed(FedsynthError):
+    """The site's audit log could not be appended: nothing may be sent."""
 
 
 @dataclass
@@ -60,10 +83,6 @@ class Backoff:
         self.attempt = 0
 
 
-def _now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
-
-
 def describe_results(site: str, round_id: str, results: dict[str, Any]) -> list[str]:
     """Plain sentences, one per analysis, saying what the site sends (for the data steward)."""
     lines = []
@@ -80,7 +99,40 @@ def describe_results(site: str, round_id: str, results: dict[str, Any]) -> list[
         else:
             lines.append(f"  {name}: NOT sent. Reason given to the coordinator: "
                          f"{getattr(result, 'reason', 'refused')}")
+            detail = getattr(result, "detail", None)
+            if detail:
+                lines.append(f"    (kept at this site, not sent: {detail})")
     return lines
+
+
+def _local_details(results: dict[str, Any]) -> dict[str, Any]:
+    """Per refused analysis, what the site knows but did not send (for its audit log),
+    each text cut at :data:`AUDIT_DETAIL_CHARS` and all of them at
+    :data:`AUDIT_DETAIL_BUDGET` characters."""
+    out = {}
+    budget = AUDIT_DETAIL_BUDGET
+    for name, result in results.items():
+        detail = getattr(result, "detail", None)
+        if hasattr(result, "yi") or not detail:
+            continue
+        text = str(detail)
+        limit = min(AUDIT_DETAIL_CHARS, max(budget, 0))
+        if len(text) > limit:
+            text = text[:limit] + " [cut; the full text is in the site's log]"
+        budget -= len(text)
+        out[name] = {"code": getattr(result, "code", "refused"), "detail": text}
+    return out
+
+
+def submission_audit(round_id: str, payload: bytes, results: dict[str, Any]
+                     ) -> dict[str, Any]:
+    """The ``submission.signed`` audit entry: the digest of the signed bytes, what is sent
+    per analysis, and what was kept at the site about each refusal."""
+    return {"round": round_id, "digest": hashlib.sha256(payload).hexdigest(),
+            "sent": {n: ({"yi": r.yi, "vi": r.vi, "se": r.se, "n": r.n}
+                         if hasattr(r, "yi") else {"refused": r.reason})
+                     for n, r in results.items()},
+            "kept": _local_details(results)}
 
 
 class SiteAgent:
@@ -108,14 +160,24 @@ class SiteAgent:
         self._audit_log: Any = None
 
     # --- helpers ---------------------------------------------------------------------------
-    def _audit(self, event: str, data: dict[str, Any]) -> None:
+    def _audit_required(self, event: str, data: dict[str, Any]) -> None:
+        """Append to the site's audit log or raise :class:`AuditFailed` (fail closed)."""
         try:
             if self._audit_log is None:
                 from site_agent.policy import site_audit_log
 
                 self._audit_log = site_audit_log(self.config)
             self._audit_log.append(event, data)
-        except Exception:  # noqa: BLE001 - logged; auditing belongs to the security helper
+        except Exception as error:  # noqa: BLE001 - any failure: nothing may be sent
+            raise AuditFailed(f"the site's audit log could not be written for event "
+                              f"{event!r}: {error}") from error
+
+    def _audit(self, event: str, data: dict[str, Any]) -> None:
+        """Append an entry about something that already happened (an acknowledgement):
+        a failure is logged, there is nothing left to stop."""
+        try:
+            self._audit_required(event, data)
+        except AuditFailed:
             log.exception("site audit log append failed")
 
     def _target(self) -> str:
@@ -135,7 +197,7 @@ class SiteAgent:
     async def _sleep(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._stop.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     # --- computing a round -----------------------------------------------------------------
@@ -145,21 +207,21 @@ class SiteAgent:
         Returns ``(results, None)``, or ``({}, decision)`` when the policy requires an
         operator's approval first (nothing is computed then).
         """
-        from fedsynth.spec import parse_spec
-        from site_agent.connectors import estimate_from_data
-        from fedsynth.effects import Refusal
         from pathlib import Path
         from types import SimpleNamespace
 
+        from fedsynth.spec import parse_spec
+        from site_agent.connectors import estimate_from_data
         from site_agent.policy import review_round, site_policy
-        from site_agent.privacy import PrivacyLimits, ReleaseHistory, guard
+        from site_agent.privacy import PrivacyLimits, ReleaseHistory, guard, release
 
         spec = parse_spec(work.spec_toml)
         policy = site_policy(self.config)
         # review_round records a pending spec and audits each decision once per round and
-        # state (not on every poll while the spec waits for the operator's approval).
+        # state (not on every poll while the spec waits for the operator's approval). A
+        # failed append raises AuditFailed: the round is not answered.
         decision = review_round(policy, work.round_id, spec,
-                                SimpleNamespace(append=self._audit))
+                                SimpleNamespace(append=self._audit_required))
         if decision.needs_approval:
             return {}, decision.to_dict()
         allowed = [a for a in spec.analyses if a.name not in decision.refusals]
@@ -184,17 +246,17 @@ class SiteAgent:
             guarded = {}
         for analysis in spec.analyses:   # spec order
             if analysis.name in decision.refusals:
-                results[analysis.name] = Refusal(analysis=analysis.name,
-                                                 reason=decision.refusals[analysis.name],
-                                                 code="policy")
+                results[analysis.name] = decision.refusal(analysis.name)
             else:
                 results[analysis.name] = guarded[analysis.name]
-        return results, None
+        # What leaves: every refusal worded from the fixed vocabulary with the spec's column
+        # names only; the full local error stays in Refusal.detail (log and audit).
+        return release(results, spec), None
 
     def sign_results(self, round_id: str, results: dict[str, Any]) -> tuple[bytes, bytes]:
         content = SubmissionContent(
             round_id=round_id, site=self.config.name, nonce=os.urandom(NONCE_BYTES),
-            timestamp=_now(),
+            timestamp=utcnow(),
             results={name: (WireEstimate(name, float(r.yi), float(r.vi), float(r.se),
                                          int(r.n)) if hasattr(r, "yi") else
                             WireRefusal(name, str(getattr(r, "code", "refused")),
@@ -213,6 +275,10 @@ class SiteAgent:
         if entry is None or entry.status == "pending":
             try:
                 results, pending = await asyncio.to_thread(self.compute, work)
+            except AuditFailed as error:
+                log.error("round %s: %s; nothing was computed or sent, retrying at the next "
+                          "poll", work.round_id, error)
+                return
             except FedsynthError as error:
                 # A problem of this site (data unreadable, bad spec): say so, retry later.
                 log.error("round %s: cannot compute the analyses: %s", work.round_id, error)
@@ -229,19 +295,22 @@ class SiteAgent:
                                 work.round_id, work.round_id)
                     self.state.put(RoundEntry(work.round_id, "pending",
                                               detail="waiting for approval",
-                                              updated_at=_now().isoformat()))
+                                              updated_at=iso(utcnow())))
                 return
             payload, signature = self.sign_results(work.round_id, results)
+            # The audit entry first: nothing leaves the site unless it is recorded there.
+            try:
+                self._audit_required("submission.signed",
+                                     submission_audit(work.round_id, payload, results))
+            except AuditFailed as error:
+                log.error("round %s: %s; the submission was NOT sent, retrying at the next "
+                          "poll", work.round_id, error)
+                return
             entry = RoundEntry(work.round_id, "signed", payload, signature,
-                               updated_at=_now().isoformat())
-            self.state.put(entry)     # recorded BEFORE it is sent
+                               updated_at=iso(utcnow()))
+            self.state.put(entry)     # recorded BEFORE it is sent (a restart resends it)
             for line in describe_results(self.config.name, work.round_id, results):
                 log.info("%s", line)
-            self._audit("submission.signed", {
-                "round": work.round_id, "digest": hashlib.sha256(payload).hexdigest(),
-                "sent": {n: ({"yi": r.yi, "vi": r.vi, "se": r.se, "n": r.n}
-                             if hasattr(r, "yi") else {"refused": r.reason})
-                         for n, r in results.items()}})
         else:
             log.info("round %s: resending the submission signed at %s (identical bytes)",
                      work.round_id, entry.updated_at)
@@ -253,7 +322,7 @@ class SiteAgent:
         except CoordinatorRefused as refused:
             self.state.put(RoundEntry(entry.round_id, "rejected", entry.payload,
                                       entry.signature, refused.reason,
-                                      _now().isoformat()))
+                                      iso(utcnow())))
             log.error("round %s: the coordinator refused this site's submission "
                       "(%s): %s", entry.round_id, refused.code, refused.reason)
             self._audit("submission.rejected", {"round": entry.round_id,
@@ -264,7 +333,7 @@ class SiteAgent:
             return
         self.state.put(RoundEntry(entry.round_id, "acknowledged", entry.payload,
                                   entry.signature, f"{ack.status}: {ack.message}",
-                                  _now().isoformat()))
+                                  iso(utcnow())))
         log.info("round %s: the coordinator acknowledged the submission (%s)",
                  entry.round_id, ack.status)
         self._audit("submission.acknowledged", {"round": entry.round_id,
@@ -325,9 +394,9 @@ class SiteAgent:
 
 
 def _warm_imports() -> None:
+    import fedsynth.effects.patient_level  # noqa: F401
     import fedsynth.spec  # noqa: F401
     import site_agent.connectors  # noqa: F401
-    import fedsynth.effects.patient_level  # noqa: F401
     import site_agent.policy  # noqa: F401
     import site_agent.privacy  # noqa: F401
 

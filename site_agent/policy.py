@@ -32,7 +32,6 @@ change (a new covariate, a new analysis) needs a new approval.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import re
@@ -45,14 +44,15 @@ from typing import Any
 from fedsynth.audit import canonical_json, digest
 from fedsynth.errors import ConfigError, InputError
 from fedsynth.fileio import atomic_write, read_json_object
+from fedsynth.timeutil import iso, utcnow
+from fedsynth.vocabulary import ESTIMATORS as VOCABULARY_ESTIMATORS
 
 __all__ = ["ESTIMATORS", "ApprovalStore", "PendingSpec", "Policy", "PolicyDecision",
            "apply_decision", "review_round", "site_audit_log", "site_policy",
            "spec_fingerprint", "spec_to_dict"]
 
-#: Estimators of DESIGN.md (the spec contract).
-ESTIMATORS = ("two_by_two", "two_group", "logistic", "linear", "cox", "auc",
-              "calibration_slope", "calibration_in_the_large", "oe_ratio", "brier")
+#: Estimators of the analysis spec (defined once in fedsynth.vocabulary).
+ESTIMATORS = VOCABULARY_ESTIMATORS
 
 _KEYS = {"estimators", "outcomes", "exposures", "covariates", "max_analyses",
          "require_approval", "approvals"}
@@ -106,11 +106,23 @@ class PolicyDecision:
     refusals: Mapping[str, str]
     needs_approval: bool
     allowed: tuple[str, ...] = ()
+    sentences: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (for the site's audit log)."""
         return {"fingerprint": self.fingerprint, "refusals": dict(self.refusals),
                 "needs_approval": self.needs_approval, "allowed": list(self.allowed)}
+
+    def refusal(self, name: str) -> Any:
+        """The :class:`~fedsynth.effects.Refusal` (code ``policy``) of a forbidden analysis,
+        worded from the fixed vocabulary."""
+        from fedsynth.effects.results import Refusal
+
+        sentence = dict(self.sentences.get(name) or {})
+        key = sentence.pop("key", None)
+        if key is None:
+            return Refusal(analysis=name, reason=self.refusals[name], code="policy")
+        return Refusal.of(key, name, **sentence)
 
 
 @dataclass(frozen=True)
@@ -163,7 +175,7 @@ class ApprovalStore:
         self._check_round(round_id)
         pending = PendingSpec(
             round=round_id, fingerprint=spec_fingerprint(spec),
-            received_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            received_at=iso(utcnow()),
             spec=json.loads(canonical_json(spec_to_dict(spec))),
             refusals=dict(refusals or {}))
         path = self.directory / "pending" / f"{round_id}.json"
@@ -213,7 +225,7 @@ class ApprovalStore:
         approved = self.approved()
         approved[fingerprint] = {
             "round": round_id, "by": by or os.environ.get("USER", "unknown"),
-            "approved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            "approved_at": iso(utcnow())}
         self._write(self._approved_file, approved)
         return PendingSpec(round=round_id, fingerprint=fingerprint,
                            received_at=obj.get("received_at", ""), spec=obj["spec"],
@@ -323,35 +335,41 @@ class Policy:
         approved
             Whether the spec is approved; by default looked up in :meth:`store`.
         """
+        from fedsynth.effects.results import render_reason
+
         fingerprint = spec_fingerprint(spec)
         refusals: dict[str, str] = {}
+        sentences: dict[str, dict[str, Any]] = {}
         allowed: list[str] = []
         for index, analysis in enumerate(_analyses(spec)):
             name = str(analysis.get("name", f"#{index + 1}"))
-            reason = self._refusal(analysis)
-            if reason is None and len(allowed) >= self.max_analyses:
-                reason = (f"refused by site policy: the round asks for more than "
-                          f"{self.max_analyses} analyses")
-            if reason is None:
+            sentence = self._refusal(analysis)
+            if sentence is None and len(allowed) >= self.max_analyses:
+                sentence = {"key": "policy_max_analyses", "max_analyses": self.max_analyses}
+            if sentence is None:
                 allowed.append(name)
             else:
-                refusals[name] = reason
+                # A sentence of the fixed vocabulary, naming only the spec's own words.
+                params = {k: v for k, v in sentence.items() if k != "key"}
+                refusals[name] = render_reason(sentence["key"], params)[1]
+                sentences[name] = sentence
         if approved is None:
             approved = (not self.require_approval) or self.store().is_approved(fingerprint)
         needs = self.require_approval and not approved
         return PolicyDecision(fingerprint=fingerprint, refusals=refusals, needs_approval=needs,
-                              allowed=tuple(allowed))
+                              allowed=tuple(allowed), sentences=sentences)
 
-    def _refusal(self, analysis: Mapping[str, Any]) -> str | None:
+    def _refusal(self, analysis: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The vocabulary sentence (``{"key", params...}``) refusing ``analysis``, if any."""
         estimator = analysis.get("estimator")
         if estimator not in self.estimators:
-            return f"refused by site policy: estimator {estimator!r} is not permitted"
+            return {"key": "policy_estimator", "estimator": estimator}
         roles: list[tuple[str, Sequence[str] | None, list[str]]] = [
-            ("outcome", self.outcomes,
-             [analysis.get(k) for k in ("outcome", "time", "event") if analysis.get(k)]),
-            ("exposure", self.exposures, [analysis["exposure"]] if analysis.get("exposure")
+            ("an outcome", self.outcomes,
+             [str(analysis[k]) for k in ("outcome", "time", "event") if analysis.get(k)]),
+            ("an exposure", self.exposures, [analysis["exposure"]] if analysis.get("exposure")
              else []),
-            ("covariate", self.covariates,
+            ("a covariate", self.covariates,
              list(analysis.get("covariates") or []) + ([analysis["score"]]
                                                        if analysis.get("score") else [])),
         ]
@@ -360,8 +378,7 @@ class Policy:
                 continue
             for column in used:
                 if column not in permitted:
-                    return (f"refused by site policy: column {column!r} may not be used as "
-                            f"{'an' if role[0] in 'aeiou' else 'a'} {role}")
+                    return {"key": "policy_column", "column": column, "role": role}
         return None
 
 
@@ -421,9 +438,11 @@ def review_round(policy: Policy, round_id: str, spec: Any, audit: Any = None) ->
     store = policy.store()
     if decision.needs_approval:
         fresh = not (store.directory / "pending" / f"{round_id}.json").exists()
-        store.record_pending(round_id, spec, decision.refusals)
+        # Audited before the pending file is written: if the append fails (and raises),
+        # the spec is not listed yet and the next poll tries both again.
         if fresh and audit is not None:
             audit.append("policy.pending", {"round": round_id, **decision.to_dict()})
+        store.record_pending(round_id, spec, decision.refusals)
     elif audit is not None:
         audit.append("policy.decision", {"round": round_id, **decision.to_dict()})
     return decision
@@ -435,8 +454,5 @@ def apply_decision(results: Mapping[str, Any], decision: PolicyDecision) -> dict
     Estimators should not even run for those analyses when avoidable; this guarantees that
     nothing computed for them is sent in any case.
     """
-    from fedsynth.effects import Refusal
-
-    return {name: (Refusal(analysis=name, reason=decision.refusals[name], code="policy")
-                   if name in decision.refusals else result)
+    return {name: (decision.refusal(name) if name in decision.refusals else result)
             for name, result in results.items()}

@@ -3,7 +3,7 @@
 Why
 ---
 A site sends effect estimates, never rows; but a summary statistic can still disclose a
-patient. Three routes matter and each has a rule here (statistical disclosure control as
+patient. Several routes matter and each has a rule here (statistical disclosure control as
 in Hundepool et al., *Statistical Disclosure Control*, Wiley 2012, ch. 5 "threshold rule"
 and ch. 4.5 "disclosure by differencing"; for meta-analysis of 2×2 tables see also
 Kim et al., "Privacy-preserving federated meta-analysis", and the DataSHIELD disclosure
@@ -27,13 +27,14 @@ settings ``nfilter.tab`` / ``nfilter.subset``, Gaye et al., *Int J Epidemiol* 43
      of a 0/1 outcome is the RD, ``log(O/E)`` with ``vi = (1 - O/N)/O`` gives
      ``O = 1/(vi + 1/N)`` exactly.
 
-   So the rule cannot be "suppress the count-based estimate": once a table built from an
-   outcome and an exposure has a small cell, *every* estimate that uses that outcome with
-   that exposure (crude or adjusted, any estimator) is suppressed; when the small count is
-   a margin of the outcome alone (few events), every estimate that uses the outcome is
-   suppressed. Conversely, when every cell is at least ``min_cell_count``, releasing
-   several measures of the same table is allowed: the table they identify contains no
-   small cell, which is exactly what the threshold rule permits.
+   So the rule cannot be "suppress the count-based estimate": once a table built from two
+   columns (an outcome and an exposure, or an outcome and a score) has a small cell,
+   *every* estimate that uses those two columns, in either role (crude or adjusted, any
+   estimator), is suppressed; when the small count is a margin of one column alone (few
+   events, a small exposure group, a rare score level), every estimate that uses that
+   column in a table role is suppressed. Conversely, when every cell is at least
+   ``min_cell_count``, releasing several measures of the same table is allowed: the table
+   they identify contains no small cell, which is exactly what the threshold rule permits.
 
 3. **Differencing.** Two analyses over nearly the same patients (e.g. one dropping two rows
    with a missing covariate) let the coordinator subtract one from the other and learn
@@ -41,19 +42,28 @@ settings ``nfilter.tab`` / ``nfilter.subset``, Gaye et al., *Int J Epidemiol* 43
    outcomes). Released analyses must therefore have equal ``n`` or ``n`` differing by at
    least ``min_cell_count``; otherwise the analysis on fewer patients is suppressed.
 
-4. **Implied tables.** An estimator that is not count-based can still carry a table: a
-   mean difference (``two_group``) or a linear model of a 0/1 outcome is the risk
-   difference, and ``yi``, ``vi`` and ``n`` then identify the 2×2 table by integer search
-   (a Cox model of a 0/1 event carries the event × exposure table likewise). The
-   estimators therefore report, in ``Estimate.cells`` (never sent), the exposure × outcome
-   table and the outcome's margins behind every estimate whose outcome is 0/1 on its
-   complete rows, whatever the data source: the DataFrame estimators
-   (:mod:`fedsynth.effects.patient_level`) count them on the rows, the SQL pushdown
-   (:mod:`site_agent.connectors.pushdown`) with one aggregate query, and the regression
-   estimators of a SQL source run on the streamed columns through the DataFrame code.
-   :func:`guard` needs no data frame for this rule: it checks the cells like any others
-   (rules 1 and 2), so a CSV file and a database with the same rows are suppressed
-   identically.
+4. **Implied tables.** Every estimator is judged by the tables its released numbers
+   imply, whatever its name. A mean difference (``two_group``) or a linear model of a 0/1
+   outcome is the risk difference, and ``yi``, ``vi`` and ``n`` then identify the 2×2
+   table by integer search (a Cox model of a 0/1 event carries the event × exposure table
+   likewise). The AUC of a 0/1 score (the exposure, sex) with its DeLong variance and
+   ``n`` identifies the score × outcome 2×2 table, a 3-level score's AUC its 2×3 table
+   (``tests/integration/test_reconstruction_attack.py`` runs that search), and a Brier
+   score, calibration slope or intercept or O/E ratio of a few-valued score is likewise a
+   function of that table (O/E's expected count even gives the number of patients at each
+   score value). So a column with at most
+   :data:`~fedsynth.effects.patient_level.CATEGORICAL_LEVELS` distinct values is a
+   categorical variable: the estimators report, in ``Estimate.cells`` (never sent), the
+   exposure × outcome table behind every estimate of a 0/1 outcome, the smallest cell
+   (``table_min``) of a score's or a few-valued outcome's table with the other column,
+   and its smallest level (``score_level_min``, ``outcome_level_min``), whatever the data
+   source: the DataFrame estimators (:mod:`fedsynth.effects.patient_level`) count them on
+   the rows, the SQL pushdown (:mod:`site_agent.connectors.pushdown`) with one aggregate
+   query, and the regression estimators of a SQL source run on the streamed columns
+   through the DataFrame code. :func:`guard` needs no data frame for this rule: it checks
+   the cells like any others (rules 1 and 2), so a CSV file and a database with the same
+   rows are suppressed identically. What each estimator's numbers determine is written
+   down in ``docs/decisions/security.md``.
 
 5. **Differencing across rounds.** The same analysis a month later on data that grew by
    two patients is the same attack as rule 3 spread over time. :class:`ReleaseHistory`
@@ -62,9 +72,18 @@ settings ``nfilter.tab`` / ``nfilter.subset``, Gaye et al., *Int J Epidemiol* 43
    release by fewer than ``min_cell_count``, whatever its definition, as rule 3 does within
    a round (equal ``n``, the same data again, is allowed).
 
+6. **Refusals that reveal a count.** "No events", "the exposure takes a single value",
+   "the exposure perfectly predicts the outcome in one group" tell the coordinator that a
+   count is 0 even when the table itself is suppressed. The estimators attach the counts
+   behind a refusal (``Refusal.cells``, ``Refusal.n``; never sent), and :func:`guard`
+   rewords a refusal whose cause is a count below the limit as a disclosure-control
+   suppression; its cells also suppress their table's siblings (rule 2).
+
 A suppressed analysis becomes a :class:`~fedsynth.effects.Refusal` whose reason names
 the rule and the configured limit, never a count, so the refusal itself discloses nothing
-beyond "some count is below the limit".
+beyond "some count is below the limit". Every refusal that leaves the site is a sentence
+of the fixed vocabulary (:data:`fedsynth.effects.results.REFUSAL_VOCABULARY`), rendered
+by :func:`release` with the spec's column names only.
 """
 
 from __future__ import annotations
@@ -78,7 +97,7 @@ from typing import Any
 from fedsynth.errors import InputError
 from fedsynth.fileio import atomic_write, read_json_object
 
-__all__ = ["PrivacyLimits", "ReleaseHistory", "guard", "REFUSAL_CODES"]
+__all__ = ["PrivacyLimits", "ReleaseHistory", "guard", "release", "REFUSAL_CODES"]
 
 #: Machine codes of the refusals :func:`guard` produces.
 REFUSAL_CODES = ("disclosure_min_n", "disclosure_min_cell", "disclosure_linked_table",
@@ -117,11 +136,26 @@ class PrivacyLimits:
         return cls(**table)
 
 
-def _refusal(analysis: str, reason: str, code: str):
-    # Imported here: the result types belong to the estimators package.
-    from fedsynth.effects import Refusal
+def _refusal(key: str, analysis: str, limits: PrivacyLimits, original: Any = None):
+    """A disclosure-control refusal (sentence ``key`` of the fixed vocabulary).
 
-    return Refusal(analysis=analysis, reason=reason, code=code)
+    The counts of ``original`` (the estimate or refusal it replaces) stay with it, at the
+    site, so that guarding the result again decides the same; an original refusal's own
+    sentence is kept as local detail for the site's log.
+    """
+    # Imported here: the result types belong to the estimators package.
+    from fedsynth.effects.results import Refusal
+
+    detail = None
+    if original is not None and _is_refusal(original):
+        detail = "; ".join(t for t in (f"{getattr(original, 'code', 'refused')}: "
+                                       f"{getattr(original, 'reason', '')}",
+                                       getattr(original, "detail", None)) if t)
+    return Refusal.of(key, analysis, min_cell_count=limits.min_cell_count,
+                      min_n=limits.min_n, detail=detail,
+                      cells=dict(getattr(original, "cells", None) or {}),
+                      n=getattr(original, "n", None),
+                      details=dict(getattr(original, "details", None) or {}))
 
 
 def _is_refusal(result: Any) -> bool:
@@ -131,15 +165,14 @@ def _is_refusal(result: Any) -> bool:
 def _columns(name: str, result: Any, spec: Any) -> tuple[str | None, str | None, bool]:
     """(outcome, exposure, known) of an analysis, from the spec or the estimate's details.
 
-    ``known`` is False when neither says which columns the analysis used; such an analysis
-    is then treated as possibly using every column (the conservative choice).
+    The outcome slot holds the outcome, or the event of a time-to-event analysis; the
+    exposure slot holds the exposure, or the score of a model-evaluation analysis (a score
+    with few values is a grouping like an exposure: its table with the outcome is what the
+    estimate may reveal). ``known`` is False when neither the spec nor the details say
+    which columns the analysis used; such an analysis is then treated as possibly using
+    every column (the conservative choice).
     """
-    analysis = None
-    if spec is not None:
-        for candidate in getattr(spec, "analyses", ()) or ():
-            if getattr(candidate, "name", None) == name:
-                analysis = candidate
-                break
+    analysis = _analysis_of(name, spec) if spec is not None else None
     sources: list[Any] = [analysis] if analysis is not None else []
     details = getattr(result, "details", None)
     if isinstance(details, Mapping):
@@ -153,9 +186,8 @@ def _columns(name: str, result: Any, spec: Any) -> tuple[str | None, str | None,
                 return str(value)
         return None
 
-    # Time-to-event analyses: the event indicator plays the outcome's role.
     outcome = pick("outcome") or pick("event")
-    exposure = pick("exposure")
+    exposure = pick("exposure") or pick("score")
     return outcome, exposure, bool(sources) and outcome is not None
 
 
@@ -165,10 +197,49 @@ def _small_cells(cells: Mapping[str, Any] | None, limit: int) -> list[str]:
     return [key for key, count in cells.items() if count is not None and int(count) < limit]
 
 
-# Cell names that are margins of the outcome alone (no exposure split): when one of these is
-# small, every estimate on the outcome is affected, whatever its exposure.
-_MARGIN_CELLS = frozenset({"events", "non_events", "nonevents", "cases", "controls",
-                           "observed", "o", "positives", "negatives"})
+# Cells that are margins of one column alone. When one of these is small, every estimate
+# using that column (in a table role: outcome or event, exposure or score) is affected,
+# whatever the other column of its table. Any other cell belongs to the table of the
+# analysis's outcome with its exposure (or score).
+_OUTCOME_MARGINS = frozenset({"events", "non_events", "nonevents", "cases", "controls",
+                              "observed", "o", "positives", "negatives",
+                              "outcome_level_min"})
+_EXPOSURE_MARGINS = frozenset({"n_exposed", "n_unexposed", "score_level_min"})
+
+
+@dataclass(frozen=True)
+class _Taint:
+    """A table (two columns) or a margin (one column) with a count below the limit;
+    ``columns`` is None when the analysis's columns are unknown (it then taints all)."""
+
+    columns: frozenset[str] | None
+    margin: bool
+
+
+def _taints(small: list[str], outcome: str | None, exposure: str | None,
+            known: bool) -> list[_Taint]:
+    if not known:
+        return [_Taint(None, False)]
+    out = []
+    for cell in small:
+        name = cell.lower()
+        if name in _OUTCOME_MARGINS:
+            out.append(_Taint(frozenset({outcome}) if outcome else None, True))
+        elif name in _EXPOSURE_MARGINS:
+            out.append(_Taint(frozenset({exposure}) if exposure else None, True))
+        else:
+            pair = frozenset(c for c in (outcome, exposure) if c)
+            out.append(_Taint(pair, not exposure))
+    return out
+
+
+def _linked(outcome: str | None, exposure: str | None, known: bool, taint: _Taint) -> bool:
+    if not known or taint.columns is None:
+        return True                     # cannot tell: assume the same table
+    uses = frozenset(c for c in (outcome, exposure) if c)
+    if taint.margin:                    # a margin of one column: any table using it
+        return bool(taint.columns & uses)
+    return taint.columns == uses        # a table: the same two columns, in either role
 
 
 def _analysis_of(name: str, spec: Any) -> Any:
@@ -248,10 +319,10 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
         The site's :class:`PrivacyLimits`.
     spec
         The round's analysis spec (optional but recommended): it says which outcome and
-        exposure each analysis used, so that suppressing one table also suppresses only the
-        sibling estimates of the *same* table. Without it (and without ``details`` on the
-        estimates), an estimate whose columns are unknown is treated as related to every
-        suppressed table.
+        exposure (or score) each analysis used, so that suppressing one table also
+        suppresses only the sibling estimates of the *same* table. Without it (and without
+        ``details`` on the estimates), an estimate whose columns are unknown is treated as
+        related to every suppressed table.
     history
         The site's :class:`ReleaseHistory` (optional): releases whose ``n`` differs by fewer
         than ``min_cell_count`` from any earlier release are suppressed (rule 5).
@@ -262,55 +333,51 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
     -------
     dict
         Same keys, same order; each value is the untouched estimate or a ``Refusal`` (codes
-        in :data:`REFUSAL_CODES`; reasons name the rule and the limit, never a count).
-        Refusals passed in are kept as they are.
+        in :data:`REFUSAL_CODES`; reasons name the rule and the limit, never a count). A
+        refusal of an estimator caused by a count below the limit (no events, an empty
+        exposure group, a zero cell behind a separation: its ``cells``, or ``n`` below
+        ``min_n``) becomes a disclosure-control refusal too, so its reason does not tell
+        the count; other refusals are kept as they are.
     """
     if not isinstance(limits, PrivacyLimits):
         raise InputError(f"limits must be a PrivacyLimits, got {type(limits).__name__}")
     out: dict[str, Any] = dict(results)
-    # (outcome, exposure or None) pairs whose table has a small count.
-    tainted: list[tuple[str | None, str | None, bool]] = []
+    # Tables and margins with a count below the limit, from estimates and refusals alike.
+    tainted: list[_Taint] = []
     for name, result in results.items():
-        if _is_refusal(result):
-            continue
-        # The estimators' cells include the table implied by a 0/1 outcome (rule 4).
+        # The estimators' cells include the tables implied by a 0/1 outcome and by a score
+        # or outcome with few values (rule 4), and a refusal's counts (rule 6).
         cells = dict(getattr(result, "cells", None) or {})
         small = _small_cells(cells, limits.min_cell_count)
         if small:
-            # Record the small table whatever else happens to this estimate: its siblings
-            # on the same outcome and exposure must go even if it fails min_n first.
-            outcome, exposure, known = _columns(name, result, spec)
-            margin_only = all(cell.lower() in _MARGIN_CELLS for cell in small)
-            tainted.append((outcome, None if margin_only else exposure, known))
+            # Record the small table whatever else happens to this result: its siblings
+            # on the same columns must go even if it fails min_n first.
+            tainted.extend(_taints(small, *_columns(name, result, spec)))
         n = getattr(result, "n", None)
+        if _is_refusal(result):
+            code = str(getattr(result, "code", ""))
+            if code == "policy" or code.startswith("disclosure_"):
+                continue
+            # Rule 6: a refusal whose cause is a count below the limit says only that
+            # disclosure control suppressed the analysis.
+            if n is not None and int(n) < limits.min_n:
+                out[name] = _refusal("disclosure_min_n", name, limits, result)
+            elif small:
+                out[name] = _refusal("disclosure_min_cell", name, limits, result)
+            continue
         if n is None or int(n) < limits.min_n:
-            out[name] = _refusal(
-                name, "suppressed by the site's disclosure control: the analysis rests on "
-                f"fewer patients than the minimum n ({limits.min_n})", "disclosure_min_n")
+            out[name] = _refusal("disclosure_min_n", name, limits, result)
         elif small:
-            out[name] = _refusal(
-                name, "suppressed by the site's disclosure control: a count behind this "
-                f"estimate is below the minimum cell count ({limits.min_cell_count})",
-                "disclosure_min_cell")
-    # Rule 2: siblings of a suppressed table.
+            out[name] = _refusal("disclosure_min_cell", name, limits, result)
+    # Rule 2: siblings of a suppressed table (the same two columns, in either role) and
+    # every estimate using a column one of whose margins is small.
     if tainted:
         for name, result in results.items():
             if _is_refusal(out[name]):
                 continue
-            outcome, exposure, known = _columns(name, result, spec)
-            for t_outcome, t_exposure, t_known in tainted:
-                if not known or not t_known:
-                    linked = True           # cannot tell: assume the same table
-                else:
-                    linked = outcome == t_outcome and (t_exposure is None
-                                                       or exposure == t_exposure)
-                if linked:
-                    out[name] = _refusal(
-                        name, "suppressed by the site's disclosure control: sent together "
-                        "with this site's other estimates it could reveal a count below the "
-                        f"minimum cell count ({limits.min_cell_count})",
-                        "disclosure_linked_table")
-                    break
+            roles = _columns(name, result, spec)
+            if any(_linked(*roles, taint) for taint in tainted):
+                out[name] = _refusal("disclosure_linked_table", name, limits, result)
     # Rule 5: differencing against every earlier round's releases.
     if history is not None:
         released_before = {n for ns in history.load().values() for n in ns}
@@ -323,11 +390,7 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
             # could change a definition slightly between rounds to dodge a per-definition
             # check.
             if any(0 < abs(n - old) < limits.min_cell_count for old in released_before):
-                out[name] = _refusal(
-                    name, "suppressed by the site's disclosure control: its patients differ "
-                    "from those of an earlier round's release by fewer than the minimum cell "
-                    f"count ({limits.min_cell_count}), so subtracting the two would reveal "
-                    "them", "disclosure_differencing")
+                out[name] = _refusal("disclosure_differencing_rounds", name, limits, result)
     # Rule 3: differencing between released analyses. Keep the largest n first, then admit
     # an analysis only if its n equals or differs by >= min_cell_count from every kept n.
     released = [(int(getattr(r, "n")), i, name) for i, (name, r) in enumerate(out.items())
@@ -337,11 +400,41 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
         if all(n == other or abs(n - other) >= limits.min_cell_count for other in kept):
             kept.append(n)
         else:
-            out[name] = _refusal(
-                name, "suppressed by the site's disclosure control: its patients differ from "
-                "another analysis's by fewer than the minimum cell count "
-                f"({limits.min_cell_count}), so subtracting the two would reveal them",
-                "disclosure_differencing")
+            out[name] = _refusal("disclosure_differencing", name, limits, out[name])
+    return out
+
+
+def release(results: Mapping[str, Any], spec: Any = None) -> dict[str, Any]:
+    """What leaves the site for one round: estimates as they are, every refusal worded
+    from the fixed vocabulary.
+
+    The last step before anything is signed (:class:`site_agent.agent.SiteAgent`) and
+    what ``fedsynth site estimate`` shows as sent. Each refusal's sentence is rendered
+    again from :data:`fedsynth.effects.results.REFUSAL_VOCABULARY` with only the column
+    names the spec gives this analysis (anything else a sentence would name falls back to
+    the code's generic sentence); the full local error stays in ``Refusal.detail`` for
+    the site's log and audit log.
+
+    Parameters
+    ----------
+    results
+        ``{name: Estimate | Refusal}`` after :func:`guard` (and the site policy).
+    spec
+        The round's spec: the columns each analysis may name.
+    """
+    from fedsynth.effects.results import Refusal
+
+    out: dict[str, Any] = {}
+    for name, result in results.items():
+        if not _is_refusal(result):
+            out[name] = result
+            continue
+        if not isinstance(result, Refusal):
+            result = Refusal(analysis=name, reason=str(getattr(result, "reason", "")),
+                             code=str(getattr(result, "code", "refused")))
+        analysis = _analysis_of(name, spec)
+        columns = tuple(getattr(analysis, "columns", ()) or ()) if analysis else ()
+        out[name] = result.public(columns=columns)
     return out
 
 

@@ -17,8 +17,8 @@ def _args(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from fedsynth.config import load_coordinator_config
     from coordinator.server import serve
+    from fedsynth.config import load_coordinator_config
     from fedsynth.logs import setup_logging
 
     config = load_coordinator_config(args.config, insecure=args.insecure)

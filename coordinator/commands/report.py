@@ -9,8 +9,17 @@ json`` output saved to files).
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fedsynth.cli.registry import Command
+from fedsynth.errors import InputError
+
+# Imported when a command runs, not when the command line builds its parser (see
+# coordinator/commands/round.py).
+if TYPE_CHECKING:
+    from fedsynth.round_document import RoundDocument
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -36,11 +45,9 @@ def _add_round(parser: argparse.ArgumentParser) -> None:
     _common(parser)
 
 
-def _load_dir(folder: str) -> list[dict]:
-    import json
-    from pathlib import Path
-
-    from fedsynth.errors import InputError
+def _load_dir(folder: str) -> list[RoundDocument]:
+    """Every round document (``*.json`` but our own ``trend.json``) of a folder, validated."""
+    from fedsynth.round_document import RoundDocument
 
     path = Path(folder)
     if not path.is_dir():
@@ -56,11 +63,11 @@ def _load_dir(folder: str) -> list[dict]:
                 from None
         if not isinstance(doc, dict) or "round" not in doc:
             raise InputError(f"--rounds-dir: {file}: not a round document (no 'round' field)")
-        docs.append(doc)
+        docs.append(RoundDocument.from_dict(doc, where=f"--rounds-dir: {file}:"))
     return docs
 
 
-def _load_store(config) -> list[dict]:
+def _load_store(config) -> list[RoundDocument]:
     """Every round's document from the coordinator's state store (read-only use)."""
     from coordinator.rounds import round_document
     from coordinator.store import Store
@@ -69,10 +76,8 @@ def _load_store(config) -> list[dict]:
         return [round_document(store, record) for record in store.list_rounds()]
 
 
-def _sources(args: argparse.Namespace):
+def _sources(args: argparse.Namespace) -> tuple[Any, list[RoundDocument]]:
     """Return (config or None, round documents)."""
-    from fedsynth.errors import InputError
-
     if not args.config and not args.rounds_dir:
         raise InputError("give --config COORDINATOR.TOML (the store) or --rounds-dir DIR")
     config = None
@@ -84,11 +89,7 @@ def _sources(args: argparse.Namespace):
     return config, docs
 
 
-def _out_dir(args: argparse.Namespace, config):
-    from pathlib import Path
-
-    from fedsynth.errors import InputError
-
+def _out_dir(args: argparse.Namespace, config: Any) -> Path:
     if args.out:
         return Path(args.out)
     if config is not None:
@@ -98,10 +99,9 @@ def _out_dir(args: argparse.Namespace, config):
 
 def _run_trend(args: argparse.Namespace) -> int:
     from coordinator.reports import write_trend_report
-    from fedsynth.errors import InputError
 
     config, docs = _sources(args)
-    docs = [d for d in docs if d.get("status") != "open"]
+    docs = [d for d in docs if d.status != "open"]
     if not docs:
         raise InputError("no closed round found (need at least one pooled or failed round)")
     threshold = args.i2_threshold
@@ -117,12 +117,11 @@ def _run_trend(args: argparse.Namespace) -> int:
 
 def _run_round(args: argparse.Namespace) -> int:
     from coordinator.reports import write_round_report
-    from fedsynth.errors import InputError
 
     config, docs = _sources(args)
-    matches = [d for d in docs if d.get("round") == args.round]
+    matches = [d for d in docs if d.round == args.round]
     if not matches:
-        known = ", ".join(sorted(str(d.get("round")) for d in docs)[-5:]) or "none"
+        known = ", ".join(sorted(d.round for d in docs)[-5:]) or "none"
         raise InputError(f"round {args.round!r} not found (latest rounds: {known})")
     paths = write_round_report(matches[0], _out_dir(args, config))
     print(paths.html)

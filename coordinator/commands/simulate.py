@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from fedsynth.cli.registry import Command
+from fedsynth.vocabulary import METHODS
 
 
 def _site_name(path: Path) -> str:
@@ -41,13 +42,15 @@ def simulate(sites_dir: str | Path, spec: str | Path, out: str | Path, *,
     import subprocess
     import time
 
-    from fedsynth.config import load_coordinator_config, parse_duration
+    from coordinator.commands.round import render_table
+    from coordinator.rounds import open_round, round_document
+    from coordinator.server import pooling_dict
+    from coordinator.store import Store
+    from fedsynth.config import load_coordinator_config
     from fedsynth.errors import FedsynthError, InputError
     from fedsynth.pki import init_ca, issue_coordinator, issue_site, validate_site_name
     from fedsynth.spec import load_spec
-    from coordinator.rounds import open_round, round_document
-    from coordinator.server import pooling_dict
-    from coordinator.store import Store, utcnow
+    from fedsynth.timeutil import parse_duration, utcnow
 
     sites_dir, out = Path(sites_dir), Path(out)
     if not sites_dir.is_dir():
@@ -173,8 +176,6 @@ def simulate(sites_dir: str | Path, spec: str | Path, out: str | Path, *,
                     raise FedsynthError(f"round {record.id} did not close in time")
                 time.sleep(0.3)
             doc = round_document(store, record)
-        from coordinator.commands.round import render_table
-
         progress(f"[5/5] round {record.id} {record.status}")
         print(render_table(doc))
         report = record.report or {}
@@ -214,7 +215,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-n", type=int, default=20,
                         help="sites' disclosure limit: minimum n (default 20)")
     parser.add_argument("--method", default="REML",
-                        choices=("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM"),
+                        choices=METHODS,
                         help="pooling method (default REML)")
     parser.add_argument("--force", action="store_true", help="replace an earlier run in --out")
 

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from fedsynth.cli.registry import Command
+from fedsynth.terminal import printable
 
 
 def _args(parser: argparse.ArgumentParser) -> None:
@@ -14,8 +15,9 @@ def _args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from coordinator.store import Store
     from fedsynth.config import load_coordinator_config
-    from coordinator.store import Store, utcnow
+    from fedsynth.timeutil import utcnow
 
     config = load_coordinator_config(args.config, insecure=True)
     with Store(config.state) as store:
@@ -35,8 +37,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     print(f"{'site':<20} {'allowed':<7} {'status':<10} {'agent':<8} last_heartbeat")
     for r in rows:
-        print(f"{r['site']:<20} {'yes' if r['allowed'] else 'NO':<7} {r['status']:<10} "
-              f"{r['agent_version'] or '-':<8} {r['last_heartbeat'] or '-'}")
+        # The site name and agent version came from the site: shown escaped, never raw.
+        print(f"{printable(r['site']):<20} {'yes' if r['allowed'] else 'NO':<7} "
+              f"{r['status']:<10} {printable(r['agent_version'] or '-'):<8} "
+              f"{printable(r['last_heartbeat'] or '-')}")
     return 0
 
 

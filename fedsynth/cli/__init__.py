@@ -25,7 +25,7 @@ from types import ModuleType
 from fedsynth import __version__
 from fedsynth.cli.registry import GROUP_HELP, Command
 from fedsynth.errors import FedsynthError
-
+from fedsynth.terminal import printable
 
 #: The entry-point group through which packages contribute command modules.
 ENTRY_POINT_GROUP = "fedsynth.commands"
@@ -105,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure_logging(args.log_format)
         return int(args._run(args) or 0)
     except FedsynthError as error:
-        print(f"fedsynth: error: {error}", file=sys.stderr)
+        # Messages may quote remote text (a spec, a site's answer): never print it raw.
+        print(f"fedsynth: error: {printable(error)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("fedsynth: interrupted", file=sys.stderr)

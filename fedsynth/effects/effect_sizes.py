@@ -38,25 +38,16 @@ from typing import Any
 import numpy as np
 from scipy.special import gammaln
 
-from fedsynth.errors import InputError
 from fedsynth.effects.results import EffectSizes
+from fedsynth.errors import InputError
+from fedsynth.vocabulary import ESCALC_MEASURES, MEASURE_INFO
 
 __all__ = ["escalc", "escalc_frame", "ESCALC_MEASURES", "COLUMN_SETS", "hedges_correction"]
 
-#: Measure -> accepted column sets (first match wins), named as metafor's arguments.
+#: Measure -> accepted column sets (first match wins), named as metafor's arguments
+#: (from :data:`fedsynth.vocabulary.MEASURE_INFO`).
 COLUMN_SETS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "OR": (("ai", "bi", "ci", "di"), ("ai", "n1i", "ci", "n2i")),
-    "RR": (("ai", "bi", "ci", "di"), ("ai", "n1i", "ci", "n2i")),
-    "RD": (("ai", "bi", "ci", "di"), ("ai", "n1i", "ci", "n2i")),
-    "MD": (("m1i", "sd1i", "n1i", "m2i", "sd2i", "n2i"),),
-    "SMD": (("m1i", "sd1i", "n1i", "m2i", "sd2i", "n2i"),),
-    "ROM": (("m1i", "sd1i", "n1i", "m2i", "sd2i", "n2i"),),
-    "ZCOR": (("ri", "ni"),),
-    "IRR": (("x1i", "t1i", "x2i", "t2i"),),
-    "PLO": (("xi", "ni"),),
-    "PR": (("xi", "ni"),),
-}
-ESCALC_MEASURES: tuple[str, ...] = tuple(COLUMN_SETS)
+    name: info.columns for name, info in MEASURE_INFO.items()}
 _CORRECTION_TARGETS = ("only0", "all", "if0all", "none")
 
 
@@ -116,8 +107,9 @@ def _correct(counts: dict[str, np.ndarray], names: Sequence[str], zero: np.ndarr
     return out, rows
 
 
-def escalc(measure: str, *, add: float = 0.5, to: str = "only0",
-           labels: Sequence[Any] | None = None, **columns: Any) -> EffectSizes:
+def escalc(measure: str, *, add: float = 0.5, to: str = "only0", drop00: bool = False,
+           undefined: str = "raise", labels: Sequence[Any] | None = None,
+           **columns: Any) -> EffectSizes:
     """Compute effect sizes and sampling variances from summary data (metafor ``escalc``).
 
     Parameters
@@ -129,6 +121,15 @@ def escalc(measure: str, *, add: float = 0.5, to: str = "only0",
         to every cell of the rows chosen by ``to``: ``"only0"`` (default, rows with a zero
         cell; for proportions also rows where all are events), ``"all"``, ``"if0all"``
         (every row if any row has a zero) or ``"none"``.
+    drop00
+        As metafor's ``drop00``: a 2x2 table with no events in both groups (or only
+        events), or a rate pair with no events in both groups, gets ``yi = vi = NaN`` and
+        takes no part in the continuity correction.
+    undefined
+        ``"raise"`` (default): an effect size that is undefined without a continuity
+        correction (e.g. a log odds ratio of a table with a zero cell and ``to="none"``)
+        is an :class:`InputError`. ``"nan"``: it is NaN, as metafor gives NA (a finite
+        value such as a variance of 0 is kept, as metafor keeps it).
     labels
         Optional study labels used in error messages.
     **columns
@@ -150,6 +151,9 @@ def escalc(measure: str, *, add: float = 0.5, to: str = "only0",
     if key not in COLUMN_SETS:
         raise InputError(f"escalc: unknown measure {measure!r} (known: "
                          f"{', '.join(ESCALC_MEASURES)})")
+    if undefined not in ("raise", "nan"):
+        raise InputError(f"escalc: 'undefined' must be 'raise' or 'nan', got {undefined!r}")
+    strict = undefined == "raise"
     if to not in _CORRECTION_TARGETS:
         raise InputError(f"escalc: 'to' must be one of {', '.join(_CORRECTION_TARGETS)}, "
                          f"got {to!r}")
@@ -210,7 +214,9 @@ def escalc(measure: str, *, add: float = 0.5, to: str = "only0",
             bi, di = data["n1i"] - ai, data["n2i"] - ci
         _check((ai + bi) == 0, "the first group is empty", chosen[0], ai, labels)
         _check((ci + di) == 0, "the second group is empty", "ci", ci, labels)
-        zero = (ai == 0) | (bi == 0) | (ci == 0) | (di == 0)
+        dropped = (((ai == 0) & (ci == 0)) | ((bi == 0) & (di == 0))) if drop00 else (
+            np.zeros(k, dtype=bool))
+        zero = ((ai == 0) | (bi == 0) | (ci == 0) | (di == 0)) & ~dropped
         cells, corrected = _correct({"ai": ai, "bi": bi, "ci": ci, "di": di},
                                     ("ai", "bi", "ci", "di"), zero, add, to)
         ai, bi, ci, di = cells["ai"], cells["bi"], cells["ci"], cells["di"]
@@ -219,18 +225,21 @@ def escalc(measure: str, *, add: float = 0.5, to: str = "only0",
             if key == "OR":
                 yi = np.log(ai * di / (bi * ci))
                 vi = 1 / ai + 1 / bi + 1 / ci + 1 / di
-                undefined = (ai == 0) | (bi == 0) | (ci == 0) | (di == 0)
+                bad = (ai == 0) | (bi == 0) | (ci == 0) | (di == 0)
             elif key == "RR":
                 yi = np.log((ai / n1) / (ci / n2))
                 vi = 1 / ai - 1 / n1 + 1 / ci - 1 / n2
-                undefined = (ai == 0) | (ci == 0)
+                bad = (ai == 0) | (ci == 0)
             else:
                 p1, p2 = ai / n1, ci / n2
                 yi = p1 - p2
                 vi = p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2
-                undefined = vi <= 0
-        _check(undefined, f"{key} is undefined for this table without a continuity "
-               f"correction (to={to!r}, add={add})", chosen[0], data[chosen[0]], labels)
+                bad = vi <= 0
+        if strict:
+            _check(bad & ~dropped, f"{key} is undefined for this table without a continuity "
+                   f"correction (to={to!r}, add={add})", chosen[0], data[chosen[0]], labels)
+        yi, vi = np.where(dropped, np.nan, yi), np.where(dropped, np.nan, vi)
+        corrected = corrected & ~dropped
     elif key in ("MD", "SMD", "ROM"):
         positive("sd1i", "sd2i", what="a standard deviation must be > 0")
         _check(data["n1i"] < 2, "a group needs n >= 2 for a standard deviation", "n1i",
@@ -265,15 +274,21 @@ def escalc(measure: str, *, add: float = 0.5, to: str = "only0",
     elif key == "IRR":
         nonneg("x1i", "x2i")
         positive("t1i", "t2i", what="person-time must be > 0")
-        zero = (data["x1i"] == 0) | (data["x2i"] == 0)
+        dropped = ((data["x1i"] == 0) & (data["x2i"] == 0)) if drop00 else (
+            np.zeros(k, dtype=bool))
+        zero = ((data["x1i"] == 0) | (data["x2i"] == 0)) & ~dropped
         cells, corrected = _correct({"x1i": data["x1i"], "x2i": data["x2i"]},
                                     ("x1i", "x2i"), zero, add, to)
         x1, x2 = cells["x1i"], cells["x2i"]
         with np.errstate(divide="ignore", invalid="ignore"):
             yi = np.log((x1 / data["t1i"]) / (x2 / data["t2i"]))
             vi = 1 / x1 + 1 / x2
-        _check((x1 == 0) | (x2 == 0), f"IRR is undefined with a zero count without a "
-               f"continuity correction (to={to!r}, add={add})", "x1i", data["x1i"], labels)
+        if strict:
+            _check(((x1 == 0) | (x2 == 0)) & ~dropped, f"IRR is undefined with a zero count "
+                   f"without a continuity correction (to={to!r}, add={add})", "x1i",
+                   data["x1i"], labels)
+        yi, vi = np.where(dropped, np.nan, yi), np.where(dropped, np.nan, vi)
+        corrected = corrected & ~dropped
     else:  # PLO, PR
         nonneg("xi")
         positive("ni", what="a group size must be > 0")
@@ -290,15 +305,19 @@ def escalc(measure: str, *, add: float = 0.5, to: str = "only0",
             if key == "PLO":
                 yi = np.log(xi / mi)
                 vi = 1 / xi + 1 / mi
-                undefined = (xi == 0) | (mi == 0)
+                bad = (xi == 0) | (mi == 0)
             else:
                 yi = p
                 vi = p * (1 - p) / ni
-                undefined = vi <= 0
-        _check(undefined, f"{key} is undefined for a proportion of 0 or 1 without a "
-               f"continuity correction (to={to!r}, add={add})", "xi", data["xi"], labels)
-    return EffectSizes(measure=key, yi=np.asarray(yi, dtype=float),
-                       vi=np.asarray(vi, dtype=float), corrected=np.asarray(corrected))
+                bad = vi <= 0
+        if strict:
+            _check(bad, f"{key} is undefined for a proportion of 0 or 1 without a "
+                   f"continuity correction (to={to!r}, add={add})", "xi", data["xi"], labels)
+    yi, vi = np.asarray(yi, dtype=float), np.asarray(vi, dtype=float)
+    if not strict:   # metafor: an infinite or undefined value is NA
+        yi = np.where(np.isfinite(yi), yi, np.nan)
+        vi = np.where(np.isfinite(vi), vi, np.nan)
+    return EffectSizes(measure=key, yi=yi, vi=vi, corrected=np.asarray(corrected))
 
 
 def escalc_frame(frame: Any, measure: str, *, labels: Sequence[Any] | None = None,

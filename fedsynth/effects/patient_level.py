@@ -22,7 +22,13 @@ Contract
   values, non-binary outcome, constant exposure, no events, perfect separation, too few
   rows, a singular design) is a :class:`Refusal` with a plain reason and a machine code,
   never an exception: one failing analysis does not stop the others.
-* Refusal reasons never contain counts (a small count is exactly what must not leave).
+* Refusal reasons are sentences of the fixed vocabulary
+  (:data:`fedsynth.effects.results.REFUSAL_VOCABULARY`) naming only the spec's columns;
+  they never contain counts or data. The counts behind a refusal (``events = 0``, a zero
+  cell, an empty exposure group) travel with it in ``Refusal.cells`` (kept at the site),
+  so that disclosure control can reword a refusal caused by a count below the limit.
+* Every estimate reports in ``Estimate.cells`` the counts its ``yi, vi, n`` may determine
+  (see ``docs/decisions/security.md``, "What each estimator's numbers determine").
 * Categorical covariates (``[analysis.categorical]``, logistic, linear and Cox) are coded
   as the federated models code them (:mod:`fedsynth.models.coding`: treatment contrasts
   against the first declared level; a value outside the levels refuses the analysis). A
@@ -41,12 +47,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsynth.errors import InputError
-from fedsynth.models.coding import CodingError, encode_covariates, level_codes
-from fedsynth.spec import AnalysisSpec, Spec, parse_spec
 from fedsynth.effects.delong import delong_auc
 from fedsynth.effects.effect_sizes import escalc
 from fedsynth.effects.results import Estimate, Refusal
+from fedsynth.errors import InputError
+from fedsynth.models.coding import CodingError, encode_covariates, level_codes
+from fedsynth.spec import AnalysisSpec, Spec, parse_spec
 
 __all__ = ["estimate", "estimate_all", "Refuse"]
 
@@ -56,14 +62,50 @@ _LOG = logging.getLogger(__name__)
 #: exposure) only arises when the likelihood has no finite maximum (separation).
 _SEPARATION_COEF = 25.0
 
+#: A column with at most this many distinct values on an analysis's complete rows is a
+#: categorical variable for disclosure control: the table it forms with the outcome (a
+#: score's levels x the 0/1 outcome, an exposure x a few-valued outcome's levels) is what
+#: the released ``yi, vi, n`` may identify by integer search, so its smallest cell is
+#: reported in ``Estimate.cells`` (see docs/decisions/security.md, "What each estimator's
+#: numbers determine").
+CATEGORICAL_LEVELS = 20
+
 
 class Refuse(Exception):
-    """Raised inside an estimator to refuse the analysis; turned into a Refusal."""
+    """Raised inside an estimator to refuse the analysis; turned into a Refusal.
 
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+    Parameters
+    ----------
+    key
+        The sentence of :data:`fedsynth.effects.results.REFUSAL_VOCABULARY`.
+    cells, n
+        The counts known when refusing (kept at the site for disclosure control, which
+        rewords the refusal when one of them is below the limit).
+    detail
+        Local detail for the site's log (never sent).
+    params
+        The words of the sentence (``column``, ``estimator``).
+    """
+
+    def __init__(self, key: str, *, cells: Mapping[str, int] | None = None,
+                 n: int | None = None, detail: str | None = None, **params: Any) -> None:
+        super().__init__(key)
+        self.key = key
+        self.cells = dict(cells or {})
+        self.n = n
+        self.detail = detail
+        self.params = params
+
+    def refusal(self, analysis: AnalysisSpec) -> Refusal:
+        params = {"estimator": analysis.estimator, **self.params}
+        return Refusal.of(self.key, analysis.name, detail=self.detail, cells=self.cells,
+                          n=self.n, details=_roles(analysis), **params)
+
+
+def _roles(analysis: AnalysisSpec) -> dict[str, Any]:
+    """The columns an analysis uses in a table role (for disclosure control)."""
+    return {key: getattr(analysis, key) for key in ("outcome", "exposure", "score", "event")
+            if getattr(analysis, key)}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -73,7 +115,7 @@ def _complete(df: pd.DataFrame, analysis: AnalysisSpec) -> tuple[pd.DataFrame, i
     columns = list(analysis.columns)
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise Refuse("missing_column", f"the data has no column {missing[0]!r}")
+        raise Refuse("missing_column", column=missing[0])
     sub = df.loc[:, columns].copy()
     levels = dict(analysis.categorical)
     for column in columns:
@@ -83,7 +125,8 @@ def _complete(df: pd.DataFrame, analysis: AnalysisSpec) -> tuple[pd.DataFrame, i
             try:
                 sub[column] = level_codes(series, levels[column], column)
             except CodingError as error:
-                raise Refuse("invalid_values", error.reason) from None
+                raise Refuse("undeclared_level", column=column,
+                             detail=str(error)) from None
             continue
         if series.dtype == bool:
             sub[column] = series.astype(float)
@@ -91,14 +134,13 @@ def _complete(df: pd.DataFrame, analysis: AnalysisSpec) -> tuple[pd.DataFrame, i
         converted = pd.to_numeric(series, errors="coerce")
         # Values present but not numbers: refuse rather than silently treat as missing.
         if bool((converted.isna() & series.notna()).any()):
-            raise Refuse("invalid_values", f"column {column!r} holds values that are not "
-                         "numbers")
+            raise Refuse("not_numeric", column=column)
         sub[column] = converted.astype(float)
     values = sub.to_numpy(dtype=float)
     infinite = np.isinf(values).any(axis=0)
     if infinite.any():
         column = columns[int(np.flatnonzero(infinite)[0])]
-        raise Refuse("invalid_values", f"column {column!r} holds infinite values")
+        raise Refuse("infinite_values", column=column)
     complete = ~np.isnan(values).any(axis=1)
     kept = sub.loc[complete]
     return kept, int(len(sub) - len(kept))
@@ -107,35 +149,43 @@ def _complete(df: pd.DataFrame, analysis: AnalysisSpec) -> tuple[pd.DataFrame, i
 def _binary(values: np.ndarray, column: str, role: str) -> np.ndarray:
     unique = np.unique(values)
     if not set(unique.tolist()) <= {0.0, 1.0}:
-        raise Refuse("non_binary", f"the {role} column {column!r} must be 0/1, but it "
-                     "holds other values")
+        raise Refuse("non_binary", column=column, detail=f"the {role} column must be 0/1")
     return values.astype(int)
 
 
 def _require_rows(n: int, minimum: int) -> None:
-    if n == 0:
-        raise Refuse("too_few_rows", "no complete rows for this analysis")
-    if n < minimum:
-        raise Refuse("too_few_rows", f"too few complete rows for this analysis (it needs "
-                     f"at least {minimum})")
+    if n < max(minimum, 1):
+        raise Refuse("too_few_rows", n=n,
+                     detail=f"{n} complete rows; the analysis needs at least {minimum}")
 
 
-def _require_both_groups(exposure: np.ndarray, column: str) -> None:
+def _group_sizes(exposure: np.ndarray) -> dict[str, int]:
+    return {"n_exposed": int(np.sum(exposure == 1)), "n_unexposed": int(np.sum(exposure == 0))}
+
+
+def _require_both_groups(exposure: np.ndarray, column: str,
+                         cells: Mapping[str, int] | None = None) -> None:
     if len(np.unique(exposure)) < 2:
-        raise Refuse("constant_exposure", f"the exposure column {column!r} takes a single "
-                     "value, so there is nothing to compare")
+        # One group is empty: a count of 0, which disclosure control turns into a
+        # suppression without saying which.
+        raise Refuse("constant_exposure", column=column,
+                     cells={**_group_sizes(exposure), **(cells or {})})
 
 
-def _require_events(outcome: np.ndarray, column: str, role: str = "outcome") -> None:
-    events = int(outcome.sum())
-    if events == 0:
-        raise Refuse("no_events", f"the {role} column {column!r} has no events")
-    if events == len(outcome):
-        raise Refuse("no_events", f"the {role} column {column!r} has only events (no "
-                     "non-events)")
+def _margins(outcome: np.ndarray) -> dict[str, int]:
+    events = int(np.sum(outcome == 1))
+    return {"events": events, "non_events": int(len(outcome) - events)}
+
+
+def _require_events(outcome: np.ndarray, column: str,
+                    cells: Mapping[str, int] | None = None) -> None:
+    margins = _margins(outcome)
+    if min(margins.values()) == 0:
+        raise Refuse("no_events", column=column, cells={**margins, **(cells or {})})
 
 
 def _design(data: pd.DataFrame, columns: list[str], intercept: bool,
+            cells: Mapping[str, int] | None = None,
             categorical: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> np.ndarray:
     if categorical:
         levels = dict(categorical)
@@ -144,14 +194,18 @@ def _design(data: pd.DataFrame, columns: list[str], intercept: bool,
         # A declared level absent here is an all-zero column: left out (R: NA), so the
         # other coefficients are estimated as if the level did not exist at this site.
         x = x[:, np.any(x != 0, axis=0) | ~_dummy_mask(columns, levels)]
+        numeric = [c for c in columns if c not in levels]
+        constant = [c for c in numeric if len(data) and np.ptp(data[c].to_numpy(float)) == 0]
     else:
         x = data.loc[:, columns].to_numpy(dtype=float)
+        constant = [c for c, column in zip(columns, x.T) if len(column) and np.ptp(column) == 0]
     if intercept:
         x = np.column_stack([np.ones(len(data)), x])
     if np.linalg.matrix_rank(x) < x.shape[1]:
-        raise Refuse("singular", "the exposure and covariates are collinear (a covariate "
-                     "is constant or a combination of the others), so the model is not "
-                     "identified")
+        # A constant column means no complete row has any other value: a count of 0.
+        zero = {"constant_column": 0} if constant else {}
+        raise Refuse("singular", cells={**(cells or {}), **zero},
+                     detail=f"constant: {constant}" if constant else "collinear columns")
     return x
 
 
@@ -167,8 +221,7 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 def _score_probabilities(values: np.ndarray, column: str) -> np.ndarray:
     if np.any((values <= 0) | (values >= 1)):
-        raise Refuse("invalid_values", f"the score column {column!r} must hold predicted "
-                     "probabilities strictly between 0 and 1")
+        raise Refuse("probability_open", column=column)
     return values
 
 
@@ -180,6 +233,18 @@ def _two_by_two_cells(outcome: np.ndarray, exposure: np.ndarray) -> dict[str, in
             "di": int(np.sum((exposure == 0) & (outcome == 0)))}
 
 
+def _level_table(levels_of: np.ndarray, by: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """``(number of levels, counts[level, by])`` of a categorical column against a 0/1
+    column, or None when the column has more than :data:`CATEGORICAL_LEVELS` values."""
+    values, inverse = np.unique(levels_of, return_inverse=True)
+    k = len(values)
+    if k > CATEGORICAL_LEVELS:
+        return None
+    counts = np.zeros((k, 2), dtype=np.int64)
+    np.add.at(counts, (inverse, by.astype(int)), 1)
+    return k, counts
+
+
 def _implied_table_cells(outcome: np.ndarray, exposure: np.ndarray) -> dict[str, int]:
     """The exposure x outcome table behind an estimate that is not count-based.
 
@@ -188,20 +253,48 @@ def _implied_table_cells(outcome: np.ndarray, exposure: np.ndarray) -> dict[str,
     event carries the event x exposure table likewise). The estimate is released as it
     is, but the table's cells and outcome margins are reported (in ``Estimate.cells``,
     never sent) so that disclosure control checks them on every data source without the
-    rows (:mod:`site_agent.privacy`, rule 4). Empty when the outcome is not 0/1.
+    rows (:mod:`site_agent.privacy`, rule 4). An outcome with a few more values (at most
+    :data:`CATEGORICAL_LEVELS`, e.g. a 0-4 grade) forms a table with the exposure too: its
+    smallest cell (``table_min``) and smallest level (``outcome_level_min``) are reported.
+    Empty for an outcome with more values.
     """
-    if not np.isin(outcome, (0.0, 1.0)).all():
+    if np.isin(outcome, (0.0, 1.0)).all():
+        y = outcome.astype(int)
+        return {**_two_by_two_cells(y, exposure), **_margins(y)}
+    table = _level_table(outcome, exposure)
+    if table is None:
         return {}
-    y = outcome.astype(int)
-    return {**_two_by_two_cells(y, exposure), "events": int(y.sum()),
-            "non_events": int(len(y) - y.sum())}
+    _, counts = table
+    return {"table_min": int(counts.min()), "outcome_level_min": int(counts.sum(1).min())}
 
 
-def _fit_glm_binomial(y: np.ndarray, x: np.ndarray, offset: np.ndarray | None = None):
+def _score_table_cells(score: np.ndarray, outcome: np.ndarray) -> dict[str, int]:
+    """The score-level x outcome table of a score with few distinct values.
+
+    A model-evaluation estimate (AUC, Brier score, calibration, O/E) is a function of the
+    joint distribution of score and outcome; when the score takes at most
+    :data:`CATEGORICAL_LEVELS` values (a 0/1 column such as the exposure or sex, a points
+    score) that distribution is a table whose cells ``yi``, ``vi`` and ``n`` can identify
+    by integer search (DeLong's variance of a 0/1 score's AUC identifies the 2x2 table).
+    Its smallest cell (``table_min``) and smallest score level (``score_level_min``, which
+    the O/E ratio's ``E = sum of the scores`` can reveal) are reported for disclosure
+    control. Empty for a score with more distinct values.
+    """
+    table = _level_table(score, outcome)
+    if table is None:
+        return {}
+    _, counts = table
+    return {"table_min": int(counts.min()), "score_level_min": int(counts.sum(1).min())}
+
+
+def _fit_glm_binomial(y: np.ndarray, x: np.ndarray, offset: np.ndarray | None = None,
+                      cells: Mapping[str, int] | None = None):
     import statsmodels.api as sm
-    from statsmodels.tools.sm_exceptions import (ConvergenceWarning,
-                                                 PerfectSeparationError,
-                                                 PerfectSeparationWarning)
+    from statsmodels.tools.sm_exceptions import (
+        ConvergenceWarning,
+        PerfectSeparationError,
+        PerfectSeparationWarning,
+    )
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -215,14 +308,12 @@ def _fit_glm_binomial(y: np.ndarray, x: np.ndarray, offset: np.ndarray | None = 
             result = sm.GLM(y, x, family=sm.families.Binomial(), offset=offset).fit(
                 method="IRLS", tol=1e-12, rtol=1e-14, maxiter=200)
         except PerfectSeparationError:
-            raise Refuse("separation", "the outcome is perfectly predicted (separation), "
-                         "so the maximum likelihood estimate does not exist") from None
+            raise Refuse("separation", cells=cells) from None
     kinds = {type(w.message) for w in caught} | {w.category for w in caught}
     if PerfectSeparationWarning in kinds:
-        raise Refuse("separation", "the outcome is perfectly predicted (separation), so "
-                     "the maximum likelihood estimate does not exist")
+        raise Refuse("separation", cells=cells)
     if ConvergenceWarning in kinds or not getattr(result, "converged", True):
-        raise Refuse("not_converged", "the logistic regression did not converge")
+        raise Refuse("not_converged", cells=cells)
     return result
 
 
@@ -230,10 +321,10 @@ def _estimate(analysis: AnalysisSpec, measure: str, yi: float, vi: float, n: int
               dropped: int, cells: Mapping[str, int], details: Mapping[str, Any]
               ) -> Estimate:
     if not np.isfinite(yi) or not np.isfinite(vi):
-        raise Refuse("not_converged", "the estimate or its variance is not finite")
+        raise Refuse("not_converged", cells=cells, n=n,
+                     detail="the estimate or its variance is not finite")
     if vi <= 0:
-        raise Refuse("zero_variance", "the estimate has no sampling variance (it is "
-                     "determined exactly by the data)")
+        raise Refuse("zero_variance", cells=cells, n=n)
     base = {"outcome": analysis.outcome, "exposure": analysis.exposure,
             "columns": list(analysis.columns)}
     base.update(details)
@@ -249,13 +340,13 @@ def _two_by_two(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     _require_rows(len(data), 2)
     y = _binary(data[a.outcome].to_numpy(), a.outcome, "outcome")
     x = _binary(data[a.exposure].to_numpy(), a.exposure, "exposure")
-    _require_both_groups(x, a.exposure)
     cells = _two_by_two_cells(y, x)
+    _require_both_groups(x, a.exposure, cells)
     try:
         es = escalc(a.measure, ai=[cells["ai"]], bi=[cells["bi"]], ci=[cells["ci"]],
                     di=[cells["di"]])
     except InputError:  # pragma: no cover - both groups non-empty, counts valid
-        raise Refuse("invalid_values", f"the {a.measure} of this table is undefined")
+        raise Refuse("numerical_failure", cells=cells)
     return _estimate(a, a.measure, es.yi[0], es.vi[0], len(data), dropped, cells,
                      {"corrected": bool(es.corrected[0]),
                       "method": f"escalc {a.measure} (add 1/2 to tables with a zero cell)"})
@@ -265,22 +356,19 @@ def _two_group(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     data, dropped = _complete(df, a)
     _require_rows(len(data), 4)
     x = _binary(data[a.exposure].to_numpy(), a.exposure, "exposure")
-    _require_both_groups(x, a.exposure)
     y = data[a.outcome].to_numpy(dtype=float)
+    cells = {**_group_sizes(x), **_implied_table_cells(y, x)}
+    _require_both_groups(x, a.exposure, cells)
     g1, g0 = y[x == 1], y[x == 0]
     if len(g1) < 2 or len(g0) < 2:
-        raise Refuse("too_few_rows", "each exposure group needs at least two rows for a "
-                     "standard deviation")
+        raise Refuse("too_few_per_group", cells=cells, n=len(data))
     sd1, sd0 = float(np.std(g1, ddof=1)), float(np.std(g0, ddof=1))
     if sd1 == 0 or sd0 == 0:
-        raise Refuse("zero_variance", f"the outcome column {a.outcome!r} is constant "
-                     "within an exposure group")
+        raise Refuse("constant_within_group", column=a.outcome, cells=cells, n=len(data))
     if a.measure == "ROM" and (g1.mean() <= 0 or g0.mean() <= 0):
-        raise Refuse("invalid_values", f"ROM needs a positive mean of {a.outcome!r} in "
-                     "both groups")
+        raise Refuse("rom_non_positive", column=a.outcome, cells=cells, n=len(data))
     es = escalc(a.measure, m1i=[g1.mean()], sd1i=[sd1], n1i=[len(g1)], m2i=[g0.mean()],
                 sd2i=[sd0], n2i=[len(g0)])
-    cells = {"n_exposed": len(g1), "n_unexposed": len(g0), **_implied_table_cells(y, x)}
     return _estimate(a, a.measure, es.yi[0], es.vi[0], len(data), dropped, cells,
                      {"method": f"escalc {a.measure}, exposed minus unexposed"})
 
@@ -290,23 +378,22 @@ def _logistic(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     _require_rows(len(data), len(a.covariates) + 4)
     y = _binary(data[a.outcome].to_numpy(), a.outcome, "outcome")
     e = _binary(data[a.exposure].to_numpy(), a.exposure, "exposure")
-    _require_both_groups(e, a.exposure)
-    _require_events(y, a.outcome)
-    cells = _two_by_two_cells(y, e)
+    cells = {**_two_by_two_cells(y, e), **_margins(y)}
+    _require_both_groups(e, a.exposure, cells)
+    _require_events(y, a.outcome, cells)
     if min(cells.values()) == 0:
         # A zero cell of outcome x exposure makes the exposure's coefficient infinite.
-        raise Refuse("separation", f"the exposure {a.exposure!r} perfectly predicts the "
-                     "outcome in one group (quasi-complete separation), so the adjusted "
-                     "odds ratio does not exist")
-    x = _design(data, [a.exposure, *a.covariates], intercept=True,
+        raise Refuse("separation", cells=cells, n=len(data),
+                     detail="a zero cell of exposure x outcome (quasi-complete separation)")
+    x = _design(data, [a.exposure, *a.covariates], intercept=True, cells=cells,
                 categorical=a.categorical)
-    fit = _fit_glm_binomial(y.astype(float), x)
+    fit = _fit_glm_binomial(y.astype(float), x, cells=cells)
     if abs(fit.params[1]) > _SEPARATION_COEF:
-        raise Refuse("separation", "the fitted odds ratio is unbounded (separation)")
+        raise Refuse("separation", cells=cells, n=len(data),
+                     detail="the fitted odds ratio is unbounded")
     cov = fit.cov_params()
     formula = f"glm({a.outcome} ~ {' + '.join([a.exposure, *a.covariates])}, binomial)"
-    return _estimate(a, "OR", fit.params[1], cov[1, 1], len(data), dropped,
-                     {**cells, "events": int(y.sum()), "non_events": int((1 - y).sum())},
+    return _estimate(a, "OR", fit.params[1], cov[1, 1], len(data), dropped, cells,
                      {"model": formula, "scale": "log odds ratio"})
 
 
@@ -316,18 +403,16 @@ def _linear(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     data, dropped = _complete(df, a)
     _require_rows(len(data), len(a.covariates) + 4)
     e = _binary(data[a.exposure].to_numpy(), a.exposure, "exposure")
-    _require_both_groups(e, a.exposure)
     y = data[a.outcome].to_numpy(dtype=float)
-    x = _design(data, [a.exposure, *a.covariates], intercept=True,
+    cells = {**_group_sizes(e), **_implied_table_cells(y, e)}
+    _require_both_groups(e, a.exposure, cells)
+    x = _design(data, [a.exposure, *a.covariates], intercept=True, cells=cells,
                 categorical=a.categorical)
     fit = sm.OLS(y, x).fit()
     # 1 - R² at rounding level: the outcome is an exact linear function of the design.
     if not fit.df_resid > 0 or fit.ssr <= 1e-12 * max(fit.centered_tss, 1e-300):
-        raise Refuse("zero_variance", "the linear model fits the outcome exactly, so its "
-                     "variance cannot be estimated")
+        raise Refuse("exact_fit", cells=cells, n=len(data))
     formula = f"lm({a.outcome} ~ {' + '.join([a.exposure, *a.covariates])})"
-    cells = {"n_exposed": int(e.sum()), "n_unexposed": int((1 - e).sum()),
-             **_implied_table_cells(y, e)}
     return _estimate(a, "MD", fit.params[1], fit.cov_params()[1, 1], len(data), dropped,
                      cells, {"model": formula})
 
@@ -339,19 +424,21 @@ def _cox(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     _require_rows(len(data), len(a.covariates) + 4)
     time = data[a.time].to_numpy(dtype=float)
     if np.any(time < 0):
-        raise Refuse("invalid_values", f"the time column {a.time!r} holds negative times")
+        raise Refuse("negative_time", column=a.time)
     status = _binary(data[a.event].to_numpy(), a.event, "event")
     e = _binary(data[a.exposure].to_numpy(), a.exposure, "exposure")
-    _require_both_groups(e, a.exposure)
-    if status.sum() == 0:
-        raise Refuse("no_events", f"the event column {a.event!r} has no events")
     events_exposed = int(np.sum(status[e == 1]))
     events_unexposed = int(np.sum(status[e == 0]))
+    cells = {"events": int(status.sum()), "events_exposed": events_exposed,
+             "events_unexposed": events_unexposed, **_implied_table_cells(status, e)}
+    _require_both_groups(e, a.exposure, cells)
+    if status.sum() == 0:
+        raise Refuse("no_events", column=a.event, cells=cells, n=len(data))
     if events_exposed == 0 or events_unexposed == 0:
         # Monotone partial likelihood: the hazard ratio estimate is 0 or infinite.
-        raise Refuse("separation", "one exposure group has no events, so the hazard ratio "
-                     "does not exist (monotone likelihood)")
-    x = _design(data, [a.exposure, *a.covariates], intercept=False,
+        raise Refuse("separation", cells=cells, n=len(data),
+                     detail="one exposure group has no events (monotone likelihood)")
+    x = _design(data, [a.exposure, *a.covariates], intercept=False, cells=cells,
                 categorical=a.categorical)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -366,59 +453,56 @@ def _cox(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
             np.max(np.abs(params)) > _SEPARATION_COEF * max(1.0, np.max(np.abs(x))):
         # Typically a monotone partial likelihood: a covariate orders events perfectly,
         # so its coefficient runs off to infinity and the exposure's estimate is unusable.
-        raise Refuse("not_converged", "the Cox model did not converge (a covariate may "
-                     "perfectly order the events: monotone likelihood)")
+        raise Refuse("monotone_likelihood", cells=cells, n=len(data))
     formula = (f"coxph(Surv({a.time}, {a.event}) ~ {' + '.join([a.exposure, *a.covariates])}"
                f", ties = '{a.ties}')")
-    cells = {"events": int(status.sum()), "events_exposed": events_exposed,
-             "events_unexposed": events_unexposed, **_implied_table_cells(status, e)}
     return _estimate(a, "HR", params[0], cov[0, 0], len(data), dropped, cells,
-                     {"model": formula, "ties": a.ties, "scale": "log hazard ratio"})
+                     {"model": formula, "ties": a.ties, "scale": "log hazard ratio",
+                      "event": a.event})
 
 
 def _model_eval_data(df: pd.DataFrame, a: AnalysisSpec, minimum: int = 4
                      ) -> tuple[np.ndarray, np.ndarray, int, dict[str, int]]:
+    """Outcome, score, rows dropped and the counts the estimate may reveal: the outcome's
+    margins and, for a score with few distinct values, its table with the outcome.
+    """
     data, dropped = _complete(df, a)
     _require_rows(len(data), minimum)
     y = _binary(data[a.outcome].to_numpy(), a.outcome, "outcome")
     p = data[a.score].to_numpy(dtype=float)
-    cells = {"events": int(y.sum()), "non_events": int(len(y) - y.sum())}
+    cells = {**_margins(y), **_score_table_cells(p, y)}
     return y, p, dropped, cells
 
 
 def _auc(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     y, p, dropped, cells = _model_eval_data(df, a)
-    _require_events(y, a.outcome)
-    if min(cells.values()) < 2:
-        raise Refuse("too_few_rows", "the DeLong variance needs at least two events and "
-                     "two non-events")
+    _require_events(y, a.outcome, cells)
+    if min(cells["events"], cells["non_events"]) < 2:
+        raise Refuse("too_few_events", cells=cells, n=len(y))
     result = delong_auc(p, y)
     auc, var = result.auc, result.variance
-    cells = {"cases": result.n_cases, "controls": result.n_controls}
     if a.scale == "logit":
         if not 0 < auc < 1:
-            raise Refuse("zero_variance", "the score separates events from non-events "
-                         "perfectly (AUC of 0 or 1), so the logit AUC is infinite")
+            raise Refuse("perfect_discrimination", cells=cells, n=len(y))
         # Delta method: d logit(A)/dA = 1 / (A (1 - A)).
         return _estimate(a, "logit_AUC", np.log(auc / (1 - auc)),
                          var / (auc * (1 - auc)) ** 2, len(y), dropped, cells,
                          {"method": "DeLong variance, delta method to the logit scale",
                           "score": a.score, "scale": "logit"})
     if var <= 0:
-        raise Refuse("zero_variance", "the score separates events from non-events "
-                     "perfectly (AUC of 0 or 1), so the DeLong variance is zero")
+        raise Refuse("perfect_discrimination", cells=cells, n=len(y))
     return _estimate(a, "AUC", auc, var, len(y), dropped, cells,
                      {"method": "DeLong", "score": a.score, "scale": "raw"})
 
 
 def _calibration_slope(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     y, p, dropped, cells = _model_eval_data(df, a)
-    _require_events(y, a.outcome)
+    _require_events(y, a.outcome, cells)
     lp = _logit(_score_probabilities(p, a.score))
     if np.ptp(lp) == 0:
-        raise Refuse("singular", f"the score column {a.score!r} is constant, so no slope "
-                     "can be estimated")
-    fit = _fit_glm_binomial(y.astype(float), np.column_stack([np.ones(len(y)), lp]))
+        raise Refuse("constant_score", column=a.score, cells=cells, n=len(y))
+    fit = _fit_glm_binomial(y.astype(float), np.column_stack([np.ones(len(y)), lp]),
+                            cells=cells)
     return _estimate(a, "slope", fit.params[1], fit.cov_params()[1, 1], len(y), dropped,
                      cells, {"model": f"glm({a.outcome} ~ qlogis({a.score}), binomial)",
                              "score": a.score})
@@ -426,11 +510,11 @@ def _calibration_slope(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
 
 def _calibration_in_the_large(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     y, p, dropped, cells = _model_eval_data(df, a)
-    _require_events(y, a.outcome)
+    _require_events(y, a.outcome, cells)
     lp = _logit(_score_probabilities(p, a.score))
     # Intercept with the linear predictor as offset (slope fixed at 1): the log-odds
     # shift that makes the mean prediction match the observed rate.
-    fit = _fit_glm_binomial(y.astype(float), np.ones((len(y), 1)), offset=lp)
+    fit = _fit_glm_binomial(y.astype(float), np.ones((len(y), 1)), offset=lp, cells=cells)
     return _estimate(a, "intercept", fit.params[0], fit.cov_params()[0, 0], len(y),
                      dropped, cells,
                      {"model": f"glm({a.outcome} ~ offset(qlogis({a.score})), binomial)",
@@ -441,24 +525,20 @@ def _oe_ratio(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     y, p, dropped, cells = _model_eval_data(df, a, minimum=2)
     _score_probabilities(p, a.score)
     observed, expected, n = float(y.sum()), float(p.sum()), len(y)
-    if observed == 0:
-        raise Refuse("no_events", f"the outcome column {a.outcome!r} has no events, so "
-                     "log(O/E) is undefined")
-    if observed == n:
-        raise Refuse("no_events", f"the outcome column {a.outcome!r} has only events, so "
-                     "the variance of log(O/E) is zero")
+    cells = {**cells, "observed": int(observed)}
+    # log(O/E) is undefined without events and has no variance with only events.
+    _require_events(y, a.outcome, cells)
     # Poisson-binomial approximation of Debray et al. (2017, BMJ 356:i6460, Table 2):
     # var(log O/E) = (1 - O/N) / O.
     return _estimate(a, "OE", np.log(observed / expected), (1 - observed / n) / observed,
-                     n, dropped, {**cells, "observed": int(observed)},
+                     n, dropped, cells,
                      {"method": "log(O/E), variance (1 - O/N)/O", "score": a.score})
 
 
 def _brier(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     y, p, dropped, cells = _model_eval_data(df, a, minimum=2)
     if np.any((p < 0) | (p > 1)):
-        raise Refuse("invalid_values", f"the score column {a.score!r} must hold predicted "
-                     "probabilities between 0 and 1")
+        raise Refuse("probability_closed", column=a.score)
     squared = (p - y) ** 2
     return _estimate(a, "Brier", squared.mean(), np.var(squared, ddof=1) / len(y), len(y),
                      dropped, cells, {"method": "mean squared error, variance var(sq)/N",
@@ -508,20 +588,19 @@ def estimate(df: pd.DataFrame, analysis: AnalysisSpec | Mapping[str, Any]
     try:
         return _ESTIMATORS[analysis.estimator](df, analysis)
     except Refuse as refusal:
-        return Refusal(analysis=analysis.name, reason=refusal.reason, code=refusal.code)
+        return refusal.refusal(analysis)
     except (np.linalg.LinAlgError, ValueError, ZeroDivisionError, FloatingPointError,
             OverflowError) as error:
-        # A numerical failure inside a library: refuse this analysis, keep the others.
-        return Refusal(analysis=analysis.name, code="not_converged",
-                       reason=f"the {analysis.estimator} fit failed numerically "
-                              f"({type(error).__name__})")
+        # A numerical failure inside a library: refuse this analysis, keep the others. The
+        # library's message stays at the site (it may quote data).
+        return Refusal.of("numerical_failure", analysis.name, estimator=analysis.estimator,
+                          detail=f"{type(error).__name__}: {error}")
     except Exception as error:  # noqa: BLE001 - one analysis must never stop the others
         # An unexpected failure is a bug: log it with its traceback for the site operator,
-        # and refuse this analysis only (the reason names the type, never the data).
+        # and refuse this analysis only (the sentence sent names neither type nor data).
         _LOG.exception("analysis %r (%s) failed", analysis.name, analysis.estimator)
-        return Refusal(analysis=analysis.name, code="internal_error",
-                       reason=f"the {analysis.estimator} estimator failed unexpectedly "
-                              f"({type(error).__name__}); see the site's log")
+        return Refusal.of("internal_error", analysis.name, estimator=analysis.estimator,
+                          detail=f"{type(error).__name__}: {error}")
 
 
 def estimate_all(df: pd.DataFrame, spec: Spec | Mapping[str, Any] | str

@@ -9,23 +9,17 @@ analysis. Pure string formatting: no I/O.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedsynth.vocabulary import METHOD_INFO
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fedsynth.meta.pooling import PoolingResult
+    from fedsynth.meta.pooling import BatchPoolingResult, PoolingResult
 
-__all__ = ["format_summary", "fmt", "fmt_p", "signif_stars"]
-
-_METHOD_NAMES = {
-    "DL": "DerSimonian-Laird",
-    "HE": "Hedges",
-    "HS": "Hunter-Schmidt",
-    "SJ": "Sidik-Jonkman",
-    "ML": "maximum likelihood",
-    "REML": "restricted maximum likelihood",
-    "EB": "empirical Bayes",
-    "PM": "Paule-Mandel",
-}
+__all__ = ["format_summary", "format_batch_summary", "fmt", "fmt_p", "signif_stars",
+           "f", "p", "peq", "grid"]
 
 
 def fmt(x: float | None, digits: int = 4) -> str:
@@ -79,7 +73,7 @@ def format_summary(res: PoolingResult, digits: int = 4) -> str:
     re_fit = res.method != "FE" and res.k >= 2
     if re_fit:
         lines.append(f"Random-Effects Model (k = {res.k}; tau^2 estimator: {res.method}, "
-                     f"{_METHOD_NAMES[res.method]})")
+                     f"{METHOD_INFO[res.method].label})")
     else:
         lines.append(f"Fixed-Effect Model (k = {res.k})")
     lines.append("")
@@ -93,7 +87,8 @@ def format_summary(res: PoolingResult, digits: int = 4) -> str:
         lines.append(f"H^2 (total variability / sampling variability):  {fmt(res.H2, 2)}")
         lines.append("")
         lines.append("Test for Heterogeneity:")
-        lines.append(f"Q(df = {res.Q_df}) = {fmt(res.Q, digits)}, p-val = {fmt_p(res.Q_pval, digits)}")
+        lines.append(f"Q(df = {res.Q_df}) = {fmt(res.Q, digits)}, "
+                     f"p-val = {fmt_p(res.Q_pval, digits)}")
         lines.append("")
 
     if re_fit and res.tau2_ci is not None:
@@ -133,4 +128,66 @@ def format_summary(res: PoolingResult, digits: int = 4) -> str:
     if res.message:
         lines.append("")
         lines.append(f"Note: {res.message}.")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# helpers of the other results' summaries (diagnostics, subgroups, meta-regression, flag)
+# ---------------------------------------------------------------------------------------
+
+
+def f(x: Any, digits: int) -> str:
+    """Fixed-point number; ``NA`` for None, NaN and infinity."""
+    if x is None:
+        return "NA"
+    x = float(x)
+    return "NA" if not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def p(x: Any, digits: int) -> str:
+    """A p-value (``<.0001`` below the printed precision)."""
+    if x is None or not np.isfinite(float(x)):
+        return "NA"
+    floor = 10.0 ** (-digits)
+    return "<" + f"{floor:.{digits}f}".lstrip("0") if float(x) < floor else f"{float(x):.{digits}f}"
+
+
+def peq(x: Any, digits: int) -> str:
+    """``= 0.1234`` or ``< .0001`` for a p-value in a sentence."""
+    text = p(x, digits)
+    return text.replace("<", "< ") if text.startswith("<") else f"= {text}"
+
+
+def grid(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A text table: first column left-aligned, the others right-aligned."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    out = ["  ".join(h.rjust(w) if i else h.ljust(w)
+                     for i, (h, w) in enumerate(zip(header, widths)))]
+    for r in rows:
+        out.append("  ".join(c.rjust(w) if i else c.ljust(w)
+                             for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    return out
+
+
+#: Analyses listed by :func:`format_batch_summary` before it says how many more there are.
+BATCH_ROWS = 20
+
+
+def format_batch_summary(batch: BatchPoolingResult, digits: int = 4) -> str:
+    """One line per analysis of a batch (the first :data:`BATCH_ROWS`)."""
+    n = len(batch)
+    title = (f"{n} analyses pooled ({batch.method}, {batch.test} test, "
+             f"{batch.level:g}% intervals):")
+    rows = []
+    for i in range(min(n, BATCH_ROWS)):
+        rows.append([batch.names[i] or str(i), str(int(batch.k[i])),
+                     f(batch.estimate[i], digits), f(batch.se[i], digits),
+                     f(batch.ci_lb[i], digits), f(batch.ci_ub[i], digits),
+                     f(batch.tau2[i], digits), f(batch.I2[i], 2),
+                     p(batch.Q_pval[i], digits)])
+    lines = [title, *grid(["analysis", "k", "estimate", "se", "ci.lb", "ci.ub", "tau^2",
+                           "I^2(%)", "Q pval"], rows)]
+    if n > BATCH_ROWS:
+        lines.append(f"... and {n - BATCH_ROWS} more (to_frame() has them all)")
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 The coordinator calls :func:`analyse` for every analysis of a round, and ``fedsynth meta``
 for every table it reads, so both report the same numbers with the same names. The
 result's :meth:`AnalysisResult.to_dict` holds the pooled fields of
-``shared/reference/README.md`` at the top level, ``heterogeneity`` (DESIGN.md's flag),
+tests/data (metafor's names) at the top level, ``heterogeneity`` (the flag of
+docs/architecture.md),
 and, when requested, the sections ``leave_one_out``, ``influence``, ``blup``,
 ``publication_bias``, ``cumulative``, ``subgroup`` and ``meta_regression`` with the
 reference's field names.
@@ -31,13 +32,26 @@ from fedsynth.meta.heterogeneity import (
     assess_heterogeneity,
 )
 from fedsynth.meta.metareg import MetaRegressionResult, fit_rma, meta_regression
+from fedsynth.meta.pooling import meta_analysis
+from fedsynth.meta.stats import (
+    as_batch,
+    heterogeneity_indices,
+    qprofile_tau2_ci,
+    typical_variance,
+)
 from fedsynth.meta.subgroups import SubgroupResult, subgroup_analysis
+from fedsynth.results import Interval, ResultMixin
+from fedsynth.vocabulary import check_level
 
 __all__ = ["AnalysisResult", "analyse"]
 
+#: The optional sections of an analysis, in the order they are printed and serialised.
+_SECTIONS = ("leave_one_out", "influence", "blup", "publication_bias", "cumulative",
+             "subgroup", "meta_regression")
+
 
 @dataclass(frozen=True)
-class AnalysisResult:
+class AnalysisResult(ResultMixin):
     """Everything fedsynth reports about one pooled analysis.
 
     Attributes
@@ -63,26 +77,60 @@ class AnalysisResult:
     meta_regression: MetaRegressionResult | None = None
     notes: tuple[str, ...] = ()
 
-    def confidence_interval(self) -> Any:
+    @property
+    def level(self) -> float:
+        """Confidence level of the pooled fit, in percent."""
+        return float(self.pooling.level)
+
+    def confidence_interval(self, confidence_level: float = 0.95) -> Interval:
         """Confidence interval of the pooled effect."""
-        return self.pooling.confidence_interval()
+        return self.pooling.confidence_interval(confidence_level)
+
+    def prediction_interval(self, confidence_level: float = 0.95) -> Interval | None:
+        """Prediction interval for a new site's true effect (None for FE and k = 1)."""
+        return self.pooling.prediction_interval(confidence_level)
 
     def text_sections(self, digits: int = 4) -> list[str]:
         """Readable blocks for the table output: the flag, then each computed section."""
         return _text_sections(self, digits)
 
+    def summary(self, digits: int = 4) -> str:
+        """The pooled summary followed by the flag and every computed section, as
+        ``fedsynth meta`` prints one analysis."""
+        return "\n\n".join([self.pooling.summary(), *self.text_sections(digits)])
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: pooled fields, ``heterogeneity``, then each computed section."""
         out = dict(_pooling_dict(self.pooling))
         out["heterogeneity"] = self.heterogeneity.to_dict()
-        for name in ("leave_one_out", "influence", "blup", "publication_bias", "cumulative",
-                     "subgroup", "meta_regression"):
+        for name in _SECTIONS:
             section = getattr(self, name)
             if section is not None:
                 out[name] = section.to_dict()
         if self.notes:
             out["notes"] = list(self.notes)
         return out
+
+    def to_frame(self):
+        """One row: the pooled fields and the flag's verdict (the sections have their own
+        ``to_frame()``)."""
+        frame = self.pooling.to_frame()
+        frame["flagged"] = self.heterogeneity.flagged
+        frame["heterogeneity_level"] = self.heterogeneity.level
+        frame["heterogeneity_sites"] = ";".join(self.heterogeneity.sites)
+        return frame
+
+    def forest(self, **options: Any):
+        """Forest plot with the BLUPs (when computed) and subgroup blocks (when asked)."""
+        from fedsynth.plots import forest_plot  # matplotlib: imported only to plot
+
+        return forest_plot(self, **options)
+
+    def funnel(self, **options: Any):
+        """Funnel plot with the trim-and-fill sites (when the small-study tests ran)."""
+        from fedsynth.plots import funnel_plot  # matplotlib: imported only to plot
+
+        return funnel_plot(self, **options)
 
 
 def _pooling_dict(pooling: Any) -> dict[str, Any]:
@@ -93,7 +141,7 @@ def _pooling_dict(pooling: Any) -> dict[str, Any]:
 
 
 def analyse(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: str = "REML",
-            test: str = "z", level: float = 95.0, i2_threshold: float = DEFAULT_I2_THRESHOLD,
+            test: str = "z", level: float = 0.95, i2_threshold: float = DEFAULT_I2_THRESHOLD,
             null_value: float = 0.0, diagnostics: bool = True,
             subgroup: Sequence[Any] | None = None, subgroup_name: str = "group",
             moderators: Mapping[str, Sequence[Any]] | None = None,
@@ -124,14 +172,17 @@ def analyse(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: st
         An existing ``PoolingResult`` of exactly these data and settings (e.g. one row of
         a batch ``pool`` call) to reuse instead of pooling again.
     """
-    from fedsynth.meta.pooling import meta_analysis
-
+    level = check_level(level)
     if pooled is None:
         pooled = meta_analysis(yi, vi, labels=labels, method=method, test=test, level=level)
     y = np.asarray(pooled.yi, dtype=float)
     v = np.asarray(pooled.vi, dtype=float)
-    labs = list(pooled.labels) if getattr(pooled, "labels", None) is not None else (
-        [str(x) for x in labels] if labels is not None else [f"Study {i + 1}" for i in range(y.size)])
+    if getattr(pooled, "labels", None) is not None:
+        labs = list(pooled.labels)
+    elif labels is not None:
+        labs = [str(x) for x in labels]
+    else:
+        labs = [f"Study {i + 1}" for i in range(y.size)]
     k = y.size
     notes: list[str] = []
     meth = str(method).upper()
@@ -193,143 +244,25 @@ def _i2_ci_if_missing(pooled: Any, y: np.ndarray, v: np.ndarray, level: float) -
     """
     if getattr(pooled, "I2_ci", None) is not None or y.size < 2:
         return None
-    from fedsynth.meta.pooling import ConfidenceInterval
-    from fedsynth.meta.stats import (
-        as_batch,
-        heterogeneity_indices,
-        qprofile_tau2_ci,
-        typical_variance,
-    )
-
     batch = as_batch(y, v)
     qp = qprofile_tau2_ci(batch, level=level)
     vt = typical_variance(batch)
     low, _ = heterogeneity_indices(qp.low, vt)
     high, _ = heterogeneity_indices(qp.high, vt)
-    return ConfidenceInterval(float(low[0]), float(high[0]))
+    return Interval(float(low[0]), float(high[0]), level=check_level(level) / 100.0)
 
 
 # ---------------------------------------------------------------------------------------
-# text blocks for the table output (pure string formatting)
+# text blocks for the table output (each section's own summary)
 # ---------------------------------------------------------------------------------------
-
-
-def _f(x: Any, digits: int) -> str:
-    if x is None:
-        return "NA"
-    x = float(x)
-    return "NA" if not np.isfinite(x) else f"{x:.{digits}f}"
-
-
-def _p(x: Any, digits: int) -> str:
-    if x is None or not np.isfinite(float(x)):
-        return "NA"
-    floor = 10.0 ** (-digits)
-    return "<" + f"{floor:.{digits}f}".lstrip("0") if float(x) < floor else f"{float(x):.{digits}f}"
-
-
-def _peq(x: Any, digits: int) -> str:
-    """``= 0.1234`` or ``< .0001`` for a p-value in a sentence."""
-    text = _p(x, digits)
-    return text.replace("<", "< ") if text.startswith("<") else f"= {text}"
-
-
-def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
-    out = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths)))]
-    for r in rows:
-        out.append("  ".join(c.rjust(w) if i else c.ljust(w)
-                             for i, (c, w) in enumerate(zip(r, widths))).rstrip())
-    return out
 
 
 def _text_sections(res: AnalysisResult, d: int) -> list[str]:
-    blocks: list[str] = []
-    h = res.heterogeneity
-    lines = ["Heterogeneity flag:"]
-    if h.flagged:
-        lines.append(f"FLAGGED ({h.level}): one pooled estimate may mislead.")
-        lines.extend(f"- {r}" for r in h.reasons)
-        lines.append("Sites driving it: " + (", ".join(h.sites) if h.sites else "none singled out"))
-    else:
-        ci = (f" (CI {_f(h.I2_ci_lb, 2)}% to {_f(h.I2_ci_ub, 2)}%)"
-              if h.I2_ci_lb is not None else "")
-        p = res.pooling
-        pi = (f"the prediction interval ({_f(p.pi_lb, d)} to {_f(p.pi_ub, d)}) leads to the "
-              f"same conclusion about the null ({h.null_value:g}) as the confidence interval"
-              if np.isfinite(float(p.pi_lb)) else "there is no prediction interval (fixed effect)")
-        lines.append(f"not flagged: I^2 = {_f(h.I2, 2)}%{ci} is below the "
-                     f"{h.i2_threshold:g}% threshold, and {pi}.")
-    blocks.append("\n".join(lines))
-    if res.leave_one_out is not None:
-        r = res.leave_one_out
-        rows = [[lab, _f(r.estimate[i], d), _f(r.se[i], d), _f(r.ci_lb[i], d), _f(r.ci_ub[i], d),
-                 _f(r.tau2[i], d), _f(r.I2[i], 2), _f(r.Q[i], d)] for i, lab in enumerate(r.labels)]
-        blocks.append("\n".join(["Leave-one-out (each row: the analysis without that site):",
-                                 *_grid(["omitted", "estimate", "se", "ci.lb", "ci.ub", "tau^2",
-                                         "I^2(%)", "Q"], rows)]))
-    if res.influence is not None:
-        r = res.influence
-        rows = [[lab, _f(r.rstudent[i], d), _f(r.dffits[i], d), _f(r.cooks_distance[i], d),
-                 _f(r.cov_ratio[i], d), _f(r.tau2_deleted[i], d), _f(r.Q_deleted[i], d),
-                 _f(r.hat[i], d), _f(r.weight_percent[i], 2), "*" if r.influential[i] else ""]
-                for i, lab in enumerate(r.labels)]
-        blocks.append("\n".join(["Influence diagnostics (* = influential by metafor's rule):",
-                                 *_grid(["site", "rstudent", "dffits", "cook.d", "cov.r",
-                                         "tau2.del", "QE.del", "hat", "weight", "inf"], rows)]))
-    if res.blup is not None:
-        r = res.blup
-        rows = [[lab, _f(r.pred[i], d), _f(r.se[i], d), _f(r.pi_lb[i], d), _f(r.pi_ub[i], d)]
-                for i, lab in enumerate(r.labels)]
-        blocks.append("\n".join(["Site-specific estimates (BLUPs, shrunken towards the pooled effect):",
-                                 *_grid(["site", "pred", "se", "pi.lb", "pi.ub"], rows)]))
-    if res.publication_bias is not None:
-        r = res.publication_bias
-        blocks.append("\n".join([
-            "Small-study effects:",
-            f"Egger's test (mixed-effects, predictor sei): z = {_f(r.egger_rma_stat, d)}, "
-            f"p {_peq(r.egger_rma_pval, d)}; limit estimate {_f(r.egger_rma_limit, d)}",
-            f"Egger's test (classical regression): t({r.egger_lm_df}) = {_f(r.egger_lm_stat, d)}, "
-            f"p {_peq(r.egger_lm_pval, d)}",
-            f"Begg's rank test: Kendall's tau = {_f(r.rank_tau, d)}, p {_peq(r.rank_pval, d)}",
-            f"Trim-and-fill (L0): {r.trimfill_k0} site(s) estimated missing on the "
-            f"{r.trimfill_side} side; adjusted estimate {_f(r.trimfill_estimate, d)} "
-            f"(se = {_f(r.trimfill_se, d)})"]))
-    if res.cumulative is not None:
-        r = res.cumulative
-        rows = [[lab, str(int(r.k[i])), _f(r.estimate[i], d), _f(r.se[i], d), _f(r.ci_lb[i], d),
-                 _f(r.ci_ub[i], d), _f(r.tau2[i], d), _f(r.I2[i], 2)] for i, lab in enumerate(r.labels)]
-        blocks.append("\n".join(["Cumulative meta-analysis (in the given order):",
-                                 *_grid(["added", "k", "estimate", "se", "ci.lb", "ci.ub", "tau^2",
-                                         "I^2(%)"], rows)]))
-    if res.subgroup is not None:
-        r = res.subgroup
-        rows = [[g.group, str(g.k), _f(g.estimate, d), _f(g.se, d), _f(g.ci_lb, d), _f(g.ci_ub, d),
-                 _f(g.tau2, d), _f(g.I2, 2), _f(g.Q, d)] for g in r.groups]
-        blocks.append("\n".join([
-            f"Subgroups by {r.variable} (separate tau^2 per group):",
-            *_grid([r.variable, "k", "estimate", "se", "ci.lb", "ci.ub", "tau^2", "I^2(%)", "Q"], rows),
-            f"Test of subgroup differences (separate tau^2): Q(df = {r.Q_between_df}) = "
-            f"{_f(r.Q_between_separate_tau2, d)}, p {_peq(r.Q_between_pval, d)}",
-            f"Mixed-effects model (common tau^2 = {_f(r.common_tau2, d)}): QM(df = "
-            f"{r.Q_between_df}) = {_f(r.common_tau2_QM, d)}, p {_peq(r.common_tau2_QMp, d)}"
-            + (f"; Knapp-Hartung F({r.Q_between_df}, {sum(g.k for g in r.groups) - len(r.groups)})"
-               f" = {_f(r.common_tau2_knha_F, d)}, p {_peq(r.common_tau2_knha_Fp, d)}"
-               if r.common_tau2_knha_F is not None else "")]))
-    if res.meta_regression is not None:
-        r = res.meta_regression
-        rows = [[nm, _f(r.coef[i], d), _f(r.z_se[i], d), _f(r.z_stat[i], d), _p(r.z_pval[i], d),
-                 _f(r.knha_se[i], d), _p(r.knha_pval[i], d)] for i, nm in enumerate(r.names)]
-        knha = (f"; Knapp-Hartung F({r.QM_df}, {r.k - r.p}) = {_f(r.knha_F, d)}, "
-                f"p {_peq(r.knha_Fp, d)}" if r.knha_F is not None else "")
-        blocks.append("\n".join([
-            f"Meta-regression (k = {r.k}; tau^2 estimator: {r.method}):",
-            f"residual tau^2 = {_f(r.tau2, d)}, I^2 = {_f(r.I2, 2)}%, "
-            f"R^2 = {_f(r.R2, 2)}% of tau^2 explained",
-            f"Test for residual heterogeneity: QE(df = {r.QE_df}) = {_f(r.QE, d)}, p {_peq(r.QEp, d)}",
-            f"Test of moderators: QM(df = {r.QM_df}) = {_f(r.QM, d)}, p {_peq(r.QMp, d)}{knha}",
-            *_grid(["", "estimate", "se", "zval", "pval", "se.knha", "pval.knha"], rows)]))
+    blocks: list[str] = [res.heterogeneity.summary(d)]
+    for name in _SECTIONS:
+        section = getattr(res, name)
+        if section is not None:
+            blocks.append(section.summary(d))
     for note in res.notes:
         blocks.append(f"Note: {note}")
     return blocks

@@ -54,11 +54,13 @@ from numpy.polynomial import legendre as _leg
 from scipy import special
 
 from fedsynth.errors import InputError
+from fedsynth.jsonsafe import finite_or_none
+from fedsynth.results import Interval, ResultMixin, check_fraction, frame_html
+from fedsynth.vocabulary import PRIOR_INFO, check_level
 
 __all__ = [
     "BayesResult",
     "BayesBatchResult",
-    "CredibleInterval",
     "TauPrior",
     "available_priors",
     "bayes_pool",
@@ -146,12 +148,11 @@ def _half_cauchy_logpdf(tau: np.ndarray, scale: float) -> np.ndarray:
     return np.where(tau >= 0, _LOG_2_OVER_PI - math.log(scale) - np.log1p(z * z), -np.inf)
 
 
-register_prior(TauPrior(
-    "half_normal", _half_normal_logpdf, math.inf,
-    "half-normal prior on tau with the given scale (sd of the underlying normal)"))
-register_prior(TauPrior(
-    "half_cauchy", _half_cauchy_logpdf, 2.0,
-    "half-Cauchy prior on tau with the given scale (Gelman 2006, Bayesian Anal. 1(3))"))
+# the built-in priors of the vocabulary (fedsynth.vocabulary.PRIORS), with their densities
+register_prior(TauPrior("half_normal", _half_normal_logpdf, math.inf,
+                        PRIOR_INFO["half_normal"].description))
+register_prior(TauPrior("half_cauchy", _half_cauchy_logpdf, 2.0,
+                        PRIOR_INFO["half_cauchy"].description))
 
 
 def parse_prior_spec(spec: str) -> tuple[str, float]:
@@ -188,15 +189,6 @@ def parse_prior_spec(spec: str) -> tuple[str, float]:
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CredibleInterval:
-    """An equal-tailed posterior interval (``low``, ``high``) at ``level`` percent."""
-
-    low: float
-    high: float
-    level: float
-
-
 def _readonly(a: np.ndarray) -> np.ndarray:
     a = np.array(a, dtype=float)
     a.setflags(write=False)
@@ -210,7 +202,7 @@ def _readonly_bool(a: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class BayesResult:
+class BayesResult(ResultMixin):
     """Posterior summaries of one normal-normal hierarchical meta-analysis.
 
     Attributes
@@ -235,6 +227,8 @@ class BayesResult:
         Posterior mean and sd of each site's true effect (shrunken towards ``mu``).
     notes
         Plain sentences about moments that do not exist under the chosen prior.
+    yi, vi, labels
+        The data (for intervals at another level and for the forest plot).
     """
 
     k: int
@@ -257,22 +251,87 @@ class BayesResult:
     theta_mean: np.ndarray = field(repr=False)
     theta_sd: np.ndarray = field(repr=False)
     notes: tuple[str, ...] = ()
+    yi: np.ndarray | None = field(default=None, repr=False)
+    vi: np.ndarray | None = field(default=None, repr=False)
+    labels: tuple[str, ...] | None = field(default=None, repr=False)
 
-    def confidence_interval(self) -> CredibleInterval:
-        """Equal-tailed credible interval of ``mu`` (named as in the frequentist results)."""
-        return CredibleInterval(self.mu_ci_lb, self.mu_ci_ub, self.level)
+    @property
+    def credibility_level(self) -> float:
+        """The level of the intervals as a fraction (``level`` is in percent)."""
+        return self.level / 100.0
 
-    def credible_interval(self, parameter: str = "mu") -> CredibleInterval:
-        """Equal-tailed credible interval of ``"mu"`` or ``"tau"``."""
-        if parameter == "mu":
-            return CredibleInterval(self.mu_ci_lb, self.mu_ci_ub, self.level)
-        if parameter == "tau":
-            return CredibleInterval(self.tau_ci_lb, self.tau_ci_ub, self.level)
-        raise InputError(f"parameter: expected 'mu' or 'tau', got {parameter!r}")
+    def _at(self, credibility_level: float) -> BayesResult:
+        """This posterior with its intervals at another level (recomputed on the data)."""
+        level = check_fraction(credibility_level, "credibility_level")
+        if abs(level * 100.0 - self.level) < 1e-9:
+            return self
+        if self.yi is None or self.vi is None:
+            raise InputError("credibility_level: this result carries no data to recompute "
+                             f"its intervals at {level:g} (it was computed at "
+                             f"{self.level / 100:g})")
+        other = bayes_pool(self.yi, self.vi, prior=self.prior, scale=self.tau_scale,
+                           level=level)
+        assert isinstance(other, BayesResult)
+        return other
 
-    def prediction_interval(self) -> CredibleInterval:
+    def credible_interval(self, parameter: str = "mu",
+                          credibility_level: float = 0.95) -> Interval:
+        """Equal-tailed credible interval of ``"mu"`` (the average effect) or ``"tau"``."""
+        if parameter not in ("mu", "tau"):
+            raise InputError(f"parameter: expected 'mu' or 'tau', got {parameter!r}")
+        res = self._at(credibility_level)
+        low, high = ((res.mu_ci_lb, res.mu_ci_ub) if parameter == "mu"
+                     else (res.tau_ci_lb, res.tau_ci_ub))
+        return Interval(low, high, level=res.level / 100.0, kind="credible")
+
+    def prediction_interval(self, credibility_level: float = 0.95) -> Interval:
         """Posterior predictive interval of a new site's true effect."""
-        return CredibleInterval(self.pred_lb, self.pred_ub, self.level)
+        res = self._at(credibility_level)
+        return Interval(res.pred_lb, res.pred_ub, level=res.level / 100.0, kind="prediction")
+
+    def summary(self, digits: int = 4) -> str:
+        """The posterior of mu and tau and the predictive interval, as ``fedsynth meta
+        --bayes`` prints them."""
+        lev = f"{self.level:g}%"
+        d = digits
+
+        def num(x: float) -> str:        # moments a heavy-tailed prior leaves undefined
+            return f"{x:.{d}f}" if math.isfinite(x) else ("undefined" if math.isnan(x)
+                                                            else "infinite")
+
+        lines = [f"Bayesian random-effects model (flat prior on mu, {self.prior} prior on "
+                 f"tau with scale {self.tau_scale:g}):",
+                 f"  mu   median {self.mu_median:.{d}f}, {lev} CrI [{self.mu_ci_lb:.{d}f}, "
+                 f"{self.mu_ci_ub:.{d}f}], mean {num(self.mu_mean)}, sd {num(self.mu_sd)}, "
+                 f"P(mu > 0) = {self.prob_mu_positive:.{d}f}",
+                 f"  tau  median {self.tau_median:.{d}f}, {lev} CrI [{self.tau_ci_lb:.{d}f}, "
+                 f"{self.tau_ci_ub:.{d}f}], mean {num(self.tau_mean)}",
+                 f"  new site ({lev} predictive interval): [{self.pred_lb:.{d}f}, "
+                 f"{self.pred_ub:.{d}f}]"]
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+    def to_frame(self):
+        """One row per parameter (``mu``, ``tau``, ``new site``): mean, sd, median and
+        the interval bounds (NaN where a summary does not exist or is not computed)."""
+        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+
+        nan = float("nan")
+        return pd.DataFrame(
+            {"mean": [self.mu_mean, self.tau_mean, self.mu_mean],
+             "sd": [self.mu_sd, nan, nan],
+             "median": [self.mu_median, self.tau_median, nan],
+             "low": [self.mu_ci_lb, self.tau_ci_lb, self.pred_lb],
+             "high": [self.mu_ci_ub, self.tau_ci_ub, self.pred_ub],
+             "interval": ["credible", "credible", "prediction"]},
+            index=pd.Index(["mu", "tau", "new site"], name="parameter"))
+
+    def forest(self, **options: Any):
+        """Forest plot of the sites with the posterior of mu, the predictive interval and
+        each site's posterior mean (``fedsynth.plots``)."""
+        from fedsynth.plots import forest_plot  # matplotlib: imported only to plot
+
+        return forest_plot(self, **options)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with the reference's field names (``mu_ci``, ``tau_ci``, ...).
@@ -280,15 +339,13 @@ class BayesResult:
         A moment that does not exist (``inf``/``nan`` attribute, see ``notes``) is ``None``,
         so the dict serialises as strict JSON.
         """
-        def num(x: float) -> float | None:
-            x = float(x)
-            return x if math.isfinite(x) else None
         return {
             "k": self.k, "prior": self.prior, "tau_scale": self.tau_scale, "level": self.level,
-            "mu_mean": num(self.mu_mean), "mu_sd": num(self.mu_sd),
+            "mu_mean": finite_or_none(self.mu_mean), "mu_sd": finite_or_none(self.mu_sd),
             "mu_median": self.mu_median, "mu_ci": [self.mu_ci_lb, self.mu_ci_ub],
-            "tau_mean": num(self.tau_mean), "tau_median": self.tau_median,
-            "tau_ci": [self.tau_ci_lb, self.tau_ci_ub], "tau2_mean": num(self.tau2_mean),
+            "tau_mean": finite_or_none(self.tau_mean), "tau_median": self.tau_median,
+            "tau_ci": [self.tau_ci_lb, self.tau_ci_ub],
+            "tau2_mean": finite_or_none(self.tau2_mean),
             "prob_mu_positive": self.prob_mu_positive,
             "pred_lb": self.pred_lb, "pred_ub": self.pred_ub,
             "theta_mean": [float(t) for t in self.theta_mean],
@@ -303,7 +360,7 @@ _SCALAR_FIELDS = ("mu_mean", "mu_sd", "mu_median", "mu_ci_lb", "mu_ci_ub", "tau_
 
 
 @dataclass(frozen=True)
-class BayesBatchResult:
+class BayesBatchResult(ResultMixin):
     """Posterior summaries of ``m`` analyses pooled at once (rows of the ``(m, k)`` input).
 
     Every scalar field of :class:`BayesResult` is an array of shape ``(m,)``; ``theta_mean``
@@ -336,23 +393,80 @@ class BayesBatchResult:
     def __len__(self) -> int:
         return int(self.mu_mean.shape[0])
 
+    yi: np.ndarray | None = field(default=None, repr=False)
+    vi: np.ndarray | None = field(default=None, repr=False)
+
     def __getitem__(self, i: int) -> BayesResult:
         i = range(len(self))[i]
         keep = self.mask[i]
+        scalars: dict[str, Any] = {name: float(getattr(self, name)[i])
+                                   for name in _SCALAR_FIELDS}
         return BayesResult(
             k=int(self.k[i]), prior=self.prior, tau_scale=self.tau_scale, level=self.level,
-            **{name: float(getattr(self, name)[i]) for name in _SCALAR_FIELDS},
+            **scalars,
             theta_mean=_readonly(self.theta_mean[i][keep]),
             theta_sd=_readonly(self.theta_sd[i][keep]),
-            notes=self.notes[i] if self.notes else ())
+            notes=self.notes[i] if self.notes else (),
+            yi=None if self.yi is None else _readonly(self.yi[i][keep]),
+            vi=None if self.vi is None else _readonly(self.vi[i][keep]))
 
     def __iter__(self) -> Iterator[BayesResult]:
         for i in range(len(self)):
             yield self[i]
 
-    def confidence_interval(self) -> CredibleInterval:
-        """Credible intervals of ``mu``, with arrays as ``low`` and ``high``."""
-        return CredibleInterval(self.mu_ci_lb, self.mu_ci_ub, self.level)
+    def credible_interval(self, parameter: str = "mu",
+                          credibility_level: float = 0.95) -> Interval:
+        """Credible intervals of ``"mu"`` or ``"tau"`` of every analysis (arrays)."""
+        if parameter not in ("mu", "tau"):
+            raise InputError(f"parameter: expected 'mu' or 'tau', got {parameter!r}")
+        res = self._at(credibility_level)
+        low, high = ((res.mu_ci_lb, res.mu_ci_ub) if parameter == "mu"
+                     else (res.tau_ci_lb, res.tau_ci_ub))
+        return Interval(low, high, level=res.level / 100.0, kind="credible")
+
+    def prediction_interval(self, credibility_level: float = 0.95) -> Interval:
+        """Posterior predictive intervals of every analysis (arrays)."""
+        res = self._at(credibility_level)
+        return Interval(res.pred_lb, res.pred_ub, level=res.level / 100.0, kind="prediction")
+
+    def _at(self, credibility_level: float) -> BayesBatchResult:
+        level = check_fraction(credibility_level, "credibility_level")
+        if abs(level * 100.0 - self.level) < 1e-9:
+            return self
+        if self.yi is None or self.vi is None:
+            raise InputError("credibility_level: this result carries no data to recompute "
+                             f"its intervals at {level:g}")
+        other = bayes_pool(self.yi, self.vi, mask=self.mask, prior=self.prior,
+                           scale=self.tau_scale, level=level)
+        assert isinstance(other, BayesBatchResult)
+        return other
+
+    def summary(self, digits: int = 4) -> str:
+        """One line per analysis (the first 20): posterior median and credible interval of
+        mu, median of tau, predictive interval."""
+        d = digits
+        lines = [f"{len(self)} analyses pooled by the Bayesian random-effects model "
+                 f"({self.prior} prior on tau, scale {self.tau_scale:g}; {self.level:g}% "
+                 "intervals):"]
+        for i in range(min(len(self), 20)):
+            lines.append(f"  [{i}] k = {int(self.k[i])}: mu {self.mu_median[i]:.{d}f} "
+                         f"[{self.mu_ci_lb[i]:.{d}f}, {self.mu_ci_ub[i]:.{d}f}], tau "
+                         f"{self.tau_median[i]:.{d}f}, new site [{self.pred_lb[i]:.{d}f}, "
+                         f"{self.pred_ub[i]:.{d}f}]")
+        if len(self) > 20:
+            lines.append(f"  ... and {len(self) - 20} more (to_frame() has them all)")
+        return "\n".join(lines)
+
+    def to_frame(self):
+        """One row per analysis with every scalar posterior summary."""
+        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+
+        data = {"k": self.k, **{name: getattr(self, name) for name in _SCALAR_FIELDS}}
+        return pd.DataFrame(data)
+
+    def _repr_html_(self) -> str:
+        return frame_html(self.to_frame(), f"{len(self)} Bayesian analyses ({self.prior} "
+                                           f"prior on tau, scale {self.tau_scale:g})")
 
     def to_dict(self) -> dict[str, Any]:
         """Column-oriented dict: each key of :meth:`BayesResult.to_dict`, a list over rows."""
@@ -512,7 +626,8 @@ def _legendre_all(s: np.ndarray, degree: int) -> np.ndarray:
     return out
 
 
-def _x_quantiles(dens: np.ndarray, bounds: np.ndarray, probs: np.ndarray) -> np.ndarray:
+def _x_quantiles(dens: np.ndarray, bounds: np.ndarray,
+                 probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Quantiles of ``x`` from normalised node densities ``dens`` (m, P*n) on ``bounds``.
 
     Inside the panel that holds the quantile the density is replaced by its Legendre
@@ -601,12 +716,7 @@ def _validate(yi: Any, vi: Any, mask: Any, prior: str, scale: Any, level: Any):
         raise InputError(f"scale: expected a number > 0, got {scale!r}") from None
     if not (math.isfinite(s) and s > 0):
         raise InputError(f"scale: prior scale must be finite and > 0, got {scale!r}")
-    try:
-        lev = float(level)
-    except (TypeError, ValueError):
-        raise InputError(f"level: expected a percentage, got {level!r}") from None
-    if not (0 < lev < 100):
-        raise InputError(f"level: must lie strictly between 0 and 100, got {level!r}")
+    lev = check_level(level)
     # Neutral values where masked, so no nan/inf enters the arithmetic.
     y2 = np.where(m2, y2, 0.0)
     v2 = np.where(m2, v2, 1.0)
@@ -693,7 +803,8 @@ def _pool_chunk(y, v, mask, k, tau_prior: TauPrior, scale: float, probs: np.ndar
 
 def bayes_pool(yi: Sequence[float] | np.ndarray, vi: Sequence[float] | np.ndarray, *,
                mask: np.ndarray | None = None, prior: str = "half_normal",
-               scale: float = 0.5, level: float = 95.0) -> BayesResult | BayesBatchResult:
+               scale: float = 0.5, level: float = 0.95,
+               labels: Sequence[Any] | None = None) -> BayesResult | BayesBatchResult:
     """Pool site estimates with the normal-normal hierarchical model (flat prior on ``mu``).
 
     Parameters
@@ -710,7 +821,10 @@ def bayes_pool(yi: Sequence[float] | np.ndarray, vi: Sequence[float] | np.ndarra
     scale
         Scale of the prior on ``tau``, on the scale of the effect (e.g. log odds ratio).
     level
-        Credible level in percent for the intervals of ``mu``, ``tau`` and a new site.
+        Credible level as a fraction (default 0.95; a value above 1 is a percentage) for
+        the intervals of ``mu``, ``tau`` and a new site. Results report it in percent.
+    labels
+        Site labels of a single analysis, kept with the result (forest plot).
 
     Returns
     -------
@@ -750,13 +864,21 @@ def bayes_pool(yi: Sequence[float] | np.ndarray, vi: Sequence[float] | np.ndarra
         notes.extend(nts)
     merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     if single:
+        keep = mask2[0]
+        labs = None
+        if labels is not None:
+            labs = tuple(str(x) for x in labels)
+            if len(labs) != y.shape[1]:
+                raise InputError(f"labels: {len(labs)} labels for {y.shape[1]} sites")
+            labs = tuple(lab for lab, on in zip(labs, keep) if on)
         return BayesResult(
             k=int(k[0]), prior=tau_prior.name, tau_scale=s, level=lev,
             **{name: float(merged[name][0]) for name in _SCALAR_FIELDS},
             theta_mean=_readonly(merged["theta_mean"][0]),
-            theta_sd=_readonly(merged["theta_sd"][0]), notes=notes[0])
+            theta_sd=_readonly(merged["theta_sd"][0]), notes=notes[0],
+            yi=_readonly(y[0][keep]), vi=_readonly(v[0][keep]), labels=labs)
     return BayesBatchResult(
         k=_readonly(k), prior=tau_prior.name, tau_scale=s, level=lev,
         **{name: _readonly(merged[name]) for name in _SCALAR_FIELDS},
         theta_mean=_readonly(merged["theta_mean"]), theta_sd=_readonly(merged["theta_sd"]),
-        mask=_readonly_bool(mask2), notes=tuple(notes))
+        mask=_readonly_bool(mask2), notes=tuple(notes), yi=_readonly(y), vi=_readonly(v))

@@ -17,7 +17,8 @@ What each function reproduces (metafor 3.8, Viechtbauer 2010, J. Stat. Softw. 36
   federation: by round of arrival).
 
 The k refits of leave-one-out, influence and cumulative meta-analysis are a single
-vectorised call of :func:`fedsynth.meta.metareg.fit_batch` on a (k, k) mask.
+vectorised call of :func:`fedsynth.meta.metareg.fit_batch` on a (k, k) mask, whose tau² is
+the pooling engine's (:func:`fedsynth.meta.stats.tau2_estimate`).
 
 Pure statistics: no I/O, no grpc.
 """
@@ -32,15 +33,17 @@ import numpy as np
 from scipy import stats
 
 from fedsynth.errors import FedsynthError, InputError
+from fedsynth.meta._format import f, grid, peq
 from fedsynth.meta.metareg import (
-    _json_safe,
     BatchFit,
-    Bounds,
     MetaRegressionResult,
+    _json_safe,
     fit_batch,
     fit_rma,
     validate_yi_vi,
 )
+from fedsynth.results import Interval, ResultMixin, check_fraction
+from fedsynth.vocabulary import check_level
 
 __all__ = [
     "LeaveOneOutResult", "InfluenceResult", "BlupResult", "PublicationBiasResult",
@@ -62,6 +65,26 @@ def _floats(a: np.ndarray) -> list[float | None]:
     return [None if not np.isfinite(x) else float(x) for x in np.asarray(a, dtype=float)]
 
 
+def _site_frame(result: Any, index_name: str = "site"):
+    """The per-site lists of ``result.to_dict()`` as a DataFrame indexed by label."""
+    import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+
+    data = {key: value for key, value in result.to_dict().items()
+            if key != "labels" and isinstance(value, list)
+            and len(value) == len(result.labels)}
+    return pd.DataFrame(data, index=pd.Index(list(result.labels), name=index_name))
+
+
+def _crits(confidence_level: float, test: str, df: Any) -> np.ndarray:
+    """Two-sided critical values: t with ``df`` under knha (NaN where df < 1), else z."""
+    q = 1 - (1 - confidence_level) / 2
+    dfa = np.asarray(df, dtype=float)
+    if test == "knha":
+        with np.errstate(invalid="ignore"):
+            return np.where(dfa >= 1, stats.t.ppf(q, np.maximum(dfa, 1)), np.nan)
+    return np.full(dfa.shape, stats.norm.ppf(q))
+
+
 def _crit(level: float, test: str, df: int) -> float:
     q = 1 - (1 - level / 100) / 2
     return float(stats.t.ppf(q, df)) if test == "knha" else float(stats.norm.ppf(q))
@@ -81,7 +104,7 @@ def _s2w_batch(y: np.ndarray, v: np.ndarray, mask: np.ndarray, fit: BatchFit) ->
 
 
 @dataclass(frozen=True)
-class LeaveOneOutResult:
+class LeaveOneOutResult(ResultMixin):
     """The analysis refitted with each site left out (row i: without site i).
 
     ``estimate, se, pval, ci_lb, ci_ub`` of the pooled effect, ``tau2``, ``I2``, ``H2``
@@ -103,9 +126,29 @@ class LeaveOneOutResult:
     level: float
     test: str
 
-    def confidence_interval(self) -> Bounds:
-        """Confidence bounds of the pooled effect with each site left out."""
-        return Bounds(self.ci_lb, self.ci_ub)
+    def confidence_interval(self, confidence_level: float = 0.95) -> Interval:
+        """Confidence intervals of the pooled effect with each site left out (arrays;
+        t with k - 2 df under Knapp-Hartung, as ``leave1out``)."""
+        level = check_fraction(confidence_level)
+        if abs(level * 100.0 - self.level) < 1e-9:
+            return Interval(self.ci_lb, self.ci_ub, level=level)
+        crit = _crits(level, self.test, len(self.labels) - 2)
+        return Interval(self.estimate - crit * self.se, self.estimate + crit * self.se,
+                        level=level)
+
+    def summary(self, digits: int = 4) -> str:
+        """The leave-one-out table as ``fedsynth meta --diagnostics`` prints it."""
+        d = digits
+        rows = [[lab, f(self.estimate[i], d), f(self.se[i], d), f(self.ci_lb[i], d),
+                 f(self.ci_ub[i], d), f(self.tau2[i], d), f(self.I2[i], 2), f(self.Q[i], d)]
+                for i, lab in enumerate(self.labels)]
+        return "\n".join(["Leave-one-out (each row: the analysis without that site):",
+                          *grid(["omitted", "estimate", "se", "ci.lb", "ci.ub", "tau^2",
+                                 "I^2(%)", "Q"], rows)])
+
+    def to_frame(self):
+        """One row per omitted site."""
+        return _site_frame(self, "omitted")
 
     def to_dict(self) -> dict[str, Any]:
         return {"labels": list(self.labels), "estimate": _floats(self.estimate),
@@ -139,6 +182,7 @@ def leave_one_out(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None,
     and the intervals use t with k - 2 df, as ``leave1out`` does.
     """
     y, v = validate_yi_vi(yi, vi, min_k=2)
+    level = check_level(level)
     k = y.size
     mask = ~np.eye(k, dtype=bool)
     fit = _rows(refits if refits is not None else deleted_fits(y, v, method=method),
@@ -170,7 +214,7 @@ def leave_one_out(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None,
 
 
 @dataclass(frozen=True)
-class InfluenceResult:
+class InfluenceResult(ResultMixin):
     """Outlier and influence diagnostics per site (metafor's ``influence.rma.uni``).
 
     Attributes
@@ -215,7 +259,23 @@ class InfluenceResult:
 
     def influential_sites(self) -> tuple[str, ...]:
         """Sites flagged by metafor's ``is.infl`` rule."""
-        return tuple(lab for lab, f in zip(self.labels, self.influential) if f)
+        return tuple(lab for lab, flag in zip(self.labels, self.influential) if flag)
+
+    def summary(self, digits: int = 4) -> str:
+        """The influence table as ``fedsynth meta --diagnostics`` prints it."""
+        d = digits
+        rows = [[lab, f(self.rstudent[i], d), f(self.dffits[i], d),
+                 f(self.cooks_distance[i], d), f(self.cov_ratio[i], d),
+                 f(self.tau2_deleted[i], d), f(self.Q_deleted[i], d), f(self.hat[i], d),
+                 f(self.weight_percent[i], 2), "*" if self.influential[i] else ""]
+                for i, lab in enumerate(self.labels)]
+        return "\n".join(["Influence diagnostics (* = influential by metafor's rule):",
+                          *grid(["site", "rstudent", "dffits", "cook.d", "cov.r", "tau2.del",
+                                 "QE.del", "hat", "weight", "inf"], rows)])
+
+    def to_frame(self):
+        """One row per site."""
+        return _site_frame(self)
 
     def to_dict(self) -> dict[str, Any]:
         return {"labels": list(self.labels), "rstudent": _floats(self.rstudent),
@@ -285,7 +345,7 @@ def influence(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None,
 
 
 @dataclass(frozen=True)
-class BlupResult:
+class BlupResult(ResultMixin):
     """Best linear unbiased predictions of each site's true effect.
 
     ``pred = l_i y_i + (1 - l_i) mu`` with shrinkage ``l_i = tau² / (tau² + v_i)``: a
@@ -300,10 +360,29 @@ class BlupResult:
     pi_ub: np.ndarray
     estimate: float
     level: float
+    test: str = "z"
 
-    def confidence_interval(self) -> Bounds:
-        """Prediction interval of each site's true effect."""
-        return Bounds(self.pi_lb, self.pi_ub)
+    def prediction_interval(self, confidence_level: float = 0.95) -> Interval:
+        """Prediction intervals of each site's true effect (arrays; t with k - 1 df under
+        Knapp-Hartung, as metafor's ``blup``)."""
+        level = check_fraction(confidence_level)
+        if abs(level * 100.0 - self.level) < 1e-9:
+            return Interval(self.pi_lb, self.pi_ub, level=level, kind="prediction")
+        crit = _crits(level, self.test, len(self.labels) - 1)
+        return Interval(self.pred - crit * self.se, self.pred + crit * self.se, level=level,
+                        kind="prediction")
+
+    def summary(self, digits: int = 4) -> str:
+        """The BLUP table as ``fedsynth meta --diagnostics`` prints it."""
+        d = digits
+        rows = [[lab, f(self.pred[i], d), f(self.se[i], d), f(self.pi_lb[i], d),
+                 f(self.pi_ub[i], d)] for i, lab in enumerate(self.labels)]
+        return "\n".join(["Site-specific estimates (BLUPs, shrunken towards the pooled "
+                          "effect):", *grid(["site", "pred", "se", "pi.lb", "pi.ub"], rows)])
+
+    def to_frame(self):
+        """One row per site."""
+        return _site_frame(self)
 
     def outlying(self) -> tuple[str, ...]:
         """Sites whose prediction interval excludes the pooled estimate: their own true
@@ -317,12 +396,14 @@ class BlupResult:
 
 
 def blup(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: str = "REML",
-         test: str = "z", level: float = 95.0, fit: MetaRegressionResult | None = None) -> BlupResult:
+         test: str = "z", level: float = 95.0,
+         fit: MetaRegressionResult | None = None) -> BlupResult:
     """Shrunken site-specific estimates (empirical Bayes / BLUP) with prediction intervals.
 
     ``fit`` may pass an existing intercept-only fit of the same data to avoid refitting.
     """
     y, v = validate_yi_vi(yi, vi, min_k=1)
+    level = check_level(level)
     k = y.size
     if fit is None:
         fit = fit_rma(y, v, None, method=method, test=test, level=level)
@@ -334,7 +415,7 @@ def blup(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: str =
     se = np.sqrt(li * v + (1 - li) ** 2 * vb)
     crit = _crit(level, fit.test, k - 1)
     return BlupResult(labels=_labels(labels, k), pred=pred, se=se, pi_lb=pred - crit * se,
-                      pi_ub=pred + crit * se, estimate=mu, level=level)
+                      pi_ub=pred + crit * se, estimate=mu, level=level, test=fit.test)
 
 
 # ---------------------------------------------------------------------------------------
@@ -360,11 +441,17 @@ _KENDALL_EXACT_MAX_N = 300
 
 
 @dataclass(frozen=True)
-class KendallResult:
+class KendallResult(ResultMixin):
     """Kendall's tau-b and its two-sided p-value."""
 
     tau: float
     pval: float
+
+    def summary(self, digits: int = 4) -> str:
+        return f"Kendall's tau = {f(self.tau, digits)}, p {peq(self.pval, digits)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tau": self.tau, "pval": self.pval}
 
 
 def kendall_tau_test(x: Any, y: Any, *, exact: bool = True) -> KendallResult:
@@ -401,13 +488,14 @@ def kendall_tau_test(x: Any, y: Any, *, exact: bool = True) -> KendallResult:
     vu = np.sum(yt * (yt - 1) * (2 * yt + 5))
     v1 = np.sum(xt * (xt - 1)) * np.sum(yt * (yt - 1))
     v2 = np.sum(xt * (xt - 1) * (xt - 2)) * np.sum(yt * (yt - 1) * (yt - 2))
-    var_s = (v0 - vt - vu) / 18 + v1 / (2 * n * (n - 1)) + (v2 / (9 * n * (n - 1) * (n - 2)) if n > 2 else 0)
+    var_s = ((v0 - vt - vu) / 18 + v1 / (2 * n * (n - 1))
+             + (v2 / (9 * n * (n - 1) * (n - 2)) if n > 2 else 0))
     z = S / np.sqrt(var_s)
     return KendallResult(float(tau), float(2 * stats.norm.sf(abs(z))))
 
 
 @dataclass(frozen=True)
-class PublicationBiasResult:
+class PublicationBiasResult(ResultMixin):
     """Small-study effect tests and trim-and-fill.
 
     Attributes
@@ -442,16 +530,32 @@ class PublicationBiasResult:
     trimfill_filled_yi: tuple[float, ...]
     trimfill_filled_vi: tuple[float, ...]
 
+    def summary(self, digits: int = 4) -> str:
+        """The small-study tests as ``fedsynth meta --diagnostics`` prints them."""
+        d = digits
+        return "\n".join([
+            "Small-study effects:",
+            f"Egger's test (mixed-effects, predictor sei): z = {f(self.egger_rma_stat, d)}, "
+            f"p {peq(self.egger_rma_pval, d)}; limit estimate {f(self.egger_rma_limit, d)}",
+            f"Egger's test (classical regression): t({self.egger_lm_df}) = "
+            f"{f(self.egger_lm_stat, d)}, p {peq(self.egger_lm_pval, d)}",
+            f"Begg's rank test: Kendall's tau = {f(self.rank_tau, d)}, "
+            f"p {peq(self.rank_pval, d)}",
+            f"Trim-and-fill (L0): {self.trimfill_k0} site(s) estimated missing on the "
+            f"{self.trimfill_side} side; adjusted estimate {f(self.trimfill_estimate, d)} "
+            f"(se = {f(self.trimfill_se, d)})"])
+
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe({"egger_rma_stat": self.egger_rma_stat, "egger_rma_pval": self.egger_rma_pval,
-                "egger_rma_limit": self.egger_rma_limit, "egger_lm_stat": self.egger_lm_stat,
-                "egger_lm_pval": self.egger_lm_pval, "egger_lm_df": self.egger_lm_df,
-                "rank_tau": self.rank_tau, "rank_pval": self.rank_pval,
-                "trimfill_k0": self.trimfill_k0, "trimfill_side": self.trimfill_side,
-                "trimfill_estimate": self.trimfill_estimate, "trimfill_se": self.trimfill_se,
-                "trimfill_tau2": self.trimfill_tau2,
-                "trimfill_filled_yi": list(self.trimfill_filled_yi),
-                "trimfill_filled_vi": list(self.trimfill_filled_vi)})
+        return _json_safe({
+            "egger_rma_stat": self.egger_rma_stat, "egger_rma_pval": self.egger_rma_pval,
+            "egger_rma_limit": self.egger_rma_limit, "egger_lm_stat": self.egger_lm_stat,
+            "egger_lm_pval": self.egger_lm_pval, "egger_lm_df": self.egger_lm_df,
+            "rank_tau": self.rank_tau, "rank_pval": self.rank_pval,
+            "trimfill_k0": self.trimfill_k0, "trimfill_side": self.trimfill_side,
+            "trimfill_estimate": self.trimfill_estimate, "trimfill_se": self.trimfill_se,
+            "trimfill_tau2": self.trimfill_tau2,
+            "trimfill_filled_yi": list(self.trimfill_filled_yi),
+            "trimfill_filled_vi": list(self.trimfill_filled_vi)})
 
 
 #: metafor 3.8's trimfill refits the data with rma's default control (Fisher scoring
@@ -514,11 +618,12 @@ def _trimfill(y: np.ndarray, v: np.ndarray, method: str, maxiter: int = 100) -> 
         fill_v = np.array([])
         yy, vv = y, v
     # with k0 = 0 metafor returns the model it was given (the exact fit)
-    res = fit_rma(yy, vv, None, method=method, threshold=thr if k0 > 0 else 1e-12)
+    res = fit_rma(yy, vv, None, method=method, threshold=thr if k0 > 0 else None)
     return _TrimFill(int(k0), side, res, fill_y, fill_v)
 
 
-def publication_bias(yi: Any, vi: Any, *, method: str = "REML", test: str = "z") -> PublicationBiasResult:
+def publication_bias(yi: Any, vi: Any, *, method: str = "REML",
+                     test: str = "z") -> PublicationBiasResult:
     """Egger's regression tests, Begg's rank test and trim-and-fill on the same data.
 
     Needs at least 3 sites (the regression tests have k - 2 degrees of freedom).
@@ -554,7 +659,7 @@ def publication_bias(yi: Any, vi: Any, *, method: str = "REML", test: str = "z")
 
 
 @dataclass(frozen=True)
-class CumulativeResult:
+class CumulativeResult(ResultMixin):
     """The pooled analysis after each added site, in ``order`` (step j: first j+1 sites)."""
 
     labels: tuple[str, ...]
@@ -567,10 +672,32 @@ class CumulativeResult:
     tau2: np.ndarray
     I2: np.ndarray
     Q: np.ndarray
+    test: str = "z"
+    level: float = 95.0
 
-    def confidence_interval(self) -> Bounds:
-        """Confidence bounds of the pooled effect after each step."""
-        return Bounds(self.ci_lb, self.ci_ub)
+    def confidence_interval(self, confidence_level: float = 0.95) -> Interval:
+        """Confidence intervals of the pooled effect after each step (arrays; t with
+        k_j - 1 df under Knapp-Hartung, none for the first step)."""
+        level = check_fraction(confidence_level)
+        if abs(level * 100.0 - self.level) < 1e-9:
+            return Interval(self.ci_lb, self.ci_ub, level=level)
+        crit = _crits(level, self.test, np.asarray(self.k) - 1)
+        return Interval(self.estimate - crit * self.se, self.estimate + crit * self.se,
+                        level=level)
+
+    def summary(self, digits: int = 4) -> str:
+        """The cumulative table as ``fedsynth meta --cumulative-by`` prints it."""
+        d = digits
+        rows = [[lab, str(int(self.k[i])), f(self.estimate[i], d), f(self.se[i], d),
+                 f(self.ci_lb[i], d), f(self.ci_ub[i], d), f(self.tau2[i], d),
+                 f(self.I2[i], 2)] for i, lab in enumerate(self.labels)]
+        return "\n".join(["Cumulative meta-analysis (in the given order):",
+                          *grid(["added", "k", "estimate", "se", "ci.lb", "ci.ub", "tau^2",
+                                 "I^2(%)"], rows)])
+
+    def to_frame(self):
+        """One row per step (the site added)."""
+        return _site_frame(self, "added")
 
     def to_dict(self) -> dict[str, Any]:
         return {"labels": list(self.labels), "order": list(self.order),
@@ -590,6 +717,7 @@ def cumulative(yi: Any, vi: Any, order: Sequence[int] | None = None, *,
     refits with the model's test); the first step (one site) has no such interval.
     """
     y, v = validate_yi_vi(yi, vi, min_k=1)
+    level = check_level(level)
     k = y.size
     ordr = list(range(k)) if order is None else [int(i) for i in order]
     if sorted(ordr) != list(range(k)):
@@ -608,4 +736,5 @@ def cumulative(yi: Any, vi: Any, order: Sequence[int] | None = None, *,
     labs = _labels(labels, k)
     return CumulativeResult(labels=tuple(labs[i] for i in ordr), order=tuple(ordr), k=fit.k,
                             estimate=fit.estimate, se=se, ci_lb=fit.estimate - crit * se,
-                            ci_ub=fit.estimate + crit * se, tau2=fit.tau2, I2=fit.I2, Q=fit.Q)
+                            ci_ub=fit.estimate + crit * se, tau2=fit.tau2, I2=fit.I2, Q=fit.Q,
+                            test=test, level=float(level))

@@ -1,4 +1,4 @@
-"""The heterogeneity flag: when one pooled number would mislead (DESIGN.md).
+"""The heterogeneity flag: when one pooled number would mislead (docs/architecture.md).
 
 Every pooled analysis carries ``heterogeneity: {flagged, level, reasons, sites}``:
 
@@ -31,7 +31,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedsynth.errors import InputError
-from fedsynth.meta.pooling import ConfidenceInterval
+from fedsynth.jsonsafe import finite_or_none as _num
+from fedsynth.meta._format import f
+from fedsynth.results import Interval, ResultMixin, frame_html
 
 __all__ = ["HeterogeneityFlag", "SiteDriver", "assess_heterogeneity", "DEFAULT_I2_THRESHOLD",
            "BatchHeterogeneity", "BatchSiteDiagnostics", "assess_heterogeneity_batch",
@@ -43,12 +45,20 @@ RSTUDENT_CRIT = 1.959963984540054
 
 
 class _Pooled(Protocol):
-    """What the flag reads from a pooled fit (``fedsynth.meta.PoolingResult``)."""
+    """What the flag reads from a pooled fit (``fedsynth.meta.PoolingResult``; read-only,
+    as the fields of a frozen dataclass)."""
 
-    estimate: float
-    ci_lb: float
-    ci_ub: float
-    I2: float
+    @property
+    def estimate(self) -> float: ...
+
+    @property
+    def ci_lb(self) -> float: ...
+
+    @property
+    def ci_ub(self) -> float: ...
+
+    @property
+    def I2(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -75,9 +85,13 @@ class SiteDriver:
 
 
 @dataclass(frozen=True)
-class HeterogeneityFlag:
+class HeterogeneityFlag(ResultMixin):
     """The verdict on one pooled analysis; ``to_dict()`` gives the contract's four keys
-    (``flagged, level, reasons, sites``) plus ``drivers`` and the settings used."""
+    (``flagged, level, reasons, sites``) plus ``drivers`` and the settings used.
+
+    ``level`` is the flag's strength (``"strong"``, ``"moderate"`` or None);
+    ``interval_level`` the confidence level (percent) of the intervals it was judged on.
+    """
 
     flagged: bool
     level: str | None
@@ -90,12 +104,36 @@ class HeterogeneityFlag:
     pi_crosses_null: bool
     null_value: float
     drivers: tuple[SiteDriver, ...] = field(default=())
+    pi_lb: float | None = None
+    pi_ub: float | None = None
+    interval_level: float = 95.0
 
-    def confidence_interval(self) -> ConfidenceInterval | None:
-        """Confidence interval of I² the level was judged on (None if there was none)."""
+    def i2_confidence_interval(self) -> Interval | None:
+        """The (Q-profile) confidence interval of I² the strength was judged on (None if
+        there was none)."""
         if self.I2_ci_lb is None or self.I2_ci_ub is None:
             return None
-        return ConfidenceInterval(self.I2_ci_lb, self.I2_ci_ub)
+        return Interval(self.I2_ci_lb, self.I2_ci_ub, level=self.interval_level / 100.0)
+
+    def summary(self, digits: int = 4) -> str:
+        """The verdict in plain sentences, as ``fedsynth meta`` prints it."""
+        lines = ["Heterogeneity flag:"]
+        if self.flagged:
+            lines.append(f"FLAGGED ({self.level}): one pooled estimate may mislead.")
+            lines.extend(f"- {r}" for r in self.reasons)
+            lines.append("Sites driving it: "
+                         + (", ".join(self.sites) if self.sites else "none singled out"))
+        else:
+            ci = (f" (CI {f(self.I2_ci_lb, 2)}% to {f(self.I2_ci_ub, 2)}%)"
+                  if self.I2_ci_lb is not None else "")
+            pi = (f"the prediction interval ({f(self.pi_lb, digits)} to "
+                  f"{f(self.pi_ub, digits)}) leads to the same conclusion about the null "
+                  f"({self.null_value:g}) as the confidence interval"
+                  if self.pi_lb is not None and self.pi_ub is not None
+                  else "there is no prediction interval (fixed effect)")
+            lines.append(f"not flagged: I^2 = {f(self.I2, 2)}%{ci} is below the "
+                         f"{self.i2_threshold:g}% threshold, and {pi}.")
+        return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {"flagged": self.flagged, "level": self.level, "reasons": list(self.reasons),
@@ -105,15 +143,8 @@ class HeterogeneityFlag:
                 "pi_crosses_null": self.pi_crosses_null}
 
 
-def _num(x: Any) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if np.isfinite(x) else None
-
-
 def _ci_bounds(ci: Any) -> tuple[float | None, float | None]:
-    """Read a ``ConfidenceInterval(low, high)`` (or None)."""
+    """Read an ``Interval(low, high)`` (or a pair, or None)."""
     if ci is None:
         return None, None
     low = getattr(ci, "low", None)
@@ -123,7 +154,9 @@ def _ci_bounds(ci: Any) -> tuple[float | None, float | None]:
     return _num(low), _num(high)
 
 
-def _fmt(x: float) -> str:
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "NA"
     return f"{x:.3g}" if abs(x) < 1e-3 and x != 0 else f"{x:.2f}"
 
 
@@ -154,7 +187,7 @@ def assess_heterogeneity(pooled: _Pooled, *, labels: Sequence[Any] | None = None
     level
         Confidence level (percent) of the intervals, for the sentences.
     i2_ci
-        A ``ConfidenceInterval`` of I² to judge the level on instead of ``pooled.I2_ci``
+        An ``Interval`` of I² to judge the level on instead of ``pooled.I2_ci``
         (e.g. the Q-profile interval for a fixed-effect fit, which carries none).
     """
     thr, null = _check_settings(i2_threshold, null_value)
@@ -169,7 +202,8 @@ def assess_heterogeneity(pooled: _Pooled, *, labels: Sequence[Any] | None = None
 def _check_settings(i2_threshold: float, null_value: float) -> tuple[float, float]:
     thr = float(i2_threshold)
     if not np.isfinite(thr) or not (0.0 <= thr <= 100.0):
-        raise InputError(f"i2_threshold: must be a percentage between 0 and 100, got {i2_threshold!r}")
+        raise InputError("i2_threshold: must be a percentage between 0 and 100, got "
+                         f"{i2_threshold!r}")
     null = float(null_value)
     if not np.isfinite(null):
         raise InputError(f"null_value: must be a finite number, got {null_value!r}")
@@ -242,7 +276,8 @@ def _verdict(estimate: float, ci_lb: float, ci_ub: float, i2: float, i2_lb: floa
     return HeterogeneityFlag(
         flagged=flagged, level=level_name, reasons=tuple(reasons), sites=sites, I2=i2,
         I2_ci_lb=i2_lb, I2_ci_ub=i2_ub, i2_threshold=thr, pi_crosses_null=bool(pi_crosses),
-        null_value=null, drivers=drivers)
+        null_value=null, drivers=drivers, pi_lb=pi_lb, pi_ub=pi_ub,
+        interval_level=float(level))
 
 
 def _drivers(pooled: Any, labels: Sequence[Any] | None, influence: Any | None,
@@ -316,7 +351,7 @@ class BatchSiteDiagnostics:
 
 
 @dataclass(frozen=True)
-class BatchHeterogeneity:
+class BatchHeterogeneity(ResultMixin):
     """The heterogeneity flag of every analysis of a batch.
 
     ``flags[i]`` is the :class:`HeterogeneityFlag` of analysis ``i``, equal to what
@@ -329,12 +364,42 @@ class BatchHeterogeneity:
     flags: tuple[HeterogeneityFlag, ...]
     flagged: np.ndarray
     diagnostics: BatchSiteDiagnostics
+    names: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.flags)
 
     def __getitem__(self, i: int) -> HeterogeneityFlag:
         return self.flags[i]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"flags": [flag.to_dict(), ...]}`` in the order of the analyses."""
+        return {"flags": [flag.to_dict() for flag in self.flags]}
+
+    def to_frame(self):
+        """One row per analysis: the verdict, its strength, I² and the sites."""
+        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+
+        index = list(self.names) if self.names is not None else list(range(len(self)))
+        return pd.DataFrame({"flagged": [fl.flagged for fl in self.flags],
+                             "level": [fl.level for fl in self.flags],
+                             "I2": [fl.I2 for fl in self.flags],
+                             "I2_ci_lb": [fl.I2_ci_lb for fl in self.flags],
+                             "I2_ci_ub": [fl.I2_ci_ub for fl in self.flags],
+                             "sites": [";".join(fl.sites) for fl in self.flags]},
+                            index=pd.Index(index, name="analysis"))
+
+    def summary(self) -> str:
+        """How many analyses are flagged, and which (the first 20)."""
+        hit = [i for i, fl in enumerate(self.flags) if fl.flagged]
+        names = [self.names[i] if self.names is not None else str(i) for i in hit]
+        text = f"{len(hit)} of {len(self)} analyses flagged for heterogeneity"
+        if hit:
+            text += ": " + ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+        return text
+
+    def _repr_html_(self) -> str:
+        return frame_html(self.to_frame(), self.summary())
 
 
 def site_diagnostics_batch(batch: Any, rows: Any | None = None) -> BatchSiteDiagnostics:
@@ -380,7 +445,6 @@ def site_diagnostics_batch(batch: Any, rows: Any | None = None) -> BatchSiteDiag
     block = max(1, _BLOCK_CELLS // (K * K))
     for start in range(0, multi.size, block):
         rows = multi[start:start + block]
-        b = rows.size
         Mb, yb, vb_, kb = msk[rows], y[rows], v[rows], kk[rows]
         # deleted row (a, j) for every present site j of analysis a, then the full rows
         cell_a, cell_j = np.nonzero(Mb)
@@ -539,7 +603,8 @@ def assess_heterogeneity_batch(batch: Any, *, labels: Any | None = None,
         pl, pu = np.asarray(batch.pi_lb, float), np.asarray(batch.pi_ub, float)
         with np.errstate(invalid="ignore"):
             i2_path = np.isfinite(I2a) & (I2a >= thr)
-            ci_excl = (np.asarray(batch.ci_lb, float) > null) | (np.asarray(batch.ci_ub, float) < null)
+            ci_excl = ((np.asarray(batch.ci_lb, float) > null)
+                       | (np.asarray(batch.ci_ub, float) < null))
             pi_cross = np.isfinite(pl) & np.isfinite(pu) & (pl <= null) & (null <= pu)
         refit_rows = np.flatnonzero(i2_path | (ci_excl & pi_cross))
     diag = site_diagnostics_batch(batch, refit_rows)
@@ -591,7 +656,9 @@ def assess_heterogeneity_batch(batch: Any, *, labels: Any | None = None,
                               p_lb if p_lb == p_lb and abs(p_lb) != inf else None,
                               p_ub if p_ub == p_ub and abs(p_ub) != inf else None,
                               drivers, thr, null, level))
+    names = getattr(batch, "names", None)
     return BatchHeterogeneity(flags=tuple(flags),
-                              flagged=np.array([f.flagged for f in flags], dtype=bool),
-                              diagnostics=diag)
+                              flagged=np.array([fl.flagged for fl in flags], dtype=bool),
+                              diagnostics=diag,
+                              names=None if names is None else tuple(str(n) for n in names))
 

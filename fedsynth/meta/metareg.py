@@ -9,10 +9,14 @@ meta-analyses in R with the metafor package", J. Stat. Softw. 36(3). Results rep
 
 Besides :func:`meta_regression` (the user-facing call with named moderators, numeric or
 categorical) the module exposes :func:`fit_rma`, a fit on an explicit design matrix that
-the diagnostics (Egger's regression test, influence refits, the subgroup model with a
-common tau²) reuse, and :func:`fit_batch`, a vectorised fit of many masked
-intercept-only analyses at once (the refits of leave-one-out, influence and cumulative
-meta-analysis are one call of it, not a Python loop of fits).
+the diagnostics (Egger's regression test, the subgroup model with a common tau², the
+BLUPs) reuse, and :func:`fit_batch`, a vectorised fit of many masked intercept-only
+analyses at once (the refits of leave-one-out, influence and cumulative meta-analysis are
+one call of it, not a Python loop of fits).
+
+tau² is estimated by the project's one engine, :func:`fedsynth.meta.stats.tau2_estimate`
+(with the design matrix for meta-regression), so a meta-regression without moderators,
+a pooled analysis and a leave-one-out refit of the same data agree to the last digits.
 
 Pure statistics: no I/O, no grpc.
 """
@@ -26,16 +30,18 @@ from typing import Any
 import numpy as np
 from scipy import special
 
-# scipy.stats and scipy.optimize are imported where used: importing them at module level
-# costs more than `fedsynth meta --by` computes for thousands of analyses (see
-# benchmarks/README.md); the distribution tails come from the pooling layer's scipy.special
-# wrappers.
-from fedsynth.meta.stats import chi2_sf, norm_isf, norm_sf, t_isf, t_sf
-
+# scipy.stats is not imported: importing it costs more than `fedsynth meta --by` computes
+# for thousands of analyses (see benchmarks/README.md); the distribution tails come from
+# the engine's scipy.special wrappers.
 from fedsynth.errors import InputError
+from fedsynth.jsonsafe import finite_or_none
+from fedsynth.meta import stats as st
+from fedsynth.meta._format import f, grid, p, peq
+from fedsynth.meta.stats import chi2_sf, norm_isf, norm_sf, t_isf, t_sf
+from fedsynth.results import Interval, ResultMixin, check_fraction
+from fedsynth.vocabulary import METHODS, check_level, check_method, check_test
 
 __all__ = [
-    "Bounds",
     "MetaRegressionResult",
     "BatchFit",
     "fit_rma",
@@ -45,26 +51,10 @@ __all__ = [
     "validate_yi_vi",
 ]
 
-#: tau² estimators of meta-regression (metafor's ``rma.uni`` with ``mods``).
-SUPPORTED_METHODS = ("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM")
-
-# Fisher scoring stops when |Δtau²| falls below this (metafor: 1e-5 by default; the
-# reference values were produced with 1e-12, and we must match them to 1e-6 relative).
-_TOL = 1e-12
-_MAX_ITER = 500
-# metafor's control$tol (.Machine$double.eps^0.25), used by its 'll0check'
-_LL0_TOL = float(np.finfo(float).eps ** 0.25)
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """Per-coefficient (or per-site) interval bounds: ``low[i]`` to ``high[i]``."""
-
-    low: np.ndarray
-    high: np.ndarray
-
-    def __iter__(self):
-        return iter((self.low, self.high))
+#: tau² estimators of meta-regression (metafor's ``rma.uni`` with ``mods``): all of them.
+SUPPORTED_METHODS = METHODS
+#: cells (rows x sites) per block of :func:`fit_batch`'s tau² estimation
+_BLOCK_CELLS = 1 << 17
 
 
 def validate_yi_vi(yi: Any, vi: Any, *, min_k: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -94,201 +84,8 @@ def validate_yi_vi(yi: Any, vi: Any, *, min_k: int = 1) -> tuple[np.ndarray, np.
     return y, v
 
 
-def _check_method(method: str) -> str:
-    m = str(method).upper()
-    if m not in SUPPORTED_METHODS:
-        raise InputError(
-            f"method: {method!r} is not supported here (choose one of {', '.join(SUPPORTED_METHODS)})")
-    return m
-
-
-def _check_test(test: str) -> str:
-    t = str(test).lower()
-    if t not in ("z", "knha"):
-        raise InputError(f"test: {test!r} is not 'z' or 'knha'")
-    return t
-
-
-def _check_level(level: float) -> float:
-    lv = float(level)
-    if not (0.0 < lv < 100.0):
-        raise InputError(f"level: {level!r} must lie strictly between 0 and 100")
-    return lv
-
-
-# ---------------------------------------------------------------------------------------
-# single fit on a design matrix
-# ---------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
-class _Proj:
-    """The projection ``P = W - W X (X'WX)^-1 X'W`` for diagonal weights ``w``, never
-    formed as a k x k matrix (memory and time O(k p²), so 10,000 studies are cheap).
-
-    ``vb`` is ``(X'WX)^-1``; ``Py`` is ``P y``; ``trP`` is ``tr(P)`` and ``trPP`` is
-    ``tr(P P)``, from the identities ``tr(P) = sum w - tr(A X'W²X)`` and
-    ``tr(PP) = sum w² - 2 tr(A X'W³X) + tr(A X'W²X A X'W²X)`` with ``A = (X'WX)^-1``.
-    """
-
-    vb: np.ndarray
-    Py: np.ndarray
-    trP: float
-    trPP: float
-
-
-def _proj(X: np.ndarray, w: np.ndarray, y: np.ndarray) -> _Proj:
-    """See :class:`_Proj`."""
-    XtW = X.T * w
-    vb = np.linalg.inv(XtW @ X)
-    Py = w * y - XtW.T @ (vb @ (XtW @ y))
-    B2 = vb @ ((X.T * (w * w)) @ X)          # A X'W²X
-    B3 = vb @ ((X.T * (w * w * w)) @ X)      # A X'W³X
-    trP = float(w.sum() - np.trace(B2))
-    trPP = float(np.sum(w * w) - 2.0 * np.trace(B3) + np.sum(B2 * B2.T))
-    return _Proj(vb=vb, Py=Py, trP=trP, trPP=trPP)
-
-
-def _tau2_exact(y: np.ndarray, v: np.ndarray, X: np.ndarray, method: str,
-                threshold: float = _TOL) -> float:
-    """Exact (ML/REML) maximiser of the likelihood in tau², truncated at zero.
-
-    Fisher scoring from the Hedges (method-of-moments) start with metafor's step halving
-    at the boundary, stopped when |Δtau²| < ``threshold`` (1e-12: the exact maximiser;
-    metafor's default is 1e-5, which :func:`fit_rma` can emulate). When it does not
-    converge, the score equation is solved by Brent's method on a bracket, which always
-    converges because the score changes sign on [0, upper] (or tau² = 0).
-    """
-    k, p = X.shape
-
-    def score_info(t2: float) -> tuple[float, float]:
-        w = 1.0 / (v + t2)
-        pr = _proj(X, w, y)
-        Py = pr.Py
-        if method == "REML":
-            # dlogL/dtau2 = (y'PPy - tr P)/2 ; expected information tr(PP)/2
-            return float(Py @ Py - pr.trP), pr.trPP
-        # ML: residuals from the GLS fit, score sum w^2 r^2 - sum w, information sum w^2
-        return float(Py @ Py - w.sum()), float(np.sum(w * w))
-
-    # starting value: Hedges (method of moments, OLS residuals), as metafor does
-    t2 = _tau2_he(y, v, X) if k > p else 0.0
-    converged = False
-    for _ in range(_MAX_ITER):
-        s, info = score_info(t2)
-        if info <= 0 or not np.isfinite(s):
-            break
-        adj = s / info
-        while t2 + adj < 0.0:        # metafor halves a step that would leave [0, inf)
-            adj /= 2.0
-        new = t2 + adj
-        if abs(new - t2) < threshold:
-            t2 = max(0.0, new)
-            converged = True
-            break
-        t2 = new
-    if converged:
-        return _ll0_check(y, v, X, method, t2, threshold)
-
-    def score(t2v: float) -> float:
-        return score_info(t2v)[0]
-
-    if score(0.0) <= 0.0:
-        return 0.0
-    upper = max(1.0, 10.0 * float(np.var(y)) + float(np.max(v)))
-    while score(upper) > 0.0:
-        upper *= 4.0
-        if upper > 1e12:
-            raise InputError("tau2: the likelihood has no finite maximum for these data")
-    from scipy import optimize
-
-    root = float(optimize.brentq(score, 0.0, upper, xtol=1e-15, rtol=1e-14, maxiter=500))
-    return _ll0_check(y, v, X, method, root, threshold)
-
-
-def _loglik(y: np.ndarray, v: np.ndarray, X: np.ndarray, method: str, t2: float) -> float:
-    """(Restricted) log-likelihood up to a constant that does not depend on tau²."""
-    w = 1.0 / (v + t2)
-    pr = _proj(X, w, y)
-    ll = -0.5 * float(np.sum(np.log(v + t2))) - 0.5 * float(y @ pr.Py)
-    if method == "REML":
-        ll += 0.5 * float(np.linalg.slogdet(pr.vb)[1])   # -1/2 log det(X'WX)
-    return ll
-
-
-def _ll0_check(y: np.ndarray, v: np.ndarray, X: np.ndarray, method: str, t2: float,
-               threshold: float) -> float:
-    """metafor's check: Fisher scoring can stop at a stationary point that is not the
-    maximum; when the likelihood at tau² = 0 is larger (by more than eps^(1/4), metafor's
-    tolerance), the estimate is 0."""
-    if t2 <= threshold:
-        return t2
-    if _loglik(y, v, X, method, 0.0) - _loglik(y, v, X, method, t2) > _LL0_TOL:
-        return 0.0
-    return t2
-
-
-def _tau2_dl(y: np.ndarray, v: np.ndarray, X: np.ndarray) -> float:
-    """DerSimonian-Laird (1986) moment estimator generalised to meta-regression."""
-    k, p = X.shape
-    w = 1.0 / v
-    pr = _proj(X, w, y)
-    Q = float(y @ pr.Py)
-    return max(0.0, (Q - (k - p)) / pr.trP)
-
-
-def _q_gen(y: np.ndarray, v: np.ndarray, X: np.ndarray, t2: float) -> float:
-    """Generalised residual Q statistic y'P(tau²)y, decreasing in tau²."""
-    return float(y @ _proj(X, 1.0 / (v + t2), y).Py)
-
-
-def _tau2_pm(y: np.ndarray, v: np.ndarray, X: np.ndarray) -> float:
-    """Paule & Mandel (1982): the root of y'P(tau²)y = k - p (0 when Q(0) < k - p)."""
-    k, p = X.shape
-    target = k - p
-    if _q_gen(y, v, X, 0.0) <= target:
-        return 0.0
-    upper = max(1.0, 10.0 * float(np.var(y)) + float(np.max(v)))
-    while _q_gen(y, v, X, upper) > target:
-        upper *= 4.0
-    from scipy import optimize
-
-    return float(optimize.brentq(lambda t: _q_gen(y, v, X, t) - target, 0.0, upper,
-                                 xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500))
-
-
-def _tau2_he(y: np.ndarray, v: np.ndarray, X: np.ndarray) -> float:
-    """Hedges (1983): (OLS residual sum of squares - tr(P V)) / (k - p), truncated at 0,
-    with the hat matrix diagonal computed row-wise (no k x k matrix)."""
-    k, p = X.shape
-    XtX_inv = np.linalg.pinv(X.T @ X)
-    r = y - X @ (XtX_inv @ (X.T @ y))
-    hat = np.einsum("ij,jk,ik->i", X, XtX_inv, X)
-    return max(0.0, float((r @ r - np.sum(v * (1.0 - hat))) / (k - p)))
-
-
-def _tau2_moments(y: np.ndarray, v: np.ndarray, X: np.ndarray, method: str) -> float:
-    """Closed-form estimators with moderators, as in metafor's ``rma.uni``.
-
-    HS: Hunter & Schmidt (2004), ``(Q - k) / sum(1/v)``; HE: Hedges (1983), OLS residual
-    sum of squares minus tr(P V), over k - p; SJ: Sidik & Jonkman (2005), one weighted
-    step from ``tau0 = var(y) (k-1)/k``.
-    """
-    k, p = X.shape
-    if method == "HS":
-        w = 1.0 / v
-        return max(0.0, (float(y @ _proj(X, w, y).Py) - k) / float(w.sum()))
-    if method == "HE":
-        return _tau2_he(y, v, X)
-    # SJ
-    tau0 = float(np.mean((y - y.mean()) ** 2))
-    if tau0 <= 0.0:
-        return 0.0
-    return max(0.0, tau0 * _q_gen(y, v, X, tau0) / (k - p))
-
-
-@dataclass(frozen=True)
-class MetaRegressionResult:
+class MetaRegressionResult(ResultMixin):
     """A mixed-effects meta-regression fit (``rma(yi, vi, mods = ...)`` in metafor).
 
     Attributes
@@ -317,6 +114,11 @@ class MetaRegressionResult:
         for an intercept-only model.
     vb
         Covariance matrix of the coefficients under the chosen test.
+    se_tau2, converged
+        Standard error of tau² (metafor's formula for the method) and whether its
+        estimation converged.
+    yi, vi, X, labels
+        The data of the fit (for plots and refits).
     """
 
     names: tuple[str, ...]
@@ -351,15 +153,85 @@ class MetaRegressionResult:
     level: float
     vb: np.ndarray = field(repr=False)
     s2w: float = 1.0
+    se_tau2: float = float("nan")
+    converged: bool = True
+    yi: np.ndarray | None = field(default=None, repr=False)
+    vi: np.ndarray | None = field(default=None, repr=False)
+    X: np.ndarray | None = field(default=None, repr=False)
+    labels: tuple[str, ...] | None = field(default=None, repr=False)
 
-    def confidence_interval(self) -> Bounds:
-        """Confidence bounds of the coefficients at ``level`` (under the chosen test)."""
-        return Bounds(self.ci_lb, self.ci_ub)
+    @property
+    def df(self) -> int:
+        """Residual degrees of freedom ``k - p`` (of the Knapp-Hartung t tests)."""
+        return self.k - self.p
+
+    def confidence_interval(self, confidence_level: float = 0.95) -> Interval:
+        """Confidence intervals of the coefficients (arrays, one per coefficient), under
+        the fit's test (normal, or t with k - p df under Knapp-Hartung)."""
+        level = check_fraction(confidence_level)
+        if abs(level * 100.0 - self.level) < 1e-9:
+            return Interval(self.ci_lb, self.ci_ub, level=level)
+        alpha = 1.0 - level
+        crit = float(t_isf(alpha / 2, self.df) if self.test == "knha" else norm_isf(alpha / 2))
+        return Interval(self.coef - crit * self.se, self.coef + crit * self.se, level=level)
+
+    @property
+    def fitted(self) -> np.ndarray | None:
+        """Fitted values ``X beta`` of the sites (None when the fit carries no data)."""
+        return None if self.X is None else self.X @ self.coef
+
+    @property
+    def residuals(self) -> np.ndarray | None:
+        """Residuals ``y - X beta`` (None when the fit carries no data)."""
+        return None if self.yi is None or self.X is None else self.yi - self.X @ self.coef
+
+    def summary(self, digits: int = 4) -> str:
+        """Residual heterogeneity, the tests of moderators and the coefficient table
+        (z and Knapp-Hartung columns), as ``fedsynth meta --moderator`` prints it."""
+        d = digits
+        rows = [[nm, f(self.coef[i], d), f(self.z_se[i], d), f(self.z_stat[i], d),
+                 p(self.z_pval[i], d), f(self.knha_se[i], d), p(self.knha_pval[i], d)]
+                for i, nm in enumerate(self.names)]
+        knha = (f"; Knapp-Hartung F({self.QM_df}, {self.k - self.p}) = {f(self.knha_F, d)}, "
+                f"p {peq(self.knha_Fp, d)}" if self.knha_F is not None else "")
+        return "\n".join([
+            f"Meta-regression (k = {self.k}; tau^2 estimator: {self.method}):",
+            f"residual tau^2 = {f(self.tau2, d)}, I^2 = {f(self.I2, 2)}%, "
+            f"R^2 = {f(self.R2, 2)}% of tau^2 explained",
+            f"Test for residual heterogeneity: QE(df = {self.QE_df}) = {f(self.QE, d)}, "
+            f"p {peq(self.QEp, d)}",
+            f"Test of moderators: QM(df = {self.QM_df}) = {f(self.QM, d)}, "
+            f"p {peq(self.QMp, d)}{knha}",
+            *grid(["", "estimate", "se", "zval", "pval", "se.knha", "pval.knha"], rows)])
+
+    def to_frame(self):
+        """One row per coefficient: estimate, se, statistic, p-value and confidence
+        bounds under the fit's test, then the z and Knapp-Hartung columns."""
+        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+
+        return pd.DataFrame({"estimate": self.coef, "se": self.se, "stat": self.stat,
+                             "pval": self.pval, "ci_lb": self.ci_lb, "ci_ub": self.ci_ub,
+                             "z_se": self.z_se, "z_pval": self.z_pval,
+                             "knha_se": self.knha_se, "knha_pval": self.knha_pval},
+                            index=pd.Index(self.names, name="coefficient"))
+
+    def forest(self, **options: Any):
+        """Forest plot of the sites with their fitted values (``fedsynth.plots``)."""
+        from fedsynth.plots import forest_plot  # matplotlib: imported only to plot
+
+        return forest_plot(self, **options)
+
+    def funnel(self, **options: Any):
+        """Funnel plot of the residuals against their standard errors (metafor's
+        ``funnel()`` of a model with moderators)."""
+        from fedsynth.plots import funnel_plot  # matplotlib: imported only to plot
+
+        return funnel_plot(self, **options)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with the reference's field names (``coef``, ``QM``, ``knha_F``...)."""
         def lst(a: np.ndarray) -> list[float | None]:
-            return [_finite_or_none(x) for x in a]
+            return [finite_or_none(x) for x in a]
         return _json_safe({
             "names": list(self.names), "k": self.k, "method": self.method, "test": self.test,
             "coef": lst(self.coef), "se": lst(self.z_se), "zval": lst(self.z_stat),
@@ -372,23 +244,17 @@ class MetaRegressionResult:
         })
 
 
-def _finite_or_none(x: Any) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if np.isfinite(x) else None
-
-
 def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
     """Replace NaN/inf floats by None so that strict JSON can carry the dict."""
-    return {k: (_finite_or_none(v) if isinstance(v, (float, np.floating)) else v)
+    return {k: (finite_or_none(v) if isinstance(v, (float, np.floating)) else v)
             for k, v in d.items()}
 
 
 def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | None = None,
-            method: str = "REML", test: str = "z", level: float = 95.0,
+            method: str = "REML", test: str = "z", level: float = 0.95,
             tau2: float | None = None, compute_r2: bool = True,
-            threshold: float = _TOL) -> MetaRegressionResult:
+            threshold: float | None = None,
+            labels: Sequence[Any] | None = None) -> MetaRegressionResult:
     """Fit the mixed-effects model on an explicit design matrix.
 
     Parameters
@@ -409,14 +275,18 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
     compute_r2
         Fit the intercept-only model too and report the pseudo-R².
     threshold
-        Convergence threshold of Fisher scoring on tau² (ML/REML). The default (1e-12)
-        gives the exact maximiser; 1e-5 reproduces metafor's default ``rma`` control,
-        which some metafor functions (``trimfill``) use internally.
+        ``None`` (default): tau² is the exact root of its estimating equation (the
+        engine's scale-free Newton solver). A number: metafor's Fisher scoring stopped at
+        ``|Δtau²| <= threshold`` instead (ML/REML/EB), e.g. 1e-5 to reproduce metafor's
+        default ``rma`` control, which some metafor functions (``trimfill``) use
+        internally.
+    labels
+        Site labels, kept with the result (plots).
     """
     y, v = validate_yi_vi(yi, vi)
-    method = _check_method(method)
-    test = _check_test(test)
-    level = _check_level(level)
+    method = check_method(method)
+    test = check_test(test)
+    level = check_level(level)
     k = y.size
     Xm = np.ones((k, 1)) if X is None else np.asarray(X, dtype=float)
     if Xm.ndim == 1:
@@ -435,32 +305,37 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
         raise InputError(f"moderators: {p} coefficients but only {k} studies")
     nm = tuple(names) if names is not None else ("intrcpt",) + tuple(f"x{j}" for j in range(1, p))
 
+    se_tau2 = float("nan")
+    converged = True
     if tau2 is not None:
         t2 = float(tau2)
         if not np.isfinite(t2) or t2 < 0:
             raise InputError(f"tau2: must be a finite non-negative number, got {tau2!r}")
     elif method == "FE" or k == p:
         t2 = 0.0
-    elif method == "DL":
-        t2 = _tau2_dl(y, v, Xm)
-    elif method in ("HS", "HE", "SJ"):
-        t2 = _tau2_moments(y, v, Xm, method)
-    elif method in ("PM", "EB"):
-        # the empirical Bayes estimator (Morris 1983) solves the same estimating equation
-        # as Paule-Mandel, y'P(tau²)y = k - p, which metafor reaches by iteration
-        t2 = _tau2_pm(y, v, Xm)
     else:
-        t2 = _tau2_exact(y, v, Xm, method, threshold)
+        fit = st.tau2_estimate(y, v, None, method, X=Xm,
+                               solver="newton" if threshold is None else "fisher",
+                               threshold=st._THRESHOLD if threshold is None else threshold)
+        t2, se_tau2 = float(fit.tau2[0]), float(fit.se_tau2[0])
+        converged = bool(fit.converged[0])
 
+    # Coefficients from the centred effects, the mean added back to the intercept: with
+    # effects such as 6.62607 +- 1e-8 the slopes would otherwise carry the rounding of
+    # X'Wy at the scale of the mean (residuals and the other statistics are unchanged).
+    ones = np.flatnonzero(np.all(Xm == 1.0, axis=0))
+    centre = float(np.mean(y)) if ones.size else 0.0
+    yc = y - centre
     w = 1.0 / (v + t2)
-    vb_z = _proj(Xm, w, y).vb
-    beta = vb_z @ (Xm.T * w) @ y
-    resid = y - Xm @ beta
+    A, b_hat, r_hat = st.wls(Xm[None], w[None], yc[None])
+    vb_z, beta, resid = A[0], b_hat[0].copy(), r_hat[0]
+    if ones.size:
+        beta[ones[0]] += centre
 
     # residual heterogeneity test (fixed-effect weights)
     w0 = 1.0 / v
-    pr0 = _proj(Xm, w0, y)
-    QE = float(y @ pr0.Py)
+    r0 = st.wls(Xm[None], w0[None], yc[None])[2][0]
+    QE = float(np.sum(w0 * r0 * r0))
     QE_df = k - p
     QEp = float(chi2_sf(QE, QE_df)) if QE_df > 0 else 1.0
     # metafor's "typical" within-study variance for models with moderators
@@ -469,7 +344,7 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
         I2 = 100.0 * max(0.0, (QE - QE_df) / QE) if QE > 0 else 0.0
         H2 = QE / QE_df
     elif QE_df > 0:
-        s2 = QE_df / pr0.trP
+        s2 = QE_df / float(st.trace_p(w0[None], Xm[None])[0])
         I2 = 100.0 * t2 / (t2 + s2)
         H2 = (t2 + s2) / s2
     else:
@@ -503,7 +378,10 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
         QM = float(b @ np.linalg.solve(vb_z[1:, 1:], b))
         QMp = float(chi2_sf(QM, m))
         if df > 0:
-            knha_F = float(b @ np.linalg.solve(vb_k[1:, 1:], b) / m)
+            # vb_k = s2w vb_z, so F = QM / (m s2w); effects exactly on the regression
+            # surface give s2w = 0 and F = inf (nan when the slopes are 0 as well)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                knha_F = float(np.float64(QM) / (m * s2w))
             knha_Fp = float(special.fdtrc(m, df, knha_F))
 
     R2 = None
@@ -524,7 +402,9 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
         knha_se=knha_se, knha_stat=knha_stat, knha_pval=knha_pval,
         QM=QM, QM_df=m, QMp=QMp, knha_F=knha_F, knha_Fp=knha_Fp,
         QE=QE, QE_df=QE_df, QEp=QEp, tau2=t2, I2=I2, H2=H2, R2=R2,
-        k=k, p=p, method=method, test=test, level=level, vb=vb, s2w=s2)
+        k=k, p=p, method=method, test=test, level=level, vb=vb, s2w=s2,
+        se_tau2=se_tau2, converged=converged, yi=y, vi=v, X=Xm,
+        labels=None if labels is None else tuple(str(x) for x in labels))
 
 
 # ---------------------------------------------------------------------------------------
@@ -556,7 +436,8 @@ def design_matrix(moderators: Mapping[str, Sequence[Any]], k: int,
         vals = list(values)
         if len(vals) != k:
             raise InputError(f"moderator {name!r}: {len(vals)} values for {k} studies")
-        missing = [i for i, x in enumerate(vals) if x is None or (isinstance(x, float) and np.isnan(x))
+        missing = [i for i, x in enumerate(vals)
+                   if x is None or (isinstance(x, float) and np.isnan(x))
                    or (isinstance(x, str) and x.strip() == "")]
         if missing:
             raise InputError(f"moderator {name!r}: missing value in row {missing[0]}")
@@ -571,7 +452,8 @@ def design_matrix(moderators: Mapping[str, Sequence[Any]], k: int,
         labels = [str(x) for x in vals]
         levels = sorted(set(labels))
         if len(levels) < 2:
-            raise InputError(f"moderator {name!r}: a single level ({levels[0]!r}) cannot be a moderator")
+            raise InputError(f"moderator {name!r}: a single level ({levels[0]!r}) cannot be "
+                             "a moderator")
         for lvl in levels[1:]:
             cols.append(np.array([1.0 if x == lvl else 0.0 for x in labels]))
             names.append(f"{name}{lvl}")
@@ -580,7 +462,8 @@ def design_matrix(moderators: Mapping[str, Sequence[Any]], k: int,
 
 def meta_regression(yi: Any, vi: Any, moderators: Mapping[str, Sequence[Any]], *,
                     categorical: Sequence[str] = (), method: str = "REML", test: str = "z",
-                    level: float = 95.0) -> MetaRegressionResult:
+                    level: float = 0.95,
+                    labels: Sequence[Any] | None = None) -> MetaRegressionResult:
     """Meta-regression of site effects on named site-level moderators.
 
     Parameters
@@ -598,7 +481,7 @@ def meta_regression(yi: Any, vi: Any, moderators: Mapping[str, Sequence[Any]], *
     if not moderators:
         raise InputError("moderators: at least one moderator is needed")
     X, names = design_matrix(moderators, y.size, categorical)
-    return fit_rma(y, v, X, names=names, method=method, test=test, level=level)
+    return fit_rma(y, v, X, names=names, method=method, test=test, level=level, labels=labels)
 
 
 # ---------------------------------------------------------------------------------------
@@ -622,24 +505,15 @@ class BatchFit:
     H2: np.ndarray
 
 
-def _batch_sums(y: np.ndarray, v: np.ndarray, mask: np.ndarray, t2: np.ndarray):
-    w = np.where(mask, 1.0 / (v + t2[:, None]), 0.0)
-    sw = w.sum(axis=1)
-    mu = (w * y).sum(axis=1) / sw
-    return w, sw, mu
-
-
 def fit_batch(yi: Any, vi: Any, mask: Any, *, method: str = "REML") -> BatchFit:
     """Fit ``m`` intercept-only random-effects models at once, one per row of ``mask``.
 
     ``yi``/``vi`` are (k,) or (m, k); ``mask`` is (m, k) with True where a study is in.
-    Fisher scoring runs on all rows together (numpy, no Python loop over fits); the rare
-    row that does not converge is finished by Brent's method on its score equation.
+    tau² comes from the engine (:func:`fedsynth.meta.stats.tau2_estimate`) on all rows
+    together, exactly as :func:`fedsynth.meta.pool` estimates it, so a refit without a
+    site equals the pooled analysis of the remaining sites.
     """
-    meth = str(method).upper()
-    if meth in _POOL_ONLY_METHODS:
-        return _fit_batch_by_pool(yi, vi, mask, meth)
-    method = _check_method(method)
+    method = check_method(method)
     msk = np.asarray(mask, dtype=bool)
     if msk.ndim != 2:
         raise InputError(f"mask: must be 2-dimensional, got shape {msk.shape}")
@@ -649,130 +523,27 @@ def fit_batch(yi: Any, vi: Any, mask: Any, *, method: str = "REML") -> BatchFit:
     kk = msk.sum(axis=1)
     if np.any(kk < 1):
         raise InputError("mask: every analysis needs at least one study")
-    m = msk.shape[0]
-    w0 = np.where(msk, 1.0 / v, 0.0)
-    sw0 = w0.sum(axis=1)
-    mu0 = (w0 * y).sum(axis=1) / sw0
-    Q = (w0 * (y - mu0[:, None]) ** 2).sum(axis=1)
-    sw0_2 = (w0**2).sum(axis=1)
+    # blocks of about _BLOCK_CELLS cells keep the engine's (rows, sites) temporaries in
+    # cache (rows are independent, so the results do not depend on the blocking)
+    step = max(1, _BLOCK_CELLS // msk.shape[1])
+    t2 = np.concatenate([
+        st.tau2_estimate(st.BatchInput(y[i:i + step], v[i:i + step], msk[i:i + step],
+                                       kk[i:i + step]), method=method).tau2
+        for i in range(0, msk.shape[0], step)])
+    b = st.BatchInput(y, v, msk, kk)
     with np.errstate(divide="ignore", invalid="ignore"):
-        s2 = np.where(kk > 1, (kk - 1) * sw0 / (sw0**2 - sw0_2), np.nan)
-
-    if method == "FE":
-        t2 = np.zeros(m)
-    elif method == "DL":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t2 = np.where(kk > 1, np.maximum(0.0, (Q - (kk - 1)) / (sw0 - sw0_2 / sw0)), 0.0)
-    else:
-        t2 = _batch_exact(y, v, msk, kk, method)
-
-    w, sw, mu = _batch_sums(y, v, msk, t2)
-    se = np.sqrt(1.0 / sw)
-    with np.errstate(divide="ignore", invalid="ignore"):
+        w = st.re_weights(b, t2)
+        sw = w.sum(axis=1)
+        mu = (w * y).sum(axis=1) / sw
+        se = np.sqrt(1.0 / sw)
+        Q = st.q_statistic(b)
+        df = kk - 1
         if method == "FE":
             # metafor's FE fit: Higgins & Thompson's I² = (Q - df)/Q, H² = Q/df
-            I2 = np.where((kk > 1) & (Q > 0), 100.0 * np.maximum(0.0, (Q - (kk - 1)) / Q), 0.0)
-            H2 = np.where(kk > 1, Q / (kk - 1), 1.0)
+            I2 = np.where((kk > 1) & (Q > 0), 100.0 * np.maximum(0.0, (Q - df) / Q), 0.0)
+            H2 = np.where(kk > 1, Q / df, 1.0)
         else:
-            I2 = np.where(kk > 1, 100.0 * t2 / (t2 + s2), 0.0)
-            H2 = np.where(kk > 1, (t2 + s2) / s2, 1.0)
+            i2, h2 = st.heterogeneity_indices(t2, st.typical_variance(b))
+            I2 = np.where(kk > 1, i2, 0.0)
+            H2 = np.where(kk > 1, h2, 1.0)
     return BatchFit(k=kk, estimate=mu, se=se, tau2=t2, Q=Q, I2=I2, H2=H2)
-
-
-#: tau² estimators only the pooling module implements (intercept-only models)
-_POOL_ONLY_METHODS = ("HE", "HS", "SJ", "EB", "PM")
-
-
-def _fit_batch_by_pool(yi: Any, vi: Any, mask: Any, method: str) -> BatchFit:
-    """Batch refits with an estimator this module does not implement: one ``pool`` call."""
-    from fedsynth.meta.pooling import pool
-
-    msk = np.asarray(mask, dtype=bool)
-    y = np.broadcast_to(np.asarray(yi, dtype=float), msk.shape)
-    v = np.broadcast_to(np.asarray(vi, dtype=float), msk.shape)
-    res = pool(y, v, mask=msk, method=method)
-    return BatchFit(k=np.asarray(res.k), estimate=np.asarray(res.estimate), se=np.asarray(res.se),
-                    tau2=np.asarray(res.tau2), Q=np.asarray(res.Q), I2=np.asarray(res.I2),
-                    H2=np.asarray(res.H2))
-
-
-def _batch_exact(y, v, msk, kk, method):
-    """ML/REML tau² of every row by vectorised safeguarded Newton / Fisher scoring.
-
-    Cells outside the mask carry ``v = inf`` (so their weight ``1/(v + tau²)`` is exactly
-    0) and ``y = 0``: no mask operation inside the loop. Rows that have converged are
-    dropped from the working arrays once they are at least half of them.
-    """
-    Y = np.where(msk, y, 0.0)
-    V = np.where(msk, v, np.inf)
-    # Hedges-type start (unweighted moments)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ybar = Y.sum(axis=1) / kk
-        dev2 = np.where(msk, (Y - ybar[:, None]) ** 2, 0.0).sum(axis=1)
-        t2 = np.where(kk > 1, np.maximum(0.0, dev2 / (kk - 1)
-                                          - np.where(msk, v, 0.0).sum(axis=1) / kk), 0.0)
-    done = kk <= 1
-
-    def step(Ya, Va, t2a):
-        """Newton step on the score where the likelihood is locally concave, else a
-        Fisher-scoring step (both on 2 x the score, S = y'PPy - tr P for REML and
-        y'PPy - sum w for ML; dS/dtau² = tr(PP) - 2 y'PPPy, resp. sum w² - 2 y'PPPy)."""
-        w = 1.0 / (Va + t2a[:, None])
-        sw = w.sum(axis=1)
-        mu = (w * Ya).sum(axis=1) / sw
-        a = w * (Ya - mu[:, None])                 # P y for an intercept-only model
-        s_a2 = np.einsum("ij,ij->i", a, a)          # y'PPy
-        wa = w * a
-        aPa = np.einsum("ij,ij->i", wa, a) - wa.sum(axis=1) ** 2 / sw   # y'PPPy
-        w2 = w * w
-        s_w2 = w2.sum(axis=1)
-        if method == "REML":
-            s_w3 = np.einsum("ij,ij->i", w2, w)
-            trP = sw - s_w2 / sw
-            expected = s_w2 - 2 * s_w3 / sw + (s_w2 / sw) ** 2     # tr(PP)
-            score = s_a2 - trP
-        else:
-            expected = s_w2
-            score = s_a2 - sw
-        observed = 2 * aPa - expected
-        newton = score / np.where(observed > 0, observed, 1.0)
-        fisher = score / expected
-        use_newton = (observed > 0) & (t2a + newton >= 0)
-        return np.where(use_newton, newton, fisher)
-
-    active = np.flatnonzero(~done)
-    Ya, Va = Y[active], V[active]
-    for _ in range(_MAX_ITER):
-        if active.size == 0:
-            break
-        new = np.maximum(0.0, t2[active] + step(Ya, Va, t2[active]))
-        live = ~done[active]                      # rows kept for now but already done
-        conv = np.abs(new - t2[active]) < _TOL
-        t2[active[live]] = new[live]
-        done[active[live & conv]] = True
-        live = ~done[active]
-        if live.sum() <= active.size // 2:        # compress the working arrays
-            active, Ya, Va = active[live], Ya[live], Va[live]
-    for j in np.flatnonzero(~done):  # rare: finish by a bracketed root search
-        sel = msk[j]
-        t2[j] = _tau2_exact(y[j, sel], v[j, sel], np.ones((int(kk[j]), 1)), method)
-    # metafor's ll0check, on all rows at once (see _ll0_check)
-    rows = np.flatnonzero((t2 > _TOL) & (kk > 1))
-    if rows.size:
-        ll0 = _batch_loglik(Y[rows], V[rows], msk[rows], np.zeros(rows.size), method)
-        ll1 = _batch_loglik(Y[rows], V[rows], msk[rows], t2[rows], method)
-        t2[rows[ll0 - ll1 > _LL0_TOL]] = 0.0
-    return t2
-
-
-def _batch_loglik(Y, V, msk, t2, method):
-    """(Restricted) log-likelihood per row, up to a constant; ``V`` is inf off the mask."""
-    w = 1.0 / (V + t2[:, None])
-    sw = w.sum(axis=1)
-    mu = (w * Y).sum(axis=1) / sw
-    r2 = (Y - mu[:, None]) ** 2
-    ll = (-0.5 * np.where(msk, np.log(np.where(msk, V, 1.0) + t2[:, None]), 0.0).sum(axis=1)
-          - 0.5 * (w * r2).sum(axis=1))
-    if method == "REML":
-        ll -= 0.5 * np.log(sw)
-    return ll

@@ -22,12 +22,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedsynth.meta import stats as st
 from fedsynth.errors import InputError
+from fedsynth.jsonsafe import finite_or_none
+from fedsynth.meta import stats as st
+from fedsynth.meta._format import format_batch_summary, format_summary
+from fedsynth.results import Interval, ResultMixin, check_fraction, frame_html
+from fedsynth.vocabulary import check_level, check_method, check_test
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fedsynth.meta.analysis import AnalysisResult
+    from fedsynth.meta.diagnostics import (
+        BlupResult,
+        InfluenceResult,
+        LeaveOneOutResult,
+        PublicationBiasResult,
+    )
+    from fedsynth.meta.heterogeneity import HeterogeneityFlag
 
 __all__ = [
     "ConfidenceInterval",
@@ -45,23 +59,21 @@ REFERENCE_KEYS = ("k", "estimate", "se", "stat", "pval", "ci_lb", "ci_ub", "tau2
                   "I2_ci", "H2_ci", "method", "test", "level")
 
 
-@dataclass(frozen=True)
-class ConfidenceInterval:
-    """A confidence (or prediction) interval ``[low, high]``."""
+#: The former name of :class:`fedsynth.results.Interval` (kept so older imports work).
+ConfidenceInterval = Interval
 
-    low: float
-    high: float
 
-    def __iter__(self) -> Iterator[float]:
-        return iter((self.low, self.high))
-
-    def to_list(self) -> list[float | None]:
-        """``[low, high]`` for JSON (NaN becomes ``None``)."""
-        return [_json_float(self.low), _json_float(self.high)]
+def _crit(confidence_level: float, test: str, k: int) -> float:
+    """Two-sided critical value of the pooled estimate's test: t with k - 1 df under
+    Knapp-Hartung (k >= 2; one site falls back to z, as :func:`pool` does), else normal."""
+    alpha = 1.0 - confidence_level
+    if test == "knha" and k >= 2:
+        return float(st.t_isf(alpha / 2, k - 1))
+    return float(st.norm_isf(alpha / 2))
 
 
 @dataclass(frozen=True)
-class PoolingResult:
+class PoolingResult(ResultMixin):
     """One pooled analysis, field for field as metafor's ``rma.uni`` reports it.
 
     Attributes
@@ -70,7 +82,8 @@ class PoolingResult:
         tau² estimator (``FE`` for the fixed/common-effect model) and inference
         (``z`` or ``knha``).
     level : float
-        Confidence level in percent.
+        Confidence level in percent (metafor's convention and the JSON's; the fraction is
+        :attr:`confidence_level`).
     k : int
         Number of sites (studies).
     estimate, se, stat, pval, ci_lb, ci_ub : float
@@ -87,7 +100,7 @@ class PoolingResult:
         Prediction interval for the effect in a new site (NaN for FE and k = 1).
     logLik : float
         Log-likelihood (restricted for REML, as metafor's ``logLik``).
-    tau2_ci, I2_ci, H2_ci : ConfidenceInterval or None
+    tau2_ci, I2_ci, H2_ci : Interval or None
         Q-profile confidence intervals (random-effects fits with k >= 2).
     converged : bool
         ``False`` when an iterative step (tau² or a Q-profile bound) did not reach its
@@ -124,9 +137,9 @@ class PoolingResult:
     pi_lb: float
     pi_ub: float
     logLik: float
-    tau2_ci: ConfidenceInterval | None
-    I2_ci: ConfidenceInterval | None
-    H2_ci: ConfidenceInterval | None
+    tau2_ci: Interval | None
+    I2_ci: Interval | None
+    H2_ci: Interval | None
     converged: bool
     message: str
     yi: tuple[float, ...] = field(repr=False)
@@ -145,39 +158,141 @@ class PoolingResult:
         """Whether tau² was estimated (a random-effects model with k >= 2)."""
         return self.method != "FE" and self.k >= 2
 
-    def confidence_interval(self) -> ConfidenceInterval:
-        """Confidence interval of the pooled estimate at ``level``."""
-        return ConfidenceInterval(self.ci_lb, self.ci_ub)
+    def confidence_interval(self, confidence_level: float = 0.95) -> Interval:
+        """Confidence interval of the pooled estimate.
 
-    def prediction_interval(self) -> ConfidenceInterval | None:
-        """Prediction interval for a new site's true effect (None for FE and k = 1)."""
+        ``estimate ± crit se`` with the fit's test (normal, or t with k - 1 df under
+        Knapp-Hartung); at the fit's own level it is exactly ``(ci_lb, ci_ub)``.
+
+        Examples
+        --------
+        >>> res = meta_analysis([0.2, 0.5, 0.1, 0.4], [0.04, 0.05, 0.03, 0.06])
+        >>> ci = res.confidence_interval()
+        >>> round(ci.low, 4), round(ci.high, 4), ci.level
+        (0.0621, 0.4642, 0.95)
+        >>> round(res.confidence_interval(0.9).low, 4)
+        0.0944
+        """
+        level = check_fraction(confidence_level)
+        if abs(level * 100.0 - self.level) < 1e-9:
+            return Interval(self.ci_lb, self.ci_ub, level=level)
+        half = _crit(level, self.test, self.k) * self.se
+        return Interval(self.estimate - half, self.estimate + half, level=level)
+
+    def prediction_interval(self, confidence_level: float = 0.95) -> Interval | None:
+        """Prediction interval for a new site's true effect (None for FE and k = 1).
+
+        ``estimate ± crit sqrt(se² + tau²)`` (Riley et al. 2011, BMJ 342:d549), with the
+        fit's test, as metafor's ``predict()``.
+        """
+        level = check_fraction(confidence_level)
         if np.isnan(self.pi_lb):
             return None
-        return ConfidenceInterval(self.pi_lb, self.pi_ub)
+        if abs(level * 100.0 - self.level) < 1e-9:
+            return Interval(self.pi_lb, self.pi_ub, level=level, kind="prediction")
+        half = _crit(level, self.test, self.k) * float(np.sqrt(self.se**2 + self.tau2))
+        return Interval(self.estimate - half, self.estimate + half, level=level,
+                        kind="prediction")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with the reference README's keys (NaN and absent -> ``None``)."""
         out: dict[str, Any] = {}
         for key in REFERENCE_KEYS:
             value = getattr(self, key)
-            if isinstance(value, ConfidenceInterval):
+            if isinstance(value, Interval):
                 out[key] = value.to_list()
             elif value is None or isinstance(value, str):
                 out[key] = value
             elif key in ("k", "Q_df"):
                 out[key] = int(value)
             else:
-                out[key] = _json_float(value)
+                out[key] = finite_or_none(value)
         return out
+
+    def to_frame(self):
+        """One row (index: the analysis name) with the keys of :meth:`to_dict`, intervals
+        as ``tau2_ci_lb``, ``tau2_ci_ub``, ..."""
+        frame = super().to_frame()
+        frame.index = [self.name if self.name is not None else 0]
+        return frame
+
+    def sites_frame(self):
+        """One row per site: label, ``yi``, ``vi``, ``sei`` and weight (percent)."""
+        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+
+        return pd.DataFrame({"label": list(self.labels), "yi": list(self.yi),
+                             "vi": list(self.vi), "sei": np.sqrt(self.vi),
+                             "weight": list(self.weights)})
 
     def summary(self) -> str:
         """A readable report in the spirit of metafor's ``print.rma.uni``."""
-        from fedsynth.meta._format import format_summary
-
         return format_summary(self)
 
-    def __str__(self) -> str:
-        return self.summary()
+    # --- plots and diagnostics of the fitted model --------------------------------------
+
+    def forest(self, **options: Any):
+        """Forest plot of this analysis (:func:`fedsynth.plots.forest_plot`)."""
+        from fedsynth.plots import forest_plot  # matplotlib: imported only to plot
+
+        return forest_plot(self, **options)
+
+    def funnel(self, **options: Any):
+        """Funnel plot of this analysis (:func:`fedsynth.plots.funnel_plot`)."""
+        from fedsynth.plots import funnel_plot  # matplotlib: imported only to plot
+
+        return funnel_plot(self, **options)
+
+    def _diagnostics(self):
+        # scipy.stats (imported by the diagnostics) costs more start-up than pooling
+        # thousands of analyses (benchmarks/README.md): only when a diagnostic is asked for
+        from fedsynth.meta import diagnostics
+
+        if self.k < 2:
+            raise InputError(f"diagnostics need at least 2 sites; this analysis has k = {self.k}")
+        return diagnostics
+
+    def leave_one_out(self) -> LeaveOneOutResult:
+        """The analysis refitted without each site (metafor's ``leave1out``)."""
+        return self._diagnostics().leave_one_out(self.yi, self.vi, labels=self.labels,
+                                                 method=self.method, test=self.test,
+                                                 level=self.level)
+
+    def influence(self) -> InfluenceResult:
+        """Outlier and influence diagnostics per site (metafor's ``influence``)."""
+        return self._diagnostics().influence(self.yi, self.vi, labels=self.labels,
+                                             method=self.method, test=self.test)
+
+    def blup(self) -> BlupResult:
+        """Each site's shrunken estimate with a prediction interval (metafor's ``blup``),
+        from this fit's tau²."""
+        diagnostics = self._diagnostics()
+        from fedsynth.meta.metareg import fit_rma
+
+        fit = fit_rma(self.yi, self.vi, None, method="FE", test=self.test, level=self.level,
+                      tau2=self.tau2, compute_r2=False)
+        return diagnostics.blup(self.yi, self.vi, labels=self.labels, level=self.level,
+                                fit=fit)
+
+    def publication_bias(self) -> PublicationBiasResult:
+        """Egger's and Begg's tests and trim-and-fill (metafor's ``regtest``,
+        ``ranktest``, ``trimfill``); needs k >= 3."""
+        return self._diagnostics().publication_bias(self.yi, self.vi, method=self.method,
+                                                    test=self.test)
+
+    def heterogeneity(self, *, i2_threshold: float = 50.0,
+                      null_value: float = 0.0) -> HeterogeneityFlag:
+        """The heterogeneity flag of this analysis (the rule in docs/architecture.md; see
+        :func:`fedsynth.meta.heterogeneity.assess_heterogeneity`)."""
+        return self.analyse(i2_threshold=i2_threshold, null_value=null_value,
+                            diagnostics=False).heterogeneity
+
+    def analyse(self, **options: Any) -> AnalysisResult:
+        """Everything ``fedsynth meta`` reports about this analysis: the flag and the
+        requested diagnostics (:func:`fedsynth.meta.analysis.analyse` on this fit)."""
+        from fedsynth.meta.analysis import analyse  # imports the diagnostics (see above)
+
+        return analyse(self.yi, self.vi, labels=self.labels, method=self.method,
+                       test=self.test, level=self.level, pooled=self, **options)
 
 
 #: Per-analysis array fields of :class:`BatchPoolingResult`.
@@ -188,15 +303,16 @@ _ARRAY_FIELDS = ("k", "estimate", "se", "stat", "pval", "ci_lb", "ci_ub", "tau2"
 
 
 @dataclass(frozen=True)
-class BatchPoolingResult:
+class BatchPoolingResult(ResultMixin):
     """Results of many analyses pooled in one call; every field is an array of shape (m,).
 
-    ``batch[i]`` is the :class:`PoolingResult` of analysis ``i``; iterating yields them
-    all; :meth:`to_frame` gives one row per analysis and :meth:`to_dicts` the JSON-ready
-    records of all analyses. ``tau2_ci`` etc. are also available as ``(m, 2)`` arrays
-    through the properties of the same name. ``yi``, ``vi`` and ``weights`` (percent) are
-    ``(m, K)`` grids, NaN outside ``mask``; ``site_labels`` is the ``(m, K)`` label grid
-    given to :func:`pool` (or None), and :meth:`labels_of` gives one analysis' labels.
+    ``batch[i]`` (or ``batch["name"]``) is the :class:`PoolingResult` of analysis ``i``;
+    iterating yields them all; :meth:`to_frame` gives one row per analysis and
+    :meth:`to_dicts` the JSON-ready records of all analyses. ``tau2_ci`` etc. are also
+    available as ``(m, 2)`` arrays through the properties of the same name. ``yi``,
+    ``vi`` and ``weights`` (percent) are ``(m, K)`` grids, NaN outside ``mask``;
+    ``site_labels`` is the ``(m, K)`` label grid given to :func:`pool` (or None), and
+    :meth:`labels_of` gives one analysis' labels.
     """
 
     method: str
@@ -264,17 +380,31 @@ class BatchPoolingResult:
         """Bounds for H², shape (m, 2)."""
         return np.column_stack([self.H2_ci_lb, self.H2_ci_ub])
 
-    def __getitem__(self, i: int) -> PoolingResult:
+    def index_of(self, name: str) -> int:
+        """Position of the analysis called ``name``."""
+        try:
+            return self.names.index(str(name))
+        except ValueError:
+            shown = ", ".join(repr(n) for n in self.names[:10])
+            more = f" (and {len(self.names) - 10} more)" if len(self.names) > 10 else ""
+            raise KeyError(f"analysis {name!r} is not in this batch; analyses: "
+                           f"{shown}{more}") from None
+
+    def __getitem__(self, i: int | str) -> PoolingResult:
+        if isinstance(i, str):
+            i = self.index_of(i)
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"analysis index {i} out of range for {n} analyses")
         i = i % n
         row = self.mask[i]
 
-        def ci(lo: np.ndarray, hi: np.ndarray) -> ConfidenceInterval | None:
+        level = self.level / 100.0
+
+        def ci(lo: np.ndarray, hi: np.ndarray) -> Interval | None:
             if np.isnan(lo[i]):
                 return None
-            return ConfidenceInterval(float(lo[i]), float(hi[i]))
+            return Interval(float(lo[i]), float(hi[i]), level=level)
 
         return PoolingResult(
             method=self.method, test=self.test, level=self.level, k=int(self.k[i]),
@@ -296,7 +426,7 @@ class BatchPoolingResult:
 
     def to_frame(self):
         """A :class:`pandas.DataFrame` with one row per analysis (index: analysis names)."""
-        import pandas as pd
+        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
 
         data = {"analysis": list(self.names)}
         data.update({name: getattr(self, name) for name in _ARRAY_FIELDS})
@@ -307,20 +437,67 @@ class BatchPoolingResult:
         frame.insert(2, "level", self.level)
         return frame
 
+    def to_dict(self) -> dict[str, Any]:
+        """``{"method", "test", "level", "analyses": [record, ...]}``; each record is
+        :meth:`PoolingResult.to_dict` with ``analysis`` (its name) first, as the command
+        line's ``--by`` JSON."""
+        records = [{"analysis": name, **rec} for name, rec in zip(self.names, self.to_dicts())]
+        return {"method": self.method, "test": self.test, "level": self.level,
+                "analyses": records}
+
+    def summary(self) -> str:
+        """One line per analysis (the first 20 and how many more): k, estimate, se,
+        confidence bounds, tau², I² and the heterogeneity test's p-value."""
+        return format_batch_summary(self)
+
+    def _repr_html_(self) -> str:
+        return frame_html(self.to_frame(), f"{len(self)} analyses pooled ({self.method}, "
+                                           f"{self.test}, {self.level:g}%)")
+
+    def confidence_interval(self, confidence_level: float = 0.95) -> Interval:
+        """Confidence intervals of every analysis' pooled estimate (arrays of shape (m,))."""
+        level = check_fraction(confidence_level)
+        if abs(level * 100.0 - self.level) < 1e-9:
+            return Interval(self.ci_lb, self.ci_ub, level=level)
+        half = self._crit(level) * self.se
+        return Interval(self.estimate - half, self.estimate + half, level=level)
+
+    def prediction_interval(self, confidence_level: float = 0.95) -> Interval:
+        """Prediction intervals of every analysis (NaN for FE and k = 1)."""
+        level = check_fraction(confidence_level)
+        if abs(level * 100.0 - self.level) < 1e-9:
+            return Interval(self.pi_lb, self.pi_ub, level=level, kind="prediction")
+        half = self._crit(level) * np.sqrt(self.se**2 + self.tau2)
+        nan = np.isnan(self.pi_lb)
+        return Interval(np.where(nan, np.nan, self.estimate - half),
+                        np.where(nan, np.nan, self.estimate + half), level=level,
+                        kind="prediction")
+
+    def _crit(self, level: float) -> np.ndarray:
+        alpha = 1.0 - level
+        z = float(st.norm_isf(alpha / 2))
+        if self.test != "knha":
+            return np.full(len(self), z)
+        with np.errstate(invalid="ignore"):
+            t = st.per_distinct(lambda d: st.t_isf(alpha / 2, d), np.maximum(self.k - 1, 1))
+        return np.where(self.k >= 2, t, z)
+
+    def forest(self, analysis: int | str = 0, **options: Any):
+        """Forest plot of one analysis of the batch (by position or name)."""
+        return self[analysis].forest(**options)
+
     def to_dicts(self) -> list[dict[str, Any]]:
         """``[batch[i].to_dict() for i ...]`` computed column-wise (fast for large batches)."""
         columns: dict[str, list] = {}
         for key in ("estimate", "se", "stat", "pval", "ci_lb", "ci_ub", "tau2", "se_tau2",
                     "Q", "Q_pval", "I2", "H2", "pi_lb", "pi_ub", "logLik"):
             arr = getattr(self, key).astype(object)
-            arr[np.isnan(getattr(self, key))] = None
+            arr[~np.isfinite(getattr(self, key))] = None
             columns[key] = arr.tolist()
-        ks = self.k.tolist()
-        dfs = self.Q_df.tolist()
 
         def interval(lo: np.ndarray, hi: np.ndarray) -> list:
             out = np.column_stack([lo, hi]).astype(object)
-            out[np.isnan(np.column_stack([lo, hi]))] = None
+            out[~np.isfinite(np.column_stack([lo, hi]))] = None
             return [None if r[0] is None else r for r in out.tolist()]
 
         cis = {"tau2_ci": interval(self.tau2_ci_lb, self.tau2_ci_ub),
@@ -337,31 +514,13 @@ class BatchPoolingResult:
         return result
 
 
-def _json_float(value: Any) -> float | None:
-    value = float(value)
-    return None if np.isnan(value) else value
-
-
 # ---------------------------------------------------------------------------------------
 # input checks
 # ---------------------------------------------------------------------------------------
 
 def _check_options(method: str, test: str, level: float) -> tuple[str, str, float]:
-    m = str(method).upper()
-    if m not in st.METHODS:
-        raise InputError(f"method: {method!r} is not one of {', '.join(st.METHODS)}")
-    t = str(test).lower()
-    if t not in st.TESTS:
-        raise InputError(f"test: {test!r} is not one of {', '.join(st.TESTS)}")
-    try:
-        lv = float(level)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"level: {level!r} is not a number (use e.g. 95)") from exc
-    if not (np.isfinite(lv) and 0 < lv < 100):
-        raise InputError(f"level: {level!r} must lie strictly between 0 and 100 (e.g. 95)")
-    if lv < 1:  # metafor's convention: a proportion (0.95) means 95 %
-        lv *= 100.0
-    return m, t, lv
+    """Validated method, test and level (percent; a fraction such as 0.95 is accepted)."""
+    return check_method(method), check_test(test), check_level(level)
 
 
 def _as_2d(name: str, values: Any) -> np.ndarray:
@@ -422,7 +581,7 @@ def _validate(yi, vi, mask, names, labels):
 # the estimator
 # ---------------------------------------------------------------------------------------
 
-def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: float = 95.0,
+def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: float = 0.95,
          names: Sequence[str] | None = None, labels=None) -> BatchPoolingResult:
     """Pool a batch of meta-analyses in one vectorised call.
 
@@ -438,7 +597,8 @@ def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: flo
     test : {"z", "knha"}
         Wald z or Knapp-Hartung t (``k - 1`` df) inference.
     level : float
-        Confidence level in percent (a value below 1 is taken as a proportion).
+        Confidence level as a fraction (default 0.95); a value above 1 is read as a
+        percentage (95), as metafor's ``level``. Results report it in percent.
     names : sequence of str, optional
         Analysis names (carried into the results and error messages).
     labels : array_like of str, shape (K,) or (m, K), optional
@@ -599,7 +759,7 @@ def _pool_block(y: np.ndarray, v: np.ndarray, msk: np.ndarray, method: str, test
 
 
 def meta_analysis(yi, vi, *, labels: Sequence[str] | None = None, method: str = "REML",
-                  test: str = "z", level: float = 95.0,
+                  test: str = "z", level: float = 0.95,
                   name: str | None = None) -> PoolingResult:
     """Pool one meta-analysis (metafor's ``rma(yi, vi, method=, test=, level=)``).
 

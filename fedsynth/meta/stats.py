@@ -1,4 +1,4 @@
-"""Vectorised statistics of fixed- and random-effects meta-analysis.
+"""The tau² engine: vectorised statistics of fixed-, random- and mixed-effects meta-analysis.
 
 Every function works on a *batch* of analyses at once: ``yi`` and ``vi`` are arrays of
 shape ``(m, K)`` (``m`` analyses, at most ``K`` sites each) and ``mask`` is a boolean array
@@ -6,10 +6,18 @@ of the same shape, ``True`` where a site contributed. Rows may have different nu
 sites ``k``. Masked cells never influence a result: they are replaced by harmless values
 (``yi = 0``, ``vi = 1``) and receive a weight of exactly zero.
 
-The formulas are those of the normal-normal random-effects model
-``y_i = mu + u_i + e_i``, ``u_i ~ N(0, tau2)``, ``e_i ~ N(0, v_i)`` with known ``v_i``
-and follow ``metafor::rma.uni`` (Viechtbauer 2010, J. Stat. Softw. 36(3)) so that results
-reproduce R to the precision of the project's reference values. The tau² estimators are
+The model is ``y_i = x_i' beta + u_i + e_i``, ``u_i ~ N(0, tau2)``, ``e_i ~ N(0, v_i)``
+with known ``v_i``. Without a design matrix it is the intercept-only random-effects model
+of pooling (``x_i = 1``; closed forms with ``P = W - w w'/sum(w)``); with a design matrix
+``X`` (shape ``(K, p)`` or ``(m, K, p)``) it is the mixed-effects meta-regression model,
+with ``P = W - W X (X'WX)^-1 X'W`` never formed as a K x K matrix (every trace comes from
+p x p identities). Both follow ``metafor::rma.uni`` (Viechtbauer 2010, J. Stat. Softw.
+36(3)), so results reproduce R to the precision of the project's reference values.
+
+This module is the project's ONE tau² engine: pooling (:mod:`.pooling`), meta-regression
+(:mod:`.metareg`), and the leave-one-out, influence, cumulative and subgroup refits
+(:mod:`.diagnostics`, :mod:`.heterogeneity`, :mod:`.subgroups`) all estimate tau² with
+:func:`tau2_estimate`, so they cannot settle on different roots. The estimators are
 reviewed by Veroniki et al. (2016), Res. Synth. Methods 7(1):55-79:
 
 * DL   DerSimonian & Laird (1986), Control. Clin. Trials 7:177-188.
@@ -30,7 +38,15 @@ The iterative parts are vectorised over analyses, never a Python loop over rows:
 with per-row convergence masks) solves the ML and REML score equations, the
 Paule-Mandel / empirical Bayes equation and the Q-profile bounds for all rows at once;
 metafor's Fisher scoring is available as ``solver="fisher"`` (also vectorised, with the
-bracketed solver as fallback for rows that do not converge). Pure: no I/O, no grpc.
+bracketed solver as fallback for rows that do not converge).
+
+Scale: every root and optimum is found to a tolerance relative to the row's own scale
+(its mean sampling variance), never to an absolute one, so multiplying ``yi`` and
+``sqrt(vi)`` by any ``c > 0`` multiplies tau² by ``c²`` and leaves the other results
+equivariant: measurements with variances of 1e-16 are pooled as accurately as log odds
+ratios. The one absolute tolerance left is metafor's own Fisher-scoring ``threshold``,
+used only when a caller asks for ``solver="fisher"`` to reproduce metafor's stopping rule.
+Pure: no I/O, no grpc.
 """
 
 from __future__ import annotations
@@ -38,9 +54,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 from scipy import special
+
+from fedsynth.vocabulary import METHODS, RE_METHODS, TESTS
 
 __all__ = [
     "METHODS",
@@ -50,10 +69,12 @@ __all__ = [
     "Tau2Fit",
     "QProfile",
     "as_batch",
+    "as_mask",
     "exclusive_sum",
     "fixed_weights",
     "re_weights",
     "weighted_mean",
+    "wls",
     "q_statistic",
     "generalized_q",
     "trace_p",
@@ -76,18 +97,15 @@ __all__ = [
     "per_distinct",
 ]
 
-#: Every pooling method (``FE`` is the fixed/common-effect model, tau² = 0).
-METHODS = ("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM")
-#: The random-effects tau² estimators.
-RE_METHODS = METHODS[1:]
-#: Inference for the pooled estimate: Wald ``z`` or Knapp-Hartung ``knha``.
-TESTS = ("z", "knha")
-
-# Fisher scoring stops when |Δtau²| < _THRESHOLD. metafor's default is 1e-5; the project's
+# Fisher scoring (solver="fisher" only) stops when |Δtau²| < _THRESHOLD, an absolute
+# threshold as metafor's control$threshold. metafor's default is 1e-5; the project's
 # reference values were produced with 1e-12 and must be matched to 1e-6 relative.
 _THRESHOLD = 1e-12
 _MAX_ITER = 1000
 _EPS = np.finfo(float).eps
+#: Root tolerance relative to the row's scale (its mean sampling variance): the bracket
+#: of a tau² root stops below _XTOL_REL x scale (plus 4 eps |tau²|), whatever the units.
+_XTOL_REL = 1e-15
 
 
 @dataclass(frozen=True)
@@ -102,18 +120,40 @@ class BatchInput:
         ``True`` where a site contributed.
     k : ndarray of int, shape (m,)
         Number of contributing sites per analysis.
+    X : ndarray, shape (m, K, p), optional
+        Design matrix of a meta-regression (zero rows outside the mask); ``None`` for the
+        intercept-only model (``p = 1``).
     """
 
     yi: np.ndarray
     vi: np.ndarray
     mask: np.ndarray
     k: np.ndarray
+    X: np.ndarray | None = None
+
+    @property
+    def p(self) -> int:
+        """Number of model coefficients (1 without a design matrix)."""
+        return 1 if self.X is None else int(self.X.shape[2])
 
     @cached_property
     def vw(self) -> np.ndarray:
         """``vi`` with +inf outside the mask, so ``1 / (vw + tau2)`` is a weight of exactly
         zero there without a mask operation in the hot loops."""
         return np.where(self.mask, self.vi, np.inf)
+
+    def take(self, rows: Any) -> BatchInput:
+        """The analyses ``rows`` (indices) as a batch of their own, sharing the cached
+        ``vw``; the batch itself when ``rows`` are all of its rows in order."""
+        idx = np.asarray(rows)
+        if idx.dtype != bool and idx.size == self.yi.shape[0] and (
+                idx.size == 0 or (idx[0] == 0 and np.all(np.diff(idx) == 1))):
+            return self
+        out = BatchInput(self.yi[rows], self.vi[rows], self.mask[rows], self.k[rows],
+                         None if self.X is None else self.X[rows])
+        if "vw" in self.__dict__:
+            out.__dict__["vw"] = self.__dict__["vw"][rows]
+        return out
 
 
 def as_mask(mask, shape: tuple[int, ...]) -> np.ndarray:
@@ -125,12 +165,13 @@ def as_mask(mask, shape: tuple[int, ...]) -> np.ndarray:
     return msk[None, :] if msk.ndim == 1 else msk
 
 
-def as_batch(yi, vi, mask=None) -> BatchInput:
-    """Promote ``yi``, ``vi`` (1-D or 2-D) and an optional mask to a sanitised batch.
+def as_batch(yi, vi, mask=None, X=None) -> BatchInput:
+    """Promote ``yi``, ``vi`` (1-D or 2-D), an optional mask and an optional design matrix
+    ``X`` (``(K, p)`` shared by every analysis, or ``(m, K, p)``) to a sanitised batch.
 
-    No validation of values is done here (see :func:`fedsynth.meta.pooling.pool`
-    for the user-facing checks); cells outside the mask are overwritten so that NaN
-    placeholders for missing sites are allowed.
+    No validation of values is done here (see :func:`fedsynth.meta.pooling.pool` and
+    :func:`fedsynth.meta.metareg.fit_rma` for the user-facing checks); cells outside the
+    mask are overwritten so that NaN placeholders for missing sites are allowed.
     """
     if isinstance(yi, BatchInput):
         return yi
@@ -143,7 +184,13 @@ def as_batch(yi, vi, mask=None) -> BatchInput:
     msk = as_mask(mask, y.shape)
     y[~msk] = 0.0
     v[~msk] = 1.0
-    return BatchInput(y, v, msk, msk.sum(axis=1))
+    design = None
+    if X is not None:
+        design = np.array(X, dtype=float, copy=True)
+        if design.ndim == 2:
+            design = np.broadcast_to(design, (y.shape[0],) + design.shape).copy()
+        design[~msk] = 0.0
+    return BatchInput(y, v, msk, msk.sum(axis=1), design)
 
 
 def _rsum(a: np.ndarray) -> np.ndarray:
@@ -161,6 +208,15 @@ def _weights(vw: np.ndarray, tau2: np.ndarray) -> np.ndarray:
     w = vw + tau2[:, None]
     np.reciprocal(w, out=w)
     return w
+
+
+def _xtol(b: BatchInput) -> np.ndarray:
+    """Per-row root tolerance proportional to the row's mean sampling variance: tau² has
+    the units of ``vi``, so a root found to this tolerance is found to the same relative
+    accuracy whatever the units of the effect sizes."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = _rsum(np.where(b.mask, b.vi, 0.0)) / np.maximum(b.k, 1)
+    return _XTOL_REL * np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
 
 
 def exclusive_sum(x: np.ndarray) -> np.ndarray:
@@ -194,30 +250,34 @@ def weighted_mean(y: np.ndarray, w: np.ndarray) -> np.ndarray:
     return _rdot(w, y) / _rsum(w)
 
 
-def q_statistic(b: BatchInput) -> np.ndarray:
-    """Cochran's Q, ``sum w_i (y_i - mu_FE)^2`` with ``w = 1 / vi`` (Cochran 1954)."""
-    return generalized_q(b, np.zeros(b.yi.shape[0]))
+# ---------------------------------------------------------------------------------------
+# design matrices: weighted least squares and traces without K x K matrices
+# ---------------------------------------------------------------------------------------
+
+def _xgx(X: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``X' diag(g) X`` per row: (m, K, p), (m, K) -> (m, p, p)."""
+    return np.matmul((X * g[:, :, None]).transpose(0, 2, 1), X)
 
 
-def generalized_q(b: BatchInput, tau2, *, rows=None) -> np.ndarray:
-    """Generalised Q, ``sum w_i (y_i - mu(tau2))^2`` with ``w = 1 / (vi + tau2)``.
-
-    Decreasing in tau²; it is the pivot of the Paule-Mandel estimator and of the Q-profile
-    interval (Viechtbauer 2007). ``rows`` restricts the computation to a subset.
-    """
-    y, vw = (b.yi, b.vw) if rows is None else (b.yi[rows], b.vw[rows])
-    t = np.broadcast_to(np.asarray(tau2, dtype=float).reshape(-1), (y.shape[0],))
-    q, _ = _q_and_slope(y, vw, t)
-    return np.maximum(q, 0.0)
+def _tr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``tr(a b)`` per row of two (m, p, p) stacks."""
+    return np.einsum("mpq,mqp->m", a, b)
 
 
-def _q_and_slope(y, vw, tau2):
-    """Generalised Q and its derivative ``dQ/dtau2 = -sum w^2 r^2`` (mu drops out, dQ/dmu = 0)."""
-    w = _weights(vw, tau2)
-    mu = _rdot(w, y) / _rsum(w)
-    r = y - mu[:, None]
-    wr = w * r
-    return _rdot(wr, r), -_rdot(wr, wr)
+def wls(X: np.ndarray, w: np.ndarray, y: np.ndarray
+        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted least squares of every row: ``A = (X'WX)^-1``, ``beta = A X'Wy`` and the
+    residuals ``y - X beta`` (shapes (m, p, p), (m, p), (m, K))."""
+    A = np.linalg.inv(_xgx(X, w))
+    beta = np.einsum("mpq,mq->mp", A, np.einsum("mkp,mk->mp", X, w * y))
+    return A, beta, y - np.einsum("mkp,mp->mk", X, beta)
+
+
+def _residuals(y: np.ndarray, w: np.ndarray, X: np.ndarray | None) -> np.ndarray:
+    """``y - X beta(w)`` (the weighted mean for the intercept-only model)."""
+    if X is None:
+        return y - (_rdot(w, y) / _rsum(w))[:, None]
+    return wls(X, w, y)[2]
 
 
 #: Above this share of the total weight held by one site, ``S - w_i`` is computed by
@@ -231,12 +291,16 @@ def _dominated(w: np.ndarray) -> np.ndarray:
         return ~(w.max(axis=1) <= _DOMINANCE * _rsum(w))
 
 
-def trace_p(w: np.ndarray) -> np.ndarray:
-    """``tr(P)`` of ``P = W - w w' / sum(w)`` (intercept-only model): ``sum w_i (S - w_i) / S``.
+def trace_p(w: np.ndarray, X: np.ndarray | None = None) -> np.ndarray:
+    """``tr(P)`` of ``P = W - W X (X'WX)^-1 X'W``.
 
-    ``S - sum(w^2)/S`` is exact enough unless one weight dominates; those rows use
-    prefix/suffix sums of the other weights instead.
+    Intercept only: ``sum w_i (S - w_i) / S``; ``S - sum(w^2)/S`` is exact enough unless
+    one weight dominates, where prefix/suffix sums of the other weights are used instead.
+    With a design matrix: ``sum(w) - tr(A X'W²X)``, ``A = (X'WX)^-1``.
     """
+    if X is not None:
+        A = np.linalg.inv(_xgx(X, w))
+        return _rsum(w) - _tr(A, _xgx(X, w * w))
     s = _rsum(w)
     out = s - _rdot(w, w) / s
     rows = np.flatnonzero(_dominated(w))
@@ -246,18 +310,23 @@ def trace_p(w: np.ndarray) -> np.ndarray:
     return out
 
 
-def _sum_p2(w: np.ndarray, a=None, b=None) -> np.ndarray:
-    """``sum_ij P_ij^2 a_i b_j`` for ``P = W - w w' / S`` without cancellation.
+def _sum_p2(w: np.ndarray, a=None, b=None, X: np.ndarray | None = None) -> np.ndarray:
+    """``sum_ij P_ij^2 a_i b_j = tr(P diag(a) P diag(b))`` without cancellation.
 
     With ``a = b = 1`` this is ``sum(P * P) = tr(P P)``; with ``a = b = vi`` it is
     ``sum(PV * t(PV))`` and with ``a = 1, b = vi`` it is ``sum(PV * P)`` (metafor's
-    se(tau²) formulas). Diagonal: ``P_ii = w_i (S - w_i) / S``; off-diagonal:
-    ``P_ij = -w_i w_j / S``.
+    se(tau²) formulas). Intercept only: ``P_ii = w_i (S - w_i) / S`` and
+    ``P_ij = -w_i w_j / S``. With a design matrix:
+    ``sum w² a b - 2 tr(A X'W³ab X) + tr(A X'W²aX A X'W²bX)``.
     """
     a = np.ones_like(w) if a is None else a
     b = np.ones_like(w) if b is None else b
-    s = _rsum(w)
     w2 = w * w
+    if X is not None:
+        A = np.linalg.inv(_xgx(X, w))
+        Ma, Mb = A @ _xgx(X, w2 * a), A @ _xgx(X, w2 * b)
+        return _rdot(w2 * a, b) - 2.0 * _tr(A, _xgx(X, w2 * w * a * b)) + _tr(Ma, Mb)
+    s = _rsum(w)
     # fast form: sum w^2 a b - 2 sum w^3 a b / S + (sum w^2 a)(sum w^2 b) / S^2
     wab = w2 * a * b
     out = _rsum(wab) - 2 * _rdot(wab, w) / s + _rdot(w2, a) * _rdot(w2, b) / s**2
@@ -272,15 +341,42 @@ def _sum_p2(w: np.ndarray, a=None, b=None) -> np.ndarray:
     return out
 
 
-def typical_variance(b: BatchInput) -> np.ndarray:
-    """metafor's "typical" within-study variance ``(k - 1) / tr(P)`` with ``w = 1 / vi``.
+def q_statistic(b: BatchInput) -> np.ndarray:
+    """Cochran's Q (``QE`` with a design matrix): ``sum w_i (y_i - x_i' beta_FE)^2`` with
+    ``w = 1 / vi`` (Cochran 1954)."""
+    return generalized_q(b, np.zeros(b.yi.shape[0]))
 
-    Equal to ``(k-1) sum(w) / (sum(w)^2 - sum(w^2))`` (Higgins & Thompson 2002); I² and H²
-    are defined through it, so that ``I2 = (Q - df) / Q`` for DL.
+
+def generalized_q(b: BatchInput, tau2, *, rows=None) -> np.ndarray:
+    """Generalised Q, ``y'P(tau2)y = sum w_i (y_i - x_i' beta(tau2))^2``, ``w = 1/(vi+tau2)``.
+
+    Decreasing in tau²; it is the pivot of the Paule-Mandel estimator and of the Q-profile
+    interval (Viechtbauer 2007). ``rows`` restricts the computation to a subset.
+    """
+    sub = b if rows is None else b.take(rows)
+    t = np.broadcast_to(np.asarray(tau2, dtype=float).reshape(-1), (sub.yi.shape[0],))
+    q, _ = _q_and_slope(sub.yi, sub.vw, t, sub.X)
+    return np.maximum(q, 0.0)
+
+
+def _q_and_slope(y, vw, tau2, X=None):
+    """Generalised Q and its derivative ``dQ/dtau2 = -y'PPy = -sum (w r)^2`` (beta drops
+    out: the weighted residuals are orthogonal to X)."""
+    w = _weights(vw, tau2)
+    r = _residuals(y, w, X)
+    wr = w * r
+    return _rdot(wr, r), -_rdot(wr, wr)
+
+
+def typical_variance(b: BatchInput) -> np.ndarray:
+    """metafor's "typical" within-study variance ``(k - p) / tr(P)`` with ``w = 1 / vi``.
+
+    Equal to ``(k-1) sum(w) / (sum(w)^2 - sum(w^2))`` for pooling (Higgins & Thompson
+    2002); I² and H² are defined through it, so that ``I2 = (Q - df) / Q`` for DL.
     """
     w = fixed_weights(b)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (b.k - 1) / trace_p(w)
+        return (b.k - b.p) / trace_p(w, b.X)
 
 
 def heterogeneity_indices(tau2, vt) -> tuple[np.ndarray, np.ndarray]:
@@ -365,7 +461,7 @@ def bracketed_root(
     *,
     x0: np.ndarray | None = None,
     newton_rtol: float = 0.0,
-    xtol: float = 1e-15,
+    xtol: float | np.ndarray = 0.0,
     rtol: float = 4 * _EPS,
     maxiter: int = 200,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -379,7 +475,9 @@ def bracketed_root(
     or the bracket failed to halve, so convergence is guaranteed (as in Numerical
     Recipes' ``rtsafe``). Rows stop individually once the bracket is narrower than
     ``xtol + rtol |x|``, a Newton correction is below that tolerance, or ``f`` is exactly
-    zero. ``x0`` is an optional first guess inside the bracket (default: the midpoint).
+    zero. ``xtol`` may be an array (one per row): callers pass a tolerance proportional
+    to each row's own scale (see :func:`_xtol`), so that no root depends on the units of
+    the data. ``x0`` is an optional first guess inside the bracket (default: the midpoint).
     ``newton_rtol`` lets a row stop after a Newton correction smaller than
     ``newton_rtol |x|`` (quadratic convergence makes the error after it negligible; use
     only where the derivative is exact).
@@ -394,6 +492,7 @@ def bracketed_root(
     f_lo = np.array(f_lo, dtype=float)
     f_hi = np.array(f_hi, dtype=float)
     n = lo.size
+    xtol_rows = np.broadcast_to(np.asarray(xtol, dtype=float), (n,))
     root = np.where(f_lo == 0, lo, np.where(f_hi == 0, hi, 0.5 * (lo + hi)))
     done = (f_lo == 0) | (f_hi == 0)
     conv = done.copy()
@@ -430,7 +529,7 @@ def bracketed_root(
         lo[active], hi[active] = new_lo, new_hi
         f_lo[active], f_hi[active] = new_flo, new_fhi
         width = np.abs(new_hi - new_lo)
-        tol = xtol + rtol * np.abs(xa)
+        tol = xtol_rows[active] + rtol * np.abs(xa)
         finished = zero | (width <= tol)
         root[active] = xa
         if dfx is not None:
@@ -478,9 +577,9 @@ class Tau2Fit:
     Attributes
     ----------
     tau2 : ndarray, shape (m,)
-        Estimate, truncated at zero (0 for ``FE`` and for rows with ``k < 2``).
+        Estimate, truncated at zero (0 for ``FE`` and for rows with ``k <= p``).
     se_tau2 : ndarray, shape (m,)
-        Standard error as metafor reports it (NaN for ``FE`` and ``k < 2``).
+        Standard error as metafor reports it (NaN for ``FE`` and ``k <= p``).
     converged : ndarray of bool, shape (m,)
     iterations : ndarray of int, shape (m,)
         Fisher-scoring iterations (0 for closed-form estimators and the Newton solver).
@@ -493,143 +592,186 @@ class Tau2Fit:
 
 
 def _centered(b: BatchInput) -> BatchInput:
-    """The batch with ``yi`` minus its unweighted row mean (metafor centres ``yi`` for
-    numerical stability; tau² and Q do not depend on a shift)."""
+    """The batch with ``yi`` minus its unweighted row mean (metafor centres ``yi`` before
+    estimating tau², with or without moderators, for numerical stability)."""
     mean = _rsum(b.yi) / np.maximum(b.k, 1)
     y = np.where(b.mask, b.yi - mean[:, None], 0.0)
-    out = BatchInput(y, b.vi, b.mask, b.k)
+    out = BatchInput(y, b.vi, b.mask, b.k, b.X)
     out.__dict__["vw"] = b.vw  # share the cached +inf-padded variances
     return out
 
 
 def _he(b: BatchInput):
-    """Hedges' unweighted method of moments (untruncated); also the start of ML/REML/EB."""
+    """Hedges' unweighted method of moments (untruncated); also the start of ML/REML/EB.
+
+    ``(RSS_OLS - tr(P_OLS V)) / (k - p)`` with the ordinary least-squares projection
+    ``P_OLS = I - X (X'X)^-1 X'`` (``I - J/k`` without moderators). Returns the estimate
+    and the pieces of its standard error: ``v`` (zero off the mask), ``tr(P V)``,
+    ``sum(PV * t(PV))``.
+    """
     k = b.k.astype(float)
+    p = b.p
     v = np.where(b.mask, b.vi, 0.0)
-    dev = np.where(b.mask, b.yi - (_rsum(b.yi) / k)[:, None], 0.0)
-    rss = _rdot(dev, dev)
-    sv = _rsum(v)
-    tr_pv = sv * (k - 1) / k
-    tau2 = (rss - tr_pv) / (k - 1)
-    return tau2, v, sv, tr_pv, rss
+    if b.X is None:
+        dev = np.where(b.mask, b.yi - (_rsum(b.yi) / k)[:, None], 0.0)
+        rss = _rdot(dev, dev)
+        sv = _rsum(v)
+        tr_pv = sv * (k - 1) / k
+        # sum(PV * t(PV)) with P = I - J/k: sum v^2 (1 - 2/k) + (sum v)^2 / k^2
+        s_pv = _rdot(v, v) * (1 - 2 / k) + sv**2 / k**2
+    else:
+        one = b.mask.astype(float)
+        A, _, r = wls(b.X, one, b.yi)
+        r = np.where(b.mask, r, 0.0)
+        rss = _rdot(r, r)
+        hat = np.einsum("mkp,mpq,mkq->mk", b.X, A, b.X)
+        tr_pv = _rdot(v, 1.0 - hat)
+        s_pv = _sum_p2(one, v, v, b.X)
+    return (rss - tr_pv) / (k - p), v, tr_pv, s_pv
 
 
-def tau2_estimate(yi, vi=None, mask=None, method: str = "REML", *, solver: str = "newton",
-                  threshold: float = _THRESHOLD, max_iter: int = _MAX_ITER) -> Tau2Fit:
+def tau2_estimate(yi, vi=None, mask=None, method: str = "REML", *, X=None,
+                  solver: str = "newton", threshold: float = _THRESHOLD,
+                  max_iter: int = _MAX_ITER) -> Tau2Fit:
     """Estimate tau² for every analysis of a batch with one method.
 
     Parameters
     ----------
     yi, vi : array_like, shape (m, K) or (K,)
-        Or a :class:`BatchInput` as ``yi`` (then ``vi`` and ``mask`` are ignored).
+        Or a :class:`BatchInput` as ``yi`` (then ``vi``, ``mask`` and ``X`` are ignored).
     mask : array_like of bool, optional
     method : {"FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM"}
+    X : array_like, shape (K, p) or (m, K, p), optional
+        Design matrix of a meta-regression (with its intercept column); residual tau² of
+        the mixed-effects model, as ``rma(yi, vi, mods = ...)``. Default: intercept only.
     solver : {"newton", "fisher"}
         How ML and REML are maximised (the root is the same): ``newton`` solves the score
         equation with safeguarded Newton steps inside a bracket (quadratic convergence,
-        the default); ``fisher`` is rma.uni's Fisher scoring from the HE estimate with
-        step halving at zero, stopped at ``|Δtau2| < threshold``, with rows still
+        the default; tolerance relative to the row's scale); ``fisher`` is rma.uni's
+        Fisher scoring from the HE estimate with step halving at zero, stopped at
+        ``|Δtau2| <= threshold`` (metafor's absolute stopping rule), with rows still
         unconverged after ``max_iter`` steps handed to the bracketed solver.
     threshold, max_iter
         Fisher-scoring controls.
 
     Notes
     -----
-    Closed forms (metafor's, with ``P = W - w w'/sum(w)``):
+    Closed forms (metafor's, with ``P = W - W X (X'WX)^-1 X'W`` and p coefficients):
 
-    * DL ``(Q - (k-1)) / tr(P)`` with ``w = 1/v``;
+    * DL ``(Q - (k-p)) / tr(P)`` with ``w = 1/v``;
     * HS ``(Q - k) / sum(w)``;
-    * HE ``(sum (y - ybar)^2 - (k-1)/k sum v) / (k - 1)``;
-    * SJ ``tau0 Q(tau0) / (k - 1)`` with ``tau0 = mean((y - ybar)^2)``.
+    * HE ``(RSS_OLS - tr(P_OLS V)) / (k - p)``;
+    * SJ ``tau0 Q(tau0) / (k - p)`` with ``tau0 = mean((y - ybar)^2)``.
 
     ML and REML set the score to zero: ``y'PPy - sum(w)`` (ML) and ``y'PPy - tr(P)``
     (REML), whose derivatives are ``-2 y'PPPy + sum(w^2)`` and ``-2 y'PPPy + tr(PP)``;
     tau² = 0 when the score is not positive at zero. As in rma.uni, a stationary point
     whose likelihood is below the one at zero is replaced by zero. EB (Morris 1983) and PM
-    both solve ``Q(tau2) = k - 1`` (EB's Fisher-scoring step is ``(Q k/(k-1) - k)/sum(w)``),
-    zero when ``Q(0) < k - 1``; the root is found on ``1/Q``, which is nearly linear.
+    both solve ``Q(tau2) = k - p`` (EB's Fisher-scoring step is
+    ``(Q k/(k-p) - k)/sum(w)``), zero when ``Q(0) < k - p``; the root is found on ``1/Q``,
+    which is nearly linear.
     """
     method = str(method).upper()
     if method not in METHODS:
         raise ValueError(f"method: {method!r} is not one of {', '.join(METHODS)}")
     if solver not in SOLVERS:
         raise ValueError(f"solver: {solver!r} is not one of {', '.join(SOLVERS)}")
-    b = as_batch(yi, vi, mask)
+    b = as_batch(yi, vi, mask, X)
     m = b.yi.shape[0]
     k = b.k.astype(float)
+    p = b.p
     nan = np.full(m, np.nan)
     iters = np.zeros(m, dtype=int)
     ok = np.ones(m, dtype=bool)
     if method == "FE":
         return Tau2Fit(np.zeros(m), nan, ok, iters)
-    multi = b.k >= 2
+    multi = b.k > p
+    if not multi.all():
+        # rows without residual degrees of freedom: tau² = 0 (as rma with k = p)
+        fit = np.flatnonzero(multi)
+        tau2, se, ok, iters = np.zeros(m), nan.copy(), ok, iters
+        if fit.size:
+            sub = tau2_estimate(b.take(fit), method=method, solver=solver,
+                                threshold=threshold, max_iter=max_iter)
+            tau2[fit], se[fit], ok[fit], iters[fit] = (sub.tau2, sub.se_tau2, sub.converged,
+                                                       sub.iterations)
+        return Tau2Fit(tau2, se, ok, iters)
     c = _centered(b)
+    Xc = c.X
     with np.errstate(invalid="ignore", divide="ignore"):
         if method in ("DL", "HS"):
             w = fixed_weights(c)
-            q, _ = _q_and_slope(c.yi, c.vw, np.zeros(m))
-            trp = trace_p(w)
+            q, _ = _q_and_slope(c.yi, c.vw, np.zeros(m), Xc)
+            trp = trace_p(w, Xc)
             sw = _rsum(w)
-            pp = _sum_p2(w)
+            pp = _sum_p2(w, X=Xc)
             if method == "DL":
-                tau2 = np.maximum((q - (k - 1)) / trp, 0.0)
-                se = np.sqrt((2 * (k - 1) + 4 * tau2 * trp + 2 * tau2**2 * pp) / trp**2)
+                tau2 = np.maximum((q - (k - p)) / trp, 0.0)
+                norm = trp
             else:
                 tau2 = np.maximum((q - k) / sw, 0.0)
-                se = np.sqrt((2 * (k - 1) + 4 * tau2 * trp + 2 * tau2**2 * pp) / sw**2)
+                norm = sw
+            se = np.sqrt((2 * (k - p) + 4 * tau2 * trp + 2 * tau2**2 * pp) / norm**2)
         elif method == "HE":
-            tau2, v, sv, tr_pv, _ = _he(c)
+            tau2, v, tr_pv, s_pv = _he(c)
             tau2 = np.maximum(tau2, 0.0)
-            # sum(PV * t(PV)) with P = I - J/k: sum v^2 (1 - 2/k) + (sum v)^2 / k^2
-            s_pv = _rdot(v, v) * (1 - 2 / k) + sv**2 / k**2
-            se = np.sqrt((2 * s_pv + 4 * tau2 * tr_pv + 2 * tau2**2 * (k - 1)) / (k - 1) ** 2)
+            se = np.sqrt((2 * s_pv + 4 * tau2 * tr_pv + 2 * tau2**2 * (k - p)) / (k - p) ** 2)
         elif method == "SJ":
-            _, v, _, _, rss = _he(c)
-            tau0 = rss / k  # var(y) (k-1)/k
+            # tau0: the unweighted total variance var(y) (k-1)/k, whatever the moderators
+            # (deviations from the centred data's own mean: a second centring removes the
+            # rounding of the first, so identical effect sizes give exactly 0)
+            dev = np.where(c.mask, c.yi - (_rsum(c.yi) / k)[:, None], 0.0)
+            tau0 = _rdot(dev, dev) / k
+            v = np.where(c.mask, c.vi, 0.0)
             w = re_weights(c, tau0)
-            q, _ = _q_and_slope(c.yi, c.vw, tau0)
-            tau2 = np.maximum(tau0 * q / (k - 1), 0.0)
+            q, _ = _q_and_slope(c.yi, c.vw, tau0, Xc)
+            tau2 = np.maximum(tau0 * q / (k - p), 0.0)
             one = b.mask.astype(float)
-            s_pvpv = _sum_p2(w, v, v)
-            s_pvp = _sum_p2(w, one, v)
-            s_pp = _sum_p2(w)
-            se = np.sqrt(tau0**2 / (k - 1) ** 2
+            s_pvpv = _sum_p2(w, v, v, Xc)
+            s_pvp = _sum_p2(w, one, v, Xc)
+            s_pp = _sum_p2(w, X=Xc)
+            se = np.sqrt(tau0**2 / (k - p) ** 2
                          * (2 * s_pvpv + 4 * tau2 * s_pvp + 2 * tau2**2 * s_pp))
         elif method == "PM" or (method == "EB" and solver == "newton"):
             tau2, ok = _paule_mandel(c)
-            se = np.sqrt(2 * k**2 / (k - 1)) / _rsum(re_weights(c, tau2))
+            se = np.sqrt(2 * k**2 / (k - p)) / _rsum(re_weights(c, tau2))
         else:  # ML, REML (and EB with Fisher scoring)
             if solver == "newton":
                 tau2, ok = _newton_score(c, method)
             else:
                 tau2, ok, iters = _fisher_scoring(c, method, threshold, max_iter)
             if method in ("ML", "REML"):
-                tau2 = _ll0_check(c, tau2, ok, method, threshold)
+                # metafor checks only tau² > threshold, an absolute rule kept with its
+                # Fisher scoring; a log-likelihood difference has no units, so the
+                # scale-free solver checks every positive tau²
+                tau2 = _ll0_check(c, tau2, ok, method,
+                                  threshold if solver == "fisher" else 0.0)
             w = re_weights(c, tau2)
             if method == "ML":
                 se = np.sqrt(2 / _rdot(w, w))
             elif method == "REML":
-                se = np.sqrt(2 / _sum_p2(w))
+                se = np.sqrt(2 / _sum_p2(w, X=Xc))
             else:
-                se = np.sqrt(2 * k**2 / (k - 1)) / _rsum(w)
-    tau2 = np.where(multi, tau2, 0.0)
-    se = np.where(multi, se, np.nan)
-    ok = np.where(multi, ok, True)
-    return Tau2Fit(tau2, se, ok, np.where(multi, iters, 0))
+                se = np.sqrt(2 * k**2 / (k - p)) / _rsum(w)
+    return Tau2Fit(tau2, se, ok, iters)
 
 
-def _upper_bracket(y: np.ndarray, mask: np.ndarray, k: np.ndarray,
-                   target: np.ndarray) -> np.ndarray:
+def _upper_bracket(b: BatchInput, target: np.ndarray) -> np.ndarray:
     """A tau² where the generalised Q has certainly fallen below ``target``.
 
-    ``Q(tau2) <= sum (y - ybar)^2 / (v + tau2) <= sum (y - ybar)^2 / tau2`` because the
-    weighted mean minimises the weighted sum of squares.
+    ``Q(tau2) <= sum r_OLS^2 / (v + tau2) <= SS / tau2`` (``r_OLS`` the ordinary
+    least-squares residuals, ``SS`` their sum of squares) because the weighted fit
+    minimises the weighted sum of squares.
     """
-    kk = np.maximum(k, 1)
-    dev = np.where(mask, y - (_rsum(y) / kk)[:, None], 0.0)
+    if b.X is None:
+        kk = np.maximum(b.k, 1)
+        dev = np.where(b.mask, b.yi - (_rsum(b.yi) / kk)[:, None], 0.0)
+    else:
+        dev = np.where(b.mask, wls(b.X, b.mask.astype(float), b.yi)[2], 0.0)
     ss = _rdot(dev, dev)
     with np.errstate(divide="ignore", invalid="ignore"):
         hi = 2.0 * ss / target
+    # ss = 0 only when Q is 0 everywhere: no root is then sought
     return np.where(np.isfinite(hi) & (hi > 0), hi, 1.0) + 1e-300
 
 
@@ -646,68 +788,83 @@ def _solve_q_equals(b: BatchInput, rows: np.ndarray, target: np.ndarray,
     """
     if rows.size == 0:
         return np.zeros(0), np.zeros(0, dtype=bool)
-    yy, vw = b.yi[rows], b.vw[rows]
-    hi = _upper_bracket(yy, b.mask[rows], b.k[rows], target)
+    sub = b.take(rows)
+    yy, vw, XX = sub.yi, sub.vw, sub.X
+    hi = _upper_bracket(sub, target)
     if q0 is None or dq0 is None:
-        q0, dq0 = _q_and_slope(yy, vw, np.zeros(rows.size))
+        q0, dq0 = _q_and_slope(yy, vw, np.zeros(rows.size), XX)
     inv_t = 1.0 / target
 
-    def f(x, sub):
-        q, dq = _q_and_slope(yy[sub], vw[sub], x)
+    def f(x, idx):
+        q, dq = _q_and_slope(yy[idx], vw[idx], x, None if XX is None else XX[idx])
         with np.errstate(divide="ignore", invalid="ignore"):
-            return 1.0 / q - inv_t[sub], -dq / (q * q)
+            return 1.0 / q - inv_t[idx], -dq / (q * q)
 
     with np.errstate(divide="ignore", invalid="ignore"):
         f0 = 1.0 / q0 - inv_t
         x0 = np.clip(-f0 * q0 * q0 / -dq0, 0.0, hi)  # the first Newton step from 0
         return bracketed_root(f, np.zeros(rows.size), hi, f0, np.ones(rows.size),
-                              x0=np.where(np.isfinite(x0), x0, 0.0), newton_rtol=1e-9)
+                              x0=np.where(np.isfinite(x0), x0, 0.0), newton_rtol=1e-9,
+                              xtol=_xtol(sub))
 
 
 def _paule_mandel(b: BatchInput) -> tuple[np.ndarray, np.ndarray]:
-    """Root of ``Q(tau2) = k - 1`` (0 where ``Q(0) <= k - 1``); b must be centred."""
+    """Root of ``Q(tau2) = k - p`` (0 where ``Q(0) <= k - p``); b must be centred."""
     m = b.yi.shape[0]
-    k = b.k.astype(float)
+    df = (b.k - b.p).astype(float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        q0, dq0 = _q_and_slope(b.yi, b.vw, np.zeros(m))
+        q0, dq0 = _q_and_slope(b.yi, b.vw, np.zeros(m), b.X)
     tau2 = np.zeros(m)
     ok = np.ones(m, dtype=bool)
-    rows = np.flatnonzero((b.k >= 2) & (q0 > k - 1))
-    root, conv = _solve_q_equals(b, rows, (k - 1)[rows], q0[rows], dq0[rows])
+    rows = np.flatnonzero((df >= 1) & (q0 > df))
+    root, conv = _solve_q_equals(b, rows, df[rows], q0[rows], dq0[rows])
     tau2[rows] = root
     ok[rows] = conv
     return tau2, ok
 
 
-def _score(y, vw, tau2, method, *, slope: bool):
+def _score(y, vw, tau2, method, *, slope: bool, X=None):
     """Score of ML / REML (times 2) at ``tau2`` and its derivative or Fisher information.
 
-    With ``u = P y = w (y - mu)``: ``y'PPy = sum u^2`` and ``y'PPPy = sum w u^2 -
-    (sum w u)^2 / sum w``. Returns ``(score, d score / d tau2)`` when ``slope`` and
-    ``(score, expected information)`` otherwise (the Fisher-scoring step is their ratio).
-    For EB the "score" is Morris's equation ``Q k/(k-1) - k`` with information
-    ``sum(w)`` (only used by Fisher scoring).
+    With ``u = P y = w (y - X beta)``: ``y'PPy = sum u^2`` and ``y'PPPy = sum w u^2 -
+    (X'Wu)' (X'WX)^-1 (X'Wu)`` (``(sum w u)^2 / sum w`` without moderators). Returns
+    ``(score, d score / d tau2)`` when ``slope`` and ``(score, expected information)``
+    otherwise (the Fisher-scoring step is their ratio). For EB the "score" is Morris's
+    equation ``Q k/(k-p) - k`` with information ``sum(w)`` (only used by Fisher scoring).
     """
     w = _weights(vw, tau2)
     sw = _rsum(w)
-    r = y - (_rdot(w, y) / sw)[:, None]
+    A: np.ndarray = np.empty((0, 0, 0))   # (X'WX)^-1, with a design matrix only
+    if X is None:
+        r = y - (_rdot(w, y) / sw)[:, None]
+    else:
+        A, _, r = wls(X, w, y)
     u = w * r
     uu = _rdot(u, u)
     if method == "EB":
         k = np.isfinite(vw).sum(axis=1)
-        return _rdot(u, r) * k / (k - 1) - k, sw
+        p = 1 if X is None else X.shape[2]
+        return _rdot(u, r) * k / (k - p) - k, sw
     w2 = w * w
     sw2 = _rsum(w2)
     if method == "ML":
         num, info = uu - sw, sw2
-    else:
+    elif X is None:
         sw3 = _rdot(w2, w)
         num = uu - (sw - sw2 / sw)                       # y'PPy - tr(P)
         info = sw2 - 2 * sw3 / sw + (sw2 / sw) ** 2      # tr(PP)
+    else:
+        B2 = A @ _xgx(X, w2)
+        num = uu - (sw - np.trace(B2, axis1=1, axis2=2))
+        info = sw2 - 2 * _tr(A, _xgx(X, w2 * w)) + _tr(B2, B2)
     if not slope:
         return num, info
-    wu = _rdot(w, u)
-    upu = _rdot(w * u, u) - wu * wu / sw                  # y'PPPy
+    if X is None:
+        wu = _rdot(w, u)
+        upu = _rdot(w * u, u) - wu * wu / sw                  # y'PPPy
+    else:
+        xwu = np.einsum("mkp,mk->mp", X, w * u)
+        upu = _rdot(w * u, u) - np.einsum("mp,mpq,mq->m", xwu, A, xwu)
     return num, info - 2 * upu
 
 
@@ -726,14 +883,19 @@ def _newton_score(b: BatchInput, method: str, *,
     m = b.yi.shape[0]
     tau2 = np.zeros(m)
     ok = np.ones(m, dtype=bool)
-    rows = np.flatnonzero(b.k >= 2)
+    rows = np.flatnonzero(b.k > b.p)
     if rows.size == 0:
         return tau2, ok
     n = rows.size
-    yy, vw = b.yi[rows], b.vw[rows]
+    br = b.take(rows)
+    yy, vw, XX = br.yi, br.vw, br.X
+
+    def sub_x(idx):
+        return None if XX is None else XX[idx]
+
     with np.errstate(divide="ignore", invalid="ignore"):
-        s0, _ = _score(yy, vw, np.zeros(n), method, slope=False)
-    he0, *_ = _he(BatchInput(yy, b.vi[rows], b.mask[rows], b.k[rows]))
+        s0, _ = _score(yy, vw, np.zeros(n), method, slope=False, X=XX)
+        he0 = _he(br)[0]
     he0 = np.where(np.isfinite(he0), he0, 0.0)
     lo, s_lo = np.zeros(n), s0.copy()
     hi, s_hi = np.full(n, np.nan), np.full(n, np.nan)
@@ -747,9 +909,10 @@ def _newton_score(b: BatchInput, method: str, *,
         for _ in range(13):
             if pending.size == 0:
                 break
+            idx = look[pending]
             with np.errstate(divide="ignore", invalid="ignore"):
-                s_t, _ = _score(yy[look[pending]], vw[look[pending]], t[pending], method,
-                                slope=False)
+                s_t, _ = _score(yy[idx], vw[idx], t[pending], method, slope=False,
+                                X=sub_x(idx))
             found = s_t > 0
             hit, miss = pending[found], pending[~found]
             lo[look[hit]], s_lo[look[hit]] = t[hit], s_t[found]
@@ -764,25 +927,26 @@ def _newton_score(b: BatchInput, method: str, *,
     bracketed = np.ones(n, dtype=bool)
     need = act[np.isnan(hi[act])]
     if need.size:
-        sel = rows[need]
-        sub = BatchInput(yy[need], b.vi[sel], b.mask[sel], b.k[sel])
-        sub.__dict__["vw"] = vw[need]
-        hi[need], s_hi[need], bracketed[need] = _score_bracket(sub, method)
+        hi[need], s_hi[need], bracketed[need] = _score_bracket(br.take(need), method)
     x0 = np.clip(he0[act], lo[act], hi[act])
     # The score behaves like A/(v+tau2)^2 - B/(v+tau2): strongly convex, so plain Newton
     # creeps towards the root. (vt + tau2)^2 * score (vt: typical within-site variance)
     # has the same root and is linear in tau2 when the variances are equal, so Newton on
     # it converges in a few steps.
+    # the active rows' arrays only (a full take() would also copy vi and the mask)
     ya, va = yy[act], vw[act]
-    vt = (b.k[rows[act]] - 1) / trace_p(1.0 / va)
+    Xa = None if XX is None else XX[act]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vt = (br.k[act] - br.p) / trace_p(1.0 / va, Xa)
 
     def f(x, idx):
-        s_, ds = _score(ya[idx], va[idx], x, method, slope=True)
+        s_, ds = _score(ya[idx], va[idx], x, method, slope=True,
+                        X=None if Xa is None else Xa[idx])
         c = vt[idx] + x
         return s_ * c * c, (ds * c + 2 * s_) * c
 
     root, conv = bracketed_root(f, lo[act], hi[act], s_lo[act], s_hi[act], x0=x0,
-                                newton_rtol=1e-9)
+                                newton_rtol=1e-9, xtol=_xtol(br)[act])
     tau2[rows[act]] = root
     ok[rows[act]] = conv & bracketed[act]
     return tau2, ok
@@ -792,15 +956,16 @@ def _score_bracket(b: BatchInput, method: str):
     """An upper end ``hi`` with a negative score (widened geometrically if needed)."""
     k = b.k.astype(float)
     vmax = np.where(b.mask, b.vi, 0.0).max(axis=1)
-    hi = _upper_bracket(b.yi, b.mask, b.k, np.maximum(k - 1, 1.0)) * k + 2 * vmax
+    hi = _upper_bracket(b, np.maximum(k - b.p, 1.0)) * k + 2 * vmax
     with np.errstate(divide="ignore", invalid="ignore"):
-        s_hi, _ = _score(b.yi, b.vw, hi, method, slope=False)
+        s_hi, _ = _score(b.yi, b.vw, hi, method, slope=False, X=b.X)
         for _ in range(60):
             bad = ~(s_hi < 0)
             if not bad.any():
                 break
             hi = np.where(bad, hi * 4, hi)
-            s_hi[bad], _ = _score(b.yi[bad], b.vw[bad], hi[bad], method, slope=False)
+            s_hi[bad], _ = _score(b.yi[bad], b.vw[bad], hi[bad], method, slope=False,
+                                  X=None if b.X is None else b.X[bad])
     return hi, s_hi, s_hi < 0
 
 
@@ -808,20 +973,24 @@ def _fisher_scoring(b: BatchInput, method: str, threshold: float, max_iter: int)
     """rma.uni's Fisher scoring, vectorised with a per-row convergence mask.
 
     Starts from the truncated HE estimate; a step that would make tau² negative is
-    halved until it does not (so at tau² = 0 a negative step vanishes). Rows still moving
-    after ``max_iter`` steps are solved by bracketing instead.
+    halved until it does not (so at tau² = 0 a negative step vanishes). Stops when
+    ``|Δtau²| <= threshold``, metafor's absolute rule (this solver exists to reproduce
+    metafor's answers, e.g. inside trim-and-fill; the default solver is scale-free).
+    Rows still moving after ``max_iter`` steps are solved by bracketing instead.
     """
     m = b.yi.shape[0]
-    he, *_ = _he(b)
-    tau2 = np.where((b.k >= 2) & np.isfinite(he), np.maximum(he, 0.0), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        he = _he(b)[0]
+    tau2 = np.where((b.k > b.p) & np.isfinite(he), np.maximum(he, 0.0), 0.0)
     iters = np.zeros(m, dtype=int)
-    converged = b.k < 2
+    converged = b.k <= b.p
     active = np.flatnonzero(~converged)
     for _ in range(max_iter):
         if active.size == 0:
             break
         t = tau2[active]
-        num, info = _score(b.yi[active], b.vw[active], t, method, slope=False)
+        num, info = _score(b.yi[active], b.vw[active], t, method, slope=False,
+                           X=None if b.X is None else b.X[active])
         adj = num / info
         adj = np.where(np.isfinite(adj), adj, 0.0)
         neg = t + adj < 0
@@ -841,8 +1010,7 @@ def _fisher_scoring(b: BatchInput, method: str, threshold: float, max_iter: int)
         active = active[~done]
     if active.size:
         # Fisher scoring did not settle: solve the estimating equation by bracketing.
-        sub = BatchInput(b.yi[active], b.vi[active], b.mask[active], b.k[active])
-        sub.__dict__["vw"] = b.vw[active]
+        sub = b.take(active)
         if method == "EB":
             root, ok = _paule_mandel(sub)
         else:
@@ -853,12 +1021,15 @@ def _fisher_scoring(b: BatchInput, method: str, threshold: float, max_iter: int)
     return tau2, converged, iters
 
 
-def _ll0_check(b, tau2, converged, method, threshold):
-    """rma.uni's check: set tau2 = 0 when the likelihood is larger there (local maximum)."""
-    rows = np.flatnonzero(converged & (b.k >= 2) & (tau2 > threshold))
+def _ll0_check(b, tau2, converged, method, floor=0.0):
+    """rma.uni's check: set tau2 = 0 when the likelihood is larger there (local maximum).
+
+    Only estimates above ``floor`` are checked (metafor: its ``threshold``).
+    """
+    rows = np.flatnonzero(converged & (b.k > b.p) & (tau2 > floor))
     if rows.size == 0:
         return tau2
-    sub = BatchInput(b.yi[rows], b.vi[rows], b.mask[rows], b.k[rows])
+    sub = b.take(rows)
     ll0 = log_likelihood(sub, np.zeros(rows.size), reml=method == "REML")
     ll1 = log_likelihood(sub, tau2[rows], reml=method == "REML")
     out = tau2.copy()
@@ -875,7 +1046,7 @@ def _ll0_check(b, tau2, converged, method, threshold):
 class QProfile:
     """Q-profile confidence bounds for tau² (Viechtbauer 2007).
 
-    ``low``/``high`` are NaN for rows with ``k < 2``.
+    ``low``/``high`` are NaN for rows with ``k <= p``.
     """
 
     low: np.ndarray
@@ -883,27 +1054,28 @@ class QProfile:
     converged: np.ndarray
 
 
-def qprofile_tau2_ci(yi, vi=None, mask=None, *, level: float = 95.0) -> QProfile:
+def qprofile_tau2_ci(yi, vi=None, mask=None, *, level: float = 95.0, X=None) -> QProfile:
     """Q-profile confidence interval for tau², vectorised over analyses.
 
-    The bounds solve ``Q(tau2) = chi2_{k-1, 1 - alpha/2}`` (lower) and
-    ``Q(tau2) = chi2_{k-1, alpha/2}`` (upper) for the generalised Q statistic, which is
+    The bounds solve ``Q(tau2) = chi2_{k-p, 1 - alpha/2}`` (lower) and
+    ``Q(tau2) = chi2_{k-p, alpha/2}`` (upper) for the generalised Q statistic, which is
     decreasing in tau²; a bound is 0 when ``Q(0)`` already lies below its quantile. The
-    interval does not depend on the tau² estimator.
+    interval does not depend on the tau² estimator. ``X`` is an optional design matrix
+    (residual tau² of a meta-regression, as metafor's ``confint``).
     """
-    b = _centered(as_batch(yi, vi, mask))
+    b = _centered(as_batch(yi, vi, mask, X))
     alpha = _alpha(level)
     m = b.yi.shape[0]
-    df = (b.k - 1).astype(float)
-    multi = b.k >= 2
+    df = (b.k - b.p).astype(float)
+    multi = df >= 1
     with np.errstate(divide="ignore", invalid="ignore"):
-        q0, dq0 = _q_and_slope(b.yi, b.vw, np.zeros(m))
+        q0, dq0 = _q_and_slope(b.yi, b.vw, np.zeros(m), b.X)
         q0 = np.where(multi, q0, np.nan)
     low = np.where(multi, 0.0, np.nan)
     high = np.where(multi, 0.0, np.nan)
     conv = np.ones(m, dtype=bool)
     with np.errstate(invalid="ignore"):
-        # upper quantile -> lower bound; lower quantile -> upper bound (once per distinct k)
+        # upper quantile -> lower bound; lower quantile -> upper bound (once per distinct df)
         crit_low = per_distinct(lambda d: chi2_isf(alpha / 2, d), df)
         crit_high = per_distinct(lambda d: chi2_ppf(alpha / 2, d), df)
     for out, crit in ((low, crit_low), (high, crit_high)):
@@ -915,24 +1087,29 @@ def qprofile_tau2_ci(yi, vi=None, mask=None, *, level: float = 95.0) -> QProfile
 
 
 def log_likelihood(b: BatchInput, tau2, *, reml: bool) -> np.ndarray:
-    """Log-likelihood of the random-effects model at ``tau2`` (metafor's ``logLik``).
+    """Log-likelihood of the model at ``tau2`` (metafor's ``logLik``).
 
-    ML: ``-k/2 log 2pi - 1/2 sum log(v + tau2) - 1/2 RSS``; REML adds
-    ``+1/2 log 2pi + 1/2 log k - 1/2 log sum(w)`` (metafor's full REML likelihood with
-    ``REMLf = TRUE``), where ``RSS = sum w (y - mu)^2``.
+    ML: ``-k/2 log 2pi - 1/2 sum log(v + tau2) - 1/2 RSS``; REML is metafor's full
+    restricted likelihood (``REMLf = TRUE``): ``-(k-p)/2 log 2pi + 1/2 log|X'X| - 1/2 sum
+    log(v + tau2) - 1/2 log|X'WX| - 1/2 RSS`` (``X'X = k`` and ``X'WX = sum(w)`` without
+    moderators), where ``RSS = sum w (y - X beta)^2``.
     """
     b = as_batch(b, None)
     t = np.broadcast_to(np.asarray(tau2, dtype=float).reshape(-1), (b.yi.shape[0],))
     k = b.k.astype(float)
     with np.errstate(divide="ignore", invalid="ignore"):  # rows without sites give NaN
         w = _weights(b.vw, t)
-        sw = _rsum(w)
-        r = b.yi - (_rdot(w, b.yi) / sw)[:, None]
+        r = _residuals(b.yi, w, b.X)
         rss = _rdot(w * r, r)
         logv = _rsum(np.log(np.where(b.mask, b.vi + t[:, None], 1.0)))
         ll = -0.5 * k * np.log(2 * np.pi) - 0.5 * logv - 0.5 * rss
         if reml:
-            ll = ll + 0.5 * np.log(2 * np.pi) + 0.5 * np.log(k) - 0.5 * np.log(sw)
+            if b.X is None:
+                ll = ll + 0.5 * np.log(2 * np.pi) + 0.5 * np.log(k) - 0.5 * np.log(_rsum(w))
+            else:
+                ldet_xx = np.linalg.slogdet(_xgx(b.X, b.mask.astype(float)))[1]
+                ldet_xwx = np.linalg.slogdet(_xgx(b.X, w))[1]
+                ll = ll + 0.5 * b.p * np.log(2 * np.pi) + 0.5 * ldet_xx - 0.5 * ldet_xwx
     return ll
 
 

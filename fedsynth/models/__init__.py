@@ -1,4 +1,4 @@
-"""Federated model development: one regression model across sites.
+"""Federated model development: regression models fitted across sites.
 
 Pure statistics (numpy/scipy; no I/O, no grpc), in the order a round uses them:
 
@@ -9,7 +9,12 @@ Pure statistics (numpy/scipy; no I/O, no grpc), in the order a round uses them:
   (:func:`advance`), the one-stage and stratified fits;
 * :mod:`.twostage` -- each site's own fit (:func:`fit_site`) and their pooling
   (:func:`pool_site_fits`): per coefficient with :func:`fedsynth.meta.pool` and
-  multivariate (:mod:`.mvmeta`, metafor's ``rma.mv``).
+  multivariate (:mod:`.mvmeta`, metafor's ``rma.mv``);
+* :mod:`.hierarchical` -- the exact random-intercept GLM (binomial, poisson, gaussian) by
+  maximum marginal likelihood: each site integrates over its own random intercept by
+  adaptive Gauss-Hermite quadrature (:func:`~.hierarchical.site_contribution`), the
+  coordinator maximises the sum (:func:`~.hierarchical.fit_random_intercept`); and a random
+  slope for one covariate (:func:`~.hierarchical.fit_random_slope`).
 
 Example::
 

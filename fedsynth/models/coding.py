@@ -35,22 +35,17 @@ import pandas as pd
 
 from fedsynth.errors import InputError
 from fedsynth.models.spec import INTERCEPT, ModelSpec, coefficient_names
+from fedsynth.tabular import CSV_NA_VALUES
 
 __all__ = ["CodingError", "Design", "build_design", "level_codes", "encode_covariates",
            "canonical_text", "CSV_NA_VALUES"]
 
-#: Cell texts that mean "missing" when a site reads a CSV file: pandas' defaults without
-#: ``"None"``, which is a real level of clinical codings (pupils reactive: Both, One,
-#: None) and would otherwise silently become a missing value and drop the row. Use with
-#: ``pd.read_csv(..., keep_default_na=False, na_values=CSV_NA_VALUES)``.
-CSV_NA_VALUES: tuple[str, ...] = (
-    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
-    "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null")
-
 
 class CodingError(InputError):
-    """A column cannot be coded: missing, not numeric, a value outside the declared levels,
-    or an outcome the family cannot use.
+    """A column cannot be coded.
+
+    It is missing, not numeric, holds a value outside the declared levels, or is an
+    outcome the family cannot use.
 
     Attributes
     ----------

@@ -123,6 +123,7 @@ class ModelLimits:
         return cls(**{**defaults, **table})
 
     def to_dict(self) -> dict[str, Any]:
+        """The limits as a ``[privacy.models]`` table (JSON-ready)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
@@ -132,7 +133,7 @@ def _refuse(design: Design, code: str, reason: str) -> Refusal:
 
 
 def check_design(design: Design, limits: ModelLimits = ModelLimits()) -> Refusal | None:
-    """Rules 1-3: may this site take part in fitting this model at all?
+    """Rules 1-3: decide whether this site may take part in fitting this model at all.
 
     Returns None when allowed, else a :class:`~fedsynth.effects.Refusal`.
     """
@@ -154,7 +155,7 @@ def check_design(design: Design, limits: ModelLimits = ModelLimits()) -> Refusal
 
 def check_request(design: Design, coefficients: Mapping[str, Any] | None, answered: int,
                   limits: ModelLimits = ModelLimits()) -> Refusal | None:
-    """Rules 4-5: may the site answer this step request?
+    """Rules 4-5: decide whether the site may answer this step request.
 
     Parameters
     ----------
@@ -206,9 +207,11 @@ def check_request(design: Design, coefficients: Mapping[str, Any] | None, answer
 
 def check_release(design: Design, earlier_n: Iterable[int],
                   limits: ModelLimits = ModelLimits()) -> Refusal | None:
-    """Rule 6: differencing against earlier releases (this round's other models, earlier
-    rounds): ``n`` must equal each earlier ``n`` or differ by at least the minimum cell
-    count."""
+    """Rule 6: differencing against earlier releases.
+
+    Earlier releases are this round's other models and earlier rounds: ``n`` must equal
+    each earlier ``n`` or differ by at least the minimum cell count.
+    """
     n = design.n
     if any(0 < abs(n - int(old)) < limits.min_cell_count for old in earlier_n):
         return _refuse(design, "disclosure_differencing", "its rows differ from those of an "

@@ -39,7 +39,7 @@ class Family:
 
     # ---- link
     def linkfun(self, mu: np.ndarray) -> np.ndarray:
-        """eta = g(mu)."""
+        """Eta = g(mu)."""
         if self.name == "binomial":
             return np.log(mu / (1.0 - mu))
         if self.name == "poisson":
@@ -47,7 +47,7 @@ class Family:
         return np.asarray(mu, dtype=float)
 
     def linkinv(self, eta: np.ndarray) -> np.ndarray:
-        """mu = g^-1(eta), clamped as R does."""
+        """Mu = g^-1(eta), clamped as R does."""
         if self.name == "binomial":
             tmp = np.where(eta < -_THRESH, EPS,
                            np.where(eta > _THRESH, 1.0 / EPS, np.exp(np.clip(eta, -_THRESH,
@@ -59,7 +59,7 @@ class Family:
         return np.asarray(eta, dtype=float)
 
     def mu_eta(self, eta: np.ndarray) -> np.ndarray:
-        """d mu / d eta."""
+        """D mu / d eta."""
         if self.name == "binomial":
             inner = np.exp(np.clip(eta, -_THRESH, _THRESH))
             return np.where(np.abs(eta) > _THRESH, EPS, inner / (1.0 + inner) ** 2)

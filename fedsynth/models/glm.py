@@ -343,11 +343,13 @@ class Layout:
         return np.concatenate([[s], len(self.sites) + np.arange(p - 1)]).astype(int)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``kind``, ``local_names``, ``sites``."""
         return {"kind": self.kind, "local_names": list(self.local_names),
                 "sites": list(self.sites)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Layout:
+        """The inverse of :meth:`to_dict`."""
         return cls(kind=data["kind"], local_names=tuple(data["local_names"]),
                    sites=tuple(data["sites"]))
 
@@ -688,6 +690,7 @@ class StratifiedFit:
 
     @property
     def slope_names(self) -> tuple[str, ...]:
+        """The common coefficients (every name after the site intercepts)."""
         return self.fit.names[len(self.fit.sites):]
 
     @property
@@ -697,6 +700,7 @@ class StratifiedFit:
 
     @property
     def site_intercepts_se(self) -> dict[str, float]:
+        """``{site: standard error of its intercept}``."""
         return {s: float(self.fit.se[i]) for i, s in enumerate(self.fit.sites)}
 
     def to_dict(self) -> dict[str, Any]:

@@ -278,8 +278,11 @@ def _scales(basis: np.ndarray, data: _Data) -> np.ndarray:
 
 
 def _step(current: dict[str, Any], free: np.ndarray) -> np.ndarray | None:
-    """Newton step with the observed information where it is positive definite, else the
-    Fisher scoring step (expected information)."""
+    """Return the Newton step, or the Fisher scoring step where Newton's is not usable.
+
+    Newton uses the observed information where it is positive definite, else the
+    expected information (Fisher scoring).
+    """
     grad = current["grad"][free]
     for key in ("observed", "info"):
         mat = current[key][np.ix_(free, free)]

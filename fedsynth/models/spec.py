@@ -54,6 +54,8 @@ MODEL_KEYS: tuple[str, ...] = ("name", "family", "outcome", "covariates", "categ
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 #: Longest level label (it becomes part of a coefficient name).
 MAX_LEVEL_LENGTH = 100
+#: Most levels of one categorical column (each level but the first is a coefficient).
+MAX_LEVELS = 100
 
 Categorical = tuple[tuple[str, tuple[str, ...]], ...]
 
@@ -68,6 +70,10 @@ def _level_text(value: Any, where: str, column: str) -> str:
     if not text or len(text) > MAX_LEVEL_LENGTH:
         raise ConfigError(f"{where}: categorical column {column!r}: level {value!r} must be "
                           f"1 to {MAX_LEVEL_LENGTH} characters")
+    if not text.isprintable():
+        # A level becomes part of a coefficient name, shown in terminals and reports.
+        raise ConfigError(f"{where}: categorical column {column!r}: level {value!r} holds a "
+                          "control or format character")
     return text
 
 
@@ -92,6 +98,9 @@ def parse_categorical(value: Any, covariates: Sequence[str], where: str,
         if not isinstance(levels, (list, tuple)):
             raise ConfigError(f"{where}: categorical column {column!r}: levels must be a "
                               f"list, got {type(levels).__name__} {levels!r}")
+        if len(levels) > MAX_LEVELS:
+            raise ConfigError(f"{where}: categorical column {column!r} lists {len(levels)} "
+                              f"levels (at most {MAX_LEVELS})")
         texts = tuple(_level_text(level, where, column) for level in levels)
         if len(texts) < 2:
             raise ConfigError(f"{where}: categorical column {column!r} needs at least two "

@@ -86,10 +86,12 @@ class SiteFit:
 
     @property
     def ok(self) -> bool:
+        """True when the fit may be pooled."""
         return self.status == "ok"
 
     @property
     def se(self) -> np.ndarray:
+        """Standard errors (square roots of the covariance's diagonal)."""
         return np.sqrt(np.diag(self.cov))
 
     def to_dict(self) -> dict[str, Any]:

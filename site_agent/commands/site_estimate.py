@@ -9,6 +9,7 @@ the site agent computes a submission. Nothing is sent and no state is written.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from fedsynth.cli.registry import Command
 
@@ -41,11 +42,12 @@ def _run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from fedsynth.effects import estimate_all
     from fedsynth.errors import InputError
     from fedsynth.spec import Spec, load_spec
+    from fedsynth.terminal import printable
     from site_agent.data import load_table
-    from fedsynth.effects import Refusal, estimate_all
-    from site_agent.privacy import PrivacyLimits, guard
+    from site_agent.privacy import PrivacyLimits, guard, release
 
     # Validate every input before computing, so bad input prints nothing on stdout.
     config = None
@@ -63,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
                          "or the site's configuration with --config site.toml")
     data_path = Path(args.data) if args.data else config.data.path
 
-    policy_refusals: dict[str, str] = {}
+    policy_refusals: dict[str, Any] = {}
     history = None
     notes: list[str] = []
     if config is not None:
@@ -71,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
         from site_agent.privacy import ReleaseHistory
 
         decision = site_policy(config).review(spec)
-        policy_refusals = dict(decision.refusals)
+        policy_refusals = {name: decision.refusal(name) for name in decision.refusals}
         if decision.needs_approval:
             notes.append("the site's policy requires an operator's approval of this spec "
                          "(fedsynth site approve) before anything is sent")
@@ -91,10 +93,10 @@ def _run(args: argparse.Namespace) -> int:
         computed = dict(estimate_from_data(config.data, allowed))
     guarded = (guard(computed, limits, spec=allowed, history=history)
                if allowed.analyses else {})
-    results = {a.name: (Refusal(analysis=a.name, reason=policy_refusals[a.name],
-                                code="policy")
-                        if a.name in policy_refusals else guarded[a.name])
-               for a in spec.analyses}
+    # Exactly what the agent would send: refusals worded from the fixed vocabulary (their
+    # local detail is shown below, marked as kept at the site).
+    results = release({a.name: policy_refusals.get(a.name) or guarded[a.name]
+                       for a in spec.analyses}, spec)
     rows_total = int(len(frame)) if frame is not None else None
 
     for note in notes:
@@ -102,14 +104,21 @@ def _run(args: argparse.Namespace) -> int:
     if args.format == "json":
         document = {"n": rows_total,
                     "analyses": {name: r.to_dict() for name, r in results.items()}}
+        kept = {name: r.detail for name, r in results.items()
+                if getattr(r, "refused", False) and r.detail}
+        if kept:
+            document["kept_at_site"] = kept      # not sent: the operator's own view
         print(json.dumps(document, indent=2))
         return 0
     rows = [("analysis", "estimator", "measure", "yi", "se", "vi", "n", "note")]
     for analysis in spec.analyses:
         r = results[analysis.name]
         if getattr(r, "refused", False):
+            note = f"refused: {r.reason}"
+            if r.detail:
+                note += f" [kept at this site, not sent: {r.detail}]"
             rows.append((analysis.name, analysis.estimator, "", "", "", "", "",
-                         f"refused: {r.reason}"))
+                         printable(note)))
         else:
             note = f"{r.n_dropped} rows with missing values dropped" if r.n_dropped else ""
             rows.append((analysis.name, analysis.estimator, r.measure, _number(r.yi),
@@ -117,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     source = str(data_path) if data_path is not None else "the SQL source of site.toml"
     size = f" ({rows_total} rows)" if rows_total is not None else ""
-    print(f"data: {source}{size}; spec: {args.spec}; disclosure limits: "
+    print(f"data: {printable(source)}{size}; spec: {printable(args.spec)}; disclosure limits: "
           f"min_cell_count={limits.min_cell_count}, min_n={limits.min_n}"
           + ("; site policy applied" if config is not None else ""))
     for row in rows:

@@ -1,10 +1,16 @@
-"""``fedsynth site pending`` / ``fedsynth site approve ROUND``: operator approval of specs."""
+"""``fedsynth site pending`` / ``fedsynth site approve ROUND``: operator approval of specs.
+
+The spec came from the coordinator: every string of it is printed through
+:func:`fedsynth.terminal.printable`, so an escape sequence cannot hide or rewrite an
+analysis on the operator's screen before the operator approves the whole spec.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from fedsynth.cli.registry import Command
+from fedsynth.terminal import printable
 
 
 def _add_pending(parser: argparse.ArgumentParser) -> None:
@@ -20,13 +26,24 @@ def _add_approve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--by", default=None, help="who approves (default: $USER)")
 
 
+_SHOWN = ("measure", "outcome", "exposure", "time", "event", "score", "ties", "scale")
+
+
 def _describe(analysis) -> str:
-    parts = [f"{analysis.get('name')}: {analysis.get('estimator')}"]
-    for key in ("measure", "outcome", "exposure", "time", "event", "score"):
+    """One line per analysis: every key the spec sets, each value escaped."""
+    p = printable
+    parts = [f"{p(analysis.get('name'))}: {p(analysis.get('estimator'))}"]
+    for key in _SHOWN:
         if analysis.get(key):
-            parts.append(f"{key}={analysis[key]}")
+            parts.append(f"{key}={p(analysis[key])}")
     if analysis.get("covariates"):
-        parts.append("covariates=" + ",".join(analysis["covariates"]))
+        parts.append("covariates=" + ",".join(p(c) for c in analysis["covariates"]))
+    others = sorted(k for k in analysis if k not in (*_SHOWN, "name", "estimator",
+                                                      "covariates", "description"))
+    for key in others:                 # a hand-edited pending file: show, never hide
+        parts.append(f"{p(key)}={p(analysis[key])}")
+    if analysis.get("description"):
+        parts.append(f"description={p(analysis['description'])}")
     return " ".join(parts)
 
 
@@ -44,13 +61,18 @@ def _run_pending(args: argparse.Namespace) -> int:
     if not pending:
         print("no spec is waiting for approval")
         return 0
+    p = printable
     for item in pending:
         analyses = item.spec.get("analyses", item.spec.get("analysis", []))
-        print(f"round {item.round} (received {item.received_at}, spec "
-              f"{item.fingerprint[:16]}): {len(analyses)} analyses")
+        title = f" {p(item.spec['name'])}" if item.spec.get("name") else ""
+        print(f"round {p(item.round)} (received {p(item.received_at)}, spec{title} "
+              f"{p(item.fingerprint[:16])}): {len(analyses)} analyses")
+        if item.spec.get("description"):
+            print(f"  description: {p(item.spec['description'])}")
         for analysis in analyses:
             name = analysis.get("name")
-            note = f"   [refused: {item.refusals[name]}]" if name in item.refusals else ""
+            note = (f"   [refused: {p(item.refusals[name])}]" if name in item.refusals
+                    else "")
             print(f"  - {_describe(analysis)}{note}")
     print(f"approve with: fedsynth site approve ROUND --config {args.config}")
     return 0
@@ -67,7 +89,7 @@ def _run_approve(args: argparse.Namespace) -> int:
     audit.append("policy.approved", {"round": approved.round,
                                      "fingerprint": approved.fingerprint,
                                      "by": args.by, "spec": approved.spec})
-    print(f"approved the spec of round {approved.round} (fingerprint "
+    print(f"approved the spec of round {printable(approved.round)} (fingerprint "
           f"{approved.fingerprint[:16]}); the agent computes it on its next poll")
     return 0
 

@@ -12,9 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from site_agent.connectors.sql import (AucPlacements, BrierMoments, DataProblem,
-                                       GroupMoments, ObservedExpected, SqlSource,
-                                       TwoByTwoCounts, TwoGroupMoments)
+from site_agent.connectors.sql import (
+    AucPlacements,
+    BrierMoments,
+    DataProblem,
+    GroupMoments,
+    ObservedExpected,
+    SqlSource,
+    TwoByTwoCounts,
+    TwoGroupMoments,
+)
 
 __all__ = ["SqlSource", "DataProblem", "TwoByTwoCounts", "GroupMoments", "TwoGroupMoments",
            "ObservedExpected", "BrierMoments", "AucPlacements", "estimate_all_sql",
@@ -54,7 +61,7 @@ def estimate_from_data(data: Any, spec: Any) -> dict[str, Any]:
             return estimate_all_sql(source, spec)
         finally:
             source.dispose()
-    from site_agent.data import load_table
     from fedsynth.effects import estimate_all
+    from site_agent.data import load_table
 
     return dict(estimate_all(load_table(path), spec))

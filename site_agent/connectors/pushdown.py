@@ -24,9 +24,10 @@ from typing import Any
 
 import pandas as pd
 
-from site_agent.connectors.sql import DataProblem, SqlSource
 from fedsynth.effects.effect_sizes import escalc
+from fedsynth.effects.patient_level import CATEGORICAL_LEVELS
 from fedsynth.effects.results import Estimate, Refusal
+from site_agent.connectors.sql import DataProblem, SqlSource
 
 #: estimators answered from SQL aggregates (only the aggregates leave the database)
 PUSHDOWN_ESTIMATORS = frozenset({"two_by_two", "two_group", "oe_ratio", "brier", "auc"})
@@ -51,16 +52,32 @@ def _needed_columns(analysis: Any) -> list[str]:
 def _estimate(analysis: Any, measure: str, yi: float, vi: float, n: int, n_dropped: int,
               cells: Mapping[str, int] | None = None, **details: Any) -> Estimate | Refusal:
     if not (math.isfinite(yi) and math.isfinite(vi)) or vi <= 0:
-        return Refusal(analysis.name, f"analysis {analysis.name!r}: the estimate or its "
-                       "variance is not finite and positive (no spread, no events or too "
-                       "few rows)", "zero_variance")
+        return _refuse(analysis, "zero_variance", cells=cells, n=n,
+                       detail="the estimate or its variance is not finite and positive")
     return Estimate(analysis=analysis.name, estimator=analysis.estimator, measure=measure,
                     yi=yi, vi=vi, se=math.sqrt(vi), n=n, n_dropped=n_dropped,
                     cells=cells or {}, details={"source": "sql", **details})
 
 
-def _refuse(analysis: Any, code: str, reason: str) -> Refusal:
-    return Refusal(analysis=analysis.name, reason=reason, code=code)
+def _refuse(analysis: Any, key: str, *, cells: Mapping[str, int] | None = None,
+            n: int | None = None, detail: str | None = None, **params: Any) -> Refusal:
+    """A refusal in the fixed vocabulary, with the counts behind it (kept at the site)."""
+    details = {k: getattr(analysis, k, None) for k in ("outcome", "exposure", "score",
+                                                        "event") if getattr(analysis, k, None)}
+    return Refusal.of(key, analysis.name, cells=cells, n=n, detail=detail,
+                      details=details, estimator=analysis.estimator, **params)
+
+
+def _margins(events: int, n: int) -> dict[str, int]:
+    return {"events": int(events), "non_events": int(n - events)}
+
+
+def _table_mins(counts: Any, margin: str) -> dict[str, int]:
+    """``table_min`` and the smallest level (``margin``) of a level-counts table, as
+    :mod:`fedsynth.effects.patient_level` reports them for a categorical column."""
+    if counts is None or not len(counts):
+        return {}
+    return {"table_min": int(counts.min()), margin: int(counts.sum(axis=1).min())}
 
 
 def _two_by_two(source: SqlSource, analysis: Any, dropped: int) -> Estimate | Refusal:
@@ -69,12 +86,11 @@ def _two_by_two(source: SqlSource, analysis: Any, dropped: int) -> Estimate | Re
     cells = {"ai": t.exposed_events, "bi": t.exposed_non_events,
              "ci": t.unexposed_events, "di": t.unexposed_non_events}
     if t.n < 2:
-        return _refuse(analysis, "too_few_rows", "too few complete rows for this analysis "
-                       "(it needs at least 2)")
+        return _refuse(analysis, "too_few_rows", n=t.n)
     if cells["ai"] + cells["bi"] == 0 or cells["ci"] + cells["di"] == 0:
-        return _refuse(analysis, "constant_exposure", f"the exposure column "
-                       f"{analysis.exposure!r} takes a single value, so there is nothing "
-                       "to compare")
+        return _refuse(analysis, "constant_exposure", column=analysis.exposure,
+                       cells={**cells, "n_exposed": cells["ai"] + cells["bi"],
+                              "n_unexposed": cells["ci"] + cells["di"]})
     measure = analysis.measure or "OR"
     # escalc applies metafor's default correction (1/2 in every cell of a table with a
     # zero cell), exactly as for CSV input.
@@ -87,34 +103,37 @@ def _two_by_two(source: SqlSource, analysis: Any, dropped: int) -> Estimate | Re
 def _two_group(source: SqlSource, analysis: Any, dropped: int) -> Estimate | Refusal:
     g = source.two_group(analysis.name, analysis.outcome, analysis.exposure)
     e, u = g.exposed, g.unexposed
+    cells: dict[str, int] = {"n_exposed": e.n, "n_unexposed": u.n}
+    # A 0/1 outcome makes the mean difference a risk difference that identifies the
+    # exposure x outcome table, and an outcome with a few more values a larger table:
+    # report its cells (never sent) for disclosure control, as the DataFrame estimator
+    # does. Counted before any refusal, whose reason may hinge on them.
+    if g.n:
+        table = source.binary_outcome_table(analysis.name, analysis.outcome,
+                                            analysis.exposure)
+        if table is not None:
+            cells.update(_binary_outcome_cells(table))
+        else:
+            cells.update(_table_mins(source.level_counts(
+                analysis.name, analysis.outcome, analysis.exposure, CATEGORICAL_LEVELS),
+                "outcome_level_min"))
     if g.n < 4:
-        return _refuse(analysis, "too_few_rows", "too few complete rows for this analysis "
-                       "(it needs at least 4)")
+        return _refuse(analysis, "too_few_rows", n=g.n, cells=cells)
     if e.n == 0 or u.n == 0:
-        return _refuse(analysis, "constant_exposure", f"the exposure column "
-                       f"{analysis.exposure!r} takes a single value, so there is nothing "
-                       "to compare")
+        return _refuse(analysis, "constant_exposure", column=analysis.exposure, cells=cells)
     if e.n < 2 or u.n < 2:
-        return _refuse(analysis, "too_few_rows", "each exposure group needs at least two "
-                       "rows for a standard deviation")
+        return _refuse(analysis, "too_few_per_group", cells=cells, n=g.n)
     if e.ss == 0 or u.ss == 0:
-        return _refuse(analysis, "zero_variance", f"the outcome column {analysis.outcome!r}"
-                       " is constant within an exposure group")
+        return _refuse(analysis, "constant_within_group", column=analysis.outcome,
+                       cells=cells, n=g.n)
     measure = analysis.measure or "MD"
     if measure == "ROM" and (e.mean <= 0 or u.mean <= 0):
-        return _refuse(analysis, "invalid_values", f"ROM needs a positive mean of "
-                       f"{analysis.outcome!r} in both groups")
+        return _refuse(analysis, "rom_non_positive", column=analysis.outcome, cells=cells,
+                       n=g.n)
     # means and SDs from the database's two-pass sums; escalc as for CSV input (SMD is
     # Hedges' g with the exact correction, metafor's large-sample variance)
     es = escalc(measure, m1i=[e.mean], sd1i=[e.sd], n1i=[e.n], m2i=[u.mean],
                 sd2i=[u.sd], n2i=[u.n])
-    cells = {"n_exposed": e.n, "n_unexposed": u.n}
-    # A 0/1 outcome makes the mean difference a risk difference that identifies the
-    # exposure x outcome table: report its cells (never sent) for disclosure control, as
-    # the DataFrame estimator does.
-    table = source.binary_outcome_table(analysis.name, analysis.outcome, analysis.exposure)
-    if table is not None:
-        cells.update(_binary_outcome_cells(table))
     return _estimate(analysis, measure, float(es.yi[0]), float(es.vi[0]), g.n, dropped,
                      cells)
 
@@ -126,51 +145,49 @@ def _binary_outcome_cells(t: Any) -> dict[str, int]:
             "di": t.unexposed_non_events, "events": events, "non_events": t.n - events}
 
 
+def _score_cells(source: SqlSource, analysis: Any) -> dict[str, int]:
+    """The score-level x outcome table of a score with few distinct values (see
+    :func:`fedsynth.effects.patient_level._score_table_cells`)."""
+    return _table_mins(source.level_counts(analysis.name, analysis.score, analysis.outcome,
+                                           CATEGORICAL_LEVELS), "score_level_min")
+
+
 def _oe_ratio(source: SqlSource, analysis: Any, dropped: int) -> Estimate | Refusal:
     oe = source.observed_expected(analysis.name, analysis.outcome, analysis.score)
     if oe.n < 2:
-        return _refuse(analysis, "too_few_rows", "too few complete rows for this analysis "
-                       "(it needs at least 2)")
-    if oe.observed == 0:
-        return _refuse(analysis, "no_events", f"the outcome column {analysis.outcome!r} "
-                       "has no events, so log(O/E) is undefined")
-    if oe.observed == oe.n:
-        return _refuse(analysis, "no_events", f"the outcome column {analysis.outcome!r} "
-                       "has only events, so the variance of log(O/E) is zero")
+        return _refuse(analysis, "too_few_rows", n=oe.n)
+    cells = {**_margins(int(oe.observed), oe.n), **_score_cells(source, analysis),
+             "observed": int(oe.observed)}
+    if oe.observed == 0 or oe.observed == oe.n:
+        # log(O/E) is undefined without events and has no variance with only events
+        return _refuse(analysis, "no_events", column=analysis.outcome, cells=cells, n=oe.n)
     yi = math.log(oe.observed / oe.expected)
     vi = (1 - oe.observed / oe.n) / oe.observed
-    return _estimate(analysis, "OE", yi, vi, oe.n, dropped,
-                     {"events": int(oe.observed), "non_events": int(oe.n - oe.observed),
-                      "observed": int(oe.observed)})
+    return _estimate(analysis, "OE", yi, vi, oe.n, dropped, cells)
 
 
 def _brier(source: SqlSource, analysis: Any, dropped: int) -> Estimate | Refusal:
     b = source.brier(analysis.name, analysis.outcome, analysis.score)
     if b.n < 2:
-        return Refusal(analysis.name, f"analysis {analysis.name!r}: fewer than two "
-                       "complete rows", "too_few_rows")
+        return _refuse(analysis, "too_few_rows", n=b.n)
     vi = (b.ss / (b.n - 1)) / b.n
     return _estimate(analysis, "Brier", b.mean, vi, b.n, dropped,
-                     {"events": b.events, "non_events": b.n - b.events})
+                     {**_margins(b.events, b.n), **_score_cells(source, analysis)})
 
 
 def _auc(source: SqlSource, analysis: Any, dropped: int) -> Estimate | Refusal:
     p = source.auc(analysis.name, analysis.outcome, analysis.score)
     if p.n < 4:
-        return _refuse(analysis, "too_few_rows", "too few complete rows for this analysis "
-                       "(it needs at least 4)")
+        return _refuse(analysis, "too_few_rows", n=p.n)
+    cells = {**_margins(p.n_pos, p.n), **_score_cells(source, analysis)}
     if p.n_pos == 0 or p.n_neg == 0:
-        return _refuse(analysis, "no_events", f"the outcome column {analysis.outcome!r} "
-                       f"has {'no events' if p.n_pos == 0 else 'only events'}")
+        return _refuse(analysis, "no_events", column=analysis.outcome, cells=cells, n=p.n)
     if p.n_pos < 2 or p.n_neg < 2:
-        return _refuse(analysis, "too_few_rows", "the DeLong variance needs at least two "
-                       "events and two non-events")
-    cells = {"cases": p.n_pos, "controls": p.n_neg}
+        return _refuse(analysis, "too_few_events", cells=cells, n=p.n)
     scale = (getattr(analysis, "scale", None) or "raw").lower()
     if scale == "logit":
         if not 0 < p.auc < 1:
-            return Refusal(analysis.name, f"analysis {analysis.name!r}: AUC is 0 or 1, its "
-                           "logit is infinite", "zero_variance")
+            return _refuse(analysis, "perfect_discrimination", cells=cells, n=p.n)
         # delta method: d logit(a) / da = 1 / (a (1 - a))
         yi = math.log(p.auc / (1 - p.auc))
         vi = p.variance / (p.auc * (1 - p.auc)) ** 2
@@ -210,7 +227,11 @@ def estimate_all_sql(source: SqlSource, spec: Any) -> dict[str, Estimate | Refus
                 results[analysis.name] = _PUSHDOWN[analysis.estimator](
                     source, analysis, total - complete)
             except DataProblem as problem:
-                results[analysis.name] = Refusal(analysis.name, str(problem), problem.code)
+                # The message may quote the database, the query or the table's columns:
+                # it stays at the site as the refusal's detail; the sentence sent is the
+                # vocabulary's, naming at most a column of the spec.
+                results[analysis.name] = _refuse(analysis, problem.key, detail=str(problem),
+                                                 column=problem.column)
         else:
             streamed.append(analysis)
     if streamed:

@@ -137,13 +137,20 @@ class DataProblem(InputError):
     """The data cannot answer one analysis (a missing column, a non-0/1 outcome, ...).
 
     :mod:`site_agent.connectors.pushdown` turns it into a
-    :class:`~fedsynth.effects.Refusal` with :attr:`code`, as the CSV path does, so one
-    bad analysis does not stop the others of a round.
+    :class:`~fedsynth.effects.Refusal` saying the vocabulary's sentence :attr:`key` (with
+    :attr:`column`, a column the spec names), as the CSV path does, so one bad analysis
+    does not stop the others of a round. The message itself (which may quote the
+    database's error, the operator's query or the table's columns) is kept as the
+    refusal's local detail: it is logged at the site, never sent.
     """
 
-    def __init__(self, message: str, code: str) -> None:
+    def __init__(self, message: str, key: str, column: str | None = None) -> None:
+        from fedsynth.effects.results import REFUSAL_VOCABULARY
+
         super().__init__(message)
-        self.code = code
+        self.key = key
+        self.column = column
+        self.code = REFUSAL_VOCABULARY[key][0] if key in REFUSAL_VOCABULARY else "refused"
 
 
 def _validate_identifier(field: str, value: str) -> str:
@@ -256,7 +263,7 @@ class SqlSource:
         if isinstance(error, (sa.exc.ProgrammingError, sa.exc.DataError)):
             return DataProblem(f"[data] {self._describe()}: a column of this analysis does "
                                f"not hold the values it needs (the database said: "
-                               f"{_first_line(error)})", "invalid_values")
+                               f"{_first_line(error)})", "database_values")
         return InputError(f"[data] {self._describe()}: the database refused the query: "
                           f"{_first_line(error)}")
 
@@ -270,7 +277,8 @@ class SqlSource:
             if column not in present:
                 raise DataProblem(f"analysis {analysis!r}: column {column!r} is not in "
                                   f"[data] {self._describe()} (columns: "
-                                  f"{', '.join(sorted(present))})", "missing_column")
+                                  f"{', '.join(sorted(present))})", "missing_column",
+                                  column=column)
 
     def _scalar_row(self, statement: sa.Executable) -> sa.Row:
         try:
@@ -299,7 +307,7 @@ class SqlSource:
             sa.func.count().filter(sa.not_(col.in_([0, 1]))).label("bad")))
         if row.bad:
             raise DataProblem(f"analysis {analysis!r}: column {column!r} must be 0/1; "
-                              "some rows are not", "non_binary")
+                              "some rows are not", "non_binary", column=column)
 
     def _check_probability(self, analysis: str, rel: sa.Subquery, column: str,
                            *, open_interval: bool = False) -> None:
@@ -311,7 +319,8 @@ class SqlSource:
             interval = "(0, 1)" if open_interval else "[0, 1]"
             raise DataProblem(f"analysis {analysis!r}: column {column!r} must be a "
                               f"probability in {interval}; some rows are not",
-                              "invalid_values")
+                              "probability_open" if open_interval else "probability_closed",
+                              column=column)
 
     # ------------------------------------------------------------------ aggregates
     def two_by_two(self, analysis: str, outcome: str, exposure: str) -> TwoByTwoCounts:
@@ -353,6 +362,34 @@ class SqlSource:
         if row.other:
             return None
         return TwoByTwoCounts(int(row.a), int(row.b), int(row.c), int(row.d))
+
+    def level_counts(self, analysis: str, levels_of: str, by: str, max_levels: int
+                     ) -> np.ndarray | None:
+        """Counts of each distinct value of ``levels_of`` by the 0/1 column ``by``.
+
+        Returns a ``(levels, 2)`` array (column 0: ``by == 0``, column 1: ``by == 1``), or
+        None when ``levels_of`` has more than ``max_levels`` distinct values on the
+        complete rows. One aggregate query whose result holds only counts (the values
+        themselves are not selected), at most ``max_levels + 1`` rows of them. Disclosure
+        control needs it: the estimates of a score or outcome with few distinct values are
+        functions of this table (:data:`fedsynth.effects.patient_level.CATEGORICAL_LEVELS`).
+        """
+        self.require(analysis, [levels_of, by])
+        rel = self._complete([levels_of, by])
+        level, group = rel.c[levels_of], rel.c[by]
+        count = sa.func.count
+        statement = (sa.select(count().filter(group == 0).label("n0"),
+                               count().filter(group == 1).label("n1"))
+                     .group_by(level).limit(max_levels + 1))
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(statement).all()
+        except sa.exc.SQLAlchemyError as error:
+            raise self._query_error(error) from None
+        if len(rows) > max_levels:
+            return None
+        return np.array([(int(r.n0), int(r.n1)) for r in rows], dtype=np.int64
+                        ).reshape(-1, 2)
 
     def two_group(self, analysis: str, outcome: str, exposure: str) -> TwoGroupMoments:
         """Group sizes, means and sums of squared deviations, by a two-pass query."""

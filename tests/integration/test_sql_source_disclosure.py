@@ -163,3 +163,42 @@ def test_sql_implied_table_from_a_query_and_random_sites(tmp_path: Path) -> None
     finally:
         engine.dispose()
     assert suppressed and released          # both branches exercised
+
+
+SCORES = parse_spec({"analysis": [
+    {"name": "auc_sex", "estimator": "auc", "outcome": "outcome", "score": "sex"},
+    {"name": "auc_grade", "estimator": "auc", "outcome": "outcome", "score": "grade",
+     "scale": "logit"},
+    {"name": "brier_sex", "estimator": "brier", "outcome": "outcome", "score": "sex"},
+    {"name": "oe_grade", "estimator": "oe_ratio", "outcome": "outcome", "score": "grade_risk"},
+    {"name": "auc_risk", "estimator": "auc", "outcome": "outcome", "score": "risk_score"},
+    {"name": "md_grade", "estimator": "two_group", "outcome": "grade", "exposure": "outcome"},
+]})
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql",
+                                                            marks=pytest.mark.postgres)])
+def test_sql_score_tables_equal_the_csv_path(backend: str, tmp_path: Path) -> None:
+    # Issue 10, item 1 on databases: the score x outcome tables of few-valued scores (and a
+    # few-valued outcome's table) are counted by one aggregate query, equal to the CSV
+    # path's, so the same AUCs are suppressed.
+    from tests.reconstruction import attack_site
+
+    frame = attack_site()
+    frame["grade_risk"] = frame["grade"].map({0: 0.1, 1: 0.3, 2: 0.6})
+    url = _sqlite(tmp_path) if backend == "sqlite" else _postgres(tmp_path)
+    engine = sa.create_engine(url)
+    try:
+        frame.to_sql("attack", engine, index=False)
+    finally:
+        engine.dispose()
+    csv_path = tmp_path / "attack.csv"
+    frame.to_csv(csv_path, index=False)
+    csv_est, csv_out = _run({"path": csv_path}, SCORES, PrivacyLimits())
+    sql_est, sql_out = _run({"url": url, "table": "attack"}, SCORES, PrivacyLimits())
+    for name, a in csv_est.items():
+        assert dict(sql_est[name].cells) == dict(a.cells), name
+    assert _decisions(sql_out) == _decisions(csv_out) == {
+        "auc_sex": "disclosure_min_cell", "auc_grade": "disclosure_min_cell",
+        "brier_sex": "disclosure_min_cell", "oe_grade": "disclosure_min_cell",
+        "auc_risk": None, "md_grade": "disclosure_min_cell"}

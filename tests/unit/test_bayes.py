@@ -203,9 +203,17 @@ def test_shrinkage_and_interval_ordering():
     r80 = bayes_pool(y, v, prior="half_normal", scale=1.0, level=80)
     assert r.mu_ci_lb < r80.mu_ci_lb < r80.mu_ci_ub < r.mu_ci_ub
     assert r80.mu_median == pytest.approx(r.mu_median, abs=1e-12)
-    assert r.confidence_interval().low == r.mu_ci_lb
+    assert not hasattr(r, "confidence_interval")   # a posterior has credible intervals
+    assert r.credible_interval().low == r.mu_ci_lb
+    assert r.credible_interval().kind == "credible"
     assert r.credible_interval("tau").high == r.tau_ci_ub
-    assert r.prediction_interval().level == 95.0
+    assert r.prediction_interval().level == 0.95
+    assert r.prediction_interval().kind == "prediction"
+    # another level is recomputed from the data the result carries
+    assert r.credible_interval(credibility_level=0.8) == r80.credible_interval(
+        credibility_level=0.8)
+    assert r.credible_interval(credibility_level=0.8).low == pytest.approx(r80.mu_ci_lb,
+                                                                          rel=1e-12)
 
 
 def test_batch_with_mask_equals_single_analyses():

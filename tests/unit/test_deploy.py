@@ -57,9 +57,12 @@ def test_dockerfile_is_multi_stage_non_root_without_compilers() -> None:
     assert arg and re.search(r":\d+\.\d+\.\d+", arg.group(1))
 
 
-def test_dockerfile_version_matches_package() -> None:
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    assert f"ARG FEDSYNTH_VERSION={version}" in (DEPLOY / "Dockerfile").read_text()
+def test_dockerfile_installs_the_built_wheel_whatever_its_version() -> None:
+    # the version is written once (fedsynth/_version.py); the image must not repeat it
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert "FEDSYNTH_VERSION" not in text
+    assert re.search(r"pip install --no-index --find-links=/wheels /wheels/fedsynth-\*\.whl",
+                     text)
 
 
 def test_dockerignore_sends_only_the_package() -> None:
@@ -401,11 +404,15 @@ def chart_objects(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
 
 
 def test_chart_metadata_matches_package() -> None:
+    from fedsynth._version import __version__
+
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    assert chart["apiVersion"] == "v2" and chart["appVersion"] == version
+    assert chart["apiVersion"] == "v2" and chart["appVersion"] == __version__
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert values["image"]["tag"] == version
+    assert values["image"]["tag"] == ""             # defaults to the chart's appVersion
+    deployment = next(o for o in chart_objects() if o["kind"] == "Deployment")
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == f"fedsynth:{__version__}"
 
 
 def test_chart_renders_valid_objects() -> None:

@@ -8,11 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedsynth.effects import REFUSAL_CODES, Estimate, Refusal, estimate, estimate_all
+from fedsynth.effects.delong import delong_auc
 from fedsynth.errors import InputError
 from fedsynth.spec import AnalysisSpec, parse_spec
-from fedsynth.effects import (REFUSAL_CODES, Estimate, Refusal, estimate,
-                                   estimate_all)
-from fedsynth.effects.delong import delong_auc
 
 
 def make_data(n: int = 400, seed: int = 0) -> pd.DataFrame:
@@ -100,7 +99,7 @@ def test_cells_are_kept_but_never_sent() -> None:
         result.cells["ai"] = 0  # type: ignore[index]
     assert result.details["outcome"] == "outcome" and result.details["exposure"] == "treated"
     for keys, expected in [(LOGISTIC, {"events", "non_events"}), (COX, {"events"}),
-                           (AUC, {"cases", "controls"}), (OE, {"observed"}),
+                           (AUC, {"events", "non_events"}), (OE, {"observed"}),
                            (TWO_GROUP, {"n_exposed", "n_unexposed"})]:
         assert expected <= set(estimate(make_data(), spec_of(**keys)).cells)
 
@@ -308,7 +307,9 @@ def test_numerical_failure_becomes_refusal(monkeypatch) -> None:
 
     monkeypatch.setattr(sm, "OLS", broken)
     r = refusal(make_data(), LINEAR)
-    assert r.code == "not_converged" and "LinAlgError" in r.reason
+    # The library's message stays at the site (detail); the sentence sent is fixed.
+    assert r.code == "not_converged" and "LinAlgError" not in r.reason
+    assert r.reason == "the linear fit failed numerically" and "LinAlgError" in r.detail
 
 
 def test_unexpected_failure_refuses_only_that_analysis(monkeypatch, caplog) -> None:
@@ -320,7 +321,8 @@ def test_unexpected_failure_refuses_only_that_analysis(monkeypatch, caplog) -> N
     monkeypatch.setitem(patient_level._ESTIMATORS, "brier", bug)
     spec = parse_spec({"analyses": [{"name": "b", **BRIER}, {"name": "c", **AUC}]})
     results = estimate_all(make_data(), spec)
-    assert results["b"].code == "internal_error" and "KeyError" in results["b"].reason
+    assert results["b"].code == "internal_error" and "KeyError" not in results["b"].reason
+    assert "KeyError: 'boom'" in results["b"].detail
     assert isinstance(results["c"], Estimate)
     assert "failed" in caplog.text
 

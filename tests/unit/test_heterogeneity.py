@@ -1,4 +1,4 @@
-"""The heterogeneity flag (DESIGN.md): each path, each level, each kind of site driver.
+"""The heterogeneity flag (docs/architecture.md): each path, each level, each kind of site driver.
 
 Data are real: the BCG vaccine trials (log OR) and the other metafor data sets of
 tests/data/metafor_public.json, and the 8-study seed example.
@@ -39,7 +39,8 @@ def test_bcg_is_flagged_strong():
     assert flag.I2 == pytest.approx(case["expected"]["I2"], rel=1e-6)
     assert flag.I2_ci_lb == pytest.approx(case["expected"]["I2_ci"][0], rel=1e-5)
     assert flag.I2_ci_lb >= 50
-    assert flag.confidence_interval().low == flag.I2_ci_lb
+    assert flag.i2_confidence_interval().low == flag.I2_ci_lb
+    assert flag.i2_confidence_interval().level == 0.95
     text = " ".join(flag.reasons)
     assert "I² = 92.07%" in text and "81.74%" in text and "strong" in text
     assert "hierarchical model" in text and "site-specific" in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -162,7 +164,7 @@ def test_analysis_categorical_is_checked() -> None:
 
 _ident = st.text(alphabet="abcdefghij_", min_size=1, max_size=6)
 _level = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1,
-                 max_size=8)
+                 max_size=8).filter(str.isprintable)
 
 
 @st.composite
@@ -198,3 +200,28 @@ def test_any_valid_model_round_trips_through_toml(table) -> None:
     assert len(names) == len(set(names)) == 1 + sum(
         len(dict(model.categorical)[c]) - 1 if c in dict(model.categorical) else 1
         for c in model.covariates)
+
+
+@pytest.mark.parametrize("table,message", [
+    ({"categorical": {"pupil": ["Both", "One\x1b[2J"]}}, "control or format character"),
+    ({"categorical": {"pupil": [str(i) for i in range(101)]}}, "101 levels (at most 100)"),
+])
+def test_levels_are_printable_and_bounded(table, message) -> None:
+    base = {"name": "m", "family": "binomial", "outcome": "y", "covariates": ["pupil"]}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_model({**base, **table})
+
+
+@pytest.mark.parametrize("table,message", [
+    ({"covariates": [f"c{i}" for i in range(101)]}, "101 columns (at most 100)"),
+    ({"covariates": ["x" * 129]}, "129 characters long (at most 128)"),
+    ({"outcome": "y\u202e"}, "control or format character"),
+    ({"description": "d" * 2001}, "2001 characters long (at most 2000)"),
+])
+def test_a_spec_applies_its_size_limits_to_models(table, message) -> None:
+    model = {"name": "m", "family": "gaussian", "outcome": "y", "covariates": [], **table}
+    spec = {"analyses": [{"name": "a", "estimator": "auc", "outcome": "y", "score": "s"}],
+            "models": [model]}
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        parse_spec(spec)
+    assert "model 'm'" in str(error.value)

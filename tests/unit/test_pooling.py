@@ -16,16 +16,16 @@ import pandas as pd
 import pytest
 from scipy import optimize
 
+from fedsynth.errors import InputError
 from fedsynth.meta import (
     METHODS,
     BatchPoolingResult,
-    ConfidenceInterval,
     PoolingResult,
     meta_analysis,
     pool,
 )
 from fedsynth.meta import stats as st
-from fedsynth.errors import InputError
+from fedsynth.results import Interval
 
 SEED_YI = [0.22, 0.35, 0.10, 0.41, 0.28, 0.18, 0.50, 0.26]
 SEED_VI = [s * s for s in (0.12, 0.15, 0.10, 0.18, 0.11, 0.14, 0.20, 0.13)]
@@ -40,8 +40,9 @@ def test_result_is_frozen_dataclass_with_named_fields():
     assert isinstance(res, PoolingResult)
     with pytest.raises(dataclasses.FrozenInstanceError):
         res.estimate = 1.0  # type: ignore[misc]
-    assert res.confidence_interval() == ConfidenceInterval(res.ci_lb, res.ci_ub)
-    assert res.prediction_interval() == ConfidenceInterval(res.pi_lb, res.pi_ub)
+    assert res.confidence_interval() == Interval(res.ci_lb, res.ci_ub, level=0.95)
+    assert res.prediction_interval() == Interval(res.pi_lb, res.pi_ub, level=0.95,
+                                                 kind="prediction")
     assert res.labels == tuple("ABCDEFGH")
     assert sum(res.weights) == pytest.approx(100.0)
     assert res.yi == tuple(SEED_YI)

@@ -144,10 +144,10 @@ def test_round_report_content(round_doc):
 def test_hostile_site_names_and_reasons_are_escaped(tmp_path, round_doc):
     doc = copy.deepcopy(round_doc)
     doc["spec"]["name"] = HOSTILE
-    doc["sites"].append({"site": HOSTILE, "status": HOSTILE, "submitted_at": HOSTILE,
+    doc["sites"].append({"site": HOSTILE, "status": "submitted", "submitted_at": HOSTILE,
                          "refusals": {HOSTILE: HOSTILE}})
     doc["analyses"][0]["site_estimates"].append({"site": HOSTILE, "yi": 0.1, "vi": 0.05,
-                                                 "n": HOSTILE})
+                                                 "n": 100})
     doc["analyses"][0]["refused"][HOSTILE] = HOSTILE
     doc["analyses"][0]["heterogeneity"]["reasons"].append(HOSTILE)
     doc["analyses"][0]["heterogeneity"]["sites"].append(HOSTILE)
@@ -220,6 +220,14 @@ def test_non_finite_numbers_become_null_and_dashes(tmp_path, round_doc):
      r"analyses\[0\].site_estimates\[5\].site"),
     (lambda d: d["sites"][0].update(refusals=["x"]), r"sites\[0\].refusals"),
     (lambda d: d["analyses"][2].update(heterogeneity="high"), r"analyses\[2\].heterogeneity"),
+    # enumerations and numbers are typed: hostile text there is refused, not rendered
+    (lambda d: d["sites"][0].update(status=HOSTILE), r"sites\[0\].status"),
+    (lambda d: d["analyses"][0]["site_estimates"][0].update(n=HOSTILE),
+     r"analyses\[0\].site_estimates\[0\].n"),
+    (lambda d: d["analyses"][1].update(estimate="0.3"), r"analyses\[1\].estimate"),
+    (lambda d: d.update(status="closed"), "field 'status'"),
+    (lambda d: d.update(opened_at="yesterday"), "field 'opened_at'"),
+    (lambda d: d.update(schema_version=99), "schema_version"),
 ])
 def test_bad_round_documents_name_the_field_and_write_nothing(tmp_path, round_doc, mutate,
                                                               message):

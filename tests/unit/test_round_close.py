@@ -57,7 +57,7 @@ def _round_data(seed: int = 3) -> tuple[list[dict], list[SubmissionRecord]]:
 
 def test_batch_close_equals_analyse_per_analysis() -> None:
     analyses, subs = _round_data()
-    entries = pool_analyses(analyses, subs, POOLING)
+    entries = [e.to_dict() for e in pool_analyses(analyses, subs, POOLING)]
     assert [e["analysis"] for e in entries] == [a["name"] for a in analyses]
     json.dumps(entries, allow_nan=False)               # JSON-ready as built
     flagged = 0
@@ -99,12 +99,12 @@ def test_batch_close_equals_analyse_per_analysis() -> None:
 def test_a_bad_value_does_not_sink_the_round() -> None:
     analyses, subs = _round_data()
     subs[0].results["homo"]["vi"] = -1.0                 # validation normally rejects this
-    entries = {e["analysis"]: e for e in pool_analyses(analyses, subs, POOLING)}
+    entries = {e.analysis: e.to_dict() for e in pool_analyses(analyses, subs, POOLING)}
     assert entries["homo"]["notes"][0].startswith("pooling failed")
     assert "vi" in entries["homo"]["notes"][0]
     assert entries["hetero"]["estimate"] is not None and "notes" not in entries["hetero"]
     subs[1].results["hetero"]["yi"] = math.nan
-    entries = {e["analysis"]: e for e in pool_analyses(analyses, subs, POOLING)}
+    entries = {e.analysis: e.to_dict() for e in pool_analyses(analyses, subs, POOLING)}
     assert entries["hetero"]["notes"][0].startswith("pooling failed")
     json.dumps(list(entries.values()), allow_nan=False)
 
@@ -126,7 +126,8 @@ def _closed_round(store: Store) -> str:
     outcome = close_if_due(store, record.id, NOW + dt.timedelta(seconds=1))
     assert outcome is not None and outcome.status == "pooled"
     # what the store keeps is exactly the document pooled
-    assert store.get_round(record.id).document == json.loads(json.dumps(outcome.document))
+    assert store.get_round(record.id).document == json.loads(json.dumps(
+        outcome.document.to_dict()))
     return record.id
 
 
@@ -200,8 +201,8 @@ def test_failed_round_document_is_json_ready(tmp_path: Path) -> None:
                             quorum=3, allowed=("site-a", "site-b", "site-c"),
                             pooling=POOLING, now=NOW)
         outcome = pool_round(store.get_round(record.id), [], NOW + dt.timedelta(minutes=2))
-        assert outcome.status == "failed" and outcome.document["analyses"] == []
-        json.dumps(outcome.document, allow_nan=False)
+        assert outcome.status == "failed" and outcome.document.analyses == ()
+        json.dumps(outcome.document.to_dict(), allow_nan=False)
 
 
 def test_a_due_round_closes_while_another_rounds_report_is_being_written(

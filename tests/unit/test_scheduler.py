@@ -17,10 +17,10 @@ from coordinator.scheduler import (
     due_runs,
     latest_slot,
     next_slot,
-    parse_duration,
     schedule_entries,
 )
 from fedsynth.errors import ConfigError, InputError
+from fedsynth.timeutil import parse_duration
 
 UTC = dt.timezone.utc
 
@@ -271,3 +271,25 @@ def test_state_accepts_url_and_engine(tmp_path):
     assert SqlScheduleState(sa.create_engine(url)).last_run("k") == t(2026, 1, 1)
     with pytest.raises(InputError, match="schedule state database"):
         SqlScheduleState(42)
+
+
+def test_rows_of_an_earlier_release_are_claimed(tmp_path):
+    """Earlier releases wrote slots with microseconds (``...00.000000Z``); after the move to
+    the one timestamp form those rows must still be claimable exactly once."""
+    import sqlalchemy as sa
+
+    state = _state(tmp_path)
+    with state.engine.begin() as conn:
+        conn.execute(state.table.insert().values(
+            key=MONTHLY.key, last_slot="2026-11-01T06:00:00.000000Z", round_id=None,
+            error=None, updated_at="2026-11-01T06:00:00.000000Z"))
+    last = state.last_run(MONTHLY.key)
+    assert last == t(2026, 11, 1, 6)
+    assert not state.claim(MONTHLY.key, t(2026, 10, 1, 6), t(2026, 12, 1, 6))   # stale
+    assert state.claim(MONTHLY.key, last, t(2026, 12, 1, 6))
+    assert not state.claim(MONTHLY.key, last, t(2026, 12, 1, 6))                # once
+    state.record(MONTHLY.key, t(2026, 12, 1, 6), round_id="r-1", error=None)
+    with state.engine.connect() as conn:
+        row = conn.execute(sa.select(state.table)).mappings().one()
+    assert row["last_slot"] == "2026-12-01T06:00:00.000Z" and row["round_id"] == "r-1"
+    assert len(row["updated_at"]) == 24 and row["updated_at"].endswith("Z")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import stat
 from pathlib import Path
 
 import pytest
@@ -116,7 +118,8 @@ def test_close_is_transactional(store: Store) -> None:
                          NOW + dt.timedelta(seconds=61))
     # A submission that arrived after pooling read the submissions: that close is refused.
     _submit(store, record.id, "s3")
-    assert not store.close_round(record.id, status=outcome.status, document=outcome.document,
+    assert not store.close_round(record.id, status=outcome.status,
+                                 document=outcome.document.to_dict(),
                                  failure_reason=None, seen_submissions=2, now=NOW)
     later = NOW + dt.timedelta(seconds=61)
     closed = close_if_due(store, record.id, later)
@@ -125,7 +128,7 @@ def test_close_is_transactional(store: Store) -> None:
     with pytest.raises(SubmissionConflict) as info:
         _submit(store, record.id, "s3", yi=0.5, nonce=b"z" * 16)
     assert info.value.kind == "different_content"
-    doc = round_document(store, store.get_round(record.id))
+    doc = round_document(store, store.get_round(record.id)).to_dict()
     assert doc["status"] == "pooled" and doc["analyses"][0]["k"] == 3
     assert doc["analyses"][0]["method"] == "DL"
 
@@ -144,7 +147,7 @@ def test_failed_without_quorum(store: Store) -> None:
     outcome = close_if_due(store, record.id, NOW + dt.timedelta(minutes=2))
     assert outcome.status == "failed"
     assert "only 1 of 3" in outcome.failure_reason and "s2, s3" in outcome.failure_reason
-    doc = round_document(store, store.get_round(record.id))
+    doc = round_document(store, store.get_round(record.id)).to_dict()
     assert doc["analyses"] == [] and doc["missing_sites"] == ["s2", "s3"]
 
 
@@ -157,10 +160,10 @@ def test_refusals_listed(store: Store) -> None:
                          results={"a": {"refused": "too few", "code": "disclosure_min_n"}},
                          agent_version="t", now=NOW)
     outcome = close_if_due(store, record.id, NOW + dt.timedelta(seconds=1))
-    analysis = outcome.document["analyses"][0]
-    assert analysis["k"] == 2 and analysis["refused"] == {"s3": "too few"}
-    sites = {s["site"]: s for s in outcome.document["sites"]}
-    assert sites["s3"]["refusals"] == {"a": "too few"}
+    analysis = outcome.document.analyses[0]
+    assert analysis.k == 2 and analysis.refused == {"s3": "too few"}
+    sites = {s.site: s for s in outcome.document.sites}
+    assert sites["s3"].refusals == {"a": "too few"}
 
 
 def test_registry(store: Store) -> None:
@@ -195,5 +198,27 @@ def test_concurrent_first_starts_migrate_once(tmp_path: Path) -> None:
     assert not errors
     engine = sa.create_engine(url)
     with engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert conn.exec_driver_sql("SELECT version FROM schema_version").fetchall() == [
+            (v,) for v in range(1, SCHEMA_VERSION + 1)]             # each migration once
     engine.dispose()
+
+
+def test_sqlite_store_is_owner_only(tmp_path: Path, caplog) -> None:
+    """Issue 10 (smaller): state.db was created 0644 (umask) while reports were 0600."""
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    db = tmp_path / "state.db"
+    with Store(f"sqlite:///{db}") as store:
+        store.record_contact("mtf-alpha", agent_version="t", protocol_version="p",
+                             now=dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
+        files = [db, *db.parent.glob("state.db-*")]      # the -wal and -shm files too
+        assert len(files) >= 2
+        assert {p.name: mode(p) for p in files} == {p.name: 0o600 for p in files}
+    # a store an older fedsynth created readable by others is made owner-only, loudly
+    old = tmp_path / "old.db"
+    Store(f"sqlite:///{old}").close()
+    old.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="coordinator.store"):
+        Store(f"sqlite:///{old}").close()
+    assert mode(old) == 0o600 and "made owner-only" in caplog.text

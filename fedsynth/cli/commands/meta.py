@@ -24,18 +24,32 @@ Errors (missing column, non-numeric cell, bad option) raise
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import json
+import os
+import re
+import sys
 from dataclasses import dataclass
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from fedsynth.cli.commands import meta_rare
 from fedsynth.cli.registry import Command
+from fedsynth.errors import InputError
+from fedsynth.vocabulary import COUNT_METHODS, ESCALC_MEASURES, METHODS, TESTS
+
+# numpy, pandas (through fedsynth.tabular), the statistics and matplotlib are imported
+# inside the functions that use them: this module is imported to build the parser of
+# every fedsynth command, and those imports cost about 2 s of start-up on this machine
+# (measured with python -X importtime), which `fedsynth version` or `fedsynth site run`
+# should not pay.
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-
     from fedsynth.meta import BatchPoolingResult, PoolingResult
 
-METHOD_CHOICES = ("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM")
-TEST_CHOICES = ("z", "knha")
+METHOD_CHOICES = (*METHODS, *COUNT_METHODS)
+TEST_CHOICES = TESTS
 FORMAT_CHOICES = ("table", "json", "csv")
 #: Label columns used when ``--label`` is not given (first one present wins).
 DEFAULT_LABEL_COLUMNS = ("study", "label", "site", "name")
@@ -50,7 +64,8 @@ examples:
   fedsynth meta --example
   fedsynth meta studies.csv --yi logor --sei se --label study --method DL
   fedsynth meta all.csv --by outcome --format json
-"""
+
+""" + meta_rare.EXAMPLES
 
 
 # ---------------------------------------------------------------------------------------
@@ -72,8 +87,7 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
                         help="column of study labels (default: study, label, site or name "
                              "if present)")
     parser.add_argument("--measure", type=str.upper, default=None,
-                        choices=("OR", "RR", "RD", "MD", "SMD", "ROM", "ZCOR", "IRR", "PLO",
-                                 "PR"),
+                        choices=ESCALC_MEASURES,
                         help="compute yi, vi from raw columns named as metafor's escalc "
                              "(ai,bi,ci,di or ai,n1i,ci,n2i; m1i,sd1i,n1i,m2i,sd2i,n2i; ri,ni; "
                              "x1i,t1i,x2i,t2i; xi,ni) before pooling")
@@ -83,7 +97,8 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", type=str.upper, choices=METHOD_CHOICES, default="REML",
-                        help="tau^2 estimator, FE for the fixed-effect model (default: REML)")
+                        help="tau^2 estimator, FE for the fixed-effect model (default: REML); "
+                             "MH, PETO or GLMM pool 2x2 counts (see 'rare events')")
     parser.add_argument("--test", type=str.lower, choices=TEST_CHOICES, default="z",
                         help="z (Wald) or knha (Knapp-Hartung t) (default: z)")
     parser.add_argument("--level", type=_level, default=95.0, metavar="PCT",
@@ -200,8 +215,6 @@ def _cumulative_order(frame, column: str, rows) -> list[int]:
 
     from fedsynth import tabular
 
-    from fedsynth.errors import InputError
-
     col = tabular.text_column(frame, column, option="--cumulative-by")
     values = [col[r] for r in rows]
     empty = [int(r) for r in rows if col[r] == ""]
@@ -252,6 +265,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_output_options(parser)
     _add_diagnostics_options(parser)
     _add_bayes_plot_options(parser)
+    meta_rare.add_rare_options(parser)
 
 
 # --- Bayesian pooling and plots (owner: bayes-plots; fedsynth/meta/bayes.py, plots.py)
@@ -307,29 +321,10 @@ def _bayes_section(args: argparse.Namespace, data: MetaInput, index: int) -> lis
     batch = _bayes_batch(args, data)
     if batch is None:
         return []
-    r = batch[index]
-    lev = f"{r.level:g}%"
-
-    def num(x: float) -> str:        # moments a heavy-tailed prior leaves undefined
-        import math
-
-        return f"{x:.4f}" if math.isfinite(x) else ("undefined" if math.isnan(x) else "infinite")
-
-    lines = [f"Bayesian random-effects model (flat prior on mu, {r.prior} prior on tau with "
-             f"scale {r.tau_scale:g}):",
-             f"  mu   median {r.mu_median:.4f}, {lev} CrI [{r.mu_ci_lb:.4f}, {r.mu_ci_ub:.4f}], "
-             f"mean {num(r.mu_mean)}, sd {num(r.mu_sd)}, P(mu > 0) = {r.prob_mu_positive:.4f}",
-             f"  tau  median {r.tau_median:.4f}, {lev} CrI [{r.tau_ci_lb:.4f}, "
-             f"{r.tau_ci_ub:.4f}], mean {num(r.tau_mean)}",
-             f"  new site ({lev} predictive interval): [{r.pred_lb:.4f}, {r.pred_ub:.4f}]"]
-    lines += [f"  note: {note}" for note in r.notes]
-    return ["\n".join(lines)]
+    return [batch[index].summary()]
 
 
 def _plot_path(out: str, name: str, grouped: bool) -> str:
-    import os
-    import re
-
     if not grouped:
         return out
     stem, ext = os.path.splitext(out)
@@ -338,10 +333,6 @@ def _plot_path(out: str, name: str, grouped: bool) -> str:
 
 
 def _check_plot_target(option: str, out: str) -> None:
-    import os
-
-    from fedsynth.errors import InputError
-
     ext = os.path.splitext(out)[1].lower()
     if ext not in (".png", ".svg", ".pdf"):
         raise InputError(f"{option}: {out!r} must end in .png, .svg or .pdf")
@@ -437,13 +428,10 @@ class MetaInput:
 
 def _read_frame(args: argparse.Namespace):
     from fedsynth import tabular
-    from fedsynth.errors import InputError
 
     if args.example and args.file:
         raise InputError(f"FILE: give either a file ({args.file!r}) or --example, not both")
     if args.example:
-        from importlib import resources
-
         with resources.as_file(resources.files("fedsynth") / "data" / "seed_example.csv") as p:
             frame = tabular.read_csv(p)
         frame.attrs["source"] = "the seed example"
@@ -456,7 +444,6 @@ def _read_frame(args: argparse.Namespace):
 def _variance_column(args, frame):
     """Resolve (column, is_standard_error) from --vi / --sei and the defaults."""
     from fedsynth import tabular
-    from fedsynth.errors import InputError
 
     if args.vi and args.sei:
         raise InputError(f"--vi {args.vi!r} and --sei {args.sei!r}: give only one of them")
@@ -493,7 +480,6 @@ def load_input(args: argparse.Namespace) -> MetaInput:
     import pandas as pd
 
     from fedsynth import tabular
-    from fedsynth.errors import InputError
 
     frame = _read_frame(args)
     n = len(frame)
@@ -609,8 +595,6 @@ def render_table(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingR
 
 def render_json(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult) -> str:
     """A JSON object (one analysis) or an array of objects (``--by``)."""
-    import json
-
     recs = records(args, data, batch)
     payload = recs if data.grouped else recs[0]
     return json.dumps(payload, indent=None if data.grouped else 2, allow_nan=False)
@@ -618,9 +602,6 @@ def render_json(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingRe
 
 def render_csv(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult) -> str:
     """One CSV row per analysis; intervals split into ``_lb``/``_ub`` columns."""
-    import csv
-    import io
-
     recs = records(args, data, batch)
     keys = list(recs[0].keys())
     # column by column (one list comprehension per key, not a branch per cell): 20,000
@@ -648,8 +629,6 @@ RENDERERS = {"table": render_table, "json": render_json, "csv": render_csv}
 
 
 def _warn(batch: BatchPoolingResult) -> None:
-    import sys
-
     bad = [i for i in range(len(batch)) if not batch.converged[i]]
     for i in bad[:10]:
         name = f"analysis {batch.names[i]!r}: " if batch.names[i] else ""
@@ -661,6 +640,9 @@ def _warn(batch: BatchPoolingResult) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read, pool, print. Output is built completely before anything is printed."""
+    rare = meta_rare.run_rare(args)         # --method MH|PETO|GLMM: the 2x2 counts
+    if rare is not None:
+        return rare
     data = load_input(args)
     batch = compute(args, data)
     text = RENDERERS[args.format](args, data, batch)

@@ -1,0 +1,819 @@
+"""The round document: a federated round's result as a typed, versioned value.
+
+Why
+---
+A closed round's result crosses three processes: the coordinator's closer builds it and
+commits it to the state store, a report worker renders it to HTML, and the command line
+prints it (``fedsynth round show --format json``) or reads it back from files
+(``fedsynth report --rounds-dir``). As an untyped ``dict`` each consumer re-checked the
+fields it needed in its own way. This module is the one definition: frozen dataclasses
+whose :meth:`RoundDocument.from_dict` validates a JSON document once, naming the field
+(``analyses[2].site_estimates[0].yi``) and the value of anything wrong, and whose
+:meth:`RoundDocument.to_dict` gives back the JSON contract of ``docs/round-document.md``.
+
+It lives in the library (``fedsynth/``) rather than in ``coordinator/`` because it is a
+data format, not a role: ``fedsynth report`` reads saved documents without a coordinator,
+and a statistician may load a round's JSON next to ``fedsynth.meta`` (every analysis
+carries its ``site_estimates``, so a round can be re-pooled or diagnosed offline). It
+imports nothing but the standard library and :mod:`fedsynth.errors`, so reading a document
+costs no numerical import.
+
+The JSON form
+-------------
+* Numbers are finite or ``null`` (strict JSON: NaN and infinities become ``null`` on
+  reading, as :func:`fedsynth.jsonsafe.finite_or_none` does everywhere).
+* Keys the type does not know are kept (``extra``) and written back unchanged, so a
+  document from a newer minor release, or one that an operator annotated, survives being
+  read and written by this one. The contract allows adding keys, never removing them.
+* A document read with :meth:`~RoundDocument.from_dict` is written back by
+  :meth:`~RoundDocument.to_dict` with the same keys in the same order (optional keys it did
+  not have stay absent). A document built by the closer uses the canonical order of
+  ``docs/round-document.md``.
+
+Versions
+--------
+:data:`SCHEMA_VERSION` is 1. Version-1 documents carry no ``schema_version`` key: every
+round closed before the key existed is version 1, and ``round show`` prints what it
+always printed. A later version that adds sections (fitted models of a federated GLM,
+the null value and scale of evaluation measures) writes ``"schema_version": 2`` and this
+reader refuses a version it does not know, saying which it reads, instead of silently
+dropping a section.
+
+Examples
+--------
+>>> doc = RoundDocument.from_dict({"round": "r-20261125-0001", "status": "failed",
+...                                "failure_reason": "only 1 of 3 sites submitted",
+...                                "sites": [], "analyses": []})
+>>> doc.status, doc.failure_reason
+('failed', 'only 1 of 3 sites submitted')
+>>> doc.to_dict()["round"]
+'r-20261125-0001'
+>>> RoundDocument.from_dict({"round": "r-1", "status": "closed"})
+Traceback (most recent call last):
+...
+fedsynth.errors.InputError: round document r-1: field 'status' must be one of 'open', \
+'pooled', 'failed', got 'closed'
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar
+
+from fedsynth.errors import InputError
+from fedsynth.timeutil import parse_iso
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "AnalysisResult",
+    "FlagDetails",
+    "HeterogeneityVerdict",
+    "PooledEstimate",
+    "PoolingSettings",
+    "RoundDocument",
+    "SiteDriver",
+    "SiteEstimate",
+    "SiteParticipation",
+    "schema_markdown",
+]
+
+#: Version of the round document written by this release.
+SCHEMA_VERSION = 1
+#: A round's status: open until it closes, then pooled (quorum reached) or failed.
+STATUSES = ("open", "pooled", "failed")
+#: Status of an allowed site in a round.
+SITE_STATUSES = ("submitted", "missing")
+#: Levels of a raised heterogeneity flag.
+FLAG_LEVELS = ("strong", "moderate")
+
+#: Round ids become report file names: letters, digits, dot, underscore, dash, at most 128,
+#: no leading dot.
+ROUND_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
+
+Interval = tuple[float | None, float | None]
+
+
+# ------------------------------------------------------------------------------------------
+# Reading JSON values: each check names the field and the value
+# ------------------------------------------------------------------------------------------
+
+class _Reader:
+    """Validating access to one JSON object of the document, with its field path."""
+
+    def __init__(self, value: Any, path: str, where: str) -> None:
+        if not isinstance(value, Mapping):
+            self.fail(path, "must be a JSON object", value, where)
+        self.data: Mapping[str, Any] = value
+        self.path = path
+        self.where = where
+
+    @staticmethod
+    def fail(path: str, what: str, value: Any, where: str) -> None:
+        shown = repr(value)
+        if len(shown) > 200:
+            shown = shown[:200] + "..."
+        name = path or "(document)"
+        raise InputError(f"{where}: field {name!r} {what}, got {shown}")
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def error(self, key: str, what: str) -> None:
+        self.fail(self.at(key), what, self.data.get(key), self.where)
+
+    def text(self, key: str, *, required: bool = False,
+             choices: Sequence[str] | None = None) -> str | None:
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                self.error(key, "is required: a string" if key not in self.data
+                           else "must be a string")
+            return None
+        if not isinstance(value, str):
+            self.error(key, "must be a string")
+        if choices is not None and value not in choices:
+            self.error(key, "must be one of " + ", ".join(repr(c) for c in choices))
+        return value
+
+    def number(self, key: str) -> float | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.error(key, "must be a number or null")
+        if isinstance(value, float) and not math.isfinite(value):
+            return None                       # strict JSON: no NaN or infinity
+        return value
+
+    def integer(self, key: str, *, minimum: int = 0) -> int | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.error(key, f"must be an integer >= {minimum} or null")
+        return value
+
+    def boolean(self, key: str, *, required: bool = False) -> bool | None:
+        value = self.data.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, bool):
+            self.error(key, "must be true or false")
+        return value
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        value = self.data.get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.error(key, "must be a list of strings")
+        return tuple(value)
+
+    def text_map(self, key: str) -> dict[str, str]:
+        value = self.data.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            self.error(key, "must be an object of strings")
+        return dict(value)
+
+    def interval(self, key: str) -> Interval | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            self.error(key, "must be a [lower, upper] pair or null")
+        pair = _Reader({"lower": value[0], "upper": value[1]}, self.at(key), self.where)
+        return (pair.number("lower"), pair.number("upper"))
+
+    def objects(self, key: str) -> Iterator[_Reader]:
+        value = self.data.get(key)
+        if value is None:
+            return
+        if not isinstance(value, list):
+            self.error(key, "must be a list")
+        for index, item in enumerate(value):
+            yield _Reader(item, f"{self.at(key)}[{index}]", self.where)
+
+    def mapping(self, key: str) -> dict[str, Any] | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            self.error(key, "must be a JSON object")
+        return dict(value)
+
+    def extra(self, known: frozenset[str]) -> dict[str, Any]:
+        return {k: v for k, v in self.data.items() if k not in known}
+
+    def layout(self) -> tuple[str, ...]:
+        return tuple(self.data)
+
+
+def _json_interval(value: Interval | None) -> list[float | None] | None:
+    return None if value is None else [value[0], value[1]]
+
+
+# ------------------------------------------------------------------------------------------
+# The JSON layout shared by every section
+# ------------------------------------------------------------------------------------------
+
+class _Section:
+    """Common ``to_dict`` of the sections: canonical layout, or the layout read.
+
+    Subclasses list their JSON items (key, value, written when built by code) in
+    :meth:`_items`; ``_layout`` holds the keys of the object they were read from.
+    """
+
+    extra: Mapping[str, Any]
+    _layout: tuple[str, ...] | None
+
+    def _items(self) -> list[tuple[str, Any, bool]]:
+        raise NotImplementedError
+
+    @classmethod
+    def _read(cls, r: _Reader) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "round document") -> Any:
+        """Read and validate one section from its JSON object (errors name the field)."""
+        return cls._read(_Reader(data, "", where))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object (docs/round-document.md); nested sections become objects too."""
+        items = self._items()
+        if self._layout is None:
+            out = {key: value for key, value, shown in items if shown}
+        else:
+            known = {key: value for key, value, _ in items}
+            out = {}
+            for key in self._layout:
+                if key in known:
+                    out[key] = known[key]
+                elif key in self.extra:
+                    out[key] = self.extra[key]
+            for key, value, shown in items:      # set after reading (dataclasses.replace)
+                if shown and key not in out and value not in (None, [], {}):
+                    out[key] = value
+        for key, value in self.extra.items():
+            out.setdefault(key, value)
+        return out
+
+
+def _layout_field() -> Any:
+    return field(default=None, repr=False, compare=False)
+
+
+def _extra_field() -> Any:
+    return field(default_factory=dict, repr=False)
+
+
+def _doc(text: str) -> dict[str, str]:
+    """Field metadata: the description shown in docs/round-document.md."""
+    return {"doc": text}
+
+
+# ------------------------------------------------------------------------------------------
+# Sections
+# ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PoolingSettings(_Section):
+    """The round's pooling settings.
+
+    From ``[pooling]`` of coordinator.toml, or ``round start``'s ``--method``/``--test``.
+    """
+
+    method: str | None = field(default=None, metadata=_doc(
+        "tau² estimator: FE, DL, HE, HS, SJ, ML, REML, EB or PM"))
+    test: str | None = field(default=None, metadata=_doc("inference: z or knha"))
+    level: float | None = field(default=None, metadata=_doc(
+        "confidence level in percent (95)"))
+    i2_threshold: float | None = field(default=None, metadata=_doc(
+        "I² (percent) at or above which the heterogeneity flag is raised (50)"))
+    extra: Mapping[str, Any] = _extra_field()
+    _layout: tuple[str, ...] | None = _layout_field()
+
+    def _items(self) -> list[tuple[str, Any, bool]]:
+        return [("method", self.method, True), ("test", self.test, True),
+                ("level", self.level, True), ("i2_threshold", self.i2_threshold, True)]
+
+    @classmethod
+    def _read(cls, r: _Reader) -> PoolingSettings:
+        return cls(method=r.text("method"), test=r.text("test"), level=r.number("level"),
+                   i2_threshold=r.number("i2_threshold"),
+                   extra=r.extra(_KNOWN[cls]), _layout=r.layout())
+
+
+@dataclass(frozen=True)
+class SiteParticipation(_Section):
+    """One allowed site of the round: did it submit, and which analyses did it refuse."""
+
+    site: str = field(metadata=_doc("site name (its certificate's name)"))
+    status: str | None = field(default=None, metadata=_doc("submitted | missing"))
+    submitted_at: str | None = field(default=None, metadata=_doc(
+        "when the coordinator received its submission (ISO-8601 UTC), null if missing"))
+    refusals: Mapping[str, str] = field(default_factory=dict, metadata=_doc(
+        "analysis name -> the site's plain reason for not sending it"))
+    extra: Mapping[str, Any] = _extra_field()
+    _layout: tuple[str, ...] | None = _layout_field()
+
+    def _items(self) -> list[tuple[str, Any, bool]]:
+        return [("site", self.site, True), ("status", self.status, True),
+                ("submitted_at", self.submitted_at, True),
+                ("refusals", dict(self.refusals), True)]
+
+    @classmethod
+    def _read(cls, r: _Reader) -> SiteParticipation:
+        return cls(site=str(r.text("site", required=True)),
+                   status=r.text("status", choices=SITE_STATUSES),
+                   submitted_at=r.text("submitted_at"), refusals=r.text_map("refusals"),
+                   extra=r.extra(_KNOWN[cls]), _layout=r.layout())
+
+
+@dataclass(frozen=True)
+class SiteEstimate(_Section):
+    """What one site sent for one analysis (exactly what left the site)."""
+
+    site: str = field(metadata=_doc("site name"))
+    yi: float | None = field(default=None, metadata=_doc(
+        "the site's effect estimate (log scale for ratios)"))
+    vi: float | None = field(default=None, metadata=_doc("its sampling variance"))
+    se: float | None = field(default=None, metadata=_doc("its standard error"))
+    n: int | None = field(default=None, metadata=_doc("patients in the analysis"))
+    extra: Mapping[str, Any] = _extra_field()
+    _layout: tuple[str, ...] | None = _layout_field()
+
+    def _items(self) -> list[tuple[str, Any, bool]]:
+        return [("site", self.site, True), ("yi", self.yi, True), ("vi", self.vi, True),
+                ("se", self.se, True), ("n", self.n, True)]
+
+    @classmethod
+    def _read(cls, r: _Reader) -> SiteEstimate:
+        return cls(site=str(r.text("site", required=True)), yi=r.number("yi"),
+                   vi=r.number("vi"), se=r.number("se"), n=r.integer("n"),
+                   extra=r.extra(_KNOWN[cls]), _layout=r.layout())
+
+
+@dataclass(frozen=True)
+class PooledEstimate(_Section):
+    """The pooled model of one analysis, metafor's ``rma.uni`` field for field.
+
+    Written into the analysis object itself (not nested), with the reference keys of
+    :meth:`fedsynth.meta.PoolingResult.to_dict`.
+    """
+
+    estimate: float | None = field(default=None, metadata=_doc("pooled estimate"))
+    se: float | None = field(default=None, metadata=_doc("its standard error"))
+    stat: float | None = field(default=None, metadata=_doc("z or t statistic"))
+    pval: float | None = field(default=None, metadata=_doc("its p-value"))
+    ci_lb: float | None = field(default=None, metadata=_doc("confidence interval, lower"))
+    ci_ub: float | None = field(default=None, metadata=_doc("confidence interval, upper"))
+    tau2: float | None = field(default=None, metadata=_doc("between-site variance tau²"))
+    se_tau2: float | None = field(default=None, metadata=_doc("its standard error"))
+    Q: float | None = field(default=None, metadata=_doc("Cochran's Q"))
+    Q_df: int | None = field(default=None, metadata=_doc("its degrees of freedom (k - 1)"))
+    Q_pval: float | None = field(default=None, metadata=_doc("its p-value"))
+    I2: float | None = field(default=None, metadata=_doc("I² in percent"))
+    H2: float | None = field(default=None, metadata=_doc("H²"))
+    pi_lb: float | None = field(default=None, metadata=_doc(
+        "prediction interval for a new site, lower (null for FE)"))
+    pi_ub: float | None = field(default=None, metadata=_doc("prediction interval, upper"))
+    logLik: float | None = field(default=None, metadata=_doc(
+        "log-likelihood (ML/REML), else null"))
+    tau2_ci: Interval | None = field(default=None, metadata=_doc(
+        "Q-profile confidence interval of tau², [lower, upper]"))
+    I2_ci: Interval | None = field(default=None, metadata=_doc(
+        "confidence interval of I² (percent)"))
+    H2_ci: Interval | None = field(default=None, metadata=_doc("confidence interval of H²"))
+    level: float | None = field(default=None, metadata=_doc("confidence level in percent"))
+    extra: Mapping[str, Any] = _extra_field()
+    _layout: tuple[str, ...] | None = _layout_field()
+
+    #: JSON keys of the pooled fields, in their canonical order.
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "estimate", "se", "stat", "pval", "ci_lb", "ci_ub", "tau2", "se_tau2", "Q", "Q_df",
+        "Q_pval", "I2", "H2", "pi_lb", "pi_ub", "logLik", "tau2_ci", "I2_ci", "H2_ci",
+        "level")
+    _INTERVALS: ClassVar[frozenset[str]] = frozenset({"tau2_ci", "I2_ci", "H2_ci"})
+
+    def _items(self) -> list[tuple[str, Any, bool]]:
+        items = []
+        for key in self.KEYS:
+            value = getattr(self, key)
+            if key in self._INTERVALS:
+                value = _json_interval(value)
+            items.append((key, value, True))
+        return items
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> PooledEstimate:
+        """From a JSON-ready pooled dict (``PoolingResult.to_dict()``; extra keys ignored).
+
+        No validation: for the coordinator's own numbers, already JSON-ready.
+        """
+        kwargs: dict[str, Any] = {}
+        for key in cls.KEYS:
+            value = values.get(key)
+            if key in cls._INTERVALS and value is not None:
+                value = (value[0], value[1])
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> PooledEstimate:
+        kwargs: dict[str, Any] = {}
+        for key in cls.KEYS:
+            if key in cls._INTERVALS:
+                kwargs[key] = r.interval(key)
+            elif key == "Q_df":
+                kwargs[key] = r.integer(key)
+            else:
+                kwargs[key] = r.number(key)
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class SiteDriver(_Section):
+    """A site that drives the heterogeneity, and the numbers behind it."""
+
+    site: str = field(metadata=_doc("site name"))
+    index: int | None = field(default=None, metadata=_doc(
+        "its 0-based position among the pooled sites"))
+    kinds: tuple[str, ...] = field(default=(), metadata=_doc(
+        "outlying_blup | studentized_residual | influential"))
+    rstudent: float | None = field(default=None, metadata=_doc(
+        "studentized deleted residual"))
+    blup: float | None = field(default=None, metadata=_doc("the site's BLUP"))
+    blup_pi_lb: float | None = field(default=None, metadata=_doc(
+        "prediction interval of the BLUP, lower"))
+    blup_pi_ub: float | None = field(default=None, metadata=_doc("... upper"))
+    extra: Mapping[str, Any] = _extra_field()
+    _layout: tuple[str, ...] | None = _layout_field()
+
+    def _items(self) -> list[tuple[str, Any, bool]]:
+        return [("site", self.site, True), ("index", self.index, True),
+                ("kinds", list(self.kinds), True), ("rstudent", self.rstudent, True),
+                ("blup", self.blup, True), ("blup_pi_lb", self.blup_pi_lb, True),
+                ("blup_pi_ub", self.blup_pi_ub, True)]
+
+    @classmethod
+    def _read(cls, r: _Reader) -> SiteDriver:
+        return cls(site=str(r.text("site", required=True)),
+                   index=r.integer("index", minimum=-1),          # -1: position unknown
+                   kinds=r.texts("kinds"), rstudent=r.number("rstudent"),
+                   blup=r.number("blup"), blup_pi_lb=r.number("blup_pi_lb"),
+                   blup_pi_ub=r.number("blup_pi_ub"), extra=r.extra(_KNOWN[cls]),
+                   _layout=r.layout())
+
+
+@dataclass(frozen=True)
+class FlagDetails(_Section):
+    """The settings and numbers the heterogeneity verdict was reached with.
+
+    Written into the ``heterogeneity`` object itself (not nested).
+    """
+
+    drivers: tuple[SiteDriver, ...] = field(default=(), metadata=_doc(
+        "each driving site with its kinds and numbers"))
+    I2: float | None = field(default=None, metadata=_doc("I² judged (percent)"))
+    I2_ci: Interval | None = field(default=None, metadata=_doc(
+        "its confidence interval (the level rule reads the lower bound)"))
+    i2_threshold: float | None = field(default=None, metadata=_doc("the threshold used"))
+    null_value: float | None = field(default=None, metadata=_doc(
+        "the null of the analysis scale (0; log scale for ratios)"))
+    pi_crosses_null: bool | None = field(default=None, metadata=_doc(
+        "the prediction interval crosses the null while the CI does not"))
+    extra: Mapping[str, Any] = _extra_field()
+    _layout: tuple[str, ...] | None = _layout_field()
+
+    KEYS: ClassVar[tuple[str, ...]] = ("drivers", "I2", "I2_ci", "i2_threshold",
+                                       "null_value", "pi_crosses_null")
+
+    def _items(self) -> list[tuple[str, Any, bool]]:
+        return [("drivers", [d.to_dict() for d in self.drivers], True), ("I2", self.I2, True),
+                ("I2_ci", _json_interval(self.I2_ci), True),
+                ("i2_threshold", self.i2_threshold, True),
+                ("null_value", self.null_value, True),
+                ("pi_crosses_null", self.pi_crosses_null, True)]
+
+    @classmethod
+    def _read(cls, r: _Reader) -> FlagDetails:
+        return cls(drivers=tuple(SiteDriver._read(d) for d in r.objects("drivers")),
+                   I2=r.number("I2"), I2_ci=r.interval("I2_ci"),
+                   i2_threshold=r.number("i2_threshold"), null_value=r.number("null_value"),
+                   pi_crosses_null=r.boolean("pi_crosses_null"))
+
+
+@dataclass(frozen=True)
+class HeterogeneityVerdict(_Section):
+    """The heterogeneity flag of one analysis (docs/architecture.md, "Heterogeneity")."""
+
+    flagged: bool | None = field(default=None, metadata=_doc(
+        "I² >= threshold, or the PI crosses the null while the CI does not"))
+    level: str | None = field(default=None, metadata=_doc(
+        "strong (the I² CI's lower bound is also >= threshold) | moderate | null"))
+    reasons: tuple[str, ...] = field(default=(), metadata=_doc(
+        "plain sentences with the numbers, for the report"))
+    sites: tuple[str, ...] = field(default=(), metadata=_doc("the sites that drive it"))
+    details: FlagDetails | None = field(default=None, metadata=_doc(
+        "the keys of FlagDetails, when the flag was computed (absent when nothing was "
+        "pooled)"))
+    extra: Mapping[str, Any] = _extra_field()
+    _layout: tuple[str, ...] | None = _layout_field()
+
+    def _items(self) -> list[tuple[str, Any, bool]]:
+        items = [("flagged", self.flagged, True), ("level", self.level, True),
+                 ("reasons", list(self.reasons), True), ("sites", list(self.sites), True)]
+        if self.details is not None:
+            items += self.details._items()
+        return items
+
+    @classmethod
+    def _read(cls, r: _Reader) -> HeterogeneityVerdict:
+        details = (FlagDetails._read(r) if any(r.has(k) for k in FlagDetails.KEYS)
+                   else None)
+        return cls(flagged=r.boolean("flagged"), level=r.text("level", choices=FLAG_LEVELS),
+                   reasons=r.texts("reasons"), sites=r.texts("sites"), details=details,
+                   extra=r.extra(_KNOWN[cls]), _layout=r.layout())
+
+
+@dataclass(frozen=True)
+class AnalysisResult(_Section):
+    """One analysis of the round: who sent what, the pooled model, the flag."""
+
+    analysis: str = field(metadata=_doc("the analysis name (unique within the spec)"))
+    estimator: str | None = field(default=None, metadata=_doc(
+        "the spec's estimator (two_by_two, logistic, cox, auc, ...)"))
+    measure: str | None = field(default=None, metadata=_doc(
+        "the effect measure (OR, RR, MD, ...), null where the estimator implies it"))
+    k: int | None = field(default=None, metadata=_doc("number of sites pooled"))
+    method: str | None = field(default=None, metadata=_doc("tau² estimator used"))
+    test: str | None = field(default=None, metadata=_doc("z or knha"))
+    pooled: PooledEstimate | None = field(default=None, metadata=_doc(
+        "the keys of PooledEstimate (absent when nothing could be pooled)"))
+    heterogeneity: HeterogeneityVerdict | None = field(default=None, metadata=_doc(
+        "the heterogeneity flag"))
+    notes: tuple[str, ...] = field(default=(), metadata=_doc(
+        "plain sentences on what could not be computed (absent when none)"))
+    site_estimates: tuple[SiteEstimate, ...] = field(default=(), metadata=_doc(
+        "what each pooled site sent, in submission order"))
+    refused: Mapping[str, str] = field(default_factory=dict, metadata=_doc(
+        "site -> why it sent no estimate for this analysis"))
+    extra: Mapping[str, Any] = _extra_field()
+    _layout: tuple[str, ...] | None = _layout_field()
+
+    def _items(self) -> list[tuple[str, Any, bool]]:
+        items: list[tuple[str, Any, bool]] = [
+            ("analysis", self.analysis, True), ("estimator", self.estimator, True),
+            ("measure", self.measure, True), ("k", self.k, True),
+            ("method", self.method, True), ("test", self.test, True)]
+        if self.pooled is not None:
+            items += self.pooled._items()
+        items += [("heterogeneity", None if self.heterogeneity is None
+                   else self.heterogeneity.to_dict(), True),
+                  ("notes", list(self.notes), bool(self.notes)),
+                  ("site_estimates", [e.to_dict() for e in self.site_estimates], True),
+                  ("refused", dict(self.refused), True)]
+        return items
+
+    @classmethod
+    def _read(cls, r: _Reader) -> AnalysisResult:
+        pooled = (PooledEstimate._read(r) if any(r.has(k) for k in PooledEstimate.KEYS)
+                  else None)
+        het = r.data.get("heterogeneity")
+        heterogeneity = (None if het is None else
+                         HeterogeneityVerdict._read(_Reader(het, r.at("heterogeneity"),
+                                                            r.where)))
+        return cls(analysis=str(r.text("analysis", required=True)),
+                   estimator=r.text("estimator"), measure=r.text("measure"),
+                   k=r.integer("k"), method=r.text("method"), test=r.text("test"),
+                   pooled=pooled, heterogeneity=heterogeneity, notes=r.texts("notes"),
+                   site_estimates=tuple(SiteEstimate._read(e)
+                                        for e in r.objects("site_estimates")),
+                   refused=r.text_map("refused"),
+                   extra=r.extra(_KNOWN[cls]),
+                   _layout=r.layout())
+
+
+@dataclass(frozen=True)
+class RoundDocument(_Section):
+    """A federated round: its terms, who took part, and every analysis's result.
+
+    Build one from JSON with :meth:`from_dict` (validated) and write it with
+    :meth:`to_dict`. ``analyses`` is empty while the round is open and when it failed.
+    """
+
+    round: str = field(metadata=_doc("round id (r-YYYYMMDD-NNNN; a safe file name)"))
+    status: str = field(metadata=_doc("open | pooled | failed"))
+    spec: Mapping[str, Any] | None = field(default=None, metadata=_doc(
+        "the analysis spec as sent to the sites: {name, analyses: [...]}"))
+    opened_at: str | None = field(default=None, metadata=_doc("ISO-8601 UTC"))
+    deadline: str | None = field(default=None, metadata=_doc("ISO-8601 UTC"))
+    closed_at: str | None = field(default=None, metadata=_doc(
+        "ISO-8601 UTC, null while open"))
+    quorum: int | None = field(default=None, metadata=_doc(
+        "sites needed for the round to be pooled"))
+    failure_reason: str | None = field(default=None, metadata=_doc(
+        "plain sentence when status is failed, else null"))
+    pooling: PoolingSettings | None = field(default=None, metadata=_doc(
+        "the round's pooling settings"))
+    sites: tuple[SiteParticipation, ...] = field(default=(), metadata=_doc(
+        "every allowed site"))
+    missing_sites: tuple[str, ...] | None = field(default=None, metadata=_doc(
+        "allowed sites that did not submit (written at close)"))
+    analyses: tuple[AnalysisResult, ...] = field(default=(), metadata=_doc(
+        "one per analysis of the spec"))
+    schema_version: int = field(default=SCHEMA_VERSION, metadata=_doc(
+        "absent in version 1; written from version 2 on"))
+    extra: Mapping[str, Any] = _extra_field()
+    _layout: tuple[str, ...] | None = _layout_field()
+
+    def _items(self) -> list[tuple[str, Any, bool]]:
+        return [
+            ("schema_version", self.schema_version, self.schema_version != 1),
+            ("round", self.round, True), ("status", self.status, True),
+            ("spec", None if self.spec is None else dict(self.spec), True),
+            ("opened_at", self.opened_at, True), ("deadline", self.deadline, True),
+            ("closed_at", self.closed_at, True), ("quorum", self.quorum, True),
+            ("failure_reason", self.failure_reason, True),
+            ("pooling", None if self.pooling is None else self.pooling.to_dict(), True),
+            ("sites", [s.to_dict() for s in self.sites], True),
+            ("missing_sites", None if self.missing_sites is None else list(self.missing_sites),
+             self.missing_sites is not None),
+            ("analyses", [a.to_dict() for a in self.analyses], True)]
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "round document") -> RoundDocument:
+        """Read and validate a round document (parsed JSON).
+
+        Parameters
+        ----------
+        data
+            The JSON object (a mapping).
+        where
+            How errors name the document (e.g. its file), before the round id.
+
+        Raises
+        ------
+        fedsynth.errors.InputError
+            Naming the field (``analyses[2].site_estimates[0].yi``) and its value when a
+            field has the wrong type or value, a required field is missing, or the
+            document's ``schema_version`` is newer than this release reads.
+        """
+        r = _Reader(data, "", where)
+        round_id = r.data.get("round")
+        if not isinstance(round_id, str) or not ROUND_ID.match(round_id):
+            r.error("round", "must be an id of letters, digits, '.', '_' or '-' (at most "
+                             "128, not starting with '.')")
+        r.where = f"{where} {round_id}"
+        version = r.integer("schema_version", minimum=1)
+        if version is not None and version > SCHEMA_VERSION:
+            r.error("schema_version", f"is newer than this fedsynth reads (version "
+                                      f"{SCHEMA_VERSION}); upgrade fedsynth to read it")
+        status = r.text("status", required=True, choices=STATUSES)
+        for key in ("opened_at", "deadline", "closed_at"):
+            _check_timestamp(r, key)
+        pooling = r.data.get("pooling")
+        missing = r.data.get("missing_sites")
+        return cls(
+            round=str(round_id), status=str(status), spec=r.mapping("spec"),
+            opened_at=r.text("opened_at"), deadline=r.text("deadline"),
+            closed_at=r.text("closed_at"), quorum=r.integer("quorum", minimum=1),
+            failure_reason=r.text("failure_reason"),
+            pooling=(None if pooling is None else
+                     PoolingSettings._read(_Reader(pooling, "pooling", r.where))),
+            sites=tuple(SiteParticipation._read(s) for s in r.objects("sites")),
+            missing_sites=None if missing is None else r.texts("missing_sites"),
+            analyses=tuple(AnalysisResult._read(a) for a in r.objects("analyses")),
+            schema_version=version or SCHEMA_VERSION,
+            extra=r.extra(_KNOWN[cls]), _layout=r.layout())
+
+    @classmethod
+    def coerce(cls, value: RoundDocument | Mapping[str, Any], *,
+               where: str = "round document") -> RoundDocument:
+        """``value`` itself if it is a RoundDocument, else :meth:`from_dict` of it."""
+        return value if isinstance(value, RoundDocument) else cls.from_dict(value, where=where)
+
+    def analysis(self, name: str) -> AnalysisResult:
+        """The analysis called ``name`` (KeyError naming the known ones otherwise)."""
+        for entry in self.analyses:
+            if entry.analysis == name:
+                return entry
+        raise KeyError(f"round {self.round} has no analysis {name!r}; analyses: "
+                       f"{', '.join(a.analysis for a in self.analyses) or 'none'}")
+
+
+def _check_timestamp(r: _Reader, key: str) -> None:
+    """Timestamps stay text (written back exactly), but must be ISO-8601 with a zone."""
+    value = r.text(key)
+    if value is not None:
+        try:
+            parse_iso(value, key)
+        except InputError:
+            r.error(key, "must be an ISO-8601 timestamp with a zone (e.g. "
+                         "'2026-11-25T14:00:00.000Z')")
+
+
+def _known_keys(cls: type, groups: Mapping[str, type] | None = None) -> frozenset[str]:
+    """The JSON keys a section reads.
+
+    Its fields, with a flattened group's keys instead of the group field.
+    """
+    keys = {f.name for f in fields(cls) if f.name not in ("extra", "_layout")}
+    for name, group in (groups or {}).items():
+        keys.discard(name)
+        keys |= _known_keys(group)
+    return frozenset(keys)
+
+
+#: JSON keys read by each section (the rest is kept as ``extra``).
+_KNOWN: dict[type, frozenset[str]] = {
+    PoolingSettings: _known_keys(PoolingSettings),
+    SiteParticipation: _known_keys(SiteParticipation),
+    SiteEstimate: _known_keys(SiteEstimate),
+    PooledEstimate: _known_keys(PooledEstimate),
+    SiteDriver: _known_keys(SiteDriver),
+    FlagDetails: _known_keys(FlagDetails),
+    HeterogeneityVerdict: _known_keys(HeterogeneityVerdict, {"details": FlagDetails}),
+    AnalysisResult: _known_keys(AnalysisResult, {"pooled": PooledEstimate}),
+    RoundDocument: _known_keys(RoundDocument),
+}
+
+
+# ------------------------------------------------------------------------------------------
+# The schema, for docs/round-document.md (a test keeps the two equal)
+# ------------------------------------------------------------------------------------------
+
+_TYPE_NAMES: dict[str, str] = {
+    "str": "string", "str | None": "string or null", "int | None": "integer or null",
+    "float | None": "number or null", "bool": "boolean", "bool | None": "boolean or null",
+    "int": "integer", "Interval | None": "[number or null, number or null] or null",
+    "tuple[str, ...]": "list of strings", "tuple[str, ...] | None": "list of strings",
+    "Mapping[str, str]": "object: string -> string",
+    "Mapping[str, Any] | None": "object or null",
+}
+
+_SECTIONS: tuple[tuple[type, str, str], ...] = (
+    (RoundDocument, "RoundDocument", "the document (top level)"),
+    (PoolingSettings, "PoolingSettings", "`pooling`"),
+    (SiteParticipation, "SiteParticipation", "each item of `sites`"),
+    (AnalysisResult, "AnalysisResult", "each item of `analyses`"),
+    (PooledEstimate, "PooledEstimate", "keys written into the analysis object"),
+    (HeterogeneityVerdict, "HeterogeneityVerdict", "`heterogeneity` of an analysis"),
+    (FlagDetails, "FlagDetails", "keys written into the `heterogeneity` object"),
+    (SiteDriver, "SiteDriver", "each item of `heterogeneity.drivers`"),
+    (SiteEstimate, "SiteEstimate", "each item of `site_estimates`"),
+)
+
+
+#: Fields whose keys are written into the enclosing object (no key of their own).
+_GROUPS = {"pooled": "PooledEstimate", "details": "FlagDetails"}
+
+
+def _type_name(annotation: str) -> str:
+    if annotation in _TYPE_NAMES:
+        return _TYPE_NAMES[annotation]
+    match = re.fullmatch(r"tuple\[(\w+), \.\.\.\]", annotation)
+    if match:
+        return f"list of {match.group(1)}"
+    match = re.fullmatch(r"(\w+)( \| None)?", annotation)
+    if match:
+        return match.group(1) + (" or null" if match.group(2) else "")
+    return annotation
+
+
+def schema_markdown() -> str:
+    """The field tables of docs/round-document.md, generated from the dataclasses."""
+    lines = [f"Schema version {SCHEMA_VERSION} (`fedsynth.round_document`, generated by "
+             "`python -m fedsynth.round_document`).", ""]
+    for cls, name, where in _SECTIONS:
+        lines += [f"### {name}: {where}", "", "| key | type | required | meaning |",
+                  "|---|---|---|---|"]
+        for f in fields(cls):
+            if f.name in ("extra", "_layout"):
+                continue
+            required = f.default is MISSING and f.default_factory is MISSING
+            if f.name in _GROUPS:
+                key, kind = f"({f.name})", f"the keys of {_GROUPS[f.name]}, in this object"
+            else:
+                key, kind = f"`{f.name}`", _type_name(str(f.type))
+            meaning = str(f.metadata.get("doc", "")).replace("|", "\\|")
+            lines.append(f"| {key} | {kind} | {'yes' if required else 'no'} | {meaning} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(schema_markdown(), end="")

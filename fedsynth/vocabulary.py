@@ -1,0 +1,302 @@
+"""The vocabulary of fedsynth: every name a user chooses, defined once.
+
+Why
+---
+The same choices appear in the Python API, the command line, the configuration files, the
+analysis spec and the reports: the tau² estimators and tests of the pooling model
+(metafor's ``method`` and ``test`` arguments, Viechtbauer 2010, J. Stat. Softw. 36(3)), the
+effect-size measures of ``escalc``, the site estimators of the analysis spec, and the priors
+of Bayesian pooling. Each list lives here, with what the project knows about each entry
+(long names for printed output, the columns a measure needs, which measures are ratios
+analysed on the log scale), and every other module imports it: a new method or measure is
+added in one place, and a typo cannot make two parts of the project disagree.
+
+This module imports nothing heavier than the standard library, so the command line can
+build its option choices from it without loading numpy.
+
+The estimator table leaves room for per-estimator metadata (``null_value``, ``scale``): the
+value of no effect on the scale the estimate is pooled on (0 for differences and log
+ratios; e.g. 0.5 for an AUC pooled raw) is what the heterogeneity flag's
+prediction-interval rule compares with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from fedsynth.errors import InputError
+
+__all__ = [
+    "MethodInfo", "METHOD_INFO", "METHODS", "RE_METHODS", "DEFAULT_METHOD",
+    "TestInfo", "TEST_INFO", "TESTS", "DEFAULT_TEST",
+    "MeasureInfo", "MEASURE_INFO", "ESCALC_MEASURES", "RATIO_MEASURES",
+    "EstimatorInfo", "ESTIMATOR_INFO", "ESTIMATORS", "ESTIMATOR_MEASURES",
+    "PriorInfo", "PRIOR_INFO", "PRIORS", "DEFAULT_PRIOR", "DEFAULT_PRIOR_SCALE",
+    "DEFAULT_LEVEL", "check_method", "check_test", "check_measure", "check_level",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# tau² estimators (metafor's rma(method = ...))
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One pooling method.
+
+    Attributes
+    ----------
+    name
+        The name as metafor spells it (``"REML"``).
+    label
+        Long name for printed output (``"restricted maximum likelihood"``).
+    reference
+        The paper that defines the estimator.
+    random_effects
+        False only for ``FE``, the fixed (common) effect model (tau² = 0).
+    """
+
+    name: str
+    label: str
+    reference: str
+    random_effects: bool = True
+
+
+_METHODS = (
+    MethodInfo("FE", "fixed effect", "inverse-variance weighting (Hedges & Olkin 1985)",
+               random_effects=False),
+    MethodInfo("DL", "DerSimonian-Laird", "DerSimonian & Laird (1986), Control. Clin. Trials "
+               "7:177-188"),
+    MethodInfo("HE", "Hedges", "Hedges (1983), Psychol. Bull. 93:388-395"),
+    MethodInfo("HS", "Hunter-Schmidt", "Hunter & Schmidt (2004), Methods of Meta-Analysis, "
+               "2nd ed."),
+    MethodInfo("SJ", "Sidik-Jonkman", "Sidik & Jonkman (2005), J. Biopharm. Stat. 15:823-838"),
+    MethodInfo("ML", "maximum likelihood", "Viechtbauer (2005), J. Educ. Behav. Stat. "
+               "30:261-293"),
+    MethodInfo("REML", "restricted maximum likelihood", "Viechtbauer (2005), J. Educ. Behav. "
+               "Stat. 30:261-293"),
+    MethodInfo("EB", "empirical Bayes", "Morris (1983), J. Am. Stat. Assoc. 78:47-55"),
+    MethodInfo("PM", "Paule-Mandel", "Paule & Mandel (1982), J. Res. Natl. Bur. Stand. "
+               "87:377-385"),
+)
+#: Every pooling method by name, in metafor's order (``FE`` first).
+METHOD_INFO: Mapping[str, MethodInfo] = MappingProxyType({m.name: m for m in _METHODS})
+#: The method names (``FE`` is the fixed/common-effect model, tau² = 0).
+METHODS: tuple[str, ...] = tuple(METHOD_INFO)
+#: The random-effects tau² estimators.
+RE_METHODS: tuple[str, ...] = tuple(m.name for m in _METHODS if m.random_effects)
+DEFAULT_METHOD = "REML"
+
+#: Methods that pool 2x2 tables from their counts rather than (yi, vi): Mantel-Haenszel
+#: (metafor ``rma.mh``), Peto's one-step odds ratio (``rma.peto``) and the generalised
+#: linear mixed models of ``rma.glmm`` (fedsynth.meta.mh, fedsynth.meta.glmm).
+COUNT_METHODS: tuple[str, ...] = ("MH", "PETO", "GLMM")
+#: ``rma.glmm`` models for the odds ratio: unconditional with fixed study effects, and the
+#: conditional model with the exact (noncentral hypergeometric) likelihood.
+GLMM_MODELS: tuple[str, ...] = ("UM.FS", "CM.EL")
+
+
+# ---------------------------------------------------------------------------------------
+# inference for the pooled estimate (metafor's test = ...)
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TestInfo:
+    """One test of the pooled estimate and the model coefficients."""
+
+    __test__ = False  # not a pytest test class
+
+    name: str
+    label: str
+    reference: str
+
+
+_TESTS = (
+    TestInfo("z", "Wald z test", "normal quantiles (metafor's default)"),
+    TestInfo("knha", "Knapp-Hartung t test", "Knapp & Hartung (2003), Stat. Med. "
+             "22:2693-2710"),
+)
+TEST_INFO: Mapping[str, TestInfo] = MappingProxyType({t.name: t for t in _TESTS})
+TESTS: tuple[str, ...] = tuple(TEST_INFO)
+DEFAULT_TEST = "z"
+
+#: Default confidence level of the Python API (a fraction; the command line says 95).
+DEFAULT_LEVEL = 0.95
+
+
+# ---------------------------------------------------------------------------------------
+# effect-size measures (metafor's escalc(measure = ...))
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MeasureInfo:
+    """One effect-size measure computed from summary data.
+
+    Attributes
+    ----------
+    name
+        metafor's name (``"OR"``).
+    description
+        What ``yi`` is.
+    columns
+        Accepted sets of input columns, named as ``escalc``'s arguments; the first set
+        present is used.
+    log_scale
+        True for ratio measures, analysed as log ratios (plots and reports back-transform).
+    """
+
+    name: str
+    description: str
+    columns: tuple[tuple[str, ...], ...]
+    log_scale: bool = False
+
+
+_TABLE = (("ai", "bi", "ci", "di"), ("ai", "n1i", "ci", "n2i"))
+_MEANS = (("m1i", "sd1i", "n1i", "m2i", "sd2i", "n2i"),)
+_MEASURES = (
+    MeasureInfo("OR", "log odds ratio", _TABLE, log_scale=True),
+    MeasureInfo("RR", "log risk ratio", _TABLE, log_scale=True),
+    MeasureInfo("RD", "risk difference", _TABLE),
+    MeasureInfo("MD", "raw mean difference", _MEANS),
+    MeasureInfo("SMD", "standardized mean difference (Hedges' g)", _MEANS),
+    MeasureInfo("ROM", "log ratio of means", _MEANS, log_scale=True),
+    MeasureInfo("ZCOR", "Fisher's r-to-z transformed correlation", (("ri", "ni"),)),
+    MeasureInfo("IRR", "log incidence rate ratio", (("x1i", "t1i", "x2i", "t2i"),),
+                log_scale=True),
+    MeasureInfo("PLO", "logit transformed proportion", (("xi", "ni"),)),
+    MeasureInfo("PR", "raw proportion", (("xi", "ni"),)),
+)
+MEASURE_INFO: Mapping[str, MeasureInfo] = MappingProxyType({m.name: m for m in _MEASURES})
+#: The measures of ``escalc`` (and ``fedsynth meta --measure``).
+ESCALC_MEASURES: tuple[str, ...] = tuple(MEASURE_INFO)
+#: Measures analysed on the log scale: escalc's ratio measures and the hazard ratio of the
+#: Cox estimator.
+RATIO_MEASURES: frozenset[str] = frozenset(
+    {m.name for m in _MEASURES if m.log_scale} | {"HR"})
+
+
+# ---------------------------------------------------------------------------------------
+# site estimators (the analysis spec's estimator = ...)
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EstimatorInfo:
+    """One site estimator of the analysis spec.
+
+    Attributes
+    ----------
+    name
+        The spec's name (``"two_by_two"``).
+    description
+        What ``yi`` is.
+    measures
+        Values the spec's ``measure`` key may take (the first is the default); empty when
+        the estimator has no ``measure`` key.
+    null_value, scale
+        Room for the value of no effect on the pooling scale and the name of that scale
+        (e.g. an AUC: 0.5, ``"raw"``); ``None`` until defined for the estimator.
+    """
+
+    name: str
+    description: str
+    measures: tuple[str, ...] = ()
+    null_value: float | None = None
+    scale: str | None = None
+
+    @property
+    def default_measure(self) -> str | None:
+        """The measure used when the spec names none."""
+        return self.measures[0] if self.measures else None
+
+
+_ESTIMATORS = (
+    EstimatorInfo("two_by_two", "log OR, log RR or RD of a 2x2 table", ("OR", "RR", "RD")),
+    EstimatorInfo("two_group", "difference of group means (MD, SMD, ROM)", ("MD", "SMD", "ROM")),
+    EstimatorInfo("logistic", "adjusted log odds ratio (logistic regression)"),
+    EstimatorInfo("linear", "adjusted mean difference (linear regression)"),
+    EstimatorInfo("cox", "adjusted log hazard ratio (Cox regression)"),
+    EstimatorInfo("auc", "area under the ROC curve of a risk score (DeLong variance)"),
+    EstimatorInfo("calibration_slope", "calibration slope of a risk score"),
+    EstimatorInfo("calibration_in_the_large", "calibration-in-the-large of a risk score"),
+    EstimatorInfo("oe_ratio", "log observed/expected ratio of a risk score"),
+    EstimatorInfo("brier", "Brier score of a risk score"),
+)
+ESTIMATOR_INFO: Mapping[str, EstimatorInfo] = MappingProxyType(
+    {e.name: e for e in _ESTIMATORS})
+#: The estimator names of the analysis spec.
+ESTIMATORS: tuple[str, ...] = tuple(ESTIMATOR_INFO)
+#: Estimator -> allowed ``measure`` values (only estimators that have a measure key).
+ESTIMATOR_MEASURES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {e.name: e.measures for e in _ESTIMATORS if e.measures})
+
+
+# ---------------------------------------------------------------------------------------
+# priors on tau of Bayesian pooling
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PriorInfo:
+    """A built-in prior on the between-site standard deviation tau."""
+
+    name: str
+    description: str
+
+
+_PRIORS = (
+    PriorInfo("half_normal", "half-normal prior on tau with the given scale (sd of the "
+              "underlying normal)"),
+    PriorInfo("half_cauchy", "half-Cauchy prior on tau with the given scale (Gelman 2006, "
+              "Bayesian Anal. 1(3))"),
+)
+PRIOR_INFO: Mapping[str, PriorInfo] = MappingProxyType({p.name: p for p in _PRIORS})
+#: The built-in priors (``fedsynth.meta.bayes.register_prior`` may add more at run time).
+PRIORS: tuple[str, ...] = tuple(PRIOR_INFO)
+DEFAULT_PRIOR = "half_normal"
+DEFAULT_PRIOR_SCALE = 0.5
+
+
+# ---------------------------------------------------------------------------------------
+# checks with messages that name the option and the value
+# ---------------------------------------------------------------------------------------
+
+def check_method(value: object, option: str = "method") -> str:
+    """``value`` as a method name (case-insensitive), or :class:`InputError` naming it."""
+    name = str(value).upper()
+    if name not in METHOD_INFO:
+        raise InputError(f"{option}: {value!r} is not one of {', '.join(METHODS)}")
+    return name
+
+
+def check_test(value: object, option: str = "test") -> str:
+    """``value`` as a test name (case-insensitive), or :class:`InputError` naming it."""
+    name = str(value).lower()
+    if name not in TEST_INFO:
+        raise InputError(f"{option}: {value!r} is not one of {', '.join(TESTS)}")
+    return name
+
+
+def check_measure(value: object, option: str = "measure") -> str:
+    """``value`` as an escalc measure (case-insensitive), or :class:`InputError`."""
+    name = str(value).upper()
+    if name not in MEASURE_INFO:
+        raise InputError(f"{option}: unknown measure {value!r} (known: "
+                         f"{', '.join(ESCALC_MEASURES)})")
+    return name
+
+
+def check_level(value: object, option: str = "level") -> float:
+    """A confidence level as a percentage in (0, 100).
+
+    The Python API takes fractions (``0.95``); a value above 1 is read as a percentage
+    (``95``), as metafor's ``level`` argument and the command line's ``--level`` do.
+    """
+    try:
+        level = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InputError(f"{option}: {value!r} is not a number (use e.g. 0.95)") from None
+    if not (level == level and 0 < level < 100):
+        raise InputError(f"{option}: {value!r} must be a fraction in (0, 1) such as 0.95 "
+                         "(or a percentage below 100 such as 95)")
+    return level * 100.0 if level < 1 else level

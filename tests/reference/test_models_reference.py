@@ -138,7 +138,7 @@ def test_per_site_fits_equal_r(registry, name) -> None:
             continue
         assert fit.ok, (site, fit.reason)
         close(fit.coefficients, named(r["coefficients"], names), rtol=1e-8)
-        close(fit.cov, r["vcov"], rtol=1e-7, atol=1e-13)
+        close(fit.cov, r["vcov"], rtol=1e-8, atol=1e-13)
         assert fit.n == r["n"]
         aliased = [n for n in names if r["coefficients"][n] is None]
         if aliased:

@@ -186,8 +186,16 @@ for (name in names(models)) {
   pooled <- list()
   for (j in seq_along(ours)) {
     ok <- !is.na(est[, j])
-    res <- rma(est[ok, j], sapply(vcovs[ok], function(V) V[j, j]), method = "REML",
-               control = list(threshold = 1e-12, maxiter = 10000))
+    # rma's Fisher scoring stops on an absolute change in tau2; the coefficients' tau2 can
+    # be ~1e-6 (age per year), where a threshold of 1e-12 leaves ~1e-6 relative in tau2 and
+    # I2. So it is fitted again from that estimate with a threshold 1e-10 relative to it.
+    yj <- est[ok, j]
+    vj <- sapply(vcovs[ok], function(V) V[j, j])
+    first <- rma(yj, vj, method = "REML", control = list(threshold = 1e-12, maxiter = 10000))
+    res <- tryCatch(rma(yj, vj, method = "REML",
+                        control = list(threshold = max(first$tau2, 1e-10) * 1e-10,
+                                       tau2.init = first$tau2, maxiter = 10000)),
+                    error = function(e) first)
     pr <- predict(res)
     pooled[[ours[j]]] <- list(k = res$k, estimate = as.numeric(res$beta), se = res$se,
                               ci_lb = res$ci.lb, ci_ub = res$ci.ub, tau2 = res$tau2,

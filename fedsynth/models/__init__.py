@@ -10,6 +10,8 @@ Pure statistics (numpy/scipy; no I/O, no grpc), in the order a round uses them:
 * :mod:`.twostage` -- each site's own fit (:func:`fit_site`) and their pooling
   (:func:`pool_site_fits`): per coefficient with :func:`fedsynth.meta.pool` and
   multivariate (:mod:`.mvmeta`, metafor's ``rma.mv``);
+* :mod:`.fit` -- the three fits of one model together (:func:`fit_model`), as a round and
+  ``fedsynth model fit`` report them;
 * :mod:`.hierarchical` -- the exact random-intercept GLM (binomial, poisson, gaussian) by
   maximum marginal likelihood: each site integrates over its own random intercept by
   adaptive Gauss-Hermite quadrature (:func:`~.hierarchical.site_contribution`), the
@@ -55,6 +57,7 @@ _LAZY = {
     "SiteFit": "twostage", "fit_site": "twostage", "TwoStageResult": "twostage",
     "pool_site_fits": "twostage",
     "MvMetaResult": "mvmeta", "mv_meta": "mvmeta",
+    "ModelFit": "fit", "fit_model": "fit",
 }
 
 __all__ = ["ModelSpec", "FAMILIES", "INTERCEPT", "coefficient_names", "parse_categorical",

@@ -1,2 +1,2 @@
-"""The library's own commands (``meta``, ``ca``, ``audit``, ``demo-data``, ``health``,
-``version``): none of them needs a role package."""
+"""The library's own commands (``meta``, ``ca``, ``audit``, ``demo-data``, ``model``,
+``health``, ``version``): none of them needs a role package."""

@@ -24,6 +24,7 @@ part in none of the fits and is listed with the reason, as it would be in a roun
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,8 +113,9 @@ class ModelFit:
             return f"{value:.{digits}f}".rjust(width)
 
         m = self.model
-        lines = [f"model {m.name}: {m.family} ({m.formula()}), {len(self.sites)} sites, "
-                 f"n = {self.n}"]
+        lines = [f"model {m.name}: {m.family}, {len(self.sites)} sites, n = {self.n}",
+                 textwrap.fill(m.formula(), width=88, initial_indent="  ",
+                               subsequent_indent="    ", break_on_hyphens=False)]
         if self.one_stage is not None:
             o = self.one_stage
             lines.append(f"one-stage: {o.status}, {o.iterations} iterations, "
@@ -140,9 +142,11 @@ class ModelFit:
                 f"{num(row['tau2'], 7)} {i2:>5}  {pi:>19}")
         if self.stratified is not None:
             lines.append("")
-            lines.append("site intercepts (stratified): " + ", ".join(
-                f"{site} {value:.{digits}f}"
-                for site, value in self.stratified.site_intercepts.items()))
+            lines.append(textwrap.fill(
+                "site intercepts (stratified): " + ", ".join(
+                    f"{site} {value:.{digits}f}"
+                    for site, value in self.stratified.site_intercepts.items()),
+                width=88, subsequent_indent="  ", break_on_hyphens=False))
         if self.two_stage is not None and self.two_stage.multivariate is not None:
             mv = self.two_stage.multivariate
             lines.append(f"multivariate ({mv.struct}, {mv.method}): logLik = {mv.logLik:.3f}, "

@@ -150,3 +150,23 @@ def test_cli_bad_input_exits_2_naming_the_problem(demo: Path, tmp_path: Path,
     assert "no column 'nowhere'" in capsys.readouterr().err
     assert main(["model", "fit", "--spec", spec, "--data", data, "--method", "XX"]) == 2
     assert "--method" in capsys.readouterr().err
+
+
+def test_readme_models_block_is_real_output(tmp_path: Path, capsys, monkeypatch) -> None:
+    import glob
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("<!-- section:models -->"):
+                   text.index("<!-- /section:models -->")]
+    block = re.findall(r"```\n(\$ fedsynth.*?)\n```", section, re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    commands = re.split(r"^\$ ", block, flags=re.M)[1:]
+    assert len(commands) == 2
+    for command in commands:
+        line, _, expected = command.partition("\n")
+        argv = []
+        for word in line.split()[1:]:
+            argv.extend(sorted(glob.glob(word)) if "*" in word else [word])
+        assert main(argv) == 0
+        assert capsys.readouterr().out.rstrip("\n") == expected.rstrip("\n")

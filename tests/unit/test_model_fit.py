@@ -150,6 +150,8 @@ def test_cli_bad_input_exits_2_naming_the_problem(demo: Path, tmp_path: Path,
     assert "no column 'nowhere'" in capsys.readouterr().err
     assert main(["model", "fit", "--spec", spec, "--data", data, "--method", "XX"]) == 2
     assert "--method" in capsys.readouterr().err
+    assert main(["model", "fit", "--spec", spec, "--data", data, "--level", "100"]) == 2
+    assert "--level" in capsys.readouterr().err
 
 
 def test_readme_models_block_is_real_output(tmp_path: Path, capsys, monkeypatch) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from fedsynth.cli.registry import Command
+from fedsynth.vocabulary import METHODS, TESTS
 
 _DESCRIPTION = """\
 Fit every [[model]] of SPEC (or those named by --model) across sites, each given as one
@@ -54,9 +55,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--struct", type=str.upper, choices=("DIAG", "UN"), default="DIAG",
                         help="between-site covariance of the multivariate model (default "
                              "DIAG; UN has p(p+1)/2 parameters)")
-    parser.add_argument("--method", default="REML", type=str.upper,
+    parser.add_argument("--method", default="REML", type=str.upper, choices=METHODS,
                         help="tau2 estimator of the per-coefficient pooling (default REML)")
-    parser.add_argument("--test", default="z", choices=("z", "knha", "t"),
+    parser.add_argument("--test", default="z", type=str.lower, choices=TESTS,
                         help="test of the per-coefficient pooling (default z)")
     parser.add_argument("--level", type=float, default=95.0,
                         help="confidence level in percent (default 95)")
@@ -118,10 +119,6 @@ def _run(args: argparse.Namespace) -> int:
     from fedsynth.models.disclosure import ModelLimits
     from fedsynth.models.fit import fit_model
     from fedsynth.spec import load_spec
-    from fedsynth.vocabulary import METHODS
-
-    if args.method not in METHODS:
-        raise InputError(f"--method must be one of {', '.join(METHODS)}, got {args.method!r}")
     if not 0 < args.level < 100:
         raise InputError(f"--level must be between 0 and 100 (percent), got {args.level!r}")
     spec = load_spec(args.spec)

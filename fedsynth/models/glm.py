@@ -52,6 +52,7 @@ import numpy as np
 from scipy import linalg, stats
 
 from fedsynth.errors import InputError
+from fedsynth.jsonsafe import finite_or_none
 from fedsynth.models.coding import Design
 from fedsynth.models.families import Family, get_family
 from fedsynth.models.spec import INTERCEPT
@@ -64,11 +65,6 @@ __all__ = ["IrlsControl", "StepRequest", "SiteStep", "Layout", "IrlsState", "Glm
 FIT_KINDS = ("one_stage", "stratified", "site")
 #: Squared residual-norm ratio below which a column of the information is aliased.
 _ALIAS_TOL = 1e-11
-
-
-def _jfloat(value: float) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)
@@ -190,10 +186,10 @@ class SiteStep:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (a non-finite number becomes ``null``)."""
         return {"names": list(self.names), "n": int(self.n),
-                "xtwx": [[_jfloat(v) for v in row] for row in np.asarray(self.xtwx)],
-                "score": [_jfloat(v) for v in np.asarray(self.score)],
-                "deviance": _jfloat(self.deviance),
-                "minus_twice_loglik": _jfloat(self.minus_twice_loglik),
+                "xtwx": [[finite_or_none(v) for v in row] for row in np.asarray(self.xtwx)],
+                "score": [finite_or_none(v) for v in np.asarray(self.score)],
+                "deviance": finite_or_none(self.deviance),
+                "minus_twice_loglik": finite_or_none(self.minus_twice_loglik),
                 "boundary": bool(self.boundary)}
 
     @classmethod
@@ -511,7 +507,7 @@ def _solve(a: np.ndarray, b: np.ndarray, keep: np.ndarray) -> np.ndarray | None:
     return out if np.all(np.isfinite(out)) else None
 
 
-def _finite(sums: _Sums) -> bool:
+def _sums_ok(sums: _Sums) -> bool:
     return bool(math.isfinite(sums.deviance) and np.all(np.isfinite(sums.xtwx))
                 and np.all(np.isfinite(sums.score)))
 
@@ -531,7 +527,7 @@ def advance(state: IrlsState, steps: Mapping[str, SiteStep]) -> IrlsState:
     trips = state.round_trips + 1
     if state.beta is None:
         # The start step: R's first WLS fit at mustart, with beta taken as 0.
-        if not _finite(sums):
+        if not _sums_ok(sums):
             return replace(state, status="failed", round_trips=trips, sums=sums,
                            message="the start values give a non-finite deviance or "
                                    "information")
@@ -547,7 +543,7 @@ def advance(state: IrlsState, steps: Mapping[str, SiteStep]) -> IrlsState:
                        coefold=None, devold=sums.deviance, aliased=aliased, sums=sums)
     aliased = state.aliased if state.aliased is not None else np.zeros(len(sums.score), bool)
     dev, devold = sums.deviance, state.devold
-    diverged = not _finite(sums) or (
+    diverged = not _sums_ok(sums) or (
         state.iteration > 1 and (dev - devold) / (0.1 + abs(dev)) >= control.epsilon)
     if diverged:
         if state.coefold is None:
@@ -655,7 +651,7 @@ class GlmFit:
     def _named(self, values: np.ndarray, names: Sequence[str] | None = None,
                ) -> dict[str, float | None]:
         idx = [self.names.index(n) for n in (names or self.names)]
-        return {self.names[i]: _jfloat(values[i]) for i in idx}
+        return {self.names[i]: finite_or_none(values[i]) for i in idx}
 
     def to_dict(self, names: Sequence[str] | None = None) -> dict[str, Any]:
         """JSON-ready: per-coefficient objects keyed by name, then the fit's numbers."""
@@ -666,11 +662,11 @@ class GlmFit:
             "se": self._named(self.se, sel), "stat": self._named(self.stat, sel),
             "pval": self._named(self.pval, sel), "ci_lb": self._named(self.ci_lb, sel),
             "ci_ub": self._named(self.ci_ub, sel),
-            "vcov": [[_jfloat(self.cov[i, j]) for j in idx] for i in idx],
+            "vcov": [[finite_or_none(self.cov[i, j]) for j in idx] for i in idx],
             "test": self.test, "level": self.level, "family": self.family,
-            "link": self.link, "deviance": _jfloat(self.deviance),
-            "df_residual": self.df_residual, "dispersion": _jfloat(self.dispersion),
-            "aic": _jfloat(self.aic), "logLik": _jfloat(self.loglik), "n": self.n,
+            "link": self.link, "deviance": finite_or_none(self.deviance),
+            "df_residual": self.df_residual, "dispersion": finite_or_none(self.dispersion),
+            "aic": finite_or_none(self.aic), "logLik": finite_or_none(self.loglik), "n": self.n,
             "rank": self.rank, "sites": list(self.sites), "site_n": dict(self.site_n),
             "iterations": self.iterations, "round_trips": self.round_trips,
             "halvings": self.halvings, "converged": self.converged, "status": self.status,
@@ -706,8 +702,8 @@ class StratifiedFit:
     def to_dict(self) -> dict[str, Any]:
         """``coefficients``/``se``/... of the slopes, ``site_intercepts``(``_se``), the rest."""
         out = self.fit.to_dict(self.slope_names)
-        out["site_intercepts"] = {s: _jfloat(v) for s, v in self.site_intercepts.items()}
-        out["site_intercepts_se"] = {s: _jfloat(v) for s, v in
+        out["site_intercepts"] = {s: finite_or_none(v) for s, v in self.site_intercepts.items()}
+        out["site_intercepts_se"] = {s: finite_or_none(v) for s, v in
                                      self.site_intercepts_se.items()}
         return out
 

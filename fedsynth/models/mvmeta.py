@@ -41,17 +41,13 @@ import numpy as np
 from scipy import optimize, stats
 
 from fedsynth.errors import InputError
+from fedsynth.jsonsafe import finite_or_none
 
 __all__ = ["MvMetaResult", "mv_meta", "STRUCTS"]
 
 #: Between-site covariance structures.
 STRUCTS = ("UN", "DIAG")
 _LOG2PI = math.log(2 * math.pi)
-
-
-def _jfloat(value: Any) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,18 +118,17 @@ class MvMetaResult:
         """JSON-ready: one object per coefficient, then the matrices and fit statistics."""
         per = {}
         for j, name in enumerate(self.names):
-            per[name] = {"k": int(self.k_per[j]), "estimate": _jfloat(self.estimate[j]),
-                         "se": _jfloat(self.se[j]), "stat": _jfloat(self.stat[j]),
-                         "pval": _jfloat(self.pval[j]), "ci_lb": _jfloat(self.ci_lb[j]),
-                         "ci_ub": _jfloat(self.ci_ub[j]), "tau2": _jfloat(self.tau2[j]),
-                         "pi_lb": _jfloat(self.pi_lb[j]), "pi_ub": _jfloat(self.pi_ub[j])}
-        matrix = lambda m: [[_jfloat(v) for v in row] for row in m]  # noqa: E731
+            per[name] = {"k": int(self.k_per[j]), **{
+                key: finite_or_none(getattr(self, key)[j])
+                for key in ("estimate", "se", "stat", "pval", "ci_lb", "ci_ub", "tau2",
+                            "pi_lb", "pi_ub")}}
+        matrix = lambda m: [[finite_or_none(v) for v in row] for row in m]  # noqa: E731
         return {"method": self.method, "struct": self.struct, "level": self.level,
                 "k": self.k, "N": self.N, "names": list(self.names), "coefficients": per,
                 "rho": matrix(self.rho), "G": matrix(self.G), "vb": matrix(self.vb),
-                "logLik": _jfloat(self.logLik), "AIC": _jfloat(self.AIC),
-                "BIC": _jfloat(self.BIC), "QE": _jfloat(self.QE), "QE_df": self.QE_df,
-                "QE_pval": _jfloat(self.QE_pval), "converged": self.converged,
+                "logLik": finite_or_none(self.logLik), "AIC": finite_or_none(self.AIC),
+                "BIC": finite_or_none(self.BIC), "QE": finite_or_none(self.QE), "QE_df": self.QE_df,
+                "QE_pval": finite_or_none(self.QE_pval), "converged": self.converged,
                 "iterations": self.iterations, "message": self.message,
                 "sites": list(self.labels)}
 

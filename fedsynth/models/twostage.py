@@ -27,7 +27,6 @@ Pure statistics: no I/O, no grpc.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +35,7 @@ import numpy as np
 from scipy import optimize
 
 from fedsynth.errors import InputError
+from fedsynth.jsonsafe import finite_or_none
 from fedsynth.meta import BatchPoolingResult, pool
 from fedsynth.models.coding import Design
 from fedsynth.models.glm import IrlsControl, Layout, run_irls, site_step
@@ -46,11 +46,6 @@ __all__ = ["SiteFit", "fit_site", "separation_direction", "TwoStageResult",
 
 #: Outcomes of a site's own fit; only ``ok`` is pooled.
 SITE_STATUSES = ("ok", "separation", "not_converged", "failed")
-
-
-def _jfloat(value: Any) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,10 +96,10 @@ class SiteFit:
         if self.reason:
             out["reason"] = self.reason
         if self.ok:
-            out["coefficients"] = {k: _jfloat(v) for k, v in zip(self.names,
+            out["coefficients"] = {k: finite_or_none(v) for k, v in zip(self.names,
                                                                  self.coefficients)}
-            out["se"] = {k: _jfloat(v) for k, v in zip(self.names, self.se)}
-            out["vcov"] = [[_jfloat(v) for v in row] for row in self.cov]
+            out["se"] = {k: finite_or_none(v) for k, v in zip(self.names, self.se)}
+            out["vcov"] = [[finite_or_none(v) for v in row] for row in self.cov]
         return out
 
     @classmethod
@@ -278,9 +273,9 @@ class TwoStageResult:
         for site, fit in self.per_site.items():
             if fit.ok:
                 body = {"n": fit.n,
-                        "coefficients": {k: _jfloat(v) for k, v in zip(fit.names,
+                        "coefficients": {k: finite_or_none(v) for k, v in zip(fit.names,
                                                                       fit.coefficients)},
-                        "se": {k: _jfloat(v) for k, v in zip(fit.names, fit.se)}}
+                        "se": {k: finite_or_none(v) for k, v in zip(fit.names, fit.se)}}
                 if fit.reason:
                     body["note"] = fit.reason
                 per_site[site] = body

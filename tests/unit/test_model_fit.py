@@ -148,8 +148,9 @@ def test_cli_bad_input_exits_2_naming_the_problem(demo: Path, tmp_path: Path,
     assert main(["model", "fit", "--spec", spec, "--data", data,
                  "--site-column", "nowhere"]) == 2
     assert "no column 'nowhere'" in capsys.readouterr().err
-    assert main(["model", "fit", "--spec", spec, "--data", data, "--method", "XX"]) == 2
-    assert "--method" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:     # argparse: exit status 2
+        main(["model", "fit", "--spec", spec, "--data", data, "--method", "XX"])
+    assert exited.value.code == 2 and "--method" in capsys.readouterr().err
     assert main(["model", "fit", "--spec", spec, "--data", data, "--level", "100"]) == 2
     assert "--level" in capsys.readouterr().err
 

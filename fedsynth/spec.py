@@ -9,7 +9,8 @@ silently different analysis at each site. So the spec is parsed into typed, froz
 objects and every problem (unknown estimator, missing, unknown or inapplicable key, wrong
 type, duplicate name) is an error that names the analysis and the key. The same objects
 round-trip through :meth:`Spec.to_dict` (the form that travels in a round) and
-:meth:`Spec.to_toml`.
+:meth:`Spec.to_toml`. A spec may also hold ``[[model]]`` tables (regression models fitted
+across sites), parsed by :mod:`fedsynth.models.spec` into :attr:`Spec.models`.
 
 Size limits. A spec reaches a site from the coordinator, and the site writes it (or its
 names) into its hash-chained audit log before anything leaves; an entry above the log's
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.errors import ConfigError
+from fedsynth.models.spec import ModelSpec, parse_categorical, parse_models
 from fedsynth.vocabulary import ESTIMATOR_MEASURES
 
 __all__ = ["Spec", "AnalysisSpec", "load_spec", "parse_spec", "ESTIMATORS", "MEASURES",
@@ -73,7 +75,7 @@ MAX_SPEC_TEXT_BYTES = 1024 * 1024
 _STRING_KEYS = ("outcome", "exposure", "measure", "time", "event", "ties", "score", "scale",
                 "description")
 _ALL_KEYS = ("name", "estimator", "outcome", "exposure", "covariates", "measure", "time",
-             "event", "ties", "score", "scale", "description")
+             "event", "ties", "score", "scale", "description", "categorical")
 
 ESTIMATORS: dict[str, dict[str, Any]] = {
     "two_by_two": {"required": ("outcome", "exposure"),
@@ -81,11 +83,11 @@ ESTIMATORS: dict[str, dict[str, Any]] = {
     "two_group": {"required": ("outcome", "exposure"),
                   "optional": {"measure": "MD"}},
     "logistic": {"required": ("outcome", "exposure"),
-                 "optional": {"covariates": ()}},
+                 "optional": {"covariates": (), "categorical": ()}},
     "linear": {"required": ("outcome", "exposure"),
-               "optional": {"covariates": ()}},
+               "optional": {"covariates": (), "categorical": ()}},
     "cox": {"required": ("time", "event", "exposure"),
-            "optional": {"covariates": (), "ties": "efron"}},
+            "optional": {"covariates": (), "ties": "efron", "categorical": ()}},
     "auc": {"required": ("outcome", "score"), "optional": {"scale": "raw"}},
     "calibration_slope": {"required": ("outcome", "score"), "optional": {}},
     "calibration_in_the_large": {"required": ("outcome", "score"), "optional": {}},
@@ -120,6 +122,22 @@ def _check_text(where: str, key: str, value: str, limit: int, *,
                           f"{bad!r}: {_preview(value)}")
 
 
+def _check_model_limits(model: ModelSpec) -> None:
+    """The size limits of analyses, applied to a ``[[model]]`` (columns, description)."""
+    where = f"model {model.name!r}"
+    if len(model.covariates) > MAX_COVARIATES:
+        raise ConfigError(f"{where}: key 'covariates' lists {len(model.covariates)} columns "
+                          f"(at most {MAX_COVARIATES})")
+    for key in ("outcome", "offset"):
+        if getattr(model, key) is not None:
+            _check_text(where, key, getattr(model, key), MAX_COLUMN_CHARS)
+    for column in model.covariates:
+        _check_text(where, "covariates", column, MAX_COLUMN_CHARS)
+    if model.description is not None:
+        _check_text(where, "description", model.description, MAX_DESCRIPTION_CHARS,
+                    line_breaks=True)
+
+
 @dataclass(frozen=True)
 class AnalysisSpec:
     """One analysis of a spec (one ``[[analysis]]`` table).
@@ -141,6 +159,9 @@ class AnalysisSpec:
     score: str | None = None
     scale: str | None = None
     description: str | None = None
+    #: ``((column, levels), ...)``: categorical covariates coded as in
+    #: :mod:`fedsynth.models.coding` (first level = reference).
+    categorical: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -157,6 +178,9 @@ class AnalysisSpec:
             if key == "covariates":
                 if self.estimator in ("logistic", "linear", "cox"):
                     out[key] = list(value)
+            elif key == "categorical":
+                if value:  # only when set: specs without it keep their old form
+                    out[key] = {column: list(levels) for column, levels in value}
             elif value is not None:
                 out[key] = value
         return out
@@ -195,6 +219,8 @@ class Spec:
     analyses: tuple[AnalysisSpec, ...]
     name: str | None = None
     description: str | None = None
+    #: ``[[model]]`` tables (:class:`fedsynth.models.ModelSpec`), fitted across sites.
+    models: tuple[ModelSpec, ...] = ()
 
     def __getitem__(self, name: str) -> AnalysisSpec:
         for analysis in self.analyses:
@@ -207,12 +233,21 @@ class Spec:
         """Analysis names in order."""
         return tuple(a.name for a in self.analyses)
 
+    def model(self, name: str) -> ModelSpec:
+        """The ``[[model]]`` called ``name`` (KeyError if none)."""
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise KeyError(name)
+
     def to_dict(self) -> dict[str, Any]:
         """``{"name", "analyses": [...]}``: the form that travels in a round (JSON-safe)."""
         out: dict[str, Any] = {"name": self.name,
                                "analyses": [a.to_dict() for a in self.analyses]}
         if self.description is not None:
             out["description"] = self.description
+        if self.models:
+            out["models"] = [m.to_dict() for m in self.models]
         return out
 
     def to_json(self) -> str:
@@ -231,6 +266,11 @@ class Spec:
             lines.append("[[analysis]]")
             for key, value in analysis.to_dict().items():
                 lines.append(f"{key} = {_toml_value(value)}")
+        for model in self.models:
+            lines.append("")
+            lines.append("[[model]]")
+            for key, value in model.to_dict().items():
+                lines.append(f"{key} = {_toml_value(value)}")
         return "\n".join(lines).lstrip("\n") + "\n"
 
 
@@ -240,6 +280,9 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):  # an inline table; keys quoted (any column name)
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")  # pragma: no cover
 
 
@@ -271,6 +314,8 @@ def _parse_analysis(table: Any, index: int) -> AnalysisSpec:
             if len(set(value)) != len(value):
                 raise ConfigError(f"{where}: key 'covariates' lists a column twice: "
                                   f"{value!r}")
+        elif key == "categorical":
+            continue  # validated below, once the covariates are known
         elif not isinstance(value, str):
             raise ConfigError(f"{where}: key {key!r} must be a string, got "
                               f"{type(value).__name__} {value!r}")
@@ -309,6 +354,9 @@ def _parse_analysis(table: Any, index: int) -> AnalysisSpec:
     values: dict[str, Any] = {**rules["optional"], **table}
     if "covariates" in values:
         values["covariates"] = tuple(values["covariates"])
+    if "categorical" in table:
+        values["categorical"] = parse_categorical(table["categorical"],
+                                                  values["covariates"], where)
     if estimator in MEASURES and values["measure"] not in MEASURES[estimator]:
         raise ConfigError(f"{where}: key 'measure' has value {values['measure']!r}; "
                           f"{estimator} supports {', '.join(MEASURES[estimator])}")
@@ -349,13 +397,17 @@ def parse_spec(source: str | Mapping[str, Any]) -> Spec:
     else:
         raise ConfigError(f"analysis spec: expected TOML text or a table, got "
                           f"{type(source).__name__}")
-    unknown = [k for k in data if k not in ("name", "description", "analysis", "analyses")]
+    unknown = [k for k in data if k not in ("name", "description", "analysis", "analyses",
+                                            "model", "models")]
     if unknown:
         raise ConfigError(f"analysis spec: unknown top-level key {unknown[0]!r} (known: "
-                          "name, description, analysis)")
+                          "name, description, analysis, model)")
     if "analysis" in data and "analyses" in data:
         raise ConfigError("analysis spec: give either 'analysis' tables or an 'analyses' "
                           "list, not both")
+    if "model" in data and "models" in data:
+        raise ConfigError("analysis spec: give either 'model' tables or a 'models' list, "
+                          "not both")
     for key in ("name", "description"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise ConfigError(f"analysis spec: key {key!r} must be a string, got "
@@ -382,8 +434,12 @@ def parse_spec(source: str | Mapping[str, Any]) -> Spec:
                               f"(analysis #{index + 1}); names must be unique")
         seen.add(analysis.name)
         analyses.append(analysis)
+    model_tables = data.get("model", data.get("models"))
+    models = () if model_tables is None else parse_models(model_tables, taken=tuple(seen))
+    for model in models:
+        _check_model_limits(model)
     spec = Spec(analyses=tuple(analyses), name=data.get("name"),
-                description=data.get("description"))
+                description=data.get("description"), models=models)
     size = len(spec.to_json().encode("utf-8"))
     if size > MAX_SPEC_BYTES:
         raise ConfigError(f"analysis spec: {size} bytes as JSON (at most {MAX_SPEC_BYTES}); "

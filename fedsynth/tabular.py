@@ -29,6 +29,7 @@ __all__ = [
     "MAX_LINE_BYTES",
     "check_csv_size",
     "read_csv",
+    "CSV_NA_VALUES",
     "require_columns",
     "numeric_column",
     "text_column",
@@ -41,6 +42,12 @@ MAX_LINE_BYTES = 1 << 20
 #: Longest cell (256 KiB), quotes included; a quoted cell may span lines, and is limited
 #: as a whole.
 MAX_CELL_BYTES = 256 << 10
+#: Cell texts read as missing when ``read_csv(..., none_is_missing=False)``: pandas'
+#: defaults without ``"None"``, which is a real level of clinical codings (pupils reactive:
+#: Both, One, None) and would otherwise silently become a missing value and drop the row.
+CSV_NA_VALUES: tuple[str, ...] = (
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+    "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null")
 _BLOCK = 1 << 20
 _QUOTE, _NEWLINE = 34, 10
 
@@ -139,7 +146,7 @@ def check_csv_size(path: str | os.PathLike, *, sep: str = ",", label: str = "fil
 
 def read_csv(path: str | os.PathLike, *, sep: str = ",", label: str = "file",
              require_rows: bool = True, skipinitialspace: bool = True,
-             strip_names: bool = True) -> pd.DataFrame:
+             strip_names: bool = True, none_is_missing: bool = True) -> pd.DataFrame:
     r"""Read a CSV file with a header row (size-checked first, see :func:`check_csv_size`).
 
     Cells are parsed by pandas (numbers become numbers); blank lines are skipped and empty
@@ -160,6 +167,9 @@ def read_csv(path: str | os.PathLike, *, sep: str = ",", label: str = "file",
         Ignore spaces after a separator (``fedsynth meta``'s hand-written tables).
     strip_names
         Strip spaces around column names.
+    none_is_missing
+        Read the text ``None`` as a missing value (pandas' default). A site's data pass
+        False: ``None`` is a categorical level there (:data:`CSV_NA_VALUES`).
 
     Raises
     ------
@@ -184,8 +194,10 @@ def read_csv(path: str | os.PathLike, *, sep: str = ",", label: str = "file",
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
             raise InputError(f"{where} has the column {dup!r} twice")
+        missing: dict = {} if none_is_missing else {
+            "keep_default_na": False, "na_values": list(CSV_NA_VALUES)}
         frame = pd.read_csv(p, sep=sep, encoding="utf-8-sig",
-                            skipinitialspace=skipinitialspace)
+                            skipinitialspace=skipinitialspace, **missing)
     except pd.errors.EmptyDataError:
         raise InputError(f"{where} is empty (no header row)") from None
     except pd.errors.ParserError as exc:

@@ -75,9 +75,11 @@ def load_table(path: str | Path) -> pd.DataFrame:
             frame = table.to_pandas()
         else:
             # the one CSV reader (fedsynth.tabular): lines and cells above its documented
-            # limits are refused before parsing, so memory stays bounded
+            # limits are refused before parsing, so memory stays bounded; "None" is a
+            # categorical level (pupils), not a missing value
             frame = read_csv(path, sep="\t" if kind == "tsv" else ",", label="data",
-                             require_rows=False, skipinitialspace=False, strip_names=False)
+                             require_rows=False, skipinitialspace=False, strip_names=False,
+                             none_is_missing=False)
     except UnicodeDecodeError as error:
         raise InputError(f"data: {str(path)!r} is not UTF-8 text: {error}") from None
     except PermissionError:

@@ -29,6 +29,12 @@ Contract
   so that disclosure control can reword a refusal caused by a count below the limit.
 * Every estimate reports in ``Estimate.cells`` the counts its ``yi, vi, n`` may determine
   (see ``docs/decisions/security.md``, "What each estimator's numbers determine").
+* Categorical covariates (``[analysis.categorical]``, logistic, linear and Cox) are coded
+  as the federated models code them (:mod:`fedsynth.models.coding`: treatment contrasts
+  against the first declared level; a value outside the levels refuses the analysis). A
+  declared level this site lacks is an all-zero column and is left out of the site's fit,
+  which is R's ``glm``/``coxph`` with that coefficient ``NA``: the exposure's estimate is
+  unchanged.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from fedsynth.effects.delong import delong_auc
 from fedsynth.effects.effect_sizes import escalc
 from fedsynth.effects.results import Estimate, Refusal
 from fedsynth.errors import InputError
+from fedsynth.models.coding import CodingError, encode_covariates, level_codes
 from fedsynth.spec import AnalysisSpec, Spec, parse_spec
 
 __all__ = ["estimate", "estimate_all", "Refuse"]
@@ -111,8 +118,17 @@ def _complete(df: pd.DataFrame, analysis: AnalysisSpec) -> tuple[pd.DataFrame, i
     if missing:
         raise Refuse("missing_column", column=missing[0])
     sub = df.loc[:, columns].copy()
+    levels = dict(analysis.categorical)
     for column in columns:
         series = sub[column]
+        if column in levels:
+            # Level index (NaN where missing), expanded to dummies by _design.
+            try:
+                sub[column] = level_codes(series, levels[column], column)
+            except CodingError as error:
+                raise Refuse("undeclared_level", column=column,
+                             detail=str(error)) from None
+            continue
         if series.dtype == bool:
             sub[column] = series.astype(float)
             continue
@@ -170,9 +186,20 @@ def _require_events(outcome: np.ndarray, column: str,
 
 
 def _design(data: pd.DataFrame, columns: list[str], intercept: bool,
-            cells: Mapping[str, int] | None = None) -> np.ndarray:
-    x = data.loc[:, columns].to_numpy(dtype=float)
-    constant = [c for c, column in zip(columns, x.T) if len(column) and np.ptp(column) == 0]
+            cells: Mapping[str, int] | None = None,
+            categorical: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> np.ndarray:
+    if categorical:
+        levels = dict(categorical)
+        x = encode_covariates({c: data[c].to_numpy(dtype=float) for c in columns}, columns,
+                              levels)
+        # A declared level absent here is an all-zero column: left out (R: NA), so the
+        # other coefficients are estimated as if the level did not exist at this site.
+        x = x[:, np.any(x != 0, axis=0) | ~_dummy_mask(columns, levels)]
+        numeric = [c for c in columns if c not in levels]
+        constant = [c for c in numeric if len(data) and np.ptp(data[c].to_numpy(float)) == 0]
+    else:
+        x = data.loc[:, columns].to_numpy(dtype=float)
+        constant = [c for c, column in zip(columns, x.T) if len(column) and np.ptp(column) == 0]
     if intercept:
         x = np.column_stack([np.ones(len(data)), x])
     if np.linalg.matrix_rank(x) < x.shape[1]:
@@ -181,6 +208,12 @@ def _design(data: pd.DataFrame, columns: list[str], intercept: bool,
         raise Refuse("singular", cells={**(cells or {}), **zero},
                      detail=f"constant: {constant}" if constant else "collinear columns")
     return x
+
+
+def _dummy_mask(columns: list[str], levels: Mapping[str, tuple[str, ...]]) -> np.ndarray:
+    """True for the design columns that are dummies of a categorical covariate."""
+    return np.concatenate([np.full(len(levels[c]) - 1, True) if c in levels else [False]
+                           for c in columns]).astype(bool)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -365,7 +398,8 @@ def _logistic(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
         # A zero cell of outcome x exposure makes the exposure's coefficient infinite.
         raise Refuse("separation", cells=cells, n=len(data),
                      detail="a zero cell of exposure x outcome (quasi-complete separation)")
-    x = _design(data, [exposure, *a.covariates], intercept=True, cells=cells)
+    x = _design(data, [exposure, *a.covariates], intercept=True, cells=cells,
+                categorical=a.categorical)
     fit = _fit_glm_binomial(y.astype(float), x, cells=cells)
     if abs(fit.params[1]) > _SEPARATION_COEF:
         raise Refuse("separation", cells=cells, n=len(data),
@@ -388,7 +422,8 @@ def _linear(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     y = data[outcome].to_numpy(dtype=float)
     cells = {**_group_sizes(e), **_implied_table_cells(y, e)}
     _require_both_groups(e, exposure, cells)
-    x = _design(data, [exposure, *a.covariates], intercept=True, cells=cells)
+    x = _design(data, [exposure, *a.covariates], intercept=True, cells=cells,
+                categorical=a.categorical)
     fit = sm.OLS(y, x).fit()
     # 1 - R² at rounding level: the outcome is an exact linear function of the design.
     if not fit.df_resid > 0 or fit.ssr <= 1e-12 * max(fit.centered_tss, 1e-300):
@@ -423,7 +458,8 @@ def _cox(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
         # Monotone partial likelihood: the hazard ratio estimate is 0 or infinite.
         raise Refuse("separation", cells=cells, n=len(data),
                      detail="one exposure group has no events (monotone likelihood)")
-    x = _design(data, [exposure, *a.covariates], intercept=False, cells=cells)
+    x = _design(data, [exposure, *a.covariates], intercept=False, cells=cells,
+                categorical=a.categorical)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = PHReg(time, x, status=status, ties=a.ties)

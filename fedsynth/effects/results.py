@@ -78,6 +78,8 @@ REFUSAL_VOCABULARY: Mapping[str, tuple[str, str]] = MappingProxyType({
     "missing_column": ("missing_column", "the data has no column {column}"),
     "not_numeric": ("invalid_values", "column {column} holds values that are not numbers"),
     "infinite_values": ("invalid_values", "column {column} holds infinite values"),
+    "undeclared_level": ("invalid_values", "column {column} holds a value outside its "
+                         "declared levels"),
     "database_values": ("invalid_values", "a column of this analysis does not hold the "
                         "values it needs (the database could not read it as numbers)"),
     "negative_time": ("invalid_values", "the time column {column} holds negative times"),

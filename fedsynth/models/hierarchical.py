@@ -278,7 +278,7 @@ def site_data(X: Any, y: Any, *, family: str, offset: Any = None,
 # --------------------------------------------------------------------------------------
 
 
-def _finite(value: Any, name: str) -> float:
+def _checked_number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(f"{name}: expected a number, got {value!r}")
     number = float(value)
@@ -327,7 +327,7 @@ class Proposal:
         if self.family not in FAMILIES:
             raise InputError(f"family: unknown value {self.family!r} "
                              f"(known: {', '.join(FAMILIES)})")
-        beta = tuple(_finite(b, f"beta[{i}]") for i, b in enumerate(self.beta))
+        beta = tuple(_checked_number(b, f"beta[{i}]") for i, b in enumerate(self.beta))
         if not beta:
             raise InputError("beta: empty (the model needs at least the intercept)")
         for i, b in enumerate(beta):
@@ -340,7 +340,7 @@ class Proposal:
             value = getattr(self, name)
             if value is None:
                 continue
-            value = _finite(value, name)
+            value = _checked_number(value, name)
             if not lo <= value <= hi:
                 raise InputError(f"{name}: {value!r} is outside [{lo:g}, {hi:g}]")
             object.__setattr__(self, name, value)
@@ -352,7 +352,7 @@ class Proposal:
                                        or not isinstance(self.nodes, int)
                                        or not 2 <= self.nodes <= MAX_NODES):
             raise InputError(f"nodes: {self.nodes!r} is not an integer in [2, {MAX_NODES}]")
-        tol = _finite(self.tol, "tol")
+        tol = _checked_number(self.tol, "tol")
         if not 0 < tol < 1:
             raise InputError(f"tol: {tol!r} is not in (0, 1)")
         if isinstance(self.iteration, bool) or not isinstance(self.iteration, int) \
@@ -442,14 +442,14 @@ class SiteContribution:
     posterior_sd: float = 0.0
 
     @property
-    def finite(self) -> bool:
+    def well_defined(self) -> bool:
         """Whether the log-likelihood and its derivatives are finite."""
         return bool(math.isfinite(self.loglik) and np.all(np.isfinite(self.gradient))
                     and np.all(np.isfinite(self.hessian)))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form; a non-finite log-likelihood is ``null``."""
-        ok = self.finite
+        ok = self.well_defined
         return {"n": self.n, "loglik": self.loglik if ok else None,
                 "gradient": self.gradient.tolist() if ok else None,
                 "hessian": self.hessian.tolist() if ok else None,
@@ -468,7 +468,7 @@ class SiteContribution:
 
         def optional(key: str, default: float) -> float:
             value = data.get(key, default)
-            return math.nan if value is None else _finite(value, f"{site}.{key}")
+            return math.nan if value is None else _checked_number(value, f"{site}.{key}")
 
         return cls(**core, quadrature_error=optional("quadrature_error", 0.0),
                    mode=optional("mode", 0.0), mode_sd=optional("mode_sd", 0.0),
@@ -496,7 +496,7 @@ def _read_core(data: Mapping[str, Any], parameters: int, site: str) -> dict[str,
     if data["loglik"] is None:
         return {"n": n, "loglik": -math.inf, "gradient": np.full(parameters, np.nan),
                 "hessian": np.full((parameters, parameters), np.nan), "nodes": nodes}
-    loglik = _finite(data["loglik"], f"{site}.loglik")
+    loglik = _checked_number(data["loglik"], f"{site}.loglik")
     try:
         grad = np.array(data["gradient"], dtype=float)
         hess = np.array(data["hessian"], dtype=float)
@@ -533,7 +533,7 @@ class _Contribution(Protocol):
     def quadrature_error(self) -> float: ...
 
     @property
-    def finite(self) -> bool: ...
+    def well_defined(self) -> bool: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -558,7 +558,7 @@ def combine(contributions: Sequence[_Contribution] | Mapping[str, _Contribution]
     q = items[0].gradient.shape[0]
     if any(c.gradient.shape[0] != q for c in items):
         raise InputError("contributions: sites sent gradients of different lengths")
-    if not all(c.finite for c in items):
+    if not all(c.well_defined for c in items):
         return Totals(n=sum(c.n for c in items), sites=len(items), loglik=-math.inf,
                       gradient=np.full(q, np.nan), hessian=np.full((q, q), np.nan),
                       max_quadrature_error=math.nan)
@@ -887,11 +887,11 @@ def site_contribution(data: SiteData, proposal: Proposal) -> SiteContribution:
     if data.family == "gaussian":
         with np.errstate(over="ignore", invalid="ignore"):
             part = _gaussian_closed_form(data, beta, proposal.tau, proposal.sigma)
-        return part if part.finite else _impossible(data, q)
+        return part if part.well_defined else _impossible(data, q)
     if proposal.tau == 0.0:
         with np.errstate(over="ignore", invalid="ignore"):
             part = _glm_at_tau_zero(data, beta)
-        return part if part.finite else _impossible(data, q)
+        return part if part.well_defined else _impossible(data, q)
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             result = adaptive_quadrature(data, proposal)
@@ -1631,7 +1631,7 @@ class SlopeProposal:
         if self.family not in ("binomial", "poisson"):
             raise InputError(f"family: {self.family!r} has no random-slope model here "
                              "(binomial, poisson)")
-        beta = tuple(_finite(b, f"beta[{i}]") for i, b in enumerate(self.beta))
+        beta = tuple(_checked_number(b, f"beta[{i}]") for i, b in enumerate(self.beta))
         if not beta:
             raise InputError("beta: empty (the model needs at least the intercept)")
         for i, b in enumerate(beta):
@@ -1645,7 +1645,7 @@ class SlopeProposal:
                              f"[0, {len(beta) - 1}]")
         if not isinstance(self.theta, (list, tuple)) or len(self.theta) != 3:
             raise InputError(f"theta: expected (l11, l21, l22), got {self.theta!r}")
-        theta = tuple(_finite(t, f"theta[{i}]") for i, t in enumerate(self.theta))
+        theta = tuple(_checked_number(t, f"theta[{i}]") for i, t in enumerate(self.theta))
         for i, t in enumerate(theta):
             if abs(t) > _THETA_BOUND:
                 raise InputError(f"theta[{i}]: {t!r} is outside [-{_THETA_BOUND:.4g}, "
@@ -1658,7 +1658,7 @@ class SlopeProposal:
                                        or not 2 <= self.nodes <= MAX_SLOPE_NODES):
             raise InputError(f"nodes: {self.nodes!r} is not an integer in "
                              f"[2, {MAX_SLOPE_NODES}]")
-        tol = _finite(self.tol, "tol")
+        tol = _checked_number(self.tol, "tol")
         if not 0 < tol < 1:
             raise InputError(f"tol: {tol!r} is not in (0, 1)")
         if isinstance(self.iteration, bool) or not isinstance(self.iteration, int) \
@@ -1726,14 +1726,14 @@ class SlopeContribution:
     posterior_cov: np.ndarray = field(default_factory=lambda: np.full((2, 2), np.nan))
 
     @property
-    def finite(self) -> bool:
+    def well_defined(self) -> bool:
         """Whether the log-likelihood and its derivatives are finite."""
         return bool(math.isfinite(self.loglik) and np.all(np.isfinite(self.gradient))
                     and np.all(np.isfinite(self.hessian)))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form; a non-finite log-likelihood is ``null``."""
-        ok = self.finite and bool(np.all(np.isfinite(self.mode_cov))
+        ok = self.well_defined and bool(np.all(np.isfinite(self.mode_cov))
                                   and np.all(np.isfinite(self.posterior_cov)))
         return {"n": self.n, "loglik": self.loglik if ok else None,
                 "gradient": self.gradient.tolist() if ok else None,
@@ -1762,7 +1762,7 @@ class SlopeContribution:
             moments[key] = array
         error = data.get("quadrature_error")
         return cls(**core, **moments, quadrature_error=math.nan if error is None
-                   else _finite(error, f"{site}.quadrature_error"))
+                   else _checked_number(error, f"{site}.quadrature_error"))
 
 
 def _mode2(data: SiteData, eta: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, float,
@@ -1905,7 +1905,7 @@ def slope_contribution(data: SiteData, proposal: SlopeProposal) -> SlopeContribu
                     break
                 previous = result
             result = replace(result, quadrature_error=diff)
-    return result if result.finite else nan
+    return result if result.well_defined else nan
 
 
 @dataclass(frozen=True)

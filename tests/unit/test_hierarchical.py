@@ -291,7 +291,7 @@ def test_overflowing_proposal_gives_an_impossible_contribution_not_a_crash():
     data = site_data(np.column_stack([np.ones(3), [1.0, 2.0, 3.0]]), [1, 2, 3],
                      family="poisson")
     part = site_contribution(data, Proposal("poisson", (0.0, 9000.0), log_tau=0.0))
-    assert part.loglik == -math.inf and not part.finite
+    assert part.loglik == -math.inf and not part.well_defined
     wire = json.loads(json.dumps(part.to_dict(), allow_nan=False))
     assert wire["loglik"] is None
     back = SiteContribution.from_dict(wire, parameters=3)

@@ -64,3 +64,24 @@ def test_df0_cli_refuses_and_prints_no_qe(capsys, tmp_path):
     code, out, err = run(capsys, "meta", path, "--moderator", "g", "--method", "FE")
     assert code == 0 and "QE(df = 0) = 0.0000" in out and "-0.0000" not in out
     assert "R^2 = NA%" in out
+
+
+# --- --cumulative-by states the order and shows the ordering column ---------------------
+
+def test_cumulative_by_says_the_order_and_shows_the_column(capsys, tmp_path):
+    path = write(tmp_path, "y.csv", "study,yi,vi,year\nA,0.1,0.01,2004\nB,0.3,0.02,1999\n"
+                                    "C,0.5,0.03,2010\nD,0.2,0.02,2001\n")
+    code, out, _ = run(capsys, "meta", path, "--cumulative-by", "year")
+    assert code == 0
+    assert "in the given order" not in out
+    assert "increasing order of year" in out
+    lines = out[out.index("Cumulative meta-analysis"):].splitlines()
+    assert lines[1].split()[:3] == ["added", "year", "k"]
+    assert [ln.split()[:2] for ln in lines[2:6]] == [["B", "1999"], ["D", "2001"],
+                                                    ["A", "2004"], ["C", "2010"]]
+    code, out, _ = run(capsys, "meta", path, "--cumulative-by", "year", "--format", "json")
+    import json
+
+    cum = json.loads(out)["cumulative"]
+    assert cum["order_by"] == "year" and cum["order_values"] == ["1999", "2001", "2004", "2010"]
+    assert cum["labels"] == ["B", "D", "A", "C"]

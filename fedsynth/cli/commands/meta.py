@@ -188,9 +188,11 @@ def _analysis(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResu
     if index not in cache:
         sel = data.mask[index]
         rows = data.rows[index][sel]
-        group = mods = order = None
+        group = mods = order = order_values = None
         if args.cumulative_by:
             order = _cumulative_order(data.frame, args.cumulative_by, rows)
+            col = tabular.text_column(data.frame, args.cumulative_by, option="--cumulative-by")
+            order_values = [col[r] for r in rows]
         if args.subgroup:
             col = tabular.text_column(data.frame, args.subgroup, option="--subgroup")
             group = [col[r] for r in rows]
@@ -204,7 +206,8 @@ def _analysis(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResu
             method=args.method, test=args.test, level=args.level,
             i2_threshold=args.i2_threshold, null_value=args.null_value,
             diagnostics=args.diagnostics, subgroup=group, subgroup_name=args.subgroup or "group",
-            moderators=mods, cumulative_order=order, pooled=batch[index])
+            moderators=mods, cumulative_order=order, pooled=batch[index],
+            cumulative_by=args.cumulative_by, cumulative_values=order_values)
     return cache[index]
 
 

@@ -33,7 +33,7 @@ from scipy import special
 # scipy.stats is not imported: importing it costs more than `fedsynth meta --by` computes
 # for thousands of analyses (see benchmarks/README.md); the distribution tails come from
 # the engine's scipy.special wrappers.
-from fedsynth.errors import InputError
+from fedsynth.errors import InputError, show_value
 from fedsynth.jsonsafe import finite_or_none
 from fedsynth.meta import stats as st
 from fedsynth.meta._format import f, grid, p, peq
@@ -77,10 +77,11 @@ def validate_yi_vi(yi: Any, vi: Any, *, min_k: int = 1) -> tuple[np.ndarray, np.
         raise InputError(f"yi: {y.size} studies given, at least {min_k} needed")
     bad = np.flatnonzero(~np.isfinite(y))
     if bad.size:
-        raise InputError(f"yi[{bad[0]}]: must be finite, got {y[bad[0]]!r}")
+        raise InputError(f"yi[{bad[0]}]: must be finite, got {show_value(y[bad[0]])}")
     bad = np.flatnonzero(~np.isfinite(v) | (v <= 0))
     if bad.size:
-        raise InputError(f"vi[{bad[0]}]: must be a finite positive variance, got {v[bad[0]]!r}")
+        raise InputError(f"vi[{bad[0]}]: must be a finite positive variance, got "
+                         f"{show_value(v[bad[0]])}")
     return y, v
 
 

@@ -85,3 +85,162 @@ def test_cumulative_by_says_the_order_and_shows_the_column(capsys, tmp_path):
     cum = json.loads(out)["cumulative"]
     assert cum["order_by"] == "year" and cum["order_values"] == ["1999", "2001", "2004", "2010"]
     assert cum["labels"] == ["B", "D", "A", "C"]
+
+
+# --- numbers in messages -------------------------------------------------------------
+
+def test_show_value_renders_numbers_plainly():
+    from fedsynth.errors import show_value
+
+    assert show_value(np.float64(-1.0)) == "-1.0"
+    assert show_value(np.int64(3)) == "3"
+    assert show_value(np.float64("nan")) == "nan"
+    assert show_value(np.bool_(True)) == "True"
+    assert show_value("a b") == "'a b'"
+    assert show_value(np.str_("x")) == "'x'"
+
+
+def test_every_fedsynth_error_shows_plain_numbers():
+    # the net under any message built with {value!r} of a numpy scalar
+    s = np.str_("Smith")
+    message = str(InputError(f"vi: {np.float64(-1.0)!r}, k {np.int64(2)!r}, {s!r}, "
+                             f"{np.True_!r}"))
+    assert message == "vi: -1.0, k 2, 'Smith', True"
+    assert "np." not in message
+
+
+@pytest.mark.parametrize("call", [
+    lambda: fit_rma([0.1, np.inf], [0.01, 0.02]),
+    lambda: fit_rma([0.1, 0.2], [0.01, -1.0]),
+    lambda: __import__("fedsynth.meta.bayes", fromlist=["bayes_pool"]).bayes_pool(
+        np.array([0.1, 0.2]), np.array([0.01, -1.0])),
+    lambda: __import__("fedsynth.meta.mh", fromlist=["mantel_haenszel"]).mantel_haenszel(
+        ai=np.array([1.5, 2.0]), bi=np.array([3.0, 4.0]), ci=np.array([1.0, 2.0]),
+        di=np.array([5.0, 6.0])),
+])
+def test_library_messages_have_no_numpy_spelling(call):
+    with pytest.raises(InputError) as info:
+        call()
+    assert "np.float64" not in str(info.value) and "np." not in str(info.value)
+
+
+def test_cli_message_of_a_bad_count_is_plain(capsys, tmp_path):
+    path = write(tmp_path, "c.csv", "study,ai,bi,ci,di\nA,1.5,3,1,5\nB,2,4,2,6\n")
+    code, out, err = run(capsys, "meta", path, "--measure", "OR")
+    assert code == 2 and out == "" and "np." not in err and "1.5" in err
+
+
+# --- --plot-measure is validated against the vocabulary --------------------------------
+
+def test_unknown_plot_measure_is_refused(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["meta", "--example", "--forest", str(tmp_path / "f.png"),
+              "--plot-measure", "ORR"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "'ORR' is not a known measure" in err and "HR" in err and "SMD" in err
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_plot_measure_is_case_insensitive(capsys, tmp_path):
+    code, _, _ = run(capsys, "meta", "--example", "--forest", tmp_path / "f.png",
+                     "--plot-measure", "or")
+    assert code == 0 and (tmp_path / "f.png").exists()
+
+
+# --- duplicate study labels -----------------------------------------------------------
+
+def test_duplicate_labels_are_numbered_as_metafor_with_a_note(capsys, tmp_path):
+    path = write(tmp_path, "d.csv", "study,yi,vi\nA,0.1,0.01\nB,0.3,0.02\nA,0.5,0.03\n"
+                                    "B,0.2,0.02\nC,0.1,0.1\n")
+    code, out, err = run(capsys, "meta", path, "--diagnostics", "--format", "json")
+    assert code == 0
+    assert "'A' (rows 1, 3)" in err and "'B' (rows 2, 4)" in err and "--label" in err
+    import json
+
+    labels = json.loads(out)["leave_one_out"]["labels"]
+    assert labels == ["A.1", "B.1", "A.2", "B.2", "C"]
+
+
+def test_bcg_labels_match_metafor_slab(capsys, tmp_path):
+    # metafor: rma(yi, vi, data = dat.bcg, slab = author)$slab
+    ref = DF0["bcg_slab"]
+    cases = {c["id"]: c for c in load_json("metafor_public.json")["pooling"]}
+    case = cases["bcg/OR/REML/z"]
+    rows = ["study,yi,vi"] + [f'"{lab}",{y!r},{v!r}' for lab, y, v in
+                              zip(case["labels"], case["yi"], case["vi"])]
+    path = write(tmp_path, "bcg.csv", "\n".join(rows) + "\n")
+    code, out, _ = run(capsys, "meta", path, "--diagnostics", "--format", "json")
+    import json
+
+    assert code == 0 and json.loads(out)["blup"]["labels"] == ref
+
+
+def test_same_label_in_different_analyses_is_not_renamed(capsys, tmp_path):
+    path = write(tmp_path, "d.csv", "outcome,study,yi,vi\nx,A,0.1,0.01\nx,B,0.3,0.02\n"
+                                    "y,A,0.5,0.03\ny,B,0.2,0.02\n")
+    code, _, err = run(capsys, "meta", path, "--by", "outcome")
+    assert code == 0 and "repeated" not in err
+    path = write(tmp_path, "e.csv", "outcome,study,yi,vi\nx,A,0.1,0.01\nx,A,0.3,0.02\n"
+                                    "y,A,0.5,0.03\ny,B,0.2,0.02\n")
+    code, _, err = run(capsys, "meta", path, "--by", "outcome")
+    assert code == 0 and "'A' in analysis 'x' (rows 1, 2)" in err
+
+
+# --- --measure maps raw columns as escalc's arguments --------------------------------
+
+RAW = "study,{}\nA,4,119,11,128\nB,6,300,29,274\nC,3,228,11,209\nD,62,13536,248,12619\n"
+
+
+def test_measure_maps_2x2_columns(capsys, tmp_path):
+    named = write(tmp_path, "n.csv", RAW.format("ai,bi,ci,di"))
+    mine = write(tmp_path, "m.csv", RAW.format("tpos,tneg,cpos,cneg"))
+    _, ref, _ = run(capsys, "meta", named, "--measure", "OR", "--format", "json")
+    code, out, err = run(capsys, "meta", mine, "--measure", "OR", "--ai", "tpos", "--bi",
+                         "tneg", "--ci", "cpos", "--di", "cneg", "--format", "json")
+    assert code == 0 and out == ref
+
+
+@pytest.mark.parametrize("measure,names", [
+    ("SMD", ["m1i", "sd1i", "n1i", "m2i", "sd2i", "n2i"]),
+    ("MD", ["m1i", "sd1i", "n1i", "m2i", "sd2i", "n2i"]),
+    ("ZCOR", ["ri", "ni"]),
+    ("PLO", ["xi", "ni"]),
+    ("IRR", ["x1i", "t1i", "x2i", "t2i"]),
+])
+def test_measure_maps_every_escalc_argument(capsys, tmp_path, measure, names):
+    values = {"m1i": [1.0, 1.2, 0.8], "sd1i": [2, 2, 1.5], "n1i": [30, 40, 25],
+              "m2i": [1.5, 1.0, 1.1], "sd2i": [2, 2.2, 1.4], "n2i": [30, 35, 26],
+              "ri": [0.3, 0.45, 0.2], "ni": [50, 80, 60], "xi": [5, 9, 12],
+              "x1i": [5, 9, 12], "t1i": [100, 150, 120], "x2i": [8, 7, 15],
+              "t2i": [110, 140, 130]}
+    def csv(cols):
+        rows = [",".join(["study", *cols])]
+        for i in range(3):
+            rows.append(",".join([f"S{i}", *(str(values[n][i]) for n in names)]))
+        return "\n".join(rows) + "\n"
+    named = write(tmp_path, "n.csv", csv(names))
+    mine = write(tmp_path, "m.csv", csv([f"my_{n}" for n in names]))
+    _, ref, _ = run(capsys, "meta", named, "--measure", measure, "--format", "json")
+    argv = ["meta", mine, "--measure", measure, "--format", "json"]
+    for n in names:
+        argv += [f"--{n}", f"my_{n}"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert out == ref
+
+
+def test_raw_column_errors_name_the_users_column(capsys, tmp_path):
+    mine = write(tmp_path, "m.csv", RAW.format("tpos,tneg,cpos,cneg"))
+    code, _, err = run(capsys, "meta", mine, "--measure", "OR", "--ai", "tpos", "--bi",
+                       "tneg", "--ci", "cpos", "--di", "nope")
+    assert code == 2 and "'nope' (given by --di) not found" in err
+    code, _, err = run(capsys, "meta", mine, "--ai", "tpos")
+    assert code == 2 and "need --measure" in err
+    code, _, err = run(capsys, "meta", mine, "--measure", "OR", "--m1i", "tpos",
+                       "--method", "MH")
+    assert code == 2 and "--m1i: not used by --method MH" in err
+    bad = write(tmp_path, "b.csv", "study,tpos,tneg,cpos,cneg\nA,x,1,2,3\nB,1,2,3,4\n")
+    code, _, err = run(capsys, "meta", bad, "--measure", "OR", "--ai", "tpos", "--bi",
+                       "tneg", "--ci", "cpos", "--di", "cneg")
+    assert code == 2 and "column 'tpos' (--ai)" in err

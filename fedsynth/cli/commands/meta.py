@@ -37,7 +37,14 @@ from typing import TYPE_CHECKING, Any
 from fedsynth.cli.commands import meta_rare
 from fedsynth.cli.registry import Command
 from fedsynth.errors import InputError
-from fedsynth.vocabulary import COUNT_METHODS, ESCALC_MEASURES, METHODS, TESTS
+from fedsynth.vocabulary import (
+    COUNT_METHODS,
+    ESCALC_MEASURES,
+    ESTIMATOR_MEASURES,
+    METHODS,
+    RATIO_MEASURES,
+    TESTS,
+)
 
 # numpy, pandas (through fedsynth.tabular), the statistics and matplotlib are imported
 # inside the functions that use them: this module is imported to build the parser of
@@ -51,6 +58,20 @@ if TYPE_CHECKING:  # pragma: no cover
 METHOD_CHOICES = (*METHODS, *COUNT_METHODS)
 TEST_CHOICES = TESTS
 FORMAT_CHOICES = ("table", "json", "csv")
+#: Measures ``--plot-measure`` accepts: escalc's, the site estimators' and the ratio
+#: measures (HR), each once, in vocabulary order.
+PLOT_MEASURES: tuple[str, ...] = tuple(dict.fromkeys(
+    [*ESCALC_MEASURES, *(m for ms in ESTIMATOR_MEASURES.values() for m in ms),
+     *sorted(RATIO_MEASURES)]))
+#: escalc's raw-data arguments that ``fedsynth meta`` adds as options (the 2x2 ones,
+#: ai, bi, ci, di, n1i, n2i, come from :mod:`meta_rare`, which shares them).
+RAW_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("m1i", "means of group 1"), ("sd1i", "standard deviations of group 1"),
+    ("m2i", "means of group 2"), ("sd2i", "standard deviations of group 2"),
+    ("ri", "correlations"), ("ni", "sample sizes (ZCOR, PLO, PR)"),
+    ("xi", "events (PLO, PR)"), ("x1i", "events in group 1 (IRR)"),
+    ("t1i", "person-time of group 1 (IRR)"), ("x2i", "events in group 2 (IRR)"),
+    ("t2i", "person-time of group 2 (IRR)"))
 #: Label columns used when ``--label`` is not given (first one present wins).
 DEFAULT_LABEL_COLUMNS = ("study", "label", "site", "name")
 
@@ -93,6 +114,14 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
                              "x1i,t1i,x2i,t2i; xi,ni) before pooling")
     parser.add_argument("--by", metavar="COL", default=None,
                         help="pool each group of rows separately (all groups in one batch)")
+    group = parser.add_argument_group(
+        "raw columns for --measure (named as metafor's escalc arguments)",
+        "map escalc's arguments to your columns, e.g. --measure OR --ai tpos --bi tneg "
+        "--ci cpos --di cneg (--ai, --bi, --ci, --di, --n1i, --n2i are listed under 'rare "
+        "events'; they serve --measure too); default: the column of that name")
+    for name, what in RAW_OPTIONS:
+        group.add_argument(f"--{name}", metavar="COL", default=None, dest=f"raw_{name}",
+                           help=f"column of {what} (default: {name})")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -286,9 +315,24 @@ def _add_bayes_plot_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--funnel", metavar="OUT", default=None,
                        help="write a funnel plot (with trim-and-fill points under "
                             "--diagnostics) to OUT.png, OUT.svg or OUT.pdf")
-    group.add_argument("--plot-measure", metavar="NAME", default=None,
+    group.add_argument("--plot-measure", metavar="NAME", default=None, type=_plot_measure,
                        help="effect measure of yi for the plots' axis (default: --measure); "
-                            "OR, RR, HR, IRR, ROM get a log axis with ratio tick labels")
+                            f"one of {', '.join(PLOT_MEASURES)}; "
+                            f"{', '.join(sorted(RATIO_MEASURES))} get a log axis with ratio "
+                            "tick labels")
+
+
+def _plot_measure(text: str) -> str:
+    """Check ``--plot-measure`` against the vocabulary (case-insensitive).
+
+    A typo would otherwise silently draw a linear axis.
+    """
+    name = text.strip().upper()
+    if name not in PLOT_MEASURES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a known measure (known: "
+            f"{', '.join(PLOT_MEASURES)})")
+    return name
 
 
 def _bayes_batch(args: argparse.Namespace, data: MetaInput):
@@ -477,6 +521,84 @@ def _text_values(frame, column: str, *, option: str | None = None):
     return series.where(series.notna(), "").astype(str).str.strip()
 
 
+def _raw_mapping(args: argparse.Namespace) -> dict[str, str]:
+    """``{escalc argument: column}`` of the raw-column options given on the command line."""
+    names = [*meta_rare.COUNT_OPTIONS, *(n for n, _ in RAW_OPTIONS)]
+    mapping = {}
+    for name in names:
+        value = (getattr(args, f"raw_{name}", None) if name not in meta_rare.COUNT_OPTIONS
+                 else getattr(args, f"rare_{name}", None))
+        if value:
+            mapping[name] = value
+    return mapping
+
+
+def _mapped_frame(frame, mapping: dict[str, str]):
+    """The columns escalc reads, under escalc's names.
+
+    ``mapping`` first (``--ai tpos`` reads column ``tpos`` as ``ai``), then the frame's
+    own columns of those names.
+    """
+    import pandas as pd
+
+    from fedsynth import tabular
+    from fedsynth.effects.effect_sizes import COLUMN_SETS
+
+    if not mapping:
+        return frame
+    for name, column in mapping.items():
+        tabular.require_columns(frame, [column], option=f"--{name}")
+    wanted = dict.fromkeys(c for sets in COLUMN_SETS.values() for s in sets for c in s)
+    data = {name: frame[mapping[name]] if name in mapping else frame[name]
+            for name in wanted if name in mapping or name in frame.columns}
+    out = pd.DataFrame(data, index=frame.index)
+    out.attrs.update(frame.attrs)
+    return out
+
+
+def _name_user_columns(message: str, mapping: dict[str, str]) -> str:
+    """Say ``column 'tpos' (--ai)`` where escalc's message says ``column 'ai'``."""
+    for name, column in mapping.items():
+        message = message.replace(f"column {name!r}", f"column {column!r} (--{name})")
+    return message
+
+
+def _unique_labels(labels, codes, names: tuple[str, ...], args: argparse.Namespace):
+    """Number study labels that occur more than once in one analysis, as metafor does.
+
+    Labels name the sites that drive heterogeneity, the rows of leave-one-out, BLUPs and
+    the forest plot: two rows called "Rosenthal et al" would make every such list
+    ambiguous. metafor's ``rma`` numbers every copy of a repeated ``slab``
+    (``Rosenthal et al.1``, ``Rosenthal et al.2``; its own BCG example has two such
+    pairs), so fedsynth does the same rather than refuse the textbook data set, and says
+    so on stderr (docs/decisions/cli.md). With ``--by`` labels are numbered within each
+    analysis.
+    """
+    import numpy as np
+    import pandas as pd
+
+    table = pd.DataFrame({"code": codes, "label": labels})
+    dup = table.duplicated(["code", "label"], keep=False).to_numpy()
+    if not dup.any():
+        return labels
+    number = table.groupby(["code", "label"], sort=False).cumcount().to_numpy() + 1
+    out = np.asarray(labels, dtype=object).copy()
+    out[dup] = [f"{lab}.{n}" for lab, n in zip(out[dup], number[dup])]
+    repeated = table[dup].drop_duplicates(["code", "label"])
+    shown = []
+    for code, label in zip(repeated["code"].tolist()[:5], repeated["label"].tolist()[:5]):
+        rows = table.index[dup & (table["code"] == code).to_numpy()
+                           & (table["label"] == label).to_numpy()]
+        where = f" in analysis {names[int(code)]!r}" if args.by else ""
+        shown.append(f"{str(label)!r}{where} (rows {', '.join(str(int(r) + 1) for r in rows)})")
+    more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+    print(f"fedsynth: note: study labels repeated: {'; '.join(shown)}{more}; numbered "
+          f"'{repeated['label'].iloc[0]}.1', '{repeated['label'].iloc[0]}.2', ... as metafor "
+          "numbers a repeated slab (name another column with --label to choose)",
+          file=sys.stderr)
+    return out
+
+
 def load_input(args: argparse.Namespace) -> MetaInput:
     """Read and validate the CSV named on the command line (or the seed example)."""
     import numpy as np
@@ -501,7 +623,12 @@ def load_input(args: argparse.Namespace) -> MetaInput:
         if given:
             raise InputError(f"{given[0]}: --measure {args.measure} computes yi and vi from "
                              "raw columns; do not combine it with --yi/--vi/--sei")
-        effect_sizes = escalc_frame(frame, args.measure, labels=list(labels))
+        mapping = _raw_mapping(args)
+        try:
+            effect_sizes = escalc_frame(_mapped_frame(frame, mapping), args.measure,
+                                        labels=list(labels))
+        except InputError as error:
+            raise InputError(_name_user_columns(str(error), mapping)) from None
         yi, v = effect_sizes.yi, effect_sizes.vi
     else:
         yi_col = args.yi or "yi"
@@ -529,6 +656,7 @@ def load_input(args: argparse.Namespace) -> MetaInput:
     else:
         codes = np.zeros(n, dtype=np.int64)
         names = ("",)
+    labels = _unique_labels(labels, codes, names, args)
     m = len(names)
     # position of every row inside its group, so one (m, K) grid holds all analyses
     pos = pd.Series(codes).groupby(codes).cumcount().to_numpy()
@@ -643,6 +771,15 @@ def _warn(batch: BatchPoolingResult) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read, pool, print. Output is built completely before anything is printed."""
+    if args.method in COUNT_METHODS:
+        extra = [f"--{n}" for n, _ in RAW_OPTIONS if getattr(args, f"raw_{n}", None)]
+        if extra:
+            raise InputError(f"{extra[0]}: not used by --method {args.method}, which pools "
+                             "the 2x2 counts (--ai, --bi, --ci, --di)")
+    elif (_raw_mapping(args) and not getattr(args, "measure", None)):
+        first = next(iter(_raw_mapping(args)))
+        raise InputError(f"--{first}: raw columns need --measure (e.g. --measure OR), which "
+                         "computes yi and vi from them as metafor's escalc")
     rare = meta_rare.run_rare(args)         # --method MH|PETO|GLMM: the 2x2 counts
     if rare is not None:
         return rare

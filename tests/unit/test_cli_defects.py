@@ -244,3 +244,108 @@ def test_raw_column_errors_name_the_users_column(capsys, tmp_path):
     code, _, err = run(capsys, "meta", bad, "--measure", "OR", "--ai", "tpos", "--bi",
                        "tneg", "--ci", "cpos", "--di", "cneg")
     assert code == 2 and "column 'tpos' (--ai)" in err
+
+
+# --- CSV dialects, NA cells ------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from fedsynth import tabular  # noqa: E402
+
+COMMA = "study,yi,vi\nA,0.12,0.01\nB,0.3,0.02\nC,-0.1,0.015\n"
+
+
+@pytest.mark.parametrize("text,note", [
+    ("study;yi;vi\nA;0,12;0,01\nB;0,3;0,02\nC;-0,1;0,015\n", "semicolon-separated, decimal comma"),
+    ("study\tyi\tvi\nA\t0.12\t0.01\nB\t0.3\t0.02\nC\t-0.1\t0.015\n", "tab-separated"),
+    ("study\tyi\tvi\nA\t0,12\t0,01\nB\t0,3\t0,02\nC\t-0,1\t0,015\n", "tab-separated, decimal comma"),
+    ("study|yi|vi\nA|0.12|0.01\nB|0.3|0.02\nC|-0.1|0.015\n", "pipe-separated"),
+    ('study;yi;vi\n"Smith; Jones";0.12;0.01\nB;0.3;0.02\nC;-0.1;0.015\n', "semicolon"),
+])
+def test_other_dialects_are_detected(capsys, tmp_path, text, note):
+    ref = write(tmp_path, "ref.csv", COMMA)
+    path = write(tmp_path, "x.csv", text)
+    _, expected, _ = run(capsys, "meta", ref, "--format", "json")
+    code, out, err = run(capsys, "meta", path, "--format", "json")
+    assert code == 0 and out == expected
+    assert note in err
+
+
+def test_sep_and_decimal_options(capsys, tmp_path):
+    ref = write(tmp_path, "ref.csv", COMMA)
+    _, expected, _ = run(capsys, "meta", ref, "--format", "json")
+    # the options name the dialect instead of detecting it
+    path = write(tmp_path, "x.csv", "study;yi;vi\nA;0,12;0,01\nB;0,3;0,02\nC;-0,1;0,015\n")
+    code, out, _ = run(capsys, "meta", path, "--sep", ";", "--decimal", ",", "--format",
+                       "json")
+    assert code == 0 and out == expected
+    code, out, _ = run(capsys, "meta", path, "--sep", "semicolon", "--format", "json")
+    assert code == 0 and out == expected
+    tab = write(tmp_path, "t.tsv", COMMA.replace(",", "\t"))
+    code, out, _ = run(capsys, "meta", tab, "--sep", "tab", "--format", "json")
+    assert code == 0 and out == expected
+    code, _, err = run(capsys, "meta", ref, "--sep", ",", "--decimal", ",")
+    assert code == 2 and "--decimal ','" in err
+    with pytest.raises(SystemExit):
+        main(["meta", ref, "--sep", "x"])
+    assert "'x' is not a separator" in capsys.readouterr().err
+
+
+def test_wrong_separator_hints_at_the_right_one(capsys, tmp_path):
+    path = write(tmp_path, "x.csv", "study;yi;vi\nA;0,12;0,01\nB;0,3;0,02\n")
+    code, out, err = run(capsys, "meta", path, "--sep", ",")
+    assert code == 2 and out == ""
+    assert "'study;yi;vi'" in err and "semicolon-separated" in err and "--sep ';'" in err
+
+
+def test_na_cells_are_named_and_drop_na_drops_them(capsys, tmp_path):
+    path = write(tmp_path, "na.csv", "study,yi,vi\nA,0.12,0.01\nB,NA,0.02\nC,-0.1,\n"
+                                     "D,0.2,0.03\nE,0.1,0.02\n")
+    code, out, err = run(capsys, "meta", path)
+    assert code == 2 and out == ""
+    assert "missing values in 2 row(s)" in err
+    assert "row 2: column 'yi' is empty or NA" in err and "row 3: column 'vi'" in err
+    assert "--drop-na" in err
+    code, out, err = run(capsys, "meta", path, "--drop-na", "--format", "json")
+    assert code == 0
+    assert "--drop-na dropped 2 of 5 rows" in err and "row 2: column 'yi'" in err
+    kept = write(tmp_path, "kept.csv", "study,yi,vi\nA,0.12,0.01\nD,0.2,0.03\nE,0.1,0.02\n")
+    _, expected, _ = run(capsys, "meta", kept, "--format", "json")
+    assert out == expected
+
+
+def test_drop_na_keeps_file_row_numbers_in_later_messages(capsys, tmp_path):
+    path = write(tmp_path, "na.csv", "study,yi,sei\nA,0.12,0.1\nB,NA,0.2\nC,0.1,-1\n")
+    code, _, err = run(capsys, "meta", path, "--drop-na")
+    assert code == 2 and "row 3 (study 'C')" in err
+
+
+def test_na_in_raw_columns_and_groups(capsys, tmp_path):
+    path = write(tmp_path, "r.csv", "study,ai,bi,ci,di\nA,4,119,11,128\nB,NA,300,29,274\n"
+                                    "C,3,228,11,209\n")
+    code, _, err = run(capsys, "meta", path, "--measure", "OR")
+    assert code == 2 and "row 2: column 'ai' is empty or NA" in err
+
+
+_cell = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False).map(lambda x: round(x, 4))
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.tuples(_cell, _cell.map(abs)), min_size=2, max_size=12),
+       dialect=st.sampled_from([(",", "."), (";", ","), (";", "."), ("\t", "."),
+                                ("\t", ","), ("|", ".")]))
+def test_dialect_detection_property(tmp_path_factory, rows, dialect):
+    sep, mark = dialect
+    lines = [sep.join(["study", "yi", "vi"])]
+    for i, (y, v) in enumerate(rows):
+        cells = [f"{y:.4f}", f"{v + 0.001:.4f}"]
+        if mark == ",":
+            cells = [c.replace(".", ",") for c in cells]
+        lines.append(sep.join([f"S{i}", *cells]))
+    path = tmp_path_factory.mktemp("d") / "x.csv"
+    path.write_text("\n".join(lines) + "\n")
+    found = tabular.detect_dialect(path)
+    assert (found.sep, found.decimal) == (sep, mark)
+    frame = tabular.read_csv(path, sep=None, decimal=None)
+    np.testing.assert_allclose(frame["yi"].to_numpy(), [round(y, 4) for y, _ in rows])

@@ -114,6 +114,15 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
                              "x1i,t1i,x2i,t2i; xi,ni) before pooling")
     parser.add_argument("--by", metavar="COL", default=None,
                         help="pool each group of rows separately (all groups in one batch)")
+    parser.add_argument("--sep", type=_sep, default=None, metavar="SEP",
+                        help="cell separator: , ; tab or | (default: detected from the "
+                             "file; comma when unclear)")
+    parser.add_argument("--decimal", choices=(".", ","), default=None,
+                        help="decimal mark of numbers (default: detected; ',' only in a "
+                             "file not separated by commas)")
+    parser.add_argument("--drop-na", action="store_true",
+                        help="drop rows with a missing (empty or NA) cell in a column the "
+                             "analysis uses, with a note on stderr (default: refuse them)")
     group = parser.add_argument_group(
         "raw columns for --measure (named as metafor's escalc arguments)",
         "map escalc's arguments to your columns, e.g. --measure OR --ai tpos --bi tneg "
@@ -122,6 +131,19 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
     for name, what in RAW_OPTIONS:
         group.add_argument(f"--{name}", metavar="COL", default=None, dest=f"raw_{name}",
                            help=f"column of {what} (default: {name})")
+
+
+_SEP_WORDS = {",": ",", "comma": ",", ";": ";", "semicolon": ";", "tab": "\t",
+              "\t": "\t", "\\t": "\t", "|": "|", "pipe": "|"}
+
+
+def _sep(text: str) -> str:
+    """``--sep``: a separator (``,`` ``;`` ``|``) or ``tab`` / ``\\t``."""
+    sep = _SEP_WORDS.get(text.strip().lower() if text.strip() else text)
+    if sep is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a separator fedsynth reads (use ',', ';', 'tab' or '|')")
+    return sep
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -485,7 +507,67 @@ def _read_frame(args: argparse.Namespace):
         return frame
     if not args.file:
         raise InputError("FILE: no input given; name a CSV file or use --example")
-    return tabular.read_csv(args.file)
+    sep, decimal = getattr(args, "sep", None), getattr(args, "decimal", None)
+    if sep == "," and decimal == ",":
+        raise InputError("--decimal ',': the cells are separated by commas (--sep ','); a "
+                         "decimal comma needs another separator (e.g. --sep ';')")
+    frame = tabular.read_csv(args.file, sep=sep, decimal=decimal)
+    dialect = frame.attrs["dialect"]
+    if (dialect.sep, dialect.decimal) != (",", ".") and (sep is None or decimal is None):
+        print(f"fedsynth: note: read {args.file} as {dialect.describe()} (set with --sep "
+              "and --decimal)", file=sys.stderr)
+    return _missing_values(args, frame)
+
+
+def _used_columns(args: argparse.Namespace, frame) -> list[str]:
+    """The columns this invocation reads numbers or groups from (for the NA check)."""
+    from fedsynth.effects.effect_sizes import COLUMN_SETS
+
+    cols: list[str] = []
+    if args.method in COUNT_METHODS:
+        given = {n: getattr(args, f"rare_{n}", None) for n in meta_rare.COUNT_OPTIONS}
+        cols += [given[n] or n for n in meta_rare.COUNT_OPTIONS]
+    elif getattr(args, "measure", None):
+        mapping = _raw_mapping(args)
+        names = dict.fromkeys(c for s in COLUMN_SETS[args.measure] for c in s)
+        cols += [mapping.get(n, n) for n in names]
+    else:
+        cols += [args.yi or "yi"]
+        if args.vi or args.sei:
+            cols.append(args.vi or args.sei)
+        else:
+            cols.append("vi" if "vi" in frame.columns else "sei")
+    for option in ("by", "subgroup", "cumulative_by"):
+        if getattr(args, option, None):
+            cols.append(getattr(args, option))
+    cols += list(getattr(args, "moderator", None) or [])
+    return cols
+
+
+def _missing_values(args: argparse.Namespace, frame):
+    """Refuse missing cells (empty or NA) in the columns used, naming rows and columns;
+    with ``--drop-na`` drop those rows with a note on stderr."""
+    from fedsynth import tabular
+
+    missing = tabular.missing_cells(frame, _used_columns(args, frame))
+    if not missing:
+        return frame
+    shown = "; ".join(
+        f"row {i + 1}: " + (f"column {cols[0]!r} is empty or NA" if len(cols) == 1 else
+                            f"columns {', '.join(map(repr, cols))} are empty or NA")
+        for i, cols in list(missing.items())[:8])
+    more = f" and {len(missing) - 8} more rows" if len(missing) > 8 else ""
+    if not getattr(args, "drop_na", False):
+        raise InputError(
+            f"{frame.attrs.get('source', 'input')}: missing values in {len(missing)} "
+            f"row(s): {shown}{more}; fill them in or use --drop-na to leave those rows out")
+    out = tabular.drop_rows(frame, list(missing))
+    if out.empty:
+        raise InputError(f"{frame.attrs.get('source', 'input')}: --drop-na leaves no rows "
+                         f"(every row has a missing value: {shown}{more})")
+    print(f"fedsynth: note: --drop-na dropped {len(missing)} of {len(frame)} rows with "
+          f"missing values: {shown}{more}", file=sys.stderr)
+    return out
 
 
 def _variance_column(args, frame):
@@ -641,7 +723,8 @@ def load_input(args: argparse.Namespace) -> MetaInput:
             if bad.size:
                 i = int(bad[0])
                 raise InputError(
-                    f"column {v_col!r}, row {i + 1} (study {labels[i]!r}): standard error "
+                    f"column {v_col!r}, row {tabular.row_number(frame, i)} (study "
+                    f"{labels[i]!r}): standard error "
                     f"{float(v[i])!r} must be finite and > 0")
             v = v * v
 
@@ -649,7 +732,8 @@ def load_input(args: argparse.Namespace) -> MetaInput:
         groups = _text_values(frame, args.by, option="--by")
         empty = np.flatnonzero((groups == "").to_numpy(dtype=bool))
         if empty.size:
-            raise InputError(f"column {args.by!r} (given by --by), row {int(empty[0]) + 1}: "
+            raise InputError(f"column {args.by!r} (given by --by), row "
+                             f"{tabular.row_number(frame, int(empty[0]))}: "
                              "the group is empty")
         codes, uniques = pd.factorize(groups, sort=False)
         names = tuple(str(u) for u in uniques.tolist())

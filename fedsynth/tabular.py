@@ -350,8 +350,10 @@ def missing_cells(frame: pd.DataFrame, columns: Sequence[str]) -> dict[int, list
 
 
 def drop_rows(frame: pd.DataFrame, rows: Sequence[int]) -> pd.DataFrame:
-    """``frame`` without ``rows`` (positions), re-indexed from 0; the data-row numbers of
-    the file are kept in ``attrs["row_numbers"]`` so messages still cite the file's rows.
+    """Drop ``rows`` (positions) from ``frame`` and re-index from 0.
+
+    The data-row numbers of the file are kept in ``attrs["row_numbers"]``, so messages
+    still cite the file's rows.
     """
     keep = np.setdiff1d(np.arange(len(frame)), np.asarray(list(rows), dtype=np.int64))
     numbers = np.asarray(frame.attrs.get("row_numbers", np.arange(1, len(frame) + 1)))

@@ -259,7 +259,8 @@ COMMA = "study,yi,vi\nA,0.12,0.01\nB,0.3,0.02\nC,-0.1,0.015\n"
 @pytest.mark.parametrize("text,note", [
     ("study;yi;vi\nA;0,12;0,01\nB;0,3;0,02\nC;-0,1;0,015\n", "semicolon-separated, decimal comma"),
     ("study\tyi\tvi\nA\t0.12\t0.01\nB\t0.3\t0.02\nC\t-0.1\t0.015\n", "tab-separated"),
-    ("study\tyi\tvi\nA\t0,12\t0,01\nB\t0,3\t0,02\nC\t-0,1\t0,015\n", "tab-separated, decimal comma"),
+    ("study\tyi\tvi\nA\t0,12\t0,01\nB\t0,3\t0,02\nC\t-0,1\t0,015\n",
+     "tab-separated, decimal comma"),
     ("study|yi|vi\nA|0.12|0.01\nB|0.3|0.02\nC|-0.1|0.015\n", "pipe-separated"),
     ('study;yi;vi\n"Smith; Jones";0.12;0.01\nB;0.3;0.02\nC;-0.1;0.015\n', "semicolon"),
 ])

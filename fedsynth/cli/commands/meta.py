@@ -138,7 +138,7 @@ _SEP_WORDS = {",": ",", "comma": ",", ";": ";", "semicolon": ";", "tab": "\t",
 
 
 def _sep(text: str) -> str:
-    """``--sep``: a separator (``,`` ``;`` ``|``) or ``tab`` / ``\\t``."""
+    """Parse ``--sep``: a separator (``,`` ``;`` ``|``) or the word ``tab``."""
     sep = _SEP_WORDS.get(text.strip().lower() if text.strip() else text)
     if sep is None:
         raise argparse.ArgumentTypeError(
@@ -545,8 +545,10 @@ def _used_columns(args: argparse.Namespace, frame) -> list[str]:
 
 
 def _missing_values(args: argparse.Namespace, frame):
-    """Refuse missing cells (empty or NA) in the columns used, naming rows and columns;
-    with ``--drop-na`` drop those rows with a note on stderr."""
+    """Refuse missing cells (empty or NA) in the columns used, naming rows and columns.
+
+    With ``--drop-na`` those rows are dropped instead, with a note on stderr.
+    """
     from fedsynth import tabular
 
     missing = tabular.missing_cells(frame, _used_columns(args, frame))

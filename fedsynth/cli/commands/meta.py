@@ -147,13 +147,17 @@ def _sep(text: str) -> str:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", type=str.upper, choices=METHOD_CHOICES, default="REML",
-                        help="tau^2 estimator, FE for the fixed-effect model (default: REML); "
-                             "MH, PETO or GLMM pool 2x2 counts (see 'rare events')")
-    parser.add_argument("--test", type=str.lower, choices=TEST_CHOICES, default="z",
-                        help="z (Wald) or knha (Knapp-Hartung t) (default: z)")
-    parser.add_argument("--level", type=_level, default=95.0, metavar="PCT",
-                        help="confidence level in percent (default: 95)")
+    # None until run() resolves them: a round document's own pooling settings are the
+    # defaults when it is the input, REML / z / 95 otherwise
+    parser.add_argument("--method", type=str.upper, choices=METHOD_CHOICES, default=None,
+                        help="tau^2 estimator, FE for the fixed-effect model (default: REML, "
+                             "or the round's method for a round document); MH, PETO or GLMM "
+                             "pool 2x2 counts (see 'rare events')")
+    parser.add_argument("--test", type=str.lower, choices=TEST_CHOICES, default=None,
+                        help="z (Wald) or knha (Knapp-Hartung t) (default: z, or the "
+                             "round's test)")
+    parser.add_argument("--level", type=_level, default=None, metavar="PCT",
+                        help="confidence level in percent (default: 95, or the round's)")
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -507,6 +511,8 @@ def _read_frame(args: argparse.Namespace):
         return frame
     if not args.file:
         raise InputError("FILE: no input given; name a CSV file or use --example")
+    if _is_round_document(args.file):
+        return _read_round(args)
     sep, decimal = getattr(args, "sep", None), getattr(args, "decimal", None)
     if sep == "," and decimal == ",":
         raise InputError("--decimal ',': the cells are separated by commas (--sep ','); a "
@@ -517,6 +523,94 @@ def _read_frame(args: argparse.Namespace):
         print(f"fedsynth: note: read {args.file} as {dialect.describe()} (set with --sep "
               "and --decimal)", file=sys.stderr)
     return _missing_values(args, frame)
+
+
+#: Largest round document ``fedsynth meta`` reads (a round of 10,000 analyses of 100
+#: sites is about 150 MB).
+MAX_ROUND_BYTES = 512 << 20
+
+
+def _is_round_document(path: str) -> bool:
+    """A ``.json`` file is a round document (``fedsynth round show --format json``)."""
+    return str(path).lower().endswith(".json")
+
+
+def _read_round(args: argparse.Namespace):
+    """The ``site_estimates`` of a round document as a frame (analysis, study, yi, vi).
+
+    The document is validated by :meth:`fedsynth.round_document.RoundDocument.from_dict`;
+    each analysis is one ``--by analysis`` group, its sites the studies; a site whose
+    estimate is null (refused) is left out with a note. The round's pooling settings
+    (method, test, level) are the defaults of the options.
+    """
+    import pandas as pd
+
+    from fedsynth.round_document import RoundDocument
+
+    for option in ("yi", "vi", "sei", "measure", "label"):
+        if getattr(args, option, None):
+            raise InputError(f"--{option.replace('_', '-')}: a round document "
+                             f"({args.file}) carries the site estimates (yi, vi); the "
+                             "option is for CSV input")
+    if args.by not in (None, "analysis"):
+        raise InputError(f"--by {args.by!r}: a round document is pooled by analysis "
+                         "(--by analysis)")
+    if args.method in COUNT_METHODS:
+        raise InputError(f"--method {args.method}: a round document holds site estimates, "
+                         "not 2x2 counts")
+    try:
+        size = os.path.getsize(args.file)
+        if size > MAX_ROUND_BYTES:
+            raise InputError(f"file: {args.file!r} is {size >> 20} MiB, more than the "
+                             f"{MAX_ROUND_BYTES >> 20} MiB of a round document fedsynth "
+                             "reads")
+        with open(args.file, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise InputError(f"file: {args.file!r} does not exist") from None
+    except IsADirectoryError:
+        raise InputError(f"file: {args.file!r} is a directory") from None
+    except OSError as error:
+        raise InputError(f"file: {args.file!r} cannot be read "
+                         f"({error.strerror or error})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"file: {args.file!r} is not a JSON round document: {error}") \
+            from None
+    doc = RoundDocument.from_dict(data, where=f"file {args.file!r}: round document")
+    rows: list[tuple[str, str, float, float]] = []
+    skipped: list[str] = []
+    for analysis in doc.analyses:
+        used = 0
+        for est in analysis.site_estimates:
+            vi = est.vi if est.vi is not None else (
+                est.se * est.se if est.se is not None else None)
+            if est.yi is None or vi is None:
+                skipped.append(f"{analysis.analysis}/{est.site}")
+                continue
+            rows.append((analysis.analysis, est.site, float(est.yi), float(vi)))
+            used += 1
+        if not used:
+            skipped.append(f"{analysis.analysis} (no site estimates)")
+    if skipped:
+        print(f"fedsynth: note: round {doc.round}: left out {', '.join(skipped[:10])}"
+              + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""),
+              file=sys.stderr)
+    if not rows:
+        raise InputError(f"file: {args.file!r}: round {doc.round} ({doc.status}) has no "
+                         "site estimates to pool (is it still open, or failed?)")
+    frame = pd.DataFrame(rows, columns=["analysis", "study", "yi", "vi"])
+    frame.attrs["source"] = f"round {doc.round} ({args.file})"
+    frame.attrs["round"] = doc
+    args.by = "analysis"
+    pooling = doc.pooling
+    if pooling is not None:
+        if args.method is None and pooling.method:
+            args.method = str(pooling.method).upper()
+        if args.test is None and pooling.test:
+            args.test = str(pooling.test).lower()
+        if args.level is None and pooling.level is not None:
+            args.level = float(pooling.level)
+    return frame
 
 
 def _used_columns(args: argparse.Namespace, frame) -> list[str]:
@@ -691,6 +785,7 @@ def load_input(args: argparse.Namespace) -> MetaInput:
     from fedsynth import tabular
 
     frame = _read_frame(args)
+    _resolve_defaults(args)     # after a round document has given its settings
     n = len(frame)
     if args.label:
         labels = _text_values(frame, args.label, option="--label").to_numpy(dtype=object)
@@ -855,8 +950,22 @@ def _warn(batch: BatchPoolingResult) -> None:
               file=sys.stderr)
 
 
+def _resolve_defaults(args: argparse.Namespace) -> None:
+    """REML, z and 95% where neither the user nor a round document chose."""
+    if getattr(args, "method", None) is None:
+        args.method = "REML"
+    if getattr(args, "test", None) is None:
+        args.test = "z"
+    if getattr(args, "level", None) is None:
+        args.level = 95.0
+
+
 def run(args: argparse.Namespace) -> int:
     """Read, pool, print. Output is built completely before anything is printed."""
+    if args.file and _is_round_document(args.file) and not args.example:
+        # a round document: its pooling settings are the defaults (load_input)
+        return _finish(args, load_input(args))
+    _resolve_defaults(args)
     if args.method in COUNT_METHODS:
         extra = [f"--{n}" for n, _ in RAW_OPTIONS if getattr(args, f"raw_{n}", None)]
         if extra:
@@ -869,7 +978,11 @@ def run(args: argparse.Namespace) -> int:
     rare = meta_rare.run_rare(args)         # --method MH|PETO|GLMM: the 2x2 counts
     if rare is not None:
         return rare
-    data = load_input(args)
+    return _finish(args, load_input(args))
+
+
+def _finish(args: argparse.Namespace, data: MetaInput) -> int:
+    """Pool the analyses read, render them, write the plots, print."""
     batch = compute(args, data)
     text = RENDERERS[args.format](args, data, batch)
     figures = _plots(args, data, batch)

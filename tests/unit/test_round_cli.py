@@ -110,3 +110,112 @@ def test_meta_round_document_errors(capsys, tmp_path):
     assert code == 2 and "no site estimates" in err
     code, out, err = run(capsys, "meta", empty, "--yi", "x")
     assert code == 2 and "--yi" in err
+
+
+# --- round show --format csv ------------------------------------------------------------
+
+def test_round_show_csv_one_row_per_analysis(capsys, coordinator_dir):
+    round_id = closed_round(coordinator_dir)
+    config = coordinator_dir / "coordinator.toml"
+    _, doc_text, _ = run(capsys, "round", "show", round_id, "--config", config, "--format",
+                         "json")
+    doc = json.loads(doc_text)
+    code, out, err = run(capsys, "round", "show", round_id, "--config", config, "--format",
+                         "csv")
+    assert code == 0 and err == ""
+    rows = list(csv.DictReader(io.StringIO(out)))
+    header = out.splitlines()[0].split(",")
+    assert header[:7] == ["round", "analysis", "estimator", "measure", "k", "method", "test"]
+    for key in ("tau2_ci_lb", "tau2_ci_ub", "I2_ci_lb", "I2_ci_ub", "pi_lb", "pi_ub",
+                "heterogeneity_flagged", "heterogeneity_sites", "refused_sites"):
+        assert key in header
+    assert "tau2_ci" not in header and "site_estimates" not in header
+    assert [r["analysis"] for r in rows] == [a["analysis"] for a in doc["analyses"]]
+    for row, entry in zip(rows, doc["analyses"]):
+        assert row["round"] == round_id
+        if "estimate" in entry:
+            assert float(row["estimate"]) == entry["estimate"]        # repr: exact
+            ub = (entry.get("tau2_ci") or [None, None])[1]
+            assert (float(row["tau2_ci_ub"]) if row["tau2_ci_ub"] else None) == ub
+        else:
+            assert row["estimate"] == ""
+        assert row["refused_sites"].split(";") == (list(entry["refused"]) or [""])
+    # the same columns as fedsynth meta --format csv for the pooled fields
+    path = coordinator_dir / "round.json"
+    path.write_text(doc_text)
+    _, meta_csv, _ = run(capsys, "meta", path, "--format", "csv")
+    meta_header = meta_csv.splitlines()[0].split(",")
+    start, end = meta_header.index("estimate"), meta_header.index("H2_ci_ub") + 1
+    pooled = meta_header[start:end]
+    assert header[header.index("estimate"):header.index("estimate") + len(pooled)] == pooled
+
+
+# --- round wait -------------------------------------------------------------------------
+
+def test_round_wait_shows_progress_and_defaults_to_the_deadline(capsys, coordinator_dir,
+                                                                monkeypatch):
+    import threading
+    import time
+
+    import coordinator.commands.round as round_cmd
+    from fedsynth.timeutil import utcnow
+
+    monkeypatch.setattr(round_cmd, "WAIT_GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(round_cmd, "PROGRESS_EVERY_SECONDS", 0.5)
+    config = coordinator_dir / "coordinator.toml"
+    spec = coordinator_dir / "spec.toml"
+    spec.write_text(SPEC)
+    # no --timeout, nobody closes it: the wait ends 1 s (grace) after the 2 s deadline
+    code, out, err = run(capsys, "round", "start", "--config", config, "--spec", spec,
+                         "--deadline", "2s", "--quorum", "2")
+    round_id = out.strip()
+    t0 = time.monotonic()
+    code, out, err = run(capsys, "round", "wait", round_id, "--config", config)
+    waited = time.monotonic() - t0
+    assert code == 1 and out == ""
+    assert "still open 1 s after its deadline" in err and "is the coordinator running" in err
+    assert 1.0 < waited < 20
+    assert f"round {round_id}: 0/7 sites answered (quorum 2);" in err
+    assert "left until the deadline" in err or "passed" in err
+
+    # a site answers and a closer closes the round while we wait
+    code, out, err = run(capsys, "round", "start", "--config", config, "--spec", spec,
+                         "--deadline", "3s", "--quorum", "2")
+    round_id = out.strip()
+    _, subs = _round_data()
+
+    def site_then_close() -> None:
+        time.sleep(0.8)
+        with _store(coordinator_dir) as store:
+            store.add_submission(round_id=round_id, site="site-a", nonce=b"n" * 16,
+                                 signed_at=utcnow(), payload=b"p", signature=b"s",
+                                 results=subs[0].results, agent_version="t", now=utcnow())
+        time.sleep(2.6)
+        with _store(coordinator_dir) as store:
+            close_if_due(store, round_id, utcnow())
+
+    worker = threading.Thread(target=site_then_close)
+    worker.start()
+    code, out, err = run(capsys, "round", "wait", round_id, "--config", config)
+    worker.join()
+    assert code == 0 and out.startswith(f"round {round_id} failed")
+    assert "0/7 sites answered" in err and "1/7 sites answered" in err
+    assert "left until the deadline" in err
+
+
+def test_round_wait_timeout_option(capsys, coordinator_dir):
+    config = coordinator_dir / "coordinator.toml"
+    spec = coordinator_dir / "spec.toml"
+    spec.write_text(SPEC)
+    _, out, _ = run(capsys, "round", "start", "--config", config, "--spec", spec,
+                    "--deadline", "10m", "--quorum", "2")
+    round_id = out.strip()
+    code, out, err = run(capsys, "round", "wait", round_id, "--config", config, "--timeout",
+                         "0.5", "--quiet")
+    assert code == 1 and "still open after 0.5 s" in err and "sites answered (" not in err
+    code, out, err = run(capsys, "round", "wait", round_id, "--config", config, "--timeout",
+                         "-1")
+    assert code == 2 and "--timeout" in err
+    code, out, err = run(capsys, "round", "wait", round_id, "--config", config, "--timeout",
+                         "1s")
+    assert code == 1 and "left until the deadline" in err

@@ -914,8 +914,19 @@ def render_json(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingRe
 
 def render_csv(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult) -> str:
     """One CSV row per analysis; intervals split into ``_lb``/``_ub`` columns."""
-    recs = records(args, data, batch)
-    keys = list(recs[0].keys())
+    return records_csv(records(args, data, batch))
+
+
+def records_csv(recs: list[dict[str, Any]]) -> str:
+    """Write flat records as CSV text, one row per record.
+
+    The header holds every key in order of first appearance; every ``*_ci`` pair is split
+    into ``*_ci_lb``/``*_ci_ub`` columns.
+
+    Shared by ``fedsynth meta --format csv`` and ``fedsynth round show --format csv``, so
+    both write the same columns for the same pooled fields.
+    """
+    keys = list(dict.fromkeys(k for rec in recs for k in rec))
     # column by column (one list comprehension per key, not a branch per cell): 20,000
     # analyses x 30 columns is 600,000 cells
     header: list[str] = []

@@ -135,9 +135,11 @@ def render_table(doc: RoundDocument) -> str:
 
 
 def render_csv(doc: RoundDocument) -> str:
-    """One CSV row per analysis: the round id, the analysis' scalar fields (estimator,
-    measure, k, method, test), its pooled fields with intervals as ``_lb``/``_ub`` columns
-    (as ``fedsynth meta --format csv``), the heterogeneity flag and the refusing sites.
+    """Write a round document as CSV, one row per analysis.
+
+    Columns: the round id, the analysis' scalar fields (estimator, measure, k, method,
+    test), its pooled fields with intervals as ``_lb``/``_ub`` columns (as ``fedsynth meta
+    --format csv``), the heterogeneity flag and the refusing sites.
 
     Text from sites (names, reasons) is written as it is: CSV is data, and the csv module
     quotes it; it is never printed to a terminal as a table cell.
@@ -279,8 +281,9 @@ def _wait(args: argparse.Namespace) -> int:
             if not args.quiet and (state != shown
                                    or now - last_print >= PROGRESS_EVERY_SECONDS):
                 when = (f"{_duration_text(left)} left until the deadline "
-                        f"{iso(record.deadline)}" if left > 0 else f"deadline {iso(record.deadline)} passed; waiting "
-                                         "for the coordinator to close it")
+                        f"{iso(record.deadline)}" if left > 0 else
+                        f"deadline {iso(record.deadline)} passed; waiting for the "
+                        "coordinator to close it")
                 print(f"round {printable(record.id)}: {state[0]}/{state[1]} sites answered "
                       f"(quorum {record.quorum}); {when}", file=sys.stderr, flush=True)
                 last_print = now

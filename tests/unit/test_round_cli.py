@@ -219,3 +219,58 @@ def test_round_wait_timeout_option(capsys, coordinator_dir):
     code, out, err = run(capsys, "round", "wait", round_id, "--config", config, "--timeout",
                          "1s")
     assert code == 1 and "left until the deadline" in err
+
+
+# --- fedsynth sites shows a revoked site -------------------------------------------------
+
+def test_sites_shows_revoked(capsys, tmp_path):
+    from fedsynth.timeutil import utcnow
+
+    pki = tmp_path / "pki"
+    assert run(capsys, "ca", "init", "--dir", pki)[0] == 0
+    for args in (("--coordinator", "localhost"), ("--site", "site-a"), ("--site", "site-b")):
+        assert run(capsys, "ca", "issue", "--dir", pki, *args)[0] == 0
+    config = tmp_path / "coordinator.toml"
+    config.write_text(
+        'listen = "127.0.0.1:0"\nstate = "state.db"\n'
+        f'[tls]\nca = "{pki / "ca.crt"}"\ncert = "{pki / "localhost.crt"}"\n'
+        f'key = "{pki / "localhost.key"}"\n[sites]\nallow = ["site-a", "site-b"]\n')
+    with _store(tmp_path) as store:
+        for site in ("site-a", "site-b"):     # both heartbeat now: "online"
+            store.record_contact(site, agent_version="t", protocol_version="1", now=utcnow())
+    code, out, _ = run(capsys, "sites", "--config", config)
+    assert code == 0 and "revoked" not in out.lower() and out.count("online") == 2
+    assert run(capsys, "ca", "revoke", "--dir", pki, "--site", "site-a")[0] == 0
+    code, out, _ = run(capsys, "sites", "--config", config)
+    line_a = next(ln for ln in out.splitlines() if ln.startswith("site-a"))
+    line_b = next(ln for ln in out.splitlines() if ln.startswith("site-b"))
+    assert "REVOKED" in line_a and "revoked" in line_a and "yes" not in line_a
+    assert "revoked" not in line_b.lower() and "yes" in line_b
+    code, out, _ = run(capsys, "sites", "--config", config, "--format", "json")
+    rows = {r["site"]: r for r in json.loads(out)}
+    assert rows["site-a"]["revoked"] and rows["site-a"]["status"] == "revoked"
+    assert rows["site-a"]["revoked_serial"] and rows["site-a"]["allowed"] is True
+    assert not rows["site-b"]["revoked"] and rows["site-b"]["status"] == "online"
+
+
+# --- site pending names the round to approve ----------------------------------------------
+
+def test_site_pending_prints_the_approve_command_per_round(capsys, tmp_path):
+    from site_agent.policy import site_policy
+    from tests.unit.test_policy import SPEC, _site
+
+    config = _site(tmp_path, '[policy]\nrequire_approval = true\napprovals = "appr"\n')
+    policy = site_policy(config)
+    policy.store().record_pending("r-20261127-0003", SPEC)
+    other = {"analyses": SPEC["analyses"][:1]}
+    policy.store().record_pending("r-20261127-0004", other)
+    code, out, _ = run(capsys, "site", "pending", "--config", config)
+    assert code == 0 and "ROUND" not in out
+    assert f"approve with: fedsynth site approve r-20261127-0003 --config {config}" in out
+    assert f"approve with: fedsynth site approve r-20261127-0004 --config {config}" in out
+    # the printed command works as it is
+    line = next(ln for ln in out.splitlines() if "r-20261127-0003 --config" in ln)
+    argv = line.split("approve with: fedsynth ", 1)[1].split()
+    assert run(capsys, *argv)[0] == 0
+    code, out, _ = run(capsys, "site", "pending", "--config", config)
+    assert "r-20261127-0003" not in out and "r-20261127-0004" in out

@@ -48,4 +48,5 @@ GROUP_HELP: dict[tuple[str, ...], str] = {
     ("round",): "federated rounds: start, show, wait, list",
     ("audit",): "hash-chained audit logs: verify, show",
     ("report",): "round reports: round, trend",
+    ("init",): "write a commented, working coordinator.toml or site.toml",
 }

@@ -233,8 +233,8 @@ def test_sites_shows_revoked(capsys, tmp_path):
     config = tmp_path / "coordinator.toml"
     config.write_text(
         'listen = "127.0.0.1:0"\nstate = "state.db"\n'
-        f'[tls]\nca = "{pki / "ca.crt"}"\ncert = "{pki / "localhost.crt"}"\n'
-        f'key = "{pki / "localhost.key"}"\n[sites]\nallow = ["site-a", "site-b"]\n')
+        f'[tls]\nca = "{pki / "ca.crt"}"\ncert = "{pki / "coordinator.crt"}"\n'
+        f'key = "{pki / "coordinator.key"}"\n[sites]\nallow = ["site-a", "site-b"]\n')
     with _store(tmp_path) as store:
         for site in ("site-a", "site-b"):     # both heartbeat now: "online"
             store.record_contact(site, agent_version="t", protocol_version="1", now=utcnow())

@@ -22,9 +22,10 @@ def test_init_coordinator_loads_with_every_option(capsys, tmp_path):
     out = tmp_path / "conf" / "coordinator.toml"
     out.parent.mkdir()
     code, stdout, err = run(capsys, "init", "coordinator", "--out", out, "--name",
-                            "coord.lan", "--listen", "127.0.0.1:6000", "--pki", tmp_path / "conf" / "pki",
-                            "--allow", "site-a, site-b", "--state", out.parent / "st.db", "--method", "DL",
-                            "--test", "knha")
+                            "coord.lan", "--listen", "127.0.0.1:6000", "--pki",
+                            tmp_path / "conf" / "pki", "--allow", "site-a, site-b",
+                            "--state", out.parent / "st.db", "--method", "DL", "--test",
+                            "knha")
     assert code == 0 and stdout == ""
     assert "wrote" in err and "fedsynth coordinator serve --config" in err
     assert "fedsynth ca issue --dir" in err            # the certificates do not exist yet

@@ -585,14 +585,15 @@ def _read_round(args: argparse.Namespace):
             vi = est.vi if est.vi is not None else (
                 est.se * est.se if est.se is not None else None)
             if est.yi is None or vi is None:
-                skipped.append(f"{analysis.analysis}/{est.site}")
+                skipped.append(f"site {est.site!r} of analysis {analysis.analysis!r} "
+                               "(no estimate)")
                 continue
             rows.append((analysis.analysis, est.site, float(est.yi), float(vi)))
             used += 1
         if not used:
-            skipped.append(f"{analysis.analysis} (no site estimates)")
+            skipped.append(f"analysis {analysis.analysis!r} (no site estimates)")
     if skipped:
-        print(f"fedsynth: note: round {doc.round}: left out {', '.join(skipped[:10])}"
+        print(f"fedsynth: note: round {doc.round}: left out {'; '.join(skipped[:10])}"
               + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""),
               file=sys.stderr)
     if not rows:

@@ -85,6 +85,9 @@ examples:
   fedsynth meta --example
   fedsynth meta studies.csv --yi logor --sei se --label study --method DL
   fedsynth meta all.csv --by outcome --format json
+  fedsynth meta europe.csv --sep ';' --decimal , --drop-na
+  fedsynth meta trials.csv --measure OR --ai tpos --bi tneg --ci cpos --di cneg
+  fedsynth meta round.json --diagnostics      # a round document (round show --format json)
 
 """ + meta_rare.EXAMPLES
 
@@ -95,7 +98,8 @@ examples:
 
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", nargs="?", metavar="FILE.csv",
-                        help="CSV file with one row per study/site")
+                        help="CSV file with one row per study/site, or a round document "
+                             "(FILE.json, from 'fedsynth round show --format json')")
     parser.add_argument("--example", action="store_true",
                         help="run on the bundled seed example (8 sites)")
     parser.add_argument("--yi", metavar="COL", default=None,
@@ -117,9 +121,9 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sep", type=_sep, default=None, metavar="SEP",
                         help="cell separator: , ; tab or | (default: detected from the "
                              "file; comma when unclear)")
-    parser.add_argument("--decimal", choices=(".", ","), default=None,
-                        help="decimal mark of numbers (default: detected; ',' only in a "
-                             "file not separated by commas)")
+    parser.add_argument("--decimal", choices=(".", ","), default=None, metavar="MARK",
+                        help="decimal mark of numbers, . or , (default: detected; ',' "
+                             "only in a file not separated by commas)")
     parser.add_argument("--drop-na", action="store_true",
                         help="drop rows with a missing (empty or NA) cell in a column the "
                              "analysis uses, with a note on stderr (default: refuse them)")

@@ -143,7 +143,7 @@ class _Site:
                 self.sent_at = time.perf_counter()
                 content = SubmissionContent(
                     round_id=item.round_id, site=self.name, nonce=secrets.token_bytes(16),
-                    timestamp=dt.datetime.now(dt.timezone.utc), results=self.results)
+                    timestamp=dt.datetime.now(dt.UTC), results=self.results)
                 payload = encode_submission(content)
                 ack = await self.client.submit(payload, sign(self.key, payload))
                 if ack.status not in ("accepted", "duplicate"):
@@ -177,7 +177,7 @@ async def _drive(config_path: Path, target: str, sites: list[str], analyses: int
             open_round, store, spec_source=spec_text, deadline=dt.timedelta(minutes=10),
             quorum=len(sites), allowed=tuple(sites),
             pooling={"method": "REML", "test": "z", "level": 95.0, "i2_threshold": 50.0},
-            now=dt.datetime.now(dt.timezone.utc), source="benchmark")
+            now=dt.datetime.now(dt.UTC), source="benchmark")
         t_open = time.perf_counter()
         await asyncio.gather(*tasks)
         t_pooled = None

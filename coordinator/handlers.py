@@ -39,6 +39,7 @@ from coordinator.validation import check_submission
 from fedsynth import PROTOCOL_VERSION, __version__
 from fedsynth.config import CoordinatorConfig
 from fedsynth.errors import InputError
+from fedsynth.pki import certificate_common_name
 from fedsynth.serde import SubmissionContent, WorkItem, decode_submission
 from fedsynth.signing import SignatureError, load_certificate, verify
 
@@ -49,10 +50,11 @@ log = logging.getLogger(__name__)
 
 @functools.lru_cache(maxsize=4096)
 def _common_name(peer_pem: bytes) -> str:
-    """The certificate's common name, parsed once per certificate (every call of a
-    connection presents the same one; parsing it per call cost CPU under a flood)."""
-    from fedsynth.pki import certificate_common_name
+    """The common name of a peer certificate, parsed once per certificate.
 
+    The certificate's common name, parsed once per certificate (every call of a
+    connection presents the same one; parsing it per call cost CPU under a flood).
+    """
     return certificate_common_name(peer_pem)
 
 
@@ -132,8 +134,11 @@ class Handlers:
             log.exception("coordinator audit log append failed")
 
     def _due(self, key: tuple[str, str]) -> bool:
-        """True (and remember now) when ``key`` was not audited within
-        :attr:`VERSION_AUDIT_EVERY`: frequent refusals are audited once a minute."""
+        """Whether ``key`` is due for an audit entry (and if so, remember now).
+
+        True (and remember now) when ``key`` was not audited within
+        :attr:`VERSION_AUDIT_EVERY`: frequent refusals are audited once a minute.
+        """
         now = self.clock()
         with self._version_audit_lock:
             last = self._version_audited.get(key)
@@ -181,6 +186,7 @@ class Handlers:
 
     # --- methods -------------------------------------------------------------------------
     def register(self, site: str, *, agent_version: str, protocol_version: str) -> str:
+        """Register ``site``, or refuse (and audit) an incompatible protocol; returns the name."""
         try:
             self.check_version(protocol_version)
         except Rejected as rejected:
@@ -213,6 +219,7 @@ class Handlers:
             raise
 
     def heartbeat(self, site: str, *, agent_version: str, protocol_version: str) -> None:
+        """Record a heartbeat so that ``coordinator sites`` can show the site online."""
         self._check_version_audited(site, "Heartbeat", protocol_version)
         self.store.record_contact(site, agent_version=agent_version[:64],
                                   protocol_version=protocol_version, now=self.clock())
@@ -220,6 +227,7 @@ class Handlers:
             self.metrics.site_seen(site)
 
     def pull_work(self, site: str, *, protocol_version: str) -> list[WorkItem]:
+        """The rounds open for ``site`` now, as the work it should answer."""
         self._check_version_audited(site, "PullWork", protocol_version)
         now = self.clock()
         return [WorkItem(r.id, r.spec_toml, r.opened_at, r.deadline)
@@ -333,8 +341,11 @@ class Handlers:
         return done
 
     def settle_audit(self) -> None:
-        """Retry outbox entries not appended yet, then delete the appended ones from the
-        store (off the submission path: the closer calls this every step)."""
+        """Append the outbox entries not appended yet and delete the appended ones.
+
+        Retry outbox entries not appended yet, then delete the appended ones from the
+        store (off the submission path: the closer calls this every step).
+        """
         if self.audit is None:
             return
         self.flush_audit()
@@ -383,4 +394,5 @@ class Handlers:
         return (event, str(data.get("round")), str(data.get("site")), str(data.get("digest")))
 
     def coordinator_version(self) -> str:
+        """The coordinator's version, reported to sites for diagnostics."""
         return __version__

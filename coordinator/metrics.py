@@ -29,8 +29,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer as AioHealthServicer
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+    start_http_server,
+)
 
+from fedsynth import PROTOCOL_VERSION, __version__
 from fedsynth.errors import InputError
 
 #: rejection reasons with their own series; anything else is counted as "other". The
@@ -90,7 +102,6 @@ class CoordinatorMetrics:
                                     "Unix time of the last authenticated call of a site.",
                                     ["site"], registry=r)
         self.build = Info("fedsynth_build", "Package and protocol versions.", registry=r)
-        from fedsynth import PROTOCOL_VERSION, __version__
 
         self.build.info({"version": __version__, "protocol": PROTOCOL_VERSION})
         for reason in REJECTION_REASONS:  # export zeros, so rate() works from the start
@@ -146,8 +157,6 @@ class CoordinatorMetrics:
     # ------------------------------------------------------------- exposition
     def exposition(self) -> bytes:
         """The current metrics in the Prometheus text format."""
-        from prometheus_client import generate_latest
-
         return generate_latest(self.registry)
 
     def serve(self, listen: str) -> MetricsEndpoint:
@@ -156,8 +165,6 @@ class CoordinatorMetrics:
         The endpoint carries no patient data, only counts and times; bind it to a
         loopback or cluster-internal address (``metrics_listen`` in coordinator.toml).
         """
-        from prometheus_client import start_http_server
-
         host, port = parse_listen(listen, "metrics_listen")
         try:
             server, thread = start_http_server(port, addr=host, registry=self.registry)
@@ -179,6 +186,7 @@ class MetricsEndpoint:
 
     @property
     def url(self) -> str:
+        """The URL a Prometheus scraper reads (IPv6 hosts bracketed)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/metrics"
 
@@ -210,19 +218,13 @@ async def add_health_service(server: Any, services: Iterable[str] = ()) -> Any:
     before the server goes away. A synchronous ``grpc.server`` gets the synchronous
     servicer (same behaviour).
     """
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     serving = health_pb2.HealthCheckResponse.SERVING
     if isinstance(server, grpc.aio.Server):
-        from grpc_health.v1._async import HealthServicer as AioHealthServicer
-
         servicer = AioHealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
         for name in ("", *services):
             await servicer.set(name, serving)
         return servicer
-    from grpc_health.v1 import health
 
     servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)

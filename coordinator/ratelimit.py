@@ -43,6 +43,7 @@ import grpc
 
 from fedsynth.config import LimitsConfig
 from fedsynth.errors import InputError
+from fedsynth.revocation import peer_common_name
 
 __all__ = ["RateLimit", "RateLimiter", "RateLimitInterceptor", "ConcurrencyLimiter",
            "AdmissionInterceptor", "HEALTH_PREFIX", "identity_of"]
@@ -182,13 +183,17 @@ class ConcurrencyLimiter:
             self._mark_locked(key, self._clock())
 
     def in_good_standing(self, key: str) -> bool:
+        """Whether ``key`` was not refused within the penalty period (so it may use the reserve)."""
         with self._lock:
             last = self._refused_at.get(key)
             return last is None or self._clock() - last >= self.penalty
 
     def try_enter(self, key: str, *, priority: bool = False) -> Refusal | None:
-        """Admit one call of ``key``: None when admitted (then call :meth:`leave` exactly
-        once when it ends), else the :class:`Refusal` (nothing is counted)."""
+        """Admit one call of ``key``, or refuse it.
+
+        Admit one call of ``key``: None when admitted (then call :meth:`leave` exactly
+        once when it ends), else the :class:`Refusal` (nothing is counted).
+        """
         now = self._clock()
         with self._lock:
             mine = self._counts.get(key, 0)
@@ -232,8 +237,6 @@ class ConcurrencyLimiter:
 
 def identity_of(context: Any) -> str:
     """``site:NAME`` of the verified TLS peer certificate, else ``peer:ADDRESS``."""
-    from fedsynth.revocation import peer_common_name
-
     name = peer_common_name(context)
     if name is not None:
         return f"site:{name}"
@@ -248,9 +251,12 @@ _identity = identity_of     # the name earlier code and tests use
 
 def _wrap_admitted(handler: Any, enter: Callable[[Any], Any],
                    leave: Callable[[Any], None]) -> Any:
-    """A copy of a grpc.aio method handler that awaits ``enter(context)`` first (which
+    """A method handler that admits each call before it runs and releases it after.
+
+    A copy of a grpc.aio method handler that awaits ``enter(context)`` first (which
     aborts a refused call) and calls ``leave(ticket)`` when the call ends, however it ends
-    (reply, error, cancellation by the client's deadline)."""
+    (reply, error, cancellation by the client's deadline).
+    """
     if handler is None:
         return None
     kinds = {"request_deserializer": handler.request_deserializer,
@@ -351,6 +357,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("admission on_reject callback failed")
 
     async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        """Wrap each call's handler so that it is admitted (or refused) before it runs."""
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         priority = method.startswith(HEALTH_PREFIX)

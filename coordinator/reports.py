@@ -38,9 +38,12 @@ from __future__ import annotations
 import html
 import io
 import json
+import logging
 import math
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
@@ -48,9 +51,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedsynth import __version__
 from fedsynth.errors import InputError
 from fedsynth.fileio import atomic_write
 from fedsynth.jsonsafe import finite_or_none, strict_json
+from fedsynth.meta.diagnostics import influence
+from fedsynth.plots import forest_plot
 from fedsynth.round_document import (
     AnalysisResult,
     HeterogeneityVerdict,
@@ -184,6 +190,7 @@ def _figure_svg(fig: Any) -> str:
     matters for a 100-site forest plot times 200 analyses). A fixed hash salt makes the
     output reproducible.
     """
+    # lazy: matplotlib (~1 s) is imported only when a figure is drawn
     import matplotlib
 
     buffer = io.StringIO()
@@ -300,8 +307,6 @@ def _forest_svgs(analyses: Sequence[AnalysisResult | Mapping[str, Any]]) -> list
     workers = min(os.cpu_count() or 1, 4, len(jobs))
     if rows < PARALLEL_ROWS or workers < 2:
         return [_forest_svg_job(job) for job in jobs]
-    import subprocess
-    import sys
 
     chunks = [jobs[i::workers] for i in range(workers)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -328,7 +333,6 @@ def _forest_svgs(analyses: Sequence[AnalysisResult | Mapping[str, Any]]) -> list
                     results[prefix] = svg
         return [results[prefix] for _, prefix in jobs]
     except Exception as error:     # noqa: BLE001 - degrade to drawing in-process
-        import logging
 
         logging.getLogger(__name__).warning("forest plot workers failed (%s); drawing "
                                             "in-process", str(error).splitlines()[-1:]
@@ -342,8 +346,6 @@ def _forest_svgs(analyses: Sequence[AnalysisResult | Mapping[str, Any]]) -> list
 
 def _worker_main(job_file: str) -> int:
     """``python -m coordinator.reports --forest-worker FILE``: JSON jobs in, JSON SVGs out."""
-    import sys
-
     jobs = json.loads(Path(job_file).read_text(encoding="utf-8"))
     json.dump([_forest_svg_job((analysis, prefix)) for analysis, prefix in jobs], sys.stdout)
     return 0
@@ -355,8 +357,6 @@ def _forest_svg(analysis: Mapping[str, Any], *, id_prefix: str) -> str | None:
     Drawn by the project's forest plot (:func:`fedsynth.plots.forest_plot`),
     which reads a round-document analysis (``site_estimates`` and the pooled fields).
     """
-    from fedsynth.plots import forest_plot
-
     estimates = [e for e in analysis.get("site_estimates") or []
                  if finite_or_none(e.get("yi")) is not None
                  and (finite_or_none(e.get("vi")) or 0) > 0]
@@ -425,8 +425,6 @@ _CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
 
 
 def _page(title: str, body: str) -> str:
-    from fedsynth import __version__
-
     generated = utcnow().strftime("%Y-%m-%d %H:%M UTC")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -718,7 +716,6 @@ def deleted_residuals(yi: Sequence[float], vi: Sequence[float]) -> list[float | 
     """
     # imported here: the diagnostics load scipy.stats, slower to import than the rest of
     # this module, and only the trend report needs them
-    from fedsynth.meta.diagnostics import influence
 
     if len(yi) < 3:
         return [None] * len(yi)
@@ -908,6 +905,7 @@ def _trend_figure(trend: AnalysisTrend, i2_threshold: float | None):
     """Three stacked panels: pooled estimate (CI, PI), site estimates, I² (CI)."""
     # A bare Figure with its own Agg canvas: no pyplot global state, which is not
     # thread-safe (the coordinator writes reports from a worker thread).
+    # lazy: matplotlib (~1 s) is imported only when a figure is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -198,6 +198,7 @@ def _analysis_entry(analysis: dict[str, Any], column: _Column,
     cell), so the analyses are then pooled one by one and only the bad one carries the
     error as a note; one bad analysis must not sink the round.
     """
+    # lazy: keeps scipy and numpy out of `fedsynth round start/show` start-up
     from fedsynth.meta.analysis import analyse
 
     if not column.estimates:
@@ -238,8 +239,10 @@ def pool_analyses(analyses: list[dict[str, Any]], subs: list[SubmissionRecord],
     Every value is built JSON-ready (``PoolingResult``/``BatchPoolingResult`` dicts map
     NaN to None, site estimates are converted as they are gathered).
     """
+    # lazy: keeps numpy out of `fedsynth round start/show` start-up
     import numpy as np
 
+    # lazy: keeps scipy and numpy out of `fedsynth round start/show` start-up
     from fedsynth.meta import pool
     from fedsynth.meta.analysis import analyse
 

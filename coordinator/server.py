@@ -28,11 +28,17 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from coordinator.store import Store, utcnow
+from coordinator.rounds import close_if_due, open_round, pool_analyses
+from coordinator.store import Store, SubmissionRecord, utcnow
+from fedsynth.audit import AuditLog
 from fedsynth.config import CoordinatorConfig
 from fedsynth.fileio import atomic_write
+from fedsynth.transport import add_port, create_server
+
+if TYPE_CHECKING:
+    from coordinator.metrics import CoordinatorMetrics, MetricsEndpoint
 
 __all__ = ["Coordinator", "serve", "write_addr_file", "read_addr_file",
            "preload_statistics"]
@@ -56,9 +62,6 @@ def preload_statistics() -> None:
     :func:`coordinator.rounds.pool_analyses` also triggers the imports scipy defers until
     first use.
     """
-    from coordinator.rounds import pool_analyses
-    from coordinator.store import SubmissionRecord
-
     subs = [SubmissionRecord("warm-up", f"s{i}", "", "", "", b"", b"", "",
                              {"a": {"yi": 0.1 * i, "vi": 0.01 + 0.01 * i, "se": 0.1, "n": 50}},
                              None) for i in range(3)]
@@ -67,12 +70,16 @@ def preload_statistics() -> None:
 
 
 def write_addr_file(path: Path, address: str) -> None:
-    """Atomically write the bound address (``HOST:PORT``) for tests and local tools
-    (owner-only, like every file the coordinator writes)."""
+    """Atomically write the bound address (``HOST:PORT``) for tests and local tools.
+
+    Atomically write the bound address (``HOST:PORT``) for tests and local tools
+    (owner-only, like every file the coordinator writes).
+    """
     atomic_write(path, address + "\n")
 
 
 def read_addr_file(path: Path) -> str:
+    """The address (``HOST:PORT``) written by :func:`write_addr_file`."""
     return Path(path).read_text(encoding="utf-8").strip()
 
 
@@ -95,17 +102,17 @@ class Coordinator:
         self.store = Store(config.state)
         self.audit = None
         if config.audit_log is not None:
-            from fedsynth.audit import AuditLog
-
             self.audit = AuditLog(config.audit_log)
-        self.metrics = None
-        self._metrics_endpoint = None
+        self.metrics: CoordinatorMetrics | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
         try:
+            # lazy: keeps prometheus_client out of `fedsynth round start/show` start-up
             from coordinator.metrics import CoordinatorMetrics
 
             self.metrics = CoordinatorMetrics()
         except ImportError:  # pragma: no cover - metrics are optional
             self.metrics = None
+        # lazy: keeps protobuf (the gRPC stubs) out of `fedsynth round start/show` start-up
         from coordinator.handlers import Handlers
 
         self.handlers = Handlers(self.store, config, audit=self.audit, metrics=self.metrics)
@@ -128,9 +135,12 @@ class Coordinator:
                 log.exception("audit append failed")
 
     def _audit_soon(self, event: str, data: dict[str, Any]) -> None:
-        """:meth:`_audit` from the event loop (the interceptors' refusal reports): the
+        """Audit a refusal from the event loop without waiting for the disk.
+
+        :meth:`_audit` from the event loop (the interceptors' refusal reports): the
         fsync'd append runs in a worker thread, so a flood being refused does not stall
-        every other call (health checks included) for the length of a disk flush."""
+        every other call (health checks included) for the length of a disk flush.
+        """
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -142,6 +152,7 @@ class Coordinator:
         """Revocation check, then admission (rate and calls in flight), on every call."""
         interceptors: list[Any] = []
         if self.config.tls is not None and not self.config.insecure:
+            # lazy: keeps grpc out of `fedsynth round start/show` start-up
             from fedsynth.revocation import RevocationInterceptor, RevocationList
 
             def on_revoked(site: str, serial: int, reason: str) -> None:
@@ -164,6 +175,7 @@ class Coordinator:
                 crl_path, ca=self.config.tls.ca, last_good=self.store.trusted_crl(),
                 on_accept=on_crl_accepted, on_refuse=on_crl_refused)
             interceptors.append(RevocationInterceptor(self.revocations, on_reject=on_revoked))
+        # lazy: keeps grpc out of `fedsynth round start/show` start-up
         from coordinator.ratelimit import (
             AdmissionInterceptor,
             ConcurrencyLimiter,
@@ -190,10 +202,11 @@ class Coordinator:
 
     async def start(self) -> int:
         """Bind, start serving, write the address file; return the port."""
+        # lazy: keeps grpc out of `fedsynth round start/show` start-up
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+        # lazy: keeps grpc out of `fedsynth round start/show` start-up
         from coordinator.service import FederationService
-        from fedsynth.transport import add_port, create_server
         from fedsynth.v1 import federation_pb2_grpc as pb_grpc
 
         preload_statistics()
@@ -239,8 +252,6 @@ class Coordinator:
     # --- closing rounds ----------------------------------------------------------------------
     def close_due_rounds(self, now: _dt.datetime | None = None) -> list[str]:
         """Close every due open round (blocking; run in a thread). Returns closed ids."""
-        from coordinator.rounds import close_if_due
-
         closed = []
         for record in self.store.list_rounds(status="open"):
             outcome = close_if_due(self.store, record.id, now or utcnow())
@@ -272,7 +283,7 @@ class Coordinator:
                 log.exception("audit outbox step failed")
             try:
                 await asyncio.wait_for(self._stop.wait(), CLOSER_INTERVAL)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     # --- reports (off the closing path) -------------------------------------------------------
@@ -296,13 +307,16 @@ class Coordinator:
                 log.exception("reporter step failed")
             try:
                 await asyncio.wait_for(self._report_wanted.wait(), CLOSER_INTERVAL)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def write_report(self, round_id: str, document: dict[str, Any] | None) -> bool:
-        """Write one round's report in a :mod:`coordinator.report_worker` child process and
+        """Write one round's report in a child process and record the outcome in the store.
+
+        Write one round's report in a :mod:`coordinator.report_worker` child process and
         record its paths (or its error) in the store; False when stopped before it finished
-        (nothing recorded, so the next start writes it)."""
+        (nothing recorded, so the next start writes it).
+        """
         if document is None:                       # closed rounds always carry a document
             document = (await asyncio.to_thread(self.store.get_round, round_id)).document
         root = str(Path(__file__).resolve().parents[1])
@@ -355,8 +369,7 @@ class Coordinator:
     # --- scheduled rounds --------------------------------------------------------------------
     async def start_round_from_file(self, spec_path: Path, deadline: _dt.timedelta,
                                     quorum: int | None, source: str) -> str:
-        from coordinator.rounds import open_round
-
+        """Open a round from a spec file in a worker thread (off the event loop); returns its id."""
         text = Path(spec_path).read_text(encoding="utf-8")
         record = await asyncio.to_thread(
             open_round, self.store, spec_source=text, deadline=deadline, quorum=quorum,
@@ -370,6 +383,7 @@ class Coordinator:
         return record.id
 
     async def _run_scheduler(self) -> None:
+        # lazy: keeps croniter out of `fedsynth round start/show` start-up
         from coordinator.scheduler import ScheduleEntry, Scheduler
 
         entries = [ScheduleEntry(spec=e.spec, cron=e.cron, deadline=e.deadline,
@@ -384,14 +398,17 @@ class Coordinator:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def request_stop(self) -> None:
+        """Ask the server to stop (from a signal handler or a test); :meth:`wait` then returns."""
         self._stop.set()
         if self._scheduler is not None:
             self._scheduler.stop()
 
     async def wait(self) -> None:
+        """Wait until :meth:`request_stop` is called."""
         await self._stop.wait()
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Stop serving (calls in flight get ``grace`` seconds), finishing the report in hand."""
         self.request_stop()
         if self.server is not None:
             await self.server.stop(grace)

@@ -73,6 +73,7 @@ class FederationService(pb_grpc.FederationServicer):
             await context.abort(STATUS_OF[rejected.kind], rejected.message)
 
     async def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterReply:
+        """The ``Register`` RPC: register the calling site, named by its certificate."""
         def work(site: str, _pem: Any) -> pb.RegisterReply:
             self.handlers.register(site, agent_version=request.agent_version,
                                    protocol_version=request.protocol_version)
@@ -82,6 +83,7 @@ class FederationService(pb_grpc.FederationServicer):
         return await self._call(context, work)
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatReply:
+        """The ``Heartbeat`` RPC: record that the calling site is alive."""
         def work(site: str, _pem: Any) -> pb.HeartbeatReply:
             self.handlers.heartbeat(site, agent_version=request.agent_version,
                                     protocol_version=request.protocol_version)
@@ -90,6 +92,7 @@ class FederationService(pb_grpc.FederationServicer):
         return await self._call(context, work)
 
     async def PullWork(self, request: pb.PullWorkRequest, context: Any) -> pb.PullWorkReply:
+        """The ``PullWork`` RPC: the rounds open for the calling site."""
         def work(site: str, _pem: Any) -> pb.PullWorkReply:
             items = self.handlers.pull_work(site, protocol_version=request.protocol_version)
             return pb.PullWorkReply(protocol_version=PROTOCOL_VERSION,
@@ -97,6 +100,7 @@ class FederationService(pb_grpc.FederationServicer):
         return await self._call(context, work)
 
     async def Submit(self, request: pb.SubmitRequest, context: Any) -> pb.SubmitReply:
+        """The ``Submit`` RPC: verify and store a signed submission of the calling site."""
         def work(site: str, pem: Any) -> pb.SubmitReply:
             result = self.handlers.submit(site, pem, protocol_version=request.protocol_version,
                                           payload=bytes(request.submission),

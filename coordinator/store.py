@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -173,8 +174,11 @@ class SiteRecord:
     protocol_version: str | None
 
     def status(self, now: _dt.datetime, online_within: _dt.timedelta) -> str:
-        """``online`` if a heartbeat arrived within ``online_within``, else ``offline``;
-        ``never seen`` for an allowed site that never connected."""
+        """The site's connection status: ``online``, ``offline`` or ``never seen``.
+
+        ``online`` if a heartbeat arrived within ``online_within``, else ``offline``;
+        ``never seen`` for an allowed site that never connected.
+        """
         if self.last_heartbeat is None:
             return "never seen"
         last = parse_iso(self.last_heartbeat)
@@ -203,6 +207,7 @@ class RoundRecord:
 
     @property
     def is_open(self) -> bool:
+        """Whether the round still accepts submissions."""
         return self.status == "open"
 
 
@@ -307,6 +312,7 @@ class Store:
         return sa.engine.make_url(self.url).render_as_string(hide_password=True)
 
     def close(self) -> None:
+        """Release the database connections of this store."""
         self.engine.dispose()
 
     def __enter__(self) -> Store:
@@ -317,6 +323,7 @@ class Store:
 
     # --- schema ----------------------------------------------------------------------------
     def schema_version(self) -> int:
+        """The schema version of the database (0 before the first migration)."""
         with self.engine.connect() as conn:
             if not sa.inspect(conn).has_table("schema_version"):
                 return 0
@@ -331,8 +338,6 @@ class Store:
         ``schema_lock``, which serialises them (a row lock on PostgreSQL, the write lock on
         SQLite), and only then reads the version, so each migration runs exactly once.
         """
-        import time
-
         for attempt in range(10):
             try:
                 with self.engine.begin() as conn:
@@ -384,6 +389,7 @@ class Store:
                         protocol_version=protocol_version))
 
     def list_sites(self) -> list[SiteRecord]:
+        """Every site that ever connected, by name."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(sites).order_by(sites.c.name)).mappings().all()
         return [SiteRecord(r["name"], r["registered_at"], r["last_heartbeat"],
@@ -398,7 +404,7 @@ class Store:
             raise InputError(f"quorum = {quorum} must be at least 1")
         if deadline <= now:
             raise InputError(f"deadline {iso(deadline)} is not in the future")
-        prefix = f"r-{now.astimezone(_dt.timezone.utc):%Y%m%d}-"
+        prefix = f"r-{now.astimezone(_dt.UTC):%Y%m%d}-"
         for _attempt in range(50):
             with self.engine.begin() as conn:
                 last = conn.execute(sa.select(sa.func.max(rounds.c.id)).where(
@@ -443,12 +449,14 @@ class Store:
         return self._round(row)
 
     def find_round(self, round_id: str) -> RoundRecord | None:
+        """The round ``round_id``, or None if there is none (where absence is not an error)."""
         try:
             return self.get_round(round_id)
         except InputError:
             return None
 
     def list_rounds(self, status: str | None = None) -> list[RoundRecord]:
+        """The rounds (optionally only those with ``status``) in the order they were opened."""
         query = sa.select(rounds).order_by(rounds.c.opened_at, rounds.c.id)
         if status is not None:
             query = query.where(rounds.c.status == status)
@@ -598,6 +606,7 @@ class Store:
                 submissions.c.round_id == round_id, submissions.c.site == site)).scalar()
 
     def submissions(self, round_id: str) -> list[SubmissionRecord]:
+        """The submissions received for ``round_id``, by site."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(submissions).where(
                 submissions.c.round_id == round_id).order_by(submissions.c.site)
@@ -626,11 +635,13 @@ class Store:
         return changed == 1
 
     def set_report(self, round_id: str, report: dict[str, Any]) -> None:
+        """Store the pooled report of a round (its JSON, for ``coordinator report``)."""
         with self.engine.begin() as conn:
             conn.execute(rounds.update().where(rounds.c.id == round_id).values(
                 report_json=json.dumps(report, sort_keys=True)))
 
     def closed_without_report(self) -> list[RoundRecord]:
+        """The closed rounds whose report was not written yet (to write at start-up)."""
         query = sa.select(rounds).where(rounds.c.status != "open",
                                         rounds.c.report_json.is_(None))
         with self.engine.connect() as conn:

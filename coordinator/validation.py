@@ -72,8 +72,11 @@ def _check_refusal(r: WireRefusal) -> None:
 
 
 def check_submission(content: SubmissionContent, analyses: Iterable[str]) -> None:
-    """Raise :class:`InputError` unless ``content`` answers exactly ``analyses`` with valid
-    estimates or refusals."""
+    """Check that a submission answers exactly the analyses of its round.
+
+    Raise :class:`InputError` unless ``content`` answers exactly ``analyses`` with valid
+    estimates or refusals.
+    """
     expected = list(analyses)
     if len(content.results) > MAX_ANALYSES:
         raise InputError(f"submission has {len(content.results)} results (at most "

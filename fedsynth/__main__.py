@@ -1,3 +1,5 @@
+"""``python -m fedsynth``: the same command line as the ``fedsynth`` script."""
+
 import sys
 
 from fedsynth.cli import main

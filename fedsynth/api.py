@@ -74,8 +74,11 @@ def _frame(data: Any) -> pd.DataFrame | None:
 
 
 def _raw(data: pd.DataFrame | None, spec: Any, name: str) -> tuple[np.ndarray, str]:
-    """The values ``spec`` names (a column of ``data``) or is, as an object array, and a
-    description for messages."""
+    """The values ``spec`` names or is, with a description for messages.
+
+    The values ``spec`` names (a column of ``data``) or is, as an object array, and a
+    description for messages.
+    """
     if isinstance(spec, str):
         if data is None:
             raise InputError(f"{name}: {spec!r} names a column, but no data frame was given "
@@ -101,8 +104,11 @@ def _missing(values: np.ndarray) -> np.ndarray:
 
 def _numeric(data: pd.DataFrame | None, spec: Any, name: str,
              labels: np.ndarray | None = None) -> np.ndarray:
-    """Numbers (NaN where missing); a value that is present but not a number is an
-    :class:`InputError` naming the column, row and value."""
+    """The numbers ``spec`` names or is, checked value by value.
+
+    Numbers (NaN where missing); a value that is present but not a number is an
+    :class:`InputError` naming the column, row and value.
+    """
     raw, where = _raw(data, spec, name)
     miss = _missing(raw)
     out = np.full(raw.size, np.nan)
@@ -425,7 +431,9 @@ def meta_regression(data: Any = None, yi: Any = "yi", vi: Any = None, *, sei: An
 def subgroups(data: Any = None, yi: Any = "yi", vi: Any = None, *, sei: Any = None,
               group: Any = None, label: Any = None, method: str = DEFAULT_METHOD,
               level: float = DEFAULT_LEVEL, na_action: str = "omit") -> SubgroupResult:
-    """Subgroup analysis: a random-effects fit per level of ``group``, the test of
+    """Subgroup analysis: a random-effects fit per level of ``group`` and the tests between them.
+
+    Subgroup analysis: a random-effects fit per level of ``group``, the test of
     subgroup differences, and the mixed-effects model with a common tau².
 
     Parameters

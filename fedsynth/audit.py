@@ -649,8 +649,11 @@ class AuditLog:
 
 
 def _read_consistent(path: Path) -> tuple[bytes, _Head | None, list[Path], str | None]:
-    """The log's bytes, its head and stale temporaries, read under a shared lock so that a
-    live append (which holds the exclusive lock) is never seen half-done."""
+    """Read the log, its head and stale temporaries consistently under a shared lock.
+
+    The log's bytes, its head and stale temporaries, read under a shared lock so that a
+    live append (which holds the exclusive lock) is never seen half-done.
+    """
     with open(path, "rb") as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_SH)

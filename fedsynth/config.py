@@ -249,6 +249,7 @@ class CoordinatorConfig:
 
 def load_coordinator_config(path: str | Path, *, insecure: bool = False) -> CoordinatorConfig:
     """Read coordinator.toml (see docs/architecture.md, configuration)."""
+    # lazy: cryptography (via fedsynth.pki, ~0.3 s) stays out of fedsynth.config
     from fedsynth.pki import validate_site_name
 
     data, base = _load_toml(path)
@@ -345,6 +346,7 @@ def _schedule(entry: Any, index: int, base: Path) -> ScheduleConfig:
     spec = _path(base, _str(entry, "spec", where + "."))
     cron = _str(entry, "cron", where + ".")
     try:
+        # lazy: croniter (~0.1 s) only for a schedule; every command loads fedsynth.config
         from croniter import croniter
 
         if not croniter.is_valid(cron):
@@ -422,6 +424,7 @@ class SiteConfig:
 
 def load_site_config(path: str | Path, *, insecure: bool = False) -> SiteConfig:
     """Read site.toml (see docs/architecture.md, configuration)."""
+    # lazy: cryptography (via fedsynth.pki, ~0.3 s) stays out of fedsynth.config
     from fedsynth.pki import validate_site_name
 
     data, base = _load_toml(path)

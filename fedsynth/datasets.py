@@ -36,6 +36,7 @@ analyses are flagged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -149,8 +150,6 @@ def generate(sites: int, *, seed: int = 0, heterogeneity: str = "low",
 
 def demo_spec_path() -> Path:
     """The example spec shipped with the package (one analysis per estimator)."""
-    from importlib.resources import files
-
     return Path(str(files("fedsynth") / "data" / "demo_spec.toml"))
 
 

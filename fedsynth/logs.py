@@ -34,10 +34,14 @@ _STANDARD = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: ``ts`` (UTC, ISO 8601), ``level``, ``logger``,
-    ``message``, ``exc`` (traceback text, if any) and the record's ``extra`` fields."""
+    """Format log records as JSON lines.
+
+    One JSON object per record: ``ts`` (UTC, ISO 8601), ``level``, ``logger``,
+    ``message``, ``exc`` (traceback text, if any) and the record's ``extra`` fields.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON object on one line (what log collectors parse)."""
         doc: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC)
             .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -59,13 +63,14 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class SafeTextFormatter(logging.Formatter):
-    """The text log line with every control character of the message shown escaped.
+    r"""The text log line with every control character of the message shown escaped.
 
-    The message is one line whatever it holds (``\\n`` is shown as ``\\n``); a traceback
+    The message is one line whatever it holds (``\n`` is shown as ``\n``); a traceback
     keeps its line breaks but no other control character.
     """
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as text with control characters escaped, so a log line cannot be forged."""
         # Another handler may have cached the raw traceback on the record (exc_text):
         # format it again through formatException, and leave the cache as it was.
         cached = record.exc_text
@@ -79,12 +84,15 @@ class SafeTextFormatter(logging.Formatter):
             record.exc_text = cached
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging API
+        """The message with control characters escaped."""
         return printable(super().formatMessage(record))
 
     def formatException(self, ei: Any) -> str:  # noqa: N802 - logging API
+        """The traceback with control characters escaped (newlines kept)."""
         return printable(super().formatException(ei), keep_newlines=True)
 
     def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging API
+        """The stack with control characters escaped (newlines kept)."""
         return printable(super().formatStack(stack_info), keep_newlines=True)
 
 

@@ -26,6 +26,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from fedsynth.errors import InputError
 from fedsynth.fileio import atomic_write
 from fedsynth.timeutil import utcnow
@@ -77,8 +82,6 @@ def validate_site_name(name: str) -> str:
 
 
 def _new_key():
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     return ec.generate_private_key(ec.SECP256R1())
 
 
@@ -90,8 +93,11 @@ def _check_free(paths: list[Path], force: bool) -> None:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Write a private key: created 0600 from the start (never world-readable, not even
-    briefly), then renamed into place."""
+    """Write a private key that is never readable by others, not even briefly.
+
+    Write a private key: created 0600 from the start (never world-readable, not even
+    briefly), then renamed into place.
+    """
     atomic_write(path, data, mode=0o600)
 
 
@@ -100,22 +106,15 @@ def _write_public(path: Path, data: bytes) -> None:
 
 
 def _key_pem(key) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
 def _cert_pem(cert) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def _load_ca(pki: Path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
     cert_path, key_path = pki / "ca.crt", pki / "ca.key"
     for path in (cert_path, key_path):
         if not path.exists():
@@ -134,10 +133,6 @@ def init_ca(pki_dir: str | Path, *, name: str = "fedsynth project CA",
 
     Raises :class:`InputError` when the files exist and ``force`` is false.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import NameOID
-
     pki = Path(pki_dir)
     pki.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = pki / "ca.crt", pki / "ca.key"
@@ -168,10 +163,6 @@ def init_ca(pki_dir: str | Path, *, name: str = "fedsynth project CA",
 
 def _issue(pki: Path, stem: str, common_name: str, sans: list, *, server: bool,
            force: bool) -> IssuedCertificate:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
     cert_path, key_path = pki / f"{stem}.crt", pki / f"{stem}.key"
     _check_free([cert_path, key_path], force)
     ca_cert, ca_key = _load_ca(pki)
@@ -205,8 +196,6 @@ def _issue(pki: Path, stem: str, common_name: str, sans: list, *, server: bool,
 
 def issue_site(pki_dir: str | Path, site: str, *, force: bool = False) -> IssuedCertificate:
     """Issue a site's client certificate ``NAME.crt``/``NAME.key``: CN and DNS SAN = name."""
-    from cryptography import x509
-
     validate_site_name(site)
     return _issue(Path(pki_dir), site, site, [x509.DNSName(site)], server=False, force=force)
 
@@ -217,8 +206,6 @@ def issue_coordinator(pki_dir: str | Path, host: str, *,
 
     ``host`` may be a DNS name or an IP address.
     """
-    from cryptography import x509
-
     if not isinstance(host, str) or not host or any(c.isspace() for c in host) or "/" in host:
         raise InputError(f"--coordinator host {host!r} is not a host name or IP address")
     sans: list = []
@@ -236,9 +223,6 @@ def issue_coordinator(pki_dir: str | Path, host: str, *,
 
 def certificate_common_name(pem: bytes) -> str:
     """Common name of a PEM certificate (the site identity)."""
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
-
     cert = x509.load_pem_x509_certificate(pem)
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not names:

@@ -206,6 +206,7 @@ def _as_array(obj: Any, k: int, name: str, attr: str) -> np.ndarray:
 
 
 def _new_figure(width: float, height: float):
+    # lazy: matplotlib (~1 s) is imported only when a figure is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -240,6 +241,7 @@ def _ratio_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
         inside = [c for c in inside if math.isclose(math.log10(c) % 1, 0, abs_tol=1e-9)
                   or math.isclose(math.log10(c) % 1, 1, abs_tol=1e-9) or c == 1]
     if len(inside) < 3:            # a narrow range (e.g. OR 0.9 to 1.1): linear-nice ratios
+        # lazy: matplotlib (~1 s) is imported only when a figure is drawn
         from matplotlib.ticker import MaxNLocator
 
         nice = MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]).tick_values(rlo, rhi)
@@ -249,8 +251,12 @@ def _ratio_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
 
 
 def _fit_ticks(fig, ax, null: float | None = None) -> None:
-    """Drop every other x tick until no two tick labels touch (long labels such as
-    ``-0.015`` on a narrow axis); the tick at the null value is kept when there is one."""
+    """Drop every other x tick until no two tick labels touch.
+
+    Drop every other x tick until no two tick labels touch (long labels such as
+    ``-0.015`` on a narrow axis); the tick at the null value is kept when there is one.
+    """
+    # lazy: matplotlib (~1 s) is imported only when a figure is drawn
     from matplotlib.ticker import MaxNLocator
 
     if not ax.get_xticklabels() or all(not t.get_text() for t in ax.get_xticklabels()):
@@ -277,9 +283,12 @@ def _fit_ticks(fig, ax, null: float | None = None) -> None:
 
 def _x_limits(points: list[float], ci_lo: np.ndarray, ci_hi: np.ndarray,
               null: float) -> tuple[float, float]:
-    """Axis range: every point estimate, pooled interval and the null; site CIs unless one
+    """The x-axis range of a forest plot.
+
+    Axis range: every point estimate, pooled interval and the null; site CIs unless one
     alone would stretch the axis more than the core range itself (it is then clipped with an
-    arrow, as metafor does)."""
+    arrow, as metafor does).
+    """
     core_lo, core_hi = min(points + [null]), max(points + [null])
     span = max(core_hi - core_lo, 1e-6)
     lo = max(float(np.min(ci_lo)), core_lo - span)
@@ -307,11 +316,20 @@ class _Row:
     colour: str = _RE_COLOUR
     bold: bool = False
 
+    def bounds(self) -> tuple[float, float, float]:
+        """``(lo, estimate, hi)`` of a site, summary or prediction-interval row."""
+        if self.lo is None or self.estimate is None or self.hi is None:
+            raise ValueError(f"a {self.kind!r} row has no interval to draw")
+        return self.lo, self.estimate, self.hi
+
 
 def _subgroup_rows(subgroups: Any, data: _Pooled, level: float, ratio: bool,
                    method: str) -> tuple[list[list[int]], list[_Row], list[str], str | None]:
-    """Split sites by group; return site indices per group, a summary row per group,
-    the group names and the between-group test sentence."""
+    """Split sites by group for a forest plot with subgroups.
+
+    Split sites by group; return site indices per group, a summary row per group,
+    the group names and the between-group test sentence.
+    """
     k = data.yi.size
     if isinstance(subgroups, SubgroupResult):
         res = subgroups
@@ -590,6 +608,7 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
     _fit_ticks(fig, ax, null)
 
     # ---- text columns (x in inches from the left, y in rows) ------------------------------
+    # lazy: matplotlib (~1 s) is imported only when a figure is drawn
     from matplotlib import transforms
     from matplotlib.patches import Polygon
 
@@ -614,14 +633,15 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
                      gid=f"weight-{row.kind}-{i}")
         if row.kind == "site":
             i_site = row.site
-            a, b = max(row.lo, lo), min(row.hi, hi)
+            r_lo, r_est, r_hi = row.bounds()
+            a, b = max(r_lo, lo), min(r_hi, hi)
             ax.plot([a, b], [y, y], color=row.colour, lw=0.9, solid_capstyle="butt", zorder=2)
-            if row.lo < lo:
+            if r_lo < lo:
                 ax.plot([lo], [y], marker="<", ms=4, color=row.colour, zorder=2)
-            if row.hi > hi:
+            if r_hi > hi:
                 ax.plot([hi], [y], marker=">", ms=4, color=row.colour, zorder=2)
             size = max(3.0, max_marker * math.sqrt(data.weights[i_site] / wmax))
-            ax.plot([row.estimate], [y], marker="s", ms=size, color=row.colour, mew=0,
+            ax.plot([r_est], [y], marker="s", ms=size, color=row.colour, mew=0,
                     zorder=3, linestyle="none")
             if fitted_values is not None:
                 ax.plot([fitted_values[i_site]], [y], marker="D", ms=5, color=_FE_COLOUR,
@@ -633,11 +653,13 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
                 ax.plot([bayes_theta[i_site]], [y], marker="D", ms=4.5, mfc="none",
                         mec=_BAYES_COLOUR, mew=1.1, zorder=4, linestyle="none")
         elif row.kind == "summary":
-            ax.add_patch(Polygon([(row.lo, y), (row.estimate, y + 0.38), (row.hi, y),
-                                  (row.estimate, y - 0.38)], closed=True, color=row.colour,
+            r_lo, r_est, r_hi = row.bounds()
+            ax.add_patch(Polygon([(r_lo, y), (r_est, y + 0.38), (r_hi, y),
+                                  (r_est, y - 0.38)], closed=True, color=row.colour,
                                  zorder=3))
         elif row.kind == "pi":
-            a, b = max(row.lo, lo), min(row.hi, hi)
+            r_lo, _, r_hi = row.bounds()
+            a, b = max(r_lo, lo), min(r_hi, hi)
             ax.plot([a, b], [y, y], color=row.colour, lw=1.2, ls=(0, (3, 2)), zorder=2)
             ax.plot([a, b], [y, y], marker="|", ms=7, color=row.colour, linestyle="none")
         elif row.kind == "header":
@@ -669,8 +691,11 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
 
 
 def _filled_arrays(filled: Any) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """Trim-and-fill studies from a PublicationBiasResult, a mapping/object with
-    ``yi``/``vi`` (or ``filled_yi``/``filled_vi``), or ``(yi, vi)`` arrays."""
+    """Trim-and-fill studies as ``(yi, vi)`` arrays.
+
+    Trim-and-fill studies from a PublicationBiasResult, a mapping/object with
+    ``yi``/``vi`` (or ``filled_yi``/``filled_vi``), or ``(yi, vi)`` arrays.
+    """
     est = None
     for ykey, vkey in (("trimfill_filled_yi", "trimfill_filled_vi"), ("filled_yi", "filled_vi"),
                        ("yi", "vi")):
@@ -728,6 +753,8 @@ def funnel_plot(result: Any, *, filled: Any = None, measure: str | None = None,
     -------
     matplotlib.figure.Figure
     """
+    # lazy: matplotlib (~1 s) is imported only when a figure is drawn
+    from matplotlib.artist import Artist
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -754,7 +781,7 @@ def funnel_plot(result: Any, *, filled: Any = None, measure: str | None = None,
         raise InputError(f"levels: percentages strictly between 0 and 100, got {list(levels)!r}")
     if centre == "estimate" and data.estimate is None:
         raise InputError("result: no pooled estimate to centre the funnel on")
-    c = data.estimate if centre == "estimate" else 0.0
+    c = data.estimate if centre == "estimate" and data.estimate is not None else 0.0
     se = np.sqrt(data.vi)
     fy = fv = None
     adjusted = None
@@ -766,7 +793,7 @@ def funnel_plot(result: Any, *, filled: Any = None, measure: str | None = None,
     ax = fig.add_axes((0.13, 0.25, 0.82, 0.66) if title else (0.13, 0.25, 0.82, 0.7))
     se_grid = np.array([0.0, se_max])
     greys = ["#f1f3f5", "#dde1e6", "#c3c9d1", "#aab2bd"]
-    handles = []
+    handles: list[Artist] = []
     for j, lev in enumerate(reversed(levs)):                  # widest first
         zq = float(stats.norm.ppf(0.5 + lev / 200.0))
         colour = greys[min(j, len(greys) - 1)] if centre == "null" else greys[j % len(greys)]
@@ -788,7 +815,7 @@ def funnel_plot(result: Any, *, filled: Any = None, measure: str | None = None,
         handles.append(Line2D([], [], color=_RE_COLOUR, ls=":", label="pooled estimate"))
     ax.plot(data.yi, se, "o", ms=5, color=_SITE_COLOUR, zorder=3, label="sites")
     handles.append(Line2D([], [], marker="o", ls="none", color=_SITE_COLOUR, label="sites"))
-    if fy is not None and fy.size:
+    if fy is not None and fv is not None and fy.size:
         ax.plot(fy, np.sqrt(fv), "o", ms=5, mfc="white", mec=_SITE_COLOUR, mew=1.0, zorder=3)
         handles.append(Line2D([], [], marker="o", ls="none", mfc="white", mec=_SITE_COLOUR,
                               label=f"filled by trim-and-fill ({fy.size})"))
@@ -844,21 +871,22 @@ def save_figure(fig: Any, path_or_file: str | os.PathLike[str] | io.IOBase,
     Output is reproducible: SVG element ids come from a fixed salt and PDF/SVG carry no
     creation date, so the same figure gives the same bytes (useful in reports and tests).
     """
+    # lazy: matplotlib (~1 s) is imported only when a figure is drawn
     import matplotlib
 
-    is_path = isinstance(path_or_file, (str, os.PathLike))
+    path = os.fspath(path_or_file) if isinstance(path_or_file, (str, os.PathLike)) else None
     fmt = format
     if fmt is None:
-        if is_path:
-            fmt = os.path.splitext(os.fspath(path_or_file))[1].lstrip(".")
+        if path is not None:
+            fmt = os.path.splitext(path)[1].lstrip(".")
         else:
             fmt = "png"
     fmt = str(fmt).lower()
     if fmt not in _FORMATS:
-        where = f" of {os.fspath(path_or_file)!r}" if is_path else ""
+        where = f" of {path!r}" if path is not None else ""
         raise InputError(f"format: expected png, svg or pdf, got {fmt!r}{where}")
-    if is_path:
-        parent = os.path.dirname(os.path.abspath(os.fspath(path_or_file)))
+    if path is not None:
+        parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise InputError(f"output: directory {parent!r} does not exist")
     metadata = {"Date": None} if fmt == "svg" else ({"CreationDate": None} if fmt == "pdf"

@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedsynth.errors import InputError
 from fedsynth.jsonsafe import finite_or_none
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Interval", "ResultMixin", "check_fraction"]
 
@@ -137,17 +140,21 @@ class ResultMixin:
     """
 
     def summary(self) -> str:  # pragma: no cover - every result overrides it
+        """Human-readable text of the result (each result type defines it)."""
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:  # pragma: no cover - every result overrides it
+        """JSON-ready form of the result (each result type defines it)."""
         raise NotImplementedError
 
-    def to_frame(self):
-        """A one-row :class:`pandas.DataFrame` of the scalar fields of :meth:`to_dict`
-        (intervals as ``NAME_lb`` / ``NAME_ub`` columns)."""
-        # pandas is imported only here: importing it costs about as much again as numpy
-        # and scipy.special together (measured: ~1 s of 2 s on this machine), and the
-        # coordinator pools without ever building a frame
+    def to_frame(self) -> pd.DataFrame:
+        """A one-row :class:`pandas.DataFrame` of the scalar fields of :meth:`to_dict`.
+
+        A one-row :class:`pandas.DataFrame` of the scalar fields of :meth:`to_dict`
+        (intervals as ``NAME_lb`` / ``NAME_ub`` columns).
+        """
+        # lazy: pandas costs about as much again as numpy and scipy.special together
+        # (measured: ~1 s of 2 s), and the coordinator pools without ever building a frame
         import pandas as pd
 
         row: dict[str, Any] = {}

@@ -34,15 +34,21 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import inspect
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.x509.oid import NameOID
 
 from fedsynth.errors import FedsynthError, InputError
 from fedsynth.fileio import PUBLIC_FILE_MODE, atomic_write
@@ -77,8 +83,6 @@ def _load_crl(path: Path) -> Any:
 
 
 def _load_ca(ca: str | Path):
-    from cryptography import x509
-
     try:
         return x509.load_pem_x509_certificate(Path(ca).read_bytes())
     except (OSError, ValueError) as error:
@@ -107,6 +111,7 @@ class CrlInfo:
     serials: frozenset[int]
 
     def describe(self) -> str:
+        """One line naming this CRL (number, thisUpdate, revoked count) for logs and refusals."""
         number = f"CRL number {self.number}" if self.number is not None else "no CRL number"
         return (f"{number}, thisUpdate {self.this_update:%Y-%m-%dT%H:%M:%SZ}, "
                 f"{len(self.serials)} revoked")
@@ -142,8 +147,6 @@ class CrlInfo:
 
 
 def _parse_crl(data: bytes, where: str) -> Any:
-    from cryptography import x509
-
     try:
         if b"-----BEGIN X509 CRL-----" in data:
             return x509.load_pem_x509_crl(data)
@@ -161,9 +164,6 @@ def crl_info(data: bytes, ca: str | Path | None = None, *, where: str = "") -> C
     InputError
         Not a CRL, or (with ``ca``) not issued and signed by that CA.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
     crl = _parse_crl(data, where or "(bytes)")
     if ca is not None:
         ca_cert = _load_ca(ca)
@@ -230,10 +230,6 @@ def revoke_certificate(pki_dir: str | Path, *, site: str | None = None,
         RFC 5280 reason (``key_compromise``, ``superseded``, ``cessation_of_operation``,
         ``unspecified``, ...).
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-
     pki = Path(pki_dir)
     if (site is None) == (serial is None):
         raise InputError("give exactly one of --site NAME or --serial HEX")
@@ -452,10 +448,11 @@ class RevocationList:
 
 @functools.lru_cache(maxsize=4096)
 def _certificate_from_pem(pem: bytes) -> Any:
-    """Parse a peer certificate once: every call of a connection presents the same PEM, and
-    under a flood parsing it for each of the interceptors was a measurable cost."""
-    from cryptography import x509
+    """Parse a peer certificate once.
 
+    Parse a peer certificate once: every call of a connection presents the same PEM, and
+    under a flood parsing it for each of the interceptors was a measurable cost.
+    """
     try:
         return x509.load_pem_x509_certificate(pem)
     except ValueError:
@@ -486,8 +483,6 @@ def peer_common_name(context: Any) -> str | None:
 
 def _wrap_handler(handler, check: Callable[[Any], Any]):
     """Return a copy of a grpc.aio method handler that awaits ``check(context)`` first."""
-    import inspect
-
     if handler is None:
         return None
     kinds = {"request_deserializer": handler.request_deserializer,
@@ -542,8 +537,6 @@ def _wrap_handler(handler, check: Callable[[Any], Any]):
 
 @functools.lru_cache(maxsize=4096)
 def _site_of(cert: Any) -> str:
-    from cryptography.x509.oid import NameOID
-
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else "?"
 
@@ -577,8 +570,6 @@ class RevocationInterceptor(grpc.aio.ServerInterceptor):
                  exempt: tuple[str, ...] = (), *,
                  report_every: float = 60.0,
                  clock: Callable[[], float] | None = None) -> None:
-        import time
-
         self._revocations = revocations
         self._on_reject = on_reject
         self._exempt = exempt
@@ -619,6 +610,7 @@ class RevocationInterceptor(grpc.aio.ServerInterceptor):
             log.exception("revocation on_reject callback failed")
 
     async def intercept_service(self, continuation, handler_call_details):
+        """Wrap each call's handler so that a revoked peer is refused (exempt methods pass)."""
         handler = await continuation(handler_call_details)
         if handler_call_details.method in self._exempt:
             return handler

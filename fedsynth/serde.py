@@ -44,7 +44,7 @@ def to_unix_ms(when: _dt.datetime) -> int:
 def from_unix_ms(ms: int) -> _dt.datetime:
     """Aware UTC datetime of Unix milliseconds."""
     try:
-        return _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.timezone.utc)
+        return _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.UTC)
     except (OverflowError, OSError, ValueError):
         raise InputError(f"timestamp_unix_ms = {ms!r} is out of range") from None
 
@@ -60,6 +60,7 @@ class WireEstimate:
     n: int
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form of the estimate."""
         return {"yi": self.yi, "vi": self.vi, "se": self.se, "n": self.n}
 
 
@@ -72,6 +73,7 @@ class WireRefusal:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form of the refusal (``refused`` is the reason)."""
         return {"refused": self.reason, "code": self.code}
 
 
@@ -106,9 +108,11 @@ class SubmissionContent:
     protocol_version: str = PROTOCOL_VERSION
 
     def estimates(self) -> dict[str, WireEstimate]:
+        """The analyses answered with an estimate."""
         return {k: v for k, v in self.results.items() if isinstance(v, WireEstimate)}
 
     def refusals(self) -> dict[str, WireRefusal]:
+        """The analyses refused."""
         return {k: v for k, v in self.results.items() if isinstance(v, WireRefusal)}
 
 
@@ -209,12 +213,14 @@ def decode_submission(data: bytes) -> SubmissionContent:
 
 
 def encode_work(item: WorkItem) -> pb.Work:
+    """The wire message of an open round."""
     return pb.Work(round_id=item.round_id, spec_toml=item.spec_toml,
                    opened_at_unix_ms=to_unix_ms(item.opened_at),
                    deadline_unix_ms=to_unix_ms(item.deadline))
 
 
 def decode_work(message: pb.Work) -> WorkItem:
+    """An open round from its wire message (an empty round id is an :class:`InputError`)."""
     if not message.round_id:
         raise InputError("work: round_id is empty")
     return WorkItem(round_id=message.round_id, spec_toml=message.spec_toml,

@@ -20,6 +20,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
 from fedsynth.errors import FedsynthError, InputError
 
 __all__ = ["SignatureError", "load_private_key", "load_certificate", "sign", "verify"]
@@ -31,8 +36,6 @@ class SignatureError(FedsynthError):
 
 def load_private_key(path: str | Path) -> Any:
     """Load a PEM private key (unencrypted) from ``path``."""
-    from cryptography.hazmat.primitives import serialization
-
     path = Path(path)
     try:
         return serialization.load_pem_private_key(path.read_bytes(), password=None)
@@ -44,8 +47,6 @@ def load_private_key(path: str | Path) -> Any:
 
 def load_certificate(pem: bytes | str | Path) -> Any:
     """Load a PEM certificate from bytes or a path."""
-    from cryptography import x509
-
     if isinstance(pem, Path):
         pem = pem.read_bytes()
     if isinstance(pem, str):
@@ -58,9 +59,6 @@ def load_certificate(pem: bytes | str | Path) -> Any:
 
 def sign(private_key: Any, data: bytes) -> bytes:
     """Signature of ``data``: DER ECDSA-SHA256 for EC keys, raw Ed25519 otherwise."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
     if isinstance(private_key, ec.EllipticCurvePrivateKey):
         return private_key.sign(data, ec.ECDSA(hashes.SHA256()))
     if isinstance(private_key, ed25519.Ed25519PrivateKey):
@@ -71,10 +69,6 @@ def sign(private_key: Any, data: bytes) -> bytes:
 
 def verify(certificate: Any, data: bytes, signature: bytes) -> None:
     """Raise :class:`SignatureError` unless ``signature`` is the certificate key's on ``data``."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
     public = certificate.public_key()
     try:
         if isinstance(public, ec.EllipticCurvePublicKey):

@@ -161,6 +161,19 @@ class AnalysisSpec:
                 out[key] = value
         return out
 
+    def required(self, key: str) -> str:
+        """The value of a string key the estimator requires (``outcome``, ``score``, ...).
+
+        Validation (:func:`_parse_analysis`) already refuses a spec without the keys its
+        estimator requires, so this only narrows ``str | None`` to ``str`` for the
+        estimators; a hand-built spec that lacks the key gets a :class:`ConfigError`.
+        """
+        value = getattr(self, key)
+        if not isinstance(value, str):
+            raise ConfigError(f"analysis {self.name!r}: {key!r} is required by estimator "
+                              f"{self.estimator!r} (got {value!r})")
+        return value
+
     @classmethod
     def from_dict(cls, table: Mapping[str, Any], index: int = 0) -> AnalysisSpec:
         """Validate one ``[[analysis]]`` table; errors name the analysis and the key."""

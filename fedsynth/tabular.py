@@ -76,7 +76,7 @@ def _line_of(path: Path, position: int) -> int:
 
 def check_csv_size(path: str | os.PathLike, *, sep: str = ",", label: str = "file",
                    max_line: int = MAX_LINE_BYTES, max_cell: int = MAX_CELL_BYTES) -> None:
-    """Refuse a CSV file with a line or a cell above the limits, before parsing it.
+    r"""Refuse a CSV file with a line or a cell above the limits, before parsing it.
 
     The file is read in blocks of 1 MiB; in each, record boundaries (newlines outside
     quotes) and cell boundaries (separators or newlines outside quotes) are found with
@@ -256,7 +256,7 @@ def detect_dialect(path: str | os.PathLike, *, sep: str | None = None,
 def read_csv(path: str | os.PathLike, *, sep: str | None = ",", label: str = "file",
              require_rows: bool = True, skipinitialspace: bool = True,
              strip_names: bool = True, decimal: str | None = ".") -> pd.DataFrame:
-    """Read a CSV file with a header row (size-checked first, see :func:`check_csv_size`).
+    r"""Read a CSV file with a header row (size-checked first, see :func:`check_csv_size`).
 
     Cells are parsed by pandas (numbers become numbers); blank lines are skipped and empty
     cells become missing values, which :func:`numeric_column` reports. A UTF-8 byte-order

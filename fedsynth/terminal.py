@@ -1,4 +1,4 @@
-"""Terminal-safe text: what fedsynth prints of text that came from the other side.
+r"""Terminal-safe text: what fedsynth prints of text that came from the other side.
 
 Why
 ---
@@ -15,10 +15,10 @@ strings (window titles, clipboard writes; cf. CVE-2003-0063 and the xterm adviso
 So every such text goes through :func:`printable` before it is printed or logged: each
 character Python does not consider printable (``str.isprintable``: the Unicode categories
 "Other" ``C*`` -- control, format, surrogate, private use, unassigned -- and "Separator"
-``Z*`` except the ASCII space) is shown as its escape, ``\\x1b``, ``\\u202e``, ``\\n``,
+``Z*`` except the ASCII space) is shown as its escape, ``\x1b``, ``\u202e``, ``\n``,
 exactly as Python's ``repr`` writes it, so the operator *sees* that something was there.
 :func:`json_safe` does the same for JSON documents that a person may read in a terminal
-(``--log-format json``), with JSON's own ``\\uXXXX`` escapes, so the document still
+(``--log-format json``), with JSON's own ``\uXXXX`` escapes, so the document still
 parses to the same values.
 
 One helper, used by every printer: ``fedsynth site pending``, ``round show``/``list``/
@@ -48,14 +48,14 @@ def _escape(ch: str) -> str:
 
 
 def printable(value: Any, *, keep_newlines: bool = False) -> str:
-    """``str(value)`` with every non-printable character shown as its escape.
+    r"""``str(value)`` with every non-printable character shown as its escape.
 
     Parameters
     ----------
     value
         Any object; ``str()`` of it is rendered.
     keep_newlines
-        Keep ``\\n`` as a line break (multi-line text such as a traceback); every other
+        Keep ``\n`` as a line break (multi-line text such as a traceback); every other
         control character is still escaped (a carriage return included, since it can
         overwrite the start of a line).
 
@@ -67,10 +67,10 @@ def printable(value: Any, *, keep_newlines: bool = False) -> str:
 
     Examples
     --------
-    >>> printable("mtf-alpha\\x1b[2K")
-    'mtf-alpha\\\\x1b[2K'
-    >>> printable("a\\u202eb")
-    'a\\\\u202eb'
+    >>> printable("mtf-alpha\x1b[2K")
+    'mtf-alpha\\x1b[2K'
+    >>> printable("a\u202eb")
+    'a\\u202eb'
     """
     text = value if isinstance(value, str) else str(value)
     if text.isprintable():
@@ -81,12 +81,12 @@ def printable(value: Any, *, keep_newlines: bool = False) -> str:
 
 
 def json_safe(document: str) -> str:
-    """A JSON text with every non-printable character written as a JSON ``\\u`` escape.
+    r"""A JSON text with every non-printable character written as a JSON ``\u`` escape.
 
     ``json.dumps(..., ensure_ascii=False)`` keeps characters such as ``U+202E`` or C1
     controls raw; this rewrites them (surrogate pairs above the BMP) so the text is
     terminal-safe and still parses to exactly the same values. Only string contents can
-    hold such characters (where a ``\\uXXXX`` escape is valid), except the line breaks of
+    hold such characters (where a ``\uXXXX`` escape is valid), except the line breaks of
     indented output, which are kept: ``json.dumps`` never leaves a raw line break inside a
     string.
     """

@@ -93,7 +93,7 @@ def _common_options() -> list[tuple[str, Any]]:
 
 
 def channel_options() -> list[tuple[str, Any]]:
-    """gRPC options of every client channel."""
+    """The gRPC options of every client channel."""
     return _common_options() + [
         ("grpc.http2.max_pings_without_data", 0),
         # Reconnect quickly after a coordinator restart; the agent adds its own backoff.
@@ -103,8 +103,11 @@ def channel_options() -> list[tuple[str, Any]]:
 
 
 def server_options(*, max_concurrent_streams: int | None = None) -> list[tuple[str, Any]]:
-    """gRPC options of every server (``max_concurrent_streams`` per connection, default
-    :data:`MAX_CONCURRENT_STREAMS`)."""
+    """The gRPC options of every server.
+
+    The gRPC options of every server (``max_concurrent_streams`` per connection, default
+    :data:`MAX_CONCURRENT_STREAMS`).
+    """
     return _common_options() + [
         ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
         ("grpc.max_concurrent_streams", max_concurrent_streams or MAX_CONCURRENT_STREAMS),
@@ -120,6 +123,7 @@ def create_channel(target: str, tls: TLSFiles | None, *, insecure: bool = False,
     ``server_name`` overrides the name checked against the server certificate (default: the
     host part of ``target``).
     """
+    # lazy: grpc (~0.4 s) stays out of fedsynth.config, which every command loads
     import grpc
 
     if insecure:
@@ -160,6 +164,7 @@ def create_server(*, interceptors: Sequence[Any] = (),
     or are refused with ``REFUSED_STREAM`` when sent regardless), so one connection cannot
     fill the server's queue ahead of everybody else's calls.
     """
+    # lazy: grpc (~0.4 s) stays out of fedsynth.config, which every command loads
     import grpc
 
     return grpc.aio.server(interceptors=list(interceptors),
@@ -170,6 +175,7 @@ def create_server(*, interceptors: Sequence[Any] = (),
 def add_port(server: Any, address: str, tls: TLSFiles | None, *,
              insecure: bool = False) -> int:
     """Bind ``address`` (port 0 picks a free one) with mutual TLS; return the bound port."""
+    # lazy: grpc (~0.4 s) stays out of fedsynth.config, which every command loads
     import grpc
 
     if insecure:

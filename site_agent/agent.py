@@ -30,6 +30,8 @@ import os
 import random
 import signal
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from fedsynth import PROTOCOL_VERSION, __version__
@@ -44,6 +46,7 @@ from fedsynth.serde import (
     encode_submission,
 )
 from fedsynth.signing import load_private_key, sign
+from fedsynth.spec import Spec, parse_spec
 from fedsynth.timeutil import iso, utcnow
 from site_agent.client import CoordinatorRefused, CoordinatorUnavailable, FederationClient
 from site_agent.state import RoundEntry, SiteState
@@ -75,11 +78,13 @@ class Backoff:
     attempt: int = 0
 
     def next_delay(self, rng: random.Random | None = None) -> float:
+        """The next pause: full jitter up to the capped exponential bound, so sites spread out."""
         upper = min(self.cap, self.base * (2 ** self.attempt))
         self.attempt += 1
         return (rng or random).uniform(0.0, upper) if upper > 0 else 0.0
 
     def reset(self) -> None:
+        """Start again from the shortest pause (after a call succeeded)."""
         self.attempt = 0
 
 
@@ -106,9 +111,12 @@ def describe_results(site: str, round_id: str, results: dict[str, Any]) -> list[
 
 
 def _local_details(results: dict[str, Any]) -> dict[str, Any]:
-    """Per refused analysis, what the site knows but did not send (for its audit log),
+    """Per refused analysis, what the site knows but did not send.
+
+    Per refused analysis, what the site knows but did not send (for its audit log),
     each text cut at :data:`AUDIT_DETAIL_CHARS` and all of them at
-    :data:`AUDIT_DETAIL_BUDGET` characters."""
+    :data:`AUDIT_DETAIL_BUDGET` characters.
+    """
     out = {}
     budget = AUDIT_DETAIL_BUDGET
     for name, result in results.items():
@@ -126,8 +134,11 @@ def _local_details(results: dict[str, Any]) -> dict[str, Any]:
 
 def submission_audit(round_id: str, payload: bytes, results: dict[str, Any]
                      ) -> dict[str, Any]:
-    """The ``submission.signed`` audit entry: the digest of the signed bytes, what is sent
-    per analysis, and what was kept at the site about each refusal."""
+    """The ``submission.signed`` audit entry.
+
+    The ``submission.signed`` audit entry: the digest of the signed bytes, what is sent
+    per analysis, and what was kept at the site about each refusal.
+    """
     return {"round": round_id, "digest": hashlib.sha256(payload).hexdigest(),
             "sent": {n: ({"yi": r.yi, "vi": r.vi, "se": r.se, "n": r.n}
                          if hasattr(r, "yi") else {"refused": r.reason})
@@ -164,6 +175,7 @@ class SiteAgent:
         """Append to the site's audit log or raise :class:`AuditFailed` (fail closed)."""
         try:
             if self._audit_log is None:
+                # lazy: loaded by _warm_imports in a worker thread, off the event loop
                 from site_agent.policy import site_audit_log
 
                 self._audit_log = site_audit_log(self.config)
@@ -173,8 +185,11 @@ class SiteAgent:
                               f"{event!r}: {error}") from error
 
     def _audit(self, event: str, data: dict[str, Any]) -> None:
-        """Append an entry about something that already happened (an acknowledgement):
-        a failure is logged, there is nothing left to stop."""
+        """Append an entry about something that already happened.
+
+        Append an entry about something that already happened (an acknowledgement):
+        a failure is logged, there is nothing left to stop.
+        """
         try:
             self._audit_required(event, data)
         except AuditFailed:
@@ -192,6 +207,7 @@ class SiteAgent:
         return target
 
     def request_stop(self) -> None:
+        """Ask the agent to stop (from a signal handler or a test); pauses end at once."""
         self._stop.set()
 
     async def _sleep(self, seconds: float) -> None:
@@ -207,10 +223,7 @@ class SiteAgent:
         Returns ``(results, None)``, or ``({}, decision)`` when the policy requires an
         operator's approval first (nothing is computed then).
         """
-        from pathlib import Path
-        from types import SimpleNamespace
-
-        from fedsynth.spec import parse_spec
+        # lazy: loaded by _warm_imports in a worker thread, off the event loop
         from site_agent.connectors import estimate_from_data
         from site_agent.policy import review_round, site_policy
         from site_agent.privacy import PrivacyLimits, ReleaseHistory, guard, release
@@ -227,8 +240,6 @@ class SiteAgent:
         allowed = [a for a in spec.analyses if a.name not in decision.refusals]
         results: dict[str, Any] = {}
         if allowed:
-            from fedsynth.spec import Spec
-
             sub_spec = Spec(analyses=tuple(allowed), name=spec.name)
             # A file or a SQL source alike: the estimators report every count disclosure
             # control checks, tables implied by 0/1 outcomes included (site_agent.privacy,
@@ -254,6 +265,7 @@ class SiteAgent:
         return release(results, spec), None
 
     def sign_results(self, round_id: str, results: dict[str, Any]) -> tuple[bytes, bytes]:
+        """Sign this site's results for ``round_id``; returns the payload and its signature."""
         content = SubmissionContent(
             round_id=round_id, site=self.config.name, nonce=os.urandom(NONCE_BYTES),
             timestamp=utcnow(),
@@ -342,6 +354,7 @@ class SiteAgent:
 
     # --- run loop --------------------------------------------------------------------------
     async def resend_unacknowledged(self, client: FederationClient) -> None:
+        """Resend submissions signed before the agent stopped but never acknowledged."""
         for entry in self.state.rounds().values():
             if entry.status == "signed":
                 log.info("round %s: a submission was signed but not acknowledged before the "
@@ -394,8 +407,13 @@ class SiteAgent:
 
 
 def _warm_imports() -> None:
+    """Import the statistics stack (numpy, pandas, scipy, statsmodels, SQLAlchemy).
+
+    Called in a worker thread before the agent connects, so that the event loop is free
+    meanwhile and a round is answered in the time its computation takes.
+    """
+    # lazy: this function is the import, run off the event loop
     import fedsynth.effects.patient_level  # noqa: F401
-    import fedsynth.spec  # noqa: F401
     import site_agent.connectors  # noqa: F401
     import site_agent.policy  # noqa: F401
     import site_agent.privacy  # noqa: F401

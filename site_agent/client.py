@@ -80,6 +80,7 @@ class FederationClient:
         self.metadata = (("x-fedsynth-insecure-site", site),) if insecure and site else None
 
     async def close(self) -> None:
+        """Close the channel to the coordinator."""
         await self.channel.close()
 
     async def __aenter__(self) -> FederationClient:
@@ -105,16 +106,19 @@ class FederationClient:
         return reply
 
     async def register(self) -> str:
+        """Register this site with the coordinator; returns the name its certificate gives."""
         reply = await self._call(self.stub.Register, pb.RegisterRequest(
             protocol_version=PROTOCOL_VERSION, agent_version=__version__))
         return reply.site
 
     async def heartbeat(self) -> int:
+        """Send a heartbeat; returns the coordinator's clock (Unix milliseconds)."""
         reply = await self._call(self.stub.Heartbeat, pb.HeartbeatRequest(
             protocol_version=PROTOCOL_VERSION, agent_version=__version__))
         return reply.server_time_unix_ms
 
     async def pull_work(self) -> list[WorkItem]:
+        """The rounds open for this site."""
         reply = await self._call(self.stub.PullWork,
                                  pb.PullWorkRequest(protocol_version=PROTOCOL_VERSION))
         return [decode_work(w) for w in reply.work]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from fedsynth.errors import InputError
 from fedsynth.tabular import read_csv
@@ -62,8 +63,6 @@ def load_table(path: str | Path) -> pd.DataFrame:
     try:
         kind = _kind(path)
         if kind == "parquet":
-            import pyarrow.parquet as pq
-
             try:
                 table = pq.read_table(path)
             except Exception as error:  # pyarrow raises several types for bad files

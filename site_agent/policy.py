@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsynth.audit import canonical_json, digest
+from fedsynth.audit import AuditLog, canonical_json, digest
+from fedsynth.config import load_site_config
 from fedsynth.errors import ConfigError, InputError
 from fedsynth.fileio import atomic_write, read_json_object
 from fedsynth.timeutil import iso, utcnow
@@ -114,8 +115,12 @@ class PolicyDecision:
                 "needs_approval": self.needs_approval, "allowed": list(self.allowed)}
 
     def refusal(self, name: str) -> Any:
-        """The :class:`~fedsynth.effects.Refusal` (code ``policy``) of a forbidden analysis,
-        worded from the fixed vocabulary."""
+        """The refusal of a forbidden analysis.
+
+        The :class:`~fedsynth.effects.Refusal` (code ``policy``) of a forbidden analysis,
+        worded from the fixed vocabulary.
+        """
+        # lazy: keeps pandas and scipy out of `fedsynth site pending/approve` start-up
         from fedsynth.effects.results import Refusal
 
         sentence = dict(self.sentences.get(name) or {})
@@ -160,6 +165,7 @@ class ApprovalStore:
         return read_json_object(self._approved_file, "approvals file")
 
     def is_approved(self, fingerprint: str) -> bool:
+        """Whether the data steward approved the spec with this fingerprint."""
         return fingerprint in self.approved()
 
     @staticmethod
@@ -335,6 +341,7 @@ class Policy:
         approved
             Whether the spec is approved; by default looked up in :meth:`store`.
         """
+        # lazy: keeps pandas and scipy out of `fedsynth site pending/approve` start-up
         from fedsynth.effects.results import render_reason
 
         fingerprint = spec_fingerprint(spec)
@@ -402,14 +409,11 @@ def site_policy(site_config: Any) -> Policy:
 
 
 def site_audit_log(site_config: Any):
-    """The site's audit log: ``audit_log`` of site.toml, default ``<name>-audit.jsonl`` next
-    to it.
+    """The site's audit log: ``audit_log`` of site.toml, default ``<name>-audit.jsonl`` next to it.
 
     The agent records there every submission it sent (content and digest), every refusal
     and every policy decision; ``fedsynth site approve`` records approvals in the same chain.
     """
-    from fedsynth.audit import AuditLog
-
     config = _site_config(site_config)
     if config.audit_log is not None:
         return AuditLog(config.audit_log)
@@ -419,8 +423,6 @@ def site_audit_log(site_config: Any):
 
 def _site_config(site_config: Any):
     if isinstance(site_config, (str, Path)):
-        from fedsynth.config import load_site_config
-
         return load_site_config(site_config)
     return site_config
 

@@ -94,6 +94,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedsynth.audit import digest
 from fedsynth.errors import InputError
 from fedsynth.fileio import atomic_write, read_json_object
 
@@ -144,6 +145,7 @@ def _refusal(key: str, analysis: str, limits: PrivacyLimits, original: Any = Non
     sentence is kept as local detail for the site's log.
     """
     # Imported here: the result types belong to the estimators package.
+    # lazy: keeps pandas and scipy out of `fedsynth site pending/approve` start-up
     from fedsynth.effects.results import Refusal
 
     detail = None
@@ -209,8 +211,11 @@ _EXPOSURE_MARGINS = frozenset({"n_exposed", "n_unexposed", "score_level_min"})
 
 @dataclass(frozen=True)
 class _Taint:
-    """A table (two columns) or a margin (one column) with a count below the limit;
-    ``columns`` is None when the analysis's columns are unknown (it then taints all)."""
+    """A table or a margin with a count below the limit.
+
+    A table (two columns) or a margin (one column) with a count below the limit;
+    ``columns`` is None when the analysis's columns are unknown (it then taints all).
+    """
 
     columns: frozenset[str] | None
     margin: bool
@@ -250,10 +255,11 @@ def _analysis_of(name: str, spec: Any) -> Any:
 
 
 def _analysis_key(name: str, result: Any, spec: Any) -> str | None:
-    """Digest of an analysis's definition without its name (what makes two releases "the
-    same analysis" across rounds), or None when the spec does not define it."""
-    from fedsynth.audit import digest
+    """Digest of an analysis's definition without its name.
 
+    Digest of an analysis's definition without its name (what makes two releases "the
+    same analysis" across rounds), or None when the spec does not define it.
+    """
     analysis = _analysis_of(name, spec)
     if analysis is None:
         return None
@@ -280,6 +286,7 @@ class ReleaseHistory:
         self.path = Path(path)
 
     def load(self) -> dict[str, list[int]]:
+        """The history (analysis key -> ``n`` of each release); empty if there is none."""
         data = read_json_object(self.path, "release history")
         return {str(k): [int(n) for n in v] for k, v in data.items()}
 
@@ -405,7 +412,9 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
 
 
 def release(results: Mapping[str, Any], spec: Any = None) -> dict[str, Any]:
-    """What leaves the site for one round: estimates as they are, every refusal worded
+    """What leaves the site for one round.
+
+    What leaves the site for one round: estimates as they are, every refusal worded
     from the fixed vocabulary.
 
     The last step before anything is signed (:class:`site_agent.agent.SiteAgent`) and
@@ -422,6 +431,7 @@ def release(results: Mapping[str, Any], spec: Any = None) -> dict[str, Any]:
     spec
         The round's spec: the columns each analysis may name.
     """
+    # lazy: keeps pandas and scipy out of `fedsynth site pending/approve` start-up
     from fedsynth.effects.results import Refusal
 
     out: dict[str, Any] = {}

@@ -52,12 +52,14 @@ class RoundEntry:
     updated_at: str = ""
 
     def to_json(self) -> dict[str, Any]:
+        """JSON form of the entry (payload and signature in base64)."""
         return {"status": self.status, "payload": base64.b64encode(self.payload).decode(),
                 "signature": base64.b64encode(self.signature).decode(),
                 "detail": self.detail, "updated_at": self.updated_at}
 
     @classmethod
     def from_json(cls, round_id: str, data: dict[str, Any]) -> RoundEntry:
+        """The entry of ``round_id`` from its JSON form (:meth:`to_json`)."""
         return cls(round_id, data["status"], base64.b64decode(data.get("payload", "")),
                    base64.b64decode(data.get("signature", "")), data.get("detail", ""),
                    data.get("updated_at", ""))
@@ -98,9 +100,11 @@ class SiteState:
                              "aside only if you are sure no submission is in flight") from None
 
     def get(self, round_id: str) -> RoundEntry | None:
+        """The entry of ``round_id``, or None if there is none."""
         return self._rounds.get(round_id)
 
     def rounds(self) -> dict[str, RoundEntry]:
+        """A copy of every entry, by round id."""
         return dict(self._rounds)
 
     def put(self, entry: RoundEntry) -> None:

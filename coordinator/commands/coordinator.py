@@ -15,10 +15,16 @@ def _args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # lazy: asyncio is not loaded by `fedsynth --help` (start-up)
     import asyncio
 
+    # lazy: keeps scipy and sqlalchemy out of `fedsynth --help` start-up
     from coordinator.server import serve
+
+    # lazy: fedsynth.config is not loaded by `fedsynth --help` (start-up)
     from fedsynth.config import load_coordinator_config
+
+    # lazy: fedsynth.logs is not loaded by `fedsynth --help` (start-up)
     from fedsynth.logs import setup_logging
 
     config = load_coordinator_config(args.config, insecure=args.insecure)

@@ -47,6 +47,7 @@ def _add_round(parser: argparse.ArgumentParser) -> None:
 
 def _load_dir(folder: str) -> list[RoundDocument]:
     """Every round document (``*.json`` but our own ``trend.json``) of a folder, validated."""
+    # lazy: fedsynth.round_document is not loaded by `fedsynth --help` (start-up)
     from fedsynth.round_document import RoundDocument
 
     path = Path(folder)
@@ -69,7 +70,10 @@ def _load_dir(folder: str) -> list[RoundDocument]:
 
 def _load_store(config) -> list[RoundDocument]:
     """Every round's document from the coordinator's state store (read-only use)."""
+    # lazy: keeps scipy and sqlalchemy out of `fedsynth --help` start-up
     from coordinator.rounds import round_document
+
+    # lazy: keeps sqlalchemy out of `fedsynth --help` start-up
     from coordinator.store import Store
 
     with Store(config.state) as store:
@@ -82,6 +86,7 @@ def _sources(args: argparse.Namespace) -> tuple[Any, list[RoundDocument]]:
         raise InputError("give --config COORDINATOR.TOML (the store) or --rounds-dir DIR")
     config = None
     if args.config:
+        # lazy: fedsynth.config is not loaded by `fedsynth --help` (start-up)
         from fedsynth.config import load_coordinator_config
 
         config = load_coordinator_config(args.config, insecure=True)
@@ -98,6 +103,7 @@ def _out_dir(args: argparse.Namespace, config: Any) -> Path:
 
 
 def _run_trend(args: argparse.Namespace) -> int:
+    # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
     from coordinator.reports import write_trend_report
 
     config, docs = _sources(args)
@@ -116,6 +122,7 @@ def _run_trend(args: argparse.Namespace) -> int:
 
 
 def _run_round(args: argparse.Namespace) -> int:
+    # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
     from coordinator.reports import write_round_report
 
     config, docs = _sources(args)

@@ -20,6 +20,10 @@ from fedsynth.vocabulary import METHODS, TESTS
 # 0.6-0.9 s for the whole `fedsynth --help`; at module level every call would pay them.
 if TYPE_CHECKING:
     from fedsynth.round_document import RoundDocument
+import time
+from pathlib import Path
+
+from fedsynth.errors import FedsynthError, InputError
 from fedsynth.terminal import printable
 
 
@@ -28,7 +32,10 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _open(args: argparse.Namespace):
+    # lazy: keeps sqlalchemy out of `fedsynth --help` start-up
     from coordinator.store import Store
+
+    # lazy: fedsynth.config is not loaded by `fedsynth --help` (start-up)
     from fedsynth.config import load_coordinator_config
 
     config = load_coordinator_config(args.config, insecure=True)
@@ -51,11 +58,13 @@ def _start_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    # lazy: keeps scipy and sqlalchemy out of `fedsynth --help` start-up
     from coordinator.rounds import open_round
+
+    # lazy: keeps scipy and sqlalchemy out of `fedsynth --help` start-up
     from coordinator.server import pooling_dict
-    from fedsynth.errors import InputError
+
+    # lazy: fedsynth.timeutil is not loaded by `fedsynth --help` (start-up)
     from fedsynth.timeutil import iso, parse_duration, utcnow
 
     config, store = _open(args)
@@ -76,6 +85,7 @@ def _start(args: argparse.Namespace) -> int:
                             allowed=config.allow, pooling=pooling,
                             now=utcnow(), source=f"round start --spec {args.spec}")
         if config.audit_log is not None:
+            # lazy: fedsynth.audit is not loaded by `fedsynth --help` (start-up)
             from fedsynth.audit import AuditLog
 
             AuditLog(config.audit_log).append("round.opened", {
@@ -97,12 +107,13 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def render_table(doc: RoundDocument) -> str:
-    """Plain-text view of a round document.
+    r"""Plain-text view of a round document.
 
     Site names, statuses, refusal reasons and analysis names came from sites or from the
     spec: each is shown through :func:`fedsynth.terminal.printable`, so a control sequence
-    in a refusal reason is displayed (``\\x1b``), not executed by the terminal.
+    in a refusal reason is displayed (``\x1b``), not executed by the terminal.
     """
+    # lazy: fedsynth.round_document is not loaded by `fedsynth --help` (start-up)
     from fedsynth.round_document import PooledEstimate
 
     p = printable
@@ -144,6 +155,7 @@ def render_csv(doc: RoundDocument) -> str:
     Text from sites (names, reasons) is written as it is: CSV is data, and the csv module
     quotes it; it is never printed to a terminal as a table cell.
     """
+    # lazy: the meta command's CSV writer and the round document are not loaded by `fedsynth --help`
     from fedsynth.cli.commands.meta import records_csv
     from fedsynth.round_document import PooledEstimate
 
@@ -184,6 +196,7 @@ def _show_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
+    # lazy: keeps scipy and sqlalchemy out of `fedsynth --help` start-up
     from coordinator.rounds import round_document
 
     _config, store = _open(args)
@@ -230,6 +243,7 @@ def _duration_text(seconds: float) -> str:
 
 def _timeout(text: str | None) -> float | None:
     """``--timeout``: seconds (``90``, ``2.5``) or a duration (``30s``, ``10m``)."""
+    # lazy: fedsynth.timeutil is not loaded by `fedsynth --help` (start-up)
     from fedsynth.errors import InputError
     from fedsynth.timeutil import parse_duration
 
@@ -253,9 +267,7 @@ def _wait(args: argparse.Namespace) -> int:
     the outcome line. Without ``--timeout`` the wait ends at the round's own deadline
     plus :data:`WAIT_GRACE_SECONDS`, the time a running coordinator needs to close it.
     """
-    import time
-
-    from fedsynth.errors import FedsynthError
+    # lazy: fedsynth.timeutil is not loaded by `fedsynth --help` (start-up)
     from fedsynth.timeutil import iso, utcnow
 
     timeout = _timeout(args.timeout)
@@ -303,6 +315,7 @@ def _list_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
+    # lazy: fedsynth.timeutil is not loaded by `fedsynth --help` (start-up)
     from fedsynth.timeutil import iso
 
     _config, store = _open(args)

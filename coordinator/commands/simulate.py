@@ -14,11 +14,16 @@ bundled demo spec.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import shutil
 import sys
+import time
 from pathlib import Path
 
+from coordinator.commands.round import render_table
 from fedsynth.cli.registry import Command
+from fedsynth.errors import FedsynthError, InputError
 from fedsynth.vocabulary import METHODS
 
 
@@ -36,20 +41,31 @@ def simulate(sites_dir: str | Path, spec: str | Path, out: str | Path, *,
              min_n: int = 20, method: str = "REML", force: bool = False,
              progress=print) -> int:
     """Run one federated round on this machine; return 0 if it was pooled, 1 otherwise."""
-    import os
-    import shutil
+    # lazy: signal is not loaded by `fedsynth --help` (start-up)
     import signal
-    import subprocess
-    import time
 
-    from coordinator.commands.round import render_table
+    # lazy: subprocess is not loaded by `fedsynth --help` (start-up)
+    import subprocess
+
+    # lazy: keeps scipy and sqlalchemy out of `fedsynth --help` start-up
     from coordinator.rounds import open_round, round_document
+
+    # lazy: keeps scipy and sqlalchemy out of `fedsynth --help` start-up
     from coordinator.server import pooling_dict
+
+    # lazy: keeps sqlalchemy out of `fedsynth --help` start-up
     from coordinator.store import Store
+
+    # lazy: fedsynth.config is not loaded by `fedsynth --help` (start-up)
     from fedsynth.config import load_coordinator_config
-    from fedsynth.errors import FedsynthError, InputError
+
+    # lazy: keeps cryptography out of `fedsynth --help` start-up
     from fedsynth.pki import init_ca, issue_coordinator, issue_site, validate_site_name
+
+    # lazy: fedsynth.spec is not loaded by `fedsynth --help` (start-up)
     from fedsynth.spec import load_spec
+
+    # lazy: fedsynth.timeutil is not loaded by `fedsynth --help` (start-up)
     from fedsynth.timeutil import parse_duration, utcnow
 
     sites_dir, out = Path(sites_dir), Path(out)
@@ -221,8 +237,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_limits(args: argparse.Namespace) -> None:
-    from fedsynth.errors import InputError
-
     for key in ("min_cell_count", "min_n"):
         if getattr(args, key) < 1:
             raise InputError(f"--{key.replace('_', '-')} = {getattr(args, key)} must be >= 1")
@@ -245,6 +259,7 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
     from fedsynth.datasets import demo_spec_path, write_demo
 
     _check_limits(args)

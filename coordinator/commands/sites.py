@@ -25,8 +25,10 @@ def revoked_sites(config, names, trusted_der: bytes | None) -> dict[str, str]:
     ``<PKI>/<site>.crt`` beside ``ca.crt``, where ``fedsynth ca issue`` writes it; a site
     without a certificate there cannot be matched (nothing is claimed about it).
     """
+    # lazy: cryptography and fedsynth.revocation are not loaded by `fedsynth --help`
     from cryptography import x509
 
+    # lazy: cryptography and fedsynth.revocation are not loaded by `fedsynth --help`
     from fedsynth.errors import InputError
     from fedsynth.revocation import crl_info, load_revoked_serials
 
@@ -60,8 +62,13 @@ def revoked_sites(config, names, trusted_der: bytes | None) -> dict[str, str]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # lazy: keeps sqlalchemy out of `fedsynth --help` start-up
     from coordinator.store import Store
+
+    # lazy: fedsynth.config is not loaded by `fedsynth --help` (start-up)
     from fedsynth.config import load_coordinator_config
+
+    # lazy: fedsynth.timeutil is not loaded by `fedsynth --help` (start-up)
     from fedsynth.timeutil import utcnow
 
     config = load_coordinator_config(args.config, insecure=True)

@@ -23,6 +23,7 @@ from importlib.metadata import entry_points
 from types import ModuleType
 
 from fedsynth import __version__
+from fedsynth.cli import commands as library_commands
 from fedsynth.cli.registry import GROUP_HELP, Command
 from fedsynth.errors import FedsynthError
 from fedsynth.terminal import printable
@@ -46,8 +47,6 @@ def discover_commands() -> list[Command]:
     The library's own commands are always present; the roles' commands appear once the
     distribution is installed (``pip install -e .`` writes the entry points).
     """
-    from fedsynth.cli import commands as library_commands
-
     packages: dict[str, ModuleType] = {library_commands.__name__: library_commands}
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         package = entry_point.load()
@@ -100,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.log_format:
+            # lazy: fedsynth.logs is not loaded by `fedsynth --help` (start-up)
             from fedsynth.logs import configure_logging
 
             configure_logging(args.log_format)

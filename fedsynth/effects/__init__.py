@@ -4,8 +4,13 @@ Pure statistics: no grpc, no database, no file I/O. See :mod:`.effect_sizes` (me
 ``escalc``) and :mod:`.patient_level` (2x2, two-group, regression, Cox, model evaluation).
 """
 
-from fedsynth.effects.results import (REFUSAL_CODES, ConfidenceInterval, EffectSizes,
-                                           Estimate, Refusal)
+from fedsynth.effects.results import (
+    REFUSAL_CODES,
+    ConfidenceInterval,
+    EffectSizes,
+    Estimate,
+    Refusal,
+)
 
 __all__ = ["Estimate", "Refusal", "EffectSizes", "ConfidenceInterval", "REFUSAL_CODES"]
 

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy.special import gammaln
 
 from fedsynth.effects.results import EffectSizes
@@ -328,8 +329,6 @@ def escalc_frame(frame: Any, measure: str, *, labels: Sequence[Any] | None = Non
     used (e.g. ``ai, bi, ci, di``, else ``ai, n1i, ci, n2i``). A missing column or a cell
     that is not a number is an :class:`InputError` naming the column (and the row).
     """
-    import pandas as pd
-
     key = str(measure).upper()
     if key not in COLUMN_SETS:
         raise InputError(f"--measure: unknown measure {measure!r} (known: "

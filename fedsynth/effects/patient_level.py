@@ -90,6 +90,7 @@ class Refuse(Exception):
         self.params = params
 
     def refusal(self, analysis: AnalysisSpec) -> Refusal:
+        """The :class:`Refusal` of ``analysis`` for this reason, worded from the vocabulary."""
         params = {"estimator": analysis.estimator, **self.params}
         return Refusal.of(self.key, analysis.name, detail=self.detail, cells=self.cells,
                           n=self.n, details=_roles(analysis), **params)
@@ -201,8 +202,11 @@ def _two_by_two_cells(outcome: np.ndarray, exposure: np.ndarray) -> dict[str, in
 
 
 def _level_table(levels_of: np.ndarray, by: np.ndarray) -> tuple[int, np.ndarray] | None:
-    """``(number of levels, counts[level, by])`` of a categorical column against a 0/1
-    column, or None when the column has more than :data:`CATEGORICAL_LEVELS` values."""
+    """The counts of a categorical column against a 0/1 column.
+
+    ``(number of levels, counts[level, by])`` of a categorical column against a 0/1
+    column, or None when the column has more than :data:`CATEGORICAL_LEVELS` values.
+    """
     values, inverse = np.unique(levels_of, return_inverse=True)
     k = len(values)
     if k > CATEGORICAL_LEVELS:
@@ -256,6 +260,7 @@ def _score_table_cells(score: np.ndarray, outcome: np.ndarray) -> dict[str, int]
 
 def _fit_glm_binomial(y: np.ndarray, x: np.ndarray, offset: np.ndarray | None = None,
                       cells: Mapping[str, int] | None = None):
+    # lazy: statsmodels (~2 s) is imported only by the estimators that fit with it
     import statsmodels.api as sm
     from statsmodels.tools.sm_exceptions import (
         ConvergenceWarning,
@@ -303,107 +308,122 @@ def _estimate(analysis: AnalysisSpec, measure: str, yi: float, vi: float, n: int
 # --------------------------------------------------------------------------- estimators
 
 def _two_by_two(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    outcome = a.required("outcome")
+    exposure = a.required("exposure")
+    measure = a.required("measure")
     data, dropped = _complete(df, a)
     _require_rows(len(data), 2)
-    y = _binary(data[a.outcome].to_numpy(), a.outcome, "outcome")
-    x = _binary(data[a.exposure].to_numpy(), a.exposure, "exposure")
+    y = _binary(data[outcome].to_numpy(), outcome, "outcome")
+    x = _binary(data[exposure].to_numpy(), exposure, "exposure")
     cells = _two_by_two_cells(y, x)
-    _require_both_groups(x, a.exposure, cells)
+    _require_both_groups(x, exposure, cells)
     try:
-        es = escalc(a.measure, ai=[cells["ai"]], bi=[cells["bi"]], ci=[cells["ci"]],
+        es = escalc(measure, ai=[cells["ai"]], bi=[cells["bi"]], ci=[cells["ci"]],
                     di=[cells["di"]])
     except InputError:  # pragma: no cover - both groups non-empty, counts valid
         raise Refuse("numerical_failure", cells=cells)
-    return _estimate(a, a.measure, es.yi[0], es.vi[0], len(data), dropped, cells,
+    return _estimate(a, measure, es.yi[0], es.vi[0], len(data), dropped, cells,
                      {"corrected": bool(es.corrected[0]),
-                      "method": f"escalc {a.measure} (add 1/2 to tables with a zero cell)"})
+                      "method": f"escalc {measure} (add 1/2 to tables with a zero cell)"})
 
 
 def _two_group(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    outcome = a.required("outcome")
+    exposure = a.required("exposure")
+    measure = a.required("measure")
     data, dropped = _complete(df, a)
     _require_rows(len(data), 4)
-    x = _binary(data[a.exposure].to_numpy(), a.exposure, "exposure")
-    y = data[a.outcome].to_numpy(dtype=float)
+    x = _binary(data[exposure].to_numpy(), exposure, "exposure")
+    y = data[outcome].to_numpy(dtype=float)
     cells = {**_group_sizes(x), **_implied_table_cells(y, x)}
-    _require_both_groups(x, a.exposure, cells)
+    _require_both_groups(x, exposure, cells)
     g1, g0 = y[x == 1], y[x == 0]
     if len(g1) < 2 or len(g0) < 2:
         raise Refuse("too_few_per_group", cells=cells, n=len(data))
     sd1, sd0 = float(np.std(g1, ddof=1)), float(np.std(g0, ddof=1))
     if sd1 == 0 or sd0 == 0:
-        raise Refuse("constant_within_group", column=a.outcome, cells=cells, n=len(data))
-    if a.measure == "ROM" and (g1.mean() <= 0 or g0.mean() <= 0):
-        raise Refuse("rom_non_positive", column=a.outcome, cells=cells, n=len(data))
-    es = escalc(a.measure, m1i=[g1.mean()], sd1i=[sd1], n1i=[len(g1)], m2i=[g0.mean()],
+        raise Refuse("constant_within_group", column=outcome, cells=cells, n=len(data))
+    if measure == "ROM" and (g1.mean() <= 0 or g0.mean() <= 0):
+        raise Refuse("rom_non_positive", column=outcome, cells=cells, n=len(data))
+    es = escalc(measure, m1i=[g1.mean()], sd1i=[sd1], n1i=[len(g1)], m2i=[g0.mean()],
                 sd2i=[sd0], n2i=[len(g0)])
-    return _estimate(a, a.measure, es.yi[0], es.vi[0], len(data), dropped, cells,
-                     {"method": f"escalc {a.measure}, exposed minus unexposed"})
+    return _estimate(a, measure, es.yi[0], es.vi[0], len(data), dropped, cells,
+                     {"method": f"escalc {measure}, exposed minus unexposed"})
 
 
 def _logistic(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    outcome = a.required("outcome")
+    exposure = a.required("exposure")
     data, dropped = _complete(df, a)
     _require_rows(len(data), len(a.covariates) + 4)
-    y = _binary(data[a.outcome].to_numpy(), a.outcome, "outcome")
-    e = _binary(data[a.exposure].to_numpy(), a.exposure, "exposure")
+    y = _binary(data[outcome].to_numpy(), outcome, "outcome")
+    e = _binary(data[exposure].to_numpy(), exposure, "exposure")
     cells = {**_two_by_two_cells(y, e), **_margins(y)}
-    _require_both_groups(e, a.exposure, cells)
-    _require_events(y, a.outcome, cells)
+    _require_both_groups(e, exposure, cells)
+    _require_events(y, outcome, cells)
     if min(cells.values()) == 0:
         # A zero cell of outcome x exposure makes the exposure's coefficient infinite.
         raise Refuse("separation", cells=cells, n=len(data),
                      detail="a zero cell of exposure x outcome (quasi-complete separation)")
-    x = _design(data, [a.exposure, *a.covariates], intercept=True, cells=cells)
+    x = _design(data, [exposure, *a.covariates], intercept=True, cells=cells)
     fit = _fit_glm_binomial(y.astype(float), x, cells=cells)
     if abs(fit.params[1]) > _SEPARATION_COEF:
         raise Refuse("separation", cells=cells, n=len(data),
                      detail="the fitted odds ratio is unbounded")
     cov = fit.cov_params()
-    formula = f"glm({a.outcome} ~ {' + '.join([a.exposure, *a.covariates])}, binomial)"
+    formula = f"glm({outcome} ~ {' + '.join([exposure, *a.covariates])}, binomial)"
     return _estimate(a, "OR", fit.params[1], cov[1, 1], len(data), dropped, cells,
                      {"model": formula, "scale": "log odds ratio"})
 
 
 def _linear(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    outcome = a.required("outcome")
+    exposure = a.required("exposure")
+    # lazy: statsmodels (~2 s) is imported only by the estimators that fit with it
     import statsmodels.api as sm
 
     data, dropped = _complete(df, a)
     _require_rows(len(data), len(a.covariates) + 4)
-    e = _binary(data[a.exposure].to_numpy(), a.exposure, "exposure")
-    y = data[a.outcome].to_numpy(dtype=float)
+    e = _binary(data[exposure].to_numpy(), exposure, "exposure")
+    y = data[outcome].to_numpy(dtype=float)
     cells = {**_group_sizes(e), **_implied_table_cells(y, e)}
-    _require_both_groups(e, a.exposure, cells)
-    x = _design(data, [a.exposure, *a.covariates], intercept=True, cells=cells)
+    _require_both_groups(e, exposure, cells)
+    x = _design(data, [exposure, *a.covariates], intercept=True, cells=cells)
     fit = sm.OLS(y, x).fit()
     # 1 - R² at rounding level: the outcome is an exact linear function of the design.
     if not fit.df_resid > 0 or fit.ssr <= 1e-12 * max(fit.centered_tss, 1e-300):
         raise Refuse("exact_fit", cells=cells, n=len(data))
-    formula = f"lm({a.outcome} ~ {' + '.join([a.exposure, *a.covariates])})"
+    formula = f"lm({outcome} ~ {' + '.join([exposure, *a.covariates])})"
     return _estimate(a, "MD", fit.params[1], fit.cov_params()[1, 1], len(data), dropped,
                      cells, {"model": formula})
 
 
 def _cox(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    exposure = a.required("exposure")
+    time_col = a.required("time")
+    event = a.required("event")
+    # lazy: statsmodels (~2 s) is imported only by the estimators that fit with it
     from statsmodels.duration.hazard_regression import PHReg
 
     data, dropped = _complete(df, a)
     _require_rows(len(data), len(a.covariates) + 4)
-    time = data[a.time].to_numpy(dtype=float)
+    time = data[time_col].to_numpy(dtype=float)
     if np.any(time < 0):
-        raise Refuse("negative_time", column=a.time)
-    status = _binary(data[a.event].to_numpy(), a.event, "event")
-    e = _binary(data[a.exposure].to_numpy(), a.exposure, "exposure")
+        raise Refuse("negative_time", column=time_col)
+    status = _binary(data[event].to_numpy(), event, "event")
+    e = _binary(data[exposure].to_numpy(), exposure, "exposure")
     events_exposed = int(np.sum(status[e == 1]))
     events_unexposed = int(np.sum(status[e == 0]))
     cells = {"events": int(status.sum()), "events_exposed": events_exposed,
              "events_unexposed": events_unexposed, **_implied_table_cells(status, e)}
-    _require_both_groups(e, a.exposure, cells)
+    _require_both_groups(e, exposure, cells)
     if status.sum() == 0:
-        raise Refuse("no_events", column=a.event, cells=cells, n=len(data))
+        raise Refuse("no_events", column=event, cells=cells, n=len(data))
     if events_exposed == 0 or events_unexposed == 0:
         # Monotone partial likelihood: the hazard ratio estimate is 0 or infinite.
         raise Refuse("separation", cells=cells, n=len(data),
                      detail="one exposure group has no events (monotone likelihood)")
-    x = _design(data, [a.exposure, *a.covariates], intercept=False, cells=cells)
+    x = _design(data, [exposure, *a.covariates], intercept=False, cells=cells)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = PHReg(time, x, status=status, ties=a.ties)
@@ -418,28 +438,35 @@ def _cox(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
         # Typically a monotone partial likelihood: a covariate orders events perfectly,
         # so its coefficient runs off to infinity and the exposure's estimate is unusable.
         raise Refuse("monotone_likelihood", cells=cells, n=len(data))
-    formula = (f"coxph(Surv({a.time}, {a.event}) ~ {' + '.join([a.exposure, *a.covariates])}"
+    formula = (f"coxph(Surv({time_col}, {event}) ~ {' + '.join([exposure, *a.covariates])}"
                f", ties = '{a.ties}')")
     return _estimate(a, "HR", params[0], cov[0, 0], len(data), dropped, cells,
                      {"model": formula, "ties": a.ties, "scale": "log hazard ratio",
-                      "event": a.event})
+                      "event": event})
 
 
 def _model_eval_data(df: pd.DataFrame, a: AnalysisSpec, minimum: int = 4
                      ) -> tuple[np.ndarray, np.ndarray, int, dict[str, int]]:
-    """Outcome, score, rows dropped and the counts the estimate may reveal: the outcome's
-    margins and, for a score with few distinct values, its table with the outcome."""
+    """The data of a model evaluation and the counts its estimate may reveal.
+
+    Outcome, score, rows dropped and the counts the estimate may reveal: the outcome's
+    margins and, for a score with few distinct values, its table with the outcome.
+    """
+    outcome = a.required("outcome")
+    score = a.required("score")
     data, dropped = _complete(df, a)
     _require_rows(len(data), minimum)
-    y = _binary(data[a.outcome].to_numpy(), a.outcome, "outcome")
-    p = data[a.score].to_numpy(dtype=float)
+    y = _binary(data[outcome].to_numpy(), outcome, "outcome")
+    p = data[score].to_numpy(dtype=float)
     cells = {**_margins(y), **_score_table_cells(p, y)}
     return y, p, dropped, cells
 
 
 def _auc(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    outcome = a.required("outcome")
+    score = a.required("score")
     y, p, dropped, cells = _model_eval_data(df, a)
-    _require_events(y, a.outcome, cells)
+    _require_events(y, outcome, cells)
     if min(cells["events"], cells["non_events"]) < 2:
         raise Refuse("too_few_events", cells=cells, n=len(y))
     result = delong_auc(p, y)
@@ -451,61 +478,68 @@ def _auc(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
         return _estimate(a, "logit_AUC", np.log(auc / (1 - auc)),
                          var / (auc * (1 - auc)) ** 2, len(y), dropped, cells,
                          {"method": "DeLong variance, delta method to the logit scale",
-                          "score": a.score, "scale": "logit"})
+                          "score": score, "scale": "logit"})
     if var <= 0:
         raise Refuse("perfect_discrimination", cells=cells, n=len(y))
     return _estimate(a, "AUC", auc, var, len(y), dropped, cells,
-                     {"method": "DeLong", "score": a.score, "scale": "raw"})
+                     {"method": "DeLong", "score": score, "scale": "raw"})
 
 
 def _calibration_slope(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    outcome = a.required("outcome")
+    score = a.required("score")
     y, p, dropped, cells = _model_eval_data(df, a)
-    _require_events(y, a.outcome, cells)
-    lp = _logit(_score_probabilities(p, a.score))
+    _require_events(y, outcome, cells)
+    lp = _logit(_score_probabilities(p, score))
     if np.ptp(lp) == 0:
-        raise Refuse("constant_score", column=a.score, cells=cells, n=len(y))
+        raise Refuse("constant_score", column=score, cells=cells, n=len(y))
     fit = _fit_glm_binomial(y.astype(float), np.column_stack([np.ones(len(y)), lp]),
                             cells=cells)
     return _estimate(a, "slope", fit.params[1], fit.cov_params()[1, 1], len(y), dropped,
-                     cells, {"model": f"glm({a.outcome} ~ qlogis({a.score}), binomial)",
-                             "score": a.score})
+                     cells, {"model": f"glm({outcome} ~ qlogis({score}), binomial)",
+                             "score": score})
 
 
 def _calibration_in_the_large(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    outcome = a.required("outcome")
+    score = a.required("score")
     y, p, dropped, cells = _model_eval_data(df, a)
-    _require_events(y, a.outcome, cells)
-    lp = _logit(_score_probabilities(p, a.score))
+    _require_events(y, outcome, cells)
+    lp = _logit(_score_probabilities(p, score))
     # Intercept with the linear predictor as offset (slope fixed at 1): the log-odds
     # shift that makes the mean prediction match the observed rate.
     fit = _fit_glm_binomial(y.astype(float), np.ones((len(y), 1)), offset=lp, cells=cells)
     return _estimate(a, "intercept", fit.params[0], fit.cov_params()[0, 0], len(y),
                      dropped, cells,
-                     {"model": f"glm({a.outcome} ~ offset(qlogis({a.score})), binomial)",
-                      "score": a.score})
+                     {"model": f"glm({outcome} ~ offset(qlogis({score})), binomial)",
+                      "score": score})
 
 
 def _oe_ratio(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    outcome = a.required("outcome")
+    score = a.required("score")
     y, p, dropped, cells = _model_eval_data(df, a, minimum=2)
-    _score_probabilities(p, a.score)
+    _score_probabilities(p, score)
     observed, expected, n = float(y.sum()), float(p.sum()), len(y)
     cells = {**cells, "observed": int(observed)}
     # log(O/E) is undefined without events and has no variance with only events.
-    _require_events(y, a.outcome, cells)
+    _require_events(y, outcome, cells)
     # Poisson-binomial approximation of Debray et al. (2017, BMJ 356:i6460, Table 2):
     # var(log O/E) = (1 - O/N) / O.
     return _estimate(a, "OE", np.log(observed / expected), (1 - observed / n) / observed,
                      n, dropped, cells,
-                     {"method": "log(O/E), variance (1 - O/N)/O", "score": a.score})
+                     {"method": "log(O/E), variance (1 - O/N)/O", "score": score})
 
 
 def _brier(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
+    score = a.required("score")
     y, p, dropped, cells = _model_eval_data(df, a, minimum=2)
     if np.any((p < 0) | (p > 1)):
-        raise Refuse("probability_closed", column=a.score)
+        raise Refuse("probability_closed", column=score)
     squared = (p - y) ** 2
     return _estimate(a, "Brier", squared.mean(), np.var(squared, ddof=1) / len(y), len(y),
                      dropped, cells, {"method": "mean squared error, variance var(sq)/N",
-                                      "score": a.score})
+                                      "score": score})
 
 
 _ESTIMATORS: dict[str, Callable[[pd.DataFrame, AnalysisSpec], Estimate]] = {

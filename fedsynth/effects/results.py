@@ -40,9 +40,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
 from scipy import stats
 
 from fedsynth.results import Interval, check_fraction
+from fedsynth.spec import ESTIMATORS
 
 __all__ = ["Estimate", "Refusal", "EffectSizes", "REFUSAL_CODES", "PUBLIC_CODES",
            "REFUSAL_VOCABULARY", "ConfidenceInterval", "render_reason"]
@@ -179,7 +181,6 @@ def _placeholders(template: str) -> list[str]:
 def _spec_estimators() -> Collection[str]:
     # The spec module defines the estimators; imported here, not at the top, because the
     # result types must stay importable on their own (fedsynth.effects.__init__).
-    from fedsynth.spec import ESTIMATORS
 
     return ESTIMATORS
 
@@ -380,10 +381,13 @@ class Refusal:
                    detail=detail, cells=cells or {}, n=n, details=details or {})
 
     def public(self, *, columns: Collection[str] | None = None) -> Refusal:
-        """This refusal as it may leave the site: its sentence rendered again from the
+        """The refusal as it may leave the site.
+
+        This refusal as it may leave the site: its sentence rendered again from the
         vocabulary, each filled-in column checked against ``columns`` (the analysis's
         columns in the spec). A free-text reason becomes the code's generic sentence and is
-        kept, with :attr:`detail`, for the site's own log."""
+        kept, with :attr:`detail`, for the site's own log.
+        """
         code, reason = render_reason(self.key, self.params, code=self.code, columns=columns)
         if reason == self.reason and code == self.code:
             return self
@@ -421,8 +425,6 @@ class EffectSizes:
     @property
     def sei(self) -> Any:
         """Standard errors ``sqrt(vi)``."""
-        import numpy as np
-
         return np.sqrt(self.vi)
 
     def __len__(self) -> int:

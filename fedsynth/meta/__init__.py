@@ -1,4 +1,6 @@
-"""Pure statistics of meta-analysis: pooling, heterogeneity, diagnostics, subgroups,
+"""Pure statistics of meta-analysis.
+
+Pure statistics of meta-analysis: pooling, heterogeneity, diagnostics, subgroups,
 meta-regression, Bayes.
 
 The array API of the pooling engine (:mod:`fedsynth.meta.pooling`, built on the one tau²

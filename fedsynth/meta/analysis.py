@@ -95,8 +95,11 @@ class AnalysisResult(ResultMixin):
         return _text_sections(self, digits)
 
     def summary(self, digits: int = 4) -> str:
-        """The pooled summary followed by the flag and every computed section, as
-        ``fedsynth meta`` prints one analysis."""
+        """The pooled summary, the flag and every computed section.
+
+        The pooled summary followed by the flag and every computed section, as
+        ``fedsynth meta`` prints one analysis.
+        """
         return "\n\n".join([self.pooling.summary(), *self.text_sections(digits)])
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,8 +115,11 @@ class AnalysisResult(ResultMixin):
         return out
 
     def to_frame(self):
-        """One row: the pooled fields and the flag's verdict (the sections have their own
-        ``to_frame()``)."""
+        """One row: the pooled fields and the flag's verdict.
+
+        One row: the pooled fields and the flag's verdict (the sections have their own
+        ``to_frame()``).
+        """
         frame = self.pooling.to_frame()
         frame["flagged"] = self.heterogeneity.flagged
         frame["heterogeneity_level"] = self.heterogeneity.level
@@ -122,13 +128,15 @@ class AnalysisResult(ResultMixin):
 
     def forest(self, **options: Any):
         """Forest plot with the BLUPs (when computed) and subgroup blocks (when asked)."""
-        from fedsynth.plots import forest_plot  # matplotlib: imported only to plot
+        # lazy: import cycle: fedsynth.plots imports fedsynth.meta at top
+        from fedsynth.plots import forest_plot
 
         return forest_plot(self, **options)
 
     def funnel(self, **options: Any):
         """Funnel plot with the trim-and-fill sites (when the small-study tests ran)."""
-        from fedsynth.plots import funnel_plot  # matplotlib: imported only to plot
+        # lazy: import cycle: fedsynth.plots imports fedsynth.meta at top
+        from fedsynth.plots import funnel_plot
 
         return funnel_plot(self, **options)
 

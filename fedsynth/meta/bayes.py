@@ -261,7 +261,7 @@ class BayesResult(ResultMixin):
         return self.level / 100.0
 
     def _at(self, credibility_level: float) -> BayesResult:
-        """This posterior with its intervals at another level (recomputed on the data)."""
+        """The same posterior with its intervals at another level (recomputed on the data)."""
         level = check_fraction(credibility_level, "credibility_level")
         if abs(level * 100.0 - self.level) < 1e-9:
             return self
@@ -290,8 +290,11 @@ class BayesResult(ResultMixin):
         return Interval(res.pred_lb, res.pred_ub, level=res.level / 100.0, kind="prediction")
 
     def summary(self, digits: int = 4) -> str:
-        """The posterior of mu and tau and the predictive interval, as ``fedsynth meta
-        --bayes`` prints them."""
+        """The posterior of mu and tau and the predictive interval as text.
+
+        The posterior of mu and tau and the predictive interval, as ``fedsynth meta
+        --bayes`` prints them.
+        """
         lev = f"{self.level:g}%"
         d = digits
 
@@ -312,9 +315,13 @@ class BayesResult(ResultMixin):
         return "\n".join(lines)
 
     def to_frame(self):
-        """One row per parameter (``mu``, ``tau``, ``new site``): mean, sd, median and
-        the interval bounds (NaN where a summary does not exist or is not computed)."""
-        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+        """One row per parameter (``mu``, ``tau``, ``new site``).
+
+        One row per parameter (``mu``, ``tau``, ``new site``): mean, sd, median and
+        the interval bounds (NaN where a summary does not exist or is not computed).
+        """
+        # lazy: pandas (~1 s) only for to_frame(); `import fedsynth.meta` stays without it
+        import pandas as pd
 
         nan = float("nan")
         return pd.DataFrame(
@@ -327,9 +334,13 @@ class BayesResult(ResultMixin):
             index=pd.Index(["mu", "tau", "new site"], name="parameter"))
 
     def forest(self, **options: Any):
-        """Forest plot of the sites with the posterior of mu, the predictive interval and
-        each site's posterior mean (``fedsynth.plots``)."""
-        from fedsynth.plots import forest_plot  # matplotlib: imported only to plot
+        """Forest plot of the sites with the posterior of mu.
+
+        Forest plot of the sites with the posterior of mu, the predictive interval and
+        each site's posterior mean (``fedsynth.plots``).
+        """
+        # lazy: import cycle: fedsynth.plots imports fedsynth.meta at top
+        from fedsynth.plots import forest_plot
 
         return forest_plot(self, **options)
 
@@ -442,8 +453,11 @@ class BayesBatchResult(ResultMixin):
         return other
 
     def summary(self, digits: int = 4) -> str:
-        """One line per analysis (the first 20): posterior median and credible interval of
-        mu, median of tau, predictive interval."""
+        """One line per analysis (the first 20).
+
+        One line per analysis (the first 20): posterior median and credible interval of
+        mu, median of tau, predictive interval.
+        """
         d = digits
         lines = [f"{len(self)} analyses pooled by the Bayesian random-effects model "
                  f"({self.prior} prior on tau, scale {self.tau_scale:g}; {self.level:g}% "
@@ -459,7 +473,8 @@ class BayesBatchResult(ResultMixin):
 
     def to_frame(self):
         """One row per analysis with every scalar posterior summary."""
-        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+        # lazy: pandas (~1 s) only for to_frame(); `import fedsynth.meta` stays without it
+        import pandas as pd
 
         data = {"k": self.k, **{name: getattr(self, name) for name in _SCALAR_FIELDS}}
         return pd.DataFrame(data)

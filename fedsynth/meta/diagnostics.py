@@ -67,7 +67,8 @@ def _floats(a: np.ndarray) -> list[float | None]:
 
 def _site_frame(result: Any, index_name: str = "site"):
     """The per-site lists of ``result.to_dict()`` as a DataFrame indexed by label."""
-    import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+    # lazy: pandas (~1 s) only for to_frame(); `import fedsynth.meta` stays without it
+    import pandas as pd
 
     data = {key: value for key, value in result.to_dict().items()
             if key != "labels" and isinstance(value, list)
@@ -127,8 +128,11 @@ class LeaveOneOutResult(ResultMixin):
     test: str
 
     def confidence_interval(self, confidence_level: float = 0.95) -> Interval:
-        """Confidence intervals of the pooled effect with each site left out (arrays;
-        t with k - 2 df under Knapp-Hartung, as ``leave1out``)."""
+        """Confidence intervals of the pooled effect with each site left out.
+
+        Confidence intervals of the pooled effect with each site left out (arrays;
+        t with k - 2 df under Knapp-Hartung, as ``leave1out``).
+        """
         level = check_fraction(confidence_level)
         if abs(level * 100.0 - self.level) < 1e-9:
             return Interval(self.ci_lb, self.ci_ub, level=level)
@@ -151,6 +155,7 @@ class LeaveOneOutResult(ResultMixin):
         return _site_frame(self, "omitted")
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form: one list per column, NaN as None."""
         return {"labels": list(self.labels), "estimate": _floats(self.estimate),
                 "se": _floats(self.se), "stat": _floats(self.stat), "pval": _floats(self.pval),
                 "ci_lb": _floats(self.ci_lb), "ci_ub": _floats(self.ci_ub),
@@ -159,8 +164,11 @@ class LeaveOneOutResult(ResultMixin):
 
 
 def deleted_fits(yi: Any, vi: Any, *, method: str = "REML") -> BatchFit:
-    """The k fits with one site deleted (rows 0..k-1) and the full fit (row k), in one
-    vectorised batch; :func:`leave_one_out` and :func:`influence` can share it."""
+    """The k leave-one-out fits and the full fit in one vectorised batch.
+
+    The k fits with one site deleted (rows 0..k-1) and the full fit (row k), in one
+    vectorised batch; :func:`leave_one_out` and :func:`influence` can share it.
+    """
     y, v = validate_yi_vi(yi, vi, min_k=2)
     k = y.size
     mask = np.vstack([~np.eye(k, dtype=bool), np.ones((1, k), dtype=bool)])
@@ -278,6 +286,7 @@ class InfluenceResult(ResultMixin):
         return _site_frame(self)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form: one list per column, NaN as None."""
         return {"labels": list(self.labels), "rstudent": _floats(self.rstudent),
                 "dffits": _floats(self.dffits), "cooks_distance": _floats(self.cooks_distance),
                 "cov_ratio": _floats(self.cov_ratio), "tau2_deleted": _floats(self.tau2_deleted),
@@ -363,8 +372,11 @@ class BlupResult(ResultMixin):
     test: str = "z"
 
     def prediction_interval(self, confidence_level: float = 0.95) -> Interval:
-        """Prediction intervals of each site's true effect (arrays; t with k - 1 df under
-        Knapp-Hartung, as metafor's ``blup``)."""
+        """Prediction intervals of each site's true effect.
+
+        Prediction intervals of each site's true effect (arrays; t with k - 1 df under
+        Knapp-Hartung, as metafor's ``blup``).
+        """
         level = check_fraction(confidence_level)
         if abs(level * 100.0 - self.level) < 1e-9:
             return Interval(self.pi_lb, self.pi_ub, level=level, kind="prediction")
@@ -385,12 +397,16 @@ class BlupResult(ResultMixin):
         return _site_frame(self)
 
     def outlying(self) -> tuple[str, ...]:
-        """Sites whose prediction interval excludes the pooled estimate: their own true
-        effect differs credibly from the average even after shrinkage."""
+        """Sites whose prediction interval excludes the pooled estimate.
+
+        Sites whose prediction interval excludes the pooled estimate: their own true
+        effect differs credibly from the average even after shrinkage.
+        """
         return tuple(lab for lab, lo, hi in zip(self.labels, self.pi_lb, self.pi_ub)
                      if self.estimate < lo or self.estimate > hi)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form: one list per column, NaN as None."""
         return {"labels": list(self.labels), "pred": _floats(self.pred), "se": _floats(self.se),
                 "pi_lb": _floats(self.pi_lb), "pi_ub": _floats(self.pi_ub)}
 
@@ -424,9 +440,12 @@ def blup(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: str =
 
 
 def _kendall_null_cdf(n: int) -> np.ndarray:
-    """P(T <= q), q = 0..n(n-1)/2, for the number of discordant pairs of a random
+    """The null distribution of Kendall's discordant pairs (Mahonian distribution).
+
+    P(T <= q), q = 0..n(n-1)/2, for the number of discordant pairs of a random
     permutation (Mahonian distribution), built by convolution in probabilities so it
-    does not overflow for large n."""
+    does not overflow for large n.
+    """
     dist = np.array([1.0])
     for j in range(2, n + 1):
         # adding element j contributes 0..j-1 inversions uniformly
@@ -448,9 +467,11 @@ class KendallResult(ResultMixin):
     pval: float
 
     def summary(self, digits: int = 4) -> str:
+        """Kendall's tau and its p-value on one line."""
         return f"Kendall's tau = {f(self.tau, digits)}, p {peq(self.pval, digits)}"
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form: ``tau`` and ``pval``."""
         return {"tau": self.tau, "pval": self.pval}
 
 
@@ -546,6 +567,7 @@ class PublicationBiasResult(ResultMixin):
             f"(se = {f(self.trimfill_se, d)})"])
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form of every test statistic, NaN as None."""
         return _json_safe({
             "egger_rma_stat": self.egger_rma_stat, "egger_rma_pval": self.egger_rma_pval,
             "egger_rma_limit": self.egger_rma_limit, "egger_lm_stat": self.egger_lm_stat,
@@ -680,8 +702,11 @@ class CumulativeResult(ResultMixin):
     order_values: tuple[str, ...] | None = None
 
     def confidence_interval(self, confidence_level: float = 0.95) -> Interval:
-        """Confidence intervals of the pooled effect after each step (arrays; t with
-        k_j - 1 df under Knapp-Hartung, none for the first step)."""
+        """Confidence intervals of the pooled effect after each step.
+
+        Confidence intervals of the pooled effect after each step (arrays; t with
+        k_j - 1 df under Knapp-Hartung, none for the first step).
+        """
         level = check_fraction(confidence_level)
         if abs(level * 100.0 - self.level) < 1e-9:
             return Interval(self.ci_lb, self.ci_ub, level=level)
@@ -711,6 +736,7 @@ class CumulativeResult(ResultMixin):
         return _site_frame(self, "added")
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form: one list per column, NaN as None."""
         extra: dict[str, Any] = {}
         if self.order_by is not None:
             extra = {"order_by": self.order_by,

@@ -29,10 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from scipy import special
+from scipy.special import chdtr
 
 from fedsynth.errors import InputError
 from fedsynth.jsonsafe import finite_or_none as _num
 from fedsynth.meta._format import f
+from fedsynth.meta.stats import as_batch, heterogeneity_indices, qprofile_tau2_ci, typical_variance
 from fedsynth.results import Interval, ResultMixin, frame_html
 
 __all__ = ["HeterogeneityFlag", "SiteDriver", "assess_heterogeneity", "DEFAULT_I2_THRESHOLD",
@@ -45,8 +48,11 @@ RSTUDENT_CRIT = 1.959963984540054
 
 
 class _Pooled(Protocol):
-    """What the flag reads from a pooled fit (``fedsynth.meta.PoolingResult``; read-only,
-    as the fields of a frozen dataclass)."""
+    """What the flag reads from a pooled fit.
+
+    What the flag reads from a pooled fit (``fedsynth.meta.PoolingResult``; read-only,
+    as the fields of a frozen dataclass).
+    """
 
     @property
     def estimate(self) -> float: ...
@@ -79,6 +85,7 @@ class SiteDriver:
     blup_pi_ub: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form of this site's part in the verdict."""
         return {"site": self.site, "index": self.index, "kinds": list(self.kinds),
                 "rstudent": self.rstudent,
                 "blup": self.blup, "blup_pi_lb": self.blup_pi_lb, "blup_pi_ub": self.blup_pi_ub}
@@ -86,7 +93,9 @@ class SiteDriver:
 
 @dataclass(frozen=True)
 class HeterogeneityFlag(ResultMixin):
-    """The verdict on one pooled analysis; ``to_dict()`` gives the contract's four keys
+    """The heterogeneity verdict on one pooled analysis.
+
+    The verdict on one pooled analysis; ``to_dict()`` gives the contract's four keys
     (``flagged, level, reasons, sites``) plus ``drivers`` and the settings used.
 
     ``level`` is the flag's strength (``"strong"``, ``"moderate"`` or None);
@@ -109,8 +118,11 @@ class HeterogeneityFlag(ResultMixin):
     interval_level: float = 95.0
 
     def i2_confidence_interval(self) -> Interval | None:
-        """The (Q-profile) confidence interval of I² the strength was judged on (None if
-        there was none)."""
+        """The (Q-profile) confidence interval of I² the strength was judged on.
+
+        The (Q-profile) confidence interval of I² the strength was judged on (None if
+        there was none).
+        """
         if self.I2_ci_lb is None or self.I2_ci_ub is None:
             return None
         return Interval(self.I2_ci_lb, self.I2_ci_ub, level=self.interval_level / 100.0)
@@ -136,6 +148,7 @@ class HeterogeneityFlag(ResultMixin):
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form: the contract's four keys, the drivers and the settings used."""
         return {"flagged": self.flagged, "level": self.level, "reasons": list(self.reasons),
                 "sites": list(self.sites), "drivers": [d.to_dict() for d in self.drivers],
                 "I2": _num(self.I2), "I2_ci": [_num(self.I2_ci_lb), _num(self.I2_ci_ub)],
@@ -378,7 +391,8 @@ class BatchHeterogeneity(ResultMixin):
 
     def to_frame(self):
         """One row per analysis: the verdict, its strength, I² and the sites."""
-        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+        # lazy: pandas (~1 s) only for to_frame(); `import fedsynth.meta` stays without it
+        import pandas as pd
 
         index = list(self.names) if self.names is not None else list(range(len(self)))
         return pd.DataFrame({"flagged": [fl.flagged for fl in self.flags],
@@ -403,7 +417,9 @@ class BatchHeterogeneity(ResultMixin):
 
 
 def site_diagnostics_batch(batch: Any, rows: Any | None = None) -> BatchSiteDiagnostics:
-    """Studentized deleted residuals, metafor's influence rule and BLUPs of every site of
+    """Site diagnostics of every analysis of a pooled batch at once.
+
+    Studentized deleted residuals, metafor's influence rule and BLUPs of every site of
     every analysis of a pooled batch, without a Python loop over analyses.
 
     The k leave-one-out refits of all m analyses are one masked batch fit (of
@@ -424,6 +440,7 @@ def site_diagnostics_batch(batch: Any, rows: Any | None = None) -> BatchSiteDiag
         (default: all); the studentized residuals and the influence rule of the others
         stay NaN / False. BLUPs are always computed (they need no refit).
     """
+    # lazy: import cycle: fedsynth.meta.metareg imports this module
     from fedsynth.meta.metareg import fit_batch
 
     msk = np.asarray(batch.mask, dtype=bool)
@@ -484,7 +501,6 @@ def site_diagnostics_batch(batch: Any, rows: Any | None = None) -> BatchSiteDiag
             cooks = dfb**2 / vb_full
             kc = kb[cell_a]
             # metafor's is.infl with p = 1; chdtr(1, x) is the chi-square(1) CDF
-            from scipy.special import chdtr
 
             influential = ((np.abs(dffits) > 3 * np.sqrt(1 / (kc - 1)))
                            | (chdtr(1, cooks) > 0.5)
@@ -500,11 +516,12 @@ def site_diagnostics_batch(batch: Any, rows: Any | None = None) -> BatchSiteDiag
 
 def _blups(y: np.ndarray, v: np.ndarray, msk: np.ndarray, kk: np.ndarray, tau2: np.ndarray,
            knha: bool, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """BLUPs ``l y + (1 - l) mu`` with ``l = tau²/(tau² + v)`` and their prediction
-    intervals, with mu and its variance from the pooled tau² (Knapp-Hartung-scaled under
-    knha, t with k - 1 df), for every site at once; NaN where k < 2 or outside the mask."""
-    from scipy import special
+    """BLUPs and their prediction intervals for every site at once.
 
+    BLUPs ``l y + (1 - l) mu`` with ``l = tau²/(tau² + v)`` and their prediction
+    intervals, with mu and its variance from the pooled tau² (Knapp-Hartung-scaled under
+    knha, t with k - 1 df), for every site at once; NaN where k < 2 or outside the mask.
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
         w = np.where(msk, 1.0 / (v + tau2[:, None]), 0.0)
         sw = w.sum(axis=1)
@@ -530,15 +547,11 @@ def _blups(y: np.ndarray, v: np.ndarray, msk: np.ndarray, kk: np.ndarray, tau2: 
 
 
 def _fixed_effect_i2_ci(batch: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Q-profile I² bounds for the analyses ``rows`` that carry none (fixed-effect fits),
-    as ``analysis._i2_ci_if_missing`` does for one (Viechtbauer 2007, Stat. Med. 26:37-52)."""
-    from fedsynth.meta.stats import (
-        as_batch,
-        heterogeneity_indices,
-        qprofile_tau2_ci,
-        typical_variance,
-    )
+    """Q-profile I² bounds for the fixed-effect fits ``rows``.
 
+    Q-profile I² bounds for the analyses ``rows`` that carry none (fixed-effect fits),
+    as ``analysis._i2_ci_if_missing`` does for one (Viechtbauer 2007, Stat. Med. 26:37-52).
+    """
     b = as_batch(np.asarray(batch.yi)[rows], np.asarray(batch.vi)[rows],
                  np.asarray(batch.mask)[rows])
     qp = qprofile_tau2_ci(b, level=float(batch.level))

@@ -167,8 +167,11 @@ class MetaRegressionResult(ResultMixin):
         return self.k - self.p
 
     def confidence_interval(self, confidence_level: float = 0.95) -> Interval:
-        """Confidence intervals of the coefficients (arrays, one per coefficient), under
-        the fit's test (normal, or t with k - p df under Knapp-Hartung)."""
+        """Confidence intervals of the coefficients under the fit's test.
+
+        Confidence intervals of the coefficients (arrays, one per coefficient), under
+        the fit's test (normal, or t with k - p df under Knapp-Hartung).
+        """
         level = check_fraction(confidence_level)
         if abs(level * 100.0 - self.level) < 1e-9:
             return Interval(self.ci_lb, self.ci_ub, level=level)
@@ -187,8 +190,11 @@ class MetaRegressionResult(ResultMixin):
         return None if self.yi is None or self.X is None else self.yi - self.X @ self.coef
 
     def summary(self, digits: int = 4) -> str:
-        """Residual heterogeneity, the tests of moderators and the coefficient table
-        (z and Knapp-Hartung columns), as ``fedsynth meta --moderator`` prints it."""
+        """Residual heterogeneity, the tests of moderators and the coefficient table.
+
+        Residual heterogeneity, the tests of moderators and the coefficient table
+        (z and Knapp-Hartung columns), as ``fedsynth meta --moderator`` prints it.
+        """
         d = digits
         rows = [[nm, f(self.coef[i], d), f(self.z_se[i], d), f(self.z_stat[i], d),
                  p(self.z_pval[i], d), f(self.knha_se[i], d), p(self.knha_pval[i], d)]
@@ -206,9 +212,13 @@ class MetaRegressionResult(ResultMixin):
             *grid(["", "estimate", "se", "zval", "pval", "se.knha", "pval.knha"], rows)])
 
     def to_frame(self):
-        """One row per coefficient: estimate, se, statistic, p-value and confidence
-        bounds under the fit's test, then the z and Knapp-Hartung columns."""
-        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+        """One row per coefficient.
+
+        One row per coefficient: estimate, se, statistic, p-value and confidence
+        bounds under the fit's test, then the z and Knapp-Hartung columns.
+        """
+        # lazy: pandas (~1 s) only for to_frame(); `import fedsynth.meta` stays without it
+        import pandas as pd
 
         return pd.DataFrame({"estimate": self.coef, "se": self.se, "stat": self.stat,
                              "pval": self.pval, "ci_lb": self.ci_lb, "ci_ub": self.ci_ub,
@@ -218,14 +228,19 @@ class MetaRegressionResult(ResultMixin):
 
     def forest(self, **options: Any):
         """Forest plot of the sites with their fitted values (``fedsynth.plots``)."""
-        from fedsynth.plots import forest_plot  # matplotlib: imported only to plot
+        # lazy: import cycle: fedsynth.plots imports fedsynth.meta at top
+        from fedsynth.plots import forest_plot
 
         return forest_plot(self, **options)
 
     def funnel(self, **options: Any):
-        """Funnel plot of the residuals against their standard errors (metafor's
-        ``funnel()`` of a model with moderators)."""
-        from fedsynth.plots import funnel_plot  # matplotlib: imported only to plot
+        """Funnel plot of the residuals against their standard errors.
+
+        Funnel plot of the residuals against their standard errors (metafor's
+        ``funnel()`` of a model with moderators).
+        """
+        # lazy: import cycle: fedsynth.plots imports fedsynth.meta at top
+        from fedsynth.plots import funnel_plot
 
         return funnel_plot(self, **options)
 

@@ -64,8 +64,11 @@ ConfidenceInterval = Interval
 
 
 def _crit(confidence_level: float, test: str, k: int) -> float:
-    """Two-sided critical value of the pooled estimate's test: t with k - 1 df under
-    Knapp-Hartung (k >= 2; one site falls back to z, as :func:`pool` does), else normal."""
+    """Two-sided critical value of the pooled estimate's test.
+
+    Two-sided critical value of the pooled estimate's test: t with k - 1 df under
+    Knapp-Hartung (k >= 2; one site falls back to z, as :func:`pool` does), else normal.
+    """
     alpha = 1.0 - confidence_level
     if test == "knha" and k >= 2:
         return float(st.t_isf(alpha / 2, k - 1))
@@ -210,15 +213,19 @@ class PoolingResult(ResultMixin):
         return out
 
     def to_frame(self):
-        """One row (index: the analysis name) with the keys of :meth:`to_dict`, intervals
-        as ``tau2_ci_lb``, ``tau2_ci_ub``, ..."""
+        """One row (index: the analysis name) with the keys of :meth:`to_dict`.
+
+        One row (index: the analysis name) with the keys of :meth:`to_dict`, intervals
+        as ``tau2_ci_lb``, ``tau2_ci_ub``, ...
+        """
         frame = super().to_frame()
         frame.index = [self.name if self.name is not None else 0]
         return frame
 
     def sites_frame(self):
         """One row per site: label, ``yi``, ``vi``, ``sei`` and weight (percent)."""
-        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+        # lazy: pandas (~1 s) only for to_frame(); `import fedsynth.meta` stays without it
+        import pandas as pd
 
         return pd.DataFrame({"label": list(self.labels), "yi": list(self.yi),
                              "vi": list(self.vi), "sei": np.sqrt(self.vi),
@@ -232,19 +239,22 @@ class PoolingResult(ResultMixin):
 
     def forest(self, **options: Any):
         """Forest plot of this analysis (:func:`fedsynth.plots.forest_plot`)."""
-        from fedsynth.plots import forest_plot  # matplotlib: imported only to plot
+        # lazy: import cycle: fedsynth.plots imports fedsynth.meta at top
+        from fedsynth.plots import forest_plot
 
         return forest_plot(self, **options)
 
     def funnel(self, **options: Any):
         """Funnel plot of this analysis (:func:`fedsynth.plots.funnel_plot`)."""
-        from fedsynth.plots import funnel_plot  # matplotlib: imported only to plot
+        # lazy: import cycle: fedsynth.plots imports fedsynth.meta at top
+        from fedsynth.plots import funnel_plot
 
         return funnel_plot(self, **options)
 
     def _diagnostics(self):
         # scipy.stats (imported by the diagnostics) costs more start-up than pooling
         # thousands of analyses (benchmarks/README.md): only when a diagnostic is asked for
+        # lazy: import cycle: fedsynth.meta.diagnostics imports this module
         from fedsynth.meta import diagnostics
 
         if self.k < 2:
@@ -263,9 +273,13 @@ class PoolingResult(ResultMixin):
                                              method=self.method, test=self.test)
 
     def blup(self) -> BlupResult:
-        """Each site's shrunken estimate with a prediction interval (metafor's ``blup``),
-        from this fit's tau²."""
+        """Each site's shrunken estimate with a prediction interval.
+
+        Each site's shrunken estimate with a prediction interval (metafor's ``blup``),
+        from this fit's tau².
+        """
         diagnostics = self._diagnostics()
+        # lazy: import cycle: fedsynth.meta.metareg imports this module
         from fedsynth.meta.metareg import fit_rma
 
         fit = fit_rma(self.yi, self.vi, None, method="FE", test=self.test, level=self.level,
@@ -274,22 +288,32 @@ class PoolingResult(ResultMixin):
                                 fit=fit)
 
     def publication_bias(self) -> PublicationBiasResult:
-        """Egger's and Begg's tests and trim-and-fill (metafor's ``regtest``,
-        ``ranktest``, ``trimfill``); needs k >= 3."""
+        """Egger's and Begg's tests and trim-and-fill.
+
+        Egger's and Begg's tests and trim-and-fill (metafor's ``regtest``,
+        ``ranktest``, ``trimfill``); needs k >= 3.
+        """
         return self._diagnostics().publication_bias(self.yi, self.vi, method=self.method,
                                                     test=self.test)
 
     def heterogeneity(self, *, i2_threshold: float = 50.0,
                       null_value: float = 0.0) -> HeterogeneityFlag:
-        """The heterogeneity flag of this analysis (the rule in docs/architecture.md; see
-        :func:`fedsynth.meta.heterogeneity.assess_heterogeneity`)."""
+        """The heterogeneity flag of this analysis.
+
+        The heterogeneity flag of this analysis (the rule in docs/architecture.md; see
+        :func:`fedsynth.meta.heterogeneity.assess_heterogeneity`).
+        """
         return self.analyse(i2_threshold=i2_threshold, null_value=null_value,
                             diagnostics=False).heterogeneity
 
     def analyse(self, **options: Any) -> AnalysisResult:
-        """Everything ``fedsynth meta`` reports about this analysis: the flag and the
-        requested diagnostics (:func:`fedsynth.meta.analysis.analyse` on this fit)."""
-        from fedsynth.meta.analysis import analyse  # imports the diagnostics (see above)
+        """Everything ``fedsynth meta`` reports about this analysis.
+
+        Everything ``fedsynth meta`` reports about this analysis: the flag and the
+        requested diagnostics (:func:`fedsynth.meta.analysis.analyse` on this fit).
+        """
+        # lazy: import cycle: fedsynth.meta.analysis imports this module
+        from fedsynth.meta.analysis import analyse
 
         return analyse(self.yi, self.vi, labels=self.labels, method=self.method,
                        test=self.test, level=self.level, pooled=self, **options)
@@ -426,7 +450,8 @@ class BatchPoolingResult(ResultMixin):
 
     def to_frame(self):
         """A :class:`pandas.DataFrame` with one row per analysis (index: analysis names)."""
-        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+        # lazy: pandas (~1 s) only for to_frame(); `import fedsynth.meta` stays without it
+        import pandas as pd
 
         data = {"analysis": list(self.names)}
         data.update({name: getattr(self, name) for name in _ARRAY_FIELDS})
@@ -438,16 +463,22 @@ class BatchPoolingResult(ResultMixin):
         return frame
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"method", "test", "level", "analyses": [record, ...]}``; each record is
+        """The JSON form of the batch, as the command line's ``--by`` JSON.
+
+        ``{"method", "test", "level", "analyses": [record, ...]}``; each record is
         :meth:`PoolingResult.to_dict` with ``analysis`` (its name) first, as the command
-        line's ``--by`` JSON."""
+        line's ``--by`` JSON.
+        """
         records = [{"analysis": name, **rec} for name, rec in zip(self.names, self.to_dicts())]
         return {"method": self.method, "test": self.test, "level": self.level,
                 "analyses": records}
 
     def summary(self) -> str:
-        """One line per analysis (the first 20 and how many more): k, estimate, se,
-        confidence bounds, tau², I² and the heterogeneity test's p-value."""
+        """One line per analysis (the first 20 and how many more).
+
+        One line per analysis (the first 20 and how many more): k, estimate, se,
+        confidence bounds, tau², I² and the heterogeneity test's p-value.
+        """
         return format_batch_summary(self)
 
     def _repr_html_(self) -> str:

@@ -138,13 +138,19 @@ class BatchInput:
 
     @cached_property
     def vw(self) -> np.ndarray:
-        """``vi`` with +inf outside the mask, so ``1 / (vw + tau2)`` is a weight of exactly
-        zero there without a mask operation in the hot loops."""
+        """``vi`` with +inf outside the mask.
+
+        ``vi`` with +inf outside the mask, so ``1 / (vw + tau2)`` is a weight of exactly
+        zero there without a mask operation in the hot loops.
+        """
         return np.where(self.mask, self.vi, np.inf)
 
     def take(self, rows: Any) -> BatchInput:
-        """The analyses ``rows`` (indices) as a batch of their own, sharing the cached
-        ``vw``; the batch itself when ``rows`` are all of its rows in order."""
+        """The analyses ``rows`` (indices) as a batch of their own.
+
+        The analyses ``rows`` (indices) as a batch of their own, sharing the cached
+        ``vw``; the batch itself when ``rows`` are all of its rows in order.
+        """
         idx = np.asarray(rows)
         if idx.dtype != bool and idx.size == self.yi.shape[0] and (
                 idx.size == 0 or (idx[0] == 0 and np.all(np.diff(idx) == 1))):
@@ -157,8 +163,11 @@ class BatchInput:
 
 
 def as_mask(mask, shape: tuple[int, ...]) -> np.ndarray:
-    """A boolean (analyses, sites) mask: all present when ``mask`` is None, a 1-D mask
-    promoted to one analysis. The shape is not checked here (see ``pooling.pool``)."""
+    """A boolean (analyses, sites) mask.
+
+    A boolean (analyses, sites) mask: all present when ``mask`` is None, a 1-D mask
+    promoted to one analysis. The shape is not checked here (see ``pooling.pool``).
+    """
     if mask is None:
         return np.ones(shape, dtype=bool)
     msk = np.array(mask, dtype=bool, ndmin=1)
@@ -166,7 +175,9 @@ def as_mask(mask, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def as_batch(yi, vi, mask=None, X=None) -> BatchInput:
-    """Promote ``yi``, ``vi`` (1-D or 2-D), an optional mask and an optional design matrix
+    """Promote effect sizes, variances, a mask and a design matrix to a sanitised batch.
+
+    Promote ``yi``, ``vi`` (1-D or 2-D), an optional mask and an optional design matrix
     ``X`` (``(K, p)`` shared by every analysis, or ``(m, K, p)``) to a sanitised batch.
 
     No validation of values is done here (see :func:`fedsynth.meta.pooling.pool` and
@@ -194,8 +205,11 @@ def as_batch(yi, vi, mask=None, X=None) -> BatchInput:
 
 
 def _rsum(a: np.ndarray) -> np.ndarray:
-    """Row sums through BLAS (``a @ 1``): much faster than ``a.sum(axis=1)`` for the
-    short rows of a batch (a few dozen sites)."""
+    """Row sums through BLAS (``a @ 1``).
+
+    Row sums through BLAS (``a @ 1``): much faster than ``a.sum(axis=1)`` for the
+    short rows of a batch (a few dozen sites).
+    """
     return a @ np.ones(a.shape[1])
 
 
@@ -211,9 +225,12 @@ def _weights(vw: np.ndarray, tau2: np.ndarray) -> np.ndarray:
 
 
 def _xtol(b: BatchInput) -> np.ndarray:
-    """Per-row root tolerance proportional to the row's mean sampling variance: tau² has
+    """Per-row root tolerance proportional to the row's mean sampling variance.
+
+    Per-row root tolerance proportional to the row's mean sampling variance: tau² has
     the units of ``vi``, so a root found to this tolerance is found to the same relative
-    accuracy whatever the units of the effect sizes."""
+    accuracy whatever the units of the effect sizes.
+    """
     with np.errstate(invalid="ignore", divide="ignore"):
         scale = _rsum(np.where(b.mask, b.vi, 0.0)) / np.maximum(b.k, 1)
     return _XTOL_REL * np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
@@ -266,8 +283,11 @@ def _tr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def wls(X: np.ndarray, w: np.ndarray, y: np.ndarray
         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weighted least squares of every row: ``A = (X'WX)^-1``, ``beta = A X'Wy`` and the
-    residuals ``y - X beta`` (shapes (m, p, p), (m, p), (m, K))."""
+    """Weighted least squares of every row.
+
+    Weighted least squares of every row: ``A = (X'WX)^-1``, ``beta = A X'Wy`` and the
+    residuals ``y - X beta`` (shapes (m, p, p), (m, p), (m, K)).
+    """
     A = np.linalg.inv(_xgx(X, w))
     beta = np.einsum("mpq,mq->mp", A, np.einsum("mkp,mk->mp", X, w * y))
     return A, beta, y - np.einsum("mkp,mp->mk", X, beta)
@@ -342,8 +362,11 @@ def _sum_p2(w: np.ndarray, a=None, b=None, X: np.ndarray | None = None) -> np.nd
 
 
 def q_statistic(b: BatchInput) -> np.ndarray:
-    """Cochran's Q (``QE`` with a design matrix): ``sum w_i (y_i - x_i' beta_FE)^2`` with
-    ``w = 1 / vi`` (Cochran 1954)."""
+    """Cochran's Q (``QE`` with a design matrix).
+
+    Cochran's Q (``QE`` with a design matrix): ``sum w_i (y_i - x_i' beta_FE)^2`` with
+    ``w = 1 / vi`` (Cochran 1954).
+    """
     return generalized_q(b, np.zeros(b.yi.shape[0]))
 
 
@@ -360,8 +383,11 @@ def generalized_q(b: BatchInput, tau2, *, rows=None) -> np.ndarray:
 
 
 def _q_and_slope(y, vw, tau2, X=None):
-    """Generalised Q and its derivative ``dQ/dtau2 = -y'PPy = -sum (w r)^2`` (beta drops
-    out: the weighted residuals are orthogonal to X)."""
+    """Generalised Q and its derivative in tau².
+
+    Generalised Q and its derivative ``dQ/dtau2 = -y'PPy = -sum (w r)^2`` (beta drops
+    out: the weighted residuals are orthogonal to X).
+    """
     w = _weights(vw, tau2)
     r = _residuals(y, w, X)
     wr = w * r
@@ -369,7 +395,7 @@ def _q_and_slope(y, vw, tau2, X=None):
 
 
 def typical_variance(b: BatchInput) -> np.ndarray:
-    """metafor's "typical" within-study variance ``(k - p) / tr(P)`` with ``w = 1 / vi``.
+    """The "typical" (metafor) within-study variance ``(k - p) / tr(P)`` with ``w = 1 / vi``.
 
     Equal to ``(k-1) sum(w) / (sum(w)^2 - sum(w^2))`` for pooling (Higgins & Thompson
     2002); I² and H² are defined through it, so that ``I2 = (Q - df) / Q`` for DL.
@@ -425,8 +451,11 @@ def chi2_ppf(p, df):
 
 
 def per_distinct(fn: Callable[[np.ndarray], np.ndarray], values: np.ndarray) -> np.ndarray:
-    """``fn(values)`` evaluated once per distinct value (quantiles that depend on k only:
-    a batch of 20,000 analyses has a handful of distinct k)."""
+    """``fn(values)`` evaluated once per distinct value.
+
+    ``fn(values)`` evaluated once per distinct value (quantiles that depend on k only:
+    a batch of 20,000 analyses has a handful of distinct k).
+    """
     uniq, inverse = np.unique(values, return_inverse=True)
     return np.asarray(fn(uniq))[inverse.reshape(np.shape(values))]
 
@@ -592,8 +621,11 @@ class Tau2Fit:
 
 
 def _centered(b: BatchInput) -> BatchInput:
-    """The batch with ``yi`` minus its unweighted row mean (metafor centres ``yi`` before
-    estimating tau², with or without moderators, for numerical stability)."""
+    """The batch with ``yi`` minus its unweighted row mean.
+
+    The batch with ``yi`` minus its unweighted row mean (metafor centres ``yi`` before
+    estimating tau², with or without moderators, for numerical stability).
+    """
     mean = _rsum(b.yi) / np.maximum(b.k, 1)
     y = np.where(b.mask, b.yi - mean[:, None], 0.0)
     out = BatchInput(y, b.vi, b.mask, b.k, b.X)
@@ -1114,6 +1146,6 @@ def log_likelihood(b: BatchInput, tau2, *, reml: bool) -> np.ndarray:
 
 
 def _alpha(level: float) -> float:
-    """metafor's ``.level``: 95 -> 0.05; a value in (0, 1) is a proportion (0.95 -> 0.05)."""
+    """Alpha of a level, as metafor's ``.level``: 95 -> 0.05, and a proportion 0.95 -> 0.05."""
     level = float(level)
     return (100.0 - level) / 100.0 if level > 1 else 1.0 - level

@@ -1,4 +1,4 @@
-"""Subgroup analysis: does the pooled effect differ between groups of sites?
+"""Subgroup analysis: whether the pooled effect differs between groups of sites.
 
 Two complementary answers, both reported (Borenstein et al. 2009, *Introduction to
 Meta-Analysis*, ch. 19; Viechtbauer 2010, J. Stat. Softw. 36(3)):
@@ -62,12 +62,14 @@ class SubgroupFit(ResultMixin):
         return Interval(self.estimate - half, self.estimate + half, level=level)
 
     def summary(self, digits: int = 4) -> str:
+        """One line: the group's k, estimate, CI, tau² and I²."""
         d = digits
         return (f"{self.group}: k = {self.k}, estimate {f(self.estimate, d)} "
                 f"(se {f(self.se, d)}, {self.level:g}% CI {f(self.ci_lb, d)} to "
                 f"{f(self.ci_ub, d)}), tau^2 = {f(self.tau2, d)}, I^2 = {f(self.I2, 2)}%")
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form of this group's fit, NaN as None."""
         return _json_safe({"group": self.group, "k": self.k, "estimate": self.estimate,
                            "se": self.se, "ci_lb": self.ci_lb, "ci_ub": self.ci_ub,
                            "tau2": self.tau2, "I2": self.I2, "Q": self.Q,
@@ -112,8 +114,11 @@ class SubgroupResult(ResultMixin):
     level: float = 95.0
 
     def summary(self, digits: int = 4) -> str:
-        """Per-group fits and both tests of subgroup differences, as ``fedsynth meta
-        --subgroup`` prints them."""
+        """Per-group fits and both tests of subgroup differences.
+
+        Per-group fits and both tests of subgroup differences, as ``fedsynth meta
+        --subgroup`` prints them.
+        """
         d = digits
         rows = [[g.group, str(g.k), f(g.estimate, d), f(g.se, d), f(g.ci_lb, d),
                  f(g.ci_ub, d), f(g.tau2, d), f(g.I2, 2), f(g.Q, d)] for g in self.groups]
@@ -133,7 +138,8 @@ class SubgroupResult(ResultMixin):
 
     def to_frame(self):
         """One row per group: k, estimate, se, confidence bounds, tau², I², Q."""
-        import pandas as pd  # lazily, as ResultMixin.to_frame (start-up cost)
+        # lazy: pandas (~1 s) only for to_frame(); `import fedsynth.meta` stays without it
+        import pandas as pd
 
         rows = [{key: value for key, value in g.to_dict().items() if key not in ("group",
                                                                                "sites")}
@@ -149,11 +155,13 @@ class SubgroupResult(ResultMixin):
 
     def forest(self, **options: Any):
         """Forest plot in blocks, one diamond per group (``fedsynth.plots``)."""
-        from fedsynth.plots import forest_plot  # matplotlib: imported only to plot
+        # lazy: import cycle: fedsynth.plots imports fedsynth.meta at top
+        from fedsynth.plots import forest_plot
 
         return forest_plot(self, **options)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form: every group's fit and the tests of subgroup differences, NaN as None."""
         return _json_safe({"variable": self.variable, "groups": [g.to_dict() for g in self.groups],
                 "Q_between_separate_tau2": self.Q_between_separate_tau2,
                 "Q_between_df": self.Q_between_df, "Q_between_pval": self.Q_between_pval,

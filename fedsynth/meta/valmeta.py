@@ -204,7 +204,8 @@ class StudyPerformance:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (NaN and infinities become ``None``)."""
         return {"label": self.label, "theta": finite_or_none(self.theta),
-                "theta_se": finite_or_none(self.theta_se), "theta_cilb": finite_or_none(self.theta_cilb),
+                "theta_se": finite_or_none(self.theta_se),
+                "theta_cilb": finite_or_none(self.theta_cilb),
                 "theta_ciub": finite_or_none(self.theta_ciub), "theta_source": self.theta_source,
                 "theta_se_source": self.theta_se_source, "used": self.used,
                 "note": self.note, "O": finite_or_none(self.O), "E": finite_or_none(self.E),
@@ -277,10 +278,13 @@ class PerformanceData:
         return [s.to_dict() for s in self.studies]
 
     def to_frame(self):
-        """A :class:`pandas.DataFrame` with metamisc's columns (``theta``, ``theta.se``,
+        """A :class:`pandas.DataFrame` with metamisc's columns, indexed by study label.
+
+        A :class:`pandas.DataFrame` with metamisc's columns (``theta``, ``theta.se``,
         ``theta.cilb``, ``theta.ciub``, ``theta.source``, ``theta.se.source``; ``O``,
-        ``E``, ``N`` for O:E) and ``used``, indexed by study label."""
-        # lazy, as BatchPoolingResult.to_frame: pandas is not needed for the statistics
+        ``E``, ``N`` for O:E) and ``used``, indexed by study label.
+        """
+        # lazy: pandas (~1 s) only for to_frame(); `import fedsynth.meta` stays without it
         import pandas as pd
 
         rows = {"theta": self.theta, "theta.se": self.theta_se,
@@ -414,18 +418,21 @@ class ValmetaResult:
         return {
             "estimate": finite_or_none(self.estimate), "ci_lb": finite_or_none(self.ci_lb),
             "ci_ub": finite_or_none(self.ci_ub), "pi_lb": finite_or_none(self.pi_lb),
-            "pi_ub": finite_or_none(self.pi_ub), "k": int(self.k), "tau2": finite_or_none(self.tau2),
+            "pi_ub": finite_or_none(self.pi_ub), "k": int(self.k),
+            "tau2": finite_or_none(self.tau2),
             "studies": studies,
             "measure": self.measure, "model": self.model, "scale": self.scale,
             "null_value": self.null_value, "method": self.method, "test": self.test,
             "level": self.level,
             "pooled": {"estimate": finite_or_none(self.mu), "se": finite_or_none(self.mu_se),
-                       "ci_lb": finite_or_none(self.mu_ci_lb), "ci_ub": finite_or_none(self.mu_ci_ub),
-                       "pi_lb": finite_or_none(self.mu_pi_lb), "pi_ub": finite_or_none(self.mu_pi_ub),
+                       "ci_lb": finite_or_none(self.mu_ci_lb),
+                       "ci_ub": finite_or_none(self.mu_ci_ub),
+                       "pi_lb": finite_or_none(self.mu_pi_lb),
+                       "pi_ub": finite_or_none(self.mu_pi_ub),
                        "tau2": finite_or_none(self.tau2), "tau": finite_or_none(self.tau),
                        "stat": finite_or_none(self.stat), "pval": finite_or_none(self.pval),
-                       "I2": finite_or_none(self.I2), "Q": finite_or_none(self.Q), "Q_df": int(self.Q_df),
-                       "Q_pval": finite_or_none(self.Q_pval)},
+                       "I2": finite_or_none(self.I2), "Q": finite_or_none(self.Q),
+                       "Q_df": int(self.Q_df), "Q_pval": finite_or_none(self.Q_pval)},
             "labels": list(self.data.labels),
             "notes": list(self.notes),
         }
@@ -529,8 +536,11 @@ class _Inputs:
 
 
 def _make_unique(labels: Sequence[str]) -> list[str]:
-    """R's ``make.unique``: the second and later copies of a label get ``.1``, ``.2``, ...
-    (skipping names already in use), as metamisc labels its studies."""
+    """Unique labels, as R's ``make.unique``.
+
+    R's ``make.unique``: the second and later copies of a label get ``.1``, ``.2``, ...
+    (skipping names already in use), as metamisc labels its studies.
+    """
     seen = set(labels)
     counters: dict[str, int] = {}
     first: set[str] = set()
@@ -562,8 +572,11 @@ def _level(level: float) -> float:
 
 
 def _check_levels(inp: _Inputs, name: str, lb: str, ub: str) -> None:
-    """A CI level is a proportion strictly inside (0, 1) and must be known where a
-    confidence interval is given."""
+    """Check a CI level.
+
+    A CI level is a proportion strictly inside (0, 1) and must be known where a
+    confidence interval is given.
+    """
     inp.check(name, lambda v: (v > 0) & (v < 1),
               "must be a proportion strictly between 0 and 1 (e.g. 0.95)")
     has_ci = ~np.isnan(inp.get(lb)) & ~np.isnan(inp.get(ub))
@@ -608,8 +621,11 @@ def _check_counts(inp: _Inputs, with_e: bool) -> None:
 
 
 def _first_available(m: np.ndarray) -> np.ndarray:
-    """Index of the first column that is not NaN in each row, 0 if none (metamisc's
-    ``which.min(is.na(row))``)."""
+    """Index of the first column that is not NaN in each row, 0 if none.
+
+    Index of the first column that is not NaN in each row, 0 if none (metamisc's
+    ``which.min(is.na(row))``).
+    """
     return np.argmax(~np.isnan(m), axis=1)
 
 
@@ -622,9 +638,12 @@ def _pick(m: np.ndarray, sel: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 
 def _c_from_sd_lp(sd_lp: np.ndarray) -> np.ndarray:
-    """The c-statistic implied by a normal linear predictor with standard deviation
+    """The c-statistic implied by a normal linear predictor in a logistic model.
+
+    The c-statistic implied by a normal linear predictor with standard deviation
     ``sd_lp`` in a logistic model (White & Rapsomaniki 2015):
-    ``c = 2 ∫_0^∞ expit(√2 σ x) φ(x) dx``, vectorised over studies."""
+    ``c = 2 ∫_0^∞ expit(√2 σ x) φ(x) dx``, vectorised over studies.
+    """
     out = np.full(sd_lp.shape, np.nan)
     present = ~np.isnan(sd_lp)
     if not present.any():
@@ -645,8 +664,11 @@ def _c_from_sd_lp(sd_lp: np.ndarray) -> np.ndarray:
 
 def _hanley_var(c: np.ndarray, n_subjects: np.ndarray, n_events: np.ndarray,
                 method: int) -> np.ndarray:
-    """Variance of the c-statistic by Hanley & McNeil (1982) with Newcombe's (2006)
-    method 2 (``m* = m - 1, n* = n - 1``) or 4 (``m* = n* = N/2 - 1``)."""
+    """Variance of the c-statistic by Hanley & McNeil (1982).
+
+    Variance of the c-statistic by Hanley & McNeil (1982) with Newcombe's (2006)
+    method 2 (``m* = m - 1, n* = n - 1``) or 4 (``m* = n* = N/2 - 1``).
+    """
     n = n_events
     m = n_subjects - n_events
     if method == 2:
@@ -663,7 +685,9 @@ def ccalc(cstat: Any = None, cstat_se: Any = None, cstat_cilb: Any = None,
           slab: Any = None,
           g: str | None = None, level: float = 0.95, approx_se_method: int = 4,
           field_names: Mapping[str, str] | None = None) -> PerformanceData:
-    """The (transformed) c-statistic of each study and its standard error (metamisc's
+    """The (transformed) c-statistic of each study and its standard error.
+
+    The (transformed) c-statistic of each study and its standard error (metamisc's
     ``ccalc``; Debray et al. 2017, BMJ 356:i6460, appendix).
 
     The estimate is ``g(cstat)``, else ``g(c)`` with ``c`` implied by ``sd_LP``. Its
@@ -763,8 +787,11 @@ def _ccalc(inp: _Inputs, scale: _Scale, level: float, method: int) -> Performanc
 
 
 def _study_ci(theta, theta_se, lb, ub, lv, level, scale):
-    """Per-study CI: the reported bounds (transformed) where reported at ``level``, else
-    ``theta ± z se`` (metamisc's theta.cilb / theta.ciub)."""
+    """Per-study CI: the reported bounds (transformed) where usable, else Wald.
+
+    Per-study CI: the reported bounds (transformed) where reported at ``level``, else
+    ``theta ± z se`` (metamisc's theta.cilb / theta.ciub).
+    """
     same = lv == level
     cil = np.where(same, scale.g(lb), np.nan)
     ciu = np.where(same, scale.g(ub), np.nan)
@@ -795,9 +822,12 @@ def _cstat_note(theta: float, se: float, c: float, c_lp: float, scale: _Scale) -
 
 def _oe_from_oen(o: np.ndarray, e: np.ndarray, n: np.ndarray | None,
                  add: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """O/E and its variance ``O (1 - O/N) / E²`` (O binomial, E fixed), or ``O / E²``
+    """O/E and its variance from O, E and N.
+
+    O/E and its variance ``O (1 - O/N) / E²`` (O binomial, E fixed), or ``O / E²``
     without N (O Poisson); ``add`` is added to O, E (and N) where E = 0 (the third
-    array says where)."""
+    array says where).
+    """
     zero = (e == 0) & (add > 0)
     e = np.where(zero, e + add, e)
     o = np.where(zero, o + add, o)
@@ -814,7 +844,9 @@ def oecalc(OE: Any = None, OE_se: Any = None, OE_cilb: Any = None, OE_ciub: Any 
            *, data: Any = None, slab: Any = None, add: float = 0.5, g: str | None = None,
            level: float = 0.95,
            field_names: Mapping[str, str] | None = None) -> PerformanceData:
-    """The (transformed) total O:E ratio of each study and its standard error (metamisc's
+    """The (transformed) total O:E ratio of each study and its standard error.
+
+    The (transformed) total O:E ratio of each study and its standard error (metamisc's
     ``oecalc``; Debray et al. 2017, BMJ 356:i6460, appendix; Debray et al. 2019, Stat
     Methods Med Res 28:2768).
 
@@ -937,8 +969,11 @@ _ESTIMATE_INPUTS = {"OE and SE(OE)": "OE", "OE and CI(OE)": "OE", "EO and SE(EO)
 
 def _oe_note(theta: float, se: float, source: str | None, o: float, scale: _Scale,
              present: Sequence[str]) -> str | None:
-    """Why a study's O:E cannot be pooled (None if it can); ``present`` names the inputs
-    the study has."""
+    """Why a study's O:E cannot be pooled (None if it can).
+
+    Why a study's O:E cannot be pooled (None if it can); ``present`` names the inputs
+    the study has.
+    """
     if source is None:
         if not present:
             return "no O:E inputs (every cell empty)"

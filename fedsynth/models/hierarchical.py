@@ -477,8 +477,11 @@ class SiteContribution:
 
 
 def _read_core(data: Mapping[str, Any], parameters: int, site: str) -> dict[str, Any]:
-    """Check the fields every contribution has: ``n``, ``loglik`` (``null``: -inf),
-    ``gradient``, ``hessian`` (shapes, finiteness, symmetry) and ``nodes``."""
+    """Check the fields every contribution has.
+
+    Check the fields every contribution has: ``n``, ``loglik`` (``null``: -inf),
+    ``gradient``, ``hessian`` (shapes, finiteness, symmetry) and ``nodes``.
+    """
     if not isinstance(data, Mapping):
         raise InputError(f"{site}: expected an object, got {type(data).__name__}")
     for key in ("n", "loglik", "gradient", "hessian"):
@@ -580,8 +583,11 @@ def combine(contributions: Sequence[_Contribution] | Mapping[str, _Contribution]
 
 @lru_cache(maxsize=64)
 def _rule(k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes ``x`` and ``log w + x^2/2`` of the ``k``-point Gauss-Hermite rule for the
-    weight ``exp(-x^2/2)`` (so that ``int f = sum exp(log w + x^2/2) f(x)`` for any ``f``)."""
+    """The ``k``-point Gauss-Hermite rule for the weight ``exp(-x^2/2)``.
+
+    Nodes ``x`` and ``log w + x^2/2`` of the ``k``-point Gauss-Hermite rule for the
+    weight ``exp(-x^2/2)`` (so that ``int f = sum exp(log w + x^2/2) f(x)`` for any ``f``).
+    """
     x, w = hermegauss(k)
     with np.errstate(divide="ignore"):
         logw = np.log(w) + x * x / 2.0
@@ -614,7 +620,9 @@ def _terms(data: SiteData, eta: np.ndarray, sigma: float
 
 def _mode(data: SiteData, eta: np.ndarray, tau: float, sigma: float
           ) -> tuple[float, float, float]:
-    """Mode ``z_hat`` of ``g(z) = sum_j log f(y_j | eta_j + tau z) - z^2/2``, ``g(z_hat)``
+    """The mode of a site's integrand and the curvature there.
+
+    Mode ``z_hat`` of ``g(z) = sum_j log f(y_j | eta_j + tau z) - z^2/2``, ``g(z_hat)``
     (without constants) and ``-g''(z_hat)``.
 
     ``g`` is strictly concave (canonical links), so Newton's method with step halving
@@ -770,10 +778,13 @@ class _Impossible(Exception):
 
 def _gaussian_closed_form(data: SiteData, beta: np.ndarray, tau: float,
                           sigma: float) -> SiteContribution:
-    """``y_i ~ N(X_i beta + o_i, sigma^2 I + tau^2 J)``: value and derivatives in
+    """The exact Gaussian random-intercept likelihood of one site and its derivatives.
+
+    ``y_i ~ N(X_i beta + o_i, sigma^2 I + tau^2 J)``: value and derivatives in
     ``(beta, tau, sigma)`` from the eigen-decomposition of the compound-symmetric
     covariance (eigenvalue ``sigma^2 + n tau^2`` along ``1``, ``sigma^2`` on its
-    complement; Searle, Casella & McCulloch, *Variance Components*, Wiley 1992, ch. 3)."""
+    complement; Searle, Casella & McCulloch, *Variance Components*, Wiley 1992, ch. 3).
+    """
     X = data.X
     n = data.n
     r = data.y - data.offset - X @ beta
@@ -821,10 +832,13 @@ def _gaussian_closed_form(data: SiteData, beta: np.ndarray, tau: float,
 
 
 def _glm_at_tau_zero(data: SiteData, beta: np.ndarray) -> SiteContribution:
-    """``tau = 0``: no integral, the ordinary GLM likelihood. Its derivatives in ``tau``
+    """The ordinary GLM likelihood at ``tau = 0`` and its derivatives.
+
+    ``tau = 0``: no integral, the ordinary GLM likelihood. Its derivatives in ``tau``
     are those of the integral at ``tau = 0`` (the posterior of ``z`` is then ``N(0, 1)``):
     ``dl/dtau = E[z] sum l' = 0``, ``d2l/dbeta dtau = 0`` and
-    ``d2l/dtau2 = E[z^2] (sum l')^2 + E[z^2] sum l'' = (sum l')^2 + sum l''``."""
+    ``d2l/dtau2 = E[z^2] (sum l')^2 + E[z^2] sum l'' = (sum l')^2 + sum l''``.
+    """
     value, d1, d2 = _terms(data, data.X @ beta + data.offset, math.nan)
     p = data.p
     grad = np.zeros(p + 1)
@@ -970,6 +984,7 @@ class SiteIntercept:
     posterior_sd: float
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form of this site's intercept."""
         return {"n": self.n, "mode": self.mode, "sd": self.sd, "ci_lb": self.ci_lb,
                 "ci_ub": self.ci_ub, "posterior_mean": self.posterior_mean,
                 "posterior_sd": self.posterior_sd}
@@ -1089,8 +1104,11 @@ class HierarchicalFit:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form; issue 14's ``"hierarchical"`` keys (``coefficients``, ``se``, ``tau``,
-        ``tau2``, ``logLik``, ``site_intercepts``, ``site_intercepts_se``) plus the rest."""
+        """JSON form of the fit.
+
+        JSON form; issue 14's ``"hierarchical"`` keys (``coefficients``, ``se``, ``tau``,
+        ``tau2``, ``logLik``, ``site_intercepts``, ``site_intercepts_se``) plus the rest.
+        """
 
         def num(value: float) -> float | None:
             return _json_number(float(value))
@@ -1209,9 +1227,12 @@ class _Problem:
 
 
 def _direction(point: _Point) -> tuple[np.ndarray, float, bool]:
-    """Newton direction from ``-H d = g``, the decrement ``g'd`` and whether ``-H`` was
+    """Newton direction, the decrement and whether ``-H`` was positive definite.
+
+    Newton direction from ``-H d = g``, the decrement ``g'd`` and whether ``-H`` was
     positive definite (else its eigenvalues are reflected and floored: a modified Newton
-    step that still ascends)."""
+    step that still ascends).
+    """
     neg = -point.hessian
     vals, vecs = np.linalg.eigh((neg + neg.T) / 2)
     top = float(np.max(np.abs(vals))) if vals.size else 1.0
@@ -1746,8 +1767,11 @@ class SlopeContribution:
 
 def _mode2(data: SiteData, eta: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, float,
                                                                      np.ndarray]:
-    """Mode of ``g(z) = sum_j log f(y_j | eta_j + B_j z) - |z|^2/2`` (strictly concave),
-    ``g`` there (without constants) and ``-g''`` (positive definite)."""
+    """The mode of a site's two-dimensional integrand and the curvature there.
+
+    Mode of ``g(z) = sum_j log f(y_j | eta_j + B_j z) - |z|^2/2`` (strictly concave),
+    ``g`` there (without constants) and ``-g''`` (positive definite).
+    """
 
     def evaluate(z: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         value, d1, d2 = _terms(data, eta + B @ z, math.nan)
@@ -1832,7 +1856,9 @@ def _quadrature2(data: SiteData, eta: np.ndarray, w: np.ndarray, L: np.ndarray,
 
 
 def slope_contribution(data: SiteData, proposal: SlopeProposal) -> SlopeContribution:
-    """The site function of the random-slope model: ``log L_i`` and its derivatives in
+    """The site function of the random-slope model.
+
+    The site function of the random-slope model: ``log L_i`` and its derivatives in
     ``(beta, l11, l21, l22)`` by two-dimensional adaptive Gauss-Hermite quadrature.
 
     The per-dimension node count climbs :data:`SLOPE_LADDER` until two rules agree to
@@ -1905,6 +1931,7 @@ class SiteEffects:
     posterior_sd: tuple[float, float]
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form of this site's effects."""
         return {"n": self.n, "intercept": self.intercept, "slope": self.slope,
                 "intercept_sd": self.intercept_sd, "slope_sd": self.slope_sd,
                 "correlation": _json_number(self.correlation),
@@ -2017,8 +2044,11 @@ SlopeEvaluate = Callable[[SlopeProposal], Mapping[str, SlopeContribution]]
 
 
 class _SlopeProblem:
-    """Coordinates ``(beta, log l11, l21[, log l22])``; without ``log l22`` (``with_tau``
-    False) the point is on the face ``l22 = 0``."""
+    """The optimisation problem of the random-slope model.
+
+    Coordinates ``(beta, log l11, l21[, log l22])``; without ``log l22`` (``with_tau``
+    False) the point is on the face ``l22 = 0``.
+    """
 
     def __init__(self, evaluate: SlopeEvaluate, family: str, p: int, slope: int,
                  control: FitControl) -> None:
@@ -2230,8 +2260,11 @@ def _slope_result(problem: _SlopeProblem, names: tuple[str, ...], slope: str, po
 def fit_sites_slope(sites: Mapping[str, SiteData], *, slope: str,
                     names: Sequence[str] | None = None,
                     control: FitControl | None = None) -> RandomSlopeFit:
-    """Fit the random-intercept model, then the random-slope model, to in-process sites,
-    every message through its JSON form (as :func:`fit_sites`)."""
+    """Fit the random-intercept model, then the random-slope model, to in-process sites.
+
+    Fit the random-intercept model, then the random-slope model, to in-process sites,
+    every message through its JSON form (as :func:`fit_sites`).
+    """
     start = fit_sites(sites, names=names, control=control)
     p = len(start.names)
 

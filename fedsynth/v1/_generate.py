@@ -11,6 +11,7 @@ imports read ``from fedsynth.v1 import federation_pb2``.
 from __future__ import annotations
 
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 #: The grpcio-tools release the checked-in stubs are generated with.
@@ -31,8 +32,7 @@ def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
     Returns the generated files. Raises ``RuntimeError`` when the installed grpcio-tools is
     not the pinned version or protoc fails.
     """
-    from importlib.metadata import version
-
+    # lazy: grpcio-tools is a test/dev-only dependency (the stub generator)
     from grpc_tools import protoc
 
     installed = version("grpcio-tools")
@@ -40,6 +40,7 @@ def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
         raise RuntimeError(f"grpcio-tools {installed} is installed but the stubs are pinned to "
                            f"{PINNED_GRPCIO_TOOLS}: pip install grpcio-tools=="
                            f"{PINNED_GRPCIO_TOOLS}")
+    # lazy: grpcio-tools is a test/dev-only dependency (the stub generator)
     import grpc_tools
 
     include = Path(grpc_tools.__file__).parent / "_proto"

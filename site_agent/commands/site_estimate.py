@@ -9,9 +9,14 @@ the site agent computes a submission. Nothing is sent and no state is written.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 from fedsynth.cli.registry import Command
+from fedsynth.errors import InputError
+from fedsynth.terminal import printable
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,20 +43,22 @@ def _number(value: float) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import json
-    import sys
-    from pathlib import Path
-
+    # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
     from fedsynth.effects import estimate_all
-    from fedsynth.errors import InputError
+
+    # lazy: fedsynth.spec is not loaded by `fedsynth --help` (start-up)
     from fedsynth.spec import Spec, load_spec
-    from fedsynth.terminal import printable
+
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from site_agent.data import load_table
+
+    # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
     from site_agent.privacy import PrivacyLimits, guard, release
 
     # Validate every input before computing, so bad input prints nothing on stdout.
     config = None
     if args.config:
+        # lazy: fedsynth.config is not loaded by `fedsynth --help` (start-up)
         from fedsynth.config import load_site_config
 
         config = load_site_config(args.config, insecure=True)   # TLS is not used here
@@ -60,15 +67,20 @@ def _run(args: argparse.Namespace) -> int:
     min_n = args.min_n if args.min_n is not None else (config.privacy.min_n if config else 20)
     limits = PrivacyLimits(min_cell_count=min_cell, min_n=min_n)
     spec = load_spec(args.spec)
-    if args.data is None and config is None:
+    data_path: Path | None
+    if args.data:
+        data_path = Path(args.data)
+    elif config is not None:
+        data_path = config.data.path
+    else:
         raise InputError("--data: no data given; name a CSV/Parquet file with --data FILE "
                          "or the site's configuration with --config site.toml")
-    data_path = Path(args.data) if args.data else config.data.path
 
     policy_refusals: dict[str, Any] = {}
     history = None
     notes: list[str] = []
     if config is not None:
+        # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
         from site_agent.policy import site_policy
         from site_agent.privacy import ReleaseHistory
 
@@ -88,8 +100,10 @@ def _run(args: argparse.Namespace) -> int:
         frame = load_table(data_path)
         computed = dict(estimate_all(frame, allowed))
     else:  # a SQL source of site.toml
+        # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
         from site_agent.connectors import estimate_from_data
 
+        assert config is not None  # data_path is None only for the SQL source of a config
         computed = dict(estimate_from_data(config.data, allowed))
     guarded = (guard(computed, limits, spec=allowed, history=history)
                if allowed.analyses else {})

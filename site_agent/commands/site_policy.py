@@ -8,6 +8,7 @@ analysis on the operator's screen before the operator approves the whole spec.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 
 from fedsynth.cli.registry import Command
@@ -49,8 +50,7 @@ def _describe(analysis) -> str:
 
 
 def _run_pending(args: argparse.Namespace) -> int:
-    import json
-
+    # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
     from site_agent.policy import site_policy
 
     pending = site_policy(args.config).store().pending()
@@ -84,7 +84,10 @@ def _run_pending(args: argparse.Namespace) -> int:
 
 
 def _run_approve(args: argparse.Namespace) -> int:
+    # lazy: fedsynth.config is not loaded by `fedsynth --help` (start-up)
     from fedsynth.config import load_site_config
+
+    # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
     from site_agent.policy import site_audit_log, site_policy
 
     config = load_site_config(args.config)

@@ -17,10 +17,16 @@ def _args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # lazy: asyncio is not loaded by `fedsynth --help` (start-up)
     import asyncio
 
-    from fedsynth.logs import setup_logging
+    # lazy: fedsynth.config is not loaded by `fedsynth --help` (start-up)
     from fedsynth.config import load_site_config
+
+    # lazy: fedsynth.logs is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.logs import setup_logging
+
+    # lazy: keeps grpc and cryptography out of `fedsynth --help` start-up
     from site_agent.agent import run_agent
 
     config = load_site_config(args.config, insecure=args.insecure)

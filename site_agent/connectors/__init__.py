@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedsynth.effects import estimate_all
+from fedsynth.errors import InputError
+from site_agent.connectors.pushdown import estimate_all_sql as run
 from site_agent.connectors.sql import (
     AucPlacements,
     BrierMoments,
@@ -22,6 +25,7 @@ from site_agent.connectors.sql import (
     TwoByTwoCounts,
     TwoGroupMoments,
 )
+from site_agent.data import load_table
 
 __all__ = ["SqlSource", "DataProblem", "TwoByTwoCounts", "GroupMoments", "TwoGroupMoments",
            "ObservedExpected", "BrierMoments", "AucPlacements", "estimate_all_sql",
@@ -30,8 +34,6 @@ __all__ = ["SqlSource", "DataProblem", "TwoByTwoCounts", "GroupMoments", "TwoGro
 
 def estimate_all_sql(source: SqlSource, spec: Any) -> dict[str, Any]:
     """See :func:`site_agent.connectors.pushdown.estimate_all_sql`."""
-    from site_agent.connectors.pushdown import estimate_all_sql as run
-
     return run(source, spec)
 
 
@@ -46,8 +48,6 @@ def estimate_from_data(data: Any, spec: Any) -> dict[str, Any]:
     spec
         The analysis spec.
     """
-    from fedsynth.errors import InputError
-
     def get(key: str) -> Any:
         return data.get(key) if isinstance(data, dict) else getattr(data, key, None)
 
@@ -61,7 +61,5 @@ def estimate_from_data(data: Any, spec: Any) -> dict[str, Any]:
             return estimate_all_sql(source, spec)
         finally:
             source.dispose()
-    from fedsynth.effects import estimate_all
-    from site_agent.data import load_table
 
     return dict(estimate_all(load_table(path), spec))

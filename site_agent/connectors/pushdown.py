@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from fedsynth.effects import estimate_all
 from fedsynth.effects.effect_sizes import escalc
 from fedsynth.effects.patient_level import CATEGORICAL_LEVELS
 from fedsynth.effects.results import Estimate, Refusal
@@ -73,8 +74,11 @@ def _margins(events: int, n: int) -> dict[str, int]:
 
 
 def _table_mins(counts: Any, margin: str) -> dict[str, int]:
-    """``table_min`` and the smallest level (``margin``) of a level-counts table, as
-    :mod:`fedsynth.effects.patient_level` reports them for a categorical column."""
+    """The smallest cells of a level-counts table.
+
+    ``table_min`` and the smallest level (``margin``) of a level-counts table, as
+    :mod:`fedsynth.effects.patient_level` reports them for a categorical column.
+    """
     if counts is None or not len(counts):
         return {}
     return {"table_min": int(counts.min()), margin: int(counts.sum(axis=1).min())}
@@ -146,8 +150,11 @@ def _binary_outcome_cells(t: Any) -> dict[str, int]:
 
 
 def _score_cells(source: SqlSource, analysis: Any) -> dict[str, int]:
-    """The score-level x outcome table of a score with few distinct values (see
-    :func:`fedsynth.effects.patient_level._score_table_cells`)."""
+    """The score-level x outcome table of a score with few distinct values.
+
+    The score-level x outcome table of a score with few distinct values (see
+    :func:`fedsynth.effects.patient_level._score_table_cells`).
+    """
     return _table_mins(source.level_counts(analysis.name, analysis.score, analysis.outcome,
                                            CATEGORICAL_LEVELS), "score_level_min")
 
@@ -241,8 +248,6 @@ def estimate_all_sql(source: SqlSource, spec: Any) -> dict[str, Estimate | Refus
 
 def _streamed(source: SqlSource, spec: Any, analyses: list[Any]) -> dict[str, Any]:
     """Regression analyses: fetch only their columns, then the DataFrame estimators."""
-    from fedsynth.effects import estimate_all
-
     present = set(source.columns())
     wanted = list(dict.fromkeys(c for a in analyses for c in _needed_columns(a)
                                 if c in present))
@@ -254,7 +259,7 @@ def _streamed(source: SqlSource, spec: Any, analyses: list[Any]) -> dict[str, An
 
 def _with_analyses(spec: Any, analyses: list[Any]) -> Any:
     """The same spec restricted to ``analyses`` (a missing column stays a refusal there)."""
-    if dataclasses.is_dataclass(spec):
+    if dataclasses.is_dataclass(spec) and not isinstance(spec, type):
         original = getattr(spec, "analyses")
         return dataclasses.replace(spec, analyses=type(original)(analyses)
                                    if isinstance(original, (tuple, list)) else tuple(analyses))

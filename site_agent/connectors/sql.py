@@ -37,10 +37,12 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
 
+from fedsynth.effects.results import REFUSAL_VOCABULARY
 from fedsynth.errors import InputError
 
 #: rows per fetch when streaming columns for regression estimators
@@ -60,6 +62,7 @@ class TwoByTwoCounts:
 
     @property
     def n(self) -> int:
+        """Number of rows counted in the table."""
         return (self.exposed_events + self.exposed_non_events + self.unexposed_events
                 + self.unexposed_non_events)
 
@@ -87,6 +90,7 @@ class TwoGroupMoments:
 
     @property
     def n(self) -> int:
+        """Number of rows in both groups."""
         return self.exposed.n + self.unexposed.n
 
 
@@ -126,10 +130,12 @@ class AucPlacements:
 
     @property
     def n(self) -> int:
+        """Number of positives and negatives."""
         return self.n_pos + self.n_neg
 
     @property
     def variance(self) -> float:
+        """DeLong's variance of the AUC from the placement variances."""
         return self.s10 / self.n_pos + self.s01 / self.n_neg
 
 
@@ -145,8 +151,6 @@ class DataProblem(InputError):
     """
 
     def __init__(self, message: str, key: str, column: str | None = None) -> None:
-        from fedsynth.effects.results import REFUSAL_VOCABULARY
-
         super().__init__(message)
         self.key = key
         self.column = column
@@ -208,7 +212,8 @@ class SqlSource:
                            for c in columns]).subquery("src_b")
 
     def _plain_relation(self, columns: Sequence[str]) -> sa.Subquery:
-        cols = [sa.column(_validate_identifier("column", c)) for c in columns]
+        cols: list[sa.ColumnClause[Any]] = [sa.column(_validate_identifier("column", c))
+                                            for c in columns]
         if self.table is not None:
             parts = self.table.split(".")
             if len(parts) > 2:
@@ -219,8 +224,13 @@ class SqlSource:
             schema, name = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
             table = sa.table(name, *cols, schema=schema)
             return sa.select(*table.c).subquery("src")
-        text = self.query.strip().rstrip(";")
-        return sa.text(text).columns(*cols).subquery("src")
+        return sa.text(self._query_text()).columns(*cols).subquery("src")
+
+    def _query_text(self) -> str:
+        """The SQL of a ``query`` source without its trailing ``;`` (to nest it)."""
+        if self.query is None:
+            raise InputError(f"[data] {self._describe()}: not a query source")
+        return self.query.strip().rstrip(";")
 
     def columns(self) -> tuple[str, ...]:
         """Column names of the data set (one cheap query returning no rows)."""
@@ -230,8 +240,7 @@ class SqlSource:
                 self._relation([])
                 sql = sa.text(f"SELECT * FROM {self._quoted_table()} WHERE 1 = 0")
             else:
-                sql = sa.text(f"SELECT * FROM ({self.query.strip().rstrip(';')}) AS src "
-                              "WHERE 1 = 0")
+                sql = sa.text(f"SELECT * FROM ({self._query_text()}) AS src WHERE 1 = 0")
             try:
                 with self.engine.connect() as conn:
                     result = conn.execute(sql)
@@ -249,6 +258,8 @@ class SqlSource:
         return self._columns
 
     def _quoted_table(self) -> str:
+        if self.table is None:
+            raise InputError(f"[data] {self._describe()}: not a table source")
         preparer = self.engine.dialect.identifier_preparer
         return ".".join(preparer.quote(p) for p in self.table.split("."))
 
@@ -415,9 +426,9 @@ class SqlSource:
                     .group_by(x))}
         except sa.exc.SQLAlchemyError as error:
             raise self._query_error(error) from None
-        rows = {g: GroupMoments(n, m, rows.get(g, 0.0)) for g, (n, m) in first.items()}
+        moments = {g: GroupMoments(n, m, rows.get(g, 0.0)) for g, (n, m) in first.items()}
         empty = GroupMoments(0, float("nan"), float("nan"))
-        return TwoGroupMoments(rows.get(1, empty), rows.get(0, empty))
+        return TwoGroupMoments(moments.get(1, empty), moments.get(0, empty))
 
     def observed_expected(self, analysis: str, outcome: str, score: str) -> ObservedExpected:
         """Observed events, expected events and n for the O/E ratio."""

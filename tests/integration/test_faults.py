@@ -197,7 +197,7 @@ def _content(round_id, site="mtf-alpha", *, nonce=None, when=None, yi=0.1, vi=0.
     for name in names:
         results[name] = WireEstimate(name, yi, vi, abs(vi) ** 0.5, 100)
     return SubmissionContent(round_id=round_id, site=site, nonce=nonce or os.urandom(16),
-                             timestamp=when or dt.datetime.now(dt.timezone.utc),
+                             timestamp=when or dt.datetime.now(dt.UTC),
                              results=results)
 
 
@@ -243,7 +243,7 @@ def test_submission_checks(federation, pki, tmp_path):
          "r-19990101-0001"),
         ("closed round", signed(_content(round_closed)), grpc.StatusCode.FAILED_PRECONDITION,
          "closed"),
-        ("old timestamp", signed(_content(round_1, when=dt.datetime.now(dt.timezone.utc)
+        ("old timestamp", signed(_content(round_1, when=dt.datetime.now(dt.UTC)
                                           - dt.timedelta(hours=2))),
          grpc.StatusCode.INVALID_ARGUMENT, "timestamp"),
         ("negative variance", signed(_content(round_1, vi=-0.04)),

@@ -26,7 +26,7 @@ from tests.integration.pg_server import fresh_database
 
 pytestmark = [pytest.mark.integration]
 
-NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 SPEC_TOML = '[[analysis]]\nname = "crude_OR"\nestimator = "two_by_two"\n' \
             'outcome = "outcome"\nexposure = "treated"\nmeasure = "OR"\n'
 

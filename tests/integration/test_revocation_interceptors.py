@@ -23,8 +23,12 @@ from cryptography.x509.oid import NameOID
 from coordinator.ratelimit import RateLimit, RateLimiter, RateLimitInterceptor
 from fedsynth.audit import verify_log
 from fedsynth.errors import InputError
-from fedsynth.revocation import (RevocationInterceptor, RevocationList, load_revoked_serials,
-                                 revoke_certificate)
+from fedsynth.revocation import (
+    RevocationInterceptor,
+    RevocationList,
+    load_revoked_serials,
+    revoke_certificate,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +47,7 @@ def _write(path: Path, key, cert) -> None:
 def make_pki(root: Path, sites=("mtf-alpha", "mtf-bravo")) -> Path:
     """A throw-away CA, a localhost server certificate and site client certificates."""
     root.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (x509.CertificateBuilder().subject_name(_name("test CA")).issuer_name(_name("test CA"))
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.scheduler import Scheduler, ScheduleEntry, SqlScheduleState
+from coordinator.scheduler import ScheduleEntry, Scheduler, SqlScheduleState
 from tests.integration.pg_server import fresh_database
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
 

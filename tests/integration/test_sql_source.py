@@ -19,11 +19,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from fedsynth.effects import estimate_all
+from fedsynth.effects.results import Estimate, Refusal
 from fedsynth.spec import parse_spec
 from site_agent.connectors import SqlSource, estimate_all_sql
 from site_agent.data import load_table
-from fedsynth.effects import estimate_all
-from fedsynth.effects.results import Estimate, Refusal
 from tests.integration.pg_server import fresh_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.integration]

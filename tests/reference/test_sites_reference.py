@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fedsynth.effects import Estimate, estimate_all
 from fedsynth.spec import load_spec
 from site_agent.data import load_table
-from fedsynth.effects import Estimate, estimate_all
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "sites_public"
 EXPECTED = json.loads((DATA / "expected.json").read_text())

@@ -23,7 +23,7 @@ from fedsynth.config import CoordinatorConfig, PoolingConfig
 
 class Clock:
     def __init__(self) -> None:
-        self.now = dt.datetime(2026, 11, 25, 14, 0, tzinfo=dt.timezone.utc)
+        self.now = dt.datetime(2026, 11, 25, 14, 0, tzinfo=dt.UTC)
 
     def __call__(self) -> dt.datetime:
         return self.now

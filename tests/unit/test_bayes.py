@@ -17,11 +17,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import integrate, optimize, special
 
-from fedsynth.meta import bayes as bayes_mod
-from fedsynth.meta.bayes import (BayesBatchResult, BayesResult, TauPrior,
-                                         available_priors, bayes_pool, get_prior,
-                                         parse_prior_spec, register_prior)
 from fedsynth.errors import InputError
+from fedsynth.meta import bayes as bayes_mod
+from fedsynth.meta.bayes import (
+    BayesBatchResult,
+    BayesResult,
+    TauPrior,
+    available_priors,
+    bayes_pool,
+    get_prior,
+    parse_prior_spec,
+    register_prior,
+)
 
 # The slow reference integrates heavy tails to [x, inf); quad's round-off warnings there are
 # about its own last digits (the comparison tolerance is 1e-6), not about the code under test.

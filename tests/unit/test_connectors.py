@@ -18,10 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedsynth.effects.results import Estimate, Refusal
 from fedsynth.errors import InputError
 from fedsynth.spec import parse_spec
 from site_agent.connectors import SqlSource, estimate_all_sql, estimate_from_data
-from fedsynth.effects.results import Estimate, Refusal
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "sites_public"
 EXPECTED = json.loads((DATA / "expected.json").read_text())["sites"]
@@ -210,8 +210,8 @@ def test_estimate_from_data_dispatches_on_url(tmp_path: Path) -> None:
 @pytest.mark.parametrize("site", SITES)
 def test_pushdown_equals_csv_path(tmp_path: Path, site: str) -> None:
     """Same Estimate fields (yi, vi, n, cells, measure) or the same refusal code."""
-    from site_agent.data import load_table
     from fedsynth.effects import estimate_all
+    from site_agent.data import load_table
 
     frame = load_table(DATA / f"{site}.csv")
     spec = parse_spec({"analysis": [
@@ -243,8 +243,8 @@ def test_parquet_input_equals_csv(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from site_agent.data import load_table
     from fedsynth.effects import estimate_all
+    from site_agent.data import load_table
 
     csv = DATA / "mtf-echo.csv"
     frame = pd.read_csv(csv)

@@ -9,11 +9,17 @@ import pandas as pd
 import pytest
 
 from fedsynth.cli import main
+from fedsynth.datasets import (
+    DEMO_COLUMNS,
+    demo_spec_path,
+    generate,
+    site_names,
+    site_parameters,
+    write_demo,
+)
+from fedsynth.effects import Estimate, estimate_all
 from fedsynth.errors import InputError
 from fedsynth.spec import load_spec
-from fedsynth.datasets import (DEMO_COLUMNS, demo_spec_path, generate, site_names,
-                                  site_parameters, write_demo)
-from fedsynth.effects import Estimate, estimate_all
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "sites_public" / "mtf-alpha.csv"
 

@@ -13,8 +13,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.metrics import (CoordinatorMetrics, add_health_service, mark_not_serving,
-                                 normalise_reason, parse_listen)
+from coordinator.metrics import (
+    CoordinatorMetrics,
+    add_health_service,
+    mark_not_serving,
+    normalise_reason,
+    parse_listen,
+)
 from fedsynth.errors import InputError
 from fedsynth.logs import configure_logging
 
@@ -148,7 +153,8 @@ def test_version_command_reports_package_and_protocol(capsys) -> None:
     from fedsynth.cli import main
 
     assert main(["version"]) == 0
-    assert capsys.readouterr().out.strip() == f"fedsynth {__version__} (protocol {PROTOCOL_VERSION})"
+    expected = f"fedsynth {__version__} (protocol {PROTOCOL_VERSION})"
+    assert capsys.readouterr().out.strip() == expected
     assert main(["--log-format", "json", "version", "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["package"] == __version__ and doc["protocol"] == PROTOCOL_VERSION

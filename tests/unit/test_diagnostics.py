@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from fedsynth.errors import InputError
 from fedsynth.meta import diagnostics as D
 from fedsynth.meta.metareg import fit_rma
 from fedsynth.meta.subgroups import subgroup_analysis
-from fedsynth.errors import InputError
 from tests.conftest import load_json
 
 REF = load_json("metafor_public.json")

@@ -71,8 +71,9 @@ def test_table_prints_readable_blocks(bcg_csv, capsys):
     code, out, _ = run(["meta", str(bcg_csv), "--diagnostics", "--subgroup", "alloc",
                         "--moderator", "ablat", "--moderator", "alloc"], capsys)
     assert code == 0
-    for title in ("Heterogeneity flag:", "FLAGGED (strong)", "Leave-one-out", "Influence diagnostics",
-                  "Site-specific estimates (BLUPs", "Small-study effects:", "Trim-and-fill (L0)",
+    for title in ("Heterogeneity flag:", "FLAGGED (strong)", "Leave-one-out",
+                  "Influence diagnostics", "Site-specific estimates (BLUPs",
+                  "Small-study effects:", "Trim-and-fill (L0)",
                   "Subgroups by alloc", "Meta-regression (k = 13", "allocrandom"):
         assert title in out, title
 

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsynth.errors import InputError
 from fedsynth.effects import ESCALC_MEASURES, escalc
 from fedsynth.effects.effect_sizes import hedges_correction
+from fedsynth.errors import InputError
 
 
 def test_measures() -> None:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsynth.fileio import (PUBLIC_FILE_MODE, atomic_write, create_private_file,
-                             stale_temporaries)
+from fedsynth.fileio import PUBLIC_FILE_MODE, atomic_write, create_private_file, stale_temporaries
 
 
 def _mode(path: Path) -> int:

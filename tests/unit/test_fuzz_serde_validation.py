@@ -13,8 +13,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedsynth.errors import InputError
-from fedsynth.serde import (NONCE_BYTES, SubmissionContent, WireEstimate, WireRefusal,
-                            decode_submission, encode_submission, pb)
+from fedsynth.serde import (
+    NONCE_BYTES,
+    SubmissionContent,
+    WireEstimate,
+    WireRefusal,
+    decode_submission,
+    encode_submission,
+    pb,
+)
 
 SETTINGS = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -96,7 +103,7 @@ def test_encode_decode_round_trip_keeps_exact_values():
 
     content = SubmissionContent(
         round_id="r-1", site="mtf-alpha", nonce=b"\x01" * NONCE_BYTES,
-        timestamp=dt.datetime(2026, 11, 25, 14, 0, tzinfo=dt.timezone.utc),
+        timestamp=dt.datetime(2026, 11, 25, 14, 0, tzinfo=dt.UTC),
         results={"a": WireEstimate("a", -0.381538103131376, 0.0167655218814837,
                                    0.129481743429271, 1800),
                  "b": WireRefusal("b", "disclosure_min_cell", "suppressed")})
@@ -137,7 +144,7 @@ def wire_results(draw):
 @given(results=wire_results())
 def test_check_submission_accepts_only_valid_values(results):
     content = SubmissionContent(round_id="r", site="s", nonce=b"\0" * NONCE_BYTES,
-                                timestamp=_dt.datetime.now(_dt.timezone.utc), results=results)
+                                timestamp=_dt.datetime.now(_dt.UTC), results=results)
     try:
         check_submission(content, ANALYSES)
     except InputError as error:
@@ -175,7 +182,7 @@ def coordinator_under_fuzz(tmp_path_factory):
     spec = ('[[analysis]]\nname = "crude_OR"\nestimator = "two_by_two"\noutcome = "outcome"\n'
             'exposure = "treated"\nmeasure = "OR"\n\n[[analysis]]\nname = "adjusted_logOR"\n'
             'estimator = "logistic"\noutcome = "outcome"\nexposure = "treated"\n')
-    now = _dt.datetime.now(_dt.timezone.utc)
+    now = _dt.datetime.now(_dt.UTC)
     record = open_round(store, spec_source=spec, deadline=_dt.timedelta(hours=2), quorum=1,
                         allowed=("mtf-alpha", "mtf-bravo"), pooling={}, now=now)
     handlers = Handlers(store, config, audit=AuditLog(root / "audit.jsonl"))
@@ -197,7 +204,7 @@ def test_submit_path_rejects_cleanly_without_state_change(coordinator_under_fuzz
 
     handlers, store, round_id, pki = coordinator_under_fuzz
     site = data.draw(st.sampled_from(["mtf-alpha", "mtf-bravo"]))
-    now = _dt.datetime.now(_dt.timezone.utc)
+    now = _dt.datetime.now(_dt.UTC)
     claimed = data.draw(st.sampled_from([site, site, "mtf-alpha", "mtf-zulu"]))
     skew = data.draw(st.sampled_from([0.0, 5.0, -5.0, 3600.0, -1e7]))
     content = SubmissionContent(
@@ -242,7 +249,7 @@ def test_valid_submission_still_accepted_after_the_fuzz(coordinator_under_fuzz):
     from fedsynth.signing import load_private_key, sign
 
     handlers, store, round_id, pki = coordinator_under_fuzz
-    now = _dt.datetime.now(_dt.timezone.utc)
+    now = _dt.datetime.now(_dt.UTC)
     record = open_round(store, spec_source=store.get_round(round_id).spec_toml,
                         deadline=_dt.timedelta(hours=1), quorum=1,
                         allowed=("mtf-alpha", "mtf-bravo"), pooling={}, now=now)

@@ -11,9 +11,9 @@ import json
 import numpy as np
 import pytest
 
+from fedsynth.errors import InputError
 from fedsynth.meta.analysis import analyse
 from fedsynth.meta.heterogeneity import assess_heterogeneity
-from fedsynth.errors import InputError
 from tests.conftest import load_json
 
 REF = load_json("metafor_public.json")

@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fedsynth.errors import InputError
 from fedsynth.meta import pool
 from fedsynth.meta.analysis import analyse
 from fedsynth.meta.heterogeneity import assess_heterogeneity_batch
-from fedsynth.errors import InputError
 from tests.conftest import load_json
 
 REF = load_json("metafor_public.json")

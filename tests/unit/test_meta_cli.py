@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from fedsynth.meta import meta_analysis
 from fedsynth.cli import main
+from fedsynth.meta import meta_analysis
 from tests.conftest import load_json
 
 SEED_YI = [0.22, 0.35, 0.10, 0.41, 0.28, 0.18, 0.50, 0.26]

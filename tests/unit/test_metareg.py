@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsynth.meta.metareg import design_matrix, fit_batch, fit_rma, meta_regression
 from fedsynth.errors import InputError
+from fedsynth.meta.metareg import design_matrix, fit_batch, fit_rma, meta_regression
 from tests.conftest import load_json
 
 REF = load_json("metafor_public.json")
@@ -172,8 +172,9 @@ def test_ml_interior_maximum_when_the_score_at_zero_is_negative():
     y, v = np.array(ML_CASE_Y), np.array(ML_CASE_V)
     t2 = fit_rma(y, v, method="ML").tau2
     grid = np.linspace(0, 2, 20_001)
-    ll = [-0.5 * np.sum(np.log(v + t)) - 0.5 * np.sum((y - np.sum(y / (v + t)) / np.sum(1 / (v + t))) ** 2
-                                                      / (v + t)) for t in grid]
+    ll = [-0.5 * np.sum(np.log(v + t))
+          - 0.5 * np.sum((y - np.sum(y / (v + t)) / np.sum(1 / (v + t))) ** 2 / (v + t))
+          for t in grid]
     assert t2 == pytest.approx(grid[int(np.argmax(ll))], abs=1e-4) and t2 > 0.12
     assert fit_batch(y, v, [[True] * 9], method="ML").tau2[0] == pytest.approx(t2, rel=1e-9)
 

@@ -20,12 +20,12 @@ from hypothesis import strategies as st
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
+from fedsynth.errors import InputError
 from fedsynth.meta import meta_analysis
 from fedsynth.meta.bayes import bayes_pool
 from fedsynth.meta.diagnostics import blup, publication_bias
-from fedsynth.plots import forest_plot, funnel_plot, save_figure
 from fedsynth.meta.subgroups import subgroup_analysis
-from fedsynth.errors import InputError
+from fedsynth.plots import forest_plot, funnel_plot, save_figure
 from tests.conftest import load_json
 
 DATA = load_json("metafor_public.json")

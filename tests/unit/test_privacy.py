@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedsynth.errors import InputError
 from fedsynth.effects import Estimate, Refusal
+from fedsynth.errors import InputError
 from site_agent.privacy import REFUSAL_CODES, PrivacyLimits, guard
 
 LIMITS = PrivacyLimits()
@@ -210,8 +210,8 @@ def test_stricter_limits_never_release_more(results, limits, extra):
 def test_reference_site_foxtrot_with_real_estimators(data_dir):
     import pandas as pd
 
-    from fedsynth.spec import parse_spec
     from fedsynth.effects import estimate_all
+    from fedsynth.spec import parse_spec
 
     spec = parse_spec({"analysis": [
         {"name": "crude_OR", "estimator": "two_by_two", "outcome": "outcome",
@@ -244,8 +244,8 @@ def test_reference_site_foxtrot_with_real_estimators(data_dir):
 def _foxtrot_binary_md(data_dir):
     import pandas as pd
 
-    from fedsynth.spec import parse_spec
     from fedsynth.effects import estimate_all
+    from fedsynth.spec import parse_spec
 
     spec = parse_spec({"analysis": [
         {"name": "md", "estimator": "two_group", "outcome": "outcome", "exposure": "treated",
@@ -350,8 +350,8 @@ def test_no_release_hides_a_small_implied_cell(n, p_exposed, p_event, seed, limi
     import numpy as np
     import pandas as pd
 
-    from fedsynth.spec import parse_spec
     from fedsynth.effects import estimate_all
+    from fedsynth.spec import parse_spec
 
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame({"treated": (rng.random(n) < p_exposed).astype(int),

@@ -15,10 +15,10 @@ import coordinator.server as server_module
 from coordinator.rounds import close_if_due, open_round, pool_analyses, pool_round
 from coordinator.server import Coordinator
 from coordinator.store import Store, SubmissionRecord
-from fedsynth.meta.analysis import analyse
 from fedsynth.config import CoordinatorConfig, PoolingConfig
+from fedsynth.meta.analysis import analyse
 
-NOW = dt.datetime(2026, 11, 25, 14, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 25, 14, 0, tzinfo=dt.UTC)
 POOLING = {"method": "REML", "test": "z", "level": 95.0, "i2_threshold": 50.0}
 POOLED_KEYS = ("estimate", "se", "stat", "pval", "ci_lb", "ci_ub", "tau2", "Q", "Q_pval",
                "I2", "H2", "pi_lb", "pi_ub")

@@ -22,7 +22,7 @@ from coordinator.scheduler import (
 from fedsynth.errors import ConfigError, InputError
 from fedsynth.timeutil import parse_duration
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def t(*args) -> dt.datetime:

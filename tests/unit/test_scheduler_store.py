@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from coordinator.scheduler import Scheduler, ScheduleEntry, SqlScheduleState, round_starter
+from coordinator.scheduler import ScheduleEntry, Scheduler, SqlScheduleState, round_starter
 from fedsynth.cli import main
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 SPEC = """
 [[analysis]]
 name = "crude_or"

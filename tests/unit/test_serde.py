@@ -10,11 +10,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsynth.errors import InputError
-from fedsynth.serde import (SubmissionContent, WireEstimate, WireRefusal, WorkItem,
-                            decode_results, decode_submission, decode_work, encode_results,
-                            encode_submission, encode_work, pb)
+from fedsynth.serde import (
+    SubmissionContent,
+    WireEstimate,
+    WireRefusal,
+    WorkItem,
+    decode_results,
+    decode_submission,
+    decode_work,
+    encode_results,
+    encode_submission,
+    encode_work,
+    pb,
+)
 
-NOW = dt.datetime(2026, 11, 25, 14, 0, 0, 123000, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 25, 14, 0, 0, 123000, tzinfo=dt.UTC)
 
 names = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FFF), min_size=1, max_size=30)
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)

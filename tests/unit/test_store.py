@@ -14,7 +14,7 @@ from coordinator.rounds import close_if_due, open_round, pool_round, round_docum
 from coordinator.store import SCHEMA_VERSION, Store, StoreError, SubmissionConflict
 from fedsynth.errors import InputError
 
-NOW = dt.datetime(2026, 11, 25, 14, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 25, 14, 0, tzinfo=dt.UTC)
 SPEC = """
 [[analysis]]
 name = "a"

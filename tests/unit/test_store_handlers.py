@@ -39,7 +39,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 class Clock:
     def __init__(self) -> None:
-        self.now = dt.datetime(2026, 11, 25, 14, 0, tzinfo=dt.timezone.utc)
+        self.now = dt.datetime(2026, 11, 25, 14, 0, tzinfo=dt.UTC)
 
     def __call__(self) -> dt.datetime:
         return self.now

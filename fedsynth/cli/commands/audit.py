@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from fedsynth.cli.registry import Command
+from fedsynth.errors import FedsynthError
 
 _ALLOW_MISSING_HEAD = ("accept a log whose head file (FILE.head) is missing; without it a "
                        "cut-off tail cannot be detected, so this is refused by default")
@@ -18,8 +20,7 @@ def _add(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import json
-
+    # lazy: fedsynth.audit is not loaded by `fedsynth --help` (start-up)
     from fedsynth.audit import verify_log
 
     result = verify_log(args.file, allow_missing_head=args.allow_missing_head)
@@ -53,8 +54,6 @@ def _add_show(parser: argparse.ArgumentParser) -> None:
 
 
 def _summary(data) -> str:
-    import json
-
     sent = data.get("sent") if isinstance(data, dict) else None
     if isinstance(sent, dict):      # a site's submission: one line per analysis
         parts = []
@@ -71,15 +70,12 @@ def _summary(data) -> str:
 
 def _run_show(args: argparse.Namespace) -> int:
     """Print the entries (after verifying the chain, so a reader knows what to trust)."""
-    import json
-
+    # lazy: fedsynth.audit is not loaded by `fedsynth --help` (start-up)
     from fedsynth.audit import AuditLog, verify_log
 
     result = verify_log(args.file, allow_missing_head=args.allow_missing_head)
     entries = AuditLog(args.file).entries() if result.ok else []
     if not result.ok:
-        from fedsynth.errors import FedsynthError
-
         raise FedsynthError(f"{args.file}: the chain is broken ({result.problems[0]}); run "
                             "'fedsynth audit verify' for every problem")
     chosen = [e for e in entries

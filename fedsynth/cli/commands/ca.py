@@ -15,6 +15,7 @@ def _init_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
+    # lazy: keeps cryptography out of `fedsynth --help` start-up
     from fedsynth.pki import init_ca
 
     issued = init_ca(args.dir, name=args.name, force=args.force)
@@ -32,6 +33,7 @@ def _issue_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _issue(args: argparse.Namespace) -> int:
+    # lazy: keeps cryptography out of `fedsynth --help` start-up
     from fedsynth.pki import issue_coordinator, issue_site
 
     if args.site is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from fedsynth.cli.registry import Command
 
@@ -27,9 +28,10 @@ def _add(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    # lazy: fedsynth.audit is not loaded by `fedsynth --help` (start-up)
     from fedsynth.audit import AuditLog
+
+    # lazy: keeps grpc and cryptography out of `fedsynth --help` start-up
     from fedsynth.revocation import revoke_certificate
 
     result = revoke_certificate(args.dir, site=args.site, serial=args.serial,

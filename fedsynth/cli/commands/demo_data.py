@@ -23,6 +23,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
     from fedsynth.datasets import write_demo
 
     paths = write_demo(args.out, args.sites, seed=args.seed,

@@ -11,8 +11,10 @@ site agent (:func:`fedsynth.transport.create_channel`), so it also checks the TL
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from fedsynth.cli.registry import Command
+from fedsynth.errors import InputError
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,13 +33,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # lazy: asyncio is not loaded by `fedsynth --help` (start-up)
     import asyncio
-    from pathlib import Path
 
+    # lazy: keeps grpc out of `fedsynth --help` start-up
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from fedsynth.errors import InputError
+    # lazy: fedsynth.transport is not loaded by `fedsynth --help` (start-up)
     from fedsynth.transport import TLSFiles, create_channel
 
     if not args.timeout > 0:

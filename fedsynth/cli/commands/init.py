@@ -133,6 +133,7 @@ def _check_out(out: Path, force: bool) -> None:
 
 def coordinator_toml(args: argparse.Namespace, base: Path) -> str:
     """The text of a commented coordinator.toml for these options."""
+    # lazy: fedsynth.config/fileio/timeutil are not loaded by `fedsynth --help` (start-up)
     from fedsynth import __version__
     from fedsynth.timeutil import iso, utcnow
 
@@ -211,6 +212,7 @@ i2_threshold = 50   # I^2 (percent) at which an analysis is flagged as heterogen
 
 def site_toml(args: argparse.Namespace, base: Path) -> str:
     """The text of a commented site.toml for these options."""
+    # lazy: fedsynth.config/fileio/timeutil are not loaded by `fedsynth --help` (start-up)
     from fedsynth import __version__
     from fedsynth.timeutil import iso, utcnow
 
@@ -290,6 +292,7 @@ def _write_checked(args: argparse.Namespace, kind: str) -> int:
     The loader reads a temporary file in the target directory, so relative paths resolve
     as they will when the file is used.
     """
+    # lazy: fedsynth.config/fileio/timeutil are not loaded by `fedsynth --help` (start-up)
     from fedsynth.config import load_coordinator_config, load_site_config
     from fedsynth.fileio import atomic_write
 

@@ -204,15 +204,20 @@ def _i2_threshold(text: str) -> float:
 
 
 def _needs_per_analysis(args: argparse.Namespace) -> bool:
-    """Whether an option asks for per-analysis extras that only
+    """Whether an option needs the per-analysis path of :func:`fedsynth.meta.analysis.analyse`.
+
+    Whether an option asks for per-analysis extras that only
     :func:`fedsynth.meta.analysis.analyse` computes (diagnostics sections,
-    subgroups, meta-regression, cumulative meta-analysis)."""
+    subgroups, meta-regression, cumulative meta-analysis).
+    """
     return bool(getattr(args, "diagnostics", False) or getattr(args, "subgroup", None)
                 or getattr(args, "moderator", None) or getattr(args, "cumulative_by", None))
 
 
 def _batch_flags(args: argparse.Namespace, batch: BatchPoolingResult):
-    """The heterogeneity flags of all analyses in one vectorised computation (cached), or
+    """The heterogeneity flags of all analyses in one vectorised computation (cached).
+
+    The heterogeneity flags of all analyses in one vectorised computation (cached), or
     None when there is one analysis or an option needs the per-analysis path.
 
     :func:`fedsynth.meta.heterogeneity.assess_heterogeneity_batch` gives the same
@@ -225,6 +230,7 @@ def _batch_flags(args: argparse.Namespace, batch: BatchPoolingResult):
         return None
     cache = args.__dict__.setdefault("_flags", {})
     if "batch" not in cache:
+        # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
         from fedsynth.meta.heterogeneity import assess_heterogeneity_batch
 
         cache["batch"] = assess_heterogeneity_batch(
@@ -236,7 +242,10 @@ def _batch_flags(args: argparse.Namespace, batch: BatchPoolingResult):
 def _analysis(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult,
               index: int):
     """The flag and diagnostics of analysis ``index`` (computed once, then cached)."""
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from fedsynth import tabular
+
+    # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
     from fedsynth.meta.analysis import AnalysisResult, analyse
 
     cache = args.__dict__.setdefault("_analyses", {})
@@ -271,10 +280,15 @@ def _analysis(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResu
 
 
 def _cumulative_order(frame, column: str, rows) -> list[int]:
-    """0-based order of an analysis' sites by ``column`` (numeric if every value is a
-    number, else text); a stable sort keeps the file order among ties."""
+    """The order of an analysis' sites by ``column`` for a cumulative meta-analysis.
+
+    0-based order of an analysis' sites by ``column`` (numeric if every value is a
+    number, else text); a stable sort keeps the file order among ties.
+    """
+    # lazy: keeps numpy out of `fedsynth --help` start-up
     import numpy as np
 
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from fedsynth import tabular
 
     col = tabular.text_column(frame, column, option="--cumulative-by")
@@ -366,12 +380,12 @@ def _plot_measure(text: str) -> str:
 
 
 def _bayes_batch(args: argparse.Namespace, data: MetaInput):
-    """Bayesian pooling of every analysis in one vectorised call (cached); None without
-    --bayes."""
+    """Bayesian pooling of every analysis in one vectorised call (cached); None without --bayes."""
     if not getattr(args, "bayes", None):
         return None
     cache = args.__dict__.setdefault("_bayes", {})
     if "batch" not in cache:
+        # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
         from fedsynth.meta.bayes import bayes_pool, parse_prior_spec
 
         prior, scale = parse_prior_spec(args.bayes)
@@ -423,7 +437,10 @@ def _plots(args: argparse.Namespace, data: MetaInput,
     """Build the requested figures (nothing written yet): (figure, path) pairs."""
     if not (getattr(args, "forest", None) or getattr(args, "funnel", None)):
         return []
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from fedsynth import tabular
+
+    # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
     from fedsynth.plots import forest_plot, funnel_plot
 
     for option in ("forest", "funnel"):
@@ -504,6 +521,7 @@ class MetaInput:
 
 
 def _read_frame(args: argparse.Namespace):
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from fedsynth import tabular
 
     if args.example and args.file:
@@ -547,8 +565,10 @@ def _read_round(args: argparse.Namespace):
     estimate is null (refused) is left out with a note. The round's pooling settings
     (method, test, level) are the defaults of the options.
     """
+    # lazy: keeps numpy, pandas and the statistics out of `fedsynth --help` start-up
     import pandas as pd
 
+    # lazy: keeps numpy, pandas and the statistics out of `fedsynth --help` start-up
     from fedsynth.round_document import RoundDocument
 
     for option in ("yi", "vi", "sei", "measure", "label"):
@@ -620,6 +640,7 @@ def _read_round(args: argparse.Namespace):
 
 def _used_columns(args: argparse.Namespace, frame) -> list[str]:
     """The columns this invocation reads numbers or groups from (for the NA check)."""
+    # lazy: keeps numpy, pandas and the statistics out of `fedsynth --help` start-up
     from fedsynth.effects.effect_sizes import COLUMN_SETS
 
     cols: list[str] = []
@@ -648,6 +669,7 @@ def _missing_values(args: argparse.Namespace, frame):
 
     With ``--drop-na`` those rows are dropped instead, with a note on stderr.
     """
+    # lazy: keeps numpy, pandas and the statistics out of `fedsynth --help` start-up
     from fedsynth import tabular
 
     missing = tabular.missing_cells(frame, _used_columns(args, frame))
@@ -673,6 +695,7 @@ def _missing_values(args: argparse.Namespace, frame):
 
 def _variance_column(args, frame):
     """Resolve (column, is_standard_error) from --vi / --sei and the defaults."""
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from fedsynth import tabular
 
     if args.vi and args.sei:
@@ -694,9 +717,13 @@ def _variance_column(args, frame):
 
 
 def _text_values(frame, column: str, *, option: str | None = None):
-    """Column ``column`` as a pandas Series of stripped strings (empty cells ``""``):
+    """Column ``column`` as a pandas Series of stripped strings.
+
+    Column ``column`` as a pandas Series of stripped strings (empty cells ``""``):
     :func:`fedsynth.tabular.text_column` without the conversion to a Python list, so
-    labels and ``--by`` groups of 400,000 rows stay vectorised."""
+    labels and ``--by`` groups of 400,000 rows stay vectorised.
+    """
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from fedsynth import tabular
 
     tabular.require_columns(frame, [column], option=option)
@@ -722,8 +749,10 @@ def _mapped_frame(frame, mapping: dict[str, str]):
     ``mapping`` first (``--ai tpos`` reads column ``tpos`` as ``ai``), then the frame's
     own columns of those names.
     """
+    # lazy: keeps numpy, pandas and the statistics out of `fedsynth --help` start-up
     import pandas as pd
 
+    # lazy: keeps numpy, pandas and the statistics out of `fedsynth --help` start-up
     from fedsynth import tabular
     from fedsynth.effects.effect_sizes import COLUMN_SETS
 
@@ -757,6 +786,7 @@ def _unique_labels(labels, codes, names: tuple[str, ...], args: argparse.Namespa
     so on stderr (docs/decisions/cli.md). With ``--by`` labels are numbered within each
     analysis.
     """
+    # lazy: keeps numpy, pandas and the statistics out of `fedsynth --help` start-up
     import numpy as np
     import pandas as pd
 
@@ -784,9 +814,13 @@ def _unique_labels(labels, codes, names: tuple[str, ...], args: argparse.Namespa
 
 def load_input(args: argparse.Namespace) -> MetaInput:
     """Read and validate the CSV named on the command line (or the seed example)."""
+    # lazy: keeps numpy out of `fedsynth --help` start-up
     import numpy as np
+
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     import pandas as pd
 
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from fedsynth import tabular
 
     frame = _read_frame(args)
@@ -800,6 +834,7 @@ def load_input(args: argparse.Namespace) -> MetaInput:
                   else np.arange(1, n + 1).astype(str).astype(object))
     if getattr(args, "measure", None):
         # Effect sizes from raw summary data (estimators helper: fedsynth.effects).
+        # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
         from fedsynth.effects.effect_sizes import escalc_frame
 
         given = [opt for opt, value in (("--yi", args.yi), ("--vi", args.vi),
@@ -866,6 +901,7 @@ def load_input(args: argparse.Namespace) -> MetaInput:
 
 def compute(args: argparse.Namespace, data: MetaInput) -> BatchPoolingResult:
     """Pool every analysis in one vectorised call."""
+    # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
     from fedsynth.meta import pool
 
     return pool(data.yi, data.vi, mask=data.mask, method=args.method, test=args.test,
@@ -1003,6 +1039,7 @@ def _finish(args: argparse.Namespace, data: MetaInput) -> int:
     text = RENDERERS[args.format](args, data, batch)
     figures = _plots(args, data, batch)
     if figures:
+        # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
         from fedsynth.plots import save_figure
 
         for fig, path in figures:

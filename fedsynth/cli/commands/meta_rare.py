@@ -13,8 +13,12 @@ top so that ``fedsynth --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import json
 from typing import Any
 
+from fedsynth.errors import InputError
 from fedsynth.vocabulary import COUNT_METHODS, GLMM_MODELS
 
 #: ``--method`` values handled here.
@@ -54,8 +58,6 @@ def add_rare_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_options(args: argparse.Namespace) -> str:
-    from fedsynth.errors import InputError
-
     method = args.method
     for attr, option in _UNUSED:
         if getattr(args, attr, None):
@@ -75,8 +77,6 @@ def _check_options(args: argparse.Namespace) -> str:
 
 
 def _columns(args: argparse.Namespace, frame) -> dict[str, str]:
-    from fedsynth.errors import InputError
-
     given = {n: getattr(args, f"rare_{n}") for n in COUNT_OPTIONS
              if getattr(args, f"rare_{n}", None)}
     cols = {"ai": given.get("ai", "ai"), "ci": given.get("ci", "ci")}
@@ -105,13 +105,16 @@ def _columns(args: argparse.Namespace, frame) -> dict[str, str]:
 def _fit(method: str, measure: str, model: str | None, data: dict[str, Any], level: float,
          labels: list[str]):
     if method == "MH":
+        # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
         from fedsynth.meta.mh import mantel_haenszel
 
         return mantel_haenszel(**data, measure=measure, level=level, labels=labels)
     if method == "PETO":
+        # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
         from fedsynth.meta.mh import peto
 
         return peto(**data, level=level, labels=labels)
+    # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
     from fedsynth.meta.glmm import glmm
 
     return glmm(**data, model=model or "UM.FS", level=level, labels=labels)
@@ -128,18 +131,19 @@ def run_rare(args: argparse.Namespace) -> int | None:
         given = ([] if getattr(args, "measure", None) else
                  [f"--{n}" for n in COUNT_OPTIONS if getattr(args, f"rare_{n}", None)])
         if given or getattr(args, "model", None):
-            from fedsynth.errors import InputError
-
             opt = given[0] if given else "--model"
             raise InputError(f"{opt}: count columns need --measure (e.g. --measure OR, "
                              f"which computes yi and vi from them as metafor's escalc) or "
                              f"--method MH, PETO or GLMM; --model is for --method GLMM")
         return None
-    import json
 
+    # lazy: keeps numpy out of `fedsynth --help` start-up
     import numpy as np
 
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from fedsynth import tabular
+
+    # lazy: import cycle: fedsynth.cli.commands.meta imports this module at top
     from fedsynth.cli.commands.meta import DEFAULT_LABEL_COLUMNS, _read_frame
 
     measure = _check_options(args)
@@ -170,9 +174,6 @@ def run_rare(args: argparse.Namespace) -> int | None:
         text = json.dumps(recs if args.by else recs[0], indent=None if args.by else 2,
                           allow_nan=False)
     elif args.format == "csv":
-        import csv
-        import io
-
         recs = [({"analysis": nm} if args.by else {}) |
                 {k: (";".join(v) if isinstance(v, list) else v)
                  for k, v in r.to_dict().items()} for nm, r in zip(names, results)]

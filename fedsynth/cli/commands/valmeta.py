@@ -13,9 +13,11 @@ Errors (missing column, non-numeric cell, value out of range, bad option) raise
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from fedsynth.cli.registry import Command
+from fedsynth.errors import InputError
 from fedsynth.vocabulary import METHODS, TESTS
 
 MEASURES = {"cstat": "cstat", "oe": "OE"}
@@ -143,13 +145,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------------------
 
 def _numeric(frame, column: str, option: str, labels) -> Any:
-    """Column ``column`` as floats; empty and NA cells are missing (NaN), any other text is
-    an error naming the column, row, study and value."""
+    """Column ``column`` as floats, with a clear error for text that is not a number.
+
+    Column ``column`` as floats; empty and NA cells are missing (NaN), any other text is
+    an error naming the column, row, study and value.
+    """
+    # lazy: keeps numpy out of `fedsynth --help` start-up
     import numpy as np
+
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     import pandas as pd
 
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from fedsynth import tabular
-    from fedsynth.errors import InputError
 
     tabular.require_columns(frame, [column], option=option)
     series = frame[column]
@@ -170,9 +178,8 @@ def _numeric(frame, column: str, option: str, labels) -> Any:
 
 def _level_or_column(frame, text: str, option: str, labels) -> tuple[Any, str]:
     """``--cstat-cilv``/``--OE-cilv``: a level (0.95 or 95) or a column of levels."""
+    # lazy: keeps numpy out of `fedsynth --help` start-up
     import numpy as np
-
-    from fedsynth.errors import InputError
 
     try:
         value = float(text)
@@ -186,6 +193,7 @@ def _level_or_column(frame, text: str, option: str, labels) -> tuple[Any, str]:
 
 
 def _labels(frame, args) -> list[str]:
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from fedsynth import tabular
 
     column = args.slab or tabular.pick_column(frame, DEFAULT_LABEL_COLUMNS)
@@ -195,10 +203,13 @@ def _labels(frame, args) -> list[str]:
 
 
 def load_arguments(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
-    """The keyword arguments of :func:`~fedsynth.meta.valmeta.valmeta` read from the CSV,
-    and how error messages name each (its column and option)."""
+    """The keyword arguments of :func:`~fedsynth.meta.valmeta.valmeta` read from the CSV.
+
+    The keyword arguments of :func:`~fedsynth.meta.valmeta.valmeta` read from the CSV,
+    and how error messages name each (its column and option).
+    """
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from fedsynth import tabular
-    from fedsynth.errors import InputError
 
     frame = tabular.read_csv(args.file)
     labels = _labels(frame, args)
@@ -241,6 +252,7 @@ def load_arguments(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, 
 
 def compute(args: argparse.Namespace):
     """Read the CSV and run :func:`fedsynth.meta.valmeta.valmeta`."""
+    # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
     from fedsynth.meta.valmeta import valmeta
 
     kwargs, names = load_arguments(args)
@@ -250,12 +262,12 @@ def compute(args: argparse.Namespace):
 
 
 def render_json(result) -> str:
-    import json
-
+    """The result as indented JSON (NaN refused, so the output is strict JSON)."""
     return json.dumps(result.to_dict(), indent=2, allow_nan=False)
 
 
 def render_table(result) -> str:
+    """The result as the human-readable table of its ``summary()``."""
     return result.summary()
 
 

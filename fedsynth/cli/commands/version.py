@@ -7,7 +7,10 @@ upgrade: a site and the coordinator must speak the same protocol version.
 from __future__ import annotations
 
 import argparse
+import json
+from importlib import metadata
 
+from fedsynth import PROTOCOL_VERSION, __version__
 from fedsynth.cli.registry import Command
 
 
@@ -17,14 +20,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fedsynth import PROTOCOL_VERSION, __version__
-
     if getattr(args, "format", "text") == "json":
-        import json
+        # lazy: platform is not loaded by `fedsynth --help` (start-up)
         import platform
-        from importlib import metadata
 
-        libraries = {}
+        libraries: dict[str, str | None] = {}
         for name in ("grpcio", "protobuf", "cryptography", "sqlalchemy", "psycopg",
                      "numpy", "scipy"):
             try:

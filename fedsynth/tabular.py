@@ -15,8 +15,11 @@ check, memory stays bounded by the block size whatever the file holds.
 
 from __future__ import annotations
 
+import csv
 import os
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,12 @@ from fedsynth.errors import InputError
 __all__ = [
     "MAX_CELL_BYTES",
     "MAX_LINE_BYTES",
+    "SEPARATORS",
+    "Dialect",
     "check_csv_size",
+    "detect_dialect",
+    "missing_cells",
+    "drop_rows",
     "read_csv",
     "CSV_NA_VALUES",
     "require_columns",
@@ -144,9 +152,118 @@ def check_csv_size(path: str | os.PathLike, *, sep: str = ",", label: str = "fil
             offset += len(chunk)
 
 
-def read_csv(path: str | os.PathLike, *, sep: str = ",", label: str = "file",
+#: Cell separators :func:`detect_dialect` considers, in order of preference on a tie.
+SEPARATORS: tuple[str, ...] = (",", ";", "\t", "|")
+_SEP_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+#: Bytes of the file's start that :func:`detect_dialect` reads.
+_SNIFF_BYTES = 64 << 10
+_DECIMAL_COMMA = re.compile(r"^\s*[-+]?\d*,\d+(?:[eE][-+]?\d+)?\s*$")
+_DECIMAL_POINT = re.compile(r"^\s*[-+]?\d*\.\d+(?:[eE][-+]?\d+)?\s*$")
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How a CSV file is written: its cell separator and decimal mark.
+
+    Attributes
+    ----------
+    sep : str
+        Cell separator (one of :data:`SEPARATORS`).
+    decimal : str
+        Decimal mark of numbers (``"."`` or ``","``).
+    detected : bool
+        Whether the separator was detected (False: given, or the default).
+    """
+
+    sep: str = ","
+    decimal: str = "."
+    detected: bool = False
+
+    def describe(self) -> str:
+        """``semicolon-separated, decimal comma`` (for notes)."""
+        mark = "decimal comma" if self.decimal == "," else "decimal point"
+        return f"{_SEP_NAMES.get(self.sep, repr(self.sep))}-separated, {mark}"
+
+
+def separator_name(sep: str) -> str:
+    """``comma``, ``semicolon``, ``tab``, ``pipe`` or the quoted character."""
+    return _SEP_NAMES.get(sep, repr(sep))
+
+
+def detect_dialect(path: str | os.PathLike, *, sep: str | None = None,
+                   decimal: str | None = None) -> Dialect:
+    """Detect the separator and decimal mark of a CSV file from its first 64 KiB.
+
+    Spreadsheets save "CSV" with commas, semicolons (where the comma is the decimal mark)
+    or tabs. :class:`csv.Sniffer` guesses from character frequencies and is easily
+    misled (a comma inside ``0,12`` looks like a separator), so the rule here is stricter:
+    every candidate of :data:`SEPARATORS` splits the sample's complete lines with the
+    csv module (quotes respected); a candidate is *consistent* when the header has at
+    least two cells and every line has as many cells as the header. The consistent
+    candidate with the most cells wins (ties: the order of :data:`SEPARATORS`); with none,
+    the comma. The decimal mark is a comma when the separator is not, no cell of the
+    sample is written with a decimal point and some cell reads as ``-?d*,d+``.
+
+    Parameters
+    ----------
+    path
+        The file.
+    sep, decimal
+        Given by the user (``--sep``, ``--decimal``): used as they are, only the other is
+        detected.
+
+    Returns
+    -------
+    Dialect
+    """
+    if sep is not None and decimal is not None:
+        return Dialect(sep, decimal, detected=False)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(_SNIFF_BYTES + 1)
+    except OSError:
+        return Dialect(sep or ",", decimal or ".", detected=False)   # read_csv reports it
+    truncated = len(raw) > _SNIFF_BYTES
+    text = raw[:_SNIFF_BYTES].decode("utf-8-sig", errors="replace")
+    lines = text.splitlines()
+    if truncated and len(lines) > 1:
+        lines = lines[:-1]                     # the last line may be cut
+    lines = [ln for ln in lines if ln.strip()]
+    chosen, detected = sep, False
+    if chosen is None:
+        best: tuple[int, int] | None = None
+        for rank, cand in enumerate(SEPARATORS):
+            try:
+                rows = list(csv.reader(lines, delimiter=cand, skipinitialspace=True))
+            except csv.Error:
+                continue
+            if not rows or len(rows[0]) < 2:
+                continue
+            if any(len(r) != len(rows[0]) for r in rows[1:]):
+                continue
+            score = (len(rows[0]), -rank)
+            if best is None or score > best:
+                best, chosen = score, cand
+        detected = chosen is not None
+        chosen = chosen or ","
+    mark = decimal
+    if mark is None:
+        mark = "."
+        if chosen != ",":
+            try:
+                cells = [c for r in csv.reader(lines[1:], delimiter=chosen) for c in r]
+            except csv.Error:
+                cells = []
+            if (any(_DECIMAL_COMMA.match(c) for c in cells)
+                    and not any(_DECIMAL_POINT.match(c) for c in cells)):
+                mark = ","
+    return Dialect(chosen, mark, detected=detected)
+
+
+def read_csv(path: str | os.PathLike, *, sep: str | None = ",", label: str = "file",
              require_rows: bool = True, skipinitialspace: bool = True,
-             strip_names: bool = True, none_is_missing: bool = True) -> pd.DataFrame:
+             strip_names: bool = True, none_is_missing: bool = True,
+             decimal: str | None = ".") -> pd.DataFrame:
     r"""Read a CSV file with a header row (size-checked first, see :func:`check_csv_size`).
 
     Cells are parsed by pandas (numbers become numbers); blank lines are skipped and empty
@@ -158,7 +275,8 @@ def read_csv(path: str | os.PathLike, *, sep: str = ",", label: str = "file",
     path
         The file.
     sep
-        Cell separator (``"\t"`` for TSV).
+        Cell separator (``"\t"`` for TSV); ``None`` detects it
+        (:func:`detect_dialect`).
     label
         What the file is in messages (``file`` for ``fedsynth meta``, ``data`` for a site).
     require_rows
@@ -170,6 +288,10 @@ def read_csv(path: str | os.PathLike, *, sep: str = ",", label: str = "file",
     none_is_missing
         Read the text ``None`` as a missing value (pandas' default). A site's data pass
         False: ``None`` is a categorical level there (:data:`CSV_NA_VALUES`).
+    decimal
+        Decimal mark of numbers (``","`` for ``0,12``); ``None`` detects it.
+
+    The dialect used is in ``frame.attrs["dialect"]`` (a :class:`Dialect`).
 
     Raises
     ------
@@ -184,6 +306,8 @@ def read_csv(path: str | os.PathLike, *, sep: str = ",", label: str = "file",
         raise InputError(f"{where} does not exist")
     if p.is_dir():
         raise InputError(f"{where} is a directory, not a CSV file")
+    dialect = detect_dialect(p, sep=sep, decimal=decimal)
+    sep = dialect.sep
     try:
         check_csv_size(p, sep=sep, label=label)
         with p.open("r", encoding="utf-8-sig", newline="") as handle:
@@ -196,7 +320,7 @@ def read_csv(path: str | os.PathLike, *, sep: str = ",", label: str = "file",
             raise InputError(f"{where} has the column {dup!r} twice")
         missing: dict = {} if none_is_missing else {
             "keep_default_na": False, "na_values": list(CSV_NA_VALUES)}
-        frame = pd.read_csv(p, sep=sep, encoding="utf-8-sig",
+        frame = pd.read_csv(p, sep=sep, encoding="utf-8-sig", decimal=dialect.decimal,
                             skipinitialspace=skipinitialspace, **missing)
     except pd.errors.EmptyDataError:
         raise InputError(f"{where} is empty (no header row)") from None
@@ -215,7 +339,47 @@ def read_csv(path: str | os.PathLike, *, sep: str = ",", label: str = "file",
     if require_rows and frame.empty:
         raise InputError(f"{where} has a header but no data rows")
     frame.attrs["source"] = str(path)
+    frame.attrs["dialect"] = dialect
     return frame
+
+
+def missing_cells(frame: pd.DataFrame, columns: Sequence[str]) -> dict[int, list[str]]:
+    """Rows with a missing cell in ``columns``: ``{row index: [columns]}`` in row order.
+
+    Missing is what pandas reads as missing (an empty cell, ``NA``, ``NaN``, ``NULL``,
+    ``n/a``, ...) or a cell of only spaces. Columns not in ``frame`` are skipped (their
+    absence is reported where they are read).
+    """
+    present = [c for c in dict.fromkeys(columns) if c in frame.columns]
+    if not present:
+        return {}
+    sub = frame[present]
+    blank = sub.isna().to_numpy()
+    for j, col in enumerate(present):
+        if sub[col].dtype == object:
+            blank[:, j] |= (sub[col].astype(str).str.strip() == "").to_numpy()
+    rows = np.flatnonzero(blank.any(axis=1))
+    return {int(i): [present[j] for j in np.flatnonzero(blank[i])] for i in rows}
+
+
+def drop_rows(frame: pd.DataFrame, rows: Sequence[int]) -> pd.DataFrame:
+    """Drop ``rows`` (positions) from ``frame`` and re-index from 0.
+
+    The data-row numbers of the file are kept in ``attrs["row_numbers"]``, so messages
+    still cite the file's rows.
+    """
+    keep = np.setdiff1d(np.arange(len(frame)), np.asarray(list(rows), dtype=np.int64))
+    numbers = np.asarray(frame.attrs.get("row_numbers", np.arange(1, len(frame) + 1)))
+    out = frame.iloc[keep].reset_index(drop=True)
+    out.attrs.update(frame.attrs)
+    out.attrs["row_numbers"] = numbers[keep]
+    return out
+
+
+def row_number(frame: pd.DataFrame, i: int) -> int:
+    """The file's data-row number (1-based) of position ``i`` (after :func:`drop_rows`)."""
+    numbers = frame.attrs.get("row_numbers")
+    return int(numbers[i]) if numbers is not None else i + 1
 
 
 def _source(frame: pd.DataFrame) -> str:
@@ -224,13 +388,32 @@ def _source(frame: pd.DataFrame) -> str:
 
 def require_columns(frame: pd.DataFrame, columns: Sequence[str], *,
                     option: str | None = None) -> None:
-    """Raise :class:`InputError` naming the first missing column and the available ones."""
+    """Raise :class:`InputError` naming the first missing column and the available ones.
+
+    When a column name holds another separator (``'study;yi;vi'``), the file was split
+    with the wrong one: the message says which separator the file seems to use.
+    """
     for col in columns:
         if col not in frame.columns:
             via = f" (given by {option})" if option else ""
             raise InputError(
                 f"column {col!r}{via} not found in {_source(frame)}; available columns: "
-                f"{', '.join(map(repr, frame.columns))}")
+                f"{', '.join(map(repr, frame.columns))}{_separator_hint(frame)}")
+
+
+def _separator_hint(frame: pd.DataFrame) -> str:
+    """A hint when one column name contains separators (the file was split wrongly)."""
+    dialect = frame.attrs.get("dialect")
+    used = dialect.sep if isinstance(dialect, Dialect) else ","
+    for name in frame.columns:
+        for cand in SEPARATORS:
+            if cand != used and str(name).count(cand) >= 1:
+                shown = "'\\t'" if cand == "\t" else repr(cand)
+                return (f". Column {str(name)!r} contains {separator_name(cand)}s: the file "
+                        f"seems {separator_name(cand)}-separated; read it with --sep {shown}"
+                        + (" (and --decimal ',' if numbers are written as 0,12)"
+                           if cand in (";", "\t") else ""))
+    return ""
 
 
 def pick_column(frame: pd.DataFrame, candidates: Sequence[str]) -> str | None:
@@ -291,6 +474,9 @@ def text_column(frame: pd.DataFrame, column: str, *, option: str | None = None) 
 def _raise_cell(frame, column, i, raw, labels, what) -> None:
     label = f" (study {labels[i]!r})" if labels is not None else ""
     value = "" if what == "is empty" else f" {str(raw)!r}"
+    if what == "is empty":
+        what = "is empty or NA (a missing value)"
+    row = row_number(frame, i)
     raise InputError(
-        f"column {column!r}, row {i + 1}{label} of {_source(frame)}: value{value} {what} "
-        f"(line {i + 2} of the file; a number is required)")
+        f"column {column!r}, row {row}{label} of {_source(frame)}: value{value} {what} "
+        f"(line {row + 1} of the file; a number is required)")

@@ -145,10 +145,54 @@ def render_table(doc: RoundDocument) -> str:
     return "\n".join(lines)
 
 
+def render_csv(doc: RoundDocument) -> str:
+    """Write a round document as CSV, one row per analysis.
+
+    Columns: the round id, the analysis' scalar fields (estimator, measure, k, method,
+    test), its pooled fields with intervals as ``_lb``/``_ub`` columns (as ``fedsynth meta
+    --format csv``), the heterogeneity flag and the refusing sites.
+
+    Text from sites (names, reasons) is written as it is: CSV is data, and the csv module
+    quotes it; it is never printed to a terminal as a table cell.
+    """
+    # lazy: the meta command's CSV writer and the round document are not loaded by `fedsynth --help`
+    from fedsynth.cli.commands.meta import records_csv
+    from fedsynth.round_document import PooledEstimate
+
+    # a closed round's document is stored with sorted keys: the columns follow the
+    # document contract's order instead (analysis first, then meta's pooled fields)
+    order = ("analysis", "estimator", "measure", "k", "method", "test", *PooledEstimate.KEYS)
+    recs = []
+    for analysis in doc.analyses:
+        entry = analysis.to_dict()
+        rec: dict[str, Any] = {"round": doc.round}
+        ordered = [*(k for k in order if k in entry), *(k for k in entry if k not in order)]
+        for key in ordered:
+            value = entry[key]
+            if key in ("heterogeneity", "notes", "site_estimates", "refused"):
+                continue
+            if isinstance(value, (dict, list)) and not key.endswith("_ci"):
+                continue
+            rec[key] = value
+        het = analysis.heterogeneity
+        rec["heterogeneity_flagged"] = None if het is None else het.flagged
+        rec["heterogeneity_level"] = None if het is None else het.level
+        rec["heterogeneity_sites"] = "" if het is None else ";".join(het.sites)
+        rec["heterogeneity_reasons"] = "" if het is None else " ".join(het.reasons)
+        rec["refused_sites"] = ";".join(analysis.refused)
+        recs.append(rec)
+    if not recs:
+        return "round,analysis"
+    return records_csv(recs)
+
+
 def _show_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("id", help="round id")
     _config_arg(parser)
-    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                        help="table, the round document as JSON (docs/round-document.md; "
+                             "'fedsynth meta FILE.json' pools it again) or CSV with one row "
+                             "per analysis (default: table)")
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -160,6 +204,8 @@ def _show(args: argparse.Namespace) -> int:
         doc = round_document(store, store.get_round(args.id))
     if args.format == "json":
         print(json.dumps(doc.to_dict(), indent=2, allow_nan=False))
+    elif args.format == "csv":
+        print(render_csv(doc))
     else:
         print(render_table(doc))
     return 0
@@ -168,17 +214,68 @@ def _show(args: argparse.Namespace) -> int:
 def _wait_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("id", help="round id")
     _config_arg(parser)
-    parser.add_argument("--timeout", type=float, required=True, help="seconds to wait")
+    parser.add_argument("--timeout", default=None, metavar="DURATION",
+                        help="how long to wait, e.g. 90, 30s, 10m (default: until the "
+                             "round's deadline, plus a grace of 30 s for the coordinator "
+                             "to close it)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress lines on stderr")
+
+
+#: After the deadline, how long ``round wait`` (without --timeout) gives the running
+#: coordinator to close and pool the round before it gives up.
+WAIT_GRACE_SECONDS = 30.0
+#: How often a progress line is repeated when nothing changes.
+PROGRESS_EVERY_SECONDS = 10.0
+
+
+def _duration_text(seconds: float) -> str:
+    """``4m 05s``, ``12s``, ``1h 02m`` (for progress lines)."""
+    total = max(0, int(round(seconds)))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _timeout(text: str | None) -> float | None:
+    """``--timeout``: seconds (``90``, ``2.5``) or a duration (``30s``, ``10m``)."""
+    # lazy: fedsynth.timeutil is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.errors import InputError
+    from fedsynth.timeutil import parse_duration
+
+    if text is None:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = parse_duration(text, "--timeout").total_seconds()
+    if not seconds > 0 or seconds == float("inf"):
+        raise InputError(f"--timeout = {text!r} must be a positive number of seconds or a "
+                         "duration such as 30s or 10m")
+    return seconds
 
 
 def _wait(args: argparse.Namespace) -> int:
-    # lazy: fedsynth.timeutil is not loaded by `fedsynth --help` (start-up)
-    from fedsynth.timeutil import iso
+    """Wait until the round has closed, with progress on stderr.
 
-    if not args.timeout > 0:
-        raise InputError(f"--timeout = {args.timeout!r} must be positive")
+    Progress (sites answered of the allowed ones, time left to the deadline) is printed
+    when a site answers and every 10 s otherwise, on stderr so that stdout carries only
+    the outcome line. Without ``--timeout`` the wait ends at the round's own deadline
+    plus :data:`WAIT_GRACE_SECONDS`, the time a running coordinator needs to close it.
+    """
+    # lazy: fedsynth.timeutil is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.timeutil import iso, utcnow
+
+    timeout = _timeout(args.timeout)
     _config, store = _open(args)
-    end = time.monotonic() + args.timeout
+    start = time.monotonic()
+    shown: tuple[int, int] | None = None
+    end: float | None = None
+    last_print = 0.0
     with store:
         while True:
             record = store.get_round(args.id)
@@ -187,9 +284,28 @@ def _wait(args: argparse.Namespace) -> int:
                       + (f": {printable(record.failure_reason)}" if record.failure_reason
                          else ""))
                 return 0
-            if time.monotonic() >= end:
-                raise FedsynthError(f"round {args.id} still open after {args.timeout:g} s "
-                                    f"(deadline {iso(record.deadline)})")
+            now = time.monotonic()
+            left = (record.deadline - utcnow()).total_seconds()
+            if end is None:      # first look at the round: the wait's end is fixed
+                end = start + (timeout if timeout is not None
+                               else max(left, 0.0) + WAIT_GRACE_SECONDS)
+            state = (record.n_submissions, len(record.allowed))
+            if not args.quiet and (state != shown
+                                   or now - last_print >= PROGRESS_EVERY_SECONDS):
+                when = (f"{_duration_text(left)} left until the deadline "
+                        f"{iso(record.deadline)}" if left > 0 else
+                        f"deadline {iso(record.deadline)} passed; waiting for the "
+                        "coordinator to close it")
+                print(f"round {printable(record.id)}: {state[0]}/{state[1]} sites answered "
+                      f"(quorum {record.quorum}); {when}", file=sys.stderr, flush=True)
+                last_print = now
+            shown = state
+            if now >= end:
+                waited = (f"after {timeout:g} s" if timeout is not None else
+                          f"{WAIT_GRACE_SECONDS:g} s after its deadline")
+                raise FedsynthError(f"round {args.id} still open {waited} (deadline "
+                                    f"{iso(record.deadline)}; {state[0]}/{state[1]} sites "
+                                    "answered): is the coordinator running?")
             time.sleep(0.2)
 
 

@@ -49,4 +49,5 @@ GROUP_HELP: dict[tuple[str, ...], str] = {
     ("audit",): "hash-chained audit logs: verify, show",
     ("report",): "round reports: round, trend",
     ("model",): "regression models across sites: fit",
+    ("init",): "write a commented, working coordinator.toml or site.toml",
 }

@@ -40,7 +40,7 @@ import pandas as pd
 from scipy.special import gammaln
 
 from fedsynth.effects.results import EffectSizes
-from fedsynth.errors import InputError
+from fedsynth.errors import InputError, show_value
 from fedsynth.vocabulary import ESCALC_MEASURES, MEASURE_INFO
 
 __all__ = ["escalc", "escalc_frame", "ESCALC_MEASURES", "COLUMN_SETS", "hedges_correction"]
@@ -74,7 +74,7 @@ def _check(bad: np.ndarray, message: str, column: str, values: np.ndarray,
     if np.any(bad):
         i = int(np.flatnonzero(bad)[0])
         raise InputError(f"escalc: {_row_name(i, labels)}: column {column!r} = "
-                         f"{values[i]!r}: {message}")
+                         f"{show_value(values[i])}: {message}")
 
 
 def _as_array(name: str, value: Any, labels: Sequence[Any] | None) -> np.ndarray:
@@ -348,6 +348,6 @@ def escalc_frame(frame: Any, measure: str, *, labels: Sequence[Any] | None = Non
         if bool(bad.any()):
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise InputError(f"escalc: {_row_name(i, labels)}: column {name!r} = "
-                             f"{raw.iloc[i]!r} is not a number")
+                             f"{show_value(raw.iloc[i])} is not a number")
         columns[name] = values.to_numpy(dtype=float)
     return escalc(key, add=add, to=to, labels=labels, **columns)

@@ -154,7 +154,8 @@ def analyse(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: st
             subgroup: Sequence[Any] | None = None, subgroup_name: str = "group",
             moderators: Mapping[str, Sequence[Any]] | None = None,
             cumulative_order: Sequence[int] | None = None,
-            pooled: Any | None = None) -> AnalysisResult:
+            pooled: Any | None = None, cumulative_by: str | None = None,
+            cumulative_values: Sequence[Any] | None = None) -> AnalysisResult:
     """Pool one analysis, flag heterogeneity, and run the requested diagnostics.
 
     Parameters
@@ -176,6 +177,9 @@ def analyse(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: st
         ``{name: values}`` of site-level moderators: adds ``meta_regression``.
     cumulative_order
         0-based order of the sites (in the federation: by round): adds ``cumulative``.
+    cumulative_by, cumulative_values
+        Name of the variable that gave ``cumulative_order`` and its value per site: the
+        cumulative table states the order and shows that column.
     pooled
         An existing ``PoolingResult`` of exactly these data and settings (e.g. one row of
         a batch ``pool`` call) to reuse instead of pooling again.
@@ -227,7 +231,8 @@ def analyse(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: st
                          f"sites; k = {k}.")
     if cumulative_order is not None:
         cum = diag.cumulative(y, v, cumulative_order, labels=labs, method=meth, test=tst,
-                              level=level)
+                              level=level, order_by=cumulative_by,
+                              order_values=cumulative_values)
     if subgroup is not None:
         sg = subgroup_analysis(y, v, subgroup, labels=labs, variable=subgroup_name,
                                method=meth, level=level)

@@ -53,7 +53,7 @@ import numpy as np
 from numpy.polynomial import legendre as _leg
 from scipy import special
 
-from fedsynth.errors import InputError
+from fedsynth.errors import InputError, show_value
 from fedsynth.jsonsafe import finite_or_none
 from fedsynth.results import Interval, ResultMixin, check_fraction, frame_html
 from fedsynth.vocabulary import PRIOR_INFO, check_level
@@ -713,13 +713,13 @@ def _validate(yi: Any, vi: Any, mask: Any, prior: str, scale: Any, level: Any):
     if bad.any():
         r, c = np.argwhere(bad)[0]
         where = f"[{c}]" if single else f"[{r}, {c}]"
-        raise InputError(f"yi{where}: effect estimate must be finite, got {y2[r, c]!r}")
+        raise InputError(f"yi{where}: effect estimate must be finite, got {show_value(y2[r, c])}")
     bad = m2 & ~(np.isfinite(v2) & (v2 > 0))
     if bad.any():
         r, c = np.argwhere(bad)[0]
         where = f"[{c}]" if single else f"[{r}, {c}]"
         raise InputError(f"vi{where}: sampling variance must be finite and > 0, "
-                         f"got {v2[r, c]!r}")
+                         f"got {show_value(v2[r, c])}")
     k = m2.sum(axis=1)
     if y2.shape[1] == 0 or (k == 0).any():
         r = int(np.argmin(k)) if y2.shape[1] else 0

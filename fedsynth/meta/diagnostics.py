@@ -696,6 +696,10 @@ class CumulativeResult(ResultMixin):
     Q: np.ndarray
     test: str = "z"
     level: float = 95.0
+    #: Name of the ordering variable (``--cumulative-by``), None for "as given".
+    order_by: str | None = None
+    #: Its value at each step (same order as ``labels``), None without ``order_by``.
+    order_values: tuple[str, ...] | None = None
 
     def confidence_interval(self, confidence_level: float = 0.95) -> Interval:
         """Confidence intervals of the pooled effect after each step.
@@ -716,9 +720,16 @@ class CumulativeResult(ResultMixin):
         rows = [[lab, str(int(self.k[i])), f(self.estimate[i], d), f(self.se[i], d),
                  f(self.ci_lb[i], d), f(self.ci_ub[i], d), f(self.tau2[i], d),
                  f(self.I2[i], 2)] for i, lab in enumerate(self.labels)]
-        return "\n".join(["Cumulative meta-analysis (in the given order):",
-                          *grid(["added", "k", "estimate", "se", "ci.lb", "ci.ub", "tau^2",
-                                 "I^2(%)"], rows)])
+        header = ["added", "k", "estimate", "se", "ci.lb", "ci.ub", "tau^2", "I^2(%)"]
+        title = "Cumulative meta-analysis (in the given order):"
+        if self.order_by is not None and self.order_values is not None:
+            # say the order and show the ordering column next to the site added
+            title = (f"Cumulative meta-analysis (sites added in increasing order of "
+                     f"{self.order_by}; ties in file order):")
+            header.insert(1, self.order_by)
+            for row, value in zip(rows, self.order_values):
+                row.insert(1, value)
+        return "\n".join([title, *grid(header, rows)])
 
     def to_frame(self):
         """One row per step (the site added)."""
@@ -726,7 +737,12 @@ class CumulativeResult(ResultMixin):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form: one list per column, NaN as None."""
-        return {"labels": list(self.labels), "order": list(self.order),
+        extra: dict[str, Any] = {}
+        if self.order_by is not None:
+            extra = {"order_by": self.order_by,
+                     "order_values": (None if self.order_values is None
+                                      else list(self.order_values))}
+        return {"labels": list(self.labels), "order": list(self.order), **extra,
                 "k": [int(x) for x in self.k], "estimate": _floats(self.estimate),
                 "se": _floats(self.se), "ci_lb": _floats(self.ci_lb), "ci_ub": _floats(self.ci_ub),
                 "tau2": _floats(self.tau2), "I2": _floats(self.I2), "Q": _floats(self.Q)}
@@ -734,13 +750,17 @@ class CumulativeResult(ResultMixin):
 
 def cumulative(yi: Any, vi: Any, order: Sequence[int] | None = None, *,
                labels: Sequence[Any] | None = None, method: str = "REML",
-               test: str = "z", level: float = 95.0) -> CumulativeResult:
+               test: str = "z", level: float = 95.0, order_by: str | None = None,
+               order_values: Sequence[Any] | None = None) -> CumulativeResult:
     """Cumulative meta-analysis: refit after adding each site in ``order``.
 
     ``order`` holds 0-based indices (a permutation of the sites); default: as given.
     All k fits are one batch call on a lower-triangular mask. With ``test="knha"`` each
     step uses Knapp-Hartung standard errors and t with k_j - 1 df (as metafor's ``cumul``
     refits with the model's test); the first step (one site) has no such interval.
+    ``order_by`` names the variable the order came from and ``order_values`` gives its
+    value per site (in input order): the summary then states the order and shows the
+    column, so a reader sees why the sites come in this sequence.
     """
     y, v = validate_yi_vi(yi, vi, min_k=1)
     level = check_level(level)
@@ -763,4 +783,6 @@ def cumulative(yi: Any, vi: Any, order: Sequence[int] | None = None, *,
     return CumulativeResult(labels=tuple(labs[i] for i in ordr), order=tuple(ordr), k=fit.k,
                             estimate=fit.estimate, se=se, ci_lb=fit.estimate - crit * se,
                             ci_ub=fit.estimate + crit * se, tau2=fit.tau2, I2=fit.I2, Q=fit.Q,
-                            test=test, level=float(level))
+                            test=test, level=float(level), order_by=order_by,
+                            order_values=(None if order_values is None else
+                                          tuple(str(order_values[i]) for i in ordr)))

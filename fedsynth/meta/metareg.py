@@ -33,7 +33,7 @@ from scipy import special
 # scipy.stats is not imported: importing it costs more than `fedsynth meta --by` computes
 # for thousands of analyses (see benchmarks/README.md); the distribution tails come from
 # the engine's scipy.special wrappers.
-from fedsynth.errors import InputError
+from fedsynth.errors import InputError, show_value
 from fedsynth.jsonsafe import finite_or_none
 from fedsynth.meta import stats as st
 from fedsynth.meta._format import f, grid, p, peq
@@ -77,10 +77,11 @@ def validate_yi_vi(yi: Any, vi: Any, *, min_k: int = 1) -> tuple[np.ndarray, np.
         raise InputError(f"yi: {y.size} studies given, at least {min_k} needed")
     bad = np.flatnonzero(~np.isfinite(y))
     if bad.size:
-        raise InputError(f"yi[{bad[0]}]: must be finite, got {y[bad[0]]!r}")
+        raise InputError(f"yi[{bad[0]}]: must be finite, got {show_value(y[bad[0]])}")
     bad = np.flatnonzero(~np.isfinite(v) | (v <= 0))
     if bad.size:
-        raise InputError(f"vi[{bad[0]}]: must be a finite positive variance, got {v[bad[0]]!r}")
+        raise InputError(f"vi[{bad[0]}]: must be a finite positive variance, got "
+                         f"{show_value(v[bad[0]])}")
     return y, v
 
 
@@ -317,7 +318,19 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
     if k <= p and test == "knha":
         raise InputError(f"test: knha needs more studies ({k}) than coefficients ({p})")
     if k < p:
-        raise InputError(f"moderators: {p} coefficients but only {k} studies")
+        raise InputError(f"moderators: {p} coefficients but only {k} studies; the number "
+                         "of parameters to be estimated is larger than the number of "
+                         "observations")
+    if tau2 is None and method != "FE" and k > 1 and k - p < 1:
+        # metafor's rma.uni refuses a random-effects model with k - p < 1 (tau^2 is one
+        # more parameter): "Number of parameters to be estimated is larger than the
+        # number of observations." A fit would report QE(df = 0) = 0 and R^2 = 100%,
+        # numbers with no information in them. FE with k = p is allowed, as in metafor.
+        raise InputError(
+            f"moderators: {p} coefficients (intercept and {p - 1} moderator terms) and "
+            f"tau^2 for {k} studies: the number of parameters to be estimated is larger "
+            f"than the number of observations (as metafor's rma refuses); use more studies, "
+            f"fewer moderators or --method FE")
     nm = tuple(names) if names is not None else ("intrcpt",) + tuple(f"x{j}" for j in range(1, p))
 
     se_tau2 = float("nan")
@@ -350,8 +363,9 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
     # residual heterogeneity test (fixed-effect weights)
     w0 = 1.0 / v
     r0 = st.wls(Xm[None], w0[None], yc[None])[2][0]
-    QE = float(np.sum(w0 * r0 * r0))
     QE_df = k - p
+    # k = p (FE only) fits the effects exactly: QE is 0 up to rounding, never -0.0000
+    QE = max(0.0, float(np.sum(w0 * r0 * r0))) if QE_df > 0 else 0.0
     QEp = float(chi2_sf(QE, QE_df)) if QE_df > 0 else 1.0
     # metafor's "typical" within-study variance for models with moderators
     if QE_df > 0 and method == "FE" and tau2 is None:

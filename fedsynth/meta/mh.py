@@ -43,7 +43,7 @@ import numpy as np
 from scipy import special, stats
 
 from fedsynth.effects.effect_sizes import escalc
-from fedsynth.errors import InputError
+from fedsynth.errors import InputError, show_value
 from fedsynth.jsonsafe import finite_or_none as _num
 
 __all__ = [
@@ -111,7 +111,8 @@ def _column(name: str, values: Any, labels: Sequence[str] | None) -> np.ndarray:
         i = int(np.flatnonzero(bad)[0])
         where = f"table {i + 1}" + (f" ({labels[i]})" if labels is not None and
                                      i < len(labels) else "")
-        raise InputError(f"{name}: {where}: {arr[i]!r} is not a count (a whole number >= 0)")
+        raise InputError(f"{name}: {where}: {show_value(arr[i])} is not a count (a whole "
+                         "number >= 0)")
     return arr
 
 

@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 from scipy import special
 
-from fedsynth.errors import InputError
+from fedsynth.errors import InputError, show_value
 from fedsynth.jsonsafe import finite_or_none
 from fedsynth.meta import meta_analysis
 
@@ -518,7 +518,7 @@ class _Inputs:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def fail(self, name: str, i: int, value: Any, problem: str) -> None:
-        shown = _show(value)
+        shown = show_value(value)
         raise InputError(f"{self.name(name)}: row {i + 1} (study {self.labels[i]!r}) has "
                          f"value {shown}, which {problem}")
 
@@ -533,15 +533,6 @@ class _Inputs:
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             self.fail(name, i, v[i], problem)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, (bool, np.bool_)):
-        return repr(bool(value))
-    try:
-        return repr(float(value))
-    except (TypeError, ValueError):
-        return repr(str(value))
 
 
 def _make_unique(labels: Sequence[str]) -> list[str]:
@@ -600,8 +591,8 @@ def _check_levels(inp: _Inputs, name: str, lb: str, ub: str) -> None:
     if reversed_.any():
         i = int(np.flatnonzero(reversed_)[0])
         raise InputError(f"{inp.name(lb)}, {inp.name(ub)}: row {i + 1} (study "
-                         f"{inp.labels[i]!r}) has lower bound {_show(lo[i])} above upper "
-                         f"bound {_show(hi[i])}")
+                         f"{inp.labels[i]!r}) has lower bound {show_value(lo[i])} above upper "
+                         f"bound {show_value(hi[i])}")
 
 
 def _check_counts(inp: _Inputs, with_e: bool) -> None:
@@ -614,8 +605,8 @@ def _check_counts(inp: _Inputs, with_e: bool) -> None:
     if over.any():
         i = int(np.flatnonzero(over)[0])
         raise InputError(f"{inp.name('O')}, {inp.name('N')}: row {i + 1} (study "
-                         f"{inp.labels[i]!r}) has {_show(o[i])} events among "
-                         f"{_show(n[i])} patients")
+                         f"{inp.labels[i]!r}) has {show_value(o[i])} events among "
+                         f"{show_value(n[i])} patients")
     if with_e:
         inp.check("E", lambda v: v >= 0, "must be a number of expected events >= 0")
         inp.check("Pe", lambda v: (v >= 0) & (v <= 1), "must be a probability between 0 and 1")
@@ -625,8 +616,8 @@ def _check_counts(inp: _Inputs, with_e: bool) -> None:
         if over.any():
             i = int(np.flatnonzero(over)[0])
             raise InputError(f"{inp.name('E')}, {inp.name('N')}: row {i + 1} (study "
-                             f"{inp.labels[i]!r}) expects {_show(e[i])} events among "
-                             f"{_show(n[i])} patients")
+                             f"{inp.labels[i]!r}) expects {show_value(e[i])} events among "
+                             f"{show_value(n[i])} patients")
 
 
 def _first_available(m: np.ndarray) -> np.ndarray:

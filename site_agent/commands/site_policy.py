@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 
 from fedsynth.cli.registry import Command
 from fedsynth.terminal import printable
@@ -74,7 +75,11 @@ def _run_pending(args: argparse.Namespace) -> int:
             note = (f"   [refused: {p(item.refusals[name])}]" if name in item.refusals
                     else "")
             print(f"  - {_describe(analysis)}{note}")
-    print(f"approve with: fedsynth site approve ROUND --config {args.config}")
+    # the exact command for each waiting round, ready to copy (ids are checked safe
+    # names, the config path is the operator's own)
+    for item in pending:
+        print(f"approve with: fedsynth site approve {p(item.round)} --config "
+              f"{shlex.quote(str(args.config))}")
     return 0
 
 

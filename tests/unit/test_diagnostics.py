@@ -175,12 +175,14 @@ def test_analyse_is_total_and_strict_json(k, seed, method, test):
 
 
 def test_saturated_meta_regression_is_strict_json():
-    # k == p: no residual df, Knapp-Hartung undefined -> null in JSON, never NaN
+    # k == p: no residual df, Knapp-Hartung undefined -> null in JSON, never NaN (FE only:
+    # metafor refuses a random-effects model with k - p < 1, tests/unit/test_cli_defects.py)
     import json
 
     from fedsynth.meta.analysis import analyse
 
-    res = analyse([0.1, 0.5], [0.01, 0.02], labels=["a", "b"], moderators={"x": [1, 2]})
+    res = analyse([0.1, 0.5], [0.01, 0.02], labels=["a", "b"], moderators={"x": [1, 2]},
+                  method="FE")
     d = json.loads(json.dumps(res.to_dict(), allow_nan=False))
     assert d["meta_regression"]["knha_se"] == [None, None]
     assert d["meta_regression"]["QE_df"] == 0

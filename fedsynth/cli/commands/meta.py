@@ -37,7 +37,14 @@ from typing import TYPE_CHECKING, Any
 from fedsynth.cli.commands import meta_rare
 from fedsynth.cli.registry import Command
 from fedsynth.errors import InputError
-from fedsynth.vocabulary import COUNT_METHODS, ESCALC_MEASURES, METHODS, TESTS
+from fedsynth.vocabulary import (
+    COUNT_METHODS,
+    ESCALC_MEASURES,
+    ESTIMATOR_MEASURES,
+    METHODS,
+    RATIO_MEASURES,
+    TESTS,
+)
 
 # numpy, pandas (through fedsynth.tabular), the statistics and matplotlib are imported
 # inside the functions that use them: this module is imported to build the parser of
@@ -51,6 +58,20 @@ if TYPE_CHECKING:  # pragma: no cover
 METHOD_CHOICES = (*METHODS, *COUNT_METHODS)
 TEST_CHOICES = TESTS
 FORMAT_CHOICES = ("table", "json", "csv")
+#: Measures ``--plot-measure`` accepts: escalc's, the site estimators' and the ratio
+#: measures (HR), each once, in vocabulary order.
+PLOT_MEASURES: tuple[str, ...] = tuple(dict.fromkeys(
+    [*ESCALC_MEASURES, *(m for ms in ESTIMATOR_MEASURES.values() for m in ms),
+     *sorted(RATIO_MEASURES)]))
+#: escalc's raw-data arguments that ``fedsynth meta`` adds as options (the 2x2 ones,
+#: ai, bi, ci, di, n1i, n2i, come from :mod:`meta_rare`, which shares them).
+RAW_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("m1i", "means of group 1"), ("sd1i", "standard deviations of group 1"),
+    ("m2i", "means of group 2"), ("sd2i", "standard deviations of group 2"),
+    ("ri", "correlations"), ("ni", "sample sizes (ZCOR, PLO, PR)"),
+    ("xi", "events (PLO, PR)"), ("x1i", "events in group 1 (IRR)"),
+    ("t1i", "person-time of group 1 (IRR)"), ("x2i", "events in group 2 (IRR)"),
+    ("t2i", "person-time of group 2 (IRR)"))
 #: Label columns used when ``--label`` is not given (first one present wins).
 DEFAULT_LABEL_COLUMNS = ("study", "label", "site", "name")
 
@@ -64,6 +85,9 @@ examples:
   fedsynth meta --example
   fedsynth meta studies.csv --yi logor --sei se --label study --method DL
   fedsynth meta all.csv --by outcome --format json
+  fedsynth meta europe.csv --sep ';' --decimal , --drop-na
+  fedsynth meta trials.csv --measure OR --ai tpos --bi tneg --ci cpos --di cneg
+  fedsynth meta round.json --diagnostics      # a round document (round show --format json)
 
 """ + meta_rare.EXAMPLES
 
@@ -74,7 +98,8 @@ examples:
 
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", nargs="?", metavar="FILE.csv",
-                        help="CSV file with one row per study/site")
+                        help="CSV file with one row per study/site, or a round document "
+                             "(FILE.json, from 'fedsynth round show --format json')")
     parser.add_argument("--example", action="store_true",
                         help="run on the bundled seed example (8 sites)")
     parser.add_argument("--yi", metavar="COL", default=None,
@@ -93,16 +118,50 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
                              "x1i,t1i,x2i,t2i; xi,ni) before pooling")
     parser.add_argument("--by", metavar="COL", default=None,
                         help="pool each group of rows separately (all groups in one batch)")
+    parser.add_argument("--sep", type=_sep, default=None, metavar="SEP",
+                        help="cell separator: , ; tab or | (default: detected from the "
+                             "file; comma when unclear)")
+    parser.add_argument("--decimal", choices=(".", ","), default=None, metavar="MARK",
+                        help="decimal mark of numbers, . or , (default: detected; ',' "
+                             "only in a file not separated by commas)")
+    parser.add_argument("--drop-na", action="store_true",
+                        help="drop rows with a missing (empty or NA) cell in a column the "
+                             "analysis uses, with a note on stderr (default: refuse them)")
+    group = parser.add_argument_group(
+        "raw columns for --measure (named as metafor's escalc arguments)",
+        "map escalc's arguments to your columns, e.g. --measure OR --ai tpos --bi tneg "
+        "--ci cpos --di cneg (--ai, --bi, --ci, --di, --n1i, --n2i are listed under 'rare "
+        "events'; they serve --measure too); default: the column of that name")
+    for name, what in RAW_OPTIONS:
+        group.add_argument(f"--{name}", metavar="COL", default=None, dest=f"raw_{name}",
+                           help=f"column of {what} (default: {name})")
+
+
+_SEP_WORDS = {",": ",", "comma": ",", ";": ";", "semicolon": ";", "tab": "\t",
+              "\t": "\t", "\\t": "\t", "|": "|", "pipe": "|"}
+
+
+def _sep(text: str) -> str:
+    """Parse ``--sep``: a separator (``,`` ``;`` ``|``) or the word ``tab``."""
+    sep = _SEP_WORDS.get(text.strip().lower() if text.strip() else text)
+    if sep is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a separator fedsynth reads (use ',', ';', 'tab' or '|')")
+    return sep
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", type=str.upper, choices=METHOD_CHOICES, default="REML",
-                        help="tau^2 estimator, FE for the fixed-effect model (default: REML); "
-                             "MH, PETO or GLMM pool 2x2 counts (see 'rare events')")
-    parser.add_argument("--test", type=str.lower, choices=TEST_CHOICES, default="z",
-                        help="z (Wald) or knha (Knapp-Hartung t) (default: z)")
-    parser.add_argument("--level", type=_level, default=95.0, metavar="PCT",
-                        help="confidence level in percent (default: 95)")
+    # None until run() resolves them: a round document's own pooling settings are the
+    # defaults when it is the input, REML / z / 95 otherwise
+    parser.add_argument("--method", type=str.upper, choices=METHOD_CHOICES, default=None,
+                        help="tau^2 estimator, FE for the fixed-effect model (default: REML, "
+                             "or the round's method for a round document); MH, PETO or GLMM "
+                             "pool 2x2 counts (see 'rare events')")
+    parser.add_argument("--test", type=str.lower, choices=TEST_CHOICES, default=None,
+                        help="z (Wald) or knha (Knapp-Hartung t) (default: z, or the "
+                             "round's test)")
+    parser.add_argument("--level", type=_level, default=None, metavar="PCT",
+                        help="confidence level in percent (default: 95, or the round's)")
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -197,9 +256,11 @@ def _analysis(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResu
     if index not in cache:
         sel = data.mask[index]
         rows = data.rows[index][sel]
-        group = mods = order = None
+        group = mods = order = order_values = None
         if args.cumulative_by:
             order = _cumulative_order(data.frame, args.cumulative_by, rows)
+            col = tabular.text_column(data.frame, args.cumulative_by, option="--cumulative-by")
+            order_values = [col[r] for r in rows]
         if args.subgroup:
             col = tabular.text_column(data.frame, args.subgroup, option="--subgroup")
             group = [col[r] for r in rows]
@@ -213,7 +274,8 @@ def _analysis(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResu
             method=args.method, test=args.test, level=args.level,
             i2_threshold=args.i2_threshold, null_value=args.null_value,
             diagnostics=args.diagnostics, subgroup=group, subgroup_name=args.subgroup or "group",
-            moderators=mods, cumulative_order=order, pooled=batch[index])
+            moderators=mods, cumulative_order=order, pooled=batch[index],
+            cumulative_by=args.cumulative_by, cumulative_values=order_values)
     return cache[index]
 
 
@@ -297,9 +359,24 @@ def _add_bayes_plot_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--funnel", metavar="OUT", default=None,
                        help="write a funnel plot (with trim-and-fill points under "
                             "--diagnostics) to OUT.png, OUT.svg or OUT.pdf")
-    group.add_argument("--plot-measure", metavar="NAME", default=None,
+    group.add_argument("--plot-measure", metavar="NAME", default=None, type=_plot_measure,
                        help="effect measure of yi for the plots' axis (default: --measure); "
-                            "OR, RR, HR, IRR, ROM get a log axis with ratio tick labels")
+                            f"one of {', '.join(PLOT_MEASURES)}; "
+                            f"{', '.join(sorted(RATIO_MEASURES))} get a log axis with ratio "
+                            "tick labels")
+
+
+def _plot_measure(text: str) -> str:
+    """Check ``--plot-measure`` against the vocabulary (case-insensitive).
+
+    A typo would otherwise silently draw a linear axis.
+    """
+    name = text.strip().upper()
+    if name not in PLOT_MEASURES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a known measure (known: "
+            f"{', '.join(PLOT_MEASURES)})")
+    return name
 
 
 def _bayes_batch(args: argparse.Namespace, data: MetaInput):
@@ -456,7 +533,164 @@ def _read_frame(args: argparse.Namespace):
         return frame
     if not args.file:
         raise InputError("FILE: no input given; name a CSV file or use --example")
-    return tabular.read_csv(args.file)
+    if _is_round_document(args.file):
+        return _read_round(args)
+    sep, decimal = getattr(args, "sep", None), getattr(args, "decimal", None)
+    if sep == "," and decimal == ",":
+        raise InputError("--decimal ',': the cells are separated by commas (--sep ','); a "
+                         "decimal comma needs another separator (e.g. --sep ';')")
+    frame = tabular.read_csv(args.file, sep=sep, decimal=decimal)
+    dialect = frame.attrs["dialect"]
+    if (dialect.sep, dialect.decimal) != (",", ".") and (sep is None or decimal is None):
+        print(f"fedsynth: note: read {args.file} as {dialect.describe()} (set with --sep "
+              "and --decimal)", file=sys.stderr)
+    return _missing_values(args, frame)
+
+
+#: Largest round document ``fedsynth meta`` reads (a round of 10,000 analyses of 100
+#: sites is about 150 MB).
+MAX_ROUND_BYTES = 512 << 20
+
+
+def _is_round_document(path: str) -> bool:
+    """A ``.json`` file is a round document (``fedsynth round show --format json``)."""
+    return str(path).lower().endswith(".json")
+
+
+def _read_round(args: argparse.Namespace):
+    """The ``site_estimates`` of a round document as a frame (analysis, study, yi, vi).
+
+    The document is validated by :meth:`fedsynth.round_document.RoundDocument.from_dict`;
+    each analysis is one ``--by analysis`` group, its sites the studies; a site whose
+    estimate is null (refused) is left out with a note. The round's pooling settings
+    (method, test, level) are the defaults of the options.
+    """
+    # lazy: keeps numpy, pandas and the statistics out of `fedsynth --help` start-up
+    import pandas as pd
+
+    # lazy: keeps numpy, pandas and the statistics out of `fedsynth --help` start-up
+    from fedsynth.round_document import RoundDocument
+
+    for option in ("yi", "vi", "sei", "measure", "label"):
+        if getattr(args, option, None):
+            raise InputError(f"--{option.replace('_', '-')}: a round document "
+                             f"({args.file}) carries the site estimates (yi, vi); the "
+                             "option is for CSV input")
+    if args.by not in (None, "analysis"):
+        raise InputError(f"--by {args.by!r}: a round document is pooled by analysis "
+                         "(--by analysis)")
+    if args.method in COUNT_METHODS:
+        raise InputError(f"--method {args.method}: a round document holds site estimates, "
+                         "not 2x2 counts")
+    try:
+        size = os.path.getsize(args.file)
+        if size > MAX_ROUND_BYTES:
+            raise InputError(f"file: {args.file!r} is {size >> 20} MiB, more than the "
+                             f"{MAX_ROUND_BYTES >> 20} MiB of a round document fedsynth "
+                             "reads")
+        with open(args.file, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise InputError(f"file: {args.file!r} does not exist") from None
+    except IsADirectoryError:
+        raise InputError(f"file: {args.file!r} is a directory") from None
+    except OSError as error:
+        raise InputError(f"file: {args.file!r} cannot be read "
+                         f"({error.strerror or error})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"file: {args.file!r} is not a JSON round document: {error}") \
+            from None
+    doc = RoundDocument.from_dict(data, where=f"file {args.file!r}: round document")
+    rows: list[tuple[str, str, float, float]] = []
+    skipped: list[str] = []
+    for analysis in doc.analyses:
+        used = 0
+        for est in analysis.site_estimates:
+            vi = est.vi if est.vi is not None else (
+                est.se * est.se if est.se is not None else None)
+            if est.yi is None or vi is None:
+                skipped.append(f"site {est.site!r} of analysis {analysis.analysis!r} "
+                               "(no estimate)")
+                continue
+            rows.append((analysis.analysis, est.site, float(est.yi), float(vi)))
+            used += 1
+        if not used:
+            skipped.append(f"analysis {analysis.analysis!r} (no site estimates)")
+    if skipped:
+        print(f"fedsynth: note: round {doc.round}: left out {'; '.join(skipped[:10])}"
+              + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""),
+              file=sys.stderr)
+    if not rows:
+        raise InputError(f"file: {args.file!r}: round {doc.round} ({doc.status}) has no "
+                         "site estimates to pool (is it still open, or failed?)")
+    frame = pd.DataFrame(rows, columns=["analysis", "study", "yi", "vi"])
+    frame.attrs["source"] = f"round {doc.round} ({args.file})"
+    frame.attrs["round"] = doc
+    args.by = "analysis"
+    pooling = doc.pooling
+    if pooling is not None:
+        if args.method is None and pooling.method:
+            args.method = str(pooling.method).upper()
+        if args.test is None and pooling.test:
+            args.test = str(pooling.test).lower()
+        if args.level is None and pooling.level is not None:
+            args.level = float(pooling.level)
+    return frame
+
+
+def _used_columns(args: argparse.Namespace, frame) -> list[str]:
+    """The columns this invocation reads numbers or groups from (for the NA check)."""
+    # lazy: keeps numpy, pandas and the statistics out of `fedsynth --help` start-up
+    from fedsynth.effects.effect_sizes import COLUMN_SETS
+
+    cols: list[str] = []
+    if args.method in COUNT_METHODS:
+        given = {n: getattr(args, f"rare_{n}", None) for n in meta_rare.COUNT_OPTIONS}
+        cols += [given[n] or n for n in meta_rare.COUNT_OPTIONS]
+    elif getattr(args, "measure", None):
+        mapping = _raw_mapping(args)
+        names = dict.fromkeys(c for s in COLUMN_SETS[args.measure] for c in s)
+        cols += [mapping.get(n, n) for n in names]
+    else:
+        cols += [args.yi or "yi"]
+        if args.vi or args.sei:
+            cols.append(args.vi or args.sei)
+        else:
+            cols.append("vi" if "vi" in frame.columns else "sei")
+    for option in ("by", "subgroup", "cumulative_by"):
+        if getattr(args, option, None):
+            cols.append(getattr(args, option))
+    cols += list(getattr(args, "moderator", None) or [])
+    return cols
+
+
+def _missing_values(args: argparse.Namespace, frame):
+    """Refuse missing cells (empty or NA) in the columns used, naming rows and columns.
+
+    With ``--drop-na`` those rows are dropped instead, with a note on stderr.
+    """
+    # lazy: keeps numpy, pandas and the statistics out of `fedsynth --help` start-up
+    from fedsynth import tabular
+
+    missing = tabular.missing_cells(frame, _used_columns(args, frame))
+    if not missing:
+        return frame
+    shown = "; ".join(
+        f"row {i + 1}: " + (f"column {cols[0]!r} is empty or NA" if len(cols) == 1 else
+                            f"columns {', '.join(map(repr, cols))} are empty or NA")
+        for i, cols in list(missing.items())[:8])
+    more = f" and {len(missing) - 8} more rows" if len(missing) > 8 else ""
+    if not getattr(args, "drop_na", False):
+        raise InputError(
+            f"{frame.attrs.get('source', 'input')}: missing values in {len(missing)} "
+            f"row(s): {shown}{more}; fill them in or use --drop-na to leave those rows out")
+    out = tabular.drop_rows(frame, list(missing))
+    if out.empty:
+        raise InputError(f"{frame.attrs.get('source', 'input')}: --drop-na leaves no rows "
+                         f"(every row has a missing value: {shown}{more})")
+    print(f"fedsynth: note: --drop-na dropped {len(missing)} of {len(frame)} rows with "
+          f"missing values: {shown}{more}", file=sys.stderr)
+    return out
 
 
 def _variance_column(args, frame):
@@ -497,6 +731,87 @@ def _text_values(frame, column: str, *, option: str | None = None):
     return series.where(series.notna(), "").astype(str).str.strip()
 
 
+def _raw_mapping(args: argparse.Namespace) -> dict[str, str]:
+    """``{escalc argument: column}`` of the raw-column options given on the command line."""
+    names = [*meta_rare.COUNT_OPTIONS, *(n for n, _ in RAW_OPTIONS)]
+    mapping = {}
+    for name in names:
+        value = (getattr(args, f"raw_{name}", None) if name not in meta_rare.COUNT_OPTIONS
+                 else getattr(args, f"rare_{name}", None))
+        if value:
+            mapping[name] = value
+    return mapping
+
+
+def _mapped_frame(frame, mapping: dict[str, str]):
+    """The columns escalc reads, under escalc's names.
+
+    ``mapping`` first (``--ai tpos`` reads column ``tpos`` as ``ai``), then the frame's
+    own columns of those names.
+    """
+    # lazy: keeps numpy, pandas and the statistics out of `fedsynth --help` start-up
+    import pandas as pd
+
+    # lazy: keeps numpy, pandas and the statistics out of `fedsynth --help` start-up
+    from fedsynth import tabular
+    from fedsynth.effects.effect_sizes import COLUMN_SETS
+
+    if not mapping:
+        return frame
+    for name, column in mapping.items():
+        tabular.require_columns(frame, [column], option=f"--{name}")
+    wanted = dict.fromkeys(c for sets in COLUMN_SETS.values() for s in sets for c in s)
+    data = {name: frame[mapping[name]] if name in mapping else frame[name]
+            for name in wanted if name in mapping or name in frame.columns}
+    out = pd.DataFrame(data, index=frame.index)
+    out.attrs.update(frame.attrs)
+    return out
+
+
+def _name_user_columns(message: str, mapping: dict[str, str]) -> str:
+    """Say ``column 'tpos' (--ai)`` where escalc's message says ``column 'ai'``."""
+    for name, column in mapping.items():
+        message = message.replace(f"column {name!r}", f"column {column!r} (--{name})")
+    return message
+
+
+def _unique_labels(labels, codes, names: tuple[str, ...], args: argparse.Namespace):
+    """Number study labels that occur more than once in one analysis, as metafor does.
+
+    Labels name the sites that drive heterogeneity, the rows of leave-one-out, BLUPs and
+    the forest plot: two rows called "Rosenthal et al" would make every such list
+    ambiguous. metafor's ``rma`` numbers every copy of a repeated ``slab``
+    (``Rosenthal et al.1``, ``Rosenthal et al.2``; its own BCG example has two such
+    pairs), so fedsynth does the same rather than refuse the textbook data set, and says
+    so on stderr (docs/decisions/cli.md). With ``--by`` labels are numbered within each
+    analysis.
+    """
+    # lazy: keeps numpy, pandas and the statistics out of `fedsynth --help` start-up
+    import numpy as np
+    import pandas as pd
+
+    table = pd.DataFrame({"code": codes, "label": labels})
+    dup = table.duplicated(["code", "label"], keep=False).to_numpy()
+    if not dup.any():
+        return labels
+    number = table.groupby(["code", "label"], sort=False).cumcount().to_numpy() + 1
+    out = np.asarray(labels, dtype=object).copy()
+    out[dup] = [f"{lab}.{n}" for lab, n in zip(out[dup], number[dup])]
+    repeated = table[dup].drop_duplicates(["code", "label"])
+    shown = []
+    for code, label in zip(repeated["code"].tolist()[:5], repeated["label"].tolist()[:5]):
+        rows = table.index[dup & (table["code"] == code).to_numpy()
+                           & (table["label"] == label).to_numpy()]
+        where = f" in analysis {names[int(code)]!r}" if args.by else ""
+        shown.append(f"{str(label)!r}{where} (rows {', '.join(str(int(r) + 1) for r in rows)})")
+    more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+    print(f"fedsynth: note: study labels repeated: {'; '.join(shown)}{more}; numbered "
+          f"'{repeated['label'].iloc[0]}.1', '{repeated['label'].iloc[0]}.2', ... as metafor "
+          "numbers a repeated slab (name another column with --label to choose)",
+          file=sys.stderr)
+    return out
+
+
 def load_input(args: argparse.Namespace) -> MetaInput:
     """Read and validate the CSV named on the command line (or the seed example)."""
     # lazy: keeps numpy out of `fedsynth --help` start-up
@@ -509,6 +824,7 @@ def load_input(args: argparse.Namespace) -> MetaInput:
     from fedsynth import tabular
 
     frame = _read_frame(args)
+    _resolve_defaults(args)     # after a round document has given its settings
     n = len(frame)
     if args.label:
         labels = _text_values(frame, args.label, option="--label").to_numpy(dtype=object)
@@ -526,7 +842,12 @@ def load_input(args: argparse.Namespace) -> MetaInput:
         if given:
             raise InputError(f"{given[0]}: --measure {args.measure} computes yi and vi from "
                              "raw columns; do not combine it with --yi/--vi/--sei")
-        effect_sizes = escalc_frame(frame, args.measure, labels=list(labels))
+        mapping = _raw_mapping(args)
+        try:
+            effect_sizes = escalc_frame(_mapped_frame(frame, mapping), args.measure,
+                                        labels=list(labels))
+        except InputError as error:
+            raise InputError(_name_user_columns(str(error), mapping)) from None
         yi, v = effect_sizes.yi, effect_sizes.vi
     else:
         yi_col = args.yi or "yi"
@@ -539,7 +860,8 @@ def load_input(args: argparse.Namespace) -> MetaInput:
             if bad.size:
                 i = int(bad[0])
                 raise InputError(
-                    f"column {v_col!r}, row {i + 1} (study {labels[i]!r}): standard error "
+                    f"column {v_col!r}, row {tabular.row_number(frame, i)} (study "
+                    f"{labels[i]!r}): standard error "
                     f"{float(v[i])!r} must be finite and > 0")
             v = v * v
 
@@ -547,13 +869,15 @@ def load_input(args: argparse.Namespace) -> MetaInput:
         groups = _text_values(frame, args.by, option="--by")
         empty = np.flatnonzero((groups == "").to_numpy(dtype=bool))
         if empty.size:
-            raise InputError(f"column {args.by!r} (given by --by), row {int(empty[0]) + 1}: "
+            raise InputError(f"column {args.by!r} (given by --by), row "
+                             f"{tabular.row_number(frame, int(empty[0]))}: "
                              "the group is empty")
         codes, uniques = pd.factorize(groups, sort=False)
         names = tuple(str(u) for u in uniques.tolist())
     else:
         codes = np.zeros(n, dtype=np.int64)
         names = ("",)
+    labels = _unique_labels(labels, codes, names, args)
     m = len(names)
     # position of every row inside its group, so one (m, K) grid holds all analyses
     pos = pd.Series(codes).groupby(codes).cumcount().to_numpy()
@@ -631,8 +955,19 @@ def render_json(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingRe
 
 def render_csv(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult) -> str:
     """One CSV row per analysis; intervals split into ``_lb``/``_ub`` columns."""
-    recs = records(args, data, batch)
-    keys = list(recs[0].keys())
+    return records_csv(records(args, data, batch))
+
+
+def records_csv(recs: list[dict[str, Any]]) -> str:
+    """Write flat records as CSV text, one row per record.
+
+    The header holds every key in order of first appearance; every ``*_ci`` pair is split
+    into ``*_ci_lb``/``*_ci_ub`` columns.
+
+    Shared by ``fedsynth meta --format csv`` and ``fedsynth round show --format csv``, so
+    both write the same columns for the same pooled fields.
+    """
+    keys = list(dict.fromkeys(k for rec in recs for k in rec))
     # column by column (one list comprehension per key, not a branch per cell): 20,000
     # analyses x 30 columns is 600,000 cells
     header: list[str] = []
@@ -667,12 +1002,39 @@ def _warn(batch: BatchPoolingResult) -> None:
               file=sys.stderr)
 
 
+def _resolve_defaults(args: argparse.Namespace) -> None:
+    """REML, z and 95% where neither the user nor a round document chose."""
+    if getattr(args, "method", None) is None:
+        args.method = "REML"
+    if getattr(args, "test", None) is None:
+        args.test = "z"
+    if getattr(args, "level", None) is None:
+        args.level = 95.0
+
+
 def run(args: argparse.Namespace) -> int:
     """Read, pool, print. Output is built completely before anything is printed."""
+    if args.file and _is_round_document(args.file) and not args.example:
+        # a round document: its pooling settings are the defaults (load_input)
+        return _finish(args, load_input(args))
+    _resolve_defaults(args)
+    if args.method in COUNT_METHODS:
+        extra = [f"--{n}" for n, _ in RAW_OPTIONS if getattr(args, f"raw_{n}", None)]
+        if extra:
+            raise InputError(f"{extra[0]}: not used by --method {args.method}, which pools "
+                             "the 2x2 counts (--ai, --bi, --ci, --di)")
+    elif (_raw_mapping(args) and not getattr(args, "measure", None)):
+        first = next(iter(_raw_mapping(args)))
+        raise InputError(f"--{first}: raw columns need --measure (e.g. --measure OR), which "
+                         "computes yi and vi from them as metafor's escalc")
     rare = meta_rare.run_rare(args)         # --method MH|PETO|GLMM: the 2x2 counts
     if rare is not None:
         return rare
-    data = load_input(args)
+    return _finish(args, load_input(args))
+
+
+def _finish(args: argparse.Namespace, data: MetaInput) -> int:
+    """Pool the analyses read, render them, write the plots, print."""
     batch = compute(args, data)
     text = RENDERERS[args.format](args, data, batch)
     figures = _plots(args, data, batch)

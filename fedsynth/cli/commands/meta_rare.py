@@ -127,12 +127,14 @@ def run_rare(args: argparse.Namespace) -> int | None:
     built completely before anything is printed.
     """
     if getattr(args, "method", None) not in RARE_METHODS:
-        given = [f"--{n}" for n in COUNT_OPTIONS if getattr(args, f"rare_{n}", None)]
+        # with --measure, the count columns name escalc's raw columns (meta.py maps them)
+        given = ([] if getattr(args, "measure", None) else
+                 [f"--{n}" for n in COUNT_OPTIONS if getattr(args, f"rare_{n}", None)])
         if given or getattr(args, "model", None):
             opt = given[0] if given else "--model"
-            raise InputError(f"{opt}: count columns and --model are for --method MH, PETO or "
-                             f"GLMM; --method {args.method} pools yi/vi (with --measure the "
-                             "count columns must be named ai, bi, ci, di)")
+            raise InputError(f"{opt}: count columns need --measure (e.g. --measure OR, "
+                             f"which computes yi and vi from them as metafor's escalc) or "
+                             f"--method MH, PETO or GLMM; --model is for --method GLMM")
         return None
 
     # lazy: keeps numpy out of `fedsynth --help` start-up

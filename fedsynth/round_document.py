@@ -15,8 +15,8 @@ It lives in the library (``fedsynth/``) rather than in ``coordinator/`` because 
 data format, not a role: ``fedsynth report`` reads saved documents without a coordinator,
 and a statistician may load a round's JSON next to ``fedsynth.meta`` (every analysis
 carries its ``site_estimates``, so a round can be re-pooled or diagnosed offline). It
-imports nothing but the standard library and :mod:`fedsynth.errors`, so reading a document
-costs no numerical import.
+imports nothing but the standard library, :mod:`fedsynth.errors` and
+:mod:`fedsynth.jsonsafe`, so reading a document costs no numerical import.
 
 The JSON form
 -------------
@@ -64,6 +64,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
 from fedsynth.errors import InputError
+from fedsynth.jsonsafe import finite_or_none
 from fedsynth.timeutil import parse_iso
 
 __all__ = [
@@ -214,10 +215,22 @@ class _Reader:
         return dict(value)
 
     def extra(self, known: frozenset[str]) -> dict[str, Any]:
-        return {k: v for k, v in self.data.items() if k not in known}
+        """Keys this version does not know, kept as read (non-finite numbers as null)."""
+        return {k: _writable(v) for k, v in self.data.items() if k not in known}
 
     def layout(self) -> tuple[str, ...]:
         return tuple(self.data)
+
+
+def _writable(value: Any) -> Any:
+    """``value`` with every NaN or infinity (which strict JSON cannot write) as null."""
+    if isinstance(value, float):
+        return finite_or_none(value)
+    if isinstance(value, Mapping):
+        return {k: _writable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_writable(v) for v in value]
+    return value
 
 
 def _json_interval(value: Interval | None) -> list[float | None] | None:

@@ -124,6 +124,18 @@ class ClinicalWidth:
         if self.halfwidth is None and self.low is None and self.high is None:
             raise InputError("clinical width: give a halfwidth or a low/high range")
 
+    @classmethod
+    def from_setting(cls, value: Any) -> ClinicalWidth:
+        """From a ``[pooling.pi_width]`` value: a number (half-width) or ``[low, high]``."""
+        if isinstance(value, ClinicalWidth):
+            return value
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            return cls(low=float(value[0]), high=float(value[1]))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return cls(halfwidth=float(value))
+        raise InputError(f"clinical width: expected a half-width or [low, high], got "
+                         f"{value!r}")
+
     def describe(self) -> str:
         """The rule in words (``"±0.05"``, ``"0.8 to 1.25"``)."""
         parts = []

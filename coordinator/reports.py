@@ -540,8 +540,12 @@ def _heterogeneity_table(analyses: Sequence[AnalysisResult]) -> str:
         t_lo, t_hi = _pair(p.tau2_ci)
         q_df = (a.k - 1) if a.k is not None and a.k > 0 else None
         none_html = "<span class=\"note\">none</span>"
-        reason_html = (f"<p class=\"reasons\">{_esc(' '.join(het.reasons))}</p>"
-                       if het.reasons else none_html)
+        # the reasons are one paragraph in the analysis' own section; here the rules that
+        # fired, so the table stays a table
+        rules = het.details.rules if het.details is not None else ()
+        reason_html = ((", ".join(_esc(r) for r in rules) if rules else "see below")
+                       + f" (<a href=\"#a-{_esc(_anchor(a.analysis))}\">reasons</a>)"
+                       if het.flagged else none_html)
         flag = (_badge(het.level or "flagged", het.level or "moderate")
                 if het.flagged else _badge("not flagged", "ok"))
         rows.append(
@@ -561,7 +565,7 @@ def _heterogeneity_table(analyses: Sequence[AnalysisResult]) -> str:
     return ("<div class=\"scroll\"><table><thead><tr><th>Analysis</th><th class=\"num\">Q</th>"
             "<th class=\"num\">p(Q)</th><th class=\"num\">\u03c4\u00b2 (95% CI)</th>"
             "<th class=\"num\">I\u00b2 (95% CI)</th><th class=\"num\">H\u00b2</th>"
-            "<th>Flag</th><th>Sites driving it</th><th>Reasons</th></tr></thead><tbody>"
+            "<th>Flag</th><th>Sites driving it</th><th>Rules fired</th></tr></thead><tbody>"
             + "\n".join(rows) + "</tbody></table></div>")
 
 

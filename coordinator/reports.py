@@ -646,15 +646,15 @@ def _participation(doc: RoundDocument) -> str:
     submitted = sum(1 for s in doc.sites if s.status == "submitted")
     quorum_text = f" (quorum {_esc(doc.quorum)})" if doc.quorum is not None else ""
     out = [f"<p>{submitted} of {len(doc.sites)} allowed sites submitted{quorum_text}.</p>",
-           "<table><thead><tr><th>Site</th><th>Status</th><th>Submitted at</th>"
-           "<th class=\"num\">Refused analyses</th></tr></thead><tbody>", *rows,
-           "</tbody></table>"]
+           "<div class=\"scroll\"><table><thead><tr><th>Site</th><th>Status</th>"
+           "<th>Submitted at</th><th class=\"num\">Refused analyses</th></tr></thead><tbody>",
+           *rows, "</tbody></table></div>"]
     out.append("<h3>Refusals</h3>")
     if refusal_rows:
         out += ["<p class=\"note\">Analyses a site declined to compute or send, with the "
                 "site's own reason (policy, disclosure limit, missing column).</p>",
-                "<table><thead><tr><th>Site</th><th>Analysis</th><th>Reason</th></tr></thead>"
-                "<tbody>", *refusal_rows, "</tbody></table>"]
+                "<div class=\"scroll\"><table><thead><tr><th>Site</th><th>Analysis</th>"
+                "<th>Reason</th></tr></thead><tbody>", *refusal_rows, "</tbody></table></div>"]
     else:
         out.append("<p class=\"note\">No site refused an analysis.</p>")
     return "\n".join(out)
@@ -1134,11 +1134,12 @@ def render_trend_html(trends: Sequence[AnalysisTrend], *, i2_threshold: float | 
                         f"<td class=\"num\">{_fmt(i2, 1)}%</td>"
                         f"<td>{_badge('flagged', 'moderate') if f else _badge('no', 'ok')}</td>"
                         "</tr>")
-        parts.append("<table><thead><tr><th>Round</th><th class=\"num\">k</th>"
+        parts.append("<div class=\"scroll\"><table><thead><tr><th>Round</th>"
+                     "<th class=\"num\">k</th>"
                      "<th class=\"num\">Estimate</th><th class=\"num\">95% CI</th>"
                      "<th class=\"num\">95% PI</th><th class=\"num\">I\u00b2</th>"
                      "<th>Heterogeneity</th></tr></thead><tbody>" + "".join(rows)
-                     + "</tbody></table>")
+                     + "</tbody></table></div>")
         site_rows = []
         for s in t.sites:
             cells = "".join(

@@ -153,9 +153,12 @@ def _back_transform_label(analysis: AnalysisResult) -> str | None:
 
 
 def _scale_of(a: AnalysisResult) -> AnalysisScale:
-    """The analysis' scales and null: from the document (version 2), else (version 1, where
-    every estimate was tested against 0 on the scale it was pooled on) log for ratio
-    measures and identity otherwise, with the null at the back-transform of 0."""
+    """The analysis' scales and null.
+
+    From the document (version 2), else (version 1, where every estimate was tested
+    against 0 on the scale it was pooled on) log for ratio measures and identity
+    otherwise, with the null at the back-transform of 0.
+    """
     if a.scale is not None:
         return AnalysisScale(a.estimator, a.estimand or a.measure or "estimate", a.scale,
                              a.null_value, a.site_scale or a.scale)
@@ -487,8 +490,11 @@ def _badge(text: Any, kind: str | None = None) -> str:
 
 
 def _analysis_summary_rows(analyses: Sequence[AnalysisResult]) -> str:
-    """One row per analysis: the estimate on the scale it is read on, tested against the
-    measure's own null, with the pooling scale stated."""
+    """One row per analysis of the pooled-results table.
+
+    The estimate on the scale it is read on, tested against the measure's own null, with
+    the pooling scale stated.
+    """
     rows = []
     for a in analyses:
         het = a.heterogeneity or _NO_VERDICT
@@ -570,8 +576,11 @@ def _heterogeneity_table(analyses: Sequence[AnalysisResult]) -> str:
 
 
 def _site_estimate_table(a: AnalysisResult) -> str:
-    """Each site's estimate (on the scale results are read on) with its CI and weight; for a
-    flagged analysis also its BLUP with the BLUP's prediction interval, beside it."""
+    """The site table of one analysis.
+
+    Each site's estimate (on the scale results are read on) with its CI and weight; for a
+    flagged analysis also its BLUP with the BLUP's prediction interval, beside it.
+    """
     sc = _scale_of(a)
     het = a.heterogeneity or _NO_VERDICT
     tau2 = max((a.pooled or _NOT_POOLED).tau2 or 0.0, 0.0)

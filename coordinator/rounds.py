@@ -155,8 +155,11 @@ _NO_FLAG = HeterogeneityVerdict(flagged=False, level=None, reasons=(), sites=())
 
 @dataclass(frozen=True)
 class _Plan:
-    """How one analysis is pooled: its scales and null (fedsynth.vocabulary), its
-    method and test, its prediction interval and its clinical width."""
+    """How one analysis is pooled.
+
+    Its scales and null (fedsynth.vocabulary), its method and test, its prediction
+    interval and its clinical width.
+    """
 
     scale: AnalysisScale
     method: str
@@ -231,8 +234,11 @@ def _gather(name: str, subs: list[SubmissionRecord], plan: _Plan | None = None) 
 
 
 def _settings(pooling: dict[str, Any]) -> dict[str, Any]:
-    """The round's pooling settings, with the defaults of rounds opened before a key
-    existed (``fedsynth.config.PoolingConfig``)."""
+    """The round's pooling settings.
+
+    With the defaults of rounds opened before a key existed
+    (``fedsynth.config.PoolingConfig``).
+    """
     width = pooling.get("pi_width")
     return {"method": pooling.get("method", "REML"), "test": pooling.get("test", "z"),
             "level": float(pooling.get("level", 95.0)),

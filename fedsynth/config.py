@@ -378,8 +378,11 @@ def _pooling(table: Any) -> PoolingConfig:
 
 
 def _pi_width(table: Any) -> dict[str, float | tuple[float, float]]:
-    """``[pooling.pi_width]`` over the defaults: ``estimator = 0.05`` (half-width),
-    ``estimator = [low, high]`` (range) or ``estimator = false`` (no clinical width)."""
+    """``[pooling.pi_width]`` over the defaults.
+
+    ``estimator = 0.05`` (half-width), ``estimator = [low, high]`` (range) or
+    ``estimator = false`` (no clinical width).
+    """
     if not isinstance(table, dict):
         raise ConfigError(f"pooling.pi_width = {table!r} must be a table of estimator = "
                           "half-width or [low, high]")

@@ -269,7 +269,8 @@ def _logit_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
 
 def _fit_ticks(fig, ax, null: float | None = None) -> None:
     """Drop every other x tick until no two tick labels touch (long labels such as
-    ``-0.015`` on a narrow axis); the tick at the null value is kept when there is one."""
+    ``-0.015`` on a narrow axis); the tick at the null value is kept when there is one.
+    """
     from matplotlib.ticker import MaxNLocator
 
     if not ax.get_xticklabels() or all(not t.get_text() for t in ax.get_xticklabels()):
@@ -298,7 +299,8 @@ def _x_limits(points: list[float], ci_lo: np.ndarray, ci_hi: np.ndarray,
               null: float | None) -> tuple[float, float]:
     """Axis range: every point estimate, pooled interval and the null (if any); site CIs
     unless one alone would stretch the axis more than the core range itself (it is then
-    clipped with an arrow, as metafor does)."""
+    clipped with an arrow, as metafor does).
+    """
     core = points + ([] if null is None else [null])
     core_lo, core_hi = min(core), max(core)
     span = max(core_hi - core_lo, 1e-6)
@@ -331,7 +333,8 @@ class _Row:
 def _subgroup_rows(subgroups: Any, data: _Pooled, level: float, ratio: bool,
                    method: str) -> tuple[list[list[int]], list[_Row], list[str], str | None]:
     """Split sites by group; return site indices per group, a summary row per group,
-    the group names and the between-group test sentence."""
+    the group names and the between-group test sentence.
+    """
     k = data.yi.size
     if isinstance(subgroups, SubgroupResult):
         res = subgroups
@@ -749,7 +752,8 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
 
 def _filled_arrays(filled: Any) -> tuple[np.ndarray, np.ndarray, float | None]:
     """Trim-and-fill studies from a PublicationBiasResult, a mapping/object with
-    ``yi``/``vi`` (or ``filled_yi``/``filled_vi``), or ``(yi, vi)`` arrays."""
+    ``yi``/``vi`` (or ``filled_yi``/``filled_vi``), or ``(yi, vi)`` arrays.
+    """
     est = None
     for ykey, vkey in (("trimfill_filled_yi", "trimfill_filled_vi"), ("filled_yi", "filled_vi"),
                        ("yi", "vi")):

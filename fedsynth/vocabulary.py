@@ -298,8 +298,11 @@ class AnalysisScale:
 
     @property
     def null_on_scale(self) -> float | None:
-        """The null on the pooling scale (``g(null_value)``: 0 for an OR, an O:E of 1 or a
-        c-statistic of 0.5; 1 for a calibration slope), or ``None``."""
+        """The null on the pooling scale, or ``None``.
+
+        ``g(null_value)``: 0 for an OR, an O:E of 1 or a c-statistic of 0.5; 1 for a
+        calibration slope.
+        """
         return None if self.null_value is None else to_scale(self.null_value, self.scale)
 
     @property

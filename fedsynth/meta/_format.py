@@ -66,7 +66,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def format_summary(res: PoolingResult, digits: int = 4) -> str:
     """Multi-line summary of one pooled analysis (model, k, tau², I², H², Q test, estimate
-    table with CI and PI, notes)."""
+    table with CI and PI, notes).
+    """
     lines: list[str] = []
     if res.name:
         lines.append(f"Analysis: {res.name}")

@@ -48,7 +48,8 @@ RSTUDENT_CRIT = 1.959963984540054
 
 class _Pooled(Protocol):
     """What the flag reads from a pooled fit (``fedsynth.meta.PoolingResult``; read-only,
-    as the fields of a frozen dataclass)."""
+    as the fields of a frozen dataclass).
+    """
 
     @property
     def estimate(self) -> float: ...
@@ -148,6 +149,7 @@ class ClinicalWidth:
         return " and ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
+        """``{halfwidth, low, high}`` (None where not set)."""
         return {"halfwidth": self.halfwidth, "low": self.low, "high": self.high}
 
 
@@ -190,7 +192,8 @@ class HeterogeneityFlag(ResultMixin):
 
     def i2_confidence_interval(self) -> Interval | None:
         """The (Q-profile) confidence interval of I² the strength was judged on (None if
-        there was none)."""
+        there was none).
+        """
         if self.I2_ci_lb is None or self.I2_ci_ub is None:
             return None
         return Interval(self.I2_ci_lb, self.I2_ci_ub, level=self.interval_level / 100.0)
@@ -250,8 +253,10 @@ def _ci_bounds(ci: Any) -> tuple[float | None, float | None]:
 
 
 def _fmt(x: float | None) -> str:
-    """One format for every number of a sentence: 2 decimals (3 significant digits below
-    0.01, where 2 decimals would print 0.00)."""
+    """One format for every number of a sentence.
+
+    2 decimals (2 significant digits below 0.01, where 2 decimals would print 0.00).
+    """
     if x is None:
         return "NA"
     if x != 0 and abs(x) < 0.01:
@@ -344,8 +349,10 @@ def _check_settings(i2_threshold: float,
 
 def _beyond_width(estimate: float, pi_lb: float | None, pi_ub: float | None, scale: str,
                   clinical: ClinicalWidth | None) -> bool | None:
-    """Whether the back-transformed PI is wider than the clinical width (None: no rule or
-    no prediction interval)."""
+    """Whether the back-transformed PI is wider than the clinical width.
+
+    None when there is no rule or no prediction interval.
+    """
     if clinical is None or pi_lb is None or pi_ub is None:
         return None
     est, lo, hi = (from_scale(x, scale) for x in (estimate, pi_lb, pi_ub))
@@ -670,7 +677,8 @@ def _blups(y: np.ndarray, v: np.ndarray, msk: np.ndarray, kk: np.ndarray, tau2: 
            knha: bool, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """BLUPs ``l y + (1 - l) mu`` with ``l = tau²/(tau² + v)`` and their prediction
     intervals, with mu and its variance from the pooled tau² (Knapp-Hartung-scaled under
-    knha, t with k - 1 df), for every site at once; NaN where k < 2 or outside the mask."""
+    knha, t with k - 1 df), for every site at once; NaN where k < 2 or outside the mask.
+    """
     from scipy import special
 
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -699,7 +707,8 @@ def _blups(y: np.ndarray, v: np.ndarray, msk: np.ndarray, kk: np.ndarray, tau2: 
 
 def _fixed_effect_i2_ci(batch: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Q-profile I² bounds for the analyses ``rows`` that carry none (fixed-effect fits),
-    as ``analysis._i2_ci_if_missing`` does for one (Viechtbauer 2007, Stat. Med. 26:37-52)."""
+    as ``analysis._i2_ci_if_missing`` does for one (Viechtbauer 2007, Stat. Med. 26:37-52).
+    """
     from fedsynth.meta.stats import (
         as_batch,
         heterogeneity_indices,

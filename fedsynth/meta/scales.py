@@ -170,7 +170,10 @@ def performance_inference(estimate: Any, se: Any, tau2: Any, k: Any, *,
 
 
 def with_inference(batch: Any, inference: Inference) -> Any:
-    """A copy of a :class:`~fedsynth.meta.BatchPoolingResult` carrying ``inference``'s
-    statistic, p-value and prediction interval (everything else unchanged)."""
+    """A copy of a batch result carrying ``inference``'s numbers.
+
+    The :class:`~fedsynth.meta.BatchPoolingResult` with ``inference``'s statistic,
+    p-value and prediction interval (everything else unchanged).
+    """
     return dataclasses.replace(batch, stat=inference.stat, pval=inference.pval,
                                pi_lb=inference.pi_lb, pi_ub=inference.pi_ub)

@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedsynth import vocabulary as voc
+from fedsynth.errors import InputError
 from fedsynth.meta import meta_analysis
 from fedsynth.meta.heterogeneity import ClinicalWidth, assess_heterogeneity
-from fedsynth.errors import InputError
 
 
 @pytest.mark.parametrize("estimator, null, scale, estimand", [

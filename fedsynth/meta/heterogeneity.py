@@ -252,16 +252,13 @@ def _ci_bounds(ci: Any) -> tuple[float | None, float | None]:
     return _num(low), _num(high)
 
 
-def _fmt(x: float | None) -> str:
-    """One format for every number of a sentence.
-
-    2 decimals (2 significant digits below 0.01, where 2 decimals would print 0.00).
-    """
+def _fmt(x: float | None, digits: int = 2) -> str:
+    """One fixed-point format for every number of the sentences (no ``2.6e-05`` beside
+    ``0.00``); a value that rounds to zero prints without a sign."""
     if x is None:
         return "NA"
-    if x != 0 and abs(x) < 0.01:
-        return f"{x:.2g}"
-    return f"{x:.2f}"
+    text = f"{x:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def _back(x: float | None, scale: str) -> float | None:
@@ -392,18 +389,19 @@ def _verdict(estimate: float, ci_lb: float, ci_ub: float, i2: float, i2_lb: floa
     level_name: str | None = None
     reasons: list[str] = []
     lv = f"{level:g}%"
+    d = 3 if scale == "logit" else 2            # c-statistics are read to 3 decimals
     what = estimand or "effect"
     shown = "" if scale == "identity" else f" ({what})"
     if flagged:
         strong = (i2_path or width_path) and i2_lb is not None and i2_lb >= thr
         level_name = "strong" if strong else "moderate"
         est_r = from_scale(estimate, scale)
-        pi_txt = (f"{_fmt(_back(pi_lb, scale))} to {_fmt(_back(pi_ub, scale))}"
+        pi_txt = (f"{_fmt(_back(pi_lb, scale), d)} to {_fmt(_back(pi_ub, scale), d)}"
                   if pi_lb is not None and pi_ub is not None else "NA")
         if width_path and clinical is not None:
             reasons.append(
                 f"{lv} PI {pi_txt} for a new site's {what} around the pooled "
-                f"{_fmt(est_r)} is wider than the clinically meaningful "
+                f"{_fmt(est_r, d)} is wider than the clinically meaningful "
                 f"{clinical.describe()} (rule pi_width).")
         if i2_path or (i2_high and width_path):
             ci_txt = (f" ({lv} CI {_fmt(i2_lb)}% to {_fmt(i2_ub)}%)"
@@ -419,28 +417,28 @@ def _verdict(estimate: float, ci_lb: float, ci_ub: float, i2: float, i2_lb: floa
                            f"threshold (rule i2){strength}.")
         if pi_path and null is not None:
             reasons.append(
-                f"{lv} PI {pi_txt}{shown} crosses the null value {_fmt(_back(null, scale))} "
-                f"while the CI {_fmt(_back(ci_lb, scale))} to {_fmt(_back(ci_ub, scale))} "
+                f"{lv} PI {pi_txt}{shown} crosses the null value {_fmt(_back(null, scale), d)} "
+                f"while the CI {_fmt(_back(ci_lb, scale), d)} to {_fmt(_back(ci_ub, scale), d)} "
                 "does not: a new site's effect could lie on either side of the null "
                 "(rule pi_crosses_null).")
 
     sites: tuple[str, ...] = ()
     if flagged:
-        sites = tuple(d.site for d in drivers)
+        sites = tuple(drv.site for drv in drivers)
         if drivers:
             parts = []
-            for d in drivers:
+            for drv in drivers:
                 why = []
-                if "outlying_blup" in d.kinds:
-                    why.append(f"BLUP {_fmt(_back(d.blup, scale))}, PI "
-                               f"{_fmt(_back(d.blup_pi_lb, scale))} to "
-                               f"{_fmt(_back(d.blup_pi_ub, scale))} excludes the pooled "
-                               f"{_fmt(from_scale(estimate, scale))}")
-                if "studentized_residual" in d.kinds:
-                    why.append(f"studentized residual {_fmt(d.rstudent)}")
-                if "influential" in d.kinds:
+                if "outlying_blup" in drv.kinds:
+                    why.append(f"BLUP {_fmt(_back(drv.blup, scale), d)}, PI "
+                               f"{_fmt(_back(drv.blup_pi_lb, scale), d)} to "
+                               f"{_fmt(_back(drv.blup_pi_ub, scale), d)} excludes the pooled "
+                               f"{_fmt(from_scale(estimate, scale), d)}")
+                if "studentized_residual" in drv.kinds:
+                    why.append(f"studentized residual {_fmt(drv.rstudent)}")
+                if "influential" in drv.kinds:
                     why.append("influential")
-                parts.append(f"{d.site} ({'; '.join(why)})")
+                parts.append(f"{drv.site} ({'; '.join(why)})")
             reasons.append("Driving sites: " + ", ".join(parts) + ".")
         else:
             reasons.append(

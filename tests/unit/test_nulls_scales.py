@@ -91,7 +91,7 @@ def test_clinical_width_rule_fires_and_names_itself():
     assert "(rule pi_width)" in text and "±0.05" in text and "c-statistic" in text
     # the reasons are numbers first and back-transformed: the PI reads as c-statistics
     lo, hi = (voc.from_scale(v, "logit") for v in (res.pi_lb, res.pi_ub))
-    assert f"{lo:.2f} to {hi:.2f}" in text
+    assert f"{lo:.3f} to {hi:.3f}" in text          # c-statistics to 3 decimals
 
 
 def test_clinical_width_overrules_i2_for_trivial_tau():

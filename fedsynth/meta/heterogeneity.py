@@ -202,7 +202,7 @@ class HeterogeneityFlag(ResultMixin):
         """The verdict in plain sentences, as ``fedsynth meta`` prints it."""
         lines = ["Heterogeneity flag:"]
         if self.flagged:
-            lines.append(f"FLAGGED ({self.level}; rules: {', '.join(self.rules)}): one "
+            lines.append(f"FLAGGED ({self.level}) by rule {', '.join(self.rules)}: one "
                          "pooled estimate may mislead.")
             lines.append(" ".join(self.reasons))
             lines.append("Report the site-specific estimates (BLUPs) beside the pooled one, "

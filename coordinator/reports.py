@@ -64,6 +64,7 @@ from fedsynth.round_document import (
     RoundDocument,
 )
 from fedsynth.timeutil import utcnow
+from fedsynth.vocabulary import AnalysisScale, from_scale
 
 __all__ = [
     "RoundReportPaths",
@@ -109,13 +110,11 @@ def _fmt(value: Any, digits: int = 3) -> str:
     number = finite_or_none(value)
     if number is None:
         return "\u2013"
-    if abs(number) < 1e-8:
-        # Iterative tau² estimates land at 1e-14 instead of exactly 0 and I² follows;
-        # printing them in scientific notation suggests a precision that is not there.
-        return f"{0.0:.{digits}f}"
-    if abs(number) < 10 ** (-digits) or abs(number) >= 1e6:
-        return f"{number:.{digits - 1}e}"
-    return f"{number:.{digits}f}"
+    # One fixed-point format for every cell of a column: "0.0000" beside "2.550e-05" made
+    # readers compare formats instead of numbers (issue 12). A value that rounds to zero
+    # prints as zero, without a sign.
+    text = f"{number:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def _fmt_p(value: Any) -> str:
@@ -138,10 +137,6 @@ def _interval(lower: Any, upper: Any, digits: int = 3) -> str:
     lo, hi = finite_or_none(lower), finite_or_none(upper)
     if lo is None or hi is None:
         return "\u2013"
-    if max(abs(lo), abs(hi)) >= 10 ** (-digits) and max(abs(lo), abs(hi)) < 1e6:
-        # one scale for both bounds: "0.000 to 0.015", not "5.00e-05 to 0.015"
-        return f"{lo:.{digits}f} to {hi:.{digits}f}".replace("-0." + "0" * digits + " ",
-                                                             "0." + "0" * digits + " ")
     return f"{_fmt(lo, digits)} to {_fmt(hi, digits)}"
 
 
@@ -161,6 +156,36 @@ def _back_transform_label(analysis: AnalysisResult) -> str | None:
     if not measure:
         return _LOG_ESTIMATORS.get(analysis.estimator or "")
     return None
+
+
+def _scale_of(a: AnalysisResult) -> AnalysisScale:
+    """The analysis' scales and null.
+
+    From the document (version 2), else (version 1, where every estimate was tested
+    against 0 on the scale it was pooled on) log for ratio measures and identity
+    otherwise, with the null at the back-transform of 0.
+    """
+    if a.scale is not None:
+        return AnalysisScale(a.estimator, a.estimand or a.measure or "estimate", a.scale,
+                             a.null_value, a.site_scale or a.scale)
+    back = _back_transform_label(a)
+    if back:
+        return AnalysisScale(a.estimator, back, "log", 1.0, "log")
+    return AnalysisScale(a.estimator, a.measure or "estimate", "identity", 0.0, "identity")
+
+
+def _shown(value: float | None, sc: AnalysisScale) -> float | None:
+    """A pooling-scale value on the scale results are read on."""
+    if value is None:
+        return None
+    try:
+        return from_scale(value, sc.scale)
+    except OverflowError:
+        return None
+
+
+def _null_text(sc: AnalysisScale) -> str:
+    return "no null" if sc.null_value is None else f"{sc.estimand} = {sc.null_value:g}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,7 +306,8 @@ PARALLEL_ROWS = 1500
 #: are most of a big round's document, are left out of the workers' input).
 _FOREST_FIELDS = ("analysis", "estimator", "measure", "k", "method", "test", "level",
                   "estimate", "se", "ci_lb", "ci_ub", "pi_lb", "pi_ub", "tau2", "I2", "Q",
-                  "Q_pval", "site_estimates")
+                  "Q_pval", "site_estimates", "scale", "null_value", "estimand", "site_scale",
+                  "blups", "heterogeneity")
 
 
 def _forest_svg_job(job: tuple[dict, str]) -> str | None:
@@ -354,23 +380,39 @@ def _worker_main(job_file: str) -> int:
 def _forest_svg(analysis: Mapping[str, Any], *, id_prefix: str) -> str | None:
     """Forest plot of one analysis as sanitized inline SVG; None when no site estimate.
 
-    Drawn by the project's forest plot (:func:`fedsynth.plots.forest_plot`),
-    which reads a round-document analysis (``site_estimates`` and the pooled fields).
+    Drawn by the project's forest plot (:func:`fedsynth.plots.forest_plot`) on the
+    analysis' pooling scale with back-transformed ticks (a c-statistic axis for an AUC
+    pooled as a logit), the null line at the measure's null (none for the Brier score),
+    and, for a flagged analysis, every site's BLUP with its prediction interval as a second
+    marker and the driving sites in red.
     """
-    estimates = [e for e in analysis.get("site_estimates") or []
-                 if finite_or_none(e.get("yi")) is not None
-                 and (finite_or_none(e.get("vi")) or 0) > 0]
-    if not estimates:
+    entry = AnalysisResult.from_dict(dict(analysis), where="forest plot")
+    sc = _scale_of(entry)
+    het = entry.heterogeneity or _NO_VERDICT
+    if entry.blups:                  # version 2: what was pooled, on the pooling scale
+        rows = [b for b in entry.blups if b.yi is not None and (b.vi or 0) > 0]
+        data: dict[str, Any] = {"site_estimates": [{"site": b.site, "yi": b.yi, "vi": b.vi}
+                                                   for b in rows]}
+    else:
+        rows = []
+        data = {"site_estimates": [e for e in analysis.get("site_estimates") or []
+                                   if finite_or_none(e.get("yi")) is not None
+                                   and (finite_or_none(e.get("vi")) or 0) > 0]}
+    if not data["site_estimates"]:
         return None
-    data = dict(analysis)
-    data["site_estimates"] = estimates
-    data.pop("labels", None)
-    # logistic and Cox analyses carry log OR / log HR without a ``measure``
-    measure = str(analysis.get("measure") or "").upper() or {
-        "logistic": "OR", "cox": "HR"}.get(str(analysis.get("estimator") or ""), "")
+    for key in _FOREST_FIELDS:
+        if key not in ("site_estimates", "blups", "heterogeneity") and key in analysis:
+            data[key] = analysis[key]
     if finite_or_none(analysis.get("level")) is None:
         data["level"] = 95.0
-    fig = forest_plot(data, measure=measure or None, title=str(analysis["analysis"]))
+    blup = None
+    if het.flagged and rows and all(b.blup is not None and b.blup_pi_lb is not None
+                                    and b.blup_pi_ub is not None for b in rows):
+        blup = {"pred": [b.blup for b in rows], "pi_lb": [b.blup_pi_lb for b in rows],
+                "pi_ub": [b.blup_pi_ub for b in rows]}
+    fig = forest_plot(data, measure=None, title=str(analysis["analysis"]), scale=sc.scale,
+                      null_value=sc.null_value, estimand=sc.estimand, blup=blup,
+                      drivers=het.sites if het.flagged else None)
     return sanitize_svg(_figure_svg(fig), id_prefix)
 
 
@@ -410,7 +452,9 @@ td.num, th.num { text-align: right; white-space: nowrap; }
 .note { color: var(--muted); font-size: 12.5px; }
 .alert { border-left: 4px solid var(--warn); background: #fff4f4; padding: 8px 12px;
          margin: 10px 0; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; max-width: 100%; }
+td.name { overflow-wrap: anywhere; min-width: 8em; }
+.reasons { margin: 0; }
 .nowrap { white-space: nowrap; }
 figure { margin: 8px 0 4px; background: #fff; border: 1px solid var(--line); border-radius: 6px;
          padding: 8px; }
@@ -444,32 +488,39 @@ def _badge(text: Any, kind: str | None = None) -> str:
 
 
 def _analysis_summary_rows(analyses: Sequence[AnalysisResult]) -> str:
+    """One row per analysis of the pooled-results table.
+
+    The estimate on the scale it is read on, tested against the measure's own null, with
+    the pooling scale stated.
+    """
     rows = []
     for a in analyses:
         het = a.heterogeneity or _NO_VERDICT
         p = a.pooled or _NOT_POOLED
-        back = _back_transform_label(a)
-        exp_cell = "\u2013"
-        est, lo, hi = p.estimate, p.ci_lb, p.ci_ub
-        if back and est is not None and lo is not None and hi is not None:
-            try:
-                exp_cell = (f"{_esc(back)} {math.exp(est):.3f} "
-                            f"({math.exp(lo):.3f} to {math.exp(hi):.3f})")
-            except OverflowError:
-                exp_cell = "\u2013"
+        sc = _scale_of(a)
+        digits = 3
+        est = _shown(p.estimate, sc)
+        ci = _interval(_shown(p.ci_lb, sc), _shown(p.ci_ub, sc), digits)
+        pi = _interval(_shown(p.pi_lb, sc), _shown(p.pi_ub, sc), digits)
+        scale_note = ("" if sc.scale == "identity" else
+                      f"<br><span class=\"note\">pooled on the {_esc(sc.scale)} scale</span>")
+        p_cell = (f"{_fmt_p(p.pval)}<br><span class=\"note\">H0: {_esc(_null_text(sc))}"
+                  "</span>" if sc.null_value is not None
+                  else "\u2013<br><span class=\"note\">no null</span>")
+        tau = None if p.tau2 is None else math.sqrt(max(p.tau2, 0.0))
         flag = (_badge(het.level or "flagged", het.level or "moderate")
                 if het.flagged else _badge("no", "ok"))
         rows.append(
             "<tr>"
-            f"<td><a href=\"#a-{_esc(_anchor(a.analysis))}\">{_esc(a.analysis)}</a></td>"
-            f"<td>{_esc(a.estimator or '')} {_esc(a.measure or '')}</td>"
+            f"<td class=\"name\"><a href=\"#a-{_esc(_anchor(a.analysis))}\">"
+            f"{_esc(a.analysis)}</a></td>"
+            f"<td>{_esc(sc.estimand)}{scale_note}</td>"
             f"<td class=\"num\">{_esc(a.k if a.k is not None else '')}</td>"
             f"<td>{_esc(a.method or '')}/{_esc(a.test or '')}</td>"
-            f"<td class=\"num\">{_fmt(p.estimate)}</td>"
-            f"<td class=\"num\">{_interval(p.ci_lb, p.ci_ub)}</td>"
-            f"<td class=\"num\">{_fmt_p(p.pval)}</td>"
-            f"<td class=\"num\">{exp_cell}</td>"
-            f"<td class=\"num\">{_interval(p.pi_lb, p.pi_ub)}</td>"
+            f"<td class=\"num\">{_fmt(est, digits)}<br><span class=\"note\">{ci}</span></td>"
+            f"<td class=\"num\">{p_cell}</td>"
+            f"<td class=\"num\">{pi}</td>"
+            f"<td class=\"num\">{_fmt(tau, 3)}</td>"
             f"<td class=\"num\">{_fmt(p.I2, 1)}%</td>"
             f"<td>{flag}</td></tr>")
     return "\n".join(rows)
@@ -493,9 +544,12 @@ def _heterogeneity_table(analyses: Sequence[AnalysisResult]) -> str:
         t_lo, t_hi = _pair(p.tau2_ci)
         q_df = (a.k - 1) if a.k is not None and a.k > 0 else None
         none_html = "<span class=\"note\">none</span>"
-        reason_html = ("<ul class=\"reasons\">"
-                       + "".join(f"<li>{_esc(r)}</li>" for r in het.reasons)
-                       + "</ul>") if het.reasons else none_html
+        # the reasons are one paragraph in the analysis' own section; here the rules that
+        # fired, so the table stays a table
+        rules = het.details.rules if het.details is not None else ()
+        reason_html = ((", ".join(_esc(r) for r in rules) if rules else "see below")
+                       + f" (<a href=\"#a-{_esc(_anchor(a.analysis))}\">reasons</a>)"
+                       if het.flagged else none_html)
         flag = (_badge(het.level or "flagged", het.level or "moderate")
                 if het.flagged else _badge("not flagged", "ok"))
         rows.append(
@@ -512,47 +566,78 @@ def _heterogeneity_table(analyses: Sequence[AnalysisResult]) -> str:
             f"<td>{flag}</td>"
             f"<td class=\"nowrap\">{'<br>'.join(_esc(x) for x in het.sites) or none_html}</td>"
             f"<td>{reason_html}</td></tr>")
-    return ("<table><thead><tr><th>Analysis</th><th class=\"num\">Q</th>"
+    return ("<div class=\"scroll\"><table><thead><tr><th>Analysis</th><th class=\"num\">Q</th>"
             "<th class=\"num\">p(Q)</th><th class=\"num\">\u03c4\u00b2 (95% CI)</th>"
             "<th class=\"num\">I\u00b2 (95% CI)</th><th class=\"num\">H\u00b2</th>"
-            "<th>Flag</th><th>Sites driving it</th><th>Reasons</th></tr></thead><tbody>"
-            + "\n".join(rows) + "</tbody></table>")
+            "<th>Flag</th><th>Sites driving it</th><th>Rules fired</th></tr></thead><tbody>"
+            + "\n".join(rows) + "</tbody></table></div>")
 
 
 def _site_estimate_table(a: AnalysisResult) -> str:
+    """The site table of one analysis.
+
+    Each site's estimate (on the scale results are read on) with its CI and weight; for a
+    flagged analysis also its BLUP with the BLUP's prediction interval, beside it.
+    """
+    sc = _scale_of(a)
+    het = a.heterogeneity or _NO_VERDICT
     tau2 = max((a.pooled or _NOT_POOLED).tau2 or 0.0, 0.0)
-    weights = {}
-    total = sum(1.0 / (e.vi + tau2) for e in a.site_estimates
-                if e.vi is not None and e.vi + tau2 > 0)
+    pooled_rows: dict[str, tuple[float | None, float | None]] = {}
+    blups = {b.site: b for b in a.blups}
     for e in a.site_estimates:
-        if e.vi is not None and e.vi + tau2 > 0 and total > 0:
-            weights[e.site] = 100.0 / (e.vi + tau2) / total
-    driving = set((a.heterogeneity or _NO_VERDICT).sites)
+        b = blups.get(e.site)
+        if b is not None:
+            pooled_rows[e.site] = (b.yi, b.vi)
+        elif sc.site_scale == sc.scale:
+            pooled_rows[e.site] = (e.yi, e.vi)
+    total = sum(1.0 / (v + tau2) for _, v in pooled_rows.values()
+                if v is not None and v + tau2 > 0)
+    weights = {site: 100.0 / (v + tau2) / total for site, (_, v) in pooled_rows.items()
+               if v is not None and v + tau2 > 0 and total > 0}
+    show_blup = bool(het.flagged and a.blups)
+    driving = set(het.sites)
+    z = 1.959963984540054
     rows = []
     for e in a.site_estimates:
-        se = e.se
-        if se is None and e.vi is not None and e.vi >= 0:
-            se = math.sqrt(e.vi)
+        y, v = pooled_rows.get(e.site, (None, None))
         lo = hi = None
-        if e.yi is not None and se is not None:
-            lo, hi = e.yi - 1.959963984540054 * se, e.yi + 1.959963984540054 * se
+        if y is not None and v is not None and v >= 0:
+            lo, hi = y - z * math.sqrt(v), y + z * math.sqrt(v)
         mark = " " + _badge("drives heterogeneity", "moderate") if e.site in driving else ""
         n_cell = _esc(e.n) if e.n is not None else "&ndash;"
+        blup_cells = ""
+        if show_blup:
+            b = blups.get(e.site)
+            blup_cells = (f"<td class=\"num\">{_fmt(_shown(b.blup, sc))}</td>"
+                          f"<td class=\"num\">{_interval(_shown(b.blup_pi_lb, sc), _shown(b.blup_pi_ub, sc))}</td>"  # noqa: E501
+                          if b is not None else "<td></td><td></td>")
         rows.append(f"<tr><td>{_esc(e.site)}{mark}</td>"
                     f"<td class=\"num\">{n_cell}</td>"
-                    f"<td class=\"num\">{_fmt(e.yi)}</td><td class=\"num\">{_fmt(se)}</td>"
-                    f"<td class=\"num\">{_interval(lo, hi)}</td>"
+                    f"<td class=\"num\">{_fmt(_shown(y, sc))}</td>"
+                    f"<td class=\"num\">{_interval(_shown(lo, sc), _shown(hi, sc))}</td>"
+                    f"{blup_cells}"
                     f"<td class=\"num\">{_fmt(weights.get(e.site), 1)}%</td></tr>")
+    span = 5 + (2 if show_blup else 0)
     for site, reason in a.refused.items():
         rows.append(f"<tr><td>{_esc(site)} {_badge('refused', 'missing')}</td>"
-                    f"<td colspan=\"5\" class=\"note\">{_esc(reason)}</td></tr>")
+                    f"<td colspan=\"{span - 1}\" class=\"note\">{_esc(reason)}</td></tr>")
     if not rows:
         return "<p class=\"note\">No site estimate.</p>"
-    return ("<table><thead><tr><th>Site</th><th class=\"num\">n</th>"
-            "<th class=\"num\">y<sub>i</sub></th>"
-            "<th class=\"num\">SE</th><th class=\"num\">95% CI</th>"
+    what = _esc(sc.estimand)
+    blup_head = ("<th class=\"num\">BLUP</th><th class=\"num\">95% PI of the BLUP</th>"
+                 if show_blup else "")
+    note = ("" if sc.scale == "identity" else
+            f"<p class=\"note\">Pooled on the {_esc(sc.scale)} scale; every number is shown "
+            f"back-transformed as the {what}.</p>")
+    if show_blup:
+        note += ("<p class=\"note\">BLUP: the site's shrunken (empirical Bayes) estimate, "
+                 "its effect predicted from its own data and the other sites', with its 95% "
+                 "prediction interval; report these beside the pooled estimate.</p>")
+    return (note + "<div class=\"scroll\"><table><thead><tr><th>Site</th>"
+            "<th class=\"num\">n</th>"
+            f"<th class=\"num\">{what}</th><th class=\"num\">95% CI</th>{blup_head}"
             "<th class=\"num\">Weight (RE)</th></tr></thead><tbody>" + "\n".join(rows)
-            + "</tbody></table>")
+            + "</tbody></table></div>")
 
 
 def _participation(doc: RoundDocument) -> str:
@@ -568,15 +653,15 @@ def _participation(doc: RoundDocument) -> str:
     submitted = sum(1 for s in doc.sites if s.status == "submitted")
     quorum_text = f" (quorum {_esc(doc.quorum)})" if doc.quorum is not None else ""
     out = [f"<p>{submitted} of {len(doc.sites)} allowed sites submitted{quorum_text}.</p>",
-           "<table><thead><tr><th>Site</th><th>Status</th><th>Submitted at</th>"
-           "<th class=\"num\">Refused analyses</th></tr></thead><tbody>", *rows,
-           "</tbody></table>"]
+           "<div class=\"scroll\"><table><thead><tr><th>Site</th><th>Status</th>"
+           "<th>Submitted at</th><th class=\"num\">Refused analyses</th></tr></thead><tbody>",
+           *rows, "</tbody></table></div>"]
     out.append("<h3>Refusals</h3>")
     if refusal_rows:
         out += ["<p class=\"note\">Analyses a site declined to compute or send, with the "
                 "site's own reason (policy, disclosure limit, missing column).</p>",
-                "<table><thead><tr><th>Site</th><th>Analysis</th><th>Reason</th></tr></thead>"
-                "<tbody>", *refusal_rows, "</tbody></table>"]
+                "<div class=\"scroll\"><table><thead><tr><th>Site</th><th>Analysis</th>"
+                "<th>Reason</th></tr></thead><tbody>", *refusal_rows, "</tbody></table></div>"]
     else:
         out.append("<p class=\"note\">No site refused an analysis.</p>")
     return "\n".join(out)
@@ -616,14 +701,16 @@ def render_round_html(round_doc: RoundDocument | Mapping[str, Any]) -> str:
     parts.append("<h2>Pooled results</h2>")
     if analyses:
         parts.append(
-            "<table><thead><tr><th>Analysis</th><th>Estimator</th><th class=\"num\">k</th>"
-            "<th>Method</th><th class=\"num\">Estimate</th><th class=\"num\">95% CI</th>"
-            "<th class=\"num\">p</th><th class=\"num\">Back-transformed</th>"
-            "<th class=\"num\">95% PI</th><th class=\"num\">I\u00b2</th><th>Flag</th>"
-            "</tr></thead><tbody>" + _analysis_summary_rows(analyses) + "</tbody></table>"
-            "<p class=\"note\">Estimates of ratio measures are on the log scale; the "
-            "back-transformed column gives exp(estimate) and its CI. PI: 95% prediction "
-            "interval for the effect in a new site.</p>")
+            "<div class=\"scroll\"><table class=\"pooled\"><thead><tr><th>Analysis</th>"
+            "<th>Measure</th><th class=\"num\">k</th><th>Method</th>"
+            "<th class=\"num\">Estimate (95% CI)</th><th class=\"num\">p</th>"
+            "<th class=\"num\">95% PI</th><th class=\"num\">\u03c4</th>"
+            "<th class=\"num\">I\u00b2</th><th>Flag</th>"
+            "</tr></thead><tbody>" + _analysis_summary_rows(analyses) + "</tbody></table></div>"
+            "<p class=\"note\">Estimates are shown on the scale they are read on (ratios, "
+            "c-statistic, O:E back-transformed from the pooling scale stated under the "
+            "measure); p tests the measure's own null (H0); \u03c4 is on the pooling scale. "
+            "PI: 95% prediction interval for a new site.</p>")
         parts.append("<h2>Heterogeneity</h2>" + _heterogeneity_table(analyses))
     else:
         parts.append("<p class=\"note\">No analysis was pooled in this round.</p>")
@@ -635,15 +722,21 @@ def render_round_html(round_doc: RoundDocument | Mapping[str, Any]) -> str:
     svgs = _forest_svgs(analyses)
     for a, svg in zip(analyses, svgs):
         parts.append(f"<h3 id=\"a-{_esc(_anchor(a.analysis))}\">{_esc(a.analysis)}</h3>")
+        het = a.heterogeneity or _NO_VERDICT
         if svg:
+            extra = (" Open circles with a thin line below each site: its BLUP and the BLUP's "
+                     "95% prediction interval; sites in red drive the heterogeneity."
+                     if het.flagged and a.blups else "")
+            null = ("" if _scale_of(a).null_value is None
+                    else f" Grey line: the null ({_esc(_null_text(_scale_of(a)))}).")
             parts.append(f"<figure>{svg}<figcaption>Forest plot of {_esc(a.analysis)}: "
                          "site estimates with 95% CIs (box area proportional to "
                          "random-effects weight), pooled estimate (diamond) and 95% "
-                         "prediction interval (dashed).</figcaption></figure>")
-        reasons = (a.heterogeneity or _NO_VERDICT).reasons
-        if reasons:
-            parts.append("<div class=\"alert\">" + "<br>".join(_esc(r) for r in reasons)
-                         + "</div>")
+                         f"prediction interval (dashed).{null}{extra}</figcaption></figure>")
+        if het.reasons:
+            # one short paragraph per flagged analysis: numbers first, no boilerplate
+            parts.append("<div class=\"alert\"><p>" + _esc(" ".join(het.reasons))
+                         + "</p></div>")
         parts.append(_site_estimate_table(a))
     return _page(f"fedsynth round {doc.round}", "\n".join(parts))
 
@@ -924,12 +1017,17 @@ def _trend_figure(trend: AnalysisTrend, i2_threshold: float | None):
            if e is not None]
     pis = [(i, lo, hi) for i, lo, hi in zip(x, trend.pi_lb, trend.pi_ub)
            if lo is not None and hi is not None]
-    if pis:
+    if len(pis) >= 2:
         ax_est.fill_between([p[0] for p in pis], [p[1] for p in pis], [p[2] for p in pis],
-                            color="#1f4e79", alpha=0.10, lw=0, label="95% prediction interval")
+                            color="#1f4e79", alpha=0.10, lw=0)
+    if pis:
+        # each round's PI as a wide translucent bar too: visible for a single round, where
+        # a band between rounds has no width
+        ax_est.vlines([p[0] for p in pis], [p[1] for p in pis], [p[2] for p in pis],
+                      color="#1f4e79", alpha=0.18, lw=9, label="95% prediction interval")
     if pts:
         ax_est.plot([p[0] for p in pts], [p[1] for p in pts], "-o", color="#1f4e79",
-                    label="pooled estimate", ms=5)
+                    label="pooled estimate", ms=5, clip_on=False, zorder=3)
         for i, e, lo, hi in pts:
             if lo is not None and hi is not None:
                 ax_est.plot([i, i], [lo, hi], color="#1f4e79", lw=1.6)
@@ -954,8 +1052,9 @@ def _trend_figure(trend: AnalysisTrend, i2_threshold: float | None):
             if zv is not None and y is not None and abs(zv) > DIVERGENCE_Z:
                 ax_site.plot([i], [y], marker="o", ms=10, mfc="none", mec="#b22222", zorder=4)
     if pts:
-        ax_site.plot([p[0] for p in pts], [p[1] for p in pts], "--", color="#1f4e79", lw=1.2,
-                     label="pooled", zorder=2.5)
+        # a marker as well as the dashed line: one round is a point, and the legend shows both
+        ax_site.plot([p[0] for p in pts], [p[1] for p in pts], "--D", color="#1f4e79", lw=1.2,
+                     ms=5, label="pooled", zorder=2.5, clip_on=False)
     ax_site.axhline(0, color="#777777", lw=0.8)
     ax_site.set_ylabel("site estimates")
     handles = ax_site.get_legend_handles_labels()[0]
@@ -969,10 +1068,11 @@ def _trend_figure(trend: AnalysisTrend, i2_threshold: float | None):
             ax_i2.plot([i, i], [lo, hi], color="#a45d00", lw=1.6)
     i2_pts = [(i, v) for i, v in zip(x, trend.I2) if v is not None]
     if i2_pts:
-        ax_i2.plot([p[0] for p in i2_pts], [p[1] for p in i2_pts], "-o", color="#a45d00", ms=5)
+        ax_i2.plot([p[0] for p in i2_pts], [p[1] for p in i2_pts], "-o", color="#a45d00", ms=5,
+                   clip_on=False, zorder=3)
     if i2_threshold is not None:
         ax_i2.axhline(i2_threshold, color="#b22222", lw=0.8, ls=":")
-    ax_i2.set_ylim(-2, 102)
+    ax_i2.set_ylim(-6, 106)                     # a point at 0% or 100% stays whole
     ax_i2.set_ylabel("I\u00b2 (%)")
     # At most ~12 labelled rounds (always the latest), so two years of monthly rounds stay
     # readable; the tables below list every round.
@@ -987,6 +1087,8 @@ def _trend_figure(trend: AnalysisTrend, i2_threshold: float | None):
             ax.spines[side].set_visible(False)
     if n == 1:
         ax_i2.set_xlim(-0.5, 0.5)
+    for ax in (ax_est, ax_site):
+        ax.margins(y=0.12)                      # markers at the extremes are not cut
     fig.tight_layout()
     return fig
 
@@ -1039,11 +1141,12 @@ def render_trend_html(trends: Sequence[AnalysisTrend], *, i2_threshold: float | 
                         f"<td class=\"num\">{_fmt(i2, 1)}%</td>"
                         f"<td>{_badge('flagged', 'moderate') if f else _badge('no', 'ok')}</td>"
                         "</tr>")
-        parts.append("<table><thead><tr><th>Round</th><th class=\"num\">k</th>"
+        parts.append("<div class=\"scroll\"><table><thead><tr><th>Round</th>"
+                     "<th class=\"num\">k</th>"
                      "<th class=\"num\">Estimate</th><th class=\"num\">95% CI</th>"
                      "<th class=\"num\">95% PI</th><th class=\"num\">I\u00b2</th>"
                      "<th>Heterogeneity</th></tr></thead><tbody>" + "".join(rows)
-                     + "</tbody></table>")
+                     + "</tbody></table></div>")
         site_rows = []
         for s in t.sites:
             cells = "".join(

@@ -23,9 +23,14 @@ import datetime as _dt
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coordinator.store import RoundRecord, Store, SubmissionRecord
+from fedsynth.config import (
+    DEFAULT_PERFORMANCE_METHOD,
+    DEFAULT_PERFORMANCE_TEST,
+    DEFAULT_PI_WIDTH,
+)
 from fedsynth.errors import InputError
 from fedsynth.jsonsafe import finite_or_none
 from fedsynth.round_document import (
@@ -35,12 +40,17 @@ from fedsynth.round_document import (
     PooledEstimate,
     PoolingSettings,
     RoundDocument,
+    SiteBlup,
     SiteDriver,
     SiteEstimate,
     SiteParticipation,
 )
 from fedsynth.spec import parse_spec
 from fedsynth.timeutil import iso
+from fedsynth.vocabulary import AnalysisScale, analysis_scale
+
+if TYPE_CHECKING:
+    from fedsynth.meta.heterogeneity import ClinicalWidth
 
 __all__ = ["RoundOutcome", "open_round", "round_document", "is_due", "pool_analyses",
            "pool_round", "close_if_due"]
@@ -129,16 +139,54 @@ def _verdict(flag: Any) -> HeterogeneityVerdict:
                                blup_pi_lb=finite_or_none(d.blup_pi_lb),
                                blup_pi_ub=finite_or_none(d.blup_pi_ub))
                     for d in flag.drivers)
+    clinical = None if flag.clinical is None else flag.clinical.to_dict()
     return HeterogeneityVerdict(
         flagged=bool(flag.flagged), level=flag.level, reasons=tuple(flag.reasons),
         sites=tuple(flag.sites), details=FlagDetails(
             drivers=drivers, I2=finite_or_none(flag.I2), I2_ci=ci,
             i2_threshold=flag.i2_threshold, null_value=flag.null_value,
-            pi_crosses_null=bool(flag.pi_crosses_null)))
+            pi_crosses_null=bool(flag.pi_crosses_null), rules=tuple(flag.rules),
+            clinical_width=clinical, pi_beyond_width=bool(flag.pi_beyond_width)))
 
 
 #: The verdict of an analysis with nothing pooled.
 _NO_FLAG = HeterogeneityVerdict(flagged=False, level=None, reasons=(), sites=())
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one analysis is pooled.
+
+    Its scales and null (fedsynth.vocabulary), its method and test, its prediction
+    interval and its clinical width.
+    """
+
+    scale: AnalysisScale
+    method: str
+    test: str
+    pi_df: str
+    clinical: ClinicalWidth | None
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Analyses with equal keys are pooled and flagged in one batch call."""
+        return (self.scale, self.method, self.test, self.pi_df, self.clinical)
+
+
+def _plan(analysis: dict[str, Any], pooling: dict[str, Any]) -> _Plan:
+    # lazy: keeps scipy and numpy out of `fedsynth round start/show` start-up
+    from fedsynth.meta.heterogeneity import ClinicalWidth
+
+    s = _settings(pooling)
+    scale = analysis_scale(analysis.get("estimator"), analysis.get("measure"),
+                           analysis.get("scale"))
+    perf = scale.performance
+    width = s["pi_width"].get(str(analysis.get("estimator") or ""))
+    return _Plan(scale=scale,
+                 method=s["performance_method"] if perf else s["method"],
+                 test=s["performance_test"] if perf else s["test"],
+                 pi_df="k-2" if perf else "k-1",
+                 clinical=ClinicalWidth.from_setting(width) if width is not None else None)
 
 
 @dataclass(frozen=True)
@@ -148,13 +196,15 @@ class _Column:
     name: str
     estimates: tuple[SiteEstimate, ...]
     refused: dict[str, str]
-    cells: dict[int, tuple[float, float]]        # column of the site -> (yi, vi)
+    cells: dict[int, tuple[float, float]]        # column of the site -> (yi, vi), pooling scale
+    notes: tuple[str, ...] = ()
 
 
-def _gather(name: str, subs: list[SubmissionRecord]) -> _Column:
+def _gather(name: str, subs: list[SubmissionRecord], plan: _Plan | None = None) -> _Column:
     estimates: list[SiteEstimate] = []
     refused: dict[str, str] = {}
     cells: dict[int, tuple[float, float]] = {}
+    notes: list[str] = []
     for j, sub in enumerate(subs):
         result = sub.results.get(name)
         if result is None:
@@ -168,30 +218,109 @@ def _gather(name: str, subs: list[SubmissionRecord]) -> _Column:
                 site=sub.site, yi=y, vi=v, se=finite_or_none(result["se"]),
                 n=int(n) if isinstance(n, (int, float)) and math.isfinite(n) else None))
             # a non-finite value keeps its cell out of the batch (pooled alone, with a note)
-            cells[j] = (math.nan if y is None else y, math.nan if v is None else v)
-    return _Column(name, tuple(estimates), refused, cells)
+            cy, cv = (math.nan if y is None else y, math.nan if v is None else v)
+            if plan is not None and plan.scale.site_scale != plan.scale.scale:
+                # lazy: keeps scipy and numpy out of `fedsynth round start/show` start-up
+                from fedsynth.meta.scales import to_pooling_scale
+
+                ty, tv = to_pooling_scale([cy], [cv], plan.scale.site_scale,
+                                          plan.scale.scale)
+                if not (math.isfinite(ty[0]) and math.isfinite(tv[0])) and \
+                        math.isfinite(cy):
+                    notes.append(f"site {sub.site}: {plan.scale.estimand} {cy:g} has no "
+                                 f"{plan.scale.scale} (it was left out of the pooling)")
+                    continue
+                cy, cv = float(ty[0]), float(tv[0])
+            cells[j] = (cy, cv)
+    return _Column(name, tuple(estimates), refused, cells, tuple(notes))
 
 
 def _settings(pooling: dict[str, Any]) -> dict[str, Any]:
+    """The round's pooling settings.
+
+    With the defaults of rounds opened before a key existed
+    (``fedsynth.config.PoolingConfig``).
+    """
+    width = pooling.get("pi_width")
     return {"method": pooling.get("method", "REML"), "test": pooling.get("test", "z"),
             "level": float(pooling.get("level", 95.0)),
-            "i2_threshold": float(pooling.get("i2_threshold", 50.0))}
+            "i2_threshold": float(pooling.get("i2_threshold", 50.0)),
+            "performance_method": pooling.get("performance_method",
+                                              DEFAULT_PERFORMANCE_METHOD),
+            "performance_test": pooling.get("performance_test", DEFAULT_PERFORMANCE_TEST),
+            "pi_width": dict(DEFAULT_PI_WIDTH if width is None else width)}
 
 
-def _entry(analysis: dict[str, Any], column: _Column, pooling: dict[str, Any], *,
+def _entry(analysis: dict[str, Any], column: _Column, plan: _Plan, *,
            pooled: dict[str, Any] | None, verdict: HeterogeneityVerdict,
-           notes: list[str]) -> AnalysisResult:
-    s = _settings(pooling)
+           notes: list[str], blups: tuple[SiteBlup, ...] = ()) -> AnalysisResult:
+    sc = plan.scale
     return AnalysisResult(
         analysis=column.name, estimator=analysis.get("estimator"),
-        measure=analysis.get("measure"), k=len(column.estimates), method=s["method"],
-        test=s["test"], pooled=None if pooled is None else PooledEstimate.from_mapping(pooled),
-        heterogeneity=verdict, notes=tuple(notes), site_estimates=column.estimates,
-        refused=column.refused)
+        measure=analysis.get("measure"), k=len(column.cells), method=plan.method,
+        test=plan.test, pooled=None if pooled is None else PooledEstimate.from_mapping(pooled),
+        heterogeneity=verdict, notes=tuple(column.notes) + tuple(notes),
+        site_estimates=column.estimates, refused=column.refused, scale=sc.scale,
+        null_value=sc.null_value, estimand=sc.estimand, site_scale=sc.site_scale,
+        pi_df=plan.pi_df, blups=blups)
 
 
-def _analysis_entry(analysis: dict[str, Any], column: _Column,
-                    pooling: dict[str, Any]) -> AnalysisResult:
+def _pool_group(plan: _Plan, rows: list[int], columns: list[_Column], subs: list[SubmissionRecord],
+                analyses: list[dict[str, Any]], level: float,
+                i2_threshold: float) -> dict[int, AnalysisResult]:
+    """Pool and flag the analyses ``rows`` (all of one plan) in one batch call."""
+    # lazy: keeps scipy and numpy out of `fedsynth round start/show` start-up
+    import numpy as np
+
+    # lazy: keeps scipy and numpy out of `fedsynth round start/show` start-up
+    from fedsynth.meta import pool
+    from fedsynth.meta.heterogeneity import assess_heterogeneity_batch
+    from fedsynth.meta.scales import performance_inference, with_inference
+
+    K = len(subs)
+    yi = np.zeros((len(rows), K))
+    vi = np.ones((len(rows), K))
+    mask = np.zeros((len(rows), K), dtype=bool)
+    for r, i in enumerate(rows):
+        for j, (y, v) in columns[i].cells.items():
+            yi[r, j], vi[r, j], mask[r, j] = y, v, True
+    labels = np.broadcast_to(np.array([sub.site for sub in subs], dtype=object),
+                             (len(rows), K))
+    batch = pool(yi, vi, mask=mask, method=plan.method, test=plan.test, level=level,
+                 names=[columns[i].name for i in rows], labels=labels)
+    # the measure's own null and, for performance measures, the t(k - 2) PI
+    batch = with_inference(batch, performance_inference(
+        batch.estimate, batch.se, batch.tau2, batch.k, null=plan.scale.null_on_scale,
+        test=plan.test, level=batch.level, pi_df=plan.pi_df,
+        random_effects=plan.method != "FE"))
+    flags = assess_heterogeneity_batch(
+        batch, i2_threshold=i2_threshold, null_value=plan.scale.null_on_scale,
+        scale=plan.scale.scale, clinical=plan.clinical, estimand=plan.scale.estimand)
+    diag = flags.diagnostics
+    dicts = batch.to_dicts()
+    out: dict[int, AnalysisResult] = {}
+    for r, i in enumerate(rows):
+        column = columns[i]
+        notes = [str(batch.messages[r])] if batch.messages[r] else []
+        k = int(batch.k[r])
+        if plan.pi_df == "k-2" and plan.method != "FE" and k == 2:
+            notes.append("no prediction interval with k = 2: it uses t with k - 2 df "
+                         "(Riley et al. 2011)")
+        if plan.scale.null_value is None:
+            notes.append(f"the {plan.scale.estimand} has no null value: no p-value")
+        blups = tuple(
+            SiteBlup(site=subs[j].site, yi=float(yi[r, j]), vi=float(vi[r, j]),
+                     blup=finite_or_none(diag.blup[r, j]),
+                     blup_pi_lb=finite_or_none(diag.blup_pi_lb[r, j]),
+                     blup_pi_ub=finite_or_none(diag.blup_pi_ub[r, j]))
+            for j in range(K) if mask[r, j])
+        out[i] = _entry(analyses[i], column, plan, pooled=dicts[r],
+                        verdict=_verdict(flags[r]), notes=notes, blups=blups)
+    return out
+
+
+def _analysis_entry(analysis: dict[str, Any], column: _Column, plan: _Plan,
+                    subs: list[SubmissionRecord], pooling: dict[str, Any]) -> AnalysisResult:
     """One analysis pooled on its own: the fallback when the batch call fails.
 
     A batch of all analyses fails as a whole on one bad value (``pool`` validates every
@@ -199,95 +328,66 @@ def _analysis_entry(analysis: dict[str, Any], column: _Column,
     error as a note; one bad analysis must not sink the round.
     """
     # lazy: keeps scipy and numpy out of `fedsynth round start/show` start-up
-    from fedsynth.meta.analysis import analyse
 
-    if not column.estimates:
-        return _entry(analysis, column, pooling, pooled=None, verdict=_NO_FLAG,
-                      notes=["no site sent an estimate for this analysis; nothing was pooled"])
+    if not column.cells:
+        note = ("no site sent an estimate for this analysis; nothing was pooled"
+                if not column.estimates else "no site estimate could be pooled")
+        return _entry(analysis, column, plan, pooled=None, verdict=_NO_FLAG, notes=[note])
     s = _settings(pooling)
-    pooled: dict[str, Any] | None = None
     try:
-        result = analyse([c[0] for c in column.cells.values()],
-                         [c[1] for c in column.cells.values()],
-                         labels=[e.site for e in column.estimates], method=s["method"],
-                         test=s["test"], level=s["level"], i2_threshold=s["i2_threshold"],
-                         diagnostics=False)
-        pooled = result.pooling.to_dict()
-        return _entry(analysis, column, pooling, pooled=pooled,
-                      verdict=_verdict(result.heterogeneity), notes=list(result.notes))
+        return _pool_group(plan, [0], [column], subs, [analysis], s["level"],
+                           s["i2_threshold"])[0]
     except Exception as error:  # noqa: BLE001 - one bad analysis must not sink the round
         log.exception("pooling of analysis %s failed", column.name)
-        return _entry(analysis, column, pooling, pooled=pooled, verdict=_NO_FLAG,
+        return _entry(analysis, column, plan, pooled=None, verdict=_NO_FLAG,
                       notes=[f"pooling failed: {error}"])
 
 
 def pool_analyses(analyses: list[dict[str, Any]], subs: list[SubmissionRecord],
                   pooling: dict[str, Any]) -> list[AnalysisResult]:
-    """The ``analyses`` section of a pooled round: every analysis in ONE batch call.
+    """The ``analyses`` section of a pooled round: one batch call per kind of analysis.
 
-    All analyses of the round are laid out as a sites x analyses grid with a mask of the
-    cells a site answered (refusals and missing answers are outside the mask), pooled by a
-    single vectorised :func:`fedsynth.meta.pool` call, and each row is handed to
-    :func:`fedsynth.meta.analysis.analyse` as ``pooled=`` so only the
-    heterogeneity flag is computed per analysis (its site drivers need the influence
-    diagnostics and BLUPs of the rule in docs/architecture.md). The case diagnostics and
-    small-study tests (leave-one-out, influence table, BLUPs, Egger, Begg, trim-and-fill)
-    are not part of the round document: the report does not show them, and they are
-    reproducible on demand from ``site_estimates`` (``fedsynth meta --diagnostics``); see
+    Each analysis is pooled on its measure's scale and tested against its measure's null
+    (:func:`fedsynth.vocabulary.analysis_scale`: an AUC on the logit scale against 0.5, a
+    calibration slope against 1, O:E on the log scale against 1, the Brier score without
+    a test); measures of a risk model's performance are pooled as the prediction-model
+    literature does (``performance_method``/``performance_test`` of ``[pooling]``, REML
+    with Knapp-Hartung by default, prediction interval with t(k - 2); Debray et al. 2017,
+    BMJ 356:i6460). Analyses that share all of that are laid out as a sites x analyses
+    grid with a mask of the cells a site answered (refusals and missing answers are outside
+    the mask), pooled by one vectorised :func:`fedsynth.meta.pool` call and flagged by
+    one :func:`fedsynth.meta.heterogeneity.assess_heterogeneity_batch` call, which also
+    gives every site's BLUP (the report shows them for flagged analyses). The case
+    diagnostics and small-study tests (leave-one-out, influence table, Egger, Begg,
+    trim-and-fill) are not part of the round document: they are reproducible on demand
+    from ``site_estimates`` (``fedsynth meta --diagnostics``); see
     docs/decisions/federation.md ("Closing a round").
 
     Every value is built JSON-ready (``PoolingResult``/``BatchPoolingResult`` dicts map
     NaN to None, site estimates are converted as they are gathered).
     """
     # lazy: keeps numpy out of `fedsynth round start/show` start-up
-    import numpy as np
 
     # lazy: keeps scipy and numpy out of `fedsynth round start/show` start-up
-    from fedsynth.meta import pool
-    from fedsynth.meta.analysis import analyse
 
-    columns = [_gather(a["name"], subs) for a in analyses]
+    plans = [_plan(a, pooling) for a in analyses]
+    columns = [_gather(a["name"], subs, plan) for a, plan in zip(analyses, plans)]
     s = _settings(pooling)
-    rows = [i for i, c in enumerate(columns)
-            if c.cells and all(math.isfinite(y) and math.isfinite(v) and v > 0
-                               for y, v in c.cells.values())]
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, c in enumerate(columns):
+        if c.cells and all(math.isfinite(y) and math.isfinite(v) and v > 0
+                           for y, v in c.cells.values()):
+            groups.setdefault(plans[i].key, []).append(i)
     entries: dict[int, AnalysisResult] = {}
-    if rows:
-        K = len(subs)
-        yi = np.zeros((len(rows), K))
-        vi = np.ones((len(rows), K))
-        mask = np.zeros((len(rows), K), dtype=bool)
-        for r, i in enumerate(rows):
-            for j, (y, v) in columns[i].cells.items():
-                yi[r, j], vi[r, j], mask[r, j] = y, v, True
-        labels = np.broadcast_to(np.array([sub.site for sub in subs], dtype=object),
-                                 (len(rows), K))
+    for rows in groups.values():
         try:
-            batch = pool(yi, vi, mask=mask, method=s["method"], test=s["test"],
-                         level=s["level"], names=[columns[i].name for i in rows],
-                         labels=labels)
-            dicts = batch.to_dicts()
-            for r, i in enumerate(rows):
-                column = columns[i]
-                try:
-                    one = batch[r]
-                    result = analyse(one.yi, one.vi, labels=one.labels, method=s["method"],
-                                     test=s["test"], level=s["level"],
-                                     i2_threshold=s["i2_threshold"], diagnostics=False,
-                                     pooled=one)
-                    verdict = _verdict(result.heterogeneity)
-                except Exception:  # noqa: BLE001 - pooled alone below, error as a note
-                    log.exception("flag of analysis %s failed in the batch", column.name)
-                    continue
-                notes = list(result.notes)
-                if batch.messages[r]:
-                    notes.append(str(batch.messages[r]))
-                entries[i] = _entry(analyses[i], column, pooling, pooled=dicts[r],
-                                    verdict=verdict, notes=notes)
+            entries.update(_pool_group(plans[rows[0]], rows, columns, subs, analyses,
+                                       s["level"], s["i2_threshold"]))
         except Exception:  # noqa: BLE001 - fall back to one analysis at a time
             log.exception("batch pooling of %d analyses failed; pooling one by one",
                           len(rows))
-    return [entries[i] if i in entries else _analysis_entry(a, columns[i], pooling)
+    return [entries[i] if i in entries
+            else _analysis_entry(a, columns[i], plans[i], subs, pooling)
             for i, a in enumerate(analyses)]
 
 

@@ -444,7 +444,10 @@ def _kill_group(pid: int, sig: int) -> None:
 def pooling_dict(config: CoordinatorConfig) -> dict[str, Any]:
     p = config.pooling
     return {"method": p.method, "test": p.test, "level": p.level,
-            "i2_threshold": p.i2_threshold}
+            "i2_threshold": p.i2_threshold, "performance_method": p.performance_method,
+            "performance_test": p.performance_test,
+            "pi_width": {name: list(w) if isinstance(w, tuple) else w
+                         for name, w in p.pi_width.items()}}
 
 
 async def serve(config: CoordinatorConfig) -> None:

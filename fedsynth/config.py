@@ -8,16 +8,19 @@ in ``min_cell_count`` must not silently fall back to a default disclosure limit.
 
 from __future__ import annotations
 
+import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from fedsynth.errors import ConfigError
 from fedsynth.timeutil import parse_duration
 from fedsynth.transport import TLSFiles
-from fedsynth.vocabulary import METHODS, TESTS
+from fedsynth.vocabulary import ESTIMATORS, METHODS, TESTS
 
 __all__ = ["CoordinatorConfig", "SiteConfig", "PoolingConfig", "ScheduleConfig",
            "DataConfig", "PrivacyConfig", "LimitsConfig", "load_coordinator_config",
@@ -91,14 +94,40 @@ def _listen(value: Any, key: str) -> str:
     return value
 
 
+#: Pooling of a risk model's performance measures in rounds (Debray et al. 2017, BMJ
+#: 356:i6460; metamisc's valmeta): REML with Knapp-Hartung.
+DEFAULT_PERFORMANCE_METHOD = "REML"
+DEFAULT_PERFORMANCE_TEST = "knha"
+#: Clinically meaningful prediction-interval widths per estimator, on the scale results are
+#: read on: a number is a half-width around the pooled value, a pair a range the interval
+#: must stay within (docs/decisions/evaluation-rounds.md gives the reasons).
+DEFAULT_PI_WIDTH: Mapping[str, float | tuple[float, float]] = MappingProxyType({
+    "auc": 0.05,
+    "calibration_slope": (0.8, 1.2),
+    "calibration_in_the_large": (-0.2, 0.2),
+    "oe_ratio": (0.8, 1.25),
+    "brier": 0.02,
+})
+
+
 @dataclass(frozen=True)
 class PoolingConfig:
-    """``[pooling]``: defaults for every analysis of a round."""
+    """``[pooling]``: defaults for every analysis of a round.
+
+    ``method``/``test`` pool the effect measures; ``performance_method`` and
+    ``performance_test`` the performance measures of a risk model (AUC, calibration, O:E,
+    Brier); ``pi_width`` maps an estimator to its clinically meaningful prediction-interval
+    width (``[pooling.pi_width]``; ``false`` switches a default off).
+    """
 
     method: str = "REML"
     test: str = "z"
     level: float = 95.0
     i2_threshold: float = 50.0
+    performance_method: str = DEFAULT_PERFORMANCE_METHOD
+    performance_test: str = DEFAULT_PERFORMANCE_TEST
+    pi_width: Mapping[str, float | tuple[float, float]] = field(
+        default_factory=lambda: dict(DEFAULT_PI_WIDTH))
 
 
 def _is_int(value: Any) -> bool:
@@ -321,13 +350,23 @@ def load_coordinator_config(path: str | Path, *, insecure: bool = False) -> Coor
 def _pooling(table: Any) -> PoolingConfig:
     if not isinstance(table, dict):
         raise ConfigError(f"pooling = {table!r} must be a table")
-    _check_keys(table, {"method", "test", "level", "i2_threshold"}, "[pooling]")
+    _check_keys(table, {"method", "test", "level", "i2_threshold", "performance_method",
+                        "performance_test", "pi_width"}, "[pooling]")
     method = table.get("method", "REML")
     if method not in METHODS:
         raise ConfigError(f"pooling.method = {method!r} must be one of {', '.join(METHODS)}")
     test = table.get("test", "z")
     if test not in TESTS:
         raise ConfigError(f"pooling.test = {test!r} must be one of {', '.join(TESTS)}")
+    perf_method = table.get("performance_method", DEFAULT_PERFORMANCE_METHOD)
+    if perf_method not in METHODS:
+        raise ConfigError(f"pooling.performance_method = {perf_method!r} must be one of "
+                          f"{', '.join(METHODS)}")
+    perf_test = table.get("performance_test", DEFAULT_PERFORMANCE_TEST)
+    if perf_test not in TESTS:
+        raise ConfigError(f"pooling.performance_test = {perf_test!r} must be one of "
+                          f"{', '.join(TESTS)}")
+    pi_width = _pi_width(table.get("pi_width", {}))
     level = table.get("level", 95)
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 50 <= level < 100:
         raise ConfigError(f"pooling.level = {level!r} must be a number in [50, 100)")
@@ -335,7 +374,39 @@ def _pooling(table: Any) -> PoolingConfig:
     if (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
             or not 0 <= threshold <= 100):
         raise ConfigError(f"pooling.i2_threshold = {threshold!r} must be a number in [0, 100]")
-    return PoolingConfig(method, test, float(level), float(threshold))
+    return PoolingConfig(method, test, float(level), float(threshold), perf_method,
+                         perf_test, pi_width)
+
+
+def _pi_width(table: Any) -> dict[str, float | tuple[float, float]]:
+    """``[pooling.pi_width]`` over the defaults.
+
+    ``estimator = 0.05`` (half-width), ``estimator = [low, high]`` (range) or
+    ``estimator = false`` (no clinical width).
+    """
+    if not isinstance(table, dict):
+        raise ConfigError(f"pooling.pi_width = {table!r} must be a table of estimator = "
+                          "half-width or [low, high]")
+    out: dict[str, float | tuple[float, float]] = dict(DEFAULT_PI_WIDTH)
+    for name, value in table.items():
+        key = f"pooling.pi_width.{name}"
+        if name not in ESTIMATORS:
+            raise ConfigError(f"{key}: unknown estimator {name!r} (known: "
+                              f"{', '.join(ESTIMATORS)})")
+        if value is False:
+            out.pop(name, None)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{key} = {value!r} must be a half-width > 0")
+            out[name] = float(value)
+        elif (isinstance(value, list) and len(value) == 2
+              and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                      and math.isfinite(x) for x in value) and value[0] < value[1]):
+            out[name] = (float(value[0]), float(value[1]))
+        else:
+            raise ConfigError(f"{key} = {value!r} must be a half-width > 0, a [low, high] "
+                              "pair with low < high, or false")
+    return out
 
 
 def _schedule(entry: Any, index: int, base: Path) -> ScheduleConfig:

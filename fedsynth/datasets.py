@@ -30,7 +30,11 @@ and 0.3 for ``high``):
 
 With ``high`` heterogeneity the site deviations ``u_s`` are spread evenly (shuffled by
 the seed) rather than drawn, so even a handful of sites differs clearly and the pooled
-analyses are flagged.
+analyses are flagged. The risk model's performance then differs between sites too, as a
+deployed model's does across case mixes (Riley et al. 2016, BMJ 353:i3140): the score's
+noise, ``N(0, 0.25)`` everywhere with ``low``, has a standard deviation from 0.25 to 1.45
+across the sites with ``high`` (ordered by ``u_s``), which spreads the c-statistic and the
+calibration slope.
 
 Trauma registry (``kind = "trauma"``)
 -------------------------------------
@@ -116,6 +120,7 @@ class SiteParameters:
     log_or: float
     log_los_ratio: float
     log_hr: float
+    score_noise: float = 0.25
 
 
 def site_names(n: int) -> list[str]:
@@ -154,7 +159,9 @@ def site_parameters(sites: int, *, seed: int = 0, heterogeneity: str = "low",
             name=name, rows=int(sizes[i]), age_mean=float(58 + 4 * rng.standard_normal()),
             baseline_logit=float(-1.35 + _BASELINE_SD[heterogeneity] * rng.standard_normal()),
             log_or=float(-0.45 + tau * u[i]), log_los_ratio=float(-0.08 + tau / 3 * u[i]),
-            log_hr=float(-0.3 + tau * u[i])))
+            log_hr=float(-0.3 + tau * u[i]),
+            score_noise=(0.25 if heterogeneity == "low" or sites == 1
+                         else float(0.25 + 1.2 * (np.argsort(np.argsort(u))[i] / (sites - 1))))))
     return params
 
 
@@ -175,7 +182,7 @@ def generate_site(params: SiteParameters, rng: np.random.Generator) -> pd.DataFr
     time = np.maximum(np.round(np.minimum(latent, censor), 1), 0.1)
     event = (latent <= censor).astype(int)
     score = expit(-1.35 + 0.033 * centred + 0.25 * sex - 0.4 * treated
-                  + rng.normal(0, 0.25, n))
+                  + rng.normal(0, params.score_noise, n))
     return pd.DataFrame({
         "patient_id": [f"{params.name}-{i + 1:05d}" for i in range(n)],
         "age": age, "sex": sex, "treated": treated, "outcome": outcome,

@@ -44,7 +44,7 @@ from fedsynth.meta.bayes import BayesBatchResult, BayesResult
 from fedsynth.meta.metareg import MetaRegressionResult
 from fedsynth.meta.pooling import BatchPoolingResult, meta_analysis
 from fedsynth.meta.subgroups import SubgroupResult, subgroup_analysis
-from fedsynth.vocabulary import RATIO_MEASURES
+from fedsynth.vocabulary import RATIO_MEASURES, SCALES, from_scale, to_scale
 
 __all__ = ["RATIO_MEASURES", "forest_plot", "funnel_plot", "save_figure"]
 
@@ -174,11 +174,20 @@ def _short(label: str) -> str:
     return label if len(label) <= _MAX_LABEL else label[: _MAX_LABEL - 1] + "\u2026"
 
 
-def _fmt(x: float, ratio: bool) -> str:
-    return f"{math.exp(x):.2f}" if ratio else f"{x:.2f}"
+def _scale_name(scale: bool | str) -> str:
+    """``True``/``False`` (a ratio measure or not) or a scale name, as a scale name."""
+    if isinstance(scale, str):
+        return scale
+    return "log" if scale else "identity"
 
 
-def _fmt_ci(est: float, lo: float, hi: float, ratio: bool) -> str:
+def _fmt(x: float, scale: bool | str) -> str:
+    """A pooling-scale value as read (back-transformed for log and logit scales)."""
+    value = from_scale(float(x), _scale_name(scale))
+    return f"{value:.3f}" if _scale_name(scale) == "logit" else f"{value:.2f}"
+
+
+def _fmt_ci(est: float, lo: float, hi: float, ratio: bool | str) -> str:
     return f"{_fmt(est, ratio)} [{_fmt(lo, ratio)}, {_fmt(hi, ratio)}]"
 
 
@@ -250,6 +259,17 @@ def _ratio_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
     return [math.log(c) for c in inside], labels
 
 
+def _logit_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
+    """Tick positions (logit scale) and labels as proportions (a c-statistic axis)."""
+    # lazy: matplotlib (~1 s) is imported only when a figure is drawn
+    from matplotlib.ticker import MaxNLocator
+
+    plo, phi = from_scale(lo, "logit"), from_scale(hi, "logit")
+    nice = MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]).tick_values(plo, phi)
+    inside = [float(c) for c in nice if 0 < c < 1 and plo <= c <= phi] or [plo, phi]
+    return [to_scale(c, "logit") for c in inside], [f"{c:.4g}" for c in inside]
+
+
 def _fit_ticks(fig, ax, null: float | None = None) -> None:
     """Drop every other x tick until no two tick labels touch.
 
@@ -282,14 +302,15 @@ def _fit_ticks(fig, ax, null: float | None = None) -> None:
 
 
 def _x_limits(points: list[float], ci_lo: np.ndarray, ci_hi: np.ndarray,
-              null: float) -> tuple[float, float]:
+              null: float | None) -> tuple[float, float]:
     """The x-axis range of a forest plot.
 
-    Axis range: every point estimate, pooled interval and the null; site CIs unless one
-    alone would stretch the axis more than the core range itself (it is then clipped with an
-    arrow, as metafor does).
+    Axis range: every point estimate, pooled interval and the null (if any); site CIs
+    unless one alone would stretch the axis more than the core range itself (it is then
+    clipped with an arrow, as metafor does).
     """
-    core_lo, core_hi = min(points + [null]), max(points + [null])
+    core = points + ([] if null is None else [null])
+    core_lo, core_hi = min(core), max(core)
     span = max(core_hi - core_lo, 1e-6)
     lo = max(float(np.min(ci_lo)), core_lo - span)
     hi = min(float(np.max(ci_hi)), core_hi + span)
@@ -323,7 +344,7 @@ class _Row:
         return self.lo, self.estimate, self.hi
 
 
-def _subgroup_rows(subgroups: Any, data: _Pooled, level: float, ratio: bool,
+def _subgroup_rows(subgroups: Any, data: _Pooled, level: float, ratio: bool | str,
                    method: str) -> tuple[list[list[int]], list[_Row], list[str], str | None]:
     """Split sites by group for a forest plot with subgroups.
 
@@ -418,9 +439,15 @@ def _as_forest_input(result: Any, subgroups: Any, blup: Any, bayes: Any):
     return result, subgroups, blup, bayes, fitted, footer
 
 
+_AUTO: Any = object()
+_DRIVER_COLOUR = "#b22222"
+
+
 def forest_plot(result: Any, *, measure: str | None = None, title: str | None = None,
                 subgroups: Any = None, blup: Any = None, bayes: Any = None,
-                show_fixed: bool = False):
+                show_fixed: bool = False, scale: str | None = None,
+                null_value: Any = _AUTO, drivers: Sequence[str] | None = None,
+                estimand: str | None = None):
     """Forest plot of a pooled analysis, or of any other result of the library.
 
     Examples
@@ -461,6 +488,20 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
         predictive interval.
     show_fixed
         Add the fixed-effect (inverse-variance) diamond.
+    scale
+        The scale the estimates are on: ``identity``, ``log`` or ``logit`` (default: the
+        result's ``scale`` key, else ``log`` for a ratio ``measure``). The axis stays
+        linear on that scale, and tick labels and numbers are back-transformed (a
+        c-statistic axis for ``logit``).
+    null_value
+        The null on the reading scale (0.5 for a c-statistic, 1 for a ratio or a
+        calibration slope), drawn as the grey vertical line; None draws no null line (the
+        Brier score). Default: the result's ``null_value`` key, else the back-transform of
+        0.
+    drivers
+        Site labels that drive the heterogeneity: drawn in red and bold, with a legend.
+    estimand
+        Axis label (default: the result's ``estimand``, else ``measure``).
 
     Returns
     -------
@@ -476,7 +517,22 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
         result, subgroups, blup, bayes)
     data = _pooled(result)
     meas = _measure(measure, result)
-    ratio = _is_ratio(meas)
+    if scale is None:
+        scale = _get(result, "scale") if isinstance(_get(result, "scale"), str) else None
+    if scale is None:
+        scale = "log" if _is_ratio(meas) else "identity"
+    if scale not in SCALES:
+        raise InputError(f"scale: {scale!r} is not one of {', '.join(SCALES)}")
+    ratio: str = scale                      # how numbers are shown (back-transformed)
+    if null_value is _AUTO:
+        has_key = isinstance(result, Mapping) and "null_value" in result
+        null_value = _get(result, "null_value") if has_key else from_scale(0.0, scale)
+    if null_value is not None:
+        null_value = float(null_value)
+        if not math.isfinite(null_value):
+            raise InputError(f"null_value: must be a finite number or None, got {null_value!r}")
+    estimand = estimand or (_get(result, "estimand") if isinstance(result, Mapping) else None)
+    driving = {str(x) for x in (drivers or ())}
     k = data.yi.size
     level = data.level
     z = float(stats.norm.ppf(0.5 + level / 200.0))
@@ -484,6 +540,11 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
     site_lo, site_hi = data.yi - z * se, data.yi + z * se
     method = data.method.upper()
     blup_pred = _as_array(blup, k, "blup", "pred") if blup is not None else None
+    blup_lo = blup_hi = None
+    if blup is not None and not isinstance(blup, (np.ndarray, list, tuple)) \
+            and _get(blup, "pi_lb") is not None:
+        blup_lo = _as_array(blup, k, "blup", "pi_lb")
+        blup_hi = _as_array(blup, k, "blup", "pi_ub")
     fitted_values = _as_array(fitted, k, "fitted", "fitted") if fitted is not None else None
     bayes_theta = None
     if bayes is not None:
@@ -561,7 +622,11 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
     if fitted_values is not None:
         legend.append(("\u25c6 fitted value of the model (x'b)", _FE_COLOUR))
     if blup_pred is not None:
-        legend.append(("\u25cb BLUP (empirical Bayes shrunken estimate)", _BLUP_COLOUR))
+        legend.append(("\u25cb BLUP (empirical Bayes shrunken estimate)"
+                       + (f" with its {level_txt} prediction interval (thin line below)"
+                          if blup_lo is not None else ""), _BLUP_COLOUR))
+    if driving & set(data.labels):
+        legend.append(("\u25b2 site driving the heterogeneity (red label)", _DRIVER_COLOUR))
     if bayes_theta is not None:
         legend.append(("\u25c7 Bayesian posterior mean of the site's effect", _BAYES_COLOUR))
 
@@ -574,7 +639,8 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
     weight_w = _text_width_in(probe, [r.weight for r in rows], _FONT, "bold")
     foot_w = _text_width_in(probe, footer + [t for t, _ in legend], _SMALL)
     title_w = _text_width_in(probe, [title] if title else [], _FONT + 2, "bold")
-    x_label = f"{meas} (log scale)" if ratio else (meas or "Estimate")
+    what = estimand or meas or "Estimate"
+    x_label = what if scale == "identity" else f"{what} ({scale} scale)"
     x_label_w = _text_width_in(probe, [x_label], _SMALL)
     x_label_room = (x_label_w - _PLOT_IN) / 2 if x_label_w > _PLOT_IN else 0.0
     x_plot = _PAD_IN + label_w + _GAP_IN
@@ -591,20 +657,25 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
     ypos = {i: n - 1 - i for i in range(n)}
 
     # ---- x range --------------------------------------------------------------------------
-    null = 0.0
+    null = None if null_value is None else to_scale(null_value, scale)
     points = list(data.yi) + pooled_points + (
-        list(fitted_values) if fitted_values is not None else [])
+        list(fitted_values) if fitted_values is not None else []) + (
+        list(blup_lo) + list(blup_hi) if blup_lo is not None and blup_hi is not None else [])
     lo, hi = _x_limits(points, site_lo, site_hi, null)
     ax.set_xlim(lo, hi)
-    if ratio:
+    if scale == "log":
         ticks, tick_labels = _ratio_ticks(lo, hi)
+        ax.set_xticks(ticks, tick_labels)
+    elif scale == "logit":
+        ticks, tick_labels = _logit_ticks(lo, hi)
         ax.set_xticks(ticks, tick_labels)
     ax.tick_params(axis="x", labelsize=_SMALL, length=3)
     ax.set_yticks([])
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     ax.set_xlabel(x_label, fontsize=_SMALL, parse_math=False)
-    ax.axvline(null, color="#9aa0a6", lw=0.8, zorder=0)
+    if null is not None:
+        ax.axvline(null, color="#9aa0a6", lw=0.8, zorder=0, gid="null-line")
     _fit_ticks(fig, ax, null)
 
     # ---- text columns (x in inches from the left, y in rows) ------------------------------
@@ -619,9 +690,12 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
         y = ypos[i]
         weight = "bold" if row.bold else "normal"
         if row.label:
-            fig.text(_PAD_IN, y, row.label, transform=col, fontsize=_FONT, fontweight=weight,
+            drives = row.kind == "site" and data.labels[row.site] in driving
+            fig.text(_PAD_IN, y, ("\u25b2 " if drives else "") + row.label, transform=col,
+                     fontsize=_FONT, fontweight="bold" if drives else weight,
                      parse_math=False, va="center", ha="left",
-                     color="#000000" if row.kind != "group" else _GROUP_COLOUR,
+                     color=(_DRIVER_COLOUR if drives else "#000000" if row.kind != "group"
+                            else _GROUP_COLOUR),
                      gid=(f"label-site-{row.site}" if row.kind == "site"
                           else f"label-{row.kind}-{i}"))
         if row.right:
@@ -648,7 +722,13 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
                         mew=0, zorder=4, linestyle="none")
             if blup_pred is not None:
                 ax.plot([blup_pred[i_site]], [y], marker="o", ms=7, mfc="none",
-                        mec=_BLUP_COLOUR, mew=1.1, zorder=4, linestyle="none")
+                        mec=_BLUP_COLOUR, mew=1.1, zorder=4, linestyle="none",
+                        gid=f"blup-{i_site}")
+            if blup_lo is not None and blup_hi is not None:
+                yb = y - 0.3
+                a2, b2 = max(blup_lo[i_site], lo), min(blup_hi[i_site], hi)
+                ax.plot([a2, b2], [yb, yb], color=_BLUP_COLOUR, lw=0.9, zorder=2,
+                        solid_capstyle="butt", gid=f"blup-pi-{i_site}")
             if bayes_theta is not None:
                 ax.plot([bayes_theta[i_site]], [y], marker="D", ms=4.5, mfc="none",
                         mec=_BAYES_COLOUR, mew=1.1, zorder=4, linestyle="none")

@@ -32,12 +32,13 @@ The JSON form
 
 Versions
 --------
-:data:`SCHEMA_VERSION` is 1. Version-1 documents carry no ``schema_version`` key: every
+:data:`SCHEMA_VERSION` is 2. Version-1 documents carry no ``schema_version`` key: every
 round closed before the key existed is version 1, and ``round show`` prints what it
-always printed. A later version that adds sections (fitted models of a federated GLM,
-the null value and scale of evaluation measures) writes ``"schema_version": 2`` and this
-reader refuses a version it does not know, saying which it reads, instead of silently
-dropping a section.
+always printed. Version 2 adds, per analysis, the measure's ``scale``, ``null_value``,
+``estimand``, ``site_scale`` and ``pi_df`` and every site's BLUP (``blups``); per flag the
+``rules`` that fired and the clinical width; per round the performance-measure pooling
+settings. A version-1 document reads with those fields absent (None). This reader refuses
+a version it does not know, saying which it reads, instead of silently dropping a section.
 
 Examples
 --------
@@ -76,6 +77,7 @@ __all__ = [
     "PooledEstimate",
     "PoolingSettings",
     "RoundDocument",
+    "SiteBlup",
     "SiteDriver",
     "SiteEstimate",
     "SiteParticipation",
@@ -83,7 +85,7 @@ __all__ = [
 ]
 
 #: Version of the round document written by this release.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: A round's status: open until it closes, then pooled (quorum reached) or failed.
 STATUSES = ("open", "pooled", "failed")
 #: Status of an allowed site in a round.
@@ -315,17 +317,31 @@ class PoolingSettings(_Section):
         "confidence level in percent (95)"))
     i2_threshold: float | None = field(default=None, metadata=_doc(
         "I² (percent) at or above which the heterogeneity flag is raised (50)"))
+    performance_method: str | None = field(default=None, metadata=_doc(
+        "tau² estimator of performance measures (AUC, calibration, O:E, Brier; REML)"))
+    performance_test: str | None = field(default=None, metadata=_doc(
+        "their inference (knha)"))
+    pi_width: Mapping[str, Any] | None = field(default=None, metadata=_doc(
+        "estimator -> clinically meaningful PI half-width or [low, high] (version 2)"))
     extra: Mapping[str, Any] = _extra_field()
     _layout: tuple[str, ...] | None = _layout_field()
 
     def _items(self) -> list[tuple[str, Any, bool]]:
         return [("method", self.method, True), ("test", self.test, True),
-                ("level", self.level, True), ("i2_threshold", self.i2_threshold, True)]
+                ("level", self.level, True), ("i2_threshold", self.i2_threshold, True),
+                ("performance_method", self.performance_method,
+                 self.performance_method is not None),
+                ("performance_test", self.performance_test, self.performance_test is not None),
+                ("pi_width", None if self.pi_width is None else dict(self.pi_width),
+                 self.pi_width is not None)]
 
     @classmethod
     def _read(cls, r: _Reader) -> PoolingSettings:
         return cls(method=r.text("method"), test=r.text("test"), level=r.number("level"),
                    i2_threshold=r.number("i2_threshold"),
+                   performance_method=r.text("performance_method"),
+                   performance_test=r.text("performance_test"),
+                   pi_width=r.mapping("pi_width"),
                    extra=r.extra(_KNOWN[cls]), _layout=r.layout())
 
 
@@ -376,6 +392,39 @@ class SiteEstimate(_Section):
     def _read(cls, r: _Reader) -> SiteEstimate:
         return cls(site=str(r.text("site", required=True)), yi=r.number("yi"),
                    vi=r.number("vi"), se=r.number("se"), n=r.integer("n"),
+                   extra=r.extra(_KNOWN[cls]), _layout=r.layout())
+
+
+@dataclass(frozen=True)
+class SiteBlup(_Section):
+    """One pooled site on the pooling scale, with its BLUP (version 2).
+
+    ``yi``/``vi`` are what was pooled: what the site sent, moved to the pooling scale when
+    the two differ (an AUC sent raw is pooled as a logit).
+    """
+
+    site: str = field(metadata=_doc("site name"))
+    yi: float | None = field(default=None, metadata=_doc(
+        "the site's estimate on the pooling scale"))
+    vi: float | None = field(default=None, metadata=_doc("its variance on that scale"))
+    blup: float | None = field(default=None, metadata=_doc(
+        "best linear unbiased prediction of the site's true effect (shrunken estimate)"))
+    blup_pi_lb: float | None = field(default=None, metadata=_doc(
+        "prediction interval of the BLUP, lower"))
+    blup_pi_ub: float | None = field(default=None, metadata=_doc("... upper"))
+    extra: Mapping[str, Any] = _extra_field()
+    _layout: tuple[str, ...] | None = _layout_field()
+
+    def _items(self) -> list[tuple[str, Any, bool]]:
+        return [("site", self.site, True), ("yi", self.yi, True), ("vi", self.vi, True),
+                ("blup", self.blup, True), ("blup_pi_lb", self.blup_pi_lb, True),
+                ("blup_pi_ub", self.blup_pi_ub, True)]
+
+    @classmethod
+    def _read(cls, r: _Reader) -> SiteBlup:
+        return cls(site=str(r.text("site", required=True)), yi=r.number("yi"),
+                   vi=r.number("vi"), blup=r.number("blup"),
+                   blup_pi_lb=r.number("blup_pi_lb"), blup_pi_ub=r.number("blup_pi_ub"),
                    extra=r.extra(_KNOWN[cls]), _layout=r.layout())
 
 
@@ -505,28 +554,42 @@ class FlagDetails(_Section):
         "its confidence interval (the level rule reads the lower bound)"))
     i2_threshold: float | None = field(default=None, metadata=_doc("the threshold used"))
     null_value: float | None = field(default=None, metadata=_doc(
-        "the null of the analysis scale (0; log scale for ratios)"))
+        "the null on the pooling scale (0 for log ratios, log O:E and logit c; 1 for a "
+        "calibration slope; null: the measure has none)"))
     pi_crosses_null: bool | None = field(default=None, metadata=_doc(
         "the prediction interval crosses the null while the CI does not"))
+    rules: tuple[str, ...] = field(default=(), metadata=_doc(
+        "the rules that fired: i2 | pi_crosses_null | pi_width (version 2)"))
+    clinical_width: Mapping[str, Any] | None = field(default=None, metadata=_doc(
+        "the measure's clinically meaningful PI width {halfwidth, low, high}, or null"))
+    pi_beyond_width: bool | None = field(default=None, metadata=_doc(
+        "the back-transformed PI is wider than the clinical width"))
     extra: Mapping[str, Any] = _extra_field()
     _layout: tuple[str, ...] | None = _layout_field()
 
     KEYS: ClassVar[tuple[str, ...]] = ("drivers", "I2", "I2_ci", "i2_threshold",
-                                       "null_value", "pi_crosses_null")
+                                       "null_value", "pi_crosses_null", "rules",
+                                       "clinical_width", "pi_beyond_width")
 
     def _items(self) -> list[tuple[str, Any, bool]]:
         return [("drivers", [d.to_dict() for d in self.drivers], True), ("I2", self.I2, True),
                 ("I2_ci", _json_interval(self.I2_ci), True),
                 ("i2_threshold", self.i2_threshold, True),
                 ("null_value", self.null_value, True),
-                ("pi_crosses_null", self.pi_crosses_null, True)]
+                ("pi_crosses_null", self.pi_crosses_null, True),
+                ("rules", list(self.rules), self.pi_beyond_width is not None),
+                ("clinical_width", None if self.clinical_width is None
+                 else dict(self.clinical_width), self.pi_beyond_width is not None),
+                ("pi_beyond_width", self.pi_beyond_width, self.pi_beyond_width is not None)]
 
     @classmethod
     def _read(cls, r: _Reader) -> FlagDetails:
         return cls(drivers=tuple(SiteDriver._read(d) for d in r.objects("drivers")),
                    I2=r.number("I2"), I2_ci=r.interval("I2_ci"),
                    i2_threshold=r.number("i2_threshold"), null_value=r.number("null_value"),
-                   pi_crosses_null=r.boolean("pi_crosses_null"))
+                   pi_crosses_null=r.boolean("pi_crosses_null"), rules=r.texts("rules"),
+                   clinical_width=r.mapping("clinical_width"),
+                   pi_beyond_width=r.boolean("pi_beyond_width"))
 
 
 @dataclass(frozen=True)
@@ -584,6 +647,19 @@ class AnalysisResult(_Section):
         "what each pooled site sent, in submission order"))
     refused: Mapping[str, str] = field(default_factory=dict, metadata=_doc(
         "site -> why it sent no estimate for this analysis"))
+    scale: str | None = field(default=None, metadata=_doc(
+        "the scale the pooled numbers are on: identity, log or logit (version 2)"))
+    null_value: float | None = field(default=None, metadata=_doc(
+        "the null on the scale results are read on (AUC 0.5, slope 1, O:E 1, OR 1; null: "
+        "none, as for the Brier score); the p-value tests it"))
+    estimand: str | None = field(default=None, metadata=_doc(
+        "what the back-transformed estimate is (c-statistic, O:E, OR, ...)"))
+    site_scale: str | None = field(default=None, metadata=_doc(
+        "the scale of site_estimates (an AUC sent raw: identity)"))
+    pi_df: str | None = field(default=None, metadata=_doc(
+        "degrees of freedom of the prediction interval's t: k-1 (metafor) or k-2"))
+    blups: tuple[SiteBlup, ...] = field(default=(), metadata=_doc(
+        "each pooled site on the pooling scale with its BLUP (version 2)"))
     extra: Mapping[str, Any] = _extra_field()
     _layout: tuple[str, ...] | None = _layout_field()
 
@@ -592,13 +668,18 @@ class AnalysisResult(_Section):
             ("analysis", self.analysis, True), ("estimator", self.estimator, True),
             ("measure", self.measure, True), ("k", self.k, True),
             ("method", self.method, True), ("test", self.test, True)]
+        if self.scale is not None:
+            items += [("scale", self.scale, True), ("null_value", self.null_value, True),
+                      ("estimand", self.estimand, True), ("site_scale", self.site_scale, True),
+                      ("pi_df", self.pi_df, True)]
         if self.pooled is not None:
             items += self.pooled._items()
         items += [("heterogeneity", None if self.heterogeneity is None
                    else self.heterogeneity.to_dict(), True),
                   ("notes", list(self.notes), bool(self.notes)),
                   ("site_estimates", [e.to_dict() for e in self.site_estimates], True),
-                  ("refused", dict(self.refused), True)]
+                  ("refused", dict(self.refused), True),
+                  ("blups", [b.to_dict() for b in self.blups], self.scale is not None)]
         return items
 
     @classmethod
@@ -615,7 +696,10 @@ class AnalysisResult(_Section):
                    pooled=pooled, heterogeneity=heterogeneity, notes=r.texts("notes"),
                    site_estimates=tuple(SiteEstimate._read(e)
                                         for e in r.objects("site_estimates")),
-                   refused=r.text_map("refused"),
+                   refused=r.text_map("refused"), scale=r.text("scale"),
+                   null_value=r.number("null_value"), estimand=r.text("estimand"),
+                   site_scale=r.text("site_scale"), pi_df=r.text("pi_df"),
+                   blups=tuple(SiteBlup._read(b) for b in r.objects("blups")),
                    extra=r.extra(_KNOWN[cls]),
                    _layout=r.layout())
 
@@ -710,7 +794,7 @@ class RoundDocument(_Section):
             sites=tuple(SiteParticipation._read(s) for s in r.objects("sites")),
             missing_sites=None if missing is None else r.texts("missing_sites"),
             analyses=tuple(AnalysisResult._read(a) for a in r.objects("analyses")),
-            schema_version=version or SCHEMA_VERSION,
+            schema_version=version or 1,             # no key: a version-1 document
             extra=r.extra(_KNOWN[cls]), _layout=r.layout())
 
     @classmethod
@@ -758,6 +842,7 @@ _KNOWN: dict[type, frozenset[str]] = {
     SiteEstimate: _known_keys(SiteEstimate),
     PooledEstimate: _known_keys(PooledEstimate),
     SiteDriver: _known_keys(SiteDriver),
+    SiteBlup: _known_keys(SiteBlup),
     FlagDetails: _known_keys(FlagDetails),
     HeterogeneityVerdict: _known_keys(HeterogeneityVerdict, {"details": FlagDetails}),
     AnalysisResult: _known_keys(AnalysisResult, {"pooled": PooledEstimate}),
@@ -788,6 +873,7 @@ _SECTIONS: tuple[tuple[type, str, str], ...] = (
     (FlagDetails, "FlagDetails", "keys written into the `heterogeneity` object"),
     (SiteDriver, "SiteDriver", "each item of `heterogeneity.drivers`"),
     (SiteEstimate, "SiteEstimate", "each item of `site_estimates`"),
+    (SiteBlup, "SiteBlup", "each item of `blups`"),
 )
 
 

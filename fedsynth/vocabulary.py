@@ -14,14 +14,20 @@ added in one place, and a typo cannot make two parts of the project disagree.
 This module imports nothing heavier than the standard library, so the command line can
 build its option choices from it without loading numpy.
 
-The estimator table leaves room for per-estimator metadata (``null_value``, ``scale``): the
-value of no effect on the scale the estimate is pooled on (0 for differences and log
-ratios; e.g. 0.5 for an AUC pooled raw) is what the heterogeneity flag's
-prediction-interval rule compares with.
+Each estimator carries its null and its pooling scale (``null_value``, ``scale``): the
+value of no effect on the scale results are read on (an AUC 0.5, a calibration slope 1,
+calibration-in-the-large 0, an O:E ratio 1, an odds or hazard ratio 1; the Brier score has
+none) and the scale it is pooled on (``identity``, ``log`` or ``logit``: the c-statistic
+on the logit and O:E on the log scale, where they are close to normal across studies,
+Snell et al. 2018, Stat. Methods Med. Res. 27:3505-3522; Debray et al. 2017, BMJ
+356:i6460). P-values, the forest plot's null line and axis, and the heterogeneity flag's
+"prediction interval crosses the null" rule read the null through
+:func:`analysis_scale`, which also names what the estimate is when back-transformed.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -33,6 +39,8 @@ __all__ = [
     "TestInfo", "TEST_INFO", "TESTS", "DEFAULT_TEST",
     "MeasureInfo", "MEASURE_INFO", "ESCALC_MEASURES", "RATIO_MEASURES",
     "EstimatorInfo", "ESTIMATOR_INFO", "ESTIMATORS", "ESTIMATOR_MEASURES",
+    "PERFORMANCE_ESTIMATORS", "SCALES", "AnalysisScale", "analysis_scale", "to_scale",
+    "from_scale",
     "PriorInfo", "PRIOR_INFO", "PRIORS", "DEFAULT_PRIOR", "DEFAULT_PRIOR_SCALE",
     "DEFAULT_LEVEL", "check_method", "check_test", "check_measure", "check_level",
 ]
@@ -181,6 +189,11 @@ RATIO_MEASURES: frozenset[str] = frozenset(
 # site estimators (the analysis spec's estimator = ...)
 # ---------------------------------------------------------------------------------------
 
+#: Pooling scales: the link g from the scale results are read on to the scale they are
+#: pooled on (metamisc's ``g``: ``identity``, ``log``, ``logit``).
+SCALES: tuple[str, ...] = ("identity", "log", "logit")
+
+
 @dataclass(frozen=True)
 class EstimatorInfo:
     """One site estimator of the analysis spec.
@@ -194,16 +207,29 @@ class EstimatorInfo:
     measures
         Values the spec's ``measure`` key may take (the first is the default); empty when
         the estimator has no ``measure`` key.
-    null_value, scale
-        Room for the value of no effect on the pooling scale and the name of that scale
-        (e.g. an AUC: 0.5, ``"raw"``); ``None`` until defined for the estimator.
+    null_value
+        The value of no effect on the scale results are read on (AUC 0.5, calibration
+        slope 1, O:E 1, an odds ratio 1, a difference 0); ``None`` when the measure has
+        no null (the Brier score: no p-value, no null line). For an estimator with a
+        ``measure`` key, the default measure's (see :func:`analysis_scale`).
+    scale
+        The scale the estimate is pooled on: ``"identity"``, ``"log"`` (ratios, O:E) or
+        ``"logit"`` (the c-statistic).
+    estimand
+        What the back-transformed estimate is called in reports (``"c-statistic"``).
+    performance
+        True for measures of a risk model's performance, pooled as the prediction-model
+        literature does (REML with Knapp-Hartung, prediction interval with t(k - 2):
+        Debray et al. 2017, BMJ 356:i6460; metamisc's ``valmeta``).
     """
 
     name: str
     description: str
     measures: tuple[str, ...] = ()
-    null_value: float | None = None
-    scale: str | None = None
+    null_value: float | None = 0.0
+    scale: str = "identity"
+    estimand: str = "estimate"
+    performance: bool = False
 
     @property
     def default_measure(self) -> str | None:
@@ -212,16 +238,25 @@ class EstimatorInfo:
 
 
 _ESTIMATORS = (
-    EstimatorInfo("two_by_two", "log OR, log RR or RD of a 2x2 table", ("OR", "RR", "RD")),
-    EstimatorInfo("two_group", "difference of group means (MD, SMD, ROM)", ("MD", "SMD", "ROM")),
-    EstimatorInfo("logistic", "adjusted log odds ratio (logistic regression)"),
-    EstimatorInfo("linear", "adjusted mean difference (linear regression)"),
-    EstimatorInfo("cox", "adjusted log hazard ratio (Cox regression)"),
-    EstimatorInfo("auc", "area under the ROC curve of a risk score (DeLong variance)"),
-    EstimatorInfo("calibration_slope", "calibration slope of a risk score"),
-    EstimatorInfo("calibration_in_the_large", "calibration-in-the-large of a risk score"),
-    EstimatorInfo("oe_ratio", "log observed/expected ratio of a risk score"),
-    EstimatorInfo("brier", "Brier score of a risk score"),
+    EstimatorInfo("two_by_two", "log OR, log RR or RD of a 2x2 table", ("OR", "RR", "RD"),
+                  null_value=1.0, scale="log", estimand="OR"),
+    EstimatorInfo("two_group", "difference of group means (MD, SMD, ROM)", ("MD", "SMD", "ROM"),
+                  estimand="MD"),
+    EstimatorInfo("logistic", "adjusted log odds ratio (logistic regression)",
+                  null_value=1.0, scale="log", estimand="OR"),
+    EstimatorInfo("linear", "adjusted mean difference (linear regression)", estimand="MD"),
+    EstimatorInfo("cox", "adjusted log hazard ratio (Cox regression)", null_value=1.0,
+                  scale="log", estimand="HR"),
+    EstimatorInfo("auc", "area under the ROC curve of a risk score (DeLong variance)",
+                  null_value=0.5, scale="logit", estimand="c-statistic", performance=True),
+    EstimatorInfo("calibration_slope", "calibration slope of a risk score", null_value=1.0,
+                  estimand="calibration slope", performance=True),
+    EstimatorInfo("calibration_in_the_large", "calibration-in-the-large of a risk score",
+                  null_value=0.0, estimand="calibration-in-the-large", performance=True),
+    EstimatorInfo("oe_ratio", "log observed/expected ratio of a risk score", null_value=1.0,
+                  scale="log", estimand="O:E", performance=True),
+    EstimatorInfo("brier", "Brier score of a risk score", null_value=None,
+                  estimand="Brier score", performance=True),
 )
 ESTIMATOR_INFO: Mapping[str, EstimatorInfo] = MappingProxyType(
     {e.name: e for e in _ESTIMATORS})
@@ -230,6 +265,113 @@ ESTIMATORS: tuple[str, ...] = tuple(ESTIMATOR_INFO)
 #: Estimator -> allowed ``measure`` values (only estimators that have a measure key).
 ESTIMATOR_MEASURES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {e.name: e.measures for e in _ESTIMATORS if e.measures})
+#: Estimators of a risk model's performance (pooled as metamisc's ``valmeta`` pools).
+PERFORMANCE_ESTIMATORS: tuple[str, ...] = tuple(e.name for e in _ESTIMATORS if e.performance)
+
+
+@dataclass(frozen=True)
+class AnalysisScale:
+    """The null and the scales of one analysis (an estimator with its measure).
+
+    Attributes
+    ----------
+    estimator
+        The spec's estimator (``None`` for published data pooled by measure).
+    estimand
+        What the back-transformed estimate is (``"c-statistic"``, ``"O:E"``, ``"OR"``).
+    scale
+        The scale it is pooled on (``identity``, ``log``, ``logit``).
+    null_value
+        The null on the scale results are read on (``None``: no null, no p-value).
+    site_scale
+        The scale the sites send ``yi`` on (an AUC may be sent raw and pooled on logit).
+    performance
+        A risk model's performance measure (see :class:`EstimatorInfo`).
+    """
+
+    estimator: str | None
+    estimand: str
+    scale: str
+    null_value: float | None
+    site_scale: str
+    performance: bool = False
+
+    @property
+    def null_on_scale(self) -> float | None:
+        """The null on the pooling scale, or ``None``.
+
+        ``g(null_value)``: 0 for an OR, an O:E of 1 or a c-statistic of 0.5; 1 for a
+        calibration slope.
+        """
+        return None if self.null_value is None else to_scale(self.null_value, self.scale)
+
+    @property
+    def transformed(self) -> bool:
+        """Whether results are back-transformed for display (scale is not identity)."""
+        return self.scale != "identity"
+
+
+def to_scale(value: float, scale: str) -> float:
+    """``g(value)``: a value on the reading scale moved to the pooling ``scale``."""
+    if scale == "log":
+        return math.log(value) if value > 0 else -math.inf
+    if scale == "logit":
+        if not 0 < value < 1:
+            return -math.inf if value <= 0 else math.inf
+        return math.log(value / (1.0 - value))
+    return float(value)
+
+
+def from_scale(value: float, scale: str) -> float:
+    """``g⁻¹(value)``: a value on the pooling ``scale`` back-transformed for reading."""
+    if scale == "log":
+        return math.exp(value) if value < 700 else math.inf
+    if scale == "logit":
+        if value >= 0:
+            return 1.0 / (1.0 + math.exp(-value))
+        e = math.exp(value)
+        return e / (1.0 + e)
+    return float(value)
+
+
+def analysis_scale(estimator: str | None, measure: str | None = None,
+                   site_scale: str | None = None) -> AnalysisScale:
+    """The null and scales of an analysis, from its estimator, measure and sent scale.
+
+    Parameters
+    ----------
+    estimator
+        The spec's estimator; an unknown or missing one is read by its ``measure`` (a
+        ratio measure of escalc on the log scale with null 1, anything else identity with
+        null 0), so published data and older documents get a sensible default.
+    measure
+        The spec's ``measure`` (``OR``, ``RR``, ``RD``, ``MD``, ...), when it has one.
+    site_scale
+        The spec's ``scale`` key of an AUC (``raw`` or ``logit``): the scale the sites
+        send; the AUC is pooled on the logit scale either way.
+
+    Examples
+    --------
+    >>> s = analysis_scale("auc", site_scale="raw")
+    >>> s.estimand, s.scale, s.null_value, s.null_on_scale, s.site_scale
+    ('c-statistic', 'logit', 0.5, 0.0, 'identity')
+    >>> analysis_scale("two_by_two", "RD").null_value
+    0.0
+    >>> analysis_scale("brier").null_on_scale is None
+    True
+    """
+    info = ESTIMATOR_INFO.get(estimator or "")
+    m = (measure or "").upper() or (info.default_measure if info is not None else None)
+    if info is not None and not info.measures:
+        sent = info.scale
+        if info.name == "auc":
+            sent = "logit" if str(site_scale or "raw").lower() == "logit" else "identity"
+        return AnalysisScale(info.name, info.estimand, info.scale, info.null_value, sent,
+                             info.performance)
+    if m is not None and (m in RATIO_MEASURES or m in ("LOGOR", "LOGHR", "LOGRR")):
+        name = m[3:] if m.startswith("LOG") else m
+        return AnalysisScale(estimator, name, "log", 1.0, "log")
+    return AnalysisScale(estimator, m or "estimate", "identity", 0.0, "identity")
 
 
 # ---------------------------------------------------------------------------------------

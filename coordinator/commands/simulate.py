@@ -175,9 +175,11 @@ def simulate(sites_dir: str | Path, spec: str | Path, out: str | Path, *,
             while True:
                 record = store.get_round(record.id)
                 answered = {s.site for s in store.submissions(record.id)}
+                # each site once, with its own running count (several sites answering
+                # between two polls used to print the same "(4/6)" for each)
                 for site in sorted(answered - seen):
-                    progress(f"      {site} answered ({len(answered)}/{len(names)})")
-                seen = answered
+                    seen.add(site)
+                    progress(f"      {site} answered ({len(seen)}/{len(names)})")
                 if not record.is_open and record.report is not None:
                     break
                 if coordinator.poll() is not None:
@@ -255,6 +257,10 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sites-count", type=int, default=6, dest="n_sites",
                         help="number of demo sites (default 6)")
     parser.add_argument("--seed", type=int, default=0, help="demo data seed")
+    parser.add_argument("--heterogeneity", choices=("low", "high"), default="low",
+                        help="between-site heterogeneity of the demo data (default low; "
+                             "high: sites differ clearly, so the report shows strong flags, "
+                             "BLUPs and driving sites)")
     _common(parser)
 
 
@@ -265,8 +271,10 @@ def _demo(args: argparse.Namespace) -> int:
     _check_limits(args)
     out = Path(args.out)
     data_dir = out / "data"
-    print(f"writing demo data for {args.n_sites} sites to {data_dir}")
-    write_demo(data_dir, args.n_sites, seed=args.seed, force=True)
+    print(f"writing demo data for {args.n_sites} sites ({args.heterogeneity} heterogeneity) "
+          f"to {data_dir}")
+    write_demo(data_dir, args.n_sites, seed=args.seed, heterogeneity=args.heterogeneity,
+               force=True)
     spec = demo_spec_path()
     sites_dir = out / "site-data"
     sites_dir.mkdir(parents=True, exist_ok=True)

@@ -67,8 +67,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def format_summary(res: PoolingResult, digits: int = 4) -> str:
     """Multi-line summary of one pooled analysis.
 
-    Multi-line summary of one pooled analysis (model, k, tau², I², H², Q test, estimate
-    table with CI and PI, notes).
+    Model, k, tau², I², H², Q test, estimate table with CI and PI, notes.
     """
     lines: list[str] = []
     if res.name:
@@ -125,9 +124,14 @@ def format_summary(res: PoolingResult, digits: int = 4) -> str:
     lines.append("")
     lines.append("---")
     lines.append("Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1")
-    ll_kind = "restricted " if res.method == "REML" else ""
-    lines.append(f"{ll_kind}log-likelihood: {fmt(res.logLik, digits)}; "
-                 f"{_pct(res.level)} intervals")
+    if re_fit or res.method == "FE":
+        ll_kind = "restricted " if res.method == "REML" else ""
+        lines.append(f"{ll_kind}log-likelihood: {fmt(res.logLik, digits)}; "
+                     f"{_pct(res.level)} intervals")
+    else:
+        # k = 1 under a random-effects method: the fixed-effect result was reported, so a
+        # (restricted) likelihood of a model that was not fitted is not printed
+        lines.append(f"{_pct(res.level)} intervals")
     if res.message:
         lines.append("")
         lines.append(f"Note: {res.message}.")

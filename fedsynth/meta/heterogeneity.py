@@ -37,8 +37,10 @@ from fedsynth.jsonsafe import finite_or_none as _num
 from fedsynth.meta._format import f
 from fedsynth.meta.stats import as_batch, heterogeneity_indices, qprofile_tau2_ci, typical_variance
 from fedsynth.results import Interval, ResultMixin, frame_html
+from fedsynth.vocabulary import SCALES, from_scale
 
 __all__ = ["HeterogeneityFlag", "SiteDriver", "assess_heterogeneity", "DEFAULT_I2_THRESHOLD",
+           "ClinicalWidth", "RULES",
            "BatchHeterogeneity", "BatchSiteDiagnostics", "assess_heterogeneity_batch",
            "site_diagnostics_batch"]
 
@@ -92,6 +94,76 @@ class SiteDriver:
 
 
 @dataclass(frozen=True)
+class ClinicalWidth:
+    """A clinically meaningful width for the prediction interval of one measure.
+
+    With large sites I² tends to 100% for a between-site spread that does not matter
+    clinically (Rücker et al. 2008, BMC Med. Res. Methodol. 8:79; Riley et al. 2011,
+    BMJ 342:d549): the spread a reader cares about is where a new site's value may lie,
+    on the scale results are read on. Either bound may be given:
+
+    Attributes
+    ----------
+    halfwidth
+        The prediction interval may reach at most this far from the pooled estimate on
+        either side (a c-statistic: 0.05).
+    low, high
+        The prediction interval must stay within ``[low, high]`` (an O:E ratio: 0.8 to
+        1.25).
+    """
+
+    halfwidth: float | None = None
+    low: float | None = None
+    high: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("halfwidth", "low", "high"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float))
+                                          and np.isfinite(value)):
+                raise InputError(f"clinical width: {name} must be a finite number, got "
+                                 f"{value!r}")
+        if self.halfwidth is not None and self.halfwidth <= 0:
+            raise InputError(f"clinical width: halfwidth must be > 0, got {self.halfwidth!r}")
+        if self.low is not None and self.high is not None and not self.low < self.high:
+            raise InputError(f"clinical width: low ({self.low!r}) must be below high "
+                             f"({self.high!r})")
+        if self.halfwidth is None and self.low is None and self.high is None:
+            raise InputError("clinical width: give a halfwidth or a low/high range")
+
+    @classmethod
+    def from_setting(cls, value: Any) -> ClinicalWidth:
+        """From a ``[pooling.pi_width]`` value: a number (half-width) or ``[low, high]``."""
+        if isinstance(value, ClinicalWidth):
+            return value
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            return cls(low=float(value[0]), high=float(value[1]))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return cls(halfwidth=float(value))
+        raise InputError(f"clinical width: expected a half-width or [low, high], got "
+                         f"{value!r}")
+
+    def describe(self) -> str:
+        """The rule in words (``"±0.05"``, ``"0.8 to 1.25"``)."""
+        parts = []
+        if self.halfwidth is not None:
+            parts.append(f"±{self.halfwidth:g}")
+        if self.low is not None or self.high is not None:
+            lo = "-inf" if self.low is None else f"{self.low:g}"
+            hi = "inf" if self.high is None else f"{self.high:g}"
+            parts.append(f"{lo} to {hi}")
+        return " and ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{halfwidth, low, high}`` (None where not set)."""
+        return {"halfwidth": self.halfwidth, "low": self.low, "high": self.high}
+
+
+#: Names of the rules that raise the flag, as ``HeterogeneityFlag.rules`` lists them.
+RULES = ("i2", "pi_crosses_null", "pi_width")
+
+
+@dataclass(frozen=True)
 class HeterogeneityFlag(ResultMixin):
     """The heterogeneity verdict on one pooled analysis.
 
@@ -99,7 +171,11 @@ class HeterogeneityFlag(ResultMixin):
     (``flagged, level, reasons, sites``) plus ``drivers`` and the settings used.
 
     ``level`` is the flag's strength (``"strong"``, ``"moderate"`` or None);
-    ``interval_level`` the confidence level (percent) of the intervals it was judged on.
+    ``interval_level`` the confidence level (percent) of the intervals it was judged on;
+    ``rules`` the rules that fired (``"i2"``, ``"pi_crosses_null"``, ``"pi_width"``);
+    ``null_value`` is on the pooling scale (None: the measure has no null);
+    ``scale`` the pooling scale (``identity``, ``log``, ``logit``) numbers in the reasons
+    are back-transformed from.
     """
 
     flagged: bool
@@ -111,11 +187,16 @@ class HeterogeneityFlag(ResultMixin):
     I2_ci_ub: float | None
     i2_threshold: float
     pi_crosses_null: bool
-    null_value: float
+    null_value: float | None
     drivers: tuple[SiteDriver, ...] = field(default=())
     pi_lb: float | None = None
     pi_ub: float | None = None
     interval_level: float = 95.0
+    rules: tuple[str, ...] = ()
+    scale: str = "identity"
+    tau2: float | None = None
+    clinical: ClinicalWidth | None = None
+    pi_beyond_width: bool = False
 
     def i2_confidence_interval(self) -> Interval | None:
         """The (Q-profile) confidence interval of I² the strength was judged on.
@@ -131,20 +212,32 @@ class HeterogeneityFlag(ResultMixin):
         """The verdict in plain sentences, as ``fedsynth meta`` prints it."""
         lines = ["Heterogeneity flag:"]
         if self.flagged:
-            lines.append(f"FLAGGED ({self.level}): one pooled estimate may mislead.")
-            lines.extend(f"- {r}" for r in self.reasons)
-            lines.append("Sites driving it: "
-                         + (", ".join(self.sites) if self.sites else "none singled out"))
+            lines.append(f"FLAGGED ({self.level}) by rule {', '.join(self.rules)}: one "
+                         "pooled estimate may mislead.")
+            lines.append(" ".join(self.reasons))
+            lines.append("Report the site-specific estimates (BLUPs) beside the pooled one, "
+                         "and consider site-level moderators (meta-regression, subgroups).")
         else:
             ci = (f" (CI {f(self.I2_ci_lb, 2)}% to {f(self.I2_ci_ub, 2)}%)"
                   if self.I2_ci_lb is not None else "")
-            pi = (f"the prediction interval ({f(self.pi_lb, digits)} to "
-                  f"{f(self.pi_ub, digits)}) leads to the same conclusion about the null "
-                  f"({self.null_value:g}) as the confidence interval"
-                  if self.pi_lb is not None and self.pi_ub is not None
-                  else "there is no prediction interval (fixed effect)")
-            lines.append(f"not flagged: I^2 = {f(self.I2, 2)}%{ci} is below the "
-                         f"{self.i2_threshold:g}% threshold, and {pi}.")
+            if self.pi_lb is None or self.pi_ub is None:
+                pi = "there is no prediction interval (fixed effect)"
+            elif self.null_value is None:
+                pi = (f"the prediction interval ({f(self.pi_lb, digits)} to "
+                      f"{f(self.pi_ub, digits)}) is not compared with a null (the measure "
+                      "has none)")
+            else:
+                pi = (f"the prediction interval ({f(self.pi_lb, digits)} to "
+                      f"{f(self.pi_ub, digits)}) leads to the same conclusion about the null "
+                      f"({self.null_value:g}) as the confidence interval")
+            i2_txt = (f"I^2 = {f(self.I2, 2)}%{ci} is below the {self.i2_threshold:g}% "
+                      "threshold")
+            if self.clinical is not None and np.isfinite(self.I2) \
+                    and self.I2 >= self.i2_threshold:
+                i2_txt = (f"I^2 = {f(self.I2, 2)}%{ci} is high, but the prediction interval "
+                          f"stays within the clinically meaningful width "
+                          f"({self.clinical.describe()})")
+            lines.append(f"not flagged: {i2_txt}, and {pi}.")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,7 +246,10 @@ class HeterogeneityFlag(ResultMixin):
                 "sites": list(self.sites), "drivers": [d.to_dict() for d in self.drivers],
                 "I2": _num(self.I2), "I2_ci": [_num(self.I2_ci_lb), _num(self.I2_ci_ub)],
                 "i2_threshold": self.i2_threshold, "null_value": self.null_value,
-                "pi_crosses_null": self.pi_crosses_null}
+                "pi_crosses_null": self.pi_crosses_null, "rules": list(self.rules),
+                "scale": self.scale,
+                "clinical_width": None if self.clinical is None else self.clinical.to_dict(),
+                "pi_beyond_width": self.pi_beyond_width}
 
 
 def _ci_bounds(ci: Any) -> tuple[float | None, float | None]:
@@ -167,24 +263,47 @@ def _ci_bounds(ci: Any) -> tuple[float | None, float | None]:
     return _num(low), _num(high)
 
 
-def _fmt(x: float | None) -> str:
+def _fmt(x: float | None, digits: int = 2) -> str:
+    """One fixed-point format for every number of the flag's sentences.
+
+    No ``2.6e-05`` beside ``0.00``; a value that rounds to zero prints without a sign.
+    """
     if x is None:
         return "NA"
-    return f"{x:.3g}" if abs(x) < 1e-3 and x != 0 else f"{x:.2f}"
+    text = f"{x:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def _back(x: float | None, scale: str) -> float | None:
+    """A pooling-scale value on the reading scale (None stays None)."""
+    return None if x is None else from_scale(float(x), scale)
 
 
 def assess_heterogeneity(pooled: _Pooled, *, labels: Sequence[Any] | None = None,
                          influence: Any | None = None, blup: Any | None = None,
                          i2_threshold: float = DEFAULT_I2_THRESHOLD,
-                         null_value: float = 0.0, level: float = 95.0,
-                         i2_ci: Any | None = None) -> HeterogeneityFlag:
+                         null_value: float | None = 0.0, level: float = 95.0,
+                         i2_ci: Any | None = None, scale: str = "identity",
+                         clinical: ClinicalWidth | None = None,
+                         estimand: str | None = None) -> HeterogeneityFlag:
     """Decide whether one pooled answer would mislead, and which sites drive it.
+
+    Three rules raise the flag, and ``rules`` names those that fired:
+
+    * ``i2``: I² at or above ``i2_threshold``; when a ``clinical`` width is given and the
+      prediction interval stays within it, I² alone does not flag (with large sites I²
+      approaches 100% for a clinically trivial tau);
+    * ``pi_crosses_null``: the prediction interval crosses the null while the confidence
+      interval does not (Riley et al. 2011, BMJ 342:d549);
+    * ``pi_width``: the prediction interval, back-transformed to the reading scale, is
+      wider than the ``clinical`` width (a c-statistic beyond ±0.05 of the pooled value,
+      an O:E ratio outside 0.8 to 1.25).
 
     Parameters
     ----------
     pooled
         The pooled fit (a ``PoolingResult``): ``estimate, ci_lb, ci_ub, I2`` and, when the
-        fit has them, ``I2_ci`` (Q-profile), ``pi_lb``, ``pi_ub``, ``labels``.
+        fit has them, ``I2_ci`` (Q-profile), ``pi_lb``, ``pi_ub``, ``tau2``, ``labels``.
     labels
         Site names (default: ``pooled.labels``, else the diagnostics' labels).
     influence
@@ -195,102 +314,156 @@ def assess_heterogeneity(pooled: _Pooled, *, labels: Sequence[Any] | None = None
     i2_threshold
         I² (percent) at or above which the analysis is flagged (default 50).
     null_value
-        The effect of no difference on the analysis scale (0 for differences and for
-        log ratios).
+        The effect of no difference on the pooling scale (0 for differences, log ratios
+        and a logit c-statistic; 1 for a calibration slope); None when the measure has no
+        null (the Brier score), which switches the ``pi_crosses_null`` rule off.
     level
         Confidence level (percent) of the intervals, for the sentences.
     i2_ci
         An ``Interval`` of I² to judge the level on instead of ``pooled.I2_ci``
         (e.g. the Q-profile interval for a fixed-effect fit, which carries none).
+    scale
+        The pooling scale (``identity``, ``log``, ``logit``): the sentences and the
+        clinical width read back-transformed values.
+    clinical
+        The measure's clinically meaningful width (:class:`ClinicalWidth`), or None.
+    estimand
+        What the back-transformed estimate is called in the sentences (``c-statistic``).
     """
     thr, null = _check_settings(i2_threshold, null_value)
+    if scale not in SCALES:
+        raise InputError(f"scale: {scale!r} is not one of {', '.join(SCALES)}")
     i2 = float(pooled.I2) if pooled.I2 is not None else float("nan")
     i2_lb, i2_ub = _ci_bounds(i2_ci if i2_ci is not None else getattr(pooled, "I2_ci", None))
     pi_lb, pi_ub = _num(getattr(pooled, "pi_lb", None)), _num(getattr(pooled, "pi_ub", None))
     drivers = _drivers(pooled, labels, influence, blup)
     return _verdict(float(pooled.estimate), float(pooled.ci_lb), float(pooled.ci_ub), i2,
-                    i2_lb, i2_ub, pi_lb, pi_ub, drivers, thr, null, level)
+                    i2_lb, i2_ub, pi_lb, pi_ub, drivers, thr, null, level, scale=scale,
+                    clinical=clinical, estimand=estimand,
+                    tau2=_num(getattr(pooled, "tau2", None)))
 
 
-def _check_settings(i2_threshold: float, null_value: float) -> tuple[float, float]:
+def _check_settings(i2_threshold: float,
+                    null_value: float | None) -> tuple[float, float | None]:
     thr = float(i2_threshold)
     if not np.isfinite(thr) or not (0.0 <= thr <= 100.0):
         raise InputError("i2_threshold: must be a percentage between 0 and 100, got "
                          f"{i2_threshold!r}")
+    if null_value is None:
+        return thr, None
     null = float(null_value)
     if not np.isfinite(null):
         raise InputError(f"null_value: must be a finite number, got {null_value!r}")
     return thr, null
 
 
+def _beyond_width(estimate: float, pi_lb: float | None, pi_ub: float | None, scale: str,
+                  clinical: ClinicalWidth | None) -> bool | None:
+    """Whether the back-transformed PI is wider than the clinical width.
+
+    None when there is no rule or no prediction interval.
+    """
+    if clinical is None or pi_lb is None or pi_ub is None:
+        return None
+    est, lo, hi = (from_scale(x, scale) for x in (estimate, pi_lb, pi_ub))
+    beyond = False
+    if clinical.halfwidth is not None:
+        beyond |= max(est - lo, hi - est) > clinical.halfwidth
+    if clinical.low is not None:
+        beyond |= lo < clinical.low
+    if clinical.high is not None:
+        beyond |= hi > clinical.high
+    return bool(beyond)
+
+
 def _verdict(estimate: float, ci_lb: float, ci_ub: float, i2: float, i2_lb: float | None,
              i2_ub: float | None, pi_lb: float | None, pi_ub: float | None,
-             drivers: tuple[SiteDriver, ...], thr: float, null: float,
-             level: float) -> HeterogeneityFlag:
+             drivers: tuple[SiteDriver, ...], thr: float, null: float | None,
+             level: float, *, scale: str = "identity", clinical: ClinicalWidth | None = None,
+             estimand: str | None = None, tau2: float | None = None) -> HeterogeneityFlag:
     """The flag from the pooled numbers and the site drivers.
 
     Shared by :func:`assess_heterogeneity` and :func:`assess_heterogeneity_batch`, so the
-    two give the same verdict and the same sentences by construction.
+    two give the same verdict and the same sentences by construction. The reasons are
+    one short paragraph: numbers first, each rule that fired once, then the sites.
     """
-    ci_excludes_null = ci_lb > null or ci_ub < null
-    pi_crosses = (pi_lb is not None and pi_ub is not None and pi_lb <= null <= pi_ub)
-    i2_path = bool(np.isfinite(i2) and i2 >= thr)
+    ci_excludes_null = null is not None and (ci_lb > null or ci_ub < null)
+    pi_crosses = (null is not None and pi_lb is not None and pi_ub is not None
+                  and pi_lb <= null <= pi_ub)
+    i2_high = bool(np.isfinite(i2) and i2 >= thr)
+    beyond = _beyond_width(estimate, pi_lb, pi_ub, scale, clinical)
+    # a clinical width, when it can be judged, overrules I² alone (trivial tau, huge sites)
+    i2_path = i2_high and beyond is not False
     pi_path = bool(ci_excludes_null and pi_crosses)
-    flagged = i2_path or pi_path
+    width_path = bool(beyond)
+    flagged = i2_path or pi_path or width_path
+    rules = tuple(name for name, on in zip(RULES, (i2_path, pi_path, width_path)) if on)
 
     level_name: str | None = None
     reasons: list[str] = []
     lv = f"{level:g}%"
+    d = 3 if scale == "logit" else 2            # c-statistics are read to 3 decimals
+    what = estimand or "effect"
+    shown = "" if scale == "identity" else f" ({what})"
     if flagged:
-        strong = i2_path and i2_lb is not None and i2_lb >= thr
+        strong = (i2_path or width_path) and i2_lb is not None and i2_lb >= thr
         level_name = "strong" if strong else "moderate"
-        if i2_path:
+        est_r = from_scale(estimate, scale)
+        pi_txt = (f"{_fmt(_back(pi_lb, scale), d)} to {_fmt(_back(pi_ub, scale), d)}"
+                  if pi_lb is not None and pi_ub is not None else "NA")
+        if width_path and clinical is not None:
+            reasons.append(
+                f"{lv} PI {pi_txt} for a new site's {what} around the pooled "
+                f"{_fmt(est_r, d)} is wider than the clinically meaningful "
+                f"{clinical.describe()} (rule pi_width).")
+        if i2_path or (i2_high and width_path):
             ci_txt = (f" ({lv} CI {_fmt(i2_lb)}% to {_fmt(i2_ub)}%)"
                       if i2_lb is not None and i2_ub is not None else "")
+            tau_txt = ("" if tau2 is None else
+                       f", tau = {_fmt(float(np.sqrt(max(tau2, 0.0))))}"
+                       + ("" if scale == "identity" else f" on the {scale} scale"))
+            strength = (f"; its lower bound {_fmt(i2_lb)}% also reaches the threshold, so the "
+                        "heterogeneity is strong" if strong and i2_lb is not None else
+                        (f"; its lower bound {_fmt(i2_lb)}% lies below the threshold, so the "
+                         "heterogeneity is moderate" if i2_lb is not None else ""))
+            reasons.append(f"I² = {_fmt(i2)}%{ci_txt}{tau_txt}, at or above the {thr:g}% "
+                           f"threshold (rule i2){strength}.")
+        if pi_path and null is not None:
             reasons.append(
-                f"I² = {_fmt(i2)}%{ci_txt} is at or above the {thr:g}% threshold: "
-                f"{_fmt(i2)}% of the variation between sites reflects real differences in "
-                "their effects rather than chance.")
-            if strong:
-                reasons.append(
-                    f"Even the lower confidence bound of I² ({_fmt(i2_lb)}%) reaches the "
-                    "threshold, so the heterogeneity is strong: the data rule out a common effect.")
-            elif i2_lb is not None:
-                reasons.append(
-                    f"The lower confidence bound of I² ({_fmt(i2_lb)}%) lies below the "
-                    "threshold, so the heterogeneity is moderate (its size is uncertain).")
-        if pi_path:
-            reasons.append(
-                f"The {lv} prediction interval ({_fmt(pi_lb)} to {_fmt(pi_ub)}) crosses the "
-                f"null value {null:g} while the confidence interval ({_fmt(ci_lb)} to "
-                f"{_fmt(ci_ub)}) does not: the average effect is clear, but the effect at a "
-                "new site could lie on either side of the null.")
+                f"{lv} PI {pi_txt}{shown} crosses the null value {_fmt(_back(null, scale), d)} "
+                f"while the CI {_fmt(_back(ci_lb, scale), d)} to {_fmt(_back(ci_ub, scale), d)} "
+                "does not: a new site's effect could lie on either side of the null "
+                "(rule pi_crosses_null).")
 
     sites: tuple[str, ...] = ()
     if flagged:
-        sites = tuple(d.site for d in drivers)
-        for d in drivers:
+        sites = tuple(drv.site for drv in drivers)
+        if drivers:
             parts = []
-            if "outlying_blup" in d.kinds:
-                parts.append(f"its shrunken estimate {_fmt(d.blup)} has a prediction interval "
-                             f"({_fmt(d.blup_pi_lb)} to {_fmt(d.blup_pi_ub)}) that excludes the "
-                             f"pooled estimate {_fmt(estimate)}")
-            if "studentized_residual" in d.kinds:
-                parts.append(f"its studentized residual is {_fmt(d.rstudent)} "
-                             f"(beyond ±{RSTUDENT_CRIT:.2f})")
-            if "influential" in d.kinds:
-                parts.append("leaving it out changes the pooled result markedly "
-                             "(influential by metafor's rule)")
-            reasons.append(f"Site {d.site} differs: " + "; ".join(parts) + ".")
-        reasons.append(
-            "Report site-specific estimates (BLUPs) alongside the pooled effect, and consider "
-            "a hierarchical model with site-level moderators (meta-regression or subgroups) "
-            "instead of relying on one pooled number.")
+            for drv in drivers:
+                why = []
+                if "outlying_blup" in drv.kinds:
+                    why.append(f"BLUP {_fmt(_back(drv.blup, scale), d)}, PI "
+                               f"{_fmt(_back(drv.blup_pi_lb, scale), d)} to "
+                               f"{_fmt(_back(drv.blup_pi_ub, scale), d)} excludes the pooled "
+                               f"{_fmt(from_scale(estimate, scale), d)}")
+                if "studentized_residual" in drv.kinds:
+                    why.append(f"studentized residual {_fmt(drv.rstudent)}")
+                if "influential" in drv.kinds:
+                    why.append("influential")
+                parts.append(f"{drv.site} ({'; '.join(why)})")
+            reasons.append("Driving sites: " + ", ".join(parts) + ".")
+        else:
+            reasons.append(
+                "No single site drives it: no site's BLUP interval excludes the pooled "
+                f"estimate, no studentized residual lies beyond ±{RSTUDENT_CRIT:.2f} and "
+                "no site is influential, so the heterogeneity is spread across the sites.")
     return HeterogeneityFlag(
         flagged=flagged, level=level_name, reasons=tuple(reasons), sites=sites, I2=i2,
         I2_ci_lb=i2_lb, I2_ci_ub=i2_ub, i2_threshold=thr, pi_crosses_null=bool(pi_crosses),
         null_value=null, drivers=drivers, pi_lb=pi_lb, pi_ub=pi_ub,
-        interval_level=float(level))
+        interval_level=float(level), rules=rules, scale=scale, tau2=tau2,
+        clinical=clinical, pi_beyond_width=width_path)
 
 
 def _drivers(pooled: Any, labels: Sequence[Any] | None, influence: Any | None,
@@ -563,8 +736,10 @@ def _fixed_effect_i2_ci(batch: Any, rows: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def assess_heterogeneity_batch(batch: Any, *, labels: Any | None = None,
                                i2_threshold: float = DEFAULT_I2_THRESHOLD,
-                               null_value: float = 0.0,
-                               drivers_of: str = "all") -> BatchHeterogeneity:
+                               null_value: float | None = 0.0,
+                               drivers_of: str = "all", scale: str = "identity",
+                               clinical: ClinicalWidth | None = None,
+                               estimand: str | None = None) -> BatchHeterogeneity:
     """The heterogeneity flag of every analysis of a pooled batch at once.
 
     Gives, for every ``i``, exactly what
@@ -581,8 +756,8 @@ def assess_heterogeneity_batch(batch: Any, *, labels: Any | None = None,
     labels
         ``(m, K)`` site labels (default: the batch's ``site_labels``; column numbers
         1..K when it has none, as ``batch[i].labels``).
-    i2_threshold, null_value
-        As :func:`assess_heterogeneity`.
+    i2_threshold, null_value, scale, clinical, estimand
+        As :func:`assess_heterogeneity` (the same for every analysis of the batch).
     drivers_of
         ``"all"`` (default): the site drivers of every analysis, as the per-analysis
         flag reports them (its ``drivers`` list is filled even when not flagged).
@@ -595,6 +770,8 @@ def assess_heterogeneity_batch(batch: Any, *, labels: Any | None = None,
     if drivers_of not in ("all", "flagged"):
         raise InputError(f"drivers_of: must be 'all' or 'flagged', got {drivers_of!r}")
     thr, null = _check_settings(i2_threshold, null_value)
+    if scale not in SCALES:
+        raise InputError(f"scale: {scale!r} is not one of {', '.join(SCALES)}")
     msk = np.asarray(batch.mask, dtype=bool)
     m, K = msk.shape
     kk = msk.sum(axis=1)
@@ -616,10 +793,20 @@ def assess_heterogeneity_batch(batch: Any, *, labels: Any | None = None,
         pl, pu = np.asarray(batch.pi_lb, float), np.asarray(batch.pi_ub, float)
         with np.errstate(invalid="ignore"):
             i2_path = np.isfinite(I2a) & (I2a >= thr)
-            ci_excl = ((np.asarray(batch.ci_lb, float) > null)
-                       | (np.asarray(batch.ci_ub, float) < null))
-            pi_cross = np.isfinite(pl) & np.isfinite(pu) & (pl <= null) & (null <= pu)
-        refit_rows = np.flatnonzero(i2_path | (ci_excl & pi_cross))
+            nul = np.nan if null is None else null
+            ci_excl = ((np.asarray(batch.ci_lb, float) > nul)
+                       | (np.asarray(batch.ci_ub, float) < nul))
+            pi_cross = np.isfinite(pl) & np.isfinite(pu) & (pl <= nul) & (nul <= pu)
+            # the clinical width may add analyses (and overrule I²): refit those too
+            if clinical is not None:
+                wide = np.array([bool(_beyond_width(e, lo if np.isfinite(lo) else None,
+                                                    hi if np.isfinite(hi) else None, scale,
+                                                    clinical))
+                                 for e, lo, hi in zip(np.asarray(batch.estimate, float),
+                                                      pl, pu)], dtype=bool)
+            else:
+                wide = np.zeros(m, dtype=bool)
+        refit_rows = np.flatnonzero(i2_path | (ci_excl & pi_cross) | wide)
     diag = site_diagnostics_batch(batch, refit_rows)
     # the three driver kinds, in the order the per-analysis flag lists them
     with np.errstate(invalid="ignore"):
@@ -644,6 +831,7 @@ def assess_heterogeneity_batch(batch: Any, *, labels: Any | None = None,
     i2l = [x if np.isfinite(x) else None for x in i2_lb.tolist()]
     i2u = [x if np.isfinite(x) else None for x in i2_ub.tolist()]
     estl = est.tolist()
+    tau2l = np.asarray(batch.tau2, dtype=float).tolist()
     # every driver cell at once, as plain Python values, grouped by analysis below
     cell_i, cell_j = np.nonzero(any_kind)
     pos = (np.cumsum(msk, axis=1) - 1)[cell_i, cell_j].tolist()   # index among present sites
@@ -668,7 +856,9 @@ def assess_heterogeneity_batch(batch: Any, *, labels: Any | None = None,
         flags.append(_verdict(estl[i], cil[i], ciu[i], I2[i], i2l[i], i2u[i],
                               p_lb if p_lb == p_lb and abs(p_lb) != inf else None,
                               p_ub if p_ub == p_ub and abs(p_ub) != inf else None,
-                              drivers, thr, null, level))
+                              drivers, thr, null, level, scale=scale, clinical=clinical,
+                              estimand=estimand, tau2=tau2l[i] if tau2l[i] == tau2l[i]
+                              else None))
     names = getattr(batch, "names", None)
     return BatchHeterogeneity(flags=tuple(flags),
                               flagged=np.array([fl.flagged for fl in flags], dtype=bool),

@@ -43,7 +43,10 @@ def test_bcg_is_flagged_strong():
     assert flag.i2_confidence_interval().level == 0.95
     text = " ".join(flag.reasons)
     assert "I² = 92.07%" in text and "81.74%" in text and "strong" in text
-    assert "hierarchical model" in text and "site-specific" in text
+    assert "(rule i2)" in text and flag.rules == ("i2", "pi_crosses_null")
+    # one paragraph, numbers first, no boilerplate: the advice is printed once by summary()
+    assert text.startswith("I² = 92.07%") and "hierarchical model" not in text
+    assert flag.summary().count("BLUPs") == 1
     assert flag.sites and set(flag.sites) <= set(case["labels"])
     d = flag.to_dict()
     assert set(d) >= {"flagged", "level", "reasons", "sites"}
@@ -79,8 +82,9 @@ def test_prediction_interval_path_alone():
     p, flag = res.pooling, res.heterogeneity
     assert p.I2 < 50 and (p.ci_lb > 0) and p.pi_lb < 0 < p.pi_ub
     assert flag.flagged and flag.level == "moderate" and flag.pi_crosses_null
-    assert any("prediction interval" in r and "crosses the null value 0" in r
-               for r in flag.reasons)
+    assert any("PI" in r and "crosses the null value 0.00" in r
+               and "(rule pi_crosses_null)" in r for r in flag.reasons)
+    assert flag.rules == ("pi_crosses_null",)
     assert not any("threshold" in r for r in flag.reasons)
 
 
@@ -106,7 +110,7 @@ def test_each_site_driver_kind(case_id, kind):
     assert drivers, f"no {kind} driver in {case_id}"
     for d in drivers:
         assert d.site in flag.sites
-        assert any(r.startswith(f"Site {d.site} differs") for r in flag.reasons)
+        assert any(r.startswith("Driving sites:") and d.site in r for r in flag.reasons)
     infl = res.influence
     for d in drivers:
         i = d.index                     # BCG has two "Comstock et al": labels repeat

@@ -121,13 +121,13 @@ def test_round_report_content(round_doc):
     for name, _, _ in ANALYSES:
         assert name in text
         analysis = next(a for a in round_doc["analyses"] if a["analysis"] == name)
-        assert f"{analysis['estimate']:.3f}" in text
-        assert f"{analysis['ci_lb']:.3f} to {analysis['ci_ub']:.3f}" in text
-        for reason in analysis["heterogeneity"]["reasons"]:
-            assert reason in text
-    # back-transformed OR and HR columns
-    logor = round_doc["analyses"][0]
-    assert f"OR {math.exp(logor['estimate']):.3f}" in text
+        # ratios are shown back-transformed (OR, HR), with the pooling scale stated
+        g = math.exp if analysis["estimator"] in ("logistic", "cox") else (lambda x: x)
+        assert f"{g(analysis['estimate']):.3f}" in text
+        assert f"{g(analysis['ci_lb']):.3f} to {g(analysis['ci_ub']):.3f}" in text
+        if analysis["heterogeneity"]["reasons"]:
+            assert " ".join(analysis["heterogeneity"]["reasons"]) in text
+    assert "pooled on the log scale" in text and "H0: OR = 1" in text
     # participation, the missing site and the refusal with its reason
     assert "6 of 7 allowed sites submitted (quorum 3)" in text
     assert "mtf-golf" in text and "missing" in text

@@ -100,17 +100,19 @@ def test_closed_document_keys_are_those_of_the_contract(tmp_path) -> None:
     # stored with sorted keys: read back in that layout
     assert list(data) == sorted(["round", "status", "spec", "opened_at", "deadline",
                                  "closed_at", "quorum", "failure_reason", "pooling", "sites",
-                                 "missing_sites", "analyses"])
+                                 "missing_sites", "analyses", "schema_version"])
     hetero = data["analyses"][0]
     assert list(hetero) == sorted(hetero)           # stored (sorted) layout kept on reading
     assert set(hetero) == {
         "analysis", "estimator", "measure", "k", "method", "test", *PooledEstimate.KEYS,
-        "heterogeneity", "site_estimates", "refused"}
+        "heterogeneity", "site_estimates", "refused", "scale", "null_value", "estimand",
+        "site_scale", "pi_df", "blups"}
     assert set(hetero["heterogeneity"]) == {"flagged", "level", "reasons", "sites", "drivers",
                                             "I2", "I2_ci", "i2_threshold", "null_value",
-                                            "pi_crosses_null"}
+                                            "pi_crosses_null", "rules", "clinical_width",
+                                            "pi_beyond_width"}
     assert set(hetero["site_estimates"][0]) == {"site", "yi", "vi", "se", "n"}
-    assert "schema_version" not in data              # version 1 writes no key
+    assert data["schema_version"] == 2               # version 2 writes its number
     assert data["opened_at"] == "2026-11-25T14:00:00.000Z"
 
 
@@ -124,11 +126,13 @@ def test_closer_builds_the_canonical_order(tmp_path) -> None:
                             now=NOW)
         outcome = pool_round(store.get_round(record.id), subs, NOW + dt.timedelta(minutes=2))
     entry = outcome.document.analyses[0].to_dict()
-    assert list(entry) == ["analysis", "estimator", "measure", "k", "method", "test",
-                           *PooledEstimate.KEYS, "heterogeneity", "site_estimates", "refused"]
+    v2 = ["scale", "null_value", "estimand", "site_scale", "pi_df"]
+    assert list(entry) == ["analysis", "estimator", "measure", "k", "method", "test", *v2,
+                           *PooledEstimate.KEYS, "heterogeneity", "site_estimates", "refused",
+                           "blups"]
     none = outcome.document.analysis("none").to_dict()
-    assert list(none) == ["analysis", "estimator", "measure", "k", "method", "test",
-                          "heterogeneity", "notes", "site_estimates", "refused"]
+    assert list(none) == ["analysis", "estimator", "measure", "k", "method", "test", *v2,
+                          "heterogeneity", "notes", "site_estimates", "refused", "blups"]
     assert list(none["heterogeneity"]) == ["flagged", "level", "reasons", "sites"]
     # JSON text -> type -> JSON text is the identity, in the closer's order too
     text = json.dumps(outcome.document.to_dict())
@@ -148,8 +152,9 @@ def test_open_round_document(tmp_path, capsys) -> None:
                              signed_at=NOW, payload=b"p", signature=b"s",
                              results=subs[0].results, agent_version="t", now=NOW)
     data = json.loads(_show(capsys, tmp_path / "coordinator.toml", record.id))
-    assert list(data) == ["round", "status", "spec", "opened_at", "deadline", "closed_at",
-                          "quorum", "failure_reason", "pooling", "sites", "analyses"]
+    assert list(data) == ["schema_version", "round", "status", "spec", "opened_at",
+                          "deadline", "closed_at", "quorum", "failure_reason", "pooling",
+                          "sites", "analyses"]
     assert data["status"] == "open" and data["closed_at"] is None and data["analyses"] == []
     assert data["pooling"] == POOLING
     assert data["sites"][0] == {"site": "site-a", "status": "submitted",
@@ -240,9 +245,11 @@ def test_errors_name_the_field_and_the_value(mutate, field, value) -> None:
 def test_schema_version_one_is_accepted_and_a_newer_one_explained() -> None:
     doc = made("r-1")
     assert RoundDocument.from_dict({**doc, "schema_version": 1}).schema_version == 1
+    assert RoundDocument.from_dict(doc).schema_version == 1       # no key: version 1
+    assert RoundDocument.from_dict({**doc, "schema_version": 2}).schema_version == 2
     with pytest.raises(InputError, match="newer than this fedsynth reads"):
-        RoundDocument.from_dict({**doc, "schema_version": 2})
-    # a future version writes its key
+        RoundDocument.from_dict({**doc, "schema_version": 3})
+    # a later version writes its key
     later = dataclasses.replace(RoundDocument.from_dict(doc), schema_version=2, _layout=None)
     assert later.to_dict()["schema_version"] == 2
 

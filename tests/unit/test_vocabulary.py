@@ -65,7 +65,7 @@ def test_the_vocabulary_itself():
     assert voc.ESTIMATOR_MEASURES == {"two_by_two": ("OR", "RR", "RD"),
                                       "two_group": ("MD", "SMD", "ROM")}
     assert voc.ESTIMATOR_INFO["two_by_two"].default_measure == "OR"
-    assert voc.ESTIMATOR_INFO["auc"].null_value is None       # room for another issue
+    assert voc.ESTIMATOR_INFO["auc"].null_value == 0.5       # tests/unit/test_nulls_scales.py
     assert voc.PRIORS == ("half_normal", "half_cauchy")
     assert voc.METHOD_INFO["REML"].label == "restricted maximum likelihood"
 

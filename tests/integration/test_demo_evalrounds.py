@@ -1,0 +1,50 @@
+"""`fedsynth demo --heterogeneity high` end to end: a newcomer sees strong flags, each
+measure tested against its own null, BLUPs and driving sites (issue 12, phase 2)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_high_heterogeneity(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fedsynth", "demo", "--heterogeneity", "high",
+         "--sites-count", "4", "--out", str(tmp_path / "demo"), "--deadline", "4m"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "(high heterogeneity)" in result.stdout
+    # the progress counter prints each site once, counting 1..4
+    answered = re.findall(r"(mtf-\w+) answered \((\d)/4\)", result.stdout)
+    assert sorted(s for s, _ in answered) == ["mtf-alpha", "mtf-bravo", "mtf-charlie",
+                                               "mtf-delta"]
+    assert [int(n) for _, n in answered] == [1, 2, 3, 4]
+
+    (doc_path,) = (tmp_path / "demo" / "federation" / "reports").glob("*.json")
+    doc = json.loads(doc_path.read_text())
+    assert doc["schema_version"] == 2
+    by = {a["analysis"]: a for a in doc["analyses"]}
+    auc, slope, brier = by["auc"], by["calibration_slope"], by["brier"]
+    # AUC: pooled on the logit scale, p-value against 0.5 (logit 0), REML + Knapp-Hartung
+    assert (auc["scale"], auc["null_value"], auc["method"], auc["test"], auc["pi_df"]) == (
+        "logit", 0.5, "REML", "knha", "k-2")
+    assert auc["stat"] == pytest.approx(auc["estimate"] / auc["se"])
+    assert by["logit_auc"]["estimate"] == pytest.approx(auc["estimate"], rel=1e-9)
+    # calibration slope against 1, Brier without a p-value
+    assert slope["stat"] == pytest.approx((slope["estimate"] - 1.0) / slope["se"])
+    assert brier["null_value"] is None and brier["pval"] is None
+    flagged = [a for a in doc["analyses"] if a["heterogeneity"]["flagged"]]
+    assert any(a["heterogeneity"]["level"] == "strong" for a in flagged)
+    assert all(a["blups"] for a in flagged)
+
+    html = (doc_path.with_suffix(".html")).read_text()
+    text = re.sub(r"<[^>]+>", " ", html)
+    assert "H0: c-statistic = 0.5" in text and "H0: calibration slope = 1" in text
+    assert "95% PI of the BLUP" in text

@@ -14,12 +14,19 @@ identical resend (then it is acknowledged as ``duplicate``, whatever its age, so
 restarted agent can always finish); its timestamp is within the window; it answers exactly
 the round's analyses with valid values; and the store accepts it (round exists, open, before
 its deadline, no replayed nonce, no different earlier answer). Each refusal names the reason
-and changes no state.
+and changes no state. Identical resends racing each other are all acknowledged, one as
+``accepted`` and the others as ``duplicate`` (:meth:`coordinator.store.Store.add_submission`).
+
+The ``submission.accepted`` audit entry is committed with the submission, in the store's
+audit outbox, and appended to the audit log right after the commit; entries a crash left in
+the outbox are appended at the next start (:meth:`Handlers.recover_audit`), so every
+accepted submission has its entry whatever moment the coordinator was killed at.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import logging
 import threading
@@ -27,17 +34,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator.store import Store, SubmissionConflict, iso, utcnow
+from coordinator.validation import check_submission
 from fedsynth import PROTOCOL_VERSION, __version__
 from fedsynth.config import CoordinatorConfig
 from fedsynth.errors import InputError
 from fedsynth.serde import SubmissionContent, WorkItem, decode_submission
 from fedsynth.signing import SignatureError, load_certificate, verify
-from coordinator.store import Store, SubmissionConflict, iso, utcnow
-from coordinator.validation import check_submission
 
 __all__ = ["Rejected", "Handlers", "SubmitResult"]
 
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=4096)
+def _common_name(peer_pem: bytes) -> str:
+    """The certificate's common name, parsed once per certificate (every call of a
+    connection presents the same one; parsing it per call cost CPU under a flood)."""
+    from fedsynth.pki import certificate_common_name
+
+    return certificate_common_name(peer_pem)
 
 
 class Rejected(Exception):
@@ -101,6 +117,10 @@ class Handlers:
         # (site, method) -> when a wrong protocol version was last audited (throttling).
         self._version_audited: dict[tuple[str, str], _dt.datetime] = {}
         self._version_audit_lock = threading.Lock()
+        # audit outbox: ids appended to the audit log, not yet cleared from the store
+        self._outbox_lock = threading.Lock()
+        self._appended: set[int] = set()
+        self._outbox_error: str | None = None
 
     # --- helpers -------------------------------------------------------------------------
     def _audit(self, event: str, data: dict[str, Any]) -> None:
@@ -110,6 +130,19 @@ class Handlers:
             self.audit.append(event, data)
         except Exception:  # noqa: BLE001 - logged; the audit helper's errors are not ours
             log.exception("coordinator audit log append failed")
+
+    def _due(self, key: tuple[str, str]) -> bool:
+        """True (and remember now) when ``key`` was not audited within
+        :attr:`VERSION_AUDIT_EVERY`: frequent refusals are audited once a minute."""
+        now = self.clock()
+        with self._version_audit_lock:
+            last = self._version_audited.get(key)
+            if last is not None and now - last < self.VERSION_AUDIT_EVERY:
+                return False
+            if len(self._version_audited) > 10_000:
+                self._version_audited.clear()
+            self._version_audited[key] = now
+            return True
 
     def check_version(self, version: str) -> None:
         """Refuse a peer speaking another protocol version, naming both."""
@@ -132,15 +165,16 @@ class Handlers:
                 raise Rejected("unauthenticated", "no client certificate: mutual TLS is "
                                "required")
         else:
-            from fedsynth.pki import certificate_common_name
-
             try:
-                name = certificate_common_name(peer_pem)
+                name = _common_name(peer_pem)
             except (InputError, ValueError) as error:
                 raise Rejected("unauthenticated", f"client certificate unusable: {error}"
                                ) from None
         if name not in self.allowed:
-            self._audit("peer.refused", {"site": name, "reason": "not on the allow-list"})
+            # audited at most once per name and minute: a certificate of the project CA
+            # that is not on the allow-list must not turn its calls into fsync'd entries
+            if self._due(("peer.refused", name)):
+                self._audit("peer.refused", {"site": name, "reason": "not on the allow-list"})
             raise Rejected("permission", f"site {name!r} is not on this coordinator's "
                            "allow-list (sites.allow)")
         return name
@@ -172,15 +206,7 @@ class Handlers:
         try:
             self.check_version(version)
         except Rejected as rejected:
-            now = self.clock()
-            with self._version_audit_lock:
-                last = self._version_audited.get((site, method))
-                due = last is None or now - last >= self.VERSION_AUDIT_EVERY
-                if due:
-                    if len(self._version_audited) > 10_000:
-                        self._version_audited.clear()
-                    self._version_audited[(site, method)] = now
-            if due:
+            if self._due((site, method)):
                 self._audit("call.rejected", {"site": site, "method": method,
                                               "kind": rejected.kind,
                                               "reason": rejected.message})
@@ -243,10 +269,9 @@ class Handlers:
         # Identical resend: acknowledge before the time checks, so that an agent restarted
         # long after sending can still complete its hand-shake.
         digest = hashlib.sha256(payload).hexdigest()
-        for previous in self.store.submissions(content.round_id):
-            if previous.site == site and previous.digest == digest:
-                return SubmitResult("duplicate", content.round_id, site,
-                                    "identical submission already stored")
+        if self.store.submission_digest(content.round_id, site) == digest:
+            return SubmitResult("duplicate", content.round_id, site,
+                                "identical submission already stored")
         now = self.clock()
         skew = abs((now - content.timestamp).total_seconds())
         window = self.config.submission_window.total_seconds()
@@ -260,22 +285,102 @@ class Handlers:
         except InputError as error:
             raise Rejected("invalid", str(error)) from None
         results = {name: r.to_dict() for name, r in content.results.items()}
+        audit = {"site": site, "round": content.round_id, "digest": digest,
+                 "estimates": sorted(content.estimates()),
+                 "refusals": {k: v.reason for k, v in content.refusals().items()}}
         try:
             status = self.store.add_submission(
                 round_id=content.round_id, site=site, nonce=content.nonce,
                 signed_at=content.timestamp, payload=payload, signature=signature,
-                results=results, agent_version=content.agent_version[:64], now=now)
+                results=results, agent_version=content.agent_version[:64], now=now,
+                audit=audit if self.audit is not None else None)
         except SubmissionConflict as conflict:
             raise Rejected(_CONFLICT_KINDS.get(conflict.kind, "precondition"),
                            str(conflict)) from None
         if status == "accepted":
-            self._audit("submission.accepted", {
-                "site": site, "round": content.round_id, "digest": digest,
-                "estimates": sorted(content.estimates()),
-                "refusals": {k: v.reason for k, v in content.refusals().items()}})
+            self.flush_audit()
         message = ("stored" if status == "accepted" else "identical submission already "
                    "stored")
         return SubmitResult(status, content.round_id, site, message)
+
+    # --- audit outbox ----------------------------------------------------------------------
+    def flush_audit(self) -> int:
+        """Append the audit entries committed in the store's outbox to the audit log.
+
+        Called after every accepted submission (the entry is on disk before the site is
+        answered) and by :meth:`settle_audit`. Entries are appended in commit order, each
+        once per process, carrying its ``outbox_id``; a failed append leaves the entry in
+        the outbox to be retried. Returns the number appended.
+        """
+        if self.audit is None:
+            return 0
+        done = 0
+        with self._outbox_lock:
+            for entry in self.store.pending_audit():
+                if entry.id in self._appended:
+                    continue
+                try:
+                    self.audit.append(entry.event, {**entry.data, "outbox_id": entry.id})
+                except Exception as error:  # noqa: BLE001 - kept in the outbox, retried
+                    if str(error) != self._outbox_error:
+                        log.error("coordinator audit log append failed; the entry stays in "
+                                  "the store's audit outbox and is retried: %s", error)
+                    self._outbox_error = str(error)
+                    break
+                self._outbox_error = None
+                self._appended.add(entry.id)
+                done += 1
+        return done
+
+    def settle_audit(self) -> None:
+        """Retry outbox entries not appended yet, then delete the appended ones from the
+        store (off the submission path: the closer calls this every step)."""
+        if self.audit is None:
+            return
+        self.flush_audit()
+        with self._outbox_lock:
+            ids = sorted(self._appended)
+        if ids:
+            self.store.clear_audit(ids)
+            with self._outbox_lock:
+                self._appended.difference_update(ids)
+
+    def recover_audit(self) -> int:
+        """At start-up: append the audit entries a crash left in the outbox.
+
+        An entry whose submission already has its entry in the audit log (the crash came
+        after the append, before the outbox was cleared) is not written twice. The others
+        are written now, marked ``"recovered": true``, and the log says how many. Returns
+        the number written.
+        """
+        if self.audit is None:
+            return 0
+        pending = self.store.pending_audit()
+        if not pending:
+            return 0
+        events = {entry.event for entry in pending}
+        present = {self._outbox_key(e.event, e.data) for e in self.audit.entries()
+                   if e.event in events}
+        written = 0
+        for entry in pending:
+            if self._outbox_key(entry.event, entry.data) in present:
+                continue
+            self.audit.append(entry.event, {**entry.data, "outbox_id": entry.id,
+                                            "recovered": True})
+            written += 1
+        self.store.clear_audit([entry.id for entry in pending])
+        if written:
+            log.warning("%d accepted submission(s) had no %s audit entry (the coordinator "
+                        "stopped between the store commit and the audit append): written now "
+                        "from the store's audit outbox, marked recovered", written,
+                        "/".join(sorted(events)))
+        return written
+
+    @staticmethod
+    def _outbox_key(event: str, data: Any) -> tuple[str, ...]:
+        if not isinstance(data, dict):
+            return (event,)
+        return (event, str(data.get("round")), str(data.get("site")), str(data.get("digest")))
 
     def coordinator_version(self) -> str:
         return __version__

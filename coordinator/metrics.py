@@ -44,7 +44,7 @@ REJECTION_REASONS: frozenset[str] = frozenset({
     "conflict",
     "bad_signature", "replay", "wrong_round", "round_closed", "late", "duplicate",
     "invalid_value", "unknown_site", "unknown_analysis", "revoked", "rate_limited",
-    "oversized", "protocol_version", "malformed", "other",
+    "concurrency_limited", "oversized", "protocol_version", "malformed", "other",
 })
 
 #: pooling time buckets (seconds): a round pools in milliseconds to a few seconds

@@ -1,22 +1,37 @@
-"""Per-site rate limits for the coordinator: a token bucket per certificate identity.
+"""Admission control of the coordinator: per-site rate and concurrency limits.
 
 Why
 ---
-A malicious or misbehaving site (a crashed agent in a tight retry loop, a stolen key
-used for a flood) must not starve the others: every site gets its own bucket of ``burst``
-tokens refilled at ``rate`` tokens per second (the token-bucket algorithm, Turner, "New
-directions in communications", IEEE Commun. Mag. 24(10), 1986; as in Envoy's and gRPC's
-own local rate limiters). A call costs one token; an empty bucket ends the call with
-``RESOURCE_EXHAUSTED`` and a retry hint, before the request reaches any handler, so it
-changes no state. The identity is the TLS peer certificate's common name (never a message
-field); calls without a certificate (``--insecure``) share the bucket of their peer address.
+A malicious or misbehaving site (a crashed agent in a tight retry loop, a stolen key used
+for a flood) must not starve the others. Two limits apply to every call, keyed by the TLS
+peer certificate's common name (never a message field; calls without a certificate under
+``--insecure`` are keyed by their peer address), before the request reaches any handler, so
+that a refused call changes no state:
 
-Defaults (5 calls/s sustained, bursts of 50) are far above what an agent needs (a
-heartbeat every few seconds, one pull and one submission per round).
+* a **token bucket** per site (Turner, "New directions in communications", IEEE Commun.
+  Mag. 24(10), 1986; as in Envoy's and gRPC's local rate limiters): ``burst`` tokens
+  refilled at ``rate`` per second, one per call; an empty bucket ends the call with
+  ``RESOURCE_EXHAUSTED`` and a retry hint. This bounds how *often* a site calls.
+* a **bound on calls in flight** per site (``in_flight``), checked when a call starts and
+  released when it ends, whatever its outcome. A rate limit alone does not bound how many
+  calls a site keeps open: ten identities holding twenty slow calls each stayed within their
+  buckets, filled the server's one global limit of 256 concurrent calls, and legitimate
+  sites and health checks were refused ("Concurrent RPC limit exceeded"). Now a site that
+  opens more calls than ``in_flight`` gets its extra calls refused at once and only slows
+  itself (the concurrency-limit pattern of Netflix's ``concurrency-limits`` and Envoy's
+  per-client circuit breakers).
+
+All sites together may have ``in_flight_total`` calls in flight, of which
+``in_flight_reserved`` are kept for health checks and for sites **in good standing**: an
+identity that had a call refused by either limit within the last ``penalty`` seconds is
+limited to the unreserved share, so even many misbehaving identities at once cannot take
+the slots the well-behaved sites need. The defaults are defined once, in
+:class:`fedsynth.config.LimitsConfig` (``[limits]`` of coordinator.toml).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -26,16 +41,26 @@ from typing import Any
 
 import grpc
 
+from fedsynth.config import LimitsConfig
 from fedsynth.errors import InputError
 
-__all__ = ["RateLimit", "RateLimiter", "RateLimitInterceptor"]
+__all__ = ["RateLimit", "RateLimiter", "RateLimitInterceptor", "ConcurrencyLimiter",
+           "AdmissionInterceptor", "HEALTH_PREFIX", "identity_of"]
 
 log = logging.getLogger(__name__)
+
+#: Methods of the standard health service (``grpc.health.v1.Health``): they may use the
+#: reserved share of calls in flight.
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+_DEFAULTS = LimitsConfig()
 
 
 @dataclass(frozen=True)
 class RateLimit:
     """Token-bucket parameters (``[limits]`` of coordinator.toml: ``rate``, ``burst``).
+
+    The defaults are those of :class:`fedsynth.config.LimitsConfig`.
 
     Attributes
     ----------
@@ -45,8 +70,8 @@ class RateLimit:
         Largest number of calls a site may make at once (>= 1).
     """
 
-    rate: float = 5.0
-    burst: int = 50
+    rate: float = _DEFAULTS.rate
+    burst: int = _DEFAULTS.burst
 
     def __post_init__(self) -> None:
         if isinstance(self.rate, bool) or not isinstance(self.rate, (int, float)) \
@@ -99,66 +124,278 @@ class RateLimiter:
         return wait
 
 
-def _identity(context: Any) -> str:
-    from fedsynth.revocation import peer_certificate
+@dataclass(frozen=True)
+class Refusal:
+    """Why :meth:`ConcurrencyLimiter.try_enter` refused a call."""
 
-    cert = peer_certificate(context)
-    if cert is not None:
-        from cryptography.x509.oid import NameOID
+    kind: str        # "identity" (its own bound) | "shared" | "total"
+    message: str
 
-        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        if names:
-            return f"site:{names[0].value}"
+
+class ConcurrencyLimiter:
+    """Thread-safe count of calls in flight, per identity and in total.
+
+    Parameters
+    ----------
+    per_identity
+        Calls one identity may have in flight (``limits.in_flight``).
+    total
+        Calls in flight for all identities together (``limits.in_flight_total``).
+    reserved
+        Of ``total``, the slots only health checks and identities in good standing may use
+        (``limits.in_flight_reserved``).
+    penalty
+        Seconds an identity stays out of good standing after a refusal (by this limiter, or
+        reported with :meth:`mark` by the rate limiter).
+    clock
+        Monotonic clock in seconds (injectable for tests).
+    max_keys
+        Identities whose standing is remembered at most (least recently refused dropped).
+    """
+
+    def __init__(self, per_identity: int = _DEFAULTS.in_flight,
+                 total: int = _DEFAULTS.in_flight_total,
+                 reserved: int = _DEFAULTS.in_flight_reserved, *, penalty: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic, max_keys: int = 10_000) -> None:
+        LimitsConfig(in_flight=per_identity, in_flight_total=total,
+                     in_flight_reserved=reserved)        # same checks, same messages
+        self.per_identity = per_identity
+        self.total = total
+        self.reserved = reserved
+        self.penalty = penalty
+        self._clock = clock
+        self._max_keys = max_keys
+        self._counts: dict[str, int] = {}
+        self._in_flight = 0
+        self._refused_at: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def _mark_locked(self, key: str, now: float) -> None:
+        self._refused_at.pop(key, None)
+        self._refused_at[key] = now
+        while len(self._refused_at) > self._max_keys:
+            self._refused_at.pop(next(iter(self._refused_at)))
+
+    def mark(self, key: str) -> None:
+        """Take ``key`` out of good standing for :attr:`penalty` seconds (it was refused)."""
+        with self._lock:
+            self._mark_locked(key, self._clock())
+
+    def in_good_standing(self, key: str) -> bool:
+        with self._lock:
+            last = self._refused_at.get(key)
+            return last is None or self._clock() - last >= self.penalty
+
+    def try_enter(self, key: str, *, priority: bool = False) -> Refusal | None:
+        """Admit one call of ``key``: None when admitted (then call :meth:`leave` exactly
+        once when it ends), else the :class:`Refusal` (nothing is counted)."""
+        now = self._clock()
+        with self._lock:
+            mine = self._counts.get(key, 0)
+            if mine >= self.per_identity:
+                self._mark_locked(key, now)
+                return Refusal("identity", f"too many calls in flight for "
+                               f"{key.split(':', 1)[-1]!r} ({mine}; at most "
+                               f"{self.per_identity} at once): wait for the earlier calls to "
+                               "finish")
+            last = self._refused_at.get(key)
+            good = priority or last is None or now - last >= self.penalty
+            cap = self.total if good else self.total - self.reserved
+            if self._in_flight >= cap:
+                if good:
+                    return Refusal("total", f"coordinator busy: {self._in_flight} calls in "
+                                   f"flight (at most {self.total}); retry shortly")
+                return Refusal("shared", f"coordinator busy for identities refused in the "
+                               f"last {self.penalty:g} s: {self._in_flight} calls in flight, "
+                               f"{self.reserved} kept for sites in good standing; retry "
+                               "shortly")
+            self._counts[key] = mine + 1
+            self._in_flight += 1
+            return None
+
+    def leave(self, key: str) -> None:
+        """End one admitted call of ``key``."""
+        with self._lock:
+            mine = self._counts.get(key, 0)
+            if mine <= 1:
+                self._counts.pop(key, None)
+            else:
+                self._counts[key] = mine - 1
+            if mine > 0:
+                self._in_flight -= 1
+
+    def in_flight(self, key: str | None = None) -> int:
+        """Calls in flight of ``key`` (or of everybody)."""
+        with self._lock:
+            return self._in_flight if key is None else self._counts.get(key, 0)
+
+
+def identity_of(context: Any) -> str:
+    """``site:NAME`` of the verified TLS peer certificate, else ``peer:ADDRESS``."""
+    from fedsynth.revocation import peer_common_name
+
+    name = peer_common_name(context)
+    if name is not None:
+        return f"site:{name}"
     try:
         return f"peer:{context.peer()}"
     except Exception:  # noqa: BLE001
         return "peer:?"
 
 
-class RateLimitInterceptor(grpc.aio.ServerInterceptor):
-    """grpc.aio server interceptor applying a :class:`RateLimiter` to every call.
+_identity = identity_of     # the name earlier code and tests use
+
+
+def _wrap_admitted(handler: Any, enter: Callable[[Any], Any],
+                   leave: Callable[[Any], None]) -> Any:
+    """A copy of a grpc.aio method handler that awaits ``enter(context)`` first (which
+    aborts a refused call) and calls ``leave(ticket)`` when the call ends, however it ends
+    (reply, error, cancellation by the client's deadline)."""
+    if handler is None:
+        return None
+    kinds = {"request_deserializer": handler.request_deserializer,
+             "response_serializer": handler.response_serializer}
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        async def unary_unary(request: Any, context: Any) -> Any:
+            ticket = await enter(context)
+            try:
+                result = inner(request, context)
+                return await result if inspect.isawaitable(result) else result
+            finally:
+                leave(ticket)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, **kinds)
+    if handler.unary_stream is not None:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request: Any, context: Any) -> Any:
+            ticket = await enter(context)
+            try:
+                result = inner_us(request, context)
+                if hasattr(result, "__aiter__"):
+                    async for item in result:
+                        yield item
+                elif inspect.isawaitable(result):
+                    await result
+                else:
+                    for item in result:
+                        yield item
+            finally:
+                leave(ticket)
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **kinds)
+    if handler.stream_unary is not None:
+        inner_su = handler.stream_unary
+
+        async def stream_unary(request_iterator: Any, context: Any) -> Any:
+            ticket = await enter(context)
+            try:
+                result = inner_su(request_iterator, context)
+                return await result if inspect.isawaitable(result) else result
+            finally:
+                leave(ticket)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **kinds)
+    inner_ss = handler.stream_stream
+
+    async def stream_stream(request_iterator: Any, context: Any) -> Any:
+        ticket = await enter(context)
+        try:
+            result = inner_ss(request_iterator, context)
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    yield item
+            elif inspect.isawaitable(result):
+                await result
+        finally:
+            leave(ticket)
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, **kinds)
+
+
+class AdmissionInterceptor(grpc.aio.ServerInterceptor):
+    """grpc.aio server interceptor: the rate limit, then the bound on calls in flight.
 
     Parameters
     ----------
     limiter
-        The buckets.
+        The token buckets (:class:`RateLimiter`).
+    concurrency
+        The :class:`ConcurrencyLimiter`, or None for the rate limit alone.
     on_reject
-        Optional callback ``(identity, method)`` for refused calls (audit, metrics); its
-        exceptions are logged, not propagated. It is called at most once per identity every
+        Optional callback ``(identity, method, kind)`` for refused calls (audit, metrics;
+        ``kind`` is ``rate``, ``identity``, ``shared`` or ``total``); its exceptions are
+        logged, not propagated. It is called at most once per identity and kind every
         ``report_every`` seconds: a flood must not turn into a flood of fsync'd audit
         entries (which would make the audit log the denial-of-service amplifier).
     report_every
-        Seconds between two reports for the same identity.
+        Seconds between two reports for the same identity and kind.
     """
 
-    def __init__(self, limiter: RateLimiter,
-                 on_reject: Callable[[str, str], None] | None = None, *,
+    def __init__(self, limiter: RateLimiter, concurrency: ConcurrencyLimiter | None = None,
+                 on_reject: Callable[[str, str, str], None] | None = None, *,
                  report_every: float = 60.0) -> None:
         self._limiter = limiter
+        self._concurrency = concurrency
         self._on_reject = on_reject
-        self._report_every = report_every
         self._reported = RateLimiter(RateLimit(rate=1.0 / report_every, burst=1),
                                      clock=limiter._clock, max_keys=limiter._max_keys)
 
-    async def intercept_service(self, continuation, handler_call_details):
-        from fedsynth.revocation import _wrap_handler
+    def _report(self, who: str, method: str, kind: str) -> None:
+        if self._on_reject is not None and self._reported.allow(f"{kind}|{who}"):
+            try:
+                self._on_reject(who, method, kind)
+            except Exception:  # noqa: BLE001
+                log.exception("admission on_reject callback failed")
 
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        priority = method.startswith(HEALTH_PREFIX)
+        concurrency = self._concurrency
 
-        async def check(context) -> None:
-            who = _identity(context)
+        async def enter(context: Any) -> str | None:
+            who = identity_of(context)
             wait = self._limiter.try_acquire(who)
             if wait > 0:
-                if self._on_reject is not None and self._reported.allow(who):
-                    try:
-                        self._on_reject(who, method)
-                    except Exception:  # noqa: BLE001
-                        log.exception("rate-limit on_reject callback failed")
+                if concurrency is not None:
+                    concurrency.mark(who)
+                self._report(who, method, "rate")
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"rate limit exceeded for {who.split(':', 1)[1]!r} "
                     f"({self._limiter.limit.rate:g} calls/s, burst "
                     f"{self._limiter.limit.burst}); retry in {wait:.2f} s")
+            if concurrency is None:
+                return None
+            refusal = concurrency.try_enter(who, priority=priority)
+            if refusal is not None:
+                self._report(who, method, refusal.kind)
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message)
+            return who
 
-        return _wrap_handler(handler, check)
+        def leave(ticket: str | None) -> None:
+            if ticket is not None and concurrency is not None:
+                concurrency.leave(ticket)
+
+        return _wrap_admitted(handler, enter, leave)
+
+
+class RateLimitInterceptor(AdmissionInterceptor):
+    """The rate limit alone (:class:`AdmissionInterceptor` without a concurrency bound).
+
+    ``on_reject`` takes ``(identity, method)``, reported at most once per identity every
+    ``report_every`` seconds.
+    """
+
+    def __init__(self, limiter: RateLimiter,
+                 on_reject: Callable[[str, str], None] | None = None, *,
+                 report_every: float = 60.0) -> None:
+        def report(who: str, method: str, _kind: str) -> None:
+            if on_reject is not None:
+                on_reject(who, method)
+
+        super().__init__(limiter, None, report if on_reject is not None else None,
+                         report_every=report_every)

@@ -22,17 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import json
 import logging
 import os
-import json
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from coordinator.store import Store, utcnow
 from fedsynth.config import CoordinatorConfig
 from fedsynth.fileio import atomic_write
-from coordinator.store import Store, utcnow
 
 __all__ = ["Coordinator", "serve", "write_addr_file", "read_addr_file",
            "preload_statistics"]
@@ -67,7 +67,8 @@ def preload_statistics() -> None:
 
 
 def write_addr_file(path: Path, address: str) -> None:
-    """Atomically write the bound address (``HOST:PORT``) for tests and local tools."""
+    """Atomically write the bound address (``HOST:PORT``) for tests and local tools
+    (owner-only, like every file the coordinator writes)."""
     atomic_write(path, address + "\n")
 
 
@@ -109,6 +110,8 @@ class Coordinator:
 
         self.handlers = Handlers(self.store, config, audit=self.audit, metrics=self.metrics)
         self.server: Any = None
+        self.revocations: Any = None
+        self.concurrency: Any = None
         self.port: int | None = None
         self.address: str | None = None
         self._stop = asyncio.Event()
@@ -124,44 +127,91 @@ class Coordinator:
             except Exception:  # noqa: BLE001
                 log.exception("audit append failed")
 
+    def _audit_soon(self, event: str, data: dict[str, Any]) -> None:
+        """:meth:`_audit` from the event loop (the interceptors' refusal reports): the
+        fsync'd append runs in a worker thread, so a flood being refused does not stall
+        every other call (health checks included) for the length of a disk flush."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._audit(event, data)
+            return
+        loop.run_in_executor(None, self._audit, event, data)
+
     def _interceptors(self) -> list[Any]:
+        """Revocation check, then admission (rate and calls in flight), on every call."""
         interceptors: list[Any] = []
         if self.config.tls is not None and not self.config.insecure:
             from fedsynth.revocation import RevocationInterceptor, RevocationList
 
-            revocations = RevocationList(self.config.revocation or
-                                         self.config.tls.ca.parent / "revoked.crl",
-                                         ca=self.config.tls.ca)
             def on_revoked(site: str, serial: int, reason: str) -> None:
-                self._audit("peer.revoked", {"site": site, "serial": f"{serial:x}",
+                self._audit_soon("peer.revoked", {"site": site, "serial": f"{serial:x}",
                                              "reason": reason})
                 if self.metrics is not None:
                     self.metrics.submission_rejected("revoked")
 
-            interceptors.append(RevocationInterceptor(revocations, on_reject=on_revoked))
-        from coordinator.ratelimit import RateLimit, RateLimiter, RateLimitInterceptor
+            crl_path = self.config.revocation or self.config.tls.ca.parent / "revoked.crl"
 
-        def on_rate_limited(who: str, method: str) -> None:
-            self._audit("peer.rate_limited", {"peer": who, "method": method})
-            # reported at most once per peer per minute (ratelimit.py): the series shows
-            # that limiting happens, not how many calls were refused
+            def on_crl_refused(reason: str) -> None:
+                self._audit_soon("revocation.refused", {"crl": str(crl_path),
+                                                        "reason": reason})
+
+            def on_crl_accepted(der: bytes) -> None:
+                # the last good CRL outlives a restart: a missing or older file is refused
+                self.store.keep_trusted_crl(der, utcnow())
+
+            self.revocations = RevocationList(
+                crl_path, ca=self.config.tls.ca, last_good=self.store.trusted_crl(),
+                on_accept=on_crl_accepted, on_refuse=on_crl_refused)
+            interceptors.append(RevocationInterceptor(self.revocations, on_reject=on_revoked))
+        from coordinator.ratelimit import (
+            AdmissionInterceptor,
+            ConcurrencyLimiter,
+            RateLimit,
+            RateLimiter,
+        )
+
+        def on_refused(who: str, method: str, kind: str) -> None:
+            event = "peer.rate_limited" if kind == "rate" else "peer.concurrency_limited"
+            self._audit_soon(event, {"peer": who, "method": method, "limit": kind})
+            # reported at most once per peer and kind per minute (ratelimit.py): the series
+            # shows that limiting happens, not how many calls were refused
             if self.metrics is not None:
-                self.metrics.submission_rejected("rate_limited")
+                self.metrics.submission_rejected("rate_limited" if kind == "rate"
+                                                 else "concurrency_limited")
 
-        interceptors.append(RateLimitInterceptor(RateLimiter(RateLimit(
-            rate=self.config.rate, burst=self.config.burst)), on_reject=on_rate_limited))
+        limits = self.config.limits
+        self.concurrency = ConcurrencyLimiter(limits.in_flight, limits.in_flight_total,
+                                              limits.in_flight_reserved)
+        interceptors.append(AdmissionInterceptor(
+            RateLimiter(RateLimit(rate=limits.rate, burst=limits.burst)), self.concurrency,
+            on_reject=on_refused))
         return interceptors
 
     async def start(self) -> int:
         """Bind, start serving, write the address file; return the port."""
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+        from coordinator.service import FederationService
         from fedsynth.transport import add_port, create_server
         from fedsynth.v1 import federation_pb2_grpc as pb_grpc
-        from coordinator.service import FederationService
 
         preload_statistics()
-        self.server = create_server(interceptors=self._interceptors())
+        if self.audit is not None:
+            # An append interrupted by a kill is repaired (and recorded) before anything
+            # else is written; a log that was tampered with stops the start (AuditError).
+            self.audit.recover()
+            self.handlers.recover_audit()
+        limits = self.config.limits
+        self.server = create_server(
+            interceptors=self._interceptors(),
+            # a backstop on memory only: admission (ratelimit.py) bounds calls in flight
+            # per site and in total, and keeps a share for health checks and good sites
+            maximum_concurrent_rpcs=limits.in_flight_total * 4,
+            # one connection gets as many streams at once as its site may have calls in
+            # flight: a flood then waits at the flooder (or is refused by HTTP/2), not in
+            # the server's queue ahead of the other sites
+            max_concurrent_streams=limits.in_flight)
         pb_grpc.add_FederationServicer_to_server(FederationService(self.handlers), self.server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
@@ -216,6 +266,10 @@ class Coordinator:
                     self._report_wanted.set()
             except Exception:  # noqa: BLE001 - keep closing other rounds next time
                 log.exception("closer step failed")
+            try:
+                await asyncio.to_thread(self.handlers.settle_audit)
+            except Exception:  # noqa: BLE001 - retried at the next step
+                log.exception("audit outbox step failed")
             try:
                 await asyncio.wait_for(self._stop.wait(), CLOSER_INTERVAL)
             except asyncio.TimeoutError:
@@ -349,6 +403,10 @@ class Coordinator:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.stop()
+        try:
+            self.handlers.settle_audit()
+        except Exception:  # noqa: BLE001 - what is left is appended at the next start
+            log.exception("audit outbox could not be settled at stop")
         try:
             if read_addr_file(self.config.addr_file) == self.address:
                 self.config.addr_file.unlink()

@@ -14,10 +14,10 @@ from typing import Any
 
 import grpc
 
+from coordinator.handlers import Handlers, Rejected
 from fedsynth import PROTOCOL_VERSION, __version__
 from fedsynth.serde import encode_work, pb
 from fedsynth.v1 import federation_pb2_grpc as pb_grpc
-from coordinator.handlers import Handlers, Rejected
 
 __all__ = ["FederationService", "STATUS_OF", "peer_pem"]
 
@@ -60,10 +60,15 @@ class FederationService(pb_grpc.FederationServicer):
         self.handlers = handlers
 
     async def _call(self, context: Any, work: Any) -> Any:
+        pem = peer_pem(context)
+        insecure_name = _insecure_name(context)
+
+        def identified() -> Any:
+            return work(self.handlers.identify(pem, insecure_name), pem)
+
         try:
-            pem = peer_pem(context)
-            site = self.handlers.identify(pem, _insecure_name(context))
-            return await asyncio.to_thread(work, site, pem)
+            # identification may audit (a refused peer): like the work, off the event loop
+            return await asyncio.to_thread(identified)
         except Rejected as rejected:
             await context.abort(STATUS_OF[rejected.kind], rejected.message)
 

@@ -30,6 +30,9 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
+import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,13 +41,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from fedsynth.errors import FedsynthError, InputError
+from fedsynth.fileio import PRIVATE_FILE_MODE, create_private_file
 from fedsynth.timeutil import iso, parse_iso, utcnow
 
 __all__ = ["Store", "SiteRecord", "RoundRecord", "SubmissionRecord", "SubmissionConflict",
-           "StoreError", "SCHEMA_VERSION", "iso", "parse_iso", "utcnow"]
+           "OutboxEntry", "StoreError", "SCHEMA_VERSION", "iso", "parse_iso", "utcnow"]
+
+log = logging.getLogger(__name__)
 
 #: Schema version this code writes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class StoreError(FedsynthError):
@@ -120,13 +126,40 @@ submissions = sa.Table(
     sa.Column("agent_version", sa.String(64), nullable=True),
 )
 
+#: Audit entries committed in the same transaction as the state change they record
+#: (an accepted submission), appended to the audit log right after the commit and deleted
+#: once appended; what a crash leaves here is appended at the next start (transactional
+#: outbox), so no accepted submission lacks its ``submission.accepted`` entry.
+audit_outbox = sa.Table(
+    "audit_outbox", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("data_json", sa.Text, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+)
+
+#: The last certificate revocation list the coordinator accepted (one row): a missing or
+#: older CRL file is refused against it, across restarts too.
+trusted_crl = sa.Table(
+    "trusted_crl", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("der", sa.LargeBinary, nullable=False),
+    sa.Column("accepted_at", sa.String(32), nullable=False),
+)
+
+
 def _migration_1(conn: Connection) -> None:
     """Initial schema."""
     metadata.create_all(conn, tables=[sites, rounds, submissions])
 
 
+def _migration_2(conn: Connection) -> None:
+    """The audit outbox and the last good revocation list (issue 10)."""
+    metadata.create_all(conn, tables=[audit_outbox, trusted_crl])
+
+
 #: Ordered migrations: MIGRATIONS[i] upgrades version i to i + 1.
-MIGRATIONS: Sequence[Callable[[Connection], None]] = (_migration_1,)
+MIGRATIONS: Sequence[Callable[[Connection], None]] = (_migration_1, _migration_2)
 
 
 @dataclass(frozen=True)
@@ -174,6 +207,16 @@ class RoundRecord:
 
 
 @dataclass(frozen=True)
+class OutboxEntry:
+    """An audit entry committed with the change it records, not yet appended to the log."""
+
+    id: int
+    event: str
+    data: dict[str, Any]
+    created_at: str
+
+
+@dataclass(frozen=True)
 class SubmissionRecord:
     """One accepted submission: the signed bytes, the signature and the decoded results."""
 
@@ -189,8 +232,36 @@ class SubmissionRecord:
     agent_version: str | None
 
 
+def _private_sqlite_file(url: str) -> None:
+    """Create a SQLite store owner-only (0600) before SQLite creates it with the umask.
+
+    SQLite gives its ``-wal`` and ``-shm`` files the database file's mode, so the three
+    files are private. A store created by an older fedsynth with group or other access is
+    made owner-only, and the log says so: it holds every submission and round.
+    """
+    database = sa.engine.make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        if create_private_file(database):
+            return
+    except OSError as error:
+        raise StoreError(f"state store file {database!r} cannot be created: "
+                         f"{error.strerror or error}") from None
+    for path in (database, database + "-wal", database + "-shm"):
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            os.chmod(path, PRIVATE_FILE_MODE)
+            log.warning("state store file %s was readable by others (mode %04o); made "
+                        "owner-only (0600)", path, mode)
+
+
 def _engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        _private_sqlite_file(url)
         engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @sa.event.listens_for(engine, "connect")
@@ -398,14 +469,45 @@ class Store:
     def add_submission(self, *, round_id: str, site: str, nonce: bytes,
                        signed_at: _dt.datetime, payload: bytes, signature: bytes,
                        results: dict[str, dict[str, Any]], agent_version: str | None,
-                       now: _dt.datetime) -> str:
+                       now: _dt.datetime, audit: dict[str, Any] | None = None) -> str:
         """Store a verified submission; return ``"accepted"`` or ``"duplicate"``.
 
         Committed before returning (the caller acknowledges only after). An identical
-        resend (same signed bytes) is ``"duplicate"`` and changes nothing. Raises
-        :class:`SubmissionConflict` otherwise, changing nothing.
+        resend (same signed bytes) is ``"duplicate"`` and changes nothing, under any
+        interleaving: when a concurrent transaction stored the same bytes first (the unique
+        keys then refuse this insert), the store is read again and the answer is
+        ``"duplicate"``, not a conflict. Raises :class:`SubmissionConflict` otherwise,
+        changing nothing.
+
+        ``audit``, when given, is the content of the ``submission.accepted`` audit entry: it
+        is committed to the audit outbox in the same transaction as the submission
+        (:meth:`pending_audit`), so that the entry cannot be lost between the commit and the
+        append to the audit log.
         """
         digest = hashlib.sha256(payload).hexdigest()
+        try:
+            return self._add_submission(round_id, site, nonce, signed_at, payload, signature,
+                                        results, agent_version, now, audit, digest)
+        except sa.exc.IntegrityError:
+            pass
+        # A concurrent transaction stored a submission for this round and site, or used this
+        # nonce, between our checks and our insert (which rolled back whole). Look again.
+        with self.engine.connect() as conn:
+            existing = conn.execute(sa.select(submissions.c.digest).where(
+                submissions.c.round_id == round_id, submissions.c.site == site)).scalar()
+        if existing == digest:
+            return "duplicate"
+        if existing is not None:
+            raise SubmissionConflict(
+                "different_content", f"site {site!r} already submitted a different answer "
+                f"to round {round_id!r}; a round takes one submission per site")
+        raise SubmissionConflict("replay", "this submission's nonce was already used "
+                                 "(replayed submission)")
+
+    def _add_submission(self, round_id: str, site: str, nonce: bytes,
+                        signed_at: _dt.datetime, payload: bytes, signature: bytes,
+                        results: dict[str, dict[str, Any]], agent_version: str | None,
+                        now: _dt.datetime, audit: dict[str, Any] | None, digest: str) -> str:
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(rounds.c.status, rounds.c.deadline,
                                          rounds.c.allowed_json)
@@ -439,18 +541,61 @@ class Store:
                 n_submissions=rounds.c.n_submissions + 1)).rowcount
             if bumped != 1:
                 raise SubmissionConflict("round_closed", f"round {round_id!r} is closed")
-            try:
-                with conn.begin_nested():
-                    conn.execute(submissions.insert().values(
-                        round_id=round_id, site=site, nonce=nonce.hex(),
-                        signed_at=iso(signed_at), received_at=iso(now), payload=payload,
-                        signature=signature, digest=digest,
-                        results_json=json.dumps(results, sort_keys=True),
-                        agent_version=agent_version))
-            except sa.exc.IntegrityError:
-                raise SubmissionConflict("replay", "a concurrent submission with this nonce or "
-                                         "for this site and round was stored first") from None
+            conn.execute(submissions.insert().values(
+                round_id=round_id, site=site, nonce=nonce.hex(),
+                signed_at=iso(signed_at), received_at=iso(now), payload=payload,
+                signature=signature, digest=digest,
+                results_json=json.dumps(results, sort_keys=True),
+                agent_version=agent_version))
+            if audit is not None:
+                conn.execute(audit_outbox.insert().values(
+                    event="submission.accepted", data_json=json.dumps(audit, sort_keys=True),
+                    created_at=iso(now)))
         return "accepted"
+
+    # --- audit outbox ----------------------------------------------------------------------
+    def pending_audit(self) -> list[OutboxEntry]:
+        """Audit entries committed but not yet appended to the audit log, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(audit_outbox).order_by(audit_outbox.c.id)
+                                ).mappings().all()
+        return [OutboxEntry(int(r["id"]), r["event"], json.loads(r["data_json"]),
+                            r["created_at"]) for r in rows]
+
+    def clear_audit(self, ids: Sequence[int]) -> None:
+        """Forget outbox entries that are in the audit log now."""
+        if not ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(audit_outbox.delete().where(audit_outbox.c.id.in_(list(ids))))
+
+    # --- revocation ------------------------------------------------------------------------
+    def trusted_crl(self) -> bytes | None:
+        """The last revocation list the coordinator accepted (DER), or None."""
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(trusted_crl.c.der).where(trusted_crl.c.id == 1)
+                                 ).scalar()
+        return bytes(value) if value is not None else None
+
+    def keep_trusted_crl(self, der: bytes, now: _dt.datetime) -> None:
+        """Record ``der`` as the revocation list in force."""
+        with self.engine.begin() as conn:
+            updated = conn.execute(trusted_crl.update().where(trusted_crl.c.id == 1).values(
+                der=der, accepted_at=iso(now))).rowcount
+            if not updated:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(trusted_crl.insert().values(id=1, der=der,
+                                                                 accepted_at=iso(now)))
+                except sa.exc.IntegrityError:
+                    conn.execute(trusted_crl.update().where(trusted_crl.c.id == 1).values(
+                        der=der, accepted_at=iso(now)))
+
+    def submission_digest(self, round_id: str, site: str) -> str | None:
+        """SHA-256 of the submission ``site`` stored for ``round_id``, or None."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(submissions.c.digest).where(
+                submissions.c.round_id == round_id, submissions.c.site == site)).scalar()
 
     def submissions(self, round_id: str) -> list[SubmissionRecord]:
         with self.engine.connect() as conn:

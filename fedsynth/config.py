@@ -20,8 +20,9 @@ from fedsynth.transport import TLSFiles
 from fedsynth.vocabulary import METHODS, TESTS
 
 __all__ = ["CoordinatorConfig", "SiteConfig", "PoolingConfig", "ScheduleConfig",
-           "DataConfig", "PrivacyConfig", "load_coordinator_config", "load_site_config",
-           "parse_duration", "state_url", "METHODS", "TESTS"]
+           "DataConfig", "PrivacyConfig", "LimitsConfig", "load_coordinator_config",
+           "load_site_config", "parse_duration", "state_url", "METHODS", "TESTS",
+           "DEFAULT_COORDINATOR_AUDIT_LOG"]
 
 
 def state_url(value: str, base: Path) -> str:
@@ -100,6 +101,72 @@ class PoolingConfig:
     i2_threshold: float = 50.0
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """``[limits]`` of coordinator.toml: what one site may ask of the coordinator.
+
+    The one definition of these defaults: :mod:`coordinator.ratelimit` and the
+    documentation (README, SECURITY.md, docs/decisions/security.md) refer to it. An agent
+    needs about one call every two seconds (a pull per ``poll_interval``, a heartbeat per
+    ``heartbeat_interval``, one submission per round) and makes them one at a time, so the
+    defaults leave it a wide margin while a flooding identity is held to its own share.
+
+    Attributes
+    ----------
+    rate
+        Sustained calls per second of one site (token bucket refill; default 5).
+    burst
+        Calls one site may make at once before ``rate`` applies (bucket size; default 50).
+    in_flight
+        Calls of one site being served at the same time (default 4); more are refused
+        with ``RESOURCE_EXHAUSTED`` before any work, so a site can only slow itself.
+    in_flight_total
+        Calls being served at the same time, all sites together (default 512).
+    in_flight_reserved
+        Of ``in_flight_total``, the share (default 128) that only health checks and sites
+        in good standing (no call refused for a limit within the last minute) may use: a
+        crowd of misbehaving identities cannot take the whole server.
+
+    Raises
+    ------
+    ConfigError
+        A value of the wrong type or out of range, naming ``limits.KEY``.
+    """
+
+    rate: float = 5.0
+    burst: int = 50
+    in_flight: int = 4
+    in_flight_total: int = 512
+    in_flight_reserved: int = 128
+
+    def __post_init__(self) -> None:
+        rate = self.rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0 \
+                or rate == float("inf"):
+            raise ConfigError(f"limits.rate = {rate!r} must be a finite number > 0 (calls "
+                              "per second)")
+        for key in ("burst", "in_flight", "in_flight_total"):
+            value = getattr(self, key)
+            if not _is_int(value) or value < 1:
+                raise ConfigError(f"limits.{key} = {value!r} must be an integer >= 1")
+        if self.in_flight_total < self.in_flight:
+            raise ConfigError(f"limits.in_flight_total = {self.in_flight_total!r} must be at "
+                              f"least limits.in_flight = {self.in_flight!r}")
+        reserved = self.in_flight_reserved
+        if not _is_int(reserved) or not 0 <= reserved < self.in_flight_total:
+            raise ConfigError(f"limits.in_flight_reserved = {reserved!r} must be an integer "
+                              f"in [0, limits.in_flight_total = {self.in_flight_total!r})")
+
+
+#: The coordinator's audit log unless ``audit_log`` says otherwise (next to its
+#: configuration file); a coordinator always keeps one.
+DEFAULT_COORDINATOR_AUDIT_LOG = "coordinator-audit.jsonl"
+
+
 @dataclass(frozen=True)
 class ScheduleConfig:
     """One ``[[schedule]]`` entry: a recurring federated round."""
@@ -139,9 +206,13 @@ class CoordinatorConfig:
         File the coordinator writes its bound address to (``coordinator.addr`` next to the
         configuration file unless ``addr_file`` is set).
     audit_log
-        Coordinator audit log (hash-chained), or None.
+        Coordinator audit log (hash-chained): ``audit_log`` of coordinator.toml, by default
+        :data:`DEFAULT_COORDINATOR_AUDIT_LOG` next to the file. It cannot be switched off in
+        a configuration file (None only for programmatic use in tests).
     revocation
         CRL checked on every call (default ``revoked.crl`` next to the CA certificate).
+    limits
+        Per-site rate and concurrency limits (:class:`LimitsConfig`).
     config_path
         The file this was read from.
     """
@@ -160,11 +231,20 @@ class CoordinatorConfig:
     audit_log: Path | None = None
     revocation: Path | None = None
     insecure: bool = False
-    rate: float = 20.0
-    burst: int = 100
+    limits: LimitsConfig = LimitsConfig()
     metrics_listen: str | None = None
     online_within: timedelta = timedelta(seconds=60)
     config_path: Path | None = None
+
+    @property
+    def rate(self) -> float:
+        """``limits.rate`` (sustained calls per second per site)."""
+        return self.limits.rate
+
+    @property
+    def burst(self) -> int:
+        """``limits.burst`` (token bucket size per site)."""
+        return self.limits.burst
 
 
 def load_coordinator_config(path: str | Path, *, insecure: bool = False) -> CoordinatorConfig:
@@ -209,17 +289,15 @@ def load_coordinator_config(path: str | Path, *, insecure: bool = False) -> Coor
     if quorum is not None and (not isinstance(quorum, int) or isinstance(quorum, bool)
                                or quorum < 1):
         raise ConfigError(f"default_quorum = {quorum!r} must be a positive integer")
-    audit = data.get("audit_log")
     revocation = data.get("revocation")
-    limits = data.get("limits", {})
-    if not isinstance(limits, dict):
-        raise ConfigError(f"limits = {limits!r} must be a table with rate, burst")
-    _check_keys(limits, {"rate", "burst"}, "[limits]")
-    rate, burst = limits.get("rate", 20.0), limits.get("burst", 100)
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
-        raise ConfigError(f"limits.rate = {rate!r} must be a number > 0 (calls per second)")
-    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-        raise ConfigError(f"limits.burst = {burst!r} must be an integer >= 1")
+    limits_table = data.get("limits", {})
+    if not isinstance(limits_table, dict):
+        raise ConfigError(f"limits = {limits_table!r} must be a table (rate, burst, "
+                          "in_flight, in_flight_total, in_flight_reserved)")
+    _check_keys(limits_table, set(LimitsConfig.__dataclass_fields__), "[limits]")
+    limits = LimitsConfig(**limits_table)
+    if isinstance(limits.rate, int):
+        limits = LimitsConfig(**{**limits_table, "rate": float(limits.rate)})
     metrics_listen = data.get("metrics_listen")
     if metrics_listen is not None:
         _listen(metrics_listen, "metrics_listen")
@@ -231,10 +309,10 @@ def load_coordinator_config(path: str | Path, *, insecure: bool = False) -> Coor
         default_deadline=parse_duration(data.get("default_deadline", "10m"), "default_deadline"),
         default_quorum=quorum,
         addr_file=_path(base, _str(data, "addr_file", "", "coordinator.addr")),
-        audit_log=_path(base, _str(data, "audit_log", "")) if audit is not None else None,
+        audit_log=_path(base, _str(data, "audit_log", "", DEFAULT_COORDINATOR_AUDIT_LOG)),
         revocation=(_path(base, _str(data, "revocation", "")) if revocation is not None
                     else (tls.ca.parent / "revoked.crl" if tls is not None else None)),
-        insecure=insecure, rate=float(rate), burst=burst, metrics_listen=metrics_listen,
+        insecure=insecure, limits=limits, metrics_listen=metrics_listen,
         online_within=parse_duration(data.get("online_within", "60s"), "online_within"),
         config_path=Path(path).resolve())
 

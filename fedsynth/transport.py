@@ -29,7 +29,8 @@ from typing import Any
 
 from fedsynth.errors import InputError
 
-__all__ = ["TLSFiles", "MAX_MESSAGE_BYTES", "channel_options", "server_options",
+__all__ = ["TLSFiles", "MAX_MESSAGE_BYTES", "MAX_CONCURRENT_STREAMS", "MAX_CONCURRENT_RPCS",
+           "channel_options", "server_options",
            "create_channel", "create_server", "add_port", "warn_insecure"]
 
 log = logging.getLogger(__name__)
@@ -101,10 +102,12 @@ def channel_options() -> list[tuple[str, Any]]:
     ]
 
 
-def server_options() -> list[tuple[str, Any]]:
-    """gRPC options of every server."""
+def server_options(*, max_concurrent_streams: int | None = None) -> list[tuple[str, Any]]:
+    """gRPC options of every server (``max_concurrent_streams`` per connection, default
+    :data:`MAX_CONCURRENT_STREAMS`)."""
     return _common_options() + [
         ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+        ("grpc.max_concurrent_streams", max_concurrent_streams or MAX_CONCURRENT_STREAMS),
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.so_reuseport", 0),
     ]
@@ -134,12 +137,34 @@ def create_channel(target: str, tls: TLSFiles | None, *, insecure: bool = False,
     return grpc.aio.secure_channel(target, credentials, options=options)
 
 
-def create_server(*, interceptors: Sequence[Any] = ()) -> Any:
-    """A ``grpc.aio`` server with the project's limits (add ports with :func:`add_port`)."""
+#: Streams one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS):
+#: a client asking for more waits on its own side, so one connection cannot queue an
+#: unbounded number of calls at the server. An agent makes one call at a time.
+MAX_CONCURRENT_STREAMS = 32
+
+#: Default bound on calls being served at once by a server (a memory backstop; the
+#: coordinator's admission control bounds calls per site well below it).
+MAX_CONCURRENT_RPCS = 2048
+
+
+def create_server(*, interceptors: Sequence[Any] = (),
+                  maximum_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
+                  max_concurrent_streams: int | None = None) -> Any:
+    """A ``grpc.aio`` server with the project's limits (add ports with :func:`add_port`).
+
+    ``maximum_concurrent_rpcs`` refuses calls beyond it with ``RESOURCE_EXHAUSTED`` for
+    everybody alike, so it is only a backstop far above what admission control
+    (:mod:`coordinator.ratelimit`) lets through: a global limit reached by one site's
+    flood is what starved the others. ``max_concurrent_streams`` caps the streams of one
+    connection (HTTP/2 ``SETTINGS_MAX_CONCURRENT_STREAMS``: extra calls wait at the client,
+    or are refused with ``REFUSED_STREAM`` when sent regardless), so one connection cannot
+    fill the server's queue ahead of everybody else's calls.
+    """
     import grpc
 
-    return grpc.aio.server(interceptors=list(interceptors), options=server_options(),
-                           maximum_concurrent_rpcs=256)
+    return grpc.aio.server(interceptors=list(interceptors),
+                           options=server_options(max_concurrent_streams=max_concurrent_streams),
+                           maximum_concurrent_rpcs=maximum_concurrent_rpcs)
 
 
 def add_port(server: Any, address: str, tls: TLSFiles | None, *,

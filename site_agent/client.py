@@ -120,6 +120,22 @@ class FederationClient:
         return [decode_work(w) for w in reply.work]
 
     async def submit(self, payload: bytes, signature: bytes) -> SubmitAck:
-        reply = await self._call(self.stub.Submit, pb.SubmitRequest(
-            protocol_version=PROTOCOL_VERSION, submission=payload, signature=signature))
+        """Send a signed submission; resending the same bytes is always safe.
+
+        ``ALREADY_EXISTS`` is not final for the agent on its own: a coordinator before
+        issue 10 answered it to an identical resend that raced another copy of itself ("a
+        concurrent submission ... was stored first"), and a transient failure after the
+        store's commit makes the agent resend bytes that are already stored. So the same
+        bytes are sent once more: the coordinator then answers ``duplicate`` when what it
+        stored is this submission, and refuses it again (``CoordinatorRefused``, final) when
+        it stored a different answer or saw the nonce elsewhere.
+        """
+        request = pb.SubmitRequest(protocol_version=PROTOCOL_VERSION, submission=payload,
+                                   signature=signature)
+        try:
+            reply = await self._call(self.stub.Submit, request)
+        except CoordinatorRefused as refused:
+            if refused.code != grpc.StatusCode.ALREADY_EXISTS.name:
+                raise
+            reply = await self._call(self.stub.Submit, request)
         return SubmitAck(reply.status, reply.round_id, reply.message)

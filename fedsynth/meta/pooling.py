@@ -281,7 +281,7 @@ class PoolingResult(ResultMixin):
 
     def heterogeneity(self, *, i2_threshold: float = 50.0,
                       null_value: float = 0.0) -> HeterogeneityFlag:
-        """The heterogeneity flag of this analysis (DESIGN.md's rule; see
+        """The heterogeneity flag of this analysis (the rule in docs/architecture.md; see
         :func:`fedsynth.meta.heterogeneity.assess_heterogeneity`)."""
         return self.analyse(i2_threshold=i2_threshold, null_value=null_value,
                             diagnostics=False).heterogeneity

@@ -25,7 +25,7 @@ from fedsynth.v1 import federation_pb2 as pb
 from fedsynth.v1 import federation_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.integration
-SITES = ("mtf-alpha", "mtf-bravo")
+SITES = ("mtf-alpha", "mtf-bravo", "mtf-charlie")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -33,14 +33,17 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=60)
 
 
-def _start(tmp_path: Path, limits: str = "") -> tuple[subprocess.Popen, str]:
+def _start(tmp_path: Path, limits: str = "", *,
+           restart: bool = False) -> tuple[subprocess.Popen, str]:
     pki = tmp_path / "pki"
+    config = tmp_path / "coordinator.toml"
+    if restart:
+        return _serve(tmp_path, config)
     for args in (("ca", "init", "--dir", str(pki)),
                  ("ca", "issue", "--dir", str(pki), "--coordinator", "localhost"),
                  *(("ca", "issue", "--dir", str(pki), "--site", s) for s in SITES)):
         out = _cli(*args)
         assert out.returncode == 0, out.stderr
-    config = tmp_path / "coordinator.toml"
     config.write_text(f"""
 listen = "127.0.0.1:0"
 state = "state.db"
@@ -54,7 +57,12 @@ key = "pki/coordinator.key"
 [sites]
 allow = {json.dumps(list(SITES))}
 """, encoding="utf-8")
-    log = open(tmp_path / "coordinator.log", "w")
+    return _serve(tmp_path, config)
+
+
+def _serve(tmp_path: Path, config: Path) -> tuple[subprocess.Popen, str]:
+    (tmp_path / "coordinator.addr").unlink(missing_ok=True)
+    log = open(tmp_path / "coordinator.log", "a")
     process = subprocess.Popen([sys.executable, "-m", "fedsynth", "coordinator", "serve",
                                 "--config", str(config)], stdout=log,
                                stderr=subprocess.STDOUT, cwd=tmp_path)
@@ -161,3 +169,54 @@ def test_rate_limit_per_site_on_the_real_coordinator(tmp_path):
         bravo.close()
     finally:
         _stop(process)
+
+
+def test_deleted_or_rolled_back_crl_keeps_the_key_revoked_across_restarts(tmp_path):
+    """Issue 10, item 7: deleting revoked.crl, or copying back an older CRL the CA really
+    signed, re-enabled a revoked key; now the last good CRL stays in force, loudly, and the
+    coordinator keeps it in its store so a restart does not forget it."""
+    process, address = _start(tmp_path)
+    pki = tmp_path / "pki"
+    crl = pki / "revoked.crl"
+    try:
+        assert _cli("ca", "revoke", "--dir", str(pki), "--site", "mtf-charlie").returncode == 0
+        older = crl.read_bytes()                       # CRL 1: charlie only
+        bravo = _channel(tmp_path, address, "mtf-bravo")
+        _heartbeat(bravo)
+        assert _cli("ca", "revoke", "--dir", str(pki), "--site", "mtf-bravo").returncode == 0
+        with pytest.raises(grpc.RpcError) as info:
+            _heartbeat(bravo)                          # CRL 2 is in force
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        crl.write_bytes(older)                         # rolled back: validly signed, older
+        with pytest.raises(grpc.RpcError) as info:
+            _heartbeat(bravo)                          # before the fix: OK
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        crl.unlink()                                   # deleted
+        with pytest.raises(grpc.RpcError) as info:
+            _heartbeat(bravo)                          # before the fix: OK
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        _heartbeat(_channel(tmp_path, address, "mtf-alpha"))   # others still served
+        bravo.close()
+    finally:
+        _stop(process)
+    log = (tmp_path / "coordinator.log").read_text()
+    assert "REFUSED" in log and "older (CRL number 1)" in log and "missing" in log
+    # Restarted while the file is missing, then with the older CRL back in place.
+    for state in ("missing", "older"):
+        if state == "older":
+            crl.write_bytes(older)
+        process, address = _start(tmp_path, restart=True)
+        try:
+            channel = _channel(tmp_path, address, "mtf-bravo")
+            with pytest.raises(grpc.RpcError) as info:
+                _heartbeat(channel)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED, state
+            channel.close()
+        finally:
+            _stop(process)
+    audit = tmp_path / "coordinator-audit.jsonl"
+    assert verify_log(audit).ok
+    refused = [json.loads(line) for line in audit.read_text().splitlines()
+               if '"revocation.refused"' in line]
+    assert len(refused) >= 3                # rolled back, deleted, and again at each restart
+    assert all(e["data"]["crl"].endswith("revoked.crl") for e in refused)

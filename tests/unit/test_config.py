@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from fedsynth.config import (load_coordinator_config, load_site_config, parse_duration,
-                             state_url)
+from coordinator.ratelimit import ConcurrencyLimiter, RateLimit
+from fedsynth.config import (
+    LimitsConfig,
+    load_coordinator_config,
+    load_site_config,
+    parse_duration,
+    state_url,
+)
 from fedsynth.errors import ConfigError
 
 COORD = """
@@ -145,3 +152,46 @@ def test_bad_durations(bad) -> None:
 def test_state_urls(tmp_path: Path) -> None:
     assert state_url("postgresql://u@h/db", tmp_path) == "postgresql+psycopg://u@h/db"
     assert state_url("s.db", tmp_path) == f"sqlite:///{tmp_path.resolve() / 's.db'}"
+
+
+def test_coordinator_keeps_an_audit_log_by_default(tmp_path: Path) -> None:
+    """Issue 10, item 11: without ``audit_log`` the coordinator kept no audit log."""
+    (tmp_path / "c.toml").write_text(COORD)
+    config = load_coordinator_config(tmp_path / "c.toml")
+    assert config.audit_log == (tmp_path / "coordinator-audit.jsonl").resolve()
+    (tmp_path / "c.toml").write_text('audit_log = "logs/a.jsonl"\n' + COORD)
+    assert load_coordinator_config(tmp_path / "c.toml").audit_log == \
+        (tmp_path / "logs" / "a.jsonl").resolve()
+
+
+def test_documented_limits_are_the_configured_ones() -> None:
+    """Issue 10, item 6: the docs said 5 calls/s with bursts of 50 while config.py used 20
+    and 100. The defaults are defined once (LimitsConfig); the README states them, and any
+    document that states a rate, burst or bound on calls in flight must state the same."""
+    limits = LimitsConfig()
+    assert (RateLimit().rate, RateLimit().burst) == (limits.rate, limits.burst)
+    concurrency = ConcurrencyLimiter()
+    assert (concurrency.per_identity, concurrency.total, concurrency.reserved) == (
+        limits.in_flight, limits.in_flight_total, limits.in_flight_reserved)
+    root = Path(__file__).resolve().parents[2]
+    documents = [root / "README.md", root / "SECURITY.md",
+                 *sorted((root / "docs").rglob("*.md")),
+                 *sorted((root / "deploy").rglob("*.md"))]
+    patterns = {
+        "rate": re.compile(r"(\d+(?:\.\d+)?)\s*calls?/s"),
+        "burst": re.compile(r"bursts? of (\d+)|`burst`\D{0,20}?(\d+)"),
+        "in_flight": re.compile(r"`in_flight` (\d+)"),
+        "in_flight_total": re.compile(r"`in_flight_total` (\d+)"),
+        "in_flight_reserved": re.compile(r"`in_flight_reserved` (\d+)"),
+    }
+    stated: dict[str, set[float]] = {key: set() for key in patterns}
+    for document in documents:
+        text = " ".join(document.read_text(encoding="utf-8").split())
+        for key, pattern in patterns.items():
+            for match in pattern.finditer(text):
+                value = next(g for g in match.groups() if g is not None)
+                stated[key].add(float(value))
+    expected = {key: {float(getattr(limits, key))} for key in patterns}
+    assert stated == expected, "a document states other limits than fedsynth.config"
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    assert f"`rate` {limits.rate:g} calls/s" in readme

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fedsynth.fileio import atomic_write
+from fedsynth.fileio import (PUBLIC_FILE_MODE, atomic_write, create_private_file,
+                             stale_temporaries)
 
 
 def _mode(path: Path) -> int:
@@ -16,13 +17,47 @@ def _mode(path: Path) -> int:
 
 
 def test_writes_text_and_bytes_with_the_requested_mode(tmp_path: Path) -> None:
-    text_file = atomic_write(tmp_path / "sub" / "a.json", '{"x": 1}')
-    key_file = atomic_write(tmp_path / "k.key", b"secret", mode=0o600)
+    text_file = atomic_write(tmp_path / "sub" / "deeper" / "a.json", '{"x": 1}')
+    cert_file = atomic_write(tmp_path / "c.crt", b"public", mode=PUBLIC_FILE_MODE)
     assert text_file.read_text(encoding="utf-8") == '{"x": 1}'
-    assert key_file.read_bytes() == b"secret"
-    assert _mode(text_file) == 0o644
-    assert _mode(key_file) == 0o600
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.key", "sub"]
+    assert cert_file.read_bytes() == b"public"
+    # state is owner-only unless asked otherwise, and so are the folders made for it
+    assert _mode(text_file) == 0o600
+    assert _mode(tmp_path / "sub") == 0o700 and _mode(tmp_path / "sub" / "deeper") == 0o700
+    assert _mode(cert_file) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.crt", "sub"]
+
+
+def test_create_private_file_and_stale_temporaries(tmp_path: Path, monkeypatch) -> None:
+    db = tmp_path / "state" / "state.db"
+    assert create_private_file(db) is True
+    assert _mode(db) == 0o600 and _mode(db.parent) == 0o700 and db.read_bytes() == b""
+    db.write_bytes(b"kept")
+    assert create_private_file(db) is False and db.read_bytes() == b"kept"
+    # a writer killed between mkstemp and the rename leaves its temporary behind
+    target = tmp_path / "log.head"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    import tempfile
+
+    real_mkstemp = tempfile.mkstemp
+    left = []
+
+    def keep(*args, **kwargs):
+        fd, name = real_mkstemp(*args, **kwargs)
+        left.append(name)
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", keep)
+    monkeypatch.setattr(os, "unlink", lambda *a, **k: None)   # as if killed: no clean-up
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, "x")
+    monkeypatch.undo()
+    assert stale_temporaries(target) == [Path(left[0])]
+    assert stale_temporaries(tmp_path / "other.head") == []
 
 
 def test_replaces_an_existing_file_whole(tmp_path: Path) -> None:

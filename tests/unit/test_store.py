@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import stat
 from pathlib import Path
 
 import pytest
@@ -196,5 +198,27 @@ def test_concurrent_first_starts_migrate_once(tmp_path: Path) -> None:
     assert not errors
     engine = sa.create_engine(url)
     with engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert conn.exec_driver_sql("SELECT version FROM schema_version").fetchall() == [
+            (v,) for v in range(1, SCHEMA_VERSION + 1)]             # each migration once
     engine.dispose()
+
+
+def test_sqlite_store_is_owner_only(tmp_path: Path, caplog) -> None:
+    """Issue 10 (smaller): state.db was created 0644 (umask) while reports were 0600."""
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    db = tmp_path / "state.db"
+    with Store(f"sqlite:///{db}") as store:
+        store.record_contact("mtf-alpha", agent_version="t", protocol_version="p",
+                             now=dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
+        files = [db, *db.parent.glob("state.db-*")]      # the -wal and -shm files too
+        assert len(files) >= 2
+        assert {p.name: mode(p) for p in files} == {p.name: 0o600 for p in files}
+    # a store an older fedsynth created readable by others is made owner-only, loudly
+    old = tmp_path / "old.db"
+    Store(f"sqlite:///{old}").close()
+    old.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="coordinator.store"):
+        Store(f"sqlite:///{old}").close()
+    assert mode(old) == 0o600 and "made owner-only" in caplog.text

@@ -75,6 +75,7 @@ def test_every_user_takes_the_lists_from_the_vocabulary():
     from coordinator.commands import simulate
     from fedsynth import config, plots, spec
     from fedsynth.cli.commands import meta as meta_cmd
+    from fedsynth.cli.commands import valmeta as valmeta_cmd
     from fedsynth.effects import effect_sizes, patient_level
     from fedsynth.meta import bayes, metareg, stats
     from site_agent import policy
@@ -82,7 +83,10 @@ def test_every_user_takes_the_lists_from_the_vocabulary():
     assert config.METHODS is voc.METHODS and config.TESTS is voc.TESTS
     assert stats.METHODS is voc.METHODS and stats.TESTS is voc.TESTS
     assert metareg.SUPPORTED_METHODS is voc.METHODS
-    assert meta_cmd.METHOD_CHOICES is voc.METHODS and meta_cmd.TEST_CHOICES is voc.TESTS
+    # fedsynth meta also takes the count-based methods (MH, Peto, GLMM) of issue 15
+    assert meta_cmd.METHOD_CHOICES == (*voc.METHODS, *voc.COUNT_METHODS)
+    assert meta_cmd.TEST_CHOICES is voc.TESTS
+    assert valmeta_cmd.METHOD_CHOICES is voc.METHODS and valmeta_cmd.TEST_CHOICES is voc.TESTS
     assert plots.RATIO_MEASURES is voc.RATIO_MEASURES
     assert tuple(effect_sizes.COLUMN_SETS) == voc.ESCALC_MEASURES
     assert policy.ESTIMATORS is voc.ESTIMATORS
@@ -92,12 +96,13 @@ def test_every_user_takes_the_lists_from_the_vocabulary():
     assert tuple(spec.ESTIMATORS) == voc.ESTIMATORS
     assert tuple(patient_level._ESTIMATORS) == voc.ESTIMATORS
     assert set(voc.PRIORS) <= set(bayes.available_priors())
-    for module in (round_cmd, simulate, meta_cmd):
+    for module in (round_cmd, simulate, meta_cmd, valmeta_cmd):
         parser = argparse.ArgumentParser()
         module.COMMANDS[0].add_arguments(parser) if hasattr(module, "COMMANDS") else None
+        methods = (*voc.METHODS, *voc.COUNT_METHODS) if module is meta_cmd else voc.METHODS
         for action in parser._actions:
             if action.dest == "method":
-                assert tuple(action.choices) == voc.METHODS, module.__name__
+                assert tuple(action.choices) == methods, module.__name__
             if action.dest == "test":
                 assert tuple(action.choices) == voc.TESTS, module.__name__
             if action.dest == "measure" and action.choices is not None:

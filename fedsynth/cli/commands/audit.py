@@ -6,11 +6,15 @@ import argparse
 
 from fedsynth.cli.registry import Command
 
+_ALLOW_MISSING_HEAD = ("accept a log whose head file (FILE.head) is missing; without it a "
+                       "cut-off tail cannot be detected, so this is refused by default")
+
 
 def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="audit log (JSON Lines) to verify")
     parser.add_argument("--format", choices=("text", "json"), default="text",
                         help="output format (default: text)")
+    parser.add_argument("--allow-missing-head", action="store_true", help=_ALLOW_MISSING_HEAD)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -18,11 +22,14 @@ def _run(args: argparse.Namespace) -> int:
 
     from fedsynth.audit import verify_log
 
-    result = verify_log(args.file)
+    result = verify_log(args.file, allow_missing_head=args.allow_missing_head)
     if args.format == "json":
         print(json.dumps({"file": args.file, "ok": result.ok, "entries": result.entries,
-                          "head": result.head, "problems": list(result.problems)}, indent=2))
-    elif result.ok:
+                          "head": result.head, "head_missing": result.head_missing,
+                          "problems": list(result.problems), "notes": list(result.notes)},
+                         indent=2))
+        return 0 if result.ok else 1
+    if result.ok:
         print(f"{args.file}: OK, {result.entries} entries, chain intact "
               f"(head {result.head or '-'})")
     else:
@@ -30,6 +37,8 @@ def _run(args: argparse.Namespace) -> int:
               f"{len(result.problems)} problem(s):")
         for problem in result.problems:
             print(f"  {problem}")
+    for note in result.notes:
+        print(f"  note: {note}")
     return 0 if result.ok else 1
 
 
@@ -40,6 +49,7 @@ def _add_show(parser: argparse.ArgumentParser) -> None:
                              "e.g. --event submission")
     parser.add_argument("--round", default=None, help="only entries about this round")
     parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("--allow-missing-head", action="store_true", help=_ALLOW_MISSING_HEAD)
 
 
 def _summary(data) -> str:
@@ -65,7 +75,7 @@ def _run_show(args: argparse.Namespace) -> int:
 
     from fedsynth.audit import AuditLog, verify_log
 
-    result = verify_log(args.file)
+    result = verify_log(args.file, allow_missing_head=args.allow_missing_head)
     entries = AuditLog(args.file).entries() if result.ok else []
     if not result.ok:
         from fedsynth.errors import FedsynthError
@@ -94,5 +104,8 @@ COMMANDS = [Command(
     ("audit", "verify"), "verify a hash-chained audit log (exit 1 when broken)", _add, _run,
     description=("Verify an append-only, hash-chained audit log written by a site agent or a "
                  "coordinator.\nEvery edited, removed or reordered entry is reported with its "
-                 "line and sequence number;\nexit status 0 when intact, 1 when broken, 2 when "
-                 "the file cannot be read."))]
+                 "line and sequence number;\nan append interrupted by a crash (a torn last "
+                 "write) is a note, not a problem: it is\nrepaired at the next start or append. "
+                 "Without its head file (FILE.head) a cut-off tail\ncannot be detected: that "
+                 "fails unless --allow-missing-head.\nExit status 0 when intact, 1 when broken, "
+                 "2 when the file cannot be read."))]

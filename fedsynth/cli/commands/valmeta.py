@@ -16,10 +16,11 @@ import argparse
 from typing import Any
 
 from fedsynth.cli.registry import Command
+from fedsynth.vocabulary import METHODS, TESTS
 
 MEASURES = {"cstat": "cstat", "oe": "OE"}
-METHOD_CHOICES = ("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM")
-TEST_CHOICES = ("knha", "z")
+METHOD_CHOICES = METHODS
+TEST_CHOICES = TESTS
 FORMAT_CHOICES = ("table", "json")
 MODEL_CHOICES = ("normal/logit", "normal/log", "normal/identity")
 #: Label columns used when ``--slab`` is not given (first one present wins).

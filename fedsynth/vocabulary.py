@@ -31,7 +31,7 @@ from fedsynth.errors import InputError
 __all__ = [
     "MethodInfo", "METHOD_INFO", "METHODS", "RE_METHODS", "DEFAULT_METHOD",
     "TestInfo", "TEST_INFO", "TESTS", "DEFAULT_TEST",
-    "MeasureInfo", "MEASURE_INFO", "ESCALC_MEASURES", "RATIO_MEASURES",
+    "MeasureInfo", "MEASURE_INFO", "ESCALC_MEASURES", "RATIO_MEASURES", "VTYPES",
     "EstimatorInfo", "ESTIMATOR_INFO", "ESTIMATORS", "ESTIMATOR_MEASURES",
     "PriorInfo", "PRIOR_INFO", "PRIORS", "DEFAULT_PRIOR", "DEFAULT_PRIOR_SCALE",
     "DEFAULT_LEVEL", "check_method", "check_test", "check_measure", "check_level",
@@ -194,6 +194,8 @@ _MEASURES = (
 MEASURE_INFO: Mapping[str, MeasureInfo] = MappingProxyType({m.name: m for m in _MEASURES})
 #: The measures of ``escalc`` (and ``fedsynth meta --measure``).
 ESCALC_MEASURES: tuple[str, ...] = tuple(MEASURE_INFO)
+#: metafor's ``escalc(vtype=)`` sampling-variance estimators (``fedsynth meta --vtype``).
+VTYPES: tuple[str, ...] = ("UB", "LS", "LS2", "HO", "ST", "CS", "AV", "AVHO")
 #: Measures analysed on the log scale: escalc's ratio measures and the hazard ratio of the
 #: Cox estimator.
 RATIO_MEASURES: frozenset[str] = frozenset(

@@ -50,15 +50,17 @@ values) are an :class:`~fedsynth.errors.InputError` naming the row and the colum
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.special import gammaln, hyp2f1
+from scipy.integrate import IntegrationWarning, quad
+from scipy.special import gammaln
 
 from fedsynth.effects.results import EffectSizes
 from fedsynth.errors import InputError
-from fedsynth.vocabulary import ESCALC_MEASURES, MEASURE_INFO
+from fedsynth.vocabulary import ESCALC_MEASURES, MEASURE_INFO, VTYPES
 
 __all__ = ["escalc", "escalc_frame", "ESCALC_MEASURES", "COLUMN_SETS", "VTYPES",
            "VTYPE_CHOICES", "default_add", "hedges_correction"]
@@ -68,8 +70,6 @@ __all__ = ["escalc", "escalc_frame", "ESCALC_MEASURES", "COLUMN_SETS", "VTYPES",
 COLUMN_SETS: dict[str, tuple[tuple[str, ...], ...]] = {
     name: info.columns for name, info in MEASURE_INFO.items()}
 _CORRECTION_TARGETS = ("only0", "all", "if0all", "none")
-#: metafor's ``vtype`` values.
-VTYPES = ("UB", "LS", "LS2", "HO", "ST", "CS", "AV", "AVHO")
 #: The variance estimators each measure offers (metafor 3.8); a measure not listed has
 #: one variance formula and ignores ``vtype``, as metafor does.
 VTYPE_CHOICES: dict[str, tuple[str, ...]] = {
@@ -90,9 +90,39 @@ _PROPORTIONS = frozenset({"PR", "PLN", "PLO", "PFT"})
 
 
 def default_add(measure: str) -> float:
-    """metafor's default continuity correction for ``measure``: 0 for ``AS``, ``PHI``,
-    ``PFT`` and ``IRSD``, 1/2 otherwise."""
+    """Return metafor's default continuity correction for ``measure``.
+
+    0 for ``AS``, ``PHI``, ``PFT`` and ``IRSD`` (defined at zero counts), 1/2 otherwise.
+    """
     return 0.0 if str(measure).upper() in _ZERO_ADD else 0.5
+
+
+def _hyp2f1(a: float, b: float, c: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Gauss's hypergeometric function for ``0 <= x <= 1`` and ``c > a + b``, ``c > b``.
+
+    ``scipy.special.hyp2f1`` returns NaN for large even ``c``-arguments near ``x = 1``
+    (``hyp2f1(0.5, 0.5, 162, 0.9975)``, i.e. UCOR with ``n = 326, r = 0.05``), so this
+    evaluates Euler's integral ``Γ(c)/(Γ(b)Γ(c-b)) ∫ t^(b-1) (1-t)^(c-b-1) (1-xt)^(-a)
+    dt`` with QUADPACK's algebraic-weight rule (the endpoint singularities are in the
+    weight, the integrand left is smooth) and Gauss's closed form at ``x = 1``
+    (Abramowitz & Stegun 15.3.1 and 15.1.20). Checked against mpmath to 1e-10.
+    """
+    c, x = np.broadcast_arrays(np.asarray(c, dtype=float), np.asarray(x, dtype=float))
+    out = np.full(c.shape, np.nan)
+    for i in np.ndindex(c.shape):
+        ci, xi = float(c[i]), float(x[i])
+        if not (np.isfinite(ci) and np.isfinite(xi) and ci > a + b and 0 <= xi <= 1):
+            continue
+        if xi == 1.0:
+            out[i] = np.exp(gammaln(ci) + gammaln(ci - a - b) - gammaln(ci - a)
+                            - gammaln(ci - b))
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", IntegrationWarning)
+            val, _ = quad(lambda t, xi=xi: (1 - xi * t) ** (-a), 0.0, 1.0, weight="alg",
+                          wvar=(b - 1, ci - b - 1), epsabs=0.0, epsrel=1e-12, limit=200)
+        out[i] = np.exp(gammaln(ci) - gammaln(b) - gammaln(ci - b)) * val
+    return out
 
 
 def hedges_correction(m: Any) -> np.ndarray:
@@ -117,7 +147,7 @@ def _check(bad: np.ndarray, message: str, column: str, values: np.ndarray,
     if np.any(bad):
         i = int(np.flatnonzero(bad)[0])
         raise InputError(f"escalc: {_row_name(i, labels)}: column {column!r} = "
-                         f"{values[i]!r}: {message}")
+                         f"{np.asarray(values)[i].item()!r}: {message}")
 
 
 def _as_array(name: str, value: Any, labels: Sequence[Any] | None) -> np.ndarray:
@@ -152,7 +182,7 @@ def _correct(counts: dict[str, np.ndarray], names: Sequence[str], zero: np.ndarr
 
 
 def _wmean(x: np.ndarray, w: np.ndarray) -> float:
-    """metafor's ``.wmean(x, w, na.rm = TRUE)``: the weighted mean of the finite pairs."""
+    """Weighted mean of the finite pairs (metafor's ``.wmean(x, w, na.rm = TRUE)``)."""
     ok = np.isfinite(x) & np.isfinite(w)
     return float(np.sum(x[ok] * w[ok]) / np.sum(w[ok])) if ok.any() else float("nan")
 
@@ -311,10 +341,14 @@ def escalc(measure: str, *, add: float | None = None, to: str = "only0",
         _check(bad & ~dropped, f"{key} is undefined for this row without a continuity "
                f"correction (to={to!r}, add={add})", chosen[0], data[chosen[0]], labels)
         undefined_rows = ~(np.isfinite(yi) & np.isfinite(vi) & (vi > 0)) & ~dropped
-        _check(undefined_rows, f"{key} is undefined for this row (metafor gives NA: yi = "
-               f"{_first(yi, undefined_rows)}, vi = {_first(vi, undefined_rows)})",
-               chosen[0], data[chosen[0]], labels)
-    yi, vi = np.where(dropped, np.nan, yi), np.where(dropped, np.nan, vi)
+        if undefined_rows.any():
+            _check(undefined_rows, f"{key} is undefined for this row (metafor gives NA: "
+                   f"yi = {_first(yi, undefined_rows)}, vi = {_first(vi, undefined_rows)})",
+                   chosen[0], data[chosen[0]], labels)
+    # metafor's drop00 sets the counts to NA; IRSD's variance 1/(4 t1) + 1/(4 t2) does
+    # not use them, so metafor keeps it (and so do we)
+    yi = np.where(dropped, np.nan, yi)
+    vi = np.where(dropped & (key != "IRSD"), np.nan, vi)
     if not strict:   # metafor: an infinite or undefined value is NA, as is a negative vi
         yi = np.where(np.isfinite(yi), yi, np.nan)
         vi = np.where(np.isfinite(vi) & (vi >= 0), vi, np.nan)
@@ -550,26 +584,32 @@ def _correlations(ctx: _Context) -> _Out:
     r, n = data["ri"], data["ni"]
     corrected = np.zeros(ctx.k, dtype=bool)
     if key == "ZCOR":
-        ctx.check(np.abs(r) >= 1, "a correlation must lie strictly between -1 and 1", "ri")
-        ctx.check(n <= 3, "ZCOR needs n > 3 (its variance is 1/(n-3))", "ni")
-        return np.arctanh(r), 1 / (n - 3), corrected, np.zeros(ctx.k, dtype=bool)
+        ctx.check(np.abs(r) > 1, "a correlation must lie between -1 and 1", "ri")
+        if ctx.strict:   # undefined="nan": metafor's NA (yi = ±Inf, vi for n <= 3)
+            ctx.check(np.abs(r) == 1, "a correlation must lie strictly between -1 and 1 "
+                      "for ZCOR", "ri")
+            ctx.check(n <= 3, "ZCOR needs n > 3 (its variance is 1/(n-3))", "ni")
+        ctx.positive("ni", what="a sample size must be > 0")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            yi, vi = np.arctanh(r), np.where(n <= 3, np.nan, 1 / (n - 3))
+        return yi, vi, corrected, np.zeros(ctx.k, dtype=bool)
     ctx.check(np.abs(r) > 1, "a correlation must lie between -1 and 1", "ri")
     ctx.positive("ni", what="a sample size must be > 0")
     if ctx.strict:
-        ctx.check(n <= 3, f"{key}'s variance is undefined for n <= 3 (metafor gives NA)",
-                  "ni")
         if key == "UCOR":
             ctx.check(n <= 4, "UCOR is undefined for n <= 4 (metafor gives NA)", "ni")
+        ctx.check(n <= 3, f"{key}'s variance is undefined for n <= 3 (metafor gives NA)",
+                  "ni")
     with np.errstate(divide="ignore", invalid="ignore"):
         if key == "COR":
             yi = r.copy()
         else:
             # Olkin & Pratt (1958): r 2F1(1/2, 1/2; (n-2)/2; 1-r^2), defined for n > 4
-            yi = np.where(n > 4, r * hyp2f1(0.5, 0.5, (n - 2) / 2, 1 - r**2), np.nan)
+            yi = np.where(n > 4, r * _hyp2f1(0.5, 0.5, (n - 2) / 2, 1 - r**2), np.nan)
         mean_r = _wmean(yi, n)
         vi = _select(vt, {
             "UB": lambda: np.where(n > 4, yi**2 - (1 - (n - 3) / (n - 2) * (1 - r**2)
-                                                   * hyp2f1(1, 1, n / 2, 1 - r**2)), np.nan),
+                                                   * _hyp2f1(1, 1, n / 2, 1 - r**2)), np.nan),
             "LS": lambda: (1 - yi**2)**2 / (n - 1),
             "AV": lambda: (1 - mean_r**2)**2 / (n - 1)})
         vi = np.where(n <= 3, np.nan, vi)
@@ -672,7 +712,9 @@ def escalc_frame(frame: Any, measure: str, *, labels: Sequence[Any] | None = Non
     chosen = next((s for s in COLUMN_SETS[key] if all(c in frame.columns for c in s)), None)
     if chosen is None:
         wanted = " or ".join(", ".join(s) for s in COLUMN_SETS[key])
-        missing = [c for c in COLUMN_SETS[key][0] if c not in frame.columns]
+        # name a column of the set closest to complete (SMCR without ri: 'ri', not 'sd2i')
+        missing = min(([c for c in cols if c not in frame.columns]
+                       for cols in COLUMN_SETS[key]), key=len)
         raise InputError(f"--measure {key}: column {missing[0]!r} not found; {key} needs "
                          f"the columns {wanted} (named as metafor's escalc); available: "
                          f"{', '.join(map(repr, frame.columns))}")

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from fedsynth.cli.commands import meta_rare
 from fedsynth.cli.registry import Command
 from fedsynth.errors import InputError
-from fedsynth.vocabulary import COUNT_METHODS, ESCALC_MEASURES, METHODS, TESTS
+from fedsynth.vocabulary import COUNT_METHODS, ESCALC_MEASURES, METHODS, TESTS, VTYPES
 
 # numpy, pandas (through fedsynth.tabular), the statistics and matplotlib are imported
 # inside the functions that use them: this module is imported to build the parser of
@@ -89,8 +89,20 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--measure", type=str.upper, default=None,
                         choices=ESCALC_MEASURES,
                         help="compute yi, vi from raw columns named as metafor's escalc "
-                             "(ai,bi,ci,di or ai,n1i,ci,n2i; m1i,sd1i,n1i,m2i,sd2i,n2i; ri,ni; "
-                             "x1i,t1i,x2i,t2i; xi,ni) before pooling")
+                             "(ai,bi,ci,di or ai,n1i,ci,n2i; m1i,sd1i,n1i,m2i,sd2i,n2i; "
+                             "mi,sdi,ni; m1i,m2i,sd1i,sd2i,ni,ri; ri,ni; x1i,t1i,x2i,t2i; "
+                             "xi,ni or xi,mi) before pooling")
+    parser.add_argument("--add", type=float, default=None, metavar="X",
+                        help="with --measure: continuity correction added to count cells "
+                             "(metafor's add; default 1/2, 0 for AS, PHI, PFT, IRSD)")
+    parser.add_argument("--to", choices=("only0", "all", "if0all", "none"), default="only0",
+                        help="with --measure: which tables get --add (default: only0)")
+    parser.add_argument("--drop00", action="store_true",
+                        help="with --measure: studies with no events (or only events) in "
+                             "both groups are left out, as metafor's drop00")
+    parser.add_argument("--vtype", type=str.upper, default="LS", choices=VTYPES,
+                        help="with --measure: sampling-variance estimator (metafor's vtype; "
+                             "default LS)")
     parser.add_argument("--by", metavar="COL", default=None,
                         help="pool each group of rows separately (all groups in one batch)")
 
@@ -498,8 +510,26 @@ def load_input(args: argparse.Namespace) -> MetaInput:
         if given:
             raise InputError(f"{given[0]}: --measure {args.measure} computes yi and vi from "
                              "raw columns; do not combine it with --yi/--vi/--sei")
-        effect_sizes = escalc_frame(frame, args.measure, labels=list(labels))
+        effect_sizes = escalc_frame(frame, args.measure, labels=list(labels), add=args.add,
+                                    to=args.to, drop00=args.drop00, vtype=args.vtype)
         yi, v = effect_sizes.yi, effect_sizes.vi
+        dropped = ~(np.isfinite(yi) & np.isfinite(v))
+        if dropped.all():
+            source = frame.attrs.get("source", "the input")
+            raise InputError(f"--drop00: every study of {source} has no events (or only "
+                             "events) in both groups")
+        if dropped.any():
+            # metafor's drop00 leaves these studies out of the model (rma omits NA with a
+            # warning): the same here, said on stderr
+            from fedsynth.terminal import printable
+
+            names = ", ".join(printable(str(x)) for x in labels[dropped])
+            print(f"fedsynth meta: --drop00 left out {int(dropped.sum())} "
+                  f"stud{'y' if dropped.sum() == 1 else 'ies'} with no events (or only "
+                  f"events) in both groups: {names}", file=sys.stderr)
+            keep = ~dropped
+            frame = frame.loc[keep].reset_index(drop=True)
+            labels, yi, v, n = labels[keep], yi[keep], v[keep], int(keep.sum())
     else:
         yi_col = args.yi or "yi"
         yi = tabular.numeric_column(frame, yi_col, option="--yi" if args.yi else None,

@@ -277,7 +277,7 @@ def escalc(measure: str, *, add: float | None = None, to: str = "only0",
     --------
     >>> r = escalc("PHI", ai=[20, 5], bi=[80, 95], ci=[10, 5], di=[90, 95])
     >>> r.yi.round(4).tolist(), r.vi.round(5).tolist()
-    ([0.1387, 0.0], [0.00481, 0.005])
+    ([0.14, 0.0], [0.00462, 0.005])
     """
     key = str(measure).upper()
     if key not in COLUMN_SETS:

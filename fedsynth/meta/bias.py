@@ -173,7 +173,7 @@ def fsn(yi: Any, vi: Any = None, *, sei: Any = None, type: str = "Rosenthal",
     >>> dat = fedsynth.escalc("OR", fedsynth.example_data("bcg"), ai="tpos", bi="tneg",
     ...                       ci="cpos", di="cneg")
     >>> fsn(dat["yi"], dat["vi"]).fsnum
-    598.0
+    607.0
     """
     kind = _choice(type, FSN_TYPES, "type")
     a = float(alpha)
@@ -312,7 +312,7 @@ def regtest(yi: Any, vi: Any = None, *, sei: Any = None, ni: Any = None,
     ...                       ci="cpos", di="cneg")
     >>> r = regtest(dat["yi"], dat["vi"])
     >>> round(r.zval, 4), round(r.pval, 4)
-    (-0.8002, 0.4236)
+    (-0.8033, 0.4218)
     """
     mdl = _choice(model, REGTEST_MODELS, "model")
     pred = _choice(predictor, REGTEST_PREDICTORS, "predictor")
@@ -474,7 +474,7 @@ def trimfill(yi: Any, vi: Any = None, *, sei: Any = None, estimator: str = "L0",
     ...                       ci="cpos", di="cneg")
     >>> tf = trimfill(dat["yi"], dat["vi"], estimator="R0")
     >>> tf.k0, tf.side
-    (0, 'left')
+    (0, 'right')
     """
     est = _choice(estimator, TRIMFILL_ESTIMATORS, "estimator", fold=False)
     if side is not None:
@@ -595,7 +595,7 @@ def hc(yi: Any, vi: Any = None, *, sei: Any = None, method: str = "REML",
     ...                       ci="cpos", di="cneg")
     >>> r = hc(dat["yi"], dat["vi"])
     >>> round(r.beta, 4), round(r.ci_lb, 4), round(r.ci_ub, 4)
-    (-0.4303, -1.0451, 0.1844)
+    (-0.4303, -1.1555, 0.295)
     """
     meth = check_method(method)
     lvl = check_level(level) / 100   # a fraction
@@ -644,7 +644,8 @@ def hc(yi: Any, vi: Any = None, *, sei: Any = None, method: str = "REML",
     rma = fit_rma(y, v, None, method=meth, level=lvl, compute_r2=False,
                   threshold=_METAFOR_DEFAULT_THRESHOLD)
     return HenmiCopasResult(
-        beta=beta, se=se, ci_lb=beta - u0 * se, ci_ub=beta + u0 * se, tau2=tau2,
+        beta=beta, se=se, ci_lb=float(beta - u0 * se), ci_ub=float(beta + u0 * se),
+        tau2=float(tau2),
         beta_rma=float(rma.coef[0]), se_rma=float(rma.se[0]), ci_lb_rma=float(rma.ci_lb[0]),
         ci_ub_rma=float(rma.ci_ub[0]), tau2_rma=float(rma.tau2), method_rma=meth,
         level=100 * lvl)
@@ -871,9 +872,10 @@ def selmodel(yi: Any, vi: Any = None, *, sei: Any = None, type: str = "stepfun",
     >>> import fedsynth
     >>> dat = fedsynth.escalc("RR", fedsynth.example_data("bcg"), ai="tpos", bi="tneg",
     ...                       ci="cpos", di="cneg")
-    >>> sel = selmodel(dat["yi"], dat["vi"], type="stepfun", steps=[0.05, 1])
+    >>> sel = selmodel(dat["yi"], dat["vi"], type="stepfun", steps=[0.05, 1],
+    ...                alternative="less")
     >>> round(sel.beta, 4), round(sel.delta[1], 4)
-    (-0.6856, 0.6153)
+    (-0.7316, 1.1136)
     """
     kind = _choice(type, SELMODEL_TYPES, "type")
     alt = _choice(alternative, ("greater", "less", "two.sided"), "alternative")

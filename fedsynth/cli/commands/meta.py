@@ -295,6 +295,11 @@ def _add_bayes_plot_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--funnel", metavar="OUT", default=None,
                        help="write a funnel plot (with trim-and-fill points under "
                             "--diagnostics) to OUT.png, OUT.svg or OUT.pdf")
+    group.add_argument("--plot", nargs=2, action="append", metavar=("KIND", "OUT"),
+                       default=None,
+                       help="write a radial, qqnorm, baujat, gosh, labbe (with --measure "
+                            "OR|RR|RD on 2x2 columns) or bubble (with one --moderator) plot "
+                            "to OUT.png, OUT.svg or OUT.pdf; repeatable")
     group.add_argument("--plot-measure", metavar="NAME", default=None,
                        help="effect measure of yi for the plots' axis (default: --measure); "
                             "OR, RR, HR, IRR, ROM get a log axis with ratio tick labels")
@@ -356,14 +361,25 @@ def _check_plot_target(option: str, out: str) -> None:
 def _plots(args: argparse.Namespace, data: MetaInput,
            batch: BatchPoolingResult) -> list[tuple[Any, str]]:
     """Build the requested figures (nothing written yet): (figure, path) pairs."""
-    if not (getattr(args, "forest", None) or getattr(args, "funnel", None)):
+    extra = getattr(args, "plot", None) or []
+    if not (getattr(args, "forest", None) or getattr(args, "funnel", None) or extra):
         return []
     from fedsynth import tabular
-    from fedsynth.plots import forest_plot, funnel_plot
+    from fedsynth.plots import PLOT_KINDS, forest_plot, funnel_plot
 
     for option in ("forest", "funnel"):
         if getattr(args, option):
             _check_plot_target(f"--{option}", getattr(args, option))
+    for kind, out in extra:
+        if kind.lower() not in PLOT_KINDS:
+            raise InputError(f"--plot: kind {kind!r} is not one of {', '.join(PLOT_KINDS)}")
+        _check_plot_target(f"--plot {kind}", out)
+        if kind.lower() == "labbe" and (getattr(args, "measure", None) or "") not in (
+                "OR", "RR", "RD"):
+            raise InputError("--plot labbe: needs --measure OR, RR or RD on the 2x2 columns "
+                             "(ai, bi, ci, di or ai, n1i, ci, n2i)")
+        if kind.lower() == "bubble" and not args.moderator:
+            raise InputError("--plot bubble: needs one numeric --moderator")
     measure = args.plot_measure or getattr(args, "measure", None)
     bayes = _bayes_batch(args, data)
     figures = []
@@ -388,7 +404,36 @@ def _plots(args: argparse.Namespace, data: MetaInput,
             fig = funnel_plot(result, measure=measure, title=title,
                               filled=pb if pb is not None and pb.trimfill_k0 > 0 else None)
             figures.append((fig, _plot_path(args.funnel, name, data.grouped)))
+        for kind, out in extra:
+            fig = _extra_plot(kind.lower(), args, data, i, result, analysis, title)
+            figures.append((fig, _plot_path(out, name, data.grouped)))
     return figures
+
+
+def _extra_plot(kind: str, args: argparse.Namespace, data: MetaInput, i: int, result: Any,
+                analysis: Any, title: str | None) -> Any:
+    """One of the ``--plot KIND`` figures of analysis ``i``."""
+    from fedsynth import plots
+    from fedsynth.effects.effect_sizes import COLUMN_SETS
+
+    if kind == "radial":
+        return plots.radial_plot(result, title=title)
+    if kind == "qqnorm":
+        return plots.qqnorm_plot(result, title=title)
+    if kind == "baujat":
+        return plots.baujat_plot(result, title=title)
+    if kind == "gosh":
+        return plots.gosh_plot(result.yi, result.vi, method=args.method, title=title)
+    if kind == "bubble":
+        if analysis.meta_regression is None:
+            raise InputError("--plot bubble: needs one numeric --moderator")
+        return plots.bubble_plot(analysis.meta_regression, title=title)
+    # labbe: the analysis' own rows of the 2x2 columns
+    rows = data.rows[i][data.mask[i]]
+    chosen = next(s for s in COLUMN_SETS["OR"] if all(c in data.frame.columns for c in s))
+    cols = {c: data.frame[c].to_numpy(dtype=float)[rows] for c in chosen}
+    return plots.labbe_plot(measure=args.measure, estimate=result.estimate, title=title,
+                            **cols)
 
 
 def _level(text: str) -> float:

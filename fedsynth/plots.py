@@ -1070,8 +1070,8 @@ def gosh_plot(yi: Any, vi: Any, *, method: str = "FE", subsets: int = 1000,
     ax = fig.add_axes((0.13, 0.13, 0.82, 0.75 if title else 0.8))
     ax.plot(fit.estimate, fit.I2, "o", ms=2.5, alpha=0.4, color=_SITE_COLOUR, gid="points")
     ax.set_ylim(-2, 102)
-    fig.gosh = fit            # type: ignore[attr-defined]
-    fig.gosh_incl = incl      # type: ignore[attr-defined]
+    fig.gosh = fit
+    fig.gosh_incl = incl
     return _finish(fig, ax, title, "Pooled estimate of the subset", "I² (%)")
 
 

@@ -285,27 +285,39 @@ def escalc(measure: str, data: Any = None, *, ai: Any = None, bi: Any = None,
            x1i: Any = None, x2i: Any = None, t1i: Any = None, t2i: Any = None,
            m1i: Any = None, m2i: Any = None, sd1i: Any = None, sd2i: Any = None,
            xi: Any = None, mi: Any = None, ri: Any = None, ni: Any = None,
-           add: float = 0.5, to: str = "only0", drop00: bool = False,
+           sdi: Any = None, add: float | None = None, to: str = "only0",
+           drop00: bool = False, vtype: str | Sequence[str] = "LS",
            var_names: tuple[str, str] = ("yi", "vi")) -> pd.DataFrame:
     """Effect sizes and sampling variances from summary data (metafor's ``escalc``).
 
     Parameters
     ----------
-    measure : {"OR", "RR", "RD", "MD", "SMD", "ROM", "ZCOR", "IRR", "PLO", "PR"}
-        The effect-size measure.
+    measure : str
+        The effect-size measure, one of :data:`fedsynth.vocabulary.ESCALC_MEASURES`:
+        2x2 tables ``OR, RR, RD, AS, PHI, OR2D``; two-group means ``MD, SMD, SMDH, ROM,
+        CVR, VR``; one mean ``MN``; paired designs ``MC, SMCC, SMCR``; correlations
+        ``COR, UCOR, ZCOR``; incidence rates ``IRR, IRD, IRSD``; proportions ``PR, PLN,
+        PLO, PFT`` (metafor's definitions, see :mod:`fedsynth.effects.effect_sizes`).
     data : pandas.DataFrame, optional
         The studies; the result is a copy of it with the two new columns.
-    ai, bi, ci, di, n1i, n2i, x1i, x2i, t1i, t2i, m1i, m2i, sd1i, sd2i, xi, mi, ri, ni
+    ai, bi, ci, di, n1i, n2i, x1i, x2i, t1i, t2i, m1i, m2i, sd1i, sd2i, xi, mi, ri, ni, sdi
         The summary data as metafor names them (column names of ``data`` or values):
         2x2 tables ``ai, bi, ci, di`` (or ``ai, n1i, ci, n2i``); means ``m1i, sd1i, n1i,
-        m2i, sd2i, n2i``; correlations ``ri, ni``; rates ``x1i, t1i, x2i, t2i``;
-        proportions ``xi, ni`` (or ``xi, mi``).
+        m2i, sd2i, n2i`` (``VR`` needs only the SDs and sizes); one mean ``mi, sdi, ni``;
+        paired designs ``m1i, m2i, sd1i, sd2i, ni, ri`` (``SMCR``: no ``sd2i``);
+        correlations ``ri, ni``; rates ``x1i, t1i, x2i, t2i``; proportions ``xi, ni`` (or
+        ``xi, mi``, the non-events, as metafor).
     add, to
         Continuity correction: ``add`` is added to the cells of the tables chosen by
         ``to``: ``"only0"`` (tables with a zero cell, default), ``"all"``, ``"if0all"``
-        (all tables if any has a zero cell) or ``"none"``.
+        (all tables if any has a zero cell) or ``"none"``. ``add=None`` is metafor's
+        default: 1/2, but 0 for ``AS``, ``PHI``, ``PFT`` and ``IRSD``.
     drop00
         Studies with no events (or only events) in both groups get missing values.
+    vtype
+        metafor's sampling-variance estimator (``"LS"`` default; ``"UB"``, ``"LS2"``,
+        ``"HO"``, ``"ST"``, ``"CS"``, ``"AV"``, ``"AVHO"`` where the measure has them), one
+        value or one per study.
     var_names
         Names of the two new columns.
 
@@ -335,16 +347,12 @@ def escalc(measure: str, data: Any = None, *, ai: Any = None, bi: Any = None,
         raise InputError(f"var_names: expected two column names, got {var_names!r}")
     given = {"ai": ai, "bi": bi, "ci": ci, "di": di, "n1i": n1i, "n2i": n2i, "x1i": x1i,
              "x2i": x2i, "t1i": t1i, "t2i": t2i, "m1i": m1i, "m2i": m2i, "sd1i": sd1i,
-             "sd2i": sd2i, "xi": xi, "mi": mi, "ri": ri, "ni": ni}
+             "sd2i": sd2i, "xi": xi, "mi": mi, "ri": ri, "ni": ni, "sdi": sdi}
     given = {k: v for k, v in given.items() if v is not None}
     columns = {k: _numeric(frame, v, k) for k, v in given.items()}
-    if key in ("PLO", "PR") and "mi" in columns:
-        # metafor's xi, mi (events and non-events) are xi, ni = xi + mi here
-        if "ni" in columns:
-            raise InputError("mi and ni: give one of them for proportions (ni = xi + mi)")
-        if "xi" not in columns:
-            raise InputError(f"xi: measure {key} needs the column xi (with ni or mi)")
-        columns["ni"] = columns["xi"] + columns.pop("mi")
+    if "mi" in columns and "ni" in columns and "xi" in columns:
+        # metafor's xi, mi (events and non-events) or xi, ni: not both
+        raise InputError("mi and ni: give one of them for proportions (ni = xi + mi)")
     sets = MEASURE_INFO[key].columns
     chosen = next((s for s in sets if set(s) <= set(columns)), None)
     if chosen is None:
@@ -360,7 +368,15 @@ def escalc(measure: str, data: Any = None, *, ai: Any = None, bi: Any = None,
     yi = np.full(n, np.nan)
     vi = np.full(n, np.nan)
     if complete.any():
-        res = _escalc(key, add=add, to=to, drop00=drop00, undefined="nan",
+        vt: str | list[str]
+        if isinstance(vtype, str):
+            vt = vtype
+        else:
+            per_study = np.asarray(list(vtype), dtype=object)
+            if per_study.size != n:
+                raise InputError(f"vtype: {per_study.size} values for {n} studies")
+            vt = [str(v) for v in per_study[complete]]
+        res = _escalc(key, add=add, to=to, drop00=drop00, vtype=vt, undefined="nan",
                       **{c: columns[c][complete] for c in chosen})
         yi[complete], vi[complete] = res.yi, res.vi
     with warnings.catch_warnings():

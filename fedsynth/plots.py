@@ -37,16 +37,20 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from fedsynth.effects.effect_sizes import escalc
 from fedsynth.errors import InputError
 from fedsynth.jsonsafe import finite_or_none as _num
 from fedsynth.meta.analysis import AnalysisResult
 from fedsynth.meta.bayes import BayesBatchResult, BayesResult
-from fedsynth.meta.metareg import MetaRegressionResult
+from fedsynth.meta.diagnostics import deleted_fits
+from fedsynth.meta.metareg import MetaRegressionResult, fit_batch, validate_yi_vi
 from fedsynth.meta.pooling import BatchPoolingResult, meta_analysis
 from fedsynth.meta.subgroups import SubgroupResult, subgroup_analysis
-from fedsynth.vocabulary import RATIO_MEASURES, SCALES, from_scale, to_scale
+from fedsynth.vocabulary import METHODS, RATIO_MEASURES, SCALES, from_scale, to_scale
 
-__all__ = ["RATIO_MEASURES", "forest_plot", "funnel_plot", "save_figure"]
+__all__ = ["RATIO_MEASURES", "forest_plot", "funnel_plot", "save_figure", "radial_plot",
+           "qqnorm_plot", "baujat_plot", "gosh_plot", "labbe_plot", "bubble_plot",
+           "PLOT_KINDS"]
 
 
 _FONT = 9.0               # points, every text of the forest plot
@@ -974,3 +978,323 @@ def save_figure(fig: Any, path_or_file: str | os.PathLike[str] | io.IOBase,
     with matplotlib.rc_context({"svg.hashsalt": "fedsynth", "svg.fonttype": "path"}):
         fig.savefig(path_or_file, format=fmt, dpi=150, metadata=metadata,
                     facecolor="white")
+
+
+# ----------------------------------------------------------------------------------------------
+# Radial, QQ, Baujat, GOSH, L'Abbé and bubble plots (issue 16; metafor's radial, qqnorm,
+# baujat, gosh, labbe and regplot)
+# ----------------------------------------------------------------------------------------------
+
+
+def _model_inputs(result: Any) -> _Pooled:
+    if isinstance(result, BatchPoolingResult):
+        result = _single(result)
+    if isinstance(result, AnalysisResult):
+        result = result.pooling
+    return _pooled(result)
+
+
+def _finish(fig: Any, ax: Any, title: str | None, xlabel: str, ylabel: str) -> Any:
+    ax.set_xlabel(xlabel, fontsize=_FONT)
+    ax.set_ylabel(ylabel, fontsize=_FONT)
+    ax.tick_params(labelsize=_SMALL)
+    if title:
+        ax.set_title(title, fontsize=_FONT + 1)
+    return fig
+
+
+def radial_plot(result: Any, *, title: str | None = None) -> Any:
+    """Radial (Galbraith) plot (metafor ``radial``).
+
+    Each study is drawn at ``x = 1/sqrt(vi + tau²)`` (precision), ``y = yi/sqrt(vi + tau²)``
+    (standardized effect); the pooled estimate is the slope of the line through the origin
+    and the band ``±1.96`` around it marks where studies are consistent with it (Galbraith
+    1988, *Stat Med* 7:889). tau² is 0 for a fixed-effect fit.
+
+    Parameters
+    ----------
+    result
+        A pooling result (or mapping with ``yi``, ``vi``, ``estimate``, ``tau2``).
+    title
+        Title above the plot.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    data = _model_inputs(result)
+    if data.estimate is None:
+        raise InputError("result: no pooled estimate for the radial line")
+    tau2 = data.tau2 or 0.0
+    x = 1 / np.sqrt(data.vi + tau2)
+    z = data.yi / np.sqrt(data.vi + tau2)
+    fig = _new_figure(5.6, 4.6)
+    ax = fig.add_axes((0.13, 0.13, 0.82, 0.75 if title else 0.8))
+    xs = np.array([0.0, float(x.max()) * 1.15])
+    zq = float(stats.norm.isf((100 - data.level) / 200))
+    ax.fill_between(xs, data.estimate * xs - zq, data.estimate * xs + zq, color="#e6e9ee",
+                    lw=0, zorder=0, label=f"±{zq:.2f}")
+    ax.plot(xs, data.estimate * xs, color=_RE_COLOUR, lw=1.0, label="pooled estimate")
+    ax.axhline(0, color="#8a929c", lw=0.6, ls="--")
+    ax.plot(x, z, "o", ms=5, color=_SITE_COLOUR, gid="points", label="studies")
+    ax.set_xlim(0, xs[1])
+    ax.legend(fontsize=_SMALL, loc="best", frameon=False)
+    return _finish(fig, ax, title, "x_i = 1/√(v_i + τ²)", "z_i = y_i/√(v_i + τ²)")
+
+
+def qqnorm_plot(result: Any, *, title: str | None = None) -> Any:
+    """Normal QQ plot of the standardized residuals (metafor ``qqnorm.rma.uni``).
+
+    The residuals ``(yi - estimate) / sqrt(vi + tau² - var(estimate))`` (metafor's
+    ``rstandard``) against the normal quantiles ``qnorm(ppoints(k))``, with the identity
+    line (Wang & Bushman 1998, *Psychol Methods* 3:46).
+
+    Parameters
+    ----------
+    result
+        A pooling result with ``yi``, ``vi``, ``estimate``, ``se`` and ``tau2``.
+    title
+        Title above the plot.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    data = _model_inputs(result)
+    se = _num(_get(result.pooling if isinstance(result, AnalysisResult) else result, "se"))
+    if data.estimate is None or se is None:
+        raise InputError("result: needs the pooled estimate and its standard error")
+    z = (data.yi - data.estimate) / np.sqrt(data.vi + (data.tau2 or 0.0) - se**2)
+    k = z.size
+    a = 3 / 8 if k <= 10 else 1 / 2                     # R's ppoints
+    theo = stats.norm.ppf((np.arange(1, k + 1) - a) / (k + 1 - 2 * a))
+    order = np.argsort(z, kind="stable")
+    fig = _new_figure(5.0, 4.6)
+    ax = fig.add_axes((0.14, 0.13, 0.8, 0.75 if title else 0.8))
+    lim = float(max(np.abs(theo).max(), np.abs(z).max())) * 1.1
+    ax.plot([-lim, lim], [-lim, lim], color="#8a929c", lw=0.8, ls="--")
+    ax.plot(theo, z[order], "o", ms=5, color=_SITE_COLOUR, gid="points")
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    return _finish(fig, ax, title, "Theoretical quantiles", "Sample quantiles (standardized)")
+
+
+def baujat_plot(result: Any, *, title: str | None = None, label_top: int = 3) -> Any:
+    """Baujat plot (metafor ``baujat``): contribution to heterogeneity vs influence.
+
+    ``x_i = (yi - estimate)² / (vi + tau²)`` is the study's contribution to Q and
+    ``y_i = (estimate_(-i) - estimate)² / var(estimate_(-i))`` its influence on the pooled
+    result (Baujat et al. 2002, *Stat Med* 21:2641). The ``label_top`` studies furthest
+    out are labelled.
+
+    Parameters
+    ----------
+    result
+        A pooling result with ``yi``, ``vi``, ``estimate``, ``tau2`` and ``method``.
+    title
+        Title above the plot.
+    label_top
+        How many of the most outlying studies get their label.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    data = _model_inputs(result)
+    if data.estimate is None:
+        raise InputError("result: no pooled estimate")
+    if data.yi.size < 2:
+        raise InputError("result: the Baujat plot needs at least 2 studies")
+    tau2 = data.tau2 or 0.0
+    xh = (data.yi - data.estimate) ** 2 / (data.vi + tau2)
+    method = data.method if data.method in METHODS else "REML"
+    fits = deleted_fits(data.yi, data.vi, method=method)     # rows 0..k-1: deletions
+    k = data.yi.size
+    yh = (fits.estimate[:k] - data.estimate) ** 2 / fits.se[:k] ** 2
+    fig = _new_figure(5.6, 4.6)
+    ax = fig.add_axes((0.13, 0.13, 0.82, 0.75 if title else 0.8))
+    ax.plot(xh, yh, "o", ms=5, color=_SITE_COLOUR, gid="points")
+    top = np.argsort(-(xh / max(xh.max(), 1e-300) + yh / max(yh.max(), 1e-300)))
+    mid = (xh.min() + xh.max()) / 2
+    for j, i in enumerate(top[:max(0, int(label_top))]):
+        # labels point inwards and are stacked, so they neither leave the figure nor
+        # overlap each other
+        right = xh[i] > mid
+        ax.annotate(_short(data.labels[i]), (xh[i], yh[i]),
+                    xytext=(-6 if right else 6, -14 * j - 4), textcoords="offset points",
+                    ha="right" if right else "left", va="top", fontsize=_SMALL)
+    ax.margins(0.15)
+    return _finish(fig, ax, title, "Squared Pearson residual (contribution to Q)",
+                   "Influence on the pooled result")
+
+
+def gosh_plot(yi: Any, vi: Any, *, method: str = "FE", subsets: int = 1000,
+              seed: int = 0, title: str | None = None) -> Any:
+    """GOSH plot (metafor ``gosh``): pooled estimate and I² of subsets of the studies.
+
+    All ``2^k - 1`` non-empty subsets when there are at most ``subsets`` of them, else
+    ``subsets`` random ones drawn as metafor does (a size from the binomial(k, 1/2) law,
+    then that many studies), reproducibly from ``seed`` (Olkin, Dahabreh & Trikalinos
+    2012, *Res Synth Methods* 3:214). The subset fits are one vectorised batch.
+
+    Parameters
+    ----------
+    yi, vi
+        Effect sizes and sampling variances.
+    method
+        tau² estimator of the subset fits (metafor's default for gosh examples: ``FE``).
+    subsets
+        Maximum number of subsets (default 1000).
+    seed
+        Seed of the random subsets.
+    title
+        Title above the plot.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The points have gid ``"points"``; ``fig.gosh`` holds the subset fits (a
+        :class:`fedsynth.meta.metareg.BatchFit`) and ``fig.gosh_incl`` the (m, k) mask.
+    """
+    y, v = validate_yi_vi(yi, vi, min_k=2)
+    k = y.size
+    n = int(subsets)
+    if n < 2:
+        raise InputError(f"subsets: must be >= 2, got {subsets!r}")
+    total = 2.0 ** k - 1
+    if total <= n:
+        codes = np.arange(1, 2 ** k)
+        incl = ((codes[:, None] >> np.arange(k)) & 1).astype(bool)
+    else:
+        rng = np.random.default_rng(seed)
+        sizes = np.arange(1, k + 1)
+        prob = stats.binom.pmf(sizes, k, 0.5)
+        m = rng.choice(sizes, size=n, p=prob / prob.sum())
+        keys = rng.random((n, k))
+        ranks = np.argsort(np.argsort(keys, axis=1), axis=1)
+        incl = ranks < m[:, None]
+    fit = fit_batch(y, v, incl, method=method)
+    fig = _new_figure(5.6, 4.6)
+    ax = fig.add_axes((0.13, 0.13, 0.82, 0.75 if title else 0.8))
+    ax.plot(fit.estimate, fit.I2, "o", ms=2.5, alpha=0.4, color=_SITE_COLOUR, gid="points")
+    ax.set_ylim(-2, 102)
+    fig.gosh = fit
+    fig.gosh_incl = incl
+    return _finish(fig, ax, title, "Pooled estimate of the subset", "I² (%)")
+
+
+def labbe_plot(ai: Any, ci: Any, *, bi: Any = None, di: Any = None, n1i: Any = None,
+               n2i: Any = None, measure: str = "OR", estimate: float | None = None,
+               add: float = 0.5, to: str = "only0", title: str | None = None) -> Any:
+    """L'Abbé plot (metafor ``labbe``): treatment-arm against control-arm outcomes.
+
+    Each study's arm outcomes on the scale of ``measure`` (logit for ``OR``, log for
+    ``RR``, raw proportion for ``RD``; metafor's PLO, PLN, PR with the same ``add``/``to``)
+    with the line of no effect and, given the pooled ``estimate``, the line of the pooled
+    effect (L'Abbé, Detsky & O'Rourke 1987, *Ann Intern Med* 107:224). Point areas are
+    proportional to the precision.
+
+    Parameters
+    ----------
+    ai, ci, bi, di, n1i, n2i
+        The 2x2 tables (``bi, di`` or the group sizes ``n1i, n2i``).
+    measure
+        ``"OR"``, ``"RR"`` or ``"RD"``.
+    estimate
+        The pooled effect on that scale (drawn as ``y = x + estimate``).
+    add, to
+        Continuity correction of the arm outcomes.
+    title
+        Title above the plot.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    arm = {"OR": "PLO", "RR": "PLN", "RD": "PR"}.get(str(measure).upper())
+    if arm is None:
+        raise InputError(f"measure: the L'Abbé plot takes OR, RR or RD, got {measure!r}")
+    a, c = np.asarray(ai, dtype=float), np.asarray(ci, dtype=float)
+    if bi is not None and di is not None:
+        b, d = np.asarray(bi, dtype=float), np.asarray(di, dtype=float)
+    elif n1i is not None and n2i is not None:
+        b, d = np.asarray(n1i, dtype=float) - a, np.asarray(n2i, dtype=float) - c
+    else:
+        raise InputError("bi, di: give the non-events (bi, di) or the group sizes (n1i, n2i)")
+    t = escalc(arm, xi=a, mi=b, add=add, to=to, undefined="nan")
+    cc = escalc(arm, xi=c, mi=d, add=add, to=to, undefined="nan")
+    ok = np.isfinite(t.yi) & np.isfinite(cc.yi) & np.isfinite(t.vi) & np.isfinite(cc.vi)
+    size = 1 / np.sqrt(t.vi[ok] + cc.vi[ok])
+    fig = _new_figure(5.0, 4.8)
+    ax = fig.add_axes((0.14, 0.13, 0.8, 0.75 if title else 0.8))
+    ax.scatter(cc.yi[ok], t.yi[ok], s=20 + 180 * size / size.max(), facecolor="none",
+               edgecolor=_SITE_COLOUR, gid="points")
+    lo = float(min(cc.yi[ok].min(), t.yi[ok].min()))
+    hi = float(max(cc.yi[ok].max(), t.yi[ok].max()))
+    pad = 0.1 * (hi - lo or 1.0)
+    xs = np.array([lo - pad, hi + pad])
+    ax.plot(xs, xs, color="#8a929c", lw=0.8, ls="--", label="no effect")
+    if estimate is not None:
+        ax.plot(xs, xs + float(estimate), color=_RE_COLOUR, lw=1.0, label="pooled effect")
+    ax.set_xlim(*xs)
+    ax.legend(fontsize=_SMALL, loc="upper left", frameon=False)
+    scale = {"PLO": "log odds", "PLN": "log risk", "PR": "risk"}[arm]
+    return _finish(fig, ax, title, f"Control group ({scale})", f"Treatment group ({scale})")
+
+
+def bubble_plot(result: Any, moderator: str | None = None, *,
+                title: str | None = None) -> Any:
+    """Bubble plot of a meta-regression on one moderator (metafor ``regplot``).
+
+    The studies' effects against the moderator, point areas proportional to the model's
+    weights, with the fitted line and its confidence band.
+
+    Parameters
+    ----------
+    result
+        A :class:`~fedsynth.meta.metareg.MetaRegressionResult` with one numeric moderator.
+    moderator
+        Its name (default: the only moderator).
+    title
+        Title above the plot.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if not isinstance(result, MetaRegressionResult):
+        raise InputError("result: the bubble plot takes a meta-regression result")
+    names = [n for n in result.names if n != "intrcpt"]
+    if moderator is None:
+        if len(names) != 1:
+            raise InputError(f"moderator: name one of {', '.join(names)}")
+        moderator = names[0]
+    if moderator not in result.names or moderator == "intrcpt":
+        raise InputError(f"moderator: {moderator!r} is not a moderator of this model")
+    X = _get(result, "X")
+    if X is None or result.yi is None:
+        raise InputError("result: this meta-regression carries no study data to plot")
+    X = np.asarray(X, dtype=float)
+    j = list(result.names).index(moderator)
+    if X.shape[1] != 2:
+        raise InputError("result: the bubble plot needs a model with one moderator")
+    xm = X[:, j]
+    y = np.asarray(result.yi, dtype=float)
+    w = 1 / (np.asarray(result.vi, dtype=float) + float(result.tau2))
+    grid_x = np.linspace(xm.min(), xm.max(), 100)
+    G = np.column_stack([np.ones_like(grid_x), grid_x])
+    fitted = G @ result.coef
+    vb = np.asarray(result.vb, dtype=float)
+    se = np.sqrt(np.einsum("ij,jk,ik->i", G, vb, G))
+    crit = float(stats.norm.isf((100 - result.level) / 200))
+    fig = _new_figure(5.6, 4.6)
+    ax = fig.add_axes((0.13, 0.13, 0.82, 0.75 if title else 0.8))
+    ax.fill_between(grid_x, fitted - crit * se, fitted + crit * se, color="#e6e9ee", lw=0)
+    ax.plot(grid_x, fitted, color=_RE_COLOUR, lw=1.0, gid="fit")
+    ax.scatter(xm, y, s=20 + 280 * w / w.max(), facecolor="none", edgecolor=_SITE_COLOUR,
+               gid="points")
+    return _finish(fig, ax, title, moderator, "Observed outcome")
+
+
+#: Plot kinds of ``fedsynth meta --plot KIND OUT`` (and their functions).
+PLOT_KINDS = ("radial", "qqnorm", "baujat", "gosh", "labbe", "bubble")

@@ -37,7 +37,7 @@ from fedsynth.errors import InputError
 __all__ = [
     "MethodInfo", "METHOD_INFO", "METHODS", "RE_METHODS", "DEFAULT_METHOD",
     "TestInfo", "TEST_INFO", "TESTS", "DEFAULT_TEST",
-    "MeasureInfo", "MEASURE_INFO", "ESCALC_MEASURES", "RATIO_MEASURES",
+    "MeasureInfo", "MEASURE_INFO", "ESCALC_MEASURES", "RATIO_MEASURES", "VTYPES",
     "EstimatorInfo", "ESTIMATOR_INFO", "ESTIMATORS", "ESTIMATOR_MEASURES",
     "PERFORMANCE_ESTIMATORS", "SCALES", "AnalysisScale", "analysis_scale", "to_scale",
     "from_scale",
@@ -163,6 +163,9 @@ class MeasureInfo:
 
 _TABLE = (("ai", "bi", "ci", "di"), ("ai", "n1i", "ci", "n2i"))
 _MEANS = (("m1i", "sd1i", "n1i", "m2i", "sd2i", "n2i"),)
+_PAIRED = (("m1i", "m2i", "sd1i", "sd2i", "ni", "ri"),)
+_RATES = (("x1i", "t1i", "x2i", "t2i"),)
+_PROPORTION = (("xi", "ni"), ("xi", "mi"))
 _MEASURES = (
     MeasureInfo("OR", "log odds ratio", _TABLE, log_scale=True),
     MeasureInfo("RR", "log risk ratio", _TABLE, log_scale=True),
@@ -171,14 +174,36 @@ _MEASURES = (
     MeasureInfo("SMD", "standardized mean difference (Hedges' g)", _MEANS),
     MeasureInfo("ROM", "log ratio of means", _MEANS, log_scale=True),
     MeasureInfo("ZCOR", "Fisher's r-to-z transformed correlation", (("ri", "ni"),)),
-    MeasureInfo("IRR", "log incidence rate ratio", (("x1i", "t1i", "x2i", "t2i"),),
+    MeasureInfo("IRR", "log incidence rate ratio", _RATES, log_scale=True),
+    MeasureInfo("PLO", "logit transformed proportion", _PROPORTION),
+    MeasureInfo("PR", "raw proportion", _PROPORTION),
+    # issue 16: the rest of metafor's common measures
+    MeasureInfo("AS", "arcsine square root transformed risk difference", _TABLE),
+    MeasureInfo("PHI", "phi coefficient", _TABLE),
+    MeasureInfo("OR2D", "log odds ratio transformed to a standardized mean difference",
+                _TABLE),
+    MeasureInfo("SMDH", "standardized mean difference with heteroscedastic variances",
+                _MEANS),
+    MeasureInfo("CVR", "log coefficient of variation ratio", _MEANS, log_scale=True),
+    MeasureInfo("VR", "log variability ratio", (*_MEANS, ("sd1i", "n1i", "sd2i", "n2i")),
                 log_scale=True),
-    MeasureInfo("PLO", "logit transformed proportion", (("xi", "ni"),)),
-    MeasureInfo("PR", "raw proportion", (("xi", "ni"),)),
+    MeasureInfo("MN", "raw mean", (("mi", "sdi", "ni"),)),
+    MeasureInfo("MC", "raw mean change (paired design)", _PAIRED),
+    MeasureInfo("SMCC", "standardized mean change, change-score standardization", _PAIRED),
+    MeasureInfo("SMCR", "standardized mean change, raw-score standardization",
+                (*_PAIRED, ("m1i", "m2i", "sd1i", "ni", "ri"))),
+    MeasureInfo("COR", "raw correlation coefficient", (("ri", "ni"),)),
+    MeasureInfo("UCOR", "bias-corrected correlation coefficient", (("ri", "ni"),)),
+    MeasureInfo("IRD", "incidence rate difference", _RATES),
+    MeasureInfo("IRSD", "square root transformed incidence rate difference", _RATES),
+    MeasureInfo("PLN", "log transformed proportion", _PROPORTION),
+    MeasureInfo("PFT", "Freeman-Tukey double arcsine transformed proportion", _PROPORTION),
 )
 MEASURE_INFO: Mapping[str, MeasureInfo] = MappingProxyType({m.name: m for m in _MEASURES})
 #: The measures of ``escalc`` (and ``fedsynth meta --measure``).
 ESCALC_MEASURES: tuple[str, ...] = tuple(MEASURE_INFO)
+#: metafor's ``escalc(vtype=)`` sampling-variance estimators (``fedsynth meta --vtype``).
+VTYPES: tuple[str, ...] = ("UB", "LS", "LS2", "HO", "ST", "CS", "AV", "AVHO")
 #: Measures analysed on the log scale: escalc's ratio measures and the hazard ratio of the
 #: Cox estimator.
 RATIO_MEASURES: frozenset[str] = frozenset(

@@ -595,15 +595,22 @@ class _TrimFill:
     fit: MetaRegressionResult
     filled_yi: np.ndarray
     filled_vi: np.ndarray
+    se_k0: float = float("nan")
+    threshold: float = _METAFOR_DEFAULT_THRESHOLD
 
 
-def _trimfill(y: np.ndarray, v: np.ndarray, method: str, maxiter: int = 100) -> _TrimFill:
-    """Duval & Tweedie's trim-and-fill with the L0 estimator (metafor's algorithm)."""
+def _trimfill(y: np.ndarray, v: np.ndarray, method: str, maxiter: int = 100,
+              estimator: str = "L0", side: str | None = None) -> _TrimFill:
+    """Duval & Tweedie's trim-and-fill (metafor's algorithm; L0, R0 or Q0 estimator).
+
+    ``side`` None: estimated from the sign of the slope of the regression on sei.
+    """
     thr = _METAFOR_DEFAULT_THRESHOLD
     k = y.size
-    slope = fit_rma(y, v, np.column_stack([np.ones(k), np.sqrt(v)]), method=method,
-                    compute_r2=False, threshold=thr).coef[1]
-    side = "right" if slope < 0 else "left"
+    if side is None:
+        slope = fit_rma(y, v, np.column_stack([np.ones(k), np.sqrt(v)]), method=method,
+                        compute_r2=False, threshold=thr).coef[1]
+        side = "right" if slope < 0 else "left"
     # work on the side where sites are missing on the left: flip when it is the right
     ys = -y if side == "right" else y.copy()
     order = np.argsort(ys, kind="stable")
@@ -625,9 +632,32 @@ def _trimfill(y: np.ndarray, v: np.ndarray, method: str, maxiter: int = 100) -> 
         ranks[np.argsort(np.abs(yc), kind="stable")] = np.arange(1, k + 1)
         signed = np.sign(yc) * ranks
         Sr = signed[signed > 0].sum()
-        # L0 = (4 S_r - k(k+1)) / (2k - 1), rounded, never negative
-        # R's round() rounds half to even, as Python's does
-        k0 = max(0, round((4 * Sr - k * (k + 1)) / (2 * k - 1)))
+        if estimator == "R0":
+            # R0 = k - (largest rank among the negative deviations) - 1
+            neg = -signed[signed < 0]
+            if neg.size == 0:
+                raise FedsynthError("trimfill: R0 is undefined when no study lies below "
+                                    "the trimmed estimate")
+            k0f = float(k - neg.max() - 1)
+            se_k0 = float(np.sqrt(2 * max(0.0, k0f) + 2))
+        else:
+            if estimator == "L0":
+                # L0 = (4 S_r - k(k+1)) / (2k - 1)
+                k0f = (4 * Sr - k * (k + 1)) / (2 * k - 1)
+            else:  # Q0
+                k0f = k - 0.5 - float(np.sqrt(2 * k**2 - 4 * Sr + 0.25))
+            var_sr = (k * (k + 1) * (2 * k + 1) + 10 * k0f**3 + 27 * k0f**2 + 17 * k0f
+                      - 18 * k * k0f**2 - 18 * k * k0f + 6 * k**2 * k0f) / 24
+            # a negative variance gives NaN, as R's sqrt and max(0, NaN) do
+            with np.errstate(invalid="ignore"):
+                if estimator == "L0":
+                    se_k0 = 4 * float(np.sqrt(var_sr)) / (2 * k - 1)
+                else:
+                    se_k0 = 2 * float(np.sqrt(var_sr)) / float(
+                        np.sqrt((k - 0.5) ** 2 - k0f * (2 * k - k0f - 1)))
+            se_k0 = se_k0 if np.isnan(se_k0) else max(0.0, se_k0)
+        # rounded, never negative; R's round() rounds half to even, as Python's does
+        k0 = max(0, round(k0f))
     if k0 > 0:
         # mirror the k0 most extreme sites around the trimmed estimate
         mirrored = 2 * beta - ys[k - k0:]
@@ -641,7 +671,7 @@ def _trimfill(y: np.ndarray, v: np.ndarray, method: str, maxiter: int = 100) -> 
         yy, vv = y, v
     # with k0 = 0 metafor returns the model it was given (the exact fit)
     res = fit_rma(yy, vv, None, method=method, threshold=thr if k0 > 0 else None)
-    return _TrimFill(int(k0), side, res, fill_y, fill_v)
+    return _TrimFill(int(k0), side, res, fill_y, fill_v, se_k0, thr)
 
 
 def publication_bias(yi: Any, vi: Any, *, method: str = "REML",

@@ -16,7 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ("fedsynth", "fedsynth.api", "fedsynth.results", "fedsynth.plots",
-           "fedsynth.meta.pooling", "fedsynth.meta.bayes", "fedsynth.vocabulary")
+           "fedsynth.meta.pooling", "fedsynth.meta.bayes", "fedsynth.vocabulary",
+           "fedsynth.meta.bias", "fedsynth.effects.effect_sizes")
 FLAGS = doctest.ELLIPSIS
 
 

@@ -13,8 +13,10 @@ from fedsynth.errors import InputError
 
 
 def test_measures() -> None:
-    assert set(ESCALC_MEASURES) == {"OR", "RR", "RD", "MD", "SMD", "ROM", "ZCOR", "IRR",
-                                    "PLO", "PR"}
+    assert set(ESCALC_MEASURES) == {
+        "OR", "RR", "RD", "AS", "PHI", "OR2D", "MD", "SMD", "SMDH", "ROM", "CVR", "VR", "MN",
+        "MC", "SMCC", "SMCR", "COR", "UCOR", "ZCOR", "IRR", "IRD", "IRSD", "PR", "PLN",
+        "PLO", "PFT"}
 
 
 def test_2x2_from_group_sizes_equals_cells() -> None:

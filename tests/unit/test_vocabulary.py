@@ -59,9 +59,10 @@ def test_the_vocabulary_itself():
     assert voc.METHODS == ("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM")
     assert voc.RE_METHODS == voc.METHODS[1:]
     assert voc.TESTS == ("z", "knha")
-    assert voc.ESCALC_MEASURES == ("OR", "RR", "RD", "MD", "SMD", "ROM", "ZCOR", "IRR",
-                                   "PLO", "PR")
-    assert voc.RATIO_MEASURES == {"OR", "RR", "IRR", "ROM", "HR"}
+    assert voc.ESCALC_MEASURES[:10] == ("OR", "RR", "RD", "MD", "SMD", "ROM", "ZCOR", "IRR",
+                                        "PLO", "PR")
+    assert len(voc.ESCALC_MEASURES) == 26      # issue 16 added 16 of metafor's measures
+    assert voc.RATIO_MEASURES == {"OR", "RR", "IRR", "ROM", "CVR", "VR", "HR"}
     assert voc.ESTIMATOR_MEASURES == {"two_by_two": ("OR", "RR", "RD"),
                                       "two_group": ("MD", "SMD", "ROM")}
     assert voc.ESTIMATOR_INFO["two_by_two"].default_measure == "OR"

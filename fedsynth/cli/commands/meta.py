@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from fedsynth.cli.commands import meta_rare
 from fedsynth.cli.registry import Command
 from fedsynth.errors import InputError
+from fedsynth.terminal import printable
 from fedsynth.vocabulary import (
     COUNT_METHODS,
     ESCALC_MEASURES,
@@ -44,6 +45,7 @@ from fedsynth.vocabulary import (
     METHODS,
     RATIO_MEASURES,
     TESTS,
+    VTYPES,
 )
 
 # numpy, pandas (through fedsynth.tabular), the statistics and matplotlib are imported
@@ -114,8 +116,20 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--measure", type=str.upper, default=None,
                         choices=ESCALC_MEASURES,
                         help="compute yi, vi from raw columns named as metafor's escalc "
-                             "(ai,bi,ci,di or ai,n1i,ci,n2i; m1i,sd1i,n1i,m2i,sd2i,n2i; ri,ni; "
-                             "x1i,t1i,x2i,t2i; xi,ni) before pooling")
+                             "(ai,bi,ci,di or ai,n1i,ci,n2i; m1i,sd1i,n1i,m2i,sd2i,n2i; "
+                             "mi,sdi,ni; m1i,m2i,sd1i,sd2i,ni,ri; ri,ni; x1i,t1i,x2i,t2i; "
+                             "xi,ni or xi,mi) before pooling")
+    parser.add_argument("--add", type=float, default=None, metavar="X",
+                        help="with --measure: continuity correction added to count cells "
+                             "(metafor's add; default 1/2, 0 for AS, PHI, PFT, IRSD)")
+    parser.add_argument("--to", choices=("only0", "all", "if0all", "none"), default="only0",
+                        help="with --measure: which tables get --add (default: only0)")
+    parser.add_argument("--drop00", action="store_true",
+                        help="with --measure: studies with no events (or only events) in "
+                             "both groups are left out, as metafor's drop00")
+    parser.add_argument("--vtype", type=str.upper, default="LS", choices=VTYPES,
+                        help="with --measure: sampling-variance estimator (metafor's vtype; "
+                             "default LS)")
     parser.add_argument("--by", metavar="COL", default=None,
                         help="pool each group of rows separately (all groups in one batch)")
     parser.add_argument("--sep", type=_sep, default=None, metavar="SEP",
@@ -359,6 +373,11 @@ def _add_bayes_plot_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--funnel", metavar="OUT", default=None,
                        help="write a funnel plot (with trim-and-fill points under "
                             "--diagnostics) to OUT.png, OUT.svg or OUT.pdf")
+    group.add_argument("--plot", nargs=2, action="append", metavar=("KIND", "OUT"),
+                       default=None,
+                       help="write a radial, qqnorm, baujat, gosh, labbe (with --measure "
+                            "OR|RR|RD on 2x2 columns) or bubble (with one --moderator) plot "
+                            "to OUT.png, OUT.svg or OUT.pdf; repeatable")
     group.add_argument("--plot-measure", metavar="NAME", default=None, type=_plot_measure,
                        help="effect measure of yi for the plots' axis (default: --measure); "
                             f"one of {', '.join(PLOT_MEASURES)}; "
@@ -435,17 +454,28 @@ def _check_plot_target(option: str, out: str) -> None:
 def _plots(args: argparse.Namespace, data: MetaInput,
            batch: BatchPoolingResult) -> list[tuple[Any, str]]:
     """Build the requested figures (nothing written yet): (figure, path) pairs."""
-    if not (getattr(args, "forest", None) or getattr(args, "funnel", None)):
+    extra = getattr(args, "plot", None) or []
+    if not (getattr(args, "forest", None) or getattr(args, "funnel", None) or extra):
         return []
     # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
     from fedsynth import tabular
 
     # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
-    from fedsynth.plots import forest_plot, funnel_plot
+    from fedsynth.plots import PLOT_KINDS, forest_plot, funnel_plot
 
     for option in ("forest", "funnel"):
         if getattr(args, option):
             _check_plot_target(f"--{option}", getattr(args, option))
+    for kind, out in extra:
+        if kind.lower() not in PLOT_KINDS:
+            raise InputError(f"--plot: kind {kind!r} is not one of {', '.join(PLOT_KINDS)}")
+        _check_plot_target(f"--plot {kind}", out)
+        if kind.lower() == "labbe" and (getattr(args, "measure", None) or "") not in (
+                "OR", "RR", "RD"):
+            raise InputError("--plot labbe: needs --measure OR, RR or RD on the 2x2 columns "
+                             "(ai, bi, ci, di or ai, n1i, ci, n2i)")
+        if kind.lower() == "bubble" and not args.moderator:
+            raise InputError("--plot bubble: needs one numeric --moderator")
     measure = args.plot_measure or getattr(args, "measure", None)
     bayes = _bayes_batch(args, data)
     figures = []
@@ -470,7 +500,37 @@ def _plots(args: argparse.Namespace, data: MetaInput,
             fig = funnel_plot(result, measure=measure, title=title,
                               filled=pb if pb is not None and pb.trimfill_k0 > 0 else None)
             figures.append((fig, _plot_path(args.funnel, name, data.grouped)))
+        for kind, out in extra:
+            fig = _extra_plot(kind.lower(), args, data, i, result, analysis, title)
+            figures.append((fig, _plot_path(out, name, data.grouped)))
     return figures
+
+
+def _extra_plot(kind: str, args: argparse.Namespace, data: MetaInput, i: int, result: Any,
+                analysis: Any, title: str | None) -> Any:
+    """One of the ``--plot KIND`` figures of analysis ``i``."""
+    # lazy: keeps matplotlib, scipy and numpy out of `fedsynth --help` start-up
+    from fedsynth import plots
+    from fedsynth.effects.effect_sizes import COLUMN_SETS
+
+    if kind == "radial":
+        return plots.radial_plot(result, title=title)
+    if kind == "qqnorm":
+        return plots.qqnorm_plot(result, title=title)
+    if kind == "baujat":
+        return plots.baujat_plot(result, title=title)
+    if kind == "gosh":
+        return plots.gosh_plot(result.yi, result.vi, method=args.method, title=title)
+    if kind == "bubble":
+        if analysis.meta_regression is None:
+            raise InputError("--plot bubble: needs one numeric --moderator")
+        return plots.bubble_plot(analysis.meta_regression, title=title)
+    # labbe: the analysis' own rows of the 2x2 columns
+    rows = data.rows[i][data.mask[i]]
+    chosen = next(s for s in COLUMN_SETS["OR"] if all(c in data.frame.columns for c in s))
+    cols = {c: data.frame[c].to_numpy(dtype=float)[rows] for c in chosen}
+    return plots.labbe_plot(measure=args.measure, estimate=result.estimate, title=title,
+                            **cols)
 
 
 def _level(text: str) -> float:
@@ -845,10 +905,27 @@ def load_input(args: argparse.Namespace) -> MetaInput:
         mapping = _raw_mapping(args)
         try:
             effect_sizes = escalc_frame(_mapped_frame(frame, mapping), args.measure,
-                                        labels=list(labels))
+                                        labels=list(labels), add=args.add,
+                                        to=args.to, drop00=args.drop00,
+                                        vtype=args.vtype)
         except InputError as error:
             raise InputError(_name_user_columns(str(error), mapping)) from None
         yi, v = effect_sizes.yi, effect_sizes.vi
+        dropped = ~(np.isfinite(yi) & np.isfinite(v))
+        if dropped.all():
+            source = frame.attrs.get("source", "the input")
+            raise InputError(f"--drop00: every study of {source} has no events (or only "
+                             "events) in both groups")
+        if dropped.any():
+            # metafor's drop00 leaves these studies out of the model (rma omits NA with a
+            # warning): the same here, said on stderr
+            left_out = ", ".join(printable(str(x)) for x in labels[dropped])
+            print(f"fedsynth meta: --drop00 left out {int(dropped.sum())} "
+                  f"stud{'y' if dropped.sum() == 1 else 'ies'} with no events (or only "
+                  f"events) in both groups: {left_out}", file=sys.stderr)
+            keep = ~dropped
+            frame = frame.loc[keep].reset_index(drop=True)
+            labels, yi, v, n = labels[keep], yi[keep], v[keep], int(keep.sum())
     else:
         yi_col = args.yi or "yi"
         yi = tabular.numeric_column(frame, yi_col, option="--yi" if args.yi else None,

@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from fedsynth.cli.registry import Command
-from fedsynth.vocabulary import METHODS, TESTS
+from fedsynth.vocabulary import METHODS, TESTS, from_scale
 
 # The command line imports every command module to build its parser, so the modules a
 # command needs are imported when it runs. Measured on the shared 2-core machine (loaded):
@@ -112,6 +112,14 @@ def render_table(doc: RoundDocument) -> str:
     Site names, statuses, refusal reasons and analysis names came from sites or from the
     spec: each is shown through :func:`fedsynth.terminal.printable`, so a control sequence
     in a refusal reason is displayed (``\x1b``), not executed by the terminal.
+
+    A version-2 document (analyses with a ``scale``) is shown on the scale people read:
+    the estimate and its confidence and prediction intervals back-transformed by
+    :func:`fedsynth.vocabulary.from_scale` (a c-statistic, not its logit; an O:E ratio,
+    not its log), the pooling scale in its own column and in a footnote, and the p-value
+    with the measure's null it tests (``H0``; none for the Brier score: ``—``), as the
+    HTML report does. A version-1 document prints as it always did: its numbers on the
+    pooling scale, tested against 0.
     """
     # lazy: fedsynth.round_document is not loaded by `fedsynth --help` (start-up)
     from fedsynth.round_document import PooledEstimate
@@ -129,8 +137,10 @@ def render_table(doc: RoundDocument) -> str:
                      f"{p(site.submitted_at or '-')}")
         for name, reason in site.refusals.items():
             lines.append(f"    refused {p(name)}: {p(reason)}")
-    if doc.analyses:
-        lines.append("")
+    if not doc.analyses:
+        return "\n".join(lines)
+    lines.append("")
+    if all(a.scale is None for a in doc.analyses):     # version 1: as before
         header = (f"{'analysis':<26} {'k':>2} {'method':<6} {'estimate':>10} {'ci_lb':>10} "
                   f"{'ci_ub':>10} {'tau2':>9} {'I2':>6}  flag")
         lines.append(header)
@@ -142,7 +152,74 @@ def render_table(doc: RoundDocument) -> str:
                          f"{_fmt(pooled.estimate):>10} {_fmt(pooled.ci_lb):>10} "
                          f"{_fmt(pooled.ci_ub):>10} {_fmt(pooled.tau2):>9} "
                          f"{_fmt(pooled.I2, 1):>6}  {p(flag)}")
+        return "\n".join(lines)
+    lines.extend(_scaled_analysis_table(doc))
     return "\n".join(lines)
+
+
+#: Shown where a measure has no null: no p-value, no H0 (the Brier score).
+NO_NULL = "\u2014"
+
+
+def _shown(value: float | None, scale: str | None) -> float | None:
+    """A pooling-scale number on the scale results are read on (``None`` stays ``None``)."""
+    if value is None or scale is None:
+        return value
+    return from_scale(value, scale)
+
+
+def _fmt_pval(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "<0.0001" if value < 1e-4 else f"{value:.4f}"
+
+
+def _scaled_analysis_table(doc: RoundDocument) -> list[str]:
+    """The analyses of a version-2 document, back-transformed, with scale and null."""
+    # lazy: fedsynth.round_document is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.round_document import PooledEstimate
+
+    p = printable
+    rows = []
+    by_scale: dict[str, dict[str, None]] = {}
+    for a in doc.analyses:
+        pooled = a.pooled or PooledEstimate()
+        scale = a.scale or "identity"
+        measure = a.estimand or a.measure or a.estimator or ""
+        het = a.heterogeneity
+        flag = (het.level or "yes") if het is not None and het.flagged else ""
+        if a.scale is not None and a.null_value is None:
+            pval, null = NO_NULL, NO_NULL
+        else:
+            pval = _fmt_pval(pooled.pval)
+            null = "-" if a.null_value is None else f"{a.null_value:g}"
+        if scale != "identity":
+            by_scale.setdefault(scale, {})[p(measure)] = None
+        method = "/".join(p(x) for x in (a.method, a.test) if x)
+        rows.append((p(a.analysis), str(a.k or 0), method, p(measure), p(scale),
+                     *(_fmt(_shown(v, a.scale), 3) for v in (
+                         pooled.estimate, pooled.ci_lb, pooled.ci_ub, pooled.pi_lb,
+                         pooled.pi_ub)),
+                     pval, null, _fmt(pooled.tau2), _fmt(pooled.I2, 1), p(flag)))
+    names = ("analysis", "k", "method/test", "measure", "scale", "estimate", "ci_lb", "ci_ub",
+             "pi_lb", "pi_ub", "pval", "H0", "tau2", "I2", "flag")
+    left = {"analysis", "method/test", "measure", "scale", "flag"}
+    widths = [max(len(name), *(len(row[i]) for row in rows)) for i, name in enumerate(names)]
+    widths[0] = max(widths[0], 26)
+
+    def line(cells: tuple[str, ...]) -> str:
+        out = [c.ljust(w) if n in left else c.rjust(w)
+               for n, c, w in zip(names, cells, widths)]
+        return " ".join(out).rstrip()
+
+    lines = [line(names), *(line(row) for row in rows), ""]
+    notes = ["estimate, CI (ci_lb, ci_ub) and PI (pi_lb, pi_ub) back-transformed to the "
+             "measure; tau2 on the pooling scale",
+             f"pval tests H0, the measure's null ({NO_NULL}: no null, no p-value)"]
+    notes += [f"pooled on the {p(scale)} scale: {', '.join(measures)}"
+              for scale, measures in by_scale.items()]
+    lines += [f"  {note}" for note in notes]
+    return lines
 
 
 def render_csv(doc: RoundDocument) -> str:

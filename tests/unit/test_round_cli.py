@@ -150,6 +150,33 @@ def test_round_show_csv_one_row_per_analysis(capsys, coordinator_dir):
     assert header[header.index("estimate"):header.index("estimate") + len(pooled)] == pooled
 
 
+# --- round show (table) ------------------------------------------------------------------
+
+def test_round_show_table_states_scale_and_null(capsys, coordinator_dir):
+    """A version-2 document's table names the scale and the null each p-value tests."""
+    round_id = closed_round(coordinator_dir)
+    config = coordinator_dir / "coordinator.toml"
+    _, doc_text, _ = run(capsys, "round", "show", round_id, "--config", config, "--format",
+                         "json")
+    doc = json.loads(doc_text)
+    code, out, err = run(capsys, "round", "show", round_id, "--config", config)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("analysis"))
+    names = lines[start].split()
+    assert names[:5] == ["analysis", "k", "method/test", "measure", "scale"]
+    assert {"pi_lb", "pi_ub", "pval", "H0"} <= set(names)
+    for line, entry in zip(lines[start + 1:], doc["analyses"]):
+        cells = dict(zip(names, line.split()))
+        assert cells["analysis"] == entry["analysis"]
+        assert cells["measure"] == "MD" and cells["scale"] == "identity"
+        assert cells["method/test"] == f"{entry['method']}/{entry['test']}"
+        assert cells["H0"] == "0"                     # a mean difference is tested against 0
+        if entry.get("estimate") is not None:
+            assert cells["estimate"] == f"{entry['estimate']:.3f}"
+    assert "pval tests H0, the measure's null" in out
+
+
 # --- round wait -------------------------------------------------------------------------
 
 def test_round_wait_shows_progress_and_defaults_to_the_deadline(capsys, coordinator_dir,

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from fedsynth.cli import main
-from fedsynth.config import load_coordinator_config, load_site_config
+from fedsynth.config import (
+    DEFAULT_PERFORMANCE_METHOD,
+    DEFAULT_PERFORMANCE_TEST,
+    DEFAULT_PI_WIDTH,
+    load_coordinator_config,
+    load_site_config,
+)
 
 
 def run(capsys, *argv):
@@ -45,6 +51,36 @@ def test_init_coordinator_loads_with_every_option(capsys, tmp_path):
     data = tomllib.loads(text)
     assert {"listen", "state", "tls", "sites", "pooling"} <= set(data)
     assert "# [[schedule]]" in text
+    # the [pooling] keys of issue 12: written out (not only defaulted by the loader), with
+    # the defaults of fedsynth/config.py, each commented
+    pooling = data["pooling"]
+    assert pooling["performance_method"] == DEFAULT_PERFORMANCE_METHOD
+    assert pooling["performance_test"] == DEFAULT_PERFORMANCE_TEST
+    written = {k: tuple(v) if isinstance(v, list) else v
+               for k, v in pooling["pi_width"].items()}
+    assert written == dict(DEFAULT_PI_WIDTH)
+    assert config.pooling.performance_method == DEFAULT_PERFORMANCE_METHOD
+    assert config.pooling.performance_test == DEFAULT_PERFORMANCE_TEST
+    assert dict(config.pooling.pi_width) == dict(DEFAULT_PI_WIDTH)
+    section = text[text.index("[pooling.pi_width]"):]
+    for name in DEFAULT_PI_WIDTH:
+        line = next(x for x in section.splitlines() if x.startswith(f"{name} ="))
+        assert "# " in line, line
+    assert "rule pi_width" in text and "false switches a default off" in text
+
+
+def test_init_coordinator_pi_width_edits_load(capsys, tmp_path):
+    """Editing the written widths as its comments say loads with the real loader."""
+    out = tmp_path / "coordinator.toml"
+    assert run(capsys, "init", "coordinator", "--out", out)[0] == 0
+    text = out.read_text().replace("\nauc = 0.05 ", "\nauc = 0.03 ").replace(
+        "\nbrier = 0.02 ", "\nbrier = false ").replace(
+        "[pooling.pi_width]\n", "[pooling.pi_width]\nlogistic = [0.8, 1.25]\n")
+    out.write_text(text)
+    widths = load_coordinator_config(out).pooling.pi_width
+    assert widths["auc"] == 0.03 and "brier" not in widths
+    assert widths["logistic"] == (0.8, 1.25)
+    assert widths["oe_ratio"] == DEFAULT_PI_WIDTH["oe_ratio"]
 
 
 def test_init_site_loads_with_every_option(capsys, tmp_path):

@@ -110,6 +110,15 @@ def _toml(value: str) -> str:
     return f'"{out}"'
 
 
+def _pi_width_line(name: str, value: float | tuple[float, float]) -> str:
+    """One ``[pooling.pi_width]`` entry with a comment saying how it is read."""
+    if isinstance(value, tuple):
+        low, high = value
+        return (f"{name} = [{low:g}, {high:g}]".ljust(40)
+                + f"# the PI must stay within {low:g} to {high:g}")
+    return f"{name} = {value:g}".ljust(40) + f"# a half-width: the PI beyond \u00b1{value:g} flags"
+
+
 def _rel(path: str | os.PathLike[str], base: Path) -> str:
     """Name ``path`` as the file should: relative to ``base`` when under it, else absolute.
 
@@ -135,6 +144,11 @@ def coordinator_toml(args: argparse.Namespace, base: Path) -> str:
     """The text of a commented coordinator.toml for these options."""
     # lazy: fedsynth.config/fileio/timeutil are not loaded by `fedsynth --help` (start-up)
     from fedsynth import __version__
+    from fedsynth.config import (
+        DEFAULT_PERFORMANCE_METHOD,
+        DEFAULT_PERFORMANCE_TEST,
+        DEFAULT_PI_WIDTH,
+    )
     from fedsynth.timeutil import iso, utcnow
 
     pki = Path(args.pki)
@@ -147,6 +161,7 @@ def coordinator_toml(args: argparse.Namespace, base: Path) -> str:
         state = args.state if "://" in args.state else _rel(args.state, base)
     report_dir = "reports" if args.report_dir is None else _rel(args.report_dir, base)
     allow_text = ", ".join(_toml(s) for s in allow)
+    widths = "\n".join(_pi_width_line(name, value) for name, value in DEFAULT_PI_WIDTH.items())
     return f"""\
 # coordinator.toml, written by `fedsynth init coordinator` (fedsynth {__version__},
 # {iso(utcnow())}). Relative paths are read from this file's directory.
@@ -199,6 +214,19 @@ method = {_toml(args.method)}   # tau^2 estimator: {", ".join(METHODS)}
 test = {_toml(args.test)}        # z (Wald) or knha (Knapp-Hartung)
 level = 95          # confidence level, percent
 i2_threshold = 50   # I^2 (percent) at which an analysis is flagged as heterogeneous
+# A risk model's performance measures (AUC, calibration, O:E, Brier) are pooled as the
+# prediction-model literature does (Debray et al. 2017; metamisc's valmeta): on their own
+# method and test, with the prediction interval on t(k-2).
+performance_method = {_toml(DEFAULT_PERFORMANCE_METHOD)}
+performance_test = {_toml(DEFAULT_PERFORMANCE_TEST)}
+
+# Clinically meaningful prediction-interval widths, on the scale results are read on
+# (c-statistic, O:E, slope): a number is a half-width around the pooled value, a pair
+# [low, high] a range the interval must stay within. A prediction interval beyond its
+# width flags the analysis (rule pi_width); within it, a high I^2 alone does not.
+# Any estimator may get one (e.g. logistic = [0.8, 1.25]); false switches a default off.
+[pooling.pi_width]
+{widths}
 
 # Recurring rounds (uncomment and repeat per schedule): an analysis spec, a cron
 # expression in UTC, how long each round stays open and how many sites it needs.

@@ -4,6 +4,7 @@ measure tested against its own null, BLUPs and driving sites (issue 12, phase 2)
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -26,6 +27,19 @@ def test_demo_high_heterogeneity(tmp_path: Path) -> None:
     assert sorted(s for s, _ in answered) == ["mtf-alpha", "mtf-bravo", "mtf-charlie",
                                                "mtf-delta"]
     assert [int(n) for _, n in answered] == [1, 2, 3, 4]
+    # the printed table reads like the report: back-transformed, scale and null stated
+    table = result.stdout[result.stdout.index("\nanalysis "):]
+    assert "pooled on the logit scale: c-statistic" in table
+    lines = table.strip("\n").splitlines()
+    names = lines[0].split()
+    after = names[names.index("scale"):]
+    rows = {}
+    for line in lines[1:]:
+        if not line.strip():
+            break
+        cells = line.split()     # the measure may hold spaces: read on from the scale
+        at = next(i for i in range(4, len(cells)) if cells[i] in ("identity", "log", "logit"))
+        rows[cells[0]] = dict(zip(after, cells[at:]))
 
     (doc_path,) = (tmp_path / "demo" / "federation" / "reports").glob("*.json")
     doc = json.loads(doc_path.read_text())
@@ -40,6 +54,10 @@ def test_demo_high_heterogeneity(tmp_path: Path) -> None:
     # calibration slope against 1, Brier without a p-value
     assert slope["stat"] == pytest.approx((slope["estimate"] - 1.0) / slope["se"])
     assert brier["null_value"] is None and brier["pval"] is None
+    c = 1 / (1 + math.exp(-auc["estimate"]))
+    assert (rows["auc"]["scale"], rows["auc"]["estimate"], rows["auc"]["H0"]) == (
+        "logit", f"{c:.3f}", "0.5")
+    assert (rows["brier"]["pval"], rows["brier"]["H0"]) == ("\u2014", "\u2014")
     flagged = [a for a in doc["analyses"] if a["heterogeneity"]["flagged"]]
     assert any(a["heterogeneity"]["level"] == "strong" for a in flagged)
     assert all(a["blups"] for a in flagged)

@@ -31,7 +31,6 @@ the slots the well-behaved sites need. The defaults are defined once, in
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -43,7 +42,7 @@ import grpc
 
 from fedsynth.config import LimitsConfig
 from fedsynth.errors import InputError
-from fedsynth.revocation import peer_common_name
+from fedsynth.revocation import peer_common_name, wrap_method_handler
 
 __all__ = ["RateLimit", "RateLimiter", "RateLimitInterceptor", "ConcurrencyLimiter",
            "AdmissionInterceptor", "HEALTH_PREFIX", "identity_of"]
@@ -249,78 +248,6 @@ def identity_of(context: Any) -> str:
 _identity = identity_of     # the name earlier code and tests use
 
 
-def _wrap_admitted(handler: Any, enter: Callable[[Any], Any],
-                   leave: Callable[[Any], None]) -> Any:
-    """A method handler that admits each call before it runs and releases it after.
-
-    A copy of a grpc.aio method handler that awaits ``enter(context)`` first (which
-    aborts a refused call) and calls ``leave(ticket)`` when the call ends, however it ends
-    (reply, error, cancellation by the client's deadline).
-    """
-    if handler is None:
-        return None
-    kinds = {"request_deserializer": handler.request_deserializer,
-             "response_serializer": handler.response_serializer}
-    if handler.unary_unary is not None:
-        inner = handler.unary_unary
-
-        async def unary_unary(request: Any, context: Any) -> Any:
-            ticket = await enter(context)
-            try:
-                result = inner(request, context)
-                return await result if inspect.isawaitable(result) else result
-            finally:
-                leave(ticket)
-
-        return grpc.unary_unary_rpc_method_handler(unary_unary, **kinds)
-    if handler.unary_stream is not None:
-        inner_us = handler.unary_stream
-
-        async def unary_stream(request: Any, context: Any) -> Any:
-            ticket = await enter(context)
-            try:
-                result = inner_us(request, context)
-                if hasattr(result, "__aiter__"):
-                    async for item in result:
-                        yield item
-                elif inspect.isawaitable(result):
-                    await result
-                else:
-                    for item in result:
-                        yield item
-            finally:
-                leave(ticket)
-
-        return grpc.unary_stream_rpc_method_handler(unary_stream, **kinds)
-    if handler.stream_unary is not None:
-        inner_su = handler.stream_unary
-
-        async def stream_unary(request_iterator: Any, context: Any) -> Any:
-            ticket = await enter(context)
-            try:
-                result = inner_su(request_iterator, context)
-                return await result if inspect.isawaitable(result) else result
-            finally:
-                leave(ticket)
-
-        return grpc.stream_unary_rpc_method_handler(stream_unary, **kinds)
-    inner_ss = handler.stream_stream
-
-    async def stream_stream(request_iterator: Any, context: Any) -> Any:
-        ticket = await enter(context)
-        try:
-            result = inner_ss(request_iterator, context)
-            if hasattr(result, "__aiter__"):
-                async for item in result:
-                    yield item
-            elif inspect.isawaitable(result):
-                await result
-        finally:
-            leave(ticket)
-
-    return grpc.stream_stream_rpc_method_handler(stream_stream, **kinds)
-
-
 class AdmissionInterceptor(grpc.aio.ServerInterceptor):
     """grpc.aio server interceptor: the rate limit, then the bound on calls in flight.
 
@@ -387,7 +314,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
             if ticket is not None and concurrency is not None:
                 concurrency.leave(ticket)
 
-        return _wrap_admitted(handler, enter, leave)
+        return wrap_method_handler(handler, enter, leave)
 
 
 class RateLimitInterceptor(AdmissionInterceptor):

@@ -481,8 +481,16 @@ def peer_common_name(context: Any) -> str | None:
     return _site_of(cert) if cert is not None else None
 
 
-def _wrap_handler(handler, check: Callable[[Any], Any]):
-    """Return a copy of a grpc.aio method handler that awaits ``check(context)`` first."""
+def wrap_method_handler(handler: Any, enter: Callable[[Any], Any],
+                        leave: Callable[[Any], None] | None = None) -> Any:
+    """A method handler that admits each call before it runs and releases it after.
+
+    A copy of a grpc.aio method handler that awaits ``enter(context)`` first (which
+    aborts a refused call) and, when given, calls ``leave(ticket)`` with what ``enter``
+    returned once the call ends, however it ends (reply, error, cancellation by the client's
+    deadline). The revocation check needs only ``enter``; the coordinator's admission
+    interceptor (calls in flight per identity) uses both.
+    """
     if handler is None:
         return None
     kinds = {"request_deserializer": handler.request_deserializer,
@@ -490,49 +498,66 @@ def _wrap_handler(handler, check: Callable[[Any], Any]):
     if handler.unary_unary is not None:
         inner = handler.unary_unary
 
-        async def unary_unary(request, context):
-            await check(context)
-            result = inner(request, context)
-            return await result if inspect.isawaitable(result) else result
+        async def unary_unary(request: Any, context: Any) -> Any:
+            ticket = await enter(context)
+            try:
+                result = inner(request, context)
+                return await result if inspect.isawaitable(result) else result
+            finally:
+                _release(leave, ticket)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, **kinds)
     if handler.unary_stream is not None:
         inner_us = handler.unary_stream
 
-        async def unary_stream(request, context):
-            await check(context)
-            result = inner_us(request, context)
-            if hasattr(result, "__aiter__"):
-                async for item in result:
-                    yield item
-            elif inspect.isawaitable(result):
-                await result
-            else:
-                for item in result:
-                    yield item
+        async def unary_stream(request: Any, context: Any) -> Any:
+            ticket = await enter(context)
+            try:
+                result = inner_us(request, context)
+                if hasattr(result, "__aiter__"):
+                    async for item in result:
+                        yield item
+                elif inspect.isawaitable(result):
+                    await result
+                else:
+                    for item in result:
+                        yield item
+            finally:
+                _release(leave, ticket)
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, **kinds)
     if handler.stream_unary is not None:
         inner_su = handler.stream_unary
 
-        async def stream_unary(request_iterator, context):
-            await check(context)
-            result = inner_su(request_iterator, context)
-            return await result if inspect.isawaitable(result) else result
+        async def stream_unary(request_iterator: Any, context: Any) -> Any:
+            ticket = await enter(context)
+            try:
+                result = inner_su(request_iterator, context)
+                return await result if inspect.isawaitable(result) else result
+            finally:
+                _release(leave, ticket)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, **kinds)
     inner_ss = handler.stream_stream
 
-    async def stream_stream(request_iterator, context):
-        await check(context)
-        result = inner_ss(request_iterator, context)
-        if hasattr(result, "__aiter__"):
-            async for item in result:
-                yield item
-        elif inspect.isawaitable(result):
-            await result
+    async def stream_stream(request_iterator: Any, context: Any) -> Any:
+        ticket = await enter(context)
+        try:
+            result = inner_ss(request_iterator, context)
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    yield item
+            elif inspect.isawaitable(result):
+                await result
+        finally:
+            _release(leave, ticket)
 
     return grpc.stream_stream_rpc_method_handler(stream_stream, **kinds)
+
+
+def _release(leave: Callable[[Any], None] | None, ticket: Any) -> None:
+    if leave is not None:
+        leave(ticket)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -614,4 +639,4 @@ class RevocationInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler_call_details.method in self._exempt:
             return handler
-        return _wrap_handler(handler, self._check)
+        return wrap_method_handler(handler, self._check)

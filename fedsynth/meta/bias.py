@@ -81,6 +81,19 @@ def _yi_vi(yi: Any, vi: Any, sei: Any, min_k: int) -> tuple[np.ndarray, np.ndarr
 # ---------------------------------------------------------------------------------------
 
 
+
+def _interval_at_fit_level(result: Any, confidence_level: float | None,
+                           function: str) -> Interval:
+    """``result``'s stored ``(ci_lb, ci_ub)``, refusing a level other than the fit's.
+
+    These tools compute their interval inside the fit (an iterative or ML fit at ``level``),
+    so another level needs a new call, not a rescaled interval.
+    """
+    if confidence_level is not None and abs(confidence_level * 100 - result.level) > 1e-9:
+        raise InputError(f"confidence_level: this {function} fit is at {result.level:g}%; "
+                         f"call {function}(level={confidence_level})")
+    return Interval(result.ci_lb, result.ci_ub, level=result.level / 100)
+
 @dataclass(frozen=True)
 class FailSafeNResult(ResultMixin):
     """Fail-safe N (metafor ``fsn``).
@@ -250,10 +263,7 @@ class RegtestResult(ResultMixin):
 
     def confidence_interval(self, confidence_level: float | None = None) -> Interval:
         """Confidence interval of the limit estimate (at the level of the fit)."""
-        if confidence_level is not None and abs(confidence_level * 100 - self.level) > 1e-9:
-            raise InputError(f"confidence_level: this regtest was computed at "
-                             f"{self.level:g}%; call regtest(level={confidence_level})")
-        return Interval(self.ci_lb, self.ci_ub, level=self.level / 100)
+        return _interval_at_fit_level(self, confidence_level, "regtest")
 
     def summary(self, digits: int = 4) -> str:
         """Text in the spirit of metafor's ``print.regtest``."""
@@ -411,10 +421,7 @@ class TrimFillResult(ResultMixin):
 
     def confidence_interval(self, confidence_level: float | None = None) -> Interval:
         """Confidence interval of the filled-in estimate (at the level of the fit)."""
-        if confidence_level is not None and abs(confidence_level * 100 - self.level) > 1e-9:
-            raise InputError(f"confidence_level: this fit is at {self.level:g}%; call "
-                             f"trimfill(level={confidence_level})")
-        return Interval(self.ci_lb, self.ci_ub, level=self.level / 100)
+        return _interval_at_fit_level(self, confidence_level, "trimfill")
 
     def summary(self, digits: int = 4) -> str:
         """Text in the spirit of metafor's ``print.rma.uni`` for a trim-and-fill fit."""
@@ -536,10 +543,7 @@ class HenmiCopasResult(ResultMixin):
 
     def confidence_interval(self, confidence_level: float | None = None) -> Interval:
         """The Henmi-Copas interval (at the level of the fit)."""
-        if confidence_level is not None and abs(confidence_level * 100 - self.level) > 1e-9:
-            raise InputError(f"confidence_level: this interval is at {self.level:g}%; call "
-                             f"hc(level={confidence_level})")
-        return Interval(self.ci_lb, self.ci_ub, level=self.level / 100)
+        return _interval_at_fit_level(self, confidence_level, "hc")
 
     def summary(self, digits: int = 4) -> str:
         """Text in the spirit of metafor's ``print.hc.rma.uni``."""
@@ -705,10 +709,7 @@ class SelectionModelResult(ResultMixin):
 
     def confidence_interval(self, confidence_level: float | None = None) -> Interval:
         """Wald interval of the adjusted estimate (at the level of the fit)."""
-        if confidence_level is not None and abs(confidence_level * 100 - self.level) > 1e-9:
-            raise InputError(f"confidence_level: this fit is at {self.level:g}%; call "
-                             f"selmodel(level={confidence_level})")
-        return Interval(self.ci_lb, self.ci_ub, level=self.level / 100)
+        return _interval_at_fit_level(self, confidence_level, "selmodel")
 
     def summary(self, digits: int = 4) -> str:
         """Text in the spirit of metafor's ``print.rma.uni.selmodel``."""

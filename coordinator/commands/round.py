@@ -102,7 +102,10 @@ def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        text = f"{value:.{digits}f}"
+        # A value that rounds to zero prints as zero, without a sign ("-0.0000" read as a
+        # negative estimate), as the HTML report's cells do.
+        return text[1:] if text.startswith("-") and float(text) == 0 else text
     return str(value)
 
 

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from coordinator.commands.round import NO_NULL, render_table
+from coordinator.commands.round import NO_NULL, _fmt, render_table
 from coordinator.rounds import pool_analyses
 from coordinator.store import SubmissionRecord
 from fedsynth.round_document import RoundDocument
@@ -119,3 +119,9 @@ def test_version_1_document_prints_as_before(doc):
     line = next(line for line in text.splitlines() if line.startswith("auc "))
     assert line.split()[3] == f"{auc.estimate:.4f}"        # the logit, as before
     assert "pooled on the" not in text and "H0" not in text
+
+
+def test_a_value_that_rounds_to_zero_prints_without_a_sign():
+    """``-0.0000`` reads as a negative estimate: the table prints ``0.0000`` (HTML does too)."""
+    assert _fmt(-1e-9) == "0.0000" and _fmt(-4e-5, 4) == "0.0000"
+    assert _fmt(-0.00006, 4) == "-0.0001" and _fmt(0.0, 2) == "0.00"

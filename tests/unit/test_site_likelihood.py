@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import math
 
 import numpy as np
@@ -193,3 +194,26 @@ def test_likelihoods_from_a_file(tmp_path):
     _adjusted_frame().to_csv(path, index=False)
     out = likelihoods_from_data({"path": str(path)}, list(COX.analyses))
     assert isinstance(out["lik"], LikelihoodRelease) and out["lik"].n == 400
+
+
+def test_site_estimate_prints_the_likelihood_it_would_send(tmp_path, capsys):
+    from fedsynth.cli import main
+
+    data = tmp_path / "site.csv"
+    _adjusted_frame(zero_treated_events=False).to_csv(data, index=False)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(_spec("cox", 'time = "time"\nevent = "died"\ncovariates = ["age"]\n'))
+    assert main(["site", "estimate", "--spec", str(spec), "--data", str(data),
+                 "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)["analyses"]["lik"]
+    assert set(out) == {"likelihood", "n"} and out["n"] == 400
+    assert out["likelihood"]["form"] == "grid_with_gradients"
+    assert main(["site", "estimate", "--spec", str(spec), "--data", str(data)]) == 0
+    text = capsys.readouterr().out
+    assert "likelihood sent (grid_with_gradients, 9 points)" in text and "HR" in text
+    # with zero treated events and no permission: the default refuses it
+    _adjusted_frame().to_csv(data, index=False)
+    assert main(["site", "estimate", "--spec", str(spec), "--data", str(data),
+                 "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)["analyses"]["lik"]
+    assert "refused" in out and "likelihood would reveal it" in out["refused"]

@@ -203,3 +203,24 @@ def test_random_grids_are_either_valid_or_refused_cleanly(values, n):
         return
     # accepted: the coordinator's reader takes it without another error
     approximation_from_dict(wire.likelihood)
+
+
+# --- reading a monotone grid beyond its points ------------------------------------------------
+
+def test_grid_extrapolates_flat_where_a_line_would_rise():
+    """A zero-event arm's likelihood rises towards -infinity: read flat beyond the grid
+    there (a log-likelihood is bounded above), linear on the falling side."""
+    from fedsynth.meta.likelihood import pool_likelihoods_random
+
+    grid = approximate(profiler("two_by_two", ai=0, bi=80, ci=6, di=74))
+    lo, hi = grid.points[0], grid.points[-1]
+    assert grid.derivatives[0] < 0                       # would rise to the left
+    value, slope, curve = grid.evaluate([lo - 5.0, hi + 5.0])
+    assert value[0] == pytest.approx(grid.values[0]) and slope[0] == 0 and curve[0] == 0
+    assert value[1] == pytest.approx(grid.values[-1] + 5.0 * grid.derivatives[-1])
+    # with a heavy-tailed prior on tau the posterior stays proper: tau is not pushed to the
+    # edge of the integration grid and mu stays near the other sites' evidence
+    others = [approximate(profiler("two_by_two", ai=a, bi=b, ci=c, di=d))
+              for a, b, c, d in ((4, 96, 9, 91), (3, 120, 6, 110), (5, 60, 8, 57))]
+    r = pool_likelihoods_random([*others, grid], prior="half_cauchy", scale=0.5)
+    assert -3 < r.mu_median < 0 and r.tau_ci_ub < 5

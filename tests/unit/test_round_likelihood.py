@@ -66,6 +66,8 @@ def test_likelihood_section_equals_pooling_the_same_likelihoods(tmp_path):
         assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
     assert lik.mu_ci == pytest.approx((re.mu_ci_lb, re.mu_ci_ub), rel=1e-12)
     assert lik.prior == "half_cauchy" and lik.tau_scale == 0.5
+    # a proper posterior despite the monotone site under a heavy-tailed prior
+    assert -3 < lik.mu_median < 0 and lik.tau_ci[1] < 5
     # the zero-event site pulls the pooled OR down, and it is not in the normal pooling
     assert lik.estimate < lik.normal_estimate and lik.difference < 0
     assert [s.site for s in entry.site_estimates] == ["site-a", "site-b", "site-c"]
@@ -120,3 +122,13 @@ def test_report_shows_the_likelihood_section(tmp_path):
     lik = doc.analysis("mort").likelihood
     assert f"{math.exp(lik.estimate):.3g}" in html
     assert "site-z" in html and "no finite maximum" in html
+
+
+def test_round_show_table_states_the_likelihood_pooling(tmp_path):
+    from coordinator.commands.round import render_csv, render_table
+
+    doc = _closed(tmp_path)
+    text = render_table(doc)
+    assert "mort: Likelihood pooling of 4 site(s) (1 without an estimate" in text
+    assert "Difference (likelihood - normal, fixed effect)" in text
+    assert "likelihood" not in render_csv(doc).splitlines()[0].split(",")

@@ -217,3 +217,22 @@ def test_site_estimate_prints_the_likelihood_it_would_send(tmp_path, capsys):
                  "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)["analyses"]["lik"]
     assert "refused" in out and "likelihood would reveal it" in out["refused"]
+
+
+def test_likelihoods_from_a_sql_source_equal_the_file(tmp_path):
+    import sqlalchemy as sa
+
+    frame = _adjusted_frame(zero_treated_events=False)
+    path = tmp_path / "site.csv"
+    frame.to_csv(path, index=False)
+    db = tmp_path / "site.db"
+    engine = sa.create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        pd.read_csv(path).to_sql("patients", conn, index=False)
+    engine.dispose()
+    analyses = list(COX.analyses)
+    from_sql = likelihoods_from_data({"url": f"sqlite:///{db}", "table": "patients"},
+                                     analyses)["lik"]
+    from_file = likelihoods_from_data({"path": str(path)}, analyses)["lik"]
+    assert isinstance(from_sql, LikelihoodRelease)
+    assert from_sql.likelihood == from_file.likelihood and from_sql.n == from_file.n

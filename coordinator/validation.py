@@ -52,7 +52,7 @@ MAX_LIKELIHOOD_SE = 1e4
 TOP_TOLERANCE = 1e-6
 
 
-def _finite(where: str, name: str, value: object, bound: float) -> float:
+def _bounded(where: str, name: str, value: object, bound: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or \
             not math.isfinite(value):
         raise InputError(f"{where}: {name} = {value!r} is not a finite number")
@@ -72,8 +72,8 @@ def _check_likelihood(e: WireLikelihood) -> None:
         raise InputError(f"{where}: estimate and se come together (got estimate = "
                          f"{e.estimate!r}, se = {e.se!r})")
     if e.estimate is not None:
-        _finite(where, "estimate", e.estimate, MAX_ABS_LOG_EFFECT)
-        se = _finite(where, "se", e.se, MAX_LIKELIHOOD_SE)
+        _bounded(where, "estimate", e.estimate, MAX_ABS_LOG_EFFECT)
+        se = _bounded(where, "se", e.se, MAX_LIKELIHOOD_SE)
         if not se > 0:
             raise InputError(f"{where}: se = {e.se!r} must be positive")
     if e.form == "normal":
@@ -81,10 +81,10 @@ def _check_likelihood(e: WireLikelihood) -> None:
             raise InputError(f"{where}: form 'normal' needs estimate and se")
         return
     if e.form == "custom":
-        _finite(where, "mu", e.mu, MAX_ABS_LOG_EFFECT)
-        _finite(where, "gamma", e.gamma, MAX_ABS_GAMMA)
+        _bounded(where, "mu", e.mu, MAX_ABS_LOG_EFFECT)
+        _bounded(where, "gamma", e.gamma, MAX_ABS_GAMMA)
         if e.sigma is not None:
-            sigma = _finite(where, "sigma", e.sigma, MAX_SIGMA)
+            sigma = _bounded(where, "sigma", e.sigma, MAX_SIGMA)
             if not sigma >= MIN_SIGMA:
                 raise InputError(f"{where}: sigma = {e.sigma!r} is outside the accepted "
                                  f"range [{MIN_SIGMA:g}, {MAX_SIGMA:g}]")
@@ -98,12 +98,12 @@ def _check_likelihood(e: WireLikelihood) -> None:
     if len(e.values) != size or len(e.derivatives) != size:
         raise InputError(f"{where}: {size} points but {len(e.values)} values and "
                          f"{len(e.derivatives)} derivatives (one each per point)")
-    points = [_finite(where, f"points[{i}]", v, MAX_ABS_LOG_EFFECT)
+    points = [_bounded(where, f"points[{i}]", v, MAX_ABS_LOG_EFFECT)
               for i, v in enumerate(e.points)]
-    values = [_finite(where, f"values[{i}]", v, MAX_ABS_LOGLIK)
+    values = [_bounded(where, f"values[{i}]", v, MAX_ABS_LOGLIK)
               for i, v in enumerate(e.values)]
     for i, v in enumerate(e.derivatives):
-        _finite(where, f"derivatives[{i}]", v, MAX_ABS_SLOPE)
+        _bounded(where, f"derivatives[{i}]", v, MAX_ABS_SLOPE)
     for i in range(1, size):
         if not points[i] > points[i - 1]:
             raise InputError(f"{where}: points must be strictly increasing (points[{i}] = "

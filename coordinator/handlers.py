@@ -289,13 +289,17 @@ class Handlers:
                            f"{window:.0f} s): check the site's clock")
         analyses = [a["name"] for a in record.spec.get("analyses", [])]
         try:
-            check_submission(content, analyses)
+            check_submission(content, analyses, likelihood_analyses=[
+                a["name"] for a in record.spec.get("analyses", [])
+                if a.get("release") == "likelihood"])
         except InputError as error:
             raise Rejected("invalid", str(error)) from None
         results = {name: r.to_dict() for name, r in content.results.items()}
         audit = {"site": site, "round": content.round_id, "digest": digest,
                  "estimates": sorted(content.estimates()),
                  "refusals": {k: v.reason for k, v in content.refusals().items()}}
+        if content.likelihoods():
+            audit["likelihoods"] = sorted(content.likelihoods())
         try:
             status = self.store.add_submission(
                 round_id=content.round_id, site=site, nonce=content.nonce,

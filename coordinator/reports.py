@@ -640,6 +640,59 @@ def _site_estimate_table(a: AnalysisResult) -> str:
             + "</tbody></table></div>")
 
 
+def _ratio(value: Any) -> str:
+    """A log ratio shown as the ratio (3 significant digits); unbounded/missing as a dash."""
+    number = finite_or_none(value)
+    return "\u2013" if number is None else f"{math.exp(number):.3g}"
+
+
+def _own(estimate: float | None) -> str:
+    return _ratio(estimate) if estimate is not None else "none (no finite maximum)"
+
+
+def _likelihood_section(a: AnalysisResult) -> str:
+    """Likelihood pooling beside the normal approximation (round document version 3)."""
+    lik = a.likelihood
+    if lik is None:
+        return ""
+    what = _esc(lik.estimand or "ratio")
+    lev = f"{lik.level or 95:g}%"
+    mu_lo, mu_hi = lik.mu_ci or (None, None)
+    rows = [
+        ("Likelihood, fixed effect (summed log-likelihoods)", lik.k,
+         _ratio(lik.estimate), f"{_ratio(lik.ci_lb)} to {_ratio(lik.ci_ub)}",
+         f"{lev} likelihood-ratio CI"),
+        (f"Likelihood, random effects ({_esc(lik.prior)} prior on \u03c4, scale "
+         f"{_esc(lik.tau_scale)})", lik.k, _ratio(lik.mu_median),
+         f"{_ratio(mu_lo)} to {_ratio(mu_hi)}", f"{lev} credible interval (median)"),
+        ("Normal approximation, inverse variance (sites with an estimate)", lik.normal_k,
+         _ratio(lik.normal_estimate), f"{_ratio(lik.normal_ci_lb)} to "
+         f"{_ratio(lik.normal_ci_ub)}", f"{lev} Wald CI"),
+    ]
+    body = "".join(f"<tr><td>{label}</td><td class=\"num\">{_esc(k)}</td>"
+                   f"<td class=\"num\">{est}</td><td class=\"num\">{ci}</td>"
+                   f"<td>{kind}</td></tr>" for label, k, est, ci, kind in rows)
+    site_rows = "".join(
+        f"<tr><td>{_esc(x.site)}</td><td>{_esc(x.form)}</td>"
+        f"<td class=\"num\">{_esc(x.n) if x.n is not None else '&ndash;'}</td>"
+        f"<td class=\"num\">{_own(x.estimate)}</td></tr>" for x in lik.sites)
+    notes = "".join(f"<p class=\"note\">{_esc(n)}</p>" for n in lik.notes)
+    return (f"<h4>Likelihood pooling ({_esc(lik.parameter)}; {lik.k_without_estimate} of "
+            f"{lik.k} site(s) without an estimate of their own)</h4>"
+            f"<p>{_esc(lik.statement)}</p>{notes}"
+            "<div class=\"scroll\"><table><thead><tr><th>Pooling</th>"
+            f"<th class=\"num\">k</th><th class=\"num\">{what}</th>"
+            "<th class=\"num\">Interval</th><th>Interval kind</th></tr></thead><tbody>"
+            + body + "</tbody></table></div>"
+            "<div class=\"scroll\"><table><thead><tr><th>Site</th><th>Released form</th>"
+            f"<th class=\"num\">n</th><th class=\"num\">Own {what}</th></tr></thead><tbody>"
+            + site_rows + "</tbody></table></div>"
+            "<p class=\"note\">A site released an approximation of its profile "
+            "log-likelihood instead of an estimate; one without an estimate of its own (no "
+            "events in one arm) is dropped by the normal approximation but contributes to "
+            "the likelihood pooling.</p>")
+
+
 def _participation(doc: RoundDocument) -> str:
     rows, refusal_rows = [], []
     for s in doc.sites:
@@ -738,6 +791,7 @@ def render_round_html(round_doc: RoundDocument | Mapping[str, Any]) -> str:
             parts.append("<div class=\"alert\"><p>" + _esc(" ".join(het.reasons))
                          + "</p></div>")
         parts.append(_site_estimate_table(a))
+        parts.append(_likelihood_section(a))
     return _page(f"fedsynth round {doc.round}", "\n".join(parts))
 
 

@@ -12,6 +12,14 @@ listed with their reasons, so the report shows who is missing from each number. 
 result is a typed :class:`fedsynth.round_document.RoundDocument`; the store keeps its JSON
 form (:meth:`~fedsynth.round_document.RoundDocument.to_dict`).
 
+An analysis whose spec asks for released likelihoods (``release = "likelihood"``) is
+pooled twice: as every analysis, over the sites whose likelihood has a finite maximum
+(their estimate and its variance: the normal approximation), and over every site's
+likelihood (:mod:`fedsynth.meta.likelihood`: fixed effect by summed log-likelihoods with
+the likelihood-ratio interval, random effects by Bayesian quadrature with the spec's
+prior on tau), reported side by side with the difference
+(:class:`fedsynth.round_document.LikelihoodPooling`).
+
 Pooling is a pure function of the stored submissions (:func:`pool_round`), so a coordinator
 that crashed mid-close recomputes the same document after restart, and the store's
 conditional close (:meth:`coordinator.store.Store.close_round`) keeps only one of them.
@@ -19,6 +27,7 @@ conditional close (:meth:`coordinator.store.Store.close_round`) keeps only one o
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import math
@@ -37,12 +46,14 @@ from fedsynth.round_document import (
     AnalysisResult,
     FlagDetails,
     HeterogeneityVerdict,
+    LikelihoodPooling,
     PooledEstimate,
     PoolingSettings,
     RoundDocument,
     SiteBlup,
     SiteDriver,
     SiteEstimate,
+    SiteLikelihood,
     SiteParticipation,
 )
 from fedsynth.spec import parse_spec
@@ -53,7 +64,7 @@ if TYPE_CHECKING:
     from fedsynth.meta.heterogeneity import ClinicalWidth
 
 __all__ = ["RoundOutcome", "open_round", "round_document", "is_due", "pool_analyses",
-           "pool_round", "close_if_due"]
+           "pool_round", "close_if_due", "likelihood_section"]
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +223,17 @@ def _gather(name: str, subs: list[SubmissionRecord], plan: _Plan | None = None) 
         elif "refused" in result:
             refused[sub.site] = str(result["refused"])
         else:
+            if "likelihood" in result:
+                # A released likelihood: its own estimate and variance (when it has a
+                # finite maximum) are the site's normal approximation.
+                lik = result["likelihood"]
+                est, se = lik.get("estimate"), lik.get("se")
+                if est is None or se is None:
+                    notes.append(f"site {sub.site} sent a likelihood without a finite "
+                                 "maximum (no estimate of its own): it is pooled in the "
+                                 "likelihood section only")
+                    continue
+                result = {"yi": est, "vi": se * se, "se": se, "n": result.get("n")}
             n = result["n"]
             y, v = finite_or_none(result["yi"]), finite_or_none(result["vi"])
             estimates.append(SiteEstimate(
@@ -386,9 +408,133 @@ def pool_analyses(analyses: list[dict[str, Any]], subs: list[SubmissionRecord],
         except Exception:  # noqa: BLE001 - fall back to one analysis at a time
             log.exception("batch pooling of %d analyses failed; pooling one by one",
                           len(rows))
-    return [entries[i] if i in entries
-            else _analysis_entry(a, columns[i], plans[i], subs, pooling)
-            for i, a in enumerate(analyses)]
+    out = [entries[i] if i in entries
+           else _analysis_entry(a, columns[i], plans[i], subs, pooling)
+           for i, a in enumerate(analyses)]
+    for i, a in enumerate(analyses):
+        if a.get("release") == "likelihood":
+            out[i] = dataclasses.replace(out[i], likelihood=likelihood_section(
+                a, subs, out[i].pooled, level=s["level"], method=out[i].method))
+    return out
+
+
+def _fmt_ratio(x: float | None) -> str:
+    return "unbounded" if x is None else f"{math.exp(x):.3g}"
+
+
+def _statement(section: LikelihoodPooling, pooled: PooledEstimate | None,
+               method: str | None) -> str:
+    """Plain sentences comparing likelihood pooling with the normal approximation."""
+    est, lev = section.estimand or "ratio", f"{section.level or 95:g}%"
+    parts = []
+    if section.estimate is not None:
+        parts.append(
+            f"Likelihood pooling of {section.k} site(s) ({section.k_without_estimate} "
+            f"without an estimate of their own), fixed effect: {est} "
+            f"{_fmt_ratio(section.estimate)}, {lev} likelihood-ratio CI "
+            f"[{_fmt_ratio(section.ci_lb)}, {_fmt_ratio(section.ci_ub)}].")
+    if section.mu_median is not None and section.mu_ci is not None:
+        parts.append(
+            f"Random effects ({section.prior} prior on tau, scale {section.tau_scale:g}): "
+            f"median {est} {_fmt_ratio(section.mu_median)}, {lev} CrI "
+            f"[{_fmt_ratio(section.mu_ci[0])}, {_fmt_ratio(section.mu_ci[1])}].")
+    if section.normal_estimate is not None:
+        parts.append(
+            f"Normal approximation (inverse variance, the {section.normal_k} site(s) with "
+            f"an estimate): {est} {_fmt_ratio(section.normal_estimate)} "
+            f"[{_fmt_ratio(section.normal_ci_lb)}, {_fmt_ratio(section.normal_ci_ub)}].")
+    else:
+        parts.append("Normal approximation: no site has an estimate of its own.")
+    if section.difference is not None:
+        parts.append(f"Difference (likelihood - normal, fixed effect): "
+                     f"{section.difference:+.4f} on the log scale (ratio "
+                     f"{math.exp(section.difference):.3g}).")
+    if section.difference_random is not None and pooled is not None:
+        parts.append(f"Against the analysis's {method} pooling of the normal "
+                     f"approximations ({est} {_fmt_ratio(pooled.estimate)}): "
+                     f"{section.difference_random:+.4f} on the log scale.")
+    return " ".join(parts)
+
+
+def likelihood_section(analysis: dict[str, Any], subs: list[SubmissionRecord],
+                       pooled: PooledEstimate | None, *, level: float,
+                       method: str | None = None) -> LikelihoodPooling:
+    """Pool the sites' released likelihoods of one analysis (the round document's section).
+
+    Each site's stored ``likelihood`` is read back with
+    :func:`fedsynth.effects.likelihood.approximation_from_dict` (an estimate sent instead
+    is a normal likelihood); the fixed-effect and random-effects poolings are those of
+    :mod:`fedsynth.meta.likelihood`, so the section equals pooling the same likelihoods
+    directly. A stage that cannot be computed (e.g. every likelihood monotone in the same
+    direction: no finite maximum) leaves its fields null with a note.
+    """
+    # lazy: keeps scipy and numpy out of `fedsynth round start/show` start-up
+    from fedsynth.effects.likelihood import NormalApproximation, approximation_from_dict
+    from fedsynth.meta.likelihood import pool_likelihoods, pool_likelihoods_random
+
+    name = str(analysis.get("name"))
+    ratio = "HR" if analysis.get("estimator") == "cox" else "OR"
+    prior, _, scale = str(analysis.get("prior") or "half_normal:0.5").partition(":")
+    sites: list[SiteLikelihood] = []
+    approx: list[Any] = []
+    notes: list[str] = []
+    for sub in subs:
+        result = sub.results.get(name)
+        if not result or "refused" in result:
+            continue
+        try:
+            if "likelihood" in result:
+                a = approximation_from_dict(result["likelihood"],
+                                            where=f"site {sub.site}: likelihood")
+                data = result["likelihood"]
+            else:
+                a = NormalApproximation(float(result["yi"]), float(result["se"]))
+                data = a.to_dict()
+        except (InputError, KeyError, TypeError, ValueError) as error:
+            notes.append(f"site {sub.site}: its likelihood could not be read ({error})")
+            continue
+        approx.append(a)
+        sites.append(SiteLikelihood(
+            site=sub.site, form=a.form, n=result.get("n"),
+            estimate=finite_or_none(a.estimate), se=finite_or_none(a.se),
+            likelihood=data))
+    values: dict[str, Any] = {}
+    if approx:
+        try:
+            fe = pool_likelihoods(approx, level=level)
+            values.update(
+                estimate=finite_or_none(fe.estimate), se=finite_or_none(fe.se),
+                ci_lb=finite_or_none(fe.ci_lb), ci_ub=finite_or_none(fe.ci_ub),
+                normal_estimate=finite_or_none(fe.normal_estimate),
+                normal_se=finite_or_none(fe.normal_se),
+                normal_ci_lb=finite_or_none(fe.normal_ci_lb),
+                normal_ci_ub=finite_or_none(fe.normal_ci_ub), normal_k=fe.normal_k,
+                difference=finite_or_none(fe.difference))
+        except InputError as error:
+            notes.append(f"fixed effect: {error}")
+        try:
+            re = pool_likelihoods_random(approx, prior=prior, scale=float(scale or 0.5),
+                                         level=level)
+            values.update(
+                prior=re.prior, tau_scale=re.tau_scale,
+                mu_median=finite_or_none(re.mu_median), mu_mean=finite_or_none(re.mu_mean),
+                mu_sd=finite_or_none(re.mu_sd),
+                mu_ci=(finite_or_none(re.mu_ci_lb), finite_or_none(re.mu_ci_ub)),
+                tau_median=finite_or_none(re.tau_median),
+                tau_ci=(finite_or_none(re.tau_ci_lb), finite_or_none(re.tau_ci_ub)),
+                prob_mu_positive=finite_or_none(re.prob_mu_positive))
+            if pooled is not None and pooled.estimate is not None and \
+                    values["mu_median"] is not None:
+                values["difference_random"] = values["mu_median"] - pooled.estimate
+        except InputError as error:
+            notes.append(f"random effects: {error}")
+    else:
+        notes.append("no site released a likelihood for this analysis; nothing was pooled")
+    section = LikelihoodPooling(
+        parameter=f"log {ratio}", estimand=ratio, form=analysis.get("likelihood_form"),
+        k=len(approx), k_without_estimate=sum(1 for x in sites if x.estimate is None),
+        level=level, notes=tuple(notes), sites=tuple(sites), **values)
+    return dataclasses.replace(section, statement=_statement(section, pooled, method))
 
 
 @dataclass(frozen=True)

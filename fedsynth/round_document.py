@@ -32,12 +32,16 @@ The JSON form
 
 Versions
 --------
-:data:`SCHEMA_VERSION` is 2. Version-1 documents carry no ``schema_version`` key: every
+:data:`SCHEMA_VERSION` is 3. Version-1 documents carry no ``schema_version`` key: every
 round closed before the key existed is version 1, and ``round show`` prints what it
 always printed. Version 2 adds, per analysis, the measure's ``scale``, ``null_value``,
 ``estimand``, ``site_scale`` and ``pi_df`` and every site's BLUP (``blups``); per flag the
 ``rules`` that fired and the clinical width; per round the performance-measure pooling
-settings. A version-1 document reads with those fields absent (None). This reader refuses
+settings. Version 3 adds, per analysis whose spec asks for released likelihoods
+(``release = "likelihood"``, issue 15), the ``likelihood`` section
+(:class:`LikelihoodPooling`: fixed-effect and random-effects pooling of the sites'
+likelihoods beside the normal approximation, the difference, and what each site sent).
+Older documents read with those fields absent (None). This reader refuses
 a version it does not know, saying which it reads, instead of silently dropping a section.
 
 Examples
@@ -74,18 +78,20 @@ __all__ = [
     "AnalysisResult",
     "FlagDetails",
     "HeterogeneityVerdict",
+    "LikelihoodPooling",
     "PooledEstimate",
     "PoolingSettings",
     "RoundDocument",
     "SiteBlup",
     "SiteDriver",
     "SiteEstimate",
+    "SiteLikelihood",
     "SiteParticipation",
     "schema_markdown",
 ]
 
 #: Version of the round document written by this release.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: A round's status: open until it closes, then pooled (quorum reached) or failed.
 STATUSES = ("open", "pooled", "failed")
 #: Status of an allowed site in a round.
@@ -626,6 +632,141 @@ class HeterogeneityVerdict(_Section):
 
 
 @dataclass(frozen=True)
+class SiteLikelihood(_Section):
+    """What one site released for a likelihood analysis (version 3): exactly what left it."""
+
+    site: str = field(metadata=_doc("site name"))
+    form: str | None = field(default=None, metadata=_doc(
+        "grid_with_gradients | custom | normal (an estimate sent instead: normal)"))
+    n: int | None = field(default=None, metadata=_doc("patients in the analysis"))
+    estimate: float | None = field(default=None, metadata=_doc(
+        "the site's own maximum-likelihood estimate, null when its likelihood has no "
+        "finite maximum (no events in one arm)"))
+    se: float | None = field(default=None, metadata=_doc("its standard error"))
+    likelihood: Mapping[str, Any] | None = field(default=None, metadata=_doc(
+        "the released approximation as sent (points/values/derivatives, or mu/sigma/gamma): "
+        "fedsynth.effects.likelihood.approximation_from_dict reads it"))
+    extra: Mapping[str, Any] = _extra_field()
+    _layout: tuple[str, ...] | None = _layout_field()
+
+    def _items(self) -> list[tuple[str, Any, bool]]:
+        return [("site", self.site, True), ("form", self.form, True), ("n", self.n, True),
+                ("estimate", self.estimate, True), ("se", self.se, True),
+                ("likelihood", None if self.likelihood is None else _writable(
+                    dict(self.likelihood)), True)]
+
+    @classmethod
+    def _read(cls, r: _Reader) -> SiteLikelihood:
+        return cls(site=str(r.text("site", required=True)), form=r.text("form"),
+                   n=r.integer("n"), estimate=r.number("estimate"), se=r.number("se"),
+                   likelihood=r.mapping("likelihood"), extra=r.extra(_KNOWN[cls]),
+                   _layout=r.layout())
+
+
+@dataclass(frozen=True)
+class LikelihoodPooling(_Section):
+    """Pooling of the sites' released likelihoods for one analysis (version 3).
+
+    Fixed effect: the maximum of the summed log-likelihoods with the likelihood-ratio
+    interval; random effects: the Bayesian model with a flat prior on mu and the spec's
+    prior on tau, integrated by quadrature (:mod:`fedsynth.meta.likelihood`). Beside them
+    the normal approximation (inverse-variance fixed effect over the sites that have an
+    estimate of their own) and the difference, on the log scale.
+    """
+
+    parameter: str | None = field(default=None, metadata=_doc(
+        "what is pooled: log OR or log HR of the exposure"))
+    estimand: str | None = field(default=None, metadata=_doc(
+        "the back-transformed estimate: OR or HR"))
+    form: str | None = field(default=None, metadata=_doc(
+        "the released form the spec asked for"))
+    k: int | None = field(default=None, metadata=_doc("sites whose likelihood is pooled"))
+    k_without_estimate: int | None = field(default=None, metadata=_doc(
+        "of those, sites without a finite estimate of their own (dropped by the normal "
+        "approximation)"))
+    level: float | None = field(default=None, metadata=_doc(
+        "confidence/credible level in percent"))
+    estimate: float | None = field(default=None, metadata=_doc(
+        "fixed effect: maximum of the summed log-likelihoods"))
+    se: float | None = field(default=None, metadata=_doc(
+        "from the curvature at the maximum (for comparison only)"))
+    ci_lb: float | None = field(default=None, metadata=_doc(
+        "likelihood-ratio interval, lower (null: unbounded within [-20, 20])"))
+    ci_ub: float | None = field(default=None, metadata=_doc("... upper"))
+    normal_estimate: float | None = field(default=None, metadata=_doc(
+        "normal approximation: inverse-variance fixed effect of the sites with an estimate"))
+    normal_se: float | None = field(default=None, metadata=_doc("its standard error"))
+    normal_ci_lb: float | None = field(default=None, metadata=_doc("its Wald CI, lower"))
+    normal_ci_ub: float | None = field(default=None, metadata=_doc("... upper"))
+    normal_k: int | None = field(default=None, metadata=_doc("sites it pools"))
+    difference: float | None = field(default=None, metadata=_doc(
+        "estimate - normal_estimate (log scale)"))
+    prior: str | None = field(default=None, metadata=_doc(
+        "random effects: prior on tau (half_normal, half_cauchy)"))
+    tau_scale: float | None = field(default=None, metadata=_doc("the prior's scale"))
+    mu_median: float | None = field(default=None, metadata=_doc(
+        "random effects: posterior median of mu"))
+    mu_mean: float | None = field(default=None, metadata=_doc("posterior mean of mu"))
+    mu_sd: float | None = field(default=None, metadata=_doc("posterior sd of mu"))
+    mu_ci: Interval | None = field(default=None, metadata=_doc(
+        "equal-tailed credible interval of mu"))
+    tau_median: float | None = field(default=None, metadata=_doc(
+        "posterior median of tau"))
+    tau_ci: Interval | None = field(default=None, metadata=_doc(
+        "credible interval of tau"))
+    prob_mu_positive: float | None = field(default=None, metadata=_doc("P(mu > 0 | data)"))
+    difference_random: float | None = field(default=None, metadata=_doc(
+        "mu_median - the analysis's pooled estimate (the round's method on the sites' "
+        "normal approximations), log scale"))
+    statement: str | None = field(default=None, metadata=_doc(
+        "plain sentences comparing likelihood pooling with the normal approximation"))
+    notes: tuple[str, ...] = field(default=(), metadata=_doc(
+        "what could not be computed (e.g. no finite maximum)"))
+    sites: tuple[SiteLikelihood, ...] = field(default=(), metadata=_doc(
+        "what each site released, in submission order"))
+    extra: Mapping[str, Any] = _extra_field()
+    _layout: tuple[str, ...] | None = _layout_field()
+
+    _NUMBERS: ClassVar[tuple[str, ...]] = (
+        "level", "estimate", "se", "ci_lb", "ci_ub", "normal_estimate", "normal_se",
+        "normal_ci_lb", "normal_ci_ub", "difference", "tau_scale", "mu_median", "mu_mean",
+        "mu_sd", "tau_median", "prob_mu_positive", "difference_random")
+
+    def _items(self) -> list[tuple[str, Any, bool]]:
+        return [
+            ("parameter", self.parameter, True), ("estimand", self.estimand, True),
+            ("form", self.form, True), ("k", self.k, True),
+            ("k_without_estimate", self.k_without_estimate, True),
+            ("level", self.level, True), ("estimate", self.estimate, True),
+            ("se", self.se, True), ("ci_lb", self.ci_lb, True), ("ci_ub", self.ci_ub, True),
+            ("normal_estimate", self.normal_estimate, True),
+            ("normal_se", self.normal_se, True), ("normal_ci_lb", self.normal_ci_lb, True),
+            ("normal_ci_ub", self.normal_ci_ub, True), ("normal_k", self.normal_k, True),
+            ("difference", self.difference, True), ("prior", self.prior, True),
+            ("tau_scale", self.tau_scale, True), ("mu_median", self.mu_median, True),
+            ("mu_mean", self.mu_mean, True), ("mu_sd", self.mu_sd, True),
+            ("mu_ci", _json_interval(self.mu_ci), True),
+            ("tau_median", self.tau_median, True),
+            ("tau_ci", _json_interval(self.tau_ci), True),
+            ("prob_mu_positive", self.prob_mu_positive, True),
+            ("difference_random", self.difference_random, True),
+            ("statement", self.statement, True), ("notes", list(self.notes), True),
+            ("sites", [x.to_dict() for x in self.sites], True)]
+
+    @classmethod
+    def _read(cls, r: _Reader) -> LikelihoodPooling:
+        numbers = {key: r.number(key) for key in cls._NUMBERS}
+        return cls(parameter=r.text("parameter"), estimand=r.text("estimand"),
+                   form=r.text("form"), k=r.integer("k"),
+                   k_without_estimate=r.integer("k_without_estimate"),
+                   normal_k=r.integer("normal_k"), prior=r.text("prior"),
+                   mu_ci=r.interval("mu_ci"), tau_ci=r.interval("tau_ci"),
+                   statement=r.text("statement"), notes=r.texts("notes"),
+                   sites=tuple(SiteLikelihood._read(x) for x in r.objects("sites")),
+                   extra=r.extra(_KNOWN[cls]), _layout=r.layout(), **numbers)
+
+
+@dataclass(frozen=True)
 class AnalysisResult(_Section):
     """One analysis of the round: who sent what, the pooled model, the flag."""
 
@@ -660,6 +801,9 @@ class AnalysisResult(_Section):
         "degrees of freedom of the prediction interval's t: k-1 (metafor) or k-2"))
     blups: tuple[SiteBlup, ...] = field(default=(), metadata=_doc(
         "each pooled site on the pooling scale with its BLUP (version 2)"))
+    likelihood: LikelihoodPooling | None = field(default=None, metadata=_doc(
+        "the keys of LikelihoodPooling, as an object, when the spec asks for released "
+        "likelihoods (version 3; absent otherwise)"))
     extra: Mapping[str, Any] = _extra_field()
     _layout: tuple[str, ...] | None = _layout_field()
 
@@ -679,7 +823,9 @@ class AnalysisResult(_Section):
                   ("notes", list(self.notes), bool(self.notes)),
                   ("site_estimates", [e.to_dict() for e in self.site_estimates], True),
                   ("refused", dict(self.refused), True),
-                  ("blups", [b.to_dict() for b in self.blups], self.scale is not None)]
+                  ("blups", [b.to_dict() for b in self.blups], self.scale is not None),
+                  ("likelihood", None if self.likelihood is None
+                   else self.likelihood.to_dict(), self.likelihood is not None)]
         return items
 
     @classmethod
@@ -700,6 +846,9 @@ class AnalysisResult(_Section):
                    null_value=r.number("null_value"), estimand=r.text("estimand"),
                    site_scale=r.text("site_scale"), pi_df=r.text("pi_df"),
                    blups=tuple(SiteBlup._read(b) for b in r.objects("blups")),
+                   likelihood=(None if r.data.get("likelihood") is None else
+                               LikelihoodPooling._read(_Reader(
+                                   r.data["likelihood"], r.at("likelihood"), r.where))),
                    extra=r.extra(_KNOWN[cls]),
                    _layout=r.layout())
 
@@ -845,6 +994,8 @@ _KNOWN: dict[type, frozenset[str]] = {
     SiteBlup: _known_keys(SiteBlup),
     FlagDetails: _known_keys(FlagDetails),
     HeterogeneityVerdict: _known_keys(HeterogeneityVerdict, {"details": FlagDetails}),
+    SiteLikelihood: _known_keys(SiteLikelihood),
+    LikelihoodPooling: _known_keys(LikelihoodPooling),
     AnalysisResult: _known_keys(AnalysisResult, {"pooled": PooledEstimate}),
     RoundDocument: _known_keys(RoundDocument),
 }
@@ -874,6 +1025,8 @@ _SECTIONS: tuple[tuple[type, str, str], ...] = (
     (SiteDriver, "SiteDriver", "each item of `heterogeneity.drivers`"),
     (SiteEstimate, "SiteEstimate", "each item of `site_estimates`"),
     (SiteBlup, "SiteBlup", "each item of `blups`"),
+    (LikelihoodPooling, "LikelihoodPooling", "`likelihood` of an analysis (version 3)"),
+    (SiteLikelihood, "SiteLikelihood", "each item of `likelihood.sites`"),
 )
 
 

@@ -7,7 +7,9 @@ every field mapping lives here, where the round-trip tests check it (Flower keep
 split in ``flwr.common.serde``). Two rules are enforced at this boundary:
 
 * only ``yi, vi, se, n`` of an estimate leave the site: the counts an estimator keeps for
-  disclosure control (``Estimate.cells``) and its ``details`` are never encoded;
+  disclosure control (``Estimate.cells``) and its ``details`` are never encoded; of a
+  released likelihood (``release = "likelihood"``) only its approximation's numbers and
+  ``n`` (:class:`WireLikelihood`);
 * decoded values are checked for type and shape here (names, bytes lengths, finite
   timestamps); the statistical checks of values (finite, positive variance, ...) are in
   :mod:`coordinator.validation`.
@@ -25,13 +27,16 @@ from fedsynth.errors import InputError
 from fedsynth.v1 import federation_pb2 as pb
 
 __all__ = [
-    "WireEstimate", "WireRefusal", "SubmissionContent", "WorkItem",
+    "WireEstimate", "WireLikelihood", "WireRefusal", "SubmissionContent", "WorkItem",
     "encode_results", "decode_results", "encode_submission", "decode_submission",
     "encode_work", "decode_work", "to_unix_ms", "from_unix_ms", "NONCE_BYTES", "pb",
 ]
 
 #: Length of a submission nonce (random bytes).
 NONCE_BYTES = 16
+#: Names of the released likelihood forms (``fedsynth.effects.likelihood.FORMS``; this
+#: module imports no numerical library, a unit test keeps the two equal).
+LIKELIHOOD_FORMS = ("grid_with_gradients", "custom", "normal")
 
 
 def to_unix_ms(when: _dt.datetime) -> int:
@@ -65,6 +70,65 @@ class WireEstimate:
 
 
 @dataclass(frozen=True)
+class WireLikelihood:
+    """A released likelihood as it travels (``fedsynth.v1.Likelihood``).
+
+    The numbers of a :mod:`fedsynth.effects.likelihood` approximation: ``points``,
+    ``values`` and ``derivatives`` of the "grid with gradients" form, ``mu``, ``sigma``
+    (``None``: flat) and ``gamma`` of the custom form, the site's ``estimate`` and ``se``
+    (``None`` when the likelihood has no finite maximum), and ``n``. Only the fields of
+    ``form`` are meaningful; :meth:`to_dict` writes only those, in the layout that
+    :func:`fedsynth.effects.likelihood.approximation_from_dict` reads.
+    """
+
+    analysis: str
+    form: str
+    n: int
+    points: tuple[float, ...] = ()
+    values: tuple[float, ...] = ()
+    derivatives: tuple[float, ...] = ()
+    mu: float = 0.0
+    sigma: float | None = None
+    gamma: float = 0.0
+    estimate: float | None = None
+    se: float | None = None
+
+    @property
+    def likelihood(self) -> dict[str, Any]:
+        """The approximation as ``approximation_from_dict`` reads it."""
+        out: dict[str, Any] = {"form": self.form}
+        if self.form == "grid_with_gradients":
+            out.update(points=list(self.points), values=list(self.values),
+                       derivatives=list(self.derivatives))
+        elif self.form == "custom":
+            out.update(mu=self.mu, sigma=self.sigma, gamma=self.gamma)
+        out.update(estimate=self.estimate, se=self.se)
+        return out
+
+    @classmethod
+    def from_likelihood(cls, analysis: str, likelihood: Mapping[str, Any],
+                        n: int) -> WireLikelihood:
+        """From an approximation's ``to_dict()`` (the site side) and ``n``."""
+        def floats(key: str) -> tuple[float, ...]:
+            return tuple(float(v) for v in likelihood.get(key) or ())
+
+        def optional(key: str) -> float | None:
+            value = likelihood.get(key)
+            return None if value is None else float(value)
+
+        return cls(analysis=analysis, form=str(likelihood.get("form")), n=int(n),
+                   points=floats("points"), values=floats("values"),
+                   derivatives=floats("derivatives"),
+                   mu=float(likelihood.get("mu") or 0.0), sigma=optional("sigma"),
+                   gamma=float(likelihood.get("gamma") or 0.0),
+                   estimate=optional("estimate"), se=optional("se"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (what the coordinator stores): ``{"likelihood": {...}, "n"}``."""
+        return {"likelihood": self.likelihood, "n": self.n}
+
+
+@dataclass(frozen=True)
 class WireRefusal:
     """A refused analysis as it travels: a machine code and a plain reason."""
 
@@ -92,7 +156,7 @@ class SubmissionContent:
     timestamp
         When the site signed it (UTC).
     results
-        ``{analysis: WireEstimate | WireRefusal}`` in spec order.
+        ``{analysis: WireEstimate | WireLikelihood | WireRefusal}`` in spec order.
     agent_version
         The site agent's fedsynth version.
     protocol_version
@@ -103,13 +167,18 @@ class SubmissionContent:
     site: str
     nonce: bytes
     timestamp: _dt.datetime
-    results: Mapping[str, WireEstimate | WireRefusal] = field(default_factory=dict)
+    results: Mapping[str, WireEstimate | WireLikelihood | WireRefusal] = field(
+        default_factory=dict)
     agent_version: str = __version__
     protocol_version: str = PROTOCOL_VERSION
 
     def estimates(self) -> dict[str, WireEstimate]:
         """The analyses answered with an estimate."""
         return {k: v for k, v in self.results.items() if isinstance(v, WireEstimate)}
+
+    def likelihoods(self) -> dict[str, WireLikelihood]:
+        """The analyses answered with a likelihood."""
+        return {k: v for k, v in self.results.items() if isinstance(v, WireLikelihood)}
 
     def refusals(self) -> dict[str, WireRefusal]:
         """The analyses refused."""
@@ -127,19 +196,43 @@ class WorkItem:
 
 
 def _is_refusal(result: Any) -> bool:
-    return not hasattr(result, "yi")
+    return not hasattr(result, "yi") and _likelihood_of(result) is None
+
+
+def _likelihood_of(result: Any) -> Mapping[str, Any] | None:
+    """The approximation dict of a released likelihood (site or wire type), else None."""
+    value = getattr(result, "likelihood", None)
+    return value if isinstance(value, Mapping) else None
+
+
+def _encode_likelihood(name: str, likelihood: Mapping[str, Any], n: Any) -> pb.Likelihood:
+    wire = WireLikelihood.from_likelihood(name, likelihood, int(n) if n is not None else 0)
+    message = pb.Likelihood(form=wire.form, points=wire.points, values=wire.values,
+                            derivatives=wire.derivatives, mu=wire.mu, gamma=wire.gamma,
+                            n=wire.n)
+    for key in ("sigma", "estimate", "se"):
+        value = getattr(wire, key)
+        if value is not None:
+            setattr(message, key, value)
+    return message
 
 
 def encode_results(results: Mapping[str, Any]) -> list[pb.AnalysisResult]:
-    """Messages of ``{name: Estimate | Refusal}`` (site_agent types or Wire* types).
+    """Messages of ``{name: Estimate | Likelihood | Refusal}`` (site or Wire* types).
 
-    Only ``yi, vi, se, n`` of an estimate are encoded; never its cells or details.
+    Only ``yi, vi, se, n`` of an estimate are encoded, and only the approximation's numbers
+    and ``n`` of a likelihood (anything with a ``likelihood`` mapping); never cells or
+    details.
     """
     out = []
     for name, result in results.items():
         if not isinstance(name, str) or not name:
             raise InputError(f"analysis name {name!r} must be a non-empty string")
-        if _is_refusal(result):
+        likelihood = _likelihood_of(result)
+        if likelihood is not None:
+            out.append(pb.AnalysisResult(analysis=name, likelihood=_encode_likelihood(
+                name, likelihood, getattr(result, "n", 0))))
+        elif _is_refusal(result):
             out.append(pb.AnalysisResult(analysis=name, refusal=pb.Refusal(
                 code=str(getattr(result, "code", "refused") or "refused"),
                 reason=str(getattr(result, "reason", "refused")))))
@@ -151,12 +244,26 @@ def encode_results(results: Mapping[str, Any]) -> list[pb.AnalysisResult]:
     return out
 
 
-def decode_results(messages: Any) -> dict[str, WireEstimate | WireRefusal]:
-    """``{name: WireEstimate | WireRefusal}`` of repeated ``AnalysisResult``.
+def _decode_likelihood(name: str, m: pb.Likelihood) -> WireLikelihood:
+    """A likelihood message; shapes checked here, values in :mod:`coordinator.validation`."""
+    if m.form not in LIKELIHOOD_FORMS:
+        raise InputError(f"results: analysis {name!r}: likelihood form {m.form[:80]!r} is "
+                         f"not one of {', '.join(LIKELIHOOD_FORMS)}")
+    return WireLikelihood(
+        analysis=name, form=m.form, n=m.n, points=tuple(m.points), values=tuple(m.values),
+        derivatives=tuple(m.derivatives), mu=m.mu,
+        sigma=m.sigma if m.HasField("sigma") else None, gamma=m.gamma,
+        estimate=m.estimate if m.HasField("estimate") else None,
+        se=m.se if m.HasField("se") else None)
 
-    Raises :class:`InputError` for an empty or duplicated analysis name or an empty result.
+
+def decode_results(messages: Any) -> dict[str, WireEstimate | WireLikelihood | WireRefusal]:
+    """``{name: WireEstimate | WireLikelihood | WireRefusal}`` of repeated ``AnalysisResult``.
+
+    Raises :class:`InputError` for an empty or duplicated analysis name, an empty result
+    or an unknown likelihood form.
     """
-    out: dict[str, WireEstimate | WireRefusal] = {}
+    out: dict[str, WireEstimate | WireLikelihood | WireRefusal] = {}
     for message in messages:
         name = message.analysis
         if not name:
@@ -167,12 +274,14 @@ def decode_results(messages: Any) -> dict[str, WireEstimate | WireRefusal]:
         if kind == "estimate":
             e = message.estimate
             out[name] = WireEstimate(name, e.yi, e.vi, e.se, e.n)
+        elif kind == "likelihood":
+            out[name] = _decode_likelihood(name, message.likelihood)
         elif kind == "refusal":
             out[name] = WireRefusal(name, message.refusal.code or "refused",
                                     message.refusal.reason)
         else:
-            raise InputError(f"results: analysis {name!r} has neither an estimate nor a "
-                             "refusal")
+            raise InputError(f"results: analysis {name!r} has neither an estimate, a "
+                             "likelihood nor a refusal")
     return out
 
 

@@ -23,6 +23,16 @@ covariates and :data:`MAX_ANALYSES` analyses, and the whole spec at most
 parsing). Names and columns hold no control or format character (a terminal would act on
 it); descriptions may hold line breaks and tabs only.
 
+Likelihood sharing (issue 15). An analysis of a one-parameter estimand (``two_by_two``
+with ``measure = "OR"``, ``logistic``, ``cox``: the log OR or log HR of the exposure) may
+ask the sites for an approximation of their profile log-likelihood instead of ``(yi,
+vi)``: ``release = "likelihood"`` (default ``"estimate"``), with ``likelihood_form`` (the
+released form: ``"grid_with_gradients"``, the default, ``"custom"`` or ``"normal"``) and
+``prior`` (the prior on tau of the coordinator's random-effects pooling of the
+likelihoods, ``"NAME:SCALE"`` as ``fedsynth meta --bayes``; default
+``"half_normal:0.5"``). A site with no events in one arm then contributes instead of
+being dropped (docs/decisions/rare-events.md; the site's policy decides whether it may).
+
 Example
 -------
 .. code-block:: toml
@@ -34,11 +44,13 @@ Example
     outcome = "outcome"
     exposure = "treated"
     covariates = ["age", "sex"]
+    release = "likelihood"
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -48,11 +60,12 @@ from typing import Any
 
 from fedsynth.errors import ConfigError
 from fedsynth.models.spec import ModelSpec, parse_categorical, parse_models
-from fedsynth.vocabulary import ESTIMATOR_MEASURES
+from fedsynth.vocabulary import DEFAULT_PRIOR, DEFAULT_PRIOR_SCALE, ESTIMATOR_MEASURES, PRIORS
 
 __all__ = ["Spec", "AnalysisSpec", "load_spec", "parse_spec", "ESTIMATORS", "MEASURES",
            "MAX_NAME_CHARS", "MAX_COLUMN_CHARS", "MAX_DESCRIPTION_CHARS", "MAX_COVARIATES",
-           "MAX_ANALYSES", "MAX_SPEC_BYTES", "MAX_SPEC_TEXT_BYTES"]
+           "MAX_ANALYSES", "MAX_SPEC_BYTES", "MAX_SPEC_TEXT_BYTES", "RELEASES",
+           "LIKELIHOOD_FORMS", "LIKELIHOOD_ESTIMATORS", "DEFAULT_LIKELIHOOD_PRIOR"]
 
 #: Longest analysis or spec name (characters).
 MAX_NAME_CHARS = 100
@@ -73,9 +86,20 @@ MAX_SPEC_TEXT_BYTES = 1024 * 1024
 
 #: Estimators and, for each, (required keys, optional keys with defaults).
 _STRING_KEYS = ("outcome", "exposure", "measure", "time", "event", "ties", "score", "scale",
-                "description")
+                "description", "release", "likelihood_form", "prior")
 _ALL_KEYS = ("name", "estimator", "outcome", "exposure", "covariates", "measure", "time",
-             "event", "ties", "score", "scale", "description", "categorical")
+             "event", "ties", "score", "scale", "description", "categorical", "release",
+             "likelihood_form", "prior")
+#: What a site releases for an analysis: its estimate ``(yi, vi)`` or its likelihood.
+RELEASES = ("estimate", "likelihood")
+#: Forms of a released likelihood (as :data:`fedsynth.effects.likelihood.FORMS`).
+LIKELIHOOD_FORMS = ("grid_with_gradients", "custom", "normal")
+#: Estimators whose parameter of interest has a profile likelihood a site can release
+#: (two_by_two only with measure OR).
+LIKELIHOOD_ESTIMATORS = ("two_by_two", "logistic", "cox")
+#: The prior on tau of the random-effects pooling of likelihoods, unless ``prior`` says.
+DEFAULT_LIKELIHOOD_PRIOR = f"{DEFAULT_PRIOR}:{DEFAULT_PRIOR_SCALE:g}"
+_LIKELIHOOD_KEYS = ("release", "likelihood_form", "prior")
 
 ESTIMATORS: dict[str, dict[str, Any]] = {
     "two_by_two": {"required": ("outcome", "exposure"),
@@ -162,6 +186,23 @@ class AnalysisSpec:
     #: ``((column, levels), ...)``: categorical covariates coded as in
     #: :mod:`fedsynth.models.coding` (first level = reference).
     categorical: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: ``"likelihood"`` when the sites release a likelihood (None: an estimate).
+    release: str | None = None
+    #: The released likelihood's form (set when ``release == "likelihood"``).
+    likelihood_form: str | None = None
+    #: ``"NAME:SCALE"``: the prior on tau of the likelihoods' random-effects pooling.
+    prior: str | None = None
+
+    @property
+    def wants_likelihood(self) -> bool:
+        """Whether the sites release a likelihood for this analysis."""
+        return self.release == "likelihood"
+
+    @property
+    def prior_setting(self) -> tuple[str, float]:
+        """``(prior name, scale)`` of :attr:`prior` (the default when unset)."""
+        name, scale = (self.prior or DEFAULT_LIKELIHOOD_PRIOR).split(":")
+        return name, float(scale)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -343,6 +384,8 @@ def _parse_analysis(table: Any, index: int) -> AnalysisSpec:
                           f"(known: {', '.join(ESTIMATORS)})")
     rules = ESTIMATORS[estimator]
     allowed = {"name", "estimator", "description", *rules["required"], *rules["optional"]}
+    if estimator in LIKELIHOOD_ESTIMATORS:
+        allowed |= set(_LIKELIHOOD_KEYS)
     for key in table:
         if key not in allowed:
             raise ConfigError(f"{where}: key {key!r} does not apply to estimator "
@@ -364,6 +407,7 @@ def _parse_analysis(table: Any, index: int) -> AnalysisSpec:
         if key in values and values[key] not in choices:
             raise ConfigError(f"{where}: key {key!r} has value {values[key]!r} (known: "
                               f"{', '.join(choices)})")
+    _check_release(where, estimator, values)
     for column in values.get("covariates", ()):
         if column in (values.get("outcome"), values.get("exposure"), values.get("time"),
                       values.get("event")):
@@ -374,6 +418,45 @@ def _parse_analysis(table: Any, index: int) -> AnalysisSpec:
         raise ConfigError(f"{where}: key 'exposure' names the outcome column "
                           f"{values['exposure']!r}")
     return AnalysisSpec(**values)
+
+
+def _check_release(where: str, estimator: str, values: dict[str, Any]) -> None:
+    """Validate ``release``, ``likelihood_form`` and ``prior``; fill in the defaults.
+
+    The defaults are filled in only when ``release = "likelihood"``, so a spec without
+    the key keeps its form (and its fingerprint, which a site's approval covers).
+    """
+    release = values.get("release")
+    if release is None or release == "estimate":
+        for key in ("likelihood_form", "prior"):
+            if key in values:
+                raise ConfigError(f"{where}: key {key!r} applies only with release = "
+                                  "\"likelihood\"")
+        return
+    if release not in RELEASES:
+        raise ConfigError(f"{where}: key 'release' has value {release!r} (known: "
+                          f"{', '.join(RELEASES)})")
+    if estimator == "two_by_two" and values.get("measure") != "OR":
+        raise ConfigError(f"{where}: key 'release' = \"likelihood\" needs measure \"OR\" "
+                          f"for two_by_two (the log odds ratio's profile likelihood), got "
+                          f"measure {values.get('measure')!r}")
+    form = values.setdefault("likelihood_form", LIKELIHOOD_FORMS[0])
+    if form not in LIKELIHOOD_FORMS:
+        raise ConfigError(f"{where}: key 'likelihood_form' has value {form!r} (known: "
+                          f"{', '.join(LIKELIHOOD_FORMS)})")
+    prior = values.setdefault("prior", DEFAULT_LIKELIHOOD_PRIOR)
+    name, sep, scale = prior.partition(":")
+    if name not in PRIORS:
+        raise ConfigError(f"{where}: key 'prior' has value {prior!r}: unknown prior "
+                          f"{name!r} (known: {', '.join(PRIORS)}); write NAME:SCALE")
+    try:
+        value = float(scale) if sep else math.nan
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{where}: key 'prior' has value {prior!r}: expected NAME:SCALE "
+                          "with a finite scale > 0, e.g. \"half_normal:0.5\"")
+    values["prior"] = f"{name}:{value:g}"
 
 
 def parse_spec(source: str | Mapping[str, Any]) -> Spec:

@@ -12,7 +12,9 @@ byte-identical).
 
 For each open round it: checks the site policy (refusing analyses the policy forbids, or
 waiting for an operator's approval), computes every analysis on local data
-(:func:`site_agent.connectors.estimate_from_data`), applies the disclosure limits
+(:func:`site_agent.connectors.estimate_from_data`; an analysis with ``release =
+"likelihood"`` by :func:`site_agent.likelihood.likelihoods_from_data`), applies the
+disclosure limits
 (:func:`site_agent.privacy.guard`), words every refusal from the fixed vocabulary
 (:func:`site_agent.privacy.release`), signs, writes the submission to the site's
 hash-chained audit log, and only then records and submits it, logging in plain words what
@@ -41,6 +43,7 @@ from fedsynth.serde import (
     NONCE_BYTES,
     SubmissionContent,
     WireEstimate,
+    WireLikelihood,
     WireRefusal,
     WorkItem,
     encode_submission,
@@ -88,16 +91,43 @@ class Backoff:
         self.attempt = 0
 
 
+def _likelihood(result: Any) -> dict[str, Any] | None:
+    """The approximation dict of a released likelihood, else None."""
+    value = getattr(result, "likelihood", None)
+    return dict(value) if isinstance(value, dict) else None
+
+
+def _describe_likelihood(likelihood: dict[str, Any]) -> str:
+    form = likelihood.get("form")
+    if form == "grid_with_gradients":
+        shape = (f"the log-likelihood and its derivative at {len(likelihood['points'])} "
+                 "points")
+    elif form == "custom":
+        shape = "the three parameters mu, sigma, gamma of the custom approximation"
+    else:
+        shape = "its normal approximation"
+    est = likelihood.get("estimate")
+    return (f"{shape} ({form}); the site's own estimate "
+            + (f"{est:.6g}" if est is not None else "does not exist (monotone likelihood)"))
+
+
 def describe_results(site: str, round_id: str, results: dict[str, Any]) -> list[str]:
     """Plain sentences, one per analysis, saying what the site sends (for the data steward)."""
     lines = []
     n_est = sum(1 for r in results.values() if hasattr(r, "yi"))
-    n_ref = len(results) - n_est
-    lines.append(f"Round {round_id}: site {site} sends {n_est} estimate(s) and {n_ref} "
-                 f"refusal(s). No patient rows, identifiers or counts leave the site; for "
-                 "each estimate only the four numbers below are sent.")
+    n_lik = sum(1 for r in results.values() if _likelihood(r) is not None)
+    n_ref = len(results) - n_est - n_lik
+    lines.append(f"Round {round_id}: site {site} sends {n_est} estimate(s)"
+                 + (f", {n_lik} likelihood(s)" if n_lik else "")
+                 + f" and {n_ref} refusal(s). No patient rows, identifiers or counts leave "
+                 "the site; for each estimate only the four numbers below are sent"
+                 + (", for each likelihood only its approximation" if n_lik else "") + ".")
     for name, result in results.items():
-        if hasattr(result, "yi"):
+        likelihood = _likelihood(result)
+        if likelihood is not None:
+            lines.append(f"  {name}: likelihood: {_describe_likelihood(likelihood)}, "
+                         f"computed on n = {result.n} patients.")
+        elif hasattr(result, "yi"):
             lines.append(f"  {name}: estimate yi = {result.yi:.6g}, variance vi = "
                          f"{result.vi:.6g}, standard error se = {result.se:.6g}, computed on "
                          f"n = {result.n} patients.")
@@ -121,7 +151,7 @@ def _local_details(results: dict[str, Any]) -> dict[str, Any]:
     budget = AUDIT_DETAIL_BUDGET
     for name, result in results.items():
         detail = getattr(result, "detail", None)
-        if hasattr(result, "yi") or not detail:
+        if hasattr(result, "yi") or _likelihood(result) is not None or not detail:
             continue
         text = str(detail)
         limit = min(AUDIT_DETAIL_CHARS, max(budget, 0))
@@ -139,10 +169,16 @@ def submission_audit(round_id: str, payload: bytes, results: dict[str, Any]
     The ``submission.signed`` audit entry: the digest of the signed bytes, what is sent
     per analysis, and what was kept at the site about each refusal.
     """
+    def sent(r: Any) -> dict[str, Any]:
+        likelihood = _likelihood(r)
+        if likelihood is not None:
+            return {"likelihood": likelihood, "n": r.n}
+        if hasattr(r, "yi"):
+            return {"yi": r.yi, "vi": r.vi, "se": r.se, "n": r.n}
+        return {"refused": r.reason}
+
     return {"round": round_id, "digest": hashlib.sha256(payload).hexdigest(),
-            "sent": {n: ({"yi": r.yi, "vi": r.vi, "se": r.se, "n": r.n}
-                         if hasattr(r, "yi") else {"refused": r.reason})
-                     for n, r in results.items()},
+            "sent": {n: sent(r) for n, r in results.items()},
             "kept": _local_details(results)}
 
 
@@ -225,6 +261,7 @@ class SiteAgent:
         """
         # lazy: loaded by _warm_imports in a worker thread, off the event loop
         from site_agent.connectors import estimate_from_data
+        from site_agent.likelihood import likelihoods_from_data
         from site_agent.policy import review_round, site_policy
         from site_agent.privacy import PrivacyLimits, ReleaseHistory, guard, release
 
@@ -244,14 +281,25 @@ class SiteAgent:
             # A file or a SQL source alike: the estimators report every count disclosure
             # control checks, tables implied by 0/1 outcomes included (site_agent.privacy,
             # rule 4), so no data frame is needed there.
-            computed = dict(estimate_from_data(self.config.data, sub_spec))
+            estimated = [a for a in allowed if not a.wants_likelihood]
+            computed = (dict(estimate_from_data(self.config.data,
+                                                Spec(analyses=tuple(estimated),
+                                                     name=spec.name)))
+                        if estimated else {})
+            # Analyses with release = "likelihood": the profile likelihood's approximation,
+            # judged by the policy's likelihood permissions below (privacy rule 7).
+            computed.update(likelihoods_from_data(
+                self.config.data, [a for a in allowed if a.wants_likelihood]))
+            computed = {a.name: computed[a.name] for a in allowed}
             limits = PrivacyLimits(min_cell_count=self.config.privacy.min_cell_count,
                                    min_n=self.config.privacy.min_n)
             # What this site released in earlier rounds (n per analysis definition), so that
             # the same analysis on slightly more patients cannot be differenced (rule 5).
             state = Path(self.config.state_file)
             history = ReleaseHistory(state.with_name(state.stem + ".releases.json"))
-            guarded = guard(computed, limits, spec=sub_spec, history=history)
+            guarded = guard(computed, limits, spec=sub_spec, history=history,
+                            allow_small_cell_likelihood=policy.allow_small_cell_likelihood,
+                            allow_unadjusted_likelihood=policy.allow_unadjusted_likelihood)
             history.record(guarded, sub_spec)
         else:
             guarded = {}
@@ -269,15 +317,22 @@ class SiteAgent:
         content = SubmissionContent(
             round_id=round_id, site=self.config.name, nonce=os.urandom(NONCE_BYTES),
             timestamp=utcnow(),
-            results={name: (WireEstimate(name, float(r.yi), float(r.vi), float(r.se),
-                                         int(r.n)) if hasattr(r, "yi") else
-                            WireRefusal(name, str(getattr(r, "code", "refused")),
-                                        str(getattr(r, "reason", "refused"))))
-                     for name, r in results.items()},
+            results={name: self._wire(name, r) for name, r in results.items()},
             agent_version=__version__, protocol_version=PROTOCOL_VERSION)
         payload = encode_submission(content)
         signature = sign(self.key, payload) if self.key is not None else b""
         return payload, signature
+
+    @staticmethod
+    def _wire(name: str, r: Any) -> WireEstimate | WireLikelihood | WireRefusal:
+        """What leaves the site for one analysis, as it travels."""
+        likelihood = _likelihood(r)
+        if likelihood is not None:
+            return WireLikelihood.from_likelihood(name, likelihood, int(r.n))
+        if hasattr(r, "yi"):
+            return WireEstimate(name, float(r.yi), float(r.vi), float(r.se), int(r.n))
+        return WireRefusal(name, str(getattr(r, "code", "refused")),
+                           str(getattr(r, "reason", "refused")))
 
     async def handle(self, client: FederationClient, work: WorkItem) -> None:
         """Answer one round (or resend what was already signed for it)."""
@@ -415,6 +470,7 @@ def _warm_imports() -> None:
     # lazy: this function is the import, run off the event loop
     import fedsynth.effects.patient_level  # noqa: F401
     import site_agent.connectors  # noqa: F401
+    import site_agent.likelihood  # noqa: F401
     import site_agent.policy  # noqa: F401
     import site_agent.privacy  # noqa: F401
 

@@ -24,6 +24,17 @@ top level or under ``[policy]``::
     max_analyses = 20                                   # per round (default 50)
     require_approval = true                             # default false
     approvals = "approvals"                             # directory, relative to the file
+    allow_small_cell_likelihood = false   # default false: see below
+    allow_unadjusted_likelihood = false   # default false: see below
+
+Released likelihoods (``release = "likelihood"`` in a spec, issue 15): by default a site
+releases a likelihood only for a model with covariates whose exposure x outcome cells all
+pass ``[privacy].min_cell_count``. ``allow_small_cell_likelihood = true`` releases an
+adjusted model's likelihood despite a small cell (a site with no events in one arm then
+contributes; its likelihood shows that a cell is small or zero, which the operator
+accepts explicitly); ``allow_unadjusted_likelihood = true`` releases the likelihood of a
+model without covariates (a 2x2 table's), which determines the counts, so only when every
+cell passes the limit (:func:`site_agent.privacy.guard`, rule 7).
 
 A spec's identity is the SHA-256 of its canonical JSON (:func:`spec_fingerprint`); an
 approval covers that exact content, so the same monthly spec is approved once, and any
@@ -56,7 +67,8 @@ __all__ = ["ESTIMATORS", "ApprovalStore", "PendingSpec", "Policy", "PolicyDecisi
 ESTIMATORS = VOCABULARY_ESTIMATORS
 
 _KEYS = {"estimators", "outcomes", "exposures", "covariates", "max_analyses",
-         "require_approval", "approvals"}
+         "require_approval", "approvals", "allow_small_cell_likelihood",
+         "allow_unadjusted_likelihood"}
 _ROUND_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -262,6 +274,8 @@ class Policy:
     max_analyses: int = 50
     require_approval: bool = False
     approvals: Path | None = None
+    allow_small_cell_likelihood: bool = False
+    allow_unadjusted_likelihood: bool = False
 
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any], *, where: str = "policy",
@@ -288,6 +302,12 @@ class Policy:
         if not isinstance(require, bool):
             raise ConfigError(f"{where}: policy.require_approval must be true or false, got "
                               f"{require!r}")
+        flags = {}
+        for key in ("allow_small_cell_likelihood", "allow_unadjusted_likelihood"):
+            flags[key] = table.get(key, False)
+            if not isinstance(flags[key], bool):
+                raise ConfigError(f"{where}: policy.{key} must be true or false, got "
+                                  f"{flags[key]!r}")
         approvals = table.get("approvals")
         if approvals is not None and (not isinstance(approvals, str) or not approvals):
             raise ConfigError(f"{where}: policy.approvals must be a directory path, got "
@@ -299,7 +319,7 @@ class Policy:
                    exposures=_str_list(table, "exposures", where),
                    covariates=_str_list(table, "covariates", where),
                    max_analyses=max_analyses, require_approval=require,
-                   approvals=approvals_dir)
+                   approvals=approvals_dir, **flags)
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:

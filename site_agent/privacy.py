@@ -79,6 +79,20 @@ settings ``nfilter.tab`` / ``nfilter.subset``, Gaye et al., *Int J Epidemiol* 43
    rewords a refusal whose cause is a count below the limit as a disclosure-control
    suppression; its cells also suppress their table's siblings (rule 2).
 
+7. **Released likelihoods** (``release = "likelihood"``, :mod:`site_agent.likelihood`).
+   The profile likelihood of a 2x2 table determines the table, so does any likelihood of a
+   model without covariates, and a monotone likelihood reveals a zero cell
+   (docs/decisions/rare-events.md). So rule 1 is
+   :func:`fedsynth.effects.likelihood.check_release`: by default a likelihood leaves only
+   for an adjusted model (covariates) whose exposure x outcome cells all pass
+   ``min_cell_count``; the site's policy may explicitly allow likelihoods of unadjusted
+   models (``allow_unadjusted_likelihood``: still only when every cell passes) and
+   adjusted likelihoods despite a small cell (``allow_small_cell_likelihood``: how a site
+   with no events in one arm contributes). A likelihood released under that permission is
+   not suppressed again as a sibling of its own small table (rule 2: the operator accepted
+   what it reveals), but its small cells still suppress the site's other estimates on those
+   columns, and rules 3 and 5 (``n``) apply to it as to an estimate.
+
 A suppressed analysis becomes a :class:`~fedsynth.effects.Refusal` whose reason names
 the rule and the configured limit, never a count, so the refusal itself discloses nothing
 beyond "some count is below the limit". Every refusal that leaves the site is a sentence
@@ -95,6 +109,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.audit import digest
+from fedsynth.effects.likelihood import check_release
 from fedsynth.errors import InputError
 from fedsynth.fileio import atomic_write, read_json_object
 
@@ -103,6 +118,9 @@ __all__ = ["PrivacyLimits", "ReleaseHistory", "guard", "release", "REFUSAL_CODES
 #: Machine codes of the refusals :func:`guard` produces.
 REFUSAL_CODES = ("disclosure_min_n", "disclosure_min_cell", "disclosure_linked_table",
                  "disclosure_differencing")
+#: Vocabulary key of each refusal of :func:`fedsynth.effects.likelihood.check_release`.
+_LIKELIHOOD_REFUSALS = {"unadjusted_likelihood": "likelihood_unadjusted",
+                        "disclosure_limit": "disclosure_likelihood"}
 
 
 @dataclass(frozen=True)
@@ -161,7 +179,12 @@ def _refusal(key: str, analysis: str, limits: PrivacyLimits, original: Any = Non
 
 
 def _is_refusal(result: Any) -> bool:
-    return not hasattr(result, "yi")
+    return not hasattr(result, "yi") and not _is_likelihood(result)
+
+
+def _is_likelihood(result: Any) -> bool:
+    """A released likelihood (:class:`site_agent.likelihood.LikelihoodRelease`)."""
+    return isinstance(getattr(result, "likelihood", None), Mapping)
 
 
 def _columns(name: str, result: Any, spec: Any) -> tuple[str | None, str | None, bool]:
@@ -314,7 +337,9 @@ class ReleaseHistory:
 
 def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *,
           spec: Any = None,
-          history: ReleaseHistory | None = None) -> dict[str, Any]:
+          history: ReleaseHistory | None = None,
+          allow_small_cell_likelihood: bool = False,
+          allow_unadjusted_likelihood: bool = False) -> dict[str, Any]:
     """Apply the site's disclosure control to the results of one round.
 
     Parameters
@@ -335,6 +360,9 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
         than ``min_cell_count`` from any earlier release are suppressed (rule 5).
         :func:`guard` only reads it; the caller records what it sends with
         :meth:`ReleaseHistory.record`.
+    allow_small_cell_likelihood, allow_unadjusted_likelihood
+        The site policy's explicit permissions for released likelihoods (rule 7; both
+        off by default).
 
     Returns
     -------
@@ -351,6 +379,8 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
     out: dict[str, Any] = dict(results)
     # Tables and margins with a count below the limit, from estimates and refusals alike.
     tainted: list[_Taint] = []
+    # Likelihoods released with a small cell under the policy's explicit permission.
+    permitted: set[str] = set()
     for name, result in results.items():
         # The estimators' cells include the tables implied by a 0/1 outcome and by a score
         # or outcome with few values (rule 4), and a refusal's counts (rule 6).
@@ -374,13 +404,26 @@ def guard(results: Mapping[str, Any], limits: PrivacyLimits = PrivacyLimits(), *
             continue
         if n is None or int(n) < limits.min_n:
             out[name] = _refusal("disclosure_min_n", name, limits, result)
+        elif _is_likelihood(result):
+            # Rule 7: the min-cell rule of a released likelihood.
+            decision = check_release(
+                str(getattr(result, "kind", "two_by_two")), cells,
+                min_cell_count=limits.min_cell_count,
+                allow_small_cells=allow_small_cell_likelihood,
+                allow_unadjusted=allow_unadjusted_likelihood,
+                adjusted=bool(getattr(result, "adjusted", False)))
+            if not decision.allowed:
+                out[name] = _refusal(_LIKELIHOOD_REFUSALS[decision.code], name, limits,
+                                     result)
+            elif small:
+                permitted.add(name)
         elif small:
             out[name] = _refusal("disclosure_min_cell", name, limits, result)
     # Rule 2: siblings of a suppressed table (the same two columns, in either role) and
     # every estimate using a column one of whose margins is small.
     if tainted:
         for name, result in results.items():
-            if _is_refusal(out[name]):
+            if _is_refusal(out[name]) or name in permitted:
                 continue
             roles = _columns(name, result, spec)
             if any(_linked(*roles, taint) for taint in tainted):

@@ -221,6 +221,9 @@ def _scaled_analysis_table(doc: RoundDocument) -> list[str]:
              f"pval tests H0, the measure's null ({NO_NULL}: no null, no p-value)"]
     notes += [f"pooled on the {p(scale)} scale: {', '.join(measures)}"
               for scale, measures in by_scale.items()]
+    # version 3: released likelihoods pooled beside the normal approximation above
+    notes += [f"{p(a.analysis)}: {p(a.likelihood.statement)}" for a in doc.analyses
+              if a.likelihood is not None and a.likelihood.statement]
     lines += [f"  {note}" for note in notes]
     return lines
 

@@ -23,7 +23,8 @@ and releases one of two approximations of it, fitted here and serialised to plai
     Values and derivatives of the profile log-likelihood at fixed points (8 equally spaced
     over ``bounds``) and at the maximum if it lies inside; read back by cubic Hermite
     interpolation between the points and linear extrapolation outside (EvidenceSynthesis'
-    "grid with gradients"; Catmull & Rom 1974).
+    "grid with gradients"; Catmull & Rom 1974), flat instead where the line would rise
+    away from the grid (a log-likelihood is bounded above).
 :class:`CustomApproximation`
     The three-parameter function ``exp(gamma (x - mu)) * (-(x - mu)^2 / (2 sigma^2))``
     (EvidenceSynthesis' "custom" function; a normal log-likelihood when ``gamma = 0``),
@@ -495,7 +496,10 @@ def _optional(name: str, value: Any) -> float:
 class GridWithGradients:
     """Values and derivatives of a log-likelihood at points ("grid with gradients").
 
-    Read by cubic Hermite interpolation and linear extrapolation, as EvidenceSynthesis.
+    Read by cubic Hermite interpolation and linear extrapolation, as EvidenceSynthesis,
+    except that the extrapolation is flat where the line would rise away from the grid
+    (a log-likelihood is bounded above; a rising line makes the random-effects posterior
+    improper under a heavy-tailed prior on tau).
 
     ``estimate``/``se`` are the site's normal approximation when it has one (``nan`` if not).
     """
@@ -555,9 +559,16 @@ class GridWithGradients:
         f2 = ((12 * t - 6) * v[i] / h ** 2 + (6 * t - 4) * d[i] / h
               + (-12 * t + 6) * v[i + 1] / h ** 2 + (6 * t - 2) * d[i + 1] / h)
         left, right = x < p[0], x > p[-1]
-        f = np.where(left, v[0] + (x - p[0]) * d[0], f)
-        f = np.where(right, v[-1] + (x - p[-1]) * d[-1], f)
-        f1 = np.where(left, d[0], np.where(right, d[-1], f1))
+        # Outside the points: linear where the line falls away from the grid; flat where it
+        # would rise (a log-likelihood is bounded above, e.g. a monotone one tends to a
+        # plateau). A rising line has no upper bound: in the random-effects model a site's
+        # effect could drift to +-infinity, and under a heavy-tailed prior on tau the
+        # posterior is then improper (issue 15, phase 2: docs/decisions/rare-events.md).
+        d_left = d[0] if d[0] > 0 else 0.0
+        d_right = d[-1] if d[-1] < 0 else 0.0
+        f = np.where(left, v[0] + (x - p[0]) * d_left, f)
+        f = np.where(right, v[-1] + (x - p[-1]) * d_right, f)
+        f1 = np.where(left, d_left, np.where(right, d_right, f1))
         f2 = np.where(left | right, 0.0, f2)
         return f, f1, f2
 

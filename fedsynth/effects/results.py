@@ -145,6 +145,14 @@ REFUSAL_VOCABULARY: Mapping[str, tuple[str, str]] = MappingProxyType({
                                        "of an earlier round's release by fewer than the "
                                        "minimum cell count ({min_cell_count}), so subtracting "
                                        "the two would reveal them"),
+    # released likelihoods (site_agent.privacy, rule 7)
+    "likelihood_unadjusted": ("policy", "refused by site policy: the likelihood of a model "
+                              "without covariates determines the exposure x outcome "
+                              "counts, and the policy does not allow releasing it"),
+    "disclosure_likelihood": ("disclosure_min_cell", "suppressed by the site's disclosure "
+                              "control: a count of the exposure x outcome table behind this "
+                              "likelihood is below the minimum cell count "
+                              "({min_cell_count}), and the likelihood would reveal it"),
     "refused": ("refused", "the site does not answer this analysis"),
 })
 

@@ -88,15 +88,41 @@ class Refusal(_message.Message):
     reason: str
     def __init__(self, code: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class Likelihood(_message.Message):
+    __slots__ = ("form", "points", "values", "derivatives", "mu", "sigma", "gamma", "estimate", "se", "n")
+    FORM_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    DERIVATIVES_FIELD_NUMBER: _ClassVar[int]
+    MU_FIELD_NUMBER: _ClassVar[int]
+    SIGMA_FIELD_NUMBER: _ClassVar[int]
+    GAMMA_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    SE_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    form: str
+    points: _containers.RepeatedScalarFieldContainer[float]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    derivatives: _containers.RepeatedScalarFieldContainer[float]
+    mu: float
+    sigma: float
+    gamma: float
+    estimate: float
+    se: float
+    n: int
+    def __init__(self, form: _Optional[str] = ..., points: _Optional[_Iterable[float]] = ..., values: _Optional[_Iterable[float]] = ..., derivatives: _Optional[_Iterable[float]] = ..., mu: _Optional[float] = ..., sigma: _Optional[float] = ..., gamma: _Optional[float] = ..., estimate: _Optional[float] = ..., se: _Optional[float] = ..., n: _Optional[int] = ...) -> None: ...
+
 class AnalysisResult(_message.Message):
-    __slots__ = ("analysis", "estimate", "refusal")
+    __slots__ = ("analysis", "estimate", "refusal", "likelihood")
     ANALYSIS_FIELD_NUMBER: _ClassVar[int]
     ESTIMATE_FIELD_NUMBER: _ClassVar[int]
     REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    LIKELIHOOD_FIELD_NUMBER: _ClassVar[int]
     analysis: str
     estimate: Estimate
     refusal: Refusal
-    def __init__(self, analysis: _Optional[str] = ..., estimate: _Optional[_Union[Estimate, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
+    likelihood: Likelihood
+    def __init__(self, analysis: _Optional[str] = ..., estimate: _Optional[_Union[Estimate, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ..., likelihood: _Optional[_Union[Likelihood, _Mapping]] = ...) -> None: ...
 
 class Submission(_message.Message):
     __slots__ = ("protocol_version", "round_id", "site", "nonce", "timestamp_unix_ms", "agent_version", "results")

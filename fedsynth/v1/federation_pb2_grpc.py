@@ -81,7 +81,7 @@ class FederationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Submit(self, request, context):
-        """One signed submission per round (estimates and/or refusals).
+        """One signed submission per round (estimates, likelihoods and/or refusals).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -77,6 +77,7 @@ def _run(args: argparse.Namespace) -> int:
                          "or the site's configuration with --config site.toml")
 
     policy_refusals: dict[str, Any] = {}
+    likelihood_permissions: dict[str, bool] = {}
     history = None
     notes: list[str] = []
     if config is not None:
@@ -84,7 +85,11 @@ def _run(args: argparse.Namespace) -> int:
         from site_agent.policy import site_policy
         from site_agent.privacy import ReleaseHistory
 
-        decision = site_policy(config).review(spec)
+        policy = site_policy(config)
+        decision = policy.review(spec)
+        likelihood_permissions = {
+            "allow_small_cell_likelihood": policy.allow_small_cell_likelihood,
+            "allow_unadjusted_likelihood": policy.allow_unadjusted_likelihood}
         policy_refusals = {name: decision.refusal(name) for name in decision.refusals}
         if decision.needs_approval:
             notes.append("the site's policy requires an operator's approval of this spec "
@@ -95,17 +100,30 @@ def _run(args: argparse.Namespace) -> int:
     allowed = Spec(analyses=tuple(a for a in spec.analyses if a.name not in policy_refusals),
                    name=spec.name)
 
+    # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
+    from site_agent.likelihood import likelihood, likelihoods_from_data
+
     frame = None
+    # release = "likelihood" analyses: the likelihood the agent would send (rule 7 below)
+    estimated = Spec(analyses=tuple(a for a in allowed.analyses if not a.wants_likelihood),
+                     name=spec.name)
+    wanted = [a for a in allowed.analyses if a.wants_likelihood]
+    computed: dict[str, Any]
     if data_path is not None:
         frame = load_table(data_path)
-        computed = dict(estimate_all(frame, allowed))
+        computed = dict(estimate_all(frame, estimated)) if estimated.analyses else {}
+        computed.update({a.name: likelihood(frame, a) for a in wanted})
     else:  # a SQL source of site.toml
         # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
         from site_agent.connectors import estimate_from_data
 
         assert config is not None  # data_path is None only for the SQL source of a config
-        computed = dict(estimate_from_data(config.data, allowed))
-    guarded = (guard(computed, limits, spec=allowed, history=history)
+        computed = (dict(estimate_from_data(config.data, estimated))
+                    if estimated.analyses else {})
+        computed.update(likelihoods_from_data(config.data, wanted))
+    computed = {a.name: computed[a.name] for a in allowed.analyses}
+    guarded = (guard(computed, limits, spec=allowed, history=history,
+                     **likelihood_permissions)
                if allowed.analyses else {})
     # Exactly what the agent would send: refusals worded from the fixed vocabulary (their
     # local detail is shown below, marked as kept at the site).
@@ -133,6 +151,17 @@ def _run(args: argparse.Namespace) -> int:
                 note += f" [kept at this site, not sent: {r.detail}]"
             rows.append((analysis.name, analysis.estimator, "", "", "", "", "",
                          printable(note)))
+        elif isinstance(getattr(r, "likelihood", None), dict):
+            lik = r.likelihood
+            note = f"likelihood sent ({lik['form']}"
+            note += (f", {len(lik['points'])} points)" if "points" in lik else ")")
+            note += "; no estimate of its own" if lik.get("estimate") is None else ""
+            se = lik.get("se")
+            rows.append((analysis.name, analysis.estimator,
+                         "HR" if analysis.estimator == "cox" else "OR",
+                         _number(lik["estimate"]) if lik.get("estimate") is not None else "",
+                         _number(se) if se is not None else "",
+                         _number(se * se) if se is not None else "", str(r.n), note))
         else:
             note = f"{r.n_dropped} rows with missing values dropped" if r.n_dropped else ""
             rows.append((analysis.name, analysis.estimator, r.measure, _number(r.yi),
@@ -154,7 +183,9 @@ COMMANDS = [Command(
     _add_arguments, _run,
     description=(
         "Compute every analysis of SPEC on the site's data and print what the site would\n"
-        "send: per analysis yi, vi, se, n, or the refusal and its reason, after the site's\n"
+        "send: per analysis yi, vi, se, n (or, with release = \"likelihood\", the likelihood's\n"
+        "approximation), or the refusal and its reason, after the site's\n"
         "disclosure control (minimum cell count, minimum n) and, with --config site.toml,\n"
         "its policy and release history. Nothing leaves the machine; no state is written.\n\n"
-        "JSON output: {\"n\": rows, \"analyses\": {name: {yi, vi, se, n} | {refused}}}"))]
+        "JSON output: {\"n\": rows, \"analyses\": {name: {yi, vi, se, n} | {likelihood, n}"
+        " | {refused}}}"))]

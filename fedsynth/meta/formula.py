@@ -54,7 +54,6 @@ INTERCEPT_NAME = "intrcpt"
 
 _TREATMENT = re.compile(r"\[T\.(.*?)\]")
 _FULL = re.compile(r"\[(.*?)\]")
-_POWER_IN_I = re.compile(r"\bI\(([^()]*)\)")
 
 
 def is_formula(text: Any) -> bool:
@@ -77,7 +76,20 @@ def _relevel(x: Any, ref: Any = None) -> Any:
 def _r_to_python(formula: str) -> str:
     """R spellings that formulaic reads differently, rewritten (``^`` inside ``I()``)."""
     text = formula.strip()
-    text = _POWER_IN_I.sub(lambda m: "I(" + m.group(1).replace("^", "**") + ")", text)
+    out: list[str] = []
+    depth_in_i: list[int] = []  # paren depths at which an I( ... ) call opened
+    depth = 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+            if re.search(r"(?:^|[^\w.])I\s*$", text[:i]):
+                depth_in_i.append(depth)
+        elif ch == ")":
+            if depth_in_i and depth_in_i[-1] == depth:
+                depth_in_i.pop()
+            depth -= 1
+        out.append("**" if ch == "^" and depth_in_i else ch)
+    text = "".join(out)
     # R's named argument spelling `ref = "b"` is Python's too; TRUE/FALSE are not
     text = re.sub(r"\bTRUE\b", "True", re.sub(r"\bFALSE\b", "False", text))
     return text
@@ -138,9 +150,15 @@ def _parse(formula: str) -> Any:
         raise InputError(f"mods: cannot read formula {formula!r}: {reason}") from None
 
 
+def _context() -> dict[str, Any]:
+    """Names a formula may call besides the data's columns (R's spellings)."""
+    return {"factor": C, "relevel": _relevel, "np": np, "log": np.log, "exp": np.exp,
+            "sqrt": np.sqrt, "abs": np.abs}
+
+
 def formula_variables(formula: str, columns: Any = None) -> tuple[str, ...]:
     """The data columns a formula uses (those of ``columns``, when given, in its order)."""
-    names = {str(v) for v in _parse(formula).required_variables}
+    names = {str(v) for v in _parse(formula).required_variables} - set(_context())
     if columns is None:
         return tuple(sorted(names))
     return tuple(str(c) for c in columns if str(c) in names)
@@ -193,8 +211,7 @@ def model_matrix(formula: str, data: pd.DataFrame | Mapping[str, Any], *,
     if hasattr(parsed, "lhs") or not hasattr(parsed, "__iter__"):
         raise InputError(f"mods: the formula is one-sided (no response), got {formula!r}")
     needed = {str(v) for v in parsed.required_variables}
-    context = {"factor": C, "relevel": _relevel, "np": np, "log": np.log, "exp": np.exp,
-               "sqrt": np.sqrt}
+    context = _context()
     unknown = sorted(needed - set(map(str, frame.columns)) - set(context))
     if unknown:
         raise InputError(f"mods: column {unknown[0]!r} of formula {formula!r} not found; "

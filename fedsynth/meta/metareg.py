@@ -23,6 +23,7 @@ Pure statistics: no I/O, no grpc.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,10 +40,13 @@ from fedsynth.meta import stats as st
 from fedsynth.meta._format import f, grid, p, peq
 from fedsynth.meta.stats import chi2_sf, norm_isf, norm_sf, t_isf, t_sf
 from fedsynth.results import Interval, ResultMixin, check_fraction
-from fedsynth.vocabulary import METHODS, check_level, check_method, check_test
+from fedsynth.vocabulary import METHODS, check_level, check_method, check_rma_test
 
 __all__ = [
     "MetaRegressionResult",
+    "WaldTest",
+    "FitStatistics",
+    "set_btt",
     "BatchFit",
     "fit_rma",
     "fit_batch",
@@ -86,6 +90,64 @@ def validate_yi_vi(yi: Any, vi: Any, *, min_k: int = 1) -> tuple[np.ndarray, np.
 
 
 @dataclass(frozen=True)
+class WaldTest(ResultMixin):
+    """Omnibus Wald test of a set of coefficients (metafor's ``anova(fit, btt = ...)``).
+
+    Attributes
+    ----------
+    QM, QMdf, QMp
+        As metafor: under ``test = "z"`` a chi² statistic with ``QMdf = (m, None)``;
+        under ``t``, ``knha`` and ``adhoc`` the F statistic ``QM / m`` with ``QMdf =
+        (m, k - p)``.
+    btt
+        The tested coefficients (0-based positions; metafor prints them 1-based).
+    names
+        Their names.
+    test
+        The fit's test.
+    """
+
+    QM: float
+    QMdf: tuple[int, int | None]
+    QMp: float
+    btt: tuple[int, ...]
+    names: tuple[str, ...]
+    test: str
+
+    def summary(self, digits: int = 4) -> str:
+        """The ``Test of Moderators`` line, as metafor prints it."""
+        cols = ", ".join(str(i + 1) for i in self.btt)
+        if self.QMdf[1] is None:
+            return (f"Test of Moderators (coefficients {cols}):\nQM(df = {self.QMdf[0]}) = "
+                    f"{f(self.QM, digits)}, p-val {peq(self.QMp, digits)}")
+        return (f"Test of Moderators (coefficients {cols}):\nF(df1 = {self.QMdf[0]}, df2 = "
+                f"{self.QMdf[1]}) = {f(self.QM, digits)}, p-val {peq(self.QMp, digits)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict with metafor's names (``btt`` 1-based, as metafor prints it)."""
+        return {"QM": finite_or_none(self.QM), "QMdf": list(self.QMdf),
+                "QMp": finite_or_none(self.QMp), "btt": [i + 1 for i in self.btt],
+                "names": list(self.names), "test": self.test}
+
+
+@dataclass(frozen=True)
+class FitStatistics:
+    """One column of metafor's ``fit.stats``: log-likelihood, deviance, AIC, BIC, AICc."""
+
+    logLik: float
+    deviance: float
+    AIC: float
+    BIC: float
+    AICc: float
+
+    def to_dict(self) -> dict[str, float | None]:
+        """JSON-ready dict (``ll``, ``dev``, ``AIC``, ``BIC``, ``AICc`` as metafor)."""
+        return {"ll": finite_or_none(self.logLik), "dev": finite_or_none(self.deviance),
+                "AIC": finite_or_none(self.AIC), "BIC": finite_or_none(self.BIC),
+                "AICc": finite_or_none(self.AICc)}
+
+
+@dataclass(frozen=True)
 class MetaRegressionResult(ResultMixin):
     """A mixed-effects meta-regression fit (``rma(yi, vi, mods = ...)`` in metafor).
 
@@ -120,6 +182,20 @@ class MetaRegressionResult(ResultMixin):
         estimation converged.
     yi, vi, X, labels
         The data of the fit (for plots and refits).
+    intercept
+        Whether the model has an intercept (``~ 0 + ...`` has none).
+    omnibus
+        metafor's ``QM``/``QMdf``/``QMp`` under the fit's test for the coefficients
+        ``btt`` (F under ``t``/``knha``/``adhoc``), a :class:`WaldTest`.
+    btt
+        The coefficients of ``omnibus`` (0-based).
+    fit_stats
+        ``{"ML": FitStatistics, "REML": FitStatistics}``: metafor's ``fit.stats``.
+    tau2_fixed, weighted, weights
+        How the fit was asked for: tau² given by the user, weighted (default) or
+        unweighted least squares, user weights (``None``: inverse-variance).
+    vb_base
+        Covariance of the coefficients before any Knapp-Hartung scaling.
     """
 
     names: tuple[str, ...]
@@ -160,6 +236,49 @@ class MetaRegressionResult(ResultMixin):
     vi: np.ndarray | None = field(default=None, repr=False)
     X: np.ndarray | None = field(default=None, repr=False)
     labels: tuple[str, ...] | None = field(default=None, repr=False)
+    intercept: bool = True
+    omnibus: WaldTest | None = field(default=None, repr=False)
+    btt: tuple[int, ...] = ()
+    fit_stats: Mapping[str, FitStatistics] | None = field(default=None, repr=False)
+    tau2_fixed: bool = False
+    weighted: bool = True
+    weights: np.ndarray | None = field(default=None, repr=False)
+    vb_base: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def parms(self) -> int:
+        """Number of estimated parameters (coefficients and tau², as metafor's ``parms``)."""
+        return self.p + (0 if self.method == "FE" or self.tau2_fixed else 1)
+
+    def _stats(self) -> FitStatistics:
+        if self.fit_stats is None:
+            raise InputError("fit: this result carries no fit statistics")
+        return self.fit_stats["REML" if self.method == "REML" else "ML"]
+
+    @property
+    def logLik(self) -> float:
+        """Log-likelihood (restricted under REML), as metafor's ``logLik``."""
+        return self._stats().logLik
+
+    @property
+    def deviance(self) -> float:
+        """Deviance, as metafor's ``deviance``."""
+        return self._stats().deviance
+
+    @property
+    def AIC(self) -> float:
+        """Akaike's information criterion (REML under REML), as metafor's ``AIC``."""
+        return self._stats().AIC
+
+    @property
+    def BIC(self) -> float:
+        """Bayesian information criterion, as metafor's ``BIC``."""
+        return self._stats().BIC
+
+    @property
+    def AICc(self) -> float:
+        """Corrected AIC, as metafor's ``fitstats``."""
+        return self._stats().AICc
 
     @property
     def df(self) -> int:
@@ -176,7 +295,7 @@ class MetaRegressionResult(ResultMixin):
         if abs(level * 100.0 - self.level) < 1e-9:
             return Interval(self.ci_lb, self.ci_ub, level=level)
         alpha = 1.0 - level
-        crit = float(t_isf(alpha / 2, self.df) if self.test == "knha" else norm_isf(alpha / 2))
+        crit = float(norm_isf(alpha / 2) if self.test == "z" else t_isf(alpha / 2, self.df))
         return Interval(self.coef - crit * self.se, self.coef + crit * self.se, level=level)
 
     @property
@@ -201,15 +320,29 @@ class MetaRegressionResult(ResultMixin):
                 for i, nm in enumerate(self.names)]
         knha = (f"; Knapp-Hartung F({self.QM_df}, {self.k - self.p}) = {f(self.knha_F, d)}, "
                 f"p {peq(self.knha_Fp, d)}" if self.knha_F is not None else "")
+        extra: list[str] = []
+        default_btt = tuple(j for j in range(self.p) if not (self.intercept and j == 0))
+        if self.omnibus is not None and (self.test != "z" or self.btt != default_btt):
+            extra.append(f"[test = {self.test}] " + self.omnibus.summary(d).replace("\n", " "))
+        if self.test in ("t", "adhoc") or self.weights is not None or not self.weighted:
+            how = ("user weights" if self.weights is not None
+                   else "unweighted" if not self.weighted else "inverse-variance weights")
+            extra.append(f"coefficients under test = {self.test} ({how}):")
+            extra.extend(grid(["", "estimate", "se", "stat", "pval", "ci.lb", "ci.ub"],
+                              [[nm, f(self.coef[i], d), f(self.se[i], d), f(self.stat[i], d),
+                                p(self.pval[i], d), f(self.ci_lb[i], d), f(self.ci_ub[i], d)]
+                               for i, nm in enumerate(self.names)]))
+        fixed = " (fixed)" if self.tau2_fixed else ""
         return "\n".join([
-            f"Meta-regression (k = {self.k}; tau^2 estimator: {self.method}):",
+            f"Meta-regression (k = {self.k}; tau^2 estimator: {self.method}{fixed}):",
             f"residual tau^2 = {f(self.tau2, d)}, I^2 = {f(self.I2, 2)}%, "
             f"R^2 = {f(self.R2, 2)}% of tau^2 explained",
             f"Test for residual heterogeneity: QE(df = {self.QE_df}) = {f(self.QE, d)}, "
             f"p {peq(self.QEp, d)}",
             f"Test of moderators: QM(df = {self.QM_df}) = {f(self.QM, d)}, "
             f"p {peq(self.QMp, d)}{knha}",
-            *grid(["", "estimate", "se", "zval", "pval", "se.knha", "pval.knha"], rows)])
+            *grid(["", "estimate", "se", "zval", "pval", "se.knha", "pval.knha"], rows),
+            *extra])
 
     def to_frame(self):
         """One row per coefficient.
@@ -257,6 +390,12 @@ class MetaRegressionResult(ResultMixin):
             "tau2": self.tau2, "I2": self.I2, "H2": self.H2, "R2": self.R2,
             "knha_se": lst(self.knha_se), "knha_tval": lst(self.knha_stat),
             "knha_pval": lst(self.knha_pval), "knha_F": self.knha_F, "knha_Fp": self.knha_Fp,
+            "test_se": lst(self.se), "test_stat": lst(self.stat), "test_pval": lst(self.pval),
+            "s2w": self.s2w, "tau2_fixed": self.tau2_fixed, "weighted": self.weighted,
+            "intercept": self.intercept,
+            "omnibus": None if self.omnibus is None else self.omnibus.to_dict(),
+            "fit_stats": None if self.fit_stats is None else
+            {key: val.to_dict() for key, val in self.fit_stats.items()},
         })
 
 
@@ -266,28 +405,131 @@ def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
             for k, v in d.items()}
 
 
+def set_btt(btt: Any, p: int, intercept: bool, names: Sequence[str]) -> tuple[int, ...]:
+    """The coefficients an omnibus test covers, as metafor's ``.set.btt`` (0-based out).
+
+    ``None``: every coefficient but the intercept (all of them without an intercept, the
+    only one of a one-coefficient model). A string: the coefficients whose names match it
+    as a regular expression (R's ``grep``). Integers: **1-based positions, as in
+    metafor** (``btt=[2, 3]`` is R's ``btt=2:3``); negative ones exclude, as R's indexing.
+    """
+    if btt is None:
+        if p > 1:
+            return tuple(range(1, p)) if intercept else tuple(range(p))
+        return (0,)
+    if isinstance(btt, str):
+        try:
+            pattern = re.compile(btt)
+        except re.error as exc:
+            raise InputError(f"btt: {btt!r} is not a regular expression ({exc})") from None
+        found = tuple(i for i, nm in enumerate(names) if pattern.search(nm))
+        if not found:
+            raise InputError(f"btt: no coefficient name matches {btt!r} (coefficients: "
+                             f"{', '.join(names)})")
+        return found
+    values = np.atleast_1d(np.asarray(btt))
+    if values.size == 0 or not np.issubdtype(values.dtype, np.number):
+        raise InputError(f"btt: expected 1-based coefficient positions or a name pattern, "
+                         f"got {btt!r}")
+    idx = np.unique(np.round(values).astype(int))
+    if np.any(idx < 0) and np.any(idx > 0):
+        raise InputError(f"btt: cannot mix positive and negative positions ({btt!r})")
+    if np.all(idx < 0):
+        chosen = tuple(i for i in range(p) if (i + 1) not in set(-idx))
+    else:
+        chosen = tuple(int(i) - 1 for i in idx if 1 <= i <= p)
+    if not chosen:
+        raise InputError(f"btt: positions {btt!r} name no coefficient of the {p} "
+                         f"(1-based, as metafor)")
+    return chosen
+
+
+def _omnibus(beta: np.ndarray, vb: np.ndarray, btt: tuple[int, ...], test: str, df: int,
+             names: Sequence[str]) -> WaldTest:
+    """The Wald test of ``beta[btt] = 0`` (metafor): chi² under z, F = QM/m otherwise."""
+    b = beta[list(btt)]
+    sub = vb[np.ix_(btt, btt)]
+    m = len(btt)
+    try:
+        QM = float(b @ np.linalg.solve(sub, b))
+    except np.linalg.LinAlgError:
+        QM = float("nan")
+    if test == "z":
+        return WaldTest(QM=QM, QMdf=(m, None), QMp=float(chi2_sf(QM, m)), btt=btt,
+                        names=tuple(names[i] for i in btt), test=test)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        F = QM / m
+    Fp = float(special.fdtrc(m, df, F)) if df > 0 else float("nan")
+    return WaldTest(QM=F, QMdf=(m, df), QMp=Fp, btt=btt,
+                    names=tuple(names[i] for i in btt), test=test)
+
+
+def _fit_statistics(y: np.ndarray, v: np.ndarray, X: np.ndarray, beta: np.ndarray,
+                    t2: float, parms: int) -> dict[str, FitStatistics]:
+    """The ``fit.stats`` (ML and REML columns) of ``rma.uni``."""
+    k, p = X.shape
+    w = 1.0 / (v + t2)
+    r = y - X @ beta
+    rss = float(np.sum(w * r * r))
+    slog = float(np.sum(np.log(v + t2)))
+    ll_ml = -0.5 * k * np.log(2 * np.pi) - 0.5 * slog - 0.5 * rss
+    ll_reml = (-0.5 * (k - p) * np.log(2 * np.pi) + 0.5 * np.linalg.slogdet(X.T @ X)[1]
+               - 0.5 * slog - 0.5 * np.linalg.slogdet(X.T @ (w[:, None] * X))[1]
+               - 0.5 * rss)
+    # the saturated model's log-likelihood: sum of dnorm(yi, yi, sqrt(vi), log = TRUE)
+    dev_ml = (-2.0 * (ll_ml - float(np.sum(-0.5 * np.log(2 * np.pi * v))))
+              if k > p else 0.0)
+
+    def stats(ll: float, dev: float, n: int) -> FitStatistics:
+        big = max(n, parms + 2)
+        return FitStatistics(logLik=float(ll), deviance=float(dev),
+                             AIC=float(-2 * ll + 2 * parms),
+                             BIC=float(-2 * ll + parms * np.log(n)) if n > 0 else float("nan"),
+                             AICc=float(-2 * ll + 2 * parms * big / (big - parms - 1)))
+    return {"ML": stats(ll_ml, dev_ml, k), "REML": stats(ll_reml, -2.0 * ll_reml, k - p)}
+
+
+def _adjusted_r2(y: np.ndarray, X: np.ndarray, a: np.ndarray) -> float:
+    """``summary(lm(yi ~ X, weights = a))$adj.r.squared`` (X holds the intercept)."""
+    k, p = X.shape
+    if k - p <= 0:
+        return float("nan")
+    sw = a.sum()
+    mean = float(np.sum(a * y) / sw)
+    tss = float(np.sum(a * (y - mean) ** 2))
+    beta = np.linalg.lstsq(X * np.sqrt(a)[:, None], y * np.sqrt(a), rcond=None)[0]
+    rss = float(np.sum(a * (y - X @ beta) ** 2))
+    r2 = 1.0 - rss / tss
+    return 1.0 - (1.0 - r2) * (k - 1) / (k - p)
+
+
 def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | None = None,
             method: str = "REML", test: str = "z", level: float = 0.95,
             tau2: float | None = None, compute_r2: bool = True,
             threshold: float | None = None,
-            labels: Sequence[Any] | None = None) -> MetaRegressionResult:
-    """Fit the mixed-effects model on an explicit design matrix.
+            labels: Sequence[Any] | None = None, weights: Any | None = None,
+            weighted: bool = True, btt: Any = None,
+            intercept: bool | None = None) -> MetaRegressionResult:
+    """Fit the mixed-effects model on an explicit design matrix (metafor's ``rma.uni``).
 
     Parameters
     ----------
     yi, vi
         Effect sizes and sampling variances (length k).
     X
-        Design matrix (k, p) *including* the intercept column; ``None`` = intercept only.
+        Design matrix (k, p), *including* the intercept column when the model has one;
+        ``None`` = intercept only.
     names
         Coefficient names (default ``intrcpt, x1, x2, ...``).
     method
         ``REML`` (default), ``ML``, ``EB``, ``PM``, ``DL``, ``HE``, ``HS``, ``SJ`` or ``FE``.
     test
-        ``z`` or ``knha`` (Knapp & Hartung 2003, "Improved tests for a random effects
-        meta-regression with a single covariate", Stat. Med. 22:2693-2710).
+        ``z`` (normal), ``t`` (t with k - p df), ``knha`` (Knapp & Hartung 2003,
+        "Improved tests for a random effects meta-regression with a single covariate",
+        Stat. Med. 22:2693-2710) or ``adhoc`` (Knapp-Hartung with the scale factor
+        floored at 1, Jackson et al. 2017, Stat. Med. 36:3923-3934), as metafor.
     tau2
-        Fix tau² instead of estimating it.
+        Fix tau² instead of estimating it (metafor's ``tau2 =``); not with ``FE``.
     compute_r2
         Fit the intercept-only model too and report the pseudo-R².
     threshold
@@ -298,10 +540,22 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
         internally.
     labels
         Site labels, kept with the result (plots).
+    weights
+        User weights of the coefficients (metafor's ``weights``): ``beta = (X'AX)^-1
+        X'Ay`` with ``A = diag(weights)`` and the sandwich covariance ``(X'AX)^-1 X'A M A
+        X (X'AX)^-1``, ``M = diag(vi + tau²)``. tau² is estimated as without them.
+    weighted
+        ``False``: unweighted least squares (``A = I``) for the coefficients, as
+        metafor's ``weighted = FALSE``.
+    btt
+        The coefficients of the omnibus test (metafor's ``btt``: 1-based positions or a
+        name pattern; default all but the intercept), see :func:`set_btt`.
+    intercept
+        Whether ``X`` holds an intercept; default: its first column is all ones.
     """
     y, v = validate_yi_vi(yi, vi)
     method = check_method(method)
-    test = check_test(test)
+    test = check_rma_test(test)
     level = check_level(level)
     k = y.size
     Xm = np.ones((k, 1)) if X is None else np.asarray(X, dtype=float)
@@ -315,8 +569,9 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
     if np.linalg.matrix_rank(Xm) < p:
         raise InputError("moderators: the design matrix is rank deficient "
                          "(a moderator is constant or collinear with others)")
-    if k <= p and test == "knha":
-        raise InputError(f"test: knha needs more studies ({k}) than coefficients ({p})")
+    has_int = bool(np.all(Xm[:, 0] == 1.0)) if intercept is None else bool(intercept)
+    if k <= p and test != "z":
+        raise InputError(f"test: {test} needs more studies ({k}) than coefficients ({p})")
     if k < p:
         raise InputError(f"moderators: {p} coefficients but only {k} studies; the number "
                          "of parameters to be estimated is larger than the number of "
@@ -331,14 +586,43 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
             f"tau^2 for {k} studies: the number of parameters to be estimated is larger "
             f"than the number of observations (as metafor's rma refuses); use more studies, "
             f"fewer moderators or --method FE")
+    if tau2 is not None and method == "FE" and tau2 != 0:
+        raise InputError(f"tau2: a fixed tau^2 ({show_value(tau2)}) contradicts method FE "
+                         "(tau^2 = 0); use a random-effects method such as REML")
+    a_user: np.ndarray | None = None
+    if weights is not None:
+        try:
+            a_user = np.asarray(weights, dtype=float).reshape(-1)
+        except (TypeError, ValueError):
+            raise InputError(f"weights: not numeric ({weights!r})") from None
+        if a_user.size == 1:
+            a_user = np.full(k, float(a_user[0]))
+        if a_user.size != k:
+            raise InputError(f"weights: {a_user.size} weights for {k} studies")
+        bad = np.flatnonzero(~np.isfinite(a_user) | (a_user < 0))
+        if bad.size:
+            raise InputError(f"weights[{bad[0]}]: must be finite and >= 0, got "
+                             f"{show_value(a_user[bad[0]])}")
+        if np.linalg.matrix_rank(Xm * np.sqrt(a_user)[:, None]) < p:
+            raise InputError("weights: the coefficients are not estimable with these "
+                             "weights (too many zero weights)")
     nm = tuple(names) if names is not None else ("intrcpt",) + tuple(f"x{j}" for j in range(1, p))
+    if len(nm) != p:
+        raise InputError(f"names: {len(nm)} names for {p} coefficients")
+    btt_idx = set_btt(btt, p, has_int, nm)
 
     se_tau2 = float("nan")
     converged = True
-    if tau2 is not None:
-        t2 = float(tau2)
+    fixed_tau2 = tau2 is not None and method != "FE"
+    if tau2 is not None and fixed_tau2:
+        try:
+            t2 = float(tau2)
+        except (TypeError, ValueError):
+            raise InputError(f"tau2: must be a finite non-negative number, got "
+                             f"{tau2!r}") from None
         if not np.isfinite(t2) or t2 < 0:
-            raise InputError(f"tau2: must be a finite non-negative number, got {tau2!r}")
+            raise InputError(f"tau2: must be a finite non-negative number, got "
+                             f"{show_value(t2)}")
     elif method == "FE" or k == p:
         t2 = 0.0
     else:
@@ -356,9 +640,21 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
     yc = y - centre
     w = 1.0 / (v + t2)
     A, b_hat, r_hat = st.wls(Xm[None], w[None], yc[None])
-    vb_z, beta, resid = A[0], b_hat[0].copy(), r_hat[0]
+    vb_iv, beta_iv, resid_iv = A[0], b_hat[0].copy(), r_hat[0]
     if ones.size:
-        beta[ones[0]] += centre
+        beta_iv[ones[0]] += centre
+    if a_user is None and weighted:
+        beta, vb_base = beta_iv, vb_iv
+    else:
+        # user weights or unweighted least squares: the sandwich (X'AX)^-1 X'A M A X
+        # (X'AX)^-1 with M = diag(vi + tau²) (metafor's rma.uni)
+        a = a_user if a_user is not None else np.ones(k)
+        Aa, b_a, _ = st.wls(Xm[None], a[None], yc[None])
+        bread = Aa[0] @ (Xm.T * a)
+        beta = b_a[0].copy()
+        if ones.size:
+            beta[ones[0]] += centre
+        vb_base = bread @ ((v + t2)[:, None] * bread.T)
 
     # residual heterogeneity test (fixed-effect weights)
     w0 = 1.0 / v
@@ -368,7 +664,7 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
     QE = max(0.0, float(np.sum(w0 * r0 * r0))) if QE_df > 0 else 0.0
     QEp = float(chi2_sf(QE, QE_df)) if QE_df > 0 else 1.0
     # metafor's "typical" within-study variance for models with moderators
-    if QE_df > 0 and method == "FE" and tau2 is None:
+    if QE_df > 0 and method == "FE":
         # metafor's FE fit reports Higgins & Thompson's I² = (QE - df) / QE and H² = QE/df
         I2 = 100.0 * max(0.0, (QE - QE_df) / QE) if QE > 0 else 0.0
         H2 = QE / QE_df
@@ -379,16 +675,19 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
     else:
         I2, H2 = 0.0, 1.0
 
-    crit_z = float(norm_isf((1 - level / 100) / 2))
-    z_se = np.sqrt(np.diag(vb_z))
-    z_stat = beta / z_se
+    z_se = np.sqrt(np.diag(vb_base))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z_stat = beta / z_se
     z_pval = 2 * norm_sf(np.abs(z_stat))
 
     df = k - p
     if df > 0:
-        # Knapp-Hartung: scale the covariance by the weighted residual mean square
-        s2w = float(np.sum(w * resid**2) / df)
-        vb_k = vb_z * s2w
+        # Knapp-Hartung: scale the covariance by the weighted residual mean square of the
+        # inverse-variance fit (also under user weights, as metafor); 0 when the effects
+        # lie exactly on the regression surface
+        rss_knha = float(np.sum(w * resid_iv**2))
+        s2w_knha = 0.0 if rss_knha <= st._EPS else rss_knha / df
+        vb_k = vb_base * s2w_knha
         knha_se = np.sqrt(np.diag(vb_k))
         # identical effects give s2w = 0 and so a zero Knapp-Hartung se: the statistic is
         # then +-inf (or nan for a zero coefficient), as in metafor, not a warning
@@ -396,44 +695,70 @@ def fit_rma(yi: Any, vi: Any, X: Any | None = None, *, names: Sequence[str] | No
             knha_stat = beta / knha_se
         knha_pval = 2 * t_sf(np.abs(knha_stat), df)
     else:
-        s2w = float("nan")
-        vb_k = vb_z * np.nan
+        s2w_knha = float("nan")
+        vb_k = vb_base * np.nan
         knha_se = knha_stat = knha_pval = np.full(p, np.nan)
 
+    mods = tuple(j for j in range(p) if not (has_int and j == 0))
     QM = QMp = knha_F = knha_Fp = None
-    m = p - 1
-    if m >= 1:
-        b = beta[1:]
-        QM = float(b @ np.linalg.solve(vb_z[1:, 1:], b))
-        QMp = float(chi2_sf(QM, m))
+    if mods and (has_int or p > 0):
+        QM = _omnibus(beta, vb_base, mods, "z", df, nm).QM
+        QMp = float(chi2_sf(QM, len(mods)))
         if df > 0:
-            # vb_k = s2w vb_z, so F = QM / (m s2w); effects exactly on the regression
-            # surface give s2w = 0 and F = inf (nan when the slopes are 0 as well)
             with np.errstate(divide="ignore", invalid="ignore"):
-                knha_F = float(np.float64(QM) / (m * s2w))
-            knha_Fp = float(special.fdtrc(m, df, knha_F))
-
-    R2 = None
-    if compute_r2 and p > 1 and tau2 is None and method != "FE":
-        t2_re = fit_rma(y, v, None, method=method, compute_r2=False).tau2
-        # metafor: 100 * max(0, (tau2_RE - tau2_ME) / tau2_RE), 0 when tau2_RE is 0
-        R2 = 0.0 if t2_re <= 0 else 100.0 * max(0.0, (t2_re - t2) / t2_re)
+                knha_F = float(np.float64(QM) / (len(mods) * s2w_knha))
+            knha_Fp = float(special.fdtrc(len(mods), df, knha_F))
 
     if test == "z":
-        se, stat, pval, vb, crit, s2 = z_se, z_stat, z_pval, vb_z, crit_z, 1.0
+        s2w = 1.0
+    elif test == "t":
+        s2w = 1.0
+    elif test == "knha":
+        s2w = s2w_knha
+    else:  # adhoc: the Knapp-Hartung factor, never below 1
+        s2w = max(1.0, s2w_knha)
+    vb = vb_base * s2w
+    se = np.sqrt(np.diag(vb))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stat = beta / se
+    if test == "z":
+        pval = z_pval if s2w == 1.0 else 2 * norm_sf(np.abs(stat))
+        crit = float(norm_isf((1 - level / 100) / 2))
     else:
+        pval = 2 * t_sf(np.abs(stat), df)
         crit = float(t_isf((1 - level / 100) / 2, df))
-        se, stat, pval, vb, s2 = knha_se, knha_stat, knha_pval, vb_k, s2w
+    omnibus = _omnibus(beta, vb, btt_idx, test, df, nm)
+
+    parms = p + (0 if method == "FE" or fixed_tau2 else 1)
+    fit_stats = _fit_statistics(y, v, Xm, beta, t2, parms)
+
+    R2 = None
+    if compute_r2 and p > 1 and has_int:
+        if method == "FE":
+            if np.var(y) == 0:
+                R2 = 0.0
+            else:
+                a_lm = (a_user if a_user is not None else w0) if weighted else np.ones(k)
+                adj = _adjusted_r2(y, Xm, a_lm)
+                R2 = None if not np.isfinite(adj) else 100.0 * max(0.0, adj)
+        else:
+            t2_re = fit_rma(y, v, None, method=method, compute_r2=False).tau2
+            # metafor: 100 * max(0, (tau2_RE - tau2_ME) / tau2_RE), 0 when tau2_RE is 0
+            R2 = 0.0 if t2_re <= 0 else 100.0 * max(0.0, (t2_re - t2) / t2_re)
+
     return MetaRegressionResult(
         names=nm, coef=beta, se=se, stat=stat, pval=pval,
         ci_lb=beta - crit * se, ci_ub=beta + crit * se,
         z_se=z_se, z_stat=z_stat, z_pval=z_pval,
         knha_se=knha_se, knha_stat=knha_stat, knha_pval=knha_pval,
-        QM=QM, QM_df=m, QMp=QMp, knha_F=knha_F, knha_Fp=knha_Fp,
+        QM=QM, QM_df=len(mods), QMp=QMp, knha_F=knha_F, knha_Fp=knha_Fp,
         QE=QE, QE_df=QE_df, QEp=QEp, tau2=t2, I2=I2, H2=H2, R2=R2,
-        k=k, p=p, method=method, test=test, level=level, vb=vb, s2w=s2,
+        k=k, p=p, method=method, test=test, level=level, vb=vb, s2w=s2w,
         se_tau2=se_tau2, converged=converged, yi=y, vi=v, X=Xm,
-        labels=None if labels is None else tuple(str(x) for x in labels))
+        labels=None if labels is None else tuple(str(x) for x in labels),
+        intercept=has_int, omnibus=omnibus, btt=btt_idx, fit_stats=fit_stats,
+        tau2_fixed=fixed_tau2, weighted=weighted,
+        weights=None if a_user is None else a_user, vb_base=vb_base)
 
 
 # ---------------------------------------------------------------------------------------

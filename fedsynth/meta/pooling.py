@@ -640,7 +640,8 @@ def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: flo
         Site labels (used in results and error messages).
     tau2 : float or array_like of shape (m,), optional
         tau² fixed by the user (metafor's ``tau2 =``): not estimated, no standard error
-        or Q-profile interval; not with ``FE``.
+        (the Q-profile interval is still reported, as metafor's ``confint``); not with
+        ``FE``.
     weights : array_like, shape (m, K) or (K,), optional
         User weights of the estimate (metafor's ``weights``): ``sum(a y) / sum(a)`` with
         variance ``sum(a² (v + tau²)) / sum(a)²``; tau² is estimated as without them.
@@ -844,9 +845,9 @@ def _pool_block(y: np.ndarray, v: np.ndarray, msk: np.ndarray, method: str, test
             pi_lb = np.where(multi, estimate - half, np.nan)
             pi_ub = np.where(multi, estimate + half, np.nan)
             qp = st.qprofile_tau2_ci(b, level=level)
-            # no interval for a tau² the user fixed (metafor's confint has none either)
-            cix = multi & (fixed is None)
-            t_lo, t_hi = np.where(cix, qp.low, np.nan), np.where(cix, qp.high, np.nan)
+            # also for a tau² the user fixed: the Q-profile bounds do not depend on the
+            # estimate (metafor's confint() gives them for a fixed tau² too)
+            t_lo, t_hi = np.where(multi, qp.low, np.nan), np.where(multi, qp.high, np.nan)
             i2_lo, h2_lo = st.heterogeneity_indices(t_lo, vt)
             i2_hi, h2_hi = st.heterogeneity_indices(t_hi, vt)
             qp_ok = qp.converged

@@ -44,7 +44,7 @@ from fedsynth.vocabulary import (
     ESTIMATOR_MEASURES,
     METHODS,
     RATIO_MEASURES,
-    TESTS,
+    RMA_TESTS,
     VTYPES,
 )
 
@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from fedsynth.meta import BatchPoolingResult, PoolingResult
 
 METHOD_CHOICES = (*METHODS, *COUNT_METHODS)
-TEST_CHOICES = TESTS
+TEST_CHOICES = RMA_TESTS
 FORMAT_CHOICES = ("table", "json", "csv")
 #: Measures ``--plot-measure`` accepts: escalc's, the site estimators' and the ratio
 #: measures (HR), each once, in vocabulary order.
@@ -90,6 +90,8 @@ examples:
   fedsynth meta europe.csv --sep ';' --decimal , --drop-na
   fedsynth meta trials.csv --measure OR --ai tpos --bi tneg --ci cpos --di cneg
   fedsynth meta round.json --diagnostics      # a round document (round show --format json)
+  fedsynth meta bcg.csv --mods "~ ablat + factor(alloc)" --test knha --btt 3:4
+  fedsynth meta bcg.csv --tau2 0.1 --weights n --test adhoc
 
 """ + meta_rare.EXAMPLES
 
@@ -172,10 +174,56 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                              "or the round's method for a round document); MH, PETO or GLMM "
                              "pool 2x2 counts (see 'rare events')")
     parser.add_argument("--test", type=str.lower, choices=TEST_CHOICES, default=None,
-                        help="z (Wald) or knha (Knapp-Hartung t) (default: z, or the "
-                             "round's test)")
+                        help="z (Wald), t (t with k-p df), knha (Knapp-Hartung t) or adhoc "
+                             "(Knapp-Hartung, scale factor at least 1), as metafor's test "
+                             "(default: z, or the round's test)")
     parser.add_argument("--level", type=_level, default=None, metavar="PCT",
                         help="confidence level in percent (default: 95, or the round's)")
+    parser.add_argument("--tau2", type=_tau2, default=None, metavar="X",
+                        help="fix tau^2 at X instead of estimating it (metafor's tau2=)")
+    parser.add_argument("--weights", metavar="COL", default=None,
+                        help="user weights from column COL for the estimate and the "
+                             "coefficients (metafor's weights=); tau^2 is estimated as "
+                             "without them")
+    parser.add_argument("--unweighted", action="store_true",
+                        help="unweighted least squares (metafor's weighted=FALSE)")
+    parser.add_argument("--mods", metavar="FORMULA", default=None,
+                        help="meta-regression on a one-sided formula, as metafor's mods: "
+                             "'~ year + factor(alloc)', '~ ablat * factor(alloc)', "
+                             "'~ 0 + factor(alloc)'")
+    parser.add_argument("--btt", metavar="SPEC", default=None,
+                        help="coefficients of the --mods omnibus test: 1-based positions "
+                             "as metafor ('3:4', '2,5') or a name pattern ('alloc')")
+
+
+def _tau2(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tau2: {text!r} is not a number") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"--tau2: {text!r} must be finite and >= 0")
+    return value
+
+
+def parse_btt(text: str | None) -> Any:
+    """``--btt``: ``"3:4"``/``"2,5"``/``"-1"`` as 1-based positions, else a name pattern."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    positions: list[int] = []
+    for part in parts:
+        match = re.fullmatch(r"(-?\d+)(?::(-?\d+))?", part)
+        if match is None:
+            if len(parts) > 1:
+                raise InputError(f"--btt: {text!r}: give positions ('3:4', '2,5') or one "
+                                 "name pattern")
+            return text
+        lo = int(match.group(1))
+        hi = int(match.group(2)) if match.group(2) is not None else lo
+        step = 1 if hi >= lo else -1
+        positions.extend(range(lo, hi + step, step))
+    return positions
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -721,6 +769,13 @@ def _used_columns(args: argparse.Namespace, frame) -> list[str]:
         if getattr(args, option, None):
             cols.append(getattr(args, option))
     cols += list(getattr(args, "moderator", None) or [])
+    if getattr(args, "weights", None):
+        cols.append(args.weights)
+    if getattr(args, "mods", None):
+        # lazy: formulaic is imported only when a formula is given
+        from fedsynth.meta.formula import formula_variables
+
+        cols += list(formula_variables(args.mods, frame.columns))
     return cols
 
 
@@ -976,19 +1031,103 @@ def load_input(args: argparse.Namespace) -> MetaInput:
 # computation and output
 # ---------------------------------------------------------------------------------------
 
+def _weights_grid(args: argparse.Namespace, data: MetaInput):
+    """The ``--weights`` column on the analyses' (m, K) grid (None without it)."""
+    if not getattr(args, "weights", None):
+        return None
+    # lazy: keeps numpy and pandas out of `fedsynth --help` start-up
+    import numpy as np
+
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
+    from fedsynth import tabular
+
+    col = tabular.numeric_column(data.frame, args.weights, option="--weights")
+    return np.where(data.mask, col[np.maximum(data.rows, 0)], 0.0)
+
+
 def compute(args: argparse.Namespace, data: MetaInput) -> BatchPoolingResult:
     """Pool every analysis in one vectorised call."""
     # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
     from fedsynth.meta import pool
 
+    _check_model_options(args)
     return pool(data.yi, data.vi, mask=data.mask, method=args.method, test=args.test,
-                level=args.level, names=data.names, labels=data.labels)
+                level=args.level, names=data.names, labels=data.labels,
+                tau2=getattr(args, "tau2", None), weights=_weights_grid(args, data),
+                weighted=not getattr(args, "unweighted", False))
+
+
+def _check_model_options(args: argparse.Namespace) -> None:
+    """Refuse combinations of the model options that have no meaning together."""
+    if getattr(args, "mods", None) and getattr(args, "moderator", None):
+        raise InputError("--mods: give the moderators either as a formula (--mods) or by "
+                         "name (--moderator), not both")
+    if getattr(args, "btt", None) and not getattr(args, "mods", None):
+        raise InputError("--btt: needs --mods (the omnibus test of a formula's coefficients)")
+    if getattr(args, "weights", None) and getattr(args, "unweighted", False):
+        raise InputError("--weights: user weights and --unweighted exclude each other")
+    special = [opt for opt, on in (("--tau2", getattr(args, "tau2", None) is not None),
+                                   ("--weights", bool(getattr(args, "weights", None))),
+                                   ("--unweighted", getattr(args, "unweighted", False)))
+               if on]
+    if special and (getattr(args, "diagnostics", False) or getattr(args, "moderator", None)
+                    or getattr(args, "subgroup", None)
+                    or getattr(args, "cumulative_by", None)):
+        raise InputError(f"{special[0]}: not available with --diagnostics, --moderator, "
+                         "--subgroup or --cumulative-by (use --mods for a meta-regression "
+                         "with it)")
+    if getattr(args, "test", None) in ("t", "adhoc") and (
+            getattr(args, "diagnostics", False) or getattr(args, "subgroup", None)
+            or getattr(args, "cumulative_by", None)):
+        raise InputError(f"--test {args.test}: the diagnostics, subgroup and cumulative "
+                         "sections support --test z or knha")
+
+
+def _mods_fit(args: argparse.Namespace, data: MetaInput, index: int):
+    """The ``--mods`` meta-regression of analysis ``index`` (cached; None without --mods)."""
+    if not getattr(args, "mods", None):
+        return None
+    cache = args.__dict__.setdefault("_mods", {})
+    if index not in cache:
+        # lazy: keeps numpy, pandas, formulaic and the statistics out of start-up
+        import numpy as np
+
+        # lazy: formulaic is imported only when a formula is given
+        from fedsynth.meta.formula import model_matrix
+
+        # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
+        from fedsynth.meta.metareg import fit_rma
+
+        sel = data.mask[index]
+        rows = data.rows[index][sel]
+        sub = data.frame.iloc[rows].reset_index(drop=True)
+        mm = model_matrix(args.mods, sub)
+        if not mm.keep.all():
+            raise InputError(f"--mods: missing values in {int((~mm.keep).sum())} row(s) of "
+                             f"the formula's columns; use --drop-na to leave them out")
+        w = _weights_grid(args, data)
+        cache[index] = fit_rma(
+            data.yi[index][sel], data.vi[index][sel], mm.X, names=mm.names,
+            method=args.method, test=args.test, level=args.level / 100.0,
+            labels=list(data.labels[index][sel]), tau2=getattr(args, "tau2", None),
+            weights=None if w is None else np.asarray(w[index][sel]),
+            weighted=not getattr(args, "unweighted", False),
+            btt=parse_btt(getattr(args, "btt", None)), intercept=mm.intercept)
+    return cache[index]
 
 
 def _extend_record(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult,
                    index: int, record: dict[str, Any]) -> None:
     """Hook for options that add keys to an analysis' JSON/CSV record (none yet)."""
     _diagnostics_record(args, data, batch, index, record)
+    fit = _mods_fit(args, data, index)
+    if fit is not None:
+        if args.format == "csv":
+            record.update({"mods": args.mods, "QM": fit.omnibus.QM if fit.omnibus else None,
+                           "QMp": fit.omnibus.QMp if fit.omnibus else None,
+                           "R2": fit.R2, "tau2_residual": fit.tau2})
+        else:
+            record["meta_regression"] = {"mods": args.mods, **fit.to_dict()}
     _bayes_record(args, data, index, record)
 
 
@@ -996,6 +1135,9 @@ def _extra_sections(args: argparse.Namespace, data: MetaInput, batch: BatchPooli
                     index: int) -> list[str]:
     """Hook for options that add text sections after an analysis' summary (none yet)."""
     sections = _analysis(args, data, batch, index).text_sections()
+    fit = _mods_fit(args, data, index)
+    if fit is not None:
+        sections.append(f"mods = {printable(args.mods)}\n" + fit.summary())
     return sections + _bayes_section(args, data, index)
 
 

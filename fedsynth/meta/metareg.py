@@ -24,6 +24,7 @@ Pure statistics: no I/O, no grpc.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,13 @@ __all__ = [
     "WaldTest",
     "FitStatistics",
     "set_btt",
+    "ContrastTest",
+    "ModelComparison",
+    "anova",
+    "wald_test",
+    "linear_contrasts",
+    "compare_models",
+    "refit",
     "BatchFit",
     "fit_rma",
     "fit_batch",
@@ -244,6 +252,15 @@ class MetaRegressionResult(ResultMixin):
     weighted: bool = True
     weights: np.ndarray | None = field(default=None, repr=False)
     vb_base: np.ndarray | None = field(default=None, repr=False)
+
+    def anova(self, other: MetaRegressionResult | None = None, *, btt: Any = None,
+              X: Any = None, rhs: Any = 0.0,
+              refit: bool = False) -> WaldTest | ContrastTest | ModelComparison:
+        """Wald tests of coefficients or contrasts, or the LRT against ``other``.
+
+        As metafor's ``anova``; see :func:`fedsynth.meta.metareg.anova`.
+        """
+        return anova(self, other, btt=btt, X=X, rhs=rhs, refit=refit)
 
     @property
     def parms(self) -> int:
@@ -901,3 +918,304 @@ def fit_batch(yi: Any, vi: Any, mask: Any, *, method: str = "REML") -> BatchFit:
             I2 = np.where(kk > 1, i2, 0.0)
             H2 = np.where(kk > 1, h2, 1.0)
     return BatchFit(k=kk, estimate=mu, se=se, tau2=t2, Q=Q, I2=I2, H2=H2)
+
+
+# ---------------------------------------------------------------------------------------
+# anova: Wald tests of coefficient subsets and linear contrasts, likelihood-ratio tests
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContrastTest(ResultMixin):
+    """Tests of linear combinations ``X beta - rhs`` (metafor's ``anova(fit, X = ...)``).
+
+    Attributes
+    ----------
+    Xb, se, zval, pval
+        Each combination, its standard error, statistic (t under ``t``/``knha``/
+        ``adhoc``, with ``ddf`` df) and two-sided p-value.
+    QM, QMdf, QMp
+        Joint Wald test of all combinations (chi², or F = QM/m under the t-type
+        tests); ``None`` when the rows of ``X`` are linearly dependent, as metafor.
+    hyp
+        The hypotheses as metafor writes them (``"ablat - year = 0"``).
+    """
+
+    Xb: np.ndarray
+    se: np.ndarray
+    zval: np.ndarray
+    pval: np.ndarray
+    QM: float | None
+    QMdf: tuple[int, int | None] | None
+    QMp: float | None
+    hyp: tuple[str, ...]
+    test: str
+    ddf: int | None
+
+    def summary(self, digits: int = 4) -> str:
+        """The hypotheses table and the omnibus test, as metafor's ``print.anova.rma``."""
+        d = digits
+        rows = [[f"{i + 1}: {h}", f(self.Xb[i], d), f(self.se[i], d), f(self.zval[i], d),
+                 p(self.pval[i], d)] for i, h in enumerate(self.hyp)]
+        stat = "zval" if self.test == "z" else "tval"
+        lines = ["Hypotheses:", *grid(["", "estimate", "se", stat, "pval"], rows)]
+        if self.QM is not None and self.QMdf is not None:
+            if self.QMdf[1] is None:
+                lines.append(f"Omnibus Test of Hypotheses: QM(df = {self.QMdf[0]}) = "
+                             f"{f(self.QM, d)}, p-val {peq(self.QMp, d)}")
+            else:
+                lines.append(f"Omnibus Test of Hypotheses: F(df1 = {self.QMdf[0]}, df2 = "
+                             f"{self.QMdf[1]}) = {f(self.QM, d)}, p-val {peq(self.QMp, d)}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict with metafor's names."""
+        return {"Xb": [finite_or_none(x) for x in self.Xb],
+                "se": [finite_or_none(x) for x in self.se],
+                "zval": [finite_or_none(x) for x in self.zval],
+                "pval": [finite_or_none(x) for x in self.pval],
+                "QM": finite_or_none(self.QM), "QMdf": None if self.QMdf is None
+                else list(self.QMdf), "QMp": finite_or_none(self.QMp),
+                "hyp": list(self.hyp), "test": self.test, "ddf": self.ddf}
+
+
+@dataclass(frozen=True)
+class ModelComparison(ResultMixin):
+    """Likelihood-ratio comparison of nested fits (metafor's ``anova(full, reduced)``).
+
+    Attributes
+    ----------
+    fit_stats_f, fit_stats_r
+        logLik, deviance, AIC, BIC, AICc of the full and the reduced model (REML
+        columns for REML fits, else ML), as metafor's table.
+    parms_f, parms_r
+        Numbers of parameters.
+    LRT, pval
+        The likelihood-ratio statistic (difference of deviances, at least 0) and its
+        chi² p-value with ``parms_f - parms_r`` df.
+    QE_f, QE_r, tau2_f, tau2_r
+        Residual heterogeneity tests and tau² of both models.
+    R2
+        Share of the reduced model's tau² the full model accounts for (percent; for
+        fixed-effect fits the weighted residual variances of the least-squares fits).
+    method
+        The fits' estimation method (``ML`` after ``refit=True``).
+    """
+
+    fit_stats_f: FitStatistics
+    fit_stats_r: FitStatistics
+    parms_f: int
+    parms_r: int
+    LRT: float
+    pval: float
+    QE_f: float
+    QE_r: float
+    tau2_f: float
+    tau2_r: float
+    R2: float | None
+    method: str
+
+    def summary(self, digits: int = 4) -> str:
+        """The comparison table, as metafor's ``print.anova.rma``."""
+        d = digits
+        head = ["", "df", "AIC", "BIC", "AICc", "logLik", "LRT", "pval", "QE", "tau^2", "R^2"]
+
+        def row(name: str, s: FitStatistics, parms: int, qe: float, t2: float,
+                full: bool) -> list[str]:
+            return [name, str(parms), f(s.AIC, d), f(s.BIC, d), f(s.AICc, d), f(s.logLik, d),
+                    f(self.LRT, d) if not full else "", p(self.pval, d) if not full else "",
+                    f(qe, d), f(t2, d),
+                    "" if full or self.R2 is None else f"{self.R2:.2f}%"]
+        return "\n".join(grid(head, [row("Full", self.fit_stats_f, self.parms_f, self.QE_f,
+                                         self.tau2_f, True),
+                                     row("Reduced", self.fit_stats_r, self.parms_r,
+                                         self.QE_r, self.tau2_r, False)]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict with metafor's names."""
+        return {"fit_stats_f": self.fit_stats_f.to_dict(),
+                "fit_stats_r": self.fit_stats_r.to_dict(), "parms_f": self.parms_f,
+                "parms_r": self.parms_r, "LRT": finite_or_none(self.LRT),
+                "pval": finite_or_none(self.pval), "QE_f": finite_or_none(self.QE_f),
+                "QE_r": finite_or_none(self.QE_r), "tau2_f": finite_or_none(self.tau2_f),
+                "tau2_r": finite_or_none(self.tau2_r), "R2": finite_or_none(self.R2),
+                "method": self.method}
+
+
+def _hypotheses(L: np.ndarray, names: Sequence[str], rhs: np.ndarray) -> tuple[str, ...]:
+    """The hypothesis labels of metafor: ``ablat - year = 0`` (coefficients of 1 omitted)."""
+    out = []
+    for j in range(L.shape[0]):
+        terms = []
+        for c, nm in zip(np.round(L[j], 4), names):
+            if c == 0:
+                continue
+            num = f"{c:g}"
+            terms.append(f"{num}*{nm}")
+        text = " + ".join(terms).replace("1*", "") if terms else "0"
+        text = text.replace("+ -", "- ")
+        out.append(f"{text} = {rhs[j]:g}")
+    return tuple(out)
+
+
+def linear_contrasts(fit: MetaRegressionResult, X: Any, rhs: Any = 0.0) -> ContrastTest:
+    """Tests of ``X beta = rhs`` (metafor's ``anova(fit, X = ..., rhs = ...)``).
+
+    ``X`` is one row per combination with one column per coefficient; with an intercept
+    in the model, a row of ``p - 1`` values gets the intercept's 1 prepended, as metafor.
+    Each combination is tested with the fit's test (z, or t with k - p df); the joint
+    Wald test follows when the rows are linearly independent (Viechtbauer 2010, J. Stat.
+    Softw. 36(3), section 3.4).
+    """
+    L = np.atleast_2d(np.asarray(X, dtype=float))
+    if L.ndim != 2 or not np.all(np.isfinite(L)):
+        raise InputError(f"X: expected a finite matrix of contrasts, got {X!r}")
+    if fit.intercept and L.shape[1] == fit.p - 1:
+        L = np.column_stack([np.ones(L.shape[0]), L])
+    if L.shape[1] != fit.p:
+        raise InputError(f"X: {L.shape[1]} columns do not match the number of model "
+                         f"coefficients ({fit.p})")
+    m = L.shape[0]
+    r = np.broadcast_to(np.asarray(rhs, dtype=float).reshape(-1), (m,)) if np.size(rhs) in (
+        1, m) else None
+    if r is None:
+        raise InputError(f"rhs: {np.size(rhs)} values do not match the {m} combinations")
+    Xb = L @ fit.coef - r
+    vXb = L @ fit.vb @ L.T
+    se = np.sqrt(np.diag(vXb))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        zval = Xb / se
+    tdist = fit.test != "z"
+    ddf = fit.k - fit.p if tdist else None
+    pval = 2 * t_sf(np.abs(zval), fit.k - fit.p) if tdist else 2 * norm_sf(np.abs(zval))
+    QM = QMp = None
+    QMdf: tuple[int, int | None] | None = None
+    if np.linalg.matrix_rank(L) == m:
+        try:
+            QM = float(Xb @ np.linalg.solve(vXb, Xb))
+        except np.linalg.LinAlgError:
+            QM = None
+        if QM is not None:
+            if tdist:
+                QM = QM / m
+                QMdf = (m, fit.k - fit.p)
+                QMp = float(special.fdtrc(m, fit.k - fit.p, QM))
+            else:
+                QMdf = (m, None)
+                QMp = float(chi2_sf(QM, m))
+    return ContrastTest(Xb=Xb, se=se, zval=zval, pval=np.asarray(pval, dtype=float), QM=QM,
+                        QMdf=QMdf, QMp=QMp, hyp=_hypotheses(L, fit.names, r), test=fit.test,
+                        ddf=ddf)
+
+
+def wald_test(fit: MetaRegressionResult, btt: Any = None, rhs: Any = 0.0) -> WaldTest:
+    """Omnibus Wald test of ``beta[btt] = rhs`` (metafor's ``anova(fit, btt = ...)``)."""
+    idx = set_btt(btt, fit.p, fit.intercept, fit.names)
+    m = len(idx)
+    r = np.asarray(rhs, dtype=float).reshape(-1)
+    if r.size not in (1, m):
+        raise InputError(f"rhs: {r.size} values do not match the {m} coefficients tested")
+    beta = fit.coef.copy()
+    beta[list(idx)] = beta[list(idx)] - np.broadcast_to(r, (m,))
+    return _omnibus(beta, fit.vb, idx, fit.test, fit.k - fit.p, fit.names)
+
+
+def refit(fit: MetaRegressionResult, **changes: Any) -> MetaRegressionResult:
+    """The same model fitted again with ``changes`` (``method="ML"``, ...)."""
+    if fit.yi is None or fit.vi is None or fit.X is None:
+        raise InputError("fit: carries no data to refit")
+    options: dict[str, Any] = {
+        "names": fit.names, "method": fit.method, "test": fit.test, "level": fit.level,
+        "tau2": fit.tau2 if fit.tau2_fixed else None, "labels": fit.labels,
+        "weights": fit.weights, "weighted": fit.weighted, "intercept": fit.intercept,
+        "btt": [i + 1 for i in fit.btt] if fit.btt else None}
+    options.update(changes)
+    return fit_rma(fit.yi, fit.vi, fit.X, **options)
+
+
+def compare_models(full: MetaRegressionResult, reduced: MetaRegressionResult, *,
+                   refit_ml: bool = False) -> ModelComparison:
+    """Likelihood-ratio test of two nested fits (metafor's ``anova(full, reduced)``).
+
+    The model with more parameters is taken as the full one. Both must be fitted to the
+    same data with the same method; likelihood-ratio tests need ML or REML (or FE), and
+    REML likelihoods of models with different fixed effects are not comparable
+    (Harville 1977, JASA 72:320-338): metafor warns, fedsynth refuses unless
+    ``refit_ml=True``, which refits both models with ML first (metafor's ``refit =
+    TRUE``).
+    """
+    f_, r_ = full, reduced
+    if f_.parms == r_.parms:
+        raise InputError("anova: the two models have the same number of parameters "
+                         f"({f_.parms}); a likelihood-ratio test needs nested models")
+    if f_.parms < r_.parms:
+        f_, r_ = r_, f_
+    if (f_.yi is None or r_.yi is None or f_.vi is None or r_.vi is None
+            or not (np.array_equal(f_.yi, r_.yi) and np.array_equal(f_.vi, r_.vi))):
+        raise InputError("anova: the observed outcomes or sampling variances of the two "
+                         "models differ; compare fits of the same data")
+    if f_.method == "FE" and r_.method != "FE":
+        raise InputError("anova: the full model is a fixed-effect and the reduced model a "
+                         "random/mixed-effects model")
+    if f_.method not in ("FE", "ML", "REML") or r_.method not in ("FE", "ML", "REML"):
+        # metafor computes the test and warns
+        warnings.warn(f"anova: likelihood-ratio tests should be based on ML/REML "
+                      f"estimation (the fits use {f_.method} and {r_.method})",
+                      UserWarning, stacklevel=3)
+    if {f_.method, r_.method} == {"ML", "REML"}:
+        raise InputError(f"anova: mismatch between {f_.method} and {r_.method} estimation in "
+                         "the full versus reduced model")
+    same_x = (f_.X is not None and r_.X is not None and f_.X.shape == r_.X.shape
+              and np.array_equal(f_.X, r_.X))
+    if f_.method == "REML" and not same_x:
+        if not refit_ml:
+            raise InputError("anova: REML comparisons are not meaningful for models with "
+                             "different fixed effects (as metafor warns); use refit=True to "
+                             "refit both models with ML, or fit them with method='ML'")
+        f_, r_ = refit(f_, method="ML"), refit(r_, method="ML")
+    column = "REML" if f_.method == "REML" else "ML"
+    if f_.fit_stats is None or r_.fit_stats is None:
+        raise InputError("anova: the fits carry no fit statistics")
+    sf, sr = f_.fit_stats[column], r_.fit_stats[column]
+    lrt = max(0.0, sr.deviance - sf.deviance)
+    pval = float(chi2_sf(lrt, f_.parms - r_.parms))
+    R2: float | None
+    if f_.method == "FE":
+        def s2(fit: MetaRegressionResult) -> float:
+            assert fit.yi is not None and fit.vi is not None and fit.X is not None
+            a = (fit.weights if fit.weights is not None else 1.0 / fit.vi) if fit.weighted \
+                else np.ones(fit.k)
+            beta = np.linalg.lstsq(fit.X * np.sqrt(a)[:, None], fit.yi * np.sqrt(a),
+                                   rcond=None)[0]
+            return float(np.sum(a * (fit.yi - fit.X @ beta) ** 2) / (fit.k - fit.p))
+        s2f, s2r = s2(f_), s2(r_)
+        R2 = 100.0 * max(0.0, (s2r - s2f) / s2r)
+    elif r_.tau2 == 0:
+        R2 = 0.0
+    else:
+        R2 = 100.0 * max(0.0, (r_.tau2 - f_.tau2) / r_.tau2)
+    return ModelComparison(fit_stats_f=sf, fit_stats_r=sr, parms_f=f_.parms, parms_r=r_.parms,
+                           LRT=lrt, pval=pval, QE_f=f_.QE, QE_r=r_.QE, tau2_f=f_.tau2,
+                           tau2_r=r_.tau2, R2=R2, method=f_.method)
+
+
+def anova(fit: MetaRegressionResult, fit2: MetaRegressionResult | None = None, *,
+          btt: Any = None, X: Any = None, rhs: Any = 0.0,
+          refit: bool = False) -> WaldTest | ContrastTest | ModelComparison:
+    """Tests of a fit or of two nested fits, as metafor's ``anova.rma`` for ``rma.uni``.
+
+    ``anova(fit)`` / ``anova(fit, btt=...)``: the omnibus Wald test of a set of
+    coefficients (:class:`WaldTest`); ``anova(fit, X=...)``: tests of linear
+    combinations (:class:`ContrastTest`); ``anova(full, reduced)``: the likelihood-ratio
+    test of nested fits (:class:`ModelComparison`; ``refit=True`` refits REML fits with
+    different fixed effects by ML).
+    """
+    if fit2 is not None:
+        if X is not None or btt is not None:
+            raise InputError("anova: give a second model or btt/X, not both")
+        return compare_models(fit, fit2, refit_ml=refit)
+    if X is not None:
+        if btt is not None:
+            raise InputError("anova: give btt or X, not both")
+        return linear_contrasts(fit, X, rhs)
+    return wald_test(fit, btt, rhs)

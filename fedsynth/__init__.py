@@ -42,6 +42,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "subgroups": ("fedsynth.api", "subgroups"),
     "bayes_meta_analysis": ("fedsynth.api", "bayes_meta_analysis"),
     "example_data": ("fedsynth.api", "example_data"),
+    "anova": ("fedsynth.api", "anova"),
+    "permutest": ("fedsynth.api", "permutest"),
     "forest_plot": ("fedsynth.plots", "forest_plot"),
     "funnel_plot": ("fedsynth.plots", "funnel_plot"),
     "save_figure": ("fedsynth.plots", "save_figure"),

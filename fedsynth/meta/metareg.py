@@ -262,6 +262,14 @@ class MetaRegressionResult(ResultMixin):
         """
         return anova(self, other, btt=btt, X=X, rhs=rhs, refit=refit)
 
+    def permutest(self, *, exact: bool = False, iter: int = 1000,
+                  seed: int | None = None) -> Any:
+        """Permutation test of the coefficients (:func:`fedsynth.meta.permutation.permutest`)."""
+        # lazy: import cycle: fedsynth.meta.permutation imports this module at top
+        from fedsynth.meta.permutation import permutest
+
+        return permutest(self, exact=exact, iter=iter, seed=seed)
+
     @property
     def parms(self) -> int:
         """Number of estimated parameters (coefficients and tau², as metafor's ``parms``)."""

@@ -44,6 +44,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "example_data": ("fedsynth.api", "example_data"),
     "anova": ("fedsynth.api", "anova"),
     "permutest": ("fedsynth.api", "permutest"),
+    "predict": ("fedsynth.api", "predict"),
     "forest_plot": ("fedsynth.plots", "forest_plot"),
     "funnel_plot": ("fedsynth.plots", "funnel_plot"),
     "save_figure": ("fedsynth.plots", "save_figure"),

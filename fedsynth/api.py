@@ -36,7 +36,7 @@ from fedsynth.effects.effect_sizes import escalc as _escalc
 from fedsynth.errors import InputError
 from fedsynth.meta.bayes import BayesBatchResult, BayesResult, bayes_pool
 from fedsynth.meta.formula import is_formula, model_matrix
-from fedsynth.meta.metareg import MetaRegressionResult, anova, design_matrix, fit_rma
+from fedsynth.meta.metareg import MetaRegressionResult, anova, design_matrix, fit_rma, predict
 from fedsynth.meta.permutation import permutest
 from fedsynth.meta.pooling import BatchPoolingResult, PoolingResult, pool
 from fedsynth.meta.pooling import meta_analysis as _meta_analysis
@@ -52,7 +52,7 @@ from fedsynth.vocabulary import (
 )
 
 __all__ = ["meta_analysis", "escalc", "meta_regression", "subgroups", "bayes_meta_analysis",
-           "example_data", "anova", "permutest", "DEFAULT_LABEL_COLUMNS"]
+           "example_data", "anova", "permutest", "predict", "DEFAULT_LABEL_COLUMNS"]
 
 #: Label columns used when ``label`` is not given (the first one present wins), as the
 #: command line's ``--label``.

@@ -39,6 +39,7 @@ from fedsynth.errors import InputError, show_value
 from fedsynth.jsonsafe import finite_or_none
 from fedsynth.meta import stats as st
 from fedsynth.meta._format import f, grid, p, peq
+from fedsynth.meta.scales import get_transform
 from fedsynth.meta.stats import chi2_sf, norm_isf, norm_sf, t_isf, t_sf
 from fedsynth.results import Interval, ResultMixin, check_fraction
 from fedsynth.vocabulary import METHODS, check_level, check_method, check_rma_test
@@ -55,6 +56,8 @@ __all__ = [
     "linear_contrasts",
     "compare_models",
     "refit",
+    "Prediction",
+    "predict",
     "BatchFit",
     "fit_rma",
     "fit_batch",
@@ -269,6 +272,13 @@ class MetaRegressionResult(ResultMixin):
         from fedsynth.meta.permutation import permutest
 
         return permutest(self, exact=exact, iter=iter, seed=seed)
+
+    def predict(self, newmods: Any = None, *, intercept: bool | None = None,
+                transf: Any = None, addx: bool = False,
+                level: float | None = None) -> Prediction:
+        """Predicted values with CIs and PIs (:func:`fedsynth.meta.metareg.predict`)."""
+        return predict(self, newmods, intercept=intercept, transf=transf, addx=addx,
+                       level=level)
 
     @property
     def parms(self) -> int:
@@ -1227,3 +1237,159 @@ def anova(fit: MetaRegressionResult, fit2: MetaRegressionResult | None = None, *
             raise InputError("anova: give btt or X, not both")
         return linear_contrasts(fit, X, rhs)
     return wald_test(fit, btt, rhs)
+
+
+# ---------------------------------------------------------------------------------------
+# predict
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prediction(ResultMixin):
+    """Predicted (average) effects of a meta-regression (metafor's ``predict.rma``).
+
+    Attributes
+    ----------
+    pred, se
+        Predictions ``X_new beta`` and their standard errors (``se`` NaN after a
+        back-transformation, as metafor's NA).
+    ci_lb, ci_ub
+        Confidence bounds (z, or t with k - p df under the t-type tests).
+    pi_lb, pi_ub
+        Prediction bounds for the true effect of a new study with these moderators:
+        ``pred ± crit sqrt(se² + tau²)`` (Riley et al. 2011, BMJ 342:d549); NaN for a
+        fixed-effect model, as metafor.
+    X
+        The rows of ``newmods`` with the intercept column (``addx=True`` only).
+    names
+        Column names of ``X``.
+    transf
+        Name of the back-transformation applied, if any.
+    """
+
+    pred: np.ndarray
+    se: np.ndarray
+    ci_lb: np.ndarray
+    ci_ub: np.ndarray
+    pi_lb: np.ndarray
+    pi_ub: np.ndarray
+    level: float
+    X: np.ndarray | None = field(default=None, repr=False)
+    names: tuple[str, ...] = ()
+    transf: str | None = None
+
+    def summary(self, digits: int = 4) -> str:
+        """One row per prediction, as metafor's ``print.list.rma``."""
+        d = digits
+        head = ["", "pred", "se", "ci.lb", "ci.ub", "pi.lb", "pi.ub"]
+        extra = list(self.names) if self.X is not None else []
+        rows = []
+        for i in range(self.pred.size):
+            row = [str(i + 1), f(self.pred[i], d), f(self.se[i], d), f(self.ci_lb[i], d),
+                   f(self.ci_ub[i], d), f(self.pi_lb[i], d), f(self.pi_ub[i], d)]
+            if self.X is not None:
+                row += [f(x, d) for x in self.X[i]]
+            rows.append(row)
+        return "\n".join(grid(head + [f"X.{n}" for n in extra], rows))
+
+    def to_frame(self):
+        """One row per prediction (``pred, se, ci_lb, ci_ub, pi_lb, pi_ub`` and ``X.*``)."""
+        # lazy: pandas (~1 s) only for to_frame(); `import fedsynth.meta` stays without it
+        import pandas as pd
+
+        cols: dict[str, Any] = {"pred": self.pred, "se": self.se, "ci_lb": self.ci_lb,
+                                "ci_ub": self.ci_ub, "pi_lb": self.pi_lb, "pi_ub": self.pi_ub}
+        if self.X is not None:
+            for j, nm in enumerate(self.names):
+                cols[f"X.{nm}"] = self.X[:, j]
+        return pd.DataFrame(cols)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict with metafor's names (``pi_lb``, ``pi_ub`` for ``pi.lb``...)."""
+        def lst(a: np.ndarray) -> list[float | None]:
+            return [finite_or_none(x) for x in a]
+        out: dict[str, Any] = {"pred": lst(self.pred), "se": lst(self.se),
+                               "ci_lb": lst(self.ci_lb), "ci_ub": lst(self.ci_ub),
+                               "pi_lb": lst(self.pi_lb), "pi_ub": lst(self.pi_ub),
+                               "level": self.level, "transf": self.transf}
+        if self.X is not None:
+            out["X"] = [lst(row) for row in self.X]
+            out["names"] = list(self.names)
+        return out
+
+
+def predict(fit: MetaRegressionResult, newmods: Any = None, *, intercept: bool | None = None,
+            transf: Any = None, addx: bool = False,
+            level: float | None = None) -> Prediction:
+    """Predicted effects for given moderator values (metafor's ``predict.rma``).
+
+    Parameters
+    ----------
+    fit
+        A meta-regression (or intercept-only) fit.
+    newmods
+        Moderator values: one row per prediction, one column per coefficient without the
+        intercept (a model with one moderator takes a plain list of values), as
+        metafor. ``None``: the fitted values of the studies.
+    intercept
+        With an intercept in the model: ``True`` (default) adds it, ``False`` predicts
+        the moderators' part only (metafor's ``intercept = FALSE``).
+    transf
+        Back-transformation of ``pred`` and the bounds: a function or a metafor name
+        (``"exp"``, ``"transf.ilogit"``, ``"transf.ztor"``, see
+        :data:`fedsynth.meta.scales.TRANSFORMS`); ``se`` is then NaN.
+    addx
+        Keep the rows of the design matrix used in the result.
+    level
+        Confidence level (default: the fit's).
+    """
+    if fit.X is None:
+        raise InputError("fit: carries no design matrix")
+    lvl = fit.level if level is None else check_level(level)
+    if newmods is None:
+        if intercept is not None:
+            raise InputError("intercept: only used with newmods")
+        # an intercept-only model predicts its one average effect, as metafor
+        Xn = np.ones((1, 1)) if fit.p == 1 and fit.intercept else fit.X.copy()
+    else:
+        mods = np.asarray(newmods, dtype=float) if not isinstance(newmods, np.ndarray) \
+            else newmods.astype(float)
+        n_mod = fit.p - (1 if fit.intercept else 0)
+        if n_mod == 0:
+            raise InputError("newmods: the model has no moderators")
+        if mods.ndim <= 1:
+            mods = mods.reshape(-1, 1) if n_mod == 1 else mods.reshape(1, -1)
+        if mods.ndim != 2 or mods.shape[1] != n_mod:
+            raise InputError(f"newmods: {mods.shape[-1]} values per row do not match the "
+                             f"{n_mod} moderator coefficients ({', '.join(fit.names[-n_mod:])})")
+        if not np.all(np.isfinite(mods)):
+            raise InputError("newmods: values must be finite numbers")
+        if fit.intercept:
+            first = 1.0 if intercept is None or intercept else 0.0
+            Xn = np.column_stack([np.full(mods.shape[0], first), mods])
+        else:
+            Xn = mods
+    pred = Xn @ fit.coef
+    vpred = np.einsum("ij,jk,ik->i", Xn, fit.vb, Xn)
+    se = np.sqrt(np.where(vpred < 0, np.nan, vpred))
+    alpha = 1 - lvl / 100
+    crit = float(norm_isf(alpha / 2) if fit.test == "z" else t_isf(alpha / 2, fit.k - fit.p))
+    ci_lb, ci_ub = pred - crit * se, pred + crit * se
+    half = crit * np.sqrt(vpred + fit.tau2)
+    if fit.method == "FE":
+        # no prediction interval for a fixed-effect model (metafor: NA)
+        half = np.full(pred.shape, np.nan)
+    pi_lb, pi_ub = pred - half, pred + half
+    name = None
+    fn = get_transform(transf)
+    if fn is not None:
+        name = transf if isinstance(transf, str) else getattr(transf, "__name__", "function")
+        pred, ci_lb, ci_ub, pi_lb, pi_ub = (np.asarray(fn(a), dtype=float)
+                                            for a in (pred, ci_lb, ci_ub, pi_lb, pi_ub))
+        se = np.full(pred.shape, np.nan)
+        # a decreasing transformation swaps the bounds, as metafor re-orders them
+        ci_lb, ci_ub = np.minimum(ci_lb, ci_ub), np.maximum(ci_lb, ci_ub)
+        pi_lb, pi_ub = np.minimum(pi_lb, pi_ub), np.maximum(pi_lb, pi_ub)
+    return Prediction(pred=pred, se=se, ci_lb=ci_lb, ci_ub=ci_ub, pi_lb=pi_lb, pi_ub=pi_ub,
+                      level=lvl, X=Xn if addx else None, names=fit.names if addx else (),
+                      transf=name)

@@ -104,7 +104,7 @@ class PermutationTestResult(ResultMixin):
         rows = [[nm, f(self.coef[i], d), f(self.se[i], d), f(self.zval[i], d),
                  p(self.pval[i], d)] for i, nm in enumerate(self.names)]
         return "\n".join([
-            f"Permutation test ({kind}):",
+            f"Permutation test, {kind}:",
             f"Test of Moderators (coefficients {cols}): {omni} = {f(self.QM, d)}, "
             f"p-val* = {p(self.QMp, d)}",
             *grid(["", "estimate", "se", stat, "pval*"], rows)])

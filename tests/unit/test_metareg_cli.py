@@ -117,3 +117,52 @@ def test_negative_tau2_is_refused_by_the_parser(bcg_csv, capsys):
         main(["meta", str(bcg_csv), "--tau2", "-1"])
     assert exc.value.code == 2
     assert "--tau2" in capsys.readouterr().err
+
+
+PRED = json.loads((Path(__file__).parents[1] / "data" / "metafor" / "predict.json").read_text())
+PERM = json.loads((Path(__file__).parents[1] / "data" / "metafor" / "permutest.json")
+                  .read_text())
+
+
+def test_newmods_transf_match_metafor(bcg_csv, capsys):
+    code, out, err = run(["meta", str(bcg_csv), "--mods", "~ ablat", "--newmods", "10;30;50",
+                          "--transf", "exp", "--format", "json"], capsys)
+    assert code == 0, err
+    pr = json.loads(out)["meta_regression"]["predict"]
+    case = PRED["cases"]["ablat_new_exp_addx"]
+    for key in ("pred", "ci_lb", "ci_ub", "pi_lb", "pi_ub"):
+        np.testing.assert_allclose(pr[key], case[key], rtol=1e-6)
+    assert pr["se"] == [None, None, None]
+    code, out, err = run(["meta", str(bcg_csv), "--mods", "~ ablat", "--newmods", "10;30"],
+                         capsys)
+    assert code == 0 and "Predicted values (newmods = 10;30)" in out
+
+
+def test_permutest_exact_matches_metafor(tmp_path, capsys):
+    toy = pd.DataFrame(PERM["data"]["toy"])
+    path = tmp_path / "toy.csv"
+    toy.to_csv(path, index=False)
+    code, out, err = run(["meta", str(path), "--mods", "~ x", "--permutest", "--format",
+                          "json"], capsys)
+    assert code == 0, err
+    pt = json.loads(out)["meta_regression"]["permutest"]
+    case = PERM["cases"]["toy_x"]
+    assert pt["exact"] and pt["iter"] == case["iter"]
+    np.testing.assert_allclose(pt["pval"], case["pval"], rtol=1e-12)
+    code, out, err = run(["meta", str(path), "--mods", "~ x", "--permutest", "500", "--seed",
+                          "3"], capsys)
+    # 720 distinct permutations > 500: an approximate test from the seeded generator
+    assert code == 0 and "Permutation test, approximate (500 permutations)" in out
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--newmods", "1"], "--newmods: needs --mods"),
+    (["--permutest"], "--permutest: needs --mods"),
+    (["--mods", "~ ablat", "--newmods", "1;x"], "not a list of numbers"),
+    (["--mods", "~ ablat", "--newmods", "1", "--transf", "nope"], "transf"),
+    (["--mods", "~ ablat", "--transf", "exp"], "--transf: needs --newmods"),
+    (["--mods", "~ ablat", "--permutest", "many"], "--permutest"),
+])
+def test_bad_prediction_options_exit_2(bcg_csv, capsys, argv, words):
+    code, out, err = run(["meta", str(bcg_csv), *argv], capsys)
+    assert code == 2 and out == "" and words in err

@@ -92,6 +92,7 @@ examples:
   fedsynth meta round.json --diagnostics      # a round document (round show --format json)
   fedsynth meta bcg.csv --mods "~ ablat + factor(alloc)" --test knha --btt 3:4
   fedsynth meta bcg.csv --tau2 0.1 --weights n --test adhoc
+  fedsynth meta bcg.csv --mods "~ ablat" --newmods "10;30;50" --transf exp --permutest
 
 """ + meta_rare.EXAMPLES
 
@@ -191,6 +192,20 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="meta-regression on a one-sided formula, as metafor's mods: "
                              "'~ year + factor(alloc)', '~ ablat * factor(alloc)', "
                              "'~ 0 + factor(alloc)'")
+    parser.add_argument("--newmods", metavar="ROWS", default=None,
+                        help="with --mods: predicted effects at these moderator values, "
+                             "rows separated by ';', values by ',' in the order of the "
+                             "coefficients without the intercept ('30,1,0;45,0,0'), as "
+                             "metafor's predict(newmods=)")
+    parser.add_argument("--transf", metavar="NAME", default=None,
+                        help="back-transform --newmods predictions: exp, transf.ilogit, "
+                             "transf.ztor, ... (metafor's names)")
+    parser.add_argument("--permutest", metavar="ITER", nargs="?", const="exact", default=None,
+                        help="with --mods: permutation p-values (metafor's permutest); no "
+                             "value or 'exact' = exact where feasible, else ITER seeded "
+                             "permutations (--seed)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of --permutest's random permutations")
     parser.add_argument("--btt", metavar="SPEC", default=None,
                         help="coefficients of the --mods omnibus test: 1-based positions "
                              "as metafor ('3:4', '2,5') or a name pattern ('alloc')")
@@ -1062,8 +1077,11 @@ def _check_model_options(args: argparse.Namespace) -> None:
     if getattr(args, "mods", None) and getattr(args, "moderator", None):
         raise InputError("--mods: give the moderators either as a formula (--mods) or by "
                          "name (--moderator), not both")
-    if getattr(args, "btt", None) and not getattr(args, "mods", None):
-        raise InputError("--btt: needs --mods (the omnibus test of a formula's coefficients)")
+    for option in ("btt", "newmods", "permutest"):
+        if getattr(args, option, None) and not getattr(args, "mods", None):
+            raise InputError(f"--{option}: needs --mods (a formula meta-regression)")
+    if getattr(args, "transf", None) and not getattr(args, "newmods", None):
+        raise InputError("--transf: needs --newmods (it back-transforms the predictions)")
     if getattr(args, "weights", None) and getattr(args, "unweighted", False):
         raise InputError("--weights: user weights and --unweighted exclude each other")
     special = [opt for opt, on in (("--tau2", getattr(args, "tau2", None) is not None),
@@ -1081,6 +1099,39 @@ def _check_model_options(args: argparse.Namespace) -> None:
             or getattr(args, "cumulative_by", None)):
         raise InputError(f"--test {args.test}: the diagnostics, subgroup and cumulative "
                          "sections support --test z or knha")
+
+
+def _parse_newmods(text: str) -> list[list[float]]:
+    rows = []
+    for part in text.split(";"):
+        try:
+            rows.append([float(x) for x in part.split(",")])
+        except ValueError:
+            raise InputError(f"--newmods: {part!r} is not a list of numbers (rows separated "
+                             "by ';', values by ',')") from None
+    return rows
+
+
+def _mods_extras(args: argparse.Namespace, fit) -> dict[str, Any]:
+    """``--newmods`` predictions and ``--permutest`` of a ``--mods`` fit (cached per fit)."""
+    cache = args.__dict__.setdefault("_mods_extras", {})
+    if id(fit) in cache:
+        return cache[id(fit)]
+    out: dict[str, Any] = {}
+    if getattr(args, "newmods", None):
+        out["predict"] = fit.predict(_parse_newmods(args.newmods), transf=args.transf)
+    if getattr(args, "permutest", None):
+        if args.permutest == "exact":
+            out["permutest"] = fit.permutest(exact=True, seed=args.seed)
+        else:
+            try:
+                iters = int(args.permutest)
+            except ValueError:
+                raise InputError(f"--permutest: {args.permutest!r} is not a number of "
+                                 "permutations (or 'exact')") from None
+            out["permutest"] = fit.permutest(iter=iters, seed=args.seed)
+    cache[id(fit)] = out
+    return out
 
 
 def _mods_fit(args: argparse.Namespace, data: MetaInput, index: int):
@@ -1128,6 +1179,8 @@ def _extend_record(args: argparse.Namespace, data: MetaInput, batch: BatchPoolin
                            "R2": fit.R2, "tau2_residual": fit.tau2})
         else:
             record["meta_regression"] = {"mods": args.mods, **fit.to_dict()}
+            extras = _mods_extras(args, fit)
+            record["meta_regression"].update({k: v.to_dict() for k, v in extras.items()})
     _bayes_record(args, data, index, record)
 
 
@@ -1138,6 +1191,13 @@ def _extra_sections(args: argparse.Namespace, data: MetaInput, batch: BatchPooli
     fit = _mods_fit(args, data, index)
     if fit is not None:
         sections.append(f"mods = {printable(args.mods)}\n" + fit.summary())
+        extras = _mods_extras(args, fit)
+        if "predict" in extras:
+            sections.append(f"Predicted values (newmods = {printable(args.newmods)}"
+                            + (f", transf = {args.transf}" if args.transf else "") + "):\n"
+                            + extras["predict"].summary())
+        if "permutest" in extras:
+            sections.append(extras["permutest"].summary())
     return sections + _bayes_section(args, data, index)
 
 

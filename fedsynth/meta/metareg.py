@@ -357,7 +357,9 @@ class MetaRegressionResult(ResultMixin):
                 f"p {peq(self.knha_Fp, d)}" if self.knha_F is not None else "")
         extra: list[str] = []
         default_btt = tuple(j for j in range(self.p) if not (self.intercept and j == 0))
-        if self.omnibus is not None and (self.test != "z" or self.btt != default_btt):
+        # the knha/z omnibus of all moderators is on the "Test of moderators" line already
+        if self.omnibus is not None and (self.test in ("t", "adhoc")
+                                         or self.btt != default_btt):
             extra.append(f"[test = {self.test}] " + self.omnibus.summary(d).replace("\n", " "))
         if self.test in ("t", "adhoc") or self.weights is not None or not self.weighted:
             how = ("user weights" if self.weights is not None

@@ -280,6 +280,55 @@ class MetaRegressionResult(ResultMixin):
         return predict(self, newmods, intercept=intercept, transf=transf, addx=addx,
                        level=level)
 
+    def influence(self) -> Any:
+        """Influence diagnostics (:func:`fedsynth.meta.regdiag.influence`)."""
+        # lazy: import cycle: fedsynth.meta.regdiag imports this module at top
+        from fedsynth.meta import regdiag
+
+        return regdiag.influence(self)
+
+    def rstandard(self) -> Any:
+        """Standardized residuals (:func:`fedsynth.meta.regdiag.rstandard`)."""
+        # lazy: import cycle: fedsynth.meta.regdiag imports this module at top
+        from fedsynth.meta import regdiag
+
+        return regdiag.rstandard(self)
+
+    def rstudent(self) -> Any:
+        """Studentized deleted residuals (:func:`fedsynth.meta.regdiag.rstudent`)."""
+        # lazy: import cycle: fedsynth.meta.regdiag imports this module at top
+        from fedsynth.meta import regdiag
+
+        return regdiag.rstudent(self)
+
+    def hatvalues(self) -> np.ndarray:
+        """Hat values (:func:`fedsynth.meta.regdiag.hatvalues`)."""
+        # lazy: import cycle: fedsynth.meta.regdiag imports this module at top
+        from fedsynth.meta import regdiag
+
+        return regdiag.hatvalues(self)
+
+    def blup(self) -> Any:
+        """BLUPs of the true effects (:func:`fedsynth.meta.regdiag.blup`)."""
+        # lazy: import cycle: fedsynth.meta.regdiag imports this module at top
+        from fedsynth.meta import regdiag
+
+        return regdiag.blup(self)
+
+    def ranef(self) -> Any:
+        """BLUPs of the random effects (:func:`fedsynth.meta.regdiag.ranef`)."""
+        # lazy: import cycle: fedsynth.meta.regdiag imports this module at top
+        from fedsynth.meta import regdiag
+
+        return regdiag.ranef(self)
+
+    def confint(self, level: float | None = None) -> Any:
+        """Q-profile CIs of tau², tau, I², H² (:func:`fedsynth.meta.regdiag.confint`)."""
+        # lazy: import cycle: fedsynth.meta.regdiag imports this module at top
+        from fedsynth.meta import regdiag
+
+        return regdiag.confint(self, level)
+
     @property
     def parms(self) -> int:
         """Number of estimated parameters (coefficients and tau², as metafor's ``parms``)."""

@@ -166,3 +166,17 @@ def test_permutest_exact_matches_metafor(tmp_path, capsys):
 def test_bad_prediction_options_exit_2(bcg_csv, capsys, argv, words):
     code, out, err = run(["meta", str(bcg_csv), *argv], capsys)
     assert code == 2 and out == "" and words in err
+
+
+REG = json.loads((Path(__file__).parents[1] / "data" / "metafor" / "regdiag.json").read_text())
+
+
+def test_mods_diagnostics_influence_and_confint_match_metafor(bcg_csv, capsys):
+    code, out, err = run(["meta", str(bcg_csv), "--mods", "~ ablat", "--diagnostics",
+                          "--format", "json"], capsys)
+    assert code == 0, err
+    mr = json.loads(out)["meta_regression"]
+    case = REG["cases"]["bcg_ablat"]
+    for key in ("rstudent", "cook_d", "hat", "tau2_del"):
+        np.testing.assert_allclose(mr["influence"][key], case[key], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(mr["confint"]["tau2"], case["confint"]["tau2"], rtol=1e-5)

@@ -1120,6 +1120,10 @@ def _mods_extras(args: argparse.Namespace, fit) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if getattr(args, "newmods", None):
         out["predict"] = fit.predict(_parse_newmods(args.newmods), transf=args.transf)
+    if getattr(args, "diagnostics", False):
+        out["influence"] = fit.influence()
+        if fit.method != "FE" and not fit.tau2_fixed:
+            out["confint"] = fit.confint()
     if getattr(args, "permutest", None):
         if args.permutest == "exact":
             out["permutest"] = fit.permutest(exact=True, seed=args.seed)
@@ -1198,6 +1202,12 @@ def _extra_sections(args: argparse.Namespace, data: MetaInput, batch: BatchPooli
                             + extras["predict"].summary())
         if "permutest" in extras:
             sections.append(extras["permutest"].summary())
+        if "confint" in extras:
+            sections.append("Residual heterogeneity (Q-profile CIs):\n"
+                            + extras["confint"].summary())
+        if "influence" in extras:
+            sections.append("Influence diagnostics of the meta-regression:\n"
+                            + extras["influence"].summary())
     return sections + _bayes_section(args, data, index)
 
 

@@ -322,12 +322,19 @@ class MetaRegressionResult(ResultMixin):
 
         return regdiag.ranef(self)
 
-    def confint(self, level: float | None = None) -> Any:
-        """Q-profile CIs of tau², tau, I², H² (:func:`fedsynth.meta.regdiag.confint`)."""
+    def confint(self, level: float | None = None, type: str = "QP") -> Any:
+        """CIs of tau², tau, I², H², Q-profile or ``type="PL"`` (``regdiag.confint``)."""
         # lazy: import cycle: fedsynth.meta.regdiag imports this module at top
         from fedsynth.meta import regdiag
 
-        return regdiag.confint(self, level)
+        return regdiag.confint(self, level, type)
+
+    def profile(self, *, xlim: Any = None, steps: int = 20) -> Any:
+        """Profile log-likelihood of tau² (:func:`fedsynth.meta.profile.profile`)."""
+        # lazy: import cycle: fedsynth.meta.profile imports this module at top
+        from fedsynth.meta.profile import profile
+
+        return profile(self, xlim=xlim, steps=steps)
 
     @property
     def parms(self) -> int:

@@ -449,8 +449,21 @@ class Tau2Confint(ResultMixin):
                 "level": self.level, "converged": self.converged}
 
 
-def confint(fit: MetaRegressionResult, level: float | None = None) -> Tau2Confint:
-    """Q-profile CIs of the residual tau², tau, I², H² (metafor's ``confint(fit)``)."""
+def confint(fit: MetaRegressionResult, level: float | None = None,
+            type: str = "QP") -> Tau2Confint:
+    """CIs of the residual tau², tau, I², H² (metafor's ``confint(fit, type=)``).
+
+    ``type="QP"`` (default): the Q-profile interval; ``"PL"``: the profile-likelihood
+    interval of ML/REML fits (:func:`fedsynth.meta.profile.confint_pl`).
+    """
+    kind = str(type).upper()
+    if kind == "PL":
+        # lazy: import cycle: fedsynth.meta.profile imports this module at top
+        from fedsynth.meta.profile import confint_pl
+
+        return confint_pl(fit, level)
+    if kind != "QP":
+        raise InputError(f"type: {type!r} is not one of QP, PL")
     y, v, X = _data(fit)
     if fit.method == "FE" or fit.tau2_fixed:
         raise InputError("confint: the model has no estimated tau² (fixed-effect model or "

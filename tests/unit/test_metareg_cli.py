@@ -180,3 +180,21 @@ def test_mods_diagnostics_influence_and_confint_match_metafor(bcg_csv, capsys):
     for key in ("rstudent", "cook_d", "hat", "tau2_del"):
         np.testing.assert_allclose(mr["influence"][key], case[key], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(mr["confint"]["tau2"], case["confint"]["tau2"], rtol=1e-5)
+
+
+PROF = json.loads((Path(__file__).parents[1] / "data" / "metafor" / "profile.json").read_text())
+
+
+def test_profile_plot_and_pl_confint(bcg_csv, tmp_path, capsys):
+    out_png = tmp_path / "profile.png"
+    code, out, err = run(["meta", str(bcg_csv), "--mods", "~ ablat", "--diagnostics",
+                          "--profile", str(out_png), "--format", "json"], capsys)
+    assert code == 0, err
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pl = json.loads(out)["meta_regression"]["confint_pl"]
+    np.testing.assert_allclose(pl["tau2"], PROF["cases"]["bcg_ablat_REML"]["tau2"], rtol=1e-5)
+    code, out, err = run(["meta", str(bcg_csv), "--profile", str(out_png)], capsys)
+    assert code == 2 and "--profile: needs --mods" in err
+    code, out, err = run(["meta", str(bcg_csv), "--mods", "~ ablat", "--profile", "p.txt"],
+                         capsys)
+    assert code == 2 and ".png" in err

@@ -206,6 +206,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                              "permutations (--seed)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of --permutest's random permutations")
+    parser.add_argument("--profile", metavar="OUT", default=None,
+                        help="with --mods (ML/REML): write the profile plot of tau^2 "
+                             "(metafor's profile) to OUT (.png, .pdf, .svg)")
     parser.add_argument("--btt", metavar="SPEC", default=None,
                         help="coefficients of the --mods omnibus test: 1-based positions "
                              "as metafor ('3:4', '2,5') or a name pattern ('alloc')")
@@ -1077,7 +1080,7 @@ def _check_model_options(args: argparse.Namespace) -> None:
     if getattr(args, "mods", None) and getattr(args, "moderator", None):
         raise InputError("--mods: give the moderators either as a formula (--mods) or by "
                          "name (--moderator), not both")
-    for option in ("btt", "newmods", "permutest"):
+    for option in ("btt", "newmods", "permutest", "profile"):
         if getattr(args, option, None) and not getattr(args, "mods", None):
             raise InputError(f"--{option}: needs --mods (a formula meta-regression)")
     if getattr(args, "transf", None) and not getattr(args, "newmods", None):
@@ -1124,6 +1127,8 @@ def _mods_extras(args: argparse.Namespace, fit) -> dict[str, Any]:
         out["influence"] = fit.influence()
         if fit.method != "FE" and not fit.tau2_fixed:
             out["confint"] = fit.confint()
+            if fit.method in ("ML", "REML"):
+                out["confint_pl"] = fit.confint(type="PL")
     if getattr(args, "permutest", None):
         if args.permutest == "exact":
             out["permutest"] = fit.permutest(exact=True, seed=args.seed)
@@ -1135,6 +1140,19 @@ def _mods_extras(args: argparse.Namespace, fit) -> dict[str, Any]:
                                  "permutations (or 'exact')") from None
             out["permutest"] = fit.permutest(iter=iters, seed=args.seed)
     cache[id(fit)] = out
+    return out
+
+
+def _profile_plots(args: argparse.Namespace, data: MetaInput) -> list[tuple[Any, str]]:
+    """``--profile OUT``: the tau² profile plot of each analysis' ``--mods`` fit."""
+    if not getattr(args, "profile", None):
+        return []
+    _check_plot_target("--profile", args.profile)
+    out = []
+    for i in range(len(data.names)):
+        fit = _mods_fit(args, data, i)
+        out.append((fit.profile().plot(), _plot_path(args.profile, data.names[i],
+                                                     data.grouped)))
     return out
 
 
@@ -1205,6 +1223,9 @@ def _extra_sections(args: argparse.Namespace, data: MetaInput, batch: BatchPooli
         if "confint" in extras:
             sections.append("Residual heterogeneity (Q-profile CIs):\n"
                             + extras["confint"].summary())
+        if "confint_pl" in extras:
+            sections.append("Residual heterogeneity (profile-likelihood CIs):\n"
+                            + extras["confint_pl"].summary())
         if "influence" in extras:
             sections.append("Influence diagnostics of the meta-regression:\n"
                             + extras["influence"].summary())
@@ -1326,7 +1347,7 @@ def _finish(args: argparse.Namespace, data: MetaInput) -> int:
     """Pool the analyses read, render them, write the plots, print."""
     batch = compute(args, data)
     text = RENDERERS[args.format](args, data, batch)
-    figures = _plots(args, data, batch)
+    figures = _plots(args, data, batch) + _profile_plots(args, data)
     if figures:
         # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
         from fedsynth.plots import save_figure

@@ -35,7 +35,9 @@ import pandas as pd
 from fedsynth.effects.effect_sizes import escalc as _escalc
 from fedsynth.errors import InputError
 from fedsynth.meta.bayes import BayesBatchResult, BayesResult, bayes_pool
-from fedsynth.meta.metareg import MetaRegressionResult, design_matrix, fit_rma
+from fedsynth.meta.formula import is_formula, model_matrix
+from fedsynth.meta.metareg import MetaRegressionResult, anova, design_matrix, fit_rma, predict
+from fedsynth.meta.permutation import permutest
 from fedsynth.meta.pooling import BatchPoolingResult, PoolingResult, pool
 from fedsynth.meta.pooling import meta_analysis as _meta_analysis
 from fedsynth.meta.subgroups import SubgroupResult, subgroup_analysis
@@ -50,7 +52,7 @@ from fedsynth.vocabulary import (
 )
 
 __all__ = ["meta_analysis", "escalc", "meta_regression", "subgroups", "bayes_meta_analysis",
-           "example_data", "DEFAULT_LABEL_COLUMNS"]
+           "example_data", "anova", "permutest", "predict", "DEFAULT_LABEL_COLUMNS"]
 
 #: Label columns used when ``label`` is not given (the first one present wins), as the
 #: command line's ``--label``.
@@ -196,7 +198,8 @@ def _complete(keep: np.ndarray, labels: np.ndarray, na_action: str, what: str) -
 def meta_analysis(data: Any = None, yi: Any = "yi", vi: Any = None, *, sei: Any = None,
                   label: Any = None, by: Any = None, method: str = DEFAULT_METHOD,
                   test: str = DEFAULT_TEST, level: float = DEFAULT_LEVEL,
-                  na_action: str = "omit") -> PoolingResult | BatchPoolingResult:
+                  na_action: str = "omit", weights: Any = None, weighted: bool = True,
+                  tau2: float | None = None) -> PoolingResult | BatchPoolingResult:
     """Fixed- or random-effects meta-analysis of a table (metafor's ``rma``).
 
     Parameters
@@ -216,13 +219,21 @@ def meta_analysis(data: Any = None, yi: Any = "yi", vi: Any = None, *, sei: Any 
         ``result.to_frame()``).
     method : {"REML", "FE", "DL", "HE", "HS", "SJ", "ML", "EB", "PM"}
         tau² estimator (``FE``: the fixed/common-effect model).
-    test : {"z", "knha"}
-        Wald z or Knapp-Hartung t inference.
+    test : {"z", "t", "knha", "adhoc"}
+        Wald z, t with k - 1 df, Knapp-Hartung t, or Knapp-Hartung with its scale factor
+        floored at 1 (``adhoc``), as metafor's ``test``.
     level : float
         Confidence level as a fraction (0.95; 95 is read as a percentage, as metafor).
     na_action : {"omit", "fail"}
         Studies with a missing effect size or variance are left out with a warning
         (metafor's default ``na.omit``), or are an error.
+    weights
+        User weights (a column or values; metafor's ``weights``): the estimate is
+        ``sum(w y) / sum(w)``, tau² is estimated as without them.
+    weighted
+        ``False``: the unweighted mean (metafor's ``weighted = FALSE``).
+    tau2
+        Fix tau² at this value instead of estimating it (metafor's ``tau2 =``).
 
     Returns
     -------
@@ -255,6 +266,10 @@ def meta_analysis(data: Any = None, yi: Any = "yi", vi: Any = None, *, sei: Any 
     frame = _frame(data)
     y, v, labels = _effects(frame, yi, vi, sei, label)
     keep = ~(np.isnan(y) | np.isnan(v))
+    wts = None
+    if weights is not None:
+        wts = _numeric(frame, weights, "weights", labels)
+        keep &= ~np.isnan(wts)
     groups = None
     if by is not None:
         raw, _ = _raw(frame, by, "by")
@@ -266,8 +281,12 @@ def meta_analysis(data: Any = None, yi: Any = "yi", vi: Any = None, *, sei: Any 
     if y.size == 0:
         raise InputError("yi: no study with both an effect size and a variance")
     if groups is None:
-        return _meta_analysis(y, v, labels=list(labels), method=method, test=test,
-                              level=level)
+        if wts is None and weighted and tau2 is None:
+            return _meta_analysis(y, v, labels=list(labels), method=method, test=test,
+                                  level=level)
+        return pool(y, v, method=method, test=test, level=level, labels=list(labels),
+                    tau2=tau2, weighted=weighted,
+                    weights=None if wts is None else wts[keep])[0]
     codes, names = pd.factorize(pd.Series(groups[keep]), sort=False)
     position = pd.Series(codes).groupby(codes).cumcount().to_numpy()
     m, width = len(names), int(position.max()) + 1
@@ -276,8 +295,13 @@ def meta_analysis(data: Any = None, yi: Any = "yi", vi: Any = None, *, sei: Any 
     mask = np.zeros((m, width), dtype=bool)
     yy[codes, position], vv[codes, position] = y, v
     ll[codes, position], mask[codes, position] = labels, True
+    ww = None
+    if wts is not None:
+        ww = np.zeros((m, width))
+        ww[codes, position] = wts[keep]
     return pool(yy, vv, mask=mask, method=method, test=test, level=level,
-                names=[str(n) for n in names], labels=ll)
+                names=[str(n) for n in names], labels=ll, tau2=tau2, weights=ww,
+                weighted=weighted)
 
 
 def escalc(measure: str, data: Any = None, *, ai: Any = None, bi: Any = None,
@@ -390,8 +414,9 @@ def escalc(measure: str, data: Any = None, *, ai: Any = None, bi: Any = None,
 def meta_regression(data: Any = None, yi: Any = "yi", vi: Any = None, *, sei: Any = None,
                     mods: Any = None, categorical: Sequence[str] = (), label: Any = None,
                     method: str = DEFAULT_METHOD, test: str = DEFAULT_TEST,
-                    level: float = DEFAULT_LEVEL,
-                    na_action: str = "omit") -> MetaRegressionResult:
+                    level: float = DEFAULT_LEVEL, na_action: str = "omit",
+                    weights: Any = None, weighted: bool = True, tau2: float | None = None,
+                    btt: Any = None, intercept: bool = True) -> MetaRegressionResult:
     """Mixed-effects meta-regression on study-level moderators (``rma(..., mods = )``).
 
     Parameters
@@ -399,12 +424,27 @@ def meta_regression(data: Any = None, yi: Any = "yi", vi: Any = None, *, sei: An
     data, yi, vi, sei, label, method, test, level, na_action
         As :func:`meta_analysis`.
     mods
-        The moderators: a column name, a list of column names, or a mapping
-        ``{name: values}``. Numeric columns enter linearly; text columns (and those named
-        in ``categorical``) as treatment-coded factors against their first level in
-        sorted order, as R's ``factor``.
+        The moderators: a one-sided formula as in metafor, ``"~ year + factor(alloc)"``,
+        ``"~ ablat * factor(alloc)"``, ``"~ 0 + factor(alloc)"`` (R's term order,
+        treatment contrasts and column names; see :mod:`fedsynth.meta.formula`); or a
+        column name, a list of column names, or a mapping ``{name: values}``: numeric
+        columns enter linearly, text columns (and those named in ``categorical``) as
+        treatment-coded factors against their first level in sorted order, as R's
+        ``factor``.
     categorical
-        Moderators to treat as factors even though their values are numbers.
+        Moderators to treat as factors even though their values are numbers (names, not
+        formulas: write ``factor(x)`` in a formula).
+    weights, weighted
+        User weights (a column or values) or unweighted least squares for the
+        coefficients, as metafor's ``weights`` and ``weighted``.
+    tau2
+        Fix the residual tau² (metafor's ``tau2 =``).
+    btt
+        Coefficients of the omnibus test ``fit.omnibus``: metafor's 1-based positions
+        (``[3, 4]`` is R's ``btt = 3:4``) or a name pattern (``"alloc"``).
+    intercept
+        With names (not a formula): ``False`` drops the intercept column, as metafor's
+        ``intercept = FALSE``. A formula says it itself (``~ 0 + ...``).
 
     Returns
     -------
@@ -422,26 +462,53 @@ def meta_regression(data: Any = None, yi: Any = "yi", vi: Any = None, *, sei: An
     [0.2609, -0.0294, -0.1801, 0.1461]
     >>> round(fit.R2, 2)
     58.5
+    >>> fit = fedsynth.meta_regression(dat, mods="~ year + factor(alloc)", test="knha",
+    ...                                btt="alloc")
+    >>> fit.names
+    ('intrcpt', 'year', 'factor(alloc)random', 'factor(alloc)systematic')
+    >>> fit.omnibus.QMdf, round(fit.omnibus.QM, 4)
+    ((2, 9), 1.0287)
     """
     frame = _frame(data)
     y, v, labels = _effects(frame, yi, vi, sei, label)
     if mods is None or (not isinstance(mods, (str, Mapping)) and len(mods) == 0):
-        raise InputError("mods: at least one moderator is needed (a column name, a list of "
-                         "names, or a mapping of values)")
-    if isinstance(mods, str):
-        mods = [mods]
-    if isinstance(mods, Mapping):
-        raw = {str(k): _raw(frame, vals, f"mods[{k!r}]")[0] for k, vals in mods.items()}
-    else:
-        raw = {str(k): _raw(frame, k, "mods")[0] for k in mods}
+        raise InputError("mods: at least one moderator is needed (a formula such as "
+                         "'~ year + factor(alloc)', a column name, a list of names, or a "
+                         "mapping of values)")
     keep = ~(np.isnan(y) | np.isnan(v))
-    for values in raw.values():
-        keep &= ~_missing(values)
-    _complete(keep, labels, na_action, "yi/vi/mods")
-    moderators = {name: list(values[keep]) for name, values in raw.items()}
-    X, names = design_matrix(moderators, int(keep.sum()), categorical)
-    return fit_rma(y[keep], v[keep], X, names=names, method=method, test=test, level=level,
-                   labels=list(labels[keep]))
+    wts = None
+    if weights is not None:
+        wts = _numeric(frame, weights, "weights", labels)
+        keep &= ~np.isnan(wts)
+    if is_formula(mods):
+        if categorical:
+            raise InputError("categorical: with a formula write factor(x) instead "
+                             f"(categorical={list(categorical)!r})")
+        table = frame if frame is not None else pd.DataFrame(index=range(y.size))
+        complete = model_matrix(mods, table).keep
+        _complete(keep & complete, labels, na_action, "yi/vi/mods")
+        mm = model_matrix(mods, table, keep=keep)
+        rows = mm.keep
+        X, names, has_int = mm.X, mm.names, mm.intercept
+    else:
+        if isinstance(mods, str):
+            mods = [mods]
+        if isinstance(mods, Mapping):
+            raw = {str(k): _raw(frame, vals, f"mods[{k!r}]")[0] for k, vals in mods.items()}
+        else:
+            raw = {str(k): _raw(frame, k, "mods")[0] for k in mods}
+        for values in raw.values():
+            keep &= ~_missing(values)
+        _complete(keep, labels, na_action, "yi/vi/mods")
+        rows = keep
+        moderators = {name: list(values[keep]) for name, values in raw.items()}
+        X, names = design_matrix(moderators, int(keep.sum()), categorical)
+        has_int = bool(intercept)
+        if not intercept:
+            X, names = X[:, 1:], names[1:]
+    return fit_rma(y[rows], v[rows], X, names=names, method=method, test=test, level=level,
+                   labels=list(labels[rows]), weights=None if wts is None else wts[rows],
+                   weighted=weighted, tau2=tau2, btt=btt, intercept=has_int)
 
 
 def subgroups(data: Any = None, yi: Any = "yi", vi: Any = None, *, sei: Any = None,

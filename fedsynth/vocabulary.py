@@ -36,7 +36,8 @@ from fedsynth.errors import InputError
 
 __all__ = [
     "MethodInfo", "METHOD_INFO", "METHODS", "RE_METHODS", "DEFAULT_METHOD",
-    "TestInfo", "TEST_INFO", "TESTS", "DEFAULT_TEST",
+    "TestInfo", "TEST_INFO", "TESTS", "DEFAULT_TEST", "RMA_TEST_INFO", "RMA_TESTS",
+    "check_rma_test",
     "MeasureInfo", "MEASURE_INFO", "ESCALC_MEASURES", "RATIO_MEASURES", "VTYPES",
     "EstimatorInfo", "ESTIMATOR_INFO", "ESTIMATORS", "ESTIMATOR_MEASURES",
     "PERFORMANCE_ESTIMATORS", "SCALES", "AnalysisScale", "analysis_scale", "to_scale",
@@ -129,6 +130,18 @@ _TESTS = (
 TEST_INFO: Mapping[str, TestInfo] = MappingProxyType({t.name: t for t in _TESTS})
 TESTS: tuple[str, ...] = tuple(TEST_INFO)
 DEFAULT_TEST = "z"
+
+#: Tests of the library's rma fits (``pool``, ``fit_rma``, ``fedsynth meta``): besides
+#: the federation's ``z`` and ``knha``, metafor's ``t`` (t with k - p df, unadjusted
+#: variances) and ``adhoc`` (Knapp-Hartung with its scale factor floored at 1; Jackson
+#: et al. 2017, Stat. Med. 36:3923-3934). The federation's settings keep :data:`TESTS`.
+RMA_TEST_INFO: Mapping[str, TestInfo] = MappingProxyType({t.name: t for t in (
+    *_TESTS,
+    TestInfo("t", "t test", "t quantiles with k - p df, variances as for z (metafor)"),
+    TestInfo("adhoc", "Knapp-Hartung t test, scale factor at least 1",
+             "Jackson, Law, Rücker & Schwarzer (2017), Stat. Med. 36:3923-3934"),
+)})
+RMA_TESTS: tuple[str, ...] = tuple(RMA_TEST_INFO)
 
 #: Default confidence level of the Python API (a fraction; the command line says 95).
 DEFAULT_LEVEL = 0.95
@@ -433,6 +446,14 @@ def check_method(value: object, option: str = "method") -> str:
     name = str(value).upper()
     if name not in METHOD_INFO:
         raise InputError(f"{option}: {value!r} is not one of {', '.join(METHODS)}")
+    return name
+
+
+def check_rma_test(value: object, option: str = "test") -> str:
+    """``value`` as a test of the rma fits (:data:`RMA_TESTS`), or :class:`InputError`."""
+    name = str(value).lower()
+    if name not in RMA_TEST_INFO:
+        raise InputError(f"{option}: {value!r} is not one of {', '.join(RMA_TESTS)}")
     return name
 
 

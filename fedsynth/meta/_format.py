@@ -105,10 +105,12 @@ def format_summary(res: PoolingResult, digits: int = 4) -> str:
         lines.extend(_table(["", "estimate", "ci.lb", "ci.ub"], rows))
         lines.append("")
 
-    stat_name = "tval" if res.test == "knha" and res.k >= 2 else "zval"
+    stat_name = "tval" if res.test != "z" and res.k >= 2 else "zval"
     title = "Model Results"
-    if res.test == "knha" and res.k >= 2:
-        title += f" (Knapp-Hartung, t with df = {res.k - 1})"
+    if res.test != "z" and res.k >= 2:
+        kind = {"knha": "Knapp-Hartung", "adhoc": "Knapp-Hartung, factor >= 1"}.get(res.test,
+                                                                                     "t")
+        title += f" ({kind}, t with df = {res.k - 1})"
     lines.append(title + ":")
     lines.append("")
     header = ["estimate", "se", stat_name, "pval", "ci.lb", "ci.ub"]

@@ -206,8 +206,8 @@ def analyse(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None, method: st
         refits = diag.deleted_fits(y, v, method=meth)
         infl = diag.influence(y, v, labels=labs, method=meth, test=tst, refits=refits)
         # BLUPs from the pooled fit's own tau² (so they agree with it for every method)
-        fit = fit_rma(y, v, None, method="FE", test=tst, level=level, tau2=float(pooled.tau2),
-                      compute_r2=False)
+        fit = fit_rma(y, v, None, method=meth, test=tst, level=level,
+                      tau2=None if meth == "FE" else float(pooled.tau2), compute_r2=False)
         bl = diag.blup(y, v, labels=labs, level=level, fit=fit)
     flag = assess_heterogeneity(pooled, labels=labs, influence=infl, blup=bl,
                                 i2_threshold=i2_threshold, null_value=null_value, level=level,

@@ -31,7 +31,7 @@ from fedsynth.jsonsafe import finite_or_none
 from fedsynth.meta import stats as st
 from fedsynth.meta._format import format_batch_summary, format_summary
 from fedsynth.results import Interval, ResultMixin, check_fraction, frame_html
-from fedsynth.vocabulary import check_level, check_method, check_test
+from fedsynth.vocabulary import check_level, check_method, check_rma_test
 
 if TYPE_CHECKING:  # pragma: no cover
     from fedsynth.meta.analysis import AnalysisResult
@@ -70,7 +70,7 @@ def _crit(confidence_level: float, test: str, k: int) -> float:
     Knapp-Hartung (k >= 2; one site falls back to z, as :func:`pool` does), else normal.
     """
     alpha = 1.0 - confidence_level
-    if test == "knha" and k >= 2:
+    if test != "z" and k >= 2:
         return float(st.t_isf(alpha / 2, k - 1))
     return float(st.norm_isf(alpha / 2))
 
@@ -507,7 +507,7 @@ class BatchPoolingResult(ResultMixin):
     def _crit(self, level: float) -> np.ndarray:
         alpha = 1.0 - level
         z = float(st.norm_isf(alpha / 2))
-        if self.test != "knha":
+        if self.test == "z":
             return np.full(len(self), z)
         with np.errstate(invalid="ignore"):
             t = st.per_distinct(lambda d: st.t_isf(alpha / 2, d), np.maximum(self.k - 1, 1))
@@ -551,7 +551,7 @@ class BatchPoolingResult(ResultMixin):
 
 def _check_options(method: str, test: str, level: float) -> tuple[str, str, float]:
     """Validated method, test and level (percent; a fraction such as 0.95 is accepted)."""
-    return check_method(method), check_test(test), check_level(level)
+    return check_method(method), check_rma_test(test), check_level(level)
 
 
 def _as_2d(name: str, values: Any) -> np.ndarray:
@@ -613,7 +613,8 @@ def _validate(yi, vi, mask, names, labels):
 # ---------------------------------------------------------------------------------------
 
 def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: float = 0.95,
-         names: Sequence[str] | None = None, labels=None) -> BatchPoolingResult:
+         names: Sequence[str] | None = None, labels=None, tau2=None, weights=None,
+         weighted: bool = True) -> BatchPoolingResult:
     """Pool a batch of meta-analyses in one vectorised call.
 
     Parameters
@@ -625,8 +626,11 @@ def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: flo
         ``True`` where a site contributed (default: every cell), so ``k`` varies per row.
     method : {"FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM"}
         ``FE`` is the fixed (common) effect model; the others estimate tau².
-    test : {"z", "knha"}
-        Wald z or Knapp-Hartung t (``k - 1`` df) inference.
+    test : {"z", "t", "knha", "adhoc"}
+        Wald z; t with ``k - 1`` df (unscaled variance); Knapp-Hartung t (Knapp &
+        Hartung 2003, Stat. Med. 22:2693-2710); ``adhoc``: Knapp-Hartung with its
+        scale factor floored at 1 (Jackson et al. 2017, Stat. Med. 36:3923-3934), as
+        metafor's ``test``.
     level : float
         Confidence level as a fraction (default 0.95); a value above 1 is read as a
         percentage (95), as metafor's ``level``. Results report it in percent.
@@ -634,6 +638,16 @@ def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: flo
         Analysis names (carried into the results and error messages).
     labels : array_like of str, shape (K,) or (m, K), optional
         Site labels (used in results and error messages).
+    tau2 : float or array_like of shape (m,), optional
+        tau² fixed by the user (metafor's ``tau2 =``): not estimated, no standard error
+        (the Q-profile interval is still reported, as metafor's ``confint``); not with
+        ``FE``.
+    weights : array_like, shape (m, K) or (K,), optional
+        User weights of the estimate (metafor's ``weights``): ``sum(a y) / sum(a)`` with
+        variance ``sum(a² (v + tau²)) / sum(a)²``; tau² is estimated as without them.
+    weighted : bool
+        ``False``: the unweighted mean (metafor's ``weighted = FALSE``), variance as for
+        user weights of 1.
 
     Returns
     -------
@@ -657,10 +671,14 @@ def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: flo
     method, test, level = _check_options(method, test, level)
     y, v, msk, name_t, label_grid = _validate(yi, vi, mask, names, labels)
     m = y.shape[0]
+    fixed = _fixed_tau2(tau2, m, method)
+    a_user = _user_weights(weights, weighted, y.shape, msk)
     # Blocks of rows keep the (rows, sites) temporaries in cache: about twice as fast as
     # one pass over 20,000 analyses, and the results are identical (rows are independent).
     blocks = [_pool_block(y[s:s + _BLOCK], v[s:s + _BLOCK], msk[s:s + _BLOCK], method, test,
-                          level) for s in range(0, max(m, 1), _BLOCK)]
+                          level, None if fixed is None else fixed[s:s + _BLOCK],
+                          None if a_user is None else a_user[s:s + _BLOCK])
+              for s in range(0, max(m, 1), _BLOCK)]
     res = {key: np.concatenate([blk[key] for blk in blocks]) for key in blocks[0]}
     k = res["k"]
     multi = k >= 2
@@ -671,7 +689,7 @@ def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: flo
     messages = [""] * m
     identical = (test == "knha") & multi & (rss <= st._EPS)
     noted = empty | (k == 1) | ~fit_ok | ~qp_ok | identical
-    for i in np.flatnonzero(noted | ((test == "knha") & (not is_re) & multi)):
+    for i in np.flatnonzero(noted | ((test in ("knha", "adhoc")) & (not is_re) & multi)):
         notes = []
         if empty[i]:
             notes.append("k = 0: no site contributed; nothing to pool")
@@ -683,7 +701,7 @@ def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: flo
             notes.append(f"the {method} estimate of tau² did not converge")
         if not qp_ok[i]:
             notes.append("a Q-profile bound for tau² did not converge")
-        if test == "knha" and not is_re and multi[i]:
+        if test in ("knha", "adhoc") and not is_re and multi[i]:
             notes.append("Knapp-Hartung inference is meant for random-effects models")
         if identical[i]:
             notes.append("the effect sizes are identical, so the Knapp-Hartung scale "
@@ -713,8 +731,48 @@ def pool(yi, vi, *, mask=None, method: str = "REML", test: str = "z", level: flo
 _BLOCK = 4096
 
 
+def _fixed_tau2(tau2: Any, m: int, method: str) -> np.ndarray | None:
+    """User-fixed tau² per analysis (metafor's ``tau2 =``), checked; None to estimate it."""
+    if tau2 is None:
+        return None
+    try:
+        t = np.broadcast_to(np.asarray(tau2, dtype=float).reshape(-1), (m,)).copy()
+    except (TypeError, ValueError):
+        raise InputError(f"tau2: expected a number or one per analysis, got {tau2!r}") from None
+    bad = np.flatnonzero(~np.isfinite(t) | (t < 0))
+    if bad.size:
+        raise InputError(f"tau2: must be finite and >= 0, got {float(t[bad[0]])!r}")
+    if method == "FE" and np.any(t != 0):
+        raise InputError(f"tau2: a fixed tau^2 ({float(t[t != 0][0])!r}) contradicts method "
+                         "FE (tau^2 = 0); use a random-effects method such as REML")
+    return None if method == "FE" else t
+
+
+def _user_weights(weights: Any, weighted: bool, shape: tuple[int, ...],
+                  msk: np.ndarray) -> np.ndarray | None:
+    """User weights (metafor's ``weights``), ones for ``weighted=False``, else None."""
+    if weights is None:
+        return None if weighted else np.where(msk, 1.0, 0.0)
+    if not weighted:
+        raise InputError("weights: user weights and weighted=False exclude each other")
+    try:
+        a = np.broadcast_to(_as_2d("weights", weights), shape).copy()
+    except ValueError:
+        raise InputError(f"weights: shape {np.shape(weights)} does not match the effects "
+                         f"{shape}") from None
+    bad = msk & ~(np.isfinite(a) & (a >= 0))
+    if bad.any():
+        i, j = map(int, np.argwhere(bad)[0])
+        raise InputError(f"weights: analysis {i + 1}, site {j + 1} has weight "
+                         f"{float(a[i, j])!r}; weights must be finite and >= 0")
+    if np.any((np.where(msk, a, 0.0).sum(axis=1) <= 0) & msk.any(axis=1)):
+        raise InputError("weights: every analysis needs a positive weight sum")
+    return np.where(msk, a, 0.0)
+
+
 def _pool_block(y: np.ndarray, v: np.ndarray, msk: np.ndarray, method: str, test: str,
-                level: float) -> dict[str, np.ndarray]:
+                level: float, fixed: np.ndarray | None = None,
+                a_user: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The numbers of :func:`pool` for one block of validated rows."""
     b = st.as_batch(y, v, msk)
     m = y.shape[0]
@@ -725,7 +783,13 @@ def _pool_block(y: np.ndarray, v: np.ndarray, msk: np.ndarray, method: str, test
     is_re = method != "FE"
 
     with np.errstate(invalid="ignore", divide="ignore"):
-        fit = st.tau2_estimate(b, None, None, method)
+        if fixed is None:
+            fit = st.tau2_estimate(b, None, None, method)
+        else:
+            # tau² fixed by the user: nothing estimated, no standard error
+            fit = st.Tau2Fit(tau2=np.where(multi, fixed, 0.0), se_tau2=np.full(m, np.nan),
+                             converged=np.ones(m, dtype=bool),
+                             iterations=np.zeros(m, dtype=int))
         tau2 = np.where(empty, np.nan, fit.tau2)
         w = st.re_weights(b, np.where(empty, 0.0, tau2))
         sw = st._rsum(w)
@@ -733,18 +797,30 @@ def _pool_block(y: np.ndarray, v: np.ndarray, msk: np.ndarray, method: str, test
         resid = b.yi - estimate[:, None]
         rss = st._rdot(w * resid, resid)
         var_est = 1.0 / sw
+        rss_fit = rss
+        if a_user is not None:
+            # user weights (or unweighted): sum(a y)/sum(a), variance sum(a² (v + tau²))
+            # / sum(a)²; the Knapp-Hartung factor stays that of the inverse-variance fit
+            sa = st._rsum(a_user)
+            estimate = st._rdot(a_user, b.yi) / sa
+            var_est = st._rdot(a_user * a_user, np.where(msk, 1.0 / w, 0.0)) / sa**2
+            ra = b.yi - estimate[:, None]
+            rss_fit = st._rdot(w * ra, ra)
         df = k - 1
-        # Knapp-Hartung needs k >= 2; one site falls back to the z test (see message)
-        knha = (test == "knha") & multi
-        if test == "knha":
+        # the t-type tests need k >= 2; one site falls back to the z test (see message)
+        tdist = (test != "z") & multi
+        if test in ("knha", "adhoc"):
             # metafor sets the scale to 0 when RSS is numerically zero (all yi equal)
             s2w = np.where(rss <= st._EPS, 0.0, rss / df)
-            var_est = np.where(knha, s2w * var_est, var_est)
+            if test == "adhoc":
+                s2w = np.maximum(s2w, 1.0)
+            var_est = np.where(tdist, s2w * var_est, var_est)
         se = np.sqrt(var_est)
         stat = estimate / se
         crit = st.critical_value(alpha, df, "z")
         pval = st.two_sided_p(stat, df, "z")
-        if test == "knha":
+        knha = tdist
+        if test != "z":
             t_df = np.maximum(df, 1)
             # the t quantile depends on df only: evaluate it once per distinct k
             t_crit = st.per_distinct(lambda d: st.critical_value(alpha, d, "knha"), t_df)
@@ -769,6 +845,8 @@ def _pool_block(y: np.ndarray, v: np.ndarray, msk: np.ndarray, method: str, test
             pi_lb = np.where(multi, estimate - half, np.nan)
             pi_ub = np.where(multi, estimate + half, np.nan)
             qp = st.qprofile_tau2_ci(b, level=level)
+            # also for a tau² the user fixed: the Q-profile bounds do not depend on the
+            # estimate (metafor's confint() gives them for a fixed tau² too)
             t_lo, t_hi = np.where(multi, qp.low, np.nan), np.where(multi, qp.high, np.nan)
             i2_lo, h2_lo = st.heterogeneity_indices(t_lo, vt)
             i2_hi, h2_hi = st.heterogeneity_indices(t_hi, vt)
@@ -777,7 +855,10 @@ def _pool_block(y: np.ndarray, v: np.ndarray, msk: np.ndarray, method: str, test
             pi_lb = pi_ub = t_lo = t_hi = i2_lo = i2_hi = h2_lo = h2_hi = np.full(m, np.nan)
             qp_ok = np.ones(m, dtype=bool)
         loglik = st.log_likelihood(b, np.where(empty, 0.0, tau2), reml=method == "REML")
-        weights = 100.0 * w / sw[:, None]
+        # metafor's log-likelihood takes the residuals of the fitted (weighted) estimate
+        loglik = loglik - 0.5 * (rss_fit - rss)
+        weights = (100.0 * w / sw[:, None] if a_user is None
+                   else 100.0 * a_user / st._rsum(a_user)[:, None])
     se_tau2 = np.where(multi & is_re, fit.se_tau2, np.nan)
 
     return {"k": k, "estimate": estimate, "se": se, "stat": stat, "pval": pval,

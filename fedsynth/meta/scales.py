@@ -36,11 +36,44 @@ from scipy import special
 from fedsynth.errors import InputError
 from fedsynth.vocabulary import SCALES
 
-__all__ = ["to_pooling_scale", "performance_inference", "with_inference", "Inference", "PI_DF"]
+__all__ = ["to_pooling_scale", "performance_inference", "with_inference", "Inference", "PI_DF",
+           "TRANSFORMS", "get_transform"]
 
 #: How the prediction interval's t quantile counts degrees of freedom: metafor's ``k - 1``
 #: under Knapp-Hartung (normal under z), or ``k - 2`` as the prediction-model literature.
 PI_DF = ("k-1", "k-2")
+
+
+def _ztor(z: np.ndarray) -> np.ndarray:
+    """Fisher's z back to a correlation (metafor's ``transf.ztor``)."""
+    return np.tanh(z)
+
+
+def _ilogit(x: np.ndarray) -> np.ndarray:
+    """Logit back to a proportion (metafor's ``transf.ilogit``)."""
+    return special.expit(x)
+
+
+#: Back-transformations by metafor's names (``transf = exp``, ``transf.ilogit``,
+#: ``transf.ztor``, ...), vectorised; the short names are accepted too.
+TRANSFORMS: dict[str, Any] = {
+    "exp": np.exp, "transf.exp.int": np.exp,
+    "transf.ilogit": _ilogit, "ilogit": _ilogit, "plogis": _ilogit,
+    "transf.ztor": _ztor, "ztor": _ztor, "tanh": _ztor,
+    "transf.logit": special.logit, "transf.rtoz": np.arctanh,
+    "log": np.log, "identity": lambda x: np.asarray(x, dtype=float),
+}
+
+
+def get_transform(transf: Any) -> Any:
+    """A back-transformation from its metafor name (see :data:`TRANSFORMS`) or a callable."""
+    if transf is None or callable(transf):
+        return transf
+    key = str(transf).strip()
+    if key not in TRANSFORMS:
+        raise InputError(f"transf: {transf!r} is not one of {', '.join(TRANSFORMS)} (or pass "
+                         "a function)")
+    return TRANSFORMS[key]
 
 
 def _check_scale(name: str, value: str) -> None:

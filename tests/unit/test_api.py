@@ -88,7 +88,7 @@ def test_batch_with_by_equals_separate_analyses():
     ({"vi": "var"}, "vi: column 'var' not found"),
     ({"vi": "vi", "sei": "vi"}, "vi and sei: give only one of them"),
     ({"method": "XX"}, "method: 'XX' is not one of FE, DL"),
-    ({"test": "t"}, "test: 't' is not one of z, knha"),
+    ({"test": "wald"}, "test: 'wald' is not one of z, knha, t, adhoc"),
     ({"level": 1.5e2}, "level: 150.0 must be a fraction"),
     ({"na_action": "drop"}, "na_action: 'drop' is not one of omit, fail"),
     ({"by": "nope"}, "by: column 'nope' not found"),

@@ -173,7 +173,7 @@ def test_missing_file_and_no_input(capsys, tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--method", "XYZ"], "choose from 'FE', 'DL', 'HE', 'HS', 'SJ', 'ML', 'REML', 'EB', 'PM'"),
-    (["--test", "t"], "choose from 'z', 'knha'"),
+    (["--test", "wald"], "choose from 'z', 'knha', 't', 'adhoc'"),
     (["--format", "xml"], "choose from 'table', 'json', 'csv'"),
     (["--level", "120"], "--level: '120' must lie strictly between 0 and 100"),
     (["--level", "high"], "--level: 'high' is not a number"),

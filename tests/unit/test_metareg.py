@@ -89,7 +89,7 @@ def test_bad_method_test_level():
     with pytest.raises(InputError, match="method"):
         fit_rma([0.1, 0.2, 0.3], [0.1, 0.1, 0.1], method="XYZ")
     with pytest.raises(InputError, match="test"):
-        fit_rma([0.1, 0.2, 0.3], [0.1, 0.1, 0.1], test="t")
+        fit_rma([0.1, 0.2, 0.3], [0.1, 0.1, 0.1], test="wald")
     with pytest.raises(InputError, match="level"):
         fit_rma([0.1, 0.2, 0.3], [0.1, 0.1, 0.1], level=100)
 

@@ -134,7 +134,7 @@ def test_bad_values_name_the_study_and_value(yi, vi, needle):
 
 @pytest.mark.parametrize("kwargs,needle", [
     ({"method": "XX"}, "method: 'XX' is not one of FE, DL, HE, HS, SJ, ML, REML, EB, PM"),
-    ({"test": "t"}, "test: 't' is not one of z, knha"),
+    ({"test": "wald"}, "test: 'wald' is not one of z, knha, t, adhoc"),
     ({"level": 100}, "level: 100"),
     ({"level": -5}, "level: -5"),
     ({"level": "abc"}, "level: 'abc' is not a number"),

@@ -44,7 +44,7 @@ from fedsynth.vocabulary import (
     ESTIMATOR_MEASURES,
     METHODS,
     RATIO_MEASURES,
-    TESTS,
+    RMA_TESTS,
     VTYPES,
 )
 
@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from fedsynth.meta import BatchPoolingResult, PoolingResult
 
 METHOD_CHOICES = (*METHODS, *COUNT_METHODS)
-TEST_CHOICES = TESTS
+TEST_CHOICES = RMA_TESTS
 FORMAT_CHOICES = ("table", "json", "csv")
 #: Measures ``--plot-measure`` accepts: escalc's, the site estimators' and the ratio
 #: measures (HR), each once, in vocabulary order.
@@ -90,6 +90,9 @@ examples:
   fedsynth meta europe.csv --sep ';' --decimal , --drop-na
   fedsynth meta trials.csv --measure OR --ai tpos --bi tneg --ci cpos --di cneg
   fedsynth meta round.json --diagnostics      # a round document (round show --format json)
+  fedsynth meta bcg.csv --mods "~ ablat + factor(alloc)" --test knha --btt 3:4
+  fedsynth meta bcg.csv --tau2 0.1 --weights n --test adhoc
+  fedsynth meta bcg.csv --mods "~ ablat" --newmods "10;30;50" --transf exp --permutest
 
 """ + meta_rare.EXAMPLES
 
@@ -172,10 +175,73 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                              "or the round's method for a round document); MH, PETO or GLMM "
                              "pool 2x2 counts (see 'rare events')")
     parser.add_argument("--test", type=str.lower, choices=TEST_CHOICES, default=None,
-                        help="z (Wald) or knha (Knapp-Hartung t) (default: z, or the "
-                             "round's test)")
+                        help="z (Wald), t (t with k-p df), knha (Knapp-Hartung t) or adhoc "
+                             "(Knapp-Hartung, scale factor at least 1), as metafor's test "
+                             "(default: z, or the round's test)")
     parser.add_argument("--level", type=_level, default=None, metavar="PCT",
                         help="confidence level in percent (default: 95, or the round's)")
+    parser.add_argument("--tau2", type=_tau2, default=None, metavar="X",
+                        help="fix tau^2 at X instead of estimating it (metafor's tau2=)")
+    parser.add_argument("--weights", metavar="COL", default=None,
+                        help="user weights from column COL for the estimate and the "
+                             "coefficients (metafor's weights=); tau^2 is estimated as "
+                             "without them")
+    parser.add_argument("--unweighted", action="store_true",
+                        help="unweighted least squares (metafor's weighted=FALSE)")
+    parser.add_argument("--mods", metavar="FORMULA", default=None,
+                        help="meta-regression on a one-sided formula, as metafor's mods: "
+                             "'~ year + factor(alloc)', '~ ablat * factor(alloc)', "
+                             "'~ 0 + factor(alloc)'")
+    parser.add_argument("--newmods", metavar="ROWS", default=None,
+                        help="with --mods: predicted effects at these moderator values, "
+                             "rows separated by ';', values by ',' in the order of the "
+                             "coefficients without the intercept ('30,1,0;45,0,0'), as "
+                             "metafor's predict(newmods=)")
+    parser.add_argument("--transf", metavar="NAME", default=None,
+                        help="back-transform --newmods predictions: exp, transf.ilogit, "
+                             "transf.ztor, ... (metafor's names)")
+    parser.add_argument("--permutest", metavar="ITER", nargs="?", const="exact", default=None,
+                        help="with --mods: permutation p-values (metafor's permutest); no "
+                             "value or 'exact' = exact where feasible, else ITER seeded "
+                             "permutations (--seed)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of --permutest's random permutations")
+    parser.add_argument("--profile", metavar="OUT", default=None,
+                        help="with --mods (ML/REML): write the profile plot of tau^2 "
+                             "(metafor's profile) to OUT (.png, .pdf, .svg)")
+    parser.add_argument("--btt", metavar="SPEC", default=None,
+                        help="coefficients of the --mods omnibus test: 1-based positions "
+                             "as metafor ('3:4', '2,5') or a name pattern ('alloc')")
+
+
+def _tau2(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tau2: {text!r} is not a number") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"--tau2: {text!r} must be finite and >= 0")
+    return value
+
+
+def parse_btt(text: str | None) -> Any:
+    """``--btt``: ``"3:4"``/``"2,5"``/``"-1"`` as 1-based positions, else a name pattern."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    positions: list[int] = []
+    for part in parts:
+        match = re.fullmatch(r"(-?\d+)(?::(-?\d+))?", part)
+        if match is None:
+            if len(parts) > 1:
+                raise InputError(f"--btt: {text!r}: give positions ('3:4', '2,5') or one "
+                                 "name pattern")
+            return text
+        lo = int(match.group(1))
+        hi = int(match.group(2)) if match.group(2) is not None else lo
+        step = 1 if hi >= lo else -1
+        positions.extend(range(lo, hi + step, step))
+    return positions
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -721,6 +787,13 @@ def _used_columns(args: argparse.Namespace, frame) -> list[str]:
         if getattr(args, option, None):
             cols.append(getattr(args, option))
     cols += list(getattr(args, "moderator", None) or [])
+    if getattr(args, "weights", None):
+        cols.append(args.weights)
+    if getattr(args, "mods", None):
+        # lazy: formulaic is imported only when a formula is given
+        from fedsynth.meta.formula import formula_variables
+
+        cols += list(formula_variables(args.mods, frame.columns))
     return cols
 
 
@@ -976,19 +1049,160 @@ def load_input(args: argparse.Namespace) -> MetaInput:
 # computation and output
 # ---------------------------------------------------------------------------------------
 
+def _weights_grid(args: argparse.Namespace, data: MetaInput):
+    """The ``--weights`` column on the analyses' (m, K) grid (None without it)."""
+    if not getattr(args, "weights", None):
+        return None
+    # lazy: keeps numpy and pandas out of `fedsynth --help` start-up
+    import numpy as np
+
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
+    from fedsynth import tabular
+
+    col = tabular.numeric_column(data.frame, args.weights, option="--weights")
+    return np.where(data.mask, col[np.maximum(data.rows, 0)], 0.0)
+
+
 def compute(args: argparse.Namespace, data: MetaInput) -> BatchPoolingResult:
     """Pool every analysis in one vectorised call."""
     # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
     from fedsynth.meta import pool
 
+    _check_model_options(args)
     return pool(data.yi, data.vi, mask=data.mask, method=args.method, test=args.test,
-                level=args.level, names=data.names, labels=data.labels)
+                level=args.level, names=data.names, labels=data.labels,
+                tau2=getattr(args, "tau2", None), weights=_weights_grid(args, data),
+                weighted=not getattr(args, "unweighted", False))
+
+
+def _check_model_options(args: argparse.Namespace) -> None:
+    """Refuse combinations of the model options that have no meaning together."""
+    if getattr(args, "mods", None) and getattr(args, "moderator", None):
+        raise InputError("--mods: give the moderators either as a formula (--mods) or by "
+                         "name (--moderator), not both")
+    for option in ("btt", "newmods", "permutest", "profile"):
+        if getattr(args, option, None) and not getattr(args, "mods", None):
+            raise InputError(f"--{option}: needs --mods (a formula meta-regression)")
+    if getattr(args, "transf", None) and not getattr(args, "newmods", None):
+        raise InputError("--transf: needs --newmods (it back-transforms the predictions)")
+    if getattr(args, "weights", None) and getattr(args, "unweighted", False):
+        raise InputError("--weights: user weights and --unweighted exclude each other")
+    special = [opt for opt, on in (("--tau2", getattr(args, "tau2", None) is not None),
+                                   ("--weights", bool(getattr(args, "weights", None))),
+                                   ("--unweighted", getattr(args, "unweighted", False)))
+               if on]
+    if special and (getattr(args, "diagnostics", False) or getattr(args, "moderator", None)
+                    or getattr(args, "subgroup", None)
+                    or getattr(args, "cumulative_by", None)):
+        raise InputError(f"{special[0]}: not available with --diagnostics, --moderator, "
+                         "--subgroup or --cumulative-by (use --mods for a meta-regression "
+                         "with it)")
+    if getattr(args, "test", None) in ("t", "adhoc") and (
+            getattr(args, "diagnostics", False) or getattr(args, "subgroup", None)
+            or getattr(args, "cumulative_by", None)):
+        raise InputError(f"--test {args.test}: the diagnostics, subgroup and cumulative "
+                         "sections support --test z or knha")
+
+
+def _parse_newmods(text: str) -> list[list[float]]:
+    rows = []
+    for part in text.split(";"):
+        try:
+            rows.append([float(x) for x in part.split(",")])
+        except ValueError:
+            raise InputError(f"--newmods: {part!r} is not a list of numbers (rows separated "
+                             "by ';', values by ',')") from None
+    return rows
+
+
+def _mods_extras(args: argparse.Namespace, fit) -> dict[str, Any]:
+    """``--newmods`` predictions and ``--permutest`` of a ``--mods`` fit (cached per fit)."""
+    cache = args.__dict__.setdefault("_mods_extras", {})
+    if id(fit) in cache:
+        return cache[id(fit)]
+    out: dict[str, Any] = {}
+    if getattr(args, "newmods", None):
+        out["predict"] = fit.predict(_parse_newmods(args.newmods), transf=args.transf)
+    if getattr(args, "diagnostics", False):
+        out["influence"] = fit.influence()
+        if fit.method != "FE" and not fit.tau2_fixed:
+            out["confint"] = fit.confint()
+            if fit.method in ("ML", "REML"):
+                out["confint_pl"] = fit.confint(type="PL")
+    if getattr(args, "permutest", None):
+        if args.permutest == "exact":
+            out["permutest"] = fit.permutest(exact=True, seed=args.seed)
+        else:
+            try:
+                iters = int(args.permutest)
+            except ValueError:
+                raise InputError(f"--permutest: {args.permutest!r} is not a number of "
+                                 "permutations (or 'exact')") from None
+            out["permutest"] = fit.permutest(iter=iters, seed=args.seed)
+    cache[id(fit)] = out
+    return out
+
+
+def _profile_plots(args: argparse.Namespace, data: MetaInput) -> list[tuple[Any, str]]:
+    """``--profile OUT``: the tau² profile plot of each analysis' ``--mods`` fit."""
+    if not getattr(args, "profile", None):
+        return []
+    _check_plot_target("--profile", args.profile)
+    out = []
+    for i in range(len(data.names)):
+        fit = _mods_fit(args, data, i)
+        out.append((fit.profile().plot(), _plot_path(args.profile, data.names[i],
+                                                     data.grouped)))
+    return out
+
+
+def _mods_fit(args: argparse.Namespace, data: MetaInput, index: int):
+    """The ``--mods`` meta-regression of analysis ``index`` (cached; None without --mods)."""
+    if not getattr(args, "mods", None):
+        return None
+    cache = args.__dict__.setdefault("_mods", {})
+    if index not in cache:
+        # lazy: keeps numpy, pandas, formulaic and the statistics out of start-up
+        import numpy as np
+
+        # lazy: formulaic is imported only when a formula is given
+        from fedsynth.meta.formula import model_matrix
+
+        # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
+        from fedsynth.meta.metareg import fit_rma
+
+        sel = data.mask[index]
+        rows = data.rows[index][sel]
+        sub = data.frame.iloc[rows].reset_index(drop=True)
+        mm = model_matrix(args.mods, sub)
+        if not mm.keep.all():
+            raise InputError(f"--mods: missing values in {int((~mm.keep).sum())} row(s) of "
+                             f"the formula's columns; use --drop-na to leave them out")
+        w = _weights_grid(args, data)
+        cache[index] = fit_rma(
+            data.yi[index][sel], data.vi[index][sel], mm.X, names=mm.names,
+            method=args.method, test=args.test, level=args.level / 100.0,
+            labels=list(data.labels[index][sel]), tau2=getattr(args, "tau2", None),
+            weights=None if w is None else np.asarray(w[index][sel]),
+            weighted=not getattr(args, "unweighted", False),
+            btt=parse_btt(getattr(args, "btt", None)), intercept=mm.intercept)
+    return cache[index]
 
 
 def _extend_record(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult,
                    index: int, record: dict[str, Any]) -> None:
     """Hook for options that add keys to an analysis' JSON/CSV record (none yet)."""
     _diagnostics_record(args, data, batch, index, record)
+    fit = _mods_fit(args, data, index)
+    if fit is not None:
+        if args.format == "csv":
+            record.update({"mods": args.mods, "QM": fit.omnibus.QM if fit.omnibus else None,
+                           "QMp": fit.omnibus.QMp if fit.omnibus else None,
+                           "R2": fit.R2, "tau2_residual": fit.tau2})
+        else:
+            record["meta_regression"] = {"mods": args.mods, **fit.to_dict()}
+            extras = _mods_extras(args, fit)
+            record["meta_regression"].update({k: v.to_dict() for k, v in extras.items()})
     _bayes_record(args, data, index, record)
 
 
@@ -996,6 +1210,25 @@ def _extra_sections(args: argparse.Namespace, data: MetaInput, batch: BatchPooli
                     index: int) -> list[str]:
     """Hook for options that add text sections after an analysis' summary (none yet)."""
     sections = _analysis(args, data, batch, index).text_sections()
+    fit = _mods_fit(args, data, index)
+    if fit is not None:
+        sections.append(f"mods = {printable(args.mods)}\n" + fit.summary())
+        extras = _mods_extras(args, fit)
+        if "predict" in extras:
+            sections.append(f"Predicted values (newmods = {printable(args.newmods)}"
+                            + (f", transf = {args.transf}" if args.transf else "") + "):\n"
+                            + extras["predict"].summary())
+        if "permutest" in extras:
+            sections.append(extras["permutest"].summary())
+        if "confint" in extras:
+            sections.append("Residual heterogeneity (Q-profile CIs):\n"
+                            + extras["confint"].summary())
+        if "confint_pl" in extras:
+            sections.append("Residual heterogeneity (profile-likelihood CIs):\n"
+                            + extras["confint_pl"].summary())
+        if "influence" in extras:
+            sections.append("Influence diagnostics of the meta-regression:\n"
+                            + extras["influence"].summary())
     return sections + _bayes_section(args, data, index)
 
 
@@ -1114,7 +1347,7 @@ def _finish(args: argparse.Namespace, data: MetaInput) -> int:
     """Pool the analyses read, render them, write the plots, print."""
     batch = compute(args, data)
     text = RENDERERS[args.format](args, data, batch)
-    figures = _plots(args, data, batch)
+    figures = _plots(args, data, batch) + _profile_plots(args, data)
     if figures:
         # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
         from fedsynth.plots import save_figure

@@ -45,6 +45,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "rma_mv": ("fedsynth.meta.mv", "rma_mv"),
     "bldiag": ("fedsynth.meta.mv", "bldiag"),
     "vcalc": ("fedsynth.meta.mv", "vcalc"),
+    "robust": ("fedsynth.meta.robust", "robust"),
     "forest_plot": ("fedsynth.plots", "forest_plot"),
     "funnel_plot": ("fedsynth.plots", "funnel_plot"),
     "save_figure": ("fedsynth.plots", "save_figure"),

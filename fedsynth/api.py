@@ -39,6 +39,7 @@ from fedsynth.meta.metareg import MetaRegressionResult, design_matrix, fit_rma
 from fedsynth.meta.mv import RmaMvResult, bldiag, rma_mv, vcalc
 from fedsynth.meta.pooling import BatchPoolingResult, PoolingResult, pool
 from fedsynth.meta.pooling import meta_analysis as _meta_analysis
+from fedsynth.meta.robust import RobustResult, robust
 from fedsynth.meta.subgroups import SubgroupResult, subgroup_analysis
 from fedsynth.vocabulary import (
     DEFAULT_LEVEL,
@@ -51,7 +52,8 @@ from fedsynth.vocabulary import (
 )
 
 __all__ = ["meta_analysis", "escalc", "meta_regression", "subgroups", "bayes_meta_analysis",
-           "example_data", "rma_mv", "bldiag", "vcalc", "RmaMvResult", "DEFAULT_LABEL_COLUMNS"]
+           "example_data", "rma_mv", "bldiag", "vcalc", "RmaMvResult",
+           "robust", "RobustResult", "DEFAULT_LABEL_COLUMNS"]
 
 #: Label columns used when ``label`` is not given (the first one present wins), as the
 #: command line's ``--label``.

@@ -9,8 +9,10 @@
 #
 # The optimiser is run with nlminb's rel.tol = 1e-12 where it converges (the exact optimum;
 # metafor's default stops ~1e-6 relative away for struct = "UN"), else rel.tol 1e-10, else
-# metafor's default; the control used is recorded per fit. Designs are exported as
-# matrices (model.matrix) so the tests do not depend on a formula parser.
+# metafor's default; the control used is recorded per fit. The rma.uni fits use Fisher
+# scoring with threshold 1e-12 (metafor's default 1e-5 leaves tau² ~1e-5 relative off).
+# Designs are exported as matrices (model.matrix) so the tests do not depend on a formula
+# parser.
 #
 # Run: Rscript tests/data/metafor/rma_mv.R   (R 4.2.2, metafor 3.8-1, clubSandwich,
 # jsonlite). Writes tests/data/metafor/rma_mv.json.
@@ -144,7 +146,8 @@ bcg$cl <- paste(bcg$alloc, bcg$band)
 bcg$cl2 <- c(1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7)
 uni <- list()
 for (method in c("REML", "DL")) {
-  r <- rma(yi, vi, mods = ~ ablat + year, data = bcg, method = method)
+  r <- rma(yi, vi, mods = ~ ablat + year, data = bcg, method = method,
+           control = list(threshold = 1e-12, maxiter = 1000))
   uni[[method]] <- list(args = list(method = method, mods = c("ablat", "year")),
     X = unname(model.matrix(r)), tau2 = r$tau2, beta = num(r$beta))
   for (cs in c(FALSE, TRUE)) {
@@ -152,7 +155,7 @@ for (method in c("REML", "DL")) {
                robust_of(r, bcg$cl2, cs))
   }
 }
-r <- rma(yi, vi, data = bcg)
+r <- rma(yi, vi, data = bcg, control = list(threshold = 1e-12, maxiter = 1000))
 uni$intercept <- list(args = list(method = "REML"), X = unname(model.matrix(r)), tau2 = r$tau2,
                       beta = num(r$beta))
 for (cs in c(FALSE, TRUE)) add_robust("bcg_intercept", "bcg_intercept", "cl2", cs,

@@ -376,7 +376,7 @@ def _cr2(f: _Fit, codes: np.ndarray, members: list[np.ndarray], e: np.ndarray,
         names=f.names, beta=f.beta, se=se, zval=zval, pval=pval, ci_lb=f.beta - crit * se,
         ci_ub=f.beta + crit * se, vb=vb, dfs=dfs, QM=QM, QM_df=QM_df, QMp=QMp, n=n, k=k,
         p=p, vbest="CR2", robumethod="clubSandwich", cluster_sizes=sizes,
-        level=f.level, btt=f.btt, int_only=False)
+        level=f.level, btt=f.btt, int_only=_int_only(f))
 
 
 def _htz(f: _Fit, vb: np.ndarray, Gs: list[np.ndarray], Hs: np.ndarray,

@@ -180,3 +180,12 @@ out <- list(provenance = list(R = R.version.string,
 writeLines(toJSON(out, digits = NA, auto_unbox = TRUE, na = "null", null = "null",
                   matrix = "rowmajor", pretty = FALSE),
            "tests/data/metafor/rma_mv.json")
+
+# Example data sets shipped with the package (fedsynth.example_data): the data of the
+# rma.mv and robust() examples in the README and docs/metafor-features.md.
+write.csv(data$konstantopoulos2011[, c("district", "school", "study", "year", "yi", "vi")],
+          "fedsynth/data/konstantopoulos2011.csv", row.names = FALSE)
+write.csv(data$berkey1998[, c("trial", "author", "year", "outcome", "yi", "vi", "v1i", "v2i")],
+          "fedsynth/data/berkey1998.csv", row.names = FALSE)
+write.csv(data$assink2016[, c("study", "esid", "yi", "vi", "deltype", "year")],
+          "fedsynth/data/assink2016.csv", row.names = FALSE)

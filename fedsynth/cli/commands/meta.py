@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from fedsynth.cli.commands import meta_rare
+from fedsynth.cli.commands import meta_mv, meta_rare
 from fedsynth.cli.registry import Command
 from fedsynth.errors import InputError
 from fedsynth.terminal import printable
@@ -91,7 +91,7 @@ examples:
   fedsynth meta trials.csv --measure OR --ai tpos --bi tneg --ci cpos --di cneg
   fedsynth meta round.json --diagnostics      # a round document (round show --format json)
 
-""" + meta_rare.EXAMPLES
+""" + meta_rare.EXAMPLES + meta_mv.EXAMPLES
 
 
 # ---------------------------------------------------------------------------------------
@@ -356,6 +356,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_diagnostics_options(parser)
     _add_bayes_plot_options(parser)
     meta_rare.add_rare_options(parser)
+    meta_mv.add_bias_options(parser)
+    meta_mv.add_mv_options(parser)
 
 
 # --- Bayesian pooling and plots (owner: bayes-plots; fedsynth/meta/bayes.py, plots.py)
@@ -990,13 +992,15 @@ def _extend_record(args: argparse.Namespace, data: MetaInput, batch: BatchPoolin
     """Hook for options that add keys to an analysis' JSON/CSV record (none yet)."""
     _diagnostics_record(args, data, batch, index, record)
     _bayes_record(args, data, index, record)
+    meta_mv.extend_record(args, data, batch, index, record)
 
 
 def _extra_sections(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult,
                     index: int) -> list[str]:
     """Hook for options that add text sections after an analysis' summary (none yet)."""
     sections = _analysis(args, data, batch, index).text_sections()
-    return sections + _bayes_section(args, data, index)
+    return (sections + _bayes_section(args, data, index)
+            + meta_mv.sections(args, data, batch, index))
 
 
 def records(args: argparse.Namespace, data: MetaInput,
@@ -1104,6 +1108,10 @@ def run(args: argparse.Namespace) -> int:
         first = next(iter(_raw_mapping(args)))
         raise InputError(f"--{first}: raw columns need --measure (e.g. --measure OR), which "
                          "computes yi and vi from them as metafor's escalc")
+    meta_mv.check_bias_options(args)
+    mv = meta_mv.run_mv(args, _read_frame)  # --random: metafor's rma.mv
+    if mv is not None:
+        return mv
     rare = meta_rare.run_rare(args)         # --method MH|PETO|GLMM: the 2x2 counts
     if rare is not None:
         return rare

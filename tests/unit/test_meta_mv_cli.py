@@ -109,8 +109,8 @@ def test_bias_tools_print_after_the_model(bcg_csv: Path, capsys) -> None:
     text = capsys.readouterr().out
     for heading in ("Fail-safe N Calculation Using the Rosenberg Approach",
                     "Regression Test for Funnel Plot Asymmetry",
-                    "Estimated number of missing studies", "HC ",
-                    "Random-Effects Model with beta selection"):
+                    "Estimated number of missing studies", "hc       DL",
+                    "Random-Effects Model (tau^2 estimator: ML)", "delta.2"):
         assert heading in text, heading
 
 
@@ -160,3 +160,37 @@ def test_a_covariance_file_of_the_wrong_size_exits_2(kon_csv: Path, tmp_path: Pa
     assert main(["meta", str(kon_csv), "--random", "~ 1 | district", "--V",
                  str(vfile)]) == 2
     assert "row 4, column 4" in capsys.readouterr().err
+
+
+def test_bias_summaries_print_as_metafor() -> None:
+    """Lines of metafor 3.8-1's print methods on dat.bcg (log RR), copied from R."""
+    dat = fedsynth.escalc("RR", fedsynth.example_data("bcg"), ai="tpos", bi="tneg",
+                          ci="cpos", di="cneg")
+    yi, vi = dat["yi"].to_numpy(), dat["vi"].to_numpy()
+    ni = fedsynth.example_data("bcg")[["tpos", "tneg", "cpos", "cneg"]].sum(axis=1).to_numpy()
+    expected = {
+        bias.fsn(yi, vi): ["Fail-safe N Calculation Using the Rosenthal Approach",
+                           "Observed Significance Level: <.0001",
+                           "Target Significance Level:   0.05", "Fail-safe N: 598"],
+        bias.fsn(yi, vi, type="Orwin"): ["Average Effect Size: -0.7407",
+                                         "Target Effect Size:  -0.3703", "Fail-safe N: 13"],
+        bias.regtest(yi, vi, predictor="vi"): [
+            "Predictor: sampling variance",
+            "Test for Funnel Plot Asymmetry: z = -0.4268, p = 0.6695",
+            "Limit Estimate (as vi -> 0):    b = -0.6554 (CI: -1.1073, -0.2035)"],
+        bias.regtest(yi, vi, ni=ni, model="lm", predictor="ninv"): [
+            "Model:     weighted regression with multiplicative dispersion",
+            "Predictor: inverse of the sample size",
+            "Test for Funnel Plot Asymmetry: t = -1.4485, df = 11, p = 0.1754",
+            "Limit Estimate (as ni -> inf):  b = -0.3491 (CI: -0.6771, -0.0211)"],
+        bias.trimfill(yi, vi, estimator="R0", side="right"): [
+            "Estimated number of missing studies on the right side: 0 (SE = 1.4142)",
+            "Test of H0: no missing studies on the right side:      p-val = 0.5000"],
+        bias.selmodel(yi, vi, type="stepfun", steps=[0.05, 1], alternative="less"): [
+            "Test for Selection Model Parameters:", "LRT(df = 1) = 0.0138, p-val = 0.9063",
+            "tau^2 (estimated amount of total heterogeneity): 0.2764 (SE = 0.1471)"],
+    }
+    for result, lines in expected.items():
+        text = result.summary().splitlines()
+        for line in lines:
+            assert line in text, (line, text)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 from fedsynth.effects.effect_sizes import escalc
 from fedsynth.errors import InputError
@@ -1042,12 +1042,126 @@ def radial_plot(result: Any, *, title: str | None = None) -> Any:
     return _finish(fig, ax, title, "x_i = 1/√(v_i + τ²)", "z_i = y_i/√(v_i + τ²)")
 
 
-def qqnorm_plot(result: Any, *, title: str | None = None) -> Any:
+@dataclass(frozen=True)
+class QQEnvelope:
+    """The pseudo-confidence envelope of a normal QQ plot (metafor ``qqnorm.rma.uni``).
+
+    Attributes
+    ----------
+    x
+        Theoretical normal quantiles (``qnorm(ppoints(k))``).
+    lower, upper
+        The envelope's lower and upper lines at ``x``.
+    level, reps, seed, bonferroni
+        Confidence level (percent), simulated data sets, the seed of R's generator and
+        whether the quantiles were Bonferroni-corrected.
+    """
+
+    x: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    level: float
+    reps: int
+    seed: int
+    bonferroni: bool
+
+
+def r_rnorm(n: int, seed: int) -> np.ndarray:
+    """``set.seed(seed); rnorm(n)`` of R (Mersenne-Twister, inversion), bit for bit.
+
+    R seeds its Mersenne Twister by scrambling the seed with the LCG ``69069 s + 1`` (50
+    times, then once per state word), draws uniforms as 32-bit integers times 2^-32, and
+    turns two of them into a normal by inversion (``BIG = 2^27``; R's ``norm_rand``). numpy's
+    MT19937 is the same generator, so the state can be set and the raw draws reused: the
+    envelope of :func:`qq_envelope` is then metafor's for the same ``seed``.
+    """
+    state = int(seed) & 0xFFFFFFFF
+    for _ in range(50):
+        state = (69069 * state + 1) & 0xFFFFFFFF
+    words = []
+    for _ in range(625):
+        state = (69069 * state + 1) & 0xFFFFFFFF
+        words.append(state)
+    bits = np.random.MT19937()
+    bits.state = {"bit_generator": "MT19937",
+                  "state": {"key": np.array(words[1:], dtype=np.uint32), "pos": 624}}
+    u = bits.random_raw(2 * int(n)).astype(np.float64) * 2.3283064365386963e-10
+    tiny = 0.5 * 2.328306437080797e-10          # R's fixup of 0 and 1
+    u = np.where(u <= 0, tiny, np.where(1 - u <= 0, 1 - tiny, u))
+    big = 134217728.0
+    return special.ndtri((np.floor(big * u[0::2]) + u[1::2]) / big)
+
+
+def _ppoints(k: int) -> np.ndarray:
+    a = 3 / 8 if k <= 10 else 1 / 2                     # R's ppoints
+    return (np.arange(1, k + 1) - a) / (k + 1 - 2 * a)
+
+
+def qq_envelope(result: Any, *, level: float | None = None, reps: int = 1000,
+                seed: int = 1234, bonferroni: bool = False) -> QQEnvelope:
+    """Pseudo-confidence envelope of the QQ plot, as metafor's ``qqnorm.rma.uni``.
+
+    ``reps`` standard normal vectors are multiplied by ``I - H`` (``H`` the hat matrix of
+    the fit), sorted, and the ``α/2`` and ``1 - α/2`` quantiles of each order statistic
+    give the envelope (Cook & Weisberg 1982; Wang & Bushman 1998, *Psychol Methods* 3:46).
+    The normal draws are R's for ``set.seed(seed)`` (:func:`r_rnorm`), so the envelope is
+    metafor's ``qqnorm(res, envelope = TRUE, smooth = FALSE, seed = seed)`` to rounding.
+    metafor smooths the lines with ``supsmu`` by default; fedsynth draws them unsmoothed.
+
+    Parameters
+    ----------
+    result
+        A pooled result or a meta-regression result (with ``yi``, ``vi``, ``tau2``).
+    level
+        Confidence level in percent (default: the fit's).
+    reps
+        Simulated data sets.
+    seed
+        Seed of R's generator (metafor's ``seed``).
+    bonferroni
+        Bonferroni-corrected quantiles (``α / (2k)``).
+
+    Returns
+    -------
+    QQEnvelope
+    """
+    if isinstance(result, MetaRegressionResult):
+        if result.yi is None or result.vi is None or result.X is None:
+            raise InputError("result: the meta-regression result carries no data")
+        v = np.asarray(result.vi, dtype=float) + float(result.tau2)
+        X = np.asarray(result.X, dtype=float)
+        fit_level = float(result.level)
+    else:
+        data = _model_inputs(result)
+        v = data.vi + (data.tau2 or 0.0)
+        X = np.ones((data.yi.size, 1))
+        fit_level = data.level
+    if int(reps) < 2:
+        raise InputError(f"reps: needs at least 2 simulated data sets, got {reps!r}")
+    level = fit_level if level is None else (float(level) * 100 if level <= 1 else float(level))
+    alpha = 1 - level / 100
+    k = v.size
+    w = 1 / v
+    H = X @ np.linalg.solve(X.T @ (w[:, None] * X), (X * w[:, None]).T)
+    draws = r_rnorm(k * int(reps), seed).reshape(int(reps), k).T      # R's column order
+    ei = np.sort((np.eye(k) - H) @ draws, axis=0)
+    q = alpha / 2 / (k if bonferroni else 1)
+    lower = np.quantile(ei, q, axis=1)
+    upper = np.quantile(ei, 1 - q, axis=1)
+    x = stats.norm.ppf(_ppoints(k))
+    return QQEnvelope(x=x, lower=lower, upper=upper, level=level, reps=int(reps),
+                      seed=int(seed), bonferroni=bool(bonferroni))
+
+
+def qqnorm_plot(result: Any, *, title: str | None = None, envelope: bool = True,
+                level: float | None = None, reps: int = 1000, seed: int = 1234,
+                bonferroni: bool = False) -> Any:
     """Normal QQ plot of the standardized residuals (metafor ``qqnorm.rma.uni``).
 
     The residuals ``(yi - estimate) / sqrt(vi + tau² - var(estimate))`` (metafor's
     ``rstandard``) against the normal quantiles ``qnorm(ppoints(k))``, with the identity
-    line (Wang & Bushman 1998, *Psychol Methods* 3:46).
+    line (Wang & Bushman 1998, *Psychol Methods* 3:46) and, as metafor's default, the
+    seeded pseudo-confidence envelope of :func:`qq_envelope` (dotted).
 
     Parameters
     ----------
@@ -1055,6 +1169,10 @@ def qqnorm_plot(result: Any, *, title: str | None = None) -> Any:
         A pooling result with ``yi``, ``vi``, ``estimate``, ``se`` and ``tau2``.
     title
         Title above the plot.
+    envelope
+        Draw the envelope (metafor's default ``envelope = TRUE``).
+    level, reps, seed, bonferroni
+        Passed to :func:`qq_envelope`.
 
     Returns
     -------
@@ -1066,12 +1184,17 @@ def qqnorm_plot(result: Any, *, title: str | None = None) -> Any:
         raise InputError("result: needs the pooled estimate and its standard error")
     z = (data.yi - data.estimate) / np.sqrt(data.vi + (data.tau2 or 0.0) - se**2)
     k = z.size
-    a = 3 / 8 if k <= 10 else 1 / 2                     # R's ppoints
-    theo = stats.norm.ppf((np.arange(1, k + 1) - a) / (k + 1 - 2 * a))
+    theo = stats.norm.ppf(_ppoints(k))
     order = np.argsort(z, kind="stable")
     fig = _new_figure(5.0, 4.6)
     ax = fig.add_axes((0.14, 0.13, 0.8, 0.75 if title else 0.8))
     lim = float(max(np.abs(theo).max(), np.abs(z).max())) * 1.1
+    if envelope:
+        env = qq_envelope(result, level=level, reps=reps, seed=seed, bonferroni=bonferroni)
+        lim = max(lim, float(np.abs(env.lower).max()) * 1.05,
+                  float(np.abs(env.upper).max()) * 1.05)
+        ax.plot(env.x, env.lower, color="#8a929c", lw=0.9, ls=":", gid="envelope_lower")
+        ax.plot(env.x, env.upper, color="#8a929c", lw=0.9, ls=":", gid="envelope_upper")
     ax.plot([-lim, lim], [-lim, lim], color="#8a929c", lw=0.8, ls="--")
     ax.plot(theo, z[order], "o", ms=5, color=_SITE_COLOUR, gid="points")
     ax.set_xlim(-lim, lim)

@@ -38,7 +38,7 @@ from fedsynth.jsonsafe import finite_or_none
 from fedsynth.meta import stats as st
 from fedsynth.meta._format import f, grid, p, peq
 from fedsynth.meta.stats import chi2_sf, norm_isf, norm_sf, t_isf, t_sf
-from fedsynth.results import Interval, ResultMixin, check_fraction
+from fedsynth.results import Interval, PlotMixin, ResultMixin, check_fraction
 from fedsynth.vocabulary import METHODS, check_level, check_method, check_test
 
 __all__ = [
@@ -86,7 +86,7 @@ def validate_yi_vi(yi: Any, vi: Any, *, min_k: int = 1) -> tuple[np.ndarray, np.
 
 
 @dataclass(frozen=True)
-class MetaRegressionResult(ResultMixin):
+class MetaRegressionResult(PlotMixin, ResultMixin):
     """A mixed-effects meta-regression fit (``rma(yi, vi, mods = ...)`` in metafor).
 
     Attributes

@@ -1,8 +1,10 @@
-"""The QQ plot's envelope against metafor's qqnorm.rma.uni(envelope = TRUE, smooth = FALSE).
+"""The QQ plot's envelope against metafor's qqnorm.rma.uni(envelope = TRUE), and supsmu.
 
-tests/data/metafor/qq_envelope.R captures the two envelope lines metafor draws (seeded),
-for REML, FE and a meta-regression of dat.bcg; fedsynth reproduces R's normal draws for the
-seed (``fedsynth.plots.r_rnorm``), so the lines agree to rounding.
+tests/data/metafor/qq_envelope.R captures the two envelope lines metafor draws (seeded;
+smoothed by stats::supsmu as metafor's default, and unsmoothed), for REML, FE and a
+meta-regression of dat.bcg; fedsynth reproduces R's normal draws for the seed
+(``fedsynth.plots.r_rnorm``) and Friedman's super smoother (``fedsynth.plots.supsmu``), so
+the lines agree to rounding.
 """
 
 from __future__ import annotations
@@ -39,12 +41,23 @@ def test_r_rnorm_is_rs_generator() -> None:
         1.37095844714666848, -0.56469817139608869, 0.36312841133733920], rtol=1e-14)
 
 
-@pytest.mark.parametrize("case", REF["cases"], ids=lambda c: f"{c['fit']}-{c['seed']}")
+@pytest.mark.parametrize("case", REF["supsmu"], ids=lambda c: f"n{len(c['x'])}-{c['bass']}")
+def test_supsmu_equals_r(case) -> None:
+    x, y = plots.supsmu(case["x"], case["y"], bass=case["bass"])
+    np.testing.assert_allclose(x, case["sx"], rtol=0, atol=0)
+    np.testing.assert_allclose(y, case["sy"], rtol=1e-10, atol=1e-12)
+
+
+def _case_id(case) -> str:
+    return f"{case['fit']}-{case['seed']}-{'smooth' if case['smooth'] else 'raw'}"
+
+
+@pytest.mark.parametrize("case", REF["cases"], ids=_case_id)
 def test_qq_envelope_equals_metafor(case) -> None:
     fit = _fit(case["fit"])
     assert fit.tau2 == pytest.approx(case["tau2"], rel=1e-8, abs=1e-12)
     env = plots.qq_envelope(fit, reps=case["reps"], seed=case["seed"],
-                            bonferroni=case["bonferroni"])
+                            bonferroni=case["bonferroni"], smooth=case["smooth"])
     np.testing.assert_allclose(env.x, case["lower"]["x"], rtol=1e-12)
     np.testing.assert_allclose(env.lower, case["lower"]["y"], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(env.upper, case["upper"]["y"], rtol=1e-6, atol=1e-9)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -194,3 +196,19 @@ def test_bias_summaries_print_as_metafor() -> None:
         text = result.summary().splitlines()
         for line in lines:
             assert line in text, (line, text)
+
+
+def test_bias_tools_and_robust_as_csv_columns(bcg_csv: Path, capsys) -> None:
+    frame = fedsynth.example_data("bcg").rename(columns={
+        "tpos": "ai", "tneg": "bi", "cpos": "ci", "cneg": "di"})
+    frame["cl2"] = [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7]
+    frame.to_csv(bcg_csv, index=False)
+    assert main(["meta", str(bcg_csv), "--measure", "RR", "--fsn", "Rosenthal", "--hc",
+                 "--robust", "cl2", "--format", "csv"]) == 0
+    header, row = csv.reader(io.StringIO(capsys.readouterr().out))
+    columns = dict(zip(header, row, strict=True))
+    assert columns["fsn_fsnum"] == "598.0"
+    assert float(columns["robust_se"]) == pytest.approx(next(
+        c for c in REF["robust"] if c["name"] == "bcg_intercept"
+        and not c["clubSandwich"])["values"]["se"], rel=1e-6)
+    assert "hc_ci_lb" in columns

@@ -231,12 +231,26 @@ def sections(args: argparse.Namespace, data: Any, batch: Any, index: int) -> lis
 
 def extend_record(args: argparse.Namespace, data: Any, batch: Any, index: int,
                   record: dict[str, Any]) -> None:
-    """JSON keys ``fsn``, ``regtest``, ``trimfill``, ``hc``, ``selmodel``, ``robust``."""
-    for name, result in bias_results(args, data, index).items():
-        record[name] = result.to_dict()
+    """JSON keys ``fsn``, ``regtest``, ``trimfill``, ``hc``, ``selmodel``, ``robust``.
+
+    With ``--format csv`` the scalar entries become flat columns ``NAME_KEY`` (one number
+    per cell; vectors are taken element-wise for a one-coefficient ``robust``).
+    """
+    results = dict(bias_results(args, data, index))
     rob = robust_of_analysis(args, data, batch, index)
     if rob is not None:
-        record["robust"] = rob.to_dict()
+        results["robust"] = rob
+    for name, result in results.items():
+        values = result.to_dict()
+        if args.format != "csv":
+            record[name] = values
+            continue
+        for key, value in values.items():
+            if isinstance(value, list) and len(value) == 1 and not isinstance(
+                    value[0], (list, dict)):
+                value = value[0]
+            if value is None or isinstance(value, (str, bool, int, float)):
+                record[f"{name}_{key}"] = value
 
 
 # ---------------------------------------------------------------------------------------

@@ -711,7 +711,8 @@ def _values(arg: Any, data: Any, what: str) -> Any:
     return arg
 
 
-def rma_mv(yi: Any, V: Any, mods: Any | None = None, random: str | Sequence[str] = "~ 1 | id",
+def rma_mv(yi: Any, V: Any, mods: Any | None = None,
+           random: str | Sequence[str] | None = None,
            struct: str = "CS", method: str = "REML", test: str = "z", level: float = 95,
            data: Any | None = None, slab: Any | None = None,
            names: Sequence[str] | None = None, intercept: bool = True,
@@ -851,7 +852,7 @@ def rma_mv(yi: Any, V: Any, mods: Any | None = None, random: str | Sequence[str]
     labels = tuple(str(s) for s in (_values(slab, data, "slab") if slab is not None
                                     else range(1, k + 1)))
     # Random effects.
-    terms = parse_random(random)
+    terms = parse_random(random) if random is not None else ()
     sig_codes: list[np.ndarray] = []
     s_names: list[str] = []
     s_nlevels: list[int] = []

@@ -33,7 +33,7 @@ def fit_of(name: str):
     V = np.array(REF["berkey_V"]) if f["dataset"] == "berkey1998" else "vi"
     if "V" in f:
         V = np.array(f["V"])
-    return rma_mv("yi", V, mods=np.array(f["X"]), random=a["random"],
+    return rma_mv("yi", V, mods=np.array(f["X"]), random=a.get("random"),
                   struct=a.get("struct", "CS"), method=a["method"], test=a["test"], data=data)
 
 

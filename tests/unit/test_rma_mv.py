@@ -45,7 +45,7 @@ def test_one_random_effect_per_row_is_rma_uni(seed: int, method: str) -> None:
     k = int(rng.integers(4, 15))
     yi = rng.normal(0.2, 0.4, k)
     vi = rng.uniform(0.01, 0.2, k)
-    mv = rma_mv(yi, vi, method=method)
+    mv = rma_mv(yi, vi, random="~ 1 | id", method=method)
     uni = meta_analysis(yi, vi, method=method)
     assert mv.sigma2[0] == pytest.approx(uni.tau2, rel=1e-7, abs=1e-10)
     assert mv.beta[0] == pytest.approx(uni.estimate, rel=1e-8, abs=1e-10)
@@ -69,6 +69,17 @@ def test_scale_equivariance(c: float) -> None:
     np.testing.assert_allclose(b.beta, a.beta * c, rtol=1e-8)
     np.testing.assert_allclose(b.pval, a.pval, rtol=1e-6)
     assert b.logLik == pytest.approx(a.logLik - (24 - 1) * np.log(c), rel=1e-9)
+
+
+def test_without_random_effects_is_the_fixed_effects_model() -> None:
+    """metafor's default: no random term, GLS with the known V (here: rma(method="FE"))."""
+    yi = np.array([0.1, 0.3, -0.2, 0.4, 0.25])
+    vi = np.array([0.02, 0.03, 0.05, 0.04, 0.01])
+    mv = rma_mv(yi, vi)
+    fe = meta_analysis(yi, vi, method="FE")
+    assert mv.beta[0] == pytest.approx(fe.estimate, rel=1e-12)
+    assert mv.se[0] == pytest.approx(fe.se, rel=1e-12)
+    assert len(mv.sigma2) == 0 and mv.converged and mv.random == ()
 
 
 def test_validation_messages() -> None:

@@ -74,6 +74,10 @@ for (struct in c("UN", "CS", "HCS", "DIAG")) for (method in c("REML", "ML")) {
       list(random = "~ outcome | trial", struct = struct, method = method, test = "z"),
       model.matrix(~ outcome - 1, ber), r)
 }
+r <- rma.mv(yi, V, mods = ~ outcome - 1, data = ber)
+add("ber_FE", "berkey1998", list(method = "REML", test = "z"),
+    model.matrix(~ outcome - 1, ber), r)
+fits$ber_FE$values$control <- list(rel.tol = 1e-12)   # no variance component: closed form
 ber$year_c <- ber$year - 1983
 r <- fit_mv(yi, V, mods = ~ outcome + outcome:year_c - 1, random = ~ outcome | trial,
             struct = "UN", data = ber, test = "t")

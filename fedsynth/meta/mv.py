@@ -815,6 +815,11 @@ def rma_mv(yi: Any, V: Any, mods: Any | None = None,
         raise InputError(f"V: expected {k} variances or a ({k}, {k}) matrix, got shape "
                          f"{Vm.shape}")
     # Design matrix.
+    if isinstance(mods, str) and mods.strip().startswith("~"):
+        # The formula library (fedsynth/meta/formula.py) comes with the meta-regression
+        # branch; until it is merged, a formula is refused rather than misread.
+        raise InputError(f"mods: formulas ({mods!r}) are not available here yet; pass a "
+                         "design matrix or a list of numeric column names")
     if mods is None:
         X = np.ones((k, 1))
         xnames: tuple[str, ...] = ("intrcpt",)

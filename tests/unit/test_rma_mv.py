@@ -99,6 +99,8 @@ def test_validation_messages() -> None:
         rma_mv(y, np.triu(np.ones((4, 4))))
     with pytest.raises(InputError, match="row 2 is not a finite"):
         rma_mv([0.1, np.nan, 0.2, 0.3], v)
+    with pytest.raises(InputError, match="formulas"):
+        rma_mv(y, v, mods="~ x")
     with pytest.raises(InputError, match="full column rank"):
         rma_mv(y, v, mods=np.ones((4, 2)))
 

@@ -37,9 +37,11 @@ from fedsynth.errors import InputError
 from fedsynth.meta.bayes import BayesBatchResult, BayesResult, bayes_pool
 from fedsynth.meta.formula import is_formula, model_matrix
 from fedsynth.meta.metareg import MetaRegressionResult, anova, design_matrix, fit_rma, predict
+from fedsynth.meta.mv import RmaMvResult, bldiag, rma_mv, vcalc
 from fedsynth.meta.permutation import permutest
 from fedsynth.meta.pooling import BatchPoolingResult, PoolingResult, pool
 from fedsynth.meta.pooling import meta_analysis as _meta_analysis
+from fedsynth.meta.robust import RobustResult, robust
 from fedsynth.meta.subgroups import SubgroupResult, subgroup_analysis
 from fedsynth.vocabulary import (
     DEFAULT_LEVEL,
@@ -52,14 +54,17 @@ from fedsynth.vocabulary import (
 )
 
 __all__ = ["meta_analysis", "escalc", "meta_regression", "subgroups", "bayes_meta_analysis",
-           "example_data", "anova", "permutest", "predict", "DEFAULT_LABEL_COLUMNS"]
+           "example_data", "anova", "permutest", "predict", "rma_mv", "bldiag", "vcalc",
+           "RmaMvResult", "robust", "RobustResult", "DEFAULT_LABEL_COLUMNS"]
 
 #: Label columns used when ``label`` is not given (the first one present wins), as the
 #: command line's ``--label``.
 DEFAULT_LABEL_COLUMNS = ("study", "label", "site", "name", "author", "trial")
 _NA_ACTIONS = ("omit", "fail")
 #: Example data sets shipped with the package (``fedsynth/data``).
-_EXAMPLES = {"bcg": "bcg.csv", "seed": "seed_example.csv"}
+_EXAMPLES = {"bcg": "bcg.csv", "seed": "seed_example.csv",
+             "konstantopoulos2011": "konstantopoulos2011.csv",
+             "berkey1998": "berkey1998.csv", "assink2016": "assink2016.csv"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -596,7 +601,12 @@ def example_data(name: str = "bcg") -> pd.DataFrame:
     ``"bcg"``: the 13 BCG vaccine trials of Colditz et al. (1994), JAMA 271:698-702, as
     metafor's ``dat.bcg`` (columns ``trial, author, year, tpos, tneg, cpos, cneg, ablat,
     alloc``); ``"seed"``: the 8-site example of ``fedsynth meta --example`` (``study, yi,
-    sei``).
+    sei``). For ``rma_mv`` and ``robust``, as metafor's data sets (exported by
+    ``tests/data/metafor/rma_mv.R``): ``"konstantopoulos2011"`` (56 schools in 11
+    districts: ``district, school, study, year, yi, vi``), ``"berkey1998"`` (two
+    correlated outcomes of 5 trials: ``trial, author, year, outcome, yi, vi, v1i, v2i``)
+    and ``"assink2016"`` (100 effects of 17 studies: ``study, esid, yi, vi, deltype,
+    year``).
 
     Examples
     --------

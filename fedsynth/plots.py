@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 from fedsynth.effects.effect_sizes import escalc
 from fedsynth.errors import InputError
@@ -50,7 +50,7 @@ from fedsynth.vocabulary import METHODS, RATIO_MEASURES, SCALES, from_scale, to_
 
 __all__ = ["RATIO_MEASURES", "forest_plot", "funnel_plot", "save_figure", "radial_plot",
            "qqnorm_plot", "baujat_plot", "gosh_plot", "labbe_plot", "bubble_plot",
-           "PLOT_KINDS"]
+           "PLOT_KINDS", "qq_envelope", "QQEnvelope", "supsmu", "r_rnorm"]
 
 
 _FONT = 9.0               # points, every text of the forest plot
@@ -1042,12 +1042,259 @@ def radial_plot(result: Any, *, title: str | None = None) -> Any:
     return _finish(fig, ax, title, "x_i = 1/√(v_i + τ²)", "z_i = y_i/√(v_i + τ²)")
 
 
-def qqnorm_plot(result: Any, *, title: str | None = None) -> Any:
+@dataclass(frozen=True)
+class QQEnvelope:
+    """The pseudo-confidence envelope of a normal QQ plot (metafor ``qqnorm.rma.uni``).
+
+    Attributes
+    ----------
+    x
+        Theoretical normal quantiles (``qnorm(ppoints(k))``).
+    lower, upper
+        The envelope's lower and upper lines at ``x``.
+    level, reps, seed, bonferroni, smooth
+        Confidence level (percent), simulated data sets, the seed of R's generator,
+        whether the quantiles were Bonferroni-corrected and the lines smoothed.
+    """
+
+    x: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    level: float
+    reps: int
+    seed: int
+    bonferroni: bool
+    smooth: bool
+
+
+def r_rnorm(n: int, seed: int) -> np.ndarray:
+    """``set.seed(seed); rnorm(n)`` of R (Mersenne-Twister, inversion), bit for bit.
+
+    R seeds its Mersenne Twister by scrambling the seed with the LCG ``69069 s + 1`` (50
+    times, then once per state word), draws uniforms as 32-bit integers times 2^-32, and
+    turns two of them into a normal by inversion (``BIG = 2^27``; R's ``norm_rand``). numpy's
+    MT19937 is the same generator, so the state can be set and the raw draws reused: the
+    envelope of :func:`qq_envelope` is then metafor's for the same ``seed``.
+    """
+    state = int(seed) & 0xFFFFFFFF
+    for _ in range(50):
+        state = (69069 * state + 1) & 0xFFFFFFFF
+    words = []
+    for _ in range(625):
+        state = (69069 * state + 1) & 0xFFFFFFFF
+        words.append(state)
+    bits = np.random.MT19937()
+    bits.state = {"bit_generator": "MT19937",
+                  "state": {"key": np.array(words[1:], dtype=np.uint32), "pos": 624}}
+    u = bits.random_raw(2 * int(n)).astype(np.float64) * 2.3283064365386963e-10
+    tiny = 0.5 * 2.328306437080797e-10          # R's fixup of 0 and 1
+    u = np.where(u <= 0, tiny, np.where(1 - u <= 0, 1 - tiny, u))
+    big = 134217728.0
+    return special.ndtri((np.floor(big * u[0::2]) + u[1::2]) / big)
+
+
+#: The super smoother's spans and constants as Friedman's program stores them (single
+#: precision literals widened to double: 0.05 is 0.05000000074505806), so that the running
+#: windows and the span interpolation are R's ``supsmu`` to the last bit.
+_SPANS = tuple(float(v) for v in np.array([0.05, 0.2, 0.5], dtype=np.float32))
+_SUPSMU_BIG = float(np.float32(1.0e20))
+_SUPSMU_SML = float(np.float32(1.0e-7))
+_SUPSMU_EPS = float(np.float32(1.0e-3))
+
+
+def _running_lines(x: np.ndarray, y: np.ndarray, span: float, vsmlsq: float,
+                   cv: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Running-lines smoother of span ``span`` (unit weights), with its CV residuals.
+
+    A local least-squares line over the ``2 ibw + 1`` nearest neighbours in order
+    (``ibw = span n / 2``, at least 2), updated as the window slides (Friedman 1984, "A
+    variable span smoother", Tech. Rep. 5, Stanford). With ``cv`` the absolute
+    leave-one-out residuals ``|y - s| / (1 - h)`` are returned as well. Values at tied
+    ``x`` are averaged.
+    """
+    n = x.size
+    ibw = max(int(0.5 * span * n + 0.5), 2)
+    xm = ym = var = cvar = fbw = 0.0
+
+    def add(xi: float, yi: float) -> None:
+        nonlocal xm, ym, var, cvar, fbw
+        fbo = fbw
+        fbw = fbw + 1.0
+        xm = (fbo * xm + xi) / fbw
+        ym = (fbo * ym + yi) / fbw
+        tmp = fbw * (xi - xm) / fbo if fbo > 0 else 0.0
+        var += tmp * (xi - xm)
+        cvar += tmp * (yi - ym)
+
+    for j in range(min(2 * ibw + 1, n)):
+        add(float(x[j]), float(y[j]))
+    smo = np.empty(n)
+    acvr = np.zeros(n)
+    for j in range(n):
+        out, into = j - ibw - 1, j + ibw
+        if out >= 0 and into < n:
+            xo, yo = float(x[out]), float(y[out])
+            fbo = fbw
+            fbw = fbw - 1.0
+            tmp = fbo * (xo - xm) / fbw if fbw > 0 else 0.0
+            var -= tmp * (xo - xm)
+            cvar -= tmp * (yo - ym)
+            if fbw > 0:
+                xm = (fbo * xm - xo) / fbw
+                ym = (fbo * ym - yo) / fbw
+            add(float(x[into]), float(y[into]))
+        slope = cvar / var if var > vsmlsq else 0.0
+        smo[j] = slope * (x[j] - xm) + ym
+        if cv:
+            h = (1.0 / fbw if fbw > 0 else 0.0) + ((x[j] - xm) ** 2 / var
+                                                   if var > vsmlsq else 0.0)
+            if 1.0 - h > 0:
+                acvr[j] = abs(y[j] - smo[j]) / (1.0 - h)
+            elif j > 0:
+                acvr[j] = acvr[j - 1]
+    start = 0
+    while start < n:                     # average over tied x
+        end = start
+        while end + 1 < n and x[end + 1] <= x[end]:
+            end += 1
+        if end > start:
+            smo[start:end + 1] = smo[start:end + 1].mean()
+        start = end + 1
+    return smo, acvr
+
+
+def supsmu(x: Any, y: Any, bass: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Friedman's super smoother with cross-validated span, as R's ``supsmu(x, y, bass=)``.
+
+    Three running-lines smooths (spans 0.05, 0.2, 0.5 of the data) and their
+    cross-validated absolute residuals (smoothed with span 0.2) choose a span at every
+    point; the chosen spans are smoothed, the fits interpolated between the two nearest
+    spans, and the result smoothed with span 0.05 (Friedman 1984, "A variable span
+    smoother", Tech. Rep. 5, Laboratory for Computational Statistics, Stanford).
+    ``bass`` in (0, 10] favours larger spans. metafor smooths the QQ envelope with it.
+
+    Returns
+    -------
+    x, y : numpy.ndarray
+        The distinct ``x`` in increasing order and the smoothed values there.
+    """
+    xs = np.asarray(x, dtype=float)
+    ys = np.asarray(y, dtype=float)
+    order = np.lexsort((ys, xs))
+    xs, ys = xs[order], ys[order]
+    n = xs.size
+    if n == 0:
+        raise InputError("supsmu: no observations")
+    if not xs[-1] > xs[0]:
+        smo = np.full(n, ys.mean())
+    else:
+        i, j = max(n // 4, 1), max(3 * (n // 4), 1)
+        scale = xs[j - 1] - xs[i - 1]
+        while scale <= 0:
+            j, i = min(j + 1, n), max(i - 1, 1)
+            scale = xs[j - 1] - xs[i - 1]
+        vsmlsq = (_SUPSMU_EPS * scale) ** 2
+        fits, resid = [], []
+        for span in _SPANS:
+            fit, cvres = _running_lines(xs, ys, span, vsmlsq, cv=True)
+            fits.append(fit)
+            resid.append(_running_lines(xs, cvres, _SPANS[1], vsmlsq, cv=False)[0])
+        res = np.stack(resid)
+        best = np.array(_SPANS)[np.argmin(res, axis=0)]   # first minimum, as the program
+        resmin = res.min(axis=0)
+        if 0 < bass <= 10:
+            adjust = (resmin < res[2]) & (resmin > 0)
+            ratio = np.maximum(_SUPSMU_SML, np.divide(resmin, res[2], out=np.ones(n),
+                                                      where=res[2] != 0))
+            best = np.where(adjust, best + (_SPANS[2] - best) * ratio ** (10 - bass), best)
+        span_s = np.clip(_running_lines(xs, best, _SPANS[1], vsmlsq, cv=False)[0],
+                         _SPANS[0], _SPANS[2])
+        f = span_s - _SPANS[1]
+        low = -f / (_SPANS[1] - _SPANS[0])
+        high = f / (_SPANS[2] - _SPANS[1])
+        mixed = np.where(f < 0, (1 - low) * fits[1] + low * fits[0],
+                         (1 - high) * fits[1] + high * fits[2])
+        smo = _running_lines(xs, mixed, _SPANS[0], vsmlsq, cv=False)[0]
+    keep = np.concatenate([[True], xs[1:] != xs[:-1]])
+    return xs[keep], smo[keep]
+
+
+def _ppoints(k: int) -> np.ndarray:
+    a = 3 / 8 if k <= 10 else 1 / 2                     # R's ppoints
+    return (np.arange(1, k + 1) - a) / (k + 1 - 2 * a)
+
+
+def qq_envelope(result: Any, *, level: float | None = None, reps: int = 1000,
+                seed: int = 1234, bonferroni: bool = False, smooth: bool = True,
+                bass: float = 0.0) -> QQEnvelope:
+    """Pseudo-confidence envelope of the QQ plot, as metafor's ``qqnorm.rma.uni``.
+
+    ``reps`` standard normal vectors are multiplied by ``I - H`` (``H`` the hat matrix of
+    the fit), sorted, and the ``α/2`` and ``1 - α/2`` quantiles of each order statistic
+    give the envelope (Cook & Weisberg 1982; Wang & Bushman 1998, *Psychol Methods* 3:46).
+    The normal draws are R's for ``set.seed(seed)`` (:func:`r_rnorm`) and the lines are
+    smoothed by the super smoother (:func:`supsmu`, metafor's default ``smooth = TRUE``),
+    so the envelope is metafor's ``qqnorm(res, envelope = TRUE, seed = seed)`` to rounding.
+
+    Parameters
+    ----------
+    result
+        A pooled result or a meta-regression result (with ``yi``, ``vi``, ``tau2``).
+    level
+        Confidence level in percent (default: the fit's).
+    reps
+        Simulated data sets.
+    seed
+        Seed of R's generator (metafor's ``seed``).
+    bonferroni
+        Bonferroni-corrected quantiles (``α / (2k)``).
+    smooth, bass
+        Smooth the lines with :func:`supsmu` (metafor's default) and its bass control.
+
+    Returns
+    -------
+    QQEnvelope
+    """
+    if isinstance(result, MetaRegressionResult):
+        if result.yi is None or result.vi is None or result.X is None:
+            raise InputError("result: the meta-regression result carries no data")
+        v = np.asarray(result.vi, dtype=float) + float(result.tau2)
+        X = np.asarray(result.X, dtype=float)
+        fit_level = float(result.level)
+    else:
+        data = _model_inputs(result)
+        v = data.vi + (data.tau2 or 0.0)
+        X = np.ones((data.yi.size, 1))
+        fit_level = data.level
+    if int(reps) < 2:
+        raise InputError(f"reps: needs at least 2 simulated data sets, got {reps!r}")
+    level = fit_level if level is None else (float(level) * 100 if level <= 1 else float(level))
+    alpha = 1 - level / 100
+    k = v.size
+    w = 1 / v
+    H = X @ np.linalg.solve(X.T @ (w[:, None] * X), (X * w[:, None]).T)
+    draws = r_rnorm(k * int(reps), seed).reshape(int(reps), k).T      # R's column order
+    ei = np.sort((np.eye(k) - H) @ draws, axis=0)
+    q = alpha / 2 / (k if bonferroni else 1)
+    lower = np.quantile(ei, q, axis=1)
+    upper = np.quantile(ei, 1 - q, axis=1)
+    x = stats.norm.ppf(_ppoints(k))
+    if smooth:
+        _, lower = supsmu(x, lower, bass=bass)
+        _, upper = supsmu(x, upper, bass=bass)
+    return QQEnvelope(x=x, lower=lower, upper=upper, level=level, reps=int(reps),
+                      seed=int(seed), bonferroni=bool(bonferroni), smooth=bool(smooth))
+
+
+def qqnorm_plot(result: Any, *, title: str | None = None, envelope: bool = True,
+                level: float | None = None, reps: int = 1000, seed: int = 1234,
+                bonferroni: bool = False, smooth: bool = True) -> Any:
     """Normal QQ plot of the standardized residuals (metafor ``qqnorm.rma.uni``).
 
     The residuals ``(yi - estimate) / sqrt(vi + tau² - var(estimate))`` (metafor's
     ``rstandard``) against the normal quantiles ``qnorm(ppoints(k))``, with the identity
-    line (Wang & Bushman 1998, *Psychol Methods* 3:46).
+    line (Wang & Bushman 1998, *Psychol Methods* 3:46) and, as metafor's default, the
+    seeded pseudo-confidence envelope of :func:`qq_envelope` (dotted).
 
     Parameters
     ----------
@@ -1055,6 +1302,10 @@ def qqnorm_plot(result: Any, *, title: str | None = None) -> Any:
         A pooling result with ``yi``, ``vi``, ``estimate``, ``se`` and ``tau2``.
     title
         Title above the plot.
+    envelope
+        Draw the envelope (metafor's default ``envelope = TRUE``).
+    level, reps, seed, bonferroni, smooth
+        Passed to :func:`qq_envelope`.
 
     Returns
     -------
@@ -1066,12 +1317,18 @@ def qqnorm_plot(result: Any, *, title: str | None = None) -> Any:
         raise InputError("result: needs the pooled estimate and its standard error")
     z = (data.yi - data.estimate) / np.sqrt(data.vi + (data.tau2 or 0.0) - se**2)
     k = z.size
-    a = 3 / 8 if k <= 10 else 1 / 2                     # R's ppoints
-    theo = stats.norm.ppf((np.arange(1, k + 1) - a) / (k + 1 - 2 * a))
+    theo = stats.norm.ppf(_ppoints(k))
     order = np.argsort(z, kind="stable")
     fig = _new_figure(5.0, 4.6)
     ax = fig.add_axes((0.14, 0.13, 0.8, 0.75 if title else 0.8))
     lim = float(max(np.abs(theo).max(), np.abs(z).max())) * 1.1
+    if envelope:
+        env = qq_envelope(result, level=level, reps=reps, seed=seed, bonferroni=bonferroni,
+                          smooth=smooth)
+        lim = max(lim, float(np.abs(env.lower).max()) * 1.05,
+                  float(np.abs(env.upper).max()) * 1.05)
+        ax.plot(env.x, env.lower, color="#8a929c", lw=0.9, ls=":", gid="envelope_lower")
+        ax.plot(env.x, env.upper, color="#8a929c", lw=0.9, ls=":", gid="envelope_upper")
     ax.plot([-lim, lim], [-lim, lim], color="#8a929c", lw=0.8, ls="--")
     ax.plot(theo, z[order], "o", ms=5, color=_SITE_COLOUR, gid="points")
     ax.set_xlim(-lim, lim)

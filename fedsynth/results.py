@@ -182,3 +182,60 @@ class ResultMixin:
 def frame_html(frame: Any, title: str) -> str:
     """A titled HTML table (batch results' notebook display)."""
     return f"<div><p><b>{html.escape(title)}</b></p>{frame.to_html(max_rows=30)}</div>"
+
+
+class PlotMixin:
+    """``plot_*`` methods of fitted models: metafor's plot functions on an ``rma`` object.
+
+    Each method draws with the one implementation in :mod:`fedsynth.plots` (no second
+    copy), saves the figure when ``path`` is given (PNG, SVG or PDF by its suffix) and
+    returns it. A plot that does not apply to the model (a bubble plot without moderators)
+    raises the plotting function's :class:`fedsynth.errors.InputError`.
+    """
+
+    def _draw(self, function: str, path: Any, *args: Any, **options: Any) -> Any:
+        # lazy: import cycle (fedsynth.plots imports the result classes of fedsynth.meta)
+        from fedsynth import plots
+
+        fig = getattr(plots, function)(*args, **options)
+        if path is not None:
+            plots.save_figure(fig, path)
+        return fig
+
+    def plot_forest(self, path: Any = None, **options: Any) -> Any:
+        """Forest plot (metafor ``forest``; :func:`fedsynth.plots.forest_plot`)."""
+        return self._draw("forest_plot", path, self, **options)
+
+    def plot_funnel(self, path: Any = None, **options: Any) -> Any:
+        """Funnel plot (metafor ``funnel``; :func:`fedsynth.plots.funnel_plot`)."""
+        return self._draw("funnel_plot", path, self, **options)
+
+    def plot_radial(self, path: Any = None, **options: Any) -> Any:
+        """Radial (Galbraith) plot (metafor ``radial``; :func:`fedsynth.plots.radial_plot`)."""
+        return self._draw("radial_plot", path, self, **options)
+
+    def plot_qq(self, path: Any = None, **options: Any) -> Any:
+        """Normal QQ plot with metafor's seeded envelope (``qqnorm.rma.uni``).
+
+        Options (``envelope``, ``reps``, ``seed``, ``bonferroni``, ``level``, ``title``)
+        are those of :func:`fedsynth.plots.qqnorm_plot`.
+        """
+        return self._draw("qqnorm_plot", path, self, **options)
+
+    def plot_baujat(self, path: Any = None, **options: Any) -> Any:
+        """Baujat plot (metafor ``baujat``; :func:`fedsynth.plots.baujat_plot`)."""
+        return self._draw("baujat_plot", path, self, **options)
+
+    def plot_gosh(self, path: Any = None, **options: Any) -> Any:
+        """GOSH plot of the model's studies (metafor ``gosh``; :func:`fedsynth.plots.gosh_plot`).
+
+        The subsets are fitted with the model's method unless ``method=`` is given.
+        """
+        options.setdefault("method", getattr(self, "method", "FE"))
+        return self._draw("gosh_plot", path, getattr(self, "yi"), getattr(self, "vi"),
+                          **options)
+
+    def plot_bubble(self, path: Any = None, moderator: str | None = None,
+                    **options: Any) -> Any:
+        """Bubble plot of a meta-regression (metafor ``regplot``)."""
+        return self._draw("bubble_plot", path, self, moderator, **options)

@@ -33,7 +33,7 @@ from scipy import integrate, optimize, special, stats
 
 from fedsynth.errors import FedsynthError, InputError
 from fedsynth.jsonsafe import finite_or_none
-from fedsynth.meta._format import f, peq
+from fedsynth.meta._format import f, grid, p, peq
 from fedsynth.meta.diagnostics import _METAFOR_DEFAULT_THRESHOLD, _trimfill
 from fedsynth.meta.metareg import fit_rma, validate_yi_vi
 from fedsynth.results import Interval, ResultMixin
@@ -126,16 +126,16 @@ class FailSafeNResult(ResultMixin):
     target: float
 
     def summary(self, digits: int = 4) -> str:
-        """Text in the spirit of metafor's ``print.fsn``."""
+        """Text as metafor's ``print.fsn``."""
         d = digits
         lines = [f"Fail-safe N Calculation Using the {self.type} Approach", ""]
         if self.type == "Orwin":
-            lines += [f"Average Effect Size:        {f(self.meanes, d)}",
-                      f"Target Effect Size:         {f(self.target, d)}"]
+            lines += [f"Average Effect Size: {f(self.meanes, d)}",
+                      f"Target Effect Size:  {f(self.target, d)}"]
         else:
             if self.type == "Rosenberg":
-                lines.append(f"Average Effect Size:        {f(self.meanes, d)}")
-            lines += [f"Observed Significance Level: {f(self.pval, d)}",
+                lines.append(f"Average Effect Size:         {f(self.meanes, d)}")
+            lines += [f"Observed Significance Level: {p(self.pval, d)}",
                       f"Target Significance Level:   {self.alpha:g}"]
         lines += ["", f"Fail-safe N: {self.fsnum:g}"]
         return "\n".join(lines)
@@ -266,18 +266,25 @@ class RegtestResult(ResultMixin):
         return _interval_at_fit_level(self, confidence_level, "regtest")
 
     def summary(self, digits: int = 4) -> str:
-        """Text in the spirit of metafor's ``print.regtest``."""
+        """Text as metafor's ``print.regtest``."""
         d = digits
         kind = ("mixed-effects meta-regression model" if self.model == "rma"
                 else "weighted regression with multiplicative dispersion")
-        stat = "z" if self.dfs is None else f"t(df = {self.dfs})"
+        names = {"sei": "standard error", "vi": "sampling variance", "ni": "sample size",
+                 "ninv": "inverse of the sample size",
+                 "sqrtni": "square root sample size",
+                 "sqrtninv": "inverse of the square root sample size"}
+        limit = {"sei": "sei -> 0", "vi": "vi -> 0"}.get(self.predictor, "ni -> inf")
+        stat = (f"z = {f(self.zval, d)}" if self.dfs is None
+                else f"t = {f(self.zval, d)}, df = {self.dfs}")
         lines = ["Regression Test for Funnel Plot Asymmetry", "",
-                 f"Model:     {kind}", f"Predictor: {self.predictor}", "",
-                 f"Test for Funnel Plot Asymmetry: {stat} = {f(self.zval, d)}, "
-                 f"p {peq(self.pval, d)}"]
+                 f"Model:     {kind}",
+                 f"Predictor: {names.get(self.predictor, self.predictor)}", "",
+                 f"Test for Funnel Plot Asymmetry: {stat}, p {peq(self.pval, d)}"]
         if np.isfinite(self.est):
-            lines.append(f"Limit Estimate (as sei -> 0):   b = {f(self.est, d)} (CI: "
-                         f"{f(self.ci_lb, d)}, {f(self.ci_ub, d)})")
+            head = f"Limit Estimate (as {limit}):"
+            lines.append(f"{head:<32}b = {f(self.est, d)} (CI: {f(self.ci_lb, d)}, "
+                         f"{f(self.ci_ub, d)})")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -429,8 +436,9 @@ class TrimFillResult(ResultMixin):
         lines = [f"Estimated number of missing studies on the {self.side} side: {self.k0} "
                  f"(SE = {f(self.se_k0, d)})"]
         if self.estimator == "R0":
-            lines.append(f"Test of H0: no missing studies on the {self.side} side: "
-                         f"p-val = {f(self.p_k0, d)}")
+            head = f"Test of H0: no missing studies on the {self.side} side:"
+            width = len(f"Estimated number of missing studies on the {self.side} side:")
+            lines.append(f"{head:<{width}} p-val {peq(self.p_k0, d)}")
         lines.append(f"Model with the filled studies (k = {self.k}, tau^2 = "
                      f"{f(self.tau2, d)}): estimate {f(self.estimate, d)}, se "
                      f"{f(self.se, d)}, z = {f(self.zval, d)}, p {peq(self.pval, d)}, CI "
@@ -546,14 +554,15 @@ class HenmiCopasResult(ResultMixin):
         return _interval_at_fit_level(self, confidence_level, "hc")
 
     def summary(self, digits: int = 4) -> str:
-        """Text in the spirit of metafor's ``print.hc.rma.uni``."""
+        """Text as metafor's ``print.hc.rma.uni`` (the model's and Henmi-Copas' rows)."""
         d = digits
-        return "\n".join([
-            "method    tau2 estimate     se  ci.lb  ci.ub",
-            f"{self.method_rma:<6} {f(self.tau2_rma, d)} {f(self.beta_rma, d)} "
-            f"{f(self.se_rma, d)} {f(self.ci_lb_rma, d)} {f(self.ci_ub_rma, d)}",
-            f"HC     {f(self.tau2, d)} {f(self.beta, d)} {f(self.se, d)} "
-            f"{f(self.ci_lb, d)} {f(self.ci_ub, d)}"])
+        rows = [["rma", self.method_rma, *(f(v, d) for v in (
+                    self.tau2_rma, self.beta_rma, self.se_rma, self.ci_lb_rma,
+                    self.ci_ub_rma))],
+                ["hc", "DL", *(f(v, d) for v in (self.tau2, self.beta, self.se, self.ci_lb,
+                                                  self.ci_ub))]]
+        return "\n".join(grid(["", "method", "tau2", "estimate", "se", "ci.lb", "ci.ub"],
+                              rows))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (NaN and infinity as null)."""
@@ -712,26 +721,43 @@ class SelectionModelResult(ResultMixin):
         return _interval_at_fit_level(self, confidence_level, "selmodel")
 
     def summary(self, digits: int = 4) -> str:
-        """Text in the spirit of metafor's ``print.rma.uni.selmodel``."""
+        """Text as metafor's ``print.rma.uni.selmodel`` (its main blocks)."""
         d = digits
-        lines = [f"Random-Effects Model with {self.type} selection (alternative = "
-                 f"{self.alternative})", "",
+        k = f"k = {sum(self.ptable)}; " if self.ptable else ""
+        lines = [f"Random-Effects Model ({k}tau^2 estimator: ML)", "",
                  f"tau^2 (estimated amount of total heterogeneity): {f(self.tau2, d)} "
-                 f"(SE = {f(self.se_tau2, d)})", "",
-                 f"Test for Selection Model Parameters: LRT(df = {self.LRTdf}) = "
-                 f"{f(self.LRT, d)}, p-val {peq(self.LRTp, d)}", "",
-                 f"Model Results: estimate {f(self.beta, d)}, se {f(self.se, d)}, zval "
-                 f"{f(self.zval, d)}, p {peq(self.pval, d)}, CI {f(self.ci_lb, d)} to "
-                 f"{f(self.ci_ub, d)}", "", "Selection Model Results:"]
-        if self.type == "stepfun":
-            lo = (0.0, *self.steps[:-1])
-            for i, (a, b) in enumerate(zip(lo, self.steps)):
-                lines.append(f"  {a:g} < p <= {b:g}: k = {self.ptable[i]}, delta = "
-                             f"{f(self.delta[i], d)} (se {f(self.se_delta[i], d)})")
-        else:
-            for i in range(2):
-                lines.append(f"  delta.{i + 1} = {f(self.delta[i], d)} (se "
-                             f"{f(self.se_delta[i], d)})")
+                 f"(SE = {f(self.se_tau2, d)})",
+                 f"tau (square root of estimated tau^2 value):      "
+                 f"{f(np.sqrt(max(self.tau2, 0.0)), d)}", "",
+                 "Model Results:", ""]
+        lines += grid(["estimate", "se", "zval", "pval", "ci.lb", "ci.ub"],
+                      [[f(self.beta, d), f(self.se, d), f(self.zval, d), p(self.pval, d),
+                        f(self.ci_lb, d), f(self.ci_ub, d)]])
+        lines += ["", "Test for Selection Model Parameters:",
+                  f"LRT(df = {self.LRTdf}) = {f(self.LRT, d)}, p-val {peq(self.LRTp, d)}",
+                  "", "Selection Model Results:", ""]
+        crit = stats.norm.ppf(0.5 + self.level / 2 if self.level < 1 else 0.975)
+        rows = []
+        for i, est in enumerate(self.delta):
+            se = self.se_delta[i]
+            if self.type == "stepfun":
+                lo = (0.0, *self.steps[:-1])[i]
+                name = f"{lo:g} < p <= {self.steps[i]:g}"
+                k = str(self.ptable[i])
+            else:
+                name, k = f"delta.{i + 1}", ""
+            if np.isfinite(se):
+                z = (est - 1) / se           # H0: delta = 1 (no selection), as metafor
+                pv = 2 * stats.norm.sf(abs(z))
+                lb = max(est - crit * se, 0.0)
+                rows.append([name, k, f(est, d), f(se, d), f(z, d), p(pv, d), f(lb, d),
+                             f(est + crit * se, d)])
+            else:
+                rows.append([name, k, f(est, d), "---", "---", "---", "---", "---"])
+        header = ["", "k", "estimate", "se", "zval", "pval", "ci.lb", "ci.ub"]
+        if self.type != "stepfun":
+            header, rows = header[:1] + header[2:], [r[:1] + r[2:] for r in rows]
+        lines += grid(header, rows)
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from fedsynth.meta import stats as st
 from fedsynth.meta._format import f, grid, p, peq
 from fedsynth.meta.scales import get_transform
 from fedsynth.meta.stats import chi2_sf, norm_isf, norm_sf, t_isf, t_sf
-from fedsynth.results import Interval, ResultMixin, check_fraction
+from fedsynth.results import Interval, PlotMixin, ResultMixin, check_fraction
 from fedsynth.vocabulary import METHODS, check_level, check_method, check_rma_test
 
 __all__ = [
@@ -159,7 +159,7 @@ class FitStatistics:
 
 
 @dataclass(frozen=True)
-class MetaRegressionResult(ResultMixin):
+class MetaRegressionResult(PlotMixin, ResultMixin):
     """A mixed-effects meta-regression fit (``rma(yi, vi, mods = ...)`` in metafor).
 
     Attributes

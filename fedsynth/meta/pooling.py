@@ -30,7 +30,7 @@ from fedsynth.errors import InputError
 from fedsynth.jsonsafe import finite_or_none
 from fedsynth.meta import stats as st
 from fedsynth.meta._format import format_batch_summary, format_summary
-from fedsynth.results import Interval, ResultMixin, check_fraction, frame_html
+from fedsynth.results import Interval, PlotMixin, ResultMixin, check_fraction, frame_html
 from fedsynth.vocabulary import check_level, check_method, check_rma_test
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,7 +76,7 @@ def _crit(confidence_level: float, test: str, k: int) -> float:
 
 
 @dataclass(frozen=True)
-class PoolingResult(ResultMixin):
+class PoolingResult(PlotMixin, ResultMixin):
     """One pooled analysis, field for field as metafor's ``rma.uni`` reports it.
 
     Attributes

@@ -16,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ("fedsynth", "fedsynth.api", "fedsynth.results", "fedsynth.plots",
+           "fedsynth.meta.mv", "fedsynth.meta.robust",
            "fedsynth.meta.pooling", "fedsynth.meta.bayes", "fedsynth.vocabulary",
            "fedsynth.meta.bias", "fedsynth.effects.effect_sizes")
 FLAGS = doctest.ELLIPSIS

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from fedsynth.cli.commands import meta_rare
+from fedsynth.cli.commands import meta_mv, meta_rare
 from fedsynth.cli.registry import Command
 from fedsynth.errors import InputError
 from fedsynth.terminal import printable
@@ -94,7 +94,7 @@ examples:
   fedsynth meta bcg.csv --tau2 0.1 --weights n --test adhoc
   fedsynth meta bcg.csv --mods "~ ablat" --newmods "10;30;50" --transf exp --permutest
 
-""" + meta_rare.EXAMPLES
+""" + meta_rare.EXAMPLES + meta_mv.EXAMPLES
 
 
 # ---------------------------------------------------------------------------------------
@@ -422,6 +422,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_diagnostics_options(parser)
     _add_bayes_plot_options(parser)
     meta_rare.add_rare_options(parser)
+    meta_mv.add_bias_options(parser)
+    meta_mv.add_mv_options(parser)
 
 
 # --- Bayesian pooling and plots (owner: bayes-plots; fedsynth/meta/bayes.py, plots.py)
@@ -1204,6 +1206,7 @@ def _extend_record(args: argparse.Namespace, data: MetaInput, batch: BatchPoolin
             extras = _mods_extras(args, fit)
             record["meta_regression"].update({k: v.to_dict() for k, v in extras.items()})
     _bayes_record(args, data, index, record)
+    meta_mv.extend_record(args, data, batch, index, record)
 
 
 def _extra_sections(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult,
@@ -1229,7 +1232,8 @@ def _extra_sections(args: argparse.Namespace, data: MetaInput, batch: BatchPooli
         if "influence" in extras:
             sections.append("Influence diagnostics of the meta-regression:\n"
                             + extras["influence"].summary())
-    return sections + _bayes_section(args, data, index)
+    return (sections + _bayes_section(args, data, index)
+            + meta_mv.sections(args, data, batch, index))
 
 
 def records(args: argparse.Namespace, data: MetaInput,
@@ -1337,6 +1341,10 @@ def run(args: argparse.Namespace) -> int:
         first = next(iter(_raw_mapping(args)))
         raise InputError(f"--{first}: raw columns need --measure (e.g. --measure OR), which "
                          "computes yi and vi from them as metafor's escalc")
+    meta_mv.check_bias_options(args)
+    mv = meta_mv.run_mv(args, _read_frame)  # --random: metafor's rma.mv
+    if mv is not None:
+        return mv
     rare = meta_rare.run_rare(args)         # --method MH|PETO|GLMM: the 2x2 counts
     if rare is not None:
         return rare

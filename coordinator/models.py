@@ -332,7 +332,8 @@ def fit_model_on(hub: StepHub, *, round_id: str, spec_toml: str, model: ModelSpe
                  pooling: Mapping[str, Any] | None = None,
                  step_timeout: float = DEFAULT_STEP_TIMEOUT.total_seconds(),
                  control: IrlsControl | None = None,
-                 clock: Callable[[], _dt.datetime] = utcnow) -> dict[str, Any]:
+                 clock: Callable[[], _dt.datetime] = utcnow,
+                 skipped: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Fit one model on ``sites`` of a round over the step stream (blocking).
 
     The one-stage, stratified and two-stage (per-coefficient and multivariate) fits of
@@ -340,6 +341,8 @@ def fit_model_on(hub: StepHub, *, round_id: str, spec_toml: str, model: ModelSpe
     cross-validation develops the model without the held-out site). A site that refuses a
     step or does not answer within ``step_timeout`` seconds (never past ``deadline``) leaves
     the model, and the fits start again without it while at least ``quorum`` sites remain.
+    ``skipped`` (``{site: reason}``) are sites of the round left out from the start (they
+    did not answer an earlier model and are not connected): reported under ``dropped``.
 
     Returns
     -------
@@ -355,7 +358,7 @@ def fit_model_on(hub: StepHub, *, round_id: str, spec_toml: str, model: ModelSpe
     control = control or IrlsControl()
     taking = list(dict.fromkeys(sites))
     refused: dict[str, str] = {}
-    dropped: dict[str, str] = {}
+    dropped: dict[str, str] = dict(skipped or {})
     fitted: _Fitted | None = None
     reason = None
     restarts = 0
@@ -442,18 +445,30 @@ class RoundModelFitter:
         self.store.put_model_results(round_id, status="running", results=[],
                                      now=self.clock())
         results = []
+        # sites that did not answer a model: the next models wait for them again only if
+        # they are connected when that model starts (a restarted agent), so a site that is
+        # gone for good costs one step timeout per round, not one per model
+        gone: dict[str, str] = {}
         for model in spec.models:
+            connected = self.hub.connected()
+            skipped = {s: f"{why} (and was not connected when this model started)"
+                       for s, why in gone.items() if s not in connected}
             try:
                 entry = fit_model_on(self.hub, round_id=round_id, spec_toml=record.spec_toml,
-                                     model=model, sites=sites, deadline=record.deadline,
-                                     quorum=record.quorum, pooling=record.pooling,
-                                     step_timeout=self.step_timeout, clock=self.clock)
+                                     model=model, sites=[s for s in sites if s not in skipped],
+                                     deadline=record.deadline, quorum=record.quorum,
+                                     pooling=record.pooling, step_timeout=self.step_timeout,
+                                     clock=self.clock, skipped=skipped)
             except Exception as error:  # noqa: BLE001 - one model's bug must not hang the round
                 log.exception("round %s: model %s could not be fitted", round_id, model.name)
                 entry = {"name": model.name, "family": model.family, "status": "failed",
                          "reason": f"the coordinator could not fit it: {error}", "n": 0,
                          "sites": [], "refused": {}, "dropped": {}}
             results.append(entry)
+            for site, why in (entry.get("dropped") or {}).items():
+                gone.setdefault(site, why)
+            for site in entry.get("sites", []):
+                gone.pop(site, None)
             log.info("round %s: model %s %s in %.2f s (%s round trips, sites %s)", round_id,
                      model.name, entry["status"], entry.get("seconds", 0.0),
                      entry.get("round_trips"), ", ".join(entry.get("sites", [])) or "none")

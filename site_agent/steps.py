@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ from fedsynth.models.disclosure import (
     check_release,
     check_request,
 )
-from fedsynth.models.glm import IrlsControl, site_step
+from fedsynth.models.glm import IrlsControl, Layout, SiteStep, StepRequest, run_irls, site_step
 from fedsynth.models.spec import ModelSpec
 from fedsynth.models.twostage import fit_site
 from fedsynth.serde import ModelStepOrder, WireAggregates, WireRefusal, WireSiteFit
@@ -55,7 +56,7 @@ from site_agent.data import load_table
 from site_agent.policy import site_policy
 
 __all__ = ["ModelSteps", "StepCounts", "model_release_key", "load_model_frame",
-           "describe_answer", "STEP_REFUSALS"]
+           "describe_answer", "preview_model", "STEP_REFUSALS"]
 
 log = logging.getLogger("fedsynth.site")
 
@@ -248,3 +249,64 @@ def describe_answer(order: ModelStepOrder, answer: Any) -> str:
             + (f": {len(answer.names)} coefficients and their covariance"
                if answer.status == "ok" else ""))
 
+
+
+def preview_model(frame: pd.DataFrame, model: ModelSpec, limits: ModelLimits, *,
+                  earlier_n: list[int] | None = None) -> dict[str, Any]:
+    """What this site would send for ``model``, step by step (``fedsynth site estimate``).
+
+    The same decisions as :class:`ModelSteps` (coding, rules 1-3 and 6 on the design,
+    rules 4-5 before every step), on the path of the site's own fit: the first step at
+    R's starting values (no coefficients), then each step at the coefficients that
+    step's Newton update gives (in a round the coordinator sends the coefficients of the
+    summed sums instead; the content of each answer is the same kind), then the site's
+    own fit (two-stage). Nothing is written (no step count, no release history).
+
+    Returns
+    -------
+    dict
+        ``{"model", "family", "n", "steps": [{"step", "coefficients", "sends"}],
+        "site_fit", "refused"}``; ``sends`` is :meth:`fedsynth.models.SiteStep.to_dict`
+        (``names, n, xtwx, score, deviance, ...``), ``refused`` a ``{code, reason}`` when
+        the site would refuse (then no later step is shown).
+    """
+    out: dict[str, Any] = {"model": model.name, "family": model.family, "n": None,
+                           "steps": [], "site_fit": None, "refused": None}
+    try:
+        design = build_design(frame, model)
+    except CodingError as error:
+        out["refused"] = {"code": error.code, "reason": error.reason,
+                          "kept_at_site": str(error)}
+        return out
+    out["n"] = design.n
+    refusal = check_design(design, limits) or check_release(design, earlier_n or [], limits)
+    if refusal is not None:
+        out["refused"] = {"code": refusal.code, "reason": refusal.reason}
+        return out
+    answered = 0
+
+    class _Refused(Exception):
+        pass
+
+    def exchange(requests: Mapping[str, StepRequest]) -> dict[str, SiteStep]:
+        nonlocal answered
+        request = requests["site"]
+        refused = check_request(design, request.coefficients, answered, limits)
+        if refused is not None:
+            out["refused"] = {"code": refused.code, "reason": refused.reason,
+                              "at_step": request.step}
+            raise _Refused
+        answered += 1
+        step = site_step(design, request.coefficients)
+        out["steps"].append({"step": request.step,
+                             "coefficients": None if request.coefficients is None else
+                             dict(request.coefficients), "sends": step.to_dict()})
+        return {"site": step}
+
+    try:
+        run_irls(Layout("site", design.names, ("site",)), model.family, exchange,
+                 model=model.name)
+    except _Refused:
+        return out
+    out["site_fit"] = fit_site(design).to_dict()
+    return out

@@ -10,13 +10,18 @@ sentence: the spec's column names and the site's limits, never a data value or a
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from fedsynth.cli import main
 from fedsynth.config import DataConfig, PrivacyConfig, SiteConfig
 from fedsynth.datasets import generate_trauma, trauma_spec_path
+from fedsynth.models import build_design
+from fedsynth.models.glm import site_step
 from fedsynth.serde import ModelStepOrder, WireAggregates, WireRefusal, WireSiteFit
 from fedsynth.spec import parse_spec
 from site_agent.policy import ApprovalStore
@@ -145,3 +150,31 @@ def test_undeclared_levels_and_unknown_models_are_refused_in_fixed_words(
     assert "'ct'" in refused.reason and "VI-secret" not in refused.reason
     unknown = ModelSteps(_config(tmp_path, frame)).answer(_order(model="nope"))
     assert unknown.code == "invalid_request"
+
+
+def test_site_estimate_shows_what_each_model_step_sends(tmp_path: Path, frame,
+                                                        capsys) -> None:
+    data = tmp_path / "site.csv"
+    frame.to_csv(data, index=False)
+    assert main(["site", "estimate", "--data", str(data), "--spec", str(trauma_spec_path()),
+                 "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    preview = doc["models"]["tbi_mortality"]
+    first, second = preview["steps"][0], preview["steps"][1]
+    model = next(m for m in parse_spec(SPEC).models if m.name == "tbi_mortality")
+    design = build_design(frame, model)
+    want = site_step(design, None).to_dict()
+    assert first["coefficients"] is None and first["sends"]["n"] == len(frame)
+    np.testing.assert_allclose(first["sends"]["xtwx"], want["xtwx"], rtol=1e-12)
+    np.testing.assert_allclose(first["sends"]["score"], want["score"], rtol=1e-12)
+    later = site_step(design, second["coefficients"]).to_dict()
+    np.testing.assert_allclose(second["sends"]["score"], later["score"], rtol=1e-9,
+                               atol=1e-9)
+    assert preview["site_fit"]["status"] == "ok" and preview["refused"] is None
+    # a small site: refused before any step, in fixed words
+    data.write_text(frame.iloc[:15].to_csv(index=False))
+    assert main(["site", "estimate", "--data", str(data), "--spec", str(trauma_spec_path())
+                 ]) == 0
+    out = capsys.readouterr().out
+    assert "model tbi_mortality (binomial): what each step sends" in out
+    assert "refused: suppressed by the site's disclosure control" in out

@@ -69,7 +69,7 @@ from fedsynth.spec import parse_spec
 from fedsynth.timeutil import utcnow
 
 __all__ = ["StepHub", "SitesLost", "RoundModelFitter", "fit_model_on", "models_due",
-           "DEFAULT_STEP_TIMEOUT", "MODEL_STATUSES"]
+           "coefficient_flags", "DEFAULT_STEP_TIMEOUT", "MODEL_STATUSES"]
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +297,29 @@ def _site_fits(ex: _Exchanger, model: ModelSpec, sites: Sequence[str],
     return fits
 
 
+def coefficient_flags(two: TwoStageResult, *, i2_threshold: float = 50.0
+                      ) -> dict[str, dict[str, Any]]:
+    """The heterogeneity flag of every coefficient's two-stage pooling.
+
+    The round's flag rule (docs/architecture.md: I² at or above the threshold, or a
+    prediction interval crossing 0 while the confidence interval does not), applied to each
+    coefficient across sites: high between-site heterogeneity of a coefficient is the
+    signal that one global model hides site differences there (issue 13). Coefficients
+    pooled from fewer than two sites get no flag.
+    """
+    # lazy: the batch flag lives with the round's pooling (coordinator.rounds)
+    from coordinator.rounds import _verdict
+    from fedsynth.meta.heterogeneity import assess_heterogeneity_batch
+
+    flags = assess_heterogeneity_batch(two.pooled, i2_threshold=i2_threshold, null_value=0.0,
+                                       drivers_of="flagged")
+    out: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(two.names):
+        if int(two.pooled.k[i]) >= 2:
+            out[name] = _verdict(flags.flags[i]).to_dict()
+    return out
+
+
 @dataclass(frozen=True)
 class _Fitted:
     one_stage: GlmFit
@@ -393,6 +416,12 @@ def fit_model_on(hub: StepHub, *, round_id: str, spec_toml: str, model: ModelSpe
                          one_stage=fitted.one_stage, stratified=fitted.stratified,
                          two_stage=fitted.two_stage, notes=tuple(notes)).to_dict()
         entry.update(status="fitted", reason=None)
+        try:
+            entry["heterogeneity"] = coefficient_flags(
+                fitted.two_stage, i2_threshold=float((pooling or {}).get("i2_threshold")
+                                                     or 50.0))
+        except (InputError, ValueError, IndexError) as error:
+            entry["notes"].append(f"no heterogeneity flags per coefficient: {error}")
     entry.update(dropped=dropped, round_trips=ex.counters.round_trips,
                  answers=ex.counters.answers,
                  seconds=round(time.monotonic() - started, 3))

@@ -727,6 +727,17 @@ def _fit_object(r: _Reader, key: str, required: tuple[str, ...]) -> dict[str, An
     return None if value is None else {k: _writable(v) for k, v in value.items()}
 
 
+def _flags(r: _Reader, key: str) -> dict[str, Any] | None:
+    """``{coefficient: heterogeneity flag}``: each flag read as an analysis's verdict."""
+    value = r.mapping(key)
+    if value is None:
+        return None
+    inner = _Reader(value, r.at(key), r.where)
+    return {name: HeterogeneityVerdict._read(_Reader(flag, inner.at(name), r.where)
+                                             ).to_dict()
+            for name, flag in inner.data.items()}
+
+
 @dataclass(frozen=True)
 class ModelResult(_Section):
     """One model of the round's spec, fitted across sites (issue 13).
@@ -758,6 +769,9 @@ class ModelResult(_Section):
     two_stage: Mapping[str, Any] | None = field(default=None, metadata=_doc(
         "per_site fits, pooled per coefficient (k, estimate, se, tau2, I2, Q, pi_lb, "
         "pi_ub) and multivariate"))
+    heterogeneity: Mapping[str, Any] | None = field(default=None, metadata=_doc(
+        "coefficient -> the heterogeneity flag of its two-stage pooling (as an "
+        "analysis's: flagged, level, reasons, sites, ...)"))
     round_trips: int | None = field(default=None, metadata=_doc(
         "step exchanges with the sites for this model (every fit)"))
     seconds: float | None = field(default=None, metadata=_doc(
@@ -775,6 +789,8 @@ class ModelResult(_Section):
                 ("stratified", None if self.stratified is None else dict(self.stratified),
                  True),
                 ("two_stage", None if self.two_stage is None else dict(self.two_stage), True),
+                ("heterogeneity", None if self.heterogeneity is None
+                 else dict(self.heterogeneity), self.heterogeneity is not None),
                 ("round_trips", self.round_trips, True), ("seconds", self.seconds, True),
                 ("notes", list(self.notes), True)]
 
@@ -787,6 +803,7 @@ class ModelResult(_Section):
                    one_stage=_fit_object(r, "one_stage", ("coefficients", "se")),
                    stratified=_fit_object(r, "stratified", ("coefficients", "se")),
                    two_stage=_fit_object(r, "two_stage", ("per_site", "pooled")),
+                   heterogeneity=_flags(r, "heterogeneity"),
                    round_trips=r.integer("round_trips"), seconds=r.number("seconds"),
                    notes=r.texts("notes"), extra=r.extra(_KNOWN[cls]), _layout=r.layout())
 

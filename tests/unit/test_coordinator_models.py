@@ -11,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
+import json
 
 import numpy as np
 import pytest
 
 from coordinator.models import StepHub, fit_model_on, models_due
+from coordinator.reports import render_round_html
 from fedsynth.datasets import generate_trauma, trauma_spec_path
 from fedsynth.models import ModelLimits, build_design, fit_model
 from fedsynth.models.glm import IrlsControl, site_step
 from fedsynth.models.twostage import fit_site
+from fedsynth.round_document import RoundDocument
 from fedsynth.serde import (
     StepAnswerContent,
     WireAggregates,
@@ -170,3 +173,25 @@ def test_models_start_when_every_site_submitted_or_half_way_to_the_deadline() ->
     assert not models_due(n_submitted=0, now=T0 + dt.timedelta(minutes=6), **kw)
     assert not models_due(n_submitted=4, now=T0 + dt.timedelta(minutes=11), **kw)
     assert not models_due(**{**kw, "has_models": False}, n_submitted=4, now=T0)
+
+
+def test_the_round_document_and_report_show_the_model(designs) -> None:
+    model, ds = designs
+    entry = _fit(FakeHub(ds), model, list(ds))
+    flags = entry["heterogeneity"]
+    assert set(flags) == set(model.coefficient_names)
+    assert all(isinstance(f["flagged"], bool) for f in flags.values())
+    doc = RoundDocument.from_dict({
+        "schema_version": 3, "round": "r-20261125-0001", "status": "pooled",
+        "spec": {"name": "trauma", "analyses": [], "models": [model.to_dict()]},
+        "sites": [], "analyses": [], "models": [entry]})
+    again = RoundDocument.from_dict(json.loads(json.dumps(doc.to_dict(), allow_nan=False)))
+    assert again.models[0].one_stage == doc.models[0].one_stage
+    html = render_round_html(doc)
+    assert "<h2>Models</h2>" in html and "Model tbi_mortality" in html
+    for name in model.coefficient_names:
+        assert f"coefficient {name}:" in html or name == "intercept"
+    assert html.count("<figure><svg") == len(model.coefficient_names)
+    assert "Two-stage pooled (95% CI)" in html and "site-specific" in html
+    flagged = [n for n, f in flags.items() if f["flagged"]]
+    assert html.count("<strong>Flagged:</strong>") == len(flagged)

@@ -348,7 +348,7 @@ class Handlers:
         seen), and: the answer must name a step the coordinator sent this site and is
         waiting for, with the digest of that exact request. Each refusal is audited and
         changes no state; each accepted answer's ``model_step.accepted`` entry is committed
-        with it (the audit outbox).
+        with it (the audit outbox) and appended to the audit log by :meth:`settle_audit`.
         """
         digest = hashlib.sha256(payload).hexdigest()
         try:
@@ -360,10 +360,12 @@ class Handlers:
                                                 "digest": digest})
             log.warning("model step answer from %s rejected: %s", site, rejected.message)
             raise
-        if result.status == "accepted":
-            self.flush_audit()
-            if self.steps is not None:
-                self.steps.resolve(content)
+        if result.status == "accepted" and self.steps is not None:
+            # The model_step.accepted entry is already durable in the store's audit outbox
+            # (committed with the answer); the closer appends it to the audit log within
+            # CLOSER_INTERVAL (settle_audit), so a step's round trip does not wait for a
+            # second fsync.
+            self.steps.resolve(content)
         return result
 
     def _answer_step(self, site: str, peer_pem: bytes | None, protocol_version: str,

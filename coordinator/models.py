@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedsynth.errors import InputError
+from fedsynth.errors import FedsynthError, InputError
 from fedsynth.jsonsafe import strict_json
 from fedsynth.models.fit import ModelFit
 from fedsynth.models.glm import (
@@ -53,12 +53,20 @@ from fedsynth.models.glm import (
     StratifiedFit,
     run_irls,
 )
+from fedsynth.models.hierarchical import FAMILIES as HIERARCHICAL_FAMILIES
+from fedsynth.models.hierarchical import (
+    HierarchicalFit,
+    Proposal,
+    SiteContribution,
+    fit_random_intercept,
+)
 from fedsynth.models.spec import INTERCEPT, ModelSpec
 from fedsynth.models.twostage import SiteFit, TwoStageResult, pool_site_fits
 from fedsynth.serde import (
     ModelStepOrder,
     StepAnswerContent,
     WireAggregates,
+    WireContribution,
     WireRefusal,
     WireSiteFit,
     encode_model_step,
@@ -320,16 +328,55 @@ def coefficient_flags(two: TwoStageResult, *, i2_threshold: float = 50.0
     return out
 
 
+def _hierarchical(ex: _Exchanger, model: ModelSpec, sites: Sequence[str]) -> HierarchicalFit:
+    """The exact random-intercept GLM over the stream (issue 14's hierarchical model).
+
+    :func:`fedsynth.models.hierarchical.fit_random_intercept` optimises; each of its
+    evaluations is one round trip: the proposal to every site, their terms of the marginal
+    log-likelihood back.
+    """
+    names = model.coefficient_names
+    q = len(names) + (2 if model.family == "gaussian" else 1)
+
+    def evaluate(proposal: Proposal) -> dict[str, SiteContribution]:
+        orders = {site: ModelStepOrder(
+            round_id=ex.round_id, step_id=ex.step_id(model.name, "hierarchical",
+                                                     proposal.iteration),
+            model=model.name, kind="hierarchical", fit="hierarchical",
+            sequence=proposal.iteration, spec_toml=ex.spec_toml, deadline=ex.deadline,
+            proposal=proposal.to_dict()) for site in sites}
+        answers = ex.exchange(orders)
+        out: dict[str, SiteContribution] = {}
+        bad: dict[str, str] = {}
+        for site, answer in answers.items():
+            result = answer.result
+            if not isinstance(result, WireContribution):
+                bad[site] = "answered a hierarchical step with something else"
+                continue
+            try:
+                out[site] = SiteContribution.from_dict(result.to_dict(), parameters=q,
+                                                       site=site)
+            except InputError as error:
+                bad[site] = f"sent an unusable contribution ({error})"
+        if bad:
+            raise SitesLost(bad, {})
+        return out
+
+    return fit_random_intercept(evaluate, names=names, family=model.family)
+
+
 @dataclass(frozen=True)
 class _Fitted:
     one_stage: GlmFit
     stratified: StratifiedFit | None
     two_stage: TwoStageResult
     notes: tuple[str, ...]
+    hierarchical: HierarchicalFit | None = None
 
 
 def _fit_all(ex: _Exchanger, model: ModelSpec, sites: Sequence[str], *,
-             control: IrlsControl, pooling: Mapping[str, Any]) -> _Fitted:
+             control: IrlsControl, pooling: Mapping[str, Any],
+             hierarchical: bool = True) -> _Fitted:
     layout_sites = tuple(sites)
     names = model.coefficient_names
     level = float(pooling.get("level", 95.0))
@@ -347,7 +394,16 @@ def _fit_all(ex: _Exchanger, model: ModelSpec, sites: Sequence[str], *,
     fits = _site_fits(ex, model, layout_sites, control)
     two = pool_site_fits(fits, method=str(pooling.get("method", "REML")),
                          test=str(pooling.get("test", "z")), level=level)
-    return _Fitted(one, strat, two, tuple(notes))
+    hier = None
+    if (hierarchical and len(layout_sites) >= 2 and INTERCEPT in names
+            and model.family in HIERARCHICAL_FAMILIES):
+        try:
+            hier = _hierarchical(ex, model, layout_sites)
+        except (FedsynthError, ValueError, ArithmeticError) as error:
+            notes.append(f"the hierarchical model could not be fitted: {error}")
+    elif hierarchical:
+        notes.append("the hierarchical model needs at least two sites and an intercept")
+    return _Fitted(one, strat, two, tuple(notes), hier)
 
 
 def fit_model_on(hub: StepHub, *, round_id: str, spec_toml: str, model: ModelSpec,
@@ -356,7 +412,8 @@ def fit_model_on(hub: StepHub, *, round_id: str, spec_toml: str, model: ModelSpe
                  step_timeout: float = DEFAULT_STEP_TIMEOUT.total_seconds(),
                  control: IrlsControl | None = None,
                  clock: Callable[[], _dt.datetime] = utcnow,
-                 skipped: Mapping[str, str] | None = None) -> dict[str, Any]:
+                 skipped: Mapping[str, str] | None = None,
+                 hierarchical: bool = True) -> dict[str, Any]:
     """Fit one model on ``sites`` of a round over the step stream (blocking).
 
     The one-stage, stratified and two-stage (per-coefficient and multivariate) fits of
@@ -366,6 +423,8 @@ def fit_model_on(hub: StepHub, *, round_id: str, spec_toml: str, model: ModelSpe
     the model, and the fits start again without it while at least ``quorum`` sites remain.
     ``skipped`` (``{site: reason}``) are sites of the round left out from the start (they
     did not answer an earlier model and are not connected): reported under ``dropped``.
+    ``hierarchical`` adds the exact random-intercept model (binomial, poisson, gaussian)
+    fitted over the same stream (issue 14's ``"hierarchical"`` object).
 
     Returns
     -------
@@ -391,7 +450,8 @@ def fit_model_on(hub: StepHub, *, round_id: str, spec_toml: str, model: ModelSpe
                       f"the quorum of {quorum}")
             break
         try:
-            fitted = _fit_all(ex, model, taking, control=control, pooling=pooling or {})
+            fitted = _fit_all(ex, model, taking, control=control, pooling=pooling or {},
+                              hierarchical=hierarchical)
             break
         except SitesLost as lost:
             for site, why in lost.refused.items():
@@ -416,6 +476,8 @@ def fit_model_on(hub: StepHub, *, round_id: str, spec_toml: str, model: ModelSpe
                          one_stage=fitted.one_stage, stratified=fitted.stratified,
                          two_stage=fitted.two_stage, notes=tuple(notes)).to_dict()
         entry.update(status="fitted", reason=None)
+        entry["hierarchical"] = (None if fitted.hierarchical is None
+                                 else fitted.hierarchical.to_dict())
         try:
             entry["heterogeneity"] = coefficient_flags(
                 fitted.two_stage, i2_threshold=float((pooling or {}).get("i2_threshold")

@@ -832,10 +832,12 @@ def _models_section(doc: RoundDocument) -> str:
                      if flag.get("flagged") else _badge("not flagged", "ok"))
             strat = ("site-specific" if name == "intercept"
                      else _coef_cell(entry.stratified, name))
+            hier = _coef_cell(entry.hierarchical, name) if entry.hierarchical else ""
             rows.append(
                 f"<tr><td class=\"name\">{_esc(name)}</td>"
                 f"<td class=\"num\">{_coef_cell(one, name)}</td>"
                 f"<td class=\"num\">{strat}</td>"
+                + (f"<td class=\"num\">{hier}</td>" if entry.hierarchical else "") +
                 f"<td class=\"num\">{_fmt(p.get('estimate'))}<br><span class=\"note\">"
                 f"{_interval(p.get('ci_lb'), p.get('ci_ub'))}</span></td>"
                 f"<td class=\"num\">{_interval(p.get('pi_lb'), p.get('pi_ub'))}</td>"
@@ -846,12 +848,17 @@ def _models_section(doc: RoundDocument) -> str:
             "<div class=\"scroll\"><table class=\"model\"><thead><tr><th>Coefficient</th>"
             "<th class=\"num\">One-stage (95% CI)</th>"
             "<th class=\"num\">Stratified (95% CI)</th>"
-            "<th class=\"num\">Two-stage pooled (95% CI)</th>"
+            + ("<th class=\"num\">Hierarchical (95% CI)</th>" if entry.hierarchical else "")
+            + "<th class=\"num\">Two-stage pooled (95% CI)</th>"
             "<th class=\"num\">95% PI</th><th class=\"num\">I\u00b2</th>"
             "<th class=\"num\">\u03c4\u00b2</th><th class=\"num\">k</th><th>Flag</th>"
             "</tr></thead><tbody>" + "\n".join(rows) + "</tbody></table></div>"
             f"<p class=\"note\">Coefficients on the {_esc(one.get('link') or 'link')} scale. "
-            "PI: 95% prediction interval of the coefficient at a new site (two-stage).</p>")
+            "PI: 95% prediction interval of the coefficient at a new site (two-stage)."
+            + (f" Hierarchical: random intercept per site, \u03c4 = "
+               f"{_fmt((entry.hierarchical or {}).get('tau'))}, ICC (latent) = "
+               f"{_fmt((entry.hierarchical or {}).get('icc'))}." if entry.hierarchical
+               else "") + "</p>")
         for c_index, name in enumerate(names):
             p = pooled.get(name) or {}
             flag = flags.get(name)

@@ -769,6 +769,9 @@ class ModelResult(_Section):
     two_stage: Mapping[str, Any] | None = field(default=None, metadata=_doc(
         "per_site fits, pooled per coefficient (k, estimate, se, tau2, I2, Q, pi_lb, "
         "pi_ub) and multivariate"))
+    hierarchical: Mapping[str, Any] | None = field(default=None, metadata=_doc(
+        "the exact random-intercept model: coefficients, se, tau, tau2, logLik, "
+        "site_intercepts, site_intercepts_se, ... (issue 14)"))
     heterogeneity: Mapping[str, Any] | None = field(default=None, metadata=_doc(
         "coefficient -> the heterogeneity flag of its two-stage pooling (as an "
         "analysis's: flagged, level, reasons, sites, ...)"))
@@ -789,6 +792,8 @@ class ModelResult(_Section):
                 ("stratified", None if self.stratified is None else dict(self.stratified),
                  True),
                 ("two_stage", None if self.two_stage is None else dict(self.two_stage), True),
+                ("hierarchical", None if self.hierarchical is None
+                 else dict(self.hierarchical), self.hierarchical is not None),
                 ("heterogeneity", None if self.heterogeneity is None
                  else dict(self.heterogeneity), self.heterogeneity is not None),
                 ("round_trips", self.round_trips, True), ("seconds", self.seconds, True),
@@ -803,6 +808,7 @@ class ModelResult(_Section):
                    one_stage=_fit_object(r, "one_stage", ("coefficients", "se")),
                    stratified=_fit_object(r, "stratified", ("coefficients", "se")),
                    two_stage=_fit_object(r, "two_stage", ("per_site", "pooled")),
+                   hierarchical=_fit_object(r, "hierarchical", ("coefficients", "se", "tau2")),
                    heterogeneity=_flags(r, "heterogeneity"),
                    round_trips=r.integer("round_trips"), seconds=r.number("seconds"),
                    notes=r.texts("notes"), extra=r.extra(_KNOWN[cls]), _layout=r.layout())

@@ -30,7 +30,8 @@ __all__ = [
     "WireEstimate", "WireRefusal", "SubmissionContent", "WorkItem",
     "encode_results", "decode_results", "encode_submission", "decode_submission",
     "encode_work", "decode_work", "to_unix_ms", "from_unix_ms", "NONCE_BYTES", "pb",
-    "STEP_KINDS", "ModelStepOrder", "WireAggregates", "WireSiteFit", "StepAnswerContent",
+    "STEP_KINDS", "ModelStepOrder", "WireAggregates", "WireSiteFit", "WireContribution",
+    "StepAnswerContent",
     "encode_model_step", "decode_model_step", "model_step_digest", "encode_step_answer",
     "decode_step_answer",
 ]
@@ -242,9 +243,9 @@ def decode_work(message: pb.Work) -> WorkItem:
 # :mod:`coordinator.models`.
 
 #: Kinds of model step, and the payload field each one uses.
-STEP_KINDS = ("irls", "site_fit")
+STEP_KINDS = ("irls", "site_fit", "hierarchical")
 #: Fits a step may belong to.
-STEP_FITS = ("one_stage", "stratified", "site")
+STEP_FITS = ("one_stage", "stratified", "site", "hierarchical")
 #: Most coefficients a step may carry (a model has far fewer; bounds decoding work).
 MAX_STEP_COEFFICIENTS = 512
 #: Longest name, step id or reason accepted in a step message.
@@ -275,6 +276,10 @@ class ModelStepOrder:
         ``irls``: ``{name: value}``, or None for the start step (R's ``mustart``).
     epsilon, maxit
         ``site_fit``: the IRLS settings of the site's own fit.
+    proposal
+        ``hierarchical``: the point to evaluate, in the JSON form of
+        :class:`fedsynth.models.hierarchical.Proposal` (``family, beta, log_tau, log_sigma,
+        nodes, tol, iteration``; ``log_tau`` None for ``tau = 0``).
     """
 
     round_id: str
@@ -288,6 +293,56 @@ class ModelStepOrder:
     coefficients: Mapping[str, float] | None = None
     epsilon: float = 1e-10
     maxit: int = 25
+    proposal: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class WireContribution:
+    """A site's hierarchical-model term as it travels (``HierarchicalContribution``).
+
+    :meth:`to_dict` is the JSON form
+    :meth:`fedsynth.models.hierarchical.SiteContribution.from_dict` reads.
+    """
+
+    n: int
+    defined: bool
+    loglik: float
+    gradient: tuple[float, ...]
+    hessian: tuple[float, ...]
+    nodes: int = 0
+    quadrature_error: float = 0.0
+    mode: float = 0.0
+    mode_sd: float = 0.0
+    posterior_mean: float = 0.0
+    posterior_sd: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WireContribution:
+        """From :meth:`fedsynth.models.hierarchical.SiteContribution.to_dict`."""
+        def num(key: str) -> float:
+            value = data.get(key)
+            return float("nan") if value is None else float(value)
+        defined = data.get("loglik") is not None
+        return cls(n=int(data["n"]), defined=defined,
+                   loglik=float(data["loglik"]) if defined else float("-inf"),
+                   gradient=tuple(map(float, data["gradient"])) if defined else (),
+                   hessian=(tuple(float(v) for row in data["hessian"] for v in row)
+                            if defined else ()),
+                   nodes=int(data.get("nodes") or 0), quadrature_error=num("quadrature_error"),
+                   mode=num("mode"), mode_sd=num("mode_sd"),
+                   posterior_mean=num("posterior_mean"), posterior_sd=num("posterior_sd"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (an undefined contribution has ``loglik`` and derivatives ``null``)."""
+        q = len(self.gradient)
+        return {"n": self.n, "loglik": self.loglik if self.defined else None,
+                "gradient": list(self.gradient) if self.defined else None,
+                "hessian": ([[self.hessian[i * q + j] for j in range(q)] for i in range(q)]
+                            if self.defined else None),
+                "nodes": self.nodes, "quadrature_error": finite_or_none(self.quadrature_error),
+                "mode": finite_or_none(self.mode), "mode_sd": finite_or_none(self.mode_sd),
+                "posterior_mean": finite_or_none(self.posterior_mean),
+                "posterior_sd": finite_or_none(self.posterior_sd)}
 
 
 @dataclass(frozen=True)
@@ -401,17 +456,19 @@ class StepAnswerContent:
     timestamp: _dt.datetime
     step_id: str
     request_digest: bytes
-    result: WireAggregates | WireSiteFit | WireRefusal
+    result: WireAggregates | WireSiteFit | WireContribution | WireRefusal
     agent_version: str = __version__
     protocol_version: str = PROTOCOL_VERSION
 
     @property
     def kind(self) -> str:
-        """``irls``, ``site_fit`` or ``refusal``."""
+        """``irls``, ``site_fit``, ``hierarchical`` or ``refusal``."""
         if isinstance(self.result, WireAggregates):
             return "irls"
         if isinstance(self.result, WireSiteFit):
             return "site_fit"
+        if isinstance(self.result, WireContribution):
+            return "hierarchical"
         return "refusal"
 
 
@@ -449,8 +506,18 @@ def encode_model_step(order: ModelStepOrder) -> pb.ModelStep:
             message.irls.CopyFrom(pb.IrlsPoint(
                 start=False, names=list(coefficients),
                 coefficients=[float(v) for v in coefficients.values()]))
-    else:
+    elif order.kind == "site_fit":
         message.site_fit.CopyFrom(pb.SiteFitOrder(epsilon=order.epsilon, maxit=order.maxit))
+    else:
+        p = dict(order.proposal or {})
+        log_tau, log_sigma = p.get("log_tau"), p.get("log_sigma")
+        message.hierarchical.CopyFrom(pb.HierarchicalProposal(
+            family=str(p.get("family", "")), beta=[float(b) for b in p.get("beta", ())],
+            tau_zero=log_tau is None, log_tau=0.0 if log_tau is None else float(log_tau),
+            has_log_sigma=log_sigma is not None,
+            log_sigma=0.0 if log_sigma is None else float(log_sigma),
+            nodes=int(p.get("nodes") or 0), tol=float(p.get("tol", 1e-9)),
+            iteration=int(p.get("iteration", 0))))
     return message
 
 
@@ -474,8 +541,19 @@ def decode_model_step(message: pb.ModelStep) -> ModelStepOrder:
         raise InputError(f"model step: kind {message.kind[:40]!r} with payload "
                          f"{payload!r} (kinds: {', '.join(STEP_KINDS)})")
     coefficients: dict[str, float] | None = None
+    proposal: dict[str, Any] | None = None
     epsilon, maxit = 1e-10, 25
-    if payload == "irls":
+    if payload == "hierarchical":
+        h = message.hierarchical
+        if len(h.beta) > MAX_STEP_COEFFICIENTS:
+            raise InputError(f"model step: {len(h.beta)} coefficients, at most "
+                             f"{MAX_STEP_COEFFICIENTS}")
+        proposal = {"family": h.family, "beta": list(map(float, h.beta)),
+                    "log_tau": None if h.tau_zero else float(h.log_tau),
+                    "log_sigma": float(h.log_sigma) if h.has_log_sigma else None,
+                    "nodes": int(h.nodes) or None, "tol": float(h.tol),
+                    "iteration": int(h.iteration)}
+    elif payload == "irls":
         point = message.irls
         if not point.start:
             names = _names(point.names, "model step: coefficients")
@@ -494,7 +572,7 @@ def decode_model_step(message: pb.ModelStep) -> ModelStepOrder:
         round_id=message.round_id, step_id=message.step_id, model=message.model,
         kind=message.kind, fit=message.fit, sequence=int(message.sequence),
         spec_toml=message.spec_toml, deadline=from_unix_ms(message.deadline_unix_ms),
-        coefficients=coefficients, epsilon=epsilon, maxit=maxit)
+        coefficients=coefficients, epsilon=epsilon, maxit=maxit, proposal=proposal)
 
 
 def _matrix(values: Sequence[float], p: int, what: str) -> tuple[float, ...]:
@@ -519,6 +597,15 @@ def encode_step_answer(content: StepAnswerContent) -> bytes:
             score=list(result.score), deviance=float(result.deviance),
             minus_twice_loglik=float(result.minus_twice_loglik),
             boundary=bool(result.boundary)))
+    elif isinstance(result, WireContribution):
+        message.hierarchical.CopyFrom(pb.HierarchicalContribution(
+            n=int(result.n), defined=bool(result.defined),
+            loglik=float(result.loglik) if result.defined else 0.0,
+            gradient=list(result.gradient), hessian=list(result.hessian),
+            nodes=int(result.nodes), quadrature_error=float(result.quadrature_error),
+            mode=float(result.mode), mode_sd=float(result.mode_sd),
+            posterior_mean=float(result.posterior_mean),
+            posterior_sd=float(result.posterior_sd)))
     elif isinstance(result, WireSiteFit):
         message.site_fit.CopyFrom(pb.SiteFitResult(
             status=result.status, reason=result.reason, n=int(result.n),
@@ -548,8 +635,26 @@ def decode_step_answer(data: bytes) -> StepAnswerContent:
         raise InputError(f"step answer: timestamp_unix_ms = {message.timestamp_unix_ms} is "
                          "not a time")
     outcome = message.WhichOneof("outcome")
-    result: WireAggregates | WireSiteFit | WireRefusal
-    if outcome == "irls":
+    result: WireAggregates | WireSiteFit | WireContribution | WireRefusal
+    if outcome == "hierarchical":
+        h = message.hierarchical
+        q = len(h.gradient)
+        if q > MAX_STEP_COEFFICIENTS + 2:
+            raise InputError(f"step answer: gradient has {q} values, at most "
+                             f"{MAX_STEP_COEFFICIENTS + 2}")
+        if h.n < 0:
+            raise InputError(f"step answer: n = {h.n} is negative")
+        if h.defined and q == 0:
+            raise InputError("step answer: a defined contribution needs a gradient")
+        result = WireContribution(
+            n=int(h.n), defined=bool(h.defined),
+            loglik=float(h.loglik) if h.defined else float("-inf"),
+            gradient=tuple(map(float, h.gradient)) if h.defined else (),
+            hessian=(_matrix(h.hessian, q, "step answer: hessian") if h.defined else ()),
+            nodes=int(h.nodes), quadrature_error=float(h.quadrature_error),
+            mode=float(h.mode), mode_sd=float(h.mode_sd),
+            posterior_mean=float(h.posterior_mean), posterior_sd=float(h.posterior_sd))
+    elif outcome == "irls":
         a = message.irls
         names = _names(a.names, "step answer: names")
         p = len(names)

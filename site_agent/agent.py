@@ -42,6 +42,7 @@ from fedsynth.serde import (
     StepAnswerContent,
     SubmissionContent,
     WireAggregates,
+    WireContribution,
     WireEstimate,
     WireRefusal,
     WireSiteFit,
@@ -399,6 +400,8 @@ class SiteAgent:
             sent = {"n": answer.n, "names": list(answer.names), "deviance": answer.deviance}
         elif isinstance(answer, WireSiteFit):
             sent = {"n": answer.n, "status": answer.status}
+        elif isinstance(answer, WireContribution):
+            sent = {"n": answer.n, "loglik": answer.loglik if answer.defined else None}
         else:
             sent = {"refused": answer.reason, "code": answer.code}
         # The audit entry first: nothing leaves the site unless it is recorded there.

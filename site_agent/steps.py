@@ -48,9 +48,16 @@ from fedsynth.models.disclosure import (
     check_request,
 )
 from fedsynth.models.glm import IrlsControl, Layout, SiteStep, StepRequest, run_irls, site_step
+from fedsynth.models.hierarchical import Proposal, site_contribution, site_data
 from fedsynth.models.spec import ModelSpec
 from fedsynth.models.twostage import fit_site
-from fedsynth.serde import ModelStepOrder, WireAggregates, WireRefusal, WireSiteFit
+from fedsynth.serde import (
+    ModelStepOrder,
+    WireAggregates,
+    WireContribution,
+    WireRefusal,
+    WireSiteFit,
+)
 from fedsynth.spec import Spec, parse_spec
 from site_agent.data import load_table
 from site_agent.policy import site_policy
@@ -67,6 +74,8 @@ STEP_REFUSALS: dict[str, tuple[str, str]] = {
                                "approval of the site's operator"),
     "data_unusable": ("invalid_values", "the site's data cannot be coded for this model "
                                         "(the details are in the site's log)"),
+    "bad_proposal": ("invalid_request", "the hierarchical proposal does not match the "
+                                        "model or is out of its bounds"),
 }
 
 
@@ -206,7 +215,8 @@ class ModelSteps:
         self._prepared[key] = prepared
         return prepared
 
-    def answer(self, order: ModelStepOrder) -> WireAggregates | WireSiteFit | WireRefusal:
+    def answer(self, order: ModelStepOrder
+               ) -> WireAggregates | WireSiteFit | WireContribution | WireRefusal:
         """What this site sends for ``order``: its sums, its own fit, or a refusal."""
         spec = self._spec(order.spec_toml)
         model = next((m for m in spec.models if m.name == order.model), None)
@@ -222,15 +232,30 @@ class ModelSteps:
             return prepared.refusal
         design = prepared.design
         assert design is not None
-        answered = self.counts.get(order.round_id, model.name)
-        refusal = check_request(design, order.coefficients if order.kind == "irls" else None,
-                                answered, self.limits)
+        # the cap counts the steps of each fit of the model (docs/decisions/glmwire.md)
+        counter = f"{model.name}/{order.fit}"
+        answered = self.counts.get(order.round_id, counter)
+        coefficients = order.coefficients if order.kind == "irls" else None
+        proposal = None
+        if order.kind == "hierarchical":
+            try:
+                proposal = Proposal.from_dict(dict(order.proposal or {}))
+            except InputError:
+                return _refusal(model.name, "bad_proposal")
+            if proposal.family != model.family or len(proposal.beta) != design.p:
+                return _refusal(model.name, "bad_proposal")
+            # the fixed coefficients are bounded as an IRLS step's are (rule 5)
+            coefficients = dict(zip(design.names, proposal.beta))
+        refusal = check_request(design, coefficients, answered, self.limits)
         if refusal is not None:
             code = refusal.code if refusal.code in MODEL_REFUSAL_CODES else "refused"
             return WireRefusal(model.name, code, refusal.reason)
-        self.counts.add(order.round_id, model.name)
+        self.counts.add(order.round_id, counter)
         if order.kind == "irls":
             return WireAggregates.from_dict(site_step(design, order.coefficients).to_dict())
+        if proposal is not None:
+            data = site_data(design.x, design.y, family=model.family, offset=design.offset)
+            return WireContribution.from_dict(site_contribution(data, proposal).to_dict())
         fit = fit_site(design, control=IrlsControl(epsilon=order.epsilon, maxit=order.maxit))
         return WireSiteFit.from_dict(fit.to_dict())
 
@@ -240,6 +265,10 @@ def describe_answer(order: ModelStepOrder, answer: Any) -> str:
     where = f"model {order.model}, {order.fit} fit, step {order.sequence}"
     if isinstance(answer, WireRefusal):
         return f"{where}: NOT answered. Reason given to the coordinator: {answer.reason}"
+    if isinstance(answer, WireContribution):
+        return (f"{where}: its term of the hierarchical model's log-likelihood on n = "
+                f"{answer.n} rows, with {len(answer.gradient)} derivatives and their "
+                "second derivatives, and its random intercept's conditional mode")
     if isinstance(answer, WireAggregates):
         p = len(answer.names)
         at = "the starting values" if order.coefficients is None else "the coefficients sent"

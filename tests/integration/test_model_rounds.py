@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ import statsmodels.api as sm
 
 from fedsynth.datasets import generate_trauma, trauma_spec_path
 from fedsynth.models.coding import build_design
+from fedsynth.models.hierarchical import fit_sites, site_data
 from fedsynth.spec import load_spec
 
 SITES = ("mtf-alpha", "mtf-bravo", "mtf-charlie", "mtf-delta")
@@ -63,6 +65,18 @@ def _statsmodels_fits(trauma: Path, sites: tuple[str, ...], model_name: str
                    offset=offset).fit(tol=1e-14, maxiter=100)
     return (dict(zip(names, one.params)), dict(zip(names, one.bse)),
             dict(zip(names[1:], strat.params[len(sites):])))
+
+
+def _hierarchical_fit(trauma: Path, sites: tuple[str, ...], model_name: str) -> Any:
+    """The in-process federated hierarchical fit on the same rows (fedsynth.models)."""
+    spec = load_spec(trauma_spec_path())
+    model = next(m for m in spec.models if m.name == model_name)
+    data = {}
+    for s in sites:
+        design = build_design(pd.read_csv(trauma / f"{s}.csv", keep_default_na=False,
+                                          na_values=[""]), model)
+        data[s] = site_data(design.x, design.y, family=model.family, offset=design.offset)
+    return fit_sites(data, names=model.coefficient_names)
 
 
 def _assert_close(got: dict[str, float | None], want: dict[str, float], what: str) -> None:
@@ -106,9 +120,17 @@ def test_models_fitted_in_one_round_equal_pooled_statsmodels(federation, trauma:
         pooled = entry["two_stage"]["pooled"]["age"]
         assert pooled["k"] == len(SITES) and pooled["pi_lb"] < pooled["estimate"]
         assert entry["one_stage"]["iterations"] >= 2
+        # the hierarchical model over the same stream: the in-process federated fit
+        hier = _hierarchical_fit(trauma, SITES, name)
+        got = entry["hierarchical"]
+        _assert_close(got["coefficients"], dict(zip(hier.names, hier.coefficients)),
+                      f"{name} hierarchical")
+        assert got["tau2"] == pytest.approx(hier.tau2, rel=1e-6, abs=1e-10)
+        assert set(got["site_intercepts"]) == set(SITES)
         assert entry["round_trips"] >= entry["one_stage"]["round_trips"] + 1
         print(f"\n{name}: one-stage {entry['one_stage']['iterations']} iterations, "
-              f"{entry['round_trips']} round trips, {entry['seconds']:.2f} s of fitting")
+              f"hierarchical {got['evaluations']} evaluations, {entry['round_trips']} round "
+              f"trips, {entry['seconds']:.2f} s of fitting")
     print(f"round with 3 models over {len(SITES)} sites: {wall:.1f} s wall time "
           "(processes started to round closed)")
     # signed and audited on both sides: every accepted answer stored with its signature,

@@ -21,11 +21,13 @@ from coordinator.reports import render_round_html
 from fedsynth.datasets import generate_trauma, trauma_spec_path
 from fedsynth.models import ModelLimits, build_design, fit_model
 from fedsynth.models.glm import IrlsControl, site_step
+from fedsynth.models.hierarchical import Proposal, fit_sites, site_contribution, site_data
 from fedsynth.models.twostage import fit_site
 from fedsynth.round_document import RoundDocument
 from fedsynth.serde import (
     StepAnswerContent,
     WireAggregates,
+    WireContribution,
     WireRefusal,
     WireSiteFit,
     decode_model_step,
@@ -68,6 +70,11 @@ class FakeHub(StepHub):
                                  "disclosure control: too few rows")
         elif order.kind == "irls":
             result = WireAggregates.from_dict(site_step(design, order.coefficients).to_dict())
+        elif order.kind == "hierarchical":
+            data = site_data(design.x, design.y, family=design.model.family,
+                             offset=design.offset)
+            result = WireContribution.from_dict(site_contribution(
+                data, Proposal.from_dict(dict(order.proposal))).to_dict())
         else:
             fit = fit_site(design, control=IrlsControl(order.epsilon, order.maxit))
             result = WireSiteFit.from_dict(fit.to_dict())
@@ -97,9 +104,19 @@ def test_the_loop_gives_the_in_memory_fits_exactly(designs) -> None:
     for fit in ("one_stage", "stratified"):
         np.testing.assert_allclose(_coefs(entry, fit), _coefs(want, fit), rtol=1e-12)
     assert entry["two_stage"]["pooled"] == want["two_stage"]["pooled"]
-    # one round trip per IRLS request of the two fits, plus one for the site fits
+    # the hierarchical model over the same steps equals the in-process federated fit
+    hier = fit_sites({s: site_data(d.x, d.y, family="binomial") for s, d in ds.items()},
+                     names=model.coefficient_names)
+    got = entry["hierarchical"]
+    np.testing.assert_allclose(list(got["coefficients"].values()), hier.coefficients,
+                               rtol=1e-10)
+    assert got["tau2"] == pytest.approx(hier.tau2, rel=1e-10)
+    assert set(got["site_intercepts"]) == set(ds) and got["logLik"] < 0
+    # one round trip per IRLS request of the two fits, one for the site fits, one per
+    # evaluation of the hierarchical likelihood
     assert entry["round_trips"] == (entry["one_stage"]["round_trips"]
-                                    + entry["stratified"]["round_trips"] + 1)
+                                    + entry["stratified"]["round_trips"] + 1
+                                    + got["evaluations"])
     assert entry["answers"] == entry["round_trips"] * len(ds)
 
 
@@ -193,5 +210,6 @@ def test_the_round_document_and_report_show_the_model(designs) -> None:
         assert f"coefficient {name}:" in html or name == "intercept"
     assert html.count("<figure><svg") == len(model.coefficient_names)
     assert "Two-stage pooled (95% CI)" in html and "site-specific" in html
+    assert "Hierarchical (95% CI)" in html and "ICC (latent)" in html
     flagged = [n for n, f in flags.items() if f["flagged"]]
     assert html.count("<strong>Flagged:</strong>") == len(flagged)

@@ -201,7 +201,11 @@ def test_the_awaited_answer_is_accepted_stored_audited_and_delivered(setup, pki)
     assert (result.status, result.step_id) == ("accepted", order.step_id)
     assert future.result(timeout=1).result == _aggregates()
     assert store.count_step_answers(record.id) == {"mtf-alpha": 1}
+    assert audit.entries == []                 # durable in the outbox, appended by the closer
+    assert [e.event for e in store.pending_audit()] == ["model_step.accepted"]
+    handlers.settle_audit()
     assert [e for e, _ in audit.entries] == ["model_step.accepted"]
+    assert store.pending_audit() == []
     # an identical resend (a reconnect) is a duplicate, whatever the hub's state
     hub.forget([order.step_id])
     assert _call(handlers, pki, payload, signature).status == "duplicate"

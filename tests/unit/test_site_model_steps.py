@@ -9,6 +9,7 @@ sentence: the spec's column names and the site's limits, never a data value or a
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -22,7 +23,13 @@ from fedsynth.config import DataConfig, PrivacyConfig, SiteConfig
 from fedsynth.datasets import generate_trauma, trauma_spec_path
 from fedsynth.models import build_design
 from fedsynth.models.glm import site_step
-from fedsynth.serde import ModelStepOrder, WireAggregates, WireRefusal, WireSiteFit
+from fedsynth.serde import (
+    ModelStepOrder,
+    WireAggregates,
+    WireContribution,
+    WireRefusal,
+    WireSiteFit,
+)
 from fedsynth.spec import parse_spec
 from site_agent.policy import ApprovalStore
 from site_agent.steps import ModelSteps
@@ -69,7 +76,9 @@ def test_sums_and_a_site_fit_are_answered(tmp_path: Path, frame) -> None:
     assert isinstance(again, WireAggregates) and again.names == start.names
     fit = steps.answer(_order(kind="site_fit"))
     assert isinstance(fit, WireSiteFit) and fit.status == "ok"
-    assert steps.counts.get("r-1", "tbi_mortality") == 3
+    # the cap counts each fit of the model apart
+    assert steps.counts.get("r-1", "tbi_mortality/one_stage") == 2
+    assert steps.counts.get("r-1", "tbi_mortality/site") == 1
 
 
 def test_coefficients_that_isolate_patients_are_refused(tmp_path: Path, frame) -> None:
@@ -132,7 +141,7 @@ def test_policy_and_approval_decide_before_anything_is_computed(tmp_path: Path,
     refused = forbidden.answer(_order())
     assert isinstance(refused, WireRefusal) and refused.code == "policy"
     assert "hypox" in refused.reason
-    assert forbidden.counts.get("r-1", "tbi_mortality") == 0
+    assert forbidden.counts.get("r-1", "tbi_mortality/one_stage") == 0
     waiting = ModelSteps(_config(tmp_path, frame, policy="[policy]\nrequire_approval = "
                                  "true\n"))
     assert waiting.answer(_order()).code == "policy"
@@ -178,3 +187,28 @@ def test_site_estimate_shows_what_each_model_step_sends(tmp_path: Path, frame,
     out = capsys.readouterr().out
     assert "model tbi_mortality (binomial): what each step sends" in out
     assert "refused: suppressed by the site's disclosure control" in out
+
+
+def test_a_hierarchical_proposal_is_answered_within_the_same_bounds(tmp_path: Path,
+                                                                    frame) -> None:
+    steps = ModelSteps(_config(tmp_path, frame))
+    model = next(m for m in parse_spec(SPEC).models if m.name == "tbi_mortality")
+    p = len(model.coefficient_names)
+    order = _order(kind="hierarchical")
+
+    def ask(beta, log_tau=-1.0, family="binomial"):
+        proposal = {"family": family, "beta": beta, "log_tau": log_tau, "log_sigma": None,
+                    "nodes": None, "tol": 1e-9, "iteration": 0}
+        return steps.answer(dataclasses.replace(order, fit="hierarchical",
+                                                proposal=proposal))
+
+    answer = ask([-3.0] + [0.0] * (p - 1))
+    assert isinstance(answer, WireContribution) and answer.defined
+    assert answer.n == len(frame) and len(answer.gradient) == p + 1
+    # coefficients that isolate patients are refused here too
+    probe = [0.0] * p
+    probe[model.coefficient_names.index("age")] = 40.0
+    assert ask(probe).code == "disclosure_coefficients"
+    assert ask([0.0] * (p - 1)).code == "invalid_request"             # wrong length
+    assert ask([0.0] * p, family="poisson").code == "invalid_request"  # wrong family
+    assert steps.counts.get("r-1", "tbi_mortality/hierarchical") == 1

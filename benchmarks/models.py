@@ -13,7 +13,8 @@ worker threads as in ``fedsynth site run``.
 The data are the synthetic trauma registry (``fedsynth.datasets.generate_trauma``, N
 MTFs); the spec is the trauma spec (two analyses, three models: binomial, gaussian,
 poisson). For every model the round document gives the one-stage and stratified IRLS
-iterations, the round trips of all its fits (one-stage, stratified, two-stage) and the
+iterations, the hierarchical model's likelihood evaluations, the round trips of all its
+fits (one-stage, stratified, two-stage, hierarchical) and the
 coordinator's wall time of its fits; the script adds the time from the round's opening to
 its pooled document.
 
@@ -137,6 +138,7 @@ async def _drive(workdir: Path, config_path: Path, sites: list[str]) -> dict:
             "sites": len(m.get("sites") or []), "n": m.get("n"),
             "one_stage_iterations": (m.get("one_stage") or {}).get("iterations"),
             "stratified_iterations": (m.get("stratified") or {}).get("iterations"),
+            "hierarchical_evaluations": (m.get("hierarchical") or {}).get("evaluations"),
             "round_trips": m.get("round_trips"), "seconds": m.get("seconds")})
     return {"sites": len(sites), "open_to_pooled_s": round(t_pooled - t0, 2),
             "models_s": round(sum(m["seconds"] or 0 for m in models), 2),
@@ -178,13 +180,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results, indent=2))
         return 0
     print("| sites | model | family | one-stage iterations | stratified iterations | "
-          "round trips | fit seconds |")
-    print("|---:|---|---|---:|---:|---:|---:|")
+          "hierarchical evaluations | round trips | fit seconds | seconds per round trip |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         for m in r["models"]:
+            per = m["seconds"] / m["round_trips"] if m["round_trips"] else float("nan")
             print(f"| {r['sites']} | {m['model']} | {m['family']} | "
                   f"{m['one_stage_iterations']} | {m['stratified_iterations']} | "
-                  f"{m['round_trips']} | {m['seconds']:.2f} |")
+                  f"{m['hierarchical_evaluations']} | {m['round_trips']} | "
+                  f"{m['seconds']:.2f} | {per:.3f} |")
     for r in results:
         print(f"{r['sites']} sites: 3 models in {r['models_s']:.2f} s of fitting, "
               f"{r['round_trips']} round trips, {r['steps_answered']} answers; round opened "

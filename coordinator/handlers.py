@@ -40,10 +40,16 @@ from fedsynth import PROTOCOL_VERSION, __version__
 from fedsynth.config import CoordinatorConfig
 from fedsynth.errors import InputError
 from fedsynth.pki import certificate_common_name
-from fedsynth.serde import SubmissionContent, WorkItem, decode_submission
+from fedsynth.serde import (
+    StepAnswerContent,
+    SubmissionContent,
+    WorkItem,
+    decode_step_answer,
+    decode_submission,
+)
 from fedsynth.signing import SignatureError, load_certificate, verify
 
-__all__ = ["Rejected", "Handlers", "SubmitResult"]
+__all__ = ["Rejected", "Handlers", "SubmitResult", "StepResult"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +92,17 @@ class SubmitResult:
     message: str
 
 
+@dataclass(frozen=True)
+class StepResult:
+    """What the coordinator answers to an accepted answer to a model step."""
+
+    status: str             # "accepted" | "duplicate"
+    round_id: str
+    step_id: str
+    site: str
+    message: str
+
+
 class Handlers:
     """The coordinator's request handling.
 
@@ -109,8 +126,10 @@ class Handlers:
 
     def __init__(self, store: Store, config: CoordinatorConfig, *,
                  clock: Callable[[], _dt.datetime] = utcnow, audit: Any = None,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, steps: Any = None) -> None:
         self.store = store
+        # the coordinator.models.StepHub routing model steps (None: no model fits here)
+        self.steps = steps
         self.config = config
         self.clock = clock
         self.audit = audit
@@ -314,6 +333,100 @@ class Handlers:
         message = ("stored" if status == "accepted" else "identical submission already "
                    "stored")
         return SubmitResult(status, content.round_id, site, message)
+
+    # --- model steps -----------------------------------------------------------------------
+    def open_steps(self, site: str, *, protocol_version: str) -> Any:
+        """Check a site's ``StreamSteps`` call; returns the hub whose stream it gets."""
+        self._check_version_audited(site, "StreamSteps", protocol_version)
+        if self.steps is None:
+            raise Rejected("precondition", "this coordinator fits no models (no step hub)")
+        return self.steps
+
+    def answer_step(self, site: str, peer_pem: bytes | None, *, protocol_version: str,
+                    payload: bytes, signature: bytes) -> StepResult:
+        """Verify, store and deliver one signed answer to a model step.
+
+        The rules of :meth:`submit` (signature by the certificate's key, signed site equal
+        to the certificate's, protocol version, identical resend acknowledged as
+        ``duplicate``, timestamp window, round open and before its deadline, nonce never
+        seen), and: the answer must name a step the coordinator sent this site and is
+        waiting for, with the digest of that exact request. Each refusal is audited and
+        changes no state; each accepted answer's ``model_step.accepted`` entry is committed
+        with it (the audit outbox) and appended to the audit log by :meth:`settle_audit`.
+        """
+        digest = hashlib.sha256(payload).hexdigest()
+        try:
+            result, content = self._answer_step(site, peer_pem, protocol_version, payload,
+                                                signature, digest)
+        except Rejected as rejected:
+            self._audit("model_step.rejected", {"site": site, "kind": rejected.kind,
+                                                "reason": rejected.message,
+                                                "digest": digest})
+            log.warning("model step answer from %s rejected: %s", site, rejected.message)
+            raise
+        if result.status == "accepted" and self.steps is not None:
+            # The model_step.accepted entry is already durable in the store's audit outbox
+            # (committed with the answer); the closer appends it to the audit log within
+            # CLOSER_INTERVAL (settle_audit), so a step's round trip does not wait for a
+            # second fsync.
+            self.steps.resolve(content)
+        return result
+
+    def _answer_step(self, site: str, peer_pem: bytes | None, protocol_version: str,
+                     payload: bytes, signature: bytes, digest: str
+                     ) -> tuple[StepResult, StepAnswerContent]:
+        self.check_version(protocol_version)
+        if peer_pem is not None:
+            try:
+                verify(load_certificate(peer_pem), payload, signature)
+            except SignatureError as error:
+                raise Rejected("unauthenticated", str(error)) from None
+        elif not self.config.insecure:
+            raise Rejected("unauthenticated", "no client certificate to verify the "
+                           "signature against")
+        try:
+            content = decode_step_answer(payload)
+        except InputError as error:
+            raise Rejected("invalid", str(error)) from None
+        if content.site != site:
+            raise Rejected("permission", f"the answer is signed for site "
+                           f"{content.site[:80]!r} but the certificate is {site!r}")
+        self.check_version(content.protocol_version)
+        if self.store.find_round(content.round_id) is None:
+            raise Rejected("not_found", f"round {content.round_id[:80]!r} does not exist")
+        if self.store.step_answer_digest(content.round_id, site, content.step_id) == digest:
+            return StepResult("duplicate", content.round_id, content.step_id, site,
+                              "identical answer already stored"), content
+        now = self.clock()
+        skew = abs((now - content.timestamp).total_seconds())
+        window = self.config.submission_window.total_seconds()
+        if skew > window:
+            raise Rejected("invalid", f"answer timestamp {iso(content.timestamp)} is "
+                           f"{skew:.0f} s from the coordinator's clock {iso(now)} (window "
+                           f"{window:.0f} s): check the site's clock")
+        problem = (self.steps.check(site, content) if self.steps is not None
+                   else "this coordinator fits no models")
+        if problem is not None:
+            raise Rejected("not_found" if problem.startswith("no step") else "invalid",
+                           problem)
+        result = content.result
+        audit = {"site": site, "round": content.round_id, "step": content.step_id,
+                 "kind": content.kind, "digest": digest,
+                 "request_digest": content.request_digest.hex()}
+        if content.kind == "refusal":
+            audit["refused"] = getattr(result, "reason", "")
+        try:
+            status = self.store.add_step_answer(
+                round_id=content.round_id, site=site, step_id=content.step_id,
+                kind=content.kind, nonce=content.nonce, signed_at=content.timestamp,
+                payload=payload, signature=signature, now=now,
+                audit=audit if self.audit is not None else None)
+        except SubmissionConflict as conflict:
+            raise Rejected(_CONFLICT_KINDS.get(conflict.kind, "precondition"),
+                           str(conflict)) from None
+        return StepResult(status, content.round_id, content.step_id, site,
+                          "stored" if status == "accepted" else
+                          "identical answer already stored"), content
 
     # --- audit outbox ----------------------------------------------------------------------
     def flush_audit(self) -> int:

@@ -772,6 +772,8 @@ def render_round_html(round_doc: RoundDocument | Mapping[str, Any]) -> str:
 
     if analyses:
         parts.append("<h2>Analyses</h2>")
+    if doc.models:
+        parts.append(_models_section(doc))
     svgs = _forest_svgs(analyses)
     for a, svg in zip(analyses, svgs):
         parts.append(f"<h3 id=\"a-{_esc(_anchor(a.analysis))}\">{_esc(a.analysis)}</h3>")
@@ -793,6 +795,139 @@ def render_round_html(round_doc: RoundDocument | Mapping[str, Any]) -> str:
         parts.append(_site_estimate_table(a))
         parts.append(_likelihood_section(a))
     return _page(f"fedsynth round {doc.round}", "\n".join(parts))
+
+
+# --------------------------------------------------------------------------------------------
+# Models (issue 13)
+# --------------------------------------------------------------------------------------------
+
+def _coef_cell(fit: Mapping[str, Any] | None, name: str) -> str:
+    """``estimate (ci_lb, ci_ub)`` of one coefficient of a fit's object, or a dash."""
+    if not fit:
+        return "&ndash;"
+    coefficients = fit.get("coefficients") or {}
+    if name not in coefficients:
+        return "&ndash;"
+    lb = (fit.get("ci_lb") or {}).get(name)
+    ub = (fit.get("ci_ub") or {}).get(name)
+    return (f"{_fmt(coefficients[name])}<br><span class=\"note\">"
+            f"{_interval(lb, ub)}</span>")
+
+
+def _model_forest_svg(model: Mapping[str, Any], name: str, pooled: Mapping[str, Any],
+                      flag: Mapping[str, Any] | None, prefix: str) -> str | None:
+    """Forest plot of one coefficient across sites: each site's own estimate, pooled."""
+    per_site = (model.get("two_stage") or {}).get("per_site") or {}
+    rows = []
+    for site, fit in per_site.items():
+        y = finite_or_none((fit.get("coefficients") or {}).get(name))
+        se = finite_or_none((fit.get("se") or {}).get(name))
+        if y is not None and se is not None and se > 0:
+            rows.append({"site": site, "yi": y, "vi": se * se})
+    if len(rows) < 2:
+        return None
+    data: dict[str, Any] = {"analysis": name, "site_estimates": rows}
+    for key in ("k", "estimate", "se", "ci_lb", "ci_ub", "pi_lb", "pi_ub", "tau2", "I2", "Q",
+                "Q_pval", "method", "test", "level"):
+        if key in pooled:
+            data[key] = pooled[key]
+    if finite_or_none(data.get("level")) is None:
+        data["level"] = 95.0
+    flagged = bool(flag and flag.get("flagged"))
+    fig = forest_plot(data, measure=None, title=f"{model.get('name')}: {name}",
+                      scale="identity", null_value=0.0,
+                      drivers=list(flag.get("sites") or []) if flagged and flag else None)
+    return sanitize_svg(_figure_svg(fig), prefix)
+
+
+def _models_section(doc: RoundDocument) -> str:
+    """The models of a round: coefficient table, forest plot per coefficient, flags."""
+    parts = ["<h2>Models</h2>",
+             "<p class=\"note\">Each model is fitted three ways across the sites: one-stage "
+             "(federated IRLS, equal to the model fitted to all patients in one place), "
+             "stratified (one intercept per site, common slopes) and two-stage (each site "
+             "fits its own model; every coefficient is pooled by random effects). A flagged "
+             "coefficient differs between sites: one global model hides that difference "
+             "(consider site-specific or hierarchical terms).</p>"]
+    for m_index, entry in enumerate(doc.models):
+        model = entry.to_dict()
+        status = entry.status or "unknown"
+        kind = "ok" if status == "fitted" else "failed"
+        parts.append(f"<h3 id=\"m-{_esc(_anchor(entry.name))}\">Model {_esc(entry.name)} "
+                     f"({_esc(entry.family)}) {_badge(status, kind)}</h3>")
+        one = entry.one_stage or {}
+        facts = [f"sites: {_esc(', '.join(entry.sites) or 'none')}",
+                 f"n = {_esc(entry.n)}"]
+        if one:
+            facts.append(f"one-stage: {_esc(one.get('iterations'))} iterations, deviance "
+                         f"{_fmt(one.get('deviance'), 2)}")
+        if entry.round_trips is not None:
+            facts.append(f"{entry.round_trips} round trips, {_fmt(entry.seconds, 2)} s")
+        parts.append("<p>" + " &middot; ".join(facts) + "</p>")
+        if entry.reason:
+            parts.append(f"<div class=\"alert\">{_esc(entry.reason)}</div>")
+        for label, sites in (("Refused by", entry.refused), ("Dropped", entry.dropped)):
+            if sites:
+                items = "".join(f"<li>{_esc(s)}: {_esc(r)}</li>" for s, r in sites.items())
+                parts.append(f"<p class=\"note\">{label}:</p><ul class=\"reasons\">"
+                             f"{items}</ul>")
+        if status != "fitted":
+            continue
+        two = entry.two_stage or {}
+        pooled = two.get("pooled") or {}
+        flags = entry.heterogeneity or {}
+        names = list(one.get("coefficients") or pooled)
+        rows = []
+        for name in names:
+            p = pooled.get(name) or {}
+            flag = flags.get(name)
+            badge = ("&ndash;" if not flag else
+                     _badge(flag.get("level") or "flagged", flag.get("level") or "moderate")
+                     if flag.get("flagged") else _badge("not flagged", "ok"))
+            strat = ("site-specific" if name == "intercept"
+                     else _coef_cell(entry.stratified, name))
+            hier = _coef_cell(entry.hierarchical, name) if entry.hierarchical else ""
+            rows.append(
+                f"<tr><td class=\"name\">{_esc(name)}</td>"
+                f"<td class=\"num\">{_coef_cell(one, name)}</td>"
+                f"<td class=\"num\">{strat}</td>"
+                + (f"<td class=\"num\">{hier}</td>" if entry.hierarchical else "") +
+                f"<td class=\"num\">{_fmt(p.get('estimate'))}<br><span class=\"note\">"
+                f"{_interval(p.get('ci_lb'), p.get('ci_ub'))}</span></td>"
+                f"<td class=\"num\">{_interval(p.get('pi_lb'), p.get('pi_ub'))}</td>"
+                f"<td class=\"num\">{_fmt(p.get('I2'), 1)}%</td>"
+                f"<td class=\"num\">{_fmt(p.get('tau2'), 4)}</td>"
+                f"<td class=\"num\">{_esc(p.get('k'))}</td><td>{badge}</td></tr>")
+        parts.append(
+            "<div class=\"scroll\"><table class=\"model\"><thead><tr><th>Coefficient</th>"
+            "<th class=\"num\">One-stage (95% CI)</th>"
+            "<th class=\"num\">Stratified (95% CI)</th>"
+            + ("<th class=\"num\">Hierarchical (95% CI)</th>" if entry.hierarchical else "")
+            + "<th class=\"num\">Two-stage pooled (95% CI)</th>"
+            "<th class=\"num\">95% PI</th><th class=\"num\">I\u00b2</th>"
+            "<th class=\"num\">\u03c4\u00b2</th><th class=\"num\">k</th><th>Flag</th>"
+            "</tr></thead><tbody>" + "\n".join(rows) + "</tbody></table></div>"
+            f"<p class=\"note\">Coefficients on the {_esc(one.get('link') or 'link')} scale. "
+            "PI: 95% prediction interval of the coefficient at a new site (two-stage)."
+            + (f" Hierarchical: random intercept per site, \u03c4 = "
+               f"{_fmt((entry.hierarchical or {}).get('tau'))}, ICC (latent) = "
+               f"{_fmt((entry.hierarchical or {}).get('icc'))}." if entry.hierarchical
+               else "") + "</p>")
+        for c_index, name in enumerate(names):
+            p = pooled.get(name) or {}
+            flag = flags.get(name)
+            svg = _model_forest_svg(model, name, p, flag, f"m{m_index}-{c_index}-")
+            if svg is None:
+                continue
+            reasons = " ".join(flag.get("reasons") or []) if flag and flag.get("flagged") \
+                else ""
+            parts.append(f"<figure>{svg}<figcaption>{_esc(entry.name)}, coefficient "
+                         f"{_esc(name)}: each site's own estimate with its 95% CI, the "
+                         "two-stage pooled estimate (diamond) and its 95% prediction "
+                         "interval (dashed); grey line at 0."
+                         + (f" <strong>Flagged:</strong> {_esc(reasons)}" if reasons else "")
+                         + "</figcaption></figure>")
+    return "\n".join(parts)
 
 
 @dataclass(frozen=True)

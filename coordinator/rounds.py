@@ -47,6 +47,7 @@ from fedsynth.round_document import (
     FlagDetails,
     HeterogeneityVerdict,
     LikelihoodPooling,
+    ModelResult,
     PooledEstimate,
     PoolingSettings,
     RoundDocument,
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RoundOutcome", "open_round", "round_document", "is_due", "pool_analyses",
            "pool_round", "close_if_due", "likelihood_section"]
+           "pool_round", "close_if_due", "model_entries"]
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +110,14 @@ def _sites_section(record: RoundRecord,
 def _document(record: RoundRecord, *, status: str, closed_at: str | None,
               failure_reason: str | None, sites: tuple[SiteParticipation, ...],
               missing_sites: tuple[str, ...] | None,
-              analyses: tuple[AnalysisResult, ...]) -> RoundDocument:
+              analyses: tuple[AnalysisResult, ...],
+              models: tuple[ModelResult, ...] = ()) -> RoundDocument:
     return RoundDocument(
         round=record.id, status=status, spec=record.spec, opened_at=iso(record.opened_at),
         deadline=iso(record.deadline), closed_at=closed_at, quorum=record.quorum,
         failure_reason=failure_reason,
         pooling=PoolingSettings.from_dict(record.pooling, where=f"round {record.id}: pooling"),
-        sites=sites, missing_sites=missing_sites, analyses=analyses)
+        sites=sites, missing_sites=missing_sites, analyses=analyses, models=models)
 
 
 def round_document(store: Store, record: RoundRecord) -> RoundDocument:
@@ -132,9 +135,44 @@ def round_document(store: Store, record: RoundRecord) -> RoundDocument:
                      missing_sites=None, analyses=())
 
 
-def is_due(record: RoundRecord, n_submitted: int, now: _dt.datetime) -> bool:
-    """A round closes when every allowed site answered or its deadline has passed."""
-    return record.is_open and (n_submitted >= len(record.allowed) or now > record.deadline)
+def is_due(record: RoundRecord, n_submitted: int, now: _dt.datetime, *,
+           models_done: bool = True) -> bool:
+    """A round closes when every allowed site answered or its deadline has passed.
+
+    A round with models also waits, before its deadline, until their fits are done
+    (``models_done``; :mod:`coordinator.models`).
+    """
+    if not record.is_open:
+        return False
+    if now > record.deadline:
+        return True
+    return n_submitted >= len(record.allowed) and models_done
+
+
+def model_entries(record: RoundRecord, stored: tuple[str, list[dict[str, Any]]] | None,
+                  *, quorum_met: bool) -> tuple[ModelResult, ...]:
+    """The ``models`` of a round's document at its close, one per model of the spec.
+
+    The stored fits when they are done; otherwise each model is ``failed`` with the reason
+    (the round's quorum was not met, or the fits did not finish before the deadline).
+    """
+    specs = list(record.spec.get("models") or [])
+    if not specs:
+        return ()
+    by_name = {}
+    if stored is not None and stored[0] == "done":
+        by_name = {str(e.get("name")): e for e in stored[1]}
+    out = []
+    for spec in specs:
+        entry = by_name.get(str(spec.get("name")))
+        if entry is None:
+            reason = ("the round did not reach its quorum, so no model was fitted"
+                      if not quorum_met else
+                      "the model fits did not finish before the round's deadline")
+            entry = {"name": spec.get("name"), "family": spec.get("family"),
+                     "status": "failed", "reason": reason, "n": 0, "sites": []}
+        out.append(ModelResult.from_dict(entry, where=f"round {record.id}: model"))
+    return tuple(out)
 
 
 def _verdict(flag: Any) -> HeterogeneityVerdict:
@@ -560,8 +598,13 @@ class RoundOutcome:
 
 
 def pool_round(record: RoundRecord, subs: list[SubmissionRecord],
-               now: _dt.datetime) -> RoundOutcome:
-    """Pool every analysis of the round (pure: no store access)."""
+               now: _dt.datetime,
+               models: tuple[str, list[dict[str, Any]]] | None = None) -> RoundOutcome:
+    """Pool every analysis of the round (pure: no store access).
+
+    ``models`` is the round's stored model fits (:meth:`coordinator.store.Store.
+    model_results`), written into the document's ``models``.
+    """
     submitted = [s.site for s in subs]
     missing = tuple(s for s in record.allowed if s not in submitted)
     analyses: list[AnalysisResult] = []
@@ -576,7 +619,9 @@ def pool_round(record: RoundRecord, subs: list[SubmissionRecord],
                   f"{record.quorum}; missing: {', '.join(missing) or 'none'}")
     document = _document(record, status=status, closed_at=iso(now), failure_reason=reason,
                          sites=_sites_section(record, subs), missing_sites=missing,
-                         analyses=tuple(analyses))
+                         analyses=tuple(analyses),
+                         models=model_entries(record, models,
+                                              quorum_met=len(subs) >= record.quorum))
     return RoundOutcome(status, document, reason, len(subs))
 
 
@@ -591,9 +636,11 @@ def close_if_due(store: Store, round_id: str, now: _dt.datetime) -> RoundOutcome
         if not record.is_open:
             return None
         subs = store.submissions(round_id)
-        if not is_due(record, len(subs), now):
+        models = store.model_results(round_id) if record.spec.get("models") else None
+        done = not record.spec.get("models") or (models is not None and models[0] == "done")
+        if not is_due(record, len(subs), now, models_done=done):
             return None
-        outcome = pool_round(record, subs, now)
+        outcome = pool_round(record, subs, now, models)
         if store.close_round(round_id, status=outcome.status,
                              document=outcome.document.to_dict(),
                              failure_reason=outcome.failure_reason,

@@ -114,8 +114,16 @@ class Coordinator:
             self.metrics = None
         # lazy: keeps protobuf (the gRPC stubs) out of `fedsynth round start/show` start-up
         from coordinator.handlers import Handlers
+        from coordinator.models import RoundModelFitter, StepHub
 
-        self.handlers = Handlers(self.store, config, audit=self.audit, metrics=self.metrics)
+        self.steps = StepHub()
+        self.handlers = Handlers(self.store, config, audit=self.audit, metrics=self.metrics,
+                                 steps=self.steps)
+        self.fitter = RoundModelFitter(
+            self.store, self.steps, step_timeout=config.model_step_timeout.total_seconds(),
+            audit=self._audit)
+        # rounds whose model fits this process started (a restarted coordinator fits again)
+        self._fitting: set[str] = set()
         self.server: Any = None
         self.revocations: Any = None
         self.concurrency: Any = None
@@ -210,6 +218,7 @@ class Coordinator:
         from fedsynth.v1 import federation_pb2_grpc as pb_grpc
 
         preload_statistics()
+        self.steps.bind(asyncio.get_running_loop())
         if self.audit is not None:
             # An append interrupted by a kill is repaired (and recorded) before anything
             # else is written; a log that was tampered with stops the start (AuditError).
@@ -270,8 +279,41 @@ class Coordinator:
             self.metrics.set_open_rounds(len(self.store.list_rounds(status="open")))
         return closed
 
+    def rounds_to_fit(self, now: _dt.datetime | None = None) -> list[str]:
+        """Open rounds whose model fits are due and not started by this process."""
+        # lazy: coordinator.models imports the model statistics; only a serving coordinator
+        from coordinator.models import models_due
+
+        now = now or utcnow()
+        due = []
+        for record in self.store.list_rounds(status="open"):
+            if not record.spec.get("models") or record.id in self._fitting:
+                continue
+            stored = self.store.model_results(record.id)
+            if stored is not None and stored[0] == "done":
+                continue
+            if models_due(has_models=True, started=False, n_submitted=record.n_submissions,
+                          allowed=len(record.allowed), opened_at=record.opened_at,
+                          deadline=record.deadline, now=now):
+                due.append(record.id)
+        return due
+
+    async def _fit_models(self, round_id: str) -> None:
+        try:
+            await asyncio.to_thread(self.fitter.run, round_id)
+        except Exception:  # noqa: BLE001 - the round closes at its deadline regardless
+            log.exception("round %s: model fits failed", round_id)
+
     async def _closer(self) -> None:
         while not self._stop.is_set():
+            try:
+                for round_id in await asyncio.to_thread(self.rounds_to_fit):
+                    self._fitting.add(round_id)
+                    log.info("round %s: fitting its models over the step streams", round_id)
+                    self._tasks.append(asyncio.create_task(self._fit_models(round_id),
+                                                           name=f"models {round_id}"))
+            except Exception:  # noqa: BLE001 - tried again at the next step
+                log.exception("model fit step failed")
             try:
                 if await asyncio.to_thread(self.close_due_rounds):
                     self._report_wanted.set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -107,4 +108,30 @@ class FederationService(pb_grpc.FederationServicer):
                                           signature=bytes(request.signature))
             return pb.SubmitReply(protocol_version=PROTOCOL_VERSION, status=result.status,
                                   round_id=result.round_id, message=result.message)
+        return await self._call(context, work)
+
+    async def StreamSteps(self, request: pb.StreamStepsRequest, context: Any
+                          ) -> AsyncIterator[pb.ModelStep]:
+        """The ``StreamSteps`` RPC: the model steps for the calling site, as they come."""
+        def work(site: str, _pem: Any) -> tuple[str, Any]:
+            hub = self.handlers.open_steps(site, protocol_version=request.protocol_version)
+            return site, hub
+        opened = await self._call(context, work)
+        if opened is None:          # aborted (context.abort raised inside _call)
+            return
+        site, hub = opened
+        async for message in hub.stream(site):
+            yield message
+
+    async def AnswerStep(self, request: pb.AnswerStepRequest, context: Any
+                         ) -> pb.AnswerStepReply:
+        """The ``AnswerStep`` RPC: verify, store and deliver a signed answer to a step."""
+        def work(site: str, pem: Any) -> pb.AnswerStepReply:
+            result = self.handlers.answer_step(site, pem,
+                                               protocol_version=request.protocol_version,
+                                               payload=bytes(request.answer),
+                                               signature=bytes(request.signature))
+            return pb.AnswerStepReply(protocol_version=PROTOCOL_VERSION,
+                                      status=result.status, step_id=result.step_id,
+                                      message=result.message)
         return await self._call(context, work)

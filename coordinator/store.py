@@ -51,7 +51,7 @@ __all__ = ["Store", "SiteRecord", "RoundRecord", "SubmissionRecord", "Submission
 log = logging.getLogger(__name__)
 
 #: Schema version this code writes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class StoreError(FedsynthError):
@@ -149,6 +149,34 @@ trusted_crl = sa.Table(
 )
 
 
+#: Every accepted answer to a model step (issue 13): the signed bytes and the signature, as
+#: for submissions, so a model's fit can be audited step by step; the unique nonce refuses a
+#: replayed answer and the primary key a second, different answer to the same step.
+step_answers = sa.Table(
+    "step_answers", metadata,
+    sa.Column("round_id", sa.String(40), sa.ForeignKey("rounds.id"), primary_key=True),
+    sa.Column("site", sa.String(63), primary_key=True),
+    sa.Column("step_id", sa.String(128), primary_key=True),
+    sa.Column("nonce", sa.String(64), nullable=False, unique=True),
+    sa.Column("signed_at", sa.String(32), nullable=False),
+    sa.Column("received_at", sa.String(32), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("signature", sa.LargeBinary, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+)
+
+#: The model fits of a round (one row per round): ``running`` while the coordinator fits,
+#: ``done`` with the ``models`` entries of the round document once every model is fitted.
+round_models = sa.Table(
+    "round_models", metadata,
+    sa.Column("round_id", sa.String(40), sa.ForeignKey("rounds.id"), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("results_json", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.String(32), nullable=False),
+)
+
+
 def _migration_1(conn: Connection) -> None:
     """Initial schema."""
     metadata.create_all(conn, tables=[sites, rounds, submissions])
@@ -159,8 +187,14 @@ def _migration_2(conn: Connection) -> None:
     metadata.create_all(conn, tables=[audit_outbox, trusted_crl])
 
 
+def _migration_3(conn: Connection) -> None:
+    """Model steps and model results (issue 13, phase 2)."""
+    metadata.create_all(conn, tables=[step_answers, round_models])
+
+
 #: Ordered migrations: MIGRATIONS[i] upgrades version i to i + 1.
-MIGRATIONS: Sequence[Callable[[Connection], None]] = (_migration_1, _migration_2)
+MIGRATIONS: Sequence[Callable[[Connection], None]] = (_migration_1, _migration_2,
+                                                      _migration_3)
 
 
 @dataclass(frozen=True)
@@ -560,6 +594,111 @@ class Store:
                     event="submission.accepted", data_json=json.dumps(audit, sort_keys=True),
                     created_at=iso(now)))
         return "accepted"
+
+    # --- model steps -----------------------------------------------------------------------
+    def add_step_answer(self, *, round_id: str, site: str, step_id: str, kind: str,
+                        nonce: bytes, signed_at: _dt.datetime, payload: bytes,
+                        signature: bytes, now: _dt.datetime,
+                        audit: dict[str, Any] | None = None) -> str:
+        """Store a verified answer to a model step; ``"accepted"`` or ``"duplicate"``.
+
+        The rules of :meth:`add_submission`: committed before the site is answered, an
+        identical resend is ``"duplicate"``, and :class:`SubmissionConflict` (kinds
+        ``unknown_round``, ``round_closed``, ``late``, ``site_not_in_round``,
+        ``different_content``, ``replay``) changes nothing. ``audit`` is the
+        ``model_step.accepted`` entry, committed to the outbox in the same transaction.
+        """
+        digest = hashlib.sha256(payload).hexdigest()
+        try:
+            with self.engine.begin() as conn:
+                row = conn.execute(sa.select(rounds.c.status, rounds.c.deadline,
+                                             rounds.c.allowed_json)
+                                   .where(rounds.c.id == round_id)).mappings().first()
+                if row is None:
+                    raise SubmissionConflict("unknown_round",
+                                             f"round {round_id!r} does not exist")
+                existing = conn.execute(sa.select(step_answers.c.digest).where(
+                    step_answers.c.round_id == round_id, step_answers.c.site == site,
+                    step_answers.c.step_id == step_id)).scalar()
+                if existing is not None:
+                    if existing == digest:
+                        return "duplicate"
+                    raise SubmissionConflict("different_content", f"site {site!r} already "
+                                             f"answered step {step_id!r} differently")
+                if row["status"] != "open":
+                    raise SubmissionConflict("round_closed", f"round {round_id!r} is closed "
+                                             f"({row['status']})")
+                if iso(now) > row["deadline"]:
+                    raise SubmissionConflict("late", f"round {round_id!r} passed its "
+                                             f"deadline {row['deadline']}")
+                if site not in json.loads(row["allowed_json"]):
+                    raise SubmissionConflict("site_not_in_round", f"site {site!r} is not one "
+                                             f"of round {round_id!r}'s sites")
+                seen = conn.execute(sa.select(step_answers.c.step_id).where(
+                    step_answers.c.nonce == nonce.hex())).first()
+                if seen is not None:
+                    raise SubmissionConflict("replay", "this answer's nonce was already used "
+                                             "(replayed answer)")
+                conn.execute(step_answers.insert().values(
+                    round_id=round_id, site=site, step_id=step_id, nonce=nonce.hex(),
+                    signed_at=iso(signed_at), received_at=iso(now), kind=kind,
+                    payload=payload, signature=signature, digest=digest))
+                if audit is not None:
+                    conn.execute(audit_outbox.insert().values(
+                        event="model_step.accepted",
+                        data_json=json.dumps(audit, sort_keys=True), created_at=iso(now)))
+            return "accepted"
+        except sa.exc.IntegrityError:
+            pass
+        with self.engine.connect() as conn:
+            existing = conn.execute(sa.select(step_answers.c.digest).where(
+                step_answers.c.round_id == round_id, step_answers.c.site == site,
+                step_answers.c.step_id == step_id)).scalar()
+        if existing == digest:
+            return "duplicate"
+        if existing is not None:
+            raise SubmissionConflict("different_content", f"site {site!r} already answered "
+                                     f"step {step_id!r} differently")
+        raise SubmissionConflict("replay", "this answer's nonce was already used (replayed "
+                                 "answer)")
+
+    def step_answer_digest(self, round_id: str, site: str, step_id: str) -> str | None:
+        """SHA-256 of the answer ``site`` stored for ``step_id`` of ``round_id``, or None."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(step_answers.c.digest).where(
+                step_answers.c.round_id == round_id, step_answers.c.site == site,
+                step_answers.c.step_id == step_id)).scalar()
+
+    def count_step_answers(self, round_id: str) -> dict[str, int]:
+        """``{site: answers stored}`` for ``round_id`` (diagnostics and tests)."""
+        query = (sa.select(step_answers.c.site, sa.func.count())
+                 .where(step_answers.c.round_id == round_id).group_by(step_answers.c.site))
+        with self.engine.connect() as conn:
+            return {str(site): int(n) for site, n in conn.execute(query).all()}
+
+    def put_model_results(self, round_id: str, *, status: str,
+                          results: list[dict[str, Any]], now: _dt.datetime) -> None:
+        """Record the model fits of ``round_id`` (``running`` or ``done``)."""
+        if status not in ("running", "done"):
+            raise InputError(f"model results status {status!r} must be 'running' or 'done'")
+        text = json.dumps(results, sort_keys=True, allow_nan=False)
+        with self.engine.begin() as conn:
+            updated = conn.execute(round_models.update().where(
+                round_models.c.round_id == round_id).values(
+                status=status, results_json=text, updated_at=iso(now))).rowcount
+            if not updated:
+                conn.execute(round_models.insert().values(
+                    round_id=round_id, status=status, results_json=text,
+                    updated_at=iso(now)))
+
+    def model_results(self, round_id: str) -> tuple[str, list[dict[str, Any]]] | None:
+        """``(status, models entries)`` of ``round_id``, or None before its fits started."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(round_models.c.status, round_models.c.results_json)
+                               .where(round_models.c.round_id == round_id)).first()
+        if row is None:
+            return None
+        return str(row[0]), list(json.loads(row[1]))
 
     # --- audit outbox ----------------------------------------------------------------------
     def pending_audit(self) -> list[OutboxEntry]:

@@ -242,6 +242,9 @@ class CoordinatorConfig:
         CRL checked on every call (default ``revoked.crl`` next to the CA certificate).
     limits
         Per-site rate and concurrency limits (:class:`LimitsConfig`).
+    model_step_timeout
+        How long a model fit waits for one site's answer to one step before it goes on
+        without the site (never past the round's deadline; docs/decisions/glmwire.md).
     config_path
         The file this was read from.
     """
@@ -263,6 +266,7 @@ class CoordinatorConfig:
     limits: LimitsConfig = LimitsConfig()
     metrics_listen: str | None = None
     online_within: timedelta = timedelta(seconds=60)
+    model_step_timeout: timedelta = timedelta(seconds=30)
     config_path: Path | None = None
 
     @property
@@ -285,7 +289,7 @@ def load_coordinator_config(path: str | Path, *, insecure: bool = False) -> Coor
     _check_keys(data, {"listen", "state", "report_dir", "tls", "sites", "pooling", "schedule",
                        "submission_window", "default_deadline", "default_quorum", "addr_file",
                        "audit_log", "revocation", "insecure", "limits", "metrics_listen",
-                       "online_within"}, "coordinator.toml")
+                       "online_within", "model_step_timeout"}, "coordinator.toml")
     listen = _listen(data.get("listen", "127.0.0.1:50051"), "listen")
     state = state_url(data.get("state", "state.db"), base)
     report_dir = _path(base, _str(data, "report_dir", "", "reports"))
@@ -344,6 +348,8 @@ def load_coordinator_config(path: str | Path, *, insecure: bool = False) -> Coor
                     else (tls.ca.parent / "revoked.crl" if tls is not None else None)),
         insecure=insecure, limits=limits, metrics_listen=metrics_listen,
         online_within=parse_duration(data.get("online_within", "60s"), "online_within"),
+        model_step_timeout=parse_duration(data.get("model_step_timeout", "30s"),
+                                          "model_step_timeout"),
         config_path=Path(path).resolve())
 
 

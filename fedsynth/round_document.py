@@ -43,6 +43,9 @@ settings. Version 3 adds, per analysis whose spec asks for released likelihoods
 likelihoods beside the normal approximation, the difference, and what each site sent).
 Older documents read with those fields absent (None). This reader refuses
 a version it does not know, saying which it reads, instead of silently dropping a section.
+Version 3 adds ``models``: one :class:`ModelResult` per ``[[model]]`` of the spec (issue 13:
+one-stage, stratified and two-stage fits, the sites that contributed, refused or were
+dropped); written only when the spec has models, so a version-2 document reads unchanged.
 
 Examples
 --------
@@ -77,6 +80,7 @@ __all__ = [
     "STATUSES",
     "AnalysisResult",
     "FlagDetails",
+    "ModelResult",
     "HeterogeneityVerdict",
     "LikelihoodPooling",
     "PooledEstimate",
@@ -853,6 +857,112 @@ class AnalysisResult(_Section):
                    _layout=r.layout())
 
 
+#: ``status`` of a model entry.
+MODEL_STATUSES = ("fitted", "failed")
+
+
+def _fit_object(r: _Reader, key: str, required: tuple[str, ...]) -> dict[str, Any] | None:
+    """A fit's object (``one_stage``, ...): a JSON object holding ``required`` keys."""
+    value = r.mapping(key)
+    if value is not None:
+        for name in required:
+            if name not in value:
+                r.fail(f"{r.at(key)}.{name}", "is required", None, r.where)
+        for name in ("coefficients", "se"):
+            if name in value and value[name] is not None:
+                inner = _Reader(value[name], f"{r.at(key)}.{name}", r.where)
+                for coefficient in inner.data:
+                    inner.number(coefficient)
+    return None if value is None else {k: _writable(v) for k, v in value.items()}
+
+
+def _flags(r: _Reader, key: str) -> dict[str, Any] | None:
+    """``{coefficient: heterogeneity flag}``: each flag read as an analysis's verdict."""
+    value = r.mapping(key)
+    if value is None:
+        return None
+    inner = _Reader(value, r.at(key), r.where)
+    return {name: HeterogeneityVerdict._read(_Reader(flag, inner.at(name), r.where)
+                                             ).to_dict()
+            for name, flag in inner.data.items()}
+
+
+@dataclass(frozen=True)
+class ModelResult(_Section):
+    """One model of the round's spec, fitted across sites (issue 13).
+
+    The fits' objects keep the keys of :mod:`fedsynth.models` (``GlmFit.to_dict``,
+    ``StratifiedFit.to_dict``, ``TwoStageResult.to_dict``): coefficients by name
+    (``intercept``, a column, ``column=level``), ``null`` where not estimable.
+    """
+
+    name: str = field(metadata=_doc("the model's name in the spec"))
+    family: str | None = field(default=None, metadata=_doc(
+        "binomial | gaussian | poisson"))
+    status: str | None = field(default=None, metadata=_doc(
+        "fitted | failed (reason says why)"))
+    reason: str | None = field(default=None, metadata=_doc(
+        "why the model was not fitted, else null"))
+    n: int | None = field(default=None, metadata=_doc(
+        "patients in the fits (complete rows of the contributing sites)"))
+    sites: tuple[str, ...] = field(default=(), metadata=_doc(
+        "the sites whose rows the fits rest on"))
+    refused: Mapping[str, str] = field(default_factory=dict, metadata=_doc(
+        "site -> its reason for refusing the model (disclosure control, policy)"))
+    dropped: Mapping[str, str] = field(default_factory=dict, metadata=_doc(
+        "site -> why the fit went on without it (no answer within the step timeout)"))
+    one_stage: Mapping[str, Any] | None = field(default=None, metadata=_doc(
+        "the global model by federated IRLS: coefficients, se, deviance, iterations, ..."))
+    stratified: Mapping[str, Any] | None = field(default=None, metadata=_doc(
+        "site intercepts, common slopes: coefficients, se, site_intercepts(_se), ..."))
+    two_stage: Mapping[str, Any] | None = field(default=None, metadata=_doc(
+        "per_site fits, pooled per coefficient (k, estimate, se, tau2, I2, Q, pi_lb, "
+        "pi_ub) and multivariate"))
+    hierarchical: Mapping[str, Any] | None = field(default=None, metadata=_doc(
+        "the exact random-intercept model: coefficients, se, tau, tau2, logLik, "
+        "site_intercepts, site_intercepts_se, ... (issue 14)"))
+    heterogeneity: Mapping[str, Any] | None = field(default=None, metadata=_doc(
+        "coefficient -> the heterogeneity flag of its two-stage pooling (as an "
+        "analysis's: flagged, level, reasons, sites, ...)"))
+    round_trips: int | None = field(default=None, metadata=_doc(
+        "step exchanges with the sites for this model (every fit)"))
+    seconds: float | None = field(default=None, metadata=_doc(
+        "wall time of this model's fits at the coordinator"))
+    notes: tuple[str, ...] = field(default=(), metadata=_doc("plain notes on the fits"))
+    extra: Mapping[str, Any] = _extra_field()
+    _layout: tuple[str, ...] | None = _layout_field()
+
+    def _items(self) -> list[tuple[str, Any, bool]]:
+        return [("name", self.name, True), ("family", self.family, True),
+                ("status", self.status, True), ("reason", self.reason, True),
+                ("n", self.n, True), ("sites", list(self.sites), True),
+                ("refused", dict(self.refused), True), ("dropped", dict(self.dropped), True),
+                ("one_stage", None if self.one_stage is None else dict(self.one_stage), True),
+                ("stratified", None if self.stratified is None else dict(self.stratified),
+                 True),
+                ("two_stage", None if self.two_stage is None else dict(self.two_stage), True),
+                ("hierarchical", None if self.hierarchical is None
+                 else dict(self.hierarchical), self.hierarchical is not None),
+                ("heterogeneity", None if self.heterogeneity is None
+                 else dict(self.heterogeneity), self.heterogeneity is not None),
+                ("round_trips", self.round_trips, True), ("seconds", self.seconds, True),
+                ("notes", list(self.notes), True)]
+
+    @classmethod
+    def _read(cls, r: _Reader) -> ModelResult:
+        return cls(name=str(r.text("name", required=True)), family=r.text("family"),
+                   status=r.text("status", choices=MODEL_STATUSES), reason=r.text("reason"),
+                   n=r.integer("n"), sites=r.texts("sites"), refused=r.text_map("refused"),
+                   dropped=r.text_map("dropped"),
+                   one_stage=_fit_object(r, "one_stage", ("coefficients", "se")),
+                   stratified=_fit_object(r, "stratified", ("coefficients", "se")),
+                   two_stage=_fit_object(r, "two_stage", ("per_site", "pooled")),
+                   hierarchical=_fit_object(r, "hierarchical", ("coefficients", "se", "tau2")),
+                   heterogeneity=_flags(r, "heterogeneity"),
+                   round_trips=r.integer("round_trips"), seconds=r.number("seconds"),
+                   notes=r.texts("notes"), extra=r.extra(_KNOWN[cls]), _layout=r.layout())
+
+
 @dataclass(frozen=True)
 class RoundDocument(_Section):
     """A federated round: its terms, who took part, and every analysis's result.
@@ -881,6 +991,8 @@ class RoundDocument(_Section):
         "allowed sites that did not submit (written at close)"))
     analyses: tuple[AnalysisResult, ...] = field(default=(), metadata=_doc(
         "one per analysis of the spec"))
+    models: tuple[ModelResult, ...] = field(default=(), metadata=_doc(
+        "one per model of the spec (version 3; written when the spec has models)"))
     schema_version: int = field(default=SCHEMA_VERSION, metadata=_doc(
         "absent in version 1; written from version 2 on"))
     extra: Mapping[str, Any] = _extra_field()
@@ -898,7 +1010,8 @@ class RoundDocument(_Section):
             ("sites", [s.to_dict() for s in self.sites], True),
             ("missing_sites", None if self.missing_sites is None else list(self.missing_sites),
              self.missing_sites is not None),
-            ("analyses", [a.to_dict() for a in self.analyses], True)]
+            ("analyses", [a.to_dict() for a in self.analyses], True),
+            ("models", [m.to_dict() for m in self.models], bool(self.models))]
 
     @classmethod
     def from_dict(cls, data: Any, *, where: str = "round document") -> RoundDocument:
@@ -943,6 +1056,7 @@ class RoundDocument(_Section):
             sites=tuple(SiteParticipation._read(s) for s in r.objects("sites")),
             missing_sites=None if missing is None else r.texts("missing_sites"),
             analyses=tuple(AnalysisResult._read(a) for a in r.objects("analyses")),
+            models=tuple(ModelResult._read(m) for m in r.objects("models")),
             schema_version=version or 1,             # no key: a version-1 document
             extra=r.extra(_KNOWN[cls]), _layout=r.layout())
 
@@ -997,6 +1111,7 @@ _KNOWN: dict[type, frozenset[str]] = {
     SiteLikelihood: _known_keys(SiteLikelihood),
     LikelihoodPooling: _known_keys(LikelihoodPooling),
     AnalysisResult: _known_keys(AnalysisResult, {"pooled": PooledEstimate}),
+    ModelResult: _known_keys(ModelResult),
     RoundDocument: _known_keys(RoundDocument),
 }
 
@@ -1027,6 +1142,7 @@ _SECTIONS: tuple[tuple[type, str, str], ...] = (
     (SiteBlup, "SiteBlup", "each item of `blups`"),
     (LikelihoodPooling, "LikelihoodPooling", "`likelihood` of an analysis (version 3)"),
     (SiteLikelihood, "SiteLikelihood", "each item of `likelihood.sites`"),
+    (ModelResult, "ModelResult", "each item of `models`"),
 )
 
 

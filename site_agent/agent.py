@@ -41,12 +41,20 @@ from fedsynth.config import SiteConfig
 from fedsynth.errors import FedsynthError
 from fedsynth.serde import (
     NONCE_BYTES,
+    StepAnswerContent,
     SubmissionContent,
+    WireAggregates,
+    WireContribution,
     WireEstimate,
     WireLikelihood,
     WireRefusal,
+    WireSiteFit,
     WorkItem,
+    decode_model_step,
+    encode_step_answer,
     encode_submission,
+    model_step_digest,
+    pb,
 )
 from fedsynth.signing import load_private_key, sign
 from fedsynth.spec import Spec, parse_spec
@@ -205,6 +213,12 @@ class SiteAgent:
         self.answered: list[str] = []
         self.rejected: list[str] = []
         self._audit_log: Any = None
+        self._model_steps: Any = None
+        # step id -> (request digest, signed answer, signature): a step pushed again (a
+        # reconnect) is answered with the identical bytes, which the coordinator acknowledges
+        # as a duplicate
+        self._step_answers: dict[str, tuple[bytes, bytes, bytes]] = {}
+        self.steps_answered = 0
 
     # --- helpers ---------------------------------------------------------------------------
     def _audit_required(self, event: str, data: dict[str, Any]) -> None:
@@ -407,6 +421,103 @@ class SiteAgent:
                                                 "status": ack.status})
         self.answered.append(entry.round_id)
 
+    # --- model steps -----------------------------------------------------------------------
+    def compute_step(self, message: pb.ModelStep, request_digest: bytes
+                     ) -> tuple[bytes, bytes, str]:
+        """Answer one model step: decide, compute, sign, audit (blocking; a worker thread).
+
+        Returns the signed answer, its signature and a plain sentence of what it holds.
+        Raises :class:`AuditFailed` (nothing may be sent) when the audit entry cannot be
+        written.
+        """
+        # lazy: loaded by _warm_imports in a worker thread, off the event loop
+        from site_agent.steps import ModelSteps, describe_answer
+
+        if self._model_steps is None:
+            self._model_steps = ModelSteps(self.config)
+        order = decode_model_step(message)
+        try:
+            answer: Any = self._model_steps.answer(order)
+        except Exception:  # noqa: BLE001 - a bug refuses the step; the detail stays here
+            log.exception("round %s: model %s step %s failed", order.round_id, order.model,
+                          order.step_id)
+            answer = WireRefusal(order.model, "internal_error", "the model step failed "
+                                 "unexpectedly at the site (the details are in the site's "
+                                 "log)")
+        content = StepAnswerContent(
+            round_id=order.round_id, site=self.config.name, nonce=os.urandom(NONCE_BYTES),
+            timestamp=utcnow(), step_id=order.step_id, request_digest=request_digest,
+            result=answer, agent_version=__version__, protocol_version=PROTOCOL_VERSION)
+        payload = encode_step_answer(content)
+        signature = sign(self.key, payload) if self.key is not None else b""
+        sent: dict[str, Any]
+        if isinstance(answer, WireAggregates):
+            sent = {"n": answer.n, "names": list(answer.names), "deviance": answer.deviance}
+        elif isinstance(answer, WireSiteFit):
+            sent = {"n": answer.n, "status": answer.status}
+        elif isinstance(answer, WireContribution):
+            sent = {"n": answer.n, "loglik": answer.loglik if answer.defined else None}
+        else:
+            sent = {"refused": answer.reason, "code": answer.code}
+        # The audit entry first: nothing leaves the site unless it is recorded there.
+        self._audit_required("model_step.signed", {
+            "round": order.round_id, "step": order.step_id, "model": order.model,
+            "kind": order.kind, "fit": order.fit, "sequence": order.sequence,
+            "request_digest": request_digest.hex(),
+            "digest": hashlib.sha256(payload).hexdigest(), "sent": sent})
+        return payload, signature, describe_answer(order, answer)
+
+    async def handle_step(self, client: FederationClient, message: pb.ModelStep) -> None:
+        """Answer one pushed model step (or resend the answer already signed for it)."""
+        digest = model_step_digest(message)
+        cached = self._step_answers.get(message.step_id)
+        if cached is not None and cached[0] == digest:
+            payload, signature = cached[1], cached[2]
+        else:
+            try:
+                payload, signature, sentence = await asyncio.to_thread(
+                    self.compute_step, message, digest)
+            except AuditFailed as error:
+                log.error("round %s: %s; the model step was NOT answered", message.round_id,
+                          error)
+                return
+            except FedsynthError as error:     # an undecodable step: nothing to answer
+                log.error("round %s: model step refused before computing: %s",
+                          message.round_id, error)
+                return
+            if len(self._step_answers) > 10_000:
+                self._step_answers.clear()
+            self._step_answers[message.step_id] = (digest, payload, signature)
+            log.info("round %s: %s", message.round_id, sentence)
+        try:
+            await client.answer_step(payload, signature)
+        except CoordinatorRefused as refused:
+            log.error("round %s: the coordinator refused this site's answer to model step "
+                      "%s (%s): %s", message.round_id, message.step_id, refused.code,
+                      refused.reason)
+            self._audit("model_step.rejected", {"round": message.round_id,
+                                                "step": message.step_id,
+                                                "code": refused.code,
+                                                "reason": refused.reason})
+            return
+        self.steps_answered += 1
+
+    async def step_loop(self, client: FederationClient) -> None:
+        """Keep the model-step stream open and answer each step as it arrives."""
+        backoff = Backoff(base=0.2, cap=min(5.0, self.config.max_backoff.total_seconds()))
+        while not self._stop.is_set():
+            try:
+                async for message in client.stream_steps():
+                    backoff.reset()
+                    await self.handle_step(client, message)
+            except CoordinatorUnavailable as error:
+                log.info("%s; opening it again", error)
+                await self._sleep(backoff.next_delay())
+            except CoordinatorRefused as refused:
+                # e.g. a coordinator without model steps (UNIMPLEMENTED): look again later
+                log.warning("the coordinator refused the model-step stream: %s", refused)
+                await self._sleep(30.0)
+
     # --- run loop --------------------------------------------------------------------------
     async def resend_unacknowledged(self, client: FederationClient) -> None:
         """Resend submissions signed before the agent stopped but never acknowledged."""
@@ -427,19 +538,24 @@ class SiteAgent:
                                     f"site.toml says {config.name!r}")
             log.info("connected to the coordinator at %s as %s", client.target, site)
             self.backoff.reset()
-            await self.resend_unacknowledged(client)
-            last_beat = 0.0
-            loop = asyncio.get_running_loop()
-            while not self._stop.is_set():
-                if loop.time() - last_beat >= config.heartbeat_interval.total_seconds():
-                    await client.heartbeat()
-                    last_beat = loop.time()
-                for work in await client.pull_work():
-                    await self.handle(client, work)
-                if self.once and self.answered:
-                    self._stop.set()
-                    break
-                await self._sleep(config.poll_interval.total_seconds())
+            steps = asyncio.create_task(self.step_loop(client), name="model steps")
+            try:
+                await self.resend_unacknowledged(client)
+                last_beat = 0.0
+                loop = asyncio.get_running_loop()
+                while not self._stop.is_set():
+                    if loop.time() - last_beat >= config.heartbeat_interval.total_seconds():
+                        await client.heartbeat()
+                        last_beat = loop.time()
+                    for work in await client.pull_work():
+                        await self.handle(client, work)
+                    if self.once and self.answered:
+                        self._stop.set()
+                        break
+                    await self._sleep(config.poll_interval.total_seconds())
+            finally:
+                steps.cancel()
+                await asyncio.gather(steps, return_exceptions=True)
 
     async def run(self) -> int:
         """Run until stopped (or, with ``once``, until one round is answered)."""
@@ -473,6 +589,7 @@ def _warm_imports() -> None:
     import site_agent.likelihood  # noqa: F401
     import site_agent.policy  # noqa: F401
     import site_agent.privacy  # noqa: F401
+    import site_agent.steps  # noqa: F401
 
 
 async def run_agent(config: SiteConfig, *, once: bool = False) -> int:

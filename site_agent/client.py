@@ -9,6 +9,7 @@ request: the status and the coordinator's reason).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,3 +144,37 @@ class FederationClient:
                 raise
             reply = await self._call(self.stub.Submit, request)
         return SubmitAck(reply.status, reply.round_id, reply.message)
+
+    async def stream_steps(self) -> AsyncIterator[pb.ModelStep]:
+        """The model steps the coordinator pushes to this site, as they come (long-lived).
+
+        No deadline: the stream stays open between fits. Errors map as for every call
+        (:class:`CoordinatorUnavailable` when the connection drops: reconnect and the
+        coordinator pushes the unanswered steps again).
+        """
+        call = self.stub.StreamSteps(pb.StreamStepsRequest(
+            protocol_version=PROTOCOL_VERSION, agent_version=__version__),
+            metadata=self.metadata)
+        try:
+            async for message in call:
+                if message.protocol_version != PROTOCOL_VERSION:
+                    raise CoordinatorRefused(
+                        "FAILED_PRECONDITION", "incompatible protocol: the coordinator "
+                        f"speaks {message.protocol_version!r}, this site speaks "
+                        f"{PROTOCOL_VERSION!r}")
+                yield message
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            detail = error.details() or code.name
+            if code in TRANSIENT:
+                raise CoordinatorUnavailable(f"coordinator {self.target} step stream "
+                                             f"ended ({code.name}: {detail})") from None
+            raise CoordinatorRefused(code.name, detail) from None
+        finally:
+            call.cancel()
+
+    async def answer_step(self, payload: bytes, signature: bytes) -> SubmitAck:
+        """Send a signed answer to a model step; resending the same bytes is safe."""
+        reply = await self._call(self.stub.AnswerStep, pb.AnswerStepRequest(
+            protocol_version=PROTOCOL_VERSION, answer=payload, signature=signature))
+        return SubmitAck(reply.status, reply.step_id, reply.message)

@@ -98,6 +98,11 @@ def _analyses(spec: Any) -> list[Mapping[str, Any]]:
     return [a if isinstance(a, Mapping) else vars(a) for a in analyses]
 
 
+def _models(spec: Any) -> list[Mapping[str, Any]]:
+    models = spec_to_dict(spec).get("models", [])
+    return [m if isinstance(m, Mapping) else vars(m) for m in models]
+
+
 @dataclass(frozen=True)
 class PolicyDecision:
     """What the policy says about one spec.
@@ -380,11 +385,40 @@ class Policy:
                 params = {k: v for k, v in sentence.items() if k != "key"}
                 refusals[name] = render_reason(sentence["key"], params)[1]
                 sentences[name] = sentence
+        for model in _models(spec):
+            # a model uses its columns as an outcome and covariates (the offset too), and
+            # counts towards max_analyses like an analysis (issue 13)
+            name = str(model.get("name", "model"))
+            sentence = self._model_refusal(model)
+            if sentence is None and len(allowed) >= self.max_analyses:
+                sentence = {"key": "policy_max_analyses", "max_analyses": self.max_analyses}
+            if sentence is None:
+                allowed.append(name)
+            else:
+                params = {k: v for k, v in sentence.items() if k != "key"}
+                refusals[name] = render_reason(sentence["key"], params)[1]
+                sentences[name] = sentence
         if approved is None:
             approved = (not self.require_approval) or self.store().is_approved(fingerprint)
         needs = self.require_approval and not approved
         return PolicyDecision(fingerprint=fingerprint, refusals=refusals, needs_approval=needs,
                               allowed=tuple(allowed), sentences=sentences)
+
+    def _model_refusal(self, model: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The vocabulary sentence refusing a ``[[model]]``, if the policy forbids a column."""
+        roles: list[tuple[str, Sequence[str] | None, list[str]]] = [
+            ("an outcome", self.outcomes, [str(model["outcome"])] if model.get("outcome")
+             else []),
+            ("a covariate", self.covariates,
+             [str(c) for c in model.get("covariates") or []]
+             + ([str(model["offset"])] if model.get("offset") else []))]
+        for role, permitted, used in roles:
+            if permitted is None:
+                continue
+            for column in used:
+                if column not in permitted:
+                    return {"key": "policy_column", "column": column, "role": role}
+        return None
 
     def _refusal(self, analysis: Mapping[str, Any]) -> dict[str, Any] | None:
         """The vocabulary sentence (``{"key", params...}``) refusing ``analysis``, if any."""

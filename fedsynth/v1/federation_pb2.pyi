@@ -163,3 +163,191 @@ class SubmitReply(_message.Message):
     round_id: str
     message: str
     def __init__(self, protocol_version: _Optional[str] = ..., status: _Optional[str] = ..., round_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class StreamStepsRequest(_message.Message):
+    __slots__ = ("protocol_version", "agent_version")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: str
+    agent_version: str
+    def __init__(self, protocol_version: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
+
+class IrlsPoint(_message.Message):
+    __slots__ = ("start", "names", "coefficients")
+    START_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    COEFFICIENTS_FIELD_NUMBER: _ClassVar[int]
+    start: bool
+    names: _containers.RepeatedScalarFieldContainer[str]
+    coefficients: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, start: _Optional[bool] = ..., names: _Optional[_Iterable[str]] = ..., coefficients: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class SiteFitOrder(_message.Message):
+    __slots__ = ("epsilon", "maxit")
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    MAXIT_FIELD_NUMBER: _ClassVar[int]
+    epsilon: float
+    maxit: int
+    def __init__(self, epsilon: _Optional[float] = ..., maxit: _Optional[int] = ...) -> None: ...
+
+class HierarchicalProposal(_message.Message):
+    __slots__ = ("family", "beta", "tau_zero", "log_tau", "has_log_sigma", "log_sigma", "nodes", "tol", "iteration")
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    TAU_ZERO_FIELD_NUMBER: _ClassVar[int]
+    LOG_TAU_FIELD_NUMBER: _ClassVar[int]
+    HAS_LOG_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    LOG_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    TOL_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    family: str
+    beta: _containers.RepeatedScalarFieldContainer[float]
+    tau_zero: bool
+    log_tau: float
+    has_log_sigma: bool
+    log_sigma: float
+    nodes: int
+    tol: float
+    iteration: int
+    def __init__(self, family: _Optional[str] = ..., beta: _Optional[_Iterable[float]] = ..., tau_zero: _Optional[bool] = ..., log_tau: _Optional[float] = ..., has_log_sigma: _Optional[bool] = ..., log_sigma: _Optional[float] = ..., nodes: _Optional[int] = ..., tol: _Optional[float] = ..., iteration: _Optional[int] = ...) -> None: ...
+
+class ModelStep(_message.Message):
+    __slots__ = ("protocol_version", "round_id", "step_id", "model", "kind", "fit", "sequence", "spec_toml", "deadline_unix_ms", "irls", "site_fit", "hierarchical")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FIT_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SPEC_TOML_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    IRLS_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIT_FIELD_NUMBER: _ClassVar[int]
+    HIERARCHICAL_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: str
+    round_id: str
+    step_id: str
+    model: str
+    kind: str
+    fit: str
+    sequence: int
+    spec_toml: str
+    deadline_unix_ms: int
+    irls: IrlsPoint
+    site_fit: SiteFitOrder
+    hierarchical: HierarchicalProposal
+    def __init__(self, protocol_version: _Optional[str] = ..., round_id: _Optional[str] = ..., step_id: _Optional[str] = ..., model: _Optional[str] = ..., kind: _Optional[str] = ..., fit: _Optional[str] = ..., sequence: _Optional[int] = ..., spec_toml: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., irls: _Optional[_Union[IrlsPoint, _Mapping]] = ..., site_fit: _Optional[_Union[SiteFitOrder, _Mapping]] = ..., hierarchical: _Optional[_Union[HierarchicalProposal, _Mapping]] = ...) -> None: ...
+
+class IrlsAggregates(_message.Message):
+    __slots__ = ("names", "n", "xtwx", "score", "deviance", "minus_twice_loglik", "boundary")
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    XTWX_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    DEVIANCE_FIELD_NUMBER: _ClassVar[int]
+    MINUS_TWICE_LOGLIK_FIELD_NUMBER: _ClassVar[int]
+    BOUNDARY_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    n: int
+    xtwx: _containers.RepeatedScalarFieldContainer[float]
+    score: _containers.RepeatedScalarFieldContainer[float]
+    deviance: float
+    minus_twice_loglik: float
+    boundary: bool
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., n: _Optional[int] = ..., xtwx: _Optional[_Iterable[float]] = ..., score: _Optional[_Iterable[float]] = ..., deviance: _Optional[float] = ..., minus_twice_loglik: _Optional[float] = ..., boundary: _Optional[bool] = ...) -> None: ...
+
+class SiteFitResult(_message.Message):
+    __slots__ = ("status", "reason", "n", "names", "coefficients", "covariance", "iterations")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    COEFFICIENTS_FIELD_NUMBER: _ClassVar[int]
+    COVARIANCE_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    reason: str
+    n: int
+    names: _containers.RepeatedScalarFieldContainer[str]
+    coefficients: _containers.RepeatedScalarFieldContainer[float]
+    covariance: _containers.RepeatedScalarFieldContainer[float]
+    iterations: int
+    def __init__(self, status: _Optional[str] = ..., reason: _Optional[str] = ..., n: _Optional[int] = ..., names: _Optional[_Iterable[str]] = ..., coefficients: _Optional[_Iterable[float]] = ..., covariance: _Optional[_Iterable[float]] = ..., iterations: _Optional[int] = ...) -> None: ...
+
+class HierarchicalContribution(_message.Message):
+    __slots__ = ("n", "defined", "loglik", "gradient", "hessian", "nodes", "quadrature_error", "mode", "mode_sd", "posterior_mean", "posterior_sd")
+    N_FIELD_NUMBER: _ClassVar[int]
+    DEFINED_FIELD_NUMBER: _ClassVar[int]
+    LOGLIK_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_FIELD_NUMBER: _ClassVar[int]
+    HESSIAN_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    QUADRATURE_ERROR_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MODE_SD_FIELD_NUMBER: _ClassVar[int]
+    POSTERIOR_MEAN_FIELD_NUMBER: _ClassVar[int]
+    POSTERIOR_SD_FIELD_NUMBER: _ClassVar[int]
+    n: int
+    defined: bool
+    loglik: float
+    gradient: _containers.RepeatedScalarFieldContainer[float]
+    hessian: _containers.RepeatedScalarFieldContainer[float]
+    nodes: int
+    quadrature_error: float
+    mode: float
+    mode_sd: float
+    posterior_mean: float
+    posterior_sd: float
+    def __init__(self, n: _Optional[int] = ..., defined: _Optional[bool] = ..., loglik: _Optional[float] = ..., gradient: _Optional[_Iterable[float]] = ..., hessian: _Optional[_Iterable[float]] = ..., nodes: _Optional[int] = ..., quadrature_error: _Optional[float] = ..., mode: _Optional[float] = ..., mode_sd: _Optional[float] = ..., posterior_mean: _Optional[float] = ..., posterior_sd: _Optional[float] = ...) -> None: ...
+
+class StepAnswer(_message.Message):
+    __slots__ = ("protocol_version", "round_id", "site", "nonce", "timestamp_unix_ms", "agent_version", "step_id", "request_digest", "irls", "site_fit", "refusal", "hierarchical")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    IRLS_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIT_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    HIERARCHICAL_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: str
+    round_id: str
+    site: str
+    nonce: bytes
+    timestamp_unix_ms: int
+    agent_version: str
+    step_id: str
+    request_digest: bytes
+    irls: IrlsAggregates
+    site_fit: SiteFitResult
+    refusal: Refusal
+    hierarchical: HierarchicalContribution
+    def __init__(self, protocol_version: _Optional[str] = ..., round_id: _Optional[str] = ..., site: _Optional[str] = ..., nonce: _Optional[bytes] = ..., timestamp_unix_ms: _Optional[int] = ..., agent_version: _Optional[str] = ..., step_id: _Optional[str] = ..., request_digest: _Optional[bytes] = ..., irls: _Optional[_Union[IrlsAggregates, _Mapping]] = ..., site_fit: _Optional[_Union[SiteFitResult, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ..., hierarchical: _Optional[_Union[HierarchicalContribution, _Mapping]] = ...) -> None: ...
+
+class AnswerStepRequest(_message.Message):
+    __slots__ = ("protocol_version", "answer", "signature")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: str
+    answer: bytes
+    signature: bytes
+    def __init__(self, protocol_version: _Optional[str] = ..., answer: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class AnswerStepReply(_message.Message):
+    __slots__ = ("protocol_version", "status", "step_id", "message")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: str
+    status: str
+    step_id: str
+    message: str
+    def __init__(self, protocol_version: _Optional[str] = ..., status: _Optional[str] = ..., step_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...

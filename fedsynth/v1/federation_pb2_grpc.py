@@ -54,6 +54,16 @@ class FederationStub:
                 request_serializer=fedsynth_dot_v1_dot_federation__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=fedsynth_dot_v1_dot_federation__pb2.SubmitReply.FromString,
                 _registered_method=True)
+        self.StreamSteps = channel.unary_stream(
+                '/fedsynth.v1.Federation/StreamSteps',
+                request_serializer=fedsynth_dot_v1_dot_federation__pb2.StreamStepsRequest.SerializeToString,
+                response_deserializer=fedsynth_dot_v1_dot_federation__pb2.ModelStep.FromString,
+                _registered_method=True)
+        self.AnswerStep = channel.unary_unary(
+                '/fedsynth.v1.Federation/AnswerStep',
+                request_serializer=fedsynth_dot_v1_dot_federation__pb2.AnswerStepRequest.SerializeToString,
+                response_deserializer=fedsynth_dot_v1_dot_federation__pb2.AnswerStepReply.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -87,6 +97,23 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamSteps(self, request, context):
+        """Model steps (issue 13): a stream the site keeps open; the coordinator pushes each step
+        of a model fit (IRLS aggregates at coefficients, a site's own fit, ...) as soon as the
+        fit needs it, so a step costs one round trip instead of a poll interval. A step not
+        answered when the stream drops is pushed again when the site reconnects.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnswerStep(self, request, context):
+        """One signed answer to one model step (aggregates, a site's own fit, or a refusal).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +136,16 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Submit,
                     request_deserializer=fedsynth_dot_v1_dot_federation__pb2.SubmitRequest.FromString,
                     response_serializer=fedsynth_dot_v1_dot_federation__pb2.SubmitReply.SerializeToString,
+            ),
+            'StreamSteps': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamSteps,
+                    request_deserializer=fedsynth_dot_v1_dot_federation__pb2.StreamStepsRequest.FromString,
+                    response_serializer=fedsynth_dot_v1_dot_federation__pb2.ModelStep.SerializeToString,
+            ),
+            'AnswerStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnswerStep,
+                    request_deserializer=fedsynth_dot_v1_dot_federation__pb2.AnswerStepRequest.FromString,
+                    response_serializer=fedsynth_dot_v1_dot_federation__pb2.AnswerStepReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +256,60 @@ class Federation:
             '/fedsynth.v1.Federation/Submit',
             fedsynth_dot_v1_dot_federation__pb2.SubmitRequest.SerializeToString,
             fedsynth_dot_v1_dot_federation__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamSteps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedsynth.v1.Federation/StreamSteps',
+            fedsynth_dot_v1_dot_federation__pb2.StreamStepsRequest.SerializeToString,
+            fedsynth_dot_v1_dot_federation__pb2.ModelStep.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnswerStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsynth.v1.Federation/AnswerStep',
+            fedsynth_dot_v1_dot_federation__pb2.AnswerStepRequest.SerializeToString,
+            fedsynth_dot_v1_dot_federation__pb2.AnswerStepReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,10 @@
 A site operator runs it before joining a round to see exactly what would leave: per
 analysis ``yi, vi, se, n``, or the refusal and its reason, after the site's policy
 (with ``--config``) and disclosure control (:func:`site_agent.privacy.guard`), computed as
-the site agent computes a submission. Nothing is sent and no state is written.
+the site agent computes a submission; per ``[[model]]``, what each model step sends (the
+sums ``XᵀWX``, score, deviance and ``n`` at the first step and at each later one, then the
+site's own fit) after the model disclosure rules (:func:`site_agent.steps.preview_model`).
+Nothing is sent and no state is written.
 """
 
 from __future__ import annotations
@@ -130,6 +133,7 @@ def _run(args: argparse.Namespace) -> int:
     results = release({a.name: policy_refusals.get(a.name) or guarded[a.name]
                        for a in spec.analyses}, spec)
     rows_total = int(len(frame)) if frame is not None else None
+    models = _models(spec, config, frame, policy_refusals, min_cell, min_n)
 
     for note in notes:
         print(f"fedsynth: note: {note}", file=sys.stderr)
@@ -140,7 +144,9 @@ def _run(args: argparse.Namespace) -> int:
                 if getattr(r, "refused", False) and r.detail}
         if kept:
             document["kept_at_site"] = kept      # not sent: the operator's own view
-        print(json.dumps(document, indent=2))
+        if models:
+            document["models"] = models
+        print(json.dumps(document, indent=2, allow_nan=False))
         return 0
     rows = [("analysis", "estimator", "measure", "yi", "se", "vi", "n", "note")]
     for analysis in spec.analyses:
@@ -174,7 +180,81 @@ def _run(args: argparse.Namespace) -> int:
           + ("; site policy applied" if config is not None else ""))
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    for name, preview in models.items():
+        print()
+        print(_model_text(name, preview))
     return 0
+
+
+def _models(spec: Any, config: Any, frame: Any, policy_refusals: dict[str, Any],
+            min_cell: int, min_n: int) -> dict[str, Any]:
+    """Per model of ``spec``, what each step would send (:func:`preview_model`)."""
+    if not spec.models:
+        return {}
+    # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
+    from fedsynth.jsonsafe import strict_json
+    from fedsynth.models import ModelLimits
+    from site_agent.steps import load_model_frame, model_release_key, preview_model
+
+    limits = ModelLimits.from_mapping(None, min_rows=min_n, min_cell_count=min_cell)
+    history: dict[str, Any] = {}
+    if config is not None:
+        # lazy: keeps the file helpers out of `fedsynth --help` start-up
+        from fedsynth.fileio import read_json_object
+
+        state = Path(config.state_file)
+        history = read_json_object(state.with_name(state.stem + ".releases.json"),
+                                   "release history")
+    out: dict[str, Any] = {}
+    for model in spec.models:
+        refusal = policy_refusals.get(model.name)
+        if refusal is not None:
+            out[model.name] = {"model": model.name, "family": model.family, "n": None,
+                               "steps": [], "site_fit": None,
+                               "refused": {"code": "policy", "reason": refusal.reason}}
+            continue
+        data = frame if frame is not None else load_model_frame(config.data, model)
+        earlier = [int(n) for n in history.get(model_release_key(model), [])]
+        out[model.name] = strict_json(preview_model(data, model, limits, earlier_n=earlier))
+    return out
+
+
+def _model_text(name: str, preview: dict[str, Any]) -> str:
+    """The table of one model's steps: what each step sends."""
+    lines = [f"model {printable(name)} ({preview['family']}): what each step sends"]
+    refused = preview.get("refused")
+    for step in preview["steps"]:
+        sends = step["sends"]
+        p = len(sends["names"])
+        at = ("R's starting values (no coefficients)" if step["coefficients"] is None
+              else "coefficients " + ", ".join(
+                  f"{k}={v:.4g}" for k, v in step["coefficients"].items()))
+        score = ", ".join("null" if v is None else f"{v:.6g}" for v in sends["score"])
+        deviance = sends["deviance"]
+        lines.append(f"  step {step['step']} at {printable(at)}:")
+        lines.append(f"    n = {sends['n']}, X'WX ({p} x {p}), deviance = "
+                     f"{'null' if deviance is None else f'{deviance:.8g}'}, "
+                     f"score = [{score}]")
+    fit = preview.get("site_fit")
+    if fit is not None:
+        if fit["status"] == "ok":
+            coefs = ", ".join(f"{k}={'null' if v is None else f'{v:.4g}'}"
+                              for k, v in fit["coefficients"].items())
+            lines.append(f"  site fit (two-stage): n = {fit['n']}, status ok: {coefs} "
+                         "and their covariance matrix")
+        else:
+            lines.append(f"  site fit (two-stage): n = {fit['n']}, status {fit['status']}: "
+                         f"{printable(fit.get('reason', ''))} (sent without coefficients)")
+    if refused is not None:
+        where = f" at step {refused['at_step']}" if "at_step" in refused else ""
+        lines.append(f"  refused{where}: {printable(refused['reason'])}")
+        if refused.get("kept_at_site"):
+            lines.append(f"    [kept at this site, not sent: "
+                         f"{printable(refused['kept_at_site'])}]")
+    lines.append("  (in a round the coordinator sends the coefficients of every site's summed "
+                 "sums; each answer holds the same kind of numbers, nothing per patient; "
+                 "--format json prints every number, X'WX included)")
+    return "\n".join(lines)
 
 
 COMMANDS = [Command(
@@ -187,5 +267,9 @@ COMMANDS = [Command(
         "approximation), or the refusal and its reason, after the site's\n"
         "disclosure control (minimum cell count, minimum n) and, with --config site.toml,\n"
         "its policy and release history. Nothing leaves the machine; no state is written.\n\n"
+        "With [[model]] tables it also prints, per model, what each model step sends: the\n"
+        "sums X'WX, score, deviance and n at R's starting values and at each later step,\n"
+        "then the site's own fit (two-stage), after the model disclosure rules.\n\n"
         "JSON output: {\"n\": rows, \"analyses\": {name: {yi, vi, se, n} | {likelihood, n}"
-        " | {refused}}}"))]
+        " | {refused}},\n\"models\": {name: {steps: [{step, coefficients, sends}], site_fit, "
+        "refused}}}"))]

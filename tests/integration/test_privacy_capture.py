@@ -85,7 +85,8 @@ score = "risk_score"
 """
 SITES = ("mtf-foxtrot", "mtf-alpha")
 REQUEST_TYPES = {"Register": pb.RegisterRequest, "Heartbeat": pb.HeartbeatRequest,
-                 "PullWork": pb.PullWorkRequest, "Submit": pb.SubmitRequest}
+                 "PullWork": pb.PullWorkRequest, "Submit": pb.SubmitRequest,
+                 "StreamSteps": pb.StreamStepsRequest, "AnswerStep": pb.AnswerStepRequest}
 
 
 def _cli(*args: str, timeout: float = 120) -> str:
@@ -130,6 +131,18 @@ class CapturingProxy:
             except grpc.RpcError as error:
                 context.abort(error.code(), error.details())
 
+        def forward_stream(request: bytes, context):
+            with self._lock:
+                self.captured.append((method, request))
+            try:
+                yield from self._upstream.unary_stream(method)(
+                    request, metadata=[(k, v) for k, v in context.invocation_metadata()
+                                       if not k.startswith(":")])
+            except grpc.RpcError as error:
+                context.abort(error.code(), error.details())
+
+        if method.endswith("/StreamSteps"):      # the model-step stream (server streaming)
+            return grpc.unary_stream_rpc_method_handler(forward_stream)
         return grpc.unary_unary_rpc_method_handler(forward)  # raw bytes in and out
 
     def close(self) -> None:

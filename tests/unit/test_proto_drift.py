@@ -31,8 +31,9 @@ def test_every_message_names_the_protocol_version() -> None:
     from fedsynth.v1 import federation_pb2 as pb
 
     exchanged = [m for name, m in pb.DESCRIPTOR.message_types_by_name.items()
-                 if name.endswith(("Request", "Reply")) or name == "Submission"]
-    assert len(exchanged) == 9
+                 if name.endswith(("Request", "Reply"))
+                 or name in ("Submission", "ModelStep", "StepAnswer")]
+    assert len(exchanged) == 14
     for message in exchanged:
         assert "protocol_version" in message.fields_by_name, message.name
 
@@ -41,4 +42,5 @@ def test_service_methods() -> None:
     from fedsynth.v1 import federation_pb2 as pb
 
     service = pb.DESCRIPTOR.services_by_name["Federation"]
-    assert [m.name for m in service.methods] == ["Register", "Heartbeat", "PullWork", "Submit"]
+    assert [m.name for m in service.methods] == ["Register", "Heartbeat", "PullWork", "Submit",
+                                                  "StreamSteps", "AnswerStep"]

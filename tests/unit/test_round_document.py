@@ -113,6 +113,7 @@ def test_closed_document_keys_are_those_of_the_contract(tmp_path) -> None:
                                             "pi_beyond_width"}
     assert set(hetero["site_estimates"][0]) == {"site", "yi", "vi", "se", "n"}
     assert data["schema_version"] == SCHEMA_VERSION == 3     # the current version's number
+    assert "models" not in data                      # written only for specs with models
     assert data["opened_at"] == "2026-11-25T14:00:00.000Z"
 
 

@@ -65,8 +65,7 @@ if TYPE_CHECKING:
     from fedsynth.meta.heterogeneity import ClinicalWidth
 
 __all__ = ["RoundOutcome", "open_round", "round_document", "is_due", "pool_analyses",
-           "pool_round", "close_if_due", "likelihood_section"]
-           "pool_round", "close_if_due", "model_entries"]
+           "pool_round", "close_if_due", "likelihood_section", "model_entries"]
 
 log = logging.getLogger(__name__)
 

@@ -282,8 +282,10 @@ class PoolingResult(PlotMixin, ResultMixin):
         # lazy: import cycle: fedsynth.meta.metareg imports this module
         from fedsynth.meta.metareg import fit_rma
 
-        fit = fit_rma(self.yi, self.vi, None, method="FE", test=self.test, level=self.level,
-                      tau2=self.tau2, compute_r2=False)
+        # the fit at this result's own tau² (fixed), for every method
+        fit = fit_rma(self.yi, self.vi, None, method=self.method, test=self.test,
+                      level=self.level, tau2=None if self.method == "FE" else self.tau2,
+                      compute_r2=False)
         return diagnostics.blup(self.yi, self.vi, labels=self.labels, level=self.level,
                                 fit=fit)
 

@@ -86,6 +86,17 @@ def _clip(ops: Any, eta: Any) -> Any:
     return ops.where(eta > EXP_CLIP, EXP_CLIP, ops.where(eta < -EXP_CLIP, -EXP_CLIP, eta))
 
 
+def _stage(ops: Any, name: str, value: Any) -> Any:
+    """``value`` computed once per row where the engine supports it (Spark: a column).
+
+    An engine whose expressions are trees (Spark) would otherwise repeat the linear
+    predictor in every term; ``ops.stage`` makes it a column of its own. Numpy and SQL
+    engines take the expression as it is.
+    """
+    stage = getattr(ops, "stage", None)
+    return stage(name, value) if stage is not None else value
+
+
 def _clip_above(ops: Any, value: Any) -> Any:
     return ops.where(value > EXP_CLIP, EXP_CLIP, value)
 
@@ -189,8 +200,9 @@ def glm_row_terms(ops: Any, x: Sequence[Any], y: Any, beta: np.ndarray,
         eta = eta + float(coef) * column
     if offset is None and not len(beta):
         raise ValueError("a GLM step needs at least one coefficient")
-    small = ops.exp(-_clip_above(ops, ops.abs(eta)))          # e^{-|η|} in (0, 1]
-    mu = ops.where(eta >= 0, 1.0 / (1.0 + small), small / (1.0 + small))
+    eta = _stage(ops, "eta_", eta)
+    small = _stage(ops, "small_", ops.exp(-_clip_above(ops, ops.abs(eta))))  # e^{-|η|}
+    mu = _stage(ops, "mu_", ops.where(eta >= 0, 1.0 / (1.0 + small), small / (1.0 + small)))
     # μ(1 − μ) = e^{-|η|} / (1 + e^{-|η|})² whatever the sign of η (a shorter SQL tree)
     weight = small / ((1.0 + small) * (1.0 + small))
     residual = y - mu
@@ -232,7 +244,7 @@ def cox_row_terms(ops: Any, x: Sequence[Any], event: Any, beta: np.ndarray
     eta: Any = 0.0
     for coef, column in zip(beta, x):
         eta = eta + float(coef) * column
-    w = ops.exp(_clip(ops, eta))
+    w = _stage(ops, "w_", ops.exp(_clip(ops, eta)))
     ew = event * w
     terms: dict[str, Any] = {"d": event, "r0": w, "e0": ew}
     p = len(x)

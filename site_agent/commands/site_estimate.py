@@ -96,15 +96,18 @@ def _run(args: argparse.Namespace) -> int:
                    name=spec.name)
 
     frame = None
-    if data_path is not None:
+    if data_path is not None and not data_path.is_dir():
         frame = load_table(data_path)
         computed = dict(estimate_all(frame, allowed))
-    else:  # a SQL source of site.toml
+    else:  # a Parquet folder, or the SQL or Spark source of site.toml
         # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
         from site_agent.connectors import estimate_from_data
 
-        assert config is not None  # data_path is None only for the SQL source of a config
-        computed = dict(estimate_from_data(config.data, allowed))
+        if data_path is not None:
+            computed = dict(estimate_from_data({"path": str(data_path)}, allowed))
+        else:
+            assert config is not None  # data_path is None only for a config's source
+            computed = dict(estimate_from_data(config.data, allowed))
     guarded = (guard(computed, limits, spec=allowed, history=history)
                if allowed.analyses else {})
     # Exactly what the agent would send: refusals worded from the fixed vocabulary (their
@@ -138,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
             rows.append((analysis.name, analysis.estimator, r.measure, _number(r.yi),
                          _number(r.se), _number(r.vi), str(r.n), note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    source = str(data_path) if data_path is not None else "the SQL source of site.toml"
+    source = str(data_path) if data_path is not None else "the SQL or Spark source of site.toml"
     size = f" ({rows_total} rows)" if rows_total is not None else ""
     print(f"data: {printable(source)}{size}; spec: {printable(args.spec)}; disclosure limits: "
           f"min_cell_count={limits.min_cell_count}, min_n={limits.min_n}"

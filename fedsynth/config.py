@@ -439,13 +439,38 @@ def _schedule(entry: Any, index: int, base: Path) -> ScheduleConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """``[data]`` of site.toml: a CSV/Parquet file, or a SQL source (connectors)."""
+    """``[data]`` of site.toml: where the site's rows live (exactly one of three).
+
+    ``path``: a CSV/Parquet file, or a folder of (partitioned) Parquet files scanned in
+    batches; ``url`` with ``table`` or ``query``: a SQL source (any SQLAlchemy URL; every
+    estimator runs in the database); ``spark``: ``{ table = "...", master = "local[2]" }``,
+    a Spark table whose aggregates run as Spark jobs (``pip install fedsynth[spark]``).
+    """
 
     path: Path | None = None
     url: str | None = None
     table: str | None = None
     query: str | None = None
     options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    spark: dict[str, str] | None = field(default=None, compare=False, hash=False)
+
+
+def _spark(value: Any) -> dict[str, str]:
+    """``[data] spark = { table = "...", master = "local[2]" }``, validated."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"[data] spark = {value!r} must be a table such as "
+                          "{ table = \"db.visits\", master = \"local[2]\" }")
+    _check_keys(value, {"table", "master", "app_name"}, "[data.spark]")
+    table = value.get("table")
+    if not isinstance(table, str) or not table.strip():
+        raise ConfigError(f"[data] spark.table = {table!r} must name a table "
+                          "(catalog table or 'parquet.`/path`')")
+    out = {"table": table, "master": value.get("master", "local[2]"),
+           "app_name": value.get("app_name", "fedsynth-site")}
+    for key in ("master", "app_name"):
+        if not isinstance(out[key], str) or not out[key]:
+            raise ConfigError(f"[data] spark.{key} = {out[key]!r} must be a non-empty string")
+    return out
 
 
 @dataclass(frozen=True)
@@ -528,8 +553,10 @@ def load_site_config(path: str | Path, *, insecure: bool = False) -> SiteConfig:
         raise ConfigError(f"site.toml: data = {table!r}: a [data] table with 'path' (CSV or "
                           "Parquet) or 'url' is required")
     known = {"path", "url", "table", "query"}
-    if "path" in table and "url" in table:
-        raise ConfigError("[data]: give either 'path' or 'url', not both")
+    given = [k for k in ("path", "url", "spark") if k in table]
+    if len(given) > 1:
+        raise ConfigError(f"[data]: give one of 'path', 'url' and 'spark', not "
+                          f"{' and '.join(repr(k) for k in given)}")
     if "path" in table:
         _check_keys(table, {"path"}, "[data]")
         dconf = DataConfig(path=_path(base, _str(table, "path", "data.")))
@@ -537,8 +564,12 @@ def load_site_config(path: str | Path, *, insecure: bool = False) -> SiteConfig:
         options = {k: v for k, v in table.items() if k not in known}
         dconf = DataConfig(url=_str(table, "url", "data."),
                            table=table.get("table"), query=table.get("query"), options=options)
+    elif "spark" in table:
+        _check_keys(table, {"spark"}, "[data]")
+        dconf = DataConfig(spark=_spark(table["spark"]))
     else:
-        raise ConfigError(f"[data] = {table!r} needs 'path' (CSV or Parquet) or 'url'")
+        raise ConfigError(f"[data] = {table!r} needs 'path' (CSV or Parquet file, or a "
+                          "Parquet folder), 'url' (SQL) or 'spark'")
     privacy = data.get("privacy", {})
     if not isinstance(privacy, dict):
         raise ConfigError(f"privacy = {privacy!r} must be a table")

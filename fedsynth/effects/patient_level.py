@@ -8,9 +8,13 @@ Riley, Lambert & Abo-Zaid, "Meta-analysis of individual participant data: ration
 conduct, and reporting", *BMJ* 340, 2010; Debray et al., "Meta-analysis and aggregation of
 multiple published prediction models", *Stat Med* 33, 2014, for the model-evaluation
 measures). Where a well-kept library is exact we use it: statsmodels GLM (logistic, same
-IRLS maximum likelihood as R's ``glm``), OLS (R's ``lm``), PHReg (Cox partial likelihood
-with Efron or Breslow ties, as R's ``coxph``). What none provides is written here: the
-DeLong variance of the AUC (:mod:`.delong`) and the calibration summaries of Van
+IRLS maximum likelihood as R's ``glm``; the variance is the inverse information at the
+converged coefficients, not at the iterate before, so every engine of
+:mod:`fedsynth.effects.chunked` gives the same number), OLS (R's ``lm``). The Cox partial
+likelihood (Efron or Breslow ties, as R's ``coxph``) is maximised by the vectorised Newton
+step of :mod:`fedsynth.effects.aggregates` (faster than statsmodels' PHReg and the same
+risk-set sums the chunked, SQL and Spark engines add up). What none provides is written
+here: the DeLong variance of the AUC (:mod:`.delong`) and the calibration summaries of Van
 Calster et al. ("A calibration hierarchy for risk models was defined", *J Clin Epidemiol*
 74, 2016).
 
@@ -47,6 +51,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedsynth.effects.aggregates import fit_cox
 from fedsynth.effects.delong import delong_auc
 from fedsynth.effects.effect_sizes import escalc
 from fedsynth.effects.results import Estimate, Refusal
@@ -322,6 +327,21 @@ def _fit_glm_binomial(y: np.ndarray, x: np.ndarray, offset: np.ndarray | None = 
     return result
 
 
+def _glm_covariance(fit: Any, x: np.ndarray, offset: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """The inverse Fisher information of a binomial-logit fit at its final coefficients.
+
+    statsmodels (and R's ``vcov``) use the IRLS weights of the iterate before the last,
+    which differ by ~1e-9 relative from the information at the estimate; the information
+    at the estimate is what one more aggregate pass gives on every engine.
+    """
+    eta = x @ np.asarray(fit.params, dtype=float)
+    if offset is not None:
+        eta = eta + offset
+    mu = 0.5 * (1.0 + np.tanh(eta / 2.0))
+    return np.linalg.inv((x * (mu * (1.0 - mu))[:, None]).T @ x)
+
+
 def _estimate(analysis: AnalysisSpec, measure: str, yi: float, vi: float, n: int,
               dropped: int, cells: Mapping[str, int], details: Mapping[str, Any]
               ) -> Estimate:
@@ -404,7 +424,7 @@ def _logistic(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     if abs(fit.params[1]) > _SEPARATION_COEF:
         raise Refuse("separation", cells=cells, n=len(data),
                      detail="the fitted odds ratio is unbounded")
-    cov = fit.cov_params()
+    cov = _glm_covariance(fit, x)
     formula = f"glm({outcome} ~ {' + '.join([exposure, *a.covariates])}, binomial)"
     return _estimate(a, "OR", fit.params[1], cov[1, 1], len(data), dropped, cells,
                      {"model": formula, "scale": "log odds ratio"})
@@ -437,9 +457,6 @@ def _cox(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     exposure = a.required("exposure")
     time_col = a.required("time")
     event = a.required("event")
-    # lazy: statsmodels (~2 s) is imported only by the estimators that fit with it
-    from statsmodels.duration.hazard_regression import PHReg
-
     data, dropped = _complete(df, a)
     _require_rows(len(data), len(a.covariates) + 4)
     time = data[time_col].to_numpy(dtype=float)
@@ -460,20 +477,18 @@ def _cox(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
                      detail="one exposure group has no events (monotone likelihood)")
     x = _design(data, [exposure, *a.covariates], intercept=False, cells=cells,
                 categorical=a.categorical)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = PHReg(time, x, status=status, ties=a.ties)
-        # Newton-Raphson to a tight gradient so the estimate matches R's coxph to 1e-6
-        # (coxph iterates until the relative change in the log partial likelihood < 1e-9).
-        fit = model.fit(method="newton", maxiter=200, gtol=1e-10)
-    params = np.asarray(fit.params, dtype=float)
-    cov = np.asarray(fit.cov_params(), dtype=float)
-    converged = bool((getattr(fit, "mle_retvals", None) or {}).get("converged", True))
+    # Newton-Raphson on the risk-set sums (fedsynth.effects.aggregates, the same step the
+    # chunked, SQL and Spark engines take), past R's coxph tolerance so the estimate
+    # matches coxph to 1e-10 (tests/reference/test_warehouse_reference.py).
+    fit = fit_cox(time, status, x, a.ties or "efron")
+    params = fit.beta
+    converged = fit.converged
     if not converged or not np.all(np.isfinite(params)) or \
             np.max(np.abs(params)) > _SEPARATION_COEF * max(1.0, np.max(np.abs(x))):
         # Typically a monotone partial likelihood: a covariate orders events perfectly,
         # so its coefficient runs off to infinity and the exposure's estimate is unusable.
         raise Refuse("monotone_likelihood", cells=cells, n=len(data))
+    cov = np.linalg.inv(fit.information)
     formula = (f"coxph(Surv({time_col}, {event}) ~ {' + '.join([exposure, *a.covariates])}"
                f", ties = '{a.ties}')")
     return _estimate(a, "HR", params[0], cov[0, 0], len(data), dropped, cells,
@@ -529,10 +544,10 @@ def _calibration_slope(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     lp = _logit(_score_probabilities(p, score))
     if np.ptp(lp) == 0:
         raise Refuse("constant_score", column=score, cells=cells, n=len(y))
-    fit = _fit_glm_binomial(y.astype(float), np.column_stack([np.ones(len(y)), lp]),
-                            cells=cells)
-    return _estimate(a, "slope", fit.params[1], fit.cov_params()[1, 1], len(y), dropped,
-                     cells, {"model": f"glm({outcome} ~ qlogis({score}), binomial)",
+    design = np.column_stack([np.ones(len(y)), lp])
+    fit = _fit_glm_binomial(y.astype(float), design, cells=cells)
+    return _estimate(a, "slope", fit.params[1], _glm_covariance(fit, design)[1, 1], len(y),
+                     dropped, cells, {"model": f"glm({outcome} ~ qlogis({score}), binomial)",
                              "score": score})
 
 
@@ -544,9 +559,10 @@ def _calibration_in_the_large(df: pd.DataFrame, a: AnalysisSpec) -> Estimate:
     lp = _logit(_score_probabilities(p, score))
     # Intercept with the linear predictor as offset (slope fixed at 1): the log-odds
     # shift that makes the mean prediction match the observed rate.
-    fit = _fit_glm_binomial(y.astype(float), np.ones((len(y), 1)), offset=lp, cells=cells)
-    return _estimate(a, "intercept", fit.params[0], fit.cov_params()[0, 0], len(y),
-                     dropped, cells,
+    ones = np.ones((len(y), 1))
+    fit = _fit_glm_binomial(y.astype(float), ones, offset=lp, cells=cells)
+    return _estimate(a, "intercept", fit.params[0], _glm_covariance(fit, ones, lp)[0, 0],
+                     len(y), dropped, cells,
                      {"model": f"glm({outcome} ~ offset(qlogis({score})), binomial)",
                       "score": score})
 

@@ -112,18 +112,22 @@ def _run(args: argparse.Namespace) -> int:
                      name=spec.name)
     wanted = [a for a in allowed.analyses if a.wants_likelihood]
     computed: dict[str, Any]
-    if data_path is not None:
+    if data_path is not None and not data_path.is_dir():
         frame = load_table(data_path)
         computed = dict(estimate_all(frame, estimated)) if estimated.analyses else {}
         computed.update({a.name: likelihood(frame, a) for a in wanted})
-    else:  # a SQL source of site.toml
+    else:  # a Parquet folder, or the SQL or Spark source of site.toml
         # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
         from site_agent.connectors import estimate_from_data
 
-        assert config is not None  # data_path is None only for the SQL source of a config
-        computed = (dict(estimate_from_data(config.data, estimated))
+        if data_path is not None:
+            source: Any = {"path": str(data_path)}
+        else:
+            assert config is not None  # data_path is None only for a config's source
+            source = config.data
+        computed = (dict(estimate_from_data(source, estimated))
                     if estimated.analyses else {})
-        computed.update(likelihoods_from_data(config.data, wanted))
+        computed.update(likelihoods_from_data(source, wanted))
     computed = {a.name: computed[a.name] for a in allowed.analyses}
     guarded = (guard(computed, limits, spec=allowed, history=history,
                      **likelihood_permissions)
@@ -173,7 +177,7 @@ def _run(args: argparse.Namespace) -> int:
             rows.append((analysis.name, analysis.estimator, r.measure, _number(r.yi),
                          _number(r.se), _number(r.vi), str(r.n), note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    source = str(data_path) if data_path is not None else "the SQL source of site.toml"
+    source = str(data_path) if data_path is not None else "the SQL or Spark source of site.toml"
     size = f" ({rows_total} rows)" if rows_total is not None else ""
     print(f"data: {printable(source)}{size}; spec: {printable(args.spec)}; disclosure limits: "
           f"min_cell_count={limits.min_cell_count}, min_n={limits.min_n}"

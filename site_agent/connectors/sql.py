@@ -21,9 +21,10 @@ the database (SQL "pushdown") and only the sums reach Python:
   and how many positives lie above it, so AUC and its variance need only ``O(#distinct
   scores)`` work inside the database and three scalars leave it.
 
-Regression estimators (logistic, linear, Cox, calibration) need the rows; for those
-:meth:`SqlSource.fetch_columns` streams only the columns the analysis names, in chunks
-through a server-side cursor, into compact NumPy arrays.
+Every estimator, regression and Cox included, now runs inside the database through
+:class:`site_agent.connectors.engine.SqlEngine` (which builds on this source's relation and
+error handling); the per-estimator methods below remain as a small public API of their own
+(and :meth:`SqlSource.fetch_columns` streams named columns for tools that need rows).
 
 The source is built with SQLAlchemy Core, so the same code runs on PostgreSQL (the tested
 production target) and on SQLite. A ``table`` name is quoted by SQLAlchemy (never pasted
@@ -42,6 +43,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from fedsynth.effects.aggregates import AucPlacements
 from fedsynth.effects.results import REFUSAL_VOCABULARY
 from fedsynth.errors import InputError
 
@@ -111,32 +113,6 @@ class BrierMoments:
     mean: float
     ss: float
     events: int
-
-
-@dataclass(frozen=True)
-class AucPlacements:
-    """AUC with DeLong's variance components.
-
-    ``s10`` and ``s01`` are the sample variances (n - 1 denominator) of the placement
-    values of the positives and of the negatives; DeLong's variance of the AUC is
-    ``s10 / n_pos + s01 / n_neg``.
-    """
-
-    auc: float
-    s10: float
-    s01: float
-    n_pos: int
-    n_neg: int
-
-    @property
-    def n(self) -> int:
-        """Number of positives and negatives."""
-        return self.n_pos + self.n_neg
-
-    @property
-    def variance(self) -> float:
-        """DeLong's variance of the AUC from the placement variances."""
-        return self.s10 / self.n_pos + self.s01 / self.n_neg
 
 
 class DataProblem(InputError):

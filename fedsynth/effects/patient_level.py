@@ -312,6 +312,13 @@ def _fit_glm_binomial(y: np.ndarray, x: np.ndarray, offset: np.ndarray | None = 
             # returned one step after such a change is exact to rounding.
             result = sm.GLM(y, x, family=sm.families.Binomial(), offset=offset).fit(
                 method="IRLS", tol=1e-12, rtol=1e-14, maxiter=200)
+            if getattr(result, "converged", False):
+                # statsmodels' covariance uses the weights of the iterate *before* the
+                # estimate (~1e-8 relative off); one more step from the estimate puts
+                # them at the estimate, as R's glm refitted from its own coefficients.
+                result = sm.GLM(y, x, family=sm.families.Binomial(), offset=offset).fit(
+                    method="IRLS", start_params=result.params, tol=1e-12, rtol=1e-14,
+                    maxiter=3)
         except PerfectSeparationError:
             raise Refuse("separation", cells=cells) from None
     kinds = {type(w.message) for w in caught} | {w.category for w in caught}

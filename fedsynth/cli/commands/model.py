@@ -20,13 +20,24 @@ from fedsynth.vocabulary import METHODS, TESTS
 _DESCRIPTION = """\
 Fit every [[model]] of SPEC (or those named by --model) across sites, each given as one
 CSV/TSV file named after the site (mtf-alpha.csv is site mtf-alpha), or as one file with
-a site column (--site-column). Three fits per model, as a round runs them:
+a site column (--site-column). Four fits per model:
 
   one-stage    federated IRLS: equals glm() on all rows in one place
   stratified   an intercept per site, common slopes: glm(y ~ 0 + site + ...)
   two-stage    each site's own glm, pooled per coefficient (REML: estimate, se, tau2,
                I2, Q, prediction interval) and as a multivariate random-effects model
                of the coefficient vectors (metafor's rma.mv, --struct DIAG or UN)
+  hierarchical exact random-intercept GLM (glmer(..., nAGQ = 25) / lmer ML): fixed
+               coefficients, tau, tau2, logLik, site intercepts, latent ICC
+
+--iecv (binomial models) adds internal-external cross-validation: each site held out
+in turn, the model developed on the others and scored on the held-out site's patients
+(c-statistic with DeLong variance, calibration slope, calibration-in-the-large, O, E,
+log O:E); each measure pooled across held-out sites (REML, Knapp-Hartung and z, 95%
+prediction interval with t(k-2)) for the candidates global, global_recalibrated (the
+site re-estimates the intercept), hierarchical (mean intercept) and
+hierarchical_recalibrated; and a recommendation ("global", "global with local
+intercept recalibration" or "hierarchical / site-specific") with the numbers behind it.
 
 A site whose data a site's disclosure control would refuse for the model (fewer than
 --min-rows rows, more than 0.33 n coefficients, a level of a categorical or binary
@@ -40,6 +51,8 @@ Examples:
   fedsynth model fit --spec trauma/spec.toml --data trauma/mtf-*.csv \\
       --model complications --struct UN --format json --out complications.json
   fedsynth model fit --spec spec.toml --data registry.csv --site-column site
+  fedsynth model fit --spec trauma/spec.toml --data trauma/mtf-*.csv \
+      --model tbi_mortality --iecv --format json --out fit.json
 
 Exit codes: 0 fitted (a fit that did not converge is reported, not an error); 2 bad
 input (a spec without models, an unknown model, a missing column, a value outside a
@@ -73,6 +86,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or binary column (0 is allowed; default 5)")
     parser.add_argument("--no-disclosure", action="store_true",
                         help="fit every site, whatever disclosure control would say")
+    parser.add_argument("--iecv", action="store_true",
+                        help="internal-external cross-validation of every binomial model "
+                             "and the recommendation (global / recalibrated / "
+                             "hierarchical)")
+    parser.add_argument("--no-hierarchical", action="store_true",
+                        help="skip the hierarchical fit and its IECV candidates")
     parser.add_argument("--format", type=str.lower, choices=("table", "json"),
                         default="table", help="output format (default: table)")
     parser.add_argument("--out", metavar="FILE", default=None,
@@ -117,6 +136,7 @@ def _run(args: argparse.Namespace) -> int:
     from fedsynth.models.coding import CodingError, build_design
     from fedsynth.models.disclosure import ModelLimits
     from fedsynth.models.fit import fit_model
+    from fedsynth.models.iecv import iecv_for_fit
     from fedsynth.spec import load_spec
     if not 0 < args.level < 100:
         raise InputError(f"--level must be between 0 and 100 (percent), got {args.level!r}")
@@ -142,13 +162,30 @@ def _run(args: argparse.Namespace) -> int:
                 designs[site] = build_design(frame, model)
             except CodingError as error:
                 raise InputError(f"site {site!r}, model {model.name!r}: {error}") from None
-        results.append(fit_model(designs, limits=limits, method=args.method, test=args.test,
-                                 level=args.level, struct=args.struct))
+        fit = fit_model(designs, limits=limits, method=args.method, test=args.test,
+                        level=args.level, struct=args.struct,
+                        hierarchical=not args.no_hierarchical)
+        entry, text = fit.to_dict(), fit.summary()
+        if args.iecv and model.family != "binomial":
+            note = (f"IECV measures a risk model: model {model.name!r} is {model.family}, "
+                    "so it has no IECV")
+            entry["notes"].append(note)
+            text += f"\nnote: {note}"
+        elif args.iecv and len(fit.sites) < 3:
+            note = f"IECV needs at least 3 sites; model {model.name!r} has {len(fit.sites)}"
+            entry["notes"].append(note)
+            text += f"\nnote: {note}"
+        elif args.iecv:
+            iecv = iecv_for_fit(fit, designs, level=args.level,
+                                hierarchical=not args.no_hierarchical)
+            entry.update(iecv.to_dict())
+            text += "\n\n" + iecv.summary()
+        results.append((entry, text))
     if args.format == "json":
-        text = json.dumps(strict_json({"models": [r.to_dict() for r in results]}),
+        text = json.dumps(strict_json({"models": [entry for entry, _ in results]}),
                           indent=2, allow_nan=False) + "\n"
     else:
-        text = "\n\n".join(r.summary() for r in results) + "\n"
+        text = "\n\n".join(summary for _, summary in results) + "\n"
     if args.out:
         atomic_write(args.out, text)
         print(args.out)
@@ -159,5 +196,5 @@ def _run(args: argparse.Namespace) -> int:
 
 COMMANDS = [Command(("model", "fit"),
                     "fit a spec's [[model]] tables across local site files (one-stage, "
-                    "stratified, two-stage)",
+                    "stratified, two-stage, hierarchical; --iecv)",
                     _add_arguments, _run, description=_DESCRIPTION)]

@@ -56,6 +56,7 @@ from fedsynth.models.coding import Design
 from fedsynth.models.fit import ModelFit, fit_hierarchical
 from fedsynth.models.glm import fit_one_stage
 from fedsynth.models.spec import INTERCEPT
+from fedsynth.vocabulary import TESTS
 
 __all__ = ["CANDIDATES", "MEASURES", "POOLED_MEASURES", "ScoringModel", "SiteMeasures",
            "PooledMeasure", "CandidateResult", "IecvResult", "VerdictThresholds",
@@ -336,7 +337,7 @@ def pool_measures(per_site: Mapping[str, SiteMeasures], *, level: float = 95.0
     yi = np.where(mask, yi, 0.0)
     vi = np.where(mask, vi, 1.0)
     out: dict[str, dict[str, PooledMeasure]] = {m: {} for m in POOLED_MEASURES}
-    for test in ("z", "knha"):
+    for test in TESTS:
         batch = pool(yi, vi, mask=mask, method="REML", test=test, level=level,
                      names=POOLED_MEASURES, labels=np.array(sites))
         for i, measure in enumerate(POOLED_MEASURES):

@@ -116,8 +116,11 @@ def _run(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"fedsynth: note: {note}", file=sys.stderr)
     if args.format == "json":
-        document = {"n": rows_total,
-                    "analyses": {name: r.to_dict() for name, r in results.items()}}
+        document: dict[str, Any] = {
+            "n": rows_total, "analyses": {name: r.to_dict() for name, r in results.items()}}
+        models = _model_lines(spec)
+        if models:
+            document["models"] = models
         kept = {name: r.detail for name, r in results.items()
                 if getattr(r, "refused", False) and r.detail}
         if kept:
@@ -145,7 +148,27 @@ def _run(args: argparse.Namespace) -> int:
           + ("; site policy applied" if config is not None else ""))
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    for line in _model_lines(spec):
+        print(line)
     return 0
+
+
+def _model_lines(spec: Any) -> list[str]:
+    """One line per analysis that scores with an embedded model artifact: which model."""
+    lines = []
+    for analysis in spec.analyses:
+        if analysis.model is None:
+            continue
+        # lazy: only for specs that name a model artifact (already verified when parsed)
+        from fedsynth.models.artifact import embedded_artifact
+
+        artifact = embedded_artifact(analysis.model)
+        m = artifact.model
+        lines.append(printable(
+            f"{analysis.name}: scored at this site with model {m.name!r} ({artifact.variant}, "
+            f"{m.family}, {len(artifact.coefficients)} coefficients, {artifact.spec_hash[:19]}"
+            f"..., created {artifact.created}, signed by {artifact.signer})"))
+    return lines
 
 
 COMMANDS = [Command(

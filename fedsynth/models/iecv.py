@@ -538,19 +538,26 @@ class IecvResult:
 
     def summary(self, digits: int = 3) -> str:
         """Per candidate the pooled measures (Knapp-Hartung), then the verdict."""
+        def fmt(value: float) -> str:
+            text = f"{value:.{digits}f}"
+            return text.lstrip("-") if float(text) == 0 else text   # no "-0.000"
+
+        def interval(lb: float, ub: float) -> str:
+            return "-" if not math.isfinite(lb) else f"{fmt(lb)} to {fmt(ub)}"
+
         lines = [f"internal-external cross-validation over {len(self.sites)} sites "
-                 "(each held out in turn; REML, Knapp-Hartung, 95% PI t(k-2)):"]
-        head = f"  {'candidate':<26}{'measure':<26}{'pooled':>8}{'95% CI':>20}{'tau':>7}" \
-               f"{'95% PI':>20}"
-        lines.append(head)
+                 "(each held out in turn; REML, Knapp-Hartung, 95% PI t(k-2)):",
+                 f"  {'candidate':<26}{'measure':<26}{'pooled':>8}{'95% CI':>20}{'tau':>7}"
+                 f"{'95% PI':>20}"]
         for variant, result in self.candidates.items():
             for measure in POOLED_MEASURES:
                 p = result.pooled[measure]["knha"]
-                ci = f"{p.ci_lb:.{digits}f} to {p.ci_ub:.{digits}f}"
-                pi = ("-" if not math.isfinite(p.pi_lb)
-                      else f"{p.pi_lb:.{digits}f} to {p.pi_ub:.{digits}f}")
-                lines.append(f"  {variant:<26}{measure:<26}{p.estimate:>8.{digits}f}"
-                             f"{ci:>20}{p.tau:>7.{digits}f}{pi:>20}")
+                lines.append(f"  {variant:<26}{measure:<26}{fmt(p.estimate):>8}"
+                             f"{interval(p.ci_lb, p.ci_ub):>20}{fmt(p.tau):>7}"
+                             f"{interval(p.pi_lb, p.pi_ub):>20}")
+        if any(v.endswith("_recalibrated") for v in self.candidates):
+            lines.append("  (a recalibrated candidate's calibration-in-the-large and log O:E "
+                         "are 0 at every site by construction)")
         if self.recommendation is not None:
             lines.append("")
             lines.append(f"recommendation: {self.recommendation.choice}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -226,3 +228,21 @@ def test_model_fit_iecv_cli(tmp_path: Path, capsys) -> None:
     text = capsys.readouterr().out
     assert "internal-external cross-validation over 4 sites" in text
     assert "recommendation: " in text
+
+
+def test_readme_iecv_block_is_real_output(tmp_path: Path, capsys, monkeypatch) -> None:
+    """The README's IECV output is what the command prints on the demo registry."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("<!-- section:iecv -->"):text.index("<!-- /section:iecv -->")]
+    block = re.findall(r"```\n(\$ fedsynth.*?)\n```", section, re.S)[0]
+    line, _, expected = block.partition("\n")
+    expected = expected.removeprefix("...\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo-data", "--kind", "trauma", "--out", "trauma"]) == 0
+    capsys.readouterr()
+    argv = []
+    for word in line.split()[2:]:
+        argv.extend(sorted(glob.glob(word)) if "*" in word else [word])
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out[out.index("internal-external"):].rstrip("\n") == expected.rstrip("\n")

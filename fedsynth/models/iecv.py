@@ -362,6 +362,32 @@ class CandidateResult:
     per_site: Mapping[str, SiteMeasures]
     pooled: Mapping[str, Mapping[str, PooledMeasure]]
 
+    def forest_input(self, measure: str, test: str = "knha") -> dict[str, Any]:
+        """One pooled measure as the mapping :func:`fedsynth.plots.forest_plot` draws.
+
+        The held-out sites' estimates and variances (sites without the measure left
+        out), random-effects weights in percent, the pooled estimate with its CI and the
+        ``t(k-2)`` prediction interval, on the measure's pooling scale (``logit`` for
+        the c-statistic: the plot back-transforms it; ``log`` for O:E).
+        """
+        if measure not in POOLED_MEASURES:
+            raise InputError(f"measure: {measure!r} is not one of "
+                             f"{', '.join(POOLED_MEASURES)}")
+        rows = [(s, getattr(m, measure), getattr(m, f"{measure}_var"))
+                for s, m in self.per_site.items()]
+        rows = [r for r in rows if math.isfinite(r[1]) and math.isfinite(r[2]) and r[2] > 0]
+        p = self.pooled[measure][test]
+        vi = np.array([r[2] for r in rows])
+        w = 1.0 / (vi + max(p.tau2, 0.0))
+        scale = {"logit_auc": "logit", "log_OE": "log"}.get(measure, "identity")
+        return {"yi": [r[1] for r in rows], "vi": vi.tolist(), "labels": [r[0] for r in rows],
+                "weights": (100.0 * w / w.sum()).tolist(), "estimate": p.estimate,
+                "ci_lb": p.ci_lb, "ci_ub": p.ci_ub, "pi_lb": p.pi_lb, "pi_ub": p.pi_ub,
+                "tau2": p.tau2, "I2": p.I2, "Q": p.Q, "Q_pval": p.Q_pval, "method": "REML",
+                "test": test, "level": 95.0, "scale": scale,
+                "null_value": {"logit_auc": 0.5, "calibration_slope": 1.0,
+                               "log_OE": 1.0}.get(measure, 0.0)}
+
     def to_dict(self) -> dict[str, Any]:
         """``{"per_site": {site: {...}}, "pooled": {measure: {"z": ..., "knha": ...}}}``."""
         return {"per_site": {s: m.to_dict() for s, m in self.per_site.items()},

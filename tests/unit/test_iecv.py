@@ -223,11 +223,31 @@ def test_model_fit_iecv_cli(tmp_path: Path, capsys) -> None:
     los = next(m for m in doc["models"] if m["name"] == "length_of_stay")
     assert "iecv" not in los and any("no IECV" in n for n in los["notes"])
     capsys.readouterr()
+    plots = tmp_path / "plots"
     assert main(["model", "fit", "--spec", str(trauma_spec_path()), "--data", *files,
-                 "--model", "tbi_mortality", "--iecv"]) == 0
+                 "--model", "tbi_mortality", "--iecv", "--no-hierarchical", "--plot",
+                 str(plots)]) == 0
     text = capsys.readouterr().out
     assert "internal-external cross-validation over 4 sites" in text
     assert "recommendation: " in text
+    for measure in ("calibration_in_the_large", "logit_auc"):
+        png = plots / f"tbi_mortality-iecv-{measure}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"forest plot: {png}" in text
+    assert main(["model", "fit", "--spec", str(trauma_spec_path()), "--data", *files,
+                 "--plot", str(plots)]) == 2
+    assert "give --iecv too" in capsys.readouterr().err
+
+
+def test_forest_input_is_the_pooled_measure(varying) -> None:
+    glob = varying.candidates["global"]
+    data = glob.forest_input("logit_auc")
+    p = glob.pooled["logit_auc"]["knha"]
+    assert data["scale"] == "logit" and data["null_value"] == 0.5
+    assert data["estimate"] == p.estimate and sum(data["weights"]) == pytest.approx(100)
+    assert data["labels"] == list(glob.per_site)
+    with pytest.raises(InputError, match="measure"):
+        glob.forest_input("auc")
 
 
 def test_readme_iecv_block_is_real_output(tmp_path: Path, capsys, monkeypatch) -> None:

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from fedsynth.cli.registry import Command
 from fedsynth.errors import InputError
@@ -90,6 +91,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="internal-external cross-validation of every binomial model "
                              "and the recommendation (global / recalibrated / "
                              "hierarchical)")
+    parser.add_argument("--plot", metavar="DIR", default=None,
+                        help="with --iecv: write forest plots of the held-out sites' "
+                             "calibration-in-the-large and c-statistic (global model) to "
+                             "DIR/MODEL-iecv-MEASURE.png")
     parser.add_argument("--no-hierarchical", action="store_true",
                         help="skip the hierarchical fit and its IECV candidates")
     parser.add_argument("--format", type=str.lower, choices=("table", "json"),
@@ -129,6 +134,24 @@ def _read_sites(paths: list[str], site_column: str | None) -> dict:
     return frames
 
 
+def _iecv_plots(iecv: Any, name: str, folder: Path) -> list[str]:
+    """Forest plots of the global model's held-out calibration-in-the-large and c."""
+    # lazy: matplotlib (~1 s) only when plots are asked for
+    from fedsynth.plots import forest_plot, save_figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for measure, label in (("calibration_in_the_large", "calibration-in-the-large"),
+                           ("logit_auc", "c-statistic")):
+        data = iecv.candidates["global"].forest_input(measure)
+        fig = forest_plot(data, measure=label, estimand=label,
+                          title=f"{name}: IECV, {label} at each held-out site (global model)")
+        path = folder / f"{name}-iecv-{measure}.png"
+        save_figure(fig, path)
+        written.append(str(path))
+    return written
+
+
 def _run(args: argparse.Namespace) -> int:
     # lazy: keeps numpy, scipy and pandas out of `fedsynth --help` start-up
     from fedsynth.fileio import atomic_write
@@ -140,6 +163,8 @@ def _run(args: argparse.Namespace) -> int:
     from fedsynth.spec import load_spec
     if not 0 < args.level < 100:
         raise InputError(f"--level must be between 0 and 100 (percent), got {args.level!r}")
+    if args.plot and not args.iecv:
+        raise InputError("--plot draws the IECV forest plots: give --iecv too")
     spec = load_spec(args.spec)
     if not spec.models:
         raise InputError(f"spec: {args.spec!r} has no [[model]] tables")
@@ -180,6 +205,9 @@ def _run(args: argparse.Namespace) -> int:
                                 hierarchical=not args.no_hierarchical)
             entry.update(iecv.to_dict())
             text += "\n\n" + iecv.summary()
+            if args.plot:
+                written = _iecv_plots(iecv, model.name, Path(args.plot))
+                text += "\n" + "\n".join(f"forest plot: {path}" for path in written)
         results.append((entry, text))
     if args.format == "json":
         text = json.dumps(strict_json({"models": [entry for entry, _ in results]}),

@@ -226,7 +226,8 @@ def estimate_all_sql(source: SqlSource, spec: Any) -> dict[str, Estimate | Refus
     results: dict[str, Estimate | Refusal] = {}
     streamed = []
     for analysis in analyses:
-        if analysis.estimator in _PUSHDOWN:
+        # An analysis scored by a model artifact needs the rows (the site scores them).
+        if analysis.estimator in _PUSHDOWN and getattr(analysis, "model", None) is None:
             try:
                 columns = _needed_columns(analysis)
                 source.require(analysis.name, columns)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,8 @@ from fedsynth.models.iecv import linear_predictor
 from fedsynth.pki import init_ca, issue_coordinator, issue_site
 from fedsynth.signing import load_private_key
 from fedsynth.spec import embed_model_files, load_spec, parse_spec
+from site_agent.connectors.pushdown import estimate_all_sql
+from site_agent.connectors.sql import SqlSource
 
 SPEC = load_spec(trauma_spec_path())
 MODEL = SPEC.model("tbi_mortality")
@@ -290,3 +293,25 @@ def test_spec_refuses_bad_model_keys(tmp_path: Path, pki, fitted) -> None:
     with pytest.raises(ConfigError, match="does not apply"):
         parse_spec('[[analysis]]\nname = "a"\nestimator = "logistic"\noutcome = "y"\n'
                    'exposure = "x"\nmodel = "m.json"\n')
+
+
+def test_sql_source_scores_a_model_analysis_like_a_file(tmp_path: Path, pki,
+                                                        fitted) -> None:
+    """A database site fetches the artifact's columns and scores them (no pushdown)."""
+    entry, _ = fitted
+    (tmp_path / "model.json").write_text(json.dumps(signed(pki, entry)))
+    spec_file = tmp_path / "eval.toml"
+    spec_file.write_text(EVAL.format(model="model.json"))
+    spec = load_spec(spec_file)
+    frame = FRAMES["mtf-delta"]
+    with sqlite3.connect(tmp_path / "site.db") as conn:
+        frame.to_sql("patients", conn, index=False)
+    source = SqlSource(f"sqlite:///{tmp_path / 'site.db'}", table="patients")
+    try:
+        from_sql = estimate_all_sql(source, spec)
+    finally:
+        source.dispose()
+    for name in ("c", "slope"):
+        direct = estimate(frame, spec[name])
+        assert from_sql[name].yi == pytest.approx(direct.yi, rel=1e-12)
+        assert from_sql[name].vi == pytest.approx(direct.vi, rel=1e-12)

@@ -93,7 +93,7 @@ def canonical_bytes(document: Mapping[str, Any]) -> bytes:
         raise ArtifactError(f"model artifact: not JSON-safe: {error}") from None
 
 
-def _finite(values: Mapping[str, Any], where: str) -> dict[str, float]:
+def _checked_numbers(values: Mapping[str, Any], where: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
@@ -148,14 +148,14 @@ def artifact_body(entry: Mapping[str, Any], model: ModelSpec, *, variant: str,
                             f"({', '.join(coefficients)}) are not the model's "
                             f"({', '.join(expected)}): a different spec?")
     aliased = [n for n in expected if coefficients[n] is None]
-    finite = _finite({n: coefficients[n] for n in expected if n not in aliased},
+    finite = _checked_numbers({n: coefficients[n] for n in expected if n not in aliased},
                      "coefficient")
     site_intercepts: dict[str, float] | None = None
     if variant in ("stratified", "hierarchical"):
         raw = fit.get("site_intercepts")
         if not isinstance(raw, Mapping) or not raw:
             raise ArtifactError(f"variant {variant!r}: the fit has no site intercepts")
-        site_intercepts = _finite(raw, "site intercept")
+        site_intercepts = _checked_numbers(raw, "site intercept")
     return {"name": model.name, "family": model.family, "link": model.link,
             "variant": variant, "outcome": model.outcome,
             "covariates": list(model.covariates),
@@ -385,14 +385,14 @@ def verify_artifact(document: Any, *, ca_pem: bytes | None = None) -> ModelArtif
     if variant not in VARIANTS:
         raise ArtifactError(f"model artifact: variant {variant!r} is not one of "
                             f"{', '.join(VARIANTS)}")
-    coefficients = _finite(dict(body.get("coefficients") or {}), "coefficient")
+    coefficients = _checked_numbers(dict(body.get("coefficients") or {}), "coefficient")
     aliased = tuple(str(a) for a in body.get("aliased") or ())
     names = [n for n in spec.coefficient_names
              if not (variant == "stratified" and n == INTERCEPT)]
     if sorted([*coefficients, *aliased]) != sorted(names):
         raise ArtifactError("model artifact: its coefficients do not match its coding")
     raw_sites = body.get("site_intercepts")
-    sites = _finite(raw_sites, "site intercept") if isinstance(raw_sites, Mapping) else None
+    sites = _checked_numbers(raw_sites, "site intercept") if isinstance(raw_sites, Mapping) else None
     if variant == "stratified" and not sites:
         raise ArtifactError("model artifact: a stratified model needs site intercepts")
     common = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)

@@ -392,7 +392,8 @@ def verify_artifact(document: Any, *, ca_pem: bytes | None = None) -> ModelArtif
     if sorted([*coefficients, *aliased]) != sorted(names):
         raise ArtifactError("model artifact: its coefficients do not match its coding")
     raw_sites = body.get("site_intercepts")
-    sites = _checked_numbers(raw_sites, "site intercept") if isinstance(raw_sites, Mapping) else None
+    sites = (_checked_numbers(raw_sites, "site intercept") if isinstance(raw_sites, Mapping)
+             else None)
     if variant == "stratified" and not sites:
         raise ArtifactError("model artifact: a stratified model needs site intercepts")
     common = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)

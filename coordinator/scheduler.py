@@ -49,6 +49,7 @@ from croniter import croniter
 
 from coordinator.rounds import open_round
 from fedsynth.errors import ConfigError, InputError
+from fedsynth.spec import embed_model_files
 from fedsynth.timeutil import iso, parse_duration, parse_iso, utcnow
 
 __all__ = [
@@ -468,6 +469,8 @@ def round_starter(config: Any, store: Any, *,
         except OSError as error:
             raise InputError(f"schedule spec = {str(entry.spec)!r}: cannot be read "
                              f"({error.strerror or error})") from None
+        # A model artifact named by a path travels embedded in the spec.
+        source = embed_model_files(source, Path(entry.spec).parent)
         pooling = (dataclasses.asdict(config.pooling)
                    if dataclasses.is_dataclass(config.pooling)
                    and not isinstance(config.pooling, type) else dict(config.pooling))

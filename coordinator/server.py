@@ -35,6 +35,7 @@ from coordinator.store import Store, SubmissionRecord, utcnow
 from fedsynth.audit import AuditLog
 from fedsynth.config import CoordinatorConfig
 from fedsynth.fileio import atomic_write
+from fedsynth.spec import embed_model_files
 from fedsynth.transport import add_port, create_server
 
 if TYPE_CHECKING:
@@ -413,6 +414,8 @@ class Coordinator:
                                     quorum: int | None, source: str) -> str:
         """Open a round from a spec file in a worker thread (off the event loop); returns its id."""
         text = Path(spec_path).read_text(encoding="utf-8")
+        # A model artifact named by a path travels embedded in the spec.
+        text = await asyncio.to_thread(embed_model_files, text, Path(spec_path).parent)
         record = await asyncio.to_thread(
             open_round, self.store, spec_source=text, deadline=deadline, quorum=quorum,
             allowed=self.config.allow, pooling=pooling_dict(self.config), now=utcnow(),

@@ -54,15 +54,16 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsynth.errors import ConfigError
+from fedsynth.errors import ConfigError, InputError
 from fedsynth.models.spec import ModelSpec, parse_categorical, parse_models
 from fedsynth.vocabulary import DEFAULT_PRIOR, DEFAULT_PRIOR_SCALE, ESTIMATOR_MEASURES, PRIORS
 
-__all__ = ["Spec", "AnalysisSpec", "load_spec", "parse_spec", "ESTIMATORS", "MEASURES",
+__all__ = ["Spec", "AnalysisSpec", "load_spec", "parse_spec", "embed_model_files",
+           "ESTIMATORS", "MEASURES",
            "MAX_NAME_CHARS", "MAX_COLUMN_CHARS", "MAX_DESCRIPTION_CHARS", "MAX_COVARIATES",
            "MAX_ANALYSES", "MAX_SPEC_BYTES", "MAX_SPEC_TEXT_BYTES", "RELEASES",
            "LIKELIHOOD_FORMS", "LIKELIHOOD_ESTIMATORS", "DEFAULT_LIKELIHOOD_PRIOR"]
@@ -84,12 +85,14 @@ MAX_SPEC_BYTES = 256 * 1024
 #: Largest spec as TOML text, checked before parsing (bounded work for hostile input).
 MAX_SPEC_TEXT_BYTES = 1024 * 1024
 
-#: Estimators and, for each, (required keys, optional keys with defaults).
+#: Estimators and, for each, (required keys, optional keys with defaults). The estimators
+#: that evaluate a risk score take either a ``score`` column or a signed model artifact
+#: (``model``, whose predictions are the score; fedsynth.models.artifact).
 _STRING_KEYS = ("outcome", "exposure", "measure", "time", "event", "ties", "score", "scale",
                 "description", "release", "likelihood_form", "prior")
 _ALL_KEYS = ("name", "estimator", "outcome", "exposure", "covariates", "measure", "time",
              "event", "ties", "score", "scale", "description", "categorical", "release",
-             "likelihood_form", "prior")
+             "likelihood_form", "prior", "model")
 #: What a site releases for an analysis: its estimate ``(yi, vi)`` or its likelihood.
 RELEASES = ("estimate", "likelihood")
 #: Forms of a released likelihood (as :data:`fedsynth.effects.likelihood.FORMS`).
@@ -100,6 +103,8 @@ LIKELIHOOD_ESTIMATORS = ("two_by_two", "logistic", "cox")
 #: The prior on tau of the random-effects pooling of likelihoods, unless ``prior`` says.
 DEFAULT_LIKELIHOOD_PRIOR = f"{DEFAULT_PRIOR}:{DEFAULT_PRIOR_SCALE:g}"
 _LIKELIHOOD_KEYS = ("release", "likelihood_form", "prior")
+#: Largest embedded model artifact (canonical JSON, bytes).
+MAX_MODEL_ARTIFACT_CHARS = 64 * 1024
 
 ESTIMATORS: dict[str, dict[str, Any]] = {
     "two_by_two": {"required": ("outcome", "exposure"),
@@ -112,11 +117,11 @@ ESTIMATORS: dict[str, dict[str, Any]] = {
                "optional": {"covariates": (), "categorical": ()}},
     "cox": {"required": ("time", "event", "exposure"),
             "optional": {"covariates": (), "ties": "efron", "categorical": ()}},
-    "auc": {"required": ("outcome", "score"), "optional": {"scale": "raw"}},
-    "calibration_slope": {"required": ("outcome", "score"), "optional": {}},
-    "calibration_in_the_large": {"required": ("outcome", "score"), "optional": {}},
-    "oe_ratio": {"required": ("outcome", "score"), "optional": {}},
-    "brier": {"required": ("outcome", "score"), "optional": {}},
+    "auc": {"required": ("outcome", "score"), "optional": {"scale": "raw", "model": None}},
+    "calibration_slope": {"required": ("outcome", "score"), "optional": {"model": None}},
+    "calibration_in_the_large": {"required": ("outcome", "score"), "optional": {"model": None}},
+    "oe_ratio": {"required": ("outcome", "score"), "optional": {"model": None}},
+    "brier": {"required": ("outcome", "score"), "optional": {"model": None}},
 }
 
 #: Allowed values of the enumerated keys.
@@ -193,6 +198,13 @@ class AnalysisSpec:
     #: ``"NAME:SCALE"``: the prior on tau of the likelihoods' random-effects pooling.
     prior: str | None = None
 
+    #: A signed model artifact (canonical JSON text) whose predictions are the score of a
+    #: model-evaluation estimator (instead of a ``score`` column); embedded by
+    #: :func:`load_spec` from ``model = "model.json"`` so it travels with the spec.
+    model: str | None = None
+    #: The data columns the embedded model scores from (its covariates and offset).
+    model_columns: tuple[str, ...] = field(default=(), compare=False)
+
     @property
     def wants_likelihood(self) -> bool:
         """Whether the sites release a likelihood for this analysis."""
@@ -208,7 +220,7 @@ class AnalysisSpec:
     def columns(self) -> tuple[str, ...]:
         """Every data column the analysis uses (missing values there drop the row)."""
         cols = [self.outcome, self.exposure, self.time, self.event, self.score,
-                *self.covariates]
+                *self.covariates, *self.model_columns]
         return tuple(dict.fromkeys(c for c in cols if c))
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,6 +234,9 @@ class AnalysisSpec:
             elif key == "categorical":
                 if value:  # only when set: specs without it keep their old form
                     out[key] = {column: list(levels) for column, levels in value}
+            elif key == "model":
+                if value is not None:  # only when set: specs without it are unchanged
+                    out[key] = value
             elif value is not None:
                 out[key] = value
         return out
@@ -242,7 +257,7 @@ class AnalysisSpec:
     @classmethod
     def from_dict(cls, table: Mapping[str, Any], index: int = 0) -> AnalysisSpec:
         """Validate one ``[[analysis]]`` table; errors name the analysis and the key."""
-        return _parse_analysis(table, index)
+        return _parse_analysis(table, index, None)
 
 
 @dataclass(frozen=True)
@@ -334,7 +349,51 @@ def _where(table: Mapping[str, Any], index: int) -> str:
     return f"analysis #{index + 1}"
 
 
-def _parse_analysis(table: Any, index: int) -> AnalysisSpec:
+def _embed_model(where: str, value: str, base: Path | None) -> tuple[str, tuple[str, ...]]:
+    """The canonical JSON of the signed artifact ``value`` names or holds, and its columns.
+
+    A path is read only for a spec read from its file (``base``, its folder): a spec that
+    arrives in a round must carry the artifact embedded, so a coordinator can never make a
+    site read a local file. The signature is checked against the certificate inside the
+    artifact (integrity); who signed it is the spec's sender's business (the round's
+    mutually authenticated channel; ``fedsynth site score`` also checks the CA).
+    """
+    text = value.strip()
+    if not text.startswith("{"):
+        if base is None:
+            raise ConfigError(f"{where}: key 'model' names a file ({_preview(value)}); a "
+                              "spec that is not read from its own file must carry the model "
+                              "artifact embedded (fedsynth embeds it when it reads the file)")
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else base / path
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{where}: key 'model': cannot read {str(path)!r}: "
+                              f"{getattr(error, 'strerror', None) or error}") from None
+    if len(text) > MAX_MODEL_ARTIFACT_CHARS * 4:
+        raise ConfigError(f"{where}: key 'model': the artifact is {len(text)} characters "
+                          f"long (at most {MAX_MODEL_ARTIFACT_CHARS})")
+    # lazy: numpy, pandas and cryptography load only for specs that name a model artifact
+    # (reading any other spec stays standard-library only)
+    from fedsynth.models.artifact import read_artifact
+
+    try:
+        artifact = read_artifact(text)
+    except InputError as error:
+        raise ConfigError(f"{where}: key 'model': {error}") from None
+    if artifact.model.family != "binomial":
+        raise ConfigError(f"{where}: key 'model': the artifact's model "
+                          f"{artifact.model.name!r} is {artifact.model.family}; evaluation "
+                          "estimators score risks (a binomial model)")
+    embedded = artifact.canonical_json()
+    if len(embedded) > MAX_MODEL_ARTIFACT_CHARS:
+        raise ConfigError(f"{where}: key 'model': the artifact is {len(embedded)} characters "
+                          f"as JSON (at most {MAX_MODEL_ARTIFACT_CHARS})")
+    return embedded, artifact.columns
+
+
+def _parse_analysis(table: Any, index: int, base: Path | None) -> AnalysisSpec:
     if not isinstance(table, Mapping):
         raise ConfigError(f"analysis #{index + 1}: must be a table, got "
                           f"{type(table).__name__}")
@@ -391,8 +450,14 @@ def _parse_analysis(table: Any, index: int) -> AnalysisSpec:
             raise ConfigError(f"{where}: key {key!r} does not apply to estimator "
                               f"{estimator!r} (its keys: {', '.join(sorted(allowed))})")
     for key in rules["required"]:
+        if key == "score" and "model" in table:
+            if "score" in table:
+                raise ConfigError(f"{where}: give either 'score' (a column of risks) or "
+                                  f"'model' (a signed model artifact), not both")
+            continue                    # the model artifact's predictions are the score
         if key not in table:
-            raise ConfigError(f"{where}: missing key {key!r} (required by estimator "
+            also = (" or 'model', a signed model artifact" if key == "score" else "")
+            raise ConfigError(f"{where}: missing key {key!r}{also} (required by estimator "
                               f"{estimator!r})")
     values: dict[str, Any] = {**rules["optional"], **table}
     if "covariates" in values:
@@ -400,6 +465,8 @@ def _parse_analysis(table: Any, index: int) -> AnalysisSpec:
     if "categorical" in table:
         values["categorical"] = parse_categorical(table["categorical"],
                                                   values["covariates"], where)
+    if values.get("model") is not None:
+        values["model"], values["model_columns"] = _embed_model(where, values["model"], base)
     if estimator in MEASURES and values["measure"] not in MEASURES[estimator]:
         raise ConfigError(f"{where}: key 'measure' has value {values['measure']!r}; "
                           f"{estimator} supports {', '.join(MEASURES[estimator])}")
@@ -459,12 +526,14 @@ def _check_release(where: str, estimator: str, values: dict[str, Any]) -> None:
     values["prior"] = f"{name}:{value:g}"
 
 
-def parse_spec(source: str | Mapping[str, Any]) -> Spec:
+def parse_spec(source: str | Mapping[str, Any], *, base: str | Path | None = None) -> Spec:
     """Parse and validate a spec from TOML text or from a dict (e.g. a round's spec).
 
     Accepts ``[[analysis]]`` tables (TOML) or an ``"analyses"`` list (the
     :meth:`Spec.to_dict` form). Raises :class:`fedsynth.errors.ConfigError` naming the
-    analysis and the key on any problem.
+    analysis and the key on any problem. ``base``: the folder a ``model = "FILE"`` path is
+    read from (:func:`load_spec` passes the spec file's folder); without it an analysis's
+    model artifact must be embedded.
     """
     if isinstance(source, (str, bytes)):
         text = source.decode() if isinstance(source, bytes) else source
@@ -511,7 +580,7 @@ def parse_spec(source: str | Mapping[str, Any]) -> Spec:
     analyses: list[AnalysisSpec] = []
     seen: set[str] = set()
     for index, table in enumerate(tables):
-        analysis = _parse_analysis(table, index)
+        analysis = _parse_analysis(table, index, None if base is None else Path(base))
         if analysis.name in seen:
             raise ConfigError(f"analysis {analysis.name!r}: key 'name' is a duplicate "
                               f"(analysis #{index + 1}); names must be unique")
@@ -530,6 +599,19 @@ def parse_spec(source: str | Mapping[str, Any]) -> Spec:
     return spec
 
 
+def embed_model_files(text: str, base: str | Path) -> str:
+    """Spec TOML text with every ``model = "FILE"`` replaced by the embedded artifact.
+
+    What the coordinator stores and sends for a round: a site must get the artifact inside
+    the spec, never a path (:func:`_embed_model`). Text without model artifacts is returned
+    unchanged, so existing specs keep their exact text.
+    """
+    spec = parse_spec(text, base=base)
+    if not any(a.model is not None for a in spec.analyses):
+        return text
+    return spec.to_toml()
+
+
 def load_spec(path: str | Path) -> Spec:
     """Read and validate a spec file (TOML). Errors name the file, analysis and key."""
     path = Path(path)
@@ -540,6 +622,6 @@ def load_spec(path: str | Path) -> Spec:
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"spec: cannot read {str(path)!r}: {error}") from None
     try:
-        return parse_spec(text)
+        return parse_spec(text, base=path.parent)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None

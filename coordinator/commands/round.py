@@ -64,6 +64,9 @@ def _start(args: argparse.Namespace) -> int:
     # lazy: keeps scipy and sqlalchemy out of `fedsynth --help` start-up
     from coordinator.server import pooling_dict
 
+    # lazy: fedsynth.spec is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.spec import embed_model_files
+
     # lazy: fedsynth.timeutil is not loaded by `fedsynth --help` (start-up)
     from fedsynth.timeutil import iso, parse_duration, utcnow
 
@@ -74,6 +77,8 @@ def _start(args: argparse.Namespace) -> int:
         text = Path(args.spec).read_text(encoding="utf-8")
     except OSError as error:
         raise InputError(f"--spec {args.spec!r} cannot be read: {error.strerror}") from None
+    # A model artifact named by a path travels embedded in the spec (and its text).
+    text = embed_model_files(text, Path(args.spec).parent)
     quorum = args.quorum if args.quorum is not None else config.default_quorum
     pooling = pooling_dict(config)
     if args.method is not None:

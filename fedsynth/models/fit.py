@@ -35,11 +35,12 @@ from fedsynth.errors import InputError
 from fedsynth.models.coding import Design
 from fedsynth.models.disclosure import ModelLimits, check_design
 from fedsynth.models.glm import GlmFit, IrlsControl, StratifiedFit, fit_one_stage, fit_stratified
+from fedsynth.models.hierarchical import FitControl, HierarchicalFit, fit_sites, site_data
 from fedsynth.models.spec import ModelSpec
 from fedsynth.models.twostage import TwoStageResult, fit_site, pool_site_fits
 from fedsynth.vocabulary import TESTS
 
-__all__ = ["ModelFit", "fit_model"]
+__all__ = ["ModelFit", "fit_model", "fit_hierarchical", "hierarchical_dict"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,6 +59,9 @@ class ModelFit:
         The federated IRLS fits (None when fewer than one, or two, sites took part).
     two_stage
         Per-site fits and their pooling (None when no site took part).
+    hierarchical
+        The exact random-intercept GLM (:mod:`fedsynth.models.hierarchical`; None when it
+        was not asked for or fewer than two sites took part).
     """
 
     model: ModelSpec
@@ -67,6 +71,7 @@ class ModelFit:
     stratified: StratifiedFit | None
     two_stage: TwoStageResult | None
     notes: tuple[str, ...] = field(default=())
+    hierarchical: HierarchicalFit | None = None
 
     @property
     def n(self) -> int:
@@ -83,6 +88,9 @@ class ModelFit:
                 "one_stage": one,
                 "stratified": None if self.stratified is None else self.stratified.to_dict(),
                 "two_stage": None if self.two_stage is None else self.two_stage.to_dict(),
+                "hierarchical": (None if self.hierarchical is None
+                                 else hierarchical_dict(self.hierarchical,
+                                                        self.model.coefficient_names)),
                 "notes": list(self.notes)}
 
     def table(self) -> list[dict[str, Any]]:
@@ -91,6 +99,7 @@ class ModelFit:
         one = self.one_stage.to_dict() if self.one_stage is not None else {}
         strat = self.stratified.to_dict() if self.stratified is not None else {}
         pooled = self.two_stage.pooled_dict() if self.two_stage is not None else {}
+        hier = self.to_dict()["hierarchical"] or {}
         rows = []
         for name in names:
             p = pooled.get(name, {})
@@ -102,7 +111,9 @@ class ModelFit:
                 "stratified_se": strat.get("se", {}).get(name),
                 "two_stage": p.get("estimate"), "two_stage_se": p.get("se"),
                 "k": p.get("k"), "tau2": p.get("tau2"), "I2": p.get("I2"),
-                "pi_lb": p.get("pi_lb"), "pi_ub": p.get("pi_ub")})
+                "pi_lb": p.get("pi_lb"), "pi_ub": p.get("pi_ub"),
+                "hierarchical": hier.get("coefficients", {}).get(name),
+                "hierarchical_se": hier.get("se", {}).get(name)})
         return rows
 
     def summary(self, digits: int = 3) -> str:
@@ -125,11 +136,18 @@ class ModelFit:
             s = self.stratified.fit
             lines.append(f"stratified: {s.status}, {s.iterations} iterations, "
                          f"deviance = {s.deviance:.2f}")
+        if self.hierarchical is not None:
+            h = self.hierarchical
+            lines.append(f"hierarchical: {'converged' if h.converged else 'not converged'}, "
+                         f"{h.evaluations} round trips, tau = {h.tau:.{digits}f}, "
+                         f"logLik = {h.loglik:.2f}, ICC (latent) = {h.icc:.{digits}f}")
+        hier = self.hierarchical is not None
         width = max([len("coefficient"), *(len(n) for n in m.coefficient_names)])
         lines.append("")
         lines.append(f"{'coefficient':<{width}}  {'one-stage':>9} {'se':>7}  "
                      f"{'stratified':>10} {'se':>7}  {'two-stage':>9} {'se':>7} {'k':>3} "
-                     f"{'tau2':>7} {'I2':>5}  {'prediction interval':>19}")
+                     f"{'tau2':>7} {'I2':>5}  {'prediction interval':>19}"
+                     + (f"  {'hierarchical':>12} {'se':>7}" if hier else ""))
         for row in self.table():
             pi = ("-" if row["pi_lb"] is None else
                   f"{row['pi_lb']:.{digits}f} to {row['pi_ub']:.{digits}f}")
@@ -139,13 +157,21 @@ class ModelFit:
                 f"{num(row['one_stage_se'], 7)}  {num(row['stratified'], 10)} "
                 f"{num(row['stratified_se'], 7)}  {num(row['two_stage'], 9)} "
                 f"{num(row['two_stage_se'], 7)} {row['k'] if row['k'] is not None else '-':>3} "
-                f"{num(row['tau2'], 7)} {i2:>5}  {pi:>19}")
+                f"{num(row['tau2'], 7)} {i2:>5}  {pi:>19}"
+                + (f"  {num(row['hierarchical'], 12)} {num(row['hierarchical_se'], 7)}"
+                   if hier else ""))
         if self.stratified is not None:
             lines.append("")
             lines.append(textwrap.fill(
                 "site intercepts (stratified): " + ", ".join(
                     f"{site} {value:.{digits}f}"
                     for site, value in self.stratified.site_intercepts.items()),
+                width=88, subsequent_indent="  ", break_on_hyphens=False))
+        if self.hierarchical is not None:
+            lines.append(textwrap.fill(
+                "site intercepts (hierarchical, deviation from the mean): " + ", ".join(
+                    f"{site} {ri.mode:+.{digits}f}"
+                    for site, ri in self.hierarchical.site_intercepts.items()),
                 width=88, subsequent_indent="  ", break_on_hyphens=False))
         if self.two_stage is not None and self.two_stage.multivariate is not None:
             mv = self.two_stage.multivariate
@@ -164,7 +190,7 @@ class ModelFit:
 def fit_model(designs: Mapping[str, Design], *, limits: ModelLimits | None = ModelLimits(),
               control: IrlsControl | None = None, method: str = "REML", test: str = "z",
               level: float = 95.0, struct: str = "DIAG",
-              multivariate: bool = True) -> ModelFit:
+              multivariate: bool = True, hierarchical: bool = True) -> ModelFit:
     """Fit one model across sites three ways: one-stage, stratified and two-stage.
 
     Parameters
@@ -183,6 +209,8 @@ def fit_model(designs: Mapping[str, Design], *, limits: ModelLimits | None = Mod
         Between-site covariance of the multivariate model: ``"DIAG"`` (default) or ``"UN"``.
     multivariate
         Fit the multivariate model (False: per-coefficient pooling only).
+    hierarchical
+        Fit the exact random-intercept GLM too (:func:`fit_hierarchical`; needs two sites).
 
     Returns
     -------
@@ -225,5 +253,52 @@ def fit_model(designs: Mapping[str, Design], *, limits: ModelLimits | None = Mod
     fits = {site: fit_site(d, control=control, level=level) for site, d in taking.items()}
     two = pool_site_fits(fits, method=method, test=test, level=level, struct=struct,
                          multivariate=multivariate)
+    hier = None
+    if hierarchical and len(taking) >= 2:
+        hier = fit_hierarchical(taking, one_stage=one, level=level)
+    elif hierarchical:
+        notes.append("the hierarchical model needs at least two sites")
     return ModelFit(model=model, sites=tuple(taking), refused=refused, one_stage=one,
-                    stratified=strat, two_stage=two, notes=tuple(notes))
+                    stratified=strat, two_stage=two, notes=tuple(notes), hierarchical=hier)
+
+
+def fit_hierarchical(designs: Mapping[str, Design], *, one_stage: GlmFit | None = None,
+                     level: float = 95.0) -> HierarchicalFit:
+    """The exact random-intercept GLM of one model over in-memory sites.
+
+    ``glmer(y ~ x + offset(o) + (1 | site), nAGQ = 25)`` (``lmer(..., REML = FALSE)`` for
+    gaussian) by maximum marginal likelihood with adaptive Gauss-Hermite quadrature per
+    site (:func:`fedsynth.models.hierarchical.fit_sites`; Pinheiro & Bates 1995). Columns
+    that the one-stage fit found aliased (a level no site has) are left out, so they are
+    ``NaN`` here too, as R's ``NA`` (:func:`hierarchical_dict` reports them as null).
+
+    Parameters
+    ----------
+    designs
+        ``{site: Design}`` of one model.
+    one_stage
+        The one-stage fit of the same sites, whose ``aliased`` columns are dropped (None:
+        keep every column).
+    level
+        Confidence level in percent of the Wald intervals.
+    """
+    first = next(iter(designs.values()))
+    aliased = set(one_stage.aliased) if one_stage is not None else set()
+    keep = np.array([name not in aliased for name in first.names], dtype=bool)
+    names = [n for n, k in zip(first.names, keep) if k]
+    sites = {site: site_data(d.x[:, keep], d.y, family=d.model.family, offset=d.offset)
+             for site, d in designs.items()}
+    return fit_sites(sites, names=names, control=FitControl(level=level / 100.0))
+
+
+def hierarchical_dict(fit: HierarchicalFit, names: tuple[str, ...]) -> dict[str, Any]:
+    """Issue 14's ``"hierarchical"`` object with every coefficient of the model named.
+
+    :meth:`HierarchicalFit.to_dict` (``coefficients``, ``se``, ``tau``, ``tau2``,
+    ``logLik``, ``site_intercepts``, ``site_intercepts_se``, ``icc``, ...) with null for
+    coefficients left out as aliased, in the model's coefficient order.
+    """
+    out = fit.to_dict()
+    for key in ("coefficients", "se", "z", "pvalue", "ci_lb", "ci_ub"):
+        out[key] = {name: out[key].get(name) for name in names}
+    return out

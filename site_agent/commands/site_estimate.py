@@ -142,8 +142,11 @@ def _run(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"fedsynth: note: {note}", file=sys.stderr)
     if args.format == "json":
-        document = {"n": rows_total,
-                    "analyses": {name: r.to_dict() for name, r in results.items()}}
+        document: dict[str, Any] = {
+            "n": rows_total, "analyses": {name: r.to_dict() for name, r in results.items()}}
+        scored_with = _model_lines(spec)
+        if scored_with:
+            document["scored_with_models"] = scored_with
         kept = {name: r.detail for name, r in results.items()
                 if getattr(r, "refused", False) and r.detail}
         if kept:
@@ -184,6 +187,8 @@ def _run(args: argparse.Namespace) -> int:
           + ("; site policy applied" if config is not None else ""))
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    for line in _model_lines(spec):
+        print(line)
     for name, preview in models.items():
         print()
         print(_model_text(name, preview))
@@ -259,6 +264,24 @@ def _model_text(name: str, preview: dict[str, Any]) -> str:
                  "sums; each answer holds the same kind of numbers, nothing per patient; "
                  "--format json prints every number, X'WX included)")
     return "\n".join(lines)
+
+
+def _model_lines(spec: Any) -> list[str]:
+    """One line per analysis that scores with an embedded model artifact: which model."""
+    lines = []
+    for analysis in spec.analyses:
+        if analysis.model is None:
+            continue
+        # lazy: only for specs that name a model artifact (already verified when parsed)
+        from fedsynth.models.artifact import embedded_artifact
+
+        artifact = embedded_artifact(analysis.model)
+        m = artifact.model
+        lines.append(printable(
+            f"{analysis.name}: scored at this site with model {m.name!r} ({artifact.variant}, "
+            f"{m.family}, {len(artifact.coefficients)} coefficients, {artifact.spec_hash[:19]}"
+            f"..., created {artifact.created}, signed by {artifact.signer})"))
+    return lines
 
 
 COMMANDS = [Command(

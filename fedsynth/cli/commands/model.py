@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from fedsynth.cli.registry import Command
 from fedsynth.errors import InputError
@@ -20,13 +21,24 @@ from fedsynth.vocabulary import METHODS, TESTS
 _DESCRIPTION = """\
 Fit every [[model]] of SPEC (or those named by --model) across sites, each given as one
 CSV/TSV file named after the site (mtf-alpha.csv is site mtf-alpha), or as one file with
-a site column (--site-column). Three fits per model, as a round runs them:
+a site column (--site-column). Four fits per model:
 
   one-stage    federated IRLS: equals glm() on all rows in one place
   stratified   an intercept per site, common slopes: glm(y ~ 0 + site + ...)
   two-stage    each site's own glm, pooled per coefficient (REML: estimate, se, tau2,
                I2, Q, prediction interval) and as a multivariate random-effects model
                of the coefficient vectors (metafor's rma.mv, --struct DIAG or UN)
+  hierarchical exact random-intercept GLM (glmer(..., nAGQ = 25) / lmer ML): fixed
+               coefficients, tau, tau2, logLik, site intercepts, latent ICC
+
+--iecv (binomial models) adds internal-external cross-validation: each site held out
+in turn, the model developed on the others and scored on the held-out site's patients
+(c-statistic with DeLong variance, calibration slope, calibration-in-the-large, O, E,
+log O:E); each measure pooled across held-out sites (REML, Knapp-Hartung and z, 95%
+prediction interval with t(k-2)) for the candidates global, global_recalibrated (the
+site re-estimates the intercept), hierarchical (mean intercept) and
+hierarchical_recalibrated; and a recommendation ("global", "global with local
+intercept recalibration" or "hierarchical / site-specific") with the numbers behind it.
 
 A site whose data a site's disclosure control would refuse for the model (fewer than
 --min-rows rows, more than 0.33 n coefficients, a level of a categorical or binary
@@ -40,6 +52,8 @@ Examples:
   fedsynth model fit --spec trauma/spec.toml --data trauma/mtf-*.csv \\
       --model complications --struct UN --format json --out complications.json
   fedsynth model fit --spec spec.toml --data registry.csv --site-column site
+  fedsynth model fit --spec trauma/spec.toml --data trauma/mtf-*.csv \
+      --model tbi_mortality --iecv --format json --out fit.json
 
 Exit codes: 0 fitted (a fit that did not converge is reported, not an error); 2 bad
 input (a spec without models, an unknown model, a missing column, a value outside a
@@ -73,6 +87,16 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or binary column (0 is allowed; default 5)")
     parser.add_argument("--no-disclosure", action="store_true",
                         help="fit every site, whatever disclosure control would say")
+    parser.add_argument("--iecv", action="store_true",
+                        help="internal-external cross-validation of every binomial model "
+                             "and the recommendation (global / recalibrated / "
+                             "hierarchical)")
+    parser.add_argument("--plot", metavar="DIR", default=None,
+                        help="with --iecv: write forest plots of the held-out sites' "
+                             "calibration-in-the-large and c-statistic (global model) to "
+                             "DIR/MODEL-iecv-MEASURE.png")
+    parser.add_argument("--no-hierarchical", action="store_true",
+                        help="skip the hierarchical fit and its IECV candidates")
     parser.add_argument("--format", type=str.lower, choices=("table", "json"),
                         default="table", help="output format (default: table)")
     parser.add_argument("--out", metavar="FILE", default=None,
@@ -110,6 +134,24 @@ def _read_sites(paths: list[str], site_column: str | None) -> dict:
     return frames
 
 
+def _iecv_plots(iecv: Any, name: str, folder: Path) -> list[str]:
+    """Forest plots of the global model's held-out calibration-in-the-large and c."""
+    # lazy: matplotlib (~1 s) only when plots are asked for
+    from fedsynth.plots import forest_plot, save_figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for measure, label in (("calibration_in_the_large", "calibration-in-the-large"),
+                           ("logit_auc", "c-statistic")):
+        data = iecv.candidates["global"].forest_input(measure)
+        fig = forest_plot(data, measure=label, estimand=label,
+                          title=f"{name}: IECV, {label} at each held-out site (global model)")
+        path = folder / f"{name}-iecv-{measure}.png"
+        save_figure(fig, path)
+        written.append(str(path))
+    return written
+
+
 def _run(args: argparse.Namespace) -> int:
     # lazy: keeps numpy, scipy and pandas out of `fedsynth --help` start-up
     from fedsynth.fileio import atomic_write
@@ -117,9 +159,12 @@ def _run(args: argparse.Namespace) -> int:
     from fedsynth.models.coding import CodingError, build_design
     from fedsynth.models.disclosure import ModelLimits
     from fedsynth.models.fit import fit_model
+    from fedsynth.models.iecv import iecv_for_fit
     from fedsynth.spec import load_spec
     if not 0 < args.level < 100:
         raise InputError(f"--level must be between 0 and 100 (percent), got {args.level!r}")
+    if args.plot and not args.iecv:
+        raise InputError("--plot draws the IECV forest plots: give --iecv too")
     spec = load_spec(args.spec)
     if not spec.models:
         raise InputError(f"spec: {args.spec!r} has no [[model]] tables")
@@ -142,13 +187,33 @@ def _run(args: argparse.Namespace) -> int:
                 designs[site] = build_design(frame, model)
             except CodingError as error:
                 raise InputError(f"site {site!r}, model {model.name!r}: {error}") from None
-        results.append(fit_model(designs, limits=limits, method=args.method, test=args.test,
-                                 level=args.level, struct=args.struct))
+        fit = fit_model(designs, limits=limits, method=args.method, test=args.test,
+                        level=args.level, struct=args.struct,
+                        hierarchical=not args.no_hierarchical)
+        entry, text = fit.to_dict(), fit.summary()
+        if args.iecv and model.family != "binomial":
+            note = (f"IECV measures a risk model: model {model.name!r} is {model.family}, "
+                    "so it has no IECV")
+            entry["notes"].append(note)
+            text += f"\nnote: {note}"
+        elif args.iecv and len(fit.sites) < 3:
+            note = f"IECV needs at least 3 sites; model {model.name!r} has {len(fit.sites)}"
+            entry["notes"].append(note)
+            text += f"\nnote: {note}"
+        elif args.iecv:
+            iecv = iecv_for_fit(fit, designs, level=args.level,
+                                hierarchical=not args.no_hierarchical)
+            entry.update(iecv.to_dict())
+            text += "\n\n" + iecv.summary()
+            if args.plot:
+                written = _iecv_plots(iecv, model.name, Path(args.plot))
+                text += "\n" + "\n".join(f"forest plot: {path}" for path in written)
+        results.append((entry, text))
     if args.format == "json":
-        text = json.dumps(strict_json({"models": [r.to_dict() for r in results]}),
+        text = json.dumps(strict_json({"models": [entry for entry, _ in results]}),
                           indent=2, allow_nan=False) + "\n"
     else:
-        text = "\n\n".join(r.summary() for r in results) + "\n"
+        text = "\n\n".join(summary for _, summary in results) + "\n"
     if args.out:
         atomic_write(args.out, text)
         print(args.out)
@@ -159,5 +224,125 @@ def _run(args: argparse.Namespace) -> int:
 
 COMMANDS = [Command(("model", "fit"),
                     "fit a spec's [[model]] tables across local site files (one-stage, "
-                    "stratified, two-stage)",
+                    "stratified, two-stage, hierarchical; --iecv)",
                     _add_arguments, _run, description=_DESCRIPTION)]
+
+
+_EXPORT_DESCRIPTION = """\
+Write a versioned, signed model artifact that sites can score their patients with
+('fedsynth site score') and that evaluation analyses can name (model = "model.json").
+
+The fit comes from 'fedsynth model fit --format json' (--fit FILE); the [[model]] table
+it was fitted from (--spec) gives the coding (outcome, covariates, declared levels,
+offset) that travels with the coefficients. The artifact is signed with the
+coordinator's TLS key (--config coordinator.toml, or --cert and --key): a site checks
+the signature against the project CA before it scores anyone.
+
+Variants: global (one-stage), stratified (an intercept per site; scoring names the
+site), hierarchical (the mean intercept, or a site's own with --site when scoring).
+
+Examples:
+  fedsynth model fit --spec trauma/spec.toml --data trauma/mtf-*.csv \\
+      --model tbi_mortality --format json --out fit.json
+  fedsynth model export --fit fit.json --spec trauma/spec.toml --model tbi_mortality \\
+      --config coordinator/coordinator.toml --out model.json
+  fedsynth model export --fit fit.json --spec trauma/spec.toml --model tbi_mortality \\
+      --variant hierarchical --cert pki/coordinator.crt --key pki/coordinator.key \\
+      --out model.json
+
+A round's models (ROUND NAME) are exported the same way once round documents store
+them: save 'fedsynth round show ROUND --format json' and give it as --fit.
+
+Exit codes: 0 written; 2 bad input (no such model or variant, a fit of another spec,
+a key that is not the certificate's)."""
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("round", nargs="*", metavar="ROUND NAME",
+                        help="(reserved) export a model stored in a round; rounds do not "
+                             "store models yet: use --fit")
+    parser.add_argument("--fit", metavar="FILE", default=None,
+                        help="JSON with a \"models\" list ('model fit --format json')")
+    parser.add_argument("--spec", required=True, metavar="SPEC",
+                        help="the spec holding the [[model]] table the fit came from")
+    parser.add_argument("--model", required=True, metavar="NAME", help="the model to export")
+    parser.add_argument("--variant", default="global", type=str.lower,
+                        choices=("global", "stratified", "hierarchical"),
+                        help="which fit the artifact carries (default global)")
+    parser.add_argument("--config", metavar="coordinator.toml", default=None,
+                        help="sign with this coordinator's TLS certificate and key")
+    parser.add_argument("--cert", metavar="PEM", default=None,
+                        help="the coordinator's certificate (instead of --config)")
+    parser.add_argument("--key", metavar="PEM", default=None,
+                        help="the coordinator's private key (instead of --config)")
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="where to write the artifact (JSON)")
+
+
+def _export(args: argparse.Namespace) -> int:
+    # lazy: keeps numpy, pandas and cryptography out of `fedsynth --help` start-up
+    from fedsynth.config import load_coordinator_config
+    from fedsynth.fileio import atomic_write
+    from fedsynth.models.artifact import artifact_body, sign_artifact
+    from fedsynth.signing import load_private_key
+    from fedsynth.spec import load_spec
+    from fedsynth.timeutil import iso, utcnow
+
+    if args.round:
+        raise InputError("model export ROUND NAME: round documents do not store fitted "
+                         "models yet (issue 14 wiring); save 'model fit --format json' (or "
+                         "later 'round show ROUND --format json') and give it as --fit")
+    if args.fit is None:
+        raise InputError("--fit is required: the JSON of 'fedsynth model fit --format json'")
+    if args.config is not None and (args.cert or args.key):
+        raise InputError("give either --config or --cert and --key, not both")
+    if args.config is not None:
+        config = load_coordinator_config(args.config)
+        if config.tls is None:
+            raise InputError(f"--config {args.config!r} has no [tls] files to sign with")
+        cert_path, key_path = Path(config.tls.cert), Path(config.tls.key)
+    elif args.cert and args.key:
+        cert_path, key_path = Path(args.cert), Path(args.key)
+    else:
+        raise InputError("a signing identity is required: --config coordinator.toml, or "
+                         "--cert and --key (an unsigned artifact would be refused by sites)")
+    spec = load_spec(args.spec)
+    try:
+        model = spec.model(args.model)
+    except KeyError:
+        known = ", ".join(m.name for m in spec.models) or "none"
+        raise InputError(f"--model: the spec has no model {args.model!r} (it has {known})"
+                         ) from None
+    try:
+        document = json.loads(Path(args.fit).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise InputError(f"--fit {args.fit!r} cannot be read: {error.strerror}") from None
+    except ValueError as error:
+        raise InputError(f"--fit {args.fit!r} is not JSON: {error}") from None
+    entries = document.get("models") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise InputError(f"--fit {args.fit!r} has no \"models\" list (is it the output of "
+                         "'model fit --format json'?)")
+    entry = next((e for e in entries if isinstance(e, dict) and e.get("name") == model.name),
+                 None)
+    if entry is None:
+        raise InputError(f"--fit {args.fit!r} has no fit of model {model.name!r}")
+    try:
+        certificate = cert_path.read_bytes()
+    except OSError as error:
+        raise InputError(f"certificate {str(cert_path)!r} cannot be read: {error.strerror}"
+                         ) from None
+    body = artifact_body(entry, model, variant=args.variant, created=iso(utcnow()),
+                         source=f"model fit {Path(args.fit).name}")
+    signed = sign_artifact(body, load_private_key(key_path), certificate)
+    atomic_write(args.out, json.dumps(signed, indent=2, sort_keys=True, allow_nan=False)
+                 + "\n", mode=0o644)
+    print(f"{args.out}: model {model.name!r} ({args.variant}, {model.family}), "
+          f"{len(body['coefficients'])} coefficients, signed by {cert_path.name}")
+    return 0
+
+
+COMMANDS.append(Command(("model", "export"),
+                        "write a signed model artifact from a model fit (for site score "
+                        "and evaluation analyses)",
+                        _export_arguments, _export, description=_EXPORT_DESCRIPTION))

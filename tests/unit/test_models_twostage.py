@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fedsynth.errors import InputError
@@ -63,6 +63,7 @@ def test_separation_direction() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 100_000), st.integers(8, 40))
+@example(33191, 8)
 def test_separation_check_agrees_with_the_fit(seed: int, n: int) -> None:
     """No separation found: the fit converges to finite estimates; found: it is real."""
     rng = np.random.default_rng(seed)
@@ -78,7 +79,11 @@ def test_separation_check_agrees_with_the_fit(seed: int, n: int) -> None:
     if b is None:
         assert fit.status == "ok", fit.reason
         estimable = np.isfinite(fit.coefficients)      # a constant column is aliased
-        assert estimable[:2].all() and np.all(np.abs(fit.coefficients[estimable]) < 50)
+        # Finite, but not necessarily small: rows that overlap by a hair (seed 33191, n 8:
+        # u = -0.613332 an event, -0.613328 not) are not separated, and their maximum
+        # is finite though large, as glm() finds with its 'fitted probabilities
+        # numerically 0 or 1' warning.
+        assert estimable[:2].all() and np.all(np.isfinite(fit.coefficients[estimable]))
     else:
         s = 2 * y - 1
         assert np.all(s * (x @ b) >= -1e-9) and np.sum(s * (x @ b)) > 0

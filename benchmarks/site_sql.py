@@ -152,7 +152,8 @@ def engines(modes: list[str], rows: int, workdir: Path) -> None:
         if child.returncode != 0:
             print(f"{rows:>10} {mode:>8} failed: {child.stderr.strip().splitlines()[-1]}")
             continue
-        out[mode] = json.loads(child.stdout.strip().splitlines()[-1])
+        # the last JSON line (DuckDB may print a progress bar before it)
+        out[mode] = json.loads(child.stdout[child.stdout.rindex('{"seconds"'):].strip())
         print(f"{rows:>10} {mode:>8} {out[mode]['seconds']:>9.2f} "
               f"{out[mode]['rss_growth_mb']:>13.1f}", flush=True)
     if "pandas" in out:

@@ -138,10 +138,10 @@ def parquet_dataset_engine(path: str | Path, *, batch_rows: int = PARQUET_BATCH_
         dataset = ds.dataset(str(folder), format="parquet", partitioning="hive")
         files = list(dataset.files)
     except Exception as error:  # pyarrow raises several types for unreadable datasets
-        raise InputError(f"data: {str(folder)!r} is not a readable Parquet dataset: "
-                         f"{error}") from None
+        raise InputError(f"data: the directory {str(folder)!r} is not a readable folder of "
+                         f"Parquet files: {error}") from None
     if not files:
-        raise InputError(f"data: {str(folder)!r} holds no Parquet file")
+        raise InputError(f"data: the directory {str(folder)!r} holds no Parquet file")
     names = dataset.schema.names
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)

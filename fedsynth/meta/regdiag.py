@@ -43,6 +43,7 @@ from fedsynth.meta._format import f, grid
 from fedsynth.meta.metareg import MetaRegressionResult
 from fedsynth.meta.stats import chi2_sf, norm_isf, t_isf
 from fedsynth.results import Interval, ResultMixin
+from fedsynth.vocabulary import TESTS
 
 __all__ = ["RegressionInfluence", "Residuals", "RegressionBlup", "Tau2Confint",
            "influence", "rstandard", "rstudent", "hatvalues", "cooks_distance", "dfbetas",
@@ -498,7 +499,7 @@ def leave1out(fit: MetaRegressionResult) -> Any:
     # lazy: fedsynth.meta.diagnostics imports scipy.stats (~0.5 s) at top
     from fedsynth.meta.diagnostics import leave_one_out
 
-    if fit.test not in ("z", "knha") or fit.tau2_fixed or fit.weights is not None \
+    if fit.test not in TESTS or fit.tau2_fixed or fit.weights is not None \
             or not fit.weighted:
         raise InputError("leave1out: available for test z or knha with inverse-variance "
                          "weights and an estimated tau²")

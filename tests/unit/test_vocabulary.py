@@ -86,7 +86,8 @@ def test_every_user_takes_the_lists_from_the_vocabulary():
     assert metareg.SUPPORTED_METHODS is voc.METHODS
     # fedsynth meta also takes the count-based methods (MH, Peto, GLMM) of issue 15
     assert meta_cmd.METHOD_CHOICES == (*voc.METHODS, *voc.COUNT_METHODS)
-    assert meta_cmd.TEST_CHOICES is voc.TESTS
+    # fedsynth meta also takes metafor's t and adhoc tests (issue 16 B1)
+    assert meta_cmd.TEST_CHOICES is voc.RMA_TESTS
     assert valmeta_cmd.METHOD_CHOICES is voc.METHODS and valmeta_cmd.TEST_CHOICES is voc.TESTS
     assert plots.RATIO_MEASURES is voc.RATIO_MEASURES
     assert tuple(effect_sizes.COLUMN_SETS) == voc.ESCALC_MEASURES
@@ -105,7 +106,8 @@ def test_every_user_takes_the_lists_from_the_vocabulary():
             if action.dest == "method":
                 assert tuple(action.choices) == methods, module.__name__
             if action.dest == "test":
-                assert tuple(action.choices) == voc.TESTS, module.__name__
+                tests = voc.RMA_TESTS if module is meta_cmd else voc.TESTS
+                assert tuple(action.choices) == tests, module.__name__
             if action.dest == "measure" and action.choices is not None:
                 assert tuple(action.choices) == voc.ESCALC_MEASURES, module.__name__
 

@@ -145,7 +145,10 @@ def test_models_fitted_in_one_round_equal_pooled_statsmodels(federation, trauma:
     accepted = [e for e in audit if e.get("event") == "model_step.accepted"]
     assert len(accepted) == stored[0]
     site_audit = (federation.root / "sites" / "mtf-alpha-audit.jsonl").read_text()
-    assert site_audit.count('"model_step.signed"') == stored[0] // len(SITES)
+    # Every answer the coordinator stored was signed and audited at the site first; a site
+    # may sign more than is stored (an answer resent after a reconnect, or one that arrived
+    # after its step was superseded, is audited at the site and not stored twice).
+    assert site_audit.count('"model_step.signed"') >= stored[0] // len(SITES)
 
 
 def test_site_killed_mid_fit_is_retried_then_a_site_that_never_returns_is_dropped(

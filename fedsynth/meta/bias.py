@@ -36,6 +36,7 @@ from fedsynth.jsonsafe import finite_or_none
 from fedsynth.meta._format import f, grid, p, peq
 from fedsynth.meta.diagnostics import _METAFOR_DEFAULT_THRESHOLD, _trimfill
 from fedsynth.meta.metareg import fit_rma, validate_yi_vi
+from fedsynth.meta.zeroin import R_DEFAULT_TOL, uniroot
 from fedsynth.results import Interval, ResultMixin
 from fedsynth.vocabulary import check_level, check_method, check_test
 
@@ -575,7 +576,8 @@ class HenmiCopasResult(ResultMixin):
 
 
 def hc(yi: Any, vi: Any = None, *, sei: Any = None, method: str = "REML",
-       level: float = 0.95, tol: float = 1e-10) -> HenmiCopasResult:
+       level: float = 0.95, tol: float = R_DEFAULT_TOL,
+       maxiter: int = 1000) -> HenmiCopasResult:
     """Henmi & Copas's (2010) publication-bias-robust interval (metafor ``hc``).
 
     The estimate is the fixed-effect one, which publication bias distorts less than the
@@ -592,10 +594,14 @@ def hc(yi: Any, vi: Any = None, *, sei: Any = None, method: str = "REML",
         ``hc(rma(yi, vi, method=...))``).
     level
         Confidence level (fraction).
-    tol
-        Tolerance of the root search for the interval half-width. metafor's default is
-        ``.Machine$double.eps^0.25`` (about 1e-4), which leaves its interval about 1e-5
-        from the exact one; the default here is tighter (see docs/decisions/bias.md).
+    tol, maxiter
+        Tolerance and most steps of the root search for the interval half-width
+        (metafor's ``control = list(tol, maxiter)``). The default is metafor's,
+        ``.Machine$double.eps^0.25`` (about 1.2e-4), which leaves the interval about 1e-5
+        from the exact one; the search repeats R's ``uniroot`` step for step
+        (:mod:`fedsynth.meta.zeroin`) and the integral is QUADPACK's ``dqagi`` at
+        ``integrate``'s default tolerances, so the default gives metafor's printed numbers.
+        ``tol=1e-12`` gives the exact interval (see docs/decisions/bias.md).
 
     Returns
     -------
@@ -608,7 +614,7 @@ def hc(yi: Any, vi: Any = None, *, sei: Any = None, method: str = "REML",
     ...                       ci="cpos", di="cneg")
     >>> r = hc(dat["yi"], dat["vi"])
     >>> round(r.beta, 4), round(r.ci_lb, 4), round(r.ci_ub, 4)
-    (-0.4303, -1.1555, 0.295)
+    (-0.4303, -1.1555, 0.2949)
     """
     meth = check_method(method)
     lvl = check_level(level) / 100   # a fraction
@@ -641,16 +647,18 @@ def hc(yi: Any, vi: Any = None, *, sei: Any = None, method: str = "REML",
     def eqn(x: float) -> float:
         def integrand(r: float) -> float:
             eq, vq = EQ(SDR * r), VQ(SDR * r)
-            return float(stats.gamma.cdf(finv(r / x), a=eq**2 / vq, scale=vq / eq)
+            with np.errstate(divide="ignore"):     # x = 0 (the bracket's end): r / 0 = inf
+                ratio = np.float64(r) / np.float64(x)
+            return float(stats.gamma.cdf(finv(ratio), a=eq**2 / vq, scale=vq / eq)
                          * stats.norm.pdf(r))
-        val = integrate.quad(integrand, x, np.inf, epsabs=1e-13, epsrel=1e-12,
-                             limit=200)[0]
+        # R's integrate(): QUADPACK dqagi with rel.tol = abs.tol = eps^0.25, 100 subdivisions
+        val = integrate.quad(integrand, x, np.inf, epsabs=R_DEFAULT_TOL,
+                             epsrel=R_DEFAULT_TOL, limit=100)[0]
         return val - alpha / 2
 
     try:
-        t0 = optimize.brentq(eqn, 1e-12, 2.0, xtol=tol, rtol=4 * np.finfo(float).eps,
-                             maxiter=1000)
-    except ValueError as exc:
+        t0 = uniroot(eqn, 0.0, 2.0, tol=tol, maxiter=maxiter).root
+    except FedsynthError as exc:
         raise FedsynthError(f"hc: no root of the Henmi-Copas equation in (0, 2): {exc}") \
             from None
     u0 = SDR * t0

@@ -2,7 +2,8 @@
 
 Reference values: tests/data/metafor/bias_tools.json, written once by
 tests/data/metafor/bias_tools.R. Tolerances: 1e-6 relative (1e-9 absolute) for the closed
-forms and tau² roots; hc 1e-6 (an integral inside a root search on both sides); selmodel
+forms and tau² roots; hc 1e-6 (an integral inside a root search on both sides; at
+metafor's default control 1e-8 against tests/data/metafor/hc_default.json); selmodel
 1e-7 for the log-likelihoods, 5e-5 for the ML estimates (two
 optimisers meeting at one optimum of a flat likelihood) and
 1e-3 for standard errors (numerical Hessians on both sides).
@@ -80,9 +81,26 @@ def test_trimfill(case: dict) -> None:
 @pytest.mark.parametrize("case", _cases("hc"), ids=_id)
 def test_hc(case: dict) -> None:
     d = _data(case)
-    r = bias.hc(d["yi"], d["vi"])
+    r = bias.hc(d["yi"], d["vi"], tol=1e-12)     # the R script's control = list(tol = 1e-12)
     for name, value in case["values"].items():
         _close(getattr(r, name), value)
+
+
+HC_DEFAULT = json.loads((Path(__file__).resolve().parents[1] / "data" / "metafor" /
+                         "hc_default.json").read_text())
+
+
+@pytest.mark.parametrize("case", HC_DEFAULT["cases"],
+                         ids=lambda c: f"{c['dataset']}/level={c['level']}")
+def test_hc_with_metafors_default_control_gives_metafors_numbers(case: dict) -> None:
+    """metafor's default root tolerance (eps^0.25) stops ~1e-5 from the exact interval;
+    repeating R's uniroot step for step gives the interval metafor prints, to 1e-8."""
+    d = HC_DEFAULT["data"][case["dataset"]]
+    r = bias.hc(d["yi"], d["vi"], level=case["level"])
+    for name, value in case["values"].items():
+        _close(getattr(r, name), value, rtol=1e-8)
+    exact = bias.hc(d["yi"], d["vi"], level=case["level"], tol=1e-12)
+    assert exact.ci_ub != pytest.approx(r.ci_ub, rel=1e-9, abs=0)   # the default is not exact
 
 
 @pytest.mark.parametrize("case", _cases("selmodel"), ids=_id)

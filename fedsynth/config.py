@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from fedsynth.errors import ConfigError
+from fedsynth.errors import ConfigError, InputError
 from fedsynth.timeutil import parse_duration
 from fedsynth.transport import TLSFiles
 from fedsynth.vocabulary import ESTIMATORS, METHODS, TESTS
@@ -475,10 +475,30 @@ def _spark(value: Any) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    """``[privacy]`` of site.toml (see :class:`site_agent.privacy.PrivacyLimits`)."""
+    """``[privacy]`` of site.toml (see :class:`site_agent.privacy.PrivacyLimits`).
+
+    ``models`` is the ``[privacy.models]`` table: limits for model steps
+    (:class:`fedsynth.models.ModelLimits`; checked when the file is read).
+    """
 
     min_cell_count: int = 5
     min_n: int = 20
+    models: Mapping[str, Any] = field(default_factory=dict)
+
+    def model_limits(self, *, min_n: int | None = None,
+                     min_cell_count: int | None = None) -> Any:
+        """The site's :class:`fedsynth.models.ModelLimits`.
+
+        ``[privacy.models]`` keys win; ``min_rows`` and ``min_cell_count`` default to the
+        site's ``min_n`` and ``min_cell_count`` (or the values given, e.g. command-line
+        overrides).
+        """
+        # lazy: fedsynth.models pulls pandas and scipy; config is read at every start-up
+        from fedsynth.models.disclosure import ModelLimits
+
+        return ModelLimits.from_mapping(
+            self.models, min_rows=self.min_n if min_n is None else min_n,
+            min_cell_count=self.min_cell_count if min_cell_count is None else min_cell_count)
 
 
 @dataclass(frozen=True)
@@ -573,13 +593,22 @@ def load_site_config(path: str | Path, *, insecure: bool = False) -> SiteConfig:
     privacy = data.get("privacy", {})
     if not isinstance(privacy, dict):
         raise ConfigError(f"privacy = {privacy!r} must be a table")
-    _check_keys(privacy, {"min_cell_count", "min_n"}, "[privacy]")
-    limits = {}
+    _check_keys(privacy, {"min_cell_count", "min_n", "models"}, "[privacy]")
+    limits: dict[str, Any] = {}
     for key, default in (("min_cell_count", 5), ("min_n", 20)):
         value = privacy.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"privacy.{key} = {value!r} must be a positive integer")
         limits[key] = value
+    models = privacy.get("models", {})
+    if not isinstance(models, dict):
+        raise ConfigError(f"privacy.models = {models!r} must be a table")
+    limits["models"] = dict(models)
+    if models:
+        try:
+            PrivacyConfig(**limits).model_limits()
+        except InputError as exc:
+            raise ConfigError(str(exc)) from None
     opt = {k: data.get(k) for k in ("audit_log", "policy")}
     server_name = data.get("server_name")
     if server_name is not None and (not isinstance(server_name, str) or not server_name):

@@ -160,8 +160,7 @@ class ModelSteps:
         state = Path(config.state_file)
         self.counts = StepCounts(state.with_name(state.stem + ".model-steps.json"))
         self.history_path = state.with_name(state.stem + ".releases.json")
-        self.limits = ModelLimits.from_mapping(
-            None, min_rows=config.privacy.min_n, min_cell_count=config.privacy.min_cell_count)
+        self.limits: ModelLimits = config.privacy.model_limits()
         self._specs: dict[str, Spec] = {}
         self._prepared: dict[tuple[str, str], _Prepared] = {}
 

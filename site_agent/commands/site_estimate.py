@@ -205,7 +205,10 @@ def _models(spec: Any, config: Any, frame: Any, policy_refusals: dict[str, Any],
     from fedsynth.models import ModelLimits
     from site_agent.steps import load_model_frame, model_release_key, preview_model
 
-    limits = ModelLimits.from_mapping(None, min_rows=min_n, min_cell_count=min_cell)
+    # [privacy.models] of site.toml, with min_n / min_cell_count as shown (flags win)
+    limits = (config.privacy.model_limits(min_n=min_n, min_cell_count=min_cell)
+              if config is not None else
+              ModelLimits.from_mapping(None, min_rows=min_n, min_cell_count=min_cell))
     history: dict[str, Any] = {}
     if config is not None:
         # lazy: keeps the file helpers out of `fedsynth --help` start-up

@@ -19,8 +19,9 @@ import pandas as pd
 import pytest
 
 from fedsynth.cli import main
-from fedsynth.config import DataConfig, PrivacyConfig, SiteConfig
+from fedsynth.config import DataConfig, PrivacyConfig, SiteConfig, load_site_config
 from fedsynth.datasets import generate_trauma, trauma_spec_path
+from fedsynth.errors import ConfigError
 from fedsynth.models import build_design
 from fedsynth.models.glm import site_step
 from fedsynth.serde import (
@@ -212,3 +213,38 @@ def test_a_hierarchical_proposal_is_answered_within_the_same_bounds(tmp_path: Pa
     assert ask([0.0] * (p - 1)).code == "invalid_request"             # wrong length
     assert ask([0.0] * p, family="poisson").code == "invalid_request"  # wrong family
     assert steps.counts.get("r-1", "tbi_mortality/hierarchical") == 1
+
+
+def _site_toml(tmp_path: Path, frame: pd.DataFrame, privacy: str) -> Path:
+    frame.to_csv(tmp_path / "site.csv", index=False)
+    path = tmp_path / "site.toml"
+    path.write_text(f'name = "mtf-alpha"\ncoordinator = "127.0.0.1:1"\n'
+                    f'[data]\npath = "site.csv"\n[privacy]\nmin_n = 25\n{privacy}',
+                    encoding="utf-8")
+    return path
+
+
+def test_privacy_models_of_site_toml_set_the_step_limits(tmp_path: Path, frame) -> None:
+    config = load_site_config(_site_toml(tmp_path, frame, "[privacy.models]\n"
+                                         "max_iterations = 3\n"), insecure=True)
+    steps = ModelSteps(config)
+    assert steps.limits.max_iterations == 3
+    assert steps.limits.min_rows == 25          # [privacy] min_n where models is silent
+    names = steps.answer(_order()).names
+    for i in (1, 2):
+        assert isinstance(steps.answer(_order(coefficients=_zero(names), step=i)),
+                          WireAggregates)
+    refused = steps.answer(_order(coefficients=_zero(names), step=3))
+    assert isinstance(refused, WireRefusal) and refused.code == "disclosure_iterations"
+
+
+@pytest.mark.parametrize(("table", "named"), [
+    ("max_iterations = 0\n", "privacy.models.max_iterations"),
+    ("max_parameter_fraction = 2.0\n", "privacy.models.max_parameter_fraction"),
+    ("max_itterations = 5\n", "'max_itterations'"),
+])
+def test_bad_privacy_models_stop_the_site_naming_the_key(tmp_path: Path, frame, table,
+                                                         named) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_site_config(_site_toml(tmp_path, frame, "[privacy.models]\n" + table),
+                         insecure=True)

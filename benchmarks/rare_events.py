@@ -19,6 +19,10 @@ hazard ratio, and pools the sites' univariable Cox models three ways:
 It prints bias, empirical coverage of the 95% intervals and the mean interval width of
 (a) and (b), and how far (b) lies from (c). Figures are recorded in benchmarks/README.md
 (section ``rare-events``).
+
+``python benchmarks/rare_events.py --random-effects-cost`` instead times the
+random-effects pooling of one federation's grid likelihoods
+(:func:`fedsynth.meta.likelihood.pool_likelihoods_random`, as a round close runs it).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from statsmodels.duration.hazard_regression import PHReg  # noqa: E402
 
 from fedsynth.effects.likelihood import approximate, profiler  # noqa: E402
 from fedsynth.errors import InputError  # noqa: E402
-from fedsynth.meta.likelihood import pool_likelihoods  # noqa: E402
+from fedsynth.meta.likelihood import pool_likelihoods, pool_likelihoods_random  # noqa: E402
 
 TRUE_LOG_HR = math.log(2.0)
 N_SITES = 10
@@ -117,8 +121,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicates", type=int, default=200)
     parser.add_argument("--seed", type=int, default=2022)
+    parser.add_argument("--random-effects-cost", action="store_true",
+                        help="time random-effects pooling of one federation's likelihoods")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
+    if args.random_effects_cost:
+        grids = [approximate(profiler("cox", time=t, event=e, exposure=x),
+                             "grid_with_gradients") for t, e, x in simulate(rng) if e.sum()]
+        start, cpu = time.perf_counter(), time.process_time()
+        r = pool_likelihoods_random(grids)
+        print(f"random-effects pooling of {len(grids)} grid likelihoods: "
+              f"{time.perf_counter() - start:.2f} s wall, {time.process_time() - cpu:.2f} s "
+              f"CPU (mu {r.mu_median:.6f} "
+              f"[{r.mu_ci_lb:.6f}, {r.mu_ci_ub:.6f}], tau {r.tau_median:.6f})")
+        return 0
     start = time.perf_counter()
     results = [one_replicate(rng) for _ in range(args.replicates)]
     elapsed = time.perf_counter() - start

@@ -509,6 +509,8 @@ class GridWithGradients:
     derivatives: np.ndarray
     estimate: float = math.nan
     se: float = math.nan
+    _coef: np.ndarray = field(init=False, repr=False, compare=False)
+    _h: np.ndarray = field(init=False, repr=False, compare=False)
 
     form = "grid_with_gradients"
 
@@ -529,6 +531,15 @@ class GridWithGradients:
         for name, arr in (("points", p), ("values", v), ("derivatives", d)):
             arr.setflags(write=False)
             object.__setattr__(self, name, arr)
+        # Per segment, the cubic Hermite piece as c0 + c1 t + c2 t^2 + c3 t^3 in t = (x -
+        # p_i) / h_i: evaluated by Horner's rule, a third of the work of the basis form
+        # (random-effects pooling evaluates millions of points per site).
+        h = np.diff(p)
+        v0, v1, hd0, hd1 = v[:-1], v[1:], h * d[:-1], h * d[1:]
+        coef = np.stack([v0, hd0, 3 * (v1 - v0) - 2 * hd0 - hd1, 2 * (v0 - v1) + hd0 + hd1])
+        coef.setflags(write=False)
+        object.__setattr__(self, "_coef", coef)
+        object.__setattr__(self, "_h", h)
 
     def __call__(self, x: Any) -> np.ndarray:
         """Approximate log-likelihood at ``x`` (any shape)."""
@@ -549,15 +560,12 @@ class GridWithGradients:
     def _eval(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         p, v, d = self.points, self.values, self.derivatives
         i = np.clip(np.searchsorted(p, x, side="right") - 1, 0, p.size - 2)
-        h = p[i + 1] - p[i]
+        h = self._h[i]
         t = (x - p[i]) / h
-        t2, t3 = t * t, t * t * t
-        f = ((2 * t3 - 3 * t2 + 1) * v[i] + (t3 - 2 * t2 + t) * h * d[i]
-             + (-2 * t3 + 3 * t2) * v[i + 1] + (t3 - t2) * h * d[i + 1])
-        f1 = ((6 * t2 - 6 * t) * v[i] / h + (3 * t2 - 4 * t + 1) * d[i]
-              + (-6 * t2 + 6 * t) * v[i + 1] / h + (3 * t2 - 2 * t) * d[i + 1])
-        f2 = ((12 * t - 6) * v[i] / h ** 2 + (6 * t - 4) * d[i] / h
-              + (-12 * t + 6) * v[i + 1] / h ** 2 + (6 * t - 2) * d[i + 1] / h)
+        c0, c1, c2, c3 = (c[i] for c in self._coef)
+        f = ((c3 * t + c2) * t + c1) * t + c0
+        f1 = ((3 * c3 * t + 2 * c2) * t + c1) / h
+        f2 = (6 * c3 * t + 2 * c2) / (h * h)
         left, right = x < p[0], x > p[-1]
         # Outside the points: linear where the line falls away from the grid; flat where it
         # would rise (a log-likelihood is bounded above, e.g. a monotone one tends to a

@@ -682,6 +682,7 @@ class RoundModelFitter:
                     results=[*results, {"name": name, "status": "running",
                                         "progress": text}], now=self.clock())
 
+            progress("fitting" + (" (then IECV)" if model.iecv else ""))
             try:
                 entry = fit_model_on(self.hub, round_id=round_id, spec_toml=record.spec_toml,
                                      model=model, sites=[s for s in sites if s not in skipped],

@@ -34,7 +34,7 @@ __all__ = [
     "encode_results", "decode_results", "encode_submission", "decode_submission",
     "encode_work", "decode_work", "to_unix_ms", "from_unix_ms", "NONCE_BYTES", "pb",
     "STEP_KINDS", "ModelStepOrder", "WireAggregates", "WireSiteFit", "WireContribution",
-    "WireMeasures",
+    "WireMeasures", "IECV_MEASURES",
     "StepAnswerContent",
     "encode_model_step", "decode_model_step", "model_step_digest", "encode_step_answer",
     "decode_step_answer",

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedsynth.config import DataConfig, PrivacyConfig, SiteConfig
 from fedsynth.datasets import generate_trauma, trauma_spec_path
@@ -24,6 +26,7 @@ from fedsynth.models import build_design
 from fedsynth.models.glm import fit_one_stage
 from fedsynth.models.iecv import MEASURES, ScoringModel, evaluate_site
 from fedsynth.serde import (
+    IECV_MEASURES,
     ModelStepOrder,
     StepAnswerContent,
     WireAggregates,
@@ -143,3 +146,21 @@ def test_a_bad_iecv_answer_names_the_field() -> None:
     content = StepAnswerContent("r-1", "mtf-alpha", b"n" * 16, T0, "i0", b"d" * 32, bad)
     with pytest.raises(InputError, match="refused names no measure"):
         decode_step_answer(encode_step_answer(content))
+
+
+_number = st.one_of(st.floats(allow_nan=True, allow_infinity=False, width=64),
+                    st.just(math.nan))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 10**9),
+       values=st.fixed_dictionaries({k: _number for k in IECV_MEASURES}),
+       refused=st.dictionaries(st.sampled_from(IECV_MEASURES),
+                               st.text(min_size=1, max_size=40), max_size=3))
+def test_any_measures_survive_the_signed_bytes(n, values, refused) -> None:
+    """Property: an IECV answer decodes to what was encoded (NaN stays NaN: null)."""
+    sent = WireMeasures(n=n, values=values, refused=refused)
+    content = StepAnswerContent("r-1", "mtf-alpha", b"n" * 16, T0, "i0", b"d" * 32, sent)
+    got = decode_step_answer(encode_step_answer(content)).result
+    assert isinstance(got, WireMeasures)
+    assert got.to_dict() == sent.to_dict()

@@ -18,10 +18,17 @@ fits (one-stage, stratified, two-stage, hierarchical) and the
 coordinator's wall time of its fits; the script adds the time from the round's opening to
 its pooled document.
 
+With ``--iecv`` the spec is the trauma spec's mortality model alone with ``iecv = true``
+(issue 14): the round fits it and then runs internal-external cross-validation, one
+federated development (one-stage IRLS and the hierarchical model) without each site and
+four evaluations at the held-out site; the figures add the IECV's round trips, seconds
+and verdict.
+
 Usage::
 
     python benchmarks/models.py                 # 10 and 15 sites
     python benchmarks/models.py --sites 4 --json
+    python benchmarks/models.py --sites 10 --iecv
 """
 
 from __future__ import annotations
@@ -89,7 +96,19 @@ def _start_coordinator(config: Path, workdir: Path) -> subprocess.Popen:
     raise RuntimeError("coordinator did not start within 120 s")
 
 
-async def _drive(workdir: Path, config_path: Path, sites: list[str]) -> dict:
+def iecv_spec() -> str:
+    """The trauma spec's analyses and its mortality model alone, with ``iecv = true``."""
+    from fedsynth.datasets import trauma_spec_path
+
+    text = trauma_spec_path().read_text(encoding="utf-8")
+    head, rest = text.split("[[model]]", 1)
+    mortality = rest.split("[[model]]", 1)[0]
+    return head + "[[model]]" + mortality.replace('family = "binomial"\n',
+                                                  'family = "binomial"\niecv = true\n')
+
+
+async def _drive(workdir: Path, config_path: Path, sites: list[str], *,
+                 iecv: bool = False) -> dict:
     from coordinator.rounds import open_round
     from coordinator.store import Store
     from fedsynth.config import load_coordinator_config, load_site_config
@@ -111,7 +130,8 @@ async def _drive(workdir: Path, config_path: Path, sites: list[str]) -> dict:
         await asyncio.sleep(1.0)
         t0 = time.perf_counter()
         record = await asyncio.to_thread(
-            open_round, store, spec_source=trauma_spec_path().read_text(encoding="utf-8"),
+            open_round, store, spec_source=(iecv_spec() if iecv else
+                                            trauma_spec_path().read_text(encoding="utf-8")),
             deadline=dt.timedelta(minutes=15), quorum=len(sites), allowed=tuple(sites),
             pooling={"method": "REML", "test": "z", "level": 95.0, "i2_threshold": 50.0},
             now=dt.datetime.now(dt.UTC), source="benchmark")
@@ -139,14 +159,17 @@ async def _drive(workdir: Path, config_path: Path, sites: list[str]) -> dict:
             "one_stage_iterations": (m.get("one_stage") or {}).get("iterations"),
             "stratified_iterations": (m.get("stratified") or {}).get("iterations"),
             "hierarchical_evaluations": (m.get("hierarchical") or {}).get("evaluations"),
-            "round_trips": m.get("round_trips"), "seconds": m.get("seconds")})
+            "round_trips": m.get("round_trips"), "seconds": m.get("seconds"),
+            "iecv_round_trips": m.get("iecv_round_trips"),
+            "iecv_seconds": m.get("iecv_seconds"),
+            "recommendation": (m.get("recommendation") or {}).get("choice")})
     return {"sites": len(sites), "open_to_pooled_s": round(t_pooled - t0, 2),
             "models_s": round(sum(m["seconds"] or 0 for m in models), 2),
             "round_trips": sum(m["round_trips"] or 0 for m in models),
             "steps_answered": sum(a.steps_answered for a in agents), "models": models}
 
 
-def run(n_sites: int, seed: int = 0) -> dict:
+def run(n_sites: int, seed: int = 0, *, iecv: bool = False) -> dict:
     """One round with ``n_sites`` agents; returns the figures."""
     from fedsynth.datasets import site_names
 
@@ -158,7 +181,7 @@ def run(n_sites: int, seed: int = 0) -> dict:
         cwd = os.getcwd()
         os.chdir(workdir)                   # site.toml paths are relative to it
         try:
-            return asyncio.run(_drive(workdir, config, sites))
+            return asyncio.run(_drive(workdir, config, sites, iecv=iecv))
         finally:
             os.chdir(cwd)
             proc.terminate()
@@ -174,8 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sites", type=int, nargs="+", default=[10, 15])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--iecv", action="store_true",
+                        help="the mortality model alone, with internal-external "
+                             "cross-validation")
     args = parser.parse_args(argv)
-    results = [run(n, args.seed) for n in args.sites]
+    results = [run(n, args.seed, iecv=args.iecv) for n in args.sites]
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -190,9 +216,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{m['hierarchical_evaluations']} | {m['round_trips']} | "
                   f"{m['seconds']:.2f} | {per:.3f} |")
     for r in results:
-        print(f"{r['sites']} sites: 3 models in {r['models_s']:.2f} s of fitting, "
-              f"{r['round_trips']} round trips, {r['steps_answered']} answers; round opened "
-              f"to pooled document {r['open_to_pooled_s']:.2f} s")
+        for m in r["models"]:
+            if m["iecv_round_trips"] is not None:
+                print(f"{r['sites']} sites, {m['model']}: IECV {m['iecv_round_trips']} round "
+                      f"trips, {m['iecv_seconds']:.2f} s (of the model's "
+                      f"{m['seconds']:.2f} s); recommendation: {m['recommendation']}")
+    for r in results:
+        print(f"{r['sites']} sites: {len(r['models'])} model(s) in {r['models_s']:.2f} s of "
+              f"fitting, {r['round_trips']} round trips, {r['steps_answered']} answers; "
+              f"round opened to pooled document {r['open_to_pooled_s']:.2f} s")
     return 0
 
 

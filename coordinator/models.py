@@ -41,6 +41,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from fedsynth.errors import FedsynthError, InputError
 from fedsynth.jsonsafe import strict_json
 from fedsynth.models.fit import ModelFit
@@ -60,6 +62,15 @@ from fedsynth.models.hierarchical import (
     SiteContribution,
     fit_random_intercept,
 )
+from fedsynth.models.iecv import (
+    CANDIDATES as IECV_CANDIDATES,
+)
+from fedsynth.models.iecv import (
+    IecvResult,
+    ScoringModel,
+    SiteMeasures,
+    run_iecv,
+)
 from fedsynth.models.spec import INTERCEPT, ModelSpec
 from fedsynth.models.twostage import SiteFit, TwoStageResult, pool_site_fits
 from fedsynth.serde import (
@@ -67,6 +78,7 @@ from fedsynth.serde import (
     StepAnswerContent,
     WireAggregates,
     WireContribution,
+    WireMeasures,
     WireRefusal,
     WireSiteFit,
     encode_model_step,
@@ -76,8 +88,8 @@ from fedsynth.serde import (
 from fedsynth.spec import parse_spec
 from fedsynth.timeutil import utcnow
 
-__all__ = ["StepHub", "SitesLost", "RoundModelFitter", "fit_model_on", "models_due",
-           "coefficient_flags", "DEFAULT_STEP_TIMEOUT", "MODEL_STATUSES"]
+__all__ = ["StepHub", "SitesLost", "RoundModelFitter", "fit_model_on", "iecv_on",
+           "models_due", "coefficient_flags", "DEFAULT_STEP_TIMEOUT", "MODEL_STATUSES"]
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +265,7 @@ class _Exchanger:
         return answers
 
 
-def _irls_exchange(ex: _Exchanger, model: ModelSpec, fit: str
+def _irls_exchange(ex: _Exchanger, model: ModelSpec, fit: str, held_out: str = ""
                    ) -> Callable[[Mapping[str, StepRequest]], dict[str, SiteStep]]:
     names = model.coefficient_names
 
@@ -261,7 +273,8 @@ def _irls_exchange(ex: _Exchanger, model: ModelSpec, fit: str
         orders = {site: ModelStepOrder(
             round_id=ex.round_id, step_id=ex.step_id(model.name, fit, req.step),
             model=model.name, kind="irls", fit=fit, sequence=req.step,
-            spec_toml=ex.spec_toml, deadline=ex.deadline, coefficients=req.coefficients)
+            spec_toml=ex.spec_toml, deadline=ex.deadline, coefficients=req.coefficients,
+            held_out=held_out)
             for site, req in requests.items()}
         answers = ex.exchange(orders)
         steps: dict[str, SiteStep] = {}
@@ -328,7 +341,8 @@ def coefficient_flags(two: TwoStageResult, *, i2_threshold: float = 50.0
     return out
 
 
-def _hierarchical(ex: _Exchanger, model: ModelSpec, sites: Sequence[str]) -> HierarchicalFit:
+def _hierarchical(ex: _Exchanger, model: ModelSpec, sites: Sequence[str],
+                  held_out: str = "") -> HierarchicalFit:
     """The exact random-intercept GLM over the stream (issue 14's hierarchical model).
 
     :func:`fedsynth.models.hierarchical.fit_random_intercept` optimises; each of its
@@ -344,7 +358,7 @@ def _hierarchical(ex: _Exchanger, model: ModelSpec, sites: Sequence[str]) -> Hie
                                                      proposal.iteration),
             model=model.name, kind="hierarchical", fit="hierarchical",
             sequence=proposal.iteration, spec_toml=ex.spec_toml, deadline=ex.deadline,
-            proposal=proposal.to_dict()) for site in sites}
+            proposal=proposal.to_dict(), held_out=held_out) for site in sites}
         answers = ex.exchange(orders)
         out: dict[str, SiteContribution] = {}
         bad: dict[str, str] = {}
@@ -363,6 +377,80 @@ def _hierarchical(ex: _Exchanger, model: ModelSpec, sites: Sequence[str]) -> Hie
         return out
 
     return fit_random_intercept(evaluate, names=names, family=model.family)
+
+
+Progress = Callable[[str], None]
+
+
+def iecv_on(ex: _Exchanger, model: ModelSpec, sites: Sequence[str], *,
+            control: IrlsControl, level: float = 95.0,
+            coefficients: Mapping[str, Mapping[str, Any]] | None = None,
+            hierarchical: bool = True, progress: Progress | None = None) -> IecvResult:
+    """Internal-external cross-validation of ``model`` over the step stream (issue 14).
+
+    :func:`fedsynth.models.iecv.run_iecv` with network-backed callables: ``develop``
+    fits the global one-stage model (federated IRLS) and, with ``hierarchical``, the
+    exact random-intercept model on every site but the held-out one, with the same pure
+    drivers as the round's own fits (so the result equals ``fedsynth model fit --iecv``
+    on the same rows); ``evaluate`` sends each candidate to the held-out site as an
+    ``iecv`` step, which scores its own rows (:func:`fedsynth.models.iecv.evaluate_site`)
+    and answers only the aggregates. Development steps carry ``held_out`` so a site caps
+    the steps of each development fit separately.
+
+    Raises
+    ------
+    SitesLost
+        A site refused or did not answer a development or evaluation step.
+    """
+    names = model.coefficient_names
+    sites = list(sites)
+    position = {s: i + 1 for i, s in enumerate(sites)}
+
+    def develop(others: Sequence[str]) -> dict[str, ScoringModel]:
+        held = next(s for s in sites if s not in others)
+        if progress is not None:
+            progress(f"IECV {position[held]} of {len(sites)}: developing without {held}")
+        one = run_irls(Layout("one_stage", names, tuple(others)), model.family,
+                       _irls_exchange(ex, model, "one_stage", held), control=control,
+                       model=model.name, level=level)
+        if one.status != "converged":
+            raise InputError(f"the global model without site {held} did not converge: "
+                             f"{one.message or one.status}")
+        out = {"global": ScoringModel(variant="global", family=model.family,
+                                      names=one.names, coefficients=one.coefficients,
+                                      developed_on=tuple(others))}
+        if hierarchical:
+            h = _hierarchical(ex, model, others, held)
+            beta = dict(zip(h.names, h.coefficients))
+            out["hierarchical"] = ScoringModel(
+                variant="hierarchical", family=model.family, names=one.names,
+                coefficients=np.array([beta.get(n, np.nan) for n in one.names]),
+                developed_on=tuple(others))
+        return out
+
+    def evaluate(site: str, scoring: ScoringModel) -> SiteMeasures:
+        order = ModelStepOrder(
+            round_id=ex.round_id, step_id=ex.step_id(model.name, "iecv",
+                                                     IECV_CANDIDATES.index(scoring.variant)),
+            model=model.name, kind="iecv", fit="iecv",
+            sequence=IECV_CANDIDATES.index(scoring.variant), spec_toml=ex.spec_toml,
+            deadline=ex.deadline, scoring=scoring.to_dict())
+        answer = ex.exchange({site: order})[site].result
+        if not isinstance(answer, WireMeasures):
+            raise SitesLost({site: "answered an IECV step with something else than its "
+                                   "measures"}, {})
+        try:
+            return SiteMeasures.from_dict(answer.to_dict())
+        except (InputError, KeyError, ValueError) as error:
+            raise SitesLost({site: f"sent unusable IECV measures ({error})"}, {}) from None
+
+    candidates = IECV_CANDIDATES if hierarchical else IECV_CANDIDATES[:2]
+    result = run_iecv(sites, develop, evaluate, candidates=candidates, level=level,
+                      coefficients=coefficients)
+    if progress is not None:
+        verdict = result.recommendation.choice if result.recommendation else "none"
+        progress(f"IECV done over {len(sites)} sites: {verdict}")
+    return result
 
 
 @dataclass(frozen=True)
@@ -413,7 +501,8 @@ def fit_model_on(hub: StepHub, *, round_id: str, spec_toml: str, model: ModelSpe
                  control: IrlsControl | None = None,
                  clock: Callable[[], _dt.datetime] = utcnow,
                  skipped: Mapping[str, str] | None = None,
-                 hierarchical: bool = True) -> dict[str, Any]:
+                 hierarchical: bool = True, iecv: bool | None = None,
+                 progress: Progress | None = None) -> dict[str, Any]:
     """Fit one model on ``sites`` of a round over the step stream (blocking).
 
     The one-stage, stratified and two-stage (per-coefficient and multivariate) fits of
@@ -424,7 +513,12 @@ def fit_model_on(hub: StepHub, *, round_id: str, spec_toml: str, model: ModelSpe
     ``skipped`` (``{site: reason}``) are sites of the round left out from the start (they
     did not answer an earlier model and are not connected): reported under ``dropped``.
     ``hierarchical`` adds the exact random-intercept model (binomial, poisson, gaussian)
-    fitted over the same stream (issue 14's ``"hierarchical"`` object).
+    fitted over the same stream (issue 14's ``"hierarchical"`` object). ``iecv`` (default:
+    the model's ``iecv`` key) adds internal-external cross-validation over the sites that
+    contributed (:func:`iecv_on`): ``iecv``, ``iecv_candidates``, ``recommendation`` and
+    ``iecv_notes``; a site lost during it leaves the fits as they are and the IECV is
+    reported as not done, with the reason, in ``iecv_notes``. ``progress(text)`` is told
+    each IECV step (the coordinator's log and the round's status).
 
     Returns
     -------
@@ -484,10 +578,47 @@ def fit_model_on(hub: StepHub, *, round_id: str, spec_toml: str, model: ModelSpe
                                                      or 50.0))
         except (InputError, ValueError, IndexError) as error:
             entry["notes"].append(f"no heterogeneity flags per coefficient: {error}")
+        if model.iecv if iecv is None else iecv:
+            entry.update(_iecv_entry(ex, model, taking, fitted, control=control,
+                                     pooling=pooling or {}, hierarchical=hierarchical,
+                                     progress=progress))
     entry.update(dropped=dropped, round_trips=ex.counters.round_trips,
                  answers=ex.counters.answers,
                  seconds=round(time.monotonic() - started, 3))
     return dict(strict_json(entry))
+
+
+def _iecv_entry(ex: _Exchanger, model: ModelSpec, sites: Sequence[str], fitted: _Fitted, *,
+                control: IrlsControl, pooling: Mapping[str, Any], hierarchical: bool,
+                progress: Progress | None) -> dict[str, Any]:
+    """The IECV keys of a fitted model's entry (``iecv`` null and a note when not done)."""
+    def not_done(why: str) -> dict[str, Any]:
+        log.warning("round %s, model %s: no IECV: %s", ex.round_id, model.name, why)
+        return {"iecv": None, "iecv_candidates": {}, "recommendation": None,
+                "iecv_notes": [f"no internal-external cross-validation: {why}"]}
+
+    if model.family != "binomial":
+        return not_done(f"IECV measures a risk model and model {model.name!r} is "
+                        f"{model.family}")
+    if len(sites) < 3:
+        return not_done(f"IECV needs at least 3 sites; the model rests on {len(sites)}")
+    started, trips = time.monotonic(), ex.counters.round_trips
+    try:
+        result = iecv_on(ex, model, sites, control=control,
+                         level=float(pooling.get("level", 95.0)),
+                         coefficients=fitted.two_stage.pooled_dict(),
+                         hierarchical=hierarchical and fitted.hierarchical is not None,
+                         progress=progress)
+    except SitesLost as lost:
+        why = "; ".join([f"site {s} refused a step: {r}" for s, r in lost.refused.items()]
+                        + [f"site {s} {r}" for s, r in lost.missing.items()])
+        return not_done(why)
+    except (FedsynthError, ValueError, ArithmeticError) as error:
+        return not_done(str(error))
+    out = result.to_dict()
+    out["iecv_round_trips"] = ex.counters.round_trips - trips
+    out["iecv_seconds"] = round(time.monotonic() - started, 3)
+    return out
 
 
 def models_due(*, has_models: bool, started: bool, n_submitted: int, allowed: int,
@@ -535,7 +666,7 @@ class RoundModelFitter:
         sites = [s for s in record.allowed if s in submitted]
         self.store.put_model_results(round_id, status="running", results=[],
                                      now=self.clock())
-        results = []
+        results: list[dict[str, Any]] = []
         # sites that did not answer a model: the next models wait for them again only if
         # they are connected when that model starts (a restarted agent), so a site that is
         # gone for good costs one step timeout per round, not one per model
@@ -544,12 +675,20 @@ class RoundModelFitter:
             connected = self.hub.connected()
             skipped = {s: f"{why} (and was not connected when this model started)"
                        for s, why in gone.items() if s not in connected}
+            def progress(text: str, name: str = model.name) -> None:
+                log.info("round %s, model %s: %s", round_id, name, text)
+                self.store.put_model_results(
+                    round_id, status="running",
+                    results=[*results, {"name": name, "status": "running",
+                                        "progress": text}], now=self.clock())
+
+            progress("fitting" + (" (then IECV)" if model.iecv else ""))
             try:
                 entry = fit_model_on(self.hub, round_id=round_id, spec_toml=record.spec_toml,
                                      model=model, sites=[s for s in sites if s not in skipped],
                                      deadline=record.deadline, quorum=record.quorum,
                                      pooling=record.pooling, step_timeout=self.step_timeout,
-                                     clock=self.clock, skipped=skipped)
+                                     clock=self.clock, skipped=skipped, progress=progress)
             except Exception as error:  # noqa: BLE001 - one model's bug must not hang the round
                 log.exception("round %s: model %s could not be fitted", round_id, model.name)
                 entry = {"name": model.name, "family": model.family, "status": "failed",
@@ -569,7 +708,8 @@ class RoundModelFitter:
                     "sites": entry.get("sites", []), "refused": entry.get("refused", {}),
                     "dropped": entry.get("dropped", {}),
                     "round_trips": entry.get("round_trips"),
-                    "iterations": (entry.get("one_stage") or {}).get("iterations")})
+                    "iterations": (entry.get("one_stage") or {}).get("iterations"),
+                    "recommendation": (entry.get("recommendation") or {}).get("choice")})
         self.store.put_model_results(round_id, status="done", results=results,
                                      now=self.clock())
         return results

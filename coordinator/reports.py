@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coordinator.report_models import iecv_section
 from fedsynth import __version__
 from fedsynth.errors import InputError
 from fedsynth.fileio import atomic_write
@@ -927,6 +928,8 @@ def _models_section(doc: RoundDocument) -> str:
                          "interval (dashed); grey line at 0."
                          + (f" <strong>Flagged:</strong> {_esc(reasons)}" if reasons else "")
                          + "</figcaption></figure>")
+        parts.append(iecv_section(entry, prefix=f"m{m_index}-iecv-",
+                                  to_svg=lambda fig, p: sanitize_svg(_figure_svg(fig), p)))
     return "\n".join(parts)
 
 

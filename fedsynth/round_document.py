@@ -46,6 +46,11 @@ a version it does not know, saying which it reads, instead of silently dropping 
 Version 3 adds ``models``: one :class:`ModelResult` per ``[[model]]`` of the spec (issue 13:
 one-stage, stratified and two-stage fits, the sites that contributed, refused or were
 dropped); written only when the spec has models, so a version-2 document reads unchanged.
+Version 4 adds, per model whose spec asks for it (``iecv = true``, issue 14), the
+internal-external cross-validation: ``iecv`` (the global model's held-out measures per
+site and pooled), ``iecv_candidates`` (the other candidate models), ``recommendation``
+(``choice`` and ``reasons``), ``iecv_notes``, ``iecv_round_trips`` and ``iecv_seconds``;
+absent for models without IECV, so a version-3 document reads and writes unchanged.
 
 Examples
 --------
@@ -95,7 +100,7 @@ __all__ = [
 ]
 
 #: Version of the round document written by this release.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: A round's status: open until it closes, then pooled (quorum reached) or failed.
 STATUSES = ("open", "pooled", "failed")
 #: Status of an allowed site in a round.
@@ -876,6 +881,46 @@ def _fit_object(r: _Reader, key: str, required: tuple[str, ...]) -> dict[str, An
     return None if value is None else {k: _writable(v) for k, v in value.items()}
 
 
+#: The verdicts of :func:`fedsynth.models.iecv.recommend` (kept here as text: the document
+#: reader does not load the model statistics).
+RECOMMENDATIONS = ("global", "global with local intercept recalibration",
+                   "hierarchical / site-specific")
+
+
+def _iecv_object(r: _Reader, key: str) -> dict[str, Any] | None:
+    """An IECV object: ``per_site`` (site -> measures) and ``pooled`` (measure -> tests)."""
+    value = _fit_object(r, key, ("per_site", "pooled"))
+    if value is not None:
+        inner = _Reader(value, r.at(key), r.where)
+        for part in ("per_site", "pooled"):
+            groups = _Reader(inner.mapping(part) or {}, inner.at(part), r.where)
+            for name in groups.data:
+                group = _Reader(groups.mapping(name) or {}, groups.at(name), r.where)
+                for measure, number in group.data.items():
+                    if not isinstance(number, Mapping) and measure != "refused":
+                        group.number(measure)
+    return value
+
+
+def _recommendation(r: _Reader, key: str) -> dict[str, Any] | None:
+    """``{"choice": one of RECOMMENDATIONS, "reasons": [text]}``."""
+    value = r.mapping(key)
+    if value is None:
+        return None
+    inner = _Reader(value, r.at(key), r.where)
+    return {**value, "choice": inner.text("choice", required=True, choices=RECOMMENDATIONS),
+            "reasons": list(inner.texts("reasons"))}
+
+
+def _candidates(r: _Reader, key: str) -> dict[str, Any] | None:
+    """``{variant: IECV object}``."""
+    value = r.mapping(key)
+    if value is None:
+        return None
+    inner = _Reader(value, r.at(key), r.where)
+    return {variant: _iecv_object(inner, variant) for variant in inner.data}
+
+
 def _flags(r: _Reader, key: str) -> dict[str, Any] | None:
     """``{coefficient: heterogeneity flag}``: each flag read as an analysis's verdict."""
     value = r.mapping(key)
@@ -929,6 +974,24 @@ class ModelResult(_Section):
     seconds: float | None = field(default=None, metadata=_doc(
         "wall time of this model's fits at the coordinator"))
     notes: tuple[str, ...] = field(default=(), metadata=_doc("plain notes on the fits"))
+    iecv: Mapping[str, Any] | None = field(default=None, metadata=_doc(
+        "internal-external cross-validation of the global one-stage model (spec "
+        "iecv = true): per_site {site: {n, auc, auc_var, logit_auc, logit_auc_var, "
+        "calibration_slope(_var), calibration_in_the_large(_var), O, E, log_OE(_var)}}, "
+        "pooled {measure: {z, knha: {estimate, se, ci_lb, ci_ub, tau2, I2, pi_lb, "
+        "pi_ub, ...}}} (issue 14)"))
+    iecv_candidates: Mapping[str, Any] | None = field(default=None, metadata=_doc(
+        "variant -> the same object for the other candidates (global_recalibrated, "
+        "hierarchical, hierarchical_recalibrated)"))
+    recommendation: Mapping[str, Any] | None = field(default=None, metadata=_doc(
+        "the verdict: choice (global | global with local intercept recalibration | "
+        "hierarchical / site-specific) and the reasons with their numbers"))
+    iecv_notes: tuple[str, ...] = field(default=(), metadata=_doc(
+        "notes on the IECV (a measure a site could not compute; why it was not done)"))
+    iecv_round_trips: int | None = field(default=None, metadata=_doc(
+        "step exchanges of the IECV (k developments and the evaluations)"))
+    iecv_seconds: float | None = field(default=None, metadata=_doc(
+        "wall time of the IECV at the coordinator"))
     extra: Mapping[str, Any] = _extra_field()
     _layout: tuple[str, ...] | None = _layout_field()
 
@@ -946,7 +1009,21 @@ class ModelResult(_Section):
                 ("heterogeneity", None if self.heterogeneity is None
                  else dict(self.heterogeneity), self.heterogeneity is not None),
                 ("round_trips", self.round_trips, True), ("seconds", self.seconds, True),
-                ("notes", list(self.notes), True)]
+                ("notes", list(self.notes), True),
+                ("iecv", None if self.iecv is None else dict(self.iecv), self._has_iecv),
+                ("iecv_candidates", None if self.iecv_candidates is None
+                 else dict(self.iecv_candidates), self._has_iecv),
+                ("recommendation", None if self.recommendation is None
+                 else dict(self.recommendation), self._has_iecv),
+                ("iecv_notes", list(self.iecv_notes), self._has_iecv),
+                ("iecv_round_trips", self.iecv_round_trips,
+                 self.iecv_round_trips is not None),
+                ("iecv_seconds", self.iecv_seconds, self.iecv_seconds is not None)]
+
+    @property
+    def _has_iecv(self) -> bool:
+        """Whether the model asked for IECV (its keys are written then, else absent)."""
+        return self.iecv is not None or bool(self.iecv_notes) or bool(self.iecv_candidates)
 
     @classmethod
     def _read(cls, r: _Reader) -> ModelResult:
@@ -960,7 +1037,13 @@ class ModelResult(_Section):
                    hierarchical=_fit_object(r, "hierarchical", ("coefficients", "se", "tau2")),
                    heterogeneity=_flags(r, "heterogeneity"),
                    round_trips=r.integer("round_trips"), seconds=r.number("seconds"),
-                   notes=r.texts("notes"), extra=r.extra(_KNOWN[cls]), _layout=r.layout())
+                   notes=r.texts("notes"), iecv=_iecv_object(r, "iecv"),
+                   iecv_candidates=_candidates(r, "iecv_candidates"),
+                   recommendation=_recommendation(r, "recommendation"),
+                   iecv_notes=r.texts("iecv_notes"),
+                   iecv_round_trips=r.integer("iecv_round_trips"),
+                   iecv_seconds=r.number("iecv_seconds"),
+                   extra=r.extra(_KNOWN[cls]), _layout=r.layout())
 
 
 @dataclass(frozen=True)

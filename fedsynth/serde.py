@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ __all__ = [
     "encode_results", "decode_results", "encode_submission", "decode_submission",
     "encode_work", "decode_work", "to_unix_ms", "from_unix_ms", "NONCE_BYTES", "pb",
     "STEP_KINDS", "ModelStepOrder", "WireAggregates", "WireSiteFit", "WireContribution",
+    "WireMeasures", "IECV_MEASURES",
     "StepAnswerContent",
     "encode_model_step", "decode_model_step", "model_step_digest", "encode_step_answer",
     "decode_step_answer",
@@ -352,9 +354,17 @@ def decode_work(message: pb.Work) -> WorkItem:
 # :mod:`coordinator.models`.
 
 #: Kinds of model step, and the payload field each one uses.
-STEP_KINDS = ("irls", "site_fit", "hierarchical")
-#: Fits a step may belong to.
-STEP_FITS = ("one_stage", "stratified", "site", "hierarchical")
+STEP_KINDS = ("irls", "site_fit", "hierarchical", "iecv")
+#: Fits a step may belong to (``iecv``: the evaluation of a model at a held-out site).
+STEP_FITS = ("one_stage", "stratified", "site", "hierarchical", "iecv")
+#: The per-site measures of an IECV answer (:class:`WireMeasures`), in contract order.
+IECV_MEASURES = ("auc", "auc_var", "logit_auc", "logit_auc_var", "calibration_slope",
+                 "calibration_slope_var", "calibration_in_the_large",
+                 "calibration_in_the_large_var", "O", "E", "log_OE", "log_OE_var",
+                 "recalibration")
+#: Protobuf field of each :data:`IECV_MEASURES` name (proto fields are lower case).
+_IECV_FIELDS = {"O": "observed", "E": "expected", "log_OE": "log_oe",
+                "log_OE_var": "log_oe_var"}
 #: Most coefficients a step may carry (a model has far fewer; bounds decoding work).
 MAX_STEP_COEFFICIENTS = 512
 #: Longest name, step id or reason accepted in a step message.
@@ -389,6 +399,14 @@ class ModelStepOrder:
         ``hierarchical``: the point to evaluate, in the JSON form of
         :class:`fedsynth.models.hierarchical.Proposal` (``family, beta, log_tau, log_sigma,
         nodes, tol, iteration``; ``log_tau`` None for ``tau = 0``).
+    scoring
+        ``iecv``: the model to evaluate at the held-out site, in the JSON form of
+        :class:`fedsynth.models.iecv.ScoringModel` (``variant, family, coefficients`` by
+        name with null for aliased, ``recalibrate``, ``developed_on``).
+    held_out
+        IECV: the site held out of this development fit (``""`` for the round's own fits
+        and for the evaluation steps). A site counts its step cap per fit, and each
+        development fit is a fit of its own.
     """
 
     round_id: str
@@ -403,6 +421,40 @@ class ModelStepOrder:
     epsilon: float = 1e-10
     maxit: int = 25
     proposal: Mapping[str, Any] | None = None
+    scoring: Mapping[str, Any] | None = None
+    held_out: str = ""
+
+
+@dataclass(frozen=True)
+class WireMeasures:
+    """A held-out site's IECV measures as they travel (``IecvMeasures``).
+
+    :meth:`to_dict` is the JSON form :meth:`fedsynth.models.iecv.SiteMeasures.from_dict`
+    reads (NaN as null): ``n``, the Output contract's measures, ``recalibration`` and
+    ``refused`` (measure -> sentence).
+    """
+
+    n: int
+    values: Mapping[str, float]
+    refused: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WireMeasures:
+        """From :meth:`fedsynth.models.iecv.SiteMeasures.to_dict`."""
+        def num(key: str) -> float:
+            value = data.get(key)
+            return float("nan") if value is None else float(value)
+        return cls(n=int(data["n"]), values={k: num(k) for k in IECV_MEASURES},
+                   refused={str(k): str(v) for k, v in (data.get("refused") or {}).items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (NaN as ``null``)."""
+        out: dict[str, Any] = {"n": self.n}
+        out.update({k: finite_or_none(self.values.get(k, float("nan")))
+                    for k in IECV_MEASURES})
+        if self.refused:
+            out["refused"] = dict(self.refused)
+        return out
 
 
 @dataclass(frozen=True)
@@ -565,7 +617,7 @@ class StepAnswerContent:
     timestamp: _dt.datetime
     step_id: str
     request_digest: bytes
-    result: WireAggregates | WireSiteFit | WireContribution | WireRefusal
+    result: WireAggregates | WireSiteFit | WireContribution | WireMeasures | WireRefusal
     agent_version: str = __version__
     protocol_version: str = PROTOCOL_VERSION
 
@@ -578,6 +630,8 @@ class StepAnswerContent:
             return "site_fit"
         if isinstance(self.result, WireContribution):
             return "hierarchical"
+        if isinstance(self.result, WireMeasures):
+            return "iecv"
         return "refusal"
 
 
@@ -606,7 +660,8 @@ def encode_model_step(order: ModelStepOrder) -> pb.ModelStep:
     message = pb.ModelStep(
         protocol_version=PROTOCOL_VERSION, round_id=order.round_id, step_id=order.step_id,
         model=order.model, kind=order.kind, fit=order.fit, sequence=order.sequence,
-        spec_toml=order.spec_toml, deadline_unix_ms=to_unix_ms(order.deadline))
+        spec_toml=order.spec_toml, deadline_unix_ms=to_unix_ms(order.deadline),
+        held_out=order.held_out)
     if order.kind == "irls":
         coefficients = order.coefficients
         if coefficients is None:
@@ -617,6 +672,16 @@ def encode_model_step(order: ModelStepOrder) -> pb.ModelStep:
                 coefficients=[float(v) for v in coefficients.values()]))
     elif order.kind == "site_fit":
         message.site_fit.CopyFrom(pb.SiteFitOrder(epsilon=order.epsilon, maxit=order.maxit))
+    elif order.kind == "iecv":
+        m = dict(order.scoring or {})
+        coefficients = dict(m.get("coefficients") or {})
+        message.iecv.CopyFrom(pb.IecvModel(
+            variant=str(m.get("variant", "")), family=str(m.get("family", "")),
+            names=list(coefficients),
+            coefficients=[float("nan") if v is None else float(v)
+                          for v in coefficients.values()],
+            recalibrate=bool(m.get("recalibrate", False)),
+            developed_on=[str(s) for s in m.get("developed_on", ())]))
     else:
         p = dict(order.proposal or {})
         log_tau, log_sigma = p.get("log_tau"), p.get("log_sigma")
@@ -652,7 +717,21 @@ def decode_model_step(message: pb.ModelStep) -> ModelStepOrder:
     coefficients: dict[str, float] | None = None
     proposal: dict[str, Any] | None = None
     epsilon, maxit = 1e-10, 25
-    if payload == "hierarchical":
+    scoring: dict[str, Any] | None = None
+    if payload == "iecv":
+        e = message.iecv
+        names = _names(e.names, "model step: iecv coefficients")
+        if len(e.coefficients) != len(names) or not names:
+            raise InputError(f"model step: iecv: {len(names)} coefficient names but "
+                             f"{len(e.coefficients)} values")
+        scoring = {"variant": _text(e.variant, "model step: iecv variant"),
+                   "family": _text(e.family, "model step: iecv family"),
+                   "coefficients": {n: (float(v) if math.isfinite(v) else None)
+                                    for n, v in zip(names, e.coefficients)},
+                   "recalibrate": bool(e.recalibrate),
+                   "developed_on": list(_names(e.developed_on,
+                                               "model step: iecv developed_on"))}
+    elif payload == "hierarchical":
         h = message.hierarchical
         if len(h.beta) > MAX_STEP_COEFFICIENTS:
             raise InputError(f"model step: {len(h.beta)} coefficients, at most "
@@ -681,7 +760,9 @@ def decode_model_step(message: pb.ModelStep) -> ModelStepOrder:
         round_id=message.round_id, step_id=message.step_id, model=message.model,
         kind=message.kind, fit=message.fit, sequence=int(message.sequence),
         spec_toml=message.spec_toml, deadline=from_unix_ms(message.deadline_unix_ms),
-        coefficients=coefficients, epsilon=epsilon, maxit=maxit, proposal=proposal)
+        coefficients=coefficients, epsilon=epsilon, maxit=maxit, proposal=proposal,
+        scoring=scoring,
+        held_out=_text(message.held_out, "model step: held_out", empty=True))
 
 
 def _matrix(values: Sequence[float], p: int, what: str) -> tuple[float, ...]:
@@ -715,6 +796,13 @@ def encode_step_answer(content: StepAnswerContent) -> bytes:
             mode=float(result.mode), mode_sd=float(result.mode_sd),
             posterior_mean=float(result.posterior_mean),
             posterior_sd=float(result.posterior_sd)))
+    elif isinstance(result, WireMeasures):
+        measures = pb.IecvMeasures(n=int(result.n))
+        for key in IECV_MEASURES:
+            setattr(measures, _IECV_FIELDS.get(key, key),
+                    float(result.values.get(key, float("nan"))))
+        measures.refused.update({str(k): str(v) for k, v in result.refused.items()})
+        message.iecv.CopyFrom(measures)
     elif isinstance(result, WireSiteFit):
         message.site_fit.CopyFrom(pb.SiteFitResult(
             status=result.status, reason=result.reason, n=int(result.n),
@@ -744,8 +832,24 @@ def decode_step_answer(data: bytes) -> StepAnswerContent:
         raise InputError(f"step answer: timestamp_unix_ms = {message.timestamp_unix_ms} is "
                          "not a time")
     outcome = message.WhichOneof("outcome")
-    result: WireAggregates | WireSiteFit | WireContribution | WireRefusal
-    if outcome == "hierarchical":
+    result: WireAggregates | WireSiteFit | WireContribution | WireMeasures | WireRefusal
+    if outcome == "iecv":
+        e = message.iecv
+        if e.n < 0:
+            raise InputError(f"step answer: n = {e.n} is negative")
+        if len(e.refused) > len(IECV_MEASURES):
+            raise InputError(f"step answer: {len(e.refused)} refused measures, at most "
+                             f"{len(IECV_MEASURES)}")
+        refused_measures = {}
+        for key, reason in e.refused.items():
+            if key not in IECV_MEASURES:
+                raise InputError(f"step answer: refused names no measure: {key[:80]!r}")
+            refused_measures[key] = _text(reason, "step answer: refused reason")
+        result = WireMeasures(n=int(e.n),
+                              values={k: float(getattr(e, _IECV_FIELDS.get(k, k)))
+                                      for k in IECV_MEASURES},
+                              refused=refused_measures)
+    elif outcome == "hierarchical":
         h = message.hierarchical
         q = len(h.gradient)
         if q > MAX_STEP_COEFFICIENTS + 2:

@@ -331,6 +331,8 @@ class Spec:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):            # a model's ``iecv = true``
+        return "true" if value else "false"
     if isinstance(value, str):
         # JSON string escapes are valid TOML basic-string escapes.
         return json.dumps(value, ensure_ascii=False)

@@ -47,6 +47,7 @@ from fedsynth.serde import (
     WireContribution,
     WireEstimate,
     WireLikelihood,
+    WireMeasures,
     WireRefusal,
     WireSiteFit,
     WorkItem,
@@ -457,6 +458,8 @@ class SiteAgent:
             sent = {"n": answer.n, "status": answer.status}
         elif isinstance(answer, WireContribution):
             sent = {"n": answer.n, "loglik": answer.loglik if answer.defined else None}
+        elif isinstance(answer, WireMeasures):
+            sent = {"iecv": answer.to_dict()}
         else:
             sent = {"refused": answer.reason, "code": answer.code}
         # The audit entry first: nothing leaves the site unless it is recorded there.

@@ -49,12 +49,14 @@ from fedsynth.models.disclosure import (
 )
 from fedsynth.models.glm import IrlsControl, Layout, SiteStep, StepRequest, run_irls, site_step
 from fedsynth.models.hierarchical import Proposal, site_contribution, site_data
+from fedsynth.models.iecv import ScoringModel, evaluate_site
 from fedsynth.models.spec import ModelSpec
 from fedsynth.models.twostage import fit_site
 from fedsynth.serde import (
     ModelStepOrder,
     WireAggregates,
     WireContribution,
+    WireMeasures,
     WireRefusal,
     WireSiteFit,
 )
@@ -76,6 +78,8 @@ STEP_REFUSALS: dict[str, tuple[str, str]] = {
                                         "(the details are in the site's log)"),
     "bad_proposal": ("invalid_request", "the hierarchical proposal does not match the "
                                         "model or is out of its bounds"),
+    "bad_scoring": ("invalid_request", "the model sent for internal-external "
+                                       "cross-validation does not match the round's model"),
 }
 
 
@@ -215,8 +219,16 @@ class ModelSteps:
         return prepared
 
     def answer(self, order: ModelStepOrder
-               ) -> WireAggregates | WireSiteFit | WireContribution | WireRefusal:
-        """What this site sends for ``order``: its sums, its own fit, or a refusal."""
+               ) -> WireAggregates | WireSiteFit | WireContribution | WireMeasures | WireRefusal:
+        """What this site sends for ``order``: its sums, its own fit, or a refusal.
+
+        An ``iecv`` step (internal-external cross-validation, issue 14) sends a model
+        developed without this site; the site scores its own rows with it
+        (:func:`fedsynth.models.iecv.evaluate_site`) and answers only ``n``, the
+        performance measures with their variances, O and E: the outcome margins its
+        design already passed rules 1-3 for, and the evaluation estimators' own refusals
+        (no events, perfect discrimination) apply per measure.
+        """
         spec = self._spec(order.spec_toml)
         model = next((m for m in spec.models if m.name == order.model), None)
         if model is None:
@@ -231,11 +243,26 @@ class ModelSteps:
             return prepared.refusal
         design = prepared.design
         assert design is not None
-        # the cap counts the steps of each fit of the model (docs/decisions/glmwire.md)
+        # the cap counts the steps of each fit of the model (docs/decisions/glmwire.md);
+        # a development fit of IECV (held_out set) is a fit of its own
         counter = f"{model.name}/{order.fit}"
+        if order.held_out:
+            counter += f"/without:{order.held_out}"
         answered = self.counts.get(order.round_id, counter)
         coefficients = order.coefficients if order.kind == "irls" else None
         proposal = None
+        scoring = None
+        if order.kind == "iecv":
+            try:
+                scoring = ScoringModel.from_dict(dict(order.scoring or {}))
+            except InputError:
+                return _refusal(model.name, "bad_scoring")
+            if scoring.family != model.family or set(scoring.names) != set(design.names):
+                return _refusal(model.name, "bad_scoring")
+            # bounded as an IRLS step's coefficients (rule 5); an aliased (NaN)
+            # coefficient scores as 0, as R's predict with an NA coefficient
+            coefficients = {n: (v if np.isfinite(v) else 0.0)
+                            for n, v in zip(scoring.names, scoring.coefficients)}
         if order.kind == "hierarchical":
             try:
                 proposal = Proposal.from_dict(dict(order.proposal or {}))
@@ -250,6 +277,12 @@ class ModelSteps:
             code = refusal.code if refusal.code in MODEL_REFUSAL_CODES else "refused"
             return WireRefusal(model.name, code, refusal.reason)
         self.counts.add(order.round_id, counter)
+        if scoring is not None:
+            try:
+                measures = evaluate_site(design, scoring)
+            except InputError:
+                return _refusal(model.name, "bad_scoring")
+            return WireMeasures.from_dict(measures.to_dict())
         if order.kind == "irls":
             return WireAggregates.from_dict(site_step(design, order.coefficients).to_dict())
         if proposal is not None:
@@ -264,6 +297,13 @@ def describe_answer(order: ModelStepOrder, answer: Any) -> str:
     where = f"model {order.model}, {order.fit} fit, step {order.sequence}"
     if isinstance(answer, WireRefusal):
         return f"{where}: NOT answered. Reason given to the coordinator: {answer.reason}"
+    if isinstance(answer, WireMeasures):
+        held = answer.values
+        return (f"{where}: the held-out performance of a model developed without this site, "
+                f"on n = {answer.n} rows: c-statistic {held.get('auc', float('nan')):.3f}, "
+                f"calibration slope {held.get('calibration_slope', float('nan')):.3f}, "
+                "calibration-in-the-large, O and E, each with its variance; nothing per "
+                "patient")
     if isinstance(answer, WireContribution):
         return (f"{where}: its term of the hierarchical model's log-likelihood on n = "
                 f"{answer.n} rows, with {len(answer.gradient)} derivatives and their "

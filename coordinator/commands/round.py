@@ -347,6 +347,24 @@ def _timeout(text: str | None) -> float | None:
     return seconds
 
 
+def _model_progress(store: Any, round_id: str) -> str:
+    """``"; models: NAME: what it is doing"`` while a round's models are being fitted.
+
+    The coordinator stores, while it fits, one ``running`` entry with a ``progress``
+    sentence (e.g. ``IECV 3 of 10: developing without mtf-charlie``); empty otherwise.
+    """
+    stored = store.model_results(round_id)
+    if stored is None or stored[0] != "running":
+        return ""
+    done = [e for e in stored[1] if e.get("status") != "running"]
+    running = [e for e in stored[1] if e.get("status") == "running"]
+    text = f"; models: {len(done)} done"
+    for entry in running:
+        text += (f", {printable(str(entry.get('name')))}: "
+                 f"{printable(str(entry.get('progress') or 'fitting'))}")
+    return text
+
+
 def _wait(args: argparse.Namespace) -> int:
     """Wait until the round has closed, with progress on stderr.
 
@@ -361,7 +379,7 @@ def _wait(args: argparse.Namespace) -> int:
     timeout = _timeout(args.timeout)
     _config, store = _open(args)
     start = time.monotonic()
-    shown: tuple[int, int] | None = None
+    shown: tuple[int, int, str] | None = None
     end: float | None = None
     last_print = 0.0
     with store:
@@ -377,7 +395,8 @@ def _wait(args: argparse.Namespace) -> int:
             if end is None:      # first look at the round: the wait's end is fixed
                 end = start + (timeout if timeout is not None
                                else max(left, 0.0) + WAIT_GRACE_SECONDS)
-            state = (record.n_submissions, len(record.allowed))
+            state = (record.n_submissions, len(record.allowed), _model_progress(store,
+                                                                                  record.id))
             if not args.quiet and (state != shown
                                    or now - last_print >= PROGRESS_EVERY_SECONDS):
                 when = (f"{_duration_text(left)} left until the deadline "
@@ -385,7 +404,8 @@ def _wait(args: argparse.Namespace) -> int:
                         f"deadline {iso(record.deadline)} passed; waiting for the "
                         "coordinator to close it")
                 print(f"round {printable(record.id)}: {state[0]}/{state[1]} sites answered "
-                      f"(quorum {record.quorum}); {when}", file=sys.stderr, flush=True)
+                      f"(quorum {record.quorum}); {when}{state[2]}", file=sys.stderr,
+                      flush=True)
                 last_print = now
             shown = state
             if now >= end:

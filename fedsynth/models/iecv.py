@@ -315,6 +315,18 @@ class PooledMeasure:
                 for key in ("k", "estimate", "se", "ci_lb", "ci_ub", "tau2", "I2", "pi_lb",
                             "pi_ub", "pval", "Q", "Q_pval")}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PooledMeasure:
+        """Read :meth:`to_dict`'s form (null as NaN), e.g. from a round document."""
+        def num(key: str) -> float:
+            value = data.get(key)
+            return math.nan if value is None else float(value)
+
+        return cls(k=int(data.get("k") or 0),
+                   **{key: num(key) for key in ("estimate", "se", "ci_lb", "ci_ub", "tau2",
+                                                "I2", "pi_lb", "pi_ub", "pval", "Q",
+                                                "Q_pval")})
+
 
 def pool_measures(per_site: Mapping[str, SiteMeasures], *, level: float = 95.0
                   ) -> dict[str, dict[str, PooledMeasure]]:
@@ -387,6 +399,18 @@ class CandidateResult:
                 "test": test, "level": 95.0, "scale": scale,
                 "null_value": {"logit_auc": 0.5, "calibration_slope": 1.0,
                                "log_OE": 1.0}.get(measure, 0.0)}
+
+    @classmethod
+    def from_dict(cls, variant: str, data: Mapping[str, Any]) -> CandidateResult:
+        """Read :meth:`to_dict`'s form (a round document's ``iecv`` object)."""
+        per_site = data.get("per_site")
+        pooled = data.get("pooled")
+        if not isinstance(per_site, Mapping) or not isinstance(pooled, Mapping):
+            raise InputError(f"iecv {variant}: 'per_site' and 'pooled' objects are required")
+        return cls(variant=variant,
+                   per_site={str(s): SiteMeasures.from_dict(m) for s, m in per_site.items()},
+                   pooled={str(m): {str(t): PooledMeasure.from_dict(p) for t, p in by.items()}
+                           for m, by in pooled.items()})
 
     def to_dict(self) -> dict[str, Any]:
         """``{"per_site": {site: {...}}, "pooled": {measure: {"z": ..., "knha": ...}}}``."""

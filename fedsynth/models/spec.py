@@ -50,7 +50,7 @@ LINKS: dict[str, str] = {"binomial": "logit", "gaussian": "identity", "poisson":
 INTERCEPT = "intercept"
 #: Keys of a ``[[model]]`` table.
 MODEL_KEYS: tuple[str, ...] = ("name", "family", "outcome", "covariates", "categorical",
-                               "offset", "description")
+                               "offset", "description", "iecv")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 #: Longest level label (it becomes part of a coefficient name).
 MAX_LEVEL_LENGTH = 100
@@ -154,6 +154,10 @@ class ModelSpec:
         rate model give ``log(person-time)``.
     description
         Free text for reports.
+    iecv
+        True: a round also runs internal-external cross-validation of the model (each
+        site held out in turn; issue 14). Off by default: it costs one federated
+        development per site (docs/decisions/iecv.md).
     """
 
     name: str
@@ -163,6 +167,7 @@ class ModelSpec:
     categorical: Categorical = ()
     offset: str | None = None
     description: str | None = None
+    iecv: bool = False
 
     @property
     def link(self) -> str:
@@ -203,6 +208,10 @@ class ModelSpec:
             out["offset"] = self.offset
         if self.description is not None:
             out["description"] = self.description
+        if self.iecv:
+            # written only when set: the definition's digest (release history, artifact
+            # spec_hash) of a model without IECV stays what it was
+            out["iecv"] = True
         return out
 
     @classmethod
@@ -246,6 +255,10 @@ def parse_model(table: Any, index: int = 0) -> ModelSpec:
                                   f"{type(value).__name__} {value!r}")
             if key != "description" and not value.strip():
                 raise ConfigError(f"{where}: key {key!r} must not be empty")
+    iecv = table.get("iecv", False)
+    if not isinstance(iecv, bool):
+        raise ConfigError(f"{where}: key 'iecv' must be true or false, got "
+                          f"{type(iecv).__name__} {iecv!r}")
     name = table["name"]
     if not _NAME.match(name):
         raise ConfigError(f"{where}: key 'name' must be 1-100 letters, digits, '_', '.' or "
@@ -269,6 +282,10 @@ def parse_model(table: Any, index: int = 0) -> ModelSpec:
                               "used as outcome or offset")
     if offset is not None and offset == outcome:
         raise ConfigError(f"{where}: key 'offset' names the outcome column {outcome!r}")
+    if iecv and family != "binomial":
+        raise ConfigError(f"{where}: key 'iecv' = true needs family = \"binomial\" (IECV "
+                          f"measures a risk model's discrimination and calibration), got "
+                          f"family {family!r}")
     categorical = parse_categorical(table.get("categorical", {}), covariates, where)
     names = coefficient_names(covariates, categorical)
     if len(set(names)) != len(names):
@@ -277,7 +294,7 @@ def parse_model(table: Any, index: int = 0) -> ModelSpec:
                           "column or the level")
     return ModelSpec(name=name, family=family, outcome=outcome, covariates=tuple(covariates),
                      categorical=categorical, offset=offset,
-                     description=table.get("description"))
+                     description=table.get("description"), iecv=iecv)
 
 
 def parse_models(tables: Any, taken: Sequence[str] = ()) -> tuple[ModelSpec, ...]:

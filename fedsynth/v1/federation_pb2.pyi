@@ -212,8 +212,24 @@ class HierarchicalProposal(_message.Message):
     iteration: int
     def __init__(self, family: _Optional[str] = ..., beta: _Optional[_Iterable[float]] = ..., tau_zero: _Optional[bool] = ..., log_tau: _Optional[float] = ..., has_log_sigma: _Optional[bool] = ..., log_sigma: _Optional[float] = ..., nodes: _Optional[int] = ..., tol: _Optional[float] = ..., iteration: _Optional[int] = ...) -> None: ...
 
+class IecvModel(_message.Message):
+    __slots__ = ("variant", "family", "names", "coefficients", "recalibrate", "developed_on")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    COEFFICIENTS_FIELD_NUMBER: _ClassVar[int]
+    RECALIBRATE_FIELD_NUMBER: _ClassVar[int]
+    DEVELOPED_ON_FIELD_NUMBER: _ClassVar[int]
+    variant: str
+    family: str
+    names: _containers.RepeatedScalarFieldContainer[str]
+    coefficients: _containers.RepeatedScalarFieldContainer[float]
+    recalibrate: bool
+    developed_on: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, variant: _Optional[str] = ..., family: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., coefficients: _Optional[_Iterable[float]] = ..., recalibrate: _Optional[bool] = ..., developed_on: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ModelStep(_message.Message):
-    __slots__ = ("protocol_version", "round_id", "step_id", "model", "kind", "fit", "sequence", "spec_toml", "deadline_unix_ms", "irls", "site_fit", "hierarchical")
+    __slots__ = ("protocol_version", "round_id", "step_id", "model", "kind", "fit", "sequence", "spec_toml", "deadline_unix_ms", "held_out", "irls", "site_fit", "hierarchical", "iecv")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
@@ -223,9 +239,11 @@ class ModelStep(_message.Message):
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     SPEC_TOML_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    HELD_OUT_FIELD_NUMBER: _ClassVar[int]
     IRLS_FIELD_NUMBER: _ClassVar[int]
     SITE_FIT_FIELD_NUMBER: _ClassVar[int]
     HIERARCHICAL_FIELD_NUMBER: _ClassVar[int]
+    IECV_FIELD_NUMBER: _ClassVar[int]
     protocol_version: str
     round_id: str
     step_id: str
@@ -235,10 +253,12 @@ class ModelStep(_message.Message):
     sequence: int
     spec_toml: str
     deadline_unix_ms: int
+    held_out: str
     irls: IrlsPoint
     site_fit: SiteFitOrder
     hierarchical: HierarchicalProposal
-    def __init__(self, protocol_version: _Optional[str] = ..., round_id: _Optional[str] = ..., step_id: _Optional[str] = ..., model: _Optional[str] = ..., kind: _Optional[str] = ..., fit: _Optional[str] = ..., sequence: _Optional[int] = ..., spec_toml: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., irls: _Optional[_Union[IrlsPoint, _Mapping]] = ..., site_fit: _Optional[_Union[SiteFitOrder, _Mapping]] = ..., hierarchical: _Optional[_Union[HierarchicalProposal, _Mapping]] = ...) -> None: ...
+    iecv: IecvModel
+    def __init__(self, protocol_version: _Optional[str] = ..., round_id: _Optional[str] = ..., step_id: _Optional[str] = ..., model: _Optional[str] = ..., kind: _Optional[str] = ..., fit: _Optional[str] = ..., sequence: _Optional[int] = ..., spec_toml: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., held_out: _Optional[str] = ..., irls: _Optional[_Union[IrlsPoint, _Mapping]] = ..., site_fit: _Optional[_Union[SiteFitOrder, _Mapping]] = ..., hierarchical: _Optional[_Union[HierarchicalProposal, _Mapping]] = ..., iecv: _Optional[_Union[IecvModel, _Mapping]] = ...) -> None: ...
 
 class IrlsAggregates(_message.Message):
     __slots__ = ("names", "n", "xtwx", "score", "deviance", "minus_twice_loglik", "boundary")
@@ -302,8 +322,49 @@ class HierarchicalContribution(_message.Message):
     posterior_sd: float
     def __init__(self, n: _Optional[int] = ..., defined: _Optional[bool] = ..., loglik: _Optional[float] = ..., gradient: _Optional[_Iterable[float]] = ..., hessian: _Optional[_Iterable[float]] = ..., nodes: _Optional[int] = ..., quadrature_error: _Optional[float] = ..., mode: _Optional[float] = ..., mode_sd: _Optional[float] = ..., posterior_mean: _Optional[float] = ..., posterior_sd: _Optional[float] = ...) -> None: ...
 
+class IecvMeasures(_message.Message):
+    __slots__ = ("n", "auc", "auc_var", "logit_auc", "logit_auc_var", "calibration_slope", "calibration_slope_var", "calibration_in_the_large", "calibration_in_the_large_var", "observed", "expected", "log_oe", "log_oe_var", "recalibration", "refused")
+    class RefusedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    N_FIELD_NUMBER: _ClassVar[int]
+    AUC_FIELD_NUMBER: _ClassVar[int]
+    AUC_VAR_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_AUC_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_AUC_VAR_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_SLOPE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_SLOPE_VAR_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_IN_THE_LARGE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_IN_THE_LARGE_VAR_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    LOG_OE_FIELD_NUMBER: _ClassVar[int]
+    LOG_OE_VAR_FIELD_NUMBER: _ClassVar[int]
+    RECALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    n: int
+    auc: float
+    auc_var: float
+    logit_auc: float
+    logit_auc_var: float
+    calibration_slope: float
+    calibration_slope_var: float
+    calibration_in_the_large: float
+    calibration_in_the_large_var: float
+    observed: float
+    expected: float
+    log_oe: float
+    log_oe_var: float
+    recalibration: float
+    refused: _containers.ScalarMap[str, str]
+    def __init__(self, n: _Optional[int] = ..., auc: _Optional[float] = ..., auc_var: _Optional[float] = ..., logit_auc: _Optional[float] = ..., logit_auc_var: _Optional[float] = ..., calibration_slope: _Optional[float] = ..., calibration_slope_var: _Optional[float] = ..., calibration_in_the_large: _Optional[float] = ..., calibration_in_the_large_var: _Optional[float] = ..., observed: _Optional[float] = ..., expected: _Optional[float] = ..., log_oe: _Optional[float] = ..., log_oe_var: _Optional[float] = ..., recalibration: _Optional[float] = ..., refused: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
 class StepAnswer(_message.Message):
-    __slots__ = ("protocol_version", "round_id", "site", "nonce", "timestamp_unix_ms", "agent_version", "step_id", "request_digest", "irls", "site_fit", "refusal", "hierarchical")
+    __slots__ = ("protocol_version", "round_id", "site", "nonce", "timestamp_unix_ms", "agent_version", "step_id", "request_digest", "irls", "site_fit", "refusal", "hierarchical", "iecv")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
@@ -316,6 +377,7 @@ class StepAnswer(_message.Message):
     SITE_FIT_FIELD_NUMBER: _ClassVar[int]
     REFUSAL_FIELD_NUMBER: _ClassVar[int]
     HIERARCHICAL_FIELD_NUMBER: _ClassVar[int]
+    IECV_FIELD_NUMBER: _ClassVar[int]
     protocol_version: str
     round_id: str
     site: str
@@ -328,7 +390,8 @@ class StepAnswer(_message.Message):
     site_fit: SiteFitResult
     refusal: Refusal
     hierarchical: HierarchicalContribution
-    def __init__(self, protocol_version: _Optional[str] = ..., round_id: _Optional[str] = ..., site: _Optional[str] = ..., nonce: _Optional[bytes] = ..., timestamp_unix_ms: _Optional[int] = ..., agent_version: _Optional[str] = ..., step_id: _Optional[str] = ..., request_digest: _Optional[bytes] = ..., irls: _Optional[_Union[IrlsAggregates, _Mapping]] = ..., site_fit: _Optional[_Union[SiteFitResult, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ..., hierarchical: _Optional[_Union[HierarchicalContribution, _Mapping]] = ...) -> None: ...
+    iecv: IecvMeasures
+    def __init__(self, protocol_version: _Optional[str] = ..., round_id: _Optional[str] = ..., site: _Optional[str] = ..., nonce: _Optional[bytes] = ..., timestamp_unix_ms: _Optional[int] = ..., agent_version: _Optional[str] = ..., step_id: _Optional[str] = ..., request_digest: _Optional[bytes] = ..., irls: _Optional[_Union[IrlsAggregates, _Mapping]] = ..., site_fit: _Optional[_Union[SiteFitResult, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ..., hierarchical: _Optional[_Union[HierarchicalContribution, _Mapping]] = ..., iecv: _Optional[_Union[IecvMeasures, _Mapping]] = ...) -> None: ...
 
 class AnswerStepRequest(_message.Message):
     __slots__ = ("protocol_version", "answer", "signature")

@@ -43,7 +43,7 @@ def test_demo_high_heterogeneity(tmp_path: Path) -> None:
 
     (doc_path,) = (tmp_path / "demo" / "federation" / "reports").glob("*.json")
     doc = json.loads(doc_path.read_text())
-    assert doc["schema_version"] == 3              # version 3: likelihood sections (issue 15)
+    assert doc["schema_version"] == 4              # version 4: IECV of models (issue 14)
     by = {a["analysis"]: a for a in doc["analyses"]}
     auc, slope, brier = by["auc"], by["calibration_slope"], by["brier"]
     # AUC: pooled on the logit scale, p-value against 0.5 (logit 0), REML + Knapp-Hartung

@@ -90,7 +90,7 @@ def test_zero_event_site_contributes_its_likelihood(federation, tmp_path):
         federation.start_site(site, data[site][0], extra=extra)
     doc = federation.wait_round(round_id, timeout=300)
     assert doc["status"] == "pooled", doc.get("failure_reason")
-    assert doc["schema_version"] == 3
+    assert doc["schema_version"] == 4
     by = {a["analysis"]: a for a in doc["analyses"]}
     mort = by["mortality"]
     lik = mort["likelihood"]

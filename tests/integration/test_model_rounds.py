@@ -105,7 +105,7 @@ def test_models_fitted_in_one_round_equal_pooled_statsmodels(federation, trauma:
         federation.start_site(site, trauma / f"{site}.csv")
     doc = federation.wait_round(round_id, timeout=240)
     wall = time.monotonic() - started
-    assert doc["schema_version"] == 3 and doc["status"] == "pooled"
+    assert doc["schema_version"] == 4 and doc["status"] == "pooled"
     models = {m["name"]: m for m in doc["models"]}
     assert set(models) == {"tbi_mortality", "length_of_stay", "complications"}
     for name, entry in models.items():

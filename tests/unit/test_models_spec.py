@@ -225,3 +225,20 @@ def test_a_spec_applies_its_size_limits_to_models(table, message) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)) as error:
         parse_spec(spec)
     assert "model 'm'" in str(error.value)
+
+
+def test_iecv_key_defaults_off_round_trips_and_is_checked() -> None:
+    plain = parse_model(BASE)
+    assert plain.iecv is False and "iecv" not in plain.to_dict()   # old digests unchanged
+    spec = parse_spec(ISSUE_SPEC.replace('family = "binomial"\n',
+                                         'family = "binomial"\niecv = true\n'))
+    model = spec.model("tbi_mortality")
+    assert model.iecv is True and model.to_dict()["iecv"] is True
+    assert "iecv = true" in spec.to_toml()
+    assert parse_spec(spec.to_toml()) == spec and parse_spec(spec.to_dict()) == spec
+    with pytest.raises(ConfigError, match="model 'm': key 'iecv' must be true or false, "
+                                          "got str 'yes'"):
+        parse_model({**BASE, "iecv": "yes"})
+    with pytest.raises(ConfigError, match="key 'iecv' = true needs family = \"binomial\""):
+        parse_model({**BASE, "family": "poisson", "iecv": True})
+    assert parse_model({**BASE, "family": "poisson", "iecv": False}).iecv is False

@@ -112,7 +112,7 @@ def test_closed_document_keys_are_those_of_the_contract(tmp_path) -> None:
                                             "pi_crosses_null", "rules", "clinical_width",
                                             "pi_beyond_width"}
     assert set(hetero["site_estimates"][0]) == {"site", "yi", "vi", "se", "n"}
-    assert data["schema_version"] == SCHEMA_VERSION == 3     # the current version's number
+    assert data["schema_version"] == SCHEMA_VERSION == 4     # the current version's number
     assert "models" not in data                      # written only for specs with models
     assert data["opened_at"] == "2026-11-25T14:00:00.000Z"
 
@@ -249,8 +249,9 @@ def test_schema_version_one_is_accepted_and_a_newer_one_explained() -> None:
     assert RoundDocument.from_dict(doc).schema_version == 1       # no key: version 1
     assert RoundDocument.from_dict({**doc, "schema_version": 2}).schema_version == 2
     assert RoundDocument.from_dict({**doc, "schema_version": 3}).schema_version == 3
+    assert RoundDocument.from_dict({**doc, "schema_version": 4}).schema_version == 4
     with pytest.raises(InputError, match="newer than this fedsynth reads"):
-        RoundDocument.from_dict({**doc, "schema_version": 4})
+        RoundDocument.from_dict({**doc, "schema_version": 5})
     # a later version writes its key
     later = dataclasses.replace(RoundDocument.from_dict(doc), schema_version=2, _layout=None)
     assert later.to_dict()["schema_version"] == 2

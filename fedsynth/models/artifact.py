@@ -65,6 +65,7 @@ from fedsynth.models.spec import INTERCEPT, ModelSpec, parse_model
 from fedsynth.signing import SignatureError, load_certificate, sign, verify
 
 __all__ = ["ARTIFACT_FORMAT", "ARTIFACT_VERSION", "VARIANTS", "ArtifactError",
+           "RecalibrationError",
            "ModelArtifact", "Scores", "artifact_body", "sign_artifact", "verify_artifact",
            "read_artifact", "embedded_artifact", "model_hash", "canonical_bytes"]
 
@@ -78,6 +79,20 @@ MAX_ARTIFACT_BYTES = 256 * 1024
 
 class ArtifactError(InputError):
     """An artifact that is malformed, unsigned, tampered or not the coordinator's."""
+
+
+class RecalibrationError(ArtifactError):
+    """A ``recalibrated`` model whose intercept the rows cannot re-estimate.
+
+    ``refusal`` is the key of :data:`fedsynth.effects.results.REFUSAL_VOCABULARY` an
+    evaluation analysis refuses with (``missing_column``, ``non_binary``, ``no_events``),
+    ``column`` the outcome column.
+    """
+
+    def __init__(self, message: str, *, refusal: str, column: str) -> None:
+        super().__init__(message)
+        self.refusal = refusal
+        self.column = column
 
 
 def model_hash(model: ModelSpec) -> str:
@@ -324,23 +339,27 @@ class ModelArtifact:
         """
         outcome = self.model.outcome
         if outcome not in frame.columns:
-            raise ArtifactError(f"a recalibrated model re-estimates its intercept from the "
-                                f"site's own outcomes: the data need column {outcome!r}")
+            raise RecalibrationError(f"a recalibrated model re-estimates its intercept from "
+                                     f"the site's own outcomes: the data need column "
+                                     f"{outcome!r}", refusal="missing_column", column=outcome)
         y = pd.to_numeric(frame[outcome], errors="coerce").to_numpy(dtype=float)
         use = np.isfinite(y) & np.isfinite(lp)
         if not use.any():
-            raise ArtifactError(f"a recalibrated model needs rows with both the outcome "
-                                f"{outcome!r} and every covariate to re-estimate its intercept")
+            raise RecalibrationError(f"a recalibrated model needs rows with both the outcome "
+                                     f"{outcome!r} and every covariate to re-estimate its "
+                                     "intercept", refusal="no_events", column=outcome)
         y, eta = y[use], lp[use]
         family = self.model.family
         if family == "gaussian":
             return float(np.mean(y - eta))
         total = float(y.sum())
         if family == "binomial" and (np.any((y != 0) & (y != 1))):
-            raise ArtifactError(f"column {outcome!r}: a binomial outcome is 0 or 1")
+            raise RecalibrationError(f"column {outcome!r}: a binomial outcome is 0 or 1",
+                                     refusal="non_binary", column=outcome)
         if total <= 0 or (family == "binomial" and total >= len(y)):
-            raise ArtifactError(f"column {outcome!r}: the intercept cannot be re-estimated "
-                                f"from {len(y)} rows with {total:g} events (none, or all)")
+            raise RecalibrationError(f"column {outcome!r}: the intercept cannot be "
+                                     f"re-estimated from {len(y)} rows with {total:g} events "
+                                     "(none, or all)", refusal="no_events", column=outcome)
         if family == "poisson":
             return float(np.log(total) - np.log(np.exp(eta).sum()))
         shift = 0.0

@@ -351,3 +351,18 @@ def test_recalibrated_variant_reestimates_the_intercept(pki, fitted) -> None:
         recal.score(frame.drop(columns=["mort"]))
     with pytest.raises(ArtifactError, match="events"):
         recal.score(frame.assign(mort=0))
+    # in an evaluation analysis: a refusal from the vocabulary, not an error
+    spec = parse_spec(f"""
+[[analysis]]
+name = "c"
+estimator = "auc"
+outcome = "mort"
+model = '{json.dumps(doc, sort_keys=True, separators=(",", ":"))}'
+""")
+    analysis = spec.analyses[0]
+    assert estimate(frame, analysis).yi == pytest.approx(
+        estimate(frame.assign(risk=scores.prediction),
+                 {"name": "c", "estimator": "auc", "outcome": "mort", "score": "risk"}).yi,
+        rel=1e-12)
+    refused = estimate(frame.assign(mort=0), analysis)
+    assert refused.code == "no_events", refused

@@ -24,11 +24,18 @@ federated development (one-stage IRLS and the hierarchical model) without each s
 four evaluations at the held-out site; the figures add the IECV's round trips, seconds
 and verdict.
 
+``--demo`` times ``fedsynth demo --kind trauma`` instead (separate processes: one
+coordinator and N site agents, a development round with the global and hierarchical
+models, the export from the round, an evaluation round of the exported model): per N the
+model's iterations, hierarchical evaluations, round trips and fit seconds, each round's
+opening-to-close seconds and the whole demo's seconds.
+
 Usage::
 
     python benchmarks/models.py                 # 10 and 15 sites
     python benchmarks/models.py --sites 4 --json
     python benchmarks/models.py --sites 10 --iecv
+    python benchmarks/models.py --demo --sites 10 15
 """
 
 from __future__ import annotations
@@ -192,6 +199,39 @@ def run(n_sites: int, seed: int = 0, *, iecv: bool = False) -> dict:
                 proc.wait()
 
 
+def _seconds(opened: str, closed: str | None) -> float | None:
+    if not closed:
+        return None
+    parse = dt.datetime.fromisoformat
+    return round((parse(closed.replace("Z", "+00:00"))
+                  - parse(opened.replace("Z", "+00:00"))).total_seconds(), 2)
+
+
+def run_demo(n_sites: int, seed: int = 0) -> dict:
+    """``fedsynth demo --kind trauma`` with ``n_sites`` MTFs; returns its figures."""
+    with tempfile.TemporaryDirectory(prefix="fedsynth-trauma-demo-") as tmp:
+        out = Path(tmp) / "demo"
+        t0 = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "fedsynth", "demo", "--kind",
+                                 "trauma", "--sites-count", str(n_sites), "--seed",
+                                 str(seed), "--out", str(out)], capture_output=True,
+                                text=True, cwd=tmp)
+        total = time.perf_counter() - t0
+        if result.returncode != 0:
+            raise SystemExit(f"demo with {n_sites} sites failed:\n{result.stderr[-3000:]}")
+        docs = [json.loads(p.read_text())
+                for p in sorted((out / "federation" / "reports").glob("*.json"))]
+    development, evaluation = docs
+    model = development["models"][0]
+    return {"sites": n_sites, "demo_s": round(total, 2),
+            "development_round_s": _seconds(development["opened_at"],
+                                            development["closed_at"]),
+            "evaluation_round_s": _seconds(evaluation["opened_at"], evaluation["closed_at"]),
+            "one_stage_iterations": (model.get("one_stage") or {}).get("iterations"),
+            "hierarchical_evaluations": (model.get("hierarchical") or {}).get("evaluations"),
+            "round_trips": model.get("round_trips"), "fit_s": model.get("seconds")}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sites", type=int, nargs="+", default=[10, 15])
@@ -200,7 +240,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iecv", action="store_true",
                         help="the mortality model alone, with internal-external "
                              "cross-validation")
+    parser.add_argument("--demo", action="store_true",
+                        help="time `fedsynth demo --kind trauma` (separate processes)")
     args = parser.parse_args(argv)
+    if args.demo:
+        demos = [run_demo(n, args.seed) for n in args.sites]
+        if args.json:
+            print(json.dumps(demos, indent=2))
+            return 0
+        print("| sites | IRLS iterations | hierarchical evaluations | round trips | fit seconds "
+              "| development round s | evaluation round s | whole demo s |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for d in demos:
+            print(f"| {d['sites']} | {d['one_stage_iterations']} | "
+                  f"{d['hierarchical_evaluations']} | {d['round_trips']} | {d['fit_s']:.2f} | "
+                  f"{d['development_round_s']} | {d['evaluation_round_s']} | "
+                  f"{d['demo_s']:.1f} |")
+        return 0
     results = [run(n, args.seed, iecv=args.iecv) for n in args.sites]
     if args.json:
         print(json.dumps(results, indent=2))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fedsynth.cli.registry import Command
@@ -146,6 +147,7 @@ def render_table(doc: RoundDocument) -> str:
         for name, reason in site.refusals.items():
             lines.append(f"    refused {p(name)}: {p(reason)}")
     if not doc.analyses:
+        lines.extend(_models_table(doc))
         return "\n".join(lines)
     lines.append("")
     if all(a.scale is None for a in doc.analyses):     # version 1: as before
@@ -160,9 +162,113 @@ def render_table(doc: RoundDocument) -> str:
                          f"{_fmt(pooled.estimate):>10} {_fmt(pooled.ci_lb):>10} "
                          f"{_fmt(pooled.ci_ub):>10} {_fmt(pooled.tau2):>9} "
                          f"{_fmt(pooled.I2, 1):>6}  {p(flag)}")
+        lines.extend(_models_table(doc))
         return "\n".join(lines)
     lines.extend(_scaled_analysis_table(doc))
+    lines.extend(_models_table(doc))
     return "\n".join(lines)
+
+
+def _columns(names: tuple[str, ...], rows: list[tuple[str, ...]], left: set[str]
+             ) -> list[str]:
+    """Rows aligned under ``names`` (text columns left, numbers right), as round show."""
+    widths = [max(len(name), *(len(row[i]) for row in rows)) for i, name in enumerate(names)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return " ".join(c.ljust(w) if n in left else c.rjust(w)
+                        for n, c, w in zip(names, cells, widths)).rstrip()
+
+    return [line(names), *(line(row) for row in rows)]
+
+
+def _events(model: Any) -> int | None:
+    """Events (binomial outcome = 1) behind a model's fits, where the fit reports them."""
+    for fit in (model.one_stage, model.extra):
+        if isinstance(fit, Mapping) and isinstance(fit.get("events"), (int, float)):
+            return int(fit["events"])
+    return None
+
+
+def _coefficient_order(doc: RoundDocument, name: str) -> tuple[str, ...]:
+    """Model ``name``'s coefficients in the spec's order (a stored fit's keys are sorted)."""
+    # lazy: fedsynth.models is not loaded by `fedsynth --help` (start-up)
+    from fedsynth.models.spec import parse_model
+
+    for table in (doc.spec or {}).get("models") or ():
+        if isinstance(table, Mapping) and table.get("name") == name:
+            try:
+                return parse_model(table).coefficient_names
+            except InputError:
+                return ()
+    return ()
+
+
+def _models_table(doc: RoundDocument) -> list[str]:
+    r"""The ``models`` of a version-3 document as text, one block per model.
+
+    Per model: family, status, sites, n, events (where the fits report them), IRLS
+    iterations and round trips; then its coefficients (one-stage estimate, se, CI; the
+    hierarchical model's beside them where it was fitted) with the two-stage
+    heterogeneity flag of each coefficient; then the hierarchical model's tau, tau2 and
+    latent ICC, and the sites that refused or were dropped. Names and reasons are shown
+    through :func:`fedsynth.terminal.printable` (they came from the spec or the sites).
+    """
+    p = printable
+    lines: list[str] = []
+    for m in doc.models:
+        lines.append("")
+        one = m.one_stage or {}
+        hier = m.hierarchical or {}
+        sites = len(m.sites)
+        events = _events(m)
+        lines.append(
+            f"model {p(m.name)}  family {p(m.family or '-')}  status {p(m.status or '-')}  "
+            f"sites {sites}  n {_fmt(m.n)}  events {_fmt(events)}  iterations "
+            f"{_fmt(one.get('iterations'))}  round trips {_fmt(m.round_trips)}  seconds "
+            f"{_fmt(m.seconds, 1)}")
+        if m.reason:
+            lines.append(f"  not fitted: {p(m.reason)}")
+        coefficients = dict(one.get("coefficients") or hier.get("coefficients") or {})
+        order = _coefficient_order(doc, m.name)
+        coefficients = {name: coefficients[name] for name in
+                        [*(n for n in order if n in coefficients),
+                         *(n for n in coefficients if n not in order)]}
+        if coefficients:
+            flags = m.heterogeneity or {}
+
+            def get(fit: Mapping[str, Any], key: str, name: str) -> Any:
+                value = fit.get(key)
+                return value.get(name) if isinstance(value, Mapping) else None
+
+            rows = []
+            for name in coefficients:
+                flag = flags.get(name) or {}
+                shown = (flag.get("level") or "yes") if flag.get("flagged") else ""
+                rows.append((p(name), *(_fmt(get(one, k, name)) for k in (
+                    "coefficients", "se", "ci_lb", "ci_ub")),
+                    *(_fmt(get(hier, k, name)) for k in ("coefficients", "se")), p(shown)))
+            names = ("coefficient", "estimate", "se", "ci_lb", "ci_ub", "hier_est",
+                     "hier_se", "flag")
+            lines.extend("  " + row for row in _columns(names, rows, {"coefficient", "flag"}))
+            level = one.get("level")
+            percent = (None if not isinstance(level, (int, float)) else
+                       float(level) * (100 if level < 1 else 1))
+            lines.append("  estimate/se/CI: one-stage (federated IRLS"
+                         + (f", {percent:g}% CI" if percent is not None else "")
+                         + "); hier_est/hier_se: "
+                         "hierarchical (random intercept); flag: two-stage heterogeneity "
+                         "of the coefficient")
+        if hier:
+            lines.append(f"  hierarchical: tau {_fmt(hier.get('tau'))}  tau2 "
+                         f"{_fmt(hier.get('tau2'))}  ICC (latent) {_fmt(hier.get('icc'))}  "
+                         f"logLik {_fmt(hier.get('logLik'), 2)}  converged "
+                         f"{_fmt(hier.get('converged'))}")
+        for site, reason in m.refused.items():
+            lines.append(f"  refused {p(site)}: {p(reason)}")
+        for site, reason in m.dropped.items():
+            lines.append(f"  dropped {p(site)}: {p(reason)}")
+        lines.extend(f"  note: {p(note)}" for note in m.notes)
+    return lines
 
 
 #: Shown where a measure has no null: no p-value, no H0 (the Brier score).

@@ -19,7 +19,10 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from coordinator.commands.round import render_table
 from fedsynth.cli.registry import Command
@@ -36,11 +39,53 @@ def _toml_str(value: str | Path) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@dataclass(frozen=True)
+class RoundRun:
+    """One round a local federation ran: its stored record and its round document."""
+
+    record: Any
+    document: Any
+    spec: Path
+
+
+#: What a multi-round run is given per round: the runs so far -> the spec of the next one.
+NextSpec = Callable[[list[RoundRun]], "str | Path"]
+
+
 def simulate(sites_dir: str | Path, spec: str | Path, out: str | Path, *,
              deadline: str = "2m", quorum: int | None = None, min_cell_count: int = 5,
              min_n: int = 20, method: str = "REML", force: bool = False,
              progress=print) -> int:
     """Run one federated round on this machine; return 0 if it was pooled, 1 otherwise."""
+    runs = federate(sites_dir, [lambda _runs: spec], out, deadline=deadline, quorum=quorum,
+                    min_cell_count=min_cell_count, min_n=min_n, method=method, force=force,
+                    progress=progress)
+    run = runs[-1]
+    print(render_table(run.document))
+    report = run.record.report or {}
+    if "html" in report:
+        print(f"\nreport: {report['html']}\nround document: {report['json']}")
+    elif "error" in report:
+        print(f"\nthe report could not be written: {report['error']}", file=sys.stderr)
+    print(f"everything else (PKI, configs, logs, audit logs, state): {Path(out).resolve()}")
+    return 0 if run.record.status == "pooled" else 1
+
+
+def federate(sites_dir: str | Path, rounds: Sequence[NextSpec], out: str | Path, *,
+             deadline: str = "2m", quorum: int | None = None, min_cell_count: int = 5,
+             min_n: int = 20, method: str = "REML", force: bool = False,
+             progress: Callable[[str], Any] = print) -> list[RoundRun]:
+    """Run rounds one after the other over one local federation; return each round's run.
+
+    One machinery for ``simulate``, ``demo`` and ``demo --kind trauma``: a fresh PKI, one
+    coordinator process and a site-agent process per site file (``site run``, started
+    with the first round, stopped when the last one closed), which answer each round,
+    its model steps included.
+    ``rounds`` gives each round's spec lazily, from the runs before it, so a later round
+    can use what an earlier one produced (the trauma demo's evaluation round names the
+    model exported from its first round). A model artifact a spec names by path is
+    embedded in the round's spec, as ``round start`` does.
+    """
     # lazy: signal is not loaded by `fedsynth --help` (start-up)
     import signal
 
@@ -63,7 +108,7 @@ def simulate(sites_dir: str | Path, spec: str | Path, out: str | Path, *,
     from fedsynth.pki import init_ca, issue_coordinator, issue_site, validate_site_name
 
     # lazy: fedsynth.spec is not loaded by `fedsynth --help` (start-up)
-    from fedsynth.spec import load_spec
+    from fedsynth.spec import embed_model_files, load_spec
 
     # lazy: fedsynth.timeutil is not loaded by `fedsynth --help` (start-up)
     from fedsynth.timeutil import parse_duration, utcnow
@@ -80,7 +125,8 @@ def simulate(sites_dir: str | Path, spec: str | Path, out: str | Path, *,
         validate_site_name(name)
     if len(set(names)) != len(names):
         raise InputError(f"--sites {str(sites_dir)!r}: two files give the same site name")
-    spec_obj = load_spec(spec)   # fail early, before starting processes
+    if not rounds:
+        raise InputError("no round to run")
     duration = parse_duration(deadline, "--deadline")
     if quorum is not None and not 1 <= quorum <= len(names):
         raise InputError(f"--quorum = {quorum} must be between 1 and {len(names)} (sites)")
@@ -98,6 +144,10 @@ def simulate(sites_dir: str | Path, spec: str | Path, out: str | Path, *,
     for sub in ("sites", "logs", "reports"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     out = out.resolve()
+    total = len(rounds)
+
+    def tag(i: int) -> str:
+        return "" if total == 1 else f" (round {i + 1} of {total})"
 
     progress(f"[1/5] fresh PKI in {out / 'pki'}: CA, coordinator and {len(names)} site "
              "certificates")
@@ -111,6 +161,9 @@ def simulate(sites_dir: str | Path, spec: str | Path, out: str | Path, *,
     coord_toml.write_text(
         'listen = "127.0.0.1:0"\nstate = "state.db"\nreport_dir = "reports"\n'
         'addr_file = "coordinator.addr"\naudit_log = "coordinator-audit.jsonl"\n'
+        # the site agents start with the round, all at once on this machine: a model step
+        # waits for them as long as the round does (not the 30 s default)
+        f'model_step_timeout = {_toml_str(deadline)}\n'
         '[tls]\nca = "pki/ca.crt"\ncert = "pki/coordinator.crt"\nkey = "pki/coordinator.key"\n'
         f'[sites]\nallow = [{", ".join(_toml_str(n) for n in names)}]\n'
         f'[pooling]\nmethod = "{method}"\n', encoding="utf-8")
@@ -132,7 +185,7 @@ def simulate(sites_dir: str | Path, spec: str | Path, out: str | Path, *,
     env = dict(os.environ, PYTHONUNBUFFERED="1")
 
     def spawn(label: str, *argv: str) -> subprocess.Popen:
-        log = open(out / "logs" / f"{label}.log", "wb")
+        log = open(out / "logs" / f"{label}.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "fedsynth", *argv], stdout=log,
                                 stderr=subprocess.STDOUT, env=env, cwd=out)
         log.close()
@@ -146,6 +199,10 @@ def simulate(sites_dir: str | Path, spec: str | Path, out: str | Path, *,
             return ""
         return "\n".join(lines[-8:])
 
+    runs: list[RoundRun] = []
+    # The agents run (not --once) for the whole federation: an agent with --once stops
+    # when it has submitted, and so would leave the round's model steps unanswered.
+    agents: list[tuple[str, subprocess.Popen]] = []
     try:
         progress("[2/5] starting the coordinator (mutual TLS on 127.0.0.1)")
         coordinator = spawn("coordinator", "coordinator", "serve", "--config", str(coord_toml))
@@ -160,49 +217,53 @@ def simulate(sites_dir: str | Path, spec: str | Path, out: str | Path, *,
                                     + log_tail("coordinator"))
             time.sleep(0.1)
         progress(f"      coordinator listening on {addr_file.read_text().strip()}")
-        with Store(config.state) as store:
-            record = open_round(store, spec_source=Path(spec).read_text(encoding="utf-8"),
-                                deadline=duration, quorum=quorum, allowed=config.allow,
-                                pooling=pooling_dict(config), now=utcnow(),
-                                source=f"simulate --spec {spec}")
-            progress(f"[3/5] round {record.id} opened: {len(spec_obj.analyses)} analyses, "
-                     f"quorum {record.quorum} of {len(names)} sites, deadline {deadline}")
-            progress(f"[4/5] starting {len(names)} site agents")
-            for name, site_toml in zip(names, site_tomls):
-                spawn(name, "site", "run", "--config", str(site_toml), "--once")
-            seen: set[str] = set()
-            limit = time.monotonic() + duration.total_seconds() + 120
-            while True:
-                record = store.get_round(record.id)
-                answered = {s.site for s in store.submissions(record.id)}
-                # each site once, with its own running count (several sites answering
-                # between two polls used to print the same "(4/6)" for each)
-                for site in sorted(answered - seen):
-                    seen.add(site)
-                    progress(f"      {site} answered ({len(seen)}/{len(names)})")
-                if not record.is_open and record.report is not None:
-                    break
-                if coordinator.poll() is not None:
-                    raise FedsynthError("the coordinator stopped unexpectedly:\n"
-                                        + log_tail("coordinator"))
-                for name, proc in processes[1:]:
-                    code = proc.poll()
-                    if code not in (None, 0) and name not in answered:
-                        raise FedsynthError(f"site agent {name} failed (exit {code}):\n"
-                                            + log_tail(name))
-                if time.monotonic() > limit:
-                    raise FedsynthError(f"round {record.id} did not close in time")
-                time.sleep(0.3)
-            doc = round_document(store, record)
-        progress(f"[5/5] round {record.id} {record.status}")
-        print(render_table(doc))
-        report = record.report or {}
-        if "html" in report:
-            print(f"\nreport: {report['html']}\nround document: {report['json']}")
-        elif "error" in report:
-            print(f"\nthe report could not be written: {report['error']}", file=sys.stderr)
-        print(f"everything else (PKI, configs, logs, audit logs, state): {out}")
-        return 0 if record.status == "pooled" else 1
+        for index, next_spec in enumerate(rounds):
+            spec = Path(next_spec(runs))
+            spec_obj = load_spec(spec)   # fail early, before starting site processes
+            text = embed_model_files(spec.read_text(encoding="utf-8"), spec.parent)
+            with Store(config.state) as store:
+                record = open_round(store, spec_source=text, deadline=duration,
+                                    quorum=quorum, allowed=config.allow,
+                                    pooling=pooling_dict(config), now=utcnow(),
+                                    source=f"simulate --spec {spec}")
+                models = (f", {len(spec_obj.models)} models" if spec_obj.models else "")
+                progress(f"[3/5] round {record.id} opened{tag(index)}: "
+                         f"{len(spec_obj.analyses)} analyses{models}, quorum "
+                         f"{record.quorum} of {len(names)} sites, deadline {deadline}")
+                if not agents:
+                    progress(f"[4/5] starting {len(names)} site agents")
+                    for name, site_toml in zip(names, site_tomls):
+                        agents.append((name, spawn(name, "site", "run", "--config",
+                                                   str(site_toml))))
+                else:
+                    progress(f"[4/5] the {len(names)} site agents pick the round up")
+                seen: set[str] = set()
+                limit = time.monotonic() + duration.total_seconds() + 120
+                while True:
+                    record = store.get_round(record.id)
+                    answered = {s.site for s in store.submissions(record.id)}
+                    # each site once, with its own running count (several sites answering
+                    # between two polls used to print the same "(4/6)" for each)
+                    for site in sorted(answered - seen):
+                        seen.add(site)
+                        progress(f"      {site} answered ({len(seen)}/{len(names)})")
+                    if not record.is_open and record.report is not None:
+                        break
+                    if coordinator.poll() is not None:
+                        raise FedsynthError("the coordinator stopped unexpectedly:\n"
+                                            + log_tail("coordinator"))
+                    for name, proc in agents:
+                        code = proc.poll()
+                        if code not in (None, 0) and name not in answered:
+                            raise FedsynthError(f"site agent {name} failed (exit {code}):\n"
+                                                + log_tail(name))
+                    if time.monotonic() > limit:
+                        raise FedsynthError(f"round {record.id} did not close in time")
+                    time.sleep(0.3)
+                doc = round_document(store, record)
+            progress(f"[5/5] round {record.id} {record.status}{tag(index)}")
+            runs.append(RoundRun(record=record, document=doc, spec=spec))
+        return runs
     finally:
         for _label, proc in reversed(processes):
             if proc.poll() is None:
@@ -225,7 +286,8 @@ def _args(parser: argparse.ArgumentParser) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--deadline", default="2m", help="round deadline (default 2m)")
+    parser.add_argument("--deadline", default=None,
+                        help="round deadline (default 2m; the trauma demo 5m)")
     parser.add_argument("--quorum", type=int, default=None,
                         help="sites needed to pool (default: all)")
     parser.add_argument("--min-cell-count", type=int, default=5,
@@ -246,21 +308,28 @@ def _check_limits(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     _check_limits(args)
-    return simulate(args.sites, args.spec, args.out, deadline=args.deadline,
+    return simulate(args.sites, args.spec, args.out,
+                    deadline="2m" if args.deadline is None else args.deadline,
                     quorum=args.quorum, min_cell_count=args.min_cell_count, min_n=args.min_n,
                     method=args.method, force=args.force)
 
 
 def _demo_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kind", choices=("patients", "trauma"), default="patients",
+                        help="patients (default): one round of effect estimates; trauma: "
+                             "the model story (a development round with the global and "
+                             "hierarchical models, the verdict, the model exported from the "
+                             "round, an evaluation round of it at every site)")
     parser.add_argument("--out", default="fedsynth-demo", metavar="DIR",
                         help="output directory (default ./fedsynth-demo)")
-    parser.add_argument("--sites-count", type=int, default=6, dest="n_sites",
-                        help="number of demo sites (default 6)")
+    parser.add_argument("--sites-count", type=int, default=None, dest="n_sites",
+                        help="number of demo sites (default 6; trauma 10)")
     parser.add_argument("--seed", type=int, default=0, help="demo data seed")
-    parser.add_argument("--heterogeneity", choices=("low", "high"), default="low",
+    parser.add_argument("--heterogeneity", choices=("none", "low", "high"), default=None,
                         help="between-site heterogeneity of the demo data (default low; "
                              "high: sites differ clearly, so the report shows strong flags, "
-                             "BLUPs and driving sites)")
+                             "BLUPs and driving sites; trauma: none, low or high (default) "
+                             "spread of the baseline risk)")
     _common(parser)
 
 
@@ -270,18 +339,32 @@ def _demo(args: argparse.Namespace) -> int:
 
     _check_limits(args)
     out = Path(args.out)
+    if args.kind == "trauma":
+        # lazy: demo_trauma imports this module (its federate); loaded only for the trauma demo
+        from coordinator.commands.demo_trauma import trauma_demo
+
+        return trauma_demo(out, sites=10 if args.n_sites is None else args.n_sites,
+                           seed=args.seed, heterogeneity=args.heterogeneity or "high",
+                           deadline="5m" if args.deadline is None else args.deadline,
+                           quorum=args.quorum, min_cell_count=args.min_cell_count,
+                           min_n=args.min_n, method=args.method)
+    if args.heterogeneity == "none":
+        raise InputError("--heterogeneity none is for --kind trauma; the patients demo has "
+                         "low or high")
+    n_sites = 6 if args.n_sites is None else args.n_sites
+    heterogeneity = args.heterogeneity or "low"
     data_dir = out / "data"
-    print(f"writing demo data for {args.n_sites} sites ({args.heterogeneity} heterogeneity) "
+    print(f"writing demo data for {n_sites} sites ({heterogeneity} heterogeneity) "
           f"to {data_dir}")
-    write_demo(data_dir, args.n_sites, seed=args.seed, heterogeneity=args.heterogeneity,
-               force=True)
+    write_demo(data_dir, n_sites, seed=args.seed, heterogeneity=heterogeneity, force=True)
     spec = demo_spec_path()
     sites_dir = out / "site-data"
     sites_dir.mkdir(parents=True, exist_ok=True)
     for csv in sorted(data_dir.glob("*.csv")):      # only the site files, not spec.toml
         target = sites_dir / csv.name
         target.write_bytes(csv.read_bytes())
-    return simulate(sites_dir, spec, out / "federation", deadline=args.deadline,
+    return simulate(sites_dir, spec, out / "federation",
+                    deadline="2m" if args.deadline is None else args.deadline,
                     quorum=args.quorum, min_cell_count=args.min_cell_count,
                     min_n=args.min_n, method=args.method, force=True)
 
@@ -289,5 +372,6 @@ def _demo(args: argparse.Namespace) -> int:
 COMMANDS = [
     Command(("simulate",), "run a whole federation (coordinator + one agent per file) on "
             "this machine, one round", _args, _run),
-    Command(("demo",), "demo data + simulate with the bundled demo spec", _demo_args, _demo),
+    Command(("demo",), "demo data + simulate with the bundled demo spec (--kind trauma: "
+            "develop, export and evaluate a model across sites)", _demo_args, _demo),
 ]

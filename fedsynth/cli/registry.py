@@ -48,6 +48,6 @@ GROUP_HELP: dict[tuple[str, ...], str] = {
     ("round",): "federated rounds: start, show, wait, list",
     ("audit",): "hash-chained audit logs: verify, show",
     ("report",): "round reports: round, trend",
-    ("model",): "regression models across sites: fit",
+    ("model",): "regression models across sites: fit, export",
     ("init",): "write a commented, working coordinator.toml or site.toml",
 }

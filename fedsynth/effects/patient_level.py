@@ -57,7 +57,7 @@ from fedsynth.effects.delong import delong_auc
 from fedsynth.effects.effect_sizes import escalc
 from fedsynth.effects.results import Estimate, Refusal
 from fedsynth.errors import InputError
-from fedsynth.models.artifact import embedded_artifact
+from fedsynth.models.artifact import RecalibrationError, embedded_artifact
 from fedsynth.models.coding import CodingError, encode_covariates, level_codes
 from fedsynth.spec import AnalysisSpec, Spec, parse_spec
 
@@ -621,6 +621,8 @@ def _scored_by_model(df: pd.DataFrame, a: AnalysisSpec) -> tuple[pd.DataFrame, A
     except CodingError as error:
         key = "undeclared_level" if error.column in artifact.model.levels else "not_numeric"
         raise Refuse(key, column=error.column, detail=str(error)) from None
+    except RecalibrationError as error:      # a recalibrated model and unusable outcomes
+        raise Refuse(error.refusal, column=error.column, detail=str(error)) from None
     column = f"model:{artifact.model.name}"
     return (df.assign(**{column: scores.prediction}),
             dataclasses.replace(a, score=column, model=None, model_columns=()))

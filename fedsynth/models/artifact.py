@@ -30,7 +30,10 @@ certificate was issued by it for a server (the coordinator's certificate is the 
 server certificate the project CA issues). Numbers round-trip exactly through JSON
 (Python's shortest repr), so the same document verifies after any number of reads.
 
-Variants: ``global`` (the one-stage model), ``stratified`` (common slopes, an intercept
+Variants: ``global`` (the one-stage model), ``recalibrated`` (the one-stage model whose
+intercept each site re-estimates from its own outcomes when it scores: intercept
+recalibration, one number computed locally, Janssen et al., J Clin Epidemiol 2008),
+``stratified`` (common slopes, an intercept
 per site: ``site_intercepts`` are the site intercepts themselves) and ``hierarchical``
 (the random-intercept model's fixed part; ``site_intercepts`` are the conditional modes,
 the sites' deviations from the mean intercept). Scoring a site that has an intercept uses
@@ -53,6 +56,7 @@ import numpy as np
 import pandas as pd
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from scipy import special
 
 from fedsynth.errors import InputError
 from fedsynth.models.coding import build_design
@@ -61,19 +65,34 @@ from fedsynth.models.spec import INTERCEPT, ModelSpec, parse_model
 from fedsynth.signing import SignatureError, load_certificate, sign, verify
 
 __all__ = ["ARTIFACT_FORMAT", "ARTIFACT_VERSION", "VARIANTS", "ArtifactError",
+           "RecalibrationError",
            "ModelArtifact", "Scores", "artifact_body", "sign_artifact", "verify_artifact",
            "read_artifact", "embedded_artifact", "model_hash", "canonical_bytes"]
 
 ARTIFACT_FORMAT = "fedsynth-model-artifact"
 ARTIFACT_VERSION = 1
 #: Variants an artifact can carry.
-VARIANTS: tuple[str, ...] = ("global", "stratified", "hierarchical")
+VARIANTS: tuple[str, ...] = ("global", "recalibrated", "stratified", "hierarchical")
 #: Largest artifact document read (bytes): a model has at most a few hundred numbers.
 MAX_ARTIFACT_BYTES = 256 * 1024
 
 
 class ArtifactError(InputError):
     """An artifact that is malformed, unsigned, tampered or not the coordinator's."""
+
+
+class RecalibrationError(ArtifactError):
+    """A ``recalibrated`` model whose intercept the rows cannot re-estimate.
+
+    ``refusal`` is the key of :data:`fedsynth.effects.results.REFUSAL_VOCABULARY` an
+    evaluation analysis refuses with (``missing_column``, ``non_binary``, ``no_events``),
+    ``column`` the outcome column.
+    """
+
+    def __init__(self, message: str, *, refusal: str, column: str) -> None:
+        super().__init__(message)
+        self.refusal = refusal
+        self.column = column
 
 
 def model_hash(model: ModelSpec) -> str:
@@ -118,7 +137,7 @@ def artifact_body(entry: Mapping[str, Any], model: ModelSpec, *, variant: str,
         The ``[[model]]`` definition it was fitted from (its coding travels in the
         artifact; its coefficient names must be the fit's).
     variant
-        ``global``, ``stratified`` or ``hierarchical``.
+        ``global``, ``recalibrated``, ``stratified`` or ``hierarchical``.
     created
         ISO 8601 time of export.
     source
@@ -134,7 +153,7 @@ def artifact_body(entry: Mapping[str, Any], model: ModelSpec, *, variant: str,
     if entry.get("name") != model.name:
         raise ArtifactError(f"model artifact: the fit is of model {entry.get('name')!r}, "
                             f"the spec's model is {model.name!r}")
-    key = {"global": "one_stage", "stratified": "stratified",
+    key = {"global": "one_stage", "recalibrated": "one_stage", "stratified": "stratified",
            "hierarchical": "hierarchical"}[variant]
     fit = entry.get(key)
     if not isinstance(fit, Mapping) or not isinstance(fit.get("coefficients"), Mapping):
@@ -201,12 +220,14 @@ class Scores:
 
     ``linear_predictor`` and ``prediction`` (probability for binomial, mean for gaussian
     and poisson, offset included) per input row, ``NaN`` where a column the model uses is
-    missing (``scored`` is False there).
+    missing (``scored`` is False there). ``recalibration`` is the intercept shift a
+    ``recalibrated`` model estimated from the rows' outcomes (0 for other variants).
     """
 
     linear_predictor: np.ndarray
     prediction: np.ndarray
     scored: np.ndarray
+    recalibration: float = 0.0
 
     @property
     def n_scored(self) -> int:
@@ -300,9 +321,55 @@ class ModelArtifact:
             beta = np.array([0.0 if name == INTERCEPT else self.coefficients.get(name, 0.0)
                              for name in design.names])
             lp[complete] = design.x @ beta + design.offset + self.intercept_for(site)
+        shift = 0.0
+        if self.variant == "recalibrated":
+            shift = self._recalibration(frame, lp)
+            lp = lp + shift
         mean = get_family(self.model.family).linkinv(lp) if complete.any() else lp
         return Scores(linear_predictor=lp, prediction=np.where(complete, mean, np.nan),
-                      scored=complete)
+                      scored=complete, recalibration=shift)
+
+    def _recalibration(self, frame: pd.DataFrame, lp: np.ndarray) -> float:
+        """The intercept shift re-estimated from the rows' outcomes (one number).
+
+        The maximum-likelihood ``a`` of ``glm(y ~ offset(lp), family)``: for the canonical
+        links the score equation is ``sum(y) = sum(linkinv(lp + a))``, closed form for
+        gaussian (``mean(y - lp)``) and poisson (``log(sum y / sum exp(lp))``), Newton's
+        method for binomial (the equation is monotone in ``a``).
+        """
+        outcome = self.model.outcome
+        if outcome not in frame.columns:
+            raise RecalibrationError(f"a recalibrated model re-estimates its intercept from "
+                                     f"the site's own outcomes: the data need column "
+                                     f"{outcome!r}", refusal="missing_column", column=outcome)
+        y = pd.to_numeric(frame[outcome], errors="coerce").to_numpy(dtype=float)
+        use = np.isfinite(y) & np.isfinite(lp)
+        if not use.any():
+            raise RecalibrationError(f"a recalibrated model needs rows with both the outcome "
+                                     f"{outcome!r} and every covariate to re-estimate its "
+                                     "intercept", refusal="no_events", column=outcome)
+        y, eta = y[use], lp[use]
+        family = self.model.family
+        if family == "gaussian":
+            return float(np.mean(y - eta))
+        total = float(y.sum())
+        if family == "binomial" and (np.any((y != 0) & (y != 1))):
+            raise RecalibrationError(f"column {outcome!r}: a binomial outcome is 0 or 1",
+                                     refusal="non_binary", column=outcome)
+        if total <= 0 or (family == "binomial" and total >= len(y)):
+            raise RecalibrationError(f"column {outcome!r}: the intercept cannot be "
+                                     f"re-estimated from {len(y)} rows with {total:g} events "
+                                     "(none, or all)", refusal="no_events", column=outcome)
+        if family == "poisson":
+            return float(np.log(total) - np.log(np.exp(eta).sum()))
+        shift = 0.0
+        for _ in range(100):
+            p = special.expit(eta + shift)
+            step = (total - p.sum()) / max(float((p * (1 - p)).sum()), 1e-300)
+            shift += step
+            if abs(step) < 1e-12 * max(1.0, abs(shift)):
+                break
+        return float(shift)
 
 
 def _certificate_checks(cert: Any, ca_pem: bytes | None) -> None:

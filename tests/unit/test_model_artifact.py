@@ -206,13 +206,19 @@ def test_cli_export_and_site_score(tmp_path: Path, pki, capsys) -> None:
     assert main(["site", "score", "--model", str(unsigned), "--data", files[0], "--ca",
                  str(pki / "ca.crt")]) == 2
     assert "unsigned" in capsys.readouterr().err
-    # export needs a signing identity, and the round form is reserved
+    # export needs a signing identity; the round form is ROUND NAME with --config only
     assert main(["model", "export", "--fit", str(fit), "--spec", spec, "--model",
                  "tbi_mortality", "--out", str(tmp_path / "x.json")]) == 2
     assert "signing identity" in capsys.readouterr().err
     assert main(["model", "export", "ROUND1", "tbi_mortality", "--spec", spec, "--model",
                  "tbi_mortality", "--out", str(tmp_path / "x.json")]) == 2
-    assert "do not store fitted models yet" in capsys.readouterr().err
+    assert "either ROUND NAME or --fit" in capsys.readouterr().err
+    assert main(["model", "export", "ROUND1", "tbi_mortality",
+                 "--out", str(tmp_path / "x.json")]) == 2
+    assert "needs --config" in capsys.readouterr().err
+    assert main(["model", "export", "ROUND1", "--out", str(tmp_path / "x.json")]) == 2
+    assert "ROUND NAME (two words)" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
     assert main(["model", "export", "--fit", str(fit), "--spec", spec, "--model",
                  "tbi_mortality", "--variant", "stratified", "--cert",
                  str(pki / "coordinator.crt"), "--key", str(pki / "coordinator.key"),
@@ -315,3 +321,48 @@ def test_sql_source_scores_a_model_analysis_like_a_file(tmp_path: Path, pki,
         direct = estimate(frame, spec[name])
         assert from_sql[name].yi == pytest.approx(direct.yi, rel=1e-12)
         assert from_sql[name].vi == pytest.approx(direct.vi, rel=1e-12)
+
+
+def test_recalibrated_variant_reestimates_the_intercept(pki, fitted) -> None:
+    """A recalibrated artifact: global slopes, the intercept re-estimated from the rows.
+
+    The shift solves glm(y ~ offset(lp), binomial)'s score equation: after it, the
+    predicted risks sum to the events (calibration-in-the-large 0, O:E 1), and it equals
+    the evaluation estimator's calibration-in-the-large of the global model's risks.
+    """
+    entry, _ = fitted
+    doc = sign_artifact(artifact_body(entry, MODEL, variant="recalibrated", created="now"),
+                        load_private_key(pki / "coordinator.key"),
+                        (pki / "coordinator.crt").read_bytes())
+    recal = verify_artifact(doc, ca_pem=(pki / "ca.crt").read_bytes())
+    glob = verify_artifact(signed(pki, entry), ca_pem=(pki / "ca.crt").read_bytes())
+    assert recal.variant == "recalibrated" and recal.coefficients == glob.coefficients
+    frame = next(iter(FRAMES.values()))
+    scores = recal.score(frame)
+    base = glob.score(frame)
+    assert np.isclose(scores.prediction.sum(), frame["mort"].sum(), rtol=1e-10)
+    assert np.allclose(scores.linear_predictor - base.linear_predictor,
+                       scores.recalibration, rtol=0, atol=1e-12)
+    citl = estimate(frame.assign(risk=base.prediction),
+                    {"name": "c", "estimator": "calibration_in_the_large",
+                     "outcome": "mort", "score": "risk"})
+    assert np.isclose(scores.recalibration, citl.yi, rtol=1e-8)
+    with pytest.raises(ArtifactError, match="need column 'mort'"):
+        recal.score(frame.drop(columns=["mort"]))
+    with pytest.raises(ArtifactError, match="events"):
+        recal.score(frame.assign(mort=0))
+    # in an evaluation analysis: a refusal from the vocabulary, not an error
+    spec = parse_spec(f"""
+[[analysis]]
+name = "c"
+estimator = "auc"
+outcome = "mort"
+model = '{json.dumps(doc, sort_keys=True, separators=(",", ":"))}'
+""")
+    analysis = spec.analyses[0]
+    assert estimate(frame, analysis).yi == pytest.approx(
+        estimate(frame.assign(risk=scores.prediction),
+                 {"name": "c", "estimator": "auc", "outcome": "mort", "score": "risk"}).yi,
+        rel=1e-12)
+    refused = estimate(frame.assign(mort=0), analysis)
+    assert refused.code == "no_events", refused

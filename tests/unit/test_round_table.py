@@ -7,6 +7,7 @@ measure's own null (none for the Brier score); a version-1 document prints as be
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -14,7 +15,11 @@ import pytest
 from coordinator.commands.round import NO_NULL, _fmt, render_table
 from coordinator.rounds import pool_analyses
 from coordinator.store import SubmissionRecord
-from fedsynth.round_document import RoundDocument
+from fedsynth.datasets import generate_trauma, trauma_spec_path
+from fedsynth.models.coding import build_design
+from fedsynth.models.fit import fit_model
+from fedsynth.round_document import ModelResult, RoundDocument
+from fedsynth.spec import load_spec
 from fedsynth.vocabulary import from_scale
 
 SITES = [f"mtf-{n}" for n in ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot")]
@@ -125,3 +130,39 @@ def test_a_value_that_rounds_to_zero_prints_without_a_sign():
     """``-0.0000`` reads as a negative estimate: the table prints ``0.0000`` (HTML does too)."""
     assert _fmt(-1e-9) == "0.0000" and _fmt(-4e-5, 4) == "0.0000"
     assert _fmt(-0.00006, 4) == "-0.0001" and _fmt(0.0, 2) == "0.00"
+
+
+def test_models_table_shows_each_model_with_its_fits(doc):
+    """``round show`` text: per model the header, coefficients in the spec's order with
+    the one-stage and hierarchical numbers and the heterogeneity flag, tau and ICC."""
+    model = load_spec(trauma_spec_path()).model("tbi_mortality")
+    frames = generate_trauma(3, seed=2, rows=300)
+    fit = fit_model({s: build_design(f, model) for s, f in frames.items()})
+    entry = fit.to_dict()
+    entry.update(status="fitted", round_trips=26, seconds=6.5,
+                 heterogeneity={"hypots": {"flagged": True, "level": "strong",
+                                           "reasons": ["I2 high"]}},
+                 refused={}, dropped={"mtf-delta": "did not answer <b>\x1b[31m"})
+    result = ModelResult.from_dict(entry)
+    with_models = dataclasses.replace(doc, models=(result,),
+                                      spec={"models": [model.to_dict()]})
+    text = render_table(with_models)
+    assert text.startswith(render_table(doc))          # the analyses come first, unchanged
+    lines = text.splitlines()
+    head = next(line for line in lines if line.startswith("model tbi_mortality"))
+    assert ("family binomial  status fitted  sites 3  n 900  events -  iterations "
+            f"{entry['one_stage']['iterations']}  round trips 26  seconds 6.5") in head
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("coefficient"))
+    names = [lines[start + 1 + i].split()[0] for i in range(len(model.coefficient_names))]
+    assert names == list(model.coefficient_names)
+    age = lines[start + 1 + names.index("age")].split()
+    one, hier = entry["one_stage"], entry["hierarchical"]
+    assert age[1:7] == [_fmt(one[k]["age"]) for k in ("coefficients", "se", "ci_lb", "ci_ub")] \
+        + [_fmt(hier[k]["age"]) for k in ("coefficients", "se")]
+    assert lines[start + 1 + names.index("hypots")].split()[-1] == "strong"
+    assert f"hierarchical: tau {_fmt(hier['tau'])}  tau2 {_fmt(hier['tau2'])}  ICC (latent) " \
+           f"{_fmt(hier['icc'])}" in text
+    assert "95% CI" in text
+    # a reason from a site is shown, not executed by the terminal
+    assert "dropped mtf-delta: did not answer <b>\\x1b[31m" in text
+    assert "\x1b" not in text

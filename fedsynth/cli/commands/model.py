@@ -228,121 +228,75 @@ COMMANDS = [Command(("model", "fit"),
                     _add_arguments, _run, description=_DESCRIPTION)]
 
 
-_EXPORT_DESCRIPTION = """\
-Write a versioned, signed model artifact that sites can score their patients with
-('fedsynth site score') and that evaluation analyses can name (model = "model.json").
-
-The fit comes from 'fedsynth model fit --format json' (--fit FILE); the [[model]] table
-it was fitted from (--spec) gives the coding (outcome, covariates, declared levels,
-offset) that travels with the coefficients. The artifact is signed with the
-coordinator's TLS key (--config coordinator.toml, or --cert and --key): a site checks
-the signature against the project CA before it scores anyone.
-
-Variants: global (one-stage), stratified (an intercept per site; scoring names the
-site), hierarchical (the mean intercept, or a site's own with --site when scoring).
-
-Examples:
-  fedsynth model fit --spec trauma/spec.toml --data trauma/mtf-*.csv \\
-      --model tbi_mortality --format json --out fit.json
-  fedsynth model export --fit fit.json --spec trauma/spec.toml --model tbi_mortality \\
-      --config coordinator/coordinator.toml --out model.json
-  fedsynth model export --fit fit.json --spec trauma/spec.toml --model tbi_mortality \\
-      --variant hierarchical --cert pki/coordinator.crt --key pki/coordinator.key \\
-      --out model.json
-
-A round's models (ROUND NAME) are exported the same way once round documents store
-them: save 'fedsynth round show ROUND --format json' and give it as --fit.
-
-Exit codes: 0 written; 2 bad input (no such model or variant, a fit of another spec,
-a key that is not the certificate's)."""
+# ``fedsynth model export`` is registered by coordinator/commands/model_export.py: its
+# ROUND NAME form reads the coordinator's store, which this package may not import
+# (tests/unit/test_layering.py). The parts that do not need the store live here.
 
 
-def _export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("round", nargs="*", metavar="ROUND NAME",
-                        help="(reserved) export a model stored in a round; rounds do not "
-                             "store models yet: use --fit")
-    parser.add_argument("--fit", metavar="FILE", default=None,
-                        help="JSON with a \"models\" list ('model fit --format json')")
-    parser.add_argument("--spec", required=True, metavar="SPEC",
-                        help="the spec holding the [[model]] table the fit came from")
-    parser.add_argument("--model", required=True, metavar="NAME", help="the model to export")
-    parser.add_argument("--variant", default="global", type=str.lower,
-                        choices=("global", "stratified", "hierarchical"),
-                        help="which fit the artifact carries (default global)")
-    parser.add_argument("--config", metavar="coordinator.toml", default=None,
-                        help="sign with this coordinator's TLS certificate and key")
-    parser.add_argument("--cert", metavar="PEM", default=None,
-                        help="the coordinator's certificate (instead of --config)")
-    parser.add_argument("--key", metavar="PEM", default=None,
-                        help="the coordinator's private key (instead of --config)")
-    parser.add_argument("--out", required=True, metavar="FILE",
-                        help="where to write the artifact (JSON)")
+def signing_identity(config: str | None, cert: str | None, key: str | None
+                     ) -> tuple[Path, Path]:
+    """The coordinator certificate and key an artifact is signed with.
 
-
-def _export(args: argparse.Namespace) -> int:
-    # lazy: keeps numpy, pandas and cryptography out of `fedsynth --help` start-up
+    From ``--config coordinator.toml`` (its ``[tls]`` files) or ``--cert`` and ``--key``;
+    an unsigned artifact would be refused by every site, so one of the two is required.
+    """
+    # lazy: fedsynth.config is not loaded by `fedsynth --help` (start-up)
     from fedsynth.config import load_coordinator_config
+
+    if config is not None and (cert or key):
+        raise InputError("give either --config or --cert and --key, not both")
+    if config is not None:
+        loaded = load_coordinator_config(config)
+        if loaded.tls is None:
+            raise InputError(f"--config {config!r} has no [tls] files to sign with")
+        return Path(loaded.tls.cert), Path(loaded.tls.key)
+    if cert and key:
+        return Path(cert), Path(key)
+    raise InputError("a signing identity is required: --config coordinator.toml, or "
+                     "--cert and --key (an unsigned artifact would be refused by sites)")
+
+
+def fit_entry(fit: str, name: str) -> dict[str, Any]:
+    """Model ``name``'s entry of a ``model fit --format json`` file (``--fit``)."""
+    try:
+        document = json.loads(Path(fit).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise InputError(f"--fit {fit!r} cannot be read: {error.strerror}") from None
+    except ValueError as error:
+        raise InputError(f"--fit {fit!r} is not JSON: {error}") from None
+    entries = document.get("models") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise InputError(f"--fit {fit!r} has no \"models\" list (is it the output of "
+                         "'model fit --format json'?)")
+    entry = next((e for e in entries if isinstance(e, dict) and e.get("name") == name), None)
+    if entry is None:
+        raise InputError(f"--fit {fit!r} has no fit of model {name!r}")
+    return entry
+
+
+def write_artifact(entry: Any, model: Any, *, variant: str, source: str,
+                   cert_path: Path, key_path: Path, out: str) -> dict[str, Any]:
+    """Build, sign and write the artifact of ``entry`` (a fitted model's JSON entry).
+
+    The one path both forms of ``model export`` take (from a fit file, from a round), so
+    the two artifacts of the same fit differ only in ``created`` and ``source``.
+    Returns the signed document.
+    """
+    # lazy: keeps numpy, pandas and cryptography out of `fedsynth --help` start-up
     from fedsynth.fileio import atomic_write
     from fedsynth.models.artifact import artifact_body, sign_artifact
     from fedsynth.signing import load_private_key
-    from fedsynth.spec import load_spec
     from fedsynth.timeutil import iso, utcnow
 
-    if args.round:
-        raise InputError("model export ROUND NAME: round documents do not store fitted "
-                         "models yet (issue 14 wiring); save 'model fit --format json' (or "
-                         "later 'round show ROUND --format json') and give it as --fit")
-    if args.fit is None:
-        raise InputError("--fit is required: the JSON of 'fedsynth model fit --format json'")
-    if args.config is not None and (args.cert or args.key):
-        raise InputError("give either --config or --cert and --key, not both")
-    if args.config is not None:
-        config = load_coordinator_config(args.config)
-        if config.tls is None:
-            raise InputError(f"--config {args.config!r} has no [tls] files to sign with")
-        cert_path, key_path = Path(config.tls.cert), Path(config.tls.key)
-    elif args.cert and args.key:
-        cert_path, key_path = Path(args.cert), Path(args.key)
-    else:
-        raise InputError("a signing identity is required: --config coordinator.toml, or "
-                         "--cert and --key (an unsigned artifact would be refused by sites)")
-    spec = load_spec(args.spec)
-    try:
-        model = spec.model(args.model)
-    except KeyError:
-        known = ", ".join(m.name for m in spec.models) or "none"
-        raise InputError(f"--model: the spec has no model {args.model!r} (it has {known})"
-                         ) from None
-    try:
-        document = json.loads(Path(args.fit).read_text(encoding="utf-8"))
-    except OSError as error:
-        raise InputError(f"--fit {args.fit!r} cannot be read: {error.strerror}") from None
-    except ValueError as error:
-        raise InputError(f"--fit {args.fit!r} is not JSON: {error}") from None
-    entries = document.get("models") if isinstance(document, dict) else None
-    if not isinstance(entries, list):
-        raise InputError(f"--fit {args.fit!r} has no \"models\" list (is it the output of "
-                         "'model fit --format json'?)")
-    entry = next((e for e in entries if isinstance(e, dict) and e.get("name") == model.name),
-                 None)
-    if entry is None:
-        raise InputError(f"--fit {args.fit!r} has no fit of model {model.name!r}")
     try:
         certificate = cert_path.read_bytes()
     except OSError as error:
         raise InputError(f"certificate {str(cert_path)!r} cannot be read: {error.strerror}"
                          ) from None
-    body = artifact_body(entry, model, variant=args.variant, created=iso(utcnow()),
-                         source=f"model fit {Path(args.fit).name}")
+    body = artifact_body(entry, model, variant=variant, created=iso(utcnow()), source=source)
     signed = sign_artifact(body, load_private_key(key_path), certificate)
-    atomic_write(args.out, json.dumps(signed, indent=2, sort_keys=True, allow_nan=False)
-                 + "\n", mode=0o644)
-    print(f"{args.out}: model {model.name!r} ({args.variant}, {model.family}), "
+    atomic_write(out, json.dumps(signed, indent=2, sort_keys=True, allow_nan=False) + "\n",
+                 mode=0o644)
+    print(f"{out}: model {model.name!r} ({variant}, {model.family}), "
           f"{len(body['coefficients'])} coefficients, signed by {cert_path.name}")
-    return 0
-
-
-COMMANDS.append(Command(("model", "export"),
-                        "write a signed model artifact from a model fit (for site score "
-                        "and evaluation analyses)",
-                        _export_arguments, _export, description=_EXPORT_DESCRIPTION))
+    return signed

@@ -445,6 +445,21 @@ def chi2_isf(p, df):
     return special.chdtri(df, p)
 
 
+def norm_ppf(p):
+    """Inverse lower tail of the standard normal (``scipy.stats.norm.ppf``)."""
+    return special.ndtri(np.asarray(p, dtype=float))
+
+
+def t_ppf(p, df):
+    """Inverse lower tail of Student's t (``scipy.stats.t.ppf``)."""
+    return special.stdtrit(df, p)
+
+
+def chi2_cdf(x, df):
+    """Lower tail of the chi-square distribution (``scipy.stats.chi2.cdf``)."""
+    return special.chdtr(df, x)
+
+
 def chi2_ppf(p, df):
     """Inverse lower tail of the chi-square distribution (accurate for small ``p``)."""
     return 2.0 * special.gammaincinv(np.asarray(df, dtype=float) / 2.0, p)

@@ -322,9 +322,6 @@ def _batch_flags(args: argparse.Namespace, batch: BatchPoolingResult):
 def _analysis(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult,
               index: int):
     """The flag and diagnostics of analysis ``index`` (computed once, then cached)."""
-    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
-    from fedsynth import tabular
-
     # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
     from fedsynth.meta.analysis import AnalysisResult, analyse
 
@@ -337,6 +334,9 @@ def _analysis(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResu
         sel = data.mask[index]
         rows = data.rows[index][sel]
         group = mods = order = order_values = None
+        if args.cumulative_by or args.subgroup or args.moderator:
+            # lazy: pandas only for the options that read another column
+            from fedsynth import tabular
         if args.cumulative_by:
             order = _cumulative_order(data.frame, args.cumulative_by, rows)
             col = tabular.text_column(data.frame, args.cumulative_by, option="--cumulative-by")
@@ -632,8 +632,9 @@ class MetaInput:
         Analysis names (the ``--by`` groups; ``("",)`` without ``--by``).
     grouped : bool
         Whether ``--by`` was given.
-    frame : pandas.DataFrame
-        The CSV as read (for options that need more columns).
+    frame : pandas.DataFrame or None
+        The CSV as read (for options that need more columns); None for the bundled
+        example read without pandas (:func:`_example_input`), which no option reads.
     rows : ndarray of int, shape (m, K)
         Row index in ``frame`` of each cell (-1 outside the mask).
     """
@@ -768,14 +769,15 @@ def _read_round(args: argparse.Namespace):
 
 def _used_columns(args: argparse.Namespace, frame) -> list[str]:
     """The columns this invocation reads numbers or groups from (for the NA check)."""
-    # lazy: keeps numpy, pandas and the statistics out of `fedsynth --help` start-up
-    from fedsynth.effects.effect_sizes import COLUMN_SETS
-
     cols: list[str] = []
     if args.method in COUNT_METHODS:
         given = {n: getattr(args, f"rare_{n}", None) for n in meta_rare.COUNT_OPTIONS}
         cols += [given[n] or n for n in meta_rare.COUNT_OPTIONS]
     elif getattr(args, "measure", None):
+        # lazy: only --measure needs escalc's column sets (scipy.integrate, and before
+        # 2026-11-28 scipy.stats through fedsynth.effects: the regression of issue 17)
+        from fedsynth.effects.effect_sizes import COLUMN_SETS
+
         mapping = _raw_mapping(args)
         names = dict.fromkeys(c for s in COLUMN_SETS[args.measure] for c in s)
         cols += [mapping.get(n, n) for n in names]
@@ -947,8 +949,56 @@ def _unique_labels(labels, codes, names: tuple[str, ...], args: argparse.Namespa
     return out
 
 
+#: Options that ``fedsynth meta --example`` may set and still be read without pandas:
+#: none of them reads a column of the input beyond the example's study, yi and sei.
+_LIGHT_EXAMPLE_OPTIONS = frozenset({"file", "example", "method", "test", "level", "tau2",
+                                    "format", "i2_threshold", "null_value"})
+
+
+def _light_example(args: argparse.Namespace) -> bool:
+    """Whether ``--example`` can be read without pandas (no option needs a data frame).
+
+    Importing pandas costs more CPU than the whole analysis of the 8-site example
+    (docs/decisions/startup.md), so the bundled example is read with the csv module
+    unless an option outside :data:`_LIGHT_EXAMPLE_OPTIONS` differs from its default
+    (that option may read a column: the pandas path serves it).
+    """
+    if not args.example or args.file:
+        return False
+    defaults = argparse.ArgumentParser(add_help=False)
+    add_arguments(defaults)
+    base = vars(defaults.parse_args([]))
+    return all(name in _LIGHT_EXAMPLE_OPTIONS or getattr(args, name, None) == value
+               for name, value in base.items())
+
+
+def _example_input() -> MetaInput:
+    """The bundled seed example (study, yi, sei) as a :class:`MetaInput` without pandas.
+
+    The file is ours and fixed, so the validation of :func:`load_input` has nothing to
+    catch; ``tests/unit/test_meta_startup.py`` checks that this gives the same arrays as
+    the pandas path, bit for bit.
+    """
+    # lazy: keeps numpy out of `fedsynth --help` start-up
+    import numpy as np
+
+    text = (resources.files("fedsynth") / "data" / "seed_example.csv").read_text("utf-8-sig")
+    rows = list(csv.reader(io.StringIO(text)))
+    header, body = rows[0], [r for r in rows[1:] if r]
+    col = {name: [r[i] for r in body] for i, name in enumerate(header)}
+    yi = np.array([float(x) for x in col["yi"]])[None, :]
+    sei = np.array([float(x) for x in col["sei"]])
+    labels = np.array(col["study"], dtype=object)[None, :]
+    k = yi.shape[1]
+    return MetaInput(yi, (sei * sei)[None, :], np.ones((1, k), dtype=bool), labels, ("",),
+                     False, None, np.arange(k, dtype=np.int64)[None, :])
+
+
 def load_input(args: argparse.Namespace) -> MetaInput:
     """Read and validate the CSV named on the command line (or the seed example)."""
+    if _light_example(args):
+        _resolve_defaults(args)
+        return _example_input()
     # lazy: keeps numpy out of `fedsynth --help` start-up
     import numpy as np
 

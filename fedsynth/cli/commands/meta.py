@@ -963,13 +963,8 @@ def _light_example(args: argparse.Namespace) -> bool:
     unless an option outside :data:`_LIGHT_EXAMPLE_OPTIONS` differs from its default
     (that option may read a column: the pandas path serves it).
     """
-    if not args.example or args.file:
-        return False
-    defaults = argparse.ArgumentParser(add_help=False)
-    add_arguments(defaults)
-    base = vars(defaults.parse_args([]))
-    return all(name in _LIGHT_EXAMPLE_OPTIONS or getattr(args, name, None) == value
-               for name, value in base.items())
+    return bool(args.example and not args.file
+                and _only_options(args, _LIGHT_EXAMPLE_OPTIONS))
 
 
 def _example_input() -> MetaInput:
@@ -1332,25 +1327,37 @@ def records_csv(recs: list[dict[str, Any]]) -> str:
     both write the same columns for the same pooled fields.
     """
     keys = list(dict.fromkeys(k for rec in recs for k in rec))
+    return (_csv_text([_csv_header(keys)]) + _csv_rows(recs, keys)).rstrip("\n")
+
+
+def _csv_header(keys: list[str]) -> list[str]:
+    """CSV column names of record keys: each ``*_ci`` key becomes ``*_ci_lb``, ``*_ci_ub``."""
+    header: list[str] = []
+    for key in keys:
+        header += [f"{key}_lb", f"{key}_ub"] if key.endswith("_ci") else [key]
+    return header
+
+
+def _csv_text(rows: Any) -> str:
+    buf = io.StringIO()
+    # the csv module writes None as an empty cell and floats with repr (round-trip exact)
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
+
+
+def _csv_rows(recs: list[dict[str, Any]], keys: list[str]) -> str:
+    """The CSV lines (each ending in a newline) of ``recs`` in the columns of ``keys``."""
     # column by column (one list comprehension per key, not a branch per cell): 20,000
     # analyses x 30 columns is 600,000 cells
-    header: list[str] = []
     columns: list[list[Any]] = []
     for key in keys:
         values = [rec.get(key) for rec in recs]
         if key.endswith("_ci"):
-            header += [f"{key}_lb", f"{key}_ub"]
             columns.append([None if v is None else v[0] for v in values])
             columns.append([None if v is None else v[1] for v in values])
         else:
-            header.append(key)
             columns.append(values)
-    buf = io.StringIO()
-    # the csv module writes None as an empty cell and floats with repr (round-trip exact)
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(zip(*columns))
-    return buf.getvalue().rstrip("\n")
+    return _csv_text(zip(*columns))
 
 
 RENDERERS = {"table": render_table, "json": render_json, "csv": render_csv}
@@ -1377,7 +1384,12 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read, pool, print. Output is built completely before anything is printed."""
+    """Read, pool, print.
+
+    Output is built completely before anything is printed, except a ``--by`` CSV of
+    more than :data:`STREAM_CHUNK` analyses, which is written chunk by chunk
+    (:func:`_stream_csv`).
+    """
     if args.file and _is_round_document(args.file) and not args.example:
         # a round document: its pooling settings are the defaults (load_input)
         return _finish(args, load_input(args))
@@ -1401,8 +1413,75 @@ def run(args: argparse.Namespace) -> int:
     return _finish(args, load_input(args))
 
 
+#: Options ``fedsynth meta --by ... --format csv`` may set and still stream its output
+#: chunk by chunk: each changes how analyses are read or pooled, none adds a section that
+#: needs every analysis at once (plots, Bayes, meta-regression, per-analysis diagnostics).
+_STREAM_OPTIONS = frozenset({
+    "file", "yi", "vi", "sei", "label", "measure", "add", "to", "drop00", "vtype", "by",
+    "sep", "decimal", "drop_na", "method", "test", "level", "tau2", "weights", "unweighted",
+    "format", "i2_threshold", "null_value", *(f"raw_{n}" for n, _ in RAW_OPTIONS)})
+
+#: Analyses per streamed chunk: large enough that the vectorised pooling and flag work
+#: dominates the per-chunk overhead, small enough that the records of one chunk (Python
+#: dicts, about 2 KB per analysis) stay a few tens of MB.
+STREAM_CHUNK = 16_384
+
+
+def _only_options(args: argparse.Namespace, allowed: frozenset[str]) -> bool:
+    """Whether every option outside ``allowed`` still has its default value."""
+    defaults = argparse.ArgumentParser(add_help=False)
+    add_arguments(defaults)
+    return all(name in allowed or getattr(args, name, None) == value
+               for name, value in vars(defaults.parse_args([])).items())
+
+
+def _streams(args: argparse.Namespace, data: MetaInput) -> bool:
+    """Whether the output is written chunk by chunk (large ``--by --format csv`` runs)."""
+    return (args.format == "csv" and data.grouped and len(data.names) > STREAM_CHUNK
+            and _only_options(args, _STREAM_OPTIONS))
+
+
+def _chunk(data: MetaInput, start: int, stop: int) -> MetaInput:
+    """Analyses ``start:stop`` of ``data`` (rows of the analyses are independent)."""
+    return MetaInput(data.yi[start:stop], data.vi[start:stop], data.mask[start:stop],
+                     data.labels[start:stop], data.names[start:stop], data.grouped,
+                     data.frame, data.rows[start:stop])
+
+
+def _stream_csv(args: argparse.Namespace, data: MetaInput) -> int:
+    """Pool, flag and write ``STREAM_CHUNK`` analyses at a time (issue 17).
+
+    Every row of the (m, K) grid is pooled and flagged on its own (per-row convergence
+    masks; the flag's refits are rows of their own), so a chunk's results equal those of
+    the whole batch (to the last bit or two that numpy's SIMD loops give differently to
+    the same element at another position; tests/unit/test_meta_stream.py); peak memory is one
+    chunk's records instead of all of them. Non-convergence warnings go to stderr as each
+    chunk is pooled.
+    """
+    _check_model_options(args)
+    out = sys.stdout
+    keys: list[str] | None = None
+    for start in range(0, len(data.names), STREAM_CHUNK):
+        part = _chunk(data, start, start + STREAM_CHUNK)
+        for cache in ("_flags", "_analyses"):
+            args.__dict__.pop(cache, None)
+        batch = compute(args, part)
+        _warn(batch)
+        recs = records(args, part, batch)
+        if keys is None:
+            keys = list(dict.fromkeys(k for rec in recs for k in rec))
+            out.write(_csv_text([_csv_header(keys)]))
+        elif any(rec.keys() != recs[0].keys() for rec in recs) or list(recs[0]) != keys:
+            raise RuntimeError("streamed CSV records changed their keys between chunks")
+        out.write(_csv_rows(recs, keys))
+    out.flush()
+    return 0
+
+
 def _finish(args: argparse.Namespace, data: MetaInput) -> int:
     """Pool the analyses read, render them, write the plots, print."""
+    if _streams(args, data):
+        return _stream_csv(args, data)
     batch = compute(args, data)
     text = RENDERERS[args.format](args, data, batch)
     figures = _plots(args, data, batch) + _profile_plots(args, data)

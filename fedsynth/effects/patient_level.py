@@ -57,7 +57,6 @@ from fedsynth.effects.delong import delong_auc
 from fedsynth.effects.effect_sizes import escalc
 from fedsynth.effects.results import Estimate, Refusal
 from fedsynth.errors import InputError
-from fedsynth.models.artifact import RecalibrationError, embedded_artifact
 from fedsynth.models.coding import CodingError, encode_covariates, level_codes
 from fedsynth.spec import AnalysisSpec, Spec, parse_spec
 
@@ -612,6 +611,10 @@ def _scored_by_model(df: pd.DataFrame, a: AnalysisSpec) -> tuple[pd.DataFrame, A
     predicted risks. The artifact was verified when the spec was parsed; a column it needs
     that the data lack, a non-numeric value or an undeclared level refuse the analysis.
     """
+    # lazy: models.artifact imports cryptography (signature checks), which no other
+    # estimator needs; every `import fedsynth.effects.patient_level` paid for it
+    from fedsynth.models.artifact import RecalibrationError, embedded_artifact
+
     artifact = embedded_artifact(a.required("model"))
     absent = [c for c in artifact.columns if c not in df.columns]
     if absent:

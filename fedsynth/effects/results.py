@@ -41,7 +41,7 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy.special import ndtri
 
 from fedsynth.results import Interval, check_fraction
 from fedsynth.spec import ESTIMATORS
@@ -313,7 +313,7 @@ class Estimate:
     def confidence_interval(self, confidence_level: float = 0.95) -> Interval:
         """Wald interval ``yi ± z se`` on the scale of ``yi`` (the pooling scale)."""
         level = check_fraction(confidence_level)
-        z = float(stats.norm.ppf(0.5 + level / 2))
+        z = float(ndtri(0.5 + level / 2))
         return Interval(self.yi - z * self.se, self.yi + z * self.se, level=level)
 
     def to_dict(self) -> dict[str, Any]:

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from fedsynth.errors import FedsynthError, InputError
+from fedsynth.meta import stats as st
 from fedsynth.meta._format import f, grid, peq
 from fedsynth.meta.metareg import (
     BatchFit,
@@ -82,13 +82,13 @@ def _crits(confidence_level: float, test: str, df: Any) -> np.ndarray:
     dfa = np.asarray(df, dtype=float)
     if test == "knha":
         with np.errstate(invalid="ignore"):
-            return np.where(dfa >= 1, stats.t.ppf(q, np.maximum(dfa, 1)), np.nan)
-    return np.full(dfa.shape, stats.norm.ppf(q))
+            return np.where(dfa >= 1, st.t_ppf(q, np.maximum(dfa, 1)), np.nan)
+    return np.full(dfa.shape, st.norm_ppf(q))
 
 
 def _crit(level: float, test: str, df: int) -> float:
     q = 1 - (1 - level / 100) / 2
-    return float(stats.t.ppf(q, df)) if test == "knha" else float(stats.norm.ppf(q))
+    return float(st.t_ppf(q, df)) if test == "knha" else float(st.norm_ppf(q))
 
 
 def _s2w_batch(y: np.ndarray, v: np.ndarray, mask: np.ndarray, fit: BatchFit) -> np.ndarray:
@@ -198,18 +198,19 @@ def leave_one_out(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None,
     se = fit.se
     if test == "knha":
         se = se * np.sqrt(_s2w_batch(y, v, mask, fit))
-        dist = stats.t(k - 2) if k > 2 else None
-    else:
-        dist = stats.norm()
     with np.errstate(divide="ignore", invalid="ignore"):
         stat = fit.estimate / se
-    if dist is None:
+    q = 1 - (1 - level / 100) / 2
+    if test != "knha":
+        pval = 2 * st.norm_sf(np.abs(stat))
+        crit = st.norm_ppf(q)
+    elif k > 2:
+        pval = 2 * st.t_sf(np.abs(stat), k - 2)
+        crit = st.t_ppf(q, k - 2)
+    else:
         pval = np.full(k, np.nan)
         crit = np.nan
-    else:
-        pval = 2 * dist.sf(np.abs(stat))
-        crit = dist.ppf(1 - (1 - level / 100) / 2)
-    qp = stats.chi2.sf(fit.Q, k - 2) if k > 2 else np.ones(k)
+    qp = st.chi2_sf(fit.Q, k - 2) if k > 2 else np.ones(k)
     return LeaveOneOutResult(
         labels=_labels(labels, k), estimate=fit.estimate, se=se, stat=stat, pval=pval,
         ci_lb=fit.estimate - crit * se, ci_ub=fit.estimate + crit * se, tau2=fit.tau2,
@@ -261,7 +262,7 @@ class InfluenceResult(ResultMixin):
     dfbetas: np.ndarray
     influential: np.ndarray
 
-    def outliers(self, crit: float = float(stats.norm.ppf(0.975))) -> tuple[str, ...]:
+    def outliers(self, crit: float = float(st.norm_ppf(0.975))) -> tuple[str, ...]:
         """Sites whose studentized residual lies beyond ±``crit`` (default 1.96)."""
         return tuple(lab for lab, r in zip(self.labels, self.rstudent) if abs(r) > crit)
 
@@ -339,7 +340,7 @@ def influence(yi: Any, vi: Any, *, labels: Sequence[Any] | None = None,
         cov_ratio = vdelpred / vb_full
         p = 1
         influential = ((np.abs(dffits) > 3 * np.sqrt(p / (k - p)))
-                       | (stats.chi2.cdf(cooks, p) > 0.5)
+                       | (st.chi2_cdf(cooks, p) > 0.5)
                        | (hat > 3 * p / k)
                        | (np.abs(dfbetas) > 1))
     return InfluenceResult(
@@ -512,7 +513,7 @@ def kendall_tau_test(x: Any, y: Any, *, exact: bool = True) -> KendallResult:
     var_s = ((v0 - vt - vu) / 18 + v1 / (2 * n * (n - 1))
              + (v2 / (9 * n * (n - 1) * (n - 2)) if n > 2 else 0))
     z = S / np.sqrt(var_s)
-    return KendallResult(float(tau), float(2 * stats.norm.sf(abs(z))))
+    return KendallResult(float(tau), float(2 * st.norm_sf(abs(z))))
 
 
 @dataclass(frozen=True)
@@ -805,10 +806,10 @@ def cumulative(yi: Any, vi: Any, order: Sequence[int] | None = None, *,
     if test == "knha":
         with np.errstate(divide="ignore", invalid="ignore"):
             se = fit.se * np.sqrt(_s2w_batch(yo, vo, mask, fit))
-            crit = np.where(fit.k > 1, stats.t.ppf(q, np.maximum(fit.k - 1, 1)), np.nan)
+            crit = np.where(fit.k > 1, st.t_ppf(q, np.maximum(fit.k - 1, 1)), np.nan)
     else:
         se = fit.se
-        crit = np.full(k, stats.norm.ppf(q))
+        crit = np.full(k, st.norm_ppf(q))
     labs = _labels(labels, k)
     return CumulativeResult(labels=tuple(labs[i] for i in ordr), order=tuple(ordr), k=fit.k,
                             estimate=fit.estimate, se=se, ci_lb=fit.estimate - crit * se,

@@ -361,6 +361,30 @@ def _sum_p2(w: np.ndarray, a=None, b=None, X: np.ndarray | None = None) -> np.nd
     return out
 
 
+def _fixed_effect_sums(y: np.ndarray, w: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Q, ``tr(P)``, ``sum(w)`` and ``tr(PP)`` of intercept-only rows with weights ``w``.
+
+    The same operations as ``_q_and_slope(y, vw, 0)``, :func:`trace_p` and
+    :func:`_sum_p2` (so the same numbers, bit for bit), with each row sum computed once:
+    the DL and HS estimators of a 200,000-analysis batch spent a third of their time
+    recomputing ``sum(w)``, the dominance test and arrays of ones (issue 17).
+    """
+    sw = _rsum(w)
+    r = y - (_rdot(w, y) / sw)[:, None]
+    q = _rdot(w * r, r)
+    trp = sw - _rdot(w, w) / sw
+    w2 = w * w
+    d = _rdot(w2, np.ones_like(w))
+    pp = _rsum(w2) - 2 * _rdot(w2, w) / sw + d * d / sw**2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rows = np.flatnonzero(~(w.max(axis=1) <= _DOMINANCE * sw))
+    if rows.size:  # the exact forms where one weight dominates
+        trp[rows] = trace_p(w[rows])
+        pp[rows] = _sum_p2(w[rows])
+    return q, trp, sw, pp
+
+
 def q_statistic(b: BatchInput) -> np.ndarray:
     """Cochran's Q (``QE`` with a design matrix).
 
@@ -443,6 +467,21 @@ def chi2_sf(x, df):
 def chi2_isf(p, df):
     """Inverse upper tail of the chi-square distribution."""
     return special.chdtri(df, p)
+
+
+def norm_ppf(p):
+    """Inverse lower tail of the standard normal (``scipy.stats.norm.ppf``)."""
+    return special.ndtri(np.asarray(p, dtype=float))
+
+
+def t_ppf(p, df):
+    """Inverse lower tail of Student's t (``scipy.stats.t.ppf``)."""
+    return special.stdtrit(df, p)
+
+
+def chi2_cdf(x, df):
+    """Lower tail of the chi-square distribution (``scipy.stats.chi2.cdf``)."""
+    return special.chdtr(df, x)
 
 
 def chi2_ppf(p, df):
@@ -733,10 +772,13 @@ def tau2_estimate(yi, vi=None, mask=None, method: str = "REML", *, X=None,
     with np.errstate(invalid="ignore", divide="ignore"):
         if method in ("DL", "HS"):
             w = fixed_weights(c)
-            q, _ = _q_and_slope(c.yi, c.vw, np.zeros(m), Xc)
-            trp = trace_p(w, Xc)
-            sw = _rsum(w)
-            pp = _sum_p2(w, X=Xc)
+            if Xc is None:
+                q, trp, sw, pp = _fixed_effect_sums(c.yi, w)
+            else:
+                q, _ = _q_and_slope(c.yi, c.vw, np.zeros(m), Xc)
+                trp = trace_p(w, Xc)
+                sw = _rsum(w)
+                pp = _sum_p2(w, X=Xc)
             if method == "DL":
                 tau2 = np.maximum((q - (k - p)) / trp, 0.0)
                 norm = trp

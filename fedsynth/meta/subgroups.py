@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from fedsynth.errors import InputError
+from fedsynth.meta import stats as st
 from fedsynth.meta._format import f, grid, peq
 from fedsynth.meta.metareg import (
     _json_safe,
@@ -58,7 +58,7 @@ class SubgroupFit(ResultMixin):
         level = check_fraction(confidence_level)
         if abs(level * 100.0 - self.level) < 1e-9:
             return Interval(self.ci_lb, self.ci_ub, level=level)
-        half = float(stats.norm.ppf(1 - (1 - level) / 2)) * self.se
+        half = float(st.norm_ppf(1 - (1 - level) / 2)) * self.se
         return Interval(self.estimate - half, self.estimate + half, level=level)
 
     def summary(self, digits: int = 4) -> str:
@@ -197,7 +197,7 @@ def subgroup_analysis(yi: Any, vi: Any, group: Sequence[Any], *,
         f"Study {i + 1}" for i in range(k))
     mask = np.array([[x == lvl for x in g] for lvl in levels])
     fit = fit_batch(y, v, mask, method=method)
-    crit = float(stats.norm.ppf(1 - (1 - level / 100) / 2))
+    crit = float(st.norm_ppf(1 - (1 - level / 100) / 2))
     fits = tuple(
         SubgroupFit(group=lvl, k=int(fit.k[j]), estimate=float(fit.estimate[j]),
                     se=float(fit.se[j]), ci_lb=float(fit.estimate[j] - crit * fit.se[j]),
@@ -217,7 +217,7 @@ def subgroup_analysis(yi: Any, vi: Any, group: Sequence[Any], *,
     common = fit_rma(y, v, X, method=method, compute_r2=False)
     return SubgroupResult(
         variable=variable, groups=fits, Q_between_separate_tau2=q_between, Q_between_df=df,
-        Q_between_pval=float(stats.chi2.sf(q_between, df)),
+        Q_between_pval=float(st.chi2_sf(q_between, df)),
         common_tau2_QM=float(common.QM or 0.0), common_tau2_QMp=float(common.QMp or 1.0),
         common_tau2=float(common.tau2), common_tau2_knha_F=common.knha_F,
         common_tau2_knha_Fp=common.knha_Fp, yi=y, vi=v, labels=labs,

@@ -322,9 +322,6 @@ def _batch_flags(args: argparse.Namespace, batch: BatchPoolingResult):
 def _analysis(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult,
               index: int):
     """The flag and diagnostics of analysis ``index`` (computed once, then cached)."""
-    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
-    from fedsynth import tabular
-
     # lazy: keeps scipy and numpy out of `fedsynth --help` start-up
     from fedsynth.meta.analysis import AnalysisResult, analyse
 
@@ -337,6 +334,9 @@ def _analysis(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResu
         sel = data.mask[index]
         rows = data.rows[index][sel]
         group = mods = order = order_values = None
+        if args.cumulative_by or args.subgroup or args.moderator:
+            # lazy: pandas only for the options that read another column
+            from fedsynth import tabular
         if args.cumulative_by:
             order = _cumulative_order(data.frame, args.cumulative_by, rows)
             col = tabular.text_column(data.frame, args.cumulative_by, option="--cumulative-by")
@@ -632,8 +632,9 @@ class MetaInput:
         Analysis names (the ``--by`` groups; ``("",)`` without ``--by``).
     grouped : bool
         Whether ``--by`` was given.
-    frame : pandas.DataFrame
-        The CSV as read (for options that need more columns).
+    frame : pandas.DataFrame or None
+        The CSV as read (for options that need more columns); None for the bundled
+        example read without pandas (:func:`_example_input`), which no option reads.
     rows : ndarray of int, shape (m, K)
         Row index in ``frame`` of each cell (-1 outside the mask).
     """
@@ -768,14 +769,15 @@ def _read_round(args: argparse.Namespace):
 
 def _used_columns(args: argparse.Namespace, frame) -> list[str]:
     """The columns this invocation reads numbers or groups from (for the NA check)."""
-    # lazy: keeps numpy, pandas and the statistics out of `fedsynth --help` start-up
-    from fedsynth.effects.effect_sizes import COLUMN_SETS
-
     cols: list[str] = []
     if args.method in COUNT_METHODS:
         given = {n: getattr(args, f"rare_{n}", None) for n in meta_rare.COUNT_OPTIONS}
         cols += [given[n] or n for n in meta_rare.COUNT_OPTIONS]
     elif getattr(args, "measure", None):
+        # lazy: only --measure needs escalc's column sets (scipy.integrate, and before
+        # 2026-11-28 scipy.stats through fedsynth.effects: the regression of issue 17)
+        from fedsynth.effects.effect_sizes import COLUMN_SETS
+
         mapping = _raw_mapping(args)
         names = dict.fromkeys(c for s in COLUMN_SETS[args.measure] for c in s)
         cols += [mapping.get(n, n) for n in names]
@@ -947,8 +949,51 @@ def _unique_labels(labels, codes, names: tuple[str, ...], args: argparse.Namespa
     return out
 
 
+#: Options that ``fedsynth meta --example`` may set and still be read without pandas:
+#: none of them reads a column of the input beyond the example's study, yi and sei.
+_LIGHT_EXAMPLE_OPTIONS = frozenset({"file", "example", "method", "test", "level", "tau2",
+                                    "format", "i2_threshold", "null_value"})
+
+
+def _light_example(args: argparse.Namespace) -> bool:
+    """Whether ``--example`` can be read without pandas (no option needs a data frame).
+
+    Importing pandas costs more CPU than the whole analysis of the 8-site example
+    (docs/decisions/startup.md), so the bundled example is read with the csv module
+    unless an option outside :data:`_LIGHT_EXAMPLE_OPTIONS` differs from its default
+    (that option may read a column: the pandas path serves it).
+    """
+    return bool(args.example and not args.file
+                and _only_options(args, _LIGHT_EXAMPLE_OPTIONS))
+
+
+def _example_input() -> MetaInput:
+    """The bundled seed example (study, yi, sei) as a :class:`MetaInput` without pandas.
+
+    The file is ours and fixed, so the validation of :func:`load_input` has nothing to
+    catch; ``tests/unit/test_meta_startup.py`` checks that this gives the same arrays as
+    the pandas path, bit for bit.
+    """
+    # lazy: keeps numpy out of `fedsynth --help` start-up
+    import numpy as np
+
+    text = (resources.files("fedsynth") / "data" / "seed_example.csv").read_text("utf-8-sig")
+    rows = list(csv.reader(io.StringIO(text)))
+    header, body = rows[0], [r for r in rows[1:] if r]
+    col = {name: [r[i] for r in body] for i, name in enumerate(header)}
+    yi = np.array([float(x) for x in col["yi"]])[None, :]
+    sei = np.array([float(x) for x in col["sei"]])
+    labels = np.array(col["study"], dtype=object)[None, :]
+    k = yi.shape[1]
+    return MetaInput(yi, (sei * sei)[None, :], np.ones((1, k), dtype=bool), labels, ("",),
+                     False, None, np.arange(k, dtype=np.int64)[None, :])
+
+
 def load_input(args: argparse.Namespace) -> MetaInput:
     """Read and validate the CSV named on the command line (or the seed example)."""
+    if _light_example(args):
+        _resolve_defaults(args)
+        return _example_input()
     # lazy: keeps numpy out of `fedsynth --help` start-up
     import numpy as np
 
@@ -1282,25 +1327,37 @@ def records_csv(recs: list[dict[str, Any]]) -> str:
     both write the same columns for the same pooled fields.
     """
     keys = list(dict.fromkeys(k for rec in recs for k in rec))
+    return (_csv_text([_csv_header(keys)]) + _csv_rows(recs, keys)).rstrip("\n")
+
+
+def _csv_header(keys: list[str]) -> list[str]:
+    """CSV column names of record keys: each ``*_ci`` key becomes ``*_ci_lb``, ``*_ci_ub``."""
+    header: list[str] = []
+    for key in keys:
+        header += [f"{key}_lb", f"{key}_ub"] if key.endswith("_ci") else [key]
+    return header
+
+
+def _csv_text(rows: Any) -> str:
+    buf = io.StringIO()
+    # the csv module writes None as an empty cell and floats with repr (round-trip exact)
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
+
+
+def _csv_rows(recs: list[dict[str, Any]], keys: list[str]) -> str:
+    """The CSV lines (each ending in a newline) of ``recs`` in the columns of ``keys``."""
     # column by column (one list comprehension per key, not a branch per cell): 20,000
     # analyses x 30 columns is 600,000 cells
-    header: list[str] = []
     columns: list[list[Any]] = []
     for key in keys:
         values = [rec.get(key) for rec in recs]
         if key.endswith("_ci"):
-            header += [f"{key}_lb", f"{key}_ub"]
             columns.append([None if v is None else v[0] for v in values])
             columns.append([None if v is None else v[1] for v in values])
         else:
-            header.append(key)
             columns.append(values)
-    buf = io.StringIO()
-    # the csv module writes None as an empty cell and floats with repr (round-trip exact)
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(zip(*columns))
-    return buf.getvalue().rstrip("\n")
+    return _csv_text(zip(*columns))
 
 
 RENDERERS = {"table": render_table, "json": render_json, "csv": render_csv}
@@ -1327,7 +1384,12 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read, pool, print. Output is built completely before anything is printed."""
+    """Read, pool, print.
+
+    Output is built completely before anything is printed, except a ``--by`` CSV of
+    more than :data:`STREAM_CHUNK` analyses, which is written chunk by chunk
+    (:func:`_stream_csv`).
+    """
     if args.file and _is_round_document(args.file) and not args.example:
         # a round document: its pooling settings are the defaults (load_input)
         return _finish(args, load_input(args))
@@ -1351,8 +1413,75 @@ def run(args: argparse.Namespace) -> int:
     return _finish(args, load_input(args))
 
 
+#: Options ``fedsynth meta --by ... --format csv`` may set and still stream its output
+#: chunk by chunk: each changes how analyses are read or pooled, none adds a section that
+#: needs every analysis at once (plots, Bayes, meta-regression, per-analysis diagnostics).
+_STREAM_OPTIONS = frozenset({
+    "file", "yi", "vi", "sei", "label", "measure", "add", "to", "drop00", "vtype", "by",
+    "sep", "decimal", "drop_na", "method", "test", "level", "tau2", "weights", "unweighted",
+    "format", "i2_threshold", "null_value", *(f"raw_{n}" for n, _ in RAW_OPTIONS)})
+
+#: Analyses per streamed chunk: large enough that the vectorised pooling and flag work
+#: dominates the per-chunk overhead, small enough that the records of one chunk (Python
+#: dicts, about 2 KB per analysis) stay a few tens of MB.
+STREAM_CHUNK = 16_384
+
+
+def _only_options(args: argparse.Namespace, allowed: frozenset[str]) -> bool:
+    """Whether every option outside ``allowed`` still has its default value."""
+    defaults = argparse.ArgumentParser(add_help=False)
+    add_arguments(defaults)
+    return all(name in allowed or getattr(args, name, None) == value
+               for name, value in vars(defaults.parse_args([])).items())
+
+
+def _streams(args: argparse.Namespace, data: MetaInput) -> bool:
+    """Whether the output is written chunk by chunk (large ``--by --format csv`` runs)."""
+    return (args.format == "csv" and data.grouped and len(data.names) > STREAM_CHUNK
+            and _only_options(args, _STREAM_OPTIONS))
+
+
+def _chunk(data: MetaInput, start: int, stop: int) -> MetaInput:
+    """Analyses ``start:stop`` of ``data`` (rows of the analyses are independent)."""
+    return MetaInput(data.yi[start:stop], data.vi[start:stop], data.mask[start:stop],
+                     data.labels[start:stop], data.names[start:stop], data.grouped,
+                     data.frame, data.rows[start:stop])
+
+
+def _stream_csv(args: argparse.Namespace, data: MetaInput) -> int:
+    """Pool, flag and write ``STREAM_CHUNK`` analyses at a time (issue 17).
+
+    Every row of the (m, K) grid is pooled and flagged on its own (per-row convergence
+    masks; the flag's refits are rows of their own), so a chunk's results equal those of
+    the whole batch (to the last bit or two that numpy's SIMD loops give differently to
+    the same element at another position; tests/unit/test_meta_stream.py); peak memory is one
+    chunk's records instead of all of them. Non-convergence warnings go to stderr as each
+    chunk is pooled.
+    """
+    _check_model_options(args)
+    out = sys.stdout
+    keys: list[str] | None = None
+    for start in range(0, len(data.names), STREAM_CHUNK):
+        part = _chunk(data, start, start + STREAM_CHUNK)
+        for cache in ("_flags", "_analyses"):
+            args.__dict__.pop(cache, None)
+        batch = compute(args, part)
+        _warn(batch)
+        recs = records(args, part, batch)
+        if keys is None:
+            keys = list(dict.fromkeys(k for rec in recs for k in rec))
+            out.write(_csv_text([_csv_header(keys)]))
+        elif any(rec.keys() != recs[0].keys() for rec in recs) or list(recs[0]) != keys:
+            raise RuntimeError("streamed CSV records changed their keys between chunks")
+        out.write(_csv_rows(recs, keys))
+    out.flush()
+    return 0
+
+
 def _finish(args: argparse.Namespace, data: MetaInput) -> int:
     """Pool the analyses read, render them, write the plots, print."""
+    if _streams(args, data):
+        return _stream_csv(args, data)
     batch = compute(args, data)
     text = RENDERERS[args.format](args, data, batch)
     figures = _plots(args, data, batch) + _profile_plots(args, data)

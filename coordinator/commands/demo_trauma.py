@@ -141,7 +141,7 @@ def verdict(model: Any) -> tuple[str, list[str], str]:
 
 
 def trauma_demo(out: str | Path, *, sites: int = 10, seed: int = 0,
-                heterogeneity: str = "high", deadline: str = "5m",
+                heterogeneity: str = "high", deadline: str = "15m",
                 quorum: int | None = None, min_cell_count: int = 5, min_n: int = 20,
                 method: str = "REML", progress: Callable[[str], Any] = print) -> int:
     """Run the trauma demo in ``out``; 0 when both rounds pooled, 1 otherwise.

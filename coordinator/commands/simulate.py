@@ -287,7 +287,9 @@ def _args(parser: argparse.ArgumentParser) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deadline", default=None,
-                        help="round deadline (default 2m; the trauma demo 5m)")
+                        help="round deadline (default 2m; the trauma demo 15m: a round "
+                             "closes as soon as every site answered and its models are "
+                             "fitted)")
     parser.add_argument("--quorum", type=int, default=None,
                         help="sites needed to pool (default: all)")
     parser.add_argument("--min-cell-count", type=int, default=5,
@@ -345,7 +347,7 @@ def _demo(args: argparse.Namespace) -> int:
 
         return trauma_demo(out, sites=10 if args.n_sites is None else args.n_sites,
                            seed=args.seed, heterogeneity=args.heterogeneity or "high",
-                           deadline="5m" if args.deadline is None else args.deadline,
+                           deadline="15m" if args.deadline is None else args.deadline,
                            quorum=args.quorum, min_cell_count=args.min_cell_count,
                            min_n=args.min_n, method=args.method)
     if args.heterogeneity == "none":

@@ -174,6 +174,26 @@ class _Site:
             self.results[f"a{i:03d}"] = WireEstimate(f"a{i:03d}", yi, vi, vi ** 0.5, n)
         self.sent_at: float | None = None
         self.acked_at: float | None = None
+        self.busy = 0          # calls the coordinator answered "busy" (retried, as agents do)
+
+    async def _retry(self, call, poll: float):
+        """``call()``, retried after about ``poll`` s while the coordinator is busy.
+
+        What an agent does with ``CoordinatorUnavailable`` (e.g. RESOURCE_EXHAUSTED from
+        the coordinator's bound on calls in flight, 512 by default): try again at the next
+        poll. A resent submission is the same signed bytes (``duplicate`` if it was stored).
+        """
+        from site_agent.client import CoordinatorUnavailable
+
+        while True:
+            try:
+                return await call()
+            except CoordinatorUnavailable:
+                self.busy += 1
+                await asyncio.sleep(poll * random.uniform(0.5, 1.5))
+
+    async def register(self, poll: float) -> None:
+        await self._retry(self.client.register, poll)
 
     async def run(self, poll: float, stop: asyncio.Event) -> None:
         from fedsynth.serde import SubmissionContent, encode_submission
@@ -181,7 +201,7 @@ class _Site:
 
         await asyncio.sleep(random.uniform(0, poll))         # agents are not in lockstep
         while not stop.is_set():
-            work = await self.client.pull_work()
+            work = await self._retry(self.client.pull_work, poll)
             if work:
                 item = work[0]
                 self.sent_at = time.perf_counter()
@@ -189,7 +209,8 @@ class _Site:
                     round_id=item.round_id, site=self.name, nonce=secrets.token_bytes(16),
                     timestamp=dt.datetime.now(dt.UTC), results=self.results)
                 payload = encode_submission(content)
-                ack = await self.client.submit(payload, sign(self.key, payload))
+                signature = sign(self.key, payload)
+                ack = await self._retry(lambda: self.client.submit(payload, signature), poll)
                 if ack.status not in ("accepted", "duplicate"):
                     raise RuntimeError(f"{self.name}: submission {ack.status}: {ack.message}")
                 self.acked_at = time.perf_counter()
@@ -210,7 +231,8 @@ async def _drive(config_path: Path, target: str, sites: list[str], analyses: int
     t_setup = time.perf_counter()
     clients = [_Site(name, pki, target, analyses, rng) for name in sites]
     # connect and register every site (TLS handshakes) before the round opens
-    await asyncio.gather(*(s.client.register() for s in clients))
+    await asyncio.gather(*(s.register(poll) for s in clients))
+    busy_at_open = sum(s.busy for s in clients)
     connect_s = time.perf_counter() - t_setup
     stop = asyncio.Event()
     tasks = [asyncio.create_task(s.run(poll, stop)) for s in clients]
@@ -269,6 +291,8 @@ async def _drive(config_path: Path, target: str, sites: list[str], analyses: int
         "submissions_per_s": len(sites) / (last_ack - first_sent) if last_ack > first_sent
         else float("inf"),
         "close_s": t_pooled - last_ack,
+        "busy_retries_register": busy_at_open,
+        "busy_retries_round": sum(s.busy for s in clients) - busy_at_open,
         "coordinator_cpu_s": (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None
         else None,
         "report_s": (t_report - t0) if t_report is not None else None,
@@ -341,6 +365,9 @@ def _print_run(result: dict) -> None:
     print(f"  first -> last submission      {result['first_to_last_submission_s']:8.2f} s   "
           f"({result['submissions_per_s']:.1f} submissions/s)")
     print(f"  last submission -> pooled     {result['close_s']:8.2f} s")
+    if result["busy_retries_register"] or result["busy_retries_round"]:
+        print(f"  'coordinator busy' retries    {result['busy_retries_register']:8d} "
+              f"registering, {result['busy_retries_round']} in the round")
     cpu = result["coordinator_cpu_s"]
     if cpu is not None:
         print(f"  coordinator CPU, open->pooled {cpu:8.2f} s   "

@@ -238,7 +238,7 @@ async def _drive(config_path: Path, target: str, sites: list[str], analyses: int
     tasks = [asyncio.create_task(s.run(poll, stop)) for s in clients]
     spec_text = (config_path.parent / "spec.toml").read_text(encoding="utf-8")
     store = Store(config.state)
-    cpu0 = cpu1 = None
+    cpu0 = cpu1 = cpu_acked = None
     try:
         cpu0 = _cpu_seconds(coordinator_pid) if coordinator_pid else None
         t0 = time.perf_counter()
@@ -249,6 +249,9 @@ async def _drive(config_path: Path, target: str, sites: list[str], analyses: int
             now=dt.datetime.now(dt.UTC), source="benchmark")
         t_open = time.perf_counter()
         await asyncio.gather(*tasks)
+        # every site acknowledged: the coordinator's CPU for the submissions, the rest
+        # until pooled is the close
+        cpu_acked = _cpu_seconds(coordinator_pid) if coordinator_pid else None
         t_pooled = None
         t_report = None
         limit = time.perf_counter() + 600
@@ -295,6 +298,10 @@ async def _drive(config_path: Path, target: str, sites: list[str], analyses: int
         "busy_retries_round": sum(s.busy for s in clients) - busy_at_open,
         "coordinator_cpu_s": (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None
         else None,
+        "coordinator_cpu_submissions_s": (cpu_acked - cpu0)
+        if cpu0 is not None and cpu_acked is not None else None,
+        "coordinator_cpu_close_s": (cpu1 - cpu_acked)
+        if cpu1 is not None and cpu_acked is not None else None,
         "report_s": (t_report - t0) if t_report is not None else None,
         "report": report if t_report is not None else None,
     }
@@ -372,6 +379,8 @@ def _print_run(result: dict) -> None:
     if cpu is not None:
         print(f"  coordinator CPU, open->pooled {cpu:8.2f} s   "
               f"({result['coordinator_cpu_per_cell_ms']:.3f} ms per site x analysis)")
+        print(f"    of which until the last ack {result['coordinator_cpu_submissions_s']:8.2f}"
+              f" s, closing {result['coordinator_cpu_close_s']:.2f} s")
     if result["report_s"] is not None:
         print(f"  open -> HTML report written   {result['report_s']:8.2f} s")
     print(f"  machine load average (1 min)  {result['load_avg_1m_at_start']:8.2f} at start, "
@@ -395,6 +404,8 @@ def growth(results: list[dict]) -> list[dict]:
         rows.append({"sites": r["sites"], "analyses": r["analyses"],
                      "cells_ratio": r["sites"] * r["analyses"] / cells0,
                      "coordinator_cpu_s": cpu,
+                     "coordinator_cpu_submissions_s": r["coordinator_cpu_submissions_s"],
+                     "coordinator_cpu_close_s": r["coordinator_cpu_close_s"],
                      "cpu_ratio": cpu / cpu0 if cpu is not None and cpu0 else None,
                      "open_to_pooled_s": r["open_to_pooled_s"],
                      "load_avg_1m_at_start": r["load_avg_1m_at_start"],
@@ -447,14 +458,16 @@ def main(argv: list[str] | None = None) -> int:
     if len(results) > 1:
         print("growth (coordinator CPU from open to pooled; linear: cpu ratio = cells ratio)")
         print("  sites x analyses   cells ratio   coordinator CPU   cpu ratio   "
-              "open->pooled   load 1m start/end")
+              "open->pooled   load 1m start/end   CPU submissions / close")
         for row in growth(results):
             ratio = ("n/a" if row["cpu_ratio"] is None else f"{row['cpu_ratio']:.2f}")
             cpu = ("n/a" if row["coordinator_cpu_s"] is None
                    else f"{row['coordinator_cpu_s']:.2f} s")
             print(f"  {row['sites']:5d} x {row['analyses']:<5d}   {row['cells_ratio']:11.2f}"
                   f"   {cpu:>15}   {ratio:>9}   {row['open_to_pooled_s']:10.2f} s"
-                  f"   {row['load_avg_1m_at_start']:.2f} / {row['load_avg_1m_at_end']:.2f}")
+                  f"   {row['load_avg_1m_at_start']:.2f} / {row['load_avg_1m_at_end']:.2f}"
+                  f"   {row['coordinator_cpu_submissions_s'] or 0:.2f} s / "
+                  f"{row['coordinator_cpu_close_s'] or 0:.2f} s")
     return 0
 
 

@@ -141,6 +141,9 @@ class Handlers:
         # audit outbox: ids appended to the audit log, not yet cleared from the store
         self._outbox_lock = threading.Lock()
         self._appended: set[int] = set()
+        # the largest outbox id flush_audit appended in order: the flush after each
+        # submission reads only newer entries (settle_audit rereads the whole outbox)
+        self._flushed_upto: int | None = None
         self._outbox_error: str | None = None
 
     # --- helpers -------------------------------------------------------------------------
@@ -429,19 +432,28 @@ class Handlers:
                           "identical answer already stored"), content
 
     # --- audit outbox ----------------------------------------------------------------------
-    def flush_audit(self) -> int:
+    def flush_audit(self, *, everything: bool = False) -> int:
         """Append the audit entries committed in the store's outbox to the audit log.
 
         Called after every accepted submission (the entry is on disk before the site is
         answered) and by :meth:`settle_audit`. Entries are appended in commit order, each
         once per process, carrying its ``outbox_id``; a failed append leaves the entry in
         the outbox to be retried. Returns the number appended.
+
+        After a submission only the entries newer than the last one appended are read
+        (the outbox holds every entry accepted since the closer's last
+        :meth:`settle_audit`: reading and parsing them all after each submission made a
+        round's cost grow with the square of its sites); ``everything`` (the closer's
+        call) reads the whole outbox, which also picks up an entry that committed after
+        a newer one (possible on PostgreSQL, where ids are drawn before the commit) and
+        retries failed appends.
         """
         if self.audit is None:
             return 0
         done = 0
         with self._outbox_lock:
-            for entry in self.store.pending_audit():
+            after = None if everything else self._flushed_upto
+            for entry in self.store.pending_audit(after=after):
                 if entry.id in self._appended:
                     continue
                 try:
@@ -454,6 +466,8 @@ class Handlers:
                     break
                 self._outbox_error = None
                 self._appended.add(entry.id)
+                if self._flushed_upto is None or entry.id > self._flushed_upto:
+                    self._flushed_upto = entry.id
                 done += 1
         return done
 
@@ -465,7 +479,7 @@ class Handlers:
         """
         if self.audit is None:
             return
-        self.flush_audit()
+        self.flush_audit(everything=True)
         with self._outbox_lock:
             ids = sorted(self._appended)
         if ids:

@@ -634,11 +634,16 @@ def close_if_due(store: Store, round_id: str, now: _dt.datetime) -> RoundOutcome
         record = store.get_round(round_id)
         if not record.is_open:
             return None
-        subs = store.submissions(round_id)
         models = store.model_results(round_id) if record.spec.get("models") else None
         done = not record.spec.get("models") or (models is not None and models[0] == "done")
-        if not is_due(record, len(subs), now, models_done=done):
+        # the round's counter (bumped in each submission's transaction) decides; the
+        # submissions are read only to pool them, not at every closer step while the round
+        # fills (that read parsed every stored submission twice a second)
+        if not is_due(record, record.n_submissions, now, models_done=done):
             return None
+        subs = store.submissions(round_id)
+        if len(subs) != record.n_submissions:
+            continue                  # a submission committed in between: read again
         outcome = pool_round(record, subs, now, models)
         if store.close_round(round_id, status=outcome.status,
                              document=outcome.document.to_dict(),

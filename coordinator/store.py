@@ -319,6 +319,41 @@ def _engine(url: str) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """What :meth:`Store._admit` checks for one kind of signed answer.
+
+    Its table, its key within a round and site, and the wording of its conflicts.
+    """
+
+    table: sa.Table
+    key: Callable[[str, str], tuple[Any, ...]]
+    different: Callable[[str, str], str]
+    replay: str
+
+
+_SUBMISSION = _Answer(
+    table=submissions,
+    key=lambda round_id, site: (submissions.c.round_id == round_id,
+                                submissions.c.site == site),
+    different=lambda round_id, site: (f"site {site!r} already submitted a different answer "
+                                      f"to round {round_id!r}; a round takes one submission "
+                                      "per site"),
+    replay="this submission's nonce was already used (replayed submission)")
+
+
+def _step_answer(step_id: str) -> _Answer:
+    """The :class:`_Answer` of one model step (its key includes the step)."""
+    return _Answer(
+        table=step_answers,
+        key=lambda round_id, site: (step_answers.c.round_id == round_id,
+                                    step_answers.c.site == site,
+                                    step_answers.c.step_id == step_id),
+        different=lambda round_id, site: (f"site {site!r} already answered step "
+                                          f"{step_id!r} differently"),
+        replay="this answer's nonce was already used (replayed answer)")
+
+
 class Store:
     """The coordinator's state (SQLite or PostgreSQL through SQLAlchemy Core).
 
@@ -334,6 +369,10 @@ class Store:
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
         self.url = url
+        # round id -> its allowed sites, parsed once: a round's allow-list never changes
+        # after it is opened, and parsing it per submission or per PullWork cost O(sites)
+        # per call (O(sites²) per round)
+        self._allowed: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {}
         try:
             self.engine = _engine(url)
             if migrate:
@@ -460,13 +499,24 @@ class Store:
             return self.get_round(round_id)
         raise StoreError("could not allocate a round id (too many concurrent round starts)")
 
-    @staticmethod
-    def _round(row: Any) -> RoundRecord:
+    def _allowed_of(self, round_id: str, allowed_json: str) -> tuple[tuple[str, ...],
+                                                                      frozenset[str]]:
+        """The allow-list of ``round_id`` as a tuple and a set (parsed once per round)."""
+        found = self._allowed.get(round_id)
+        if found is None:
+            names = tuple(json.loads(allowed_json))
+            found = (names, frozenset(names))
+            if len(self._allowed) >= 4096:
+                self._allowed.clear()
+            self._allowed[round_id] = found
+        return found
+
+    def _round(self, row: Any) -> RoundRecord:
         return RoundRecord(
             id=row["id"], status=row["status"], spec_toml=row["spec_toml"],
             spec=json.loads(row["spec_json"]), opened_at=parse_iso(row["opened_at"]),
             deadline=parse_iso(row["deadline"]), closed_at=parse_iso(row["closed_at"]),
-            quorum=row["quorum"], allowed=tuple(json.loads(row["allowed_json"])),
+            quorum=row["quorum"], allowed=self._allowed_of(row["id"], row["allowed_json"])[0],
             pooling=json.loads(row["pooling_json"]), failure_reason=row["failure_reason"],
             n_submissions=row["n_submissions"],
             document=json.loads(row["document_json"]) if row["document_json"] else None,
@@ -499,15 +549,81 @@ class Store:
 
     def open_rounds_for(self, site: str, now: _dt.datetime) -> list[RoundRecord]:
         """Open rounds, before their deadline, that allow ``site`` and it has not answered."""
-        answered = sa.select(submissions.c.round_id).where(submissions.c.site == site)
+        # NOT EXISTS on the primary key (round_id, site): one index probe per open round,
+        # where NOT IN (submissions of this site) scanned every submission ever stored
+        answered = sa.exists().where(submissions.c.round_id == rounds.c.id,
+                                     submissions.c.site == site)
         query = (sa.select(rounds).where(rounds.c.status == "open")
                  .where(rounds.c.deadline > iso(now))
-                 .where(rounds.c.id.not_in(answered)).order_by(rounds.c.id))
+                 .where(~answered).order_by(rounds.c.id))
         with self.engine.connect() as conn:
-            found = [self._round(r) for r in conn.execute(query).mappings().all()]
-        return [r for r in found if site in r.allowed]
+            rows = conn.execute(query).mappings().all()
+            return [self._round(r) for r in rows
+                    if site in self._allowed_of(r["id"], r["allowed_json"])[1]]
 
-    # --- submissions -----------------------------------------------------------------------
+    # --- submissions and step answers: one admission rule ----------------------------------
+    def _admit(self, conn: Connection, answer: _Answer, *, round_id: str, site: str,
+               nonce: bytes, digest: str, now: _dt.datetime) -> bool:
+        """The round's checks shared by submissions and step answers; True: a resend.
+
+        In this order: the round exists; an answer already stored under ``answer``'s key
+        is an identical resend (True, whatever the round's state, so a restarted agent can
+        finish) or a different answer (``different_content``); the round is open, before
+        its deadline and allows ``site``; the nonce was never used. Raises
+        :class:`SubmissionConflict`; returns False when the answer may be stored.
+
+        Only reads, and it must run before the caller's first write in ``conn``'s
+        transaction. On SQLite the transaction takes the database's write lock at its first
+        write (pysqlite defers ``BEGIN``): had the caller bumped ``rounds.n_submissions``
+        before these checks, a transaction that had written would hold the lock while a
+        racing identical resend still had to make its check, and the two would wait on
+        each other (tests/unit/test_resends.py forces exactly that interleaving). Reading
+        first keeps every racer's check lock-free; the loser's insert then fails on the
+        unique keys and :meth:`_resolve_race` answers ``duplicate``.
+        """
+        row = conn.execute(sa.select(rounds.c.status, rounds.c.deadline,
+                                     rounds.c.allowed_json)
+                           .where(rounds.c.id == round_id)).mappings().first()
+        if row is None:
+            raise SubmissionConflict("unknown_round", f"round {round_id!r} does not exist")
+        existing = conn.execute(sa.select(answer.table.c.digest).where(
+            *answer.key(round_id, site))).scalar()
+        if existing is not None:
+            if existing == digest:
+                return True
+            raise SubmissionConflict("different_content", answer.different(round_id, site))
+        if row["status"] != "open":
+            raise SubmissionConflict("round_closed", f"round {round_id!r} is closed "
+                                     f"({row['status']})")
+        if iso(now) > row["deadline"]:
+            raise SubmissionConflict("late", f"round {round_id!r} passed its deadline "
+                                     f"{row['deadline']}")
+        if site not in self._allowed_of(round_id, row["allowed_json"])[1]:
+            raise SubmissionConflict("site_not_in_round", f"site {site!r} is not one of "
+                                     f"round {round_id!r}'s sites")
+        seen = conn.execute(sa.select(answer.table.c.round_id).where(
+            answer.table.c.nonce == nonce.hex())).first()
+        if seen is not None:
+            raise SubmissionConflict("replay", answer.replay)
+        return False
+
+    def _resolve_race(self, answer: _Answer, *, round_id: str, site: str,
+                      digest: str) -> str:
+        """After a unique key refused the insert: ``"duplicate"`` or the conflict.
+
+        A concurrent transaction stored an answer under the same key, or used the same
+        nonce, between our checks and our insert (which rolled back whole): look again,
+        in a new transaction that sees its commit.
+        """
+        with self.engine.connect() as conn:
+            existing = conn.execute(sa.select(answer.table.c.digest).where(
+                *answer.key(round_id, site))).scalar()
+        if existing == digest:
+            return "duplicate"
+        if existing is not None:
+            raise SubmissionConflict("different_content", answer.different(round_id, site))
+        raise SubmissionConflict("replay", answer.replay)
+
     def add_submission(self, *, round_id: str, site: str, nonce: bytes,
                        signed_at: _dt.datetime, payload: bytes, signature: bytes,
                        results: dict[str, dict[str, Any]], agent_version: str | None,
@@ -519,7 +635,11 @@ class Store:
         interleaving: when a concurrent transaction stored the same bytes first (the unique
         keys then refuse this insert), the store is read again and the answer is
         ``"duplicate"``, not a conflict. Raises :class:`SubmissionConflict` otherwise,
-        changing nothing.
+        changing nothing (the checks: :meth:`_admit`).
+
+        The work is the same however many submissions the round holds: the checks read the
+        round's row and look up this site's submission and the nonce by their keys; no
+        earlier submission is read.
 
         ``audit``, when given, is the content of the ``submission.accepted`` audit entry: it
         is committed to the audit outbox in the same transaction as the submission
@@ -528,72 +648,29 @@ class Store:
         """
         digest = hashlib.sha256(payload).hexdigest()
         try:
-            return self._add_submission(round_id, site, nonce, signed_at, payload, signature,
-                                        results, agent_version, now, audit, digest)
+            with self.engine.begin() as conn:
+                if self._admit(conn, _SUBMISSION, round_id=round_id, site=site, nonce=nonce,
+                               digest=digest, now=now):
+                    return "duplicate"
+                bumped = conn.execute(rounds.update().where(
+                    rounds.c.id == round_id, rounds.c.status == "open").values(
+                    n_submissions=rounds.c.n_submissions + 1)).rowcount
+                if bumped != 1:
+                    raise SubmissionConflict("round_closed", f"round {round_id!r} is closed")
+                conn.execute(submissions.insert().values(
+                    round_id=round_id, site=site, nonce=nonce.hex(),
+                    signed_at=iso(signed_at), received_at=iso(now), payload=payload,
+                    signature=signature, digest=digest,
+                    results_json=json.dumps(results, sort_keys=True),
+                    agent_version=agent_version))
+                if audit is not None:
+                    conn.execute(audit_outbox.insert().values(
+                        event="submission.accepted",
+                        data_json=json.dumps(audit, sort_keys=True), created_at=iso(now)))
+            return "accepted"
         except sa.exc.IntegrityError:
             pass
-        # A concurrent transaction stored a submission for this round and site, or used this
-        # nonce, between our checks and our insert (which rolled back whole). Look again.
-        with self.engine.connect() as conn:
-            existing = conn.execute(sa.select(submissions.c.digest).where(
-                submissions.c.round_id == round_id, submissions.c.site == site)).scalar()
-        if existing == digest:
-            return "duplicate"
-        if existing is not None:
-            raise SubmissionConflict(
-                "different_content", f"site {site!r} already submitted a different answer "
-                f"to round {round_id!r}; a round takes one submission per site")
-        raise SubmissionConflict("replay", "this submission's nonce was already used "
-                                 "(replayed submission)")
-
-    def _add_submission(self, round_id: str, site: str, nonce: bytes,
-                        signed_at: _dt.datetime, payload: bytes, signature: bytes,
-                        results: dict[str, dict[str, Any]], agent_version: str | None,
-                        now: _dt.datetime, audit: dict[str, Any] | None, digest: str) -> str:
-        with self.engine.begin() as conn:
-            row = conn.execute(sa.select(rounds.c.status, rounds.c.deadline,
-                                         rounds.c.allowed_json)
-                               .where(rounds.c.id == round_id)).mappings().first()
-            if row is None:
-                raise SubmissionConflict("unknown_round", f"round {round_id!r} does not exist")
-            existing = conn.execute(sa.select(submissions.c.digest).where(
-                submissions.c.round_id == round_id, submissions.c.site == site)).scalar()
-            if existing is not None:
-                if existing == digest:
-                    return "duplicate"
-                raise SubmissionConflict(
-                    "different_content", f"site {site!r} already submitted a different answer "
-                    f"to round {round_id!r}; a round takes one submission per site")
-            if row["status"] != "open":
-                raise SubmissionConflict("round_closed", f"round {round_id!r} is closed "
-                                         f"({row['status']})")
-            if iso(now) > row["deadline"]:
-                raise SubmissionConflict("late", f"round {round_id!r} passed its deadline "
-                                         f"{row['deadline']}")
-            if site not in json.loads(row["allowed_json"]):
-                raise SubmissionConflict("site_not_in_round", f"site {site!r} is not one of "
-                                         f"round {round_id!r}'s sites")
-            seen = conn.execute(sa.select(submissions.c.round_id).where(
-                submissions.c.nonce == nonce.hex())).first()
-            if seen is not None:
-                raise SubmissionConflict("replay", "this submission's nonce was already used "
-                                         "(replayed submission)")
-            bumped = conn.execute(rounds.update().where(
-                rounds.c.id == round_id, rounds.c.status == "open").values(
-                n_submissions=rounds.c.n_submissions + 1)).rowcount
-            if bumped != 1:
-                raise SubmissionConflict("round_closed", f"round {round_id!r} is closed")
-            conn.execute(submissions.insert().values(
-                round_id=round_id, site=site, nonce=nonce.hex(),
-                signed_at=iso(signed_at), received_at=iso(now), payload=payload,
-                signature=signature, digest=digest,
-                results_json=json.dumps(results, sort_keys=True),
-                agent_version=agent_version))
-            if audit is not None:
-                conn.execute(audit_outbox.insert().values(
-                    event="submission.accepted", data_json=json.dumps(audit, sort_keys=True),
-                    created_at=iso(now)))
-        return "accepted"
+        return self._resolve_race(_SUBMISSION, round_id=round_id, site=site, digest=digest)
 
     # --- model steps -----------------------------------------------------------------------
     def add_step_answer(self, *, round_id: str, site: str, step_id: str, kind: str,
@@ -602,43 +679,20 @@ class Store:
                         audit: dict[str, Any] | None = None) -> str:
         """Store a verified answer to a model step; ``"accepted"`` or ``"duplicate"``.
 
-        The rules of :meth:`add_submission`: committed before the site is answered, an
-        identical resend is ``"duplicate"``, and :class:`SubmissionConflict` (kinds
-        ``unknown_round``, ``round_closed``, ``late``, ``site_not_in_round``,
-        ``different_content``, ``replay``) changes nothing. ``audit`` is the
-        ``model_step.accepted`` entry, committed to the outbox in the same transaction.
+        The rules of :meth:`add_submission` (the same :meth:`_admit`): committed before the
+        site is answered, an identical resend is ``"duplicate"``, and
+        :class:`SubmissionConflict` (kinds ``unknown_round``, ``round_closed``, ``late``,
+        ``site_not_in_round``, ``different_content``, ``replay``) changes nothing.
+        ``audit`` is the ``model_step.accepted`` entry, committed to the outbox in the same
+        transaction.
         """
         digest = hashlib.sha256(payload).hexdigest()
+        answer = _step_answer(step_id)
         try:
             with self.engine.begin() as conn:
-                row = conn.execute(sa.select(rounds.c.status, rounds.c.deadline,
-                                             rounds.c.allowed_json)
-                                   .where(rounds.c.id == round_id)).mappings().first()
-                if row is None:
-                    raise SubmissionConflict("unknown_round",
-                                             f"round {round_id!r} does not exist")
-                existing = conn.execute(sa.select(step_answers.c.digest).where(
-                    step_answers.c.round_id == round_id, step_answers.c.site == site,
-                    step_answers.c.step_id == step_id)).scalar()
-                if existing is not None:
-                    if existing == digest:
-                        return "duplicate"
-                    raise SubmissionConflict("different_content", f"site {site!r} already "
-                                             f"answered step {step_id!r} differently")
-                if row["status"] != "open":
-                    raise SubmissionConflict("round_closed", f"round {round_id!r} is closed "
-                                             f"({row['status']})")
-                if iso(now) > row["deadline"]:
-                    raise SubmissionConflict("late", f"round {round_id!r} passed its "
-                                             f"deadline {row['deadline']}")
-                if site not in json.loads(row["allowed_json"]):
-                    raise SubmissionConflict("site_not_in_round", f"site {site!r} is not one "
-                                             f"of round {round_id!r}'s sites")
-                seen = conn.execute(sa.select(step_answers.c.step_id).where(
-                    step_answers.c.nonce == nonce.hex())).first()
-                if seen is not None:
-                    raise SubmissionConflict("replay", "this answer's nonce was already used "
-                                             "(replayed answer)")
+                if self._admit(conn, answer, round_id=round_id, site=site, nonce=nonce,
+                               digest=digest, now=now):
+                    return "duplicate"
                 conn.execute(step_answers.insert().values(
                     round_id=round_id, site=site, step_id=step_id, nonce=nonce.hex(),
                     signed_at=iso(signed_at), received_at=iso(now), kind=kind,
@@ -650,17 +704,7 @@ class Store:
             return "accepted"
         except sa.exc.IntegrityError:
             pass
-        with self.engine.connect() as conn:
-            existing = conn.execute(sa.select(step_answers.c.digest).where(
-                step_answers.c.round_id == round_id, step_answers.c.site == site,
-                step_answers.c.step_id == step_id)).scalar()
-        if existing == digest:
-            return "duplicate"
-        if existing is not None:
-            raise SubmissionConflict("different_content", f"site {site!r} already answered "
-                                     f"step {step_id!r} differently")
-        raise SubmissionConflict("replay", "this answer's nonce was already used (replayed "
-                                 "answer)")
+        return self._resolve_race(answer, round_id=round_id, site=site, digest=digest)
 
     def step_answer_digest(self, round_id: str, site: str, step_id: str) -> str | None:
         """SHA-256 of the answer ``site`` stored for ``step_id`` of ``round_id``, or None."""
@@ -701,11 +745,18 @@ class Store:
         return str(row[0]), list(json.loads(row[1]))
 
     # --- audit outbox ----------------------------------------------------------------------
-    def pending_audit(self) -> list[OutboxEntry]:
-        """Audit entries committed but not yet appended to the audit log, oldest first."""
+    def pending_audit(self, after: int | None = None) -> list[OutboxEntry]:
+        """Audit entries committed but not yet appended to the audit log, oldest first.
+
+        ``after``: only the entries with a larger id (those committed since the caller's
+        last look), so that the call after each accepted submission reads the new entries,
+        not every entry waiting for the closer to clear them.
+        """
+        query = sa.select(audit_outbox).order_by(audit_outbox.c.id)
+        if after is not None:
+            query = query.where(audit_outbox.c.id > int(after))
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(audit_outbox).order_by(audit_outbox.c.id)
-                                ).mappings().all()
+            rows = conn.execute(query).mappings().all()
         return [OutboxEntry(int(r["id"]), r["event"], json.loads(r["data_json"]),
                             r["created_at"]) for r in rows]
 

@@ -73,7 +73,7 @@ def build_document(sites: int, analyses: int, seed: int = 17) -> dict:
     now = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.UTC)
     effects = []
     for i, a in enumerate(spec["analyses"]):
-        tau = 0.35 if i % 3 == 0 else 0.02          # a third heterogeneous: flagged, BLUPs
+        tau = 0.1 if i % 3 == 0 else 0.01           # a third heterogeneous: flagged, BLUPs
         mu = {"two_group": 0.4, "logistic": 0.25, "auc": 1.1}[a["estimator"]]
         effects.append((mu, tau))
     subs = []

@@ -116,7 +116,13 @@ def test_round_report_content(round_doc):
     # HTML parsers know no XML prefixes: <ns0:svg> would not render
     assert not re.search(r"<\w+:\w+", html_text)
     for svg in svgs:
-        assert svg.count("<path") > 10
+        # each site's interval and box (all of a kind in one path of the direct SVG writer,
+        # issue 17), the pooled diamond and the axis are drawn
+        k = len(SITES) - 1
+        ci = re.search(r'<path d="([^"]*)" stroke="#1f2a44"', svg).group(1)
+        boxes = re.search(r'<path d="([^"]*)" fill="#1f2a44"', svg).group(1)
+        assert ci.count("M") == k and ci.count("H") == k and boxes.count("z") == k
+        assert svg.count('fill="#1f4e79"') == 1 and svg.count("<text") > 3 * k
         assert all(f">{site}<" in svg for site in SITES if site != "mtf-foxtrot")
     for name, _, _ in ANALYSES:
         assert name in text
@@ -167,21 +173,16 @@ def test_ids_are_unique_across_inlined_figures(round_doc):
     assert ids and len(ids) == len(set(ids))
 
 
-def test_parallel_forest_plots_equal_serial_ones(round_doc, monkeypatch):
-    """Big rounds draw forest plots in worker processes; the page must not change."""
+def test_forest_plots_of_json_and_typed_analyses_are_equal(round_doc):
+    """The plots are drawn in-process from typed analyses (no worker pool since issue 17);
+    an analysis given as its JSON object draws the same SVG."""
     import coordinator.reports as reports
+    from fedsynth.round_document import RoundDocument
 
-    monkeypatch.setattr(reports, "PARALLEL_ROWS", 10**9)
-    serial = reports._forest_svgs(round_doc["analyses"])
-    monkeypatch.setattr(reports, "PARALLEL_ROWS", 1)
-    monkeypatch.setattr(reports.os, "cpu_count", lambda: 2)
-    calls = []
-    real_job = reports._forest_svg_job
-    monkeypatch.setattr(reports, "_forest_svg_job", lambda job: calls.append(job) or
-                        real_job(job))
-    parallel = reports._forest_svgs(round_doc["analyses"])
-    assert calls == []                      # drawn by the workers, not in this process
-    assert parallel == serial and all(parallel)
+    typed = RoundDocument.coerce(round_doc).analyses
+    from_json = reports._forest_svgs(round_doc["analyses"])
+    assert from_json == reports._forest_svgs(typed) and all(from_json)
+    assert [s.count("<svg") for s in from_json] == [1] * len(typed)
 
 
 def test_sanitize_svg_strips_active_content_and_prefixes_ids():

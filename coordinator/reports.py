@@ -325,14 +325,22 @@ def _forest_svgs_iter(analyses: Sequence[AnalysisResult]) -> Iterator[str | None
 
 def _forest_svg(analysis: AnalysisResult | Mapping[str, Any], *,
                 id_prefix: str) -> str | None:
-    """Forest plot of one analysis as sanitized inline SVG; None when no site estimate.
+    """Forest plot of one analysis as inline SVG; None when no site estimate.
 
     Drawn by the project's forest plot (:func:`fedsynth.plots.forest_svg`) on the
     analysis' pooling scale with back-transformed ticks (a c-statistic axis for an AUC
     pooled as a logit), the null line at the measure's null (none for the Brier score),
     and, for a flagged analysis, every site's BLUP with its prediction interval as a second
     marker and the driving sites in red.
+
+    The SVG is not passed through :func:`sanitize_svg`: that parser is for SVG whose
+    structure we do not control (matplotlib's). ``forest_svg`` writes a fixed set of
+    elements (``svg, style, rect, path, g, text``) with numeric or constant attributes, no
+    ids and every text escaped (tests/unit/test_plots.py checks this on hostile labels);
+    re-parsing it cost more than drawing it (issue 17). ``id_prefix`` is unused then
+    (there are no ids) and kept for the callers.
     """
+    del id_prefix
     entry = (analysis if isinstance(analysis, AnalysisResult)
              else AnalysisResult.from_dict(dict(analysis), where="forest plot"))
     sc = _scale_of(entry)
@@ -357,10 +365,9 @@ def _forest_svg(analysis: AnalysisResult | Mapping[str, Any], *,
                                     and b.blup_pi_ub is not None for b in rows):
         blup = {"pred": [b.blup for b in rows], "pi_lb": [b.blup_pi_lb for b in rows],
                 "pi_ub": [b.blup_pi_ub for b in rows]}
-    svg = forest_svg(data, measure=None, title=entry.analysis, scale=sc.scale,
-                     null_value=sc.null_value, estimand=sc.estimand, blup=blup,
-                     drivers=het.sites if het.flagged else None)
-    return sanitize_svg(svg, id_prefix)
+    return forest_svg(data, measure=None, title=entry.analysis, scale=sc.scale,
+                      null_value=sc.null_value, estimand=sc.estimand, blup=blup,
+                      drivers=het.sites if het.flagged else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -564,15 +571,16 @@ def _site_estimate_table(a: AnalysisResult) -> str:
         blup_cells = ""
         if show_blup:
             b = blups.get(e.site)
-            blup_cells = (f"<td>{_fmt(_shown(b.blup, sc))}</td>"
+            blup_cells = (f"<td>{_fmt(_shown(b.blup, sc))}"
                           f"<td>{_interval(_shown(b.blup_pi_lb, sc), _shown(b.blup_pi_ub, sc))}"
-                          "</td>" if b is not None else "<td></td><td></td>")
-        # numeric cells are right-aligned by the table's class (table.sites): a class on
-        # each of 60,000 cells was a fifth of a 300 x 200 round's report (issue 17)
-        rows.append(f"<tr><td>{_esc(e.site)}{mark}</td><td>{n_cell}</td>"
-                    f"<td>{_fmt(_shown(y, sc))}</td>"
-                    f"<td>{_interval(_shown(lo, sc), _shown(hi, sc))}</td>{blup_cells}"
-                    f"<td>{_fmt(weights.get(e.site), 1)}%</td></tr>")
+                          if b is not None else "<td><td>")
+        # numeric cells are right-aligned by the table's class (table.sites), and cells and
+        # rows end where the next begins (HTML's optional end tags): a class and an end tag
+        # on each of 300,000 cells were a third of a 300 x 200 round's report (issue 17)
+        rows.append(f"<tr><td>{_esc(e.site)}{mark}<td>{n_cell}"
+                    f"<td>{_fmt(_shown(y, sc))}"
+                    f"<td>{_interval(_shown(lo, sc), _shown(hi, sc))}{blup_cells}"
+                    f"<td>{_fmt(weights.get(e.site), 1)}%")
     span = 5 + (2 if show_blup else 0)
     for site, reason in a.refused.items():
         rows.append(f"<tr><td>{_esc(site)} {_badge('refused', 'missing')}</td>"
@@ -910,10 +918,10 @@ def _model_forest_svg(model: Mapping[str, Any], name: str, pooled: Mapping[str, 
     if finite_or_none(data.get("level")) is None:
         data["level"] = 95.0
     flagged = bool(flag and flag.get("flagged"))
-    svg = forest_svg(data, measure=None, title=f"{model.get('name')}: {name}",
-                     scale="identity", null_value=0.0,
-                     drivers=list(flag.get("sites") or []) if flagged and flag else None)
-    return sanitize_svg(svg, prefix)
+    del prefix                                   # no ids in forest_svg (see _forest_svg)
+    return forest_svg(data, measure=None, title=f"{model.get('name')}: {name}",
+                      scale="identity", null_value=0.0,
+                      drivers=list(flag.get("sites") or []) if flagged and flag else None)
 
 
 def _models_section(doc: RoundDocument) -> str:

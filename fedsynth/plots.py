@@ -30,6 +30,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -254,10 +255,16 @@ _ADVANCE = {
 _WIDE_FROM = 0x2E80
 
 
+_EM = {weight: {chr(32 + i): a / 1000.0 for i, a in enumerate(adv)}
+       for weight, adv in _ADVANCE.items()}
+_MAX_EM = max(max(adv) for adv in _ADVANCE.values()) / 1000.0   # no glyph is wider (≤ 1 em)
+
+
 def _char_em(char: str, weight: str) -> float:
+    em = _EM[weight].get(char)
+    if em is not None:
+        return em
     code = ord(char)
-    if 32 <= code <= 126:
-        return _ADVANCE[weight][code - 32] / 1000.0
     if code in (0x2026, 0x25B2, 0x25C6, 0x25CB, 0x25C7) or code >= _WIDE_FROM:
         return 1.0
     return 0.75 if weight == "normal" else 0.8
@@ -268,11 +275,19 @@ def _text_width_in(texts: Sequence[str], size: float, weight: str = "normal") ->
 
     The sum of advance widths is what a renderer lays out before kerning, which only
     tightens text: columns sized by it never let a label run into the plot. One dictionary
-    lookup per character instead of a text layout per string.
+    lookup per character instead of a text layout per string, and only for the longest
+    strings: one of ``n`` characters is at most ``n`` times the widest glyph wide.
     """
+    table = _EM[weight]
     widest = 0.0
-    for s in texts:
-        widest = max(widest, sum(_char_em(c, weight) for c in s))
+    for s in sorted(set(texts), key=len, reverse=True):
+        if len(s) * _MAX_EM <= widest:
+            break
+        em = 0.0
+        for c in s:
+            w = table.get(c)
+            em += w if w is not None else _char_em(c, weight)
+        widest = max(widest, em)
     return widest * size / 72.0
 
 
@@ -339,23 +354,17 @@ def _ratio_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
         inside = [c for c in inside if math.isclose(math.log10(c) % 1, 0, abs_tol=1e-9)
                   or math.isclose(math.log10(c) % 1, 1, abs_tol=1e-9) or c == 1]
     if len(inside) < 3:            # a narrow range (e.g. OR 0.9 to 1.1): linear-nice ratios
-        # lazy: matplotlib (~1 s) is imported only when a figure is drawn
-        from matplotlib.ticker import MaxNLocator
-
-        nice = MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]).tick_values(rlo, rhi)
-        inside = [float(c) for c in nice if c > 0 and rlo <= c <= rhi] or [rlo, rhi]
+        nice = _nice_ticks(rlo, rhi, 4)[0]
+        inside = [c for c in nice if c > 0 and rlo <= c <= rhi] or [rlo, rhi]
     labels = [f"{c:.4g}" for c in inside]
     return [math.log(c) for c in inside], labels
 
 
 def _logit_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
     """Tick positions (logit scale) and labels as proportions (a c-statistic axis)."""
-    # lazy: matplotlib (~1 s) is imported only when a figure is drawn
-    from matplotlib.ticker import MaxNLocator
-
     plo, phi = from_scale(lo, "logit"), from_scale(hi, "logit")
-    nice = MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]).tick_values(plo, phi)
-    inside = [float(c) for c in nice if 0 < c < 1 and plo <= c <= phi] or [plo, phi]
+    nice = _nice_ticks(plo, phi, 5)[0]
+    inside = [c for c in nice if 0 < c < 1 and plo <= c <= phi] or [plo, phi]
     return [to_scale(c, "logit") for c in inside], [f"{c:.4g}" for c in inside]
 
 
@@ -564,6 +573,7 @@ class _ForestLayout:
     height: float
     top: float
     bottom: float
+    _wmax: float = 1.0
 
     def drives(self, row: _Row) -> bool:
         """Whether a row is a site that drives the heterogeneity."""
@@ -577,9 +587,13 @@ class _ForestLayout:
 
     def marker_size(self, site: int) -> float:
         """Side of a site's square in points: its area proportional to the site's weight."""
-        wmax = float(np.max(self.data.weights)) if self.data.weights.size else 1.0
         max_marker = 0.8 * _ROW_IN * 72.0            # a square fills 80% of a row
-        return max(3.0, max_marker * math.sqrt(float(self.data.weights[site]) / wmax))
+        return max(3.0, max_marker * math.sqrt(float(self.data.weights[site]) / self.wmax))
+
+    @property
+    def wmax(self) -> float:
+        """The largest site weight (percent)."""
+        return self._wmax
 
     def footer_lines(self) -> list[tuple[float, str, str]]:
         """``(inches from the bottom, text, colour)`` of the footer, then the legend."""
@@ -757,7 +771,8 @@ def _forest_layout(result: Any, *, measure: str | None, title: str | None, subgr
         lo=lo, hi=hi, ticks=tuple(ticks), tick_labels=tuple(tick_labels), null=null,
         x_label=x_label, title=title, footer=tuple(footer), legend=tuple(legend),
         x_plot=x_plot, x_right=x_right, x_weight=x_weight, width=width, height=height,
-        top=top, bottom=bottom)
+        top=top, bottom=bottom,
+        _wmax=float(np.max(data.weights)) if data.weights.size else 1.0)
 
 
 def forest_plot(result: Any, *, measure: str | None = None, title: str | None = None,
@@ -1000,13 +1015,15 @@ def _forest_svg_text(lay: _ForestLayout) -> str:
     def x_of(value: float) -> float:
         return ax_x0 + (value - lo) / (hi - lo) * (ax_x1 - ax_x0)
 
-    def y_of(i: float) -> float:                 # row i (0 = header), centre
-        return ax_y0 + (i + 0.5) * row_pt
+    def y_of(i: float) -> float:
+        # centre of row i (0 = the header) to the point: a row's marks and text share it,
+        # and whole numbers keep a 300-row plot a sixth smaller (issue 17)
+        return float(round(ax_y0 + (i + 0.5) * row_pt))
 
     def text(x: float | None, y: float, body: str, cls: str = "",
              fill: str | None = None) -> str:
         attrs = "" if x is None else f' x="{_n(x)}"'     # None: the column's group sets x
-        attrs += f' y="{_n(y)}"'
+        attrs += f' y="{round(y)}"'             # a baseline to the point is exact enough
         if cls:
             attrs += f' class="{cls}"'
         if fill:
@@ -1026,7 +1043,8 @@ def _forest_svg_text(lay: _ForestLayout) -> str:
         x = x_of(data.estimate)
         out.append(f'<path d="M{_n(x)} {_n(ax_y0)}V{_n(ax_y1)}" stroke="{_RE_COLOUR}" '
                    'stroke-width="0.6" stroke-dasharray="0.6 0.99"/>')
-    ci, arrows, squares, pis, pi_ticks, blup_pi = [], [], [], [], [], []
+    ci, arrows, pis, pi_ticks, blup_pi = [], [], [], [], []
+    squares: dict[str, list[str]] = {}
     fitted, circles, bayes_d = [], [], []
     # the three text columns, each a group that sets x once (a third of the bytes of a
     # 300-row plot were repeated x attributes)
@@ -1052,10 +1070,10 @@ def _forest_svg_text(lay: _ForestLayout) -> str:
                 arrows.append(f"M{_n(a - 2)} {_n(y)}l4 -2v4z")
             if r_hi > hi:
                 arrows.append(f"M{_n(b + 2)} {_n(y)}l-4 -2v4z")
-            side = lay.marker_size(s)
-            xe = x_of(r_est)
-            squares.append(f"M{_n(xe - side / 2)} {_n(y - side / 2)}h{_n(side)}v{_n(side)}"
-                           f"h-{_n(side)}z")
+            # a square of side s: a stroke s wide and s long; one path per side length
+            side = _n(lay.marker_size(s))
+            squares.setdefault(side, []).append(
+                f"M{_n(x_of(r_est) - float(side) / 2)} {_n(y)}h{side}")
             if lay.fitted is not None:
                 xf = x_of(float(lay.fitted[s]))
                 fitted.append(f"M{_n(xf)} {_n(y - 3.5)}l3.5 3.5l-3.5 3.5l-3.5 -3.5z")
@@ -1064,7 +1082,7 @@ def _forest_svg_text(lay: _ForestLayout) -> str:
                 circles.append(f"M{_n(xb - 3.5)} {_n(y)}a3.5 3.5 0 1 0 7 0"
                                "a3.5 3.5 0 1 0 -7 0")
             if lay.blup_lo is not None and lay.blup_hi is not None:
-                yb = y + 0.3 * row_pt
+                yb = y + round(0.3 * row_pt)
                 a2 = x_of(max(float(lay.blup_lo[s]), lo))
                 b2 = x_of(min(float(lay.blup_hi[s]), hi))
                 blup_pi.append(f"M{_n(a2)} {_n(yb)}H{_n(b2)}")
@@ -1098,8 +1116,9 @@ def _forest_svg_text(lay: _ForestLayout) -> str:
         out.append(f'<path d="{d}" stroke="{colour}" stroke-width="1"/>')
     if arrows:
         out.append(f'<path d="{"".join(arrows)}" fill="{_SITE_COLOUR}"/>')
-    if squares:
-        out.append(f'<path d="{"".join(squares)}" fill="{_SITE_COLOUR}"/>')
+    for side, strokes in squares.items():
+        out.append(f'<path d="{"".join(strokes)}" stroke="{_SITE_COLOUR}" '
+                   f'stroke-width="{side}"/>')
     if fitted:
         out.append(f'<path d="{"".join(fitted)}" fill="{_FE_COLOUR}"/>')
     if circles:
@@ -1131,8 +1150,16 @@ def _forest_svg_text(lay: _ForestLayout) -> str:
     return "".join(out)
 
 
+#: Characters XML 1.0 forbids (C0 controls but tab, newline, return; U+FFFE, U+FFFF).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
 def _xml(text: str) -> str:
-    """Text content for SVG/HTML: ``&``, ``<`` and ``>`` escaped."""
+    """Text content for SVG/HTML: ``&``, ``<`` and ``>`` escaped, non-XML characters as U+FFFD.
+
+    A site name with a control character would otherwise make the SVG ill-formed.
+    """
+    text = _NOT_XML.sub("\ufffd", text)
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 

@@ -13,7 +13,8 @@ recorded is simply reported again at the next start.
 
 Protocol: the round document arrives as JSON on stdin (so no database URL or credential
 appears on a command line), the report directory is the only argument; the worker prints
-ONE JSON line on stdout, ``{"html": PATH, "json": PATH}`` or ``{"error": "..."}`` when the
+ONE JSON line on stdout, ``{"html": PATH, "json": PATH}`` (plus ``"pages": FOLDER`` when a
+big round was written as a summary page and one page per analysis) or ``{"error": "..."}`` when the
 document cannot be reported (an :class:`~fedsynth.errors.InputError` of
 :meth:`fedsynth.round_document.RoundDocument.from_dict`, which validates it, or of
 :func:`coordinator.reports.write_round_report`; no file is written then), and exits 0. A
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         document = RoundDocument.from_dict(raw, where="round document on stdin")
         paths = write_round_report(document, args.report_dir)
         result = {"html": str(paths.html), "json": str(paths.json)}
+        if paths.pages is not None:                 # a big round: one page per analysis
+            result["pages"] = str(paths.pages)
     except Exception as error:  # noqa: BLE001 - reported to the coordinator, recorded
         logging.getLogger(__name__).exception(
             "report of round %s failed", raw.get("round") if isinstance(raw, dict) else "?")

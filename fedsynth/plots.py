@@ -30,6 +30,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,8 +49,8 @@ from fedsynth.meta.pooling import BatchPoolingResult, meta_analysis
 from fedsynth.meta.subgroups import SubgroupResult, subgroup_analysis
 from fedsynth.vocabulary import METHODS, RATIO_MEASURES, SCALES, from_scale, to_scale
 
-__all__ = ["RATIO_MEASURES", "forest_plot", "funnel_plot", "save_figure", "radial_plot",
-           "qqnorm_plot", "baujat_plot", "gosh_plot", "labbe_plot", "bubble_plot",
+__all__ = ["RATIO_MEASURES", "forest_plot", "forest_svg", "funnel_plot", "save_figure",
+           "radial_plot", "qqnorm_plot", "baujat_plot", "gosh_plot", "labbe_plot", "bubble_plot",
            "PLOT_KINDS", "qq_envelope", "QQEnvelope", "supsmu", "r_rnorm"]
 
 
@@ -228,18 +229,117 @@ def _new_figure(width: float, height: float):
     return fig
 
 
-def _text_width_in(fig, texts: Sequence[str], size: float, weight: str = "normal") -> float:
-    """Widest of ``texts`` in inches at this font size, measured by the renderer."""
-    if not texts:
-        return 0.0
-    renderer = fig.canvas.get_renderer()
-    probe = fig.text(0, 0, "", fontsize=size, fontweight=weight, parse_math=False)
+#: Advance widths of DejaVu Sans (matplotlib's default font), in 1/1000 em, for the
+#: printable ASCII characters " " to "~", normal and bold, read once from the font files
+#: matplotlib ships (tests/unit/test_plots.py checks them against the font). Column widths
+#: are sums of these: no text is laid out by a renderer to measure it (issue 17: measuring
+#: every label of a 300-site plot with matplotlib cost more than drawing it).
+_ADVANCE = {
+    "normal": (318, 401, 460, 838, 636, 950, 780, 275, 390, 390, 500, 838, 318, 361, 318,
+               337, 636, 636, 636, 636, 636, 636, 636, 636, 636, 636, 337, 337, 838, 838,
+               838, 531, 1000, 684, 686, 698, 770, 632, 575, 775, 752, 295, 295, 656, 557,
+               863, 748, 787, 603, 787, 695, 635, 611, 732, 684, 989, 685, 611, 685, 390,
+               337, 390, 838, 500, 500, 613, 635, 550, 635, 615, 352, 635, 634, 278, 278,
+               579, 278, 974, 634, 612, 635, 635, 411, 521, 392, 634, 592, 818, 592, 592,
+               525, 636, 337, 636, 838),
+    "bold": (348, 456, 521, 838, 696, 1002, 872, 306, 457, 457, 523, 838, 380, 415, 380,
+             365, 696, 696, 696, 696, 696, 696, 696, 696, 696, 696, 400, 400, 838, 838, 838,
+             580, 1000, 774, 762, 734, 830, 683, 683, 821, 837, 372, 372, 775, 637, 995, 837,
+             850, 733, 850, 770, 720, 682, 812, 774, 1103, 771, 724, 725, 457, 365, 457, 838,
+             500, 500, 675, 716, 593, 716, 678, 435, 716, 712, 343, 343, 665, 343, 1042, 712,
+             687, 716, 716, 493, 595, 478, 712, 652, 924, 645, 652, 582, 712, 365, 712, 838),
+}
+#: Characters outside ASCII: the widest glyph of the symbols the plots use (ellipsis, the
+#: driver triangle, tau, superscripts: at most 1 em), 0.75 em for other letters of
+#: alphabetic scripts (accented Latin letters are 0.55-0.85 em) and 1 em for CJK and wider.
+_WIDE_FROM = 0x2E80
+
+
+_EM = {weight: {chr(32 + i): a / 1000.0 for i, a in enumerate(adv)}
+       for weight, adv in _ADVANCE.items()}
+_MAX_EM = max(max(adv) for adv in _ADVANCE.values()) / 1000.0   # no glyph is wider (≤ 1 em)
+
+
+def _char_em(char: str, weight: str) -> float:
+    em = _EM[weight].get(char)
+    if em is not None:
+        return em
+    code = ord(char)
+    if code in (0x2026, 0x25B2, 0x25C6, 0x25CB, 0x25C7) or code >= _WIDE_FROM:
+        return 1.0
+    return 0.75 if weight == "normal" else 0.8
+
+
+def _text_width_in(texts: Sequence[str], size: float, weight: str = "normal") -> float:
+    """Widest of ``texts`` in inches at this font size (points), from the font's advances.
+
+    The sum of advance widths is what a renderer lays out before kerning, which only
+    tightens text: columns sized by it never let a label run into the plot. One dictionary
+    lookup per character instead of a text layout per string, and only for the longest
+    strings: one of ``n`` characters is at most ``n`` times the widest glyph wide.
+    """
+    table = _EM[weight]
     widest = 0.0
-    for s in texts:
-        probe.set_text(s)
-        widest = max(widest, probe.get_window_extent(renderer).width / fig.dpi)
-    probe.remove()
-    return widest
+    for s in sorted(set(texts), key=len, reverse=True):
+        if len(s) * _MAX_EM <= widest:
+            break
+        em = 0.0
+        for c in s:
+            w = table.get(c)
+            em += w if w is not None else _char_em(c, weight)
+        widest = max(widest, em)
+    return widest * size / 72.0
+
+
+def _nice_ticks(lo: float, hi: float, nbins: int) -> tuple[list[float], int]:
+    """At most ``nbins + 1`` ticks at 1, 2, 2.5 or 5 times a power of ten inside [lo, hi].
+
+    As matplotlib's ``MaxNLocator(steps=[1, 2, 2.5, 5, 10])``; also returns the decimals
+    a label needs to tell the ticks apart.
+    """
+    raw = max(hi - lo, 1e-12) / nbins
+    power = math.floor(math.log10(raw))
+    step, decimals = 10.0 ** (power + 1), max(0, -(power + 1))
+    for mult in (1.0, 2.0, 2.5, 5.0):
+        if mult * 10.0 ** power >= raw * (1 - 1e-9):
+            step = mult * 10.0 ** power
+            decimals = max(0, -power + (1 if mult == 2.5 else 0))
+            break
+    first, last = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
+    return [round(i * step, 12) for i in range(first, last + 1)], decimals
+
+
+def _tick_label(value: float, decimals: int) -> str:
+    """A tick label as matplotlib writes it (a true minus sign, no ``-0``)."""
+    text = f"{value:.{decimals}f}"
+    if float(text) == 0:
+        text = text.lstrip("-")
+    return text.replace("-", "\u2212")
+
+
+def _thin_ticks(ticks: list[float], labels: list[str], lo: float, hi: float,
+                null: float | None) -> tuple[list[float], list[str]]:
+    """Drop every other tick until no two labels touch (4 px at 100 dpi between them).
+
+    Widths come from the font's advances; the tick at the null value is kept when there is
+    one. The plotting column is ``_PLOT_IN`` wide.
+    """
+    pairs = [(t, lab) for t, lab in zip(ticks, labels) if lo - 1e-12 <= t <= hi + 1e-12]
+    gap = 4.0 / 100.0                                            # inches between labels
+    for _ in range(8):
+        if len(pairs) <= 2:
+            break
+        pos = [(t - lo) / (hi - lo) * _PLOT_IN for t, _ in pairs]
+        half = [_text_width_in([lab], _SMALL) / 2 for _, lab in pairs]
+        if all(pos[i + 1] - half[i + 1] - (pos[i] + half[i]) >= gap
+               for i in range(len(pairs) - 1)):
+            break
+        start = 0
+        if null is not None:
+            at_null = [i for i, (t, _) in enumerate(pairs) if abs(t - null) < 1e-12]
+            start = at_null[0] % 2 if at_null else 0
+        pairs = pairs[start::2]
+    return [t for t, _ in pairs], [lab for _, lab in pairs]
 
 
 def _ratio_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
@@ -254,23 +354,17 @@ def _ratio_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
         inside = [c for c in inside if math.isclose(math.log10(c) % 1, 0, abs_tol=1e-9)
                   or math.isclose(math.log10(c) % 1, 1, abs_tol=1e-9) or c == 1]
     if len(inside) < 3:            # a narrow range (e.g. OR 0.9 to 1.1): linear-nice ratios
-        # lazy: matplotlib (~1 s) is imported only when a figure is drawn
-        from matplotlib.ticker import MaxNLocator
-
-        nice = MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]).tick_values(rlo, rhi)
-        inside = [float(c) for c in nice if c > 0 and rlo <= c <= rhi] or [rlo, rhi]
+        nice = _nice_ticks(rlo, rhi, 4)[0]
+        inside = [c for c in nice if c > 0 and rlo <= c <= rhi] or [rlo, rhi]
     labels = [f"{c:.4g}" for c in inside]
     return [math.log(c) for c in inside], labels
 
 
 def _logit_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
     """Tick positions (logit scale) and labels as proportions (a c-statistic axis)."""
-    # lazy: matplotlib (~1 s) is imported only when a figure is drawn
-    from matplotlib.ticker import MaxNLocator
-
     plo, phi = from_scale(lo, "logit"), from_scale(hi, "logit")
-    nice = MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]).tick_values(plo, phi)
-    inside = [float(c) for c in nice if 0 < c < 1 and plo <= c <= phi] or [plo, phi]
+    nice = _nice_ticks(plo, phi, 5)[0]
+    inside = [c for c in nice if 0 < c < 1 and plo <= c <= phi] or [plo, phi]
     return [to_scale(c, "logit") for c in inside], [f"{c:.4g}" for c in inside]
 
 
@@ -447,76 +541,75 @@ _AUTO: Any = object()
 _DRIVER_COLOUR = "#b22222"
 
 
-def forest_plot(result: Any, *, measure: str | None = None, title: str | None = None,
-                subgroups: Any = None, blup: Any = None, bayes: Any = None,
-                show_fixed: bool = False, scale: str | None = None,
-                null_value: Any = _AUTO, drivers: Sequence[str] | None = None,
-                estimand: str | None = None):
-    """Forest plot of a pooled analysis, or of any other result of the library.
+@dataclass(frozen=True)
+class _ForestLayout:
+    """A forest plot laid out: rows, markers, axis and columns in inches.
 
-    Examples
-    --------
-    >>> from fedsynth.meta import meta_analysis
-    >>> res = meta_analysis([0.2, 0.5, 0.1], [0.04, 0.05, 0.03], labels=["A", "B", "C"])
-    >>> fig = forest_plot(res, measure="MD", title="three sites")
-    >>> type(fig).__name__
-    'Figure'
-
-    Parameters
-    ----------
-    result
-        Any result type: a :class:`~fedsynth.meta.PoolingResult` (also one analysis of
-        a batch), a batch of one analysis, an
-        :class:`~fedsynth.meta.analysis.AnalysisResult` (its BLUPs and subgroups are
-        drawn), a :class:`~fedsynth.meta.subgroups.SubgroupResult` (blocks, one diamond
-        per group), a :class:`~fedsynth.meta.metareg.MetaRegressionResult` (each site
-        with its fitted value, no summary diamond, as metafor's ``forest`` of a model with
-        moderators) or a :class:`~fedsynth.meta.bayes.BayesResult` (the posterior rows);
-        or a mapping with a pooling result's keys (``yi, vi, labels, weights, estimate,
-        ci_lb, ci_ub, pi_lb, pi_ub, tau2, I2, Q, Q_pval, method, level``; a
-        round-document analysis with ``site_estimates`` works too).
-    measure
-        Effect measure (defaults to ``result.measure`` if present). OR, RR, HR, IRR and ROM
-        are drawn on the log scale with back-transformed tick labels and numbers.
-    title
-        Title above the plot.
-    subgroups
-        One group value per site, or a
-        :class:`~fedsynth.meta.subgroups.SubgroupResult`: sites are drawn in blocks
-        with a diamond per group and the between-group test in the footer.
-    blup
-        Shrunken site estimates to mark on each row: a ``BlupResult`` (``.pred``) or an array.
-    bayes
-        A :class:`~fedsynth.meta.bayes.BayesResult`: marks each site's posterior mean
-        and adds a row with the posterior median and credible interval of ``mu`` and its
-        predictive interval.
-    show_fixed
-        Add the fixed-effect (inverse-variance) diamond.
-    scale
-        The scale the estimates are on: ``identity``, ``log`` or ``logit`` (default: the
-        result's ``scale`` key, else ``log`` for a ratio ``measure``). The axis stays
-        linear on that scale, and tick labels and numbers are back-transformed (a
-        c-statistic axis for ``logit``).
-    null_value
-        The null on the reading scale (0.5 for a c-statistic, 1 for a ratio or a
-        calibration slope), drawn as the grey vertical line; None draws no null line (the
-        Brier score). Default: the result's ``null_value`` key, else the back-transform of
-        0.
-    drivers
-        Site labels that drive the heterogeneity: drawn in red and bold, with a legend.
-    estimand
-        Axis label (default: the result's ``estimand``, else ``measure``).
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        With an Agg canvas; save it with :func:`save_figure`.
-
-    Raises
-    ------
-    InputError
-        Missing or non-finite estimates, non-positive variances, mismatched lengths.
+    What :func:`forest_plot` (matplotlib) and :func:`forest_svg` (direct SVG) both draw,
+    so the two look the same and no layout rule exists twice.
     """
+
+    data: _Pooled
+    rows: tuple[_Row, ...]
+    driving: frozenset[str]
+    blup_pred: np.ndarray | None
+    blup_lo: np.ndarray | None
+    blup_hi: np.ndarray | None
+    fitted: np.ndarray | None
+    bayes_theta: np.ndarray | None
+    lo: float                               # x range, pooling scale
+    hi: float
+    ticks: tuple[float, ...]
+    tick_labels: tuple[str, ...]
+    null: float | None                      # pooling scale
+    x_label: str
+    title: str | None
+    footer: tuple[str, ...]
+    legend: tuple[tuple[str, str], ...]
+    x_plot: float                           # inches from the left edge
+    x_right: float
+    x_weight: float
+    width: float                            # inches
+    height: float
+    top: float
+    bottom: float
+    _wmax: float = 1.0
+
+    def drives(self, row: _Row) -> bool:
+        """Whether a row is a site that drives the heterogeneity."""
+        return row.kind == "site" and self.data.labels[row.site] in self.driving
+
+    def label_colour(self, row: _Row) -> str:
+        """Colour of a row's label."""
+        if self.drives(row):
+            return _DRIVER_COLOUR
+        return _GROUP_COLOUR if row.kind == "group" else "#000000"
+
+    def marker_size(self, site: int) -> float:
+        """Side of a site's square in points: its area proportional to the site's weight."""
+        max_marker = 0.8 * _ROW_IN * 72.0            # a square fills 80% of a row
+        return max(3.0, max_marker * math.sqrt(float(self.data.weights[site]) / self.wmax))
+
+    @property
+    def wmax(self) -> float:
+        """The largest site weight (percent)."""
+        return self._wmax
+
+    def footer_lines(self) -> list[tuple[float, str, str]]:
+        """``(inches from the bottom, text, colour)`` of the footer, then the legend."""
+        y_in = _PAD_IN + 0.2 * (len(self.footer) + len(self.legend)) - 0.2
+        out = []
+        for line, colour in [(f, "#000000") for f in self.footer] + list(self.legend):
+            out.append((y_in, line, colour))
+            y_in -= 0.2
+        return out
+
+
+def _forest_layout(result: Any, *, measure: str | None, title: str | None, subgroups: Any,
+                   blup: Any, bayes: Any, show_fixed: bool, scale: str | None,
+                   null_value: Any, drivers: Sequence[str] | None,
+                   estimand: str | None) -> _ForestLayout:
+    """Rows, markers, axis and column geometry of a forest plot (see :func:`forest_plot`)."""
     result, subgroups, blup, bayes, fitted, model_footer = _as_forest_input(
         result, subgroups, blup, bayes)
     data = _pooled(result)
@@ -634,18 +727,20 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
     if bayes_theta is not None:
         legend.append(("\u25c7 Bayesian posterior mean of the site's effect", _BAYES_COLOUR))
 
-    # ---- measure columns, then lay the figure out in inches ------------------------------
-    n = len(rows)
-    probe = _new_figure(6, 2)
-    label_w = max(_text_width_in(probe, [r.label for r in rows if not r.bold], _FONT),
-                  _text_width_in(probe, [r.label for r in rows if r.bold], _FONT, "bold"))
-    right_w = _text_width_in(probe, [r.right for r in rows], _FONT, "bold")
-    weight_w = _text_width_in(probe, [r.weight for r in rows], _FONT, "bold")
-    foot_w = _text_width_in(probe, footer + [t for t, _ in legend], _SMALL)
-    title_w = _text_width_in(probe, [title] if title else [], _FONT + 2, "bold")
+    # ---- columns from the font's advance widths, then the figure in inches ---------------
     what = estimand or meas or "Estimate"
     x_label = what if scale == "identity" else f"{what} ({scale} scale)"
-    x_label_w = _text_width_in(probe, [x_label], _SMALL)
+    label_w = max(_text_width_in([r.label for r in rows if not r.bold], _FONT),
+                  _text_width_in([r.label for r in rows if r.bold], _FONT, "bold"))
+    if driving & set(data.labels):             # "▲ " before a driving site, in bold
+        label_w = max(label_w, _text_width_in(
+            ["\u25b2 " + r.label for r in rows
+             if r.kind == "site" and data.labels[r.site] in driving], _FONT, "bold"))
+    right_w = _text_width_in([r.right for r in rows], _FONT, "bold")
+    weight_w = _text_width_in([r.weight for r in rows], _FONT, "bold")
+    foot_w = _text_width_in(footer + [t for t, _ in legend], _SMALL)
+    title_w = _text_width_in([title] if title else [], _FONT + 2, "bold")
+    x_label_w = _text_width_in([x_label], _SMALL)
     x_label_room = (x_label_w - _PLOT_IN) / 2 if x_label_w > _PLOT_IN else 0.0
     x_plot = _PAD_IN + label_w + _GAP_IN
     x_right = x_plot + _PLOT_IN + _GAP_IN
@@ -654,60 +749,151 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
                 x_plot + _PLOT_IN + x_label_room + _PAD_IN)
     top = _PAD_IN + (0.35 if title else 0.0)
     bottom = 0.55 + 0.2 * (len(footer) + len(legend)) + _PAD_IN
-    height = top + n * _ROW_IN + bottom
-    fig = _new_figure(width, height)
-    ax = fig.add_axes((x_plot / width, bottom / height, _PLOT_IN / width, n * _ROW_IN / height))
-    ax.set_ylim(-0.5, n - 0.5)
-    ypos = {i: n - 1 - i for i in range(n)}
+    height = top + len(rows) * _ROW_IN + bottom
 
-    # ---- x range --------------------------------------------------------------------------
+    # ---- x range and ticks ----------------------------------------------------------------
     null = None if null_value is None else to_scale(null_value, scale)
     points = list(data.yi) + pooled_points + (
         list(fitted_values) if fitted_values is not None else []) + (
         list(blup_lo) + list(blup_hi) if blup_lo is not None and blup_hi is not None else [])
     lo, hi = _x_limits(points, site_lo, site_hi, null)
-    ax.set_xlim(lo, hi)
     if scale == "log":
         ticks, tick_labels = _ratio_ticks(lo, hi)
-        ax.set_xticks(ticks, tick_labels)
     elif scale == "logit":
         ticks, tick_labels = _logit_ticks(lo, hi)
-        ax.set_xticks(ticks, tick_labels)
-    ax.tick_params(axis="x", labelsize=_SMALL, length=3)
-    ax.set_yticks([])
-    for side in ("top", "right", "left"):
-        ax.spines[side].set_visible(False)
-    ax.set_xlabel(x_label, fontsize=_SMALL, parse_math=False)
-    if null is not None:
-        ax.axvline(null, color="#9aa0a6", lw=0.8, zorder=0, gid="null-line")
-    _fit_ticks(fig, ax, null)
+    else:       # matplotlib's AutoLocator on a 3.4-inch axis with 8-point labels: 9 bins
+        ticks, decimals = _nice_ticks(lo, hi, 9)
+        tick_labels = [_tick_label(t, decimals) for t in ticks]
+    ticks, tick_labels = _thin_ticks(ticks, tick_labels, lo, hi, null)
+    return _ForestLayout(
+        data=data, rows=tuple(rows), driving=frozenset(driving), blup_pred=blup_pred,
+        blup_lo=blup_lo, blup_hi=blup_hi, fitted=fitted_values, bayes_theta=bayes_theta,
+        lo=lo, hi=hi, ticks=tuple(ticks), tick_labels=tuple(tick_labels), null=null,
+        x_label=x_label, title=title, footer=tuple(footer), legend=tuple(legend),
+        x_plot=x_plot, x_right=x_right, x_weight=x_weight, width=width, height=height,
+        top=top, bottom=bottom,
+        _wmax=float(np.max(data.weights)) if data.weights.size else 1.0)
 
-    # ---- text columns (x in inches from the left, y in rows) ------------------------------
+
+def forest_plot(result: Any, *, measure: str | None = None, title: str | None = None,
+                subgroups: Any = None, blup: Any = None, bayes: Any = None,
+                show_fixed: bool = False, scale: str | None = None,
+                null_value: Any = _AUTO, drivers: Sequence[str] | None = None,
+                estimand: str | None = None):
+    """Forest plot of a pooled analysis, or of any other result of the library.
+
+    Examples
+    --------
+    >>> from fedsynth.meta import meta_analysis
+    >>> res = meta_analysis([0.2, 0.5, 0.1], [0.04, 0.05, 0.03], labels=["A", "B", "C"])
+    >>> fig = forest_plot(res, measure="MD", title="three sites")
+    >>> type(fig).__name__
+    'Figure'
+
+    Parameters
+    ----------
+    result
+        Any result type: a :class:`~fedsynth.meta.PoolingResult` (also one analysis of
+        a batch), a batch of one analysis, an
+        :class:`~fedsynth.meta.analysis.AnalysisResult` (its BLUPs and subgroups are
+        drawn), a :class:`~fedsynth.meta.subgroups.SubgroupResult` (blocks, one diamond
+        per group), a :class:`~fedsynth.meta.metareg.MetaRegressionResult` (each site
+        with its fitted value, no summary diamond, as metafor's ``forest`` of a model with
+        moderators) or a :class:`~fedsynth.meta.bayes.BayesResult` (the posterior rows);
+        or a mapping with a pooling result's keys (``yi, vi, labels, weights, estimate,
+        ci_lb, ci_ub, pi_lb, pi_ub, tau2, I2, Q, Q_pval, method, level``; a
+        round-document analysis with ``site_estimates`` works too).
+    measure
+        Effect measure (defaults to ``result.measure`` if present). OR, RR, HR, IRR and ROM
+        are drawn on the log scale with back-transformed tick labels and numbers.
+    title
+        Title above the plot.
+    subgroups
+        One group value per site, or a
+        :class:`~fedsynth.meta.subgroups.SubgroupResult`: sites are drawn in blocks
+        with a diamond per group and the between-group test in the footer.
+    blup
+        Shrunken site estimates to mark on each row: a ``BlupResult`` (``.pred``) or an array.
+    bayes
+        A :class:`~fedsynth.meta.bayes.BayesResult`: marks each site's posterior mean
+        and adds a row with the posterior median and credible interval of ``mu`` and its
+        predictive interval.
+    show_fixed
+        Add the fixed-effect (inverse-variance) diamond.
+    scale
+        The scale the estimates are on: ``identity``, ``log`` or ``logit`` (default: the
+        result's ``scale`` key, else ``log`` for a ratio ``measure``). The axis stays
+        linear on that scale, and tick labels and numbers are back-transformed (a
+        c-statistic axis for ``logit``).
+    null_value
+        The null on the reading scale (0.5 for a c-statistic, 1 for a ratio or a
+        calibration slope), drawn as the grey vertical line; None draws no null line (the
+        Brier score). Default: the result's ``null_value`` key, else the back-transform of
+        0.
+    drivers
+        Site labels that drive the heterogeneity: drawn in red and bold, with a legend.
+    estimand
+        Axis label (default: the result's ``estimand``, else ``measure``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        With an Agg canvas; save it with :func:`save_figure`. :func:`forest_svg` draws
+        the same plot as SVG text directly, without matplotlib (what the round report uses).
+
+    Raises
+    ------
+    InputError
+        Missing or non-finite estimates, non-positive variances, mismatched lengths.
+    """
+    lay = _forest_layout(result, measure=measure, title=title, subgroups=subgroups,
+                         blup=blup, bayes=bayes, show_fixed=show_fixed, scale=scale,
+                         null_value=null_value, drivers=drivers, estimand=estimand)
+    return _forest_figure(lay)
+
+
+def _forest_figure(lay: _ForestLayout):
+    """Draw a laid-out forest plot with matplotlib."""
     # lazy: matplotlib (~1 s) is imported only when a figure is drawn
     from matplotlib import transforms
     from matplotlib.patches import Polygon
 
+    data, rows, n = lay.data, lay.rows, len(lay.rows)
+    width, height, bottom = lay.width, lay.height, lay.bottom
+    lo, hi = lay.lo, lay.hi
+    fig = _new_figure(width, height)
+    ax = fig.add_axes((lay.x_plot / width, bottom / height, _PLOT_IN / width,
+                       n * _ROW_IN / height))
+    ax.set_ylim(-0.5, n - 0.5)
+    ax.set_xlim(lo, hi)
+    ax.set_xticks(list(lay.ticks), list(lay.tick_labels))
+    ax.tick_params(axis="x", labelsize=_SMALL, length=3)
+    ax.set_yticks([])
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    ax.set_xlabel(lay.x_label, fontsize=_SMALL, parse_math=False)
+    if lay.null is not None:
+        ax.axvline(lay.null, color="#9aa0a6", lw=0.8, zorder=0, gid="null-line")
+
+    # ---- text columns (x in inches from the left, y in rows) ------------------------------
     col = transforms.blended_transform_factory(fig.dpi_scale_trans, ax.transData)
-    wmax = float(np.max(data.weights)) if k else 1.0
-    max_marker = 0.8 * _ROW_IN * 72.0                      # points: a square fills 80% of a row
     for i, row in enumerate(rows):
-        y = ypos[i]
+        y = n - 1 - i
         weight = "bold" if row.bold else "normal"
         if row.label:
-            drives = row.kind == "site" and data.labels[row.site] in driving
+            drives = lay.drives(row)
             fig.text(_PAD_IN, y, ("\u25b2 " if drives else "") + row.label, transform=col,
                      fontsize=_FONT, fontweight="bold" if drives else weight,
-                     parse_math=False, va="center", ha="left",
-                     color=(_DRIVER_COLOUR if drives else "#000000" if row.kind != "group"
-                            else _GROUP_COLOUR),
+                     parse_math=False, va="center", ha="left", color=lay.label_colour(row),
                      gid=(f"label-site-{row.site}" if row.kind == "site"
                           else f"label-{row.kind}-{i}"))
         if row.right:
-            fig.text(x_right, y, row.right, transform=col, fontsize=_FONT, fontweight=weight,
-                     parse_math=False, va="center", ha="left", gid=f"right-{row.kind}-{i}")
+            fig.text(lay.x_right, y, row.right, transform=col, fontsize=_FONT,
+                     fontweight=weight, parse_math=False, va="center", ha="left",
+                     gid=f"right-{row.kind}-{i}")
         if row.weight:
-            fig.text(x_weight, y, row.weight, transform=col, fontsize=_FONT, fontweight=weight,
-                     parse_math=False, va="center", ha="right",
+            fig.text(lay.x_weight, y, row.weight, transform=col, fontsize=_FONT,
+                     fontweight=weight, parse_math=False, va="center", ha="right",
                      gid=f"weight-{row.kind}-{i}")
         if row.kind == "site":
             i_site = row.site
@@ -718,23 +904,22 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
                 ax.plot([lo], [y], marker="<", ms=4, color=row.colour, zorder=2)
             if r_hi > hi:
                 ax.plot([hi], [y], marker=">", ms=4, color=row.colour, zorder=2)
-            size = max(3.0, max_marker * math.sqrt(data.weights[i_site] / wmax))
-            ax.plot([r_est], [y], marker="s", ms=size, color=row.colour, mew=0,
-                    zorder=3, linestyle="none")
-            if fitted_values is not None:
-                ax.plot([fitted_values[i_site]], [y], marker="D", ms=5, color=_FE_COLOUR,
+            ax.plot([r_est], [y], marker="s", ms=lay.marker_size(i_site), color=row.colour,
+                    mew=0, zorder=3, linestyle="none")
+            if lay.fitted is not None:
+                ax.plot([lay.fitted[i_site]], [y], marker="D", ms=5, color=_FE_COLOUR,
                         mew=0, zorder=4, linestyle="none")
-            if blup_pred is not None:
-                ax.plot([blup_pred[i_site]], [y], marker="o", ms=7, mfc="none",
+            if lay.blup_pred is not None:
+                ax.plot([lay.blup_pred[i_site]], [y], marker="o", ms=7, mfc="none",
                         mec=_BLUP_COLOUR, mew=1.1, zorder=4, linestyle="none",
                         gid=f"blup-{i_site}")
-            if blup_lo is not None and blup_hi is not None:
+            if lay.blup_lo is not None and lay.blup_hi is not None:
                 yb = y - 0.3
-                a2, b2 = max(blup_lo[i_site], lo), min(blup_hi[i_site], hi)
+                a2, b2 = max(lay.blup_lo[i_site], lo), min(lay.blup_hi[i_site], hi)
                 ax.plot([a2, b2], [yb, yb], color=_BLUP_COLOUR, lw=0.9, zorder=2,
                         solid_capstyle="butt", gid=f"blup-pi-{i_site}")
-            if bayes_theta is not None:
-                ax.plot([bayes_theta[i_site]], [y], marker="D", ms=4.5, mfc="none",
+            if lay.bayes_theta is not None:
+                ax.plot([lay.bayes_theta[i_site]], [y], marker="D", ms=4.5, mfc="none",
                         mec=_BAYES_COLOUR, mew=1.1, zorder=4, linestyle="none")
         elif row.kind == "summary":
             r_lo, r_est, r_hi = row.bounds()
@@ -751,22 +936,231 @@ def forest_plot(result: Any, *, measure: str | None = None, title: str | None = 
     if data.estimate is not None:
         ax.axvline(data.estimate, color=_RE_COLOUR, lw=0.6, ls=":", zorder=1)
     # ---- title and footer ------------------------------------------------------------------
-    if title:
-        fig.text(_PAD_IN / width, 1 - _PAD_IN / height, title, fontsize=_FONT + 2,
+    if lay.title:
+        fig.text(_PAD_IN / width, 1 - _PAD_IN / height, lay.title, fontsize=_FONT + 2,
                  fontweight="bold", va="top", ha="left", gid="title", parse_math=False)
-    y_in = _PAD_IN + 0.2 * (len(footer) + len(legend)) - 0.2
-    n_foot = 0
-    for line in footer:
-        n_foot += 1
+    for n_foot, (y_in, line, colour) in enumerate(lay.footer_lines(), start=1):
         fig.text(_PAD_IN / width, y_in / height, line, fontsize=_SMALL, va="bottom",
-                 ha="left", gid=f"footer-{n_foot}", parse_math=False)
-        y_in -= 0.2
-    for line, colour in legend:
-        n_foot += 1
-        fig.text(_PAD_IN / width, y_in / height, line, fontsize=_SMALL, va="bottom",
-                 ha="left", color=colour, gid=f"legend-{n_foot}")
-        y_in -= 0.2
+                 ha="left", color=colour,
+                 gid=f"footer-{n_foot}" if n_foot <= len(lay.footer) else f"legend-{n_foot}",
+                 parse_math=False)
     return fig
+
+
+def _n(value: float) -> str:
+    """A coordinate in points for SVG: one decimal, no trailing ``.0``."""
+    text = f"{value:.1f}"
+    return text[:-2] if text.endswith(".0") else text
+
+
+_SVG_STYLE = (
+    "svg.fp text{font-family:'DejaVu Sans','Bitstream Vera Sans',Verdana,sans-serif;"
+    "font-size:9px;fill:#000}svg.fp .b{font-weight:bold}svg.fp .e{text-anchor:end}"
+    "svg.fp .m{text-anchor:middle}svg.fp .s{font-size:8px}svg.fp .t{font-size:11px;"
+    "font-weight:bold}svg.fp .g{fill:" + _GROUP_COLOUR + "}svg.fp .d{fill:" + _DRIVER_COLOUR
+    + ";font-weight:bold}")
+
+
+def forest_svg(result: Any, *, measure: str | None = None, title: str | None = None,
+               subgroups: Any = None, blup: Any = None, bayes: Any = None,
+               show_fixed: bool = False, scale: str | None = None,
+               null_value: Any = _AUTO, drivers: Sequence[str] | None = None,
+               estimand: str | None = None) -> str:
+    """The forest plot of :func:`forest_plot` as compact SVG text, drawn without matplotlib.
+
+    Same arguments, rows, columns, axis, ticks, markers and colours as :func:`forest_plot`
+    (both draw one layout); the SVG is written directly: labels as real ``<text>`` (the
+    page stays searchable), all intervals of a kind as one ``<path>``, no clip paths and no
+    ids, so several plots can share one page. A 300-site plot takes milliseconds and
+    ~60 kB, where matplotlib's SVG backend takes seconds and ~500 kB (issue 17: the
+    HTML report of a 300-site x 200-analysis round). Text is positioned from the font's
+    advance widths (DejaVu Sans, matplotlib's default); a viewer without that font falls
+    back to Verdana or another sans-serif of similar width.
+
+    Examples
+    --------
+    >>> from fedsynth.meta import meta_analysis
+    >>> res = meta_analysis([0.2, 0.5, 0.1], [0.04, 0.05, 0.03], labels=["A", "B", "C"])
+    >>> svg = forest_svg(res, measure="MD", title="three sites")
+    >>> svg.startswith("<svg") and ">B</text>" in svg
+    True
+
+    Returns
+    -------
+    str
+        One ``<svg>`` element (namespace declared, sized in points, ``class="fp"``).
+
+    Raises
+    ------
+    InputError
+        As :func:`forest_plot`.
+    """
+    lay = _forest_layout(result, measure=measure, title=title, subgroups=subgroups,
+                         blup=blup, bayes=bayes, show_fixed=show_fixed, scale=scale,
+                         null_value=null_value, drivers=drivers, estimand=estimand)
+    return _forest_svg_text(lay)
+
+
+def _forest_svg_text(lay: _ForestLayout) -> str:
+    """Write a laid-out forest plot as SVG (units: points, origin top left)."""
+    pt = 72.0
+    data, rows = lay.data, lay.rows
+    lo, hi = lay.lo, lay.hi
+    w_pt, h_pt = lay.width * pt, lay.height * pt
+    ax_x0, ax_x1 = lay.x_plot * pt, (lay.x_plot + _PLOT_IN) * pt
+    ax_y0 = lay.top * pt
+    ax_y1 = (lay.top + len(rows) * _ROW_IN) * pt
+    row_pt = _ROW_IN * pt
+
+    def x_of(value: float) -> float:
+        return ax_x0 + (value - lo) / (hi - lo) * (ax_x1 - ax_x0)
+
+    def y_of(i: float) -> float:
+        # centre of row i (0 = the header) to the point: a row's marks and text share it,
+        # and whole numbers keep a 300-row plot a sixth smaller (issue 17)
+        return float(round(ax_y0 + (i + 0.5) * row_pt))
+
+    def text(x: float | None, y: float, body: str, cls: str = "",
+             fill: str | None = None) -> str:
+        attrs = "" if x is None else f' x="{_n(x)}"'     # None: the column's group sets x
+        attrs += f' y="{round(y)}"'             # a baseline to the point is exact enough
+        if cls:
+            attrs += f' class="{cls}"'
+        if fill:
+            attrs += f' style="fill:{fill}"'
+        return f"<text{attrs}>{_xml(body)}</text>"
+
+    base9 = 0.33 * _FONT                     # baseline below a row's centre
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="fp" width="{_n(w_pt)}pt" '
+           f'height="{_n(h_pt)}pt" viewBox="0 0 {_n(w_pt)} {_n(h_pt)}" role="img">',
+           f"<style>{_SVG_STYLE}</style>",
+           f'<rect width="{_n(w_pt)}" height="{_n(h_pt)}" fill="#fff"/>']
+    if lay.null is not None and lo <= lay.null <= hi:
+        x = x_of(lay.null)
+        out.append(f'<path d="M{_n(x)} {_n(ax_y0)}V{_n(ax_y1)}" stroke="#9aa0a6" '
+                   'stroke-width="0.8"/>')
+    if data.estimate is not None and lo <= data.estimate <= hi:
+        x = x_of(data.estimate)
+        out.append(f'<path d="M{_n(x)} {_n(ax_y0)}V{_n(ax_y1)}" stroke="{_RE_COLOUR}" '
+                   'stroke-width="0.6" stroke-dasharray="0.6 0.99"/>')
+    ci, arrows, pis, pi_ticks, blup_pi = [], [], [], [], []
+    squares: dict[str, list[str]] = {}
+    fitted, circles, bayes_d = [], [], []
+    # the three text columns, each a group that sets x once (a third of the bytes of a
+    # 300-row plot were repeated x attributes)
+    labels_out, rights, weights = [], [], []
+    for i, row in enumerate(rows):
+        y = y_of(i)
+        weight_cls = "b" if row.bold else ""
+        if row.label:
+            drives = lay.drives(row)
+            cls = "d" if drives else ("g b" if row.kind == "group" else weight_cls)
+            labels_out.append(text(None, y + base9,
+                                   ("\u25b2 " if drives else "") + row.label, cls))
+        if row.right:
+            rights.append(text(None, y + base9, row.right, weight_cls))
+        if row.weight:
+            weights.append(text(None, y + base9, row.weight, weight_cls))
+        if row.kind == "site":
+            s = row.site
+            r_lo, r_est, r_hi = row.bounds()
+            a, b = x_of(max(r_lo, lo)), x_of(min(r_hi, hi))
+            ci.append(f"M{_n(a)} {_n(y)}H{_n(b)}")
+            if r_lo < lo:
+                arrows.append(f"M{_n(a - 2)} {_n(y)}l4 -2v4z")
+            if r_hi > hi:
+                arrows.append(f"M{_n(b + 2)} {_n(y)}l-4 -2v4z")
+            # a square of side s: a stroke s wide and s long; one path per side length
+            side = _n(lay.marker_size(s))
+            squares.setdefault(side, []).append(
+                f"M{_n(x_of(r_est) - float(side) / 2)} {_n(y)}h{side}")
+            if lay.fitted is not None:
+                xf = x_of(float(lay.fitted[s]))
+                fitted.append(f"M{_n(xf)} {_n(y - 3.5)}l3.5 3.5l-3.5 3.5l-3.5 -3.5z")
+            if lay.blup_pred is not None:
+                xb = x_of(float(lay.blup_pred[s]))
+                circles.append(f"M{_n(xb - 3.5)} {_n(y)}a3.5 3.5 0 1 0 7 0"
+                               "a3.5 3.5 0 1 0 -7 0")
+            if lay.blup_lo is not None and lay.blup_hi is not None:
+                yb = y + round(0.3 * row_pt)
+                a2 = x_of(max(float(lay.blup_lo[s]), lo))
+                b2 = x_of(min(float(lay.blup_hi[s]), hi))
+                blup_pi.append(f"M{_n(a2)} {_n(yb)}H{_n(b2)}")
+            if lay.bayes_theta is not None:
+                xt = x_of(float(lay.bayes_theta[s]))
+                bayes_d.append(f"M{_n(xt)} {_n(y - 3.2)}l3.2 3.2l-3.2 3.2l-3.2 -3.2z")
+        elif row.kind == "summary":
+            r_lo, r_est, r_hi = row.bounds()
+            dy = 0.38 * row_pt
+            out.append(f'<path d="M{_n(x_of(r_lo))} {_n(y)}L{_n(x_of(r_est))} {_n(y - dy)}'
+                       f'L{_n(x_of(r_hi))} {_n(y)}L{_n(x_of(r_est))} {_n(y + dy)}z" '
+                       f'fill="{row.colour}"/>')
+        elif row.kind == "pi":
+            r_lo, _, r_hi = row.bounds()
+            a, b = x_of(max(r_lo, lo)), x_of(min(r_hi, hi))
+            pis.append((row.colour, f"M{_n(a)} {_n(y)}H{_n(b)}"))
+            pi_ticks.append((row.colour, f"M{_n(a)} {_n(y - 3.5)}v7M{_n(b)} {_n(y - 3.5)}v7"))
+        elif row.kind == "header":
+            yh = y + row_pt / 2
+            out.append(f'<path d="M{_n(ax_x0)} {_n(yh)}H{_n(ax_x1)}" stroke="#c8ccd2" '
+                       'stroke-width="0.6"/>')
+    if ci:
+        out.append(f'<path d="{"".join(ci)}" stroke="{_SITE_COLOUR}" stroke-width="0.9"/>')
+    if blup_pi:
+        out.append(f'<path d="{"".join(blup_pi)}" stroke="{_BLUP_COLOUR}" '
+                   'stroke-width="0.9"/>')
+    for colour, d in pis:
+        out.append(f'<path d="{d}" stroke="{colour}" stroke-width="1.2" '
+                   'stroke-dasharray="3.6 2.4"/>')
+    for colour, d in pi_ticks:
+        out.append(f'<path d="{d}" stroke="{colour}" stroke-width="1"/>')
+    if arrows:
+        out.append(f'<path d="{"".join(arrows)}" fill="{_SITE_COLOUR}"/>')
+    for side, strokes in squares.items():
+        out.append(f'<path d="{"".join(strokes)}" stroke="{_SITE_COLOUR}" '
+                   f'stroke-width="{side}"/>')
+    if fitted:
+        out.append(f'<path d="{"".join(fitted)}" fill="{_FE_COLOUR}"/>')
+    if circles:
+        out.append(f'<path d="{"".join(circles)}" fill="none" stroke="{_BLUP_COLOUR}" '
+                   'stroke-width="1.1"/>')
+    if bayes_d:
+        out.append(f'<path d="{"".join(bayes_d)}" fill="none" stroke="{_BAYES_COLOUR}" '
+                   'stroke-width="1.1"/>')
+    # ---- x axis: spine, ticks, labels -----------------------------------------------------
+    ticks = "".join(f"M{_n(x_of(t))} {_n(ax_y1)}v3" for t in lay.ticks)
+    out.append(f'<path d="M{_n(ax_x0)} {_n(ax_y1)}H{_n(ax_x1)}{ticks}" stroke="#000" '
+               'stroke-width="0.8"/>')
+    tick_base = ax_y1 + 3 + 3.5 + 0.76 * _SMALL
+    out.extend(text(x_of(t), tick_base, lab, "s m")
+               for t, lab in zip(lay.ticks, lay.tick_labels))
+    out.append(text((ax_x0 + ax_x1) / 2, tick_base + 0.24 * _SMALL + 4 + 0.76 * _SMALL,
+                    lay.x_label, "s m"))
+    for x_in, column, anchor in ((_PAD_IN, labels_out, ""), (lay.x_right, rights, ""),
+                                 (lay.x_weight, weights, ' class="e"')):
+        if column:
+            out.append(f'<g transform="translate({_n(x_in * pt)} 0)"{anchor}>'
+                       + "".join(column) + "</g>")
+    if lay.title:
+        out.append(text(_PAD_IN * pt, _PAD_IN * pt + 0.76 * (_FONT + 2), lay.title, "t"))
+    for y_in, line, colour in lay.footer_lines():
+        out.append(text(_PAD_IN * pt, h_pt - y_in * pt - 0.24 * _SMALL, line, "s",
+                        None if colour == "#000000" else colour))
+    out.append("</svg>")
+    return "".join(out)
+
+
+#: Characters XML 1.0 forbids (C0 controls but tab, newline, return; U+FFFE, U+FFFF).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _xml(text: str) -> str:
+    """Text content for SVG/HTML: ``&``, ``<`` and ``>`` escaped, non-XML characters as U+FFFD.
+
+    A site name with a control character would otherwise make the SVG ill-formed.
+    """
+    text = _NOT_XML.sub("\ufffd", text)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 # ----------------------------------------------------------------------------------------------

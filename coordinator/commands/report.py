@@ -132,6 +132,8 @@ def _run_round(args: argparse.Namespace) -> int:
         raise InputError(f"round {args.round!r} not found (latest rounds: {known})")
     paths = write_round_report(matches[0], _out_dir(args, config))
     print(paths.html)
+    if paths.pages is not None:
+        print(paths.pages)
     print(paths.json)
     return 0
 
@@ -144,5 +146,8 @@ COMMANDS = [
                          "that starts to diverge.\nWrites DIR/trend.html and DIR/trend.json.")),
     Command(("report", "round"), "HTML + JSON report of one round", _add_round, _run_round,
             description=("Write DIR/<round>.html (forest plots, heterogeneity, participation, "
-                         "refusals)\nand DIR/<round>.json for one round.")),
+                         "refusals)\nand DIR/<round>.json for one round. A big round (more "
+                         "than 25 analyses or 5,000\nsite rows) gets DIR/<round>.html as a "
+                         "summary page and one page per analysis\nin DIR/<round>/ (forest "
+                         "plot, reasons, site table); the paths are printed.")),
 ]

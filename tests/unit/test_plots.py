@@ -25,7 +25,7 @@ from fedsynth.meta import meta_analysis
 from fedsynth.meta.bayes import bayes_pool
 from fedsynth.meta.diagnostics import blup, publication_bias
 from fedsynth.meta.subgroups import subgroup_analysis
-from fedsynth.plots import forest_plot, funnel_plot, save_figure
+from fedsynth.plots import forest_plot, forest_svg, funnel_plot, save_figure
 from tests.conftest import load_json
 
 DATA = load_json("metafor_public.json")
@@ -323,3 +323,89 @@ def test_ratio_axis_on_a_narrow_range_still_has_labelled_ticks():
     for loc, text in shown:
         assert math.exp(loc) == pytest.approx(float(text), rel=1e-9)
     assert layout_problems(fig) == []
+
+
+# ---- forest_svg: the direct SVG writer the round report uses (issue 17) ----------------------
+
+_SVG_ELEMENTS = {"svg", "style", "rect", "path", "g", "text"}
+_SVG_ATTRIBUTES = {"xmlns", "class", "width", "height", "viewBox", "role", "d", "fill",
+                   "stroke", "stroke-width", "stroke-dasharray", "x", "y", "transform", "style"}
+
+
+def _svg_tree(svg: str):
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(svg)
+    return root, [(el.tag.rsplit("}", 1)[-1], el) for el in root.iter()]
+
+
+def test_forest_svg_has_the_layout_of_forest_plot():
+    res = bcg_result()
+    kwargs = dict(measure="OR", title="BCG", blup=blup(BCG["yi"], BCG["vi"]),
+                  drivers=[BCG["labels"][2]])
+    fig = forest_plot(res, **kwargs)
+    root, _ = _svg_tree(forest_svg(res, **kwargs))
+    # the same figure size (inches -> points), so the same columns and rows
+    assert float(root.get("width").removesuffix("pt")) == pytest.approx(
+        72 * fig.get_figwidth(), abs=0.06)
+    assert float(root.get("height").removesuffix("pt")) == pytest.approx(
+        72 * fig.get_figheight(), abs=0.06)
+    texts = [el.text for el in root.iter("{http://www.w3.org/2000/svg}text")]
+    # every text of the matplotlib figure, in the same words (ticks, labels, numbers)
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    mpl = [t.get_text() for t in fig.texts] + [ax.xaxis.label.get_text()] + [
+        lab.get_text() for loc, lab in zip(ax.get_xticks(), ax.get_xticklabels())
+        if lo <= loc <= hi]
+    assert sorted(texts) == sorted(t for t in mpl if t)
+
+
+@settings(max_examples=8, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(labels=st.lists(st.text(min_size=1, max_size=60), min_size=2, max_size=12),
+       title=st.text(max_size=40))
+def test_forest_svg_is_inert_markup_with_escaped_text(labels, title):
+    """The report inlines forest_svg without re-sanitizing it: whatever the site names,
+    the SVG holds only these elements and attributes, no id, no link, and each label
+    (whitespace collapsed, shortened) as the text of one <text>."""
+    k = len(labels)
+    yi = [0.1 * i for i in range(k)]
+    vi = [0.05 + 0.01 * i for i in range(k)]
+    res = meta_analysis(yi, vi, labels=labels)
+    svg = forest_svg(res, title=title or None, drivers=labels[:1],
+                     blup=blup(yi, vi))
+    root, elements = _svg_tree(svg)
+    for tag, el in elements:
+        assert tag in _SVG_ELEMENTS, tag
+        assert set(el.attrib) <= _SVG_ATTRIBUTES, el.attrib
+        for name, value in el.attrib.items():
+            if name == "transform":
+                assert re.fullmatch(r"translate\([-0-9.]+ [-0-9.]+\)", value), value
+            elif name not in ("class", "style", "role", "xmlns", "stroke-dasharray"):
+                assert re.fullmatch(r"[-0-9. A-Za-zHVMLhvmlaz#]*", value), (name, value)
+        if tag == "style":
+            assert "@import" not in el.text and "url(" not in el.text
+        if el.get("style"):
+            assert re.fullmatch(r"fill:#[0-9a-f]{6}", el.get("style"))
+    texts = [el.text or "" for tag, el in elements if tag == "text"]
+    for label in labels:
+        shown = " ".join(label.split())
+        shown = shown if len(shown) <= 45 else shown[:44] + "\u2026"
+        shown = re.sub("[\x00-\x08\x0b\x0c\x0e-\x1f]", "\ufffd", shown)   # not XML
+        assert shown in texts or "\u25b2 " + shown in texts
+
+
+def test_advance_widths_are_those_of_the_font():
+    """Column widths come from a table of DejaVu Sans advances: check it against the font
+    matplotlib ships, so a font update that changes widths fails here."""
+    from matplotlib import ft2font
+    from matplotlib.font_manager import FontProperties, findfont
+
+    from fedsynth.plots import _ADVANCE
+
+    for weight in ("normal", "bold"):
+        font = ft2font.FT2Font(findfont(FontProperties(family="DejaVu Sans", weight=weight)))
+        font.set_size(1000, 72)
+        for i, advance in enumerate(_ADVANCE[weight]):
+            glyph = font.load_char(32 + i, flags=ft2font.LoadFlags.NO_HINTING)
+            assert round(glyph.linearHoriAdvance / 65536) == advance, (weight, chr(32 + i))

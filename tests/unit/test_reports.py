@@ -116,7 +116,15 @@ def test_round_report_content(round_doc):
     # HTML parsers know no XML prefixes: <ns0:svg> would not render
     assert not re.search(r"<\w+:\w+", html_text)
     for svg in svgs:
-        assert svg.count("<path") > 10
+        # each site's interval and box (all of a kind in one path of the direct SVG writer,
+        # issue 17), the pooled diamond and the axis are drawn
+        k = len(SITES) - 1
+        marks = dict((w, d) for d, w in re.findall(
+            r'<path d="([^"]*)" stroke="#1f2a44" stroke-width="([\d.]+)"', svg))
+        ci = marks.pop("0.9")                       # boxes: strokes as wide as long
+        assert ci.count("M") == k and ci.count("H") == k
+        assert sum(d.count(f"h{w}") for w, d in marks.items()) == k
+        assert svg.count('fill="#1f4e79"') == 1 and svg.count("<text") > 3 * k
         assert all(f">{site}<" in svg for site in SITES if site != "mtf-foxtrot")
     for name, _, _ in ANALYSES:
         assert name in text
@@ -167,21 +175,16 @@ def test_ids_are_unique_across_inlined_figures(round_doc):
     assert ids and len(ids) == len(set(ids))
 
 
-def test_parallel_forest_plots_equal_serial_ones(round_doc, monkeypatch):
-    """Big rounds draw forest plots in worker processes; the page must not change."""
+def test_forest_plots_of_json_and_typed_analyses_are_equal(round_doc):
+    """The plots are drawn in-process from typed analyses (no worker pool since issue 17);
+    an analysis given as its JSON object draws the same SVG."""
     import coordinator.reports as reports
+    from fedsynth.round_document import RoundDocument
 
-    monkeypatch.setattr(reports, "PARALLEL_ROWS", 10**9)
-    serial = reports._forest_svgs(round_doc["analyses"])
-    monkeypatch.setattr(reports, "PARALLEL_ROWS", 1)
-    monkeypatch.setattr(reports.os, "cpu_count", lambda: 2)
-    calls = []
-    real_job = reports._forest_svg_job
-    monkeypatch.setattr(reports, "_forest_svg_job", lambda job: calls.append(job) or
-                        real_job(job))
-    parallel = reports._forest_svgs(round_doc["analyses"])
-    assert calls == []                      # drawn by the workers, not in this process
-    assert parallel == serial and all(parallel)
+    typed = RoundDocument.coerce(round_doc).analyses
+    from_json = reports._forest_svgs(round_doc["analyses"])
+    assert from_json == reports._forest_svgs(typed) and all(from_json)
+    assert [s.count("<svg") for s in from_json] == [1] * len(typed)
 
 
 def test_sanitize_svg_strips_active_content_and_prefixes_ids():
@@ -356,3 +359,95 @@ def test_cli_errors_exit_2_and_name_the_problem(tmp_path, capsys):
                  str(tmp_path / "o")]) == 2
     assert "'r-2' not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# ---- big rounds: a summary page and one page per analysis (issue 17) ------------------------
+
+def _links(html_text: str) -> list[str]:
+    return [a["href"] for tag, a in parse(html_text).tags if tag == "a" and "href" in a]
+
+
+def test_big_round_is_a_summary_page_and_one_page_per_analysis(tmp_path, round_doc,
+                                                               monkeypatch):
+    import coordinator.reports as reports
+
+    assert reports.report_layout(round_doc) == "page"
+    monkeypatch.setattr(reports, "PAGES_ABOVE_ANALYSES", 2)      # 3 analyses: "big"
+    assert reports.report_layout(round_doc) == "pages"
+    out = tmp_path / "reports"
+    paths = write_round_report(round_doc, out)
+    assert paths.pages == out / round_doc["round"] and paths.html == out / "r-20261125-0001.html"
+    assert json.loads(paths.json.read_text()) == round_doc
+    pages = sorted(p.name for p in paths.pages.iterdir())
+    assert pages == ["001-adjusted_logOR.html", "002-los_MD.html", "003-logHR_efron.html"]
+    summary = paths.html.read_text()
+    # the summary loads at once: tables, no plot; every analysis links to its page
+    assert "<svg" not in summary and "Pooled results" in summary
+    assert "6 of 7 allowed sites submitted (quorum 3)" in " ".join(parse(summary).text)
+    assert {f"{round_doc['round']}/{p}" for p in pages} <= set(_links(summary))
+    for number, name in enumerate(pages):
+        page = (paths.pages / name).read_text()
+        analysis = round_doc["analyses"][number]
+        assert page.count("<svg") == 1 and page.count("<table") == 3
+        assert f"<h1>{analysis['analysis']} " in page
+        assert all(f">{s}<" in page for s in SITES if s != "mtf-foxtrot")
+        assert "disclosure limit: a cell of 4 is below 5" in page
+        # same CSP, no script, links only to pages of this report that exist
+        tags = parse(page).tags
+        assert any(t == "meta" and "default-src 'none'" in (a.get("content") or "")
+                   for t, a in tags)
+        assert not [t for t, _ in tags if t in ("script", "img", "iframe", "object")]
+        for href in _links(page):
+            assert not re.match(r"^[a-z]+:|^/|//", href), href
+            assert (paths.pages / href).resolve().is_file(), href
+    assert not list(out.glob(".*"))                          # no staging folder left
+    # the files are private to the coordinator's user, as the one-page report
+    assert {oct(p.stat().st_mode & 0o777) for p in paths.pages.iterdir()} == {"0o600"}
+
+
+def test_rewriting_a_round_replaces_its_pages(tmp_path, round_doc, monkeypatch):
+    import coordinator.reports as reports
+
+    out = tmp_path / "reports"
+    paths = write_round_report(round_doc, out, layout="pages")
+    (paths.pages / "001-adjusted_logOR.html").write_text("stale")
+    write_round_report(round_doc, out, layout="pages")
+    assert (paths.pages / "001-adjusted_logOR.html").read_text() != "stale"
+    # written again as one page: the folder of pages goes
+    assert write_round_report(round_doc, out, layout="page").pages is None
+    assert not paths.pages.exists() and "<svg" in paths.html.read_text()
+    # a folder of that name that is not ours is left alone, and nothing is written
+    (out / round_doc["round"]).mkdir()
+    (out / round_doc["round"] / "notes.txt").write_text("mine")
+    before = paths.html.read_text()
+    with pytest.raises(InputError, match="holds other files than report pages"):
+        write_round_report(round_doc, out, layout="pages")
+    assert paths.html.read_text() == before
+    assert (out / round_doc["round"] / "notes.txt").read_text() == "mine"
+    with pytest.raises(InputError, match="layout: 'one' is not 'page' or 'pages'"):
+        write_round_report(round_doc, tmp_path / "o", layout="one")
+    assert not (tmp_path / "o").exists()
+    # a failure while rendering leaves the previous report as it was
+    monkeypatch.setattr(reports, "_site_estimate_table",
+                        lambda a: (_ for _ in ()).throw(RuntimeError("boom")))
+    (out / round_doc["round"] / "notes.txt").unlink()
+    (out / round_doc["round"]).rmdir()
+    with pytest.raises(RuntimeError, match="boom"):
+        write_round_report(round_doc, out, layout="pages")
+    assert paths.html.read_text() == before and not paths.pages.exists()
+    assert not list(out.glob(".*"))
+
+
+def test_report_worker_names_the_pages_folder(tmp_path, round_doc, monkeypatch, capsys):
+    import io as _io
+
+    import coordinator.reports as reports
+    from coordinator import report_worker
+
+    monkeypatch.setattr(reports, "PAGES_ABOVE_ANALYSES", 2)
+    monkeypatch.setattr("sys.stdin", _io.TextIOWrapper(_io.BytesIO(
+        json.dumps(round_doc).encode())))
+    assert report_worker.main([str(tmp_path)]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["pages"] == str(tmp_path / round_doc["round"])
+    assert (tmp_path / round_doc["round"] / "002-los_MD.html").exists()

@@ -27,6 +27,7 @@ from fedsynth.effects.delong import delong_auc
 from fedsynth.effects.results import Estimate, Refusal
 from fedsynth.spec import parse_spec
 from site_agent.data import load_table
+from tests._data_builders import with_gaps
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SITES = sorted((DATA / "sites_public").glob("mtf-*.csv"))
@@ -84,15 +85,6 @@ def assert_same(a: dict, b: dict, rel: float) -> None:
             (y.measure, y.n, y.n_dropped, dict(y.cells), y.details), name
         assert y.yi == pytest.approx(x.yi, rel=rel, abs=1e-14), name
         assert y.vi == pytest.approx(x.vi, rel=rel, abs=1e-16), name
-
-
-def with_gaps(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """The site's rows with a few missing values (dropped per analysis) and shuffled."""
-    rng = np.random.default_rng(seed)
-    out = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    for column in ("age", "los_days", "risk_score", "time"):
-        out.loc[rng.random(len(out)) < 0.02, column] = np.nan
-    return out
 
 
 @pytest.mark.parametrize(("site", "chunk"), [(site, 500) for site in SITES] +

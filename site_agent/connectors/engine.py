@@ -261,24 +261,32 @@ class SqlEngine:
 
     def event_time_sums(self, columns: Sequence[str], categorical: Categorical, time: str,
                         event: str, terms: Terms) -> dict[str, np.ndarray]:
-        """Sums per event-time bucket; a row's bucket is a window ``max`` in time order.
+        """Sums per event-time bucket: per distinct time first, then per bucket.
 
-        ``max(CASE WHEN event = 1 THEN time END) OVER (ORDER BY time)`` uses the default
-        frame (``RANGE … CURRENT ROW``, which includes ties), so every row at or after an
-        event time and before the next one gets that event time; rows before the first
-        event time get NULL and are left out.
+        The terms are sums, so they are summed per distinct ``time`` (a hash aggregate:
+        the database holds one row per distinct time, not the table), and a window over
+        those rows in time order gives each time its bucket,
+        ``max(CASE WHEN events > 0 THEN time END) OVER (ORDER BY time)``: the last event
+        time at or before it (ties included: a time's own censored rows are at risk).
+        Times before the first event time get NULL and are left out. A window over the
+        rows themselves would sort the whole table (in memory, growing with the rows: a
+        DuckDB site's peak went from 0.5 GB at 1 million rows to 1.9 GB at 10 million).
         """
         inner, cols = self._complete(columns, categorical)
-        bucket = sa.func.max(sa.case((cols[event] == 1, cols[time]))).over(
-            order_by=cols[time])
-        staged = sa.select(*[inner.c[c] for c in columns],
-                           bucket.label("bucket_")).subquery("staged")
-        scols = {c: staged.c[c] for c in columns}
-        summed = terms(self.ops, scols)
+        summed = terms(self.ops, cols)
         names = list(summed)
-        statement = (sa.select(staged.c.bucket_, *[sa.func.sum(_value(summed[k]))
+        per_time = (sa.select(cols[time].label("t_"), sa.func.max(cols[event]).label("e_"),
+                              *[sa.func.sum(_value(summed[k])).label(f"s{i}")
+                                for i, k in enumerate(names)])
+                    .select_from(inner).group_by(cols[time]).subquery("per_time"))
+        bucket = sa.func.max(sa.case((per_time.c.e_ == 1, per_time.c.t_))).over(
+            order_by=per_time.c.t_)
+        staged = sa.select(bucket.label("bucket_"),
+                           *[per_time.c[f"s{i}"] for i in range(len(names))]
+                           ).subquery("staged")
+        statement = (sa.select(staged.c.bucket_, *[sa.func.sum(staged.c[f"s{i}"])
                                                    .label(f"s{i}")
-                                                   for i, k in enumerate(names)])
+                                                   for i in range(len(names))])
                      .where(staged.c.bucket_.is_not(None))
                      .group_by(staged.c.bucket_).order_by(staged.c.bucket_))
         rows = self._all(statement)

@@ -309,6 +309,11 @@ class CoxStep:
     information: np.ndarray
 
 
+#: Tied events expanded at once by Efron's step (:func:`cox_newton_terms`): the unit of
+#: its memory (~65,536 × p floats per temporary), whatever the number of events.
+EFRON_EVENTS_PER_SLICE = 65_536
+
+
 def cox_newton_terms(sums: CoxTimeSums, beta: np.ndarray, ties: str) -> CoxStep:
     """The Newton step's quantities from per-event-time sums (Efron or Breslow ties).
 
@@ -329,8 +334,9 @@ def cox_newton_terms(sums: CoxTimeSums, beta: np.ndarray, ties: str) -> CoxStep:
     ``A = R0 − f E0``, ``B = R1 − f E1``, ``C = R2 − f E2``;
     ``ℓ = Σ_events xβ − Σ log A``, ``U = Σ_events x − Σ B/A`` and
     ``I = Σ (C/A − (B/A)(B/A)ᵀ)`` over all ``(k, l)``. Breslow's is ``f = 0``. The pairs
-    ``(k, l)`` are expanded into one array (one entry per event), so a step costs
-    ``O(events · p²)`` after the ``O(rows · p²)`` sums.
+    ``(k, l)`` are expanded into arrays (one entry per event) a slice of
+    :data:`EFRON_EVENTS_PER_SLICE` events at a time, so a step costs ``O(events · p²)``
+    time after the ``O(rows · p²)`` sums, and bounded memory.
     """
     if ties not in ("efron", "breslow"):
         raise ValueError(f"ties must be 'efron' or 'breslow', got {ties!r}")
@@ -350,18 +356,34 @@ def cox_newton_terms(sums: CoxTimeSums, beta: np.ndarray, ties: str) -> CoxStep:
         score = sx_total - np.sum(d[:, None] * b, axis=0)
         info = np.einsum("k,kij->ij", d / a, r2) - np.einsum("k,ki,kj->ij", d, b, b)
         return CoxStep(loglik, score, info.reshape(p, p))
-    k = np.repeat(np.arange(len(d)), d)
-    start = np.repeat(np.cumsum(d) - d, d)
-    frac = (np.arange(len(k)) - start) / d[k]
-    a = r0[k] - frac * e0[k]
-    b = (r1[k] - frac[:, None] * e1[k]) / a[:, None]
-    # Σ_l C_l / A_l = R2 Σ_l 1/A_l − E2 Σ_l f_l/A_l: two sums per time, not per event
-    inv = np.bincount(k, weights=1.0 / a, minlength=len(d))
-    finv = np.bincount(k, weights=frac / a, minlength=len(d))
-    info = (np.einsum("k,kij->ij", inv, r2) - np.einsum("k,kij->ij", finv, e2)
-            - b.T @ b)
-    loglik = float(sx_total @ beta - np.sum(np.log(a)))
-    score = sx_total - b.sum(axis=0)
+    # The (k, l) pairs are expanded a slice of event times at a time, each slice holding
+    # about EFRON_EVENTS_PER_SLICE events, so memory stays bounded however many events
+    # the site has (one expansion of 10 million events would be ~1 GB of temporaries).
+    info = np.zeros((p, p))
+    log_a_total = 0.0
+    b_total = np.zeros(p)
+    ends = np.cumsum(d)
+    lo = 0
+    while lo < len(d):
+        base = ends[lo] - d[lo]
+        hi = max(lo + 1, int(np.searchsorted(ends, base + EFRON_EVENTS_PER_SLICE,
+                                             side="right")))
+        ds = d[lo:hi]
+        k = np.repeat(np.arange(hi - lo), ds)
+        start = np.repeat(np.cumsum(ds) - ds, ds)
+        frac = (np.arange(len(k)) - start) / ds[k]
+        a = r0[lo:hi][k] - frac * e0[lo:hi][k]
+        b = (r1[lo:hi][k] - frac[:, None] * e1[lo:hi][k]) / a[:, None]
+        # Σ_l C_l / A_l = R2 Σ_l 1/A_l − E2 Σ_l f_l/A_l: two sums per time, not per event
+        inv = np.bincount(k, weights=1.0 / a, minlength=hi - lo)
+        finv = np.bincount(k, weights=frac / a, minlength=hi - lo)
+        info += (np.einsum("k,kij->ij", inv, r2[lo:hi])
+                 - np.einsum("k,kij->ij", finv, e2[lo:hi]) - b.T @ b)
+        log_a_total += float(np.sum(np.log(a)))
+        b_total += b.sum(axis=0)
+        lo = hi
+    loglik = float(sx_total @ beta - log_a_total)
+    score = sx_total - b_total
     return CoxStep(loglik, score, info.reshape(p, p))
 
 

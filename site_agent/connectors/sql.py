@@ -233,6 +233,26 @@ class SqlSource:
                     if getattr(column, "type_code", None) == 16)
         return self._columns
 
+    def declared_type(self, column: str) -> str | None:
+        """The declared type of a column of a ``table`` source, as the database reports it.
+
+        None for a ``query`` source, a column declared without a type, or a database that
+        cannot say; only used to explain a refusal at the site.
+        """
+        if self.table is None:
+            return None
+        schema, _, name = self.table.rpartition(".")
+        try:
+            found = sa.inspect(self.engine).get_columns(name, schema=schema or None)
+        except sa.exc.SQLAlchemyError:
+            return None
+        for info in found:
+            if info["name"] == column:
+                kind = info.get("type")
+                return None if kind is None or isinstance(kind, sa.types.NullType) \
+                    else str(kind)
+        return None
+
     def _quoted_table(self) -> str:
         if self.table is None:
             raise InputError(f"[data] {self._describe()}: not a table source")

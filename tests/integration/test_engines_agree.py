@@ -13,23 +13,23 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pytest
-import sqlalchemy as sa
 
 from fedsynth.effects.results import Estimate, Refusal
 from fedsynth.spec import parse_spec
 from site_agent.connectors import estimate_from_data
-from site_agent.data import load_table
+from tests._data_builders import (
+    GRADES,
+    copy_frame,
+    duckdb_table,
+    engines_frame,
+    parquet_folder,
+    sqlite_table,
+)
 
 pytestmark = [pytest.mark.integration]
-
-DATA = Path(__file__).resolve().parents[1] / "data"
-SITE = DATA / "sites_public" / "mtf-bravo.csv"
-GRADES = ["low", "mid", "high"]
 
 SPEC = parse_spec({"analysis": [
     {"name": "crude_OR", "estimator": "two_by_two", "outcome": "outcome",
@@ -65,19 +65,9 @@ SPEC = parse_spec({"analysis": [
 ]})
 
 
-def site_frame() -> pd.DataFrame:
-    frame = load_table(SITE).drop(columns=["patient_id"])
-    frame.attrs = {}  # the CSV reader's dialect, which pyarrow cannot serialise
-    rng = np.random.default_rng(18)
-    frame["grade"] = rng.choice(GRADES, len(frame))
-    for column in ("age", "los_days", "risk_score", "time", "grade"):
-        frame.loc[rng.random(len(frame)) < 0.03, column] = None
-    return frame
-
-
 @pytest.fixture(scope="module")
 def frame() -> pd.DataFrame:
-    return site_frame()
+    return engines_frame()
 
 
 @pytest.fixture(scope="module")
@@ -88,28 +78,16 @@ def expected(frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> d
 
 
 def sqlite_source(frame: pd.DataFrame, tmp: Path) -> dict[str, Any]:
-    url = f"sqlite:///{tmp / 'site.db'}"
-    engine = sa.create_engine(url)
-    try:
-        frame.to_sql("site", engine, index=False)
-    finally:
-        engine.dispose()
-    return {"url": url, "table": "site"}
+    return {"url": sqlite_table(frame, tmp / "site.db"), "table": "site"}
 
 
 def duckdb_source(frame: pd.DataFrame, tmp: Path) -> dict[str, Any]:
-    duckdb = pytest.importorskip("duckdb", reason="duckdb is the [duckdb] extra")
-    pytest.importorskip("duckdb_engine", reason="duckdb-engine is the [duckdb] extra")
-    path = tmp / "site.duckdb"
-    with duckdb.connect(str(path)) as conn:
-        conn.register("frame", frame)
-        conn.execute("CREATE TABLE site AS SELECT * FROM frame")
-    return {"url": f"duckdb:///{path}", "query": "SELECT * FROM site WHERE 1 = 1"}
+    url = duckdb_table(frame, tmp / "site.duckdb")
+    return {"url": url, "query": "SELECT * FROM site WHERE 1 = 1"}
 
 
 def postgres_source(frame: pd.DataFrame, tmp: Path) -> dict[str, Any]:
     from tests.integration.pg_server import fresh_database
-    from tests.integration.test_sql_source import copy_frame
 
     url = fresh_database("engines")
     copy_frame(url, "site", frame, {"grade": "text", "sex": "integer", "treated": "integer",
@@ -118,12 +96,8 @@ def postgres_source(frame: pd.DataFrame, tmp: Path) -> dict[str, Any]:
 
 
 def parquet_source(frame: pd.DataFrame, tmp: Path) -> dict[str, Any]:
-    folder = tmp / "site_parquet"
-    ds.write_dataset(pa.Table.from_pandas(frame, preserve_index=False), folder,
-                     format="parquet", max_rows_per_file=400, max_rows_per_group=200,
-                     partitioning=ds.partitioning(pa.schema([("sex", pa.float64())]),
-                                                  flavor="hive"))
-    return {"path": str(folder)}
+    return {"path": str(parquet_folder(frame, tmp / "site_parquet",
+                                       partition=("sex", pa.float64())))}
 
 
 def spark_source(frame: pd.DataFrame, tmp: Path) -> dict[str, Any]:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests._data_builders import INT_TYPES, copy_frame
 from tests.integration.conftest import DEMO_SPEC
 from tests.integration.pg_server import fresh_database
-from tests.integration.test_sql_source import INT_TYPES, copy_frame
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 

@@ -7,23 +7,21 @@ COPY.
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-import sqlalchemy as sa
 
 from fedsynth.effects import estimate_all
 from fedsynth.effects.results import Estimate, Refusal
 from fedsynth.spec import parse_spec
 from site_agent.connectors import SqlSource, estimate_all_sql
 from site_agent.data import load_table
+from tests._data_builders import INT_TYPES, big_frame, copy_frame
 from tests.integration.pg_server import fresh_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.integration]
@@ -55,44 +53,6 @@ STREAMED = parse_spec({"analysis": [
     {"name": "logHR_efron", "estimator": "cox", "time": "time", "event": "event",
      "exposure": "treated", "covariates": ["age", "sex"], "ties": "efron"},
 ]})
-
-
-def copy_frame(url: str, table: str, frame: pd.DataFrame, types: dict[str, str]) -> None:
-    """Create ``table`` and load ``frame`` with COPY (the fast bulk path)."""
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            columns = ", ".join(f'"{c}" {types.get(c, "double precision")}'
-                                for c in frame.columns)
-            conn.exec_driver_sql(f'CREATE TABLE "{table}" ({columns})')
-            buffer = io.StringIO()
-            frame.to_csv(buffer, index=False, header=False, na_rep="")
-            raw = conn.connection.dbapi_connection
-            with raw.cursor() as cursor:
-                with cursor.copy(f'COPY "{table}" FROM STDIN WITH (FORMAT csv)') as copy:
-                    copy.write(buffer.getvalue())
-            conn.exec_driver_sql(f'ANALYZE "{table}"')
-    finally:
-        engine.dispose()
-
-
-def big_frame(rows: int, seed: int = 20261125) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    age = rng.integers(18, 95, rows)
-    sex = rng.integers(0, 2, rows)
-    treated = rng.integers(0, 2, rows)
-    lp = -2.0 + 0.03 * (age - 60) + 0.2 * sex - 0.3 * treated
-    outcome = (rng.random(rows) < 1 / (1 + np.exp(-lp))).astype(int)
-    # a miscalibrated, rounded score: many ties, as deployed models report them
-    risk = np.clip(np.round(1 / (1 + np.exp(-(lp + rng.normal(0, 0.8, rows)))), 4),
-                   0.0001, 0.9999)
-    los = np.round(rng.gamma(2.0, 3.0, rows) + 0.5 * treated, 1)
-    return pd.DataFrame({"age": age, "sex": sex, "treated": treated, "outcome": outcome,
-                         "los_days": los, "risk_score": risk})
-
-
-INT_TYPES = {"age": "integer", "sex": "integer", "treated": "integer", "outcome": "integer",
-             "event": "integer"}
 
 
 @pytest.fixture(scope="module")

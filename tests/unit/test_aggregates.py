@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import fedsynth.effects.aggregates as agg
 from fedsynth.effects import estimate_all
 from fedsynth.effects.aggregates import (
     CoxTimeSums,
@@ -27,6 +28,7 @@ from fedsynth.effects.delong import delong_auc
 from fedsynth.effects.results import Estimate, Refusal
 from fedsynth.spec import parse_spec
 from site_agent.data import load_table
+from tests._data_builders import with_gaps
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SITES = sorted((DATA / "sites_public").glob("mtf-*.csv"))
@@ -84,15 +86,6 @@ def assert_same(a: dict, b: dict, rel: float) -> None:
             (y.measure, y.n, y.n_dropped, dict(y.cells), y.details), name
         assert y.yi == pytest.approx(x.yi, rel=rel, abs=1e-14), name
         assert y.vi == pytest.approx(x.vi, rel=rel, abs=1e-16), name
-
-
-def with_gaps(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """The site's rows with a few missing values (dropped per analysis) and shuffled."""
-    rng = np.random.default_rng(seed)
-    out = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    for column in ("age", "los_days", "risk_score", "time"):
-        out.loc[rng.random(len(out)) < 0.02, column] = np.nan
-    return out
 
 
 @pytest.mark.parametrize(("site", "chunk"), [(site, 500) for site in SITES] +
@@ -222,3 +215,33 @@ def test_cox_bucket_sums_merge_across_blocks(seed: int, parts: int, ties: str) -
     assert b.loglik == pytest.approx(a.loglik, rel=1e-12)
     np.testing.assert_allclose(b.score, a.score, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(b.information, a.information, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), slice_events=st.integers(1, 40))
+def test_efron_step_in_slices_of_events_equals_one_expansion(seed: int,
+                                                              slice_events: int) -> None:
+    """Efron's (k, l) expansion a slice of events at a time (bounded memory) changes nothing.
+
+    Slices smaller than one time's tied events (that time is then a slice of its own),
+    and slices cutting between times, give the one-expansion step to 1e-12.
+    """
+    rng = np.random.default_rng(seed)
+    n = 120
+    time = rng.integers(1, 9, n).astype(float)        # up to ~25 tied events per time
+    event = (rng.random(n) < 0.7).astype(float)
+    event[0] = 1
+    x = rng.normal(size=(n, 3))
+    beta = rng.normal(scale=0.3, size=3)
+    sums = cox_bucket_sums(time, event, x, beta, np.unique(time[event == 1]))
+    whole = cox_newton_terms(sums, beta, "efron")
+    saved = agg.EFRON_EVENTS_PER_SLICE
+    try:
+        agg.EFRON_EVENTS_PER_SLICE = slice_events
+        sliced = cox_newton_terms(sums, beta, "efron")
+    finally:
+        agg.EFRON_EVENTS_PER_SLICE = saved
+    assert sliced.loglik == pytest.approx(whole.loglik, rel=1e-12)
+    np.testing.assert_allclose(sliced.score, whole.score, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(sliced.information, whole.information, rtol=1e-12,
+                               atol=1e-12)

@@ -22,6 +22,7 @@ from fedsynth.effects.results import Estimate, Refusal
 from fedsynth.errors import InputError
 from fedsynth.spec import parse_spec
 from site_agent.connectors import SqlSource, estimate_all_sql, estimate_from_data
+from tests._data_builders import sqlite_table
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "sites_public"
 EXPECTED = json.loads((DATA / "expected.json").read_text())["sites"]
@@ -52,10 +53,7 @@ def close(actual: float, expected: float, rel: float = 1e-6) -> bool:
 
 
 def sqlite_source(tmp_path: Path, frame: pd.DataFrame, table: str = "patients") -> SqlSource:
-    db = tmp_path / "site.db"
-    with sqlite3.connect(db) as conn:
-        frame.to_sql(table, conn, index=False, if_exists="replace")
-    return SqlSource(f"sqlite:///{db}", table=table)
+    return SqlSource(sqlite_table(frame, tmp_path / "site.db", table), table=table)
 
 
 @pytest.mark.parametrize("site", SITES)

@@ -718,7 +718,8 @@ def analysis_page_name(index: int, name: str) -> str:
     return f"{index + 1:03d}-{_anchor(name)}.html"
 
 
-def _summary_parts(doc: RoundDocument, links: Sequence[str | None]) -> list[str]:
+def _summary_parts(doc: RoundDocument, links: Sequence[str | None], *,
+                   reasons: str = "see the reasons below") -> list[str]:
     """Title, facts, flags, pooled results, heterogeneity and participation of a round."""
     analyses = doc.analyses
     spec_name = (doc.spec or {}).get("name")
@@ -740,7 +741,7 @@ def _summary_parts(doc: RoundDocument, links: Sequence[str | None]) -> list[str]
                           for a, link in flagged)
         parts.append(f"<div class=\"alert\"><strong>Heterogeneity flagged</strong> in "
                      f"{_plural(len(flagged), 'analysis', 'analyses')}: {named}. One pooled "
-                     "number may mislead there; see the reasons below.</div>")
+                     f"number may mislead there; {reasons}.</div>")
     if doc.failure_reason:
         parts.append(f"<div class=\"alert\"><strong>Round failed.</strong> "
                      f"{_esc(doc.failure_reason)}</div>")
@@ -868,7 +869,8 @@ def render_round_pages(round_doc: RoundDocument | Mapping[str, Any]
         yield f"{folder}/models.html", _page(
             f"models \u2013 fedsynth round {doc.round}",
             "\n".join([pager, _models_section(doc), pager]))
-    parts = _summary_parts(doc, [f"{folder}/{p}" for p in pages])
+    parts = _summary_parts(doc, [f"{folder}/{p}" for p in pages],
+                           reasons="each analysis' page gives the reasons")
     if analyses:
         parts.append("<h2>Analyses</h2><p class=\"note\">This round has "
                      f"{_plural(len(analyses), 'analysis', 'analyses')}: each has its own page "

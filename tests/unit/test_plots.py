@@ -388,8 +388,8 @@ def test_forest_svg_is_inert_markup_with_escaped_text(labels, title):
         if el.get("style"):
             assert re.fullmatch(r"fill:#[0-9a-f]{6}", el.get("style"))
     texts = [el.text or "" for tag, el in elements if tag == "text"]
-    for label in labels:
-        shown = " ".join(label.split())
+    for i, label in enumerate(labels):
+        shown = " ".join(label.split()) or f"Study {i + 1}"     # a blank name is numbered
         shown = shown if len(shown) <= 45 else shown[:44] + "\u2026"
         shown = re.sub("[\x00-\x08\x0b\x0c\x0e-\x1f]", "\ufffd", shown)   # not XML
         assert shown in texts or "\u25b2 " + shown in texts

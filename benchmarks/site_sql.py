@@ -251,6 +251,8 @@ def main() -> None:
                              "its figures (to time the whole process from outside)")
     parser.add_argument("--generate", action="store_true",
                         help="only generate the table of --rows rows in --workdir")
+    parser.add_argument("--reuse", action="store_true",
+                        help="--engines: use the table already generated in --workdir/ROWS")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fedsynth-site-bench"))
     args = parser.parse_args()
     if args.one:
@@ -263,7 +265,8 @@ def main() -> None:
         return
     if args.engines:
         for rows in args.rows:
-            engines(args.engines, rows, args.workdir / str(rows))
+            engines(args.engines, rows, args.workdir / str(rows),
+                    generate_table=not args.reuse)
         return
 
     from tests._data_builders import INT_TYPES, big_frame, copy_frame

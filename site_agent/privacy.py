@@ -58,9 +58,15 @@ settings ``nfilter.tab`` / ``nfilter.subset``, Gaye et al., *Int J Epidemiol* 43
    (``table_min``) of a score's or a few-valued outcome's table with the other column,
    and its smallest level (``score_level_min``, ``outcome_level_min``), whatever the data
    source: the DataFrame estimators (:mod:`fedsynth.effects.patient_level`) count them on
-   the rows, the SQL pushdown (:mod:`site_agent.connectors.pushdown`) with one aggregate
-   query, and the regression estimators of a SQL source run on the streamed columns
-   through the DataFrame code. :func:`guard` needs no data frame for this rule: it checks
+   the rows; every other engine (a database through
+   :mod:`site_agent.connectors.engine`, Spark, a Parquet folder scanned in batches)
+   computes every estimator, regressions and Cox included, as sums inside the engine, and
+   the one finishing step (:mod:`fedsynth.effects.chunked`) reports the same cells from
+   the engine's one-pass counts and its level × 0/1 count tables (``level_counts``: at
+   most 21 rows of counts, never values). Only an analysis scored by a model artifact, a
+   released likelihood and a model step fetch a SQL source's rows, and only their columns
+   (``SqlSource.fetch_columns``); they run the DataFrame code, which counts the cells on
+   those rows. :func:`guard` needs no data frame for this rule: it checks
    the cells like any others (rules 1 and 2), so a CSV file and a database with the same
    rows are suppressed identically. What each estimator's numbers determine is written
    down in ``docs/decisions/security.md``.

@@ -21,10 +21,14 @@ the database (SQL "pushdown") and only the sums reach Python:
   and how many positives lie above it, so AUC and its variance need only ``O(#distinct
   scores)`` work inside the database and three scalars leave it.
 
-Every estimator, regression and Cox included, now runs inside the database through
+Every estimator, regression and Cox included, runs inside the database through
 :class:`site_agent.connectors.engine.SqlEngine` (which builds on this source's relation and
-error handling); the per-estimator methods below remain as a small public API of their own
-(and :meth:`SqlSource.fetch_columns` streams named columns for tools that need rows).
+error handling); the agent's estimates come from there. The per-estimator methods below
+are a small public API of their own, not the agent's path (they read the columns as the
+database stores them: the engine's SQLite rules for numeric text and missing-value texts
+do not apply to them). :meth:`SqlSource.fetch_columns` streams named columns for the only
+three uses that need rows: an analysis scored by a signed model artifact, a released
+likelihood (:mod:`site_agent.likelihood`) and a model step (:mod:`site_agent.steps`).
 
 The source is built with SQLAlchemy Core, so the same code runs on PostgreSQL (the tested
 production target) and on SQLite. A ``table`` name is quoted by SQLAlchemy (never pasted
@@ -47,7 +51,7 @@ from fedsynth.effects.aggregates import AucPlacements
 from fedsynth.effects.results import REFUSAL_VOCABULARY
 from fedsynth.errors import InputError
 
-#: rows per fetch when streaming columns for regression estimators
+#: rows per fetch when streaming columns (model-scored analyses, likelihoods, model steps)
 STREAM_CHUNK_ROWS = 50_000
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")

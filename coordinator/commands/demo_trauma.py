@@ -55,9 +55,8 @@ outcome = "mort"
 covariates = ["age", "motor_score", "pupil", "ct", "hypox", "hypots", "tsah", "edh"]
 description = "IMPACT-style core + CT model of 6-month mortality"
 # Internal-external cross-validation in the round (each MTF held out in turn) and the
-# verdict from held-out performance: turn it on by uncommenting the next line once the
-# round-side IECV (branch iecvwire) is merged.
-# iecv = true
+# verdict from held-out performance
+iecv = true
 [model.categorical]
 motor_score = ["5/6", "4", "3", "1/2"]
 pupil = ["Both", "One", "None"]

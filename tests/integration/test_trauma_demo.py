@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from coordinator.commands.demo_trauma import VARIANT_FOR_CHOICE
 from fedsynth.datasets import generate_trauma
 from fedsynth.models.artifact import read_artifact
 
@@ -157,9 +158,9 @@ def test_demo_trauma_runs_the_whole_story(tmp_path: Path) -> None:
     # the development round: both models fitted, shown in the table
     assert "model tbi_mortality  family binomial  status fitted  sites 4" in stdout
     assert "hierarchical: tau " in stdout
-    # the spec the lead turns IECV on in with one line
+    # internal-external cross-validation in the round, and the verdict it drives
     development = (out / "development.toml").read_text()
-    assert "\n# iecv = true\n" in development
+    assert "\niecv = true\n" in development
     # the exported model: signed by the demo's coordinator, from round 1
     ca = (out / "federation" / "pki" / "ca.crt").read_bytes()
     artifact = read_artifact((out / "model.json").read_text(), ca_pem=ca)
@@ -170,6 +171,12 @@ def test_demo_trauma_runs_the_whole_story(tmp_path: Path) -> None:
     assert artifact.variant in ("global", "recalibrated", "hierarchical")
     assert first["models"][0]["status"] == "fitted"
     assert first["models"][0]["hierarchical"]["tau"] > 0
+    iecv = first["models"][0]["iecv"]
+    assert len(iecv["per_site"]) == 4
+    assert set(iecv["pooled"]) == {"logit_auc", "calibration_slope",
+                                   "calibration_in_the_large", "log_OE"}
+    assert first["models"][0]["recommendation"]["choice"] in VARIANT_FOR_CHOICE
+    assert "internal-external cross-validation in the round" in stdout
     # the evaluation round scored the exported model at every site
     assert second["status"] == "pooled"
     by_name = {a["analysis"]: a for a in second["analyses"]}

@@ -83,7 +83,7 @@ def test_likelihood_section_equals_pooling_the_same_likelihoods(tmp_path):
 def test_document_version_3_round_trips_as_strict_json(tmp_path):
     doc = _closed(tmp_path)
     data = doc.to_dict()
-    assert data["schema_version"] == 3
+    assert data["schema_version"] == 4          # version 4: IECV of models
     text = json.dumps(data, allow_nan=False)
     again = RoundDocument.from_dict(json.loads(text))
     assert again.to_dict() == data

@@ -13,10 +13,11 @@ it (docs/decisions/iecv.md). The section lives in its own module so the report's
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from coordinator.htmltext import escape_html as _esc
+from coordinator.htmltext import format_number as _fmt
 from fedsynth.errors import InputError
 from fedsynth.jsonsafe import finite_or_none
 from fedsynth.models.iecv import POOLED_MEASURES, CandidateResult
@@ -38,16 +39,6 @@ _VARIANTS = {"global": "global", "global_recalibrated": "global, intercept recal
 ToSvg = Callable[[Any, str], str]
 
 
-def _esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    number = finite_or_none(value)
-    if number is None:
-        return "\u2013"
-    text = f"{number:.{digits}f}"
-    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def _interval(lower: Any, upper: Any) -> str:

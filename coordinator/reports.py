@@ -35,7 +35,6 @@ the pooled numbers shown in the reports are those the coordinator computed (REML
 
 from __future__ import annotations
 
-import html
 import io
 import json
 import math
@@ -49,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coordinator.htmltext import escape_html as _esc
+from coordinator.htmltext import format_number as _fmt
 from coordinator.report_models import iecv_section
 from fedsynth import __version__
 from fedsynth.errors import InputError
@@ -104,21 +105,6 @@ DIVERGENCE_Z = 1.959963984540054
 # Small helpers: numbers, escaping, validation
 # --------------------------------------------------------------------------------------------
 
-def _esc(value: Any) -> str:
-    """Escape any value for HTML text or attribute context."""
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    """Format a number for a table; missing values show as an en dash."""
-    number = finite_or_none(value)
-    if number is None:
-        return "\u2013"
-    # One fixed-point format for every cell of a column: "0.0000" beside "2.550e-05" made
-    # readers compare formats instead of numbers (issue 12). A value that rounds to zero
-    # prints as zero, without a sign.
-    text = f"{number:.{digits}f}"
-    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def _fmt_p(value: Any) -> str:

@@ -223,7 +223,8 @@ def _models_table(doc: RoundDocument) -> list[str]:
         events = _events(m)
         lines.append(
             f"model {p(m.name)}  family {p(m.family or '-')}  status {p(m.status or '-')}  "
-            f"sites {sites}  n {_fmt(m.n)}  events {_fmt(events)}  iterations "
+            f"sites {sites}  n {_fmt(m.n)}"
+            f"{'' if events is None else '  events ' + _fmt(events)}  iterations "
             f"{_fmt(one.get('iterations'))}  round trips {_fmt(m.round_trips)}  seconds "
             f"{_fmt(m.seconds, 1)}")
         if m.reason:

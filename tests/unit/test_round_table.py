@@ -150,7 +150,7 @@ def test_models_table_shows_each_model_with_its_fits(doc):
     assert text.startswith(render_table(doc))          # the analyses come first, unchanged
     lines = text.splitlines()
     head = next(line for line in lines if line.startswith("model tbi_mortality"))
-    assert ("family binomial  status fitted  sites 3  n 900  events -  iterations "
+    assert ("family binomial  status fitted  sites 3  n 900  iterations "
             f"{entry['one_stage']['iterations']}  round trips 26  seconds 6.5") in head
     start = next(i for i, line in enumerate(lines) if line.strip().startswith("coefficient"))
     names = [lines[start + 1 + i].split()[0] for i in range(len(model.coefficient_names))]

@@ -167,6 +167,17 @@ def peq(x: Any, digits: int) -> str:
     return text.replace("<", "< ") if text.startswith("<") else f"= {text}"
 
 
+def btt_label(btt: Any) -> str:
+    """The label of the coefficients an omnibus test covers, as metafor prints it.
+
+    1-based; ``2:4`` for a run, ``2,4`` otherwise (``Test of Moderators (coefficients 2:4)``).
+    """
+    b = [int(i) + 1 for i in btt]
+    if len(b) > 1 and b == list(range(b[0], b[-1] + 1)):
+        return f"{b[0]}:{b[-1]}"
+    return ",".join(str(i) for i in b)
+
+
 def grid(header: list[str], rows: list[list[str]]) -> list[str]:
     """A text table: first column left-aligned, the others right-aligned."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)

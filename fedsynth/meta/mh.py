@@ -45,6 +45,8 @@ from scipy import special, stats
 from fedsynth.effects.effect_sizes import escalc
 from fedsynth.errors import InputError, show_value
 from fedsynth.jsonsafe import finite_or_none as _num
+from fedsynth.meta._format import p as _pvalue
+from fedsynth.meta._format import peq
 
 __all__ = [
     "MH_MEASURES",
@@ -369,22 +371,16 @@ def _f(x: float) -> str:
     return f"{x:.4f}" if math.isfinite(x) else "NA"
 
 
-def _p(x: float) -> str:
-    if not math.isfinite(x):
-        return "NA"
-    return "<.0001" if x < 1e-4 else f"{x:.4f}"
-
-
 def _pv(x: float) -> str:
     """``p-val = 0.0602`` or ``p-val < .0001`` as metafor prints them."""
-    return "p-val < .0001" if math.isfinite(x) and x < 1e-4 else f"p-val = {_p(x)}"
+    return f"p-val {peq(x, 4)}"
 
 
 def _test_lines(r: Any) -> list[str]:
     lines = [f"Test for heterogeneity: Q(df = {max(r.k_yi - 1, 0)}) = {_f(r.Q)}, "
              f"{_pv(r.Q_pval)}; I^2 = {_f(r.I2)}%, H^2 = {_f(r.H2)}",
              "", "estimate      se     zval     pval    ci.lb    ci.ub",
-             f"{_f(r.estimate):>8} {_f(r.se):>7} {_f(r.zval):>8} {_p(r.pval):>8} "
+             f"{_f(r.estimate):>8} {_f(r.se):>7} {_f(r.zval):>8} {_pvalue(r.pval, 4):>8} "
              f"{_f(r.ci_lb):>8} {_f(r.ci_ub):>8}"]
     if r.measure in ("OR", "RR") and math.isfinite(r.estimate):
         lines.append(f"{r.measure} = {math.exp(r.estimate):.4f} "

@@ -48,6 +48,8 @@ from scipy.sparse import csgraph
 
 from fedsynth.errors import InputError
 from fedsynth.jsonsafe import finite_or_none
+from fedsynth.meta._format import btt_label
+from fedsynth.meta._format import p as _pvalue
 from fedsynth.results import Interval, ResultMixin
 
 __all__ = ["RmaMvResult", "rma_mv", "bldiag", "vcalc", "parse_random", "RandomTerm",
@@ -580,17 +582,17 @@ class RmaMvResult(ResultMixin):
                 lines.append("rho: " + " ".join(f"{r:.4f}" for r in self.rho))
             lines.append("")
         lines.append(f"Test for Residual Heterogeneity:\nQE(df = {self.QE_df}) = "
-                     f"{self.QE:.4f}, p-val = {_p(self.QEp)}")
+                     f"{self.QE:.4f}, p-val = {_pvalue(self.QEp, 4)}")
         lines.append("")
         if self.p > 1 or self.btt != (0,):
             if self.test == "t":
-                lines.append(f"Test of Moderators (coefficients {_btt(self.btt)}):\n"
+                lines.append(f"Test of Moderators (coefficients {btt_label(self.btt)}):\n"
                              f"F(df1 = {self.QM_df[0]:g}, df2 = {self.QM_df[1]:g}) = "
-                             f"{self.QM:.4f}, p-val = {_p(self.QMp)}")
+                             f"{self.QM:.4f}, p-val = {_pvalue(self.QMp, 4)}")
             else:
-                lines.append(f"Test of Moderators (coefficients {_btt(self.btt)}):\n"
+                lines.append(f"Test of Moderators (coefficients {btt_label(self.btt)}):\n"
                              f"QM(df = {self.QM_df[0]:g}) = {self.QM:.4f}, "
-                             f"p-val = {_p(self.QMp)}")
+                             f"p-val = {_pvalue(self.QMp, 4)}")
             lines.append("")
         lines.append("Model Results:")
         lines.append("")
@@ -603,7 +605,7 @@ class RmaMvResult(ResultMixin):
             row = (f"{name[:12]:12s} {self.beta[j]:9.4f} {self.se[j]:8.4f} "
                    f"{self.zval[j]:8.4f} ")
             row += f"{self.ddf:4g} " if self.test == "t" else ""
-            row += f"{_p(self.pval[j]):>8s} {self.ci_lb[j]:8.4f} {self.ci_ub[j]:8.4f}"
+            row += f"{_pvalue(self.pval[j], 4):>8s} {self.ci_lb[j]:8.4f} {self.ci_ub[j]:8.4f}"
             lines.append(row)
         if not self.converged:
             lines.append("")
@@ -676,19 +678,6 @@ class MultilevelI2(ResultMixin):
                 "I2_levels": {n: finite_or_none(v) for n, v in zip(
                     self.s_names, self.I2_levels, strict=True)},
                 "typical": finite_or_none(self.typical)}
-
-
-def _p(p: float) -> str:
-    if not np.isfinite(p):
-        return "NA"
-    return "<.0001" if p < 1e-4 else f"{p:.4f}"
-
-
-def _btt(btt: tuple[int, ...]) -> str:
-    b = [i + 1 for i in btt]
-    if len(b) > 1 and b == list(range(b[0], b[-1] + 1)):
-        return f"{b[0]}:{b[-1]}"
-    return ",".join(str(i) for i in b)
 
 
 # ----------------------------------------------------------------------------- fitting

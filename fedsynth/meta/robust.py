@@ -39,6 +39,8 @@ from scipy import stats
 
 from fedsynth.errors import InputError
 from fedsynth.jsonsafe import finite_or_none
+from fedsynth.meta._format import btt_label
+from fedsynth.meta._format import p as _pvalue
 from fedsynth.meta.metareg import MetaRegressionResult
 from fedsynth.meta.mv import RmaMvResult
 from fedsynth.meta.pooling import PoolingResult
@@ -126,9 +128,9 @@ class RobustResult(ResultMixin):
                          f"{self.dfs[0]:g} df.")
         lines.append("")
         if not self.int_only:
-            lines.append(f"Test of Moderators (coefficients {_btt(self.btt)}):")
+            lines.append(f"Test of Moderators (coefficients {btt_label(self.btt)}):")
             lines.append(f"F(df1 = {self.QM_df[0]:g}, df2 = {self.QM_df[1]:.4g}) = "
-                         f"{self.QM:.4f}, p-val = {_p(self.QMp)}")
+                         f"{self.QM:.4f}, p-val = {_pvalue(self.QMp, 4)}")
             lines.append("")
         lines.append("Model Results:")
         lines.append("")
@@ -136,7 +138,7 @@ class RobustResult(ResultMixin):
                      f"{'pval':>8s} {'ci.lb':>8s} {'ci.ub':>8s}")
         for j, name in enumerate(self.names):
             lines.append(f"{name[:12]:12s} {self.beta[j]:9.4f} {self.se[j]:8.4f} "
-                         f"{self.zval[j]:8.4f} {self.dfs[j]:6.4g} {_p(self.pval[j]):>8s} "
+                         f"{self.zval[j]:8.4f} {self.dfs[j]:6.4g} {_pvalue(self.pval[j], 4):>8s} "
                          f"{self.ci_lb[j]:8.4f} {self.ci_ub[j]:8.4f}")
         return "\n".join(lines)
 
@@ -159,19 +161,6 @@ class RobustResult(ResultMixin):
         return pd.DataFrame({"coefficient": list(self.names), "estimate": self.beta,
                              "se": self.se, "tval": self.zval, "df": self.dfs,
                              "pval": self.pval, "ci_lb": self.ci_lb, "ci_ub": self.ci_ub})
-
-
-def _p(p: float) -> str:
-    if not np.isfinite(p):
-        return "NA"
-    return "<.0001" if p < 1e-4 else f"{p:.4f}"
-
-
-def _btt(btt: tuple[int, ...]) -> str:
-    b = [i + 1 for i in btt]
-    if len(b) > 1 and b == list(range(b[0], b[-1] + 1)):
-        return f"{b[0]}:{b[-1]}"
-    return ",".join(str(i) for i in b)
 
 
 @dataclass(frozen=True, eq=False)

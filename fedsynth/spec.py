@@ -259,6 +259,19 @@ class AnalysisSpec:
         """Validate one ``[[analysis]]`` table; errors name the analysis and the key."""
         return _parse_analysis(table, index, None)
 
+    @classmethod
+    def coerce(cls, analysis: Any, where: str = "estimate") -> AnalysisSpec:
+        """``analysis`` as an :class:`AnalysisSpec`: itself, or a validated mapping.
+
+        Raises :class:`~fedsynth.errors.InputError` (naming ``where``) for anything else.
+        """
+        if isinstance(analysis, AnalysisSpec):
+            return analysis
+        if isinstance(analysis, Mapping):
+            return cls.from_dict(analysis)
+        raise InputError(f"{where}: analysis must be an AnalysisSpec, got "
+                         f"{type(analysis).__name__}")
+
 
 @dataclass(frozen=True)
 class Spec:

@@ -789,12 +789,7 @@ def estimate_on_engine(engine: AggregateEngine, analysis: AnalysisSpec | Mapping
         (including one the engine reports, worded from the fixed vocabulary) is a
         refusal, never an exception.
     """
-    if not isinstance(analysis, AnalysisSpec):
-        if isinstance(analysis, Mapping):
-            analysis = AnalysisSpec.from_dict(analysis)
-        else:
-            raise InputError(f"estimate: analysis must be an AnalysisSpec, got "
-                             f"{type(analysis).__name__}")
+    analysis = AnalysisSpec.coerce(analysis, "estimate")
     try:
         return _ESTIMATORS[analysis.estimator](_Run(engine, analysis))
     except Refuse as refusal:

@@ -665,12 +665,7 @@ def estimate(df: pd.DataFrame, analysis: AnalysisSpec | Mapping[str, Any]
     if not isinstance(df, pd.DataFrame):
         raise InputError(f"estimate: data must be a pandas DataFrame, got "
                          f"{type(df).__name__}")
-    if not isinstance(analysis, AnalysisSpec):
-        if isinstance(analysis, Mapping):
-            analysis = AnalysisSpec.from_dict(analysis)
-        else:
-            raise InputError(f"estimate: analysis must be an AnalysisSpec, got "
-                             f"{type(analysis).__name__}")
+    analysis = AnalysisSpec.coerce(analysis, "estimate")
     try:
         if analysis.model is not None:
             df, analysis = _scored_by_model(df, analysis)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedsynth.effects.chunked import BlockEngine, estimate_on_engine
+from fedsynth.effects.patient_level import estimate
 from fedsynth.errors import ConfigError, InputError
 from fedsynth.spec import ESTIMATORS, AnalysisSpec, Spec, load_spec, parse_spec
 
@@ -168,3 +171,17 @@ def test_spec_objects_are_frozen() -> None:
     spec = parse_spec(GOOD)
     with pytest.raises(AttributeError):
         spec.analyses[0].outcome = "other"  # type: ignore[misc]
+
+
+def test_estimators_take_an_analysis_or_its_table_and_refuse_anything_else() -> None:
+    table = {"name": "crude_OR", "estimator": "two_by_two", "outcome": "y",
+             "exposure": "x", "measure": "OR"}
+    assert AnalysisSpec.coerce(table) == AnalysisSpec.from_dict(table)
+    spec = AnalysisSpec.from_dict(table)
+    assert AnalysisSpec.coerce(spec) is spec
+    frame = pd.DataFrame({"y": [0, 1] * 20, "x": [0, 0, 1, 1] * 10})
+    for call in (lambda a: estimate(frame, a),
+                 lambda a: estimate_on_engine(BlockEngine(lambda columns: [frame]), a)):
+        with pytest.raises(InputError, match="estimate: analysis must be an AnalysisSpec, "
+                                             "got list"):
+            call([table])

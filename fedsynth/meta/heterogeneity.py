@@ -35,6 +35,7 @@ from scipy.special import chdtr
 from fedsynth.errors import InputError
 from fedsynth.jsonsafe import finite_or_none as _num
 from fedsynth.meta._format import f
+from fedsynth.meta.deletion import SERIES_METHODS, SERIES_MIN_SITES, deleted_fits
 from fedsynth.meta.stats import as_batch, heterogeneity_indices, qprofile_tau2_ci, typical_variance
 from fedsynth.results import Interval, ResultMixin, frame_html
 from fedsynth.vocabulary import SCALES, from_scale
@@ -508,6 +509,9 @@ def _drivers(pooled: Any, labels: Sequence[Any] | None, influence: Any | None,
 #: 2.4x faster than blocks of 1,024 such analyses, and bounds the memory (20,000 x 20
 #: would otherwise be 400,000 x 20 grids)
 _BLOCK_CELLS = 100_000
+#: cells (analyses x sites) per block of deleted fits: the series' power sums take about
+#: 900 bytes per cell (fedsynth.meta.deletion), so 20,000 cells keep a block near 18 MB
+_DELETION_CELLS = 20_000
 
 
 @dataclass(frozen=True)
@@ -625,25 +629,26 @@ def site_diagnostics_batch(batch: Any, rows: Any | None = None) -> BatchSiteDiag
     knha = str(batch.test).lower() == "knha"
     rst = np.full((m, K), np.nan)
     infl = np.zeros((m, K), dtype=bool)
-    eye = np.eye(K, dtype=bool)
     wanted = np.ones(m, dtype=bool)
     if rows is not None:
         sel = np.asarray(rows)
         wanted = np.zeros(m, dtype=bool)
         wanted[sel] = True
     multi = np.flatnonzero((kk >= 2) & wanted)
-    block = max(1, _BLOCK_CELLS // (K * K))
+    if K >= SERIES_MIN_SITES and method in SERIES_METHODS:
+        block = max(1, _DELETION_CELLS // K)
+    else:
+        block = max(1, _BLOCK_CELLS // (K * K))
     for start in range(0, multi.size, block):
         rows = multi[start:start + block]
         Mb, yb, vb_, kb = msk[rows], y[rows], v[rows], kk[rows]
-        # deleted row (a, j) for every present site j of analysis a, then the full rows
+        # the full fits, then the deleted fit (a, j) for every present site j of analysis a
+        full = fit_batch(yb, vb_, Mb, method=method)
+        mu_full, t2_full = full.estimate, full.tau2
         cell_a, cell_j = np.nonzero(Mb)
-        del_mask = Mb[cell_a] & ~eye[cell_j]
-        fit = fit_batch(np.concatenate([yb[cell_a], yb]), np.concatenate([vb_[cell_a], vb_]),
-                        np.concatenate([del_mask, Mb]), method=method)
+        dele = deleted_fits(yb, vb_, Mb, t2_full, method, (cell_a, cell_j))
         n = cell_a.size
-        mu_del, t2_del, se_del = fit.estimate[:n], fit.tau2[:n], fit.se[:n]
-        mu_full, t2_full = fit.estimate[n:], fit.tau2[n:]
+        mu_del, t2_del, se_del = dele.estimate, dele.tau2, dele.se
         with np.errstate(divide="ignore", invalid="ignore"):
             # full model: weights, hat values (p = 1), variance of the pooled effect
             w = np.where(Mb, 1.0 / (vb_ + t2_full[:, None]), 0.0)
@@ -651,9 +656,7 @@ def site_diagnostics_batch(batch: Any, rows: Any | None = None) -> BatchSiteDiag
             hat = (w * vbeta[:, None])[cell_a, cell_j]
             if knha:
                 # Knapp-Hartung factors of the deleted and the full fits
-                wd = np.where(del_mask, 1.0 / (vb_[cell_a] + t2_del[:, None]), 0.0)
-                rd = np.where(del_mask, (yb[cell_a] - mu_del[:, None]) ** 2, 0.0)
-                s2w_del = (wd * rd).sum(axis=1) / (fit.k[:n] - 1)
+                s2w_del = dele.rss / (dele.k - 1)
                 rf = np.where(Mb, (yb - mu_full[:, None]) ** 2, 0.0)
                 s2w_full = ((w * rf).sum(axis=1) / (kb - 1))[cell_a]
             else:
@@ -668,8 +671,7 @@ def site_diagnostics_batch(batch: Any, rows: Any | None = None) -> BatchSiteDiag
             dfb = mu_full[cell_a] - mu_del
             dffits = dfb / np.sqrt(s2w_del * hat * (t2_del + vc))
             # variance of the full model's estimate with the deleted model's tau² plugged in
-            vb_plug = 1.0 / np.where(Mb[cell_a], 1.0 / (vb_[cell_a] + t2_del[:, None]),
-                                     0.0).sum(axis=1)
+            vb_plug = 1.0 / dele.sw_all
             dfbetas = dfb / np.sqrt(s2w_del * vb_plug)
             cooks = dfb**2 / vb_full
             kc = kb[cell_a]

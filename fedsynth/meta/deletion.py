@@ -294,7 +294,11 @@ def deleted_fits(y: np.ndarray, v: np.ndarray, msk: np.ndarray, tau2_full: np.nd
             # (then the engine probes for an interior maximum)
             flat = multi & ~(num0 > 0)
             t_del[flat & ~(start.he > 0)] = 0.0
-            engine |= flat & (start.he > 0)
+            probe = np.flatnonzero(flat & (start.he > 0))
+            if probe.size:
+                found = _probe(yc, v, msk, cells, probe, start, zero, method)
+                t_del[probe[~found]] = 0.0
+                engine[probe[found]] = True
         else:  # FE
             t_del = np.zeros(n)
     at_zero = t_del == 0.0
@@ -309,6 +313,43 @@ def deleted_fits(y: np.ndarray, v: np.ndarray, msk: np.ndarray, tau2_full: np.nd
         out_centre[rest] = centre_re[cell_a[rest]]
     fits = _finish(y, v, msk, cells, out_t, out_sums, engine, method, out_centre)
     return fits
+
+
+#: the engine's probe of a flat start: the score at HE, HE/2, ..., HE/2^12
+_PROBES = 13
+
+
+def _probe(yc: np.ndarray, v: np.ndarray, msk: np.ndarray,
+           cells: tuple[np.ndarray, np.ndarray], probe: np.ndarray, start: _Start,
+           zero: np.ndarray, method: str) -> np.ndarray:
+    """The engine's interior-maximum probe for the cells ``probe``.
+
+    Where the score at zero is not positive but the HE estimate is, the engine
+    (``stats._newton_score``) looks for a positive score at ``HE / 2^j``, j = 0..12: a
+    hit brackets an interior maximum, none leaves tau² = 0. The scores are taken from
+    series expanded at the full analyses' ``HE / 2^j`` (a deleted fit's HE is close to
+    its analysis's). Returns, per cell, whether any probe point has a positive score
+    (those cells go to the engine).
+    """
+    rows, inverse = np.unique(cells[0][probe], return_inverse=True)
+    sub = (inverse.ravel(), cells[1][probe])
+    ys, vs, ms = yc[rows], v[rows], msk[rows]
+    he_full = np.maximum(start.he_full[rows], 0.0)
+    he = start.he[probe]
+    zero_p = zero[:, :, probe]
+    logv0 = np.zeros(probe.size)       # the probe needs no likelihood
+    direct = _Direct(ys, vs, ms, sub)
+    every = np.arange(probe.size)
+    found = np.zeros(probe.size, dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for j in range(_PROBES):
+            look = every[~found]
+            if look.size == 0:
+                break
+            src = _Near([_Series(ys, vs, ms, he_full / 2.0**j, sub)], zero_p, logv0, direct)
+            num, _, _ = _score(src.sums(he[look] / 2.0**j, look), method)
+            found[look[num > 0]] = True
+    return found
 
 
 def _exclusive_max(x: np.ndarray) -> np.ndarray:

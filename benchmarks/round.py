@@ -72,8 +72,13 @@ def _spec_toml(analyses: int) -> str:
                    for i in range(analyses))
 
 
-def _setup(workdir: Path, sites: list[str], analyses: int) -> Path:
-    """PKI (CA, coordinator and one certificate per site) and coordinator.toml."""
+def _setup(workdir: Path, sites: list[str], analyses: int,
+           in_flight_total: int | None = None) -> Path:
+    """PKI (CA, coordinator and one certificate per site) and coordinator.toml.
+
+    ``in_flight_total`` sets ``[limits] in_flight_total`` (default: the coordinator's
+    512), as an operator of a network of more sites than that would.
+    """
     from fedsynth.pki import init_ca, issue_coordinator, issue_site
 
     pki = workdir / "pki"
@@ -88,7 +93,9 @@ def _setup(workdir: Path, sites: list[str], analyses: int) -> Path:
         'listen = "127.0.0.1:0"\nstate = "state.db"\nreport_dir = "reports"\n'
         '[tls]\nca = "pki/ca.crt"\ncert = "pki/coordinator.crt"\nkey = "pki/coordinator.key"\n'
         f'[sites]\nallow = [{allow}]\n'
-        '[limits]\nrate = 50\nburst = 200\n', encoding="utf-8")
+        '[limits]\nrate = 50\nburst = 200\n'
+        + (f'in_flight_total = {in_flight_total}\n' if in_flight_total else ''),
+        encoding="utf-8")
     return config
 
 
@@ -309,7 +316,7 @@ async def _drive(config_path: Path, target: str, sites: list[str], analyses: int
 
 def run(sites: int, analyses: int, *, poll: float = 0.25, seed: int = 1,
         workdir: Path | None = None, wait_report: bool = True,
-        profile: Path | None = None) -> dict:
+        profile: Path | None = None, in_flight_total: int | None = None) -> dict:
     """Run the benchmark; return its figures (see the module docstring)."""
     width = max(3, len(str(sites - 1)))
     names = [f"site-{i:0{width}d}" for i in range(sites)]
@@ -317,7 +324,7 @@ def run(sites: int, analyses: int, *, poll: float = 0.25, seed: int = 1,
         work = Path(workdir) if workdir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
-        config = _setup(work, names, analyses)
+        config = _setup(work, names, analyses, in_flight_total)
         pki_s = time.perf_counter() - t
         proc, target = _start_coordinator(config, work, profile)
         pid = proc.pid
@@ -432,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the coordinator under py-spy record; its samples "
                              "(collapsed stacks for flamegraph.pl or speedscope, "
                              "round-SITESxANALYSES.txt) go into DIR")
+    parser.add_argument("--in-flight-total", type=int, default=None, metavar="N",
+                        help="the coordinator's [limits] in_flight_total (default: its own "
+                             "512), as an operator of a network of more sites would set it")
     args = parser.parse_args(argv)
     if args.analyses < 1:
         parser.error("--analyses must be >= 1")
@@ -447,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         profile = (args.profile / f"round-{n}x{args.analyses}.txt"
                    if args.profile is not None else None)
         result = run(n, args.analyses, poll=args.poll, seed=args.seed, workdir=workdir,
-                     wait_report=not args.no_report_wait, profile=profile)
+                     wait_report=not args.no_report_wait, profile=profile,
+                     in_flight_total=args.in_flight_total)
         results.append(result)
         if not args.json:
             _print_run(result)

@@ -87,26 +87,23 @@ class DeletedFits:
     engine: int
 
 
-def _terms(e_max: float) -> int:
-    """Terms of the series needed for ``|e| <= e_max`` (see ``_TAIL``)."""
-    if e_max <= 0:
-        return 1
-    for n in range(1, _N_MAX + 1):
-        if comb(n + 3, 3) * e_max ** (n + 1) < _TAIL:
-            return n
-    return _N_MAX
-
-
-#: the term counts a cell may get (cells are grouped by them: few terms for most)
+#: the term counts a cell may get (cells are grouped by them: few terms for most), and
+#: the largest |e| each serves: C(n + 3, 3) |e|^(n + 1) = _TAIL solved for |e| (0.999 of
+#: it, so the bound holds strictly)
 _TERM_STEPS = np.array([2, 4, 6, 9, 12, 16, 24, 32, _N_MAX])
-_TERM_LIMITS = np.array([next((e for e in np.geomspace(1e-6, 1, 4000)[::-1]
-                               if _terms(e) <= n), 0.0) for n in _TERM_STEPS])
+_TERM_LIMITS = np.array([0.999 * (_TAIL / comb(int(n) + 3, 3)) ** (1.0 / (int(n) + 1))
+                         for n in _TERM_STEPS])
 
 
 def _terms_each(e: np.ndarray) -> np.ndarray:
     """Terms for each cell's ``|e|``, rounded up to one of ``_TERM_STEPS``."""
     pos = np.searchsorted(_TERM_LIMITS, e, side="left")
     return _TERM_STEPS[np.minimum(pos, _TERM_STEPS.size - 1)]
+
+
+def _terms(e_max: float) -> int:
+    """Terms of the series needed for every ``|e| <= e_max``."""
+    return int(_terms_each(np.array([e_max]))[0])
 
 
 _COEF = np.array([[0.0] * (_N_MAX + 1)] + [
@@ -129,14 +126,13 @@ class _Series:
         u = np.where(msk, 1.0 / (v + tau2_full[:, None]), 0.0)
         scale = u.max(axis=1)                           # u_max per analysis
         x = u / scale[:, None]
-        p_max = int(_terms_each(np.array([_E_MAX]))[0]) + 3
-        # moments[p, b, c] = sum_{j != i} x_j^p y_j^b for the cell c = (a, i)
+        p_max = _terms(_E_MAX) + 3
+        # moments[p, b, c] = sum_{j != i} x_j^p y_j^b for the cell c = (a, i): the
+        # powers of all p and b stacked, one exclusive sum over them all
+        powers = np.cumprod(np.broadcast_to(x, (p_max,) + x.shape), axis=0)
+        terms = np.stack([powers, powers * yc, powers * (yc * yc)], axis=1)
         self.moments = np.empty((p_max + 1, 3, cells[0].size))
-        xp = np.ones_like(x)
-        for p in range(1, p_max + 1):
-            xp = xp * x
-            for b, term in enumerate((xp, xp * yc, xp * yc * yc)):
-                self.moments[p, b] = st.exclusive_sum(term)[cells]
+        self.moments[1:] = st.exclusive_sum(terms)[:, :, cells[0], cells[1]]
         self.scale = scale[cells[0]]
         self.t0 = tau2_full[cells[0]]
         self.log_v0 = st.exclusive_sum(np.where(msk, np.log(v + tau2_full[:, None]), 0.0))[
@@ -342,12 +338,18 @@ def _probe(yc: np.ndarray, v: np.ndarray, msk: np.ndarray,
     every = np.arange(probe.size)
     found = np.zeros(probe.size, dtype=bool)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # the small probe points are in reach of one expansion at zero
+        near_zero = _Series(ys, vs, ms, np.zeros(rows.size), sub)
         for j in range(_PROBES):
             look = every[~found]
             if look.size == 0:
                 break
-            src = _Near([_Series(ys, vs, ms, he_full / 2.0**j, sub)], zero_p, logv0, direct)
-            num, _, _ = _score(src.sums(he[look] / 2.0**j, look), method)
+            point = he[look] / 2.0**j
+            expansions = [near_zero]
+            if not near_zero.reach(point, look).all():
+                expansions.append(_Series(ys, vs, ms, he_full / 2.0**j, sub))
+            src = _Near(expansions, zero_p, logv0, direct)
+            num, _, _ = _score(src.sums(point, look), method)
             found[look[num > 0]] = True
     return found
 

@@ -1121,7 +1121,7 @@ def _ll0_check(b, tau2, converged, method, floor=0.0):
 
 #: Cells per block of :func:`_ml_reml_intercept`: a block's (rows, sites) arrays and
 #: temporaries stay in the processor's cache through every Newton step.
-_ML_REML_BLOCK_CELLS = 1 << 15
+_ML_REML_BLOCK_CELLS = 1 << 17
 
 
 def _ml_reml_sums(y: np.ndarray, vw: np.ndarray, tau2: np.ndarray, ones: np.ndarray,
@@ -1212,45 +1212,102 @@ def _ml_reml_block(y: np.ndarray, vw: np.ndarray, mask: np.ndarray, k_int: np.nd
     dev = np.where(mask, y - ((y @ ones) / k)[:, None], 0.0)
     ss = np.einsum("ij,ij->i", dev, dev)
     he0 = (ss - sv * (k - 1) / k) / (k - 1)
+    hi = 2.0 * ss / np.maximum(k - 1, 1.0)
     # one weight above half the total: sum(w^2) <= max(w) sum(w) rules it out cheaply
     dominated = ~(sw20 <= (_DOMINANCE * sw0) ** 2)
     if dominated.any():
         dominated[dominated] = ~(np.max(1.0 / vw[dominated], axis=1)
                                  <= _DOMINANCE * sw0[dominated])
-    hard = ~(np.isfinite(s0) & np.isfinite(he0) & np.isfinite(sw0)) | dominated | (
-        (s0 <= 0) & (he0 > 0))
-    newton = np.flatnonzero(~hard & (s0 > 0))
+    hard = ~(np.isfinite(s0) & np.isfinite(he0) & np.isfinite(sw0) & np.isfinite(hi)
+             ) | dominated
+    hi = (np.where(hi > 0, hi, 1.0) + 1e-300) * k + 2 * v0.max(axis=1)
+    lo = np.zeros(n)
+    x0 = np.minimum(np.maximum(he0, 0.0), hi)
+    solve = ~hard & (s0 > 0)
+    probe = np.flatnonzero(~hard & (s0 <= 0) & (he0 > 0))
+    if probe.size:
+        # _newton_score's probe at HE, HE/2, ..., HE/2^12: the first positive score
+        # brackets a maximum with the previous point (with hi when HE itself is positive)
+        p_lo, p_hi, found = _ml_reml_probe(y[probe], vw[probe], he0[probe], ones, reml)
+        hit = probe[found]
+        lo[hit] = p_lo[found]
+        hi[hit] = np.where(np.isnan(p_hi[found]), hi[hit], p_hi[found])
+        x0[hit] = np.minimum(np.maximum(he0[hit], lo[hit]), hi[hit])
+        solve[hit] = True
     pp = sw20 - 2 * sw30 / sw0 + sw20 * sw20 / sw0**2 if reml else sw20
     se = np.sqrt(2 / pp)
-    if newton.size:
-        nk = k[newton]
-        hi = 2.0 * ss[newton] / np.maximum(nk - 1, 1.0)
-        hi = (np.where(np.isfinite(hi) & (hi > 0), hi, 1.0) + 1e-300) * nk + 2 * v0[
-            newton].max(axis=1)
-        scale = sv[newton] / nk
+    rows = np.flatnonzero(solve)
+    if rows.size:
+        nk = k[rows]
+        scale = sv[rows] / nk
         xtol = _XTOL_REL * np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
-        vt = (nk - 1) / (sw0[newton] - sw20[newton] / sw0[newton])
-        yn, vn = y[newton], vw[newton]
-        root, conv = _ml_reml_newton(yn, vn, np.minimum(np.maximum(he0[newton], 0.0), hi),
-                                     hi, xtol, vt, ones, reml)
+        vt = (nk - 1) / (sw0[rows] - sw20[rows] / sw0[rows])
+        yn, vn = y[rows], vw[rows]
+        root, conv = _ml_reml_newton(yn, vn, lo[rows], x0[rows], hi[rows], xtol, vt, ones,
+                                     reml)
         # the likelihood at the root and at 0 (rma.uni's check) and the SE at the root
         with np.errstate(divide="ignore", invalid="ignore"):
             _, _, sw1, sw21, sw31, rss1 = _ml_reml_sums(yn, vn, root, ones, reml, False)
-            dlogv = np.log1p(root[:, None] / vn) @ ones
-        diff = 0.5 * (dlogv + rss1 - rss0[newton])
+            # sum log(1 + tau2/v) as the log of one product per row (a log per cell costs
+            # more than the rest of the check); log1p per cell where the product overflows
+            ratio = root[:, None] / vn
+            ratio += 1.0
+            dlogv = np.log(np.multiply.reduce(ratio, axis=1))
+            big = np.flatnonzero(~np.isfinite(dlogv))
+            if big.size:
+                dlogv[big] = np.log1p(root[big, None] / vn[big]) @ ones
+        diff = 0.5 * (dlogv + rss1 - rss0[rows])
         if reml:
-            diff += 0.5 * np.log(sw1 / sw0[newton])
+            diff += 0.5 * np.log(sw1 / sw0[rows])
         back = conv & (root > 0) & (diff > _EPS ** 0.25)
         root = np.where(back, 0.0, root)
         pp1 = sw21 - 2 * sw31 / sw1 + sw21 * sw21 / sw1**2 if reml else sw21
-        se[newton] = np.where(back, se[newton], np.sqrt(2 / pp1))
-        tau2[newton], ok[newton] = root, conv
+        se[rows] = np.where(back, se[rows], np.sqrt(2 / pp1))
+        tau2[rows], ok[rows] = root, conv
     return tau2, ok, se, np.flatnonzero(hard)
 
 
-def _ml_reml_newton(y: np.ndarray, vw: np.ndarray, x0: np.ndarray, hi: np.ndarray,
-                    xtol: np.ndarray, vt: np.ndarray, ones: np.ndarray, reml: bool):
-    """:func:`bracketed_root` on ``(vt + tau2)^2 score`` over ``[0, hi]``, score(0) > 0.
+def _ml_reml_probe(y: np.ndarray, vw: np.ndarray, he0: np.ndarray, ones: np.ndarray,
+                   reml: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_newton_score`'s probe for rows with score(0) <= 0 < HE.
+
+    The score at ``HE / 2^j``, ``j = 0..12``, until it is positive. Returns per row the
+    first point with a positive score (the bracket's lower end), the point before it
+    (NaN when it is HE itself: the caller's closed-form upper end then applies) and
+    whether one was found.
+    """
+    n = he0.size
+    t = he0.copy()
+    t_prev = np.full(n, np.nan)
+    p_lo = np.full(n, np.nan)
+    p_hi = np.full(n, np.nan)
+    found = np.zeros(n, dtype=bool)
+    idx = np.arange(n)
+    yc, vc = y, vw
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for _ in range(13):
+            s_t = _ml_reml_sums(yc, vc, t[idx], ones, reml, False)[0]
+            pos = s_t > 0
+            h = idx[pos]
+            found[h], p_lo[h], p_hi[h] = True, t[h], t_prev[h]
+            # a zero score at t_prev needs no care: the solver's first step evaluates it
+            # there (x0 = t_prev), finds the same exact zero and stops at it, as
+            # bracketed_root does without evaluating
+            miss = ~pos
+            m_ = idx[miss]
+            t_prev[m_] = t[m_]
+            t[m_] = t[m_] / 2
+            if not miss.any():
+                break
+            if not miss.all():
+                idx, yc, vc = m_, yc[miss], vc[miss]
+    return p_lo, p_hi, found
+
+
+def _ml_reml_newton(y: np.ndarray, vw: np.ndarray, lo: np.ndarray, x0: np.ndarray,
+                    hi: np.ndarray, xtol: np.ndarray, vt: np.ndarray, ones: np.ndarray,
+                    reml: bool):
+    """:func:`bracketed_root` on ``(vt + tau2)^2 score`` over ``[lo, hi]``, score(lo) > 0.
 
     The same iteration as :func:`_newton_score`'s call (Newton steps inside the bracket,
     bisection when a step leaves it, rtsafe's stopping rules with ``newton_rtol = 1e-9``),
@@ -1259,7 +1316,7 @@ def _ml_reml_newton(y: np.ndarray, vw: np.ndarray, x0: np.ndarray, hi: np.ndarra
     arrays are compacted to the rows still iterating once a fifth have stopped.
     """
     n = x0.size
-    lo = np.zeros(n)
+    lo = lo.copy()
     hi = hi.copy()
     x = x0.copy()
     root = 0.5 * (lo + hi)

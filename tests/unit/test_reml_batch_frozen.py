@@ -4,7 +4,8 @@ tests/data/reml_batch/frozen.npz was written once by make_frozen.py with the sol
 main 44f9de0 (see tests/data/README.md); the fast intercept-only path must give the same
 tau², SE of tau², convergence flags, estimates and SEs to 1e-10 relative, on a stress set
 (k = 2, tau² = 0, huge and tiny variances, dominated weights, interior maxima found by the
-HE probe and probes that find none) and on the benchmark's 200,000 x 20 arrays.
+HE probe and probes that find none, with and without a dominant site) and on the
+benchmark's 200,000 x 20 arrays.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ def test_frozen_set_covers_the_hard_cases(frozen):
     assert (groups == "interior").sum() == 200
     assert (frozen["REML_tau2"][groups == "interior"] > 0).all()
     assert (frozen["REML_tau2"][groups == "probe_miss"] == 0).all()
+    assert (frozen["REML_tau2"][groups == "interior_even"] > 0).all()
+    assert (frozen["REML_tau2"][groups == "probe_miss_even"] == 0).all()
+    w = np.where(frozen["mask"], 1.0 / frozen["vi"], 0.0)
+    even = groups == "interior_even"
+    assert even.sum() == 100 and (w.max(axis=1) <= 0.5 * w.sum(axis=1))[even].all()
     assert (frozen["REML_tau2"] == 0).sum() > 500
     v = np.where(frozen["mask"], frozen["vi"], np.nan)
     assert np.nanmax(v) / np.nanmin(v) > 1e16

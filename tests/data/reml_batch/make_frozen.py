@@ -23,7 +23,9 @@ Stress set (seeded; k counts the contributing sites of a 20-column grid):
 * ``flat``: identical or nearly identical effects (Q = 0 or tiny: tau² = 0);
 * ``interior``: score at zero not positive but an interior maximum of the likelihood (the
   HE probe finds it), found by search among small heterogeneous analyses;
-* ``probe_miss``: score at zero not positive, HE > 0, no maximum found (tau² = 0).
+* ``probe_miss``: score at zero not positive, HE > 0, no maximum found (tau² = 0);
+* ``interior_even``, ``probe_miss_even``: the same two kinds among analyses where no
+  weight holds half the total (the first two are mostly analyses with one dominant site).
 """
 
 from __future__ import annotations
@@ -108,10 +110,45 @@ def stress_set(seed: int = 17):
     for name, (kk, vv, yy) in parts.items():
         grids.append(_grid(rng, np.asarray(kk), vv, yy))
         groups += [name] * len(kk)
+    for name, grid in _even_probe_rows(np.random.default_rng(seed + 1)).items():
+        grids.append(grid)
+        groups += [name] * grid[0].shape[0]
     yi = np.concatenate([g[0] for g in grids])
     vi = np.concatenate([g[1] for g in grids])
     mask = np.concatenate([g[2] for g in grids])
     return yi, vi, mask, np.array(groups)
+
+
+def _even_probe_rows(rng, want: int = 100):
+    """Probe rows (score(0) <= 0 < HE) where no weight holds half the total.
+
+    ``interior_even`` has an interior maximum, ``probe_miss_even`` none; variances within
+    three decades, k 3-10 (about 1 in 1,700 such analyses has an interior maximum).
+    """
+    found: dict[str, list] = {"interior_even": [], "probe_miss_even": []}
+    while min(len(v) for v in found.values()) < want:
+        m = 50_000
+        k = rng.integers(3, 11, m)
+        mask = np.arange(K)[None, :] < k[:, None]
+        vi = 10.0 ** rng.uniform(-3, 0, (m, K))
+        t2 = np.where(rng.random(m) < 0.5, 0.0, 10.0 ** rng.uniform(-3, 0, m))
+        yi = rng.normal(0.3, 0.5, (m, 1)) + rng.normal(size=(m, K)) * np.sqrt(
+            vi + t2[:, None])
+        yi[~mask], vi[~mask] = np.nan, np.nan
+        c = _centered(as_batch(yi, vi, mask))
+        with np.errstate(all="ignore"):
+            s0, _ = _score(c.yi, c.vw, np.zeros(m), "REML", slope=False)
+            he = _he(c)[0]
+            w = 1.0 / c.vw
+            even = w.max(axis=1) <= 0.5 * w.sum(axis=1)
+        rows = np.flatnonzero((s0 <= 0) & (he > 0) & even)
+        est = tau2_estimate(yi[rows], vi[rows], mask[rows], method="REML").tau2
+        for i, t in zip(rows, est, strict=True):
+            dest = found["interior_even" if t > 0 else "probe_miss_even"]
+            if len(dest) < want:
+                dest.append((yi[i], vi[i], mask[i]))
+    return {name: tuple(np.array([r[j] for r in rs]) for j in range(3))
+            for name, rs in found.items()}
 
 
 def make_data(m: int, k: int, seed: int):
@@ -169,6 +206,8 @@ def main() -> None:
                             capture_output=True, text=True).stdout.strip()
     out["commit"] = np.array(commit)
     np.savez_compressed(HERE / "frozen.npz", **out)
+    import fedsynth
+    print(f"fedsynth from {fedsynth.__file__}")
     print(f"{yi.shape[0]} stress analyses; interior maxima {np.sum(groups == 'interior')}; "
           f"REML tau2 = 0 in {np.sum(out['REML_tau2'] == 0)}; commit {commit}")
 

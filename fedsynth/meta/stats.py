@@ -1241,7 +1241,10 @@ def _ml_reml_block(y: np.ndarray, vw: np.ndarray, mask: np.ndarray, k_int: np.nd
         nk = k[rows]
         scale = sv[rows] / nk
         xtol = _XTOL_REL * np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
-        vt = (nk - 1) / (sw0[rows] - sw20[rows] / sw0[rows])
+        # tr(P) at 0 with trace_p's own sums (einsum, not the score's matmul): the
+        # transformed function, and so every iterate, is then _newton_score's bit for bit
+        w0 = 1.0 / vw[rows]
+        vt = (nk - 1) / (sw0[rows] - np.einsum("ij,ij->i", w0, w0) / sw0[rows])
         yn, vn = y[rows], vw[rows]
         root, conv = _ml_reml_newton(yn, vn, lo[rows], x0[rows], hi[rows], xtol, vt, ones,
                                      reml)

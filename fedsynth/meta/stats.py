@@ -38,7 +38,9 @@ The iterative parts are vectorised over analyses, never a Python loop over rows:
 with per-row convergence masks) solves the ML and REML score equations, the
 Paule-Mandel / empirical Bayes equation and the Q-profile bounds for all rows at once;
 metafor's Fisher scoring is available as ``solver="fisher"`` (also vectorised, with the
-bracketed solver as fallback for rows that do not converge).
+bracketed solver as fallback for rows that do not converge). Without moderators, ML and
+REML run a fused copy of the same iteration block by block, so that the (m, K) arrays
+stay in cache (:func:`_ml_reml_intercept`; docs/decisions/reml-batch.md).
 
 Scale: every root and optimum is found to a tolerance relative to the row's own scale
 (its mean sampling variance), never to an absolute one, so multiplying ``yi`` and

@@ -1127,7 +1127,7 @@ _ML_REML_BLOCK_CELLS = 1 << 17
 
 
 def _ml_reml_sums(y: np.ndarray, vw: np.ndarray, tau2: np.ndarray, ones: np.ndarray,
-                  reml: bool, slope: bool):
+                  reml: bool, slope: bool, se: bool = False):
     """Score of ML / REML at ``tau2`` and its derivative, intercept only, fused.
 
     The arithmetic of :func:`_score` (same sums in the same order) with in-place
@@ -1136,6 +1136,9 @@ def _ml_reml_sums(y: np.ndarray, vw: np.ndarray, tau2: np.ndarray, ones: np.ndar
     derivative ``tr(PP) - 2 y'PPPy`` (``sum w^2`` for ML). Also returns ``sum w``,
     ``sum w^2``, ``sum w^3`` and ``RSS = sum u r`` (the pieces of the log-likelihood and
     of the SE of tau²). ``sum w^3`` and ``RSS`` are NaN where not computed (``slope``).
+    With ``se``, also the information of the SE of tau² as :func:`tau2_estimate` computes
+    it (``tr(PP)`` through :func:`_sum_p2`'s sums for REML, ``sum w^2`` by ``_rdot`` for
+    ML), so that the SE is the general path's bit for bit; NaN otherwise.
     """
     w = vw + tau2[:, None]
     np.reciprocal(w, out=w)
@@ -1153,11 +1156,18 @@ def _ml_reml_sums(y: np.ndarray, vw: np.ndarray, tau2: np.ndarray, ones: np.ndar
     else:
         num, info = uu - sw, sw2
     if not slope:
-        return num, info, sw, sw2, sw3, rss
+        if not se:
+            return num, info, sw, sw2, sw3, rss, np.full(sw.shape, np.nan)
+        if reml:
+            d = np.einsum("ij,ij->i", w2, np.ones_like(w2))
+            pp = sw2 - 2 * sw3 / sw + d * d / sw**2
+        else:
+            pp = np.einsum("ij,ij->i", w, w)
+        return num, info, sw, sw2, sw3, rss, pp
     wu = np.einsum("ij,ij->i", w, u)
     np.multiply(w, u, out=w2)
     upu = np.einsum("ij,ij->i", w2, u) - wu * wu / sw
-    return num, info - 2 * upu, sw, sw2, sw3, rss
+    return num, info - 2 * upu, sw, sw2, sw3, rss, np.full(sw.shape, np.nan)
 
 
 def _ml_reml_intercept(b: BatchInput, method: str
@@ -1207,7 +1217,8 @@ def _ml_reml_block(y: np.ndarray, vw: np.ndarray, mask: np.ndarray, k_int: np.nd
     tau2 = np.zeros(n)
     ok = np.ones(n, dtype=bool)
     # at tau2 = 0: the score, Q (RSS) and the weight sums of the SE
-    s0, _, sw0, sw20, sw30, rss0 = _ml_reml_sums(y, vw, np.zeros(n), ones, reml, False)
+    s0, _, sw0, sw20, _, rss0, pp = _ml_reml_sums(y, vw, np.zeros(n), ones, reml, False,
+                                                 se=True)
     # HE (the start) and the bracket's upper end, as _he and _upper_bracket compute them
     v0 = np.where(mask, vw, 0.0)
     sv = v0 @ ones
@@ -1236,7 +1247,6 @@ def _ml_reml_block(y: np.ndarray, vw: np.ndarray, mask: np.ndarray, k_int: np.nd
         hi[hit] = np.where(np.isnan(p_hi[found]), hi[hit], p_hi[found])
         x0[hit] = np.minimum(np.maximum(he0[hit], lo[hit]), hi[hit])
         solve[hit] = True
-    pp = sw20 - 2 * sw30 / sw0 + sw20 * sw20 / sw0**2 if reml else sw20
     se = np.sqrt(2 / pp)
     rows = np.flatnonzero(solve)
     if rows.size:
@@ -1252,7 +1262,8 @@ def _ml_reml_block(y: np.ndarray, vw: np.ndarray, mask: np.ndarray, k_int: np.nd
                                      reml)
         # the likelihood at the root and at 0 (rma.uni's check) and the SE at the root
         with np.errstate(divide="ignore", invalid="ignore"):
-            _, _, sw1, sw21, sw31, rss1 = _ml_reml_sums(yn, vn, root, ones, reml, False)
+            _, _, sw1, _, _, rss1, pp1 = _ml_reml_sums(yn, vn, root, ones, reml, False,
+                                                       se=True)
             # sum log(1 + tau2/v) as the log of one product per row (a log per cell costs
             # more than the rest of the check); log1p per cell where the product overflows
             ratio = root[:, None] / vn
@@ -1266,7 +1277,6 @@ def _ml_reml_block(y: np.ndarray, vw: np.ndarray, mask: np.ndarray, k_int: np.nd
             diff += 0.5 * np.log(sw1 / sw0[rows])
         back = conv & (root > 0) & (diff > _EPS ** 0.25)
         root = np.where(back, 0.0, root)
-        pp1 = sw21 - 2 * sw31 / sw1 + sw21 * sw21 / sw1**2 if reml else sw21
         se[rows] = np.where(back, se[rows], np.sqrt(2 / pp1))
         tau2[rows], ok[rows] = root, conv
     return tau2, ok, se, np.flatnonzero(hard)

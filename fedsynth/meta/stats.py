@@ -1178,11 +1178,11 @@ def _ml_reml_intercept(b: BatchInput, method: str
     :func:`tau2_estimate` (the same bracket, start, Newton steps and stopping rule, so the
     same roots), computed block by block with fused passes (issue 17: the general path
     took 19x the closed-form DL floor on 200,000 x 20 arrays). ``b`` is centred, every
-    row has ``k >= 2``. Rows the fast path does not take are solved by the general path:
-    rows with a non-finite score or HE estimate at 0, rows where one weight holds more
-    than half of the total (the exact trace forms of :func:`trace_p`), and rows whose
-    score at 0 is not positive while HE is (the interior-maximum probe). What is skipped
-    and why it cannot change an answer is in docs/decisions/reml-batch.md.
+    row has ``k >= 2``. The interior-maximum probe runs inside the blocks too. Rows the
+    fast path does not take are solved by the general path: rows with a non-finite
+    score, HE estimate or bracket at 0, and rows where one weight holds more than half of
+    the total (the exact trace forms of :func:`trace_p`). What is skipped and why it
+    cannot change an answer is in docs/decisions/reml-batch.md.
     """
     m, K = b.yi.shape
     tau2 = np.zeros(m)
@@ -1196,7 +1196,7 @@ def _ml_reml_intercept(b: BatchInput, method: str
         t, o, s_, h = _ml_reml_block(b.yi[sl], vw[sl], b.mask[sl], b.k[sl], method)
         tau2[sl], ok[sl], se[sl] = t, o, s_
         hard.append(h + i)
-    rows = np.concatenate(hard)
+    rows = np.concatenate(hard) if hard else np.zeros(0, dtype=int)   # m = 0: no block
     if rows.size:
         sub = b.take(rows)
         t, o = _newton_score(sub, method)

@@ -140,3 +140,15 @@ def test_small_and_degenerate_analyses():
             one = st.tau2_estimate(y, v, method=method)
             np.testing.assert_allclose(one.tau2, _general(np.array([y]), np.array([v]), None,
                                                           method)[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["REML", "ML"])
+def test_empty_batch_and_rows_without_degrees_of_freedom(method):
+    empty = st.tau2_estimate(np.zeros((0, 3)), np.ones((0, 3)), method=method)
+    assert empty.tau2.shape == (0,) and empty.converged.shape == (0,)
+    mask = np.array([[True, False, False], [True, True, True]])
+    yi = np.array([[0.2, np.nan, np.nan], [0.1, 0.9, -0.4]])
+    vi = np.array([[0.1, np.nan, np.nan], [0.05, 0.02, 0.04]])
+    fit = st.tau2_estimate(yi, vi, mask, method=method)
+    assert fit.tau2[0] == 0 and np.isnan(fit.se_tau2[0]) and fit.converged.all()
+    _agree(yi, vi, mask, method)

@@ -9,6 +9,7 @@ differently from the whole tree.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import io
@@ -106,3 +107,34 @@ def test_main_takes_the_subset_for_a_library_word(monkeypatch) -> None:
     with contextlib.redirect_stdout(out):
         assert cli.main(["version"]) == 0
     assert "fedsynth" in out.getvalue()
+
+
+def _outcome(parser, line: list[str]) -> tuple:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            return ("ok", vars(parser.parse_args(line)))
+        except SystemExit as exc:
+            return ("exit", exc.code, out.getvalue(), err.getvalue())
+
+
+@pytest.mark.parametrize("word", sorted(cli.LIBRARY_COMMANDS))
+def test_every_option_of_every_library_command_reads_the_same(word: str) -> None:
+    """Each option of each subset command, with a plausible and a bad value, both ways."""
+    whole = cli.build_parser()
+    subset = cli.build_parser(cli.library_commands_for([word]))
+    lines: list[list[str]] = []
+    for command in cli.library_commands_for([word]) or []:
+        leaf = argparse.ArgumentParser()
+        command.add_arguments(leaf)
+        for action in leaf._actions:
+            for flag in action.option_strings:
+                if flag in ("-h", "--help"):
+                    continue
+                values = [[]] if action.nargs == 0 else [
+                    [str(next(iter(action.choices)))] if action.choices else ["1"],
+                    ["no-such-value"]]
+                lines.extend([*command.path, flag, *value] for value in values)
+    assert lines
+    for line in lines:
+        assert _outcome(subset, line) == _outcome(whole, line), line

@@ -5,7 +5,10 @@ Each part contributes its commands through the ``fedsynth.commands`` entry-point
 ``audit``, ``version``, ...), the coordinator's (:mod:`coordinator.commands`) and the site
 agent's (:mod:`site_agent.commands`). Every module of a contributed package exposes
 ``COMMANDS``, a list of :class:`~fedsynth.cli.registry.Command`. The library therefore
-never imports a role (tests/unit/test_layering.py checks it).
+never imports a role (tests/unit/test_layering.py checks it). A line that starts with one
+of the library's own command words is parsed by that command alone
+(:data:`LIBRARY_COMMANDS`), without importing the other commands or scanning the entry
+points: start-up is most of a small command's time (docs/decisions/startup.md).
 
 Errors fedsynth raises on purpose (:class:`fedsynth.errors.FedsynthError`) are printed as
 one line on stderr, never as a traceback, and map to exit codes: 2 for bad input, 1

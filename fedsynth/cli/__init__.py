@@ -5,7 +5,10 @@ Each part contributes its commands through the ``fedsynth.commands`` entry-point
 ``audit``, ``version``, ...), the coordinator's (:mod:`coordinator.commands`) and the site
 agent's (:mod:`site_agent.commands`). Every module of a contributed package exposes
 ``COMMANDS``, a list of :class:`~fedsynth.cli.registry.Command`. The library therefore
-never imports a role (tests/unit/test_layering.py checks it).
+never imports a role (tests/unit/test_layering.py checks it). A line that starts with one
+of the library's own command words is parsed by that command alone
+(:data:`LIBRARY_COMMANDS`), without importing the other commands or scanning the entry
+points: start-up is most of a small command's time (docs/decisions/startup.md).
 
 Errors fedsynth raises on purpose (:class:`fedsynth.errors.FedsynthError`) are printed as
 one line on stderr, never as a traceback, and map to exit codes: 2 for bad input, 1
@@ -19,7 +22,6 @@ import importlib
 import pkgutil
 import sys
 from collections.abc import Sequence
-from importlib.metadata import entry_points
 from types import ModuleType
 
 from fedsynth import __version__
@@ -30,6 +32,24 @@ from fedsynth.terminal import printable
 
 #: The entry-point group through which packages contribute command modules.
 ENTRY_POINT_GROUP = "fedsynth.commands"
+
+#: The library's own commands by first word: the modules of :mod:`fedsynth.cli.commands`
+#: that declare every command starting with that word. :func:`main` builds only these
+#: modules' parsers when the command line starts with such a word, instead of importing
+#: every command module of every installed part and scanning the entry points (about a
+#: fifth of ``fedsynth meta --example``'s CPU; docs/decisions/startup.md). Words that a
+#: role shares (``model``) or owns are not here: they take :func:`discover_commands`.
+#: tests/unit/test_cli_fastpath.py checks that this table equals what discovery finds.
+LIBRARY_COMMANDS: dict[str, tuple[str, ...]] = {
+    "audit": ("audit",),
+    "ca": ("ca", "ca_revoke"),
+    "demo-data": ("demo_data",),
+    "health": ("health",),
+    "init": ("init",),
+    "meta": ("meta",),
+    "valmeta": ("valmeta",),
+    "version": ("version",),
+}
 
 
 def commands_of_package(package: ModuleType) -> list[Command]:
@@ -47,6 +67,10 @@ def discover_commands() -> list[Command]:
     The library's own commands are always present; the roles' commands appear once the
     distribution is installed (``pip install -e .`` writes the entry points).
     """
+    # lazy: importlib.metadata (about 30 ms) only when every command is needed, never on
+    # the path of a library command named first (LIBRARY_COMMANDS)
+    from importlib.metadata import entry_points
+
     packages: dict[str, ModuleType] = {library_commands.__name__: library_commands}
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         package = entry_point.load()
@@ -58,6 +82,24 @@ def discover_commands() -> list[Command]:
     duplicated = sorted({" ".join(path) for path in paths if paths.count(path) > 1})
     if duplicated:
         raise RuntimeError(f"commands registered twice: {', '.join(duplicated)}")
+    return found
+
+
+def library_commands_for(argv: Sequence[str]) -> list[Command] | None:
+    """The commands a command line needs when it names a library command first.
+
+    Returns the ``COMMANDS`` of the modules :data:`LIBRARY_COMMANDS` lists for
+    ``argv[0]``, or ``None`` when the line starts with an option or a word that is not
+    there (the whole tree is then built by :func:`discover_commands`). Parsing with
+    this subset gives the same namespace, help and errors as the whole tree for such a
+    line: argparse consults only the chosen subcommand's parser after its name.
+    """
+    if not argv or argv[0] not in LIBRARY_COMMANDS:
+        return None
+    found: list[Command] = []
+    for name in LIBRARY_COMMANDS[argv[0]]:
+        module = importlib.import_module(f"{library_commands.__name__}.{name}")
+        found.extend(getattr(module, "COMMANDS", []))
     return found
 
 
@@ -95,8 +137,9 @@ def build_parser(commands: Sequence[Command] | None = None) -> argparse.Argument
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedsynth`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    line = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(library_commands_for(line))
+    args = parser.parse_args(line)
     try:
         if args.log_format:
             # lazy: fedsynth.logs is not loaded by `fedsynth --help` (start-up)

@@ -21,7 +21,11 @@ from fedsynth.cli.commands import meta
 #: Modules the --example path must not import: each costs more CPU than the analysis.
 HEAVY = ("pandas", "scipy.stats", "scipy.optimize", "scipy.linalg", "cryptography",
          "matplotlib", "statsmodels", "grpc", "formulaic", "numpydoc", "pyarrow",
-         "fedsynth.models", "fedsynth.plots")
+         "fedsynth.models", "fedsynth.plots",
+         # the command line builds only `meta`'s parser (fedsynth.cli.LIBRARY_COMMANDS):
+         # no other command module, no role, no entry-point scan
+         "coordinator", "site_agent", "fedsynth.cli.commands.model",
+         "fedsynth.cli.commands.valmeta", "fedsynth.cli.commands.ca")
 
 _PROBE = """
 import contextlib, io, json, sys
@@ -49,7 +53,8 @@ def test_example_imports_no_heavy_module(extra: tuple[str, ...]) -> None:
     got = _run(*extra)
     loaded = set(got["modules"])
     heavy = sorted(m for m in loaded if m in HEAVY or m.split(".")[0] in
-                   {"pandas", "cryptography", "matplotlib", "statsmodels", "grpc", "pyarrow"})
+                   {"pandas", "cryptography", "matplotlib", "statsmodels", "grpc", "pyarrow",
+                                          "coordinator", "site_agent"})
     assert heavy == [], f"--example {' '.join(extra)} imported {heavy}"
     assert "Random-Effects Model" in got["out"] or '"estimate"' in got["out"]
 

@@ -1,0 +1,119 @@
+"""``fedsynth meta --by --format csv`` built column by column: byte-identical output.
+
+Issue 17: the ``--by`` CSV is formatted a column at a time
+(:func:`fedsynth.cli.commands.meta._csv_columns`) instead of a dict per analysis and a
+csv-module call per cell. The text must not change: the outputs of
+tests/data/meta_by_csv/ were frozen with the code before the change
+(tests/data/meta_by_csv/make_frozen.py) and are compared byte for byte, whole and
+streamed, and the column builder is compared with the record path on random batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+
+from fedsynth.cli import main
+from fedsynth.cli.commands import meta
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "meta_by_csv"
+
+
+def _frozen_module():
+    spec = importlib.util.spec_from_file_location("make_frozen", DATA / "make_frozen.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FROZEN = _frozen_module()
+
+
+@pytest.mark.parametrize("case", sorted(FROZEN.CASES))
+def test_output_is_byte_identical_to_the_frozen_output(case, monkeypatch):
+    options, chunk = FROZEN.CASES[case]
+    used = []
+    real = meta._csv_columns
+    monkeypatch.setattr(meta, "_csv_columns", lambda *a: used.append(1) or real(*a))
+    got = FROZEN.run_case(DATA / "analyses.csv", options, chunk)
+    want = (DATA / f"{case}.csv").read_text(encoding="utf-8")
+    assert got.encode("utf-8") == want.encode("utf-8")
+    assert used, "the column builder was not used"
+
+
+def test_the_frozen_input_is_what_the_script_writes(tmp_path):
+    path = tmp_path / "analyses.csv"
+    FROZEN.write_input(path)
+    assert path.read_bytes() == (DATA / "analyses.csv").read_bytes()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    meta.add_arguments(parser)
+    return parser
+
+
+def _write(path: Path, rng: np.random.Generator, m: int) -> None:
+    lines = ["analysis,study,yi,vi"]
+    for i in range(m):
+        k = int(rng.integers(1, 7))
+        v = rng.uniform(1e-4, 0.3, k)
+        y = rng.normal(rng.choice([0.0, 0.2, 5.0]), 1.0, k) * np.sqrt(v + rng.uniform(0, 1))
+        lines += [f"g{i},{'x,' if j == 0 else ''}s{j},{a!r},{b!r}".replace("x,", '"x,"')
+                  for j, (a, b) in enumerate(zip(y.tolist(), v.tolist()))]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@settings(max_examples=12, deadline=None)
+@given(m=hs.integers(2, 30), seed=hs.integers(0, 10_000),
+       method=hs.sampled_from(["REML", "DL", "FE", "HS", "SJ", "EB"]),
+       test=hs.sampled_from(["z", "t", "knha"]))
+def test_columns_equal_the_records_path(tmp_path_factory, m, seed, method, test):
+    path = tmp_path_factory.mktemp("cols") / "g.csv"
+    _write(path, np.random.default_rng(seed), m)
+    args = _parser().parse_args([str(path), "--by", "analysis", "--format", "csv",
+                                 "--method", method, "--test", test])
+    meta._resolve_defaults(args)
+    data = meta.load_input(args)
+    batch = meta.compute(args, data)
+    columns = meta._csv_columns(args, data, batch)
+    assert columns is not None
+    keys, text = columns
+    recs = meta.records(args, data, batch)
+    assert keys == list(recs[0])
+    assert text == meta._csv_rows(recs, keys)
+    assert meta.render_csv(args, data, batch) == meta.records_csv(recs)
+
+
+@pytest.mark.parametrize("extra", [["--diagnostics"], ["--fsn", "Rosenthal"], ["--regtest"]])
+def test_options_that_add_columns_use_the_records(tmp_path, extra):
+    path = tmp_path / "g.csv"
+    _write(path, np.random.default_rng(3), 4)
+    args = _parser().parse_args([str(path), "--by", "analysis", "--format", "csv", *extra])
+    meta._resolve_defaults(args)
+    data = meta.load_input(args)
+    assert meta._csv_columns(args, data, meta.compute(args, data)) is None
+
+
+def test_one_analysis_and_no_by_use_the_records(tmp_path):
+    path = tmp_path / "g.csv"
+    _write(path, np.random.default_rng(4), 1)
+    for argv in ([str(path), "--by", "analysis", "--format", "csv"],
+                 [str(path), "--format", "csv"]):
+        args = _parser().parse_args(argv)
+        meta._resolve_defaults(args)
+        data = meta.load_input(args)
+        assert meta._csv_columns(args, data, meta.compute(args, data)) is None
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            assert main(["meta", *argv]) == 0
+        assert buf.getvalue().count("\n") == 2

@@ -128,6 +128,28 @@ def check_csv_size(path: str | os.PathLike, *, sep: str = ",", label: str = "fil
     with open(target, "rb") as handle:
         while chunk := handle.read(_BLOCK):
             data = np.frombuffer(chunk, dtype=np.uint8)
+            if not quoted and b'"' not in chunk:
+                # No quotes: a cell lies within its line, so when every line of the block
+                # (the one carried in included) is within the cell limit, so is every
+                # cell, and only the lines are measured (two passes over the block
+                # instead of six; a third of the command's read time at 220 MB, issue 17).
+                ends = np.flatnonzero(data == _NEWLINE)
+                if ends.size:
+                    starts = np.empty_like(ends)
+                    starts[0] = record_start - offset
+                    starts[1:] = ends[:-1] + 1
+                    longest = int((ends - starts).max())
+                    tail = len(chunk) - int(ends[-1]) - 1
+                else:
+                    longest, tail = 0, offset + len(chunk) - record_start
+                if max(longest, tail) <= min(max_cell, max_line):
+                    if ends.size:
+                        record_start = offset + int(ends[-1]) + 1
+                    last = max(chunk.rfind(b"\n"), chunk.rfind(bytes([sep_byte])))
+                    if last >= 0:
+                        cell_start = offset + last + 1
+                    offset += len(chunk)
+                    continue
             newline = data == _NEWLINE
             cellend = newline | (data == sep_byte)
             if quoted or b'"' in chunk:        # quote handling only where quotes occur

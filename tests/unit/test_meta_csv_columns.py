@@ -117,3 +117,36 @@ def test_one_analysis_and_no_by_use_the_records(tmp_path):
         with contextlib.redirect_stdout(buf):
             assert main(["meta", *argv]) == 0
         assert buf.getvalue().count("\n") == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(pairs=hs.lists(hs.tuples(hs.integers(0, 5), hs.sampled_from(["a", "b", "c", "a.1"])),
+                      min_size=1, max_size=40))
+def test_repeated_pairs_and_positions_equal_pandas(pairs):
+    import pandas as pd
+
+    codes, _ = pd.factorize(pd.Series([c for c, _ in pairs]), sort=False)
+    labels = np.array([lab for _, lab in pairs], dtype=object)
+    table = pd.DataFrame({"code": codes, "label": labels})
+    want = table.duplicated(["code", "label"], keep=False).to_numpy()
+    assert (meta._repeated_pairs(codes, labels) == want).all()            # dense count
+    assert (meta._repeated_pairs(codes, labels, pd.factorize(labels)[0]) == want).all()
+    big = codes.astype(np.int64) * 10**9                                  # hashed
+    assert (meta._repeated_pairs(big, labels) == want).all()
+    want_pos = pd.Series(codes).groupby(codes).cumcount().to_numpy()
+    assert (meta._positions(codes) == want_pos).all()
+    order = np.argsort(codes, kind="stable")          # the same groups, contiguous
+    relabel, _ = pd.factorize(pd.Series(codes[order]), sort=False)
+    assert (meta._positions(relabel) == want_pos[order]).all()
+
+
+def test_repeated_labels_are_still_numbered(tmp_path, capsys):
+    path = tmp_path / "g.csv"
+    path.write_text("analysis,study,yi,vi\nA,x,0.1,0.01\nA,x,0.3,0.02\nA,y,0.2,0.03\n"
+                    "B,x,0.5,0.01\nB,y,0.1,0.02\nA,z,0.0,0.05\n")
+    args = _parser().parse_args([str(path), "--by", "analysis"])
+    meta._resolve_defaults(args)
+    data = meta.load_input(args)
+    assert data.labels[0].tolist() == ["x.1", "x.2", "y", "z"]
+    assert data.labels[1].tolist() == ["x", "y", "", ""]
+    assert "study labels repeated: 'x' in analysis 'A' (rows 1, 2)" in capsys.readouterr().err

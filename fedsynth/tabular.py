@@ -517,9 +517,11 @@ def _raise_cell(frame, column, i, raw, labels, what) -> None:
 #: outside (``1e-05``, ``1e+16``); orjson writes the same shortest digits but switches at
 #: other magnitudes, so values outside this range are written by ``repr`` itself.
 _REPR_POSITIONAL = (1e-4, 1e16)
-#: Characters after which the csv module quotes a cell (QUOTE_MINIMAL, comma separator);
-#: any non-printable character also sends the cell through the csv module.
-_CSV_SPECIAL = re.compile(r'[,"]')
+#: Smallest magnitude orjson writes positionally (below it: ``1e-06``-like scientific
+#: notation, as repr; tests/unit/test_csv_cells.py checks every magnitude).
+_ORJSON_POSITIONAL = 1e-5
+_EXP_POSITIVE = re.compile(rb"e(?=\d)")
+_EXP_ONE_DIGIT = re.compile(rb"e-(\d)(?=[,\]])")
 
 
 def float_cells(values: np.ndarray) -> list[str]:
@@ -530,10 +532,12 @@ def float_cells(values: np.ndarray) -> list[str]:
     text that reads back to the same double; Steele & White 1990, Gay 1990). Calling
     ``repr`` once per cell costs about 2 microseconds, most of the command's output time
     at 200,000 analyses (issue 17), so the whole column is formatted at once by orjson,
-    whose shortest round-trip digits (Ryu; Adams 2018, PLDI) are the same, and only the
-    cells that ``repr`` writes in scientific notation (:data:`_REPR_POSITIONAL`) are
-    formatted by ``repr`` one by one. tests/unit/test_csv_cells.py checks the text
-    against ``repr`` over every magnitude (hypothesis).
+    whose shortest round-trip digits (Ryu; Adams 2018, PLDI) are the same: its
+    exponents are rewritten as repr writes them (``e+16``, ``e-09``) on the whole text,
+    and only the cells that repr writes in scientific notation and orjson positionally
+    (``1e-5 <= |x| < 1e-4``) are formatted by ``repr`` one by one.
+    tests/unit/test_csv_cells.py checks the text against ``repr`` over every magnitude
+    (hypothesis).
 
     Parameters
     ----------
@@ -550,12 +554,14 @@ def float_cells(values: np.ndarray) -> list[str]:
         return []
     finite = np.isfinite(x)
     text = orjson.dumps(np.where(finite, x, 0.0), option=orjson.OPT_SERIALIZE_NUMPY)
+    if b"e" in text:        # orjson's 1e16, 2.5e-9 are repr's 1e+16, 2.5e-09
+        text = _EXP_ONE_DIGIT.sub(rb"e-0\1", _EXP_POSITIVE.sub(b"e+", text))
     cells = text[1:-1].decode("ascii").split(",")
     a = np.abs(x)
-    low, high = _REPR_POSITIONAL
-    for i in np.flatnonzero(~finite | ((a < low) & (a != 0.0)) | (a >= high)).tolist():
-        value = float(x[i])
-        cells[i] = repr(value) if finite[i] else ""
+    # repr is scientific from 1e-4 down, orjson from 1e-5 down: those cells by repr
+    low = _REPR_POSITIONAL[0]
+    for i in np.flatnonzero(~finite | ((a < low) & (a >= _ORJSON_POSITIONAL))).tolist():
+        cells[i] = repr(float(x[i])) if finite[i] else ""
     return cells
 
 
@@ -567,12 +573,15 @@ def text_cells(values: Sequence[str]) -> list[str]:
     other cell is its own text.
     """
     out = list(values)
+    whole = "".join(out)
+    if "," not in whole and '"' not in whole and whole.isprintable():
+        return out                              # the usual column: one check in C
     for i, cell in enumerate(out):
         if not cell.isprintable():
             buf = io.StringIO()
             csv.writer(buf, lineterminator="\n").writerow([cell, ""])
             out[i] = buf.getvalue()[:-2]        # the cell without ",\n"
-        elif _CSV_SPECIAL.search(cell):         # what the csv module does to such a cell
+        elif "," in cell or '"' in cell:        # what the csv module does to such a cell
             out[i] = '"' + cell.replace('"', '""') + '"'
     return out
 

@@ -1449,8 +1449,9 @@ def _csv_columns(args: argparse.Namespace, data: MetaInput,
         else:                           # method, test, level: one value for the batch
             columns.append([_csv_cell(getattr(batch, key))] * n)
     items = flags.flags
-    columns.append([str(f.flagged) for f in items])
-    columns.append(["" if f.level is None else _csv_cell(f.level) for f in items])
+    columns.append(np.where(np.asarray(flags.flagged, dtype=bool), "True", "False").tolist())
+    columns.append(tabular.text_cells(["" if f.level is None else str(f.level)
+                                       for f in items]))
     columns.append(tabular.text_cells([";".join(f.sites) for f in items]))
     columns.append(tabular.text_cells([" ".join(f.reasons) for f in items]))
     return keys, tabular.csv_lines(columns)

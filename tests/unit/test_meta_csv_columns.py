@@ -46,8 +46,39 @@ def test_output_is_byte_identical_to_the_frozen_output(case, monkeypatch):
     monkeypatch.setattr(meta, "_csv_columns", lambda *a: used.append(1) or real(*a))
     got = FROZEN.run_case(DATA / "analyses.csv", options, chunk)
     want = (DATA / f"{case}.csv").read_text(encoding="utf-8")
-    assert got.encode("utf-8") == want.encode("utf-8")
     assert used, "the column builder was not used"
+    if got.encode("utf-8") != want.encode("utf-8"):
+        pytest.fail(_diagnose(got, want))
+
+
+def _diagnose(got: str, want: str) -> str:
+    """Say whether only numbers moved in their last digits (an estimator changed) or text."""
+    import csv
+    import math
+
+    rows_g, rows_w = list(csv.reader(io.StringIO(got))), list(csv.reader(io.StringIO(want)))
+    first = next((i for i, (a, b) in enumerate(zip(rows_g, rows_w)) if a != b),
+                 min(len(rows_g), len(rows_w)))
+    where = (f"first difference in CSV row {first}:\n got  {rows_g[first:first + 1]}\n"
+             f" want {rows_w[first:first + 1]}")
+    if len(rows_g) != len(rows_w) or any(len(a) != len(b) for a, b in zip(rows_g, rows_w)):
+        return "the CSV's shape changed; " + where
+    worst = 0.0
+    for a_row, b_row in zip(rows_g, rows_w):
+        for a, b in zip(a_row, b_row):
+            if a == b:
+                continue
+            try:
+                x, y = float(a), float(b)
+            except ValueError:
+                return "a text cell changed (formatting, or a sentence's rounding); " + where
+            worst = max(worst, abs(x - y) / max(abs(y), 1e-300))
+            if not math.isclose(x, y, rel_tol=1e-8, abs_tol=1e-12):
+                return f"a number changed beyond 1e-8 (relative {worst:.1e}); " + where
+    return (f"only numbers differ, in their last digits (max relative {worst:.1e}): an "
+            "estimator or refit changed, not the CSV text. If that change is intended, "
+            "rerun tests/data/meta_by_csv/make_frozen.py with the new code and record it "
+            "in tests/data/README.md. " + where)
 
 
 def test_the_frozen_input_is_what_the_script_writes(tmp_path):

@@ -20,6 +20,8 @@ Run from the repository root::
 
     python benchmarks/batch.py                          # 200,000 x 20 (the recorded run)
     python benchmarks/batch.py --analyses 20000 --repeat 3
+    python benchmarks/batch.py --skip-estimators --skip-cli --stages   # where the command's
+                                                        # time goes (read, pool, flag, text)
 """
 
 from __future__ import annotations
@@ -107,19 +109,81 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="repeats of in-process timings")
     parser.add_argument("--cli-repeat", type=int, default=1, help="runs of each command")
     parser.add_argument("--skip-cli", action="store_true")
+    parser.add_argument("--skip-estimators", action="store_true",
+                        help="skip part 1 (the in-process batch estimators)")
+    parser.add_argument("--stages", action="store_true",
+                        help="also time the command's stages in this process (read, pool, "
+                             "flag, CSV text)")
     args = parser.parse_args(argv)
 
     m, k = args.analyses, args.sites
     yi, vi = make_data(m, k, args.seed)
     print(f"{m} analyses x {k} sites; {os.cpu_count()} CPUs; load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if not args.skip_estimators:
+        estimators(yi, vi, args.repeat)
+    if args.skip_cli and not args.stages:
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "analyses.csv"
+        write_csv(src, yi, vi)
+        del yi, vi
+        if args.stages:
+            stages(src)
+        if not args.skip_cli:
+            return command_line(src, Path(tmp), args.cli_repeat)
+    return 0
+
+
+def stages(src: Path) -> None:
+    """CPU seconds of each stage of ``fedsynth meta SRC --by analysis --format csv``.
+
+    The stages of ``meta._stream_csv`` run in this process: read and validate the CSV
+    into (m, K) grids, then per chunk of ``STREAM_CHUNK`` analyses pool, flag and
+    format the CSV text (written to /dev/null).
+    """
+    from fedsynth.cli.commands import meta
+
+    parser = argparse.ArgumentParser()
+    meta.add_arguments(parser)
+    args = parser.parse_args([str(src), "--by", "analysis", "--format", "csv"])
+    meta._resolve_defaults(args)
+    spent = dict.fromkeys(("read and validate", "pool", "flag", "CSV text"), 0.0)
+    c0 = time.process_time()
+    data = meta.load_input(args)
+    spent["read and validate"] = time.process_time() - c0
+    with open(os.devnull, "w") as sink:
+        for start in range(0, len(data.names), meta.STREAM_CHUNK):
+            part = meta._chunk(data, start, start + meta.STREAM_CHUNK)
+            for cache in ("_flags", "_analyses"):
+                args.__dict__.pop(cache, None)
+            c0 = time.process_time()
+            batch = meta.compute(args, part)
+            c1 = time.process_time()
+            meta._batch_flags(args, batch)
+            c2 = time.process_time()
+            columns = meta._csv_columns(args, part, batch)
+            sink.write(columns[1] if columns else "")
+            c3 = time.process_time()
+            spent["pool"] += c1 - c0
+            spent["flag"] += c2 - c1
+            spent["CSV text"] += c3 - c2
+    total = sum(spent.values())
+    print(f"stages of the command, in-process (CPU s; imports excluded; total {total:.2f} s)")
+    for name, c in spent.items():
+        print(f"  {name:20s} {c:7.2f} s  {100 * c / total:5.1f}%")
+
+
+def estimators(yi: np.ndarray, vi: np.ndarray, repeat: int) -> None:
+    """Part 1: the batch estimators on (m, K) arrays against the floor and PyMARE."""
+    k = yi.shape[1]
 
     pool(yi[:10], vi[:10], method="DL")  # imports and first-call set-up, not timed
-    c_floor, (t_f, mu_f, se_f) = cpu(lambda: dl_floor(yi, vi), args.repeat)
-    c_dl, (t_dl, mu_dl, se_dl) = cpu(lambda: estimator(yi, vi, "DL"), args.repeat)
-    c_reml, (t_reml, _, _) = cpu(lambda: estimator(yi, vi, "REML"), args.repeat)
-    c_pool_dl, _ = cpu(lambda: pool(yi, vi, method="DL"), args.repeat)
-    c_pool_reml, _ = cpu(lambda: pool(yi, vi, method="REML"), args.repeat)
+    c_floor, (t_f, mu_f, se_f) = cpu(lambda: dl_floor(yi, vi), repeat)
+    c_dl, (t_dl, mu_dl, se_dl) = cpu(lambda: estimator(yi, vi, "DL"), repeat)
+    c_reml, (t_reml, _, _) = cpu(lambda: estimator(yi, vi, "REML"), repeat)
+    c_pool_dl, _ = cpu(lambda: pool(yi, vi, method="DL"), repeat)
+    c_pool_reml, _ = cpu(lambda: pool(yi, vi, method="REML"), repeat)
     rows = [("numpy DL floor (tau², estimate, SE)", c_floor),
             ("fedsynth DL estimator (tau2_estimate + estimate, SE)", c_dl),
             ("fedsynth REML estimator (tau2_estimate + estimate, SE)", c_reml),
@@ -132,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         c_pm = None
     else:
         X = np.ones((k, 1))
-        c_pm, fit = cpu(lambda: DerSimonianLaird().fit(y=yi.T, v=vi.T, X=X), args.repeat)
+        c_pm, fit = cpu(lambda: DerSimonianLaird().fit(y=yi.T, v=vi.T, X=X), repeat)
         rows.insert(1, ("PyMARE DerSimonianLaird().fit", c_pm))
         print(f"  PyMARE vs fedsynth DL: max |diff| estimate "
               f"{np.max(np.abs(fit.params_['fe_params'].ravel() - mu_dl)):.1e}, tau² "
@@ -146,33 +210,30 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average now {' '.join(f'{x:.1f}' for x in os.getloadavg())} (issue 17's "
           "targets: DL / PyMARE <= 1, REML estimator / floor <= 10)")
 
-    if args.skip_cli:
-        return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "analyses.csv"
-        write_csv(src, yi, vi)
-        size = src.stat().st_size / 1e6
-        cmds = {"pandas + numpy DL pipeline (benchmarks/batch_baseline.py)":
-                [sys.executable, "benchmarks/batch_baseline.py", str(src),
-                 str(Path(tmp) / "base.csv")],
-                "fedsynth meta --by analysis --format csv":
-                [sys.executable, "-m", "fedsynth", "meta", str(src), "--by", "analysis",
-                 "--format", "csv"]}
-        results = {}
-        for _ in range(args.cli_repeat):   # alternate, so drift hits both alike
-            for name, cmd in cmds.items():
-                with open(Path(tmp) / "out.csv", "w") as sink:
-                    wall, c, rss, code = child(cmd, sink)
-                if code:
-                    return 1
-                prev = results.get(name)
-                results[name] = (wall, c, rss) if prev is None or c < prev[1] else prev
-        print(f"command line on a {size:.0f} MB CSV (best of {args.cli_repeat}; load average "
-              f"now {os.getloadavg()[0]:.1f})")
-        base = results[next(iter(cmds))]
-        for name, (wall, c, rss) in results.items():
-            print(f"  {name:58s} wall {wall:7.2f} s  CPU {c:7.2f} s ({c / base[1]:4.2f}x)  "
-                  f"peak RSS {rss:7.0f} MiB ({rss / base[2]:4.2f}x)")
+
+def command_line(src: Path, tmp: Path, repeat: int) -> int:
+    """Part 2: the baseline pipeline and the command as child processes, alternating."""
+    size = src.stat().st_size / 1e6
+    cmds = {"pandas + numpy DL pipeline (benchmarks/batch_baseline.py)":
+            [sys.executable, "benchmarks/batch_baseline.py", str(src), str(tmp / "base.csv")],
+            "fedsynth meta --by analysis --format csv":
+            [sys.executable, "-m", "fedsynth", "meta", str(src), "--by", "analysis",
+             "--format", "csv"]}
+    results: dict[str, tuple[float, float, float]] = {}
+    for _ in range(repeat):   # alternate, so drift hits both alike
+        for name, cmd in cmds.items():
+            with open(tmp / "out.csv", "w") as sink:
+                wall, c, rss, code = child(cmd, sink)
+            if code:
+                return 1
+            prev = results.get(name)
+            results[name] = (wall, c, rss) if prev is None or c < prev[1] else prev
+    print(f"command line on a {size:.0f} MB CSV (best of {repeat}; load average "
+          f"now {os.getloadavg()[0]:.1f})")
+    base = results[next(iter(cmds))]
+    for name, (wall, c, rss) in results.items():
+        print(f"  {name:58s} wall {wall:7.2f} s  CPU {c:7.2f} s ({c / base[1]:4.2f}x)  "
+              f"peak RSS {rss:7.0f} MiB ({rss / base[2]:4.2f}x)")
     return 0
 
 

@@ -153,3 +153,26 @@ def test_vectorised_check_agrees_with_a_byte_by_byte_reading(tmp_path_factory, t
         assert got is None
     else:
         assert got is not None          # which limit is hit first may differ at one byte
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.lists(st.sampled_from([b"a", b"bb", b",", b"\n", b"ccc", b"dddd"]),
+                     max_size=60).map(b"".join),
+       max_line=st.integers(1, 14), max_cell=st.integers(1, 14),
+       block=st.integers(1, 11))
+def test_quote_free_blocks_measured_by_lines_agree(tmp_path_factory, text, max_line,
+                                                   max_cell, block):
+    """Blocks without quotes take the lines-only path (issue 17); same verdicts."""
+    path = tmp_path_factory.mktemp("csv") / "x.csv"
+    path.write_bytes(text)
+    expected = _reference(text, ord(","), max_line, max_cell)
+    original = tabular._BLOCK
+    tabular._BLOCK = block
+    try:
+        check_csv_size(path, max_line=max_line, max_cell=max_cell)
+        got = None
+    except InputError as error:
+        got = "line" if "the line" in str(error) else "cell"
+    finally:
+        tabular._BLOCK = original
+    assert (got is None) == (expected is None), (text, got, expected)

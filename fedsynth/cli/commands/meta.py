@@ -868,6 +868,24 @@ def _text_values(frame, column: str, *, option: str | None = None):
     return series.where(series.notna(), "").astype(str).str.strip()
 
 
+def _object_strings(series):
+    """A Series of strings as an object array (one Python string per distinct text), codes.
+
+    The object array and the integer code of each row's text (0, 1, ... in order of
+    first appearance).
+
+    ``to_numpy(dtype=object)`` makes a Python string per row (4 million at 200,000
+    analyses of 20 sites, for 20 distinct site names); the distinct texts taken by their
+    codes give equal strings at a fraction of the time and memory (issue 17).
+    """
+    # lazy: keeps numpy and pandas out of `fedsynth --help` start-up
+    import numpy as np
+    import pandas as pd
+
+    codes, uniques = pd.factorize(series, sort=False)
+    return np.asarray(uniques, dtype=object)[codes], codes
+
+
 def _raw_mapping(args: argparse.Namespace) -> dict[str, str]:
     """``{escalc argument: column}`` of the raw-column options given on the command line."""
     names = [*meta_rare.COUNT_OPTIONS, *(n for n, _ in RAW_OPTIONS)]
@@ -912,7 +930,8 @@ def _name_user_columns(message: str, mapping: dict[str, str]) -> str:
     return message
 
 
-def _unique_labels(labels, codes, names: tuple[str, ...], args: argparse.Namespace):
+def _unique_labels(labels, codes, names: tuple[str, ...], args: argparse.Namespace,
+                   label_codes=None):
     """Number study labels that occur more than once in one analysis, as metafor does.
 
     Labels name the sites that drive heterogeneity, the rows of leave-one-out, BLUPs and
@@ -927,10 +946,10 @@ def _unique_labels(labels, codes, names: tuple[str, ...], args: argparse.Namespa
     import numpy as np
     import pandas as pd
 
+    if not _repeated_pairs(codes, labels, label_codes).any():
+        return labels
     table = pd.DataFrame({"code": codes, "label": labels})
     dup = table.duplicated(["code", "label"], keep=False).to_numpy()
-    if not dup.any():
-        return labels
     number = table.groupby(["code", "label"], sort=False).cumcount().to_numpy() + 1
     out = np.asarray(labels, dtype=object).copy()
     out[dup] = [f"{lab}.{n}" for lab, n in zip(out[dup], number[dup])]
@@ -947,6 +966,56 @@ def _unique_labels(labels, codes, names: tuple[str, ...], args: argparse.Namespa
           "numbers a repeated slab (name another column with --label to choose)",
           file=sys.stderr)
     return out
+
+
+def _repeated_pairs(codes, labels, label_codes=None):
+    """Whether each row's (analysis, label) pair occurs more than once (a bool array).
+
+    The labels are numbered as integers (``label_codes``, equal codes for equal texts;
+    from :func:`pandas.factorize` when not given) and the pairs counted as integers: at
+    4 million rows this is several times faster than ``DataFrame.duplicated`` on the two
+    columns (issue 17), which :func:`_unique_labels` still uses to number the repeats
+    when there are any.
+    """
+    # lazy: keeps numpy and pandas out of `fedsynth --help` start-up
+    import numpy as np
+    import pandas as pd
+
+    codes = np.asarray(codes, dtype=np.int64)
+    if label_codes is None:
+        label_codes = pd.factorize(np.asarray(labels, dtype=object))[0]
+    label_codes = np.asarray(label_codes, dtype=np.int64)
+    width = int(label_codes.max()) + 1 if label_codes.size else 1
+    key = codes * width + label_codes
+    cells = (int(codes.max()) + 1) * width if codes.size else 0
+    if cells <= 4 * codes.size + 1024:   # a dense count is cheap: one pass, no hashing
+        counts = np.bincount(key, minlength=cells)
+        if counts.max() <= 1:           # the usual case: no gather of 4 million counts
+            return np.zeros(codes.size, dtype=bool)
+        return counts[key] > 1
+    return pd.Series(key).duplicated(keep=False).to_numpy()
+
+
+def _positions(codes):
+    """Position of every row inside its group (0, 1, ... in file order), as an int array.
+
+    The ``cumcount`` of a groupby, computed as ``row - first row of its group`` when the
+    rows of each group are contiguous (files written one analysis after another; about
+    20x faster at 4 million rows, issue 17), else by pandas' ``cumcount``.
+    """
+    # lazy: keeps numpy and pandas out of `fedsynth --help` start-up
+    import numpy as np
+    import pandas as pd
+
+    codes = np.asarray(codes, dtype=np.int64)
+    n = codes.size
+    starts = np.flatnonzero(np.diff(codes)) + 1
+    # contiguous groups: each code appears in one run, so there are as many runs as codes
+    if n and starts.size + 1 == int(codes.max()) + 1:
+        first = np.concatenate(([0], starts))
+        runs = np.repeat(np.arange(first.size), np.diff(np.concatenate((first, [n]))))
+        return np.arange(n, dtype=np.int64) - first[runs]
+    return pd.Series(codes).groupby(codes).cumcount().to_numpy()
 
 
 #: Options that ``fedsynth meta --example`` may set and still be read without pandas:
@@ -1006,12 +1075,13 @@ def load_input(args: argparse.Namespace) -> MetaInput:
     frame = _read_frame(args)
     _resolve_defaults(args)     # after a round document has given its settings
     n = len(frame)
-    if args.label:
-        labels = _text_values(frame, args.label, option="--label").to_numpy(dtype=object)
+    col = args.label or tabular.pick_column(frame, DEFAULT_LABEL_COLUMNS)
+    if col:
+        labels, label_codes = _object_strings(
+            _text_values(frame, col, option="--label" if args.label else None))
     else:
-        col = tabular.pick_column(frame, DEFAULT_LABEL_COLUMNS)
-        labels = (_text_values(frame, col).to_numpy(dtype=object) if col
-                  else np.arange(1, n + 1).astype(str).astype(object))
+        labels = np.arange(1, n + 1).astype(str).astype(object)
+        label_codes = np.arange(n, dtype=np.int64)
     if getattr(args, "measure", None):
         # Effect sizes from raw summary data (estimators helper: fedsynth.effects).
         # lazy: keeps pandas and scipy out of `fedsynth --help` start-up
@@ -1046,6 +1116,7 @@ def load_input(args: argparse.Namespace) -> MetaInput:
             keep = ~dropped
             frame = frame.loc[keep].reset_index(drop=True)
             labels, yi, v, n = labels[keep], yi[keep], v[keep], int(keep.sum())
+            label_codes = label_codes[keep]
     else:
         yi_col = args.yi or "yi"
         yi = tabular.numeric_column(frame, yi_col, option="--yi" if args.yi else None,
@@ -1074,10 +1145,10 @@ def load_input(args: argparse.Namespace) -> MetaInput:
     else:
         codes = np.zeros(n, dtype=np.int64)
         names = ("",)
-    labels = _unique_labels(labels, codes, names, args)
+    labels = _unique_labels(labels, codes, names, args, label_codes)
     m = len(names)
     # position of every row inside its group, so one (m, K) grid holds all analyses
-    pos = pd.Series(codes).groupby(codes).cumcount().to_numpy()
+    pos = _positions(codes)
     kmax = int(pos.max()) + 1
     grid_y = np.full((m, kmax), np.nan)
     grid_v = np.full((m, kmax), np.nan)
@@ -1314,7 +1385,76 @@ def render_json(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingRe
 
 def render_csv(args: argparse.Namespace, data: MetaInput, batch: BatchPoolingResult) -> str:
     """One CSV row per analysis; intervals split into ``_lb``/``_ub`` columns."""
+    columns = _csv_columns(args, data, batch)
+    if columns is not None:
+        keys, text = columns
+        return (_csv_text([_csv_header(keys)]) + text).rstrip("\n")
     return records_csv(records(args, data, batch))
+
+
+#: Float columns of a pooled record, in :data:`fedsynth.meta.pooling.REFERENCE_KEYS` order.
+_FLOAT_KEYS = frozenset({"estimate", "se", "stat", "pval", "ci_lb", "ci_ub", "tau2",
+                         "se_tau2", "Q", "Q_pval", "I2", "H2", "pi_lb", "pi_ub", "logLik"})
+#: The flag's columns in a ``--by`` CSV row (:func:`_diagnostics_record`).
+_FLAG_KEYS = ("heterogeneity_flagged", "heterogeneity_level", "heterogeneity_sites",
+              "heterogeneity_reasons")
+
+
+def _csv_cell(value: Any) -> str:
+    """One cell as :class:`csv.writer` writes it (a constant column's text)."""
+    return _csv_text([[value, ""]])[:-2]          # the cell without ",\n"
+
+
+def _csv_columns(args: argparse.Namespace, data: MetaInput,
+                 batch: BatchPoolingResult) -> tuple[list[str], str] | None:
+    """The record keys and CSV lines of a ``--by`` batch, built column by column.
+
+    The same text as ``_csv_rows(records(args, data, batch), keys)`` (byte for byte:
+    tests/unit/test_meta_csv_columns.py) without a dict per analysis and a csv-module
+    call per cell: each column of the pooled results is formatted at once
+    (:func:`fedsynth.tabular.float_cells`), the flag's columns from the batch flags.
+    A record at 200,000 analyses x 31 cells cost about 60% of the command's time
+    (issue 17). None when an option adds record keys (bias tests, Bayes, meta-regression,
+    per-analysis diagnostics: only the options of :data:`_STREAM_OPTIONS` are served) or
+    when the flags are not computed in batch (one analysis): :func:`records` then
+    serves.
+    """
+    if not data.grouped:
+        return None
+    cache = args.__dict__.setdefault("_columnar", {})
+    if "ok" not in cache:
+        cache["ok"] = _only_options(args, _STREAM_OPTIONS)
+    flags = _batch_flags(args, batch) if cache["ok"] else None
+    if flags is None:
+        return None
+    # lazy: keeps numpy and pandas out of `fedsynth --help` start-up
+    import numpy as np
+
+    # lazy: keeps pandas and numpy out of `fedsynth --help` start-up
+    from fedsynth import tabular
+    from fedsynth.meta.pooling import REFERENCE_KEYS
+
+    n = len(batch)
+    keys = ["analysis", *REFERENCE_KEYS, *_FLAG_KEYS]
+    columns: list[list[str]] = [tabular.text_cells(list(data.names))]
+    for key in REFERENCE_KEYS:
+        if key in _FLOAT_KEYS:
+            columns.append(tabular.float_cells(getattr(batch, key)))
+        elif key in ("k", "Q_df"):      # str() of the ints (or floats) to_dicts holds
+            columns.append(list(map(str, getattr(batch, key).tolist())))
+        elif key.endswith("_ci"):       # to_dicts: no pair when the lower bound is missing
+            lo = np.asarray(getattr(batch, f"{key}_lb"), dtype=float)
+            hi = np.where(np.isfinite(lo), getattr(batch, f"{key}_ub"), np.nan)
+            columns += [tabular.float_cells(lo), tabular.float_cells(hi)]
+        else:                           # method, test, level: one value for the batch
+            columns.append([_csv_cell(getattr(batch, key))] * n)
+    items = flags.flags
+    columns.append(np.where(np.asarray(flags.flagged, dtype=bool), "True", "False").tolist())
+    columns.append(tabular.text_cells(["" if f.level is None else str(f.level)
+                                       for f in items]))
+    columns.append(tabular.text_cells([";".join(f.sites) for f in items]))
+    columns.append(tabular.text_cells([" ".join(f.reasons) for f in items]))
+    return keys, tabular.csv_lines(columns)
 
 
 def records_csv(recs: list[dict[str, Any]]) -> str:
@@ -1467,13 +1607,21 @@ def _stream_csv(args: argparse.Namespace, data: MetaInput) -> int:
             args.__dict__.pop(cache, None)
         batch = compute(args, part)
         _warn(batch)
-        recs = records(args, part, batch)
+        columns = _csv_columns(args, part, batch)
+        if columns is not None:
+            chunk_keys, text = columns
+        else:       # a chunk of one analysis (flagged per analysis): the records
+            recs = records(args, part, batch)
+            chunk_keys = list(recs[0])
+            if any(rec.keys() != recs[0].keys() for rec in recs):
+                raise RuntimeError("streamed CSV records differ in their keys")
+            text = _csv_rows(recs, chunk_keys)
         if keys is None:
-            keys = list(dict.fromkeys(k for rec in recs for k in rec))
+            keys = chunk_keys
             out.write(_csv_text([_csv_header(keys)]))
-        elif any(rec.keys() != recs[0].keys() for rec in recs) or list(recs[0]) != keys:
+        elif chunk_keys != keys:
             raise RuntimeError("streamed CSV records changed their keys between chunks")
-        out.write(_csv_rows(recs, keys))
+        out.write(text)
     out.flush()
     return 0
 

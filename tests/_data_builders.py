@@ -149,3 +149,19 @@ def parquet_folder(frame: pd.DataFrame, folder: Path, *,
                      format="parquet", max_rows_per_file=rows_per_file,
                      max_rows_per_group=rows_per_group, partitioning=partitioning)
     return folder
+
+
+def pooling_benchmark_data(m: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``benchmarks/pooling.make_data``'s arrays (tests import no benchmark).
+
+    Random-effects data: true tau between 0 and 0.3, within-site variances 0.005-0.1. The
+    frozen REML answers of tests/data/reml_batch were made on these arrays (their SHA-256
+    is checked by tests/unit/test_reml_batch_frozen.py, so a drift from the benchmark's
+    copy is caught).
+    """
+    rng = np.random.default_rng(seed)
+    tau = rng.uniform(0.0, 0.3, m)
+    vi = rng.uniform(0.005, 0.1, (m, k))
+    mu = rng.normal(0.2, 0.3, (m, 1))
+    yi = mu + rng.normal(0.0, 1.0, (m, k)) * np.sqrt(vi + tau[:, None] ** 2)
+    return yi, vi

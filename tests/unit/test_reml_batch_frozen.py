@@ -18,6 +18,7 @@ import pytest
 
 from fedsynth.meta import pool
 from fedsynth.meta.stats import as_batch, tau2_estimate
+from tests._data_builders import pooling_benchmark_data
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "reml_batch" / "frozen.npz"
 RTOL = 1e-10
@@ -91,18 +92,9 @@ def test_pool_reml_unchanged(frozen):
         _close(np.asarray(getattr(res, key)), frozen[f"pool_{key}"], f"pool {key}")
 
 
-def _make_data(m: int, k: int, seed: int):
-    """benchmarks/pooling.make_data (copied: tests import no benchmark)."""
-    rng = np.random.default_rng(seed)
-    tau = rng.uniform(0.0, 0.3, m)
-    vi = rng.uniform(0.005, 0.1, (m, k))
-    mu = rng.normal(0.2, 0.3, (m, 1))
-    yi = mu + rng.normal(0.0, 1.0, (m, k)) * np.sqrt(vi + tau[:, None] ** 2)
-    return yi, vi
-
 
 def test_benchmark_arrays_unchanged(frozen):
-    yi, vi = _make_data(200_000, 20, 2026)
+    yi, vi = pooling_benchmark_data(200_000, 20, 2026)
     h = hashlib.sha256()
     for a in (yi, vi):
         h.update(np.ascontiguousarray(a).tobytes())

@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from fedsynth.meta import pool  # noqa: E402
 from fedsynth.meta.stats import _centered, _he, _score, as_batch, tau2_estimate  # noqa: E402
+from tests._data_builders import pooling_benchmark_data  # noqa: E402
 
 K = 20
 
@@ -151,15 +152,6 @@ def _even_probe_rows(rng, want: int = 100):
             for name, rs in found.items()}
 
 
-def make_data(m: int, k: int, seed: int):
-    """benchmarks/pooling.make_data, copied so that the test needs no benchmark import."""
-    rng = np.random.default_rng(seed)
-    tau = rng.uniform(0.0, 0.3, m)
-    vi = rng.uniform(0.005, 0.1, (m, k))
-    mu = rng.normal(0.2, 0.3, (m, 1))
-    yi = mu + rng.normal(0.0, 1.0, (m, k)) * np.sqrt(vi + tau[:, None] ** 2)
-    return yi, vi
-
 
 def digest(*arrays: np.ndarray) -> str:
     h = hashlib.sha256()
@@ -191,7 +183,7 @@ def main() -> None:
     res = pool(yi, vi, mask=mask, method="REML")
     for key in POOL_FIELDS:
         out[f"pool_{key}"] = np.asarray(getattr(res, key))
-    byi, bvi = make_data(200_000, 20, 2026)
+    byi, bvi = pooling_benchmark_data(200_000, 20, 2026)
     out["bench_digest"] = np.array(digest(byi, bvi))
     ans = answers(byi, bvi, None, "REML")
     rows = np.arange(0, 200_000, 40)

@@ -130,6 +130,20 @@ def _reference(data: bytes, sep: int, max_line: int, max_cell: int) -> str | Non
     return None
 
 
+def _limit_hit(path, max_line: int, max_cell: int, block: int) -> str | None:
+    """Which limit ``check_csv_size`` reports ("line"/"cell"), None if none, read in
+    blocks of ``block`` bytes."""
+    original = tabular._BLOCK
+    tabular._BLOCK = block
+    try:
+        check_csv_size(path, max_line=max_line, max_cell=max_cell)
+        return None
+    except InputError as error:
+        return "line" if "the line" in str(error) else "cell"
+    finally:
+        tabular._BLOCK = original
+
+
 @settings(max_examples=1000, deadline=None)
 @given(text=st.lists(st.sampled_from([b"a", b"bb", b",", b"\n", b'"', b'""', b"ccc"]),
                      max_size=40).map(b"".join),
@@ -140,15 +154,8 @@ def test_vectorised_check_agrees_with_a_byte_by_byte_reading(tmp_path_factory, t
     path = tmp_path_factory.mktemp("csv") / "x.csv"
     path.write_bytes(text)
     expected = _reference(text, ord(","), max_line, max_cell)
-    original = tabular._BLOCK
-    tabular._BLOCK = block                     # quotes and records across block borders
-    try:
-        check_csv_size(path, max_line=max_line, max_cell=max_cell)
-        got = None
-    except InputError as error:
-        got = "line" if "the line" in str(error) else "cell"
-    finally:
-        tabular._BLOCK = original
+    # quotes and records across block borders
+    got = _limit_hit(path, max_line, max_cell, block)
     if expected is None:
         assert got is None
     else:
@@ -166,13 +173,5 @@ def test_quote_free_blocks_measured_by_lines_agree(tmp_path_factory, text, max_l
     path = tmp_path_factory.mktemp("csv") / "x.csv"
     path.write_bytes(text)
     expected = _reference(text, ord(","), max_line, max_cell)
-    original = tabular._BLOCK
-    tabular._BLOCK = block
-    try:
-        check_csv_size(path, max_line=max_line, max_cell=max_cell)
-        got = None
-    except InputError as error:
-        got = "line" if "the line" in str(error) else "cell"
-    finally:
-        tabular._BLOCK = original
+    got = _limit_hit(path, max_line, max_cell, block)
     assert (got is None) == (expected is None), (text, got, expected)

@@ -45,8 +45,11 @@ def _close(got, want, what: str) -> None:
         assert got == pytest.approx(want, rel=RTOL, abs=1e-10), what
 
 
+# the development and IECV fits are ~100 model steps; on a loaded 2-core CI machine one
+# step took more than 60 s once (IECV then "not done"), so steps get 180 s
+@pytest.mark.timeout(1500)
 def test_iecv_over_mtls_equals_the_in_process_iecv(federation, trauma: Path) -> None:
-    federation.start_coordinator(allow=list(SITES), extra='model_step_timeout = "60s"')
+    federation.start_coordinator(allow=list(SITES), extra='model_step_timeout = "180s"')
     round_id = federation.start_round(trauma / "spec.toml", deadline="400s")
     for site in SITES:
         federation.start_site(site, trauma / f"{site}.csv")
@@ -62,7 +65,7 @@ def test_iecv_over_mtls_equals_the_in_process_iecv(federation, trauma: Path) -> 
                            *[str(trauma / f"{s}.csv") for s in SITES], "--iecv",
                            "--format", "json", timeout=600)
     (want,) = json.loads(local.stdout)["models"]
-    assert entry["recommendation"] == want["recommendation"]
+    assert entry["recommendation"] == want["recommendation"], entry.get("iecv_notes")
     assert entry["recommendation"]["choice"]
     for variant in CANDIDATES:
         got = entry["iecv"] if variant == "global" else entry["iecv_candidates"][variant]

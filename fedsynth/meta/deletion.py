@@ -188,9 +188,6 @@ class _Direct:
         mask[np.arange(idx.size), self.sites[idx]] = False
         return mask
 
-    def reach(self, t: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        return np.ones(idx.size, dtype=bool)
-
     def sums(self, t: np.ndarray, idx: np.ndarray) -> np.ndarray:
         rows = self.rows[idx]
         w = np.where(self._mask(idx), 1.0 / (self.v[rows] + t[:, None]), 0.0)
@@ -423,9 +420,6 @@ class _Near:
         pick[t == 0] = -1
         return pick
 
-    def reach(self, t: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        return np.ones(idx.size, dtype=bool)
-
     def sums(self, t: np.ndarray, idx: np.ndarray) -> np.ndarray:
         pick = self._pick(t, idx)
         out = np.empty((3, 3, t.size))
@@ -460,9 +454,10 @@ def _from_full_fit(yc: np.ndarray, v: np.ndarray, msk: np.ndarray,
     ML and REML: the engine's own iteration (:func:`fedsynth.meta.stats._newton_score`):
     Newton on ``score (vt + tau2)^2`` from the HE estimate inside the bracket
     ``(0, hi)``, the bracket narrowed by the sign of every iterate, stopped by the same
-    rules; only the sums come from the exclusive power sums. A step that leaves the
-    bracket (where the engine bisects) or the series' reach hands the cell to the
-    engine. Then rma.uni's check of the likelihood at zero.
+    rules; only the sums come from the exclusive power sums (a point out of every
+    expansion's reach is summed directly). A step that leaves the bracket (where the
+    engine bisects) hands the cell to the engine. Then rma.uni's check of the
+    likelihood at zero.
     """
     sub = (cells[0][rest], cells[1][rest])
     zero_rest = zero[:, :, rest]
@@ -473,9 +468,8 @@ def _from_full_fit(yc: np.ndarray, v: np.ndarray, msk: np.ndarray,
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if method == "DL" or start is None:
             t = t_del[rest]
-            done = src.reach(t, every)
-            sums = np.full((3, 3, rest.size), np.nan)
-            sums[:, :, done] = src.sums(t[done], every[done])
+            done = np.ones(rest.size, dtype=bool)
+            sums = src.sums(t, every)
         else:
             done, t = _engine_newton(src, method, zero_rest, start.take(rest))
             idx = np.flatnonzero(done)
@@ -520,8 +514,6 @@ def _engine_newton(src: _Near, method: str, zero: np.ndarray,
     for _ in range(200):
         if live.size == 0:
             break
-        inside = src.reach(x[live], live)
-        live = live[inside]
         xa = x[live]
         s, ds, _ = _score(src.sums(xa, live), method)
         c = start.vt[live] + xa

@@ -22,6 +22,7 @@ import pyarrow.dataset as ds
 import pytest
 import sqlalchemy as sa
 
+from fedsynth.meta.stats import as_batch, tau2_estimate
 from site_agent.data import load_table
 
 PUBLIC_SITES = Path(__file__).resolve().parent / "data" / "sites_public"
@@ -165,3 +166,17 @@ def pooling_benchmark_data(m: int, k: int, seed: int) -> tuple[np.ndarray, np.nd
     mu = rng.normal(0.2, 0.3, (m, 1))
     yi = mu + rng.normal(0.0, 1.0, (m, k)) * np.sqrt(vi + tau[:, None] ** 2)
     return yi, vi
+
+
+def reml_answers(yi, vi, mask, method: str) -> dict[str, np.ndarray]:
+    """tau², its SE, convergence and the weighted estimate and SE they imply.
+
+    What tests/data/reml_batch froze (its maker and tests/unit/test_reml_batch_frozen.py
+    compute them with this one function).
+    """
+    fit = tau2_estimate(yi, vi, mask, method=method)
+    b = as_batch(yi, vi, mask)
+    w = 1.0 / (b.vw + fit.tau2[:, None])
+    sw = w.sum(axis=1)
+    return {"tau2": fit.tau2, "se_tau2": fit.se_tau2, "converged": fit.converged,
+            "estimate": (w * b.yi).sum(axis=1) / sw, "se": np.sqrt(1.0 / sw)}

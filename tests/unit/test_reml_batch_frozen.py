@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from fedsynth.meta import pool
-from fedsynth.meta.stats import as_batch, tau2_estimate
-from tests._data_builders import pooling_benchmark_data
+from fedsynth.meta.stats import tau2_estimate
+from tests._data_builders import pooling_benchmark_data, reml_answers
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "reml_batch" / "frozen.npz"
 RTOL = 1e-10
@@ -30,14 +30,6 @@ def frozen():
     with np.load(DATA) as z:
         return {key: z[key] for key in z.files}
 
-
-def _answers(yi, vi, mask, method):
-    fit = tau2_estimate(yi, vi, mask, method=method)
-    b = as_batch(yi, vi, mask)
-    w = 1.0 / (b.vw + fit.tau2[:, None])
-    sw = w.sum(axis=1)
-    return {"tau2": fit.tau2, "se_tau2": fit.se_tau2, "converged": fit.converged,
-            "estimate": (w * b.yi).sum(axis=1) / sw, "se": np.sqrt(1.0 / sw)}
 
 
 def _close(got, want, what):
@@ -67,7 +59,7 @@ def test_frozen_set_covers_the_hard_cases(frozen):
 
 @pytest.mark.parametrize("method", ["REML", "ML"])
 def test_stress_set_unchanged(frozen, method):
-    got = _answers(frozen["yi"], frozen["vi"], frozen["mask"], method)
+    got = reml_answers(frozen["yi"], frozen["vi"], frozen["mask"], method)
     for key, val in got.items():
         for group in np.unique(frozen["groups"]):
             rows = frozen["groups"] == group
@@ -100,7 +92,7 @@ def test_benchmark_arrays_unchanged(frozen):
         h.update(np.ascontiguousarray(a).tobytes())
     assert h.hexdigest() == str(frozen["bench_digest"]), (
         "numpy's random stream changed: the benchmark arrays differ from the frozen ones")
-    got = _answers(yi, vi, None, "REML")
+    got = reml_answers(yi, vi, None, "REML")
     rows = frozen["bench_rows"]
     for key, val in got.items():
         _close(val[rows], frozen[f"bench_{key}"], f"benchmark {key}")

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from fedsynth.meta import pool  # noqa: E402
 from fedsynth.meta.stats import _centered, _he, _score, as_batch, tau2_estimate  # noqa: E402
-from tests._data_builders import pooling_benchmark_data  # noqa: E402
+from tests._data_builders import pooling_benchmark_data, reml_answers  # noqa: E402
 
 K = 20
 
@@ -160,14 +160,6 @@ def digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def answers(yi, vi, mask, method):
-    fit = tau2_estimate(yi, vi, mask, method=method)
-    b = as_batch(yi, vi, mask)
-    w = 1.0 / (b.vw + fit.tau2[:, None])
-    sw = w.sum(axis=1)
-    return {"tau2": fit.tau2, "se_tau2": fit.se_tau2, "converged": fit.converged,
-            "estimate": (w * b.yi).sum(axis=1) / sw, "se": np.sqrt(1.0 / sw)}
-
 
 POOL_FIELDS = ("estimate", "se", "tau2", "se_tau2", "ci_lb", "ci_ub", "pval", "I2", "H2",
                "pi_lb", "pi_ub", "logLik", "tau2_ci_lb", "tau2_ci_ub", "converged")
@@ -178,14 +170,14 @@ def main() -> None:
     yi, vi, mask, groups = stress_set()
     out.update(yi=yi, vi=vi, mask=mask, groups=groups)
     for method in ("REML", "ML"):
-        for key, val in answers(yi, vi, mask, method).items():
+        for key, val in reml_answers(yi, vi, mask, method).items():
             out[f"{method}_{key}"] = val
     res = pool(yi, vi, mask=mask, method="REML")
     for key in POOL_FIELDS:
         out[f"pool_{key}"] = np.asarray(getattr(res, key))
     byi, bvi = pooling_benchmark_data(200_000, 20, 2026)
     out["bench_digest"] = np.array(digest(byi, bvi))
-    ans = answers(byi, bvi, None, "REML")
+    ans = reml_answers(byi, bvi, None, "REML")
     rows = np.arange(0, 200_000, 40)
     out["bench_rows"] = rows
     for key, val in ans.items():
